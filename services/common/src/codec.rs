@@ -1,0 +1,354 @@
+//! Avro framing for every topic: single-object encoding (`C3 01`, the writer schema's
+//! 8-byte CRC-64-AVRO fingerprint, then the datum) on write; on read also the Confluent
+//! Schema Registry framing (`00`, a 4-byte big-endian schema id) for ids a registry has
+//! given us. Anything we cannot identify or decode is a `DecodeError`, which the stages
+//! turn into a `SCHEMA_INVALID` dead letter carrying the original bytes.
+
+use crate::events::AvroRecord;
+use crate::fingerprint::fingerprint_hex;
+use crate::schemas::{RecordType, Registry, Versioned};
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, OnceLock, RwLock};
+
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+pub const CONFLUENT_MAGIC: u8 = 0x00;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is empty")]
+    Empty,
+    #[error("message is {0} bytes, too short for an Avro frame")]
+    Truncated(usize),
+    #[error("unknown framing: first bytes {0:02x?} are neither Avro single-object (c3 01) nor Confluent (00)")]
+    UnknownFraming(Vec<u8>),
+    #[error("writer schema fingerprint {0} is not a schema crm-sync has shipped")]
+    UnknownFingerprint(String),
+    #[error("Confluent schema id {0} is not known (no schema registry configured, or the registry does not have it)")]
+    UnknownConfluentId(u32),
+    #[error("record is a {found:?}, expected a {expected:?}")]
+    WrongRecord { expected: RecordType, found: RecordType },
+    #[error("datum does not decode with writer schema {schema}: {source}")]
+    Datum { schema: String, source: apache_avro::Error },
+    #[error("datum decoded but left {0} trailing bytes")]
+    TrailingBytes(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {record:?}: {source}")]
+pub struct EncodeError {
+    record: RecordType,
+    source: apache_avro::Error,
+}
+
+struct Writers(HashMap<RecordType, GenericDatumWriter<'static>>);
+
+fn writers() -> &'static Writers {
+    static W: OnceLock<Writers> = OnceLock::new();
+    W.get_or_init(|| {
+        let reg = Registry::global();
+        Writers(
+            RecordType::ALL
+                .into_iter()
+                .map(|rt| {
+                    let w = GenericDatumWriter::builder(&reg.current(rt).schema)
+                        .human_readable(false)
+                        .build()
+                        .expect("compiled-in schema resolves");
+                    (rt, w)
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Encodes `value` with the current schema of its record type, single-object framed.
+pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let current = Registry::global().current(T::RECORD);
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&current.fingerprint);
+    writers().0[&T::RECORD]
+        .write_ser(&mut out, value)
+        .map_err(|source| EncodeError { record: T::RECORD, source })?;
+    Ok(out)
+}
+
+/// Schemas learnt from a Confluent Schema Registry, by id. Shared by a service's tasks.
+#[derive(Default, Clone)]
+pub struct ConfluentSchemas(Arc<RwLock<HashMap<u32, Arc<Versioned>>>>);
+
+impl ConfluentSchemas {
+    pub fn insert(&self, id: u32, schema: Versioned) {
+        self.0.write().expect("lock").insert(id, Arc::new(schema));
+    }
+    fn get(&self, id: u32) -> Option<Arc<Versioned>> {
+        self.0.read().expect("lock").get(&id).cloned()
+    }
+}
+
+/// Decodes a single-object framed message (any shipped version of `T`'s schema).
+pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_with(bytes, None)
+}
+
+/// As `decode`, also accepting Confluent framing for ids in `confluent`.
+pub fn decode_with<T: AvroRecord>(
+    bytes: &[u8],
+    confluent: Option<&ConfluentSchemas>,
+) -> Result<T, DecodeError> {
+    let reg = Registry::global();
+    match bytes {
+        [] => Err(DecodeError::Empty),
+        [0xC3, 0x01, rest @ ..] => {
+            let fp: [u8; 8] = rest
+                .get(..8)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(DecodeError::Truncated(bytes.len()))?;
+            let writer = reg
+                .by_fingerprint(&fp)
+                .ok_or_else(|| DecodeError::UnknownFingerprint(fingerprint_hex(&fp)))?;
+            if writer.record != T::RECORD {
+                return Err(DecodeError::WrongRecord { expected: T::RECORD, found: writer.record });
+            }
+            read_datum(writer, &rest[8..])
+        }
+        [CONFLUENT_MAGIC, rest @ ..] => {
+            let id = rest
+                .get(..4)
+                .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
+                .ok_or(DecodeError::Truncated(bytes.len()))?;
+            let writer = confluent
+                .and_then(|c| c.get(id))
+                .ok_or(DecodeError::UnknownConfluentId(id))?;
+            read_datum(&writer, &rest[4..])
+        }
+        other => Err(DecodeError::UnknownFraming(other.iter().take(2).copied().collect())),
+    }
+}
+
+fn read_datum<T: AvroRecord>(writer: &Versioned, datum: &[u8]) -> Result<T, DecodeError> {
+    let current = Registry::global().current(T::RECORD);
+    let err = |source| DecodeError::Datum { schema: writer.path.clone(), source };
+    let mut cursor = Cursor::new(datum);
+    let value = if writer.fingerprint == current.fingerprint {
+        GenericDatumReader::builder(&writer.schema)
+            .build()
+            .map_err(err)?
+            .read_value(&mut cursor)
+            .map_err(err)?
+    } else {
+        // An older (or newer) writer: resolve into the current schema, which fills
+        // defaults for fields the writer did not have and drops ones we no longer know.
+        GenericDatumReader::builder(&writer.schema)
+            .reader_schema(&current.schema)
+            .build()
+            .map_err(err)?
+            .read_value(&mut cursor)
+            .map_err(err)?
+    };
+    let left = datum.len() - cursor.position() as usize;
+    if left != 0 {
+        return Err(DecodeError::TrailingBytes(left));
+    }
+    apache_avro::from_value::<T>(&value).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::*;
+    use crate::schemas::Versioned;
+    use std::collections::HashMap;
+
+    pub(crate) fn sample_call() -> CallEvent {
+        CallEvent {
+            tenant_id: "acme".into(),
+            call_id: "c-1".into(),
+            source: "aircall".into(),
+            version: 3,
+            direction: CallDirection::Outbound,
+            from_number: "(415) 555-2671".into(),
+            to_number: "+44 20 7946 0958".into(),
+            region_hint: Some("US".into()),
+            started_at: 1_700_000_000_000,
+            ended_at: Some(1_700_000_125_000),
+            duration_s: Some(125),
+            outcome: Some(CallOutcome::Answered),
+            agent_id: "u-7".into(),
+            agent_email: None,
+            recording_url: Some("https://rec.example/1".into()),
+            notes: Some("café ☕ follow-up".into()),
+            attributes: HashMap::from([("queue".into(), "sales".into())]),
+        }
+    }
+
+    fn sample_normalised() -> NormalisedCall {
+        NormalisedCall {
+            tenant_id: "acme".into(),
+            call_id: "c-1".into(),
+            source: "aircall".into(),
+            version: 3,
+            direction: CallDirection::Inbound,
+            from_e164: "+14155552671".into(),
+            to_e164: "+442079460958".into(),
+            customer_e164: "+14155552671".into(),
+            from_raw: "(415) 555-2671".into(),
+            to_raw: "+44 20 7946 0958".into(),
+            region_used: "US".into(),
+            started_at: 1,
+            ended_at: None,
+            duration_s: None,
+            outcome: None,
+            agent_id: "u".into(),
+            agent_email: Some("a@b.c".into()),
+            recording_url: None,
+            notes: None,
+            attributes: HashMap::new(),
+            normalised_at: 2,
+        }
+    }
+
+    #[test]
+    fn frame_starts_with_magic_and_current_fingerprint() {
+        let bytes = encode(&sample_call()).unwrap();
+        assert_eq!(&bytes[..2], &SINGLE_OBJECT_MAGIC);
+        assert_eq!(&bytes[2..10], &Registry::global().current(RecordType::CallEvent).fingerprint);
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        let call = sample_call();
+        assert_eq!(decode::<CallEvent>(&encode(&call).unwrap()).unwrap(), call);
+        let n = sample_normalised();
+        assert_eq!(decode::<NormalisedCall>(&encode(&n).unwrap()).unwrap(), n);
+        let w = CrmWriteRequest {
+            tenant_id: "acme".into(),
+            call_id: "c-1".into(),
+            crm: Crm::Zoho,
+            idempotency_key: "acme:c-1:zoho".into(),
+            version: 3,
+            call: n,
+            requested_at: 5,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        };
+        assert_eq!(decode::<CrmWriteRequest>(&encode(&w).unwrap()).unwrap(), w);
+        let a = AuditRecord {
+            audit_id: "id".into(),
+            tenant_id: "acme".into(),
+            call_id: None,
+            crm: Some(Crm::Pipedrive),
+            stage: Stage::Writer,
+            operation: "crm.create_call".into(),
+            outcome: AuditOutcome::DeadLettered,
+            reason: Some("VALIDATION".into()),
+            detail: "x".into(),
+            attempt: 2,
+            version: Some(1),
+            idempotency_key: None,
+            crm_status: Some(400),
+            crm_response_excerpt: Some("{}".into()),
+            crm_record_id: None,
+            latency_ms: Some(12),
+            input_topic: "t".into(),
+            input_partition: 1,
+            input_offset: 99,
+            occurred_at: 7,
+            trace_id: "t".into(),
+            attributes: HashMap::from([("k".into(), "v".into())]),
+        };
+        assert_eq!(decode::<AuditRecord>(&encode(&a).unwrap()).unwrap(), a);
+        let d = DeadLetter {
+            dlq_id: "d".into(),
+            tenant_id: "".into(),
+            call_id: None,
+            crm: None,
+            stage: Stage::Normaliser,
+            reason: DlqReason::SchemaInvalid,
+            detail: "bad".into(),
+            source_topic: "calls.raw".into(),
+            source_partition: 0,
+            source_offset: 4,
+            source_key: Some(vec![0, 255, 1]),
+            payload: vec![0xC3, 0x01, 0xFF],
+            attempt: 1,
+            replay_count: 0,
+            crm_status: None,
+            crm_response_excerpt: None,
+            failed_at: 9,
+            trace_id: "t".into(),
+        };
+        assert_eq!(decode::<DeadLetter>(&encode(&d).unwrap()).unwrap(), d);
+    }
+
+    #[test]
+    fn garbage_is_an_error_never_a_panic() {
+        let good = encode(&sample_call()).unwrap();
+        assert!(matches!(decode::<CallEvent>(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(decode::<CallEvent>(&[0xC3, 0x01, 1]), Err(DecodeError::Truncated(_))));
+        assert!(matches!(decode::<CallEvent>(b"{\"json\":1}"), Err(DecodeError::UnknownFraming(_))));
+        let mut unknown = good.clone();
+        unknown[2] ^= 0xFF;
+        assert!(matches!(decode::<CallEvent>(&unknown), Err(DecodeError::UnknownFingerprint(_))));
+        assert!(matches!(decode::<NormalisedCall>(&good), Err(DecodeError::WrongRecord { .. })));
+        assert!(matches!(decode::<CallEvent>(&[0, 0, 0, 0, 7, 1]), Err(DecodeError::UnknownConfluentId(7))));
+        // Every truncation of a valid frame fails cleanly.
+        for cut in 0..good.len() {
+            assert!(decode::<CallEvent>(&good[..cut]).is_err(), "cut at {cut} decoded");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(decode::<CallEvent>(&long), Err(DecodeError::TrailingBytes(1))));
+        // Random bytes behind a valid header.
+        let mut seed = 0x1234_5678u32;
+        for _ in 0..2000 {
+            let mut b = good[..10].to_vec();
+            for _ in 0..(seed % 64) {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b.push((seed >> 16) as u8);
+            }
+            let _ = decode::<CallEvent>(&b);
+        }
+    }
+
+    /// An older writer (here: a CallEvent before `notes` and `attributes` existed) is
+    /// read into the current schema with the defaults filled in.
+    #[test]
+    fn older_schema_versions_resolve_into_current() {
+        let mut old: serde_json::Value =
+            serde_json::from_str(include_str!("../../../schemas/call_event.avsc")).unwrap();
+        let fields = old["fields"].as_array_mut().unwrap();
+        fields.retain(|f| f["name"] != "notes" && f["name"] != "attributes");
+        let old_text = old.to_string();
+        let v0 = Versioned::parse(RecordType::CallEvent, "test/v0.avsc", &old_text).unwrap();
+        let mut call = sample_call();
+        call.notes = None;
+        call.attributes.clear();
+        #[derive(serde::Serialize)]
+        struct V0<'a> {
+            tenant_id: &'a str, call_id: &'a str, source: &'a str, version: i64,
+            direction: CallDirection, from_number: &'a str, to_number: &'a str,
+            region_hint: Option<&'a str>, started_at: i64, ended_at: Option<i64>,
+            duration_s: Option<i32>, outcome: Option<CallOutcome>, agent_id: &'a str,
+            agent_email: Option<&'a str>, recording_url: Option<&'a str>,
+        }
+        let datum = GenericDatumWriter::builder(&v0.schema).build().unwrap()
+            .write_ser_to_vec(&V0 {
+                tenant_id: &call.tenant_id, call_id: &call.call_id, source: &call.source,
+                version: call.version, direction: call.direction, from_number: &call.from_number,
+                to_number: &call.to_number, region_hint: call.region_hint.as_deref(),
+                started_at: call.started_at, ended_at: call.ended_at, duration_s: call.duration_s,
+                outcome: call.outcome, agent_id: &call.agent_id, agent_email: None,
+                recording_url: call.recording_url.as_deref(),
+            })
+            .unwrap();
+        // Through Confluent framing, where an arbitrary writer schema can be registered.
+        let reg = ConfluentSchemas::default();
+        reg.insert(42, v0);
+        let mut framed = vec![0, 0, 0, 0, 42];
+        framed.extend_from_slice(&datum);
+        assert_eq!(decode_with::<CallEvent>(&framed, Some(&reg)).unwrap(), call);
+    }
+}

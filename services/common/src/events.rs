@@ -1,0 +1,305 @@
+//! Rust mirrors of the records in `schemas/`. Field names and order follow the .avsc files;
+//! the codec's round-trip tests fail if the two drift apart.
+
+use crate::schemas::RecordType;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A type that travels on Kafka as one of our Avro records.
+pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> {
+    const RECORD: RecordType;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallDirection {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallOutcome {
+    Answered,
+    NoAnswer,
+    Busy,
+    Voicemail,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Crm {
+    Unknown,
+    Hubspot,
+    Salesforce,
+    Zoho,
+    Pipedrive,
+}
+
+impl Crm {
+    pub const CONNECTED: [Crm; 4] = [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
+
+    /// The lower-case name used in topics (`crm.writes.hubspot`), flags and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Crm::Unknown => "unknown",
+            Crm::Hubspot => "hubspot",
+            Crm::Salesforce => "salesforce",
+            Crm::Zoho => "zoho",
+            Crm::Pipedrive => "pipedrive",
+        }
+    }
+}
+
+impl std::str::FromStr for Crm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Crm, String> {
+        Crm::CONNECTED
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown CRM '{s}' (expected hubspot, salesforce, zoho or pipedrive)"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Stage {
+    Unknown,
+    Normaliser,
+    Deduper,
+    Writer,
+    Reconciler,
+    AuditSink,
+    Operator,
+    Backfill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuditOutcome {
+    Unknown,
+    Succeeded,
+    Duplicate,
+    Throttled,
+    Retrying,
+    DeadLettered,
+    Skipped,
+    DriftFound,
+    Repaired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DlqReason {
+    Unknown,
+    SchemaInvalid,
+    InvalidPhone,
+    TenantNotConfigured,
+    ContactDeleted,
+    FieldRemoved,
+    Validation,
+    PermissionDenied,
+    AuthFailed,
+    RetriesExhausted,
+}
+
+impl DlqReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqReason::Unknown => "UNKNOWN",
+            DlqReason::SchemaInvalid => "SCHEMA_INVALID",
+            DlqReason::InvalidPhone => "INVALID_PHONE",
+            DlqReason::TenantNotConfigured => "TENANT_NOT_CONFIGURED",
+            DlqReason::ContactDeleted => "CONTACT_DELETED",
+            DlqReason::FieldRemoved => "FIELD_REMOVED",
+            DlqReason::Validation => "VALIDATION",
+            DlqReason::PermissionDenied => "PERMISSION_DENIED",
+            DlqReason::AuthFailed => "AUTH_FAILED",
+            DlqReason::RetriesExhausted => "RETRIES_EXHAUSTED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    pub tenant_id: String,
+    pub call_id: String,
+    pub source: String,
+    pub version: i64,
+    pub direction: CallDirection,
+    pub from_number: String,
+    pub to_number: String,
+    pub region_hint: Option<String>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub duration_s: Option<i32>,
+    pub outcome: Option<CallOutcome>,
+    pub agent_id: String,
+    pub agent_email: Option<String>,
+    pub recording_url: Option<String>,
+    pub notes: Option<String>,
+    pub attributes: HashMap<String, String>,
+}
+
+impl AvroRecord for CallEvent {
+    const RECORD: RecordType = RecordType::CallEvent;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalisedCall {
+    pub tenant_id: String,
+    pub call_id: String,
+    pub source: String,
+    pub version: i64,
+    pub direction: CallDirection,
+    pub from_e164: String,
+    pub to_e164: String,
+    pub customer_e164: String,
+    pub from_raw: String,
+    pub to_raw: String,
+    pub region_used: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub duration_s: Option<i32>,
+    pub outcome: Option<CallOutcome>,
+    pub agent_id: String,
+    pub agent_email: Option<String>,
+    pub recording_url: Option<String>,
+    pub notes: Option<String>,
+    pub attributes: HashMap<String, String>,
+    pub normalised_at: i64,
+}
+
+impl AvroRecord for NormalisedCall {
+    const RECORD: RecordType = RecordType::NormalisedCall;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrmWriteRequest {
+    pub tenant_id: String,
+    pub call_id: String,
+    pub crm: Crm,
+    pub idempotency_key: String,
+    pub version: i64,
+    pub call: NormalisedCall,
+    pub requested_at: i64,
+    pub trace_id: String,
+}
+
+impl AvroRecord for CrmWriteRequest {
+    const RECORD: RecordType = RecordType::CrmWriteRequest;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub audit_id: String,
+    pub tenant_id: String,
+    pub call_id: Option<String>,
+    pub crm: Option<Crm>,
+    pub stage: Stage,
+    pub operation: String,
+    pub outcome: AuditOutcome,
+    pub reason: Option<String>,
+    pub detail: String,
+    pub attempt: i32,
+    pub version: Option<i64>,
+    pub idempotency_key: Option<String>,
+    pub crm_status: Option<i32>,
+    pub crm_response_excerpt: Option<String>,
+    pub crm_record_id: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub input_topic: String,
+    pub input_partition: i32,
+    pub input_offset: i64,
+    pub occurred_at: i64,
+    pub trace_id: String,
+    pub attributes: HashMap<String, String>,
+}
+
+impl AvroRecord for AuditRecord {
+    const RECORD: RecordType = RecordType::AuditRecord;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub dlq_id: String,
+    pub tenant_id: String,
+    pub call_id: Option<String>,
+    pub crm: Option<Crm>,
+    pub stage: Stage,
+    pub reason: DlqReason,
+    pub detail: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    #[serde(with = "opt_bytes")]
+    pub source_key: Option<Vec<u8>>,
+    #[serde(with = "serde_bytes_vec")]
+    pub payload: Vec<u8>,
+    pub attempt: i32,
+    pub replay_count: i32,
+    pub crm_status: Option<i32>,
+    pub crm_response_excerpt: Option<String>,
+    pub failed_at: i64,
+    pub trace_id: String,
+}
+
+impl AvroRecord for DeadLetter {
+    const RECORD: RecordType = RecordType::DeadLetter;
+}
+
+/// Avro `bytes` must be serialised as serde bytes, not as a sequence of u8.
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = vec![];
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&Bytes(b)),
+            None => s.serialize_none(),
+        }
+    }
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    #[derive(Deserialize)]
+    struct Owned(#[serde(with = "super::serde_bytes_vec")] Vec<u8>);
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<Owned>::deserialize(d)?.map(|o| o.0))
+    }
+}

@@ -1,0 +1,9 @@
+//! What every crm-sync service shares. One place for each concern: Avro framing
+//! (`codec`), the record types (`events`), configuration (`config`, `tenants`), the Kafka
+//! consume → process → produce → commit loop (`pipeline`), audit and DLQ emission
+//! (`emit`), phone numbers (`phone`) and telemetry (`telemetry`).
+
+pub mod codec;
+pub mod events;
+pub mod fingerprint;
+pub mod schemas;
