@@ -6,4 +6,10 @@
 pub mod codec;
 pub mod events;
 pub mod fingerprint;
+pub mod phone;
 pub mod schemas;
+pub mod config;
+pub mod emit;
+pub mod pipeline;
+pub mod telemetry;
+pub mod tenants;

@@ -1,0 +1,113 @@
+//! Configuration every service reads, from flags or the environment (DESIGN §9).
+//! Flags win over environment variables; `--help` on any binary lists both.
+
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap_servers: String,
+
+    /// Redis URL (deduper, writers).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// PostgreSQL URL (audit-sink, trace, dlq, reconciler).
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+
+    /// Path of the tenants file (TOML, see deploy/tenants.example.toml).
+    #[arg(long, env = "TENANTS_CONFIG", default_value = "deploy/tenants.example.toml")]
+    pub tenants_config: PathBuf,
+
+    /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318). Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Extra librdkafka settings, `key=value` comma-separated (e.g.
+    /// `security.protocol=SASL_SSL,session.timeout.ms=10000`). Applied last.
+    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
+    pub kafka_options: Vec<(String, String)>,
+
+    #[command(flatten)]
+    pub topics: Topics,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not key=value"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Topic names: defaults from DESIGN §1, each overridable.
+#[derive(Debug, Clone, Args)]
+pub struct Topics {
+    #[arg(long, env = "TOPIC_CALLS_RAW", default_value = "calls.raw")]
+    pub calls_raw: String,
+    #[arg(long, env = "TOPIC_CALLS_NORMALISED", default_value = "calls.normalised")]
+    pub calls_normalised: String,
+    /// Prefix of the per-CRM write topics: `<prefix><crm>`.
+    #[arg(long, env = "TOPIC_CRM_WRITES_PREFIX", default_value = "crm.writes.")]
+    pub crm_writes_prefix: String,
+    #[arg(long, env = "TOPIC_AUDIT", default_value = "sync.audit")]
+    pub audit: String,
+    #[arg(long, env = "TOPIC_DLQ", default_value = "sync.dlq")]
+    pub dlq: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            calls_raw: "calls.raw".into(),
+            calls_normalised: "calls.normalised".into(),
+            crm_writes_prefix: "crm.writes.".into(),
+            audit: "sync.audit".into(),
+            dlq: "sync.dlq".into(),
+        }
+    }
+}
+
+impl Topics {
+    pub fn crm_writes(&self, crm: crate::events::Crm) -> String {
+        format!("{}{}", self.crm_writes_prefix, crm.as_str())
+    }
+
+    /// Every topic the pipeline uses, for the dev broker and deploy scripts.
+    pub fn all(&self) -> Vec<String> {
+        let mut v = vec![self.calls_raw.clone(), self.calls_normalised.clone()];
+        v.extend(crate::events::Crm::CONNECTED.iter().map(|c| self.crm_writes(*c)));
+        v.push(self.audit.clone());
+        v.push(self.dlq.clone());
+        v
+    }
+}
+
+/// Knobs of the consume → process → produce → commit loop.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Consumer group id (one per service; defaults to the service name).
+    #[arg(long, env = "CONSUMER_GROUP")]
+    pub consumer_group: Option<String>,
+    /// Most input messages handled as one batch.
+    #[arg(long, env = "PIPELINE_BATCH", default_value_t = 500)]
+    pub batch: usize,
+    /// Most input messages whose outputs may await broker acknowledgement at once.
+    #[arg(long, env = "PIPELINE_MAX_IN_FLIGHT", default_value_t = 20_000)]
+    pub max_in_flight: usize,
+    /// How often acknowledged progress is committed to the broker, milliseconds.
+    #[arg(long, env = "PIPELINE_COMMIT_INTERVAL_MS", default_value_t = 1000)]
+    pub commit_interval_ms: u64,
+}
