@@ -13,3 +13,4 @@ pub mod emit;
 pub mod pipeline;
 pub mod telemetry;
 pub mod tenants;
+pub mod topic_reader;

@@ -1,0 +1,24 @@
+//! `crm-sync dev-broker`: librdkafka's mock cluster, reachable by any Kafka client over
+//! TCP on 127.0.0.1, with the pipeline's topics created. It has no transactions and keeps
+//! everything in memory; it is for dev and tests, never for production.
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+pub struct DevBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl DevBroker {
+    pub fn start(brokers: i32, partitions: i32, topics: &[String]) -> anyhow::Result<DevBroker> {
+        let cluster = MockCluster::new(brokers)?;
+        for t in topics {
+            cluster.create_topic(t, partitions, 1)?;
+        }
+        Ok(DevBroker { cluster })
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+}

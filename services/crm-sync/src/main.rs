@@ -1,0 +1,65 @@
+//! crm-sync: the operator's command.
+
+mod dev;
+mod dev_broker;
+
+use clap::{Parser, Subcommand};
+use crm_common::config::Topics;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "crm-sync", about = "crm-sync operations: dev broker, dev mode")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Host an in-memory Kafka-protocol broker (librdkafka mock cluster) on 127.0.0.1 with
+    /// the pipeline's topics, print its bootstrap address, and run until stopped.
+    DevBroker {
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Mock brokers in the cluster.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Also create these topics (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        extra_topics: Vec<String>,
+        /// Write `KAFKA_BOOTSTRAP_SERVERS=<addr>` to this file too (for scripts).
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        #[command(flatten)]
+        topics: Topics,
+    },
+    /// Run the whole pipeline on this machine: dev broker, every service, sample calls from
+    /// several tenants, and a report of what happened to each.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::DevBroker { partitions, brokers, extra_topics, env_file, topics } => {
+            let mut all = topics.all();
+            all.extend(extra_topics);
+            let broker = dev_broker::DevBroker::start(brokers, partitions, &all)?;
+            let line = format!("KAFKA_BOOTSTRAP_SERVERS={}", broker.bootstrap_servers());
+            if let Some(f) = env_file {
+                std::fs::write(&f, format!("{line}\n"))?;
+            }
+            println!("{line}");
+            eprintln!("dev broker up: {} topics × {partitions} partitions: {}", all.len(), all.join(", "));
+            std::io::stdout().flush()?;
+            // The mock cluster lives on this thread; wait here for a signal.
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+                crm_common::pipeline::shutdown_on_signals().cancelled().await;
+            });
+            drop(broker);
+            Ok(())
+        }
+        Cmd::Dev(args) => dev::run(args),
+    }
+}
