@@ -1,0 +1,181 @@
+//! Test harness: real processes, real TCP. The dev broker (`crm-sync dev-broker`) and each
+//! service run as child processes built by `cargo build --workspace --bins` (scripts/test
+//! does that first); helpers produce to and read from the broker like any Kafka client.
+
+use crm_common::pipeline::InMessage;
+use crm_common::topic_reader::TopicReader;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// target/<profile>/, where cargo put the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe.parent().and_then(|p| p.parent()).expect("target dir").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with scripts/test (it builds every binary first)",
+        path.display()
+    );
+    path
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `crm-sync dev-broker` in its own process.
+pub struct Broker {
+    pub bootstrap: String,
+    _proc: Proc,
+}
+
+impl Broker {
+    pub fn start(partitions: i32) -> Broker {
+        let mut child = Command::new(bin("crm-sync"))
+            .args(["dev-broker", "--partitions", &partitions.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dev broker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read bootstrap line");
+        let bootstrap = line
+            .trim()
+            .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
+            .unwrap_or_else(|| panic!("unexpected dev-broker output {line:?}"))
+            .to_string();
+        Broker { bootstrap, _proc: Proc { name: "dev-broker".into(), child } }
+    }
+
+    /// Runs a service binary against this broker. Logs go to target/test-logs/.
+    pub fn service(&self, name: &str, env: &[(&str, &str)]) -> Proc {
+        let logs = repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}-{}.log", std::process::id())))
+            .expect("log file");
+        let mut cmd = Command::new(bin(name));
+        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
+            // A killed member's partitions move after this long, not librdkafka's 45 s.
+            .env("KAFKA_OPTIONS", "session.timeout.ms=6000,heartbeat.interval.ms=500")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc { name: name.to_string(), child: cmd.spawn().expect("spawn service") }
+    }
+
+    pub fn producer(&self) -> ThreadedProducer<DefaultProducerContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces and waits for every message to be acknowledged.
+    pub fn produce(&self, topic: &str, messages: &[(String, Vec<u8>, Vec<(String, String)>)]) {
+        let p = self.producer();
+        for (key, payload, headers) in messages {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in headers {
+                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            }
+            let mut rec = BaseRecord::to(topic).key(key).payload(payload).headers(h);
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    pub fn reader(&self, topics: &[&str]) -> TopicReader {
+        TopicReader::new(&self.bootstrap, topics).expect("reader")
+    }
+
+    /// Everything on `topics` once at least `n` messages have arrived (or after `timeout`).
+    pub fn read(&self, topics: &[&str], n: usize, timeout: Duration) -> Vec<InMessage> {
+        self.reader(topics).read_until(timeout, |m| m.len() >= n)
+    }
+}
+
+/// A TENANTS_CONFIG file in a fresh temp dir, removed with the guard.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, contents: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-sync-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, contents).expect("write temp file");
+        TempFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The normaliser as a separate process against the dev broker: exact outputs, DLQ entries
+//! carrying the original bytes, one audit record per input, keys and trace ids.
+
+use crm_common::codec;
+use crm_common::events::*;
+use crm_common::pipeline::InMessage;
+use crm_sync_tests::{Broker, TempFile};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const TENANTS: &str = r#"
+[tenants.acme]
+default_region = "US"
+[tenants.globex]
+default_region = "GB"
+show_phone_numbers_in_audit = true
+[tenants.initech]
+default_region = "DE"
+"#;
+
+fn call(tenant: &str, id: &str, dir: CallDirection, from: &str, to: &str, hint: Option<&str>) -> CallEvent {
+    CallEvent {
+        tenant_id: tenant.into(),
+        call_id: id.into(),
+        source: "pbx".into(),
+        version: 2,
+        direction: dir,
+        from_number: from.into(),
+        to_number: to.into(),
+        region_hint: hint.map(Into::into),
+        started_at: 1_767_225_600_000,
+        ended_at: Some(1_767_225_660_000),
+        duration_s: Some(60),
+        outcome: Some(CallOutcome::Voicemail),
+        agent_id: "agent-1".into(),
+        agent_email: Some("a1@example.com".into()),
+        recording_url: Some("https://rec.example/r1".into()),
+        notes: Some("left a message".into()),
+        attributes: HashMap::from([("queue".into(), "emea".into())]),
+    }
+}
+
+fn expected(ev: &CallEvent, from: &str, to: &str, region: &str) -> NormalisedCall {
+    NormalisedCall {
+        tenant_id: ev.tenant_id.clone(),
+        call_id: ev.call_id.clone(),
+        source: ev.source.clone(),
+        version: ev.version,
+        direction: ev.direction,
+        from_e164: from.into(),
+        to_e164: to.into(),
+        customer_e164: if ev.direction == CallDirection::Inbound { from.into() } else { to.into() },
+        from_raw: ev.from_number.clone(),
+        to_raw: ev.to_number.clone(),
+        region_used: region.into(),
+        started_at: ev.started_at,
+        ended_at: ev.ended_at,
+        duration_s: ev.duration_s,
+        outcome: ev.outcome,
+        agent_id: ev.agent_id.clone(),
+        agent_email: ev.agent_email.clone(),
+        recording_url: ev.recording_url.clone(),
+        notes: ev.notes.clone(),
+        attributes: ev.attributes.clone(),
+        normalised_at: 0,
+    }
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+#[test]
+fn normalises_dead_letters_and_audits_every_input() {
+    let broker = Broker::start(3);
+    let tenants = TempFile::new("tenants.toml", TENANTS);
+    let _normaliser = broker.service("normaliser", &[("TENANTS_CONFIG", tenants.path())]);
+
+    use CallDirection::*;
+    let good = [
+        (call("acme", "a-1", Outbound, "(415) 555-2671", "+44 (0)20 7946 0958", None), "+14155552671", "+442079460958", "US"),
+        (call("globex", "g-1", Inbound, "020 7946 0958", "07911 123456", None), "+442079460958", "+447911123456", "GB"),
+        (call("initech", "i-1", Outbound, "+49 30 901820", "06 12 34 56 78", Some("fr")), "+4930901820", "+33612345678", "FR"),
+        (call("acme", "a-2", Outbound, "+1 415.555.2671", "00 39 02 1234 5678", Some("GB")), "+14155552671", "+390212345678", "GB"),
+    ];
+    let bad_phone = call("acme", "a-3", Inbound, "anonymous", "+1 415 555 2671", None);
+    let no_tenant = call("umbrella", "u-1", Inbound, "+1 415 555 2671", "+1 650 253 0000", None);
+    let audit_as_input = AuditRecord {
+        audit_id: "x".into(), tenant_id: "acme".into(), call_id: None, crm: None, stage: Stage::Operator,
+        operation: "x".into(), outcome: AuditOutcome::Skipped, reason: None, detail: String::new(),
+        attempt: 1, version: None, idempotency_key: None, crm_status: None, crm_response_excerpt: None,
+        crm_record_id: None, latency_ms: None, input_topic: String::new(), input_partition: -1,
+        input_offset: -1, occurred_at: 0, trace_id: TRACE.into(), attributes: HashMap::new(),
+    };
+    let mut confluent_unknown = vec![0u8, 0, 0, 0, 9];
+    confluent_unknown.extend_from_slice(&codec::encode(&bad_phone).unwrap()[10..]);
+
+    let traceparent = vec![("traceparent".to_string(), format!("00-{TRACE}-00f067aa0ba902b7-01"))];
+    let mut inputs: Vec<(String, Vec<u8>, Vec<(String, String)>)> = good
+        .iter()
+        .map(|(c, ..)| (c.tenant_id.clone(), codec::encode(c).unwrap(), traceparent.clone()))
+        .collect();
+    inputs.push(("acme".into(), codec::encode(&bad_phone).unwrap(), vec![]));
+    inputs.push(("umbrella".into(), codec::encode(&no_tenant).unwrap(), vec![]));
+    inputs.push(("acme".into(), b"not avro at all".to_vec(), vec![]));
+    inputs.push(("acme".into(), codec::encode(&audit_as_input).unwrap(), vec![]));
+    inputs.push(("acme".into(), confluent_unknown.clone(), vec![]));
+    let started = crm_common::emit::now_ms();
+    broker.produce("calls.raw", &inputs);
+
+    let n = inputs.len();
+    let out = broker.read(&["calls.normalised", "sync.dlq", "sync.audit"], 2 * n, Duration::from_secs(60));
+    let on = |t: &str| out.iter().filter(|m| m.topic == t).cloned().collect::<Vec<InMessage>>();
+    let (normalised, dlq, audit) = (on("calls.normalised"), on("sync.dlq"), on("sync.audit"));
+    assert_eq!(normalised.len(), good.len(), "normalised outputs");
+    assert_eq!(dlq.len(), 5, "dead letters");
+    assert_eq!(out.len(), 2 * n, "nothing else was produced");
+    assert_eq!(audit.len(), n, "one audit record per input");
+
+    // Exact normalised records, keyed by tenant, trace id carried over.
+    for (ev, from, to, region) in &good {
+        let m = normalised
+            .iter()
+            .find(|m| codec::decode::<NormalisedCall>(m.payload.as_deref().unwrap()).unwrap().call_id == ev.call_id)
+            .unwrap_or_else(|| panic!("{} not normalised", ev.call_id));
+        let mut got = codec::decode::<NormalisedCall>(m.payload.as_deref().unwrap()).unwrap();
+        assert!(got.normalised_at >= started, "normalised_at is set");
+        got.normalised_at = 0;
+        assert_eq!(got, expected(ev, from, to, region));
+        assert_eq!(m.key_str().as_deref(), Some(ev.tenant_id.as_str()));
+        assert_eq!(m.trace_id, TRACE);
+    }
+
+    // Dead letters: the right reason, the original bytes, where they came from.
+    let dls: Vec<DeadLetter> = dlq.iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let by_payload = |p: &[u8]| dls.iter().find(|d| d.payload == p).unwrap_or_else(|| panic!("no DLQ entry for payload"));
+    let d = by_payload(&inputs[4].1);
+    assert_eq!((d.reason, d.call_id.as_deref(), d.tenant_id.as_str()), (DlqReason::InvalidPhone, Some("a-3"), "acme"));
+    assert!(d.detail.contains("from_number \"anonymous\""), "{}", d.detail);
+    let d = by_payload(&inputs[5].1);
+    assert_eq!((d.reason, d.tenant_id.as_str()), (DlqReason::TenantNotConfigured, "umbrella"));
+    for i in 6..9 {
+        let d = by_payload(&inputs[i].1);
+        assert_eq!(d.reason, DlqReason::SchemaInvalid, "{}", d.detail);
+        assert_eq!(d.tenant_id, "acme", "tenant taken from the message key");
+        assert_eq!(d.source_key.as_deref(), Some(&b"acme"[..]));
+    }
+    assert!(by_payload(&inputs[7].1).detail.contains("AuditRecord"));
+    assert!(by_payload(&inputs[8].1).detail.contains("Confluent schema id 9"));
+    for (m, d) in dlq.iter().zip(&dls) {
+        assert_eq!(d.stage, Stage::Normaliser);
+        assert_eq!(d.source_topic, "calls.raw");
+        assert!(d.source_offset >= 0);
+        assert_eq!(m.key_str().as_deref(), Some(d.tenant_id.as_str()));
+    }
+
+    // Audit: one per input, pointing at it, with the outcome; numbers masked for acme.
+    let audits: Vec<AuditRecord> = audit.iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let mut positions: Vec<(i32, i64)> = audits.iter().map(|a| (a.input_partition, a.input_offset)).collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), n, "each audit record names a distinct input");
+    let ok = audits.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count();
+    let dead = audits.iter().filter(|a| a.outcome == AuditOutcome::DeadLettered).count();
+    assert_eq!((ok, dead), (4, 5));
+    let a1 = audits.iter().find(|a| a.call_id.as_deref() == Some("a-1")).unwrap();
+    assert_eq!(a1.trace_id, TRACE);
+    assert!(!a1.detail.contains("555"), "acme masks numbers: {}", a1.detail);
+    let g1 = audits.iter().find(|a| a.call_id.as_deref() == Some("g-1")).unwrap();
+    assert!(g1.detail.contains("+447911123456"), "globex shows numbers: {}", g1.detail);
+    let a3 = audits.iter().find(|a| a.call_id.as_deref() == Some("a-3")).unwrap();
+    assert_eq!(a3.reason.as_deref(), Some("INVALID_PHONE"));
+    assert!(a3.attributes.contains_key("dlq_id"));
+}
