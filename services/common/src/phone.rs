@@ -67,6 +67,36 @@ fn idd_to_plus(s: &str, region: country::Id) -> Option<String> {
     (idd.start() == 0 && idd.end() < digits.len()).then(|| format!("+{}", &digits[idd.end()..]))
 }
 
+/// Remembers recent parses. Parsing costs ~15 µs (the crate's regexes) and the same numbers
+/// recur constantly (an agent's line is on every call they make), so stages parse through
+/// this. Bounded: when full it starts over, which costs one re-parse per number.
+pub struct E164Cache {
+    map: std::sync::Mutex<std::collections::HashMap<(String, Option<country::Id>), Result<String, PhoneError>>>,
+    capacity: usize,
+}
+
+impl E164Cache {
+    pub fn new(capacity: usize) -> E164Cache {
+        E164Cache { map: Default::default(), capacity }
+    }
+
+    pub fn to_e164(&self, raw: &str, region: Option<country::Id>) -> Result<String, PhoneError> {
+        // The region only matters for numbers without '+'; keying on it anyway is simpler
+        // and costs little.
+        let key = (raw.to_string(), region);
+        if let Some(hit) = self.map.lock().expect("lock").get(&key) {
+            return hit.clone();
+        }
+        let result = to_e164(raw, region);
+        let mut map = self.map.lock().expect("lock");
+        if map.len() >= self.capacity {
+            map.clear();
+        }
+        map.insert(key, result.clone());
+        result
+    }
+}
+
 /// Masks a number for audit and logs: country code and last two digits stay, so support
 /// staff can tell numbers apart without reading them.
 pub fn mask(number: &str) -> String {
@@ -138,6 +168,17 @@ mod tests {
         for s in ["+", "++++", "\u{0}", "+١٢٣٤٥٦٧٨٩", "tel:;;;", &"9".repeat(10_000), "+1\u{202e}555", "((((((("] {
             let _ = to_e164(s, Some(country::Id::US));
         }
+    }
+
+    #[test]
+    fn cache_returns_what_parsing_returns() {
+        let cache = E164Cache::new(2);
+        for _ in 0..3 {
+            for (raw, region) in [("020 7946 0958", country::Id::GB), ("12345", country::Id::US), ("+33 6 12 34 56 78", country::Id::US)] {
+                assert_eq!(cache.to_e164(raw, Some(region)), to_e164(raw, Some(region)));
+            }
+        }
+        assert!(cache.map.lock().unwrap().len() <= 2, "bounded");
     }
 
     #[test]

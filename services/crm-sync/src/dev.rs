@@ -3,7 +3,7 @@
 //! several tenants with messy numbers (and some bad input), and reports what happened to
 //! each. Grows with every service.
 
-use crate::dev_broker::DevBroker;
+use crm_common::dev_broker::DevBroker;
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::{CallDirection, CallEvent, CallOutcome, DeadLetter, NormalisedCall};

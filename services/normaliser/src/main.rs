@@ -23,6 +23,7 @@ struct Cli {
 
 struct Normaliser {
     tenants: Tenants,
+    phones: phone::E164Cache,
     emit: Emitter,
     output_topic: String,
 }
@@ -47,7 +48,7 @@ impl Normaliser {
             let detail = format!("tenant '{}' is not in TENANTS_CONFIG", ev.tenant_id);
             return dead(self.emit.dead_letter(input, &subject, "normalise", DlqReason::TenantNotConfigured, detail.clone(), detail));
         };
-        match normalise::normalise(&ev, tenant, now_ms()) {
+        match normalise::normalise(&ev, tenant, &self.phones, now_ms()) {
             Ok(call) => {
                 let shown = |n: &str| if tenant.show_phone_numbers_in_audit { n.to_string() } else { phone::mask(n) };
                 let mut audit = self.emit.audit(
@@ -95,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(tenants = tenants.len(), "tenants loaded");
     let handler = Normaliser {
         tenants,
+        phones: phone::E164Cache::new(100_000),
         emit: Emitter::new(Stage::Normaliser, cli.common.topics.clone()),
         output_topic: cli.common.topics.calls_normalised.clone(),
     };

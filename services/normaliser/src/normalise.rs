@@ -2,7 +2,7 @@
 //! or the reason it cannot be one out.
 
 use crm_common::events::{CallDirection, CallEvent, DlqReason, NormalisedCall};
-use crm_common::phone::{self, PhoneError};
+use crm_common::phone::{self, E164Cache, PhoneError};
 use crm_common::tenants::ResolvedTenant;
 
 #[derive(Debug, PartialEq)]
@@ -14,7 +14,12 @@ pub struct Rejection {
     pub audit_detail: String,
 }
 
-pub fn normalise(ev: &CallEvent, tenant: &ResolvedTenant, now_ms: i64) -> Result<NormalisedCall, Rejection> {
+pub fn normalise(
+    ev: &CallEvent,
+    tenant: &ResolvedTenant,
+    phones: &E164Cache,
+    now_ms: i64,
+) -> Result<NormalisedCall, Rejection> {
     let (region, region_code) = match ev.region_hint.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
         Some(hint) => match phone::region(hint) {
             Ok(r) => (r, hint.to_ascii_uppercase()),
@@ -26,7 +31,7 @@ pub fn normalise(ev: &CallEvent, tenant: &ResolvedTenant, now_ms: i64) -> Result
         None => (tenant.default_region, format!("{:?}", tenant.default_region)),
     };
     let number = |field: &str, raw: &str| {
-        phone::to_e164(raw, Some(region)).map_err(|e| rejection(field, raw, &region_code, &e, tenant))
+        phones.to_e164(raw, Some(region)).map_err(|e| rejection(field, raw, &region_code, &e, tenant))
     };
     let from_e164 = number("from_number", &ev.from_number)?;
     let to_e164 = number("to_number", &ev.to_number)?;
@@ -106,7 +111,7 @@ mod tests {
     #[test]
     fn tenant_region_reads_national_numbers() {
         let t = tenants();
-        let n = normalise(&call("020 7946 0958", "+1 (415) 555-2671", None), t.get("acme").unwrap(), 5).unwrap();
+        let n = normalise(&call("020 7946 0958", "+1 (415) 555-2671", None), t.get("acme").unwrap(), &E164Cache::new(10), 5).unwrap();
         assert_eq!(n.from_e164, "+442079460958");
         assert_eq!(n.to_e164, "+14155552671");
         assert_eq!(n.customer_e164, "+14155552671", "outbound: the customer is the called side");
@@ -119,28 +124,28 @@ mod tests {
     fn region_hint_wins_over_tenant_default() {
         let t = tenants();
         // Read as German, 06 12 34 56 78 is a Wiesbaden number, not the French mobile.
-        let n = normalise(&call("030 901820", "06 12 34 56 78", Some("de")), t.get("acme").unwrap(), 0).unwrap();
+        let n = normalise(&call("030 901820", "06 12 34 56 78", Some("de")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap();
         assert_eq!(n.to_e164, "+49612345678");
         // A number invalid for the region rejects the whole call, naming the field.
-        let r = normalise(&call("030 901820", "0199 12", Some("DE")), t.get("acme").unwrap(), 0).unwrap_err();
+        let r = normalise(&call("030 901820", "0199 12", Some("DE")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap_err();
         assert_eq!(r.reason, DlqReason::InvalidPhone);
         assert!(r.detail.contains("to_number \"0199 12\""), "{}", r.detail);
         assert!(!r.audit_detail.contains("0199 12"), "audit must mask: {}", r.audit_detail);
-        let n = normalise(&call("030 901820", "+33 6 12 34 56 78", Some("DE")), t.get("acme").unwrap(), 0).unwrap();
+        let n = normalise(&call("030 901820", "+33 6 12 34 56 78", Some("DE")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap();
         assert_eq!((n.from_e164.as_str(), n.to_e164.as_str(), n.region_used.as_str()), ("+4930901820", "+33612345678", "DE"));
     }
 
     #[test]
     fn unmasked_when_the_tenant_allows() {
         let t = tenants();
-        let r = normalise(&call("12345", "+14155552671", None), t.get("open").unwrap(), 0).unwrap_err();
+        let r = normalise(&call("12345", "+14155552671", None), t.get("open").unwrap(), &E164Cache::new(10), 0).unwrap_err();
         assert!(r.audit_detail.contains("\"12345\""), "{}", r.audit_detail);
     }
 
     #[test]
     fn bad_region_hint_is_a_validation_error() {
         let t = tenants();
-        let r = normalise(&call("+14155552671", "+14155552671", Some("Atlantis")), t.get("acme").unwrap(), 0).unwrap_err();
+        let r = normalise(&call("+14155552671", "+14155552671", Some("Atlantis")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap_err();
         assert_eq!(r.reason, DlqReason::Validation);
     }
 }

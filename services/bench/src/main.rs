@@ -1,0 +1,265 @@
+//! `cargo run --release -p bench -- normaliser`: one dev broker, one backlog of calls on
+//! calls.raw, then — one after the other, each in its own process and consumer group —
+//! a plain consume→produce passthrough on the same pipeline runtime and the real
+//! normaliser. Prints messages/s for both, their ratio and each process's peak RSS.
+//! Figures, not assertions: the machines are noisy.
+
+use clap::{Parser, Subcommand};
+use crm_common::codec;
+use crm_common::config::{CommonArgs, PipelineArgs, Topics};
+use crm_common::dev_broker::DevBroker;
+use crm_common::events::{CallDirection, CallEvent, CallOutcome};
+use crm_common::pipeline::{self, Handler, InMessage, OutRecord, PipelineConfig, Processed, Transient};
+use crm_common::topic_reader::TopicReader;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSTHROUGH_OUT: &str = "bench.passthrough.out";
+
+#[derive(Parser)]
+#[command(name = "bench", about = "crm-sync benchmarks (print figures)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Normaliser throughput beside a passthrough, and peak RSS.
+    Normaliser {
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[arg(long, default_value_t = 50)]
+        tenants: usize,
+    },
+    /// Per-input cost of the normaliser's steps, in-process (no broker).
+    Steps {
+        #[arg(long, default_value_t = 50_000)]
+        iterations: usize,
+    },
+    /// (internal) The passthrough stage: calls.raw → bench.passthrough.out, unchanged.
+    Passthrough {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+struct Passthrough;
+
+impl Handler for Passthrough {
+    async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
+        Ok(batch
+            .iter()
+            .map(|m| Processed {
+                outputs: vec![OutRecord::new(
+                    PASSTHROUGH_OUT,
+                    &m.key_str().unwrap_or_default(),
+                    m.payload.clone().unwrap_or_default(),
+                    &m.trace_id,
+                )],
+                outcome: "passed",
+            })
+            .collect())
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Passthrough { common, pipeline } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let _t = crm_common::telemetry::init("bench-passthrough", &common)?;
+                let cfg = PipelineConfig {
+                    service: "bench-passthrough",
+                    input_topics: vec![common.topics.calls_raw.clone()],
+                    common,
+                    args: pipeline,
+                };
+                pipeline::run(cfg, Passthrough, pipeline::shutdown_on_signals()).await
+            })
+        }
+        Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
+        Cmd::Steps { iterations } => steps(iterations),
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(p.exists(), "{} missing: cargo build --release --workspace --bins", p.display());
+    Ok(p)
+}
+
+struct Run {
+    label: &'static str,
+    rate: f64,
+    elapsed: Duration,
+    peak_rss_kib: u64,
+}
+
+fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Result<()> {
+    let topics = Topics::default();
+    let mut all = topics.all();
+    all.push(PASSTHROUGH_OUT.into());
+    let broker = DevBroker::start(1, partitions, &all)?;
+    let bootstrap = broker.bootstrap_servers();
+
+    let dir = std::env::temp_dir().join(format!("crm-sync-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let tenants_file = dir.join("tenants.toml");
+    let regions = ["US", "GB", "DE", "FR", "IN"];
+    let cfg: String = (0..tenants)
+        .map(|t| format!("[tenants.t{t}]\ndefault_region = \"{}\"\n", regions[t % regions.len()]))
+        .collect();
+    std::fs::write(&tenants_file, cfg)?;
+
+    eprintln!("producing {messages} calls over {tenants} tenants to {} ({partitions} partitions)…", topics.calls_raw);
+    produce_backlog(&bootstrap, &topics.calls_raw, messages, tenants)?;
+
+    let env = |cmd: &mut Command| {
+        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+            .env("TENANTS_CONFIG", &tenants_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+    };
+    let mut runs = vec![];
+    let mut pt = Command::new(std::env::current_exe()?);
+    pt.arg("passthrough");
+    env(&mut pt);
+    runs.push(measure("passthrough", pt.spawn()?, &bootstrap, &[PASSTHROUGH_OUT], messages)?);
+    let mut nm = Command::new(sibling("normaliser")?);
+    env(&mut nm);
+    runs.push(measure("normaliser", nm.spawn()?, &bootstrap, &[&topics.calls_normalised, &topics.dlq], messages)?);
+
+    println!("\nbench normaliser: {messages} messages, {partitions} partitions, {tenants} tenants, one dev broker");
+    println!("{:<12} {:>12} {:>10} {:>14}", "stage", "msgs/s", "seconds", "peak RSS MiB");
+    for r in &runs {
+        println!(
+            "{:<12} {:>12.0} {:>10.2} {:>14.1}",
+            r.label,
+            r.rate,
+            r.elapsed.as_secs_f64(),
+            r.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    println!("ratio normaliser/passthrough: {:.2}", runs[1].rate / runs[0].rate);
+    println!("(the normaliser also writes one audit record per input: 2 outputs per input vs 1)");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn produce_backlog(bootstrap: &str, topic: &str, messages: usize, tenants: usize) -> anyhow::Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let numbers = ["(415) 555-2671", "+44 20 7946 0958", "030 901820", "06 12 34 56 78", "098765 43210"];
+    for i in 0..messages {
+        let t = i % tenants;
+        let ev = CallEvent {
+            tenant_id: format!("t{t}"),
+            call_id: format!("call-{i}"),
+            source: "bench".into(),
+            version: 1,
+            direction: if i % 2 == 0 { CallDirection::Inbound } else { CallDirection::Outbound },
+            // The agent's line repeats; customers' numbers mostly do not (10,000 distinct).
+            from_number: numbers[t % numbers.len()].into(),
+            to_number: format!("(650) 253-{:04}", i % 10_000),
+            region_hint: None,
+            started_at: 1_767_225_600_000 + i as i64,
+            ended_at: Some(1_767_225_660_000 + i as i64),
+            duration_s: Some(60),
+            outcome: Some(CallOutcome::Answered),
+            agent_id: format!("agent-{}", i % 97),
+            agent_email: Some("agent@example.com".into()),
+            recording_url: None,
+            notes: Some("benchmark call".into()),
+            attributes: HashMap::from([("queue".into(), "sales".into())]),
+        };
+        let payload = codec::encode(&ev)?;
+        let key = ev.tenant_id;
+        let mut rec = BaseRecord::to(topic).key(&key).payload(&payload);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// Reads `child`'s outputs until all `expected` are there; the rate comes from the outputs'
+/// own timestamps (first to last), so consumer-group join time and our polling do not count.
+/// Then reads its peak RSS and stops it.
+fn measure(label: &'static str, mut child: Child, bootstrap: &str, outputs: &[&str], expected: usize) -> anyhow::Result<Run> {
+    let reader = TopicReader::new(bootstrap, outputs)?;
+    let (mut n, mut first, mut last) = (0usize, i64::MAX, i64::MIN);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while n < expected {
+        anyhow::ensure!(Instant::now() < deadline, "{label}: only {n} of {expected} outputs");
+        for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 10_000) {
+            n += 1;
+            let ts = m.timestamp_ms.unwrap_or(0);
+            first = first.min(ts);
+            last = last.max(ts);
+        }
+    }
+    let peak_rss_kib = peak_rss_kib(child.id()).unwrap_or(0);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait()?;
+    let elapsed = Duration::from_millis((last - first).max(1) as u64);
+    let rate = n as f64 / elapsed.as_secs_f64();
+    eprintln!("{label}: {rate:.0} msgs/s");
+    Ok(Run { label, rate, elapsed, peak_rss_kib })
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn steps(iterations: usize) -> anyhow::Result<()> {
+    let ev = CallEvent {
+        tenant_id: "t1".into(), call_id: "call-1".into(), source: "bench".into(), version: 1,
+        direction: CallDirection::Inbound, from_number: "(415) 555-2671".into(),
+        to_number: "+1 650 253 0000".into(), region_hint: None, started_at: 1, ended_at: Some(2),
+        duration_s: Some(60), outcome: Some(CallOutcome::Answered), agent_id: "a".into(),
+        agent_email: Some("agent@example.com".into()), recording_url: None,
+        notes: Some("benchmark call".into()), attributes: HashMap::from([("queue".into(), "sales".into())]),
+    };
+    let bytes = codec::encode(&ev)?;
+    let region = crm_common::phone::region("US")?;
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        let per = t.elapsed().as_secs_f64() / iterations as f64;
+        println!("{label:<28} {:>9.2} µs  {:>10.0} /s", per * 1e6, 1.0 / per);
+    };
+    time("codec::encode CallEvent", &mut || { codec::encode(&ev).unwrap(); });
+    time("codec::decode CallEvent", &mut || { codec::decode::<CallEvent>(&bytes).unwrap(); });
+    time("phone::to_e164 national", &mut || { crm_common::phone::to_e164("(415) 555-2671", Some(region)).unwrap(); });
+    time("phone::to_e164 +CC", &mut || { crm_common::phone::to_e164("+1 650 253 0000", Some(region)).unwrap(); });
+    let cache = crm_common::phone::E164Cache::new(1000);
+    time("E164Cache hit", &mut || { cache.to_e164("(415) 555-2671", Some(region)).unwrap(); });
+    Ok(())
+}
+
