@@ -31,9 +31,9 @@ struct Cli {
 enum Cmd {
     /// Normaliser throughput beside a passthrough, and peak RSS.
     Normaliser {
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 100_000)]
         messages: usize,
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 12)]
         partitions: i32,
         #[arg(long, default_value_t = 50)]
         tenants: usize,
@@ -120,6 +120,14 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
         .collect();
     std::fs::write(&tenants_file, cfg)?;
 
+    // The mock cluster keeps at most 5 MiB (or 100k messages) per partition and silently
+    // drops the oldest beyond that, which would look like loss. Stay well inside it.
+    let per_partition = messages as f64 * 400.0 / partitions as f64;
+    anyhow::ensure!(
+        per_partition < 4.0 * 1024.0 * 1024.0 && messages / partitions as usize <= 90_000,
+        "{messages} messages over {partitions} partitions overflow the dev broker's 5 MiB per partition \
+         retention; use more --partitions"
+    );
     eprintln!("producing {messages} calls over {tenants} tenants to {} ({partitions} partitions)…", topics.calls_raw);
     produce_backlog(&bootstrap, &topics.calls_raw, messages, tenants)?;
 

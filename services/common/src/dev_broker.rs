@@ -1,6 +1,8 @@
 //! `crm-sync dev-broker`: librdkafka's mock cluster, reachable by any Kafka client over
 //! TCP on 127.0.0.1, with the pipeline's topics created. It has no transactions and keeps
-//! everything in memory; it is for dev and tests, never for production.
+//! everything in memory; it is for dev and tests, never for production. It also keeps only
+//! the newest 5 MiB or 100,000 messages of each partition and drops older ones silently
+//! (librdkafka rdkafka_mock.c), so size dev and bench backlogs to fit.
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;

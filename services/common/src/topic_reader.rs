@@ -19,6 +19,8 @@ impl TopicReader {
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "crm-sync-topic-reader")
             .set("enable.auto.commit", "false")
+            // Never jump to the end silently if the beginning is gone.
+            .set("auto.offset.reset", "earliest")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for t in topics {
