@@ -7,14 +7,13 @@
 use clap::{Parser, Subcommand};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
-use crm_common::dev_broker::DevBroker;
+use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::{CallDirection, CallEvent, CallOutcome};
 use crm_common::pipeline::{self, Handler, InMessage, OutRecord, PipelineConfig, Processed, Transient};
 use crm_common::topic_reader::TopicReader;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,12 +90,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let p = std::env::current_exe()?.with_file_name(name);
-    anyhow::ensure!(p.exists(), "{} missing: cargo build --release --workspace --bins", p.display());
-    Ok(p)
-}
-
 struct Run {
     label: &'static str,
     rate: f64,
@@ -142,7 +135,7 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
     pt.arg("passthrough");
     env(&mut pt);
     runs.push(measure("passthrough", pt.spawn()?, &bootstrap, &[PASSTHROUGH_OUT], messages)?);
-    let mut nm = Command::new(sibling("normaliser")?);
+    let mut nm = Command::new(sibling_binary("normaliser")?);
     env(&mut nm);
     runs.push(measure("normaliser", nm.spawn()?, &bootstrap, &[&topics.calls_normalised, &topics.dlq], messages)?);
 

@@ -133,22 +133,15 @@ fn read_datum<T: AvroRecord>(writer: &Versioned, datum: &[u8]) -> Result<T, Deco
     let current = Registry::global().current(T::RECORD);
     let err = |source| DecodeError::Datum { schema: writer.path.clone(), source };
     let mut cursor = Cursor::new(datum);
-    let value = if writer.fingerprint == current.fingerprint {
-        GenericDatumReader::builder(&writer.schema)
-            .build()
-            .map_err(err)?
-            .read_value(&mut cursor)
-            .map_err(err)?
-    } else {
-        // An older (or newer) writer: resolve into the current schema, which fills
-        // defaults for fields the writer did not have and drops ones we no longer know.
-        GenericDatumReader::builder(&writer.schema)
-            .reader_schema(&current.schema)
-            .build()
-            .map_err(err)?
-            .read_value(&mut cursor)
-            .map_err(err)?
-    };
+    // An older (or newer) writer is resolved into the current schema, which fills defaults
+    // for fields the writer did not have and drops ones we no longer know.
+    let reader_schema = (writer.fingerprint != current.fingerprint).then_some(&current.schema);
+    let value = GenericDatumReader::builder(&writer.schema)
+        .maybe_reader_schema(reader_schema)
+        .build()
+        .map_err(err)?
+        .read_value(&mut cursor)
+        .map_err(err)?;
     let left = datum.len() - cursor.position() as usize;
     if left != 0 {
         return Err(DecodeError::TrailingBytes(left));

@@ -24,3 +24,16 @@ impl DevBroker {
         self.cluster.bootstrap_servers()
     }
 }
+
+/// Another binary of this workspace, installed beside the running one (target/<profile>/ or
+/// the image's bin dir); dev mode and the bench start services from there.
+pub fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build every service first (`cargo build --release --workspace --bins`, \
+         or use scripts/dev)",
+        path.display()
+    );
+    Ok(path)
+}

@@ -61,6 +61,7 @@ pub const HISTORY: &[(RecordType, &str, &str)] = &[
 ];
 
 /// A parsed schema with its canonical form and fingerprint.
+#[derive(Clone)]
 pub struct Versioned {
     pub record: RecordType,
     pub path: String,
@@ -103,7 +104,7 @@ impl Registry {
         for rt in RecordType::ALL {
             let path = format!("{}.avsc", rt.file_stem());
             let v = Versioned::parse(rt, &path, rt.current_text())?;
-            by_fingerprint.insert(v.fingerprint, Versioned::parse(rt, &path, rt.current_text())?);
+            by_fingerprint.insert(v.fingerprint, v.clone());
             current.insert(rt, v);
         }
         for (rt, path, text) in HISTORY {

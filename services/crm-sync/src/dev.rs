@@ -3,7 +3,7 @@
 //! several tenants with messy numbers (and some bad input), and reports what happened to
 //! each. Grows with every service.
 
-use crm_common::dev_broker::DevBroker;
+use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::{CallDirection, CallEvent, CallOutcome, DeadLetter, NormalisedCall};
@@ -45,17 +45,6 @@ impl Drop for Children {
             }
         }
     }
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: build every service first (`cargo build --release --workspace --bins`, \
-         or use scripts/dev)",
-        path.display()
-    );
-    Ok(path)
 }
 
 pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
@@ -116,7 +105,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let mut children = Children(vec![]);
     for service in ["normaliser"] {
-        let child = Command::new(sibling(service)?)
+        let child = Command::new(sibling_binary(service)?)
             .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
             .env("TENANTS_CONFIG", &tenants)
             .env("KAFKA_OPTIONS", "session.timeout.ms=6000")
