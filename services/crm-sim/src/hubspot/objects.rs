@@ -1,0 +1,585 @@
+//! Contacts and calls: single and batch create, read, update, archive, upsert by a unique
+//! property, associations and the properties API.
+
+use super::errors::{self, batch_error, property_error};
+use super::{CALL_TO_CONTACT, CONTACT_TO_CALL};
+use crate::clock::iso_ms;
+use crate::gate::json;
+use crate::state::{Account, Caller, FieldType, Record, SharedSim};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap};
+
+pub const BATCH_MAX: usize = 100;
+
+/// The object types this simulator holds, and the name HubSpot uses for them in messages.
+fn object_type(object: &str) -> Option<(&'static str, &'static str)> {
+    match object {
+        "calls" | "call" | "0-48" => Some(("calls", "CALL")),
+        "contacts" | "contact" | "0-1" => Some(("contacts", "CONTACT")),
+        _ => None,
+    }
+}
+
+pub fn unknown_object(object: &str) -> Response {
+    errors::validation(&format!("Unable to infer object type from: {object}"))
+}
+
+pub fn parse_body(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| errors::validation(&format!("Invalid input JSON on line {}, column {}: {}", e.line(), e.column(), e)))
+}
+
+/// A failure of one input, rendered as a single-endpoint error or a batch `errors[]` entry.
+pub struct Failure {
+    pub status: u16,
+    pub category: &'static str,
+    pub message: String,
+    pub context: Map<String, Value>,
+    pub sub_category: Option<&'static str>,
+}
+
+impl Failure {
+    fn new(status: u16, category: &'static str, message: String) -> Self {
+        Failure { status, category, message, context: Map::new(), sub_category: None }
+    }
+    fn ctx(mut self, k: &str, v: Value) -> Self {
+        self.context.insert(k.into(), v);
+        self
+    }
+    pub fn response(self) -> Response {
+        let mut extra = json!({"context": self.context});
+        if let Some(s) = self.sub_category {
+            extra["subCategory"] = json!(s);
+        }
+        errors::error(self.status, self.category, &self.message, extra)
+    }
+    fn batch(self) -> Value {
+        let mut v = batch_error(self.category, self.message, self.context);
+        if let Some(s) = self.sub_category {
+            v["subCategory"] = json!(s);
+        }
+        v
+    }
+}
+
+/// HubSpot holds every property value as a string.
+fn as_hs_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Epoch ms or ISO 8601, to the ISO form HubSpot reads back.
+fn parse_datetime(s: &str) -> Option<String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(iso_ms(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| iso_ms(d.timestamp_millis()))
+}
+
+/// Checks and normalises `properties` against the object's schema.
+fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Result<Map<String, Value>, Failure> {
+    let Some(props) = props.as_object() else {
+        return Err(Failure::new(400, "VALIDATION_ERROR", "Invalid input JSON: properties must be an object".into()));
+    };
+    let schema = acct.fields(table).cloned().unwrap_or_default();
+    let mut out = Map::new();
+    let mut errs = vec![];
+    for (name, v) in props {
+        let Some(def) = schema.get(name) else {
+            errs.push(property_error(name, "PROPERTY_DOESNT_EXIST", format!("Property \"{name}\" does not exist")));
+            continue;
+        };
+        let Some(s) = as_hs_string(v) else {
+            errs.push(property_error(name, "INVALID_TYPE", format!("Property \"{name}\" must be a string")));
+            continue;
+        };
+        if def.read_only {
+            errs.push(property_error(name, "READ_ONLY_VALUE", format!("Property \"{name}\" is a read only property; its value cannot be set.")));
+            continue;
+        }
+        let value = match def.kind {
+            _ if s.is_empty() => s,
+            FieldType::Number if s.parse::<f64>().is_err() => {
+                errs.push(property_error(name, "INVALID_INTEGER", format!("{s} was not a valid number.")));
+                continue;
+            }
+            FieldType::DateTime => match parse_datetime(&s) {
+                Some(d) => d,
+                None => {
+                    errs.push(property_error(name, "INVALID_DATE", format!("{s} was not a valid long or ISO 8601 date.")));
+                    continue;
+                }
+            },
+            FieldType::Picklist if !def.options.contains(&s) => {
+                errs.push(property_error(name, "INVALID_OPTION", format!("{s} was not one of the allowed options: {}", def.options.join(", "))));
+                continue;
+            }
+            _ => s,
+        };
+        out.insert(name.clone(), Value::String(value));
+    }
+    if creating {
+        for (name, def) in &schema {
+            if def.required && out.get(name).and_then(Value::as_str).is_none_or(str::is_empty) {
+                errs.push(property_error(name, "REQUIRED", format!("Property \"{name}\" is required")));
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(Failure::new(400, "VALIDATION_ERROR", errors::property_message(&errs)));
+    }
+    Ok(out)
+}
+
+/// Unique properties: a second live record with the same value is refused.
+fn check_unique(acct: &Account, table: &str, props: &Map<String, Value>, except: Option<&str>) -> Result<(), Failure> {
+    let schema = acct.fields(table).cloned().unwrap_or_default();
+    for (name, v) in props {
+        if schema.get(name).is_some_and(|d| d.unique) {
+            if let Some(existing) = acct.unique_holder(table, name, v, except) {
+                let what = if table == "contacts" { "Contact" } else { "Call" };
+                return Err(Failure::new(409, "CONFLICT", format!("{what} already exists. Existing ID: {existing}")).ctx("id", json!([existing])).ctx("property", json!(name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The searchable digits HubSpot derives from a phone property: no formatting, no country
+/// code, no leading zeros (CRM-APIS §1.2; the exact rules are not published).
+pub fn searchable_digits(raw: &str) -> String {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('+') {
+        if let Ok(n) = phonenumber::parse(None, trimmed) {
+            return n.national().value().to_string();
+        }
+    }
+    crate::state::digits(trimmed).trim_start_matches('0').to_string()
+}
+
+pub fn derive(table: &str, r: &mut Record) {
+    let id = r.id.clone();
+    let (created, updated) = (iso_ms(r.created_ms), iso_ms(r.updated_ms));
+    let f = &mut r.fields;
+    f.insert("hs_object_id".into(), json!(id));
+    if table == "contacts" {
+        f.insert("createdate".into(), json!(created));
+        f.insert("lastmodifieddate".into(), json!(updated));
+        for (src, dst) in [("phone", "hs_searchable_calculated_phone_number"), ("mobilephone", "hs_searchable_calculated_mobile_number")] {
+            match f.get(src).and_then(Value::as_str).map(searchable_digits).filter(|d| !d.is_empty()) {
+                Some(d) => f.insert(dst.into(), json!(d)),
+                None => f.remove(dst),
+            };
+        }
+    } else {
+        f.insert("hs_createdate".into(), json!(created));
+        f.insert("hs_lastmodifieddate".into(), json!(updated));
+    }
+}
+
+fn default_properties(table: &str) -> &'static [&'static str] {
+    if table == "contacts" {
+        &["createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"]
+    } else {
+        &["hs_createdate", "hs_lastmodifieddate", "hs_object_id"]
+    }
+}
+
+/// A SimplePublicObject: only the properties asked for (or the defaults), as HubSpot does.
+pub fn render(r: &Record, table: &str, props: Option<&[String]>, with_assoc: bool) -> Value {
+    let mut properties = Map::new();
+    let names: Vec<String> = match props {
+        Some(p) => p.to_vec(),
+        None => default_properties(table).iter().map(|s| s.to_string()).collect(),
+    };
+    for n in names {
+        properties.insert(n.clone(), r.fields.get(&n).cloned().unwrap_or(Value::Null));
+    }
+    let mut v = json!({
+        "id": r.id, "properties": properties, "createdAt": iso_ms(r.created_ms),
+        "updatedAt": iso_ms(r.updated_ms), "archived": !r.live(),
+    });
+    if let Some(d) = r.deleted_ms {
+        v["archivedAt"] = json!(iso_ms(d));
+    }
+    if with_assoc && !r.associations.is_empty() {
+        let (key, ty) = if table == "calls" { ("contacts", "call_to_contact") } else { ("calls", "contact_to_call") };
+        let results: Vec<Value> = r.associations.iter().map(|id| json!({"id": id, "type": ty})).collect();
+        v["associations"] = json!({ key: {"results": results} });
+    }
+    v
+}
+
+/// Everything a write sets, rendered back (HubSpot echoes the written properties).
+fn render_written(r: &Record, table: &str) -> Value {
+    let names: Vec<String> = r.fields.keys().cloned().collect();
+    render(r, table, Some(&names), false)
+}
+
+fn new_id(acct: &mut Account) -> String {
+    crate::crms::new_id(crate::state::Crm::Hubspot, acct, "")
+}
+
+/// Resolves a contact id for an association: merged contacts resolve to their survivor.
+fn live_contact(acct: &mut Account, id: &str) -> Option<String> {
+    let t = acct.table("contacts");
+    let mut cur = t.get(id)?;
+    for _ in 0..8 {
+        match (&cur.merged_into, cur.live()) {
+            (_, true) => return Some(cur.id.clone()),
+            (Some(next), false) => cur = t.get(next)?,
+            (None, false) => return None,
+        }
+    }
+    None
+}
+
+fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<BTreeSet<String>, Failure> {
+    let mut out = BTreeSet::new();
+    let Some(list) = input.get("associations") else { return Ok(out) };
+    let Some(list) = list.as_array() else {
+        return Err(Failure::new(400, "VALIDATION_ERROR", "Invalid input JSON: associations must be an array".into()));
+    };
+    let expected = if table == "calls" { CALL_TO_CONTACT } else { CONTACT_TO_CALL };
+    for a in list {
+        let to = a.pointer("/to/id").and_then(as_hs_string).unwrap_or_default();
+        let types = a.get("types").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ok_type = !types.is_empty()
+            && types.iter().all(|t| t.get("associationCategory").and_then(Value::as_str) == Some("HUBSPOT_DEFINED") && t.get("associationTypeId").and_then(Value::as_i64) == Some(expected));
+        if !ok_type {
+            return Err(Failure::new(400, "VALIDATION_ERROR", format!("{} is not a valid association type between {table} and the target object", types.first().and_then(|t| t.get("associationTypeId")).cloned().unwrap_or(Value::Null))));
+        }
+        if table != "calls" {
+            continue;
+        }
+        match live_contact(acct, &to) {
+            Some(id) => {
+                out.insert(id);
+            }
+            None => {
+                let mut f = Failure::new(400, "VALIDATION_ERROR", format!("Could not find object ids: [{to}] of type contacts"));
+                f.sub_category = Some("crm.associations.INVALID_OBJECT_IDS");
+                return Err(f.ctx("ids", json!([to])));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn create_one(acct: &mut Account, table: &str, input: &Value, now: i64) -> Result<Record, Failure> {
+    let props = validate(acct, table, input.get("properties").unwrap_or(&Value::Null), true)?;
+    check_unique(acct, table, &props, None)?;
+    let associations = parse_associations(acct, table, input)?;
+    let id = new_id(acct);
+    let lag = acct.search_lag_ms;
+    let mut r = Record { id: id.clone(), fields: props, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + lag, associations: associations.clone(), merged_into: None };
+    derive(table, &mut r);
+    for c in &associations {
+        if let Some(contact) = acct.table("contacts").get_mut(c) {
+            contact.associations.insert(id.clone());
+        }
+    }
+    acct.table(table).insert(r.clone());
+    Ok(r)
+}
+
+/// Finds a live record by id, or by a unique property when `id_property` is given.
+fn find(acct: &mut Account, table: &str, id: &str, id_property: Option<&str>, archived: bool) -> Option<String> {
+    let t = acct.table(table);
+    match id_property.filter(|p| *p != "hs_object_id") {
+        Some(p) => t.iter().find(|r| r.str_field(p) == Some(id) && r.live() != archived).map(|r| r.id.clone()),
+        None => t.get(id).filter(|r| r.live() != archived).map(|r| r.id.clone()),
+    }
+}
+
+fn update_one(acct: &mut Account, table: &str, id: &str, props: &Value, now: i64) -> Result<Record, Failure> {
+    let props = validate(acct, table, props, false)?;
+    check_unique(acct, table, &props, Some(id))?;
+    let lag = acct.search_lag_ms;
+    let r = acct.table(table).get_mut(id).expect("caller found it");
+    r.fields.extend(props);
+    r.updated_ms = now;
+    r.indexed_at_ms = now + lag;
+    derive(table, r);
+    Ok(r.clone())
+}
+
+fn list_param(q: &HashMap<String, String>, k: &str) -> Option<Vec<String>> {
+    q.get(k).map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+}
+
+pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>, body: Bytes) -> Response {
+    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
+    let input = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if input.get("properties").is_none() {
+        return errors::validation("Invalid input JSON: missing required property 'properties'");
+    }
+    sim.with(&caller, |acct, now| match create_one(acct, table, &input, now) {
+        Ok(r) => json(201, render_written(&r, table)),
+        Err(f) => f.response(),
+    })
+}
+
+pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
+    let archived = q.get("archived").is_some_and(|v| v == "true");
+    let props = list_param(&q, "properties");
+    let assoc = q.get("associations").is_some();
+    sim.with(&caller, |acct, _| {
+        let mut found = find(acct, table, &id, q.get("idProperty").map(String::as_str), archived);
+        // A merged contact's old id answers with the surviving record.
+        if found.is_none() && table == "contacts" && q.get("idProperty").is_none() {
+            found = live_contact(acct, &id);
+        }
+        match found {
+            Some(rid) => json(200, render(acct.table(table).get(&rid).unwrap(), table, props.as_deref(), assoc)),
+            None => errors::not_found(ty, &id),
+        }
+    })
+}
+
+pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+    let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
+    let input = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, now| {
+        let Some(rid) = find(acct, table, &id, q.get("idProperty").map(String::as_str), false) else { return errors::not_found(ty, &id) };
+        match update_one(acct, table, &rid, input.get("properties").unwrap_or(&Value::Null), now) {
+            Ok(r) => json(200, render_written(&r, table)),
+            Err(f) => f.response(),
+        }
+    })
+}
+
+pub async fn archive(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id)): Path<(String, String)>) -> Response {
+    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
+    sim.with(&caller, |acct, now| {
+        // Archiving is idempotent: an unknown or archived id also answers 204.
+        if let Some(r) = acct.table(table).get_mut(&id).filter(|r| r.live()) {
+            r.deleted_ms = Some(now);
+        }
+        StatusCode::NO_CONTENT.into_response()
+    })
+}
+
+pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
+    let archived = q.get("archived").is_some_and(|v| v == "true");
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 100);
+    let after = q.get("after").and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
+    let props = list_param(&q, "properties");
+    let assoc = q.get("associations").is_some();
+    sim.with(&caller, |acct, _| {
+        let all: Vec<Value> = acct.table(table).iter().filter(|r| r.live() != archived).skip(after).take(limit + 1).map(|r| render(r, table, props.as_deref(), assoc)).collect();
+        let more = all.len() > limit;
+        let results: Vec<Value> = all.into_iter().take(limit).collect();
+        let mut body = json!({"results": results});
+        if more {
+            body["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+        }
+        json(200, body)
+    })
+}
+
+pub async fn batch(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, action)): Path<(String, String)>, body: Bytes) -> Response {
+    let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
+    let input = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(inputs) = input.get("inputs").and_then(Value::as_array).cloned() else {
+        return errors::validation("Invalid input JSON: missing required property 'inputs'");
+    };
+    let max = if action == "read" && input.get("propertiesWithHistory").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) { 50 } else { BATCH_MAX };
+    if inputs.len() > max {
+        return errors::validation(&format!("The maximum number of inputs supported in a batch is {max}. Please reduce the number of items and try again"));
+    }
+    let started = crate::clock::iso_ms(sim.clock.now_ms());
+    sim.with(&caller, |acct, now| {
+        let mut results = vec![];
+        let mut errs = vec![];
+        let mut status_all = 201;
+        match action.as_str() {
+            "create" => {
+                for i in &inputs {
+                    match create_one(acct, table, i, now) {
+                        Ok(r) => results.push(render_written(&r, table)),
+                        Err(f) => {
+                            let trace = i.get("objectWriteTraceId").cloned();
+                            let mut e = f.batch();
+                            if let Some(t) = trace {
+                                e["context"]["objectWriteTraceId"] = json!([t]);
+                            }
+                            errs.push(e);
+                        }
+                    }
+                }
+            }
+            "upsert" => {
+                status_all = 200;
+                for i in &inputs {
+                    let (Some(key), Some(id_prop)) = (i.get("id").and_then(as_hs_string), i.get("idProperty").and_then(Value::as_str)) else {
+                        errs.push(Failure::new(400, "VALIDATION_ERROR", "upsert inputs need id and idProperty".into()).batch());
+                        continue;
+                    };
+                    if !acct.fields(table).and_then(|f| f.get(id_prop)).is_some_and(|d| d.unique) {
+                        return errors::validation(&format!("{id_prop} is not a unique property of {table}; upsert needs a property with unique values"));
+                    }
+                    let props = i.get("properties").cloned().unwrap_or(json!({}));
+                    let outcome = match find(acct, table, &key, Some(id_prop), false) {
+                        Some(rid) => update_one(acct, table, &rid, &props, now).map(|r| (r, false)),
+                        None => {
+                            let mut p = props.as_object().cloned().unwrap_or_default();
+                            p.insert(id_prop.to_string(), json!(key));
+                            create_one(acct, table, &json!({"properties": p}), now).map(|r| (r, true))
+                        }
+                    };
+                    match outcome {
+                        Ok((r, new)) => {
+                            let mut v = render_written(&r, table);
+                            v["new"] = json!(new);
+                            results.push(v);
+                        }
+                        Err(f) => errs.push(f.batch()),
+                    }
+                }
+            }
+            "read" => {
+                status_all = 200;
+                let props: Option<Vec<String>> = input.get("properties").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect());
+                let id_prop = input.get("idProperty").and_then(Value::as_str);
+                let mut missing = vec![];
+                for i in &inputs {
+                    let id = i.get("id").and_then(as_hs_string).unwrap_or_default();
+                    match find(acct, table, &id, id_prop, false) {
+                        Some(rid) => results.push(render(acct.table(table).get(&rid).unwrap(), table, props.as_deref(), false)),
+                        None => missing.push(id),
+                    }
+                }
+                if !missing.is_empty() {
+                    let mut ctx = Map::new();
+                    ctx.insert("ids".into(), json!(missing));
+                    errs.push(batch_error("OBJECT_NOT_FOUND", format!("Could not get some {ty} objects, they may be deleted or not exist. Check that ids are valid."), ctx));
+                }
+            }
+            "update" => {
+                status_all = 200;
+                for i in &inputs {
+                    let id = i.get("id").and_then(as_hs_string).unwrap_or_default();
+                    let id_prop = i.get("idProperty").and_then(Value::as_str);
+                    match find(acct, table, &id, id_prop, false) {
+                        None => {
+                            let mut ctx = Map::new();
+                            ctx.insert("ids".into(), json!([id]));
+                            errs.push(batch_error("OBJECT_NOT_FOUND", format!("Could not update some {ty} objects, they may be deleted or not exist."), ctx));
+                        }
+                        Some(rid) => match update_one(acct, table, &rid, i.get("properties").unwrap_or(&Value::Null), now) {
+                            Ok(r) => results.push(render_written(&r, table)),
+                            Err(f) => errs.push(f.batch()),
+                        },
+                    }
+                }
+            }
+            "archive" => {
+                for i in &inputs {
+                    let id = i.get("id").and_then(as_hs_string).unwrap_or_default();
+                    if let Some(r) = acct.table(table).get_mut(&id).filter(|r| r.live()) {
+                        r.deleted_ms = Some(now);
+                    }
+                }
+                return StatusCode::NO_CONTENT.into_response();
+            }
+            other => return errors::error(404, "OBJECT_NOT_FOUND", &format!("No route for batch action {other}"), Value::Null),
+        }
+        let completed = iso_ms(now);
+        if errs.is_empty() {
+            json(status_all, json!({"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": completed}))
+        } else {
+            let n = errs.len();
+            json(207, json!({"status": "COMPLETE", "results": results, "numErrors": n, "errors": errs, "startedAt": started, "completedAt": completed}))
+        }
+    })
+}
+
+pub async fn associate(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id, to_object, to_id)): Path<(String, String, String, String)>) -> Response {
+    let (Some(("calls", _)), Some(("contacts", _))) = (object_type(&object), object_type(&to_object)) else {
+        return errors::validation(&format!("Associations from {object} to {to_object} are not modelled"));
+    };
+    sim.with(&caller, |acct, now| {
+        if find(acct, "calls", &id, None, false).is_none() {
+            return errors::not_found("CALL", &id);
+        }
+        let Some(contact) = live_contact(acct, &to_id) else { return errors::not_found("CONTACT", &to_id) };
+        let lag = acct.search_lag_ms;
+        let call = acct.table("calls").get_mut(&id).unwrap();
+        call.associations.insert(contact.clone());
+        call.updated_ms = now;
+        call.indexed_at_ms = now + lag;
+        acct.table("contacts").get_mut(&contact).unwrap().associations.insert(id.clone());
+        json(
+            200,
+            json!({"status": "COMPLETE", "results": [{"from": {"id": id}, "to": {"id": contact}, "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": CALL_TO_CONTACT}}], "startedAt": iso_ms(now), "completedAt": iso_ms(now)}),
+        )
+    })
+}
+
+fn render_property(name: &str, def: &crate::state::FieldDef, table: &str) -> Value {
+    let (ty, field_type) = match def.kind {
+        FieldType::Number => ("number", "number"),
+        FieldType::DateTime => ("datetime", "date"),
+        FieldType::Picklist => ("enumeration", "select"),
+        FieldType::Phone => ("string", "phonenumber"),
+        _ => ("string", "text"),
+    };
+    let options: Vec<Value> = def.options.iter().enumerate().map(|(i, o)| json!({"label": o, "value": o, "displayOrder": i, "hidden": false})).collect();
+    json!({
+        "name": name, "label": name, "type": ty, "fieldType": field_type, "groupName": format!("{}information", table.trim_end_matches('s')),
+        "hasUniqueValue": def.unique, "calculated": def.read_only, "hubspotDefined": !def.custom,
+        "modificationMetadata": {"readOnlyValue": def.read_only, "archivable": def.custom, "readOnlyDefinition": !def.custom},
+        "options": options, "archived": false,
+    })
+}
+
+pub async fn properties(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>) -> Response {
+    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
+    sim.with(&caller, |acct, _| {
+        let results: Vec<Value> = acct.fields(table).into_iter().flatten().map(|(n, d)| render_property(n, d, table)).collect();
+        json(200, json!({"results": results}))
+    })
+}
+
+pub async fn property(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, name)): Path<(String, String)>) -> Response {
+    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
+    sim.with(&caller, |acct, _| match acct.fields(table).and_then(|f| f.get(&name)) {
+        Some(d) => json(200, render_property(&name, d, table)),
+        None => errors::error(404, "OBJECT_NOT_FOUND", &format!("Unable to find property {name} for object type {table}"), Value::Null),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::searchable_digits;
+
+    #[test]
+    fn searchable_digits_drop_formatting_country_code_and_leading_zeros() {
+        assert_eq!(searchable_digits("(415) 555-1212"), "4155551212");
+        assert_eq!(searchable_digits("+1 415-555-1212"), "4155551212");
+        assert_eq!(searchable_digits("+44 20 7946 0958"), "2079460958");
+        assert_eq!(searchable_digits("020 7946 0958"), "2079460958");
+        assert_eq!(searchable_digits("00004"), "4");
+    }
+}

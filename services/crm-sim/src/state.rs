@@ -1,0 +1,402 @@
+//! Everything the simulated CRMs hold, per account (HubSpot portal, Salesforce org, Zoho org,
+//! Pipedrive company): records, their field schema, limits and usage, revoked permissions,
+//! injected faults and request counters. One mutex guards it all: requests hold it for
+//! microseconds and never across an await.
+
+use crate::clock::Clock;
+use crate::faults::FaultRule;
+use rand::{rngs::StdRng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crm {
+    Hubspot,
+    Salesforce,
+    Zoho,
+    Pipedrive,
+}
+
+impl Crm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Crm::Hubspot => "hubspot",
+            Crm::Salesforce => "salesforce",
+            Crm::Zoho => "zoho",
+            Crm::Pipedrive => "pipedrive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Crm> {
+        serde_json::from_value(Value::String(s.to_ascii_lowercase())).ok()
+    }
+}
+
+/// One record (a contact or a call) as the CRM stores it: native field names, values as
+/// written (phone numbers exactly as typed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub id: String,
+    pub fields: Map<String, Value>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Soft-deleted (archived, recycle bin) at this time.
+    pub deleted_ms: Option<i64>,
+    /// Search indexes see the record (as of its last write) from this time.
+    pub indexed_at_ms: i64,
+    /// Ids of associated contacts (calls) or calls (contacts).
+    pub associations: BTreeSet<String>,
+    /// For a contact merged into another: the survivor's id.
+    pub merged_into: Option<String>,
+}
+
+impl Record {
+    pub fn live(&self) -> bool {
+        self.deleted_ms.is_none()
+    }
+
+    pub fn str_field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+}
+
+/// Records of one object type in creation order, with an id index.
+#[derive(Debug, Default, Clone)]
+pub struct Table {
+    rows: Vec<Record>,
+    index: HashMap<String, usize>,
+}
+
+impl Table {
+    pub fn insert(&mut self, r: Record) {
+        self.index.insert(r.id.clone(), self.rows.len());
+        self.rows.push(r);
+    }
+    pub fn get(&self, id: &str) -> Option<&Record> {
+        self.index.get(id).map(|&i| &self.rows[i])
+    }
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Record> {
+        self.index.get(id).map(|&i| &mut self.rows[i])
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Record> {
+        self.rows.iter()
+    }
+    pub fn live(&self) -> impl Iterator<Item = &Record> {
+        self.rows.iter().filter(|r| r.live())
+    }
+    /// Permanent deletion (GDPR purge, emptied recycle bin).
+    pub fn purge(&mut self, id: &str) -> bool {
+        let Some(i) = self.index.remove(id) else { return false };
+        self.rows.remove(i);
+        for (j, r) in self.rows.iter().enumerate().skip(i) {
+            self.index.insert(r.id.clone(), j);
+        }
+        true
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    #[default]
+    Text,
+    Phone,
+    Number,
+    Bool,
+    Date,
+    DateTime,
+    Picklist,
+    Lookup,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDef {
+    #[serde(rename = "type", default)]
+    pub kind: FieldType,
+    /// The CRM rejects a second record with the same value.
+    #[serde(default)]
+    pub unique: bool,
+    /// Salesforce External ID: usable as an upsert key.
+    #[serde(default)]
+    pub external_id: bool,
+    #[serde(default)]
+    pub custom: bool,
+    /// Computed by the CRM; writes are rejected.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Settable on create only (Salesforce TaskSubtype).
+    #[serde(default)]
+    pub create_only: bool,
+    #[serde(default)]
+    pub required: bool,
+    /// Allowed values of a picklist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl FieldDef {
+    pub fn of(kind: FieldType) -> Self {
+        FieldDef { kind, unique: false, external_id: false, custom: false, read_only: false, create_only: false, required: false, options: vec![] }
+    }
+    pub fn read_only(kind: FieldType) -> Self {
+        FieldDef { read_only: true, ..Self::of(kind) }
+    }
+    pub fn required(kind: FieldType) -> Self {
+        FieldDef { required: true, ..Self::of(kind) }
+    }
+    pub fn picklist(options: &[&str]) -> Self {
+        FieldDef { options: options.iter().map(|s| s.to_string()).collect(), ..Self::of(FieldType::Picklist) }
+    }
+}
+
+pub type Schema = BTreeMap<String, BTreeMap<String, FieldDef>>;
+
+/// Where the account's calls carry crm-sync's idempotency key, so counters can report how many
+/// records each key produced. `marker` extracts the key from free text (Pipedrive's note).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyField {
+    pub object: String,
+    pub field: String,
+    #[serde(default)]
+    pub marker: Option<String>,
+}
+
+impl KeyField {
+    pub fn extract<'a>(&self, r: &'a Record) -> Option<&'a str> {
+        let v = r.str_field(&self.field)?;
+        match &self.marker {
+            None => Some(v),
+            Some(m) => {
+                let start = v.find(m.as_str())? + m.len();
+                let rest = &v[start..];
+                let end = rest.find(|c: char| c.is_whitespace() || "<\"]),;".contains(c)).unwrap_or(rest.len());
+                (end > 0).then(|| &rest[..end])
+            }
+        }
+    }
+}
+
+pub struct Account {
+    pub crm: Crm,
+    pub id: String,
+    pub plan: String,
+    /// Limits in effect, from the plan and any per-account overrides.
+    pub limits: crate::limits::Limits,
+    pub usage: crate::limits::Usage,
+    pub objects: BTreeMap<String, Table>,
+    pub schema: Schema,
+    pub revoked: BTreeSet<String>,
+    pub faults: Vec<FaultRule>,
+    /// endpoint label → status → count
+    pub counters: BTreeMap<String, BTreeMap<u16, u64>>,
+    pub rng: StdRng,
+    /// Start times (sim ms) of requests being handled, by request number.
+    pub in_flight: BTreeMap<u64, i64>,
+    pub key_field: Option<KeyField>,
+    pub search_lag_ms: i64,
+    pub tz_offset_min: i32,
+    pub owner_id: String,
+    pub seq: u64,
+}
+
+impl Account {
+    pub fn table(&mut self, object: &str) -> &mut Table {
+        self.objects.entry(object.to_string()).or_default()
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    pub fn fields(&self, object: &str) -> Option<&BTreeMap<String, FieldDef>> {
+        self.schema.get(object)
+    }
+
+    pub fn count(&mut self, endpoint: &str, status: u16) {
+        *self.counters.entry(endpoint.to_string()).or_default().entry(status).or_default() += 1;
+    }
+
+    /// Records per idempotency key: (all ever created and not purged, live).
+    pub fn keys(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let Some(kf) = &self.key_field else { return out };
+        if let Some(t) = self.objects.get(&kf.object) {
+            for r in t.iter() {
+                if let Some(k) = kf.extract(r) {
+                    let e = out.entry(k.to_string()).or_default();
+                    e.0 += 1;
+                    if r.live() {
+                        e.1 += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A record that holds `value` in unique field `field`, other than `except`.
+    pub fn unique_holder(&self, object: &str, field: &str, value: &Value, except: Option<&str>) -> Option<String> {
+        if value.is_null() || value.as_str() == Some("") {
+            return None;
+        }
+        self.objects.get(object)?.live().find(|r| Some(r.id.as_str()) != except && r.fields.get(field) == Some(value)).map(|r| r.id.clone())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// HubSpot private-app token, Pipedrive API token: never expires.
+    Static,
+    /// OAuth access token: expires, refreshed with a refresh token.
+    Oauth,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Token {
+    pub crm: Crm,
+    pub account: String,
+    pub kind: TokenKind,
+    pub app: String,
+    pub issued_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+    pub refresh_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshToken {
+    pub crm: Crm,
+    pub account: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub app: String,
+    pub revoked: bool,
+    pub access_ttl_s: i64,
+    /// When access tokens were minted from it (Zoho caps minting per 10 minutes).
+    #[serde(skip)]
+    pub minted: VecDeque<i64>,
+}
+
+#[derive(Default)]
+pub struct World {
+    pub accounts: BTreeMap<(Crm, String), Account>,
+    pub tokens: HashMap<String, Token>,
+    pub refresh_tokens: HashMap<String, RefreshToken>,
+    /// Requests whose token matched no account, by crm and status.
+    pub unattributed: BTreeMap<String, BTreeMap<u16, u64>>,
+    pub request_seq: u64,
+}
+
+impl World {
+    pub fn account(&mut self, crm: Crm, id: &str) -> Option<&mut Account> {
+        self.accounts.get_mut(&(crm, id.to_string()))
+    }
+}
+
+/// The identity a request authenticated as; handlers find their account from it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub crm: Crm,
+    pub account: String,
+    pub token: String,
+    pub app: String,
+    pub oauth: bool,
+}
+
+pub struct Sim {
+    pub world: Mutex<World>,
+    pub clock: Clock,
+    /// Where clients reach this process ("http://127.0.0.1:8080"); token responses point
+    /// clients at it (Salesforce instance_url, Zoho and Pipedrive api_domain).
+    pub public_url: RwLock<String>,
+}
+
+pub type SharedSim = Arc<Sim>;
+
+impl Sim {
+    pub fn new() -> SharedSim {
+        Arc::new(Sim { world: Mutex::new(World::default()), clock: Clock::default(), public_url: RwLock::new(String::new()) })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn url(&self, crm: Crm) -> String {
+        format!("{}/{}", self.public_url.read().unwrap(), crm.as_str())
+    }
+
+    /// Runs `f` on the caller's account. The account exists: the gate checked the token.
+    pub fn with<R>(&self, caller: &Caller, f: impl FnOnce(&mut Account, i64) -> R) -> R {
+        let now = self.clock.now_ms();
+        let mut w = self.lock();
+        let acct = w.account(caller.crm, &caller.account).expect("gate checked the account");
+        f(acct, now)
+    }
+}
+
+pub fn new_account(crm: Crm, id: &str, plan: &str, limits: crate::limits::Limits, usage: crate::limits::Usage, schema: Schema, seed: u64) -> Account {
+    Account {
+        crm,
+        id: id.to_string(),
+        plan: plan.to_string(),
+        limits,
+        usage,
+        objects: BTreeMap::new(),
+        schema,
+        revoked: BTreeSet::new(),
+        faults: vec![],
+        counters: BTreeMap::new(),
+        rng: StdRng::seed_from_u64(seed),
+        in_flight: BTreeMap::new(),
+        key_field: None,
+        search_lag_ms: 0,
+        tz_offset_min: 0,
+        owner_id: String::new(),
+        seq: 0,
+    }
+}
+
+/// Digits only: how the CRMs that ignore punctuation compare phone numbers.
+pub fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_marker_extracts_from_free_text() {
+        let kf = KeyField { object: "activities".into(), field: "note".into(), marker: Some("crm-sync-key:".into()) };
+        let mut fields = Map::new();
+        fields.insert("note".into(), Value::String("<p>Call notes</p><p>crm-sync-key:acme/c1/pipedrive</p>".into()));
+        let r = Record { id: "1".into(), fields, created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None };
+        assert_eq!(kf.extract(&r), Some("acme/c1/pipedrive"));
+    }
+
+    #[test]
+    fn purge_keeps_index_consistent() {
+        let mut t = Table::default();
+        for i in 0..4 {
+            t.insert(Record { id: i.to_string(), fields: Map::new(), created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None });
+        }
+        assert!(t.purge("1"));
+        assert_eq!(t.get("3").unwrap().id, "3");
+        assert_eq!(t.len(), 3);
+    }
+}
