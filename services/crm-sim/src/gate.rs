@@ -168,7 +168,7 @@ fn admit<A: CrmApi>(sim: &SharedSim, credential: Option<&str>, endpoint: &str, r
         return Admission::Answer(resp, 0);
     }
     let (tok_str, tok) = token.expect("authenticated");
-    let caller = Caller { crm: A::CRM, account: tok.account.clone(), token: tok_str, app: tok.app.clone(), oauth: tok.kind == crate::state::TokenKind::Oauth };
+    let caller = Caller { crm: A::CRM, account: tok.account.clone(), token: tok_str, app: tok.app.clone(), oauth: tok.kind == crate::state::TokenKind::Oauth, expires_at_ms: tok.expires_at_ms };
     w.request_seq += 1;
     let n = w.request_seq;
     let acct = w.account(A::CRM, &caller.account).expect("checked");

@@ -12,6 +12,7 @@ pub mod hubspot;
 pub mod limits;
 pub mod pipedrive;
 pub mod salesforce;
+pub mod sql;
 pub mod state;
 pub mod tokens;
 pub mod window;

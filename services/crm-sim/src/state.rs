@@ -315,6 +315,7 @@ pub struct Caller {
     pub token: String,
     pub app: String,
     pub oauth: bool,
+    pub expires_at_ms: Option<i64>,
 }
 
 pub struct Sim {

@@ -1,7 +1,205 @@
+//! Zoho CRM REST (CRM-APIS §3): the Calls and Contacts modules, multi-record insert and update
+//! (up to 100, 207 on partial success), search (204 when nothing matches, lagging behind
+//! writes), COQL (no lag), deleted records, field metadata and the OAuth refresh flow.
+//! Served under `/zoho`, which stands in for both the `api_domain` and the accounts host.
+//! Any API version `v2`..`v8` is accepted; record shapes are the same.
+
+pub mod errors;
 pub mod limits;
-use crate::state::{Account, Record, Schema, SharedSim};
+mod oauth;
+mod records;
+
+use crate::faults::FaultKind;
+use crate::gate::{self, AuthFailure, Class, CrmApi};
+use crate::state::{Account, Caller, Crm, FieldDef, FieldType, Record, Schema, SharedSim};
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::Router;
-pub fn schema() -> Schema { Schema::new() }
-pub fn new_id(acct: &mut Account) -> String { acct.next_seq().to_string() }
-pub fn derive(_object: &str, _r: &mut Record) {}
-pub fn router(_sim: SharedSim) -> Router { Router::new() }
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+pub struct Zoho;
+
+pub const BATCH_MAX: usize = 100;
+
+pub fn new_id(acct: &mut Account) -> String {
+    (5_725_767_000_000_000_000u64 + acct.next_seq()).to_string()
+}
+
+pub fn zoho_datetime(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+}
+
+pub fn schema() -> Schema {
+    use FieldType::*;
+    let ro = FieldDef::read_only;
+    let mut common = BTreeMap::new();
+    for f in ["id", "Created_Time", "Modified_Time", "Created_By", "Modified_By"] {
+        common.insert(f.to_string(), ro(Text));
+    }
+    common.insert("Owner".into(), FieldDef::of(Lookup));
+    let mut calls = common.clone();
+    calls.insert("Subject".into(), FieldDef::required(Text));
+    calls.insert("Call_Type".into(), FieldDef { required: true, ..FieldDef::picklist(&["Inbound", "Outbound", "Missed"]) });
+    calls.insert("Call_Start_Time".into(), FieldDef::of(DateTime));
+    calls.insert("Call_Duration".into(), FieldDef::of(Text));
+    calls.insert("Call_Duration_in_seconds".into(), ro(Number));
+    calls.insert("Who_Id".into(), FieldDef::of(Lookup));
+    calls.insert("What_Id".into(), FieldDef::of(Lookup));
+    calls.insert("$se_module".into(), FieldDef::of(Text));
+    calls.insert("Description".into(), FieldDef::of(Json));
+    calls.insert("Call_Purpose".into(), FieldDef::picklist(&["-None-", "Prospecting", "Administrative", "Negotiation", "Demo", "Project", "Desk"]));
+    calls.insert("Call_Result".into(), FieldDef::of(Text));
+    calls.insert("Call_Agenda".into(), FieldDef::of(Text));
+    calls.insert("Outbound_Call_Status".into(), FieldDef::picklist(&["Scheduled", "Completed", "Overdue", "Cancelled"]));
+    let mut contacts = common;
+    contacts.insert("First_Name".into(), FieldDef::of(Text));
+    contacts.insert("Last_Name".into(), FieldDef::required(Text));
+    contacts.insert("Full_Name".into(), ro(Text));
+    contacts.insert("Email".into(), FieldDef::of(Text));
+    for f in ["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"] {
+        contacts.insert(f.into(), FieldDef::of(Phone));
+    }
+    Schema::from([("Calls".into(), calls), ("Contacts".into(), contacts)])
+}
+
+/// Fields Zoho computes: id, times, Full_Name, duration in seconds; Who_Id follows a merge.
+pub fn derive(object: &str, r: &mut Record) {
+    let f = &mut r.fields;
+    f.insert("id".into(), json!(r.id));
+    f.insert("Created_Time".into(), json!(zoho_datetime(r.created_ms)));
+    f.insert("Modified_Time".into(), json!(zoho_datetime(r.updated_ms)));
+    let admin = json!({"name": "Sim Admin", "id": "5725767000000000001", "email": "admin@example.com"});
+    f.entry("Created_By").or_insert(admin.clone());
+    f.insert("Modified_By".into(), admin);
+    match object {
+        "Contacts" => {
+            let name = [f.get("First_Name"), f.get("Last_Name")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
+            f.insert("Full_Name".into(), json!(name));
+        }
+        "Calls" => {
+            if let Some(who) = r.associations.iter().next() {
+                let name = f.get("Who_Id").and_then(|w| w.get("name")).cloned().unwrap_or(Value::Null);
+                f.insert("Who_Id".into(), json!({"id": who, "name": name}));
+            }
+            if let Some(secs) = f.get("Call_Duration").and_then(Value::as_str).and_then(duration_secs) {
+                f.insert("Call_Duration_in_seconds".into(), json!(secs));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// "mm:ss" (Zoho's docs also say "HH:mm"; both read as two numbers, the first in minutes).
+pub fn duration_secs(s: &str) -> Option<u64> {
+    let (a, b) = s.split_once(':')?;
+    if a.is_empty() || a.len() > 4 || b.len() != 2 || !a.chars().all(|c| c.is_ascii_digit()) || !b.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let (m, sec): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+    (sec < 60).then_some(m * 60 + sec)
+}
+
+impl CrmApi for Zoho {
+    const CRM: Crm = Crm::Zoho;
+
+    fn credential(req: &Request) -> Option<String> {
+        gate::auth_scheme(req, "Zoho-oauthtoken")
+    }
+
+    fn auth_failure(f: AuthFailure) -> Response {
+        match f {
+            AuthFailure::Missing => errors::error(401, "AUTHENTICATION_FAILURE", "Authentication failed", json!({})),
+            _ => errors::error(401, "INVALID_TOKEN", "invalid oauth token", json!({})),
+        }
+    }
+
+    fn class(method: &Method, route: &str, _path: &str) -> Class {
+        if route.ends_with("/search") {
+            return Class::Search;
+        }
+        if route.contains("/settings/") {
+            return Class::Meta;
+        }
+        if route.ends_with("/coql") || route.ends_with("/deleted") || (*method == Method::GET && route.ends_with("{module}")) {
+            return Class::List;
+        }
+        match *method {
+            Method::GET => Class::Read,
+            Method::POST => Class::Create,
+            Method::DELETE => Class::Delete,
+            _ => Class::Update,
+        }
+    }
+
+    fn permission(class: Class, _route: &str, path: &str) -> Option<&'static str> {
+        let contacts = path.contains("/Contacts");
+        Some(match (class, contacts) {
+            (Class::Create, false) => "Calls.create",
+            (Class::Update, false) => "Calls.edit",
+            (Class::Delete, false) => "Calls.delete",
+            (Class::Meta, _) => return None,
+            (_, false) => "Calls.view",
+            (Class::Create | Class::Update | Class::Delete, true) => "Contacts.edit",
+            (_, true) => "Contacts.view",
+        })
+    }
+
+    fn permission_denied(permission: &str) -> Response {
+        let (module, action) = permission.split_once('.').unwrap_or((permission, ""));
+        let perm = match action {
+            "create" => format!("Crm_Implied_Create_{module}"),
+            "edit" => format!("Crm_Implied_Edit_{module}"),
+            "delete" => format!("Crm_Implied_Delete_{module}"),
+            _ => format!("Crm_Implied_View_{module}"),
+        };
+        errors::error(403, "NO_PERMISSION", "permission denied", json!({"permissions": [perm]}))
+    }
+
+    fn admit(acct: &mut Account, caller: &Caller, class: Class, now: i64) -> Result<(), Response> {
+        limits::admit(acct, caller, class, now)
+    }
+
+    fn finish(acct: &mut Account, caller: &Caller, _class: Class, charge: u64, now: i64, headers: &mut HeaderMap) {
+        limits::finish(acct, caller, charge, now, headers)
+    }
+
+    fn fault(kind: FaultKind, _acct: &mut Account, _caller: &Caller, _class: Class, _now: i64) -> Response {
+        match kind {
+            FaultKind::Throttle => errors::too_many_requests(),
+            FaultKind::Status500 => errors::error(500, "INTERNAL_ERROR", "Internal Server Error", json!({})),
+            other => gate::gateway_error(other.status()),
+        }
+    }
+}
+
+pub fn router(sim: SharedSim) -> Router {
+    let v = "/crm/{version}";
+    let api = Router::new()
+        .route(&format!("{v}/coql"), post(records::coql))
+        .route(&format!("{v}/settings/fields"), get(records::fields))
+        .route(&format!("{v}/{{module}}"), post(records::insert).put(records::update_many).delete(records::delete_many).get(records::list))
+        .route(&format!("{v}/{{module}}/search"), get(records::search))
+        .route(&format!("{v}/{{module}}/deleted"), get(records::deleted))
+        .route(&format!("{v}/{{module}}/{{id}}"), get(records::read).put(records::update_one).delete(records::delete_one))
+        .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<Zoho>));
+    let oauth = Router::new().route("/oauth/v2/token", post(oauth::token));
+    api.merge(oauth).with_state(sim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_secs;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_secs("02:05"), Some(125));
+        assert_eq!(duration_secs("125:00"), Some(7500));
+        assert_eq!(duration_secs("00:00"), Some(0));
+        assert_eq!(duration_secs("2:5"), None);
+        assert_eq!(duration_secs("02:75"), None);
+        assert_eq!(duration_secs("125"), None);
+    }
+}

@@ -1,0 +1,623 @@
+//! Records of the Calls and Contacts modules: insert, read, update, delete (one or many),
+//! list, search, COQL, deleted records and field metadata.
+
+use super::errors::{self, body as err_body};
+use super::limits::extra_credits;
+use super::{derive, duration_secs, new_id, zoho_datetime, BATCH_MAX};
+use crate::gate::{json, Charge};
+use crate::sql::{eval, lex, Parser, Tok};
+use crate::state::{digits, Account, Caller, FieldType, Record, SharedSim};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+fn check(version: &str, module: &str) -> Result<&'static str, Response> {
+    let ok_version = version.strip_prefix('v').and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| (2..=8).contains(&m));
+    if !ok_version {
+        return Err(errors::error(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one", json!({})));
+    }
+    ["Calls", "Contacts"].into_iter().find(|m| m.eq_ignore_ascii_case(module)).ok_or_else(|| errors::invalid_module(module))
+}
+
+fn parse(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|_| errors::error(400, "INVALID_DATA", "body is not a valid JSON", json!({})))
+}
+
+fn with_charge(mut r: Response, extra: u64) -> Response {
+    r.extensions_mut().insert(Charge(extra));
+    r
+}
+
+fn actor(acct: &Account) -> Value {
+    json!({"name": "Sim Admin", "id": acct.owner_id})
+}
+
+fn success(acct: &Account, r: &Record, message: &str) -> Value {
+    json!({"code": "SUCCESS", "details": {"Modified_Time": zoho_datetime(r.updated_ms), "Modified_By": actor(acct), "Created_Time": zoho_datetime(r.created_ms), "id": r.id, "Created_By": actor(acct)}, "message": message, "status": "success"})
+}
+
+fn field_err(code: &str, message: &str, api_name: &str, i: usize, extra: Value) -> Value {
+    let mut details = json!({"api_name": api_name, "json_path": format!("$.data[{i}].{api_name}")});
+    if let (Some(d), Value::Object(e)) = (details.as_object_mut(), extra) {
+        d.extend(e);
+    }
+    err_body(code, message, details)
+}
+
+/// Validates one record of `data[]`. Unknown fields are ignored, as Zoho reportedly does.
+fn validate(acct: &mut Account, module: &str, rec: &Value, i: usize, creating: bool, id: Option<&str>) -> Result<(Map<String, Value>, Option<String>), Value> {
+    let Some(rec) = rec.as_object() else { return Err(err_body("INVALID_DATA", "invalid data", json!({"json_path": format!("$.data[{i}]")}))) };
+    let schema = acct.fields(module).cloned().unwrap_or_default();
+    let mut out = Map::new();
+    for (k, v) in rec {
+        let Some(def) = schema.get(k) else { continue };
+        if def.read_only {
+            continue;
+        }
+        match (def.kind, v) {
+            (_, Value::Null) => {}
+            (FieldType::Picklist, Value::String(s)) if !def.options.contains(s) => {
+                return Err(field_err("INVALID_DATA", "invalid data", k, i, json!({"expected_data_type": "picklist"})));
+            }
+            (FieldType::DateTime, Value::String(s)) if chrono::DateTime::parse_from_rfc3339(s).is_err() => {
+                return Err(field_err("INVALID_DATA", "invalid data", k, i, json!({"expected_data_type": "datetime"})));
+            }
+            (FieldType::Lookup, v) if v.get("id").and_then(Value::as_str).is_none() && !v.is_string() => {
+                return Err(field_err("INVALID_DATA", "invalid data", k, i, json!({"expected_data_type": "lookup"})));
+            }
+            (FieldType::Text | FieldType::Phone | FieldType::Json | FieldType::Picklist, v) if !v.is_string() => {
+                return Err(field_err("INVALID_DATA", "invalid data", k, i, json!({"expected_data_type": "text"})));
+            }
+            _ => {}
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    if creating {
+        for (name, def) in &schema {
+            if def.required && out.get(name).is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
+                return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", name, i, json!({})));
+            }
+        }
+    }
+    let mut who = None;
+    if module == "Calls" {
+        let merged = |k: &str| out.get(k).cloned().or_else(|| id.and_then(|id| acct.objects.get("Calls").and_then(|t| t.get(id)).and_then(|r| r.fields.get(k).cloned())));
+        let call_type = merged("Call_Type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let scheduled = merged("Outbound_Call_Status").and_then(|v| v.as_str().map(str::to_string)).is_some_and(|s| s == "Scheduled");
+        if creating && !scheduled && merged("Call_Start_Time").is_none() {
+            return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "Call_Start_Time", i, json!({})));
+        }
+        if (call_type == "Inbound" || call_type == "Outbound") && !scheduled {
+            match merged("Call_Duration").as_ref().and_then(Value::as_str) {
+                None if creating => return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "Call_Duration", i, json!({}))),
+                None => {}
+                Some(d) => match duration_secs(d) {
+                    None => return Err(field_err("INVALID_DATA", "invalid data", "Call_Duration", i, json!({"expected_data_type": "text", "format": "mm:ss"}))),
+                    Some(0) => return Err(field_err("DEPENDENT_MISMATCH", "Call Duration can not be zero.", "Call_Duration", i, json!({}))),
+                    Some(_) => {}
+                },
+            }
+        }
+        if out.contains_key("What_Id") && !out.contains_key("$se_module") {
+            return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "$se_module", i, json!({})));
+        }
+        if let Some(w) = out.get("Who_Id") {
+            let wid = w.get("id").and_then(Value::as_str).or(w.as_str()).unwrap_or_default().to_string();
+            match acct.objects.get("Contacts").and_then(|t| t.get(&wid)) {
+                Some(c) if c.live() => {
+                    out.insert("Who_Id".into(), json!({"id": wid, "name": c.fields.get("Full_Name").cloned().unwrap_or(Value::Null)}));
+                    who = Some(wid);
+                }
+                _ => return Err(field_err("INVALID_DATA", "invalid data", "Who_Id", i, json!({"id": wid, "expected_data_type": "lookup"}))),
+            }
+        }
+    }
+    for (k, v) in &out {
+        if schema.get(k).is_some_and(|d| d.unique) {
+            if let Some(existing) = acct.unique_holder(module, k, v, id) {
+                return Err(field_err("DUPLICATE_DATA", "duplicate data", k, i, json!({"duplicate_record": {"id": existing, "module": {"api_name": module}, "Owner": actor(acct)}})));
+            }
+        }
+    }
+    Ok((out, who))
+}
+
+/// Insert/update answers: 201/200 when all succeed, 207 on partial success, 400 when none do.
+fn multi_status(results: Vec<Result<Value, Value>>, ok: u16) -> (u16, Value) {
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let status = match failed {
+        0 => ok,
+        n if n == results.len() => 400,
+        _ => 207,
+    };
+    (status, json!({"data": results.into_iter().map(|r| r.unwrap_or_else(|e| e)).collect::<Vec<_>>()}))
+}
+
+fn data_array(body: &Value) -> Result<Vec<Value>, Response> {
+    let Some(data) = body.get("data").and_then(Value::as_array) else {
+        return Err(errors::error(400, "MANDATORY_NOT_FOUND", "required field not found", json!({"api_name": "data", "json_path": "$.data"})));
+    };
+    if data.is_empty() {
+        return Err(errors::error(400, "MANDATORY_NOT_FOUND", "required field not found", json!({"api_name": "data", "json_path": "$.data"})));
+    }
+    if data.len() > BATCH_MAX {
+        return Err(errors::error(400, "LIMIT_EXCEEDED", "the number of records exceeded the limit", json!({"limit": BATCH_MAX})));
+    }
+    Ok(data.clone())
+}
+
+pub async fn insert(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, body: Bytes) -> Response {
+    let (module, body) = match (check(&version, &module), parse(&body)) {
+        (Ok(m), Ok(b)) => (m, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let data = match data_array(&body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, now| {
+        let mut results = vec![];
+        for (i, rec) in data.iter().enumerate() {
+            results.push(validate(acct, module, rec, i, true, None).map(|(mut fields, who)| {
+                fields.entry("Owner").or_insert(json!({"id": acct.owner_id, "name": "Sim Admin"}));
+                let id = new_id(acct);
+                let lag = acct.search_lag_ms;
+                let mut r = Record { id, fields, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + lag, associations: who.into_iter().collect(), merged_into: None };
+                derive(module, &mut r);
+                acct.table(module).insert(r.clone());
+                success(acct, &r, "record added")
+            }));
+        }
+        let extra = extra_credits(acct, data.len());
+        let (status, body) = multi_status(results, 201);
+        with_charge(json(status, body), extra)
+    })
+}
+
+fn render(r: &Record, fields: Option<&[String]>) -> Value {
+    match fields {
+        None => Value::Object(r.fields.clone()),
+        Some(names) => {
+            let mut m = Map::new();
+            m.insert("id".into(), json!(r.id));
+            for n in names {
+                m.insert(n.clone(), r.fields.get(n).cloned().unwrap_or(Value::Null));
+            }
+            Value::Object(m)
+        }
+    }
+}
+
+fn fields_param(q: &HashMap<String, String>) -> Option<Vec<String>> {
+    q.get("fields").map(|f| f.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+}
+
+/// A deleted or unknown id answers 204 with no body (older documented behaviour; CRM-APIS §3.4).
+pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, _| match acct.table(module).get(&id).filter(|r| r.live()) {
+        Some(r) => json(200, json!({"data": [render(r, fields_param(&q).as_deref())]})),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+fn unmodified_since(headers: &HeaderMap) -> Option<i64> {
+    let v = headers.get("if-unmodified-since")?.to_str().ok()?;
+    chrono::DateTime::parse_from_rfc3339(v).or_else(|_| chrono::DateTime::parse_from_rfc2822(v)).ok().map(|d| d.timestamp_millis())
+}
+
+fn update_record(acct: &mut Account, module: &str, id: &str, rec: &Value, i: usize, since: Option<i64>, now: i64) -> Result<Value, Value> {
+    match acct.table(module).get(id) {
+        Some(r) if r.live() => {
+            if since.is_some_and(|s| r.updated_ms / 1000 > s / 1000) {
+                return Err(err_body("ALREADY_MODIFIED", "the record has been modified since the given time", json!({"id": id, "Modified_Time": zoho_datetime(r.updated_ms)})));
+            }
+        }
+        _ => return Err(err_body("INVALID_DATA", "the id given seems to be invalid", json!({"id": id}))),
+    }
+    let (fields, who) = validate(acct, module, rec, i, false, Some(id))?;
+    let lag = acct.search_lag_ms;
+    let r = acct.table(module).get_mut(id).unwrap();
+    if fields.contains_key("Who_Id") {
+        r.associations = who.into_iter().collect();
+    }
+    r.fields.extend(fields);
+    r.updated_ms = now;
+    r.indexed_at_ms = now + lag;
+    derive(module, r);
+    let r = r.clone();
+    Ok(success(acct, &r, "record updated"))
+}
+
+pub async fn update_one(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+    let (module, body) = match (check(&version, &module), parse(&body)) {
+        (Ok(m), Ok(b)) => (m, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let data = match data_array(&body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let since = unmodified_since(&headers);
+    sim.with(&caller, |acct, now| match update_record(acct, module, &id, &data[0], 0, since, now) {
+        Ok(v) => json(200, json!({"data": [v]})),
+        Err(e) if e["code"] == "ALREADY_MODIFIED" => json(412, json!({"data": [e]})),
+        Err(e) => json(400, json!({"data": [e]})),
+    })
+}
+
+pub async fn update_many(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+    let (module, body) = match (check(&version, &module), parse(&body)) {
+        (Ok(m), Ok(b)) => (m, b),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let data = match data_array(&body) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let since = unmodified_since(&headers);
+    sim.with(&caller, |acct, now| {
+        let mut results = vec![];
+        for (i, rec) in data.iter().enumerate() {
+            let Some(id) = rec.get("id").and_then(Value::as_str) else {
+                results.push(Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "id", i, json!({}))));
+                continue;
+            };
+            results.push(update_record(acct, module, id, rec, i, since, now));
+        }
+        let extra = extra_credits(acct, data.len());
+        let (status, body) = multi_status(results, 200);
+        with_charge(json(status, body), extra)
+    })
+}
+
+fn delete_record(acct: &mut Account, module: &str, id: &str, now: i64) -> Result<Value, Value> {
+    match acct.table(module).get_mut(id).filter(|r| r.live()) {
+        Some(r) => {
+            r.deleted_ms = Some(now);
+            Ok(json!({"code": "SUCCESS", "details": {"id": id}, "message": "record deleted", "status": "success"}))
+        }
+        None => Err(err_body("INVALID_DATA", "the id given seems to be invalid", json!({"id": id}))),
+    }
+}
+
+pub async fn delete_one(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>) -> Response {
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, now| match delete_record(acct, module, &id, now) {
+        Ok(v) => json(200, json!({"data": [v]})),
+        Err(e) => json(400, json!({"data": [e]})),
+    })
+}
+
+pub async fn delete_many(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = q.get("ids").map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    if ids.is_empty() {
+        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "ids"}));
+    }
+    if ids.len() > BATCH_MAX {
+        return errors::error(400, "LIMIT_EXCEEDED", "the number of records exceeded the limit", json!({"limit": BATCH_MAX}));
+    }
+    sim.with(&caller, |acct, now| {
+        let results: Vec<Result<Value, Value>> = ids.iter().map(|id| delete_record(acct, module, id, now)).collect();
+        let (status, body) = multi_status(results, 200);
+        json(status, body)
+    })
+}
+
+fn page_params(q: &HashMap<String, String>) -> Result<(usize, usize), Response> {
+    let per_page = q.get("per_page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(200).clamp(1, 200);
+    let page = q.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
+    Ok((page, per_page))
+}
+
+fn page_of(hits: Vec<Value>, page: usize, per_page: usize) -> Response {
+    if hits.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let total = hits.len();
+    let data: Vec<Value> = hits.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    let count = data.len();
+    json(200, json!({"data": data, "info": {"per_page": per_page, "count": count, "page": page, "sort_by": "id", "sort_order": "desc", "more_records": page * per_page < total}}))
+}
+
+pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Some(fields) = fields_param(&q) else {
+        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "fields"}));
+    };
+    let (page, per_page) = match page_params(&q) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, _| {
+        let hits: Vec<Value> = acct.table(module).live().map(|r| render(r, Some(&fields))).collect();
+        page_of(hits, page, per_page)
+    })
+}
+
+/// One `(field:operator:value)` of a search criteria; `equals` behaves like contains.
+fn criterion_matches(r: &Record, c: &str) -> Result<bool, String> {
+    let inner = c.trim().trim_start_matches('(').trim_end_matches(')');
+    let mut parts = inner.splitn(3, ':');
+    let (Some(field), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else { return Err(format!("invalid criteria {c}")) };
+    let value = value.replace("\\,", ",").replace("\\(", "(").replace("\\)", ")").to_lowercase();
+    let actual = match r.fields.get(field) {
+        Some(Value::String(s)) => s.to_lowercase(),
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).unwrap_or_default().to_lowercase(),
+        Some(v) if !v.is_null() => v.to_string().to_lowercase(),
+        _ => return Ok(false),
+    };
+    Ok(match op {
+        "equals" => actual.contains(&value),
+        "starts_with" => actual.starts_with(&value),
+        "in" => value.split(',').any(|v| actual == v.trim()),
+        other => return Err(format!("unsupported operator {other}")),
+    })
+}
+
+/// Splits `((a)and(b))` into its criteria and connective.
+fn split_criteria(c: &str) -> (Vec<String>, bool) {
+    let s = c.trim();
+    let s = if s.starts_with("((") && s.ends_with("))") { &s[1..s.len() - 1] } else { s };
+    let and = s.contains(")and(");
+    let parts = s.split(if and { ")and(" } else { ")or(" }).map(|p| format!("({})", p.trim_matches(|ch| ch == '(' || ch == ')'))).collect();
+    (parts, and)
+}
+
+pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let (page, per_page) = match page_params(&q) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if page * per_page > 2_000 {
+        return errors::error(400, "LIMIT_REACHED", "search results exceed the limit", json!({"limit": 2000}));
+    }
+    // Only one parameter is used: criteria > email > phone > word.
+    enum Mode {
+        Criteria(Vec<String>, bool),
+        Email(String),
+        Phone(String),
+        Word(String),
+    }
+    let mode = if let Some(c) = q.get("criteria") {
+        let (parts, and) = split_criteria(c);
+        Mode::Criteria(parts, and)
+    } else if let Some(e) = q.get("email") {
+        Mode::Email(e.to_lowercase())
+    } else if let Some(p) = q.get("phone") {
+        if p.chars().count() < 2 || !p.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return errors::error(400, "INVALID_DATA", "invalid data", json!({"param": "phone", "reason": "at least 2 characters and no special characters"}));
+        }
+        Mode::Phone(p.clone())
+    } else if let Some(w) = q.get("word") {
+        if w.chars().count() < 2 {
+            return errors::error(400, "INVALID_DATA", "invalid data", json!({"param": "word"}));
+        }
+        Mode::Word(w.to_lowercase())
+    } else {
+        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "criteria"}));
+    };
+    let fields = fields_param(&q);
+    sim.with(&caller, |acct, now| {
+        let schema = acct.fields(module).cloned().unwrap_or_default();
+        let mut hits = vec![];
+        for r in acct.table(module).live().filter(|r| r.indexed_at_ms <= now) {
+            let hit = match &mode {
+                Mode::Criteria(parts, and) => {
+                    let mut res = vec![];
+                    for p in parts {
+                        match criterion_matches(r, p) {
+                            Ok(b) => res.push(b),
+                            Err(e) => return errors::error(400, "INVALID_QUERY", &e, json!({})),
+                        }
+                    }
+                    if *and {
+                        res.iter().all(|b| *b)
+                    } else {
+                        res.iter().any(|b| *b)
+                    }
+                }
+                Mode::Email(e) => r.str_field("Email").is_some_and(|v| v.to_lowercase() == *e),
+                Mode::Phone(p) => schema.iter().any(|(n, d)| d.kind == FieldType::Phone && r.str_field(n).is_some_and(|v| digits(v).contains(p.as_str()))),
+                Mode::Word(w) => r.fields.values().filter_map(Value::as_str).any(|v| v.to_lowercase().contains(w.as_str())),
+            };
+            if hit {
+                hits.push(render(r, fields.as_deref()));
+            }
+        }
+        page_of(hits, page, per_page)
+    })
+}
+
+pub async fn deleted(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let ty = q.get("type").map(String::as_str).unwrap_or("all");
+    if !["all", "recycle", "permanent"].contains(&ty) {
+        return errors::error(400, "INVALID_DATA", "invalid data", json!({"param": "type"}));
+    }
+    let (page, per_page) = match page_params(&q) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, now| {
+        // Recycled records are listed for 60 days; purged ones are not kept by this simulator.
+        let hits: Vec<Value> = if ty == "permanent" {
+            vec![]
+        } else {
+            let who = actor(acct);
+            acct.table(module)
+                .iter()
+                .filter(|r| r.deleted_ms.is_some_and(|d| now - d <= 60 * crate::clock::DAY_MS))
+                .map(|r| {
+                    let name = r.str_field("Subject").or(r.str_field("Full_Name")).unwrap_or_default();
+                    json!({"deleted_by": who, "id": r.id, "display_name": name, "type": "recycle", "created_by": who, "deleted_time": zoho_datetime(r.deleted_ms.unwrap())})
+                })
+                .collect()
+        };
+        page_of(hits, page, per_page)
+    })
+}
+
+pub async fn coql(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = check(&version, "Calls") {
+        return r;
+    }
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(q) = body.get("select_query").and_then(Value::as_str) else {
+        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "select_query"}));
+    };
+    let syntax = |msg: String| errors::error(400, "SYNTAX_ERROR", "error occured while parsing the query", json!({"reason": msg}));
+    let toks = match lex(q) {
+        Ok(t) => t,
+        Err(e) => return syntax(e),
+    };
+    let mut p = Parser { t: toks, i: 0 };
+    let parsed = (|| -> Result<_, String> {
+        if !p.kw("select") {
+            return Err("expected select".into());
+        }
+        let mut fields = vec![p.word()?];
+        while p.peek() == Some(&Tok::Comma) {
+            p.i += 1;
+            fields.push(p.word()?);
+        }
+        if !p.kw("from") {
+            return Err("expected from".into());
+        }
+        let module = p.word()?;
+        if !p.kw("where") {
+            return Err("where clause is mandatory".into());
+        }
+        let cond = p.expr()?;
+        let (mut offset, mut limit) = (0usize, 200usize);
+        if p.kw("limit") {
+            let a = match p.next() {
+                Some(Tok::Num(n)) => n as usize,
+                other => return Err(format!("bad limit {other:?}")),
+            };
+            if p.peek() == Some(&Tok::Comma) {
+                p.i += 1;
+                offset = a;
+                limit = match p.next() {
+                    Some(Tok::Num(n)) => n as usize,
+                    other => return Err(format!("bad limit {other:?}")),
+                };
+            } else {
+                limit = a;
+                if p.kw("offset") {
+                    offset = match p.next() {
+                        Some(Tok::Num(n)) => n as usize,
+                        other => return Err(format!("bad offset {other:?}")),
+                    };
+                }
+            }
+        }
+        if let Some(t) = p.peek() {
+            return Err(format!("unexpected token {t:?}"));
+        }
+        Ok((fields, module, cond, offset, limit))
+    })();
+    let (fields, module, cond, offset, limit) = match parsed {
+        Ok(x) => x,
+        Err(e) => return syntax(e),
+    };
+    if limit > 2000 {
+        return errors::error(400, "LIMIT_EXCEEDED", "limit exceeded", json!({"limit": 2000}));
+    }
+    let module = match check(&version, &module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, _| {
+        let schema = acct.fields(module).cloned().unwrap_or_default();
+        let resolve = |f: &str| schema.keys().find(|k| k.eq_ignore_ascii_case(f)).cloned().ok_or_else(|| format!("invalid column {f}"));
+        for f in &fields {
+            if let Err(e) = resolve(f) {
+                return errors::error(400, "INVALID_QUERY", "invalid query formed", json!({"reason": e, "column_name": f}));
+            }
+        }
+        let mut hits = vec![];
+        for r in acct.table(module).live() {
+            match eval(&cond, r, &resolve) {
+                Ok(true) => hits.push(r),
+                Ok(false) => {}
+                Err(e) => return errors::error(400, "INVALID_QUERY", "invalid query formed", json!({"reason": e})),
+            }
+        }
+        let total = hits.len();
+        let names: Vec<String> = fields.iter().filter_map(|f| resolve(f).ok()).collect();
+        let data: Vec<Value> = hits.into_iter().skip(offset).take(limit).map(|r| render(r, Some(&names))).collect();
+        // COQL costs 1 credit up to 200 rows, 2 up to 1000, 3 up to 2000.
+        let extra = match limit {
+            0..=200 => 0,
+            201..=1000 => 1,
+            _ => 2,
+        };
+        if data.is_empty() {
+            return with_charge(StatusCode::NO_CONTENT.into_response(), extra);
+        }
+        let count = data.len();
+        with_charge(json(200, json!({"data": data, "info": {"count": count, "more_records": offset + count < total}})), extra)
+    })
+}
+
+pub async fn fields(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(module) = q.get("module") else {
+        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "module"}));
+    };
+    let module = match check(&version, module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, _| {
+        let fields: Vec<Value> = acct
+            .fields(module)
+            .into_iter()
+            .flatten()
+            .map(|(n, d)| {
+                let ty = match d.kind {
+                    FieldType::Phone => "phone",
+                    FieldType::Number => "integer",
+                    FieldType::Bool => "boolean",
+                    FieldType::Date => "date",
+                    FieldType::DateTime => "datetime",
+                    FieldType::Picklist => "picklist",
+                    FieldType::Lookup => "lookup",
+                    FieldType::Json => "textarea",
+                    FieldType::Text => "text",
+                };
+                let values: Vec<Value> = d.options.iter().map(|o| json!({"display_value": o, "actual_value": o})).collect();
+                json!({"api_name": n, "field_label": n.replace('_', " "), "data_type": ty, "custom_field": d.custom, "read_only": d.read_only,
+                       "system_mandatory": d.required, "unique": {"casesensitive": if d.unique { "false" } else { "" }}, "pick_list_values": values})
+            })
+            .collect();
+        json(200, json!({"fields": fields}))
+    })
+}
