@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)] // axum Responses are the natural error of a handler helper.
 //! crm-sim: local stand-ins for the HubSpot, Salesforce, Zoho CRM and Pipedrive APIs as
 //! documented in CRM-APIS.md (endpoints, bodies, limits, headers, errors), served from one
 //! process under `/hubspot`, `/salesforce`, `/zoho` and `/pipedrive`, plus an `/admin` API that

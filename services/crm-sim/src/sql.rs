@@ -112,7 +112,7 @@ impl Parser {
     pub fn peek(&self) -> Option<&Tok> {
         self.t.get(self.i)
     }
-    pub fn next(&mut self) -> Option<Tok> {
+    pub fn bump(&mut self) -> Option<Tok> {
         let t = self.t.get(self.i).cloned();
         self.i += 1;
         t
@@ -126,13 +126,13 @@ impl Parser {
         }
     }
     pub fn word(&mut self) -> Result<String, String> {
-        match self.next() {
+        match self.bump() {
             Some(Tok::Word(w)) => Ok(w),
             other => Err(format!("expected a name, found {other:?}")),
         }
     }
     pub fn value(&mut self) -> Result<Value, String> {
-        match self.next() {
+        match self.bump() {
             Some(Tok::Str(s)) => Ok(json!(s)),
             Some(Tok::Num(n)) => Ok(json!(n)),
             Some(Tok::Word(w)) if w.eq_ignore_ascii_case("null") => Ok(Value::Null),
@@ -162,7 +162,7 @@ impl Parser {
         if self.peek() == Some(&Tok::LParen) {
             self.i += 1;
             let e = self.expr()?;
-            if self.next() != Some(Tok::RParen) {
+            if self.bump() != Some(Tok::RParen) {
                 return Err("expected ')'".into());
             }
             return Ok(e);
@@ -177,7 +177,7 @@ impl Parser {
         }
         let negate = self.kw("NOT");
         if self.kw("IN") {
-            if self.next() != Some(Tok::LParen) {
+            if self.bump() != Some(Tok::LParen) {
                 return Err("expected '(' after IN".into());
             }
             let mut vals = vec![self.value()?];
@@ -185,7 +185,7 @@ impl Parser {
                 self.i += 1;
                 vals.push(self.value()?);
             }
-            if self.next() != Some(Tok::RParen) {
+            if self.bump() != Some(Tok::RParen) {
                 return Err("expected ')'".into());
             }
             return Ok(Cond::In(field, negate, vals));
@@ -205,7 +205,7 @@ impl Parser {
             let hi = self.value()?;
             return Ok(Cond::And(Box::new(Cond::Cmp(field.clone(), ">=".into(), lo)), Box::new(Cond::Cmp(field, "<=".into(), hi))));
         }
-        match self.next() {
+        match self.bump() {
             Some(Tok::Op(op)) => Ok(Cond::Cmp(field, op, self.value()?)),
             other => Err(format!("unexpected token: {other:?}")),
         }

@@ -336,11 +336,11 @@ pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
     let archived = q.get("archived").is_some_and(|v| v == "true");
     let props = list_param(&q, "properties");
-    let assoc = q.get("associations").is_some();
+    let assoc = q.contains_key("associations");
     sim.with(&caller, |acct, _| {
         let mut found = find(acct, table, &id, q.get("idProperty").map(String::as_str), archived);
         // A merged contact's old id answers with the surviving record.
-        if found.is_none() && table == "contacts" && q.get("idProperty").is_none() {
+        if found.is_none() && table == "contacts" && !q.contains_key("idProperty") {
             found = live_contact(acct, &id);
         }
         match found {
@@ -382,7 +382,7 @@ pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 100);
     let after = q.get("after").and_then(|a| a.parse::<usize>().ok()).unwrap_or(0);
     let props = list_param(&q, "properties");
-    let assoc = q.get("associations").is_some();
+    let assoc = q.contains_key("associations");
     sim.with(&caller, |acct, _| {
         let all: Vec<Value> = acct.table(table).iter().filter(|r| r.live() != archived).skip(after).take(limit + 1).map(|r| render(r, table, props.as_deref(), assoc)).collect();
         let more = all.len() > limit;

@@ -49,7 +49,7 @@ fn run_soql(sim: &SharedSim, caller: &Caller, version: &str, q: &str, all: bool)
         }
         let mut limit = None;
         if p.kw("LIMIT") {
-            match p.next() {
+            match p.bump() {
                 Some(Tok::Num(n)) if n >= 0.0 => limit = Some(n as usize),
                 other => return Err(format!("bad LIMIT {other:?}")),
             }
@@ -125,7 +125,7 @@ pub fn phone_matches(stored: &str, term_digits: &str) -> bool {
         return false;
     }
     let (short, long) = if s.len() <= term_digits.len() { (s.as_str(), term_digits) } else { (term_digits, s.as_str()) };
-    s == term_digits || (short.len() >= 7 && long.ends_with(short) && long.len() - short.len() <= 3)
+    s == term_digits || (short.len() >= 8 && long.ends_with(short) && long.len() - short.len() <= 3)
 }
 
 const SOSL_SPECIAL: &str = "&|!(){}[]^\"~*?:\\'+-";
@@ -191,7 +191,7 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
                         p.i += 1;
                     }
                 }
-                if p.next() != Some(Tok::RParen) {
+                if p.bump() != Some(Tok::RParen) {
                     return errors::error(400, "MALFORMED_SEARCH", "expected ')'", &[]);
                 }
                 fields = Some(fs);
@@ -207,7 +207,7 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
         returning = vec![("Contact".into(), None), ("Lead".into(), None)];
     }
     let limit = if p.kw("LIMIT") {
-        match p.next() {
+        match p.bump() {
             Some(Tok::Num(n)) => (n as usize).min(2000),
             _ => 2000,
         }

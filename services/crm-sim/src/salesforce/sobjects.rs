@@ -112,7 +112,7 @@ fn check_who(acct: &mut Account, fields: &Map<String, Value>) -> Result<Option<S
 fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, except: Option<&str>) -> Result<(), Fail> {
     let schema = acct.fields(object).cloned().unwrap_or_default();
     for (name, v) in fields {
-        if schema.get(name).is_some_and(|d| d.unique || d.external_id && d.unique) {
+        if schema.get(name).is_some_and(|d| d.unique) {
             if let Some(existing) = acct.unique_holder(object, name, v, except) {
                 return Err(Fail::new("DUPLICATE_VALUE", format!("duplicate value found: {name} duplicates value on record with id: {existing}"), &[]));
             }

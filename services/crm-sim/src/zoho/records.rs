@@ -518,21 +518,21 @@ pub async fn coql(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
         let cond = p.expr()?;
         let (mut offset, mut limit) = (0usize, 200usize);
         if p.kw("limit") {
-            let a = match p.next() {
+            let a = match p.bump() {
                 Some(Tok::Num(n)) => n as usize,
                 other => return Err(format!("bad limit {other:?}")),
             };
             if p.peek() == Some(&Tok::Comma) {
                 p.i += 1;
                 offset = a;
-                limit = match p.next() {
+                limit = match p.bump() {
                     Some(Tok::Num(n)) => n as usize,
                     other => return Err(format!("bad limit {other:?}")),
                 };
             } else {
                 limit = a;
                 if p.kw("offset") {
-                    offset = match p.next() {
+                    offset = match p.bump() {
                         Some(Tok::Num(n)) => n as usize,
                         other => return Err(format!("bad offset {other:?}")),
                     };
