@@ -2,6 +2,8 @@
 //! service run as child processes built by `cargo build --workspace --bins` (scripts/test
 //! does that first); helpers produce to and read from the broker like any Kafka client.
 
+pub mod crm_sim;
+
 use crm_common::pipeline::InMessage;
 use crm_common::topic_reader::TopicReader;
 use rdkafka::config::ClientConfig;

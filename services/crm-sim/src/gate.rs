@@ -201,11 +201,24 @@ fn admit<A: CrmApi>(sim: &SharedSim, credential: Option<&str>, endpoint: &str, r
 /// grow a row per record id.
 pub fn endpoint_label(route: &str, path: &str) -> String {
     const NAMING: &[&str] = &["{object}", "{to_object}", "{action}", "{sobject}", "{module}", "{field}"];
+    // Inside a nested router the path has lost the prefix the route still names: align the ends.
     let (r, p): (Vec<&str>, Vec<&str>) = (route.split('/').collect(), path.split('/').collect());
-    if r.len() != p.len() {
+    if r.len() < p.len() {
         return route.to_string();
     }
-    r.iter().zip(p.iter()).map(|(rs, ps)| if NAMING.contains(rs) { *ps } else { *rs }).collect::<Vec<_>>().join("/")
+    let skip = r.len() - p.len();
+    r.iter().enumerate().map(|(i, rs)| if i >= skip && NAMING.contains(rs) { p[i - skip] } else { *rs }).collect::<Vec<_>>().join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn labels_name_objects_not_ids() {
+        assert_eq!(endpoint_label("/hubspot/crm/v3/objects/{object}/{id}", "/crm/v3/objects/calls/123"), "/hubspot/crm/v3/objects/calls/{id}");
+        assert_eq!(endpoint_label("/zoho/crm/{version}/{module}", "/crm/v7/Calls"), "/zoho/crm/{version}/Calls");
+    }
 }
 
 /// A generic body for injected 5xx answers, for CRMs whose gateway errors are not JSON.
