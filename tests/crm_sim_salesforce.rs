@@ -1,1 +1,295 @@
-//! placeholder
+//! crm-sim's Salesforce against CRM-APIS §2, over HTTP: sObject and collection shapes, external
+//! ID upsert, SOQL and SOSL, the rolling 24-hour allocation and long-running concurrency (403
+//! REQUEST_LIMIT_EXCEEDED, Sforce-Limit-Info), auth, errors and faults.
+
+use crm_sync_tests::crm_sim::{Auth, CrmSim};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const TOKEN: &str = "00D!sf-token";
+const V: &str = "/salesforce/services/data/v66.0";
+
+fn org(sim: &CrmSim, extra: Value) -> Value {
+    let mut spec = json!({
+        "crm": "salesforce", "account": "org-1", "plan": "enterprise", "seats": 5, "search_lag_ms": 0,
+        "tokens": [{"token": TOKEN, "kind": "oauth", "refresh_token": "sf-rt", "client_id": "cid", "client_secret": "cs", "expires_in_s": 7200}],
+        "fields": {"Task": {"CallExtId__c": {"external_id": true, "unique": true}}},
+        "key_field": {"object": "Task", "field": "CallExtId__c"},
+        "objects": {"Contact": [{"FirstName": "Jane", "LastName": "Doe", "Phone": "(415) 555-1212"}, {"LastName": "Local", "Phone": "555-1212"}]}
+    });
+    if let (Some(s), Value::Object(e)) = (spec.as_object_mut(), extra) {
+        s.extend(e);
+    }
+    sim.account(spec)
+}
+
+fn jane(sim: &CrmSim) -> String {
+    sim.records("salesforce", "org-1", "Contact").iter().find(|r| r["fields"]["LastName"] == "Doe").unwrap()["id"].as_str().unwrap().to_string()
+}
+
+fn task(who: Option<&str>) -> Value {
+    let mut t = json!({"Subject": "Call", "TaskSubtype": "Call", "Status": "Completed", "CallType": "Outbound", "CallDurationInSeconds": 125, "ActivityDate": "2025-01-15", "CallObject": "c-1"});
+    if let Some(w) = who {
+        t["WhoId"] = json!(w);
+    }
+    t
+}
+
+#[test]
+fn sobject_crud_and_external_id_upsert() {
+    let sim = CrmSim::start();
+    org(&sim, json!({}));
+    let who = jane(&sim);
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(TOKEN), Some(&task(Some(&who))));
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["success"], true);
+    assert_eq!(r.body["errors"], json!([]));
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 18);
+    assert!(id.starts_with("00T"));
+    assert!(r.header("sforce-limit-info").unwrap().starts_with("api-usage=1/"), "{:?}", r.header("sforce-limit-info"));
+
+    let read = sim.call("GET", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body["attributes"]["type"], "Task");
+    assert_eq!(read.body["attributes"]["url"], format!("/services/data/v66.0/sobjects/Task/{id}"));
+    assert_eq!(read.body["WhoId"], who.as_str());
+    assert_eq!(read.body["CallDurationInSeconds"], 125);
+    assert_eq!(read.body["Priority"], "Normal", "defaults apply");
+    let fifteen = &id[..15];
+    assert_eq!(sim.call("GET", &format!("{V}/sobjects/Task/{fifteen}?fields=Subject"), Auth::Bearer(TOKEN), None).body["Subject"], "Call", "15-character ids work");
+
+    assert_eq!(sim.call("PATCH", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), Some(&json!({"Description": "notes"}))).status, 204);
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), Some(&json!({"TaskSubtype": "Call"})));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body[0]["errorCode"], "INVALID_FIELD_FOR_INSERT_UPDATE", "TaskSubtype is create-only");
+
+    // Upsert by external id: created, then updated; v45 answers 204 on update.
+    let up = |v: &str, body: Value| sim.call("PATCH", &format!("/salesforce/services/data/{v}/sobjects/Task/CallExtId__c/key-1"), Auth::Bearer(TOKEN), Some(&body));
+    let first = up("v66.0", task(None));
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.body["created"], true);
+    let second = up("v66.0", json!({"Subject": "Call again"}));
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body["created"], false);
+    assert_eq!(second.body["id"], first.body["id"]);
+    assert_eq!(up("v45.0", json!({"Subject": "old api"})).status, 204);
+    let withsub = up("v66.0", json!({"Subject": "x", "TaskSubtype": "Call"}));
+    assert_eq!(withsub.body[0]["errorCode"], "INVALID_FIELD_FOR_INSERT_UPDATE", "TaskSubtype on the update path is refused");
+    let by_ext = sim.call("GET", &format!("{V}/sobjects/Task/CallExtId__c/key-1"), Auth::Bearer(TOKEN), None);
+    assert_eq!(by_ext.body["Subject"], "old api");
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Task/Subject/x"), Auth::Bearer(TOKEN), Some(&json!({})));
+    assert_eq!(r.status, 404, "Subject is not an external id");
+
+    let mut dup = task(None);
+    dup["CallExtId__c"] = json!("key-1");
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(TOKEN), Some(&dup));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body[0]["errorCode"], "DUPLICATE_VALUE");
+    assert!(r.body[0]["message"].as_str().unwrap().contains(first.body["id"].as_str().unwrap()));
+
+    // Deletion: 204, then PATCH says ENTITY_IS_DELETED, GET NOT_FOUND; upsert no longer matches it.
+    let ext_id = first.body["id"].as_str().unwrap().to_string();
+    assert_eq!(sim.call("DELETE", &format!("{V}/sobjects/Task/{ext_id}"), Auth::Bearer(TOKEN), None).status, 204);
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Task/{ext_id}"), Auth::Bearer(TOKEN), Some(&json!({"Subject": "x"})));
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body[0]["errorCode"], "ENTITY_IS_DELETED");
+    assert_eq!(sim.call("GET", &format!("{V}/sobjects/Task/{ext_id}"), Auth::Bearer(TOKEN), None).body[0]["errorCode"], "NOT_FOUND");
+    assert_eq!(up("v66.0", task(None)).body["created"], true, "a recycled record is not an upsert match");
+    let state = sim.state("salesforce", "org-1");
+    assert_eq!(state["keys"]["key-1"], json!({"total": 2, "live": 1}));
+
+    let deleted = sim.call("GET", &format!("{V}/sobjects/Task/deleted/?start=2020-01-01T00:00:00%2B00:00&end=2100-01-01T00:00:00%2B00:00"), Auth::Bearer(TOKEN), None);
+    assert_eq!(deleted.body["deletedRecords"][0]["id"], ext_id.as_str());
+    let describe = sim.call("GET", &format!("{V}/sobjects/Task/describe"), Auth::Bearer(TOKEN), None);
+    let ext = describe.body["fields"].as_array().unwrap().iter().find(|f| f["name"] == "CallExtId__c").unwrap().clone();
+    assert_eq!(ext["externalId"], true);
+    let subtype = describe.body["fields"].as_array().unwrap().iter().find(|f| f["name"] == "TaskSubtype").unwrap().clone();
+    assert_eq!(subtype["updateable"], false);
+}
+
+#[test]
+fn collections_cap_at_200_report_in_order_and_roll_back_all_or_none() {
+    let sim = CrmSim::start();
+    org(&sim, json!({}));
+    let rec = |k: &str| {
+        let mut t = task(None);
+        t["attributes"] = json!({"type": "Task"});
+        t["CallExtId__c"] = json!(k);
+        t
+    };
+    let many: Vec<Value> = (0..201).map(|i| rec(&format!("c{i}"))).collect();
+    let r = sim.call("POST", &format!("{V}/composite/sobjects"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": false, "records": many})));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body[0]["errorCode"], "EXCEEDED_ID_LIMIT");
+
+    let mut bad = rec("c1");
+    bad["NoSuchField__c"] = json!("x");
+    let r = sim.call("POST", &format!("{V}/composite/sobjects"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": false, "records": [rec("c0"), bad.clone(), rec("c2")]})));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body[0]["success"], true);
+    assert_eq!(r.body[1]["success"], false);
+    assert_eq!(r.body[1]["errors"][0]["statusCode"], "INVALID_FIELD", "save results use statusCode");
+    assert_eq!(r.body[2]["success"], true);
+    assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 2);
+
+    let r = sim.call("POST", &format!("{V}/composite/sobjects"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": true, "records": [rec("c3"), bad]})));
+    assert_eq!(r.body[0]["errors"][0]["statusCode"], "ALL_OR_NONE_OPERATION_ROLLED_BACK");
+    assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 2, "nothing kept");
+
+    let full: Vec<Value> = (100..300).map(|i| rec(&format!("c{i}"))).collect();
+    let r = sim.call("PATCH", &format!("{V}/composite/sobjects/Task/CallExtId__c"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": false, "records": full})));
+    assert_eq!(r.status, 200);
+    assert!(r.body.as_array().unwrap().iter().all(|x| x["created"] == true));
+    let again: Vec<Value> = (100..102).map(|i| json!({"attributes": {"type": "Task"}, "CallExtId__c": format!("c{i}"), "Subject": "updated"})).collect();
+    let r = sim.call("PATCH", &format!("{V}/composite/sobjects/Task/CallExtId__c"), Auth::Bearer(TOKEN), Some(&json!({"records": again})));
+    assert_eq!(r.body[0]["created"], false);
+    assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 202);
+
+    let ids = format!("{},{}", r.body[0]["id"].as_str().unwrap(), "00TDn0000000zzzAAA");
+    let read = sim.call("GET", &format!("{V}/composite/sobjects/Task?ids={ids}&fields=Subject"), Auth::Bearer(TOKEN), None);
+    assert_eq!(read.body[0]["Subject"], "updated");
+    assert_eq!(read.body[1], Value::Null);
+}
+
+#[test]
+fn soql_and_sosl() {
+    let sim = CrmSim::start();
+    org(&sim, json!({"search_lag_ms": 1000}));
+    sim.freeze();
+    let q = |path: &str, soql: &str| sim.call("GET", &format!("{V}/{path}/?q={}", urlencode(soql)), Auth::Bearer(TOKEN), None);
+    let mut t = task(None);
+    t["CallExtId__c"] = json!("q-1");
+    let id = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(TOKEN), Some(&t)).body["id"].as_str().unwrap().to_string();
+
+    let r = q("query", "SELECT Id, Subject FROM Task WHERE CallExtId__c = 'Q-1' AND IsDeleted = false LIMIT 5");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["totalSize"], 1, "SOQL = on text ignores case");
+    assert_eq!(r.body["done"], true);
+    assert_eq!(r.body["records"][0]["Id"], id.as_str());
+    sim.call("DELETE", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(q("query", "SELECT Id FROM Task WHERE CallExtId__c = 'q-1'").body["totalSize"], 0);
+    let all = q("queryAll", "SELECT Id, IsDeleted FROM Task WHERE CallExtId__c = 'q-1'");
+    assert_eq!(all.body["records"][0]["IsDeleted"], true);
+    assert_eq!(q("query", "SELECT Id FROM Task WHERE").body[0]["errorCode"], "MALFORMED_QUERY");
+    assert_eq!(q("query", "SELECT Nope__c FROM Task").body[0]["errorCode"], "INVALID_FIELD");
+
+    // SOSL phone search ignores punctuation; a bare local number is another number.
+    let s = |term: &str| {
+        let r = sim.call("GET", &format!("{V}/search/?q={}", urlencode(&format!("FIND {{{term}}} IN PHONE FIELDS RETURNING Contact(Id, Phone), Lead(Id)"))), Auth::Bearer(TOKEN), None);
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["searchRecords"].as_array().unwrap().iter().map(|x| x["Phone"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(s("4155551212"), vec!["(415) 555-1212"]);
+    assert_eq!(s("\\+1 415 555 1212"), vec!["(415) 555-1212"]);
+    assert!(s("4155551213").is_empty());
+    let created = sim.call("POST", &format!("{V}/sobjects/Contact/"), Auth::Bearer(TOKEN), Some(&json!({"LastName": "New", "MobilePhone": "+1 212 555 0100"})));
+    assert_eq!(created.status, 201);
+    assert!(s("2125550100").is_empty(), "the index lags behind the write");
+    sim.advance(1000);
+    assert_eq!(s("2125550100").len(), 1);
+    let r = sim.call("GET", &format!("{V}/search/?q={}", urlencode("FIND {a:b} IN PHONE FIELDS")), Auth::Bearer(TOKEN), None);
+    assert_eq!(r.status, 400, "reserved characters must be escaped");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+#[test]
+fn rolling_24h_allocation_reports_usage_and_answers_403() {
+    let sim = CrmSim::start();
+    org(&sim, json!({"limits": {"daily_requests": 5}, "tokens": [{"token": TOKEN, "kind": "oauth", "expires_in_s": 200000}]}));
+    let t0 = sim.freeze();
+    let get = || sim.call("GET", &format!("{V}/limits"), Auth::Bearer(TOKEN), None);
+    let first = get();
+    assert_eq!(first.header("sforce-limit-info").unwrap(), "api-usage=1/5");
+    assert_eq!(first.body["DailyApiRequests"], json!({"Max": 5, "Remaining": 4}));
+    sim.advance(1_000);
+    for n in 2..=5 {
+        assert_eq!(get().header("sforce-limit-info").unwrap(), format!("api-usage={n}/5"));
+    }
+    let over = get();
+    assert_eq!(over.status, 403, "Salesforce throttles with 403, not 429");
+    assert_eq!(over.body, json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED", "fields": []}]));
+    assert!(over.header("retry-after").is_none());
+    let now = sim.admin("GET", "/clock", None)["now_ms"].as_i64().unwrap();
+    sim.advance(t0 + 86_400_000 - 1 - now);
+    assert_eq!(get().status, 403, "1 ms before the first request is 24 h old");
+    sim.advance(1);
+    let freed = get();
+    assert_eq!(freed.status, 200, "the first request's unit is freed exactly 24 h later");
+    assert_eq!(freed.header("sforce-limit-info").unwrap(), "api-usage=5/5");
+}
+
+#[test]
+fn long_running_requests_hit_the_concurrency_cap() {
+    let sim = CrmSim::start();
+    org(&sim, json!({"limits": {"long_running_concurrency": 1}}));
+    sim.freeze();
+    sim.fault("salesforce", "org-1", json!({"kind": "latency", "latency_ms": 1500, "count": 1}));
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| sim.call("GET", &format!("{V}/sobjects/Task/describe"), Auth::Bearer(TOKEN), None).status);
+        std::thread::sleep(Duration::from_millis(300));
+        sim.advance(20_000); // the slow request has now run for 20 s of simulated time
+        let r = sim.call("GET", &format!("{V}/limits"), Auth::Bearer(TOKEN), None);
+        assert_eq!(r.status, 403);
+        assert_eq!(r.body[0]["message"], "ConcurrentPerOrgLongTxn Limit exceeded.");
+        assert_eq!(r.body[0]["errorCode"], "REQUEST_LIMIT_EXCEEDED");
+        assert_eq!(slow.join().unwrap(), 200);
+    });
+    assert_eq!(sim.call("GET", &format!("{V}/limits"), Auth::Bearer(TOKEN), None).status, 200);
+}
+
+#[test]
+fn auth_errors_and_faults() {
+    let sim = CrmSim::start();
+    org(&sim, json!({}));
+    sim.freeze();
+    sim.advance(7_200_000);
+    let r = sim.call("GET", &format!("{V}/limits"), Auth::Bearer(TOKEN), None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body, json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID", "fields": []}]));
+    let fresh = sim.form("/salesforce/services/oauth2/token", &[("grant_type", "refresh_token"), ("refresh_token", "sf-rt"), ("client_id", "cid"), ("client_secret", "cs")], None);
+    assert_eq!(fresh.status, 200, "{}", fresh.text);
+    assert!(fresh.body.get("expires_in").is_none(), "Salesforce does not say when the session ends");
+    assert_eq!(fresh.body["instance_url"], format!("{}/salesforce", sim.url));
+    assert_eq!(fresh.body["token_type"], "Bearer");
+    let token = fresh.body["access_token"].as_str().unwrap().to_string();
+    let bad = sim.form("/salesforce/services/oauth2/token", &[("grant_type", "refresh_token"), ("refresh_token", "nope")], None);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body["error"], "invalid_grant");
+
+    let who = jane(&sim);
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&json!({"Subject": "x", "Bogus__c": 1})));
+    assert_eq!(r.body[0]["errorCode"], "INVALID_FIELD");
+    assert_eq!(r.body[0]["message"], "No such column 'Bogus__c' on sobject of type Task");
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&json!({"CallType": "Sideways"})));
+    assert_eq!(r.body[0]["errorCode"], "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST");
+    assert_eq!(sim.call("POST", &format!("{V}/sobjects/Contact/"), Auth::Bearer(&token), Some(&json!({"FirstName": "x"}))).body[0]["errorCode"], "REQUIRED_FIELD_MISSING");
+    sim.admin("DELETE", &format!("/accounts/salesforce/org-1/objects/Contact/{who}"), None);
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&task(Some(&who))));
+    assert_eq!(r.body[0]["errorCode"], "ENTITY_IS_DELETED");
+    assert_eq!(r.body[0]["fields"][0], "WhoId");
+    sim.admin("DELETE", "/accounts/salesforce/org-1/fields/Task/CallExtId__c", None);
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Task/CallExtId__c/k"), Auth::Bearer(&token), Some(&task(None)));
+    assert_eq!(r.status, 404, "a removed external-id field");
+
+    sim.admin("POST", "/accounts/salesforce/org-1/permissions/Task.create/revoke", None);
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&task(None)));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body[0]["errorCode"], "INSUFFICIENT_ACCESS_OR_READONLY");
+    sim.admin("POST", "/accounts/salesforce/org-1/permissions/Task.create/grant", None);
+
+    sim.fault("salesforce", "org-1", json!({"kind": "throttle", "count": 1}));
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&task(None)));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body[0]["errorCode"], "REQUEST_LIMIT_EXCEEDED");
+    sim.fault("salesforce", "org-1", json!({"kind": "503", "count": 1}));
+    assert_eq!(sim.call("GET", &format!("{V}/limits"), Auth::Bearer(&token), None).body[0]["errorCode"], "SERVER_UNAVAILABLE");
+    sim.fault("salesforce", "org-1", json!({"kind": "500", "count": 1}));
+    assert_eq!(sim.call("GET", &format!("{V}/limits"), Auth::Bearer(&token), None).body[0]["errorCode"], "UNKNOWN_EXCEPTION");
+    sim.fault("salesforce", "org-1", json!({"kind": "502", "count": 1, "after_write": true}));
+    assert_eq!(sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&task(None))).status, 502);
+    assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 1, "written before the 502");
+}
