@@ -1,1 +1,216 @@
-//! placeholder
+//! crm-sim's Pipedrive against CRM-APIS §4, over HTTP: v2 activities and persons, person search
+//! by phone, the two-second burst and the daily token budget at their boundaries, auth (API
+//! token, query token, OAuth), errors and faults.
+
+use crm_sync_tests::crm_sim::{Auth, CrmSim};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "pd-api-token";
+const A: &str = "/pipedrive/api/v2/activities";
+
+fn company(sim: &CrmSim, extra: Value) -> Value {
+    let mut spec = json!({
+        "crm": "pipedrive", "account": "acme", "plan": "lite", "seats": 1,
+        "tokens": [{"token": TOKEN, "kind": "static"}, {"token": "pd-oauth", "kind": "oauth", "expires_in_s": 200000, "refresh_token": "pd-rt", "client_id": "cid", "client_secret": "cs"}],
+        "key_field": {"object": "activities", "field": "note", "marker": "crm-sync-key:"},
+        "objects": {"persons": [{"name": "Jane Doe", "phones": [{"value": "+1 (415) 555-1212", "label": "work", "primary": true}]}]}
+    });
+    if let (Some(s), Value::Object(e)) = (spec.as_object_mut(), extra) {
+        s.extend(e);
+    }
+    sim.account(spec)
+}
+
+fn jane(sim: &CrmSim) -> u64 {
+    sim.records("pipedrive", "acme", "persons")[0]["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn activity(key: &str, person: Option<u64>) -> Value {
+    let mut a = json!({"subject": "Call with Jane", "type": "call", "due_date": "2025-01-15", "due_time": "10:30", "duration": "00:02", "done": true,
+                       "note": format!("<p>notes</p><p>crm-sync-key:{key}</p>")});
+    if let Some(p) = person {
+        a["participants"] = json!([{"person_id": p, "primary": true}]);
+    }
+    a
+}
+
+#[test]
+fn activities_lifecycle_and_no_uniqueness() {
+    let sim = CrmSim::start();
+    company(&sim, json!({"plan": "ultimate"}));
+    let p = jane(&sim);
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("k1", Some(p))));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["success"], true);
+    let d = &r.body["data"];
+    let id = d["id"].as_u64().expect("ids are integers");
+    assert_eq!(d["person_id"], p, "the primary participant is the activity's person");
+    assert_eq!(d["is_deleted"], false);
+    assert!(d["marked_as_done_time"].is_string());
+    assert!(d["add_time"].as_str().unwrap().ends_with('Z'));
+
+    // No unique fields: the same call twice makes two activities.
+    assert_eq!(sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("k1", Some(p)))).status, 200);
+    assert_eq!(sim.state("pipedrive", "acme")["keys"]["k1"]["live"], 2);
+
+    let patched = sim.call("PATCH", &format!("{A}/{id}"), Auth::PipedriveToken(TOKEN), Some(&json!({"subject": "Edited"})));
+    assert_eq!(patched.body["data"]["subject"], "Edited");
+    let listed = sim.call("GET", &format!("{A}?person_id={p}&updated_since=2020-01-01T00:00:00Z&limit=1"), Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["additional_data"]["next_cursor"], "1");
+    let page2 = sim.call("GET", &format!("{A}?person_id={p}&limit=1&cursor=1"), Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(page2.body["additional_data"]["next_cursor"], Value::Null);
+    assert_eq!(sim.call("GET", &format!("{A}?updated_since=2020-01-01T00:00:00.5Z"), Auth::PipedriveToken(TOKEN), None).status, 400, "no fractional seconds");
+
+    let del = sim.call("DELETE", &format!("{A}/{id}"), Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(del.body, json!({"success": true, "data": {"id": id}}));
+    let gone = sim.call("GET", &format!("{A}/{id}"), Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.body["success"], false);
+    assert_eq!(sim.call("PATCH", &format!("{A}/{id}"), Auth::PipedriveToken(TOKEN), Some(&json!({"done": false}))).status, 404);
+
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&json!({"subject": "x", "person_id": p})));
+    assert_eq!(r.status, 400, "person_id is read-only in v2");
+    assert_eq!(r.body["code"], "ERR_SCHEMA_VALIDATION_FAILED");
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&json!({"subject": "x", "custom_fields": {}})));
+    assert_eq!(r.status, 400, "v2 activities have no custom fields");
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&json!({"subject": "x", "due_time": "10:30:00"})));
+    assert_eq!(r.status, 400);
+    sim.admin("DELETE", &format!("/accounts/pipedrive/acme/objects/persons/{p}"), None);
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("k2", Some(p))));
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"].as_str().unwrap().contains("not found"));
+    assert_eq!(sim.call("POST", "/pipedrive/api/v1/activities", Auth::PipedriveToken(TOKEN), Some(&json!({}))).status, 410, "v1 activities are retired");
+}
+
+#[test]
+fn person_search_by_phone() {
+    let sim = CrmSim::start();
+    company(&sim, json!({"plan": "ultimate"}));
+    sim.freeze();
+    let search = |q: &str| {
+        let r = sim.call("GET", &format!("/pipedrive/api/v2/persons/search?{q}"), Auth::PipedriveToken(TOKEN), None);
+        (r.status, r.body["data"]["items"].as_array().cloned().unwrap_or_default())
+    };
+    let (s, items) = search("term=4155551212&fields=phone");
+    assert_eq!(s, 200);
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["item"]["phones"][0], "+1 (415) 555-1212");
+    assert_eq!(items[0]["item"]["type"], "person");
+    assert_eq!(search("term=5551212&fields=phone").1.len(), 1, "a partial number finds it: filter on the client");
+    assert!(search("term=4155551212&fields=phone&exact_match=true").1.is_empty(), "exact_match compares the value as typed");
+    assert_eq!(search("term=%2B1%20(415)%20555-1212&fields=phone&exact_match=true").1.len(), 1);
+    assert!(search("term=4155551212&fields=name").1.is_empty());
+    assert_eq!(search("term=4&fields=phone").0, 400, "at least two characters");
+    assert_eq!(search("term=jane").1.len(), 1);
+}
+
+#[test]
+fn two_second_burst_and_search_burst_at_their_boundaries() {
+    let sim = CrmSim::start();
+    company(&sim, json!({}));
+    sim.freeze();
+    let get = || sim.call("GET", &format!("{A}?limit=1"), Auth::PipedriveToken(TOKEN), None);
+    let first = get();
+    assert_eq!(first.header_u64("x-ratelimit-limit"), 20);
+    assert_eq!(first.header_u64("x-ratelimit-remaining"), 19);
+    assert_eq!(first.header_u64("x-ratelimit-reset"), 2);
+    assert_eq!(first.header_u64("x-daily-requests-left"), 10_000);
+    sim.advance(1000);
+    for _ in 0..19 {
+        assert_eq!(get().status, 200);
+    }
+    let over = get();
+    assert_eq!(over.status, 429);
+    assert_eq!(over.body["success"], false);
+    assert_eq!(over.header_u64("retry-after"), 1);
+    assert_eq!(over.header_u64("x-ratelimit-remaining"), 0);
+    sim.advance(999);
+    assert_eq!(get().status, 429, "1 ms before the first request leaves the 2 s window");
+    sim.advance(1);
+    assert_eq!(get().status, 200);
+    assert_eq!(get().status, 429);
+
+    // OAuth tokens have their own, larger window.
+    let oauth = sim.call("GET", &format!("{A}?limit=1"), Auth::Bearer("pd-oauth"), None);
+    assert_eq!(oauth.status, 200);
+    assert_eq!(oauth.header_u64("x-ratelimit-limit"), 80);
+    assert!(oauth.header("x-daily-requests-left").is_none(), "only for API-token requests");
+
+    sim.advance(2000);
+    let s = || sim.call("GET", "/pipedrive/api/v2/persons/search?term=jane", Auth::PipedriveToken(TOKEN), None);
+    for _ in 0..10 {
+        assert_eq!(s().status, 200);
+    }
+    assert_eq!(s().status, 429, "search: ten per two seconds");
+    assert_eq!(get().status, 200, "other endpoints still have burst left");
+}
+
+#[test]
+fn daily_token_budget_is_shared_and_resets_at_midnight() {
+    let sim = CrmSim::start();
+    company(&sim, json!({"limits": {"daily_tokens": 32}}));
+    sim.freeze();
+    let p = jane(&sim);
+    // create 5 + create 5 + search 20 = 30 tokens; another create (5) would pass 32.
+    let a = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("b1", Some(p))));
+    assert_eq!(a.header_u64("x-daily-ratelimit-token-limit"), 32);
+    assert_eq!(a.header_u64("x-daily-ratelimit-token-remaining"), 27);
+    assert_eq!(a.header_u64("x-daily-requests-left"), 9_999, "one write today");
+    sim.call("POST", A, Auth::Bearer("pd-oauth"), Some(&activity("b2", Some(p))));
+    let s = sim.call("GET", "/pipedrive/api/v2/persons/search?term=jane", Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(s.header_u64("x-daily-ratelimit-token-remaining"), 2, "the OAuth app drew on the same budget");
+    let over = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("b3", Some(p))));
+    assert_eq!(over.status, 429);
+    let wait = over.header_u64("retry-after");
+    let now = sim.admin("GET", "/clock", None)["now_ms"].as_i64().unwrap();
+    let to_midnight = 86_400_000 - now.rem_euclid(86_400_000);
+    assert_eq!(wait as i64, (to_midnight + 999) / 1000, "blocked until the daily reset");
+    let first = a.body["data"]["id"].as_u64().unwrap();
+    assert_eq!(sim.call("GET", &format!("{A}/{first}"), Auth::PipedriveToken(TOKEN), None).status, 200, "a 1-token read still fits");
+    sim.advance(to_midnight);
+    assert_eq!(sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("b3", Some(p)))).status, 200);
+}
+
+#[test]
+fn auth_and_faults() {
+    let sim = CrmSim::start();
+    company(&sim, json!({}));
+    let r = sim.call("GET", &format!("{A}?limit=1"), Auth::PipedriveToken("wrong"), None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["error"], "unauthorized access");
+    assert_eq!(r.body["errorCode"], 401);
+    assert_eq!(sim.call("GET", &format!("{A}?limit=1&api_token={TOKEN}"), Auth::None, None).status, 200, "the query-string token works too");
+
+    let basic = Some(("cid", "cs"));
+    let ok = sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "pd-rt")], basic);
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.body["api_domain"], format!("{}/pipedrive", sim.url));
+    assert_eq!(ok.body["token_type"], "Bearer");
+    let t = ok.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(sim.call("GET", &format!("{A}?limit=1"), Auth::Bearer(&t), None).status, 200);
+    let bad = sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "nope")], basic);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.body["error"], "invalid_grant");
+    assert_eq!(sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "pd-rt")], Some(("cid", "wrong"))).status, 401);
+
+    sim.admin("POST", "/accounts/pipedrive/acme/permissions/activities:full/revoke", None);
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("x", None)));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["success"], false);
+    sim.admin("POST", "/accounts/pipedrive/acme/permissions/activities:full/grant", None);
+
+    sim.fault("pipedrive", "acme", json!({"kind": "503", "count": 1}));
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("f1", None)));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.body["success"], false);
+    sim.fault("pipedrive", "acme", json!({"kind": "throttle", "count": 1}));
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("f1", None)));
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    sim.fault("pipedrive", "acme", json!({"kind": "500", "count": 1, "after_write": true}));
+    assert_eq!(sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("f2", None))).status, 500);
+    let found = sim.call("GET", &format!("{A}?updated_since=2020-01-01T00:00:00Z"), Auth::PipedriveToken(TOKEN), None);
+    assert!(found.body["data"].as_array().unwrap().iter().any(|a| a["note"].as_str().unwrap().contains("crm-sync-key:f2")), "the 500 came after the write; a filtered list finds it");
+}
