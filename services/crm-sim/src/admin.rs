@@ -117,6 +117,7 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
     acct.tz_offset_min = req.tz_offset_min;
     acct.search_lag_ms = req.search_lag_ms.unwrap_or(default_lag(crm));
     acct.key_field = req.key_field;
+    acct.ensure_indexes();
     acct.owner_id = match crm {
         Crm::Salesforce => crate::salesforce::new_id(&mut acct, "User"),
         Crm::Zoho => crate::zoho::new_id(&mut acct),
@@ -356,7 +357,9 @@ async fn patch_object(State(sim): State<SharedSim>, Path((crm, account, object, 
         r.updated_ms = now;
         r.indexed_at_ms = now;
         crms::derive(crm, &object, r);
-        json(200, record_json(r))
+        let out = record_json(r);
+        a.table(&object).reindex(&id);
+        json(200, out)
     })
 }
 
@@ -426,6 +429,7 @@ async fn post_field(State(sim): State<SharedSim>, Path((crm, account, object, na
         }
         def.custom = true;
         a.schema.entry(object.clone()).or_default().insert(name, def);
+        a.ensure_indexes();
         json(201, json!(a.schema.get(&object)))
     })
 }

@@ -63,17 +63,68 @@ impl Record {
     }
 }
 
-/// Records of one object type in creation order, with an id index.
+/// Records of one object type in creation order, with an id index and value indexes on the
+/// fields records are looked up by (unique and external-id fields, the idempotency key), so
+/// upserts stay O(1) when a benchmark has written a hundred thousand calls.
 #[derive(Debug, Default, Clone)]
 pub struct Table {
     rows: Vec<Record>,
     index: HashMap<String, usize>,
+    /// field → lower-cased value → row positions. Entries can go stale when a value changes;
+    /// lookups check the record's current value, and `reindex` adds the new one.
+    values: HashMap<String, HashMap<String, Vec<usize>>>,
+}
+
+fn index_key(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.to_lowercase()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 impl Table {
     pub fn insert(&mut self, r: Record) {
-        self.index.insert(r.id.clone(), self.rows.len());
+        let pos = self.rows.len();
+        self.index.insert(r.id.clone(), pos);
         self.rows.push(r);
+        self.index_row(pos);
+    }
+    fn index_row(&mut self, pos: usize) {
+        let r = &self.rows[pos];
+        for (field, map) in self.values.iter_mut() {
+            if let Some(k) = r.fields.get(field).and_then(index_key) {
+                let e = map.entry(k).or_default();
+                if !e.contains(&pos) {
+                    e.push(pos);
+                }
+            }
+        }
+    }
+    /// Looks records up by `field` from now on.
+    pub fn index_field(&mut self, field: &str) {
+        if self.values.contains_key(field) {
+            return;
+        }
+        self.values.insert(field.to_string(), HashMap::new());
+        for pos in 0..self.rows.len() {
+            self.index_row(pos);
+        }
+    }
+    /// After a record's fields changed: index its new values.
+    pub fn reindex(&mut self, id: &str) {
+        if let Some(&pos) = self.index.get(id) {
+            self.index_row(pos);
+        }
+    }
+    /// Records whose `field` equals `value`, ignoring case (deleted ones included).
+    pub fn find_by(&self, field: &str, value: &str) -> Vec<&Record> {
+        let want = value.to_lowercase();
+        let matches = |r: &&Record| r.fields.get(field).and_then(index_key).is_some_and(|k| k == want);
+        match self.values.get(field) {
+            Some(map) => map.get(&want).into_iter().flatten().map(|&p| &self.rows[p]).filter(matches).collect(),
+            None => self.rows.iter().filter(matches).collect(),
+        }
     }
     pub fn get(&self, id: &str) -> Option<&Record> {
         self.index.get(id).map(|&i| &self.rows[i])
@@ -93,6 +144,12 @@ impl Table {
         self.rows.remove(i);
         for (j, r) in self.rows.iter().enumerate().skip(i) {
             self.index.insert(r.id.clone(), j);
+        }
+        for map in self.values.values_mut() {
+            map.clear();
+        }
+        for pos in 0..self.rows.len() {
+            self.index_row(pos);
         }
         true
     }
@@ -247,12 +304,21 @@ impl Account {
         out
     }
 
-    /// A record that holds `value` in unique field `field`, other than `except`.
+    /// A live record that holds `value` in unique field `field`, other than `except`.
     pub fn unique_holder(&self, object: &str, field: &str, value: &Value, except: Option<&str>) -> Option<String> {
-        if value.is_null() || value.as_str() == Some("") {
-            return None;
+        let key = index_key(value).filter(|k| !k.is_empty())?;
+        self.objects.get(object)?.find_by(field, &key).into_iter().find(|r| r.live() && Some(r.id.as_str()) != except && r.fields.get(field) == Some(value)).map(|r| r.id.clone())
+    }
+
+    /// Indexes every unique or external-id field and the idempotency key field.
+    pub fn ensure_indexes(&mut self) {
+        let mut wanted: Vec<(String, String)> = self.schema.iter().flat_map(|(o, fields)| fields.iter().filter(|(_, d)| d.unique || d.external_id).map(move |(f, _)| (o.clone(), f.clone()))).collect();
+        if let Some(k) = &self.key_field {
+            wanted.push((k.object.clone(), k.field.clone()));
         }
-        self.objects.get(object)?.live().find(|r| Some(r.id.as_str()) != except && r.fields.get(field) == Some(value)).map(|r| r.id.clone())
+        for (o, f) in wanted {
+            self.table(&o).index_field(&f);
+        }
     }
 }
 
@@ -388,6 +454,25 @@ mod tests {
         fields.insert("note".into(), Value::String("<p>Call notes</p><p>crm-sync-key:acme/c1/pipedrive</p>".into()));
         let r = Record { id: "1".into(), fields, created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None };
         assert_eq!(kf.extract(&r), Some("acme/c1/pipedrive"));
+    }
+
+    #[test]
+    fn value_index_follows_changes() {
+        let rec = |id: &str, k: &str| {
+            let mut fields = Map::new();
+            fields.insert("key".into(), Value::String(k.into()));
+            Record { id: id.into(), fields, created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None }
+        };
+        let mut t = Table::default();
+        t.insert(rec("1", "A"));
+        t.index_field("key");
+        t.insert(rec("2", "b"));
+        assert_eq!(t.find_by("key", "a")[0].id, "1", "case-insensitive, indexed after the fact");
+        t.get_mut("1").unwrap().fields.insert("key".into(), Value::String("c".into()));
+        t.reindex("1");
+        assert!(t.find_by("key", "a").is_empty(), "the stale entry is filtered out");
+        assert_eq!(t.find_by("key", "C")[0].id, "1");
+        assert_eq!(t.find_by("other", "x").len(), 0, "unindexed fields scan");
     }
 
     #[test]

@@ -87,6 +87,22 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// crm-sim with the dev accounts (deploy/crm-sim/seed.json, compiled in), on a free port.
+fn start_crm_sim(dir: &std::path::Path) -> anyhow::Result<(String, Child)> {
+    use std::io::BufRead;
+    let seed = dir.join("crm-sim-seed.json");
+    std::fs::write(&seed, include_str!("../../../deploy/crm-sim/seed.json"))?;
+    let mut child = Command::new(sibling_binary("crm-sim")?)
+        .args(["--listen", "127.0.0.1:0", "--seed"])
+        .arg(&seed)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+    let url = line.trim().strip_prefix("CRM_SIM_URL=").ok_or_else(|| anyhow::anyhow!("crm-sim did not start: {line:?}"))?.to_string();
+    Ok((url, child))
+}
+
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let topics = Topics::default();
     let broker = DevBroker::start(1, args.partitions, &topics.all())?;
@@ -104,6 +120,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let mut children = Children(vec![]);
+    let (crm_sim_url, sim) = start_crm_sim(&dir)?;
+    eprintln!("crm-sim (HubSpot, Salesforce, Zoho, Pipedrive; admin API at /admin): CRM_SIM_URL={crm_sim_url}");
+    children.0.push(("crm-sim".into(), sim));
     for service in ["normaliser"] {
         let child = Command::new(sibling_binary(service)?)
             .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)

@@ -296,7 +296,7 @@ fn create_one(acct: &mut Account, table: &str, input: &Value, now: i64) -> Resul
 fn find(acct: &mut Account, table: &str, id: &str, id_property: Option<&str>, archived: bool) -> Option<String> {
     let t = acct.table(table);
     match id_property.filter(|p| *p != "hs_object_id") {
-        Some(p) => t.iter().find(|r| r.str_field(p) == Some(id) && r.live() != archived).map(|r| r.id.clone()),
+        Some(p) => t.find_by(p, id).into_iter().find(|r| r.str_field(p) == Some(id) && r.live() != archived).map(|r| r.id.clone()),
         None => t.get(id).filter(|r| r.live() != archived).map(|r| r.id.clone()),
     }
 }
@@ -310,7 +310,9 @@ fn update_one(acct: &mut Account, table: &str, id: &str, props: &Value, now: i64
     r.updated_ms = now;
     r.indexed_at_ms = now + lag;
     derive(table, r);
-    Ok(r.clone())
+    let out = r.clone();
+    acct.table(table).reindex(id);
+    Ok(out)
 }
 
 fn list_param(q: &HashMap<String, String>, k: &str) -> Option<Vec<String>> {

@@ -155,7 +155,9 @@ pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<C
         r.updated_ms = now;
         r.indexed_at_ms = now + lag;
         derive("activities", r);
-        ok(render(r))
+        let out = render(r);
+        acct.table("activities").reindex(&id);
+        ok(out)
     })
 }
 

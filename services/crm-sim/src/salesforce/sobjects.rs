@@ -168,6 +168,7 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
     r.updated_ms = now;
     r.indexed_at_ms = now + lag;
     super::derive(object, r);
+    acct.table(object).reindex(id);
     Ok(())
 }
 
@@ -268,7 +269,7 @@ fn ext_field(acct: &Account, object: &str, field: &str) -> Result<String, Respon
 }
 
 fn matches(acct: &mut Account, object: &str, field: &str, value: &str) -> Vec<String> {
-    acct.table(object).live().filter(|r| r.fields.get(field).and_then(Value::as_str).is_some_and(|v| v.eq_ignore_ascii_case(value))).map(|r| r.id.clone()).collect()
+    acct.table(object).find_by(field, value).into_iter().filter(|r| r.live()).map(|r| r.id.clone()).collect()
 }
 
 fn multiple_choices(ids: &[String], object: &str, version: &str) -> Response {

@@ -233,6 +233,7 @@ fn update_record(acct: &mut Account, module: &str, id: &str, rec: &Value, i: usi
     r.indexed_at_ms = now + lag;
     derive(module, r);
     let r = r.clone();
+    acct.table(module).reindex(id);
     Ok(success(acct, &r, "record updated"))
 }
 
