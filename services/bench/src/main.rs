@@ -4,6 +4,8 @@
 //! normaliser. Prints messages/s for both, their ratio and each process's peak RSS.
 //! Figures, not assertions: the machines are noisy.
 
+mod crm_sim;
+
 use clap::{Parser, Subcommand};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
@@ -41,6 +43,17 @@ enum Cmd {
     Steps {
         #[arg(long, default_value_t = 50_000)]
         iterations: usize,
+    },
+    /// crm-sim's request rate and latency (single creates, batch upserts as the account fills,
+    /// search, Salesforce collections) and its peak RSS.
+    CrmSim {
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Records to upsert through HubSpot batch/upsert (and Salesforce collections).
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// (internal) The passthrough stage: calls.raw → bench.passthrough.out, unchanged.
     Passthrough {
@@ -87,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
         Cmd::Steps { iterations } => steps(iterations),
+        Cmd::CrmSim { requests, records, concurrency } => crm_sim::run(requests, records, concurrency),
     }
 }
 
@@ -228,7 +242,7 @@ fn measure(label: &'static str, mut child: Child, bootstrap: &str, outputs: &[&s
     Ok(Run { label, rate, elapsed, peak_rss_kib })
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
