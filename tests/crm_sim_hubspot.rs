@@ -235,9 +235,9 @@ fn ten_second_window_daily_allowance_and_search_limit_at_their_boundaries() {
 #[test]
 fn oauth_tokens_expire_refresh_and_revoke() {
     let sim = CrmSim::start();
+    sim.freeze(); // before the token is issued, so "expired N second(s) ago" is exact
     let acct = portal(&sim, json!({"tokens": [{"token": TOKEN, "kind": "static"}, {"token": "hs-oauth-1", "kind": "oauth", "expires_in_s": 60, "refresh_token": "rt-1", "client_id": "cid", "client_secret": "secret", "app": "public-app"}]}));
     assert_eq!(acct["tokens"][1]["refresh_token"], "rt-1");
-    sim.freeze();
     let ok = sim.call("GET", &format!("{CALLS}?limit=1"), Auth::Bearer("hs-oauth-1"), None);
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header_u64("x-hubspot-ratelimit-max"), 110, "public apps get their own burst");

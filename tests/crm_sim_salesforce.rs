@@ -4,7 +4,6 @@
 
 use crm_sync_tests::crm_sim::{Auth, CrmSim};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const TOKEN: &str = "00D!sf-token";
 const V: &str = "/salesforce/services/data/v66.0";
@@ -227,10 +226,10 @@ fn long_running_requests_hit_the_concurrency_cap() {
     let sim = CrmSim::start();
     org(&sim, json!({"limits": {"long_running_concurrency": 1}}));
     sim.freeze();
-    sim.fault("salesforce", "org-1", json!({"kind": "latency", "latency_ms": 1500, "count": 1}));
+    sim.fault("salesforce", "org-1", json!({"kind": "latency", "latency_ms": 3000, "count": 1}));
     std::thread::scope(|s| {
         let slow = s.spawn(|| sim.call("GET", &format!("{V}/sobjects/Task/describe"), Auth::Bearer(TOKEN), None).status);
-        std::thread::sleep(Duration::from_millis(300));
+        sim.wait_in_flight("salesforce", "org-1", 1);
         sim.advance(20_000); // the slow request has now run for 20 s of simulated time
         let r = sim.call("GET", &format!("{V}/limits"), Auth::Bearer(TOKEN), None);
         assert_eq!(r.status, 403);

@@ -199,10 +199,10 @@ fn credits_pace_and_concurrency_all_answer_the_same_429() {
 
     // The concurrency cap.
     sim.admin("PATCH", "/accounts/zoho/org-1/limits", Some(json!({"concurrency": 1, "per_minute": 1000})));
-    sim.fault("zoho", "org-1", json!({"kind": "latency", "latency_ms": 1000, "count": 1}));
+    sim.fault("zoho", "org-1", json!({"kind": "latency", "latency_ms": 3000, "count": 1}));
     std::thread::scope(|s| {
         let slow = s.spawn(|| sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Zoho(TOKEN), None).status);
-        std::thread::sleep(Duration::from_millis(300));
+        sim.wait_in_flight("zoho", "org-1", 1);
         let r = sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Zoho(TOKEN), None);
         assert_eq!(r.status, 429);
         assert_eq!(r.body, throttle_body);

@@ -127,6 +127,15 @@ impl CrmSim {
         self.admin("GET", &format!("/accounts/{crm}/{account}/objects/{object}?deleted=false"), None)["records"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until `n` requests are being handled by the account (a slow request has arrived).
+    pub fn wait_in_flight(&self, crm: &str, account: &str, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.state(crm, account)["usage"]["in_flight"].as_u64().unwrap_or(0) < n {
+            assert!(std::time::Instant::now() < deadline, "{n} request(s) never reached {crm} {account}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// How many answers an endpoint gave with a status.
     pub fn count(&self, crm: &str, account: &str, endpoint: &str, status: u16) -> u64 {
         self.state(crm, account)["counters"][endpoint][status.to_string()].as_u64().unwrap_or(0)

@@ -347,13 +347,7 @@ async fn patch_object(State(sim): State<SharedSim>, Path((crm, account, object, 
     with_acct(&sim, &crm, &account, |a, now| {
         let crm = a.crm;
         let Some(r) = a.table(&object).get_mut(&id) else { return missing(format!("no {object} {id}")) };
-        for (k, v) in fields {
-            if v.is_null() {
-                r.fields.remove(&k);
-            } else {
-                r.fields.insert(k, v);
-            }
-        }
+        r.apply(fields);
         r.updated_ms = now;
         r.indexed_at_ms = now;
         crms::derive(crm, &object, r);

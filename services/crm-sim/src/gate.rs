@@ -28,6 +28,16 @@ pub enum Class {
 }
 
 impl Class {
+    /// What the HTTP method says when the route says nothing more.
+    pub fn of_method(m: &Method) -> Class {
+        match *m {
+            Method::GET => Class::Read,
+            Method::POST => Class::Create,
+            Method::DELETE => Class::Delete,
+            _ => Class::Update,
+        }
+    }
+
     pub fn is_write(self) -> bool {
         matches!(self, Class::Create | Class::Update | Class::Delete)
     }
@@ -210,16 +220,6 @@ pub fn endpoint_label(route: &str, path: &str) -> String {
     r.iter().enumerate().map(|(i, rs)| if i >= skip && NAMING.contains(rs) { p[i - skip] } else { *rs }).collect::<Vec<_>>().join("/")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::endpoint_label;
-
-    #[test]
-    fn labels_name_objects_not_ids() {
-        assert_eq!(endpoint_label("/hubspot/crm/v3/objects/{object}/{id}", "/crm/v3/objects/calls/123"), "/hubspot/crm/v3/objects/calls/{id}");
-        assert_eq!(endpoint_label("/zoho/crm/{version}/{module}", "/crm/v7/Calls"), "/zoho/crm/{version}/Calls");
-    }
-}
 
 /// A generic body for injected 5xx answers, for CRMs whose gateway errors are not JSON.
 pub fn gateway_error(status: u16) -> Response {
@@ -241,4 +241,15 @@ pub fn auth_scheme(req: &Request, scheme: &str) -> Option<String> {
     let v = req.headers().get("authorization")?.to_str().ok()?;
     let (s, t) = v.split_once(' ')?;
     s.eq_ignore_ascii_case(scheme).then(|| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn labels_name_objects_not_ids() {
+        assert_eq!(endpoint_label("/hubspot/crm/v3/objects/{object}/{id}", "/crm/v3/objects/calls/123"), "/hubspot/crm/v3/objects/calls/{id}");
+        assert_eq!(endpoint_label("/zoho/crm/{version}/{module}", "/crm/v7/Calls"), "/zoho/crm/{version}/Calls");
+    }
 }

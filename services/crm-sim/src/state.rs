@@ -58,6 +58,17 @@ impl Record {
         self.deleted_ms.is_none()
     }
 
+    /// Sets fields; a null value removes the field (Salesforce's and a UI edit's semantics).
+    pub fn apply(&mut self, fields: Map<String, Value>) {
+        for (k, v) in fields {
+            if v.is_null() {
+                self.fields.remove(&k);
+            } else {
+                self.fields.insert(k, v);
+            }
+        }
+    }
+
     pub fn str_field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).and_then(Value::as_str)
     }

@@ -94,10 +94,7 @@ impl CrmApi for HubSpot {
         }
         match *method {
             Method::GET if route.ends_with("{object}") => Class::List,
-            Method::GET => Class::Read,
-            Method::POST => Class::Create,
-            Method::DELETE => Class::Delete,
-            _ => Class::Update,
+            _ => Class::of_method(method),
         }
     }
 

@@ -123,11 +123,8 @@ impl CrmApi for Pipedrive {
             return Class::Search;
         }
         match *method {
-            Method::GET if route.ends_with("{id}") => Class::Read,
-            Method::GET => Class::List,
-            Method::POST => Class::Create,
-            Method::DELETE => Class::Delete,
-            _ => Class::Update,
+            Method::GET if !route.ends_with("{id}") => Class::List,
+            _ => Class::of_method(method),
         }
     }
 

@@ -182,12 +182,7 @@ impl CrmApi for Salesforce {
         if route.contains("/query") || route.contains("/deleted") {
             return Class::List;
         }
-        match *method {
-            Method::GET => Class::Read,
-            Method::POST => Class::Create,
-            Method::DELETE => Class::Delete,
-            _ => Class::Update,
-        }
+        Class::of_method(method)
     }
 
     fn permission(class: Class, _route: &str, _path: &str) -> Option<&'static str> {

@@ -158,13 +158,7 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
     if fields.contains_key("WhoId") {
         r.associations = who.into_iter().collect();
     }
-    for (k, v) in fields {
-        if v.is_null() {
-            r.fields.remove(&k);
-        } else {
-            r.fields.insert(k, v);
-        }
-    }
+    r.apply(fields);
     r.updated_ms = now;
     r.indexed_at_ms = now + lag;
     super::derive(object, r);
@@ -342,6 +336,12 @@ pub async fn upsert(State(sim): State<SharedSim>, Extension(caller): Extension<C
     })
 }
 
+/// The version, body and records of a collection request, or the error Salesforce answers.
+fn collection_request(version: &str, body: &Bytes) -> Result<(bool, Vec<Value>), Response> {
+    check_version(version)?;
+    collection_records(&parse_json(body)?)
+}
+
 fn collection_records(body: &Value) -> Result<(bool, Vec<Value>), Response> {
     let all_or_none = body.get("allOrNone").and_then(Value::as_bool).unwrap_or(false);
     let Some(records) = body.get("records").and_then(Value::as_array).cloned() else {
@@ -378,11 +378,7 @@ fn record_type(rec: &Value) -> Result<&'static str, Fail> {
 }
 
 pub async fn collection_create(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, body: Bytes) -> Response {
-    let body = match (check_version(&version), parse_json(&body)) {
-        (Ok(_), Ok(b)) => b,
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let (aon, records) = match collection_records(&body) {
+    let (aon, records) = match collection_request(&version, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -400,11 +396,7 @@ pub async fn collection_create(State(sim): State<SharedSim>, Extension(caller): 
 }
 
 pub async fn collection_update(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, body: Bytes) -> Response {
-    let body = match (check_version(&version), parse_json(&body)) {
-        (Ok(_), Ok(b)) => b,
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let (aon, records) = match collection_records(&body) {
+    let (aon, records) = match collection_request(&version, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -126,12 +126,7 @@ impl CrmApi for Zoho {
         if route.ends_with("/coql") || route.ends_with("/deleted") || (*method == Method::GET && route.ends_with("{module}")) {
             return Class::List;
         }
-        match *method {
-            Method::GET => Class::Read,
-            Method::POST => Class::Create,
-            Method::DELETE => Class::Delete,
-            _ => Class::Update,
-        }
+        Class::of_method(method)
     }
 
     fn permission(class: Class, _route: &str, path: &str) -> Option<&'static str> {

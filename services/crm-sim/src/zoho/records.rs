@@ -137,6 +137,12 @@ fn multi_status(results: Vec<Result<Value, Value>>, ok: u16) -> (u16, Value) {
     (status, json!({"data": results.into_iter().map(|r| r.unwrap_or_else(|e| e)).collect::<Vec<_>>()}))
 }
 
+/// The module and `data[]` of an insert or update, or the error Zoho answers.
+fn records_request(version: &str, module: &str, body: &Bytes) -> Result<(&'static str, Vec<Value>), Response> {
+    let module = check(version, module)?;
+    Ok((module, data_array(&parse(body)?)?))
+}
+
 fn data_array(body: &Value) -> Result<Vec<Value>, Response> {
     let Some(data) = body.get("data").and_then(Value::as_array) else {
         return Err(errors::error(400, "MANDATORY_NOT_FOUND", "required field not found", json!({"api_name": "data", "json_path": "$.data"})));
@@ -151,12 +157,8 @@ fn data_array(body: &Value) -> Result<Vec<Value>, Response> {
 }
 
 pub async fn insert(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, body: Bytes) -> Response {
-    let (module, body) = match (check(&version, &module), parse(&body)) {
-        (Ok(m), Ok(b)) => (m, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let data = match data_array(&body) {
-        Ok(d) => d,
+    let (module, data) = match records_request(&version, &module, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     sim.with(&caller, |acct, now| {
@@ -238,12 +240,8 @@ fn update_record(acct: &mut Account, module: &str, id: &str, rec: &Value, i: usi
 }
 
 pub async fn update_one(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>, headers: HeaderMap, body: Bytes) -> Response {
-    let (module, body) = match (check(&version, &module), parse(&body)) {
-        (Ok(m), Ok(b)) => (m, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let data = match data_array(&body) {
-        Ok(d) => d,
+    let (module, data) = match records_request(&version, &module, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let since = unmodified_since(&headers);
@@ -255,12 +253,8 @@ pub async fn update_one(State(sim): State<SharedSim>, Extension(caller): Extensi
 }
 
 pub async fn update_many(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
-    let (module, body) = match (check(&version, &module), parse(&body)) {
-        (Ok(m), Ok(b)) => (m, b),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let data = match data_array(&body) {
-        Ok(d) => d,
+    let (module, data) = match records_request(&version, &module, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let since = unmodified_since(&headers);
