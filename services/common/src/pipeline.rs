@@ -269,7 +269,14 @@ pub async fn run<H: Handler>(
                         }
                     }
                 }
-                if let Err(e) = consumer.store_offset(&p.topic, p.partition, p.offset + 1) {
+                // The next offset to read. Not `store_offset`: librdkafka's legacy
+                // rd_kafka_offset_store adds 1 itself, which committed last+2 and skipped a
+                // message after every restart (and reset a fully read partition to earliest).
+                let mut next = rdkafka::TopicPartitionList::new();
+                let stored = next
+                    .add_partition_offset(&p.topic, p.partition, rdkafka::Offset::Offset(p.offset + 1))
+                    .and_then(|_| consumer.store_offsets(&next));
+                if let Err(e) = stored {
                     // The partition was revoked meanwhile; its new owner redelivers.
                     debug!(topic = p.topic, partition = p.partition, "offset not stored: {e}");
                 }
