@@ -4,6 +4,7 @@
 //! (`emit`), phone numbers (`phone`) and telemetry (`telemetry`).
 
 pub mod codec;
+pub mod dedup;
 pub mod dev_broker;
 pub mod events;
 pub mod fingerprint;

@@ -1,0 +1,72 @@
+//! The deduper's Redis marks against the machine's Redis: new, repeat, update, the
+//! redelivered-marker rule that keeps a crash from losing an event, TTLs matching the window,
+//! hash-tagged keys, and a clear error when Redis is unreachable. Each test uses its own key
+//! prefix and deletes its keys.
+
+use crm_common::dedup::{DedupStore, Mark, MarkRequest};
+use redis::AsyncCommands;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn req(call: &str, version: i64, input: &str) -> MarkRequest {
+    MarkRequest { tenant_id: "acme".into(), call_id: call.into(), version, input: input.into(), window_ms: 60_000 }
+}
+
+async fn cleanup(prefix: &str) {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = c.keys(format!("{prefix}:*")).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = c.del(keys).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn marks_decide_new_repeat_update_and_redelivery() {
+    let prefix = format!("test-dedup-{}", uuid::Uuid::new_v4().simple());
+    let store = DedupStore::connect(REDIS, &prefix).await.expect("redis");
+    let marks = store
+        .mark_many(&[
+            req("c1", 1, "calls.normalised/0/10"),
+            req("c1", 1, "calls.normalised/0/11"), // a true repeat inside the window
+            req("c1", 1, "calls.normalised/0/10"), // the marking input, delivered again
+            req("c1", 2, "calls.normalised/0/12"), // a higher version
+            req("c1", 1, "calls.normalised/0/13"), // an older version after the update
+        ])
+        .await
+        .unwrap();
+    assert_eq!(marks[0], Mark::New);
+    assert_eq!(marks[1], Mark::Repeat { marked_version: 1, marked_by: "calls.normalised/0/10".into() });
+    assert_eq!(marks[2], Mark::Redelivered);
+    assert!(marks[2].emit());
+    assert_eq!(marks[3], Mark::Update { previous_version: 1, previous_input: "calls.normalised/0/10".into() });
+    assert_eq!(marks[4], Mark::Repeat { marked_version: 2, marked_by: "calls.normalised/0/12".into() });
+
+    let key = store.key("acme", "c1");
+    assert!(key.contains(":{acme}:"), "hash-tagged by tenant: {key}");
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = c.pttl(&key).await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "TTL follows the window: {ttl}");
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn many_marks_in_flight_keep_request_order() {
+    let prefix = format!("test-dedup-{}", uuid::Uuid::new_v4().simple());
+    let store = DedupStore::connect(REDIS, &prefix).await.expect("redis");
+    let first: Vec<MarkRequest> = (0..2000).map(|i| req(&format!("c{i}"), 1, &format!("t/0/{i}"))).collect();
+    assert!(store.mark_many(&first).await.unwrap().iter().all(|m| *m == Mark::New));
+    let mixed: Vec<MarkRequest> = (0..2000).map(|i| if i % 2 == 0 { req(&format!("c{i}"), 1, "t/0/x") } else { req(&format!("c{i}"), 2, "t/0/y") }).collect();
+    let marks = store.mark_many(&mixed).await.unwrap();
+    for (i, m) in marks.iter().enumerate() {
+        assert_eq!(m.emit(), i % 2 == 1, "call {i}: {m:?}");
+    }
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_an_error_not_a_guess() {
+    let err = DedupStore::connect("redis://127.0.0.1:1", "x").await;
+    assert!(err.is_err(), "connecting to a closed port must fail");
+}
