@@ -6,6 +6,7 @@ use crate::events::Crm;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,12 @@ pub struct Tenant {
     /// Connected CRMs by name (`hubspot`, `salesforce`, `zoho`, `pipedrive`).
     #[serde(default)]
     pub crms: BTreeMap<String, CrmConnection>,
+    /// How long the deduper suppresses a repeat of a call ("24h", "90m"); default 24h.
+    #[serde(default)]
+    pub dedup_window: Option<String>,
+    /// Per-source windows, by the events' `source`, overriding `dedup_window`.
+    #[serde(default)]
+    pub dedup_windows: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +63,24 @@ pub struct ResolvedTenant {
     pub default_region: phonenumber::country::Id,
     pub show_phone_numbers_in_audit: bool,
     pub crms: BTreeMap<Crm, CrmConnection>,
+    pub dedup_window: Duration,
+    pub dedup_windows: HashMap<String, Duration>,
+}
+
+/// The deduper's window when a tenant names none.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+impl ResolvedTenant {
+    /// The dedup window for events from `source`.
+    pub fn dedup_window_for(&self, source: &str) -> Duration {
+        self.dedup_windows.get(source).copied().unwrap_or(self.dedup_window)
+    }
+}
+
+fn window(id: &str, what: &str, text: &str) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(text).map_err(|e| anyhow::anyhow!("tenant '{id}': {what} {text:?}: {e}"))?;
+    anyhow::ensure!(!d.is_zero(), "tenant '{id}': {what} must be longer than zero");
+    Ok(d)
 }
 
 impl Tenants {
@@ -78,6 +103,14 @@ impl Tenants {
                     .map_err(|e| anyhow::anyhow!("tenant '{id}': crms: {e}"))?;
                 crms.insert(crm, conn);
             }
+            let dedup_window = match &t.dedup_window {
+                Some(w) => window(&id, "dedup_window", w)?,
+                None => DEFAULT_DEDUP_WINDOW,
+            };
+            let mut dedup_windows = HashMap::new();
+            for (source, w) in &t.dedup_windows {
+                dedup_windows.insert(source.clone(), window(&id, &format!("dedup_windows.{source}"), w)?);
+            }
             tenants.insert(
                 id.clone(),
                 ResolvedTenant {
@@ -85,6 +118,8 @@ impl Tenants {
                     default_region: region,
                     show_phone_numbers_in_audit: t.show_phone_numbers_in_audit,
                     crms,
+                    dedup_window,
+                    dedup_windows,
                 },
             );
         }
@@ -115,6 +150,18 @@ mod tests {
         let acme = t.get("acme").unwrap();
         assert_eq!(acme.default_region, phonenumber::country::Id::US);
         assert!(acme.crms.contains_key(&Crm::Hubspot));
+    }
+
+    #[test]
+    fn dedup_windows_per_source_with_a_default() {
+        let t = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"90m\"\n[tenants.a.dedup_windows]\nbackfill = \"7d\"\n[tenants.b]\ndefault_region = \"US\"\n").unwrap();
+        let a = t.get("a").unwrap();
+        assert_eq!(a.dedup_window_for("pbx"), Duration::from_secs(90 * 60));
+        assert_eq!(a.dedup_window_for("backfill"), Duration::from_secs(7 * 86_400));
+        assert_eq!(t.get("b").unwrap().dedup_window_for("pbx"), DEFAULT_DEDUP_WINDOW);
+        let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("dedup_window"), "{e}");
+        assert!(Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"0s\"\n").is_err());
     }
 
     #[test]
