@@ -2,8 +2,6 @@
 
 use super::{bin, Proc};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub struct CrmSim {
@@ -40,10 +38,7 @@ pub enum Auth<'a> {
 
 impl CrmSim {
     pub fn start() -> CrmSim {
-        let mut child = Command::new(bin("crm-sim")).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start crm-sim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("crm-sim prints its url");
-        let url = line.trim().strip_prefix("CRM_SIM_URL=").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+        let (url, child) = crm_common::dev_broker::spawn_crm_sim(&bin("crm-sim"), None, true).expect("start crm-sim");
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
         CrmSim { url, http, _proc: Proc { name: "crm-sim".into(), child } }
     }

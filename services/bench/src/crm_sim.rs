@@ -4,8 +4,6 @@
 
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Phase {
@@ -35,7 +33,10 @@ impl Phase {
     }
 }
 
-async fn drive(http: &reqwest::Client, label: String, reqs: Vec<(reqwest::Method, String, Vec<(&'static str, String)>, Value)>, per_request: usize, concurrency: usize) -> Phase {
+/// One request to send: method, URL, headers, JSON body.
+type Req = (reqwest::Method, String, Vec<(&'static str, String)>, Value);
+
+async fn drive(http: &reqwest::Client, label: String, reqs: Vec<Req>, per_request: usize, concurrency: usize) -> Phase {
     let n = reqs.len();
     let start = Instant::now();
     let results: Vec<(u64, bool)> = stream::iter(reqs)
@@ -60,10 +61,7 @@ async fn drive(http: &reqwest::Client, label: String, reqs: Vec<(reqwest::Method
 }
 
 pub fn run(requests: usize, records: usize, concurrency: usize) -> anyhow::Result<()> {
-    let mut child = Command::new(crm_common::dev_broker::sibling_binary("crm-sim")?).args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let url = line.trim().strip_prefix("CRM_SIM_URL=").ok_or_else(|| anyhow::anyhow!("crm-sim did not start: {line:?}"))?.to_string();
+    let (url, mut child) = crm_common::dev_broker::spawn_crm_sim(&crm_common::dev_broker::sibling_binary("crm-sim")?, None, true)?;
     let pid = child.id();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {

@@ -25,6 +25,26 @@ impl DevBroker {
     }
 }
 
+/// Starts crm-sim (the binary at `path`) on a free local port, seeded from `seed` if given,
+/// and waits until it listens: answers its base URL (`CRM_SIM_URL`) and the child process.
+pub fn spawn_crm_sim(path: &std::path::Path, seed: Option<&std::path::Path>, quiet: bool) -> anyhow::Result<(String, std::process::Child)> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(path);
+    cmd.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped());
+    if let Some(seed) = seed {
+        cmd.arg("--seed").arg(seed);
+    }
+    if quiet {
+        cmd.stderr(Stdio::null());
+    }
+    let mut child = cmd.spawn().map_err(|e| anyhow::anyhow!("cannot start {}: {e}", path.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
+    let url = line.trim().strip_prefix("CRM_SIM_URL=").ok_or_else(|| anyhow::anyhow!("crm-sim did not start: {line:?}"))?.to_string();
+    Ok((url, child))
+}
+
 /// Another binary of this workspace, installed beside the running one (target/<profile>/ or
 /// the image's bin dir); dev mode and the bench start services from there.
 pub fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -293,6 +293,12 @@ impl Account {
         self.schema.get(object)
     }
 
+    /// An object's fields, empty for an unknown object; borrowed, not copied, on the hot path.
+    pub fn schema_of(&self, object: &str) -> &BTreeMap<String, FieldDef> {
+        static EMPTY: BTreeMap<String, FieldDef> = BTreeMap::new();
+        self.schema.get(object).unwrap_or(&EMPTY)
+    }
+
     pub fn count(&mut self, endpoint: &str, status: u16) {
         *self.counters.entry(endpoint.to_string()).or_default().entry(status).or_default() += 1;
     }

@@ -89,18 +89,9 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
 
 /// crm-sim with the dev accounts (deploy/crm-sim/seed.json, compiled in), on a free port.
 fn start_crm_sim(dir: &std::path::Path) -> anyhow::Result<(String, Child)> {
-    use std::io::BufRead;
     let seed = dir.join("crm-sim-seed.json");
     std::fs::write(&seed, include_str!("../../../deploy/crm-sim/seed.json"))?;
-    let mut child = Command::new(sibling_binary("crm-sim")?)
-        .args(["--listen", "127.0.0.1:0", "--seed"])
-        .arg(&seed)
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line)?;
-    let url = line.trim().strip_prefix("CRM_SIM_URL=").ok_or_else(|| anyhow::anyhow!("crm-sim did not start: {line:?}"))?.to_string();
-    Ok((url, child))
+    crm_common::dev_broker::spawn_crm_sim(&sibling_binary("crm-sim")?, Some(&seed), false)
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {

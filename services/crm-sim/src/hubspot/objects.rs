@@ -90,7 +90,7 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
     let Some(props) = props.as_object() else {
         return Err(Failure::new(400, "VALIDATION_ERROR", "Invalid input JSON: properties must be an object".into()));
     };
-    let schema = acct.fields(table).cloned().unwrap_or_default();
+    let schema = acct.schema_of(table);
     let mut out = Map::new();
     let mut errs = vec![];
     for (name, v) in props {
@@ -128,7 +128,7 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
         out.insert(name.clone(), Value::String(value));
     }
     if creating {
-        for (name, def) in &schema {
+        for (name, def) in schema {
             if def.required && out.get(name).and_then(Value::as_str).is_none_or(str::is_empty) {
                 errs.push(property_error(name, "REQUIRED", format!("Property \"{name}\" is required")));
             }
@@ -142,7 +142,7 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
 
 /// Unique properties: a second live record with the same value is refused.
 fn check_unique(acct: &Account, table: &str, props: &Map<String, Value>, except: Option<&str>) -> Result<(), Failure> {
-    let schema = acct.fields(table).cloned().unwrap_or_default();
+    let schema = acct.schema_of(table);
     for (name, v) in props {
         if schema.get(name).is_some_and(|d| d.unique) {
             if let Some(existing) = acct.unique_holder(table, name, v, except) {

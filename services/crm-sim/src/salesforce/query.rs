@@ -223,7 +223,7 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
                 Ok(o) => o,
                 Err(_) => return errors::error(400, "INVALID_TYPE", &format!("sObject type '{obj}' is not supported."), &[]),
             };
-            let schema = acct.fields(object).cloned().unwrap_or_default();
+            let schema = acct.schema_of(object);
             let wanted = fields.clone().unwrap_or_else(|| vec!["Id".into()]);
             for r in acct.objects.get(object).into_iter().flat_map(|t| t.live()) {
                 if r.indexed_at_ms > now {

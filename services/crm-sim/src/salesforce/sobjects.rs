@@ -38,7 +38,7 @@ pub enum Mode {
 /// Checks a body's fields against the object's describe: names (case-insensitive), writability,
 /// picklists, types and lengths.
 fn validate(acct: &Account, object: &str, body: &Map<String, Value>, mode: Mode) -> Result<Map<String, Value>, Fail> {
-    let schema = acct.fields(object).cloned().unwrap_or_default();
+    let schema = acct.schema_of(object);
     let mut out = Map::new();
     let mut not_writable = vec![];
     for (raw, v) in body {
@@ -110,7 +110,7 @@ fn check_who(acct: &mut Account, fields: &Map<String, Value>) -> Result<Option<S
 }
 
 fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, except: Option<&str>) -> Result<(), Fail> {
-    let schema = acct.fields(object).cloned().unwrap_or_default();
+    let schema = acct.schema_of(object);
     for (name, v) in fields {
         if schema.get(name).is_some_and(|d| d.unique) {
             if let Some(existing) = acct.unique_holder(object, name, v, except) {
@@ -123,7 +123,7 @@ fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, excep
 
 pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>, now: i64) -> Result<String, Fail> {
     let mut fields = validate(acct, object, body, Mode::Create)?;
-    let schema = acct.fields(object).cloned().unwrap_or_default();
+    let schema = acct.schema_of(object);
     let missing: Vec<&str> = schema.iter().filter(|(n, d)| d.required && fields.get(*n).is_none_or(|v| v.is_null() || v.as_str() == Some(""))).map(|(n, _)| n.as_str()).collect();
     if !missing.is_empty() {
         return Err(Fail::new("REQUIRED_FIELD_MISSING", format!("Required fields are missing: [{}]", missing.join(", ")), &missing));

@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub async fn token(State(sim): State<SharedSim>, Query(mut q): Query<HashMap<String, String>>, body: Bytes) -> Response {
-    if let Ok(form) = serde_urlencoded_pairs(&body) {
+    if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
         for (k, v) in form {
             q.entry(k).or_insert(v);
         }
@@ -31,9 +31,4 @@ pub async fn token(State(sim): State<SharedSim>, Query(mut q): Query<HashMap<Str
         Err(MintError::BadClient) => json(200, json!({"error": "invalid_client"})),
         Err(MintError::UnknownRefreshToken) => json(200, json!({"error": "invalid_code"})),
     }
-}
-
-fn serde_urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ()> {
-    let s = std::str::from_utf8(body).map_err(|_| ())?;
-    Ok(axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{s}").parse().map_err(|_| ())?).map_err(|_| ())?.0.into_iter().collect())
 }
