@@ -94,7 +94,7 @@ fn normalises_dead_letters_and_audits_every_input() {
     confluent_unknown.extend_from_slice(&codec::encode(&bad_phone).unwrap()[10..]);
 
     let traceparent = vec![("traceparent".to_string(), format!("00-{TRACE}-00f067aa0ba902b7-01"))];
-    let mut inputs: Vec<(String, Vec<u8>, Vec<(String, String)>)> = good
+    let mut inputs: Vec<crm_sync_tests::Msg> = good
         .iter()
         .map(|(c, ..)| (c.tenant_id.clone(), codec::encode(c).unwrap(), traceparent.clone()))
         .collect();
@@ -137,8 +137,8 @@ fn normalises_dead_letters_and_audits_every_input() {
     assert!(d.detail.contains("from_number \"anonymous\""), "{}", d.detail);
     let d = by_payload(&inputs[5].1);
     assert_eq!((d.reason, d.tenant_id.as_str()), (DlqReason::TenantNotConfigured, "umbrella"));
-    for i in 6..9 {
-        let d = by_payload(&inputs[i].1);
+    for input in &inputs[6..9] {
+        let d = by_payload(&input.1);
         assert_eq!(d.reason, DlqReason::SchemaInvalid, "{}", d.detail);
         assert_eq!(d.tenant_id, "acme", "tenant taken from the message key");
         assert_eq!(d.source_key.as_deref(), Some(&b"acme"[..]));

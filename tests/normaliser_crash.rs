@@ -19,7 +19,7 @@ fn nothing_is_lost_across_repeated_sigkill() {
         "[tenants.t0]\ndefault_region = \"US\"\n[tenants.t1]\ndefault_region = \"GB\"\n[tenants.t2]\ndefault_region = \"DE\"\n[tenants.t3]\ndefault_region = \"FR\"\n",
     );
     let numbers = ["+1 415 555 2671", "020 7946 0958", "030 901820", "06 12 34 56 78"];
-    let inputs: Vec<(String, Vec<u8>, Vec<(String, String)>)> = (0..INPUTS)
+    let inputs: Vec<crm_sync_tests::Msg> = (0..INPUTS)
         .map(|i| {
             let t = i % 5; // t4 is not configured: TENANT_NOT_CONFIGURED
             let ev = CallEvent {

@@ -3,6 +3,9 @@
 //! does that first); helpers produce to and read from the broker like any Kafka client.
 
 pub mod crm_sim;
+pub mod redis;
+
+pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
 
 use crm_common::pipeline::InMessage;
 use crm_common::topic_reader::TopicReader;
@@ -35,9 +38,21 @@ pub fn repo_root() -> PathBuf {
 pub struct Proc {
     pub name: String,
     pub child: Child,
+    /// Where its stdout and stderr go, when the harness captured them.
+    pub log: Option<PathBuf>,
 }
 
 impl Proc {
+    /// The captured log so far ("" when there is none).
+    pub fn log_text(&self) -> String {
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -64,6 +79,9 @@ impl Drop for Proc {
     }
 }
 
+/// A message to produce: key, payload, headers.
+pub type Msg = (String, Vec<u8>, Vec<(String, String)>);
+
 /// `crm-sync dev-broker` in its own process.
 pub struct Broker {
     pub bootstrap: String,
@@ -87,18 +105,18 @@ impl Broker {
             .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
             .unwrap_or_else(|| panic!("unexpected dev-broker output {line:?}"))
             .to_string();
-        Broker { bootstrap, _proc: Proc { name: "dev-broker".into(), child } }
+        Broker { bootstrap, _proc: Proc { name: "dev-broker".into(), child, log: None } }
     }
 
     /// Runs a service binary against this broker. Logs go to target/test-logs/.
     pub fn service(&self, name: &str, env: &[(&str, &str)]) -> Proc {
         let logs = repo_root().join("target/test-logs");
         std::fs::create_dir_all(&logs).expect("log dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(format!("{name}-{}.log", std::process::id())))
-            .expect("log file");
+        // One file per process started, so a test reads only its own process's lines.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = logs.join(format!("{name}-{}-{n}.log", std::process::id()));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
         let mut cmd = Command::new(bin(name));
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
             // A killed member's partitions move after this long, not librdkafka's 45 s.
@@ -109,7 +127,7 @@ impl Broker {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Proc { name: name.to_string(), child: cmd.spawn().expect("spawn service") }
+        Proc { name: name.to_string(), child: cmd.spawn().expect("spawn service"), log: Some(log_path) }
     }
 
     pub fn producer(&self) -> ThreadedProducer<DefaultProducerContext> {
@@ -122,7 +140,7 @@ impl Broker {
     }
 
     /// Produces and waits for every message to be acknowledged.
-    pub fn produce(&self, topic: &str, messages: &[(String, Vec<u8>, Vec<(String, String)>)]) {
+    pub fn produce(&self, topic: &str, messages: &[Msg]) {
         let p = self.producer();
         for (key, payload, headers) in messages {
             let mut h = OwnedHeaders::new();
@@ -147,9 +165,61 @@ impl Broker {
         TopicReader::new(&self.bootstrap, topics).expect("reader")
     }
 
+    /// The offsets `group` has committed on `topic`, summed over partitions (a partition
+    /// with no commit counts 0).
+    pub fn committed(&self, group: &str, topic: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+        let total = {
+            let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+            committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum()
+            // `committed` is dropped here, before the consumer (rust-rdkafka #453).
+        };
+        drop(c);
+        total
+    }
+
     /// Everything on `topics` once at least `n` messages have arrived (or after `timeout`).
     pub fn read(&self, topics: &[&str], n: usize, timeout: Duration) -> Vec<InMessage> {
         self.reader(topics).read_until(timeout, |m| m.len() >= n)
+    }
+}
+
+/// A NormalisedCall as the normaliser would write it, for tests of later stages.
+pub fn normalised_call(tenant: &str, call_id: &str, version: i64) -> crm_common::events::NormalisedCall {
+    use crm_common::events::{CallDirection, CallOutcome, NormalisedCall};
+    NormalisedCall {
+        tenant_id: tenant.into(),
+        call_id: call_id.into(),
+        source: "pbx".into(),
+        version,
+        direction: CallDirection::Inbound,
+        from_e164: "+14155552671".into(),
+        to_e164: "+16502530000".into(),
+        customer_e164: "+14155552671".into(),
+        from_raw: "(415) 555-2671".into(),
+        to_raw: "650 253 0000".into(),
+        region_used: "US".into(),
+        started_at: 1_767_225_600_000,
+        ended_at: (version > 1).then_some(1_767_225_660_000),
+        duration_s: (version > 1).then_some(60),
+        outcome: (version > 1).then_some(CallOutcome::Answered),
+        agent_id: "agent-1".into(),
+        agent_email: Some("a1@example.com".into()),
+        recording_url: None,
+        notes: None,
+        attributes: std::collections::HashMap::new(),
+        normalised_at: 1_767_225_600_100,
     }
 }
 

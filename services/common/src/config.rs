@@ -14,6 +14,11 @@ pub struct CommonArgs {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// Prefix of every Redis key crm-sync writes (`<prefix>:{tenant}:…`), so several
+    /// deployments (or test runs) can share one Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "crm-sync")]
+    pub redis_key_prefix: String,
+
     /// PostgreSQL URL (audit-sink, trace, dlq, reconciler).
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,

@@ -52,6 +52,13 @@ impl Crm {
     }
 }
 
+/// The idempotency key of one call at one CRM (DESIGN §4): `<tenant_id>:<call_id>:<crm>`.
+/// Tenant ids cannot hold ':' (TENANTS_CONFIG refuses them) and CRM names never do, so the
+/// key reads back unambiguously whatever the call id holds.
+pub fn idempotency_key(tenant_id: &str, call_id: &str, crm: Crm) -> String {
+    format!("{tenant_id}:{call_id}:{}", crm.as_str())
+}
+
 impl std::str::FromStr for Crm {
     type Err = String;
     fn from_str(s: &str) -> Result<Crm, String> {

@@ -70,8 +70,11 @@ fn idd_to_plus(s: &str, region: country::Id) -> Option<String> {
 /// Remembers recent parses. Parsing costs ~15 µs (the crate's regexes) and the same numbers
 /// recur constantly (an agent's line is on every call they make), so stages parse through
 /// this. Bounded: when full it starts over, which costs one re-parse per number.
+/// A raw number and the region it was read with.
+type CacheKey = (String, Option<country::Id>);
+
 pub struct E164Cache {
-    map: std::sync::Mutex<std::collections::HashMap<(String, Option<country::Id>), Result<String, PhoneError>>>,
+    map: std::sync::Mutex<std::collections::HashMap<CacheKey, Result<String, PhoneError>>>,
     capacity: usize,
 }
 

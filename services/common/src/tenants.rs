@@ -94,6 +94,12 @@ impl Tenants {
         let file: TenantsFile = toml::from_str(text)?;
         let mut tenants = HashMap::new();
         for (id, t) in file.tenants {
+            // Ids appear in Kafka keys, Redis hash tags (`{id}`) and idempotency keys
+            // (`id:call:crm`): keep them to characters that mean nothing in any of those.
+            anyhow::ensure!(
+                !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+                "tenant id {id:?}: use 1-64 of A-Z a-z 0-9 . _ -"
+            );
             let region = crate::phone::region(&t.default_region)
                 .map_err(|e| anyhow::anyhow!("tenant '{id}': default_region: {e}"))?;
             let mut crms = BTreeMap::new();
@@ -162,6 +168,15 @@ mod tests {
         let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"soon\"\n").unwrap_err();
         assert!(e.to_string().contains("dedup_window"), "{e}");
         assert!(Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"0s\"\n").is_err());
+    }
+
+    #[test]
+    fn tenant_ids_are_safe_in_keys() {
+        for bad in ["\"a:b\"", "\"a{b}\"", "\"a b\""] {
+            let e = Tenants::parse(&format!("[tenants.{bad}]\ndefault_region = \"US\"\n")).unwrap_err();
+            assert!(e.to_string().contains("tenant id"), "{bad}: {e}");
+        }
+        assert!(Tenants::parse("[tenants.\"acme-eu.2\"]\ndefault_region = \"US\"\n").is_ok());
     }
 
     #[test]

@@ -19,6 +19,8 @@ impl TopicReader {
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "crm-sync-topic-reader")
             .set("enable.auto.commit", "false")
+            // Tests watch progress through a reader: see new messages within tens of ms.
+            .set("fetch.wait.max.ms", "20")
             // Never jump to the end silently if the beginning is gone.
             .set("auto.offset.reset", "earliest")
             .create()?;

@@ -1,0 +1,130 @@
+//! deduper: calls.normalised → crm.writes.<crm> (DESIGN §1, §4). For each normalised call it
+//! asks Redis whether the call was seen inside its dedup window (one pipelined round trip per
+//! batch), then fans a new call or a newer version out as one CrmWriteRequest per CRM the
+//! tenant has connected. Repeats are suppressed and audited; unknown tenants and undecodable
+//! input go to sync.dlq. When Redis is unreachable the batch fails as a whole and is retried:
+//! nothing is emitted or committed until Redis answers again.
+
+mod fanout;
+
+use clap::Parser;
+use crm_common::codec;
+use crm_common::config::{CommonArgs, PipelineArgs};
+use crm_common::dedup::{redact_url, DedupStore, MarkRequest};
+use crm_common::emit::{Emitter, Subject};
+use crm_common::events::{DlqReason, NormalisedCall, Stage};
+use crm_common::pipeline::{self, Handler, InMessage, PipelineConfig, Processed, Transient};
+use crm_common::tenants::{ResolvedTenant, Tenants};
+
+#[derive(Parser)]
+#[command(name = "deduper", about = "calls.normalised → crm.writes.<crm>: repeats suppressed, one request per connected CRM")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+struct Deduper {
+    tenants: Tenants,
+    store: DedupStore,
+    redis: String,
+    fanout: fanout::Fanout,
+}
+
+/// What became of an input before Redis was asked.
+enum Step<'a> {
+    Done(Processed),
+    Mark { call: Box<NormalisedCall>, tenant: &'a ResolvedTenant },
+}
+
+impl Deduper {
+    fn classify<'a>(&'a self, input: &InMessage) -> Step<'a> {
+        let emit = &self.fanout.emit;
+        let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None };
+        let call: NormalisedCall = match codec::decode(input.payload.as_deref().unwrap_or_default()) {
+            Ok(c) => c,
+            Err(e) => {
+                let detail = format!("calls.normalised message is not a NormalisedCall: {e}");
+                return Step::Done(fanout::dead(emit.dead_letter(input, &anonymous, "dedup", DlqReason::SchemaInvalid, detail.clone(), detail)));
+            }
+        };
+        let subject = Subject { tenant_id: &call.tenant_id, call_id: Some(&call.call_id), crm: None, version: Some(call.version) };
+        if call.call_id.is_empty() {
+            let detail = "call_id is empty: a call cannot be deduplicated or written without its id".to_string();
+            return Step::Done(fanout::dead(emit.dead_letter(input, &subject, "dedup", DlqReason::Validation, detail.clone(), detail)));
+        }
+        let Some(tenant) = self.tenants.get(&call.tenant_id) else {
+            let detail = format!("tenant '{}' is not in TENANTS_CONFIG", call.tenant_id);
+            return Step::Done(fanout::dead(emit.dead_letter(input, &subject, "dedup", DlqReason::TenantNotConfigured, detail.clone(), detail)));
+        };
+        if tenant.crms.is_empty() {
+            return Step::Done(self.fanout.no_crms(input, &call));
+        }
+        Step::Mark { call: Box::new(call), tenant }
+    }
+}
+
+impl Handler for Deduper {
+    async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
+        let steps: Vec<Step> = batch.iter().map(|m| self.classify(m)).collect();
+        let requests: Vec<MarkRequest> = batch
+            .iter()
+            .zip(&steps)
+            .filter_map(|(input, step)| match step {
+                Step::Mark { call, tenant } => Some(MarkRequest {
+                    tenant_id: call.tenant_id.clone(),
+                    call_id: call.call_id.clone(),
+                    version: call.version,
+                    input: format!("{}/{}/{}", input.topic, input.partition, input.offset),
+                    window_ms: tenant.dedup_window_for(&call.source).as_millis() as u64,
+                }),
+                Step::Done(_) => None,
+            })
+            .collect();
+        let marks = self
+            .store
+            .mark_many(&requests)
+            .await
+            .map_err(|e| Transient(format!("Redis at {} failed while marking {} calls: {e}", self.redis, requests.len())))?;
+        let mut marks = marks.into_iter();
+        Ok(batch
+            .iter()
+            .zip(steps)
+            .map(|(input, step)| match step {
+                Step::Done(p) => p,
+                Step::Mark { call, tenant } => {
+                    let mark = marks.next().expect("one mark per request");
+                    self.fanout.decide(input, *call, tenant, &mark)
+                }
+            })
+            .collect())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = crm_common::telemetry::init("deduper", &cli.common)?;
+    let tenants = Tenants::load(&cli.common.tenants_config)?;
+    let redis = redact_url(&cli.common.redis_url);
+    let store = DedupStore::lazy(&cli.common.redis_url, &cli.common.redis_key_prefix)
+        .map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    tracing::info!(tenants = tenants.len(), redis, prefix = cli.common.redis_key_prefix, "tenants loaded");
+    let handler = Deduper {
+        tenants,
+        store,
+        redis,
+        fanout: fanout::Fanout {
+            emit: Emitter::new(Stage::Deduper, cli.common.topics.clone()),
+            topics: cli.common.topics.clone(),
+        },
+    };
+    let cfg = PipelineConfig {
+        service: "deduper",
+        input_topics: vec![cli.common.topics.calls_normalised.clone()],
+        common: cli.common,
+        args: cli.pipeline,
+    };
+    pipeline::run(cfg, handler, pipeline::shutdown_on_signals()).await
+}
