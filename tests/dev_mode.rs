@@ -8,12 +8,20 @@ fn dev_mode_accounts_for_every_sample_call() {
     let out = Command::new(bin("crm-sync")).args(["dev", "--once"]).output().expect("run crm-sync dev");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "dev failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("(10 of 10 accounted for; 10 audit records"), "{stdout}");
+    // 12 inputs: each audited by the normaliser; the 9 normalised ones by the deduper once
+    // per connected CRM (acme 2, globex 1, initech 2).
+    assert!(stdout.contains("(12 of 12 accounted for; 28 audit records)"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CRM_SIM_URL=http://127.0.0.1:"), "crm-sim was not started: {stderr}");
-    assert!(stderr.contains("crm-sim stopped (exit status: 0)"), "crm-sim did not shut down cleanly: {stderr}");
+    for service in ["crm-sim", "normaliser", "deduper"] {
+        assert!(stderr.contains(&format!("{service} stopped (exit status: 0)")), "{service} did not shut down cleanly: {stderr}");
+    }
+    assert!(stderr.contains("removed this run's 7 Redis keys"), "dev leaves no dedup marks behind: {stderr}");
     for expected in [
-        "acme-1002   NORMALISED",
+        "acme-1002   v2   NORMALISED",
+        "DEDUPED update           hubspot    version 2 supersedes version 1",
+        "DUPLICATE                salesforce repeat suppressed",
+        "DEDUPED new              pipedrive",
         "DLQ INVALID_PHONE",
         "DLQ TENANT_NOT_CONFIGURED",
         "DLQ SCHEMA_INVALID",

@@ -1,17 +1,20 @@
 //! `crm-sync dev`: the whole pipeline on one machine. Hosts the dev broker in this process,
-//! starts every service built so far as child processes against it, feeds sample calls from
-//! several tenants with messy numbers (and some bad input), and reports what happened to
-//! each. Grows with every service.
+//! starts every service built so far as child processes against it (with the machine's
+//! Redis under a key prefix of this run's own, removed at exit), feeds sample calls from
+//! several tenants with messy numbers, a repeat, an update and some bad input, and reports
+//! what happened to each from the audit topic. Grows with every service.
 
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::events::{CallDirection, CallEvent, CallOutcome, DeadLetter, NormalisedCall};
+use crm_common::dedup::{redact_url, DedupStore};
+use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, NormalisedCall, Stage};
 use crm_common::pipeline::InMessage;
+use crm_common::tenants::Tenants;
 use crm_common::topic_reader::TopicReader;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -27,6 +30,9 @@ pub struct DevArgs {
     /// Tenants file; defaults to the example in deploy/ (compiled in).
     #[arg(long)]
     tenants_config: Option<PathBuf>,
+    /// Redis for the deduper's marks (and later the writers' buckets).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
 }
 
 /// Child services, stopped with SIGTERM (graceful) when dropped.
@@ -78,6 +84,14 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
         call("initech", "initech-2", Outbound, "+49 30 901820", "06 12 34 56 78", Some("FR")),
         call("acme", "acme-1004", Inbound, "anonymous", "+1 415 555 2671", None),
         call("umbrella", "umbrella-1", Inbound, "+1 650 253 0000", "+1 415 555 2671", None),
+        // The PBX sends acme-1001 again (a repeat the deduper suppresses), then a second
+        // version of acme-1002 once its recording is ready (an update that passes).
+        call("acme", "acme-1001", Inbound, "650.253.0000", "+1 415 555 2671", None),
+        CallEvent {
+            version: 2,
+            recording_url: Some("https://recordings.example/acme-1002.mp3".into()),
+            ..call("acme", "acme-1002", Outbound, "(415) 555-2671", "+44 (0)20 7946 0958", None)
+        },
     ];
     let mut out: Vec<(String, Vec<u8>)> = calls
         .iter()
@@ -110,14 +124,23 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             p
         }
     };
+    let tenants_loaded = Tenants::load(&tenants)?;
+    let prefix = format!("crm-sync-dev-{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let marks = rt
+        .block_on(DedupStore::connect(&args.redis_url, &prefix))
+        .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
+    eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
     let mut children = Children(vec![]);
     let (crm_sim_url, sim) = start_crm_sim(&dir)?;
     eprintln!("crm-sim (HubSpot, Salesforce, Zoho, Pipedrive; admin API at /admin): CRM_SIM_URL={crm_sim_url}");
     children.0.push(("crm-sim".into(), sim));
-    for service in ["normaliser"] {
+    for service in ["normaliser", "deduper"] {
         let child = Command::new(sibling_binary(service)?)
             .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
             .env("TENANTS_CONFIG", &tenants)
+            .env("REDIS_URL", &args.redis_url)
+            .env("REDIS_KEY_PREFIX", &prefix)
             .env("KAFKA_OPTIONS", "session.timeout.ms=6000")
             .spawn()?;
         eprintln!("started {service} (pid {})", child.id());
@@ -137,10 +160,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     producer.flush(Duration::from_secs(10))?;
     eprintln!("produced {} sample calls to {}; waiting for the pipeline…", samples.len(), topics.calls_raw);
 
-    let reader = TopicReader::new(&bootstrap, &[&topics.calls_normalised, &topics.dlq, &topics.audit])?;
-    // Every input gets one result (normalised or DLQ) and one audit record.
-    let seen = reader.read_until(Duration::from_secs(60), |m| m.len() >= 2 * samples.len());
-    report(&seen, &topics, samples.len());
+    let reader = TopicReader::new(&bootstrap, &[&topics.calls_normalised, &topics.audit])?;
+    let audit = wait_for_audit(&reader, &topics, &tenants_loaded, samples.len());
+    report(&audit, samples.len());
 
     if !args.once {
         eprintln!("\npipeline running; produce to {} at {bootstrap}. Ctrl-C to stop.", topics.calls_raw);
@@ -150,41 +172,94 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     drop(children);
     drop(broker);
+    match rt.block_on(marks.delete_all()) {
+        Ok(n) => eprintln!("  removed this run's {n} Redis keys ({prefix}:*)"),
+        Err(e) => eprintln!("  could not remove Redis keys {prefix}:*: {e}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn report(seen: &[InMessage], topics: &Topics, expected: usize) {
-    let mut lines = vec![];
-    let mut audits = 0;
-    for m in seen {
-        let payload = m.payload.as_deref().unwrap_or_default();
-        if m.topic == topics.calls_normalised {
-            if let Ok(n) = codec::decode::<NormalisedCall>(payload) {
-                lines.push(format!(
-                    "  {:<9} {:<11} NORMALISED   {:<22} → {:<15} {:<22} → {:<15} (region {})",
-                    n.tenant_id, n.call_id, format!("{:?}", n.from_raw), n.from_e164,
-                    format!("{:?}", n.to_raw), n.to_e164, n.region_used
-                ));
+/// Reads the audit topic until every stage has accounted for every sample: the normaliser
+/// audits each input once, and the deduper each normalised call once per CRM its tenant has
+/// connected (once when none). Gives up after a minute with what it has.
+fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inputs: usize) -> Vec<AuditRecord> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut audit = vec![];
+    let mut expected = usize::MAX;
+    let mut normalised = 0usize;
+    let mut dedup_expected = 0usize;
+    while audit.len() < expected && std::time::Instant::now() < deadline {
+        for m in reader.read_until(Duration::from_millis(500), |b: &[InMessage]| !b.is_empty() && b.len() >= 100) {
+            let payload = m.payload.as_deref().unwrap_or_default();
+            if m.topic == topics.calls_normalised {
+                if let Ok(call) = codec::decode::<NormalisedCall>(payload) {
+                    normalised += 1;
+                    dedup_expected += tenants.get(&call.tenant_id).map_or(1, |t| t.crms.len().max(1));
+                }
+            } else if let Ok(a) = codec::decode::<AuditRecord>(payload) {
+                audit.push(a);
             }
-        } else if m.topic == topics.dlq {
-            if let Ok(d) = codec::decode::<DeadLetter>(payload) {
-                lines.push(format!(
-                    "  {:<9} {:<11} DLQ {:<21} {}",
-                    d.tenant_id,
-                    d.call_id.as_deref().unwrap_or("?"),
-                    d.reason.as_str(),
-                    d.detail
-                ));
-            }
-        } else {
-            audits += 1;
+        }
+        let normaliser_done = audit.iter().filter(|a| a.stage == Stage::Normaliser).count() >= inputs;
+        let results = audit.iter().filter(|a| a.stage == Stage::Normaliser && a.outcome == AuditOutcome::Succeeded).count();
+        if normaliser_done && normalised >= results {
+            expected = inputs + dedup_expected;
         }
     }
-    lines.sort();
-    println!("\nWhat happened to the {expected} sample calls:");
-    for l in &lines {
-        println!("{l}");
+    audit
+}
+
+/// One block per sample input: its audit records, joined by trace id, stage by stage.
+fn report(audit: &[AuditRecord], inputs: usize) {
+    let mut by_trace: BTreeMap<&str, Vec<&AuditRecord>> = BTreeMap::new();
+    for a in audit {
+        by_trace.entry(a.trace_id.as_str()).or_default().push(a);
     }
-    println!("  ({} of {expected} accounted for; {audits} audit records on {})", lines.len(), topics.audit);
+    let mut blocks: Vec<(String, Vec<String>)> = by_trace
+        .into_values()
+        .map(|mut records| {
+            records.sort_by_key(|a| (a.stage as u8, a.crm.map(|c| c.as_str()), a.occurred_at));
+            let first = records[0];
+            let head = format!(
+                "{:<9} {:<11} v{}",
+                first.tenant_id,
+                first.call_id.as_deref().unwrap_or("?"),
+                first.version.map_or("?".to_string(), |v| v.to_string())
+            );
+            let lines = records
+                .iter()
+                .map(|a| {
+                    let what = match (a.stage, a.outcome) {
+                        (_, AuditOutcome::DeadLettered) => format!("DLQ {}", a.reason.as_deref().unwrap_or("?")),
+                        (Stage::Normaliser, AuditOutcome::Succeeded) => "NORMALISED".to_string(),
+                        (Stage::Deduper, AuditOutcome::Succeeded) => {
+                            format!("DEDUPED {}", a.attributes.get("mark").map_or("", String::as_str))
+                        }
+                        (_, o) => format!("{o:?}").to_uppercase(),
+                    };
+                    let crm = a.crm.map_or("", |c| c.as_str());
+                    format!("{what:<24} {crm:<10} {}", a.detail)
+                })
+                .collect();
+            (format!("{head} {}", first.occurred_at), lines)
+        })
+        .collect();
+    blocks.sort();
+    println!("\nWhat happened to the {inputs} sample calls (from {} audit records):", audit.len());
+    for (head, lines) in &blocks {
+        let head = head.rsplit_once(' ').map_or(head.as_str(), |(h, _)| h);
+        for (i, l) in lines.iter().enumerate() {
+            if i == 0 {
+                println!("  {head:<26} {l}");
+            } else {
+                println!("  {:<26} {l}", "");
+            }
+        }
+    }
+    println!(
+        "  ({} of {inputs} accounted for; {} audit records)",
+        blocks.len(),
+        audit.len()
+    );
 }
