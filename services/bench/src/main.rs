@@ -1,10 +1,11 @@
-//! `cargo run --release -p bench -- normaliser`: one dev broker, one backlog of calls on
-//! calls.raw, then — one after the other, each in its own process and consumer group —
-//! a plain consume→produce passthrough on the same pipeline runtime and the real
-//! normaliser. Prints messages/s for both, their ratio and each process's peak RSS.
+//! `cargo run --release -p bench -- normaliser|deduper`: one dev broker, one backlog on the
+//! stage's input topic, then — one after the other, each in its own process and consumer
+//! group — a plain consume→produce passthrough on the same pipeline runtime and the real
+//! stage. Prints inputs/s for both, their ratio and each process's peak RSS.
 //! Figures, not assertions: the machines are noisy.
 
 mod crm_sim;
+mod deduper;
 
 use clap::{Parser, Subcommand};
 use crm_common::codec;
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const PASSTHROUGH_OUT: &str = "bench.passthrough.out";
+pub(crate) const PASSTHROUGH_OUT: &str = "bench.passthrough.out";
 
 #[derive(Parser)]
 #[command(name = "bench", about = "crm-sync benchmarks (print figures)")]
@@ -39,6 +40,20 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         tenants: usize,
     },
+    /// Deduper throughput (Redis marks, fan-out, audit) beside a passthrough, and peak RSS.
+    Deduper {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 24)]
+        partitions: i32,
+        #[arg(long, default_value_t = 200)]
+        tenants: usize,
+        /// Share of the backlog that repeats an earlier call, percent.
+        #[arg(long, default_value_t = 10)]
+        repeat_pct: usize,
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+    },
     /// Per-input cost of the normaliser's steps, in-process (no broker).
     Steps {
         #[arg(long, default_value_t = 50_000)]
@@ -55,13 +70,17 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
-    /// (internal) The passthrough stage: calls.raw → bench.passthrough.out, unchanged.
-    Passthrough {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[command(flatten)]
-        pipeline: PipelineArgs,
-    },
+    /// (internal) The passthrough stage: calls.raw (or TOPIC_CALLS_RAW) →
+    /// bench.passthrough.out, unchanged.
+    Passthrough(Box<PassthroughArgs>),
+}
+
+#[derive(clap::Args)]
+struct PassthroughArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
 }
 
 struct Passthrough;
@@ -85,7 +104,8 @@ impl Handler for Passthrough {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Passthrough { common, pipeline } => {
+        Cmd::Passthrough(args) => {
+            let PassthroughArgs { common, pipeline } = *args;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let _t = crm_common::telemetry::init("bench-passthrough", &common)?;
@@ -99,16 +119,19 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
+        Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
+            deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
+        }
         Cmd::Steps { iterations } => steps(iterations),
         Cmd::CrmSim { requests, records, concurrency } => crm_sim::run(requests, records, concurrency),
     }
 }
 
-struct Run {
-    label: &'static str,
-    rate: f64,
-    elapsed: Duration,
-    peak_rss_kib: u64,
+pub(crate) struct Run {
+    pub label: &'static str,
+    pub rate: f64,
+    pub elapsed: Duration,
+    pub peak_rss_kib: u64,
 }
 
 fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Result<()> {
@@ -153,9 +176,18 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
     env(&mut nm);
     runs.push(measure("normaliser", nm.spawn()?, &bootstrap, &[&topics.calls_normalised, &topics.dlq], messages)?);
 
-    println!("\nbench normaliser: {messages} messages, {partitions} partitions, {tenants} tenants, one dev broker");
-    println!("{:<12} {:>12} {:>10} {:>14}", "stage", "msgs/s", "seconds", "peak RSS MiB");
-    for r in &runs {
+    print_runs(&format!("bench normaliser: {messages} messages, {partitions} partitions, {tenants} tenants, one dev broker"), &runs);
+    println!("(the normaliser also writes one audit record per input: 2 outputs per input vs 1)");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The figures table: inputs/s, seconds and peak RSS per run, then the last run's rate as a
+/// share of the first's (the passthrough).
+pub(crate) fn print_runs(title: &str, runs: &[Run]) {
+    println!("\n{title}");
+    println!("{:<12} {:>12} {:>10} {:>14}", "stage", "inputs/s", "seconds", "peak RSS MiB");
+    for r in runs {
         println!(
             "{:<12} {:>12.0} {:>10.2} {:>14.1}",
             r.label,
@@ -164,43 +196,59 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
             r.peak_rss_kib as f64 / 1024.0
         );
     }
-    println!("ratio normaliser/passthrough: {:.2}", runs[1].rate / runs[0].rate);
-    println!("(the normaliser also writes one audit record per input: 2 outputs per input vs 1)");
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    if let [first, .., last] = runs {
+        println!("ratio {}/{}: {:.2}", last.label, first.label, last.rate / first.rate);
+    }
+}
+
+/// One benchmark call: tenant `t{i % tenants}`, id `call-{i}`, with the number shapes the
+/// normaliser meets in practice.
+pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
+    let numbers = ["(415) 555-2671", "+44 20 7946 0958", "030 901820", "06 12 34 56 78", "098765 43210"];
+    let t = i % tenants;
+    CallEvent {
+        tenant_id: format!("t{t}"),
+        call_id: format!("call-{i}"),
+        source: "bench".into(),
+        version: 1,
+        direction: if i % 2 == 0 { CallDirection::Inbound } else { CallDirection::Outbound },
+        // The agent's line repeats; customers' numbers mostly do not (10,000 distinct).
+        from_number: numbers[t % numbers.len()].into(),
+        to_number: format!("(650) 253-{:04}", i % 10_000),
+        region_hint: None,
+        started_at: 1_767_225_600_000 + i as i64,
+        ended_at: Some(1_767_225_660_000 + i as i64),
+        duration_s: Some(60),
+        outcome: Some(CallOutcome::Answered),
+        agent_id: format!("agent-{}", i % 97),
+        agent_email: Some("agent@example.com".into()),
+        recording_url: None,
+        notes: Some("benchmark call".into()),
+        attributes: HashMap::from([("queue".into(), "sales".into())]),
+    }
 }
 
 fn produce_backlog(bootstrap: &str, topic: &str, messages: usize, tenants: usize) -> anyhow::Result<()> {
+    produce_all(bootstrap, topic, messages, |i| {
+        let ev = bench_call(i, tenants);
+        Ok((ev.tenant_id.clone(), codec::encode(&ev)?))
+    })
+}
+
+/// Produces `n` messages made by `make(i)` (key, payload) and waits for them all.
+pub(crate) fn produce_all(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    make: impl Fn(usize) -> anyhow::Result<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
-    let numbers = ["(415) 555-2671", "+44 20 7946 0958", "030 901820", "06 12 34 56 78", "098765 43210"];
-    for i in 0..messages {
-        let t = i % tenants;
-        let ev = CallEvent {
-            tenant_id: format!("t{t}"),
-            call_id: format!("call-{i}"),
-            source: "bench".into(),
-            version: 1,
-            direction: if i % 2 == 0 { CallDirection::Inbound } else { CallDirection::Outbound },
-            // The agent's line repeats; customers' numbers mostly do not (10,000 distinct).
-            from_number: numbers[t % numbers.len()].into(),
-            to_number: format!("(650) 253-{:04}", i % 10_000),
-            region_hint: None,
-            started_at: 1_767_225_600_000 + i as i64,
-            ended_at: Some(1_767_225_660_000 + i as i64),
-            duration_s: Some(60),
-            outcome: Some(CallOutcome::Answered),
-            agent_id: format!("agent-{}", i % 97),
-            agent_email: Some("agent@example.com".into()),
-            recording_url: None,
-            notes: Some("benchmark call".into()),
-            attributes: HashMap::from([("queue".into(), "sales".into())]),
-        };
-        let payload = codec::encode(&ev)?;
-        let key = ev.tenant_id;
+    for i in 0..n {
+        let (key, payload) = make(i)?;
         let mut rec = BaseRecord::to(topic).key(&key).payload(&payload);
         loop {
             match producer.send(rec) {
@@ -219,7 +267,7 @@ fn produce_backlog(bootstrap: &str, topic: &str, messages: usize, tenants: usize
 /// Reads `child`'s outputs until all `expected` are there; the rate comes from the outputs'
 /// own timestamps (first to last), so consumer-group join time and our polling do not count.
 /// Then reads its peak RSS and stops it.
-fn measure(label: &'static str, mut child: Child, bootstrap: &str, outputs: &[&str], expected: usize) -> anyhow::Result<Run> {
+pub(crate) fn measure(label: &'static str, mut child: Child, bootstrap: &str, outputs: &[&str], expected: usize) -> anyhow::Result<Run> {
     let reader = TopicReader::new(bootstrap, outputs)?;
     let (mut n, mut first, mut last) = (0usize, i64::MAX, i64::MIN);
     let deadline = Instant::now() + Duration::from_secs(600);
