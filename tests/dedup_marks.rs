@@ -70,3 +70,27 @@ async fn unreachable_redis_is_an_error_not_a_guess() {
     let err = DedupStore::connect("redis://127.0.0.1:1", "x").await;
     assert!(err.is_err(), "connecting to a closed port must fail");
 }
+
+#[tokio::test]
+async fn a_restarted_redis_loses_its_scripts_and_marks_and_the_store_carries_on() {
+    let mut redis = crm_sync_tests::PrivateRedis::start();
+    let store = DedupStore::connect(&redis.url(), "restart").await.expect("private redis");
+    assert_eq!(store.mark_many(&[req("c1", 1, "t/0/1")]).await.unwrap(), vec![Mark::New]);
+    redis.kill();
+    assert!(store.mark_many(&[req("c1", 1, "t/0/2")]).await.is_err(), "down is an error, never a guess");
+    redis.up();
+    // The connection comes back on its own; the script cache is empty (NOSCRIPT, reloaded)
+    // and the marks are gone, so the call is new again: the writers' keys catch that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let marks = loop {
+        match store.mark_many(&[req("c1", 1, "t/0/3"), req("c1", 1, "t/0/4")]).await {
+            Ok(m) => break m,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no recovery: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(marks[0], Mark::New);
+    assert_eq!(marks[1], Mark::Repeat { marked_version: 1, marked_by: "t/0/3".into() });
+}
