@@ -195,33 +195,7 @@ impl Broker {
     }
 }
 
-/// A NormalisedCall as the normaliser would write it, for tests of later stages.
-pub fn normalised_call(tenant: &str, call_id: &str, version: i64) -> crm_common::events::NormalisedCall {
-    use crm_common::events::{CallDirection, CallOutcome, NormalisedCall};
-    NormalisedCall {
-        tenant_id: tenant.into(),
-        call_id: call_id.into(),
-        source: "pbx".into(),
-        version,
-        direction: CallDirection::Inbound,
-        from_e164: "+14155552671".into(),
-        to_e164: "+16502530000".into(),
-        customer_e164: "+14155552671".into(),
-        from_raw: "(415) 555-2671".into(),
-        to_raw: "650 253 0000".into(),
-        region_used: "US".into(),
-        started_at: 1_767_225_600_000,
-        ended_at: (version > 1).then_some(1_767_225_660_000),
-        duration_s: (version > 1).then_some(60),
-        outcome: (version > 1).then_some(CallOutcome::Answered),
-        agent_id: "agent-1".into(),
-        agent_email: Some("a1@example.com".into()),
-        recording_url: None,
-        notes: None,
-        attributes: std::collections::HashMap::new(),
-        normalised_at: 1_767_225_600_100,
-    }
-}
+pub use crm_common::events::fixtures::normalised_call;
 
 /// A TENANTS_CONFIG file in a fresh temp dir, removed with the guard.
 pub struct TempFile(pub PathBuf);

@@ -106,9 +106,8 @@ impl Fanout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crm_common::events::{AuditRecord, CallDirection, Crm, Stage};
+    use crm_common::events::{AuditRecord, Crm, Stage};
     use crm_common::tenants::Tenants;
-    use std::collections::HashMap;
 
     fn input() -> InMessage {
         InMessage {
@@ -124,29 +123,7 @@ mod tests {
     }
 
     fn call(version: i64) -> NormalisedCall {
-        NormalisedCall {
-            tenant_id: "acme".into(),
-            call_id: "c:1".into(),
-            source: "pbx".into(),
-            version,
-            direction: CallDirection::Inbound,
-            from_e164: "+14155552671".into(),
-            to_e164: "+16502530000".into(),
-            customer_e164: "+14155552671".into(),
-            from_raw: "(415) 555-2671".into(),
-            to_raw: "650 253 0000".into(),
-            region_used: "US".into(),
-            started_at: 1,
-            ended_at: None,
-            duration_s: None,
-            outcome: None,
-            agent_id: "a".into(),
-            agent_email: None,
-            recording_url: None,
-            notes: None,
-            attributes: HashMap::new(),
-            normalised_at: 2,
-        }
+        crm_common::events::fixtures::normalised_call("acme", "c:1", version)
     }
 
     fn fanout() -> (Fanout, Tenants) {
