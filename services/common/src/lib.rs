@@ -3,6 +3,7 @@
 //! consume → process → produce → commit loop (`pipeline`), audit and DLQ emission
 //! (`emit`), phone numbers (`phone`) and telemetry (`telemetry`).
 
+pub mod bucket;
 pub mod codec;
 pub mod dedup;
 pub mod dev_broker;

@@ -1,0 +1,269 @@
+//! Distributed rate limits (DESIGN §5): the token buckets every writer replica (and, at a
+//! lower priority, the reconciler) draws from, in Redis, decided by one Lua script.
+//!
+//! A CRM's limit is not a smooth refill: HubSpot counts requests in a rolling 10 s window,
+//! Pipedrive in 2 s, Salesforce and Zoho over a rolling 24 h, and daily budgets reset at
+//! midnight. A classic refill bucket of capacity C lets 2C through in one window (drain it,
+//! then it refills), which is exactly what earns 429s. So each limit here is the window
+//! itself: a rolling limit keeps one entry per token spent (a sorted set scored by time) and
+//! a token comes back when its entry is one window (plus a margin for request transit) old;
+//! a daily limit is a counter that resets at midnight in the account's zone. A take spends
+//! from every limit of the set or from none, against Redis's own clock, so replicas on
+//! machines with skewed clocks still agree.
+//!
+//! The CRM knows better than we do (other apps spend the same budget): `observe` lowers our
+//! idea of what is left to what a response's headers say, and `block` stops every replica
+//! until the CRM's reset after a 429. Keys hash-tag the tenant.
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use std::time::Duration;
+
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[1])
+local reserve = tonumber(ARGV[2])
+local id = ARGV[3]
+local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
+if blocked > now then
+  return {blocked - now, 0}
+end
+local wait = 0
+-- First pass: would every limit allow it?
+for i = 2, #KEYS do
+  local base = 4 + (i - 2) * 4
+  local kind, max, span, margin = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  if kind == 'R' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span - margin)
+    local used = redis.call('ZCARD', KEYS[i])
+    if used + n + reserve > max then
+      local need = used + n + reserve - max
+      local old = redis.call('ZRANGE', KEYS[i], need - 1, need - 1, 'WITHSCORES')
+      local w = span
+      if old[2] then w = tonumber(old[2]) + span + margin - now + 1 end
+      if w > wait then wait = w end
+    end
+  else
+    local day = math.floor((now + span * 60000) / 86400000)
+    local d = redis.call('HMGET', KEYS[i], 'day', 'used')
+    local used = 0
+    if tonumber(d[1]) == day then used = tonumber(d[2]) end
+    if used + n + reserve > max then
+      local w = (day + 1) * 86400000 - span * 60000 - now
+      if w > wait then wait = w end
+    end
+  end
+end
+if wait > 0 then
+  return {wait, 0}
+end
+-- Second pass: spend.
+for i = 2, #KEYS do
+  local base = 4 + (i - 2) * 4
+  local kind, span, margin = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  if kind == 'R' then
+    for j = 1, n do
+      redis.call('ZADD', KEYS[i], now, id .. ':' .. j)
+    end
+    redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
+  else
+    local day = math.floor((now + span * 60000) / 86400000)
+    local d = redis.call('HMGET', KEYS[i], 'day', 'used')
+    if tonumber(d[1]) ~= day then
+      redis.call('HSET', KEYS[i], 'day', day, 'used', n)
+    else
+      redis.call('HINCRBY', KEYS[i], 'used', n)
+    end
+    redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
+  end
+end
+return {0, 1}
+";
+
+/// Lower our count of what is left in one limit to what the CRM reported.
+const OBSERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local kind, max, span, margin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local remaining, id = tonumber(ARGV[5]), ARGV[6]
+local target = max - remaining
+if kind == 'R' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span - margin)
+  local used = redis.call('ZCARD', KEYS[1])
+  for j = 1, target - used do
+    redis.call('ZADD', KEYS[1], now, id .. ':o' .. j)
+  end
+  redis.call('PEXPIRE', KEYS[1], span + margin + 1000)
+  return math.max(target - used, 0)
+else
+  local day = math.floor((now + span * 60000) / 86400000)
+  local d = redis.call('HMGET', KEYS[1], 'day', 'used')
+  local used = 0
+  if tonumber(d[1]) == day then used = tonumber(d[2]) end
+  if target > used then
+    redis.call('HSET', KEYS[1], 'day', day, 'used', target)
+    redis.call('PEXPIRE', KEYS[1], 2 * 86400000)
+    return target - used
+  end
+  return 0
+end
+";
+
+const BLOCK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if untl > cur then
+  redis.call('SET', KEYS[1], untl, 'PX', tonumber(ARGV[1]) + 1000)
+end
+return untl
+";
+
+/// One limit of a CRM, as its plan sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Limit {
+    /// At most `max` in any `window`. `margin` keeps a token out of use a little longer than
+    /// the window, so a request that took long to arrive is not counted twice by the CRM.
+    Rolling { name: String, max: u64, window: Duration, margin: Duration },
+    /// At most `max` per calendar day in the account's zone (minutes east of UTC).
+    Daily { name: String, max: u64, tz_offset_min: i32 },
+}
+
+impl Limit {
+    pub fn name(&self) -> &str {
+        match self {
+            Limit::Rolling { name, .. } | Limit::Daily { name, .. } => name,
+        }
+    }
+
+    pub fn max(&self) -> u64 {
+        match self {
+            Limit::Rolling { max, .. } | Limit::Daily { max, .. } => *max,
+        }
+    }
+
+    fn args(&self) -> [String; 4] {
+        match self {
+            Limit::Rolling { max, window, margin, .. } => {
+                ["R".into(), max.to_string(), window.as_millis().to_string(), margin.as_millis().to_string()]
+            }
+            Limit::Daily { max, tz_offset_min, .. } => ["D".into(), max.to_string(), tz_offset_min.to_string(), "0".into()],
+        }
+    }
+}
+
+/// The limits one kind of request spends from, for one tenant at one CRM: e.g. HubSpot
+/// writes spend from the 10-second burst and the daily allowance; searches from the
+/// per-second search limit and the daily allowance.
+#[derive(Debug, Clone)]
+pub struct BucketSet {
+    pub tenant_id: String,
+    pub crm: String,
+    pub limits: Vec<Limit>,
+}
+
+/// The outcome of one attempt to take tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    Granted,
+    /// Not now: try again after this long (a window's oldest token coming back, midnight,
+    /// or the end of a block after a 429).
+    Wait(Duration),
+}
+
+#[derive(Clone)]
+pub struct TokenBuckets {
+    conn: ConnectionManager,
+    prefix: String,
+    take: Script,
+    observe: Script,
+    block: Script,
+}
+
+impl TokenBuckets {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> TokenBuckets {
+        TokenBuckets {
+            conn,
+            prefix: prefix.to_string(),
+            take: Script::new(TAKE),
+            observe: Script::new(OBSERVE),
+            block: Script::new(BLOCK),
+        }
+    }
+
+    fn limit_key(&self, set: &BucketSet, limit: &str) -> String {
+        format!("{}:{{{}}}:bucket:{}:{}", self.prefix, set.tenant_id, set.crm, limit)
+    }
+
+    fn block_key(&self, set: &BucketSet) -> String {
+        format!("{}:{{{}}}:bucket:{}:blocked", self.prefix, set.tenant_id, set.crm)
+    }
+
+    /// Takes `n` tokens from every limit of `set`, or none. `reserve` tokens must stay in
+    /// each limit afterwards: 0 for live writes, more for background work (the reconciler),
+    /// so it never spends what live writes need.
+    pub async fn try_take(&self, set: &BucketSet, n: u64, reserve: u64) -> redis::RedisResult<Take> {
+        let mut inv = self.take.prepare_invoke();
+        inv.key(self.block_key(set));
+        for l in &set.limits {
+            inv.key(self.limit_key(set, l.name()));
+        }
+        inv.arg(n).arg(reserve).arg(uuid::Uuid::new_v4().simple().to_string());
+        for l in &set.limits {
+            for a in l.args() {
+                inv.arg(a);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let (wait, granted): (i64, i64) = inv.invoke_async(&mut conn).await?;
+        Ok(if granted == 1 { Take::Granted } else { Take::Wait(Duration::from_millis(wait.max(1) as u64)) })
+    }
+
+    /// What the CRM said is left in `limit` (from its rate-limit headers). Lowers our count
+    /// when the CRM has seen more use than we have; never raises it.
+    pub async fn observe(&self, set: &BucketSet, limit: &str, remaining: u64) -> redis::RedisResult<u64> {
+        let Some(l) = set.limits.iter().find(|l| l.name() == limit) else { return Ok(0) };
+        let mut inv = self.observe.prepare_invoke();
+        inv.key(self.limit_key(set, limit));
+        for a in l.args() {
+            inv.arg(a);
+        }
+        inv.arg(remaining.min(l.max())).arg(uuid::Uuid::new_v4().simple().to_string());
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn).await
+    }
+
+    /// Stops every take from `set` for `for_how_long` (a 429's Retry-After or the CRM's
+    /// reset), across all replicas.
+    pub async fn block(&self, set: &BucketSet, for_how_long: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self.block.key(self.block_key(set)).arg(for_how_long.as_millis() as u64).invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Tokens in use per limit now (for metrics and tests): rolling entries in the window,
+    /// or today's count.
+    pub async fn used(&self, set: &BucketSet) -> redis::RedisResult<Vec<(String, u64)>> {
+        let mut conn = self.conn.clone();
+        let mut out = vec![];
+        for l in &set.limits {
+            let key = self.limit_key(set, l.name());
+            let used: u64 = match l {
+                Limit::Rolling { window, margin, .. } => {
+                    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+                    let now = secs * 1000 + micros / 1000;
+                    let from = now.saturating_sub((*window + *margin).as_millis() as u64);
+                    redis::cmd("ZCOUNT").arg(&key).arg(format!("({from}")).arg("+inf").query_async(&mut conn).await?
+                }
+                Limit::Daily { .. } => {
+                    let v: Option<u64> = redis::cmd("HGET").arg(&key).arg("used").query_async(&mut conn).await?;
+                    v.unwrap_or(0)
+                }
+            };
+            out.push((l.name().to_string(), used));
+        }
+        Ok(out)
+    }
+}

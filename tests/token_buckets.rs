@@ -1,0 +1,99 @@
+//! The writers' token buckets against the machine's Redis: rolling windows that never let
+//! more than `max` through in any window (also under many concurrent takers), all-or-nothing
+//! takes across limits, reserves for background work, corrections from CRM headers, and
+//! blocks after a 429. Each test has its own key prefix.
+
+use crm_common::bucket::{BucketSet, Limit, Take, TokenBuckets};
+use crm_sync_tests::{RedisPrefix, MACHINE_REDIS};
+use std::time::Duration;
+
+async fn buckets(prefix: &RedisPrefix) -> TokenBuckets {
+    let client = redis::Client::open(MACHINE_REDIS).unwrap();
+    TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap(), &prefix.0)
+}
+
+fn rolling(name: &str, max: u64, window_ms: u64) -> Limit {
+    Limit::Rolling { name: name.into(), max, window: Duration::from_millis(window_ms), margin: Duration::ZERO }
+}
+
+fn set(limits: Vec<Limit>) -> BucketSet {
+    BucketSet { tenant_id: "acme".into(), crm: "hubspot".into(), limits }
+}
+
+#[tokio::test]
+async fn a_rolling_window_gives_back_each_token_one_window_after_it_was_spent() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    let s = set(vec![rolling("burst", 5, 1000)]);
+    for _ in 0..5 {
+        assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+    }
+    let Take::Wait(w) = b.try_take(&s, 1, 0).await.unwrap() else { panic!("a sixth token in the window") };
+    assert!(w > Duration::ZERO && w <= Duration::from_millis(1001), "{w:?}");
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 5)], "a refused take spends nothing");
+    tokio::time::sleep(w).await;
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted, "the oldest token is back after the wait");
+    assert!(prefix.keys().iter().all(|k| k.contains(":{acme}:")), "hash-tagged by tenant");
+}
+
+#[tokio::test]
+async fn takes_are_all_or_nothing_across_limits_and_keep_a_reserve() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    let s = set(vec![rolling("burst", 10, 10_000), Limit::Daily { name: "daily".into(), max: 3, tz_offset_min: -300 }]);
+    for _ in 0..3 {
+        assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+    }
+    let Take::Wait(w) = b.try_take(&s, 1, 0).await.unwrap() else { panic!("the daily limit is spent") };
+    assert!(w > Duration::from_secs(0) && w <= Duration::from_secs(86_400), "until midnight: {w:?}");
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 3), ("daily".to_string(), 3)]);
+
+    // Background work keeps 4 of 10 free for live writes.
+    let bg = set(vec![rolling("bg", 10, 10_000)]);
+    let mut granted = 0;
+    while b.try_take(&bg, 1, 4).await.unwrap() == Take::Granted {
+        granted += 1;
+    }
+    assert_eq!(granted, 6);
+    assert_eq!(b.try_take(&bg, 4, 0).await.unwrap(), Take::Granted, "live writes still get the reserve");
+}
+
+#[tokio::test]
+async fn many_concurrent_takers_never_exceed_the_window() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    let s = set(vec![rolling("burst", 50, 60_000)]);
+    let takes = (0..400).map(|_| {
+        let (b, s) = (b.clone(), s.clone());
+        tokio::spawn(async move { b.try_take(&s, 1, 0).await.unwrap() })
+    });
+    let results = futures::future::join_all(takes).await;
+    let granted = results.iter().filter(|r| *r.as_ref().unwrap() == Take::Granted).count();
+    assert_eq!(granted, 50);
+}
+
+#[tokio::test]
+async fn crm_headers_correct_the_count_and_a_429_blocks_every_taker() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    let s = set(vec![rolling("burst", 100, 10_000), Limit::Daily { name: "daily".into(), max: 1000, tz_offset_min: 0 }]);
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+    // The CRM says only 10 are left in the window (another app spent the rest).
+    assert_eq!(b.observe(&s, "burst", 10).await.unwrap(), 89);
+    assert_eq!(b.observe(&s, "burst", 50).await.unwrap(), 0, "never raised by a stale header");
+    assert_eq!(b.observe(&s, "daily", 900).await.unwrap(), 99);
+    let mut granted = 0;
+    while b.try_take(&s, 1, 0).await.unwrap() == Take::Granted {
+        granted += 1;
+    }
+    assert_eq!(granted, 10);
+
+    let other = set(vec![rolling("free", 100, 10_000)]);
+    let other = BucketSet { crm: "zoho".into(), ..other };
+    assert_eq!(b.try_take(&other, 1, 0).await.unwrap(), Take::Granted);
+    b.block(&other, Duration::from_millis(400)).await.unwrap();
+    let Take::Wait(w) = b.try_take(&other, 1, 0).await.unwrap() else { panic!("blocked") };
+    assert!(w <= Duration::from_millis(400) && w > Duration::from_millis(200), "{w:?}");
+    tokio::time::sleep(w).await;
+    assert_eq!(b.try_take(&other, 1, 0).await.unwrap(), Take::Granted, "the block ends at the CRM's reset");
+}
