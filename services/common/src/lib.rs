@@ -4,6 +4,7 @@
 //! (`emit`), phone numbers (`phone`) and telemetry (`telemetry`).
 
 pub mod bucket;
+pub mod claims;
 pub mod codec;
 pub mod dedup;
 pub mod dev_broker;

@@ -1,0 +1,160 @@
+//! The writers' idempotency protocol (DESIGN §4): claim → write carrying the key → DONE with
+//! the CRM record id, in Redis, one hash per idempotency key (`tenant:call:crm`):
+//!
+//! - `done_version`, `record_id`: what the CRM holds for this key, as far as we know;
+//! - `owner`, `until`, `version`: a write in progress (a lease), by which writer, until when.
+//!
+//! `claim` decides, atomically:
+//! - DONE at this version or higher → `AlreadyDone` (skip, audit as duplicate);
+//! - a live lease held by another writer → `Busy` (wait; it is being written right now);
+//! - a lease that expired (its writer died mid-write), or our own → `Recover`: the write may
+//!   or may not have reached the CRM, so look the record up by key before writing again;
+//! - otherwise → `Create`, or `Update { record_id }` when an older version is DONE.
+//!
+//! Keys hash-tag the tenant and expire after `retention` (the CRM's own key field keeps
+//! protecting the record after that: recovery looks it up there).
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use std::time::Duration;
+
+const CLAIM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v, owner, lease, keep = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'done_version', 'record_id', 'owner', 'until')
+local done, rid, cur, untl = tonumber(h[1]), h[2], h[3], tonumber(h[4] or '0')
+if done and done >= v then
+  return {'done', rid or '', 0}
+end
+if cur and cur ~= owner and untl > now then
+  return {'busy', rid or '', untl - now}
+end
+local state = 'create'
+if cur then state = 'recover' elseif done then state = 'update' end
+redis.call('HSET', KEYS[1], 'owner', owner, 'until', now + lease, 'version', v)
+redis.call('PEXPIRE', KEYS[1], keep)
+return {state, rid or '', 0}
+";
+
+const DONE: &str = r"
+local v, owner, rid, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local done = tonumber(redis.call('HGET', KEYS[1], 'done_version') or '-1')
+if v > done then
+  redis.call('HSET', KEYS[1], 'done_version', v, 'record_id', rid)
+end
+if redis.call('HGET', KEYS[1], 'owner') == owner then
+  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version')
+end
+redis.call('PEXPIRE', KEYS[1], keep)
+return 1
+";
+
+const RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version')
+  if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+  return 1
+end
+return 0
+";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nothing written yet: create the record (carrying the key).
+    Create,
+    /// An older version is in the CRM as `record_id`: update it.
+    Update { record_id: String },
+    /// A write under this key may have happened (lease expired or ours): look it up in the
+    /// CRM by the key before writing. `record_id` is an older version's record, if any.
+    Recover { record_id: Option<String> },
+    /// Written already at this version or a newer one.
+    AlreadyDone { record_id: String },
+    /// Another writer holds a live lease on this key; retry after this long.
+    Busy { retry_after: Duration },
+}
+
+#[derive(Clone)]
+pub struct Claims {
+    conn: ConnectionManager,
+    prefix: String,
+    /// This writer's identity in leases (host, pid and a random part).
+    owner: String,
+    lease: Duration,
+    retention: Duration,
+    claim: Script,
+    done: Script,
+    release: Script,
+}
+
+impl Claims {
+    pub fn new(conn: ConnectionManager, prefix: &str, owner: &str, lease: Duration, retention: Duration) -> Claims {
+        Claims {
+            conn,
+            prefix: prefix.to_string(),
+            owner: owner.to_string(),
+            lease,
+            retention,
+            claim: Script::new(CLAIM),
+            done: Script::new(DONE),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// `<prefix>:{tenant}:claim:<idempotency key>`.
+    pub fn key(&self, tenant_id: &str, idempotency_key: &str) -> String {
+        format!("{}:{{{}}}:claim:{}", self.prefix, tenant_id, idempotency_key)
+    }
+
+    pub async fn claim(&self, tenant_id: &str, idempotency_key: &str, version: i64) -> redis::RedisResult<Claim> {
+        let mut conn = self.conn.clone();
+        let (state, rid, wait): (String, String, i64) = self
+            .claim
+            .key(self.key(tenant_id, idempotency_key))
+            .arg(version)
+            .arg(&self.owner)
+            .arg(self.lease.as_millis() as u64)
+            .arg(self.retention.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        let rid = (!rid.is_empty()).then_some(rid);
+        Ok(match state.as_str() {
+            "done" => Claim::AlreadyDone { record_id: rid.unwrap_or_default() },
+            "busy" => Claim::Busy { retry_after: Duration::from_millis(wait.max(1) as u64) },
+            "recover" => Claim::Recover { record_id: rid },
+            "update" => Claim::Update { record_id: rid.unwrap_or_default() },
+            _ => Claim::Create,
+        })
+    }
+
+    /// The write reached the CRM as `record_id` at `version`.
+    pub async fn done(&self, tenant_id: &str, idempotency_key: &str, version: i64, record_id: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .done
+            .key(self.key(tenant_id, idempotency_key))
+            .arg(version)
+            .arg(&self.owner)
+            .arg(record_id)
+            .arg(self.retention.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives up our lease without a write (a permanent failure went to the DLQ): a replay
+    /// can claim again at once.
+    pub async fn release(&self, tenant_id: &str, idempotency_key: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self.release.key(self.key(tenant_id, idempotency_key)).arg(&self.owner).invoke_async(&mut conn).await?;
+        Ok(n == 1)
+    }
+}
