@@ -102,6 +102,31 @@ impl E164Cache {
 
 /// Masks a number for audit and logs: country code and last two digits stay, so support
 /// staff can tell numbers apart without reading them.
+/// `text` with every E.164 number in it (`+` and 7–15 digits) masked: for CRM request and
+/// response excerpts in audit, which quote numbers the tenant may not allow there.
+pub fn mask_in_text(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < b.len() {
+        if b[i] == b'+' {
+            let end = b[i + 1..].iter().position(|c| !c.is_ascii_digit()).map_or(b.len(), |p| i + 1 + p);
+            let n = end - i - 1;
+            if (7..=15).contains(&n) {
+                out.push_str(&text[copied..i]);
+                out.push_str(&mask(&text[i..end]));
+                copied = end;
+            }
+            i = end.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 pub fn mask(number: &str) -> String {
     let digits: Vec<char> = number.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.len() <= 4 {
@@ -125,6 +150,15 @@ pub fn mask(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_inside_text_are_masked() {
+        let t = r#"{"hs_call_from_number":"+14155552671","n":"+12","x":"a+442079460958b"}"#;
+        let m = mask_in_text(t);
+        assert!(!m.contains("4155552671") && !m.contains("2079460958"), "{m}");
+        assert!(m.contains("\"+12\""), "short runs are not numbers: {m}");
+        assert_eq!(mask_in_text("no numbers, +"), "no numbers, +");
+    }
 
     /// Real-world spellings from 20 countries; expected values from Google's
     /// libphonenumber (Python port), built by scripts/phone_table.py.

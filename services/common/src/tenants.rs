@@ -49,6 +49,25 @@ pub struct CrmConnection {
     /// Account id at the CRM (portal, org, company), where the API needs it.
     #[serde(default)]
     pub account: Option<String>,
+    /// Overrides of the plan's limits by name (e.g. HubSpot `burst_per_10s`, `daily`,
+    /// `search_per_s`): for plans bought with add-ons, and for tests against crm-sim.
+    #[serde(default)]
+    pub limits: BTreeMap<String, u64>,
+    /// When no CRM contact has the call's number: `log_unassociated` (default: write the
+    /// call without a contact) or `create_contact`. Audited either way.
+    #[serde(default)]
+    pub on_no_contact: NoContact,
+    /// Minutes east of UTC of the account's zone, where daily limits reset at midnight.
+    #[serde(default)]
+    pub tz_offset_min: i32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoContact {
+    #[default]
+    LogUnassociated,
+    CreateContact,
 }
 
 /// The loaded, validated configuration.
@@ -138,6 +157,13 @@ impl Tenants {
 
     pub fn len(&self) -> usize {
         self.tenants.len()
+    }
+
+    /// Every tenant id, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.tenants.keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     pub fn is_empty(&self) -> bool {

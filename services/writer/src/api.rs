@@ -1,0 +1,207 @@
+//! One CRM API call, the way every connector makes it: take a token from the tenant's
+//! buckets, send, correct the buckets from the answer's headers, classify the answer, and
+//! retry what is transient with backoff and jitter until the CRM policy's time limit. A
+//! throttle (429, or the CRM's equivalent) blocks the bucket until the CRM's reset for every
+//! replica and costs no attempt. Every HTTP exchange is logged for audit (never a secret).
+
+use crate::retry::Backoff;
+use crm_common::bucket::{BucketSet, Take, TokenBuckets};
+use crm_common::events::DlqReason;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// A request, built by a connector.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: reqwest::Method,
+    /// Path and query under the tenant's base URL.
+    pub path: String,
+    pub body: Option<Value>,
+    /// Which buckets it spends from (the connector's policy names them).
+    pub class: &'static str,
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What a connector makes of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Ok,
+    /// Over a limit: block the buckets this long; no attempt is counted.
+    Throttled { wait: Duration },
+    /// Worth retrying (5xx, locked, timeouts).
+    Transient(String),
+    /// Retrying cannot help: to the DLQ with this reason.
+    Permanent(DlqReason, String),
+}
+
+/// One HTTP exchange, for the audit record of every item it concerned.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub endpoint: String,
+    pub status: Option<u16>,
+    pub excerpt: String,
+    pub rate_headers: String,
+    pub latency_ms: i64,
+    pub attempt: u32,
+    pub outcome: String,
+    /// What was sent, without credentials.
+    pub sent: String,
+}
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: DlqReason,
+    pub detail: String,
+    pub status: Option<u16>,
+    pub excerpt: Option<String>,
+}
+
+/// What the connector contributes to every call.
+pub trait Policy: Send + Sync {
+    fn buckets(&self, class: &'static str) -> BucketSet;
+    /// (limit name, remaining) pairs read from an answer's headers.
+    fn observed(&self, reply: &Reply, class: &'static str) -> Vec<(String, u64)>;
+    fn classify(&self, reply: &Reply) -> Verdict;
+    /// The headers worth keeping in audit (rate-limit state).
+    fn rate_headers(&self, reply: &Reply) -> String;
+}
+
+pub struct Api {
+    pub http: reqwest::Client,
+    pub buckets: TokenBuckets,
+    pub backoff: Backoff,
+    /// Transient failures are retried until this long after the first attempt.
+    pub retry_limit: Duration,
+}
+
+fn excerpt(s: &str) -> String {
+    let mut e: String = s.chars().take(500).collect();
+    if s.len() > e.len() {
+        e.push('…');
+    }
+    e
+}
+
+impl Api {
+    /// Waits for tokens (nothing is dropped while a bucket is empty).
+    async fn acquire(&self, set: &BucketSet) -> Result<Duration, Failure> {
+        let started = Instant::now();
+        let mut redis_backoff = 1;
+        loop {
+            match self.buckets.try_take(set, 1, 0).await {
+                Ok(Take::Granted) => return Ok(started.elapsed()),
+                Ok(Take::Wait(w)) => tokio::time::sleep(w.min(Duration::from_secs(5))).await,
+                Err(e) => {
+                    // Redis down: wait for it rather than write past the limits.
+                    tracing::error!(error = %e, "token bucket unavailable; waiting for Redis");
+                    tokio::time::sleep(Duration::from_millis(200 * redis_backoff)).await;
+                    redis_backoff = (redis_backoff * 2).min(25);
+                }
+            }
+        }
+    }
+
+    /// Sends `req` to `base_url` with `auth` headers, with tokens, corrections, throttles and
+    /// retries. Returns the successful answer, or why it failed, and every exchange.
+    pub async fn call(
+        &self,
+        policy: &dyn Policy,
+        base_url: &str,
+        auth: &HeaderMap,
+        req: &Request,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Reply, Failure> {
+        let first = Instant::now();
+        let set = policy.buckets(req.class);
+        let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
+        let sent = req.body.as_ref().map(|b| excerpt(&b.to_string())).unwrap_or_default();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            self.acquire(&set).await?;
+            let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).headers(auth.clone());
+            if let Some(b) = &req.body {
+                r = r.json(b);
+            }
+            let t = Instant::now();
+            let sent_result = r.send().await;
+            let latency_ms = t.elapsed().as_millis() as i64;
+            let (verdict, reply) = match sent_result {
+                Ok(resp) => {
+                    let reply = Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap_or_default() };
+                    for (limit, remaining) in policy.observed(&reply, req.class) {
+                        if let Err(e) = self.buckets.observe(&set, &limit, remaining).await {
+                            tracing::warn!(error = %e, "could not correct the bucket from headers");
+                        }
+                    }
+                    (policy.classify(&reply), Some(reply))
+                }
+                Err(e) if e.is_timeout() => (Verdict::Transient(format!("timed out after {latency_ms} ms")), None),
+                Err(e) => (Verdict::Transient(format!("connection failed: {e}")), None),
+            };
+            log.push(Exchange {
+                endpoint: endpoint.clone(),
+                status: reply.as_ref().map(|r| r.status),
+                excerpt: reply.as_ref().map(|r| excerpt(&r.body)).unwrap_or_default(),
+                rate_headers: reply.as_ref().map(|r| policy.rate_headers(r)).unwrap_or_default(),
+                latency_ms,
+                attempt,
+                outcome: match &verdict {
+                    Verdict::Ok => "ok".into(),
+                    Verdict::Throttled { wait } => format!("throttled for {} ms", wait.as_millis()),
+                    Verdict::Transient(why) => format!("transient: {why}"),
+                    Verdict::Permanent(reason, why) => format!("{}: {why}", reason.as_str()),
+                },
+                sent: sent.clone(),
+            });
+            match verdict {
+                Verdict::Ok => return Ok(reply.expect("Ok has a reply")),
+                Verdict::Throttled { wait } => {
+                    // Costs no attempt and does not count against the retry limit.
+                    attempt -= 1;
+                    if let Err(e) = self.buckets.block(&set, wait).await {
+                        tracing::warn!(error = %e, "could not block the bucket");
+                    }
+                }
+                Verdict::Transient(why) => {
+                    if first.elapsed() >= self.retry_limit {
+                        return Err(Failure {
+                            reason: DlqReason::RetriesExhausted,
+                            detail: format!("{endpoint}: still failing after {attempt} attempts over {} s: {why}", first.elapsed().as_secs()),
+                            status: reply.as_ref().map(|r| r.status),
+                            excerpt: reply.as_ref().map(|r| excerpt(&r.body)),
+                        });
+                    }
+                    tokio::time::sleep(self.backoff.wait(attempt)).await;
+                }
+                Verdict::Permanent(reason, why) => {
+                    return Err(Failure {
+                        reason,
+                        detail: format!("{endpoint}: {why}"),
+                        status: reply.as_ref().map(|r| r.status),
+                        excerpt: reply.as_ref().map(|r| excerpt(&r.body)),
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! HubSpot's answers classified (CRM-APIS §1.6): what is retried, what blocks the bucket and
+//! for how long, and which DLQ reason a permanent failure carries.
+
+use crate::api::{Reply, Verdict};
+use crm_common::events::DlqReason;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Milliseconds until the next midnight in a zone `tz_offset_min` east of UTC.
+pub fn until_midnight(now_ms: i64, tz_offset_min: i32) -> Duration {
+    let day = 86_400_000i64;
+    let local = now_ms + i64::from(tz_offset_min) * 60_000;
+    Duration::from_millis((day - local.rem_euclid(day)) as u64)
+}
+
+/// The reason for a per-record or whole-call error body.
+pub fn reason_of(body: &Value) -> (DlqReason, String) {
+    let category = body.get("category").and_then(Value::as_str).unwrap_or("");
+    let sub = body.get("subCategory").and_then(Value::as_str).unwrap_or("");
+    let message = body.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+    let reason = match category {
+        "VALIDATION_ERROR" if message.contains("PROPERTY_DOESNT_EXIST") || message.contains("does not exist") => DlqReason::FieldRemoved,
+        "VALIDATION_ERROR" if sub.contains("INVALID_OBJECT_IDS") => DlqReason::ContactDeleted,
+        "MISSING_SCOPES" => DlqReason::PermissionDenied,
+        "INVALID_AUTHENTICATION" | "EXPIRED_AUTHENTICATION" => DlqReason::AuthFailed,
+        _ => DlqReason::Validation,
+    };
+    (reason, format!("{category}: {message}"))
+}
+
+pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
+    let body = reply.json();
+    match reply.status {
+        200..=299 => Verdict::Ok,
+        429 => {
+            let policy = body.get("policyName").and_then(Value::as_str).unwrap_or("");
+            let retry_after = reply.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
+            let wait = match policy {
+                "DAILY" => until_midnight(crm_common::emit::now_ms(), tz_offset_min),
+                "SECONDLY" => retry_after.unwrap_or(Duration::from_secs(1)),
+                // TEN_SECONDLY_ROLLING: a slot frees within the window; the bucket knows
+                // exactly when, so block briefly and let it decide.
+                _ => retry_after.unwrap_or(Duration::from_secs(1)),
+            };
+            Verdict::Throttled { wait }
+        }
+        423 => Verdict::Transient("423 Locked (clears in about 2 s)".into()),
+        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.get("message").and_then(Value::as_str).unwrap_or(""))),
+        401 => Verdict::Permanent(DlqReason::AuthFailed, reason_of(&body).1),
+        403 => Verdict::Permanent(DlqReason::PermissionDenied, reason_of(&body).1),
+        404 => Verdict::Permanent(DlqReason::Validation, format!("404 {}", reason_of(&body).1)),
+        _ => {
+            let (reason, detail) = reason_of(&body);
+            Verdict::Permanent(reason, format!("{} {detail}", reply.status))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply { status, headers: HeaderMap::new(), body: body.into() }
+    }
+
+    #[test]
+    fn bodies_captured_from_hubspot_classify() {
+        let daily = reply(429, r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}"#);
+        assert!(matches!(classify(&daily, 0), Verdict::Throttled { wait } if wait > Duration::ZERO && wait <= Duration::from_secs(86_400)));
+        let burst = reply(429, r#"{"policyName":"TEN_SECONDLY_ROLLING"}"#);
+        assert_eq!(classify(&burst, 0), Verdict::Throttled { wait: Duration::from_secs(1) });
+        assert!(matches!(classify(&reply(502, ""), 0), Verdict::Transient(_)));
+        assert!(matches!(classify(&reply(423, ""), 0), Verdict::Transient(_)));
+        let removed = reply(400, r#"{"category":"VALIDATION_ERROR","message":"Property values were not valid: [{\"isValid\":false,\"message\":\"Property \\\"x\\\" does not exist\",\"error\":\"PROPERTY_DOESNT_EXIST\",\"name\":\"x\"}]"}"#);
+        assert!(matches!(classify(&removed, 0), Verdict::Permanent(DlqReason::FieldRemoved, _)));
+        let scopes = reply(403, r#"{"category":"MISSING_SCOPES","message":"This app hasn't been granted all required scopes to make this call."}"#);
+        assert!(matches!(classify(&scopes, 0), Verdict::Permanent(DlqReason::PermissionDenied, _)));
+        let expired = reply(401, r#"{"category":"EXPIRED_AUTHENTICATION","message":"The OAuth token used to make this call expired 75 second(s) ago."}"#);
+        assert!(matches!(classify(&expired, 0), Verdict::Permanent(DlqReason::AuthFailed, _)));
+        let gone = serde_json::json!({"category":"VALIDATION_ERROR","subCategory":"crm.associations.INVALID_OBJECT_IDS","message":"Could not find object ids: [5] of type contacts"});
+        assert_eq!(reason_of(&gone).0, DlqReason::ContactDeleted);
+    }
+
+    #[test]
+    fn midnight_in_the_accounts_zone() {
+        // 2026-01-01T23:00:00Z is midnight in UTC+1: a day away there, an hour away in UTC.
+        let t = 1_767_308_400_000;
+        assert_eq!(until_midnight(t, 0), Duration::from_secs(3600));
+        assert_eq!(until_midnight(t, 60), Duration::from_secs(86_400));
+    }
+}

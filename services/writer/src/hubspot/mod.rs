@@ -1,0 +1,267 @@
+//! The HubSpot connector (CRM-APIS §1): calls as `calls` objects carrying the idempotency key
+//! in a unique property (the contract's `key_field`), created with `batch/create` (≤100 per
+//! call, associations inline) and updated with `batch/update` (owned fields only). A create
+//! that meets its own key ("Existing ID") is the record a dead writer already made: it is
+//! taken as written. Contacts are found by phone through search on HubSpot's digits-only
+//! derived properties, then compared in E.164.
+
+pub mod errors;
+pub mod limits;
+
+use crate::api::{Api, Exchange, Failure, Request};
+use crate::connector::{Connector, Item, ItemResult};
+use crate::contract::{Contract, WriteKind};
+use crm_common::events::{Crm, DlqReason};
+use crm_common::tenants::{CrmConnection, ResolvedTenant};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// HubSpot's default association type, call → contact.
+const CALL_TO_CONTACT: i64 = 194;
+const BATCH_MAX: usize = 100;
+
+pub struct Hubspot {
+    pub contract: Contract,
+    /// Where the real API lives; a tenant's `base_url` (crm-sim) overrides it.
+    pub default_base_url: String,
+}
+
+pub struct Tenant {
+    base_url: String,
+    auth: HeaderMap,
+    policy: limits::HubspotPolicy,
+    region: phonenumber::country::Id,
+}
+
+impl Hubspot {
+    fn properties(&self, item: &Item, kind: WriteKind) -> Map<String, Value> {
+        self.contract
+            .writable(kind)
+            .filter_map(|(field, source)| crate::mapping::value(&item.req, source).map(|v| (field.to_string(), Value::String(v))))
+            .collect()
+    }
+
+    fn object(&self) -> &str {
+        &self.contract.object
+    }
+
+    async fn create(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let inputs: Vec<Value> = items
+            .iter()
+            .map(|i| {
+                let associations: Vec<Value> = i
+                    .contact_id
+                    .iter()
+                    .map(|c| json!({"to": {"id": c}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": CALL_TO_CONTACT}]}))
+                    .collect();
+                json!({"properties": self.properties(i, WriteKind::Create), "associations": associations, "objectWriteTraceId": i.req.idempotency_key})
+            })
+            .collect();
+        let req = Request {
+            method: Method::POST,
+            path: format!("/crm/v3/objects/{}/batch/create", self.object()),
+            body: Some(json!({"inputs": inputs})),
+            class: limits::WRITE,
+        };
+        let reply = match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
+            Ok(r) => r,
+            Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
+        };
+        let body = reply.json();
+        let key_field = &self.contract.key_field;
+        let mut by_key: HashMap<String, ItemResult> = HashMap::new();
+        for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
+            let key = r.pointer(&format!("/properties/{key_field}")).and_then(Value::as_str).unwrap_or_default();
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+            by_key.insert(key.to_string(), ItemResult::Written { record_id: id.to_string(), created: true });
+        }
+        for e in body.get("errors").and_then(Value::as_array).into_iter().flatten() {
+            let Some(key) = e.pointer("/context/objectWriteTraceId/0").and_then(Value::as_str) else { continue };
+            let category = e.get("category").and_then(Value::as_str).unwrap_or("");
+            let existing = e.pointer("/context/id/0").and_then(Value::as_str);
+            let result = match (category, existing) {
+                // Our own key is already there: a write that reached HubSpot before a crash
+                // or a timeout. That record is ours.
+                ("CONFLICT", Some(id)) => ItemResult::Written { record_id: id.to_string(), created: false },
+                _ => {
+                    let (reason, detail) = errors::reason_of(e);
+                    ItemResult::Failed(Failure { reason, detail, status: reply.status.into(), excerpt: Some(e.to_string()) })
+                }
+            };
+            by_key.insert(key.to_string(), result);
+        }
+        items
+            .iter()
+            .map(|i| {
+                by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
+                    ItemResult::Failed(Failure {
+                        reason: DlqReason::RetriesExhausted,
+                        detail: "HubSpot's batch answer named neither a result nor an error for this record".into(),
+                        status: Some(reply.status),
+                        excerpt: None,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    async fn update(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let inputs: Vec<Value> = items
+            .iter()
+            .map(|i| json!({"id": i.record_id, "properties": self.properties(i, WriteKind::Update)}))
+            .collect();
+        let req = Request {
+            method: Method::POST,
+            path: format!("/crm/v3/objects/{}/batch/update", self.object()),
+            body: Some(json!({"inputs": inputs})),
+            class: limits::WRITE,
+        };
+        let reply = match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
+            Ok(r) => r,
+            Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
+        };
+        let body = reply.json();
+        let mut by_id: HashMap<String, ItemResult> = HashMap::new();
+        for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
+            let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+            by_id.insert(id.clone(), ItemResult::Written { record_id: id, created: false });
+        }
+        for e in body.get("errors").and_then(Value::as_array).into_iter().flatten() {
+            let (mut reason, mut detail) = errors::reason_of(e);
+            if e.get("category").and_then(Value::as_str) == Some("OBJECT_NOT_FOUND") {
+                // Someone deleted the call in HubSpot: their decision stands; not re-created.
+                reason = DlqReason::Validation;
+                detail = format!("the call record was deleted in HubSpot; not re-created ({detail})");
+            }
+            for id in e.pointer("/context/ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                by_id.insert(id.to_string(), ItemResult::Failed(Failure { reason, detail: detail.clone(), status: Some(reply.status), excerpt: Some(e.to_string()) }));
+            }
+        }
+        items
+            .iter()
+            .map(|i| {
+                let id = i.record_id.clone().unwrap_or_default();
+                by_id.remove(&id).unwrap_or(ItemResult::Written { record_id: id, created: false })
+            })
+            .collect()
+    }
+}
+
+/// The digits HubSpot keeps in `hs_searchable_calculated_*`: the national number.
+fn national_digits(e164: &str) -> Option<String> {
+    phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string())
+}
+
+impl Connector for Hubspot {
+    type Tenant = Tenant;
+
+    fn crm(&self) -> Crm {
+        Crm::Hubspot
+    }
+
+    fn batch_max(&self) -> usize {
+        BATCH_MAX
+    }
+
+    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
+        let plan = limits::plan(conn)?;
+        let token = std::env::var(&conn.credentials_secret)
+            .map_err(|_| format!("the secret {} named in TENANTS_CONFIG is not set", conn.credentials_secret))?;
+        let mut auth = HeaderMap::new();
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| format!("the secret {} does not hold a usable token", conn.credentials_secret))?;
+        value.set_sensitive(true);
+        auth.insert(AUTHORIZATION, value);
+        Ok(Tenant {
+            base_url: conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string(),
+            auth,
+            policy: limits::HubspotPolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
+            region: tenant.default_region,
+        })
+    }
+
+    async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        let Some(digits) = national_digits(e164) else { return Ok(None) };
+        let group = |prop: &str| json!({"filters": [{"propertyName": prop, "operator": "EQ", "value": digits}]});
+        let req = Request {
+            method: Method::POST,
+            path: "/crm/v3/objects/contacts/search".into(),
+            body: Some(json!({
+                "filterGroups": [group("hs_searchable_calculated_phone_number"), group("hs_searchable_calculated_mobile_number")],
+                "properties": ["phone", "mobilephone"],
+                "limit": 20
+            })),
+            class: limits::SEARCH,
+        };
+        let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+        // The digits match ignores country codes: confirm in E.164 with the tenant's region.
+        let found = reply.json().get("results").and_then(Value::as_array).into_iter().flatten().find_map(|r| {
+            let matches = ["phone", "mobilephone"].iter().any(|p| {
+                r.pointer(&format!("/properties/{p}"))
+                    .and_then(Value::as_str)
+                    .and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok())
+                    .is_some_and(|n| n == e164)
+            });
+            matches.then(|| r.get("id").and_then(Value::as_str).map(str::to_string)).flatten()
+        });
+        Ok(found)
+    }
+
+    async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
+        let req = Request {
+            method: Method::POST,
+            path: "/crm/v3/objects/contacts".into(),
+            body: Some(json!({"properties": {"phone": e164}, "associations": []})),
+            class: limits::WRITE,
+        };
+        let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
+            reason: DlqReason::Validation,
+            detail: "HubSpot created a contact but returned no id".into(),
+            status: Some(reply.status),
+            excerpt: Some(reply.body.chars().take(300).collect()),
+        })
+    }
+
+    async fn lookup(&self, api: &Api, t: &Tenant, key: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        let req = Request {
+            method: Method::GET,
+            path: format!(
+                "/crm/v3/objects/{}/{}?idProperty={}&properties={}",
+                self.object(),
+                urlencode(key),
+                self.contract.key_field,
+                self.contract.key_field
+            ),
+            body: None,
+            class: limits::WRITE,
+        };
+        match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
+            Ok(reply) => Ok(reply.json().get("id").and_then(Value::as_str).map(str::to_string)),
+            Err(f) if f.status == Some(404) => Ok(None),
+            Err(f) => Err(f),
+        }
+    }
+
+    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
+        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
+        let mut created = if creates.is_empty() { vec![] } else { self.create(api, t, &creates, log).await }.into_iter();
+        let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
+        items
+            .iter()
+            .map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item"))
+            .collect()
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

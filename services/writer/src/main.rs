@@ -1,0 +1,141 @@
+//! writer: crm.writes.<crm> → the CRM (DESIGN §4–§7). One binary, run once per CRM
+//! (`writer --crm hubspot`), so each CRM's writers scale on their own consumer lag.
+
+mod api;
+mod connector;
+mod contacts;
+mod contract;
+mod hubspot;
+mod mapping;
+mod offsets;
+mod process;
+mod retry;
+mod runtime;
+
+use clap::Parser;
+use connector::Connector;
+use crm_common::bucket::TokenBuckets;
+use crm_common::claims::Claims;
+use crm_common::config::CommonArgs;
+use crm_common::dedup::redact_url;
+use crm_common::emit::Emitter;
+use crm_common::events::{Crm, Stage};
+use crm_common::tenants::Tenants;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "writer", about = "crm.writes.<crm> → the CRM, inside its rate limits, exactly once in effect")]
+struct Cli {
+    /// The CRM this writer serves.
+    #[arg(long, env = "WRITER_CRM")]
+    crm: Crm,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Directory of the field-ownership contracts (`<crm>.toml`).
+    #[arg(long, env = "CONTRACTS_DIR", default_value = "contracts")]
+    contracts_dir: PathBuf,
+    /// Consumer group (default `writer-<crm>`).
+    #[arg(long, env = "CONSUMER_GROUP")]
+    consumer_group: Option<String>,
+    /// Most messages held in lanes before partitions are paused.
+    #[arg(long, env = "WRITER_MAX_BUFFERED", default_value_t = 10_000)]
+    max_buffered: usize,
+    /// How often finished offsets are committed.
+    #[arg(long, env = "WRITER_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    commit_interval: Duration,
+    /// How long a claim is leased to this writer; past it, another writer recovers the key
+    /// by a lookup in the CRM.
+    #[arg(long, env = "WRITER_LEASE", default_value = "2m", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// How long DONE claims are kept in Redis.
+    #[arg(long, env = "WRITER_CLAIM_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    claim_retention: Duration,
+    /// Transient failures are retried (backoff, full jitter) for this long, then dead-lettered
+    /// as RETRIES_EXHAUSTED.
+    #[arg(long, env = "WRITER_RETRY_LIMIT", default_value = "10m", value_parser = humantime::parse_duration)]
+    retry_limit: Duration,
+    /// First retry's cap; each retry doubles it, up to `retry_max_wait`.
+    #[arg(long, env = "WRITER_RETRY_BASE", default_value = "200ms", value_parser = humantime::parse_duration)]
+    retry_base: Duration,
+    #[arg(long, env = "WRITER_RETRY_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_max_wait: Duration,
+    /// Per-request timeout.
+    #[arg(long, env = "WRITER_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    http_timeout: Duration,
+    /// How long a contact match (or the lack of one) is cached.
+    #[arg(long, env = "WRITER_CONTACT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    contact_ttl: Duration,
+    #[arg(long, env = "WRITER_CONTACT_MISS_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    contact_miss_ttl: Duration,
+    /// HubSpot's API base URL (a tenant's `base_url` overrides it).
+    #[arg(long, env = "HUBSPOT_API_URL", default_value = "https://api.hubapi.com")]
+    hubspot_api_url: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let service: &'static str = Box::leak(format!("writer-{}", cli.crm.as_str()).into_boxed_str());
+    let _telemetry = crm_common::telemetry::init(service, &cli.common)?;
+    let contract = contract::Contract::load(&cli.contracts_dir, cli.crm.as_str())?;
+    match cli.crm {
+        Crm::Hubspot => {
+            let c = hubspot::Hubspot { contract, default_base_url: cli.hubspot_api_url.clone() };
+            serve(c, cli, service).await
+        }
+        other => anyhow::bail!("the {} connector is not built yet", other.as_str()),
+    }
+}
+
+async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> anyhow::Result<()> {
+    let tenants = Tenants::load(&cli.common.tenants_config)?;
+    let crm = connector.crm();
+    let mut clients = HashMap::new();
+    for id in tenants.ids() {
+        let t = tenants.get(&id).expect("listed");
+        if let Some(conn) = t.crms.get(&crm) {
+            let client = connector.tenant(t, conn);
+            if let Err(why) = &client {
+                tracing::error!(tenant = id, "cannot write for this tenant; its writes go to the DLQ as AUTH_FAILED: {why}");
+            }
+            clients.insert(id, client);
+        }
+    }
+    let redis = redact_url(&cli.common.redis_url);
+    let client = redis::Client::open(cli.common.redis_url.as_str()).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    let conn_cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2);
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, conn_cfg)?;
+    let owner = format!("{service}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let prefix = cli.common.redis_key_prefix.clone();
+    tracing::info!(service, tenants = clients.len(), redis, owner, "writer starting");
+    let shared = Arc::new(process::Shared {
+        api: api::Api {
+            http: reqwest::Client::builder().timeout(cli.http_timeout).build()?,
+            buckets: TokenBuckets::new(conn.clone(), &prefix),
+            backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
+            retry_limit: cli.retry_limit,
+        },
+        claims: Claims::new(conn.clone(), &prefix, &owner, cli.lease, cli.claim_retention),
+        contacts: contacts::ContactCache { conn, prefix, ttl: cli.contact_ttl, miss_ttl: cli.contact_miss_ttl },
+        tenants,
+        clients,
+        emit: Emitter::new(Stage::Writer, cli.common.topics.clone()),
+        crm,
+        connector,
+    });
+    let cfg = runtime::RuntimeConfig {
+        service,
+        group: cli.consumer_group.clone().unwrap_or_else(|| service.to_string()),
+        input_topic: cli.common.topics.crm_writes(crm),
+        max_buffered: cli.max_buffered.max(1),
+        commit_interval: cli.commit_interval,
+        drain_timeout: Duration::from_secs(25),
+    };
+    runtime::run(shared, &cli.common, cfg, crm_common::pipeline::shutdown_on_signals()).await
+}

@@ -1,0 +1,337 @@
+//! What a lane does with a batch of one tenant's writes (DESIGN §4–§7): claim each key,
+//! recover expired claims by a lookup, match contacts by phone, write through the
+//! connector (batched), record DONE, and audit every CRM call; permanent failures go to the
+//! DLQ with their reason and release the claim so a replay can try again.
+
+use crate::api::{Api, Exchange, Failure};
+use crate::connector::{Connector, Item, ItemResult};
+use crate::contacts::ContactCache;
+use crate::offsets::Ticket;
+use crm_common::claims::{Claim, Claims};
+use crm_common::emit::{Emitter, Subject};
+use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
+use crm_common::phone;
+use crm_common::pipeline::{InMessage, OutRecord};
+use crm_common::tenants::{NoContact, Tenants};
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+pub struct Work {
+    pub input: InMessage,
+    pub req: CrmWriteRequest,
+    pub ticket: Ticket,
+}
+
+/// A finished input: what to produce before its offset may be committed.
+pub struct Done {
+    pub ticket: Ticket,
+    pub outputs: Vec<OutRecord>,
+    pub outcome: &'static str,
+}
+
+pub struct Shared<C: Connector> {
+    pub connector: C,
+    pub api: Api,
+    pub claims: Claims,
+    pub contacts: ContactCache,
+    pub tenants: Tenants,
+    /// Per tenant connected to this CRM: its client, or why there is none.
+    pub clients: HashMap<String, Result<C::Tenant, String>>,
+    pub emit: Emitter,
+    pub crm: Crm,
+}
+
+/// Retries a Redis operation until it succeeds: losing or double-writing is worse than
+/// waiting, and a lane waiting on Redis holds back only its own tenant.
+async fn patiently<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::error!(error = %e, "Redis failed during {what}; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One item on its way through the batch.
+struct Step {
+    work: Work,
+    log: Vec<Exchange>,
+    item: Option<Item>,
+    /// Set when the item is settled before the write.
+    settled: Option<Settled>,
+    note: Option<String>,
+}
+
+enum Settled {
+    Duplicate { record_id: String },
+    Superseded { by_version: i64 },
+    Failed(Failure),
+    Written { record_id: String, created: bool },
+}
+
+impl<C: Connector> Shared<C> {
+    fn subject<'a>(&self, r: &'a CrmWriteRequest) -> Subject<'a> {
+        Subject { tenant_id: &r.tenant_id, call_id: Some(&r.call_id), crm: Some(self.crm), version: Some(r.version) }
+    }
+
+    fn masked(&self, tenant: &str, text: &str) -> String {
+        let show = self.tenants.get(tenant).is_some_and(|t| t.show_phone_numbers_in_audit);
+        if show { text.to_string() } else { phone::mask_in_text(text) }
+    }
+
+    /// One audit record per CRM call.
+    fn audit_exchange(&self, w: &Work, ex: &Exchange, record_id: Option<&str>) -> OutRecord {
+        let outcome = if ex.outcome == "ok" {
+            AuditOutcome::Succeeded
+        } else if ex.outcome.starts_with("throttled") {
+            AuditOutcome::Throttled
+        } else if ex.outcome.starts_with("transient") {
+            AuditOutcome::Retrying
+        } else {
+            AuditOutcome::DeadLettered
+        };
+        let mut a = self.emit.audit(&w.input, &self.subject(&w.req), &ex.endpoint, outcome, ex.outcome.clone());
+        a.idempotency_key = Some(w.req.idempotency_key.clone());
+        a.attempt = ex.attempt as i32;
+        a.crm_status = ex.status.map(i32::from);
+        a.crm_response_excerpt = Some(self.masked(&w.req.tenant_id, &ex.excerpt));
+        a.latency_ms = Some(ex.latency_ms);
+        a.crm_record_id = record_id.map(str::to_string);
+        if !ex.rate_headers.is_empty() {
+            a.attributes.insert("rate_limit".into(), ex.rate_headers.clone());
+        }
+        if !ex.sent.is_empty() {
+            a.attributes.insert("sent".into(), self.masked(&w.req.tenant_id, &ex.sent));
+        }
+        self.emit.audit_record(&a)
+    }
+
+    async fn plan(&self, t: &C::Tenant, step: &mut Step) {
+        let req = step.work.req.clone();
+        let claim = loop {
+            let c = patiently("claim", || self.claims.claim(&req.tenant_id, &req.idempotency_key, req.version)).await;
+            match c {
+                // Another writer (a replica, before a rebalance settled) is writing it now.
+                Claim::Busy { retry_after } => tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await,
+                other => break other,
+            }
+        };
+        let record_id = match claim {
+            Claim::AlreadyDone { record_id } => {
+                step.settled = Some(Settled::Duplicate { record_id });
+                return;
+            }
+            Claim::Update { record_id } => Some(record_id),
+            Claim::Create => None,
+            Claim::Recover { record_id } => {
+                // The last write under this key may have reached the CRM: ask it first.
+                match self.connector.lookup(&self.api, t, &req.idempotency_key, &mut step.log).await {
+                    Ok(Some(found)) => {
+                        step.note = Some(format!("recovered: the CRM already holds record {found} for this key"));
+                        Some(found)
+                    }
+                    Ok(None) => record_id,
+                    Err(f) => {
+                        step.settled = Some(Settled::Failed(f));
+                        return;
+                    }
+                }
+            }
+            Claim::Busy { .. } => unreachable!("waited above"),
+        };
+        let contact_id = if record_id.is_none() { self.contact(t, &req, step).await } else { None };
+        if step.settled.is_none() {
+            step.item = Some(Item { req, record_id, contact_id });
+        }
+    }
+
+    async fn contact(&self, t: &C::Tenant, req: &CrmWriteRequest, step: &mut Step) -> Option<String> {
+        let crm = self.crm.as_str();
+        let e164 = &req.call.customer_e164;
+        let cached = patiently("contact cache", || self.contacts.get(&req.tenant_id, crm, e164)).await;
+        let found = match cached {
+            Some(hit) => hit,
+            None => match self.connector.find_contact(&self.api, t, e164, &mut step.log).await {
+                Ok(found) => {
+                    patiently("contact cache", || self.contacts.put(&req.tenant_id, crm, e164, found.as_deref())).await;
+                    found
+                }
+                Err(f) => {
+                    step.settled = Some(Settled::Failed(f));
+                    return None;
+                }
+            },
+        };
+        if found.is_some() {
+            return found;
+        }
+        let policy = self.tenants.get(&req.tenant_id).and_then(|t| t.crms.get(&self.crm)).map(|c| c.on_no_contact).unwrap_or_default();
+        match policy {
+            NoContact::LogUnassociated => {
+                step.note = Some("no contact has the customer's number: logged without a contact".into());
+                None
+            }
+            NoContact::CreateContact => match self.connector.create_contact(&self.api, t, e164, &mut step.log).await {
+                Ok(id) => {
+                    patiently("contact cache", || self.contacts.put(&req.tenant_id, crm, e164, Some(&id))).await;
+                    step.note = Some(format!("no contact had the customer's number: created contact {id}"));
+                    Some(id)
+                }
+                Err(f) => {
+                    step.settled = Some(Settled::Failed(f));
+                    None
+                }
+            },
+        }
+    }
+
+    /// Handles one lane batch (one tenant, in read order).
+    pub async fn process(&self, batch: Vec<Work>) -> Vec<Done> {
+        let tenant_id = batch[0].req.tenant_id.clone();
+        // Within a batch only the newest version of a call is written; older ones are done.
+        let mut newest: HashMap<String, i64> = HashMap::new();
+        for w in &batch {
+            let v = newest.entry(w.req.idempotency_key.clone()).or_insert(w.req.version);
+            *v = (*v).max(w.req.version);
+        }
+        let mut seen_newest: HashMap<String, bool> = HashMap::new();
+        let mut steps: Vec<Step> = batch
+            .into_iter()
+            .map(|work| {
+                let top = newest[&work.req.idempotency_key];
+                let first_top = work.req.version == top && !seen_newest.insert(work.req.idempotency_key.clone(), true).unwrap_or(false);
+                let settled = (!first_top).then_some(Settled::Superseded { by_version: top });
+                Step { work, log: vec![], item: None, settled, note: None }
+            })
+            .collect();
+
+        match self.clients.get(&tenant_id) {
+            None => {
+                for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
+                    s.settled = Some(Settled::Failed(Failure {
+                        reason: DlqReason::TenantNotConfigured,
+                        detail: format!("tenant '{tenant_id}' has no {} connection in TENANTS_CONFIG", self.crm.as_str()),
+                        status: None,
+                        excerpt: None,
+                    }));
+                }
+            }
+            Some(Err(why)) => {
+                for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
+                    s.settled = Some(Settled::Failed(Failure { reason: DlqReason::AuthFailed, detail: why.clone(), status: None, excerpt: None }));
+                }
+            }
+            Some(Ok(t)) => {
+                for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
+                    self.plan(t, s).await;
+                }
+                let ready: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
+                for chunk in ready.chunks(self.connector.batch_max().max(1)) {
+                    let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
+                    let mut shared_log = vec![];
+                    let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;
+                    for (&i, result) in chunk.iter().zip(results) {
+                        steps[i].log.extend(shared_log.iter().cloned());
+                        steps[i].settled = Some(match result {
+                            ItemResult::Written { record_id, created } => Settled::Written { record_id, created },
+                            ItemResult::Failed(f) => Settled::Failed(f),
+                        });
+                    }
+                }
+            }
+        }
+
+        let mut done = Vec::with_capacity(steps.len());
+        for s in steps {
+            done.push(self.settle(s).await);
+        }
+        done
+    }
+
+    async fn settle(&self, s: Step) -> Done {
+        let w = &s.work;
+        let req = &w.req;
+        let mut outputs: Vec<OutRecord> = vec![];
+        let record_id = match &s.settled {
+            Some(Settled::Written { record_id, .. }) | Some(Settled::Duplicate { record_id }) => Some(record_id.as_str()),
+            _ => None,
+        };
+        for ex in &s.log {
+            outputs.push(self.audit_exchange(w, ex, if ex.outcome == "ok" { record_id } else { None }));
+        }
+        let subject = self.subject(req);
+        let outcome = match s.settled.expect("every step settles") {
+            Settled::Written { record_id, created } => {
+                patiently("done", || self.claims.done(&req.tenant_id, &req.idempotency_key, req.version, &record_id)).await;
+                let what = if created { "created" } else { "updated" };
+                let mut detail = format!("{what} {} record {record_id} (version {})", self.crm.as_str(), req.version);
+                if let Some(n) = &s.note {
+                    detail = format!("{detail}; {n}");
+                }
+                let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Succeeded, detail);
+                a.idempotency_key = Some(req.idempotency_key.clone());
+                a.crm_record_id = Some(record_id);
+                outputs.push(self.emit.audit_record(&a));
+                if created { "created" } else { "updated" }
+            }
+            Settled::Duplicate { record_id } => {
+                let mut a = self.emit.audit(
+                    &w.input,
+                    &subject,
+                    "write",
+                    AuditOutcome::Duplicate,
+                    format!("already written as record {record_id} at this version or newer: skipped"),
+                );
+                a.idempotency_key = Some(req.idempotency_key.clone());
+                a.crm_record_id = Some(record_id);
+                outputs.push(self.emit.audit_record(&a));
+                "duplicate"
+            }
+            Settled::Superseded { by_version } => {
+                let mut a = self.emit.audit(
+                    &w.input,
+                    &subject,
+                    "write",
+                    AuditOutcome::Skipped,
+                    format!("version {} superseded by version {by_version} in the same batch", req.version),
+                );
+                a.idempotency_key = Some(req.idempotency_key.clone());
+                outputs.push(self.emit.audit_record(&a));
+                "superseded"
+            }
+            Settled::Failed(f) => {
+                patiently("release", || self.claims.release(&req.tenant_id, &req.idempotency_key)).await;
+                if f.reason == DlqReason::ContactDeleted {
+                    // The cached contact is gone: a replay must match again.
+                    let e164 = &req.call.customer_e164;
+                    patiently("contact cache", || self.contacts.forget(&req.tenant_id, self.crm.as_str(), e164)).await;
+                }
+                let detail = self.masked(&req.tenant_id, &f.detail);
+                let [mut dlq, audit] = self.emit.dead_letter(&w.input, &subject, "write", f.reason, f.detail.clone(), detail);
+                // The DLQ entry keeps the CRM's status and answer for whoever reviews it.
+                if let Ok(mut dl) = crm_common::codec::decode::<crm_common::events::DeadLetter>(&dlq.payload) {
+                    dl.crm_status = f.status.map(i32::from);
+                    dl.crm_response_excerpt = f.excerpt.clone();
+                    dl.attempt = s.log.last().map_or(1, |e| e.attempt as i32);
+                    if let Ok(p) = crm_common::codec::encode(&dl) {
+                        dlq.payload = p;
+                    }
+                }
+                outputs.push(dlq);
+                outputs.push(audit);
+                "dead_lettered"
+            }
+        };
+        Done { ticket: w.ticket.clone(), outputs, outcome }
+    }
+}

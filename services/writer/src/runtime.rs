@@ -1,0 +1,264 @@
+//! The writer's Kafka side (DESIGN §5): messages from the assigned partitions go into one
+//! lane per tenant, in read order; each lane runs on its own, so a tenant waiting for tokens
+//! or backing off never holds back another tenant on the same partition. What is held in
+//! memory is bounded: past `max_buffered` messages the partitions are paused, and resumed
+//! below half. Each partition is committed only up to its lowest unfinished offset, and only
+//! after everything a message produced (audit, DLQ) is acknowledged.
+
+use crate::offsets::{Offsets, Ticket};
+use crate::process::{Done, Shared, Work};
+use crate::connector::Connector;
+use crm_common::codec;
+use crm_common::emit::Subject;
+use crm_common::events::{CrmWriteRequest, DlqReason};
+use crm_common::pipeline::{self, InMessage};
+use crm_common::telemetry::StageMetrics;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub struct RuntimeConfig {
+    pub service: &'static str,
+    pub group: String,
+    pub input_topic: String,
+    pub max_buffered: usize,
+    pub commit_interval: Duration,
+    /// How long SIGTERM waits for lanes to finish what they hold.
+    pub drain_timeout: Duration,
+}
+
+struct WriterContext {
+    offsets: Arc<Mutex<Offsets>>,
+}
+
+impl ClientContext for WriterContext {}
+
+impl ConsumerContext for WriterContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut o = self.offsets.lock().expect("offsets");
+            for e in tpl.elements() {
+                o.revoked(e.topic(), e.partition());
+            }
+            info!(partitions = tpl.count(), "partitions revoked; work for them goes on under its claims, uncommitted");
+        }
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut o = self.offsets.lock().expect("offsets");
+            for e in tpl.elements() {
+                o.assigned(e.topic(), e.partition());
+            }
+            info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+struct Lanes<C: Connector> {
+    shared: Arc<Shared<C>>,
+    producer: FutureProducer,
+    offsets: Arc<Mutex<Offsets>>,
+    buffered: Arc<AtomicUsize>,
+    metrics: StageMetrics,
+    failed: CancellationToken,
+    lanes: HashMap<String, mpsc::UnboundedSender<Work>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Produces what a finished message produced and, once the broker has it all, lets its
+/// offset be committed.
+async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &StageMetrics, d: Done) -> anyhow::Result<()> {
+    let mut deliveries = Vec::with_capacity(d.outputs.len());
+    for out in &d.outputs {
+        deliveries.push((out.topic.clone(), pipeline::send(producer, out).await?));
+    }
+    for (topic, f) in deliveries {
+        match f.await {
+            Ok(Ok(_)) => metrics.produced(&topic),
+            Ok(Err((e, _))) => anyhow::bail!("broker refused output to {topic}: {e}"),
+            Err(_) => anyhow::bail!("producer dropped an output to {topic}"),
+        }
+    }
+    metrics.message(d.outcome);
+    offsets.lock().expect("offsets").finished(&d.ticket);
+    Ok(())
+}
+
+impl<C: Connector> Lanes<C> {
+    fn lane(&mut self, tenant: &str) -> &mpsc::UnboundedSender<Work> {
+        if !self.lanes.contains_key(tenant) {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+            let shared = self.shared.clone();
+            let producer = self.producer.clone();
+            let offsets = self.offsets.clone();
+            let buffered = self.buffered.clone();
+            let metrics = self.metrics.clone();
+            let failed = self.failed.clone();
+            let max = shared.connector.batch_max().max(1);
+            self.tasks.push(tokio::spawn(async move {
+                while let Some(first) = rx.recv().await {
+                    let mut batch = vec![first];
+                    while batch.len() < max {
+                        match rx.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
+                    let n = batch.len();
+                    for d in shared.process(batch).await {
+                        if let Err(e) = publish(&producer, &offsets, &metrics, d).await {
+                            error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
+                            failed.cancel();
+                            return;
+                        }
+                    }
+                    buffered.fetch_sub(n, Ordering::SeqCst);
+                }
+            }));
+            self.lanes.insert(tenant.to_string(), tx);
+        }
+        &self.lanes[tenant]
+    }
+}
+
+pub async fn run<C: Connector>(
+    shared: Arc<Shared<C>>,
+    common: &crm_common::config::CommonArgs,
+    cfg: RuntimeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let offsets = Arc::new(Mutex::new(Offsets::default()));
+    let defaults = [
+        ("group.id", cfg.group.as_str()),
+        // Commits are ours: per partition, up to the lowest unfinished offset.
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+    ];
+    let consumer: StreamConsumer<WriterContext> =
+        pipeline::client_config(common, &defaults).create_with_context(WriterContext { offsets: offsets.clone() })?;
+    consumer.subscribe(&[cfg.input_topic.as_str()])?;
+    let producer = pipeline::producer(common)?;
+    let metrics = StageMetrics::new(cfg.service);
+    let failed = CancellationToken::new();
+    let mut lanes = Lanes {
+        shared: shared.clone(),
+        producer: producer.clone(),
+        offsets: offsets.clone(),
+        buffered: Arc::new(AtomicUsize::new(0)),
+        metrics: metrics.clone(),
+        failed: failed.clone(),
+        lanes: HashMap::new(),
+        tasks: vec![],
+    };
+    info!(service = cfg.service, group = cfg.group, topic = cfg.input_topic, "consuming");
+    let mut tick = tokio::time::interval(cfg.commit_interval);
+    let mut paused = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = failed.cancelled() => break,
+            _ = tick.tick() => {
+                commit(&consumer, &offsets);
+                let held = lanes.buffered.load(Ordering::SeqCst);
+                if held >= cfg.max_buffered {
+                    // Also covers partitions assigned since the last pause.
+                    if let Ok(a) = consumer.assignment() { let _ = consumer.pause(&a); }
+                    paused = true;
+                } else if paused && held < cfg.max_buffered / 2 {
+                    if let Ok(a) = consumer.assignment() { let _ = consumer.resume(&a); }
+                    paused = false;
+                    info!(held, "resumed consuming");
+                }
+            }
+            m = consumer.recv() => {
+                let m = match m {
+                    Ok(m) => InMessage::from_kafka(&m),
+                    Err(e) => { warn!("consume error: {e}"); continue; }
+                };
+                let ticket = offsets.lock().expect("offsets").read(&m.topic, m.partition, m.offset);
+                match codec::decode::<CrmWriteRequest>(m.payload.as_deref().unwrap_or_default()) {
+                    Ok(req) => {
+                        let tenant = req.tenant_id.clone();
+                        lanes.buffered.fetch_add(1, Ordering::SeqCst);
+                        if lanes.lane(&tenant).send(Work { input: m, req, ticket }).is_err() {
+                            error!("a lane stopped; stopping");
+                            break;
+                        }
+                        if !paused && lanes.buffered.load(Ordering::SeqCst) >= cfg.max_buffered {
+                            if let Ok(a) = consumer.assignment() { let _ = consumer.pause(&a); }
+                            paused = true;
+                            info!(held = cfg.max_buffered, "paused consuming: lanes are full");
+                        }
+                    }
+                    Err(e) => undecodable(&shared, &producer, &offsets, &metrics, m, ticket, e.to_string()).await?,
+                }
+            }
+        }
+    }
+
+    // Drain: no new input; let the lanes finish what they hold (their claims make anything
+    // cut short safe to redo), then commit what finished.
+    let Lanes { lanes: senders, tasks, .. } = lanes;
+    drop(senders);
+    let drained = tokio::time::timeout(cfg.drain_timeout, futures::future::join_all(tasks)).await;
+    if drained.is_err() {
+        warn!("drain timed out; unfinished messages stay uncommitted and will be redelivered");
+    }
+    commit(&consumer, &offsets);
+    let left = offsets.lock().expect("offsets").unfinished();
+    if left > 0 {
+        info!(left, "messages left unfinished and uncommitted; the next owner redoes them under their claims");
+    }
+    let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10));
+    consumer.unsubscribe();
+    info!(service = cfg.service, "stopped");
+    if failed.is_cancelled() {
+        anyhow::bail!("stopped after the broker refused an output");
+    }
+    Ok(())
+}
+
+async fn undecodable<C: Connector>(
+    shared: &Shared<C>,
+    producer: &FutureProducer,
+    offsets: &Mutex<Offsets>,
+    metrics: &StageMetrics,
+    m: InMessage,
+    ticket: Ticket,
+    error: String,
+) -> anyhow::Result<()> {
+    let detail = format!("{} message is not a CrmWriteRequest: {error}", m.topic);
+    let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None };
+    let outputs = shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into();
+    publish(producer, offsets, metrics, Done { ticket, outputs, outcome: "dead_lettered" }).await
+}
+
+fn commit(consumer: &StreamConsumer<WriterContext>, offsets: &Mutex<Offsets>) {
+    let moves = offsets.lock().expect("offsets").to_commit();
+    if moves.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in &moves {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            let mut o = offsets.lock().expect("offsets");
+            for (topic, partition, offset) in moves {
+                o.committed(&topic, partition, offset);
+            }
+        }
+        Err(e) => warn!("commit failed (retried next tick): {e}"),
+    }
+}
