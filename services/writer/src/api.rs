@@ -20,6 +20,10 @@ pub struct Request {
     pub body: Option<Value>,
     /// Which buckets it spends from (the connector's policy names them).
     pub class: &'static str,
+    /// What audit shows of the body when the body itself holds something audit must not
+    /// (a bare phone number in a search filter); None: the body, with E.164 numbers masked.
+    /// When set, the answer is not kept in audit either.
+    pub audit_body: Option<Value>,
 }
 
 /// An answer.
@@ -133,7 +137,7 @@ impl Api {
         let first = Instant::now();
         let set = policy.buckets(req.class);
         let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
-        let sent = req.body.as_ref().map(|b| excerpt(&b.to_string())).unwrap_or_default();
+        let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -161,7 +165,12 @@ impl Api {
             log.push(Exchange {
                 endpoint: endpoint.clone(),
                 status: reply.as_ref().map(|r| r.status),
-                excerpt: reply.as_ref().map(|r| excerpt(&r.body)).unwrap_or_default(),
+                // A sensitive request's answer (contacts found by phone) is not kept either.
+                excerpt: match (&reply, &req.audit_body) {
+                    (Some(r), None) => excerpt(&r.body),
+                    (Some(r), Some(_)) => format!("{} bytes, not kept: the answer holds people's phone numbers", r.body.len()),
+                    (None, _) => String::new(),
+                },
                 rate_headers: reply.as_ref().map(|r| policy.rate_headers(r)).unwrap_or_default(),
                 latency_ms,
                 attempt,

@@ -64,6 +64,7 @@ impl Hubspot {
             path: format!("/crm/v3/objects/{}/batch/create", self.object()),
             body: Some(json!({"inputs": inputs})),
             class: limits::WRITE,
+            audit_body: None,
         };
         let reply = match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
             Ok(r) => r,
@@ -117,6 +118,7 @@ impl Hubspot {
             path: format!("/crm/v3/objects/{}/batch/update", self.object()),
             body: Some(json!({"inputs": inputs})),
             class: limits::WRITE,
+            audit_body: None,
         };
         let reply = match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
             Ok(r) => r,
@@ -184,16 +186,20 @@ impl Connector for Hubspot {
 
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         let Some(digits) = national_digits(e164) else { return Ok(None) };
-        let group = |prop: &str| json!({"filters": [{"propertyName": prop, "operator": "EQ", "value": digits}]});
-        let req = Request {
-            method: Method::POST,
-            path: "/crm/v3/objects/contacts/search".into(),
-            body: Some(json!({
+        let body = |value: &str| {
+            let group = |prop: &str| json!({"filters": [{"propertyName": prop, "operator": "EQ", "value": value}]});
+            json!({
                 "filterGroups": [group("hs_searchable_calculated_phone_number"), group("hs_searchable_calculated_mobile_number")],
                 "properties": ["phone", "mobilephone"],
                 "limit": 20
-            })),
+            })
+        };
+        let req = Request {
+            method: Method::POST,
+            path: "/crm/v3/objects/contacts/search".into(),
+            body: Some(body(&digits)),
             class: limits::SEARCH,
+            audit_body: Some(body(&crm_common::phone::mask(&digits))),
         };
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
         // The digits match ignores country codes: confirm in E.164 with the tenant's region.
@@ -215,6 +221,7 @@ impl Connector for Hubspot {
             path: "/crm/v3/objects/contacts".into(),
             body: Some(json!({"properties": {"phone": e164}, "associations": []})),
             class: limits::WRITE,
+            audit_body: None,
         };
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
         reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
@@ -237,6 +244,7 @@ impl Connector for Hubspot {
             ),
             body: None,
             class: limits::WRITE,
+            audit_body: None,
         };
         match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
             Ok(reply) => Ok(reply.json().get("id").and_then(Value::as_str).map(str::to_string)),

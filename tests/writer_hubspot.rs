@@ -1,0 +1,208 @@
+//! The HubSpot writer as a separate process, against the dev broker, the machine's Redis and
+//! crm-sim: each test asserts what crm-sim holds afterwards (records per idempotency key,
+//! their properties, associations, 429 counts) and what reached the audit topic and the DLQ.
+
+use crm_common::codec;
+use crm_common::events::*;
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::{normalised_call, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "tok-acme-hubspot";
+
+fn hubspot_account(sim: &CrmSim, account: &str, extra: Value) {
+    let mut spec = json!({
+        "crm": "hubspot", "account": account, "plan": "professional",
+        "tokens": [{"token": format!("tok-{account}-hubspot"), "kind": "static", "app": "crm-sync"}],
+        "fields": {"calls": {"crm_sync_key": {"type": "text", "unique": true}}},
+        "key_field": {"object": "calls", "field": "crm_sync_key"},
+        "search_lag_ms": 0,
+        "objects": {"contacts": [{"firstname": "Ada", "lastname": "Lovelace", "phone": "(415) 555-2671"}]}
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    sim.account(spec);
+}
+
+fn tenants(sim: &CrmSim, ids: &[&str], limits: &str) -> TempFile {
+    let body: String = ids
+        .iter()
+        .map(|t| {
+            format!(
+                "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.hubspot]\nplan = \"professional\"\n\
+                 credentials_secret = \"{}_HUBSPOT_TOKEN\"\nbase_url = \"{}/hubspot\"\n{limits}\n",
+                t.to_uppercase(),
+                sim.url
+            )
+        })
+        .collect();
+    TempFile::new("tenants.toml", &body)
+}
+
+fn request(tenant: &str, call: &str, version: i64) -> (String, Vec<u8>, Vec<(String, String)>) {
+    let mut c = normalised_call(tenant, call, version);
+    c.customer_e164 = "+14155552671".into();
+    let r = CrmWriteRequest {
+        tenant_id: tenant.into(),
+        call_id: call.into(),
+        crm: Crm::Hubspot,
+        idempotency_key: idempotency_key(tenant, call, Crm::Hubspot),
+        version,
+        call: c,
+        requested_at: 0,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    };
+    (tenant.into(), codec::encode(&r).unwrap(), vec![])
+}
+
+fn writer(broker: &Broker, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
+    let contracts = repo_root().join("contracts");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("WRITER_CRM", "hubspot"),
+        ("TENANTS_CONFIG", tenants.path()),
+        ("CONTRACTS_DIR", contracts.to_str().unwrap()),
+        ("REDIS_URL", MACHINE_REDIS),
+        ("REDIS_KEY_PREFIX", prefix.0.as_str()),
+        ("WRITER_COMMIT_INTERVAL", "100ms"),
+        ("ACME_HUBSPOT_TOKEN", TOKEN),
+        ("GLOBEX_HUBSPOT_TOKEN", "tok-globex-hubspot"),
+    ];
+    env.extend_from_slice(extra);
+    broker.service("writer", &env)
+}
+
+/// Audit records of operation "write" (one per input, final), and DLQ entries.
+fn outcomes(broker: &Broker, inputs: usize, timeout: Duration) -> (Vec<AuditRecord>, Vec<DeadLetter>, Vec<AuditRecord>) {
+    let reader = broker.reader(&["sync.audit", "sync.dlq"]);
+    let (mut finals, mut dlq, mut all) = (vec![], vec![], vec![]);
+    let deadline = Instant::now() + timeout;
+    while finals.len() < inputs && Instant::now() < deadline {
+        for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 1000) {
+            let p = m.payload.as_deref().unwrap();
+            if m.topic == "sync.dlq" {
+                dlq.push(codec::decode::<DeadLetter>(p).unwrap());
+            } else {
+                let a: AuditRecord = codec::decode(p).unwrap();
+                if a.operation == "write" {
+                    finals.push(a.clone());
+                }
+                all.push(a);
+            }
+        }
+    }
+    (finals, dlq, all)
+}
+
+fn keys(sim: &CrmSim, account: &str) -> HashMap<String, (u64, u64)> {
+    sim.state("hubspot", account)["keys"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, (v["total"].as_u64().unwrap(), v["live"].as_u64().unwrap())))
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn one_record_per_call_under_duplicates_and_updates() {
+    let broker = Broker::start(2);
+    let sim = CrmSim::start();
+    hubspot_account(&sim, "acme", json!({}));
+    let tenants = tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let w = writer(&broker, &tenants, &prefix, &[]);
+
+    let mut inputs: Vec<_> = (0..30).map(|i| request("acme", &format!("c{i}"), 1)).collect();
+    inputs.extend((0..10).map(|i| request("acme", &format!("c{i}"), 1)));
+    inputs.push(request("acme", "c0", 2));
+    broker.produce("crm.writes.hubspot", &inputs);
+    let (finals, dlq, all) = outcomes(&broker, inputs.len(), Duration::from_secs(60));
+    assert_eq!(finals.len(), inputs.len(), "every input gets a final audit record");
+    assert!(dlq.is_empty(), "{dlq:?}");
+
+    let k = keys(&sim, "acme");
+    assert_eq!(k.len(), 30, "{k:?}");
+    assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "exactly one record per call: {k:?}");
+    let records = sim.records("hubspot", "acme", "calls");
+    let c0 = records.iter().find(|r| r["fields"]["crm_sync_key"] == "acme:c0:hubspot").expect("c0");
+    assert_eq!(c0["fields"]["hs_call_status"], "COMPLETED", "the update reached HubSpot: {c0}");
+    assert_eq!(c0["fields"]["hs_call_duration"], "60000");
+    let c5 = records.iter().find(|r| r["fields"]["crm_sync_key"] == "acme:c5:hubspot").expect("c5");
+    assert_eq!(c5["fields"]["hs_call_status"], "IN_PROGRESS");
+    assert_eq!(c5["fields"]["hs_call_title"], "Inbound call from +14155552671");
+    let contact = sim.records("hubspot", "acme", "contacts")[0]["id"].as_str().unwrap().to_string();
+    assert!(c5["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(contact))), "associated with the contact matched by phone: {c5}");
+
+    let written = finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count();
+    let skipped = finals.iter().filter(|a| matches!(a.outcome, AuditOutcome::Duplicate | AuditOutcome::Skipped)).count();
+    assert_eq!(written + skipped, inputs.len());
+    assert!(written >= 31, "30 creates and the update: {written}");
+    assert!(finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).all(|a| a.crm_record_id.is_some()));
+    // One audit record per CRM call, with status, latency and no unmasked numbers.
+    let calls: Vec<&AuditRecord> = all.iter().filter(|a| a.operation.contains("/crm/v3/")).collect();
+    assert!(!calls.is_empty());
+    assert!(calls.iter().all(|a| a.crm_status.is_some() && a.latency_ms.is_some()));
+    assert!(all.iter().all(|a| !format!("{a:?}").contains("4155552671")), "numbers are masked in audit");
+    assert!(all.iter().all(|a| !format!("{a:?}").contains(TOKEN)), "the token never reaches audit");
+    assert_eq!(sim.count("hubspot", "acme", "POST /hubspot/crm/v3/objects/calls/batch/create", 429), 0);
+
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed("writer-hubspot", "crm.writes.hubspot") == inputs.len() as i64);
+    assert!(w.terminate().success());
+}
+
+#[test]
+fn permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed() {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    hubspot_account(&sim, "acme", json!({}));
+    hubspot_account(&sim, "globex", json!({}));
+    let tenants = tenants(&sim, &["acme", "globex", "lost"], "");
+    let prefix = RedisPrefix::new("writer");
+    let w = writer(&broker, &tenants, &prefix, &[]);
+
+    // 1. A contact matched and cached, then deleted in HubSpot: the next call to that
+    //    number cannot be associated.
+    broker.produce("crm.writes.hubspot", &[request("acme", "a1", 1)]);
+    let (f, _, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded);
+    let contact = sim.records("hubspot", "acme", "contacts")[0]["id"].as_str().unwrap().to_string();
+    sim.admin("DELETE", &format!("/accounts/hubspot/acme/objects/contacts/{contact}"), None);
+    // 2. globex's portal loses the key property; 3. "lost" has no token in the environment.
+    sim.admin("DELETE", "/accounts/hubspot/globex/fields/calls/crm_sync_key", None);
+    broker.produce("crm.writes.hubspot", &[request("acme", "a2", 1), request("globex", "g1", 1), request("lost", "l1", 1)]);
+    // 4. acme's app loses its scopes.
+    let (_, dlq, _) = outcomes(&broker, 4, Duration::from_secs(60));
+    sim.admin("POST", "/accounts/hubspot/acme/permissions/crm.objects.contacts.write/revoke", None);
+    broker.produce("crm.writes.hubspot", &[request("acme", "a3", 1)]);
+    let (finals, dlq2, _) = outcomes(&broker, 5, Duration::from_secs(60));
+    let dlq: Vec<DeadLetter> = dlq.into_iter().chain(dlq2).collect();
+    let mut reasons: HashMap<String, (DlqReason, String)> = HashMap::new();
+    for d in &dlq {
+        reasons.insert(d.call_id.clone().unwrap(), (d.reason, d.detail.clone()));
+    }
+    assert_eq!(reasons["a2"].0, DlqReason::ContactDeleted, "{:?}", reasons["a2"]);
+    assert_eq!(reasons["g1"].0, DlqReason::FieldRemoved, "{:?}", reasons["g1"]);
+    assert_eq!(reasons["l1"].0, DlqReason::AuthFailed, "{:?}", reasons["l1"]);
+    assert!(reasons["l1"].1.contains("LOST_HUBSPOT_TOKEN"), "names the secret, never a value: {:?}", reasons["l1"]);
+    assert_eq!(reasons["a3"].0, DlqReason::PermissionDenied, "{:?}", reasons["a3"]);
+    let a2 = dlq.iter().find(|d| d.call_id.as_deref() == Some("a2")).unwrap();
+    assert_eq!(a2.crm, Some(Crm::Hubspot));
+    assert!(a2.crm_status.is_some() && a2.crm_response_excerpt.is_some(), "the CRM's answer is kept: {a2:?}");
+    assert_eq!(finals.iter().filter(|a| a.outcome == AuditOutcome::DeadLettered).count(), 4);
+    assert_eq!(keys(&sim, "acme").len(), 1, "nothing written for the failures");
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed("writer-hubspot", "crm.writes.hubspot") == 5);
+    assert!(w.terminate().success());
+}
