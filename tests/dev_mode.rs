@@ -9,14 +9,18 @@ fn dev_mode_accounts_for_every_sample_call() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "dev failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     // 12 inputs: each audited by the normaliser; the 9 normalised ones by the deduper once
-    // per connected CRM (acme 2, globex 1, initech 2).
-    assert!(stdout.contains("(12 of 12 accounted for; 28 audit records)"), "{stdout}");
+    // per connected CRM (acme 2, globex 1, initech 2); HubSpot's writes by the writer, once
+    // per CRM call (searches and batches vary with timing) and once per write.
+    assert!(stdout.contains("(12 of 12 accounted for; "), "{stdout}");
+    // HubSpot: acme-1001, acme-1002 (v2; v1 superseded or updated), acme-1003, initech-1, initech-2.
+    assert!(stdout.matches("WRITTEN                  hubspot").count() >= 5, "{stdout}");
+    assert!(stdout.contains("POST /crm/v3/objects/calls/batch/create"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CRM_SIM_URL=http://127.0.0.1:"), "crm-sim was not started: {stderr}");
-    for service in ["crm-sim", "normaliser", "deduper"] {
+    for service in ["crm-sim", "normaliser", "deduper", "writer-hubspot"] {
         assert!(stderr.contains(&format!("{service} stopped (exit status: 0)")), "{service} did not shut down cleanly: {stderr}");
     }
-    assert!(stderr.contains("removed this run's 7 Redis keys"), "dev leaves no dedup marks behind: {stderr}");
+    assert!(stderr.contains("removed this run's ") && stderr.contains(" Redis keys (crm-sync-dev-"), "dev leaves no Redis keys behind: {stderr}");
     for expected in [
         "acme-1002   v2   NORMALISED",
         "DEDUPED update           hubspot    version 2 supersedes version 1",

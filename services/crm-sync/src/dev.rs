@@ -8,7 +8,10 @@ use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dedup::{redact_url, DedupStore};
-use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, NormalisedCall, Stage};
+use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, NormalisedCall, Stage};
+
+/// The CRMs whose writers `crm-sync dev` runs (the others come with their connectors).
+const DEV_WRITERS: &[Crm] = &[Crm::Hubspot];
 use crm_common::pipeline::InMessage;
 use crm_common::tenants::Tenants;
 use crm_common::topic_reader::TopicReader;
@@ -101,6 +104,30 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The dev accounts' credentials (deploy/crm-sim/seed.json), under the secret names the
+/// example tenants file gives. Dev only: real deployments mount real secrets.
+const DEV_SECRETS: &[(&str, &str)] = &[
+    ("ACME_HUBSPOT_TOKEN", "dev-acme-hubspot-token"),
+    ("INITECH_HUBSPOT_TOKEN", "dev-initech-hubspot-token"),
+];
+
+/// The example tenants with every CRM connection pointed at crm-sim.
+fn dev_tenants(example: &str, crm_sim_url: &str) -> anyhow::Result<String> {
+    let mut doc: toml::Table = toml::from_str(example)?;
+    if let Some(tenants) = doc.get_mut("tenants").and_then(toml::Value::as_table_mut) {
+        for (_, tenant) in tenants.iter_mut() {
+            if let Some(crms) = tenant.get_mut("crms").and_then(toml::Value::as_table_mut) {
+                for (crm, conn) in crms.iter_mut() {
+                    if let Some(c) = conn.as_table_mut() {
+                        c.entry("base_url").or_insert_with(|| toml::Value::String(format!("{crm_sim_url}/{crm}")));
+                    }
+                }
+            }
+        }
+    }
+    Ok(toml::to_string(&doc)?)
+}
+
 /// crm-sim with the dev accounts (deploy/crm-sim/seed.json, compiled in), on a free port.
 fn start_crm_sim(dir: &std::path::Path) -> anyhow::Result<(String, Child)> {
     let seed = dir.join("crm-sim-seed.json");
@@ -116,14 +143,21 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("crm-sync-dev-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let mut children = Children(vec![]);
+    let (crm_sim_url, sim) = start_crm_sim(&dir)?;
+    eprintln!("crm-sim (HubSpot, Salesforce, Zoho, Pipedrive; admin API at /admin): CRM_SIM_URL={crm_sim_url}");
+    children.0.push(("crm-sim".into(), sim));
     let tenants = match &args.tenants_config {
         Some(p) => p.clone(),
         None => {
             let p = dir.join("tenants.toml");
-            std::fs::write(&p, include_str!("../../../deploy/tenants.example.toml"))?;
+            std::fs::write(&p, dev_tenants(include_str!("../../../deploy/tenants.example.toml"), &crm_sim_url)?)?;
             p
         }
     };
+    let contracts = dir.join("contracts");
+    std::fs::create_dir_all(&contracts)?;
+    std::fs::write(contracts.join("hubspot.toml"), include_str!("../../../contracts/hubspot.toml"))?;
     let tenants_loaded = Tenants::load(&tenants)?;
     let prefix = format!("crm-sync-dev-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -131,20 +165,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .block_on(DedupStore::connect(&args.redis_url, &prefix))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
-    let mut children = Children(vec![]);
-    let (crm_sim_url, sim) = start_crm_sim(&dir)?;
-    eprintln!("crm-sim (HubSpot, Salesforce, Zoho, Pipedrive; admin API at /admin): CRM_SIM_URL={crm_sim_url}");
-    children.0.push(("crm-sim".into(), sim));
-    for service in ["normaliser", "deduper"] {
+    for (name, service, extra) in [("normaliser", "normaliser", vec![]), ("deduper", "deduper", vec![]), ("writer-hubspot", "writer", vec!["--crm", "hubspot"])] {
         let child = Command::new(sibling_binary(service)?)
+            .args(extra)
+            .envs(DEV_SECRETS.iter().copied())
+            .env("CONTRACTS_DIR", &contracts)
             .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
             .env("TENANTS_CONFIG", &tenants)
             .env("REDIS_URL", &args.redis_url)
             .env("REDIS_KEY_PREFIX", &prefix)
             .env("KAFKA_OPTIONS", "session.timeout.ms=6000")
             .spawn()?;
-        eprintln!("started {service} (pid {})", child.id());
-        children.0.push((service.to_string(), child));
+        eprintln!("started {name} (pid {})", child.id());
+        children.0.push((name.to_string(), child));
     }
 
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -185,11 +218,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 /// connected (once when none). Gives up after a minute with what it has.
 fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inputs: usize) -> Vec<AuditRecord> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut audit = vec![];
-    let mut expected = usize::MAX;
+    let mut audit: Vec<AuditRecord> = vec![];
     let mut normalised = 0usize;
     let mut dedup_expected = 0usize;
-    while audit.len() < expected && std::time::Instant::now() < deadline {
+    loop {
         for m in reader.read_until(Duration::from_millis(500), |b: &[InMessage]| !b.is_empty() && b.len() >= 100) {
             let payload = m.payload.as_deref().unwrap_or_default();
             if m.topic == topics.calls_normalised {
@@ -201,13 +233,19 @@ fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inpu
                 audit.push(a);
             }
         }
-        let normaliser_done = audit.iter().filter(|a| a.stage == Stage::Normaliser).count() >= inputs;
-        let results = audit.iter().filter(|a| a.stage == Stage::Normaliser && a.outcome == AuditOutcome::Succeeded).count();
-        if normaliser_done && normalised >= results {
-            expected = inputs + dedup_expected;
+        let count = |f: &dyn Fn(&AuditRecord) -> bool| audit.iter().filter(|a| f(a)).count();
+        let normaliser = count(&|a| a.stage == Stage::Normaliser);
+        let results = count(&|a| a.stage == Stage::Normaliser && a.outcome == AuditOutcome::Succeeded);
+        let deduped = count(&|a| a.stage == Stage::Deduper);
+        // The writers running in dev: each request the deduper emitted for their CRM ends
+        // in one final "write" record.
+        let to_write = count(&|a| a.stage == Stage::Deduper && a.outcome == AuditOutcome::Succeeded && a.crm.is_some_and(|c| DEV_WRITERS.contains(&c)));
+        let written = count(&|a| a.stage == Stage::Writer && a.operation == "write");
+        let done = normaliser >= inputs && normalised >= results && deduped >= dedup_expected && written >= to_write;
+        if done || std::time::Instant::now() >= deadline {
+            return audit;
         }
     }
-    audit
 }
 
 /// One block per sample input: its audit records, joined by trace id, stage by stage.
@@ -236,10 +274,22 @@ fn report(audit: &[AuditRecord], inputs: usize) {
                         (Stage::Deduper, AuditOutcome::Succeeded) => {
                             format!("DEDUPED {}", a.attributes.get("mark").map_or("", String::as_str))
                         }
+                        (Stage::Writer, AuditOutcome::Succeeded) if a.operation == "write" => "WRITTEN".to_string(),
+                        // One CRM call: its status and endpoint.
+                        (Stage::Writer, o) if a.operation != "write" => format!(
+                            "  {} {}",
+                            a.crm_status.map_or("---".to_string(), |s| s.to_string()),
+                            if o == AuditOutcome::Succeeded { "" } else { "(retried)" }
+                        ),
                         (_, o) => format!("{o:?}").to_uppercase(),
                     };
                     let crm = a.crm.map_or("", |c| c.as_str());
-                    format!("{what:<24} {crm:<10} {}", a.detail)
+                    let detail = if a.stage == Stage::Writer && a.operation != "write" {
+                        format!("{} ({} ms)", a.operation, a.latency_ms.unwrap_or(0))
+                    } else {
+                        a.detail.clone()
+                    };
+                    format!("{what:<24} {crm:<10} {detail}")
                 })
                 .collect();
             (format!("{head} {}", first.occurred_at), lines)
