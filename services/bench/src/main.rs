@@ -6,6 +6,7 @@
 
 mod crm_sim;
 mod deduper;
+mod writer;
 
 use clap::{Parser, Subcommand};
 use crm_common::codec;
@@ -51,6 +52,24 @@ enum Cmd {
         /// Share of the backlog that repeats an earlier call, percent.
         #[arg(long, default_value_t = 10)]
         repeat_pct: usize,
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+    },
+    /// The HubSpot writer against crm-sim: a limit-bound backlog (records/s, calls, 429s,
+    /// budget utilisation), then calls.raw → HubSpot latency through the whole pipeline.
+    Writer {
+        #[arg(long, default_value_t = 12_000)]
+        records: usize,
+        #[arg(long, default_value_t = 4)]
+        tenants: usize,
+        /// Requests per 10 s each backlog tenant's portal allows.
+        #[arg(long, default_value_t = 10)]
+        burst: u64,
+        /// Phase 2: calls per second produced to calls.raw.
+        #[arg(long, default_value_t = 40)]
+        rate: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: usize,
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
@@ -119,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
+        Cmd::Writer { records, tenants, burst, rate, seconds, redis_url } => writer::run(records, tenants, burst, rate, seconds, &redis_url),
         Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
         }
