@@ -149,7 +149,8 @@ fn one_record_per_call_under_duplicates_and_updates() {
     let written = finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count();
     let skipped = finals.iter().filter(|a| matches!(a.outcome, AuditOutcome::Duplicate | AuditOutcome::Skipped)).count();
     assert_eq!(written + skipped, inputs.len());
-    assert!(written >= 31, "30 creates and the update: {written}");
+    // 30 creates, and the update unless c0 v1 and v2 met in one batch (then v2 is created).
+    assert!(written >= 30, "{written}");
     assert!(finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).all(|a| a.crm_record_id.is_some()));
     // One audit record per CRM call, with status, latency and no unmasked numbers.
     let calls: Vec<&AuditRecord> = all.iter().filter(|a| a.operation.contains("/crm/v3/")).collect();
