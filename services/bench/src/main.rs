@@ -70,6 +70,10 @@ enum Cmd {
         rate: usize,
         #[arg(long, default_value_t = 10)]
         seconds: usize,
+        /// The services' consumers' fetch.wait.max.ms (librdkafka's default is 500; each
+        /// idle stage can hold a message up to that long).
+        #[arg(long, default_value_t = 500)]
+        fetch_wait_ms: u64,
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
@@ -138,7 +142,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
-        Cmd::Writer { records, tenants, burst, rate, seconds, redis_url } => writer::run(records, tenants, burst, rate, seconds, &redis_url),
+        Cmd::Writer { records, tenants, burst, rate, seconds, fetch_wait_ms, redis_url } => {
+            writer::run(records, tenants, burst, rate, seconds, fetch_wait_ms, &redis_url)
+        }
         Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
         }
