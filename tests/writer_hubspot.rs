@@ -317,3 +317,43 @@ fn two_replicas_sharing_a_tenants_bucket_never_exceed_its_limit() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+#[test]
+fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed() {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    hubspot_account(&sim, "acme", json!({"tokens": [{
+        "token": "hs-access-1", "kind": "oauth", "refresh_token": "hs-refresh-1",
+        "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800
+    }]}));
+    let tenants = tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let secret = r#"{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "hs-refresh-1"}"#;
+    let w = writer(&broker, &tenants, &prefix, &[("ACME_HUBSPOT_TOKEN", secret)]);
+    broker.produce("crm.writes.hubspot", &[request("acme", "o1", 1)]);
+    let (f, _, all) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    assert!(all.iter().any(|a| a.operation == "POST /hubspot/oauth/v1/token" && a.outcome == AuditOutcome::Succeeded), "the writer refreshed first");
+
+    // HubSpot's clock passes the access token's expiry: a 401, one refresh, then success.
+    sim.advance(3_600_000);
+    broker.produce("crm.writes.hubspot", &[request("acme", "o2", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 2, "{f:?}");
+    assert!(sim.count("hubspot", "acme", "POST /hubspot/crm/v3/objects/calls/batch/create", 401) >= 1, "the expired token was refused once");
+
+    // The refresh token is revoked and the access token expires: AUTH_FAILED, no retry loop.
+    sim.admin("POST", "/tokens/hs-refresh-1/revoke", None);
+    sim.advance(3_600_000);
+    broker.produce("crm.writes.hubspot", &[request("acme", "o3", 1)]);
+    let (f, dlq, all) = outcomes(&broker, 3, Duration::from_secs(60));
+    assert_eq!(dlq.len(), 1, "{f:?}");
+    assert_eq!(dlq[0].reason, DlqReason::AuthFailed);
+    assert!(dlq[0].detail.contains("token refresh failed"), "{}", dlq[0].detail);
+    for a in &all {
+        let text = format!("{a:?}");
+        assert!(!text.contains("hs-access") && !text.contains("hs-refresh") && !text.contains("app-secret"), "a credential reached audit: {text}");
+    }
+    assert!(w.terminate().success());
+}

@@ -130,7 +130,7 @@ impl Api {
         &self,
         policy: &dyn Policy,
         base_url: &str,
-        auth: &HeaderMap,
+        auth: &crate::auth::Credentials,
         req: &Request,
         log: &mut Vec<Exchange>,
     ) -> Result<Reply, Failure> {
@@ -139,10 +139,12 @@ impl Api {
         let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
         let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;
+        let mut refreshed = false;
         loop {
             attempt += 1;
+            let (name, value) = auth.header(&self.http, log).await?;
             self.acquire(&set).await?;
-            let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).headers(auth.clone());
+            let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
             if let Some(b) = &req.body {
                 r = r.json(b);
             }
@@ -201,6 +203,11 @@ impl Api {
                         });
                     }
                     tokio::time::sleep(self.backoff.wait(attempt)).await;
+                }
+                // A 401 with OAuth: refresh once, then fail (CRM-APIS §5).
+                Verdict::Permanent(DlqReason::AuthFailed, _) if auth.is_oauth() && !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) => {
+                    refreshed = true;
+                    auth.invalidate().await;
                 }
                 Verdict::Permanent(reason, why) => {
                     return Err(Failure {

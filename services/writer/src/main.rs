@@ -2,6 +2,7 @@
 //! (`writer --crm hubspot`), so each CRM's writers scale on their own consumer lag.
 
 mod api;
+mod auth;
 mod connector;
 mod contacts;
 mod contract;

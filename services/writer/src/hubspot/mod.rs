@@ -13,7 +13,8 @@ use crate::connector::{Connector, Item, ItemResult};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use crate::auth::Credentials;
+use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ pub struct Hubspot {
 
 pub struct Tenant {
     base_url: String,
-    auth: HeaderMap,
+    auth: Credentials,
     policy: limits::HubspotPolicy,
     region: phonenumber::country::Id,
 }
@@ -169,15 +170,11 @@ impl Connector for Hubspot {
 
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
         let plan = limits::plan(conn)?;
-        let token = std::env::var(&conn.credentials_secret)
-            .map_err(|_| format!("the secret {} named in TENANTS_CONFIG is not set", conn.credentials_secret))?;
-        let mut auth = HeaderMap::new();
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-            .map_err(|_| format!("the secret {} does not hold a usable token", conn.credentials_secret))?;
-        value.set_sensitive(true);
-        auth.insert(AUTHORIZATION, value);
+        let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
+        // A private-app token, or an OAuth client whose refreshes go to /oauth/v1/token.
+        let auth = Credentials::from_env(&conn.credentials_secret, AUTHORIZATION, "Bearer ", format!("{base_url}/oauth/v1/token"))?;
         Ok(Tenant {
-            base_url: conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string(),
+            base_url,
             auth,
             policy: limits::HubspotPolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
             region: tenant.default_region,
