@@ -357,3 +357,55 @@ fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed() {
     }
     assert!(w.terminate().success());
 }
+
+#[test]
+fn transient_failures_past_the_retry_limit_are_dead_lettered_as_retries_exhausted() {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    hubspot_account(&sim, "acme", json!({}));
+    let tenants = tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    sim.fault("hubspot", "acme", json!({"kind": "503", "endpoint": "batch/create"}));
+    let w = writer(&broker, &tenants, &prefix, &[("WRITER_RETRY_LIMIT", "2s"), ("WRITER_RETRY_BASE", "50ms"), ("WRITER_RETRY_MAX_WAIT", "300ms")]);
+    broker.produce("crm.writes.hubspot", &[request("acme", "r1", 1)]);
+    let (f, dlq, all) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(dlq.len(), 1, "{f:?}");
+    assert_eq!(dlq[0].reason, DlqReason::RetriesExhausted);
+    assert_eq!(dlq[0].crm_status, Some(503));
+    assert!(dlq[0].attempt > 2, "retried before giving up: {}", dlq[0].attempt);
+    let retries = all.iter().filter(|a| a.outcome == AuditOutcome::Retrying).count();
+    assert!(retries >= 2, "each retry is audited: {retries}");
+    // Replayable: the claim was released, so the key is free once HubSpot recovers.
+    sim.admin("DELETE", "/accounts/hubspot/acme/faults", None);
+    broker.produce("crm.writes.hubspot", &[request("acme", "r1", 1)]);
+    let (f, _, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    assert!(f.iter().any(|a| a.outcome == AuditOutcome::Succeeded), "{f:?}");
+    assert_eq!(keys(&sim, "acme").len(), 1);
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed("writer-hubspot", "crm.writes.hubspot") == 2);
+    assert!(w.terminate().success());
+}
+
+#[test]
+fn a_full_writer_pauses_its_partitions_and_resumes_without_losing_anything() {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    hubspot_account(&sim, "acme", json!({}));
+    let tenants = tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = redis::Client::open(MACHINE_REDIS).unwrap();
+        let b = crm_common::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap(), &prefix.0);
+        let set = crm_common::bucket::BucketSet { tenant_id: "acme".into(), crm: "hubspot".into(), limits: vec![] };
+        b.block(&set, Duration::from_secs(4)).await.unwrap();
+    });
+    let mut w = writer(&broker, &tenants, &prefix, &[("WRITER_MAX_BUFFERED", "10")]);
+    let inputs: Vec<_> = (0..60).map(|i| request("acme", &format!("p{i}"), 1)).collect();
+    broker.produce("crm.writes.hubspot", &inputs);
+    wait_for("a pause", Duration::from_secs(20), || w.log_text().contains("paused consuming"));
+    wait_for("every call", Duration::from_secs(60), || keys(&sim, "acme").len() == 60);
+    assert!(w.log_text().contains("resumed consuming"), "{}", w.log_text());
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed("writer-hubspot", "crm.writes.hubspot") == 60);
+    assert!(w.alive());
+    assert!(w.terminate().success());
+}
