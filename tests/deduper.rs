@@ -6,8 +6,9 @@
 use crm_common::codec;
 use crm_common::events::*;
 use crm_common::pipeline::InMessage;
+use crm_sync_tests::writer::wait_for;
 use crm_sync_tests::{normalised_call, Broker, PrivateRedis, RedisPrefix, TempFile, MACHINE_REDIS};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TENANTS: &str = r#"
 [tenants.acme]
@@ -35,14 +36,6 @@ fn msg(call: &NormalisedCall) -> (String, Vec<u8>, Vec<(String, String)>) {
 
 fn writes(ms: &[InMessage], topic: &str) -> Vec<CrmWriteRequest> {
     ms.iter().filter(|m| m.topic == topic).map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

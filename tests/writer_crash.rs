@@ -6,7 +6,7 @@
 use crm_common::codec;
 use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
-use crm_sync_tests::{normalised_call, repo_root, Broker, RedisPrefix, TempFile, MACHINE_REDIS};
+use crm_sync_tests::{normalised_call, Broker, RedisPrefix, TempFile};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -40,10 +40,10 @@ fn one_record_per_call_across_repeated_sigkill_mid_batch() {
             "fields": {"calls": {"crm_sync_key": {"type": "text", "unique": true}}},
             "key_field": {"object": "calls", "field": "crm_sync_key"},
         }));
-        // Every batch create is applied, then held 400 ms before its answer; a third of
-        // them then fail (502) although written.
+        // Half the batch creates are applied, held 400 ms, then fail (502) although written;
+        // the others are held 400 ms before they are applied.
+        sim.fault("hubspot", t, json!({"kind": "502", "rate": 0.5, "after_write": true, "latency_ms": 400, "endpoint": "batch/create"}));
         sim.fault("hubspot", t, json!({"kind": "latency", "latency_ms": 400, "endpoint": "batch/create"}));
-        sim.fault("hubspot", t, json!({"kind": "502", "rate": 0.3, "after_write": true, "endpoint": "batch/create"}));
         config += &format!(
             "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.hubspot]\nplan = \"professional\"\ncredentials_secret = \"TOK_{}\"\nbase_url = \"{}/hubspot\"\n",
             t.to_uppercase(),
@@ -70,14 +70,7 @@ fn one_record_per_call_across_repeated_sigkill_mid_batch() {
             (t.to_string(), codec::encode(&r).unwrap(), vec![])
         })
         .collect();
-    let contracts = repo_root().join("contracts");
     let env = [
-        ("WRITER_CRM", "hubspot"),
-        ("TENANTS_CONFIG", tenants.path()),
-        ("CONTRACTS_DIR", contracts.to_str().unwrap()),
-        ("REDIS_URL", MACHINE_REDIS),
-        ("REDIS_KEY_PREFIX", prefix.0.as_str()),
-        ("WRITER_COMMIT_INTERVAL", "100ms"),
         // A killed writer's claims are recoverable after this long.
         ("WRITER_LEASE", "2s"),
         ("WRITER_RETRY_BASE", "50ms"),
@@ -89,6 +82,8 @@ fn one_record_per_call_across_repeated_sigkill_mid_batch() {
     // Trickle the calls in so lanes form several batches and kills land between them.
     let producer = std::thread::scope(|s| {
         let h = s.spawn(|| {
+            // About 15 s of input: longer than the kill rounds (each restart waits out the
+            // killed member's session), so the kills land while calls are still arriving.
             for chunk in inputs.chunks(9) {
                 broker.produce("crm.writes.hubspot", chunk);
                 std::thread::sleep(Duration::from_millis(150));
@@ -97,14 +92,18 @@ fn one_record_per_call_across_repeated_sigkill_mid_batch() {
         let mut mid = 0;
         for round in 0..KILLS {
             let (before, _) = live_keys(&sim);
-            let w = broker.service("writer", &env);
+            let w = crm_sync_tests::writer::spawn(&broker, "hubspot", &tenants, &prefix, &env);
             let target = before + 5 + (rand::random::<u32>() % 20) as usize;
             let deadline = Instant::now() + Duration::from_secs(60);
             while live_keys(&sim).0 < target && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // Land inside a held batch create: written in HubSpot, not yet answered.
-            std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 400));
+            // Land inside a held batch create (claimed, sent, not answered): the claims it
+            // holds are orphaned, and the next writer must recover them by lookup.
+            let in_flight = || TENANTS.iter().any(|t| sim.state("hubspot", t)["usage"]["in_flight"].as_u64().unwrap_or(0) > 0);
+            while !in_flight() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             w.kill9();
             let (now, _) = live_keys(&sim);
             if now < inputs.len() {
@@ -117,7 +116,7 @@ fn one_record_per_call_across_repeated_sigkill_mid_batch() {
     });
     assert!(producer >= 2, "only {producer} kills landed mid-stream");
 
-    let last = broker.service("writer", &env);
+    let last = crm_sync_tests::writer::spawn(&broker, "hubspot", &tenants, &prefix, &env);
     let deadline = Instant::now() + Duration::from_secs(120);
     while live_keys(&sim).0 < inputs.len() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -146,5 +145,16 @@ fn one_record_per_call_across_repeated_sigkill_mid_batch() {
     assert_eq!(written.len(), inputs.len(), "every call's write is accounted for in audit");
     let recovered = audit.iter().filter(|a| a.operation == "write" && a.detail.contains("recovered")).count();
     let met_own_key = audit.iter().filter(|a| a.operation == "write" && a.detail.starts_with("updated") && !a.detail.contains("recovered")).count();
-    eprintln!("{KILLS} SIGKILLs: {} calls, {live} records, 0 doubled, 0 dead letters; {recovered} recovered by lookup, {met_own_key} met their own key", inputs.len());
+    let lookups: u64 = TENANTS
+        .iter()
+        .map(|t| {
+            let c = sim.state("hubspot", t)["counters"].clone();
+            c.as_object().map_or(0, |m| m.iter().filter(|(k, _)| k.starts_with("GET /hubspot/crm/v3/objects/calls/")).flat_map(|(_, v)| v.as_object().unwrap().values().map(|n| n.as_u64().unwrap_or(0))).sum())
+        })
+        .sum();
+    assert!(lookups > 0, "the kills orphaned claims, and they were recovered by lookup");
+    eprintln!(
+        "{KILLS} SIGKILLs: {} calls, {live} records, 0 doubled, 0 dead letters; {lookups} lookups by key after expired leases, {recovered} found the record, {met_own_key} creates met their own key",
+        inputs.len()
+    );
 }

@@ -5,7 +5,8 @@
 use crm_common::codec;
 use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
-use crm_sync_tests::{normalised_call, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use crm_sync_tests::writer::{block_bucket, wait_for};
+use crm_sync_tests::{normalised_call, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -61,19 +62,9 @@ fn request(tenant: &str, call: &str, version: i64) -> (String, Vec<u8>, Vec<(Str
 }
 
 fn writer(broker: &Broker, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
-    let contracts = repo_root().join("contracts");
-    let mut env: Vec<(&str, &str)> = vec![
-        ("WRITER_CRM", "hubspot"),
-        ("TENANTS_CONFIG", tenants.path()),
-        ("CONTRACTS_DIR", contracts.to_str().unwrap()),
-        ("REDIS_URL", MACHINE_REDIS),
-        ("REDIS_KEY_PREFIX", prefix.0.as_str()),
-        ("WRITER_COMMIT_INTERVAL", "100ms"),
-        ("ACME_HUBSPOT_TOKEN", TOKEN),
-        ("GLOBEX_HUBSPOT_TOKEN", "tok-globex-hubspot"),
-    ];
+    let mut env = vec![("ACME_HUBSPOT_TOKEN", TOKEN), ("GLOBEX_HUBSPOT_TOKEN", "tok-globex-hubspot")];
     env.extend_from_slice(extra);
-    broker.service("writer", &env)
+    crm_sync_tests::writer::spawn(broker, "hubspot", tenants, prefix, &env)
 }
 
 /// Audit records of operation "write" (one per input, final), and DLQ entries.
@@ -106,14 +97,6 @@ fn keys(sim: &CrmSim, account: &str) -> HashMap<String, (u64, u64)> {
         .into_iter()
         .map(|(k, v)| (k, (v["total"].as_u64().unwrap(), v["live"].as_u64().unwrap())))
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -256,13 +239,7 @@ fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition() {
     let tenants = tenants(&sim, &["acme", "globex"], "");
     let prefix = RedisPrefix::new("writer");
     // acme's bucket is blocked (as after a 429 whose reset is far off).
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = redis::Client::open(MACHINE_REDIS).unwrap();
-        let b = crm_common::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap(), &prefix.0);
-        let set = crm_common::bucket::BucketSet { tenant_id: "acme".into(), crm: "hubspot".into(), limits: vec![] };
-        b.block(&set, Duration::from_secs(30)).await.unwrap();
-    });
+    block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(30));
     let w = writer(&broker, &tenants, &prefix, &[]);
     let mut inputs: Vec<_> = (0..5).map(|i| request("acme", &format!("a{i}"), 1)).collect();
     inputs.extend((0..5).map(|i| request("globex", &format!("g{i}"), 1)));
@@ -392,13 +369,7 @@ fn a_full_writer_pauses_its_partitions_and_resumes_without_losing_anything() {
     hubspot_account(&sim, "acme", json!({}));
     let tenants = tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("writer");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = redis::Client::open(MACHINE_REDIS).unwrap();
-        let b = crm_common::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap(), &prefix.0);
-        let set = crm_common::bucket::BucketSet { tenant_id: "acme".into(), crm: "hubspot".into(), limits: vec![] };
-        b.block(&set, Duration::from_secs(4)).await.unwrap();
-    });
+    block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(4));
     let mut w = writer(&broker, &tenants, &prefix, &[("WRITER_MAX_BUFFERED", "10")]);
     let inputs: Vec<_> = (0..60).map(|i| request("acme", &format!("p{i}"), 1)).collect();
     broker.produce("crm.writes.hubspot", &inputs);

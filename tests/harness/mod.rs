@@ -4,6 +4,7 @@
 
 pub mod crm_sim;
 pub mod redis;
+pub mod writer;
 
 pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
 

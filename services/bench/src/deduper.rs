@@ -36,7 +36,7 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     // Every `100 / repeat_pct`-th input repeats the call of the input 1,001 places earlier,
     // which is never itself a repeat slot (hence at most 50%).
     anyhow::ensure!(repeat_pct <= 50, "--repeat-pct is at most 50");
-    let every = if repeat_pct == 0 { usize::MAX } else { 100 / repeat_pct };
+    let every = 100usize.checked_div(repeat_pct).unwrap_or(usize::MAX);
     let is_repeat = |i: usize| i % every == every - 1 && i >= 1001;
     let repeats = (0..messages).filter(|&i| is_repeat(i)).count();
     eprintln!("producing {messages} normalised calls ({repeats} repeats) over {tenants} tenants to {} ({partitions} partitions)…", topics.calls_normalised);

@@ -237,7 +237,7 @@ pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
         call_id: format!("call-{i}"),
         source: "bench".into(),
         version: 1,
-        direction: if i % 2 == 0 { CallDirection::Inbound } else { CallDirection::Outbound },
+        direction: if i.is_multiple_of(2) { CallDirection::Inbound } else { CallDirection::Outbound },
         // The agent's line repeats; customers' numbers mostly do not (10,000 distinct).
         from_number: numbers[t % numbers.len()].into(),
         to_number: format!("(650) 253-{:04}", i % 10_000),

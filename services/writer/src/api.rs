@@ -221,3 +221,13 @@ impl Api {
         }
     }
 }
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (keys in paths, form values).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -53,7 +53,7 @@ impl Credentials {
         let value = value.trim();
         let kind = if value.starts_with('{') {
             let s: OAuthSecret = serde_json::from_str(value)
-                .map_err(|e| format!("the secret {secret_name} is not an OAuth client (client_id, client_secret, refresh_token): {}", format!("{:?} error at line {}, column {}", e.classify(), e.line(), e.column())))?;
+                .map_err(|e| format!("the secret {secret_name} is not an OAuth client (client_id, client_secret, refresh_token): {:?} error at line {}, column {}", e.classify(), e.line(), e.column()))?;
             Kind::OAuth(OAuth { token_url, client_id: s.client_id, client_secret: s.client_secret, state: Mutex::new((s.refresh_token, None)) })
         } else {
             Kind::Static(sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?)
@@ -104,7 +104,7 @@ impl Credentials {
             ("client_secret", o.client_secret.as_str()),
             ("refresh_token", refresh_token),
         ];
-        let body = form.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
+        let body = form.iter().map(|(k, v)| format!("{k}={}", crate::api::urlencode(v))).collect::<Vec<_>>().join("&");
         let t = Instant::now();
         let resp = http
             .post(&o.token_url)
@@ -160,13 +160,4 @@ impl Credentials {
 
 fn auth_failed(detail: String) -> Failure {
     Failure { reason: DlqReason::AuthFailed, detail, status: None, excerpt: None }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

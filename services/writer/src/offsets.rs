@@ -61,7 +61,7 @@ impl Offsets {
     }
 
     /// (topic, partition, offset to commit) for partitions whose position moved.
-    pub fn to_commit(&mut self) -> Vec<(String, i32, i64)> {
+    pub fn positions_to_commit(&mut self) -> Vec<(String, i32, i64)> {
         let mut out = vec![];
         for ((topic, partition), p) in &mut self.parts {
             let Some(next) = p.next else { continue };
@@ -94,14 +94,14 @@ mod tests {
         let a = o.read("w", 0, 10);
         let b = o.read("w", 0, 11);
         let c = o.read("w", 0, 12);
-        assert_eq!(o.to_commit(), vec![("w".into(), 0, 10)]);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 10)]);
         o.finished(&b);
         o.finished(&c);
-        assert_eq!(o.to_commit(), vec![("w".into(), 0, 10)], "11 and 12 are done but 10 is not");
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 10)], "11 and 12 are done but 10 is not");
         o.committed("w", 0, 10);
-        assert!(o.to_commit().is_empty());
+        assert!(o.positions_to_commit().is_empty());
         o.finished(&a);
-        assert_eq!(o.to_commit(), vec![("w".into(), 0, 13)]);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 13)]);
     }
 
     #[test]
@@ -112,9 +112,9 @@ mod tests {
         o.assigned("w", 1);
         let again = o.read("w", 1, 5);
         o.finished(&old);
-        assert_eq!(o.to_commit(), vec![("w".into(), 1, 5)], "the re-read 5 is still unfinished");
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 1, 5)], "the re-read 5 is still unfinished");
         o.finished(&again);
-        assert_eq!(o.to_commit(), vec![("w".into(), 1, 6)]);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 1, 6)]);
         assert_eq!(o.unfinished(), 0);
     }
 }

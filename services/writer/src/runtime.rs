@@ -244,7 +244,7 @@ async fn undecodable<C: Connector>(
 }
 
 fn commit(consumer: &StreamConsumer<WriterContext>, offsets: &Mutex<Offsets>) {
-    let moves = offsets.lock().expect("offsets").to_commit();
+    let moves = offsets.lock().expect("offsets").positions_to_commit();
     if moves.is_empty() {
         return;
     }

@@ -48,6 +48,18 @@ impl Hubspot {
         &self.contract.object
     }
 
+    /// One `batch/<action>` call; a failure of the whole call is every item's.
+    async fn batch(&self, api: &Api, t: &Tenant, action: &str, inputs: Vec<Value>, log: &mut Vec<Exchange>) -> Result<crate::api::Reply, Failure> {
+        let req = Request {
+            method: Method::POST,
+            path: format!("/crm/v3/objects/{}/batch/{action}", self.object()),
+            body: Some(json!({"inputs": inputs})),
+            class: limits::WRITE,
+            audit_body: None,
+        };
+        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
+    }
+
     async fn create(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let inputs: Vec<Value> = items
             .iter()
@@ -60,14 +72,7 @@ impl Hubspot {
                 json!({"properties": self.properties(i, WriteKind::Create), "associations": associations, "objectWriteTraceId": i.req.idempotency_key})
             })
             .collect();
-        let req = Request {
-            method: Method::POST,
-            path: format!("/crm/v3/objects/{}/batch/create", self.object()),
-            body: Some(json!({"inputs": inputs})),
-            class: limits::WRITE,
-            audit_body: None,
-        };
-        let reply = match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
+        let reply = match self.batch(api, t, "create", inputs, log).await {
             Ok(r) => r,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
@@ -114,14 +119,7 @@ impl Hubspot {
             .iter()
             .map(|i| json!({"id": i.record_id, "properties": self.properties(i, WriteKind::Update)}))
             .collect();
-        let req = Request {
-            method: Method::POST,
-            path: format!("/crm/v3/objects/{}/batch/update", self.object()),
-            body: Some(json!({"inputs": inputs})),
-            class: limits::WRITE,
-            audit_body: None,
-        };
-        let reply = match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
+        let reply = match self.batch(api, t, "update", inputs, log).await {
             Ok(r) => r,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
@@ -235,7 +233,7 @@ impl Connector for Hubspot {
             path: format!(
                 "/crm/v3/objects/{}/{}?idProperty={}&properties={}",
                 self.object(),
-                urlencode(key),
+                crate::api::urlencode(key),
                 self.contract.key_field,
                 self.contract.key_field
             ),
@@ -260,13 +258,4 @@ impl Connector for Hubspot {
             .map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item"))
             .collect()
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

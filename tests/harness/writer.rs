@@ -1,0 +1,40 @@
+//! Helpers for tests of the writers: start one as a process, block a tenant's bucket, wait.
+
+use super::{repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use std::time::{Duration, Instant};
+
+/// `writer --crm <crm>` against the machine's Redis under `prefix`, with the repo's contracts
+/// and a short commit interval; `extra` adds or overrides variables (secrets, knobs).
+pub fn spawn(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
+    let contracts = repo_root().join("contracts");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("WRITER_CRM", crm),
+        ("TENANTS_CONFIG", tenants.path()),
+        ("CONTRACTS_DIR", contracts.to_str().expect("utf-8 path")),
+        ("REDIS_URL", MACHINE_REDIS),
+        ("REDIS_KEY_PREFIX", prefix.0.as_str()),
+        ("WRITER_COMMIT_INTERVAL", "100ms"),
+    ];
+    env.extend_from_slice(extra);
+    broker.service("writer", &env)
+}
+
+/// Blocks a tenant's buckets at a CRM for `how_long`, as a 429 with a far reset would.
+pub fn block_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str, how_long: Duration) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
+        let b = crm_common::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.expect("redis"), &prefix.0);
+        let set = crm_common::bucket::BucketSet { tenant_id: tenant.into(), crm: crm.into(), limits: vec![] };
+        b.block(&set, how_long).await.expect("block");
+    });
+}
+
+/// Polls `f` until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
