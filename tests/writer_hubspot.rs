@@ -380,3 +380,39 @@ fn a_full_writer_pauses_its_partitions_and_resumes_without_losing_anything() {
     assert!(w.alive());
     assert!(w.terminate().success());
 }
+
+#[test]
+fn a_rebalance_to_a_second_replica_loses_nothing_and_writes_nothing_twice() {
+    let broker = Broker::start(4);
+    let sim = CrmSim::start();
+    let names = ["acme", "globex", "initech", "umbrella"];
+    for t in names {
+        hubspot_account(&sim, t, json!({}));
+        // Slow HubSpot a little so work is in flight when the group rebalances.
+        sim.fault("hubspot", t, json!({"kind": "latency", "latency_ms": 150, "endpoint": "batch/create"}));
+    }
+    let tenants = tenants(&sim, &names, "");
+    let prefix = RedisPrefix::new("writer");
+    let secrets = [("INITECH_HUBSPOT_TOKEN", "tok-initech-hubspot"), ("UMBRELLA_HUBSPOT_TOKEN", "tok-umbrella-hubspot")];
+    let a = writer(&broker, &tenants, &prefix, &secrets);
+    let inputs: Vec<_> = (0..200).map(|i| request(names[i % 4], &format!("r{i}"), 1)).collect();
+    let mut b = None;
+    for (n, chunk) in inputs.chunks(8).enumerate() {
+        broker.produce("crm.writes.hubspot", chunk);
+        if n == 8 {
+            // Mid-stream, a second replica joins the group and takes half the partitions.
+            b = Some(writer(&broker, &tenants, &prefix, &secrets));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let total = || names.iter().map(|t| keys(&sim, t).len()).sum::<usize>();
+    wait_for("every call", Duration::from_secs(90), || total() == 200);
+    for t in names {
+        assert!(keys(&sim, t).values().all(|&(n, l)| n == 1 && l == 1), "{t}: {:?}", keys(&sim, t));
+    }
+    wait_for("offsets committed", Duration::from_secs(30), || broker.committed("writer-hubspot", "crm.writes.hubspot") == 200);
+    let log_b = b.as_ref().unwrap().log_text();
+    assert!(log_b.contains("partitions assigned"), "the second replica took partitions: {log_b}");
+    assert!(a.terminate().success());
+    assert!(b.unwrap().terminate().success());
+}
