@@ -79,6 +79,24 @@ enum Settled {
     Written { record_id: String, created: bool },
 }
 
+fn settled(r: ItemResult) -> Settled {
+    match r {
+        ItemResult::Written { record_id, created } => Settled::Written { record_id, created },
+        ItemResult::Failed(f) => Settled::Failed(f),
+    }
+}
+
+/// Several records failed together for one reason that may belong to one of them (a
+/// validation error or a missing contact), rather than each for its own.
+fn whole_call_rejected(results: &[ItemResult]) -> bool {
+    let mut failures = results.iter().map(|r| match r {
+        ItemResult::Failed(f) if matches!(f.reason, DlqReason::Validation | DlqReason::ContactDeleted) => Some(&f.detail),
+        _ => None,
+    });
+    let Some(Some(first)) = failures.next() else { return false };
+    results.len() > 1 && failures.all(|d| d == Some(first))
+}
+
 impl<C: Connector> Shared<C> {
     fn subject<'a>(&self, r: &'a CrmWriteRequest) -> Subject<'a> {
         Subject { tenant_id: &r.tenant_id, call_id: Some(&r.call_id), crm: Some(self.crm), version: Some(r.version) }
@@ -240,12 +258,20 @@ impl<C: Connector> Shared<C> {
                     let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
                     let mut shared_log = vec![];
                     let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;
+                    if whole_call_rejected(&results) {
+                        // One bad record can fail a whole batch call: write them one by one so
+                        // only the bad one goes to the DLQ.
+                        for (&i, item) in chunk.iter().zip(&items) {
+                            let mut log = shared_log.clone();
+                            let r = self.connector.write(&self.api, t, std::slice::from_ref(item), &mut log).await;
+                            steps[i].log.extend(log);
+                            steps[i].settled = Some(settled(r.into_iter().next().expect("one result")));
+                        }
+                        continue;
+                    }
                     for (&i, result) in chunk.iter().zip(results) {
                         steps[i].log.extend(shared_log.iter().cloned());
-                        steps[i].settled = Some(match result {
-                            ItemResult::Written { record_id, created } => Settled::Written { record_id, created },
-                            ItemResult::Failed(f) => Settled::Failed(f),
-                        });
+                        steps[i].settled = Some(settled(result));
                     }
                 }
             }
@@ -333,5 +359,27 @@ impl<C: Connector> Shared<C> {
             }
         };
         Done { ticket: w.ticket.clone(), outputs, outcome }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(reason: DlqReason, detail: &str) -> ItemResult {
+        ItemResult::Failed(Failure { reason, detail: detail.into(), status: Some(400), excerpt: None })
+    }
+
+    #[test]
+    fn a_batch_rejected_as_a_whole_is_retried_one_by_one() {
+        let whole = vec![failed(DlqReason::Validation, "400 bad value"), failed(DlqReason::Validation, "400 bad value")];
+        assert!(whole_call_rejected(&whole));
+        let each_own = vec![failed(DlqReason::Validation, "record 1 bad"), failed(DlqReason::Validation, "record 2 bad")];
+        assert!(!whole_call_rejected(&each_own), "per-record errors are already precise");
+        assert!(!whole_call_rejected(&[failed(DlqReason::Validation, "x")]), "a single record is its own answer");
+        let removed = vec![failed(DlqReason::FieldRemoved, "gone"), failed(DlqReason::FieldRemoved, "gone")];
+        assert!(!whole_call_rejected(&removed), "a removed field fails every record alike");
+        let mixed = vec![failed(DlqReason::Validation, "x"), ItemResult::Written { record_id: "1".into(), created: true }];
+        assert!(!whole_call_rejected(&mixed));
     }
 }
