@@ -97,3 +97,24 @@ async fn crm_headers_correct_the_count_and_a_429_blocks_every_taker() {
     tokio::time::sleep(w).await;
     assert_eq!(b.try_take(&other, 1, 0).await.unwrap(), Take::Granted, "the block ends at the CRM's reset");
 }
+
+#[tokio::test]
+async fn a_reported_limit_follows_the_crm_both_ways() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    // Salesforce's rolling 24 h allocation: only Sforce-Limit-Info knows how much is left.
+    let s = BucketSet {
+        tenant_id: "acme".into(),
+        crm: "salesforce".into(),
+        limits: vec![Limit::Reported { name: "api".into(), max: 100, recheck: Duration::from_secs(60) }],
+    };
+    assert_eq!(b.observe(&s, "api", 3).await.unwrap(), 97, "api-usage=97/100");
+    for _ in 0..3 {
+        assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+    }
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Wait(Duration::from_secs(60)), "spent: look again later");
+    // The org's window moved on: usage fell to 40/100. The count follows it down.
+    assert_eq!(b.observe(&s, "api", 60).await.unwrap(), -60);
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+    assert_eq!(b.used(&s).await.unwrap(), vec![("api".to_string(), 41)]);
+}

@@ -44,6 +44,12 @@ for i = 2, #KEYS do
       if old[2] then w = tonumber(old[2]) + span + margin - now + 1 end
       if w > wait then wait = w end
     end
+  elseif kind == 'P' then
+    local used = tonumber(redis.call('HGET', KEYS[i], 'used') or '0')
+    if used + n + reserve > max then
+      -- The CRM frees its window as it likes: look again after the recheck interval.
+      if span > wait then wait = span end
+    end
   else
     local day = math.floor((now + span * 60000) / 86400000)
     local d = redis.call('HMGET', KEYS[i], 'day', 'used')
@@ -67,6 +73,9 @@ for i = 2, #KEYS do
       redis.call('ZADD', KEYS[i], now, id .. ':' .. j)
     end
     redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
+  elseif kind == 'P' then
+    redis.call('HINCRBY', KEYS[i], 'used', n)
+    redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
   else
     local day = math.floor((now + span * 60000) / 86400000)
     local d = redis.call('HMGET', KEYS[i], 'day', 'used')
@@ -81,7 +90,8 @@ end
 return {0, 1}
 ";
 
-/// Lower our count of what is left in one limit to what the CRM reported.
+/// Lower our count of what is left in one limit to what the CRM reported (for a reported
+/// limit: set it).
 const OBSERVE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -96,6 +106,12 @@ if kind == 'R' then
   end
   redis.call('PEXPIRE', KEYS[1], span + margin + 1000)
   return math.max(target - used, 0)
+elseif kind == 'P' then
+  -- The CRM's report is the count: set it, up or down.
+  local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
+  redis.call('HSET', KEYS[1], 'used', target)
+  redis.call('PEXPIRE', KEYS[1], 2 * 86400000)
+  return target - used
 else
   local day = math.floor((now + span * 60000) / 86400000)
   local d = redis.call('HMGET', KEYS[1], 'day', 'used')
@@ -129,18 +145,22 @@ pub enum Limit {
     Rolling { name: String, max: u64, window: Duration, margin: Duration },
     /// At most `max` per calendar day in the account's zone (minutes east of UTC).
     Daily { name: String, max: u64, tz_offset_min: i32 },
+    /// A window only the CRM can see into (Salesforce's rolling 24 h allocation): the count
+    /// is whatever the CRM last reported (`observe` sets it, both ways), plus what was taken
+    /// since. When it is spent, takers look again after `recheck`.
+    Reported { name: String, max: u64, recheck: Duration },
 }
 
 impl Limit {
     pub fn name(&self) -> &str {
         match self {
-            Limit::Rolling { name, .. } | Limit::Daily { name, .. } => name,
+            Limit::Rolling { name, .. } | Limit::Daily { name, .. } | Limit::Reported { name, .. } => name,
         }
     }
 
     pub fn max(&self) -> u64 {
         match self {
-            Limit::Rolling { max, .. } | Limit::Daily { max, .. } => *max,
+            Limit::Rolling { max, .. } | Limit::Daily { max, .. } | Limit::Reported { max, .. } => *max,
         }
     }
 
@@ -150,6 +170,7 @@ impl Limit {
                 ["R".into(), max.to_string(), window.as_millis().to_string(), margin.as_millis().to_string()]
             }
             Limit::Daily { max, tz_offset_min, .. } => ["D".into(), max.to_string(), tz_offset_min.to_string(), "0".into()],
+            Limit::Reported { max, recheck, .. } => ["P".into(), max.to_string(), recheck.as_millis().to_string(), "0".into()],
         }
     }
 }
@@ -222,8 +243,9 @@ impl TokenBuckets {
     }
 
     /// What the CRM said is left in `limit` (from its rate-limit headers). Lowers our count
-    /// when the CRM has seen more use than we have; never raises it.
-    pub async fn observe(&self, set: &BucketSet, limit: &str, remaining: u64) -> redis::RedisResult<u64> {
+    /// when the CRM has seen more use than we have; never raises it, except for a reported
+    /// limit, whose count is the CRM's. Returns how much the count moved.
+    pub async fn observe(&self, set: &BucketSet, limit: &str, remaining: u64) -> redis::RedisResult<i64> {
         let Some(l) = set.limits.iter().find(|l| l.name() == limit) else { return Ok(0) };
         let mut inv = self.observe.prepare_invoke();
         inv.key(self.limit_key(set, limit));
@@ -257,7 +279,7 @@ impl TokenBuckets {
                     let from = now.saturating_sub((*window + *margin).as_millis() as u64);
                     redis::cmd("ZCOUNT").arg(&key).arg(format!("({from}")).arg("+inf").query_async(&mut conn).await?
                 }
-                Limit::Daily { .. } => {
+                Limit::Daily { .. } | Limit::Reported { .. } => {
                     let v: Option<u64> = redis::cmd("HGET").arg(&key).arg("used").query_async(&mut conn).await?;
                     v.unwrap_or(0)
                 }
