@@ -1,0 +1,81 @@
+//! Salesforce's answers classified (CRM-APIS §2.6). Error bodies are JSON arrays of
+//! `{message, errorCode, fields}`; save results inside collections say `statusCode`.
+
+use crate::api::{Reply, Verdict};
+use crm_common::events::DlqReason;
+use serde_json::Value;
+use std::time::Duration;
+
+/// The reason for one error code.
+pub fn reason_of(code: &str, fields: &[&str]) -> Option<DlqReason> {
+    Some(match code {
+        "INVALID_FIELD" | "INVALID_FIELD_FOR_INSERT_UPDATE" | "NO_SUCH_COLUMN" => DlqReason::FieldRemoved,
+        // A deleted WhoId: the contact the call was to be logged against is gone.
+        "ENTITY_IS_DELETED" if fields.contains(&"WhoId") => DlqReason::ContactDeleted,
+        "INVALID_CROSS_REFERENCE_KEY" | "FIELD_INTEGRITY_EXCEPTION" if fields.contains(&"WhoId") => DlqReason::ContactDeleted,
+        "INSUFFICIENT_ACCESS_OR_READONLY" | "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY" | "API_DISABLED_FOR_ORG" => DlqReason::PermissionDenied,
+        "INVALID_SESSION_ID" => DlqReason::AuthFailed,
+        "UNABLE_TO_LOCK_ROW" | "SERVER_UNAVAILABLE" | "UNKNOWN_EXCEPTION" | "REQUEST_LIMIT_EXCEEDED" => return None,
+        _ => DlqReason::Validation,
+    })
+}
+
+/// The first error of an array body: (errorCode, message, fields).
+pub fn first_error(body: &Value) -> (String, String, Vec<String>) {
+    let e = body.as_array().and_then(|a| a.first()).unwrap_or(body);
+    let code = e.get("errorCode").or_else(|| e.get("statusCode")).and_then(Value::as_str).unwrap_or("").to_string();
+    let message = e.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+    let fields = e.get("fields").and_then(Value::as_array).map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    (code, message, fields)
+}
+
+pub fn classify(reply: &Reply) -> Verdict {
+    let body = reply.json();
+    let (code, message, fields) = first_error(&body);
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    match reply.status {
+        200..=299 => Verdict::Ok,
+        // The org's allowance (or its long-request concurrency) is spent: no Retry-After;
+        // the bucket, fed by Sforce-Limit-Info, decides when to try again.
+        403 if code == "REQUEST_LIMIT_EXCEEDED" => Verdict::Throttled { wait: Duration::from_secs(60) },
+        300 => Verdict::Permanent(DlqReason::Validation, "the external id matches several Tasks (300)".into()),
+        500..=599 => Verdict::Transient(format!("{} {code}: {message}", reply.status)),
+        _ if code == "UNABLE_TO_LOCK_ROW" => Verdict::Transient(format!("{code}: {message}")),
+        _ => {
+            let reason = reason_of(&code, &fields).unwrap_or(DlqReason::Validation);
+            Verdict::Permanent(reason, format!("{} {code}: {message}", reply.status))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply { status, headers: HeaderMap::new(), body: body.into() }
+    }
+
+    #[test]
+    fn bodies_from_crm_apis_classify() {
+        let quota = reply(403, r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#);
+        assert!(matches!(classify(&quota), Verdict::Throttled { .. }), "403 REQUEST_LIMIT_EXCEEDED is Salesforce's throttle");
+        let denied = reply(403, r#"[{"message":"insufficient access","errorCode":"INSUFFICIENT_ACCESS_OR_READONLY"}]"#);
+        assert!(matches!(classify(&denied), Verdict::Permanent(DlqReason::PermissionDenied, _)));
+        let removed = reply(400, r#"[{"message":"No such column 'CrmSyncKey__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#);
+        assert!(matches!(classify(&removed), Verdict::Permanent(DlqReason::FieldRemoved, _)));
+        let session = reply(401, r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#);
+        assert!(matches!(classify(&session), Verdict::Permanent(DlqReason::AuthFailed, _)));
+        let who = reply(404, r#"[{"message":"entity is deleted","errorCode":"ENTITY_IS_DELETED","fields":["WhoId"]}]"#);
+        assert!(matches!(classify(&who), Verdict::Permanent(DlqReason::ContactDeleted, _)));
+        assert!(matches!(classify(&reply(503, r#"[{"errorCode":"SERVER_UNAVAILABLE","message":"x"}]"#)), Verdict::Transient(_)));
+        assert!(matches!(classify(&reply(400, r#"[{"errorCode":"UNABLE_TO_LOCK_ROW","message":"x"}]"#)), Verdict::Transient(_)));
+        assert!(matches!(classify(&reply(300, "[]")), Verdict::Permanent(DlqReason::Validation, _)));
+        let picklist = reply(400, r#"[{"message":"bad value","errorCode":"INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST","fields":["CallType"]}]"#);
+        assert!(matches!(classify(&picklist), Verdict::Permanent(DlqReason::Validation, _)));
+        // Save results inside collections say statusCode.
+        let save = serde_json::json!({"statusCode": "REQUIRED_FIELD_MISSING", "message": "Subject", "fields": ["Subject"]});
+        assert_eq!(first_error(&save).0, "REQUIRED_FIELD_MISSING");
+    }
+}

@@ -1,0 +1,84 @@
+//! Salesforce's limits (CRM-APIS §2.5) as buckets. The org's allocation is a rolling 24 h
+//! window that only Salesforce sees into and that every integration spends: the bucket
+//! follows `Sforce-Limit-Info: api-usage=used/max` on every answer (a reported limit), not a
+//! local counter. An exhausted allowance answers 403 REQUEST_LIMIT_EXCEEDED, not 429.
+
+use crate::api::Reply;
+use crm_common::bucket::{BucketSet, Limit};
+use crm_common::tenants::CrmConnection;
+use std::time::Duration;
+
+/// The org's allocation by edition and licenses (`seats` in the tenant's limits), then the
+/// tenant's override `daily_api_requests`.
+pub fn allocation(conn: &CrmConnection) -> Result<u64, String> {
+    let licenses = conn.limits.get("licenses").copied().unwrap_or(0);
+    let base = match conn.plan.to_ascii_lowercase().as_str() {
+        "developer" => 15_000,
+        "professional" | "enterprise" => 100_000 + 1_000 * licenses,
+        "unlimited" | "performance" => 100_000 + 5_000 * licenses,
+        other => return Err(format!("unknown Salesforce edition '{other}' (developer, professional, enterprise, unlimited, performance)")),
+    };
+    for k in conn.limits.keys() {
+        if !["licenses", "daily_api_requests"].contains(&k.as_str()) {
+            return Err(format!("unknown Salesforce limit '{k}' (licenses, daily_api_requests)"));
+        }
+    }
+    Ok(conn.limits.get("daily_api_requests").copied().unwrap_or(base))
+}
+
+pub fn buckets(tenant_id: &str, allocation: u64) -> BucketSet {
+    BucketSet {
+        tenant_id: tenant_id.to_string(),
+        crm: "salesforce".into(),
+        // When the allowance is spent, look again every minute: the rolling window frees
+        // calls as the ones from 24 h ago age out.
+        limits: vec![Limit::Reported { name: "api".into(), max: allocation, recheck: Duration::from_secs(60) }],
+    }
+}
+
+/// (used, max) from `Sforce-Limit-Info: api-usage=18/5000[, per-app-api-usage=…]`.
+pub fn api_usage(reply: &Reply) -> Option<(u64, u64)> {
+    let v = reply.header("sforce-limit-info")?;
+    let usage = v.split(',').map(str::trim).find_map(|p| p.strip_prefix("api-usage="))?;
+    let (used, max) = usage.split_once('/')?;
+    Some((used.trim().parse().ok()?, max.trim().parse().ok()?))
+}
+
+/// What the header says is left, for the bucket.
+pub fn observed(reply: &Reply) -> Vec<(String, u64)> {
+    api_usage(reply).map(|(used, max)| vec![("api".to_string(), max.saturating_sub(used))]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn conn(plan: &str, limits: &[(&str, u64)]) -> CrmConnection {
+        let mut c: CrmConnection = toml::from_str(&format!("plan = '{plan}'\ncredentials_secret = 'X'\n")).unwrap();
+        c.limits = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        c
+    }
+
+    #[test]
+    fn allocation_by_edition_and_licenses() {
+        assert_eq!(allocation(&conn("enterprise", &[("licenses", 20)])).unwrap(), 120_000);
+        assert_eq!(allocation(&conn("Unlimited", &[("licenses", 10)])).unwrap(), 150_000);
+        assert_eq!(allocation(&conn("developer", &[])).unwrap(), 15_000);
+        assert_eq!(allocation(&conn("enterprise", &[("daily_api_requests", 500)])).unwrap(), 500);
+        assert!(allocation(&conn("essentials", &[])).unwrap_err().contains("essentials"));
+        assert!(allocation(&conn("enterprise", &[("burst", 1)])).unwrap_err().contains("burst"));
+    }
+
+    #[test]
+    fn the_limit_info_header_drives_the_bucket() {
+        let mut h = HeaderMap::new();
+        h.insert("sforce-limit-info", HeaderValue::from_static("api-usage=18/5000, per-app-api-usage=17/250(appName=crm-sync)"));
+        let r = Reply { status: 200, headers: h, body: String::new() };
+        assert_eq!(api_usage(&r), Some((18, 5000)));
+        assert_eq!(observed(&r), vec![("api".to_string(), 4982)]);
+        let none = Reply { status: 200, headers: HeaderMap::new(), body: String::new() };
+        assert!(observed(&none).is_empty());
+        assert!(matches!(buckets("acme", 5000).limits[0], Limit::Reported { max: 5000, .. }));
+    }
+}
