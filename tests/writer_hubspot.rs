@@ -46,8 +46,13 @@ fn tenants(sim: &CrmSim, ids: &[&str], limits: &str) -> TempFile {
 }
 
 fn request(tenant: &str, call: &str, version: i64) -> (String, Vec<u8>, Vec<(String, String)>) {
+    request_to(tenant, call, version, "+14155552671")
+}
+
+/// A write request for a call with the customer on `customer`.
+fn request_to(tenant: &str, call: &str, version: i64, customer: &str) -> (String, Vec<u8>, Vec<(String, String)>) {
     let mut c = normalised_call(tenant, call, version);
-    c.customer_e164 = "+14155552671".into();
+    c.customer_e164 = customer.into();
     let r = CrmWriteRequest {
         tenant_id: tenant.into(),
         call_id: call.into(),
@@ -271,14 +276,7 @@ fn two_replicas_sharing_a_tenants_bucket_never_exceed_its_limit() {
     // while both spend from acme's one bucket (contact searches, creates, batches).
     let a = writer(&broker, &tenants, &prefix, &[("CONSUMER_GROUP", "writer-a")]);
     let b = writer(&broker, &tenants, &prefix, &[("CONSUMER_GROUP", "writer-b")]);
-    let inputs: Vec<_> = (0..25)
-        .map(|i| {
-            let (k, _, h) = request("acme", &format!("c{i}"), 1);
-            let mut r: CrmWriteRequest = codec::decode(&request("acme", &format!("c{i}"), 1).1).unwrap();
-            r.call.customer_e164 = format!("+1650253{i:04}");
-            (k, codec::encode(&r).unwrap(), h)
-        })
-        .collect();
+    let inputs: Vec<_> = (0..25).map(|i| request_to("acme", &format!("c{i}"), 1, &format!("+1650253{i:04}"))).collect();
     broker.produce("crm.writes.hubspot", &inputs);
     let started = Instant::now();
     wait_for("every call written", Duration::from_secs(120), || keys(&sim, "acme").len() == 25);

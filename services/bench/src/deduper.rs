@@ -7,7 +7,8 @@
 use crate::{bench_call, measure, print_runs, produce_all, PASSTHROUGH_OUT};
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dedup::{redact_url, DedupStore, MarkRequest};
+use crm_common::dedup::{DedupStore, MarkRequest};
+use crm_common::redis_conn::{self, redact_url};
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::NormalisedCall;
 use std::process::{Command, Stdio};
@@ -103,8 +104,9 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
               plus a write request unless it is a repeat; the passthrough copies one message)");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let store = rt.block_on(DedupStore::connect(redis_url, &prefix))?;
-    let removed = rt.block_on(store.delete_all())?;
+    let conn = rt.block_on(redis_conn::connect(redis_url))?;
+    let removed = rt.block_on(redis_conn::delete_prefix(&conn, &prefix))?;
+    let store = rt.block_on(async { DedupStore::lazy(redis_url, &prefix) })?;
     // The Redis share of the deduper's cost: the same number of marks, in the same batch
     // size, with nothing else going on.
     let (marks, batch) = (messages, 500);
@@ -127,7 +129,7 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     })?;
     let secs = started.elapsed().as_secs_f64();
     println!("Redis marks alone: {:.0} marks/s ({batch} per pipelined round trip, {:.2} ms per batch)", marks as f64 / secs, secs * 1000.0 / (marks / batch) as f64);
-    rt.block_on(store.delete_all())?;
+    rt.block_on(redis_conn::delete_prefix(&conn, &prefix))?;
     eprintln!("removed {removed} Redis keys ({prefix}:*)");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -204,25 +204,14 @@ pub fn run(records: usize, tenants: usize, burst: u64, rate: usize, seconds: usi
         let ev = CallEvent {
             tenant_id: t.clone(),
             call_id: format!("l{i}"),
-            source: "bench".into(),
-            version: 1,
             direction: CallDirection::Inbound,
             from_number: "(415) 555-2671".into(),
             to_number: "+1 650 253 0000".into(),
-            region_hint: None,
             started_at: crm_common::emit::now_ms(),
-            ended_at: None,
-            duration_s: None,
-            outcome: None,
-            agent_id: "a".into(),
-            agent_email: None,
-            recording_url: None,
-            notes: None,
-            attributes: HashMap::new(),
+            ..crate::bench_call(i, tenants)
         };
         produced_at.insert(format!("{t}/l{i}"), crm_common::emit::now_ms());
         let payload = codec::encode(&ev)?;
-        let _ = rdkafka::producer::Producer::flush(&producer, Duration::ZERO);
         producer.send(rdkafka::producer::BaseRecord::to(&topics.calls_raw).key(t).payload(&payload)).map_err(|(e, _)| e)?;
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))?;
@@ -250,8 +239,8 @@ pub fn run(records: usize, tenants: usize, burst: u64, rate: usize, seconds: usi
 
     drop(children);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let store = rt.block_on(crm_common::dedup::DedupStore::connect(redis_url, &prefix))?;
-    let removed = rt.block_on(store.delete_all())?;
+    let conn = rt.block_on(crm_common::redis_conn::connect(redis_url))?;
+    let removed = rt.block_on(crm_common::redis_conn::delete_prefix(&conn, &prefix))?;
     eprintln!("removed {removed} Redis keys ({prefix}:*)");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -14,9 +14,8 @@
 //! fails the whole batch so the caller commits nothing; re-running a batch that was partly
 //! applied is safe because each input that marked finds its own mark (`Redelivered`).
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{ErrorKind, Script, ServerErrorKind};
-use std::time::Duration;
 
 const MARK: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'v', 'in')
@@ -85,42 +84,19 @@ pub struct DedupStore {
     script: Script,
 }
 
-/// `url` without its password, for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparseable URL>".to_string(),
-    }
-}
-
 impl DedupStore {
     /// Connects lazily: a service starts while Redis is down, and its first batch fails
     /// (and is retried) until Redis answers. `prefix` namespaces every key (tests and dev runs
     /// give each run its own).
     pub fn lazy(url: &str, prefix: &str) -> redis::RedisResult<DedupStore> {
-        let client = redis::Client::open(url)?;
-        // Fail a request within seconds rather than hanging a batch on a dead socket; the
-        // pipeline loop retries the batch with its own backoff.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = crate::redis_conn::connect_lazy(url)?;
         Ok(DedupStore { conn, prefix: prefix.to_string(), script: Script::new(MARK) })
     }
 
     /// Connects now and fails if Redis does not answer a PING.
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<DedupStore> {
-        let store = DedupStore::lazy(url, prefix)?;
-        let mut conn = store.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(store)
+        let conn = crate::redis_conn::connect(url).await?;
+        Ok(DedupStore { conn, prefix: prefix.to_string(), script: Script::new(MARK) })
     }
 
     pub fn key(&self, tenant_id: &str, call_id: &str) -> String {
@@ -171,45 +147,11 @@ impl DedupStore {
             })
             .collect())
     }
-
-    /// Deletes every key under this store's prefix (dev runs and benchmarks clean up after
-    /// themselves). SCAN, not KEYS, so a large Redis is not blocked.
-    pub async fn delete_all(&self) -> redis::RedisResult<u64> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
-        let mut deleted = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", self.prefix))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(redact_url("redis://:s3cret@redis:6379/0"), "redis://:***@redis:6379/0");
-        assert_eq!(redact_url("rediss://user:s3cret@redis:6380"), "rediss://user:***@redis:6380");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert!(!redact_url("not a url s3cret").contains("s3cret"));
-    }
 
     #[test]
     fn keys_are_hash_tagged_by_tenant() {

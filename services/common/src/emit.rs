@@ -22,6 +22,14 @@ pub struct Emitter {
     pub topics: Topics,
 }
 
+/// What a CRM last answered before a write was dead-lettered.
+#[derive(Debug, Clone, Default)]
+pub struct CrmAnswer {
+    pub status: Option<i32>,
+    pub excerpt: Option<String>,
+    pub attempt: i32,
+}
+
 /// What an audit record is about, beyond the input message.
 pub struct Subject<'a> {
     pub tenant_id: &'a str,
@@ -89,6 +97,22 @@ impl Emitter {
         detail: String,
         audit_detail: String,
     ) -> [OutRecord; 2] {
+        self.dead_letter_after(input, subject, operation, reason, detail, audit_detail, CrmAnswer::default())
+    }
+
+    /// A dead letter after calls to a CRM: the entry and its audit record also carry the
+    /// CRM's last status, its answer and the attempt count, for whoever reviews it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dead_letter_after(
+        &self,
+        input: &InMessage,
+        subject: &Subject,
+        operation: &str,
+        reason: DlqReason,
+        detail: String,
+        audit_detail: String,
+        crm: CrmAnswer,
+    ) -> [OutRecord; 2] {
         let tenant = if subject.tenant_id.is_empty() {
             input.key_str().unwrap_or_default()
         } else {
@@ -107,10 +131,10 @@ impl Emitter {
             source_offset: input.offset,
             source_key: input.key.clone(),
             payload: input.payload.clone().unwrap_or_default(),
-            attempt: 1,
+            attempt: crm.attempt.max(1),
             replay_count: input.replay_count(),
-            crm_status: None,
-            crm_response_excerpt: None,
+            crm_status: crm.status,
+            crm_response_excerpt: crm.excerpt.clone(),
             failed_at: now_ms(),
             trace_id: input.trace_id.clone(),
         };
@@ -122,6 +146,8 @@ impl Emitter {
             audit_detail,
         );
         audit.reason = Some(reason.as_str().to_string());
+        audit.attempt = dl.attempt;
+        audit.crm_status = crm.status;
         audit.attributes.insert("dlq_id".into(), dl.dlq_id.clone());
         [
             OutRecord::new(

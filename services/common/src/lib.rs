@@ -15,6 +15,7 @@ pub mod schemas;
 pub mod config;
 pub mod emit;
 pub mod pipeline;
+pub mod redis_conn;
 pub mod telemetry;
 pub mod tenants;
 pub mod topic_reader;

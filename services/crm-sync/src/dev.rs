@@ -7,7 +7,7 @@
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dedup::{redact_url, DedupStore};
+use crm_common::redis_conn::{self, redact_url};
 use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, NormalisedCall, Stage};
 
 /// The CRMs whose writers `crm-sync dev` runs (the others come with their connectors).
@@ -162,7 +162,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let prefix = format!("crm-sync-dev-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let marks = rt
-        .block_on(DedupStore::connect(&args.redis_url, &prefix))
+        .block_on(redis_conn::connect(&args.redis_url))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
     for (name, service, extra) in [("normaliser", "normaliser", vec![]), ("deduper", "deduper", vec![]), ("writer-hubspot", "writer", vec!["--crm", "hubspot"])] {
@@ -205,7 +205,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     drop(children);
     drop(broker);
-    match rt.block_on(marks.delete_all()) {
+    match rt.block_on(redis_conn::delete_prefix(&marks, &prefix)) {
         Ok(n) => eprintln!("  removed this run's {n} Redis keys ({prefix}:*)"),
         Err(e) => eprintln!("  could not remove Redis keys {prefix}:*: {e}"),
     }

@@ -22,7 +22,7 @@ use connector::Connector;
 use crm_common::bucket::TokenBuckets;
 use crm_common::claims::Claims;
 use crm_common::config::CommonArgs;
-use crm_common::dedup::redact_url;
+use crm_common::redis_conn::{self, redact_url};
 use crm_common::emit::Emitter;
 use crm_common::events::{Crm, Stage};
 use crm_common::tenants::Tenants;
@@ -110,12 +110,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         }
     }
     let redis = redact_url(&cli.common.redis_url);
-    let client = redis::Client::open(cli.common.redis_url.as_str()).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
-    let conn_cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2);
-    let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, conn_cfg)?;
+    let conn = redis_conn::connect_lazy(&cli.common.redis_url).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
     let owner = format!("{service}-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let prefix = cli.common.redis_key_prefix.clone();
     tracing::info!(service, tenants = clients.len(), redis, owner, "writer starting");

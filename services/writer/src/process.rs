@@ -8,7 +8,7 @@ use crate::connector::{Connector, Item, ItemResult};
 use crate::contacts::ContactCache;
 use crate::offsets::Ticket;
 use crm_common::claims::{Claim, Claims};
-use crm_common::emit::{Emitter, Subject};
+use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::phone;
 use crm_common::pipeline::{InMessage, OutRecord};
@@ -343,16 +343,12 @@ impl<C: Connector> Shared<C> {
                     patiently("contact cache", || self.contacts.forget(&req.tenant_id, self.crm.as_str(), e164)).await;
                 }
                 let detail = self.masked(&req.tenant_id, &f.detail);
-                let [mut dlq, audit] = self.emit.dead_letter(&w.input, &subject, "write", f.reason, f.detail.clone(), detail);
-                // The DLQ entry keeps the CRM's status and answer for whoever reviews it.
-                if let Ok(mut dl) = crm_common::codec::decode::<crm_common::events::DeadLetter>(&dlq.payload) {
-                    dl.crm_status = f.status.map(i32::from);
-                    dl.crm_response_excerpt = f.excerpt.clone();
-                    dl.attempt = s.log.last().map_or(1, |e| e.attempt as i32);
-                    if let Ok(p) = crm_common::codec::encode(&dl) {
-                        dlq.payload = p;
-                    }
-                }
+                let answer = CrmAnswer {
+                    status: f.status.map(i32::from),
+                    excerpt: f.excerpt.clone(),
+                    attempt: s.log.last().map_or(1, |e| e.attempt as i32),
+                };
+                let [dlq, audit] = self.emit.dead_letter_after(&w.input, &subject, "write", f.reason, f.detail.clone(), detail, answer);
                 outputs.push(dlq);
                 outputs.push(audit);
                 "dead_lettered"
