@@ -35,12 +35,17 @@ async fn an_expired_lease_is_recovered_by_lookup_and_a_release_frees_the_key() {
     let prefix = RedisPrefix::new("claims");
     let dead = claims(&prefix, "writer-dead", 200).await;
     let live = claims(&prefix, "writer-live", 30_000).await;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     assert_eq!(dead.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::Create);
     // writer-dead is SIGKILLed mid-write; its lease runs out.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(live.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::Recover { record_id: None });
-    // Our own lease, claimed again (a retry after a timeout), also means "look it up first".
-    assert_eq!(live.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::Recover { record_id: None });
+    let Claim::Recover { record_id: None, since_ms } = live.claim("acme", "acme:c2:hubspot", 1).await.unwrap() else { panic!("recover") };
+    // The lost write was claimed by the dead writer, before the sleep: that is where a
+    // lookup must start (Redis's clock and ours are the same machine's here).
+    assert!((before - 50..before + 200).contains(&since_ms), "claimed at {since_ms}, test started {before}");
+    // Our own lease, claimed again (a retry after a timeout), also means "look it up first",
+    // still from the first claim.
+    assert_eq!(live.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::Recover { record_id: None, since_ms });
     // A late DONE from the dead writer's write still records the record id.
     dead.done("acme", "acme:c2:hubspot", 1, "77").await.unwrap();
     assert_eq!(live.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::AlreadyDone { record_id: "77".into() });

@@ -118,3 +118,65 @@ async fn a_reported_limit_follows_the_crm_both_ways() {
     assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
     assert_eq!(b.used(&s).await.unwrap(), vec![("api".to_string(), 41)]);
 }
+
+#[tokio::test]
+async fn a_spent_reported_limit_lets_one_probe_through_per_recheck() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    let s = set(vec![Limit::Reported { name: "api".into(), max: 10, recheck: Duration::from_millis(300) }]);
+    b.observe(&s, "api", 0).await.unwrap();
+    // Nothing but a live request can tell when Salesforce's window frees again: after the
+    // recheck interval exactly one take goes through as a probe, the others keep waiting.
+    assert!(matches!(b.try_take(&s, 1, 0).await.unwrap(), Take::Wait(_)));
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    assert!(matches!(b.try_take(&s, 1, 2).await.unwrap(), Take::Wait(_)), "background work never probes");
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted, "the probe");
+    assert!(matches!(b.try_take(&s, 1, 0).await.unwrap(), Take::Wait(w) if w > Duration::from_millis(200)), "one probe per interval");
+    // The probe's answer said the window moved on: takes flow again.
+    b.observe(&s, "api", 5).await.unwrap();
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+}
+
+#[tokio::test]
+async fn costs_differ_per_limit_and_concurrency_slots_come_back_on_release_or_lease() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    // Pipedrive: a create counts once in the burst window and 5 in the daily budget.
+    let pd = set(vec![rolling("burst", 100, 2000), Limit::Daily { name: "budget".into(), max: 12, tz_offset_min: 0 }]);
+    assert_eq!(b.try_take_each(&pd, &[1, 5], 0, "a").await.unwrap(), Take::Granted);
+    assert_eq!(b.try_take_each(&pd, &[1, 5], 0, "b").await.unwrap(), Take::Granted);
+    assert!(matches!(b.try_take_each(&pd, &[1, 5], 0, "c").await.unwrap(), Take::Wait(_)), "10 of 12 spent: no room for 5");
+    assert_eq!(b.try_take_each(&pd, &[1, 2], 0, "d").await.unwrap(), Take::Granted);
+    assert_eq!(b.used(&pd).await.unwrap(), vec![("burst".to_string(), 3), ("budget".to_string(), 12)]);
+
+    // Zoho: two requests in flight at once; a third waits until one finishes.
+    let z = set(vec![Limit::Concurrent { name: "inflight".into(), max: 2, lease: Duration::from_millis(400), poll: Duration::from_millis(20) }]);
+    assert_eq!(b.try_take_each(&z, &[1], 0, "r1").await.unwrap(), Take::Granted);
+    assert_eq!(b.try_take_each(&z, &[1], 0, "r2").await.unwrap(), Take::Granted);
+    assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Wait(Duration::from_millis(20)));
+    b.release(&z, "r1", &[1]).await.unwrap();
+    assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Granted, "a finished request gives its slot back");
+    assert_eq!(b.used(&z).await.unwrap(), vec![("inflight".to_string(), 2)]);
+    // r2 and r3 belong to a writer that died: their leases end and the slots come back.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(b.used(&z).await.unwrap(), vec![("inflight".to_string(), 0)]);
+    assert_eq!(b.try_take_each(&z, &[1], 0, "r4").await.unwrap(), Take::Granted);
+}
+
+#[tokio::test]
+async fn a_slotted_window_never_gives_a_token_back_before_its_slot_has_left_the_window() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    // Zoho's rolling 24 h credits, scaled down: 6 per 600 ms in 100 ms slots.
+    let s = set(vec![Limit::Slotted { name: "credits".into(), max: 6, window: Duration::from_millis(600), slot: Duration::from_millis(100) }]);
+    assert_eq!(b.try_take(&s, 4, 0).await.unwrap(), Take::Granted);
+    assert_eq!(b.try_take(&s, 2, 0).await.unwrap(), Take::Granted);
+    let Take::Wait(w) = b.try_take(&s, 1, 0).await.unwrap() else { panic!("6 of 6 spent") };
+    assert!(w > Duration::from_millis(500) && w <= Duration::from_millis(701), "back once the first slot has left the window: {w:?}");
+    // The CRM's header says more was spent (another app): the count follows it up.
+    let s2 = set(vec![Limit::Slotted { name: "more".into(), max: 100, window: Duration::from_millis(600), slot: Duration::from_millis(100) }]);
+    assert_eq!(b.observe(&s2, "more", 40).await.unwrap(), 60);
+    assert_eq!(b.used(&s2).await.unwrap(), vec![("more".to_string(), 60)]);
+    tokio::time::sleep(w).await;
+    assert_eq!(b.try_take(&s, 4, 0).await.unwrap(), Take::Granted, "the oldest slot's 4 tokens are back");
+}

@@ -22,9 +22,8 @@ use std::time::Duration;
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-local reserve = tonumber(ARGV[2])
-local id = ARGV[3]
+local reserve = tonumber(ARGV[1])
+local id = ARGV[2]
 local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
 if blocked > now then
   return {blocked - now, 0}
@@ -32,9 +31,11 @@ end
 local wait = 0
 -- First pass: would every limit allow it?
 for i = 2, #KEYS do
-  local base = 4 + (i - 2) * 4
-  local kind, max, span, margin = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  if kind == 'R' then
+  local base = 3 + (i - 2) * 5
+  local kind, max, span, margin, n = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  if n == 0 then
+    -- this request costs nothing here
+  elseif kind == 'R' then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span - margin)
     local used = redis.call('ZCARD', KEYS[i])
     if used + n + reserve > max then
@@ -44,11 +45,49 @@ for i = 2, #KEYS do
       if old[2] then w = tonumber(old[2]) + span + margin - now + 1 end
       if w > wait then wait = w end
     end
-  elseif kind == 'P' then
-    local used = tonumber(redis.call('HGET', KEYS[i], 'used') or '0')
+  elseif kind == 'S' then
+    -- A long rolling window counted in slots (Zoho's 24 h credits): a token comes back when
+    -- its whole slot has left the window, never earlier.
+    local h = redis.call('HGETALL', KEYS[i])
+    local cur = math.floor(now / margin)
+    local used, oldest = 0, nil
+    for j = 1, #h, 2 do
+      local slot, c = tonumber(h[j]), tonumber(h[j + 1])
+      if (slot + 1) * margin + span <= now then
+        redis.call('HDEL', KEYS[i], h[j])
+      else
+        used = used + c
+        if oldest == nil or slot < oldest then oldest = slot end
+      end
+    end
     if used + n + reserve > max then
-      -- The CRM frees its window as it likes: look again after the recheck interval.
-      if span > wait then wait = span end
+      local w = span
+      if oldest then w = (oldest + 1) * margin + span - now + 1 end
+      if w > wait then wait = w end
+    end
+  elseif kind == 'C' then
+    -- Holders are scored by lease expiry: a crashed holder's slot comes back by itself.
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    local used = redis.call('ZCARD', KEYS[i])
+    if used + n + reserve > max then
+      -- Slots free when requests finish, not on a schedule: look again shortly.
+      if margin > wait then wait = margin end
+    end
+  elseif kind == 'P' then
+    local h = redis.call('HMGET', KEYS[i], 'used', 'probe')
+    local used = tonumber(h[1] or '0')
+    if used + n + reserve > max then
+      -- Only the CRM knows when its window frees: once per recheck interval one live
+      -- request goes as a probe, and its answer's header sets the count again.
+      local last = tonumber(h[2] or '0')
+      if last == 0 then
+        redis.call('HSET', KEYS[i], 'probe', now)
+        if span > wait then wait = span end
+      elseif now - last >= span and reserve == 0 then
+        redis.call('HSET', KEYS[i], 'probe', now)
+      elseif last + span - now > wait then
+        wait = last + span - now
+      end
     end
   else
     local day = math.floor((now + span * 60000) / 86400000)
@@ -66,13 +105,23 @@ if wait > 0 then
 end
 -- Second pass: spend.
 for i = 2, #KEYS do
-  local base = 4 + (i - 2) * 4
-  local kind, span, margin = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  if kind == 'R' then
+  local base = 3 + (i - 2) * 5
+  local kind, span, margin, n = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  if n == 0 then
+    -- nothing to spend
+  elseif kind == 'R' then
     for j = 1, n do
       redis.call('ZADD', KEYS[i], now, id .. ':' .. j)
     end
     redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
+  elseif kind == 'S' then
+    redis.call('HINCRBY', KEYS[i], math.floor(now / margin), n)
+    redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
+  elseif kind == 'C' then
+    for j = 1, n do
+      redis.call('ZADD', KEYS[i], now + span, id .. ':' .. j)
+    end
+    redis.call('PEXPIRE', KEYS[i], span + 1000)
   elseif kind == 'P' then
     redis.call('HINCRBY', KEYS[i], 'used', n)
     redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
@@ -98,7 +147,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local kind, max, span, margin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local remaining, id = tonumber(ARGV[5]), ARGV[6]
 local target = max - remaining
-if kind == 'R' then
+if kind == 'C' then
+  return 0
+elseif kind == 'S' then
+  local h = redis.call('HGETALL', KEYS[1])
+  local used = 0
+  for j = 1, #h, 2 do
+    if (tonumber(h[j]) + 1) * margin + span > now then used = used + tonumber(h[j + 1]) end
+  end
+  if target > used then
+    redis.call('HINCRBY', KEYS[1], math.floor(now / margin), target - used)
+    redis.call('PEXPIRE', KEYS[1], span + margin + 1000)
+    return target - used
+  end
+  return 0
+elseif kind == 'R' then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span - margin)
   local used = redis.call('ZCARD', KEYS[1])
   for j = 1, target - used do
@@ -110,6 +173,7 @@ elseif kind == 'P' then
   -- The CRM's report is the count: set it, up or down.
   local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
   redis.call('HSET', KEYS[1], 'used', target)
+  if target < max then redis.call('HDEL', KEYS[1], 'probe') end
   redis.call('PEXPIRE', KEYS[1], 2 * 86400000)
   return target - used
 else
@@ -149,18 +213,26 @@ pub enum Limit {
     /// is whatever the CRM last reported (`observe` sets it, both ways), plus what was taken
     /// since. When it is spent, takers look again after `recheck`.
     Reported { name: String, max: u64, recheck: Duration },
+    /// At most `max` in any `window`, counted in slots of `slot` (a window of a day holds
+    /// too many tokens to keep each one): a token comes back when its slot has left the
+    /// window, so the count errs by at most one slot on the safe side.
+    Slotted { name: String, max: u64, window: Duration, slot: Duration },
+    /// At most `max` requests in progress at once (Zoho's concurrency cap per org and app).
+    /// A slot is held from the take until `release`, or until `lease` passes (a writer that
+    /// died mid-request); a taker that finds no slot looks again after `poll`.
+    Concurrent { name: String, max: u64, lease: Duration, poll: Duration },
 }
 
 impl Limit {
     pub fn name(&self) -> &str {
         match self {
-            Limit::Rolling { name, .. } | Limit::Daily { name, .. } | Limit::Reported { name, .. } => name,
+            Limit::Rolling { name, .. } | Limit::Daily { name, .. } | Limit::Reported { name, .. } | Limit::Slotted { name, .. } | Limit::Concurrent { name, .. } => name,
         }
     }
 
     pub fn max(&self) -> u64 {
         match self {
-            Limit::Rolling { max, .. } | Limit::Daily { max, .. } | Limit::Reported { max, .. } => *max,
+            Limit::Rolling { max, .. } | Limit::Daily { max, .. } | Limit::Reported { max, .. } | Limit::Slotted { max, .. } | Limit::Concurrent { max, .. } => *max,
         }
     }
 
@@ -171,6 +243,8 @@ impl Limit {
             }
             Limit::Daily { max, tz_offset_min, .. } => ["D".into(), max.to_string(), tz_offset_min.to_string(), "0".into()],
             Limit::Reported { max, recheck, .. } => ["P".into(), max.to_string(), recheck.as_millis().to_string(), "0".into()],
+            Limit::Slotted { max, window, slot, .. } => ["S".into(), max.to_string(), window.as_millis().to_string(), slot.as_millis().max(1).to_string()],
+            Limit::Concurrent { max, lease, poll, .. } => ["C".into(), max.to_string(), lease.as_millis().to_string(), poll.as_millis().to_string()],
         }
     }
 }
@@ -226,20 +300,44 @@ impl TokenBuckets {
     /// each limit afterwards: 0 for live writes, more for background work (the reconciler),
     /// so it never spends what live writes need.
     pub async fn try_take(&self, set: &BucketSet, n: u64, reserve: u64) -> redis::RedisResult<Take> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.try_take_each(set, &vec![n; set.limits.len()], reserve, &id).await
+    }
+
+    /// Takes `costs[i]` tokens from limit `i` of `set` (a request that costs Pipedrive 5
+    /// budget tokens counts once in its burst window), or none. `id` names the take, so
+    /// concurrency slots can be given back with `release`.
+    pub async fn try_take_each(&self, set: &BucketSet, costs: &[u64], reserve: u64, id: &str) -> redis::RedisResult<Take> {
         let mut inv = self.take.prepare_invoke();
         inv.key(self.block_key(set));
         for l in &set.limits {
             inv.key(self.limit_key(set, l.name()));
         }
-        inv.arg(n).arg(reserve).arg(uuid::Uuid::new_v4().simple().to_string());
-        for l in &set.limits {
+        inv.arg(reserve).arg(id);
+        for (i, l) in set.limits.iter().enumerate() {
             for a in l.args() {
                 inv.arg(a);
             }
+            inv.arg(costs.get(i).copied().unwrap_or(1));
         }
         let mut conn = self.conn.clone();
         let (wait, granted): (i64, i64) = inv.invoke_async(&mut conn).await?;
         Ok(if granted == 1 { Take::Granted } else { Take::Wait(Duration::from_millis(wait.max(1) as u64)) })
+    }
+
+    /// Gives back the concurrency slots the take `id` holds (its request has finished).
+    pub async fn release(&self, set: &BucketSet, id: &str, costs: &[u64]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for (i, l) in set.limits.iter().enumerate() {
+            if let Limit::Concurrent { .. } = l {
+                let n = costs.get(i).copied().unwrap_or(1);
+                for j in 1..=n {
+                    pipe.zrem(self.limit_key(set, l.name()), format!("{id}:{j}")).ignore();
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await
     }
 
     /// What the CRM said is left in `limit` (from its rate-limit headers). Lowers our count
@@ -278,6 +376,18 @@ impl TokenBuckets {
                     let now = secs * 1000 + micros / 1000;
                     let from = now.saturating_sub((*window + *margin).as_millis() as u64);
                     redis::cmd("ZCOUNT").arg(&key).arg(format!("({from}")).arg("+inf").query_async(&mut conn).await?
+                }
+                Limit::Slotted { window, slot, .. } => {
+                    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+                    let now = secs * 1000 + micros / 1000;
+                    let slots: Vec<(u64, u64)> = redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await?;
+                    let (w, s) = (window.as_millis() as u64, slot.as_millis().max(1) as u64);
+                    slots.iter().filter(|(at, _)| (at + 1) * s + w > now).map(|(_, c)| c).sum()
+                }
+                Limit::Concurrent { .. } => {
+                    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+                    let now = secs * 1000 + micros / 1000;
+                    redis::cmd("ZCOUNT").arg(&key).arg(format!("({now}")).arg("+inf").query_async(&mut conn).await?
                 }
                 Limit::Daily { .. } | Limit::Reported { .. } => {
                     let v: Option<u64> = redis::cmd("HGET").arg(&key).arg("used").query_async(&mut conn).await?;

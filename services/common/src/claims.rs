@@ -22,8 +22,8 @@ const CLAIM: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local v, owner, lease, keep = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local h = redis.call('HMGET', KEYS[1], 'done_version', 'record_id', 'owner', 'until')
-local done, rid, cur, untl = tonumber(h[1]), h[2], h[3], tonumber(h[4] or '0')
+local h = redis.call('HMGET', KEYS[1], 'done_version', 'record_id', 'owner', 'until', 'at')
+local done, rid, cur, untl, at = tonumber(h[1]), h[2], h[3], tonumber(h[4] or '0'), tonumber(h[5] or '0')
 if done and done >= v then
   return {'done', rid or '', 0}
 end
@@ -32,9 +32,12 @@ if cur and cur ~= owner and untl > now then
 end
 local state = 'create'
 if cur then state = 'recover' elseif done then state = 'update' end
-redis.call('HSET', KEYS[1], 'owner', owner, 'until', now + lease, 'version', v)
+-- A recovering writer learns when the lost write was claimed: it cannot have reached the
+-- CRM before that (Pipedrive's lookup lists activities changed since then).
+if state ~= 'recover' or at == 0 then at = now end
+redis.call('HSET', KEYS[1], 'owner', owner, 'until', now + lease, 'version', v, 'at', at)
 redis.call('PEXPIRE', KEYS[1], keep)
-return {state, rid or '', 0}
+return {state, rid or '', at}
 ";
 
 const DONE: &str = r"
@@ -44,7 +47,7 @@ if v > done then
   redis.call('HSET', KEYS[1], 'done_version', v, 'record_id', rid)
 end
 if redis.call('HGET', KEYS[1], 'owner') == owner then
-  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version')
+  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version', 'at')
 end
 redis.call('PEXPIRE', KEYS[1], keep)
 return 1
@@ -52,7 +55,7 @@ return 1
 
 const RELEASE: &str = r"
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version')
+  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version', 'at')
   if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
   return 1
 end
@@ -66,8 +69,9 @@ pub enum Claim {
     /// An older version is in the CRM as `record_id`: update it.
     Update { record_id: String },
     /// A write under this key may have happened (lease expired or ours): look it up in the
-    /// CRM by the key before writing. `record_id` is an older version's record, if any.
-    Recover { record_id: Option<String> },
+    /// CRM by the key before writing. `record_id` is an older version's record, if any;
+    /// `since_ms` (Redis time) is when the lost write was first claimed.
+    Recover { record_id: Option<String>, since_ms: i64 },
     /// Written already at this version or a newer one.
     AlreadyDone { record_id: String },
     /// Another writer holds a live lease on this key; retry after this long.
@@ -129,7 +133,7 @@ impl Claims {
         Ok(match state.as_str() {
             "done" => Claim::AlreadyDone { record_id: rid.unwrap_or_default() },
             "busy" => Claim::Busy { retry_after: Duration::from_millis(wait.max(1) as u64) },
-            "recover" => Claim::Recover { record_id: rid },
+            "recover" => Claim::Recover { record_id: rid, since_ms: wait },
             "update" => Claim::Update { record_id: rid.unwrap_or_default() },
             _ => Claim::Create,
         })

@@ -43,9 +43,14 @@ pub struct CrmConnection {
     /// Name of the secret (an environment variable in dev, a Kubernetes secret key in
     /// deploy/) holding the credentials. Never the credentials themselves.
     pub credentials_secret: String,
-    /// Base URL override (crm-sim in dev and tests).
+    /// Base URL override (crm-sim in dev and tests; the org's instance URL at Salesforce).
     #[serde(default)]
     pub base_url: Option<String>,
+    /// Where OAuth refreshes go, when not the CRM's usual place (a Zoho data centre's
+    /// accounts host, a Salesforce sandbox's login host). Default: under `base_url` when that
+    /// is set, else the CRM's public token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
     /// Account id at the CRM (portal, org, company), where the API needs it.
     #[serde(default)]
     pub account: Option<String>,

@@ -24,6 +24,38 @@ pub struct Request {
     /// (a bare phone number in a search filter); None: the body, with E.164 numbers masked.
     /// When set, the answer is not kept in audit either.
     pub audit_body: Option<Value>,
+    /// Whether sending it again after a timeout or a 5xx is harmless (reads, updates, upserts
+    /// by key, HubSpot creates that carry a unique key). When false (Zoho and Pipedrive
+    /// creates) `call` does not resend: it returns a failure marked `maybe_applied`, and the
+    /// connector looks the records up before it sends what is still missing.
+    pub replay_safe: bool,
+}
+
+impl Request {
+    pub fn new(method: reqwest::Method, path: impl Into<String>, class: &'static str) -> Request {
+        Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true }
+    }
+
+    pub fn get(path: impl Into<String>, class: &'static str) -> Request {
+        Request::new(reqwest::Method::GET, path, class)
+    }
+
+    pub fn body(mut self, body: Value) -> Request {
+        self.body = Some(body);
+        self
+    }
+
+    /// What audit shows instead of the body (and the answer is not kept).
+    pub fn audited_as(mut self, shown: Value) -> Request {
+        self.audit_body = Some(shown);
+        self
+    }
+
+    /// A create without a key the CRM enforces: never resent blindly.
+    pub fn not_replay_safe(mut self) -> Request {
+        self.replay_safe = false;
+        self
+    }
 }
 
 /// An answer.
@@ -77,11 +109,25 @@ pub struct Failure {
     pub detail: String,
     pub status: Option<u16>,
     pub excerpt: Option<String>,
+    /// A request that is not replay-safe timed out or met a 5xx: the CRM may have applied it.
+    pub maybe_applied: bool,
+}
+
+impl Failure {
+    pub fn new(reason: DlqReason, detail: impl Into<String>) -> Failure {
+        Failure { reason, detail: detail.into(), status: None, excerpt: None, maybe_applied: false }
+    }
 }
 
 /// What the connector contributes to every call.
 pub trait Policy: Send + Sync {
     fn buckets(&self, class: &'static str) -> BucketSet;
+    /// Tokens the request spends from each limit of its set, in order (Pipedrive's daily
+    /// budget charges by endpoint, Zoho's credits by records); 1 from each by default.
+    fn costs(&self, req: &Request, set: &BucketSet) -> Vec<u64> {
+        let _ = req;
+        vec![1; set.limits.len()]
+    }
     /// (limit name, remaining) pairs read from an answer's headers.
     fn observed(&self, reply: &Reply, class: &'static str) -> Vec<(String, u64)>;
     fn classify(&self, reply: &Reply) -> Verdict;
@@ -106,12 +152,13 @@ fn excerpt(s: &str) -> String {
 }
 
 impl Api {
-    /// Waits for tokens (nothing is dropped while a bucket is empty).
-    async fn acquire(&self, set: &BucketSet) -> Result<Duration, Failure> {
+    /// Waits for tokens (nothing is dropped while a bucket is empty). `id` names the take,
+    /// for giving concurrency slots back.
+    async fn acquire(&self, set: &BucketSet, costs: &[u64], id: &str) -> Result<Duration, Failure> {
         let started = Instant::now();
         let mut redis_backoff = 1;
         loop {
-            match self.buckets.try_take(set, 1, 0).await {
+            match self.buckets.try_take_each(set, costs, 0, id).await {
                 Ok(Take::Granted) => return Ok(started.elapsed()),
                 Ok(Take::Wait(w)) => tokio::time::sleep(w.min(Duration::from_secs(5))).await,
                 Err(e) => {
@@ -136,6 +183,8 @@ impl Api {
     ) -> Result<Reply, Failure> {
         let first = Instant::now();
         let set = policy.buckets(req.class);
+        let costs = policy.costs(req, &set);
+        let holds_slots = set.limits.iter().any(|l| matches!(l, crm_common::bucket::Limit::Concurrent { .. }));
         let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
         let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;
@@ -143,14 +192,14 @@ impl Api {
         loop {
             attempt += 1;
             let (name, value) = auth.header(&self.http, log).await?;
-            self.acquire(&set).await?;
+            let take_id = uuid::Uuid::new_v4().simple().to_string();
+            self.acquire(&set, &costs, &take_id).await?;
             let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
             if let Some(b) = &req.body {
                 r = r.json(b);
             }
             let t = Instant::now();
             let sent_result = r.send().await;
-            let latency_ms = t.elapsed().as_millis() as i64;
             let (verdict, reply) = match sent_result {
                 Ok(resp) => {
                     let reply = Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap_or_default() };
@@ -161,9 +210,16 @@ impl Api {
                     }
                     (policy.classify(&reply), Some(reply))
                 }
-                Err(e) if e.is_timeout() => (Verdict::Transient(format!("timed out after {latency_ms} ms")), None),
+                Err(e) if e.is_timeout() => (Verdict::Transient(format!("timed out after {} ms", t.elapsed().as_millis())), None),
                 Err(e) => (Verdict::Transient(format!("connection failed: {e}")), None),
             };
+            let latency_ms = t.elapsed().as_millis() as i64;
+            if holds_slots {
+                if let Err(e) = self.buckets.release(&set, &take_id, &costs).await {
+                    // The slot's lease returns it soon enough.
+                    tracing::warn!(error = %e, "could not give a concurrency slot back");
+                }
+            }
             log.push(Exchange {
                 endpoint: endpoint.clone(),
                 status: reply.as_ref().map(|r| r.status),
@@ -193,9 +249,19 @@ impl Api {
                         tracing::warn!(error = %e, "could not block the bucket");
                     }
                 }
+                Verdict::Transient(why) if !req.replay_safe => {
+                    // It may have been applied: the connector reads before it resends.
+                    return Err(Failure {
+                        reason: DlqReason::RetriesExhausted,
+                        detail: format!("{endpoint}: outcome unknown: {why}"),
+                        status: reply.as_ref().map(|r| r.status),
+                        excerpt: reply.as_ref().map(|r| excerpt(&r.body)),
+                        maybe_applied: true,
+                    });
+                }
                 Verdict::Transient(why) => {
                     if first.elapsed() >= self.retry_limit {
-                        return Err(Failure {
+                        return Err(Failure { maybe_applied: false,
                             reason: DlqReason::RetriesExhausted,
                             detail: format!("{endpoint}: still failing after {attempt} attempts over {} s: {why}", first.elapsed().as_secs()),
                             status: reply.as_ref().map(|r| r.status),
@@ -210,7 +276,7 @@ impl Api {
                     auth.invalidate().await;
                 }
                 Verdict::Permanent(reason, why) => {
-                    return Err(Failure {
+                    return Err(Failure { maybe_applied: false,
                         reason,
                         detail: format!("{endpoint}: {why}"),
                         status: reply.as_ref().map(|r| r.status),

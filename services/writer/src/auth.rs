@@ -20,6 +20,7 @@ struct OAuthSecret {
 
 struct OAuth {
     token_url: String,
+    basic_client_auth: bool,
     client_id: String,
     client_secret: String,
     /// (refresh token, access token and when to refresh it)
@@ -34,6 +35,25 @@ pub struct Credentials {
     kind: Kind,
 }
 
+/// How a CRM takes credentials.
+pub struct AuthStyle {
+    /// Header and prefix for a static token (HubSpot private app, Pipedrive API token).
+    pub static_header: (HeaderName, &'static str),
+    /// Header and prefix for an OAuth access token.
+    pub oauth_header: (HeaderName, &'static str),
+    /// Where refreshes go.
+    pub token_url: String,
+    /// Client id and secret in `Authorization: Basic` (Pipedrive) rather than the form.
+    pub basic_client_auth: bool,
+}
+
+impl AuthStyle {
+    /// The same header for both kinds of credentials.
+    pub fn bearer(header: HeaderName, scheme: &'static str, token_url: String) -> AuthStyle {
+        AuthStyle { static_header: (header.clone(), scheme), oauth_header: (header, scheme), token_url, basic_client_auth: false }
+    }
+}
+
 enum Kind {
     Static(HeaderValue),
     OAuth(OAuth),
@@ -46,19 +66,22 @@ fn sensitive(v: &str) -> Option<HeaderValue> {
 }
 
 impl Credentials {
-    /// Reads the secret `secret_name` from the environment. `token_url` is where OAuth
-    /// refreshes go.
-    pub fn from_env(secret_name: &str, header: HeaderName, scheme: &'static str, token_url: String) -> Result<Credentials, String> {
+    /// Reads the secret `secret_name` from the environment: a token, or an OAuth client as
+    /// JSON.
+    pub fn from_env(secret_name: &str, style: AuthStyle) -> Result<Credentials, String> {
         let value = std::env::var(secret_name).map_err(|_| format!("the secret {secret_name} named in TENANTS_CONFIG is not set"))?;
         let value = value.trim();
-        let kind = if value.starts_with('{') {
+        if value.starts_with('{') {
             let s: OAuthSecret = serde_json::from_str(value)
                 .map_err(|e| format!("the secret {secret_name} is not an OAuth client (client_id, client_secret, refresh_token): {:?} error at line {}, column {}", e.classify(), e.line(), e.column()))?;
-            Kind::OAuth(OAuth { token_url, client_id: s.client_id, client_secret: s.client_secret, state: Mutex::new((s.refresh_token, None)) })
+            let (header, scheme) = style.oauth_header;
+            let oauth = OAuth { token_url: style.token_url, basic_client_auth: style.basic_client_auth, client_id: s.client_id, client_secret: s.client_secret, state: Mutex::new((s.refresh_token, None)) };
+            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), kind: Kind::OAuth(oauth) })
         } else {
-            Kind::Static(sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?)
-        };
-        Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), kind })
+            let (header, scheme) = style.static_header;
+            let v = sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?;
+            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), kind: Kind::Static(v) })
+        }
     }
 
     pub fn is_oauth(&self) -> bool {
@@ -98,20 +121,17 @@ impl Credentials {
     }
 
     async fn refresh(&self, o: &OAuth, refresh_token: &str, http: &reqwest::Client, log: &mut Vec<Exchange>) -> Result<(String, Option<String>, u64), Failure> {
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("client_id", o.client_id.as_str()),
-            ("client_secret", o.client_secret.as_str()),
-            ("refresh_token", refresh_token),
-        ];
+        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+        if !o.basic_client_auth {
+            form.extend([("client_id", o.client_id.as_str()), ("client_secret", o.client_secret.as_str())]);
+        }
         let body = form.iter().map(|(k, v)| format!("{k}={}", crate::api::urlencode(v))).collect::<Vec<_>>().join("&");
         let t = Instant::now();
-        let resp = http
-            .post(&o.token_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await;
+        let mut rb = http.post(&o.token_url).header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if o.basic_client_auth {
+            rb = rb.basic_auth(&o.client_id, Some(&o.client_secret));
+        }
+        let resp = rb.body(body).send().await;
         let latency_ms = t.elapsed().as_millis() as i64;
         let path = o.token_url.split("://").nth(1).and_then(|r| r.find('/').map(|i| &r[i..])).unwrap_or("/token").to_string();
         let mut ex = Exchange {
@@ -159,5 +179,5 @@ impl Credentials {
 }
 
 fn auth_failed(detail: String) -> Failure {
-    Failure { reason: DlqReason::AuthFailed, detail, status: None, excerpt: None }
+    Failure { maybe_applied: false, reason: DlqReason::AuthFailed, detail, status: None, excerpt: None }
 }

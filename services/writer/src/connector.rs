@@ -4,8 +4,10 @@
 //! `contracts/<crm>.toml` for field mapping; its tests run against crm-sim.
 
 use crate::api::{Api, Exchange, Failure};
-use crm_common::events::{Crm, CrmWriteRequest};
+use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
+use std::collections::HashMap;
+use std::time::Instant;
 
 /// One write, planned by the runtime after its claim.
 #[derive(Debug, Clone)]
@@ -49,12 +51,15 @@ pub trait Connector: Send + Sync + 'static {
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<String, Failure>> + Send;
 
-    /// The record holding `key`, if the CRM has one (recovery after an expired lease).
+    /// The record holding `req`'s key, if the CRM has one (recovery after an expired lease).
+    /// `since_ms`: when the write that may have landed was first claimed (it cannot have
+    /// reached the CRM before), for CRMs that can only list what changed since a time.
     fn lookup(
         &self,
         api: &Api,
         t: &Self::Tenant,
-        key: &str,
+        req: &CrmWriteRequest,
+        since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
 
@@ -67,4 +72,67 @@ pub trait Connector: Send + Sync + 'static {
         items: &[Item],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+}
+
+/// Creates through a CRM that enforces no key of ours (Zoho, Pipedrive), where sending again
+/// after a timeout or a 5xx could make a second record. `send` writes some items and marks
+/// those whose outcome is unknown (`Failure::maybe_applied`); before any of them goes again,
+/// `held` asks the CRM which keys it now holds (key → record id), and only the rest are sent,
+/// with backoff, until the retry limit. Past it they are dead-lettered still marked
+/// `maybe_applied`, so the claim stays and a replay looks the record up first.
+pub async fn create_reading_before_resending<'a>(
+    api: &Api,
+    items: &[&'a Item],
+    log: &mut Vec<Exchange>,
+    mut send: impl AsyncFnMut(&[&'a Item], &mut Vec<Exchange>) -> Vec<ItemResult>,
+    mut held: impl AsyncFnMut(&[&'a Item], &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure>,
+) -> Vec<ItemResult> {
+    let first = Instant::now();
+    let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+    let mut pending: Vec<usize> = (0..items.len()).collect();
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        let batch: Vec<&Item> = pending.iter().map(|&i| items[i]).collect();
+        let out = send(&batch, log).await;
+        let mut unknown = vec![];
+        for (&i, r) in pending.iter().zip(out) {
+            match r {
+                ItemResult::Failed(f) if f.maybe_applied => unknown.push((i, f)),
+                r => results[i] = Some(r),
+            }
+        }
+        pending.clear();
+        if unknown.is_empty() {
+            break;
+        }
+        attempt += 1;
+        // Give a write that is still on its way time to land before asking.
+        tokio::time::sleep(api.backoff.wait(attempt)).await;
+        let asked: Vec<&Item> = unknown.iter().map(|(i, _)| items[*i]).collect();
+        match held(&asked, log).await {
+            Ok(found) => {
+                for (i, mut f) in unknown {
+                    if let Some(id) = found.get(&items[i].req.idempotency_key) {
+                        results[i] = Some(ItemResult::Written { record_id: id.clone(), created: true });
+                    } else if first.elapsed() >= api.retry_limit {
+                        f.detail = format!("{} (still failing after {attempt} attempts over {} s)", f.detail, first.elapsed().as_secs());
+                        results[i] = Some(ItemResult::Failed(f));
+                    } else {
+                        pending.push(i);
+                    }
+                }
+            }
+            Err(mut why) => {
+                // Cannot tell whether they were written: keep them recoverable.
+                why.maybe_applied = true;
+                for (i, _) in unknown {
+                    results[i] = Some(ItemResult::Failed(why.clone()));
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "no answer for this record"))))
+        .collect()
 }

@@ -2,7 +2,9 @@
 //! start. The writer writes only the fields a contract names as `owned` (always) or
 //! `fill_if_empty` (on create); updates touch owned fields only.
 
+use crm_common::events::CrmWriteRequest;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -14,12 +16,27 @@ pub enum Ownership {
     ReadOnly,
 }
 
+/// The JSON type a CRM wants for a field (values are derived as text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    #[default]
+    Text,
+    Number,
+    Bool,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRule {
     /// A value the writer derives from the call (`mapping::SOURCES`); none for read-only.
     #[serde(default)]
     pub source: Option<String>,
+    /// A fixed value instead of a source (Salesforce `TaskSubtype = "Call"`).
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: FieldType,
     pub ownership: Ownership,
     /// The reconciler may put an owned field back when someone changed it in the CRM.
     #[serde(default)]
@@ -33,6 +50,10 @@ pub struct Contract {
     pub object: String,
     /// Where the CRM record carries the idempotency key.
     pub key_field: String,
+    /// For a CRM without a field of our own (Pipedrive): the key rides in `key_field`'s
+    /// free text after this marker, and the field's own value comes first.
+    #[serde(default)]
+    pub key_marker: Option<String>,
     pub fields: BTreeMap<String, FieldRule>,
 }
 
@@ -56,8 +77,9 @@ impl Contract {
     pub fn parse(text: &str) -> anyhow::Result<Contract> {
         let c: Contract = toml::from_str(text)?;
         for (name, rule) in &c.fields {
+            anyhow::ensure!(rule.source.is_none() || rule.value.is_none(), "field {name}: a source or a value, not both");
             match (&rule.source, rule.ownership) {
-                (None, Ownership::Owned | Ownership::FillIfEmpty) => anyhow::bail!("field {name}: a written field needs a source"),
+                (None, Ownership::Owned | Ownership::FillIfEmpty) if rule.value.is_none() => anyhow::bail!("field {name}: a written field needs a source or a value"),
                 (Some(s), _) if !crate::mapping::SOURCES.contains(&s.as_str()) => {
                     anyhow::bail!("field {name}: unknown source {s:?} (known: {})", crate::mapping::SOURCES.join(", "))
                 }
@@ -66,24 +88,70 @@ impl Contract {
             anyhow::ensure!(!rule.restorable || rule.ownership == Ownership::Owned, "field {name}: only owned fields can be restorable");
         }
         let key = c.fields.get(&c.key_field);
-        anyhow::ensure!(
-            key.is_some_and(|r| r.ownership == Ownership::Owned && r.source.as_deref() == Some("idempotency_key")),
-            "key_field {} must be an owned field with source = \"idempotency_key\"",
-            c.key_field
-        );
+        match &c.key_marker {
+            None => anyhow::ensure!(
+                key.is_some_and(|r| r.ownership == Ownership::Owned && r.source.as_deref() == Some("idempotency_key")),
+                "key_field {} must be an owned field with source = \"idempotency_key\"",
+                c.key_field
+            ),
+            Some(_) => anyhow::ensure!(
+                key.is_some_and(|r| r.ownership != Ownership::ReadOnly && r.kind == FieldType::Text),
+                "key_field {} carries the key after key_marker: it must be a written text field",
+                c.key_field
+            ),
+        }
         Ok(c)
     }
 
-    /// The (field, source) pairs this kind of write may set.
-    pub fn writable(&self, kind: WriteKind) -> impl Iterator<Item = (&str, &str)> {
-        self.fields.iter().filter_map(move |(name, r)| {
-            let allowed = match r.ownership {
-                Ownership::Owned => true,
-                Ownership::FillIfEmpty => kind == WriteKind::Create,
-                Ownership::ReadOnly => false,
-            };
-            allowed.then_some((name.as_str(), r.source.as_deref()?))
+    /// The (field, rule) pairs this kind of write may set.
+    pub fn writable(&self, kind: WriteKind) -> impl Iterator<Item = (&str, &FieldRule)> {
+        self.fields.iter().filter(move |(_, r)| match r.ownership {
+            Ownership::Owned => true,
+            Ownership::FillIfEmpty => kind == WriteKind::Create,
+            Ownership::ReadOnly => false,
         })
+        .map(|(name, r)| (name.as_str(), r))
+    }
+
+    /// The fields this kind of write sets for `req`, typed as the CRM wants them. A field
+    /// whose source has no value for this call (an open call's duration) is left out, not
+    /// blanked. With a `key_marker`, the key field gets the marker and the key appended.
+    pub fn values(&self, req: &CrmWriteRequest, kind: WriteKind) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (field, rule) in self.writable(kind) {
+            let text = match (&rule.value, &rule.source) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(source)) => crate::mapping::value(req, source),
+                (None, None) => None,
+            };
+            let text = match &self.key_marker {
+                Some(marker) if field == self.key_field => {
+                    let tag = format!("{marker}{}", req.idempotency_key);
+                    Some(match text {
+                        Some(t) if !t.is_empty() => format!("{t}\n\n{tag}"),
+                        _ => tag,
+                    })
+                }
+                _ => text,
+            };
+            let Some(text) = text else { continue };
+            let v = match rule.kind {
+                FieldType::Text => Value::String(text),
+                FieldType::Number => text.parse::<i64>().map(Value::from).unwrap_or(Value::String(text)),
+                FieldType::Bool => Value::Bool(text == "true"),
+            };
+            out.insert(field.to_string(), v);
+        }
+        out
+    }
+
+    /// The key in a key field's text (after the marker, up to whitespace or markup).
+    pub fn key_in<'a>(&self, text: &'a str) -> Option<&'a str> {
+        let Some(marker) = &self.key_marker else { return Some(text) };
+        let start = text.find(marker.as_str())? + marker.len();
+        let rest = &text[start..];
+        let end = rest.find(|c: char| c.is_whitespace() || "<\"]),;".contains(c)).unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
     }
 }
 
@@ -96,6 +164,7 @@ mod tests {
         let c = Contract::parse(include_str!("../../../contracts/hubspot.toml")).unwrap();
         assert_eq!(c.key_field, "crm_sync_key");
         let create: Vec<&str> = c.writable(WriteKind::Create).map(|(f, _)| f).collect();
+        assert!(c.key_marker.is_none());
         let update: Vec<&str> = c.writable(WriteKind::Update).map(|(f, _)| f).collect();
         assert!(create.contains(&"hs_call_title") && !update.contains(&"hs_call_title"), "fill_if_empty: create only");
         assert!(update.contains(&"hs_call_status"));

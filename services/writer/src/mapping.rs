@@ -1,6 +1,6 @@
-//! The values a contract's `source` names, derived from a call. Connectors turn a
-//! contract's (field, source) pairs into the CRM's body; values are strings, as HubSpot
-//! wants them, and each connector converts where its CRM wants another type.
+//! The values a contract's `source` names, derived from a call, as text; the contract's
+//! `type` makes numbers and booleans of them where a CRM wants those. Formats are the
+//! CRMs' own (CRM-APIS §1.3, §2.3, §3.3, §4.3): times in UTC.
 
 use crm_common::events::{CallDirection, CallOutcome, CrmWriteRequest};
 
@@ -20,12 +20,27 @@ pub const SOURCES: &[&str] = &[
     "title",
     "notes",
     "agent_email",
+    "call_id",
+    "call_type",
+    "zoho_call_type",
+    "disposition",
+    "task_status",
+    "started_date",
+    "started_at_offset",
+    "started_time_hhmm",
+    "duration_mmss",
+    "duration_hhmm",
+    "ended",
 ];
 
 fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+fn utc(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(ms)
 }
 
 /// The value of `source` for this request; None when the call has none (an open call has
@@ -58,6 +73,46 @@ pub fn value(req: &CrmWriteRequest, source: &str) -> Option<String> {
         "title" => Some(format!("{} call {} {}", if inbound { "Inbound" } else { "Outbound" }, if inbound { "from" } else { "to" }, c.customer_e164)),
         "notes" => c.notes.clone(),
         "agent_email" => c.agent_email.clone(),
+        "call_id" => Some(c.call_id.clone()),
+        // Salesforce CallType, Pipedrive and the like.
+        "call_type" => Some(if inbound { "Inbound" } else { "Outbound" }.into()),
+        // Zoho: an inbound call nobody answered is "Missed"; Inbound and Outbound calls need
+        // a non-zero duration there.
+        "zoho_call_type" => Some(
+            match (inbound, c.outcome) {
+                (true, Some(CallOutcome::NoAnswer | CallOutcome::Busy | CallOutcome::Failed)) => "Missed",
+                (true, _) => "Inbound",
+                (false, _) => "Outbound",
+            }
+            .into(),
+        ),
+        "disposition" => c.outcome.map(|o| {
+            match o {
+                CallOutcome::Answered => "Answered",
+                CallOutcome::Voicemail => "Left voicemail",
+                CallOutcome::NoAnswer => "No answer",
+                CallOutcome::Busy => "Busy",
+                CallOutcome::Failed => "Failed",
+            }
+            .into()
+        }),
+        // Salesforce Task Status.
+        "task_status" => Some(if c.ended_at.is_some() { "Completed" } else { "In Progress" }.into()),
+        "started_date" => utc(c.started_at).map(|d| d.format("%Y-%m-%d").to_string()),
+        "started_at_offset" => utc(c.started_at).map(|d| d.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()),
+        "started_time_hhmm" => utc(c.started_at).map(|d| d.format("%H:%M").to_string()),
+        // Zoho's "mm:ss"; it rejects zero for answered calls, so an open call logs 00:01
+        // until its end arrives as an update.
+        "duration_mmss" => {
+            let s = c.duration_s.unwrap_or(0).max(1);
+            Some(format!("{:02}:{:02}", s / 60, s % 60))
+        }
+        // Pipedrive's "HH:MM", rounded up to the minute.
+        "duration_hhmm" => c.duration_s.map(|s| {
+            let m = (s + 59) / 60;
+            format!("{:02}:{:02}", (m / 60).min(23), if m / 60 > 23 { 59 } else { m % 60 })
+        }),
+        "ended" => Some(c.ended_at.is_some().to_string()),
         _ => None,
     }
 }
@@ -65,7 +120,7 @@ pub fn value(req: &CrmWriteRequest, source: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crm_common::events::{fixtures::normalised_call, Crm};
+    use crm_common::events::{fixtures::normalised_call, CallOutcome, Crm};
 
     fn req(version: i64) -> CrmWriteRequest {
         CrmWriteRequest {
@@ -94,5 +149,20 @@ mod tests {
             let _ = value(&ended, s);
         }
         assert_eq!(value(&ended, "unknown"), None);
+        assert_eq!(value(&ended, "duration_mmss").unwrap(), "01:00");
+        assert_eq!(value(&open, "duration_mmss").unwrap(), "00:01", "Zoho rejects a zero duration");
+        assert_eq!(value(&ended, "duration_hhmm").unwrap(), "00:01");
+        assert_eq!(value(&open, "duration_hhmm"), None);
+        assert_eq!(value(&ended, "started_at_offset").unwrap(), "2026-01-01T00:00:00+00:00");
+        assert_eq!(value(&ended, "started_date").unwrap(), "2026-01-01");
+        assert_eq!(value(&ended, "started_time_hhmm").unwrap(), "00:00");
+        assert_eq!(value(&ended, "task_status").unwrap(), "Completed");
+        assert_eq!(value(&open, "task_status").unwrap(), "In Progress");
+        assert_eq!((value(&open, "ended").unwrap(), value(&ended, "ended").unwrap()), ("false".into(), "true".into()));
+        assert_eq!(value(&ended, "zoho_call_type").unwrap(), "Inbound");
+        let mut missed = req(2);
+        missed.call.outcome = Some(CallOutcome::NoAnswer);
+        assert_eq!(value(&missed, "zoho_call_type").unwrap(), "Missed");
+        assert_eq!(value(&missed, "disposition").unwrap(), "No answer");
     }
 }

@@ -151,9 +151,9 @@ impl<C: Connector> Shared<C> {
             }
             Claim::Update { record_id } => Some(record_id),
             Claim::Create => None,
-            Claim::Recover { record_id } => {
+            Claim::Recover { record_id, since_ms } => {
                 // The last write under this key may have reached the CRM: ask it first.
-                match self.connector.lookup(&self.api, t, &req.idempotency_key, &mut step.log).await {
+                match self.connector.lookup(&self.api, t, &req, since_ms, &mut step.log).await {
                     Ok(Some(found)) => {
                         step.note = Some(format!("recovered: the CRM already holds record {found} for this key"));
                         Some(found)
@@ -236,7 +236,7 @@ impl<C: Connector> Shared<C> {
         match self.clients.get(&tenant_id) {
             None => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    s.settled = Some(Settled::Failed(Failure {
+                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false,
                         reason: DlqReason::TenantNotConfigured,
                         detail: format!("tenant '{tenant_id}' has no {} connection in TENANTS_CONFIG", self.crm.as_str()),
                         status: None,
@@ -246,7 +246,7 @@ impl<C: Connector> Shared<C> {
             }
             Some(Err(why)) => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    s.settled = Some(Settled::Failed(Failure { reason: DlqReason::AuthFailed, detail: why.clone(), status: None, excerpt: None }));
+                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false, reason: DlqReason::AuthFailed, detail: why.clone(), status: None, excerpt: None }));
                 }
             }
             Some(Ok(t)) => {
@@ -336,7 +336,11 @@ impl<C: Connector> Shared<C> {
                 "superseded"
             }
             Settled::Failed(f) => {
-                patiently("release", || self.claims.release(&req.tenant_id, &req.idempotency_key)).await;
+                // A write whose outcome is unknown keeps its claim: when the lease has run
+                // out, a replay recovers by lookup instead of writing a second record.
+                if !f.maybe_applied {
+                    patiently("release", || self.claims.release(&req.tenant_id, &req.idempotency_key)).await;
+                }
                 if f.reason == DlqReason::ContactDeleted {
                     // The cached contact is gone: a replay must match again.
                     let e164 = &req.call.customer_e164;
@@ -363,7 +367,7 @@ mod tests {
     use super::*;
 
     fn failed(reason: DlqReason, detail: &str) -> ItemResult {
-        ItemResult::Failed(Failure { reason, detail: detail.into(), status: Some(400), excerpt: None })
+        ItemResult::Failed(Failure { maybe_applied: false, reason, detail: detail.into(), status: Some(400), excerpt: None })
     }
 
     #[test]

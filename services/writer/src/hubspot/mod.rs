@@ -11,9 +11,9 @@ pub mod limits;
 use crate::api::{Api, Exchange, Failure, Request};
 use crate::connector::{Connector, Item, ItemResult};
 use crate::contract::{Contract, WriteKind};
-use crm_common::events::{Crm, DlqReason};
+use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
-use crate::auth::Credentials;
+use crate::auth::{AuthStyle, Credentials};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -38,10 +38,7 @@ pub struct Tenant {
 
 impl Hubspot {
     fn properties(&self, item: &Item, kind: WriteKind) -> Map<String, Value> {
-        self.contract
-            .writable(kind)
-            .filter_map(|(field, source)| crate::mapping::value(&item.req, source).map(|v| (field.to_string(), Value::String(v))))
-            .collect()
+        self.contract.values(&item.req, kind)
     }
 
     fn object(&self) -> &str {
@@ -50,13 +47,7 @@ impl Hubspot {
 
     /// One `batch/<action>` call; a failure of the whole call is every item's.
     async fn batch(&self, api: &Api, t: &Tenant, action: &str, inputs: Vec<Value>, log: &mut Vec<Exchange>) -> Result<crate::api::Reply, Failure> {
-        let req = Request {
-            method: Method::POST,
-            path: format!("/crm/v3/objects/{}/batch/{action}", self.object()),
-            body: Some(json!({"inputs": inputs})),
-            class: limits::WRITE,
-            audit_body: None,
-        };
+        let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), limits::WRITE).body(json!({"inputs": inputs}));
         api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
     }
 
@@ -94,7 +85,7 @@ impl Hubspot {
                 ("CONFLICT", Some(id)) => ItemResult::Written { record_id: id.to_string(), created: false },
                 _ => {
                     let (reason, detail) = errors::reason_of(e);
-                    ItemResult::Failed(Failure { reason, detail, status: reply.status.into(), excerpt: Some(e.to_string()) })
+                    ItemResult::Failed(Failure { maybe_applied: false, reason, detail, status: reply.status.into(), excerpt: Some(e.to_string()) })
                 }
             };
             by_key.insert(key.to_string(), result);
@@ -103,7 +94,7 @@ impl Hubspot {
             .iter()
             .map(|i| {
                 by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
-                    ItemResult::Failed(Failure {
+                    ItemResult::Failed(Failure { maybe_applied: false,
                         reason: DlqReason::RetriesExhausted,
                         detail: "HubSpot's batch answer named neither a result nor an error for this record".into(),
                         status: Some(reply.status),
@@ -137,7 +128,7 @@ impl Hubspot {
                 detail = format!("the call record was deleted in HubSpot; not re-created ({detail})");
             }
             for id in e.pointer("/context/ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                by_id.insert(id.to_string(), ItemResult::Failed(Failure { reason, detail: detail.clone(), status: Some(reply.status), excerpt: Some(e.to_string()) }));
+                by_id.insert(id.to_string(), ItemResult::Failed(Failure { maybe_applied: false, reason, detail: detail.clone(), status: Some(reply.status), excerpt: Some(e.to_string()) }));
             }
         }
         items
@@ -170,7 +161,8 @@ impl Connector for Hubspot {
         let plan = limits::plan(conn)?;
         let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
         // A private-app token, or an OAuth client whose refreshes go to /oauth/v1/token.
-        let auth = Credentials::from_env(&conn.credentials_secret, AUTHORIZATION, "Bearer ", format!("{base_url}/oauth/v1/token"))?;
+        let token_url = conn.token_url.clone().unwrap_or_else(|| format!("{base_url}/oauth/v1/token"));
+        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url))?;
         Ok(Tenant {
             base_url,
             auth,
@@ -189,13 +181,7 @@ impl Connector for Hubspot {
                 "limit": 20
             })
         };
-        let req = Request {
-            method: Method::POST,
-            path: "/crm/v3/objects/contacts/search".into(),
-            body: Some(body(&digits)),
-            class: limits::SEARCH,
-            audit_body: Some(body(&crm_common::phone::mask(&digits))),
-        };
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", limits::SEARCH).body(body(&digits)).audited_as(body(&crm_common::phone::mask(&digits)));
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
         // The digits match ignores country codes: confirm in E.164 with the tenant's region.
         let found = reply.json().get("results").and_then(Value::as_array).into_iter().flatten().find_map(|r| {
@@ -211,15 +197,9 @@ impl Connector for Hubspot {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request {
-            method: Method::POST,
-            path: "/crm/v3/objects/contacts".into(),
-            body: Some(json!({"properties": {"phone": e164}, "associations": []})),
-            class: limits::WRITE,
-            audit_body: None,
-        };
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", limits::WRITE).body(json!({"properties": {"phone": e164}, "associations": []}));
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
+        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure { maybe_applied: false,
             reason: DlqReason::Validation,
             detail: "HubSpot created a contact but returned no id".into(),
             status: Some(reply.status),
@@ -227,20 +207,10 @@ impl Connector for Hubspot {
         })
     }
 
-    async fn lookup(&self, api: &Api, t: &Tenant, key: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
-        let req = Request {
-            method: Method::GET,
-            path: format!(
-                "/crm/v3/objects/{}/{}?idProperty={}&properties={}",
-                self.object(),
-                crate::api::urlencode(key),
-                self.contract.key_field,
-                self.contract.key_field
-            ),
-            body: None,
-            class: limits::WRITE,
-            audit_body: None,
-        };
+    async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        let key = &req.idempotency_key;
+        let path = format!("/crm/v3/objects/{}/{}?idProperty={}&properties={}", self.object(), crate::api::urlencode(key), self.contract.key_field, self.contract.key_field);
+        let req = Request::get(path, limits::WRITE);
         match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
             Ok(reply) => Ok(reply.json().get("id").and_then(Value::as_str).map(str::to_string)),
             Err(f) if f.status == Some(404) => Ok(None),
