@@ -74,26 +74,36 @@ pub trait Connector: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
 }
 
-/// Creates through a CRM that enforces no key of ours (Zoho, Pipedrive), where sending again
-/// after a timeout or a 5xx could make a second record. `send` writes some items and marks
-/// those whose outcome is unknown (`Failure::maybe_applied`); before any of them goes again,
-/// `held` asks the CRM which keys it now holds (key → record id), and only the rest are sent,
-/// with backoff, until the retry limit. Past it they are dead-lettered still marked
-/// `maybe_applied`, so the claim stays and a replay looks the record up first.
-pub async fn create_reading_before_resending<'a>(
-    api: &Api,
-    items: &[&'a Item],
-    log: &mut Vec<Exchange>,
-    mut send: impl AsyncFnMut(&[&'a Item], &mut Vec<Exchange>) -> Vec<ItemResult>,
-    mut held: impl AsyncFnMut(&[&'a Item], &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure>,
-) -> Vec<ItemResult> {
+/// Creates through a CRM that enforces no key of ours (Zoho, Pipedrive), where sending
+/// again after a timeout or a 5xx could make a second record.
+pub trait ReadBeforeResend: Connector {
+    /// Creates some items; those whose outcome is unknown fail with `maybe_applied`.
+    fn send(&self, api: &Api, t: &Self::Tenant, batch: &[&Item], log: &mut Vec<Exchange>) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+    /// Which of these items' keys the CRM holds now (key → record id); `sent_at_ms` is when
+    /// the first attempt went out.
+    fn held(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        batch: &[&Item],
+        sent_at_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, String>, Failure>> + Send;
+}
+
+/// Sends creates through `c`; before any whose outcome is unknown goes again, asks the CRM
+/// which keys it now holds, and sends only the rest, with backoff, until the retry limit.
+/// Past it they are dead-lettered still marked `maybe_applied`, so the claim stays and a
+/// replay looks the record up first.
+pub async fn create_reading_before_resending<C: ReadBeforeResend>(c: &C, api: &Api, t: &C::Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
     let first = Instant::now();
+    let sent_at = crm_common::emit::now_ms();
     let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
     let mut pending: Vec<usize> = (0..items.len()).collect();
     let mut attempt = 0;
     while !pending.is_empty() {
         let batch: Vec<&Item> = pending.iter().map(|&i| items[i]).collect();
-        let out = send(&batch, log).await;
+        let out = c.send(api, t, &batch, log).await;
         let mut unknown = vec![];
         for (&i, r) in pending.iter().zip(out) {
             match r {
@@ -109,7 +119,7 @@ pub async fn create_reading_before_resending<'a>(
         // Give a write that is still on its way time to land before asking.
         tokio::time::sleep(api.backoff.wait(attempt)).await;
         let asked: Vec<&Item> = unknown.iter().map(|(i, _)| items[*i]).collect();
-        match held(&asked, log).await {
+        match c.held(api, t, &asked, sent_at, log).await {
             Ok(found) => {
                 for (i, mut f) in unknown {
                     if let Some(id) = found.get(&items[i].req.idempotency_key) {

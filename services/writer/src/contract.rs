@@ -172,6 +172,36 @@ mod tests {
     }
 
     #[test]
+    fn the_other_contracts_in_the_repo_load_and_type_their_values() {
+        use crm_common::events::{fixtures::normalised_call, Crm};
+        let req = |crm: Crm| CrmWriteRequest {
+            tenant_id: "acme".into(),
+            call_id: "c1".into(),
+            crm,
+            idempotency_key: format!("acme:c1:{}", crm.as_str()),
+            version: 2,
+            call: normalised_call("acme", "c1", 2),
+            requested_at: 0,
+            trace_id: "t".into(),
+        };
+        let sf = Contract::parse(include_str!("../../../contracts/salesforce.toml")).unwrap();
+        let v = sf.values(&req(Crm::Salesforce), WriteKind::Create);
+        assert_eq!(v["CallDurationInSeconds"], serde_json::json!(60), "a number where Salesforce wants one");
+        assert_eq!(v["TaskSubtype"], "Call");
+        assert!(!sf.values(&req(Crm::Salesforce), WriteKind::Update).contains_key("TaskSubtype"), "create-only");
+        let zoho = Contract::parse(include_str!("../../../contracts/zoho.toml")).unwrap();
+        assert_eq!(zoho.values(&req(Crm::Zoho), WriteKind::Create)["Call_Duration"], "01:00");
+        let pd = Contract::parse(include_str!("../../../contracts/pipedrive.toml")).unwrap();
+        let v = pd.values(&req(Crm::Pipedrive), WriteKind::Create);
+        assert_eq!(v["done"], serde_json::json!(true));
+        assert_eq!(v["note"], "crm-sync-key:acme:c1:pipedrive", "the key rides in the note");
+        assert_eq!(pd.key_in("<p>called back</p>\n\ncrm-sync-key:acme:c1:pipedrive"), Some("acme:c1:pipedrive"));
+        assert_eq!(pd.key_in("<p>crm-sync-key:acme:c1:pipedrive</p>"), Some("acme:c1:pipedrive"));
+        assert_eq!(pd.key_in("no key"), None);
+        assert!(!pd.values(&req(Crm::Pipedrive), WriteKind::Update).contains_key("note"), "people may edit the note");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = Contract::parse("crm='x'\nobject='o'\nkey_field='k'\n[fields.k]\nsource='idempotency_key'\nownership='owned'\n[fields.a]\nsource='nope'\nownership='owned'\n").unwrap_err();
         assert!(e.to_string().contains("unknown source \"nope\""), "{e}");

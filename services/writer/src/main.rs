@@ -9,13 +9,12 @@ mod contract;
 mod hubspot;
 mod mapping;
 mod offsets;
+mod pipedrive;
 mod process;
 mod retry;
 mod runtime;
-// The Salesforce connector's policy and classification; its client and wiring come next
-// (issue 6), on the same runtime.
-#[allow(dead_code)]
 mod salesforce;
+mod zoho;
 
 use clap::Parser;
 use connector::Connector;
@@ -78,6 +77,21 @@ struct Cli {
     /// HubSpot's API base URL (a tenant's `base_url` overrides it).
     #[arg(long, env = "HUBSPOT_API_URL", default_value = "https://api.hubapi.com")]
     hubspot_api_url: String,
+    /// Salesforce instance URL for tenants that name none (each org has its own: set
+    /// `base_url` per tenant).
+    #[arg(long, env = "SALESFORCE_API_URL", default_value = "https://login.salesforce.com")]
+    salesforce_api_url: String,
+    /// Zoho's API domain and accounts host (per data centre) for tenants that name none.
+    #[arg(long, env = "ZOHO_API_URL", default_value = "https://www.zohoapis.com")]
+    zoho_api_url: String,
+    #[arg(long, env = "ZOHO_TOKEN_URL", default_value = "https://accounts.zoho.com/oauth/v2/token")]
+    zoho_token_url: String,
+    /// Pipedrive's API host for tenants that name none (OAuth gives each company its own
+    /// `api_domain`: set `base_url` per tenant).
+    #[arg(long, env = "PIPEDRIVE_API_URL", default_value = "https://api.pipedrive.com")]
+    pipedrive_api_url: String,
+    #[arg(long, env = "PIPEDRIVE_TOKEN_URL", default_value = "https://oauth.pipedrive.com/oauth/token")]
+    pipedrive_token_url: String,
 }
 
 #[tokio::main]
@@ -91,7 +105,19 @@ async fn main() -> anyhow::Result<()> {
             let c = hubspot::Hubspot { contract, default_base_url: cli.hubspot_api_url.clone() };
             serve(c, cli, service).await
         }
-        other => anyhow::bail!("the {} connector is not built yet", other.as_str()),
+        Crm::Salesforce => {
+            let c = salesforce::Salesforce { contract, default_base_url: cli.salesforce_api_url.clone() };
+            serve(c, cli, service).await
+        }
+        Crm::Zoho => {
+            let c = zoho::Zoho { contract, default_base_url: cli.zoho_api_url.clone(), default_token_url: cli.zoho_token_url.clone(), http_timeout: cli.http_timeout };
+            serve(c, cli, service).await
+        }
+        Crm::Pipedrive => {
+            let c = pipedrive::Pipedrive { contract, default_base_url: cli.pipedrive_api_url.clone(), default_token_url: cli.pipedrive_token_url.clone() };
+            serve(c, cli, service).await
+        }
+        Crm::Unknown => anyhow::bail!("--crm: one of hubspot, salesforce, zoho, pipedrive"),
     }
 }
 

@@ -29,7 +29,8 @@ pub fn first_error(body: &Value) -> (String, String, Vec<String>) {
     (code, message, fields)
 }
 
-pub fn classify(reply: &Reply) -> Verdict {
+/// `recheck`: how long a spent allowance (403 REQUEST_LIMIT_EXCEEDED) blocks the bucket.
+pub fn classify(reply: &Reply, recheck: Duration) -> Verdict {
     let body = reply.json();
     let (code, message, fields) = first_error(&body);
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
@@ -37,7 +38,7 @@ pub fn classify(reply: &Reply) -> Verdict {
         200..=299 => Verdict::Ok,
         // The org's allowance (or its long-request concurrency) is spent: no Retry-After;
         // the bucket, fed by Sforce-Limit-Info, decides when to try again.
-        403 if code == "REQUEST_LIMIT_EXCEEDED" => Verdict::Throttled { wait: Duration::from_secs(60) },
+        403 if code == "REQUEST_LIMIT_EXCEEDED" => Verdict::Throttled { wait: recheck },
         300 => Verdict::Permanent(DlqReason::Validation, "the external id matches several Tasks (300)".into()),
         500..=599 => Verdict::Transient(format!("{} {code}: {message}", reply.status)),
         _ if code == "UNABLE_TO_LOCK_ROW" => Verdict::Transient(format!("{code}: {message}")),
@@ -53,6 +54,10 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderMap;
 
+    fn classify_(r: &Reply) -> Verdict {
+        classify(r, Duration::from_secs(60))
+    }
+
     fn reply(status: u16, body: &str) -> Reply {
         Reply { status, headers: HeaderMap::new(), body: body.into() }
     }
@@ -60,20 +65,20 @@ mod tests {
     #[test]
     fn bodies_from_crm_apis_classify() {
         let quota = reply(403, r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#);
-        assert!(matches!(classify(&quota), Verdict::Throttled { .. }), "403 REQUEST_LIMIT_EXCEEDED is Salesforce's throttle");
+        assert!(matches!(classify_(&quota), Verdict::Throttled { .. }), "403 REQUEST_LIMIT_EXCEEDED is Salesforce's throttle");
         let denied = reply(403, r#"[{"message":"insufficient access","errorCode":"INSUFFICIENT_ACCESS_OR_READONLY"}]"#);
-        assert!(matches!(classify(&denied), Verdict::Permanent(DlqReason::PermissionDenied, _)));
+        assert!(matches!(classify_(&denied), Verdict::Permanent(DlqReason::PermissionDenied, _)));
         let removed = reply(400, r#"[{"message":"No such column 'CrmSyncKey__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#);
-        assert!(matches!(classify(&removed), Verdict::Permanent(DlqReason::FieldRemoved, _)));
+        assert!(matches!(classify_(&removed), Verdict::Permanent(DlqReason::FieldRemoved, _)));
         let session = reply(401, r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#);
-        assert!(matches!(classify(&session), Verdict::Permanent(DlqReason::AuthFailed, _)));
+        assert!(matches!(classify_(&session), Verdict::Permanent(DlqReason::AuthFailed, _)));
         let who = reply(404, r#"[{"message":"entity is deleted","errorCode":"ENTITY_IS_DELETED","fields":["WhoId"]}]"#);
-        assert!(matches!(classify(&who), Verdict::Permanent(DlqReason::ContactDeleted, _)));
-        assert!(matches!(classify(&reply(503, r#"[{"errorCode":"SERVER_UNAVAILABLE","message":"x"}]"#)), Verdict::Transient(_)));
-        assert!(matches!(classify(&reply(400, r#"[{"errorCode":"UNABLE_TO_LOCK_ROW","message":"x"}]"#)), Verdict::Transient(_)));
-        assert!(matches!(classify(&reply(300, "[]")), Verdict::Permanent(DlqReason::Validation, _)));
+        assert!(matches!(classify_(&who), Verdict::Permanent(DlqReason::ContactDeleted, _)));
+        assert!(matches!(classify_(&reply(503, r#"[{"errorCode":"SERVER_UNAVAILABLE","message":"x"}]"#)), Verdict::Transient(_)));
+        assert!(matches!(classify_(&reply(400, r#"[{"errorCode":"UNABLE_TO_LOCK_ROW","message":"x"}]"#)), Verdict::Transient(_)));
+        assert!(matches!(classify_(&reply(300, "[]")), Verdict::Permanent(DlqReason::Validation, _)));
         let picklist = reply(400, r#"[{"message":"bad value","errorCode":"INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST","fields":["CallType"]}]"#);
-        assert!(matches!(classify(&picklist), Verdict::Permanent(DlqReason::Validation, _)));
+        assert!(matches!(classify_(&picklist), Verdict::Permanent(DlqReason::Validation, _)));
         // Save results inside collections say statusCode.
         let save = serde_json::json!({"statusCode": "REQUIRED_FIELD_MISSING", "message": "Subject", "fields": ["Subject"]});
         assert_eq!(first_error(&save).0, "REQUIRED_FIELD_MISSING");

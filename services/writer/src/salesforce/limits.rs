@@ -3,10 +3,13 @@
 //! follows `Sforce-Limit-Info: api-usage=used/max` on every answer (a reported limit), not a
 //! local counter. An exhausted allowance answers 403 REQUEST_LIMIT_EXCEEDED, not 429.
 
-use crate::api::Reply;
+use crate::api::{Policy, Reply, Verdict};
 use crm_common::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
+
+/// The one class of request: every call spends from the org's allowance.
+pub const API_CLASS: &str = "api";
 
 /// The org's allocation by edition and licenses (`seats` in the tenant's limits), then the
 /// tenant's override `daily_api_requests`.
@@ -19,20 +22,48 @@ pub fn allocation(conn: &CrmConnection) -> Result<u64, String> {
         other => return Err(format!("unknown Salesforce edition '{other}' (developer, professional, enterprise, unlimited, performance)")),
     };
     for k in conn.limits.keys() {
-        if !["licenses", "daily_api_requests"].contains(&k.as_str()) {
-            return Err(format!("unknown Salesforce limit '{k}' (licenses, daily_api_requests)"));
+        if !["licenses", "daily_api_requests", "recheck_s"].contains(&k.as_str()) {
+            return Err(format!("unknown Salesforce limit '{k}' (licenses, daily_api_requests, recheck_s)"));
         }
     }
     Ok(conn.limits.get("daily_api_requests").copied().unwrap_or(base))
 }
 
-pub fn buckets(tenant_id: &str, allocation: u64) -> BucketSet {
+/// How often a spent allowance is probed (`recheck_s`, default a minute): the rolling window
+/// frees calls as the ones from 24 h ago age out, and only a live request's header tells.
+pub fn recheck(conn: &CrmConnection) -> Duration {
+    Duration::from_secs(conn.limits.get("recheck_s").copied().unwrap_or(60).max(1))
+}
+
+pub fn buckets(tenant_id: &str, allocation: u64, recheck: Duration) -> BucketSet {
     BucketSet {
         tenant_id: tenant_id.to_string(),
         crm: "salesforce".into(),
-        // When the allowance is spent, look again every minute: the rolling window frees
-        // calls as the ones from 24 h ago age out.
-        limits: vec![Limit::Reported { name: "api".into(), max: allocation, recheck: Duration::from_secs(60) }],
+        limits: vec![Limit::Reported { name: "api".into(), max: allocation, recheck }],
+    }
+}
+
+pub struct SalesforcePolicy {
+    pub tenant_id: String,
+    pub allocation: u64,
+    pub recheck: Duration,
+}
+
+impl Policy for SalesforcePolicy {
+    fn buckets(&self, _class: &'static str) -> BucketSet {
+        buckets(&self.tenant_id, self.allocation, self.recheck)
+    }
+
+    fn observed(&self, reply: &Reply, _class: &'static str) -> Vec<(String, u64)> {
+        observed(reply)
+    }
+
+    fn classify(&self, reply: &Reply) -> Verdict {
+        super::errors::classify(reply, self.recheck)
+    }
+
+    fn rate_headers(&self, reply: &Reply) -> String {
+        reply.header("sforce-limit-info").map(|v| format!("sforce-limit-info={v}")).unwrap_or_default()
     }
 }
 
@@ -79,6 +110,7 @@ mod tests {
         assert_eq!(observed(&r), vec![("api".to_string(), 4982)]);
         let none = Reply { status: 200, headers: HeaderMap::new(), body: String::new() };
         assert!(observed(&none).is_empty());
-        assert!(matches!(buckets("acme", 5000).limits[0], Limit::Reported { max: 5000, .. }));
+        assert!(matches!(buckets("acme", 5000, Duration::from_secs(60)).limits[0], Limit::Reported { max: 5000, .. }));
+        assert_eq!(recheck(&conn("enterprise", &[("recheck_s", 2)])), Duration::from_secs(2));
     }
 }

@@ -1,0 +1,222 @@
+//! The Pipedrive connector (CRM-APIS §4), on API v2 (v1 activities are being retired):
+//! calls as `activities` of type call, one request per call (there is no batch create).
+//! Activities have no unique or custom fields, so the idempotency key rides in the note
+//! after the contract's `key_marker`, and a listing of the activities changed since the
+//! write was claimed finds it before anything is written again: in recovery after an
+//! expired lease, and after a create timed out or met a 5xx. Persons are found by phone
+//! with the person search (digits), then compared in E.164.
+
+pub mod errors;
+pub mod limits;
+
+use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
+use crate::auth::{AuthStyle, Credentials};
+use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
+use crate::contract::{Contract, WriteKind};
+use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
+use crm_common::tenants::{CrmConnection, ResolvedTenant};
+use reqwest::header::{HeaderName, AUTHORIZATION};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// Activities listed per page, and pages read at most, when looking for a key.
+const PAGE: usize = 500;
+const MAX_PAGES: usize = 40;
+/// Listings start this long before the claim, for clocks that disagree.
+const CLOCK_SKEW_MS: i64 = 60_000;
+
+pub struct Pipedrive {
+    pub contract: Contract,
+    /// The company's API host when a tenant names none (`https://<company>.pipedrive.com`).
+    pub default_base_url: String,
+    pub default_token_url: String,
+}
+
+pub struct Tenant {
+    base_url: String,
+    auth: Credentials,
+    policy: limits::PipedrivePolicy,
+    region: phonenumber::country::Id,
+}
+
+/// Whole-second RFC 3339, as `updated_since` wants it.
+fn rfc3339_secs(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn id_of(v: &Value) -> Option<String> {
+    v.as_u64().map(|n| n.to_string()).or_else(|| v.as_str().map(str::to_string))
+}
+
+impl Pipedrive {
+    async fn call(&self, api: &Api, t: &Tenant, req: Request, log: &mut Vec<Exchange>) -> Result<Reply, Failure> {
+        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
+    }
+
+    fn activities(&self) -> String {
+        format!("/api/v2/{}", self.contract.object)
+    }
+
+    async fn create(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
+        let mut body = self.contract.values(&item.req, WriteKind::Create);
+        if let Some(person) = item.contact_id.as_deref().and_then(|c| c.parse::<u64>().ok()) {
+            // v2: the person is linked as the primary participant (person_id is read-only).
+            body.insert("participants".into(), json!([{"person_id": person, "primary": true}]));
+        }
+        let req = Request::new(Method::POST, self.activities(), limits::CREATE).body(Value::Object(body)).not_replay_safe();
+        match self.call(api, t, req, log).await {
+            Ok(reply) => match reply.json().pointer("/data/id").and_then(id_of) {
+                Some(id) => ItemResult::Written { record_id: id, created: true },
+                None => ItemResult::Failed(Failure { status: Some(reply.status), ..Failure::new(DlqReason::Validation, "Pipedrive created an activity but returned no id") }),
+            },
+            Err(f) => ItemResult::Failed(f),
+        }
+    }
+
+    async fn update(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
+        let id = item.record_id.clone().unwrap_or_default();
+        let body = self.contract.values(&item.req, WriteKind::Update);
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), limits::UPDATE).body(Value::Object(body));
+        match self.call(api, t, req, log).await {
+            Ok(_) => ItemResult::Written { record_id: id, created: false },
+            Err(mut f) if f.status == Some(404) => {
+                // Someone deleted the activity in Pipedrive: that decision stands.
+                f.reason = DlqReason::Validation;
+                f.detail = format!("the activity was deleted in Pipedrive; not re-created ({})", f.detail);
+                ItemResult::Failed(f)
+            }
+            Err(f) => ItemResult::Failed(f),
+        }
+    }
+
+    /// Activities changed since `since_ms` that carry one of `keys`: key → activity id.
+    async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], since_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        let mut cursor: Option<String> = None;
+        let since = (since_ms > 0).then(|| format!("&updated_since={}", urlencode(&rfc3339_secs(since_ms - CLOCK_SKEW_MS)))).unwrap_or_default();
+        for _ in 0..MAX_PAGES {
+            let page = cursor.as_ref().map(|c| format!("&cursor={}", urlencode(c))).unwrap_or_default();
+            let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), limits::LIST);
+            let body = self.call(api, t, req, log).await?.json();
+            for a in body.get("data").and_then(Value::as_array).into_iter().flatten() {
+                let key = a.get(&self.contract.key_field).and_then(Value::as_str).and_then(|text| self.contract.key_in(text));
+                if let (Some(k), Some(id)) = (key, a.get("id").and_then(id_of)) {
+                    if keys.contains(&k) {
+                        found.entry(k.to_string()).or_insert(id);
+                    }
+                }
+            }
+            if found.len() == keys.len() {
+                break;
+            }
+            cursor = body.pointer("/additional_data/next_cursor").and_then(Value::as_str).map(str::to_string);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl ReadBeforeResend for Pipedrive {
+    async fn send(&self, api: &Api, t: &Tenant, batch: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let mut out = vec![];
+        for item in batch {
+            out.push(self.create(api, t, item, log).await);
+        }
+        out
+    }
+
+    async fn held(&self, api: &Api, t: &Tenant, batch: &[&Item], sent_at_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+        let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
+        self.held_keys(api, t, &keys, sent_at_ms, log).await
+    }
+}
+
+impl Connector for Pipedrive {
+    type Tenant = Tenant;
+
+    fn crm(&self) -> Crm {
+        Crm::Pipedrive
+    }
+
+    fn batch_max(&self) -> usize {
+        // No batch create; lanes still plan whole batches, written one call at a time.
+        100
+    }
+
+    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
+        let (base_url, token_url) = match &conn.base_url {
+            Some(b) => {
+                let b = b.trim_end_matches('/').to_string();
+                let token = conn.token_url.clone().unwrap_or_else(|| format!("{b}/oauth/token"));
+                (b, token)
+            }
+            None => (self.default_base_url.clone(), conn.token_url.clone().unwrap_or_else(|| self.default_token_url.clone())),
+        };
+        let style = AuthStyle {
+            static_header: (HeaderName::from_static("x-api-token"), ""),
+            oauth_header: (AUTHORIZATION, "Bearer "),
+            token_url,
+            basic_client_auth: true,
+        };
+        let auth = Credentials::from_env(&conn.credentials_secret, style)?;
+        let plan = limits::plan(conn, auth.is_oauth())?;
+        Ok(Tenant { base_url, auth, policy: limits::PipedrivePolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min }, region: tenant.default_region })
+    }
+
+    async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        // Phones are free text there: search the national number's digits, then compare.
+        let Some(digits) = phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string()) else { return Ok(None) };
+        let req = Request::get(format!("/api/v2/persons/search?term={digits}&fields=phone&limit=20"), limits::SEARCH)
+            .audited_as(json!({"term": crm_common::phone::mask(&digits), "fields": "phone"}));
+        let reply = self.call(api, t, req, log).await?;
+        let found = reply.json().pointer("/data/items").and_then(Value::as_array).into_iter().flatten().find_map(|hit| {
+            let item = hit.get("item")?;
+            let phones = item.get("phones").and_then(Value::as_array)?;
+            phones
+                .iter()
+                .filter_map(|p| p.as_str().or_else(|| p.get("value").and_then(Value::as_str)))
+                .any(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok().is_some_and(|n| n == e164))
+                .then(|| item.get("id").and_then(id_of))
+                .flatten()
+        });
+        Ok(found)
+    }
+
+    async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
+        let body = json!({"name": "Unknown caller", "phones": [{"value": e164, "label": "work", "primary": true}]});
+        let reply = self.call(api, t, Request::new(Method::POST, "/api/v2/persons", limits::CREATE).body(body), log).await?;
+        reply.json().pointer("/data/id").and_then(id_of).ok_or_else(|| Failure { status: Some(reply.status), ..Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id") })
+    }
+
+    async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], since_ms, log).await?.remove(&req.idempotency_key))
+    }
+
+    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let r = if item.record_id.is_some() {
+                self.update(api, t, item, log).await
+            } else {
+                create_reading_before_resending(self, api, t, &[item], log).await.pop().expect("one result")
+            };
+            out.push(r);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_times_are_whole_seconds() {
+        assert_eq!(rfc3339_secs(1_767_225_600_999), "2026-01-01T00:00:00Z");
+        assert_eq!(id_of(&json!(42)), Some("42".into()));
+        assert_eq!(id_of(&json!("42")), Some("42".into()));
+    }
+}
