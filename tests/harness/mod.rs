@@ -5,6 +5,7 @@
 pub mod crm_sim;
 pub mod redis;
 pub mod writer;
+pub mod writer_suite;
 
 pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
 

@@ -94,7 +94,7 @@ impl Pipedrive {
     async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], since_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
         let mut cursor: Option<String> = None;
-        let since = (since_ms > 0).then(|| format!("&updated_since={}", urlencode(&rfc3339_secs(since_ms - CLOCK_SKEW_MS)))).unwrap_or_default();
+        let since = if since_ms > 0 { format!("&updated_since={}", urlencode(&rfc3339_secs(since_ms - CLOCK_SKEW_MS))) } else { String::new() };
         for _ in 0..MAX_PAGES {
             let page = cursor.as_ref().map(|c| format!("&cursor={}", urlencode(c))).unwrap_or_default();
             let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), limits::LIST);

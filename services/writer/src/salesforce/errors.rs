@@ -40,6 +40,8 @@ pub fn classify(reply: &Reply, recheck: Duration) -> Verdict {
         // the bucket, fed by Sforce-Limit-Info, decides when to try again.
         403 if code == "REQUEST_LIMIT_EXCEEDED" => Verdict::Throttled { wait: recheck },
         300 => Verdict::Permanent(DlqReason::Validation, "the external id matches several Tasks (300)".into()),
+        // The upsert path names our key field, and the org no longer has it.
+        404 if message.contains("external ID field") => Verdict::Permanent(DlqReason::FieldRemoved, format!("404 {code}: {message}")),
         500..=599 => Verdict::Transient(format!("{} {code}: {message}", reply.status)),
         _ if code == "UNABLE_TO_LOCK_ROW" => Verdict::Transient(format!("{code}: {message}")),
         _ => {
@@ -71,6 +73,8 @@ mod tests {
         let removed = reply(400, r#"[{"message":"No such column 'CrmSyncKey__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#);
         assert!(matches!(classify_(&removed), Verdict::Permanent(DlqReason::FieldRemoved, _)));
         let session = reply(401, r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#);
+        let no_key = reply(404, r#"[{"errorCode":"NOT_FOUND","message":"Provided external ID field does not exist or is not accessible: CrmSyncKey__c"}]"#);
+        assert!(matches!(classify_(&no_key), Verdict::Permanent(DlqReason::FieldRemoved, _)));
         assert!(matches!(classify_(&session), Verdict::Permanent(DlqReason::AuthFailed, _)));
         let who = reply(404, r#"[{"message":"entity is deleted","errorCode":"ENTITY_IS_DELETED","fields":["WhoId"]}]"#);
         assert!(matches!(classify_(&who), Verdict::Permanent(DlqReason::ContactDeleted, _)));

@@ -1,0 +1,686 @@
+//! The tests every CRM writer must pass, written once and run per CRM (`writer_<crm>.rs`
+//! holds one `#[test]` per function here, naming its `Case`): exactly one record per call
+//! under duplicates, updates, injected faults and SIGKILLs; the DLQ reasons; no cross-tenant
+//! delay; replicas inside the CRM's limit; OAuth refresh. Each asserts what crm-sim holds
+//! afterwards (records per idempotency key, fields, associations, counters by status) and
+//! what reached the audit topic and the DLQ.
+
+use super::crm_sim::CrmSim;
+use super::writer::{block_bucket, wait_for};
+use super::{normalised_call, Broker, Proc, RedisPrefix, TempFile};
+use crm_common::codec;
+use crm_common::events::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What differs between CRMs, for the tests.
+pub struct Case {
+    pub crm: Crm,
+    pub plan: &'static str,
+    /// crm-sim's object names for calls and contacts.
+    pub calls: &'static str,
+    pub contacts: &'static str,
+    /// crm-sim's counter label of the create call, and a substring for fault rules on it.
+    pub create_endpoint: &'static str,
+    pub fault_endpoint: &'static str,
+    /// What the sim's "429" fault answers at this CRM (Salesforce throttles with 403).
+    pub throttle_status: u16,
+    /// A field that changes from version 1 (open call) to version 2 (ended): (name, v1, v2).
+    pub progress_field: (&'static str, fn() -> Value, fn() -> Value),
+    pub title_field: &'static str,
+    /// The permission whose loss stops writes.
+    pub write_permission: &'static str,
+    /// crm-sim admin path (under the account) removing the key field, where a write can
+    /// tell (Zoho ignores unknown fields; Pipedrive's key rides in the note).
+    pub key_field_removal: Option<&'static str>,
+    /// Audit operation of an OAuth refresh.
+    pub token_endpoint: &'static str,
+    /// Tenant config lines every test adds (Salesforce: probe a spent allowance each second).
+    pub tenant_extra: &'static str,
+    /// Calls per tenant in the SIGKILL test (fewer where each call is its own request).
+    pub crash_calls_per_tenant: usize,
+}
+
+impl Case {
+    pub fn name(&self) -> &'static str {
+        self.crm.as_str()
+    }
+
+    pub fn secret(&self, tenant: &str) -> String {
+        format!("{}_{}_TOKEN", tenant.to_uppercase(), self.name().to_uppercase())
+    }
+
+    pub fn token(&self, tenant: &str) -> String {
+        format!("tok-{tenant}-{}", self.name())
+    }
+
+    fn contact(&self) -> Value {
+        match self.crm {
+            Crm::Hubspot => json!({"firstname": "Ada", "lastname": "Lovelace", "phone": "(415) 555-2671"}),
+            Crm::Salesforce => json!({"FirstName": "Ada", "LastName": "Lovelace", "Phone": "(415) 555-2671"}),
+            Crm::Zoho => json!({"First_Name": "Ada", "Last_Name": "Lovelace", "Phone": "(415) 555-2671"}),
+            _ => json!({"name": "Ada Lovelace", "phones": [{"value": "(415) 555-2671", "label": "work", "primary": true}]}),
+        }
+    }
+
+    /// A crm-sim account with the key field, one contact with the customer's number, no
+    /// search lag; `extra` replaces top-level keys.
+    pub fn account(&self, sim: &CrmSim, account: &str, extra: Value) {
+        let (fields, key_field) = match self.crm {
+            Crm::Hubspot => (json!({"calls": {"crm_sync_key": {"type": "text", "unique": true}}}), json!({"object": "calls", "field": "crm_sync_key"})),
+            Crm::Salesforce => (json!({"Task": {"CrmSyncKey__c": {"type": "text", "external_id": true, "unique": true}}}), json!({"object": "Task", "field": "CrmSyncKey__c"})),
+            Crm::Zoho => (json!({"Calls": {"Crm_Sync_Key": {"type": "text"}}}), json!({"object": "Calls", "field": "Crm_Sync_Key"})),
+            _ => (json!({}), json!({"object": "activities", "field": "note", "marker": "crm-sync-key:"})),
+        };
+        let mut spec = json!({
+            "crm": self.name(), "account": account, "plan": self.plan, "seats": 10,
+            "tokens": [{"token": self.token(account), "kind": "static", "app": "crm-sync"}],
+            "fields": fields, "key_field": key_field, "search_lag_ms": 0,
+            "objects": {self.contacts: [self.contact()]}
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        sim.account(spec);
+    }
+
+    /// TENANTS_CONFIG with `ids` connected to this CRM at crm-sim; `extra` adds lines to
+    /// each connection (its `limits`, if any, replace the case's).
+    pub fn tenants(&self, sim: &CrmSim, ids: &[&str], extra: &str) -> TempFile {
+        let case_extra = if extra.contains("limits =") { "" } else { self.tenant_extra };
+        let body: String = ids
+            .iter()
+            .map(|t| {
+                format!(
+                    "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.{crm}]\nplan = \"{plan}\"\ncredentials_secret = \"{secret}\"\nbase_url = \"{url}/{crm}\"\n{}\n{extra}\n",
+                    case_extra,
+                    crm = self.name(),
+                    plan = self.plan,
+                    secret = self.secret(t),
+                    url = sim.url,
+                )
+            })
+            .collect();
+        TempFile::new("tenants.toml", &body)
+    }
+
+    /// A write request for a call whose customer is on `customer`.
+    pub fn request_to(&self, tenant: &str, call: &str, version: i64, customer: &str) -> super::Msg {
+        let mut c = normalised_call(tenant, call, version);
+        c.customer_e164 = customer.into();
+        let r = CrmWriteRequest {
+            tenant_id: tenant.into(),
+            call_id: call.into(),
+            crm: self.crm,
+            idempotency_key: idempotency_key(tenant, call, self.crm),
+            version,
+            call: c,
+            requested_at: 0,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        };
+        (tenant.into(), codec::encode(&r).unwrap(), vec![])
+    }
+
+    pub fn request(&self, tenant: &str, call: &str, version: i64) -> super::Msg {
+        self.request_to(tenant, call, version, "+14155552671")
+    }
+
+    pub fn topic(&self) -> String {
+        format!("crm.writes.{}", self.name())
+    }
+
+    pub fn group(&self) -> String {
+        format!("writer-{}", self.name())
+    }
+
+    /// The writer with secrets for `tenants` (tokens as `account` makes them).
+    pub fn writer(&self, broker: &Broker, tenants_file: &TempFile, prefix: &RedisPrefix, tenants: &[&str], extra: &[(&str, &str)]) -> Proc {
+        let secrets: Vec<(String, String)> = tenants.iter().map(|t| (self.secret(t), self.token(t))).collect();
+        let mut env: Vec<(&str, &str)> = secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend_from_slice(extra);
+        super::writer::spawn(broker, self.name(), tenants_file, prefix, &env)
+    }
+
+    /// Records per idempotency key in the account: key → (ever created, live).
+    pub fn keys(&self, sim: &CrmSim, account: &str) -> HashMap<String, (u64, u64)> {
+        sim.state(self.name(), account)["keys"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, (v["total"].as_u64().unwrap(), v["live"].as_u64().unwrap())))
+            .collect()
+    }
+
+    pub fn record<'a>(&self, records: &'a [Value], call: &str, tenant: &str) -> &'a Value {
+        let key = idempotency_key(tenant, call, self.crm);
+        records
+            .iter()
+            .find(|r| r["fields"].as_object().is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}"))))))
+            .unwrap_or_else(|| panic!("no record for {key}"))
+    }
+
+    /// Answers by status, summed over every endpoint.
+    pub fn answers(&self, sim: &CrmSim, account: &str, status: u16) -> u64 {
+        let state = sim.state(self.name(), account);
+        state["counters"].as_object().map_or(0, |c| c.values().map(|e| e[status.to_string()].as_u64().unwrap_or(0)).sum())
+    }
+}
+
+/// Final audit records ("write", one per input), DLQ entries and every audit record, once
+/// `inputs` final records have arrived or `timeout` passed.
+pub fn outcomes(broker: &Broker, inputs: usize, timeout: Duration) -> (Vec<AuditRecord>, Vec<DeadLetter>, Vec<AuditRecord>) {
+    let reader = broker.reader(&["sync.audit", "sync.dlq"]);
+    let (mut finals, mut dlq, mut all) = (vec![], vec![], vec![]);
+    let deadline = Instant::now() + timeout;
+    while finals.len() < inputs && Instant::now() < deadline {
+        for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 1000) {
+            let p = m.payload.as_deref().unwrap();
+            if m.topic == "sync.dlq" {
+                dlq.push(codec::decode::<DeadLetter>(p).unwrap());
+            } else {
+                let a: AuditRecord = codec::decode(p).unwrap();
+                if a.operation == "write" {
+                    finals.push(a.clone());
+                }
+                all.push(a);
+            }
+        }
+    }
+    (finals, dlq, all)
+}
+
+pub fn one_record_per_call_under_duplicates_and_updates(case: &Case) {
+    let broker = Broker::start(2);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+
+    let mut inputs: Vec<_> = (0..30).map(|i| case.request("acme", &format!("c{i}"), 1)).collect();
+    inputs.extend((0..10).map(|i| case.request("acme", &format!("c{i}"), 1)));
+    inputs.push(case.request("acme", "c0", 2));
+    broker.produce(&case.topic(), &inputs);
+    let (finals, dlq, all) = outcomes(&broker, inputs.len(), Duration::from_secs(90));
+    assert_eq!(finals.len(), inputs.len(), "every input gets a final audit record");
+    assert!(dlq.is_empty(), "{dlq:?}");
+
+    let k = case.keys(&sim, "acme");
+    assert_eq!(k.len(), 30, "{k:?}");
+    assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "exactly one record per call: {k:?}");
+    let records = sim.records(case.name(), "acme", case.calls);
+    let (field, open, ended) = case.progress_field;
+    let c0 = case.record(&records, "c0", "acme");
+    assert_eq!(c0["fields"][field], ended(), "the update reached {}: {c0}", case.name());
+    let c5 = case.record(&records, "c5", "acme");
+    assert_eq!(c5["fields"][field], open(), "{c5}");
+    assert_eq!(c5["fields"][case.title_field], "Inbound call from +14155552671");
+    let contact = sim.records(case.name(), "acme", case.contacts)[0]["id"].as_str().unwrap().to_string();
+    assert!(c5["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(contact))), "associated with the contact matched by phone: {c5}");
+
+    let written = finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count();
+    let skipped = finals.iter().filter(|a| matches!(a.outcome, AuditOutcome::Duplicate | AuditOutcome::Skipped)).count();
+    assert_eq!(written + skipped, inputs.len());
+    assert!(written >= 30, "{written}");
+    assert!(finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).all(|a| a.crm_record_id.is_some()));
+    // One audit record per CRM call, with status, latency, and no number or token.
+    let calls: Vec<&AuditRecord> = all.iter().filter(|a| a.operation.starts_with(['G', 'P', 'D'])).collect();
+    assert!(!calls.is_empty());
+    assert!(calls.iter().all(|a| a.crm_status.is_some() && a.latency_ms.is_some()), "{:?}", calls.first());
+    assert!(all.iter().all(|a| !format!("{a:?}").contains("4155552671")), "numbers are masked in audit");
+    assert!(all.iter().all(|a| !format!("{a:?}").contains(&case.token("acme"))), "the token never reaches audit");
+    assert_eq!(case.answers(&sim, "acme", case.throttle_status), 0);
+
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == inputs.len() as i64);
+    assert!(w.terminate().success());
+}
+
+pub fn permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    case.account(&sim, "globex", json!({}));
+    let tenants = case.tenants(&sim, &["acme", "globex", "lost"], "");
+    let prefix = RedisPrefix::new("writer");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[]);
+
+    // 1. A contact matched and cached, then deleted in the CRM: the next call to that
+    //    number cannot be associated.
+    broker.produce(&case.topic(), &[case.request("acme", "a1", 1)]);
+    let (f, _, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    let contact = sim.records(case.name(), "acme", case.contacts)[0]["id"].as_str().unwrap().to_string();
+    sim.admin("DELETE", &format!("/accounts/{}/acme/objects/{}/{contact}", case.name(), case.contacts), None);
+    // 2. globex loses the key field (where a write can tell); 3. "lost" has no secret.
+    let mut inputs = vec![case.request("acme", "a2", 1), case.request("lost", "l1", 1)];
+    if let Some(path) = case.key_field_removal {
+        sim.admin("DELETE", &format!("/accounts/{}/globex/{path}", case.name()), None);
+        inputs.push(case.request("globex", "g1", 1));
+    }
+    broker.produce(&case.topic(), &inputs);
+    let (_, dlq, _) = outcomes(&broker, 1 + inputs.len(), Duration::from_secs(60));
+    // 4. acme loses the permission to write calls.
+    sim.admin("POST", &format!("/accounts/{}/acme/permissions/{}/revoke", case.name(), case.write_permission), None);
+    broker.produce(&case.topic(), &[case.request("acme", "a3", 1)]);
+    let total = 2 + inputs.len();
+    let (finals, dlq2, _) = outcomes(&broker, total, Duration::from_secs(60));
+    let dlq: Vec<DeadLetter> = dlq.into_iter().chain(dlq2).collect();
+    let reasons: HashMap<String, (DlqReason, String)> = dlq.iter().map(|d| (d.call_id.clone().unwrap(), (d.reason, d.detail.clone()))).collect();
+    assert_eq!(reasons["a2"].0, DlqReason::ContactDeleted, "{:?}", reasons["a2"]);
+    if case.key_field_removal.is_some() {
+        assert_eq!(reasons["g1"].0, DlqReason::FieldRemoved, "{:?}", reasons["g1"]);
+    }
+    assert_eq!(reasons["l1"].0, DlqReason::AuthFailed, "{:?}", reasons["l1"]);
+    assert!(reasons["l1"].1.contains(&case.secret("lost")), "names the secret, never a value: {:?}", reasons["l1"]);
+    assert_eq!(reasons["a3"].0, DlqReason::PermissionDenied, "{:?}", reasons["a3"]);
+    let a2 = dlq.iter().find(|d| d.call_id.as_deref() == Some("a2")).unwrap();
+    assert_eq!(a2.crm, Some(case.crm));
+    assert!(a2.crm_status.is_some() && a2.crm_response_excerpt.is_some(), "the CRM's answer is kept: {a2:?}");
+    assert_eq!(finals.iter().filter(|a| a.outcome == AuditOutcome::DeadLettered).count(), total - 1);
+    assert_eq!(case.keys(&sim, "acme").len(), 1, "nothing written for the failures");
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == total as i64);
+    assert!(w.terminate().success());
+}
+
+pub fn injected_throttles_server_errors_and_timeouts_still_give_one_record_each(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let ep = case.fault_endpoint;
+    // Rules fire in order, one per request. A timeout and 502s after the write landed: the
+    // retry (or, where creates are not replay-safe, the read-back) must not make a second
+    // record. Then 503s and throttles, which are simply retried.
+    sim.fault(case.name(), "acme", json!({"kind": "timeout", "count": 1, "endpoint": ep, "after_write": true, "latency_ms": 5000}));
+    sim.fault(case.name(), "acme", json!({"kind": "502", "count": 2, "endpoint": ep, "after_write": true}));
+    sim.fault(case.name(), "acme", json!({"kind": "503", "count": 2, "endpoint": ep}));
+    sim.fault(case.name(), "acme", json!({"kind": "429", "count": 2, "endpoint": ep}));
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[("WRITER_HTTP_TIMEOUT", "1s"), ("WRITER_RETRY_BASE", "50ms")]);
+    let mut inputs = vec![];
+    let (mut finals, mut dlq, mut all) = (vec![], vec![], vec![]);
+    // Round by round, so each round is its own create call and every rule gets to fire.
+    for round in 0..4 {
+        let chunk: Vec<_> = (0..10).map(|i| case.request("acme", &format!("c{}", round * 10 + i), 1)).collect();
+        broker.produce(&case.topic(), &chunk);
+        inputs.extend(chunk);
+        (finals, dlq, all) = outcomes(&broker, inputs.len(), Duration::from_secs(60));
+    }
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(finals.len(), 40);
+    let k = case.keys(&sim, "acme");
+    assert_eq!(k.len(), 40);
+    assert!(k.values().all(|&(t, l)| t == 1 && l == 1), "{k:?}");
+    // crm-sim counts the timed-out request when it finishes holding it (5 s).
+    let fired = |status: &str| sim.state(case.name(), "acme")["counters"][case.create_endpoint][status].as_u64().unwrap_or(0) >= 1;
+    for status in [case.throttle_status.to_string().as_str(), "503", "502", "504"] {
+        wait_for(&format!("fault {status} to fire"), Duration::from_secs(10), || fired(status));
+    }
+    let throttled = all.iter().filter(|a| a.outcome == AuditOutcome::Throttled).count();
+    let retried = all.iter().filter(|a| a.outcome == AuditOutcome::Retrying).count();
+    let unknown = all.iter().filter(|a| a.detail.contains("outcome unknown")).count();
+    assert!(throttled >= 2 && retried + unknown >= 4, "every failed call is audited: {throttled} throttled, {retried} retried, {unknown} read back");
+    assert!(w.terminate().success());
+}
+
+pub fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    case.account(&sim, "globex", json!({}));
+    let tenants = case.tenants(&sim, &["acme", "globex"], "");
+    let prefix = RedisPrefix::new("writer");
+    // acme's bucket is blocked (as after a throttle whose reset is far off).
+    block_bucket(&prefix, "acme", case.name(), Duration::from_secs(30));
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[]);
+    let mut inputs: Vec<_> = (0..5).map(|i| case.request("acme", &format!("a{i}"), 1)).collect();
+    inputs.extend((0..5).map(|i| case.request("globex", &format!("g{i}"), 1)));
+    broker.produce(&case.topic(), &inputs);
+    let started = Instant::now();
+    wait_for("globex's calls", Duration::from_secs(30), || case.keys(&sim, "globex").len() == 5);
+    let globex_took = started.elapsed();
+    assert!(case.keys(&sim, "acme").is_empty(), "acme waits for its bucket");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(broker.committed(&case.group(), &case.topic()), 0, "acme's unfinished inputs come first in the partition");
+    let key = format!("{}:{{acme}}:bucket:{}:blocked", prefix.0, case.name());
+    redis::Client::open(super::MACHINE_REDIS).unwrap().get_connection().and_then(|mut c| redis::cmd("DEL").arg(key).query::<i64>(&mut c)).unwrap();
+    wait_for("acme's calls", Duration::from_secs(30), || case.keys(&sim, "acme").len() == 5);
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == 10);
+    eprintln!("{}: globex written {globex_took:?} after produce while acme was blocked", case.name());
+    assert!(w.terminate().success());
+}
+
+/// Two replicas in separate groups both see every call: claims keep the writes single while
+/// both spend from the tenant's one set of buckets, lowered in crm-sim and in the tenant
+/// config alike so the limit binds: HubSpot's 10-second burst and search rate, Zoho's
+/// concurrency cap, Pipedrive's 2-second burst and search burst, and Salesforce's org
+/// allowance, most of it already spent by another integration.
+pub fn two_replicas_sharing_a_tenants_buckets_stay_inside_its_limits(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let calls = 20;
+    let (sim_limits, tenant_limits) = match case.crm {
+        Crm::Hubspot => (json!({"burst_per_10s": 15, "search_per_s": 5}), "limits = { burst_per_10s = 15, search_per_s = 5 }"),
+        Crm::Salesforce => (json!({"daily_requests": 70}), "limits = { daily_api_requests = 70, recheck_s = 1 }"),
+        Crm::Zoho => (json!({"concurrency": 1}), "limits = { concurrency = 1, users = 10 }"),
+        _ => (json!({"burst_api_token": 8, "search_burst": 3}), "limits = { burst_per_2s = 8, search_per_2s = 3, seats = 10 }"),
+    };
+    case.account(&sim, "acme", json!({"limits": sim_limits, "objects": {}}));
+    if case.crm == Crm::Zoho {
+        // Slow requests overlap unless the concurrency slot keeps them apart.
+        sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": 60}));
+    }
+    let spent_by_others = if case.crm == Crm::Salesforce {
+        // Another integration has spent 30 of the org's 70: the header tells the writers.
+        for _ in 0..30 {
+            let a = sim.call("GET", "/salesforce/services/data/v66.0/limits", super::crm_sim::Auth::Bearer(&case.token("acme")), None);
+            assert_eq!(a.status, 200);
+        }
+        30
+    } else {
+        0
+    };
+    let tenants = case.tenants(&sim, &["acme"], &format!("on_no_contact = \"create_contact\"\n{tenant_limits}"));
+    let prefix = RedisPrefix::new("writer");
+    let a = case.writer(&broker, &tenants, &prefix, &["acme"], &[("CONSUMER_GROUP", "writer-a")]);
+    let b = case.writer(&broker, &tenants, &prefix, &["acme"], &[("CONSUMER_GROUP", "writer-b")]);
+    let inputs: Vec<_> = (0..calls).map(|i| case.request_to("acme", &format!("c{i}"), 1, &format!("+1650253{i:04}"))).collect();
+    broker.produce(&case.topic(), &inputs);
+    let started = Instant::now();
+    if case.crm == Crm::Salesforce {
+        // 20 calls need a search, a contact and a share of an upsert each: more than the 40
+        // left. The writers stop at the allowance, probing once a second; then the org's
+        // window moves on.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while case.answers(&sim, "acme", 403) == 0 {
+            assert!(Instant::now() < deadline, "the allowance was never spent: {}", sim.state("salesforce", "acme"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let first = case.answers(&sim, "acme", 403);
+        std::thread::sleep(Duration::from_secs(4));
+        let refused = case.answers(&sim, "acme", 403) - first;
+        assert!(refused <= 5, "at most a probe a second while the allowance was spent: {refused} refusals in 4 s");
+        assert!(case.keys(&sim, "acme").len() < calls, "not everything fits in the allowance");
+        sim.advance(86_400_000);
+    }
+    wait_for("every call written", Duration::from_secs(150), || case.keys(&sim, "acme").len() == calls);
+    let took = started.elapsed();
+    let k = case.keys(&sim, "acme");
+    assert!(k.values().all(|&(t, l)| t == 1 && l == 1), "{k:?}");
+    let state = sim.state(case.name(), "acme");
+    let requests: u64 = state["counters"].as_object().unwrap().values().flat_map(|c| c.as_object().unwrap().values().map(|n| n.as_u64().unwrap_or(0))).sum();
+    if case.crm != Crm::Salesforce {
+        assert_eq!(case.answers(&sim, "acme", case.throttle_status), 0, "the shared buckets kept both replicas inside the limit: {}", state["counters"]);
+    }
+    assert_eq!(sim.records(case.name(), "acme", case.contacts).len(), calls, "one contact created per new number");
+    eprintln!("{}: 2 replicas, {requests} requests ({spent_by_others} spent by another app), {calls} calls in {took:?}", case.name());
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+/// OAuth: the writer refreshes first, again after the CRM's clock passes the token's expiry
+/// (one 401), and a revoked refresh token is AUTH_FAILED, with no credential in audit.
+pub fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let (access, refresh) = (format!("{}-access-1", case.name()), format!("{}-refresh-1", case.name()));
+    case.account(&sim, "acme", json!({"tokens": [{
+        "token": access, "kind": "oauth", "refresh_token": refresh,
+        "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800
+    }]}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let secret = format!(r#"{{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "{refresh}"}}"#);
+    let secret_name = case.secret("acme");
+    let w = case.writer(&broker, &tenants, &prefix, &[], &[(secret_name.as_str(), secret.as_str())]);
+    broker.produce(&case.topic(), &[case.request("acme", "o1", 1)]);
+    let (f, _, all) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    assert!(all.iter().any(|a| a.operation == case.token_endpoint && a.outcome == AuditOutcome::Succeeded), "the writer refreshed first: {:?}", all.iter().map(|a| &a.operation).collect::<Vec<_>>());
+
+    sim.advance(3_600_000);
+    broker.produce(&case.topic(), &[case.request("acme", "o2", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 2, "{f:?}");
+    assert!(case.answers(&sim, "acme", 401) >= 1, "the expired token was refused once");
+
+    sim.admin("POST", &format!("/tokens/{refresh}/revoke"), None);
+    sim.advance(3_600_000 * 3);
+    broker.produce(&case.topic(), &[case.request("acme", "o3", 1)]);
+    let (f, dlq, all) = outcomes(&broker, 3, Duration::from_secs(60));
+    assert_eq!(dlq.len(), 1, "{f:?}");
+    assert_eq!(dlq[0].reason, DlqReason::AuthFailed);
+    assert!(dlq[0].detail.contains("token refresh failed"), "{}", dlq[0].detail);
+    for a in &all {
+        let text = format!("{a:?}");
+        assert!(!text.contains(&access) && !text.contains(&refresh) && !text.contains("app-secret"), "a credential reached audit: {text}");
+    }
+    assert!(w.terminate().success());
+}
+
+/// SIGKILL the writer mid-batch, several times, while crm-sim holds every create for a while
+/// after applying it (the worst moment: written, not yet acknowledged, not yet DONE), and
+/// half the creates fail although written. Restarted writers recover the orphaned claims by
+/// looking the records up; crm-sim must end with exactly one record per call.
+pub fn one_record_per_call_across_repeated_sigkill_mid_batch(case: &Case) {
+    const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
+    const KILLS: usize = 3;
+    let broker = Broker::start(3);
+    let sim = CrmSim::start();
+    for t in TENANTS {
+        case.account(&sim, t, json!({"objects": {}}));
+        sim.fault(case.name(), t, json!({"kind": "502", "rate": 0.5, "after_write": true, "latency_ms": 400, "endpoint": case.fault_endpoint}));
+        sim.fault(case.name(), t, json!({"kind": "latency", "latency_ms": 400, "endpoint": case.fault_endpoint}));
+    }
+    let tenants = case.tenants(&sim, &TENANTS, "");
+    let prefix = RedisPrefix::new("writer-crash");
+    let per_tenant = case.crash_calls_per_tenant;
+    let inputs: Vec<_> = TENANTS.iter().flat_map(|t| (0..per_tenant).map(move |i| (*t, i))).map(|(t, i)| case.request(t, &format!("c{i}"), 1)).collect();
+    let live_keys = || {
+        let mut live = 0;
+        let mut doubled = vec![];
+        for t in TENANTS {
+            for (k, (total, _)) in case.keys(&sim, t) {
+                live += 1;
+                if total != 1 {
+                    doubled.push(format!("{k}: {total}"));
+                }
+            }
+        }
+        (live, doubled)
+    };
+    // A killed writer's claims are recoverable after this long.
+    let env = [("WRITER_LEASE", "2s"), ("WRITER_RETRY_BASE", "50ms")];
+    let mid = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            for chunk in inputs.chunks(9) {
+                broker.produce(&case.topic(), chunk);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        let mut mid = 0;
+        for round in 0..KILLS {
+            let (before, _) = live_keys();
+            let w = case.writer(&broker, &tenants, &prefix, &TENANTS, &env);
+            let target = before + 3 + (rand::random::<u32>() % 10) as usize;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while live_keys().0 < target && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Land inside a held create (claimed, sent, not answered).
+            let in_flight = || TENANTS.iter().any(|t| sim.state(case.name(), t)["usage"]["in_flight"].as_u64().unwrap_or(0) > 0);
+            while !in_flight() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            w.kill9();
+            let (now, _) = live_keys();
+            if now < inputs.len() {
+                mid += 1;
+            }
+            eprintln!("{} round {round}: SIGKILL with {now} of {} calls written", case.name(), inputs.len());
+        }
+        h.join().unwrap();
+        mid
+    });
+    assert!(mid >= 2, "only {mid} kills landed mid-stream");
+
+    let last = case.writer(&broker, &tenants, &prefix, &TENANTS, &env);
+    wait_for("every call written", Duration::from_secs(180), || live_keys().0 >= inputs.len());
+    let (live, doubled) = live_keys();
+    assert_eq!(live, inputs.len(), "every call reached {}", case.name());
+    assert!(doubled.is_empty(), "calls written twice: {doubled:?}");
+    wait_for("offsets committed", Duration::from_secs(60), || broker.committed(&case.group(), &case.topic()) >= inputs.len() as i64);
+    assert!(last.terminate().success());
+
+    let out = broker.read(&["sync.audit", "sync.dlq"], usize::MAX, Duration::from_secs(5));
+    let dlq: Vec<DeadLetter> = out.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    assert!(dlq.is_empty(), "{} dead letters, e.g. {:?}", dlq.len(), dlq.first());
+    let audit: Vec<AuditRecord> = out.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let written: std::collections::HashSet<String> = audit
+        .iter()
+        .filter(|a| a.operation == "write" && matches!(a.outcome, AuditOutcome::Succeeded | AuditOutcome::Duplicate))
+        .map(|a| a.idempotency_key.clone().unwrap())
+        .collect();
+    assert_eq!(written.len(), inputs.len(), "every call's write is accounted for in audit");
+    let recovered = audit.iter().filter(|a| a.operation == "write" && a.detail.contains("recovered")).count();
+    let read_back = audit.iter().filter(|a| a.detail.contains("outcome unknown")).count();
+    eprintln!(
+        "{}: {KILLS} SIGKILLs, {} calls, {live} records, 0 doubled, 0 dead letters; {recovered} recovered by lookup after an expired lease, {read_back} creates of unknown outcome read back",
+        case.name(),
+        inputs.len()
+    );
+}
+
+fn hs_open() -> Value {
+    json!("IN_PROGRESS")
+}
+fn hs_ended() -> Value {
+    json!("COMPLETED")
+}
+fn sf_open() -> Value {
+    json!("In Progress")
+}
+fn sf_ended() -> Value {
+    json!("Completed")
+}
+fn zoho_open() -> Value {
+    json!("00:01")
+}
+fn zoho_ended() -> Value {
+    json!("01:00")
+}
+fn pd_open() -> Value {
+    json!(false)
+}
+fn pd_ended() -> Value {
+    json!(true)
+}
+
+pub const HUBSPOT: Case = Case {
+    crm: Crm::Hubspot,
+    plan: "professional",
+    calls: "calls",
+    contacts: "contacts",
+    create_endpoint: "POST /hubspot/crm/v3/objects/calls/batch/create",
+    fault_endpoint: "batch/create",
+    throttle_status: 429,
+    progress_field: ("hs_call_status", hs_open, hs_ended),
+    title_field: "hs_call_title",
+    write_permission: "crm.objects.contacts.write",
+    key_field_removal: Some("fields/calls/crm_sync_key"),
+    token_endpoint: "POST /hubspot/oauth/v1/token",
+    tenant_extra: "",
+    crash_calls_per_tenant: 60,
+};
+
+pub const SALESFORCE: Case = Case {
+    crm: Crm::Salesforce,
+    plan: "enterprise",
+    calls: "Task",
+    contacts: "Contact",
+    create_endpoint: "PATCH /salesforce/services/data/{version}/composite/sobjects/Task/CrmSyncKey__c",
+    fault_endpoint: "composite/sobjects/Task",
+    throttle_status: 403,
+    progress_field: ("Status", sf_open, sf_ended),
+    title_field: "Subject",
+    write_permission: "Task.edit",
+    key_field_removal: Some("fields/Task/CrmSyncKey__c"),
+    token_endpoint: "POST /salesforce/services/oauth2/token",
+    // A spent allowance (or an injected 403) is probed again after a second, not a minute.
+    tenant_extra: "limits = { recheck_s = 1 }",
+    crash_calls_per_tenant: 60,
+};
+
+pub const ZOHO: Case = Case {
+    crm: Crm::Zoho,
+    plan: "professional",
+    calls: "Calls",
+    contacts: "Contacts",
+    create_endpoint: "POST /zoho/crm/{version}/Calls",
+    fault_endpoint: "POST /zoho/crm/{version}/Calls",
+    throttle_status: 429,
+    progress_field: ("Call_Duration", zoho_open, zoho_ended),
+    title_field: "Subject",
+    write_permission: "Calls.create",
+    key_field_removal: None,
+    token_endpoint: "POST /zoho/oauth/v2/token",
+    tenant_extra: "",
+    crash_calls_per_tenant: 60,
+};
+
+pub const PIPEDRIVE: Case = Case {
+    crm: Crm::Pipedrive,
+    plan: "growth",
+    calls: "activities",
+    contacts: "persons",
+    create_endpoint: "POST /pipedrive/api/v2/activities",
+    fault_endpoint: "POST /pipedrive/api/v2/activities",
+    throttle_status: 429,
+    progress_field: ("done", pd_open, pd_ended),
+    title_field: "subject",
+    write_permission: "activities:full",
+    key_field_removal: None,
+    token_endpoint: "POST /pipedrive/oauth/token",
+    tenant_extra: "",
+    crash_calls_per_tenant: 20,
+};
+
+/// One `#[test]` per suite function, for a `Case`.
+#[macro_export]
+macro_rules! writer_suite {
+    ($case:expr) => {
+        #[test]
+        fn one_record_per_call_under_duplicates_and_updates() {
+            $crate::writer_suite::one_record_per_call_under_duplicates_and_updates(&$case)
+        }
+        #[test]
+        fn permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed() {
+            $crate::writer_suite::permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed(&$case)
+        }
+        #[test]
+        fn injected_throttles_server_errors_and_timeouts_still_give_one_record_each() {
+            $crate::writer_suite::injected_throttles_server_errors_and_timeouts_still_give_one_record_each(&$case)
+        }
+        #[test]
+        fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition() {
+            $crate::writer_suite::a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition(&$case)
+        }
+        #[test]
+        fn two_replicas_sharing_a_tenants_buckets_stay_inside_its_limits() {
+            $crate::writer_suite::two_replicas_sharing_a_tenants_buckets_stay_inside_its_limits(&$case)
+        }
+        #[test]
+        fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed() {
+            $crate::writer_suite::oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed(&$case)
+        }
+        #[test]
+        fn one_record_per_call_across_repeated_sigkill_mid_batch() {
+            $crate::writer_suite::one_record_per_call_across_repeated_sigkill_mid_batch(&$case)
+        }
+    };
+}

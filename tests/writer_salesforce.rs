@@ -1,0 +1,4 @@
+//! The Salesforce writer as a separate process against the dev broker, the machine's Redis and
+//! crm-sim: the writer suite (tests/harness/writer_suite.rs) for Salesforce.
+
+crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::SALESFORCE);

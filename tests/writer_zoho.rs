@@ -1,0 +1,4 @@
+//! The Zoho CRM writer as a separate process against the dev broker, the machine's Redis and
+//! crm-sim: the writer suite (tests/harness/writer_suite.rs) for Zoho CRM.
+
+crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::ZOHO);
