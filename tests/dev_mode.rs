@@ -10,14 +10,22 @@ fn dev_mode_accounts_for_every_sample_call() {
     assert!(out.status.success(), "dev failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     // 12 inputs: each audited by the normaliser; the 9 normalised ones by the deduper once
     // per connected CRM (acme 2, globex 1, initech 2); HubSpot's writes by the writer, once
-    // per CRM call (searches and batches vary with timing) and once per write.
+    // per CRM call (searches and batches vary with timing) and once per write; likewise the
+    // other three writers.
     assert!(stdout.contains("(12 of 12 accounted for; "), "{stdout}");
     // HubSpot: acme-1001, acme-1002 (v2; v1 superseded or updated), acme-1003, initech-1, initech-2.
     assert!(stdout.matches("WRITTEN                  hubspot").count() >= 5, "{stdout}");
     assert!(stdout.contains("POST /crm/v3/objects/calls/batch/create"), "{stdout}");
+    // Salesforce: acme's three calls; Zoho: globex's two; Pipedrive: initech's two.
+    assert!(stdout.matches("WRITTEN                  salesforce").count() >= 3, "{stdout}");
+    assert_eq!(stdout.matches("WRITTEN                  zoho").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("WRITTEN                  pipedrive").count(), 2, "{stdout}");
+    for call in ["PATCH /services/data/v66.0/composite/sobjects/Task/CrmSyncKey__c", "POST /crm/v7/Calls", "POST /api/v2/activities", "POST /zoho/oauth/v2/token"] {
+        assert!(stdout.contains(call), "missing {call:?} in:\n{stdout}");
+    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CRM_SIM_URL=http://127.0.0.1:"), "crm-sim was not started: {stderr}");
-    for service in ["crm-sim", "normaliser", "deduper", "writer-hubspot"] {
+    for service in ["crm-sim", "normaliser", "deduper", "writer-hubspot", "writer-salesforce", "writer-zoho", "writer-pipedrive"] {
         assert!(stderr.contains(&format!("{service} stopped (exit status: 0)")), "{service} did not shut down cleanly: {stderr}");
     }
     assert!(stderr.contains("removed this run's ") && stderr.contains(" Redis keys (crm-sync-dev-"), "dev leaves no Redis keys behind: {stderr}");

@@ -10,8 +10,8 @@ use crm_common::config::Topics;
 use crm_common::redis_conn::{self, redact_url};
 use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, NormalisedCall, Stage};
 
-/// The CRMs whose writers `crm-sync dev` runs (the others come with their connectors).
-const DEV_WRITERS: &[Crm] = &[Crm::Hubspot];
+/// The CRMs whose writers `crm-sync dev` runs, one process each, as in deploy/.
+const DEV_WRITERS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
 use crm_common::pipeline::InMessage;
 use crm_common::tenants::Tenants;
 use crm_common::topic_reader::TopicReader;
@@ -109,6 +109,9 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
 const DEV_SECRETS: &[(&str, &str)] = &[
     ("ACME_HUBSPOT_TOKEN", "dev-acme-hubspot-token"),
     ("INITECH_HUBSPOT_TOKEN", "dev-initech-hubspot-token"),
+    ("ACME_SALESFORCE_OAUTH", r#"{"client_id": "dev-acme-sf-client", "client_secret": "dev-acme-sf-secret", "refresh_token": "dev-acme-salesforce-refresh"}"#),
+    ("GLOBEX_ZOHO_OAUTH", r#"{"client_id": "1000.DEVGLOBEX", "client_secret": "dev-globex-zoho-secret", "refresh_token": "1000.dev-globex-zoho-refresh"}"#),
+    ("INITECH_PIPEDRIVE_TOKEN", "dev-initech-pipedrive-token"),
 ];
 
 /// The example tenants with every CRM connection pointed at crm-sim.
@@ -157,7 +160,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     let contracts = dir.join("contracts");
     std::fs::create_dir_all(&contracts)?;
-    std::fs::write(contracts.join("hubspot.toml"), include_str!("../../../contracts/hubspot.toml"))?;
+    for (crm, text) in [
+        ("hubspot", include_str!("../../../contracts/hubspot.toml")),
+        ("salesforce", include_str!("../../../contracts/salesforce.toml")),
+        ("zoho", include_str!("../../../contracts/zoho.toml")),
+        ("pipedrive", include_str!("../../../contracts/pipedrive.toml")),
+    ] {
+        std::fs::write(contracts.join(format!("{crm}.toml")), text)?;
+    }
     let tenants_loaded = Tenants::load(&tenants)?;
     let prefix = format!("crm-sync-dev-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -165,7 +175,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .block_on(redis_conn::connect(&args.redis_url))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
-    for (name, service, extra) in [("normaliser", "normaliser", vec![]), ("deduper", "deduper", vec![]), ("writer-hubspot", "writer", vec!["--crm", "hubspot"])] {
+    let mut services: Vec<(String, &str, Vec<&str>)> = vec![("normaliser".into(), "normaliser", vec![]), ("deduper".into(), "deduper", vec![])];
+    for crm in DEV_WRITERS {
+        services.push((format!("writer-{}", crm.as_str()), "writer", vec!["--crm", crm.as_str()]));
+    }
+    for (name, service, extra) in services {
         let child = Command::new(sibling_binary(service)?)
             .args(extra)
             .envs(DEV_SECRETS.iter().copied())
