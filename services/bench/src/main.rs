@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::dev_broker::{sibling_binary, DevBroker};
-use crm_common::events::{CallDirection, CallEvent, CallOutcome};
+use crm_common::events::{CallDirection, CallEvent, CallOutcome, Crm};
 use crm_common::pipeline::{self, Handler, InMessage, OutRecord, PipelineConfig, Processed, Transient};
 use crm_common::topic_reader::TopicReader;
 use rdkafka::config::ClientConfig;
@@ -58,13 +58,18 @@ enum Cmd {
     /// The HubSpot writer against crm-sim: a limit-bound backlog (records/s, calls, 429s,
     /// budget utilisation), then calls.raw → HubSpot latency through the whole pipeline.
     Writer {
-        #[arg(long, default_value_t = 12_000)]
-        records: usize,
+        /// The CRM whose writer runs.
+        #[arg(long, default_value = "hubspot")]
+        crm: Crm,
+        /// Backlog write requests (default: 12000; 1200 for Pipedrive, one request each).
+        #[arg(long)]
+        records: Option<usize>,
         #[arg(long, default_value_t = 4)]
         tenants: usize,
-        /// Requests per 10 s each backlog tenant's portal allows.
-        #[arg(long, default_value_t = 10)]
-        burst: u64,
+        /// Each backlog tenant's rate limit: HubSpot requests per 10 s (default 10), Zoho per
+        /// minute (30), Pipedrive per 2 s (10), Salesforce requests per 24 h (100000).
+        #[arg(long)]
+        limit: Option<u64>,
         /// Phase 2: calls per second produced to calls.raw.
         #[arg(long, default_value_t = 40)]
         rate: usize,
@@ -142,8 +147,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
-        Cmd::Writer { records, tenants, burst, rate, seconds, fetch_wait_ms, redis_url } => {
-            writer::run(records, tenants, burst, rate, seconds, fetch_wait_ms, &redis_url)
+        Cmd::Writer { crm, records, tenants, limit, rate, seconds, fetch_wait_ms, redis_url } => {
+            let records = records.unwrap_or(if crm == Crm::Pipedrive { 1_200 } else { 12_000 });
+            writer::run(writer::profile(crm), records, tenants, limit, rate, seconds, fetch_wait_ms, &redis_url)
         }
         Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)

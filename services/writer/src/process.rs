@@ -134,16 +134,22 @@ impl<C: Connector> Shared<C> {
         self.emit.audit_record(&a)
     }
 
-    async fn plan(&self, t: &C::Tenant, step: &mut Step) {
-        let req = step.work.req.clone();
-        let claim = loop {
+    /// Claims the step's key, waiting while another writer holds a live lease.
+    async fn claim(&self, req: &CrmWriteRequest) -> Claim {
+        loop {
             let c = patiently("claim", || self.claims.claim(&req.tenant_id, &req.idempotency_key, req.version)).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
                 Claim::Busy { retry_after } => tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await,
-                other => break other,
+                other => return other,
             }
-        };
+        }
+    }
+
+    /// Turns a claim into an item to write, or settles the step. `contacts` holds the
+    /// numbers this batch has matched already (a number is searched, or created, once).
+    async fn plan(&self, t: &C::Tenant, step: &mut Step, claim: Claim, contacts: &mut HashMap<String, (Option<String>, Option<String>)>) {
+        let req = step.work.req.clone();
         let record_id = match claim {
             Claim::AlreadyDone { record_id } => {
                 step.settled = Some(Settled::Duplicate { record_id });
@@ -165,9 +171,22 @@ impl<C: Connector> Shared<C> {
                     }
                 }
             }
-            Claim::Busy { .. } => unreachable!("waited above"),
+            Claim::Busy { .. } => unreachable!("claim() waits"),
         };
-        let contact_id = if record_id.is_none() { self.contact(t, &req, step).await } else { None };
+        let contact_id = if record_id.is_some() {
+            None
+        } else if let Some((known, note)) = contacts.get(&req.call.customer_e164) {
+            step.note = note.clone();
+            known.clone()
+        } else {
+            let found = self.contact(t, &req, step).await;
+            if step.settled.is_none() {
+                // A contact created for the first call is the one for the rest.
+                let note = if step.note.as_deref().is_some_and(|n| n.starts_with("no contact has")) { step.note.clone() } else { None };
+                contacts.insert(req.call.customer_e164.clone(), (found.clone(), note));
+            }
+            found
+        };
         if step.settled.is_none() {
             step.item = Some(Item { req, record_id, contact_id });
         }
@@ -250,8 +269,13 @@ impl<C: Connector> Shared<C> {
                 }
             }
             Some(Ok(t)) => {
-                for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    self.plan(t, s).await;
+                // Claims are independent (one step per key is left): ask Redis for all of
+                // them at once rather than a round trip per record.
+                let open: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
+                let claims = futures::future::join_all(open.iter().map(|&i| self.claim(&steps[i].work.req))).await;
+                let mut contacts = HashMap::new();
+                for (&i, claim) in open.iter().zip(claims) {
+                    self.plan(t, &mut steps[i], claim, &mut contacts).await;
                 }
                 let ready: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
                 for chunk in ready.chunks(self.connector.batch_max().max(1)) {
