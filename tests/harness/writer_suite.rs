@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// A field's name and its values for an open call (version 1) and an ended one (version 2).
+pub type Progress = (&'static str, fn() -> Value, fn() -> Value);
+
 /// What differs between CRMs, for the tests.
 pub struct Case {
     pub crm: Crm,
@@ -27,7 +30,7 @@ pub struct Case {
     /// What the sim's "429" fault answers at this CRM (Salesforce throttles with 403).
     pub throttle_status: u16,
     /// A field that changes from version 1 (open call) to version 2 (ended): (name, v1, v2).
-    pub progress_field: (&'static str, fn() -> Value, fn() -> Value),
+    pub progress_field: Progress,
     pub title_field: &'static str,
     /// The permission whose loss stops writes.
     pub write_permission: &'static str,

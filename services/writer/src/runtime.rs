@@ -74,22 +74,29 @@ struct Lanes<C: Connector> {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Produces what a finished message produced and, once the broker has it all, lets its
-/// offset be committed.
-async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &StageMetrics, d: Done) -> anyhow::Result<()> {
-    let mut deliveries = Vec::with_capacity(d.outputs.len());
-    for out in &d.outputs {
-        deliveries.push((out.topic.clone(), pipeline::send(producer, out).await?));
-    }
-    for (topic, f) in deliveries {
-        match f.await {
-            Ok(Ok(_)) => metrics.produced(&topic),
-            Ok(Err((e, _))) => anyhow::bail!("broker refused output to {topic}: {e}"),
-            Err(_) => anyhow::bail!("producer dropped an output to {topic}"),
+/// Produces what finished messages produced and, once the broker has all of it, lets their
+/// offsets be committed. A whole batch is sent before any acknowledgement is awaited: one
+/// produce round trip per batch, not per message.
+async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &StageMetrics, done: Vec<Done>) -> anyhow::Result<()> {
+    let mut deliveries = Vec::with_capacity(done.len());
+    for d in &done {
+        let mut sent = Vec::with_capacity(d.outputs.len());
+        for out in &d.outputs {
+            sent.push((out.topic.clone(), pipeline::send(producer, out).await?));
         }
+        deliveries.push(sent);
     }
-    metrics.message(d.outcome);
-    offsets.lock().expect("offsets").finished(&d.ticket);
+    for (d, sent) in done.into_iter().zip(deliveries) {
+        for (topic, f) in sent {
+            match f.await {
+                Ok(Ok(_)) => metrics.produced(&topic),
+                Ok(Err((e, _))) => anyhow::bail!("broker refused output to {topic}: {e}"),
+                Err(_) => anyhow::bail!("producer dropped an output to {topic}"),
+            }
+        }
+        metrics.message(d.outcome);
+        offsets.lock().expect("offsets").finished(&d.ticket);
+    }
     Ok(())
 }
 
@@ -114,12 +121,10 @@ impl<C: Connector> Lanes<C> {
                         }
                     }
                     let n = batch.len();
-                    for d in shared.process(batch).await {
-                        if let Err(e) = publish(&producer, &offsets, &metrics, d).await {
-                            error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
-                            failed.cancel();
-                            return;
-                        }
+                    if let Err(e) = publish(&producer, &offsets, &metrics, shared.process(batch).await).await {
+                        error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
+                        failed.cancel();
+                        return;
                     }
                     buffered.fetch_sub(n, Ordering::SeqCst);
                 }
@@ -240,7 +245,7 @@ async fn undecodable<C: Connector>(
     let detail = format!("{} message is not a CrmWriteRequest: {error}", m.topic);
     let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None };
     let outputs = shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into();
-    publish(producer, offsets, metrics, Done { ticket, outputs, outcome: "dead_lettered" }).await
+    publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await
 }
 
 fn commit(consumer: &StreamConsumer<WriterContext>, offsets: &Mutex<Offsets>) {
