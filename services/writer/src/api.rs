@@ -67,6 +67,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An answer with no headers (for classification tests).
+    #[cfg(test)]
+    pub fn of(status: u16, body: &str) -> Reply {
+        Reply { status, headers: HeaderMap::new(), body: body.into() }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
@@ -288,6 +294,14 @@ impl Api {
     }
 }
 
+/// How long until the next midnight in a zone `tz_offset_min` east of UTC, where daily
+/// limits reset (HubSpot's daily allowance, Pipedrive's token budget).
+pub fn until_midnight(now_ms: i64, tz_offset_min: i32) -> Duration {
+    let day = 86_400_000i64;
+    let local = now_ms + i64::from(tz_offset_min) * 60_000;
+    Duration::from_millis((day - local.rem_euclid(day)) as u64)
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters (keys in paths, form values).
 pub fn urlencode(s: &str) -> String {
     s.bytes()
@@ -296,4 +310,17 @@ pub fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn midnight_in_the_accounts_zone() {
+        // 2026-01-01T23:00:00Z is midnight in UTC+1: a day away there, an hour away in UTC.
+        let t = 1_767_308_400_000;
+        assert_eq!(until_midnight(t, 0), Duration::from_secs(3600));
+        assert_eq!(until_midnight(t, 60), Duration::from_secs(86_400));
+    }
 }

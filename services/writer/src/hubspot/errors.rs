@@ -1,17 +1,10 @@
 //! HubSpot's answers classified (CRM-APIS §1.6): what is retried, what blocks the bucket and
 //! for how long, and which DLQ reason a permanent failure carries.
 
-use crate::api::{Reply, Verdict};
+use crate::api::{until_midnight, Reply, Verdict};
 use crm_common::events::DlqReason;
 use serde_json::Value;
 use std::time::Duration;
-
-/// Milliseconds until the next midnight in a zone `tz_offset_min` east of UTC.
-pub fn until_midnight(now_ms: i64, tz_offset_min: i32) -> Duration {
-    let day = 86_400_000i64;
-    let local = now_ms + i64::from(tz_offset_min) * 60_000;
-    Duration::from_millis((day - local.rem_euclid(day)) as u64)
-}
 
 /// The reason for a per-record or whole-call error body.
 pub fn reason_of(body: &Value) -> (DlqReason, String) {
@@ -59,10 +52,9 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderMap;
 
     fn reply(status: u16, body: &str) -> Reply {
-        Reply { status, headers: HeaderMap::new(), body: body.into() }
+        Reply::of(status, body)
     }
 
     #[test]
@@ -81,13 +73,5 @@ mod tests {
         assert!(matches!(classify(&expired, 0), Verdict::Permanent(DlqReason::AuthFailed, _)));
         let gone = serde_json::json!({"category":"VALIDATION_ERROR","subCategory":"crm.associations.INVALID_OBJECT_IDS","message":"Could not find object ids: [5] of type contacts"});
         assert_eq!(reason_of(&gone).0, DlqReason::ContactDeleted);
-    }
-
-    #[test]
-    fn midnight_in_the_accounts_zone() {
-        // 2026-01-01T23:00:00Z is midnight in UTC+1: a day away there, an hour away in UTC.
-        let t = 1_767_308_400_000;
-        assert_eq!(until_midnight(t, 0), Duration::from_secs(3600));
-        assert_eq!(until_midnight(t, 60), Duration::from_secs(86_400));
     }
 }

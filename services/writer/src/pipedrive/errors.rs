@@ -2,8 +2,7 @@
 //! `{success:false, error, error_info, code?}`; a client that keeps sending after 429s may
 //! instead meet a Cloudflare HTML page with 403.
 
-use crate::api::{Reply, Verdict};
-use crate::hubspot::errors::until_midnight;
+use crate::api::{until_midnight, Reply, Verdict};
 use crm_common::events::DlqReason;
 use serde_json::Value;
 use std::time::Duration;
@@ -53,10 +52,10 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
+    use reqwest::header::HeaderValue;
 
     fn reply(status: u16, body: &str) -> Reply {
-        Reply { status, headers: HeaderMap::new(), body: body.into() }
+        Reply::of(status, body)
     }
 
     #[test]

@@ -54,14 +54,13 @@ pub fn classify(reply: &Reply, recheck: Duration) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderMap;
 
     fn classify_(r: &Reply) -> Verdict {
         classify(r, Duration::from_secs(60))
     }
 
     fn reply(status: u16, body: &str) -> Reply {
-        Reply { status, headers: HeaderMap::new(), body: body.into() }
+        Reply::of(status, body)
     }
 
     #[test]

@@ -55,11 +55,10 @@ pub fn classify(reply: &Reply) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderMap;
     use serde_json::json;
 
     fn reply(status: u16, body: &str) -> Reply {
-        Reply { status, headers: HeaderMap::new(), body: body.into() }
+        Reply::of(status, body)
     }
 
     #[test]
