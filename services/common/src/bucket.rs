@@ -85,8 +85,11 @@ for i = 2, #KEYS do
         if span > wait then wait = span end
       elseif now - last >= span and reserve == 0 then
         redis.call('HSET', KEYS[i], 'probe', now)
-      elseif last + span - now > wait then
-        wait = last + span - now
+      else
+        -- Background work never probes: it looks again a whole interval later.
+        local w = last + span - now
+        if w < 1 then w = span end
+        if w > wait then wait = w end
       end
     end
   else
