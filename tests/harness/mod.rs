@@ -3,10 +3,12 @@
 //! does that first); helpers produce to and read from the broker like any Kafka client.
 
 pub mod crm_sim;
+pub mod postgres;
 pub mod redis;
 pub mod writer;
 pub mod writer_suite;
 
+pub use self::postgres::PrivateDb;
 pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
 
 use crm_common::pipeline::InMessage;

@@ -82,6 +82,22 @@ pub enum Stage {
     Backfill,
 }
 
+impl Stage {
+    /// The Avro symbol (as stored and shown).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Unknown => "UNKNOWN",
+            Stage::Normaliser => "NORMALISER",
+            Stage::Deduper => "DEDUPER",
+            Stage::Writer => "WRITER",
+            Stage::Reconciler => "RECONCILER",
+            Stage::AuditSink => "AUDIT_SINK",
+            Stage::Operator => "OPERATOR",
+            Stage::Backfill => "BACKFILL",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuditOutcome {
@@ -94,6 +110,23 @@ pub enum AuditOutcome {
     Skipped,
     DriftFound,
     Repaired,
+}
+
+impl AuditOutcome {
+    /// The Avro symbol (as stored and shown).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Unknown => "UNKNOWN",
+            AuditOutcome::Succeeded => "SUCCEEDED",
+            AuditOutcome::Duplicate => "DUPLICATE",
+            AuditOutcome::Throttled => "THROTTLED",
+            AuditOutcome::Retrying => "RETRYING",
+            AuditOutcome::DeadLettered => "DEAD_LETTERED",
+            AuditOutcome::Skipped => "SKIPPED",
+            AuditOutcome::DriftFound => "DRIFT_FOUND",
+            AuditOutcome::Repaired => "REPAIRED",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! consume → process → produce → commit loop (`pipeline`), audit and DLQ emission
 //! (`emit`), phone numbers (`phone`) and telemetry (`telemetry`).
 
+pub mod audit_store;
 pub mod bucket;
 pub mod claims;
 pub mod codec;

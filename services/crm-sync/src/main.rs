@@ -1,6 +1,8 @@
 //! crm-sync: the operator's command.
 
 mod dev;
+mod dlq;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use crm_common::config::Topics;
@@ -8,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "crm-sync", about = "crm-sync operations: dev broker, dev mode")]
+#[command(name = "crm-sync", about = "crm-sync operations: trace a call, review the DLQ, dev broker, dev mode")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -37,6 +39,10 @@ enum Cmd {
     /// Run the whole pipeline on this machine: dev broker, every service, sample calls from
     /// several tenants, and a report of what happened to each.
     Dev(dev::DevArgs),
+    /// A call's whole path across every stage, from the audit store.
+    Trace(trace::TraceArgs),
+    /// Review the dead-letter queue: list, show, replay, ack, purge.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +66,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Dev(args) => dev::run(args),
+        Cmd::Trace(args) => trace::run(args),
+        Cmd::Dlq(args) => dlq::run(args),
     }
 }

@@ -97,6 +97,8 @@ pub enum Verdict {
 /// One HTTP exchange, for the audit record of every item it concerned.
 #[derive(Debug, Clone)]
 pub struct Exchange {
+    /// When the request was sent (ms since the epoch).
+    pub at_ms: i64,
     pub endpoint: String,
     pub status: Option<u16>,
     pub excerpt: String,
@@ -205,6 +207,7 @@ impl Api {
                 r = r.json(b);
             }
             let t = Instant::now();
+            let at_ms = crm_common::emit::now_ms();
             let sent_result = r.send().await;
             let (verdict, reply) = match sent_result {
                 Ok(resp) => {
@@ -227,6 +230,7 @@ impl Api {
                 }
             }
             log.push(Exchange {
+                at_ms,
                 endpoint: endpoint.clone(),
                 status: reply.as_ref().map(|r| r.status),
                 // A sensitive request's answer (contacts found by phone) is not kept either.

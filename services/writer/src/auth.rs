@@ -127,6 +127,7 @@ impl Credentials {
         }
         let body = form.iter().map(|(k, v)| format!("{k}={}", crate::api::urlencode(v))).collect::<Vec<_>>().join("&");
         let t = Instant::now();
+        let at_ms = crm_common::emit::now_ms();
         let mut rb = http.post(&o.token_url).header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if o.basic_client_auth {
             rb = rb.basic_auth(&o.client_id, Some(&o.client_secret));
@@ -135,6 +136,7 @@ impl Credentials {
         let latency_ms = t.elapsed().as_millis() as i64;
         let path = o.token_url.split("://").nth(1).and_then(|r| r.find('/').map(|i| &r[i..])).unwrap_or("/token").to_string();
         let mut ex = Exchange {
+            at_ms,
             endpoint: format!("POST {path}"),
             status: None,
             excerpt: String::new(),

@@ -124,6 +124,7 @@ impl<C: Connector> Shared<C> {
         a.crm_status = ex.status.map(i32::from);
         a.crm_response_excerpt = Some(self.masked(&w.req.tenant_id, &ex.excerpt));
         a.latency_ms = Some(ex.latency_ms);
+        a.occurred_at = ex.at_ms;
         a.crm_record_id = record_id.map(str::to_string);
         if !ex.rate_headers.is_empty() {
             a.attributes.insert("rate_limit".into(), ex.rate_headers.clone());

@@ -1,0 +1,131 @@
+//! audit-sink: `sync.audit` and `sync.dlq` → PostgreSQL (DESIGN §8), for `crm-sync trace` and
+//! `crm-sync dlq`. Each batch is one database transaction; the consume loop commits the
+//! batch's offsets only after it, so a crash redelivers at most what was not stored, and a
+//! redelivered record is stored once (primary keys, `ON CONFLICT DO NOTHING`). A message that
+//! is not an AuditRecord or DeadLetter is kept in `sink_rejects` with the error, not dropped.
+//! When PostgreSQL is away the batch is retried with backoff and nothing is committed.
+
+use clap::Parser;
+use crm_common::audit_store::{redact, AuditStore, Reject};
+use crm_common::codec;
+use crm_common::config::{CommonArgs, PipelineArgs};
+use crm_common::events::{AuditRecord, DeadLetter};
+use crm_common::pipeline::{self, Handler, InMessage, PipelineConfig, Processed, Transient};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(name = "audit-sink", about = "sync.audit and sync.dlq → PostgreSQL (DATABASE_URL), idempotently")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Audit rows are kept this long; whole days older than that are dropped (DLQ entries
+    /// are kept until purged with `crm-sync dlq purge`).
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// How often old days are dropped.
+    #[arg(long, env = "AUDIT_PURGE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    purge_interval: Duration,
+}
+
+struct Sink {
+    url: String,
+    store: Mutex<Option<AuditStore>>,
+    audit_topic: String,
+}
+
+enum Row {
+    Audit(Box<AuditRecord>),
+    Dead(Box<DeadLetter>),
+    Rejected(Reject),
+}
+
+impl Sink {
+    fn decode(&self, m: &InMessage) -> Row {
+        let bytes = m.payload.as_deref().unwrap_or_default();
+        let reject = |error: String| Row::Rejected(Reject { topic: m.topic.clone(), partition: m.partition, offset: m.offset, payload: m.payload.clone(), error });
+        if m.topic == self.audit_topic {
+            match codec::decode::<AuditRecord>(bytes) {
+                Ok(a) => Row::Audit(Box::new(a)),
+                Err(e) => reject(format!("not an AuditRecord: {e}")),
+            }
+        } else {
+            match codec::decode::<DeadLetter>(bytes) {
+                Ok(d) => Row::Dead(Box::new(d)),
+                Err(e) => reject(format!("not a DeadLetter: {e}")),
+            }
+        }
+    }
+}
+
+impl Handler for Sink {
+    async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
+        let (mut audit, mut dlq, mut rejects) = (vec![], vec![], vec![]);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for m in batch {
+            match self.decode(m) {
+                Row::Audit(a) => {
+                    audit.push(*a);
+                    outcomes.push("audit");
+                }
+                Row::Dead(d) => {
+                    dlq.push(*d);
+                    outcomes.push("dlq");
+                }
+                Row::Rejected(r) => {
+                    tracing::error!(topic = r.topic, partition = r.partition, offset = r.offset, error = r.error, "kept in sink_rejects");
+                    rejects.push(r);
+                    outcomes.push("rejected");
+                }
+            }
+        }
+        let mut guard = self.store.lock().await;
+        if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            *guard = Some(AuditStore::connect(&self.url).await.map_err(|e| Transient(e.to_string()))?);
+        }
+        let store = guard.as_mut().expect("connected");
+        let (a, d) = store
+            .insert(&audit, &dlq, &rejects)
+            .await
+            .map_err(|e| Transient(format!("PostgreSQL at {} failed storing {} records: {e}", redact(&self.url), batch.len())))?;
+        tracing::debug!(audit = a, dlq = d, redelivered = audit.len() as u64 + dlq.len() as u64 - a - d, "stored");
+        Ok(outcomes.into_iter().map(|outcome| Processed { outputs: vec![], outcome }).collect())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _telemetry = crm_common::telemetry::init("audit-sink", &cli.common)?;
+    let url = cli.common.database_url.clone();
+    let mut store = AuditStore::connect(&url).await?;
+    let applied = store.migrate().await?;
+    tracing::info!(database = redact(&url), ?applied, retention = %humantime::format_duration(cli.retention), "audit store ready");
+    let sink = Sink { url: url.clone(), store: Mutex::new(Some(store)), audit_topic: cli.common.topics.audit.clone() };
+
+    // Retention: drop whole days past it, on its own connection.
+    let (retention, every) = (cli.retention, cli.purge_interval);
+    tokio::spawn(async move {
+        loop {
+            match AuditStore::connect(&url).await {
+                Ok(mut s) => match s.purge(retention, crm_common::emit::now_ms()).await {
+                    Ok(dropped) if !dropped.is_empty() => tracing::info!(?dropped, "dropped audit days past retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purge failed; trying again later"),
+                },
+                Err(e) => tracing::warn!(error = %e, "purge could not connect; trying again later"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+
+    let cfg = PipelineConfig {
+        service: "audit-sink",
+        input_topics: vec![cli.common.topics.audit.clone(), cli.common.topics.dlq.clone()],
+        common: cli.common,
+        args: cli.pipeline,
+    };
+    pipeline::run(cfg, sink, pipeline::shutdown_on_signals()).await
+}

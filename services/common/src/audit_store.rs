@@ -1,0 +1,234 @@
+//! The audit store (DESIGN §8) in PostgreSQL: what the audit-sink writes and what
+//! `crm-sync trace` and `crm-sync dlq` read. The schema is `migrations/*.sql`, applied in
+//! order, once each, under an advisory lock (several sinks may start together).
+//!
+//! `audit` is partitioned by day on `occurred_at`: a batch first makes sure its days have
+//! partitions, and retention drops whole days. Inserts are one statement per table per
+//! batch (`UNNEST` of column arrays) inside one transaction, `ON CONFLICT DO NOTHING`: a
+//! redelivered record is stored once, and the sink commits its offsets only after the
+//! transaction has.
+
+use crate::events::{AuditRecord, DeadLetter};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+/// The migrations, in order (compiled in, so every binary carries the schema it expects).
+pub const MIGRATIONS: &[(&str, &str)] = &[("0001_audit_store", include_str!("../../../migrations/0001_audit_store.sql"))];
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
+pub fn redact(url: &str) -> String {
+    crate::redis_conn::redact_url(url)
+}
+
+pub struct AuditStore {
+    client: Client,
+    /// Days (since the epoch) whose partition is known to exist.
+    days: HashSet<i64>,
+}
+
+/// A message on an audit topic that is not what the topic promises.
+pub struct Reject {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+}
+
+pub fn ts(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+fn day_date(day: i64) -> NaiveDate {
+    DateTime::from_timestamp(day * 86_400, 0).unwrap_or_default().date_naive()
+}
+
+fn partition_name(day: i64) -> String {
+    format!("audit_p{}", day_date(day).format("%Y%m%d"))
+}
+
+impl AuditStore {
+    /// Connects; the connection's driver runs on the current runtime.
+    pub async fn connect(url: &str) -> anyhow::Result<AuditStore> {
+        let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(|e| anyhow::anyhow!("PostgreSQL at {}: {e}", redact(url)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::error!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(AuditStore { client, days: HashSet::new() })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Applies the migrations not applied yet; returns their names.
+    pub async fn migrate(&mut self) -> anyhow::Result<Vec<String>> {
+        let tx = self.client.transaction().await?;
+        // One migrator at a time, across processes.
+        tx.execute("SELECT pg_advisory_xact_lock(7240518311)", &[]).await?;
+        tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())", &[]).await?;
+        let done: HashSet<String> = tx.query("SELECT name FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
+        let mut applied = vec![];
+        for (name, sql) in MIGRATIONS {
+            if done.contains(*name) {
+                continue;
+            }
+            tx.batch_execute(sql).await.map_err(|e| anyhow::anyhow!("migration {name}: {e}"))?;
+            tx.execute("INSERT INTO schema_migrations (name) VALUES ($1)", &[name]).await?;
+            applied.push(name.to_string());
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Makes sure every day of `times_ms` has its partition.
+    pub async fn ensure_partitions(&mut self, times_ms: impl IntoIterator<Item = i64>) -> Result<(), tokio_postgres::Error> {
+        let wanted: HashSet<i64> = times_ms.into_iter().map(day_of).filter(|d| !self.days.contains(d)).collect();
+        for day in wanted {
+            let name = partition_name(day);
+            let (from, to) = (day_date(day), day_date(day + 1));
+            let sql = format!("CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')");
+            if let Err(e) = self.client.batch_execute(&sql).await {
+                // Another sink made it in the meantime: fine. Anything else is an error.
+                let exists = self.client.query_opt("SELECT 1 FROM pg_class WHERE relname = $1", &[&name]).await?.is_some();
+                if !exists {
+                    return Err(e);
+                }
+            }
+            self.days.insert(day);
+        }
+        Ok(())
+    }
+
+    /// Stores a batch in one transaction; returns (audit rows, DLQ rows) actually inserted
+    /// (a redelivered record counts 0).
+    pub async fn insert(&mut self, audit: &[AuditRecord], dlq: &[DeadLetter], rejects: &[Reject]) -> Result<(u64, u64), tokio_postgres::Error> {
+        self.ensure_partitions(audit.iter().map(|a| a.occurred_at)).await?;
+        let tx = self.client.transaction().await?;
+        let a = if audit.is_empty() {
+            0
+        } else {
+            let col = |f: &dyn Fn(&AuditRecord) -> Option<String>| audit.iter().map(f).collect::<Vec<_>>();
+            let s = |v: &str| Some(v.to_string());
+            let ids = col(&|r| s(&r.audit_id));
+            let at: Vec<DateTime<Utc>> = audit.iter().map(|r| ts(r.occurred_at)).collect();
+            let tenant = col(&|r| s(&r.tenant_id));
+            let call = col(&|r| r.call_id.clone());
+            let crm = col(&|r| r.crm.map(|c| c.as_str().to_string()));
+            let stage = col(&|r| s(r.stage.as_str()));
+            let op = col(&|r| s(&r.operation));
+            let outcome = col(&|r| s(r.outcome.as_str()));
+            let reason = col(&|r| r.reason.clone());
+            let detail = col(&|r| s(&r.detail));
+            let attempt: Vec<i32> = audit.iter().map(|r| r.attempt).collect();
+            let version: Vec<Option<i64>> = audit.iter().map(|r| r.version).collect();
+            let key = col(&|r| r.idempotency_key.clone());
+            let status: Vec<Option<i32>> = audit.iter().map(|r| r.crm_status).collect();
+            let excerpt = col(&|r| r.crm_response_excerpt.clone());
+            let record = col(&|r| r.crm_record_id.clone());
+            let latency: Vec<Option<i64>> = audit.iter().map(|r| r.latency_ms).collect();
+            let topic = col(&|r| s(&r.input_topic));
+            let part: Vec<i32> = audit.iter().map(|r| r.input_partition).collect();
+            let offset: Vec<i64> = audit.iter().map(|r| r.input_offset).collect();
+            let trace = col(&|r| s(&r.trace_id));
+            let attrs: Vec<serde_json::Value> = audit.iter().map(|r| serde_json::to_value(&r.attributes).unwrap_or_default()).collect();
+            tx.execute(
+                "INSERT INTO audit (audit_id, occurred_at, tenant_id, call_id, crm, stage, operation, outcome, reason, detail, attempt, version, \
+                 idempotency_key, crm_status, crm_response_excerpt, crm_record_id, latency_ms, input_topic, input_partition, input_offset, trace_id, attributes) \
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                 $10::text[], $11::int4[], $12::int8[], $13::text[], $14::int4[], $15::text[], $16::text[], $17::int8[], $18::text[], $19::int4[], $20::int8[], \
+                 $21::text[], $22::jsonb[]) ON CONFLICT DO NOTHING",
+                &[&ids, &at, &tenant, &call, &crm, &stage, &op, &outcome, &reason, &detail, &attempt, &version, &key, &status, &excerpt, &record, &latency, &topic, &part, &offset, &trace, &attrs],
+            )
+            .await?
+        };
+        let d = if dlq.is_empty() {
+            0
+        } else {
+            let col = |f: &dyn Fn(&DeadLetter) -> Option<String>| dlq.iter().map(f).collect::<Vec<_>>();
+            let s = |v: &str| Some(v.to_string());
+            let ids = col(&|r| s(&r.dlq_id));
+            let at: Vec<DateTime<Utc>> = dlq.iter().map(|r| ts(r.failed_at)).collect();
+            let tenant = col(&|r| s(&r.tenant_id));
+            let call = col(&|r| r.call_id.clone());
+            let crm = col(&|r| r.crm.map(|c| c.as_str().to_string()));
+            let stage = col(&|r| s(r.stage.as_str()));
+            let reason = col(&|r| s(r.reason.as_str()));
+            let detail = col(&|r| s(&r.detail));
+            let topic = col(&|r| s(&r.source_topic));
+            let part: Vec<i32> = dlq.iter().map(|r| r.source_partition).collect();
+            let offset: Vec<i64> = dlq.iter().map(|r| r.source_offset).collect();
+            let key: Vec<Option<Vec<u8>>> = dlq.iter().map(|r| r.source_key.clone()).collect();
+            let payload: Vec<Vec<u8>> = dlq.iter().map(|r| r.payload.clone()).collect();
+            let attempt: Vec<i32> = dlq.iter().map(|r| r.attempt).collect();
+            let replays: Vec<i32> = dlq.iter().map(|r| r.replay_count).collect();
+            let status: Vec<Option<i32>> = dlq.iter().map(|r| r.crm_status).collect();
+            let excerpt = col(&|r| r.crm_response_excerpt.clone());
+            let trace = col(&|r| s(&r.trace_id));
+            tx.execute(
+                "INSERT INTO dlq (dlq_id, failed_at, tenant_id, call_id, crm, stage, reason, detail, source_topic, source_partition, source_offset, \
+                 source_key, payload, attempt, replay_count, crm_status, crm_response_excerpt, trace_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                 $10::int4[], $11::int8[], $12::bytea[], $13::bytea[], $14::int4[], $15::int4[], $16::int4[], $17::text[], $18::text[]) ON CONFLICT DO NOTHING",
+                &[&ids, &at, &tenant, &call, &crm, &stage, &reason, &detail, &topic, &part, &offset, &key, &payload, &attempt, &replays, &status, &excerpt, &trace],
+            )
+            .await?
+        };
+        for r in rejects {
+            tx.execute(
+                "INSERT INTO sink_rejects (topic, part, \"offset\", payload, error) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&r.topic, &r.partition, &r.offset, &r.payload, &r.error],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((a, d))
+    }
+
+    /// Drops the audit partitions of days wholly older than `keep`; returns their names.
+    pub async fn purge(&mut self, keep: Duration, now_ms: i64) -> Result<Vec<String>, tokio_postgres::Error> {
+        let oldest_kept = day_of(now_ms - keep.as_millis() as i64);
+        let rows = self
+            .client
+            .query("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit'", &[])
+            .await?;
+        let mut dropped = vec![];
+        for r in rows {
+            let name: String = r.get(0);
+            let Some(date) = name.strip_prefix("audit_p").and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok()) else { continue };
+            let day = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp().div_euclid(86_400)).unwrap_or(i64::MAX);
+            if day < oldest_kept {
+                self.client.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
+                self.days.remove(&day);
+                dropped.push(name);
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_named_by_utc_day() {
+        let ms = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(partition_name(day_of(ms)), "audit_p20260101");
+        assert_eq!(partition_name(day_of(ms - 1)), "audit_p20251231");
+        assert_eq!(day_date(day_of(ms) + 1).to_string(), "2026-01-02");
+        assert_eq!(redact("postgres://sink:s3cret@db:5432/audit"), "postgres://sink:***@db:5432/audit");
+    }
+}

@@ -1,0 +1,237 @@
+//! `crm-sync trace <call_id> [--tenant T] [--json]`: a call's whole path across every stage,
+//! in time order, from the audit store: normalised, deduped, throttled, written (with the CRM
+//! record id), retried, dead-lettered and why. Written for the support person asking "why
+//! didn't my call show up": one line per step, the CRM requests under it, and a last line per
+//! CRM saying where the call ended up.
+
+use crm_common::audit_store::AuditStore;
+use std::collections::BTreeMap;
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The call's id, as the source system sent it.
+    pub call_id: String,
+    /// Only this tenant's call (call ids may repeat across tenants).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// One JSON object per line instead of text (for scripts).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+}
+
+/// One step of a call's path.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    pub at: String,
+    pub tenant_id: String,
+    pub stage: String,
+    pub crm: Option<String>,
+    pub operation: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub detail: String,
+    pub version: Option<i64>,
+    pub attempt: i32,
+    pub crm_status: Option<i32>,
+    pub crm_record_id: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub trace_id: String,
+    /// For dead letters: the entry's id and review state.
+    pub dlq: Option<String>,
+}
+
+/// The steps of `call_id` (of `tenant`, if given), oldest first, DLQ entries' states joined.
+pub async fn steps(store: &AuditStore, call_id: &str, tenant: Option<&str>) -> anyhow::Result<Vec<Step>> {
+    let rows = store
+        .client()
+        .query(
+            "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), tenant_id, stage, crm, operation, outcome, reason, detail, \
+             version, attempt, crm_status, crm_record_id, latency_ms, trace_id \
+             FROM audit WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY occurred_at, audit_id",
+            &[&call_id, &tenant],
+        )
+        .await?;
+    let dlq: BTreeMap<(String, String, String), String> = store
+        .client()
+        .query(
+            "SELECT tenant_id, coalesce(crm, ''), reason, dlq_id, state, replay_count, coalesce(state_note, '') FROM dlq \
+             WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY failed_at",
+            &[&call_id, &tenant],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let (id, state, replays, note): (String, String, i32, String) = (r.get(3), r.get(4), r.get(5), r.get(6));
+            let note = if note.is_empty() { String::new() } else { format!(": {note}") };
+            ((r.get(0), r.get(1), r.get(2)), format!("dlq entry {id}, {state}{note}, replayed {replays}×"))
+        })
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let tenant_id: String = r.get(1);
+            let crm: Option<String> = r.get(3);
+            let reason: Option<String> = r.get(6);
+            let outcome: String = r.get(5);
+            let dlq = (outcome == "DEAD_LETTERED")
+                .then(|| reason.as_ref().and_then(|why| dlq.get(&(tenant_id.clone(), crm.clone().unwrap_or_default(), why.clone()))).cloned())
+                .flatten();
+            Step {
+                at: r.get(0),
+                tenant_id,
+                stage: r.get(2),
+                crm,
+                operation: r.get(4),
+                outcome,
+                reason,
+                detail: r.get(7),
+                version: r.get(8),
+                attempt: r.get(9),
+                crm_status: r.get(10),
+                crm_record_id: r.get(11),
+                latency_ms: r.get(12),
+                trace_id: r.get(13),
+                dlq,
+            }
+        })
+        .collect())
+}
+
+/// A CRM request (audited by the writer per HTTP exchange) rather than a stage's step.
+fn is_exchange(s: &Step) -> bool {
+    s.crm_status.is_some() || s.operation.starts_with(['G', 'P', 'D'])
+}
+
+/// The steps as a support person reads them.
+pub fn render(call_id: &str, steps: &[Step]) -> String {
+    if steps.is_empty() {
+        return format!(
+            "No record of call {call_id} in the audit store.\n\
+             It never reached crm-sync (check the source system's id), or its audit has not been stored yet \
+             (is the audit-sink running?), or it is older than the audit retention.\n"
+        );
+    }
+    let mut out = String::new();
+    let tenants: Vec<&str> = {
+        let mut t: Vec<&str> = steps.iter().map(|s| s.tenant_id.as_str()).collect();
+        t.dedup();
+        t
+    };
+    out += &format!(
+        "Call {call_id} (tenant {}), {} audit records from {} to {} UTC, trace {}\n",
+        tenants.join(", "),
+        steps.len(),
+        steps[0].at,
+        steps[steps.len() - 1].at,
+        steps[0].trace_id
+    );
+    for s in steps {
+        let crm = s.crm.as_deref().unwrap_or("");
+        if is_exchange(s) {
+            let status = s.crm_status.map(|c| c.to_string()).unwrap_or_else(|| "—".into());
+            let latency = s.latency_ms.map(|l| format!(" {l} ms")).unwrap_or_default();
+            let attempt = if s.attempt > 1 { format!(", attempt {}", s.attempt) } else { String::new() };
+            let what = if s.outcome == "SUCCEEDED" { String::new() } else { format!(" {}: {}", s.outcome, s.detail) };
+            out += &format!("  {}  {:<10} {:<10}   {} → {status}{latency}{attempt}{what}\n", s.at, "", crm, s.operation);
+            continue;
+        }
+        let version = s.version.map(|v| format!("v{v}")).unwrap_or_default();
+        let reason = s.reason.as_deref().map(|r| format!("{r}: ")).unwrap_or_default();
+        let record = s.crm_record_id.as_deref().filter(|id| s.outcome == "SUCCEEDED" && !s.detail.contains(*id)).map(|id| format!(" [record {id}]")).unwrap_or_default();
+        out += &format!("{}  {:<10} {:<10} {:<3} {:<13} {reason}{}{record}\n", s.at, s.stage, crm, version, s.outcome, s.detail);
+        if let Some(d) = &s.dlq {
+            out += &format!("  {:>23}  ↳ {d}\n", "");
+        }
+    }
+    // Where the call ended up, per CRM: the last write step for each.
+    let mut last: BTreeMap<String, &Step> = BTreeMap::new();
+    for s in steps.iter().filter(|s| s.stage == "WRITER" && s.operation == "write") {
+        last.insert(s.crm.clone().unwrap_or_default(), s);
+    }
+    let fanned: Vec<String> = steps.iter().filter(|s| s.stage == "DEDUPER" && s.outcome == "SUCCEEDED").filter_map(|s| s.crm.clone()).collect();
+    let mut end = vec![];
+    for crm in fanned.iter().chain(last.keys()).collect::<std::collections::BTreeSet<_>>() {
+        end.push(match last.get(crm) {
+            Some(s) if s.outcome == "SUCCEEDED" || s.outcome == "DUPLICATE" => {
+                format!("{crm}: in the CRM as record {}", s.crm_record_id.as_deref().unwrap_or("?"))
+            }
+            Some(s) if s.outcome == "DEAD_LETTERED" => format!("{crm}: NOT written: {} ({})", s.reason.as_deref().unwrap_or("?"), s.dlq.as_deref().unwrap_or("see crm-sync dlq list")),
+            Some(s) => format!("{crm}: {}", s.outcome.to_lowercase()),
+            None => format!("{crm}: handed to the writer; no write recorded yet"),
+        });
+    }
+    if let Some(dead) = steps.iter().find(|s| s.outcome == "DEAD_LETTERED" && s.stage != "WRITER") {
+        end.push(format!("stopped at the {}: {} ({})", dead.stage.to_lowercase(), dead.reason.as_deref().unwrap_or("?"), dead.dlq.as_deref().unwrap_or("see crm-sync dlq list")));
+    }
+    if !end.is_empty() {
+        out += &format!("Outcome: {}\n", end.join("; "));
+    }
+    out
+}
+
+pub fn run(args: TraceArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut store = AuditStore::connect(&args.database_url).await?;
+        store.migrate().await?;
+        let steps = steps(&store, &args.call_id, args.tenant.as_deref()).await?;
+        if args.json {
+            for s in &steps {
+                println!("{}", serde_json::to_string(s)?);
+            }
+        } else {
+            print!("{}", render(&args.call_id, &steps));
+        }
+        anyhow::ensure!(!steps.is_empty() || args.json, "no audit records for call {}", args.call_id);
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(stage: &str, crm: Option<&str>, op: &str, outcome: &str) -> Step {
+        Step {
+            at: "2026-11-23 10:00:00.000".into(),
+            tenant_id: "acme".into(),
+            stage: stage.into(),
+            crm: crm.map(str::to_string),
+            operation: op.into(),
+            outcome: outcome.into(),
+            reason: None,
+            detail: "d".into(),
+            version: Some(1),
+            attempt: 1,
+            crm_status: None,
+            crm_record_id: None,
+            latency_ms: None,
+            trace_id: "t".into(),
+            dlq: None,
+        }
+    }
+
+    #[test]
+    fn the_outcome_line_says_where_the_call_ended_up_per_crm() {
+        let mut written = step("WRITER", Some("hubspot"), "write", "SUCCEEDED");
+        written.crm_record_id = Some("301".into());
+        let mut dead = step("WRITER", Some("salesforce"), "write", "DEAD_LETTERED");
+        dead.reason = Some("PERMISSION_DENIED".into());
+        dead.dlq = Some("dlq entry x, open, replayed 0×".into());
+        let steps = vec![
+            step("NORMALISER", None, "normalise", "SUCCEEDED"),
+            step("DEDUPER", Some("hubspot"), "dedup", "SUCCEEDED"),
+            step("DEDUPER", Some("salesforce"), "dedup", "SUCCEEDED"),
+            step("DEDUPER", Some("zoho"), "dedup", "SUCCEEDED"),
+            written,
+            dead,
+        ];
+        let text = render("c1", &steps);
+        assert!(text.contains("hubspot: in the CRM as record 301"), "{text}");
+        assert!(text.contains("salesforce: NOT written: PERMISSION_DENIED (dlq entry x, open, replayed 0×)"), "{text}");
+        assert!(text.contains("zoho: handed to the writer; no write recorded yet"), "{text}");
+        assert!(render("nope", &[]).contains("No record of call nope"));
+    }
+}

@@ -1,0 +1,231 @@
+//! The audit store end to end, against the dev broker, the machine's PostgreSQL (a database
+//! per test) and Redis, crm-sim and the services as processes: the audit-sink stores a
+//! redelivered batch once and keeps what it cannot decode; `crm-sync trace` shows a call's
+//! every stage; a dead-lettered write replayed with `crm-sync dlq replay` after its cause is
+//! fixed in crm-sim reaches the CRM exactly once.
+
+use crm_common::codec;
+use crm_common::events::*;
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::writer::wait_for;
+use crm_sync_tests::writer_suite::{outcomes, HUBSPOT};
+use crm_sync_tests::{bin, Broker, PrivateDb, Proc, RedisPrefix};
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+fn sink(broker: &Broker, db: &PrivateDb, group: &str) -> Proc {
+    broker.service("audit-sink", &[("DATABASE_URL", db.url.as_str()), ("CONSUMER_GROUP", group), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")])
+}
+
+fn audit_record(i: usize) -> AuditRecord {
+    AuditRecord {
+        audit_id: format!("a-{i}"),
+        tenant_id: "acme".into(),
+        call_id: Some(format!("c{}", i % 10)),
+        crm: Some(Crm::Hubspot),
+        stage: Stage::Writer,
+        operation: "write".into(),
+        outcome: AuditOutcome::Succeeded,
+        reason: None,
+        detail: format!("created hubspot record {i}"),
+        attempt: 1,
+        version: Some(1),
+        idempotency_key: Some(format!("acme:c{}:hubspot", i % 10)),
+        crm_status: Some(201),
+        crm_response_excerpt: None,
+        crm_record_id: Some(i.to_string()),
+        latency_ms: Some(3),
+        input_topic: "crm.writes.hubspot".into(),
+        input_partition: 0,
+        input_offset: i as i64,
+        // Across two days, so two partitions are made.
+        occurred_at: 1_767_225_600_000 + (i as i64 - 50) * 60_000,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        attributes: [("k".to_string(), "v".to_string())].into(),
+    }
+}
+
+fn dead_letter(i: usize) -> DeadLetter {
+    DeadLetter {
+        dlq_id: format!("d-{i}"),
+        tenant_id: "acme".into(),
+        call_id: Some(format!("c{i}")),
+        crm: None,
+        stage: Stage::Normaliser,
+        reason: DlqReason::InvalidPhone,
+        detail: "from_number \"12\" cannot be made E.164".into(),
+        source_topic: "calls.raw".into(),
+        source_partition: 0,
+        source_offset: i as i64,
+        source_key: Some(b"acme".to_vec()),
+        payload: vec![1, 2, 3],
+        attempt: 1,
+        replay_count: 0,
+        crm_status: None,
+        crm_response_excerpt: None,
+        failed_at: 1_767_225_600_000,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    }
+}
+
+#[test]
+fn a_redelivered_batch_is_stored_once_and_undecodable_messages_are_kept() {
+    let broker = Broker::start(2);
+    let db = PrivateDb::new("sink");
+    let audit: Vec<_> = (0..100).map(|i| ("acme".to_string(), codec::encode(&audit_record(i)).unwrap(), vec![])).collect();
+    let dlq: Vec<_> = (0..5).map(|i| ("acme".to_string(), codec::encode(&dead_letter(i)).unwrap(), vec![])).collect();
+    broker.produce("sync.audit", &audit);
+    broker.produce("sync.dlq", &dlq);
+    broker.produce("sync.audit", &[("acme".to_string(), b"{\"not\": \"avro\"}".to_vec(), vec![])]);
+    let s = sink(&broker, &db, "audit-sink");
+    assert_eq!(db.wait_count("SELECT count(*) FROM audit", 100, Duration::from_secs(30)), 100);
+    assert_eq!(db.wait_count("SELECT count(*) FROM dlq", 5, Duration::from_secs(10)), 5);
+    assert_eq!(db.wait_count("SELECT count(*) FROM sink_rejects", 1, Duration::from_secs(10)), 1);
+    let reject = &db.query("SELECT error FROM sink_rejects")[0];
+    assert!(reject.get::<_, String>(0).contains("not an AuditRecord"), "the reason is kept");
+    wait_for("offsets committed after the database commit", Duration::from_secs(20), || broker.committed("audit-sink", "sync.audit") == 101);
+    assert!(s.terminate().success());
+
+    // Everything again (a crash before the commit, a replayed topic): stored once.
+    broker.produce("sync.audit", &audit[..40]);
+    let again = sink(&broker, &db, "audit-sink-2");
+    wait_for("the second sink to read it all", Duration::from_secs(30), || broker.committed("audit-sink-2", "sync.audit") == 141);
+    wait_for("the second sink to read the DLQ", Duration::from_secs(30), || broker.committed("audit-sink-2", "sync.dlq") == 5);
+    assert_eq!(db.count("SELECT count(*) FROM audit"), 100, "a redelivered record is stored once");
+    assert_eq!(db.count("SELECT count(*) FROM dlq"), 5);
+    assert_eq!(db.count("SELECT count(*) FROM sink_rejects"), 1);
+    let parts = db.count("SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit'");
+    assert_eq!(parts, 2, "one partition per day");
+    let row = &db.query("SELECT attributes->>'k', crm_record_id, outcome FROM audit WHERE audit_id = 'a-7'")[0];
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2)), ("v".into(), "7".into(), "SUCCEEDED".into()));
+    assert!(again.terminate().success());
+}
+
+fn crm_sync(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(bin("crm-sync")).args(args).envs(env.iter().copied()).output().expect("crm-sync");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn raw_call(tenant: &str, id: &str) -> CallEvent {
+    CallEvent {
+        tenant_id: tenant.into(),
+        call_id: id.into(),
+        source: "pbx".into(),
+        version: 1,
+        direction: CallDirection::Inbound,
+        from_number: "(415) 555-2671".into(),
+        to_number: "+1 650 253 0000".into(),
+        region_hint: None,
+        started_at: 1_767_225_600_000,
+        ended_at: Some(1_767_225_660_000),
+        duration_s: Some(60),
+        outcome: Some(CallOutcome::Answered),
+        agent_id: "agent-1".into(),
+        agent_email: None,
+        recording_url: None,
+        notes: None,
+        attributes: Default::default(),
+    }
+}
+
+#[test]
+fn a_calls_trace_shows_every_stage_from_raw_to_the_crm_record() {
+    let broker = Broker::start(1);
+    let db = PrivateDb::new("trace");
+    let sim = CrmSim::start();
+    HUBSPOT.account(&sim, "acme", json!({}));
+    let tenants = HUBSPOT.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("trace");
+    let common = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", crm_sync_tests::MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str())];
+    let n = broker.service("normaliser", &common);
+    let d = broker.service("deduper", &common);
+    let w = HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    let s = sink(&broker, &db, "audit-sink");
+    broker.produce("calls.raw", &[("acme".into(), codec::encode(&raw_call("acme", "call-77")).unwrap(), vec![])]);
+    let written = db.wait_count("SELECT count(*) FROM audit WHERE call_id = 'call-77' AND stage = 'WRITER' AND operation = 'write'", 1, Duration::from_secs(60));
+    assert_eq!(written, 1, "the write reached the audit store");
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let (ok, text, err) = crm_sync(&["trace", "call-77"], &env);
+    assert!(ok, "{err}");
+    for expected in ["NORMALISER", "DEDUPER", "WRITER", "POST /crm/v3/objects/calls/batch/create → 201", "Outcome: hubspot: in the CRM as record"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    eprintln!("{text}");
+    let record = HUBSPOT.keys(&sim, "acme");
+    assert_eq!(record.len(), 1);
+    let id = sim.records("hubspot", "acme", "calls")[0]["id"].as_str().unwrap().to_string();
+    assert!(text.contains(&format!("record {id}")), "the CRM's record id: {text}");
+    assert!(!text.contains("4155552671"), "numbers stay masked: {text}");
+    let (ok, json, _) = crm_sync(&["trace", "call-77", "--tenant", "acme", "--json"], &env);
+    assert!(ok);
+    let steps: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(steps.len() >= 4, "{json}");
+    assert!(steps.windows(2).all(|w| w[0]["at"].as_str() <= w[1]["at"].as_str()), "in time order");
+    let (ok, none, _) = crm_sync(&["trace", "no-such-call"], &env);
+    assert!(!ok && none.contains("No record of call no-such-call"), "{none}");
+    for p in [n, d, w, s] {
+        assert!(p.terminate().success());
+    }
+}
+
+#[test]
+fn a_replayed_dlq_entry_is_written_once_after_its_cause_is_fixed() {
+    let broker = Broker::start(1);
+    let db = PrivateDb::new("replay");
+    let sim = CrmSim::start();
+    HUBSPOT.account(&sim, "acme", json!({}));
+    let tenants = HUBSPOT.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("replay");
+    // The portal lost the scope to write calls: both writes are dead-lettered.
+    sim.admin("POST", "/accounts/hubspot/acme/permissions/crm.objects.contacts.write/revoke", None);
+    let w = HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    let s = sink(&broker, &db, "audit-sink");
+    broker.produce("crm.writes.hubspot", &[HUBSPOT.request("acme", "r1", 1), HUBSPOT.request("acme", "r2", 1)]);
+    assert_eq!(db.wait_count("SELECT count(*) FROM dlq WHERE reason = 'PERMISSION_DENIED'", 2, Duration::from_secs(60)), 2);
+    let env = [("DATABASE_URL", db.url.as_str()), ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.as_str()), ("USER", "support-jane")];
+    let (ok, list, err) = crm_sync(&["dlq", "list", "--reason", "permission_denied", "--tenant", "acme"], &env);
+    assert!(ok, "{err}");
+    assert!(list.contains("PERMISSION_DENIED") && list.contains("open") && list.contains("(2 entries)"), "{list}");
+    let ids: Vec<String> = db.query("SELECT dlq_id FROM dlq WHERE call_id = 'r1'").iter().map(|r| r.get(0)).collect();
+    let other: String = db.query("SELECT dlq_id FROM dlq WHERE call_id = 'r2'")[0].get(0);
+    let (ok, show, _) = crm_sync(&["dlq", "show", &ids[0]], &env);
+    assert!(ok && show.contains("\"idempotency_key\": \"acme:r1:hubspot\"") && show.contains("403"), "{show}");
+
+    // A dry run sends nothing.
+    let (ok, dry, _) = crm_sync(&["dlq", "replay", &ids[0], "--dry-run"], &env);
+    assert!(ok && dry.contains("would replay 1 entries"), "{dry}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(HUBSPOT.keys(&sim, "acme").is_empty());
+
+    // The scope is granted again; the entry is replayed: one record.
+    sim.admin("POST", "/accounts/hubspot/acme/permissions/crm.objects.contacts.write/grant", None);
+    let (ok, out, err) = crm_sync(&["dlq", "replay", &ids[0]], &env);
+    assert!(ok && out.contains("replayed 1 entries"), "{out}{err}");
+    wait_for("the replayed call in HubSpot", Duration::from_secs(30), || HUBSPOT.keys(&sim, "acme").len() == 1);
+    assert_eq!(db.count("SELECT count(*) FROM dlq WHERE state = 'replayed' AND replay_count = 1"), 1);
+    // Replayed again by mistake: idempotency keeps one record; a third time is a loop.
+    let (ok, _, _) = crm_sync(&["dlq", "replay", &ids[0], "--max-replays", "2"], &env);
+    assert!(ok);
+    let (ok, out, err) = crm_sync(&["dlq", "replay", &ids[0], "--max-replays", "2"], &env);
+    assert!(ok && out.contains("replayed 0 entries; 1 refused") && err.contains("replayed 2 times already"), "{out}{err}");
+    let (finals, _, all) = outcomes(&broker, 4, Duration::from_secs(30));
+    assert!(finals.iter().any(|a| a.call_id.as_deref() == Some("r1") && a.outcome == AuditOutcome::Duplicate), "the second replay was a duplicate");
+    let k = HUBSPOT.keys(&sim, "acme");
+    assert!(k.len() == 1 && k.values().all(|&(t, _)| t == 1), "exactly one record after two replays: {k:?}");
+
+    // The other entry is expected (the tenant asked for it): acknowledged with a note.
+    let (ok, _, err) = crm_sync(&["dlq", "ack", &other, "--note", "tenant removed the app on purpose"], &env);
+    assert!(ok, "{err}");
+    let (_, list, _) = crm_sync(&["dlq", "list", "--state", "acknowledged"], &env);
+    assert!(list.contains(&other) && list.contains("(1 entries)"), "{list}");
+    // Every action is audited, by whom.
+    let ops: Vec<&AuditRecord> = all.iter().filter(|a| a.stage == Stage::Operator).collect();
+    assert!(ops.iter().filter(|a| a.operation == "dlq replay").count() >= 2, "{ops:?}");
+    wait_for("the ack's audit record", Duration::from_secs(20), || db.count("SELECT count(*) FROM audit WHERE stage = 'OPERATOR' AND operation = 'dlq ack'") == 1);
+    let by: String = db.query("SELECT attributes->>'by' FROM audit WHERE stage = 'OPERATOR' LIMIT 1")[0].get(0);
+    assert_eq!(by, "support-jane");
+    for p in [w, s] {
+        assert!(p.terminate().success());
+    }
+}

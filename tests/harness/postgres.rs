@@ -1,0 +1,69 @@
+//! PostgreSQL for tests: each test gets a database of its own on the machine's server,
+//! dropped when the test ends, so tests run in parallel and leave nothing behind.
+
+use std::time::Duration;
+
+/// The machine's PostgreSQL (trust auth).
+pub const MACHINE_PG: &str = "postgres://postgres@127.0.0.1:5432";
+
+pub struct PrivateDb {
+    pub name: String,
+    /// `DATABASE_URL` for services under test.
+    pub url: String,
+    rt: tokio::runtime::Runtime,
+}
+
+fn admin(rt: &tokio::runtime::Runtime, sql: &str) {
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&format!("{MACHINE_PG}/postgres"), tokio_postgres::NoTls).await.expect("the machine's PostgreSQL at 127.0.0.1:5432");
+        let driver = tokio::spawn(conn);
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = driver.await;
+    });
+}
+
+impl PrivateDb {
+    pub fn new(label: &str) -> PrivateDb {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let name = format!("t_{label}_{}", uuid::Uuid::new_v4().simple()).chars().take(60).collect::<String>();
+        admin(&rt, &format!("CREATE DATABASE {name}"));
+        let url = format!("{MACHINE_PG}/{name}");
+        PrivateDb { name, url, rt }
+    }
+
+    /// Runs a query and returns its rows.
+    pub fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        self.rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.expect("connect");
+            let driver = tokio::spawn(conn);
+            let rows = client.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            drop(client);
+            let _ = driver.await;
+            rows
+        })
+    }
+
+    /// The single number a query returns.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.query(sql).first().map(|r| r.get::<_, i64>(0)).unwrap_or(0)
+    }
+
+    /// Polls `sql` (a count) until it reaches `n`.
+    pub fn wait_count(&self, sql: &str, n: i64, timeout: Duration) -> i64 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let c = if self.query("SELECT to_regclass('public.audit') IS NOT NULL").first().is_some_and(|r| r.get::<_, bool>(0)) { self.count(sql) } else { 0 };
+            if c >= n || std::time::Instant::now() > deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PrivateDb {
+    fn drop(&mut self) {
+        admin(&self.rt, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
