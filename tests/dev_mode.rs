@@ -25,7 +25,11 @@ fn dev_mode_accounts_for_every_sample_call() {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CRM_SIM_URL=http://127.0.0.1:"), "crm-sim was not started: {stderr}");
-    for service in ["crm-sim", "normaliser", "deduper", "writer-hubspot", "writer-salesforce", "writer-zoho", "writer-pipedrive"] {
+    // The audit-sink stored it all: the summary ends with a sample trace from PostgreSQL.
+    assert!(stdout.contains("Sample trace (crm-sync trace acme-1002 --tenant acme):"), "{stdout}");
+    assert!(stdout.contains("Outcome: hubspot: in the CRM as record"), "{stdout}");
+    assert!(stderr.contains("dropped this run's audit database"), "{stderr}");
+    for service in ["crm-sim", "normaliser", "deduper", "audit-sink", "writer-hubspot", "writer-salesforce", "writer-zoho", "writer-pipedrive"] {
         assert!(stderr.contains(&format!("{service} stopped (exit status: 0)")), "{service} did not shut down cleanly: {stderr}");
     }
     assert!(stderr.contains("removed this run's ") && stderr.contains(" Redis keys (crm-sync-dev-"), "dev leaves no Redis keys behind: {stderr}");

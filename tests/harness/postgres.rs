@@ -13,22 +13,11 @@ pub struct PrivateDb {
     rt: tokio::runtime::Runtime,
 }
 
-fn admin(rt: &tokio::runtime::Runtime, sql: &str) {
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&format!("{MACHINE_PG}/postgres"), tokio_postgres::NoTls).await.expect("the machine's PostgreSQL at 127.0.0.1:5432");
-        let driver = tokio::spawn(conn);
-        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        drop(client);
-        let _ = driver.await;
-    });
-}
-
 impl PrivateDb {
     pub fn new(label: &str) -> PrivateDb {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let name = format!("t_{label}_{}", uuid::Uuid::new_v4().simple()).chars().take(60).collect::<String>();
-        admin(&rt, &format!("CREATE DATABASE {name}"));
-        let url = format!("{MACHINE_PG}/{name}");
+        let url = rt.block_on(crm_common::audit_store::create_database(&format!("{MACHINE_PG}/postgres"), &name)).expect("a database on the machine's PostgreSQL");
         PrivateDb { name, url, rt }
     }
 
@@ -64,6 +53,8 @@ impl PrivateDb {
 
 impl Drop for PrivateDb {
     fn drop(&mut self) {
-        admin(&self.rt, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        if let Err(e) = self.rt.block_on(crm_common::audit_store::drop_database(&format!("{MACHINE_PG}/postgres"), &self.name)) {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
     }
 }

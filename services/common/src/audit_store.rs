@@ -10,7 +10,7 @@
 
 use crate::events::{AuditRecord, DeadLetter};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
@@ -20,6 +20,40 @@ pub const MIGRATIONS: &[(&str, &str)] = &[("0001_audit_store", include_str!("../
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
 pub fn redact(url: &str) -> String {
     crate::redis_conn::redact_url(url)
+}
+
+/// `base` with its database replaced by `db`.
+pub fn database_url(base: &str, db: &str) -> String {
+    match url::Url::parse(base) {
+        Ok(mut u) => {
+            u.set_path(&format!("/{db}"));
+            u.to_string()
+        }
+        Err(_) => base.to_string(),
+    }
+}
+
+/// Runs one statement on `base`'s server (CREATE/DROP DATABASE cannot run in a transaction).
+async fn on_server(base: &str, sql: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(base, NoTls).await.map_err(|e| anyhow::anyhow!("PostgreSQL at {}: {e}", redact(base)))?;
+    let driver = tokio::spawn(conn);
+    client.batch_execute(sql).await.map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// A database of its own for a dev run, a benchmark or a test, on `base`'s server. `db` must
+/// be a plain identifier.
+pub async fn create_database(base: &str, db: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "database name {db:?}");
+    on_server(base, &format!("CREATE DATABASE {db}")).await?;
+    Ok(database_url(base, db))
+}
+
+pub async fn drop_database(base: &str, db: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "database name {db:?}");
+    on_server(base, &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await
 }
 
 pub struct AuditStore {
@@ -219,6 +253,87 @@ impl AuditStore {
     }
 }
 
+/// One step of a call's path.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    pub at: String,
+    pub tenant_id: String,
+    pub stage: String,
+    pub crm: Option<String>,
+    pub operation: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub detail: String,
+    pub version: Option<i64>,
+    pub attempt: i32,
+    pub crm_status: Option<i32>,
+    pub crm_record_id: Option<String>,
+    pub latency_ms: Option<i64>,
+    pub trace_id: String,
+    /// For dead letters: the entry's id and review state.
+    pub dlq: Option<String>,
+}
+
+impl AuditStore {
+    /// The steps of `call_id` (of `tenant`, if given), oldest first, with the review state of
+    /// the DLQ entries they made: what `crm-sync trace` shows.
+    pub async fn trace(&self, call_id: &str, tenant: Option<&str>) -> Result<Vec<Step>, tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), tenant_id, stage, crm, operation, outcome, reason, detail, \
+                 version, attempt, crm_status, crm_record_id, latency_ms, trace_id \
+                 FROM audit WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY occurred_at, audit_id",
+                &[&call_id, &tenant],
+            )
+            .await?;
+        let dlq: BTreeMap<(String, String, String), String> = self
+            .client
+            .query(
+                "SELECT tenant_id, coalesce(crm, ''), reason, dlq_id, state, replay_count, coalesce(state_note, '') FROM dlq \
+                 WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY failed_at",
+                &[&call_id, &tenant],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                let (id, state, replays, note): (String, String, i32, String) = (r.get(3), r.get(4), r.get(5), r.get(6));
+                let note = if note.is_empty() { String::new() } else { format!(": {note}") };
+                ((r.get(0), r.get(1), r.get(2)), format!("dlq entry {id}, {state}{note}, replayed {replays}×"))
+            })
+            .collect();
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let tenant_id: String = r.get(1);
+                let crm: Option<String> = r.get(3);
+                let reason: Option<String> = r.get(6);
+                let outcome: String = r.get(5);
+                let dlq = (outcome == "DEAD_LETTERED")
+                    .then(|| reason.as_ref().and_then(|why| dlq.get(&(tenant_id.clone(), crm.clone().unwrap_or_default(), why.clone()))).cloned())
+                    .flatten();
+                Step {
+                    at: r.get(0),
+                    tenant_id,
+                    stage: r.get(2),
+                    crm,
+                    operation: r.get(4),
+                    outcome,
+                    reason,
+                    detail: r.get(7),
+                    version: r.get(8),
+                    attempt: r.get(9),
+                    crm_status: r.get(10),
+                    crm_record_id: r.get(11),
+                    latency_ms: r.get(12),
+                    trace_id: r.get(13),
+                    dlq,
+                }
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +345,6 @@ mod tests {
         assert_eq!(partition_name(day_of(ms - 1)), "audit_p20251231");
         assert_eq!(day_date(day_of(ms) + 1).to_string(), "2026-01-02");
         assert_eq!(redact("postgres://sink:s3cret@db:5432/audit"), "postgres://sink:***@db:5432/audit");
+        assert_eq!(database_url("postgres://postgres@127.0.0.1:5432/postgres", "dev_1"), "postgres://postgres@127.0.0.1:5432/dev_1");
     }
 }

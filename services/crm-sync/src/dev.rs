@@ -4,6 +4,7 @@
 //! several tenants with messy numbers, a repeat, an update and some bad input, and reports
 //! what happened to each from the audit topic. Grows with every service.
 
+use crm_common::audit_store;
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::codec;
 use crm_common::config::Topics;
@@ -33,9 +34,13 @@ pub struct DevArgs {
     /// Tenants file; defaults to the example in deploy/ (compiled in).
     #[arg(long)]
     tenants_config: Option<PathBuf>,
-    /// Redis for the deduper's marks (and later the writers' buckets).
+    /// Redis for the deduper's marks and the writers' buckets and claims.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// The PostgreSQL server for the audit store; the run makes a database of its own there
+    /// and drops it at exit.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database_url: String,
 }
 
 /// Child services, stopped with SIGTERM (graceful) when dropped.
@@ -175,7 +180,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .block_on(redis_conn::connect(&args.redis_url))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
-    let mut services: Vec<(String, &str, Vec<&str>)> = vec![("normaliser".into(), "normaliser", vec![]), ("deduper".into(), "deduper", vec![])];
+    let db_name = format!("crm_sync_dev_{}", std::process::id());
+    let database_url = rt
+        .block_on(audit_store::create_database(&args.database_url, &db_name))
+        .map_err(|e| anyhow::anyhow!("{e}; start PostgreSQL or set DATABASE_URL"))?;
+    eprintln!("PostgreSQL (audit store): DATABASE_URL={}", redact_url(&database_url));
+    let mut services: Vec<(String, &str, Vec<&str>)> =
+        vec![("normaliser".into(), "normaliser", vec![]), ("deduper".into(), "deduper", vec![]), ("audit-sink".into(), "audit-sink", vec![])];
     for crm in DEV_WRITERS {
         services.push((format!("writer-{}", crm.as_str()), "writer", vec!["--crm", crm.as_str()]));
     }
@@ -188,6 +199,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             .env("TENANTS_CONFIG", &tenants)
             .env("REDIS_URL", &args.redis_url)
             .env("REDIS_KEY_PREFIX", &prefix)
+            .env("DATABASE_URL", &database_url)
             .env("KAFKA_OPTIONS", "session.timeout.ms=6000")
             .spawn()?;
         eprintln!("started {name} (pid {})", child.id());
@@ -210,6 +222,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let reader = TopicReader::new(&bootstrap, &[&topics.calls_normalised, &topics.audit])?;
     let audit = wait_for_audit(&reader, &topics, &tenants_loaded, samples.len());
     report(&audit, samples.len());
+    // The audit store has it all too: a sample trace, as support would ask for it.
+    match rt.block_on(sample_trace(&database_url, audit.len())) {
+        Ok(text) => println!("\n{text}"),
+        Err(e) => eprintln!("no sample trace: {e}"),
+    }
 
     if !args.once {
         eprintln!("\npipeline running; produce to {} at {bootstrap}. Ctrl-C to stop.", topics.calls_raw);
@@ -223,8 +240,31 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(n) => eprintln!("  removed this run's {n} Redis keys ({prefix}:*)"),
         Err(e) => eprintln!("  could not remove Redis keys {prefix}:*: {e}"),
     }
+    match rt.block_on(audit_store::drop_database(&args.database_url, &db_name)) {
+        Ok(()) => eprintln!("  dropped this run's audit database ({db_name})"),
+        Err(e) => eprintln!("  could not drop the audit database {db_name}: {e}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `crm-sync trace` of the sample call that went furthest (an update written to two CRMs),
+/// once the audit-sink has stored what the report read.
+async fn sample_trace(database_url: &str, records: usize) -> anyhow::Result<String> {
+    let store = audit_store::AuditStore::connect(database_url).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: i64 = match store.client().query_one("SELECT count(*) FROM audit", &[]).await {
+            Ok(r) => r.get(0),
+            Err(_) => 0, // the sink has not made the schema yet
+        };
+        if stored as usize >= records || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let steps = store.trace("acme-1002", Some("acme")).await?;
+    Ok(format!("Sample trace (crm-sync trace acme-1002 --tenant acme):\n{}", crate::trace::render("acme-1002", &steps)))
 }
 
 /// Reads the audit topic until every stage has accounted for every sample: the normaliser

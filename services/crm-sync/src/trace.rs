@@ -4,7 +4,7 @@
 //! didn't my call show up": one line per step, the CRM requests under it, and a last line per
 //! CRM saying where the call ended up.
 
-use crm_common::audit_store::AuditStore;
+use crm_common::audit_store::{AuditStore, Step};
 use std::collections::BTreeMap;
 
 #[derive(Debug, clap::Args)]
@@ -19,84 +19,6 @@ pub struct TraceArgs {
     pub json: bool,
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
-}
-
-/// One step of a call's path.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Step {
-    pub at: String,
-    pub tenant_id: String,
-    pub stage: String,
-    pub crm: Option<String>,
-    pub operation: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub detail: String,
-    pub version: Option<i64>,
-    pub attempt: i32,
-    pub crm_status: Option<i32>,
-    pub crm_record_id: Option<String>,
-    pub latency_ms: Option<i64>,
-    pub trace_id: String,
-    /// For dead letters: the entry's id and review state.
-    pub dlq: Option<String>,
-}
-
-/// The steps of `call_id` (of `tenant`, if given), oldest first, DLQ entries' states joined.
-pub async fn steps(store: &AuditStore, call_id: &str, tenant: Option<&str>) -> anyhow::Result<Vec<Step>> {
-    let rows = store
-        .client()
-        .query(
-            "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), tenant_id, stage, crm, operation, outcome, reason, detail, \
-             version, attempt, crm_status, crm_record_id, latency_ms, trace_id \
-             FROM audit WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY occurred_at, audit_id",
-            &[&call_id, &tenant],
-        )
-        .await?;
-    let dlq: BTreeMap<(String, String, String), String> = store
-        .client()
-        .query(
-            "SELECT tenant_id, coalesce(crm, ''), reason, dlq_id, state, replay_count, coalesce(state_note, '') FROM dlq \
-             WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY failed_at",
-            &[&call_id, &tenant],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let (id, state, replays, note): (String, String, i32, String) = (r.get(3), r.get(4), r.get(5), r.get(6));
-            let note = if note.is_empty() { String::new() } else { format!(": {note}") };
-            ((r.get(0), r.get(1), r.get(2)), format!("dlq entry {id}, {state}{note}, replayed {replays}×"))
-        })
-        .collect();
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let tenant_id: String = r.get(1);
-            let crm: Option<String> = r.get(3);
-            let reason: Option<String> = r.get(6);
-            let outcome: String = r.get(5);
-            let dlq = (outcome == "DEAD_LETTERED")
-                .then(|| reason.as_ref().and_then(|why| dlq.get(&(tenant_id.clone(), crm.clone().unwrap_or_default(), why.clone()))).cloned())
-                .flatten();
-            Step {
-                at: r.get(0),
-                tenant_id,
-                stage: r.get(2),
-                crm,
-                operation: r.get(4),
-                outcome,
-                reason,
-                detail: r.get(7),
-                version: r.get(8),
-                attempt: r.get(9),
-                crm_status: r.get(10),
-                crm_record_id: r.get(11),
-                latency_ms: r.get(12),
-                trace_id: r.get(13),
-                dlq,
-            }
-        })
-        .collect())
 }
 
 /// A CRM request (audited by the writer per HTTP exchange) rather than a stage's step.
@@ -176,7 +98,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut store = AuditStore::connect(&args.database_url).await?;
         store.migrate().await?;
-        let steps = steps(&store, &args.call_id, args.tenant.as_deref()).await?;
+        let steps = store.trace(&args.call_id, args.tenant.as_deref()).await?;
         if args.json {
             for s in &steps {
                 println!("{}", serde_json::to_string(s)?);
