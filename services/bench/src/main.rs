@@ -4,6 +4,7 @@
 //! stage. Prints inputs/s for both, their ratio and each process's peak RSS.
 //! Figures, not assertions: the machines are noisy.
 
+mod audit;
 mod crm_sim;
 mod deduper;
 mod writer;
@@ -87,6 +88,16 @@ enum Cmd {
         #[arg(long, default_value_t = 50_000)]
         iterations: usize,
     },
+    /// The audit store at size: load `rows` audit rows, time `crm-sync trace` for random
+    /// calls, and the audit-sink's insert rate from the broker.
+    Audit {
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 200_000)]
+        sink_records: usize,
+        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        database_url: String,
+    },
     /// crm-sim's request rate and latency (single creates, batch upserts as the account fills,
     /// search, Salesforce collections) and its peak RSS.
     CrmSim {
@@ -156,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Steps { iterations } => steps(iterations),
         Cmd::CrmSim { requests, records, concurrency } => crm_sim::run(requests, records, concurrency),
+        Cmd::Audit { rows, sink_records, database_url } => audit::run(rows, sink_records, &database_url),
     }
 }
 
