@@ -75,7 +75,8 @@ pub fn ts(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-fn day_of(ms: i64) -> i64 {
+/// The UTC day (since the epoch) of a time in ms.
+pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
 
@@ -83,7 +84,8 @@ fn day_date(day: i64) -> NaiveDate {
     DateTime::from_timestamp(day * 86_400, 0).unwrap_or_default().date_naive()
 }
 
-fn partition_name(day: i64) -> String {
+/// The audit partition holding a day.
+pub fn partition_name(day: i64) -> String {
     format!("audit_p{}", day_date(day).format("%Y%m%d"))
 }
 
