@@ -151,6 +151,16 @@ impl AuditStore {
     /// Stores a batch in one transaction; returns (audit rows, DLQ rows) actually inserted
     /// (a redelivered record counts 0).
     pub async fn insert(&mut self, audit: &[AuditRecord], dlq: &[DeadLetter], rejects: &[Reject]) -> Result<(u64, u64), tokio_postgres::Error> {
+        let r = self.insert_once(audit, dlq, rejects).await;
+        if r.is_err() {
+            // A day this process knew may have been dropped by another sink's purge (or the
+            // database replaced): look again on the retry.
+            self.days.clear();
+        }
+        r
+    }
+
+    async fn insert_once(&mut self, audit: &[AuditRecord], dlq: &[DeadLetter], rejects: &[Reject]) -> Result<(u64, u64), tokio_postgres::Error> {
         self.ensure_partitions(audit.iter().map(|a| a.occurred_at)).await?;
         let tx = self.client.transaction().await?;
         let a = if audit.is_empty() {
