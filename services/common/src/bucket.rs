@@ -11,6 +11,14 @@
 //! from every limit of the set or from none, against Redis's own clock, so replicas on
 //! machines with skewed clocks still agree.
 //!
+//! Three more kinds cover the other CRMs: a *slotted* rolling window counts a long window
+//! (Zoho's 24 h credits) in slots rather than token by token; a *reported* limit
+//! (Salesforce's org allowance) is whatever the CRM's header last said, probed once per
+//! interval when spent; a *concurrent* limit (Zoho's requests in flight) holds a slot per
+//! request until `release` or its lease runs out. A request may cost different amounts in
+//! each limit of its set (`try_take_each`: a Pipedrive create is one burst token and five
+//! budget tokens).
+//!
 //! The CRM knows better than we do (other apps spend the same budget): `observe` lowers our
 //! idea of what is left to what a response's headers say, and `block` stops every replica
 //! until the CRM's reset after a 429. Keys hash-tag the tenant.
