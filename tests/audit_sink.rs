@@ -107,28 +107,6 @@ fn crm_sync(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn raw_call(tenant: &str, id: &str) -> CallEvent {
-    CallEvent {
-        tenant_id: tenant.into(),
-        call_id: id.into(),
-        source: "pbx".into(),
-        version: 1,
-        direction: CallDirection::Inbound,
-        from_number: "(415) 555-2671".into(),
-        to_number: "+1 650 253 0000".into(),
-        region_hint: None,
-        started_at: 1_767_225_600_000,
-        ended_at: Some(1_767_225_660_000),
-        duration_s: Some(60),
-        outcome: Some(CallOutcome::Answered),
-        agent_id: "agent-1".into(),
-        agent_email: None,
-        recording_url: None,
-        notes: None,
-        attributes: Default::default(),
-    }
-}
-
 #[test]
 fn a_calls_trace_shows_every_stage_from_raw_to_the_crm_record() {
     let broker = Broker::start(1);
@@ -142,7 +120,7 @@ fn a_calls_trace_shows_every_stage_from_raw_to_the_crm_record() {
     let d = broker.service("deduper", &common);
     let w = HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[]);
     let s = sink(&broker, &db, "audit-sink");
-    broker.produce("calls.raw", &[("acme".into(), codec::encode(&raw_call("acme", "call-77")).unwrap(), vec![])]);
+    broker.produce("calls.raw", &[("acme".into(), codec::encode(&crm_common::events::fixtures::raw_call("acme", "call-77", 0)).unwrap(), vec![])]);
     let written = db.wait_count("SELECT count(*) FROM audit WHERE call_id = 'call-77' AND stage = 'WRITER' AND operation = 'write'", 1, Duration::from_secs(60));
     assert_eq!(written, 1, "the write reached the audit store");
     let env = [("DATABASE_URL", db.url.as_str())];

@@ -48,10 +48,10 @@ async fn takes_are_all_or_nothing_across_limits_and_keep_a_reserve() {
     assert!(w > Duration::from_secs(0) && w <= Duration::from_secs(86_400), "until midnight: {w:?}");
     assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 3), ("daily".to_string(), 3)]);
 
-    // Background work keeps 4 of 10 free for live writes.
+    // Background work keeps 40% (4 of 10) free for live writes.
     let bg = set(vec![rolling("bg", 10, 10_000)]);
     let mut granted = 0;
-    while b.try_take(&bg, 1, 4).await.unwrap() == Take::Granted {
+    while b.try_take(&bg, 1, 40).await.unwrap() == Take::Granted {
         granted += 1;
     }
     assert_eq!(granted, 6);

@@ -59,11 +59,16 @@ impl Case {
     }
 
     fn contact(&self) -> Value {
+        self.contact_on("Ada", "(415) 555-2671")
+    }
+
+    /// A contact as this CRM's crm-sim object, named `first` Lovelace, with one phone.
+    pub fn contact_on(&self, first: &str, phone: &str) -> Value {
         match self.crm {
-            Crm::Hubspot => json!({"firstname": "Ada", "lastname": "Lovelace", "phone": "(415) 555-2671"}),
-            Crm::Salesforce => json!({"FirstName": "Ada", "LastName": "Lovelace", "Phone": "(415) 555-2671"}),
-            Crm::Zoho => json!({"First_Name": "Ada", "Last_Name": "Lovelace", "Phone": "(415) 555-2671"}),
-            _ => json!({"name": "Ada Lovelace", "phones": [{"value": "(415) 555-2671", "label": "work", "primary": true}]}),
+            Crm::Hubspot => json!({"firstname": first, "lastname": "Lovelace", "phone": phone}),
+            Crm::Salesforce => json!({"FirstName": first, "LastName": "Lovelace", "Phone": phone}),
+            Crm::Zoho => json!({"First_Name": first, "Last_Name": "Lovelace", "Phone": phone}),
+            _ => json!({"name": format!("{first} Lovelace"), "phones": [{"value": phone, "label": "work", "primary": true}]}),
         }
     }
 
@@ -499,38 +504,49 @@ pub fn one_record_per_call_across_repeated_sigkill_mid_batch(case: &Case) {
     };
     // A killed writer's claims are recoverable after this long.
     let env = [("WRITER_LEASE", "2s"), ("WRITER_RETRY_BASE", "50ms")];
-    let mid = std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            for chunk in inputs.chunks(9) {
-                broker.produce(&case.topic(), chunk);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        });
-        let mut mid = 0;
-        for round in 0..KILLS {
-            let (before, _) = live_keys();
-            let w = case.writer(&broker, &tenants, &prefix, &TENANTS, &env);
-            let target = before + 3 + (rand::random::<u32>() % 10) as usize;
+    // The calls arrive in one part per round, so every kill but the last writer's has calls
+    // still to come; a kill counts only if it landed while crm-sim held a create.
+    let parts: Vec<_> = inputs.chunks(inputs.len().div_ceil(KILLS + 1)).collect();
+    let produce = |part: &[super::Msg]| {
+        for chunk in part.chunks(9) {
+            broker.produce(&case.topic(), chunk);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let mut mid = 0;
+    for (round, part) in parts.iter().take(KILLS).enumerate() {
+        let (before, _) = live_keys();
+        let w = case.writer(&broker, &tenants, &prefix, &TENANTS, &env);
+        // Feed the part once the writer is reading, a chunk at a time, so it makes several
+        // creates rather than one batch.
+        wait_for("the writer reading", Duration::from_secs(60), || w.log_text().contains("partitions assigned"));
+        let held = std::thread::scope(|s| {
+            let h = s.spawn(|| produce(part));
+            // Land inside a held create (claimed, applied, not answered) once some of this
+            // part is written: the worst moment.
             let deadline = Instant::now() + Duration::from_secs(60);
-            while live_keys().0 < target && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // Land inside a held create (claimed, sent, not answered).
             let in_flight = || TENANTS.iter().any(|t| sim.state(case.name(), t)["usage"]["in_flight"].as_u64().unwrap_or(0) > 0);
-            while !in_flight() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
+            let mut held = false;
+            while !held && Instant::now() < deadline {
+                held = live_keys().0 > before && in_flight();
+                if !held {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             w.kill9();
-            let (now, _) = live_keys();
-            if now < inputs.len() {
-                mid += 1;
-            }
-            eprintln!("{} round {round}: SIGKILL with {now} of {} calls written", case.name(), inputs.len());
+            h.join().unwrap();
+            held
+        });
+        let (now, _) = live_keys();
+        if held {
+            mid += 1;
         }
-        h.join().unwrap();
-        mid
-    });
-    assert!(mid >= 2, "only {mid} kills landed mid-stream");
+        eprintln!("{} round {round}: SIGKILL with {now} of {} calls written, create held: {held}", case.name(), inputs.len());
+    }
+    assert!(mid >= 2, "only {mid} kills landed inside a held create");
+    for part in &parts[KILLS..] {
+        produce(part);
+    }
 
     let last = case.writer(&broker, &tenants, &prefix, &TENANTS, &env);
     wait_for("every call written", Duration::from_secs(180), || live_keys().0 >= inputs.len());

@@ -7,6 +7,7 @@
 mod audit;
 mod crm_sim;
 mod deduper;
+mod reconcile;
 mod writer;
 
 use clap::{Parser, Subcommand};
@@ -80,6 +81,23 @@ enum Cmd {
         /// idle stage can hold a message up to that long).
         #[arg(long, default_value_t = 500)]
         fetch_wait_ms: u64,
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+    },
+    /// A reconcile pass per CRM: records checked/s and API requests per 100 records, with
+    /// drift to repair and at parity.
+    Reconcile {
+        /// CRMs (repeat or comma-separate); all four when absent.
+        #[arg(long = "crm", value_delimiter = ',')]
+        crms: Vec<Crm>,
+        /// Calls written per CRM before the passes.
+        #[arg(long, default_value_t = 1000)]
+        records: usize,
+        /// Share of them a person changes before the first pass, percent.
+        #[arg(long, default_value_t = 10)]
+        drift_pct: usize,
+        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        database_url: String,
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
@@ -166,6 +184,10 @@ fn main() -> anyhow::Result<()> {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
         }
         Cmd::Steps { iterations } => steps(iterations),
+        Cmd::Reconcile { crms, records, drift_pct, database_url, redis_url } => {
+            let crms = if crms.is_empty() { vec![Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] } else { crms };
+            reconcile::run(&crms, records, drift_pct, &database_url, &redis_url)
+        }
         Cmd::CrmSim { requests, records, concurrency } => crm_sim::run(requests, records, concurrency),
         Cmd::Audit { rows, sink_records, database_url } => audit::run(rows, sink_records, &database_url),
     }

@@ -21,13 +21,13 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Sim {
-    url: String,
-    http: reqwest::blocking::Client,
+pub(crate) struct Sim {
+    pub(crate) url: String,
+    pub(crate) http: reqwest::blocking::Client,
 }
 
 impl Sim {
-    fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let mut r = self.http.request(method, format!("{}/admin{path}", self.url));
         if let Some(b) = body {
             r = r.json(&b);
@@ -37,7 +37,7 @@ impl Sim {
         Ok(resp.json().unwrap_or(Value::Null))
     }
 
-    fn account(&self, p: &Profile, name: &str, limited: bool) -> anyhow::Result<()> {
+    pub(crate) fn account(&self, p: &Profile, name: &str, limited: bool) -> anyhow::Result<()> {
         let mut spec = (p.account)(name);
         spec["tokens"] = json!([{"token": format!("tok-{name}"), "kind": "static"}]);
         if limited {
@@ -47,7 +47,7 @@ impl Sim {
     }
 
     /// (live calls, counters) of one account.
-    fn state(&self, p: &Profile, name: &str) -> anyhow::Result<(u64, Value)> {
+    pub(crate) fn state(&self, p: &Profile, name: &str) -> anyhow::Result<(u64, Value)> {
         let s = self.admin(reqwest::Method::GET, &format!("/accounts/{}/{name}", p.crm.as_str()), None)?;
         Ok((s["objects"][p.calls]["live"].as_u64().unwrap_or(0), s["counters"].clone()))
     }
@@ -55,11 +55,13 @@ impl Sim {
 
 /// What differs between CRMs here.
 pub struct Profile {
-    crm: Crm,
+    pub(crate) crm: Crm,
     /// crm-sim account spec (tokens and limits are added).
-    account: fn(&str) -> Value,
-    calls: &'static str,
-    contract: &'static str,
+    pub(crate) account: fn(&str) -> Value,
+    pub(crate) calls: &'static str,
+    pub(crate) contract: &'static str,
+    /// An owned, restorable field and a value a person might give it (the reconcile bench).
+    pub(crate) reopen: (&'static str, fn() -> Value),
     /// The rate limit the backlog runs into: crm-sim's limits and the tenant's.
     sim_limit: fn(u64) -> Value,
     tenant_limit: fn(u64) -> String,
@@ -82,6 +84,7 @@ fn hubspot() -> Profile {
         },
         calls: "calls",
         contract: include_str!("../../../contracts/hubspot.toml"),
+        reopen: ("hs_call_status", || json!("IN_PROGRESS")),
         sim_limit: |n| json!({"burst_per_10s": n}),
         tenant_limit: |n| format!("limits = {{ burst_per_10s = {n} }}"),
         window: Some((10.0, "requests / 10 s")),
@@ -102,6 +105,7 @@ fn salesforce() -> Profile {
         },
         calls: "Task",
         contract: include_str!("../../../contracts/salesforce.toml"),
+        reopen: ("Status", || json!("In Progress")),
         sim_limit: |n| json!({"daily_requests": n}),
         tenant_limit: |n| format!("limits = {{ daily_api_requests = {n} }}"),
         window: None,
@@ -122,6 +126,7 @@ fn zoho() -> Profile {
         },
         calls: "Calls",
         contract: include_str!("../../../contracts/zoho.toml"),
+        reopen: ("Call_Duration", || json!("00:01")),
         sim_limit: |n| json!({"per_minute": n}),
         tenant_limit: |n| format!("limits = {{ users = 10, per_minute = {n} }}"),
         window: Some((60.0, "requests / minute")),
@@ -141,6 +146,7 @@ fn pipedrive() -> Profile {
         },
         calls: "activities",
         contract: include_str!("../../../contracts/pipedrive.toml"),
+        reopen: ("done", || json!(false)),
         sim_limit: |n| json!({"burst_api_token": n}),
         tenant_limit: |n| format!("limits = {{ seats = 10, burst_per_2s = {n} }}"),
         window: Some((2.0, "requests / 2 s")),
@@ -170,7 +176,7 @@ fn all_throttled(counters: &Value, status: &str) -> u64 {
     counters.as_object().map(|m| m.values().map(|v| v[status].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
 }
 
-fn request(crm: Crm, tenant: &str, i: usize) -> CrmWriteRequest {
+pub(crate) fn request(crm: Crm, tenant: &str, i: usize) -> CrmWriteRequest {
     let call = format!("b{i}");
     let mut c = fixtures::normalised_call(tenant, &call, 2);
     c.customer_e164 = "+14155552671".into();
@@ -186,7 +192,7 @@ fn request(crm: Crm, tenant: &str, i: usize) -> CrmWriteRequest {
     }
 }
 
-struct Killed(Vec<Child>);
+pub(crate) struct Killed(pub(crate) Vec<Child>);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -198,17 +204,22 @@ impl Drop for Killed {
     }
 }
 
+/// The dev broker with every topic, and crm-sim (stopped when the guard drops).
+pub(crate) fn broker_and_sim() -> anyhow::Result<(DevBroker, Sim, Killed)> {
+    let broker = DevBroker::start(1, 6, &Topics::default().all())?;
+    let (url, sim_child) = spawn_crm_sim(&sibling_binary("crm-sim")?, None, true)?;
+    Ok((broker, Sim { url, http: reqwest::blocking::Client::new() }, Killed(vec![sim_child])))
+}
+
 /// `limit`: the backlog tenants' rate limit (the profile's default when None).
 #[allow(clippy::too_many_arguments)]
 pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate: usize, seconds: usize, fetch_wait_ms: u64, redis_url: &str) -> anyhow::Result<()> {
     let p = Profile { limit: limit.unwrap_or(p.limit), ..p };
     let crm = p.crm.as_str();
     let topics = Topics::default();
-    let broker = DevBroker::start(1, 6, &topics.all())?;
+    let (broker, sim, mut children) = broker_and_sim()?;
     let bootstrap = broker.bootstrap_servers();
-    let (url, sim_child) = spawn_crm_sim(&sibling_binary("crm-sim")?, None, true)?;
-    let mut children = Killed(vec![sim_child]);
-    let sim = Sim { url: url.clone(), http: reqwest::blocking::Client::new() };
+    let url = sim.url.clone();
 
     let dir = std::env::temp_dir().join(format!("crm-sync-bench-writer-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("contracts"))?;

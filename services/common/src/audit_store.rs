@@ -15,7 +15,10 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 /// The migrations, in order (compiled in, so every binary carries the schema it expects).
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_audit_store", include_str!("../../../migrations/0001_audit_store.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_audit_store", include_str!("../../../migrations/0001_audit_store.sql")),
+    ("0002_reconciler", include_str!("../../../migrations/0002_reconciler.sql")),
+];
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
 pub fn redact(url: &str) -> String {
@@ -33,13 +36,47 @@ pub fn database_url(base: &str, db: &str) -> String {
     }
 }
 
+/// Connects to PostgreSQL and drives the connection on the current runtime. TLS as libpq
+/// does it: with `sslmode=require` in the URL the session is encrypted, and the server's
+/// certificate is checked against `PGSSLROOTCERT` when that names a CA file (libpq's
+/// verify-ca); otherwise (`disable`, `prefer`) plain, as the machine's local servers expect.
+pub async fn pg_connect(url: &str) -> anyhow::Result<Client> {
+    let fail = |e: tokio_postgres::Error| anyhow::anyhow!("PostgreSQL at {}: {e}", redact(url));
+    let cfg: tokio_postgres::Config = url.parse().map_err(fail)?;
+    if cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        let (client, conn) = cfg.connect(NoTls).await.map_err(fail)?;
+        drive(conn);
+        return Ok(client);
+    }
+    let mut tls = native_tls::TlsConnector::builder();
+    match std::env::var("PGSSLROOTCERT").ok().filter(|p| !p.is_empty()) {
+        Some(path) => {
+            let pem = std::fs::read(&path).map_err(|e| anyhow::anyhow!("PGSSLROOTCERT {path}: {e}"))?;
+            // Only this CA, as libpq: not the system's roots as well.
+            tls.add_root_certificate(native_tls::Certificate::from_pem(&pem)?).disable_built_in_roots(true).danger_accept_invalid_hostnames(true);
+        }
+        None => {
+            tls.danger_accept_invalid_certs(true);
+        }
+    }
+    let (client, conn) = cfg.connect(postgres_native_tls::MakeTlsConnector::new(tls.build()?)).await.map_err(fail)?;
+    drive(conn);
+    Ok(client)
+}
+
+/// Runs a connection's I/O on the current runtime until it ends.
+fn drive(conn: impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::error!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+}
+
 /// Runs one statement on `base`'s server (CREATE/DROP DATABASE cannot run in a transaction).
 async fn on_server(base: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(base, NoTls).await.map_err(|e| anyhow::anyhow!("PostgreSQL at {}: {e}", redact(base)))?;
-    let driver = tokio::spawn(conn);
+    let client = pg_connect(base).await?;
     client.batch_execute(sql).await.map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
-    drop(client);
-    let _ = driver.await;
     Ok(())
 }
 
@@ -92,13 +129,7 @@ pub fn partition_name(day: i64) -> String {
 impl AuditStore {
     /// Connects; the connection's driver runs on the current runtime.
     pub async fn connect(url: &str) -> anyhow::Result<AuditStore> {
-        let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(|e| anyhow::anyhow!("PostgreSQL at {}: {e}", redact(url)))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::error!(error = %e, "PostgreSQL connection ended");
-            }
-        });
-        Ok(AuditStore { client, days: HashSet::new() })
+        Ok(AuditStore { client: pg_connect(url).await?, days: HashSet::new() })
     }
 
     pub fn client(&self) -> &Client {
@@ -358,5 +389,141 @@ mod tests {
         assert_eq!(day_date(day_of(ms) + 1).to_string(), "2026-01-02");
         assert_eq!(redact("postgres://sink:s3cret@db:5432/audit"), "postgres://sink:***@db:5432/audit");
         assert_eq!(database_url("postgres://postgres@127.0.0.1:5432/postgres", "dev_1"), "postgres://postgres@127.0.0.1:5432/dev_1");
+    }
+}
+
+/// A call the audit store says was written to a CRM: its latest successful write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub call_id: String,
+    pub idempotency_key: String,
+    pub record_id: String,
+    pub version: i64,
+    /// Where the write request was read (crm.writes.<crm>): the reconciler re-reads it
+    /// for the values to compare and the bytes to re-send.
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub at_ms: i64,
+    /// The contact the writer linked the record to, when it linked one (or the one the
+    /// reconciler saw it moved to by a merge).
+    pub linked_contact: Option<String>,
+}
+
+/// One reconciliation pass of one tenant in one CRM: the parity report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ParityReport {
+    pub run_id: String,
+    pub tenant_id: String,
+    pub crm: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub window_from_ms: i64,
+    pub checked: i32,
+    pub matching: i32,
+    pub drifted: i32,
+    pub repaired: i32,
+    pub dead_lettered: i32,
+    pub deferred: i32,
+    pub findings: BTreeMap<String, i64>,
+    pub missing_fields: Vec<String>,
+    pub error: Option<String>,
+}
+
+fn ms_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl AuditStore {
+    /// The calls of `tenant` written to `crm` since `from_ms` and not after `until_ms`,
+    /// each with its latest successful write (a later update wins; a record re-created by
+    /// the reconciler replaces the one that was gone).
+    pub async fn written(&self, tenant: &str, crm: &str, from_ms: i64, until_ms: i64) -> Result<Vec<Written>, tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT ON (a.call_id) a.call_id, a.idempotency_key, a.crm_record_id, a.version, a.input_topic, a.input_partition, a.input_offset, a.occurred_at, \
+                 (SELECT c.attributes->>'contact_id' FROM audit c WHERE c.call_id = a.call_id AND c.tenant_id = a.tenant_id AND c.crm = a.crm \
+                    AND c.attributes ? 'contact_id' AND c.outcome IN ('SUCCEEDED', 'REPAIRED') AND c.crm_record_id = a.crm_record_id \
+                    AND ((c.stage = 'WRITER' AND c.operation = 'write') OR (c.stage = 'RECONCILER' AND c.operation = 'reconcile.contact_merged')) \
+                    ORDER BY c.occurred_at DESC LIMIT 1) \
+                 FROM audit a WHERE a.tenant_id = $1 AND a.crm = $2 AND a.stage = 'WRITER' AND a.operation = 'write' AND a.outcome = 'SUCCEEDED' \
+                   AND a.occurred_at >= $3 AND a.occurred_at <= $4 AND a.call_id IS NOT NULL AND a.crm_record_id IS NOT NULL \
+                 ORDER BY a.call_id, a.occurred_at DESC, a.version DESC",
+                &[&tenant, &crm, &ts(from_ms), &ts(until_ms)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Written {
+                call_id: r.get(0),
+                idempotency_key: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                record_id: r.get(2),
+                version: r.get::<_, Option<i64>>(3).unwrap_or(0),
+                topic: r.get(4),
+                partition: r.get(5),
+                offset: r.get(6),
+                at_ms: ms_of(r.get(7)),
+                linked_contact: r.get(8),
+            })
+            .collect())
+    }
+
+    /// (record id, operation) pairs the reconciler already dead-lettered for these calls, so
+    /// a finding that stays (a deletion someone meant) is dead-lettered once, not per pass.
+    pub async fn reconciler_dead_letters(&self, tenant: &str, crm: &str, call_ids: &[String]) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT crm_record_id, operation FROM audit WHERE call_id = ANY($3) AND tenant_id = $1 AND crm = $2 \
+                 AND stage = 'RECONCILER' AND outcome = 'DEAD_LETTERED' AND crm_record_id IS NOT NULL",
+                &[&tenant, &crm, &call_ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn record_run(&self, r: &ParityReport) -> Result<(), tokio_postgres::Error> {
+        let findings = serde_json::to_value(&r.findings).unwrap_or_default();
+        self.client
+            .execute(
+                "INSERT INTO reconcile_runs (run_id, tenant_id, crm, started_at, finished_at, window_from, checked, matching, drifted, repaired, dead_lettered, deferred, findings, missing_fields, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (run_id) DO NOTHING",
+                &[&r.run_id, &r.tenant_id, &r.crm, &ts(r.started_ms), &ts(r.finished_ms), &ts(r.window_from_ms), &r.checked, &r.matching, &r.drifted, &r.repaired, &r.dead_lettered, &r.deferred, &findings, &r.missing_fields, &r.error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The latest pass per tenant and CRM (optionally one tenant's), for `reconcile --report`.
+    pub async fn latest_runs(&self, tenant: Option<&str>) -> Result<Vec<ParityReport>, tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT ON (tenant_id, crm) run_id, tenant_id, crm, started_at, finished_at, window_from, checked, matching, drifted, repaired, dead_lettered, deferred, findings, missing_fields, error \
+                 FROM reconcile_runs WHERE ($1::text IS NULL OR tenant_id = $1) ORDER BY tenant_id, crm, finished_at DESC",
+                &[&tenant],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ParityReport {
+                run_id: r.get(0),
+                tenant_id: r.get(1),
+                crm: r.get(2),
+                started_ms: ms_of(r.get(3)),
+                finished_ms: ms_of(r.get(4)),
+                window_from_ms: ms_of(r.get(5)),
+                checked: r.get(6),
+                matching: r.get(7),
+                drifted: r.get(8),
+                repaired: r.get(9),
+                dead_lettered: r.get(10),
+                deferred: r.get(11),
+                findings: serde_json::from_value(r.get::<_, serde_json::Value>(12)).unwrap_or_default(),
+                missing_fields: r.get(13),
+                error: r.get(14),
+            })
+            .collect())
     }
 }

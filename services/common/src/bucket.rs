@@ -30,7 +30,7 @@ use std::time::Duration;
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local reserve = tonumber(ARGV[1])
+local reserve_pct = tonumber(ARGV[1])
 local id = ARGV[2]
 local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
 if blocked > now then
@@ -41,6 +41,8 @@ local wait = 0
 for i = 2, #KEYS do
   local base = 3 + (i - 2) * 5
   local kind, max, span, margin, n = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  -- Background work leaves this share of each limit to live writes.
+  local reserve = math.ceil(max * reserve_pct / 100)
   if n == 0 then
     -- this request costs nothing here
   elseif kind == 'R' then
@@ -91,7 +93,7 @@ for i = 2, #KEYS do
       if last == 0 then
         redis.call('HSET', KEYS[i], 'probe', now)
         if span > wait then wait = span end
-      elseif now - last >= span and reserve == 0 then
+      elseif now - last >= span and reserve_pct == 0 then
         redis.call('HSET', KEYS[i], 'probe', now)
       else
         -- Background work never probes: it looks again a whole interval later.
@@ -307,24 +309,25 @@ impl TokenBuckets {
         format!("{}:{{{}}}:bucket:{}:blocked", self.prefix, set.tenant_id, set.crm)
     }
 
-    /// Takes `n` tokens from every limit of `set`, or none. `reserve` tokens must stay in
-    /// each limit afterwards: 0 for live writes, more for background work (the reconciler),
-    /// so it never spends what live writes need.
-    pub async fn try_take(&self, set: &BucketSet, n: u64, reserve: u64) -> redis::RedisResult<Take> {
+    /// Takes `n` tokens from every limit of `set`, or none. `reserve_pct` percent of each
+    /// limit (rounded up) must stay unspent afterwards: 0 for live writes, more for
+    /// background work (the reconciler), so it never spends what live writes need and never
+    /// probes a spent allowance.
+    pub async fn try_take(&self, set: &BucketSet, n: u64, reserve_pct: u64) -> redis::RedisResult<Take> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        self.try_take_each(set, &vec![n; set.limits.len()], reserve, &id).await
+        self.try_take_each(set, &vec![n; set.limits.len()], reserve_pct, &id).await
     }
 
     /// Takes `costs[i]` tokens from limit `i` of `set` (a request that costs Pipedrive 5
     /// budget tokens counts once in its burst window), or none. `id` names the take, so
     /// concurrency slots can be given back with `release`.
-    pub async fn try_take_each(&self, set: &BucketSet, costs: &[u64], reserve: u64, id: &str) -> redis::RedisResult<Take> {
+    pub async fn try_take_each(&self, set: &BucketSet, costs: &[u64], reserve_pct: u64, id: &str) -> redis::RedisResult<Take> {
         let mut inv = self.take.prepare_invoke();
         inv.key(self.block_key(set));
         for l in &set.limits {
             inv.key(self.limit_key(set, l.name()));
         }
-        inv.arg(reserve).arg(id);
+        inv.arg(reserve_pct.min(100)).arg(id);
         for (i, l) in set.limits.iter().enumerate() {
             for a in l.args() {
                 inv.arg(a);

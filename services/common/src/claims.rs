@@ -53,6 +53,19 @@ redis.call('PEXPIRE', KEYS[1], keep)
 return 1
 ";
 
+// The reconciler found the record DONE names gone from the CRM and asked for it again:
+// forget it, so the next claim creates. Only if DONE still names that record (a second
+// request finds the new one and is a duplicate) and nobody is writing it now.
+const RECLAIM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'record_id', 'owner', 'until')
+if h[1] ~= ARGV[1] then return 0 end
+if h[2] and tonumber(h[3] or '0') > now then return 0 end
+redis.call('HDEL', KEYS[1], 'done_version', 'record_id')
+return 1
+";
+
 const RELEASE: &str = r"
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'owner', 'until', 'version', 'at')
@@ -88,6 +101,7 @@ pub struct Claims {
     retention: Duration,
     claim: Script,
     done: Script,
+    reclaim: Script,
     release: Script,
 }
 
@@ -101,6 +115,7 @@ impl Claims {
             retention,
             claim: Script::new(CLAIM),
             done: Script::new(DONE),
+            reclaim: Script::new(RECLAIM),
             release: Script::new(RELEASE),
         }
     }
@@ -160,5 +175,24 @@ impl Claims {
         let mut conn = self.conn.clone();
         let n: i64 = self.release.key(self.key(tenant_id, idempotency_key)).arg(&self.owner).invoke_async(&mut conn).await?;
         Ok(n == 1)
+    }
+
+    /// Forgets that this key was written as `gone_record_id` (the reconciler found that
+    /// record deleted or missing in the CRM and re-sent the request), so the next claim
+    /// creates again. False when the key now names another record, or a write holds it.
+    pub async fn reclaim(&self, tenant_id: &str, idempotency_key: &str, gone_record_id: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let n: i64 = self.reclaim.key(self.key(tenant_id, idempotency_key)).arg(gone_record_id).invoke_async(&mut conn).await?;
+        Ok(n == 1)
+    }
+
+    /// What the claim says now, without changing it: (DONE version, record id, whether a
+    /// write holds a live lease). The reconciler leaves a record alone while it is in flight.
+    pub async fn state(&self, tenant_id: &str, idempotency_key: &str) -> redis::RedisResult<(Option<i64>, Option<String>, bool)> {
+        let mut conn = self.conn.clone();
+        let (done, rid, until): (Option<i64>, Option<String>, Option<i64>) =
+            redis::cmd("HMGET").arg(self.key(tenant_id, idempotency_key)).arg("done_version").arg("record_id").arg("until").query_async(&mut conn).await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        Ok((done, rid, until.is_some_and(|u| u > now)))
     }
 }

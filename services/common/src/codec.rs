@@ -129,7 +129,15 @@ pub fn decode_with<T: AvroRecord>(
     }
 }
 
+/// The most one decoded string, byte array or collection may claim. apache-avro allocates
+/// what a length prefix says before reading it, 512 MiB by default: ten hostile bytes could
+/// cost half a gigabyte each. No field of ours comes near this, and no Kafka message is
+/// larger than the broker's message.max.bytes (1 MiB by default).
+pub const MAX_DECODE_ALLOCATION: usize = 4 << 20;
+
 fn read_datum<T: AvroRecord>(writer: &Versioned, datum: &[u8]) -> Result<T, DecodeError> {
+    // Set once per process, before the first decode allocates.
+    apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
     let current = Registry::global().current(T::RECORD);
     let err = |source| DecodeError::Datum { schema: writer.path.clone(), source };
     let mut cursor = Cursor::new(datum);

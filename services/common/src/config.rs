@@ -31,6 +31,10 @@ pub struct CommonArgs {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
 
+    /// OTLP encoding: `http/protobuf` (collectors' default) or `http/json`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", default_value = "http/protobuf", value_parser = ["http/protobuf", "http/json"])]
+    pub otel_exporter_otlp_protocol: String,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -39,6 +43,14 @@ pub struct CommonArgs {
     /// `security.protocol=SASL_SSL,session.timeout.ms=10000`). Applied last.
     #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
     pub kafka_options: Vec<(String, String)>,
+
+    /// Where /livez and /readyz are served (e.g. 0.0.0.0:8080); unset: not served.
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
+
+    /// /livez fails once the main loop has not ticked for this long.
+    #[arg(long, env = "HEALTH_STALL", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub health_stall: std::time::Duration,
 
     #[command(flatten)]
     pub topics: Topics,

@@ -15,6 +15,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The most of an input a dead letter carries (broker messages are 1 MiB by default).
+pub const MAX_DLQ_PAYLOAD: usize = 512 * 1024;
+
 /// Builds a stage's audit and DLQ records.
 #[derive(Clone)]
 pub struct Emitter {
@@ -118,6 +121,20 @@ impl Emitter {
         } else {
             subject.tenant_id.to_string()
         };
+        // The entry must fit in one Kafka message beside its envelope, or the broker refuses
+        // it and the stage stops: a huge input keeps its head, and says so.
+        let mut detail = detail;
+        let mut payload = input.payload.clone().unwrap_or_default();
+        if payload.len() > MAX_DLQ_PAYLOAD {
+            detail.push_str(&format!(
+                " (payload truncated to its first {MAX_DLQ_PAYLOAD} of {} bytes; the whole message is at {}[{}]@{} until retention)",
+                payload.len(),
+                input.topic,
+                input.partition,
+                input.offset
+            ));
+            payload.truncate(MAX_DLQ_PAYLOAD);
+        }
         let dl = DeadLetter {
             dlq_id: uuid::Uuid::new_v4().to_string(),
             tenant_id: tenant.clone(),
@@ -130,7 +147,7 @@ impl Emitter {
             source_partition: input.partition,
             source_offset: input.offset,
             source_key: input.key.clone(),
-            payload: input.payload.clone().unwrap_or_default(),
+            payload,
             attempt: crm.attempt.max(1),
             replay_count: input.replay_count(),
             crm_status: crm.status,
@@ -147,6 +164,7 @@ impl Emitter {
         );
         audit.reason = Some(reason.as_str().to_string());
         audit.attempt = dl.attempt;
+        crate::telemetry::crm_metrics().dead_letter(self.stage.as_str(), reason.as_str(), subject.crm.map(Crm::as_str));
         audit.crm_status = crm.status;
         audit.attributes.insert("dlq_id".into(), dl.dlq_id.clone());
         [

@@ -347,7 +347,31 @@ mod opt_bytes {
 /// Records as the stages write them, for the tests of the stages that read them (unit tests
 /// in the services and the integration tests share these).
 pub mod fixtures {
-    use super::{CallDirection, CallOutcome, NormalisedCall};
+    use super::{CallDirection, CallEvent, CallOutcome, NormalisedCall};
+
+    /// A raw CallEvent from a PBX: a minute-long answered inbound call that starts `minute`
+    /// minutes after 2026-01-01T00:00Z.
+    pub fn raw_call(tenant: &str, call_id: &str, minute: i64) -> CallEvent {
+        CallEvent {
+            tenant_id: tenant.into(),
+            call_id: call_id.into(),
+            source: "pbx".into(),
+            version: 1,
+            direction: CallDirection::Inbound,
+            from_number: "(415) 555-2671".into(),
+            to_number: "+1 650 253 0000".into(),
+            region_hint: None,
+            started_at: 1_767_225_600_000 + minute * 60_000,
+            ended_at: Some(1_767_225_660_000 + minute * 60_000),
+            duration_s: Some(60),
+            outcome: Some(CallOutcome::Answered),
+            agent_id: "agent-1".into(),
+            agent_email: None,
+            recording_url: None,
+            notes: None,
+            attributes: Default::default(),
+        }
+    }
 
     /// A NormalisedCall as the normaliser would write it, for tests of later stages.
     pub fn normalised_call(tenant: &str, call_id: &str, version: i64) -> NormalisedCall {

@@ -1,7 +1,7 @@
 //! What every crm-sync service shares. One place for each concern: Avro framing
 //! (`codec`), the record types (`events`), configuration (`config`, `tenants`), the Kafka
 //! consume → process → produce → commit loop (`pipeline`), audit and DLQ emission
-//! (`emit`), phone numbers (`phone`) and telemetry (`telemetry`).
+//! (`emit`), phone numbers (`phone`), telemetry (`telemetry`) and health endpoints (`health`).
 
 pub mod audit_store;
 pub mod bucket;
@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod dev_broker;
 pub mod events;
 pub mod fingerprint;
+pub mod health;
 pub mod phone;
 pub mod schemas;
 pub mod config;

@@ -32,6 +32,14 @@ pub const TRACEPARENT: &str = "traceparent";
 /// Set by `crm-sync dlq replay`; stages copy it into DeadLetter.replay_count so replay
 /// loops can be stopped.
 pub const REPLAY_COUNT: &str = "crm-sync-replay-count";
+/// Set by the reconciler (and `dlq replay` of its entries) on a write request whose record
+/// is gone from the CRM: the value is the gone record's id, and the writer creates again
+/// only while its claim still names that record.
+pub const RECREATE: &str = "crm-sync-recreate";
+/// Set by `crm-sync backfill` on the calls it re-reads (the value is the run's id). The
+/// normaliser carries it forward and the deduper lets such a call through even when its
+/// mark says it was seen: the writer's claim is what keeps a backfill from writing twice.
+pub const BACKFILL: &str = "crm-sync-backfill";
 
 /// An input message, owned, so handlers can hold it across awaits.
 #[derive(Debug, Clone)]
@@ -122,6 +130,14 @@ impl OutRecord {
             headers: vec![(TRACEPARENT.to_string(), traceparent)],
         }
     }
+
+    /// Names the span this record was made under as the next stage's parent.
+    pub fn set_traceparent(&mut self, value: String) {
+        match self.headers.iter_mut().find(|(k, _)| k == TRACEPARENT) {
+            Some(h) => h.1 = value,
+            None => self.headers.push((TRACEPARENT.to_string(), value)),
+        }
+    }
 }
 
 /// What a handler made of one input: what to produce, and an outcome label for metrics
@@ -187,14 +203,7 @@ pub struct StageContext {
 
 impl ClientContext for StageContext {
     fn stats(&self, stats: Statistics) {
-        let mut lag = self.metrics.lag.lock().expect("lock");
-        for (topic, t) in stats.topics {
-            for (pid, p) in t.partitions {
-                if pid >= 0 && p.consumer_lag >= 0 {
-                    lag.insert((topic.clone(), pid), p.consumer_lag);
-                }
-            }
-        }
+        self.metrics.record_lag(stats);
     }
 }
 
@@ -288,10 +297,15 @@ pub async fn run<H: Handler>(
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut last_report = Instant::now();
     let mut loop_result = Ok(());
+    // An idle input is not a stalled loop: beat while waiting too.
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    crate::health::ready();
     'consume: loop {
+        crate::health::beat();
         let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = failed.cancelled() => break,
+            _ = beat.tick() => continue,
             m = consumer.recv() => m,
         };
         let mut batch = Vec::with_capacity(cfg.args.batch);
@@ -311,12 +325,19 @@ pub async fn run<H: Handler>(
             }
         }
         let started = Instant::now();
+        // One span per input, from now until its outputs are handed to the producer.
+        let spans: Vec<tracing::Span> = batch.iter().map(|m| crate::telemetry::input_span(cfg.service, m)).collect();
         let mut backoff = Duration::from_millis(100);
         let processed = loop {
             match handler.handle(&batch).await {
-                Ok(p) => break p,
+                Ok(p) => {
+                    crate::health::trouble(None);
+                    break p;
+                }
                 Err(e) => {
                     error!(error = %e, batch = batch.len(), "transient failure; retrying, nothing committed");
+                    crate::health::trouble(Some(format!("retrying a transient failure: {e}")));
+                    crate::health::beat();
                     tokio::select! {
                         _ = shutdown.cancelled() => break 'consume,
                         _ = tokio::time::sleep(backoff) => {}
@@ -333,12 +354,15 @@ pub async fn run<H: Handler>(
             ));
             break;
         }
-        for (input, p) in batch.iter().zip(processed) {
+        for ((input, p), span) in batch.iter().zip(processed).zip(spans) {
             metrics.message(p.outcome);
             *counts.entry(p.outcome).or_default() += 1;
+            span.record("outcome", p.outcome);
+            let traceparent = crate::telemetry::traceparent(&span, &input.trace_id);
             let mut deliveries = Vec::with_capacity(p.outputs.len());
-            for out in &p.outputs {
-                deliveries.push((out.topic.clone(), send(&producer, out).await?));
+            for mut out in p.outputs {
+                out.set_traceparent(traceparent.clone());
+                deliveries.push((out.topic.clone(), send(&producer, &out).await?));
             }
             let pending = Pending {
                 topic: input.topic.clone(),
@@ -410,6 +434,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
             _ = term.recv() => info!("SIGTERM: finishing in-flight work"),
             _ = int.recv() => info!("SIGINT: finishing in-flight work"),
         }
+        crate::health::draining();
         t.cancel();
     });
     token
@@ -427,5 +452,24 @@ mod tests {
         assert!(parse_traceparent(b"00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none());
         assert!(parse_traceparent(&[0xff, 0xfe]).is_none());
         assert_eq!(new_trace_id().len(), 32);
+    }
+
+    #[test]
+    fn kafka_tls_and_sasl_options_are_accepted() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        // librdkafka refuses these at configuration time when built without OpenSSL.
+        for options in [
+            "security.protocol=SSL,ssl.endpoint.identification.algorithm=https",
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=crm-sync,sasl.password=s3cret",
+            "security.protocol=SASL_SSL,sasl.mechanisms=PLAIN,sasl.username=crm-sync,sasl.password=s3cret",
+        ] {
+            let cli = Cli::parse_from(["t", "--kafka-bootstrap-servers", "broker.example:9093", "--kafka-options", options]);
+            producer(&cli.common).unwrap_or_else(|e| panic!("{options}: {e}"));
+        }
     }
 }

@@ -74,4 +74,14 @@ mod tests {
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert!(!redact_url("not a url s3cret").contains("s3cret"));
     }
+
+    #[test]
+    fn tls_and_auth_urls_are_understood() {
+        // Built with TLS: a rediss:// URL opens (without the feature this is an error).
+        assert!(redis::Client::open("rediss://:s3cret@redis.example:6380/0").is_ok());
+        assert!(redis::Client::open("rediss://redis.example:6380/#insecure").is_ok());
+        let info = redis::Client::open("redis://user:s3cret@redis.example:6379/2").unwrap().get_connection_info().clone();
+        assert_eq!(info.redis_settings().password(), Some("s3cret"));
+        assert_eq!(info.redis_settings().username(), Some("user"));
+    }
 }

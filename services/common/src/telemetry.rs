@@ -39,8 +39,9 @@ pub fn init(service: &'static str, args: &CommonArgs) -> anyhow::Result<Telemetr
     let (meters, tracer) = match &args.otel_exporter_otlp_endpoint {
         Some(endpoint) if !endpoint.is_empty() => {
             let endpoint = endpoint.trim_end_matches('/').to_string();
+            let protocol = if args.otel_exporter_otlp_protocol == "http/json" { opentelemetry_otlp::Protocol::HttpJson } else { opentelemetry_otlp::Protocol::HttpBinary };
             // The OTLP HTTP client is blocking and must not be built on a runtime thread.
-            let (m, t) = std::thread::spawn(move || build_exporters(service, &endpoint))
+            let (m, t) = std::thread::spawn(move || build_exporters(service, &endpoint, protocol))
                 .join()
                 .map_err(|_| anyhow::anyhow!("building OTLP exporters panicked"))??;
             (Some(m), Some(t))
@@ -60,16 +61,21 @@ pub fn init(service: &'static str, args: &CommonArgs) -> anyhow::Result<Telemetr
     if let Some(m) = &meters {
         opentelemetry::global::set_meter_provider(m.clone());
     }
+    if let Some(addr) = args.health_addr {
+        crate::health::serve(service, addr, args.health_stall)?;
+    }
     Ok(Telemetry { meters, tracer })
 }
 
 fn build_exporters(
     service: &'static str,
     endpoint: &str,
+    protocol: opentelemetry_otlp::Protocol,
 ) -> anyhow::Result<(SdkMeterProvider, SdkTracerProvider)> {
     let resource = Resource::builder().with_service_name(service).build();
     let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
+        .with_protocol(protocol)
         .with_endpoint(format!("{endpoint}/v1/metrics"))
         .build()?;
     let meters = SdkMeterProvider::builder()
@@ -78,6 +84,7 @@ fn build_exporters(
         .build();
     let span_exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_protocol(protocol)
         .with_endpoint(format!("{endpoint}/v1/traces"))
         .build()?;
     let tracer = SdkTracerProvider::builder()
@@ -139,6 +146,20 @@ impl StageMetrics {
         }
     }
 
+    /// Lag per assigned partition from librdkafka's statistics; partitions no longer
+    /// reported (revoked) are forgotten, so a moved partition is not counted twice.
+    pub fn record_lag(&self, stats: rdkafka::Statistics) {
+        let mut lag = self.lag.lock().expect("lock");
+        lag.clear();
+        for (topic, t) in stats.topics {
+            for (pid, p) in t.partitions {
+                if pid >= 0 && p.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), pid), p.consumer_lag);
+                }
+            }
+        }
+    }
+
     pub fn message(&self, outcome: &'static str) {
         self.messages
             .add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("outcome", outcome)]);
@@ -151,5 +172,131 @@ impl StageMetrics {
     pub fn produced(&self, topic: &str) {
         self.produced
             .add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("topic", topic.to_string())]);
+    }
+}
+
+/// Instruments of the CRM-facing side (DESIGN §9), shared by the writers and the reconciler:
+/// request latency by status, retries by kind, token waits, what the CRMs say is left, and
+/// dead letters by reason (counted where every stage builds them, in `emit`). Created on
+/// first use, after `init` has installed the exporting provider.
+pub struct CrmMetrics {
+    latency: Histogram<f64>,
+    retries: Counter<u64>,
+    token_wait: Histogram<f64>,
+    remaining: opentelemetry::metrics::Gauge<i64>,
+    dlq: Counter<u64>,
+}
+
+pub fn crm_metrics() -> &'static CrmMetrics {
+    static M: std::sync::OnceLock<CrmMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let meter = opentelemetry::global::meter("crm-sync");
+        CrmMetrics {
+            latency: meter
+                .f64_histogram("crm_sync.crm.request.duration")
+                .with_unit("ms")
+                .with_description("CRM API request latency, by CRM, request class, status (or timeout / error) and priority")
+                .build(),
+            retries: meter
+                .u64_counter("crm_sync.crm.retries")
+                .with_description("CRM requests sent again, by CRM and why (throttled, transient, auth_refresh)")
+                .build(),
+            token_wait: meter
+                .f64_histogram("crm_sync.token.wait")
+                .with_unit("ms")
+                .with_description("Time spent waiting for rate-limit tokens before a CRM request, by CRM and priority")
+                .build(),
+            remaining: meter
+                .i64_gauge("crm_sync.bucket.remaining")
+                .with_description("What the CRM's own headers say is left of a limit, by CRM, tenant and limit")
+                .build(),
+            dlq: meter
+                .u64_counter("crm_sync.dlq")
+                .with_description("Dead letters, by stage, reason and CRM")
+                .build(),
+        }
+    })
+}
+
+impl CrmMetrics {
+    /// `status`: the HTTP status, or "timeout" / "error" when there was no answer.
+    pub fn request(&self, crm: &str, class: &'static str, status: String, priority: &'static str, ms: f64) {
+        self.latency.record(
+            ms,
+            &[
+                KeyValue::new("crm", crm.to_string()),
+                KeyValue::new("class", class),
+                KeyValue::new("status", status),
+                KeyValue::new("priority", priority),
+            ],
+        );
+    }
+
+    pub fn retry(&self, crm: &str, kind: &'static str) {
+        self.retries.add(1, &[KeyValue::new("crm", crm.to_string()), KeyValue::new("kind", kind)]);
+    }
+
+    pub fn token_wait(&self, crm: &str, priority: &'static str, ms: f64) {
+        self.token_wait.record(ms, &[KeyValue::new("crm", crm.to_string()), KeyValue::new("priority", priority)]);
+    }
+
+    pub fn remaining(&self, crm: &str, tenant: &str, limit: &str, left: u64) {
+        self.remaining.record(
+            left.min(i64::MAX as u64) as i64,
+            &[KeyValue::new("crm", crm.to_string()), KeyValue::new("tenant", tenant.to_string()), KeyValue::new("limit", limit.to_string())],
+        );
+    }
+
+    pub fn dead_letter(&self, stage: &str, reason: &str, crm: Option<&str>) {
+        self.dlq.add(
+            1,
+            &[KeyValue::new("stage", stage.to_string()), KeyValue::new("reason", reason.to_string()), KeyValue::new("crm", crm.unwrap_or("none").to_string())],
+        );
+    }
+}
+
+/// A span for handling one input in `stage`, joined to its producer's trace: its parent is
+/// the span the input's `traceparent` names (trace id and span id), so one call's spans
+/// line up across services. An input without one gets a parent made up under its trace id,
+/// which is the id the stage's audit records carry.
+pub fn input_span(stage: &'static str, m: &crate::pipeline::InMessage) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("{stage} process"),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.destination.name = %m.topic,
+        messaging.kafka.partition = m.partition,
+        messaging.kafka.offset = m.offset,
+        outcome = tracing::field::Empty,
+    );
+    let parent_span = m
+        .header(crate::pipeline::TRACEPARENT)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.split('-').nth(2))
+        .and_then(|s| opentelemetry::trace::SpanId::from_hex(s).ok())
+        .filter(|s| *s != opentelemetry::trace::SpanId::INVALID)
+        .unwrap_or_else(|| opentelemetry::trace::SpanId::from_bytes((rand::random::<u64>() | 1).to_be_bytes()));
+    if let Ok(trace) = opentelemetry::trace::TraceId::from_hex(&m.trace_id) {
+        use opentelemetry::trace::TraceContextExt;
+        let remote = opentelemetry::trace::SpanContext::new(trace, parent_span, opentelemetry::trace::TraceFlags::SAMPLED, true, Default::default());
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    span
+}
+
+/// The `traceparent` for what is produced while handling under `span`: its own trace and
+/// span id, so the next stage's span is its child. Without an exporting tracer the span has
+/// no id; the trace id still travels, with a fresh span id.
+pub fn traceparent(span: &tracing::Span, trace_id: &str) -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() && sc.trace_id().to_string() == trace_id {
+        format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
+    } else {
+        format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1)
     }
 }

@@ -65,6 +65,22 @@ pub struct CrmConnection {
     /// Minutes east of UTC of the account's zone, where daily limits reset at midnight.
     #[serde(default)]
     pub tz_offset_min: i32,
+    /// How often the reconciler checks this CRM for this tenant ("1h", "15m"); the
+    /// reconciler's `--every` when absent.
+    #[serde(default)]
+    pub reconcile_every: Option<String>,
+    /// What the reconciler does with a record someone deleted in the CRM: `dead_letter`
+    /// (default: their decision stands, and the DLQ says so) or `recreate`.
+    #[serde(default)]
+    pub on_deleted: OnDeleted,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeleted {
+    #[default]
+    DeadLetter,
+    Recreate,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -131,6 +147,9 @@ impl Tenants {
                 let crm: Crm = name
                     .parse()
                     .map_err(|e| anyhow::anyhow!("tenant '{id}': crms: {e}"))?;
+                if let Some(every) = &conn.reconcile_every {
+                    window(&id, &format!("crms.{name}.reconcile_every"), every)?;
+                }
                 crms.insert(crm, conn);
             }
             let dedup_window = match &t.dedup_window {

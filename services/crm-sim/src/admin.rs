@@ -284,6 +284,19 @@ async fn post_token(State(sim): State<SharedSim>, Path((crm, account)): AcctPath
     }
 }
 
+/// Every credential issued for an account (access and refresh tokens), so a test can look
+/// for any of them where none may appear (logs, topics, the audit store).
+async fn list_tokens(State(sim): State<SharedSim>, Path((crm, account)): AcctPath) -> Response {
+    let crm = match parse_crm(&crm) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let w = sim.lock();
+    let access: Vec<&String> = w.tokens.iter().filter(|(_, t)| t.crm == crm && t.account == account).map(|(k, _)| k).collect();
+    let refresh: Vec<&String> = w.refresh_tokens.iter().filter(|(_, t)| t.crm == crm && t.account == account).map(|(k, _)| k).collect();
+    json(200, json!({"access_tokens": access, "refresh_tokens": refresh}))
+}
+
 /// expire | revoke, for an access token or a refresh token.
 async fn token_action(State(sim): State<SharedSim>, Path((token, action)): Path<(String, String)>) -> Response {
     let now = sim.clock.now_ms();
@@ -366,6 +379,7 @@ struct DeleteQuery {
 /// A deletion made in the CRM: to the recycle bin / archive, or purged for good.
 async fn delete_object(State(sim): State<SharedSim>, Path((crm, account, object, id)): Path<(String, String, String, String)>, Query(q): Query<DeleteQuery>) -> Response {
     with_acct(&sim, &crm, &account, |a, now| {
+        let crm = a.crm;
         let t = a.table(&object);
         if q.purge {
             return if t.purge(&id) { StatusCode::NO_CONTENT.into_response() } else { missing(format!("no {object} {id}")) };
@@ -373,6 +387,8 @@ async fn delete_object(State(sim): State<SharedSim>, Path((crm, account, object,
         match t.get_mut(&id) {
             Some(r) => {
                 r.deleted_ms.get_or_insert(now);
+                // Derived fields (Salesforce's IsDeleted, Pipedrive's is_deleted) follow.
+                crms::derive(crm, &object, r);
                 StatusCode::NO_CONTENT.into_response()
             }
             None => missing(format!("no {object} {id}")),
@@ -389,6 +405,7 @@ struct Merge {
 /// at the survivor, and its associations move over.
 async fn merge_object(State(sim): State<SharedSim>, Path((crm, account, object, id)): Path<(String, String, String, String)>, Json(m): Json<Merge>) -> Response {
     with_acct(&sim, &crm, &account, |a, now| {
+        let crm = a.crm;
         let t = a.table(&object);
         if t.get(&m.into).is_none_or(|r| !r.live()) || m.into == id {
             return bad(format!("no live {object} {} to merge into", m.into));
@@ -396,19 +413,23 @@ async fn merge_object(State(sim): State<SharedSim>, Path((crm, account, object, 
         let Some(loser) = t.get_mut(&id) else { return missing(format!("no {object} {id}")) };
         loser.deleted_ms = Some(now);
         loser.merged_into = Some(m.into.clone());
+        crms::derive(crm, &object, loser);
         let moved = std::mem::take(&mut loser.associations);
         let survivor = t.get_mut(&m.into).unwrap();
         survivor.associations.extend(moved.iter().cloned());
         survivor.updated_ms = now;
-        // The calls now point at the survivor.
+        // Every record linked to the loser now points at the survivor (HubSpot lists the
+        // links on both sides; the others only on the call: WhoId, Who_Id, person_id).
         for (name, table) in a.objects.iter_mut() {
             if name == &object {
                 continue;
             }
-            for cid in &moved {
-                if let Some(c) = table.get_mut(cid) {
+            let linked: Vec<String> = table.iter().filter(|c| moved.contains(&c.id) || c.associations.contains(&id)).map(|c| c.id.clone()).collect();
+            for cid in linked {
+                if let Some(c) = table.get_mut(&cid) {
                     c.associations.remove(&id);
                     c.associations.insert(m.into.clone());
+                    crms::derive(crm, name, c);
                 }
             }
         }
@@ -552,7 +573,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/accounts", post(post_account).get(list_accounts))
         .route("/accounts/{crm}/{account}", get(get_account).delete(delete_account))
         .route("/accounts/{crm}/{account}/limits", patch(patch_limits))
-        .route("/accounts/{crm}/{account}/tokens", post(post_token))
+        .route("/accounts/{crm}/{account}/tokens", post(post_token).get(list_tokens))
         .route("/tokens/{token}/{action}", post(token_action))
         .route("/accounts/{crm}/{account}/objects/{object}", get(list_objects).post(post_object))
         .route("/accounts/{crm}/{account}/objects/{object}/{id}", get(get_object).patch(patch_object).delete(delete_object))

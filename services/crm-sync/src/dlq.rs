@@ -10,7 +10,7 @@ use crm_common::audit_store::{ts, AuditStore};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::{AuditOutcome, AuditRecord, Crm, CrmWriteRequest, Stage};
-use crm_common::pipeline::REPLAY_COUNT;
+use crm_common::pipeline::{RECREATE, REPLAY_COUNT};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -292,9 +292,14 @@ pub fn run(args: DlqArgs) -> anyhow::Result<()> {
                 let mut done = 0;
                 for e in &ok {
                     let count = (e.replay_count + 1).to_string();
-                    let mut rec = FutureRecord::to(&e.source_topic)
-                        .payload(&e.payload)
-                        .headers(OwnedHeaders::new().insert(Header { key: REPLAY_COUNT, value: Some(count.as_bytes()) }));
+                    // A record the reconciler found deleted in the CRM: replaying the entry
+                    // asks the writer to create it again (while its claim names that record).
+                    let gone = if e.stage == Stage::Reconciler.as_str() { deleted_record(&store, e).await? } else { None };
+                    let mut headers = OwnedHeaders::new().insert(Header { key: REPLAY_COUNT, value: Some(count.as_bytes()) });
+                    if let Some(id) = &gone {
+                        headers = headers.insert(Header { key: RECREATE, value: Some(id.as_bytes()) });
+                    }
+                    let mut rec = FutureRecord::to(&e.source_topic).payload(&e.payload).headers(headers);
                     if let Some(k) = &e.source_key {
                         rec = rec.key(k);
                     }
@@ -345,4 +350,18 @@ mod tests {
         assert!((crm_common::emit::now_ms() - ago - 7_200_000).abs() < 1000);
         assert!(when("yesterday").unwrap_err().to_string().contains("yesterday"));
     }
+}
+
+/// The record a reconciler's dead letter says was deleted in the CRM, if that is what it
+/// says (other findings of the reconciler replay as plain writes).
+async fn deleted_record(store: &AuditStore, e: &Entry) -> anyhow::Result<Option<String>> {
+    let row = store
+        .client()
+        .query_opt(
+            "SELECT crm_record_id FROM audit WHERE call_id = $1 AND tenant_id = $2 AND crm = $3 AND stage = 'RECONCILER' \
+             AND operation = 'reconcile.deleted' AND outcome = 'DEAD_LETTERED' ORDER BY occurred_at DESC LIMIT 1",
+            &[&e.call_id, &e.tenant_id, &e.crm],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get(0)))
 }

@@ -1,7 +1,9 @@
 //! crm-sync: the operator's command.
 
 mod dev;
+mod backfill;
 mod dlq;
+mod reconcile;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -10,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "crm-sync", about = "crm-sync operations: trace a call, review the DLQ, dev broker, dev mode")]
+#[command(name = "crm-sync", about = "crm-sync operations: trace a call, review the DLQ, reconcile, backfill, dev broker, dev mode")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,6 +45,13 @@ enum Cmd {
     Trace(trace::TraceArgs),
     /// Review the dead-letter queue: list, show, replay, ack, purge.
     Dlq(dlq::DlqArgs),
+    /// Compare what was written with what each CRM holds now and repair what the contracts
+    /// allow (`--report`: the latest parity per tenant and CRM).
+    Reconcile(reconcile::ReconcileArgs),
+    /// Re-read calls.raw for a tenant and a time range (after a source or pipeline outage)
+    /// and send those calls through the pipeline again; idempotency keeps them to one
+    /// record each.
+    Backfill(backfill::BackfillArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +77,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dev(args) => dev::run(args),
         Cmd::Trace(args) => trace::run(args),
         Cmd::Dlq(args) => dlq::run(args),
+        Cmd::Reconcile(args) => reconcile::run(args),
+        Cmd::Backfill(args) => backfill::run(args),
     }
 }

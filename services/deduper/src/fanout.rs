@@ -8,7 +8,7 @@ use crm_common::config::Topics;
 use crm_common::dedup::Mark;
 use crm_common::emit::{now_ms, Emitter, Subject};
 use crm_common::events::{idempotency_key, AuditOutcome, CrmWriteRequest, NormalisedCall};
-use crm_common::pipeline::{InMessage, OutRecord, Processed};
+use crm_common::pipeline::{InMessage, OutRecord, Processed, BACKFILL};
 use crm_common::tenants::ResolvedTenant;
 
 pub struct Fanout {
@@ -45,12 +45,20 @@ impl Fanout {
                 ),
             ),
         };
+        // A backfill re-sends calls that may have been seen: past the mark they go on, and
+        // the writer's claim (DONE per key) keeps each to one record.
+        let backfill = input.header(BACKFILL).map(|v| String::from_utf8_lossy(v).into_owned());
+        let emit = mark.emit() || backfill.is_some();
+        let (outcome, what) = match (&backfill, mark) {
+            (Some(run), Mark::Repeat { .. }) => (AuditOutcome::Succeeded, format!("backfill {run}: {what}; sent on, the writer's claim decides")),
+            _ => (outcome, what),
+        };
         let mut outputs = Vec::with_capacity(tenant.crms.len() * 2);
         for &crm in tenant.crms.keys() {
             let key = idempotency_key(&call.tenant_id, &call.call_id, crm);
             let topic = self.topics.crm_writes(crm);
             let subject = Subject { tenant_id: &call.tenant_id, call_id: Some(&call.call_id), crm: Some(crm), version: Some(call.version) };
-            let detail = if mark.emit() { format!("{what} → {topic}") } else { what.clone() };
+            let detail = if emit { format!("{what} → {topic}") } else { what.clone() };
             let mut audit = self.emit.audit(input, &subject, "dedup", outcome, detail);
             audit.idempotency_key = Some(key.clone());
             audit.attributes.insert("mark".into(), mark.label().into());
@@ -66,7 +74,10 @@ impl Fanout {
                 }
                 Mark::New | Mark::Redelivered => {}
             }
-            if mark.emit() {
+            if let Some(run) = &backfill {
+                audit.attributes.insert("backfill".into(), run.clone());
+            }
+            if emit {
                 let request = CrmWriteRequest {
                     tenant_id: call.tenant_id.clone(),
                     call_id: call.call_id.clone(),

@@ -19,9 +19,14 @@ struct Cli {
     common: CommonArgs,
     #[command(flatten)]
     pipeline: PipelineArgs,
+    /// The largest calls.raw event accepted, in bytes: a bigger one is dead-lettered as
+    /// VALIDATION rather than carried into every later topic and CRM request.
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
+    max_event_bytes: usize,
 }
 
 struct Normaliser {
+    max_event_bytes: usize,
     tenants: Tenants,
     phones: phone::E164Cache,
     emit: Emitter,
@@ -31,6 +36,11 @@ struct Normaliser {
 impl Normaliser {
     fn one(&self, input: &InMessage) -> Processed {
         let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None };
+        let size = input.payload.as_ref().map_or(0, Vec::len);
+        if size > self.max_event_bytes {
+            let detail = format!("oversized: the event is {size} bytes; the limit is {} (MAX_EVENT_BYTES)", self.max_event_bytes);
+            return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::Validation, detail.clone(), detail));
+        }
         let ev: CallEvent = match codec::decode(input.payload.as_deref().unwrap_or_default()) {
             Ok(ev) => ev,
             Err(e) => {
@@ -45,7 +55,8 @@ impl Normaliser {
             version: Some(ev.version),
         };
         let Some(tenant) = self.tenants.get(&ev.tenant_id) else {
-            let detail = format!("tenant '{}' is not in TENANTS_CONFIG", ev.tenant_id);
+            // Debug-quoted: an id is input, and may hold anything.
+            let detail = format!("tenant {:?} is not in TENANTS_CONFIG", ev.tenant_id);
             return dead(self.emit.dead_letter(input, &subject, "normalise", DlqReason::TenantNotConfigured, detail.clone(), detail));
         };
         match normalise::normalise(&ev, tenant, &self.phones, now_ms()) {
@@ -65,12 +76,18 @@ impl Normaliser {
                 );
                 audit.attributes.insert("region_used".into(), call.region_used.clone());
                 audit.attributes.insert("source".into(), call.source.clone());
-                let out = OutRecord::new(
+                let mut out = OutRecord::new(
                     &self.output_topic,
                     &call.tenant_id,
                     codec::encode(&call).expect("NormalisedCall always encodes"),
                     &input.trace_id,
                 );
+                // A backfilled call stays marked as one down the pipeline (the deduper lets
+                // it past its mark).
+                if let Some(run) = input.header(crm_common::pipeline::BACKFILL) {
+                    out.headers.push((crm_common::pipeline::BACKFILL.to_string(), String::from_utf8_lossy(run).into_owned()));
+                    audit.attributes.insert("backfill".into(), String::from_utf8_lossy(run).into_owned());
+                }
                 Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" }
             }
             Err(r) => dead(self.emit.dead_letter(input, &subject, "normalise", r.reason, r.detail, r.audit_detail)),
@@ -95,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     let tenants = Tenants::load(&cli.common.tenants_config)?;
     tracing::info!(tenants = tenants.len(), "tenants loaded");
     let handler = Normaliser {
+        max_event_bytes: cli.max_event_bytes,
         tenants,
         phones: phone::E164Cache::new(100_000),
         emit: Emitter::new(Stage::Normaliser, cli.common.topics.clone()),

@@ -14,12 +14,37 @@ pub struct Rejection {
     pub audit_detail: String,
 }
 
+/// The longest call id accepted: ids go into Redis keys, idempotency keys and CRM fields.
+pub const MAX_ID_LEN: usize = 256;
+
+/// An id is 1–256 bytes of printable characters without spaces: it becomes part of keys
+/// (`tenant:call:crm`), CRM fields and log lines, where a newline or a space would forge or
+/// split them.
+fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
+    let why = if id.is_empty() {
+        Some("is empty".to_string())
+    } else if id.len() > MAX_ID_LEN {
+        Some(format!("is {} bytes; the limit is {MAX_ID_LEN}", id.len()))
+    } else {
+        id.chars().find(|c| c.is_control() || c.is_whitespace()).map(|c| format!("holds {c:?}, a control or space character"))
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => {
+            let shown: String = id.chars().take(64).collect();
+            let detail = format!("{field} {shown:?} {why}");
+            Err(Rejection { reason: DlqReason::Validation, audit_detail: detail.clone(), detail })
+        }
+    }
+}
+
 pub fn normalise(
     ev: &CallEvent,
     tenant: &ResolvedTenant,
     phones: &E164Cache,
     now_ms: i64,
 ) -> Result<NormalisedCall, Rejection> {
+    check_id("call_id", &ev.call_id)?;
     let (region, region_code) = match ev.region_hint.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
         Some(hint) => match phone::region(hint) {
             Ok(r) => (r, hint.to_ascii_uppercase()),

@@ -149,6 +149,9 @@ pub struct Api {
     pub backoff: Backoff,
     /// Transient failures are retried until this long after the first attempt.
     pub retry_limit: Duration,
+    /// Percent of every limit this client leaves to others: 0 for the writers; the
+    /// reconciler's share-keeping, so its reads and repairs never starve live writes.
+    pub reserve_pct: u64,
 }
 
 fn excerpt(s: &str) -> String {
@@ -166,9 +169,13 @@ impl Api {
         let started = Instant::now();
         let mut redis_backoff = 1;
         loop {
-            match self.buckets.try_take_each(set, costs, 0, id).await {
+            match self.buckets.try_take_each(set, costs, self.reserve_pct, id).await {
                 Ok(Take::Granted) => return Ok(started.elapsed()),
-                Ok(Take::Wait(w)) => tokio::time::sleep(w.min(Duration::from_secs(5))).await,
+                Ok(Take::Wait(w)) => {
+                    // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
+                    crm_common::health::beat();
+                    tokio::time::sleep(w.min(Duration::from_secs(5))).await
+                }
                 Err(e) => {
                     // Redis down: wait for it rather than write past the limits.
                     tracing::error!(error = %e, "token bucket unavailable; waiting for Redis");
@@ -197,11 +204,14 @@ impl Api {
         let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;
         let mut refreshed = false;
+        let metrics = crm_common::telemetry::crm_metrics();
+        let priority = if self.reserve_pct > 0 { "background" } else { "live" };
         loop {
             attempt += 1;
             let (name, value) = auth.header(&self.http, log).await?;
             let take_id = uuid::Uuid::new_v4().simple().to_string();
-            self.acquire(&set, &costs, &take_id).await?;
+            let waited = self.acquire(&set, &costs, &take_id).await?;
+            metrics.token_wait(&set.crm, priority, waited.as_secs_f64() * 1000.0);
             let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
             if let Some(b) = &req.body {
                 r = r.json(b);
@@ -213,6 +223,7 @@ impl Api {
                 Ok(resp) => {
                     let reply = Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap_or_default() };
                     for (limit, remaining) in policy.observed(&reply, req.class) {
+                        metrics.remaining(&set.crm, &set.tenant_id, &limit, remaining);
                         if let Err(e) = self.buckets.observe(&set, &limit, remaining).await {
                             tracing::warn!(error = %e, "could not correct the bucket from headers");
                         }
@@ -223,6 +234,12 @@ impl Api {
                 Err(e) => (Verdict::Transient(format!("connection failed: {e}")), None),
             };
             let latency_ms = t.elapsed().as_millis() as i64;
+            let status = match (&reply, &verdict) {
+                (Some(r), _) => r.status.to_string(),
+                (None, Verdict::Transient(why)) if why.starts_with("timed out") => "timeout".into(),
+                (None, _) => "error".into(),
+            };
+            metrics.request(&set.crm, req.class, status, priority, t.elapsed().as_secs_f64() * 1000.0);
             if holds_slots {
                 if let Err(e) = self.buckets.release(&set, &take_id, &costs).await {
                     // The slot's lease returns it soon enough.
@@ -255,6 +272,7 @@ impl Api {
                 Verdict::Throttled { wait } => {
                     // Costs no attempt and does not count against the retry limit.
                     attempt -= 1;
+                    metrics.retry(&set.crm, "throttled");
                     if let Err(e) = self.buckets.block(&set, wait).await {
                         tracing::warn!(error = %e, "could not block the bucket");
                     }
@@ -278,11 +296,13 @@ impl Api {
                             excerpt: reply.as_ref().map(|r| excerpt(&r.body)),
                         });
                     }
+                    metrics.retry(&set.crm, "transient");
                     tokio::time::sleep(self.backoff.wait(attempt)).await;
                 }
                 // A 401 with OAuth: refresh once, then fail (CRM-APIS §5).
                 Verdict::Permanent(DlqReason::AuthFailed, _) if auth.is_oauth() && !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) => {
                     refreshed = true;
+                    metrics.retry(&set.crm, "auth_refresh");
                     auth.invalidate().await;
                 }
                 Verdict::Permanent(reason, why) => {

@@ -4,9 +4,11 @@
 //! `contracts/<crm>.toml` for field mapping; its tests run against crm-sim.
 
 use crate::api::{Api, Exchange, Failure};
+use crate::contract::Contract;
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
-use std::collections::HashMap;
+use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 /// One write, planned by the runtime after its claim.
@@ -23,6 +25,25 @@ pub struct Item {
 pub enum ItemResult {
     Written { record_id: String, created: bool },
     Failed(Failure),
+}
+
+/// What the CRM holds now for a record crm-sync wrote (the reconciler's read).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// The record's contract fields as the CRM returns them, and the contact it hangs under
+    /// now (a merge moves it).
+    Present { fields: Map<String, Value>, contact_id: Option<String> },
+    /// In the CRM's recycle bin or archive: someone deleted it there.
+    Deleted,
+    /// Not there at all: purged, or it never landed.
+    Absent,
+}
+
+/// A record the reconciler asks about: its id, and the contact the writer linked it to.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub record_id: String,
+    pub linked_contact: Option<String>,
 }
 
 pub trait Connector: Send + Sync + 'static {
@@ -62,6 +83,37 @@ pub trait Connector: Send + Sync + 'static {
         since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
+
+    fn contract(&self) -> &Contract;
+
+    /// Reads the records in `wanted` (as many per call as the CRM allows), for the
+    /// reconciler. Every id asked about has an answer.
+    fn read(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        wanted: &[Wanted],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, Live>, Failure>> + Send;
+
+    /// Puts `fields` (owned, restorable) back on record `record_id`, nothing else.
+    fn restore(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        record_id: &str,
+        fields: &Map<String, Value>,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
+
+    /// The fields the CRM's schema has on the contract's object (the check that a custom
+    /// field was not removed); None for a CRM whose object has no custom fields to check.
+    fn schema_fields(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
 
     /// Writes `items` (creates and updates), as few API calls as the CRM allows; one result
     /// per item, in order.

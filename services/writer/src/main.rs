@@ -1,23 +1,10 @@
 //! writer: crm.writes.<crm> → the CRM (DESIGN §4–§7). One binary, run once per CRM
 //! (`writer --crm hubspot`), so each CRM's writers scale on their own consumer lag.
 
-mod api;
-mod auth;
-mod connector;
-mod contacts;
-mod contract;
-mod hubspot;
-mod mapping;
-mod offsets;
-mod pipedrive;
-mod process;
-mod retry;
-mod runtime;
-mod salesforce;
-mod zoho;
 
 use clap::Parser;
-use connector::Connector;
+use writer::connector::Connector;
+use writer::{api, contacts, contract, process, retry, runtime, CrmUrls};
 use crm_common::bucket::TokenBuckets;
 use crm_common::claims::Claims;
 use crm_common::config::CommonArgs;
@@ -74,24 +61,8 @@ struct Cli {
     contact_ttl: Duration,
     #[arg(long, env = "WRITER_CONTACT_MISS_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     contact_miss_ttl: Duration,
-    /// HubSpot's API base URL (a tenant's `base_url` overrides it).
-    #[arg(long, env = "HUBSPOT_API_URL", default_value = "https://api.hubapi.com")]
-    hubspot_api_url: String,
-    /// Salesforce instance URL for tenants that name none (each org has its own: set
-    /// `base_url` per tenant).
-    #[arg(long, env = "SALESFORCE_API_URL", default_value = "https://login.salesforce.com")]
-    salesforce_api_url: String,
-    /// Zoho's API domain and accounts host (per data centre) for tenants that name none.
-    #[arg(long, env = "ZOHO_API_URL", default_value = "https://www.zohoapis.com")]
-    zoho_api_url: String,
-    #[arg(long, env = "ZOHO_TOKEN_URL", default_value = "https://accounts.zoho.com/oauth/v2/token")]
-    zoho_token_url: String,
-    /// Pipedrive's API host for tenants that name none (OAuth gives each company its own
-    /// `api_domain`: set `base_url` per tenant).
-    #[arg(long, env = "PIPEDRIVE_API_URL", default_value = "https://api.pipedrive.com")]
-    pipedrive_api_url: String,
-    #[arg(long, env = "PIPEDRIVE_TOKEN_URL", default_value = "https://oauth.pipedrive.com/oauth/token")]
-    pipedrive_token_url: String,
+    #[command(flatten)]
+    urls: CrmUrls,
 }
 
 #[tokio::main]
@@ -100,25 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let service: &'static str = Box::leak(format!("writer-{}", cli.crm.as_str()).into_boxed_str());
     let _telemetry = crm_common::telemetry::init(service, &cli.common)?;
     let contract = contract::Contract::load(&cli.contracts_dir, cli.crm.as_str())?;
-    match cli.crm {
-        Crm::Hubspot => {
-            let c = hubspot::Hubspot { contract, default_base_url: cli.hubspot_api_url.clone() };
-            serve(c, cli, service).await
-        }
-        Crm::Salesforce => {
-            let c = salesforce::Salesforce { contract, default_base_url: cli.salesforce_api_url.clone() };
-            serve(c, cli, service).await
-        }
-        Crm::Zoho => {
-            let c = zoho::Zoho { contract, default_base_url: cli.zoho_api_url.clone(), default_token_url: cli.zoho_token_url.clone(), http_timeout: cli.http_timeout };
-            serve(c, cli, service).await
-        }
-        Crm::Pipedrive => {
-            let c = pipedrive::Pipedrive { contract, default_base_url: cli.pipedrive_api_url.clone(), default_token_url: cli.pipedrive_token_url.clone() };
-            serve(c, cli, service).await
-        }
-        Crm::Unknown => anyhow::bail!("--crm: one of hubspot, salesforce, zoho, pipedrive"),
-    }
+    let (urls, http_timeout) = (cli.urls.clone(), cli.http_timeout);
+    writer::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
 }
 
 async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> anyhow::Result<()> {
@@ -146,6 +100,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             buckets: TokenBuckets::new(conn.clone(), &prefix),
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
             retry_limit: cli.retry_limit,
+            reserve_pct: 0,
         },
         claims: Claims::new(conn.clone(), &prefix, &owner, cli.lease, cli.claim_retention),
         contacts: contacts::ContactCache { conn, prefix, ttl: cli.contact_ttl, miss_ttl: cli.contact_miss_ttl },

@@ -11,7 +11,7 @@ use crm_common::claims::{Claim, Claims};
 use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::phone;
-use crm_common::pipeline::{InMessage, OutRecord};
+use crm_common::pipeline::{InMessage, OutRecord, RECREATE};
 use crm_common::tenants::{NoContact, Tenants};
 use std::collections::HashMap;
 use std::future::Future;
@@ -135,13 +135,22 @@ impl<C: Connector> Shared<C> {
         self.emit.audit_record(&a)
     }
 
-    /// Claims the step's key, waiting while another writer holds a live lease.
-    async fn claim(&self, req: &CrmWriteRequest) -> Claim {
+    /// Claims the step's key, waiting while another writer holds a live lease. A request
+    /// the reconciler re-sent because its record is gone (the RECREATE header names it)
+    /// creates again while the claim still names that record.
+    async fn claim(&self, w: &Work) -> Claim {
+        let req = &w.req;
+        let gone = w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty());
+        let mut reclaimed = false;
         loop {
             let c = patiently("claim", || self.claims.claim(&req.tenant_id, &req.idempotency_key, req.version)).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
                 Claim::Busy { retry_after } => tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await,
+                Claim::AlreadyDone { record_id } if !reclaimed && gone == Some(record_id.as_str()) => {
+                    reclaimed = true;
+                    patiently("reclaim", || self.claims.reclaim(&req.tenant_id, &req.idempotency_key, &record_id)).await;
+                }
                 other => return other,
             }
         }
@@ -233,7 +242,7 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    /// Handles one lane batch (one tenant, in read order).
+    /// Handles one lane batch (one tenant, in read order): one Done per Work, in the same order.
     pub async fn process(&self, batch: Vec<Work>) -> Vec<Done> {
         let tenant_id = batch[0].req.tenant_id.clone();
         // Within a batch only the newest version of a call is written; older ones are done.
@@ -273,7 +282,7 @@ impl<C: Connector> Shared<C> {
                 // Claims are independent (one step per key is left): ask Redis for all of
                 // them at once rather than a round trip per record.
                 let open: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
-                let claims = futures::future::join_all(open.iter().map(|&i| self.claim(&steps[i].work.req))).await;
+                let claims = futures::future::join_all(open.iter().map(|&i| self.claim(&steps[i].work))).await;
                 let mut contacts = HashMap::new();
                 for (&i, claim) in open.iter().zip(claims) {
                     self.plan(t, &mut steps[i], claim, &mut contacts).await;
@@ -321,6 +330,7 @@ impl<C: Connector> Shared<C> {
             outputs.push(self.audit_exchange(w, ex, if ex.outcome == "ok" { record_id } else { None }));
         }
         let subject = self.subject(req);
+        let linked_contact = s.item.as_ref().and_then(|i| i.contact_id.clone());
         let outcome = match s.settled.expect("every step settles") {
             Settled::Written { record_id, created } => {
                 patiently("done", || self.claims.done(&req.tenant_id, &req.idempotency_key, req.version, &record_id)).await;
@@ -332,6 +342,13 @@ impl<C: Connector> Shared<C> {
                 let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Succeeded, detail);
                 a.idempotency_key = Some(req.idempotency_key.clone());
                 a.crm_record_id = Some(record_id);
+                // The reconciler compares it with the record's contact now (merges).
+                if let Some(c) = linked_contact {
+                    a.attributes.insert("contact_id".into(), c);
+                }
+                if let Some(gone) = w.input.header(RECREATE) {
+                    a.attributes.insert("recreated".into(), String::from_utf8_lossy(gone).into_owned());
+                }
                 outputs.push(self.emit.audit_record(&a));
                 if created { "created" } else { "updated" }
             }

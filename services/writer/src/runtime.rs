@@ -37,9 +37,16 @@ pub struct RuntimeConfig {
 
 struct WriterContext {
     offsets: Arc<Mutex<Offsets>>,
+    metrics: StageMetrics,
 }
 
-impl ClientContext for WriterContext {}
+impl ClientContext for WriterContext {
+    /// Consumer lag per partition, from librdkafka's statistics: what autoscaling and the
+    /// lag alerts read.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.metrics.record_lag(stats);
+    }
+}
 
 impl ConsumerContext for WriterContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -64,6 +71,7 @@ impl ConsumerContext for WriterContext {
 }
 
 struct Lanes<C: Connector> {
+    service: &'static str,
     shared: Arc<Shared<C>>,
     producer: FutureProducer,
     offsets: Arc<Mutex<Offsets>>,
@@ -110,6 +118,7 @@ impl<C: Connector> Lanes<C> {
             let buffered = self.buffered.clone();
             let metrics = self.metrics.clone();
             let failed = self.failed.clone();
+            let service = self.service;
             let max = shared.connector.batch_max().max(1);
             self.tasks.push(tokio::spawn(async move {
                 while let Some(first) = rx.recv().await {
@@ -121,7 +130,19 @@ impl<C: Connector> Lanes<C> {
                         }
                     }
                     let n = batch.len();
-                    if let Err(e) = publish(&producer, &offsets, &metrics, shared.process(batch).await).await {
+                    // A span per input, joined to its producer's trace; what it produces names it.
+                    // `process` answers one Done per Work, in order.
+                    let spans: Vec<(String, tracing::Span)> = batch.iter().map(|w| (w.input.trace_id.clone(), crm_common::telemetry::input_span(service, &w.input))).collect();
+                    let mut done = shared.process(batch).await;
+                    for (d, (trace_id, span)) in done.iter_mut().zip(&spans) {
+                        span.record("outcome", d.outcome);
+                        let tp = crm_common::telemetry::traceparent(span, trace_id);
+                        for out in &mut d.outputs {
+                            out.set_traceparent(tp.clone());
+                        }
+                    }
+                    drop(spans);
+                    if let Err(e) = publish(&producer, &offsets, &metrics, done).await {
                         error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
                         failed.cancel();
                         return;
@@ -148,14 +169,16 @@ pub async fn run<C: Connector>(
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "5000"),
     ];
+    let metrics = StageMetrics::new(cfg.service);
     let consumer: StreamConsumer<WriterContext> =
-        pipeline::client_config(common, &defaults).create_with_context(WriterContext { offsets: offsets.clone() })?;
+        pipeline::client_config(common, &defaults).create_with_context(WriterContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     consumer.subscribe(&[cfg.input_topic.as_str()])?;
     let producer = pipeline::producer(common)?;
-    let metrics = StageMetrics::new(cfg.service);
     let failed = CancellationToken::new();
     let mut lanes = Lanes {
+        service: cfg.service,
         shared: shared.clone(),
         producer: producer.clone(),
         offsets: offsets.clone(),
@@ -168,11 +191,14 @@ pub async fn run<C: Connector>(
     info!(service = cfg.service, group = cfg.group, topic = cfg.input_topic, "consuming");
     let mut tick = tokio::time::interval(cfg.commit_interval);
     let mut paused = false;
+    crm_common::health::ready();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = failed.cancelled() => break,
             _ = tick.tick() => {
+                // Lanes waiting on tokens or retries are not this loop: it keeps ticking.
+                crm_common::health::beat();
                 commit(&consumer, &offsets);
                 let held = lanes.buffered.load(Ordering::SeqCst);
                 if held >= cfg.max_buffered {

@@ -9,7 +9,7 @@ pub mod errors;
 pub mod limits;
 
 use crate::api::{Api, Exchange, Failure, Request};
-use crate::connector::{Connector, Item, ItemResult};
+use crate::connector::{Connector, Item, ItemResult, Live, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -17,7 +17,7 @@ use crate::auth::{AuthStyle, Credentials};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// HubSpot's default association type, call → contact.
 const CALL_TO_CONTACT: i64 = 194;
@@ -216,6 +216,77 @@ impl Connector for Hubspot {
             Err(f) if f.status == Some(404) => Ok(None),
             Err(f) => Err(f),
         }
+    }
+
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// `batch/read` for the fields (100 per call); an id it does not find is looked for
+    /// among archived records. Batch reads carry no associations, so a call's contact is
+    /// read again only when the contact it was linked to is no longer live (merged away
+    /// or deleted): one more batch read of those contacts first.
+    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
+        let props: Vec<&String> = self.contract.fields.keys().collect();
+        let mut out = HashMap::new();
+        for chunk in wanted.chunks(BATCH_MAX) {
+            let inputs: Vec<Value> = chunk.iter().map(|w| json!({"id": w.record_id})).collect();
+            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/read", self.object()), limits::WRITE).body(json!({"inputs": inputs, "properties": props}));
+            let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+            for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
+                let (Some(id), Some(fields)) = (r.get("id").and_then(Value::as_str), r.get("properties").and_then(Value::as_object)) else { continue };
+                out.insert(id.to_string(), Live::Present { fields: fields.clone(), contact_id: None });
+            }
+        }
+        let linked: Vec<&str> = wanted.iter().filter_map(|w| w.linked_contact.as_deref()).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut live_contacts: HashSet<String> = HashSet::new();
+        for chunk in linked.chunks(BATCH_MAX) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/read", limits::WRITE).body(json!({"inputs": inputs, "properties": ["hs_object_id"]}));
+            let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+            for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(id) = r.get("id").and_then(Value::as_str) {
+                    live_contacts.insert(id.to_string());
+                }
+            }
+        }
+        for w in wanted {
+            match out.get_mut(&w.record_id) {
+                Some(Live::Present { contact_id, .. }) => match &w.linked_contact {
+                    Some(c) if live_contacts.contains(c) => *contact_id = Some(c.clone()),
+                    Some(_) => {
+                        let path = format!("/crm/v3/objects/{}/{}?properties=hs_object_id&associations=contacts", self.object(), crate::api::urlencode(&w.record_id));
+                        let reply = api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, limits::WRITE), log).await?;
+                        *contact_id = reply.json().pointer("/associations/contacts/results/0/id").and_then(Value::as_str).map(str::to_string);
+                    }
+                    None => {}
+                },
+                Some(_) => {}
+                None => {
+                    let path = format!("/crm/v3/objects/{}/{}?properties=hs_object_id&archived=true", self.object(), crate::api::urlencode(&w.record_id));
+                    let live = match api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, limits::WRITE), log).await {
+                        Ok(_) => Live::Deleted,
+                        Err(f) if f.status == Some(404) => Live::Absent,
+                        Err(f) => return Err(f),
+                    };
+                    out.insert(w.record_id.clone(), live);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        // HubSpot's properties are strings.
+        let props: Map<String, Value> = fields.iter().map(|(k, v)| (k.clone(), Value::String(crate::contract::as_text(v)))).collect();
+        let req = Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), crate::api::urlencode(record_id)), limits::WRITE).body(json!({"properties": props}));
+        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await.map(|_| ())
+    }
+
+    async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
+        let req = Request::get(format!("/crm/v3/properties/{}", self.object()), limits::WRITE);
+        let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+        Ok(Some(reply.json().get("results").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("name").and_then(Value::as_str)).map(str::to_string).collect()))
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

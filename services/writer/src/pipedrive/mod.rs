@@ -11,14 +11,14 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
+use crate::connector::{Live, Wanted, create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::{HeaderName, AUTHORIZATION};
 use reqwest::Method;
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap};
 
 /// Activities listed per page, and pages read at most, when looking for a key.
 const PAGE: usize = 500;
@@ -193,6 +193,42 @@ impl Connector for Pipedrive {
 
     async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], since_ms, log).await?.remove(&req.idempotency_key))
+    }
+
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// The activity list filtered by `ids` (100 per call, one list's cost). Pipedrive hides
+    /// deleted activities and cannot tell them from purged ones: a missing one is taken as
+    /// deleted by a person, whose decision the reconciler does not undo by default.
+    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
+        let mut out = HashMap::new();
+        for chunk in wanted.chunks(100) {
+            let ids = chunk.iter().map(|w| urlencode(&w.record_id)).collect::<Vec<_>>().join(",");
+            let req = Request::get(format!("{}?ids={ids}&limit=100", self.activities()), limits::LIST);
+            let reply = self.call(api, t, req, log).await?;
+            for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
+                let Some(id) = r.get("id").and_then(id_of) else { continue };
+                let contact_id = r.get("person_id").and_then(id_of).filter(|p| p != "0");
+                out.insert(id, Live::Present { fields: r.as_object().cloned().unwrap_or_default(), contact_id });
+            }
+        }
+        for w in wanted {
+            out.entry(w.record_id.clone()).or_insert(Live::Deleted);
+        }
+        Ok(out)
+    }
+
+    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), limits::UPDATE).body(Value::Object(fields.clone()));
+        self.call(api, t, req, log).await.map(|_| ())
+    }
+
+    /// Activities' fields are Pipedrive's own (the key rides in the note): nothing a
+    /// company admin can remove.
+    async fn schema_fields(&self, _api: &Api, _t: &Tenant, _log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
+        Ok(None)
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

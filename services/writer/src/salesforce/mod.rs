@@ -12,13 +12,14 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{Connector, Item, ItemResult};
+use crate::connector::{Connector, Item, ItemResult, Live, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap};
 
 const COLLECTION_MAX: usize = 200;
 /// The REST API version pinned (Spring '26).
@@ -210,6 +211,55 @@ impl Connector for Salesforce {
             Err(f) if f.status == Some(404) => Ok(None),
             Err(f) => Err(f),
         }
+    }
+
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// One `queryAll` per 200 ids: it returns deleted Tasks too (`IsDeleted`, the recycle
+    /// bin), and `WhoId`, which follows a contact merge.
+    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
+        let mut fields: Vec<&str> = self.contract.fields.keys().map(String::as_str).collect();
+        fields.extend(["Id", "IsDeleted", "WhoId"]);
+        let mut out = HashMap::new();
+        for chunk in wanted.chunks(COLLECTION_MAX) {
+            let ids = chunk.iter().map(|w| format!("'{}'", w.record_id.replace('\\', "").replace('\'', ""))).collect::<Vec<_>>().join(",");
+            let soql = format!("SELECT {} FROM {} WHERE Id IN ({ids})", fields.join(", "), self.object());
+            let mut path = self.data(&format!("/queryAll/?q={}", urlencode(&soql)));
+            loop {
+                let reply = self.call(api, t, Request::get(path, limits::API_CLASS), log).await?;
+                let body = reply.json();
+                for r in body.get("records").and_then(Value::as_array).into_iter().flatten() {
+                    let Some(id) = r.get("Id").and_then(Value::as_str) else { continue };
+                    let live = if r.get("IsDeleted").and_then(Value::as_bool) == Some(true) {
+                        Live::Deleted
+                    } else {
+                        let contact_id = r.get("WhoId").and_then(Value::as_str).map(str::to_string);
+                        Live::Present { fields: r.as_object().cloned().unwrap_or_default(), contact_id }
+                    };
+                    out.insert(id.to_string(), live);
+                }
+                match body.get("nextRecordsUrl").and_then(Value::as_str) {
+                    Some(next) if body.get("done").and_then(Value::as_bool) == Some(false) => path = next.to_string(),
+                    _ => break,
+                }
+            }
+        }
+        for w in wanted {
+            out.entry(w.record_id.clone()).or_insert(Live::Absent);
+        }
+        Ok(out)
+    }
+
+    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        let req = Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), limits::API_CLASS).body(Value::Object(fields.clone()));
+        self.call(api, t, req, log).await.map(|_| ())
+    }
+
+    async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
+        let reply = self.call(api, t, Request::get(self.data(&format!("/sobjects/{}/describe/", self.object())), limits::API_CLASS), log).await?;
+        Ok(Some(reply.json().get("fields").and_then(Value::as_array).into_iter().flatten().filter_map(|f| f.get("name").and_then(Value::as_str)).map(str::to_string).collect()))
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

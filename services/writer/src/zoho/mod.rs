@@ -9,17 +9,17 @@
 pub mod errors;
 pub mod limits;
 
-use crate::api::{Api, Exchange, Failure, Reply, Request};
+use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
+use crate::connector::{Live, Wanted, create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use limits::API_CLASS;
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
-use serde_json::{json, Value};
-use std::collections::HashMap;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -220,6 +220,70 @@ impl Connector for Zoho {
 
     async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], log).await?.remove(&req.idempotency_key))
+    }
+
+    fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// COQL by id (50 per query); ids it does not return are looked for in the recycle bin
+    /// (`/deleted`, a few pages), else they are gone for good.
+    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
+        let mut fields: Vec<&str> = self.contract.fields.keys().map(String::as_str).filter(|f| *f != "id" && *f != "Who_Id").collect();
+        fields.extend(["id", "Who_Id"]);
+        let mut out = HashMap::new();
+        for chunk in wanted.chunks(COQL_IN_MAX) {
+            let list = chunk.iter().map(|w| coql_str(&w.record_id)).collect::<Vec<_>>().join(", ");
+            let q = format!("select {} from {} where id in ({list}) limit 200", fields.join(", "), self.module());
+            let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS).body(json!({"select_query": q}));
+            let reply = self.call(api, t, req, log).await?;
+            for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
+                let Some(id) = r.get("id").and_then(Value::as_str) else { continue };
+                let who = r.get("Who_Id");
+                let contact_id = who.and_then(|w| w.get("id")).or(who).and_then(Value::as_str).map(str::to_string);
+                out.insert(id.to_string(), Live::Present { fields: r.as_object().cloned().unwrap_or_default(), contact_id });
+            }
+        }
+        let mut missing: HashSet<&str> = wanted.iter().map(|w| w.record_id.as_str()).filter(|id| !out.contains_key(*id)).collect();
+        let mut page = 1;
+        while !missing.is_empty() && page <= 5 {
+            let req = Request::get(format!("{API}/{}/deleted?type=recycle&page={page}&per_page=200", self.module()), API_CLASS);
+            let reply = self.call(api, t, req, log).await?;
+            let body = reply.json();
+            for d in body.get("data").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(id) = d.get("id").and_then(Value::as_str) {
+                    if missing.remove(id) {
+                        out.insert(id.to_string(), Live::Deleted);
+                    }
+                }
+            }
+            if body.pointer("/info/more_records").and_then(Value::as_bool) != Some(true) {
+                break;
+            }
+            page += 1;
+        }
+        for w in wanted {
+            out.entry(w.record_id.clone()).or_insert(Live::Absent);
+        }
+        Ok(out)
+    }
+
+    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), API_CLASS).body(json!({"data": [fields], "trigger": []}));
+        let reply = self.call(api, t, req, log).await?;
+        // A per-record error comes back inside `data` with a 2xx or 400.
+        match reply.json().pointer("/data/0") {
+            Some(r) if r.get("status").and_then(Value::as_str) != Some("success") => {
+                let (reason, detail) = errors::reason_of(r, &self.contract.key_field);
+                Err(Failure { reason, detail, status: Some(reply.status), excerpt: Some(r.to_string()), maybe_applied: false })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
+        let reply = self.call(api, t, Request::get(format!("{API}/settings/fields?module={}", self.module()), API_CLASS), log).await?;
+        Ok(Some(reply.json().get("fields").and_then(Value::as_array).into_iter().flatten().filter_map(|f| f.get("api_name").and_then(Value::as_str)).map(str::to_string).collect()))
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

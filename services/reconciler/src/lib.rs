@@ -1,0 +1,613 @@
+//! The reconciler (DESIGN §7, §8): for one tenant in one CRM, compares what the audit store
+//! says was written with what the CRM holds now, and acts per the field-ownership contract.
+//!
+//! A pass:
+//! 1. checks the CRM's schema still has every field the contract names (a removed custom
+//!    field is reported before writes start failing, or, at Zoho, silently lose it);
+//! 2. takes each call's latest successful write from the audit store, and re-reads its
+//!    write request from `crm.writes.<crm>` (the values to compare, the bytes to re-send);
+//! 3. reads the records from the CRM, in batches, through the writer's own connector and
+//!    token buckets, leaving a share of every limit to live writes;
+//! 4. per record: matching; owned fields changed (restorable ones are put back, others
+//!    dead-lettered); deleted by someone (dead-lettered, or re-created when the tenant says
+//!    so); missing altogether (re-created through the writer's idempotent path: the request
+//!    goes back to `crm.writes.<crm>` with the RECREATE header); its contact merged (the
+//!    writer's contact cache follows the merge) or deleted (dead-lettered);
+//! 5. audits every finding and action (stage RECONCILER), and stores the parity report.
+//!
+//! A record whose write is in flight (a lease held, or a newer version DONE than the audit
+//! store shows yet) is left for the next pass, so the reconciler never undoes a write.
+
+pub mod compare;
+
+use compare::{changed_fields, contact_drift, missing_fields, ContactDrift};
+use crm_common::audit_store::{AuditStore, ParityReport, Written};
+use crm_common::claims::Claims;
+use crm_common::codec;
+use crm_common::config::Topics;
+use crm_common::emit::{now_ms, CrmAnswer, Emitter, Subject};
+use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
+use crm_common::pipeline::{InMessage, OutRecord, RECREATE};
+use crm_common::tenants::{OnDeleted, Tenants};
+use rdkafka::producer::FutureProducer;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+use writer::api::{Api, Exchange, Failure};
+use writer::connector::{Connector, Live, Wanted};
+use writer::contacts::ContactCache;
+
+/// Kinds of finding, as the parity report and audit name them.
+pub mod kind {
+    pub const FIELD_CHANGED: &str = "field_changed";
+    pub const DELETED: &str = "deleted";
+    pub const MISSING: &str = "missing";
+    pub const CONTACT_MERGED: &str = "contact_merged";
+    pub const CONTACT_DELETED: &str = "contact_deleted";
+    pub const FIELD_REMOVED: &str = "field_removed";
+    pub const IN_FLIGHT: &str = "in_flight";
+    pub const SOURCE_GONE: &str = "source_gone";
+}
+
+pub struct Reconciler<C: Connector> {
+    pub connector: C,
+    /// The writers' client, with `reserve_pct` set: it waits rather than spend the share of
+    /// each limit kept for live writes.
+    pub api: Api,
+    pub claims: Claims,
+    pub contacts: ContactCache,
+    pub store: AuditStore,
+    pub producer: FutureProducer,
+    pub bootstrap: String,
+    pub topics: Topics,
+    pub tenants: Tenants,
+    pub clients: HashMap<String, Result<C::Tenant, String>>,
+    /// Writes younger than this are left alone (the audit-sink and the writer settle).
+    pub settle: Duration,
+}
+
+/// What one record's check came to.
+#[derive(Default)]
+struct Verdict {
+    drifted: bool,
+    repaired: bool,
+    dead_lettered: bool,
+    deferred: bool,
+}
+
+/// The work of one pass: outputs to produce, counts.
+struct Pass<'a> {
+    emit: Emitter,
+    crm: Crm,
+    tenant: &'a str,
+    out: Vec<OutRecord>,
+    findings: BTreeMap<String, i64>,
+}
+
+impl Pass<'_> {
+    fn note(&mut self, kind: &str) {
+        *self.findings.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+/// A stand-in input for findings that belong to no message (the schema check).
+fn pass_input(tenant: &str, crm: Crm) -> InMessage {
+    InMessage {
+        topic: format!("reconciler/{}", crm.as_str()),
+        partition: -1,
+        offset: -1,
+        key: Some(tenant.as_bytes().to_vec()),
+        payload: None,
+        timestamp_ms: Some(now_ms()),
+        headers: vec![],
+        trace_id: crm_common::pipeline::new_trace_id(),
+    }
+}
+
+fn fields_text(fields: &[&str]) -> String {
+    fields.join(", ")
+}
+
+impl<C: Connector> Reconciler<C> {
+    fn crm(&self) -> Crm {
+        self.connector.crm()
+    }
+
+    /// One pass over `tenant`'s writes to this CRM since `from_ms`. Never fails: a pass that
+    /// cannot finish says why in the report's `error`.
+    pub async fn pass(&self, tenant: &str, from_ms: i64) -> ParityReport {
+        let crm = self.crm();
+        let mut report = ParityReport {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.to_string(),
+            crm: crm.as_str().to_string(),
+            started_ms: now_ms(),
+            window_from_ms: from_ms,
+            ..Default::default()
+        };
+        let mut pass = Pass { emit: Emitter::new(crm_common::events::Stage::Reconciler, self.topics.clone()), crm, tenant, out: vec![], findings: BTreeMap::new() };
+        if let Err(e) = self.run(&mut pass, &mut report).await {
+            tracing::error!(tenant, crm = crm.as_str(), "reconciliation pass stopped: {e:#}");
+            report.error = Some(format!("{e:#}"));
+        }
+        report.findings = std::mem::take(&mut pass.findings);
+        // Audit and dead letters go out whatever happened, so nothing found is lost.
+        if let Err(e) = self.produce(std::mem::take(&mut pass.out)).await {
+            report.error.get_or_insert(format!("could not produce findings: {e:#}"));
+        }
+        report.finished_ms = now_ms();
+        if let Err(e) = self.store.record_run(&report).await {
+            tracing::error!(tenant, crm = crm.as_str(), error = %e, "could not store the parity report");
+        }
+        metrics::record(&report);
+        tracing::info!(
+            tenant,
+            crm = crm.as_str(),
+            checked = report.checked,
+            matching = report.matching,
+            drifted = report.drifted,
+            repaired = report.repaired,
+            dead_lettered = report.dead_lettered,
+            deferred = report.deferred,
+            "reconciliation pass"
+        );
+        report
+    }
+
+    async fn produce(&self, out: Vec<OutRecord>) -> anyhow::Result<()> {
+        let mut acks = Vec::with_capacity(out.len());
+        for o in &out {
+            acks.push(crm_common::pipeline::send(&self.producer, o).await?);
+        }
+        for a in acks {
+            a.await.map_err(|_| anyhow::anyhow!("producer dropped a delivery"))?.map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn run(&self, pass: &mut Pass<'_>, report: &mut ParityReport) -> anyhow::Result<()> {
+        let crm = self.crm();
+        let client = match self.clients.get(pass.tenant) {
+            Some(Ok(c)) => c,
+            Some(Err(why)) => anyhow::bail!("no client for this tenant: {why}"),
+            None => anyhow::bail!("tenant has no {} connection in TENANTS_CONFIG", crm.as_str()),
+        };
+        let contract = self.connector.contract();
+        let mut log: Vec<Exchange> = vec![];
+
+        // 1. The schema still has the contract's fields.
+        let schema = self.connector.schema_fields(&self.api, client, &mut log).await.map_err(|f| anyhow::anyhow!("schema read: {}", f.detail))?;
+        if let Some(schema) = schema {
+            let missing = missing_fields(contract, &schema);
+            for f in &missing {
+                pass.note(kind::FIELD_REMOVED);
+                let own = contract.fields.get(f).map(|r| format!("{:?}", r.ownership).to_lowercase()).unwrap_or_default();
+                let detail = format!("the {} schema has no field {f} ({own} in contracts/{}.toml): writes that set it will fail or lose it; restore the field or change the contract", crm.as_str(), crm.as_str());
+                tracing::error!(tenant = pass.tenant, crm = crm.as_str(), field = %f, "{detail}");
+                let input = pass_input(pass.tenant, crm);
+                let subject = Subject { tenant_id: pass.tenant, call_id: None, crm: Some(crm), version: None };
+                let mut a = pass.emit.audit(&input, &subject, "reconcile.schema", AuditOutcome::DriftFound, detail);
+                a.reason = Some(DlqReason::FieldRemoved.as_str().to_string());
+                a.attributes.insert("field".into(), f.clone());
+                pass.out.push(pass.emit.audit_record(&a));
+            }
+            report.missing_fields = missing.clone();
+            if missing.contains(&contract.key_field) {
+                anyhow::bail!("the key field {} is gone from the CRM: records cannot be matched to calls until it is back", contract.key_field);
+            }
+        }
+
+        // 2. What was written, and the requests behind it.
+        let until = now_ms() - self.settle.as_millis() as i64;
+        let written = self.store.written(pass.tenant, crm.as_str(), report.window_from_ms, until).await?;
+        if written.is_empty() {
+            return Ok(());
+        }
+        let topic = self.topics.crm_writes(crm);
+        let wanted_offsets: Vec<(i32, i64)> = written.iter().filter(|w| w.topic == topic).map(|w| (w.partition, w.offset)).collect();
+        let (bootstrap, t) = (self.bootstrap.clone(), topic.clone());
+        let messages = tokio::task::spawn_blocking(move || crm_common::topic_reader::fetch_at(&bootstrap, &t, &wanted_offsets, Duration::from_secs(30))).await??;
+
+        // 3. What the CRM holds.
+        let wanted: Vec<Wanted> = written.iter().map(|w| Wanted { record_id: w.record_id.clone(), linked_contact: w.linked_contact.clone() }).collect();
+        let mut live = HashMap::new();
+        for chunk in wanted.chunks(500) {
+            let got = self.connector.read(&self.api, client, chunk, &mut log).await.map_err(|f| anyhow::anyhow!("reading records: {}: {}", f.reason.as_str(), f.detail))?;
+            live.extend(got);
+        }
+        let calls: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
+        let known = self.store.reconciler_dead_letters(pass.tenant, crm.as_str(), &calls).await?;
+
+        // 4. Each record.
+        let on_deleted = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.on_deleted).unwrap_or_default();
+        for w in &written {
+            report.checked += 1;
+            let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
+            let req: Option<CrmWriteRequest> = msg.and_then(|m| m.payload.as_deref()).and_then(|p| codec::decode(p).ok());
+            let state = live.get(&w.record_id).cloned().unwrap_or(Live::Absent);
+            let v = self.check(pass, client, w, msg, req.as_ref(), state, on_deleted, &known).await;
+            if !v.drifted {
+                report.matching += 1;
+                continue;
+            }
+            report.drifted += 1;
+            if v.deferred {
+                report.deferred += 1;
+            } else if v.dead_lettered {
+                report.dead_lettered += 1;
+            } else if v.repaired {
+                report.repaired += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this record's write is settled: DONE at the version the audit store shows,
+    /// as this record, with no write holding the key.
+    async fn settled(&self, tenant: &str, w: &Written) -> bool {
+        match self.claims.state(tenant, &w.idempotency_key).await {
+            Ok((done, rid, leased)) => !leased && done.is_none_or(|d| d <= w.version) && rid.as_deref().is_none_or(|r| r == w.record_id),
+            // Unsure: act next time.
+            Err(_) => false,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn check(
+        &self,
+        pass: &mut Pass<'_>,
+        client: &C::Tenant,
+        w: &Written,
+        msg: Option<&InMessage>,
+        req: Option<&CrmWriteRequest>,
+        state: Live,
+        on_deleted: OnDeleted,
+        known: &HashSet<(String, String)>,
+    ) -> Verdict {
+        let contract = self.connector.contract();
+        let mut v = Verdict::default();
+        let input = msg.cloned().unwrap_or_else(|| pass_input(pass.tenant, pass.crm));
+        let subject = Subject { tenant_id: pass.tenant, call_id: Some(&w.call_id), crm: Some(pass.crm), version: Some(w.version) };
+        match state {
+            Live::Present { fields, contact_id } => {
+                let changed = req.map(|r| changed_fields(contract, &contract.owned_values(r), &fields)).unwrap_or_default();
+                let contact = contact_drift(w.linked_contact.as_deref(), contact_id.as_deref());
+                if changed.is_empty() && contact == ContactDrift::Same {
+                    return v;
+                }
+                v.drifted = true;
+                if !self.settled(pass.tenant, w).await {
+                    pass.note(kind::IN_FLIGHT);
+                    v.deferred = true;
+                    return v;
+                }
+                if !changed.is_empty() {
+                    pass.note(kind::FIELD_CHANGED);
+                    let (restorable, kept): (Vec<_>, Vec<_>) = changed.iter().partition(|c| c.restorable);
+                    if !restorable.is_empty() {
+                        let names: Vec<&str> = restorable.iter().map(|c| c.field.as_str()).collect();
+                        let fields: Map<String, Value> = restorable.iter().map(|c| (c.field.clone(), c.expected.clone())).collect();
+                        let mut log = vec![];
+                        let r = self.connector.restore(&self.api, client, &w.record_id, &fields, &mut log).await;
+                        self.audit_exchanges(pass, &input, &subject, w, &log);
+                        match r {
+                            Ok(()) => {
+                                let detail = format!("restored {} on record {} (changed in {} outside crm-sync)", fields_text(&names), w.record_id, pass.crm.as_str());
+                                self.audit(pass, &input, &subject, w, "reconcile.restore", AuditOutcome::Repaired, detail, &[("fields", fields_text(&names))]);
+                                v.repaired = true;
+                            }
+                            Err(f) => self.dead_letter(pass, &input, &subject, w, known, "reconcile.restore", f.reason, format!("could not restore {} on record {}: {}", fields_text(&names), w.record_id, f.detail), &f, &mut v),
+                        }
+                    }
+                    if !kept.is_empty() {
+                        let names: Vec<&str> = kept.iter().map(|c| c.field.as_str()).collect();
+                        let detail = format!(
+                            "owned field(s) {} of record {} changed in {} outside crm-sync; the contract does not let the reconciler restore them",
+                            fields_text(&names),
+                            w.record_id,
+                            pass.crm.as_str()
+                        );
+                        self.dead_letter(pass, &input, &subject, w, known, "reconcile.field_changed", DlqReason::Validation, detail, &Failure::new(DlqReason::Validation, ""), &mut v);
+                    }
+                }
+                match contact {
+                    ContactDrift::Same => {}
+                    ContactDrift::MovedTo(now) => {
+                        pass.note(kind::CONTACT_MERGED);
+                        let linked = w.linked_contact.clone().unwrap_or_default();
+                        // New calls with this number go to the surviving contact.
+                        if let Some(r) = req {
+                            let crm = pass.crm.as_str();
+                            let e164 = &r.call.customer_e164;
+                            if let Ok(Some(Some(cached))) = self.contacts.get(pass.tenant, crm, e164).await {
+                                if cached == linked {
+                                    let _ = self.contacts.put(pass.tenant, crm, e164, Some(&now)).await;
+                                }
+                            }
+                        }
+                        let detail = format!("contact {linked} was merged into {now}: record {} now hangs under {now}; the contact cache follows", w.record_id);
+                        self.audit(pass, &input, &subject, w, "reconcile.contact_merged", AuditOutcome::Repaired, detail, &[("contact_id", now.clone()), ("merged_from", linked)]);
+                        v.repaired = true;
+                    }
+                    ContactDrift::Gone => {
+                        pass.note(kind::CONTACT_DELETED);
+                        if let Some(r) = req {
+                            let _ = self.contacts.forget(pass.tenant, pass.crm.as_str(), &r.call.customer_e164).await;
+                        }
+                        let detail = format!("record {} lost its contact {}: the contact was deleted in {}", w.record_id, w.linked_contact.clone().unwrap_or_default(), pass.crm.as_str());
+                        self.dead_letter(pass, &input, &subject, w, known, "reconcile.contact_deleted", DlqReason::ContactDeleted, detail, &Failure::new(DlqReason::ContactDeleted, ""), &mut v);
+                    }
+                }
+            }
+            Live::Deleted | Live::Absent => {
+                let deleted = state == Live::Deleted;
+                v.drifted = true;
+                pass.note(if deleted { kind::DELETED } else { kind::MISSING });
+                if !self.settled(pass.tenant, w).await {
+                    pass.note(kind::IN_FLIGHT);
+                    v.deferred = true;
+                    return v;
+                }
+                if deleted && on_deleted == OnDeleted::DeadLetter {
+                    let detail = format!(
+                        "record {} was deleted in {} outside crm-sync; not re-created (the tenant's on_deleted = \"dead_letter\"); replaying this entry re-creates it",
+                        w.record_id,
+                        pass.crm.as_str()
+                    );
+                    self.dead_letter(pass, &input, &subject, w, known, "reconcile.deleted", DlqReason::Validation, detail, &Failure::new(DlqReason::Validation, ""), &mut v);
+                    return v;
+                }
+                let Some(m) = msg.filter(|m| m.payload.is_some()) else {
+                    // The request is gone from the topic (retention): the record cannot be
+                    // sent again from here.
+                    pass.note(kind::SOURCE_GONE);
+                    let detail = format!(
+                        "record {} is {} in {} and its write request ({}/{}/{}) is no longer kept: re-send the call with `crm-sync backfill`",
+                        w.record_id,
+                        if deleted { "deleted" } else { "missing" },
+                        pass.crm.as_str(),
+                        w.topic,
+                        w.partition,
+                        w.offset
+                    );
+                    self.audit(pass, &input, &subject, w, "reconcile.recreate", AuditOutcome::DriftFound, detail, &[]);
+                    v.deferred = true;
+                    return v;
+                };
+                let mut again = OutRecord::new(&m.topic, pass.tenant, m.payload.clone().unwrap_or_default(), &m.trace_id);
+                again.headers.push((RECREATE.to_string(), w.record_id.clone()));
+                pass.out.push(again);
+                let detail = format!(
+                    "record {} is {} in {}: its write request went back to {} to be created again (the writer's claim keeps it to one record)",
+                    w.record_id,
+                    if deleted { "deleted" } else { "missing" },
+                    pass.crm.as_str(),
+                    m.topic
+                );
+                self.audit(pass, &input, &subject, w, "reconcile.recreate", AuditOutcome::Repaired, detail, &[]);
+                v.repaired = true;
+            }
+        }
+        v
+    }
+
+    fn audit_exchanges(&self, pass: &mut Pass<'_>, input: &InMessage, subject: &Subject, w: &Written, log: &[Exchange]) {
+        for ex in log {
+            let outcome = if ex.outcome == "ok" { AuditOutcome::Succeeded } else if ex.outcome.starts_with("throttled") { AuditOutcome::Throttled } else { AuditOutcome::Retrying };
+            let mut a = pass.emit.audit(input, subject, &ex.endpoint, outcome, ex.outcome.clone());
+            a.idempotency_key = Some(w.idempotency_key.clone());
+            a.crm_status = ex.status.map(i32::from);
+            a.crm_record_id = Some(w.record_id.clone());
+            a.latency_ms = Some(ex.latency_ms);
+            a.attempt = ex.attempt as i32;
+            a.occurred_at = ex.at_ms;
+            pass.out.push(pass.emit.audit_record(&a));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit(&self, pass: &mut Pass<'_>, input: &InMessage, subject: &Subject, w: &Written, op: &str, outcome: AuditOutcome, detail: String, attrs: &[(&str, String)]) {
+        let mut a = pass.emit.audit(input, subject, op, outcome, detail);
+        a.idempotency_key = Some(w.idempotency_key.clone());
+        a.crm_record_id = Some(w.record_id.clone());
+        for (k, v) in attrs {
+            a.attributes.insert(k.to_string(), v.clone());
+        }
+        pass.out.push(pass.emit.audit_record(&a));
+    }
+
+    /// A dead letter for a finding, once per (record, kind): a deletion someone meant stays
+    /// deleted, and later passes only count it.
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &self,
+        pass: &mut Pass<'_>,
+        input: &InMessage,
+        subject: &Subject,
+        w: &Written,
+        known: &HashSet<(String, String)>,
+        op: &str,
+        reason: DlqReason,
+        detail: String,
+        f: &Failure,
+        v: &mut Verdict,
+    ) {
+        v.dead_lettered = true;
+        if known.contains(&(w.record_id.clone(), op.to_string())) {
+            return;
+        }
+        let answer = CrmAnswer { status: f.status.map(i32::from), excerpt: f.excerpt.clone(), attempt: 1 };
+        let [dl, mut audit] = pass.emit.dead_letter_after(input, subject, op, reason, detail.clone(), detail, answer);
+        // The audit row carries the record id, which is how later passes know it is done.
+        if let Ok(mut a) = codec::decode::<crm_common::events::AuditRecord>(&audit.payload) {
+            a.idempotency_key = Some(w.idempotency_key.clone());
+            a.crm_record_id = Some(w.record_id.clone());
+            audit = pass.emit.audit_record(&a);
+        }
+        pass.out.push(dl);
+        pass.out.push(audit);
+    }
+}
+
+/// Parity as OpenTelemetry gauges (`crm_sync.reconcile.records{tenant, crm, state}`), the
+/// last pass's figures per tenant and CRM.
+pub mod metrics {
+    use crm_common::audit_store::ParityReport;
+    use opentelemetry::KeyValue;
+    use std::sync::OnceLock;
+
+    fn gauge() -> &'static opentelemetry::metrics::Gauge<i64> {
+        static G: OnceLock<opentelemetry::metrics::Gauge<i64>> = OnceLock::new();
+        G.get_or_init(|| {
+            opentelemetry::global::meter("crm-sync")
+                .i64_gauge("crm_sync.reconcile.records")
+                .with_description("Records in the last reconciliation pass, by state: checked, matching, drifted, repaired, dead_lettered, deferred")
+                .build()
+        })
+    }
+
+    pub fn record(r: &ParityReport) {
+        let g = gauge();
+        for (state, n) in [
+            ("checked", r.checked),
+            ("matching", r.matching),
+            ("drifted", r.drifted),
+            ("repaired", r.repaired),
+            ("dead_lettered", r.dead_lettered),
+            ("deferred", r.deferred),
+        ] {
+            g.record(n as i64, &[KeyValue::new("tenant", r.tenant_id.clone()), KeyValue::new("crm", r.crm.clone()), KeyValue::new("state", state)]);
+        }
+        g.record(r.missing_fields.len() as i64, &[KeyValue::new("tenant", r.tenant_id.clone()), KeyValue::new("crm", r.crm.clone()), KeyValue::new("state", "missing_fields")]);
+    }
+}
+
+/// The parity report as a table, for `crm-sync reconcile`.
+pub fn render_reports(reports: &[ParityReport]) -> String {
+    let mut s = format!(
+        "{:<16} {:<11} {:>8} {:>9} {:>8} {:>9} {:>14} {:>9}  {}\n",
+        "tenant", "crm", "checked", "matching", "drifted", "repaired", "dead-lettered", "deferred", "findings / last pass"
+    );
+    for r in reports {
+        let mut notes: Vec<String> = r.findings.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        if !r.missing_fields.is_empty() {
+            notes.push(format!("FIELDS MISSING IN THE CRM: {}", r.missing_fields.join(", ")));
+        }
+        if let Some(e) = &r.error {
+            notes.push(format!("STOPPED: {e}"));
+        }
+        let when = chrono_like(r.finished_ms);
+        s.push_str(&format!(
+            "{:<16} {:<11} {:>8} {:>9} {:>8} {:>9} {:>14} {:>9}  {} ({when})\n",
+            r.tenant_id,
+            r.crm,
+            r.checked,
+            r.matching,
+            r.drifted,
+            r.repaired,
+            r.dead_lettered,
+            r.deferred,
+            if notes.is_empty() { "in parity".to_string() } else { notes.join("; ") }
+        ));
+    }
+    s
+}
+
+fn chrono_like(ms: i64) -> String {
+    let t = crm_common::audit_store::ts(ms);
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The reconciler's settings (the `reconciler` service's flags; `crm-sync reconcile` takes
+/// the same).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    #[command(flatten)]
+    pub urls: writer::CrmUrls,
+    /// Directory of the field-ownership contracts (`<crm>.toml`).
+    #[arg(long, env = "CONTRACTS_DIR", default_value = "contracts")]
+    pub contracts_dir: std::path::PathBuf,
+    /// Writes made this long ago or less are checked in each pass.
+    #[arg(long, env = "RECONCILE_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub lookback: Duration,
+    /// Writes younger than this are left for the next pass (the audit store settles).
+    #[arg(long, env = "RECONCILE_SETTLE", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Percent of each CRM limit the reconciler never spends: it is live writes' share.
+    #[arg(long, env = "RECONCILE_RESERVE_PCT", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=95))]
+    pub reserve_pct: u64,
+    /// Per-request timeout.
+    #[arg(long, env = "RECONCILE_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_timeout: Duration,
+    /// A CRM call still failing this long after its first attempt ends the pass.
+    #[arg(long, env = "RECONCILE_RETRY_LIMIT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub retry_limit: Duration,
+}
+
+/// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
+/// a producer.
+pub async fn build<C: Connector>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
+    let tenants = Tenants::load(&common.tenants_config)?;
+    let crm = connector.crm();
+    let mut clients = HashMap::new();
+    for id in tenants.ids() {
+        let t = tenants.get(&id).expect("listed");
+        if let Some(conn) = t.crms.get(&crm) {
+            clients.insert(id, connector.tenant(t, conn));
+        }
+    }
+    let redis = crm_common::redis_conn::redact_url(&common.redis_url);
+    let conn = crm_common::redis_conn::connect_lazy(&common.redis_url).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    let prefix = common.redis_key_prefix.clone();
+    let mut store = AuditStore::connect(&common.database_url).await?;
+    store.migrate().await?;
+    let owner = format!("reconciler-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    Ok(Reconciler {
+        connector,
+        api: Api {
+            http: reqwest::Client::builder().timeout(opts.http_timeout).build()?,
+            buckets: crm_common::bucket::TokenBuckets::new(conn.clone(), &prefix),
+            backoff: writer::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
+            retry_limit: opts.retry_limit,
+            reserve_pct: opts.reserve_pct,
+        },
+        // Only read (`state`): the reconciler never claims.
+        claims: Claims::new(conn.clone(), &prefix, &owner, Duration::from_secs(60), Duration::from_secs(60)),
+        contacts: ContactCache { conn, prefix, ttl: Duration::from_secs(3600), miss_ttl: Duration::from_secs(300) },
+        store,
+        producer: crm_common::pipeline::producer(common)?,
+        bootstrap: common.kafka_bootstrap_servers.clone(),
+        topics: common.topics.clone(),
+        tenants,
+        clients,
+        settle: opts.settle,
+    })
+}
+
+impl<C: Connector> Reconciler<C> {
+    /// Tenants connected to this CRM.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.clients.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// How often `tenant` is checked in this CRM: its `reconcile_every`, else `default`.
+    pub fn cadence(&self, tenant: &str, default: Duration) -> Duration {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.crms.get(&self.crm()))
+            .and_then(|c| c.reconcile_every.as_deref())
+            .and_then(|e| humantime::parse_duration(e).ok())
+            .unwrap_or(default)
+    }
+
+    /// Takes this (tenant, CRM)'s turn for the next `every`, across replicas: true when this
+    /// replica should run the pass now.
+    pub async fn take_turn(&self, tenant: &str, every: Duration) -> redis::RedisResult<bool> {
+        let key = format!("{}:{{{tenant}}}:reconcile:{}", self.contacts.prefix, self.crm().as_str());
+        let mut conn = self.contacts.conn.clone();
+        let set: Option<String> = redis::cmd("SET").arg(key).arg(now_ms()).arg("NX").arg("PX").arg(every.as_millis() as u64).query_async(&mut conn).await?;
+        Ok(set.is_some())
+    }
+}

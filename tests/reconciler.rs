@@ -1,0 +1,374 @@
+//! The reconciler and backfill against the real parts: the dev broker, the machine's Redis
+//! and PostgreSQL (a database per test), crm-sim over HTTP, and the writer, audit-sink,
+//! normaliser and deduper as processes. `crm-sync reconcile` runs a pass as an operator
+//! would; its JSON report and what crm-sim holds afterwards are what is checked.
+
+mod harness;
+
+use crm_common::codec;
+use crm_common::events::*;
+use harness::crm_sim::CrmSim;
+use harness::postgres::PrivateDb;
+use harness::writer::wait_for;
+use harness::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use harness::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const CUSTOMER: &str = "+14155552671";
+/// The customer of call c5, whose contact is merged into another.
+const MERGED: &str = "+14155550199";
+
+struct Rig {
+    broker: Broker,
+    sim: CrmSim,
+    db: PrivateDb,
+    prefix: RedisPrefix,
+    tenants: TempFile,
+    tenant: String,
+    secrets: Vec<(String, String)>,
+}
+
+impl Rig {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("KAFKA_BOOTSTRAP_SERVERS".to_string(), self.broker.bootstrap.clone()),
+            ("TENANTS_CONFIG".into(), self.tenants.path().into()),
+            ("DATABASE_URL".into(), self.db.url.clone()),
+            ("REDIS_URL".into(), MACHINE_REDIS.into()),
+            ("REDIS_KEY_PREFIX".into(), self.prefix.0.clone()),
+            ("CONTRACTS_DIR".into(), repo_root().join("contracts").to_string_lossy().into_owned()),
+            ("RECONCILE_SETTLE".into(), "0s".into()),
+        ];
+        env.extend(self.secrets.iter().cloned());
+        env
+    }
+
+    /// `crm-sync <args>`: (exit code, stdout).
+    fn crm_sync(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(bin("crm-sync")).args(args).envs(self.env()).output().expect("run crm-sync");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("crm-sync {}: {}\n{stdout}\n{stderr}", args.join(" "), out.status);
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+
+    /// One pass for this rig's tenant and CRM; its parity report.
+    fn reconcile(&self, crm: &str) -> Value {
+        let (code, out) = self.crm_sync(&["reconcile", "--tenant", &self.tenant, "--crm", crm, "--json"]);
+        assert_eq!(code, 0, "reconcile failed");
+        let line = out.lines().next().expect("one report line");
+        serde_json::from_str(line).expect("report JSON")
+    }
+
+    fn sink(&self) -> Proc {
+        self.broker.service("audit-sink", &[("DATABASE_URL", self.db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")])
+    }
+
+    /// Successful writes stored by the audit-sink.
+    fn stored_writes(&self) -> i64 {
+        self.db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER' AND operation = 'write' AND outcome = 'SUCCEEDED'")
+    }
+}
+
+fn rig(case: &Case, label: &str, tenant_extra: &str) -> Rig {
+    let broker = Broker::start(2);
+    let sim = CrmSim::start();
+    let tenant = format!("{label}-{}", case.name());
+    let contacts = json!([case.contact_on("Ada", "(415) 555-2671"), case.contact_on("Bob", "(415) 555-0199"), case.contact_on("Robert", "(415) 555-0198")]);
+    case.account(&sim, &tenant, json!({"objects": {case.contacts: contacts}}));
+    let prefix = RedisPrefix::new(label);
+    let tenants = case.tenants(&sim, &[&tenant], tenant_extra);
+    let db = PrivateDb::new(label);
+    let secrets = vec![(case.secret(&tenant), case.token(&tenant))];
+    Rig { broker, sim, db, prefix, tenants, tenant, secrets }
+}
+
+fn record_of<'a>(case: &Case, records: &'a [Value], call: &str, tenant: &str) -> Option<&'a Value> {
+    let key = idempotency_key(tenant, call, case.crm);
+    records.iter().find(|r| r["fields"].as_object().is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}"))))))
+}
+
+fn dead_letters(broker: &Broker) -> Vec<DeadLetter> {
+    broker.reader(&["sync.dlq"]).read_until(Duration::from_secs(1), |_| false).iter().map(|m| codec::decode::<DeadLetter>(m.payload.as_deref().unwrap()).unwrap()).collect()
+}
+
+/// Every kind of drift, in one tenant's six calls:
+/// c1 an owned, restorable field changed by a person (restored); c2 a fill_if_empty field
+/// edited by a person (not drift: left alone); c3 deleted to the recycle bin (dead-lettered,
+/// once); c4 purged (re-created through the writer, one live record; at Pipedrive, which
+/// cannot tell a purge from a deletion, dead-lettered); c5's contact merged into another
+/// (the contact cache follows); c6 untouched. Then a second pass finds parity except the
+/// deletions, and a removed key field stops the pass with the field named.
+fn every_kind_of_drift(case: &Case) {
+    let rig = rig(case, "rc", "");
+    let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    let _sink = rig.sink();
+    let writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
+    let calls = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    let msgs: Vec<_> = calls.iter().map(|c| case.request_to(tenant, c, 2, if *c == "c5" { MERGED } else { CUSTOMER })).collect();
+    rig.broker.produce(&case.topic(), &msgs);
+    wait_for("six writes stored", Duration::from_secs(60), || rig.stored_writes() == 6);
+
+    let records = rig.sim.records(crm, tenant, case.calls);
+    let id = |c: &str| record_of(case, &records, c, tenant).unwrap_or_else(|| panic!("no record for {c}"))["id"].as_str().unwrap().to_string();
+    let (field, open, ended) = case.progress_field;
+    let admin = |method: &str, path: String, body: Option<Value>| rig.sim.admin(method, &format!("/accounts/{crm}/{tenant}/{path}"), body);
+    admin("PATCH", format!("objects/{}/{}", case.calls, id("c1")), Some(json!({ field: open() })));
+    admin("PATCH", format!("objects/{}/{}", case.calls, id("c2")), Some(json!({ case.title_field: "Renamed by a person" })));
+    admin("DELETE", format!("objects/{}/{}", case.calls, id("c3")), None);
+    admin("DELETE", format!("objects/{}/{}?purge=true", case.calls, id("c4")), None);
+    let people = rig.sim.records(crm, tenant, case.contacts);
+    let person = |first: &str| people.iter().find(|p| p["fields"].to_string().contains(first)).unwrap_or_else(|| panic!("no contact {first}"))["id"].as_str().unwrap().to_string();
+    let (bob, robert) = (person("Bob"), person("Robert"));
+    admin("POST", format!("objects/{}/{bob}/merge", case.contacts), Some(json!({"into": robert})));
+
+    let r = rig.reconcile(crm);
+    let purge_is_missing = case.crm != Crm::Pipedrive;
+    assert_eq!(r["checked"], 6, "{r}");
+    assert_eq!(r["matching"], 2, "c2 (a fill_if_empty edit) and c6: {r}");
+    assert_eq!(r["drifted"], 4, "{r}");
+    assert_eq!(r["findings"]["field_changed"], 1, "{r}");
+    assert_eq!(r["findings"]["contact_merged"], 1, "{r}");
+    if purge_is_missing {
+        assert_eq!((r["findings"]["deleted"].as_i64(), r["findings"]["missing"].as_i64()), (Some(1), Some(1)), "{r}");
+        assert_eq!((r["repaired"].as_i64(), r["dead_lettered"].as_i64()), (Some(3), Some(1)), "{r}");
+    } else {
+        assert_eq!(r["findings"]["deleted"], 2, "{r}");
+        assert_eq!((r["repaired"].as_i64(), r["dead_lettered"].as_i64()), (Some(2), Some(2)), "{r}");
+    }
+
+    // c1 is back to what crm-sync wrote; c2 keeps the person's title.
+    let after = rig.sim.records(crm, tenant, case.calls);
+    let c1 = record_of(case, &after, "c1", tenant).expect("c1");
+    assert!(writer::contract::same_value(&ended(), &c1["fields"][field]), "c1's {field} restored: {}", c1["fields"][field]);
+    assert_eq!(record_of(case, &after, "c2", tenant).expect("c2")["fields"][case.title_field], "Renamed by a person");
+    // c3 stays deleted, with a dead letter that says so.
+    assert!(record_of(case, &after, "c3", tenant).is_none(), "a deletion someone made is not undone");
+    let dl = dead_letters(&rig.broker);
+    let c3: Vec<&DeadLetter> = dl.iter().filter(|d| d.call_id.as_deref() == Some("c3")).collect();
+    assert_eq!(c3.len(), 1, "{dl:?}");
+    assert_eq!((c3[0].stage, c3[0].reason), (Stage::Reconciler, DlqReason::Validation));
+    assert!(c3[0].detail.contains("deleted"), "{}", c3[0].detail);
+    assert_eq!(c3[0].source_topic, case.topic(), "the entry holds the write request, for replay");
+    // c4 comes back through the writer, once.
+    if purge_is_missing {
+        wait_for("c4 re-created", Duration::from_secs(30), || record_of(case, &rig.sim.records(crm, tenant, case.calls), "c4", tenant).is_some());
+        wait_for("the re-created write stored", Duration::from_secs(30), || rig.stored_writes() == 7);
+        let keys = case.keys(&rig.sim, tenant);
+        assert_eq!(keys[&idempotency_key(tenant, "c4", case.crm)].1, 1, "one live record for c4: {keys:?}");
+    }
+    // Every finding is audited as the reconciler's.
+    wait_for("findings stored", Duration::from_secs(20), || rig.db.count("SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND outcome IN ('REPAIRED', 'DEAD_LETTERED')") >= 4);
+
+    // The second pass: the repairs hold; the deletion is counted, not dead-lettered again.
+    let r2 = rig.reconcile(crm);
+    assert_eq!(r2["checked"], 6, "{r2}");
+    let deletions = if purge_is_missing { 1 } else { 2 };
+    assert_eq!(r2["matching"], 6 - deletions, "{r2}");
+    assert_eq!(r2["dead_lettered"], deletions, "{r2}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dead_letters(&rig.broker).iter().filter(|d| d.stage == Stage::Reconciler).count(), deletions as usize, "no second dead letter");
+
+    // The stored report.
+    let (code, table) = rig.crm_sync(&["reconcile", "--report", "--tenant", tenant]);
+    assert_eq!(code, 0);
+    assert!(table.lines().any(|l| l.starts_with(tenant) && l.contains(crm)), "{table}");
+
+    // A removed key field (Zoho would go on writing without it) is reported and stops the pass.
+    if case.crm != Crm::Pipedrive {
+        let key_field = writer::contract::Contract::load(&repo_root().join("contracts"), crm).unwrap().key_field;
+        admin("DELETE", format!("fields/{}/{key_field}", case.calls), None);
+        let (code, out) = rig.crm_sync(&["reconcile", "--tenant", tenant, "--crm", crm, "--json", "--fail-on-drift"]);
+        assert_eq!(code, 3, "drift fails the command: {out}");
+        let r3: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(r3["missing_fields"], json!([key_field]), "{r3}");
+        assert!(r3["error"].as_str().is_some_and(|e| e.contains(&key_field)), "{r3}");
+    }
+    drop(writer);
+}
+
+#[test]
+fn hubspot_every_kind_of_drift() {
+    every_kind_of_drift(&HUBSPOT)
+}
+
+#[test]
+fn salesforce_every_kind_of_drift() {
+    every_kind_of_drift(&SALESFORCE)
+}
+
+#[test]
+fn zoho_every_kind_of_drift() {
+    every_kind_of_drift(&ZOHO)
+}
+
+#[test]
+fn pipedrive_every_kind_of_drift() {
+    every_kind_of_drift(&PIPEDRIVE)
+}
+
+/// A range of calls.raw that was partly written already: ten calls went through, ten more
+/// arrived while the normaliser was down and were skipped. `crm-sync backfill` over the whole
+/// range (a dry run first) re-sends all twenty; the ten written ones are duplicates at the
+/// writer's claim and the other ten are written: twenty records, one per call.
+#[test]
+fn backfill_over_a_partly_written_range_writes_each_call_once() {
+    let case = &HUBSPOT;
+    let rig = rig(case, "bf", "");
+    let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    let env = [("TENANTS_CONFIG", rig.tenants.path()), ("REDIS_URL", MACHINE_REDIS), ("REDIS_KEY_PREFIX", rig.prefix.0.as_str())];
+    let from = chrono_now_minus(Duration::from_secs(2));
+    let normaliser = rig.broker.service("normaliser", &env);
+    let _deduper = rig.broker.service("deduper", &env);
+    let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
+    let calls = |range: std::ops::Range<i64>| -> Vec<harness::Msg> { range.map(|i| (tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("b{i}"), i)).unwrap(), vec![])).collect() };
+    rig.broker.produce("calls.raw", &calls(0..10));
+    let live = || case.keys(&rig.sim, tenant).values().filter(|(_, live)| *live > 0).count();
+    wait_for("the first ten written", Duration::from_secs(60), || live() == 10);
+
+    // The outage: ten more arrive while the normaliser is down, and it comes back on a new
+    // group that starts at the end (as after a lost offsets topic): they are never read.
+    normaliser.terminate();
+    rig.broker.produce("calls.raw", &calls(10..20));
+    let mut late_env = env.to_vec();
+    late_env.extend([("CONSUMER_GROUP", "normaliser-after"), ("KAFKA_OPTIONS", "auto.offset.reset=latest,session.timeout.ms=6000,heartbeat.interval.ms=500")]);
+    let _normaliser = rig.broker.service("normaliser", &late_env);
+    // Sentinels until one is written: the new group is reading (some sentinels may be
+    // skipped too; the backfill covers them as well).
+    let mut sentinels = 0;
+    wait_for("the restarted normaliser reading", Duration::from_secs(60), || {
+        rig.broker.produce("calls.raw", &[(tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("s{sentinels}"), 100 + sentinels)).unwrap(), vec![])]);
+        sentinels += 1;
+        std::thread::sleep(Duration::from_millis(1500));
+        live() > 10
+    });
+    let written_before = live();
+    let expected = 20 + sentinels as usize;
+    assert!(written_before <= 10 + sentinels as usize && case.keys(&rig.sim, tenant).keys().all(|k| !k.contains(":b1") || k.contains(":b1:")), "the skipped calls were not written");
+
+    let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--from", &from, "--dry-run", "--quiet"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("{expected} calls")), "{out}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(live(), written_before, "a dry run sends nothing");
+
+    let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--from", &from, "--quiet"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("re-sent {expected} calls")), "{out}");
+    wait_for("every call written", Duration::from_secs(60), || live() == expected);
+    std::thread::sleep(Duration::from_secs(2));
+    let keys = case.keys(&rig.sim, tenant);
+    assert_eq!(keys.len(), expected, "{keys:?}");
+    assert!(keys.values().all(|&(total, live)| total == 1 && live == 1), "one record per call, none twice: {keys:?}");
+    assert_eq!(rig.sim.records(crm, tenant, case.calls).len(), expected);
+}
+
+fn chrono_now_minus(d: Duration) -> String {
+    let ms = crm_common::emit::now_ms() - d.as_millis() as i64;
+    crm_common::audit_store::ts(ms).to_rfc3339()
+}
+
+/// The reconciler's budget: a pass restoring forty records runs while forty live calls are
+/// being written, at a Pipedrive company whose burst allowance (8 requests per 2 s) is the
+/// bottleneck for both. The pass draws from the writers' buckets and leaves half of each
+/// limit to them, so crm-sim answers no 429 at all; the live writes and the repairs all land.
+#[test]
+fn a_pass_alongside_live_writes_never_pushes_them_into_429s() {
+    const N: usize = 40;
+    let case = &PIPEDRIVE;
+    let rig = rig(case, "budget", "limits = { burst_per_2s = 8, search_per_2s = 3, seats = 10 }");
+    let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    rig.sim.admin("PATCH", &format!("/accounts/{crm}/{tenant}/limits"), Some(json!({"burst_api_token": 8, "search_burst": 3})));
+    let _sink = rig.sink();
+    let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
+    let batch = |from: usize| -> Vec<harness::Msg> { (from..from + N).map(|i| case.request_to(tenant, &format!("c{i}"), 2, CUSTOMER)).collect() };
+    rig.broker.produce(&case.topic(), &batch(0));
+    wait_for("the first forty stored", Duration::from_secs(90), || rig.stored_writes() == N as i64);
+
+    // A person re-opens every one of them (an admin edit: it spends none of the allowance).
+    let (field, open, ended) = case.progress_field;
+    let written = rig.sim.records(crm, tenant, case.calls);
+    assert_eq!(written.len(), N);
+    for r in &written {
+        rig.sim.admin("PATCH", &format!("/accounts/{crm}/{tenant}/objects/{}/{}", case.calls, r["id"].as_str().unwrap()), Some(json!({ field: open() })));
+    }
+
+    // Forty more calls, and a pass once the writer is busy with them.
+    let live = || case.keys(&rig.sim, tenant).len();
+    rig.broker.produce(&case.topic(), &batch(N));
+    wait_for("live writes under way", Duration::from_secs(30), || live() > N);
+    let pending_at_start = 2 * N - live();
+    let started = std::time::Instant::now();
+    let (report, live_done_after) = std::thread::scope(|s| {
+        let watch = s.spawn(|| {
+            wait_for("the live writes", Duration::from_secs(120), || live() == 2 * N);
+            started.elapsed()
+        });
+        let report = rig.reconcile(crm);
+        (report, watch.join().unwrap())
+    });
+    let pass_took = started.elapsed();
+    assert!(pending_at_start > 0, "the pass overlapped live writes");
+    assert!(report["checked"].as_u64().is_some_and(|c| c >= N as u64), "the forty, and any live write already stored: {report}");
+    assert_eq!(report["findings"]["field_changed"], N, "{report}");
+    assert_eq!(report["repaired"], N, "{report}");
+
+    let records = rig.sim.records(crm, tenant, case.calls);
+    assert_eq!(records.len(), 2 * N);
+    let reopened = records.iter().filter(|r| r["fields"][field] != ended()).count();
+    assert_eq!(reopened, 0, "every re-opened record restored and every live one written as ended");
+    let keys = case.keys(&rig.sim, tenant);
+    assert!(keys.values().all(|&(total, live)| total == 1 && live == 1), "{keys:?}");
+    let state = rig.sim.state(crm, tenant);
+    assert_eq!(case.answers(&rig.sim, tenant, 429), 0, "no request was throttled: {}", state["counters"]);
+    eprintln!(
+        "budget: {pending_at_start} live writes pending when the pass began; they finished after {live_done_after:?}, the pass (40 restores) after {pass_took:?}; counters {}",
+        state["counters"]
+    );
+}
+
+/// The service: two `reconciler` replicas on a 3 s cadence share each (tenant, CRM)'s turn,
+/// so passes are one per interval whichever replica runs them, and drift made by a person is
+/// repaired without anyone running a command. The parity reports land in the audit store.
+#[test]
+fn replicas_on_a_cadence_take_turns_and_repair_on_their_own() {
+    let case = &HUBSPOT;
+    let rig = rig(case, "svc", "");
+    let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    let _sink = rig.sink();
+    let writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
+    let msgs: Vec<_> = ["c1", "c2", "c3"].iter().map(|c| case.request_to(tenant, c, 2, CUSTOMER)).collect();
+    rig.broker.produce(&case.topic(), &msgs);
+    wait_for("three writes stored", Duration::from_secs(60), || rig.stored_writes() == 3);
+    drop(writer);
+
+    let records = rig.sim.records(crm, tenant, case.calls);
+    let c1 = record_of(case, &records, "c1", tenant).expect("c1")["id"].as_str().unwrap().to_string();
+    let (field, open, ended) = case.progress_field;
+    rig.sim.admin("PATCH", &format!("/accounts/{crm}/{tenant}/objects/{}/{c1}", case.calls), Some(json!({ field: open() })));
+
+    let env: Vec<(String, String)> = rig.env().into_iter().chain([("RECONCILE_EVERY".to_string(), "3s".to_string())]).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let replicas: Vec<Proc> = (0..2).map(|_| rig.broker.service("reconciler", &[&env[..], &[("RECONCILE_CRMS", crm)]].concat())).collect();
+    let restored = || record_of(case, &rig.sim.records(crm, tenant, case.calls), "c1", tenant).is_some_and(|r| r["fields"][field] == ended());
+    wait_for("c1 restored by the service", Duration::from_secs(60), restored);
+    wait_for("four passes", Duration::from_secs(60), || rig.db.count(&format!("SELECT count(*) FROM reconcile_runs WHERE tenant_id = '{tenant}'")) >= 4);
+    for r in replicas {
+        assert!(r.terminate().success(), "a replica stops cleanly on SIGTERM");
+    }
+
+    let starts: Vec<i64> = rig
+        .db
+        .query(&format!("SELECT (extract(epoch FROM started_at) * 1000)::bigint FROM reconcile_runs WHERE tenant_id = '{tenant}' AND crm = '{crm}' ORDER BY started_at"))
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let gaps: Vec<i64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|&g| g >= 2_900), "one pass per 3 s interval across both replicas: gaps {gaps:?} ms");
+    let repaired = rig.db.count(&format!("SELECT coalesce(sum(repaired), 0) FROM reconcile_runs WHERE tenant_id = '{tenant}'"));
+    assert_eq!(repaired, 1, "the drift was repaired once; later passes found parity");
+    let latest = rig.db.count(&format!("SELECT matching::bigint FROM reconcile_runs WHERE tenant_id = '{tenant}' ORDER BY finished_at DESC LIMIT 1"));
+    assert_eq!(latest, 3);
+}
