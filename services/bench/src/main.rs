@@ -8,6 +8,7 @@ mod audit;
 mod crm_sim;
 mod deduper;
 mod reconcile;
+mod reliability;
 mod writer;
 
 use clap::{Parser, Subcommand};
@@ -101,6 +102,10 @@ enum Cmd {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
+    /// The whole pipeline under faults: random SIGKILLs, a Redis restart, CRM throttles,
+    /// 5xx and timeouts; checks one record per expected (call, CRM), the DLQ's reasons and
+    /// the audit store, and prints the counts and throughput.
+    Reliability(Box<reliability::Opts>),
     /// Per-input cost of the normaliser's steps, in-process (no broker).
     Steps {
         #[arg(long, default_value_t = 50_000)]
@@ -184,6 +189,7 @@ fn main() -> anyhow::Result<()> {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
         }
         Cmd::Steps { iterations } => steps(iterations),
+        Cmd::Reliability(opts) => reliability::run(*opts),
         Cmd::Reconcile { crms, records, drift_pct, database_url, redis_url } => {
             let crms = if crms.is_empty() { vec![Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] } else { crms };
             reconcile::run(&crms, records, drift_pct, &database_url, &redis_url)

@@ -62,6 +62,10 @@ pub struct Profile {
     pub(crate) contract: &'static str,
     /// An owned, restorable field and a value a person might give it (the reconcile bench).
     pub(crate) reopen: (&'static str, fn() -> Value),
+    /// The permission crm-sim checks on call writes, and a part of the create endpoint's
+    /// label (the reliability bench revokes the one and faults the other).
+    pub(crate) write_permission: &'static str,
+    pub(crate) create_endpoint: &'static str,
     /// The rate limit the backlog runs into: crm-sim's limits and the tenant's.
     sim_limit: fn(u64) -> Value,
     tenant_limit: fn(u64) -> String,
@@ -85,6 +89,8 @@ fn hubspot() -> Profile {
         calls: "calls",
         contract: include_str!("../../../contracts/hubspot.toml"),
         reopen: ("hs_call_status", || json!("IN_PROGRESS")),
+        write_permission: "crm.objects.contacts.write",
+        create_endpoint: "batch/create",
         sim_limit: |n| json!({"burst_per_10s": n}),
         tenant_limit: |n| format!("limits = {{ burst_per_10s = {n} }}"),
         window: Some((10.0, "requests / 10 s")),
@@ -106,6 +112,8 @@ fn salesforce() -> Profile {
         calls: "Task",
         contract: include_str!("../../../contracts/salesforce.toml"),
         reopen: ("Status", || json!("In Progress")),
+        write_permission: "Task.edit",
+        create_endpoint: "composite/sobjects/Task",
         sim_limit: |n| json!({"daily_requests": n}),
         tenant_limit: |n| format!("limits = {{ daily_api_requests = {n} }}"),
         window: None,
@@ -127,6 +135,8 @@ fn zoho() -> Profile {
         calls: "Calls",
         contract: include_str!("../../../contracts/zoho.toml"),
         reopen: ("Call_Duration", || json!("00:01")),
+        write_permission: "Calls.create",
+        create_endpoint: "POST /zoho/crm/{version}/Calls",
         sim_limit: |n| json!({"per_minute": n}),
         tenant_limit: |n| format!("limits = {{ users = 10, per_minute = {n} }}"),
         window: Some((60.0, "requests / minute")),
@@ -147,6 +157,8 @@ fn pipedrive() -> Profile {
         calls: "activities",
         contract: include_str!("../../../contracts/pipedrive.toml"),
         reopen: ("done", || json!(false)),
+        write_permission: "activities:full",
+        create_endpoint: "POST /pipedrive/api/v2/activities",
         sim_limit: |n| json!({"burst_api_token": n}),
         tenant_limit: |n| format!("limits = {{ seats = 10, burst_per_2s = {n} }}"),
         window: Some((2.0, "requests / 2 s")),

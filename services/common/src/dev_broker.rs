@@ -57,3 +57,96 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     );
     Ok(path)
 }
+
+/// A `redis-server` of its own on a free port, for tests and the reliability bench, which
+/// stop and start it to play an outage without touching the machine's Redis. With
+/// `aof_dir`, it keeps an append-only file there fsynced before each reply, so a restart
+/// (even after SIGKILL) comes back with every acknowledged write, as a production Redis
+/// holding idempotency keys must; without, it keeps nothing and comes back empty.
+pub struct DevRedis {
+    pub port: u16,
+    aof_dir: Option<std::path::PathBuf>,
+    child: Option<std::process::Child>,
+}
+
+impl DevRedis {
+    pub fn start(aof_dir: Option<&std::path::Path>) -> anyhow::Result<DevRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut r = DevRedis { port, aof_dir: aof_dir.map(Into::into), child: None };
+        r.up()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers.
+    pub fn up(&mut self) -> anyhow::Result<()> {
+        use std::process::{Command, Stdio};
+        anyhow::ensure!(self.child.is_none(), "redis-server on port {} is already running", self.port);
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &self.aof_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                cmd.arg("--dir").arg(dir).args(["--appendonly", "yes", "--appendfsync", "always"]);
+            }
+            None => {
+                cmd.args(["--appendonly", "no"]);
+            }
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start redis-server (apt-get install redis-server): {e}"))?;
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // A server loading its append-only file answers LOADING until it is done.
+            let ok = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ok {
+                return Ok(());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "redis-server on port {} did not come up", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the outage starts now, with no goodbye to connected clients.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for DevRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Creates `topics` with `partitions` each on a real broker (the reliability bench's tansu,
+/// or a fresh Kafka), leaving topics that exist as they are.
+pub fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
+    for r in futures::executor::block_on(admin.create_topics(&new, &opts))? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("cannot create topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}

@@ -18,6 +18,9 @@ pub fn now_ms() -> i64 {
 /// The most of an input a dead letter carries (broker messages are 1 MiB by default).
 pub const MAX_DLQ_PAYLOAD: usize = 512 * 1024;
 
+/// The UUIDv5 namespace of dead-letter ids (a random constant of crm-sync's own).
+const DLQ_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c1e_47a2_9b0d_4f8e_a3c6_2d71_e08f_b915);
+
 /// Builds a stage's audit and DLQ records.
 #[derive(Clone)]
 pub struct Emitter {
@@ -44,6 +47,28 @@ pub struct Subject<'a> {
 impl Emitter {
     pub fn new(stage: Stage, topics: Topics) -> Emitter {
         Emitter { stage, topics }
+    }
+
+    /// A pipeline stage's dead letter is named by what failed: the input's place in its
+    /// topic, the stage, the CRM and the reason. A stage that dies before committing meets
+    /// the same input again and dead-letters it again; with the same id, the audit store
+    /// keeps one entry, so `crm-sync dlq list` shows one failure once. The reconciler's
+    /// inputs are re-reads of old write requests that can fail again after a replay, so its
+    /// entries stay unique.
+    fn dlq_id(&self, input: &InMessage, crm: Option<Crm>, reason: DlqReason) -> String {
+        if self.stage == Stage::Reconciler {
+            return uuid::Uuid::new_v4().to_string();
+        }
+        let name = format!(
+            "{}/{}/{}/{}/{}/{}",
+            input.topic,
+            input.partition,
+            input.offset,
+            self.stage.as_str(),
+            crm.map(Crm::as_str).unwrap_or(""),
+            reason.as_str()
+        );
+        uuid::Uuid::new_v5(&DLQ_NAMESPACE, name.as_bytes()).to_string()
     }
 
     /// An audit record for `input` with the common fields filled; callers set the rest.
@@ -136,7 +161,7 @@ impl Emitter {
             payload.truncate(MAX_DLQ_PAYLOAD);
         }
         let dl = DeadLetter {
-            dlq_id: uuid::Uuid::new_v4().to_string(),
+            dlq_id: self.dlq_id(input, subject.crm, reason),
             tenant_id: tenant.clone(),
             call_id: subject.call_id.map(str::to_string),
             crm: subject.crm,
@@ -176,5 +201,40 @@ impl Emitter {
             ),
             self.audit_record(&audit),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(offset: i64) -> InMessage {
+        InMessage {
+            topic: "crm.writes.zoho".into(),
+            partition: 3,
+            offset,
+            key: Some(b"acme".to_vec()),
+            payload: Some(b"x".to_vec()),
+            timestamp_ms: None,
+            headers: vec![],
+            trace_id: "0".repeat(32),
+        }
+    }
+
+    fn id(stage: Stage, offset: i64, reason: DlqReason) -> String {
+        let e = Emitter::new(stage, Topics::default());
+        let subject = Subject { tenant_id: "acme", call_id: Some("c1"), crm: Some(Crm::Zoho), version: Some(1) };
+        let [dl, _] = e.dead_letter(&input(offset), &subject, "write", reason, "d".into(), "d".into());
+        codec::decode::<DeadLetter>(&dl.payload).unwrap().dlq_id
+    }
+
+    #[test]
+    fn a_redelivered_input_is_dead_lettered_under_the_same_id() {
+        let first = id(Stage::Writer, 7, DlqReason::Validation);
+        assert_eq!(first, id(Stage::Writer, 7, DlqReason::Validation));
+        assert_ne!(first, id(Stage::Writer, 8, DlqReason::Validation), "another input");
+        assert_ne!(first, id(Stage::Writer, 7, DlqReason::RetriesExhausted), "another failure");
+        assert_ne!(first, id(Stage::Normaliser, 7, DlqReason::Validation), "another stage");
+        assert_ne!(id(Stage::Reconciler, 7, DlqReason::Validation), id(Stage::Reconciler, 7, DlqReason::Validation));
     }
 }

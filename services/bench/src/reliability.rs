@@ -1,0 +1,719 @@
+//! `bench reliability`: the proof under faults (DESIGN §4–§6, §9).
+//!
+//! The whole pipeline, each service its own process (normaliser, deduper, the four writers,
+//! the audit-sink), against a real Kafka-protocol broker (librdkafka's mock cluster, or
+//! tansu), a redis-server and a PostgreSQL database of the run's own, and crm-sim, while:
+//! - a random service is SIGKILLed and started again every few seconds;
+//! - Redis is SIGKILLed and started again once (from its append-only file, as a Redis that
+//!   holds idempotency keys must run in production);
+//! - crm-sim answers a share of requests with throttles, 5xx and timeouts, some of them
+//!   after applying the write (the answers that make blind retries duplicate).
+//!
+//! The input is what upstream systems send: mostly good calls, some sent twice, some
+//! updated later, some with numbers that are not numbers, some for a tenant nobody
+//! configured; a few tenants are set up to fail for good at one CRM (a revoked write
+//! permission, a wrong token). At the end it checks that crm-sim holds exactly one record
+//! per expected (call, CRM), that every permanent failure is in the DLQ with its reason and
+//! nothing else is, and that the audit store has a write for every record. It prints the
+//! counts and the run's throughput, and exits non-zero when a check fails (keeping the
+//! services' logs).
+
+use crate::writer::{profile, Profile, Sim};
+use crm_common::audit_store;
+use crm_common::codec;
+use crm_common::config::Topics;
+use crm_common::dev_broker::{create_topics, sibling_binary, spawn_crm_sim, DevBroker, DevRedis};
+use crm_common::events::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const CRMS: [Crm; 4] = [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
+const GHOST: &str = "ghost";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BrokerKind {
+    /// librdkafka's mock cluster, in this process.
+    Mock,
+    /// `tansu` on PATH (`cargo install tansu --locked --features dynostore`), in memory.
+    Tansu,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Opts {
+    #[arg(long, value_enum, default_value = "mock")]
+    pub broker: BrokerKind,
+    /// Calls (distinct call ids); repeats and updates come on top.
+    #[arg(long, default_value_t = 100_000)]
+    pub calls: usize,
+    #[arg(long, default_value_t = 200)]
+    pub tenants: usize,
+    /// Calls produced per second to calls.raw.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: usize,
+    /// A random service is SIGKILLed every `kill_every_min`..`kill_every_max` seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub kill_every_min: f64,
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_every_max: f64,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 24)]
+    pub partitions: i32,
+    /// Share of CRM requests crm-sim answers with an injected fault, percent (split between
+    /// throttles, 5xx before and after the write, and timeouts before and after it).
+    #[arg(long, default_value_t = 5.0)]
+    pub fault_pct: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Give up when no outcome arrives for this long once the faults stop.
+    #[arg(long, default_value_t = 180)]
+    pub stall_s: u64,
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+}
+
+/// What must become of one (tenant, call, CRM): a record, or a dead letter with this
+/// reason. CRM "" is a call that fails before any CRM (in the normaliser).
+type Outcome = (String, String, String);
+
+struct Plan {
+    /// (key, Avro CallEvent) in produce order.
+    messages: Vec<(String, Vec<u8>)>,
+    /// Idempotency keys that must end as exactly one record each.
+    records: HashSet<String>,
+    /// (tenant, call, crm) → the reason it must be dead-lettered with.
+    dead: HashMap<Outcome, DlqReason>,
+    repeats: usize,
+    updates: usize,
+}
+
+struct Tenant {
+    name: String,
+    crms: Vec<Crm>,
+    /// The CRM whose write permission crm-sim revokes for this tenant.
+    revoked: Option<Crm>,
+    /// The CRM whose token in the secret is wrong.
+    bad_token: Option<Crm>,
+}
+
+/// Tenant i uses CRM i % 4, and every third tenant a second one; four tenants (one per CRM)
+/// lose their write permission and one has a wrong token.
+fn tenants(n: usize) -> Vec<Tenant> {
+    let revoked: HashMap<usize, Crm> = (0..4).map(|k| ((k * n / 4) / 4 * 4 + k + 4, CRMS[k])).collect();
+    (0..n)
+        .map(|i| {
+            let mut crms = vec![CRMS[i % 4]];
+            if i % 3 == 0 {
+                crms.push(CRMS[(i + 1) % 4]);
+            }
+            Tenant {
+                name: format!("t{i}"),
+                revoked: revoked.get(&i).copied(),
+                bad_token: (i == n / 2 + 2).then(|| crms[0]),
+                crms,
+            }
+        })
+        .collect()
+}
+
+fn call(tenant: &str, i: usize, version: i64) -> CallEvent {
+    // Three customers per tenant: the seeded contact, and two nobody knows yet.
+    let customer = match i % 3 {
+        0 => "(415) 555-2671".to_string(),
+        k => format!("(650) 253-00{k:02}"),
+    };
+    let agent = "+1 212 736 5000".to_string();
+    let inbound = i.is_multiple_of(2);
+    let (from_number, to_number) = if inbound { (customer, agent) } else { (agent, customer) };
+    CallEvent {
+        tenant_id: tenant.into(),
+        call_id: format!("r{i}"),
+        version,
+        direction: if inbound { CallDirection::Inbound } else { CallDirection::Outbound },
+        from_number,
+        to_number,
+        notes: Some(if version > 1 { format!("call {i}, notes edited") } else { format!("call {i} ✓") }),
+        ..crate::bench_call(i, 1)
+    }
+}
+
+fn plan(tenants: &[Tenant], calls: usize) -> anyhow::Result<Plan> {
+    let mut p = Plan { messages: vec![], records: HashSet::new(), dead: HashMap::new(), repeats: 0, updates: 0 };
+    // Repeats and updates arrive a little later than the call they repeat or update.
+    let mut later: BTreeMap<usize, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    for i in 0..calls {
+        let t = &tenants[i % tenants.len()];
+        let id = format!("r{i}");
+        let mut ev = call(&t.name, i, 1);
+        if i % 97 == 13 {
+            ev.from_number = "555".into();
+            ev.to_number = "not a number".into();
+            p.dead.insert((t.name.clone(), id, String::new()), DlqReason::InvalidPhone);
+        } else if i % 211 == 5 {
+            ev.tenant_id = GHOST.into();
+            p.dead.insert((GHOST.into(), id, String::new()), DlqReason::TenantNotConfigured);
+        } else {
+            for &crm in &t.crms {
+                if t.revoked == Some(crm) {
+                    p.dead.insert((t.name.clone(), id.clone(), crm.as_str().into()), DlqReason::PermissionDenied);
+                } else if t.bad_token == Some(crm) {
+                    p.dead.insert((t.name.clone(), id.clone(), crm.as_str().into()), DlqReason::AuthFailed);
+                } else {
+                    p.records.insert(idempotency_key(&t.name, &id, crm));
+                }
+            }
+            if i % 50 == 11 {
+                let v2 = call(&t.name, i, 2);
+                later.entry(i + 100).or_default().push((t.name.clone(), codec::encode(&v2)?));
+                p.updates += 1;
+            }
+        }
+        let msg = (ev.tenant_id.clone(), codec::encode(&ev)?);
+        if i % 20 == 7 {
+            later.entry(i + 50).or_default().push(msg.clone());
+            p.repeats += 1;
+        }
+        p.messages.push(msg);
+        if let Some(due) = later.remove(&i) {
+            p.messages.extend(due);
+        }
+    }
+    p.messages.extend(later.into_values().flatten());
+    Ok(p)
+}
+
+/// One service process, started again after every kill.
+struct Service {
+    name: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    kills: usize,
+    /// Exits nobody asked for, with their status.
+    exits: Vec<String>,
+}
+
+struct Env {
+    vars: Vec<(String, String)>,
+    logs: PathBuf,
+}
+
+impl Service {
+    fn start(&mut self, env: &Env) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(env.logs.join(format!("{}.log", self.name)))?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.kills += 1;
+        }
+    }
+
+    /// Notes an exit of its own (a crash, or a stage giving up) and starts it again, as
+    /// Kubernetes would.
+    fn reap(&mut self, env: &Env) -> anyhow::Result<()> {
+        if let Some(c) = &mut self.child {
+            if let Some(status) = c.try_wait()? {
+                self.exits.push(status.to_string());
+                self.child = None;
+                self.start(env)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+enum Broker {
+    Mock(DevBroker),
+    Tansu(Child, String),
+}
+
+impl Broker {
+    fn start(kind: BrokerKind, partitions: i32, topics: &[String], logs: &Path) -> anyhow::Result<Broker> {
+        match kind {
+            BrokerKind::Mock => Ok(Broker::Mock(DevBroker::start(1, partitions, topics)?)),
+            BrokerKind::Tansu => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+                let url = format!("tcp://127.0.0.1:{port}");
+                let log = std::fs::File::create(logs.join("tansu.log"))?;
+                let child = Command::new("tansu")
+                    .args(["broker", "--storage-engine", "memory://tansu/", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::from(log.try_clone()?))
+                    .stderr(Stdio::from(log))
+                    .spawn()
+                    .map_err(|e| anyhow::anyhow!("cannot start tansu ({e}): cargo install tansu --locked --features dynostore"))?;
+                let bootstrap = format!("127.0.0.1:{port}");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while std::net::TcpStream::connect(&bootstrap).is_err() {
+                    anyhow::ensure!(Instant::now() < deadline, "tansu did not listen on {bootstrap}; see {}", logs.join("tansu.log").display());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                create_topics(&bootstrap, topics, partitions)?;
+                Ok(Broker::Tansu(child, bootstrap))
+            }
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Broker::Mock(b) => b.bootstrap_servers(),
+            Broker::Tansu(_, b) => b.clone(),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Broker::Tansu(c, _) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the audit store says so far: keys with a write, and dead letters.
+struct Seen {
+    written: HashSet<String>,
+    dead: HashMap<Outcome, (String, i64)>,
+}
+
+async fn seen(db: &tokio_postgres::Client) -> anyhow::Result<Seen> {
+    let written = db
+        .query(
+            "SELECT DISTINCT idempotency_key FROM audit WHERE stage = 'WRITER' AND operation = 'write' \
+             AND outcome IN ('SUCCEEDED', 'DUPLICATE') AND idempotency_key IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let dead = db
+        .query("SELECT tenant_id, coalesce(call_id, ''), coalesce(crm, ''), reason, count(*) FROM dlq GROUP BY 1, 2, 3, 4", &[])
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4))))
+        .collect();
+    Ok(Seen { written, dead })
+}
+
+async fn progress(db: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
+    let r = db
+        .query_one(
+            "SELECT (SELECT count(DISTINCT idempotency_key) FROM audit WHERE stage = 'WRITER' AND operation = 'write' \
+             AND outcome IN ('SUCCEEDED', 'DUPLICATE')), (SELECT count(*) FROM dlq)",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+pub fn run(o: Opts) -> anyhow::Result<()> {
+    anyhow::ensure!(o.tenants >= 8, "--tenants must be at least 8 (one revoked tenant per CRM, all four CRMs)");
+    anyhow::ensure!(o.kill_every_min > 0.0 && o.kill_every_max >= o.kill_every_min, "bad kill interval");
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("crm-sync-reliability-{}", std::process::id()));
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    let topics = Topics::default();
+    let broker = Broker::start(o.broker, o.partitions, &topics.all(), &logs)?;
+    let bootstrap = broker.bootstrap();
+    let (sim_url, sim_child) = spawn_crm_sim(&sibling_binary("crm-sim")?, None, true)?;
+    let _sim = crate::writer::Killed(vec![sim_child]);
+    let sim = Sim { url: sim_url.clone(), http: reqwest::blocking::Client::new() };
+    let mut redis = DevRedis::start(Some(&dir.join("redis")))?;
+    let db_name = format!("crm_sync_reliability_{}", std::process::id());
+    let db_url = rt.block_on(audit_store::create_database(&o.database_url, &db_name))?;
+
+    // crm-sim accounts, faults and the tenants' config.
+    let ts = tenants(o.tenants);
+    let f = o.fault_pct / 100.0;
+    let mut config = String::new();
+    let mut vars: Vec<(String, String)> = vec![];
+    for (ti, t) in ts.iter().enumerate() {
+        config += &format!("[tenants.{}]\ndefault_region = \"US\"\n", t.name);
+        for &crm in &t.crms {
+            let p: Profile = profile(crm);
+            let token = format!("tok-{}-{}", crm.as_str(), t.name);
+            let mut spec = (p.account)(&t.name);
+            spec["tokens"] = json!([{"token": token, "kind": "static"}]);
+            // Each account draws its faults from its own sequence: with one seed for all,
+            // every account would fault (or not) on the same requests.
+            spec["seed"] = json!(o.seed.wrapping_mul(1_000_003).wrapping_add((ti * 4 + crm as usize) as u64));
+            sim.admin(reqwest::Method::POST, "/accounts", Some(spec.clone()))?;
+            let faults = [
+                json!({"kind": "throttle", "rate": f * 0.3}),
+                json!({"kind": "503", "rate": f * 0.2}),
+                json!({"kind": "502", "rate": f * 0.2, "after_write": true, "endpoint": p.create_endpoint}),
+                json!({"kind": "timeout", "rate": f * 0.15, "latency_ms": 7000, "after_write": true, "endpoint": p.create_endpoint}),
+                json!({"kind": "timeout", "rate": f * 0.15, "latency_ms": 7000}),
+            ];
+            for fault in faults {
+                sim.admin(reqwest::Method::POST, &format!("/accounts/{}/{}/faults", crm.as_str(), t.name), Some(fault))?;
+            }
+            if t.revoked == Some(crm) {
+                sim.admin(reqwest::Method::POST, &format!("/accounts/{}/{}/permissions/{}/revoke", crm.as_str(), t.name, p.write_permission), None)?;
+            }
+            let secret = format!("TOK_{}_{}", crm.as_str(), t.name).to_uppercase();
+            // A throttled Salesforce org is probed again after 2 s rather than a minute, so
+            // the injected 403s do not dominate the run.
+            let limits = if crm == Crm::Salesforce { "limits = { recheck_s = 2 }\n" } else { "" };
+            config += &format!(
+                "[tenants.{}.crms.{}]\nplan = \"{}\"\ncredentials_secret = \"{secret}\"\nbase_url = \"{sim_url}/{}\"\n{limits}",
+                t.name,
+                crm.as_str(),
+                spec["plan"].as_str().unwrap_or_default(),
+                crm.as_str()
+            );
+            vars.push((secret, if t.bad_token == Some(crm) { format!("{token}-revoked") } else { token }));
+        }
+    }
+    let tenants_file = dir.join("tenants.toml");
+    std::fs::write(&tenants_file, &config)?;
+    std::fs::create_dir_all(dir.join("contracts"))?;
+    for crm in CRMS {
+        std::fs::write(dir.join(format!("contracts/{}.toml", crm.as_str())), profile(crm).contract)?;
+    }
+    vars.extend(
+        [
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("REDIS_URL", redis.url()),
+            ("DATABASE_URL", db_url.clone()),
+            ("TENANTS_CONFIG", tenants_file.display().to_string()),
+            ("CONTRACTS_DIR", dir.join("contracts").display().to_string()),
+            // A killed member's partitions move on after 6 s rather than librdkafka's 45.
+            ("KAFKA_OPTIONS", "session.timeout.ms=6000,heartbeat.interval.ms=1000".into()),
+            // A killed writer's claims are recovered after 10 s; a held request is given up
+            // after 5 s (crm-sim's timeouts hold 7 s).
+            ("WRITER_LEASE", "10s".into()),
+            ("WRITER_HTTP_TIMEOUT", "5s".into()),
+            ("WRITER_RETRY_BASE", "100ms".into()),
+            ("WRITER_RETRY_MAX_WAIT", "5s".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let env = Env { vars, logs: logs.clone() };
+
+    let plan = plan(&ts, o.calls)?;
+    let expected = plan.records.len() + plan.dead.len();
+    let mut by_crm: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in &plan.records {
+        *by_crm.entry(k.rsplit(':').next().unwrap_or_default()).or_default() += 1;
+    }
+    eprintln!(
+        "reliability: {} calls ({} messages with {} repeats and {} updates) for {} tenants on {:?}; \
+         expecting {} records ({by_crm:?}) and {} dead letters; logs in {}",
+        o.calls,
+        plan.messages.len(),
+        plan.repeats,
+        plan.updates,
+        o.tenants,
+        o.broker,
+        plan.records.len(),
+        plan.dead.len(),
+        logs.display()
+    );
+
+    let mut services: Vec<Service> = ["normaliser", "deduper", "audit-sink"]
+        .iter()
+        .map(|s| (s.to_string(), s.to_string(), vec![]))
+        .chain(CRMS.iter().map(|c| (format!("writer-{}", c.as_str()), "writer".to_string(), vec!["--crm".to_string(), c.as_str().to_string()])))
+        .map(|(name, bin, args)| Ok(Service { name, bin: sibling_binary(&bin)?, args, child: None, kills: 0, exits: vec![] }))
+        .collect::<anyhow::Result<_>>()?;
+    for s in &mut services {
+        s.start(&env)?;
+    }
+    let services = Mutex::new(services);
+
+    let db = rt.block_on(audit_store::pg_connect(&db_url))?;
+    let produced = AtomicUsize::new(0);
+    let through = AtomicUsize::new(0);
+    let chaos_on = AtomicBool::new(true);
+    let redis_restarted: Mutex<Option<f64>> = Mutex::new(None);
+    let t0 = Instant::now();
+    let n_messages = plan.messages.len();
+
+    let outcome: anyhow::Result<(Duration, Seen, f64)> = std::thread::scope(|scope| {
+        // Upstream: calls at `rate` per second.
+        let producer_thread = scope.spawn(|| -> anyhow::Result<f64> {
+            let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "10")
+                .create()?;
+            let start = Instant::now();
+            let per_call = o.calls as f64 / n_messages as f64 / o.rate as f64;
+            for (i, (key, payload)) in plan.messages.iter().enumerate() {
+                let due = start + Duration::from_secs_f64(i as f64 * per_call);
+                if let Some(w) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(w);
+                }
+                let mut rec = BaseRecord::to(&topics.calls_raw).key(key).payload(payload);
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((_, r)) => {
+                            rec = r;
+                            producer.poll(Duration::from_millis(5));
+                        }
+                    }
+                }
+                produced.store(i + 1, Ordering::Relaxed);
+            }
+            producer.flush(Duration::from_secs(60))?;
+            Ok(start.elapsed().as_secs_f64())
+        });
+
+        // Chaos: SIGKILL a random service every few seconds and start it again; Redis once,
+        // a third of the way through the outcomes.
+        let chaos = scope.spawn(|| -> anyhow::Result<()> {
+            let mut rng = StdRng::seed_from_u64(o.seed);
+            let mut next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
+            while chaos_on.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut svcs = services.lock().unwrap();
+                for s in svcs.iter_mut() {
+                    s.reap(&env)?;
+                }
+                if redis_restarted.lock().unwrap().is_none() && through.load(Ordering::Relaxed) * 3 >= expected {
+                    eprintln!("[{:>5.1}s] SIGKILL redis-server; up again in 2 s", t0.elapsed().as_secs_f64());
+                    redis.kill();
+                    drop(svcs);
+                    std::thread::sleep(Duration::from_secs(2));
+                    redis.up()?;
+                    *redis_restarted.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
+                    continue;
+                }
+                if Instant::now() >= next {
+                    let i = rng.random_range(0..svcs.len());
+                    let s = &mut svcs[i];
+                    s.kill9();
+                    s.start(&env)?;
+                    eprintln!("[{:>5.1}s] SIGKILL {} (kill {} of it)", t0.elapsed().as_secs_f64(), s.name, s.kills);
+                    next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
+                }
+            }
+            Ok(())
+        });
+
+        // Watch the audit store until every expected outcome is there, or nothing moves.
+        let watch = || -> anyhow::Result<(Duration, Seen)> {
+            let mut last = (0, 0);
+            let mut last_move = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_secs(3));
+                let now = rt.block_on(progress(&db)).unwrap_or(last);
+                if now != last {
+                    last_move = Instant::now();
+                }
+                last = now;
+                let done = now.0 as usize + now.1 as usize;
+                through.store(done, Ordering::Relaxed);
+                eprintln!(
+                    "[{:>5.1}s] produced {}/{n_messages}; written {} of {}, dead letters {} of {}",
+                    t0.elapsed().as_secs_f64(),
+                    produced.load(Ordering::Relaxed),
+                    now.0,
+                    plan.records.len(),
+                    now.1,
+                    plan.dead.len()
+                );
+                // The faults stop once nearly everything is through, so the run ends.
+                if chaos_on.load(Ordering::Relaxed) && producer_thread.is_finished() && done * 100 >= expected * 95 {
+                    eprintln!("[{:>5.1}s] 95% through: no more kills", t0.elapsed().as_secs_f64());
+                    chaos_on.store(false, Ordering::Relaxed);
+                    last_move = Instant::now();
+                }
+                if done >= expected {
+                    let s = rt.block_on(seen(&db))?;
+                    let complete = plan.records.iter().all(|k| s.written.contains(k)) && plan.dead.keys().all(|k| s.dead.contains_key(k));
+                    if complete {
+                        return Ok((t0.elapsed(), s));
+                    }
+                }
+                if !chaos_on.load(Ordering::Relaxed) && last_move.elapsed() > Duration::from_secs(o.stall_s) {
+                    eprintln!("nothing moved for {} s: checking what is there", o.stall_s);
+                    return Ok((t0.elapsed(), rt.block_on(seen(&db))?));
+                }
+            }
+        };
+        let r = watch();
+        chaos_on.store(false, Ordering::Relaxed);
+        let produce_s = producer_thread.join().expect("producer thread")?;
+        chaos.join().expect("chaos thread")?;
+        r.map(|(d, s)| (d, s, produce_s))
+    });
+    let (elapsed, seen, produce_s) = outcome?;
+
+    // Stop every service as Kubernetes would (SIGTERM), and note how each left.
+    let mut services = services.into_inner().unwrap();
+    let mut unclean = vec![];
+    for s in &mut services {
+        match s.terminate() {
+            Some(st) if st.success() => {}
+            st => unclean.push(format!("{}: {st:?}", s.name)),
+        }
+    }
+
+    // crm-sim: records per key, and what it answered.
+    let mut records_at: HashMap<String, u64> = HashMap::new();
+    let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut requests = 0u64;
+    for t in &ts {
+        for &crm in &t.crms {
+            let s = sim.admin(reqwest::Method::GET, &format!("/accounts/{}/{}", crm.as_str(), t.name), None)?;
+            for (k, v) in s["keys"].as_object().into_iter().flatten() {
+                // Pipedrive's key rides in the note behind a marker.
+                let key = k.rsplit_once("crm-sync-key:").map_or(k.as_str(), |(_, k)| k).trim().to_string();
+                *records_at.entry(key).or_default() += v["total"].as_u64().unwrap_or(0);
+            }
+            for counts in s["counters"].as_object().into_iter().flat_map(|m| m.values()) {
+                for (status, n) in counts.as_object().into_iter().flatten() {
+                    let n = n.as_u64().unwrap_or(0);
+                    requests += n;
+                    if status.as_str() >= "400" {
+                        *answers.entry(status.clone()).or_default() += n;
+                    }
+                }
+            }
+        }
+    }
+    let written = plan.records.iter().filter(|k| records_at.contains_key(*k)).count();
+    let duplicates: Vec<String> =
+        records_at.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ×{n}")).collect();
+    let unexpected_records: Vec<&String> = records_at.keys().filter(|k| !plan.records.contains(*k)).collect();
+    let lost: Vec<&String> = plan.records.iter().filter(|k| !records_at.contains_key(*k)).collect();
+    let unaudited = plan.records.iter().filter(|k| records_at.contains_key(*k) && !seen.written.contains(*k)).count();
+
+    // The DLQ: every expected entry with its reason, and nothing else.
+    let mut dlq_by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    let mut wrong_reason = vec![];
+    let mut unexpected_dlq = vec![];
+    let mut dlq_rows = 0i64;
+    for (k, (reason, n)) in &seen.dead {
+        dlq_rows += n;
+        *dlq_by_reason.entry(reason.clone()).or_default() += 1;
+        match plan.dead.get(k) {
+            Some(r) if r.as_str() == reason => {}
+            Some(r) => wrong_reason.push(format!("{k:?}: {reason}, expected {}", r.as_str())),
+            None => unexpected_dlq.push(format!("{k:?}: {reason}")),
+        }
+    }
+    let missing_dlq: Vec<&Outcome> = plan.dead.keys().filter(|k| !seen.dead.contains_key(*k)).collect();
+    let mut panics = vec![];
+    for entry in std::fs::read_dir(&logs)? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
+            panics.push(format!("{}: {line}", path.display()));
+        }
+    }
+
+    let secs = elapsed.as_secs_f64();
+    let outcomes = written + seen.dead.len();
+    println!(
+        "\nbench reliability --broker {:?}: {} calls, {} tenants, {} input messages, faults {}% of CRM requests",
+        o.broker,
+        o.calls,
+        o.tenants,
+        n_messages,
+        o.fault_pct
+    );
+    println!("  expected          {} records ({}), {} dead letters", plan.records.len(), by_crm.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "), plan.dead.len());
+    println!("  written           {written}");
+    println!("  duplicates        {}", duplicates.len());
+    println!("  lost              {}", lost.len());
+    println!("  unexpected        {} records, {} dead letters, {} with the wrong reason", unexpected_records.len(), unexpected_dlq.len(), wrong_reason.len());
+    println!(
+        "  DLQ by reason     {} (expected {}, missing {}; {} rows)",
+        dlq_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", "),
+        plan.dead.len(),
+        missing_dlq.len(),
+        dlq_rows
+    );
+    println!("  audit             {} of {written} records have their write in the audit store", written - unaudited);
+    println!(
+        "  chaos             {} SIGKILLs ({}); Redis SIGKILLed and restarted at {:.1} s; unasked exits: {}",
+        services.iter().map(|s| s.kills).sum::<usize>(),
+        services.iter().map(|s| format!("{} {}", s.name, s.kills)).collect::<Vec<_>>().join(", "),
+        redis_restarted.lock().unwrap().unwrap_or(f64::NAN),
+        services.iter().filter(|s| !s.exits.is_empty()).map(|s| format!("{} {:?}", s.name, s.exits)).collect::<Vec<_>>().join("; ").chars().take(600).collect::<String>()
+    );
+    println!(
+        "  crm-sim           {requests} requests; answered {}",
+        answers.iter().map(|(s, n)| format!("{s} ×{n}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  throughput        {outcomes} outcomes in {secs:.1} s from the first call produced: {:.0} outcomes/s ({:.0} calls/s); input produced in {produce_s:.1} s",
+        outcomes as f64 / secs,
+        o.calls as f64 / secs
+    );
+    println!("  shutdown          {}", if unclean.is_empty() { "every service left cleanly on SIGTERM".to_string() } else { format!("unclean: {unclean:?}") });
+    println!("  wall              {:.1} s in all", started.elapsed().as_secs_f64());
+
+    let mut failures = vec![];
+    let mut fail = |what: &str, n: usize, sample: String| {
+        if n > 0 {
+            failures.push(format!("{n} {what}, e.g. {sample}"));
+        }
+    };
+    fail("duplicated records", duplicates.len(), format!("{:?}", duplicates.iter().take(5).collect::<Vec<_>>()));
+    fail("lost records", lost.len(), format!("{:?}", lost.iter().take(5).collect::<Vec<_>>()));
+    fail("unexpected records", unexpected_records.len(), format!("{:?}", unexpected_records.iter().take(5).collect::<Vec<_>>()));
+    fail("unexpected dead letters", unexpected_dlq.len(), format!("{:?}", unexpected_dlq.iter().take(5).collect::<Vec<_>>()));
+    fail("dead letters with the wrong reason", wrong_reason.len(), format!("{:?}", wrong_reason.iter().take(5).collect::<Vec<_>>()));
+    fail("missing dead letters", missing_dlq.len(), format!("{:?}", missing_dlq.iter().take(5).collect::<Vec<_>>()));
+    fail("records without their write in the audit store", unaudited, String::new());
+    fail("panics", panics.len(), format!("{:?}", panics.iter().take(3).collect::<Vec<_>>()));
+    fail("services that did not leave cleanly on SIGTERM", unclean.len(), format!("{unclean:?}"));
+
+    drop(db);
+    if failures.is_empty() {
+        println!("  result            PASS");
+        rt.block_on(audit_store::drop_database(&o.database_url, &db_name))?;
+        drop(redis);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    } else {
+        println!("  result            FAIL; logs and the database {db_name} kept: {}", dir.display());
+        anyhow::bail!("reliability checks failed:\n  {}", failures.join("\n  "))
+    }
+}

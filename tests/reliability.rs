@@ -1,0 +1,65 @@
+//! The reliability suite at a size that fits CI: `bench reliability` on each broker, with
+//! random SIGKILLs, a Redis restart and crm-sim faults. The bench checks its own counts
+//! and exits non-zero on any duplicate, loss, unexpected or missing dead letter, or write
+//! missing from the audit store; here we also check that the run really was under faults.
+
+use crm_sync_tests::bin;
+use std::collections::HashMap;
+use std::process::Command;
+
+/// Runs the bench and returns its summary as label → rest of line.
+fn reliability(broker: &str, seed: &str) -> HashMap<String, String> {
+    let out = Command::new(bin("bench"))
+        .args(["reliability", "--broker", broker, "--calls", "3000", "--tenants", "200", "--seed", seed])
+        .output()
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench reliability --broker {broker} failed:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    stdout
+        .lines()
+        .filter_map(|l| l.trim_start().split_once("  ").map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect()
+}
+
+fn first_number(s: &str) -> u64 {
+    s.split(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty()).and_then(|w| w.parse().ok()).unwrap_or(0)
+}
+
+fn check(summary: &HashMap<String, String>) {
+    assert_eq!(summary["result"], "PASS");
+    assert_eq!(first_number(&summary["duplicates"]), 0);
+    assert_eq!(first_number(&summary["lost"]), 0);
+    let expected = first_number(&summary["expected"]);
+    assert!(expected > 3000, "3000 calls over tenants with one or two CRMs: {expected} records expected");
+    assert_eq!(first_number(&summary["written"]), expected);
+    for reason in ["INVALID_PHONE", "TENANT_NOT_CONFIGURED", "PERMISSION_DENIED", "AUTH_FAILED"] {
+        assert!(summary["DLQ by reason"].contains(reason), "{reason} in {}", summary["DLQ by reason"]);
+    }
+    // The run was under faults: kills, a Redis restart, and crm-sim's injected answers.
+    let chaos = &summary["chaos"];
+    assert!(first_number(chaos) >= 3, "services were killed: {chaos}");
+    assert!(chaos.contains("Redis SIGKILLed and restarted at") && !chaos.contains("NaN"), "{chaos}");
+    let answers = &summary["crm-sim"];
+    for status in ["429", "503", "502", "504"] {
+        assert!(answers.contains(&format!("{status} ×")), "crm-sim answered {status}s: {answers}");
+    }
+    assert!(summary["shutdown"].starts_with("every service left cleanly"), "{}", summary["shutdown"]);
+}
+
+#[test]
+fn one_record_per_call_under_faults_on_the_mock_broker() {
+    check(&reliability("mock", "11"));
+}
+
+/// tansu is a separate Kafka-compatible broker (`cargo install tansu --locked --features
+/// dynostore`; .ci/run installs it): real group coordination and rebalances.
+#[test]
+fn one_record_per_call_under_faults_on_tansu() {
+    assert!(
+        Command::new("tansu").arg("--version").output().is_ok(),
+        "tansu is not on PATH: cargo install tansu --locked --features dynostore (.ci/run does)"
+    );
+    check(&reliability("tansu", "12"));
+}
