@@ -10,7 +10,7 @@ use std::process::Command;
 /// Runs the bench and returns its summary as label → rest of line.
 fn reliability(broker: &str, seed: &str) -> HashMap<String, String> {
     let out = Command::new(bin("bench"))
-        .args(["reliability", "--broker", broker, "--calls", "3000", "--tenants", "200", "--seed", seed])
+        .args(["reliability", "--broker", broker, "--calls", "3000", "--tenants", "200", "--rate", "100", "--seed", seed])
         .output()
         .expect("bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
