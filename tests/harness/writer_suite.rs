@@ -27,6 +27,8 @@ pub struct Case {
     /// crm-sim's counter label of the create call, and a substring for fault rules on it.
     pub create_endpoint: &'static str,
     pub fault_endpoint: &'static str,
+    /// Whether an audited operation ("POST /api/v2/activities") is a call create.
+    pub is_create: fn(&str) -> bool,
     /// What the sim's "429" fault answers at this CRM (Salesforce throttles with 403).
     pub throttle_status: u16,
     /// A field that changes from version 1 (open call) to version 2 (ended): (name, v1, v2).
@@ -239,6 +241,12 @@ pub fn one_record_per_call_under_duplicates_and_updates(case: &Case) {
     let calls: Vec<&AuditRecord> = all.iter().filter(|a| a.operation.starts_with(['G', 'P', 'D'])).collect();
     assert!(!calls.is_empty());
     assert!(calls.iter().all(|a| a.crm_status.is_some() && a.latency_ms.is_some()), "{:?}", calls.first());
+    // Each call's audit names the one create that carried it, not its neighbours' creates.
+    for i in 1..30 {
+        let c = format!("c{i}");
+        let creates: Vec<&&AuditRecord> = calls.iter().filter(|a| a.call_id.as_deref() == Some(&c) && a.outcome == AuditOutcome::Succeeded && (case.is_create)(&a.operation)).collect();
+        assert_eq!(creates.len(), 1, "{c}'s creates in audit: {:?}", creates.iter().map(|a| &a.operation).collect::<Vec<_>>());
+    }
     assert!(all.iter().all(|a| !format!("{a:?}").contains("4155552671")), "numbers are masked in audit");
     assert!(all.iter().all(|a| !format!("{a:?}").contains(&case.token("acme"))), "the token never reaches audit");
     assert_eq!(case.answers(&sim, "acme", case.throttle_status), 0);
@@ -607,6 +615,7 @@ pub const HUBSPOT: Case = Case {
     contacts: "contacts",
     create_endpoint: "POST /hubspot/crm/v3/objects/calls/batch/create",
     fault_endpoint: "batch/create",
+    is_create: |op| op.ends_with("/calls/batch/create") || op.ends_with("/calls/batch/upsert"),
     throttle_status: 429,
     progress_field: ("hs_call_status", hs_open, hs_ended),
     title_field: "hs_call_title",
@@ -624,6 +633,7 @@ pub const SALESFORCE: Case = Case {
     contacts: "Contact",
     create_endpoint: "PATCH /salesforce/services/data/{version}/composite/sobjects/Task/CrmSyncKey__c",
     fault_endpoint: "composite/sobjects/Task",
+    is_create: |op| op.contains("composite/sobjects/Task"),
     throttle_status: 403,
     progress_field: ("Status", sf_open, sf_ended),
     title_field: "Subject",
@@ -642,6 +652,7 @@ pub const ZOHO: Case = Case {
     contacts: "Contacts",
     create_endpoint: "POST /zoho/crm/{version}/Calls",
     fault_endpoint: "POST /zoho/crm/{version}/Calls",
+    is_create: |op| op.starts_with("POST ") && op.ends_with("/Calls"),
     throttle_status: 429,
     progress_field: ("Call_Duration", zoho_open, zoho_ended),
     title_field: "Subject",
@@ -659,6 +670,7 @@ pub const PIPEDRIVE: Case = Case {
     contacts: "persons",
     create_endpoint: "POST /pipedrive/api/v2/activities",
     fault_endpoint: "POST /pipedrive/api/v2/activities",
+    is_create: |op| op == "POST /api/v2/activities",
     throttle_status: 429,
     progress_field: ("done", pd_open, pd_ended),
     title_field: "subject",

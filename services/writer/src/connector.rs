@@ -51,7 +51,13 @@ pub trait Connector: Send + Sync + 'static {
     type Tenant: Send + Sync + 'static;
 
     fn crm(&self) -> Crm;
+    /// How many writes a lane plans together (claims, contact lookups, the batch call).
     fn batch_max(&self) -> usize;
+    /// Whether every record is its own API call (no batch endpoint). Then `write` is given
+    /// one record at a time, so each call's audit holds its own requests and no other's.
+    fn one_call_per_record(&self) -> bool {
+        false
+    }
     /// Builds the tenant's client. Err: why it cannot write for this tenant (a missing
     /// secret, say), which dead-letters its writes as AUTH_FAILED.
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Self::Tenant, String>;

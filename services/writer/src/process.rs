@@ -288,7 +288,10 @@ impl<C: Connector> Shared<C> {
                     self.plan(t, &mut steps[i], claim, &mut contacts).await;
                 }
                 let ready: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
-                for chunk in ready.chunks(self.connector.batch_max().max(1)) {
+                // A request's audit goes to every record it carried: with one call per record,
+                // each chunk is that record alone.
+                let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
+                for chunk in ready.chunks(per_call) {
                     let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
                     let mut shared_log = vec![];
                     let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;

@@ -146,6 +146,10 @@ impl Connector for Pipedrive {
         100
     }
 
+    fn one_call_per_record(&self) -> bool {
+        true
+    }
+
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
         let (base_url, token_url) = match &conn.base_url {
             Some(b) => {
