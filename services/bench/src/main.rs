@@ -321,19 +321,23 @@ pub(crate) fn produce_all(
         .create()?;
     for i in 0..n {
         let (key, payload) = make(i)?;
-        let mut rec = BaseRecord::to(topic).key(&key).payload(&payload);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        send_waiting(&producer, BaseRecord::to(topic).key(&key).payload(&payload));
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(())
+}
+
+/// Sends `rec`, waiting while the producer's queue is full.
+pub(crate) fn send_waiting(producer: &ThreadedProducer<DefaultProducerContext>, mut rec: BaseRecord<'_, String, Vec<u8>>) {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
 }
 
 /// Reads `child`'s outputs until all `expected` are there; the rate comes from the outputs'

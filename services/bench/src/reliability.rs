@@ -509,16 +509,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 if let Some(w) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(w);
                 }
-                let mut rec = BaseRecord::to(&topics.calls_raw).key(key).payload(payload);
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((_, r)) => {
-                            rec = r;
-                            producer.poll(Duration::from_millis(5));
-                        }
-                    }
-                }
+                crate::send_waiting(&producer, BaseRecord::to(&topics.calls_raw).key(key).payload(payload));
                 produced.store(i + 1, Ordering::Relaxed);
             }
             producer.flush(Duration::from_secs(60))?;
