@@ -2,7 +2,6 @@
 //! (deleted when the guard drops), or a private `redis-server` on a free port that a test
 //! may stop and start again to play an outage.
 
-
 pub const MACHINE_REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A key prefix on the machine's Redis, unique to this test; its keys are deleted on drop.
