@@ -301,6 +301,16 @@ impl Service {
     }
 }
 
+impl Drop for Service {
+    /// A run that stops on an error leaves no service behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 enum Broker {
     Mock(DevBroker),
     Tansu(Child, String),

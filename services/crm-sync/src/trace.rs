@@ -67,10 +67,15 @@ pub fn render(call_id: &str, steps: &[Step]) -> String {
             out += &format!("  {:>23}  ↳ {d}\n", "");
         }
     }
-    // Where the call ended up, per CRM: the last write step for each.
+    // Where the call ended up, per CRM: the last write step of its newest version. An
+    // older version settled in the same millisecond ("superseded by version 2 in the same
+    // batch") can sort after the newer one's write, and must not hide it.
     let mut last: BTreeMap<String, &Step> = BTreeMap::new();
     for s in steps.iter().filter(|s| s.stage == "WRITER" && s.operation == "write") {
-        last.insert(s.crm.clone().unwrap_or_default(), s);
+        let crm = s.crm.clone().unwrap_or_default();
+        if last.get(&crm).is_none_or(|prev| prev.version.unwrap_or(0) <= s.version.unwrap_or(0)) {
+            last.insert(crm, s);
+        }
     }
     let fanned: Vec<String> = steps.iter().filter(|s| s.stage == "DEDUPER" && s.outcome == "SUCCEEDED").filter_map(|s| s.crm.clone()).collect();
     let mut end = vec![];
@@ -155,5 +160,16 @@ mod tests {
         assert!(text.contains("salesforce: NOT written: PERMISSION_DENIED (dlq entry x, open, replayed 0×)"), "{text}");
         assert!(text.contains("zoho: handed to the writer; no write recorded yet"), "{text}");
         assert!(render("nope", &[]).contains("No record of call nope"));
+    }
+
+    #[test]
+    fn an_older_version_settled_after_the_newer_one_does_not_hide_its_write() {
+        let mut v2 = step("WRITER", Some("hubspot"), "write", "SUCCEEDED");
+        v2.version = Some(2);
+        v2.crm_record_id = Some("305".into());
+        let v1 = step("WRITER", Some("hubspot"), "write", "SKIPPED");
+        let steps = vec![step("DEDUPER", Some("hubspot"), "dedup", "SUCCEEDED"), v2, v1];
+        let text = render("c1", &steps);
+        assert!(text.contains("Outcome: hubspot: in the CRM as record 305"), "{text}");
     }
 }
