@@ -217,7 +217,16 @@ struct Service {
 
 /// Whether a service's latest assignment, in its log, was empty.
 fn stranded(log: &Path) -> bool {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    // The latest assignment is near the end: read the last 256 KiB, not the whole run's log.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+        let mut bytes = vec![];
+        let _ = f.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
     text.lines()
         .rev()
         .map(strip_ansi)
@@ -262,10 +271,16 @@ impl Service {
         Ok(())
     }
 
+    /// SIGKILL and reap; true if it was running.
+    fn stop_now(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else { return false };
+        let _ = c.kill();
+        let _ = c.wait();
+        true
+    }
+
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if self.stop_now() {
             self.kills += 1;
         }
     }
@@ -304,10 +319,7 @@ impl Service {
 impl Drop for Service {
     /// A run that stops on an error leaves no service behind.
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop_now();
     }
 }
 
