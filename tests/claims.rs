@@ -1,16 +1,27 @@
 //! The writers' claim → write → DONE protocol against the machine's Redis: a second claim
 //! of a DONE key is a duplicate, a newer version is an update of the same record, a live
 //! lease makes other writers wait, an expired lease (its writer died mid-write) is recovered
-//! by a lookup, and a release lets a replay claim again.
+//! by a lookup, a release lets a replay claim again, fencing keeps a writer that lost its
+//! lease from writing, and a claim store that lost its data makes old activities look up
+//! before they create.
 
-use crm_common::claims::{Claim, Claims};
+use crm_common::claims::{Claim, Claims, Recovery, Timing};
 use crm_sync_tests::{RedisPrefix, MACHINE_REDIS};
 use std::time::Duration;
 
-async fn claims(prefix: &RedisPrefix, owner: &str, lease_ms: u64) -> Claims {
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+async fn claims_with(prefix: &RedisPrefix, owner: &str, lease_ms: u64, horizon_ms: u64) -> Claims {
     let client = redis::Client::open(MACHINE_REDIS).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    Claims::new(conn, &prefix.0, owner, Duration::from_millis(lease_ms), Duration::from_secs(3600))
+    let timing = Timing { lease: Duration::from_millis(lease_ms), request_timeout: Duration::ZERO, late_write_horizon: Duration::from_millis(horizon_ms), clock_skew: Duration::from_secs(1) };
+    Claims::new(conn, &prefix.0, owner, timing, Duration::from_secs(3600))
+}
+
+async fn claims(prefix: &RedisPrefix, owner: &str, lease_ms: u64) -> Claims {
+    claims_with(prefix, owner, lease_ms, 0).await
 }
 
 #[tokio::test]
@@ -19,39 +30,99 @@ async fn claim_write_done_then_duplicates_and_updates() {
     let a = claims(&prefix, "writer-a", 30_000).await;
     let b = claims(&prefix, "writer-b", 30_000).await;
     let key = "acme:c1:hubspot";
-    assert_eq!(a.claim("acme", key, 1).await.unwrap(), Claim::Create);
+    let era = now_ms() + 5_000;
+    assert_eq!(a.claim("acme", key, 1, era).await.unwrap(), Claim::Create);
     // While a writes, b (after a rebalance, say) must not write too.
-    assert!(matches!(b.claim("acme", key, 1).await.unwrap(), Claim::Busy { retry_after } if retry_after <= Duration::from_secs(30)));
+    assert!(matches!(b.claim("acme", key, 1, era).await.unwrap(), Claim::Busy { retry_after } if retry_after <= Duration::from_secs(30)));
     a.done("acme", key, 1, "9001").await.unwrap();
-    assert_eq!(b.claim("acme", key, 1).await.unwrap(), Claim::AlreadyDone { record_id: "9001".into() });
-    assert_eq!(b.claim("acme", key, 2).await.unwrap(), Claim::Update { record_id: "9001".into() });
+    assert_eq!(b.claim("acme", key, 1, era).await.unwrap(), Claim::AlreadyDone { record_id: "9001".into() });
+    assert_eq!(b.claim("acme", key, 2, era).await.unwrap(), Claim::Update { record_id: "9001".into() });
     b.done("acme", key, 2, "9001").await.unwrap();
-    assert_eq!(a.claim("acme", key, 1).await.unwrap(), Claim::AlreadyDone { record_id: "9001".into() }, "a stale version is a duplicate");
-    assert!(prefix.keys().iter().all(|k| k.contains(":{acme}:claim:")), "{:?}", prefix.keys());
+    assert_eq!(a.claim("acme", key, 1, era).await.unwrap(), Claim::AlreadyDone { record_id: "9001".into() }, "a stale version is a duplicate");
+    assert!(prefix.keys().iter().all(|k| k.contains(":{acme}:claim:") || k.ends_with(":{acme}:claims-epoch")), "{:?}", prefix.keys());
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_recovered_by_lookup_and_a_release_frees_the_key() {
     let prefix = RedisPrefix::new("claims");
-    let dead = claims(&prefix, "writer-dead", 200).await;
-    let live = claims(&prefix, "writer-live", 30_000).await;
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    assert_eq!(dead.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::Create);
+    let dead = claims_with(&prefix, "writer-dead", 200, 1_500).await;
+    let live = claims_with(&prefix, "writer-live", 30_000, 1_500).await;
+    let before = now_ms();
+    let era = before + 5_000;
+    assert_eq!(dead.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap(), Claim::Create);
     // writer-dead is SIGKILLed mid-write; its lease runs out.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let Claim::Recover { record_id: None, since_ms } = live.claim("acme", "acme:c2:hubspot", 1).await.unwrap() else { panic!("recover") };
+    let Claim::Recover { record_id: None, since_ms, why: Recovery::ExpiredLease, settle } = live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap() else { panic!("recover") };
     // The lost write was claimed by the dead writer, before the sleep: that is where a
     // lookup must start (Redis's clock and ours are the same machine's here).
     assert!((before - 50..before + 200).contains(&since_ms), "claimed at {since_ms}, test started {before}");
+    // A write sent under the dead lease may still land for the horizon after the lease ended.
+    assert!(settle > Duration::from_millis(1_000) && settle <= Duration::from_millis(1_500), "{settle:?}");
     // Our own lease, claimed again (a retry after a timeout), also means "look it up first",
     // still from the first claim.
-    assert_eq!(live.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::Recover { record_id: None, since_ms });
+    let again = live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap();
+    assert!(matches!(again, Claim::Recover { record_id: None, since_ms: s, why: Recovery::ExpiredLease, .. } if s == since_ms), "{again:?}");
     // A late DONE from the dead writer's write still records the record id.
     dead.done("acme", "acme:c2:hubspot", 1, "77").await.unwrap();
-    assert_eq!(live.claim("acme", "acme:c2:hubspot", 1).await.unwrap(), Claim::AlreadyDone { record_id: "77".into() });
+    assert_eq!(live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap(), Claim::AlreadyDone { record_id: "77".into() });
 
-    assert_eq!(live.claim("acme", "acme:c3:hubspot", 1).await.unwrap(), Claim::Create);
+    assert_eq!(live.claim("acme", "acme:c3:hubspot", 1, era).await.unwrap(), Claim::Create);
     assert!(!dead.release("acme", "acme:c3:hubspot").await.unwrap(), "only the owner releases");
     assert!(live.release("acme", "acme:c3:hubspot").await.unwrap());
-    assert_eq!(dead.claim("acme", "acme:c3:hubspot", 1).await.unwrap(), Claim::Create, "a released key is free");
+    assert_eq!(dead.claim("acme", "acme:c3:hubspot", 1, era).await.unwrap(), Claim::Create, "a released key is free");
+}
+
+/// A writer paused past its lease resumes after another recovered the key: its fence check
+/// fails, so it never sends. A live writer's fence renews its lease.
+#[tokio::test]
+async fn fencing_refuses_a_writer_whose_lease_was_taken_over() {
+    let prefix = RedisPrefix::new("claims");
+    let zombie = claims(&prefix, "writer-zombie", 300).await;
+    let other = claims(&prefix, "writer-other", 30_000).await;
+    let era = now_ms() + 5_000;
+    let (k1, k2) = ("acme:z1:zoho", "acme:z2:zoho");
+    assert_eq!(zombie.claim("acme", k1, 1, era).await.unwrap(), Claim::Create);
+    assert_eq!(zombie.claim("acme", k2, 1, era).await.unwrap(), Claim::Create);
+    assert_eq!(zombie.fence("acme", &[k1, k2]).await.unwrap(), vec![true, true]);
+    // Renewed: still ours past the original lease.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(zombie.fence("acme", &[k1, k2]).await.unwrap(), vec![true, true]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(other.claim("acme", k1, 1, era).await.unwrap(), Claim::Busy { .. }), "the renewal kept the lease alive");
+    // The zombie stops for longer than its lease; the other writer recovers k1.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(other.claim("acme", k1, 1, era).await.unwrap(), Claim::Recover { why: Recovery::ExpiredLease, .. }));
+    assert_eq!(zombie.fence("acme", &[k1, k2]).await.unwrap(), vec![false, true], "k1 is no longer the zombie's to write");
+    // DONE by its new owner: the zombie cannot write it either.
+    other.done("acme", k1, 1, "5").await.unwrap();
+    assert_eq!(zombie.fence("acme", &[k1]).await.unwrap(), vec![false]);
+}
+
+/// Redis restarted without its data: the tenant's epoch starts again, and an activity older
+/// than it must look the CRM up before creating; a newer one creates at once.
+#[tokio::test]
+async fn a_claim_store_that_lost_its_data_looks_up_old_activities() {
+    let prefix = RedisPrefix::new("claims");
+    let w = claims_with(&prefix, "writer-a", 30_000, 500).await;
+    let start = now_ms();
+    // The first claim starts the epoch: an activity from before it is looked up first.
+    let old = w.claim("acme", "acme:old:zoho", 1, start - 3_600_000).await.unwrap();
+    let Claim::Recover { why: Recovery::Forgotten, since_ms, record_id: None, .. } = old else { panic!("{old:?}") };
+    assert!(since_ms <= start - 3_600_000, "a lookup covers the activity's whole life: {since_ms}");
+    assert_eq!(w.claim("acme", "acme:new:zoho", 1, now_ms() + 2_000).await.unwrap(), Claim::Create);
+    w.done("acme", "acme:new:zoho", 1, "1").await.unwrap();
+    // Data lost (the keys vanish, as after a restart without persistence).
+    prefix.flush();
+    let era = start + 1_500;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let again = w.claim("acme", "acme:new:zoho", 1, era).await.unwrap();
+    assert!(matches!(again, Claim::Recover { why: Recovery::Forgotten, .. }), "the DONE was lost: look it up, never create blindly: {again:?}");
+    // Claims older than the retention are as good as lost.
+    let short = {
+        let client = redis::Client::open(MACHINE_REDIS).unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        Claims::new(conn, &prefix.0, "writer-b", Timing { lease: Duration::from_secs(30), request_timeout: Duration::ZERO, late_write_horizon: Duration::ZERO, clock_skew: Duration::ZERO }, Duration::from_secs(60))
+    };
+    let stale = short.claim("globex", "globex:c9:zoho", 1, now_ms() - 120_000).await.unwrap();
+    assert!(matches!(stale, Claim::Recover { why: Recovery::Forgotten, .. }), "{stale:?}");
 }

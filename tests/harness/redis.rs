@@ -19,8 +19,23 @@ impl RedisPrefix {
     }
 }
 
-impl Drop for RedisPrefix {
-    fn drop(&mut self) {
+impl RedisPrefix {
+    /// Declares the prefix a new claim store for these tenants (see
+    /// `crm_common::claims::declare_fresh_store`).
+    pub fn fresh_claim_store(&self, tenants: &[String]) {
+        let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
+        let mut c = client.get_connection().expect("machine Redis at 127.0.0.1:6379");
+        for t in tenants {
+            let _: redis::RedisResult<()> = redis::cmd("SET").arg(format!("{}:{{{t}}}:claims-epoch", self.0)).arg(1).arg("NX").query(&mut c);
+        }
+    }
+
+    /// Deletes every key under the prefix: Redis losing its data, for this prefix.
+    pub fn flush(&self) {
+        self.delete_all();
+    }
+
+    fn delete_all(&self) {
         let keys = self.keys();
         if let Ok(client) = redis::Client::open(MACHINE_REDIS) {
             if let Ok(mut c) = client.get_connection() {
@@ -29,6 +44,12 @@ impl Drop for RedisPrefix {
                 }
             }
         }
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        self.delete_all();
     }
 }
 

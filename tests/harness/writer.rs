@@ -14,8 +14,21 @@ pub fn spawn(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &RedisPrefi
         ("REDIS_URL", MACHINE_REDIS),
         ("REDIS_KEY_PREFIX", prefix.0.as_str()),
         ("WRITER_COMMIT_INTERVAL", "100ms"),
+        ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY),
+        // crm-sim applies a write late only when a test says so, and its test accounts'
+        // search does not lag: read-backs need not wait the production defaults.
+        ("WRITER_LATE_WRITE_HORIZON", "1s"),
+        ("HUBSPOT_SEARCH_LAG", "500ms"),
     ];
     env.extend_from_slice(extra);
+    // The test's prefix is a new claim store: it remembers every claim from the start.
+    let ids: Vec<String> = std::fs::read_to_string(tenants.path())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[tenants.")?.strip_suffix(']').map(str::to_string))
+        .filter(|t| !t.contains('.'))
+        .collect();
+    prefix.fresh_claim_store(&ids);
     broker.service("writer", &env)
 }
 

@@ -121,6 +121,12 @@ impl Case {
     pub fn request_to(&self, tenant: &str, call: &str, version: i64, customer: &str) -> super::Msg {
         let mut c = normalised_call(tenant, call, version);
         c.customer_e164 = customer.into();
+        // A live call, from the last hour: the claim store remembers its era, so it is
+        // created without a lookup first (older calls are looked up: see claims.rs).
+        static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        let start = *START.get_or_init(|| crm_common::emit::now_ms() / 1000 * 1000 - 3_600_000);
+        c.started_at = start;
+        c.ended_at = c.ended_at.map(|_| start + 60_000);
         let r = CrmWriteRequest {
             tenant_id: tenant.into(),
             call_id: call.into(),

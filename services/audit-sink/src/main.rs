@@ -127,5 +127,5 @@ async fn main() -> anyhow::Result<()> {
         common: cli.common,
         args: cli.pipeline,
     };
-    pipeline::run(cfg, sink, pipeline::shutdown_on_signals()).await
+    pipeline::run(cfg, sink, pipeline::service_shutdown()).await
 }

@@ -288,8 +288,9 @@ pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
         from_number: numbers[t % numbers.len()].into(),
         to_number: format!("(650) 253-{:04}", i % 10_000),
         region_hint: None,
-        started_at: 1_767_225_600_000 + i as i64,
-        ended_at: Some(1_767_225_660_000 + i as i64),
+        // Recent calls, as live traffic is (older ones are looked up before they are created).
+        started_at: crm_common::emit::now_ms() - 3_600_000 + i as i64,
+        ended_at: Some(crm_common::emit::now_ms() - 3_540_000 + i as i64),
         duration_s: Some(60),
         outcome: Some(CallOutcome::Answered),
         agent_id: format!("agent-{}", i % 97),

@@ -83,6 +83,7 @@ fn one_crm(crm: Crm, records: usize, drift_pct: usize, database_url: &str, redis
             .env("DATABASE_URL", database_url)
             .env("REDIS_URL", redis_url)
             .env("REDIS_KEY_PREFIX", prefix)
+            .env("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY)
             .env("RECONCILE_SETTLE", "0s")
             .env("PIPELINE_COMMIT_INTERVAL_MS", "100")
             .env("RUST_LOG", "warn");

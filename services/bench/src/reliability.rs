@@ -488,6 +488,8 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     }
     let tenants_file = dir.join("tenants.toml");
     std::fs::write(&tenants_file, &config)?;
+    // The run's Redis is a new claim store (until the run makes it lose its data).
+    crm_common::dev_broker::fresh_claim_store(&redis.url(), "crm-sync", &tenants_file)?;
     std::fs::create_dir_all(dir.join("contracts"))?;
     for crm in CRMS {
         std::fs::write(dir.join(format!("contracts/{}.toml", crm.as_str())), profile(crm).contract)?;
@@ -505,6 +507,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             // after 5 s (crm-sim's timeouts hold 7 s).
             ("WRITER_LEASE", "10s".into()),
             ("WRITER_HTTP_TIMEOUT", "5s".into()),
+            ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY.into()),
             ("WRITER_RETRY_BASE", "100ms".into()),
             ("WRITER_RETRY_MAX_WAIT", "5s".into()),
             ("RUST_LOG", "info".into()),

@@ -254,6 +254,7 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
     let tenants_file = dir.join("tenants.toml");
     std::fs::write(&tenants_file, config)?;
     let prefix = format!("crm-sync-bench-writer-{}", std::process::id());
+    crm_common::dev_broker::fresh_claim_store(redis_url, &prefix, &tenants_file)?;
     let spawn = |bin: &str, args: &[&str]| -> anyhow::Result<Child> {
         Ok(Command::new(sibling_binary(bin)?)
             .args(args)
@@ -263,6 +264,7 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
             .env("CONTRACTS_DIR", dir.join("contracts"))
             .env("REDIS_URL", redis_url)
             .env("REDIS_KEY_PREFIX", &prefix)
+            .env("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY)
             .env("WRITER_COMMIT_INTERVAL", "200ms")
             .env("KAFKA_OPTIONS", format!("fetch.wait.max.ms={fetch_wait_ms}"))
             .env("RUST_LOG", "warn")

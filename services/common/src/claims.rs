@@ -21,23 +21,62 @@ use std::time::Duration;
 const CLAIM: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v, owner, lease, keep = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local v, owner, lease, keep, era = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+-- The claim store's epoch for this tenant: since when it remembers every claim. A Redis that
+-- lost its data has lost this key too, so the first claim after the loss starts a new epoch.
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+if epoch == 0 then
+  epoch = now
+  redis.call('SET', KEYS[2], now)
+end
 local h = redis.call('HMGET', KEYS[1], 'done_version', 'record_id', 'owner', 'until', 'at')
 local done, rid, cur, untl, at = tonumber(h[1]), h[2], h[3], tonumber(h[4] or '0'), tonumber(h[5] or '0')
 if done and done >= v then
-  return {'done', rid or '', 0}
+  return {'done', rid or '', 0, epoch, 0, now}
 end
 if cur and cur ~= owner and untl > now then
-  return {'busy', rid or '', untl - now}
+  return {'busy', rid or '', untl - now, epoch, 0, now}
 end
 local state = 'create'
 if cur then state = 'recover' elseif done then state = 'update' end
+-- A create for an activity older than what the store is sure to remember (its epoch, or
+-- the claims' retention) may have been written under a claim this store no longer has.
+local sure_since = math.max(epoch, now - keep) + tonumber(ARGV[6])
+local forgotten = state == 'create' and era < sure_since
+if forgotten then state = 'forgotten' end
 -- A recovering writer learns when the lost write was claimed: it cannot have reached the
 -- CRM before that (Pipedrive's lookup lists activities changed since then).
-if state ~= 'recover' or at == 0 then at = now end
+if state == 'forgotten' then
+  at = era
+elseif state ~= 'recover' or at == 0 then
+  at = now
+end
+-- Our own lease: the earlier attempt was ours and ended before now.
+local prev = untl
+if cur == owner then prev = now end
 redis.call('HSET', KEYS[1], 'owner', owner, 'until', now + lease, 'version', v, 'at', at)
 redis.call('PEXPIRE', KEYS[1], keep)
-return {state, rid or '', at}
+return {state, rid or '', at, epoch, prev, now}
+";
+
+// Fencing: before a write goes out (and on every renewal while it is alive), each key must
+// still be leased to this writer; those that are get their lease extended from now. A key
+// whose owner changed (another writer recovered it after our lease ran out), that was
+// finished or released, or that Redis lost, is no longer ours: its write is abandoned.
+// Every key names the same tenant's hash tag, so on Redis Cluster they share a slot.
+const FENCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('HGET', k, 'owner') == ARGV[1] then
+    redis.call('HSET', k, 'until', now + tonumber(ARGV[2]))
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
 ";
 
 const DONE: &str = r"
@@ -75,20 +114,74 @@ end
 return 0
 ";
 
+/// Why a claim must look the CRM up before writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// A lease ran out with its write unfinished (the writer died, stalled or lost its
+    /// partitions), or a write of ours ended with its outcome unknown.
+    ExpiredLease,
+    /// The activity is older than what the claim store is sure to remember: Redis lost its
+    /// data since (a new epoch), or the claim outlived its retention.
+    Forgotten,
+}
+
+impl Recovery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recovery::ExpiredLease => "expired_lease",
+            Recovery::Forgotten => "claim_store_forgot",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// Nothing written yet: create the record (carrying the key).
     Create,
     /// An older version is in the CRM as `record_id`: update it.
     Update { record_id: String },
-    /// A write under this key may have happened (lease expired or ours): look it up in the
-    /// CRM by the key before writing. `record_id` is an older version's record, if any;
-    /// `since_ms` (Redis time) is when the lost write was first claimed.
-    Recover { record_id: Option<String>, since_ms: i64 },
+    /// A write under this key may have happened: look it up in the CRM by the key before
+    /// writing. `record_id` is an older version's record, if any; `since_ms` (Redis time) is
+    /// the earliest the lost write can have reached the CRM; `settle` is how long until any
+    /// such write has landed (a CRM can apply a create after its client gave up), so a
+    /// lookup before then may miss it.
+    Recover { record_id: Option<String>, since_ms: i64, why: Recovery, settle: Duration },
     /// Written already at this version or a newer one.
     AlreadyDone { record_id: String },
     /// Another writer holds a live lease on this key; retry after this long.
     Busy { retry_after: Duration },
+}
+
+/// How long writes can take to land, for the claims' settle times.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A lease; every fenced write renews it to at least `request_timeout` past the send.
+    pub lease: Duration,
+    /// How long the writer waits for a CRM's answer.
+    pub request_timeout: Duration,
+    /// How long after its client gave up a CRM may still apply a create.
+    pub late_write_horizon: Duration,
+    /// Clocks of sources and Redis may disagree by this much.
+    pub clock_skew: Duration,
+}
+
+impl Timing {
+    /// What a lease is set to: never shorter than a request plus a quarter, so a write sent
+    /// under a fresh lease has its answer (or gives up) before the lease runs out.
+    pub fn effective_lease(&self) -> Duration {
+        self.lease.max(self.request_timeout + self.request_timeout / 4)
+    }
+}
+
+/// Declares a claim store new (a fresh key prefix, or a fresh Redis, for `crm-sync dev`,
+/// benches and tests): nothing was ever written for these tenants before it, so it
+/// remembers every claim from the start of time and no create needs a lookup first.
+/// Never call this for a store that once held claims: that would make it forget it forgot.
+pub async fn declare_fresh_store(conn: &mut ConnectionManager, prefix: &str, tenants: &[String]) -> redis::RedisResult<()> {
+    for t in tenants {
+        redis::cmd("SET").arg(format!("{prefix}:{{{t}}}:claims-epoch")).arg(1).arg("NX").query_async::<()>(conn).await?;
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
@@ -97,23 +190,25 @@ pub struct Claims {
     prefix: String,
     /// This writer's identity in leases (host, pid and a random part).
     owner: String,
-    lease: Duration,
+    timing: Timing,
     retention: Duration,
     claim: Script,
+    fence: Script,
     done: Script,
     reclaim: Script,
     release: Script,
 }
 
 impl Claims {
-    pub fn new(conn: ConnectionManager, prefix: &str, owner: &str, lease: Duration, retention: Duration) -> Claims {
+    pub fn new(conn: ConnectionManager, prefix: &str, owner: &str, timing: Timing, retention: Duration) -> Claims {
         Claims {
             conn,
             prefix: prefix.to_string(),
             owner: owner.to_string(),
-            lease,
+            timing,
             retention,
             claim: Script::new(CLAIM),
+            fence: Script::new(FENCE),
             done: Script::new(DONE),
             reclaim: Script::new(RECLAIM),
             release: Script::new(RELEASE),
@@ -125,7 +220,16 @@ impl Claims {
     }
 
     pub fn lease(&self) -> Duration {
-        self.lease
+        self.timing.effective_lease()
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// `<prefix>:{tenant}:claims-epoch`: since when this store remembers the tenant's claims.
+    pub fn epoch_key(&self, tenant_id: &str) -> String {
+        format!("{}:{{{}}}:claims-epoch", self.prefix, tenant_id)
     }
 
     /// `<prefix>:{tenant}:claim:<idempotency key>`.
@@ -133,25 +237,58 @@ impl Claims {
         format!("{}:{{{}}}:claim:{}", self.prefix, tenant_id, idempotency_key)
     }
 
-    pub async fn claim(&self, tenant_id: &str, idempotency_key: &str, version: i64) -> redis::RedisResult<Claim> {
+    /// Claims the key for `version` of an activity whose own time (a call's start) is
+    /// `era_ms`: no write for it can have happened before then.
+    pub async fn claim(&self, tenant_id: &str, idempotency_key: &str, version: i64, era_ms: i64) -> redis::RedisResult<Claim> {
         let mut conn = self.conn.clone();
-        let (state, rid, wait): (String, String, i64) = self
+        let t = self.timing;
+        let (state, rid, n, epoch, prev, now): (String, String, i64, i64, i64, i64) = self
             .claim
             .key(self.key(tenant_id, idempotency_key))
+            .key(self.epoch_key(tenant_id))
             .arg(version)
             .arg(&self.owner)
-            .arg(self.lease.as_millis() as u64)
+            .arg(self.lease().as_millis() as u64)
             .arg(self.retention.as_millis() as u64)
+            .arg(era_ms)
+            .arg(t.clock_skew.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         let rid = (!rid.is_empty()).then_some(rid);
+        let ms = |until: i64| Duration::from_millis((until - now).max(0) as u64);
+        let horizon = t.late_write_horizon.as_millis() as i64;
         Ok(match state.as_str() {
             "done" => Claim::AlreadyDone { record_id: rid.unwrap_or_default() },
-            "busy" => Claim::Busy { retry_after: Duration::from_millis(wait.max(1) as u64) },
-            "recover" => Claim::Recover { record_id: rid, since_ms: wait },
+            "busy" => Claim::Busy { retry_after: Duration::from_millis(n.max(1) as u64) },
+            // A fenced write went out while its lease outlived the request: it ended by the
+            // lease's end, and may still be applied for the horizon after that.
+            "recover" => Claim::Recover { record_id: rid, since_ms: n, why: Recovery::ExpiredLease, settle: ms(prev + horizon) },
+            // Writes sent before the loss ended by the new epoch plus a request's time.
+            "forgotten" => Claim::Recover {
+                record_id: None,
+                since_ms: n - t.clock_skew.as_millis() as i64,
+                why: Recovery::Forgotten,
+                settle: ms(epoch + t.request_timeout.as_millis() as i64 + horizon),
+            },
             "update" => Claim::Update { record_id: rid.unwrap_or_default() },
             _ => Claim::Create,
         })
+    }
+
+    /// Checks, atomically, that each key is still leased to this writer, and renews those
+    /// that are: what goes out right after may take a whole request's time and still land
+    /// under our lease. Answers, per key, whether it is still ours.
+    pub async fn fence(&self, tenant_id: &str, idempotency_keys: &[&str]) -> redis::RedisResult<Vec<bool>> {
+        if idempotency_keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut conn = self.conn.clone();
+        let mut inv = self.fence.prepare_invoke();
+        for k in idempotency_keys {
+            inv.key(self.key(tenant_id, k));
+        }
+        let held: Vec<i64> = inv.arg(&self.owner).arg(self.lease().as_millis() as u64).invoke_async(&mut conn).await?;
+        Ok(held.into_iter().map(|h| h == 1).collect())
     }
 
     /// The write reached the CRM as `record_id` at `version`.

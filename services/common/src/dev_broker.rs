@@ -150,3 +150,20 @@ pub fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> any
     }
     Ok(())
 }
+
+/// The OAuth token store's key (`CRM_SYNC_TOKEN_KEY`) for `crm-sync dev`, benches and tests:
+/// 32 bytes, base64. Production takes its own from the secret store.
+pub const DEV_TOKEN_KEY: &str = "Y3JtLXN5bmMgZGV2IGFuZCB0ZXN0IHRva2VuIGtleSE=";
+
+/// Declares `prefix` at `redis_url` a new claim store for every tenant of `tenants_file`
+/// (`crm-sync dev`, benches: a key prefix or a Redis of their own, that never held claims):
+/// see `claims::declare_fresh_store`.
+pub fn fresh_claim_store(redis_url: &str, prefix: &str, tenants_file: &std::path::Path) -> anyhow::Result<()> {
+    let ids = crate::tenants::Tenants::load(tenants_file)?.ids();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut conn = crate::redis_conn::connect(redis_url).await?;
+        crate::claims::declare_fresh_store(&mut conn, prefix, &ids).await?;
+        anyhow::Ok(())
+    })
+}

@@ -422,6 +422,31 @@ pub async fn send(
     }
 }
 
+/// A service's stop: cancelled on SIGTERM or SIGINT, and bounded. A service drains what it
+/// holds, commits and leaves its group; but with the broker, Redis or PostgreSQL gone every
+/// one of those steps can wait for minutes (deliveries time out after 5, a sync commit or
+/// a group leave waits for a coordinator that is not there). So once the grace period
+/// (`SHUTDOWN_GRACE`, default 30 s, as Kubernetes gives) is spent less a margin, the
+/// process exits anyway, leaving uncommitted whatever it could not commit: its inputs are
+/// redelivered to the next owner, whose claims and marks make redoing them safe.
+pub fn service_shutdown() -> CancellationToken {
+    let grace = std::env::var("SHUTDOWN_GRACE").ok().and_then(|g| humantime::parse_duration(&g).ok()).unwrap_or(Duration::from_secs(30));
+    // Leave the orchestrator time to see the exit before it would SIGKILL.
+    let deadline = grace.saturating_sub(Duration::from_secs(2).min(grace / 10));
+    let token = shutdown_on_signals();
+    let t = token.clone();
+    tokio::spawn(async move {
+        t.cancelled().await;
+        // A thread, not a task: the runtime may be blocked in a synchronous client call.
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::warn!(grace = ?grace, "grace period spent before the drain finished (broker, Redis or database unreachable?): exiting now; uncommitted inputs will be redelivered");
+            std::process::exit(0);
+        });
+    });
+    token
+}
+
 /// A token cancelled on SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

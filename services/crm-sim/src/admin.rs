@@ -43,6 +43,8 @@ pub struct NewToken {
     pub refresh_token: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    /// Whether each refresh rotates the refresh token (default: Salesforce and Pipedrive).
+    pub rotate_refresh: Option<bool>,
 }
 
 fn oauth_kind() -> TokenKind {
@@ -63,6 +65,9 @@ pub struct NewAccount {
     pub tz_offset_min: i32,
     /// How long after a write the CRM's search index sees it.
     pub search_lag_ms: Option<i64>,
+    /// HubSpot: enforce unique properties on activity objects (default false: unverified).
+    #[serde(default)]
+    pub enforce_activity_unique: bool,
     pub key_field: Option<KeyField>,
     #[serde(default)]
     pub seed: u64,
@@ -116,6 +121,7 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
     let mut acct = new_account(crm, &req.account, &plan, limits, crate::limits::Usage::new(req.tz_offset_min), schema, req.seed);
     acct.tz_offset_min = req.tz_offset_min;
     acct.search_lag_ms = req.search_lag_ms.unwrap_or(default_lag(crm));
+    acct.enforce_activity_unique = req.enforce_activity_unique;
     acct.key_field = req.key_field;
     acct.ensure_indexes();
     acct.owner_id = match crm {
@@ -166,12 +172,25 @@ fn issue_token(w: &mut crate::state::World, crm: Crm, account: &str, t: NewToken
                 Some(rt) => {
                     w.refresh_tokens.insert(
                         rt.clone(),
-                        crate::state::RefreshToken { crm, account: account.into(), client_id, client_secret, app: app.clone(), revoked: false, access_ttl_s: ttl, minted: Default::default() },
+                        crate::state::RefreshToken {
+                            crm,
+                            account: account.into(),
+                            client_id,
+                            client_secret,
+                            app: app.clone(),
+                            revoked: false,
+                            access_ttl_s: ttl,
+                            minted: Default::default(),
+                            rotate: tokens::rotates_by_default(crm),
+                        },
                     );
                     rt
                 }
                 None => tokens::new_refresh_token(w, crm, account, &client_id, &client_secret, &app, ttl),
             };
+            if let (Some(rotate), Some(r)) = (t.rotate_refresh, w.refresh_tokens.get_mut(&rt)) {
+                r.rotate = rotate;
+            }
             (Some(rt), Some(now + ttl * 1000))
         }
     };
@@ -215,7 +234,7 @@ fn summary(acct: &mut crate::state::Account, now: i64) -> Value {
         "crm": acct.crm, "account": acct.id, "plan": acct.plan, "limits": acct.limits, "usage": usage,
         "objects": objects, "schema": acct.schema, "revoked": acct.revoked, "faults": acct.faults,
         "counters": counters_json(&acct.counters), "keys": keys_json(acct), "owner_id": acct.owner_id,
-        "search_lag_ms": acct.search_lag_ms, "key_field": acct.key_field,
+        "search_lag_ms": acct.search_lag_ms, "key_field": acct.key_field, "enforce_activity_unique": acct.enforce_activity_unique,
     })
 }
 
@@ -556,6 +575,31 @@ async fn post_clock(State(sim): State<SharedSim>, Json(c): Json<ClockReq>) -> Re
     json(200, json!({"now_ms": sim.clock.now_ms(), "state": sim.clock.state()}))
 }
 
+/// A fault on a CRM's OAuth token endpoint (same rule shape as an account's faults; kinds
+/// `429` (the CRM's throttled-mint answer), `500`–`504`, `timeout`, `latency`).
+async fn post_token_fault(State(sim): State<SharedSim>, Path(crm): Path<Crm>, body: axum::body::Bytes) -> Response {
+    let rule: FaultRule = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("bad fault: {e}")),
+    };
+    let mut w = sim.lock();
+    let rules = w.token_faults.entry(crm).or_default();
+    rules.push(rule);
+    json(201, json!({"faults": rules}))
+}
+
+/// The token endpoint's faults and its answers by status.
+async fn get_token_faults(State(sim): State<SharedSim>, Path(crm): Path<Crm>) -> Response {
+    let w = sim.lock();
+    let answers: Map<String, Value> = w.token_answers.get(&crm).into_iter().flatten().map(|(s, n)| (s.to_string(), json!(n))).collect();
+    json(200, json!({"faults": w.token_faults.get(&crm), "answers": answers}))
+}
+
+async fn clear_token_faults(State(sim): State<SharedSim>, Path(crm): Path<Crm>) -> Response {
+    sim.lock().token_faults.remove(&crm);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn reset(State(sim): State<SharedSim>) -> Response {
     *sim.lock() = Default::default();
     StatusCode::NO_CONTENT.into_response()
@@ -582,6 +626,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/accounts/{crm}/{account}/permissions/{perm}/{action}", post(permission))
         .route("/accounts/{crm}/{account}/faults", post(post_fault).delete(clear_faults))
         .route("/accounts/{crm}/{account}/counters", get(get_counters).delete(reset_counters))
+        .route("/token-faults/{crm}", post(post_token_fault).get(get_token_faults).delete(clear_token_faults))
         .with_state(sim)
 }
 

@@ -25,6 +25,12 @@ pub enum FaultKind {
     Timeout,
     /// Add `latency_ms` and then answer normally.
     Latency,
+    /// A late write: hold the answer for `latency_ms` (default 30 s, past the client's
+    /// timeout) and answer 504 if anyone is still listening; apply the request
+    /// `apply_after_ms` after it arrived (default: `latency_ms` + 2 s), whether or not the
+    /// client is still there. Set it past the client's timeout to play a CRM that finishes
+    /// an insert after its client gave up.
+    LateWrite,
 }
 
 impl FaultKind {
@@ -34,7 +40,7 @@ impl FaultKind {
             FaultKind::Status500 => 500,
             FaultKind::Status502 => 502,
             FaultKind::Status503 => 503,
-            FaultKind::Status504 | FaultKind::Timeout => 504,
+            FaultKind::Status504 | FaultKind::Timeout | FaultKind::LateWrite => 504,
             FaultKind::Latency => 200,
         }
     }
@@ -58,6 +64,9 @@ pub struct FaultRule {
     /// Apply the request first, then answer with the fault.
     #[serde(default)]
     pub after_write: bool,
+    /// late_write: when the request is applied, after it arrived.
+    #[serde(default)]
+    pub apply_after_ms: Option<u64>,
     #[serde(default)]
     pub fired: u64,
 }
@@ -71,6 +80,7 @@ pub struct Firing {
     pub kind: FaultKind,
     pub latency_ms: u64,
     pub after_write: bool,
+    pub apply_after_ms: u64,
 }
 
 /// Picks the first live rule that matches and fires; spent rules are dropped.
@@ -87,12 +97,9 @@ pub fn pick(rules: &mut Vec<FaultRule>, endpoint: &str, rng: &mut StdRng) -> Opt
             continue;
         }
         r.fired += 1;
-        let default_latency = if r.kind == FaultKind::Timeout { 30_000 } else { 0 };
-        hit = Some(Firing {
-            kind: r.kind,
-            latency_ms: r.latency_ms.unwrap_or(default_latency),
-            after_write: r.after_write,
-        });
+        let default_latency = if matches!(r.kind, FaultKind::Timeout | FaultKind::LateWrite) { 30_000 } else { 0 };
+        let latency_ms = r.latency_ms.unwrap_or(default_latency);
+        hit = Some(Firing { kind: r.kind, latency_ms, after_write: r.after_write, apply_after_ms: r.apply_after_ms.unwrap_or(latency_ms + 2_000) });
         break;
     }
     rules.retain(|r| r.count.is_none_or(|c| r.fired < c));
@@ -105,7 +112,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn rule(kind: FaultKind, count: Option<u64>, endpoint: Option<&str>) -> FaultRule {
-        FaultRule { kind, rate: 1.0, count, endpoint: endpoint.map(str::to_string), latency_ms: None, after_write: false, fired: 0 }
+        FaultRule { kind, rate: 1.0, count, endpoint: endpoint.map(str::to_string), latency_ms: None, after_write: false, apply_after_ms: None, fired: 0 }
     }
 
     #[test]

@@ -118,7 +118,34 @@ pub async fn gate<A: CrmApi>(State(sim): State<SharedSim>, matched: MatchedPath,
         }
         Admission::Go(c, f, n) => (c, f, n),
     };
-    let _in_flight = InFlight { sim: sim.clone(), crm: A::CRM, account: caller.account.clone(), n };
+    let in_flight = InFlight { sim: sim.clone(), crm: A::CRM, account: caller.account.clone(), n };
+
+    if let Some(f) = firing.filter(|f| f.kind == FaultKind::LateWrite) {
+        // The CRM goes on with the request after its client gave up: it is applied later,
+        // in a task of its own that a dropped connection does not cancel.
+        req.extensions_mut().insert(caller.clone());
+        let (sim2, caller2, endpoint2) = (sim.clone(), caller.clone(), endpoint.clone());
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            tokio::time::sleep(Duration::from_millis(f.apply_after_ms)).await;
+            let mut resp = next.run(req).await;
+            let charge = resp.extensions().get::<Charge>().map(|c| c.0).unwrap_or(0);
+            let now = sim2.clock.now_ms();
+            settle::<A>(&sim2, &caller2, &format!("{endpoint2} (applied late)"), class, charge, None, now, &mut resp);
+        });
+        tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
+        let now = sim.clock.now_ms();
+        let mut w = sim.lock();
+        return match w.account(A::CRM, &caller.account) {
+            Some(acct) => {
+                let resp = A::fault(FaultKind::Status504, acct, &caller, class, now);
+                acct.count(&endpoint, 504);
+                resp
+            }
+            None => gateway_error(504),
+        };
+    }
+    let _in_flight = in_flight;
 
     if let Some(f) = firing.filter(|f| f.kind == FaultKind::Latency) {
         tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
@@ -191,7 +218,7 @@ fn admit<A: CrmApi>(sim: &SharedSim, credential: Option<&str>, endpoint: &str, r
         }
     }
     let firing = faults::pick(&mut acct.faults, endpoint, &mut acct.rng);
-    if let Some(f) = firing.filter(|f| !f.after_write && f.kind != FaultKind::Latency) {
+    if let Some(f) = firing.filter(|f| !f.after_write && !matches!(f.kind, FaultKind::Latency | FaultKind::LateWrite)) {
         let mut resp = A::fault(f.kind, acct, &caller, class, now);
         acct.count(endpoint, resp.status().as_u16());
         A::finish(acct, &caller, class, 0, now, resp.headers_mut());

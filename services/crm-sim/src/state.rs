@@ -274,6 +274,9 @@ pub struct Account {
     pub in_flight: BTreeMap<u64, i64>,
     pub key_field: Option<KeyField>,
     pub search_lag_ms: i64,
+    /// HubSpot: whether a unique property on an activity object (calls, emails, meetings)
+    /// refuses duplicates. Unverified and doubtful, so off unless an account turns it on.
+    pub enforce_activity_unique: bool,
     pub tz_offset_min: i32,
     pub owner_id: String,
     pub seq: u64,
@@ -372,6 +375,10 @@ pub struct RefreshToken {
     /// When access tokens were minted from it (Zoho caps minting per 10 minutes).
     #[serde(skip)]
     pub minted: VecDeque<i64>,
+    /// Each refresh answers a new refresh token and invalidates this one (Salesforce with
+    /// rotation on; Pipedrive, unverified, so the harsher case).
+    #[serde(default)]
+    pub rotate: bool,
 }
 
 #[derive(Default)]
@@ -382,6 +389,11 @@ pub struct World {
     /// Requests whose token matched no account, by crm and status.
     pub unattributed: BTreeMap<String, BTreeMap<u16, u64>>,
     pub request_seq: u64,
+    /// Faults on each CRM's OAuth token endpoint (admin `POST /admin/token-faults/{crm}`).
+    pub token_faults: BTreeMap<Crm, Vec<crate::faults::FaultRule>>,
+    /// Answers of the token endpoints, by CRM and status.
+    pub token_answers: BTreeMap<Crm, BTreeMap<u16, u64>>,
+    pub token_rng: Option<rand::rngs::StdRng>,
 }
 
 impl World {
@@ -449,6 +461,7 @@ pub fn new_account(crm: Crm, id: &str, plan: &str, limits: crate::limits::Limits
         in_flight: BTreeMap::new(),
         key_field: None,
         search_lag_ms: 0,
+        enforce_activity_unique: false,
         tz_offset_min: 0,
         owner_id: String::new(),
         seq: 0,

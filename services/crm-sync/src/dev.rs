@@ -71,8 +71,10 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
         from_number: from.into(),
         to_number: to.into(),
         region_hint: hint.map(Into::into),
-        started_at: 1_767_225_600_000,
-        ended_at: Some(1_767_225_725_000),
+        // Calls of the last hour: older ones are looked up in the CRM before they are
+        // created (the claim store may not remember them).
+        started_at: crm_common::emit::now_ms() - 3_600_000,
+        ended_at: Some(crm_common::emit::now_ms() - 3_475_000),
         duration_s: Some(125),
         outcome: Some(CallOutcome::Answered),
         agent_id: "agent-7".into(),
@@ -117,6 +119,8 @@ const DEV_SECRETS: &[(&str, &str)] = &[
     ("ACME_SALESFORCE_OAUTH", r#"{"client_id": "dev-acme-sf-client", "client_secret": "dev-acme-sf-secret", "refresh_token": "dev-acme-salesforce-refresh"}"#),
     ("GLOBEX_ZOHO_OAUTH", r#"{"client_id": "1000.DEVGLOBEX", "client_secret": "dev-globex-zoho-secret", "refresh_token": "1000.dev-globex-zoho-refresh"}"#),
     ("INITECH_PIPEDRIVE_TOKEN", "dev-initech-pipedrive-token"),
+    // Seals the OAuth tokens the writers share in Redis.
+    ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY),
 ];
 
 /// The example tenants with every CRM connection pointed at crm-sim.
@@ -180,6 +184,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .block_on(redis_conn::connect(&args.redis_url))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
+    // The run's prefix is a new claim store: nothing was written before it.
+    crm_common::dev_broker::fresh_claim_store(&args.redis_url, &prefix, &tenants)?;
     let db_name = format!("crm_sync_dev_{}", std::process::id());
     let database_url = rt
         .block_on(audit_store::create_database(&args.database_url, &db_name))

@@ -127,5 +127,5 @@ async fn main() -> anyhow::Result<()> {
         common: cli.common,
         args: cli.pipeline,
     };
-    pipeline::run(cfg, handler, pipeline::shutdown_on_signals()).await
+    pipeline::run(cfg, handler, pipeline::service_shutdown()).await
 }

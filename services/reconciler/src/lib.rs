@@ -570,9 +570,17 @@ pub async fn build<C: Connector>(connector: C, common: &crm_common::config::Comm
             backoff: writer::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
             retry_limit: opts.retry_limit,
             reserve_pct: opts.reserve_pct,
+            claims: None,
+            tokens: writer::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?,
         },
         // Only read (`state`): the reconciler never claims.
-        claims: Claims::new(conn.clone(), &prefix, &owner, Duration::from_secs(60), Duration::from_secs(60)),
+        claims: Claims::new(
+            conn.clone(),
+            &prefix,
+            &owner,
+            crm_common::claims::Timing { lease: Duration::from_secs(60), request_timeout: opts.http_timeout, late_write_horizon: Duration::ZERO, clock_skew: Duration::ZERO },
+            Duration::from_secs(60),
+        ),
         contacts: ContactCache { conn, prefix, ttl: Duration::from_secs(3600), miss_ttl: Duration::from_secs(300) },
         store,
         producer: crm_common::pipeline::producer(common)?,

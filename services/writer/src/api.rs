@@ -29,11 +29,21 @@ pub struct Request {
     /// creates) `call` does not resend: it returns a failure marked `maybe_applied`, and the
     /// connector looks the records up before it sends what is still missing.
     pub replay_safe: bool,
+    /// The idempotency keys of the writes this request carries (creates and updates): it
+    /// goes out only while this writer still holds every one's lease, checked (and renewed)
+    /// in Redis after its tokens are taken, right before it is sent (DESIGN §4, fencing).
+    pub fence: Vec<String>,
 }
 
 impl Request {
     pub fn new(method: reqwest::Method, path: impl Into<String>, class: &'static str) -> Request {
-        Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true }
+        Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true, fence: vec![] }
+    }
+
+    /// Sent only while this writer holds the leases of these keys.
+    pub fn fenced<'a>(mut self, keys: impl IntoIterator<Item = &'a str>) -> Request {
+        self.fence = keys.into_iter().map(str::to_string).collect();
+        self
     }
 
     pub fn get(path: impl Into<String>, class: &'static str) -> Request {
@@ -119,11 +129,20 @@ pub struct Failure {
     pub excerpt: Option<String>,
     /// A request that is not replay-safe timed out or met a 5xx: the CRM may have applied it.
     pub maybe_applied: bool,
+    /// Not sent: this writer no longer holds these keys' leases (another writer recovered
+    /// them while this one was paused or waiting). Not a failure of the write: it is
+    /// abandoned here and settled by whoever holds the key now.
+    pub fenced_off: Vec<String>,
 }
 
 impl Failure {
     pub fn new(reason: DlqReason, detail: impl Into<String>) -> Failure {
-        Failure { reason, detail: detail.into(), status: None, excerpt: None, maybe_applied: false }
+        Failure { reason, detail: detail.into(), status: None, excerpt: None, maybe_applied: false, fenced_off: vec![] }
+    }
+
+    /// Whether the request was held back by fencing rather than sent.
+    pub fn is_fenced(&self) -> bool {
+        !self.fenced_off.is_empty()
     }
 }
 
@@ -152,6 +171,11 @@ pub struct Api {
     /// Percent of every limit this client leaves to others: 0 for the writers; the
     /// reconciler's share-keeping, so its reads and repairs never starve live writes.
     pub reserve_pct: u64,
+    /// The writer's claims, for fencing requests that carry keys; None where nothing is
+    /// claimed (the reconciler's reads and restores).
+    pub claims: Option<crm_common::claims::Claims>,
+    /// Where OAuth tokens are shared between replicas (None: each process keeps its own).
+    pub tokens: Option<crate::auth::TokenStore>,
 }
 
 fn excerpt(s: &str) -> String {
@@ -163,6 +187,35 @@ fn excerpt(s: &str) -> String {
 }
 
 impl Api {
+    /// How long after a failed request a CRM may still apply it (from the claims' timing).
+    pub fn late_write_horizon(&self) -> Duration {
+        self.claims.as_ref().map_or(Duration::ZERO, |c| c.timing().late_write_horizon)
+    }
+
+    /// Checks and renews the leases of `keys`; Err (naming the keys no longer ours) when any
+    /// is lost. Waits for Redis rather than send unfenced.
+    async fn fence(&self, tenant_id: &str, keys: &[String], endpoint: &str) -> Result<(), Failure> {
+        let Some(claims) = self.claims.as_ref().filter(|_| !keys.is_empty()) else { return Ok(()) };
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut wait = Duration::from_millis(100);
+        let held = loop {
+            match claims.fence(tenant_id, &refs).await {
+                Ok(h) => break h,
+                Err(e) => {
+                    tracing::error!(error = %e, "Redis failed during the fence check; waiting");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let lost: Vec<String> = keys.iter().zip(held).filter(|(_, h)| !h).map(|(k, _)| k.clone()).collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(keys = lost.len(), endpoint, "lease lost before sending: the write is abandoned here, another writer holds it");
+        Err(Failure { fenced_off: lost, ..Failure::new(DlqReason::RetriesExhausted, format!("{endpoint}: not sent: this writer's lease on the key was taken over")) })
+    }
+
     /// Waits for tokens (nothing is dropped while a bucket is empty). `id` names the take,
     /// for giving concurrency slots back.
     async fn acquire(&self, set: &BucketSet, costs: &[u64], id: &str) -> Result<Duration, Failure> {
@@ -208,10 +261,33 @@ impl Api {
         let priority = if self.reserve_pct > 0 { "background" } else { "live" };
         loop {
             attempt += 1;
-            let (name, value) = auth.header(&self.http, log).await?;
+            let (name, value) = match auth.header(&self.http, self.tokens.as_ref(), log).await {
+                Ok(h) => h,
+                Err(crate::auth::AuthError::Refused(f)) => return Err(f),
+                // The token endpoint is down, slow or throttling minting: like any CRM
+                // call, retried with backoff until the policy's limit, never AUTH_FAILED.
+                Err(crate::auth::AuthError::Unavailable(why)) => {
+                    if first.elapsed() >= self.retry_limit {
+                        return Err(Failure::new(DlqReason::RetriesExhausted, format!("{endpoint}: no access token after {attempt} attempts over {} s: {why}", first.elapsed().as_secs())));
+                    }
+                    metrics.retry(&set.crm, "token_endpoint");
+                    tokio::time::sleep(self.backoff.wait(attempt)).await;
+                    continue;
+                }
+            };
             let take_id = uuid::Uuid::new_v4().simple().to_string();
             let waited = self.acquire(&set, &costs, &take_id).await?;
             metrics.token_wait(&set.crm, priority, waited.as_secs_f64() * 1000.0);
+            // Fencing, after any wait for tokens and right before the send: a writer that
+            // lost a key's lease while it waited (paused, throttled, partitions moved) must
+            // not write it.
+            if let Err(f) = self.fence(&set.tenant_id, &req.fence, &endpoint).await {
+                metrics.retry(&set.crm, "fenced_off");
+                if holds_slots {
+                    let _ = self.buckets.release(&set, &take_id, &costs).await;
+                }
+                return Err(f);
+            }
             let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
             if let Some(b) = &req.body {
                 r = r.json(b);
@@ -285,11 +361,12 @@ impl Api {
                         status: reply.as_ref().map(|r| r.status),
                         excerpt: reply.as_ref().map(|r| excerpt(&r.body)),
                         maybe_applied: true,
+                        fenced_off: vec![],
                     });
                 }
                 Verdict::Transient(why) => {
                     if first.elapsed() >= self.retry_limit {
-                        return Err(Failure { maybe_applied: false,
+                        return Err(Failure { maybe_applied: false, fenced_off: vec![],
                             reason: DlqReason::RetriesExhausted,
                             detail: format!("{endpoint}: still failing after {attempt} attempts over {} s: {why}", first.elapsed().as_secs()),
                             status: reply.as_ref().map(|r| r.status),
@@ -303,10 +380,10 @@ impl Api {
                 Verdict::Permanent(DlqReason::AuthFailed, _) if auth.is_oauth() && !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) => {
                     refreshed = true;
                     metrics.retry(&set.crm, "auth_refresh");
-                    auth.invalidate().await;
+                    auth.invalidate(self.tokens.as_ref()).await;
                 }
                 Verdict::Permanent(reason, why) => {
-                    return Err(Failure { maybe_applied: false,
+                    return Err(Failure { maybe_applied: false, fenced_off: vec![],
                         reason,
                         detail: format!("{endpoint}: {why}"),
                         status: reply.as_ref().map(|r| r.status),

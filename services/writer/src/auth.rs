@@ -1,15 +1,41 @@
 //! Credentials for one tenant at one CRM, from the secret TENANTS_CONFIG names: a static
 //! token (HubSpot private app, Pipedrive API token) or OAuth (a JSON object with client_id,
 //! client_secret and refresh_token), whose access token is refreshed before it expires and
-//! once after a 401; a refresh that fails dead-letters the write as AUTH_FAILED. Tokens are
-//! sensitive header values and never reach logs or audit.
+//! once after a 401. Tokens are sensitive header values and never reach logs or audit.
+//!
+//! OAuth state lives in Redis ([`TokenStore`]), shared by every replica and by the
+//! reconciler, because three things go wrong when each process keeps its own:
+//! - a CRM that rotates refresh tokens (Pipedrive, Salesforce with rotation on) invalidates
+//!   the old one at each refresh: a process that dies holding the only copy of the new one
+//!   strands the tenant until someone re-authorises;
+//! - Zoho lets a refresh token mint 10 access tokens per 10 minutes: replicas that each
+//!   refresh on start and after every 401 spend that in minutes;
+//! - a refresh storm after an expiry multiplies token-endpoint load by the replica count.
+//!
+//! So one refresh runs at a time per tenant and CRM (a lock in Redis); the others wait and
+//! take the token it stored. What is stored is encrypted (AES-256-GCM, a key from the secret
+//! store, the Redis key as associated data), so neither Redis, its dumps nor its AOF hold a
+//! token in clear. The secret's refresh token seeds the state; a secret that changes (an
+//! operator re-authorised the app) replaces what Redis holds.
+//!
+//! A refresh the CRM refuses (invalid_grant, invalid_client, a revoked token) is permanent:
+//! AUTH_FAILED. A token endpoint that is unreachable, slow, answers 5xx or throttles minting
+//! is transient: the call retries it with backoff like any other CRM failure.
 
 use crate::api::{Exchange, Failure};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
 use crm_common::events::DlqReason;
+use redis::aio::ConnectionManager;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// The environment variable holding the token store's key: 32 bytes, base64.
+pub const TOKEN_KEY_ENV: &str = "CRM_SYNC_TOKEN_KEY";
 
 #[derive(Deserialize)]
 struct OAuthSecret {
@@ -18,13 +44,33 @@ struct OAuthSecret {
     refresh_token: String,
 }
 
+/// Why no access token could be had.
+#[derive(Debug, Clone)]
+pub enum AuthError {
+    /// The CRM refused the grant: retrying cannot help (AUTH_FAILED).
+    Refused(Failure),
+    /// The token endpoint did not give an answer worth believing (unreachable, 5xx, slow,
+    /// throttled): retry later.
+    Unavailable(String),
+}
+
+/// What this process knows of the tenant's tokens.
+#[derive(Default)]
+struct Local {
+    /// The refresh token to use (the secret's until one is rotated).
+    refresh: String,
+    /// The access token and when to refresh it (ms since the epoch).
+    access: Option<(String, i64)>,
+}
+
 struct OAuth {
     token_url: String,
     basic_client_auth: bool,
     client_id: String,
     client_secret: String,
-    /// (refresh token, access token and when to refresh it)
-    state: Mutex<(String, Option<(String, Instant)>)>,
+    /// The refresh token the secret holds: what seeds the shared state.
+    seed: String,
+    state: Mutex<Local>,
 }
 
 pub struct Credentials {
@@ -32,6 +78,8 @@ pub struct Credentials {
     /// "Bearer " for HubSpot; other CRMs use their own scheme.
     scheme: &'static str,
     secret_name: String,
+    /// `<crm>:<tenant>`: where the shared OAuth state lives.
+    scope: String,
     kind: Kind,
 }
 
@@ -65,22 +113,174 @@ fn sensitive(v: &str) -> Option<HeaderValue> {
     Some(h)
 }
 
+fn now_ms() -> i64 {
+    crm_common::emit::now_ms()
+}
+
+/// The OAuth state every replica shares, in Redis, encrypted.
+#[derive(Clone)]
+pub struct TokenStore {
+    conn: ConnectionManager,
+    prefix: String,
+    cipher: Aes256Gcm,
+    /// Distinguishes this process's refresh lock from another's.
+    owner: String,
+}
+
+/// A refresh token and an access token as the store holds them (decrypted).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Stored {
+    pub refresh: Option<String>,
+    pub access: Option<String>,
+    pub refresh_at_ms: i64,
+    /// A digest of the secret's refresh token this state grew from.
+    pub seed: String,
+}
+
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+impl TokenStore {
+    /// `key_b64`: 32 bytes, base64 (the secret store's value of CRM_SYNC_TOKEN_KEY).
+    pub fn new(conn: ConnectionManager, prefix: &str, key_b64: &str) -> Result<TokenStore, String> {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key_b64.trim())
+            .map_err(|_| format!("{TOKEN_KEY_ENV} is not base64"))?;
+        if key.len() != 32 {
+            return Err(format!("{TOKEN_KEY_ENV} must hold 32 bytes (base64 of a 256-bit key); it holds {}", key.len()));
+        }
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| format!("{TOKEN_KEY_ENV}: unusable key"))?;
+        Ok(TokenStore { conn, prefix: prefix.to_string(), cipher, owner: uuid::Uuid::new_v4().simple().to_string() })
+    }
+
+    /// From the environment, where the secret store puts the key. None when it is not set.
+    pub fn from_env(conn: ConnectionManager, prefix: &str) -> Result<Option<TokenStore>, String> {
+        match std::env::var(TOKEN_KEY_ENV) {
+            Ok(k) if !k.trim().is_empty() => TokenStore::new(conn, prefix, &k).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// `<prefix>:{tenant}:oauth:<crm>`.
+    pub fn key(&self, scope: &str) -> String {
+        let (crm, tenant) = scope.split_once(':').unwrap_or(("", scope));
+        format!("{}:{{{tenant}}}:oauth:{crm}", self.prefix)
+    }
+
+    fn seal(&self, key: &str, field: &str, plain: &str) -> String {
+        let nonce_bytes: [u8; 12] = rand::random();
+        let aad = format!("{key}#{field}");
+        let sealed = self.cipher.encrypt(Nonce::from_slice(&nonce_bytes), Payload { msg: plain.as_bytes(), aad: aad.as_bytes() }).expect("AES-GCM encrypts any input");
+        let mut out = nonce_bytes.to_vec();
+        out.extend(sealed);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    fn open(&self, key: &str, field: &str, sealed: &str) -> Option<String> {
+        let raw = base64::engine::general_purpose::STANDARD.decode(sealed).ok()?;
+        if raw.len() < 12 {
+            return None;
+        }
+        let aad = format!("{key}#{field}");
+        let plain = self.cipher.decrypt(Nonce::from_slice(&raw[..12]), Payload { msg: &raw[12..], aad: aad.as_bytes() }).ok()?;
+        String::from_utf8(plain).ok()
+    }
+
+    /// A digest of a secret's refresh token, keyed so it says nothing without the key.
+    fn seed_of(&self, refresh_token: &str) -> String {
+        let sealed_zero = self.cipher.encrypt(Nonce::from_slice(&[0u8; 12]), &b"seed"[..]).expect("encrypts");
+        let mut h = Sha256::new();
+        h.update(&sealed_zero);
+        h.update(refresh_token.as_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub async fn load(&self, scope: &str) -> redis::RedisResult<Stored> {
+        let key = self.key(scope);
+        let mut conn = self.conn.clone();
+        let (refresh, access, at, seed): (Option<String>, Option<String>, Option<i64>, Option<String>) =
+            redis::cmd("HMGET").arg(&key).arg("refresh").arg("access").arg("refresh_at_ms").arg("seed").query_async(&mut conn).await?;
+        Ok(Stored {
+            refresh: refresh.and_then(|r| self.open(&key, "refresh", &r)),
+            access: access.and_then(|a| self.open(&key, "access", &a)),
+            refresh_at_ms: at.unwrap_or(0),
+            seed: seed.unwrap_or_default(),
+        })
+    }
+
+    pub async fn save(&self, scope: &str, s: &Stored) -> redis::RedisResult<()> {
+        let key = self.key(scope);
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&key).arg("refresh_at_ms").arg(s.refresh_at_ms).arg("seed").arg(&s.seed);
+        if let Some(r) = &s.refresh {
+            cmd.arg("refresh").arg(self.seal(&key, "refresh", r));
+        }
+        match &s.access {
+            Some(a) => {
+                cmd.arg("access").arg(self.seal(&key, "access", a));
+            }
+            None => {
+                cmd.arg("access").arg("");
+            }
+        }
+        cmd.query_async::<()>(&mut conn).await
+    }
+
+    /// Marks the stored access token stale if it is still `access` (a 401 answered it).
+    async fn stale(&self, scope: &str, access: &str) -> redis::RedisResult<()> {
+        let s = self.load(scope).await?;
+        if s.access.as_deref() == Some(access) {
+            let mut conn = self.conn.clone();
+            redis::cmd("HSET").arg(self.key(scope)).arg("refresh_at_ms").arg(0).query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn lock(&self, scope: &str, hold: Duration) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let got: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:lock", self.key(scope)))
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(hold.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(got.is_some())
+    }
+
+    async fn unlock(&self, scope: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::Script::new(UNLOCK).key(format!("{}:lock", self.key(scope))).arg(&self.owner).invoke_async::<i64>(&mut conn).await.map(|_| ())
+    }
+}
+
 impl Credentials {
     /// Reads the secret `secret_name` from the environment: a token, or an OAuth client as
-    /// JSON.
-    pub fn from_env(secret_name: &str, style: AuthStyle) -> Result<Credentials, String> {
+    /// JSON. `scope` (`<crm>:<tenant>`) names where shared OAuth state lives.
+    pub fn from_env(secret_name: &str, style: AuthStyle, scope: String) -> Result<Credentials, String> {
         let value = std::env::var(secret_name).map_err(|_| format!("the secret {secret_name} named in TENANTS_CONFIG is not set"))?;
         let value = value.trim();
         if value.starts_with('{') {
             let s: OAuthSecret = serde_json::from_str(value)
                 .map_err(|e| format!("the secret {secret_name} is not an OAuth client (client_id, client_secret, refresh_token): {:?} error at line {}, column {}", e.classify(), e.line(), e.column()))?;
             let (header, scheme) = style.oauth_header;
-            let oauth = OAuth { token_url: style.token_url, basic_client_auth: style.basic_client_auth, client_id: s.client_id, client_secret: s.client_secret, state: Mutex::new((s.refresh_token, None)) };
-            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), kind: Kind::OAuth(oauth) })
+            let oauth = OAuth {
+                token_url: style.token_url,
+                basic_client_auth: style.basic_client_auth,
+                client_id: s.client_id,
+                client_secret: s.client_secret,
+                seed: s.refresh_token.clone(),
+                state: Mutex::new(Local { refresh: s.refresh_token, access: None }),
+            };
+            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), scope, kind: Kind::OAuth(oauth) })
         } else {
             let (header, scheme) = style.static_header;
             let v = sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?;
-            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), kind: Kind::Static(v) })
+            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), scope, kind: Kind::Static(v) })
         }
     }
 
@@ -88,52 +288,110 @@ impl Credentials {
         matches!(self.kind, Kind::OAuth(_))
     }
 
-    /// The auth header for the next request, refreshing the access token when needed.
-    pub async fn header(&self, http: &reqwest::Client, log: &mut Vec<Exchange>) -> Result<(HeaderName, HeaderValue), Failure> {
-        match &self.kind {
-            Kind::Static(v) => Ok((self.header.clone(), v.clone())),
-            Kind::OAuth(o) => {
-                let mut state = o.state.lock().await;
-                if let Some((token, refresh_at)) = &state.1 {
-                    if Instant::now() < *refresh_at {
-                        return Ok((self.header.clone(), sensitive(&format!("{}{token}", self.scheme)).expect("token was checked")));
+    fn value(&self, access: &str) -> Result<(HeaderName, HeaderValue), AuthError> {
+        sensitive(&format!("{}{access}", self.scheme))
+            .map(|v| (self.header.clone(), v))
+            .ok_or_else(|| AuthError::Refused(auth_failed("the CRM returned an unusable access token".into())))
+    }
+
+    /// The auth header for the next request, refreshing the access token when needed
+    /// (through `store` when given, shared with every replica).
+    pub async fn header(&self, http: &reqwest::Client, store: Option<&TokenStore>, log: &mut Vec<Exchange>) -> Result<(HeaderName, HeaderValue), AuthError> {
+        let o = match &self.kind {
+            Kind::Static(v) => return Ok((self.header.clone(), v.clone())),
+            Kind::OAuth(o) => o,
+        };
+        let mut local = o.state.lock().await;
+        if let Some((token, refresh_at)) = &local.access {
+            if now_ms() < *refresh_at {
+                return self.value(token);
+            }
+        }
+        let Some(store) = store else {
+            // No shared store (a tool run without one): this process refreshes for itself.
+            let refresh = local.refresh.clone();
+            let minted = self.refresh(o, &refresh, http, log).await?;
+            if let Some(r) = &minted.refresh {
+                local.refresh = r.clone();
+            }
+            local.access = Some((minted.access.clone(), minted.refresh_at_ms));
+            return self.value(&minted.access);
+        };
+        let seed = store.seed_of(&o.seed);
+        let started = Instant::now();
+        loop {
+            let stored = store.load(&self.scope).await.map_err(|e| AuthError::Unavailable(format!("token store: {e}")))?;
+            let ours = stored.seed == seed;
+            if let (true, Some(access)) = (ours, &stored.access) {
+                if now_ms() < stored.refresh_at_ms {
+                    local.access = Some((access.clone(), stored.refresh_at_ms));
+                    return self.value(access);
+                }
+            }
+            // One refresh at a time per tenant and CRM; the lock outlives a slow token call.
+            if !store.lock(&self.scope, Duration::from_secs(30)).await.map_err(|e| AuthError::Unavailable(format!("token store: {e}")))? {
+                if started.elapsed() > Duration::from_secs(35) {
+                    return Err(AuthError::Unavailable("another replica's token refresh has not finished".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            // Holding the lock: read again (a refresh may have just finished), then mint.
+            let result = async {
+                let stored = store.load(&self.scope).await.map_err(|e| AuthError::Unavailable(format!("token store: {e}")))?;
+                let ours = stored.seed == seed;
+                if let (true, Some(access)) = (ours, &stored.access) {
+                    if now_ms() < stored.refresh_at_ms {
+                        return Ok((access.clone(), stored.refresh_at_ms));
                     }
                 }
-                let (access, refresh, expires_in) = self.refresh(o, &state.0, http, log).await?;
-                // Refresh a minute early, or at half-life for tokens shorter than two minutes.
-                let early = Duration::from_secs(60.min(expires_in / 2));
-                let refresh_at = Instant::now() + Duration::from_secs(expires_in).saturating_sub(early);
-                if let Some(r) = refresh {
-                    state.0 = r;
+                // The secret seeds the state; a rotated refresh token in Redis supersedes it
+                // while the secret is unchanged.
+                let refresh = if ours { stored.refresh.clone().unwrap_or_else(|| o.seed.clone()) } else { o.seed.clone() };
+                let minted = self.refresh(o, &refresh, http, log).await?;
+                let next = Stored { refresh: Some(minted.refresh.clone().unwrap_or(refresh)), access: Some(minted.access.clone()), refresh_at_ms: minted.refresh_at_ms, seed: seed.clone() };
+                // A rotated refresh token must not be lost: keep trying to store it.
+                let mut wait = Duration::from_millis(100);
+                while let Err(e) = store.save(&self.scope, &next).await {
+                    tracing::error!(error = %e, "could not store the refreshed OAuth tokens; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                let value = sensitive(&format!("{}{access}", self.scheme)).ok_or_else(|| auth_failed("the CRM returned an unusable access token".into()))?;
-                state.1 = Some((access, refresh_at));
-                Ok((self.header.clone(), value))
+                Ok((minted.access, minted.refresh_at_ms))
             }
+            .await;
+            let _ = store.unlock(&self.scope).await;
+            let (access, at) = result?;
+            local.access = Some((access.clone(), at));
+            return self.value(&access);
         }
     }
 
     /// Forgets the access token (the CRM answered 401): the next request refreshes.
-    pub async fn invalidate(&self) {
+    pub async fn invalidate(&self, store: Option<&TokenStore>) {
         if let Kind::OAuth(o) = &self.kind {
-            o.state.lock().await.1 = None;
+            let old = o.state.lock().await.access.take();
+            if let (Some(store), Some((access, _))) = (store, old) {
+                if let Err(e) = store.stale(&self.scope, &access).await {
+                    tracing::warn!(error = %e, "could not mark the shared access token stale");
+                }
+            }
         }
     }
 
-    async fn refresh(&self, o: &OAuth, refresh_token: &str, http: &reqwest::Client, log: &mut Vec<Exchange>) -> Result<(String, Option<String>, u64), Failure> {
+    async fn refresh(&self, o: &OAuth, refresh_token: &str, http: &reqwest::Client, log: &mut Vec<Exchange>) -> Result<Minted, AuthError> {
         let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
         if !o.basic_client_auth {
             form.extend([("client_id", o.client_id.as_str()), ("client_secret", o.client_secret.as_str())]);
         }
         let body = form.iter().map(|(k, v)| format!("{k}={}", crate::api::urlencode(v))).collect::<Vec<_>>().join("&");
         let t = Instant::now();
-        let at_ms = crm_common::emit::now_ms();
+        let at_ms = now_ms();
         let mut rb = http.post(&o.token_url).header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if o.basic_client_auth {
             rb = rb.basic_auth(&o.client_id, Some(&o.client_secret));
         }
         let resp = rb.body(body).send().await;
-        let latency_ms = t.elapsed().as_millis() as i64;
         let path = o.token_url.split("://").nth(1).and_then(|r| r.find('/').map(|i| &r[i..])).unwrap_or("/token").to_string();
         let mut ex = Exchange {
             at_ms,
@@ -141,45 +399,125 @@ impl Credentials {
             status: None,
             excerpt: String::new(),
             rate_headers: String::new(),
-            latency_ms,
+            latency_ms: 0,
             attempt: 1,
             outcome: String::new(),
             sent: format!("refresh_token grant for the client in secret {} (values not shown)", self.secret_name),
         };
         let result = match resp {
-            Err(e) => Err(auth_failed(format!("token refresh failed: {e}"))),
+            Err(e) if e.is_timeout() => Err(AuthError::Unavailable(format!("token refresh timed out after {} ms", t.elapsed().as_millis()))),
+            Err(e) => Err(AuthError::Unavailable(format!("token refresh failed: {}", without_url(&e)))),
             Ok(r) => {
                 let status = r.status().as_u16();
                 ex.status = Some(status);
-                let v: serde_json::Value = r.json().await.unwrap_or_default();
-                match v.get("access_token").and_then(|a| a.as_str()) {
-                    Some(a) if status < 300 => {
+                let text = r.text().await.unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                match (v.get("access_token").and_then(|a| a.as_str()), refusal(status, &v)) {
+                    (Some(a), _) if status < 300 => {
                         let expires = v.get("expires_in").and_then(|e| e.as_u64()).unwrap_or(1800);
                         ex.excerpt = format!("access token refreshed; expires in {expires} s");
-                        Ok((a.to_string(), v.get("refresh_token").and_then(|r| r.as_str()).map(str::to_string), expires))
+                        // Refresh a minute early, or at half-life for tokens shorter than two minutes.
+                        let early = 60.min(expires / 2);
+                        let refresh_at_ms = now_ms() + (expires.saturating_sub(early) * 1000) as i64;
+                        let rotated = v.get("refresh_token").and_then(|r| r.as_str()).filter(|r| *r != refresh_token).map(str::to_string);
+                        if rotated.is_some() {
+                            ex.excerpt.push_str("; refresh token rotated");
+                        }
+                        Ok(Minted { access: a.to_string(), refresh: rotated, refresh_at_ms })
                     }
-                    _ => {
-                        // Error bodies name the error, never a token.
-                        let why = ["status", "error", "message", "error_description"]
-                            .iter()
-                            .filter_map(|k| v.get(*k).and_then(|x| x.as_str()))
-                            .collect::<Vec<_>>()
-                            .join(": ");
+                    (_, Refusal::Refused(why)) => {
                         ex.excerpt = why.clone();
-                        Err(auth_failed(format!("token refresh failed ({status}): {why}")))
+                        Err(AuthError::Refused(auth_failed(format!("token refresh failed ({status}): {why}"))))
+                    }
+                    (_, Refusal::Transient(why)) => {
+                        ex.excerpt = why.clone();
+                        Err(AuthError::Unavailable(format!("token endpoint answered {status}: {why}")))
                     }
                 }
             }
         };
+        ex.latency_ms = t.elapsed().as_millis() as i64;
         ex.outcome = match &result {
             Ok(_) => "ok".into(),
-            Err(f) => format!("{}: {}", f.reason.as_str(), f.detail),
+            Err(AuthError::Refused(f)) => format!("{}: {}", f.reason.as_str(), f.detail),
+            Err(AuthError::Unavailable(why)) => format!("transient: {why}"),
         };
         log.push(ex);
         result
     }
 }
 
+struct Minted {
+    access: String,
+    /// A new refresh token, where the CRM rotated it.
+    refresh: Option<String>,
+    refresh_at_ms: i64,
+}
+
+/// What a token endpoint's answer without an access token means.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// The grant or the client was refused: only a person can fix it.
+    Refused(String),
+    /// Down, overloaded or throttling: worth another try later.
+    Transient(String),
+}
+
+/// Error codes that refuse the grant itself (RFC 6749 §5.2, Zoho's `invalid_code`).
+const REFUSED_GRANT: &[&str] = &["invalid_grant", "invalid_client", "unauthorized_client", "invalid_code", "invalid_request", "unsupported_grant_type", "invalid_scope", "access_denied_revoked"];
+
+/// Classifies a token endpoint's answer that carried no access token. Error bodies name the
+/// error, never a token.
+fn refusal(status: u16, v: &serde_json::Value) -> Refusal {
+    let why = ["status", "error", "message", "error_description"]
+        .iter()
+        .filter_map(|k| v.get(*k).and_then(|x| x.as_str()))
+        .collect::<Vec<_>>()
+        .join(": ");
+    let why = if why.is_empty() { format!("HTTP {status} without an access token") } else { why };
+    let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
+    let description = v.get("error_description").and_then(|e| e.as_str()).unwrap_or("").to_ascii_lowercase();
+    // Zoho answers a throttled mint with 400 "Access Denied" / "too many requests".
+    let throttled = status == 429 || description.contains("too many requests") || error.eq_ignore_ascii_case("access denied") && description.contains("try again");
+    if throttled || status >= 500 || status == 408 || status == 425 {
+        return Refusal::Transient(why);
+    }
+    if REFUSED_GRANT.contains(&error) || matches!(status, 400 | 401 | 403) || (status < 300 && !error.is_empty()) {
+        return Refusal::Refused(why);
+    }
+    // Anything else (a 404 from a wrong token URL, a 200 without a token) will not mend itself.
+    Refusal::Refused(why)
+}
+
+/// The error and its causes ("connection refused" sits a few sources down).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s = format!("{s}: {c}");
+        src = c.source();
+    }
+    s
+}
+
 fn auth_failed(detail: String) -> Failure {
-    Failure { maybe_applied: false, reason: DlqReason::AuthFailed, detail, status: None, excerpt: None }
+    Failure { maybe_applied: false, fenced_off: vec![], reason: DlqReason::AuthFailed, detail, status: None, excerpt: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn refused_grants_are_permanent_and_outages_transient() {
+        assert!(matches!(refusal(400, &json!({"error": "invalid_grant", "error_description": "expired access/refresh token"})), Refusal::Refused(_)));
+        assert!(matches!(refusal(401, &json!({"error": "invalid_client"})), Refusal::Refused(_)));
+        assert!(matches!(refusal(200, &json!({"error": "invalid_code"})), Refusal::Refused(_)), "Zoho's refusal comes with 200");
+        assert!(matches!(refusal(503, &json!({})), Refusal::Transient(_)));
+        assert!(matches!(refusal(502, &serde_json::Value::Null), Refusal::Transient(_)));
+        assert!(matches!(refusal(429, &json!({"error": "rate_limited"})), Refusal::Transient(_)));
+        let zoho_throttle = json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."});
+        assert!(matches!(refusal(400, &zoho_throttle), Refusal::Transient(_)), "Zoho's mint throttle passes");
+    }
 }

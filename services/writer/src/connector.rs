@@ -61,6 +61,17 @@ pub trait Connector: Send + Sync + 'static {
     /// Builds the tenant's client. Err: why it cannot write for this tenant (a missing
     /// secret, say), which dead-letters its writes as AUTH_FAILED.
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Self::Tenant, String>;
+    /// The tenant's credentials.
+    fn credentials<'a>(&self, t: &'a Self::Tenant) -> &'a crate::auth::Credentials;
+    /// How far behind writes the index that `lookup` and read-backs search lags (HubSpot's
+    /// search); zero where they read the records themselves (Zoho COQL, Pipedrive's list,
+    /// Salesforce by external id).
+    fn read_back_lag(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+    fn is_oauth(&self, t: &Self::Tenant) -> bool {
+        self.credentials(t).is_oauth()
+    }
     /// Contacts whose number, normalised to E.164, equals `e164`.
     fn find_contact(
         &self,
@@ -69,6 +80,24 @@ pub trait Connector: Send + Sync + 'static {
         e164: &str,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
+
+    /// The contact a create may have made with this number, read where writes show at once
+    /// where the CRM has such a read (Zoho COQL, Salesforce SOQL on the exact value we
+    /// wrote), else through search after `contact_read_back_lag`.
+    fn find_created_contact(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        e164: &str,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send {
+        self.find_contact(api, t, e164, log)
+    }
+
+    /// How far behind writes `find_created_contact` reads (a search index's lag).
+    fn contact_read_back_lag(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(10)
+    }
 
     fn create_contact(
         &self,
@@ -149,10 +178,14 @@ pub trait ReadBeforeResend: Connector {
     ) -> impl std::future::Future<Output = Result<HashMap<String, String>, Failure>> + Send;
 }
 
-/// Sends creates through `c`; before any whose outcome is unknown goes again, asks the CRM
-/// which keys it now holds, and sends only the rest, with backoff, until the retry limit.
-/// Past it they are dead-lettered still marked `maybe_applied`, so the claim stays and a
-/// replay looks the record up first.
+/// Sends creates through `c`; before any whose outcome is unknown goes again, waits until
+/// it can no longer land (the late-write horizon), asks the CRM which keys it now holds,
+/// and sends only the rest, with backoff, until the retry limit. Past it they are
+/// dead-lettered still marked `maybe_applied`, so the claim stays and a replay looks the
+/// record up first. A read-back that fails or is cut short keeps them `maybe_applied` too:
+/// only a read that completed and found nothing lets a create go out again. Every send is
+/// fenced (the request carries the items' keys): a writer that lost a lease meanwhile
+/// sends nothing for that key.
 pub async fn create_reading_before_resending<C: ReadBeforeResend>(c: &C, api: &Api, t: &C::Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
     let first = Instant::now();
     let sent_at = crm_common::emit::now_ms();
@@ -174,8 +207,10 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(c: &C, api: &A
             break;
         }
         attempt += 1;
-        // Give a write that is still on its way time to land before asking.
-        tokio::time::sleep(api.backoff.wait(attempt)).await;
+        // Give a write that is still on its way time to land before asking: a CRM can apply
+        // a create after its client gave up, up to the late-write horizon, and a lagging
+        // index shows it later still.
+        tokio::time::sleep(api.backoff.wait(attempt).max(api.late_write_horizon() + c.read_back_lag())).await;
         let asked: Vec<&Item> = unknown.iter().map(|(i, _)| items[*i]).collect();
         match c.held(api, t, &asked, sent_at, log).await {
             Ok(found) => {

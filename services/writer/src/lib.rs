@@ -39,6 +39,10 @@ pub struct CrmUrls {
     pub pipedrive_api_url: String,
     #[arg(long, env = "PIPEDRIVE_TOKEN_URL", default_value = "https://oauth.pipedrive.com/oauth/token")]
     pub pipedrive_token_url: String,
+    /// How far HubSpot's search lags behind writes ("seconds", CRM-APIS §1.2): a read-back
+    /// of a key (HubSpot enforces none on calls) waits this long past the late-write horizon.
+    #[arg(long, env = "HUBSPOT_SEARCH_LAG", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hubspot_search_lag: std::time::Duration,
 }
 
 /// Runs `$body` with `$c` bound to the connector for `$crm` (the trait's async methods make
@@ -49,7 +53,7 @@ macro_rules! with_connector {
         let urls: &$crate::CrmUrls = $urls;
         match $crm {
             crm_common::events::Crm::Hubspot => {
-                let $c = $crate::hubspot::Hubspot { contract: $contract, default_base_url: urls.hubspot_api_url.clone() };
+                let $c = $crate::hubspot::Hubspot { contract: $contract, default_base_url: urls.hubspot_api_url.clone(), search_lag: urls.hubspot_search_lag };
                 $body
             }
             crm_common::events::Crm::Salesforce => {

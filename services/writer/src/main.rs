@@ -6,7 +6,7 @@ use clap::Parser;
 use writer::connector::Connector;
 use writer::{api, contacts, contract, process, retry, runtime, CrmUrls};
 use crm_common::bucket::TokenBuckets;
-use crm_common::claims::Claims;
+use crm_common::claims::{Claims, Timing};
 use crm_common::config::CommonArgs;
 use crm_common::redis_conn::{self, redact_url};
 use crm_common::emit::Emitter;
@@ -57,6 +57,16 @@ struct Cli {
     #[arg(long, env = "WRITER_HTTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     http_timeout: Duration,
     /// How long a contact match (or the lack of one) is cached.
+    /// How long after a request timed out (or met a 5xx) a CRM may still apply it. A create
+    /// whose outcome is unknown is read back only once this has passed, and a recovered
+    /// lease is looked up only this long after it ran out: a lookup before then can miss a
+    /// write that is still landing.
+    #[arg(long, env = "WRITER_LATE_WRITE_HORIZON", default_value = "60s", value_parser = humantime::parse_duration)]
+    late_write_horizon: Duration,
+    /// How far a source's clock (a call's start) and Redis's may disagree, for deciding
+    /// whether the claim store remembers an activity's era.
+    #[arg(long, env = "WRITER_CLOCK_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    clock_skew: Duration,
     #[arg(long, env = "WRITER_CONTACT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     contact_ttl: Duration,
     #[arg(long, env = "WRITER_CONTACT_MISS_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -79,10 +89,14 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
     let tenants = Tenants::load(&cli.common.tenants_config)?;
     let crm = connector.crm();
     let mut clients = HashMap::new();
+    let mut oauth_tenants = 0;
     for id in tenants.ids() {
         let t = tenants.get(&id).expect("listed");
         if let Some(conn) = t.crms.get(&crm) {
             let client = connector.tenant(t, conn);
+            if client.as_ref().is_ok_and(|c| connector.is_oauth(c)) {
+                oauth_tenants += 1;
+            }
             if let Err(why) = &client {
                 tracing::error!(tenant = id, "cannot write for this tenant; its writes go to the DLQ as AUTH_FAILED: {why}");
             }
@@ -94,6 +108,18 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
     let owner = format!("{service}-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let prefix = cli.common.redis_key_prefix.clone();
     tracing::info!(service, tenants = clients.len(), redis, owner, "writer starting");
+    let timing = Timing { lease: cli.lease, request_timeout: cli.http_timeout, late_write_horizon: cli.late_write_horizon, clock_skew: cli.clock_skew };
+    if timing.effective_lease() > cli.lease {
+        tracing::warn!(lease = ?cli.lease, used = ?timing.effective_lease(), "WRITER_LEASE is shorter than a request may take: leases are set longer");
+    }
+    let claims = Claims::new(conn.clone(), &prefix, &owner, timing, cli.claim_retention);
+    let tokens = writer::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?;
+    if tokens.is_none() && oauth_tenants > 0 {
+        anyhow::bail!(
+            "{oauth_tenants} tenant(s) use OAuth: set {} (32 bytes, base64, from the secret store) so their tokens are shared by every replica, encrypted",
+            writer::auth::TOKEN_KEY_ENV
+        );
+    }
     let shared = Arc::new(process::Shared {
         api: api::Api {
             http: reqwest::Client::builder().timeout(cli.http_timeout).build()?,
@@ -101,8 +127,10 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
             retry_limit: cli.retry_limit,
             reserve_pct: 0,
+            claims: Some(claims.clone()),
+            tokens,
         },
-        claims: Claims::new(conn.clone(), &prefix, &owner, cli.lease, cli.claim_retention),
+        claims,
         contacts: contacts::ContactCache { conn, prefix, ttl: cli.contact_ttl, miss_ttl: cli.contact_miss_ttl },
         tenants,
         clients,
@@ -118,5 +146,5 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         commit_interval: cli.commit_interval,
         drain_timeout: Duration::from_secs(25),
     };
-    runtime::run(shared, &cli.common, cfg, crm_common::pipeline::shutdown_on_signals()).await
+    runtime::run(shared, &cli.common, cfg, crm_common::pipeline::service_shutdown()).await
 }

@@ -7,7 +7,7 @@ use crate::api::{Api, Exchange, Failure};
 use crate::connector::{Connector, Item, ItemResult};
 use crate::contacts::ContactCache;
 use crate::offsets::Ticket;
-use crm_common::claims::{Claim, Claims};
+use crm_common::claims::{Claim, Claims, Recovery};
 use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::phone;
@@ -60,6 +60,14 @@ where
             }
         }
     }
+}
+
+/// The earliest time any write for this activity can have happened: the call's start (a
+/// write follows its event), or the message's own time if that is earlier. The claim store
+/// must remember claims since then, or the writer looks the CRM up before creating.
+pub fn era_of(req: &CrmWriteRequest) -> i64 {
+    let started = req.call.started_at;
+    if started > 0 { started } else { req.requested_at.max(0) }
 }
 
 /// One item on its way through the batch.
@@ -138,12 +146,12 @@ impl<C: Connector> Shared<C> {
     /// Claims the step's key, waiting while another writer holds a live lease. A request
     /// the reconciler re-sent because its record is gone (the RECREATE header names it)
     /// creates again while the claim still names that record.
-    async fn claim(&self, w: &Work) -> Claim {
+    async fn claim(&self, w: &Work) -> (Claim, std::time::Instant) {
         let req = &w.req;
         let gone = w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty());
         let mut reclaimed = false;
         loop {
-            let c = patiently("claim", || self.claims.claim(&req.tenant_id, &req.idempotency_key, req.version)).await;
+            let c = patiently("claim", || self.claims.claim(&req.tenant_id, &req.idempotency_key, req.version, era_of(req))).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
                 Claim::Busy { retry_after } => tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await,
@@ -151,14 +159,14 @@ impl<C: Connector> Shared<C> {
                     reclaimed = true;
                     patiently("reclaim", || self.claims.reclaim(&req.tenant_id, &req.idempotency_key, &record_id)).await;
                 }
-                other => return other,
+                other => return (other, std::time::Instant::now()),
             }
         }
     }
 
     /// Turns a claim into an item to write, or settles the step. `contacts` holds the
     /// numbers this batch has matched already (a number is searched, or created, once).
-    async fn plan(&self, t: &C::Tenant, step: &mut Step, claim: Claim, contacts: &mut HashMap<String, (Option<String>, Option<String>)>) {
+    async fn plan(&self, t: &C::Tenant, step: &mut Step, (claim, claimed_at): (Claim, std::time::Instant), contacts: &mut HashMap<String, (Option<String>, Option<String>)>) {
         let req = step.work.req.clone();
         let record_id = match claim {
             Claim::AlreadyDone { record_id } => {
@@ -167,15 +175,32 @@ impl<C: Connector> Shared<C> {
             }
             Claim::Update { record_id } => Some(record_id),
             Claim::Create => None,
-            Claim::Recover { record_id, since_ms } => {
-                // The last write under this key may have reached the CRM: ask it first.
+            Claim::Recover { record_id, since_ms, why, settle } => {
+                // The last write under this key may have reached the CRM, or may still be
+                // landing: wait until it can no longer land, then ask the CRM first.
+                let until = claimed_at + settle + self.read_back_lag();
+                let now = std::time::Instant::now();
+                if until > now {
+                    tracing::info!(key = %req.idempotency_key, why = why.as_str(), wait_ms = (until - now).as_millis() as u64, "recovering: waiting for a possibly lost write to land before looking it up");
+                    tokio::time::sleep_until(until.into()).await;
+                }
+                crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), why.as_str());
                 match self.connector.lookup(&self.api, t, &req, since_ms, &mut step.log).await {
                     Ok(Some(found)) => {
-                        step.note = Some(format!("recovered: the CRM already holds record {found} for this key"));
+                        step.note = Some(format!("recovered ({}): the CRM already holds record {found} for this key", why.as_str()));
                         Some(found)
                     }
-                    Ok(None) => record_id,
-                    Err(f) => {
+                    Ok(None) => {
+                        if why == Recovery::Forgotten {
+                            step.note = Some("looked up first (the claim store may have forgotten this activity): not in the CRM".into());
+                        }
+                        record_id
+                    }
+                    Err(mut f) => {
+                        // A lookup that failed or was cut short says nothing: the write may
+                        // be there. Keep the claim "maybe applied" so a replay looks again.
+                        f.maybe_applied = true;
+                        f.detail = format!("looking the key up before writing again failed, so the earlier write may be in the CRM: {}", f.detail);
                         step.settled = Some(Settled::Failed(f));
                         return;
                     }
@@ -228,7 +253,7 @@ impl<C: Connector> Shared<C> {
                 step.note = Some("no contact has the customer's number: logged without a contact".into());
                 None
             }
-            NoContact::CreateContact => match self.connector.create_contact(&self.api, t, e164, &mut step.log).await {
+            NoContact::CreateContact => match self.create_contact_reading_back(t, e164, &mut step.log).await {
                 Ok(id) => {
                     patiently("contact cache", || self.contacts.put(&req.tenant_id, crm, e164, Some(&id))).await;
                     step.note = Some(format!("no contact had the customer's number: created contact {id}"));
@@ -239,6 +264,126 @@ impl<C: Connector> Shared<C> {
                     None
                 }
             },
+        }
+    }
+
+    /// How much longer than a CRM's late-write horizon a read-back waits, where it reads a
+    /// search index that lags behind writes (HubSpot's search).
+    fn read_back_lag(&self) -> std::time::Duration {
+        self.connector.read_back_lag()
+    }
+
+    /// Claims, plans and writes the open steps of one tenant's batch, keeping their leases
+    /// alive meanwhile. A write held back by fencing goes round again: a key whose lease
+    /// another writer took is claimed anew (it waits for that writer, then finds the key
+    /// DONE, or recovers it); one that was merely in the same request is sent again.
+    async fn write_claimed(&self, t: &C::Tenant, tenant_id: &str, steps: &mut [Step]) {
+        let mut to_claim: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
+        let keys: Vec<String> = to_claim.iter().map(|&i| steps[i].work.req.idempotency_key.clone()).collect();
+        let renewal = self.keep_leases(tenant_id, keys);
+        let mut to_write: Vec<usize> = vec![];
+        let mut round = 0;
+        while !to_claim.is_empty() || !to_write.is_empty() {
+            round += 1;
+            // Claims are independent (one step per key is left): ask Redis for all of them
+            // at once rather than a round trip per record.
+            let claims = futures::future::join_all(to_claim.iter().map(|&i| self.claim(&steps[i].work))).await;
+            let mut contacts = HashMap::new();
+            for (&i, claim) in to_claim.iter().zip(claims) {
+                self.plan(t, &mut steps[i], claim, &mut contacts).await;
+            }
+            to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
+            to_write.sort_unstable();
+            let ready = std::mem::take(&mut to_write);
+            self.write_ready(t, steps, &ready).await;
+            for i in ready {
+                let Some(Settled::Failed(f)) = &steps[i].settled else { continue };
+                if !f.is_fenced() {
+                    continue;
+                }
+                let key = &steps[i].work.req.idempotency_key;
+                if f.fenced_off.iter().any(|k| k == key) {
+                    tracing::warn!(key = %key, round, "lease lost before the write went out (paused, or waited too long): abandoned here; claiming again");
+                    crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), "lease_lost");
+                    steps[i].note = Some("this writer's lease was taken over before its write went out: the write was abandoned and the key claimed again".into());
+                    steps[i].item = None;
+                    steps[i].settled = None;
+                    to_claim.push(i);
+                } else {
+                    // Not sent because a neighbour in its request lost its lease.
+                    steps[i].settled = None;
+                    to_write.push(i);
+                }
+            }
+        }
+        renewal.abort();
+    }
+
+    /// Renews the batch's leases every third of a lease while the batch is being written,
+    /// so a live writer waiting out a throttle or a retry keeps its keys.
+    fn keep_leases(&self, tenant_id: &str, keys: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let claims = self.claims.clone();
+        let tenant = tenant_id.to_string();
+        let every = (claims.lease() / 3).max(std::time::Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                if let Err(e) = claims.fence(&tenant, &refs).await {
+                    tracing::warn!(error = %e, "could not renew leases (retried)");
+                }
+            }
+        })
+    }
+
+    /// Writes the planned items among `ready`, in the CRM's batches.
+    async fn write_ready(&self, t: &C::Tenant, steps: &mut [Step], ready: &[usize]) {
+        // A request's audit goes to every record it carried: with one call per record,
+        // each chunk is that record alone.
+        let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
+        for chunk in ready.chunks(per_call) {
+            let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
+            let mut shared_log = vec![];
+            let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;
+            if whole_call_rejected(&results) {
+                // One bad record can fail a whole batch call: write them one by one so
+                // only the bad one goes to the DLQ.
+                for (&i, item) in chunk.iter().zip(&items) {
+                    let mut log = shared_log.clone();
+                    let r = self.connector.write(&self.api, t, std::slice::from_ref(item), &mut log).await;
+                    steps[i].log.extend(log);
+                    steps[i].settled = Some(settled(r.into_iter().next().expect("one result")));
+                }
+                continue;
+            }
+            for (&i, result) in chunk.iter().zip(results) {
+                steps[i].log.extend(shared_log.iter().cloned());
+                steps[i].settled = Some(settled(result));
+            }
+        }
+    }
+
+    /// Creates a contact for `e164`. A create whose outcome is unknown (a timeout, a 5xx) is
+    /// not sent again blindly: once it can no longer land (the late-write horizon, and the
+    /// lag of the index the read uses), the contact is read back by its exact number, and
+    /// only a read that completed and found none lets the create go again.
+    async fn create_contact_reading_back(&self, t: &C::Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
+        let first = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let f = match self.connector.create_contact(&self.api, t, e164, log).await {
+                Ok(id) => return Ok(id),
+                Err(f) if f.maybe_applied => f,
+                Err(f) => return Err(f),
+            };
+            tokio::time::sleep(self.api.backoff.wait(attempt).max(self.api.late_write_horizon() + self.connector.contact_read_back_lag())).await;
+            match self.connector.find_created_contact(&self.api, t, e164, log).await {
+                Ok(Some(id)) => return Ok(id),
+                Ok(None) if first.elapsed() < self.api.retry_limit => continue,
+                Ok(None) => return Err(Failure { maybe_applied: false, ..f }),
+                Err(e) => return Err(Failure { maybe_applied: false, detail: format!("{}; reading the contact back failed: {}", f.detail, e.detail), ..f }),
+            }
         }
     }
 
@@ -265,7 +410,7 @@ impl<C: Connector> Shared<C> {
         match self.clients.get(&tenant_id) {
             None => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false,
+                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false, fenced_off: vec![],
                         reason: DlqReason::TenantNotConfigured,
                         detail: format!("tenant '{tenant_id}' has no {} connection in TENANTS_CONFIG", self.crm.as_str()),
                         status: None,
@@ -275,43 +420,10 @@ impl<C: Connector> Shared<C> {
             }
             Some(Err(why)) => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false, reason: DlqReason::AuthFailed, detail: why.clone(), status: None, excerpt: None }));
+                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason: DlqReason::AuthFailed, detail: why.clone(), status: None, excerpt: None }));
                 }
             }
-            Some(Ok(t)) => {
-                // Claims are independent (one step per key is left): ask Redis for all of
-                // them at once rather than a round trip per record.
-                let open: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
-                let claims = futures::future::join_all(open.iter().map(|&i| self.claim(&steps[i].work))).await;
-                let mut contacts = HashMap::new();
-                for (&i, claim) in open.iter().zip(claims) {
-                    self.plan(t, &mut steps[i], claim, &mut contacts).await;
-                }
-                let ready: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
-                // A request's audit goes to every record it carried: with one call per record,
-                // each chunk is that record alone.
-                let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
-                for chunk in ready.chunks(per_call) {
-                    let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
-                    let mut shared_log = vec![];
-                    let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;
-                    if whole_call_rejected(&results) {
-                        // One bad record can fail a whole batch call: write them one by one so
-                        // only the bad one goes to the DLQ.
-                        for (&i, item) in chunk.iter().zip(&items) {
-                            let mut log = shared_log.clone();
-                            let r = self.connector.write(&self.api, t, std::slice::from_ref(item), &mut log).await;
-                            steps[i].log.extend(log);
-                            steps[i].settled = Some(settled(r.into_iter().next().expect("one result")));
-                        }
-                        continue;
-                    }
-                    for (&i, result) in chunk.iter().zip(results) {
-                        steps[i].log.extend(shared_log.iter().cloned());
-                        steps[i].settled = Some(settled(result));
-                    }
-                }
-            }
+            Some(Ok(t)) => self.write_claimed(t, &tenant_id, &mut steps).await,
         }
 
         let mut done = Vec::with_capacity(steps.len());
@@ -412,7 +524,7 @@ mod tests {
     use super::*;
 
     fn failed(reason: DlqReason, detail: &str) -> ItemResult {
-        ItemResult::Failed(Failure { maybe_applied: false, reason, detail: detail.into(), status: Some(400), excerpt: None })
+        ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason, detail: detail.into(), status: Some(400), excerpt: None })
     }
 
     #[test]

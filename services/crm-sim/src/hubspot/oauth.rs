@@ -10,6 +10,15 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub async fn token(State(sim): State<SharedSim>, Form(f): Form<HashMap<String, String>>) -> Response {
+    if let Some(resp) = tokens::fault(&sim, Crm::Hubspot).await {
+        return resp;
+    }
+    let resp = mint(&sim, f);
+    tokens::count(&sim, Crm::Hubspot, resp.status().as_u16());
+    resp
+}
+
+fn mint(sim: &SharedSim, f: HashMap<String, String>) -> Response {
     let now = sim.clock.now_ms();
     if f.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return json(400, json!({"status": "BAD_GRANT_TYPE", "message": "grant_type must be refresh_token in this simulator", "correlationId": uuid::Uuid::new_v4().to_string()}));

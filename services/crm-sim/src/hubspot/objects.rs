@@ -140,11 +140,23 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
     Ok(out)
 }
 
+/// Activity objects, where HubSpot may not enforce a unique property (unverified and
+/// doubtful, CRM-APIS-ACTIVITIES §6.1).
+fn is_activity(table: &str) -> bool {
+    matches!(table, "calls" | "emails" | "meetings" | "notes" | "tasks")
+}
+
+/// Whether HubSpot refuses a second record with the same value of `prop`: for unique
+/// properties of contacts and other objects, and for activity objects only where the
+/// account's switch (`enforce_activity_unique`, off by default) says it does.
+pub fn unique_enforced(acct: &Account, table: &str, prop: &str) -> bool {
+    acct.schema_of(table).get(prop).is_some_and(|d| d.unique) && (!is_activity(table) || acct.enforce_activity_unique)
+}
+
 /// Unique properties: a second live record with the same value is refused.
 fn check_unique(acct: &Account, table: &str, props: &Map<String, Value>, except: Option<&str>) -> Result<(), Failure> {
-    let schema = acct.schema_of(table);
     for (name, v) in props {
-        if schema.get(name).is_some_and(|d| d.unique) {
+        if unique_enforced(acct, table, name) {
             if let Some(existing) = acct.unique_holder(table, name, v, except) {
                 let what = if table == "contacts" { "Contact" } else { "Call" };
                 return Err(Failure::new(409, "CONFLICT", format!("{what} already exists. Existing ID: {existing}")).ctx("id", json!([existing])).ctx("property", json!(name)));
@@ -340,6 +352,9 @@ pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     let props = list_param(&q, "properties");
     let assoc = q.contains_key("associations");
     sim.with(&caller, |acct, _| {
+        if let Some(p) = q.get("idProperty").filter(|p| *p != "hs_object_id" && !unique_enforced(acct, table, p)) {
+            return errors::validation(&format!("{p} is not a unique property of {table}; idProperty needs a property with unique values"));
+        }
         let mut found = find(acct, table, &id, q.get("idProperty").map(String::as_str), archived);
         // A merged contact's old id answers with the surviving record.
         if found.is_none() && table == "contacts" && !q.contains_key("idProperty") {
@@ -359,6 +374,9 @@ pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<C
         Err(r) => return r,
     };
     sim.with(&caller, |acct, now| {
+        if let Some(p) = q.get("idProperty").filter(|p| *p != "hs_object_id" && !unique_enforced(acct, table, p)) {
+            return errors::validation(&format!("{p} is not a unique property of {table}; idProperty needs a property with unique values"));
+        }
         let Some(rid) = find(acct, table, &id, q.get("idProperty").map(String::as_str), false) else { return errors::not_found(ty, &id) };
         match update_one(acct, table, &rid, input.get("properties").unwrap_or(&Value::Null), now) {
             Ok(r) => json(200, render_written(&r, table)),
@@ -438,7 +456,7 @@ pub async fn batch(State(sim): State<SharedSim>, Extension(caller): Extension<Ca
                         errs.push(Failure::new(400, "VALIDATION_ERROR", "upsert inputs need id and idProperty".into()).batch());
                         continue;
                     };
-                    if !acct.fields(table).and_then(|f| f.get(id_prop)).is_some_and(|d| d.unique) {
+                    if !unique_enforced(acct, table, id_prop) {
                         return errors::validation(&format!("{id_prop} is not a unique property of {table}; upsert needs a property with unique values"));
                     }
                     let props = i.get("properties").cloned().unwrap_or(json!({}));
@@ -539,7 +557,7 @@ pub async fn associate(State(sim): State<SharedSim>, Extension(caller): Extensio
     })
 }
 
-fn render_property(name: &str, def: &crate::state::FieldDef, table: &str) -> Value {
+fn render_property(name: &str, def: &crate::state::FieldDef, table: &str, enforced: bool) -> Value {
     let (ty, field_type) = match def.kind {
         FieldType::Number => ("number", "number"),
         FieldType::DateTime => ("datetime", "date"),
@@ -550,7 +568,7 @@ fn render_property(name: &str, def: &crate::state::FieldDef, table: &str) -> Val
     let options: Vec<Value> = def.options.iter().enumerate().map(|(i, o)| json!({"label": o, "value": o, "displayOrder": i, "hidden": false})).collect();
     json!({
         "name": name, "label": name, "type": ty, "fieldType": field_type, "groupName": format!("{}information", table.trim_end_matches('s')),
-        "hasUniqueValue": def.unique, "calculated": def.read_only, "hubspotDefined": !def.custom,
+        "hasUniqueValue": def.unique && enforced, "calculated": def.read_only, "hubspotDefined": !def.custom,
         "modificationMetadata": {"readOnlyValue": def.read_only, "archivable": def.custom, "readOnlyDefinition": !def.custom},
         "options": options, "archived": false,
     })
@@ -559,7 +577,7 @@ fn render_property(name: &str, def: &crate::state::FieldDef, table: &str) -> Val
 pub async fn properties(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     sim.with(&caller, |acct, _| {
-        let results: Vec<Value> = acct.fields(table).into_iter().flatten().map(|(n, d)| render_property(n, d, table)).collect();
+        let results: Vec<Value> = acct.fields(table).into_iter().flatten().map(|(n, d)| render_property(n, d, table, !is_activity(table) || acct.enforce_activity_unique)).collect();
         json(200, json!({"results": results}))
     })
 }
@@ -567,7 +585,7 @@ pub async fn properties(State(sim): State<SharedSim>, Extension(caller): Extensi
 pub async fn property(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, name)): Path<(String, String)>) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     sim.with(&caller, |acct, _| match acct.fields(table).and_then(|f| f.get(&name)) {
-        Some(d) => json(200, render_property(&name, d, table)),
+        Some(d) => json(200, render_property(&name, d, table, !is_activity(table) || acct.enforce_activity_unique)),
         None => errors::error(404, "OBJECT_NOT_FOUND", &format!("Unable to find property {name} for object type {table}"), Value::Null),
     })
 }

@@ -11,6 +11,15 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub async fn token(State(sim): State<SharedSim>, Form(f): Form<HashMap<String, String>>) -> Response {
+    if let Some(resp) = tokens::fault(&sim, Crm::Salesforce).await {
+        return resp;
+    }
+    let resp = mint(&sim, f);
+    tokens::count(&sim, Crm::Salesforce, resp.status().as_u16());
+    resp
+}
+
+fn mint(sim: &SharedSim, f: HashMap<String, String>) -> Response {
     let now = sim.clock.now_ms();
     if f.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return json(400, json!({"error": "unsupported_grant_type", "error_description": "grant type not supported"}));
@@ -18,12 +27,17 @@ pub async fn token(State(sim): State<SharedSim>, Form(f): Form<HashMap<String, S
     let client = f.get("client_id").map(|id| (id.as_str(), f.get("client_secret").map(String::as_str).unwrap_or("")));
     let instance = sim.url(Crm::Salesforce);
     let mut w = sim.lock();
-    match tokens::refresh(&mut w, Crm::Salesforce, f.get("refresh_token").map(String::as_str).unwrap_or(""), client, now, "00D!sf-") {
-        Ok(m) => json(
-            200,
-            json!({"access_token": m.access_token, "instance_url": instance, "id": format!("{instance}/id/00D000000000001/005000000000001"),
-                   "token_type": "Bearer", "issued_at": now.to_string(), "signature": "c2ltLXNpZ25hdHVyZQ==", "scope": "api refresh_token"}),
-        ),
+    let asked = f.get("refresh_token").map(String::as_str).unwrap_or("");
+    match tokens::refresh(&mut w, Crm::Salesforce, asked, client, now, "00D!sf-") {
+        Ok(m) => {
+            let mut body = json!({"access_token": m.access_token, "instance_url": instance, "id": format!("{instance}/id/00D000000000001/005000000000001"),
+                   "token_type": "Bearer", "issued_at": now.to_string(), "signature": "c2ltLXNpZ25hdHVyZQ==", "scope": "api refresh_token"});
+            // With rotation on, the answer carries the new refresh token (the old one is dead).
+            if m.refresh_token != asked {
+                body["refresh_token"] = json!(m.refresh_token);
+            }
+            json(200, body)
+        }
         Err(MintError::BadClient) => json(400, json!({"error": "invalid_client", "error_description": "invalid client credentials"})),
         Err(_) => json(400, json!({"error": "invalid_grant", "error_description": "expired access/refresh token"})),
     }

@@ -12,7 +12,16 @@ use axum::response::Response;
 use serde_json::json;
 use std::collections::HashMap;
 
-pub async fn token(State(sim): State<SharedSim>, Query(mut q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+pub async fn token(State(sim): State<SharedSim>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+    if let Some(resp) = tokens::fault(&sim, Crm::Zoho).await {
+        return resp;
+    }
+    let resp = mint(&sim, q, body);
+    tokens::count(&sim, Crm::Zoho, resp.status().as_u16());
+    resp
+}
+
+fn mint(sim: &SharedSim, mut q: HashMap<String, String>, body: Bytes) -> Response {
     if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
         for (k, v) in form {
             q.entry(k).or_insert(v);

@@ -1,15 +1,21 @@
 //! The HubSpot connector (CRM-APIS §1): calls as `calls` objects carrying the idempotency key
-//! in a unique property (the contract's `key_field`), created with `batch/create` (≤100 per
-//! call, associations inline) and updated with `batch/update` (owned fields only). A create
-//! that meets its own key ("Existing ID") is the record a dead writer already made: it is
-//! taken as written. Contacts are found by phone through search on HubSpot's digits-only
-//! derived properties, then compared in E.164.
+//! in a property (the contract's `key_field`), created with `batch/create` (≤100 per call,
+//! associations inline) and updated with `batch/update` (owned fields only).
+//!
+//! Whether HubSpot enforces a unique property on calls is unverified and doubtful (the
+//! property-create spec lists no write scope for activity objects), so this connector is
+//! exactly-once without it: a create is not replay-safe, and before any create goes again
+//! (after a timeout or a 5xx, or in recovery) the key is read back through search, once the
+//! late-write horizon and search's index lag (`HUBSPOT_SEARCH_LAG`) have passed. Where the
+//! property is unique after all, a create that meets its own key ("Existing ID") is the
+//! record a lost write made and is taken as written. Contacts are found by phone through
+//! search on HubSpot's digits-only derived properties, then compared in E.164.
 
 pub mod errors;
 pub mod limits;
 
 use crate::api::{Api, Exchange, Failure, Request};
-use crate::connector::{Connector, Item, ItemResult, Live, Wanted};
+use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -27,7 +33,13 @@ pub struct Hubspot {
     pub contract: Contract,
     /// Where the real API lives; a tenant's `base_url` (crm-sim) overrides it.
     pub default_base_url: String,
+    /// How far search lags behind writes: a read-back waits this long beyond the
+    /// late-write horizon before it trusts "not found".
+    pub search_lag: std::time::Duration,
 }
+
+/// Keys per search for held keys (`IN` values).
+const SEARCH_IN_MAX: usize = 50;
 
 pub struct Tenant {
     base_url: String,
@@ -45,10 +57,46 @@ impl Hubspot {
         &self.contract.object
     }
 
-    /// One `batch/<action>` call; a failure of the whole call is every item's.
-    async fn batch(&self, api: &Api, t: &Tenant, action: &str, inputs: Vec<Value>, log: &mut Vec<Exchange>) -> Result<crate::api::Reply, Failure> {
-        let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), limits::WRITE).body(json!({"inputs": inputs}));
+    /// One `batch/<action>` call for `items`, fenced on their keys; a failure of the whole
+    /// call is every item's. Creates are not replay-safe (no key HubSpot is known to enforce).
+    async fn batch(&self, api: &Api, t: &Tenant, action: &str, inputs: Vec<Value>, items: &[&Item], log: &mut Vec<Exchange>) -> Result<crate::api::Reply, Failure> {
+        let mut req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), limits::WRITE)
+            .body(json!({"inputs": inputs}))
+            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        if action == "create" {
+            req = req.not_replay_safe();
+        }
         api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
+    }
+
+    /// Calls holding these keys, through search (which lags behind writes): key → id.
+    async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+        let kf = &self.contract.key_field;
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(SEARCH_IN_MAX) {
+            let body = json!({
+                "filterGroups": [{"filters": [{"propertyName": kf, "operator": "IN", "values": chunk}]}],
+                "properties": [kf],
+                "limit": 200
+            });
+            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/search", self.object()), limits::SEARCH).body(body);
+            let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+            let body = reply.json();
+            for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
+                if let (Some(k), Some(id)) = (r.pointer(&format!("/properties/{kf}")).and_then(Value::as_str), r.get("id").and_then(Value::as_str)) {
+                    found.entry(k.to_string()).or_insert_with(|| id.to_string());
+                }
+            }
+            if body.pointer("/paging/next/after").is_some() {
+                // More than a page for ≤50 keys: several records per key. What was read
+                // names a record for each key it found; the rest cannot be ruled out.
+                let missing = chunk.iter().filter(|k| !found.contains_key(**k)).count();
+                if missing > 0 {
+                    return Err(Failure { maybe_applied: true, ..Failure::new(DlqReason::RetriesExhausted, "the search for written keys ran past one page: cannot tell which are absent") });
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn create(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
@@ -63,7 +111,7 @@ impl Hubspot {
                 json!({"properties": self.properties(i, WriteKind::Create), "associations": associations, "objectWriteTraceId": i.req.idempotency_key})
             })
             .collect();
-        let reply = match self.batch(api, t, "create", inputs, log).await {
+        let reply = match self.batch(api, t, "create", inputs, items, log).await {
             Ok(r) => r,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
@@ -85,7 +133,7 @@ impl Hubspot {
                 ("CONFLICT", Some(id)) => ItemResult::Written { record_id: id.to_string(), created: false },
                 _ => {
                     let (reason, detail) = errors::reason_of(e);
-                    ItemResult::Failed(Failure { maybe_applied: false, reason, detail, status: reply.status.into(), excerpt: Some(e.to_string()) })
+                    ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason, detail, status: reply.status.into(), excerpt: Some(e.to_string()) })
                 }
             };
             by_key.insert(key.to_string(), result);
@@ -94,7 +142,7 @@ impl Hubspot {
             .iter()
             .map(|i| {
                 by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
-                    ItemResult::Failed(Failure { maybe_applied: false,
+                    ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![],
                         reason: DlqReason::RetriesExhausted,
                         detail: "HubSpot's batch answer named neither a result nor an error for this record".into(),
                         status: Some(reply.status),
@@ -110,7 +158,7 @@ impl Hubspot {
             .iter()
             .map(|i| json!({"id": i.record_id, "properties": self.properties(i, WriteKind::Update)}))
             .collect();
-        let reply = match self.batch(api, t, "update", inputs, log).await {
+        let reply = match self.batch(api, t, "update", inputs, items, log).await {
             Ok(r) => r,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
@@ -128,7 +176,7 @@ impl Hubspot {
                 detail = format!("the call record was deleted in HubSpot; not re-created ({detail})");
             }
             for id in e.pointer("/context/ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                by_id.insert(id.to_string(), ItemResult::Failed(Failure { maybe_applied: false, reason, detail: detail.clone(), status: Some(reply.status), excerpt: Some(e.to_string()) }));
+                by_id.insert(id.to_string(), ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason, detail: detail.clone(), status: Some(reply.status), excerpt: Some(e.to_string()) }));
             }
         }
         items
@@ -138,6 +186,17 @@ impl Hubspot {
                 by_id.remove(&id).unwrap_or(ItemResult::Written { record_id: id, created: false })
             })
             .collect()
+    }
+}
+
+impl ReadBeforeResend for Hubspot {
+    async fn send(&self, api: &Api, t: &Tenant, batch: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        self.create(api, t, batch, log).await
+    }
+
+    async fn held(&self, api: &Api, t: &Tenant, batch: &[&Item], _sent_at_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+        let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
+        self.held_keys(api, t, &keys, log).await
     }
 }
 
@@ -157,12 +216,16 @@ impl Connector for Hubspot {
         BATCH_MAX
     }
 
+    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
+        &t.auth
+    }
+
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
         let plan = limits::plan(conn)?;
         let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
         // A private-app token, or an OAuth client whose refreshes go to /oauth/v1/token.
         let token_url = conn.token_url.clone().unwrap_or_else(|| format!("{base_url}/oauth/v1/token"));
-        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url))?;
+        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), format!("hubspot:{}", tenant.id))?;
         Ok(Tenant {
             base_url,
             auth,
@@ -197,9 +260,9 @@ impl Connector for Hubspot {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", limits::WRITE).body(json!({"properties": {"phone": e164}, "associations": []}));
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", limits::WRITE).body(json!({"properties": {"phone": e164}, "associations": []})).not_replay_safe();
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure { maybe_applied: false,
+        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure { maybe_applied: false, fenced_off: vec![],
             reason: DlqReason::Validation,
             detail: "HubSpot created a contact but returned no id".into(),
             status: Some(reply.status),
@@ -208,14 +271,11 @@ impl Connector for Hubspot {
     }
 
     async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
-        let key = &req.idempotency_key;
-        let path = format!("/crm/v3/objects/{}/{}?idProperty={}&properties={}", self.object(), crate::api::urlencode(key), self.contract.key_field, self.contract.key_field);
-        let req = Request::get(path, limits::WRITE);
-        match api.call(&t.policy, &t.base_url, &t.auth, &req, log).await {
-            Ok(reply) => Ok(reply.json().get("id").and_then(Value::as_str).map(str::to_string)),
-            Err(f) if f.status == Some(404) => Ok(None),
-            Err(f) => Err(f),
-        }
+        Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], log).await?.remove(&req.idempotency_key))
+    }
+
+    fn read_back_lag(&self) -> std::time::Duration {
+        self.search_lag
     }
 
     fn contract(&self) -> &Contract {
@@ -292,7 +352,7 @@ impl Connector for Hubspot {
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
         let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created = if creates.is_empty() { vec![] } else { self.create(api, t, &creates, log).await }.into_iter();
+        let mut created = if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
         let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
         items
             .iter()

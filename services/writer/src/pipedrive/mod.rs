@@ -64,7 +64,7 @@ impl Pipedrive {
             // v2: the person is linked as the primary participant (person_id is read-only).
             body.insert("participants".into(), json!([{"person_id": person, "primary": true}]));
         }
-        let req = Request::new(Method::POST, self.activities(), limits::CREATE).body(Value::Object(body)).not_replay_safe();
+        let req = Request::new(Method::POST, self.activities(), limits::CREATE).body(Value::Object(body)).not_replay_safe().fenced([item.req.idempotency_key.as_str()]);
         match self.call(api, t, req, log).await {
             Ok(reply) => match reply.json().pointer("/data/id").and_then(id_of) {
                 Some(id) => ItemResult::Written { record_id: id, created: true },
@@ -77,7 +77,7 @@ impl Pipedrive {
     async fn update(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
         let id = item.record_id.clone().unwrap_or_default();
         let body = self.contract.values(&item.req, WriteKind::Update);
-        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), limits::UPDATE).body(Value::Object(body));
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), limits::UPDATE).body(Value::Object(body)).fenced([item.req.idempotency_key.as_str()]);
         match self.call(api, t, req, log).await {
             Ok(_) => ItemResult::Written { record_id: id, created: false },
             Err(mut f) if f.status == Some(404) => {
@@ -90,7 +90,8 @@ impl Pipedrive {
         }
     }
 
-    /// Activities changed since `since_ms` that carry one of `keys`: key → activity id.
+    /// Activities changed since `since_ms` that carry one of `keys`: key → activity id. A
+    /// listing that stops before its end (the page cap) cannot say a key is absent: Err.
     async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], since_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
         let mut cursor: Option<String> = None;
@@ -112,10 +113,19 @@ impl Pipedrive {
             }
             cursor = body.pointer("/additional_data/next_cursor").and_then(Value::as_str).map(str::to_string);
             if cursor.is_none() {
-                break;
+                return Ok(found);
             }
         }
-        Ok(found)
+        if found.len() == keys.len() {
+            return Ok(found);
+        }
+        Err(Failure {
+            maybe_applied: true,
+            ..Failure::new(
+                DlqReason::RetriesExhausted,
+                format!("the activities changed since the write was claimed run past {MAX_PAGES} pages of {PAGE}: cannot tell whether {} of {} keys are there", keys.len() - found.len(), keys.len()),
+            )
+        })
     }
 }
 
@@ -150,6 +160,10 @@ impl Connector for Pipedrive {
         true
     }
 
+    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
+        &t.auth
+    }
+
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
         let (base_url, token_url) = match &conn.base_url {
             Some(b) => {
@@ -165,7 +179,7 @@ impl Connector for Pipedrive {
             token_url,
             basic_client_auth: true,
         };
-        let auth = Credentials::from_env(&conn.credentials_secret, style)?;
+        let auth = Credentials::from_env(&conn.credentials_secret, style, format!("pipedrive:{}", tenant.id))?;
         let plan = limits::plan(conn, auth.is_oauth())?;
         Ok(Tenant { base_url, auth, policy: limits::PipedrivePolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min }, region: tenant.default_region })
     }
@@ -191,7 +205,7 @@ impl Connector for Pipedrive {
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let body = json!({"name": "Unknown caller", "phones": [{"value": e164, "label": "work", "primary": true}]});
-        let reply = self.call(api, t, Request::new(Method::POST, "/api/v2/persons", limits::CREATE).body(body), log).await?;
+        let reply = self.call(api, t, Request::new(Method::POST, "/api/v2/persons", limits::CREATE).body(body).not_replay_safe(), log).await?;
         reply.json().pointer("/data/id").and_then(id_of).ok_or_else(|| Failure { status: Some(reply.status), ..Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id") })
     }
 

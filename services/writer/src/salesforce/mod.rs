@@ -76,7 +76,7 @@ impl Salesforce {
         if matches!(code.as_str(), "UNABLE_TO_LOCK_ROW") {
             detail = format!("{detail} (row lock)");
         }
-        ItemResult::Failed(Failure { reason, detail, status: Some(status), excerpt: Some(r.to_string()), maybe_applied: false })
+        ItemResult::Failed(Failure { reason, detail, status: Some(status), excerpt: Some(r.to_string()), maybe_applied: false, fenced_off: vec![] })
     }
 
     /// Runs a collection call; a failure of the whole call is every item's.
@@ -112,7 +112,7 @@ impl Salesforce {
     async fn upsert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
         let path = self.data(&format!("/composite/sobjects/{}/{}", self.object(), self.contract.key_field));
-        let req = Request::new(Method::PATCH, path, limits::API_CLASS).body(json!({"allOrNone": false, "records": records}));
+        let req = Request::new(Method::PATCH, path, limits::API_CLASS).body(json!({"allOrNone": false, "records": records})).fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.collection(api, t, req, items, log).await
     }
 
@@ -125,7 +125,7 @@ impl Salesforce {
                 r
             })
             .collect();
-        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), limits::API_CLASS).body(json!({"allOrNone": false, "records": records}));
+        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), limits::API_CLASS).body(json!({"allOrNone": false, "records": records})).fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.collection(api, t, req, items, log).await
     }
 }
@@ -152,12 +152,16 @@ impl Connector for Salesforce {
         COLLECTION_MAX
     }
 
+    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
+        &t.auth
+    }
+
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
         let allocation = limits::allocation(conn)?;
         let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
         // My Domain hosts serve the token endpoint too; a sandbox names test.salesforce.com.
         let token_url = conn.token_url.clone().unwrap_or_else(|| format!("{base_url}/services/oauth2/token"));
-        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url))?;
+        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), format!("salesforce:{}", tenant.id))?;
         Ok(Tenant {
             base_url,
             auth,
@@ -195,13 +199,25 @@ impl Connector for Salesforce {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, self.data("/sobjects/Contact/"), limits::API_CLASS).body(json!({"LastName": "Unknown caller", "Phone": e164}));
+        let req = Request::new(Method::POST, self.data("/sobjects/Contact/"), limits::API_CLASS).body(json!({"LastName": "Unknown caller", "Phone": e164})).not_replay_safe();
         let reply = self.call(api, t, req, log).await?;
         reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
             status: Some(reply.status),
             excerpt: Some(reply.body.chars().take(300).collect()),
             ..Failure::new(DlqReason::Validation, "Salesforce created a contact but returned no id")
         })
+    }
+
+    async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        // SOQL `=` is exact and sees writes at once; the contact was created with Phone = e164.
+        let q = format!("SELECT Id FROM Contact WHERE Phone = '{}' LIMIT 1", e164.replace('\\', "\\\\").replace('\'', "\\'"));
+        let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), limits::API_CLASS).audited_as(json!({"q": "SELECT Id FROM Contact WHERE Phone = '…' LIMIT 1"}));
+        let reply = self.call(api, t, req, log).await?;
+        Ok(reply.json().pointer("/records/0/Id").and_then(Value::as_str).map(str::to_string))
+    }
+
+    fn contact_read_back_lag(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 
     async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {

@@ -97,7 +97,7 @@ impl Zoho {
             reason = DlqReason::Validation;
             detail = format!("the call was deleted in Zoho; not re-created ({detail})");
         }
-        ItemResult::Failed(Failure { reason, detail, status: Some(status), excerpt: Some(r.to_string()), maybe_applied: false })
+        ItemResult::Failed(Failure { reason, detail, status: Some(status), excerpt: Some(r.to_string()), maybe_applied: false, fenced_off: vec![] })
     }
 
     async fn multi(&self, api: &Api, t: &Tenant, req: Request, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
@@ -113,7 +113,7 @@ impl Zoho {
     async fn insert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
         // `trigger: []`: no workflows, approvals or blueprints fire for logged calls.
-        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), API_CLASS).body(json!({"data": records, "trigger": []})).not_replay_safe();
+        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), API_CLASS).body(json!({"data": records, "trigger": []})).not_replay_safe().fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.multi(api, t, req, items, log).await
     }
 
@@ -168,6 +168,10 @@ impl Connector for Zoho {
         BATCH_MAX
     }
 
+    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
+        &t.auth
+    }
+
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
         let plan = limits::plan(conn)?;
         let (base_url, token_url) = match &conn.base_url {
@@ -178,7 +182,7 @@ impl Connector for Zoho {
             }
             None => (self.default_base_url.clone(), conn.token_url.clone().unwrap_or_else(|| self.default_token_url.clone())),
         };
-        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url))?;
+        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url), format!("zoho:{}", tenant.id))?;
         Ok(Tenant {
             base_url,
             auth,
@@ -205,7 +209,7 @@ impl Connector for Zoho {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, format!("{API}/Contacts"), API_CLASS).body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []}));
+        let req = Request::new(Method::POST, format!("{API}/Contacts"), API_CLASS).body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []})).not_replay_safe();
         let reply = self.call(api, t, req, log).await?;
         let body = reply.json();
         match body.pointer("/data/0/details/id").and_then(Value::as_str) {
@@ -213,9 +217,21 @@ impl Connector for Zoho {
             _ => {
                 let e = body.pointer("/data/0").cloned().unwrap_or(body);
                 let (reason, detail) = errors::reason_of(&e, &self.contract.key_field);
-                Err(Failure { reason, detail: format!("creating a contact: {detail}"), status: Some(reply.status), excerpt: Some(e.to_string()), maybe_applied: false })
+                Err(Failure { reason, detail: format!("creating a contact: {detail}"), status: Some(reply.status), excerpt: Some(e.to_string()), maybe_applied: false, fenced_off: vec![] })
             }
         }
+    }
+
+    async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+        // COQL sees writes at once; the contact was created with Phone = the E.164 value.
+        let q = format!("select id from Contacts where Phone = {} limit 1", coql_str(e164));
+        let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS).body(json!({"select_query": q})).audited_as(json!({"select_query": "select id from Contacts where Phone = '…' limit 1"}));
+        let reply = self.call(api, t, req, log).await?;
+        Ok(reply.json().pointer("/data/0/id").and_then(Value::as_str).map(str::to_string))
+    }
+
+    fn contact_read_back_lag(&self) -> Duration {
+        Duration::ZERO
     }
 
     async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
@@ -275,7 +291,7 @@ impl Connector for Zoho {
         match reply.json().pointer("/data/0") {
             Some(r) if r.get("status").and_then(Value::as_str) != Some("success") => {
                 let (reason, detail) = errors::reason_of(r, &self.contract.key_field);
-                Err(Failure { reason, detail, status: Some(reply.status), excerpt: Some(r.to_string()), maybe_applied: false })
+                Err(Failure { reason, detail, status: Some(reply.status), excerpt: Some(r.to_string()), maybe_applied: false, fenced_off: vec![] })
             }
             _ => Ok(()),
         }
@@ -299,7 +315,7 @@ impl Connector for Zoho {
             vec![]
         } else {
             let records: Vec<Value> = updates.iter().map(|i| self.record(i, WriteKind::Update)).collect();
-            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS).body(json!({"data": records, "trigger": []}));
+            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS).body(json!({"data": records, "trigger": []})).fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
             self.multi(api, t, req, &updates, log).await
         }
         .into_iter();
