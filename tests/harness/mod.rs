@@ -94,6 +94,12 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// SIGKILLs the broker: it is gone, as in an outage, for every client.
+    pub fn kill(&mut self) {
+        self._proc.signal(libc::SIGKILL);
+        let _ = self._proc.child.wait();
+    }
+
     pub fn start(partitions: i32) -> Broker {
         let mut child = Command::new(bin("crm-sync"))
             .args(["dev-broker", "--partitions", &partitions.to_string()])

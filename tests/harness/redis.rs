@@ -23,7 +23,12 @@ impl RedisPrefix {
     /// Declares the prefix a new claim store for these tenants (see
     /// `crm_common::claims::declare_fresh_store`).
     pub fn fresh_claim_store(&self, tenants: &[String]) {
-        let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
+        self.fresh_claim_store_at(MACHINE_REDIS, tenants)
+    }
+
+    /// The same, at another Redis.
+    pub fn fresh_claim_store_at(&self, url: &str, tenants: &[String]) {
+        let client = redis::Client::open(url).expect("redis url");
         let mut c = client.get_connection().expect("machine Redis at 127.0.0.1:6379");
         for t in tenants {
             let _: redis::RedisResult<()> = redis::cmd("SET").arg(format!("{}:{{{t}}}:claims-epoch", self.0)).arg(1).arg("NX").query(&mut c);
@@ -53,12 +58,60 @@ impl Drop for RedisPrefix {
     }
 }
 
-/// A `redis-server` of the test's own, in memory, on a free port.
-pub struct PrivateRedis(crm_common::dev_broker::DevRedis);
+/// A `redis-server` of the test's own, in memory (or with an append-only file), on a free port.
+pub struct PrivateRedis(crm_common::dev_broker::DevRedis, Option<std::path::PathBuf>);
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
-        PrivateRedis(crm_common::dev_broker::DevRedis::start(None).expect("a private redis-server"))
+        PrivateRedis(crm_common::dev_broker::DevRedis::start(None).expect("a private redis-server"), None)
+    }
+
+    /// With an fsynced append-only file in a directory of its own.
+    pub fn start_persistent() -> PrivateRedis {
+        let dir = std::env::temp_dir().join(format!("crm-sync-test-redis-{}-{}", std::process::id(), rand::random::<u32>()));
+        PrivateRedis(crm_common::dev_broker::DevRedis::start(Some(&dir)).expect("a private redis-server"), Some(dir))
+    }
+
+    /// Everything the server holds, as text: every key with its values (strings and hash
+    /// fields), then every file of its append-only directory, lossily decoded.
+    pub fn dump_text(&self) -> String {
+        let mut c = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        let mut out = String::new();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+        for k in keys {
+            out.push_str(&k);
+            out.push('\n');
+            let ty: String = redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
+            match ty.as_str() {
+                "hash" => {
+                    let h: Vec<Vec<u8>> = redis::cmd("HGETALL").arg(&k).query(&mut c).unwrap();
+                    for v in h {
+                        out.push_str(&String::from_utf8_lossy(&v));
+                        out.push('\n');
+                    }
+                }
+                "string" => {
+                    let v: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
+                    out.push_str(&String::from_utf8_lossy(&v));
+                    out.push('\n');
+                }
+                _ => {}
+            }
+        }
+        let _: redis::RedisResult<String> = redis::cmd("BGREWRITEAOF").query(&mut c);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut dirs: Vec<std::path::PathBuf> = self.1.iter().cloned().collect();
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+        out
     }
 
     pub fn url(&self) -> String {

@@ -6,6 +6,20 @@ use std::time::{Duration, Instant};
 /// `writer --crm <crm>` against the machine's Redis under `prefix`, with the repo's contracts
 /// and a short commit interval; `extra` adds or overrides variables (secrets, knobs).
 pub fn spawn(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
+    // The test's prefix is a new claim store: it remembers every claim from the start.
+    let ids: Vec<String> = std::fs::read_to_string(tenants.path())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[tenants.")?.strip_suffix(']').map(str::to_string))
+        .filter(|t| !t.contains('.'))
+        .collect();
+    let redis = extra.iter().rev().find(|(k, _)| *k == "REDIS_URL").map_or(MACHINE_REDIS, |(_, v)| *v);
+    prefix.fresh_claim_store_at(redis, &ids);
+    spawn_plain(broker, crm, tenants, prefix, extra)
+}
+
+/// `spawn`, without declaring the prefix a new claim store (a store that lost its data).
+pub fn spawn_plain(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
     let contracts = repo_root().join("contracts");
     let mut env: Vec<(&str, &str)> = vec![
         ("WRITER_CRM", crm),
@@ -21,14 +35,6 @@ pub fn spawn(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &RedisPrefi
         ("HUBSPOT_SEARCH_LAG", "500ms"),
     ];
     env.extend_from_slice(extra);
-    // The test's prefix is a new claim store: it remembers every claim from the start.
-    let ids: Vec<String> = std::fs::read_to_string(tenants.path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("[tenants.")?.strip_suffix(']').map(str::to_string))
-        .filter(|t| !t.contains('.'))
-        .collect();
-    prefix.fresh_claim_store(&ids);
     broker.service("writer", &env)
 }
 

@@ -45,6 +45,14 @@ pub struct Case {
     pub tenant_extra: &'static str,
     /// Calls per tenant in the SIGKILL test (fewer where each call is its own request).
     pub crash_calls_per_tenant: usize,
+    /// Fault-rule endpoints of: the key lookup in recovery, the contact search (what runs
+    /// between a claim and its create), and a contact create.
+    pub lookup_endpoint: &'static str,
+    pub contact_search_endpoint: &'static str,
+    pub contact_create_endpoint: &'static str,
+    /// Whether the CRM refuses a second record with our key itself (Salesforce's
+    /// external-ID upsert): there a writer bug cannot show as a duplicate.
+    pub enforces_key: bool,
 }
 
 impl Case {
@@ -589,6 +597,266 @@ pub fn one_record_per_call_across_repeated_sigkill_mid_batch(case: &Case) {
     );
 }
 
+/// Each key's records in the CRM: the doubled ones, named.
+fn doubled(case: &Case, sim: &CrmSim, account: &str) -> Vec<String> {
+    case.keys(sim, account).into_iter().filter(|(_, (total, _))| *total != 1).map(|(k, (t, _))| format!("{k}: {t}")).collect()
+}
+
+fn redis_conn() -> redis::Connection {
+    redis::Client::open(super::MACHINE_REDIS).unwrap().get_connection().unwrap()
+}
+
+/// A writer stopped (SIGSTOP) after claiming a batch and before creating it, until its
+/// partitions moved to a second replica and its lease ran out; the replica recovers and
+/// writes the calls; then the zombie resumes. Its fence check finds the leases taken: it
+/// abandons the writes and sends nothing. One record per call.
+pub fn a_paused_writer_whose_lease_was_taken_over_never_writes(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({"objects": {}}));
+    // Holds the zombie between its claims and its creates: its first contact search.
+    sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": 5000, "count": 1, "endpoint": case.contact_search_endpoint}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-zombie");
+    let env = [("WRITER_LEASE", "1s"), ("WRITER_HTTP_TIMEOUT", "8s"), ("WRITER_RETRY_BASE", "50ms")];
+    let zombie = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    wait_for("the writer reading", Duration::from_secs(60), || zombie.log_text().contains("partitions assigned"));
+    let inputs: Vec<_> = (0..5).map(|i| case.request("acme", &format!("z{i}"), 1)).collect();
+    let t0 = Instant::now();
+    broker.produce(&case.topic(), &inputs);
+    eprintln!("produced in {:?}", t0.elapsed());
+    // Claimed (leases in Redis), its contact search held by crm-sim, nothing created yet:
+    // stop it there.
+    sim.wait_in_flight(case.name(), "acme", 1);
+    zombie.signal(libc::SIGSTOP);
+    eprintln!("stopped {:?} after producing, its contact search held", t0.elapsed());
+    // The lane's first batch (what had arrived) is claimed; the rest waits in the lane.
+    let claimed = prefix.keys().iter().filter(|k| k.contains(":claim:")).count();
+    assert!(claimed >= 1, "a batch was claimed before its contact search");
+    let early = case.keys(&sim, "acme");
+    assert!(early.is_empty(), "stopped before its creates, yet {early:?}: {}", zombie.log_text());
+    let replica = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    wait_for("the replica writing every call", Duration::from_secs(90), || case.keys(&sim, "acme").len() == 5);
+    zombie.signal(libc::SIGCONT);
+    // The zombie's held search returns; it reaches its creates and is fenced off.
+    wait_for("the zombie fenced off", Duration::from_secs(60), || zombie.log_text().contains("lease lost before sending"));
+    std::thread::sleep(Duration::from_secs(2));
+    let twice = doubled(case, &sim, "acme");
+    assert!(twice.is_empty(), "a zombie wrote after losing its lease: {twice:?}");
+    assert_eq!(case.keys(&sim, "acme").len(), 5);
+    let recovered = replica.log_text().matches("recovering").count();
+    assert!(recovered >= 1, "the replica recovered the zombie's claims: {}\n---zombie---\n{}", replica.log_text(), zombie.log_text());
+    drop(zombie);
+    assert!(replica.terminate().success());
+}
+
+/// A create the CRM applies after the writer's timeout (not before the answer, not never):
+/// the writer waits out the late-write horizon before it reads the key back, finds the
+/// record, and does not send the create again.
+pub fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    // Held 3 s (past the writer's 1.5 s timeout), applied 2.5 s after it arrived.
+    sim.fault(case.name(), "acme", json!({"kind": "late_write", "latency_ms": 3000, "apply_after_ms": 2500, "count": 1, "endpoint": case.fault_endpoint}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-late");
+    let env = [("WRITER_HTTP_TIMEOUT", "1500ms"), ("WRITER_LATE_WRITE_HORIZON", "3s"), ("WRITER_RETRY_BASE", "50ms")];
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    let inputs: Vec<_> = (0..3).map(|i| case.request("acme", &format!("l{i}"), 1)).collect();
+    broker.produce(&case.topic(), &inputs);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len(), Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert!(finals.iter().all(|a| a.outcome == AuditOutcome::Succeeded), "{finals:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let k = case.keys(&sim, "acme");
+    assert_eq!(k.len(), 3, "{k:?}");
+    assert!(doubled(case, &sim, "acme").is_empty(), "the late write and a resend both landed: {k:?}");
+    let counters = sim.state(case.name(), "acme")["counters"].clone();
+    assert!(counters.as_object().unwrap().keys().any(|k| k.ends_with("(applied late)")), "crm-sim applied a create after its client gave up: {counters}");
+    assert!(w.terminate().success());
+}
+
+/// Recovery whose lookup fails (5xx past the retry limit) keeps the claim "maybe applied":
+/// the replay looks again, finds the record the lost write made, and creates nothing.
+pub fn a_failed_recovery_lookup_keeps_the_claim_and_the_replay_finds_the_record(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-lookup");
+    let env = [("WRITER_RETRY_LIMIT", "2s"), ("WRITER_RETRY_BASE", "50ms"), ("WRITER_RETRY_MAX_WAIT", "300ms")];
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "r1", 1)]);
+    let (f, _, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    // As if the write landed but its writer died before DONE: the lease ran out.
+    let key = format!("{}:{{acme}}:claim:{}", prefix.0, idempotency_key("acme", "r1", case.crm));
+    let mut c = redis_conn();
+    redis::cmd("HDEL").arg(&key).arg("done_version").arg("record_id").query::<i64>(&mut c).unwrap();
+    redis::cmd("HSET").arg(&key).arg("owner").arg("writer-dead").arg("until").arg(1).arg("version").arg(1).arg("at").arg(1).query::<i64>(&mut c).unwrap();
+    sim.fault(case.name(), "acme", json!({"kind": "503", "endpoint": case.lookup_endpoint}));
+    broker.produce(&case.topic(), &[case.request("acme", "r1", 1)]);
+    let (_, dlq, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    assert_eq!(dlq.len(), 1, "the failed lookup is dead-lettered");
+    assert_eq!(dlq[0].reason, DlqReason::RetriesExhausted);
+    let owner: Option<String> = redis::cmd("HGET").arg(&key).arg("owner").query(&mut c).unwrap();
+    assert!(owner.is_some(), "the claim stays (maybe applied), never released after a failed lookup");
+    sim.admin("DELETE", &format!("/accounts/{}/acme/faults", case.name()), None);
+    // The replay, once the lease the failed attempt held has run out.
+    redis::cmd("HSET").arg(&key).arg("until").arg(1).query::<i64>(&mut c).unwrap();
+    broker.produce(&case.topic(), &[case.request("acme", "r1", 1)]);
+    let (f, _, _) = outcomes(&broker, 3, Duration::from_secs(60));
+    assert!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count() >= 2, "{f:?}");
+    let twice = doubled(case, &sim, "acme");
+    assert!(twice.is_empty(), "a failed lookup let the next claim create blindly: {twice:?}");
+    assert!(w.terminate().success());
+}
+
+/// `on_no_contact = "create_contact"`: a contact create that the CRM applied but answered
+/// with a 502 is read back by its number, not sent again. One contact.
+pub fn a_contact_create_of_unknown_outcome_is_read_back_not_repeated(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({"objects": {}}));
+    sim.fault(case.name(), "acme", json!({"kind": "502", "after_write": true, "count": 1, "endpoint": case.contact_create_endpoint}));
+    let tenants = case.tenants(&sim, &["acme"], "on_no_contact = \"create_contact\"");
+    let prefix = RedisPrefix::new("writer-contact");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[("WRITER_RETRY_BASE", "50ms")]);
+    broker.produce(&case.topic(), &[case.request("acme", "n1", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 1, Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    let contacts = sim.records(case.name(), "acme", case.contacts);
+    assert_eq!(contacts.len(), 1, "a contact create of unknown outcome was sent again: {contacts:?}");
+    let id = contacts[0]["id"].as_str().unwrap().to_string();
+    let call = case.record(&sim.records(case.name(), "acme", case.calls), "n1", "acme").clone();
+    assert!(call["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(id))), "the call hangs under the contact read back: {call}");
+    assert!(w.terminate().success());
+}
+
+/// OAuth: a token endpoint that answers 503, times out or throttles for a while is
+/// transient (the write goes through after it recovers, never AUTH_FAILED); one that
+/// refuses connections past the retry limit is RETRIES_EXHAUSTED (replayable); a refused
+/// grant stays AUTH_FAILED (the OAuth test above).
+pub fn a_token_endpoint_outage_is_retried_not_auth_failed(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let (access, refresh) = (format!("{}-access-o", case.name()), format!("{}-refresh-o", case.name()));
+    case.account(&sim, "acme", json!({"tokens": [{"token": access, "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800}]}));
+    case.account(&sim, "globex", json!({}));
+    sim.admin("POST", &format!("/token-faults/{}", case.name()), Some(json!({"kind": "503", "count": 2})));
+    sim.admin("POST", &format!("/token-faults/{}", case.name()), Some(json!({"kind": "timeout", "latency_ms": 3000, "count": 1})));
+    sim.admin("POST", &format!("/token-faults/{}", case.name()), Some(json!({"kind": "429", "count": 1})));
+    let mut tenants_text = std::fs::read_to_string(case.tenants(&sim, &["acme"], "").path()).unwrap();
+    // globex's token endpoint refuses connections (nothing listens on port 9).
+    tenants_text.push_str(&std::fs::read_to_string(case.tenants(&sim, &["globex"], "token_url = \"http://127.0.0.1:9/token\"").path()).unwrap());
+    let tenants = TempFile::new("tenants.toml", &tenants_text);
+    let prefix = RedisPrefix::new("writer-token");
+    let secret = r#"{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "REFRESH"}"#.replace("REFRESH", &refresh);
+    let globex = case.secret("globex");
+    let globex_secret = r#"{"client_id": "c", "client_secret": "s", "refresh_token": "r"}"#;
+    let env = [(case.secret("acme"), secret), (globex, globex_secret.to_string())];
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([("WRITER_HTTP_TIMEOUT", "2s"), ("WRITER_RETRY_LIMIT", "20s"), ("WRITER_RETRY_BASE", "100ms"), ("WRITER_RETRY_MAX_WAIT", "1s")]);
+    let w = case.writer(&broker, &tenants, &prefix, &[], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "t1", 1), case.request("globex", "t2", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 2, Duration::from_secs(90));
+    let acme = f.iter().find(|a| a.tenant_id == "acme").expect("acme's outcome");
+    assert_eq!(acme.outcome, AuditOutcome::Succeeded, "a token endpoint outage is transient: {dlq:?}");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!(dlq[0].tenant_id, "globex");
+    assert_eq!(dlq[0].reason, DlqReason::RetriesExhausted, "a refused connection is not a refused grant: {}", dlq[0].detail);
+    let answers = sim.admin("GET", &format!("/token-faults/{}", case.name()), None)["answers"].clone();
+    assert!(answers["503"].as_u64().unwrap_or(0) >= 2, "{answers}");
+    assert!(w.terminate().success());
+}
+
+/// OAuth state is shared in Redis, sealed: a second replica takes the first one's access
+/// token instead of minting its own, a rotated refresh token survives the process that got
+/// it, and no token is in Redis in clear (values, key names, and the AOF of a private Redis
+/// that persists).
+pub fn oauth_tokens_are_shared_sealed_and_survive_rotation(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let (access, refresh) = (format!("{}-access-s", case.name()), format!("{}-refresh-s", case.name()));
+    case.account(&sim, "acme", json!({"tokens": [{"token": access, "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800}]}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let redis = super::PrivateRedis::start_persistent();
+    let prefix = RedisPrefix::new("writer-oauth");
+    let secret = r#"{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "REFRESH"}"#.replace("REFRESH", &refresh);
+    let secret_name = case.secret("acme");
+    let url = redis.url();
+    let env = [(secret_name.as_str(), secret.as_str()), ("REDIS_URL", url.as_str())];
+    let first = case.writer(&broker, &tenants, &prefix, &[], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "s1", 1)]);
+    let (f, _, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    first.kill9();
+    // A replica started with the same secret, whose refresh token the rotation killed.
+    let second = case.writer(&broker, &tenants, &prefix, &[], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "s2", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    assert!(dlq.is_empty(), "the second replica could not authenticate: {dlq:?}");
+    assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 2);
+    let mints = || sim.admin("GET", &format!("/token-faults/{}", case.name()), None)["answers"]["200"].as_u64().unwrap_or(0);
+    assert_eq!(mints(), 1, "the replica took the shared access token");
+    // Past the access token's life: the next refresh uses the rotated refresh token.
+    sim.advance(3_600_000);
+    broker.produce(&case.topic(), &[case.request("acme", "s3", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 3, Duration::from_secs(60));
+    assert!(dlq.is_empty(), "the rotated refresh token was lost: {dlq:?}");
+    assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 3);
+    assert_eq!(mints(), 2);
+    let listed = sim.admin("GET", &format!("/accounts/{}/acme/tokens", case.name()), None);
+    let tokens: Vec<String> = ["access_tokens", "refresh_tokens"]
+        .iter()
+        .flat_map(|k| listed[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .chain([access.clone(), refresh.clone()])
+        .collect();
+    assert!(tokens.len() >= 3, "{tokens:?}");
+    assert!(second.terminate().success());
+    let dump = redis.dump_text();
+    for t in &tokens {
+        assert!(!dump.contains(t.as_str()), "a token is in Redis in clear");
+    }
+    assert!(dump.contains(":oauth:"), "the tokens are kept in Redis");
+}
+
+/// Redis loses its data (a restart without persistence) after calls were written; the calls
+/// come again (redelivered, or repeated by the source, now that the deduper forgot them).
+/// The claim store's new epoch makes the writer look each one up before creating: one
+/// record per call. (Salesforce's upsert by external id refuses the duplicate itself.)
+pub fn calls_written_before_redis_lost_its_data_are_looked_up_not_created_again(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-lost");
+    let env = [("WRITER_HTTP_TIMEOUT", "2s"), ("WRITER_CLOCK_SKEW", "1s")];
+    let inputs: Vec<_> = (0..5).map(|i| case.request("acme", &format!("f{i}"), 1)).collect();
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    broker.produce(&case.topic(), &inputs);
+    let (f, _, _) = outcomes(&broker, 5, Duration::from_secs(60));
+    assert!(f.iter().all(|a| a.outcome == AuditOutcome::Succeeded), "{f:?}");
+    assert!(w.terminate().success());
+    prefix.flush();
+    let w = super::writer::spawn_plain(&broker, case.name(), &tenants, &prefix, &[&[(case.secret("acme").as_str(), case.token("acme").as_str())][..], &env[..]].concat());
+    broker.produce(&case.topic(), &inputs);
+    let (f, dlq, _) = outcomes(&broker, 10, Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    let again: Vec<&AuditRecord> = f.iter().skip(5).collect();
+    assert_eq!(again.len(), 5);
+    let twice = doubled(case, &sim, "acme");
+    assert!(twice.is_empty(), "Redis forgot the claims and the writer created again: {twice:?}");
+    assert_eq!(case.keys(&sim, "acme").len(), 5);
+    if !case.enforces_key {
+        assert!(again.iter().all(|a| a.detail.contains("recovered (claim_store_forgot)")), "{:?}", again.iter().map(|a| &a.detail).collect::<Vec<_>>());
+    }
+    assert!(w.terminate().success());
+}
+
 fn hs_open() -> Value {
     json!("IN_PROGRESS")
 }
@@ -630,6 +898,10 @@ pub const HUBSPOT: Case = Case {
     token_endpoint: "POST /hubspot/oauth/v1/token",
     tenant_extra: "",
     crash_calls_per_tenant: 60,
+    lookup_endpoint: "/calls/search",
+    contact_search_endpoint: "contacts/search",
+    contact_create_endpoint: "POST /hubspot/crm/v3/objects/contacts$",
+    enforces_key: false,
 };
 
 pub const SALESFORCE: Case = Case {
@@ -649,6 +921,10 @@ pub const SALESFORCE: Case = Case {
     // A spent allowance (or an injected 403) is probed again after a second, not a minute.
     tenant_extra: "limits = { recheck_s = 1 }",
     crash_calls_per_tenant: 60,
+    lookup_endpoint: "sobjects/Task/CrmSyncKey__c/",
+    contact_search_endpoint: "/search",
+    contact_create_endpoint: "POST /salesforce/services/data/{version}/sobjects/Contact",
+    enforces_key: true,
 };
 
 pub const ZOHO: Case = Case {
@@ -667,6 +943,10 @@ pub const ZOHO: Case = Case {
     token_endpoint: "POST /zoho/oauth/v2/token",
     tenant_extra: "",
     crash_calls_per_tenant: 60,
+    lookup_endpoint: "coql",
+    contact_search_endpoint: "Contacts/search",
+    contact_create_endpoint: "POST /zoho/crm/{version}/Contacts$",
+    enforces_key: false,
 };
 
 pub const PIPEDRIVE: Case = Case {
@@ -685,6 +965,10 @@ pub const PIPEDRIVE: Case = Case {
     token_endpoint: "POST /pipedrive/oauth/token",
     tenant_extra: "",
     crash_calls_per_tenant: 20,
+    lookup_endpoint: "GET /pipedrive/api/v2/activities$",
+    contact_search_endpoint: "persons/search",
+    contact_create_endpoint: "POST /pipedrive/api/v2/persons$",
+    enforces_key: false,
 };
 
 /// One `#[test]` per suite function, for a `Case`.
@@ -718,6 +1002,34 @@ macro_rules! writer_suite {
         #[test]
         fn one_record_per_call_across_repeated_sigkill_mid_batch() {
             $crate::writer_suite::one_record_per_call_across_repeated_sigkill_mid_batch(&$case)
+        }
+        #[test]
+        fn a_paused_writer_whose_lease_was_taken_over_never_writes() {
+            $crate::writer_suite::a_paused_writer_whose_lease_was_taken_over_never_writes(&$case)
+        }
+        #[test]
+        fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again() {
+            $crate::writer_suite::a_create_applied_after_the_client_gave_up_is_found_not_sent_again(&$case)
+        }
+        #[test]
+        fn a_failed_recovery_lookup_keeps_the_claim_and_the_replay_finds_the_record() {
+            $crate::writer_suite::a_failed_recovery_lookup_keeps_the_claim_and_the_replay_finds_the_record(&$case)
+        }
+        #[test]
+        fn a_contact_create_of_unknown_outcome_is_read_back_not_repeated() {
+            $crate::writer_suite::a_contact_create_of_unknown_outcome_is_read_back_not_repeated(&$case)
+        }
+        #[test]
+        fn a_token_endpoint_outage_is_retried_not_auth_failed() {
+            $crate::writer_suite::a_token_endpoint_outage_is_retried_not_auth_failed(&$case)
+        }
+        #[test]
+        fn oauth_tokens_are_shared_sealed_and_survive_rotation() {
+            $crate::writer_suite::oauth_tokens_are_shared_sealed_and_survive_rotation(&$case)
+        }
+        #[test]
+        fn calls_written_before_redis_lost_its_data_are_looked_up_not_created_again() {
+            $crate::writer_suite::calls_written_before_redis_lost_its_data_are_looked_up_not_created_again(&$case)
         }
     };
 }

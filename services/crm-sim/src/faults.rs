@@ -56,7 +56,8 @@ pub struct FaultRule {
     /// Fire at most this many times, then the rule is spent.
     #[serde(default)]
     pub count: Option<u64>,
-    /// Only requests whose endpoint label ("POST /hubspot/crm/v3/objects/calls") contains this.
+    /// Only requests whose endpoint label ("POST /hubspot/crm/v3/objects/calls") contains this
+    /// (or, ending in `$`, ends with the rest: "POST /zoho/crm/{version}/Contacts$").
     #[serde(default)]
     pub endpoint: Option<String>,
     #[serde(default)]
@@ -87,7 +88,11 @@ pub struct Firing {
 pub fn pick(rules: &mut Vec<FaultRule>, endpoint: &str, rng: &mut StdRng) -> Option<Firing> {
     let mut hit = None;
     for r in rules.iter_mut() {
-        if r.endpoint.as_deref().is_some_and(|e| !endpoint.contains(e)) {
+        let matches = |e: &str| match e.strip_suffix('$') {
+            Some(end) => endpoint.ends_with(end),
+            None => endpoint.contains(e),
+        };
+        if r.endpoint.as_deref().is_some_and(|e| !matches(e)) {
             continue;
         }
         if r.count.is_some_and(|c| r.fired >= c) {

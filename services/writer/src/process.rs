@@ -179,11 +179,9 @@ impl<C: Connector> Shared<C> {
                 // The last write under this key may have reached the CRM, or may still be
                 // landing: wait until it can no longer land, then ask the CRM first.
                 let until = claimed_at + settle + self.read_back_lag();
-                let now = std::time::Instant::now();
-                if until > now {
-                    tracing::info!(key = %req.idempotency_key, why = why.as_str(), wait_ms = (until - now).as_millis() as u64, "recovering: waiting for a possibly lost write to land before looking it up");
-                    tokio::time::sleep_until(until.into()).await;
-                }
+                let wait = until.saturating_duration_since(std::time::Instant::now());
+                tracing::info!(key = %req.idempotency_key, why = why.as_str(), wait_ms = wait.as_millis() as u64, "recovering: looking the key up once a possibly lost write can no longer land");
+                tokio::time::sleep(wait).await;
                 crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), why.as_str());
                 match self.connector.lookup(&self.api, t, &req, since_ms, &mut step.log).await {
                     Ok(Some(found)) => {

@@ -1,0 +1,77 @@
+//! Shutdown is bounded: on SIGTERM every service exits within its grace period even when the
+//! broker is gone (outputs in flight, commits and the group leave all waiting on it),
+//! leaving uncommitted what it could not commit.
+
+use crm_common::codec;
+use crm_common::events::{CallDirection, CallEvent};
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::writer_suite::HUBSPOT;
+use crm_sync_tests::{Broker, Msg, RedisPrefix, MACHINE_REDIS};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn raw_call(tenant: &str, id: &str) -> Msg {
+    let ev = CallEvent {
+        tenant_id: tenant.into(),
+        call_id: id.into(),
+        source: "pbx".into(),
+        version: 1,
+        direction: CallDirection::Inbound,
+        from_number: "+1 415 555 2671".into(),
+        to_number: "+1 650 253 0000".into(),
+        region_hint: None,
+        started_at: crm_common::emit::now_ms() - 60_000,
+        ended_at: None,
+        duration_s: None,
+        outcome: None,
+        agent_id: "a".into(),
+        agent_email: None,
+        recording_url: None,
+        notes: None,
+        attributes: HashMap::new(),
+    };
+    (tenant.into(), codec::encode(&ev).unwrap(), vec![])
+}
+
+#[test]
+fn every_service_exits_within_its_grace_period_when_the_broker_is_gone() {
+    let mut broker = Broker::start(2);
+    let sim = CrmSim::start();
+    HUBSPOT.account(&sim, "acme", serde_json::json!({}));
+    let tenants = HUBSPOT.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("shutdown");
+    let db_url = "postgres://postgres@127.0.0.1:5432/postgres";
+    let grace = ("SHUTDOWN_GRACE", "8s");
+    let common = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str()), grace];
+    let mut procs = vec![
+        broker.service("normaliser", &common),
+        broker.service("deduper", &common),
+        broker.service("audit-sink", &[("DATABASE_URL", db_url), ("TENANTS_CONFIG", "/dev/null"), grace]),
+        HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[grace]),
+    ];
+    for p in &procs {
+        let started = Instant::now();
+        while !p.log_text().contains("consuming") {
+            assert!(started.elapsed() < Duration::from_secs(60), "{} did not start: {}", p.name, p.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Work in flight when the broker goes: outputs unacknowledged, offsets uncommitted.
+    let calls: Vec<_> = (0..200).map(|i| raw_call("acme", &format!("s{i}"))).collect();
+    broker.produce("calls.raw", &calls);
+    std::thread::sleep(Duration::from_millis(300));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    for p in &procs {
+        p.signal(libc::SIGTERM);
+    }
+    let deadline = Duration::from_secs(20);
+    for p in procs.iter_mut() {
+        while p.alive() {
+            assert!(t.elapsed() < deadline, "{} still running {:?} after SIGTERM with its broker gone (grace 8 s): {}", p.name, t.elapsed(), p.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!("every service exited {:?} after SIGTERM, its broker gone", t.elapsed());
+}
