@@ -41,6 +41,13 @@ fn check(summary: &HashMap<String, String>) {
     let chaos = &summary["chaos"];
     assert!(first_number(chaos) >= 3, "services were killed: {chaos}");
     assert!(chaos.contains("Redis SIGKILLed and restarted at") && !chaos.contains("NaN"), "{chaos}");
+    // Zombies, a Redis that lost its data, late writes and token-endpoint faults.
+    let zombies = &summary["zombies"];
+    assert!(first_number(zombies) >= 1, "a writer was stopped past its lease: {zombies}");
+    assert!(!summary["redis"].contains("NaN"), "Redis restarted from its AOF and lost its data once: {}", summary["redis"]);
+    assert!(summary["recoveries"].contains("claim_store_forgot"), "after the data loss, old calls were looked up: {}", summary["recoveries"]);
+    assert!(first_number(&summary["late writes"]) >= 1, "crm-sim applied creates late: {}", summary["late writes"]);
+    assert!(summary["token endpoints"].contains("503 ×"), "token endpoints failed now and then: {}", summary["token endpoints"]);
     let answers = &summary["crm-sim"];
     for status in ["429", "503", "502", "504"] {
         assert!(answers.contains(&format!("{status} ×")), "crm-sim answered {status}s: {answers}");
@@ -54,12 +61,13 @@ fn one_record_per_call_under_faults_on_the_mock_broker() {
 }
 
 /// tansu is a separate Kafka-compatible broker (`cargo install tansu --locked --features
-/// dynostore`; .ci/run installs it): real group coordination and rebalances.
+/// libsql`; .ci/run installs it), on its SQLite engine: real group coordination and
+/// rebalances.
 #[test]
 fn one_record_per_call_under_faults_on_tansu() {
     assert!(
         Command::new("tansu").arg("--version").output().is_ok(),
-        "tansu is not on PATH: cargo install tansu --locked --features dynostore (.ci/run does)"
+        "tansu is not on PATH: cargo install tansu --locked --features libsql (.ci/run does)"
     );
     check(&reliability("tansu", "12"));
 }

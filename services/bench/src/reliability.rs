@@ -4,10 +4,16 @@
 //! the audit-sink), against a real Kafka-protocol broker (librdkafka's mock cluster, or
 //! tansu), a redis-server and a PostgreSQL database of the run's own, and crm-sim, while:
 //! - a random service is SIGKILLed and started again every few seconds;
-//! - Redis is SIGKILLed and started again once (from its append-only file, as a Redis that
-//!   holds idempotency keys must run in production);
+//! - every writer runs as two replicas (or `--replicas`) in one consumer group, so kills and
+//!   stops move live partitions between them;
+//! - a random writer is stopped (SIGSTOP) for longer than its session timeout and its lease,
+//!   then resumed (a zombie: its partitions and claims moved on meanwhile), every so often;
+//! - Redis is SIGKILLed and started again once from its append-only file, and once more later
+//!   with its data gone (a restart without persistence);
 //! - crm-sim answers a share of requests with throttles, 5xx and timeouts, some of them
-//!   after applying the write (the answers that make blind retries duplicate).
+//!   after applying the write, and applies some creates after the writer gave up (late
+//!   writes: the answers that make blind retries duplicate); Salesforce and Zoho tenants
+//!   use OAuth, and their token endpoints answer 503s, throttles and timeouts.
 //!
 //! The input is what upstream systems send: mostly good calls, some sent twice, some
 //! updated later, some with numbers that are not numbers, some for a tenant nobody
@@ -42,7 +48,8 @@ const GHOST: &str = "ghost";
 pub enum BrokerKind {
     /// librdkafka's mock cluster, in this process.
     Mock,
-    /// `tansu` on PATH (`cargo install tansu --locked --features dynostore`), in memory.
+    /// `tansu` on PATH (`cargo install tansu --locked --features libsql`), on its SQLite
+    /// storage engine (its memory engine loses records fetched from inside a batch).
     Tansu,
 }
 
@@ -78,6 +85,18 @@ pub struct Opts {
     /// Give up when no outcome arrives for this long once the faults stop.
     #[arg(long, default_value_t = 180)]
     pub stall_s: u64,
+    /// Replicas of each writer, in one consumer group.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    /// A random writer is stopped (SIGSTOP) every `zombie_every_min`..`zombie_every_max`
+    /// seconds for `zombie_s` (longer than its 6 s session timeout and 10 s lease), then
+    /// resumed; 0 turns zombies off.
+    #[arg(long, default_value_t = 12.0)]
+    pub zombie_every_min: f64,
+    #[arg(long, default_value_t = 20.0)]
+    pub zombie_every_max: f64,
+    #[arg(long, default_value_t = 14.0)]
+    pub zombie_s: f64,
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 }
@@ -213,6 +232,9 @@ struct Service {
     down_until: Option<Instant>,
     /// Restarts because the broker left it holding no partitions.
     heals: usize,
+    /// Stopped (SIGSTOP) until then: a zombie.
+    stopped_until: Option<Instant>,
+    zombies: usize,
 }
 
 /// Whether a service's latest assignment, in its log, was empty.
@@ -283,6 +305,15 @@ impl Service {
         if self.stop_now() {
             self.kills += 1;
         }
+        self.stopped_until = None;
+    }
+
+    /// SIGSTOP (a paused process: a GC pause, a slow node, a frozen VM) or SIGCONT.
+    fn pause(&mut self, stop: bool) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, if stop { libc::SIGSTOP } else { libc::SIGCONT }) };
+        }
     }
 
     /// Notes an exit of its own (a crash, or a stage giving up) and starts it again, as
@@ -299,6 +330,9 @@ impl Service {
     }
 
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        if self.stopped_until.take().is_some() {
+            self.pause(false);
+        }
         let mut c = self.child.take()?;
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -329,16 +363,11 @@ enum Broker {
 }
 
 impl BrokerKind {
-    /// tansu 0.6.0 answers a fetch from an offset inside a record batch with the batches
-    /// that start after it (its dynostore fetch keeps batches whose base offset is at least
-    /// the fetch offset), so a consumer that restarts at a committed offset in the middle of
-    /// a producer's batch never sees the rest of that batch: silent loss, which this bench
-    /// found. One record per batch makes every offset a batch boundary.
+    /// Nothing: tansu's SQLite engine returns every record from the asked offset, where its
+    /// memory engine (dynostore) skipped the rest of a batch fetched from inside it, which
+    /// once needed one record per batch here.
     fn producer_options(self) -> &'static str {
-        match self {
-            BrokerKind::Mock => "",
-            BrokerKind::Tansu => ",batch.num.messages=1",
-        }
+        ""
     }
 }
 
@@ -350,13 +379,15 @@ impl Broker {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
                 let url = format!("tcp://127.0.0.1:{port}");
                 let log = std::fs::File::create(logs.join("tansu.log"))?;
+                let db = logs.parent().unwrap_or(logs).join("tansu.db");
+                let engine = format!("sqlite://{}", db.display());
                 let child = Command::new("tansu")
-                    .args(["broker", "--storage-engine", "memory://tansu/", "--listener-url", &url, "--advertised-listener-url", &url])
+                    .args(["broker", "--storage-engine", &engine, "--listener-url", &url, "--advertised-listener-url", &url])
                     .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
                     .stdout(Stdio::from(log.try_clone()?))
                     .stderr(Stdio::from(log))
                     .spawn()
-                    .map_err(|e| anyhow::anyhow!("cannot start tansu ({e}): cargo install tansu --locked --features dynostore"))?;
+                    .map_err(|e| anyhow::anyhow!("cannot start tansu ({e}): cargo install tansu --locked --features libsql"))?;
                 let bootstrap = format!("127.0.0.1:{port}");
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while std::net::TcpStream::connect(&bootstrap).is_err() {
@@ -454,7 +485,17 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             let p: Profile = profile(crm);
             let token = format!("tok-{}-{}", crm.as_str(), t.name);
             let mut spec = (p.account)(&t.name);
-            spec["tokens"] = json!([{"token": token, "kind": "static"}]);
+            // Salesforce and Zoho tenants on OAuth: the writers refresh through token
+            // endpoints that fail now and then. (Refresh tokens do not rotate here: with
+            // rotation, a Redis that loses its data loses the only live refresh token, and
+            // the tenant must authorise again; see the README.)
+            let oauth = matches!(crm, Crm::Salesforce | Crm::Zoho);
+            let refresh = format!("rt-{}-{}", crm.as_str(), t.name);
+            spec["tokens"] = if oauth {
+                json!([{"token": token, "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "rotate_refresh": false}])
+            } else {
+                json!([{"token": token, "kind": "static"}])
+            };
             // Each account draws its faults from its own sequence: with one seed for all,
             // every account would fault (or not) on the same requests.
             spec["seed"] = json!(o.seed.wrapping_mul(1_000_003).wrapping_add((ti * 4 + crm as usize) as u64));
@@ -465,6 +506,8 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 json!({"kind": "502", "rate": f * 0.2, "after_write": true, "endpoint": p.create_endpoint}),
                 json!({"kind": "timeout", "rate": f * 0.15, "latency_ms": 7000, "after_write": true, "endpoint": p.create_endpoint}),
                 json!({"kind": "timeout", "rate": f * 0.15, "latency_ms": 7000}),
+                // Applied 1 s after the writer (5 s timeout) gave up on it.
+                json!({"kind": "late_write", "rate": f * 0.15, "latency_ms": 7000, "apply_after_ms": 6000, "endpoint": p.create_endpoint}),
             ];
             for fault in faults {
                 sim.admin(reqwest::Method::POST, &format!("/accounts/{}/{}/faults", crm.as_str(), t.name), Some(fault))?;
@@ -483,7 +526,17 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 spec["plan"].as_str().unwrap_or_default(),
                 crm.as_str()
             );
-            vars.push((secret, if t.bad_token == Some(crm) { format!("{token}-revoked") } else { token }));
+            let value = match (oauth, t.bad_token == Some(crm)) {
+                (true, bad) => json!({"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": if bad { format!("{refresh}-revoked") } else { refresh }}).to_string(),
+                (false, true) => format!("{token}-revoked"),
+                (false, false) => token,
+            };
+            vars.push((secret, value));
+        }
+    }
+    for crm in [Crm::Salesforce, Crm::Zoho] {
+        for fault in [json!({"kind": "503", "rate": 0.1}), json!({"kind": "429", "rate": 0.05}), json!({"kind": "timeout", "rate": 0.03, "latency_ms": 7000})] {
+            sim.admin(reqwest::Method::POST, &format!("/token-faults/{}", crm.as_str()), Some(fault))?;
         }
     }
     let tenants_file = dir.join("tenants.toml");
@@ -510,6 +563,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY.into()),
             ("WRITER_RETRY_BASE", "100ms".into()),
             ("WRITER_RETRY_MAX_WAIT", "5s".into()),
+            // crm-sim's late writes land 1 s after the writer gave up; HubSpot's search lags
+            // 2 s there; the machine has one clock.
+            ("WRITER_LATE_WRITE_HORIZON", "3s".into()),
+            ("HUBSPOT_SEARCH_LAG", "3s".into()),
+            ("WRITER_CLOCK_SKEW", "2s".into()),
             ("RUST_LOG", "info".into()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
@@ -539,8 +597,8 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let mut services: Vec<Service> = ["normaliser", "deduper", "audit-sink"]
         .iter()
         .map(|s| (s.to_string(), s.to_string(), vec![]))
-        .chain(CRMS.iter().map(|c| (format!("writer-{}", c.as_str()), "writer".to_string(), vec!["--crm".to_string(), c.as_str().to_string()])))
-        .map(|(name, bin, args)| Ok(Service { name, bin: sibling_binary(&bin)?, args, child: None, kills: 0, exits: vec![], down_until: None, heals: 0 }))
+        .chain(CRMS.iter().flat_map(|c| (1..=o.replicas.max(1)).map(move |r| (format!("writer-{}-{r}", c.as_str()), "writer".to_string(), vec!["--crm".to_string(), c.as_str().to_string()]))))
+        .map(|(name, bin, args)| Ok(Service { name, bin: sibling_binary(&bin)?, args, child: None, kills: 0, exits: vec![], down_until: None, heals: 0, stopped_until: None, zombies: 0 }))
         .collect::<anyhow::Result<_>>()?;
     for s in &mut services {
         s.start(&env)?;
@@ -552,6 +610,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let through = AtomicUsize::new(0);
     let chaos_on = AtomicBool::new(true);
     let redis_restarted: Mutex<Option<f64>> = Mutex::new(None);
+    let redis_lost: Mutex<Option<f64>> = Mutex::new(None);
     let t0 = Instant::now();
     let n_messages = plan.messages.len();
     let restart_after = Duration::from_secs_f64(o.restart_after_s);
@@ -563,7 +622,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 .set("bootstrap.servers", &bootstrap)
                 .set("enable.idempotence", "true")
                 .set("linger.ms", "10")
-                .set("batch.num.messages", if o.broker == BrokerKind::Tansu { "1" } else { "10000" })
+                .set("batch.num.messages", "10000")
                 .create()?;
             let start = Instant::now();
             let per_call = o.calls as f64 / n_messages as f64 / o.rate as f64;
@@ -584,10 +643,20 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         let chaos = scope.spawn(|| -> anyhow::Result<()> {
             let mut rng = StdRng::seed_from_u64(o.seed);
             let mut next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
+            let zombie_gap = |rng: &mut StdRng| Duration::from_secs_f64(rng.random_range(o.zombie_every_min..=o.zombie_every_max.max(o.zombie_every_min)));
+            let mut next_zombie = Instant::now() + zombie_gap(&mut rng);
             while chaos_on.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
                 let mut svcs = services.lock().unwrap();
                 for s in svcs.iter_mut() {
+                    if s.stopped_until.is_some_and(|t| Instant::now() >= t) {
+                        s.stopped_until = None;
+                        s.pause(false);
+                        eprintln!("[{:>5.1}s] SIGCONT {}: the zombie resumes", t0.elapsed().as_secs_f64(), s.name);
+                    }
+                    if s.stopped_until.is_some() {
+                        continue;
+                    }
                     s.reap(&env)?;
                     if s.child.is_none() && s.down_until.is_some_and(|t| Instant::now() >= t) {
                         s.down_until = None;
@@ -603,10 +672,28 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                     *redis_restarted.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
                     continue;
                 }
+                if redis_lost.lock().unwrap().is_none() && through.load(Ordering::Relaxed) * 3 >= expected * 2 {
+                    eprintln!("[{:>5.1}s] redis-server loses its data (restarted without its append-only file)", t0.elapsed().as_secs_f64());
+                    drop(svcs);
+                    redis.lose_data()?;
+                    *redis_lost.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
+                    continue;
+                }
+                if o.zombie_s > 0.0 && Instant::now() >= next_zombie {
+                    let writers: Vec<usize> = (0..svcs.len()).filter(|&i| svcs[i].name.starts_with("writer-") && svcs[i].child.is_some() && svcs[i].stopped_until.is_none()).collect();
+                    if !writers.is_empty() {
+                        let s = &mut svcs[writers[rng.random_range(0..writers.len())]];
+                        s.pause(true);
+                        s.zombies += 1;
+                        s.stopped_until = Some(Instant::now() + Duration::from_secs_f64(o.zombie_s));
+                        eprintln!("[{:>5.1}s] SIGSTOP {} for {:.0} s (past its session timeout and lease)", t0.elapsed().as_secs_f64(), s.name, o.zombie_s);
+                    }
+                    next_zombie = Instant::now() + zombie_gap(&mut rng);
+                }
                 if Instant::now() >= next {
                     let i = rng.random_range(0..svcs.len());
                     let s = &mut svcs[i];
-                    if s.child.is_some() {
+                    if s.child.is_some() && s.stopped_until.is_none() {
                         s.kill9();
                         s.down_until = Some(Instant::now() + restart_after);
                         eprintln!("[{:>5.1}s] SIGKILL {} (kill {} of it)", t0.elapsed().as_secs_f64(), s.name, s.kills);
@@ -614,7 +701,12 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                     next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
                 }
             }
-            // Whatever is still down comes back for the end of the run.
+            // Whatever is still down or stopped comes back for the end of the run.
+            for s in services.lock().unwrap().iter_mut() {
+                if s.stopped_until.take().is_some() {
+                    s.pause(false);
+                }
+            }
             for s in services.lock().unwrap().iter_mut().filter(|s| s.child.is_none()) {
                 s.down_until = None;
                 s.start(&env)?;
@@ -665,7 +757,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                     // the mock evict the dead member and rebalance. Do what an operator would:
                     // restart a consumer left holding nothing, so it leaves and joins again.
                     let mut svcs = services.lock().unwrap();
-                    for s in svcs.iter_mut().filter(|s| s.child.is_some() && stranded(&env.logs.join(format!("{}.log", s.name)))) {
+                    for s in svcs.iter_mut().filter(|s| s.child.is_some() && s.stopped_until.is_none() && stranded(&env.logs.join(format!("{}.log", s.name)))) {
                         eprintln!("[{:>5.1}s] {} holds no partitions and nothing moves: restarting it", t0.elapsed().as_secs_f64(), s.name);
                         s.terminate();
                         s.start(&env)?;
@@ -751,6 +843,48 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         }
     }
 
+    // What the writers' logs say of leases and recoveries.
+    let mut lease_lost = 0usize;
+    let mut reclaimed = 0usize;
+    let mut recoveries: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in std::fs::read_dir(&logs)? {
+        let path = entry?.path();
+        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("writer-")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            if !(line.contains("lease lost") || line.contains("recovering")) {
+                continue;
+            }
+            let line = strip_ansi(line);
+            if line.contains("lease lost before sending") {
+                lease_lost += 1;
+            } else if line.contains("lease lost before the write went out") {
+                reclaimed += 1;
+            } else if line.contains("recovering:") {
+                let why = line.split("why=").nth(1).and_then(|w| w.split_whitespace().next()).unwrap_or("?").trim_matches('"').to_string();
+                *recoveries.entry(why).or_default() += 1;
+            }
+        }
+    }
+    let mut late_writes = 0u64;
+    for t in &ts {
+        for &crm in &t.crms {
+            let s = sim.admin(reqwest::Method::GET, &format!("/accounts/{}/{}", crm.as_str(), t.name), None)?;
+            for (endpoint, counts) in s["counters"].as_object().into_iter().flatten() {
+                if endpoint.ends_with("(applied late)") {
+                    late_writes += counts.as_object().into_iter().flatten().map(|(_, n)| n.as_u64().unwrap_or(0)).sum::<u64>();
+                }
+            }
+        }
+    }
+    let mut token_answers = vec![];
+    for crm in [Crm::Salesforce, Crm::Zoho] {
+        let a = sim.admin(reqwest::Method::GET, &format!("/token-faults/{}", crm.as_str()), None)?;
+        let by: Vec<String> = a["answers"].as_object().into_iter().flatten().map(|(st, n)| format!("{st} ×{n}")).collect();
+        token_answers.push(format!("{} {}", crm.as_str(), by.join(", ")));
+    }
+
     let secs = elapsed.as_secs_f64();
     let outcomes = written + seen.dead.len();
     println!(
@@ -786,6 +920,26 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         services.iter().map(|s| s.heals).sum::<usize>(),
         services.iter().filter(|s| !s.exits.is_empty()).map(|s| format!("{} {:?}", s.name, s.exits)).collect::<Vec<_>>().join("; ").chars().take(600).collect::<String>()
     );
+    println!(
+        "  zombies           {} SIGSTOPs past the session timeout and lease ({}); lease losses {} (writes fenced off before sending: {}, keys claimed again: {})",
+        services.iter().map(|s| s.zombies).sum::<usize>(),
+        services.iter().filter(|s| s.zombies > 0).map(|s| format!("{} {}", s.name, s.zombies)).collect::<Vec<_>>().join(", "),
+        lease_lost.max(reclaimed),
+        lease_lost,
+        reclaimed
+    );
+    println!(
+        "  redis             restarted from its AOF at {:.1} s; lost its data at {:.1} s",
+        redis_restarted.lock().unwrap().unwrap_or(f64::NAN),
+        redis_lost.lock().unwrap().unwrap_or(f64::NAN)
+    );
+    println!(
+        "  recoveries        {} ({})",
+        recoveries.values().sum::<usize>(),
+        if recoveries.is_empty() { "none".to_string() } else { recoveries.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ") }
+    );
+    println!("  late writes       {late_writes} creates applied after the writer gave up");
+    println!("  token endpoints   {}", token_answers.join("; "));
     println!(
         "  crm-sim           {requests} requests; answered {}",
         answers

@@ -118,6 +118,16 @@ impl DevRedis {
     }
 
     /// SIGKILL: the outage starts now, with no goodbye to connected clients.
+    /// SIGKILL, delete what it persisted, and start it again: a Redis that lost its data
+    /// (a restart without persistence, a failover to a replica that had nothing).
+    pub fn lose_data(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        self.up()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
