@@ -1,12 +1,13 @@
 //! Shutdown is bounded: on SIGTERM every service exits within its grace period even when the
-//! broker is gone (outputs in flight, commits and the group leave all waiting on it),
-//! leaving uncommitted what it could not commit.
+//! broker is gone (frozen: outputs in flight, commits and the group leave all waiting on it)
+//! and Redis with it (the writer's lanes wait for Redis rather than lose a claim), leaving
+//! uncommitted what it could not commit.
 
 use crm_common::codec;
 use crm_common::events::{CallDirection, CallEvent};
 use crm_sync_tests::crm_sim::CrmSim;
 use crm_sync_tests::writer_suite::HUBSPOT;
-use crm_sync_tests::{Broker, Msg, RedisPrefix, MACHINE_REDIS};
+use crm_sync_tests::{Broker, Msg, PrivateRedis, RedisPrefix};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ fn raw_call(tenant: &str, id: &str) -> Msg {
 }
 
 #[test]
-fn every_service_exits_within_its_grace_period_when_the_broker_is_gone() {
+fn every_service_exits_within_its_grace_period_when_the_broker_and_redis_are_gone() {
     let mut broker = Broker::start(2);
     let sim = CrmSim::start();
     HUBSPOT.account(&sim, "acme", serde_json::json!({}));
@@ -42,12 +43,14 @@ fn every_service_exits_within_its_grace_period_when_the_broker_is_gone() {
     let prefix = RedisPrefix::new("shutdown");
     let db_url = "postgres://postgres@127.0.0.1:5432/postgres";
     let grace = ("SHUTDOWN_GRACE", "8s");
-    let common = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str()), grace];
+    let mut redis = PrivateRedis::start();
+    let redis_url = redis.url();
+    let common = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", redis_url.as_str()), ("REDIS_KEY_PREFIX", prefix.0.as_str()), grace];
     let mut procs = vec![
         broker.service("normaliser", &common),
         broker.service("deduper", &common),
         broker.service("audit-sink", &[("DATABASE_URL", db_url), ("TENANTS_CONFIG", "/dev/null"), grace]),
-        HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[grace]),
+        HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[grace, ("REDIS_URL", redis_url.as_str())]),
     ];
     for p in &procs {
         let started = Instant::now();
@@ -56,12 +59,29 @@ fn every_service_exits_within_its_grace_period_when_the_broker_is_gone() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    // Work in flight when the broker goes: outputs unacknowledged, offsets uncommitted.
-    let calls: Vec<_> = (0..200).map(|i| raw_call("acme", &format!("s{i}"))).collect();
-    broker.produce("calls.raw", &calls);
-    std::thread::sleep(Duration::from_millis(300));
-    broker.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    // Work in flight when the broker goes: calls keep coming until it dies, so every stage
+    // holds outputs unacknowledged and offsets uncommitted.
+    let producer = broker.producer();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..2_000 {
+                    let (key, payload, _) = raw_call("acme", &format!("s{i}"));
+                    let _ = producer.send(rdkafka::producer::BaseRecord::to("calls.raw").key(&key).payload(&payload));
+                    i += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        // Gone as a frozen node is: connections open, nothing answers; Redis gone too.
+        broker.freeze();
+        redis.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let t = Instant::now();
     for p in &procs {
         p.signal(libc::SIGTERM);
@@ -69,7 +89,7 @@ fn every_service_exits_within_its_grace_period_when_the_broker_is_gone() {
     let deadline = Duration::from_secs(20);
     for p in procs.iter_mut() {
         while p.alive() {
-            assert!(t.elapsed() < deadline, "{} still running {:?} after SIGTERM with its broker gone (grace 8 s): {}", p.name, t.elapsed(), p.log_text());
+            assert!(t.elapsed() < deadline, "{} still running {:?} after SIGTERM with its broker frozen and Redis gone (grace 8 s): {}", p.name, t.elapsed(), p.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
     }

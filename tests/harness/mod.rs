@@ -100,6 +100,12 @@ impl Broker {
         let _ = self._proc.child.wait();
     }
 
+    /// SIGSTOPs the broker: it hangs, connections open and silent (a frozen node), until
+    /// dropped (SIGKILL).
+    pub fn freeze(&mut self) {
+        self._proc.signal(libc::SIGSTOP);
+    }
+
     pub fn start(partitions: i32) -> Broker {
         let mut child = Command::new(bin("crm-sync"))
             .args(["dev-broker", "--partitions", &partitions.to_string()])

@@ -379,10 +379,11 @@ impl Broker {
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
                 let url = format!("tcp://127.0.0.1:{port}");
                 let log = std::fs::File::create(logs.join("tansu.log"))?;
-                let db = logs.parent().unwrap_or(logs).join("tansu.db");
-                let engine = format!("sqlite://{}", db.display());
+                // `sqlite://FILE` takes FILE relative to the working directory (an absolute
+                // path loses its leading slash): run it in the run's directory.
                 let child = Command::new("tansu")
-                    .args(["broker", "--storage-engine", &engine, "--listener-url", &url, "--advertised-listener-url", &url])
+                    .current_dir(logs.parent().unwrap_or(logs))
+                    .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
                     .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
                     .stdout(Stdio::from(log.try_clone()?))
                     .stderr(Stdio::from(log))
