@@ -10,6 +10,9 @@ const TOKEN: &str = "hs-private-token";
 fn portal(sim: &CrmSim, extra: Value) -> Value {
     let mut spec = json!({
         "crm": "hubspot", "account": "portal-1", "plan": "starter", "search_lag_ms": 0,
+        // These tests show unique properties on calls where HubSpot enforces them (off by
+        // default: unverified; see the last test).
+        "enforce_activity_unique": true,
         "tokens": [{"token": TOKEN, "kind": "static"}],
         "fields": {"calls": {"crm_sync_key": {"unique": true}}},
         "key_field": {"object": "calls", "field": "crm_sync_key"},
@@ -358,4 +361,27 @@ fn injected_faults() {
     let failed = (0..40).filter(|_| sim.call("GET", &format!("{CALLS}?limit=1"), Auth::Bearer(TOKEN), None).status == 502).count();
     assert!((8..=32).contains(&failed), "{failed} of 40 failed at rate 0.5");
     assert_eq!(sim.count("hubspot", "portal-1", "GET /hubspot/crm/v3/objects/calls", 502), failed as u64);
+}
+
+/// By default a unique property on calls is not enforced (HubSpot's behaviour there is
+/// unverified and doubtful): a second call with the same key is created, `idProperty` is
+/// refused, and the property does not say it is unique.
+#[test]
+fn activity_unique_properties_are_not_enforced_by_default() {
+    let sim = CrmSim::start();
+    sim.account(json!({
+        "crm": "hubspot", "account": "portal-2", "plan": "starter", "search_lag_ms": 0,
+        "tokens": [{"token": "tok-p2", "kind": "static"}],
+        "fields": {"calls": {"crm_sync_key": {"type": "text", "unique": true}}}
+    }));
+    let call = json!({"properties": {"hs_timestamp": "2026-01-01T00:00:00Z", "crm_sync_key": "k1"}});
+    for _ in 0..2 {
+        let r = sim.call("POST", CALLS, Auth::Bearer("tok-p2"), Some(&call));
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    assert_eq!(sim.records("hubspot", "portal-2", "calls").len(), 2, "nothing refused the second call with the same key");
+    let by_key = sim.call("GET", &format!("{CALLS}/k1?idProperty=crm_sync_key"), Auth::Bearer("tok-p2"), None);
+    assert_eq!(by_key.status, 400, "{}", by_key.text);
+    let prop = sim.call("GET", "/hubspot/crm/v3/properties/calls/crm_sync_key", Auth::Bearer("tok-p2"), None);
+    assert_eq!(prop.body["hasUniqueValue"], false, "{}", prop.text);
 }

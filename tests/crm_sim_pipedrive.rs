@@ -193,7 +193,13 @@ fn auth_and_faults() {
     let bad = sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "nope")], basic);
     assert_eq!(bad.status, 400);
     assert_eq!(bad.body["error"], "invalid_grant");
-    assert_eq!(sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "pd-rt")], Some(("cid", "wrong"))).status, 401);
+    // Refresh tokens rotate (unverified for Pipedrive: crm-sim models the harsher case): the
+    // answer carries a new one and the old one is dead.
+    let rotated = ok.body["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(rotated, "pd-rt");
+    let old = sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "pd-rt")], basic);
+    assert_eq!((old.status, old.body["error"].as_str()), (400, Some("invalid_grant")), "the rotated-out refresh token is refused");
+    assert_eq!(sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rotated)], Some(("cid", "wrong"))).status, 401);
 
     sim.admin("POST", "/accounts/pipedrive/acme/permissions/activities:full/revoke", None);
     let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("x", None)));

@@ -235,6 +235,7 @@ fn auth_permissions_and_faults() {
         assert_eq!(refresh("1000.rt").status, 200);
     }
     let throttled = refresh("1000.rt");
+    assert_eq!(throttled.status, 200, "Zoho answers a throttled mint with HTTP 200");
     assert_eq!(throttled.body["error"], "Access Denied", "at most ten access tokens per ten minutes");
     sim.advance(600_000);
     assert_eq!(refresh("1000.rt").status, 200);

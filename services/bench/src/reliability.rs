@@ -642,6 +642,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         // Chaos: SIGKILL a random service every few seconds and start it again; Redis once,
         // a third of the way through the outcomes.
         let chaos = scope.spawn(|| -> anyhow::Result<()> {
+            let r = (|| -> anyhow::Result<()> {
             let mut rng = StdRng::seed_from_u64(o.seed);
             let mut next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
             let zombie_gap = |rng: &mut StdRng| Duration::from_secs_f64(rng.random_range(o.zombie_every_min..=o.zombie_every_max.max(o.zombie_every_min)));
@@ -702,6 +703,12 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                     next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
                 }
             }
+            Ok(())
+            })();
+            if let Err(e) = &r {
+                eprintln!("[{:>5.1}s] chaos failed: {e:#}; stopping the faults", t0.elapsed().as_secs_f64());
+                chaos_on.store(false, Ordering::Relaxed);
+            }
             // Whatever is still down or stopped comes back for the end of the run.
             for s in services.lock().unwrap().iter_mut() {
                 if s.stopped_until.take().is_some() {
@@ -712,7 +719,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 s.down_until = None;
                 s.start(&env)?;
             }
-            Ok(())
+            r
         });
 
         // Watch the audit store until every expected outcome is there, or nothing moves.
@@ -765,6 +772,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                         s.heals += 1;
                         last_move = Instant::now();
                     }
+                }
+                if chaos_on.load(Ordering::Relaxed) && last_move.elapsed() > Duration::from_secs(o.stall_s) {
+                    eprintln!("[{:>5.1}s] nothing moved for {} s under faults: stopping them", t0.elapsed().as_secs_f64(), o.stall_s);
+                    chaos_on.store(false, Ordering::Relaxed);
+                    last_move = Instant::now();
                 }
                 if !chaos_on.load(Ordering::Relaxed) && last_move.elapsed() > Duration::from_secs(o.stall_s) {
                     eprintln!("nothing moved for {} s: checking what is there", o.stall_s);

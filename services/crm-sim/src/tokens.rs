@@ -116,7 +116,8 @@ pub fn throttled_mint(crm: Crm) -> axum::response::Response {
     use serde_json::json;
     match crm {
         // Zoho's cap of 10 mints per 10 minutes per refresh token (CRM-APIS §3.1).
-        Crm::Zoho => crate::gate::json(400, json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."})),
+        // HTTP 200, "Access Denied" (Zoho CRM v8 "Token Validity"; Kaizen #43).
+        Crm::Zoho => crate::gate::json(200, json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."})),
         Crm::Hubspot => crate::gate::json(429, json!({"status": "error", "message": "You have reached your secondly limit.", "errorType": "RATE_LIMIT", "correlationId": uuid::Uuid::new_v4().to_string()})),
         Crm::Pipedrive => crate::gate::json(429, json!({"success": false, "error": "Too many requests", "errorCode": 429})),
         _ => crate::gate::json(429, json!({"error": "rate_limit_exceeded", "error_description": "too many token requests"})),

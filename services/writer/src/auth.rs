@@ -477,8 +477,9 @@ fn refusal(status: u16, v: &serde_json::Value) -> Refusal {
     let why = if why.is_empty() { format!("HTTP {status} without an access token") } else { why };
     let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
     let description = v.get("error_description").and_then(|e| e.as_str()).unwrap_or("").to_ascii_lowercase();
-    // Zoho answers a throttled mint with 400 "Access Denied" / "too many requests".
-    let throttled = status == 429 || description.contains("too many requests") || error.eq_ignore_ascii_case("access denied") && description.contains("try again");
+    // Zoho answers a throttled mint (10 access tokens per refresh token per 10 minutes) with
+    // HTTP 200 and "Access Denied" (Zoho CRM v8 "Token Validity"; Kaizen #43).
+    let throttled = status == 429 || description.contains("too many requests") || error.eq_ignore_ascii_case("access denied");
     if throttled || status >= 500 || status == 408 || status == 425 {
         return Refusal::Transient(why);
     }
@@ -519,5 +520,6 @@ mod tests {
         assert!(matches!(refusal(429, &json!({"error": "rate_limited"})), Refusal::Transient(_)));
         let zoho_throttle = json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."});
         assert!(matches!(refusal(400, &zoho_throttle), Refusal::Transient(_)), "Zoho's mint throttle passes");
+        assert!(matches!(refusal(200, &json!({"error": "Access Denied"})), Refusal::Transient(_)), "as Zoho documents it: HTTP 200");
     }
 }

@@ -36,7 +36,8 @@ fn mint(sim: &SharedSim, mut q: HashMap<String, String>, body: Bytes) -> Respons
     let mut w = sim.lock();
     match tokens::refresh(&mut w, Crm::Zoho, q.get("refresh_token").map(String::as_str).unwrap_or(""), Some(client), now, "1000.") {
         Ok(m) => json(200, json!({"access_token": m.access_token, "api_domain": api_domain, "token_type": "Bearer", "expires_in": m.expires_in_s})),
-        Err(MintError::Throttled) => json(400, json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."})),
+        // HTTP 200 with "Access Denied", as Zoho documents (v8 "Token Validity", Kaizen #43).
+        Err(MintError::Throttled) => tokens::throttled_mint(Crm::Zoho),
         Err(MintError::BadClient) => json(200, json!({"error": "invalid_client"})),
         Err(MintError::UnknownRefreshToken) => json(200, json!({"error": "invalid_code"})),
     }
