@@ -479,7 +479,12 @@ pub fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed(case: &Cas
     assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 2, "{f:?}");
     assert!(case.answers(&sim, "acme", 401) >= 1, "the expired token was refused once");
 
-    sim.admin("POST", &format!("/tokens/{refresh}/revoke"), None);
+    // The customer revokes the app: every refresh token the account has (with rotation,
+    // the live one is no longer the one the secret holds).
+    let listed = sim.admin("GET", &format!("/accounts/{}/acme/tokens", case.name()), None);
+    for rt in listed["refresh_tokens"].as_array().into_iter().flatten().filter_map(|t| t.as_str()) {
+        sim.admin("POST", &format!("/tokens/{rt}/revoke"), None);
+    }
     sim.advance(3_600_000 * 3);
     broker.produce(&case.topic(), &[case.request("acme", "o3", 1)]);
     let (f, dlq, all) = outcomes(&broker, 3, Duration::from_secs(60));
@@ -739,6 +744,16 @@ pub fn a_contact_create_of_unknown_outcome_is_read_back_not_repeated(case: &Case
     assert!(w.terminate().success());
 }
 
+/// Account "acme" whose calls come with an OAuth token: (access token, refresh token, the
+/// secret's JSON for the writer).
+fn oauth_account(case: &Case, sim: &CrmSim, tag: &str) -> (String, String, String) {
+    let (access, refresh) = (format!("{}-access-{tag}", case.name()), format!("{}-refresh-{tag}", case.name()));
+    let token = json!({"token": access, "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800});
+    case.account(sim, "acme", json!({ "tokens": [token] }));
+    let secret = json!({"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": refresh}).to_string();
+    (access, refresh, secret)
+}
+
 /// OAuth: a token endpoint that answers 503, times out or throttles for a while is
 /// transient (the write goes through after it recovers, never AUTH_FAILED); one that
 /// refuses connections past the retry limit is RETRIES_EXHAUSTED (replayable); a refused
@@ -746,8 +761,7 @@ pub fn a_contact_create_of_unknown_outcome_is_read_back_not_repeated(case: &Case
 pub fn a_token_endpoint_outage_is_retried_not_auth_failed(case: &Case) {
     let broker = Broker::start(1);
     let sim = CrmSim::start();
-    let (access, refresh) = (format!("{}-access-o", case.name()), format!("{}-refresh-o", case.name()));
-    case.account(&sim, "acme", json!({"tokens": [{"token": access, "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800}]}));
+    let (_, _, secret) = oauth_account(case, &sim, "o");
     case.account(&sim, "globex", json!({}));
     sim.admin("POST", &format!("/token-faults/{}", case.name()), Some(json!({"kind": "503", "count": 2})));
     sim.admin("POST", &format!("/token-faults/{}", case.name()), Some(json!({"kind": "timeout", "latency_ms": 3000, "count": 1})));
@@ -757,7 +771,6 @@ pub fn a_token_endpoint_outage_is_retried_not_auth_failed(case: &Case) {
     tenants_text.push_str(&std::fs::read_to_string(case.tenants(&sim, &["globex"], "token_url = \"http://127.0.0.1:9/token\"").path()).unwrap());
     let tenants = TempFile::new("tenants.toml", &tenants_text);
     let prefix = RedisPrefix::new("writer-token");
-    let secret = r#"{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "REFRESH"}"#.replace("REFRESH", &refresh);
     let globex = case.secret("globex");
     let globex_secret = r#"{"client_id": "c", "client_secret": "s", "refresh_token": "r"}"#;
     let env = [(case.secret("acme"), secret), (globex, globex_secret.to_string())];
@@ -783,12 +796,10 @@ pub fn a_token_endpoint_outage_is_retried_not_auth_failed(case: &Case) {
 pub fn oauth_tokens_are_shared_sealed_and_survive_rotation(case: &Case) {
     let broker = Broker::start(1);
     let sim = CrmSim::start();
-    let (access, refresh) = (format!("{}-access-s", case.name()), format!("{}-refresh-s", case.name()));
-    case.account(&sim, "acme", json!({"tokens": [{"token": access, "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800}]}));
+    let (access, refresh, secret) = oauth_account(case, &sim, "s");
     let tenants = case.tenants(&sim, &["acme"], "");
     let redis = super::PrivateRedis::start_persistent();
     let prefix = RedisPrefix::new("writer-oauth");
-    let secret = r#"{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "REFRESH"}"#.replace("REFRESH", &refresh);
     let secret_name = case.secret("acme");
     let url = redis.url();
     let env = [(secret_name.as_str(), secret.as_str()), ("REDIS_URL", url.as_str())];

@@ -80,6 +80,16 @@ pub fn rotates_by_default(crm: Crm) -> bool {
     matches!(crm, Crm::Salesforce | Crm::Pipedrive)
 }
 
+/// A token endpoint's answer: a configured fault if one fires, else `mint`'s; counted.
+pub async fn answer(sim: &crate::state::SharedSim, crm: Crm, mint: impl FnOnce() -> axum::response::Response) -> axum::response::Response {
+    if let Some(resp) = fault(sim, crm).await {
+        return resp;
+    }
+    let resp = mint();
+    count(sim, crm, resp.status().as_u16());
+    resp
+}
+
 /// A fault configured on `crm`'s token endpoint, if one fires now: after its delay, the
 /// answer to give instead of minting (None: go on and mint, after a `latency` fault's wait).
 pub async fn fault(sim: &crate::state::SharedSim, crm: Crm) -> Option<axum::response::Response> {

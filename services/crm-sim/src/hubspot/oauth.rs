@@ -10,12 +10,7 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub async fn token(State(sim): State<SharedSim>, Form(f): Form<HashMap<String, String>>) -> Response {
-    if let Some(resp) = tokens::fault(&sim, Crm::Hubspot).await {
-        return resp;
-    }
-    let resp = mint(&sim, f);
-    tokens::count(&sim, Crm::Hubspot, resp.status().as_u16());
-    resp
+    tokens::answer(&sim, Crm::Hubspot, || mint(&sim, f)).await
 }
 
 fn mint(sim: &SharedSim, f: HashMap<String, String>) -> Response {

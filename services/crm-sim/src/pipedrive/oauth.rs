@@ -13,12 +13,7 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub async fn token(State(sim): State<SharedSim>, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Response {
-    if let Some(resp) = tokens::fault(&sim, Crm::Pipedrive).await {
-        return resp;
-    }
-    let resp = mint(&sim, headers, f);
-    tokens::count(&sim, Crm::Pipedrive, resp.status().as_u16());
-    resp
+    tokens::answer(&sim, Crm::Pipedrive, || mint(&sim, headers, f)).await
 }
 
 fn mint(sim: &SharedSim, headers: HeaderMap, f: HashMap<String, String>) -> Response {

@@ -13,12 +13,7 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub async fn token(State(sim): State<SharedSim>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
-    if let Some(resp) = tokens::fault(&sim, Crm::Zoho).await {
-        return resp;
-    }
-    let resp = mint(&sim, q, body);
-    tokens::count(&sim, Crm::Zoho, resp.status().as_u16());
-    resp
+    tokens::answer(&sim, Crm::Zoho, || mint(&sim, q, body)).await
 }
 
 fn mint(sim: &SharedSim, mut q: HashMap<String, String>, body: Bytes) -> Response {
