@@ -157,7 +157,7 @@ impl TokenStore {
 
     /// From the environment, where the secret store puts the key. None when it is not set.
     pub fn from_env(conn: ConnectionManager, prefix: &str) -> Result<Option<TokenStore>, String> {
-        match std::env::var(TOKEN_KEY_ENV) {
+        match std::env::var("CRM_SYNC_TOKEN_KEY") {
             Ok(k) if !k.trim().is_empty() => TokenStore::new(conn, prefix, &k).map(Some),
             _ => Ok(None),
         }
