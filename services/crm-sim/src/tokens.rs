@@ -92,7 +92,7 @@ pub async fn answer(sim: &crate::state::SharedSim, crm: Crm, mint: impl FnOnce()
 
 /// A fault configured on `crm`'s token endpoint, if one fires now: after its delay, the
 /// answer to give instead of minting (None: go on and mint, after a `latency` fault's wait).
-pub async fn fault(sim: &crate::state::SharedSim, crm: Crm) -> Option<axum::response::Response> {
+async fn fault(sim: &crate::state::SharedSim, crm: Crm) -> Option<axum::response::Response> {
     use crate::faults::FaultKind;
     use rand::SeedableRng;
     let firing = {
@@ -102,7 +102,7 @@ pub async fn fault(sim: &crate::state::SharedSim, crm: Crm) -> Option<axum::resp
         let rules = w.token_faults.entry(crm).or_default();
         crate::faults::pick(rules, "token", rng)
     }?;
-    tokio::time::sleep(std::time::Duration::from_millis(f_latency(&firing))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(firing.latency_ms)).await;
     let resp = match firing.kind {
         FaultKind::Latency => return None,
         FaultKind::Throttle => throttled_mint(crm),
@@ -110,10 +110,6 @@ pub async fn fault(sim: &crate::state::SharedSim, crm: Crm) -> Option<axum::resp
     };
     count(sim, crm, resp.status().as_u16());
     Some(resp)
-}
-
-fn f_latency(f: &crate::faults::Firing) -> u64 {
-    f.latency_ms
 }
 
 /// Counts a token endpoint's answer.

@@ -278,6 +278,11 @@ impl Connector for Hubspot {
         self.search_lag
     }
 
+    /// Contacts are read back through the same lagging search.
+    fn contact_read_back_lag(&self) -> std::time::Duration {
+        self.search_lag
+    }
+
     fn contract(&self) -> &Contract {
         &self.contract
     }
