@@ -109,17 +109,18 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(missing.is_empty(), "metrics never exported: {missing:?}");
-    let points = collector.points();
+    // Each service exports on its own interval: the names above may all have arrived from the
+    // normaliser before the writer's first export, so each labelled series is waited for.
     let has = |metric: &str, service: &str, attrs: &[(&str, &str)]| {
-        points.iter().any(|p| p.metric == metric && p.service == service && attrs.iter().all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v)))
+        collector.points().iter().any(|p| p.metric == metric && p.service == service && attrs.iter().all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v)))
     };
-    assert!(has("crm_sync.dlq", "normaliser", &[("stage", "NORMALISER"), ("reason", "INVALID_PHONE")]), "the bad call's dead letter, by reason");
-    assert!(has("crm_sync.messages", "writer-hubspot", &[("stage", "writer-hubspot")]), "writer throughput by stage");
-    assert!(has("crm_sync.crm.request.duration", "writer-hubspot", &[("crm", "hubspot"), ("priority", "live")]), "CRM latency by status");
-    assert!(
-        points.iter().any(|p| p.metric == "crm_sync.crm.request.duration" && p.attributes.get("status").is_some_and(|s| s.starts_with('2'))),
-        "statuses are labels"
-    );
+    let export = Duration::from_secs(30);
+    wait_for("the bad call's dead letter, by reason", export, || has("crm_sync.dlq", "normaliser", &[("stage", "NORMALISER"), ("reason", "INVALID_PHONE")]));
+    wait_for("writer throughput by stage", export, || has("crm_sync.messages", "writer-hubspot", &[("stage", "writer-hubspot")]));
+    wait_for("CRM latency by CRM and priority", export, || has("crm_sync.crm.request.duration", "writer-hubspot", &[("crm", "hubspot"), ("priority", "live")]));
+    wait_for("statuses are labels", export, || {
+        collector.points().iter().any(|p| p.metric == "crm_sync.crm.request.duration" && p.attributes.get("status").is_some_and(|s| s.starts_with('2')))
+    });
     // librdkafka reports statistics every 5 s.
     let writer_lag = || collector.points().iter().any(|p| p.metric == "crm_sync.consumer.lag" && p.service == "writer-hubspot" && p.attributes.get("topic").map(String::as_str) == Some("crm.writes.hubspot") && p.attributes.contains_key("partition"));
     wait_for("the writer's lag per partition", Duration::from_secs(30), writer_lag);
