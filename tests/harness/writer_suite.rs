@@ -839,6 +839,48 @@ pub fn oauth_tokens_are_shared_sealed_and_survive_rotation(case: &Case) {
     assert!(dump.contains(":oauth:"), "the tokens are kept in Redis");
 }
 
+/// Redis loses the OAuth state (a restart without persistence) after the CRM rotated the
+/// refresh token (Salesforce and Pipedrive do; for HubSpot and Zoho, which do not, the
+/// same steps show the loss costs nothing either): the secret's token is dead and the live one was only in Redis and in the
+/// running replica. The replica refreshes with its own copy and stores the state again (a
+/// replica started later takes it from there); it does not fall back to the secret's dead
+/// token, which would dead-letter every write as AUTH_FAILED until someone re-authorised.
+pub fn a_rotated_refresh_token_outlives_redis_losing_the_oauth_state(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let refresh = format!("{}-refresh-lost", case.name());
+    let token = json!({"token": format!("{}-access-lost", case.name()), "kind": "oauth", "refresh_token": refresh, "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800});
+    case.account(&sim, "acme", json!({ "tokens": [token] }));
+    let secret = json!({"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": refresh}).to_string();
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-oauth-lost");
+    let secret_name = case.secret("acme");
+    let env = [(secret_name.as_str(), secret.as_str()), ("WRITER_HTTP_TIMEOUT", "2s"), ("WRITER_CLOCK_SKEW", "1s")];
+    let first = case.writer(&broker, &tenants, &prefix, &[], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "l1", 1)]);
+    let (f, _, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
+    let mints = || sim.admin("GET", &format!("/token-faults/{}", case.name()), None)["answers"]["200"].as_u64().unwrap_or(0);
+    assert_eq!(mints(), 1);
+    prefix.flush();
+    // Past the access token's life: the next request must refresh.
+    sim.advance(3_600_000);
+    broker.produce(&case.topic(), &[case.request("acme", "l2", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 2, Duration::from_secs(90));
+    assert!(dlq.is_empty(), "the rotated refresh token was lost with Redis's data: {dlq:?}");
+    assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 2, "{f:?}");
+    assert_eq!(mints(), 2);
+    first.kill9();
+    // The state was stored again: a replica started now refreshes with the live token.
+    sim.advance(3_600_000);
+    let second = case.writer(&broker, &tenants, &prefix, &[], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "l3", 1)]);
+    let (f, dlq, _) = outcomes(&broker, 3, Duration::from_secs(90));
+    assert!(dlq.is_empty(), "the state was not stored again after the loss: {dlq:?}");
+    assert_eq!(f.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 3, "{f:?}");
+    assert!(second.terminate().success());
+}
+
 /// Redis loses its data (a restart without persistence) after calls were written; the calls
 /// come again (redelivered, or repeated by the source, now that the deduper forgot them).
 /// The claim store's new epoch makes the writer look each one up before creating: one
@@ -1041,6 +1083,10 @@ macro_rules! writer_suite {
         #[test]
         fn oauth_tokens_are_shared_sealed_and_survive_rotation() {
             $crate::writer_suite::oauth_tokens_are_shared_sealed_and_survive_rotation(&$case)
+        }
+        #[test]
+        fn a_rotated_refresh_token_outlives_redis_losing_the_oauth_state() {
+            $crate::writer_suite::a_rotated_refresh_token_outlives_redis_losing_the_oauth_state(&$case)
         }
         #[test]
         fn calls_written_before_redis_lost_its_data_are_looked_up_not_created_again() {

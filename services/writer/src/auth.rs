@@ -322,6 +322,10 @@ impl Credentials {
         loop {
             let stored = store.load(&self.scope).await.map_err(|e| AuthError::Unavailable(format!("token store: {e}")))?;
             let ours = stored.seed == seed;
+            if let (true, Some(r)) = (ours, &stored.refresh) {
+                // This process's copy of the live refresh token, for when Redis loses it.
+                local.refresh.clone_from(r);
+            }
             if let (true, Some(access)) = (ours, &stored.access) {
                 if now_ms() < stored.refresh_at_ms {
                     local.access = Some((access.clone(), stored.refresh_at_ms));
@@ -342,12 +346,22 @@ impl Credentials {
                 let ours = stored.seed == seed;
                 if let (true, Some(access)) = (ours, &stored.access) {
                     if now_ms() < stored.refresh_at_ms {
-                        return Ok((access.clone(), stored.refresh_at_ms));
+                        return Ok((access.clone(), stored.refresh_at_ms, stored.refresh.clone()));
                     }
                 }
                 // The secret seeds the state; a rotated refresh token in Redis supersedes it
-                // while the secret is unchanged.
-                let refresh = if ours { stored.refresh.clone().unwrap_or_else(|| o.seed.clone()) } else { o.seed.clone() };
+                // while the secret is unchanged. State that is gone (Redis lost its data) is
+                // not a new secret: where the CRM rotates, the secret's token died at the
+                // first refresh, and the live one is the copy this process last saw.
+                let lost = stored.seed.is_empty();
+                let refresh = match (ours, &stored.refresh) {
+                    (true, Some(r)) => r.clone(),
+                    _ if ours || lost => local.refresh.clone(),
+                    _ => o.seed.clone(),
+                };
+                if lost && local.refresh != o.seed {
+                    tracing::warn!(scope = %self.scope, "the shared OAuth state is gone (Redis lost its data?): refreshing with this process's copy of the refresh token");
+                }
                 let minted = self.refresh(o, &refresh, http, log).await?;
                 let next = Stored { refresh: Some(minted.refresh.clone().unwrap_or(refresh)), access: Some(minted.access.clone()), refresh_at_ms: minted.refresh_at_ms, seed: seed.clone() };
                 // A rotated refresh token must not be lost: keep trying to store it.
@@ -357,11 +371,14 @@ impl Credentials {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                Ok((minted.access, minted.refresh_at_ms))
+                Ok((minted.access, minted.refresh_at_ms, next.refresh))
             }
             .await;
             let _ = store.unlock(&self.scope).await;
-            let (access, at) = result?;
+            let (access, at, refresh) = result?;
+            if let Some(r) = refresh {
+                local.refresh = r;
+            }
             local.access = Some((access.clone(), at));
             return self.value(&access);
         }
