@@ -67,7 +67,7 @@ fn every_service_exits_within_its_grace_period_when_the_broker_and_redis_are_gon
         s.spawn(|| {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for _ in 0..2_000 {
+                for _ in 0..100 {
                     let (key, payload, _) = raw_call("acme", &format!("s{i}"));
                     let _ = producer.send(rdkafka::producer::BaseRecord::to("calls.raw").key(&key).payload(&payload));
                     i += 1;
@@ -75,7 +75,14 @@ fn every_service_exits_within_its_grace_period_when_the_broker_and_redis_are_gon
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        std::thread::sleep(Duration::from_millis(1500));
+        // Every stage busy: the first group join alone takes seconds, so wait until calls
+        // have come out at the end of the pipeline while more keep coming in.
+        let started = Instant::now();
+        while HUBSPOT.keys(&sim, "acme").len() < 50 {
+            assert!(started.elapsed() < Duration::from_secs(90), "the pipeline never got going: {}", procs.iter().map(|p| p.log_text()).collect::<Vec<_>>().join("\n"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(500));
         // Gone as a frozen node is: connections open, nothing answers; Redis gone too.
         broker.freeze();
         redis.kill();
