@@ -5,7 +5,7 @@
 
 use crm_common::codec;
 use crm_common::events::*;
-use crm_common::pipeline::InMessage;
+use crm_common::kafka::InMessage;
 use crm_sync_tests::writer::wait_for;
 use crm_sync_tests::{normalised_call, Broker, PrivateRedis, RedisPrefix, TempFile, MACHINE_REDIS};
 use std::time::Duration;

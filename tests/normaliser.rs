@@ -3,7 +3,7 @@
 
 use crm_common::codec;
 use crm_common::events::*;
-use crm_common::pipeline::InMessage;
+use crm_common::kafka::InMessage;
 use crm_sync_tests::{Broker, TempFile};
 use std::collections::HashMap;
 use std::time::Duration;

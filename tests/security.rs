@@ -141,7 +141,7 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let messages = broker.reader(&topic_refs).read_until(Duration::from_secs(3), |_| false);
     assert!(messages.len() > 50, "read back {} messages", messages.len());
-    let text_of = |m: &crm_common::pipeline::InMessage| format!("{} {:?} {}", String::from_utf8_lossy(m.payload.as_deref().unwrap_or_default()), m.headers.iter().map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v))).collect::<Vec<_>>(), m.key_str().unwrap_or_default());
+    let text_of = |m: &crm_common::kafka::InMessage| format!("{} {:?} {}", String::from_utf8_lossy(m.payload.as_deref().unwrap_or_default()), m.headers.iter().map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v))).collect::<Vec<_>>(), m.key_str().unwrap_or_default());
     let audit_rows: Vec<String> = db.query("SELECT row_to_json(a)::text FROM audit a").iter().map(|r| r.get::<_, String>(0)).collect();
     let dlq_rows: Vec<String> = db.query("SELECT row_to_json(d)::text FROM dlq d").iter().map(|r| r.get::<_, String>(0)).collect();
     assert!(audit_rows.len() > 30 && !dlq_rows.is_empty(), "{} audit rows, {} dlq rows", audit_rows.len(), dlq_rows.len());

@@ -12,9 +12,8 @@ pub mod writer_suite;
 pub use self::postgres::PrivateDb;
 pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
 
-use crm_common::pipeline::InMessage;
-use crm_common::topic_reader::TopicReader;
-use rdkafka::config::ClientConfig;
+use crm_common::kafka::{InMessage, Kafka};
+use crm_common::kafka::reader::TopicReader;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::io::{BufRead, BufReader};
@@ -147,13 +146,13 @@ impl Broker {
         Proc { name: name.to_string(), child: cmd.spawn().expect("spawn service"), log: Some(log_path) }
     }
 
+    /// Clients of this broker, built as the services build theirs.
+    pub fn kafka(&self) -> Kafka {
+        Kafka::local(&self.bootstrap)
+    }
+
     pub fn producer(&self) -> ThreadedProducer<DefaultProducerContext> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .expect("producer")
+        self.kafka().threaded_producer(&[]).expect("producer")
     }
 
     /// Produces and waits for every message to be acknowledged.
@@ -179,19 +178,14 @@ impl Broker {
     }
 
     pub fn reader(&self, topics: &[&str]) -> TopicReader {
-        TopicReader::new(&self.bootstrap, topics).expect("reader")
+        TopicReader::new(&self.kafka(), topics).expect("reader")
     }
 
     /// The offsets `group` has committed on `topic`, summed over partitions (a partition
     /// with no commit counts 0).
     pub fn committed(&self, group: &str, topic: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
+        let c: BaseConsumer = self.kafka().reader(group).expect("consumer");
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in md.topics()[0].partitions() {

@@ -10,7 +10,8 @@ use crm_common::audit_store::{redact, AuditStore, Reject};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::events::{AuditRecord, DeadLetter};
-use crm_common::pipeline::{self, Handler, InMessage, PipelineConfig, Processed, Transient};
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
+use crm_common::kafka::InMessage;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -127,5 +128,5 @@ async fn main() -> anyhow::Result<()> {
         common: cli.common,
         args: cli.pipeline,
     };
-    pipeline::run(cfg, sink, pipeline::service_shutdown()).await
+    pipeline::run(cfg, sink, crm_common::shutdown::service()).await
 }

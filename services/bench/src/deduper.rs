@@ -89,7 +89,7 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     runs.push(measure("deduper", dd.spawn()?, &bootstrap, &[&topics.audit], messages)?);
 
     // What the deduper wrote, to show the repeats were suppressed.
-    let written = crm_common::topic_reader::TopicReader::new(&bootstrap, &[&topics.crm_writes(crm_common::events::Crm::Hubspot)])?
+    let written = crm_common::kafka::reader::TopicReader::new(&crm_common::kafka::Kafka::local(&bootstrap), &[&topics.crm_writes(crm_common::events::Crm::Hubspot)])?
         .high_watermarks(&topics.crm_writes(crm_common::events::Crm::Hubspot))?;
     print_runs(
         &format!(

@@ -16,9 +16,9 @@ use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::{CallDirection, CallEvent, CallOutcome, Crm};
-use crm_common::pipeline::{self, Handler, InMessage, OutRecord, PipelineConfig, Processed, Transient};
-use crm_common::topic_reader::TopicReader;
-use rdkafka::config::ClientConfig;
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
+use crm_common::kafka::{InMessage, Kafka, OutRecord};
+use crm_common::kafka::reader::TopicReader;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -177,7 +177,7 @@ fn main() -> anyhow::Result<()> {
                     common,
                     args: pipeline,
                 };
-                pipeline::run(cfg, Passthrough, pipeline::shutdown_on_signals()).await
+                pipeline::run(cfg, Passthrough, crm_common::shutdown::on_signals()).await
             })
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
@@ -315,11 +315,7 @@ pub(crate) fn produce_all(
     n: usize,
     make: impl Fn(usize) -> anyhow::Result<(String, Vec<u8>)>,
 ) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
+    let producer = Kafka::local(bootstrap).threaded_producer(&[("linger.ms", "20"), ("queue.buffering.max.messages", "1000000")])?;
     for i in 0..n {
         let (key, payload) = make(i)?;
         send_waiting(&producer, BaseRecord::to(topic).key(&key).payload(&payload));
@@ -345,7 +341,7 @@ pub(crate) fn send_waiting(producer: &ThreadedProducer<DefaultProducerContext>, 
 /// own timestamps (first to last), so consumer-group join time and our polling do not count.
 /// Then reads its peak RSS and stops it.
 pub(crate) fn measure(label: &'static str, mut child: Child, bootstrap: &str, outputs: &[&str], expected: usize) -> anyhow::Result<Run> {
-    let reader = TopicReader::new(bootstrap, outputs)?;
+    let reader = TopicReader::new(&Kafka::local(bootstrap), outputs)?;
     let (mut n, mut first, mut last) = (0usize, i64::MAX, i64::MIN);
     let deadline = Instant::now() + Duration::from_secs(600);
     while n < expected {

@@ -30,9 +30,10 @@ use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dev_broker::{create_topics, sibling_binary, spawn_crm_sim, DevBroker, DevRedis};
 use crm_common::events::*;
+use crm_common::kafka::Kafka;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -395,7 +396,7 @@ impl Broker {
                     anyhow::ensure!(Instant::now() < deadline, "tansu did not listen on {bootstrap}; see {}", logs.join("tansu.log").display());
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                create_topics(&bootstrap, topics, partitions)?;
+                create_topics(&Kafka::local(&bootstrap), topics, partitions)?;
                 Ok(Broker::Tansu(child, bootstrap))
             }
         }
@@ -619,12 +620,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let outcome: anyhow::Result<(Duration, Seen, f64)> = std::thread::scope(|scope| {
         // Upstream: calls at `rate` per second.
         let producer_thread = scope.spawn(|| -> anyhow::Result<f64> {
-            let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::config::ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "10")
-                .set("batch.num.messages", "10000")
-                .create()?;
+            let producer = Kafka::local(&bootstrap).threaded_producer(&[("linger.ms", "10"), ("batch.num.messages", "10000")])?;
             let start = Instant::now();
             let per_call = o.calls as f64 / n_messages as f64 / o.rate as f64;
             for (i, (key, payload)) in plan.messages.iter().enumerate() {

@@ -15,7 +15,8 @@ use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dev_broker::{sibling_binary, spawn_crm_sim, DevBroker};
 use crm_common::events::*;
-use crm_common::topic_reader::TopicReader;
+use crm_common::kafka::reader::TopicReader;
+use crm_common::kafka::Kafka;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -330,8 +331,7 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
     std::thread::sleep(Duration::from_secs(4)); // consumer groups join
     let n = rate * seconds;
     eprintln!("phase 2: {n} calls to calls.raw at {rate}/s through normaliser, deduper and writer…");
-    let producer: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-        rdkafka::config::ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "0").create()?;
+    let producer = Kafka::local(&bootstrap).threaded_producer(&[("linger.ms", "0")])?;
     let mut produced_at: HashMap<String, i64> = HashMap::new();
     let start = Instant::now();
     for i in 0..n {
@@ -354,7 +354,7 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
         producer.send(rdkafka::producer::BaseRecord::to(&topics.calls_raw).key(t).payload(&payload)).map_err(|(e, _)| e)?;
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))?;
-    let reader = TopicReader::new(&bootstrap, &[&topics.audit])?;
+    let reader = TopicReader::new(&Kafka::local(&bootstrap), &[&topics.audit])?;
     let mut latencies: Vec<i64> = vec![];
     let deadline = Instant::now() + Duration::from_secs(120);
     while latencies.len() < n && Instant::now() < deadline {

@@ -56,7 +56,7 @@ pub struct CommonArgs {
     pub topics: Topics,
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}' is not key=value"))?;

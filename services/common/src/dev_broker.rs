@@ -144,12 +144,10 @@ impl Drop for DevRedis {
 
 /// Creates `topics` with `partitions` each on a real broker (the reliability bench's tansu,
 /// or a fresh Kafka), leaving topics that exist as they are.
-pub fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
+pub fn create_topics(kafka: &crate::kafka::Kafka, topics: &[String], partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> =
-        rdkafka::config::ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let admin = kafka.admin()?;
     let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
     for r in futures::executor::block_on(admin.create_topics(&new, &opts))? {

@@ -5,7 +5,7 @@
 use crate::codec;
 use crate::config::Topics;
 use crate::events::{AuditOutcome, AuditRecord, Crm, DeadLetter, DlqReason, Stage};
-use crate::pipeline::{InMessage, OutRecord};
+use crate::kafka::{InMessage, OutRecord};
 use std::collections::HashMap;
 
 pub fn now_ms() -> i64 {

@@ -1,6 +1,7 @@
 //! What every crm-sync service shares. One place for each concern: Avro framing
-//! (`codec`), the record types (`events`), configuration (`config`, `tenants`), the Kafka
-//! consume → process → produce → commit loop (`pipeline`), audit and DLQ emission
+//! (`codec`), the record types (`events`), configuration (`config`, `tenants`), Kafka clients,
+//! messages and publishing (`kafka`), the consume → process → produce → commit loop
+//! (`pipeline`), stopping (`shutdown`), audit and DLQ emission
 //! (`emit`), phone numbers (`phone`), telemetry (`telemetry`) and health endpoints (`health`).
 
 pub mod audit_store;
@@ -12,12 +13,13 @@ pub mod dev_broker;
 pub mod events;
 pub mod fingerprint;
 pub mod health;
+pub mod kafka;
 pub mod phone;
 pub mod schemas;
 pub mod config;
 pub mod emit;
 pub mod pipeline;
 pub mod redis_conn;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;
-pub mod topic_reader;

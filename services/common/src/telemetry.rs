@@ -259,7 +259,7 @@ impl CrmMetrics {
 /// the span the input's `traceparent` names (trace id and span id), so one call's spans
 /// line up across services. An input without one gets a parent made up under its trace id,
 /// which is the id the stage's audit records carry.
-pub fn input_span(stage: &'static str, m: &crate::pipeline::InMessage) -> tracing::Span {
+pub fn input_span(stage: &'static str, m: &crate::kafka::InMessage) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let span = tracing::info_span!(
         "process",
@@ -272,7 +272,7 @@ pub fn input_span(stage: &'static str, m: &crate::pipeline::InMessage) -> tracin
         outcome = tracing::field::Empty,
     );
     let parent_span = m
-        .header(crate::pipeline::TRACEPARENT)
+        .header(crate::kafka::TRACEPARENT)
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.split('-').nth(2))
         .and_then(|s| opentelemetry::trace::SpanId::from_hex(s).ok())

@@ -8,7 +8,7 @@
 use crm_common::config::CommonArgs;
 use crm_common::emit::now_ms;
 use crm_common::events::{AuditOutcome, Stage};
-use crm_common::pipeline::{InMessage, OutRecord, BACKFILL};
+use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
@@ -51,8 +51,8 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     let tenants = crm_common::tenants::Tenants::load(&args.common.tenants_config)?;
     anyhow::ensure!(tenants.get(&args.tenant).is_some(), "tenant '{}' is not in TENANTS_CONFIG", args.tenant);
     let topic = args.common.topics.calls_raw.clone();
-    let bootstrap = &args.common.kafka_bootstrap_servers;
-    let ranges = crm_common::topic_reader::offsets_by_time(bootstrap, &topic, args.from, to)?;
+    let kafka = crm_common::kafka::Kafka::from_args(&args.common);
+    let ranges = crm_common::kafka::reader::offsets_by_time(&kafka, &topic, args.from, to)?;
     let total: i64 = ranges.iter().map(|(_, a, b)| b - a).sum();
     let run_id = format!("backfill-{}", uuid::Uuid::new_v4().simple());
     eprintln!(
@@ -63,11 +63,11 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         crm_common::audit_store::ts(to).to_rfc3339(),
         ranges.len()
     );
-    let consumer: BaseConsumer = crm_common::pipeline::client_config(&args.common, &[("group.id", "crm-sync-backfill"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "20")]).create()?;
+    let consumer: BaseConsumer = kafka.reader("crm-sync-backfill")?;
     let bar = if args.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total.max(0) as u64) };
     bar.set_style(indicatif::ProgressStyle::with_template("scanning {bar:40} {pos}/{len} {msg} ({eta})").expect("template"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let producer = crm_common::pipeline::producer(&args.common)?;
+    let producer = kafka.producer()?;
     let (mut matched, mut sent) = (0u64, 0u64);
     let mut acks = vec![];
     for (p, start, end) in &ranges {
@@ -104,26 +104,26 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             let input = InMessage::from_kafka(&m);
             let mut out = OutRecord::new(&topic, &args.tenant, input.payload.clone().unwrap_or_default(), &input.trace_id);
             out.headers.push((BACKFILL.to_string(), run_id.clone()));
-            acks.push(rt.block_on(crm_common::pipeline::send(&producer, &out))?);
+            acks.push((topic.clone(), rt.block_on(crm_common::kafka::send(&producer, &out))?));
             sent += 1;
         }
     }
     bar.finish_and_clear();
     rt.block_on(async {
-        for a in acks {
-            a.await.map_err(|_| anyhow::anyhow!("producer dropped a delivery"))?.map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
+        for (t, a) in acks {
+            crm_common::kafka::acknowledged(&t, a).await?;
         }
         anyhow::Ok(())
     })?;
     // One audit record for the run, so `crm-sync trace` readers can see why calls came twice.
     if !args.dry_run {
         let emit = crm_common::emit::Emitter::new(Stage::Backfill, args.common.topics.clone());
-        let input = InMessage { topic: topic.clone(), partition: -1, offset: -1, key: Some(args.tenant.as_bytes().to_vec()), payload: None, timestamp_ms: Some(now_ms()), headers: vec![], trace_id: crm_common::pipeline::new_trace_id() };
+        let input = InMessage { topic: topic.clone(), partition: -1, offset: -1, key: Some(args.tenant.as_bytes().to_vec()), payload: None, timestamp_ms: Some(now_ms()), headers: vec![], trace_id: crm_common::kafka::new_trace_id() };
         let subject = crm_common::emit::Subject { tenant_id: &args.tenant, call_id: None, crm: None, version: None };
         let mut a = emit.audit(&input, &subject, "backfill", AuditOutcome::Succeeded, format!("{run_id} by {}: re-sent {sent} calls of {} from {topic} between {} and {}", args.by, args.tenant, crm_common::audit_store::ts(args.from).to_rfc3339(), crm_common::audit_store::ts(to).to_rfc3339()));
         a.attributes.insert("run_id".into(), run_id.clone());
         a.attributes.insert("sent".into(), sent.to_string());
-        rt.block_on(async { crm_common::pipeline::send(&producer, &emit.audit_record(&a)).await?.await.map_err(|_| anyhow::anyhow!("audit not delivered"))?.map_err(|(e, _)| anyhow::anyhow!("audit not delivered: {e}")) })?;
+        rt.block_on(crm_common::kafka::publish_all(&producer, [&emit.audit_record(&a)]))?;
     }
     if args.dry_run {
         println!("dry run: {matched} calls of {} in range would be re-sent ({total} messages scanned)", args.tenant);

@@ -13,11 +13,10 @@ use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, Ca
 
 /// The CRMs whose writers `crm-sync dev` runs, one process each, as in deploy/.
 const DEV_WRITERS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
-use crm_common::pipeline::InMessage;
+use crm_common::kafka::InMessage;
 use crm_common::tenants::Tenants;
-use crm_common::topic_reader::TopicReader;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use crm_common::kafka::reader::TopicReader;
+use rdkafka::producer::{BaseRecord, Producer};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -212,10 +211,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         children.0.push((name.to_string(), child));
     }
 
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let kafka = crm_common::kafka::Kafka::local(&bootstrap);
+    let producer = kafka.threaded_producer(&[])?;
     let samples = sample_calls();
     for (key, payload) in &samples {
         producer
@@ -225,7 +222,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     producer.flush(Duration::from_secs(10))?;
     eprintln!("produced {} sample calls to {}; waiting for the pipeline…", samples.len(), topics.calls_raw);
 
-    let reader = TopicReader::new(&bootstrap, &[&topics.calls_normalised, &topics.audit])?;
+    let reader = TopicReader::new(&kafka, &[&topics.calls_normalised, &topics.audit])?;
     let audit = wait_for_audit(&reader, &topics, &tenants_loaded, samples.len());
     report(&audit, samples.len());
     // The audit store has it all too: a sample trace, as support would ask for it.
@@ -237,7 +234,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     if !args.once {
         eprintln!("\npipeline running; produce to {} at {bootstrap}. Ctrl-C to stop.", topics.calls_raw);
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-            crm_common::pipeline::shutdown_on_signals().cancelled().await;
+            crm_common::shutdown::on_signals().cancelled().await;
         });
     }
     drop(children);

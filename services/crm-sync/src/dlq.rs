@@ -10,8 +10,7 @@ use crm_common::audit_store::{ts, AuditStore};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::{AuditOutcome, AuditRecord, Crm, CrmWriteRequest, Stage};
-use crm_common::pipeline::{RECREATE, REPLAY_COUNT};
-use rdkafka::config::ClientConfig;
+use crm_common::kafka::{RECREATE, REPLAY_COUNT};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashMap;
@@ -25,6 +24,9 @@ pub struct DlqArgs {
     pub database_url: String,
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092", global = true)]
     pub kafka_bootstrap_servers: String,
+    /// Extra librdkafka settings, `key=value` comma-separated, as for every service.
+    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = crm_common::config::parse_kv, global = true)]
+    pub kafka_options: Vec<(String, String)>,
     /// Who is acting (recorded with every action).
     #[arg(long, env = "USER", default_value = "operator", global = true)]
     pub by: String,
@@ -246,12 +248,14 @@ async fn publish_audit(producer: &FutureProducer, topics: &Topics, records: &[Au
     Ok(())
 }
 
-fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.idempotence", "true").set("message.timeout.ms", "15000").create()?)
+/// An operator's tool gives up on an unreachable broker in 15 s, not a service's 5 min.
+fn producer(kafka: &crm_common::kafka::Kafka) -> anyhow::Result<FutureProducer> {
+    kafka.producer_with(&[("message.timeout.ms", "15000")])
 }
 
 pub fn run(args: DlqArgs) -> anyhow::Result<()> {
     let topics = Topics::default();
+    let kafka = crm_common::kafka::Kafka::new(args.kafka_bootstrap_servers.clone(), args.kafka_options.clone());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut store = AuditStore::connect(&args.database_url).await?;
@@ -286,7 +290,7 @@ pub fn run(args: DlqArgs) -> anyhow::Result<()> {
                     print!("{}", list_text(&ok));
                     return Ok(());
                 }
-                let producer = producer(&args.kafka_bootstrap_servers)?;
+                let producer = producer(&kafka)?;
                 let bar = indicatif::ProgressBar::new(ok.len() as u64);
                 bar.set_style(indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} {msg}").expect("template"));
                 let mut done = 0;
@@ -324,7 +328,7 @@ pub fn run(args: DlqArgs) -> anyhow::Result<()> {
                     .client()
                     .execute("UPDATE dlq SET state = 'acknowledged', state_at = now(), state_by = $2, state_note = $3 WHERE dlq_id = ANY($1)", &[&ids, &args.by, &note])
                     .await?;
-                let producer = producer(&args.kafka_bootstrap_servers)?;
+                let producer = producer(&kafka)?;
                 let records: Vec<AuditRecord> = entries.iter().map(|e| audit(&args.by, e, "dlq ack", format!("acknowledged {} by {}: {note}", e.id, args.by))).collect();
                 publish_audit(&producer, &topics, &records).await?;
                 println!("acknowledged {} entries", entries.len());

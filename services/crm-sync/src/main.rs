@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().flush()?;
             // The mock cluster lives on this thread; wait here for a signal.
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-                crm_common::pipeline::shutdown_on_signals().cancelled().await;
+                crm_common::shutdown::on_signals().cancelled().await;
             });
             drop(broker);
             Ok(())

@@ -8,7 +8,8 @@ use crm_common::config::Topics;
 use crm_common::dedup::Mark;
 use crm_common::emit::{now_ms, Emitter, Subject};
 use crm_common::events::{idempotency_key, AuditOutcome, CrmWriteRequest, NormalisedCall};
-use crm_common::pipeline::{InMessage, OutRecord, Processed, BACKFILL};
+use crm_common::pipeline::Processed;
+use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
 use crm_common::tenants::ResolvedTenant;
 
 pub struct Fanout {

@@ -14,7 +14,8 @@ use crm_common::dedup::{DedupStore, MarkRequest};
 use crm_common::redis_conn::redact_url;
 use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{DlqReason, NormalisedCall, Stage};
-use crm_common::pipeline::{self, Handler, InMessage, PipelineConfig, Processed, Transient};
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
+use crm_common::kafka::InMessage;
 use crm_common::tenants::{ResolvedTenant, Tenants};
 
 #[derive(Parser)]
@@ -127,5 +128,5 @@ async fn main() -> anyhow::Result<()> {
         common: cli.common,
         args: cli.pipeline,
     };
-    pipeline::run(cfg, handler, pipeline::service_shutdown()).await
+    pipeline::run(cfg, handler, crm_common::shutdown::service()).await
 }

@@ -8,7 +8,8 @@ use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::emit::{now_ms, Emitter, Subject};
 use crm_common::events::{AuditOutcome, CallEvent, DlqReason, Stage};
-use crm_common::pipeline::{self, Handler, InMessage, OutRecord, PipelineConfig, Processed, Transient};
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
+use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::phone;
 use crm_common::tenants::Tenants;
 
@@ -84,8 +85,8 @@ impl Normaliser {
                 );
                 // A backfilled call stays marked as one down the pipeline (the deduper lets
                 // it past its mark).
-                if let Some(run) = input.header(crm_common::pipeline::BACKFILL) {
-                    out.headers.push((crm_common::pipeline::BACKFILL.to_string(), String::from_utf8_lossy(run).into_owned()));
+                if let Some(run) = input.header(crm_common::kafka::BACKFILL) {
+                    out.headers.push((crm_common::kafka::BACKFILL.to_string(), String::from_utf8_lossy(run).into_owned()));
                     audit.attributes.insert("backfill".into(), String::from_utf8_lossy(run).into_owned());
                 }
                 Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" }
@@ -124,5 +125,5 @@ async fn main() -> anyhow::Result<()> {
         common: cli.common,
         args: cli.pipeline,
     };
-    pipeline::run(cfg, handler, pipeline::service_shutdown()).await
+    pipeline::run(cfg, handler, crm_common::shutdown::service()).await
 }

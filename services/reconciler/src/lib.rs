@@ -27,7 +27,7 @@ use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::emit::{now_ms, CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
-use crm_common::pipeline::{InMessage, OutRecord, RECREATE};
+use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
@@ -58,7 +58,7 @@ pub struct Reconciler<C: Connector> {
     pub contacts: ContactCache,
     pub store: AuditStore,
     pub producer: FutureProducer,
-    pub bootstrap: String,
+    pub kafka: Kafka,
     pub topics: Topics,
     pub tenants: Tenants,
     pub clients: HashMap<String, Result<C::Tenant, String>>,
@@ -100,7 +100,7 @@ fn pass_input(tenant: &str, crm: Crm) -> InMessage {
         payload: None,
         timestamp_ms: Some(now_ms()),
         headers: vec![],
-        trace_id: crm_common::pipeline::new_trace_id(),
+        trace_id: crm_common::kafka::new_trace_id(),
     }
 }
 
@@ -155,14 +155,7 @@ impl<C: Connector> Reconciler<C> {
     }
 
     async fn produce(&self, out: Vec<OutRecord>) -> anyhow::Result<()> {
-        let mut acks = Vec::with_capacity(out.len());
-        for o in &out {
-            acks.push(crm_common::pipeline::send(&self.producer, o).await?);
-        }
-        for a in acks {
-            a.await.map_err(|_| anyhow::anyhow!("producer dropped a delivery"))?.map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
-        }
-        Ok(())
+        crm_common::kafka::publish_all(&self.producer, &out).await.map(|_| ())
     }
 
     async fn run(&self, pass: &mut Pass<'_>, report: &mut ParityReport) -> anyhow::Result<()> {
@@ -205,8 +198,8 @@ impl<C: Connector> Reconciler<C> {
         }
         let topic = self.topics.crm_writes(crm);
         let wanted_offsets: Vec<(i32, i64)> = written.iter().filter(|w| w.topic == topic).map(|w| (w.partition, w.offset)).collect();
-        let (bootstrap, t) = (self.bootstrap.clone(), topic.clone());
-        let messages = tokio::task::spawn_blocking(move || crm_common::topic_reader::fetch_at(&bootstrap, &t, &wanted_offsets, Duration::from_secs(30))).await??;
+        let (kafka, t) = (self.kafka.clone(), topic.clone());
+        let messages = tokio::task::spawn_blocking(move || crm_common::kafka::reader::fetch_at(&kafka, &t, &wanted_offsets, Duration::from_secs(30))).await??;
 
         // 3. What the CRM holds.
         let wanted: Vec<Wanted> = written.iter().map(|w| Wanted { record_id: w.record_id.clone(), linked_contact: w.linked_contact.clone() }).collect();
@@ -583,8 +576,8 @@ pub async fn build<C: Connector>(connector: C, common: &crm_common::config::Comm
         ),
         contacts: ContactCache { conn, prefix, ttl: Duration::from_secs(3600), miss_ttl: Duration::from_secs(300) },
         store,
-        producer: crm_common::pipeline::producer(common)?,
-        bootstrap: common.kafka_bootstrap_servers.clone(),
+        producer: Kafka::from_args(common).producer()?,
+        kafka: Kafka::from_args(common),
         topics: common.topics.clone(),
         tenants,
         clients,

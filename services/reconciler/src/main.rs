@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = crm_common::telemetry::init("reconciler", &cli.common)?;
     let crms = if cli.crms.is_empty() { vec![Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] } else { cli.crms.clone() };
-    let stop = crm_common::pipeline::service_shutdown();
+    let stop = crm_common::shutdown::service();
     let mut tasks = vec![];
     for crm in crms {
         let contract = writer::contract::Contract::load(&cli.opts.contracts_dir, crm.as_str())?;

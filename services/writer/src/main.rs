@@ -146,5 +146,5 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         commit_interval: cli.commit_interval,
         drain_timeout: Duration::from_secs(25),
     };
-    runtime::run(shared, &cli.common, cfg, crm_common::pipeline::service_shutdown()).await
+    runtime::run(shared, &cli.common, cfg, crm_common::shutdown::service()).await
 }

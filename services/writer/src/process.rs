@@ -11,7 +11,7 @@ use crm_common::claims::{Claim, Claims, Recovery};
 use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::phone;
-use crm_common::pipeline::{InMessage, OutRecord, RECREATE};
+use crm_common::kafka::{InMessage, OutRecord, RECREATE};
 use crm_common::tenants::{NoContact, Tenants};
 use std::collections::HashMap;
 use std::future::Future;

@@ -11,7 +11,7 @@ use crate::connector::Connector;
 use crm_common::codec;
 use crm_common::emit::Subject;
 use crm_common::events::{CrmWriteRequest, DlqReason};
-use crm_common::pipeline::{self, InMessage};
+use crm_common::kafka::{self, InMessage, Kafka};
 use crm_common::telemetry::StageMetrics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -90,17 +90,14 @@ async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &
     for d in &done {
         let mut sent = Vec::with_capacity(d.outputs.len());
         for out in &d.outputs {
-            sent.push((out.topic.clone(), pipeline::send(producer, out).await?));
+            sent.push((out.topic.clone(), kafka::send(producer, out).await?));
         }
         deliveries.push(sent);
     }
     for (d, sent) in done.into_iter().zip(deliveries) {
         for (topic, f) in sent {
-            match f.await {
-                Ok(Ok(_)) => metrics.produced(&topic),
-                Ok(Err((e, _))) => anyhow::bail!("broker refused output to {topic}: {e}"),
-                Err(_) => anyhow::bail!("producer dropped an output to {topic}"),
-            }
+            kafka::acknowledged(&topic, f).await?;
+            metrics.produced(&topic);
         }
         metrics.message(d.outcome);
         offsets.lock().expect("offsets").finished(&d.ticket);
@@ -163,19 +160,17 @@ pub async fn run<C: Connector>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let offsets = Arc::new(Mutex::new(Offsets::default()));
-    let defaults = [
-        ("group.id", cfg.group.as_str()),
+    let settings = [
         // Commits are ours: per partition, up to the lowest unfinished offset.
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
-        ("auto.offset.reset", "earliest"),
         ("statistics.interval.ms", "5000"),
     ];
     let metrics = StageMetrics::new(cfg.service);
-    let consumer: StreamConsumer<WriterContext> =
-        pipeline::client_config(common, &defaults).create_with_context(WriterContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
+    let kafka = Kafka::from_args(common);
+    let consumer = kafka.group_consumer(&cfg.group, &settings, WriterContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     consumer.subscribe(&[cfg.input_topic.as_str()])?;
-    let producer = pipeline::producer(common)?;
+    let producer = kafka.producer()?;
     let failed = CancellationToken::new();
     let mut lanes = Lanes {
         service: cfg.service,

@@ -1,9 +1,9 @@
-//! Reading whole topics without a consumer group: for `crm-sync dev`'s report, the bench
-//! and integration tests, which must see everything a stage wrote without joining (or
-//! disturbing) the stages' groups.
+//! Reading topics without a consumer group: the reconciler's way back from an audit row to
+//! its write request, `crm-sync backfill`'s range by time, `crm-sync dev`'s report, the
+//! bench and the tests, which must see what a stage wrote without joining (or disturbing)
+//! the stages' groups.
 
-use crate::pipeline::InMessage;
-use rdkafka::config::ClientConfig;
+use super::{InMessage, Kafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,16 +15,8 @@ pub struct TopicReader {
 
 impl TopicReader {
     /// Assigns every partition of `topics` from the beginning.
-    pub fn new(bootstrap: &str, topics: &[&str]) -> anyhow::Result<TopicReader> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "crm-sync-topic-reader")
-            .set("enable.auto.commit", "false")
-            // Tests watch progress through a reader: see new messages within tens of ms.
-            .set("fetch.wait.max.ms", "20")
-            // Never jump to the end silently if the beginning is gone.
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+    pub fn new(kafka: &Kafka, topics: &[&str]) -> anyhow::Result<TopicReader> {
+        let consumer = kafka.reader("crm-sync-topic-reader")?;
         let mut tpl = TopicPartitionList::new();
         for t in topics {
             let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
@@ -75,15 +67,9 @@ impl TopicReader {
 /// the reconciler's way back from an audit row to the write request it recorded. Reads
 /// forward from each partition's first wanted offset and seeks over long gaps. Offsets the
 /// topic no longer keeps (retention) are absent from the answer.
-pub fn fetch_at(bootstrap: &str, topic: &str, wanted: &[(i32, i64)], timeout: Duration) -> anyhow::Result<HashMap<(i32, i64), InMessage>> {
+pub fn fetch_at(kafka: &Kafka, topic: &str, wanted: &[(i32, i64)], timeout: Duration) -> anyhow::Result<HashMap<(i32, i64), InMessage>> {
     const GAP: i64 = 2_000;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "crm-sync-fetch-at")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer = kafka.reader("crm-sync-fetch-at")?;
     let mut by_part: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
     for &(p, o) in wanted {
         by_part.entry(p).or_default().insert(o);
@@ -121,8 +107,8 @@ pub fn fetch_at(bootstrap: &str, topic: &str, wanted: &[(i32, i64)], timeout: Du
 /// Per partition of `topic`: the first offset whose timestamp is at or after `from_ms`,
 /// and the first at or after `to_ms` (the end of the range, exclusive). Kafka's offsets by
 /// timestamp: `crm-sync backfill`'s range.
-pub fn offsets_by_time(bootstrap: &str, topic: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Vec<(i32, i64, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "crm-sync-offsets-by-time").create()?;
+pub fn offsets_by_time(kafka: &Kafka, topic: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+    let consumer = kafka.reader("crm-sync-offsets-by-time")?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let parts: Vec<i32> = md.topics().first().ok_or_else(|| anyhow::anyhow!("topic {topic} not in metadata"))?.partitions().iter().map(|p| p.id()).collect();
     anyhow::ensure!(!parts.is_empty(), "topic {topic} does not exist");

@@ -1,0 +1,148 @@
+//! The one place Kafka clients are built. Every consumer, producer, reader and admin client
+//! of every binary (the services, the reconciler, `crm-sync backfill`, `dlq replay`, `dev`,
+//! the bench and the tests) comes from a [`Kafka`]: the bootstrap servers, each role's
+//! defaults, then the operator's `KAFKA_OPTIONS` (security.protocol, sasl.*, ssl.*,
+//! session.timeout.ms, …), which win. A client built anywhere else would miss the options
+//! and so could not reach a broker that needs TLS or SASL.
+
+use crate::config::CommonArgs;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, ThreadedProducer};
+
+/// How to reach the broker: where it is, and the operator's extra librdkafka settings.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    bootstrap: String,
+    options: Vec<(String, String)>,
+}
+
+/// What every producer is: idempotent, acknowledged by all in-sync replicas, so a retry by
+/// librdkafka never writes a record twice.
+const PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "5"), ("compression.type", "lz4")];
+
+/// What every reader outside a consumer group is: it commits nothing, sees new messages
+/// within tens of ms, and never jumps to the end silently when the beginning is gone.
+const READER: &[(&str, &str)] = &[("enable.auto.commit", "false"), ("fetch.wait.max.ms", "20"), ("auto.offset.reset", "earliest")];
+
+impl Kafka {
+    pub fn new(bootstrap: impl Into<String>, options: Vec<(String, String)>) -> Kafka {
+        Kafka { bootstrap: bootstrap.into(), options }
+    }
+
+    /// A broker this process started itself (crm-sync dev, the bench, tests): no options.
+    pub fn local(bootstrap: impl Into<String>) -> Kafka {
+        Kafka::new(bootstrap, vec![])
+    }
+
+    pub fn from_args(common: &CommonArgs) -> Kafka {
+        Kafka::new(common.kafka_bootstrap_servers.clone(), common.kafka_options.clone())
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The librdkafka settings of a client: bootstrap, `defaults`, then the options.
+    fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A member of consumer group `group`, with its role's `settings` (commit policy,
+    /// statistics) and `context` (rebalance and statistics callbacks).
+    pub fn group_consumer<C: ConsumerContext + 'static>(&self, group: &str, settings: &[(&str, &str)], context: C) -> anyhow::Result<StreamConsumer<C>> {
+        let mut defaults = vec![("group.id", group), ("auto.offset.reset", "earliest")];
+        defaults.extend_from_slice(settings);
+        Ok(StreamConsumer::from_config_and_context(&self.config(&defaults), context)?)
+    }
+
+    /// A consumer that reads partitions it assigns itself and commits nothing (`purpose`
+    /// names it in the broker's logs; it never joins that group).
+    pub fn reader(&self, purpose: &str) -> anyhow::Result<BaseConsumer> {
+        let mut defaults = READER.to_vec();
+        defaults.push(("group.id", purpose));
+        Ok(BaseConsumer::from_config(&self.config(&defaults))?)
+    }
+
+    /// The producer every stage and tool uses.
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.producer_with(&[])
+    }
+
+    /// The same producer with a role's `settings` (a tool that gives up sooner than a
+    /// service: `message.timeout.ms`).
+    pub fn producer_with(&self, settings: &[(&str, &str)]) -> anyhow::Result<FutureProducer> {
+        let mut defaults = PRODUCER.to_vec();
+        defaults.extend_from_slice(settings);
+        Ok(FutureProducer::from_config(&self.config(&defaults))?)
+    }
+
+    /// A producer with its own polling thread, for synchronous tools (the bench's and dev's
+    /// sources, tests); `settings` after the producer defaults (e.g. `linger.ms`).
+    pub fn threaded_producer(&self, settings: &[(&str, &str)]) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+        let mut defaults = PRODUCER.to_vec();
+        defaults.extend_from_slice(settings);
+        Ok(ThreadedProducer::from_config(&self.config(&defaults))?)
+    }
+
+    pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+        Ok(AdminClient::from_config(&self.config(&[]))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_tls_and_sasl_options_are_accepted() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        // librdkafka refuses these at configuration time when built without OpenSSL.
+        for options in [
+            "security.protocol=SSL,ssl.endpoint.identification.algorithm=https",
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=crm-sync,sasl.password=s3cret",
+            "security.protocol=SASL_SSL,sasl.mechanisms=PLAIN,sasl.username=crm-sync,sasl.password=s3cret",
+        ] {
+            let cli = Cli::parse_from(["t", "--kafka-bootstrap-servers", "broker.example:9093", "--kafka-options", options]);
+            let kafka = Kafka::from_args(&cli.common);
+            let _producer = kafka.producer().unwrap_or_else(|e| panic!("{options}: {e}"));
+            kafka.reader("t").unwrap_or_else(|e| panic!("{options}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_operators_options_win_over_every_roles_defaults() {
+        let kafka = Kafka::new("a:1", vec![("linger.ms".into(), "50".into()), ("fetch.wait.max.ms".into(), "500".into())]);
+        let c = kafka.config(PRODUCER);
+        assert_eq!(c.get("linger.ms"), Some("50"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        let c = kafka.config(READER);
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(c.get("bootstrap.servers"), Some("a:1"));
+    }
+
+    #[test]
+    fn a_bad_option_fails_every_client_the_same_way() {
+        let kafka = Kafka::new("a:1", vec![("no.such.property".into(), "1".into())]);
+        let errors = [kafka.producer().err(), kafka.reader("t").err(), kafka.threaded_producer(&[]).err(), kafka.admin().err()];
+        for e in errors {
+            let e = e.expect("refused").to_string();
+            assert!(e.contains("no.such.property"), "{e}");
+        }
+    }
+}

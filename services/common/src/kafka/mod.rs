@@ -1,0 +1,13 @@
+//! The Kafka layer every binary shares: building clients (`client`, the only place a
+//! librdkafka configuration is made), messages in and out (`message`), producing and
+//! awaiting acknowledgements (`publish`), and reading topics without a group (`reader`).
+//! `pipeline::run` and the writer's per-tenant lanes are two schedulers over these parts.
+
+pub mod client;
+pub mod message;
+pub mod publish;
+pub mod reader;
+
+pub use client::Kafka;
+pub use message::{new_trace_id, parse_traceparent, InMessage, OutRecord, BACKFILL, RECREATE, REPLAY_COUNT, TRACEPARENT};
+pub use publish::{acknowledged, publish_all, send};

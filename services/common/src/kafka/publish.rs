@@ -1,0 +1,59 @@
+//! Producing: one output queued without dropping anything when librdkafka's queue is full,
+//! and a set of outputs sent and every acknowledgement awaited.
+
+use super::message::OutRecord;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// Queues one output, waiting while librdkafka's local queue is full rather than
+/// dropping anything.
+pub async fn send(
+    producer: &FutureProducer,
+    out: &OutRecord,
+) -> anyhow::Result<DeliveryFuture> {
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+    for (k, v) in &out.headers {
+        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+    }
+    let mut record = FutureRecord::to(&out.topic)
+        .key(out.key.as_bytes())
+        .payload(&out.payload)
+        .headers(headers);
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(anyhow::anyhow!("cannot queue output to {}: {e}", out.topic)),
+        }
+    }
+}
+
+/// Sends every record, then waits for each acknowledgement: one produce round trip for the
+/// lot, not one per record. The first refusal is the error (the rest may have been written:
+/// callers rely on idempotency downstream, as for any redelivery).
+pub async fn publish_all<'a>(producer: &FutureProducer, records: impl IntoIterator<Item = &'a OutRecord>) -> anyhow::Result<usize> {
+    let mut deliveries = vec![];
+    for out in records {
+        deliveries.push((out.topic.clone(), send(producer, out).await?));
+    }
+    let n = deliveries.len();
+    for (topic, d) in deliveries {
+        acknowledged(&topic, d).await?;
+    }
+    Ok(n)
+}
+
+/// Waits for one delivery: Ok once the broker has the record.
+pub async fn acknowledged(topic: &str, delivery: DeliveryFuture) -> anyhow::Result<()> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(anyhow::anyhow!("broker refused output to {topic}: {e}")),
+        Err(_) => Err(anyhow::anyhow!("producer dropped an output to {topic} before it was acknowledged")),
+    }
+}
