@@ -15,7 +15,15 @@ use std::process::Command;
 use std::time::Duration;
 
 fn sink(broker: &Broker, db: &PrivateDb, group: &str) -> Proc {
-    broker.service("audit-sink", &[("DATABASE_URL", db.url.as_str()), ("CONSUMER_GROUP", group), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")])
+    broker.service(
+        "audit-sink",
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("CONSUMER_GROUP", group),
+            ("PIPELINE_COMMIT_INTERVAL_MS", "100"),
+            ("TENANTS_CONFIG", "/dev/null"),
+        ],
+    )
 }
 
 fn audit_record(i: usize) -> AuditRecord {
@@ -84,7 +92,9 @@ fn a_redelivered_batch_is_stored_once_and_undecodable_messages_are_kept() {
     assert_eq!(db.wait_count("SELECT count(*) FROM sink_rejects", 1, Duration::from_secs(10)), 1);
     let reject = &db.query("SELECT error FROM sink_rejects")[0];
     assert!(reject.get::<_, String>(0).contains("not an AuditRecord"), "the reason is kept");
-    wait_for("offsets committed after the database commit", Duration::from_secs(20), || broker.committed("audit-sink", "sync.audit") == 101);
+    wait_for("offsets committed after the database commit", Duration::from_secs(20), || {
+        broker.committed("audit-sink", "sync.audit") == 101
+    });
     assert!(s.terminate().success());
 
     // Everything again (a crash before the commit, a replayed topic): stored once.
@@ -115,18 +125,28 @@ fn a_calls_trace_shows_every_stage_from_raw_to_the_crm_record() {
     HUBSPOT.account(&sim, "acme", json!({}));
     let tenants = HUBSPOT.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("trace");
-    let common = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", crm_sync_tests::MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str())];
+    let common =
+        [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", crm_sync_tests::MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str())];
     let n = broker.service("normaliser", &common);
     let d = broker.service("deduper", &common);
     let w = HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[]);
     let s = sink(&broker, &db, "audit-sink");
-    broker.produce("calls.raw", &[("acme".into(), codec::encode(&crm_common::events::fixtures::raw_call("acme", "call-77", 0)).unwrap(), vec![])]);
-    let written = db.wait_count("SELECT count(*) FROM audit WHERE call_id = 'call-77' AND stage = 'WRITER' AND operation = 'write'", 1, Duration::from_secs(60));
+    broker.produce(
+        "calls.raw",
+        &[("acme".into(), codec::encode(&crm_common::events::fixtures::raw_call("acme", "call-77", 0)).unwrap(), vec![])],
+    );
+    let written = db.wait_count(
+        "SELECT count(*) FROM audit WHERE call_id = 'call-77' AND stage = 'WRITER' AND operation = 'write'",
+        1,
+        Duration::from_secs(60),
+    );
     assert_eq!(written, 1, "the write reached the audit store");
     let env = [("DATABASE_URL", db.url.as_str())];
     let (ok, text, err) = crm_sync(&["trace", "call-77"], &env);
     assert!(ok, "{err}");
-    for expected in ["NORMALISER", "DEDUPER", "WRITER", "POST /crm/v3/objects/calls/batch/create → 201", "Outcome: hubspot: in the CRM as record"] {
+    for expected in
+        ["NORMALISER", "DEDUPER", "WRITER", "POST /crm/v3/objects/calls/batch/create → 201", "Outcome: hubspot: in the CRM as record"]
+    {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
     eprintln!("{text}");
@@ -188,7 +208,10 @@ fn a_replayed_dlq_entry_is_written_once_after_its_cause_is_fixed() {
     let (ok, out, err) = crm_sync(&["dlq", "replay", &ids[0], "--max-replays", "2"], &env);
     assert!(ok && out.contains("replayed 0 entries; 1 refused") && err.contains("replayed 2 times already"), "{out}{err}");
     let (finals, _, all) = outcomes(&broker, 4, Duration::from_secs(30));
-    assert!(finals.iter().any(|a| a.call_id.as_deref() == Some("r1") && a.outcome == AuditOutcome::Duplicate), "the second replay was a duplicate");
+    assert!(
+        finals.iter().any(|a| a.call_id.as_deref() == Some("r1") && a.outcome == AuditOutcome::Duplicate),
+        "the second replay was a duplicate"
+    );
     let k = HUBSPOT.keys(&sim, "acme");
     assert!(k.len() == 1 && k.values().all(|&(t, _)| t == 1), "exactly one record after two replays: {k:?}");
 
@@ -200,7 +223,9 @@ fn a_replayed_dlq_entry_is_written_once_after_its_cause_is_fixed() {
     // Every action is audited, by whom.
     let ops: Vec<&AuditRecord> = all.iter().filter(|a| a.stage == Stage::Operator).collect();
     assert!(ops.iter().filter(|a| a.operation == "dlq replay").count() >= 2, "{ops:?}");
-    wait_for("the ack's audit record", Duration::from_secs(20), || db.count("SELECT count(*) FROM audit WHERE stage = 'OPERATOR' AND operation = 'dlq ack'") == 1);
+    wait_for("the ack's audit record", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM audit WHERE stage = 'OPERATOR' AND operation = 'dlq ack'") == 1
+    });
     let by: String = db.query("SELECT attributes->>'by' FROM audit WHERE stage = 'OPERATOR' LIMIT 1")[0].get(0);
     assert_eq!(by, "support-jane");
     for p in [w, s] {

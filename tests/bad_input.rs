@@ -45,7 +45,13 @@ fn framed(rt: RecordType, datum: &[u8]) -> Vec<u8> {
 /// Peak resident memory of a process, in MiB (VmHWM).
 fn peak_rss_mib(p: &Proc) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()).unwrap_or(0) / 1024
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
 }
 
 struct Bad {
@@ -70,7 +76,10 @@ fn bad_events_each_become_one_dead_letter_and_good_ones_are_unaffected() {
     let mut normaliser = broker.service("normaliser", &env);
     let mut deduper = broker.service("deduper", &env);
     let mut writer = case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
-    let mut sink = broker.service("audit-sink", &[("DATABASE_URL", db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")]);
+    let mut sink = broker.service(
+        "audit-sink",
+        &[("DATABASE_URL", db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")],
+    );
 
     let call = |f: &dyn Fn(&mut CallEvent)| {
         let mut ev = raw_call("acme", "x", 7);
@@ -94,7 +103,13 @@ fn bad_events_each_become_one_dead_letter_and_good_ones_are_unaffected() {
         bad("another record type", raw, codec::encode(&normalised_call("acme", "n1", 1)).unwrap(), Normaliser, SchemaInvalid),
         bad("trailing garbage", raw, [&good_bytes[..], b"\x00\x01junk"].concat(), Normaliser, SchemaInvalid),
         bad("oversized (300 KB of notes)", raw, call(&|e| e.notes = Some("n".repeat(300_000))), Normaliser, Validation),
-        bad("a newline forging a log line in the call id", raw, call(&|e| e.call_id = "c1\n2026-11-23T00:00:00Z INFO all good".into()), Normaliser, Validation),
+        bad(
+            "a newline forging a log line in the call id",
+            raw,
+            call(&|e| e.call_id = "c1\n2026-11-23T00:00:00Z INFO all good".into()),
+            Normaliser,
+            Validation,
+        ),
         bad("an empty call id", raw, call(&|e| e.call_id = String::new()), Normaliser, Validation),
         bad("a 300-byte call id", raw, call(&|e| e.call_id = "x".repeat(300)), Normaliser, Validation),
         bad("a script for a number", raw, call(&|e| e.from_number = "<script>alert(1)</script>".into()), Normaliser, InvalidPhone),
@@ -110,17 +125,28 @@ fn bad_events_each_become_one_dead_letter_and_good_ones_are_unaffected() {
     for (what, tenant) in [("an SQL injection for a tenant", injection), ("a right-to-left override for a tenant", rtl)] {
         let mut ev = raw_call(tenant, "c-hostile", 1);
         ev.tenant_id = tenant.into();
-        cases.push(Bad { what, topic: raw, key: tenant.into(), payload: codec::encode(&ev).unwrap(), stage: Normaliser, reason: TenantNotConfigured });
+        cases.push(Bad {
+            what,
+            topic: raw,
+            key: tenant.into(),
+            payload: codec::encode(&ev).unwrap(),
+            stage: Normaliser,
+            reason: TenantNotConfigured,
+        });
     }
 
     // Good calls around them, one with hostile-looking but valid text that must arrive as is.
     let notes = "Rückruf „bitte“ 📞 \u{202e}RTL\u{202c} <b>bold</b> '; DROP TABLE audit; --";
     let goods: Vec<Msg> = (0..5)
         .map(|i| ("acme".to_string(), codec::encode(&raw_call("acme", &format!("g{i}"), i)).unwrap(), vec![]))
-        .chain(std::iter::once(("acme".to_string(), call(&|e| {
-            e.call_id = "g-unicode".into();
-            e.notes = Some(notes.into());
-        }), vec![])))
+        .chain(std::iter::once((
+            "acme".to_string(),
+            call(&|e| {
+                e.call_id = "g-unicode".into();
+                e.notes = Some(notes.into());
+            }),
+            vec![],
+        )))
         .collect();
     broker.produce(raw, &goods[..3]);
     for c in &cases {
@@ -136,12 +162,29 @@ fn bad_events_each_become_one_dead_letter_and_good_ones_are_unaffected() {
     std::thread::sleep(Duration::from_secs(2));
 
     // One dead letter per bad event, with its stage and reason.
-    let letters: Vec<DeadLetter> = broker.reader(&["sync.dlq"]).read_until(Duration::from_secs(2), |_| false).iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let letters: Vec<DeadLetter> = broker
+        .reader(&["sync.dlq"])
+        .read_until(Duration::from_secs(2), |_| false)
+        .iter()
+        .map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap())
+        .collect();
     assert_eq!(letters.len(), cases.len(), "{:#?}", letters.iter().map(|d| (&d.reason, &d.detail)).collect::<Vec<_>>());
     for c in &cases {
-        let found: Vec<&DeadLetter> = letters.iter().filter(|d| d.source_topic == c.topic && c.payload.starts_with(&d.payload) && d.payload.len() == c.payload.len().min(crm_common::emit::MAX_DLQ_PAYLOAD)).collect();
+        let found: Vec<&DeadLetter> = letters
+            .iter()
+            .filter(|d| {
+                d.source_topic == c.topic
+                    && c.payload.starts_with(&d.payload)
+                    && d.payload.len() == c.payload.len().min(crm_common::emit::MAX_DLQ_PAYLOAD)
+            })
+            .collect();
         assert!(!found.is_empty(), "{}: no dead letter", c.what);
-        assert!(found.iter().all(|d| (d.stage, d.reason) == (c.stage, c.reason)), "{}: {:?}", c.what, found.iter().map(|d| (d.stage, d.reason, &d.detail)).collect::<Vec<_>>());
+        assert!(
+            found.iter().all(|d| (d.stage, d.reason) == (c.stage, c.reason)),
+            "{}: {:?}",
+            c.what,
+            found.iter().map(|d| (d.stage, d.reason, &d.detail)).collect::<Vec<_>>()
+        );
         assert!(found.iter().all(|d| !d.detail.is_empty()), "{}: a reason in words", c.what);
     }
     let oversized = letters.iter().find(|d| d.detail.contains("oversized")).expect("the oversized event");

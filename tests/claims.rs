@@ -16,7 +16,12 @@ fn now_ms() -> i64 {
 async fn claims_with(prefix: &RedisPrefix, owner: &str, lease_ms: u64, horizon_ms: u64) -> Claims {
     let client = redis::Client::open(MACHINE_REDIS).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let timing = Timing { lease: Duration::from_millis(lease_ms), request_timeout: Duration::ZERO, late_write_horizon: Duration::from_millis(horizon_ms), clock_skew: Duration::from_secs(1) };
+    let timing = Timing {
+        lease: Duration::from_millis(lease_ms),
+        request_timeout: Duration::ZERO,
+        late_write_horizon: Duration::from_millis(horizon_ms),
+        clock_skew: Duration::from_secs(1),
+    };
     Claims::new(conn, &prefix.0, owner, timing, Duration::from_secs(3600))
 }
 
@@ -38,7 +43,11 @@ async fn claim_write_done_then_duplicates_and_updates() {
     assert_eq!(b.claim("acme", key, 1, era).await.unwrap(), Claim::AlreadyDone { record_id: "9001".into() });
     assert_eq!(b.claim("acme", key, 2, era).await.unwrap(), Claim::Update { record_id: "9001".into() });
     b.done("acme", key, 2, "9001").await.unwrap();
-    assert_eq!(a.claim("acme", key, 1, era).await.unwrap(), Claim::AlreadyDone { record_id: "9001".into() }, "a stale version is a duplicate");
+    assert_eq!(
+        a.claim("acme", key, 1, era).await.unwrap(),
+        Claim::AlreadyDone { record_id: "9001".into() },
+        "a stale version is a duplicate"
+    );
     assert!(prefix.keys().iter().all(|k| k.contains(":{acme}:claim:") || k.ends_with(":{acme}:claims-epoch")), "{:?}", prefix.keys());
 }
 
@@ -52,7 +61,11 @@ async fn an_expired_lease_is_recovered_by_lookup_and_a_release_frees_the_key() {
     assert_eq!(dead.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap(), Claim::Create);
     // writer-dead is SIGKILLed mid-write; its lease runs out.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let Claim::Recover { record_id: None, since_ms, why: Recovery::ExpiredLease, settle } = live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap() else { panic!("recover") };
+    let Claim::Recover { record_id: None, since_ms, why: Recovery::ExpiredLease, settle } =
+        live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap()
+    else {
+        panic!("recover")
+    };
     // The lost write was claimed by the dead writer, before the sleep: that is where a
     // lookup must start (Redis's clock and ours are the same machine's here).
     assert!((before - 50..before + 200).contains(&since_ms), "claimed at {since_ms}, test started {before}");
@@ -61,7 +74,10 @@ async fn an_expired_lease_is_recovered_by_lookup_and_a_release_frees_the_key() {
     // Our own lease, claimed again (a retry after a timeout), also means "look it up first",
     // still from the first claim.
     let again = live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap();
-    assert!(matches!(again, Claim::Recover { record_id: None, since_ms: s, why: Recovery::ExpiredLease, .. } if s == since_ms), "{again:?}");
+    assert!(
+        matches!(again, Claim::Recover { record_id: None, since_ms: s, why: Recovery::ExpiredLease, .. } if s == since_ms),
+        "{again:?}"
+    );
     // A late DONE from the dead writer's write still records the record id.
     dead.done("acme", "acme:c2:hubspot", 1, "77").await.unwrap();
     assert_eq!(live.claim("acme", "acme:c2:hubspot", 1, era).await.unwrap(), Claim::AlreadyDone { record_id: "77".into() });
@@ -116,12 +132,26 @@ async fn a_claim_store_that_lost_its_data_looks_up_old_activities() {
     let era = start + 1_500;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let again = w.claim("acme", "acme:new:zoho", 1, era).await.unwrap();
-    assert!(matches!(again, Claim::Recover { why: Recovery::Forgotten, .. }), "the DONE was lost: look it up, never create blindly: {again:?}");
+    assert!(
+        matches!(again, Claim::Recover { why: Recovery::Forgotten, .. }),
+        "the DONE was lost: look it up, never create blindly: {again:?}"
+    );
     // Claims older than the retention are as good as lost.
     let short = {
         let client = redis::Client::open(MACHINE_REDIS).unwrap();
         let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-        Claims::new(conn, &prefix.0, "writer-b", Timing { lease: Duration::from_secs(30), request_timeout: Duration::ZERO, late_write_horizon: Duration::ZERO, clock_skew: Duration::ZERO }, Duration::from_secs(60))
+        Claims::new(
+            conn,
+            &prefix.0,
+            "writer-b",
+            Timing {
+                lease: Duration::from_secs(30),
+                request_timeout: Duration::ZERO,
+                late_write_horizon: Duration::ZERO,
+                clock_skew: Duration::ZERO,
+            },
+            Duration::from_secs(60),
+        )
     };
     let stale = short.claim("globex", "globex:c9:zoho", 1, now_ms() - 120_000).await.unwrap();
     assert!(matches!(stale, Claim::Recover { why: Recovery::Forgotten, .. }), "{stale:?}");

@@ -28,7 +28,10 @@ fn portal(sim: &CrmSim, extra: Value) -> Value {
 }
 
 fn contact_id(sim: &CrmSim, first: &str) -> String {
-    sim.records("hubspot", "portal-1", "contacts").iter().find(|r| r["fields"]["firstname"] == first).unwrap()["id"].as_str().unwrap().to_string()
+    sim.records("hubspot", "portal-1", "contacts").iter().find(|r| r["fields"]["firstname"] == first).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn call_input(key: &str, contact: Option<&str>) -> Value {
@@ -56,7 +59,8 @@ fn call_lifecycle_has_hubspots_shapes() {
     assert_eq!(created.body["archived"], false);
     assert!(created.body["createdAt"].as_str().unwrap().ends_with('Z'));
 
-    let read = sim.call("GET", &format!("{CALLS}/{id}?properties=hs_call_title,crm_sync_key&associations=contacts"), Auth::Bearer(TOKEN), None);
+    let read =
+        sim.call("GET", &format!("{CALLS}/{id}?properties=hs_call_title,crm_sync_key&associations=contacts"), Auth::Bearer(TOKEN), None);
     assert_eq!(read.status, 200);
     assert_eq!(read.body["properties"]["hs_call_title"], "Outbound call");
     assert_eq!(read.body["associations"]["contacts"]["results"][0]["id"], jane.as_str());
@@ -133,7 +137,12 @@ fn batch_endpoints_cap_at_100_and_report_per_record() {
 
     // Batch read reports missing ids as OBJECT_NOT_FOUND in a 207.
     let id = first.body["results"][0]["id"].clone();
-    let r = sim.call("POST", &format!("{CALLS}/batch/read"), Auth::Bearer(TOKEN), Some(&json!({"inputs": [{"id": id}, {"id": "999"}], "properties": ["hs_call_title"]})));
+    let r = sim.call(
+        "POST",
+        &format!("{CALLS}/batch/read"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"inputs": [{"id": id}, {"id": "999"}], "properties": ["hs_call_title"]})),
+    );
     assert_eq!(r.status, 207);
     assert_eq!(r.body["results"][0]["properties"]["hs_call_title"], "second");
     assert_eq!(r.body["errors"][0]["category"], "OBJECT_NOT_FOUND");
@@ -163,7 +172,12 @@ fn search_compares_raw_strings_and_lags_behind_writes() {
         {"filters": [{"propertyName": "firstname", "operator": "EQ", "value": "max"}]}]});
     assert_eq!(sim.call("POST", "/hubspot/crm/v3/objects/contacts/search", Auth::Bearer(TOKEN), Some(&body)).body["total"], 1);
 
-    let created = sim.call("POST", "/hubspot/crm/v3/objects/contacts", Auth::Bearer(TOKEN), Some(&json!({"properties": {"firstname": "New", "phone": "+1 212 555 0100"}})));
+    let created = sim.call(
+        "POST",
+        "/hubspot/crm/v3/objects/contacts",
+        Auth::Bearer(TOKEN),
+        Some(&json!({"properties": {"firstname": "New", "phone": "+1 212 555 0100"}})),
+    );
     assert_eq!(created.status, 201);
     assert_eq!(search("hs_searchable_calculated_phone_number", "2125550100"), 0, "not indexed yet");
     sim.advance(2000);
@@ -239,7 +253,10 @@ fn ten_second_window_daily_allowance_and_search_limit_at_their_boundaries() {
 fn oauth_tokens_expire_refresh_and_revoke() {
     let sim = CrmSim::start();
     sim.freeze(); // before the token is issued, so "expired N second(s) ago" is exact
-    let acct = portal(&sim, json!({"tokens": [{"token": TOKEN, "kind": "static"}, {"token": "hs-oauth-1", "kind": "oauth", "expires_in_s": 60, "refresh_token": "rt-1", "client_id": "cid", "client_secret": "secret", "app": "public-app"}]}));
+    let acct = portal(
+        &sim,
+        json!({"tokens": [{"token": TOKEN, "kind": "static"}, {"token": "hs-oauth-1", "kind": "oauth", "expires_in_s": 60, "refresh_token": "rt-1", "client_id": "cid", "client_secret": "secret", "app": "public-app"}]}),
+    );
     assert_eq!(acct["tokens"][1]["refresh_token"], "rt-1");
     let ok = sim.call("GET", &format!("{CALLS}?limit=1"), Auth::Bearer("hs-oauth-1"), None);
     assert_eq!(ok.status, 200);
@@ -252,12 +269,24 @@ fn oauth_tokens_expire_refresh_and_revoke() {
     assert_eq!(expired.body["message"], "The OAuth token used to make this call expired 15 second(s) ago.");
     assert!(expired.body["context"]["expire time"][0].is_string());
 
-    let bad = sim.form("/hubspot/oauth/v1/token", &[("grant_type", "refresh_token"), ("client_id", "cid"), ("client_secret", "secret"), ("refresh_token", "nope")], None);
+    let bad = sim.form(
+        "/hubspot/oauth/v1/token",
+        &[("grant_type", "refresh_token"), ("client_id", "cid"), ("client_secret", "secret"), ("refresh_token", "nope")],
+        None,
+    );
     assert_eq!(bad.status, 400);
     assert_eq!(bad.body["status"], "BAD_REFRESH_TOKEN");
-    let wrong_client = sim.form("/hubspot/oauth/v1/token", &[("grant_type", "refresh_token"), ("client_id", "x"), ("client_secret", "secret"), ("refresh_token", "rt-1")], None);
+    let wrong_client = sim.form(
+        "/hubspot/oauth/v1/token",
+        &[("grant_type", "refresh_token"), ("client_id", "x"), ("client_secret", "secret"), ("refresh_token", "rt-1")],
+        None,
+    );
     assert_eq!(wrong_client.body["status"], "BAD_CLIENT_ID");
-    let fresh = sim.form("/hubspot/oauth/v1/token", &[("grant_type", "refresh_token"), ("client_id", "cid"), ("client_secret", "secret"), ("refresh_token", "rt-1")], None);
+    let fresh = sim.form(
+        "/hubspot/oauth/v1/token",
+        &[("grant_type", "refresh_token"), ("client_id", "cid"), ("client_secret", "secret"), ("refresh_token", "rt-1")],
+        None,
+    );
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     assert_eq!(fresh.body["expires_in"], 60);
     let t = fresh.body["access_token"].as_str().unwrap();
@@ -288,7 +317,8 @@ fn permanent_errors_have_hubspots_categories() {
     sim.admin("DELETE", "/accounts/hubspot/portal-1/fields/calls/crm_sync_key", None);
     let r = sim.call("POST", CALLS, Auth::Bearer(TOKEN), Some(&call_input("e2", None)));
     assert_eq!(r.status, 400);
-    let embedded: Value = serde_json::from_str(r.body["message"].as_str().unwrap().trim_start_matches("Property values were not valid: ")).unwrap();
+    let embedded: Value =
+        serde_json::from_str(r.body["message"].as_str().unwrap().trim_start_matches("Property values were not valid: ")).unwrap();
     assert_eq!(embedded[0]["error"], "PROPERTY_DOESNT_EXIST");
     assert_eq!(embedded[0]["name"], "crm_sync_key");
     assert_eq!(sim.call("GET", "/hubspot/crm/v3/properties/calls/crm_sync_key", Auth::Bearer(TOKEN), None).status, 404);
@@ -303,7 +333,10 @@ fn permanent_errors_have_hubspots_categories() {
 
     // A merged contact's old id resolves to the survivor.
     let max = contact_id(&sim, "Max");
-    let other = sim.admin("POST", "/accounts/hubspot/portal-1/objects/contacts", Some(json!({"firstname": "Maximilian"})))["id"].as_str().unwrap().to_string();
+    let other = sim.admin("POST", "/accounts/hubspot/portal-1/objects/contacts", Some(json!({"firstname": "Maximilian"})))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     sim.admin("POST", &format!("/accounts/hubspot/portal-1/objects/contacts/{max}/merge"), Some(json!({"into": other})));
     let r = sim.call("GET", &format!("/hubspot/crm/v3/objects/contacts/{max}"), Auth::Bearer(TOKEN), None);
     assert_eq!(r.status, 200);

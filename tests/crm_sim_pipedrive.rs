@@ -55,13 +55,18 @@ fn activities_lifecycle_and_no_uniqueness() {
 
     let patched = sim.call("PATCH", &format!("{A}/{id}"), Auth::PipedriveToken(TOKEN), Some(&json!({"subject": "Edited"})));
     assert_eq!(patched.body["data"]["subject"], "Edited");
-    let listed = sim.call("GET", &format!("{A}?person_id={p}&updated_since=2020-01-01T00:00:00Z&limit=1"), Auth::PipedriveToken(TOKEN), None);
+    let listed =
+        sim.call("GET", &format!("{A}?person_id={p}&updated_since=2020-01-01T00:00:00Z&limit=1"), Auth::PipedriveToken(TOKEN), None);
     assert_eq!(listed.status, 200);
     assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
     assert_eq!(listed.body["additional_data"]["next_cursor"], "1");
     let page2 = sim.call("GET", &format!("{A}?person_id={p}&limit=1&cursor=1"), Auth::PipedriveToken(TOKEN), None);
     assert_eq!(page2.body["additional_data"]["next_cursor"], Value::Null);
-    assert_eq!(sim.call("GET", &format!("{A}?updated_since=2020-01-01T00:00:00.5Z"), Auth::PipedriveToken(TOKEN), None).status, 400, "no fractional seconds");
+    assert_eq!(
+        sim.call("GET", &format!("{A}?updated_since=2020-01-01T00:00:00.5Z"), Auth::PipedriveToken(TOKEN), None).status,
+        400,
+        "no fractional seconds"
+    );
 
     let del = sim.call("DELETE", &format!("{A}/{id}"), Auth::PipedriveToken(TOKEN), None);
     assert_eq!(del.body, json!({"success": true, "data": {"id": id}}));
@@ -81,7 +86,11 @@ fn activities_lifecycle_and_no_uniqueness() {
     let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("k2", Some(p))));
     assert_eq!(r.status, 400);
     assert!(r.body["error"].as_str().unwrap().contains("not found"));
-    assert_eq!(sim.call("POST", "/pipedrive/api/v1/activities", Auth::PipedriveToken(TOKEN), Some(&json!({}))).status, 410, "v1 activities are retired");
+    assert_eq!(
+        sim.call("POST", "/pipedrive/api/v1/activities", Auth::PipedriveToken(TOKEN), Some(&json!({}))).status,
+        410,
+        "v1 activities are retired"
+    );
 }
 
 #[test]
@@ -181,7 +190,11 @@ fn auth_and_faults() {
     assert_eq!(r.status, 401);
     assert_eq!(r.body["error"], "unauthorized access");
     assert_eq!(r.body["errorCode"], 401);
-    assert_eq!(sim.call("GET", &format!("{A}?limit=1&api_token={TOKEN}"), Auth::None, None).status, 200, "the query-string token works too");
+    assert_eq!(
+        sim.call("GET", &format!("{A}?limit=1&api_token={TOKEN}"), Auth::None, None).status,
+        200,
+        "the query-string token works too"
+    );
 
     let basic = Some(("cid", "cs"));
     let ok = sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "pd-rt")], basic);
@@ -199,7 +212,10 @@ fn auth_and_faults() {
     assert_ne!(rotated, "pd-rt");
     let old = sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", "pd-rt")], basic);
     assert_eq!((old.status, old.body["error"].as_str()), (400, Some("invalid_grant")), "the rotated-out refresh token is refused");
-    assert_eq!(sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rotated)], Some(("cid", "wrong"))).status, 401);
+    assert_eq!(
+        sim.form("/pipedrive/oauth/token", &[("grant_type", "refresh_token"), ("refresh_token", &rotated)], Some(("cid", "wrong"))).status,
+        401
+    );
 
     sim.admin("POST", "/accounts/pipedrive/acme/permissions/activities:full/revoke", None);
     let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("x", None)));
@@ -218,5 +234,8 @@ fn auth_and_faults() {
     sim.fault("pipedrive", "acme", json!({"kind": "500", "count": 1, "after_write": true}));
     assert_eq!(sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&activity("f2", None))).status, 500);
     let found = sim.call("GET", &format!("{A}?updated_since=2020-01-01T00:00:00Z"), Auth::PipedriveToken(TOKEN), None);
-    assert!(found.body["data"].as_array().unwrap().iter().any(|a| a["note"].as_str().unwrap().contains("crm-sync-key:f2")), "the 500 came after the write; a filtered list finds it");
+    assert!(
+        found.body["data"].as_array().unwrap().iter().any(|a| a["note"].as_str().unwrap().contains("crm-sync-key:f2")),
+        "the 500 came after the write; a filtered list finds it"
+    );
 }

@@ -23,7 +23,10 @@ fn org(sim: &CrmSim, extra: Value) -> Value {
 }
 
 fn jane(sim: &CrmSim) -> String {
-    sim.records("salesforce", "org-1", "Contact").iter().find(|r| r["fields"]["LastName"] == "Doe").unwrap()["id"].as_str().unwrap().to_string()
+    sim.records("salesforce", "org-1", "Contact").iter().find(|r| r["fields"]["LastName"] == "Doe").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 fn task(who: Option<&str>) -> Value {
@@ -56,15 +59,24 @@ fn sobject_crud_and_external_id_upsert() {
     assert_eq!(read.body["CallDurationInSeconds"], 125);
     assert_eq!(read.body["Priority"], "Normal", "defaults apply");
     let fifteen = &id[..15];
-    assert_eq!(sim.call("GET", &format!("{V}/sobjects/Task/{fifteen}?fields=Subject"), Auth::Bearer(TOKEN), None).body["Subject"], "Call", "15-character ids work");
+    assert_eq!(
+        sim.call("GET", &format!("{V}/sobjects/Task/{fifteen}?fields=Subject"), Auth::Bearer(TOKEN), None).body["Subject"],
+        "Call",
+        "15-character ids work"
+    );
 
-    assert_eq!(sim.call("PATCH", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), Some(&json!({"Description": "notes"}))).status, 204);
+    assert_eq!(
+        sim.call("PATCH", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), Some(&json!({"Description": "notes"}))).status,
+        204
+    );
     let r = sim.call("PATCH", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), Some(&json!({"TaskSubtype": "Call"})));
     assert_eq!(r.status, 400);
     assert_eq!(r.body[0]["errorCode"], "INVALID_FIELD_FOR_INSERT_UPDATE", "TaskSubtype is create-only");
 
     // Upsert by external id: created, then updated; v45 answers 204 on update.
-    let up = |v: &str, body: Value| sim.call("PATCH", &format!("/salesforce/services/data/{v}/sobjects/Task/CallExtId__c/key-1"), Auth::Bearer(TOKEN), Some(&body));
+    let up = |v: &str, body: Value| {
+        sim.call("PATCH", &format!("/salesforce/services/data/{v}/sobjects/Task/CallExtId__c/key-1"), Auth::Bearer(TOKEN), Some(&body))
+    };
     let first = up("v66.0", task(None));
     assert_eq!(first.status, 201, "{}", first.text);
     assert_eq!(first.body["created"], true);
@@ -98,7 +110,12 @@ fn sobject_crud_and_external_id_upsert() {
     let state = sim.state("salesforce", "org-1");
     assert_eq!(state["keys"]["key-1"], json!({"total": 2, "live": 1}));
 
-    let deleted = sim.call("GET", &format!("{V}/sobjects/Task/deleted/?start=2020-01-01T00:00:00%2B00:00&end=2100-01-01T00:00:00%2B00:00"), Auth::Bearer(TOKEN), None);
+    let deleted = sim.call(
+        "GET",
+        &format!("{V}/sobjects/Task/deleted/?start=2020-01-01T00:00:00%2B00:00&end=2100-01-01T00:00:00%2B00:00"),
+        Auth::Bearer(TOKEN),
+        None,
+    );
     assert_eq!(deleted.body["deletedRecords"][0]["id"], ext_id.as_str());
     let describe = sim.call("GET", &format!("{V}/sobjects/Task/describe"), Auth::Bearer(TOKEN), None);
     let ext = describe.body["fields"].as_array().unwrap().iter().find(|f| f["name"] == "CallExtId__c").unwrap().clone();
@@ -124,7 +141,12 @@ fn collections_cap_at_200_report_in_order_and_roll_back_all_or_none() {
 
     let mut bad = rec("c1");
     bad["NoSuchField__c"] = json!("x");
-    let r = sim.call("POST", &format!("{V}/composite/sobjects"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": false, "records": [rec("c0"), bad.clone(), rec("c2")]})));
+    let r = sim.call(
+        "POST",
+        &format!("{V}/composite/sobjects"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"allOrNone": false, "records": [rec("c0"), bad.clone(), rec("c2")]})),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body[0]["success"], true);
     assert_eq!(r.body[1]["success"], false);
@@ -132,15 +154,26 @@ fn collections_cap_at_200_report_in_order_and_roll_back_all_or_none() {
     assert_eq!(r.body[2]["success"], true);
     assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 2);
 
-    let r = sim.call("POST", &format!("{V}/composite/sobjects"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": true, "records": [rec("c3"), bad]})));
+    let r = sim.call(
+        "POST",
+        &format!("{V}/composite/sobjects"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"allOrNone": true, "records": [rec("c3"), bad]})),
+    );
     assert_eq!(r.body[0]["errors"][0]["statusCode"], "ALL_OR_NONE_OPERATION_ROLLED_BACK");
     assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 2, "nothing kept");
 
     let full: Vec<Value> = (100..300).map(|i| rec(&format!("c{i}"))).collect();
-    let r = sim.call("PATCH", &format!("{V}/composite/sobjects/Task/CallExtId__c"), Auth::Bearer(TOKEN), Some(&json!({"allOrNone": false, "records": full})));
+    let r = sim.call(
+        "PATCH",
+        &format!("{V}/composite/sobjects/Task/CallExtId__c"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"allOrNone": false, "records": full})),
+    );
     assert_eq!(r.status, 200);
     assert!(r.body.as_array().unwrap().iter().all(|x| x["created"] == true));
-    let again: Vec<Value> = (100..102).map(|i| json!({"attributes": {"type": "Task"}, "CallExtId__c": format!("c{i}"), "Subject": "updated"})).collect();
+    let again: Vec<Value> =
+        (100..102).map(|i| json!({"attributes": {"type": "Task"}, "CallExtId__c": format!("c{i}"), "Subject": "updated"})).collect();
     let r = sim.call("PATCH", &format!("{V}/composite/sobjects/Task/CallExtId__c"), Auth::Bearer(TOKEN), Some(&json!({"records": again})));
     assert_eq!(r.body[0]["created"], false);
     assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 202);
@@ -175,14 +208,24 @@ fn soql_and_sosl() {
 
     // SOSL phone search ignores punctuation; a bare local number is another number.
     let s = |term: &str| {
-        let r = sim.call("GET", &format!("{V}/search/?q={}", urlencode(&format!("FIND {{{term}}} IN PHONE FIELDS RETURNING Contact(Id, Phone), Lead(Id)"))), Auth::Bearer(TOKEN), None);
+        let r = sim.call(
+            "GET",
+            &format!("{V}/search/?q={}", urlencode(&format!("FIND {{{term}}} IN PHONE FIELDS RETURNING Contact(Id, Phone), Lead(Id)"))),
+            Auth::Bearer(TOKEN),
+            None,
+        );
         assert_eq!(r.status, 200, "{}", r.text);
         r.body["searchRecords"].as_array().unwrap().iter().map(|x| x["Phone"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
     };
     assert_eq!(s("4155551212"), vec!["(415) 555-1212"]);
     assert_eq!(s("\\+1 415 555 1212"), vec!["(415) 555-1212"]);
     assert!(s("4155551213").is_empty());
-    let created = sim.call("POST", &format!("{V}/sobjects/Contact/"), Auth::Bearer(TOKEN), Some(&json!({"LastName": "New", "MobilePhone": "+1 212 555 0100"})));
+    let created = sim.call(
+        "POST",
+        &format!("{V}/sobjects/Contact/"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"LastName": "New", "MobilePhone": "+1 212 555 0100"})),
+    );
     assert_eq!(created.status, 201);
     assert!(s("2125550100").is_empty(), "the index lags behind the write");
     sim.advance(1000);
@@ -192,7 +235,9 @@ fn soql_and_sosl() {
 }
 
 fn urlencode(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 #[test]
@@ -249,7 +294,11 @@ fn auth_errors_and_faults() {
     let r = sim.call("GET", &format!("{V}/limits"), Auth::Bearer(TOKEN), None);
     assert_eq!(r.status, 401);
     assert_eq!(r.body, json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID", "fields": []}]));
-    let fresh = sim.form("/salesforce/services/oauth2/token", &[("grant_type", "refresh_token"), ("refresh_token", "sf-rt"), ("client_id", "cid"), ("client_secret", "cs")], None);
+    let fresh = sim.form(
+        "/salesforce/services/oauth2/token",
+        &[("grant_type", "refresh_token"), ("refresh_token", "sf-rt"), ("client_id", "cid"), ("client_secret", "cs")],
+        None,
+    );
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     assert!(fresh.body.get("expires_in").is_none(), "Salesforce does not say when the session ends");
     assert_eq!(fresh.body["instance_url"], format!("{}/salesforce", sim.url));
@@ -265,7 +314,10 @@ fn auth_errors_and_faults() {
     assert_eq!(r.body[0]["message"], "No such column 'Bogus__c' on sobject of type Task");
     let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&json!({"CallType": "Sideways"})));
     assert_eq!(r.body[0]["errorCode"], "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST");
-    assert_eq!(sim.call("POST", &format!("{V}/sobjects/Contact/"), Auth::Bearer(&token), Some(&json!({"FirstName": "x"}))).body[0]["errorCode"], "REQUIRED_FIELD_MISSING");
+    assert_eq!(
+        sim.call("POST", &format!("{V}/sobjects/Contact/"), Auth::Bearer(&token), Some(&json!({"FirstName": "x"}))).body[0]["errorCode"],
+        "REQUIRED_FIELD_MISSING"
+    );
     sim.admin("DELETE", &format!("/accounts/salesforce/org-1/objects/Contact/{who}"), None);
     let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&task(Some(&who))));
     assert_eq!(r.body[0]["errorCode"], "ENTITY_IS_DELETED");

@@ -97,10 +97,22 @@ fn read_update_delete_and_deleted_listing() {
     let put = sim.call("PUT", &format!("{V}/Calls/{id}"), Auth::Zoho(TOKEN), Some(&json!({"data": [{"Description": "notes"}]})));
     assert_eq!(put.status, 200, "{}", put.text);
     assert_eq!(put.body["data"][0]["message"], "record updated");
-    let stale = sim.call_with("PUT", &format!("{V}/Calls/{id}"), Auth::Zoho(TOKEN), Some(&json!({"data": [{"Description": "x"}]})), &[("If-Unmodified-Since", "2000-01-01T00:00:00+00:00")], None);
+    let stale = sim.call_with(
+        "PUT",
+        &format!("{V}/Calls/{id}"),
+        Auth::Zoho(TOKEN),
+        Some(&json!({"data": [{"Description": "x"}]})),
+        &[("If-Unmodified-Since", "2000-01-01T00:00:00+00:00")],
+        None,
+    );
     assert_eq!(stale.status, 412);
     assert_eq!(stale.body["data"][0]["code"], "ALREADY_MODIFIED");
-    let bulk = sim.call("PUT", &format!("{V}/Calls"), Auth::Zoho(TOKEN), Some(&json!({"data": [{"id": id, "Call_Result": "ok"}, {"id": "123", "Call_Result": "x"}]})));
+    let bulk = sim.call(
+        "PUT",
+        &format!("{V}/Calls"),
+        Auth::Zoho(TOKEN),
+        Some(&json!({"data": [{"id": id, "Call_Result": "ok"}, {"id": "123", "Call_Result": "x"}]})),
+    );
     assert_eq!(bulk.status, 207);
     assert_eq!(bulk.body["data"][1]["message"], "the id given seems to be invalid");
 
@@ -135,7 +147,12 @@ fn search_lags_and_coql_does_not() {
     assert_eq!(search("criteria=(Phone:equals:555-1212)").status, 200, "equals behaves like contains");
     assert_eq!(search("criteria=(Last_Name:starts_with:Do)").status, 200);
 
-    let r = sim.call("POST", &format!("{V}/Contacts"), Auth::Zoho(TOKEN), Some(&json!({"data": [{"Last_Name": "New", "Mobile": "212-555-0100"}]})));
+    let r = sim.call(
+        "POST",
+        &format!("{V}/Contacts"),
+        Auth::Zoho(TOKEN),
+        Some(&json!({"data": [{"Last_Name": "New", "Mobile": "212-555-0100"}]})),
+    );
     assert_eq!(r.status, 201);
     assert_eq!(search("phone=2125550100").status, 204, "a fresh record is not yet searchable");
 
@@ -184,7 +201,11 @@ fn credits_pace_and_concurrency_all_answer_the_same_429() {
     sim.advance(t0 + 86_400_000 - 1 - sim.admin("GET", "/clock", None)["now_ms"].as_i64().unwrap());
     assert_eq!(sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Zoho(TOKEN), None).status, 429);
     sim.advance(1);
-    assert_eq!(sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Zoho(TOKEN), None).status, 200, "the insert's 3 credits are freed 24 h later");
+    assert_eq!(
+        sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Zoho(TOKEN), None).status,
+        200,
+        "the insert's 3 credits are freed 24 h later"
+    );
 
     // The per-minute pace.
     sim.admin("PATCH", "/accounts/zoho/org-1/limits", Some(json!({"credits_per_24h": 100000, "per_minute": 3})));
@@ -213,7 +234,10 @@ fn credits_pace_and_concurrency_all_answer_the_same_429() {
 #[test]
 fn auth_permissions_and_faults() {
     let sim = CrmSim::start();
-    org(&sim, json!({"tokens": [{"token": TOKEN, "kind": "oauth", "expires_in_s": 3600, "refresh_token": "1000.rt", "client_id": "cid", "client_secret": "cs"}]}));
+    org(
+        &sim,
+        json!({"tokens": [{"token": TOKEN, "kind": "oauth", "expires_in_s": 3600, "refresh_token": "1000.rt", "client_id": "cid", "client_secret": "cs"}]}),
+    );
     sim.freeze();
     let r = sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Bearer(TOKEN), None);
     assert_eq!(r.status, 401, "Zoho wants Zoho-oauthtoken, not Bearer");
@@ -222,7 +246,14 @@ fn auth_permissions_and_faults() {
     assert_eq!(r.status, 401);
     assert_eq!(r.body, json!({"code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token", "status": "error"}));
 
-    let refresh = |rt: &str| sim.call("POST", &format!("/zoho/oauth/v2/token?refresh_token={rt}&client_id=cid&client_secret=cs&grant_type=refresh_token"), Auth::None, None);
+    let refresh = |rt: &str| {
+        sim.call(
+            "POST",
+            &format!("/zoho/oauth/v2/token?refresh_token={rt}&client_id=cid&client_secret=cs&grant_type=refresh_token"),
+            Auth::None,
+            None,
+        )
+    };
     let bad = refresh("nope");
     assert_eq!(bad.status, 200, "a failed refresh is HTTP 200");
     assert_eq!(bad.body["error"], "invalid_code");
@@ -252,8 +283,20 @@ fn auth_permissions_and_faults() {
     sim.fault("zoho", "org-1", json!({"kind": "429", "count": 1}));
     assert_eq!(sim.call("GET", &format!("{V}/Calls?fields=Subject"), Auth::Zoho(&token), None).status, 429);
     sim.fault("zoho", "org-1", json!({"kind": "timeout", "count": 1, "latency_ms": 1500, "after_write": true}));
-    let t = sim.try_call("POST", &format!("{V}/Calls"), Auth::Zoho(&token), Some(&json!({"data": [call("t1", None)]})), &[], Some(Duration::from_millis(300)));
+    let t = sim.try_call(
+        "POST",
+        &format!("{V}/Calls"),
+        Auth::Zoho(&token),
+        Some(&json!({"data": [call("t1", None)]})),
+        &[],
+        Some(Duration::from_millis(300)),
+    );
     assert!(t.is_err_and(|e| e.is_timeout()));
-    let coql = sim.call("POST", &format!("{V}/coql"), Auth::Zoho(&token), Some(&json!({"select_query": "select id from Calls where Ext_Call_Id = 't1'"})));
+    let coql = sim.call(
+        "POST",
+        &format!("{V}/coql"),
+        Auth::Zoho(&token),
+        Some(&json!({"select_query": "select id from Calls where Ext_Call_Id = 't1'"})),
+    );
     assert_eq!(coql.status, 200, "the timed-out insert was applied: COQL finds it before any retry");
 }

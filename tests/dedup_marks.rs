@@ -57,7 +57,8 @@ async fn many_marks_in_flight_keep_request_order() {
     let store = DedupStore::connect(REDIS, &prefix).await.expect("redis");
     let first: Vec<MarkRequest> = (0..2000).map(|i| req(&format!("c{i}"), 1, &format!("t/0/{i}"))).collect();
     assert!(store.mark_many(&first).await.unwrap().iter().all(|m| *m == Mark::New));
-    let mixed: Vec<MarkRequest> = (0..2000).map(|i| if i % 2 == 0 { req(&format!("c{i}"), 1, "t/0/x") } else { req(&format!("c{i}"), 2, "t/0/y") }).collect();
+    let mixed: Vec<MarkRequest> =
+        (0..2000).map(|i| if i % 2 == 0 { req(&format!("c{i}"), 1, "t/0/x") } else { req(&format!("c{i}"), 2, "t/0/y") }).collect();
     let marks = store.mark_many(&mixed).await.unwrap();
     for (i, m) in marks.iter().enumerate() {
         assert_eq!(m.emit(), i % 2 == 1, "call {i}: {m:?}");

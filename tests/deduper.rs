@@ -83,9 +83,13 @@ fn fans_out_suppresses_repeats_and_dead_letters() {
     let zoho = writes(&seen, "crm.writes.zoho");
     assert_eq!(versions(&zoho), vec![("g1".to_string(), 1)]);
     assert!(writes(&seen, "crm.writes.pipedrive").is_empty());
-    assert!(seen.iter().filter(|m| m.topic.starts_with("crm.writes.")).all(|m| m.key_str().as_deref() == Some(if m.topic.ends_with("zoho") { "globex" } else { "acme" })));
+    assert!(seen
+        .iter()
+        .filter(|m| m.topic.starts_with("crm.writes."))
+        .all(|m| m.key_str().as_deref() == Some(if m.topic.ends_with("zoho") { "globex" } else { "acme" })));
 
-    let dlq: Vec<DeadLetter> = seen.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let dlq: Vec<DeadLetter> =
+        seen.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     let mut reasons: Vec<(String, DlqReason)> = dlq.iter().map(|d| (d.tenant_id.clone(), d.reason)).collect();
     reasons.sort_by_key(|r| format!("{r:?}"));
     assert_eq!(
@@ -101,7 +105,8 @@ fn fans_out_suppresses_repeats_and_dead_letters() {
     assert_eq!(unknown.source_topic, "calls.normalised");
     assert_eq!(unknown.payload, inputs[6].1, "the DLQ keeps the original bytes for replay");
 
-    let audit: Vec<AuditRecord> = seen.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let audit: Vec<AuditRecord> =
+        seen.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     assert_eq!(audit.len(), 15, "{audit:#?}");
     let dup: Vec<&AuditRecord> = audit.iter().filter(|a| a.outcome == AuditOutcome::Duplicate).collect();
     assert_eq!(dup.len(), 4, "the repeat and the stale version, once per connected CRM");
@@ -145,11 +150,7 @@ fn redis_outage_commits_nothing_and_resumes() {
     let tenants = TempFile::new("tenants.toml", TENANTS);
     let mut redis = PrivateRedis::start();
     let url = redis.url();
-    let env = [
-        ("TENANTS_CONFIG", tenants.path()),
-        ("REDIS_URL", url.as_str()),
-        ("PIPELINE_COMMIT_INTERVAL_MS", "100"),
-    ];
+    let env = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100")];
     let mut deduper = broker.service("deduper", &env);
     let batch = |from: usize| (from..from + 5).map(|i| msg(&normalised_call("globex", &format!("g{i}"), 1))).collect::<Vec<_>>();
     broker.produce("calls.normalised", &batch(0));
@@ -165,11 +166,15 @@ fn redis_outage_commits_nothing_and_resumes() {
     assert_eq!(broker.committed("deduper", "calls.normalised"), 5, "no offset committed past the outage");
     assert!(deduper.alive(), "the deduper waits for Redis; it does not exit");
     let log = deduper.log_text();
-    assert!(log.contains(&format!("Redis at {url}/ failed")) || log.contains(&format!("Redis at {url} failed")), "a clear error names Redis: {log}");
+    assert!(
+        log.contains(&format!("Redis at {url}/ failed")) || log.contains(&format!("Redis at {url} failed")),
+        "a clear error names Redis: {log}"
+    );
 
     redis.up();
     got.extend(reader.read_until(Duration::from_secs(60), |m| m.len() >= 5));
-    let mut ids: Vec<String> = got.iter().map(|m| codec::decode::<CrmWriteRequest>(m.payload.as_deref().unwrap()).unwrap().call_id).collect();
+    let mut ids: Vec<String> =
+        got.iter().map(|m| codec::decode::<CrmWriteRequest>(m.payload.as_deref().unwrap()).unwrap().call_id).collect();
     ids.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
     assert_eq!(ids, (0..10).map(|i| format!("g{i}")).collect::<Vec<_>>(), "every call once, none lost");
     wait_for("second batch committed", Duration::from_secs(20), || broker.committed("deduper", "calls.normalised") == 10);

@@ -23,7 +23,11 @@ fn versions(i: usize) -> i64 {
 }
 
 fn crms(tenant: usize) -> Vec<&'static str> {
-    if tenant.is_multiple_of(2) { vec!["hubspot", "pipedrive"] } else { vec!["hubspot"] }
+    if tenant.is_multiple_of(2) {
+        vec!["hubspot", "pipedrive"]
+    } else {
+        vec!["hubspot"]
+    }
 }
 
 #[test]

@@ -76,11 +76,28 @@ fn topics() -> BTreeSet<String> {
 const METRICS: [(&str, &[&str]); 10] = [
     ("crm_sync.messages", &["crm_sync_messages_total"]),
     ("crm_sync.produced", &["crm_sync_produced_total"]),
-    ("crm_sync.processing.duration", &["crm_sync_processing_duration_milliseconds_bucket", "crm_sync_processing_duration_milliseconds_count", "crm_sync_processing_duration_milliseconds_sum"]),
+    (
+        "crm_sync.processing.duration",
+        &[
+            "crm_sync_processing_duration_milliseconds_bucket",
+            "crm_sync_processing_duration_milliseconds_count",
+            "crm_sync_processing_duration_milliseconds_sum",
+        ],
+    ),
     ("crm_sync.consumer.lag", &["crm_sync_consumer_lag"]),
-    ("crm_sync.crm.request.duration", &["crm_sync_crm_request_duration_milliseconds_bucket", "crm_sync_crm_request_duration_milliseconds_count", "crm_sync_crm_request_duration_milliseconds_sum"]),
+    (
+        "crm_sync.crm.request.duration",
+        &[
+            "crm_sync_crm_request_duration_milliseconds_bucket",
+            "crm_sync_crm_request_duration_milliseconds_count",
+            "crm_sync_crm_request_duration_milliseconds_sum",
+        ],
+    ),
     ("crm_sync.crm.retries", &["crm_sync_crm_retries_total"]),
-    ("crm_sync.token.wait", &["crm_sync_token_wait_milliseconds_bucket", "crm_sync_token_wait_milliseconds_count", "crm_sync_token_wait_milliseconds_sum"]),
+    (
+        "crm_sync.token.wait",
+        &["crm_sync_token_wait_milliseconds_bucket", "crm_sync_token_wait_milliseconds_count", "crm_sync_token_wait_milliseconds_sum"],
+    ),
     ("crm_sync.bucket.remaining", &["crm_sync_bucket_remaining"]),
     ("crm_sync.dlq", &["crm_sync_dlq_total"]),
     ("crm_sync.reconcile.records", &["crm_sync_reconcile_records"]),
@@ -133,19 +150,28 @@ fn docker_compose_names_only_what_exists() {
     for name in ["kafka", "redis", "postgres", "otel-collector", "prometheus", "grafana", "crm-sim"] {
         assert!(services.contains_key(name), "compose brings up {name}");
     }
-    assert!(services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str().is_some_and(|r| r.contains("controller")), "Kafka runs in KRaft mode");
+    assert!(
+        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str().is_some_and(|r| r.contains("controller")),
+        "Kafka runs in KRaft mode"
+    );
     for (svc, command) in SERVICES {
         let s = services.get(svc).unwrap_or_else(|| panic!("compose has no {svc}"));
         assert_eq!(str_list(&s["command"]), command.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "{svc}'s command");
         assert!(s["healthcheck"]["test"].to_string().contains("/readyz"), "{svc} has a healthcheck on /readyz");
-        assert!(s["environment"]["HEALTH_ADDR"].is_string() && s["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].is_string(), "{svc} serves health and exports telemetry");
+        assert!(
+            s["environment"]["HEALTH_ADDR"].is_string() && s["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].is_string(),
+            "{svc} serves health and exports telemetry"
+        );
     }
     for (name, s) in services {
         if s.get("build").is_some() {
             let cmd = str_list(&s["command"]);
             assert!(bin(&cmd[0]).exists(), "{name} runs {}, which the workspace does not build", cmd[0]);
             for var in s["environment"].as_object().into_iter().flatten().map(|(k, _)| k) {
-                assert!(vars.contains(var) || secrets.contains(var), "{name} sets {var}, which no service reads and no tenant names as a secret");
+                assert!(
+                    vars.contains(var) || secrets.contains(var),
+                    "{name} sets {var}, which no service reads and no tenant names as a secret"
+                );
             }
         }
         for dep in s["depends_on"].as_object().into_iter().flatten().map(|(k, _)| k) {
@@ -189,7 +215,8 @@ fn kubernetes_manifests_name_only_what_exists_and_probe_health() {
         let c = &spec["containers"][0];
         assert_eq!(str_list(&c["command"]), command.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "{name}");
         assert!(bin(command[0]).exists(), "{name} runs {}", command[0]);
-        let env: BTreeMap<String, Value> = c["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_string(), e.clone())).collect();
+        let env: BTreeMap<String, Value> =
+            c["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_string(), e.clone())).collect();
         for (var, e) in &env {
             assert!(vars.contains(var), "{name} sets {var}, which no service reads");
             if let Some(key) = e["valueFrom"]["configMapKeyRef"]["key"].as_str() {
@@ -220,7 +247,10 @@ fn kubernetes_manifests_name_only_what_exists_and_probe_health() {
             assert_eq!(t["type"], "kafka");
             assert!(topics().contains(m["topic"].as_str().unwrap()), "{target}: unknown topic {}", m["topic"]);
             assert_eq!(m["consumerGroup"], svc, "{target} scales on its own consumer group");
-            assert_eq!(m["bootstrapServers"], config[0]["data"]["kafka_bootstrap_servers"], "{target}: KEDA watches the brokers the services use");
+            assert_eq!(
+                m["bootstrapServers"], config[0]["data"]["kafka_bootstrap_servers"],
+                "{target}: KEDA watches the brokers the services use"
+            );
         }
     }
 }
@@ -252,7 +282,8 @@ fn alerts_dashboard_and_collector_use_exported_metrics() {
         assert!(text.contains(&format!("crm=\\\"{crm}\\\"")), "rules for {crm}");
     }
 
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/crm-sync.json")).unwrap()).expect("dashboard JSON");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/grafana/dashboards/crm-sync.json")).unwrap())
+        .expect("dashboard JSON");
     let mut titles = vec![];
     for p in dash["panels"].as_array().unwrap() {
         titles.push(p["title"].as_str().unwrap().to_lowercase());

@@ -20,7 +20,12 @@ fn dev_mode_accounts_for_every_sample_call() {
     assert!(stdout.matches("WRITTEN                  salesforce").count() >= 3, "{stdout}");
     assert_eq!(stdout.matches("WRITTEN                  zoho").count(), 2, "{stdout}");
     assert_eq!(stdout.matches("WRITTEN                  pipedrive").count(), 2, "{stdout}");
-    for call in ["PATCH /services/data/v66.0/composite/sobjects/Task/CrmSyncKey__c", "POST /crm/v7/Calls", "POST /api/v2/activities", "POST /zoho/oauth/v2/token"] {
+    for call in [
+        "PATCH /services/data/v66.0/composite/sobjects/Task/CrmSyncKey__c",
+        "POST /crm/v7/Calls",
+        "POST /api/v2/activities",
+        "POST /zoho/oauth/v2/token",
+    ] {
         assert!(stdout.contains(call), "missing {call:?} in:\n{stdout}");
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -29,10 +34,15 @@ fn dev_mode_accounts_for_every_sample_call() {
     assert!(stdout.contains("Sample trace (crm-sync trace acme-1002 --tenant acme):"), "{stdout}");
     assert!(stdout.contains("Outcome: hubspot: in the CRM as record"), "{stdout}");
     assert!(stderr.contains("dropped this run's audit database"), "{stderr}");
-    for service in ["crm-sim", "normaliser", "deduper", "audit-sink", "writer-hubspot", "writer-salesforce", "writer-zoho", "writer-pipedrive"] {
+    for service in
+        ["crm-sim", "normaliser", "deduper", "audit-sink", "writer-hubspot", "writer-salesforce", "writer-zoho", "writer-pipedrive"]
+    {
         assert!(stderr.contains(&format!("{service} stopped (exit status: 0)")), "{service} did not shut down cleanly: {stderr}");
     }
-    assert!(stderr.contains("removed this run's ") && stderr.contains(" Redis keys (crm-sync-dev-"), "dev leaves no Redis keys behind: {stderr}");
+    assert!(
+        stderr.contains("removed this run's ") && stderr.contains(" Redis keys (crm-sync-dev-"),
+        "dev leaves no Redis keys behind: {stderr}"
+    );
     for expected in [
         "acme-1002   v2   NORMALISED",
         "DEDUPED update           hubspot    version 2 supersedes version 1",

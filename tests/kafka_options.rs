@@ -47,12 +47,30 @@ fn every_tool_reaches_the_broker_through_kafka_options_alone() {
     let from = crm_common::audit_store::ts(crm_common::emit::now_ms() - 600_000).to_rfc3339();
 
     // The services: a good call is written, a bad one dead-lettered, both stored.
-    let services = [broker.service("normaliser", &env), broker.service("deduper", &env), broker.service("audit-sink", &env), HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &via)];
+    let services = [
+        broker.service("normaliser", &env),
+        broker.service("deduper", &env),
+        broker.service("audit-sink", &env),
+        HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &via),
+    ];
     let mut bad = raw_call("acme", "bad", 1);
     bad.from_number = "call me maybe".into();
-    broker.produce("calls.raw", &[("acme".into(), codec::encode(&raw_call("acme", "good", 0)).unwrap(), vec![]), ("acme".into(), codec::encode(&bad).unwrap(), vec![])]);
+    broker.produce(
+        "calls.raw",
+        &[
+            ("acme".into(), codec::encode(&raw_call("acme", "good", 0)).unwrap(), vec![]),
+            ("acme".into(), codec::encode(&bad).unwrap(), vec![]),
+        ],
+    );
     wait_for("the good call in HubSpot", Duration::from_secs(60), || HUBSPOT.keys(&sim, "acme").len() == 1);
-    assert_eq!(db.wait_count("SELECT count(*) FROM audit WHERE stage = 'WRITER' AND operation = 'write' AND outcome = 'SUCCEEDED'", 1, Duration::from_secs(60)), 1);
+    assert_eq!(
+        db.wait_count(
+            "SELECT count(*) FROM audit WHERE stage = 'WRITER' AND operation = 'write' AND outcome = 'SUCCEEDED'",
+            1,
+            Duration::from_secs(60)
+        ),
+        1
+    );
     assert_eq!(db.wait_count("SELECT count(*) FROM dlq WHERE reason = 'INVALID_PHONE'", 1, Duration::from_secs(60)), 1);
 
     let crm_sync = |args: &[&str]| -> (bool, String) {
@@ -78,7 +96,10 @@ fn every_tool_reaches_the_broker_through_kafka_options_alone() {
     let id: String = db.query("SELECT dlq_id FROM dlq WHERE reason = 'INVALID_PHONE'")[0].get(0);
     let (ok, out) = crm_sync(&["dlq", "replay", &id]);
     assert!(ok && out.contains("replayed 1 entries"), "dlq replay: {out}");
-    assert!(db.wait_count("SELECT count(*) FROM dlq WHERE reason = 'INVALID_PHONE' AND replay_count = 1", 1, Duration::from_secs(60)) >= 1, "the replayed entry never came back through the normaliser");
+    assert!(
+        db.wait_count("SELECT count(*) FROM dlq WHERE reason = 'INVALID_PHONE' AND replay_count = 1", 1, Duration::from_secs(60)) >= 1,
+        "the replayed entry never came back through the normaliser"
+    );
     // The backfilled good call reached the writer again and stayed one record.
     wait_for("the backfilled call audited as a duplicate", Duration::from_secs(60), || {
         db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER' AND call_id = 'good' AND outcome = 'DUPLICATE'") >= 1

@@ -84,20 +84,35 @@ fn normalises_dead_letters_and_audits_every_input() {
     let bad_phone = call("acme", "a-3", Inbound, "anonymous", "+1 415 555 2671", None);
     let no_tenant = call("umbrella", "u-1", Inbound, "+1 415 555 2671", "+1 650 253 0000", None);
     let audit_as_input = AuditRecord {
-        audit_id: "x".into(), tenant_id: "acme".into(), call_id: None, crm: None, stage: Stage::Operator,
-        operation: "x".into(), outcome: AuditOutcome::Skipped, reason: None, detail: String::new(),
-        attempt: 1, version: None, idempotency_key: None, crm_status: None, crm_response_excerpt: None,
-        crm_record_id: None, latency_ms: None, input_topic: String::new(), input_partition: -1,
-        input_offset: -1, occurred_at: 0, trace_id: TRACE.into(), attributes: HashMap::new(),
+        audit_id: "x".into(),
+        tenant_id: "acme".into(),
+        call_id: None,
+        crm: None,
+        stage: Stage::Operator,
+        operation: "x".into(),
+        outcome: AuditOutcome::Skipped,
+        reason: None,
+        detail: String::new(),
+        attempt: 1,
+        version: None,
+        idempotency_key: None,
+        crm_status: None,
+        crm_response_excerpt: None,
+        crm_record_id: None,
+        latency_ms: None,
+        input_topic: String::new(),
+        input_partition: -1,
+        input_offset: -1,
+        occurred_at: 0,
+        trace_id: TRACE.into(),
+        attributes: HashMap::new(),
     };
     let mut confluent_unknown = vec![0u8, 0, 0, 0, 9];
     confluent_unknown.extend_from_slice(&codec::encode(&bad_phone).unwrap()[10..]);
 
     let traceparent = vec![("traceparent".to_string(), format!("00-{TRACE}-00f067aa0ba902b7-01"))];
-    let mut inputs: Vec<crm_sync_tests::Msg> = good
-        .iter()
-        .map(|(c, ..)| (c.tenant_id.clone(), codec::encode(c).unwrap(), traceparent.clone()))
-        .collect();
+    let mut inputs: Vec<crm_sync_tests::Msg> =
+        good.iter().map(|(c, ..)| (c.tenant_id.clone(), codec::encode(c).unwrap(), traceparent.clone())).collect();
     inputs.push(("acme".into(), codec::encode(&bad_phone).unwrap(), vec![]));
     inputs.push(("umbrella".into(), codec::encode(&no_tenant).unwrap(), vec![]));
     inputs.push(("acme".into(), b"not avro at all".to_vec(), vec![]));
@@ -194,7 +209,8 @@ fn restart_resumes_at_the_next_input() {
     let out = reader.read_until(Duration::from_secs(30), |m| m.len() >= 6);
     // Give a wrongly rewound consumer time to show its duplicates.
     let extra = reader.read_until(Duration::from_secs(3), |_| false);
-    let ids: Vec<String> = out.iter().chain(extra.iter()).map(|m| codec::decode::<NormalisedCall>(m.payload.as_deref().unwrap()).unwrap().call_id).collect();
+    let ids: Vec<String> =
+        out.iter().chain(extra.iter()).map(|m| codec::decode::<NormalisedCall>(m.payload.as_deref().unwrap()).unwrap().call_id).collect();
     assert!(second.terminate().success());
     assert_eq!(ids, (0..6).map(|i| format!("r{i}")).collect::<Vec<_>>(), "each input exactly once, in order");
 }

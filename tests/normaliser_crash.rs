@@ -46,11 +46,7 @@ fn nothing_is_lost_across_repeated_sigkill() {
         .collect();
     broker.produce("calls.raw", &inputs);
 
-    let env = [
-        ("TENANTS_CONFIG", tenants.path()),
-        ("PIPELINE_BATCH", "50"),
-        ("PIPELINE_COMMIT_INTERVAL_MS", "100"),
-    ];
+    let env = [("TENANTS_CONFIG", tenants.path()), ("PIPELINE_BATCH", "50"), ("PIPELINE_COMMIT_INTERVAL_MS", "100")];
     let reader = broker.reader(&["calls.normalised"]);
     let mut kills_mid_stream = 0;
     for round in 0..KILLS {
@@ -101,8 +97,5 @@ fn nothing_is_lost_across_repeated_sigkill() {
     let missing: Vec<usize> = (0..INPUTS).filter(|i| !done_ids.contains_key(&format!("c{i}"))).collect();
     assert!(missing.is_empty(), "{} inputs lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
     assert_eq!(audited.len(), INPUTS, "every input audited");
-    eprintln!(
-        "{KILLS} SIGKILLs: {INPUTS} inputs, {results} results ({} redelivered duplicates), {seen} messages read",
-        results - INPUTS
-    );
+    eprintln!("{KILLS} SIGKILLs: {INPUTS} inputs, {results} results ({} redelivered duplicates), {seen} messages read", results - INPUTS);
 }

@@ -39,11 +39,18 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
     let writer = case.writer(&broker, &tenants, &prefix, &["acme"], &[&env[..], &[("HEALTH_ADDR", w_health.as_str())]].concat());
 
     // Three good calls, each starting a trace of its own, and one whose number is no number.
-    let traces: Vec<(String, String)> = (0..3u64).map(|i| (format!("{:032x}", 0xa11ce000u64 + i), format!("{:016x}", 0xb0b0 + i))).collect();
+    let traces: Vec<(String, String)> =
+        (0..3u64).map(|i| (format!("{:032x}", 0xa11ce000u64 + i), format!("{:016x}", 0xb0b0 + i))).collect();
     let mut msgs: Vec<harness::Msg> = traces
         .iter()
         .enumerate()
-        .map(|(i, (t, s))| ("acme".to_string(), codec::encode(&raw_call("acme", &format!("t{i}"), i as i64)).unwrap(), vec![("traceparent".to_string(), format!("00-{t}-{s}-01"))]))
+        .map(|(i, (t, s))| {
+            (
+                "acme".to_string(),
+                codec::encode(&raw_call("acme", &format!("t{i}"), i as i64)).unwrap(),
+                vec![("traceparent".to_string(), format!("00-{t}-{s}-01"))],
+            )
+        })
         .collect();
     let mut bad = raw_call("acme", "bad", 9);
     bad.from_number = "call me maybe".into();
@@ -112,17 +119,33 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
     // Each service exports on its own interval: the names above may all have arrived from the
     // normaliser before the writer's first export, so each labelled series is waited for.
     let has = |metric: &str, service: &str, attrs: &[(&str, &str)]| {
-        collector.points().iter().any(|p| p.metric == metric && p.service == service && attrs.iter().all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v)))
+        collector.points().iter().any(|p| {
+            p.metric == metric && p.service == service && attrs.iter().all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v))
+        })
     };
     let export = Duration::from_secs(30);
-    wait_for("the bad call's dead letter, by reason", export, || has("crm_sync.dlq", "normaliser", &[("stage", "NORMALISER"), ("reason", "INVALID_PHONE")]));
+    wait_for("the bad call's dead letter, by reason", export, || {
+        has("crm_sync.dlq", "normaliser", &[("stage", "NORMALISER"), ("reason", "INVALID_PHONE")])
+    });
     wait_for("writer throughput by stage", export, || has("crm_sync.messages", "writer-hubspot", &[("stage", "writer-hubspot")]));
-    wait_for("CRM latency by CRM and priority", export, || has("crm_sync.crm.request.duration", "writer-hubspot", &[("crm", "hubspot"), ("priority", "live")]));
+    wait_for("CRM latency by CRM and priority", export, || {
+        has("crm_sync.crm.request.duration", "writer-hubspot", &[("crm", "hubspot"), ("priority", "live")])
+    });
     wait_for("statuses are labels", export, || {
-        collector.points().iter().any(|p| p.metric == "crm_sync.crm.request.duration" && p.attributes.get("status").is_some_and(|s| s.starts_with('2')))
+        collector
+            .points()
+            .iter()
+            .any(|p| p.metric == "crm_sync.crm.request.duration" && p.attributes.get("status").is_some_and(|s| s.starts_with('2')))
     });
     // librdkafka reports statistics every 5 s.
-    let writer_lag = || collector.points().iter().any(|p| p.metric == "crm_sync.consumer.lag" && p.service == "writer-hubspot" && p.attributes.get("topic").map(String::as_str) == Some("crm.writes.hubspot") && p.attributes.contains_key("partition"));
+    let writer_lag = || {
+        collector.points().iter().any(|p| {
+            p.metric == "crm_sync.consumer.lag"
+                && p.service == "writer-hubspot"
+                && p.attributes.get("topic").map(String::as_str) == Some("crm.writes.hubspot")
+                && p.attributes.contains_key("partition")
+        })
+    };
     wait_for("the writer's lag per partition", Duration::from_secs(30), writer_lag);
 
     for p in [normaliser, deduper, writer] {
@@ -144,7 +167,8 @@ fn readiness_says_draining_after_sigterm_while_work_finishes() {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut writer = case.writer(&broker, &tenants, &prefix, &["acme"], &[("HEALTH_ADDR", addr.as_str())]);
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-    let probe = |path: &str| http.get(format!("http://{addr}/{path}")).send().ok().map(|r| (r.status().as_u16(), r.text().unwrap_or_default()));
+    let probe =
+        |path: &str| http.get(format!("http://{addr}/{path}")).send().ok().map(|r| (r.status().as_u16(), r.text().unwrap_or_default()));
     wait_for("ready", Duration::from_secs(30), || probe("readyz").is_some_and(|(s, _)| s == 200));
     // Ready means consuming; partitions come with the group's first join.
     wait_for("partitions assigned", Duration::from_secs(30), || writer.log_text().contains("partitions assigned"));

@@ -63,7 +63,10 @@ impl Rig {
     }
 
     fn sink(&self) -> Proc {
-        self.broker.service("audit-sink", &[("DATABASE_URL", self.db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")])
+        self.broker.service(
+            "audit-sink",
+            &[("DATABASE_URL", self.db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")],
+        )
     }
 
     /// Successful writes stored by the audit-sink.
@@ -76,7 +79,11 @@ fn rig(case: &Case, label: &str, tenant_extra: &str) -> Rig {
     let broker = Broker::start(2);
     let sim = CrmSim::start();
     let tenant = format!("{label}-{}", case.name());
-    let contacts = json!([case.contact_on("Ada", "(415) 555-2671"), case.contact_on("Bob", "(415) 555-0199"), case.contact_on("Robert", "(415) 555-0198")]);
+    let contacts = json!([
+        case.contact_on("Ada", "(415) 555-2671"),
+        case.contact_on("Bob", "(415) 555-0199"),
+        case.contact_on("Robert", "(415) 555-0198")
+    ]);
     case.account(&sim, &tenant, json!({"objects": {case.contacts: contacts}}));
     let prefix = RedisPrefix::new(label);
     let tenants = case.tenants(&sim, &[&tenant], tenant_extra);
@@ -87,11 +94,18 @@ fn rig(case: &Case, label: &str, tenant_extra: &str) -> Rig {
 
 fn record_of<'a>(case: &Case, records: &'a [Value], call: &str, tenant: &str) -> Option<&'a Value> {
     let key = idempotency_key(tenant, call, case.crm);
-    records.iter().find(|r| r["fields"].as_object().is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}"))))))
+    records.iter().find(|r| {
+        r["fields"].as_object().is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}")))))
+    })
 }
 
 fn dead_letters(broker: &Broker) -> Vec<DeadLetter> {
-    broker.reader(&["sync.dlq"]).read_until(Duration::from_secs(1), |_| false).iter().map(|m| codec::decode::<DeadLetter>(m.payload.as_deref().unwrap()).unwrap()).collect()
+    broker
+        .reader(&["sync.dlq"])
+        .read_until(Duration::from_secs(1), |_| false)
+        .iter()
+        .map(|m| codec::decode::<DeadLetter>(m.payload.as_deref().unwrap()).unwrap())
+        .collect()
 }
 
 /// Every kind of drift, in one tenant's six calls:
@@ -112,7 +126,8 @@ fn every_kind_of_drift(case: &Case) {
     wait_for("six writes stored", Duration::from_secs(60), || rig.stored_writes() == 6);
 
     let records = rig.sim.records(crm, tenant, case.calls);
-    let id = |c: &str| record_of(case, &records, c, tenant).unwrap_or_else(|| panic!("no record for {c}"))["id"].as_str().unwrap().to_string();
+    let id =
+        |c: &str| record_of(case, &records, c, tenant).unwrap_or_else(|| panic!("no record for {c}"))["id"].as_str().unwrap().to_string();
     let (field, open, ended) = case.progress_field;
     let admin = |method: &str, path: String, body: Option<Value>| rig.sim.admin(method, &format!("/accounts/{crm}/{tenant}/{path}"), body);
     admin("PATCH", format!("objects/{}/{}", case.calls, id("c1")), Some(json!({ field: open() })));
@@ -120,7 +135,12 @@ fn every_kind_of_drift(case: &Case) {
     admin("DELETE", format!("objects/{}/{}", case.calls, id("c3")), None);
     admin("DELETE", format!("objects/{}/{}?purge=true", case.calls, id("c4")), None);
     let people = rig.sim.records(crm, tenant, case.contacts);
-    let person = |first: &str| people.iter().find(|p| p["fields"].to_string().contains(first)).unwrap_or_else(|| panic!("no contact {first}"))["id"].as_str().unwrap().to_string();
+    let person = |first: &str| {
+        people.iter().find(|p| p["fields"].to_string().contains(first)).unwrap_or_else(|| panic!("no contact {first}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let (bob, robert) = (person("Bob"), person("Robert"));
     admin("POST", format!("objects/{}/{bob}/merge", case.contacts), Some(json!({"into": robert})));
 
@@ -154,13 +174,17 @@ fn every_kind_of_drift(case: &Case) {
     assert_eq!(c3[0].source_topic, case.topic(), "the entry holds the write request, for replay");
     // c4 comes back through the writer, once.
     if purge_is_missing {
-        wait_for("c4 re-created", Duration::from_secs(30), || record_of(case, &rig.sim.records(crm, tenant, case.calls), "c4", tenant).is_some());
+        wait_for("c4 re-created", Duration::from_secs(30), || {
+            record_of(case, &rig.sim.records(crm, tenant, case.calls), "c4", tenant).is_some()
+        });
         wait_for("the re-created write stored", Duration::from_secs(30), || rig.stored_writes() == 7);
         let keys = case.keys(&rig.sim, tenant);
         assert_eq!(keys[&idempotency_key(tenant, "c4", case.crm)].1, 1, "one live record for c4: {keys:?}");
     }
     // Every finding is audited as the reconciler's.
-    wait_for("findings stored", Duration::from_secs(20), || rig.db.count("SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND outcome IN ('REPAIRED', 'DEAD_LETTERED')") >= 4);
+    wait_for("findings stored", Duration::from_secs(20), || {
+        rig.db.count("SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND outcome IN ('REPAIRED', 'DEAD_LETTERED')") >= 4
+    });
 
     // The second pass: the repairs hold; the deletion is counted, not dead-lettered again.
     let r2 = rig.reconcile(crm);
@@ -169,7 +193,11 @@ fn every_kind_of_drift(case: &Case) {
     assert_eq!(r2["matching"], 6 - deletions, "{r2}");
     assert_eq!(r2["dead_lettered"], deletions, "{r2}");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(dead_letters(&rig.broker).iter().filter(|d| d.stage == Stage::Reconciler).count(), deletions as usize, "no second dead letter");
+    assert_eq!(
+        dead_letters(&rig.broker).iter().filter(|d| d.stage == Stage::Reconciler).count(),
+        deletions as usize,
+        "no second dead letter"
+    );
 
     // The stored report.
     let (code, table) = rig.crm_sync(&["reconcile", "--report", "--tenant", tenant]);
@@ -223,7 +251,13 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
     let normaliser = rig.broker.service("normaliser", &env);
     let _deduper = rig.broker.service("deduper", &env);
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
-    let calls = |range: std::ops::Range<i64>| -> Vec<harness::Msg> { range.map(|i| (tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("b{i}"), i)).unwrap(), vec![])).collect() };
+    let calls = |range: std::ops::Range<i64>| -> Vec<harness::Msg> {
+        range
+            .map(|i| {
+                (tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("b{i}"), i)).unwrap(), vec![])
+            })
+            .collect()
+    };
     rig.broker.produce("calls.raw", &calls(0..10));
     let live = || case.keys(&rig.sim, tenant).values().filter(|(_, live)| *live > 0).count();
     wait_for("the first ten written", Duration::from_secs(60), || live() == 10);
@@ -233,20 +267,33 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
     normaliser.terminate();
     rig.broker.produce("calls.raw", &calls(10..20));
     let mut late_env = env.to_vec();
-    late_env.extend([("CONSUMER_GROUP", "normaliser-after"), ("KAFKA_OPTIONS", "auto.offset.reset=latest,session.timeout.ms=6000,heartbeat.interval.ms=500")]);
+    late_env.extend([
+        ("CONSUMER_GROUP", "normaliser-after"),
+        ("KAFKA_OPTIONS", "auto.offset.reset=latest,session.timeout.ms=6000,heartbeat.interval.ms=500"),
+    ]);
     let _normaliser = rig.broker.service("normaliser", &late_env);
     // Sentinels until one is written: the new group is reading (some sentinels may be
     // skipped too; the backfill covers them as well).
     let mut sentinels = 0;
     wait_for("the restarted normaliser reading", Duration::from_secs(60), || {
-        rig.broker.produce("calls.raw", &[(tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("s{sentinels}"), 100 + sentinels)).unwrap(), vec![])]);
+        rig.broker.produce(
+            "calls.raw",
+            &[(
+                tenant.to_string(),
+                codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("s{sentinels}"), 100 + sentinels)).unwrap(),
+                vec![],
+            )],
+        );
         sentinels += 1;
         std::thread::sleep(Duration::from_millis(1500));
         live() > 10
     });
     let written_before = live();
     let expected = 20 + sentinels as usize;
-    assert!(written_before <= 10 + sentinels as usize && case.keys(&rig.sim, tenant).keys().all(|k| !k.contains(":b1") || k.contains(":b1:")), "the skipped calls were not written");
+    assert!(
+        written_before <= 10 + sentinels as usize && case.keys(&rig.sim, tenant).keys().all(|k| !k.contains(":b1") || k.contains(":b1:")),
+        "the skipped calls were not written"
+    );
 
     let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--from", &from, "--dry-run", "--quiet"]);
     assert_eq!(code, 0);
@@ -283,7 +330,8 @@ fn a_pass_alongside_live_writes_never_pushes_them_into_429s() {
     rig.sim.admin("PATCH", &format!("/accounts/{crm}/{tenant}/limits"), Some(json!({"burst_api_token": 8, "search_burst": 3})));
     let _sink = rig.sink();
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
-    let batch = |from: usize| -> Vec<harness::Msg> { (from..from + N).map(|i| case.request_to(tenant, &format!("c{i}"), 2, CUSTOMER)).collect() };
+    let batch =
+        |from: usize| -> Vec<harness::Msg> { (from..from + N).map(|i| case.request_to(tenant, &format!("c{i}"), 2, CUSTOMER)).collect() };
     rig.broker.produce(&case.topic(), &batch(0));
     wait_for("the first forty stored", Duration::from_secs(90), || rig.stored_writes() == N as i64);
 
@@ -292,7 +340,11 @@ fn a_pass_alongside_live_writes_never_pushes_them_into_429s() {
     let written = rig.sim.records(crm, tenant, case.calls);
     assert_eq!(written.len(), N);
     for r in &written {
-        rig.sim.admin("PATCH", &format!("/accounts/{crm}/{tenant}/objects/{}/{}", case.calls, r["id"].as_str().unwrap()), Some(json!({ field: open() })));
+        rig.sim.admin(
+            "PATCH",
+            &format!("/accounts/{crm}/{tenant}/objects/{}/{}", case.calls, r["id"].as_str().unwrap()),
+            Some(json!({ field: open() })),
+        );
     }
 
     // Forty more calls, and a pass once the writer is busy with them.
@@ -352,9 +404,12 @@ fn replicas_on_a_cadence_take_turns_and_repair_on_their_own() {
     let env: Vec<(String, String)> = rig.env().into_iter().chain([("RECONCILE_EVERY".to_string(), "3s".to_string())]).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let replicas: Vec<Proc> = (0..2).map(|_| rig.broker.service("reconciler", &[&env[..], &[("RECONCILE_CRMS", crm)]].concat())).collect();
-    let restored = || record_of(case, &rig.sim.records(crm, tenant, case.calls), "c1", tenant).is_some_and(|r| r["fields"][field] == ended());
+    let restored =
+        || record_of(case, &rig.sim.records(crm, tenant, case.calls), "c1", tenant).is_some_and(|r| r["fields"][field] == ended());
     wait_for("c1 restored by the service", Duration::from_secs(60), restored);
-    wait_for("four passes", Duration::from_secs(60), || rig.db.count(&format!("SELECT count(*) FROM reconcile_runs WHERE tenant_id = '{tenant}'")) >= 4);
+    wait_for("four passes", Duration::from_secs(60), || {
+        rig.db.count(&format!("SELECT count(*) FROM reconcile_runs WHERE tenant_id = '{tenant}'")) >= 4
+    });
     for r in replicas {
         assert!(r.terminate().success(), "a replica stops cleanly on SIGTERM");
     }
@@ -369,6 +424,8 @@ fn replicas_on_a_cadence_take_turns_and_repair_on_their_own() {
     assert!(gaps.iter().all(|&g| g >= 2_900), "one pass per 3 s interval across both replicas: gaps {gaps:?} ms");
     let repaired = rig.db.count(&format!("SELECT coalesce(sum(repaired), 0) FROM reconcile_runs WHERE tenant_id = '{tenant}'"));
     assert_eq!(repaired, 1, "the drift was repaired once; later passes found parity");
-    let latest = rig.db.count(&format!("SELECT matching::bigint FROM reconcile_runs WHERE tenant_id = '{tenant}' ORDER BY finished_at DESC LIMIT 1"));
+    let latest = rig
+        .db
+        .count(&format!("SELECT matching::bigint FROM reconcile_runs WHERE tenant_id = '{tenant}' ORDER BY finished_at DESC LIMIT 1"));
     assert_eq!(latest, 3);
 }

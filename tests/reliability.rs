@@ -18,10 +18,7 @@ fn reliability(broker: &str, seed: &str, extra: &[&str]) -> HashMap<String, Stri
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench reliability --broker {broker} failed:\n{stdout}\n{stderr}");
     eprintln!("{stdout}");
-    stdout
-        .lines()
-        .filter_map(|l| l.trim_start().split_once("  ").map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect()
+    stdout.lines().filter_map(|l| l.trim_start().split_once("  ").map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect()
 }
 
 fn first_number(s: &str) -> u64 {
@@ -50,7 +47,11 @@ fn check_with(summary: &HashMap<String, String>, zombies_expected: bool) {
     let zombies = &summary["zombies"];
     assert!(!zombies_expected || first_number(zombies) >= 1, "a writer was stopped past its lease: {zombies}");
     assert!(!summary["redis"].contains("NaN"), "Redis restarted from its AOF and lost its data once: {}", summary["redis"]);
-    assert!(summary["recoveries"].contains("claim_store_forgot"), "after the data loss, old calls were looked up: {}", summary["recoveries"]);
+    assert!(
+        summary["recoveries"].contains("claim_store_forgot"),
+        "after the data loss, old calls were looked up: {}",
+        summary["recoveries"]
+    );
     assert!(first_number(&summary["late writes"]) >= 1, "crm-sim applied creates late: {}", summary["late writes"]);
     assert!(summary["token endpoints"].contains("503 ×"), "token endpoints failed now and then: {}", summary["token endpoints"]);
     let answers = &summary["crm-sim"];
@@ -78,5 +79,8 @@ fn one_record_per_call_under_faults_on_tansu() {
     // writer and zombies, a clean-clone CI run left 151 calls unwritten when progress
     // stopped. On tansu the suite runs one replica per writer and no zombies (the mock run
     // covers those); kills, both Redis events, late writes and token faults stay.
-    check_with(&reliability("tansu", "12", &["--replicas", "1", "--zombie-s", "0", "--kill-every-min", "8", "--kill-every-max", "12"]), false);
+    check_with(
+        &reliability("tansu", "12", &["--replicas", "1", "--zombie-s", "0", "--kill-every-min", "8", "--kill-every-max", "12"]),
+        false,
+    );
 }

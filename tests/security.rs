@@ -25,11 +25,19 @@ fn oauth(case: &Case) -> bool {
 /// (secret name, secret value, the credentials in it) for `tenant` at `case`'s CRM.
 fn credentials(case: &Case, sim: &CrmSim, tenant: &str) -> (String, String, Vec<String>) {
     if oauth(case) {
-        let (access, refresh, client_secret) = (format!("{}-access-{tenant}", case.name()), format!("{}-refresh-{tenant}", case.name()), format!("{}-client-secret-{tenant}", case.name()));
-        case.account(sim, tenant, json!({"tokens": [{
-            "token": access, "kind": "oauth", "refresh_token": refresh,
-            "client_id": "crm-sync-app", "client_secret": client_secret, "expires_in_s": 1800
-        }]}));
+        let (access, refresh, client_secret) = (
+            format!("{}-access-{tenant}", case.name()),
+            format!("{}-refresh-{tenant}", case.name()),
+            format!("{}-client-secret-{tenant}", case.name()),
+        );
+        case.account(
+            sim,
+            tenant,
+            json!({"tokens": [{
+                "token": access, "kind": "oauth", "refresh_token": refresh,
+                "client_id": "crm-sync-app", "client_secret": client_secret, "expires_in_s": 1800
+            }]}),
+        );
         let value = format!(r#"{{"client_id": "crm-sync-app", "client_secret": "{client_secret}", "refresh_token": "{refresh}"}}"#);
         (case.secret(tenant), value, vec![access, refresh, client_secret])
     } else {
@@ -70,7 +78,10 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
     let mut procs: Vec<Proc> = vec![
         broker.service("normaliser", &env),
         broker.service("deduper", &env),
-        broker.service("audit-sink", &[("DATABASE_URL", db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")]),
+        broker.service(
+            "audit-sink",
+            &[("DATABASE_URL", db.url.as_str()), ("PIPELINE_COMMIT_INTERVAL_MS", "100"), ("TENANTS_CONFIG", "/dev/null")],
+        ),
     ];
     // Each writer gets only its own CRM's secret, as in deploy/k8s.
     for (case, name, value) in &secrets {
@@ -95,7 +106,10 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
     for case in cases {
         wait_for(&format!("eight calls in {}", case.name()), Duration::from_secs(90), || case.keys(&sim, tenant).len() == numbers.len());
     }
-    wait_for("the writes stored", Duration::from_secs(30), || db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER' AND operation = 'write' AND outcome = 'SUCCEEDED'") == 4 * numbers.len() as i64);
+    wait_for("the writes stored", Duration::from_secs(30), || {
+        db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER' AND operation = 'write' AND outcome = 'SUCCEEDED'")
+            == 4 * numbers.len() as i64
+    });
 
     // An operator's commands run too, with every secret in their environment.
     let mut cli_env: Vec<(String, String)> = vec![
@@ -141,7 +155,14 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let messages = broker.reader(&topic_refs).read_until(Duration::from_secs(3), |_| false);
     assert!(messages.len() > 50, "read back {} messages", messages.len());
-    let text_of = |m: &crm_common::kafka::InMessage| format!("{} {:?} {}", String::from_utf8_lossy(m.payload.as_deref().unwrap_or_default()), m.headers.iter().map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v))).collect::<Vec<_>>(), m.key_str().unwrap_or_default());
+    let text_of = |m: &crm_common::kafka::InMessage| {
+        format!(
+            "{} {:?} {}",
+            String::from_utf8_lossy(m.payload.as_deref().unwrap_or_default()),
+            m.headers.iter().map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v))).collect::<Vec<_>>(),
+            m.key_str().unwrap_or_default()
+        )
+    };
     let audit_rows: Vec<String> = db.query("SELECT row_to_json(a)::text FROM audit a").iter().map(|r| r.get::<_, String>(0)).collect();
     let dlq_rows: Vec<String> = db.query("SELECT row_to_json(d)::text FROM dlq d").iter().map(|r| r.get::<_, String>(0)).collect();
     assert!(audit_rows.len() > 30 && !dlq_rows.is_empty(), "{} audit rows, {} dlq rows", audit_rows.len(), dlq_rows.len());
@@ -166,7 +187,11 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
             [n.clone(), format!("+1{digits}"), digits, "555 0199 12".into(), "555019912".into()]
         })
         .collect();
-    let audit_topic: Vec<String> = messages.iter().filter(|m| m.topic == "sync.audit").map(|m| format!("{:?}", codec::decode::<AuditRecord>(m.payload.as_deref().unwrap()).unwrap())).collect();
+    let audit_topic: Vec<String> = messages
+        .iter()
+        .filter(|m| m.topic == "sync.audit")
+        .map(|m| format!("{:?}", codec::decode::<AuditRecord>(m.payload.as_deref().unwrap()).unwrap()))
+        .collect();
     for f in &forms {
         assert!(!outputs.contains(f.as_str()), "number {f} unmasked in a log or command output");
         for a in &audit_topic {
@@ -191,17 +216,27 @@ fn one_tenants_writes_never_use_another_tenants_credentials_or_bucket() {
     // acme's bucket is shut for a while; initech's secret is not there at all.
     block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(20));
     let writer = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[]);
-    let msgs: Vec<harness::Msg> = ["acme", "globex", "initech"].iter().flat_map(|t| (0..5).map(move |i| case.request(t, &format!("c{i}"), 1))).collect();
+    let msgs: Vec<harness::Msg> =
+        ["acme", "globex", "initech"].iter().flat_map(|t| (0..5).map(move |i| case.request(t, &format!("c{i}"), 1))).collect();
     broker.produce(&case.topic(), &msgs);
 
     wait_for("globex's five written", Duration::from_secs(60), || case.keys(&sim, "globex").len() == 5);
     let letters = || -> Vec<DeadLetter> {
-        broker.reader(&["sync.dlq"]).read_until(Duration::from_secs(1), |_| false).iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect()
+        broker
+            .reader(&["sync.dlq"])
+            .read_until(Duration::from_secs(1), |_| false)
+            .iter()
+            .map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap())
+            .collect()
     };
-    wait_for("initech's five dead-lettered", Duration::from_secs(30), || letters().iter().filter(|d| d.tenant_id == "initech").count() == 5);
+    wait_for("initech's five dead-lettered", Duration::from_secs(30), || {
+        letters().iter().filter(|d| d.tenant_id == "initech").count() == 5
+    });
     let requests = |t: &str| -> u64 {
         let s: Value = sim.state("hubspot", t);
-        s["counters"].as_object().map_or(0, |c| c.values().flat_map(|v| v.as_object().unwrap().values().map(|n| n.as_u64().unwrap_or(0))).sum())
+        s["counters"]
+            .as_object()
+            .map_or(0, |c| c.values().flat_map(|v| v.as_object().unwrap().values().map(|n| n.as_u64().unwrap_or(0))).sum())
     };
     // While its bucket is shut nothing was sent with acme's token, for anyone.
     assert_eq!(requests("acme"), 0, "acme's credentials were used while its bucket was shut: {}", sim.state("hubspot", "acme")["counters"]);

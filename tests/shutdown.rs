@@ -79,7 +79,11 @@ fn every_service_exits_within_its_grace_period_when_the_broker_and_redis_are_gon
         // have come out at the end of the pipeline while more keep coming in.
         let started = Instant::now();
         while HUBSPOT.keys(&sim, "acme").len() < 50 {
-            assert!(started.elapsed() < Duration::from_secs(90), "the pipeline never got going: {}", procs.iter().map(|p| p.log_text()).collect::<Vec<_>>().join("\n"));
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "the pipeline never got going: {}",
+                procs.iter().map(|p| p.log_text()).collect::<Vec<_>>().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -96,7 +100,13 @@ fn every_service_exits_within_its_grace_period_when_the_broker_and_redis_are_gon
     let deadline = Duration::from_secs(20);
     for p in procs.iter_mut() {
         while p.alive() {
-            assert!(t.elapsed() < deadline, "{} still running {:?} after SIGTERM with its broker frozen and Redis gone (grace 8 s): {}", p.name, t.elapsed(), p.log_text());
+            assert!(
+                t.elapsed() < deadline,
+                "{} still running {:?} after SIGTERM with its broker frozen and Redis gone (grace 8 s): {}",
+                p.name,
+                t.elapsed(),
+                p.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

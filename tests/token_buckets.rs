@@ -150,7 +150,12 @@ async fn costs_differ_per_limit_and_concurrency_slots_come_back_on_release_or_le
     assert_eq!(b.used(&pd).await.unwrap(), vec![("burst".to_string(), 3), ("budget".to_string(), 12)]);
 
     // Zoho: two requests in flight at once; a third waits until one finishes.
-    let z = set(vec![Limit::Concurrent { name: "inflight".into(), max: 2, lease: Duration::from_millis(400), poll: Duration::from_millis(20) }]);
+    let z = set(vec![Limit::Concurrent {
+        name: "inflight".into(),
+        max: 2,
+        lease: Duration::from_millis(400),
+        poll: Duration::from_millis(20),
+    }]);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r1").await.unwrap(), Take::Granted);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r2").await.unwrap(), Take::Granted);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Wait(Duration::from_millis(20)));
@@ -168,13 +173,15 @@ async fn a_slotted_window_never_gives_a_token_back_before_its_slot_has_left_the_
     let prefix = RedisPrefix::new("bucket");
     let b = buckets(&prefix).await;
     // Zoho's rolling 24 h credits, scaled down: 6 per 600 ms in 100 ms slots.
-    let s = set(vec![Limit::Slotted { name: "credits".into(), max: 6, window: Duration::from_millis(600), slot: Duration::from_millis(100) }]);
+    let s =
+        set(vec![Limit::Slotted { name: "credits".into(), max: 6, window: Duration::from_millis(600), slot: Duration::from_millis(100) }]);
     assert_eq!(b.try_take(&s, 4, 0).await.unwrap(), Take::Granted);
     assert_eq!(b.try_take(&s, 2, 0).await.unwrap(), Take::Granted);
     let Take::Wait(w) = b.try_take(&s, 1, 0).await.unwrap() else { panic!("6 of 6 spent") };
     assert!(w > Duration::from_millis(500) && w <= Duration::from_millis(701), "back once the first slot has left the window: {w:?}");
     // The CRM's header says more was spent (another app): the count follows it up.
-    let s2 = set(vec![Limit::Slotted { name: "more".into(), max: 100, window: Duration::from_millis(600), slot: Duration::from_millis(100) }]);
+    let s2 =
+        set(vec![Limit::Slotted { name: "more".into(), max: 100, window: Duration::from_millis(600), slot: Duration::from_millis(100) }]);
     assert_eq!(b.observe(&s2, "more", 40).await.unwrap(), 60);
     assert_eq!(b.used(&s2).await.unwrap(), vec![("more".to_string(), 60)]);
     tokio::time::sleep(w).await;

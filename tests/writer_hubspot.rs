@@ -25,7 +25,12 @@ fn transient_failures_past_the_retry_limit_are_dead_lettered_as_retries_exhauste
     let tenants = HUBSPOT.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("writer");
     sim.fault("hubspot", "acme", json!({"kind": "503", "endpoint": "batch/create"}));
-    let w = writer(&broker, &tenants, &prefix, &[("WRITER_RETRY_LIMIT", "2s"), ("WRITER_RETRY_BASE", "50ms"), ("WRITER_RETRY_MAX_WAIT", "300ms")]);
+    let w = writer(
+        &broker,
+        &tenants,
+        &prefix,
+        &[("WRITER_RETRY_LIMIT", "2s"), ("WRITER_RETRY_BASE", "50ms"), ("WRITER_RETRY_MAX_WAIT", "300ms")],
+    );
     broker.produce("crm.writes.hubspot", &[HUBSPOT.request("acme", "r1", 1)]);
     let (f, dlq, all) = outcomes(&broker, 1, Duration::from_secs(60));
     assert_eq!(dlq.len(), 1, "{f:?}");
@@ -35,7 +40,10 @@ fn transient_failures_past_the_retry_limit_are_dead_lettered_as_retries_exhauste
     // it is read back (search) before each retry, never resent blindly.
     let creates = all.iter().filter(|a| a.operation.ends_with("/calls/batch/create")).count();
     let reads = all.iter().filter(|a| a.operation.ends_with("/calls/search")).count();
-    assert!(creates >= 2 && reads >= creates, "retried before giving up, reading back before each retry: {creates} creates, {reads} searches");
+    assert!(
+        creates >= 2 && reads >= creates,
+        "retried before giving up, reading back before each retry: {creates} creates, {reads} searches"
+    );
     let retries = all.iter().filter(|a| a.outcome == AuditOutcome::Retrying).count();
     assert!(retries >= 2, "each retry is audited: {retries}");
     // Replayable: the claim stays "maybe applied", so a replay looks the key up and, not

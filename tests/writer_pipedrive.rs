@@ -19,7 +19,8 @@ crm_sync_tests::writer_suite!(PIPEDRIVE);
 fn a_recovery_listing_cut_short_is_unknown_not_absent() {
     let broker = Broker::start(1);
     let sim = CrmSim::start();
-    let fillers: Vec<_> = (0..20_050).map(|i| json!({"subject": format!("other call {i}"), "type": "call", "note": "made by someone else"})).collect();
+    let fillers: Vec<_> =
+        (0..20_050).map(|i| json!({"subject": format!("other call {i}"), "type": "call", "note": "made by someone else"})).collect();
     PIPEDRIVE.account(&sim, "acme", json!({"objects": {"activities": fillers}}));
     let tenants = PIPEDRIVE.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("writer-pages");
@@ -27,7 +28,18 @@ fn a_recovery_listing_cut_short_is_unknown_not_absent() {
     let key = format!("{}:{{acme}}:claim:{}", prefix.0, idempotency_key("acme", "p1", Crm::Pipedrive));
     let mut c = redis::Client::open(MACHINE_REDIS).unwrap().get_connection().unwrap();
     let at = crm_common::emit::now_ms() - 10_000;
-    redis::cmd("HSET").arg(&key).arg("owner").arg("writer-dead").arg("until").arg(1).arg("version").arg(1).arg("at").arg(at).query::<i64>(&mut c).unwrap();
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("owner")
+        .arg("writer-dead")
+        .arg("until")
+        .arg(1)
+        .arg("version")
+        .arg(1)
+        .arg("at")
+        .arg(at)
+        .query::<i64>(&mut c)
+        .unwrap();
     let w = PIPEDRIVE.writer(&broker, &tenants, &prefix, &["acme"], &[]);
     broker.produce(&PIPEDRIVE.topic(), &[PIPEDRIVE.request("acme", "p1", 1)]);
     let (_, dlq, all) = outcomes(&broker, 1, Duration::from_secs(120));

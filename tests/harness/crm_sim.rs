@@ -47,11 +47,27 @@ impl CrmSim {
         self.call_with(method, path, auth, body, &[], None)
     }
 
-    pub fn call_with(&self, method: &str, path: &str, auth: Auth, body: Option<&Value>, headers: &[(&str, &str)], timeout: Option<Duration>) -> Answer {
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Auth,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Answer {
         self.try_call(method, path, auth, body, headers, timeout).expect("request to crm-sim")
     }
 
-    pub fn try_call(&self, method: &str, path: &str, auth: Auth, body: Option<&Value>, headers: &[(&str, &str)], timeout: Option<Duration>) -> reqwest::Result<Answer> {
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Auth,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> reqwest::Result<Answer> {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut rb = self.http.request(m, format!("{}{}", self.url, path));
         rb = match auth {
@@ -119,7 +135,10 @@ impl CrmSim {
 
     /// Live records of an object, as the CRM holds them.
     pub fn records(&self, crm: &str, account: &str, object: &str) -> Vec<Value> {
-        self.admin("GET", &format!("/accounts/{crm}/{account}/objects/{object}?deleted=false"), None)["records"].as_array().cloned().unwrap_or_default()
+        self.admin("GET", &format!("/accounts/{crm}/{account}/objects/{object}?deleted=false"), None)["records"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until `n` requests are being handled by the account (a slow request has arrived).

@@ -12,8 +12,8 @@ pub mod writer_suite;
 pub use self::postgres::PrivateDb;
 pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
 
-use crm_common::kafka::{InMessage, Kafka};
 use crm_common::kafka::reader::TopicReader;
+use crm_common::kafka::{InMessage, Kafka};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::io::{BufRead, BufReader};
@@ -26,11 +26,7 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let path = exe.parent().and_then(|p| p.parent()).expect("target dir").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with scripts/test (it builds every binary first)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run the tests with scripts/test (it builds every binary first)", path.display());
     path
 }
 
@@ -113,9 +109,7 @@ impl Broker {
             .spawn()
             .expect("start dev broker");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read bootstrap line");
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read bootstrap line");
         let bootstrap = line
             .trim()
             .strip_prefix("KAFKA_BOOTSTRAP_SERVERS=")
@@ -213,11 +207,7 @@ pub struct TempFile(pub PathBuf);
 
 impl TempFile {
     pub fn new(name: &str, contents: &str) -> TempFile {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-sync-test-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = std::env::temp_dir().join(format!("crm-sync-test-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join(name);
         std::fs::write(&path, contents).expect("write temp file");

@@ -98,7 +98,11 @@ impl Collector {
                         let name = m["name"].as_str().unwrap_or_default().to_string();
                         for kind in ["sum", "gauge", "histogram"] {
                             for dp in m[kind]["dataPoints"].as_array().into_iter().flatten() {
-                                out.push(Point { service: service.clone(), metric: name.clone(), attributes: attributes(&dp["attributes"]) });
+                                out.push(Point {
+                                    service: service.clone(),
+                                    metric: name.clone(),
+                                    attributes: attributes(&dp["attributes"]),
+                                });
                             }
                         }
                     }
@@ -115,7 +119,12 @@ fn attributes(v: &Value) -> BTreeMap<String, String> {
         .flatten()
         .map(|a| {
             let val = &a["value"];
-            let s = val["stringValue"].as_str().map(String::from).or_else(|| val["intValue"].as_str().map(String::from)).or_else(|| val["intValue"].as_i64().map(|n| n.to_string())).unwrap_or_else(|| val.to_string());
+            let s = val["stringValue"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| val["intValue"].as_str().map(String::from))
+                .or_else(|| val["intValue"].as_i64().map(|n| n.to_string()))
+                .unwrap_or_else(|| val.to_string());
             (a["key"].as_str().unwrap_or_default().to_string(), s)
         })
         .collect()

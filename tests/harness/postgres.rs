@@ -17,7 +17,9 @@ impl PrivateDb {
     pub fn new(label: &str) -> PrivateDb {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let name = format!("t_{label}_{}", uuid::Uuid::new_v4().simple()).chars().take(60).collect::<String>();
-        let url = rt.block_on(crm_common::audit_store::create_database(&format!("{MACHINE_PG}/postgres"), &name)).expect("a database on the machine's PostgreSQL");
+        let url = rt
+            .block_on(crm_common::audit_store::create_database(&format!("{MACHINE_PG}/postgres"), &name))
+            .expect("a database on the machine's PostgreSQL");
         PrivateDb { name, url, rt }
     }
 
@@ -42,7 +44,11 @@ impl PrivateDb {
     pub fn wait_count(&self, sql: &str, n: i64, timeout: Duration) -> i64 {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let c = if self.query("SELECT to_regclass('public.audit') IS NOT NULL").first().is_some_and(|r| r.get::<_, bool>(0)) { self.count(sql) } else { 0 };
+            let c = if self.query("SELECT to_regclass('public.audit') IS NOT NULL").first().is_some_and(|r| r.get::<_, bool>(0)) {
+                self.count(sql)
+            } else {
+                0
+            };
             if c >= n || std::time::Instant::now() > deadline {
                 return c;
             }

@@ -31,7 +31,8 @@ impl RedisPrefix {
         let client = redis::Client::open(url).expect("redis url");
         let mut c = client.get_connection().expect("machine Redis at 127.0.0.1:6379");
         for t in tenants {
-            let _: redis::RedisResult<()> = redis::cmd("SET").arg(format!("{}:{{{t}}}:claims-epoch", self.0)).arg(1).arg("NX").query(&mut c);
+            let _: redis::RedisResult<()> =
+                redis::cmd("SET").arg(format!("{}:{{{t}}}:claims-epoch", self.0)).arg(1).arg("NX").query(&mut c);
         }
     }
 

@@ -86,8 +86,13 @@ impl Case {
     /// search lag; `extra` replaces top-level keys.
     pub fn account(&self, sim: &CrmSim, account: &str, extra: Value) {
         let (fields, key_field) = match self.crm {
-            Crm::Hubspot => (json!({"calls": {"crm_sync_key": {"type": "text", "unique": true}}}), json!({"object": "calls", "field": "crm_sync_key"})),
-            Crm::Salesforce => (json!({"Task": {"CrmSyncKey__c": {"type": "text", "external_id": true, "unique": true}}}), json!({"object": "Task", "field": "CrmSyncKey__c"})),
+            Crm::Hubspot => {
+                (json!({"calls": {"crm_sync_key": {"type": "text", "unique": true}}}), json!({"object": "calls", "field": "crm_sync_key"}))
+            }
+            Crm::Salesforce => (
+                json!({"Task": {"CrmSyncKey__c": {"type": "text", "external_id": true, "unique": true}}}),
+                json!({"object": "Task", "field": "CrmSyncKey__c"}),
+            ),
             Crm::Zoho => (json!({"Calls": {"Crm_Sync_Key": {"type": "text"}}}), json!({"object": "Calls", "field": "Crm_Sync_Key"})),
             _ => (json!({}), json!({"object": "activities", "field": "note", "marker": "crm-sync-key:"})),
         };
@@ -183,7 +188,11 @@ impl Case {
         let key = idempotency_key(tenant, call, self.crm);
         records
             .iter()
-            .find(|r| r["fields"].as_object().is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}"))))))
+            .find(|r| {
+                r["fields"]
+                    .as_object()
+                    .is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}")))))
+            })
             .unwrap_or_else(|| panic!("no record for {key}"))
     }
 
@@ -244,7 +253,10 @@ pub fn one_record_per_call_under_duplicates_and_updates(case: &Case) {
     assert_eq!(c5["fields"][field], open(), "{c5}");
     assert_eq!(c5["fields"][case.title_field], "Inbound call from +14155552671");
     let contact = sim.records(case.name(), "acme", case.contacts)[0]["id"].as_str().unwrap().to_string();
-    assert!(c5["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(contact))), "associated with the contact matched by phone: {c5}");
+    assert!(
+        c5["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(contact))),
+        "associated with the contact matched by phone: {c5}"
+    );
 
     let written = finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count();
     let skipped = finals.iter().filter(|a| matches!(a.outcome, AuditOutcome::Duplicate | AuditOutcome::Skipped)).count();
@@ -258,7 +270,10 @@ pub fn one_record_per_call_under_duplicates_and_updates(case: &Case) {
     // Each call's audit names the one create that carried it, not its neighbours' creates.
     for i in 1..30 {
         let c = format!("c{i}");
-        let creates: Vec<&&AuditRecord> = calls.iter().filter(|a| a.call_id.as_deref() == Some(&c) && a.outcome == AuditOutcome::Succeeded && (case.is_create)(&a.operation)).collect();
+        let creates: Vec<&&AuditRecord> = calls
+            .iter()
+            .filter(|a| a.call_id.as_deref() == Some(&c) && a.outcome == AuditOutcome::Succeeded && (case.is_create)(&a.operation))
+            .collect();
         assert_eq!(creates.len(), 1, "{c}'s creates in audit: {:?}", creates.iter().map(|a| &a.operation).collect::<Vec<_>>());
     }
     assert!(all.iter().all(|a| !format!("{a:?}").contains("4155552671")), "numbers are masked in audit");
@@ -299,7 +314,8 @@ pub fn permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed(case: 
     let total = 2 + inputs.len();
     let (finals, dlq2, _) = outcomes(&broker, total, Duration::from_secs(60));
     let dlq: Vec<DeadLetter> = dlq.into_iter().chain(dlq2).collect();
-    let reasons: HashMap<String, (DlqReason, String)> = dlq.iter().map(|d| (d.call_id.clone().unwrap(), (d.reason, d.detail.clone()))).collect();
+    let reasons: HashMap<String, (DlqReason, String)> =
+        dlq.iter().map(|d| (d.call_id.clone().unwrap(), (d.reason, d.detail.clone()))).collect();
     assert_eq!(reasons["a2"].0, DlqReason::ContactDeleted, "{:?}", reasons["a2"]);
     if case.key_field_removal.is_some() {
         assert_eq!(reasons["g1"].0, DlqReason::FieldRemoved, "{:?}", reasons["g1"]);
@@ -353,7 +369,10 @@ pub fn injected_throttles_server_errors_and_timeouts_still_give_one_record_each(
     let throttled = all.iter().filter(|a| a.outcome == AuditOutcome::Throttled).count();
     let retried = all.iter().filter(|a| a.outcome == AuditOutcome::Retrying).count();
     let unknown = all.iter().filter(|a| a.detail.contains("outcome unknown")).count();
-    assert!(throttled >= 2 && retried + unknown >= 4, "every failed call is audited: {throttled} throttled, {retried} retried, {unknown} read back");
+    assert!(
+        throttled >= 2 && retried + unknown >= 4,
+        "every failed call is audited: {throttled} throttled, {retried} retried, {unknown} read back"
+    );
     assert!(w.terminate().success());
 }
 
@@ -377,7 +396,11 @@ pub fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition(
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(broker.committed(&case.group(), &case.topic()), 0, "acme's unfinished inputs come first in the partition");
     let key = format!("{}:{{acme}}:bucket:{}:blocked", prefix.0, case.name());
-    redis::Client::open(super::MACHINE_REDIS).unwrap().get_connection().and_then(|mut c| redis::cmd("DEL").arg(key).query::<i64>(&mut c)).unwrap();
+    redis::Client::open(super::MACHINE_REDIS)
+        .unwrap()
+        .get_connection()
+        .and_then(|mut c| redis::cmd("DEL").arg(key).query::<i64>(&mut c))
+        .unwrap();
     wait_for("acme's calls", Duration::from_secs(30), || case.keys(&sim, "acme").len() == 5);
     wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == 10);
     eprintln!("{}: globex written {globex_took:?} after produce while acme was blocked", case.name());
@@ -442,9 +465,19 @@ pub fn two_replicas_sharing_a_tenants_buckets_stay_inside_its_limits(case: &Case
     let k = case.keys(&sim, "acme");
     assert!(k.values().all(|&(t, l)| t == 1 && l == 1), "{k:?}");
     let state = sim.state(case.name(), "acme");
-    let requests: u64 = state["counters"].as_object().unwrap().values().flat_map(|c| c.as_object().unwrap().values().map(|n| n.as_u64().unwrap_or(0))).sum();
+    let requests: u64 = state["counters"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|c| c.as_object().unwrap().values().map(|n| n.as_u64().unwrap_or(0)))
+        .sum();
     if case.crm != Crm::Salesforce {
-        assert_eq!(case.answers(&sim, "acme", case.throttle_status), 0, "the shared buckets kept both replicas inside the limit: {}", state["counters"]);
+        assert_eq!(
+            case.answers(&sim, "acme", case.throttle_status),
+            0,
+            "the shared buckets kept both replicas inside the limit: {}",
+            state["counters"]
+        );
     }
     assert_eq!(sim.records(case.name(), "acme", case.contacts).len(), calls, "one contact created per new number");
     eprintln!("{}: 2 replicas, {requests} requests ({spent_by_others} spent by another app), {calls} calls in {took:?}", case.name());
@@ -458,10 +491,14 @@ pub fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed(case: &Cas
     let broker = Broker::start(1);
     let sim = CrmSim::start();
     let (access, refresh) = (format!("{}-access-1", case.name()), format!("{}-refresh-1", case.name()));
-    case.account(&sim, "acme", json!({"tokens": [{
-        "token": access, "kind": "oauth", "refresh_token": refresh,
-        "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800
-    }]}));
+    case.account(
+        &sim,
+        "acme",
+        json!({"tokens": [{
+            "token": access, "kind": "oauth", "refresh_token": refresh,
+            "client_id": "crm-sync-app", "client_secret": "app-secret", "expires_in_s": 1800
+        }]}),
+    );
     let tenants = case.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("writer");
     let secret = format!(r#"{{"client_id": "crm-sync-app", "client_secret": "app-secret", "refresh_token": "{refresh}"}}"#);
@@ -470,7 +507,11 @@ pub fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed(case: &Cas
     broker.produce(&case.topic(), &[case.request("acme", "o1", 1)]);
     let (f, _, all) = outcomes(&broker, 1, Duration::from_secs(60));
     assert_eq!(f[0].outcome, AuditOutcome::Succeeded, "{f:?}");
-    assert!(all.iter().any(|a| a.operation == case.token_endpoint && a.outcome == AuditOutcome::Succeeded), "the writer refreshed first: {:?}", all.iter().map(|a| &a.operation).collect::<Vec<_>>());
+    assert!(
+        all.iter().any(|a| a.operation == case.token_endpoint && a.outcome == AuditOutcome::Succeeded),
+        "the writer refreshed first: {:?}",
+        all.iter().map(|a| &a.operation).collect::<Vec<_>>()
+    );
 
     sim.advance(3_600_000);
     broker.produce(&case.topic(), &[case.request("acme", "o2", 1)]);
@@ -509,13 +550,18 @@ pub fn one_record_per_call_across_repeated_sigkill_mid_batch(case: &Case) {
     let sim = CrmSim::start();
     for t in TENANTS {
         case.account(&sim, t, json!({"objects": {}}));
-        sim.fault(case.name(), t, json!({"kind": "502", "rate": 0.5, "after_write": true, "latency_ms": 400, "endpoint": case.fault_endpoint}));
+        sim.fault(
+            case.name(),
+            t,
+            json!({"kind": "502", "rate": 0.5, "after_write": true, "latency_ms": 400, "endpoint": case.fault_endpoint}),
+        );
         sim.fault(case.name(), t, json!({"kind": "latency", "latency_ms": 400, "endpoint": case.fault_endpoint}));
     }
     let tenants = case.tenants(&sim, &TENANTS, "");
     let prefix = RedisPrefix::new("writer-crash");
     let per_tenant = case.crash_calls_per_tenant;
-    let inputs: Vec<_> = TENANTS.iter().flat_map(|t| (0..per_tenant).map(move |i| (*t, i))).map(|(t, i)| case.request(t, &format!("c{i}"), 1)).collect();
+    let inputs: Vec<_> =
+        TENANTS.iter().flat_map(|t| (0..per_tenant).map(move |i| (*t, i))).map(|(t, i)| case.request(t, &format!("c{i}"), 1)).collect();
     let live_keys = || {
         let mut live = 0;
         let mut doubled = vec![];
@@ -584,9 +630,11 @@ pub fn one_record_per_call_across_repeated_sigkill_mid_batch(case: &Case) {
     assert!(last.terminate().success());
 
     let out = broker.read(&["sync.audit", "sync.dlq"], usize::MAX, Duration::from_secs(5));
-    let dlq: Vec<DeadLetter> = out.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let dlq: Vec<DeadLetter> =
+        out.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     assert!(dlq.is_empty(), "{} dead letters, e.g. {:?}", dlq.len(), dlq.first());
-    let audit: Vec<AuditRecord> = out.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let audit: Vec<AuditRecord> =
+        out.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     let written: std::collections::HashSet<String> = audit
         .iter()
         .filter(|a| a.operation == "write" && matches!(a.outcome, AuditOutcome::Succeeded | AuditOutcome::Duplicate))
@@ -667,7 +715,11 @@ pub fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again(case: &
     let sim = CrmSim::start();
     case.account(&sim, "acme", json!({}));
     // Held 3 s (past the writer's 1.5 s timeout), applied 2.5 s after it arrived.
-    sim.fault(case.name(), "acme", json!({"kind": "late_write", "latency_ms": 3000, "apply_after_ms": 2500, "count": 1, "endpoint": case.fault_endpoint}));
+    sim.fault(
+        case.name(),
+        "acme",
+        json!({"kind": "late_write", "latency_ms": 3000, "apply_after_ms": 2500, "count": 1, "endpoint": case.fault_endpoint}),
+    );
     let tenants = case.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("writer-late");
     let env = [("WRITER_HTTP_TIMEOUT", "1500ms"), ("WRITER_LATE_WRITE_HORIZON", "3s"), ("WRITER_RETRY_BASE", "50ms")];
@@ -682,7 +734,10 @@ pub fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again(case: &
     assert_eq!(k.len(), 3, "{k:?}");
     assert!(doubled(case, &sim, "acme").is_empty(), "the late write and a resend both landed: {k:?}");
     let counters = sim.state(case.name(), "acme")["counters"].clone();
-    assert!(counters.as_object().unwrap().keys().any(|k| k.ends_with("(applied late)")), "crm-sim applied a create after its client gave up: {counters}");
+    assert!(
+        counters.as_object().unwrap().keys().any(|k| k.ends_with("(applied late)")),
+        "crm-sim applied a create after its client gave up: {counters}"
+    );
     assert!(w.terminate().success());
 }
 
@@ -703,7 +758,18 @@ pub fn a_failed_recovery_lookup_keeps_the_claim_and_the_replay_finds_the_record(
     let key = format!("{}:{{acme}}:claim:{}", prefix.0, idempotency_key("acme", "r1", case.crm));
     let mut c = redis_conn();
     redis::cmd("HDEL").arg(&key).arg("done_version").arg("record_id").query::<i64>(&mut c).unwrap();
-    redis::cmd("HSET").arg(&key).arg("owner").arg("writer-dead").arg("until").arg(1).arg("version").arg(1).arg("at").arg(1).query::<i64>(&mut c).unwrap();
+    redis::cmd("HSET")
+        .arg(&key)
+        .arg("owner")
+        .arg("writer-dead")
+        .arg("until")
+        .arg(1)
+        .arg("version")
+        .arg(1)
+        .arg("at")
+        .arg(1)
+        .query::<i64>(&mut c)
+        .unwrap();
     sim.fault(case.name(), "acme", json!({"kind": "503", "endpoint": case.lookup_endpoint}));
     broker.produce(&case.topic(), &[case.request("acme", "r1", 1)]);
     let (_, dlq, _) = outcomes(&broker, 2, Duration::from_secs(60));
@@ -740,7 +806,10 @@ pub fn a_contact_create_of_unknown_outcome_is_read_back_not_repeated(case: &Case
     assert_eq!(contacts.len(), 1, "a contact create of unknown outcome was sent again: {contacts:?}");
     let id = contacts[0]["id"].as_str().unwrap().to_string();
     let call = case.record(&sim.records(case.name(), "acme", case.calls), "n1", "acme").clone();
-    assert!(call["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(id))), "the call hangs under the contact read back: {call}");
+    assert!(
+        call["associations"].as_array().is_some_and(|a| a.iter().any(|x| x == &json!(id))),
+        "the call hangs under the contact read back: {call}"
+    );
     assert!(w.terminate().success());
 }
 
@@ -768,14 +837,20 @@ pub fn a_token_endpoint_outage_is_retried_not_auth_failed(case: &Case) {
     sim.admin("POST", &format!("/token-faults/{}", case.name()), Some(json!({"kind": "429", "count": 1})));
     let mut tenants_text = std::fs::read_to_string(case.tenants(&sim, &["acme"], "").path()).unwrap();
     // globex's token endpoint refuses connections (nothing listens on port 9).
-    tenants_text.push_str(&std::fs::read_to_string(case.tenants(&sim, &["globex"], "token_url = \"http://127.0.0.1:9/token\"").path()).unwrap());
+    tenants_text
+        .push_str(&std::fs::read_to_string(case.tenants(&sim, &["globex"], "token_url = \"http://127.0.0.1:9/token\"").path()).unwrap());
     let tenants = TempFile::new("tenants.toml", &tenants_text);
     let prefix = RedisPrefix::new("writer-token");
     let globex = case.secret("globex");
     let globex_secret = r#"{"client_id": "c", "client_secret": "s", "refresh_token": "r"}"#;
     let env = [(case.secret("acme"), secret), (globex, globex_secret.to_string())];
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend([("WRITER_HTTP_TIMEOUT", "2s"), ("WRITER_RETRY_LIMIT", "20s"), ("WRITER_RETRY_BASE", "100ms"), ("WRITER_RETRY_MAX_WAIT", "1s")]);
+    env.extend([
+        ("WRITER_HTTP_TIMEOUT", "2s"),
+        ("WRITER_RETRY_LIMIT", "20s"),
+        ("WRITER_RETRY_BASE", "100ms"),
+        ("WRITER_RETRY_MAX_WAIT", "1s"),
+    ]);
     let w = case.writer(&broker, &tenants, &prefix, &[], &env);
     broker.produce(&case.topic(), &[case.request("acme", "t1", 1), case.request("globex", "t2", 1)]);
     let (f, dlq, _) = outcomes(&broker, 2, Duration::from_secs(90));
@@ -899,7 +974,13 @@ pub fn calls_written_before_redis_lost_its_data_are_looked_up_not_created_again(
     assert!(f.iter().all(|a| a.outcome == AuditOutcome::Succeeded), "{f:?}");
     assert!(w.terminate().success());
     prefix.flush();
-    let w = super::writer::spawn_plain(&broker, case.name(), &tenants, &prefix, &[&[(case.secret("acme").as_str(), case.token("acme").as_str())][..], &env[..]].concat());
+    let w = super::writer::spawn_plain(
+        &broker,
+        case.name(),
+        &tenants,
+        &prefix,
+        &[&[(case.secret("acme").as_str(), case.token("acme").as_str())][..], &env[..]].concat(),
+    );
     broker.produce(&case.topic(), &inputs);
     let (f, dlq, _) = outcomes(&broker, 10, Duration::from_secs(90));
     assert!(dlq.is_empty(), "{dlq:?}");
@@ -909,7 +990,11 @@ pub fn calls_written_before_redis_lost_its_data_are_looked_up_not_created_again(
     assert!(twice.is_empty(), "Redis forgot the claims and the writer created again: {twice:?}");
     assert_eq!(case.keys(&sim, "acme").len(), 5);
     if !case.enforces_key {
-        assert!(again.iter().all(|a| a.detail.contains("recovered (claim_store_forgot)")), "{:?}", again.iter().map(|a| &a.detail).collect::<Vec<_>>());
+        assert!(
+            again.iter().all(|a| a.detail.contains("recovered (claim_store_forgot)")),
+            "{:?}",
+            again.iter().map(|a| &a.detail).collect::<Vec<_>>()
+        );
     }
     assert!(w.terminate().success());
 }

@@ -10,8 +10,8 @@ use crm_common::audit_store::{redact, AuditStore, Reject};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::events::{AuditRecord, DeadLetter};
-use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use crm_common::kafka::InMessage;
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -46,7 +46,9 @@ enum Row {
 impl Sink {
     fn decode(&self, m: &InMessage) -> Row {
         let bytes = m.payload.as_deref().unwrap_or_default();
-        let reject = |error: String| Row::Rejected(Reject { topic: m.topic.clone(), partition: m.partition, offset: m.offset, payload: m.payload.clone(), error });
+        let reject = |error: String| {
+            Row::Rejected(Reject { topic: m.topic.clone(), partition: m.partition, offset: m.offset, payload: m.payload.clone(), error })
+        };
         if m.topic == self.audit_topic {
             match codec::decode::<AuditRecord>(bytes) {
                 Ok(a) => Row::Audit(Box::new(a)),

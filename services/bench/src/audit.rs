@@ -91,7 +91,14 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
     }
     let load_s = started.elapsed().as_secs_f64();
     store.client().batch_execute("ANALYZE audit").await?;
-    let size: String = store.client().query_one("SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid", &[]).await?.get(0);
+    let size: String = store
+        .client()
+        .query_one(
+            "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid",
+            &[],
+        )
+        .await?
+        .get(0);
 
     // 2. Trace.
     let calls = (rows / 10).max(1);
@@ -165,7 +172,11 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
         ms(times[49]),
         steps_seen
     );
-    println!("  crm-sync trace, 5 calls, end to end  p50 {:.0} ms   max {:.0} ms   (process start, connect, schema check, query)", ms(cli_times[2]), ms(cli_times[4]));
+    println!(
+        "  crm-sync trace, 5 calls, end to end  p50 {:.0} ms   max {:.0} ms   (process start, connect, schema check, query)",
+        ms(cli_times[2]),
+        ms(cli_times[4])
+    );
     println!(
         "  audit-sink                           {stored} records from the broker stored in {sink_s:.1} s: {:.0} records/s (batches of up to 2000, one transaction each)",
         stored as f64 / sink_s

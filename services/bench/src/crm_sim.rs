@@ -18,7 +18,12 @@ struct Phase {
 impl Phase {
     fn print(&mut self) {
         self.latencies_us.sort_unstable();
-        let pct = |p: f64| self.latencies_us.get(((self.latencies_us.len() as f64 * p) as usize).min(self.latencies_us.len().saturating_sub(1))).copied().unwrap_or(0);
+        let pct = |p: f64| {
+            self.latencies_us
+                .get(((self.latencies_us.len() as f64 * p) as usize).min(self.latencies_us.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
         let secs = self.elapsed.as_secs_f64();
         println!(
             "{:<44} {:>7} req {:>9.0} req/s {:>10.0} records/s   p50 {:>6.2} ms  p99 {:>6.2} ms  failures {}",

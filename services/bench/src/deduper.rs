@@ -8,9 +8,9 @@ use crate::{bench_call, measure, print_runs, produce_all, PASSTHROUGH_OUT};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dedup::{DedupStore, MarkRequest};
-use crm_common::redis_conn::{self, redact_url};
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::NormalisedCall;
+use crm_common::redis_conn::{self, redact_url};
 use std::process::{Command, Stdio};
 
 pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, redis_url: &str) -> anyhow::Result<()> {
@@ -40,7 +40,10 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     let every = 100usize.checked_div(repeat_pct).unwrap_or(usize::MAX);
     let is_repeat = |i: usize| i % every == every - 1 && i >= 1001;
     let repeats = (0..messages).filter(|&i| is_repeat(i)).count();
-    eprintln!("producing {messages} normalised calls ({repeats} repeats) over {tenants} tenants to {} ({partitions} partitions)…", topics.calls_normalised);
+    eprintln!(
+        "producing {messages} normalised calls ({repeats} repeats) over {tenants} tenants to {} ({partitions} partitions)…",
+        topics.calls_normalised
+    );
     produce_all(&bootstrap, &topics.calls_normalised, messages, |i| {
         let n = if is_repeat(i) { i - 1001 } else { i };
         let ev = bench_call(n, tenants);
@@ -89,8 +92,11 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     runs.push(measure("deduper", dd.spawn()?, &bootstrap, &[&topics.audit], messages)?);
 
     // What the deduper wrote, to show the repeats were suppressed.
-    let written = crm_common::kafka::reader::TopicReader::new(&crm_common::kafka::Kafka::local(&bootstrap), &[&topics.crm_writes(crm_common::events::Crm::Hubspot)])?
-        .high_watermarks(&topics.crm_writes(crm_common::events::Crm::Hubspot))?;
+    let written = crm_common::kafka::reader::TopicReader::new(
+        &crm_common::kafka::Kafka::local(&bootstrap),
+        &[&topics.crm_writes(crm_common::events::Crm::Hubspot)],
+    )?
+    .high_watermarks(&topics.crm_writes(crm_common::events::Crm::Hubspot))?;
     print_runs(
         &format!(
             "bench deduper: {messages} inputs ({repeats} repeats), {partitions} partitions, {tenants} tenants × 1 CRM, \
@@ -100,8 +106,10 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
         &runs,
     );
     println!("write requests on crm.writes.hubspot: {written} (expected {})", messages - repeats);
-    println!("(per input the deduper makes one Redis mark, pipelined per batch, and writes an audit record \
-              plus a write request unless it is a repeat; the passthrough copies one message)");
+    println!(
+        "(per input the deduper makes one Redis mark, pipelined per batch, and writes an audit record \
+              plus a write request unless it is a repeat; the passthrough copies one message)"
+    );
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let conn = rt.block_on(redis_conn::connect(redis_url))?;
@@ -128,7 +136,11 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
         Ok::<(), anyhow::Error>(())
     })?;
     let secs = started.elapsed().as_secs_f64();
-    println!("Redis marks alone: {:.0} marks/s ({batch} per pipelined round trip, {:.2} ms per batch)", marks as f64 / secs, secs * 1000.0 / (marks / batch) as f64);
+    println!(
+        "Redis marks alone: {:.0} marks/s ({batch} per pipelined round trip, {:.2} ms per batch)",
+        marks as f64 / secs,
+        secs * 1000.0 / (marks / batch) as f64
+    );
     rt.block_on(redis_conn::delete_prefix(&conn, &prefix))?;
     eprintln!("removed {removed} Redis keys ({prefix}:*)");
     let _ = std::fs::remove_dir_all(&dir);

@@ -16,9 +16,9 @@ use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::{CallDirection, CallEvent, CallOutcome, Crm};
-use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
-use crm_common::kafka::{InMessage, Kafka, OutRecord};
 use crm_common::kafka::reader::TopicReader;
+use crm_common::kafka::{InMessage, Kafka, OutRecord};
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -217,9 +217,7 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
     std::fs::create_dir_all(&dir)?;
     let tenants_file = dir.join("tenants.toml");
     let regions = ["US", "GB", "DE", "FR", "IN"];
-    let cfg: String = (0..tenants)
-        .map(|t| format!("[tenants.t{t}]\ndefault_region = \"{}\"\n", regions[t % regions.len()]))
-        .collect();
+    let cfg: String = (0..tenants).map(|t| format!("[tenants.t{t}]\ndefault_region = \"{}\"\n", regions[t % regions.len()])).collect();
     std::fs::write(&tenants_file, cfg)?;
 
     // The mock cluster keeps at most 5 MiB (or 100k messages) per partition and silently
@@ -234,10 +232,7 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
     produce_backlog(&bootstrap, &topics.calls_raw, messages, tenants)?;
 
     let env = |cmd: &mut Command| {
-        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-            .env("TENANTS_CONFIG", &tenants_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+        cmd.env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap).env("TENANTS_CONFIG", &tenants_file).env("RUST_LOG", "warn").stdout(Stdio::null());
     };
     let mut runs = vec![];
     let mut pt = Command::new(std::env::current_exe()?);
@@ -260,13 +255,7 @@ pub(crate) fn print_runs(title: &str, runs: &[Run]) {
     println!("\n{title}");
     println!("{:<12} {:>12} {:>10} {:>14}", "stage", "inputs/s", "seconds", "peak RSS MiB");
     for r in runs {
-        println!(
-            "{:<12} {:>12.0} {:>10.2} {:>14.1}",
-            r.label,
-            r.rate,
-            r.elapsed.as_secs_f64(),
-            r.peak_rss_kib as f64 / 1024.0
-        );
+        println!("{:<12} {:>12.0} {:>10.2} {:>14.1}", r.label, r.rate, r.elapsed.as_secs_f64(), r.peak_rss_kib as f64 / 1024.0);
     }
     if let [first, .., last] = runs {
         println!("ratio {}/{}: {:.2}", last.label, first.label, last.rate / first.rate);
@@ -373,12 +362,23 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 fn steps(iterations: usize) -> anyhow::Result<()> {
     let ev = CallEvent {
-        tenant_id: "t1".into(), call_id: "call-1".into(), source: "bench".into(), version: 1,
-        direction: CallDirection::Inbound, from_number: "(415) 555-2671".into(),
-        to_number: "+1 650 253 0000".into(), region_hint: None, started_at: 1, ended_at: Some(2),
-        duration_s: Some(60), outcome: Some(CallOutcome::Answered), agent_id: "a".into(),
-        agent_email: Some("agent@example.com".into()), recording_url: None,
-        notes: Some("benchmark call".into()), attributes: HashMap::from([("queue".into(), "sales".into())]),
+        tenant_id: "t1".into(),
+        call_id: "call-1".into(),
+        source: "bench".into(),
+        version: 1,
+        direction: CallDirection::Inbound,
+        from_number: "(415) 555-2671".into(),
+        to_number: "+1 650 253 0000".into(),
+        region_hint: None,
+        started_at: 1,
+        ended_at: Some(2),
+        duration_s: Some(60),
+        outcome: Some(CallOutcome::Answered),
+        agent_id: "a".into(),
+        agent_email: Some("agent@example.com".into()),
+        recording_url: None,
+        notes: Some("benchmark call".into()),
+        attributes: HashMap::from([("queue".into(), "sales".into())]),
     };
     let bytes = codec::encode(&ev)?;
     let region = crm_common::phone::region("US")?;
@@ -390,12 +390,21 @@ fn steps(iterations: usize) -> anyhow::Result<()> {
         let per = t.elapsed().as_secs_f64() / iterations as f64;
         println!("{label:<28} {:>9.2} µs  {:>10.0} /s", per * 1e6, 1.0 / per);
     };
-    time("codec::encode CallEvent", &mut || { codec::encode(&ev).unwrap(); });
-    time("codec::decode CallEvent", &mut || { codec::decode::<CallEvent>(&bytes).unwrap(); });
-    time("phone::to_e164 national", &mut || { crm_common::phone::to_e164("(415) 555-2671", Some(region)).unwrap(); });
-    time("phone::to_e164 +CC", &mut || { crm_common::phone::to_e164("+1 650 253 0000", Some(region)).unwrap(); });
+    time("codec::encode CallEvent", &mut || {
+        codec::encode(&ev).unwrap();
+    });
+    time("codec::decode CallEvent", &mut || {
+        codec::decode::<CallEvent>(&bytes).unwrap();
+    });
+    time("phone::to_e164 national", &mut || {
+        crm_common::phone::to_e164("(415) 555-2671", Some(region)).unwrap();
+    });
+    time("phone::to_e164 +CC", &mut || {
+        crm_common::phone::to_e164("+1 650 253 0000", Some(region)).unwrap();
+    });
     let cache = crm_common::phone::E164Cache::new(1000);
-    time("E164Cache hit", &mut || { cache.to_e164("(415) 555-2671", Some(region)).unwrap(); });
+    time("E164Cache hit", &mut || {
+        cache.to_e164("(415) 555-2671", Some(region)).unwrap();
+    });
     Ok(())
 }
-

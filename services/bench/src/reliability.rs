@@ -140,12 +140,7 @@ fn tenants(n: usize) -> Vec<Tenant> {
             if i % 3 == 0 {
                 crms.push(CRMS[(i + 1) % 4]);
             }
-            Tenant {
-                name: format!("t{i}"),
-                revoked: revoked.get(&i).copied(),
-                bad_token: (i == n / 2 + 2).then(|| crms[0]),
-                crms,
-            }
+            Tenant { name: format!("t{i}"), revoked: revoked.get(&i).copied(), bad_token: (i == n / 2 + 2).then(|| crms[0]), crms }
         })
         .collect()
 }
@@ -393,7 +388,11 @@ impl Broker {
                 let bootstrap = format!("127.0.0.1:{port}");
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while std::net::TcpStream::connect(&bootstrap).is_err() {
-                    anyhow::ensure!(Instant::now() < deadline, "tansu did not listen on {bootstrap}; see {}", logs.join("tansu.log").display());
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "tansu did not listen on {bootstrap}; see {}",
+                        logs.join("tansu.log").display()
+                    );
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 create_topics(&Kafka::local(&bootstrap), topics, partitions)?;
@@ -515,7 +514,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 sim.admin(reqwest::Method::POST, &format!("/accounts/{}/{}/faults", crm.as_str(), t.name), Some(fault))?;
             }
             if t.revoked == Some(crm) {
-                sim.admin(reqwest::Method::POST, &format!("/accounts/{}/{}/permissions/{}/revoke", crm.as_str(), t.name, p.write_permission), None)?;
+                sim.admin(
+                    reqwest::Method::POST,
+                    &format!("/accounts/{}/{}/permissions/{}/revoke", crm.as_str(), t.name, p.write_permission),
+                    None,
+                )?;
             }
             let secret = format!("TOK_{}_{}", crm.as_str(), t.name).to_uppercase();
             // A throttled Salesforce org is probed again after 2 s rather than a minute, so
@@ -537,7 +540,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         }
     }
     for crm in [Crm::Salesforce, Crm::Zoho] {
-        for fault in [json!({"kind": "503", "rate": 0.1}), json!({"kind": "429", "rate": 0.05}), json!({"kind": "timeout", "rate": 0.03, "latency_ms": 7000})] {
+        for fault in [
+            json!({"kind": "503", "rate": 0.1}),
+            json!({"kind": "429", "rate": 0.05}),
+            json!({"kind": "timeout", "rate": 0.03, "latency_ms": 7000}),
+        ] {
             sim.admin(reqwest::Method::POST, &format!("/token-faults/{}", crm.as_str()), Some(fault))?;
         }
     }
@@ -599,8 +606,25 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let mut services: Vec<Service> = ["normaliser", "deduper", "audit-sink"]
         .iter()
         .map(|s| (s.to_string(), s.to_string(), vec![]))
-        .chain(CRMS.iter().flat_map(|c| (1..=o.replicas.max(1)).map(move |r| (format!("writer-{}-{r}", c.as_str()), "writer".to_string(), vec!["--crm".to_string(), c.as_str().to_string()]))))
-        .map(|(name, bin, args)| Ok(Service { name, bin: sibling_binary(&bin)?, args, child: None, kills: 0, exits: vec![], down_until: None, heals: 0, stopped_until: None, zombies: 0 }))
+        .chain(CRMS.iter().flat_map(|c| {
+            (1..=o.replicas.max(1)).map(move |r| {
+                (format!("writer-{}-{r}", c.as_str()), "writer".to_string(), vec!["--crm".to_string(), c.as_str().to_string()])
+            })
+        }))
+        .map(|(name, bin, args)| {
+            Ok(Service {
+                name,
+                bin: sibling_binary(&bin)?,
+                args,
+                child: None,
+                kills: 0,
+                exits: vec![],
+                down_until: None,
+                heals: 0,
+                stopped_until: None,
+                zombies: 0,
+            })
+        })
         .collect::<anyhow::Result<_>>()?;
     for s in &mut services {
         s.start(&env)?;
@@ -639,67 +663,79 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         // a third of the way through the outcomes.
         let chaos = scope.spawn(|| -> anyhow::Result<()> {
             let r = (|| -> anyhow::Result<()> {
-            let mut rng = StdRng::seed_from_u64(o.seed);
-            let mut next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
-            let zombie_gap = |rng: &mut StdRng| Duration::from_secs_f64(rng.random_range(o.zombie_every_min..=o.zombie_every_max.max(o.zombie_every_min)));
-            let mut next_zombie = Instant::now() + zombie_gap(&mut rng);
-            while chaos_on.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-                let mut svcs = services.lock().unwrap();
-                for s in svcs.iter_mut() {
-                    if s.stopped_until.is_some_and(|t| Instant::now() >= t) {
-                        s.stopped_until = None;
-                        s.pause(false);
-                        eprintln!("[{:>5.1}s] SIGCONT {}: the zombie resumes", t0.elapsed().as_secs_f64(), s.name);
+                let mut rng = StdRng::seed_from_u64(o.seed);
+                let mut next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
+                let zombie_gap = |rng: &mut StdRng| {
+                    Duration::from_secs_f64(rng.random_range(o.zombie_every_min..=o.zombie_every_max.max(o.zombie_every_min)))
+                };
+                let mut next_zombie = Instant::now() + zombie_gap(&mut rng);
+                while chaos_on.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let mut svcs = services.lock().unwrap();
+                    for s in svcs.iter_mut() {
+                        if s.stopped_until.is_some_and(|t| Instant::now() >= t) {
+                            s.stopped_until = None;
+                            s.pause(false);
+                            eprintln!("[{:>5.1}s] SIGCONT {}: the zombie resumes", t0.elapsed().as_secs_f64(), s.name);
+                        }
+                        if s.stopped_until.is_some() {
+                            continue;
+                        }
+                        s.reap(&env)?;
+                        if s.child.is_none() && s.down_until.is_some_and(|t| Instant::now() >= t) {
+                            s.down_until = None;
+                            s.start(&env)?;
+                        }
                     }
-                    if s.stopped_until.is_some() {
+                    if redis_restarted.lock().unwrap().is_none() && through.load(Ordering::Relaxed) * 3 >= expected {
+                        eprintln!("[{:>5.1}s] SIGKILL redis-server; up again in 2 s", t0.elapsed().as_secs_f64());
+                        redis.kill();
+                        drop(svcs);
+                        std::thread::sleep(Duration::from_secs(2));
+                        redis.up()?;
+                        *redis_restarted.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
                         continue;
                     }
-                    s.reap(&env)?;
-                    if s.child.is_none() && s.down_until.is_some_and(|t| Instant::now() >= t) {
-                        s.down_until = None;
-                        s.start(&env)?;
+                    if redis_lost.lock().unwrap().is_none() && through.load(Ordering::Relaxed) * 3 >= expected * 2 {
+                        eprintln!(
+                            "[{:>5.1}s] redis-server loses its data (restarted without its append-only file)",
+                            t0.elapsed().as_secs_f64()
+                        );
+                        drop(svcs);
+                        redis.lose_data()?;
+                        *redis_lost.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
+                        continue;
+                    }
+                    if o.zombie_s > 0.0 && Instant::now() >= next_zombie {
+                        let writers: Vec<usize> = (0..svcs.len())
+                            .filter(|&i| svcs[i].name.starts_with("writer-") && svcs[i].child.is_some() && svcs[i].stopped_until.is_none())
+                            .collect();
+                        if !writers.is_empty() {
+                            let s = &mut svcs[writers[rng.random_range(0..writers.len())]];
+                            s.pause(true);
+                            s.zombies += 1;
+                            s.stopped_until = Some(Instant::now() + Duration::from_secs_f64(o.zombie_s));
+                            eprintln!(
+                                "[{:>5.1}s] SIGSTOP {} for {:.0} s (past its session timeout and lease)",
+                                t0.elapsed().as_secs_f64(),
+                                s.name,
+                                o.zombie_s
+                            );
+                        }
+                        next_zombie = Instant::now() + zombie_gap(&mut rng);
+                    }
+                    if Instant::now() >= next {
+                        let i = rng.random_range(0..svcs.len());
+                        let s = &mut svcs[i];
+                        if s.child.is_some() && s.stopped_until.is_none() {
+                            s.kill9();
+                            s.down_until = Some(Instant::now() + restart_after);
+                            eprintln!("[{:>5.1}s] SIGKILL {} (kill {} of it)", t0.elapsed().as_secs_f64(), s.name, s.kills);
+                        }
+                        next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
                     }
                 }
-                if redis_restarted.lock().unwrap().is_none() && through.load(Ordering::Relaxed) * 3 >= expected {
-                    eprintln!("[{:>5.1}s] SIGKILL redis-server; up again in 2 s", t0.elapsed().as_secs_f64());
-                    redis.kill();
-                    drop(svcs);
-                    std::thread::sleep(Duration::from_secs(2));
-                    redis.up()?;
-                    *redis_restarted.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
-                    continue;
-                }
-                if redis_lost.lock().unwrap().is_none() && through.load(Ordering::Relaxed) * 3 >= expected * 2 {
-                    eprintln!("[{:>5.1}s] redis-server loses its data (restarted without its append-only file)", t0.elapsed().as_secs_f64());
-                    drop(svcs);
-                    redis.lose_data()?;
-                    *redis_lost.lock().unwrap() = Some(t0.elapsed().as_secs_f64());
-                    continue;
-                }
-                if o.zombie_s > 0.0 && Instant::now() >= next_zombie {
-                    let writers: Vec<usize> = (0..svcs.len()).filter(|&i| svcs[i].name.starts_with("writer-") && svcs[i].child.is_some() && svcs[i].stopped_until.is_none()).collect();
-                    if !writers.is_empty() {
-                        let s = &mut svcs[writers[rng.random_range(0..writers.len())]];
-                        s.pause(true);
-                        s.zombies += 1;
-                        s.stopped_until = Some(Instant::now() + Duration::from_secs_f64(o.zombie_s));
-                        eprintln!("[{:>5.1}s] SIGSTOP {} for {:.0} s (past its session timeout and lease)", t0.elapsed().as_secs_f64(), s.name, o.zombie_s);
-                    }
-                    next_zombie = Instant::now() + zombie_gap(&mut rng);
-                }
-                if Instant::now() >= next {
-                    let i = rng.random_range(0..svcs.len());
-                    let s = &mut svcs[i];
-                    if s.child.is_some() && s.stopped_until.is_none() {
-                        s.kill9();
-                        s.down_until = Some(Instant::now() + restart_after);
-                        eprintln!("[{:>5.1}s] SIGKILL {} (kill {} of it)", t0.elapsed().as_secs_f64(), s.name, s.kills);
-                    }
-                    next = Instant::now() + Duration::from_secs_f64(rng.random_range(o.kill_every_min..=o.kill_every_max));
-                }
-            }
-            Ok(())
+                Ok(())
             })();
             if let Err(e) = &r {
                 eprintln!("[{:>5.1}s] chaos failed: {e:#}; stopping the faults", t0.elapsed().as_secs_f64());
@@ -761,7 +797,10 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                     // the mock evict the dead member and rebalance. Do what an operator would:
                     // restart a consumer left holding nothing, so it leaves and joins again.
                     let mut svcs = services.lock().unwrap();
-                    for s in svcs.iter_mut().filter(|s| s.child.is_some() && s.stopped_until.is_none() && stranded(&env.logs.join(format!("{}.log", s.name)))) {
+                    for s in svcs
+                        .iter_mut()
+                        .filter(|s| s.child.is_some() && s.stopped_until.is_none() && stranded(&env.logs.join(format!("{}.log", s.name))))
+                    {
                         eprintln!("[{:>5.1}s] {} holds no partitions and nothing moves: restarting it", t0.elapsed().as_secs_f64(), s.name);
                         s.terminate();
                         s.start(&env)?;
@@ -822,8 +861,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         }
     }
     let written = plan.records.iter().filter(|k| records_at.contains_key(*k)).count();
-    let duplicates: Vec<String> =
-        records_at.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ×{n}")).collect();
+    let duplicates: Vec<String> = records_at.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ×{n}")).collect();
     let unexpected_records: Vec<&String> = records_at.keys().filter(|k| !plan.records.contains(*k)).collect();
     let lost: Vec<&String> = plan.records.iter().filter(|k| !records_at.contains_key(*k)).collect();
     let unaudited = plan.records.iter().filter(|k| records_at.contains_key(*k) && !seen.written.contains(*k)).count();
@@ -898,17 +936,23 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let outcomes = written + seen.dead.len();
     println!(
         "\nbench reliability --broker {:?}: {} calls, {} tenants, {} input messages, faults {}% of CRM requests",
-        o.broker,
-        o.calls,
-        o.tenants,
-        n_messages,
-        o.fault_pct
+        o.broker, o.calls, o.tenants, n_messages, o.fault_pct
     );
-    println!("  expected          {} records ({}), {} dead letters", plan.records.len(), by_crm.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "), plan.dead.len());
+    println!(
+        "  expected          {} records ({}), {} dead letters",
+        plan.records.len(),
+        by_crm.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "),
+        plan.dead.len()
+    );
     println!("  written           {written}");
     println!("  duplicates        {}", duplicates.len());
     println!("  lost              {}", lost.len());
-    println!("  unexpected        {} records, {} dead letters, {} with the wrong reason", unexpected_records.len(), unexpected_dlq.len(), wrong_reason.len());
+    println!(
+        "  unexpected        {} records, {} dead letters, {} with the wrong reason",
+        unexpected_records.len(),
+        unexpected_dlq.len(),
+        wrong_reason.len()
+    );
     println!(
         "  DLQ by reason     {} (expected {}, missing {}); {dlq_rows} entries for {} failing inputs{}",
         dlq_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", "),
@@ -918,7 +962,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         // A crash between the deduper's output and its commit re-sends a call to the writer
         // as a new message, which fails again as a new entry; a stage met again with the
         // same input writes the same entry id, stored once.
-        if dlq_rows as usize > plan.dead_rows { format!(" ({} more from inputs the deduper re-sent after a crash)", dlq_rows as usize - plan.dead_rows) } else { String::new() }
+        if dlq_rows as usize > plan.dead_rows {
+            format!(" ({} more from inputs the deduper re-sent after a crash)", dlq_rows as usize - plan.dead_rows)
+        } else {
+            String::new()
+        }
     );
     println!("  audit             {} of {written} records have their write in the audit store", written - unaudited);
     println!(
@@ -945,7 +993,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     println!(
         "  recoveries        {} ({})",
         recoveries.values().sum::<usize>(),
-        if recoveries.is_empty() { "none".to_string() } else { recoveries.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ") }
+        if recoveries.is_empty() {
+            "none".to_string()
+        } else {
+            recoveries.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+        }
     );
     println!("  late writes       {late_writes} creates applied after the writer gave up");
     println!("  token endpoints   {}", token_answers.join("; "));
@@ -957,7 +1009,11 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
                 let n: u64 = by.values().sum();
                 // The injected faults are spread everywhere; other errors name where they came from.
                 let top = by.iter().max_by_key(|(_, n)| **n).map(|(e, m)| format!(" (most: {m} on {e})")).unwrap_or_default();
-                if ["429", "502", "503", "504"].contains(&s.as_str()) { format!("{s} ×{n}") } else { format!("{s} ×{n}{top}") }
+                if ["429", "502", "503", "504"].contains(&s.as_str()) {
+                    format!("{s} ×{n}")
+                } else {
+                    format!("{s} ×{n}{top}")
+                }
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -967,7 +1023,10 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         outcomes as f64 / secs,
         o.calls as f64 / secs
     );
-    println!("  shutdown          {}", if unclean.is_empty() { "every service left cleanly on SIGTERM".to_string() } else { format!("unclean: {unclean:?}") });
+    println!(
+        "  shutdown          {}",
+        if unclean.is_empty() { "every service left cleanly on SIGTERM".to_string() } else { format!("unclean: {unclean:?}") }
+    );
     println!("  wall              {:.1} s in all", started.elapsed().as_secs_f64());
 
     let mut failures = vec![];
@@ -1008,7 +1067,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("crm-sync-stranded-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("w.log");
-        let line = |n: &str| format!("\u{1b}[2mwriter::runtime\u{1b}[0m partitions assigned \u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m{n}\n");
+        let line =
+            |n: &str| format!("\u{1b}[2mwriter::runtime\u{1b}[0m partitions assigned \u{1b}[3mpartitions\u{1b}[0m\u{1b}[2m=\u{1b}[0m{n}\n");
         std::fs::write(&log, line("24") + &line("0")).unwrap();
         assert!(stranded(&log));
         std::fs::write(&log, line("0") + &line("12") + "later work\n").unwrap();

@@ -226,7 +226,16 @@ pub(crate) fn broker_and_sim() -> anyhow::Result<(DevBroker, Sim, Killed)> {
 
 /// `limit`: the backlog tenants' rate limit (the profile's default when None).
 #[allow(clippy::too_many_arguments)]
-pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate: usize, seconds: usize, fetch_wait_ms: u64, redis_url: &str) -> anyhow::Result<()> {
+pub fn run(
+    p: Profile,
+    records: usize,
+    tenants: usize,
+    limit: Option<u64>,
+    rate: usize,
+    seconds: usize,
+    fetch_wait_ms: u64,
+    redis_url: &str,
+) -> anyhow::Result<()> {
     let p = Profile { limit: limit.unwrap_or(p.limit), ..p };
     let crm = p.crm.as_str();
     let topics = Topics::default();
@@ -302,13 +311,18 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
     for t in &backlog {
         let (_, c) = sim.state(&p, t)?;
         calls += count(&c, p.writes, "201") + count(&c, p.writes, "200") + count(&c, p.writes, "207");
-        all_calls += c.as_object().map_or(0, |m| m.values().flat_map(|v| v.as_object().into_iter().flat_map(|s| s.values())).map(|n| n.as_u64().unwrap_or(0)).sum());
+        all_calls += c.as_object().map_or(0, |m| {
+            m.values().flat_map(|v| v.as_object().into_iter().flat_map(|s| s.values())).map(|n| n.as_u64().unwrap_or(0)).sum()
+        });
         throttled += all_throttled(&c, p.throttle);
     }
     let secs = elapsed.as_secs_f64();
     println!("\nbench writer --crm {crm}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}");
     println!("  written           {written} records in {secs:.1} s: {:.0} records/s", written as f64 / secs);
-    println!("  API calls         {calls} writes ({:.1} records per call); {all_calls} requests in all (searches, token refreshes)", written as f64 / calls.max(1) as f64);
+    println!(
+        "  API calls         {calls} writes ({:.1} records per call); {all_calls} requests in all (searches, token refreshes)",
+        written as f64 / calls.max(1) as f64
+    );
     println!("  throttled ({})   {throttled}", p.throttle);
     match p.window {
         // The limit allows `limit` at once and `limit` more each window after: a perfectly
@@ -322,7 +336,11 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
                 100.0 * best / secs
             );
         }
-        None => println!("  budget            no rate limit at {crm}: {} of the org's {} daily requests spent per tenant", all_calls / tenants as u64, p.limit),
+        None => println!(
+            "  budget            no rate limit at {crm}: {} of the org's {} daily requests spent per tenant",
+            all_calls / tenants as u64,
+            p.limit
+        ),
     }
 
     // Phase 2: the whole pipeline, under budget.
@@ -374,7 +392,13 @@ pub fn run(p: Profile, records: usize, tenants: usize, limit: Option<u64>, rate:
         throttled2 += all_throttled(&sim.state(&p, t)?.1, p.throttle);
     }
     println!("\nbench writer --crm {crm}, phase 2 (latency under budget): {n} calls at {rate}/s over {tenants} tenants (plan limits), consumers' fetch.wait.max.ms={fetch_wait_ms}");
-    println!("  calls.raw → {crm} write   p50 {} ms   p99 {} ms   max {} ms   ({} of {n} measured, {throttled2} throttled)", pct(0.5), pct(0.99), latencies.last().copied().unwrap_or(0), latencies.len());
+    println!(
+        "  calls.raw → {crm} write   p50 {} ms   p99 {} ms   max {} ms   ({} of {n} measured, {throttled2} throttled)",
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0),
+        latencies.len()
+    );
 
     drop(children);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

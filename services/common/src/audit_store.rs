@@ -53,7 +53,9 @@ pub async fn pg_connect(url: &str) -> anyhow::Result<Client> {
         Some(path) => {
             let pem = std::fs::read(&path).map_err(|e| anyhow::anyhow!("PGSSLROOTCERT {path}: {e}"))?;
             // Only this CA, as libpq: not the system's roots as well.
-            tls.add_root_certificate(native_tls::Certificate::from_pem(&pem)?).disable_built_in_roots(true).danger_accept_invalid_hostnames(true);
+            tls.add_root_certificate(native_tls::Certificate::from_pem(&pem)?)
+                .disable_built_in_roots(true)
+                .danger_accept_invalid_hostnames(true);
         }
         None => {
             tls.danger_accept_invalid_certs(true);
@@ -145,7 +147,11 @@ impl AuditStore {
         let tx = self.client.transaction().await?;
         // One migrator at a time, across processes.
         tx.execute("SELECT pg_advisory_xact_lock(7240518311)", &[]).await?;
-        tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())", &[]).await?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            &[],
+        )
+        .await?;
         let done: HashSet<String> = tx.query("SELECT name FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
         let mut applied = vec![];
         for (name, sql) in MIGRATIONS {
@@ -166,7 +172,9 @@ impl AuditStore {
         for day in wanted {
             let name = partition_name(day);
             let (from, to) = (day_date(day), day_date(day + 1));
-            let sql = format!("CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')");
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
+            );
             if let Err(e) = self.client.batch_execute(&sql).await {
                 // Another sink made it in the meantime: fine. Anything else is an error.
                 let exists = self.client.query_opt("SELECT 1 FROM pg_class WHERE relname = $1", &[&name]).await?.is_some();
@@ -181,7 +189,12 @@ impl AuditStore {
 
     /// Stores a batch in one transaction; returns (audit rows, DLQ rows) actually inserted
     /// (a redelivered record counts 0).
-    pub async fn insert(&mut self, audit: &[AuditRecord], dlq: &[DeadLetter], rejects: &[Reject]) -> Result<(u64, u64), tokio_postgres::Error> {
+    pub async fn insert(
+        &mut self,
+        audit: &[AuditRecord],
+        dlq: &[DeadLetter],
+        rejects: &[Reject],
+    ) -> Result<(u64, u64), tokio_postgres::Error> {
         let r = self.insert_once(audit, dlq, rejects).await;
         if r.is_err() {
             // A day this process knew may have been dropped by another sink's purge (or the
@@ -191,7 +204,12 @@ impl AuditStore {
         r
     }
 
-    async fn insert_once(&mut self, audit: &[AuditRecord], dlq: &[DeadLetter], rejects: &[Reject]) -> Result<(u64, u64), tokio_postgres::Error> {
+    async fn insert_once(
+        &mut self,
+        audit: &[AuditRecord],
+        dlq: &[DeadLetter],
+        rejects: &[Reject],
+    ) -> Result<(u64, u64), tokio_postgres::Error> {
         self.ensure_partitions(audit.iter().map(|a| a.occurred_at)).await?;
         let tx = self.client.transaction().await?;
         let a = if audit.is_empty() {
@@ -353,7 +371,9 @@ impl AuditStore {
                 let reason: Option<String> = r.get(6);
                 let outcome: String = r.get(5);
                 let dlq = (outcome == "DEAD_LETTERED")
-                    .then(|| reason.as_ref().and_then(|why| dlq.get(&(tenant_id.clone(), crm.clone().unwrap_or_default(), why.clone()))).cloned())
+                    .then(|| {
+                        reason.as_ref().and_then(|why| dlq.get(&(tenant_id.clone(), crm.clone().unwrap_or_default(), why.clone()))).cloned()
+                    })
                     .flatten();
                 Step {
                     at: r.get(0),
@@ -471,7 +491,12 @@ impl AuditStore {
 
     /// (record id, operation) pairs the reconciler already dead-lettered for these calls, so
     /// a finding that stays (a deletion someone meant) is dead-lettered once, not per pass.
-    pub async fn reconciler_dead_letters(&self, tenant: &str, crm: &str, call_ids: &[String]) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+    pub async fn reconciler_dead_letters(
+        &self,
+        tenant: &str,
+        crm: &str,
+        call_ids: &[String],
+    ) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
         let rows = self
             .client
             .query(

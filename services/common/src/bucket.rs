@@ -239,13 +239,21 @@ pub enum Limit {
 impl Limit {
     pub fn name(&self) -> &str {
         match self {
-            Limit::Rolling { name, .. } | Limit::Daily { name, .. } | Limit::Reported { name, .. } | Limit::Slotted { name, .. } | Limit::Concurrent { name, .. } => name,
+            Limit::Rolling { name, .. }
+            | Limit::Daily { name, .. }
+            | Limit::Reported { name, .. }
+            | Limit::Slotted { name, .. }
+            | Limit::Concurrent { name, .. } => name,
         }
     }
 
     pub fn max(&self) -> u64 {
         match self {
-            Limit::Rolling { max, .. } | Limit::Daily { max, .. } | Limit::Reported { max, .. } | Limit::Slotted { max, .. } | Limit::Concurrent { max, .. } => *max,
+            Limit::Rolling { max, .. }
+            | Limit::Daily { max, .. }
+            | Limit::Reported { max, .. }
+            | Limit::Slotted { max, .. }
+            | Limit::Concurrent { max, .. } => *max,
         }
     }
 
@@ -256,8 +264,12 @@ impl Limit {
             }
             Limit::Daily { max, tz_offset_min, .. } => ["D".into(), max.to_string(), tz_offset_min.to_string(), "0".into()],
             Limit::Reported { max, recheck, .. } => ["P".into(), max.to_string(), recheck.as_millis().to_string(), "0".into()],
-            Limit::Slotted { max, window, slot, .. } => ["S".into(), max.to_string(), window.as_millis().to_string(), slot.as_millis().max(1).to_string()],
-            Limit::Concurrent { max, lease, poll, .. } => ["C".into(), max.to_string(), lease.as_millis().to_string(), poll.as_millis().to_string()],
+            Limit::Slotted { max, window, slot, .. } => {
+                ["S".into(), max.to_string(), window.as_millis().to_string(), slot.as_millis().max(1).to_string()]
+            }
+            Limit::Concurrent { max, lease, poll, .. } => {
+                ["C".into(), max.to_string(), lease.as_millis().to_string(), poll.as_millis().to_string()]
+            }
         }
     }
 }
@@ -292,13 +304,7 @@ pub struct TokenBuckets {
 
 impl TokenBuckets {
     pub fn new(conn: ConnectionManager, prefix: &str) -> TokenBuckets {
-        TokenBuckets {
-            conn,
-            prefix: prefix.to_string(),
-            take: Script::new(TAKE),
-            observe: Script::new(OBSERVE),
-            block: Script::new(BLOCK),
-        }
+        TokenBuckets { conn, prefix: prefix.to_string(), take: Script::new(TAKE), observe: Script::new(OBSERVE), block: Script::new(BLOCK) }
     }
 
     fn limit_key(&self, set: &BucketSet, limit: &str) -> String {

@@ -327,8 +327,13 @@ impl Claims {
     /// write holds a live lease). The reconciler leaves a record alone while it is in flight.
     pub async fn state(&self, tenant_id: &str, idempotency_key: &str) -> redis::RedisResult<(Option<i64>, Option<String>, bool)> {
         let mut conn = self.conn.clone();
-        let (done, rid, until): (Option<i64>, Option<String>, Option<i64>) =
-            redis::cmd("HMGET").arg(self.key(tenant_id, idempotency_key)).arg("done_version").arg("record_id").arg("until").query_async(&mut conn).await?;
+        let (done, rid, until): (Option<i64>, Option<String>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.key(tenant_id, idempotency_key))
+            .arg("done_version")
+            .arg("record_id")
+            .arg("until")
+            .query_async(&mut conn)
+            .await?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         Ok((done, rid, until.is_some_and(|u| u > now)))
     }

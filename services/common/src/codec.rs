@@ -70,9 +70,7 @@ pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
     out.extend_from_slice(&current.fingerprint);
-    writers().0[&T::RECORD]
-        .write_ser(&mut out, value)
-        .map_err(|source| EncodeError { record: T::RECORD, source })?;
+    writers().0[&T::RECORD].write_ser(&mut out, value).map_err(|source| EncodeError { record: T::RECORD, source })?;
     Ok(out)
 }
 
@@ -95,34 +93,22 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// As `decode`, also accepting Confluent framing for ids in `confluent`.
-pub fn decode_with<T: AvroRecord>(
-    bytes: &[u8],
-    confluent: Option<&ConfluentSchemas>,
-) -> Result<T, DecodeError> {
+pub fn decode_with<T: AvroRecord>(bytes: &[u8], confluent: Option<&ConfluentSchemas>) -> Result<T, DecodeError> {
     let reg = Registry::global();
     match bytes {
         [] => Err(DecodeError::Empty),
         [0xC3, 0x01, rest @ ..] => {
-            let fp: [u8; 8] = rest
-                .get(..8)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(DecodeError::Truncated(bytes.len()))?;
-            let writer = reg
-                .by_fingerprint(&fp)
-                .ok_or_else(|| DecodeError::UnknownFingerprint(fingerprint_hex(&fp)))?;
+            let fp: [u8; 8] = rest.get(..8).and_then(|s| s.try_into().ok()).ok_or(DecodeError::Truncated(bytes.len()))?;
+            let writer = reg.by_fingerprint(&fp).ok_or_else(|| DecodeError::UnknownFingerprint(fingerprint_hex(&fp)))?;
             if writer.record != T::RECORD {
                 return Err(DecodeError::WrongRecord { expected: T::RECORD, found: writer.record });
             }
             read_datum(writer, &rest[8..])
         }
         [CONFLUENT_MAGIC, rest @ ..] => {
-            let id = rest
-                .get(..4)
-                .map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes")))
-                .ok_or(DecodeError::Truncated(bytes.len()))?;
-            let writer = confluent
-                .and_then(|c| c.get(id))
-                .ok_or(DecodeError::UnknownConfluentId(id))?;
+            let id =
+                rest.get(..4).map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes"))).ok_or(DecodeError::Truncated(bytes.len()))?;
+            let writer = confluent.and_then(|c| c.get(id)).ok_or(DecodeError::UnknownConfluentId(id))?;
             read_datum(&writer, &rest[4..])
         }
         other => Err(DecodeError::UnknownFraming(other.iter().take(2).copied().collect())),
@@ -318,8 +304,7 @@ mod tests {
     /// read into the current schema with the defaults filled in.
     #[test]
     fn older_schema_versions_resolve_into_current() {
-        let mut old: serde_json::Value =
-            serde_json::from_str(include_str!("../../../schemas/call_event.avsc")).unwrap();
+        let mut old: serde_json::Value = serde_json::from_str(include_str!("../../../schemas/call_event.avsc")).unwrap();
         let fields = old["fields"].as_array_mut().unwrap();
         fields.retain(|f| f["name"] != "notes" && f["name"] != "attributes");
         let old_text = old.to_string();
@@ -329,19 +314,40 @@ mod tests {
         call.attributes.clear();
         #[derive(serde::Serialize)]
         struct V0<'a> {
-            tenant_id: &'a str, call_id: &'a str, source: &'a str, version: i64,
-            direction: CallDirection, from_number: &'a str, to_number: &'a str,
-            region_hint: Option<&'a str>, started_at: i64, ended_at: Option<i64>,
-            duration_s: Option<i32>, outcome: Option<CallOutcome>, agent_id: &'a str,
-            agent_email: Option<&'a str>, recording_url: Option<&'a str>,
+            tenant_id: &'a str,
+            call_id: &'a str,
+            source: &'a str,
+            version: i64,
+            direction: CallDirection,
+            from_number: &'a str,
+            to_number: &'a str,
+            region_hint: Option<&'a str>,
+            started_at: i64,
+            ended_at: Option<i64>,
+            duration_s: Option<i32>,
+            outcome: Option<CallOutcome>,
+            agent_id: &'a str,
+            agent_email: Option<&'a str>,
+            recording_url: Option<&'a str>,
         }
-        let datum = GenericDatumWriter::builder(&v0.schema).build().unwrap()
+        let datum = GenericDatumWriter::builder(&v0.schema)
+            .build()
+            .unwrap()
             .write_ser_to_vec(&V0 {
-                tenant_id: &call.tenant_id, call_id: &call.call_id, source: &call.source,
-                version: call.version, direction: call.direction, from_number: &call.from_number,
-                to_number: &call.to_number, region_hint: call.region_hint.as_deref(),
-                started_at: call.started_at, ended_at: call.ended_at, duration_s: call.duration_s,
-                outcome: call.outcome, agent_id: &call.agent_id, agent_email: None,
+                tenant_id: &call.tenant_id,
+                call_id: &call.call_id,
+                source: &call.source,
+                version: call.version,
+                direction: call.direction,
+                from_number: &call.from_number,
+                to_number: &call.to_number,
+                region_hint: call.region_hint.as_deref(),
+                started_at: call.started_at,
+                ended_at: call.ended_at,
+                duration_s: call.duration_s,
+                outcome: call.outcome,
+                agent_id: &call.agent_id,
+                agent_email: None,
                 recording_url: call.recording_url.as_deref(),
             })
             .unwrap();

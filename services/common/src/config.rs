@@ -57,9 +57,7 @@ pub struct CommonArgs {
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("'{s}' is not key=value"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("'{s}' is not key=value"))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
 }
 

@@ -46,9 +46,15 @@ pub enum Mark {
     /// This input set the mark before and is being delivered again: emit again.
     Redelivered,
     /// A higher version of a known call: emit as an update.
-    Update { previous_version: i64, previous_input: String },
+    Update {
+        previous_version: i64,
+        previous_input: String,
+    },
     /// Seen inside the window at this version or higher: suppress.
-    Repeat { marked_version: i64, marked_by: String },
+    Repeat {
+        marked_version: i64,
+        marked_by: String,
+    },
 }
 
 impl Mark {

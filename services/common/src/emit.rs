@@ -9,10 +9,7 @@ use crate::kafka::{InMessage, OutRecord};
 use std::collections::HashMap;
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The most of an input a dead letter carries (broker messages are 1 MiB by default).
@@ -72,14 +69,7 @@ impl Emitter {
     }
 
     /// An audit record for `input` with the common fields filled; callers set the rest.
-    pub fn audit(
-        &self,
-        input: &InMessage,
-        subject: &Subject,
-        operation: &str,
-        outcome: AuditOutcome,
-        detail: String,
-    ) -> AuditRecord {
+    pub fn audit(&self, input: &InMessage, subject: &Subject, operation: &str, outcome: AuditOutcome, detail: String) -> AuditRecord {
         AuditRecord {
             audit_id: uuid::Uuid::new_v4().to_string(),
             tenant_id: subject.tenant_id.to_string(),
@@ -107,12 +97,7 @@ impl Emitter {
     }
 
     pub fn audit_record(&self, record: &AuditRecord) -> OutRecord {
-        OutRecord::new(
-            &self.topics.audit,
-            &record.tenant_id,
-            codec::encode(record).expect("AuditRecord always encodes"),
-            &record.trace_id,
-        )
+        OutRecord::new(&self.topics.audit, &record.tenant_id, codec::encode(record).expect("AuditRecord always encodes"), &record.trace_id)
     }
 
     /// The DLQ entry for `input` (original bytes kept) and its DEAD_LETTERED audit record.
@@ -141,11 +126,7 @@ impl Emitter {
         audit_detail: String,
         crm: CrmAnswer,
     ) -> [OutRecord; 2] {
-        let tenant = if subject.tenant_id.is_empty() {
-            input.key_str().unwrap_or_default()
-        } else {
-            subject.tenant_id.to_string()
-        };
+        let tenant = if subject.tenant_id.is_empty() { input.key_str().unwrap_or_default() } else { subject.tenant_id.to_string() };
         // The entry must fit in one Kafka message beside its envelope, or the broker refuses
         // it and the stage stops: a huge input keeps its head, and says so.
         let mut detail = detail;
@@ -180,25 +161,14 @@ impl Emitter {
             failed_at: now_ms(),
             trace_id: input.trace_id.clone(),
         };
-        let mut audit = self.audit(
-            input,
-            &Subject { tenant_id: &tenant, ..*subject },
-            operation,
-            AuditOutcome::DeadLettered,
-            audit_detail,
-        );
+        let mut audit = self.audit(input, &Subject { tenant_id: &tenant, ..*subject }, operation, AuditOutcome::DeadLettered, audit_detail);
         audit.reason = Some(reason.as_str().to_string());
         audit.attempt = dl.attempt;
         crate::telemetry::crm_metrics().dead_letter(self.stage.as_str(), reason.as_str(), subject.crm.map(Crm::as_str));
         audit.crm_status = crm.status;
         audit.attributes.insert("dlq_id".into(), dl.dlq_id.clone());
         [
-            OutRecord::new(
-                &self.topics.dlq,
-                &tenant,
-                codec::encode(&dl).expect("DeadLetter always encodes"),
-                &input.trace_id,
-            ),
+            OutRecord::new(&self.topics.dlq, &tenant, codec::encode(&dl).expect("DeadLetter always encodes"), &input.trace_id),
             self.audit_record(&audit),
         ]
     }

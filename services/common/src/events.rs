@@ -399,5 +399,4 @@ pub mod fixtures {
             normalised_at: 1_767_225_600_100,
         }
     }
-
 }

@@ -69,12 +69,7 @@ fn write_str(s: &str, out: &mut String) {
     out.push_str(&serde_json::to_string(s).expect("strings always serialise"));
 }
 
-fn write_pcf(
-    schema: &Value,
-    enclosing_ns: Option<&str>,
-    seen: &mut HashSet<String>,
-    out: &mut String,
-) -> Result<(), CanonicalError> {
+fn write_pcf(schema: &Value, enclosing_ns: Option<&str>, seen: &mut HashSet<String>, out: &mut String) -> Result<(), CanonicalError> {
     match schema {
         Value::String(s) => {
             if PRIMITIVES.contains(&s.as_str()) {
@@ -106,9 +101,7 @@ fn write_object(
     seen: &mut HashSet<String>,
     out: &mut String,
 ) -> Result<(), CanonicalError> {
-    let ty = obj
-        .get("type")
-        .ok_or_else(|| CanonicalError("object without \"type\"".into()))?;
+    let ty = obj.get("type").ok_or_else(|| CanonicalError("object without \"type\"".into()))?;
     let ty_name = match ty {
         Value::String(s) => s.as_str(),
         // {"type": {...}} or {"type": [...]}: the wrapper adds nothing.
@@ -127,10 +120,7 @@ fn write_object(
     let mut ns = enclosing_ns.map(str::to_string);
     let mut name = None;
     if named {
-        let raw = obj
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| CanonicalError(format!("{ty_name} without a name")))?;
+        let raw = obj.get("name").and_then(Value::as_str).ok_or_else(|| CanonicalError(format!("{ty_name} without a name")))?;
         let own_ns = obj.get("namespace").and_then(Value::as_str);
         let full = full_name(raw, own_ns.or(enclosing_ns));
         if let Some(idx) = full.rfind('.') {
@@ -168,22 +158,15 @@ fn write_object(
             }
             "fields" => {
                 if let Some(fields) = obj.get("fields") {
-                    let fields = fields
-                        .as_array()
-                        .ok_or_else(|| CanonicalError("fields is not an array".into()))?;
+                    let fields = fields.as_array().ok_or_else(|| CanonicalError("fields is not an array".into()))?;
                     sep(out);
                     out.push_str("\"fields\":[");
                     for (i, f) in fields.iter().enumerate() {
                         if i > 0 {
                             out.push(',');
                         }
-                        let fname = f
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| CanonicalError("field without a name".into()))?;
-                        let ftype = f
-                            .get("type")
-                            .ok_or_else(|| CanonicalError(format!("field {fname} without a type")))?;
+                        let fname = f.get("name").and_then(Value::as_str).ok_or_else(|| CanonicalError("field without a name".into()))?;
+                        let ftype = f.get("type").ok_or_else(|| CanonicalError(format!("field {fname} without a type")))?;
                         out.push_str("{\"name\":");
                         write_str(fname, out);
                         out.push_str(",\"type\":");
@@ -211,9 +194,7 @@ fn write_object(
             }
             "size" => {
                 if let Some(size) = obj.get("size") {
-                    let n = size
-                        .as_u64()
-                        .ok_or_else(|| CanonicalError("fixed size is not a whole number".into()))?;
+                    let n = size.as_u64().ok_or_else(|| CanonicalError("fixed size is not a whole number".into()))?;
                     sep(out);
                     out.push_str(&format!("\"size\":{n}"));
                 }
@@ -240,10 +221,7 @@ mod tests {
     fn logical_types_reduce_to_their_primitive() {
         let s = json!({"type":"record","name":"R","namespace":"a.b","doc":"x","fields":[
             {"name":"t","type":{"type":"long","logicalType":"timestamp-millis"},"doc":"d","default":0}]});
-        assert_eq!(
-            parsing_canonical_form(&s).unwrap(),
-            r#"{"name":"a.b.R","type":"record","fields":[{"name":"t","type":"long"}]}"#
-        );
+        assert_eq!(parsing_canonical_form(&s).unwrap(), r#"{"name":"a.b.R","type":"record","fields":[{"name":"t","type":"long"}]}"#);
     }
 
     #[test]

@@ -19,8 +19,7 @@ pub enum PhoneError {
 
 /// Parses an ISO 3166-1 alpha-2 code (any case) into the phonenumber crate's region id.
 pub fn region(code: &str) -> Result<country::Id, PhoneError> {
-    country::Id::from_str(&code.trim().to_ascii_uppercase())
-        .map_err(|_| PhoneError::UnknownRegion(code.to_string()))
+    country::Id::from_str(&code.trim().to_ascii_uppercase()).map_err(|_| PhoneError::UnknownRegion(code.to_string()))
 }
 
 /// The E.164 form of `raw`, reading national formats in `default_region`.

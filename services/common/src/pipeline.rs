@@ -44,10 +44,7 @@ pub struct Transient(pub String);
 /// A stage's logic. `handle` gets a batch of inputs in read order and returns one
 /// `Processed` per input, in the same order.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(
-        &self,
-        batch: &[InMessage],
-    ) -> impl Future<Output = Result<Vec<Processed>, Transient>> + Send;
+    fn handle(&self, batch: &[InMessage]) -> impl Future<Output = Result<Vec<Processed>, Transient>> + Send;
 }
 
 pub struct PipelineConfig {
@@ -70,11 +67,7 @@ impl ClientContext for StageContext {
 }
 
 impl ConsumerContext for StageContext {
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
         info!(?rebalance, "partitions rebalanced");
     }
 }
@@ -89,11 +82,7 @@ struct Pending {
 /// Runs `handler` over the input topics until `shutdown` is cancelled, then finishes
 /// in-flight work, commits, and leaves the group. Returns an error, without committing
 /// past the failure, if the broker refuses an output.
-pub async fn run<H: Handler>(
-    cfg: PipelineConfig,
-    handler: H,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = StageMetrics::new(cfg.service);
     let group = cfg.args.consumer_group.clone().unwrap_or_else(|| cfg.service.to_string());
     let commit_interval = cfg.args.commit_interval_ms.to_string();
@@ -196,11 +185,7 @@ pub async fn run<H: Handler>(
             }
         };
         if processed.len() != batch.len() {
-            loop_result = Err(anyhow::anyhow!(
-                "handler returned {} results for {} inputs",
-                processed.len(),
-                batch.len()
-            ));
+            loop_result = Err(anyhow::anyhow!("handler returned {} results for {} inputs", processed.len(), batch.len()));
             break;
         }
         for ((input, p), span) in batch.iter().zip(processed).zip(spans) {
@@ -213,12 +198,7 @@ pub async fn run<H: Handler>(
                 out.set_traceparent(traceparent.clone());
                 deliveries.push((out.topic.clone(), kafka::send(&producer, &out).await?));
             }
-            let pending = Pending {
-                topic: input.topic.clone(),
-                partition: input.partition,
-                offset: input.offset,
-                deliveries,
-            };
+            let pending = Pending { topic: input.topic.clone(), partition: input.partition, offset: input.offset, deliveries };
             if tx.send(pending).await.is_err() {
                 break 'consume; // the acker failed; its error is reported below
             }

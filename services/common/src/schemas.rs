@@ -21,13 +21,8 @@ pub enum RecordType {
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 5] = [
-        RecordType::CallEvent,
-        RecordType::NormalisedCall,
-        RecordType::CrmWriteRequest,
-        RecordType::AuditRecord,
-        RecordType::DeadLetter,
-    ];
+    pub const ALL: [RecordType; 5] =
+        [RecordType::CallEvent, RecordType::NormalisedCall, RecordType::CrmWriteRequest, RecordType::AuditRecord, RecordType::DeadLetter];
 
     pub fn file_stem(self) -> &'static str {
         match self {
@@ -72,17 +67,10 @@ pub struct Versioned {
 
 impl Versioned {
     pub fn parse(record: RecordType, path: &str, text: &str) -> anyhow::Result<Versioned> {
-        let json: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{path}: not JSON: {e}"))?;
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{path}: not JSON: {e}"))?;
         let canonical = parsing_canonical_form(&json)?;
         let schema = Schema::parse(&json).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        Ok(Versioned {
-            record,
-            path: path.to_string(),
-            fingerprint: fingerprint(&canonical),
-            canonical,
-            schema,
-        })
+        Ok(Versioned { record, path: path.to_string(), fingerprint: fingerprint(&canonical), canonical, schema })
     }
 }
 
@@ -183,17 +171,12 @@ mod tests {
     /// CrmWriteRequest embeds NormalisedCall; the copy must not drift from the original.
     #[test]
     fn embedded_normalised_call_matches_its_own_schema() {
-        let cwr: serde_json::Value =
-            serde_json::from_str(RecordType::CrmWriteRequest.current_text()).unwrap();
+        let cwr: serde_json::Value = serde_json::from_str(RecordType::CrmWriteRequest.current_text()).unwrap();
         let call = cwr["fields"].as_array().unwrap().iter().find(|f| f["name"] == "call").unwrap();
         let mut embedded = call["type"].clone();
         embedded["namespace"] = "io.crmsync.events".into();
-        let own: serde_json::Value =
-            serde_json::from_str(RecordType::NormalisedCall.current_text()).unwrap();
-        assert_eq!(
-            parsing_canonical_form(&embedded).unwrap(),
-            parsing_canonical_form(&own).unwrap()
-        );
+        let own: serde_json::Value = serde_json::from_str(RecordType::NormalisedCall.current_text()).unwrap();
+        assert_eq!(parsing_canonical_form(&embedded).unwrap(), parsing_canonical_form(&own).unwrap());
     }
 
     #[test]
@@ -203,10 +186,7 @@ mod tests {
                 assert!(v.get("doc").is_some(), "{path}: record without doc");
                 for f in fields {
                     let name = f["name"].as_str().unwrap();
-                    assert!(
-                        f.get("doc").and_then(|d| d.as_str()).is_some_and(|d| !d.is_empty()),
-                        "{path}.{name} has no doc"
-                    );
+                    assert!(f.get("doc").and_then(|d| d.as_str()).is_some_and(|d| !d.is_empty()), "{path}.{name} has no doc");
                     walk(&f["type"], &format!("{path}.{name}"));
                 }
             }

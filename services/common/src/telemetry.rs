@@ -34,12 +34,15 @@ impl Drop for Telemetry {
 }
 
 pub fn init(service: &'static str, args: &CommonArgs) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
     let (meters, tracer) = match &args.otel_exporter_otlp_endpoint {
         Some(endpoint) if !endpoint.is_empty() => {
             let endpoint = endpoint.trim_end_matches('/').to_string();
-            let protocol = if args.otel_exporter_otlp_protocol == "http/json" { opentelemetry_otlp::Protocol::HttpJson } else { opentelemetry_otlp::Protocol::HttpBinary };
+            let protocol = if args.otel_exporter_otlp_protocol == "http/json" {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            };
             // The OTLP HTTP client is blocking and must not be built on a runtime thread.
             let (m, t) = std::thread::spawn(move || build_exporters(service, &endpoint, protocol))
                 .join()
@@ -48,9 +51,7 @@ pub fn init(service: &'static str, args: &CommonArgs) -> anyhow::Result<Telemetr
         }
         _ => (None, None),
     };
-    let otel_layer = tracer
-        .as_ref()
-        .map(|t| tracing_opentelemetry::layer().with_tracer(t.tracer(service)));
+    let otel_layer = tracer.as_ref().map(|t| tracing_opentelemetry::layer().with_tracer(t.tracer(service)));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let res = match args.log_format {
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init(),
@@ -78,19 +79,13 @@ fn build_exporters(
         .with_protocol(protocol)
         .with_endpoint(format!("{endpoint}/v1/metrics"))
         .build()?;
-    let meters = SdkMeterProvider::builder()
-        .with_periodic_exporter(metric_exporter)
-        .with_resource(resource.clone())
-        .build();
+    let meters = SdkMeterProvider::builder().with_periodic_exporter(metric_exporter).with_resource(resource.clone()).build();
     let span_exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(protocol)
         .with_endpoint(format!("{endpoint}/v1/traces"))
         .build()?;
-    let tracer = SdkTracerProvider::builder()
-        .with_batch_exporter(span_exporter)
-        .with_resource(resource)
-        .build();
+    let tracer = SdkTracerProvider::builder().with_batch_exporter(span_exporter).with_resource(resource).build();
     Ok((meters, tracer))
 }
 
@@ -129,10 +124,7 @@ impl StageMetrics {
             .build();
         StageMetrics {
             stage,
-            messages: meter
-                .u64_counter("crm_sync.messages")
-                .with_description("Input messages handled, by outcome")
-                .build(),
+            messages: meter.u64_counter("crm_sync.messages").with_description("Input messages handled, by outcome").build(),
             latency: meter
                 .f64_histogram("crm_sync.processing.duration")
                 .with_unit("ms")
@@ -161,8 +153,7 @@ impl StageMetrics {
     }
 
     pub fn message(&self, outcome: &'static str) {
-        self.messages
-            .add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("outcome", outcome)]);
+        self.messages.add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("outcome", outcome)]);
     }
 
     pub fn batch_latency(&self, ms: f64) {
@@ -170,8 +161,7 @@ impl StageMetrics {
     }
 
     pub fn produced(&self, topic: &str) {
-        self.produced
-            .add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("topic", topic.to_string())]);
+        self.produced.add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("topic", topic.to_string())]);
     }
 }
 
@@ -210,10 +200,7 @@ pub fn crm_metrics() -> &'static CrmMetrics {
                 .i64_gauge("crm_sync.bucket.remaining")
                 .with_description("What the CRM's own headers say is left of a limit, by CRM, tenant and limit")
                 .build(),
-            dlq: meter
-                .u64_counter("crm_sync.dlq")
-                .with_description("Dead letters, by stage, reason and CRM")
-                .build(),
+            dlq: meter.u64_counter("crm_sync.dlq").with_description("Dead letters, by stage, reason and CRM").build(),
         }
     })
 }
@@ -243,14 +230,22 @@ impl CrmMetrics {
     pub fn remaining(&self, crm: &str, tenant: &str, limit: &str, left: u64) {
         self.remaining.record(
             left.min(i64::MAX as u64) as i64,
-            &[KeyValue::new("crm", crm.to_string()), KeyValue::new("tenant", tenant.to_string()), KeyValue::new("limit", limit.to_string())],
+            &[
+                KeyValue::new("crm", crm.to_string()),
+                KeyValue::new("tenant", tenant.to_string()),
+                KeyValue::new("limit", limit.to_string()),
+            ],
         );
     }
 
     pub fn dead_letter(&self, stage: &str, reason: &str, crm: Option<&str>) {
         self.dlq.add(
             1,
-            &[KeyValue::new("stage", stage.to_string()), KeyValue::new("reason", reason.to_string()), KeyValue::new("crm", crm.unwrap_or("none").to_string())],
+            &[
+                KeyValue::new("stage", stage.to_string()),
+                KeyValue::new("reason", reason.to_string()),
+                KeyValue::new("crm", crm.unwrap_or("none").to_string()),
+            ],
         );
     }
 }
@@ -280,7 +275,8 @@ pub fn input_span(stage: &'static str, m: &crate::kafka::InMessage) -> tracing::
         .unwrap_or_else(|| opentelemetry::trace::SpanId::from_bytes((rand::random::<u64>() | 1).to_be_bytes()));
     if let Ok(trace) = opentelemetry::trace::TraceId::from_hex(&m.trace_id) {
         use opentelemetry::trace::TraceContextExt;
-        let remote = opentelemetry::trace::SpanContext::new(trace, parent_span, opentelemetry::trace::TraceFlags::SAMPLED, true, Default::default());
+        let remote =
+            opentelemetry::trace::SpanContext::new(trace, parent_span, opentelemetry::trace::TraceFlags::SAMPLED, true, Default::default());
         let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
     span

@@ -125,8 +125,7 @@ fn window(id: &str, what: &str, text: &str) -> anyhow::Result<Duration> {
 
 impl Tenants {
     pub fn load(path: &Path) -> anyhow::Result<Tenants> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read TENANTS_CONFIG {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read TENANTS_CONFIG {}: {e}", path.display()))?;
         Tenants::parse(&text).map_err(|e| anyhow::anyhow!("TENANTS_CONFIG {}: {e}", path.display()))
     }
 
@@ -140,13 +139,10 @@ impl Tenants {
                 !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
                 "tenant id {id:?}: use 1-64 of A-Z a-z 0-9 . _ -"
             );
-            let region = crate::phone::region(&t.default_region)
-                .map_err(|e| anyhow::anyhow!("tenant '{id}': default_region: {e}"))?;
+            let region = crate::phone::region(&t.default_region).map_err(|e| anyhow::anyhow!("tenant '{id}': default_region: {e}"))?;
             let mut crms = BTreeMap::new();
             for (name, conn) in t.crms {
-                let crm: Crm = name
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("tenant '{id}': crms: {e}"))?;
+                let crm: Crm = name.parse().map_err(|e| anyhow::anyhow!("tenant '{id}': crms: {e}"))?;
                 if let Some(every) = &conn.reconcile_every {
                     window(&id, &format!("crms.{name}.reconcile_every"), every)?;
                 }
@@ -235,10 +231,8 @@ mod tests {
         assert!(e.to_string().contains("tenant 'a'"), "{e}");
         let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\nregoin = 1\n").unwrap_err();
         assert!(e.to_string().contains("regoin"), "{e}");
-        let e = Tenants::parse(
-            "[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.dynamics]\nplan='x'\ncredentials_secret='y'\n",
-        )
-        .unwrap_err();
+        let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.dynamics]\nplan='x'\ncredentials_secret='y'\n")
+            .unwrap_err();
         assert!(e.to_string().contains("dynamics"), "{e}");
     }
 }

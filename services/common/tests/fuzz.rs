@@ -123,7 +123,8 @@ fn every_corpus_frame_is_refused_or_read_without_panicking() {
     let mut claim = vec![0x08];
     claim.extend_from_slice(b"acme");
     claim.extend_from_slice(&[0x80, 0x90, 0xbc, 0xfd, 0x02]); // zigzag varint of 400_000_000
-    let err = codec::decode::<CallEvent>(&unhex(&format!("c301{fp}{}", claim.iter().map(|b| format!("{b:02x}")).collect::<String>()))).unwrap_err();
+    let err = codec::decode::<CallEvent>(&unhex(&format!("c301{fp}{}", claim.iter().map(|b| format!("{b:02x}")).collect::<String>())))
+        .unwrap_err();
     assert!(err.to_string().contains("allocate"), "refused by the allocation cap: {err}");
 }
 

@@ -150,7 +150,16 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
 
 fn insert_record(acct: &mut crate::state::Account, object: &str, fields: Map<String, Value>, now: i64) -> Record {
     let id = crms::new_id(acct.crm, acct, object);
-    let mut r = Record { id, fields, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now, associations: Default::default(), merged_into: None };
+    let mut r = Record {
+        id,
+        fields,
+        created_ms: now,
+        updated_ms: now,
+        deleted_ms: None,
+        indexed_at_ms: now,
+        associations: Default::default(),
+        merged_into: None,
+    };
     crms::derive(acct.crm, object, &mut r);
     acct.table(object).insert(r.clone());
     r
@@ -194,7 +203,19 @@ fn issue_token(w: &mut crate::state::World, crm: Crm, account: &str, t: NewToken
             (Some(rt), Some(now + ttl * 1000))
         }
     };
-    w.tokens.insert(access.clone(), Token { crm, account: account.into(), kind: t.kind, app: app.clone(), issued_ms: now, expires_at_ms: expires, revoked: false, refresh_token: refresh.clone() });
+    w.tokens.insert(
+        access.clone(),
+        Token {
+            crm,
+            account: account.into(),
+            kind: t.kind,
+            app: app.clone(),
+            issued_ms: now,
+            expires_at_ms: expires,
+            revoked: false,
+            refresh_token: refresh.clone(),
+        },
+    );
     Ok(json!({"access_token": access, "refresh_token": refresh, "expires_at_ms": expires, "kind": t.kind, "app": app}))
 }
 
@@ -221,7 +242,8 @@ fn record_json(r: &Record) -> Value {
 }
 
 fn summary(acct: &mut crate::state::Account, now: i64) -> Value {
-    let objects: Map<String, Value> = acct.objects.iter().map(|(k, t)| (k.clone(), json!({"total": t.len(), "live": t.live().count()}))).collect();
+    let objects: Map<String, Value> =
+        acct.objects.iter().map(|(k, t)| (k.clone(), json!({"total": t.len(), "live": t.live().count()}))).collect();
     let usage = json!({
         "daily_used": acct.usage.daily.used(now),
         "rolling_24h_used": acct.usage.day_rolling.used(now),
@@ -351,14 +373,23 @@ struct ListQuery {
     deleted: Option<bool>,
 }
 
-async fn list_objects(State(sim): State<SharedSim>, Path((crm, account, object)): Path<(String, String, String)>, Query(q): Query<ListQuery>) -> Response {
+async fn list_objects(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object)): Path<(String, String, String)>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, _| {
-        let recs: Vec<Value> = a.table(&object).iter().filter(|r| q.deleted.is_none_or(|d| d == r.deleted_ms.is_some())).map(record_json).collect();
+        let recs: Vec<Value> =
+            a.table(&object).iter().filter(|r| q.deleted.is_none_or(|d| d == r.deleted_ms.is_some())).map(record_json).collect();
         json(200, json!({"records": recs}))
     })
 }
 
-async fn post_object(State(sim): State<SharedSim>, Path((crm, account, object)): Path<(String, String, String)>, Json(fields): Json<Map<String, Value>>) -> Response {
+async fn post_object(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object)): Path<(String, String, String)>,
+    Json(fields): Json<Map<String, Value>>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, now| {
         if !crms::objects(a.crm).contains(&object.as_str()) {
             return bad(format!("unknown object {object:?}: {:?}", crms::objects(a.crm)));
@@ -375,7 +406,11 @@ async fn get_object(State(sim): State<SharedSim>, Path((crm, account, object, id
 }
 
 /// An edit made by a person in the CRM's UI: fields replaced or removed (null), no limits.
-async fn patch_object(State(sim): State<SharedSim>, Path((crm, account, object, id)): Path<(String, String, String, String)>, Json(fields): Json<Map<String, Value>>) -> Response {
+async fn patch_object(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object, id)): Path<(String, String, String, String)>,
+    Json(fields): Json<Map<String, Value>>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, now| {
         let crm = a.crm;
         let Some(r) = a.table(&object).get_mut(&id) else { return missing(format!("no {object} {id}")) };
@@ -396,7 +431,11 @@ struct DeleteQuery {
 }
 
 /// A deletion made in the CRM: to the recycle bin / archive, or purged for good.
-async fn delete_object(State(sim): State<SharedSim>, Path((crm, account, object, id)): Path<(String, String, String, String)>, Query(q): Query<DeleteQuery>) -> Response {
+async fn delete_object(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object, id)): Path<(String, String, String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, now| {
         let crm = a.crm;
         let t = a.table(&object);
@@ -422,7 +461,11 @@ struct Merge {
 
 /// Merges a contact into another, as a person does in the CRM: the loser is deleted and points
 /// at the survivor, and its associations move over.
-async fn merge_object(State(sim): State<SharedSim>, Path((crm, account, object, id)): Path<(String, String, String, String)>, Json(m): Json<Merge>) -> Response {
+async fn merge_object(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object, id)): Path<(String, String, String, String)>,
+    Json(m): Json<Merge>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, now| {
         let crm = a.crm;
         let t = a.table(&object);
@@ -443,7 +486,8 @@ async fn merge_object(State(sim): State<SharedSim>, Path((crm, account, object, 
             if name == &object {
                 continue;
             }
-            let linked: Vec<String> = table.iter().filter(|c| moved.contains(&c.id) || c.associations.contains(&id)).map(|c| c.id.clone()).collect();
+            let linked: Vec<String> =
+                table.iter().filter(|c| moved.contains(&c.id) || c.associations.contains(&id)).map(|c| c.id.clone()).collect();
             for cid in linked {
                 if let Some(c) = table.get_mut(&cid) {
                     c.associations.remove(&id);
@@ -456,7 +500,11 @@ async fn merge_object(State(sim): State<SharedSim>, Path((crm, account, object, 
     })
 }
 
-async fn post_field(State(sim): State<SharedSim>, Path((crm, account, object, name)): Path<(String, String, String, String)>, Json(mut def): Json<FieldDef>) -> Response {
+async fn post_field(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object, name)): Path<(String, String, String, String)>,
+    Json(mut def): Json<FieldDef>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, _| {
         if !crms::objects(a.crm).contains(&object.as_str()) {
             return bad(format!("unknown object {object:?}"));
@@ -470,7 +518,10 @@ async fn post_field(State(sim): State<SharedSim>, Path((crm, account, object, na
 
 /// Removes a field: the CRM forgets it, as when an admin deletes a custom field. Values in
 /// existing records are dropped too.
-async fn delete_field(State(sim): State<SharedSim>, Path((crm, account, object, name)): Path<(String, String, String, String)>) -> Response {
+async fn delete_field(
+    State(sim): State<SharedSim>,
+    Path((crm, account, object, name)): Path<(String, String, String, String)>,
+) -> Response {
     with_acct(&sim, &crm, &account, |a, _| {
         if a.schema.get_mut(&object).and_then(|f| f.remove(&name)).is_none() {
             return missing(format!("no field {object}.{name}"));
@@ -636,4 +687,3 @@ pub fn router(sim: SharedSim) -> Router {
 pub struct Seed {
     pub accounts: Vec<NewAccount>,
 }
-

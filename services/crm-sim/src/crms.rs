@@ -17,9 +17,13 @@ pub fn default_plan(crm: Crm) -> &'static str {
 pub fn defaults(crm: Crm, plan: &str, seats: u64, overrides: Option<&Value>) -> Result<(Limits, Schema), String> {
     Ok(match crm {
         Crm::Hubspot => (Limits::Hubspot(with_overrides(crate::hubspot::limits::preset(plan)?, overrides)?), crate::hubspot::schema()),
-        Crm::Salesforce => (Limits::Salesforce(with_overrides(crate::salesforce::limits::preset(plan, seats)?, overrides)?), crate::salesforce::schema()),
+        Crm::Salesforce => {
+            (Limits::Salesforce(with_overrides(crate::salesforce::limits::preset(plan, seats)?, overrides)?), crate::salesforce::schema())
+        }
         Crm::Zoho => (Limits::Zoho(with_overrides(crate::zoho::limits::preset(plan, seats)?, overrides)?), crate::zoho::schema()),
-        Crm::Pipedrive => (Limits::Pipedrive(with_overrides(crate::pipedrive::limits::preset(plan, seats)?, overrides)?), crate::pipedrive::schema()),
+        Crm::Pipedrive => {
+            (Limits::Pipedrive(with_overrides(crate::pipedrive::limits::preset(plan, seats)?, overrides)?), crate::pipedrive::schema())
+        }
     })
 }
 

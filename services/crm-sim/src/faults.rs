@@ -104,7 +104,12 @@ pub fn pick(rules: &mut Vec<FaultRule>, endpoint: &str, rng: &mut StdRng) -> Opt
         r.fired += 1;
         let default_latency = if matches!(r.kind, FaultKind::Timeout | FaultKind::LateWrite) { 30_000 } else { 0 };
         let latency_ms = r.latency_ms.unwrap_or(default_latency);
-        hit = Some(Firing { kind: r.kind, latency_ms, after_write: r.after_write, apply_after_ms: r.apply_after_ms.unwrap_or(latency_ms + 2_000) });
+        hit = Some(Firing {
+            kind: r.kind,
+            latency_ms,
+            after_write: r.after_write,
+            apply_after_ms: r.apply_after_ms.unwrap_or(latency_ms + 2_000),
+        });
         break;
     }
     rules.retain(|r| r.count.is_none_or(|c| r.fired < c));
@@ -117,7 +122,16 @@ mod tests {
     use rand::SeedableRng;
 
     fn rule(kind: FaultKind, count: Option<u64>, endpoint: Option<&str>) -> FaultRule {
-        FaultRule { kind, rate: 1.0, count, endpoint: endpoint.map(str::to_string), latency_ms: None, after_write: false, apply_after_ms: None, fired: 0 }
+        FaultRule {
+            kind,
+            rate: 1.0,
+            count,
+            endpoint: endpoint.map(str::to_string),
+            latency_ms: None,
+            after_write: false,
+            apply_after_ms: None,
+            fired: 0,
+        }
     }
 
     #[test]

@@ -164,7 +164,16 @@ pub async fn gate<A: CrmApi>(State(sim): State<SharedSim>, matched: MatchedPath,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn settle<A: CrmApi>(sim: &SharedSim, caller: &Caller, endpoint: &str, class: Class, charge: u64, after: Option<faults::Firing>, now: i64, resp: &mut Response) {
+fn settle<A: CrmApi>(
+    sim: &SharedSim,
+    caller: &Caller,
+    endpoint: &str,
+    class: Class,
+    charge: u64,
+    after: Option<faults::Firing>,
+    now: i64,
+    resp: &mut Response,
+) {
     let mut w = sim.lock();
     if let Some(acct) = w.account(A::CRM, &caller.account) {
         if let Some(f) = after {
@@ -182,7 +191,15 @@ enum Admission {
     Go(Caller, Option<faults::Firing>, u64),
 }
 
-fn admit<A: CrmApi>(sim: &SharedSim, credential: Option<&str>, endpoint: &str, route: &str, path: &str, class: Class, now: i64) -> Admission {
+fn admit<A: CrmApi>(
+    sim: &SharedSim,
+    credential: Option<&str>,
+    endpoint: &str,
+    route: &str,
+    path: &str,
+    class: Class,
+    now: i64,
+) -> Admission {
     let mut w = sim.lock();
     let token = credential.and_then(|t| w.tokens.get(t).cloned().map(|tok| (t.to_string(), tok)));
     let failure = match &token {
@@ -205,7 +222,14 @@ fn admit<A: CrmApi>(sim: &SharedSim, credential: Option<&str>, endpoint: &str, r
         return Admission::Answer(resp, 0);
     }
     let (tok_str, tok) = token.expect("authenticated");
-    let caller = Caller { crm: A::CRM, account: tok.account.clone(), token: tok_str, app: tok.app.clone(), oauth: tok.kind == crate::state::TokenKind::Oauth, expires_at_ms: tok.expires_at_ms };
+    let caller = Caller {
+        crm: A::CRM,
+        account: tok.account.clone(),
+        token: tok_str,
+        app: tok.app.clone(),
+        oauth: tok.kind == crate::state::TokenKind::Oauth,
+        expires_at_ms: tok.expires_at_ms,
+    };
     w.request_seq += 1;
     let n = w.request_seq;
     let acct = w.account(A::CRM, &caller.account).expect("checked");
@@ -247,7 +271,6 @@ pub fn endpoint_label(route: &str, path: &str) -> String {
     r.iter().enumerate().map(|(i, rs)| if i >= skip && NAMING.contains(rs) { p[i - skip] } else { *rs }).collect::<Vec<_>>().join("/")
 }
 
-
 /// A generic body for injected 5xx answers, for CRMs whose gateway errors are not JSON.
 pub fn gateway_error(status: u16) -> Response {
     let text = match status {
@@ -276,7 +299,10 @@ mod tests {
 
     #[test]
     fn labels_name_objects_not_ids() {
-        assert_eq!(endpoint_label("/hubspot/crm/v3/objects/{object}/{id}", "/crm/v3/objects/calls/123"), "/hubspot/crm/v3/objects/calls/{id}");
+        assert_eq!(
+            endpoint_label("/hubspot/crm/v3/objects/{object}/{id}", "/crm/v3/objects/calls/123"),
+            "/hubspot/crm/v3/objects/calls/{id}"
+        );
         assert_eq!(endpoint_label("/zoho/crm/{version}/{module}", "/crm/v7/Calls"), "/zoho/crm/{version}/Calls");
     }
 }

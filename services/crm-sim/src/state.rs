@@ -215,7 +215,16 @@ pub struct FieldDef {
 
 impl FieldDef {
     pub fn of(kind: FieldType) -> Self {
-        FieldDef { kind, unique: false, external_id: false, custom: false, read_only: false, create_only: false, required: false, options: vec![] }
+        FieldDef {
+            kind,
+            unique: false,
+            external_id: false,
+            custom: false,
+            read_only: false,
+            create_only: false,
+            required: false,
+            options: vec![],
+        }
     }
     pub fn read_only(kind: FieldType) -> Self {
         FieldDef { read_only: true, ..Self::of(kind) }
@@ -327,12 +336,21 @@ impl Account {
     /// A live record that holds `value` in unique field `field`, other than `except`.
     pub fn unique_holder(&self, object: &str, field: &str, value: &Value, except: Option<&str>) -> Option<String> {
         let key = index_key(value).filter(|k| !k.is_empty())?;
-        self.objects.get(object)?.find_by(field, &key).into_iter().find(|r| r.live() && Some(r.id.as_str()) != except && r.fields.get(field) == Some(value)).map(|r| r.id.clone())
+        self.objects
+            .get(object)?
+            .find_by(field, &key)
+            .into_iter()
+            .find(|r| r.live() && Some(r.id.as_str()) != except && r.fields.get(field) == Some(value))
+            .map(|r| r.id.clone())
     }
 
     /// Indexes every unique or external-id field and the idempotency key field.
     pub fn ensure_indexes(&mut self) {
-        let mut wanted: Vec<(String, String)> = self.schema.iter().flat_map(|(o, fields)| fields.iter().filter(|(_, d)| d.unique || d.external_id).map(move |(f, _)| (o.clone(), f.clone()))).collect();
+        let mut wanted: Vec<(String, String)> = self
+            .schema
+            .iter()
+            .flat_map(|(o, fields)| fields.iter().filter(|(_, d)| d.unique || d.external_id).map(move |(f, _)| (o.clone(), f.clone())))
+            .collect();
         if let Some(k) = &self.key_field {
             wanted.push((k.object.clone(), k.field.clone()));
         }
@@ -445,7 +463,15 @@ impl Sim {
     }
 }
 
-pub fn new_account(crm: Crm, id: &str, plan: &str, limits: crate::limits::Limits, usage: crate::limits::Usage, schema: Schema, seed: u64) -> Account {
+pub fn new_account(
+    crm: Crm,
+    id: &str,
+    plan: &str,
+    limits: crate::limits::Limits,
+    usage: crate::limits::Usage,
+    schema: Schema,
+    seed: u64,
+) -> Account {
     Account {
         crm,
         id: id.to_string(),
@@ -482,7 +508,16 @@ mod tests {
         let kf = KeyField { object: "activities".into(), field: "note".into(), marker: Some("crm-sync-key:".into()) };
         let mut fields = Map::new();
         fields.insert("note".into(), Value::String("<p>Call notes</p><p>crm-sync-key:acme/c1/pipedrive</p>".into()));
-        let r = Record { id: "1".into(), fields, created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None };
+        let r = Record {
+            id: "1".into(),
+            fields,
+            created_ms: 0,
+            updated_ms: 0,
+            deleted_ms: None,
+            indexed_at_ms: 0,
+            associations: Default::default(),
+            merged_into: None,
+        };
         assert_eq!(kf.extract(&r), Some("acme/c1/pipedrive"));
     }
 
@@ -491,7 +526,16 @@ mod tests {
         let rec = |id: &str, k: &str| {
             let mut fields = Map::new();
             fields.insert("key".into(), Value::String(k.into()));
-            Record { id: id.into(), fields, created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None }
+            Record {
+                id: id.into(),
+                fields,
+                created_ms: 0,
+                updated_ms: 0,
+                deleted_ms: None,
+                indexed_at_ms: 0,
+                associations: Default::default(),
+                merged_into: None,
+            }
         };
         let mut t = Table::default();
         t.insert(rec("1", "A"));
@@ -509,7 +553,16 @@ mod tests {
     fn purge_keeps_index_consistent() {
         let mut t = Table::default();
         for i in 0..4 {
-            t.insert(Record { id: i.to_string(), fields: Map::new(), created_ms: 0, updated_ms: 0, deleted_ms: None, indexed_at_ms: 0, associations: Default::default(), merged_into: None });
+            t.insert(Record {
+                id: i.to_string(),
+                fields: Map::new(),
+                created_ms: 0,
+                updated_ms: 0,
+                deleted_ms: None,
+                indexed_at_ms: 0,
+                associations: Default::default(),
+                merged_into: None,
+            });
         }
         assert!(t.purge("1"));
         assert_eq!(t.get("3").unwrap().id, "3");

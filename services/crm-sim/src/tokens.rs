@@ -28,7 +28,14 @@ pub struct Minted {
 
 /// Mints an access token from a refresh token after checking the client credentials (`None`
 /// where the CRM does not require them).
-pub fn refresh(w: &mut World, crm: Crm, refresh_token: &str, client: Option<(&str, &str)>, now: i64, prefix: &str) -> Result<Minted, MintError> {
+pub fn refresh(
+    w: &mut World,
+    crm: Crm,
+    refresh_token: &str,
+    client: Option<(&str, &str)>,
+    now: i64,
+    prefix: &str,
+) -> Result<Minted, MintError> {
     let rt = w.refresh_tokens.get_mut(refresh_token).filter(|r| r.crm == crm && !r.revoked).ok_or(MintError::UnknownRefreshToken)?;
     if let Some((id, secret)) = client {
         if id != rt.client_id || secret != rt.client_secret {
@@ -60,7 +67,16 @@ pub fn refresh(w: &mut World, crm: Crm, refresh_token: &str, client: Option<(&st
     let access = random_token(prefix);
     w.tokens.insert(
         access.clone(),
-        Token { crm, account: account.clone(), kind: TokenKind::Oauth, app: app.clone(), issued_ms: now, expires_at_ms: Some(now + ttl * 1000), revoked: false, refresh_token: Some(refresh_token.to_string()) },
+        Token {
+            crm,
+            account: account.clone(),
+            kind: TokenKind::Oauth,
+            app: app.clone(),
+            issued_ms: now,
+            expires_at_ms: Some(now + ttl * 1000),
+            revoked: false,
+            refresh_token: Some(refresh_token.to_string()),
+        },
     );
     Ok(Minted { access_token: access, refresh_token: refresh_out, expires_in_s: ttl, account, app })
 }
@@ -69,7 +85,17 @@ pub fn new_refresh_token(w: &mut World, crm: Crm, account: &str, client_id: &str
     let rt = random_token("rt-");
     w.refresh_tokens.insert(
         rt.clone(),
-        RefreshToken { crm, account: account.to_string(), client_id: client_id.into(), client_secret: client_secret.into(), app: app.into(), revoked: false, access_ttl_s: ttl_s, minted: Default::default(), rotate: rotates_by_default(crm) },
+        RefreshToken {
+            crm,
+            account: account.to_string(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            app: app.into(),
+            revoked: false,
+            access_ttl_s: ttl_s,
+            minted: Default::default(),
+            rotate: rotates_by_default(crm),
+        },
     );
     rt
 }
@@ -123,8 +149,14 @@ pub fn throttled_mint(crm: Crm) -> axum::response::Response {
     match crm {
         // Zoho's cap of 10 mints per 10 minutes per refresh token (CRM-APIS §3.1).
         // HTTP 200, "Access Denied" (Zoho CRM v8 "Token Validity"; Kaizen #43).
-        Crm::Zoho => crate::gate::json(200, json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."})),
-        Crm::Hubspot => crate::gate::json(429, json!({"status": "error", "message": "You have reached your secondly limit.", "errorType": "RATE_LIMIT", "correlationId": uuid::Uuid::new_v4().to_string()})),
+        Crm::Zoho => crate::gate::json(
+            200,
+            json!({"error": "Access Denied", "error_description": "You have made too many requests continuously. Please try again after some time."}),
+        ),
+        Crm::Hubspot => crate::gate::json(
+            429,
+            json!({"status": "error", "message": "You have reached your secondly limit.", "errorType": "RATE_LIMIT", "correlationId": uuid::Uuid::new_v4().to_string()}),
+        ),
         Crm::Pipedrive => crate::gate::json(429, json!({"success": false, "error": "Too many requests", "errorCode": 429})),
         _ => crate::gate::json(429, json!({"error": "rate_limit_exceeded", "error_description": "too many token requests"})),
     }

@@ -118,9 +118,30 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     // One audit record for the run, so `crm-sync trace` readers can see why calls came twice.
     if !args.dry_run {
         let emit = crm_common::emit::Emitter::new(Stage::Backfill, args.common.topics.clone());
-        let input = InMessage { topic: topic.clone(), partition: -1, offset: -1, key: Some(args.tenant.as_bytes().to_vec()), payload: None, timestamp_ms: Some(now_ms()), headers: vec![], trace_id: crm_common::kafka::new_trace_id() };
+        let input = InMessage {
+            topic: topic.clone(),
+            partition: -1,
+            offset: -1,
+            key: Some(args.tenant.as_bytes().to_vec()),
+            payload: None,
+            timestamp_ms: Some(now_ms()),
+            headers: vec![],
+            trace_id: crm_common::kafka::new_trace_id(),
+        };
         let subject = crm_common::emit::Subject { tenant_id: &args.tenant, call_id: None, crm: None, version: None };
-        let mut a = emit.audit(&input, &subject, "backfill", AuditOutcome::Succeeded, format!("{run_id} by {}: re-sent {sent} calls of {} from {topic} between {} and {}", args.by, args.tenant, crm_common::audit_store::ts(args.from).to_rfc3339(), crm_common::audit_store::ts(to).to_rfc3339()));
+        let mut a = emit.audit(
+            &input,
+            &subject,
+            "backfill",
+            AuditOutcome::Succeeded,
+            format!(
+                "{run_id} by {}: re-sent {sent} calls of {} from {topic} between {} and {}",
+                args.by,
+                args.tenant,
+                crm_common::audit_store::ts(args.from).to_rfc3339(),
+                crm_common::audit_store::ts(to).to_rfc3339()
+            ),
+        );
         a.attributes.insert("run_id".into(), run_id.clone());
         a.attributes.insert("sent".into(), sent.to_string());
         rt.block_on(crm_common::kafka::publish_all(&producer, [&emit.audit_record(&a)]))?;
@@ -128,7 +149,10 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     if args.dry_run {
         println!("dry run: {matched} calls of {} in range would be re-sent ({total} messages scanned)", args.tenant);
     } else {
-        println!("{run_id}: re-sent {sent} calls of {} ({total} messages scanned); already-written calls will be audited as duplicates", args.tenant);
+        println!(
+            "{run_id}: re-sent {sent} calls of {} ({total} messages scanned); already-written calls will be audited as duplicates",
+            args.tenant
+        );
     }
     Ok(())
 }

@@ -5,17 +5,17 @@
 //! what happened to each from the audit topic. Grows with every service.
 
 use crm_common::audit_store;
-use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::redis_conn::{self, redact_url};
+use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, NormalisedCall, Stage};
+use crm_common::redis_conn::{self, redact_url};
 
 /// The CRMs whose writers `crm-sync dev` runs, one process each, as in deploy/.
 const DEV_WRITERS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
+use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::InMessage;
 use crm_common::tenants::Tenants;
-use crm_common::kafka::reader::TopicReader;
 use rdkafka::producer::{BaseRecord, Producer};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -102,10 +102,7 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
             ..call("acme", "acme-1002", Outbound, "(415) 555-2671", "+44 (0)20 7946 0958", None)
         },
     ];
-    let mut out: Vec<(String, Vec<u8>)> = calls
-        .iter()
-        .map(|c| (c.tenant_id.clone(), codec::encode(c).expect("sample encodes")))
-        .collect();
+    let mut out: Vec<(String, Vec<u8>)> = calls.iter().map(|c| (c.tenant_id.clone(), codec::encode(c).expect("sample encodes"))).collect();
     out.push(("acme".into(), b"{\"call_id\": \"json-not-avro\"}".to_vec()));
     out
 }
@@ -115,8 +112,14 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
 const DEV_SECRETS: &[(&str, &str)] = &[
     ("ACME_HUBSPOT_TOKEN", "dev-acme-hubspot-token"),
     ("INITECH_HUBSPOT_TOKEN", "dev-initech-hubspot-token"),
-    ("ACME_SALESFORCE_OAUTH", r#"{"client_id": "dev-acme-sf-client", "client_secret": "dev-acme-sf-secret", "refresh_token": "dev-acme-salesforce-refresh"}"#),
-    ("GLOBEX_ZOHO_OAUTH", r#"{"client_id": "1000.DEVGLOBEX", "client_secret": "dev-globex-zoho-secret", "refresh_token": "1000.dev-globex-zoho-refresh"}"#),
+    (
+        "ACME_SALESFORCE_OAUTH",
+        r#"{"client_id": "dev-acme-sf-client", "client_secret": "dev-acme-sf-secret", "refresh_token": "dev-acme-salesforce-refresh"}"#,
+    ),
+    (
+        "GLOBEX_ZOHO_OAUTH",
+        r#"{"client_id": "1000.DEVGLOBEX", "client_secret": "dev-globex-zoho-secret", "refresh_token": "1000.dev-globex-zoho-refresh"}"#,
+    ),
     ("INITECH_PIPEDRIVE_TOKEN", "dev-initech-pipedrive-token"),
     // Seals the OAuth tokens the writers share in Redis.
     ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY),
@@ -190,8 +193,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .block_on(audit_store::create_database(&args.database_url, &db_name))
         .map_err(|e| anyhow::anyhow!("{e}; start PostgreSQL or set DATABASE_URL"))?;
     eprintln!("PostgreSQL (audit store): DATABASE_URL={}", redact_url(&database_url));
-    let mut services: Vec<(String, &str, Vec<&str>)> =
-        vec![("normaliser".into(), "normaliser", vec![]), ("deduper".into(), "deduper", vec![]), ("audit-sink".into(), "audit-sink", vec![])];
+    let mut services: Vec<(String, &str, Vec<&str>)> = vec![
+        ("normaliser".into(), "normaliser", vec![]),
+        ("deduper".into(), "deduper", vec![]),
+        ("audit-sink".into(), "audit-sink", vec![]),
+    ];
     for crm in DEV_WRITERS {
         services.push((format!("writer-{}", crm.as_str()), "writer", vec!["--crm", crm.as_str()]));
     }
@@ -215,9 +221,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let producer = kafka.threaded_producer(&[])?;
     let samples = sample_calls();
     for (key, payload) in &samples {
-        producer
-            .send(BaseRecord::to(&topics.calls_raw).key(key).payload(payload))
-            .map_err(|(e, _)| e)?;
+        producer.send(BaseRecord::to(&topics.calls_raw).key(key).payload(payload)).map_err(|(e, _)| e)?;
     }
     producer.flush(Duration::from_secs(10))?;
     eprintln!("produced {} sample calls to {}; waiting for the pipeline…", samples.len(), topics.calls_raw);
@@ -296,7 +300,9 @@ fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inpu
         let deduped = count(&|a| a.stage == Stage::Deduper);
         // The writers running in dev: each request the deduper emitted for their CRM ends
         // in one final "write" record.
-        let to_write = count(&|a| a.stage == Stage::Deduper && a.outcome == AuditOutcome::Succeeded && a.crm.is_some_and(|c| DEV_WRITERS.contains(&c)));
+        let to_write = count(&|a| {
+            a.stage == Stage::Deduper && a.outcome == AuditOutcome::Succeeded && a.crm.is_some_and(|c| DEV_WRITERS.contains(&c))
+        });
         let written = count(&|a| a.stage == Stage::Writer && a.operation == "write");
         let done = normaliser >= inputs && normalised >= results && deduped >= dedup_expected && written >= to_write;
         if done || std::time::Instant::now() >= deadline {
@@ -364,9 +370,5 @@ fn report(audit: &[AuditRecord], inputs: usize) {
             }
         }
     }
-    println!(
-        "  ({} of {inputs} accounted for; {} audit records)",
-        blocks.len(),
-        audit.len()
-    );
+    println!("  ({} of {inputs} accounted for; {} audit records)", blocks.len(), audit.len());
 }

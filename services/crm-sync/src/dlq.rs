@@ -96,7 +96,8 @@ fn when(s: &str) -> anyhow::Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp_millis());
     }
-    let ago = humantime::parse_duration(s).map_err(|_| anyhow::anyhow!("{s:?} is neither an RFC 3339 time nor a duration like 2h or 7d"))?;
+    let ago =
+        humantime::parse_duration(s).map_err(|_| anyhow::anyhow!("{s:?} is neither an RFC 3339 time nor a duration like 2h or 7d"))?;
     Ok(crm_common::emit::now_ms() - ago.as_millis() as i64)
 }
 
@@ -175,7 +176,10 @@ pub async fn by_ids(store: &AuditStore, ids: &[String]) -> anyhow::Result<Vec<En
 }
 
 fn list_text(entries: &[Entry]) -> String {
-    let mut out = format!("{:<36}  {:<19}  {:<10} {:<14} {:<10} {:<22} {:<12} {:>3}  detail\n", "id", "failed at (UTC)", "tenant", "call", "crm", "reason", "state", "rep");
+    let mut out = format!(
+        "{:<36}  {:<19}  {:<10} {:<14} {:<10} {:<22} {:<12} {:>3}  detail\n",
+        "id", "failed at (UTC)", "tenant", "call", "crm", "reason", "state", "rep"
+    );
     for e in entries {
         let detail: String = crm_common::phone::mask_in_text(&e.detail).chars().take(90).collect();
         out += &format!(

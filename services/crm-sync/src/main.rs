@@ -1,7 +1,7 @@
 //! crm-sync: the operator's command.
 
-mod dev;
 mod backfill;
+mod dev;
 mod dlq;
 mod reconcile;
 mod trace;

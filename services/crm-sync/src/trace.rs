@@ -61,7 +61,12 @@ pub fn render(call_id: &str, steps: &[Step]) -> String {
         }
         let version = s.version.map(|v| format!("v{v}")).unwrap_or_default();
         let reason = s.reason.as_deref().map(|r| format!("{r}: ")).unwrap_or_default();
-        let record = s.crm_record_id.as_deref().filter(|id| s.outcome == "SUCCEEDED" && !s.detail.contains(*id)).map(|id| format!(" [record {id}]")).unwrap_or_default();
+        let record = s
+            .crm_record_id
+            .as_deref()
+            .filter(|id| s.outcome == "SUCCEEDED" && !s.detail.contains(*id))
+            .map(|id| format!(" [record {id}]"))
+            .unwrap_or_default();
         out += &format!("{}  {:<10} {:<10} {:<3} {:<13} {reason}{}{record}\n", s.at, s.stage, crm, version, s.outcome, s.detail);
         if let Some(d) = &s.dlq {
             out += &format!("  {:>23}  ↳ {d}\n", "");
@@ -77,20 +82,30 @@ pub fn render(call_id: &str, steps: &[Step]) -> String {
             last.insert(crm, s);
         }
     }
-    let fanned: Vec<String> = steps.iter().filter(|s| s.stage == "DEDUPER" && s.outcome == "SUCCEEDED").filter_map(|s| s.crm.clone()).collect();
+    let fanned: Vec<String> =
+        steps.iter().filter(|s| s.stage == "DEDUPER" && s.outcome == "SUCCEEDED").filter_map(|s| s.crm.clone()).collect();
     let mut end = vec![];
     for crm in fanned.iter().chain(last.keys()).collect::<std::collections::BTreeSet<_>>() {
         end.push(match last.get(crm) {
             Some(s) if s.outcome == "SUCCEEDED" || s.outcome == "DUPLICATE" => {
                 format!("{crm}: in the CRM as record {}", s.crm_record_id.as_deref().unwrap_or("?"))
             }
-            Some(s) if s.outcome == "DEAD_LETTERED" => format!("{crm}: NOT written: {} ({})", s.reason.as_deref().unwrap_or("?"), s.dlq.as_deref().unwrap_or("see crm-sync dlq list")),
+            Some(s) if s.outcome == "DEAD_LETTERED" => format!(
+                "{crm}: NOT written: {} ({})",
+                s.reason.as_deref().unwrap_or("?"),
+                s.dlq.as_deref().unwrap_or("see crm-sync dlq list")
+            ),
             Some(s) => format!("{crm}: {}", s.outcome.to_lowercase()),
             None => format!("{crm}: handed to the writer; no write recorded yet"),
         });
     }
     if let Some(dead) = steps.iter().find(|s| s.outcome == "DEAD_LETTERED" && s.stage != "WRITER") {
-        end.push(format!("stopped at the {}: {} ({})", dead.stage.to_lowercase(), dead.reason.as_deref().unwrap_or("?"), dead.dlq.as_deref().unwrap_or("see crm-sync dlq list")));
+        end.push(format!(
+            "stopped at the {}: {} ({})",
+            dead.stage.to_lowercase(),
+            dead.reason.as_deref().unwrap_or("?"),
+            dead.dlq.as_deref().unwrap_or("see crm-sync dlq list")
+        ));
     }
     if !end.is_empty() {
         out += &format!("Outcome: {}\n", end.join("; "));

@@ -8,8 +8,8 @@ use crm_common::config::Topics;
 use crm_common::dedup::Mark;
 use crm_common::emit::{now_ms, Emitter, Subject};
 use crm_common::events::{idempotency_key, AuditOutcome, CrmWriteRequest, NormalisedCall};
-use crm_common::pipeline::Processed;
 use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
+use crm_common::pipeline::Processed;
 use crm_common::tenants::ResolvedTenant;
 
 pub struct Fanout {
@@ -32,10 +32,7 @@ impl Fanout {
             ),
             Mark::Redelivered => (
                 AuditOutcome::Succeeded,
-                format!(
-                    "version {} again: this input made the mark but its output was not acknowledged before a restart",
-                    call.version
-                ),
+                format!("version {} again: this input made the mark but its output was not acknowledged before a restart", call.version),
             ),
             Mark::Repeat { marked_version, marked_by } => (
                 AuditOutcome::Duplicate,
@@ -51,7 +48,9 @@ impl Fanout {
         let backfill = input.header(BACKFILL).map(|v| String::from_utf8_lossy(v).into_owned());
         let emit = mark.emit() || backfill.is_some();
         let (outcome, what) = match (&backfill, mark) {
-            (Some(run), Mark::Repeat { .. }) => (AuditOutcome::Succeeded, format!("backfill {run}: {what}; sent on, the writer's claim decides")),
+            (Some(run), Mark::Repeat { .. }) => {
+                (AuditOutcome::Succeeded, format!("backfill {run}: {what}; sent on, the writer's claim decides"))
+            }
             _ => (outcome, what),
         };
         let mut outputs = Vec::with_capacity(tenant.crms.len() * 2);

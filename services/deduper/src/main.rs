@@ -11,11 +11,11 @@ use clap::Parser;
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::dedup::{DedupStore, MarkRequest};
-use crm_common::redis_conn::redact_url;
 use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{DlqReason, NormalisedCall, Stage};
-use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use crm_common::kafka::InMessage;
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
+use crm_common::redis_conn::redact_url;
 use crm_common::tenants::{ResolvedTenant, Tenants};
 
 #[derive(Parser)]
@@ -48,7 +48,14 @@ impl Deduper {
             Ok(c) => c,
             Err(e) => {
                 let detail = format!("calls.normalised message is not a NormalisedCall: {e}");
-                return Step::Done(fanout::dead(emit.dead_letter(input, &anonymous, "dedup", DlqReason::SchemaInvalid, detail.clone(), detail)));
+                return Step::Done(fanout::dead(emit.dead_letter(
+                    input,
+                    &anonymous,
+                    "dedup",
+                    DlqReason::SchemaInvalid,
+                    detail.clone(),
+                    detail,
+                )));
             }
         };
         let subject = Subject { tenant_id: &call.tenant_id, call_id: Some(&call.call_id), crm: None, version: Some(call.version) };
@@ -58,7 +65,14 @@ impl Deduper {
         }
         let Some(tenant) = self.tenants.get(&call.tenant_id) else {
             let detail = format!("tenant '{}' is not in TENANTS_CONFIG", call.tenant_id);
-            return Step::Done(fanout::dead(emit.dead_letter(input, &subject, "dedup", DlqReason::TenantNotConfigured, detail.clone(), detail)));
+            return Step::Done(fanout::dead(emit.dead_letter(
+                input,
+                &subject,
+                "dedup",
+                DlqReason::TenantNotConfigured,
+                detail.clone(),
+                detail,
+            )));
         };
         if tenant.crms.is_empty() {
             return Step::Done(self.fanout.no_crms(input, &call));
@@ -110,17 +124,14 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = crm_common::telemetry::init("deduper", &cli.common)?;
     let tenants = Tenants::load(&cli.common.tenants_config)?;
     let redis = redact_url(&cli.common.redis_url);
-    let store = DedupStore::lazy(&cli.common.redis_url, &cli.common.redis_key_prefix)
-        .map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    let store =
+        DedupStore::lazy(&cli.common.redis_url, &cli.common.redis_key_prefix).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
     tracing::info!(tenants = tenants.len(), redis, prefix = cli.common.redis_key_prefix, "tenants loaded");
     let handler = Deduper {
         tenants,
         store,
         redis,
-        fanout: fanout::Fanout {
-            emit: Emitter::new(Stage::Deduper, cli.common.topics.clone()),
-            topics: cli.common.topics.clone(),
-        },
+        fanout: fanout::Fanout { emit: Emitter::new(Stage::Deduper, cli.common.topics.clone()), topics: cli.common.topics.clone() },
     };
     let cfg = PipelineConfig {
         service: "deduper",

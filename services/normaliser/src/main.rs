@@ -8,9 +8,9 @@ use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::emit::{now_ms, Emitter, Subject};
 use crm_common::events::{AuditOutcome, CallEvent, DlqReason, Stage};
-use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::phone;
+use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use crm_common::tenants::Tenants;
 
 #[derive(Parser)]
@@ -49,12 +49,7 @@ impl Normaliser {
                 return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::SchemaInvalid, detail.clone(), detail));
             }
         };
-        let subject = Subject {
-            tenant_id: &ev.tenant_id,
-            call_id: Some(&ev.call_id),
-            crm: None,
-            version: Some(ev.version),
-        };
+        let subject = Subject { tenant_id: &ev.tenant_id, call_id: Some(&ev.call_id), crm: None, version: Some(ev.version) };
         let Some(tenant) = self.tenants.get(&ev.tenant_id) else {
             // Debug-quoted: an id is input, and may hold anything.
             let detail = format!("tenant {:?} is not in TENANTS_CONFIG", ev.tenant_id);
@@ -68,12 +63,7 @@ impl Normaliser {
                     &subject,
                     "normalise",
                     AuditOutcome::Succeeded,
-                    format!(
-                        "normalised {} → {} (region {})",
-                        shown(&call.from_e164),
-                        shown(&call.to_e164),
-                        call.region_used
-                    ),
+                    format!("normalised {} → {} (region {})", shown(&call.from_e164), shown(&call.to_e164), call.region_used),
                 );
                 audit.attributes.insert("region_used".into(), call.region_used.clone());
                 audit.attributes.insert("source".into(), call.source.clone());

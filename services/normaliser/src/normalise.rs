@@ -38,12 +38,7 @@ fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
     }
 }
 
-pub fn normalise(
-    ev: &CallEvent,
-    tenant: &ResolvedTenant,
-    phones: &E164Cache,
-    now_ms: i64,
-) -> Result<NormalisedCall, Rejection> {
+pub fn normalise(ev: &CallEvent, tenant: &ResolvedTenant, phones: &E164Cache, now_ms: i64) -> Result<NormalisedCall, Rejection> {
     check_id("call_id", &ev.call_id)?;
     let (region, region_code) = match ev.region_hint.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
         Some(hint) => match phone::region(hint) {
@@ -55,9 +50,7 @@ pub fn normalise(
         },
         None => (tenant.default_region, format!("{:?}", tenant.default_region)),
     };
-    let number = |field: &str, raw: &str| {
-        phones.to_e164(raw, Some(region)).map_err(|e| rejection(field, raw, &region_code, &e, tenant))
-    };
+    let number = |field: &str, raw: &str| phones.to_e164(raw, Some(region)).map_err(|e| rejection(field, raw, &region_code, &e, tenant));
     let from_e164 = number("from_number", &ev.from_number)?;
     let to_e164 = number("to_number", &ev.to_number)?;
     let customer_e164 = match ev.direction {
@@ -170,7 +163,8 @@ mod tests {
     #[test]
     fn bad_region_hint_is_a_validation_error() {
         let t = tenants();
-        let r = normalise(&call("+14155552671", "+14155552671", Some("Atlantis")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap_err();
+        let r =
+            normalise(&call("+14155552671", "+14155552671", Some("Atlantis")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap_err();
         assert_eq!(r.reason, DlqReason::Validation);
     }
 }

@@ -95,7 +95,9 @@ ownership = "fill_if_empty"
     fn echoes_in_another_shape_are_not_drift() {
         let c = contract();
         let expected = map(json!({"k": "t:c:hubspot", "hs_call_duration": "65000", "hs_timestamp": "2026-01-15T10:30:00Z"}));
-        let live = map(json!({"k": "t:c:hubspot", "hs_call_duration": 65000, "hs_timestamp": "2026-01-15T10:30:00.000Z", "hs_call_title": "edited by a person"}));
+        let live = map(
+            json!({"k": "t:c:hubspot", "hs_call_duration": 65000, "hs_timestamp": "2026-01-15T10:30:00.000Z", "hs_call_title": "edited by a person"}),
+        );
         assert!(changed_fields(&c, &expected, &live).is_empty());
     }
 

@@ -125,7 +125,13 @@ impl<C: Connector> Reconciler<C> {
             window_from_ms: from_ms,
             ..Default::default()
         };
-        let mut pass = Pass { emit: Emitter::new(crm_common::events::Stage::Reconciler, self.topics.clone()), crm, tenant, out: vec![], findings: BTreeMap::new() };
+        let mut pass = Pass {
+            emit: Emitter::new(crm_common::events::Stage::Reconciler, self.topics.clone()),
+            crm,
+            tenant,
+            out: vec![],
+            findings: BTreeMap::new(),
+        };
         if let Err(e) = self.run(&mut pass, &mut report).await {
             tracing::error!(tenant, crm = crm.as_str(), "reconciliation pass stopped: {e:#}");
             report.error = Some(format!("{e:#}"));
@@ -169,7 +175,8 @@ impl<C: Connector> Reconciler<C> {
         let mut log: Vec<Exchange> = vec![];
 
         // 1. The schema still has the contract's fields.
-        let schema = self.connector.schema_fields(&self.api, client, &mut log).await.map_err(|f| anyhow::anyhow!("schema read: {}", f.detail))?;
+        let schema =
+            self.connector.schema_fields(&self.api, client, &mut log).await.map_err(|f| anyhow::anyhow!("schema read: {}", f.detail))?;
         if let Some(schema) = schema {
             let missing = missing_fields(contract, &schema);
             for f in &missing {
@@ -186,7 +193,10 @@ impl<C: Connector> Reconciler<C> {
             }
             report.missing_fields = missing.clone();
             if missing.contains(&contract.key_field) {
-                anyhow::bail!("the key field {} is gone from the CRM: records cannot be matched to calls until it is back", contract.key_field);
+                anyhow::bail!(
+                    "the key field {} is gone from the CRM: records cannot be matched to calls until it is back",
+                    contract.key_field
+                );
             }
         }
 
@@ -199,13 +209,20 @@ impl<C: Connector> Reconciler<C> {
         let topic = self.topics.crm_writes(crm);
         let wanted_offsets: Vec<(i32, i64)> = written.iter().filter(|w| w.topic == topic).map(|w| (w.partition, w.offset)).collect();
         let (kafka, t) = (self.kafka.clone(), topic.clone());
-        let messages = tokio::task::spawn_blocking(move || crm_common::kafka::reader::fetch_at(&kafka, &t, &wanted_offsets, Duration::from_secs(30))).await??;
+        let messages =
+            tokio::task::spawn_blocking(move || crm_common::kafka::reader::fetch_at(&kafka, &t, &wanted_offsets, Duration::from_secs(30)))
+                .await??;
 
         // 3. What the CRM holds.
-        let wanted: Vec<Wanted> = written.iter().map(|w| Wanted { record_id: w.record_id.clone(), linked_contact: w.linked_contact.clone() }).collect();
+        let wanted: Vec<Wanted> =
+            written.iter().map(|w| Wanted { record_id: w.record_id.clone(), linked_contact: w.linked_contact.clone() }).collect();
         let mut live = HashMap::new();
         for chunk in wanted.chunks(500) {
-            let got = self.connector.read(&self.api, client, chunk, &mut log).await.map_err(|f| anyhow::anyhow!("reading records: {}: {}", f.reason.as_str(), f.detail))?;
+            let got = self
+                .connector
+                .read(&self.api, client, chunk, &mut log)
+                .await
+                .map_err(|f| anyhow::anyhow!("reading records: {}: {}", f.reason.as_str(), f.detail))?;
             live.extend(got);
         }
         let calls: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
@@ -285,11 +302,36 @@ impl<C: Connector> Reconciler<C> {
                         self.audit_exchanges(pass, &input, &subject, w, &log);
                         match r {
                             Ok(()) => {
-                                let detail = format!("restored {} on record {} (changed in {} outside crm-sync)", fields_text(&names), w.record_id, pass.crm.as_str());
-                                self.audit(pass, &input, &subject, w, "reconcile.restore", AuditOutcome::Repaired, detail, &[("fields", fields_text(&names))]);
+                                let detail = format!(
+                                    "restored {} on record {} (changed in {} outside crm-sync)",
+                                    fields_text(&names),
+                                    w.record_id,
+                                    pass.crm.as_str()
+                                );
+                                self.audit(
+                                    pass,
+                                    &input,
+                                    &subject,
+                                    w,
+                                    "reconcile.restore",
+                                    AuditOutcome::Repaired,
+                                    detail,
+                                    &[("fields", fields_text(&names))],
+                                );
                                 v.repaired = true;
                             }
-                            Err(f) => self.dead_letter(pass, &input, &subject, w, known, "reconcile.restore", f.reason, format!("could not restore {} on record {}: {}", fields_text(&names), w.record_id, f.detail), &f, &mut v),
+                            Err(f) => self.dead_letter(
+                                pass,
+                                &input,
+                                &subject,
+                                w,
+                                known,
+                                "reconcile.restore",
+                                f.reason,
+                                format!("could not restore {} on record {}: {}", fields_text(&names), w.record_id, f.detail),
+                                &f,
+                                &mut v,
+                            ),
                         }
                     }
                     if !kept.is_empty() {
@@ -300,7 +342,18 @@ impl<C: Connector> Reconciler<C> {
                             w.record_id,
                             pass.crm.as_str()
                         );
-                        self.dead_letter(pass, &input, &subject, w, known, "reconcile.field_changed", DlqReason::Validation, detail, &Failure::new(DlqReason::Validation, ""), &mut v);
+                        self.dead_letter(
+                            pass,
+                            &input,
+                            &subject,
+                            w,
+                            known,
+                            "reconcile.field_changed",
+                            DlqReason::Validation,
+                            detail,
+                            &Failure::new(DlqReason::Validation, ""),
+                            &mut v,
+                        );
                     }
                 }
                 match contact {
@@ -318,8 +371,20 @@ impl<C: Connector> Reconciler<C> {
                                 }
                             }
                         }
-                        let detail = format!("contact {linked} was merged into {now}: record {} now hangs under {now}; the contact cache follows", w.record_id);
-                        self.audit(pass, &input, &subject, w, "reconcile.contact_merged", AuditOutcome::Repaired, detail, &[("contact_id", now.clone()), ("merged_from", linked)]);
+                        let detail = format!(
+                            "contact {linked} was merged into {now}: record {} now hangs under {now}; the contact cache follows",
+                            w.record_id
+                        );
+                        self.audit(
+                            pass,
+                            &input,
+                            &subject,
+                            w,
+                            "reconcile.contact_merged",
+                            AuditOutcome::Repaired,
+                            detail,
+                            &[("contact_id", now.clone()), ("merged_from", linked)],
+                        );
                         v.repaired = true;
                     }
                     ContactDrift::Gone => {
@@ -327,8 +392,24 @@ impl<C: Connector> Reconciler<C> {
                         if let Some(r) = req {
                             let _ = self.contacts.forget(pass.tenant, pass.crm.as_str(), &r.call.customer_e164).await;
                         }
-                        let detail = format!("record {} lost its contact {}: the contact was deleted in {}", w.record_id, w.linked_contact.clone().unwrap_or_default(), pass.crm.as_str());
-                        self.dead_letter(pass, &input, &subject, w, known, "reconcile.contact_deleted", DlqReason::ContactDeleted, detail, &Failure::new(DlqReason::ContactDeleted, ""), &mut v);
+                        let detail = format!(
+                            "record {} lost its contact {}: the contact was deleted in {}",
+                            w.record_id,
+                            w.linked_contact.clone().unwrap_or_default(),
+                            pass.crm.as_str()
+                        );
+                        self.dead_letter(
+                            pass,
+                            &input,
+                            &subject,
+                            w,
+                            known,
+                            "reconcile.contact_deleted",
+                            DlqReason::ContactDeleted,
+                            detail,
+                            &Failure::new(DlqReason::ContactDeleted, ""),
+                            &mut v,
+                        );
                     }
                 }
             }
@@ -347,7 +428,18 @@ impl<C: Connector> Reconciler<C> {
                         w.record_id,
                         pass.crm.as_str()
                     );
-                    self.dead_letter(pass, &input, &subject, w, known, "reconcile.deleted", DlqReason::Validation, detail, &Failure::new(DlqReason::Validation, ""), &mut v);
+                    self.dead_letter(
+                        pass,
+                        &input,
+                        &subject,
+                        w,
+                        known,
+                        "reconcile.deleted",
+                        DlqReason::Validation,
+                        detail,
+                        &Failure::new(DlqReason::Validation, ""),
+                        &mut v,
+                    );
                     return v;
                 }
                 let Some(m) = msg.filter(|m| m.payload.is_some()) else {
@@ -386,7 +478,13 @@ impl<C: Connector> Reconciler<C> {
 
     fn audit_exchanges(&self, pass: &mut Pass<'_>, input: &InMessage, subject: &Subject, w: &Written, log: &[Exchange]) {
         for ex in log {
-            let outcome = if ex.outcome == "ok" { AuditOutcome::Succeeded } else if ex.outcome.starts_with("throttled") { AuditOutcome::Throttled } else { AuditOutcome::Retrying };
+            let outcome = if ex.outcome == "ok" {
+                AuditOutcome::Succeeded
+            } else if ex.outcome.starts_with("throttled") {
+                AuditOutcome::Throttled
+            } else {
+                AuditOutcome::Retrying
+            };
             let mut a = pass.emit.audit(input, subject, &ex.endpoint, outcome, ex.outcome.clone());
             a.idempotency_key = Some(w.idempotency_key.clone());
             a.crm_status = ex.status.map(i32::from);
@@ -399,7 +497,17 @@ impl<C: Connector> Reconciler<C> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn audit(&self, pass: &mut Pass<'_>, input: &InMessage, subject: &Subject, w: &Written, op: &str, outcome: AuditOutcome, detail: String, attrs: &[(&str, String)]) {
+    fn audit(
+        &self,
+        pass: &mut Pass<'_>,
+        input: &InMessage,
+        subject: &Subject,
+        w: &Written,
+        op: &str,
+        outcome: AuditOutcome,
+        detail: String,
+        attrs: &[(&str, String)],
+    ) {
         let mut a = pass.emit.audit(input, subject, op, outcome, detail);
         a.idempotency_key = Some(w.idempotency_key.clone());
         a.crm_record_id = Some(w.record_id.clone());
@@ -454,7 +562,9 @@ pub mod metrics {
         G.get_or_init(|| {
             opentelemetry::global::meter("crm-sync")
                 .i64_gauge("crm_sync.reconcile.records")
-                .with_description("Records in the last reconciliation pass, by state: checked, matching, drifted, repaired, dead_lettered, deferred")
+                .with_description(
+                    "Records in the last reconciliation pass, by state: checked, matching, drifted, repaired, dead_lettered, deferred",
+                )
                 .build()
         })
     }
@@ -469,9 +579,15 @@ pub mod metrics {
             ("dead_lettered", r.dead_lettered),
             ("deferred", r.deferred),
         ] {
-            g.record(n as i64, &[KeyValue::new("tenant", r.tenant_id.clone()), KeyValue::new("crm", r.crm.clone()), KeyValue::new("state", state)]);
+            g.record(
+                n as i64,
+                &[KeyValue::new("tenant", r.tenant_id.clone()), KeyValue::new("crm", r.crm.clone()), KeyValue::new("state", state)],
+            );
         }
-        g.record(r.missing_fields.len() as i64, &[KeyValue::new("tenant", r.tenant_id.clone()), KeyValue::new("crm", r.crm.clone()), KeyValue::new("state", "missing_fields")]);
+        g.record(
+            r.missing_fields.len() as i64,
+            &[KeyValue::new("tenant", r.tenant_id.clone()), KeyValue::new("crm", r.crm.clone()), KeyValue::new("state", "missing_fields")],
+        );
     }
 }
 
@@ -571,7 +687,12 @@ pub async fn build<C: Connector>(connector: C, common: &crm_common::config::Comm
             conn.clone(),
             &prefix,
             &owner,
-            crm_common::claims::Timing { lease: Duration::from_secs(60), request_timeout: opts.http_timeout, late_write_horizon: Duration::ZERO, clock_skew: Duration::ZERO },
+            crm_common::claims::Timing {
+                lease: Duration::from_secs(60),
+                request_timeout: opts.http_timeout,
+                late_write_horizon: Duration::ZERO,
+                clock_skew: Duration::ZERO,
+            },
             Duration::from_secs(60),
         ),
         contacts: ContactCache { conn, prefix, ttl: Duration::from_secs(3600), miss_ttl: Duration::from_secs(300) },
@@ -608,7 +729,8 @@ impl<C: Connector> Reconciler<C> {
     pub async fn take_turn(&self, tenant: &str, every: Duration) -> redis::RedisResult<bool> {
         let key = format!("{}:{{{tenant}}}:reconcile:{}", self.contacts.prefix, self.crm().as_str());
         let mut conn = self.contacts.conn.clone();
-        let set: Option<String> = redis::cmd("SET").arg(key).arg(now_ms()).arg("NX").arg("PX").arg(every.as_millis() as u64).query_async(&mut conn).await?;
+        let set: Option<String> =
+            redis::cmd("SET").arg(key).arg(now_ms()).arg("NX").arg("PX").arg(every.as_millis() as u64).query_async(&mut conn).await?;
         Ok(set.is_some())
     }
 }

@@ -36,10 +36,11 @@ async fn main() -> anyhow::Result<()> {
     for crm in crms {
         let contract = writer::contract::Contract::load(&cli.opts.contracts_dir, crm.as_str())?;
         let (common, opts, every, stop) = (cli.common.clone(), cli.opts.clone(), cli.every, stop.clone());
-        let task: tokio::task::JoinHandle<anyhow::Result<()>> = writer::with_connector!(crm, contract, &opts.urls.clone(), opts.http_timeout, |c| {
-            let r = build(c, &common, &opts).await?;
-            tokio::spawn(async move { serve(r, opts, every, stop).await })
-        });
+        let task: tokio::task::JoinHandle<anyhow::Result<()>> =
+            writer::with_connector!(crm, contract, &opts.urls.clone(), opts.http_timeout, |c| {
+                let r = build(c, &common, &opts).await?;
+                tokio::spawn(async move { serve(r, opts, every, stop).await })
+            });
         tasks.push(task);
     }
     tracing::info!(every = ?cli.every, lookback = ?cli.opts.lookback, reserve_pct = cli.opts.reserve_pct, "reconciler started");

@@ -97,7 +97,9 @@ impl Reply {
 pub enum Verdict {
     Ok,
     /// Over a limit: block the buckets this long; no attempt is counted.
-    Throttled { wait: Duration },
+    Throttled {
+        wait: Duration,
+    },
     /// Worth retrying (5xx, locked, timeouts).
     Transient(String),
     /// Retrying cannot help: to the DLQ with this reason.
@@ -213,7 +215,10 @@ impl Api {
             return Ok(());
         }
         tracing::warn!(keys = lost.len(), endpoint, "lease lost before sending: the write is abandoned here, another writer holds it");
-        Err(Failure { fenced_off: lost, ..Failure::new(DlqReason::RetriesExhausted, format!("{endpoint}: not sent: this writer's lease on the key was taken over")) })
+        Err(Failure {
+            fenced_off: lost,
+            ..Failure::new(DlqReason::RetriesExhausted, format!("{endpoint}: not sent: this writer's lease on the key was taken over"))
+        })
     }
 
     /// Waits for tokens (nothing is dropped while a bucket is empty). `id` names the take,
@@ -268,7 +273,10 @@ impl Api {
                 // call, retried with backoff until the policy's limit, never AUTH_FAILED.
                 Err(crate::auth::AuthError::Unavailable(why)) => {
                     if first.elapsed() >= self.retry_limit {
-                        return Err(Failure::new(DlqReason::RetriesExhausted, format!("{endpoint}: no access token after {attempt} attempts over {} s: {why}", first.elapsed().as_secs())));
+                        return Err(Failure::new(
+                            DlqReason::RetriesExhausted,
+                            format!("{endpoint}: no access token after {attempt} attempts over {} s: {why}", first.elapsed().as_secs()),
+                        ));
                     }
                     metrics.retry(&set.crm, "token_endpoint");
                     tokio::time::sleep(self.backoff.wait(attempt)).await;
@@ -297,7 +305,11 @@ impl Api {
             let sent_result = r.send().await;
             let (verdict, reply) = match sent_result {
                 Ok(resp) => {
-                    let reply = Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap_or_default() };
+                    let reply = Reply {
+                        status: resp.status().as_u16(),
+                        headers: resp.headers().clone(),
+                        body: resp.text().await.unwrap_or_default(),
+                    };
                     for (limit, remaining) in policy.observed(&reply, req.class) {
                         metrics.remaining(&set.crm, &set.tenant_id, &limit, remaining);
                         if let Err(e) = self.buckets.observe(&set, &limit, remaining).await {
@@ -366,9 +378,14 @@ impl Api {
                 }
                 Verdict::Transient(why) => {
                     if first.elapsed() >= self.retry_limit {
-                        return Err(Failure { maybe_applied: false, fenced_off: vec![],
+                        return Err(Failure {
+                            maybe_applied: false,
+                            fenced_off: vec![],
                             reason: DlqReason::RetriesExhausted,
-                            detail: format!("{endpoint}: still failing after {attempt} attempts over {} s: {why}", first.elapsed().as_secs()),
+                            detail: format!(
+                                "{endpoint}: still failing after {attempt} attempts over {} s: {why}",
+                                first.elapsed().as_secs()
+                            ),
                             status: reply.as_ref().map(|r| r.status),
                             excerpt: reply.as_ref().map(|r| excerpt(&r.body)),
                         });
@@ -377,13 +394,17 @@ impl Api {
                     tokio::time::sleep(self.backoff.wait(attempt)).await;
                 }
                 // A 401 with OAuth: refresh once, then fail (CRM-APIS §5).
-                Verdict::Permanent(DlqReason::AuthFailed, _) if auth.is_oauth() && !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) => {
+                Verdict::Permanent(DlqReason::AuthFailed, _)
+                    if auth.is_oauth() && !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) =>
+                {
                     refreshed = true;
                     metrics.retry(&set.crm, "auth_refresh");
                     auth.invalidate(self.tokens.as_ref()).await;
                 }
                 Verdict::Permanent(reason, why) => {
-                    return Err(Failure { maybe_applied: false, fenced_off: vec![],
+                    return Err(Failure {
+                        maybe_applied: false,
+                        fenced_off: vec![],
                         reason,
                         detail: format!("{endpoint}: {why}"),
                         status: reply.as_ref().map(|r| r.status),

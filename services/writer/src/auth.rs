@@ -145,9 +145,7 @@ return 0
 impl TokenStore {
     /// `key_b64`: 32 bytes, base64 (the secret store's value of CRM_SYNC_TOKEN_KEY).
     pub fn new(conn: ConnectionManager, prefix: &str, key_b64: &str) -> Result<TokenStore, String> {
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key_b64.trim())
-            .map_err(|_| format!("{TOKEN_KEY_ENV} is not base64"))?;
+        let key = base64::engine::general_purpose::STANDARD.decode(key_b64.trim()).map_err(|_| format!("{TOKEN_KEY_ENV} is not base64"))?;
         if key.len() != 32 {
             return Err(format!("{TOKEN_KEY_ENV} must hold 32 bytes (base64 of a 256-bit key); it holds {}", key.len()));
         }
@@ -172,7 +170,10 @@ impl TokenStore {
     fn seal(&self, key: &str, field: &str, plain: &str) -> String {
         let nonce_bytes: [u8; 12] = rand::random();
         let aad = format!("{key}#{field}");
-        let sealed = self.cipher.encrypt(Nonce::from_slice(&nonce_bytes), Payload { msg: plain.as_bytes(), aad: aad.as_bytes() }).expect("AES-GCM encrypts any input");
+        let sealed = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce_bytes), Payload { msg: plain.as_bytes(), aad: aad.as_bytes() })
+            .expect("AES-GCM encrypts any input");
         let mut out = nonce_bytes.to_vec();
         out.extend(sealed);
         base64::engine::general_purpose::STANDARD.encode(out)
@@ -254,7 +255,12 @@ impl TokenStore {
 
     async fn unlock(&self, scope: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::Script::new(UNLOCK).key(format!("{}:lock", self.key(scope))).arg(&self.owner).invoke_async::<i64>(&mut conn).await.map(|_| ())
+        redis::Script::new(UNLOCK)
+            .key(format!("{}:lock", self.key(scope)))
+            .arg(&self.owner)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -279,7 +285,8 @@ impl Credentials {
             Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), scope, kind: Kind::OAuth(oauth) })
         } else {
             let (header, scheme) = style.static_header;
-            let v = sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?;
+            let v =
+                sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?;
             Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), scope, kind: Kind::Static(v) })
         }
     }
@@ -296,7 +303,12 @@ impl Credentials {
 
     /// The auth header for the next request, refreshing the access token when needed
     /// (through `store` when given, shared with every replica).
-    pub async fn header(&self, http: &reqwest::Client, store: Option<&TokenStore>, log: &mut Vec<Exchange>) -> Result<(HeaderName, HeaderValue), AuthError> {
+    pub async fn header(
+        &self,
+        http: &reqwest::Client,
+        store: Option<&TokenStore>,
+        log: &mut Vec<Exchange>,
+    ) -> Result<(HeaderName, HeaderValue), AuthError> {
         let o = match &self.kind {
             Kind::Static(v) => return Ok((self.header.clone(), v.clone())),
             Kind::OAuth(o) => o,
@@ -422,7 +434,9 @@ impl Credentials {
             sent: format!("refresh_token grant for the client in secret {} (values not shown)", self.secret_name),
         };
         let result = match resp {
-            Err(e) if e.is_timeout() => Err(AuthError::Unavailable(format!("token refresh timed out after {} ms", t.elapsed().as_millis()))),
+            Err(e) if e.is_timeout() => {
+                Err(AuthError::Unavailable(format!("token refresh timed out after {} ms", t.elapsed().as_millis())))
+            }
             Err(e) => Err(AuthError::Unavailable(format!("token refresh failed: {}", without_url(&e)))),
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -481,7 +495,16 @@ enum Refusal {
 }
 
 /// Error codes that refuse the grant itself (RFC 6749 §5.2, Zoho's `invalid_code`).
-const REFUSED_GRANT: &[&str] = &["invalid_grant", "invalid_client", "unauthorized_client", "invalid_code", "invalid_request", "unsupported_grant_type", "invalid_scope", "access_denied_revoked"];
+const REFUSED_GRANT: &[&str] = &[
+    "invalid_grant",
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_code",
+    "invalid_request",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied_revoked",
+];
 
 /// Classifies a token endpoint's answer that carried no access token. Error bodies name the
 /// error, never a token.
@@ -529,7 +552,10 @@ mod tests {
 
     #[test]
     fn refused_grants_are_permanent_and_outages_transient() {
-        assert!(matches!(refusal(400, &json!({"error": "invalid_grant", "error_description": "expired access/refresh token"})), Refusal::Refused(_)));
+        assert!(matches!(
+            refusal(400, &json!({"error": "invalid_grant", "error_description": "expired access/refresh token"})),
+            Refusal::Refused(_)
+        ));
         assert!(matches!(refusal(401, &json!({"error": "invalid_client"})), Refusal::Refused(_)));
         assert!(matches!(refusal(200, &json!({"error": "invalid_code"})), Refusal::Refused(_)), "Zoho's refusal comes with 200");
         assert!(matches!(refusal(503, &json!({})), Refusal::Transient(_)));

@@ -165,7 +165,13 @@ pub trait Connector: Send + Sync + 'static {
 /// again after a timeout or a 5xx could make a second record.
 pub trait ReadBeforeResend: Connector {
     /// Creates some items; those whose outcome is unknown fail with `maybe_applied`.
-    fn send(&self, api: &Api, t: &Self::Tenant, batch: &[&Item], log: &mut Vec<Exchange>) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+    fn send(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        batch: &[&Item],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
     /// Which of these items' keys the CRM holds now (key → record id); `sent_at_ms` is when
     /// the first attempt went out.
     fn held(
@@ -186,7 +192,13 @@ pub trait ReadBeforeResend: Connector {
 /// only a read that completed and found nothing lets a create go out again. Every send is
 /// fenced (the request carries the items' keys): a writer that lost a lease meanwhile
 /// sends nothing for that key.
-pub async fn create_reading_before_resending<C: ReadBeforeResend>(c: &C, api: &Api, t: &C::Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+pub async fn create_reading_before_resending<C: ReadBeforeResend>(
+    c: &C,
+    api: &Api,
+    t: &C::Tenant,
+    items: &[&Item],
+    log: &mut Vec<Exchange>,
+) -> Vec<ItemResult> {
     let first = Instant::now();
     let sent_at = crm_common::emit::now_ms();
     let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];

@@ -67,8 +67,7 @@ pub enum WriteKind {
 impl Contract {
     pub fn load(dir: &Path, crm: &str) -> anyhow::Result<Contract> {
         let path = dir.join(format!("{crm}.toml"));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
         let c = Contract::parse(&text).map_err(|e| anyhow::anyhow!("field contract {}: {e}", path.display()))?;
         anyhow::ensure!(c.crm == crm, "field contract {} is for crm = {:?}, not {crm}", path.display(), c.crm);
         Ok(c)
@@ -79,7 +78,9 @@ impl Contract {
         for (name, rule) in &c.fields {
             anyhow::ensure!(rule.source.is_none() || rule.value.is_none(), "field {name}: a source or a value, not both");
             match (&rule.source, rule.ownership) {
-                (None, Ownership::Owned | Ownership::FillIfEmpty) if rule.value.is_none() => anyhow::bail!("field {name}: a written field needs a source or a value"),
+                (None, Ownership::Owned | Ownership::FillIfEmpty) if rule.value.is_none() => {
+                    anyhow::bail!("field {name}: a written field needs a source or a value")
+                }
                 (Some(s), _) if !crate::mapping::SOURCES.contains(&s.as_str()) => {
                     anyhow::bail!("field {name}: unknown source {s:?} (known: {})", crate::mapping::SOURCES.join(", "))
                 }
@@ -105,12 +106,14 @@ impl Contract {
 
     /// The (field, rule) pairs this kind of write may set.
     pub fn writable(&self, kind: WriteKind) -> impl Iterator<Item = (&str, &FieldRule)> {
-        self.fields.iter().filter(move |(_, r)| match r.ownership {
-            Ownership::Owned => true,
-            Ownership::FillIfEmpty => kind == WriteKind::Create,
-            Ownership::ReadOnly => false,
-        })
-        .map(|(name, r)| (name.as_str(), r))
+        self.fields
+            .iter()
+            .filter(move |(_, r)| match r.ownership {
+                Ownership::Owned => true,
+                Ownership::FillIfEmpty => kind == WriteKind::Create,
+                Ownership::ReadOnly => false,
+            })
+            .map(|(name, r)| (name.as_str(), r))
     }
 
     /// The fields this kind of write sets for `req`, typed as the CRM wants them. A field

@@ -53,7 +53,11 @@ macro_rules! with_connector {
         let urls: &$crate::CrmUrls = $urls;
         match $crm {
             crm_common::events::Crm::Hubspot => {
-                let $c = $crate::hubspot::Hubspot { contract: $contract, default_base_url: urls.hubspot_api_url.clone(), search_lag: urls.hubspot_search_lag };
+                let $c = $crate::hubspot::Hubspot {
+                    contract: $contract,
+                    default_base_url: urls.hubspot_api_url.clone(),
+                    search_lag: urls.hubspot_search_lag,
+                };
                 $body
             }
             crm_common::events::Crm::Salesforce => {
@@ -61,11 +65,20 @@ macro_rules! with_connector {
                 $body
             }
             crm_common::events::Crm::Zoho => {
-                let $c = $crate::zoho::Zoho { contract: $contract, default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout: $http_timeout };
+                let $c = $crate::zoho::Zoho {
+                    contract: $contract,
+                    default_base_url: urls.zoho_api_url.clone(),
+                    default_token_url: urls.zoho_token_url.clone(),
+                    http_timeout: $http_timeout,
+                };
                 $body
             }
             crm_common::events::Crm::Pipedrive => {
-                let $c = $crate::pipedrive::Pipedrive { contract: $contract, default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() };
+                let $c = $crate::pipedrive::Pipedrive {
+                    contract: $contract,
+                    default_base_url: urls.pipedrive_api_url.clone(),
+                    default_token_url: urls.pipedrive_token_url.clone(),
+                };
                 $body
             }
             crm_common::events::Crm::Unknown => anyhow::bail!("unknown CRM: one of hubspot, salesforce, zoho, pipedrive"),

@@ -1,21 +1,20 @@
 //! writer: crm.writes.<crm> → the CRM (DESIGN §4–§7). One binary, run once per CRM
 //! (`writer --crm hubspot`), so each CRM's writers scale on their own consumer lag.
 
-
 use clap::Parser;
-use writer::connector::Connector;
-use writer::{api, contacts, contract, process, retry, runtime, CrmUrls};
 use crm_common::bucket::TokenBuckets;
 use crm_common::claims::{Claims, Timing};
 use crm_common::config::CommonArgs;
-use crm_common::redis_conn::{self, redact_url};
 use crm_common::emit::Emitter;
 use crm_common::events::{Crm, Stage};
+use crm_common::redis_conn::{self, redact_url};
 use crm_common::tenants::Tenants;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use writer::connector::Connector;
+use writer::{api, contacts, contract, process, retry, runtime, CrmUrls};
 
 #[derive(Parser)]
 #[command(name = "writer", about = "crm.writes.<crm> → the CRM, inside its rate limits, exactly once in effect")]
@@ -108,7 +107,12 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
     let owner = format!("{service}-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let prefix = cli.common.redis_key_prefix.clone();
     tracing::info!(service, tenants = clients.len(), redis, owner, "writer starting");
-    let timing = Timing { lease: cli.lease, request_timeout: cli.http_timeout, late_write_horizon: cli.late_write_horizon, clock_skew: cli.clock_skew };
+    let timing = Timing {
+        lease: cli.lease,
+        request_timeout: cli.http_timeout,
+        late_write_horizon: cli.late_write_horizon,
+        clock_skew: cli.clock_skew,
+    };
     if timing.effective_lease() > cli.lease {
         tracing::warn!(lease = ?cli.lease, used = ?timing.effective_lease(), "WRITER_LEASE is shorter than a request may take: leases are set longer");
     }

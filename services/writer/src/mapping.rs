@@ -34,9 +34,7 @@ pub const SOURCES: &[&str] = &[
 ];
 
 fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
 }
 
 fn utc(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -70,7 +68,12 @@ pub fn value(req: &CrmWriteRequest, source: &str) -> Option<String> {
         "to_e164" => Some(c.to_e164.clone()),
         "customer_e164" => Some(c.customer_e164.clone()),
         "recording_url" => c.recording_url.clone(),
-        "title" => Some(format!("{} call {} {}", if inbound { "Inbound" } else { "Outbound" }, if inbound { "from" } else { "to" }, c.customer_e164)),
+        "title" => Some(format!(
+            "{} call {} {}",
+            if inbound { "Inbound" } else { "Outbound" },
+            if inbound { "from" } else { "to" },
+            c.customer_e164
+        )),
         "notes" => c.notes.clone(),
         "agent_email" => c.agent_email.clone(),
         "call_id" => Some(c.call_id.clone()),

@@ -10,8 +10,8 @@ use crate::offsets::Ticket;
 use crm_common::claims::{Claim, Claims, Recovery};
 use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
-use crm_common::phone;
 use crm_common::kafka::{InMessage, OutRecord, RECREATE};
+use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
 use std::collections::HashMap;
 use std::future::Future;
@@ -67,7 +67,11 @@ where
 /// must remember claims since then, or the writer looks the CRM up before creating.
 pub fn era_of(req: &CrmWriteRequest) -> i64 {
     let started = req.call.started_at;
-    if started > 0 { started } else { req.requested_at.max(0) }
+    if started > 0 {
+        started
+    } else {
+        req.requested_at.max(0)
+    }
 }
 
 /// One item on its way through the batch.
@@ -112,7 +116,11 @@ impl<C: Connector> Shared<C> {
 
     fn masked(&self, tenant: &str, text: &str) -> String {
         let show = self.tenants.get(tenant).is_some_and(|t| t.show_phone_numbers_in_audit);
-        if show { text.to_string() } else { phone::mask_in_text(text) }
+        if show {
+            text.to_string()
+        } else {
+            phone::mask_in_text(text)
+        }
     }
 
     /// One audit record per CRM call.
@@ -166,7 +174,13 @@ impl<C: Connector> Shared<C> {
 
     /// Turns a claim into an item to write, or settles the step. `contacts` holds the
     /// numbers this batch has matched already (a number is searched, or created, once).
-    async fn plan(&self, t: &C::Tenant, step: &mut Step, (claim, claimed_at): (Claim, std::time::Instant), contacts: &mut HashMap<String, (Option<String>, Option<String>)>) {
+    async fn plan(
+        &self,
+        t: &C::Tenant,
+        step: &mut Step,
+        (claim, claimed_at): (Claim, std::time::Instant),
+        contacts: &mut HashMap<String, (Option<String>, Option<String>)>,
+    ) {
         let req = step.work.req.clone();
         let record_id = match claim {
             Claim::AlreadyDone { record_id } => {
@@ -198,7 +212,8 @@ impl<C: Connector> Shared<C> {
                         // A lookup that failed or was cut short says nothing: the write may
                         // be there. Keep the claim "maybe applied" so a replay looks again.
                         f.maybe_applied = true;
-                        f.detail = format!("looking the key up before writing again failed, so the earlier write may be in the CRM: {}", f.detail);
+                        f.detail =
+                            format!("looking the key up before writing again failed, so the earlier write may be in the CRM: {}", f.detail);
                         step.settled = Some(Settled::Failed(f));
                         return;
                     }
@@ -303,7 +318,10 @@ impl<C: Connector> Shared<C> {
                 if f.fenced_off.iter().any(|k| k == key) {
                     tracing::warn!(key = %key, round, "lease lost before the write went out (paused, or waited too long): abandoned here; claiming again");
                     crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), "lease_lost");
-                    steps[i].note = Some("this writer's lease was taken over before its write went out: the write was abandoned and the key claimed again".into());
+                    steps[i].note = Some(
+                        "this writer's lease was taken over before its write went out: the write was abandoned and the key claimed again"
+                            .into(),
+                    );
                     steps[i].item = None;
                     steps[i].settled = None;
                     to_claim.push(i);
@@ -375,12 +393,19 @@ impl<C: Connector> Shared<C> {
                 Err(f) if f.maybe_applied => f,
                 Err(f) => return Err(f),
             };
-            tokio::time::sleep(self.api.backoff.wait(attempt).max(self.api.late_write_horizon() + self.connector.contact_read_back_lag())).await;
+            tokio::time::sleep(self.api.backoff.wait(attempt).max(self.api.late_write_horizon() + self.connector.contact_read_back_lag()))
+                .await;
             match self.connector.find_created_contact(&self.api, t, e164, log).await {
                 Ok(Some(id)) => return Ok(id),
                 Ok(None) if first.elapsed() < self.api.retry_limit => continue,
                 Ok(None) => return Err(Failure { maybe_applied: false, ..f }),
-                Err(e) => return Err(Failure { maybe_applied: false, detail: format!("{}; reading the contact back failed: {}", f.detail, e.detail), ..f }),
+                Err(e) => {
+                    return Err(Failure {
+                        maybe_applied: false,
+                        detail: format!("{}; reading the contact back failed: {}", f.detail, e.detail),
+                        ..f
+                    })
+                }
             }
         }
     }
@@ -408,7 +433,9 @@ impl<C: Connector> Shared<C> {
         match self.clients.get(&tenant_id) {
             None => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false, fenced_off: vec![],
+                    s.settled = Some(Settled::Failed(Failure {
+                        maybe_applied: false,
+                        fenced_off: vec![],
                         reason: DlqReason::TenantNotConfigured,
                         detail: format!("tenant '{tenant_id}' has no {} connection in TENANTS_CONFIG", self.crm.as_str()),
                         status: None,
@@ -418,7 +445,14 @@ impl<C: Connector> Shared<C> {
             }
             Some(Err(why)) => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
-                    s.settled = Some(Settled::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason: DlqReason::AuthFailed, detail: why.clone(), status: None, excerpt: None }));
+                    s.settled = Some(Settled::Failed(Failure {
+                        maybe_applied: false,
+                        fenced_off: vec![],
+                        reason: DlqReason::AuthFailed,
+                        detail: why.clone(),
+                        status: None,
+                        excerpt: None,
+                    }));
                 }
             }
             Some(Ok(t)) => self.write_claimed(t, &tenant_id, &mut steps).await,
@@ -463,7 +497,11 @@ impl<C: Connector> Shared<C> {
                     a.attributes.insert("recreated".into(), String::from_utf8_lossy(gone).into_owned());
                 }
                 outputs.push(self.emit.audit_record(&a));
-                if created { "created" } else { "updated" }
+                if created {
+                    "created"
+                } else {
+                    "updated"
+                }
             }
             Settled::Duplicate { record_id } => {
                 let mut a = self.emit.audit(
@@ -522,7 +560,14 @@ mod tests {
     use super::*;
 
     fn failed(reason: DlqReason, detail: &str) -> ItemResult {
-        ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason, detail: detail.into(), status: Some(400), excerpt: None })
+        ItemResult::Failed(Failure {
+            maybe_applied: false,
+            fenced_off: vec![],
+            reason,
+            detail: detail.into(),
+            status: Some(400),
+            excerpt: None,
+        })
     }
 
     #[test]

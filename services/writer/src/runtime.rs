@@ -5,9 +5,9 @@
 //! below half. Each partition is committed only up to its lowest unfinished offset, and only
 //! after everything a message produced (audit, DLQ) is acknowledged.
 
+use crate::connector::Connector;
 use crate::offsets::{Offsets, Ticket};
 use crate::process::{Done, Shared, Work};
-use crate::connector::Connector;
 use crm_common::codec;
 use crm_common::emit::Subject;
 use crm_common::events::{CrmWriteRequest, DlqReason};
@@ -129,7 +129,8 @@ impl<C: Connector> Lanes<C> {
                     let n = batch.len();
                     // A span per input, joined to its producer's trace; what it produces names it.
                     // `process` answers one Done per Work, in order.
-                    let spans: Vec<(String, tracing::Span)> = batch.iter().map(|w| (w.input.trace_id.clone(), crm_common::telemetry::input_span(service, &w.input))).collect();
+                    let spans: Vec<(String, tracing::Span)> =
+                        batch.iter().map(|w| (w.input.trace_id.clone(), crm_common::telemetry::input_span(service, &w.input))).collect();
                     let mut done = shared.process(batch).await;
                     for (d, (trace_id, span)) in done.iter_mut().zip(&spans) {
                         span.record("outcome", d.outcome);

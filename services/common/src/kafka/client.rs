@@ -60,7 +60,12 @@ impl Kafka {
 
     /// A member of consumer group `group`, with its role's `settings` (commit policy,
     /// statistics) and `context` (rebalance and statistics callbacks).
-    pub fn group_consumer<C: ConsumerContext + 'static>(&self, group: &str, settings: &[(&str, &str)], context: C) -> anyhow::Result<StreamConsumer<C>> {
+    pub fn group_consumer<C: ConsumerContext + 'static>(
+        &self,
+        group: &str,
+        settings: &[(&str, &str)],
+        context: C,
+    ) -> anyhow::Result<StreamConsumer<C>> {
         let mut defaults = vec![("group.id", group), ("auto.offset.reset", "earliest")];
         defaults.extend_from_slice(settings);
         Ok(StreamConsumer::from_config_and_context(&self.config(&defaults), context)?)

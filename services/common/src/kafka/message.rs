@@ -34,17 +34,9 @@ impl InMessage {
     pub fn from_kafka(m: &BorrowedMessage<'_>) -> InMessage {
         let headers: Vec<(String, Vec<u8>)> = m
             .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
-                    .collect()
-            })
+            .map(|hs| hs.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
             .unwrap_or_default();
-        let trace_id = headers
-            .iter()
-            .find(|(k, _)| k == TRACEPARENT)
-            .and_then(|(_, v)| parse_traceparent(v))
-            .unwrap_or_else(new_trace_id);
+        let trace_id = headers.iter().find(|(k, _)| k == TRACEPARENT).and_then(|(_, v)| parse_traceparent(v)).unwrap_or_else(new_trace_id);
         InMessage {
             topic: m.topic().to_string(),
             partition: m.partition(),
@@ -66,10 +58,7 @@ impl InMessage {
     }
 
     pub fn replay_count(&self) -> i32 {
-        self.header(REPLAY_COUNT)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        self.header(REPLAY_COUNT).and_then(|v| std::str::from_utf8(v).ok()).and_then(|s| s.parse().ok()).unwrap_or(0)
     }
 }
 
@@ -78,8 +67,7 @@ pub fn parse_traceparent(v: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(v).ok()?;
     let mut parts = s.split('-');
     let (_ver, trace) = (parts.next()?, parts.next()?);
-    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
-        .then(|| trace.to_ascii_lowercase())
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32)).then(|| trace.to_ascii_lowercase())
 }
 
 pub fn new_trace_id() -> String {
@@ -98,12 +86,7 @@ pub struct OutRecord {
 impl OutRecord {
     pub fn new(topic: &str, key: &str, payload: Vec<u8>, trace_id: &str) -> OutRecord {
         let traceparent = format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1);
-        OutRecord {
-            topic: topic.to_string(),
-            key: key.to_string(),
-            payload,
-            headers: vec![(TRACEPARENT.to_string(), traceparent)],
-        }
+        OutRecord { topic: topic.to_string(), key: key.to_string(), payload, headers: vec![(TRACEPARENT.to_string(), traceparent)] }
     }
 
     /// Names the span this record was made under as the next stage's parent.

@@ -10,18 +10,12 @@ use std::time::Duration;
 
 /// Queues one output, waiting while librdkafka's local queue is full rather than
 /// dropping anything.
-pub async fn send(
-    producer: &FutureProducer,
-    out: &OutRecord,
-) -> anyhow::Result<DeliveryFuture> {
+pub async fn send(producer: &FutureProducer, out: &OutRecord) -> anyhow::Result<DeliveryFuture> {
     let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
     for (k, v) in &out.headers {
         headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
     }
-    let mut record = FutureRecord::to(&out.topic)
-        .key(out.key.as_bytes())
-        .payload(&out.payload)
-        .headers(headers);
+    let mut record = FutureRecord::to(&out.topic).key(out.key.as_bytes()).payload(&out.payload).headers(headers);
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),

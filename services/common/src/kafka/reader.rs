@@ -20,10 +20,7 @@ impl TopicReader {
         let mut tpl = TopicPartitionList::new();
         for t in topics {
             let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
-            let topic = md
-                .topics()
-                .first()
-                .ok_or_else(|| anyhow::anyhow!("topic {t} not in metadata"))?;
+            let topic = md.topics().first().ok_or_else(|| anyhow::anyhow!("topic {t} not in metadata"))?;
             for p in topic.partitions() {
                 tpl.add_partition_offset(t, p.id(), Offset::Beginning)?;
             }
@@ -33,11 +30,7 @@ impl TopicReader {
     }
 
     /// Reads until `done(messages so far)` is true or `timeout` passes; returns what it read.
-    pub fn read_until(
-        &self,
-        timeout: Duration,
-        mut done: impl FnMut(&[InMessage]) -> bool,
-    ) -> Vec<InMessage> {
+    pub fn read_until(&self, timeout: Duration, mut done: impl FnMut(&[InMessage]) -> bool) -> Vec<InMessage> {
         let deadline = Instant::now() + timeout;
         let mut out = vec![];
         while !done(&out) && Instant::now() < deadline {
@@ -110,7 +103,8 @@ pub fn fetch_at(kafka: &Kafka, topic: &str, wanted: &[(i32, i64)], timeout: Dura
 pub fn offsets_by_time(kafka: &Kafka, topic: &str, from_ms: i64, to_ms: i64) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let consumer = kafka.reader("crm-sync-offsets-by-time")?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let parts: Vec<i32> = md.topics().first().ok_or_else(|| anyhow::anyhow!("topic {topic} not in metadata"))?.partitions().iter().map(|p| p.id()).collect();
+    let parts: Vec<i32> =
+        md.topics().first().ok_or_else(|| anyhow::anyhow!("topic {topic} not in metadata"))?.partitions().iter().map(|p| p.id()).collect();
     anyhow::ensure!(!parts.is_empty(), "topic {topic} does not exist");
     // `start`: where a partition's scan begins when the broker finds no message at or after
     // the time (the end, for `to`; for `from`, the beginning: a broker that cannot look up

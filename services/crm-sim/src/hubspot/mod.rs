@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 
 pub struct HubSpot;
 
-pub const CALL_STATUSES: &[&str] = &["BUSY", "CALLING_CRM_USER", "CANCELED", "COMPLETED", "CONNECTING", "FAILED", "IN_PROGRESS", "NO_ANSWER", "QUEUED", "RINGING"];
+pub const CALL_STATUSES: &[&str] =
+    &["BUSY", "CALLING_CRM_USER", "CANCELED", "COMPLETED", "CONNECTING", "FAILED", "IN_PROGRESS", "NO_ANSWER", "QUEUED", "RINGING"];
 /// Call → contact association type (HUBSPOT_DEFINED).
 pub const CALL_TO_CONTACT: i64 = 194;
 pub const CONTACT_TO_CALL: i64 = 193;
@@ -31,7 +32,17 @@ pub fn schema() -> Schema {
     use FieldType::*;
     let mut calls = BTreeMap::new();
     calls.insert("hs_timestamp".into(), FieldDef::required(DateTime));
-    for f in ["hs_call_title", "hs_call_body", "hs_call_from_number", "hs_call_to_number", "hs_call_disposition", "hs_call_recording_url", "hubspot_owner_id", "hs_call_callee_object_id", "hs_call_source"] {
+    for f in [
+        "hs_call_title",
+        "hs_call_body",
+        "hs_call_from_number",
+        "hs_call_to_number",
+        "hs_call_disposition",
+        "hs_call_recording_url",
+        "hubspot_owner_id",
+        "hs_call_callee_object_id",
+        "hs_call_source",
+    ] {
         calls.insert(f.into(), FieldDef::of(Text));
     }
     calls.insert("hs_call_duration".into(), FieldDef::of(Number));
@@ -47,7 +58,13 @@ pub fn schema() -> Schema {
     contacts.insert("email".into(), FieldDef { unique: true, ..FieldDef::of(Text) });
     contacts.insert("phone".into(), FieldDef::of(Phone));
     contacts.insert("mobilephone".into(), FieldDef::of(Phone));
-    for f in ["hs_object_id", "createdate", "lastmodifieddate", "hs_searchable_calculated_phone_number", "hs_searchable_calculated_mobile_number"] {
+    for f in [
+        "hs_object_id",
+        "createdate",
+        "lastmodifieddate",
+        "hs_searchable_calculated_phone_number",
+        "hs_searchable_calculated_mobile_number",
+    ] {
         contacts.insert(f.into(), FieldDef::read_only(Text));
     }
     Schema::from([("calls".into(), calls), ("contacts".into(), contacts)])
@@ -137,8 +154,6 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/crm/v3/properties/{object}", get(objects::properties))
         .route("/crm/v3/properties/{object}/{name}", get(objects::property))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<HubSpot>));
-    let oauth = Router::new()
-        .route("/oauth/v1/token", post(oauth::token))
-        .route("/oauth/v1/access-tokens/{token}", get(oauth::introspect));
+    let oauth = Router::new().route("/oauth/v1/token", post(oauth::token)).route("/oauth/v1/access-tokens/{token}", get(oauth::introspect));
     api.merge(oauth).with_state(sim)
 }

@@ -30,7 +30,8 @@ pub fn unknown_object(object: &str) -> Response {
 }
 
 pub fn parse_body(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| errors::validation(&format!("Invalid input JSON on line {}, column {}: {}", e.line(), e.column(), e)))
+    serde_json::from_slice(body)
+        .map_err(|e| errors::validation(&format!("Invalid input JSON on line {}, column {}: {}", e.line(), e.column(), e)))
 }
 
 /// A failure of one input, rendered as a single-endpoint error or a batch `errors[]` entry.
@@ -103,7 +104,11 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
             continue;
         };
         if def.read_only {
-            errs.push(property_error(name, "READ_ONLY_VALUE", format!("Property \"{name}\" is a read only property; its value cannot be set.")));
+            errs.push(property_error(
+                name,
+                "READ_ONLY_VALUE",
+                format!("Property \"{name}\" is a read only property; its value cannot be set."),
+            ));
             continue;
         }
         let value = match def.kind {
@@ -120,7 +125,11 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
                 }
             },
             FieldType::Picklist if !def.options.contains(&s) => {
-                errs.push(property_error(name, "INVALID_OPTION", format!("{s} was not one of the allowed options: {}", def.options.join(", "))));
+                errs.push(property_error(
+                    name,
+                    "INVALID_OPTION",
+                    format!("{s} was not one of the allowed options: {}", def.options.join(", ")),
+                ));
                 continue;
             }
             _ => s,
@@ -159,7 +168,9 @@ fn check_unique(acct: &Account, table: &str, props: &Map<String, Value>, except:
         if unique_enforced(acct, table, name) {
             if let Some(existing) = acct.unique_holder(table, name, v, except) {
                 let what = if table == "contacts" { "Contact" } else { "Call" };
-                return Err(Failure::new(409, "CONFLICT", format!("{what} already exists. Existing ID: {existing}")).ctx("id", json!([existing])).ctx("property", json!(name)));
+                return Err(Failure::new(409, "CONFLICT", format!("{what} already exists. Existing ID: {existing}"))
+                    .ctx("id", json!([existing]))
+                    .ctx("property", json!(name)));
             }
         }
     }
@@ -266,9 +277,19 @@ fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<
         let to = a.pointer("/to/id").and_then(as_hs_string).unwrap_or_default();
         let types = a.get("types").and_then(Value::as_array).cloned().unwrap_or_default();
         let ok_type = !types.is_empty()
-            && types.iter().all(|t| t.get("associationCategory").and_then(Value::as_str) == Some("HUBSPOT_DEFINED") && t.get("associationTypeId").and_then(Value::as_i64) == Some(expected));
+            && types.iter().all(|t| {
+                t.get("associationCategory").and_then(Value::as_str) == Some("HUBSPOT_DEFINED")
+                    && t.get("associationTypeId").and_then(Value::as_i64) == Some(expected)
+            });
         if !ok_type {
-            return Err(Failure::new(400, "VALIDATION_ERROR", format!("{} is not a valid association type between {table} and the target object", types.first().and_then(|t| t.get("associationTypeId")).cloned().unwrap_or(Value::Null))));
+            return Err(Failure::new(
+                400,
+                "VALIDATION_ERROR",
+                format!(
+                    "{} is not a valid association type between {table} and the target object",
+                    types.first().and_then(|t| t.get("associationTypeId")).cloned().unwrap_or(Value::Null)
+                ),
+            ));
         }
         if table != "calls" {
             continue;
@@ -293,7 +314,16 @@ fn create_one(acct: &mut Account, table: &str, input: &Value, now: i64) -> Resul
     let associations = parse_associations(acct, table, input)?;
     let id = new_id(acct);
     let lag = acct.search_lag_ms;
-    let mut r = Record { id: id.clone(), fields: props, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + lag, associations: associations.clone(), merged_into: None };
+    let mut r = Record {
+        id: id.clone(),
+        fields: props,
+        created_ms: now,
+        updated_ms: now,
+        deleted_ms: None,
+        indexed_at_ms: now + lag,
+        associations: associations.clone(),
+        merged_into: None,
+    };
     derive(table, &mut r);
     for c in &associations {
         if let Some(contact) = acct.table("contacts").get_mut(c) {
@@ -331,7 +361,12 @@ fn list_param(q: &HashMap<String, String>, k: &str) -> Option<Vec<String>> {
     q.get(k).map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
-pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>, body: Bytes) -> Response {
+pub async fn create(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(object): Path<String>,
+    body: Bytes,
+) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     let input = match parse_body(&body) {
         Ok(v) => v,
@@ -346,7 +381,12 @@ pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<C
     })
 }
 
-pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn read(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((object, id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
     let archived = q.get("archived").is_some_and(|v| v == "true");
     let props = list_param(&q, "properties");
@@ -367,7 +407,13 @@ pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     })
 }
 
-pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>, body: Bytes) -> Response {
+pub async fn update(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((object, id)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
     let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
     let input = match parse_body(&body) {
         Ok(v) => v,
@@ -385,7 +431,11 @@ pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<C
     })
 }
 
-pub async fn archive(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id)): Path<(String, String)>) -> Response {
+pub async fn archive(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((object, id)): Path<(String, String)>,
+) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     sim.with(&caller, |acct, now| {
         // Archiving is idempotent: an unknown or archived id also answers 204.
@@ -396,7 +446,12 @@ pub async fn archive(State(sim): State<SharedSim>, Extension(caller): Extension<
     })
 }
 
-pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn list(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(object): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     let archived = q.get("archived").is_some_and(|v| v == "true");
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 100);
@@ -404,7 +459,14 @@ pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     let props = list_param(&q, "properties");
     let assoc = q.contains_key("associations");
     sim.with(&caller, |acct, _| {
-        let all: Vec<Value> = acct.table(table).iter().filter(|r| r.live() != archived).skip(after).take(limit + 1).map(|r| render(r, table, props.as_deref(), assoc)).collect();
+        let all: Vec<Value> = acct
+            .table(table)
+            .iter()
+            .filter(|r| r.live() != archived)
+            .skip(after)
+            .take(limit + 1)
+            .map(|r| render(r, table, props.as_deref(), assoc))
+            .collect();
         let more = all.len() > limit;
         let results: Vec<Value> = all.into_iter().take(limit).collect();
         let mut body = json!({"results": results});
@@ -415,7 +477,12 @@ pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     })
 }
 
-pub async fn batch(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, action)): Path<(String, String)>, body: Bytes) -> Response {
+pub async fn batch(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((object, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let Some((table, ty)) = object_type(&object) else { return unknown_object(&object) };
     let input = match parse_body(&body) {
         Ok(v) => v,
@@ -424,9 +491,15 @@ pub async fn batch(State(sim): State<SharedSim>, Extension(caller): Extension<Ca
     let Some(inputs) = input.get("inputs").and_then(Value::as_array).cloned() else {
         return errors::validation("Invalid input JSON: missing required property 'inputs'");
     };
-    let max = if action == "read" && input.get("propertiesWithHistory").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) { 50 } else { BATCH_MAX };
+    let max = if action == "read" && input.get("propertiesWithHistory").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+        50
+    } else {
+        BATCH_MAX
+    };
     if inputs.len() > max {
-        return errors::validation(&format!("The maximum number of inputs supported in a batch is {max}. Please reduce the number of items and try again"));
+        return errors::validation(&format!(
+            "The maximum number of inputs supported in a batch is {max}. Please reduce the number of items and try again"
+        ));
     }
     let started = crate::clock::iso_ms(sim.clock.now_ms());
     sim.with(&caller, |acct, now| {
@@ -535,7 +608,11 @@ pub async fn batch(State(sim): State<SharedSim>, Extension(caller): Extension<Ca
     })
 }
 
-pub async fn associate(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, id, to_object, to_id)): Path<(String, String, String, String)>) -> Response {
+pub async fn associate(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((object, id, to_object, to_id)): Path<(String, String, String, String)>,
+) -> Response {
     let (Some(("calls", _)), Some(("contacts", _))) = (object_type(&object), object_type(&to_object)) else {
         return errors::validation(&format!("Associations from {object} to {to_object} are not modelled"));
     };
@@ -565,7 +642,8 @@ fn render_property(name: &str, def: &crate::state::FieldDef, table: &str, enforc
         FieldType::Phone => ("string", "phonenumber"),
         _ => ("string", "text"),
     };
-    let options: Vec<Value> = def.options.iter().enumerate().map(|(i, o)| json!({"label": o, "value": o, "displayOrder": i, "hidden": false})).collect();
+    let options: Vec<Value> =
+        def.options.iter().enumerate().map(|(i, o)| json!({"label": o, "value": o, "displayOrder": i, "hidden": false})).collect();
     json!({
         "name": name, "label": name, "type": ty, "fieldType": field_type, "groupName": format!("{}information", table.trim_end_matches('s')),
         "hasUniqueValue": def.unique && enforced, "calculated": def.read_only, "hubspotDefined": !def.custom,
@@ -577,12 +655,21 @@ fn render_property(name: &str, def: &crate::state::FieldDef, table: &str, enforc
 pub async fn properties(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     sim.with(&caller, |acct, _| {
-        let results: Vec<Value> = acct.fields(table).into_iter().flatten().map(|(n, d)| render_property(n, d, table, !is_activity(table) || acct.enforce_activity_unique)).collect();
+        let results: Vec<Value> = acct
+            .fields(table)
+            .into_iter()
+            .flatten()
+            .map(|(n, d)| render_property(n, d, table, !is_activity(table) || acct.enforce_activity_unique))
+            .collect();
         json(200, json!({"results": results}))
     })
 }
 
-pub async fn property(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((object, name)): Path<(String, String)>) -> Response {
+pub async fn property(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((object, name)): Path<(String, String)>,
+) -> Response {
     let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
     sim.with(&caller, |acct, _| match acct.fields(table).and_then(|f| f.get(&name)) {
         Some(d) => json(200, render_property(&name, d, table, !is_activity(table) || acct.enforce_activity_unique)),

@@ -62,7 +62,8 @@ fn filter_matches(r: &Record, f: &Value) -> Result<bool, String> {
     let op = f.get("operator").and_then(Value::as_str).unwrap_or("EQ");
     let actual = r.fields.get(prop).and_then(value_str).filter(|s| !s.is_empty());
     let value = f.get("value").and_then(value_str);
-    let values: Vec<String> = f.get("values").and_then(Value::as_array).map(|a| a.iter().filter_map(value_str).collect()).unwrap_or_default();
+    let values: Vec<String> =
+        f.get("values").and_then(Value::as_array).map(|a| a.iter().filter_map(value_str).collect()).unwrap_or_default();
     let need = |v: &Option<String>| v.clone().ok_or(format!("operator {op} needs a value"));
     Ok(match op {
         "HAS_PROPERTY" => actual.is_some(),
@@ -97,7 +98,12 @@ fn filter_matches(r: &Record, f: &Value) -> Result<bool, String> {
     })
 }
 
-pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(object): Path<String>, body: Bytes) -> Response {
+pub async fn search(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(object): Path<String>,
+    body: Bytes,
+) -> Response {
     let table = match object.as_str() {
         "calls" | "0-48" => "calls",
         "contacts" | "0-1" => "contacts",
@@ -109,8 +115,13 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
     };
     let groups = req.get("filterGroups").and_then(Value::as_array).cloned().unwrap_or_default();
     let n_filters: usize = groups.iter().map(|g| g.get("filters").and_then(Value::as_array).map_or(0, Vec::len)).sum();
-    if groups.len() > MAX_GROUPS || n_filters > MAX_FILTERS || groups.iter().any(|g| g.get("filters").and_then(Value::as_array).map_or(0, Vec::len) > MAX_FILTERS_PER_GROUP) {
-        return errors::validation(&format!("Too many filters: at most {MAX_GROUPS} filterGroups of {MAX_FILTERS_PER_GROUP} filters, {MAX_FILTERS} filters in all"));
+    if groups.len() > MAX_GROUPS
+        || n_filters > MAX_FILTERS
+        || groups.iter().any(|g| g.get("filters").and_then(Value::as_array).map_or(0, Vec::len) > MAX_FILTERS_PER_GROUP)
+    {
+        return errors::validation(&format!(
+            "Too many filters: at most {MAX_GROUPS} filterGroups of {MAX_FILTERS_PER_GROUP} filters, {MAX_FILTERS} filters in all"
+        ));
     }
     let limit = req.get("limit").and_then(Value::as_u64).unwrap_or(10) as usize;
     if limit > MAX_LIMIT {
@@ -120,7 +131,8 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
     if after + limit > MAX_TOTAL {
         return errors::validation(&format!("Search results are limited to {MAX_TOTAL} records"));
     }
-    let props: Option<Vec<String>> = req.get("properties").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect());
+    let props: Option<Vec<String>> =
+        req.get("properties").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect());
     let query = req.get("query").and_then(Value::as_str).map(str::to_lowercase);
     sim.with(&caller, |acct, now| {
         let mut hits = vec![];

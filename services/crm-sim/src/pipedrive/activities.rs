@@ -13,7 +13,24 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 const WRITABLE: &[&str] = &[
-    "subject", "type", "owner_id", "deal_id", "lead_id", "org_id", "project_id", "due_date", "due_time", "duration", "busy", "done", "location", "participants", "attendees", "public_description", "priority", "note",
+    "subject",
+    "type",
+    "owner_id",
+    "deal_id",
+    "lead_id",
+    "org_id",
+    "project_id",
+    "due_date",
+    "due_time",
+    "duration",
+    "busy",
+    "done",
+    "location",
+    "participants",
+    "attendees",
+    "public_description",
+    "priority",
+    "note",
 ];
 
 fn parse(body: &Bytes) -> Result<Map<String, Value>, Response> {
@@ -51,7 +68,9 @@ fn validate(acct: &mut Account, body: &Map<String, Value>) -> Result<Validated, 
                 let Some(list) = v.as_array() else { return Err(errors::validation("participants must be an array")) };
                 let mut ids = vec![];
                 for p in list {
-                    let Some(pid) = p.get("person_id").and_then(Value::as_u64) else { return Err(errors::validation("participants[].person_id must be an integer")) };
+                    let Some(pid) = p.get("person_id").and_then(Value::as_u64) else {
+                        return Err(errors::validation("participants[].person_id must be an integer"));
+                    };
                     match acct.table("persons").get(&pid.to_string()) {
                         Some(r) if r.live() => {}
                         _ => return Err(errors::error(400, &format!("Person with id {pid} not found"), Some("ERR_INVALID_INPUT"))),
@@ -109,7 +128,16 @@ pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<C
         }
         let id = acct.next_seq().to_string();
         let lag = acct.search_lag_ms;
-        let mut r = Record { id, fields, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + lag, associations: Default::default(), merged_into: None };
+        let mut r = Record {
+            id,
+            fields,
+            created_ms: now,
+            updated_ms: now,
+            deleted_ms: None,
+            indexed_at_ms: now + lag,
+            associations: Default::default(),
+            merged_into: None,
+        };
         if let Some(p) = persons.and_then(|p| p.into_iter().next()) {
             r.associations.insert(p);
         }
@@ -178,10 +206,16 @@ fn parse_since(s: &str) -> Result<i64, Response> {
     if s.contains('.') {
         return Err(errors::validation("updated_since must be RFC 3339 without fractional seconds"));
     }
-    chrono::DateTime::parse_from_rfc3339(s).map(|d| d.timestamp_millis()).map_err(|_| errors::validation("updated_since must be an RFC 3339 date-time"))
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|_| errors::validation("updated_since must be an RFC 3339 date-time"))
 }
 
-pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn list(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(l)) if (1..=500).contains(&l) => l,
@@ -201,12 +235,20 @@ pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     let (person, owner, deal, done) = (num("person_id"), num("owner_id"), num("deal_id"), q.get("done").map(|d| d == "true" || d == "1"));
     let desc = q.get("sort_direction").is_some_and(|d| d == "desc");
     sim.with(&caller, |acct, _| {
-        let field_is = |r: &Record, k: &str, v: &Option<String>| v.as_ref().is_none_or(|v| r.fields.get(k).map(|x| x.to_string()) == Some(v.clone()));
+        let field_is =
+            |r: &Record, k: &str, v: &Option<String>| v.as_ref().is_none_or(|v| r.fields.get(k).map(|x| x.to_string()) == Some(v.clone()));
         let mut hits: Vec<&Record> = acct
             .table("activities")
             .live()
             .filter(|r| ids.as_ref().is_none_or(|ids| ids.contains(&r.id)))
-            .filter(|r| person.as_ref().is_none_or(|p| r.fields.get("participants").and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|x| x.get("person_id").map(|v| v.to_string()) == Some(p.clone())))))
+            .filter(|r| {
+                person.as_ref().is_none_or(|p| {
+                    r.fields
+                        .get("participants")
+                        .and_then(Value::as_array)
+                        .is_some_and(|ps| ps.iter().any(|x| x.get("person_id").map(|v| v.to_string()) == Some(p.clone())))
+                })
+            })
             .filter(|r| field_is(r, "owner_id", &owner) && field_is(r, "deal_id", &deal))
             .filter(|r| done.is_none_or(|d| r.fields.get("done") == Some(&json!(d))))
             .filter(|r| since.is_none_or(|s| r.updated_ms / 1000 >= s / 1000) && until.is_none_or(|u| r.updated_ms / 1000 < u / 1000))
@@ -235,7 +277,16 @@ pub async fn create_person(State(sim): State<SharedSim>, Extension(caller): Exte
     }
     sim.with(&caller, |acct, now| {
         let id = acct.next_seq().to_string();
-        let mut r = Record { id, fields: body.clone(), created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + acct.search_lag_ms, associations: Default::default(), merged_into: None };
+        let mut r = Record {
+            id,
+            fields: body.clone(),
+            created_ms: now,
+            updated_ms: now,
+            deleted_ms: None,
+            indexed_at_ms: now + acct.search_lag_ms,
+            associations: Default::default(),
+            merged_into: None,
+        };
         derive("persons", &mut r);
         acct.table("persons").insert(r.clone());
         ok(render(&r))
@@ -250,17 +301,29 @@ pub async fn read_person(State(sim): State<SharedSim>, Extension(caller): Extens
 }
 
 fn phone_values(r: &Record) -> Vec<String> {
-    r.fields.get("phones").and_then(Value::as_array).map(|a| a.iter().filter_map(|p| p.get("value").and_then(Value::as_str).or(p.as_str()).map(str::to_string)).collect()).unwrap_or_default()
+    r.fields
+        .get("phones")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|p| p.get("value").and_then(Value::as_str).or(p.as_str()).map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 fn email_values(r: &Record) -> Vec<String> {
-    r.fields.get("emails").and_then(Value::as_array).map(|a| a.iter().filter_map(|p| p.get("value").and_then(Value::as_str).or(p.as_str()).map(str::to_string)).collect()).unwrap_or_default()
+    r.fields
+        .get("emails")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|p| p.get("value").and_then(Value::as_str).or(p.as_str()).map(str::to_string)).collect())
+        .unwrap_or_default()
 }
 
 /// Person search. Phone fields match on digits without `exact_match` (a digits term found
 /// inside the stored number's digits); with `exact_match` the whole value must be equal,
 /// case-insensitively, as typed.
-pub async fn search_persons(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn search_persons(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let term = q.get("term").cloned().unwrap_or_default();
     let exact = q.get("exact_match").is_some_and(|e| e == "true" || e == "1");
     if term.chars().count() < if exact { 1 } else { 2 } {
@@ -272,7 +335,10 @@ pub async fn search_persons(State(sim): State<SharedSim>, Extension(caller): Ext
         _ => return errors::validation("limit must be between 1 and 500"),
     };
     let start: usize = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
-    let fields: Vec<String> = q.get("fields").map(|f| f.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_else(|| vec!["name".into(), "email".into(), "phone".into(), "notes".into(), "custom_fields".into()]);
+    let fields: Vec<String> = q
+        .get("fields")
+        .map(|f| f.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_else(|| vec!["name".into(), "email".into(), "phone".into(), "notes".into(), "custom_fields".into()]);
     let t = term.to_lowercase();
     let td = digits(&term);
     sim.with(&caller, |acct, now| {

@@ -24,7 +24,10 @@ pub fn not_found(what: &str) -> Response {
 }
 
 pub fn too_many(retry_after_s: i64) -> Response {
-    let mut r = json(429, json!({"success": false, "error": "Request over limit", "errorCode": 429, "error_info": INFO, "data": Value::Null, "additional_data": Value::Null}));
+    let mut r = json(
+        429,
+        json!({"success": false, "error": "Request over limit", "errorCode": 429, "error_info": INFO, "data": Value::Null, "additional_data": Value::Null}),
+    );
     set_header(r.headers_mut(), "retry-after", retry_after_s.max(1));
     r
 }

@@ -76,7 +76,8 @@ pub fn derive(object: &str, r: &mut Record) {
     match object {
         "persons" => {
             if !f.contains_key("name") {
-                let name = [f.get("first_name"), f.get("last_name")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
+                let name =
+                    [f.get("first_name"), f.get("last_name")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
                 f.insert("name".into(), json!(name));
             }
             // Phones are a list of {value, label, primary}; a bare string is taken as one.

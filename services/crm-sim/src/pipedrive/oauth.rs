@@ -32,8 +32,18 @@ fn mint(sim: &SharedSim, headers: HeaderMap, f: HashMap<String, String>) -> Resp
     }
     let api_domain = sim.url(Crm::Pipedrive);
     let mut w = sim.lock();
-    match tokens::refresh(&mut w, Crm::Pipedrive, f.get("refresh_token").map(String::as_str).unwrap_or(""), Some((id, secret)), now, "pd-oauth-") {
-        Ok(m) => json(200, json!({"access_token": m.access_token, "token_type": "Bearer", "expires_in": m.expires_in_s, "refresh_token": m.refresh_token, "scope": "base,activities:full,contacts:full,search:read", "api_domain": api_domain})),
+    match tokens::refresh(
+        &mut w,
+        Crm::Pipedrive,
+        f.get("refresh_token").map(String::as_str).unwrap_or(""),
+        Some((id, secret)),
+        now,
+        "pd-oauth-",
+    ) {
+        Ok(m) => json(
+            200,
+            json!({"access_token": m.access_token, "token_type": "Bearer", "expires_in": m.expires_in_s, "refresh_token": m.refresh_token, "scope": "base,activities:full,contacts:full,search:read", "api_domain": api_domain}),
+        ),
         Err(MintError::BadClient) => json(401, json!({"error": "invalid_client", "error_description": "Client authentication failed"})),
         Err(_) => json(400, json!({"error": "invalid_grant", "error_description": "Invalid grant: refresh_token is invalid"})),
     }

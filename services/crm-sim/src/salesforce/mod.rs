@@ -94,7 +94,10 @@ pub fn schema() -> Schema {
 
     let mut task = common.clone();
     task.insert("Subject".into(), FieldDef::of(Text));
-    task.insert("TaskSubtype".into(), FieldDef { create_only: true, ..FieldDef::picklist(&["Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn"]) });
+    task.insert(
+        "TaskSubtype".into(),
+        FieldDef { create_only: true, ..FieldDef::picklist(&["Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn"]) },
+    );
     task.insert("Status".into(), FieldDef::picklist(&["Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred"]));
     task.insert("Priority".into(), FieldDef::picklist(&["High", "Normal", "Low"]));
     task.insert("WhoId".into(), FieldDef::of(Lookup));
@@ -140,7 +143,8 @@ pub fn derive(object: &str, r: &mut Record) {
     f.insert("IsDeleted".into(), json!(r.deleted_ms.is_some()));
     match object {
         "Contact" | "Lead" => {
-            let name = [f.get("FirstName"), f.get("LastName")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
+            let name =
+                [f.get("FirstName"), f.get("LastName")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
             f.insert("Name".into(), json!(name));
             if let Some(m) = &r.merged_into {
                 f.insert("MasterRecordId".into(), json!(m));
@@ -211,7 +215,12 @@ impl CrmApi for Salesforce {
     fn fault(kind: FaultKind, _acct: &mut Account, _caller: &Caller, _class: Class, _now: i64) -> Response {
         match kind {
             FaultKind::Throttle => errors::error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.", &[]),
-            FaultKind::Status500 => errors::error(500, "UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)", &[]),
+            FaultKind::Status500 => errors::error(
+                500,
+                "UNKNOWN_EXCEPTION",
+                "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)",
+                &[],
+            ),
             FaultKind::Status503 => errors::error(503, "SERVER_UNAVAILABLE", "Server is unavailable, please try again later.", &[]),
             other => gate::gateway_error(other.status()),
         }
@@ -231,7 +240,10 @@ pub fn router(sim: SharedSim) -> Router {
         .route(&format!("{v}/sobjects/{{sobject}}/deleted/"), get(sobjects::deleted))
         .route(&format!("{v}/sobjects/{{sobject}}/{{id}}"), get(sobjects::read).patch(sobjects::update).delete(sobjects::delete))
         .route(&format!("{v}/sobjects/{{sobject}}/{{field}}/{{value}}"), get(sobjects::read_by_ext).patch(sobjects::upsert))
-        .route(&format!("{v}/composite/sobjects"), post(sobjects::collection_create).patch(sobjects::collection_update).delete(sobjects::collection_delete))
+        .route(
+            &format!("{v}/composite/sobjects"),
+            post(sobjects::collection_create).patch(sobjects::collection_update).delete(sobjects::collection_delete),
+        )
         .route(&format!("{v}/composite/sobjects/{{sobject}}"), get(sobjects::collection_read))
         .route(&format!("{v}/composite/sobjects/{{sobject}}/{{field}}"), axum::routing::patch(sobjects::collection_upsert))
         .route(&format!("{v}/query"), get(query::query))

@@ -88,7 +88,8 @@ fn run_soql(sim: &SharedSim, caller: &Caller, version: &str, q: &str, all: bool)
         if let Some((f, desc)) = &order {
             let name = canonical_field(acct, object, f).unwrap_or_default();
             hits.sort_by(|a, b| {
-                let o = compare(a.fields.get(&name).unwrap_or(&Value::Null), b.fields.get(&name).unwrap_or(&Value::Null)).unwrap_or(std::cmp::Ordering::Equal);
+                let o = compare(a.fields.get(&name).unwrap_or(&Value::Null), b.fields.get(&name).unwrap_or(&Value::Null))
+                    .unwrap_or(std::cmp::Ordering::Equal);
                 if *desc {
                     o.reverse()
                 } else {
@@ -104,14 +105,24 @@ fn run_soql(sim: &SharedSim, caller: &Caller, version: &str, q: &str, all: bool)
     })
 }
 
-pub async fn query(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn query(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_version(&version) {
         return r;
     }
     run_soql(&sim, &caller, &version, q.get("q").map(String::as_str).unwrap_or(""), false)
 }
 
-pub async fn query_all(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn query_all(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_version(&version) {
         return r;
     }
@@ -145,14 +156,21 @@ fn sosl_term(q: &str) -> Result<(String, &str), String> {
                 }
             }
             '}' => return Ok((term, &body[i + 1..])),
-            c if SOSL_SPECIAL.contains(c) && c != '-' && c != '+' => return Err(format!("unescaped reserved character '{c}' in the search term")),
+            c if SOSL_SPECIAL.contains(c) && c != '-' && c != '+' => {
+                return Err(format!("unescaped reserved character '{c}' in the search term"))
+            }
             c => term.push(c),
         }
     }
     Err("unterminated search term".into())
 }
 
-pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn search(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_version(&version) {
         return r;
     }
@@ -235,7 +253,10 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
                         "PHONE" => def.kind == FieldType::Phone && phone_matches(v, &term_digits),
                         "EMAIL" => name == "Email" && v.to_lowercase().contains(&needle),
                         "NAME" => name == "Name" && v.to_lowercase().split_whitespace().any(|w| needle.split_whitespace().any(|n| n == w)),
-                        _ => (def.kind == FieldType::Phone && phone_matches(v, &term_digits)) || v.to_lowercase().split_whitespace().any(|w| w == needle),
+                        _ => {
+                            (def.kind == FieldType::Phone && phone_matches(v, &term_digits))
+                                || v.to_lowercase().split_whitespace().any(|w| w == needle)
+                        }
                     }
                 });
                 if hit && out.len() < limit {

@@ -26,7 +26,9 @@ pub fn canonical_field(acct: &Account, object: &str, name: &str) -> Option<Strin
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body).map_err(|e| errors::error(400, "JSON_PARSER_ERROR", &format!("Unexpected character at [line:{},column:{}]: {e}", e.line(), e.column()), &[]))
+    serde_json::from_slice(body).map_err(|e| {
+        errors::error(400, "JSON_PARSER_ERROR", &format!("Unexpected character at [line:{},column:{}]: {e}", e.line(), e.column()), &[])
+    })
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -57,24 +59,46 @@ fn validate(acct: &Account, object: &str, body: &Map<String, Value>, mode: Mode)
         let v = match (def.kind, v) {
             (_, Value::Null) => Value::Null,
             (FieldType::Picklist, Value::String(s)) if !def.options.contains(s) => {
-                return Err(Fail::new("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", format!("{label}: bad value for restricted picklist field: {s}"), &[label]));
+                return Err(Fail::new(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    format!("{label}: bad value for restricted picklist field: {s}"),
+                    &[label],
+                ));
             }
             (FieldType::Number, Value::Number(_)) => v.clone(),
             (FieldType::Number, Value::String(s)) => match s.parse::<f64>() {
                 Ok(n) => json!(n as i64),
-                Err(_) => return Err(Fail::new("JSON_PARSER_ERROR", format!("Cannot deserialize instance of double from VALUE_STRING value {s} or request may be missing a required field"), &[])),
+                Err(_) => {
+                    return Err(Fail::new(
+                        "JSON_PARSER_ERROR",
+                        format!(
+                            "Cannot deserialize instance of double from VALUE_STRING value {s} or request may be missing a required field"
+                        ),
+                        &[],
+                    ))
+                }
             },
-            (FieldType::Number, _) => return Err(Fail::new("JSON_PARSER_ERROR", format!("Cannot deserialize instance of double from {v}"), &[])),
+            (FieldType::Number, _) => {
+                return Err(Fail::new("JSON_PARSER_ERROR", format!("Cannot deserialize instance of double from {v}"), &[]))
+            }
             (FieldType::Bool, Value::Bool(_)) => v.clone(),
             (FieldType::Date, Value::String(s)) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_err() => {
-                return Err(Fail::new("JSON_PARSER_ERROR", format!("Cannot deserialize value of type date from String \"{s}\": expected format \"yyyy-MM-dd\""), &[]));
+                return Err(Fail::new(
+                    "JSON_PARSER_ERROR",
+                    format!("Cannot deserialize value of type date from String \"{s}\": expected format \"yyyy-MM-dd\""),
+                    &[],
+                ));
             }
             (FieldType::Lookup, Value::String(s)) => match normalise_id(s) {
                 Some(id) => json!(id),
                 None => return Err(Fail::new("MALFORMED_ID", format!("{label}: id value of incorrect type: {s}"), &[label])),
             },
             (FieldType::Text | FieldType::Phone | FieldType::Picklist, Value::String(s)) if s.chars().count() > 255 => {
-                return Err(Fail::new("STRING_TOO_LONG", format!("{label}: data value too large: {}... (max length=255)", s.chars().take(20).collect::<String>()), &[label]));
+                return Err(Fail::new(
+                    "STRING_TOO_LONG",
+                    format!("{label}: data value too large: {}... (max length=255)", s.chars().take(20).collect::<String>()),
+                    &[label],
+                ));
             }
             (FieldType::Json, Value::String(s)) if s.chars().count() > 32_000 => {
                 return Err(Fail::new("STRING_TOO_LONG", format!("{label}: data value too large (max length=32000)"), &[label]));
@@ -114,7 +138,11 @@ fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, excep
     for (name, v) in fields {
         if schema.get(name).is_some_and(|d| d.unique) {
             if let Some(existing) = acct.unique_holder(object, name, v, except) {
-                return Err(Fail::new("DUPLICATE_VALUE", format!("duplicate value found: {name} duplicates value on record with id: {existing}"), &[]));
+                return Err(Fail::new(
+                    "DUPLICATE_VALUE",
+                    format!("duplicate value found: {name} duplicates value on record with id: {existing}"),
+                    &[],
+                ));
             }
         }
     }
@@ -124,7 +152,11 @@ fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, excep
 pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>, now: i64) -> Result<String, Fail> {
     let mut fields = validate(acct, object, body, Mode::Create)?;
     let schema = acct.schema_of(object);
-    let missing: Vec<&str> = schema.iter().filter(|(n, d)| d.required && fields.get(*n).is_none_or(|v| v.is_null() || v.as_str() == Some(""))).map(|(n, _)| n.as_str()).collect();
+    let missing: Vec<&str> = schema
+        .iter()
+        .filter(|(n, d)| d.required && fields.get(*n).is_none_or(|v| v.is_null() || v.as_str() == Some("")))
+        .map(|(n, _)| n.as_str())
+        .collect();
     if !missing.is_empty() {
         return Err(Fail::new("REQUIRED_FIELD_MISSING", format!("Required fields are missing: [{}]", missing.join(", ")), &missing));
     }
@@ -138,7 +170,16 @@ pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>
     fields.entry("OwnerId").or_insert(json!(acct.owner_id));
     let id = super::new_id(acct, object);
     let lag = acct.search_lag_ms;
-    let mut r = Record { id: id.clone(), fields, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + lag, associations: who.into_iter().collect(), merged_into: None };
+    let mut r = Record {
+        id: id.clone(),
+        fields,
+        created_ms: now,
+        updated_ms: now,
+        deleted_ms: None,
+        indexed_at_ms: now + lag,
+        associations: who.into_iter().collect(),
+        merged_into: None,
+    };
     super::derive(object, &mut r);
     acct.table(object).insert(r);
     Ok(id)
@@ -194,19 +235,31 @@ pub async fn limits(State(sim): State<SharedSim>, Extension(caller): Extension<C
     })
 }
 
-pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject)): Path<(String, String)>, body: Bytes) -> Response {
+pub async fn create(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let (object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(_), Ok(o), Ok(b)) => (o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
-    let Some(body) = body.as_object() else { return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]) };
+    let Some(body) = body.as_object() else {
+        return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]);
+    };
     sim.with(&caller, |acct, now| match create_record(acct, object, body, now) {
         Ok(id) => json(201, json!({"id": id, "success": true, "errors": []})),
         Err(f) => f.response(),
     })
 }
 
-pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject, id)): Path<(String, String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn read(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject, id)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let object = match (check_version(&version), check_object(&sobject)) {
         (Ok(_), Ok(o)) => o,
         (Err(r), _) | (_, Err(r)) => return r,
@@ -220,26 +273,43 @@ pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     })
 }
 
-pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject, id)): Path<(String, String, String)>, body: Bytes) -> Response {
+pub async fn update(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject, id)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
     let (object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(_), Ok(o), Ok(b)) => (o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
-    let Some(id) = normalise_id(&id) else { return errors::error(400, "MALFORMED_ID", &format!("{object} ID: id value of incorrect type: {id}"), &["Id"]) };
-    let Some(body) = body.as_object() else { return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]) };
+    let Some(id) = normalise_id(&id) else {
+        return errors::error(400, "MALFORMED_ID", &format!("{object} ID: id value of incorrect type: {id}"), &["Id"]);
+    };
+    let Some(body) = body.as_object() else {
+        return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]);
+    };
     sim.with(&caller, |acct, now| match update_record(acct, object, &id, body, now) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(f) => f.response(),
     })
 }
 
-pub async fn delete(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject, id)): Path<(String, String, String)>) -> Response {
+pub async fn delete(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject, id)): Path<(String, String, String)>,
+) -> Response {
     let object = match (check_version(&version), check_object(&sobject)) {
         (Ok(_), Ok(o)) => o,
         (Err(r), _) | (_, Err(r)) => return r,
     };
-    let Some(id) = normalise_id(&id) else { return errors::error(400, "MALFORMED_ID", &format!("{object} ID: id value of incorrect type: {id}"), &["Id"]) };
-    sim.with(&caller, |acct, now| delete_one(acct, object, &id, now).map_or_else(|f| f.response(), |_| StatusCode::NO_CONTENT.into_response()))
+    let Some(id) = normalise_id(&id) else {
+        return errors::error(400, "MALFORMED_ID", &format!("{object} ID: id value of incorrect type: {id}"), &["Id"]);
+    };
+    sim.with(&caller, |acct, now| {
+        delete_one(acct, object, &id, now).map_or_else(|f| f.response(), |_| StatusCode::NO_CONTENT.into_response())
+    })
 }
 
 fn delete_one(acct: &mut Account, object: &str, id: &str, now: i64) -> Result<(), Fail> {
@@ -271,7 +341,12 @@ fn multiple_choices(ids: &[String], object: &str, version: &str) -> Response {
     json(300, json!(urls))
 }
 
-pub async fn read_by_ext(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject, field, value)): Path<(String, String, String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn read_by_ext(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject, field, value)): Path<(String, String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let object = match (check_version(&version), check_object(&sobject)) {
         (Ok(_), Ok(o)) => o,
         (Err(r), _) | (_, Err(r)) => return r,
@@ -293,10 +368,21 @@ pub async fn read_by_ext(State(sim): State<SharedSim>, Extension(caller): Extens
 }
 
 /// Insert or update by external ID; live records only (a recycled record is not matched).
-fn upsert_one(acct: &mut Account, object: &str, field: &str, value: &str, body: &Map<String, Value>, now: i64) -> Result<(String, bool), Result<Fail, Vec<String>>> {
+fn upsert_one(
+    acct: &mut Account,
+    object: &str,
+    field: &str,
+    value: &str,
+    body: &Map<String, Value>,
+    now: i64,
+) -> Result<(String, bool), Result<Fail, Vec<String>>> {
     if let Some(v) = body.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)).map(|(_, v)| v) {
         if v.as_str() != Some(value) {
-            return Err(Ok(Fail::new("INVALID_FIELD", format!("The value of the external ID field {field} in the body does not match the value in the URL"), &[field])));
+            return Err(Ok(Fail::new(
+                "INVALID_FIELD",
+                format!("The value of the external ID field {field} in the body does not match the value in the URL"),
+                &[field],
+            )));
         }
     }
     match matches(acct, object, field, value).as_slice() {
@@ -315,12 +401,19 @@ fn upsert_one(acct: &mut Account, object: &str, field: &str, value: &str, body: 
     }
 }
 
-pub async fn upsert(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject, field, value)): Path<(String, String, String, String)>, body: Bytes) -> Response {
+pub async fn upsert(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject, field, value)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Response {
     let (v, object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(v), Ok(o), Ok(b)) => (v, o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
-    let Some(body) = body.as_object().cloned() else { return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]) };
+    let Some(body) = body.as_object().cloned() else {
+        return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]);
+    };
     sim.with(&caller, |acct, now| {
         let field = match ext_field(acct, object, &field) {
             Ok(f) => f,
@@ -348,13 +441,23 @@ fn collection_records(body: &Value) -> Result<(bool, Vec<Value>), Response> {
         return Err(errors::error(400, "JSON_PARSER_ERROR", "records is required", &[]));
     };
     if records.len() > COLLECTION_MAX {
-        return Err(errors::error(400, "EXCEEDED_ID_LIMIT", &format!("record limit reached. cannot submit more than {COLLECTION_MAX} records into this call"), &[]));
+        return Err(errors::error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            &format!("record limit reached. cannot submit more than {COLLECTION_MAX} records into this call"),
+            &[],
+        ));
     }
     Ok((all_or_none, records))
 }
 
 /// Runs each record's operation; with allOrNone, one failure rolls every record back.
-fn run_collection(acct: &mut Account, all_or_none: bool, records: &[Value], mut op: impl FnMut(&mut Account, &Value) -> Result<Value, Fail>) -> Vec<Value> {
+fn run_collection(
+    acct: &mut Account,
+    all_or_none: bool,
+    records: &[Value],
+    mut op: impl FnMut(&mut Account, &Value) -> Result<Value, Fail>,
+) -> Vec<Value> {
     let snapshot = all_or_none.then(|| (acct.objects.clone(), acct.seq));
     let results: Vec<Result<Value, Fail>> = records.iter().map(|r| op(acct, r)).collect();
     if all_or_none && results.iter().any(Result::is_err) {
@@ -365,7 +468,12 @@ fn run_collection(acct: &mut Account, all_or_none: bool, records: &[Value], mut 
             .into_iter()
             .map(|r| match r {
                 Err(f) => f.save_result(),
-                Ok(_) => Fail::new("ALL_OR_NONE_OPERATION_ROLLED_BACK", "Record rolled back because not all records were valid and the request was using AllOrNone header", &[]).save_result(),
+                Ok(_) => Fail::new(
+                    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                    "Record rolled back because not all records were valid and the request was using AllOrNone header",
+                    &[],
+                )
+                .save_result(),
             })
             .collect();
     }
@@ -373,11 +481,19 @@ fn run_collection(acct: &mut Account, all_or_none: bool, records: &[Value], mut 
 }
 
 fn record_type(rec: &Value) -> Result<&'static str, Fail> {
-    let t = rec.pointer("/attributes/type").and_then(Value::as_str).ok_or_else(|| Fail::new("INVALID_TYPE", "Must send a concrete entity type.", &[]))?;
+    let t = rec
+        .pointer("/attributes/type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Fail::new("INVALID_TYPE", "Must send a concrete entity type.", &[]))?;
     check_object(t).map_err(|_| Fail::new("INVALID_TYPE", format!("sObject type '{t}' is not supported."), &[]))
 }
 
-pub async fn collection_create(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, body: Bytes) -> Response {
+pub async fn collection_create(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    body: Bytes,
+) -> Response {
     let (aon, records) = match collection_request(&version, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -395,7 +511,12 @@ pub async fn collection_create(State(sim): State<SharedSim>, Extension(caller): 
     })
 }
 
-pub async fn collection_update(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, body: Bytes) -> Response {
+pub async fn collection_update(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    body: Bytes,
+) -> Response {
     let (aon, records) = match collection_request(&version, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -404,15 +525,25 @@ pub async fn collection_update(State(sim): State<SharedSim>, Extension(caller): 
         let out = run_collection(acct, aon, &records, |acct, rec| {
             let object = record_type(rec)?;
             let mut fields = rec.as_object().cloned().unwrap_or_default();
-            let id = fields.remove("Id").or_else(|| fields.remove("id")).and_then(|v| v.as_str().map(str::to_string)).ok_or_else(|| Fail::new("MISSING_ARGUMENT", "Id not specified in an update call", &[]))?;
-            let id = normalise_id(&id).ok_or_else(|| Fail::new("MALFORMED_ID", format!("{object} ID: id value of incorrect type: {id}"), &["Id"]))?;
+            let id = fields
+                .remove("Id")
+                .or_else(|| fields.remove("id"))
+                .and_then(|v| v.as_str().map(str::to_string))
+                .ok_or_else(|| Fail::new("MISSING_ARGUMENT", "Id not specified in an update call", &[]))?;
+            let id = normalise_id(&id)
+                .ok_or_else(|| Fail::new("MALFORMED_ID", format!("{object} ID: id value of incorrect type: {id}"), &["Id"]))?;
             update_record(acct, object, &id, &fields, now).map(|_| json!({"id": id, "success": true, "errors": []}))
         });
         json(200, Value::Array(out))
     })
 }
 
-pub async fn collection_upsert(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject, field)): Path<(String, String, String)>, body: Bytes) -> Response {
+pub async fn collection_upsert(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject, field)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
     let (v, object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(v), Ok(o), Ok(b)) => (v, o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
@@ -439,21 +570,35 @@ pub async fn collection_upsert(State(sim): State<SharedSim>, Extension(caller): 
             match upsert_one(acct, object, &field, &value, &fields, now) {
                 Ok((id, created)) => Ok(json!({"id": id, "success": true, "errors": [], "created": created})),
                 Err(Ok(f)) => Err(f),
-                Err(Err(many)) => Err(Fail::new("DUPLICATE_EXTERNAL_ID", format!("{field}: more than one record found for external id field: {many:?}"), &[field.as_str()])),
+                Err(Err(many)) => Err(Fail::new(
+                    "DUPLICATE_EXTERNAL_ID",
+                    format!("{field}: more than one record found for external id field: {many:?}"),
+                    &[field.as_str()],
+                )),
             }
         });
         json(200, Value::Array(out))
     })
 }
 
-pub async fn collection_read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn collection_read(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let object = match (check_version(&version), check_object(&sobject)) {
         (Ok(_), Ok(o)) => o,
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let ids: Vec<String> = q.get("ids").map(|s| s.split(',').map(|x| x.trim().to_string()).collect()).unwrap_or_default();
     if ids.len() > COLLECTION_MAX {
-        return errors::error(400, "EXCEEDED_ID_LIMIT", &format!("record limit reached. cannot submit more than {COLLECTION_MAX} records into this call"), &[]);
+        return errors::error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            &format!("record limit reached. cannot submit more than {COLLECTION_MAX} records into this call"),
+            &[],
+        );
     }
     let fields = fields_param(&q);
     if fields.is_none() {
@@ -462,19 +607,34 @@ pub async fn collection_read(State(sim): State<SharedSim>, Extension(caller): Ex
     sim.with(&caller, |acct, _| {
         let out: Vec<Value> = ids
             .iter()
-            .map(|id| normalise_id(id).and_then(|id| acct.table(object).get(&id).filter(|r| r.live()).cloned()).map(|r| render(&r, object, &version, fields.as_deref(), acct)).unwrap_or(Value::Null))
+            .map(|id| {
+                normalise_id(id)
+                    .and_then(|id| acct.table(object).get(&id).filter(|r| r.live()).cloned())
+                    .map(|r| render(&r, object, &version, fields.as_deref(), acct))
+                    .unwrap_or(Value::Null)
+            })
             .collect();
         json(200, Value::Array(out))
     })
 }
 
-pub async fn collection_delete(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn collection_delete(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_version(&version) {
         return r;
     }
     let ids: Vec<Value> = q.get("ids").map(|s| s.split(',').map(|x| json!(x.trim())).collect()).unwrap_or_default();
     if ids.len() > COLLECTION_MAX {
-        return errors::error(400, "EXCEEDED_ID_LIMIT", &format!("record limit reached. cannot submit more than {COLLECTION_MAX} records into this call"), &[]);
+        return errors::error(
+            400,
+            "EXCEEDED_ID_LIMIT",
+            &format!("record limit reached. cannot submit more than {COLLECTION_MAX} records into this call"),
+            &[],
+        );
     }
     let aon = q.get("allOrNone").is_some_and(|v| v == "true");
     sim.with(&caller, |acct, now| {
@@ -488,7 +648,11 @@ pub async fn collection_delete(State(sim): State<SharedSim>, Extension(caller): 
     })
 }
 
-pub async fn describe(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject)): Path<(String, String)>) -> Response {
+pub async fn describe(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject)): Path<(String, String)>,
+) -> Response {
     let object = match (check_version(&version), check_object(&sobject)) {
         (Ok(_), Ok(o)) => o,
         (Err(r), _) | (_, Err(r)) => return r,
@@ -520,10 +684,18 @@ pub async fn describe(State(sim): State<SharedSim>, Extension(caller): Extension
 }
 
 fn parse_sf_time(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s).ok().or_else(|| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z").ok()).map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .or_else(|| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z").ok())
+        .map(|d| d.timestamp_millis())
 }
 
-pub async fn deleted(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, sobject)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn deleted(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, sobject)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let object = match (check_version(&version), check_object(&sobject)) {
         (Ok(_), Ok(o)) => o,
         (Err(r), _) | (_, Err(r)) => return r,
@@ -537,8 +709,13 @@ pub async fn deleted(State(sim): State<SharedSim>, Extension(caller): Extension<
         let recs: Vec<Value> = acct
             .table(object)
             .iter()
-            .filter_map(|r| r.deleted_ms.filter(|&d| d >= start.max(earliest) && d <= end).map(|d| json!({"id": r.id, "deletedDate": sf_datetime(d)})))
+            .filter_map(|r| {
+                r.deleted_ms.filter(|&d| d >= start.max(earliest) && d <= end).map(|d| json!({"id": r.id, "deletedDate": sf_datetime(d)}))
+            })
             .collect();
-        json(200, json!({"deletedRecords": recs, "earliestDateAvailable": sf_datetime(earliest), "latestDateCovered": sf_datetime(end.min(now))}))
+        json(
+            200,
+            json!({"deletedRecords": recs, "earliestDateAvailable": sf_datetime(earliest), "latestDateCovered": sf_datetime(end.min(now))}),
+        )
     })
 }

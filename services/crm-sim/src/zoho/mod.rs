@@ -50,7 +50,10 @@ pub fn schema() -> Schema {
     calls.insert("What_Id".into(), FieldDef::of(Lookup));
     calls.insert("$se_module".into(), FieldDef::of(Text));
     calls.insert("Description".into(), FieldDef::of(Json));
-    calls.insert("Call_Purpose".into(), FieldDef::picklist(&["-None-", "Prospecting", "Administrative", "Negotiation", "Demo", "Project", "Desk"]));
+    calls.insert(
+        "Call_Purpose".into(),
+        FieldDef::picklist(&["-None-", "Prospecting", "Administrative", "Negotiation", "Demo", "Project", "Desk"]),
+    );
     calls.insert("Call_Result".into(), FieldDef::of(Text));
     calls.insert("Call_Agenda".into(), FieldDef::of(Text));
     calls.insert("Outbound_Call_Status".into(), FieldDef::picklist(&["Scheduled", "Completed", "Overdue", "Cancelled"]));
@@ -76,7 +79,8 @@ pub fn derive(object: &str, r: &mut Record) {
     f.insert("Modified_By".into(), admin);
     match object {
         "Contacts" => {
-            let name = [f.get("First_Name"), f.get("Last_Name")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
+            let name =
+                [f.get("First_Name"), f.get("Last_Name")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
             f.insert("Full_Name".into(), json!(name));
         }
         "Calls" => {

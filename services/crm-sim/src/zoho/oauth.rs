@@ -30,7 +30,10 @@ fn mint(sim: &SharedSim, mut q: HashMap<String, String>, body: Bytes) -> Respons
     let api_domain = sim.url(Crm::Zoho);
     let mut w = sim.lock();
     match tokens::refresh(&mut w, Crm::Zoho, q.get("refresh_token").map(String::as_str).unwrap_or(""), Some(client), now, "1000.") {
-        Ok(m) => json(200, json!({"access_token": m.access_token, "api_domain": api_domain, "token_type": "Bearer", "expires_in": m.expires_in_s})),
+        Ok(m) => json(
+            200,
+            json!({"access_token": m.access_token, "api_domain": api_domain, "token_type": "Bearer", "expires_in": m.expires_in_s}),
+        ),
         // HTTP 200 with "Access Denied", as Zoho documents (v8 "Token Validity", Kaizen #43).
         Err(MintError::Throttled) => tokens::throttled_mint(Crm::Zoho),
         Err(MintError::BadClient) => json(200, json!({"error": "invalid_client"})),

@@ -16,7 +16,11 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 fn check(version: &str, module: &str) -> Result<&'static str, Response> {
-    let ok_version = version.strip_prefix('v').and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| (2..=8).contains(&m));
+    let ok_version = version
+        .strip_prefix('v')
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| (2..=8).contains(&m));
     if !ok_version {
         return Err(errors::error(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one", json!({})));
     }
@@ -49,8 +53,17 @@ fn field_err(code: &str, message: &str, api_name: &str, i: usize, extra: Value) 
 }
 
 /// Validates one record of `data[]`. Unknown fields are ignored, as Zoho reportedly does.
-fn validate(acct: &mut Account, module: &str, rec: &Value, i: usize, creating: bool, id: Option<&str>) -> Result<(Map<String, Value>, Option<String>), Value> {
-    let Some(rec) = rec.as_object() else { return Err(err_body("INVALID_DATA", "invalid data", json!({"json_path": format!("$.data[{i}]")}))) };
+fn validate(
+    acct: &mut Account,
+    module: &str,
+    rec: &Value,
+    i: usize,
+    creating: bool,
+    id: Option<&str>,
+) -> Result<(Map<String, Value>, Option<String>), Value> {
+    let Some(rec) = rec.as_object() else {
+        return Err(err_body("INVALID_DATA", "invalid data", json!({"json_path": format!("$.data[{i}]")})));
+    };
     let schema = acct.fields(module).cloned().unwrap_or_default();
     let mut out = Map::new();
     for (k, v) in rec {
@@ -85,7 +98,11 @@ fn validate(acct: &mut Account, module: &str, rec: &Value, i: usize, creating: b
     }
     let mut who = None;
     if module == "Calls" {
-        let merged = |k: &str| out.get(k).cloned().or_else(|| id.and_then(|id| acct.objects.get("Calls").and_then(|t| t.get(id)).and_then(|r| r.fields.get(k).cloned())));
+        let merged = |k: &str| {
+            out.get(k)
+                .cloned()
+                .or_else(|| id.and_then(|id| acct.objects.get("Calls").and_then(|t| t.get(id)).and_then(|r| r.fields.get(k).cloned())))
+        };
         let call_type = merged("Call_Type").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         let scheduled = merged("Outbound_Call_Status").and_then(|v| v.as_str().map(str::to_string)).is_some_and(|s| s == "Scheduled");
         if creating && !scheduled && merged("Call_Start_Time").is_none() {
@@ -93,11 +110,23 @@ fn validate(acct: &mut Account, module: &str, rec: &Value, i: usize, creating: b
         }
         if (call_type == "Inbound" || call_type == "Outbound") && !scheduled {
             match merged("Call_Duration").as_ref().and_then(Value::as_str) {
-                None if creating => return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "Call_Duration", i, json!({}))),
+                None if creating => {
+                    return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "Call_Duration", i, json!({})))
+                }
                 None => {}
                 Some(d) => match duration_secs(d) {
-                    None => return Err(field_err("INVALID_DATA", "invalid data", "Call_Duration", i, json!({"expected_data_type": "text", "format": "mm:ss"}))),
-                    Some(0) => return Err(field_err("DEPENDENT_MISMATCH", "Call Duration can not be zero.", "Call_Duration", i, json!({}))),
+                    None => {
+                        return Err(field_err(
+                            "INVALID_DATA",
+                            "invalid data",
+                            "Call_Duration",
+                            i,
+                            json!({"expected_data_type": "text", "format": "mm:ss"}),
+                        ))
+                    }
+                    Some(0) => {
+                        return Err(field_err("DEPENDENT_MISMATCH", "Call Duration can not be zero.", "Call_Duration", i, json!({})))
+                    }
                     Some(_) => {}
                 },
             }
@@ -112,14 +141,22 @@ fn validate(acct: &mut Account, module: &str, rec: &Value, i: usize, creating: b
                     out.insert("Who_Id".into(), json!({"id": wid, "name": c.fields.get("Full_Name").cloned().unwrap_or(Value::Null)}));
                     who = Some(wid);
                 }
-                _ => return Err(field_err("INVALID_DATA", "invalid data", "Who_Id", i, json!({"id": wid, "expected_data_type": "lookup"}))),
+                _ => {
+                    return Err(field_err("INVALID_DATA", "invalid data", "Who_Id", i, json!({"id": wid, "expected_data_type": "lookup"})))
+                }
             }
         }
     }
     for (k, v) in &out {
         if schema.get(k).is_some_and(|d| d.unique) {
             if let Some(existing) = acct.unique_holder(module, k, v, id) {
-                return Err(field_err("DUPLICATE_DATA", "duplicate data", k, i, json!({"duplicate_record": {"id": existing, "module": {"api_name": module}, "Owner": actor(acct)}})));
+                return Err(field_err(
+                    "DUPLICATE_DATA",
+                    "duplicate data",
+                    k,
+                    i,
+                    json!({"duplicate_record": {"id": existing, "module": {"api_name": module}, "Owner": actor(acct)}}),
+                ));
             }
         }
     }
@@ -145,10 +182,20 @@ fn records_request(version: &str, module: &str, body: &Bytes) -> Result<(&'stati
 
 fn data_array(body: &Value) -> Result<Vec<Value>, Response> {
     let Some(data) = body.get("data").and_then(Value::as_array) else {
-        return Err(errors::error(400, "MANDATORY_NOT_FOUND", "required field not found", json!({"api_name": "data", "json_path": "$.data"})));
+        return Err(errors::error(
+            400,
+            "MANDATORY_NOT_FOUND",
+            "required field not found",
+            json!({"api_name": "data", "json_path": "$.data"}),
+        ));
     };
     if data.is_empty() {
-        return Err(errors::error(400, "MANDATORY_NOT_FOUND", "required field not found", json!({"api_name": "data", "json_path": "$.data"})));
+        return Err(errors::error(
+            400,
+            "MANDATORY_NOT_FOUND",
+            "required field not found",
+            json!({"api_name": "data", "json_path": "$.data"}),
+        ));
     }
     if data.len() > BATCH_MAX {
         return Err(errors::error(400, "LIMIT_EXCEEDED", "the number of records exceeded the limit", json!({"limit": BATCH_MAX})));
@@ -156,7 +203,12 @@ fn data_array(body: &Value) -> Result<Vec<Value>, Response> {
     Ok(data.clone())
 }
 
-pub async fn insert(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, body: Bytes) -> Response {
+pub async fn insert(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let (module, data) = match records_request(&version, &module, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -168,7 +220,16 @@ pub async fn insert(State(sim): State<SharedSim>, Extension(caller): Extension<C
                 fields.entry("Owner").or_insert(json!({"id": acct.owner_id, "name": "Sim Admin"}));
                 let id = new_id(acct);
                 let lag = acct.search_lag_ms;
-                let mut r = Record { id, fields, created_ms: now, updated_ms: now, deleted_ms: None, indexed_at_ms: now + lag, associations: who.into_iter().collect(), merged_into: None };
+                let mut r = Record {
+                    id,
+                    fields,
+                    created_ms: now,
+                    updated_ms: now,
+                    deleted_ms: None,
+                    indexed_at_ms: now + lag,
+                    associations: who.into_iter().collect(),
+                    merged_into: None,
+                };
                 derive(module, &mut r);
                 acct.table(module).insert(r.clone());
                 success(acct, &r, "record added")
@@ -199,7 +260,12 @@ fn fields_param(q: &HashMap<String, String>) -> Option<Vec<String>> {
 }
 
 /// A deleted or unknown id answers 204 with no body (older documented behaviour; CRM-APIS §3.4).
-pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn read(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module, id)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let module = match check(&version, &module) {
         Ok(m) => m,
         Err(r) => return r,
@@ -219,7 +285,11 @@ fn update_record(acct: &mut Account, module: &str, id: &str, rec: &Value, i: usi
     match acct.table(module).get(id) {
         Some(r) if r.live() => {
             if since.is_some_and(|s| r.updated_ms / 1000 > s / 1000) {
-                return Err(err_body("ALREADY_MODIFIED", "the record has been modified since the given time", json!({"id": id, "Modified_Time": zoho_datetime(r.updated_ms)})));
+                return Err(err_body(
+                    "ALREADY_MODIFIED",
+                    "the record has been modified since the given time",
+                    json!({"id": id, "Modified_Time": zoho_datetime(r.updated_ms)}),
+                ));
             }
         }
         _ => return Err(err_body("INVALID_DATA", "the id given seems to be invalid", json!({"id": id}))),
@@ -239,7 +309,13 @@ fn update_record(acct: &mut Account, module: &str, id: &str, rec: &Value, i: usi
     Ok(success(acct, &r, "record updated"))
 }
 
-pub async fn update_one(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn update_one(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (module, data) = match records_request(&version, &module, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -252,7 +328,13 @@ pub async fn update_one(State(sim): State<SharedSim>, Extension(caller): Extensi
     })
 }
 
-pub async fn update_many(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn update_many(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (module, data) = match records_request(&version, &module, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -283,7 +365,11 @@ fn delete_record(acct: &mut Account, module: &str, id: &str, now: i64) -> Result
     }
 }
 
-pub async fn delete_one(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module, id)): Path<(String, String, String)>) -> Response {
+pub async fn delete_one(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module, id)): Path<(String, String, String)>,
+) -> Response {
     let module = match check(&version, &module) {
         Ok(m) => m,
         Err(r) => return r,
@@ -294,12 +380,18 @@ pub async fn delete_one(State(sim): State<SharedSim>, Extension(caller): Extensi
     })
 }
 
-pub async fn delete_many(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn delete_many(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let module = match check(&version, &module) {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let ids: Vec<String> = q.get("ids").map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()).unwrap_or_default();
+    let ids: Vec<String> =
+        q.get("ids").map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()).unwrap_or_default();
     if ids.is_empty() {
         return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "ids"}));
     }
@@ -326,10 +418,18 @@ fn page_of(hits: Vec<Value>, page: usize, per_page: usize) -> Response {
     let total = hits.len();
     let data: Vec<Value> = hits.into_iter().skip((page - 1) * per_page).take(per_page).collect();
     let count = data.len();
-    json(200, json!({"data": data, "info": {"per_page": per_page, "count": count, "page": page, "sort_by": "id", "sort_order": "desc", "more_records": page * per_page < total}}))
+    json(
+        200,
+        json!({"data": data, "info": {"per_page": per_page, "count": count, "page": page, "sort_by": "id", "sort_order": "desc", "more_records": page * per_page < total}}),
+    )
 }
 
-pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn list(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let module = match check(&version, &module) {
         Ok(m) => m,
         Err(r) => return r,
@@ -351,7 +451,9 @@ pub async fn list(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
 fn criterion_matches(r: &Record, c: &str) -> Result<bool, String> {
     let inner = c.trim().trim_start_matches('(').trim_end_matches(')');
     let mut parts = inner.splitn(3, ':');
-    let (Some(field), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else { return Err(format!("invalid criteria {c}")) };
+    let (Some(field), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("invalid criteria {c}"));
+    };
     let value = value.replace("\\,", ",").replace("\\(", "(").replace("\\)", ")").to_lowercase();
     let actual = match r.fields.get(field) {
         Some(Value::String(s)) => s.to_lowercase(),
@@ -376,7 +478,12 @@ fn split_criteria(c: &str) -> (Vec<String>, bool) {
     (parts, and)
 }
 
-pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn search(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let module = match check(&version, &module) {
         Ok(m) => m,
         Err(r) => return r,
@@ -402,7 +509,12 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
         Mode::Email(e.to_lowercase())
     } else if let Some(p) = q.get("phone") {
         if p.chars().count() < 2 || !p.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return errors::error(400, "INVALID_DATA", "invalid data", json!({"param": "phone", "reason": "at least 2 characters and no special characters"}));
+            return errors::error(
+                400,
+                "INVALID_DATA",
+                "invalid data",
+                json!({"param": "phone", "reason": "at least 2 characters and no special characters"}),
+            );
         }
         Mode::Phone(p.clone())
     } else if let Some(w) = q.get("word") {
@@ -434,7 +546,9 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
                     }
                 }
                 Mode::Email(e) => r.str_field("Email").is_some_and(|v| v.to_lowercase() == *e),
-                Mode::Phone(p) => schema.iter().any(|(n, d)| d.kind == FieldType::Phone && r.str_field(n).is_some_and(|v| digits(v).contains(p.as_str()))),
+                Mode::Phone(p) => {
+                    schema.iter().any(|(n, d)| d.kind == FieldType::Phone && r.str_field(n).is_some_and(|v| digits(v).contains(p.as_str())))
+                }
                 Mode::Word(w) => r.fields.values().filter_map(Value::as_str).any(|v| v.to_lowercase().contains(w.as_str())),
             };
             if hit {
@@ -445,7 +559,12 @@ pub async fn search(State(sim): State<SharedSim>, Extension(caller): Extension<C
     })
 }
 
-pub async fn deleted(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path((version, module)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn deleted(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, module)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let module = match check(&version, &module) {
         Ok(m) => m,
         Err(r) => return r,
@@ -477,7 +596,12 @@ pub async fn deleted(State(sim): State<SharedSim>, Extension(caller): Extension<
     })
 }
 
-pub async fn coql(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, body: Bytes) -> Response {
+pub async fn coql(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    body: Bytes,
+) -> Response {
     if let Err(r) = check(&version, "Calls") {
         return r;
     }
@@ -583,7 +707,12 @@ pub async fn coql(State(sim): State<SharedSim>, Extension(caller): Extension<Cal
     })
 }
 
-pub async fn fields(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(version): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn fields(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let Some(module) = q.get("module") else {
         return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "module"}));
     };

@@ -59,17 +59,27 @@ mod tests {
 
     #[test]
     fn bodies_captured_from_hubspot_classify() {
-        let daily = reply(429, r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}"#);
+        let daily = reply(
+            429,
+            r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}"#,
+        );
         assert!(matches!(classify(&daily, 0), Verdict::Throttled { wait } if wait > Duration::ZERO && wait <= Duration::from_secs(86_400)));
         let burst = reply(429, r#"{"policyName":"TEN_SECONDLY_ROLLING"}"#);
         assert_eq!(classify(&burst, 0), Verdict::Throttled { wait: Duration::from_secs(1) });
         assert!(matches!(classify(&reply(502, ""), 0), Verdict::Transient(_)));
         assert!(matches!(classify(&reply(423, ""), 0), Verdict::Transient(_)));
-        let removed = reply(400, r#"{"category":"VALIDATION_ERROR","message":"Property values were not valid: [{\"isValid\":false,\"message\":\"Property \\\"x\\\" does not exist\",\"error\":\"PROPERTY_DOESNT_EXIST\",\"name\":\"x\"}]"}"#);
+        let removed = reply(
+            400,
+            r#"{"category":"VALIDATION_ERROR","message":"Property values were not valid: [{\"isValid\":false,\"message\":\"Property \\\"x\\\" does not exist\",\"error\":\"PROPERTY_DOESNT_EXIST\",\"name\":\"x\"}]"}"#,
+        );
         assert!(matches!(classify(&removed, 0), Verdict::Permanent(DlqReason::FieldRemoved, _)));
-        let scopes = reply(403, r#"{"category":"MISSING_SCOPES","message":"This app hasn't been granted all required scopes to make this call."}"#);
+        let scopes =
+            reply(403, r#"{"category":"MISSING_SCOPES","message":"This app hasn't been granted all required scopes to make this call."}"#);
         assert!(matches!(classify(&scopes, 0), Verdict::Permanent(DlqReason::PermissionDenied, _)));
-        let expired = reply(401, r#"{"category":"EXPIRED_AUTHENTICATION","message":"The OAuth token used to make this call expired 75 second(s) ago."}"#);
+        let expired = reply(
+            401,
+            r#"{"category":"EXPIRED_AUTHENTICATION","message":"The OAuth token used to make this call expired 75 second(s) ago."}"#,
+        );
         assert!(matches!(classify(&expired, 0), Verdict::Permanent(DlqReason::AuthFailed, _)));
         let gone = serde_json::json!({"category":"VALIDATION_ERROR","subCategory":"crm.associations.INVALID_OBJECT_IDS","message":"Could not find object ids: [5] of type contacts"});
         assert_eq!(reason_of(&gone).0, DlqReason::ContactDeleted);

@@ -59,14 +59,24 @@ impl Policy for HubspotPolicy {
     fn buckets(&self, class: &'static str) -> BucketSet {
         let limits = if class == SEARCH {
             vec![
-                Limit::Rolling { name: "search".into(), max: self.plan.search_per_s, window: Duration::from_secs(1), margin: Duration::from_millis(250) },
+                Limit::Rolling {
+                    name: "search".into(),
+                    max: self.plan.search_per_s,
+                    window: Duration::from_secs(1),
+                    margin: Duration::from_millis(250),
+                },
                 self.daily(),
             ]
         } else {
             vec![
                 // The margin covers transit: a token comes back only once HubSpot, too, has
                 // let the request it paid for leave its window.
-                Limit::Rolling { name: "burst".into(), max: self.plan.burst_per_10s, window: Duration::from_secs(10), margin: Duration::from_secs(1) },
+                Limit::Rolling {
+                    name: "burst".into(),
+                    max: self.plan.burst_per_10s,
+                    window: Duration::from_secs(10),
+                    margin: Duration::from_secs(1),
+                },
                 self.daily(),
             ]
         };

@@ -15,11 +15,11 @@ pub mod errors;
 pub mod limits;
 
 use crate::api::{Api, Exchange, Failure, Request};
+use crate::auth::{AuthStyle, Credentials};
 use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
-use crate::auth::{AuthStyle, Credentials};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -59,7 +59,15 @@ impl Hubspot {
 
     /// One `batch/<action>` call for `items`, fenced on their keys; a failure of the whole
     /// call is every item's. Creates are not replay-safe (no key HubSpot is known to enforce).
-    async fn batch(&self, api: &Api, t: &Tenant, action: &str, inputs: Vec<Value>, items: &[&Item], log: &mut Vec<Exchange>) -> Result<crate::api::Reply, Failure> {
+    async fn batch(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        action: &str,
+        inputs: Vec<Value>,
+        items: &[&Item],
+        log: &mut Vec<Exchange>,
+    ) -> Result<crate::api::Reply, Failure> {
         let mut req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), limits::WRITE)
             .body(json!({"inputs": inputs}))
             .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
@@ -83,7 +91,9 @@ impl Hubspot {
             let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
             let body = reply.json();
             for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
-                if let (Some(k), Some(id)) = (r.pointer(&format!("/properties/{kf}")).and_then(Value::as_str), r.get("id").and_then(Value::as_str)) {
+                if let (Some(k), Some(id)) =
+                    (r.pointer(&format!("/properties/{kf}")).and_then(Value::as_str), r.get("id").and_then(Value::as_str))
+                {
                     found.entry(k.to_string()).or_insert_with(|| id.to_string());
                 }
             }
@@ -92,7 +102,13 @@ impl Hubspot {
                 // names a record for each key it found; the rest cannot be ruled out.
                 let missing = chunk.iter().filter(|k| !found.contains_key(**k)).count();
                 if missing > 0 {
-                    return Err(Failure { maybe_applied: true, ..Failure::new(DlqReason::RetriesExhausted, "the search for written keys ran past one page: cannot tell which are absent") });
+                    return Err(Failure {
+                        maybe_applied: true,
+                        ..Failure::new(
+                            DlqReason::RetriesExhausted,
+                            "the search for written keys ran past one page: cannot tell which are absent",
+                        )
+                    });
                 }
             }
         }
@@ -133,7 +149,14 @@ impl Hubspot {
                 ("CONFLICT", Some(id)) => ItemResult::Written { record_id: id.to_string(), created: false },
                 _ => {
                     let (reason, detail) = errors::reason_of(e);
-                    ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason, detail, status: reply.status.into(), excerpt: Some(e.to_string()) })
+                    ItemResult::Failed(Failure {
+                        maybe_applied: false,
+                        fenced_off: vec![],
+                        reason,
+                        detail,
+                        status: reply.status.into(),
+                        excerpt: Some(e.to_string()),
+                    })
                 }
             };
             by_key.insert(key.to_string(), result);
@@ -142,7 +165,9 @@ impl Hubspot {
             .iter()
             .map(|i| {
                 by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
-                    ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![],
+                    ItemResult::Failed(Failure {
+                        maybe_applied: false,
+                        fenced_off: vec![],
                         reason: DlqReason::RetriesExhausted,
                         detail: "HubSpot's batch answer named neither a result nor an error for this record".into(),
                         status: Some(reply.status),
@@ -154,10 +179,8 @@ impl Hubspot {
     }
 
     async fn update(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let inputs: Vec<Value> = items
-            .iter()
-            .map(|i| json!({"id": i.record_id, "properties": self.properties(i, WriteKind::Update)}))
-            .collect();
+        let inputs: Vec<Value> =
+            items.iter().map(|i| json!({"id": i.record_id, "properties": self.properties(i, WriteKind::Update)})).collect();
         let reply = match self.batch(api, t, "update", inputs, items, log).await {
             Ok(r) => r,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
@@ -176,7 +199,17 @@ impl Hubspot {
                 detail = format!("the call record was deleted in HubSpot; not re-created ({detail})");
             }
             for id in e.pointer("/context/ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                by_id.insert(id.to_string(), ItemResult::Failed(Failure { maybe_applied: false, fenced_off: vec![], reason, detail: detail.clone(), status: Some(reply.status), excerpt: Some(e.to_string()) }));
+                by_id.insert(
+                    id.to_string(),
+                    ItemResult::Failed(Failure {
+                        maybe_applied: false,
+                        fenced_off: vec![],
+                        reason,
+                        detail: detail.clone(),
+                        status: Some(reply.status),
+                        excerpt: Some(e.to_string()),
+                    }),
+                );
             }
         }
         items
@@ -194,7 +227,14 @@ impl ReadBeforeResend for Hubspot {
         self.create(api, t, batch, log).await
     }
 
-    async fn held(&self, api: &Api, t: &Tenant, batch: &[&Item], _sent_at_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+    async fn held(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        batch: &[&Item],
+        _sent_at_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
         let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
         self.held_keys(api, t, &keys, log).await
     }
@@ -225,7 +265,11 @@ impl Connector for Hubspot {
         let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
         // A private-app token, or an OAuth client whose refreshes go to /oauth/v1/token.
         let token_url = conn.token_url.clone().unwrap_or_else(|| format!("{base_url}/oauth/v1/token"));
-        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), format!("hubspot:{}", tenant.id))?;
+        let auth = Credentials::from_env(
+            &conn.credentials_secret,
+            AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url),
+            format!("hubspot:{}", tenant.id),
+        )?;
         Ok(Tenant {
             base_url,
             auth,
@@ -244,7 +288,9 @@ impl Connector for Hubspot {
                 "limit": 20
             })
         };
-        let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", limits::SEARCH).body(body(&digits)).audited_as(body(&crm_common::phone::mask(&digits)));
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", limits::SEARCH)
+            .body(body(&digits))
+            .audited_as(body(&crm_common::phone::mask(&digits)));
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
         // The digits match ignores country codes: confirm in E.164 with the tenant's region.
         let found = reply.json().get("results").and_then(Value::as_array).into_iter().flatten().find_map(|r| {
@@ -260,9 +306,13 @@ impl Connector for Hubspot {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", limits::WRITE).body(json!({"properties": {"phone": e164}, "associations": []})).not_replay_safe();
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", limits::WRITE)
+            .body(json!({"properties": {"phone": e164}, "associations": []}))
+            .not_replay_safe();
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure { maybe_applied: false, fenced_off: vec![],
+        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
+            maybe_applied: false,
+            fenced_off: vec![],
             reason: DlqReason::Validation,
             detail: "HubSpot created a contact but returned no id".into(),
             status: Some(reply.status),
@@ -270,7 +320,14 @@ impl Connector for Hubspot {
         })
     }
 
-    async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+    async fn lookup(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        req: &CrmWriteRequest,
+        _since_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<String>, Failure> {
         Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], log).await?.remove(&req.idempotency_key))
     }
 
@@ -296,10 +353,13 @@ impl Connector for Hubspot {
         let mut out = HashMap::new();
         for chunk in wanted.chunks(BATCH_MAX) {
             let inputs: Vec<Value> = chunk.iter().map(|w| json!({"id": w.record_id})).collect();
-            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/read", self.object()), limits::WRITE).body(json!({"inputs": inputs, "properties": props}));
+            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/read", self.object()), limits::WRITE)
+                .body(json!({"inputs": inputs, "properties": props}));
             let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
             for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
-                let (Some(id), Some(fields)) = (r.get("id").and_then(Value::as_str), r.get("properties").and_then(Value::as_object)) else { continue };
+                let (Some(id), Some(fields)) = (r.get("id").and_then(Value::as_str), r.get("properties").and_then(Value::as_object)) else {
+                    continue;
+                };
                 out.insert(id.to_string(), Live::Present { fields: fields.clone(), contact_id: None });
             }
         }
@@ -307,7 +367,8 @@ impl Connector for Hubspot {
         let mut live_contacts: HashSet<String> = HashSet::new();
         for chunk in linked.chunks(BATCH_MAX) {
             let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
-            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/read", limits::WRITE).body(json!({"inputs": inputs, "properties": ["hs_object_id"]}));
+            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/read", limits::WRITE)
+                .body(json!({"inputs": inputs, "properties": ["hs_object_id"]}));
             let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
             for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
                 if let Some(id) = r.get("id").and_then(Value::as_str) {
@@ -320,15 +381,24 @@ impl Connector for Hubspot {
                 Some(Live::Present { contact_id, .. }) => match &w.linked_contact {
                     Some(c) if live_contacts.contains(c) => *contact_id = Some(c.clone()),
                     Some(_) => {
-                        let path = format!("/crm/v3/objects/{}/{}?properties=hs_object_id&associations=contacts", self.object(), crate::api::urlencode(&w.record_id));
+                        let path = format!(
+                            "/crm/v3/objects/{}/{}?properties=hs_object_id&associations=contacts",
+                            self.object(),
+                            crate::api::urlencode(&w.record_id)
+                        );
                         let reply = api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, limits::WRITE), log).await?;
-                        *contact_id = reply.json().pointer("/associations/contacts/results/0/id").and_then(Value::as_str).map(str::to_string);
+                        *contact_id =
+                            reply.json().pointer("/associations/contacts/results/0/id").and_then(Value::as_str).map(str::to_string);
                     }
                     None => {}
                 },
                 Some(_) => {}
                 None => {
-                    let path = format!("/crm/v3/objects/{}/{}?properties=hs_object_id&archived=true", self.object(), crate::api::urlencode(&w.record_id));
+                    let path = format!(
+                        "/crm/v3/objects/{}/{}?properties=hs_object_id&archived=true",
+                        self.object(),
+                        crate::api::urlencode(&w.record_id)
+                    );
                     let live = match api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, limits::WRITE), log).await {
                         Ok(_) => Live::Deleted,
                         Err(f) if f.status == Some(404) => Live::Absent,
@@ -341,27 +411,44 @@ impl Connector for Hubspot {
         Ok(out)
     }
 
-    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+    async fn restore(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        record_id: &str,
+        fields: &Map<String, Value>,
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
         // HubSpot's properties are strings.
         let props: Map<String, Value> = fields.iter().map(|(k, v)| (k.clone(), Value::String(crate::contract::as_text(v)))).collect();
-        let req = Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), crate::api::urlencode(record_id)), limits::WRITE).body(json!({"properties": props}));
+        let req =
+            Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), crate::api::urlencode(record_id)), limits::WRITE)
+                .body(json!({"properties": props}));
         api.call(&t.policy, &t.base_url, &t.auth, &req, log).await.map(|_| ())
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
         let req = Request::get(format!("/crm/v3/properties/{}", self.object()), limits::WRITE);
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-        Ok(Some(reply.json().get("results").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("name").and_then(Value::as_str)).map(str::to_string).collect()))
+        Ok(Some(
+            reply
+                .json()
+                .get("results")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect(),
+        ))
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
         let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created = if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
+        let mut created =
+            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
         let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
-        items
-            .iter()
-            .map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item"))
-            .collect()
+        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
     }
 }

@@ -64,16 +64,32 @@ mod tests {
         burst.headers.insert("retry-after", HeaderValue::from_static("3"));
         assert_eq!(classify(&burst, 0), Verdict::Throttled { wait: Duration::from_secs(3) });
         burst.headers.insert("x-daily-ratelimit-token-remaining", HeaderValue::from_static("0"));
-        assert!(matches!(classify(&burst, 0), Verdict::Throttled { wait } if wait > Duration::from_secs(3)), "a spent budget waits for midnight");
-        assert_eq!(classify(&reply(403, "<html>Attention Required! | Cloudflare</html>"), 0), Verdict::Throttled { wait: CLOUDFLARE_BLOCK });
-        let forbidden = reply(403, r#"{"success":false,"error":"You do not have permissions to perform this action","code":"ERR_FORBIDDEN"}"#);
+        assert!(
+            matches!(classify(&burst, 0), Verdict::Throttled { wait } if wait > Duration::from_secs(3)),
+            "a spent budget waits for midnight"
+        );
+        assert_eq!(
+            classify(&reply(403, "<html>Attention Required! | Cloudflare</html>"), 0),
+            Verdict::Throttled { wait: CLOUDFLARE_BLOCK }
+        );
+        let forbidden =
+            reply(403, r#"{"success":false,"error":"You do not have permissions to perform this action","code":"ERR_FORBIDDEN"}"#);
         assert!(matches!(classify(&forbidden, 0), Verdict::Permanent(DlqReason::PermissionDenied, _)));
-        assert!(matches!(classify(&reply(401, r#"{"success":false,"error":"unauthorized access","errorCode":401}"#), 0), Verdict::Permanent(DlqReason::AuthFailed, _)));
+        assert!(matches!(
+            classify(&reply(401, r#"{"success":false,"error":"unauthorized access","errorCode":401}"#), 0),
+            Verdict::Permanent(DlqReason::AuthFailed, _)
+        ));
         let person = reply(400, r#"{"success":false,"error":"Person with id 7 not found","code":"ERR_INVALID_INPUT"}"#);
         assert!(matches!(classify(&person, 0), Verdict::Permanent(DlqReason::ContactDeleted, _)));
-        let field = reply(400, r#"{"success":false,"error":"Validation failed: Parameter 'x' is not allowed for this request","code":"ERR_SCHEMA_VALIDATION_FAILED"}"#);
+        let field = reply(
+            400,
+            r#"{"success":false,"error":"Validation failed: Parameter 'x' is not allowed for this request","code":"ERR_SCHEMA_VALIDATION_FAILED"}"#,
+        );
         assert!(matches!(classify(&field, 0), Verdict::Permanent(DlqReason::FieldRemoved, _)));
-        assert!(matches!(classify(&reply(402, r#"{"success":false,"error":"Company account is not open"}"#), 0), Verdict::Permanent(DlqReason::PermissionDenied, _)));
+        assert!(matches!(
+            classify(&reply(402, r#"{"success":false,"error":"Company account is not open"}"#), 0),
+            Verdict::Permanent(DlqReason::PermissionDenied, _)
+        ));
         assert!(matches!(classify(&reply(503, "{}"), 0), Verdict::Transient(_)));
         assert!(matches!(classify(&reply(410, r#"{"success":false,"error":"gone"}"#), 0), Verdict::Permanent(DlqReason::Validation, _)));
     }

@@ -36,7 +36,12 @@ pub fn plan(conn: &CrmConnection, oauth: bool) -> Result<Plan, String> {
         "ultimate" | "enterprise" => (7, 120, 480),
         other => return Err(format!("unknown Pipedrive plan '{other}' (lite, growth, professional, premium, ultimate)")),
     };
-    let mut p = Plan { burst_per_2s: if oauth { oauth_burst } else { api }, search_per_2s: 10, daily_tokens: 30_000 * mult * seats, costs: [1, 10, 5, 5, 20] };
+    let mut p = Plan {
+        burst_per_2s: if oauth { oauth_burst } else { api },
+        search_per_2s: 10,
+        daily_tokens: 30_000 * mult * seats,
+        costs: [1, 10, 5, 5, 20],
+    };
     for (k, v) in &conn.limits {
         match k.as_str() {
             "seats" => {}

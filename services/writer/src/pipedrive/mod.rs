@@ -11,7 +11,7 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{Live, Wanted, create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
+use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -64,11 +64,17 @@ impl Pipedrive {
             // v2: the person is linked as the primary participant (person_id is read-only).
             body.insert("participants".into(), json!([{"person_id": person, "primary": true}]));
         }
-        let req = Request::new(Method::POST, self.activities(), limits::CREATE).body(Value::Object(body)).not_replay_safe().fenced([item.req.idempotency_key.as_str()]);
+        let req = Request::new(Method::POST, self.activities(), limits::CREATE)
+            .body(Value::Object(body))
+            .not_replay_safe()
+            .fenced([item.req.idempotency_key.as_str()]);
         match self.call(api, t, req, log).await {
             Ok(reply) => match reply.json().pointer("/data/id").and_then(id_of) {
                 Some(id) => ItemResult::Written { record_id: id, created: true },
-                None => ItemResult::Failed(Failure { status: Some(reply.status), ..Failure::new(DlqReason::Validation, "Pipedrive created an activity but returned no id") }),
+                None => ItemResult::Failed(Failure {
+                    status: Some(reply.status),
+                    ..Failure::new(DlqReason::Validation, "Pipedrive created an activity but returned no id")
+                }),
             },
             Err(f) => ItemResult::Failed(f),
         }
@@ -77,7 +83,9 @@ impl Pipedrive {
     async fn update(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
         let id = item.record_id.clone().unwrap_or_default();
         let body = self.contract.values(&item.req, WriteKind::Update);
-        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), limits::UPDATE).body(Value::Object(body)).fenced([item.req.idempotency_key.as_str()]);
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), limits::UPDATE)
+            .body(Value::Object(body))
+            .fenced([item.req.idempotency_key.as_str()]);
         match self.call(api, t, req, log).await {
             Ok(_) => ItemResult::Written { record_id: id, created: false },
             Err(mut f) if f.status == Some(404) => {
@@ -92,10 +100,18 @@ impl Pipedrive {
 
     /// Activities changed since `since_ms` that carry one of `keys`: key → activity id. A
     /// listing that stops before its end (the page cap) cannot say a key is absent: Err.
-    async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], since_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+    async fn held_keys(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        keys: &[&str],
+        since_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
         let mut cursor: Option<String> = None;
-        let since = if since_ms > 0 { format!("&updated_since={}", urlencode(&rfc3339_secs(since_ms - CLOCK_SKEW_MS))) } else { String::new() };
+        let since =
+            if since_ms > 0 { format!("&updated_since={}", urlencode(&rfc3339_secs(since_ms - CLOCK_SKEW_MS))) } else { String::new() };
         for _ in 0..MAX_PAGES {
             let page = cursor.as_ref().map(|c| format!("&cursor={}", urlencode(c))).unwrap_or_default();
             let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), limits::LIST);
@@ -138,7 +154,14 @@ impl ReadBeforeResend for Pipedrive {
         out
     }
 
-    async fn held(&self, api: &Api, t: &Tenant, batch: &[&Item], sent_at_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+    async fn held(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        batch: &[&Item],
+        sent_at_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
         let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
         self.held_keys(api, t, &keys, sent_at_ms, log).await
     }
@@ -181,7 +204,12 @@ impl Connector for Pipedrive {
         };
         let auth = Credentials::from_env(&conn.credentials_secret, style, format!("pipedrive:{}", tenant.id))?;
         let plan = limits::plan(conn, auth.is_oauth())?;
-        Ok(Tenant { base_url, auth, policy: limits::PipedrivePolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min }, region: tenant.default_region })
+        Ok(Tenant {
+            base_url,
+            auth,
+            policy: limits::PipedrivePolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
+            region: tenant.default_region,
+        })
     }
 
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
@@ -205,11 +233,22 @@ impl Connector for Pipedrive {
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let body = json!({"name": "Unknown caller", "phones": [{"value": e164, "label": "work", "primary": true}]});
-        let reply = self.call(api, t, Request::new(Method::POST, "/api/v2/persons", limits::CREATE).body(body).not_replay_safe(), log).await?;
-        reply.json().pointer("/data/id").and_then(id_of).ok_or_else(|| Failure { status: Some(reply.status), ..Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id") })
+        let reply =
+            self.call(api, t, Request::new(Method::POST, "/api/v2/persons", limits::CREATE).body(body).not_replay_safe(), log).await?;
+        reply.json().pointer("/data/id").and_then(id_of).ok_or_else(|| Failure {
+            status: Some(reply.status),
+            ..Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id")
+        })
     }
 
-    async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+    async fn lookup(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        req: &CrmWriteRequest,
+        since_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<String>, Failure> {
         Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], since_ms, log).await?.remove(&req.idempotency_key))
     }
 
@@ -238,8 +277,16 @@ impl Connector for Pipedrive {
         Ok(out)
     }
 
-    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
-        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), limits::UPDATE).body(Value::Object(fields.clone()));
+    async fn restore(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        record_id: &str,
+        fields: &Map<String, Value>,
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), limits::UPDATE)
+            .body(Value::Object(fields.clone()));
         self.call(api, t, req, log).await.map(|_| ())
     }
 

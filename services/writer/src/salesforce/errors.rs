@@ -13,7 +13,9 @@ pub fn reason_of(code: &str, fields: &[&str]) -> Option<DlqReason> {
         // A deleted WhoId: the contact the call was to be logged against is gone.
         "ENTITY_IS_DELETED" if fields.contains(&"WhoId") => DlqReason::ContactDeleted,
         "INVALID_CROSS_REFERENCE_KEY" | "FIELD_INTEGRITY_EXCEPTION" if fields.contains(&"WhoId") => DlqReason::ContactDeleted,
-        "INSUFFICIENT_ACCESS_OR_READONLY" | "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY" | "API_DISABLED_FOR_ORG" => DlqReason::PermissionDenied,
+        "INSUFFICIENT_ACCESS_OR_READONLY" | "INSUFFICIENT_ACCESS_ON_CROSS_REFERENCE_ENTITY" | "API_DISABLED_FOR_ORG" => {
+            DlqReason::PermissionDenied
+        }
         "INVALID_SESSION_ID" => DlqReason::AuthFailed,
         "UNABLE_TO_LOCK_ROW" | "SERVER_UNAVAILABLE" | "UNKNOWN_EXCEPTION" | "REQUEST_LIMIT_EXCEEDED" => return None,
         _ => DlqReason::Validation,
@@ -25,7 +27,11 @@ pub fn first_error(body: &Value) -> (String, String, Vec<String>) {
     let e = body.as_array().and_then(|a| a.first()).unwrap_or(body);
     let code = e.get("errorCode").or_else(|| e.get("statusCode")).and_then(Value::as_str).unwrap_or("").to_string();
     let message = e.get("message").and_then(Value::as_str).unwrap_or("").to_string();
-    let fields = e.get("fields").and_then(Value::as_array).map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let fields = e
+        .get("fields")
+        .and_then(Value::as_array)
+        .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
     (code, message, fields)
 }
 
@@ -72,7 +78,10 @@ mod tests {
         let removed = reply(400, r#"[{"message":"No such column 'CrmSyncKey__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#);
         assert!(matches!(classify_(&removed), Verdict::Permanent(DlqReason::FieldRemoved, _)));
         let session = reply(401, r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#);
-        let no_key = reply(404, r#"[{"errorCode":"NOT_FOUND","message":"Provided external ID field does not exist or is not accessible: CrmSyncKey__c"}]"#);
+        let no_key = reply(
+            404,
+            r#"[{"errorCode":"NOT_FOUND","message":"Provided external ID field does not exist or is not accessible: CrmSyncKey__c"}]"#,
+        );
         assert!(matches!(classify_(&no_key), Verdict::Permanent(DlqReason::FieldRemoved, _)));
         assert!(matches!(classify_(&session), Verdict::Permanent(DlqReason::AuthFailed, _)));
         let who = reply(404, r#"[{"message":"entity is deleted","errorCode":"ENTITY_IS_DELETED","fields":["WhoId"]}]"#);
@@ -80,7 +89,8 @@ mod tests {
         assert!(matches!(classify_(&reply(503, r#"[{"errorCode":"SERVER_UNAVAILABLE","message":"x"}]"#)), Verdict::Transient(_)));
         assert!(matches!(classify_(&reply(400, r#"[{"errorCode":"UNABLE_TO_LOCK_ROW","message":"x"}]"#)), Verdict::Transient(_)));
         assert!(matches!(classify_(&reply(300, "[]")), Verdict::Permanent(DlqReason::Validation, _)));
-        let picklist = reply(400, r#"[{"message":"bad value","errorCode":"INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST","fields":["CallType"]}]"#);
+        let picklist =
+            reply(400, r#"[{"message":"bad value","errorCode":"INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST","fields":["CallType"]}]"#);
         assert!(matches!(classify_(&picklist), Verdict::Permanent(DlqReason::Validation, _)));
         // Save results inside collections say statusCode.
         let save = serde_json::json!({"statusCode": "REQUIRED_FIELD_MISSING", "message": "Subject", "fields": ["Subject"]});

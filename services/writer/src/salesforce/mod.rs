@@ -76,7 +76,14 @@ impl Salesforce {
         if matches!(code.as_str(), "UNABLE_TO_LOCK_ROW") {
             detail = format!("{detail} (row lock)");
         }
-        ItemResult::Failed(Failure { reason, detail, status: Some(status), excerpt: Some(r.to_string()), maybe_applied: false, fenced_off: vec![] })
+        ItemResult::Failed(Failure {
+            reason,
+            detail,
+            status: Some(status),
+            excerpt: Some(r.to_string()),
+            maybe_applied: false,
+            fenced_off: vec![],
+        })
     }
 
     /// Runs a collection call; a failure of the whole call is every item's.
@@ -93,7 +100,10 @@ impl Salesforce {
             .enumerate()
             .map(|(i, item)| match results.get(i) {
                 Some(r) => self.saved(r, reply.status, item.record_id.as_deref()),
-                None => ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "Salesforce's collection answer had no save result for this record")),
+                None => ItemResult::Failed(Failure::new(
+                    DlqReason::RetriesExhausted,
+                    "Salesforce's collection answer had no save result for this record",
+                )),
             })
             .collect()
     }
@@ -112,7 +122,9 @@ impl Salesforce {
     async fn upsert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
         let path = self.data(&format!("/composite/sobjects/{}/{}", self.object(), self.contract.key_field));
-        let req = Request::new(Method::PATCH, path, limits::API_CLASS).body(json!({"allOrNone": false, "records": records})).fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        let req = Request::new(Method::PATCH, path, limits::API_CLASS)
+            .body(json!({"allOrNone": false, "records": records}))
+            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.collection(api, t, req, items, log).await
     }
 
@@ -125,7 +137,9 @@ impl Salesforce {
                 r
             })
             .collect();
-        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), limits::API_CLASS).body(json!({"allOrNone": false, "records": records})).fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), limits::API_CLASS)
+            .body(json!({"allOrNone": false, "records": records}))
+            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.collection(api, t, req, items, log).await
     }
 }
@@ -161,7 +175,11 @@ impl Connector for Salesforce {
         let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
         // My Domain hosts serve the token endpoint too; a sandbox names test.salesforce.com.
         let token_url = conn.token_url.clone().unwrap_or_else(|| format!("{base_url}/services/oauth2/token"));
-        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), format!("salesforce:{}", tenant.id))?;
+        let auth = Credentials::from_env(
+            &conn.credentials_secret,
+            AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url),
+            format!("salesforce:{}", tenant.id),
+        )?;
         Ok(Tenant {
             base_url,
             auth,
@@ -189,7 +207,10 @@ impl Connector for Salesforce {
             hits.iter().find_map(|r| {
                 (r.pointer("/attributes/type").and_then(Value::as_str) == Some(object)
                     && fields.iter().any(|f| {
-                        r.get(*f).and_then(Value::as_str).and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok()).is_some_and(|n| n == e164)
+                        r.get(*f)
+                            .and_then(Value::as_str)
+                            .and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok())
+                            .is_some_and(|n| n == e164)
                     }))
                 .then(|| r.get("Id").and_then(Value::as_str).map(str::to_string))
                 .flatten()
@@ -199,7 +220,9 @@ impl Connector for Salesforce {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, self.data("/sobjects/Contact/"), limits::API_CLASS).body(json!({"LastName": "Unknown caller", "Phone": e164})).not_replay_safe();
+        let req = Request::new(Method::POST, self.data("/sobjects/Contact/"), limits::API_CLASS)
+            .body(json!({"LastName": "Unknown caller", "Phone": e164}))
+            .not_replay_safe();
         let reply = self.call(api, t, req, log).await?;
         reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
             status: Some(reply.status),
@@ -211,7 +234,8 @@ impl Connector for Salesforce {
     async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // SOQL `=` is exact and sees writes at once; the contact was created with Phone = e164.
         let q = format!("SELECT Id FROM Contact WHERE Phone = '{}' LIMIT 1", e164.replace('\\', "\\\\").replace('\'', "\\'"));
-        let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), limits::API_CLASS).audited_as(json!({"q": "SELECT Id FROM Contact WHERE Phone = '…' LIMIT 1"}));
+        let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), limits::API_CLASS)
+            .audited_as(json!({"q": "SELECT Id FROM Contact WHERE Phone = '…' LIMIT 1"}));
         let reply = self.call(api, t, req, log).await?;
         Ok(reply.json().pointer("/records/0/Id").and_then(Value::as_str).map(str::to_string))
     }
@@ -220,8 +244,16 @@ impl Connector for Salesforce {
         std::time::Duration::ZERO
     }
 
-    async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
-        let path = self.data(&format!("/sobjects/{}/{}/{}?fields=Id", self.object(), self.contract.key_field, urlencode(&req.idempotency_key)));
+    async fn lookup(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        req: &CrmWriteRequest,
+        _since_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<String>, Failure> {
+        let path =
+            self.data(&format!("/sobjects/{}/{}/{}?fields=Id", self.object(), self.contract.key_field, urlencode(&req.idempotency_key)));
         match self.call(api, t, Request::get(path, limits::API_CLASS), log).await {
             Ok(reply) => Ok(reply.json().get("Id").and_then(Value::as_str).map(str::to_string)),
             Err(f) if f.status == Some(404) => Ok(None),
@@ -268,14 +300,34 @@ impl Connector for Salesforce {
         Ok(out)
     }
 
-    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
-        let req = Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), limits::API_CLASS).body(Value::Object(fields.clone()));
+    async fn restore(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        record_id: &str,
+        fields: &Map<String, Value>,
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let req =
+            Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), limits::API_CLASS)
+                .body(Value::Object(fields.clone()));
         self.call(api, t, req, log).await.map(|_| ())
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let reply = self.call(api, t, Request::get(self.data(&format!("/sobjects/{}/describe/", self.object())), limits::API_CLASS), log).await?;
-        Ok(Some(reply.json().get("fields").and_then(Value::as_array).into_iter().flatten().filter_map(|f| f.get("name").and_then(Value::as_str)).map(str::to_string).collect()))
+        let reply =
+            self.call(api, t, Request::get(self.data(&format!("/sobjects/{}/describe/", self.object())), limits::API_CLASS), log).await?;
+        Ok(Some(
+            reply
+                .json()
+                .get("fields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.get("name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect(),
+        ))
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
@@ -303,9 +355,6 @@ impl Connector for Salesforce {
         }
         let mut created = created.into_iter();
         let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
-        items
-            .iter()
-            .map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item"))
-            .collect()
+        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
     }
 }

@@ -11,7 +11,11 @@ use std::time::Duration;
 pub fn reason_of(e: &Value, key_field: &str) -> (DlqReason, String) {
     let code = e.get("code").and_then(Value::as_str).unwrap_or("");
     let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-    let field = e.pointer("/details/api_name").and_then(Value::as_str).or_else(|| e.pointer("/details/column_name").and_then(Value::as_str)).unwrap_or("");
+    let field = e
+        .pointer("/details/api_name")
+        .and_then(Value::as_str)
+        .or_else(|| e.pointer("/details/column_name").and_then(Value::as_str))
+        .unwrap_or("");
     let reason = match code {
         // A contact that was matched (and cached) and has since been deleted.
         "INVALID_DATA" if field == "Who_Id" => DlqReason::ContactDeleted,
@@ -63,21 +67,36 @@ mod tests {
 
     #[test]
     fn bodies_from_crm_apis_classify() {
-        assert!(matches!(classify(&reply(429, r#"{"code":"TOO_MANY_REQUESTS","details":{},"message":"too many requests","status":"error"}"#)), Verdict::Throttled { .. }));
+        assert!(matches!(
+            classify(&reply(429, r#"{"code":"TOO_MANY_REQUESTS","details":{},"message":"too many requests","status":"error"}"#)),
+            Verdict::Throttled { .. }
+        ));
         let expired = reply(401, r#"{"code":"INVALID_TOKEN","details":{},"message":"invalid oauth token","status":"error"}"#);
         assert!(matches!(classify(&expired), Verdict::Permanent(DlqReason::AuthFailed, _)));
-        let scope = reply(401, r#"{"code":"OAUTH_SCOPE_MISMATCH","details":{},"message":"invalid oauth scope to access this URL","status":"error"}"#);
+        let scope = reply(
+            401,
+            r#"{"code":"OAUTH_SCOPE_MISMATCH","details":{},"message":"invalid oauth scope to access this URL","status":"error"}"#,
+        );
         assert!(matches!(classify(&scope), Verdict::Permanent(DlqReason::PermissionDenied, _)));
-        let denied = reply(403, r#"{"code":"NO_PERMISSION","details":{"permissions":["Crm_Implied_Create_Calls"]},"message":"permission denied","status":"error"}"#);
+        let denied = reply(
+            403,
+            r#"{"code":"NO_PERMISSION","details":{"permissions":["Crm_Implied_Create_Calls"]},"message":"permission denied","status":"error"}"#,
+        );
         assert!(matches!(classify(&denied), Verdict::Permanent(DlqReason::PermissionDenied, _)));
         assert!(matches!(classify(&reply(500, r#"{"code":"INTERNAL_ERROR"}"#)), Verdict::Transient(_)));
-        let all_failed = reply(400, r#"{"data":[{"code":"MANDATORY_NOT_FOUND","details":{"api_name":"Subject"},"message":"required field not found","status":"error"}]}"#);
+        let all_failed = reply(
+            400,
+            r#"{"data":[{"code":"MANDATORY_NOT_FOUND","details":{"api_name":"Subject"},"message":"required field not found","status":"error"}]}"#,
+        );
         assert_eq!(classify(&all_failed), Verdict::Ok, "per-record results are read by the connector");
         let who = json!({"code":"INVALID_DATA","details":{"api_name":"Who_Id","id":"5"},"message":"invalid data","status":"error"});
         assert_eq!(reason_of(&who, "Crm_Sync_Key").0, DlqReason::ContactDeleted);
         let column = json!({"code":"INVALID_QUERY","details":{"reason":"invalid column Crm_Sync_Key","column_name":"Crm_Sync_Key"},"message":"invalid query formed","status":"error"});
         assert_eq!(reason_of(&column, "Crm_Sync_Key").0, DlqReason::FieldRemoved);
         let dependent = json!({"code":"DEPENDENT_MISMATCH","details":{"api_name":"Call_Duration"},"message":"Call Duration can not be zero.","status":"error"});
-        assert_eq!(reason_of(&dependent, "Crm_Sync_Key"), (DlqReason::Validation, "DEPENDENT_MISMATCH: Call Duration can not be zero. (Call_Duration)".into()));
+        assert_eq!(
+            reason_of(&dependent, "Crm_Sync_Key"),
+            (DlqReason::Validation, "DEPENDENT_MISMATCH: Call Duration can not be zero. (Call_Duration)".into())
+        );
     }
 }

@@ -71,9 +71,24 @@ impl Policy for ZohoPolicy {
             limits: vec![
                 // Counted in 10-minute slots: a day of credits is too many tokens to keep one
                 // by one, and a credit is back at most 10 minutes after Zoho frees it.
-                Limit::Slotted { name: "credits".into(), max: self.plan.credits_per_24h, window: Duration::from_secs(86_400), slot: Duration::from_secs(600) },
-                Limit::Rolling { name: "minute".into(), max: self.plan.per_minute, window: Duration::from_secs(60), margin: Duration::from_secs(1) },
-                Limit::Concurrent { name: "in_flight".into(), max: self.plan.concurrency, lease: self.slot_lease, poll: Duration::from_millis(25) },
+                Limit::Slotted {
+                    name: "credits".into(),
+                    max: self.plan.credits_per_24h,
+                    window: Duration::from_secs(86_400),
+                    slot: Duration::from_secs(600),
+                },
+                Limit::Rolling {
+                    name: "minute".into(),
+                    max: self.plan.per_minute,
+                    window: Duration::from_secs(60),
+                    margin: Duration::from_secs(1),
+                },
+                Limit::Concurrent {
+                    name: "in_flight".into(),
+                    max: self.plan.concurrency,
+                    lease: self.slot_lease,
+                    poll: Duration::from_millis(25),
+                },
             ],
         }
     }
@@ -85,7 +100,11 @@ impl Policy for ZohoPolicy {
     }
 
     fn observed(&self, reply: &Reply, _class: &'static str) -> Vec<(String, u64)> {
-        reply.header("x-api-credits-remaining").and_then(|v| v.trim().parse().ok()).map(|r| vec![("credits".to_string(), r)]).unwrap_or_default()
+        reply
+            .header("x-api-credits-remaining")
+            .and_then(|v| v.trim().parse().ok())
+            .map(|r| vec![("credits".to_string(), r)])
+            .unwrap_or_default()
     }
 
     fn classify(&self, reply: &Reply) -> Verdict {
@@ -125,7 +144,12 @@ mod tests {
     }
 
     fn policy() -> ZohoPolicy {
-        ZohoPolicy { tenant_id: "globex".into(), plan: plan(&conn("professional", &[("users", 10)])).unwrap(), slot_lease: Duration::from_secs(35), throttled: AtomicU32::new(0) }
+        ZohoPolicy {
+            tenant_id: "globex".into(),
+            plan: plan(&conn("professional", &[("users", 10)])).unwrap(),
+            slot_lease: Duration::from_secs(35),
+            throttled: AtomicU32::new(0),
+        }
     }
 
     #[test]
@@ -147,7 +171,14 @@ mod tests {
         assert_eq!(p.costs(&Request::get("/crm/v7/Calls/1", API_CLASS), &set), vec![1, 1, 1]);
         let throttle = Reply { status: 429, headers: HeaderMap::new(), body: r#"{"code":"TOO_MANY_REQUESTS","status":"error"}"#.into() };
         let waits: Vec<Verdict> = (0..3).map(|_| p.classify(&throttle)).collect();
-        assert_eq!(waits, vec![Verdict::Throttled { wait: Duration::from_secs(2) }, Verdict::Throttled { wait: Duration::from_secs(4) }, Verdict::Throttled { wait: Duration::from_secs(8) }]);
+        assert_eq!(
+            waits,
+            vec![
+                Verdict::Throttled { wait: Duration::from_secs(2) },
+                Verdict::Throttled { wait: Duration::from_secs(4) },
+                Verdict::Throttled { wait: Duration::from_secs(8) }
+            ]
+        );
         let mut h = HeaderMap::new();
         h.insert("x-api-credits-remaining", HeaderValue::from_static("120"));
         let ok = Reply { status: 200, headers: h, body: "{}".into() };

@@ -11,7 +11,7 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{Live, Wanted, create_reading_before_resending, Connector, Item, ItemResult, ReadBeforeResend};
+use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -97,7 +97,14 @@ impl Zoho {
             reason = DlqReason::Validation;
             detail = format!("the call was deleted in Zoho; not re-created ({detail})");
         }
-        ItemResult::Failed(Failure { reason, detail, status: Some(status), excerpt: Some(r.to_string()), maybe_applied: false, fenced_off: vec![] })
+        ItemResult::Failed(Failure {
+            reason,
+            detail,
+            status: Some(status),
+            excerpt: Some(r.to_string()),
+            maybe_applied: false,
+            fenced_off: vec![],
+        })
     }
 
     async fn multi(&self, api: &Api, t: &Tenant, req: Request, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
@@ -113,7 +120,10 @@ impl Zoho {
     async fn insert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
         // `trigger: []`: no workflows, approvals or blueprints fire for logged calls.
-        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), API_CLASS).body(json!({"data": records, "trigger": []})).not_replay_safe().fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), API_CLASS)
+            .body(json!({"data": records, "trigger": []}))
+            .not_replay_safe()
+            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.multi(api, t, req, items, log).await
     }
 
@@ -147,7 +157,14 @@ impl ReadBeforeResend for Zoho {
         self.insert(api, t, batch, log).await
     }
 
-    async fn held(&self, api: &Api, t: &Tenant, batch: &[&Item], _sent_at_ms: i64, log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+    async fn held(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        batch: &[&Item],
+        _sent_at_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
         let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
         self.held_keys(api, t, &keys, log).await
     }
@@ -182,11 +199,20 @@ impl Connector for Zoho {
             }
             None => (self.default_base_url.clone(), conn.token_url.clone().unwrap_or_else(|| self.default_token_url.clone())),
         };
-        let auth = Credentials::from_env(&conn.credentials_secret, AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url), format!("zoho:{}", tenant.id))?;
+        let auth = Credentials::from_env(
+            &conn.credentials_secret,
+            AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url),
+            format!("zoho:{}", tenant.id),
+        )?;
         Ok(Tenant {
             base_url,
             auth,
-            policy: limits::ZohoPolicy { tenant_id: tenant.id.clone(), plan, slot_lease: self.http_timeout + Duration::from_secs(5), throttled: AtomicU32::new(0) },
+            policy: limits::ZohoPolicy {
+                tenant_id: tenant.id.clone(),
+                plan,
+                slot_lease: self.http_timeout + Duration::from_secs(5),
+                throttled: AtomicU32::new(0),
+            },
             region: tenant.default_region,
         })
     }
@@ -201,7 +227,12 @@ impl Connector for Zoho {
         let found = reply.json().get("data").and_then(Value::as_array).into_iter().flatten().find_map(|r| {
             CONTACT_PHONES
                 .iter()
-                .any(|f| r.get(*f).and_then(Value::as_str).and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok()).is_some_and(|n| n == e164))
+                .any(|f| {
+                    r.get(*f)
+                        .and_then(Value::as_str)
+                        .and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok())
+                        .is_some_and(|n| n == e164)
+                })
                 .then(|| r.get("id").and_then(Value::as_str).map(str::to_string))
                 .flatten()
         });
@@ -209,7 +240,9 @@ impl Connector for Zoho {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, format!("{API}/Contacts"), API_CLASS).body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []})).not_replay_safe();
+        let req = Request::new(Method::POST, format!("{API}/Contacts"), API_CLASS)
+            .body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []}))
+            .not_replay_safe();
         let reply = self.call(api, t, req, log).await?;
         let body = reply.json();
         match body.pointer("/data/0/details/id").and_then(Value::as_str) {
@@ -217,7 +250,14 @@ impl Connector for Zoho {
             _ => {
                 let e = body.pointer("/data/0").cloned().unwrap_or(body);
                 let (reason, detail) = errors::reason_of(&e, &self.contract.key_field);
-                Err(Failure { reason, detail: format!("creating a contact: {detail}"), status: Some(reply.status), excerpt: Some(e.to_string()), maybe_applied: false, fenced_off: vec![] })
+                Err(Failure {
+                    reason,
+                    detail: format!("creating a contact: {detail}"),
+                    status: Some(reply.status),
+                    excerpt: Some(e.to_string()),
+                    maybe_applied: false,
+                    fenced_off: vec![],
+                })
             }
         }
     }
@@ -225,7 +265,9 @@ impl Connector for Zoho {
     async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // COQL sees writes at once; the contact was created with Phone = the E.164 value.
         let q = format!("select id from Contacts where Phone = {} limit 1", coql_str(e164));
-        let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS).body(json!({"select_query": q})).audited_as(json!({"select_query": "select id from Contacts where Phone = '…' limit 1"}));
+        let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS)
+            .body(json!({"select_query": q}))
+            .audited_as(json!({"select_query": "select id from Contacts where Phone = '…' limit 1"}));
         let reply = self.call(api, t, req, log).await?;
         Ok(reply.json().pointer("/data/0/id").and_then(Value::as_str).map(str::to_string))
     }
@@ -234,7 +276,14 @@ impl Connector for Zoho {
         Duration::ZERO
     }
 
-    async fn lookup(&self, api: &Api, t: &Tenant, req: &CrmWriteRequest, _since_ms: i64, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
+    async fn lookup(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        req: &CrmWriteRequest,
+        _since_ms: i64,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<String>, Failure> {
         Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], log).await?.remove(&req.idempotency_key))
     }
 
@@ -284,14 +333,29 @@ impl Connector for Zoho {
         Ok(out)
     }
 
-    async fn restore(&self, api: &Api, t: &Tenant, record_id: &str, fields: &Map<String, Value>, log: &mut Vec<Exchange>) -> Result<(), Failure> {
-        let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), API_CLASS).body(json!({"data": [fields], "trigger": []}));
+    async fn restore(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        record_id: &str,
+        fields: &Map<String, Value>,
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), API_CLASS)
+            .body(json!({"data": [fields], "trigger": []}));
         let reply = self.call(api, t, req, log).await?;
         // A per-record error comes back inside `data` with a 2xx or 400.
         match reply.json().pointer("/data/0") {
             Some(r) if r.get("status").and_then(Value::as_str) != Some("success") => {
                 let (reason, detail) = errors::reason_of(r, &self.contract.key_field);
-                Err(Failure { reason, detail, status: Some(reply.status), excerpt: Some(r.to_string()), maybe_applied: false, fenced_off: vec![] })
+                Err(Failure {
+                    reason,
+                    detail,
+                    status: Some(reply.status),
+                    excerpt: Some(r.to_string()),
+                    maybe_applied: false,
+                    fenced_off: vec![],
+                })
             }
             _ => Ok(()),
         }
@@ -299,30 +363,35 @@ impl Connector for Zoho {
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
         let reply = self.call(api, t, Request::get(format!("{API}/settings/fields?module={}", self.module()), API_CLASS), log).await?;
-        Ok(Some(reply.json().get("fields").and_then(Value::as_array).into_iter().flatten().filter_map(|f| f.get("api_name").and_then(Value::as_str)).map(str::to_string).collect()))
+        Ok(Some(
+            reply
+                .json()
+                .get("fields")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.get("api_name").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect(),
+        ))
     }
 
     async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
         let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created = if creates.is_empty() {
-            vec![]
-        } else {
-            create_reading_before_resending(self, api, t, &creates, log).await
-        }
-        .into_iter();
+        let mut created =
+            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
         let mut updated = if updates.is_empty() {
             vec![]
         } else {
             let records: Vec<Value> = updates.iter().map(|i| self.record(i, WriteKind::Update)).collect();
-            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS).body(json!({"data": records, "trigger": []})).fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
+            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS)
+                .body(json!({"data": records, "trigger": []}))
+                .fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
             self.multi(api, t, req, &updates, log).await
         }
         .into_iter();
-        items
-            .iter()
-            .map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item"))
-            .collect()
+        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
     }
 }
 
