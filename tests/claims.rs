@@ -5,7 +5,7 @@
 //! lease from writing, and a claim store that lost its data makes old activities look up
 //! before they create.
 
-use crm_common::claims::{Claim, Claims, Recovery, Timing};
+use crm_connectors::claims::{Claim, Claims, Recovery, Timing};
 use crm_sync_tests::{RedisPrefix, MACHINE_REDIS};
 use std::time::Duration;
 

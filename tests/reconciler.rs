@@ -162,7 +162,7 @@ fn every_kind_of_drift(case: &Case) {
     // c1 is back to what crm-sync wrote; c2 keeps the person's title.
     let after = rig.sim.records(crm, tenant, case.calls);
     let c1 = record_of(case, &after, "c1", tenant).expect("c1");
-    assert!(writer::contract::same_value(&ended(), &c1["fields"][field]), "c1's {field} restored: {}", c1["fields"][field]);
+    assert!(crm_connectors::contract::same_value(&ended(), &c1["fields"][field]), "c1's {field} restored: {}", c1["fields"][field]);
     assert_eq!(record_of(case, &after, "c2", tenant).expect("c2")["fields"][case.title_field], "Renamed by a person");
     // c3 stays deleted, with a dead letter that says so.
     assert!(record_of(case, &after, "c3", tenant).is_none(), "a deletion someone made is not undone");
@@ -206,7 +206,7 @@ fn every_kind_of_drift(case: &Case) {
 
     // A removed key field (Zoho would go on writing without it) is reported and stops the pass.
     if case.crm != Crm::Pipedrive {
-        let key_field = writer::contract::Contract::load(&repo_root().join("contracts"), crm).unwrap().key_field;
+        let key_field = crm_connectors::contract::Contract::load(&repo_root().join("contracts"), crm).unwrap().key_field;
         admin("DELETE", format!("fields/{}/{key_field}", case.calls), None);
         let (code, out) = rig.crm_sync(&["reconcile", "--tenant", tenant, "--crm", crm, "--json", "--fail-on-drift"]);
         assert_eq!(code, 3, "drift fails the command: {out}");

@@ -3,7 +3,7 @@
 //! takes across limits, reserves for background work, corrections from CRM headers, and
 //! blocks after a 429. Each test has its own key prefix.
 
-use crm_common::bucket::{BucketSet, Limit, Take, TokenBuckets};
+use crm_connectors::bucket::{BucketSet, Limit, Take, TokenBuckets};
 use crm_sync_tests::{RedisPrefix, MACHINE_REDIS};
 use std::time::Duration;
 

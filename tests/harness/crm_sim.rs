@@ -38,7 +38,7 @@ pub enum Auth<'a> {
 
 impl CrmSim {
     pub fn start() -> CrmSim {
-        let (url, child) = crm_common::dev_broker::spawn_crm_sim(&bin("crm-sim"), None, true).expect("start crm-sim");
+        let (url, child) = crm_dev::spawn_crm_sim(&bin("crm-sim"), None, true).expect("start crm-sim");
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
         CrmSim { url, http, _proc: Proc { name: "crm-sim".into(), child, log: None } }
     }

@@ -21,7 +21,7 @@ impl RedisPrefix {
 
 impl RedisPrefix {
     /// Declares the prefix a new claim store for these tenants (see
-    /// `crm_common::claims::declare_fresh_store`).
+    /// `crm_connectors::claims::declare_fresh_store`).
     pub fn fresh_claim_store(&self, tenants: &[String]) {
         self.fresh_claim_store_at(MACHINE_REDIS, tenants)
     }
@@ -60,17 +60,17 @@ impl Drop for RedisPrefix {
 }
 
 /// A `redis-server` of the test's own, in memory (or with an append-only file), on a free port.
-pub struct PrivateRedis(crm_common::dev_broker::DevRedis, Option<std::path::PathBuf>);
+pub struct PrivateRedis(crm_dev::DevRedis, Option<std::path::PathBuf>);
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
-        PrivateRedis(crm_common::dev_broker::DevRedis::start(None).expect("a private redis-server"), None)
+        PrivateRedis(crm_dev::DevRedis::start(None).expect("a private redis-server"), None)
     }
 
     /// With an fsynced append-only file in a directory of its own.
     pub fn start_persistent() -> PrivateRedis {
         let dir = std::env::temp_dir().join(format!("crm-sync-test-redis-{}-{}", std::process::id(), rand::random::<u32>()));
-        PrivateRedis(crm_common::dev_broker::DevRedis::start(Some(&dir)).expect("a private redis-server"), Some(dir))
+        PrivateRedis(crm_dev::DevRedis::start(Some(&dir)).expect("a private redis-server"), Some(dir))
     }
 
     /// Everything the server holds, as text: every key with its values (strings and hash

@@ -28,7 +28,7 @@ pub fn spawn_plain(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &Redi
         ("REDIS_URL", MACHINE_REDIS),
         ("REDIS_KEY_PREFIX", prefix.0.as_str()),
         ("WRITER_COMMIT_INTERVAL", "100ms"),
-        ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY),
+        ("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY),
         // crm-sim applies a write late only when a test says so, and its test accounts'
         // search does not lag: read-backs need not wait the production defaults.
         ("WRITER_LATE_WRITE_HORIZON", "1s"),
@@ -43,8 +43,8 @@ pub fn block_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str, how_long: Dur
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
-        let b = crm_common::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.expect("redis"), &prefix.0);
-        let set = crm_common::bucket::BucketSet { tenant_id: tenant.into(), crm: crm.into(), limits: vec![] };
+        let b = crm_connectors::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.expect("redis"), &prefix.0);
+        let set = crm_connectors::bucket::BucketSet { tenant_id: tenant.into(), crm: crm.into(), limits: vec![] };
         b.block(&set, how_long).await.expect("block");
     });
 }

@@ -12,8 +12,8 @@
 use crm_common::audit_store::{self, AuditStore};
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::*;
+use crm_dev::{sibling_binary, DevBroker};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

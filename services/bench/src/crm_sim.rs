@@ -66,7 +66,7 @@ async fn drive(http: &reqwest::Client, label: String, reqs: Vec<Req>, per_reques
 }
 
 pub fn run(requests: usize, records: usize, concurrency: usize) -> anyhow::Result<()> {
-    let (url, mut child) = crm_common::dev_broker::spawn_crm_sim(&crm_common::dev_broker::sibling_binary("crm-sim")?, None, true)?;
+    let (url, mut child) = crm_dev::spawn_crm_sim(&crm_dev::sibling_binary("crm-sim")?, None, true)?;
     let pid = child.id();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {

@@ -8,9 +8,9 @@ use crate::{bench_call, measure, print_runs, produce_all, PASSTHROUGH_OUT};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dedup::{DedupStore, MarkRequest};
-use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::NormalisedCall;
 use crm_common::redis_conn::{self, redact_url};
+use crm_dev::{sibling_binary, DevBroker};
 use std::process::{Command, Stdio};
 
 pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, redis_url: &str) -> anyhow::Result<()> {

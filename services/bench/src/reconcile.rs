@@ -14,8 +14,8 @@ use crate::writer::{broker_and_sim, profile, request, Killed};
 use crm_common::audit_store;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dev_broker::sibling_binary;
 use crm_common::events::*;
+use crm_dev::sibling_binary;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -83,7 +83,7 @@ fn one_crm(crm: Crm, records: usize, drift_pct: usize, database_url: &str, redis
             .env("DATABASE_URL", database_url)
             .env("REDIS_URL", redis_url)
             .env("REDIS_KEY_PREFIX", prefix)
-            .env("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY)
+            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
             .env("RECONCILE_SETTLE", "0s")
             .env("PIPELINE_COMMIT_INTERVAL_MS", "100")
             .env("RUST_LOG", "warn");

@@ -28,9 +28,9 @@ use crate::writer::{profile, Profile, Sim};
 use crm_common::audit_store;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dev_broker::{create_topics, sibling_binary, spawn_crm_sim, DevBroker, DevRedis};
 use crm_common::events::*;
 use crm_common::kafka::Kafka;
+use crm_dev::{create_topics, sibling_binary, spawn_crm_sim, DevBroker, DevRedis};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -551,7 +551,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let tenants_file = dir.join("tenants.toml");
     std::fs::write(&tenants_file, &config)?;
     // The run's Redis is a new claim store (until the run makes it lose its data).
-    crm_common::dev_broker::fresh_claim_store(&redis.url(), "crm-sync", &tenants_file)?;
+    crm_dev::fresh_claim_store(&redis.url(), "crm-sync", &tenants_file)?;
     std::fs::create_dir_all(dir.join("contracts"))?;
     for crm in CRMS {
         std::fs::write(dir.join(format!("contracts/{}.toml", crm.as_str())), profile(crm).contract)?;
@@ -569,7 +569,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
             // after 5 s (crm-sim's timeouts hold 7 s).
             ("WRITER_LEASE", "10s".into()),
             ("WRITER_HTTP_TIMEOUT", "5s".into()),
-            ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY.into()),
+            ("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY.into()),
             ("WRITER_RETRY_BASE", "100ms".into()),
             ("WRITER_RETRY_MAX_WAIT", "5s".into()),
             // crm-sim's late writes land 1 s after the writer gave up; HubSpot's search lags

@@ -13,10 +13,10 @@
 use crate::produce_all;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dev_broker::{sibling_binary, spawn_crm_sim, DevBroker};
 use crm_common::events::*;
 use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::Kafka;
+use crm_dev::{sibling_binary, spawn_crm_sim, DevBroker};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -264,7 +264,7 @@ pub fn run(
     let tenants_file = dir.join("tenants.toml");
     std::fs::write(&tenants_file, config)?;
     let prefix = format!("crm-sync-bench-writer-{}", std::process::id());
-    crm_common::dev_broker::fresh_claim_store(redis_url, &prefix, &tenants_file)?;
+    crm_dev::fresh_claim_store(redis_url, &prefix, &tenants_file)?;
     let spawn = |bin: &str, args: &[&str]| -> anyhow::Result<Child> {
         Ok(Command::new(sibling_binary(bin)?)
             .args(args)
@@ -274,7 +274,7 @@ pub fn run(
             .env("CONTRACTS_DIR", dir.join("contracts"))
             .env("REDIS_URL", redis_url)
             .env("REDIS_KEY_PREFIX", &prefix)
-            .env("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY)
+            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
             .env("WRITER_COMMIT_INTERVAL", "200ms")
             .env("KAFKA_OPTIONS", format!("fetch.wait.max.ms={fetch_wait_ms}"))
             .env("RUST_LOG", "warn")

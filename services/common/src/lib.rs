@@ -5,12 +5,9 @@
 //! (`emit`), phone numbers (`phone`), telemetry (`telemetry`) and health endpoints (`health`).
 
 pub mod audit_store;
-pub mod bucket;
-pub mod claims;
 pub mod codec;
 pub mod config;
 pub mod dedup;
-pub mod dev_broker;
 pub mod emit;
 pub mod events;
 pub mod fingerprint;

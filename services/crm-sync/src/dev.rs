@@ -7,9 +7,9 @@
 use crm_common::audit_store;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::dev_broker::{sibling_binary, DevBroker};
 use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, NormalisedCall, Stage};
 use crm_common::redis_conn::{self, redact_url};
+use crm_dev::{sibling_binary, DevBroker};
 
 /// The CRMs whose writers `crm-sync dev` runs, one process each, as in deploy/.
 const DEV_WRITERS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
@@ -122,7 +122,7 @@ const DEV_SECRETS: &[(&str, &str)] = &[
     ),
     ("INITECH_PIPEDRIVE_TOKEN", "dev-initech-pipedrive-token"),
     // Seals the OAuth tokens the writers share in Redis.
-    ("CRM_SYNC_TOKEN_KEY", crm_common::dev_broker::DEV_TOKEN_KEY),
+    ("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY),
 ];
 
 /// The example tenants with every CRM connection pointed at crm-sim.
@@ -146,7 +146,7 @@ fn dev_tenants(example: &str, crm_sim_url: &str) -> anyhow::Result<String> {
 fn start_crm_sim(dir: &std::path::Path) -> anyhow::Result<(String, Child)> {
     let seed = dir.join("crm-sim-seed.json");
     std::fs::write(&seed, include_str!("../../../deploy/crm-sim/seed.json"))?;
-    crm_common::dev_broker::spawn_crm_sim(&sibling_binary("crm-sim")?, Some(&seed), false)
+    crm_dev::spawn_crm_sim(&sibling_binary("crm-sim")?, Some(&seed), false)
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -187,7 +187,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
     // The run's prefix is a new claim store: nothing was written before it.
-    crm_common::dev_broker::fresh_claim_store(&args.redis_url, &prefix, &tenants)?;
+    crm_dev::fresh_claim_store(&args.redis_url, &prefix, &tenants)?;
     let db_name = format!("crm_sync_dev_{}", std::process::id());
     let database_url = rt
         .block_on(audit_store::create_database(&args.database_url, &db_name))

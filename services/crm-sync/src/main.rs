@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::DevBroker { partitions, brokers, extra_topics, env_file, topics } => {
             let mut all = topics.all();
             all.extend(extra_topics);
-            let broker = crm_common::dev_broker::DevBroker::start(brokers, partitions, &all)?;
+            let broker = crm_dev::DevBroker::start(brokers, partitions, &all)?;
             let line = format!("KAFKA_BOOTSTRAP_SERVERS={}", broker.bootstrap_servers());
             if let Some(f) = env_file {
                 std::fs::write(&f, format!("{line}\n"))?;

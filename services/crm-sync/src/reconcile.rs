@@ -66,8 +66,8 @@ async fn reports(args: &ReconcileArgs) -> anyhow::Result<Vec<ParityReport>> {
     let from = crm_common::emit::now_ms() - since.as_millis() as i64;
     let mut out = vec![];
     for crm in crms {
-        let contract = writer::contract::Contract::load(&args.opts.contracts_dir, crm.as_str())?;
-        let got: Vec<ParityReport> = writer::with_connector!(crm, contract, &args.opts.urls, args.opts.http_timeout, |c| {
+        let contract = crm_connectors::contract::Contract::load(&args.opts.contracts_dir, crm.as_str())?;
+        let got: Vec<ParityReport> = crm_connectors::with_connector!(crm, contract, &args.opts.urls, args.opts.http_timeout, |c| {
             let r = reconciler::build(c, &args.common, &args.opts).await?;
             let mut got = vec![];
             for t in r.tenant_ids().into_iter().filter(|t| args.tenant.as_ref().is_none_or(|w| w == t)) {

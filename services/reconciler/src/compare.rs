@@ -2,8 +2,8 @@
 //! rules are unit-tested apart from any CRM. Only owned fields are compared; fill_if_empty
 //! and read-only fields belong to people once the record exists.
 
+use crm_connectors::contract::{same_value, Contract};
 use serde_json::{Map, Value};
-use writer::contract::{same_value, Contract};
 
 /// An owned field whose value in the CRM is not the one crm-sync wrote.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,20 +22,20 @@ pub mod compare;
 
 use compare::{changed_fields, contact_drift, missing_fields, ContactDrift};
 use crm_common::audit_store::{AuditStore, ParityReport, Written};
-use crm_common::claims::Claims;
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::emit::{now_ms, CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
+use crm_connectors::api::{Api, Exchange, Failure};
+use crm_connectors::claims::Claims;
+use crm_connectors::connector::{Connector, Live, Wanted};
+use crm_connectors::contacts::ContactCache;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
-use writer::api::{Api, Exchange, Failure};
-use writer::connector::{Connector, Live, Wanted};
-use writer::contacts::ContactCache;
 
 /// Kinds of finding, as the parity report and audit name them.
 pub mod kind {
@@ -632,7 +632,7 @@ fn chrono_like(ms: i64) -> String {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     #[command(flatten)]
-    pub urls: writer::CrmUrls,
+    pub urls: crm_connectors::CrmUrls,
     /// Directory of the field-ownership contracts (`<crm>.toml`).
     #[arg(long, env = "CONTRACTS_DIR", default_value = "contracts")]
     pub contracts_dir: std::path::PathBuf,
@@ -675,19 +675,19 @@ pub async fn build<C: Connector>(connector: C, common: &crm_common::config::Comm
         connector,
         api: Api {
             http: reqwest::Client::builder().timeout(opts.http_timeout).build()?,
-            buckets: crm_common::bucket::TokenBuckets::new(conn.clone(), &prefix),
-            backoff: writer::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
+            buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), &prefix),
+            backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
             retry_limit: opts.retry_limit,
             reserve_pct: opts.reserve_pct,
             claims: None,
-            tokens: writer::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?,
+            tokens: crm_connectors::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?,
         },
         // Only read (`state`): the reconciler never claims.
         claims: Claims::new(
             conn.clone(),
             &prefix,
             &owner,
-            crm_common::claims::Timing {
+            crm_connectors::claims::Timing {
                 lease: Duration::from_secs(60),
                 request_timeout: opts.http_timeout,
                 late_write_horizon: Duration::ZERO,

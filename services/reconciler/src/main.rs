@@ -5,10 +5,10 @@
 use clap::Parser;
 use crm_common::config::CommonArgs;
 use crm_common::events::Crm;
+use crm_connectors::connector::Connector;
 use reconciler::{build, Options, Reconciler};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use writer::connector::Connector;
 
 #[derive(Parser)]
 #[command(name = "reconciler", about = "Finds and repairs drift between what crm-sync wrote and what the CRMs hold")]
@@ -34,10 +34,10 @@ async fn main() -> anyhow::Result<()> {
     let stop = crm_common::shutdown::service();
     let mut tasks = vec![];
     for crm in crms {
-        let contract = writer::contract::Contract::load(&cli.opts.contracts_dir, crm.as_str())?;
+        let contract = crm_connectors::contract::Contract::load(&cli.opts.contracts_dir, crm.as_str())?;
         let (common, opts, every, stop) = (cli.common.clone(), cli.opts.clone(), cli.every, stop.clone());
         let task: tokio::task::JoinHandle<anyhow::Result<()>> =
-            writer::with_connector!(crm, contract, &opts.urls.clone(), opts.http_timeout, |c| {
+            crm_connectors::with_connector!(crm, contract, &opts.urls.clone(), opts.http_timeout, |c| {
                 let r = build(c, &common, &opts).await?;
                 tokio::spawn(async move { serve(r, opts, every, stop).await })
             });

@@ -2,19 +2,20 @@
 //! (`writer --crm hubspot`), so each CRM's writers scale on their own consumer lag.
 
 use clap::Parser;
-use crm_common::bucket::TokenBuckets;
-use crm_common::claims::{Claims, Timing};
 use crm_common::config::CommonArgs;
 use crm_common::emit::Emitter;
 use crm_common::events::{Crm, Stage};
 use crm_common::redis_conn::{self, redact_url};
 use crm_common::tenants::Tenants;
+use crm_connectors::bucket::TokenBuckets;
+use crm_connectors::claims::{Claims, Timing};
+use crm_connectors::connector::Connector;
+use crm_connectors::{api, contacts, contract, retry, CrmUrls};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use writer::connector::Connector;
-use writer::{api, contacts, contract, process, retry, runtime, CrmUrls};
+use writer::{process, runtime};
 
 #[derive(Parser)]
 #[command(name = "writer", about = "crm.writes.<crm> → the CRM, inside its rate limits, exactly once in effect")]
@@ -81,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = crm_common::telemetry::init(service, &cli.common)?;
     let contract = contract::Contract::load(&cli.contracts_dir, cli.crm.as_str())?;
     let (urls, http_timeout) = (cli.urls.clone(), cli.http_timeout);
-    writer::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
+    crm_connectors::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
 }
 
 async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> anyhow::Result<()> {
@@ -117,11 +118,11 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         tracing::warn!(lease = ?cli.lease, used = ?timing.effective_lease(), "WRITER_LEASE is shorter than a request may take: leases are set longer");
     }
     let claims = Claims::new(conn.clone(), &prefix, &owner, timing, cli.claim_retention);
-    let tokens = writer::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?;
+    let tokens = crm_connectors::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?;
     if tokens.is_none() && oauth_tenants > 0 {
         anyhow::bail!(
             "{oauth_tenants} tenant(s) use OAuth: set {} (32 bytes, base64, from the secret store) so their tokens are shared by every replica, encrypted",
-            writer::auth::TOKEN_KEY_ENV
+            crm_connectors::auth::TOKEN_KEY_ENV
         );
     }
     let shared = Arc::new(process::Shared {

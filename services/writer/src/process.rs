@@ -3,16 +3,16 @@
 //! connector (batched), record DONE, and audit every CRM call; permanent failures go to the
 //! DLQ with their reason and release the claim so a replay can try again.
 
-use crate::api::{Api, Exchange, Failure};
-use crate::connector::{Connector, Item, ItemResult};
-use crate::contacts::ContactCache;
 use crate::offsets::Ticket;
-use crm_common::claims::{Claim, Claims, Recovery};
 use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::kafka::{InMessage, OutRecord, RECREATE};
 use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
+use crm_connectors::api::{Api, Exchange, Failure};
+use crm_connectors::claims::{Claim, Claims, Recovery};
+use crm_connectors::connector::{Connector, Item, ItemResult};
+use crm_connectors::contacts::ContactCache;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;

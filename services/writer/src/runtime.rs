@@ -5,7 +5,6 @@
 //! below half. Each partition is committed only up to its lowest unfinished offset, and only
 //! after everything a message produced (audit, DLQ) is acknowledged.
 
-use crate::connector::Connector;
 use crate::offsets::{Offsets, Ticket};
 use crate::process::{Done, Shared, Work};
 use crm_common::codec;
@@ -13,6 +12,7 @@ use crm_common::emit::Subject;
 use crm_common::events::{CrmWriteRequest, DlqReason};
 use crm_common::kafka::{self, InMessage, Kafka};
 use crm_common::telemetry::StageMetrics;
+use crm_connectors::connector::Connector;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::producer::FutureProducer;

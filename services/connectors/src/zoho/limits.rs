@@ -7,7 +7,7 @@
 //! with each 429 in a row and resets at the first success.
 
 use crate::api::{Policy, Reply, Request, Verdict};
-use crm_common::bucket::{BucketSet, Limit};
+use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -4,8 +4,8 @@
 //! throttle (429, or the CRM's equivalent) blocks the bucket until the CRM's reset for every
 //! replica and costs no attempt. Every HTTP exchange is logged for audit (never a secret).
 
+use crate::bucket::{BucketSet, Take, TokenBuckets};
 use crate::retry::Backoff;
-use crm_common::bucket::{BucketSet, Take, TokenBuckets};
 use crm_common::events::DlqReason;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -175,7 +175,7 @@ pub struct Api {
     pub reserve_pct: u64,
     /// The writer's claims, for fencing requests that carry keys; None where nothing is
     /// claimed (the reconciler's reads and restores).
-    pub claims: Option<crm_common::claims::Claims>,
+    pub claims: Option<crate::claims::Claims>,
     /// Where OAuth tokens are shared between replicas (None: each process keeps its own).
     pub tokens: Option<crate::auth::TokenStore>,
 }
@@ -257,7 +257,7 @@ impl Api {
         let first = Instant::now();
         let set = policy.buckets(req.class);
         let costs = policy.costs(req, &set);
-        let holds_slots = set.limits.iter().any(|l| matches!(l, crm_common::bucket::Limit::Concurrent { .. }));
+        let holds_slots = set.limits.iter().any(|l| matches!(l, crate::bucket::Limit::Concurrent { .. }));
         let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
         let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;

@@ -144,7 +144,7 @@ impl Drop for DevRedis {
 
 /// Creates `topics` with `partitions` each on a real broker (the reliability bench's tansu,
 /// or a fresh Kafka), leaving topics that exist as they are.
-pub fn create_topics(kafka: &crate::kafka::Kafka, topics: &[String], partitions: i32) -> anyhow::Result<()> {
+pub fn create_topics(kafka: &crm_common::kafka::Kafka, topics: &[String], partitions: i32) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
     let admin = kafka.admin()?;
@@ -167,11 +167,11 @@ pub const DEV_TOKEN_KEY: &str = "Y3JtLXN5bmMgZGV2IGFuZCB0ZXN0IHRva2VuIGtleSE=";
 /// (`crm-sync dev`, benches: a key prefix or a Redis of their own, that never held claims):
 /// see `claims::declare_fresh_store`.
 pub fn fresh_claim_store(redis_url: &str, prefix: &str, tenants_file: &std::path::Path) -> anyhow::Result<()> {
-    let ids = crate::tenants::Tenants::load(tenants_file)?.ids();
+    let ids = crm_common::tenants::Tenants::load(tenants_file)?.ids();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut conn = crate::redis_conn::connect(redis_url).await?;
-        crate::claims::declare_fresh_store(&mut conn, prefix, &ids).await?;
+        let mut conn = crm_common::redis_conn::connect(redis_url).await?;
+        crm_connectors::claims::declare_fresh_store(&mut conn, prefix, &ids).await?;
         anyhow::Ok(())
     })
 }

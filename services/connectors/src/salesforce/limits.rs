@@ -4,7 +4,7 @@
 //! local counter. An exhausted allowance answers 403 REQUEST_LIMIT_EXCEEDED, not 429.
 
 use crate::api::{Policy, Reply, Verdict};
-use crm_common::bucket::{BucketSet, Limit};
+use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! allowance. Search answers carry no rate-limit headers.
 
 use crate::api::{Policy, Reply, Verdict};
-use crm_common::bucket::{BucketSet, Limit};
+use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! `x-daily-ratelimit-token-remaining` the budget.
 
 use crate::api::{Policy, Reply, Request, Verdict};
-use crm_common::bucket::{BucketSet, Limit};
+use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 
