@@ -106,7 +106,7 @@ impl DedupStore {
     }
 
     pub fn key(&self, tenant_id: &str, call_id: &str) -> String {
-        format!("{}:{{{}}}:dedup:{}", self.prefix, tenant_id, call_id)
+        crate::redis_keys::dedup(&self.prefix, tenant_id, call_id)
     }
 
     /// Marks every request; results in request order.

@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod phone;
 pub mod pipeline;
 pub mod redis_conn;
+pub mod redis_keys;
 pub mod schemas;
 pub mod shutdown;
 pub mod telemetry;

@@ -164,7 +164,12 @@ impl TokenStore {
     /// `<prefix>:{tenant}:oauth:<crm>`.
     pub fn key(&self, scope: &str) -> String {
         let (crm, tenant) = scope.split_once(':').unwrap_or(("", scope));
-        format!("{}:{{{tenant}}}:oauth:{crm}", self.prefix)
+        crm_common::redis_keys::oauth(&self.prefix, tenant, crm)
+    }
+
+    fn lock_key(&self, scope: &str) -> String {
+        let (crm, tenant) = scope.split_once(':').unwrap_or(("", scope));
+        crm_common::redis_keys::oauth_lock(&self.prefix, tenant, crm)
     }
 
     fn seal(&self, key: &str, field: &str, plain: &str) -> String {
@@ -243,7 +248,7 @@ impl TokenStore {
     async fn lock(&self, scope: &str, hold: Duration) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let got: Option<String> = redis::cmd("SET")
-            .arg(format!("{}:lock", self.key(scope)))
+            .arg(self.lock_key(scope))
             .arg(&self.owner)
             .arg("NX")
             .arg("PX")
@@ -255,12 +260,7 @@ impl TokenStore {
 
     async fn unlock(&self, scope: &str) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::Script::new(UNLOCK)
-            .key(format!("{}:lock", self.key(scope)))
-            .arg(&self.owner)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
+        redis::Script::new(UNLOCK).key(self.lock_key(scope)).arg(&self.owner).invoke_async::<i64>(&mut conn).await.map(|_| ())
     }
 }
 

@@ -308,11 +308,11 @@ impl TokenBuckets {
     }
 
     fn limit_key(&self, set: &BucketSet, limit: &str) -> String {
-        format!("{}:{{{}}}:bucket:{}:{}", self.prefix, set.tenant_id, set.crm, limit)
+        crm_common::redis_keys::bucket(&self.prefix, &set.tenant_id, &set.crm, limit)
     }
 
     fn block_key(&self, set: &BucketSet) -> String {
-        format!("{}:{{{}}}:bucket:{}:blocked", self.prefix, set.tenant_id, set.crm)
+        crm_common::redis_keys::bucket_blocked(&self.prefix, &set.tenant_id, &set.crm)
     }
 
     /// Takes `n` tokens from every limit of `set`, or none. `reserve_pct` percent of each

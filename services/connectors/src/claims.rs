@@ -179,7 +179,7 @@ impl Timing {
 /// Never call this for a store that once held claims: that would make it forget it forgot.
 pub async fn declare_fresh_store(conn: &mut ConnectionManager, prefix: &str, tenants: &[String]) -> redis::RedisResult<()> {
     for t in tenants {
-        redis::cmd("SET").arg(format!("{prefix}:{{{t}}}:claims-epoch")).arg(1).arg("NX").query_async::<()>(conn).await?;
+        redis::cmd("SET").arg(crm_common::redis_keys::claims_epoch(prefix, t)).arg(1).arg("NX").query_async::<()>(conn).await?;
     }
     Ok(())
 }
@@ -229,12 +229,12 @@ impl Claims {
 
     /// `<prefix>:{tenant}:claims-epoch`: since when this store remembers the tenant's claims.
     pub fn epoch_key(&self, tenant_id: &str) -> String {
-        format!("{}:{{{}}}:claims-epoch", self.prefix, tenant_id)
+        crm_common::redis_keys::claims_epoch(&self.prefix, tenant_id)
     }
 
     /// `<prefix>:{tenant}:claim:<idempotency key>`.
     pub fn key(&self, tenant_id: &str, idempotency_key: &str) -> String {
-        format!("{}:{{{}}}:claim:{}", self.prefix, tenant_id, idempotency_key)
+        crm_common::redis_keys::claim(&self.prefix, tenant_id, idempotency_key)
     }
 
     /// Claims the key for `version` of an activity whose own time (a call's start) is

@@ -16,7 +16,7 @@ pub struct ContactCache {
 
 impl ContactCache {
     fn key(&self, tenant: &str, crm: &str, e164: &str) -> String {
-        format!("{}:{{{}}}:contact:{}:{}", self.prefix, tenant, crm, e164)
+        crm_common::redis_keys::contact(&self.prefix, tenant, crm, e164)
     }
 
     /// Some(Some(id)): a known contact; Some(None): known to have none; None: not cached.

@@ -727,7 +727,7 @@ impl<C: Connector> Reconciler<C> {
     /// Takes this (tenant, CRM)'s turn for the next `every`, across replicas: true when this
     /// replica should run the pass now.
     pub async fn take_turn(&self, tenant: &str, every: Duration) -> redis::RedisResult<bool> {
-        let key = format!("{}:{{{tenant}}}:reconcile:{}", self.contacts.prefix, self.crm().as_str());
+        let key = crm_common::redis_keys::reconcile_turn(&self.contacts.prefix, tenant, self.crm().as_str());
         let mut conn = self.contacts.conn.clone();
         let set: Option<String> =
             redis::cmd("SET").arg(key).arg(now_ms()).arg("NX").arg("PX").arg(every.as_millis() as u64).query_async(&mut conn).await?;

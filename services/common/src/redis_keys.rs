@@ -1,0 +1,71 @@
+//! Every Redis key crm-sync writes, in one place. Each starts with the deployment's prefix
+//! (`REDIS_KEY_PREFIX`) and carries the tenant as a hash tag, `{tenant}`, so all of one
+//! tenant's keys live in one Redis Cluster slot: the Lua scripts that touch several of them
+//! (a claim and its tenant's epoch; a bucket set) stay atomic on a cluster.
+//!
+//! | key | written by | holds |
+//! |---|---|---|
+//! | `<p>:{t}:dedup:<call_id>` | deduper | the highest version seen and when (the dedup window) |
+//! | `<p>:{t}:claim:<idempotency key>` | writers | the claim: owner, lease, state, record id |
+//! | `<p>:{t}:claims-epoch` | writers | since when the store remembers the tenant's claims |
+//! | `<p>:{t}:bucket:<crm>:<limit>` | writers, reconciler | a token bucket of the CRM's limit |
+//! | `<p>:{t}:bucket:<crm>:blocked` | writers, reconciler | "the CRM said stop until …" |
+//! | `<p>:{t}:oauth:<crm>` (+ `:lock`) | writers, reconciler | sealed OAuth tokens; one refresh at a time |
+//! | `<p>:{t}:contact:<crm>:<e164>` | writers, reconciler | the contact a number resolved to |
+//! | `<p>:{t}:reconcile:<crm>` | reconciler | whose turn the next pass is (its own lock) |
+
+pub fn dedup(prefix: &str, tenant: &str, call_id: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:dedup:{call_id}")
+}
+
+pub fn claim(prefix: &str, tenant: &str, idempotency_key: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:claim:{idempotency_key}")
+}
+
+pub fn claims_epoch(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:claims-epoch")
+}
+
+pub fn bucket(prefix: &str, tenant: &str, crm: &str, limit: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:bucket:{crm}:{limit}")
+}
+
+pub fn bucket_blocked(prefix: &str, tenant: &str, crm: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:bucket:{crm}:blocked")
+}
+
+pub fn oauth(prefix: &str, tenant: &str, crm: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:oauth:{crm}")
+}
+
+pub fn oauth_lock(prefix: &str, tenant: &str, crm: &str) -> String {
+    format!("{}:lock", oauth(prefix, tenant, crm))
+}
+
+pub fn contact(prefix: &str, tenant: &str, crm: &str, e164: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:contact:{crm}:{e164}")
+}
+
+pub fn reconcile_turn(prefix: &str, tenant: &str, crm: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:reconcile:{crm}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tenants_keys_share_one_hash_tag() {
+        let keys = [
+            super::dedup("p", "acme", "c1"),
+            super::claim("p", "acme", "acme:c1:zoho"),
+            super::claims_epoch("p", "acme"),
+            super::bucket("p", "acme", "zoho", "daily"),
+            super::bucket_blocked("p", "acme", "zoho"),
+            super::oauth_lock("p", "acme", "zoho"),
+            super::contact("p", "acme", "zoho", "+14155552671"),
+            super::reconcile_turn("p", "acme", "zoho"),
+        ];
+        for k in keys {
+            assert!(k.starts_with("p:{acme}:"), "{k}");
+        }
+    }
+}
