@@ -6,17 +6,15 @@
 //! prefix claiming hundreds of megabytes is refused before allocating is checked in
 //! crm-common's fuzz tests: such an allocation is zeroed lazily and never shows in RSS.)
 
-mod harness;
-
 use crm_common::codec;
 use crm_common::events::fixtures::{normalised_call, raw_call};
 use crm_common::events::*;
 use crm_common::schemas::{RecordType, Registry};
-use harness::crm_sim::CrmSim;
-use harness::postgres::PrivateDb;
-use harness::writer::wait_for;
-use harness::writer_suite::HUBSPOT;
-use harness::{Broker, Msg, Proc, RedisPrefix, MACHINE_REDIS};
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::postgres::PrivateDb;
+use crm_sync_tests::writer::wait_for;
+use crm_sync_tests::writer_suite::HUBSPOT;
+use crm_sync_tests::{Broker, Msg, Proc, RedisPrefix, MACHINE_REDIS};
 use serde_json::json;
 use std::time::Duration;
 

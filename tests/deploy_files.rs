@@ -3,9 +3,7 @@
 //! consumer group, variable and metric they name exists in the code; every Deployment has
 //! probes on the health endpoints and a grace period; every alert has a runbook line.
 
-mod harness;
-
-use harness::{bin, repo_root};
+use crm_sync_tests::{bin, repo_root};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -5,15 +5,13 @@
 //! options carry the broker's address itself and `KAFKA_BOOTSTRAP_SERVERS` names a port
 //! nobody listens on: a client built without the options cannot reach anything.
 
-mod harness;
-
 use crm_common::codec;
 use crm_common::events::fixtures::raw_call;
-use harness::crm_sim::CrmSim;
-use harness::postgres::PrivateDb;
-use harness::writer::wait_for;
-use harness::writer_suite::HUBSPOT;
-use harness::{bin, repo_root, Broker, RedisPrefix, MACHINE_REDIS};
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::postgres::PrivateDb;
+use crm_sync_tests::writer::wait_for;
+use crm_sync_tests::writer_suite::HUBSPOT;
+use crm_sync_tests::{bin, repo_root, Broker, RedisPrefix, MACHINE_REDIS};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;

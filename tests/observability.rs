@@ -3,15 +3,13 @@
 //! One call's spans must join across the three services through the Kafka headers, the
 //! metrics DESIGN §9 names must arrive with their labels, and the health endpoints answer.
 
-mod harness;
-
 use crm_common::codec;
 use crm_common::events::fixtures::raw_call;
-use harness::crm_sim::CrmSim;
-use harness::otlp::Collector;
-use harness::writer::wait_for;
-use harness::writer_suite::HUBSPOT;
-use harness::{Broker, RedisPrefix, MACHINE_REDIS};
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::otlp::Collector;
+use crm_sync_tests::writer::wait_for;
+use crm_sync_tests::writer_suite::HUBSPOT;
+use crm_sync_tests::{Broker, RedisPrefix, MACHINE_REDIS};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -41,7 +39,7 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
     // Three good calls, each starting a trace of its own, and one whose number is no number.
     let traces: Vec<(String, String)> =
         (0..3u64).map(|i| (format!("{:032x}", 0xa11ce000u64 + i), format!("{:016x}", 0xb0b0 + i))).collect();
-    let mut msgs: Vec<harness::Msg> = traces
+    let mut msgs: Vec<crm_sync_tests::Msg> = traces
         .iter()
         .enumerate()
         .map(|(i, (t, s))| {
@@ -174,7 +172,7 @@ fn readiness_says_draining_after_sigterm_while_work_finishes() {
     wait_for("partitions assigned", Duration::from_secs(30), || writer.log_text().contains("partitions assigned"));
 
     // A call whose lane waits on a shut bucket, so the drain has work to wait for.
-    harness::writer::block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(8));
+    crm_sync_tests::writer::block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(8));
     broker.produce(&case.topic(), &[case.request("acme", "d1", 1)]);
     std::thread::sleep(Duration::from_secs(2));
     writer.signal(libc::SIGTERM);

@@ -3,15 +3,13 @@
 //! normaliser and deduper as processes. `crm-sync reconcile` runs a pass as an operator
 //! would; its JSON report and what crm-sim holds afterwards are what is checked.
 
-mod harness;
-
 use crm_common::codec;
 use crm_common::events::*;
-use harness::crm_sim::CrmSim;
-use harness::postgres::PrivateDb;
-use harness::writer::wait_for;
-use harness::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
-use harness::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::postgres::PrivateDb;
+use crm_sync_tests::writer::wait_for;
+use crm_sync_tests::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use crm_sync_tests::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -251,7 +249,7 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
     let normaliser = rig.broker.service("normaliser", &env);
     let _deduper = rig.broker.service("deduper", &env);
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
-    let calls = |range: std::ops::Range<i64>| -> Vec<harness::Msg> {
+    let calls = |range: std::ops::Range<i64>| -> Vec<crm_sync_tests::Msg> {
         range
             .map(|i| {
                 (tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("b{i}"), i)).unwrap(), vec![])
@@ -330,8 +328,9 @@ fn a_pass_alongside_live_writes_never_pushes_them_into_429s() {
     rig.sim.admin("PATCH", &format!("/accounts/{crm}/{tenant}/limits"), Some(json!({"burst_api_token": 8, "search_burst": 3})));
     let _sink = rig.sink();
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
-    let batch =
-        |from: usize| -> Vec<harness::Msg> { (from..from + N).map(|i| case.request_to(tenant, &format!("c{i}"), 2, CUSTOMER)).collect() };
+    let batch = |from: usize| -> Vec<crm_sync_tests::Msg> {
+        (from..from + N).map(|i| case.request_to(tenant, &format!("c{i}"), 2, CUSTOMER)).collect()
+    };
     rig.broker.produce(&case.topic(), &batch(0));
     wait_for("the first forty stored", Duration::from_secs(90), || rig.stored_writes() == N as i64);
 

@@ -2,16 +2,14 @@
 //! apart. Everything runs as processes against the dev broker, crm-sim, the machine's Redis
 //! and a PostgreSQL database of the test's own.
 
-mod harness;
-
 use crm_common::codec;
 use crm_common::events::fixtures::raw_call;
 use crm_common::events::*;
-use harness::crm_sim::CrmSim;
-use harness::postgres::PrivateDb;
-use harness::writer::{block_bucket, wait_for};
-use harness::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
-use harness::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::postgres::PrivateDb;
+use crm_sync_tests::writer::{block_bucket, wait_for};
+use crm_sync_tests::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use crm_sync_tests::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -90,7 +88,7 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
 
     // Eight calls from numbers the tenant's audit must not show, and one that is no number.
     let numbers: Vec<String> = (0..8).map(|i| format!("(415) 555-01{}", 20 + i)).collect();
-    let mut msgs: Vec<harness::Msg> = numbers
+    let mut msgs: Vec<crm_sync_tests::Msg> = numbers
         .iter()
         .enumerate()
         .map(|(i, n)| {
@@ -216,7 +214,7 @@ fn one_tenants_writes_never_use_another_tenants_credentials_or_bucket() {
     // acme's bucket is shut for a while; initech's secret is not there at all.
     block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(20));
     let writer = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[]);
-    let msgs: Vec<harness::Msg> =
+    let msgs: Vec<crm_sync_tests::Msg> =
         ["acme", "globex", "initech"].iter().flat_map(|t| (0..5).map(move |i| case.request(t, &format!("c{i}"), 1))).collect();
     broker.produce(&case.topic(), &msgs);
 

@@ -2,8 +2,6 @@
 //! ssl = on and its self-signed "snakeoil" certificate). One test: PGSSLROOTCERT is
 //! process-wide, so the cases run in order.
 
-mod harness;
-
 use crm_common::audit_store::AuditStore;
 
 const BASE: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -28,7 +26,7 @@ fn sslmode_require_encrypts_and_a_root_certificate_is_checked() {
     std::env::set_var("PGSSLROOTCERT", "/etc/ssl/certs/ssl-cert-snakeoil.pem");
     assert!(encrypted(&format!("{BASE}?sslmode=require")).unwrap(), "verified against its CA");
     // Any other CA: refused.
-    let other = harness::TempFile::new(
+    let other = crm_sync_tests::TempFile::new(
         "other-ca.pem",
         &std::fs::read_to_string("/etc/ssl/certs/ISRG_Root_X1.pem").expect("a public CA on the machine"),
     );

@@ -166,6 +166,36 @@ impl Contract {
     }
 }
 
+/// A JSON value as the text a CRM shows for it (strings bare, null empty).
+pub fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether the CRM's `live` value is the `expected` one, across the ways CRMs echo values
+/// back: numbers as strings, `true` as "true", date-times in another offset or precision,
+/// times with seconds ("10:30" is "10:30:00").
+pub fn same_value(expected: &Value, live: &Value) -> bool {
+    if expected == live {
+        return true;
+    }
+    let (a, b) = (as_text(expected), as_text(live));
+    if a == b {
+        return true;
+    }
+    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
+        return x == y;
+    }
+    if let (Ok(x), Ok(y)) = (chrono::DateTime::parse_from_rfc3339(&a), chrono::DateTime::parse_from_rfc3339(&b)) {
+        return x == y;
+    }
+    let time = |s: &str| s.strip_suffix(":00").filter(|t| t.len() == 5).map(str::to_string).unwrap_or_else(|| s.to_string());
+    a.len() <= 8 && b.len() <= 8 && a.contains(':') && time(&a) == time(&b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,34 +251,4 @@ mod tests {
         let e = Contract::parse("crm='x'\nobject='o'\nkey_field='k'\n[fields.k]\nsource='idempotency_key'\nownership='owned'\n[fields.t]\nsource='title'\nownership='fill_if_empty'\nrestorable=true\n").unwrap_err();
         assert!(e.to_string().contains("restorable"), "{e}");
     }
-}
-
-/// A JSON value as the text a CRM shows for it (strings bare, null empty).
-pub fn as_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// Whether the CRM's `live` value is the `expected` one, across the ways CRMs echo values
-/// back: numbers as strings, `true` as "true", date-times in another offset or precision,
-/// times with seconds ("10:30" is "10:30:00").
-pub fn same_value(expected: &Value, live: &Value) -> bool {
-    if expected == live {
-        return true;
-    }
-    let (a, b) = (as_text(expected), as_text(live));
-    if a == b {
-        return true;
-    }
-    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
-        return x == y;
-    }
-    if let (Ok(x), Ok(y)) = (chrono::DateTime::parse_from_rfc3339(&a), chrono::DateTime::parse_from_rfc3339(&b)) {
-        return x == y;
-    }
-    let time = |s: &str| s.strip_suffix(":00").filter(|t| t.len() == 5).map(str::to_string).unwrap_or_else(|| s.to_string());
-    a.len() <= 8 && b.len() <= 8 && a.contains(':') && time(&a) == time(&b)
 }

@@ -347,19 +347,6 @@ pub fn run(args: DlqArgs) -> anyhow::Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339_or_a_duration_ago() {
-        assert_eq!(when("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
-        let ago = when("2h").unwrap();
-        assert!((crm_common::emit::now_ms() - ago - 7_200_000).abs() < 1000);
-        assert!(when("yesterday").unwrap_err().to_string().contains("yesterday"));
-    }
-}
-
 /// The record a reconciler's dead letter says was deleted in the CRM, if that is what it
 /// says (other findings of the reconciler replay as plain writes).
 async fn deleted_record(store: &AuditStore, e: &Entry) -> anyhow::Result<Option<String>> {
@@ -372,4 +359,17 @@ async fn deleted_record(store: &AuditStore, e: &Entry) -> anyhow::Result<Option<
         )
         .await?;
     Ok(row.and_then(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_or_a_duration_ago() {
+        assert_eq!(when("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
+        let ago = when("2h").unwrap();
+        assert!((crm_common::emit::now_ms() - ago - 7_200_000).abs() < 1000);
+        assert!(when("yesterday").unwrap_err().to_string().contains("yesterday"));
+    }
 }

@@ -19,6 +19,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Host an in-memory Kafka-protocol broker (librdkafka mock cluster) on 127.0.0.1 with
     /// the pipeline's topics, print its bootstrap address, and run until stopped.

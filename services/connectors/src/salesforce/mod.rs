@@ -272,7 +272,7 @@ impl Connector for Salesforce {
         fields.extend(["Id", "IsDeleted", "WhoId"]);
         let mut out = HashMap::new();
         for chunk in wanted.chunks(COLLECTION_MAX) {
-            let ids = chunk.iter().map(|w| format!("'{}'", w.record_id.replace('\\', "").replace('\'', ""))).collect::<Vec<_>>().join(",");
+            let ids = chunk.iter().map(|w| format!("'{}'", w.record_id.replace(['\\', '\''], ""))).collect::<Vec<_>>().join(",");
             let soql = format!("SELECT {} FROM {} WHERE Id IN ({ids})", fields.join(", "), self.object());
             let mut path = self.data(&format!("/queryAll/?q={}", urlencode(&soql)));
             loop {
