@@ -1,4 +1,6 @@
-//! What a CRM connector provides to the writer runtime. Each connector is a folder with the
+//! What a CRM connector provides: the write path ([`Connector`]: contacts, lookups by key,
+//! writes) for the writer runtime, and the inspect side ([`Inspect`]: reads, restores,
+//! schema) for the reconciler. Each connector is a folder with the
 //! same parts: `mod.rs` (client: requests and the parsing of answers), `limits.rs` (rate-limit
 //! policy and header parsing), `errors.rs` (classification), and the contract file in
 //! `contracts/<crm>.toml` for field mapping; its tests run against crm-sim.
@@ -49,6 +51,12 @@ pub struct Wanted {
 pub trait Connector: Send + Sync + 'static {
     /// Per-tenant state: base URL, credentials, rate-limit policy.
     type Tenant: Send + Sync + 'static;
+
+    /// The connector for a deployment: its field contract, where the CRM's API and token
+    /// endpoint live for tenants that name none, and the HTTP timeout of one request.
+    fn build(contract: Contract, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self
+    where
+        Self: Sized;
 
     fn crm(&self) -> Crm;
     /// How many writes a lane plans together (claims, contact lookups, the batch call).
@@ -121,6 +129,21 @@ pub trait Connector: Send + Sync + 'static {
 
     fn contract(&self) -> &Contract;
 
+    /// Writes `items` (creates and updates), as few API calls as the CRM allows; one result
+    /// per item, in order.
+    fn write(
+        &self,
+        api: &Api,
+        t: &Self::Tenant,
+        items: &[Item],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+}
+
+/// The inspect side of a connector, for the reconciler: what the CRM holds now for records
+/// crm-sync wrote, putting owned fields back, and whether the contract's fields still exist.
+/// The writer never needs it; the write path is [`Connector`].
+pub trait Inspect: Connector {
     /// Reads the records in `wanted` (as many per call as the CRM allows), for the
     /// reconciler. Every id asked about has an answer.
     fn read(
@@ -149,16 +172,6 @@ pub trait Connector: Send + Sync + 'static {
         t: &Self::Tenant,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
-
-    /// Writes `items` (creates and updates), as few API calls as the CRM allows; one result
-    /// per item, in order.
-    fn write(
-        &self,
-        api: &Api,
-        t: &Self::Tenant,
-        items: &[Item],
-        log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
 }
 
 /// Creates through a CRM that enforces no key of ours (Zoho, Pipedrive), where sending

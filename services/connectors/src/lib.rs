@@ -55,39 +55,28 @@ pub struct CrmUrls {
 }
 
 /// Runs `$body` with `$c` bound to the connector for `$crm` (the trait's async methods make
-/// it generic, not a trait object, so each CRM is its own instantiation).
+/// it generic, not a trait object, so each CRM is its own instantiation). Every connector is
+/// built the same way, by `Connector::build`.
 #[macro_export]
 macro_rules! with_connector {
     ($crm:expr, $contract:expr, $urls:expr, $http_timeout:expr, |$c:ident| $body:expr) => {{
+        use $crate::connector::Connector as _;
         let urls: &$crate::CrmUrls = $urls;
         match $crm {
             crm_common::events::Crm::Hubspot => {
-                let $c = $crate::hubspot::Hubspot {
-                    contract: $contract,
-                    default_base_url: urls.hubspot_api_url.clone(),
-                    search_lag: urls.hubspot_search_lag,
-                };
+                let $c = $crate::hubspot::Hubspot::build($contract, urls, $http_timeout);
                 $body
             }
             crm_common::events::Crm::Salesforce => {
-                let $c = $crate::salesforce::Salesforce { contract: $contract, default_base_url: urls.salesforce_api_url.clone() };
+                let $c = $crate::salesforce::Salesforce::build($contract, urls, $http_timeout);
                 $body
             }
             crm_common::events::Crm::Zoho => {
-                let $c = $crate::zoho::Zoho {
-                    contract: $contract,
-                    default_base_url: urls.zoho_api_url.clone(),
-                    default_token_url: urls.zoho_token_url.clone(),
-                    http_timeout: $http_timeout,
-                };
+                let $c = $crate::zoho::Zoho::build($contract, urls, $http_timeout);
                 $body
             }
             crm_common::events::Crm::Pipedrive => {
-                let $c = $crate::pipedrive::Pipedrive {
-                    contract: $contract,
-                    default_base_url: urls.pipedrive_api_url.clone(),
-                    default_token_url: urls.pipedrive_token_url.clone(),
-                };
+                let $c = $crate::pipedrive::Pipedrive::build($contract, urls, $http_timeout);
                 $body
             }
             crm_common::events::Crm::Unknown => anyhow::bail!("unknown CRM: one of hubspot, salesforce, zoho, pipedrive"),

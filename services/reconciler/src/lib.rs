@@ -30,7 +30,7 @@ use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
 use crm_connectors::api::{Api, Exchange, Failure};
 use crm_connectors::claims::Claims;
-use crm_connectors::connector::{Connector, Live, Wanted};
+use crm_connectors::connector::{Inspect, Live, Wanted};
 use crm_connectors::contacts::ContactCache;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
@@ -49,7 +49,7 @@ pub mod kind {
     pub const SOURCE_GONE: &str = "source_gone";
 }
 
-pub struct Reconciler<C: Connector> {
+pub struct Reconciler<C: Inspect> {
     pub connector: C,
     /// The writers' client, with `reserve_pct` set: it waits rather than spend the share of
     /// each limit kept for live writes.
@@ -108,7 +108,7 @@ fn fields_text(fields: &[&str]) -> String {
     fields.join(", ")
 }
 
-impl<C: Connector> Reconciler<C> {
+impl<C: Inspect> Reconciler<C> {
     fn crm(&self) -> Crm {
         self.connector.crm()
     }
@@ -655,7 +655,7 @@ pub struct Options {
 
 /// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
 /// a producer.
-pub async fn build<C: Connector>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
+pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
     let tenants = Tenants::load(&common.tenants_config)?;
     let crm = connector.crm();
     let mut clients = HashMap::new();
@@ -706,7 +706,7 @@ pub async fn build<C: Connector>(connector: C, common: &crm_common::config::Comm
     })
 }
 
-impl<C: Connector> Reconciler<C> {
+impl<C: Inspect> Reconciler<C> {
     /// Tenants connected to this CRM.
     pub fn tenant_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.clients.keys().cloned().collect();

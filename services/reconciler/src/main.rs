@@ -5,7 +5,7 @@
 use clap::Parser;
 use crm_common::config::CommonArgs;
 use crm_common::events::Crm;
-use crm_connectors::connector::Connector;
+use crm_connectors::connector::Inspect;
 use reconciler::{build, Options, Reconciler};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve<C: Connector>(r: Reconciler<C>, opts: Options, every: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+async fn serve<C: Inspect>(r: Reconciler<C>, opts: Options, every: Duration, stop: CancellationToken) -> anyhow::Result<()> {
     let crm = r.connector.crm().as_str();
     crm_common::health::ready();
     while !stop.is_cancelled() {

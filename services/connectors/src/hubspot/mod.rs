@@ -16,7 +16,7 @@ pub mod limits;
 
 use crate::api::{Api, Exchange, Failure, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
+use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -248,6 +248,10 @@ fn national_digits(e164: &str) -> Option<String> {
 impl Connector for Hubspot {
     type Tenant = Tenant;
 
+    fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
+        Self { contract, default_base_url: urls.hubspot_api_url.clone(), search_lag: urls.hubspot_search_lag }
+    }
+
     fn crm(&self) -> Crm {
         Crm::Hubspot
     }
@@ -344,6 +348,17 @@ impl Connector for Hubspot {
         &self.contract
     }
 
+    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
+        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
+        let mut created =
+            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
+        let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
+        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
+    }
+}
+
+impl Inspect for Hubspot {
     /// `batch/read` for the fields (100 per call); an id it does not find is looked for
     /// among archived records. Batch reads carry no associations, so a call's contact is
     /// read again only when the contact it was linked to is no longer live (merged away
@@ -441,14 +456,5 @@ impl Connector for Hubspot {
                 .map(str::to_string)
                 .collect(),
         ))
-    }
-
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
-        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created =
-            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
-        let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
-        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
     }
 }

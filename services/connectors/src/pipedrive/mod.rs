@@ -11,7 +11,7 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
+use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -170,6 +170,10 @@ impl ReadBeforeResend for Pipedrive {
 impl Connector for Pipedrive {
     type Tenant = Tenant;
 
+    fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
+        Self { contract, default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
+    }
+
     fn crm(&self) -> Crm {
         Crm::Pipedrive
     }
@@ -256,6 +260,21 @@ impl Connector for Pipedrive {
         &self.contract
     }
 
+    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let r = if item.record_id.is_some() {
+                self.update(api, t, item, log).await
+            } else {
+                create_reading_before_resending(self, api, t, &[item], log).await.pop().expect("one result")
+            };
+            out.push(r);
+        }
+        out
+    }
+}
+
+impl Inspect for Pipedrive {
     /// The activity list filtered by `ids` (100 per call, one list's cost). Pipedrive hides
     /// deleted activities and cannot tell them from purged ones: a missing one is taken as
     /// deleted by a person, whose decision the reconciler does not undo by default.
@@ -294,19 +313,6 @@ impl Connector for Pipedrive {
     /// company admin can remove.
     async fn schema_fields(&self, _api: &Api, _t: &Tenant, _log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
         Ok(None)
-    }
-
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let mut out = Vec::with_capacity(items.len());
-        for item in items {
-            let r = if item.record_id.is_some() {
-                self.update(api, t, item, log).await
-            } else {
-                create_reading_before_resending(self, api, t, &[item], log).await.pop().expect("one result")
-            };
-            out.push(r);
-        }
-        out
     }
 }
 

@@ -12,7 +12,7 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{Connector, Item, ItemResult, Live, Wanted};
+use crate::connector::{Connector, Inspect, Item, ItemResult, Live, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -158,6 +158,10 @@ fn met_existing_with_create_only(r: &ItemResult) -> bool {
 impl Connector for Salesforce {
     type Tenant = Tenant;
 
+    fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
+        Self { contract, default_base_url: urls.salesforce_api_url.clone() }
+    }
+
     fn crm(&self) -> Crm {
         Crm::Salesforce
     }
@@ -265,6 +269,36 @@ impl Connector for Salesforce {
         &self.contract
     }
 
+    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
+        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
+        let mut created = if creates.is_empty() { vec![] } else { self.upsert(api, t, &creates, log).await };
+        // An upsert that landed on a record a lost write made, and was refused for a
+        // create-only field: find the record by key and update it like any other.
+        for (i, r) in created.iter_mut().enumerate() {
+            if met_existing_with_create_only(r) {
+                let found = self.lookup(api, t, &creates[i].req, 0, log).await;
+                *r = match found {
+                    Ok(Some(id)) => {
+                        let item = Item { record_id: Some(id.clone()), ..creates[i].clone() };
+                        match self.update(api, t, &[&item], log).await.pop() {
+                            Some(ItemResult::Written { record_id, .. }) => ItemResult::Written { record_id, created: false },
+                            Some(other) => other,
+                            None => ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "no save result")),
+                        }
+                    }
+                    Ok(None) => r.clone(),
+                    Err(f) => ItemResult::Failed(f),
+                };
+            }
+        }
+        let mut created = created.into_iter();
+        let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
+        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
+    }
+}
+
+impl Inspect for Salesforce {
     /// One `queryAll` per 200 ids: it returns deleted Tasks too (`IsDeleted`, the recycle
     /// bin), and `WhoId`, which follows a contact merge.
     async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
@@ -328,33 +362,5 @@ impl Connector for Salesforce {
                 .map(str::to_string)
                 .collect(),
         ))
-    }
-
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
-        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created = if creates.is_empty() { vec![] } else { self.upsert(api, t, &creates, log).await };
-        // An upsert that landed on a record a lost write made, and was refused for a
-        // create-only field: find the record by key and update it like any other.
-        for (i, r) in created.iter_mut().enumerate() {
-            if met_existing_with_create_only(r) {
-                let found = self.lookup(api, t, &creates[i].req, 0, log).await;
-                *r = match found {
-                    Ok(Some(id)) => {
-                        let item = Item { record_id: Some(id.clone()), ..creates[i].clone() };
-                        match self.update(api, t, &[&item], log).await.pop() {
-                            Some(ItemResult::Written { record_id, .. }) => ItemResult::Written { record_id, created: false },
-                            Some(other) => other,
-                            None => ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "no save result")),
-                        }
-                    }
-                    Ok(None) => r.clone(),
-                    Err(f) => ItemResult::Failed(f),
-                };
-            }
-        }
-        let mut created = created.into_iter();
-        let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
-        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
     }
 }

@@ -11,7 +11,7 @@ pub mod limits;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Item, ItemResult, Live, ReadBeforeResend, Wanted};
+use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -177,6 +177,10 @@ fn national_digits(e164: &str) -> Option<String> {
 impl Connector for Zoho {
     type Tenant = Tenant;
 
+    fn build(contract: Contract, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
+        Self { contract, default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
+    }
+
     fn crm(&self) -> Crm {
         Crm::Zoho
     }
@@ -291,6 +295,26 @@ impl Connector for Zoho {
         &self.contract
     }
 
+    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
+        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
+        let mut created =
+            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
+        let mut updated = if updates.is_empty() {
+            vec![]
+        } else {
+            let records: Vec<Value> = updates.iter().map(|i| self.record(i, WriteKind::Update)).collect();
+            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS)
+                .body(json!({"data": records, "trigger": []}))
+                .fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
+            self.multi(api, t, req, &updates, log).await
+        }
+        .into_iter();
+        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
+    }
+}
+
+impl Inspect for Zoho {
     /// COQL by id (50 per query); ids it does not return are looked for in the recycle bin
     /// (`/deleted`, a few pages), else they are gone for good.
     async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
@@ -374,24 +398,6 @@ impl Connector for Zoho {
                 .map(str::to_string)
                 .collect(),
         ))
-    }
-
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
-        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created =
-            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
-        let mut updated = if updates.is_empty() {
-            vec![]
-        } else {
-            let records: Vec<Value> = updates.iter().map(|i| self.record(i, WriteKind::Update)).collect();
-            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS)
-                .body(json!({"data": records, "trigger": []}))
-                .fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
-            self.multi(api, t, req, &updates, log).await
-        }
-        .into_iter();
-        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
     }
 }
 
