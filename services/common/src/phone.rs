@@ -99,6 +99,14 @@ impl E164Cache {
     }
 }
 
+/// The digits of an E.164 number's national number (`+14155552671` → `4155552671`): what
+/// the CRMs' phone searches are given, since numbers are stored as people typed them (HubSpot
+/// indexes these digits in `hs_searchable_calculated_*`; Salesforce's SOSL and Zoho's search
+/// ignore punctuation and a missing country code). None when `e164` does not parse.
+pub fn national_digits(e164: &str) -> Option<String> {
+    phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string())
+}
+
 /// Masks a number for audit and logs: country code and last two digits stay, so support
 /// staff can tell numbers apart without reading them.
 /// `text` with every E.164 number in it (`+` and 7–15 digits) masked: for CRM request and
@@ -149,6 +157,13 @@ pub fn mask(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn national_digits_drop_the_country_code() {
+        assert_eq!(national_digits("+14155552671").as_deref(), Some("4155552671"));
+        assert_eq!(national_digits("+442079460958").as_deref(), Some("2079460958"));
+        assert_eq!(national_digits("not a number"), None);
+    }
 
     #[test]
     fn numbers_inside_text_are_masked() {

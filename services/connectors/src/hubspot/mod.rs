@@ -240,11 +240,6 @@ impl ReadBeforeResend for Hubspot {
     }
 }
 
-/// The digits HubSpot keeps in `hs_searchable_calculated_*`: the national number.
-fn national_digits(e164: &str) -> Option<String> {
-    phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string())
-}
-
 impl Connector for Hubspot {
     type Tenant = Tenant;
 
@@ -283,7 +278,7 @@ impl Connector for Hubspot {
     }
 
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
-        let Some(digits) = national_digits(e164) else { return Ok(None) };
+        let Some(digits) = crm_common::phone::national_digits(e164) else { return Ok(None) };
         let body = |value: &str| {
             let group = |prop: &str| json!({"filters": [{"propertyName": prop, "operator": "EQ", "value": value}]});
             json!({

@@ -144,12 +144,6 @@ impl Salesforce {
     }
 }
 
-/// The national number's digits: what SOSL is given (it ignores punctuation and a missing
-/// country code in stored numbers).
-fn national_digits(e164: &str) -> Option<String> {
-    phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string())
-}
-
 /// An upsert that met an existing record with a create-only field (TaskSubtype) in the body.
 fn met_existing_with_create_only(r: &ItemResult) -> bool {
     matches!(r, ItemResult::Failed(f) if f.detail.starts_with("INVALID_FIELD_FOR_INSERT_UPDATE"))
@@ -193,7 +187,7 @@ impl Connector for Salesforce {
     }
 
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
-        let Some(digits) = national_digits(e164) else { return Ok(None) };
+        let Some(digits) = crm_common::phone::national_digits(e164) else { return Ok(None) };
         let sosl = |term: &str| {
             format!(
                 "FIND {{{term}}} IN PHONE FIELDS RETURNING Contact(Id, {}), Lead(Id, {}) LIMIT 20",

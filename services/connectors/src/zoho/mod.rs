@@ -170,10 +170,6 @@ impl ReadBeforeResend for Zoho {
     }
 }
 
-fn national_digits(e164: &str) -> Option<String> {
-    phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string())
-}
-
 impl Connector for Zoho {
     type Tenant = Tenant;
 
@@ -222,7 +218,7 @@ impl Connector for Zoho {
     }
 
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
-        let Some(digits) = national_digits(e164) else { return Ok(None) };
+        let Some(digits) = crm_common::phone::national_digits(e164) else { return Ok(None) };
         let fields = format!("id,{}", CONTACT_PHONES.join(","));
         let req = Request::get(format!("{API}/Contacts/search?phone={digits}&fields={fields}&per_page=20"), API_CLASS)
             .audited_as(json!({"phone": crm_common::phone::mask(&digits)}));
