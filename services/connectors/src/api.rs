@@ -6,7 +6,7 @@
 
 use crate::bucket::{BucketSet, Take, TokenBuckets};
 use crate::retry::Backoff;
-use crm_common::events::DlqReason;
+use crm_common::events::{AuditOutcome, DlqReason};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -106,6 +106,36 @@ pub enum Verdict {
     Permanent(DlqReason, String),
 }
 
+impl Verdict {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Verdict::Ok)
+    }
+
+    /// What an exchange that ended this way is in the audit: the one mapping the writer and
+    /// the reconciler share.
+    pub fn audit_outcome(&self) -> AuditOutcome {
+        match self {
+            Verdict::Ok => AuditOutcome::Succeeded,
+            Verdict::Throttled { .. } => AuditOutcome::Throttled,
+            Verdict::Transient(_) => AuditOutcome::Retrying,
+            Verdict::Permanent(..) => AuditOutcome::DeadLettered,
+        }
+    }
+}
+
+/// The audit record's detail for the exchange: `ok`, `throttled for N ms`, `transient: why`,
+/// `REASON: why`.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Ok => write!(f, "ok"),
+            Verdict::Throttled { wait } => write!(f, "throttled for {} ms", wait.as_millis()),
+            Verdict::Transient(why) => write!(f, "transient: {why}"),
+            Verdict::Permanent(reason, why) => write!(f, "{}: {why}", reason.as_str()),
+        }
+    }
+}
+
 /// One HTTP exchange, for the audit record of every item it concerned.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -117,7 +147,8 @@ pub struct Exchange {
     pub rate_headers: String,
     pub latency_ms: i64,
     pub attempt: u32,
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Verdict,
     /// What was sent, without credentials.
     pub sent: String,
 }
@@ -347,12 +378,7 @@ impl Api {
                 rate_headers: reply.as_ref().map(|r| policy.rate_headers(r)).unwrap_or_default(),
                 latency_ms,
                 attempt,
-                outcome: match &verdict {
-                    Verdict::Ok => "ok".into(),
-                    Verdict::Throttled { wait } => format!("throttled for {} ms", wait.as_millis()),
-                    Verdict::Transient(why) => format!("transient: {why}"),
-                    Verdict::Permanent(reason, why) => format!("{}: {why}", reason.as_str()),
-                },
+                outcome: verdict.clone(),
                 sent: sent.clone(),
             });
             match verdict {

@@ -22,7 +22,7 @@
 //! AUTH_FAILED. A token endpoint that is unreachable, slow, answers 5xx or throttles minting
 //! is transient: the call retries it with backoff like any other CRM failure.
 
-use crate::api::{Exchange, Failure};
+use crate::api::{Exchange, Failure, Verdict};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -430,7 +430,7 @@ impl Credentials {
             rate_headers: String::new(),
             latency_ms: 0,
             attempt: 1,
-            outcome: String::new(),
+            outcome: Verdict::Ok,
             sent: format!("refresh_token grant for the client in secret {} (values not shown)", self.secret_name),
         };
         let result = match resp {
@@ -469,9 +469,9 @@ impl Credentials {
         };
         ex.latency_ms = t.elapsed().as_millis() as i64;
         ex.outcome = match &result {
-            Ok(_) => "ok".into(),
-            Err(AuthError::Refused(f)) => format!("{}: {}", f.reason.as_str(), f.detail),
-            Err(AuthError::Unavailable(why)) => format!("transient: {why}"),
+            Ok(_) => Verdict::Ok,
+            Err(AuthError::Refused(f)) => Verdict::Permanent(f.reason, f.detail.clone()),
+            Err(AuthError::Unavailable(why)) => Verdict::Transient(why.clone()),
         };
         log.push(ex);
         result

@@ -478,14 +478,7 @@ impl<C: Inspect> Reconciler<C> {
 
     fn audit_exchanges(&self, pass: &mut Pass<'_>, input: &InMessage, subject: &Subject, w: &Written, log: &[Exchange]) {
         for ex in log {
-            let outcome = if ex.outcome == "ok" {
-                AuditOutcome::Succeeded
-            } else if ex.outcome.starts_with("throttled") {
-                AuditOutcome::Throttled
-            } else {
-                AuditOutcome::Retrying
-            };
-            let mut a = pass.emit.audit(input, subject, &ex.endpoint, outcome, ex.outcome.clone());
+            let mut a = pass.emit.audit(input, subject, &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
             a.idempotency_key = Some(w.idempotency_key.clone());
             a.crm_status = ex.status.map(i32::from);
             a.crm_record_id = Some(w.record_id.clone());

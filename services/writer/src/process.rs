@@ -125,16 +125,7 @@ impl<C: Connector> Shared<C> {
 
     /// One audit record per CRM call.
     fn audit_exchange(&self, w: &Work, ex: &Exchange, record_id: Option<&str>) -> OutRecord {
-        let outcome = if ex.outcome == "ok" {
-            AuditOutcome::Succeeded
-        } else if ex.outcome.starts_with("throttled") {
-            AuditOutcome::Throttled
-        } else if ex.outcome.starts_with("transient") {
-            AuditOutcome::Retrying
-        } else {
-            AuditOutcome::DeadLettered
-        };
-        let mut a = self.emit.audit(&w.input, &self.subject(&w.req), &ex.endpoint, outcome, ex.outcome.clone());
+        let mut a = self.emit.audit(&w.input, &self.subject(&w.req), &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
         a.idempotency_key = Some(w.req.idempotency_key.clone());
         a.attempt = ex.attempt as i32;
         a.crm_status = ex.status.map(i32::from);
@@ -474,7 +465,7 @@ impl<C: Connector> Shared<C> {
             _ => None,
         };
         for ex in &s.log {
-            outputs.push(self.audit_exchange(w, ex, if ex.outcome == "ok" { record_id } else { None }));
+            outputs.push(self.audit_exchange(w, ex, if ex.outcome.is_ok() { record_id } else { None }));
         }
         let subject = self.subject(req);
         let linked_contact = s.item.as_ref().and_then(|i| i.contact_id.clone());
