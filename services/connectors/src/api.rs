@@ -12,14 +12,47 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// A request, built by a connector.
+/// What a request does. Each CRM's policy decides from it which of its limits the request
+/// spends and how much (HubSpot: search has its own limit; Pipedrive: each kind has its own
+/// token cost); it also labels the request's latency metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestClass {
+    /// Records by id, or a query that reads them (SOQL, COQL).
+    Read,
+    /// A page of a listing.
+    List,
+    /// A search (an index that lags writes).
+    Search,
+    Create,
+    Update,
+    /// Create or update by a key the CRM enforces (Salesforce's external id).
+    Upsert,
+    /// The CRM's schema: fields of an object.
+    Schema,
+}
+
+impl RequestClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestClass::Read => "read",
+            RequestClass::List => "list",
+            RequestClass::Search => "search",
+            RequestClass::Create => "create",
+            RequestClass::Update => "update",
+            RequestClass::Upsert => "upsert",
+            RequestClass::Schema => "schema",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: reqwest::Method,
     /// Path and query under the tenant's base URL.
     pub path: String,
     pub body: Option<Value>,
-    /// Which buckets it spends from (the connector's policy names them).
-    pub class: &'static str,
+    /// What it does: which buckets it spends from (the connector's policy decides).
+    pub class: RequestClass,
     /// What audit shows of the body when the body itself holds something audit must not
     /// (a bare phone number in a search filter); None: the body, with E.164 numbers masked.
     /// When set, the answer is not kept in audit either.
@@ -36,7 +69,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(method: reqwest::Method, path: impl Into<String>, class: &'static str) -> Request {
+    pub fn new(method: reqwest::Method, path: impl Into<String>, class: RequestClass) -> Request {
         Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true, fence: vec![] }
     }
 
@@ -46,7 +79,7 @@ impl Request {
         self
     }
 
-    pub fn get(path: impl Into<String>, class: &'static str) -> Request {
+    pub fn get(path: impl Into<String>, class: RequestClass) -> Request {
         Request::new(reqwest::Method::GET, path, class)
     }
 
@@ -181,7 +214,7 @@ impl Failure {
 
 /// What the connector contributes to every call.
 pub trait Policy: Send + Sync {
-    fn buckets(&self, class: &'static str) -> BucketSet;
+    fn buckets(&self, class: RequestClass) -> BucketSet;
     /// Tokens the request spends from each limit of its set, in order (Pipedrive's daily
     /// budget charges by endpoint, Zoho's credits by records); 1 from each by default.
     fn costs(&self, req: &Request, set: &BucketSet) -> Vec<u64> {
@@ -189,7 +222,7 @@ pub trait Policy: Send + Sync {
         vec![1; set.limits.len()]
     }
     /// (limit name, remaining) pairs read from an answer's headers.
-    fn observed(&self, reply: &Reply, class: &'static str) -> Vec<(String, u64)>;
+    fn observed(&self, reply: &Reply, class: RequestClass) -> Vec<(String, u64)>;
     fn classify(&self, reply: &Reply) -> Verdict;
     /// The headers worth keeping in audit (rate-limit state).
     fn rate_headers(&self, reply: &Reply) -> String;
@@ -358,7 +391,7 @@ impl Api {
                 (None, Verdict::Transient(why)) if why.starts_with("timed out") => "timeout".into(),
                 (None, _) => "error".into(),
             };
-            metrics.request(&set.crm, req.class, status, priority, t.elapsed().as_secs_f64() * 1000.0);
+            metrics.request(&set.crm, req.class.as_str(), status, priority, t.elapsed().as_secs_f64() * 1000.0);
             if holds_slots {
                 if let Err(e) = self.buckets.release(&set, &take_id, &costs).await {
                     // The slot's lease returns it soon enough.

@@ -3,13 +3,10 @@
 //! account); searches from the search limiter (per account, per second) and the daily
 //! allowance. Search answers carry no rate-limit headers.
 
-use crate::api::{Policy, Reply, Verdict};
+use crate::api::{Policy, Reply, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
-
-pub const WRITE: &str = "write";
-pub const SEARCH: &str = "search";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -56,8 +53,8 @@ fn num(reply: &Reply, name: &str) -> Option<u64> {
 }
 
 impl Policy for HubspotPolicy {
-    fn buckets(&self, class: &'static str) -> BucketSet {
-        let limits = if class == SEARCH {
+    fn buckets(&self, class: RequestClass) -> BucketSet {
+        let limits = if class == RequestClass::Search {
             vec![
                 Limit::Rolling {
                     name: "search".into(),
@@ -83,9 +80,9 @@ impl Policy for HubspotPolicy {
         BucketSet { tenant_id: self.tenant_id.clone(), crm: "hubspot".into(), limits }
     }
 
-    fn observed(&self, reply: &Reply, class: &'static str) -> Vec<(String, u64)> {
+    fn observed(&self, reply: &Reply, class: RequestClass) -> Vec<(String, u64)> {
         let mut out = vec![];
-        if class != SEARCH {
+        if class != RequestClass::Search {
             if let Some(r) = num(reply, "x-hubspot-ratelimit-remaining") {
                 out.push(("burst".to_string(), r));
             }
@@ -142,9 +139,9 @@ mod tests {
         h.insert("x-hubspot-ratelimit-remaining", HeaderValue::from_static("42"));
         h.insert("x-hubspot-ratelimit-daily-remaining", HeaderValue::from_static("1000"));
         let r = Reply { status: 201, headers: h, body: String::new() };
-        assert_eq!(p.observed(&r, WRITE), vec![("burst".to_string(), 42), ("daily".to_string(), 1000)]);
-        assert_eq!(p.observed(&r, SEARCH), vec![("daily".to_string(), 1000)]);
-        assert_eq!(p.buckets(SEARCH).limits[0].name(), "search");
+        assert_eq!(p.observed(&r, RequestClass::Create), vec![("burst".to_string(), 42), ("daily".to_string(), 1000)]);
+        assert_eq!(p.observed(&r, RequestClass::Search), vec![("daily".to_string(), 1000)]);
+        assert_eq!(p.buckets(RequestClass::Search).limits[0].name(), "search");
         assert!(p.rate_headers(&r).contains("x-hubspot-ratelimit-remaining=42"));
     }
 }

@@ -14,7 +14,7 @@
 pub mod errors;
 pub mod limits;
 
-use crate::api::{Api, Exchange, Failure, Request};
+use crate::api::{Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
 use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
@@ -68,9 +68,13 @@ impl Hubspot {
         items: &[&Item],
         log: &mut Vec<Exchange>,
     ) -> Result<crate::api::Reply, Failure> {
-        let mut req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), limits::WRITE)
-            .body(json!({"inputs": inputs}))
-            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        let mut req = Request::new(
+            Method::POST,
+            format!("/crm/v3/objects/{}/batch/{action}", self.object()),
+            if action == "create" { RequestClass::Create } else { RequestClass::Update },
+        )
+        .body(json!({"inputs": inputs}))
+        .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         if action == "create" {
             req = req.not_replay_safe();
         }
@@ -87,7 +91,7 @@ impl Hubspot {
                 "properties": [kf],
                 "limit": 200
             });
-            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/search", self.object()), limits::SEARCH).body(body);
+            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/search", self.object()), RequestClass::Search).body(body);
             let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
             let body = reply.json();
             for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
@@ -287,7 +291,7 @@ impl Connector for Hubspot {
                 "limit": 20
             })
         };
-        let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", limits::SEARCH)
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", RequestClass::Search)
             .body(body(&digits))
             .audited_as(body(&crm_common::phone::mask(&digits)));
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
@@ -305,7 +309,7 @@ impl Connector for Hubspot {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", limits::WRITE)
+        let req = Request::new(Method::POST, "/crm/v3/objects/contacts", RequestClass::Create)
             .body(json!({"properties": {"phone": e164}, "associations": []}))
             .not_replay_safe();
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
@@ -363,7 +367,7 @@ impl Inspect for Hubspot {
         let mut out = HashMap::new();
         for chunk in wanted.chunks(BATCH_MAX) {
             let inputs: Vec<Value> = chunk.iter().map(|w| json!({"id": w.record_id})).collect();
-            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/read", self.object()), limits::WRITE)
+            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/read", self.object()), RequestClass::Read)
                 .body(json!({"inputs": inputs, "properties": props}));
             let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
             for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
@@ -377,7 +381,7 @@ impl Inspect for Hubspot {
         let mut live_contacts: HashSet<String> = HashSet::new();
         for chunk in linked.chunks(BATCH_MAX) {
             let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
-            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/read", limits::WRITE)
+            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/read", RequestClass::Read)
                 .body(json!({"inputs": inputs, "properties": ["hs_object_id"]}));
             let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
             for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
@@ -396,7 +400,7 @@ impl Inspect for Hubspot {
                             self.object(),
                             crate::api::urlencode(&w.record_id)
                         );
-                        let reply = api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, limits::WRITE), log).await?;
+                        let reply = api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, RequestClass::Read), log).await?;
                         *contact_id =
                             reply.json().pointer("/associations/contacts/results/0/id").and_then(Value::as_str).map(str::to_string);
                     }
@@ -409,7 +413,7 @@ impl Inspect for Hubspot {
                         self.object(),
                         crate::api::urlencode(&w.record_id)
                     );
-                    let live = match api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, limits::WRITE), log).await {
+                    let live = match api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, RequestClass::Read), log).await {
                         Ok(_) => Live::Deleted,
                         Err(f) if f.status == Some(404) => Live::Absent,
                         Err(f) => return Err(f),
@@ -431,14 +435,17 @@ impl Inspect for Hubspot {
     ) -> Result<(), Failure> {
         // HubSpot's properties are strings.
         let props: Map<String, Value> = fields.iter().map(|(k, v)| (k.clone(), Value::String(crate::contract::as_text(v)))).collect();
-        let req =
-            Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), crate::api::urlencode(record_id)), limits::WRITE)
-                .body(json!({"properties": props}));
+        let req = Request::new(
+            Method::PATCH,
+            format!("/crm/v3/objects/{}/{}", self.object(), crate::api::urlencode(record_id)),
+            RequestClass::Update,
+        )
+        .body(json!({"properties": props}));
         api.call(&t.policy, &t.base_url, &t.auth, &req, log).await.map(|_| ())
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(format!("/crm/v3/properties/{}", self.object()), limits::WRITE);
+        let req = Request::get(format!("/crm/v3/properties/{}", self.object()), RequestClass::Schema);
         let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
         Ok(Some(
             reply

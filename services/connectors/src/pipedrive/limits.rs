@@ -4,16 +4,10 @@
 //! at its own cost. `x-ratelimit-remaining` corrects the burst and
 //! `x-daily-ratelimit-token-remaining` the budget.
 
-use crate::api::{Policy, Reply, Request, Verdict};
+use crate::api::{Policy, Reply, Request, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
-
-pub const GET: &str = "get";
-pub const LIST: &str = "list";
-pub const CREATE: &str = "create";
-pub const UPDATE: &str = "update";
-pub const SEARCH: &str = "search";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -65,12 +59,12 @@ fn num(reply: &Reply, name: &str) -> Option<u64> {
 }
 
 impl PipedrivePolicy {
-    fn cost(&self, class: &str) -> u64 {
+    fn cost(&self, class: RequestClass) -> u64 {
         let i = match class {
-            GET => 0,
-            LIST => 1,
-            CREATE => 2,
-            UPDATE => 3,
+            RequestClass::Read => 0,
+            RequestClass::List => 1,
+            RequestClass::Create => 2,
+            RequestClass::Update => 3,
             _ => 4,
         };
         self.plan.costs[i]
@@ -78,7 +72,7 @@ impl PipedrivePolicy {
 }
 
 impl Policy for PipedrivePolicy {
-    fn buckets(&self, class: &'static str) -> BucketSet {
+    fn buckets(&self, class: RequestClass) -> BucketSet {
         let window = Duration::from_secs(2);
         // A token comes back only once Pipedrive, too, has let its request leave the window.
         let margin = Duration::from_millis(300);
@@ -86,7 +80,7 @@ impl Policy for PipedrivePolicy {
             Limit::Rolling { name: "burst".into(), max: self.plan.burst_per_2s, window, margin },
             Limit::Daily { name: "budget".into(), max: self.plan.daily_tokens, tz_offset_min: self.tz_offset_min },
         ];
-        if class == SEARCH {
+        if class == RequestClass::Search {
             limits.push(Limit::Rolling { name: "search".into(), max: self.plan.search_per_2s, window, margin });
         }
         BucketSet { tenant_id: self.tenant_id.clone(), crm: "pipedrive".into(), limits }
@@ -96,7 +90,7 @@ impl Policy for PipedrivePolicy {
         set.limits.iter().map(|l| if l.name() == "budget" { self.cost(req.class) } else { 1 }).collect()
     }
 
-    fn observed(&self, reply: &Reply, _class: &'static str) -> Vec<(String, u64)> {
+    fn observed(&self, reply: &Reply, _class: RequestClass) -> Vec<(String, u64)> {
         let mut out = vec![];
         if let Some(r) = num(reply, "x-ratelimit-remaining") {
             out.push(("burst".to_string(), r));
@@ -143,15 +137,15 @@ mod tests {
     #[test]
     fn each_endpoint_spends_its_cost_from_the_budget_and_one_from_the_bursts() {
         let p = PipedrivePolicy { tenant_id: "initech".into(), plan: plan(&conn("growth", &[]), false).unwrap(), tz_offset_min: 60 };
-        let search = p.buckets(SEARCH);
+        let search = p.buckets(RequestClass::Search);
         assert_eq!(search.limits.iter().map(|l| l.name()).collect::<Vec<_>>(), vec!["burst", "budget", "search"]);
-        assert_eq!(p.costs(&Request::get("/api/v2/persons/search", SEARCH), &search), vec![1, 20, 1]);
-        let create = p.buckets(CREATE);
-        assert_eq!(p.costs(&Request::new(reqwest::Method::POST, "/api/v2/activities", CREATE), &create), vec![1, 5]);
+        assert_eq!(p.costs(&Request::get("/api/v2/persons/search", RequestClass::Search), &search), vec![1, 20, 1]);
+        let create = p.buckets(RequestClass::Create);
+        assert_eq!(p.costs(&Request::new(reqwest::Method::POST, "/api/v2/activities", RequestClass::Create), &create), vec![1, 5]);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("38"));
         h.insert("x-daily-ratelimit-token-remaining", HeaderValue::from_static("1000"));
         let r = Reply { status: 200, headers: h, body: String::new() };
-        assert_eq!(p.observed(&r, CREATE), vec![("burst".to_string(), 38), ("budget".to_string(), 1000)]);
+        assert_eq!(p.observed(&r, RequestClass::Create), vec![("burst".to_string(), 38), ("budget".to_string(), 1000)]);
     }
 }

@@ -9,7 +9,7 @@
 pub mod errors;
 pub mod limits;
 
-use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
+use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
 use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
@@ -64,7 +64,7 @@ impl Pipedrive {
             // v2: the person is linked as the primary participant (person_id is read-only).
             body.insert("participants".into(), json!([{"person_id": person, "primary": true}]));
         }
-        let req = Request::new(Method::POST, self.activities(), limits::CREATE)
+        let req = Request::new(Method::POST, self.activities(), RequestClass::Create)
             .body(Value::Object(body))
             .not_replay_safe()
             .fenced([item.req.idempotency_key.as_str()]);
@@ -83,7 +83,7 @@ impl Pipedrive {
     async fn update(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
         let id = item.record_id.clone().unwrap_or_default();
         let body = self.contract.values(&item.req, WriteKind::Update);
-        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), limits::UPDATE)
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), RequestClass::Update)
             .body(Value::Object(body))
             .fenced([item.req.idempotency_key.as_str()]);
         match self.call(api, t, req, log).await {
@@ -114,7 +114,7 @@ impl Pipedrive {
             if since_ms > 0 { format!("&updated_since={}", urlencode(&rfc3339_secs(since_ms - CLOCK_SKEW_MS))) } else { String::new() };
         for _ in 0..MAX_PAGES {
             let page = cursor.as_ref().map(|c| format!("&cursor={}", urlencode(c))).unwrap_or_default();
-            let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), limits::LIST);
+            let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), RequestClass::List);
             let body = self.call(api, t, req, log).await?.json();
             for a in body.get("data").and_then(Value::as_array).into_iter().flatten() {
                 let key = a.get(&self.contract.key_field).and_then(Value::as_str).and_then(|text| self.contract.key_in(text));
@@ -219,7 +219,7 @@ impl Connector for Pipedrive {
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // Phones are free text there: search the national number's digits, then compare.
         let Some(digits) = phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string()) else { return Ok(None) };
-        let req = Request::get(format!("/api/v2/persons/search?term={digits}&fields=phone&limit=20"), limits::SEARCH)
+        let req = Request::get(format!("/api/v2/persons/search?term={digits}&fields=phone&limit=20"), RequestClass::Search)
             .audited_as(json!({"term": crm_common::phone::mask(&digits), "fields": "phone"}));
         let reply = self.call(api, t, req, log).await?;
         let found = reply.json().pointer("/data/items").and_then(Value::as_array).into_iter().flatten().find_map(|hit| {
@@ -237,8 +237,9 @@ impl Connector for Pipedrive {
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let body = json!({"name": "Unknown caller", "phones": [{"value": e164, "label": "work", "primary": true}]});
-        let reply =
-            self.call(api, t, Request::new(Method::POST, "/api/v2/persons", limits::CREATE).body(body).not_replay_safe(), log).await?;
+        let reply = self
+            .call(api, t, Request::new(Method::POST, "/api/v2/persons", RequestClass::Create).body(body).not_replay_safe(), log)
+            .await?;
         reply.json().pointer("/data/id").and_then(id_of).ok_or_else(|| Failure {
             status: Some(reply.status),
             ..Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id")
@@ -282,7 +283,7 @@ impl Inspect for Pipedrive {
         let mut out = HashMap::new();
         for chunk in wanted.chunks(100) {
             let ids = chunk.iter().map(|w| urlencode(&w.record_id)).collect::<Vec<_>>().join(",");
-            let req = Request::get(format!("{}?ids={ids}&limit=100", self.activities()), limits::LIST);
+            let req = Request::get(format!("{}?ids={ids}&limit=100", self.activities()), RequestClass::List);
             let reply = self.call(api, t, req, log).await?;
             for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
                 let Some(id) = r.get("id").and_then(id_of) else { continue };
@@ -304,7 +305,7 @@ impl Inspect for Pipedrive {
         fields: &Map<String, Value>,
         log: &mut Vec<Exchange>,
     ) -> Result<(), Failure> {
-        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), limits::UPDATE)
+        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), RequestClass::Update)
             .body(Value::Object(fields.clone()));
         self.call(api, t, req, log).await.map(|_| ())
     }

@@ -3,13 +3,12 @@
 //! follows `Sforce-Limit-Info: api-usage=used/max` on every answer (a reported limit), not a
 //! local counter. An exhausted allowance answers 403 REQUEST_LIMIT_EXCEEDED, not 429.
 
-use crate::api::{Policy, Reply, Verdict};
+use crate::api::{Policy, Reply, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 
 /// The one class of request: every call spends from the org's allowance.
-pub const API_CLASS: &str = "api";
 
 /// The org's allocation by edition and licenses (`seats` in the tenant's limits), then the
 /// tenant's override `daily_api_requests`.
@@ -50,11 +49,11 @@ pub struct SalesforcePolicy {
 }
 
 impl Policy for SalesforcePolicy {
-    fn buckets(&self, _class: &'static str) -> BucketSet {
+    fn buckets(&self, _class: RequestClass) -> BucketSet {
         buckets(&self.tenant_id, self.allocation, self.recheck)
     }
 
-    fn observed(&self, reply: &Reply, _class: &'static str) -> Vec<(String, u64)> {
+    fn observed(&self, reply: &Reply, _class: RequestClass) -> Vec<(String, u64)> {
         observed(reply)
     }
 

@@ -10,7 +10,7 @@
 pub mod errors;
 pub mod limits;
 
-use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
+use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
 use crate::connector::{Connector, Inspect, Item, ItemResult, Live, Wanted};
 use crate::contract::{Contract, WriteKind};
@@ -122,7 +122,7 @@ impl Salesforce {
     async fn upsert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
         let path = self.data(&format!("/composite/sobjects/{}/{}", self.object(), self.contract.key_field));
-        let req = Request::new(Method::PATCH, path, limits::API_CLASS)
+        let req = Request::new(Method::PATCH, path, RequestClass::Upsert)
             .body(json!({"allOrNone": false, "records": records}))
             .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.collection(api, t, req, items, log).await
@@ -137,7 +137,7 @@ impl Salesforce {
                 r
             })
             .collect();
-        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), limits::API_CLASS)
+        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), RequestClass::Upsert)
             .body(json!({"allOrNone": false, "records": records}))
             .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
         self.collection(api, t, req, items, log).await
@@ -195,7 +195,7 @@ impl Connector for Salesforce {
                 LEAD_PHONES.join(", ")
             )
         };
-        let req = Request::get(self.data(&format!("/search/?q={}", urlencode(&sosl(&digits)))), limits::API_CLASS)
+        let req = Request::get(self.data(&format!("/search/?q={}", urlencode(&sosl(&digits)))), RequestClass::Search)
             .audited_as(json!({"q": sosl(&crm_common::phone::mask(&digits))}));
         let reply = self.call(api, t, req, log).await?;
         let body = reply.json();
@@ -218,7 +218,7 @@ impl Connector for Salesforce {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, self.data("/sobjects/Contact/"), limits::API_CLASS)
+        let req = Request::new(Method::POST, self.data("/sobjects/Contact/"), RequestClass::Create)
             .body(json!({"LastName": "Unknown caller", "Phone": e164}))
             .not_replay_safe();
         let reply = self.call(api, t, req, log).await?;
@@ -232,7 +232,7 @@ impl Connector for Salesforce {
     async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // SOQL `=` is exact and sees writes at once; the contact was created with Phone = e164.
         let q = format!("SELECT Id FROM Contact WHERE Phone = '{}' LIMIT 1", e164.replace('\\', "\\\\").replace('\'', "\\'"));
-        let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), limits::API_CLASS)
+        let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Read)
             .audited_as(json!({"q": "SELECT Id FROM Contact WHERE Phone = '…' LIMIT 1"}));
         let reply = self.call(api, t, req, log).await?;
         Ok(reply.json().pointer("/records/0/Id").and_then(Value::as_str).map(str::to_string))
@@ -252,7 +252,7 @@ impl Connector for Salesforce {
     ) -> Result<Option<String>, Failure> {
         let path =
             self.data(&format!("/sobjects/{}/{}/{}?fields=Id", self.object(), self.contract.key_field, urlencode(&req.idempotency_key)));
-        match self.call(api, t, Request::get(path, limits::API_CLASS), log).await {
+        match self.call(api, t, Request::get(path, RequestClass::Read), log).await {
             Ok(reply) => Ok(reply.json().get("Id").and_then(Value::as_str).map(str::to_string)),
             Err(f) if f.status == Some(404) => Ok(None),
             Err(f) => Err(f),
@@ -304,7 +304,7 @@ impl Inspect for Salesforce {
             let soql = format!("SELECT {} FROM {} WHERE Id IN ({ids})", fields.join(", "), self.object());
             let mut path = self.data(&format!("/queryAll/?q={}", urlencode(&soql)));
             loop {
-                let reply = self.call(api, t, Request::get(path, limits::API_CLASS), log).await?;
+                let reply = self.call(api, t, Request::get(path, RequestClass::Read), log).await?;
                 let body = reply.json();
                 for r in body.get("records").and_then(Value::as_array).into_iter().flatten() {
                     let Some(id) = r.get("Id").and_then(Value::as_str) else { continue };
@@ -337,14 +337,15 @@ impl Inspect for Salesforce {
         log: &mut Vec<Exchange>,
     ) -> Result<(), Failure> {
         let req =
-            Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), limits::API_CLASS)
+            Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), RequestClass::Update)
                 .body(Value::Object(fields.clone()));
         self.call(api, t, req, log).await.map(|_| ())
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let reply =
-            self.call(api, t, Request::get(self.data(&format!("/sobjects/{}/describe/", self.object())), limits::API_CLASS), log).await?;
+        let reply = self
+            .call(api, t, Request::get(self.data(&format!("/sobjects/{}/describe/", self.object())), RequestClass::Schema), log)
+            .await?;
         Ok(Some(
             reply
                 .json()

@@ -6,13 +6,11 @@
 //! A 429 that still comes (other apps spend the same credits) blocks for a while that grows
 //! with each 429 in a row and resets at the first success.
 
-use crate::api::{Policy, Reply, Request, Verdict};
+use crate::api::{Policy, Reply, Request, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-
-pub const API_CLASS: &str = "api";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -64,7 +62,7 @@ impl ZohoPolicy {
 }
 
 impl Policy for ZohoPolicy {
-    fn buckets(&self, _class: &'static str) -> BucketSet {
+    fn buckets(&self, _class: RequestClass) -> BucketSet {
         BucketSet {
             tenant_id: self.tenant_id.clone(),
             crm: "zoho".into(),
@@ -99,7 +97,7 @@ impl Policy for ZohoPolicy {
         set.limits.iter().map(|l| if l.name() == "credits" { credits } else { 1 }).collect()
     }
 
-    fn observed(&self, reply: &Reply, _class: &'static str) -> Vec<(String, u64)> {
+    fn observed(&self, reply: &Reply, _class: RequestClass) -> Vec<(String, u64)> {
         reply
             .header("x-api-credits-remaining")
             .and_then(|v| v.trim().parse().ok())
@@ -165,10 +163,10 @@ mod tests {
     #[test]
     fn inserts_cost_a_credit_per_ten_records_and_429s_escalate() {
         let p = policy();
-        let set = p.buckets(API_CLASS);
-        let insert = Request::new(reqwest::Method::POST, "/crm/v7/Calls", API_CLASS).body(json!({"data": vec![json!({}); 25]}));
+        let set = p.buckets(RequestClass::Create);
+        let insert = Request::new(reqwest::Method::POST, "/crm/v7/Calls", RequestClass::Create).body(json!({"data": vec![json!({}); 25]}));
         assert_eq!(p.costs(&insert, &set), vec![3, 1, 1]);
-        assert_eq!(p.costs(&Request::get("/crm/v7/Calls/1", API_CLASS), &set), vec![1, 1, 1]);
+        assert_eq!(p.costs(&Request::get("/crm/v7/Calls/1", RequestClass::Read), &set), vec![1, 1, 1]);
         let throttle = Reply { status: 429, headers: HeaderMap::new(), body: r#"{"code":"TOO_MANY_REQUESTS","status":"error"}"#.into() };
         let waits: Vec<Verdict> = (0..3).map(|_| p.classify(&throttle)).collect();
         assert_eq!(
@@ -184,7 +182,7 @@ mod tests {
         let ok = Reply { status: 200, headers: h, body: "{}".into() };
         assert_eq!(p.classify(&ok), Verdict::Ok);
         assert_eq!(p.classify(&throttle), Verdict::Throttled { wait: Duration::from_secs(2) }, "a success resets the escalation");
-        assert_eq!(p.observed(&ok, API_CLASS), vec![("credits".to_string(), 120)]);
+        assert_eq!(p.observed(&ok, RequestClass::Create), vec![("credits".to_string(), 120)]);
         assert_eq!(ZohoPolicy::backoff(20), Duration::from_secs(300));
     }
 }

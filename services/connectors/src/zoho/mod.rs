@@ -9,13 +9,12 @@
 pub mod errors;
 pub mod limits;
 
-use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request};
+use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
 use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
-use limits::API_CLASS;
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -120,7 +119,7 @@ impl Zoho {
     async fn insert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
         // `trigger: []`: no workflows, approvals or blueprints fire for logged calls.
-        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), API_CLASS)
+        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), RequestClass::Create)
             .body(json!({"data": records, "trigger": []}))
             .not_replay_safe()
             .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
@@ -134,7 +133,7 @@ impl Zoho {
         for chunk in keys.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|k| coql_str(k)).collect::<Vec<_>>().join(", ");
             let q = format!("select id, {kf} from {} where {kf} in ({list}) limit 200", self.module());
-            let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS).body(json!({"select_query": q}));
+            let req = Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read).body(json!({"select_query": q}));
             let reply = self.call(api, t, req, log).await.map_err(|mut f| {
                 if f.detail.contains(kf.as_str()) && f.detail.contains("INVALID_QUERY") {
                     f.reason = DlqReason::FieldRemoved;
@@ -220,7 +219,7 @@ impl Connector for Zoho {
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         let Some(digits) = crm_common::phone::national_digits(e164) else { return Ok(None) };
         let fields = format!("id,{}", CONTACT_PHONES.join(","));
-        let req = Request::get(format!("{API}/Contacts/search?phone={digits}&fields={fields}&per_page=20"), API_CLASS)
+        let req = Request::get(format!("{API}/Contacts/search?phone={digits}&fields={fields}&per_page=20"), RequestClass::Search)
             .audited_as(json!({"phone": crm_common::phone::mask(&digits)}));
         let reply = self.call(api, t, req, log).await?;
         // 204 No Content: nobody has the number.
@@ -240,7 +239,7 @@ impl Connector for Zoho {
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
-        let req = Request::new(Method::POST, format!("{API}/Contacts"), API_CLASS)
+        let req = Request::new(Method::POST, format!("{API}/Contacts"), RequestClass::Create)
             .body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []}))
             .not_replay_safe();
         let reply = self.call(api, t, req, log).await?;
@@ -265,7 +264,7 @@ impl Connector for Zoho {
     async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // COQL sees writes at once; the contact was created with Phone = the E.164 value.
         let q = format!("select id from Contacts where Phone = {} limit 1", coql_str(e164));
-        let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS)
+        let req = Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read)
             .body(json!({"select_query": q}))
             .audited_as(json!({"select_query": "select id from Contacts where Phone = '…' limit 1"}));
         let reply = self.call(api, t, req, log).await?;
@@ -300,7 +299,7 @@ impl Connector for Zoho {
             vec![]
         } else {
             let records: Vec<Value> = updates.iter().map(|i| self.record(i, WriteKind::Update)).collect();
-            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), API_CLASS)
+            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), RequestClass::Update)
                 .body(json!({"data": records, "trigger": []}))
                 .fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
             self.multi(api, t, req, &updates, log).await
@@ -320,7 +319,7 @@ impl Inspect for Zoho {
         for chunk in wanted.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|w| coql_str(&w.record_id)).collect::<Vec<_>>().join(", ");
             let q = format!("select {} from {} where id in ({list}) limit 200", fields.join(", "), self.module());
-            let req = Request::new(Method::POST, format!("{API}/coql"), API_CLASS).body(json!({"select_query": q}));
+            let req = Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read).body(json!({"select_query": q}));
             let reply = self.call(api, t, req, log).await?;
             for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
                 let Some(id) = r.get("id").and_then(Value::as_str) else { continue };
@@ -332,7 +331,7 @@ impl Inspect for Zoho {
         let mut missing: HashSet<&str> = wanted.iter().map(|w| w.record_id.as_str()).filter(|id| !out.contains_key(*id)).collect();
         let mut page = 1;
         while !missing.is_empty() && page <= 5 {
-            let req = Request::get(format!("{API}/{}/deleted?type=recycle&page={page}&per_page=200", self.module()), API_CLASS);
+            let req = Request::get(format!("{API}/{}/deleted?type=recycle&page={page}&per_page=200", self.module()), RequestClass::List);
             let reply = self.call(api, t, req, log).await?;
             let body = reply.json();
             for d in body.get("data").and_then(Value::as_array).into_iter().flatten() {
@@ -361,7 +360,7 @@ impl Inspect for Zoho {
         fields: &Map<String, Value>,
         log: &mut Vec<Exchange>,
     ) -> Result<(), Failure> {
-        let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), API_CLASS)
+        let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), RequestClass::Update)
             .body(json!({"data": [fields], "trigger": []}));
         let reply = self.call(api, t, req, log).await?;
         // A per-record error comes back inside `data` with a 2xx or 400.
@@ -382,7 +381,8 @@ impl Inspect for Zoho {
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let reply = self.call(api, t, Request::get(format!("{API}/settings/fields?module={}", self.module()), API_CLASS), log).await?;
+        let reply =
+            self.call(api, t, Request::get(format!("{API}/settings/fields?module={}", self.module()), RequestClass::Schema), log).await?;
         Ok(Some(
             reply
                 .json()
