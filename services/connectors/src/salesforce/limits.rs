@@ -8,8 +8,6 @@ use crate::bucket::{BucketSet, Limit};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 
-/// The one class of request: every call spends from the org's allowance.
-
 /// The org's allocation by edition and licenses (`seats` in the tenant's limits), then the
 /// tenant's override `daily_api_requests`.
 pub fn allocation(conn: &CrmConnection) -> Result<u64, String> {
