@@ -84,6 +84,44 @@ struct Step {
     note: Option<String>,
 }
 
+/// Whom a create is logged against, and how that was decided.
+#[derive(Debug, Clone, PartialEq)]
+enum Contact {
+    /// A contact with the customer's number exists.
+    Found(String),
+    /// None has the number; the tenant logs such calls without a contact.
+    Unassociated,
+    /// None had the number; the tenant's policy created this one.
+    Created(String),
+}
+
+impl Contact {
+    fn id(&self) -> Option<String> {
+        match self {
+            Contact::Found(id) | Contact::Created(id) => Some(id.clone()),
+            Contact::Unassociated => None,
+        }
+    }
+
+    /// What the write's audit says about its contact.
+    fn note(&self) -> Option<String> {
+        match self {
+            Contact::Found(_) => None,
+            Contact::Unassociated => Some("no contact has the customer's number: logged without a contact".into()),
+            Contact::Created(id) => Some(format!("no contact had the customer's number: created contact {id}")),
+        }
+    }
+
+    /// The same customer's next call in the batch: a contact created for the first call is
+    /// simply the contact of the rest.
+    fn for_the_next_call(self) -> Contact {
+        match self {
+            Contact::Created(id) => Contact::Found(id),
+            other => other,
+        }
+    }
+}
+
 enum Settled {
     Duplicate { record_id: String },
     Superseded { by_version: i64 },
@@ -170,7 +208,7 @@ impl<C: Connector> Shared<C> {
         t: &C::Tenant,
         step: &mut Step,
         (claim, claimed_at): (Claim, std::time::Instant),
-        contacts: &mut HashMap<String, (Option<String>, Option<String>)>,
+        contacts: &mut HashMap<String, Contact>,
     ) {
         let req = step.work.req.clone();
         let record_id = match claim {
@@ -214,24 +252,30 @@ impl<C: Connector> Shared<C> {
         };
         let contact_id = if record_id.is_some() {
             None
-        } else if let Some((known, note)) = contacts.get(&req.call.customer_e164) {
-            step.note = note.clone();
-            known.clone()
+        } else if let Some(known) = contacts.get(&req.call.customer_e164) {
+            step.note = known.note();
+            known.id()
         } else {
-            let found = self.contact(t, &req, step).await;
-            if step.settled.is_none() {
-                // A contact created for the first call is the one for the rest.
-                let note = if step.note.as_deref().is_some_and(|n| n.starts_with("no contact has")) { step.note.clone() } else { None };
-                contacts.insert(req.call.customer_e164.clone(), (found.clone(), note));
+            match self.contact(t, &req, step).await {
+                Some(found) => {
+                    if let Some(note) = found.note() {
+                        step.note = Some(note);
+                    }
+                    let id = found.id();
+                    contacts.insert(req.call.customer_e164.clone(), found.for_the_next_call());
+                    id
+                }
+                None => None,
             }
-            found
         };
         if step.settled.is_none() {
             step.item = Some(Item { req, record_id, contact_id });
         }
     }
 
-    async fn contact(&self, t: &C::Tenant, req: &CrmWriteRequest, step: &mut Step) -> Option<String> {
+    /// The customer's contact, found or (by the tenant's policy) created; None when that
+    /// failed, with the step settled as failed.
+    async fn contact(&self, t: &C::Tenant, req: &CrmWriteRequest, step: &mut Step) -> Option<Contact> {
         let crm = self.crm.as_str();
         let e164 = &req.call.customer_e164;
         let cached = patiently("contact cache", || self.contacts.get(&req.tenant_id, crm, e164)).await;
@@ -248,20 +292,16 @@ impl<C: Connector> Shared<C> {
                 }
             },
         };
-        if found.is_some() {
-            return found;
+        if let Some(id) = found {
+            return Some(Contact::Found(id));
         }
         let policy = self.tenants.get(&req.tenant_id).and_then(|t| t.crms.get(&self.crm)).map(|c| c.on_no_contact).unwrap_or_default();
         match policy {
-            NoContact::LogUnassociated => {
-                step.note = Some("no contact has the customer's number: logged without a contact".into());
-                None
-            }
+            NoContact::LogUnassociated => Some(Contact::Unassociated),
             NoContact::CreateContact => match self.create_contact_reading_back(t, e164, &mut step.log).await {
                 Ok(id) => {
                     patiently("contact cache", || self.contacts.put(&req.tenant_id, crm, e164, Some(&id))).await;
-                    step.note = Some(format!("no contact had the customer's number: created contact {id}"));
-                    Some(id)
+                    Some(Contact::Created(id))
                 }
                 Err(f) => {
                     step.settled = Some(Settled::Failed(f));
