@@ -42,7 +42,7 @@ fn every_tool_reaches_the_broker_through_kafka_options_alone() {
     .into_iter()
     .chain(via)
     .collect();
-    let from = crm_common::audit_store::ts(crm_common::emit::now_ms() - 600_000).to_rfc3339();
+    let from = crm_common::audit_store::ts(crm_common::clock::now_ms() - 600_000).to_rfc3339();
 
     // The services: a good call is written, a bad one dead-lettered, both stored.
     let services = [

@@ -118,7 +118,7 @@ fn normalises_dead_letters_and_audits_every_input() {
     inputs.push(("acme".into(), b"not avro at all".to_vec(), vec![]));
     inputs.push(("acme".into(), codec::encode(&audit_as_input).unwrap(), vec![]));
     inputs.push(("acme".into(), confluent_unknown.clone(), vec![]));
-    let started = crm_common::emit::now_ms();
+    let started = crm_common::clock::now_ms();
     broker.produce("calls.raw", &inputs);
 
     let n = inputs.len();

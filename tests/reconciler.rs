@@ -311,7 +311,7 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
 }
 
 fn chrono_now_minus(d: Duration) -> String {
-    let ms = crm_common::emit::now_ms() - d.as_millis() as i64;
+    let ms = crm_common::clock::now_ms() - d.as_millis() as i64;
     crm_common::audit_store::ts(ms).to_rfc3339()
 }
 

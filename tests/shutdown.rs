@@ -21,7 +21,7 @@ fn raw_call(tenant: &str, id: &str) -> Msg {
         from_number: "+1 415 555 2671".into(),
         to_number: "+1 650 253 0000".into(),
         region_hint: None,
-        started_at: crm_common::emit::now_ms() - 60_000,
+        started_at: crm_common::clock::now_ms() - 60_000,
         ended_at: None,
         duration_s: None,
         outcome: None,

@@ -27,7 +27,7 @@ fn a_recovery_listing_cut_short_is_unknown_not_absent() {
     // A write of p1 was claimed by a writer that died; its lease ran out long ago.
     let key = format!("{}:{{acme}}:claim:{}", prefix.0, idempotency_key("acme", "p1", Crm::Pipedrive));
     let mut c = redis::Client::open(MACHINE_REDIS).unwrap().get_connection().unwrap();
-    let at = crm_common::emit::now_ms() - 10_000;
+    let at = crm_common::clock::now_ms() - 10_000;
     redis::cmd("HSET")
         .arg(&key)
         .arg("owner")

@@ -137,7 +137,7 @@ impl Case {
         // A live call, from the last hour: the claim store remembers its era, so it is
         // created without a lookup first (older calls are looked up: see claims.rs).
         static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-        let start = *START.get_or_init(|| crm_common::emit::now_ms() / 1000 * 1000 - 3_600_000);
+        let start = *START.get_or_init(|| crm_common::clock::now_ms() / 1000 * 1000 - 3_600_000);
         c.started_at = start;
         c.ended_at = c.ended_at.map(|_| start + 60_000);
         let r = CrmWriteRequest {

@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move {
         loop {
             match AuditStore::connect(&url).await {
-                Ok(mut s) => match s.purge(retention, crm_common::emit::now_ms()).await {
+                Ok(mut s) => match s.purge(retention, crm_common::clock::now_ms()).await {
                     Ok(dropped) if !dropped.is_empty() => tracing::info!(?dropped, "dropped audit days past retention"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "purge failed; trying again later"),

@@ -60,7 +60,7 @@ pub fn run(rows: usize, sink_records: usize, database_url: &str) -> anyhow::Resu
 
 async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<()> {
     // The last 30 days, inside the sink's retention.
-    let base_ms = (crm_common::emit::now_ms() / 86_400_000 - DAYS) * 86_400_000;
+    let base_ms = (crm_common::clock::now_ms() / 86_400_000 - DAYS) * 86_400_000;
     let mut store = AuditStore::connect(url).await?;
     store.migrate().await?;
     store.ensure_partitions((0..=DAYS).map(|d| base_ms + d * 86_400_000)).await?;

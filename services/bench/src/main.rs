@@ -278,8 +278,8 @@ pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
         to_number: format!("(650) 253-{:04}", i % 10_000),
         region_hint: None,
         // Recent calls, as live traffic is (older ones are looked up before they are created).
-        started_at: crm_common::emit::now_ms() - 3_600_000 + i as i64,
-        ended_at: Some(crm_common::emit::now_ms() - 3_540_000 + i as i64),
+        started_at: crm_common::clock::now_ms() - 3_600_000 + i as i64,
+        ended_at: Some(crm_common::clock::now_ms() - 3_540_000 + i as i64),
         duration_s: Some(60),
         outcome: Some(CallOutcome::Answered),
         agent_id: format!("agent-{}", i % 97),

@@ -364,10 +364,10 @@ pub fn run(
             direction: CallDirection::Inbound,
             from_number: "(415) 555-2671".into(),
             to_number: "+1 650 253 0000".into(),
-            started_at: crm_common::emit::now_ms(),
+            started_at: crm_common::clock::now_ms(),
             ..crate::bench_call(i, tenants)
         };
-        produced_at.insert(format!("{t}/l{i}"), crm_common::emit::now_ms());
+        produced_at.insert(format!("{t}/l{i}"), crm_common::clock::now_ms());
         let payload = codec::encode(&ev)?;
         producer.send(rdkafka::producer::BaseRecord::to(&topics.calls_raw).key(t).payload(&payload)).map_err(|(e, _)| e)?;
     }

@@ -2,15 +2,12 @@
 //! messages for every stage (DESIGN §6, §8). Both are produced like any other output, so
 //! an input's offset is committed only once its audit and DLQ records are acknowledged.
 
+use crate::clock::now_ms;
 use crate::codec;
 use crate::config::Topics;
 use crate::events::{AuditOutcome, AuditRecord, Crm, DeadLetter, DlqReason, Stage};
 use crate::kafka::{InMessage, OutRecord};
 use std::collections::HashMap;
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 /// The most of an input a dead letter carries (broker messages are 1 MiB by default).
 pub const MAX_DLQ_PAYLOAD: usize = 512 * 1024;

@@ -32,7 +32,7 @@ struct Inner {
 static HEALTH: OnceLock<Arc<Inner>> = OnceLock::new();
 
 fn now_ms() -> i64 {
-    crate::emit::now_ms()
+    crate::clock::now_ms()
 }
 
 /// Starts the endpoints on `addr` (port 0: any free port), on the current tokio runtime.

@@ -5,6 +5,7 @@
 //! (`emit`), phone numbers (`phone`), telemetry (`telemetry`) and health endpoints (`health`).
 
 pub mod audit_store;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod dedup;

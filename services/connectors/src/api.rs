@@ -5,8 +5,9 @@
 //! replica and costs no attempt. Every HTTP exchange is logged for audit (never a secret).
 
 use crate::bucket::{BucketSet, Take, TokenBuckets};
+pub use crate::exchange::{urlencode, Exchange, Failure, Verdict};
 use crate::retry::Backoff;
-use crm_common::events::{AuditOutcome, DlqReason};
+use crm_common::events::DlqReason;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -122,93 +123,6 @@ impl Reply {
 
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// What a connector makes of an answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    Ok,
-    /// Over a limit: block the buckets this long; no attempt is counted.
-    Throttled {
-        wait: Duration,
-    },
-    /// Worth retrying (5xx, locked, timeouts).
-    Transient(String),
-    /// Retrying cannot help: to the DLQ with this reason.
-    Permanent(DlqReason, String),
-}
-
-impl Verdict {
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Verdict::Ok)
-    }
-
-    /// What an exchange that ended this way is in the audit: the one mapping the writer and
-    /// the reconciler share.
-    pub fn audit_outcome(&self) -> AuditOutcome {
-        match self {
-            Verdict::Ok => AuditOutcome::Succeeded,
-            Verdict::Throttled { .. } => AuditOutcome::Throttled,
-            Verdict::Transient(_) => AuditOutcome::Retrying,
-            Verdict::Permanent(..) => AuditOutcome::DeadLettered,
-        }
-    }
-}
-
-/// The audit record's detail for the exchange: `ok`, `throttled for N ms`, `transient: why`,
-/// `REASON: why`.
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Verdict::Ok => write!(f, "ok"),
-            Verdict::Throttled { wait } => write!(f, "throttled for {} ms", wait.as_millis()),
-            Verdict::Transient(why) => write!(f, "transient: {why}"),
-            Verdict::Permanent(reason, why) => write!(f, "{}: {why}", reason.as_str()),
-        }
-    }
-}
-
-/// One HTTP exchange, for the audit record of every item it concerned.
-#[derive(Debug, Clone)]
-pub struct Exchange {
-    /// When the request was sent (ms since the epoch).
-    pub at_ms: i64,
-    pub endpoint: String,
-    pub status: Option<u16>,
-    pub excerpt: String,
-    pub rate_headers: String,
-    pub latency_ms: i64,
-    pub attempt: u32,
-    /// How it ended.
-    pub outcome: Verdict,
-    /// What was sent, without credentials.
-    pub sent: String,
-}
-
-/// Why a call did not succeed.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub reason: DlqReason,
-    pub detail: String,
-    pub status: Option<u16>,
-    pub excerpt: Option<String>,
-    /// A request that is not replay-safe timed out or met a 5xx: the CRM may have applied it.
-    pub maybe_applied: bool,
-    /// Not sent: this writer no longer holds these keys' leases (another writer recovered
-    /// them while this one was paused or waiting). Not a failure of the write: it is
-    /// abandoned here and settled by whoever holds the key now.
-    pub fenced_off: Vec<String>,
-}
-
-impl Failure {
-    pub fn new(reason: DlqReason, detail: impl Into<String>) -> Failure {
-        Failure { reason, detail: detail.into(), status: None, excerpt: None, maybe_applied: false, fenced_off: vec![] }
-    }
-
-    /// Whether the request was held back by fencing rather than sent.
-    pub fn is_fenced(&self) -> bool {
-        !self.fenced_off.is_empty()
     }
 }
 
@@ -365,7 +279,7 @@ impl Api {
                 r = r.json(b);
             }
             let t = Instant::now();
-            let at_ms = crm_common::emit::now_ms();
+            let at_ms = crm_common::clock::now_ms();
             let sent_result = r.send().await;
             let (verdict, reply) = match sent_result {
                 Ok(resp) => {
@@ -481,16 +395,6 @@ pub fn until_midnight(now_ms: i64, tz_offset_min: i32) -> Duration {
     let day = 86_400_000i64;
     let local = now_ms + i64::from(tz_offset_min) * 60_000;
     Duration::from_millis((day - local.rem_euclid(day)) as u64)
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (keys in paths, form values).
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //! AUTH_FAILED. A token endpoint that is unreachable, slow, answers 5xx or throttles minting
 //! is transient: the call retries it with backoff like any other CRM failure.
 
-use crate::api::{Exchange, Failure, Verdict};
+use crate::exchange::{urlencode, Exchange, Failure, Verdict};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -114,7 +114,7 @@ fn sensitive(v: &str) -> Option<HeaderValue> {
 }
 
 fn now_ms() -> i64 {
-    crm_common::emit::now_ms()
+    crm_common::clock::now_ms()
 }
 
 /// The OAuth state every replica shares, in Redis, encrypted.
@@ -413,7 +413,7 @@ impl Credentials {
         if !o.basic_client_auth {
             form.extend([("client_id", o.client_id.as_str()), ("client_secret", o.client_secret.as_str())]);
         }
-        let body = form.iter().map(|(k, v)| format!("{k}={}", crate::api::urlencode(v))).collect::<Vec<_>>().join("&");
+        let body = form.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
         let t = Instant::now();
         let at_ms = now_ms();
         let mut rb = http.post(&o.token_url).header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded");

@@ -213,7 +213,7 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
     log: &mut Vec<Exchange>,
 ) -> Vec<ItemResult> {
     let first = Instant::now();
-    let sent_at = crm_common::emit::now_ms();
+    let sent_at = crm_common::clock::now_ms();
     let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
     let mut pending: Vec<usize> = (0..items.len()).collect();
     let mut attempt = 0;

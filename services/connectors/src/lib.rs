@@ -2,8 +2,9 @@
 //! writers and the reconciler share, so a repair goes through exactly what a write does.
 //!
 //! - `api`: the HTTP driver: one request sent (rate-limit tokens, fencing, auth header,
-//!   timeout), its reply classified, retried under `retry`, audited as an `Exchange`;
-//!   `auth`: credentials and the OAuth state shared in Redis.
+//!   timeout), its reply classified, retried under `retry`; `exchange`: how one exchange
+//!   ended (`Verdict`), its audit record (`Exchange`), `Failure`; `auth`: credentials and
+//!   the OAuth state shared in Redis (it records its token refreshes as exchanges too).
 //! - `bucket`: token buckets in Redis shared by every replica; `claims`: idempotency claims
 //!   with leases, fencing and claim-store epochs.
 //! - `contract` and `mapping`: which fields a connector owns and how a call becomes them;
@@ -19,6 +20,7 @@ pub mod claims;
 pub mod connector;
 pub mod contacts;
 pub mod contract;
+pub mod exchange;
 pub mod hubspot;
 pub mod mapping;
 pub mod pipedrive;

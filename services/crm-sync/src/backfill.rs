@@ -5,8 +5,8 @@
 //! key) skips every call already written, so a range that was partly written gets only the
 //! missing records, once.
 
+use crm_common::clock::now_ms;
 use crm_common::config::CommonArgs;
-use crm_common::emit::now_ms;
 use crm_common::events::{AuditOutcome, Stage};
 use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -72,8 +72,8 @@ pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
         region_hint: hint.map(Into::into),
         // Calls of the last hour: older ones are looked up in the CRM before they are
         // created (the claim store may not remember them).
-        started_at: crm_common::emit::now_ms() - 3_600_000,
-        ended_at: Some(crm_common::emit::now_ms() - 3_475_000),
+        started_at: crm_common::clock::now_ms() - 3_600_000,
+        ended_at: Some(crm_common::clock::now_ms() - 3_475_000),
         duration_s: Some(125),
         outcome: Some(CallOutcome::Answered),
         agent_id: "agent-7".into(),

@@ -98,7 +98,7 @@ fn when(s: &str) -> anyhow::Result<i64> {
     }
     let ago =
         humantime::parse_duration(s).map_err(|_| anyhow::anyhow!("{s:?} is neither an RFC 3339 time nor a duration like 2h or 7d"))?;
-    Ok(crm_common::emit::now_ms() - ago.as_millis() as i64)
+    Ok(crm_common::clock::now_ms() - ago.as_millis() as i64)
 }
 
 /// One entry as listed.
@@ -235,7 +235,7 @@ fn audit(by: &str, e: &Entry, operation: &str, detail: String) -> AuditRecord {
         input_topic: "sync.dlq".into(),
         input_partition: 0,
         input_offset: 0,
-        occurred_at: crm_common::emit::now_ms(),
+        occurred_at: crm_common::clock::now_ms(),
         trace_id: e.trace_id.clone(),
         attributes: HashMap::from([("dlq_id".to_string(), e.id.clone()), ("by".to_string(), by.to_string())]),
     }
@@ -338,7 +338,7 @@ pub fn run(args: DlqArgs) -> anyhow::Result<()> {
                 println!("acknowledged {} entries", entries.len());
             }
             DlqCmd::Purge { older_than } => {
-                let before = ts(crm_common::emit::now_ms() - older_than.as_millis() as i64);
+                let before = ts(crm_common::clock::now_ms() - older_than.as_millis() as i64);
                 let n = store.client().execute("DELETE FROM dlq WHERE state <> 'open' AND failed_at < $1", &[&before]).await?;
                 println!("purged {n} replayed or acknowledged entries that failed before {before}");
             }
@@ -369,7 +369,7 @@ mod tests {
     fn times_are_rfc3339_or_a_duration_ago() {
         assert_eq!(when("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
         let ago = when("2h").unwrap();
-        assert!((crm_common::emit::now_ms() - ago - 7_200_000).abs() < 1000);
+        assert!((crm_common::clock::now_ms() - ago - 7_200_000).abs() < 1000);
         assert!(when("yesterday").unwrap_err().to_string().contains("yesterday"));
     }
 }

@@ -63,7 +63,7 @@ async fn reports(args: &ReconcileArgs) -> anyhow::Result<Vec<ParityReport>> {
     }
     let crms = if args.crms.is_empty() { vec![Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] } else { args.crms.clone() };
     let since = args.since.unwrap_or(args.opts.lookback);
-    let from = crm_common::emit::now_ms() - since.as_millis() as i64;
+    let from = crm_common::clock::now_ms() - since.as_millis() as i64;
     let mut out = vec![];
     for crm in crms {
         let contract = crm_connectors::contract::Contract::load(&args.opts.contracts_dir, crm.as_str())?;

@@ -3,10 +3,11 @@
 //! redelivered; one DUPLICATE audit record per connected CRM when it is a repeat, so
 //! `crm-sync trace` can answer "why was nothing written to HubSpot?" for each CRM.
 
+use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dedup::Mark;
-use crm_common::emit::{now_ms, Emitter, Subject};
+use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{idempotency_key, AuditOutcome, CrmWriteRequest, NormalisedCall};
 use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
 use crm_common::pipeline::Processed;

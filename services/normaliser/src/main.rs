@@ -4,9 +4,10 @@
 mod normalise;
 
 use clap::Parser;
+use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
-use crm_common::emit::{now_ms, Emitter, Subject};
+use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{AuditOutcome, CallEvent, DlqReason, Stage};
 use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::phone;

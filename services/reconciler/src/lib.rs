@@ -22,9 +22,10 @@ pub mod compare;
 
 use compare::{changed_fields, contact_drift, missing_fields, ContactDrift};
 use crm_common::audit_store::{AuditStore, ParityReport, Written};
+use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::emit::{now_ms, CrmAnswer, Emitter, Subject};
+use crm_common::emit::{CrmAnswer, Emitter, Subject};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};

@@ -62,7 +62,7 @@ async fn serve<C: Inspect>(r: Reconciler<C>, opts: Options, every: Duration, sto
             let cadence = r.cadence(&tenant, every);
             match r.take_turn(&tenant, cadence).await {
                 Ok(true) => {
-                    let from = crm_common::emit::now_ms() - opts.lookback.as_millis() as i64;
+                    let from = crm_common::clock::now_ms() - opts.lookback.as_millis() as i64;
                     r.pass(&tenant, from).await;
                     crm_common::health::beat();
                 }

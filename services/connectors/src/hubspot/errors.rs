@@ -29,7 +29,7 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
             let policy = body.get("policyName").and_then(Value::as_str).unwrap_or("");
             let retry_after = reply.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
             let wait = match policy {
-                "DAILY" => until_midnight(crm_common::emit::now_ms(), tz_offset_min),
+                "DAILY" => until_midnight(crm_common::clock::now_ms(), tz_offset_min),
                 "SECONDLY" => retry_after.unwrap_or(Duration::from_secs(1)),
                 // TEN_SECONDLY_ROLLING: a slot frees within the window; the bucket knows
                 // exactly when, so block briefly and let it decide.

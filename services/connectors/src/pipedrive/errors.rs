@@ -34,7 +34,7 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
         429 => {
             // The company's budget is spent: nothing goes out until the reset at midnight.
             if reply.header("x-daily-ratelimit-token-remaining").map(str::trim) == Some("0") {
-                return Verdict::Throttled { wait: until_midnight(crm_common::emit::now_ms(), tz_offset_min) };
+                return Verdict::Throttled { wait: until_midnight(crm_common::clock::now_ms(), tz_offset_min) };
             }
             let secs = |h: &str| reply.header(h).and_then(|v| v.trim().parse::<u64>().ok()).filter(|s| *s > 0);
             let wait = secs("retry-after").or_else(|| secs("x-ratelimit-reset")).unwrap_or(2);
