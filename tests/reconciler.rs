@@ -286,7 +286,18 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
         std::thread::sleep(Duration::from_millis(1500));
         live() > 10
     });
-    let written_before = live();
+    // Sentinels sent before the first one came out may still be on their way: wait until
+    // nothing more is written, so what the dry run is compared with has settled.
+    let mut written_before = live();
+    let mut quiet_since = std::time::Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = live();
+        if now != written_before {
+            written_before = now;
+            quiet_since = std::time::Instant::now();
+        }
+    }
     let expected = 20 + sentinels as usize;
     assert!(
         written_before <= 10 + sentinels as usize && case.keys(&rig.sim, tenant).keys().all(|k| !k.contains(":b1") || k.contains(":b1:")),
