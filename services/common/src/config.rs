@@ -4,11 +4,24 @@
 use clap::Args;
 use std::path::PathBuf;
 
+/// Where the broker is and how to reach it: every binary that talks to Kafka takes these.
+/// Global, so a tool with subcommands (`crm-sync dlq …`) takes them after the subcommand too.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092", global = true)]
+    pub kafka_bootstrap_servers: String,
+
+    /// Extra librdkafka settings, `key=value` comma-separated (e.g.
+    /// `security.protocol=SASL_SSL,session.timeout.ms=10000`). Applied last, to every client.
+    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv, global = true)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Kafka bootstrap servers, host:port[,host:port…].
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
-    pub kafka_bootstrap_servers: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// Redis URL (deduper, writers).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
@@ -39,11 +52,6 @@ pub struct CommonArgs {
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Extra librdkafka settings, `key=value` comma-separated (e.g.
-    /// `security.protocol=SASL_SSL,session.timeout.ms=10000`). Applied last.
-    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_kv)]
-    pub kafka_options: Vec<(String, String)>,
-
     /// Where /livez and /readyz are served (e.g. 0.0.0.0:8080); unset: not served.
     #[arg(long, env = "HEALTH_ADDR")]
     pub health_addr: Option<std::net::SocketAddr>,
@@ -56,7 +64,7 @@ pub struct CommonArgs {
     pub topics: Topics,
 }
 
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+fn parse_kv(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("'{s}' is not key=value"))?;
     Ok((k.trim().to_string(), v.trim().to_string()))
 }

@@ -117,6 +117,11 @@ fn now_ms() -> i64 {
     crm_common::clock::now_ms()
 }
 
+/// A credentials scope, `<crm>:<tenant>`, as (crm, tenant).
+fn scope_parts(scope: &str) -> (&str, &str) {
+    scope.split_once(':').unwrap_or(("", scope))
+}
+
 /// The OAuth state every replica shares, in Redis, encrypted.
 #[derive(Clone)]
 pub struct TokenStore {
@@ -163,12 +168,12 @@ impl TokenStore {
 
     /// `<prefix>:{tenant}:oauth:<crm>`.
     pub fn key(&self, scope: &str) -> String {
-        let (crm, tenant) = scope.split_once(':').unwrap_or(("", scope));
+        let (crm, tenant) = scope_parts(scope);
         crm_common::redis_keys::oauth(&self.prefix, tenant, crm)
     }
 
     fn lock_key(&self, scope: &str) -> String {
-        let (crm, tenant) = scope.split_once(':').unwrap_or(("", scope));
+        let (crm, tenant) = scope_parts(scope);
         crm_common::redis_keys::oauth_lock(&self.prefix, tenant, crm)
     }
 

@@ -22,11 +22,8 @@ pub struct DlqArgs {
     pub cmd: DlqCmd,
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres", global = true)]
     pub database_url: String,
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092", global = true)]
-    pub kafka_bootstrap_servers: String,
-    /// Extra librdkafka settings, `key=value` comma-separated, as for every service.
-    #[arg(long, env = "KAFKA_OPTIONS", value_delimiter = ',', value_parser = crm_common::config::parse_kv, global = true)]
-    pub kafka_options: Vec<(String, String)>,
+    #[command(flatten)]
+    pub kafka: crm_common::config::KafkaArgs,
     /// Who is acting (recorded with every action).
     #[arg(long, env = "USER", default_value = "operator", global = true)]
     pub by: String,
@@ -259,7 +256,7 @@ fn producer(kafka: &crm_common::kafka::Kafka) -> anyhow::Result<FutureProducer> 
 
 pub fn run(args: DlqArgs) -> anyhow::Result<()> {
     let topics = Topics::default();
-    let kafka = crm_common::kafka::Kafka::new(args.kafka_bootstrap_servers.clone(), args.kafka_options.clone());
+    let kafka = crm_common::kafka::Kafka::from_kafka_args(&args.kafka);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut store = AuditStore::connect(&args.database_url).await?;

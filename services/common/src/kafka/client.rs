@@ -5,7 +5,7 @@
 //! session.timeout.ms, …), which win. A client built anywhere else would miss the options
 //! and so could not reach a broker that needs TLS or SASL.
 
-use crate::config::CommonArgs;
+use crate::config::{CommonArgs, KafkaArgs};
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
@@ -38,7 +38,11 @@ impl Kafka {
     }
 
     pub fn from_args(common: &CommonArgs) -> Kafka {
-        Kafka::new(common.kafka_bootstrap_servers.clone(), common.kafka_options.clone())
+        Kafka::from_kafka_args(&common.kafka)
+    }
+
+    pub fn from_kafka_args(args: &KafkaArgs) -> Kafka {
+        Kafka::new(args.kafka_bootstrap_servers.clone(), args.kafka_options.clone())
     }
 
     pub fn bootstrap(&self) -> &str {
