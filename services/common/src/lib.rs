@@ -14,6 +14,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod health;
 pub mod kafka;
+pub mod overrides;
 pub mod phone;
 pub mod pipeline;
 pub mod redis_conn;

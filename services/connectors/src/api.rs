@@ -121,6 +121,20 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 
+    /// The answer read as the CRM's wire type `T`; an empty body (204 No Content) as `{}`.
+    /// An answer that does not have the shape is a failure that says so, never an empty
+    /// result: a read-back that cannot be read must not pass for "not there". It is marked
+    /// `maybe_applied`, since a write may be behind an answer nobody could read.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Failure> {
+        let body = if self.body.trim().is_empty() { "{}" } else { self.body.as_str() };
+        serde_json::from_str(body).map_err(|e| Failure {
+            maybe_applied: true,
+            status: Some(self.status),
+            excerpt: Some(excerpt(&self.body)),
+            ..Failure::new(DlqReason::RetriesExhausted, format!("the CRM's answer ({}) is not in the shape expected: {e}", self.status))
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }

@@ -5,7 +5,8 @@
 //! policy and header parsing), `errors.rs` (classification), and the contract file in
 //! `contracts/<crm>.toml` for field mapping; its tests run against crm-sim.
 
-use crate::api::{Api, Exchange, Failure};
+use crate::api::{Api, Exchange, Failure, Policy};
+use crate::client::TenantClient;
 use crate::contract::Contract;
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -48,9 +49,12 @@ pub struct Wanted {
     pub linked_contact: Option<String>,
 }
 
+/// A connector's client for one tenant.
+pub type TenantOf<C> = TenantClient<<C as Connector>::Policy>;
+
 pub trait Connector: Send + Sync + 'static {
-    /// Per-tenant state: base URL, credentials, rate-limit policy.
-    type Tenant: Send + Sync + 'static;
+    /// The CRM's rate-limit policy for one tenant (its limits, header parsing, classification).
+    type Policy: Policy + 'static;
 
     /// The connector for a deployment: its field contract, where the CRM's API and token
     /// endpoint live for tenants that name none, and the HTTP timeout of one request.
@@ -68,23 +72,18 @@ pub trait Connector: Send + Sync + 'static {
     }
     /// Builds the tenant's client. Err: why it cannot write for this tenant (a missing
     /// secret, say), which dead-letters its writes as AUTH_FAILED.
-    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Self::Tenant, String>;
-    /// The tenant's credentials.
-    fn credentials<'a>(&self, t: &'a Self::Tenant) -> &'a crate::auth::Credentials;
+    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String>;
     /// How far behind writes the index that `lookup` and read-backs search lags (HubSpot's
     /// search); zero where they read the records themselves (Zoho COQL, Pipedrive's list,
     /// Salesforce by external id).
     fn read_back_lag(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
-    fn is_oauth(&self, t: &Self::Tenant) -> bool {
-        self.credentials(t).is_oauth()
-    }
     /// Contacts whose number, normalised to E.164, equals `e164`.
     fn find_contact(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         e164: &str,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
@@ -95,7 +94,7 @@ pub trait Connector: Send + Sync + 'static {
     fn find_created_contact(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         e164: &str,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send {
@@ -110,7 +109,7 @@ pub trait Connector: Send + Sync + 'static {
     fn create_contact(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         e164: &str,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<String, Failure>> + Send;
@@ -121,7 +120,7 @@ pub trait Connector: Send + Sync + 'static {
     fn lookup(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         req: &CrmWriteRequest,
         since_ms: i64,
         log: &mut Vec<Exchange>,
@@ -129,15 +128,57 @@ pub trait Connector: Send + Sync + 'static {
 
     fn contract(&self) -> &Contract;
 
-    /// Writes `items` (creates and updates), as few API calls as the CRM allows; one result
-    /// per item, in order.
+    /// Creates these records (none has a record id), as few API calls as the CRM allows;
+    /// one result per item, in order.
+    fn create_records(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        items: &[&Item],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+
+    /// Updates these records (each has its record id); one result per item, in order.
+    fn update_records(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        items: &[&Item],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+
+    /// Writes `items`: the creates together, then the updates together; one result per
+    /// item, in the order given.
     fn write(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         items: &[Item],
         log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
+    ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send {
+        async move {
+            let (creates, updates): (Vec<&Item>, Vec<&Item>) = items.iter().partition(|i| i.record_id.is_none());
+            let created = if creates.is_empty() { vec![] } else { self.create_records(api, t, &creates, log).await };
+            let updated = if updates.is_empty() { vec![] } else { self.update_records(api, t, &updates, log).await };
+            merge_in_order(items, created, updated)
+        }
+    }
+}
+
+/// The results of the creates and of the updates, put back in the order of `items`. A side
+/// that answered for fewer items than it was given (a connector's bug) fails the rest, never
+/// panics.
+fn merge_in_order(items: &[Item], created: Vec<ItemResult>, updated: Vec<ItemResult>) -> Vec<ItemResult> {
+    let (mut created, mut updated) = (created.into_iter(), updated.into_iter());
+    items
+        .iter()
+        .map(|i| {
+            let next = if i.record_id.is_none() { created.next() } else { updated.next() };
+            next.unwrap_or_else(|| {
+                ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "the connector gave no result for this record"))
+            })
+        })
+        .collect()
 }
 
 /// The inspect side of a connector, for the reconciler: what the CRM holds now for records
@@ -149,7 +190,7 @@ pub trait Inspect: Connector {
     fn read(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         wanted: &[Wanted],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<HashMap<String, Live>, Failure>> + Send;
@@ -158,7 +199,7 @@ pub trait Inspect: Connector {
     fn restore(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         record_id: &str,
         fields: &Map<String, Value>,
         log: &mut Vec<Exchange>,
@@ -169,7 +210,7 @@ pub trait Inspect: Connector {
     fn schema_fields(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
 }
@@ -181,7 +222,7 @@ pub trait ReadBeforeResend: Connector {
     fn send(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         batch: &[&Item],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
@@ -190,7 +231,7 @@ pub trait ReadBeforeResend: Connector {
     fn held(
         &self,
         api: &Api,
-        t: &Self::Tenant,
+        t: &TenantClient<Self::Policy>,
         batch: &[&Item],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
@@ -208,7 +249,7 @@ pub trait ReadBeforeResend: Connector {
 pub async fn create_reading_before_resending<C: ReadBeforeResend>(
     c: &C,
     api: &Api,
-    t: &C::Tenant,
+    t: &TenantOf<C>,
     items: &[&Item],
     log: &mut Vec<Exchange>,
 ) -> Vec<ItemResult> {
@@ -263,4 +304,41 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "no answer for this record"))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(record_id: Option<&str>) -> Item {
+        let req = CrmWriteRequest {
+            tenant_id: "acme".into(),
+            call_id: "c1".into(),
+            crm: Crm::Hubspot,
+            idempotency_key: "acme:c1:hubspot".into(),
+            version: 1,
+            call: crm_common::events::fixtures::normalised_call("acme", "c1", 1),
+            requested_at: 0,
+            trace_id: "t".into(),
+        };
+        Item { req, record_id: record_id.map(str::to_string), contact_id: None }
+    }
+
+    fn written(id: &str) -> ItemResult {
+        ItemResult::Written { record_id: id.into(), created: false }
+    }
+
+    #[test]
+    fn results_go_back_in_the_order_given_and_a_missing_one_fails() {
+        let items = [item(Some("u1")), item(None), item(Some("u2")), item(None)];
+        let out = merge_in_order(&items, vec![written("c1")], vec![written("u1"), written("u2")]);
+        let ids: Vec<String> = out
+            .iter()
+            .map(|r| match r {
+                ItemResult::Written { record_id, .. } => record_id.clone(),
+                ItemResult::Failed(f) => format!("failed: {:?}", f.reason),
+            })
+            .collect();
+        assert_eq!(ids, ["u1", "c1", "u2", "failed: RetriesExhausted"]);
+    }
 }

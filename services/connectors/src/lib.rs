@@ -1,6 +1,8 @@
 //! The connector library: everything between a write request and a CRM's HTTP API that the
 //! writers and the reconciler share, so a repair goes through exactly what a write does.
 //!
+//! - `client`: one tenant's client (endpoints, credentials, policy) through which every
+//!   request goes; `wire`: readers the CRMs' answer types share.
 //! - `api`: the HTTP driver: one request sent (rate-limit tokens, fencing, auth header,
 //!   timeout), its reply classified, retried under `retry`; `exchange`: how one exchange
 //!   ended (`Verdict`), its audit record (`Exchange`), `Failure`; `auth`: credentials and
@@ -11,12 +13,13 @@
 //!   `contacts`: the phone → contact cache.
 //! - `connector`: the seam each CRM implements, and the algorithms written once over it
 //!   (read-before-resend); `hubspot`, `salesforce`, `zoho`, `pipedrive`: one folder per CRM
-//!   with the same parts (client, limits, errors).
+//!   with the same parts (the connector, `wire` answer types, limits, errors).
 
 pub mod api;
 pub mod auth;
 pub mod bucket;
 pub mod claims;
+pub mod client;
 pub mod connector;
 pub mod contacts;
 pub mod contract;
@@ -26,6 +29,7 @@ pub mod mapping;
 pub mod pipedrive;
 pub mod retry;
 pub mod salesforce;
+pub mod wire;
 pub mod zoho;
 
 /// Where each CRM's API lives for tenants whose config names no `base_url` (the writer's,

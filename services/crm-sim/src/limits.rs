@@ -15,6 +15,39 @@ pub enum Limits {
     Pipedrive(crate::pipedrive::limits::Limits),
 }
 
+/// Each CRM's module reads its own shape through these: an account holds its CRM's limits
+/// from creation on (admin.rs builds both from the same `Crm`), so another shape here is a
+/// bug in the simulator, not in a client.
+impl Limits {
+    pub fn hubspot(&self) -> &crate::hubspot::limits::Limits {
+        match self {
+            Limits::Hubspot(l) => l,
+            other => panic!("a HubSpot account holds HubSpot limits, not {other:?}"),
+        }
+    }
+
+    pub fn salesforce(&self) -> &crate::salesforce::limits::Limits {
+        match self {
+            Limits::Salesforce(l) => l,
+            other => panic!("a Salesforce account holds Salesforce limits, not {other:?}"),
+        }
+    }
+
+    pub fn zoho(&self) -> &crate::zoho::limits::Limits {
+        match self {
+            Limits::Zoho(l) => l,
+            other => panic!("a Zoho account holds Zoho limits, not {other:?}"),
+        }
+    }
+
+    pub fn pipedrive(&self) -> &crate::pipedrive::limits::Limits {
+        match self {
+            Limits::Pipedrive(l) => l,
+            other => panic!("a Pipedrive account holds Pipedrive limits, not {other:?}"),
+        }
+    }
+}
+
 /// Counters; each CRM uses the ones its limits are made of.
 #[derive(Debug)]
 pub struct Usage {
@@ -53,21 +86,12 @@ impl Usage {
     }
 }
 
-/// A plan's preset with the admin's overrides laid over it; unknown keys are an error.
+/// A plan's preset with the admin's overrides laid over it (crm-sync's one way of doing so);
+/// unknown keys are an error.
 pub fn with_overrides<T: Serialize + DeserializeOwned>(preset: T, overrides: Option<&Value>) -> Result<T, String> {
-    let Some(Value::Object(o)) = overrides else {
-        return match overrides {
-            None | Some(Value::Null) => Ok(preset),
-            Some(_) => Err("limits must be an object".into()),
-        };
-    };
-    let mut v = serde_json::to_value(preset).map_err(|e| e.to_string())?;
-    let base = v.as_object_mut().expect("limits serialize to objects");
-    for (k, val) in o {
-        if !base.contains_key(k) {
-            return Err(format!("unknown limit {k:?}; known: {}", base.keys().cloned().collect::<Vec<_>>().join(", ")));
-        }
-        base.insert(k.clone(), val.clone());
+    match overrides {
+        None | Some(Value::Null) => Ok(preset),
+        Some(Value::Object(o)) => crm_common::overrides::with_overrides(preset, o, &[]),
+        Some(_) => Err("limits must be an object".into()),
     }
-    serde_json::from_value(v).map_err(|e| e.to_string())
 }

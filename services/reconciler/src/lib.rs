@@ -31,7 +31,7 @@ use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
 use crm_connectors::api::{Api, Exchange, Failure};
 use crm_connectors::claims::Claims;
-use crm_connectors::connector::{Inspect, Live, Wanted};
+use crm_connectors::connector::{Inspect, Live, TenantOf, Wanted};
 use crm_connectors::contacts::ContactCache;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
@@ -62,7 +62,7 @@ pub struct Reconciler<C: Inspect> {
     pub kafka: Kafka,
     pub topics: Topics,
     pub tenants: Tenants,
-    pub clients: HashMap<String, Result<C::Tenant, String>>,
+    pub clients: HashMap<String, Result<TenantOf<C>, String>>,
     /// Writes younger than this are left alone (the audit-sink and the writer settle).
     pub settle: Duration,
 }
@@ -267,7 +267,7 @@ impl<C: Inspect> Reconciler<C> {
     async fn check(
         &self,
         pass: &mut Pass<'_>,
-        client: &C::Tenant,
+        client: &TenantOf<C>,
         w: &Written,
         msg: Option<&InMessage>,
         req: Option<&CrmWriteRequest>,

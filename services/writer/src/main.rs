@@ -94,7 +94,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         let t = tenants.get(&id).expect("listed");
         if let Some(conn) = t.crms.get(&crm) {
             let client = connector.tenant(t, conn);
-            if client.as_ref().is_ok_and(|c| connector.is_oauth(c)) {
+            if client.as_ref().is_ok_and(|c| c.auth.is_oauth()) {
                 oauth_tenants += 1;
             }
             if let Err(why) = &client {

@@ -11,7 +11,7 @@ use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
 use crm_connectors::api::{Api, Exchange, Failure};
 use crm_connectors::claims::{Claim, Claims, Recovery};
-use crm_connectors::connector::{Connector, Item, ItemResult};
+use crm_connectors::connector::{Connector, Item, ItemResult, TenantOf};
 use crm_connectors::contacts::ContactCache;
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,7 +37,7 @@ pub struct Shared<C: Connector> {
     pub contacts: ContactCache,
     pub tenants: Tenants,
     /// Per tenant connected to this CRM: its client, or why there is none.
-    pub clients: HashMap<String, Result<C::Tenant, String>>,
+    pub clients: HashMap<String, Result<TenantOf<C>, String>>,
     pub emit: Emitter,
     pub crm: Crm,
 }
@@ -205,7 +205,7 @@ impl<C: Connector> Shared<C> {
     /// numbers this batch has matched already (a number is searched, or created, once).
     async fn plan(
         &self,
-        t: &C::Tenant,
+        t: &TenantOf<C>,
         step: &mut Step,
         (claim, claimed_at): (Claim, std::time::Instant),
         contacts: &mut HashMap<String, Contact>,
@@ -275,7 +275,7 @@ impl<C: Connector> Shared<C> {
 
     /// The customer's contact, found or (by the tenant's policy) created; None when that
     /// failed, with the step settled as failed.
-    async fn contact(&self, t: &C::Tenant, req: &CrmWriteRequest, step: &mut Step) -> Option<Contact> {
+    async fn contact(&self, t: &TenantOf<C>, req: &CrmWriteRequest, step: &mut Step) -> Option<Contact> {
         let crm = self.crm.as_str();
         let e164 = &req.call.customer_e164;
         let cached = patiently("contact cache", || self.contacts.get(&req.tenant_id, crm, e164)).await;
@@ -321,7 +321,7 @@ impl<C: Connector> Shared<C> {
     /// alive meanwhile. A write held back by fencing goes round again: a key whose lease
     /// another writer took is claimed anew (it waits for that writer, then finds the key
     /// DONE, or recovers it); one that was merely in the same request is sent again.
-    async fn write_claimed(&self, t: &C::Tenant, tenant_id: &str, steps: &mut [Step]) {
+    async fn write_claimed(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step]) {
         let mut to_claim: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
         let keys: Vec<String> = to_claim.iter().map(|&i| steps[i].work.req.idempotency_key.clone()).collect();
         let renewal = self.keep_leases(tenant_id, keys);
@@ -384,7 +384,7 @@ impl<C: Connector> Shared<C> {
     }
 
     /// Writes the planned items among `ready`, in the CRM's batches.
-    async fn write_ready(&self, t: &C::Tenant, steps: &mut [Step], ready: &[usize]) {
+    async fn write_ready(&self, t: &TenantOf<C>, steps: &mut [Step], ready: &[usize]) {
         // A request's audit goes to every record it carried: with one call per record,
         // each chunk is that record alone.
         let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
@@ -414,7 +414,7 @@ impl<C: Connector> Shared<C> {
     /// not sent again blindly: once it can no longer land (the late-write horizon, and the
     /// lag of the index the read uses), the contact is read back by its exact number, and
     /// only a read that completed and found none lets the create go again.
-    async fn create_contact_reading_back(&self, t: &C::Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
+    async fn create_contact_reading_back(&self, t: &TenantOf<C>, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let first = std::time::Instant::now();
         let mut attempt = 0;
         loop {

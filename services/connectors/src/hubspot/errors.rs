@@ -1,16 +1,14 @@
 //! HubSpot's answers classified (CRM-APIS §1.6): what is retried, what blocks the bucket and
 //! for how long, and which DLQ reason a permanent failure carries.
 
+use super::wire::ErrorBody;
 use crate::api::{until_midnight, Reply, Verdict};
 use crm_common::events::DlqReason;
-use serde_json::Value;
 use std::time::Duration;
 
 /// The reason for a per-record or whole-call error body.
-pub fn reason_of(body: &Value) -> (DlqReason, String) {
-    let category = body.get("category").and_then(Value::as_str).unwrap_or("");
-    let sub = body.get("subCategory").and_then(Value::as_str).unwrap_or("");
-    let message = body.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+pub fn reason_of(body: &ErrorBody) -> (DlqReason, String) {
+    let (category, sub, message) = (body.category.as_str(), body.sub_category.as_str(), &body.message);
     let reason = match category {
         "VALIDATION_ERROR" if message.contains("PROPERTY_DOESNT_EXIST") || message.contains("does not exist") => DlqReason::FieldRemoved,
         "VALIDATION_ERROR" if sub.contains("INVALID_OBJECT_IDS") => DlqReason::ContactDeleted,
@@ -22,11 +20,12 @@ pub fn reason_of(body: &Value) -> (DlqReason, String) {
 }
 
 pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
-    let body = reply.json();
+    // Not every error body is JSON (a gateway's 502 page): those classify by status alone.
+    let body: ErrorBody = reply.parse().unwrap_or_default();
     match reply.status {
         200..=299 => Verdict::Ok,
         429 => {
-            let policy = body.get("policyName").and_then(Value::as_str).unwrap_or("");
+            let policy = body.policy_name.as_str();
             let retry_after = reply.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(Duration::from_secs);
             let wait = match policy {
                 "DAILY" => until_midnight(crm_common::clock::now_ms(), tz_offset_min),
@@ -38,7 +37,7 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
             Verdict::Throttled { wait }
         }
         423 => Verdict::Transient("423 Locked (clears in about 2 s)".into()),
-        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.get("message").and_then(Value::as_str).unwrap_or(""))),
+        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.message)),
         401 => Verdict::Permanent(DlqReason::AuthFailed, reason_of(&body).1),
         403 => Verdict::Permanent(DlqReason::PermissionDenied, reason_of(&body).1),
         404 => Verdict::Permanent(DlqReason::Validation, format!("404 {}", reason_of(&body).1)),
@@ -81,7 +80,7 @@ mod tests {
             r#"{"category":"EXPIRED_AUTHENTICATION","message":"The OAuth token used to make this call expired 75 second(s) ago."}"#,
         );
         assert!(matches!(classify(&expired, 0), Verdict::Permanent(DlqReason::AuthFailed, _)));
-        let gone = serde_json::json!({"category":"VALIDATION_ERROR","subCategory":"crm.associations.INVALID_OBJECT_IDS","message":"Could not find object ids: [5] of type contacts"});
+        let gone: ErrorBody = serde_json::from_str(r#"{"category":"VALIDATION_ERROR","subCategory":"crm.associations.INVALID_OBJECT_IDS","message":"Could not find object ids: [5] of type contacts"}"#).unwrap();
         assert_eq!(reason_of(&gone).0, DlqReason::ContactDeleted);
     }
 }

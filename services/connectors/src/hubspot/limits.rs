@@ -5,10 +5,11 @@
 
 use crate::api::{Policy, Reply, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
+use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub burst_per_10s: u64,
     pub daily: u64,
@@ -17,7 +18,7 @@ pub struct Plan {
 
 /// A plan's limits, then the tenant's overrides.
 pub fn plan(conn: &CrmConnection) -> Result<Plan, String> {
-    let mut p = match conn.plan.to_ascii_lowercase().as_str() {
+    let p = match conn.plan.to_ascii_lowercase().as_str() {
         "free" | "starter" => Plan { burst_per_10s: 100, daily: 250_000, search_per_s: 5 },
         "professional" => Plan { burst_per_10s: 190, daily: 650_000, search_per_s: 5 },
         "enterprise" => Plan { burst_per_10s: 190, daily: 1_000_000, search_per_s: 5 },
@@ -25,15 +26,7 @@ pub fn plan(conn: &CrmConnection) -> Result<Plan, String> {
         "oauth" => Plan { burst_per_10s: 110, daily: u64::MAX / 4, search_per_s: 5 },
         other => return Err(format!("unknown HubSpot plan '{other}' (free, starter, professional, enterprise, oauth)")),
     };
-    for (k, v) in &conn.limits {
-        match k.as_str() {
-            "burst_per_10s" => p.burst_per_10s = *v,
-            "daily" => p.daily = *v,
-            "search_per_s" => p.search_per_s = *v,
-            other => return Err(format!("unknown HubSpot limit '{other}' (burst_per_10s, daily, search_per_s)")),
-        }
-    }
-    Ok(p)
+    with_overrides(p, &numbers(&conn.limits), &[])
 }
 
 pub struct HubspotPolicy {

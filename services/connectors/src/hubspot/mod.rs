@@ -13,10 +13,12 @@
 
 pub mod errors;
 pub mod limits;
+pub mod wire;
 
-use crate::api::{Api, Exchange, Failure, Request, RequestClass};
+use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
+use crate::client::{endpoints, TenantClient};
+use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -24,6 +26,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
+use wire::{Batch, ErrorBody, Object, Page, Property};
 
 /// HubSpot's default association type, call → contact.
 const CALL_TO_CONTACT: i64 = 194;
@@ -41,11 +44,11 @@ pub struct Hubspot {
 /// Keys per search for held keys (`IN` values).
 const SEARCH_IN_MAX: usize = 50;
 
-pub struct Tenant {
-    base_url: String,
-    auth: Credentials,
-    policy: limits::HubspotPolicy,
-    region: phonenumber::country::Id,
+type Tenant = TenantClient<limits::HubspotPolicy>;
+
+/// A batch input's failure, from its error entry.
+fn input_failed(e: &ErrorBody, reason: DlqReason, detail: String, status: u16) -> ItemResult {
+    ItemResult::Failed(Failure { status: Some(status), excerpt: serde_json::to_string(e).ok(), ..Failure::new(reason, detail) })
 }
 
 impl Hubspot {
@@ -63,22 +66,20 @@ impl Hubspot {
         &self,
         api: &Api,
         t: &Tenant,
-        action: &str,
+        class: RequestClass,
         inputs: Vec<Value>,
         items: &[&Item],
         log: &mut Vec<Exchange>,
-    ) -> Result<crate::api::Reply, Failure> {
-        let mut req = Request::new(
-            Method::POST,
-            format!("/crm/v3/objects/{}/batch/{action}", self.object()),
-            if action == "create" { RequestClass::Create } else { RequestClass::Update },
-        )
-        .body(json!({"inputs": inputs}))
-        .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
-        if action == "create" {
+    ) -> Result<(u16, Batch), Failure> {
+        let action = if class == RequestClass::Create { "create" } else { "update" };
+        let mut req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), class)
+            .body(json!({"inputs": inputs}))
+            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        if class == RequestClass::Create {
             req = req.not_replay_safe();
         }
-        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
+        let reply = t.call(api, &req, log).await?;
+        Ok((reply.status, reply.parse()?))
     }
 
     /// Calls holding these keys, through search (which lags behind writes): key → id.
@@ -92,16 +93,13 @@ impl Hubspot {
                 "limit": 200
             });
             let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/search", self.object()), RequestClass::Search).body(body);
-            let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-            let body = reply.json();
-            for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
-                if let (Some(k), Some(id)) =
-                    (r.pointer(&format!("/properties/{kf}")).and_then(Value::as_str), r.get("id").and_then(Value::as_str))
-                {
-                    found.entry(k.to_string()).or_insert_with(|| id.to_string());
+            let page: Page<Object> = t.fetch(api, &req, log).await?;
+            for r in &page.results {
+                if let Some(k) = r.property(kf) {
+                    found.entry(k.to_string()).or_insert_with(|| r.id.clone());
                 }
             }
-            if body.pointer("/paging/next/after").is_some() {
+            if page.has_more() {
                 // More than a page for ≤50 keys: several records per key. What was read
                 // names a record for each key it found; the rest cannot be ruled out.
                 let missing = chunk.iter().filter(|k| !found.contains_key(**k)).count();
@@ -131,51 +129,39 @@ impl Hubspot {
                 json!({"properties": self.properties(i, WriteKind::Create), "associations": associations, "objectWriteTraceId": i.req.idempotency_key})
             })
             .collect();
-        let reply = match self.batch(api, t, "create", inputs, items, log).await {
-            Ok(r) => r,
+        let (status, answer) = match self.batch(api, t, RequestClass::Create, inputs, items, log).await {
+            Ok(a) => a,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
-        let body = reply.json();
         let key_field = &self.contract.key_field;
         let mut by_key: HashMap<String, ItemResult> = HashMap::new();
-        for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
-            let key = r.pointer(&format!("/properties/{key_field}")).and_then(Value::as_str).unwrap_or_default();
-            let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
-            by_key.insert(key.to_string(), ItemResult::Written { record_id: id.to_string(), created: true });
+        for r in answer.results {
+            let key = r.property(key_field).unwrap_or_default().to_string();
+            by_key.insert(key, ItemResult::Written { record_id: r.id, created: true });
         }
-        for e in body.get("errors").and_then(Value::as_array).into_iter().flatten() {
-            let Some(key) = e.pointer("/context/objectWriteTraceId/0").and_then(Value::as_str) else { continue };
-            let category = e.get("category").and_then(Value::as_str).unwrap_or("");
-            let existing = e.pointer("/context/id/0").and_then(Value::as_str);
-            let result = match (category, existing) {
+        for e in &answer.errors {
+            let Some(key) = &e.context.object_write_trace_id else { continue };
+            let result = match (e.category.as_str(), &e.context.id) {
                 // Our own key is already there: a write that reached HubSpot before a crash
                 // or a timeout. That record is ours.
-                ("CONFLICT", Some(id)) => ItemResult::Written { record_id: id.to_string(), created: false },
+                ("CONFLICT", Some(id)) => ItemResult::Written { record_id: id.clone(), created: false },
                 _ => {
                     let (reason, detail) = errors::reason_of(e);
-                    ItemResult::Failed(Failure {
-                        maybe_applied: false,
-                        fenced_off: vec![],
-                        reason,
-                        detail,
-                        status: reply.status.into(),
-                        excerpt: Some(e.to_string()),
-                    })
+                    input_failed(e, reason, detail, status)
                 }
             };
-            by_key.insert(key.to_string(), result);
+            by_key.insert(key.clone(), result);
         }
         items
             .iter()
             .map(|i| {
                 by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
                     ItemResult::Failed(Failure {
-                        maybe_applied: false,
-                        fenced_off: vec![],
-                        reason: DlqReason::RetriesExhausted,
-                        detail: "HubSpot's batch answer named neither a result nor an error for this record".into(),
-                        status: Some(reply.status),
-                        excerpt: None,
+                        status: Some(status),
+                        ..Failure::new(
+                            DlqReason::RetriesExhausted,
+                            "HubSpot's batch answer named neither a result nor an error for this record",
+                        )
                     })
                 })
             })
@@ -185,35 +171,23 @@ impl Hubspot {
     async fn update(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let inputs: Vec<Value> =
             items.iter().map(|i| json!({"id": i.record_id, "properties": self.properties(i, WriteKind::Update)})).collect();
-        let reply = match self.batch(api, t, "update", inputs, items, log).await {
-            Ok(r) => r,
+        let (status, answer) = match self.batch(api, t, RequestClass::Update, inputs, items, log).await {
+            Ok(a) => a,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
-        let body = reply.json();
         let mut by_id: HashMap<String, ItemResult> = HashMap::new();
-        for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
-            let id = r.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-            by_id.insert(id.clone(), ItemResult::Written { record_id: id, created: false });
+        for r in answer.results {
+            by_id.insert(r.id.clone(), ItemResult::Written { record_id: r.id, created: false });
         }
-        for e in body.get("errors").and_then(Value::as_array).into_iter().flatten() {
+        for e in &answer.errors {
             let (mut reason, mut detail) = errors::reason_of(e);
-            if e.get("category").and_then(Value::as_str) == Some("OBJECT_NOT_FOUND") {
+            if e.category == "OBJECT_NOT_FOUND" {
                 // Someone deleted the call in HubSpot: their decision stands; not re-created.
                 reason = DlqReason::Validation;
                 detail = format!("the call record was deleted in HubSpot; not re-created ({detail})");
             }
-            for id in e.pointer("/context/ids").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                by_id.insert(
-                    id.to_string(),
-                    ItemResult::Failed(Failure {
-                        maybe_applied: false,
-                        fenced_off: vec![],
-                        reason,
-                        detail: detail.clone(),
-                        status: Some(reply.status),
-                        excerpt: Some(e.to_string()),
-                    }),
-                );
+            for id in &e.context.ids {
+                by_id.insert(id.clone(), input_failed(e, reason, detail.clone(), status));
             }
         }
         items
@@ -223,6 +197,27 @@ impl Hubspot {
                 by_id.remove(&id).unwrap_or(ItemResult::Written { record_id: id, created: false })
             })
             .collect()
+    }
+
+    /// One call by id (`GET /crm/v3/objects/<object>/<id>?<query>`).
+    fn one(&self, record_id: &str, query: &str) -> Request {
+        Request::get(format!("/crm/v3/objects/{}/{}?{query}", self.object(), urlencode(record_id)), RequestClass::Read)
+    }
+
+    /// `batch/read` of these ids on `object` (≤100), with these properties.
+    async fn batch_read(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: &str,
+        ids: &[&str],
+        props: Value,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Vec<Object>, Failure> {
+        let inputs: Vec<Value> = ids.iter().map(|id| json!({"id": id})).collect();
+        let req = Request::new(Method::POST, format!("/crm/v3/objects/{object}/batch/read"), RequestClass::Read)
+            .body(json!({"inputs": inputs, "properties": props}));
+        Ok(t.fetch::<Batch>(api, &req, log).await?.results)
     }
 }
 
@@ -245,7 +240,7 @@ impl ReadBeforeResend for Hubspot {
 }
 
 impl Connector for Hubspot {
-    type Tenant = Tenant;
+    type Policy = limits::HubspotPolicy;
 
     fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
         Self { contract, default_base_url: urls.hubspot_api_url.clone(), search_lag: urls.hubspot_search_lag }
@@ -259,21 +254,16 @@ impl Connector for Hubspot {
         BATCH_MAX
     }
 
-    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
-        &t.auth
-    }
-
-    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
+    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {
         let plan = limits::plan(conn)?;
-        let base_url = conn.base_url.clone().unwrap_or_else(|| self.default_base_url.clone()).trim_end_matches('/').to_string();
         // A private-app token, or an OAuth client whose refreshes go to /oauth/v1/token.
-        let token_url = conn.token_url.clone().unwrap_or_else(|| format!("{base_url}/oauth/v1/token"));
+        let (base_url, token_url) = endpoints(conn, &self.default_base_url, None, "/oauth/v1/token");
         let auth = Credentials::from_env(
             &conn.credentials_secret,
             AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url),
             format!("hubspot:{}", tenant.id),
         )?;
-        Ok(Tenant {
+        Ok(TenantClient {
             base_url,
             auth,
             policy: limits::HubspotPolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
@@ -294,33 +284,20 @@ impl Connector for Hubspot {
         let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", RequestClass::Search)
             .body(body(&digits))
             .audited_as(body(&crm_common::phone::mask(&digits)));
-        let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
+        let page: Page<Object> = t.fetch(api, &req, log).await?;
         // The digits match ignores country codes: confirm in E.164 with the tenant's region.
-        let found = reply.json().get("results").and_then(Value::as_array).into_iter().flatten().find_map(|r| {
-            let matches = ["phone", "mobilephone"].iter().any(|p| {
-                r.pointer(&format!("/properties/{p}"))
-                    .and_then(Value::as_str)
-                    .and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok())
-                    .is_some_and(|n| n == e164)
-            });
-            matches.then(|| r.get("id").and_then(Value::as_str).map(str::to_string)).flatten()
-        });
-        Ok(found)
+        let found = page
+            .results
+            .into_iter()
+            .find(|r| ["phone", "mobilephone"].iter().any(|p| r.property(p).is_some_and(|raw| t.same_number(raw, e164))));
+        Ok(found.map(|r| r.id))
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let req = Request::new(Method::POST, "/crm/v3/objects/contacts", RequestClass::Create)
             .body(json!({"properties": {"phone": e164}, "associations": []}))
             .not_replay_safe();
-        let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-        reply.json().get("id").and_then(Value::as_str).map(str::to_string).ok_or_else(|| Failure {
-            maybe_applied: false,
-            fenced_off: vec![],
-            reason: DlqReason::Validation,
-            detail: "HubSpot created a contact but returned no id".into(),
-            status: Some(reply.status),
-            excerpt: Some(reply.body.chars().take(300).collect()),
-        })
+        Ok(t.fetch::<Object>(api, &req, log).await?.id)
     }
 
     async fn lookup(
@@ -347,13 +324,12 @@ impl Connector for Hubspot {
         &self.contract
     }
 
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
-        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created =
-            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
-        let mut updated = if updates.is_empty() { vec![] } else { self.update(api, t, &updates, log).await }.into_iter();
-        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
+    async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        create_reading_before_resending(self, api, t, items, log).await
+    }
+
+    async fn update_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        self.update(api, t, items, log).await
     }
 }
 
@@ -366,54 +342,30 @@ impl Inspect for Hubspot {
         let props: Vec<&String> = self.contract.fields.keys().collect();
         let mut out = HashMap::new();
         for chunk in wanted.chunks(BATCH_MAX) {
-            let inputs: Vec<Value> = chunk.iter().map(|w| json!({"id": w.record_id})).collect();
-            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/read", self.object()), RequestClass::Read)
-                .body(json!({"inputs": inputs, "properties": props}));
-            let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-            for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
-                let (Some(id), Some(fields)) = (r.get("id").and_then(Value::as_str), r.get("properties").and_then(Value::as_object)) else {
-                    continue;
-                };
-                out.insert(id.to_string(), Live::Present { fields: fields.clone(), contact_id: None });
+            let ids: Vec<&str> = chunk.iter().map(|w| w.record_id.as_str()).collect();
+            for r in self.batch_read(api, t, self.object(), &ids, json!(props), log).await? {
+                out.insert(r.id, Live::Present { fields: r.properties, contact_id: None });
             }
         }
         let linked: Vec<&str> = wanted.iter().filter_map(|w| w.linked_contact.as_deref()).collect::<BTreeSet<_>>().into_iter().collect();
         let mut live_contacts: HashSet<String> = HashSet::new();
         for chunk in linked.chunks(BATCH_MAX) {
-            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
-            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/batch/read", RequestClass::Read)
-                .body(json!({"inputs": inputs, "properties": ["hs_object_id"]}));
-            let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-            for r in reply.json().get("results").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(id) = r.get("id").and_then(Value::as_str) {
-                    live_contacts.insert(id.to_string());
-                }
-            }
+            live_contacts.extend(self.batch_read(api, t, "contacts", chunk, json!(["hs_object_id"]), log).await?.into_iter().map(|r| r.id));
         }
         for w in wanted {
             match out.get_mut(&w.record_id) {
                 Some(Live::Present { contact_id, .. }) => match &w.linked_contact {
                     Some(c) if live_contacts.contains(c) => *contact_id = Some(c.clone()),
                     Some(_) => {
-                        let path = format!(
-                            "/crm/v3/objects/{}/{}?properties=hs_object_id&associations=contacts",
-                            self.object(),
-                            crate::api::urlencode(&w.record_id)
-                        );
-                        let reply = api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, RequestClass::Read), log).await?;
-                        *contact_id =
-                            reply.json().pointer("/associations/contacts/results/0/id").and_then(Value::as_str).map(str::to_string);
+                        let now: Object =
+                            t.fetch(api, &self.one(&w.record_id, "properties=hs_object_id&associations=contacts"), log).await?;
+                        *contact_id = now.associations.contacts.and_then(|c| c.results.into_iter().next()).map(|c| c.id);
                     }
                     None => {}
                 },
                 Some(_) => {}
                 None => {
-                    let path = format!(
-                        "/crm/v3/objects/{}/{}?properties=hs_object_id&archived=true",
-                        self.object(),
-                        crate::api::urlencode(&w.record_id)
-                    );
-                    let live = match api.call(&t.policy, &t.base_url, &t.auth, &Request::get(path, RequestClass::Read), log).await {
+                    let live = match t.call(api, &self.one(&w.record_id, "properties=hs_object_id&archived=true"), log).await {
                         Ok(_) => Live::Deleted,
                         Err(f) if f.status == Some(404) => Live::Absent,
                         Err(f) => return Err(f),
@@ -435,28 +387,14 @@ impl Inspect for Hubspot {
     ) -> Result<(), Failure> {
         // HubSpot's properties are strings.
         let props: Map<String, Value> = fields.iter().map(|(k, v)| (k.clone(), Value::String(crate::contract::as_text(v)))).collect();
-        let req = Request::new(
-            Method::PATCH,
-            format!("/crm/v3/objects/{}/{}", self.object(), crate::api::urlencode(record_id)),
-            RequestClass::Update,
-        )
-        .body(json!({"properties": props}));
-        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await.map(|_| ())
+        let req = Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), urlencode(record_id)), RequestClass::Update)
+            .body(json!({"properties": props}));
+        t.call(api, &req, log).await.map(|_| ())
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
         let req = Request::get(format!("/crm/v3/properties/{}", self.object()), RequestClass::Schema);
-        let reply = api.call(&t.policy, &t.base_url, &t.auth, &req, log).await?;
-        Ok(Some(
-            reply
-                .json()
-                .get("results")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.get("name").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect(),
-        ))
+        let page: Page<Property> = t.fetch(api, &req, log).await?;
+        Ok(Some(page.results.into_iter().map(|p| p.name).collect()))
     }
 }

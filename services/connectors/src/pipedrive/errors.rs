@@ -2,17 +2,16 @@
 //! `{success:false, error, error_info, code?}`; a client that keeps sending after 429s may
 //! instead meet a Cloudflare HTML page with 403.
 
+use super::wire::ErrorBody;
 use crate::api::{until_midnight, Reply, Verdict};
 use crm_common::events::DlqReason;
-use serde_json::Value;
 use std::time::Duration;
 
 /// How long a Cloudflare block is waited out before trying again.
 const CLOUDFLARE_BLOCK: Duration = Duration::from_secs(300);
 
-pub fn reason_of(body: &Value, status: u16) -> (DlqReason, String) {
-    let error = body.get("error").and_then(Value::as_str).unwrap_or("");
-    let code = body.get("code").and_then(Value::as_str).unwrap_or("");
+pub fn reason_of(body: &ErrorBody, status: u16) -> (DlqReason, String) {
+    let (error, code) = (body.error.as_str(), body.code.as_str());
     let reason = match status {
         401 => DlqReason::AuthFailed,
         // 402: the company account is not open (trial over, unpaid); 403: not allowed.
@@ -28,7 +27,7 @@ pub fn reason_of(body: &Value, status: u16) -> (DlqReason, String) {
 }
 
 pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
-    let body = reply.json();
+    let body: ErrorBody = reply.parse().unwrap_or_default();
     match reply.status {
         200..=299 => Verdict::Ok,
         429 => {
@@ -40,8 +39,9 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
             let wait = secs("retry-after").or_else(|| secs("x-ratelimit-reset")).unwrap_or(2);
             Verdict::Throttled { wait: Duration::from_secs(wait) }
         }
-        403 if body.is_null() => Verdict::Throttled { wait: CLOUDFLARE_BLOCK },
-        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.get("error").and_then(Value::as_str).unwrap_or(""))),
+        // Cloudflare's block page is HTML, not Pipedrive's JSON.
+        403 if reply.json().is_null() => Verdict::Throttled { wait: CLOUDFLARE_BLOCK },
+        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.error)),
         status => {
             let (reason, detail) = reason_of(&body, status);
             Verdict::Permanent(reason, detail)

@@ -6,16 +6,22 @@
 
 use crate::api::{Policy, Reply, Request, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
+use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub burst_per_2s: u64,
     pub search_per_2s: u64,
     pub daily_tokens: u64,
-    /// API v2 token costs: get one, list, create, update, search.
+    /// API v2 token costs: get one, list, create, update, search (Pipedrive's, not a setting).
+    #[serde(skip, default = "v2_costs")]
     pub costs: [u64; 5],
+}
+
+fn v2_costs() -> [u64; 5] {
+    [1, 10, 5, 5, 20]
 }
 
 /// A plan's limits for `seats` (the tenant's `limits.seats`) and the kind of credentials,
@@ -30,22 +36,13 @@ pub fn plan(conn: &CrmConnection, oauth: bool) -> Result<Plan, String> {
         "ultimate" | "enterprise" => (7, 120, 480),
         other => return Err(format!("unknown Pipedrive plan '{other}' (lite, growth, professional, premium, ultimate)")),
     };
-    let mut p = Plan {
+    let p = Plan {
         burst_per_2s: if oauth { oauth_burst } else { api },
         search_per_2s: 10,
         daily_tokens: 30_000 * mult * seats,
-        costs: [1, 10, 5, 5, 20],
+        costs: v2_costs(),
     };
-    for (k, v) in &conn.limits {
-        match k.as_str() {
-            "seats" => {}
-            "burst_per_2s" => p.burst_per_2s = *v,
-            "search_per_2s" => p.search_per_2s = *v,
-            "daily_tokens" => p.daily_tokens = *v,
-            other => return Err(format!("unknown Pipedrive limit '{other}' (seats, burst_per_2s, search_per_2s, daily_tokens)")),
-        }
-    }
-    Ok(p)
+    with_overrides(p, &numbers(&conn.limits), &["seats"])
 }
 
 pub struct PipedrivePolicy {

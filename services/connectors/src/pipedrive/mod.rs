@@ -8,10 +8,12 @@
 
 pub mod errors;
 pub mod limits;
+pub mod wire;
 
-use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
+use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
+use crate::client::{endpoints, TenantClient};
+use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -19,6 +21,7 @@ use reqwest::header::{HeaderName, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap};
+use wire::{Activity, Created, Envelope, Phone, SearchHits};
 
 /// Activities listed per page, and pages read at most, when looking for a key.
 const PAGE: usize = 500;
@@ -33,27 +36,14 @@ pub struct Pipedrive {
     pub default_token_url: String,
 }
 
-pub struct Tenant {
-    base_url: String,
-    auth: Credentials,
-    policy: limits::PipedrivePolicy,
-    region: phonenumber::country::Id,
-}
+type Tenant = TenantClient<limits::PipedrivePolicy>;
 
 /// Whole-second RFC 3339, as `updated_since` wants it.
 fn rfc3339_secs(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn id_of(v: &Value) -> Option<String> {
-    v.as_u64().map(|n| n.to_string()).or_else(|| v.as_str().map(str::to_string))
-}
-
 impl Pipedrive {
-    async fn call(&self, api: &Api, t: &Tenant, req: Request, log: &mut Vec<Exchange>) -> Result<Reply, Failure> {
-        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
-    }
-
     fn activities(&self) -> String {
         format!("/api/v2/{}", self.contract.object)
     }
@@ -68,14 +58,9 @@ impl Pipedrive {
             .body(Value::Object(body))
             .not_replay_safe()
             .fenced([item.req.idempotency_key.as_str()]);
-        match self.call(api, t, req, log).await {
-            Ok(reply) => match reply.json().pointer("/data/id").and_then(id_of) {
-                Some(id) => ItemResult::Written { record_id: id, created: true },
-                None => ItemResult::Failed(Failure {
-                    status: Some(reply.status),
-                    ..Failure::new(DlqReason::Validation, "Pipedrive created an activity but returned no id")
-                }),
-            },
+        match t.fetch::<Envelope<Created>>(api, &req, log).await {
+            Ok(Envelope { data: Created { id: Some(id) }, .. }) => ItemResult::Written { record_id: id, created: true },
+            Ok(_) => ItemResult::Failed(Failure::new(DlqReason::Validation, "Pipedrive created an activity but returned no id")),
             Err(f) => ItemResult::Failed(f),
         }
     }
@@ -86,7 +71,7 @@ impl Pipedrive {
         let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), RequestClass::Update)
             .body(Value::Object(body))
             .fenced([item.req.idempotency_key.as_str()]);
-        match self.call(api, t, req, log).await {
+        match t.call(api, &req, log).await {
             Ok(_) => ItemResult::Written { record_id: id, created: false },
             Err(mut f) if f.status == Some(404) => {
                 // Someone deleted the activity in Pipedrive: that decision stands.
@@ -115,19 +100,19 @@ impl Pipedrive {
         for _ in 0..MAX_PAGES {
             let page = cursor.as_ref().map(|c| format!("&cursor={}", urlencode(c))).unwrap_or_default();
             let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), RequestClass::List);
-            let body = self.call(api, t, req, log).await?.json();
-            for a in body.get("data").and_then(Value::as_array).into_iter().flatten() {
-                let key = a.get(&self.contract.key_field).and_then(Value::as_str).and_then(|text| self.contract.key_in(text));
-                if let (Some(k), Some(id)) = (key, a.get("id").and_then(id_of)) {
+            let listed: Envelope<Vec<Activity>> = t.fetch(api, &req, log).await?;
+            for a in &listed.data {
+                let key = a.fields.get(&self.contract.key_field).and_then(Value::as_str).and_then(|text| self.contract.key_in(text));
+                if let (Some(k), Some(id)) = (key, &a.id) {
                     if keys.contains(&k) {
-                        found.entry(k.to_string()).or_insert(id);
+                        found.entry(k.to_string()).or_insert_with(|| id.clone());
                     }
                 }
             }
             if found.len() == keys.len() {
                 break;
             }
-            cursor = body.pointer("/additional_data/next_cursor").and_then(Value::as_str).map(str::to_string);
+            cursor = listed.additional_data.next_cursor;
             if cursor.is_none() {
                 return Ok(found);
             }
@@ -168,7 +153,7 @@ impl ReadBeforeResend for Pipedrive {
 }
 
 impl Connector for Pipedrive {
-    type Tenant = Tenant;
+    type Policy = limits::PipedrivePolicy;
 
     fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
         Self { contract, default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
@@ -187,19 +172,8 @@ impl Connector for Pipedrive {
         true
     }
 
-    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
-        &t.auth
-    }
-
-    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
-        let (base_url, token_url) = match &conn.base_url {
-            Some(b) => {
-                let b = b.trim_end_matches('/').to_string();
-                let token = conn.token_url.clone().unwrap_or_else(|| format!("{b}/oauth/token"));
-                (b, token)
-            }
-            None => (self.default_base_url.clone(), conn.token_url.clone().unwrap_or_else(|| self.default_token_url.clone())),
-        };
+    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {
+        let (base_url, token_url) = endpoints(conn, &self.default_base_url, Some(&self.default_token_url), "/oauth/token");
         let style = AuthStyle {
             static_header: (HeaderName::from_static("x-api-token"), ""),
             oauth_header: (AUTHORIZATION, "Bearer "),
@@ -208,7 +182,7 @@ impl Connector for Pipedrive {
         };
         let auth = Credentials::from_env(&conn.credentials_secret, style, format!("pipedrive:{}", tenant.id))?;
         let plan = limits::plan(conn, auth.is_oauth())?;
-        Ok(Tenant {
+        Ok(TenantClient {
             base_url,
             auth,
             policy: limits::PipedrivePolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
@@ -218,32 +192,24 @@ impl Connector for Pipedrive {
 
     async fn find_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // Phones are free text there: search the national number's digits, then compare.
-        let Some(digits) = phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string()) else { return Ok(None) };
+        let Some(digits) = crm_common::phone::national_digits(e164) else { return Ok(None) };
         let req = Request::get(format!("/api/v2/persons/search?term={digits}&fields=phone&limit=20"), RequestClass::Search)
             .audited_as(json!({"term": crm_common::phone::mask(&digits), "fields": "phone"}));
-        let reply = self.call(api, t, req, log).await?;
-        let found = reply.json().pointer("/data/items").and_then(Value::as_array).into_iter().flatten().find_map(|hit| {
-            let item = hit.get("item")?;
-            let phones = item.get("phones").and_then(Value::as_array)?;
-            phones
-                .iter()
-                .filter_map(|p| p.as_str().or_else(|| p.get("value").and_then(Value::as_str)))
-                .any(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok().is_some_and(|n| n == e164))
-                .then(|| item.get("id").and_then(id_of))
-                .flatten()
-        });
-        Ok(found)
+        let hits: Envelope<SearchHits> = t.fetch(api, &req, log).await?;
+        let found = hits
+            .data
+            .items
+            .into_iter()
+            .map(|h| h.item)
+            .find(|p| p.phones.iter().filter_map(Phone::value).any(|raw| t.same_number(raw, e164)));
+        Ok(found.and_then(|p| p.id))
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let body = json!({"name": "Unknown caller", "phones": [{"value": e164, "label": "work", "primary": true}]});
-        let reply = self
-            .call(api, t, Request::new(Method::POST, "/api/v2/persons", RequestClass::Create).body(body).not_replay_safe(), log)
-            .await?;
-        reply.json().pointer("/data/id").and_then(id_of).ok_or_else(|| Failure {
-            status: Some(reply.status),
-            ..Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id")
-        })
+        let req = Request::new(Method::POST, "/api/v2/persons", RequestClass::Create).body(body).not_replay_safe();
+        let created: Envelope<Created> = t.fetch(api, &req, log).await?;
+        created.data.id.ok_or_else(|| Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id"))
     }
 
     async fn lookup(
@@ -261,15 +227,15 @@ impl Connector for Pipedrive {
         &self.contract
     }
 
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+    async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        create_reading_before_resending(self, api, t, items, log).await
+    }
+
+    /// One call per record (there is no batch update).
+    async fn update_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            let r = if item.record_id.is_some() {
-                self.update(api, t, item, log).await
-            } else {
-                create_reading_before_resending(self, api, t, &[item], log).await.pop().expect("one result")
-            };
-            out.push(r);
+            out.push(self.update(api, t, item, log).await);
         }
         out
     }
@@ -284,11 +250,10 @@ impl Inspect for Pipedrive {
         for chunk in wanted.chunks(100) {
             let ids = chunk.iter().map(|w| urlencode(&w.record_id)).collect::<Vec<_>>().join(",");
             let req = Request::get(format!("{}?ids={ids}&limit=100", self.activities()), RequestClass::List);
-            let reply = self.call(api, t, req, log).await?;
-            for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
-                let Some(id) = r.get("id").and_then(id_of) else { continue };
-                let contact_id = r.get("person_id").and_then(id_of).filter(|p| p != "0");
-                out.insert(id, Live::Present { fields: r.as_object().cloned().unwrap_or_default(), contact_id });
+            for a in t.fetch::<Envelope<Vec<Activity>>>(api, &req, log).await?.data {
+                let contact_id = a.person().map(str::to_string);
+                let Some(id) = a.id else { continue };
+                out.insert(id, Live::Present { fields: a.fields, contact_id });
             }
         }
         for w in wanted {
@@ -307,7 +272,7 @@ impl Inspect for Pipedrive {
     ) -> Result<(), Failure> {
         let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), RequestClass::Update)
             .body(Value::Object(fields.clone()));
-        self.call(api, t, req, log).await.map(|_| ())
+        t.call(api, &req, log).await.map(|_| ())
     }
 
     /// Activities' fields are Pipedrive's own (the key rides in the note): nothing a
@@ -324,7 +289,5 @@ mod tests {
     #[test]
     fn listing_times_are_whole_seconds() {
         assert_eq!(rfc3339_secs(1_767_225_600_999), "2026-01-01T00:00:00Z");
-        assert_eq!(id_of(&json!(42)), Some("42".into()));
-        assert_eq!(id_of(&json!("42")), Some("42".into()));
     }
 }

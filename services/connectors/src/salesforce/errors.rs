@@ -1,14 +1,15 @@
 //! Salesforce's answers classified (CRM-APIS §2.6). Error bodies are JSON arrays of
 //! `{message, errorCode, fields}`; save results inside collections say `statusCode`.
 
+use super::wire::{ApiError, ErrorBody};
 use crate::api::{Reply, Verdict};
 use crm_common::events::DlqReason;
-use serde_json::Value;
 use std::time::Duration;
 
-/// The reason for one error code.
-pub fn reason_of(code: &str, fields: &[&str]) -> Option<DlqReason> {
-    Some(match code {
+/// The reason for one error; None for the codes that are retried.
+pub fn reason_of(e: &ApiError) -> Option<DlqReason> {
+    let fields: Vec<&str> = e.fields.iter().map(String::as_str).collect();
+    Some(match e.code.as_str() {
         "INVALID_FIELD" | "INVALID_FIELD_FOR_INSERT_UPDATE" | "NO_SUCH_COLUMN" => DlqReason::FieldRemoved,
         // A deleted WhoId: the contact the call was to be logged against is gone.
         "ENTITY_IS_DELETED" if fields.contains(&"WhoId") => DlqReason::ContactDeleted,
@@ -22,24 +23,11 @@ pub fn reason_of(code: &str, fields: &[&str]) -> Option<DlqReason> {
     })
 }
 
-/// The first error of an array body: (errorCode, message, fields).
-pub fn first_error(body: &Value) -> (String, String, Vec<String>) {
-    let e = body.as_array().and_then(|a| a.first()).unwrap_or(body);
-    let code = e.get("errorCode").or_else(|| e.get("statusCode")).and_then(Value::as_str).unwrap_or("").to_string();
-    let message = e.get("message").and_then(Value::as_str).unwrap_or("").to_string();
-    let fields = e
-        .get("fields")
-        .and_then(Value::as_array)
-        .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    (code, message, fields)
-}
-
 /// `recheck`: how long a spent allowance (403 REQUEST_LIMIT_EXCEEDED) blocks the bucket.
 pub fn classify(reply: &Reply, recheck: Duration) -> Verdict {
-    let body = reply.json();
-    let (code, message, fields) = first_error(&body);
-    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    // Not every error body is JSON (a gateway's page): those classify by status alone.
+    let e = reply.parse::<ErrorBody>().map(ErrorBody::first).unwrap_or_default();
+    let (code, message) = (e.code.as_str(), e.message.as_str());
     match reply.status {
         200..=299 => Verdict::Ok,
         // The org's allowance (or its long-request concurrency) is spent: no Retry-After;
@@ -51,7 +39,7 @@ pub fn classify(reply: &Reply, recheck: Duration) -> Verdict {
         500..=599 => Verdict::Transient(format!("{} {code}: {message}", reply.status)),
         _ if code == "UNABLE_TO_LOCK_ROW" => Verdict::Transient(format!("{code}: {message}")),
         _ => {
-            let reason = reason_of(&code, &fields).unwrap_or(DlqReason::Validation);
+            let reason = reason_of(&e).unwrap_or(DlqReason::Validation);
             Verdict::Permanent(reason, format!("{} {code}: {message}", reply.status))
         }
     }
@@ -93,7 +81,8 @@ mod tests {
             reply(400, r#"[{"message":"bad value","errorCode":"INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST","fields":["CallType"]}]"#);
         assert!(matches!(classify_(&picklist), Verdict::Permanent(DlqReason::Validation, _)));
         // Save results inside collections say statusCode.
-        let save = serde_json::json!({"statusCode": "REQUIRED_FIELD_MISSING", "message": "Subject", "fields": ["Subject"]});
-        assert_eq!(first_error(&save).0, "REQUIRED_FIELD_MISSING");
+        let save: ApiError =
+            serde_json::from_str(r#"{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Subject", "fields": ["Subject"]}"#).unwrap();
+        assert_eq!(reason_of(&save), Some(DlqReason::Validation));
     }
 }

@@ -5,31 +5,41 @@
 
 use crate::api::{Policy, Reply, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
+use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
 use std::time::Duration;
 
-/// The org's allocation by edition and licenses (`seats` in the tenant's limits), then the
-/// tenant's override `daily_api_requests`.
-pub fn allocation(conn: &CrmConnection) -> Result<u64, String> {
+/// The org's limits as a tenant may set them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// The org's allocation over a rolling 24 h.
+    pub daily_api_requests: u64,
+    /// How often a spent allowance is probed, in seconds (default a minute): the rolling
+    /// window frees calls as the ones from 24 h ago age out, and only a live request's
+    /// header tells.
+    pub recheck_s: u64,
+}
+
+/// The org's allocation by edition and licenses (`licenses` in the tenant's limits), then
+/// the tenant's overrides (`daily_api_requests`, `recheck_s`).
+pub fn plan(conn: &CrmConnection) -> Result<Plan, String> {
     let licenses = conn.limits.get("licenses").copied().unwrap_or(0);
-    let base = match conn.plan.to_ascii_lowercase().as_str() {
+    let daily_api_requests = match conn.plan.to_ascii_lowercase().as_str() {
         "developer" => 15_000,
         "professional" | "enterprise" => 100_000 + 1_000 * licenses,
         "unlimited" | "performance" => 100_000 + 5_000 * licenses,
         other => return Err(format!("unknown Salesforce edition '{other}' (developer, professional, enterprise, unlimited, performance)")),
     };
-    for k in conn.limits.keys() {
-        if !["licenses", "daily_api_requests", "recheck_s"].contains(&k.as_str()) {
-            return Err(format!("unknown Salesforce limit '{k}' (licenses, daily_api_requests, recheck_s)"));
-        }
-    }
-    Ok(conn.limits.get("daily_api_requests").copied().unwrap_or(base))
+    with_overrides(Plan { daily_api_requests, recheck_s: 60 }, &numbers(&conn.limits), &["licenses"])
 }
 
-/// How often a spent allowance is probed (`recheck_s`, default a minute): the rolling window
-/// frees calls as the ones from 24 h ago age out, and only a live request's header tells.
+pub fn allocation(conn: &CrmConnection) -> Result<u64, String> {
+    plan(conn).map(|p| p.daily_api_requests)
+}
+
+/// How often a spent allowance is probed (at least every second).
 pub fn recheck(conn: &CrmConnection) -> Duration {
-    Duration::from_secs(conn.limits.get("recheck_s").copied().unwrap_or(60).max(1))
+    Duration::from_secs(plan(conn).map_or(60, |p| p.recheck_s).max(1))
 }
 
 pub fn buckets(tenant_id: &str, allocation: u64, recheck: Duration) -> BucketSet {

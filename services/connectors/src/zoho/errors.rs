@@ -2,25 +2,20 @@
 //! status:"error"}`, at the top level for the whole call or inside `data[i]` for one record
 //! of a multi-record call (207 on partial success, 400 when every record failed).
 
+use super::wire::{Data, Outcome};
 use crate::api::{Reply, Verdict};
 use crm_common::events::DlqReason;
-use serde_json::Value;
 use std::time::Duration;
 
 /// The reason for one error body (top-level or per record), and a readable detail.
-pub fn reason_of(e: &Value, key_field: &str) -> (DlqReason, String) {
-    let code = e.get("code").and_then(Value::as_str).unwrap_or("");
-    let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-    let field = e
-        .pointer("/details/api_name")
-        .and_then(Value::as_str)
-        .or_else(|| e.pointer("/details/column_name").and_then(Value::as_str))
-        .unwrap_or("");
+pub fn reason_of(e: &Outcome) -> (DlqReason, String) {
+    let (code, message, field) = (e.code.as_str(), e.message.as_str(), e.field());
     let reason = match code {
         // A contact that was matched (and cached) and has since been deleted.
         "INVALID_DATA" if field == "Who_Id" => DlqReason::ContactDeleted,
-        // COQL names a column the module no longer has: our key field was removed.
-        "INVALID_QUERY" if field.eq_ignore_ascii_case(key_field) => DlqReason::FieldRemoved,
+        // COQL names a column the module no longer has: a field of ours (the key field,
+        // a contract field the reconciler reads) was removed. Our queries name no other.
+        "INVALID_QUERY" if !field.is_empty() => DlqReason::FieldRemoved,
         "NO_PERMISSION" | "AUTHORIZATION_FAILED" | "OAUTH_SCOPE_MISMATCH" | "FEATURE_NOT_SUPPORTED" => DlqReason::PermissionDenied,
         "INVALID_TOKEN" | "AUTHENTICATION_FAILURE" => DlqReason::AuthFailed,
         _ => DlqReason::Validation,
@@ -31,26 +26,27 @@ pub fn reason_of(e: &Value, key_field: &str) -> (DlqReason, String) {
 
 /// A multi-record answer whose records carry their own results (including 400 when every
 /// record failed): the call itself succeeded.
-fn per_record(body: &Value) -> bool {
-    body.get("data").and_then(Value::as_array).is_some_and(|d| d.iter().all(|r| r.get("status").is_some()))
+fn per_record(reply: &Reply) -> bool {
+    reply.parse::<Data<Outcome>>().ok().and_then(|d| d.data).is_some_and(|d| d.iter().all(|r| !r.status.is_empty()))
 }
 
 pub fn classify(reply: &Reply) -> Verdict {
-    let body = reply.json();
+    // Not every error body is JSON (a gateway's page): those classify by status alone.
+    let body: Outcome = reply.parse().unwrap_or_default();
     match reply.status {
         200..=299 => Verdict::Ok,
-        400 if per_record(&body) => Verdict::Ok,
+        400 if per_record(reply) => Verdict::Ok,
         // Credits, concurrency or pace: the policy decides how long (it escalates).
         429 => Verdict::Throttled { wait: Duration::from_secs(2) },
-        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.get("code").and_then(Value::as_str).unwrap_or(""))),
+        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.code)),
         401 => {
-            let (reason, detail) = reason_of(&body, "");
+            let (reason, detail) = reason_of(&body);
             // A missing scope is a permission, not an expired token: no refresh helps.
             Verdict::Permanent(if reason == DlqReason::PermissionDenied { reason } else { DlqReason::AuthFailed }, format!("401 {detail}"))
         }
-        403 => Verdict::Permanent(DlqReason::PermissionDenied, format!("403 {}", reason_of(&body, "").1)),
+        403 => Verdict::Permanent(DlqReason::PermissionDenied, format!("403 {}", reason_of(&body).1)),
         _ => {
-            let (reason, detail) = reason_of(&body, "");
+            let (reason, detail) = reason_of(&body);
             Verdict::Permanent(reason, format!("{} {detail}", reply.status))
         }
     }
@@ -59,7 +55,10 @@ pub fn classify(reply: &Reply) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn json(v: serde_json::Value) -> Outcome {
+        serde_json::from_value(v).unwrap()
+    }
 
     fn reply(status: u16, body: &str) -> Reply {
         Reply::of(status, body)
@@ -89,13 +88,19 @@ mod tests {
             r#"{"data":[{"code":"MANDATORY_NOT_FOUND","details":{"api_name":"Subject"},"message":"required field not found","status":"error"}]}"#,
         );
         assert_eq!(classify(&all_failed), Verdict::Ok, "per-record results are read by the connector");
-        let who = json!({"code":"INVALID_DATA","details":{"api_name":"Who_Id","id":"5"},"message":"invalid data","status":"error"});
-        assert_eq!(reason_of(&who, "Crm_Sync_Key").0, DlqReason::ContactDeleted);
-        let column = json!({"code":"INVALID_QUERY","details":{"reason":"invalid column Crm_Sync_Key","column_name":"Crm_Sync_Key"},"message":"invalid query formed","status":"error"});
-        assert_eq!(reason_of(&column, "Crm_Sync_Key").0, DlqReason::FieldRemoved);
-        let dependent = json!({"code":"DEPENDENT_MISMATCH","details":{"api_name":"Call_Duration"},"message":"Call Duration can not be zero.","status":"error"});
+        let who = json(
+            serde_json::json!({"code":"INVALID_DATA","details":{"api_name":"Who_Id","id":"5"},"message":"invalid data","status":"error"}),
+        );
+        assert_eq!(reason_of(&who).0, DlqReason::ContactDeleted);
+        let column = json(
+            serde_json::json!({"code":"INVALID_QUERY","details":{"reason":"invalid column Crm_Sync_Key","column_name":"Crm_Sync_Key"},"message":"invalid query formed","status":"error"}),
+        );
+        assert_eq!(reason_of(&column).0, DlqReason::FieldRemoved);
+        let dependent = json(
+            serde_json::json!({"code":"DEPENDENT_MISMATCH","details":{"api_name":"Call_Duration"},"message":"Call Duration can not be zero.","status":"error"}),
+        );
         assert_eq!(
-            reason_of(&dependent, "Crm_Sync_Key"),
+            reason_of(&dependent),
             (DlqReason::Validation, "DEPENDENT_MISMATCH: Call Duration can not be zero. (Call_Duration)".into())
         );
     }

@@ -8,16 +8,23 @@
 
 use crate::api::{Policy, Reply, Request, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
+use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub credits_per_24h: u64,
     pub concurrency: u64,
     pub per_minute: u64,
+    /// Zoho's rule, not a tenant's setting.
+    #[serde(skip, default = "ten")]
     pub records_per_credit: u64,
+}
+
+fn ten() -> u64 {
+    10
 }
 
 /// An edition's limits for `users` (the tenant's `limits.users`), then the overrides.
@@ -31,17 +38,8 @@ pub fn plan(conn: &CrmConnection) -> Result<Plan, String> {
         "ultimate" | "crm_plus" => (50_000 + 2_000 * users, 25),
         other => return Err(format!("unknown Zoho edition '{other}' (free, standard, professional, enterprise, ultimate)")),
     };
-    let mut p = Plan { credits_per_24h: credits, concurrency, per_minute: 150, records_per_credit: 10 };
-    for (k, v) in &conn.limits {
-        match k.as_str() {
-            "users" => {}
-            "credits_per_24h" => p.credits_per_24h = *v,
-            "concurrency" => p.concurrency = *v,
-            "per_minute" => p.per_minute = *v,
-            other => return Err(format!("unknown Zoho limit '{other}' (users, credits_per_24h, concurrency, per_minute)")),
-        }
-    }
-    Ok(p)
+    let p = Plan { credits_per_24h: credits, concurrency, per_minute: 150, records_per_credit: 10 };
+    with_overrides(p, &numbers(&conn.limits), &["users"])
 }
 
 pub struct ZohoPolicy {

@@ -8,10 +8,12 @@
 
 pub mod errors;
 pub mod limits;
+pub mod wire;
 
-use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
+use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::{AuthStyle, Credentials};
-use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, Wanted};
+use crate::client::{endpoints, TenantClient};
+use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -21,6 +23,7 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
+use wire::{Data, Fields, Lookup, Outcome, Row};
 
 const BATCH_MAX: usize = 100;
 /// Values per COQL `in (…)`.
@@ -37,25 +40,27 @@ pub struct Zoho {
     pub http_timeout: Duration,
 }
 
-pub struct Tenant {
-    base_url: String,
-    auth: Credentials,
-    policy: limits::ZohoPolicy,
-    region: phonenumber::country::Id,
-}
+type Tenant = TenantClient<limits::ZohoPolicy>;
 
 /// A COQL string literal.
 fn coql_str(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// A COQL query (it sees writes at once).
+fn coql(q: String) -> Request {
+    Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read).body(json!({"select_query": q}))
+}
+
+/// An error result of one record, or of the whole call.
+fn failed(e: Outcome, status: u16) -> Failure {
+    let (reason, detail) = errors::reason_of(&e);
+    Failure { status: Some(status), excerpt: serde_json::to_string(&e).ok(), ..Failure::new(reason, detail) }
+}
+
 impl Zoho {
     fn module(&self) -> &str {
         &self.contract.object
-    }
-
-    async fn call(&self, api: &Api, t: &Tenant, req: Request, log: &mut Vec<Exchange>) -> Result<Reply, Failure> {
-        api.call(&t.policy, &t.base_url, &t.auth, &req, log).await
     }
 
     fn record(&self, item: &Item, kind: WriteKind) -> Value {
@@ -74,55 +79,56 @@ impl Zoho {
     }
 
     /// One record's entry of a multi-record answer.
-    fn result(&self, r: Option<&Value>, status: u16, item: &Item) -> ItemResult {
+    fn result(&self, r: Option<Outcome>, status: u16, item: &Item) -> ItemResult {
         let Some(r) = r else {
             return ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "Zoho's answer had no entry for this record"));
         };
-        if r.get("status").and_then(Value::as_str) == Some("success") {
-            let id = r.pointer("/details/id").and_then(Value::as_str).or(item.record_id.as_deref()).unwrap_or_default().to_string();
+        if r.succeeded() {
+            let id = r.details.id.as_deref().or(item.record_id.as_deref()).unwrap_or_default().to_string();
             return ItemResult::Written { record_id: id, created: item.record_id.is_none() };
         }
-        let code = r.get("code").and_then(Value::as_str).unwrap_or("");
-        let field = r.pointer("/details/api_name").and_then(Value::as_str).unwrap_or("");
         // The key field marked unique: the record a lost write made is ours.
-        if code == "DUPLICATE_DATA" && field == self.contract.key_field {
-            if let Some(id) = r.pointer("/details/duplicate_record/id").and_then(Value::as_str) {
-                return ItemResult::Written { record_id: id.to_string(), created: false };
+        if r.code == "DUPLICATE_DATA" && r.field() == self.contract.key_field {
+            if let Some(dup) = &r.details.duplicate_record {
+                return ItemResult::Written { record_id: dup.id.clone(), created: false };
             }
         }
-        let (mut reason, mut detail) = errors::reason_of(r, &self.contract.key_field);
-        if item.record_id.is_some() && code == "INVALID_DATA" && field.is_empty() && r.pointer("/details/id").is_some() {
+        let deleted = item.record_id.is_some() && r.code == "INVALID_DATA" && r.field().is_empty() && r.details.id.is_some();
+        let mut f = failed(r, status);
+        if deleted {
             // The call was deleted in Zoho: that decision stands.
-            reason = DlqReason::Validation;
-            detail = format!("the call was deleted in Zoho; not re-created ({detail})");
+            f.reason = DlqReason::Validation;
+            f.detail = format!("the call was deleted in Zoho; not re-created ({})", f.detail);
         }
-        ItemResult::Failed(Failure {
-            reason,
-            detail,
-            status: Some(status),
-            excerpt: Some(r.to_string()),
-            maybe_applied: false,
-            fenced_off: vec![],
-        })
+        ItemResult::Failed(f)
     }
 
+    /// A multi-record write (`PUT` or `POST` on the module): one result per item, in order.
     async fn multi(&self, api: &Api, t: &Tenant, req: Request, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let reply = match self.call(api, t, req, log).await {
-            Ok(r) => r,
-            Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
+        let answer = match t.call(api, &req, log).await {
+            Ok(reply) => reply.parse::<Data<Outcome>>().map(|d| (reply.status, d.rows())),
+            Err(f) => Err(f),
         };
-        let body = reply.json();
-        let data = body.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
-        items.iter().enumerate().map(|(i, item)| self.result(data.get(i), reply.status, item)).collect()
+        match answer {
+            Ok((status, rows)) => {
+                let mut rows = rows.into_iter();
+                items.iter().map(|item| self.result(rows.next(), status, item)).collect()
+            }
+            Err(f) => items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
+        }
+    }
+
+    /// Sends `data` to the module (`POST` creates, `PUT` updates), fenced on the items' keys.
+    /// `trigger: []`: no workflows, approvals or blueprints fire for logged calls.
+    fn write_request(&self, method: Method, class: RequestClass, items: &[&Item], kind: WriteKind) -> Request {
+        let records: Vec<Value> = items.iter().map(|i| self.record(i, kind)).collect();
+        Request::new(method, format!("{API}/{}", self.module()), class)
+            .body(json!({"data": records, "trigger": []}))
+            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()))
     }
 
     async fn insert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
-        // `trigger: []`: no workflows, approvals or blueprints fire for logged calls.
-        let req = Request::new(Method::POST, format!("{API}/{}", self.module()), RequestClass::Create)
-            .body(json!({"data": records, "trigger": []}))
-            .not_replay_safe()
-            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+        let req = self.write_request(Method::POST, RequestClass::Create, items, WriteKind::Create).not_replay_safe();
         self.multi(api, t, req, items, log).await
     }
 
@@ -133,17 +139,10 @@ impl Zoho {
         for chunk in keys.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|k| coql_str(k)).collect::<Vec<_>>().join(", ");
             let q = format!("select id, {kf} from {} where {kf} in ({list}) limit 200", self.module());
-            let req = Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read).body(json!({"select_query": q}));
-            let reply = self.call(api, t, req, log).await.map_err(|mut f| {
-                if f.detail.contains(kf.as_str()) && f.detail.contains("INVALID_QUERY") {
-                    f.reason = DlqReason::FieldRemoved;
-                }
-                f
-            })?;
             // 204: nothing matched.
-            for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
-                if let (Some(k), Some(id)) = (r.get(kf.as_str()).and_then(Value::as_str), r.get("id").and_then(Value::as_str)) {
-                    found.entry(k.to_string()).or_insert_with(|| id.to_string());
+            for r in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
+                if let (Some(k), Some(id)) = (r.field(kf), &r.id) {
+                    found.entry(k.to_string()).or_insert_with(|| id.clone());
                 }
             }
         }
@@ -170,7 +169,7 @@ impl ReadBeforeResend for Zoho {
 }
 
 impl Connector for Zoho {
-    type Tenant = Tenant;
+    type Policy = limits::ZohoPolicy;
 
     fn build(contract: Contract, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
         Self { contract, default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
@@ -184,26 +183,15 @@ impl Connector for Zoho {
         BATCH_MAX
     }
 
-    fn credentials<'a>(&self, t: &'a Tenant) -> &'a Credentials {
-        &t.auth
-    }
-
-    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<Tenant, String> {
+    fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {
         let plan = limits::plan(conn)?;
-        let (base_url, token_url) = match &conn.base_url {
-            Some(b) => {
-                let b = b.trim_end_matches('/').to_string();
-                let token = conn.token_url.clone().unwrap_or_else(|| format!("{b}/oauth/v2/token"));
-                (b, token)
-            }
-            None => (self.default_base_url.clone(), conn.token_url.clone().unwrap_or_else(|| self.default_token_url.clone())),
-        };
+        let (base_url, token_url) = endpoints(conn, &self.default_base_url, Some(&self.default_token_url), "/oauth/v2/token");
         let auth = Credentials::from_env(
             &conn.credentials_secret,
             AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url),
             format!("zoho:{}", tenant.id),
         )?;
-        Ok(Tenant {
+        Ok(TenantClient {
             base_url,
             auth,
             policy: limits::ZohoPolicy {
@@ -221,54 +209,33 @@ impl Connector for Zoho {
         let fields = format!("id,{}", CONTACT_PHONES.join(","));
         let req = Request::get(format!("{API}/Contacts/search?phone={digits}&fields={fields}&per_page=20"), RequestClass::Search)
             .audited_as(json!({"phone": crm_common::phone::mask(&digits)}));
-        let reply = self.call(api, t, req, log).await?;
         // 204 No Content: nobody has the number.
-        let found = reply.json().get("data").and_then(Value::as_array).into_iter().flatten().find_map(|r| {
-            CONTACT_PHONES
-                .iter()
-                .any(|f| {
-                    r.get(*f)
-                        .and_then(Value::as_str)
-                        .and_then(|raw| crm_common::phone::to_e164(raw, Some(t.region)).ok())
-                        .is_some_and(|n| n == e164)
-                })
-                .then(|| r.get("id").and_then(Value::as_str).map(str::to_string))
-                .flatten()
-        });
-        Ok(found)
+        let rows = t.fetch::<Data<Row>>(api, &req, log).await?.rows();
+        let found = rows.into_iter().find(|r| CONTACT_PHONES.iter().any(|f| r.field(f).is_some_and(|raw| t.same_number(raw, e164))));
+        Ok(found.and_then(|r| r.id))
     }
 
     async fn create_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<String, Failure> {
         let req = Request::new(Method::POST, format!("{API}/Contacts"), RequestClass::Create)
             .body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []}))
             .not_replay_safe();
-        let reply = self.call(api, t, req, log).await?;
-        let body = reply.json();
-        match body.pointer("/data/0/details/id").and_then(Value::as_str) {
-            Some(id) if body.pointer("/data/0/status").and_then(Value::as_str) == Some("success") => Ok(id.to_string()),
+        let reply = t.call(api, &req, log).await?;
+        let r = reply.parse::<Data<Outcome>>()?.rows().into_iter().next().unwrap_or_default();
+        match &r.details.id {
+            Some(id) if r.succeeded() => Ok(id.clone()),
             _ => {
-                let e = body.pointer("/data/0").cloned().unwrap_or(body);
-                let (reason, detail) = errors::reason_of(&e, &self.contract.key_field);
-                Err(Failure {
-                    reason,
-                    detail: format!("creating a contact: {detail}"),
-                    status: Some(reply.status),
-                    excerpt: Some(e.to_string()),
-                    maybe_applied: false,
-                    fenced_off: vec![],
-                })
+                let mut f = failed(r, reply.status);
+                f.detail = format!("creating a contact: {}", f.detail);
+                Err(f)
             }
         }
     }
 
     async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {
         // COQL sees writes at once; the contact was created with Phone = the E.164 value.
-        let q = format!("select id from Contacts where Phone = {} limit 1", coql_str(e164));
-        let req = Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read)
-            .body(json!({"select_query": q}))
+        let req = coql(format!("select id from Contacts where Phone = {} limit 1", coql_str(e164)))
             .audited_as(json!({"select_query": "select id from Contacts where Phone = '…' limit 1"}));
-        let reply = self.call(api, t, req, log).await?;
-        Ok(reply.json().pointer("/data/0/id").and_then(Value::as_str).map(str::to_string))
+        Ok(t.fetch::<Data<Row>>(api, &req, log).await?.rows().into_iter().find_map(|r| r.id))
     }
 
     fn contact_read_back_lag(&self) -> Duration {
@@ -290,22 +257,13 @@ impl Connector for Zoho {
         &self.contract
     }
 
-    async fn write(&self, api: &Api, t: &Tenant, items: &[Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let creates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_none()).collect();
-        let updates: Vec<&Item> = items.iter().filter(|i| i.record_id.is_some()).collect();
-        let mut created =
-            if creates.is_empty() { vec![] } else { create_reading_before_resending(self, api, t, &creates, log).await }.into_iter();
-        let mut updated = if updates.is_empty() {
-            vec![]
-        } else {
-            let records: Vec<Value> = updates.iter().map(|i| self.record(i, WriteKind::Update)).collect();
-            let req = Request::new(Method::PUT, format!("{API}/{}", self.module()), RequestClass::Update)
-                .body(json!({"data": records, "trigger": []}))
-                .fenced(updates.iter().map(|i| i.req.idempotency_key.as_str()));
-            self.multi(api, t, req, &updates, log).await
-        }
-        .into_iter();
-        items.iter().map(|i| if i.record_id.is_none() { created.next() } else { updated.next() }.expect("one result per item")).collect()
+    async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        create_reading_before_resending(self, api, t, items, log).await
+    }
+
+    async fn update_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let req = self.write_request(Method::PUT, RequestClass::Update, items, WriteKind::Update);
+        self.multi(api, t, req, items, log).await
     }
 }
 
@@ -319,29 +277,24 @@ impl Inspect for Zoho {
         for chunk in wanted.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|w| coql_str(&w.record_id)).collect::<Vec<_>>().join(", ");
             let q = format!("select {} from {} where id in ({list}) limit 200", fields.join(", "), self.module());
-            let req = Request::new(Method::POST, format!("{API}/coql"), RequestClass::Read).body(json!({"select_query": q}));
-            let reply = self.call(api, t, req, log).await?;
-            for r in reply.json().get("data").and_then(Value::as_array).into_iter().flatten() {
-                let Some(id) = r.get("id").and_then(Value::as_str) else { continue };
-                let who = r.get("Who_Id");
-                let contact_id = who.and_then(|w| w.get("id")).or(who).and_then(Value::as_str).map(str::to_string);
-                out.insert(id.to_string(), Live::Present { fields: r.as_object().cloned().unwrap_or_default(), contact_id });
+            for r in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
+                let Some(id) = r.id else { continue };
+                let contact_id = r.who.as_ref().and_then(Lookup::id).map(str::to_string);
+                out.insert(id, Live::Present { fields: r.fields, contact_id });
             }
         }
         let mut missing: HashSet<&str> = wanted.iter().map(|w| w.record_id.as_str()).filter(|id| !out.contains_key(*id)).collect();
         let mut page = 1;
         while !missing.is_empty() && page <= 5 {
             let req = Request::get(format!("{API}/{}/deleted?type=recycle&page={page}&per_page=200", self.module()), RequestClass::List);
-            let reply = self.call(api, t, req, log).await?;
-            let body = reply.json();
-            for d in body.get("data").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(id) = d.get("id").and_then(Value::as_str) {
-                    if missing.remove(id) {
-                        out.insert(id.to_string(), Live::Deleted);
-                    }
+            let deleted: Data<Row> = t.fetch(api, &req, log).await?;
+            let more = deleted.info.more_records;
+            for id in deleted.rows().into_iter().filter_map(|d| d.id) {
+                if missing.remove(id.as_str()) {
+                    out.insert(id, Live::Deleted);
                 }
             }
-            if body.pointer("/info/more_records").and_then(Value::as_bool) != Some(true) {
+            if !more {
                 break;
             }
             page += 1;
@@ -362,38 +315,17 @@ impl Inspect for Zoho {
     ) -> Result<(), Failure> {
         let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), RequestClass::Update)
             .body(json!({"data": [fields], "trigger": []}));
-        let reply = self.call(api, t, req, log).await?;
+        let reply = t.call(api, &req, log).await?;
         // A per-record error comes back inside `data` with a 2xx or 400.
-        match reply.json().pointer("/data/0") {
-            Some(r) if r.get("status").and_then(Value::as_str) != Some("success") => {
-                let (reason, detail) = errors::reason_of(r, &self.contract.key_field);
-                Err(Failure {
-                    reason,
-                    detail,
-                    status: Some(reply.status),
-                    excerpt: Some(r.to_string()),
-                    maybe_applied: false,
-                    fenced_off: vec![],
-                })
-            }
+        match reply.parse::<Data<Outcome>>()?.rows().into_iter().next() {
+            Some(r) if !r.succeeded() => Err(failed(r, reply.status)),
             _ => Ok(()),
         }
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let reply =
-            self.call(api, t, Request::get(format!("{API}/settings/fields?module={}", self.module()), RequestClass::Schema), log).await?;
-        Ok(Some(
-            reply
-                .json()
-                .get("fields")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|f| f.get("api_name").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect(),
-        ))
+        let req = Request::get(format!("{API}/settings/fields?module={}", self.module()), RequestClass::Schema);
+        Ok(Some(t.fetch::<Fields>(api, &req, log).await?.fields.into_iter().map(|f| f.api_name).collect()))
     }
 }
 

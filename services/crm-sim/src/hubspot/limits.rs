@@ -38,10 +38,7 @@ pub fn preset(plan: &str) -> Result<Limits, String> {
 }
 
 fn limits(acct: &Account) -> Limits {
-    match &acct.limits {
-        crate::limits::Limits::Hubspot(l) => l.clone(),
-        _ => unreachable!("a HubSpot account holds HubSpot limits"),
-    }
+    acct.limits.hubspot().clone()
 }
 
 fn burst_scope(caller: &Caller) -> String {

@@ -64,10 +64,7 @@ pub fn preset(plan: &str, seats: u64) -> Result<Limits, String> {
 }
 
 pub fn limits(acct: &Account) -> Limits {
-    match &acct.limits {
-        crate::limits::Limits::Pipedrive(l) => l.clone(),
-        _ => unreachable!("a Pipedrive account holds Pipedrive limits"),
-    }
+    acct.limits.pipedrive().clone()
 }
 
 fn cost(l: &Limits, class: Class) -> u64 {

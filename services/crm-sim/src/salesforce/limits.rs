@@ -31,10 +31,7 @@ pub fn preset(edition: &str, licenses: u64) -> Result<Limits, String> {
 }
 
 pub fn limits(acct: &Account) -> Limits {
-    match &acct.limits {
-        crate::limits::Limits::Salesforce(l) => l.clone(),
-        _ => unreachable!("a Salesforce account holds Salesforce limits"),
-    }
+    acct.limits.salesforce().clone()
 }
 
 pub fn admit(acct: &mut Account, _caller: &Caller, _class: Class, now: i64) -> Result<(), Response> {

@@ -37,10 +37,7 @@ pub fn preset(edition: &str, users: u64) -> Result<Limits, String> {
 }
 
 pub fn limits(acct: &Account) -> Limits {
-    match &acct.limits {
-        crate::limits::Limits::Zoho(l) => l.clone(),
-        _ => unreachable!("a Zoho account holds Zoho limits"),
-    }
+    acct.limits.zoho().clone()
 }
 
 pub fn admit(acct: &mut Account, _caller: &Caller, _class: Class, now: i64) -> Result<(), Response> {
