@@ -60,31 +60,7 @@ enum Cmd {
     },
     /// The HubSpot writer against crm-sim: a limit-bound backlog (records/s, calls, 429s,
     /// budget utilisation), then calls.raw → HubSpot latency through the whole pipeline.
-    Writer {
-        /// The CRM whose writer runs.
-        #[arg(long, default_value = "hubspot")]
-        crm: Crm,
-        /// Backlog write requests (default: 12000; 1200 for Pipedrive, one request each).
-        #[arg(long)]
-        records: Option<usize>,
-        #[arg(long, default_value_t = 4)]
-        tenants: usize,
-        /// Each backlog tenant's rate limit: HubSpot requests per 10 s (default 10), Zoho per
-        /// minute (30), Pipedrive per 2 s (10), Salesforce requests per 24 h (100000).
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Phase 2: calls per second produced to calls.raw.
-        #[arg(long, default_value_t = 40)]
-        rate: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: usize,
-        /// The services' consumers' fetch.wait.max.ms (librdkafka's default is 500; each
-        /// idle stage can hold a message up to that long).
-        #[arg(long, default_value_t = 500)]
-        fetch_wait_ms: u64,
-        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-    },
+    Writer(writer::Args),
     /// A reconcile pass per CRM: records checked/s and API requests per 100 records, with
     /// drift to repair and at parity.
     Reconcile {
@@ -181,10 +157,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
-        Cmd::Writer { crm, records, tenants, limit, rate, seconds, fetch_wait_ms, redis_url } => {
-            let records = records.unwrap_or(if crm == Crm::Pipedrive { 1_200 } else { 12_000 });
-            writer::run(writer::profile(crm), records, tenants, limit, rate, seconds, fetch_wait_ms, &redis_url)
-        }
+        Cmd::Writer(args) => writer::run(writer::profile(args.crm), &args),
         Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
         }

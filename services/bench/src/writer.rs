@@ -224,35 +224,86 @@ pub(crate) fn broker_and_sim() -> anyhow::Result<(DevBroker, Sim, Killed)> {
     Ok((broker, Sim { url, http: reqwest::blocking::Client::new() }, Killed(vec![sim_child])))
 }
 
-/// `limit`: the backlog tenants' rate limit (the profile's default when None).
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    p: Profile,
-    records: usize,
-    tenants: usize,
-    limit: Option<u64>,
-    rate: usize,
-    seconds: usize,
-    fetch_wait_ms: u64,
-    redis_url: &str,
-) -> anyhow::Result<()> {
-    let p = Profile { limit: limit.unwrap_or(p.limit), ..p };
-    let crm = p.crm.as_str();
-    let topics = Topics::default();
-    let (broker, sim, mut children) = broker_and_sim()?;
-    let bootstrap = broker.bootstrap_servers();
-    let url = sim.url.clone();
+/// `bench writer`: a limit-bound backlog, then calls.raw → CRM latency through the whole
+/// pipeline.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The CRM whose writer runs.
+    #[arg(long, default_value = "hubspot")]
+    pub crm: Crm,
+    /// Backlog write requests (default: 12000; 1200 for Pipedrive, one request each).
+    #[arg(long)]
+    pub records: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub tenants: usize,
+    /// Each backlog tenant's rate limit: HubSpot requests per 10 s (default 10), Zoho per
+    /// minute (30), Pipedrive per 2 s (10), Salesforce requests per 24 h (100000).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Phase 2: calls per second produced to calls.raw.
+    #[arg(long, default_value_t = 40)]
+    pub rate: usize,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: usize,
+    /// The services' consumers' fetch.wait.max.ms (librdkafka's default is 500; each
+    /// idle stage can hold a message up to that long).
+    #[arg(long, default_value_t = 500)]
+    pub fetch_wait_ms: u64,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
 
+/// What the run set up: the broker, crm-sim, the tenants, and how to start a service.
+struct Setup {
+    broker: DevBroker,
+    sim: Sim,
+    children: Killed,
+    backlog: Vec<String>,
+    live: Vec<String>,
+    dir: std::path::PathBuf,
+    tenants_file: std::path::PathBuf,
+    secrets: Vec<(String, String)>,
+    prefix: String,
+}
+
+impl Setup {
+    /// One service, configured like the others (the tenants, Redis, the broker).
+    fn spawn(&mut self, bin: &str, args: &[&str], a: &Args) -> anyhow::Result<()> {
+        let child = Command::new(sibling_binary(bin)?)
+            .args(args)
+            .envs(self.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap_servers())
+            .env("TENANTS_CONFIG", &self.tenants_file)
+            .env("CONTRACTS_DIR", self.dir.join("contracts"))
+            .env("REDIS_URL", &a.redis_url)
+            .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
+            .env("WRITER_COMMIT_INTERVAL", "200ms")
+            .env("KAFKA_OPTIONS", format!("fetch.wait.max.ms={}", a.fetch_wait_ms))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        self.children.0.push(child);
+        Ok(())
+    }
+}
+
+/// The broker, crm-sim, a backlog tenant (held to `p.limit`) and a live tenant (its plan's
+/// limits) per `tenants`, their config and a fresh claim store.
+fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
+    let crm = p.crm.as_str();
+    let (broker, sim, children) = broker_and_sim()?;
+    let url = sim.url.clone();
     let dir = std::env::temp_dir().join(format!("crm-sync-bench-writer-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("contracts"))?;
     std::fs::write(dir.join(format!("contracts/{crm}.toml")), p.contract)?;
-    let backlog: Vec<String> = (0..tenants).map(|t| format!("bt{t}")).collect();
-    let live: Vec<String> = (0..tenants).map(|t| format!("lt{t}")).collect();
+    let backlog: Vec<String> = (0..a.tenants).map(|t| format!("bt{t}")).collect();
+    let live: Vec<String> = (0..a.tenants).map(|t| format!("lt{t}")).collect();
     let mut config = String::new();
     let mut secrets = vec![];
     let plan = |spec: Value| spec["plan"].as_str().unwrap_or_default().to_string();
     for (t, limited) in backlog.iter().map(|t| (t, true)).chain(live.iter().map(|t| (t, false))) {
-        sim.account(&p, t, limited)?;
+        sim.account(p, t, limited)?;
         let limits = if limited { (p.tenant_limit)(p.limit) } else { String::new() };
         config += &format!(
             "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.{crm}]\nplan = \"{}\"\ncredentials_secret = \"TOK_{}\"\nbase_url = \"{url}/{crm}\"\n{limits}\n",
@@ -264,39 +315,49 @@ pub fn run(
     let tenants_file = dir.join("tenants.toml");
     std::fs::write(&tenants_file, config)?;
     let prefix = format!("crm-sync-bench-writer-{}", std::process::id());
-    crm_dev::fresh_claim_store(redis_url, &prefix, &tenants_file)?;
-    let spawn = |bin: &str, args: &[&str]| -> anyhow::Result<Child> {
-        Ok(Command::new(sibling_binary(bin)?)
-            .args(args)
-            .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
-            .env("TENANTS_CONFIG", &tenants_file)
-            .env("CONTRACTS_DIR", dir.join("contracts"))
-            .env("REDIS_URL", redis_url)
-            .env("REDIS_KEY_PREFIX", &prefix)
-            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
-            .env("WRITER_COMMIT_INTERVAL", "200ms")
-            .env("KAFKA_OPTIONS", format!("fetch.wait.max.ms={fetch_wait_ms}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?)
-    };
+    crm_dev::fresh_claim_store(&a.redis_url, &prefix, &tenants_file)?;
+    Ok(Setup { broker, sim, children, backlog, live, dir, tenants_file, secrets, prefix })
+}
 
-    // Phase 1: a backlog, limit-bound.
-    let limit_text = match p.window {
+pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
+    let p = Profile { limit: a.limit.unwrap_or(p.limit), ..p };
+    let records = a.records.unwrap_or(if a.crm == Crm::Pipedrive { 1_200 } else { 12_000 });
+    let mut setup = set_up(&p, a)?;
+    backlog_phase(&p, a, records, &mut setup)?;
+    latency_phase(&p, a, &mut setup)?;
+    let Setup { children, dir, prefix, .. } = setup;
+    drop(children);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let conn = rt.block_on(crm_common::redis_conn::connect(&a.redis_url))?;
+    let removed = rt.block_on(crm_common::redis_conn::delete_prefix(&conn, &prefix))?;
+    eprintln!("removed {removed} Redis keys ({prefix}:*)");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn limit_text(p: &Profile) -> String {
+    match p.window {
         Some((_, unit)) => format!("{} {unit}", p.limit),
         None => format!("an allowance of {} requests / 24 h", p.limit),
-    };
+    }
+}
+
+/// Phase 1: a backlog, limit-bound: records/s, calls, throttles and the share of the
+/// limit's pace used.
+fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
+    let (crm, tenants, limit_text) = (p.crm.as_str(), a.tenants, limit_text(p));
+    let backlog = &setup.backlog;
     eprintln!("phase 1: {records} {crm} write requests for {tenants} tenants, each held to {limit_text}…");
-    produce_all(&bootstrap, &topics.crm_writes(p.crm), records, |i| {
+    produce_all(&setup.broker.bootstrap_servers(), &Topics::default().crm_writes(p.crm), records, |i| {
         let r = request(p.crm, &backlog[i % tenants], i);
         Ok((r.tenant_id.clone(), codec::encode(&r)?))
     })?;
-    children.0.push(spawn("writer", &["--crm", crm])?);
+    setup.spawn("writer", &["--crm", crm], a)?;
+    let (backlog, sim) = (&setup.backlog, &setup.sim);
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let (done_at, written) = loop {
-        let written: u64 = backlog.iter().map(|t| sim.state(&p, t).map(|s| s.0).unwrap_or(0)).sum();
+        let written: u64 = backlog.iter().map(|t| sim.state(p, t).map(|s| s.0).unwrap_or(0)).sum();
         if written > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -308,8 +369,8 @@ pub fn run(
     let elapsed = done_at.duration_since(first.unwrap_or(done_at)).max(Duration::from_millis(1));
     let (mut calls, mut throttled) = (0u64, 0u64);
     let mut all_calls = 0u64;
-    for t in &backlog {
-        let (_, c) = sim.state(&p, t)?;
+    for t in backlog {
+        let (_, c) = sim.state(p, t)?;
         calls += count(&c, p.writes, "201") + count(&c, p.writes, "200") + count(&c, p.writes, "207");
         all_calls += c.as_object().map_or(0, |m| {
             m.values().flat_map(|v| v.as_object().into_iter().flat_map(|s| s.values())).map(|n| n.as_u64().unwrap_or(0)).sum()
@@ -342,12 +403,19 @@ pub fn run(
             p.limit
         ),
     }
+    Ok(())
+}
 
-    // Phase 2: the whole pipeline, under budget.
-    children.0.push(spawn("normaliser", &[])?);
-    children.0.push(spawn("deduper", &[])?);
+/// Phase 2: the whole pipeline, under budget: calls.raw → CRM latency.
+fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()> {
+    let (crm, tenants, rate, fetch_wait_ms) = (p.crm.as_str(), a.tenants, a.rate, a.fetch_wait_ms);
+    let topics = Topics::default();
+    let bootstrap = setup.broker.bootstrap_servers();
+    setup.spawn("normaliser", &[], a)?;
+    setup.spawn("deduper", &[], a)?;
+    let (live, sim) = (&setup.live, &setup.sim);
     std::thread::sleep(Duration::from_secs(4)); // consumer groups join
-    let n = rate * seconds;
+    let n = rate * a.seconds;
     eprintln!("phase 2: {n} calls to calls.raw at {rate}/s through normaliser, deduper and writer…");
     let producer = Kafka::local(&bootstrap).threaded_producer(&[("linger.ms", "0")])?;
     let mut produced_at: HashMap<String, i64> = HashMap::new();
@@ -388,8 +456,8 @@ pub fn run(
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
     let mut throttled2 = 0;
-    for t in &live {
-        throttled2 += all_throttled(&sim.state(&p, t)?.1, p.throttle);
+    for t in live {
+        throttled2 += all_throttled(&sim.state(p, t)?.1, p.throttle);
     }
     println!("\nbench writer --crm {crm}, phase 2 (latency under budget): {n} calls at {rate}/s over {tenants} tenants (plan limits), consumers' fetch.wait.max.ms={fetch_wait_ms}");
     println!(
@@ -399,12 +467,5 @@ pub fn run(
         latencies.last().copied().unwrap_or(0),
         latencies.len()
     );
-
-    drop(children);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let conn = rt.block_on(crm_common::redis_conn::connect(redis_url))?;
-    let removed = rt.block_on(crm_common::redis_conn::delete_prefix(&conn, &prefix))?;
-    eprintln!("removed {removed} Redis keys ({prefix}:*)");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -30,6 +30,14 @@ pub struct CrmAnswer {
     pub attempt: i32,
 }
 
+/// Why something is dead-lettered: the reason, the entry's detail, and the detail its audit
+/// record shows (the same, or masked where the tenant keeps numbers out of audit).
+pub struct Why {
+    pub reason: DlqReason,
+    pub detail: String,
+    pub audit_detail: String,
+}
+
 /// What an audit record is about, beyond the input message.
 pub struct Subject<'a> {
     pub tenant_id: &'a str,
@@ -107,22 +115,13 @@ impl Emitter {
         detail: String,
         audit_detail: String,
     ) -> [OutRecord; 2] {
-        self.dead_letter_after(input, subject, operation, reason, detail, audit_detail, CrmAnswer::default())
+        self.dead_letter_after(input, subject, operation, Why { reason, detail, audit_detail }, CrmAnswer::default())
     }
 
     /// A dead letter after calls to a CRM: the entry and its audit record also carry the
     /// CRM's last status, its answer and the attempt count, for whoever reviews it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dead_letter_after(
-        &self,
-        input: &InMessage,
-        subject: &Subject,
-        operation: &str,
-        reason: DlqReason,
-        detail: String,
-        audit_detail: String,
-        crm: CrmAnswer,
-    ) -> [OutRecord; 2] {
+    pub fn dead_letter_after(&self, input: &InMessage, subject: &Subject, operation: &str, why: Why, crm: CrmAnswer) -> [OutRecord; 2] {
+        let Why { reason, detail, audit_detail } = why;
         let tenant = if subject.tenant_id.is_empty() { input.key_str().unwrap_or_default() } else { subject.tenant_id.to_string() };
         // The entry must fit in one Kafka message beside its envelope, or the broker refuses
         // it and the stage stops: a huge input keeps its head, and says so.

@@ -1,31 +1,28 @@
 //! The consume → process → produce → commit loop every stream stage runs (DESIGN §1).
 //!
-//! At-least-once, without transactions (the dev broker has none): an input's offset is
-//! *stored* only after every output it produced (its results, audit and DLQ records) is
-//! acknowledged by the broker, and only stored offsets are ever committed. Inputs are
-//! acknowledged in the order they were read, so a stored offset never passes an input whose
-//! outputs are still in flight. A crash therefore redelivers, never loses; downstream stages
-//! make the redelivered duplicates harmless.
+//! At-least-once, without transactions (the dev broker has none): an input is *finished*
+//! only after every output it produced (its results, audit and DLQ records) is acknowledged
+//! by the broker, and a partition is committed only up to its lowest unfinished input (the
+//! offset tracker the writer uses too, `kafka::offsets`). Inputs are acknowledged in the
+//! order they were read. A crash therefore redelivers, never loses; downstream stages make
+//! the redelivered duplicates harmless.
 //!
 //! The producer is idempotent with acks=all, so broker-side retries do not duplicate.
 
 use crate::config::{CommonArgs, PipelineArgs};
-use crate::kafka::{self, InMessage, Kafka, OutRecord};
+use crate::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
+use crate::kafka::{self, InMessage, Kafka, OutRecord, Ticket};
 use crate::telemetry::StageMetrics;
 use futures::FutureExt;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
-use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 /// What a handler made of one input: what to produce, and an outcome label for metrics
 /// and the progress log.
@@ -55,27 +52,9 @@ pub struct PipelineConfig {
     pub args: PipelineArgs,
 }
 
-/// Records consumer lag from librdkafka's statistics and logs rebalances.
-pub struct StageContext {
-    metrics: StageMetrics,
-}
-
-impl ClientContext for StageContext {
-    fn stats(&self, stats: Statistics) {
-        self.metrics.record_lag(stats);
-    }
-}
-
-impl ConsumerContext for StageContext {
-    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
-        info!(?rebalance, "partitions rebalanced");
-    }
-}
-
+/// An input whose outputs are on their way to the broker.
 struct Pending {
-    topic: String,
-    partition: i32,
-    offset: i64,
+    ticket: Ticket,
     deliveries: Vec<(String, rdkafka::producer::DeliveryFuture)>,
 }
 
@@ -85,16 +64,10 @@ struct Pending {
 pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = StageMetrics::new(cfg.service);
     let group = cfg.args.consumer_group.clone().unwrap_or_else(|| cfg.service.to_string());
-    let commit_interval = cfg.args.commit_interval_ms.to_string();
-    let settings = [
-        // librdkafka commits what we *store*, and we store only acknowledged inputs.
-        ("enable.auto.commit", "true"),
-        ("enable.auto.offset.store", "false"),
-        ("auto.commit.interval.ms", commit_interval.as_str()),
-        ("statistics.interval.ms", "5000"),
-    ];
+    let settings = [MANUAL_COMMITS[0], MANUAL_COMMITS[1], ("statistics.interval.ms", "5000")];
+    let offsets = Arc::new(Mutex::new(Offsets::default()));
     let kafka = Kafka::from_args(&cfg.common);
-    let consumer = Arc::new(kafka.group_consumer(&group, &settings, StageContext { metrics: metrics.clone() })?);
+    let consumer = kafka.group_consumer(&group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let producer = kafka.producer()?;
@@ -104,7 +77,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     let (tx, mut rx) = mpsc::channel::<Pending>(cfg.args.max_in_flight.max(1));
     let failed = CancellationToken::new();
     let acker = {
-        let consumer = consumer.clone();
+        let offsets = offsets.clone();
         let metrics = metrics.clone();
         let failed = failed.clone();
         tokio::spawn(async move {
@@ -112,21 +85,14 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
                 for (topic, d) in p.deliveries {
                     if let Err(e) = kafka::acknowledged(&topic, d).await {
                         failed.cancel();
-                        return Err(e.context(format!("input {}[{}]@{}", p.topic, p.partition, p.offset)));
+                        let t = &p.ticket;
+                        return Err(e.context(format!("input {}[{}]@{}", t.topic, t.partition, t.offset)));
                     }
                     metrics.produced(&topic);
                 }
-                // The next offset to read. Not `store_offset`: librdkafka's legacy
-                // rd_kafka_offset_store adds 1 itself, which committed last+2 and skipped a
-                // message after every restart (and reset a fully read partition to earliest).
-                let mut next = rdkafka::TopicPartitionList::new();
-                let stored = next
-                    .add_partition_offset(&p.topic, p.partition, rdkafka::Offset::Offset(p.offset + 1))
-                    .and_then(|_| consumer.store_offsets(&next));
-                if let Err(e) = stored {
-                    // The partition was revoked meanwhile; its new owner redelivers.
-                    debug!(topic = p.topic, partition = p.partition, "offset not stored: {e}");
-                }
+                // A partition revoked meanwhile has a new generation or none: this changes
+                // nothing there, and its new owner redelivers.
+                offsets.lock().expect("offsets").finished(&p.ticket);
             }
             Ok::<(), anyhow::Error>(())
         })
@@ -137,6 +103,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     let mut loop_result = Ok(());
     // An idle input is not a stalled loop: beat while waiting too.
     let mut beat = tokio::time::interval(Duration::from_secs(1));
+    let mut commits = tokio::time::interval(Duration::from_millis(cfg.args.commit_interval_ms.max(1)));
     crate::health::ready();
     'consume: loop {
         crate::health::beat();
@@ -144,11 +111,23 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
             _ = shutdown.cancelled() => break,
             _ = failed.cancelled() => break,
             _ = beat.tick() => continue,
+            _ = commits.tick() => {
+                commit(&consumer, &offsets);
+                continue;
+            }
             m = consumer.recv() => m,
         };
+        // Each input's ticket is taken as it is read, before any later poll can run a
+        // rebalance: a partition revoked meanwhile is then dropped from the tracker with it.
         let mut batch = Vec::with_capacity(cfg.args.batch);
+        let mut tickets = Vec::with_capacity(cfg.args.batch);
+        let ticket = |m: &InMessage| offsets.lock().expect("offsets").read(&m.topic, m.partition, m.offset);
         match first {
-            Ok(m) => batch.push(InMessage::from_kafka(&m)),
+            Ok(m) => {
+                let m = InMessage::from_kafka(&m);
+                tickets.push(ticket(&m));
+                batch.push(m);
+            }
             Err(e) => {
                 warn!("consume error: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,7 +136,11 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
         }
         while batch.len() < cfg.args.batch {
             match consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(InMessage::from_kafka(&m)),
+                Some(Ok(m)) => {
+                    let m = InMessage::from_kafka(&m);
+                    tickets.push(ticket(&m));
+                    batch.push(m);
+                }
                 Some(Err(e)) => warn!("consume error: {e}"),
                 None => break,
             }
@@ -188,7 +171,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
             loop_result = Err(anyhow::anyhow!("handler returned {} results for {} inputs", processed.len(), batch.len()));
             break;
         }
-        for ((input, p), span) in batch.iter().zip(processed).zip(spans) {
+        for (((input, ticket), p), span) in batch.iter().zip(tickets).zip(processed).zip(spans) {
             metrics.message(p.outcome);
             *counts.entry(p.outcome).or_default() += 1;
             span.record("outcome", p.outcome);
@@ -198,7 +181,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
                 out.set_traceparent(traceparent.clone());
                 deliveries.push((out.topic.clone(), kafka::send(&producer, &out).await?));
             }
-            let pending = Pending { topic: input.topic.clone(), partition: input.partition, offset: input.offset, deliveries };
+            let pending = Pending { ticket, deliveries };
             if tx.send(pending).await.is_err() {
                 break 'consume; // the acker failed; its error is reported below
             }
@@ -210,15 +193,11 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
         }
     }
 
-    // Drain: wait for every output in flight, store their offsets, commit, leave.
+    // Drain: wait for every output in flight, finish their inputs, commit, leave.
     drop(tx);
     let acked = acker.await.map_err(|e| anyhow::anyhow!("acker task: {e}"))?;
     let _ = producer.flush(Duration::from_secs(30));
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => warn!("final commit failed: {e}"),
-    }
+    commit(&consumer, &offsets);
     consumer.unsubscribe();
     drop(consumer);
     info!(service = cfg.service, ?counts, "stopped");

@@ -129,9 +129,7 @@ pub async fn gate<A: CrmApi>(State(sim): State<SharedSim>, matched: MatchedPath,
             let _in_flight = in_flight;
             tokio::time::sleep(Duration::from_millis(f.apply_after_ms)).await;
             let mut resp = next.run(req).await;
-            let charge = resp.extensions().get::<Charge>().map(|c| c.0).unwrap_or(0);
-            let now = sim2.clock.now_ms();
-            settle::<A>(&sim2, &caller2, &format!("{endpoint2} (applied late)"), class, charge, None, now, &mut resp);
+            settle::<A>(&sim2, &caller2, &format!("{endpoint2} (applied late)"), class, None, &mut resp);
         });
         tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
         let now = sim.clock.now_ms();
@@ -152,28 +150,19 @@ pub async fn gate<A: CrmApi>(State(sim): State<SharedSim>, matched: MatchedPath,
     }
     req.extensions_mut().insert(caller.clone());
     let mut resp = next.run(req).await;
-    let charge = resp.extensions().get::<Charge>().map(|c| c.0).unwrap_or(0);
-
-    let now = sim.clock.now_ms();
     let after = firing.filter(|f| f.after_write);
-    settle::<A>(&sim, &caller, &endpoint, class, charge, after, now, &mut resp);
+    settle::<A>(&sim, &caller, &endpoint, class, after, &mut resp);
     if let Some(f) = after.filter(|f| f.latency_ms > 0) {
         tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
     }
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
-fn settle<A: CrmApi>(
-    sim: &SharedSim,
-    caller: &Caller,
-    endpoint: &str,
-    class: Class,
-    charge: u64,
-    after: Option<faults::Firing>,
-    now: i64,
-    resp: &mut Response,
-) {
+/// After the handler ran: the fault that fires after the write (the client hears a failure),
+/// the charge the handler set and the rate-limit headers, and the request counted.
+fn settle<A: CrmApi>(sim: &SharedSim, caller: &Caller, endpoint: &str, class: Class, after: Option<faults::Firing>, resp: &mut Response) {
+    let charge = resp.extensions().get::<Charge>().map(|c| c.0).unwrap_or(0);
+    let now = sim.clock.now_ms();
     let mut w = sim.lock();
     if let Some(acct) = w.account(A::CRM, &caller.account) {
         if let Some(f) = after {

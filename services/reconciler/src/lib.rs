@@ -25,11 +25,11 @@ use crm_common::audit_store::{AuditStore, ParityReport, Written};
 use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::emit::{CrmAnswer, Emitter, Subject};
+use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
 use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
-use crm_connectors::api::{Api, Exchange, Failure};
+use crm_connectors::api::{Api, Exchange};
 use crm_connectors::claims::Claims;
 use crm_connectors::connector::{Inspect, Live, TenantOf, Wanted};
 use crm_connectors::contacts::ContactCache;
@@ -65,6 +65,20 @@ pub struct Reconciler<C: Inspect> {
     pub clients: HashMap<String, Result<TenantOf<C>, String>>,
     /// Writes younger than this are left alone (the audit-sink and the writer settle).
     pub settle: Duration,
+}
+
+/// One record under check: what was written, the request behind it (while the topic keeps
+/// it), and what its audit rows and dead letters are about.
+struct Checked<'a> {
+    w: &'a Written,
+    msg: Option<&'a InMessage>,
+    req: Option<&'a CrmWriteRequest>,
+    /// The message its audit rows hang on (the request, or a stand-in for the pass).
+    input: InMessage,
+    subject: Subject<'a>,
+    /// Findings already dead-lettered by earlier passes: (record id, operation).
+    known: &'a HashSet<(String, String)>,
+    v: Verdict,
 }
 
 /// What one record's check came to.
@@ -236,7 +250,16 @@ impl<C: Inspect> Reconciler<C> {
             let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
             let req: Option<CrmWriteRequest> = msg.and_then(|m| m.payload.as_deref()).and_then(|p| codec::decode(p).ok());
             let state = live.get(&w.record_id).cloned().unwrap_or(Live::Absent);
-            let v = self.check(pass, client, w, msg, req.as_ref(), state, on_deleted, &known).await;
+            let rec = Checked {
+                w,
+                msg,
+                req: req.as_ref(),
+                input: msg.cloned().unwrap_or_else(|| pass_input(pass.tenant, crm)),
+                subject: Subject { tenant_id: pass.tenant, call_id: Some(&w.call_id), crm: Some(crm), version: Some(w.version) },
+                known: &known,
+                v: Verdict::default(),
+            };
+            let v = self.check(pass, client, rec, state, on_deleted).await;
             if !v.drifted {
                 report.matching += 1;
                 continue;
@@ -263,226 +286,177 @@ impl<C: Inspect> Reconciler<C> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn check(
+    /// One record: matching, drifted (fields, contact) or gone (deleted, missing), and what
+    /// the contract lets the reconciler do about it.
+    async fn check(&self, pass: &mut Pass<'_>, client: &TenantOf<C>, mut rec: Checked<'_>, state: Live, on_deleted: OnDeleted) -> Verdict {
+        match state {
+            Live::Present { fields, contact_id } => self.check_present(pass, client, &mut rec, &fields, contact_id.as_deref()).await,
+            Live::Deleted => self.check_gone(pass, &mut rec, true, on_deleted).await,
+            Live::Absent => self.check_gone(pass, &mut rec, false, on_deleted).await,
+        }
+        rec.v
+    }
+
+    /// A record still there: its owned fields and its contact, against what was written.
+    async fn check_present(
         &self,
         pass: &mut Pass<'_>,
         client: &TenantOf<C>,
-        w: &Written,
-        msg: Option<&InMessage>,
-        req: Option<&CrmWriteRequest>,
-        state: Live,
-        on_deleted: OnDeleted,
-        known: &HashSet<(String, String)>,
-    ) -> Verdict {
+        rec: &mut Checked<'_>,
+        fields: &Map<String, Value>,
+        contact_id: Option<&str>,
+    ) {
         let contract = self.connector.contract();
-        let mut v = Verdict::default();
-        let input = msg.cloned().unwrap_or_else(|| pass_input(pass.tenant, pass.crm));
-        let subject = Subject { tenant_id: pass.tenant, call_id: Some(&w.call_id), crm: Some(pass.crm), version: Some(w.version) };
-        match state {
-            Live::Present { fields, contact_id } => {
-                let changed = req.map(|r| changed_fields(contract, &contract.owned_values(r), &fields)).unwrap_or_default();
-                let contact = contact_drift(w.linked_contact.as_deref(), contact_id.as_deref());
-                if changed.is_empty() && contact == ContactDrift::Same {
-                    return v;
-                }
-                v.drifted = true;
-                if !self.settled(pass.tenant, w).await {
-                    pass.note(kind::IN_FLIGHT);
-                    v.deferred = true;
-                    return v;
-                }
-                if !changed.is_empty() {
-                    pass.note(kind::FIELD_CHANGED);
-                    let (restorable, kept): (Vec<_>, Vec<_>) = changed.iter().partition(|c| c.restorable);
-                    if !restorable.is_empty() {
-                        let names: Vec<&str> = restorable.iter().map(|c| c.field.as_str()).collect();
-                        let fields: Map<String, Value> = restorable.iter().map(|c| (c.field.clone(), c.expected.clone())).collect();
-                        let mut log = vec![];
-                        let r = self.connector.restore(&self.api, client, &w.record_id, &fields, &mut log).await;
-                        self.audit_exchanges(pass, &input, &subject, w, &log);
-                        match r {
-                            Ok(()) => {
-                                let detail = format!(
-                                    "restored {} on record {} (changed in {} outside crm-sync)",
-                                    fields_text(&names),
-                                    w.record_id,
-                                    pass.crm.as_str()
-                                );
-                                self.audit(
-                                    pass,
-                                    &input,
-                                    &subject,
-                                    w,
-                                    "reconcile.restore",
-                                    AuditOutcome::Repaired,
-                                    detail,
-                                    &[("fields", fields_text(&names))],
-                                );
-                                v.repaired = true;
-                            }
-                            Err(f) => self.dead_letter(
-                                pass,
-                                &input,
-                                &subject,
-                                w,
-                                known,
-                                "reconcile.restore",
-                                f.reason,
-                                format!("could not restore {} on record {}: {}", fields_text(&names), w.record_id, f.detail),
-                                &f,
-                                &mut v,
-                            ),
-                        }
-                    }
-                    if !kept.is_empty() {
-                        let names: Vec<&str> = kept.iter().map(|c| c.field.as_str()).collect();
-                        let detail = format!(
-                            "owned field(s) {} of record {} changed in {} outside crm-sync; the contract does not let the reconciler restore them",
-                            fields_text(&names),
-                            w.record_id,
-                            pass.crm.as_str()
-                        );
-                        self.dead_letter(
-                            pass,
-                            &input,
-                            &subject,
-                            w,
-                            known,
-                            "reconcile.field_changed",
-                            DlqReason::Validation,
-                            detail,
-                            &Failure::new(DlqReason::Validation, ""),
-                            &mut v,
-                        );
-                    }
-                }
-                match contact {
-                    ContactDrift::Same => {}
-                    ContactDrift::MovedTo(now) => {
-                        pass.note(kind::CONTACT_MERGED);
-                        let linked = w.linked_contact.clone().unwrap_or_default();
-                        // New calls with this number go to the surviving contact.
-                        if let Some(r) = req {
-                            let crm = pass.crm.as_str();
-                            let e164 = &r.call.customer_e164;
-                            if let Ok(Some(Some(cached))) = self.contacts.get(pass.tenant, crm, e164).await {
-                                if cached == linked {
-                                    let _ = self.contacts.put(pass.tenant, crm, e164, Some(&now)).await;
-                                }
-                            }
-                        }
-                        let detail = format!(
-                            "contact {linked} was merged into {now}: record {} now hangs under {now}; the contact cache follows",
-                            w.record_id
-                        );
-                        self.audit(
-                            pass,
-                            &input,
-                            &subject,
-                            w,
-                            "reconcile.contact_merged",
-                            AuditOutcome::Repaired,
-                            detail,
-                            &[("contact_id", now.clone()), ("merged_from", linked)],
-                        );
-                        v.repaired = true;
-                    }
-                    ContactDrift::Gone => {
-                        pass.note(kind::CONTACT_DELETED);
-                        if let Some(r) = req {
-                            let _ = self.contacts.forget(pass.tenant, pass.crm.as_str(), &r.call.customer_e164).await;
-                        }
-                        let detail = format!(
-                            "record {} lost its contact {}: the contact was deleted in {}",
-                            w.record_id,
-                            w.linked_contact.clone().unwrap_or_default(),
-                            pass.crm.as_str()
-                        );
-                        self.dead_letter(
-                            pass,
-                            &input,
-                            &subject,
-                            w,
-                            known,
-                            "reconcile.contact_deleted",
-                            DlqReason::ContactDeleted,
-                            detail,
-                            &Failure::new(DlqReason::ContactDeleted, ""),
-                            &mut v,
-                        );
-                    }
-                }
+        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values(r), fields)).unwrap_or_default();
+        let contact = contact_drift(rec.w.linked_contact.as_deref(), contact_id);
+        if changed.is_empty() && contact == ContactDrift::Same {
+            return;
+        }
+        rec.v.drifted = true;
+        if !self.settled(pass.tenant, rec.w).await {
+            pass.note(kind::IN_FLIGHT);
+            rec.v.deferred = true;
+            return;
+        }
+        if !changed.is_empty() {
+            pass.note(kind::FIELD_CHANGED);
+            let (restorable, kept): (Vec<_>, Vec<_>) = changed.iter().partition(|c| c.restorable);
+            if !restorable.is_empty() {
+                self.restore_fields(pass, client, rec, &restorable).await;
             }
-            Live::Deleted | Live::Absent => {
-                let deleted = state == Live::Deleted;
-                v.drifted = true;
-                pass.note(if deleted { kind::DELETED } else { kind::MISSING });
-                if !self.settled(pass.tenant, w).await {
-                    pass.note(kind::IN_FLIGHT);
-                    v.deferred = true;
-                    return v;
-                }
-                if deleted && on_deleted == OnDeleted::DeadLetter {
-                    let detail = format!(
-                        "record {} was deleted in {} outside crm-sync; not re-created (the tenant's on_deleted = \"dead_letter\"); replaying this entry re-creates it",
-                        w.record_id,
-                        pass.crm.as_str()
-                    );
-                    self.dead_letter(
-                        pass,
-                        &input,
-                        &subject,
-                        w,
-                        known,
-                        "reconcile.deleted",
-                        DlqReason::Validation,
-                        detail,
-                        &Failure::new(DlqReason::Validation, ""),
-                        &mut v,
-                    );
-                    return v;
-                }
-                let Some(m) = msg.filter(|m| m.payload.is_some()) else {
-                    // The request is gone from the topic (retention): the record cannot be
-                    // sent again from here.
-                    pass.note(kind::SOURCE_GONE);
-                    let detail = format!(
-                        "record {} is {} in {} and its write request ({}/{}/{}) is no longer kept: re-send the call with `crm-sync backfill`",
-                        w.record_id,
-                        if deleted { "deleted" } else { "missing" },
-                        pass.crm.as_str(),
-                        w.topic,
-                        w.partition,
-                        w.offset
-                    );
-                    self.audit(pass, &input, &subject, w, "reconcile.recreate", AuditOutcome::DriftFound, detail, &[]);
-                    v.deferred = true;
-                    return v;
-                };
-                let mut again = OutRecord::new(&m.topic, pass.tenant, m.payload.clone().unwrap_or_default(), &m.trace_id);
-                again.headers.push((RECREATE.to_string(), w.record_id.clone()));
-                pass.out.push(again);
+            if !kept.is_empty() {
+                let names: Vec<&str> = kept.iter().map(|c| c.field.as_str()).collect();
                 let detail = format!(
-                    "record {} is {} in {}: its write request went back to {} to be created again (the writer's claim keeps it to one record)",
-                    w.record_id,
-                    if deleted { "deleted" } else { "missing" },
-                    pass.crm.as_str(),
-                    m.topic
+                    "owned field(s) {} of record {} changed in {} outside crm-sync; the contract does not let the reconciler restore them",
+                    fields_text(&names),
+                    rec.w.record_id,
+                    pass.crm.as_str()
                 );
-                self.audit(pass, &input, &subject, w, "reconcile.recreate", AuditOutcome::Repaired, detail, &[]);
-                v.repaired = true;
+                self.dead_letter(pass, rec, "reconcile.field_changed", DlqReason::Validation, detail, CrmAnswer::default());
             }
         }
-        v
+        match contact {
+            ContactDrift::Same => {}
+            ContactDrift::MovedTo(now) => self.follow_merge(pass, rec, now).await,
+            ContactDrift::Gone => {
+                pass.note(kind::CONTACT_DELETED);
+                if let Some(r) = rec.req {
+                    let _ = self.contacts.forget(pass.tenant, pass.crm.as_str(), &r.call.customer_e164).await;
+                }
+                let detail = format!(
+                    "record {} lost its contact {}: the contact was deleted in {}",
+                    rec.w.record_id,
+                    rec.w.linked_contact.clone().unwrap_or_default(),
+                    pass.crm.as_str()
+                );
+                self.dead_letter(pass, rec, "reconcile.contact_deleted", DlqReason::ContactDeleted, detail, CrmAnswer::default());
+            }
+        }
     }
 
-    fn audit_exchanges(&self, pass: &mut Pass<'_>, input: &InMessage, subject: &Subject, w: &Written, log: &[Exchange]) {
+    /// Puts restorable owned fields back as written; a refusal is dead-lettered.
+    async fn restore_fields(&self, pass: &mut Pass<'_>, client: &TenantOf<C>, rec: &mut Checked<'_>, restorable: &[&compare::Changed]) {
+        let names: Vec<&str> = restorable.iter().map(|c| c.field.as_str()).collect();
+        let fields: Map<String, Value> = restorable.iter().map(|c| (c.field.clone(), c.expected.clone())).collect();
+        let mut log = vec![];
+        let r = self.connector.restore(&self.api, client, &rec.w.record_id, &fields, &mut log).await;
+        self.audit_exchanges(pass, rec, &log);
+        match r {
+            Ok(()) => {
+                let detail = format!(
+                    "restored {} on record {} (changed in {} outside crm-sync)",
+                    fields_text(&names),
+                    rec.w.record_id,
+                    pass.crm.as_str()
+                );
+                self.audit(pass, rec, "reconcile.restore", AuditOutcome::Repaired, detail, &[("fields", fields_text(&names))]);
+                rec.v.repaired = true;
+            }
+            Err(f) => {
+                let detail = format!("could not restore {} on record {}: {}", fields_text(&names), rec.w.record_id, f.detail);
+                let answer = CrmAnswer { status: f.status.map(i32::from), excerpt: f.excerpt.clone(), attempt: 1 };
+                self.dead_letter(pass, rec, "reconcile.restore", f.reason, detail, answer);
+            }
+        }
+    }
+
+    /// The record's contact was merged into `now`: new calls with this number go to the
+    /// surviving contact (the cache follows), and the move is audited.
+    async fn follow_merge(&self, pass: &mut Pass<'_>, rec: &mut Checked<'_>, now: String) {
+        pass.note(kind::CONTACT_MERGED);
+        let linked = rec.w.linked_contact.clone().unwrap_or_default();
+        if let Some(r) = rec.req {
+            let crm = pass.crm.as_str();
+            let e164 = &r.call.customer_e164;
+            if let Ok(Some(Some(cached))) = self.contacts.get(pass.tenant, crm, e164).await {
+                if cached == linked {
+                    let _ = self.contacts.put(pass.tenant, crm, e164, Some(&now)).await;
+                }
+            }
+        }
+        let detail =
+            format!("contact {linked} was merged into {now}: record {} now hangs under {now}; the contact cache follows", rec.w.record_id);
+        self.audit(
+            pass,
+            rec,
+            "reconcile.contact_merged",
+            AuditOutcome::Repaired,
+            detail,
+            &[("contact_id", now.clone()), ("merged_from", linked)],
+        );
+        rec.v.repaired = true;
+    }
+
+    /// A record deleted in the CRM (`deleted`) or not there at all: dead-lettered where the
+    /// tenant lets people's deletions stand, else its write request goes back to be created
+    /// again (when the topic still holds it).
+    async fn check_gone(&self, pass: &mut Pass<'_>, rec: &mut Checked<'_>, deleted: bool, on_deleted: OnDeleted) {
+        rec.v.drifted = true;
+        pass.note(if deleted { kind::DELETED } else { kind::MISSING });
+        if !self.settled(pass.tenant, rec.w).await {
+            pass.note(kind::IN_FLIGHT);
+            rec.v.deferred = true;
+            return;
+        }
+        let (w, crm) = (rec.w, pass.crm.as_str());
+        if deleted && on_deleted == OnDeleted::DeadLetter {
+            let detail = format!(
+                "record {} was deleted in {crm} outside crm-sync; not re-created (the tenant's on_deleted = \"dead_letter\"); replaying this entry re-creates it",
+                w.record_id
+            );
+            self.dead_letter(pass, rec, "reconcile.deleted", DlqReason::Validation, detail, CrmAnswer::default());
+            return;
+        }
+        let state = if deleted { "deleted" } else { "missing" };
+        let Some(m) = rec.msg.filter(|m| m.payload.is_some()) else {
+            // The request is gone from the topic (retention): the record cannot be sent
+            // again from here.
+            pass.note(kind::SOURCE_GONE);
+            let detail = format!(
+                "record {} is {state} in {crm} and its write request ({}/{}/{}) is no longer kept: re-send the call with `crm-sync backfill`",
+                w.record_id, w.topic, w.partition, w.offset
+            );
+            self.audit(pass, rec, "reconcile.recreate", AuditOutcome::DriftFound, detail, &[]);
+            rec.v.deferred = true;
+            return;
+        };
+        let mut again = OutRecord::new(&m.topic, pass.tenant, m.payload.clone().unwrap_or_default(), &m.trace_id);
+        again.headers.push((RECREATE.to_string(), w.record_id.clone()));
+        pass.out.push(again);
+        let detail = format!(
+            "record {} is {state} in {crm}: its write request went back to {} to be created again (the writer's claim keeps it to one record)",
+            w.record_id, m.topic
+        );
+        self.audit(pass, rec, "reconcile.recreate", AuditOutcome::Repaired, detail, &[]);
+        rec.v.repaired = true;
+    }
+
+    fn audit_exchanges(&self, pass: &mut Pass<'_>, rec: &Checked<'_>, log: &[Exchange]) {
         for ex in log {
-            let mut a = pass.emit.audit(input, subject, &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
-            a.idempotency_key = Some(w.idempotency_key.clone());
+            let mut a = pass.emit.audit(&rec.input, &rec.subject, &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
+            a.idempotency_key = Some(rec.w.idempotency_key.clone());
             a.crm_status = ex.status.map(i32::from);
-            a.crm_record_id = Some(w.record_id.clone());
+            a.crm_record_id = Some(rec.w.record_id.clone());
             a.latency_ms = Some(ex.latency_ms);
             a.attempt = ex.attempt as i32;
             a.occurred_at = ex.at_ms;
@@ -490,21 +464,10 @@ impl<C: Inspect> Reconciler<C> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn audit(
-        &self,
-        pass: &mut Pass<'_>,
-        input: &InMessage,
-        subject: &Subject,
-        w: &Written,
-        op: &str,
-        outcome: AuditOutcome,
-        detail: String,
-        attrs: &[(&str, String)],
-    ) {
-        let mut a = pass.emit.audit(input, subject, op, outcome, detail);
-        a.idempotency_key = Some(w.idempotency_key.clone());
-        a.crm_record_id = Some(w.record_id.clone());
+    fn audit(&self, pass: &mut Pass<'_>, rec: &Checked<'_>, op: &str, outcome: AuditOutcome, detail: String, attrs: &[(&str, String)]) {
+        let mut a = pass.emit.audit(&rec.input, &rec.subject, op, outcome, detail);
+        a.idempotency_key = Some(rec.w.idempotency_key.clone());
+        a.crm_record_id = Some(rec.w.record_id.clone());
         for (k, v) in attrs {
             a.attributes.insert(k.to_string(), v.clone());
         }
@@ -513,26 +476,14 @@ impl<C: Inspect> Reconciler<C> {
 
     /// A dead letter for a finding, once per (record, kind): a deletion someone meant stays
     /// deleted, and later passes only count it.
-    #[allow(clippy::too_many_arguments)]
-    fn dead_letter(
-        &self,
-        pass: &mut Pass<'_>,
-        input: &InMessage,
-        subject: &Subject,
-        w: &Written,
-        known: &HashSet<(String, String)>,
-        op: &str,
-        reason: DlqReason,
-        detail: String,
-        f: &Failure,
-        v: &mut Verdict,
-    ) {
-        v.dead_lettered = true;
-        if known.contains(&(w.record_id.clone(), op.to_string())) {
+    fn dead_letter(&self, pass: &mut Pass<'_>, rec: &mut Checked<'_>, op: &str, reason: DlqReason, detail: String, crm: CrmAnswer) {
+        rec.v.dead_lettered = true;
+        let w = rec.w;
+        if rec.known.contains(&(w.record_id.clone(), op.to_string())) {
             return;
         }
-        let answer = CrmAnswer { status: f.status.map(i32::from), excerpt: f.excerpt.clone(), attempt: 1 };
-        let [dl, mut audit] = pass.emit.dead_letter_after(input, subject, op, reason, detail.clone(), detail, answer);
+        let why = Why { reason, detail: detail.clone(), audit_detail: detail };
+        let [dl, mut audit] = pass.emit.dead_letter_after(&rec.input, &rec.subject, op, why, crm);
         // The audit row carries the record id, which is how later passes know it is done.
         if let Ok(mut a) = codec::decode::<crm_common::events::AuditRecord>(&audit.payload) {
             a.idempotency_key = Some(w.idempotency_key.clone());

@@ -3,10 +3,9 @@
 //! connector (batched), record DONE, and audit every CRM call; permanent failures go to the
 //! DLQ with their reason and release the claim so a replay can try again.
 
-use crate::offsets::Ticket;
-use crm_common::emit::{CrmAnswer, Emitter, Subject};
+use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
 use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
-use crm_common::kafka::{InMessage, OutRecord, RECREATE};
+use crm_common::kafka::{InMessage, OutRecord, Ticket, RECREATE};
 use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
 use crm_connectors::api::{Api, Exchange, Failure};
@@ -576,7 +575,13 @@ impl<C: Connector> Shared<C> {
                     excerpt: f.excerpt.clone(),
                     attempt: s.log.last().map_or(1, |e| e.attempt as i32),
                 };
-                let [dlq, audit] = self.emit.dead_letter_after(&w.input, &subject, "write", f.reason, f.detail.clone(), detail, answer);
+                let [dlq, audit] = self.emit.dead_letter_after(
+                    &w.input,
+                    &subject,
+                    "write",
+                    Why { reason: f.reason, detail: f.detail.clone(), audit_detail: detail },
+                    answer,
+                );
                 outputs.push(dlq);
                 outputs.push(audit);
                 "dead_lettered"

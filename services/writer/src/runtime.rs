@@ -5,18 +5,16 @@
 //! below half. Each partition is committed only up to its lowest unfinished offset, and only
 //! after everything a message produced (audit, DLQ) is acknowledged.
 
-use crate::offsets::{Offsets, Ticket};
 use crate::process::{Done, Shared, Work};
 use crm_common::codec;
 use crm_common::emit::Subject;
 use crm_common::events::{CrmWriteRequest, DlqReason};
-use crm_common::kafka::{self, InMessage, Kafka};
+use crm_common::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
+use crm_common::kafka::{self, InMessage, Kafka, Ticket};
 use crm_common::telemetry::StageMetrics;
 use crm_connectors::connector::Connector;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,41 +31,6 @@ pub struct RuntimeConfig {
     pub commit_interval: Duration,
     /// How long SIGTERM waits for lanes to finish what they hold.
     pub drain_timeout: Duration,
-}
-
-struct WriterContext {
-    offsets: Arc<Mutex<Offsets>>,
-    metrics: StageMetrics,
-}
-
-impl ClientContext for WriterContext {
-    /// Consumer lag per partition, from librdkafka's statistics: what autoscaling and the
-    /// lag alerts read.
-    fn stats(&self, stats: rdkafka::Statistics) {
-        self.metrics.record_lag(stats);
-    }
-}
-
-impl ConsumerContext for WriterContext {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut o = self.offsets.lock().expect("offsets");
-            for e in tpl.elements() {
-                o.revoked(e.topic(), e.partition());
-            }
-            info!(partitions = tpl.count(), "partitions revoked; work for them goes on under its claims, uncommitted");
-        }
-    }
-
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let mut o = self.offsets.lock().expect("offsets");
-            for e in tpl.elements() {
-                o.assigned(e.topic(), e.partition());
-            }
-            info!(partitions = tpl.count(), "partitions assigned");
-        }
-    }
 }
 
 struct Lanes<C: Connector> {
@@ -161,15 +124,11 @@ pub async fn run<C: Connector>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let offsets = Arc::new(Mutex::new(Offsets::default()));
-    let settings = [
-        // Commits are ours: per partition, up to the lowest unfinished offset.
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("statistics.interval.ms", "5000"),
-    ];
+    // Commits are ours: per partition, up to the lowest unfinished offset.
+    let settings = [MANUAL_COMMITS[0], MANUAL_COMMITS[1], ("statistics.interval.ms", "5000")];
     let metrics = StageMetrics::new(cfg.service);
     let kafka = Kafka::from_args(common);
-    let consumer = kafka.group_consumer(&cfg.group, &settings, WriterContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
+    let consumer = kafka.group_consumer(&cfg.group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     consumer.subscribe(&[cfg.input_topic.as_str()])?;
     let producer = kafka.producer()?;
     let failed = CancellationToken::new();
@@ -268,24 +227,4 @@ async fn undecodable<C: Connector>(
     let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None };
     let outputs = shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into();
     publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await
-}
-
-fn commit(consumer: &StreamConsumer<WriterContext>, offsets: &Mutex<Offsets>) {
-    let moves = offsets.lock().expect("offsets").positions_to_commit();
-    if moves.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in &moves {
-        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-    }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => {
-            let mut o = offsets.lock().expect("offsets");
-            for (topic, partition, offset) in moves {
-                o.committed(&topic, partition, offset);
-            }
-        }
-        Err(e) => warn!("commit failed (retried next tick): {e}"),
-    }
 }

@@ -1,0 +1,222 @@
+//! Which offsets a stage may commit, for both schedulers (`pipeline::run` and the writer's
+//! lanes): an input is finished only when everything it produced (results, audit, DLQ) is
+//! acknowledged, messages may finish out of order (the writer's tenants run in separate
+//! lanes), so each partition is committed only up to its lowest unfinished offset (DESIGN §1,
+//! §5). An assignment has a generation: after a rebalance, work finishing for a partition we
+//! no longer own (or own again, from a re-read) must not move the new assignment's position.
+//!
+//! Commits are ours, never librdkafka's auto-commit (`MANUAL_COMMITS`): [`commit`] on a
+//! tick and at the end, and on a revocation for the partitions leaving ([`TrackingContext`]),
+//! so their next owner starts where this one's finished work ends.
+
+use crate::telemetry::StageMetrics;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tracing::{debug, info, warn};
+
+/// Consumer settings for offsets tracked here: nothing is stored or committed by librdkafka.
+pub const MANUAL_COMMITS: [(&str, &str); 2] = [("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")];
+
+#[derive(Debug, Default)]
+struct Partition {
+    generation: u64,
+    unfinished: BTreeSet<i64>,
+    /// One past the highest offset read.
+    next: Option<i64>,
+    committed: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Offsets {
+    parts: HashMap<(String, i32), Partition>,
+    generations: u64,
+}
+
+/// A read message's place, to report it finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    generation: u64,
+}
+
+impl Offsets {
+    /// A partition was assigned: start a new generation.
+    pub fn assigned(&mut self, topic: &str, partition: i32) {
+        self.generations += 1;
+        self.parts.insert((topic.to_string(), partition), Partition { generation: self.generations, ..Default::default() });
+    }
+
+    pub fn revoked(&mut self, topic: &str, partition: i32) {
+        self.parts.remove(&(topic.to_string(), partition));
+    }
+
+    /// A message was read and handed to a lane.
+    pub fn read(&mut self, topic: &str, partition: i32, offset: i64) -> Ticket {
+        if !self.parts.contains_key(&(topic.to_string(), partition)) {
+            self.assigned(topic, partition);
+        }
+        let p = self.parts.get_mut(&(topic.to_string(), partition)).expect("just ensured");
+        p.unfinished.insert(offset);
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        Ticket { topic: topic.to_string(), partition, offset, generation: p.generation }
+    }
+
+    /// Everything the message produced is acknowledged.
+    pub fn finished(&mut self, t: &Ticket) {
+        if let Some(p) = self.parts.get_mut(&(t.topic.clone(), t.partition)) {
+            if p.generation == t.generation {
+                p.unfinished.remove(&t.offset);
+            }
+        }
+    }
+
+    /// (topic, partition, offset to commit) for partitions whose position moved.
+    pub fn positions_to_commit(&mut self) -> Vec<(String, i32, i64)> {
+        let mut out = vec![];
+        for ((topic, partition), p) in &mut self.parts {
+            let Some(next) = p.next else { continue };
+            let pos = p.unfinished.first().copied().unwrap_or(next);
+            if p.committed != Some(pos) {
+                out.push((topic.clone(), *partition, pos));
+            }
+        }
+        out
+    }
+
+    pub fn committed(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+            p.committed = Some(offset);
+        }
+    }
+
+    pub fn unfinished(&self) -> usize {
+        self.parts.values().map(|p| p.unfinished.len()).sum()
+    }
+
+    /// The positions to commit for these partitions only (those being revoked).
+    fn positions_of(&mut self, leaving: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+        self.positions_to_commit().into_iter().filter(|(t, p, _)| leaving.iter().any(|(lt, lp)| lt == t && lp == p)).collect()
+    }
+}
+
+/// The offsets of one consumer, shared by its read loop, whatever acknowledges its outputs,
+/// and its rebalance callbacks.
+pub type SharedOffsets = Arc<Mutex<Offsets>>;
+
+/// Commits `moves` synchronously and records them; a failure is logged and the same
+/// positions are tried again at the next commit.
+fn commit_moves<C: Consumer<X>, X: ConsumerContext>(consumer: &C, offsets: &Mutex<Offsets>, moves: Vec<(String, i32, i64)>) {
+    if moves.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in &moves {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => {
+            let mut o = offsets.lock().expect("offsets");
+            for (topic, partition, offset) in moves {
+                o.committed(&topic, partition, offset);
+            }
+        }
+        Err(e) => warn!("commit failed (retried at the next commit): {e}"),
+    }
+}
+
+/// Commits every partition whose position moved: up to its lowest unfinished offset.
+pub fn commit<C: Consumer<X>, X: ConsumerContext>(consumer: &C, offsets: &Mutex<Offsets>) {
+    let moves = offsets.lock().expect("offsets").positions_to_commit();
+    commit_moves(consumer, offsets, moves);
+}
+
+/// A consumer context that keeps [`Offsets`] in step with the group's assignment (a new
+/// generation per assignment; on a revocation, finished work committed and the partition
+/// dropped), and records consumer lag from librdkafka's statistics.
+pub struct TrackingContext {
+    pub offsets: SharedOffsets,
+    pub metrics: StageMetrics,
+}
+
+impl ClientContext for TrackingContext {
+    /// Consumer lag per partition: what autoscaling and the lag alerts read.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        self.metrics.record_lag(stats);
+    }
+}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let leaving: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            let moves = self.offsets.lock().expect("offsets").positions_of(&leaving);
+            debug!(partitions = leaving.len(), commits = moves.len(), "committing finished work of revoked partitions");
+            commit_moves(c, &self.offsets, moves);
+            let mut o = self.offsets.lock().expect("offsets");
+            for (topic, partition) in &leaving {
+                o.revoked(topic, *partition);
+            }
+            info!(partitions = tpl.count(), "partitions revoked; work still in flight for them stays uncommitted");
+        }
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut o = self.offsets.lock().expect("offsets");
+            for e in tpl.elements() {
+                o.assigned(e.topic(), e.partition());
+            }
+            info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_stop_at_the_lowest_unfinished_offset() {
+        let mut o = Offsets::default();
+        let a = o.read("w", 0, 10);
+        let b = o.read("w", 0, 11);
+        let c = o.read("w", 0, 12);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 10)]);
+        o.finished(&b);
+        o.finished(&c);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 10)], "11 and 12 are done but 10 is not");
+        o.committed("w", 0, 10);
+        assert!(o.positions_to_commit().is_empty());
+        o.finished(&a);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 13)]);
+    }
+
+    #[test]
+    fn work_from_before_a_rebalance_does_not_move_the_new_position() {
+        let mut o = Offsets::default();
+        let old = o.read("w", 1, 5);
+        o.revoked("w", 1);
+        o.assigned("w", 1);
+        let again = o.read("w", 1, 5);
+        o.finished(&old);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 1, 5)], "the re-read 5 is still unfinished");
+        o.finished(&again);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 1, 6)]);
+        assert_eq!(o.unfinished(), 0);
+    }
+
+    #[test]
+    fn a_revocation_commits_only_the_leaving_partitions() {
+        let mut o = Offsets::default();
+        let a = o.read("w", 0, 3);
+        o.read("w", 1, 7);
+        o.finished(&a);
+        assert_eq!(o.positions_of(&[("w".into(), 0)]), vec![("w".into(), 0, 4)]);
+        assert!(o.positions_of(&[("x".into(), 0)]).is_empty());
+    }
+}
