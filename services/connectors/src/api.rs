@@ -138,6 +138,11 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// `name=value` for each of these headers the answer has, for audit (rate-limit state).
+    pub fn headers_text(&self, names: &[&str]) -> String {
+        names.iter().filter_map(|h| self.header(h).map(|v| format!("{h}={v}"))).collect::<Vec<_>>().join(" ")
+    }
 }
 
 /// What the connector contributes to every call.

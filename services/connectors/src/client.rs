@@ -4,9 +4,10 @@
 //! connector builds the request and parses the answer, the client only carries them.
 
 use crate::api::{Api, Policy, Reply, Request};
-use crate::auth::Credentials;
+use crate::auth::{AuthStyle, Credentials};
 use crate::exchange::{Exchange, Failure};
-use crm_common::tenants::CrmConnection;
+use crm_common::events::Crm;
+use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use serde::de::DeserializeOwned;
 
 pub struct TenantClient<P> {
@@ -18,6 +19,22 @@ pub struct TenantClient<P> {
 }
 
 impl<P: Policy> TenantClient<P> {
+    /// The client every connector builds the same way: credentials from the secret the
+    /// tenant's connection names (a token, or an OAuth client shared as `<crm>:<tenant>`),
+    /// then the policy, which may depend on them (Pipedrive's OAuth apps have a larger burst).
+    pub fn connect(
+        crm: Crm,
+        tenant: &ResolvedTenant,
+        conn: &CrmConnection,
+        base_url: String,
+        style: AuthStyle,
+        policy: impl FnOnce(&Credentials) -> Result<P, String>,
+    ) -> Result<Self, String> {
+        let auth = Credentials::from_env(&conn.credentials_secret, style, format!("{}:{}", crm.as_str(), tenant.id))?;
+        let policy = policy(&auth)?;
+        Ok(TenantClient { base_url, auth, policy, region: tenant.default_region })
+    }
+
     /// Sends `req` through the driver (tokens, fencing, auth, retries): the successful
     /// answer, or why it failed.
     pub async fn call(&self, api: &Api, req: &Request, log: &mut Vec<Exchange>) -> Result<Reply, Failure> {
@@ -50,12 +67,20 @@ pub fn endpoints(conn: &CrmConnection, default_base: &str, default_token: Option
     (base, token)
 }
 
+/// A tenant's connection on `plan` with these limits, for the connectors' unit tests.
+#[cfg(test)]
+pub(crate) fn test_connection(plan: &str, limits: &[(&str, u64)]) -> CrmConnection {
+    let mut c: CrmConnection = toml::from_str(&format!("plan = '{plan}'\ncredentials_secret = 'X'\n")).unwrap();
+    c.limits = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn conn(base: Option<&str>, token: Option<&str>) -> CrmConnection {
-        let mut c: CrmConnection = toml::from_str("plan = \"enterprise\"\ncredentials_secret = \"S\"").unwrap();
+        let mut c = test_connection("enterprise", &[]);
         c.base_url = base.map(str::to_string);
         c.token_url = token.map(str::to_string);
         c

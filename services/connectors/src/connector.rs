@@ -5,7 +5,7 @@
 //! policy and header parsing), `errors.rs` (classification), and the contract file in
 //! `contracts/<crm>.toml` for field mapping; its tests run against crm-sim.
 
-use crate::api::{Api, Exchange, Failure, Policy};
+use crate::api::{Api, Exchange, Failure, Policy, Reply, Request};
 use crate::client::TenantClient;
 use crate::contract::Contract;
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
@@ -40,6 +40,15 @@ pub enum Live {
     Deleted,
     /// Not there at all: purged, or it never landed.
     Absent,
+}
+
+/// Every record asked about and not found by a read is `missing` (absent, or taken as
+/// deleted where the CRM cannot tell): a read answers for every id.
+pub fn missing_are(mut found: HashMap<String, Live>, wanted: &[Wanted], missing: Live) -> HashMap<String, Live> {
+    for w in wanted {
+        found.entry(w.record_id.clone()).or_insert_with(|| missing.clone());
+    }
+    found
 }
 
 /// A record the reconciler asks about: its id, and the contact the writer linked it to.
@@ -195,7 +204,18 @@ pub trait Inspect: Connector {
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<HashMap<String, Live>, Failure>> + Send;
 
-    /// Puts `fields` (owned, restorable) back on record `record_id`, nothing else.
+    /// The request that puts `fields` (owned, restorable) back on record `record_id`,
+    /// nothing else.
+    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request;
+
+    /// What a restore's successful answer says: Ok, unless the CRM reports a per-record
+    /// failure inside it (Zoho).
+    fn restored(&self, reply: &Reply) -> Result<(), Failure> {
+        let _ = reply;
+        Ok(())
+    }
+
+    /// Puts `fields` back on record `record_id`: the request built, sent, its answer read.
     fn restore(
         &self,
         api: &Api,
@@ -203,7 +223,12 @@ pub trait Inspect: Connector {
         record_id: &str,
         fields: &Map<String, Value>,
         log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send {
+        async move {
+            let reply = t.call(api, &self.restore_request(record_id, fields), log).await?;
+            self.restored(&reply)
+        }
+    }
 
     /// The fields the CRM's schema has on the contract's object (the check that a custom
     /// field was not removed); None for a CRM whose object has no custom fields to check.
@@ -226,13 +251,13 @@ pub trait ReadBeforeResend: Connector {
         batch: &[&Item],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
-    /// Which of these items' keys the CRM holds now (key → record id); `sent_at_ms` is when
-    /// the first attempt went out.
+    /// Which of these keys the CRM holds now (key → record id); `sent_at_ms` is when the
+    /// first attempt went out.
     fn held(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
-        batch: &[&Item],
+        keys: &[&str],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<HashMap<String, String>, Failure>> + Send;
@@ -277,7 +302,7 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
         // a create after its client gave up, up to the late-write horizon, and a lagging
         // index shows it later still.
         tokio::time::sleep(api.backoff.wait(attempt).max(api.late_write_horizon() + c.read_back_lag())).await;
-        let asked: Vec<&Item> = unknown.iter().map(|(i, _)| items[*i]).collect();
+        let asked: Vec<&str> = unknown.iter().map(|(i, _)| items[*i].req.idempotency_key.as_str()).collect();
         match c.held(api, t, &asked, sent_at, log).await {
             Ok(found) => {
                 for (i, mut f) in unknown {

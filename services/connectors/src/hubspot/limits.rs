@@ -91,13 +91,12 @@ impl Policy for HubspotPolicy {
     }
 
     fn rate_headers(&self, reply: &Reply) -> String {
-        let mut parts = vec![];
-        for h in ["x-hubspot-ratelimit-max", "x-hubspot-ratelimit-remaining", "x-hubspot-ratelimit-daily-remaining", "retry-after"] {
-            if let Some(v) = reply.header(h) {
-                parts.push(format!("{h}={v}"));
-            }
-        }
-        parts.join(" ")
+        reply.headers_text(&[
+            "x-hubspot-ratelimit-max",
+            "x-hubspot-ratelimit-remaining",
+            "x-hubspot-ratelimit-daily-remaining",
+            "retry-after",
+        ])
     }
 }
 

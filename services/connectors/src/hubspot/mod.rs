@@ -16,7 +16,7 @@ pub mod limits;
 pub mod wire;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
-use crate::auth::{AuthStyle, Credentials};
+use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
 use crate::contract::{Contract, WriteKind};
@@ -230,12 +230,11 @@ impl ReadBeforeResend for Hubspot {
         &self,
         api: &Api,
         t: &Tenant,
-        batch: &[&Item],
+        keys: &[&str],
         _sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
-        self.held_keys(api, t, &keys, log).await
+        self.held_keys(api, t, keys, log).await
     }
 }
 
@@ -255,19 +254,10 @@ impl Connector for Hubspot {
     }
 
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {
-        let plan = limits::plan(conn)?;
         // A private-app token, or an OAuth client whose refreshes go to /oauth/v1/token.
         let (base_url, token_url) = endpoints(conn, &self.default_base_url, None, "/oauth/v1/token");
-        let auth = Credentials::from_env(
-            &conn.credentials_secret,
-            AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url),
-            format!("hubspot:{}", tenant.id),
-        )?;
-        Ok(TenantClient {
-            base_url,
-            auth,
-            policy: limits::HubspotPolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
-            region: tenant.default_region,
+        TenantClient::connect(Crm::Hubspot, tenant, conn, base_url, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), |_| {
+            Ok(limits::HubspotPolicy { tenant_id: tenant.id.clone(), plan: limits::plan(conn)?, tz_offset_min: conn.tz_offset_min })
         })
     }
 
@@ -377,19 +367,11 @@ impl Inspect for Hubspot {
         Ok(out)
     }
 
-    async fn restore(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        record_id: &str,
-        fields: &Map<String, Value>,
-        log: &mut Vec<Exchange>,
-    ) -> Result<(), Failure> {
+    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
         // HubSpot's properties are strings.
         let props: Map<String, Value> = fields.iter().map(|(k, v)| (k.clone(), Value::String(crate::contract::as_text(v)))).collect();
-        let req = Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), urlencode(record_id)), RequestClass::Update)
-            .body(json!({"properties": props}));
-        t.call(api, &req, log).await.map(|_| ())
+        Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), urlencode(record_id)), RequestClass::Update)
+            .body(json!({"properties": props}))
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {

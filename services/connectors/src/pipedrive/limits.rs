@@ -103,11 +103,13 @@ impl Policy for PipedrivePolicy {
     }
 
     fn rate_headers(&self, reply: &Reply) -> String {
-        ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "x-daily-ratelimit-token-remaining", "retry-after"]
-            .iter()
-            .filter_map(|h| reply.header(h).map(|v| format!("{h}={v}")))
-            .collect::<Vec<_>>()
-            .join(" ")
+        reply.headers_text(&[
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "x-daily-ratelimit-token-remaining",
+            "retry-after",
+        ])
     }
 }
 
@@ -116,11 +118,7 @@ mod tests {
     use super::*;
     use reqwest::header::{HeaderMap, HeaderValue};
 
-    fn conn(plan: &str, limits: &[(&str, u64)]) -> CrmConnection {
-        let mut c: CrmConnection = toml::from_str(&format!("plan = '{plan}'\ncredentials_secret = 'X'\n")).unwrap();
-        c.limits = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        c
-    }
+    use crate::client::test_connection as conn;
 
     #[test]
     fn plans_seats_credentials_and_overrides() {

@@ -11,9 +11,11 @@ pub mod limits;
 pub mod wire;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
-use crate::auth::{AuthStyle, Credentials};
+use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
+use crate::connector::{
+    create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
+};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -143,12 +145,11 @@ impl ReadBeforeResend for Pipedrive {
         &self,
         api: &Api,
         t: &Tenant,
-        batch: &[&Item],
+        keys: &[&str],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
-        self.held_keys(api, t, &keys, sent_at_ms, log).await
+        self.held_keys(api, t, keys, sent_at_ms, log).await
     }
 }
 
@@ -180,13 +181,12 @@ impl Connector for Pipedrive {
             token_url,
             basic_client_auth: true,
         };
-        let auth = Credentials::from_env(&conn.credentials_secret, style, format!("pipedrive:{}", tenant.id))?;
-        let plan = limits::plan(conn, auth.is_oauth())?;
-        Ok(TenantClient {
-            base_url,
-            auth,
-            policy: limits::PipedrivePolicy { tenant_id: tenant.id.clone(), plan, tz_offset_min: conn.tz_offset_min },
-            region: tenant.default_region,
+        TenantClient::connect(Crm::Pipedrive, tenant, conn, base_url, style, |auth| {
+            Ok(limits::PipedrivePolicy {
+                tenant_id: tenant.id.clone(),
+                plan: limits::plan(conn, auth.is_oauth())?,
+                tz_offset_min: conn.tz_offset_min,
+            })
         })
     }
 
@@ -256,23 +256,12 @@ impl Inspect for Pipedrive {
                 out.insert(id, Live::Present { fields: a.fields, contact_id });
             }
         }
-        for w in wanted {
-            out.entry(w.record_id.clone()).or_insert(Live::Deleted);
-        }
-        Ok(out)
+        Ok(missing_are(out, wanted, Live::Deleted))
     }
 
-    async fn restore(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        record_id: &str,
-        fields: &Map<String, Value>,
-        log: &mut Vec<Exchange>,
-    ) -> Result<(), Failure> {
-        let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), RequestClass::Update)
-            .body(Value::Object(fields.clone()));
-        t.call(api, &req, log).await.map(|_| ())
+    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
+        Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), RequestClass::Update)
+            .body(Value::Object(fields.clone()))
     }
 
     /// Activities' fields are Pipedrive's own (the key rides in the note): nothing a

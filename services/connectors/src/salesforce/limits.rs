@@ -70,7 +70,7 @@ impl Policy for SalesforcePolicy {
     }
 
     fn rate_headers(&self, reply: &Reply) -> String {
-        reply.header("sforce-limit-info").map(|v| format!("sforce-limit-info={v}")).unwrap_or_default()
+        reply.headers_text(&["sforce-limit-info"])
     }
 }
 
@@ -92,11 +92,7 @@ mod tests {
     use super::*;
     use reqwest::header::{HeaderMap, HeaderValue};
 
-    fn conn(plan: &str, limits: &[(&str, u64)]) -> CrmConnection {
-        let mut c: CrmConnection = toml::from_str(&format!("plan = '{plan}'\ncredentials_secret = 'X'\n")).unwrap();
-        c.limits = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        c
-    }
+    use crate::client::test_connection as conn;
 
     #[test]
     fn allocation_by_edition_and_licenses() {

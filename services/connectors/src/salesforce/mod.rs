@@ -12,9 +12,9 @@ pub mod limits;
 pub mod wire;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
-use crate::auth::{AuthStyle, Credentials};
+use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
+use crate::connector::{missing_are, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -173,19 +173,14 @@ impl Connector for Salesforce {
     }
 
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {
-        let allocation = limits::allocation(conn)?;
         // My Domain hosts serve the token endpoint too; a sandbox names test.salesforce.com.
         let (base_url, token_url) = endpoints(conn, &self.default_base_url, None, "/services/oauth2/token");
-        let auth = Credentials::from_env(
-            &conn.credentials_secret,
-            AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url),
-            format!("salesforce:{}", tenant.id),
-        )?;
-        Ok(TenantClient {
-            base_url,
-            auth,
-            policy: limits::SalesforcePolicy { tenant_id: tenant.id.clone(), allocation, recheck: limits::recheck(conn) },
-            region: tenant.default_region,
+        TenantClient::connect(Crm::Salesforce, tenant, conn, base_url, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), |_| {
+            Ok(limits::SalesforcePolicy {
+                tenant_id: tenant.id.clone(),
+                allocation: limits::allocation(conn)?,
+                recheck: limits::recheck(conn),
+            })
         })
     }
 
@@ -295,24 +290,12 @@ impl Inspect for Salesforce {
                 }
             }
         }
-        for w in wanted {
-            out.entry(w.record_id.clone()).or_insert(Live::Absent);
-        }
-        Ok(out)
+        Ok(missing_are(out, wanted, Live::Absent))
     }
 
-    async fn restore(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        record_id: &str,
-        fields: &Map<String, Value>,
-        log: &mut Vec<Exchange>,
-    ) -> Result<(), Failure> {
-        let req =
-            Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), RequestClass::Update)
-                .body(Value::Object(fields.clone()));
-        t.call(api, &req, log).await.map(|_| ())
+    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
+        Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), RequestClass::Update)
+            .body(Value::Object(fields.clone()))
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {

@@ -119,11 +119,7 @@ impl Policy for ZohoPolicy {
     }
 
     fn rate_headers(&self, reply: &Reply) -> String {
-        ["x-api-credits-remaining", "x-accesstoken-reset"]
-            .iter()
-            .filter_map(|h| reply.header(h).map(|v| format!("{h}={v}")))
-            .collect::<Vec<_>>()
-            .join(" ")
+        reply.headers_text(&["x-api-credits-remaining", "x-accesstoken-reset"])
     }
 }
 
@@ -133,11 +129,7 @@ mod tests {
     use reqwest::header::{HeaderMap, HeaderValue};
     use serde_json::json;
 
-    fn conn(plan: &str, limits: &[(&str, u64)]) -> CrmConnection {
-        let mut c: CrmConnection = toml::from_str(&format!("plan = '{plan}'\ncredentials_secret = 'X'\n")).unwrap();
-        c.limits = limits.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        c
-    }
+    use crate::client::test_connection as conn;
 
     fn policy() -> ZohoPolicy {
         ZohoPolicy {

@@ -10,10 +10,12 @@ pub mod errors;
 pub mod limits;
 pub mod wire;
 
-use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
-use crate::auth::{AuthStyle, Credentials};
+use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
+use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
+use crate::connector::{
+    create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
+};
 use crate::contract::{Contract, WriteKind};
 use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -159,12 +161,11 @@ impl ReadBeforeResend for Zoho {
         &self,
         api: &Api,
         t: &Tenant,
-        batch: &[&Item],
+        keys: &[&str],
         _sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        let keys: Vec<&str> = batch.iter().map(|i| i.req.idempotency_key.as_str()).collect();
-        self.held_keys(api, t, &keys, log).await
+        self.held_keys(api, t, keys, log).await
     }
 }
 
@@ -184,23 +185,15 @@ impl Connector for Zoho {
     }
 
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {
-        let plan = limits::plan(conn)?;
         let (base_url, token_url) = endpoints(conn, &self.default_base_url, Some(&self.default_token_url), "/oauth/v2/token");
-        let auth = Credentials::from_env(
-            &conn.credentials_secret,
-            AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url),
-            format!("zoho:{}", tenant.id),
-        )?;
-        Ok(TenantClient {
-            base_url,
-            auth,
-            policy: limits::ZohoPolicy {
+        let style = AuthStyle::bearer(AUTHORIZATION, "Zoho-oauthtoken ", token_url);
+        TenantClient::connect(Crm::Zoho, tenant, conn, base_url, style, |_| {
+            Ok(limits::ZohoPolicy {
                 tenant_id: tenant.id.clone(),
-                plan,
+                plan: limits::plan(conn)?,
                 slot_lease: self.http_timeout + Duration::from_secs(5),
                 throttled: AtomicU32::new(0),
-            },
-            region: tenant.default_region,
+            })
         })
     }
 
@@ -299,24 +292,16 @@ impl Inspect for Zoho {
             }
             page += 1;
         }
-        for w in wanted {
-            out.entry(w.record_id.clone()).or_insert(Live::Absent);
-        }
-        Ok(out)
+        Ok(missing_are(out, wanted, Live::Absent))
     }
 
-    async fn restore(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        record_id: &str,
-        fields: &Map<String, Value>,
-        log: &mut Vec<Exchange>,
-    ) -> Result<(), Failure> {
-        let req = Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), RequestClass::Update)
-            .body(json!({"data": [fields], "trigger": []}));
-        let reply = t.call(api, &req, log).await?;
-        // A per-record error comes back inside `data` with a 2xx or 400.
+    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
+        Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), RequestClass::Update)
+            .body(json!({"data": [fields], "trigger": []}))
+    }
+
+    /// A per-record error comes back inside `data` with a 2xx or 400.
+    fn restored(&self, reply: &Reply) -> Result<(), Failure> {
         match reply.parse::<Data<Outcome>>()?.rows().into_iter().next() {
             Some(r) if !r.succeeded() => Err(failed(r, reply.status)),
             _ => Ok(()),
