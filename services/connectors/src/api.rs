@@ -293,60 +293,14 @@ impl Api {
                 }
                 return Err(f);
             }
-            let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
-            if let Some(b) = &req.body {
-                r = r.json(b);
-            }
-            let t = Instant::now();
-            let at_ms = crm_common::clock::now_ms();
-            let sent_result = r.send().await;
-            let (verdict, reply) = match sent_result {
-                Ok(resp) => {
-                    let reply = Reply {
-                        status: resp.status().as_u16(),
-                        headers: resp.headers().clone(),
-                        body: resp.text().await.unwrap_or_default(),
-                    };
-                    for (limit, remaining) in policy.observed(&reply, req.class) {
-                        metrics.remaining(&set.crm, &set.tenant_id, &limit, remaining);
-                        if let Err(e) = self.buckets.observe(&set, &limit, remaining).await {
-                            tracing::warn!(error = %e, "could not correct the bucket from headers");
-                        }
-                    }
-                    (policy.classify(&reply), Some(reply))
-                }
-                Err(e) if e.is_timeout() => (Verdict::Transient(format!("timed out after {} ms", t.elapsed().as_millis())), None),
-                Err(e) => (Verdict::Transient(format!("connection failed: {e}")), None),
-            };
-            let latency_ms = t.elapsed().as_millis() as i64;
-            let status = match (&reply, &verdict) {
-                (Some(r), _) => r.status.to_string(),
-                (None, Verdict::Transient(why)) if why.starts_with("timed out") => "timeout".into(),
-                (None, _) => "error".into(),
-            };
-            metrics.request(&set.crm, req.class.as_str(), status, priority, t.elapsed().as_secs_f64() * 1000.0);
+            let a = Attempt { policy, set: &set, req, endpoint: &endpoint, sent: &sent, number: attempt, priority };
+            let (verdict, reply) = self.send_once(&a, base_url, (name, value), log).await;
             if holds_slots {
                 if let Err(e) = self.buckets.release(&set, &take_id, &costs).await {
                     // The slot's lease returns it soon enough.
                     tracing::warn!(error = %e, "could not give a concurrency slot back");
                 }
             }
-            log.push(Exchange {
-                at_ms,
-                endpoint: endpoint.clone(),
-                status: reply.as_ref().map(|r| r.status),
-                // A sensitive request's answer (contacts found by phone) is not kept either.
-                excerpt: match (&reply, &req.audit_body) {
-                    (Some(r), None) => excerpt(&r.body),
-                    (Some(r), Some(_)) => format!("{} bytes, not kept: the answer holds people's phone numbers", r.body.len()),
-                    (None, _) => String::new(),
-                },
-                rate_headers: reply.as_ref().map(|r| policy.rate_headers(r)).unwrap_or_default(),
-                latency_ms,
-                attempt,
-                outcome: verdict.clone(),
-                sent: sent.clone(),
-            });
             match verdict {
                 Verdict::Ok => return Ok(reply.expect("Ok has a reply")),
                 Verdict::Throttled { wait } => {
@@ -405,6 +359,77 @@ impl Api {
                 }
             }
         }
+    }
+}
+
+/// One attempt of a call: what is sent, where its tokens came from, how it shows in audit.
+struct Attempt<'a> {
+    policy: &'a dyn Policy,
+    set: &'a BucketSet,
+    req: &'a Request,
+    endpoint: &'a str,
+    /// The body as audit shows it.
+    sent: &'a str,
+    number: u32,
+    /// `live` (writers) or `background` (the reconciler's share-keeping), for metrics.
+    priority: &'static str,
+}
+
+impl Api {
+    /// Sends one attempt and reads its answer: the buckets corrected from its headers, the
+    /// answer classified, its latency measured, the exchange logged for audit.
+    async fn send_once(
+        &self,
+        a: &Attempt<'_>,
+        base_url: &str,
+        (name, value): (reqwest::header::HeaderName, reqwest::header::HeaderValue),
+        log: &mut Vec<Exchange>,
+    ) -> (Verdict, Option<Reply>) {
+        let (req, set, metrics) = (a.req, a.set, crm_common::telemetry::crm_metrics());
+        let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
+        if let Some(b) = &req.body {
+            r = r.json(b);
+        }
+        let t = Instant::now();
+        let at_ms = crm_common::clock::now_ms();
+        let (verdict, reply) = match r.send().await {
+            Ok(resp) => {
+                let reply =
+                    Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap_or_default() };
+                for (limit, remaining) in a.policy.observed(&reply, req.class) {
+                    metrics.remaining(&set.crm, &set.tenant_id, &limit, remaining);
+                    if let Err(e) = self.buckets.observe(set, &limit, remaining).await {
+                        tracing::warn!(error = %e, "could not correct the bucket from headers");
+                    }
+                }
+                (a.policy.classify(&reply), Some(reply))
+            }
+            Err(e) if e.is_timeout() => (Verdict::Transient(format!("timed out after {} ms", t.elapsed().as_millis())), None),
+            Err(e) => (Verdict::Transient(format!("connection failed: {e}")), None),
+        };
+        let status = match (&reply, &verdict) {
+            (Some(r), _) => r.status.to_string(),
+            (None, Verdict::Transient(why)) if why.starts_with("timed out") => "timeout".into(),
+            (None, _) => "error".into(),
+        };
+        metrics.request(&set.crm, req.class.as_str(), status, a.priority, t.elapsed().as_secs_f64() * 1000.0);
+        log.push(Exchange {
+            at_ms,
+            endpoint: a.endpoint.to_string(),
+            status: reply.as_ref().map(|r| r.status),
+            // A sensitive request's answer (contacts found by phone) is not kept either.
+            excerpt: match (&reply, &req.audit_body) {
+                (Some(r), None) => excerpt(&r.body),
+                (Some(r), Some(_)) => format!("{} bytes, not kept: the answer holds people's phone numbers", r.body.len()),
+                (None, _) => String::new(),
+            },
+            rate_headers: reply.as_ref().map(|r| a.policy.rate_headers(r)).unwrap_or_default(),
+            latency_ms: t.elapsed().as_millis() as i64,
+            attempt: a.number,
+            outcome: verdict.clone(),
+            sent: a.sent.to_string(),
+        });
+        (verdict, reply)
     }
 }
 
