@@ -741,6 +741,32 @@ pub fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again(case: &
     assert!(w.terminate().success());
 }
 
+/// A create the CRM applied but answered with a success the writer cannot read (200 with
+/// `{}`: no record, no id) is an unknown outcome, not a failure that nothing was written: the
+/// writer reads the key back and finds the record, and a replay of the call writes nothing.
+pub fn a_create_answered_with_an_unreadable_success_is_read_back_not_repeated(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    sim.fault(case.name(), "acme", json!({"kind": "garbled", "after_write": true, "count": 1, "endpoint": case.fault_endpoint}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-garbled");
+    let env = [("WRITER_LATE_WRITE_HORIZON", "1s"), ("WRITER_RETRY_BASE", "50ms"), ("HUBSPOT_SEARCH_LAG", "2s")];
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    broker.produce(&case.topic(), &[case.request("acme", "g1", 1)]);
+    let (first, dlq, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    // A replay of the same call (a DLQ replay, a backfill): never a second record.
+    broker.produce(&case.topic(), &[case.request("acme", "g1", 1)]);
+    let (all, dlq_after, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    let twice = doubled(case, &sim, "acme");
+    assert!(twice.is_empty(), "an unreadable success was taken for nothing written: {twice:?}; first {first:?} {dlq:?}");
+    assert_eq!(case.keys(&sim, "acme").len(), 1);
+    assert!(dlq.is_empty() && dlq_after.is_empty(), "the record was found by its key: {dlq_after:?}");
+    assert_eq!(first[0].outcome, AuditOutcome::Succeeded, "{first:?}");
+    assert!(all.iter().any(|a| a.outcome == AuditOutcome::Duplicate), "the replay met the done claim: {all:?}");
+    assert!(w.terminate().success());
+}
+
 /// Recovery whose lookup fails (5xx past the retry limit) keeps the claim "maybe applied":
 /// the replay looks again, finds the record the lost write made, and creates nothing.
 pub fn a_failed_recovery_lookup_keeps_the_claim_and_the_replay_finds_the_record(case: &Case) {
@@ -1152,6 +1178,10 @@ macro_rules! writer_suite {
         #[test]
         fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again() {
             $crate::writer_suite::a_create_applied_after_the_client_gave_up_is_found_not_sent_again(&$case)
+        }
+        #[test]
+        fn a_create_answered_with_an_unreadable_success_is_read_back_not_repeated() {
+            $crate::writer_suite::a_create_answered_with_an_unreadable_success_is_read_back_not_repeated(&$case)
         }
         #[test]
         fn a_failed_recovery_lookup_keeps_the_claim_and_the_replay_finds_the_record() {

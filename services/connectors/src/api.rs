@@ -117,10 +117,6 @@ impl Reply {
         Reply { status, headers: HeaderMap::new(), body: body.into() }
     }
 
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-
     /// The answer read as the CRM's wire type `T`; an empty body (204 No Content) as `{}`.
     /// An answer that does not have the shape is a failure that says so, never an empty
     /// result: a read-back that cannot be read must not pass for "not there". It is marked

@@ -8,7 +8,7 @@
 use crate::api::{Api, Exchange, Failure, Policy, Reply, Request};
 use crate::client::TenantClient;
 use crate::contract::Contract;
-use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
+use crm_common::events::{Crm, CrmWriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -183,9 +183,7 @@ fn merge_in_order(items: &[Item], created: Vec<ItemResult>, updated: Vec<ItemRes
         .iter()
         .map(|i| {
             let next = if i.record_id.is_none() { created.next() } else { updated.next() };
-            next.unwrap_or_else(|| {
-                ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "the connector gave no result for this record"))
-            })
+            next.unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("the connector gave no result for this record", None)))
         })
         .collect()
 }
@@ -285,9 +283,11 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
     let mut attempt = 0;
     while !pending.is_empty() {
         let batch: Vec<&Item> = pending.iter().map(|&i| items[i]).collect();
-        let out = c.send(api, t, &batch, log).await;
+        let mut out = c.send(api, t, &batch, log).await.into_iter();
         let mut unknown = vec![];
-        for (&i, r) in pending.iter().zip(out) {
+        for &i in &pending {
+            // An answer short of a record sent: that record's outcome is unknown.
+            let r = out.next().unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("no answer for this record", None)));
             match r {
                 ItemResult::Failed(f) if f.maybe_applied => unknown.push((i, f)),
                 r => results[i] = Some(r),
@@ -327,7 +327,7 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
     }
     results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "no answer for this record"))))
+        .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("no answer for this record", None))))
         .collect()
 }
 

@@ -86,6 +86,14 @@ impl Failure {
         Failure { reason, detail: detail.into(), status: None, excerpt: None, maybe_applied: false, fenced_off: vec![] }
     }
 
+    /// A request that went out and came back with an answer that names no outcome for this
+    /// record (a success without its id, a batch answer that leaves it out): the CRM may have
+    /// written it. Never read as "nothing was written": the claim stays, and the record is
+    /// looked up by its key before anything is sent again.
+    pub fn unknown_outcome(detail: impl Into<String>, status: Option<u16>) -> Failure {
+        Failure { status, maybe_applied: true, ..Failure::new(DlqReason::RetriesExhausted, detail) }
+    }
+
     /// Whether the request was held back by fencing rather than sent.
     pub fn is_fenced(&self) -> bool {
         !self.fenced_off.is_empty()

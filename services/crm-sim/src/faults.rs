@@ -31,6 +31,11 @@ pub enum FaultKind {
     /// client is still there. Set it past the client's timeout to play a CRM that finishes
     /// an insert after its client gave up.
     LateWrite,
+    /// A success (200) whose body is not the CRM's answer: `{}`, no record, no id. With
+    /// `after_write` the request was applied first. Whether a real CRM ever answers so is
+    /// unknown; a proxy or a partial outage can, and a writer must not take it for "nothing
+    /// was written".
+    Garbled,
 }
 
 impl FaultKind {
@@ -41,7 +46,7 @@ impl FaultKind {
             FaultKind::Status502 => 502,
             FaultKind::Status503 => 503,
             FaultKind::Status504 | FaultKind::Timeout | FaultKind::LateWrite => 504,
-            FaultKind::Latency => 200,
+            FaultKind::Latency | FaultKind::Garbled => 200,
         }
     }
 }

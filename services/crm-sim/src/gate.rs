@@ -166,11 +166,20 @@ fn settle<A: CrmApi>(sim: &SharedSim, caller: &Caller, endpoint: &str, class: Cl
     let mut w = sim.lock();
     if let Some(acct) = w.account(A::CRM, &caller.account) {
         if let Some(f) = after {
-            // The write happened; the client hears a failure.
-            *resp = A::fault(f.kind, acct, caller, class, now);
+            // The write happened; the client hears a failure (or a success it cannot read).
+            *resp = answer_for::<A>(f.kind, acct, caller, class, now);
         }
         A::finish(acct, caller, class, charge, now, resp.headers_mut());
         acct.count(endpoint, resp.status().as_u16());
+    }
+}
+
+/// A fault's answer: the CRM's own error for it, or the garbled success every CRM answers
+/// the same way (200 with `{}`).
+fn answer_for<A: CrmApi>(kind: FaultKind, acct: &mut Account, caller: &Caller, class: Class, now: i64) -> Response {
+    match kind {
+        FaultKind::Garbled => axum::Json(serde_json::json!({})).into_response(),
+        kind => A::fault(kind, acct, caller, class, now),
     }
 }
 
@@ -232,7 +241,7 @@ fn admit<A: CrmApi>(
     }
     let firing = faults::pick(&mut acct.faults, endpoint, &mut acct.rng);
     if let Some(f) = firing.filter(|f| !f.after_write && !matches!(f.kind, FaultKind::Latency | FaultKind::LateWrite)) {
-        let mut resp = A::fault(f.kind, acct, &caller, class, now);
+        let mut resp = answer_for::<A>(f.kind, acct, &caller, class, now);
         acct.count(endpoint, resp.status().as_u16());
         A::finish(acct, &caller, class, 0, now, resp.headers_mut());
         return Admission::Answer(resp, f.latency_ms);

@@ -132,6 +132,7 @@ async fn fault(sim: &crate::state::SharedSim, crm: Crm) -> Option<axum::response
     let resp = match firing.kind {
         FaultKind::Latency => return None,
         FaultKind::Throttle => throttled_mint(crm),
+        FaultKind::Garbled => axum::response::IntoResponse::into_response(axum::Json(serde_json::json!({}))),
         other => crate::gate::gateway_error(other.status()),
     };
     count(sim, crm, resp.status().as_u16());

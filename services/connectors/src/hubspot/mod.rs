@@ -156,13 +156,10 @@ impl Hubspot {
             .iter()
             .map(|i| {
                 by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
-                    ItemResult::Failed(Failure {
-                        status: Some(status),
-                        ..Failure::new(
-                            DlqReason::RetriesExhausted,
-                            "HubSpot's batch answer named neither a result nor an error for this record",
-                        )
-                    })
+                    ItemResult::Failed(Failure::unknown_outcome(
+                        "HubSpot's batch answer named neither a result nor an error for this record",
+                        Some(status),
+                    ))
                 })
             })
             .collect()

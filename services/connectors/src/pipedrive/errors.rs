@@ -27,7 +27,8 @@ pub fn reason_of(body: &ErrorBody, status: u16) -> (DlqReason, String) {
 }
 
 pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
-    let body: ErrorBody = reply.parse().unwrap_or_default();
+    // Not Pipedrive's JSON envelope (Cloudflare's HTML block page, say): `None`.
+    let envelope: Option<ErrorBody> = reply.parse().ok();
     match reply.status {
         200..=299 => Verdict::Ok,
         429 => {
@@ -40,10 +41,10 @@ pub fn classify(reply: &Reply, tz_offset_min: i32) -> Verdict {
             Verdict::Throttled { wait: Duration::from_secs(wait) }
         }
         // Cloudflare's block page is HTML, not Pipedrive's JSON.
-        403 if reply.json().is_null() => Verdict::Throttled { wait: CLOUDFLARE_BLOCK },
-        500..=599 => Verdict::Transient(format!("{} {}", reply.status, body.error)),
+        403 if envelope.is_none() => Verdict::Throttled { wait: CLOUDFLARE_BLOCK },
+        500..=599 => Verdict::Transient(format!("{} {}", reply.status, envelope.unwrap_or_default().error)),
         status => {
-            let (reason, detail) = reason_of(&body, status);
+            let (reason, detail) = reason_of(&envelope.unwrap_or_default(), status);
             Verdict::Permanent(reason, detail)
         }
     }

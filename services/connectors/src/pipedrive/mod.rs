@@ -62,7 +62,7 @@ impl Pipedrive {
             .fenced([item.req.idempotency_key.as_str()]);
         match t.fetch::<Envelope<Created>>(api, &req, log).await {
             Ok(Envelope { data: Created { id: Some(id) }, .. }) => ItemResult::Written { record_id: id, created: true },
-            Ok(_) => ItemResult::Failed(Failure::new(DlqReason::Validation, "Pipedrive created an activity but returned no id")),
+            Ok(_) => ItemResult::Failed(Failure::unknown_outcome("Pipedrive answered the create without the activity's id", None)),
             Err(f) => ItemResult::Failed(f),
         }
     }
@@ -209,7 +209,7 @@ impl Connector for Pipedrive {
         let body = json!({"name": "Unknown caller", "phones": [{"value": e164, "label": "work", "primary": true}]});
         let req = Request::new(Method::POST, "/api/v2/persons", RequestClass::Create).body(body).not_replay_safe();
         let created: Envelope<Created> = t.fetch(api, &req, log).await?;
-        created.data.id.ok_or_else(|| Failure::new(DlqReason::Validation, "Pipedrive created a person but returned no id"))
+        created.data.id.ok_or_else(|| Failure::unknown_outcome("Pipedrive answered the person create without its id", None))
     }
 
     async fn lookup(

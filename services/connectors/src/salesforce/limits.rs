@@ -33,13 +33,11 @@ pub fn plan(conn: &CrmConnection) -> Result<Plan, String> {
     with_overrides(Plan { daily_api_requests, recheck_s: 60 }, &numbers(&conn.limits), &["licenses"])
 }
 
-pub fn allocation(conn: &CrmConnection) -> Result<u64, String> {
-    plan(conn).map(|p| p.daily_api_requests)
-}
-
-/// How often a spent allowance is probed (at least every second).
-pub fn recheck(conn: &CrmConnection) -> Duration {
-    Duration::from_secs(plan(conn).map_or(60, |p| p.recheck_s).max(1))
+impl Plan {
+    /// How often a spent allowance is probed (at least every second).
+    pub fn recheck(&self) -> Duration {
+        Duration::from_secs(self.recheck_s.max(1))
+    }
 }
 
 pub fn buckets(tenant_id: &str, allocation: u64, recheck: Duration) -> BucketSet {
@@ -94,6 +92,10 @@ mod tests {
 
     use crate::client::test_connection as conn;
 
+    fn allocation(conn: &CrmConnection) -> Result<u64, String> {
+        plan(conn).map(|p| p.daily_api_requests)
+    }
+
     #[test]
     fn allocation_by_edition_and_licenses() {
         assert_eq!(allocation(&conn("enterprise", &[("licenses", 20)])).unwrap(), 120_000);
@@ -114,6 +116,7 @@ mod tests {
         let none = Reply { status: 200, headers: HeaderMap::new(), body: String::new() };
         assert!(observed(&none).is_empty());
         assert!(matches!(buckets("acme", 5000, Duration::from_secs(60)).limits[0], Limit::Reported { max: 5000, .. }));
-        assert_eq!(recheck(&conn("enterprise", &[("recheck_s", 2)])), Duration::from_secs(2));
+        assert_eq!(plan(&conn("enterprise", &[("recheck_s", 2)])).unwrap().recheck(), Duration::from_secs(2));
+        assert_eq!(plan(&conn("enterprise", &[("recheck_s", 0)])).unwrap().recheck(), Duration::from_secs(1));
     }
 }

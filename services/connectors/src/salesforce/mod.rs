@@ -91,7 +91,7 @@ impl Salesforce {
             Ok((status, results)) => {
                 let mut results = results.into_iter();
                 let missing =
-                    || Failure::new(DlqReason::RetriesExhausted, "Salesforce's collection answer had no save result for this record");
+                    || Failure::unknown_outcome("Salesforce's collection answer had no save result for this record", Some(status));
                 (status, (0..n).map(|_| results.next().ok_or_else(missing)).collect())
             }
             Err(f) => (f.status.unwrap_or(0), (0..n).map(|_| Err(f.clone())).collect()),
@@ -176,11 +176,8 @@ impl Connector for Salesforce {
         // My Domain hosts serve the token endpoint too; a sandbox names test.salesforce.com.
         let (base_url, token_url) = endpoints(conn, &self.default_base_url, None, "/services/oauth2/token");
         TenantClient::connect(Crm::Salesforce, tenant, conn, base_url, AuthStyle::bearer(AUTHORIZATION, "Bearer ", token_url), |_| {
-            Ok(limits::SalesforcePolicy {
-                tenant_id: tenant.id.clone(),
-                allocation: limits::allocation(conn)?,
-                recheck: limits::recheck(conn),
-            })
+            let plan = limits::plan(conn)?;
+            Ok(limits::SalesforcePolicy { tenant_id: tenant.id.clone(), allocation: plan.daily_api_requests, recheck: plan.recheck() })
         })
     }
 
@@ -245,15 +242,37 @@ impl Connector for Salesforce {
         &self.contract
     }
 
+    /// Upserts by our key. An upsert whose outcome is unknown (an answer that cannot be
+    /// read, a record it leaves out) is sent again, with backoff, until the retry limit:
+    /// by key, a second upsert meets the first's record instead of making another.
     async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let (status, saved) = self.upsert(api, t, items, log).await;
-        let mut out = Vec::with_capacity(items.len());
-        for (r, item) in saved.into_iter().zip(items) {
-            let met_existing = met_existing_with_create_only(&r);
-            let result = self.saved(r, status, None);
-            out.push(if met_existing { self.update_found_by_key(api, t, item, result, log).await } else { result });
+        let first = std::time::Instant::now();
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let batch: Vec<&Item> = pending.iter().map(|&i| items[i]).collect();
+            let (status, saved) = self.upsert(api, t, &batch, log).await;
+            let mut again = vec![];
+            for (&i, r) in pending.iter().zip(saved) {
+                let met_existing = met_existing_with_create_only(&r);
+                let result = self.saved(r, status, None);
+                let result = if met_existing { self.update_found_by_key(api, t, items[i], result, log).await } else { result };
+                match result {
+                    ItemResult::Failed(f) if f.maybe_applied && !f.is_fenced() && first.elapsed() < api.retry_limit => again.push(i),
+                    r => results[i] = Some(r),
+                }
+            }
+            pending = again;
+            if !pending.is_empty() {
+                attempt += 1;
+                tokio::time::sleep(api.backoff.wait(attempt)).await;
+            }
         }
-        out
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("no save result for this record", None))))
+            .collect()
     }
 
     async fn update_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

@@ -83,11 +83,13 @@ impl Zoho {
     /// One record's entry of a multi-record answer.
     fn result(&self, r: Option<Outcome>, status: u16, item: &Item) -> ItemResult {
         let Some(r) = r else {
-            return ItemResult::Failed(Failure::new(DlqReason::RetriesExhausted, "Zoho's answer had no entry for this record"));
+            return ItemResult::Failed(Failure::unknown_outcome("Zoho's answer had no entry for this record", Some(status)));
         };
         if r.succeeded() {
-            let id = r.details.id.as_deref().or(item.record_id.as_deref()).unwrap_or_default().to_string();
-            return ItemResult::Written { record_id: id, created: item.record_id.is_none() };
+            return match r.details.id.as_deref().or(item.record_id.as_deref()) {
+                Some(id) => ItemResult::Written { record_id: id.to_string(), created: item.record_id.is_none() },
+                None => ItemResult::Failed(Failure::unknown_outcome("Zoho answered SUCCESS without the record's id", Some(status))),
+            };
         }
         // The key field marked unique: the record a lost write made is ours.
         if r.code == "DUPLICATE_DATA" && r.field() == self.contract.key_field {
