@@ -51,6 +51,7 @@ fn audit_record(i: usize) -> AuditRecord {
         occurred_at: 1_767_225_600_000 + (i as i64 - 50) * 60_000,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         attributes: [("k".to_string(), "v".to_string())].into(),
+        kind: None,
     }
 }
 
@@ -74,6 +75,7 @@ fn dead_letter(i: usize) -> DeadLetter {
         crm_response_excerpt: None,
         failed_at: 1_767_225_600_000,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        kind: None,
     }
 }
 

@@ -106,6 +106,7 @@ fn normalises_dead_letters_and_audits_every_input() {
         occurred_at: 0,
         trace_id: TRACE.into(),
         attributes: HashMap::new(),
+        kind: None,
     };
     let mut confluent_unknown = vec![0u8, 0, 0, 0, 9];
     confluent_unknown.extend_from_slice(&codec::encode(&bad_phone).unwrap()[10..]);

@@ -45,6 +45,7 @@ fn record(i: usize, day_ms: i64) -> AuditRecord {
         occurred_at: day_ms + i as i64,
         trace_id: format!("{:032x}", i / 10 + 1),
         attributes: [("rate_limit".to_string(), "x-hubspot-ratelimit-remaining=180".to_string())].into(),
+        kind: None,
     }
 }
 

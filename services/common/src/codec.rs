@@ -245,6 +245,7 @@ mod tests {
             occurred_at: 7,
             trace_id: "t".into(),
             attributes: HashMap::from([("k".into(), "v".into())]),
+            kind: Some(ActivityKind::Email),
         };
         assert_eq!(decode::<AuditRecord>(&encode(&a).unwrap()).unwrap(), a);
         let d = DeadLetter {
@@ -266,6 +267,7 @@ mod tests {
             crm_response_excerpt: None,
             failed_at: 9,
             trace_id: "t".into(),
+            kind: None,
         };
         assert_eq!(decode::<DeadLetter>(&encode(&d).unwrap()).unwrap(), d);
     }

@@ -5,7 +5,7 @@
 use crate::clock::now_ms;
 use crate::codec;
 use crate::config::Topics;
-use crate::events::{AuditOutcome, AuditRecord, Crm, DeadLetter, DlqReason, Stage};
+use crate::events::{ActivityKind, AuditOutcome, AuditRecord, Crm, DeadLetter, DlqReason, Stage};
 use crate::kafka::{InMessage, OutRecord};
 use std::collections::HashMap;
 
@@ -44,6 +44,8 @@ pub struct Subject<'a> {
     pub call_id: Option<&'a str>,
     pub crm: Option<Crm>,
     pub version: Option<i64>,
+    /// The activity's kind, when the input could be decoded.
+    pub kind: Option<ActivityKind>,
 }
 
 impl Emitter {
@@ -79,6 +81,7 @@ impl Emitter {
             audit_id: uuid::Uuid::new_v4().to_string(),
             tenant_id: subject.tenant_id.to_string(),
             call_id: subject.call_id.map(str::to_string),
+            kind: subject.kind,
             crm: subject.crm,
             stage: self.stage,
             operation: operation.to_string(),
@@ -141,6 +144,7 @@ impl Emitter {
             dlq_id: self.dlq_id(input, subject.crm, reason),
             tenant_id: tenant.clone(),
             call_id: subject.call_id.map(str::to_string),
+            kind: subject.kind,
             crm: subject.crm,
             stage: self.stage,
             reason,
@@ -189,7 +193,13 @@ mod tests {
 
     fn id(stage: Stage, offset: i64, reason: DlqReason) -> String {
         let e = Emitter::new(stage, Topics::default());
-        let subject = Subject { tenant_id: "acme", call_id: Some("c1"), crm: Some(Crm::Zoho), version: Some(1) };
+        let subject = Subject {
+            tenant_id: "acme",
+            call_id: Some("c1"),
+            crm: Some(Crm::Zoho),
+            version: Some(1),
+            kind: Some(crate::events::ActivityKind::Call),
+        };
         let [dl, _] = e.dead_letter(&input(offset), &subject, "write", reason, "d".into(), "d".into());
         codec::decode::<DeadLetter>(&dl.payload).unwrap().dlq_id
     }

@@ -215,6 +215,206 @@ impl AvroRecord for NormalisedCall {
     const RECORD: RecordType = RecordType::NormalisedCall;
 }
 
+/// What an activity is: the kinds crm-sync carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActivityKind {
+    Unknown,
+    Call,
+    Email,
+    Meeting,
+}
+
+impl ActivityKind {
+    /// The lower-case name used in idempotency keys, topics and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivityKind::Unknown => "unknown",
+            ActivityKind::Call => "call",
+            ActivityKind::Email => "email",
+            ActivityKind::Meeting => "meeting",
+        }
+    }
+}
+
+/// The idempotency key of one activity at one CRM. Calls keep DESIGN §4's
+/// `<tenant_id>:<call_id>:<crm>`: records already in customers' CRMs carry it, and another key
+/// would write them again on any replay or backfill. Emails and meetings name their kind,
+/// `<tenant_id>:<kind>:<source id>:<crm>`, so a Message-ID can never meet a call id.
+pub fn activity_key(tenant_id: &str, kind: ActivityKind, source_id: &str, crm: Crm) -> String {
+    match kind {
+        ActivityKind::Call => idempotency_key(tenant_id, source_id, crm),
+        kind => format!("{tenant_id}:{}:{source_id}:{}", kind.as_str(), crm.as_str()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EmailDirection {
+    Sent,
+    Received,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MeetingStatus {
+    Confirmed,
+    Tentative,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttendeeResponse {
+    NeedsAction,
+    Accepted,
+    Declined,
+    Tentative,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailEvent {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub source: String,
+    pub version: i64,
+    pub thread_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub direction: EmailDirection,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub subject: Option<String>,
+    pub body_text: Option<String>,
+    pub sent_at: i64,
+    pub time_zone: Option<String>,
+    pub actor_id: String,
+    pub actor_email: String,
+    pub attributes: HashMap<String, String>,
+}
+
+impl AvroRecord for EmailEvent {
+    const RECORD: RecordType = RecordType::EmailEvent;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeetingAttendee {
+    pub address: String,
+    pub response: AttendeeResponse,
+    pub optional: bool,
+    pub phone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeetingEvent {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub ical_uid: Option<String>,
+    pub recurrence_id: Option<String>,
+    pub source: String,
+    pub version: i64,
+    pub status: MeetingStatus,
+    pub title: Option<String>,
+    pub description_text: Option<String>,
+    pub start_at: Option<i64>,
+    pub end_at: Option<i64>,
+    pub all_day: bool,
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub time_zone: Option<String>,
+    pub location: Option<String>,
+    pub conference_url: Option<String>,
+    pub organizer: String,
+    pub attendees: Vec<MeetingAttendee>,
+    pub actor_id: String,
+    pub actor_email: String,
+    pub attributes: HashMap<String, String>,
+}
+
+impl AvroRecord for MeetingEvent {
+    const RECORD: RecordType = RecordType::MeetingEvent;
+}
+
+/// An address as crm-sync matches it (canonical `email`), with the display name split off
+/// and the value as captured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailAddress {
+    pub email: String,
+    pub name: Option<String>,
+    pub raw: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalisedEmail {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub source: String,
+    pub version: i64,
+    pub thread_id: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub direction: EmailDirection,
+    pub from: EmailAddress,
+    pub to: Vec<EmailAddress>,
+    pub cc: Vec<EmailAddress>,
+    pub bcc: Vec<EmailAddress>,
+    pub subject: Option<String>,
+    pub body_excerpt: Option<String>,
+    pub body_truncated: bool,
+    pub sent_at: i64,
+    pub time_zone: Option<String>,
+    pub actor_id: String,
+    pub actor_email: String,
+    pub participants: Vec<String>,
+    pub attributes: HashMap<String, String>,
+    pub normalised_at: i64,
+}
+
+impl AvroRecord for NormalisedEmail {
+    const RECORD: RecordType = RecordType::NormalisedEmail;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalisedAttendee {
+    pub address: EmailAddress,
+    pub response: AttendeeResponse,
+    pub optional: bool,
+    pub phone_e164: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalisedMeeting {
+    pub tenant_id: String,
+    pub source_id: String,
+    pub event_id: String,
+    pub ical_uid: Option<String>,
+    pub recurrence_id: Option<String>,
+    pub source: String,
+    pub version: i64,
+    pub status: MeetingStatus,
+    pub title: Option<String>,
+    pub description_excerpt: Option<String>,
+    pub description_truncated: bool,
+    pub start_at: i64,
+    pub end_at: i64,
+    pub all_day: bool,
+    pub time_zone: Option<String>,
+    pub location: Option<String>,
+    pub location_e164: Option<String>,
+    pub conference_url: Option<String>,
+    pub organizer: EmailAddress,
+    pub attendees: Vec<NormalisedAttendee>,
+    pub actor_id: String,
+    pub actor_email: String,
+    pub participants: Vec<String>,
+    pub attributes: HashMap<String, String>,
+    pub normalised_at: i64,
+}
+
+impl AvroRecord for NormalisedMeeting {
+    const RECORD: RecordType = RecordType::NormalisedMeeting;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrmWriteRequest {
     pub tenant_id: String,
@@ -255,6 +455,8 @@ pub struct AuditRecord {
     pub occurred_at: i64,
     pub trace_id: String,
     pub attributes: HashMap<String, String>,
+    #[serde(default)]
+    pub kind: Option<ActivityKind>,
 }
 
 impl AvroRecord for AuditRecord {
@@ -283,6 +485,8 @@ pub struct DeadLetter {
     pub crm_response_excerpt: Option<String>,
     pub failed_at: i64,
     pub trace_id: String,
+    #[serde(default)]
+    pub kind: Option<ActivityKind>,
 }
 
 impl AvroRecord for DeadLetter {
@@ -347,7 +551,10 @@ mod opt_bytes {
 /// Records as the stages write them, for the tests of the stages that read them (unit tests
 /// in the services and the integration tests share these).
 pub mod fixtures {
-    use super::{CallDirection, CallEvent, CallOutcome, NormalisedCall};
+    use super::{
+        AttendeeResponse, CallDirection, CallEvent, CallOutcome, EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent, MeetingStatus,
+        NormalisedCall,
+    };
 
     /// A raw CallEvent from a PBX: a minute-long answered inbound call that starts `minute`
     /// minutes after 2026-01-01T00:00Z.
@@ -397,6 +604,65 @@ pub mod fixtures {
             notes: None,
             attributes: std::collections::HashMap::new(),
             normalised_at: 1_767_225_600_100,
+        }
+    }
+
+    /// A raw EmailEvent: the tenant's user (rep@acme.example) writes to a customer, with a
+    /// colleague and a second customer in Cc, `minute` minutes after 2026-01-01T00:00Z.
+    pub fn raw_email(tenant: &str, message_id: &str, minute: i64) -> EmailEvent {
+        EmailEvent {
+            tenant_id: tenant.into(),
+            message_id: format!("<{message_id}@mail.acme.example>"),
+            source: "gmail-sync".into(),
+            version: 1,
+            thread_id: Some("thread-1".into()),
+            in_reply_to: None,
+            direction: EmailDirection::Sent,
+            from: "Rep One <rep@Acme.Example>".into(),
+            to: vec!["\"Doe, Jane\" <Jane.Doe@Customer.Example>".into()],
+            cc: vec!["boss@acme.example".into(), "ops@customer.example".into()],
+            bcc: vec![],
+            subject: Some("Renewal".into()),
+            body_text: Some("Hi Jane,\nthe quote is attached.".into()),
+            sent_at: 1_767_225_600_000 + minute * 60_000,
+            time_zone: Some("Europe/Paris".into()),
+            actor_id: "user-1".into(),
+            actor_email: "rep@acme.example".into(),
+            attributes: Default::default(),
+        }
+    }
+
+    /// A raw MeetingEvent: a 30-minute call with two customers, organised by the tenant's
+    /// user, `minute` minutes after 2026-01-01T00:00Z.
+    pub fn raw_meeting(tenant: &str, event_id: &str, minute: i64) -> MeetingEvent {
+        let attendee = |address: &str, response| MeetingAttendee { address: address.into(), response, optional: false, phone: None };
+        MeetingEvent {
+            tenant_id: tenant.into(),
+            event_id: event_id.into(),
+            ical_uid: Some(format!("{event_id}@google.com")),
+            recurrence_id: None,
+            source: "google-calendar".into(),
+            version: 1,
+            status: MeetingStatus::Confirmed,
+            title: Some("Quarterly review".into()),
+            description_text: Some("Agenda: renewal".into()),
+            start_at: Some(1_767_225_600_000 + minute * 60_000),
+            end_at: Some(1_767_227_400_000 + minute * 60_000),
+            all_day: false,
+            start_date: None,
+            end_date: None,
+            time_zone: Some("America/New_York".into()),
+            location: Some("Dial-in: +1 650-253-0000".into()),
+            conference_url: Some("https://meet.google.com/abc-defg-hij".into()),
+            organizer: "rep@acme.example".into(),
+            attendees: vec![
+                attendee("rep@acme.example", AttendeeResponse::Accepted),
+                attendee("Jane Doe <jane.doe@customer.example>", AttendeeResponse::Accepted),
+                attendee("ops@customer.example", AttendeeResponse::NeedsAction),
+            ],
+            actor_id: "user-1".into(),
+            actor_email: "rep@acme.example".into(),
+            attributes: Default::default(),
         }
     }
 }

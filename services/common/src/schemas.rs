@@ -14,20 +14,37 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordType {
     CallEvent,
+    EmailEvent,
+    MeetingEvent,
     NormalisedCall,
+    NormalisedEmail,
+    NormalisedMeeting,
     CrmWriteRequest,
     AuditRecord,
     DeadLetter,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 5] =
-        [RecordType::CallEvent, RecordType::NormalisedCall, RecordType::CrmWriteRequest, RecordType::AuditRecord, RecordType::DeadLetter];
+    pub const ALL: [RecordType; 9] = [
+        RecordType::CallEvent,
+        RecordType::EmailEvent,
+        RecordType::MeetingEvent,
+        RecordType::NormalisedCall,
+        RecordType::NormalisedEmail,
+        RecordType::NormalisedMeeting,
+        RecordType::CrmWriteRequest,
+        RecordType::AuditRecord,
+        RecordType::DeadLetter,
+    ];
 
     pub fn file_stem(self) -> &'static str {
         match self {
             RecordType::CallEvent => "call_event",
+            RecordType::EmailEvent => "email_event",
+            RecordType::MeetingEvent => "meeting_event",
             RecordType::NormalisedCall => "normalised_call",
+            RecordType::NormalisedEmail => "normalised_email",
+            RecordType::NormalisedMeeting => "normalised_meeting",
             RecordType::CrmWriteRequest => "crm_write_request",
             RecordType::AuditRecord => "audit_record",
             RecordType::DeadLetter => "dead_letter",
@@ -37,7 +54,11 @@ impl RecordType {
     fn current_text(self) -> &'static str {
         match self {
             RecordType::CallEvent => include_str!("../../../schemas/call_event.avsc"),
+            RecordType::EmailEvent => include_str!("../../../schemas/email_event.avsc"),
+            RecordType::MeetingEvent => include_str!("../../../schemas/meeting_event.avsc"),
             RecordType::NormalisedCall => include_str!("../../../schemas/normalised_call.avsc"),
+            RecordType::NormalisedEmail => include_str!("../../../schemas/normalised_email.avsc"),
+            RecordType::NormalisedMeeting => include_str!("../../../schemas/normalised_meeting.avsc"),
             RecordType::CrmWriteRequest => include_str!("../../../schemas/crm_write_request.avsc"),
             RecordType::AuditRecord => include_str!("../../../schemas/audit_record.avsc"),
             RecordType::DeadLetter => include_str!("../../../schemas/dead_letter.avsc"),
@@ -53,6 +74,17 @@ pub const HISTORY: &[(RecordType, &str, &str)] = &[
     (RecordType::CrmWriteRequest, "history/crm_write_request/v1.avsc", include_str!("../../../schemas/history/crm_write_request/v1.avsc")),
     (RecordType::AuditRecord, "history/audit_record/v1.avsc", include_str!("../../../schemas/history/audit_record/v1.avsc")),
     (RecordType::DeadLetter, "history/dead_letter/v1.avsc", include_str!("../../../schemas/history/dead_letter/v1.avsc")),
+    // Emails and meetings; audit and DLQ records name the activity's kind.
+    (RecordType::EmailEvent, "history/email_event/v1.avsc", include_str!("../../../schemas/history/email_event/v1.avsc")),
+    (RecordType::MeetingEvent, "history/meeting_event/v1.avsc", include_str!("../../../schemas/history/meeting_event/v1.avsc")),
+    (RecordType::NormalisedEmail, "history/normalised_email/v1.avsc", include_str!("../../../schemas/history/normalised_email/v1.avsc")),
+    (
+        RecordType::NormalisedMeeting,
+        "history/normalised_meeting/v1.avsc",
+        include_str!("../../../schemas/history/normalised_meeting/v1.avsc"),
+    ),
+    (RecordType::AuditRecord, "history/audit_record/v2.avsc", include_str!("../../../schemas/history/audit_record/v2.avsc")),
+    (RecordType::DeadLetter, "history/dead_letter/v2.avsc", include_str!("../../../schemas/history/dead_letter/v2.avsc")),
 ];
 
 /// A parsed schema with its canonical form and fingerprint.

@@ -42,7 +42,11 @@ fn decode_as(rt: RecordType, bytes: &[u8]) -> Result<(), DecodeError> {
     }
     match rt {
         RecordType::CallEvent => check::<CallEvent>(bytes),
+        RecordType::EmailEvent => check::<EmailEvent>(bytes),
+        RecordType::MeetingEvent => check::<MeetingEvent>(bytes),
         RecordType::NormalisedCall => check::<NormalisedCall>(bytes),
+        RecordType::NormalisedEmail => check::<NormalisedEmail>(bytes),
+        RecordType::NormalisedMeeting => check::<NormalisedMeeting>(bytes),
         RecordType::CrmWriteRequest => check::<CrmWriteRequest>(bytes),
         RecordType::AuditRecord => check::<AuditRecord>(bytes),
         RecordType::DeadLetter => check::<DeadLetter>(bytes),
@@ -73,6 +77,8 @@ fn avro_seeds() -> Vec<(RecordType, Vec<u8>)> {
     seeds.push((RecordType::CallEvent, codec::encode(&raw_call("acme", "c1", 3)).unwrap()));
     seeds.push((RecordType::NormalisedCall, codec::encode(&normalised_call("acme", "c1", 2)).unwrap()));
     seeds.push((RecordType::CrmWriteRequest, codec::encode(&req).unwrap()));
+    seeds.push((RecordType::EmailEvent, codec::encode(&fixtures::raw_email("acme", "m1", 1)).unwrap()));
+    seeds.push((RecordType::MeetingEvent, codec::encode(&fixtures::raw_meeting("acme", "e1", 1)).unwrap()));
     seeds
 }
 

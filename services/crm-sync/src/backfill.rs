@@ -128,7 +128,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             headers: vec![],
             trace_id: crm_common::kafka::new_trace_id(),
         };
-        let subject = crm_common::emit::Subject { tenant_id: &args.tenant, call_id: None, crm: None, version: None };
+        let subject = crm_common::emit::Subject { tenant_id: &args.tenant, call_id: None, crm: None, version: None, kind: None };
         let mut a = emit.audit(
             &input,
             &subject,

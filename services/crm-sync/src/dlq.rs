@@ -235,6 +235,7 @@ fn audit(by: &str, e: &Entry, operation: &str, detail: String) -> AuditRecord {
         occurred_at: crm_common::clock::now_ms(),
         trace_id: e.trace_id.clone(),
         attributes: HashMap::from([("dlq_id".to_string(), e.id.clone()), ("by".to_string(), by.to_string())]),
+        kind: None,
     }
 }
 

@@ -58,7 +58,13 @@ impl Fanout {
         for &crm in tenant.crms.keys() {
             let key = idempotency_key(&call.tenant_id, &call.call_id, crm);
             let topic = self.topics.crm_writes(crm);
-            let subject = Subject { tenant_id: &call.tenant_id, call_id: Some(&call.call_id), crm: Some(crm), version: Some(call.version) };
+            let subject = Subject {
+                tenant_id: &call.tenant_id,
+                call_id: Some(&call.call_id),
+                crm: Some(crm),
+                version: Some(call.version),
+                kind: Some(crm_common::events::ActivityKind::Call),
+            };
             let detail = if emit { format!("{what} → {topic}") } else { what.clone() };
             let mut audit = self.emit.audit(input, &subject, "dedup", outcome, detail);
             audit.idempotency_key = Some(key.clone());
@@ -103,7 +109,13 @@ impl Fanout {
 
     /// A configured tenant with no CRM connected: nothing to write, but say so.
     pub fn no_crms(&self, input: &InMessage, call: &NormalisedCall) -> Processed {
-        let subject = Subject { tenant_id: &call.tenant_id, call_id: Some(&call.call_id), crm: None, version: Some(call.version) };
+        let subject = Subject {
+            tenant_id: &call.tenant_id,
+            call_id: Some(&call.call_id),
+            crm: None,
+            version: Some(call.version),
+            kind: Some(crm_common::events::ActivityKind::Call),
+        };
         let audit = self.emit.audit(
             input,
             &subject,

@@ -43,7 +43,7 @@ enum Step<'a> {
 impl Deduper {
     fn classify<'a>(&'a self, input: &InMessage) -> Step<'a> {
         let emit = &self.fanout.emit;
-        let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None };
+        let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None, kind: None };
         let call: NormalisedCall = match codec::decode(input.payload.as_deref().unwrap_or_default()) {
             Ok(c) => c,
             Err(e) => {
@@ -58,7 +58,13 @@ impl Deduper {
                 )));
             }
         };
-        let subject = Subject { tenant_id: &call.tenant_id, call_id: Some(&call.call_id), crm: None, version: Some(call.version) };
+        let subject = Subject {
+            tenant_id: &call.tenant_id,
+            call_id: Some(&call.call_id),
+            crm: None,
+            version: Some(call.version),
+            kind: Some(crm_common::events::ActivityKind::Call),
+        };
         if call.call_id.is_empty() {
             let detail = "call_id is empty: a call cannot be deduplicated or written without its id".to_string();
             return Step::Done(fanout::dead(emit.dead_letter(input, &subject, "dedup", DlqReason::Validation, detail.clone(), detail)));

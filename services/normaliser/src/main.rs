@@ -37,7 +37,7 @@ struct Normaliser {
 
 impl Normaliser {
     fn one(&self, input: &InMessage) -> Processed {
-        let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None };
+        let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None, kind: None };
         let size = input.payload.as_ref().map_or(0, Vec::len);
         if size > self.max_event_bytes {
             let detail = format!("oversized: the event is {size} bytes; the limit is {} (MAX_EVENT_BYTES)", self.max_event_bytes);
@@ -50,7 +50,13 @@ impl Normaliser {
                 return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::SchemaInvalid, detail.clone(), detail));
             }
         };
-        let subject = Subject { tenant_id: &ev.tenant_id, call_id: Some(&ev.call_id), crm: None, version: Some(ev.version) };
+        let subject = Subject {
+            tenant_id: &ev.tenant_id,
+            call_id: Some(&ev.call_id),
+            crm: None,
+            version: Some(ev.version),
+            kind: Some(crm_common::events::ActivityKind::Call),
+        };
         let Some(tenant) = self.tenants.get(&ev.tenant_id) else {
             // Debug-quoted: an id is input, and may hold anything.
             let detail = format!("tenant {:?} is not in TENANTS_CONFIG", ev.tenant_id);

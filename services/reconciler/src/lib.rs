@@ -200,7 +200,7 @@ impl<C: Inspect> Reconciler<C> {
                 let detail = format!("the {} schema has no field {f} ({own} in contracts/{}.toml): writes that set it will fail or lose it; restore the field or change the contract", crm.as_str(), crm.as_str());
                 tracing::error!(tenant = pass.tenant, crm = crm.as_str(), field = %f, "{detail}");
                 let input = pass_input(pass.tenant, crm);
-                let subject = Subject { tenant_id: pass.tenant, call_id: None, crm: Some(crm), version: None };
+                let subject = Subject { tenant_id: pass.tenant, call_id: None, crm: Some(crm), version: None, kind: None };
                 let mut a = pass.emit.audit(&input, &subject, "reconcile.schema", AuditOutcome::DriftFound, detail);
                 a.reason = Some(DlqReason::FieldRemoved.as_str().to_string());
                 a.attributes.insert("field".into(), f.clone());
@@ -255,7 +255,13 @@ impl<C: Inspect> Reconciler<C> {
                 msg,
                 req: req.as_ref(),
                 input: msg.cloned().unwrap_or_else(|| pass_input(pass.tenant, crm)),
-                subject: Subject { tenant_id: pass.tenant, call_id: Some(&w.call_id), crm: Some(crm), version: Some(w.version) },
+                subject: Subject {
+                    tenant_id: pass.tenant,
+                    call_id: Some(&w.call_id),
+                    crm: Some(crm),
+                    version: Some(w.version),
+                    kind: Some(crm_common::events::ActivityKind::Call),
+                },
                 known: &known,
                 v: Verdict::default(),
             };

@@ -148,7 +148,13 @@ fn whole_call_rejected(results: &[ItemResult]) -> bool {
 
 impl<C: Connector> Shared<C> {
     fn subject<'a>(&self, r: &'a CrmWriteRequest) -> Subject<'a> {
-        Subject { tenant_id: &r.tenant_id, call_id: Some(&r.call_id), crm: Some(self.crm), version: Some(r.version) }
+        Subject {
+            tenant_id: &r.tenant_id,
+            call_id: Some(&r.call_id),
+            crm: Some(self.crm),
+            version: Some(r.version),
+            kind: Some(crm_common::events::ActivityKind::Call),
+        }
     }
 
     fn masked(&self, tenant: &str, text: &str) -> String {

@@ -224,7 +224,7 @@ async fn undecodable<C: Connector>(
     error: String,
 ) -> anyhow::Result<()> {
     let detail = format!("{} message is not a CrmWriteRequest: {error}", m.topic);
-    let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None };
+    let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None, kind: None };
     let outputs = shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into();
     publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await
 }
