@@ -215,3 +215,79 @@ fn restart_resumes_at_the_next_input() {
     assert!(second.terminate().success());
     assert_eq!(ids, (0..6).map(|i| format!("r{i}")).collect::<Vec<_>>(), "each input exactly once, in order");
 }
+
+/// Emails and meetings on their own raw topics: canonical addresses, the other parties,
+/// source ids, UTC times; an invalid address is dead-lettered as VALIDATION with its field,
+/// a record of the wrong type on a raw topic as SCHEMA_INVALID; every input audited with
+/// its kind.
+#[test]
+fn normalises_emails_and_meetings_and_dead_letters_bad_addresses() {
+    use crm_common::events::fixtures::{raw_email, raw_meeting};
+    let broker = Broker::start(2);
+    let tenants = TempFile::new("tenants.toml", TENANTS);
+    let _normaliser = broker.service("normaliser", &[("TENANTS_CONFIG", tenants.path())]);
+
+    let email = raw_email("acme", "m1", 0);
+    let mut bad_email = raw_email("acme", "m2", 1);
+    bad_email.to = vec!["Jane <jane-at-customer.example>".into()];
+    let mut all_day = raw_meeting("acme", "e2", 0);
+    (all_day.all_day, all_day.start_at, all_day.end_at) = (true, None, None);
+    all_day.start_date = Some("2026-01-05".into());
+    all_day.time_zone = Some("Europe/Berlin".into());
+    let mut cancelled = raw_meeting("globex", "e1", 0);
+    (cancelled.version, cancelled.status) = (2, MeetingStatus::Cancelled);
+    let mut no_end = raw_meeting("acme", "e3", 0);
+    no_end.end_at = None;
+    let enc = |t: &str, b: Vec<u8>| (t.to_string(), b, vec![]);
+    broker.produce(
+        "emails.raw",
+        &[
+            enc("acme", codec::encode(&email).unwrap()),
+            enc("acme", codec::encode(&bad_email).unwrap()),
+            // A meeting on the emails topic is not an EmailEvent.
+            enc("acme", codec::encode(&raw_meeting("acme", "x", 0)).unwrap()),
+        ],
+    );
+    broker.produce(
+        "meetings.raw",
+        &[
+            enc("acme", codec::encode(&all_day).unwrap()),
+            enc("globex", codec::encode(&cancelled).unwrap()),
+            enc("acme", codec::encode(&no_end).unwrap()),
+        ],
+    );
+
+    let out = broker.read(&["emails.normalised", "meetings.normalised", "sync.dlq", "sync.audit"], 12, Duration::from_secs(60));
+    let on = |t: &str| out.iter().filter(|m| m.topic == t).cloned().collect::<Vec<InMessage>>();
+    let emails: Vec<NormalisedEmail> =
+        on("emails.normalised").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let meetings: Vec<NormalisedMeeting> =
+        on("meetings.normalised").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let dls: Vec<DeadLetter> = on("sync.dlq").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let audits: Vec<AuditRecord> = on("sync.audit").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    assert_eq!((emails.len(), meetings.len(), dls.len(), audits.len()), (1, 2, 3, 6), "{out:?}");
+
+    let e = &emails[0];
+    assert_eq!(e.message_id, "m1@mail.acme.example");
+    assert_eq!(e.to[0].email, "jane.doe@customer.example");
+    assert_eq!(e.participants, ["jane.doe@customer.example", "boss@acme.example", "ops@customer.example"]);
+    assert_eq!(on("emails.normalised")[0].key_str().as_deref(), Some("acme"));
+
+    let day = meetings.iter().find(|m| m.event_id == "e2").unwrap();
+    assert_eq!((day.source_id.as_str(), day.start_at, day.end_at), ("e2@google.com", 1_767_567_600_000, 1_767_654_000_000));
+    let gone = meetings.iter().find(|m| m.event_id == "e1").unwrap();
+    assert_eq!((gone.status, gone.version, gone.tenant_id.as_str()), (MeetingStatus::Cancelled, 2, "globex"));
+
+    let bad = dls.iter().find(|d| d.call_id.as_deref() == Some("m2@mail.acme.example")).expect("the bad address is dead-lettered");
+    assert_eq!((bad.reason, bad.kind, bad.source_topic.as_str()), (DlqReason::Validation, Some(ActivityKind::Email), "emails.raw"));
+    assert!(bad.detail.contains("to[0]") && bad.detail.contains("jane-at-customer.example"), "{}", bad.detail);
+    let wrong = dls.iter().find(|d| d.reason == DlqReason::SchemaInvalid).expect("wrong record type");
+    assert!(wrong.detail.contains("not an EmailEvent"), "{}", wrong.detail);
+    let late = dls.iter().find(|d| d.call_id.as_deref() == Some("e3")).expect("meeting without end");
+    assert_eq!((late.reason, late.kind), (DlqReason::Validation, Some(ActivityKind::Meeting)));
+
+    let audited = |id: &str| audits.iter().find(|a| a.call_id.as_deref() == Some(id)).unwrap_or_else(|| panic!("{id} audited"));
+    assert_eq!(audited("m1@mail.acme.example").kind, Some(ActivityKind::Email));
+    assert_eq!(audited("e2@google.com").kind, Some(ActivityKind::Meeting));
+    assert!(!audited("m2@mail.acme.example").detail.contains("jane-at"), "audit names the field, not the address");
+}

@@ -82,6 +82,16 @@ pub struct Topics {
     pub calls_raw: String,
     #[arg(long, env = "TOPIC_CALLS_NORMALISED", default_value = "calls.normalised")]
     pub calls_normalised: String,
+    /// EmailEvents from mail syncs (an input contract, like calls.raw).
+    #[arg(long, env = "TOPIC_EMAILS_RAW", default_value = "emails.raw")]
+    pub emails_raw: String,
+    #[arg(long, env = "TOPIC_EMAILS_NORMALISED", default_value = "emails.normalised")]
+    pub emails_normalised: String,
+    /// MeetingEvents from calendar syncs (an input contract, like calls.raw).
+    #[arg(long, env = "TOPIC_MEETINGS_RAW", default_value = "meetings.raw")]
+    pub meetings_raw: String,
+    #[arg(long, env = "TOPIC_MEETINGS_NORMALISED", default_value = "meetings.normalised")]
+    pub meetings_normalised: String,
     /// Prefix of the per-CRM write topics: `<prefix><crm>`.
     #[arg(long, env = "TOPIC_CRM_WRITES_PREFIX", default_value = "crm.writes.")]
     pub crm_writes_prefix: String,
@@ -96,6 +106,10 @@ impl Default for Topics {
         Topics {
             calls_raw: "calls.raw".into(),
             calls_normalised: "calls.normalised".into(),
+            emails_raw: "emails.raw".into(),
+            emails_normalised: "emails.normalised".into(),
+            meetings_raw: "meetings.raw".into(),
+            meetings_normalised: "meetings.normalised".into(),
             crm_writes_prefix: "crm.writes.".into(),
             audit: "sync.audit".into(),
             dlq: "sync.dlq".into(),
@@ -110,7 +124,14 @@ impl Topics {
 
     /// Every topic the pipeline uses, for the dev broker and deploy scripts.
     pub fn all(&self) -> Vec<String> {
-        let mut v = vec![self.calls_raw.clone(), self.calls_normalised.clone()];
+        let mut v = vec![
+            self.calls_raw.clone(),
+            self.calls_normalised.clone(),
+            self.emails_raw.clone(),
+            self.emails_normalised.clone(),
+            self.meetings_raw.clone(),
+            self.meetings_normalised.clone(),
+        ];
         v.extend(crate::events::Crm::CONNECTED.iter().map(|c| self.crm_writes(*c)));
         v.push(self.audit.clone());
         v.push(self.dlq.clone());

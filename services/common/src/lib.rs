@@ -9,6 +9,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod dedup;
+pub mod email;
 pub mod emit;
 pub mod events;
 pub mod fingerprint;

@@ -1,6 +1,8 @@
-//! normaliser: calls.raw → calls.normalised (DESIGN §1–§3). One audit record per input;
-//! inputs that cannot be normalised go to sync.dlq with their original bytes and a reason.
+//! normaliser: calls.raw → calls.normalised, emails.raw → emails.normalised, meetings.raw →
+//! meetings.normalised (DESIGN §1–§3). One audit record per input; inputs that cannot be
+//! normalised go to sync.dlq with their original bytes and a reason.
 
+mod activity;
 mod normalise;
 
 use clap::Parser;
@@ -8,14 +10,14 @@ use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::emit::{Emitter, Subject};
-use crm_common::events::{AuditOutcome, CallEvent, DlqReason, Stage};
+use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, MeetingEvent, Stage};
 use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::phone;
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use crm_common::tenants::Tenants;
 
 #[derive(Parser)]
-#[command(name = "normaliser", about = "calls.raw → calls.normalised: phone numbers to E.164")]
+#[command(name = "normaliser", about = "raw activities → normalised: phone numbers to E.164, addresses canonical, times to UTC")]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -32,7 +34,6 @@ struct Normaliser {
     tenants: Tenants,
     phones: phone::E164Cache,
     emit: Emitter,
-    output_topic: String,
 }
 
 impl Normaliser {
@@ -43,54 +44,110 @@ impl Normaliser {
             let detail = format!("oversized: the event is {size} bytes; the limit is {} (MAX_EVENT_BYTES)", self.max_event_bytes);
             return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::Validation, detail.clone(), detail));
         }
-        let ev: CallEvent = match codec::decode(input.payload.as_deref().unwrap_or_default()) {
-            Ok(ev) => ev,
-            Err(e) => {
-                let detail = format!("calls.raw message is not a CallEvent: {e}");
+        let bytes = input.payload.as_deref().unwrap_or_default();
+        // Each raw topic carries one contract; the record's own fingerprint must say so.
+        let topics = &self.emit.topics;
+        let decoded = if input.topic == topics.emails_raw {
+            codec::decode::<EmailEvent>(bytes).map(Raw::Email).map_err(|e| ("an EmailEvent", e))
+        } else if input.topic == topics.meetings_raw {
+            codec::decode::<MeetingEvent>(bytes).map(Raw::Meeting).map_err(|e| ("a MeetingEvent", e))
+        } else {
+            codec::decode::<CallEvent>(bytes).map(Raw::Call).map_err(|e| ("a CallEvent", e))
+        };
+        let raw = match decoded {
+            Ok(raw) => raw,
+            Err((what, e)) => {
+                let detail = format!("{} message is not {what}: {e}", input.topic);
                 return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::SchemaInvalid, detail.clone(), detail));
             }
         };
-        let subject = Subject {
-            tenant_id: &ev.tenant_id,
-            call_id: Some(&ev.call_id),
-            crm: None,
-            version: Some(ev.version),
-            kind: Some(crm_common::events::ActivityKind::Call),
-        };
-        let Some(tenant) = self.tenants.get(&ev.tenant_id) else {
+        let (tenant_id, source_id, version, kind) = raw.subject();
+        let subject = Subject { tenant_id, call_id: Some(source_id), crm: None, version: Some(version), kind: Some(kind) };
+        let Some(tenant) = self.tenants.get(tenant_id) else {
             // Debug-quoted: an id is input, and may hold anything.
-            let detail = format!("tenant {:?} is not in TENANTS_CONFIG", ev.tenant_id);
+            let detail = format!("tenant {tenant_id:?} is not in TENANTS_CONFIG");
             return dead(self.emit.dead_letter(input, &subject, "normalise", DlqReason::TenantNotConfigured, detail.clone(), detail));
         };
-        match normalise::normalise(&ev, tenant, &self.phones, now_ms()) {
-            Ok(call) => {
+        let now = now_ms();
+        let normalised = match &raw {
+            Raw::Call(ev) => normalise::normalise(ev, tenant, &self.phones, now).map(|call| {
                 let shown = |n: &str| if tenant.show_phone_numbers_in_audit { n.to_string() } else { phone::mask(n) };
-                let mut audit = self.emit.audit(
-                    input,
-                    &subject,
-                    "normalise",
-                    AuditOutcome::Succeeded,
-                    format!("normalised {} → {} (region {})", shown(&call.from_e164), shown(&call.to_e164), call.region_used),
+                let detail = format!("normalised {} → {} (region {})", shown(&call.from_e164), shown(&call.to_e164), call.region_used);
+                let attributes = vec![("region_used", call.region_used.clone()), ("source", call.source.clone())];
+                let record = codec::encode(&call).expect("NormalisedCall always encodes");
+                Normalised { topic: &topics.calls_normalised, subject_id: None, record, detail, attributes }
+            }),
+            Raw::Email(ev) => activity::normalise_email(ev, now).map(|email| {
+                let detail = format!(
+                    "normalised {} email: {} other part{}{}",
+                    if email.direction == EmailDirection::Sent { "a sent" } else { "a received" },
+                    email.participants.len(),
+                    if email.participants.len() == 1 { "y" } else { "ies" },
+                    if email.body_truncated { "; body cut to its excerpt" } else { "" }
                 );
-                audit.attributes.insert("region_used".into(), call.region_used.clone());
-                audit.attributes.insert("source".into(), call.source.clone());
-                let mut out = OutRecord::new(
-                    &self.output_topic,
-                    &call.tenant_id,
-                    codec::encode(&call).expect("NormalisedCall always encodes"),
-                    &input.trace_id,
+                let attributes = vec![("source", email.source.clone()), ("participants", email.participants.len().to_string())];
+                let record = codec::encode(&email).expect("NormalisedEmail always encodes");
+                Normalised { topic: &topics.emails_normalised, subject_id: Some(email.message_id), record, detail, attributes }
+            }),
+            Raw::Meeting(ev) => activity::normalise_meeting(ev, tenant, &self.phones, now).map(|m| {
+                let detail = format!(
+                    "normalised a {:?} meeting: {} other part{}{}",
+                    m.status,
+                    m.participants.len(),
+                    if m.participants.len() == 1 { "y" } else { "ies" },
+                    if m.all_day { ", all day" } else { "" }
                 );
-                // A backfilled call stays marked as one down the pipeline (the deduper lets
-                // it past its mark).
-                if let Some(run) = input.header(crm_common::kafka::BACKFILL) {
-                    out.headers.push((crm_common::kafka::BACKFILL.to_string(), String::from_utf8_lossy(run).into_owned()));
-                    audit.attributes.insert("backfill".into(), String::from_utf8_lossy(run).into_owned());
-                }
-                Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" }
-            }
-            Err(r) => dead(self.emit.dead_letter(input, &subject, "normalise", r.reason, r.detail, r.audit_detail)),
+                let attributes = vec![("source", m.source.clone()), ("participants", m.participants.len().to_string())];
+                let record = codec::encode(&m).expect("NormalisedMeeting always encodes");
+                Normalised { topic: &topics.meetings_normalised, subject_id: Some(m.source_id), record, detail, attributes }
+            }),
+        };
+        let n = match normalised {
+            Ok(n) => n,
+            Err(r) => return dead(self.emit.dead_letter(input, &subject, "normalise", r.reason, r.detail, r.audit_detail)),
+        };
+        // Emails and meetings are known downstream by their normalised source id (a
+        // Message-ID without brackets, an iCalUID with its occurrence).
+        let subject = Subject { call_id: Some(n.subject_id.as_deref().unwrap_or(source_id)), ..subject };
+        let mut audit = self.emit.audit(input, &subject, "normalise", AuditOutcome::Succeeded, n.detail);
+        audit.attributes.extend(n.attributes.into_iter().map(|(k, v)| (k.to_string(), v)));
+        let mut out = OutRecord::new(n.topic, tenant_id, n.record, &input.trace_id);
+        // A backfilled event stays marked as one down the pipeline (the deduper lets it past
+        // its mark).
+        if let Some(run) = input.header(crm_common::kafka::BACKFILL) {
+            out.headers.push((crm_common::kafka::BACKFILL.to_string(), String::from_utf8_lossy(run).into_owned()));
+            audit.attributes.insert("backfill".into(), String::from_utf8_lossy(run).into_owned());
+        }
+        Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" }
+    }
+}
+
+/// A raw event of any kind.
+enum Raw {
+    Call(CallEvent),
+    Email(EmailEvent),
+    Meeting(MeetingEvent),
+}
+
+impl Raw {
+    /// (tenant, source id, version, kind): a Message-ID without its brackets, a meeting's
+    /// event id (its normalised source id is known only once it is normalised).
+    fn subject(&self) -> (&str, &str, i64, ActivityKind) {
+        match self {
+            Raw::Call(e) => (&e.tenant_id, &e.call_id, e.version, ActivityKind::Call),
+            Raw::Email(e) => (&e.tenant_id, crm_common::email::bare_message_id(&e.message_id), e.version, ActivityKind::Email),
+            Raw::Meeting(e) => (&e.tenant_id, &e.event_id, e.version, ActivityKind::Meeting),
         }
     }
+}
+
+/// A normalised record on its way out, with what its audit record says.
+struct Normalised<'a> {
+    topic: &'a str,
+    subject_id: Option<String>,
+    record: Vec<u8>,
+    detail: String,
+    attributes: Vec<(&'static str, String)>,
 }
 
 fn dead(records: [OutRecord; 2]) -> Processed {
@@ -114,11 +171,14 @@ async fn main() -> anyhow::Result<()> {
         tenants,
         phones: phone::E164Cache::new(100_000),
         emit: Emitter::new(Stage::Normaliser, cli.common.topics.clone()),
-        output_topic: cli.common.topics.calls_normalised.clone(),
     };
     let cfg = PipelineConfig {
         service: "normaliser",
-        input_topics: vec![cli.common.topics.calls_raw.clone()],
+        input_topics: vec![
+            cli.common.topics.calls_raw.clone(),
+            cli.common.topics.emails_raw.clone(),
+            cli.common.topics.meetings_raw.clone(),
+        ],
         common: cli.common,
         args: cli.pipeline,
     };

@@ -20,7 +20,7 @@ pub const MAX_ID_LEN: usize = 256;
 /// An id is 1–256 bytes of printable characters without spaces: it becomes part of keys
 /// (`tenant:call:crm`), CRM fields and log lines, where a newline or a space would forge or
 /// split them.
-fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
+pub fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
     let why = if id.is_empty() {
         Some("is empty".to_string())
     } else if id.len() > MAX_ID_LEN {
@@ -35,6 +35,13 @@ fn check_id(field: &str, id: &str) -> Result<(), Rejection> {
             let detail = format!("{field} {shown:?} {why}");
             Err(Rejection { reason: DlqReason::Validation, audit_detail: detail.clone(), detail })
         }
+    }
+}
+
+impl Rejection {
+    /// A VALIDATION rejection whose detail holds nothing to mask.
+    pub fn validation(detail: String) -> Rejection {
+        Rejection { reason: DlqReason::Validation, audit_detail: detail.clone(), detail }
     }
 }
 
@@ -82,7 +89,7 @@ pub fn normalise(ev: &CallEvent, tenant: &ResolvedTenant, phones: &E164Cache, no
     })
 }
 
-fn rejection(field: &str, raw: &str, region: &str, e: &PhoneError, tenant: &ResolvedTenant) -> Rejection {
+pub fn rejection(field: &str, raw: &str, region: &str, e: &PhoneError, tenant: &ResolvedTenant) -> Rejection {
     let shown = if tenant.show_phone_numbers_in_audit { raw.to_string() } else { phone::mask(raw) };
     Rejection {
         reason: DlqReason::InvalidPhone,
