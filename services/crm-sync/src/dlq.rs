@@ -197,12 +197,19 @@ fn list_text(entries: &[Entry]) -> String {
 
 /// The failed message, decoded for reading (numbers masked).
 fn decoded(e: &Entry, topics: &Topics) -> String {
-    let json = if e.source_topic == topics.calls_raw {
-        codec::decode::<crm_common::events::CallEvent>(&e.payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-    } else if e.source_topic == topics.calls_normalised {
-        codec::decode::<crm_common::events::NormalisedCall>(&e.payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-    } else {
-        codec::decode::<CrmWriteRequest>(&e.payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+    use crm_common::events::{CallEvent, EmailEvent, MeetingEvent, NormalisedCall, NormalisedEmail, NormalisedMeeting};
+    fn pretty<T: crm_common::events::AvroRecord>(payload: &[u8]) -> Result<String, codec::DecodeError> {
+        codec::decode::<T>(payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+    }
+    let t = e.source_topic.as_str();
+    let json = match () {
+        _ if t == topics.calls_raw => pretty::<CallEvent>(&e.payload),
+        _ if t == topics.calls_normalised => pretty::<NormalisedCall>(&e.payload),
+        _ if t == topics.emails_raw => pretty::<EmailEvent>(&e.payload),
+        _ if t == topics.emails_normalised => pretty::<NormalisedEmail>(&e.payload),
+        _ if t == topics.meetings_raw => pretty::<MeetingEvent>(&e.payload),
+        _ if t == topics.meetings_normalised => pretty::<NormalisedMeeting>(&e.payload),
+        _ => pretty::<CrmWriteRequest>(&e.payload),
     };
     match json {
         Ok(j) => crm_common::phone::mask_in_text(&j),
