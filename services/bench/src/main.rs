@@ -14,7 +14,9 @@ mod writer;
 use clap::{Parser, Subcommand};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
-use crm_common::events::{CallDirection, CallEvent, CallOutcome, Crm};
+use crm_common::events::{
+    AttendeeResponse, CallDirection, CallEvent, CallOutcome, Crm, EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent, MeetingStatus,
+};
 use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::{InMessage, Kafka, OutRecord};
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
@@ -35,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Normaliser throughput beside a passthrough, and peak RSS.
+    /// Normaliser throughput beside a passthrough, and peak RSS, for one kind of activity.
     Normaliser {
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
@@ -43,6 +45,10 @@ enum Cmd {
         partitions: i32,
         #[arg(long, default_value_t = 50)]
         tenants: usize,
+        /// Which raw topic the backlog is on: calls, emails (a 2 KB body, three to five
+        /// addresses with display names) or meetings (four attendees, a dial-in).
+        #[arg(long, value_enum, default_value_t = Kind::Call)]
+        kind: Kind,
     },
     /// Deduper throughput (Redis marks, fan-out, audit) beside a passthrough, and peak RSS.
     Deduper {
@@ -156,7 +162,7 @@ fn main() -> anyhow::Result<()> {
                 pipeline::run(cfg, Passthrough, crm_common::shutdown::on_signals()).await
             })
         }
-        Cmd::Normaliser { messages, partitions, tenants } => normaliser(messages, partitions, tenants),
+        Cmd::Normaliser { messages, partitions, tenants, kind } => normaliser(messages, partitions, tenants, kind),
         Cmd::Writer(args) => writer::run(writer::profile(args.crm), &args),
         Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
@@ -179,12 +185,50 @@ pub(crate) struct Run {
     pub peak_rss_kib: u64,
 }
 
-fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Result<()> {
+/// The kinds of activity a normaliser bench can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    Call,
+    Email,
+    Meeting,
+}
+
+impl Kind {
+    /// (raw topic, normalised topic)
+    fn topics(self, t: &Topics) -> (&str, &str) {
+        match self {
+            Kind::Call => (&t.calls_raw, &t.calls_normalised),
+            Kind::Email => (&t.emails_raw, &t.emails_normalised),
+            Kind::Meeting => (&t.meetings_raw, &t.meetings_normalised),
+        }
+    }
+
+    /// The i-th benchmark event: (key, Avro bytes).
+    fn event(self, i: usize, tenants: usize) -> anyhow::Result<(String, Vec<u8>)> {
+        Ok(match self {
+            Kind::Call => {
+                let ev = bench_call(i, tenants);
+                (ev.tenant_id.clone(), codec::encode(&ev)?)
+            }
+            Kind::Email => {
+                let ev = bench_email(i, tenants);
+                (ev.tenant_id.clone(), codec::encode(&ev)?)
+            }
+            Kind::Meeting => {
+                let ev = bench_meeting(i, tenants);
+                (ev.tenant_id.clone(), codec::encode(&ev)?)
+            }
+        })
+    }
+}
+
+fn normaliser(messages: usize, partitions: i32, tenants: usize, kind: Kind) -> anyhow::Result<()> {
     let topics = Topics::default();
     let mut all = topics.all();
     all.push(PASSTHROUGH_OUT.into());
     let broker = DevBroker::start(1, partitions, &all)?;
     let bootstrap = broker.bootstrap_servers();
+    let (raw_topic, out_topic) = kind.topics(&topics);
 
     let dir = std::env::temp_dir().join(format!("crm-sync-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -195,31 +239,105 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize) -> anyhow::Resul
 
     // The mock cluster keeps at most 5 MiB (or 100k messages) per partition and silently
     // drops the oldest beyond that, which would look like loss. Stay well inside it.
-    let per_partition = messages as f64 * 400.0 / partitions as f64;
+    let size = kind.event(0, tenants)?.1.len() + 100;
+    let per_partition = (messages * size) as f64 / partitions as f64;
     anyhow::ensure!(
         per_partition < 4.0 * 1024.0 * 1024.0 && messages / partitions as usize <= 90_000,
-        "{messages} messages over {partitions} partitions overflow the dev broker's 5 MiB per partition \
-         retention; use more --partitions"
+        "{messages} {kind:?} messages of about {size} bytes over {partitions} partitions overflow the dev broker's \
+         5 MiB per partition retention; use more --partitions or fewer --messages"
     );
-    eprintln!("producing {messages} calls over {tenants} tenants to {} ({partitions} partitions)…", topics.calls_raw);
-    produce_backlog(&bootstrap, &topics.calls_raw, messages, tenants)?;
+    eprintln!(
+        "producing {messages} {kind:?} events (about {size} bytes each) over {tenants} tenants to {raw_topic} ({partitions} partitions)…"
+    );
+    produce_all(&bootstrap, raw_topic, messages, |i| kind.event(i, tenants))?;
 
     let env = |cmd: &mut Command| {
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap).env("TENANTS_CONFIG", &tenants_file).env("RUST_LOG", "warn").stdout(Stdio::null());
     };
     let mut runs = vec![];
     let mut pt = Command::new(std::env::current_exe()?);
-    pt.arg("passthrough");
+    pt.arg("passthrough").env("TOPIC_CALLS_RAW", raw_topic);
     env(&mut pt);
     runs.push(measure("passthrough", pt.spawn()?, &bootstrap, &[PASSTHROUGH_OUT], messages)?);
     let mut nm = Command::new(sibling_binary("normaliser")?);
     env(&mut nm);
-    runs.push(measure("normaliser", nm.spawn()?, &bootstrap, &[&topics.calls_normalised, &topics.dlq], messages)?);
+    runs.push(measure("normaliser", nm.spawn()?, &bootstrap, &[out_topic, &topics.dlq], messages)?);
 
-    print_runs(&format!("bench normaliser: {messages} messages, {partitions} partitions, {tenants} tenants, one dev broker"), &runs);
+    print_runs(
+        &format!("bench normaliser --kind {kind:?}: {messages} messages of about {size} bytes, {partitions} partitions, {tenants} tenants, one dev broker"),
+        &runs,
+    );
     println!("(the normaliser also writes one audit record per input: 2 outputs per input vs 1)");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One benchmark email: tenant `t{i % tenants}`, sent by one of the tenant's 20 users to a
+/// customer (10,000 distinct, with display names), a colleague and a second customer in Cc,
+/// with a 2 KB body. Real mail repeats the tenant's own addresses and rarely the customers'.
+pub(crate) fn bench_email(i: usize, tenants: usize) -> EmailEvent {
+    let t = i % tenants;
+    let user = format!("user{}@tenant{t}.example", i % 20);
+    let body = "Thanks for the call today. Here is the summary of what we agreed. ".repeat(31);
+    EmailEvent {
+        tenant_id: format!("t{t}"),
+        message_id: format!("<bench-{i}.{t}@mail.tenant{t}.example>"),
+        source: "bench".into(),
+        version: 1,
+        thread_id: Some(format!("thread-{}", i / 3)),
+        in_reply_to: None,
+        direction: if i.is_multiple_of(3) { EmailDirection::Received } else { EmailDirection::Sent },
+        from: format!("User {} <{user}>", i % 20),
+        to: vec![format!("\"Customer, {}\" <Customer.{}@Client{}.example>", i % 10_000, i % 10_000, i % 500)],
+        cc: vec![format!("manager@tenant{t}.example"), format!("ops{}@client{}.example", i % 7, i % 500)],
+        bcc: vec![],
+        subject: Some(format!("Follow-up {i}")),
+        body_text: Some(body),
+        sent_at: crm_common::clock::now_ms() - 3_600_000 + i as i64,
+        time_zone: Some("Europe/Paris".into()),
+        actor_id: format!("u{}", i % 20),
+        actor_email: user,
+        attributes: HashMap::new(),
+    }
+}
+
+/// One benchmark meeting: organised by one of the tenant's users with two customers and a
+/// colleague, a dial-in in the location, 30 minutes; every tenth all-day.
+pub(crate) fn bench_meeting(i: usize, tenants: usize) -> MeetingEvent {
+    let t = i % tenants;
+    let user = format!("user{}@tenant{t}.example", i % 20);
+    let attendee = |address: String, response| MeetingAttendee { address, response, optional: false, phone: None };
+    let start = crm_common::clock::now_ms() + i as i64 * 60_000;
+    let all_day = i.is_multiple_of(10);
+    MeetingEvent {
+        tenant_id: format!("t{t}"),
+        event_id: format!("ev{i}"),
+        ical_uid: Some(format!("ev{i}@google.com")),
+        recurrence_id: None,
+        source: "bench".into(),
+        version: 1,
+        status: MeetingStatus::Confirmed,
+        title: Some(format!("Review {i}")),
+        description_text: Some("Agenda: pricing, rollout, next steps.".into()),
+        start_at: (!all_day).then_some(start),
+        end_at: (!all_day).then_some(start + 1_800_000),
+        all_day,
+        start_date: all_day.then(|| "2026-12-07".to_string()),
+        end_date: all_day.then(|| "2026-12-08".to_string()),
+        time_zone: Some("America/New_York".into()),
+        location: Some("Dial-in: +1 650-253-0000, PIN 1234".into()),
+        conference_url: Some("https://meet.example/abc".into()),
+        organizer: user.clone(),
+        attendees: vec![
+            attendee(user.clone(), AttendeeResponse::Accepted),
+            attendee(format!("Customer {} <customer.{}@client{}.example>", i % 10_000, i % 10_000, i % 500), AttendeeResponse::Accepted),
+            attendee(format!("ops{}@client{}.example", i % 7, i % 500), AttendeeResponse::NeedsAction),
+            attendee(format!("manager@tenant{t}.example"), AttendeeResponse::Tentative),
+        ],
+        actor_id: format!("u{}", i % 20),
+        actor_email: user,
+        attributes: HashMap::new(),
+    }
 }
 
 /// The figures table: inputs/s, seconds and peak RSS per run, then the last run's rate as a
@@ -261,13 +379,6 @@ pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
         notes: Some("benchmark call".into()),
         attributes: HashMap::from([("queue".into(), "sales".into())]),
     }
-}
-
-fn produce_backlog(bootstrap: &str, topic: &str, messages: usize, tenants: usize) -> anyhow::Result<()> {
-    produce_all(bootstrap, topic, messages, |i| {
-        let ev = bench_call(i, tenants);
-        Ok((ev.tenant_id.clone(), codec::encode(&ev)?))
-    })
 }
 
 /// Produces `n` messages made by `make(i)` (key, payload) and waits for them all.
