@@ -418,3 +418,99 @@ fn activity_unique_properties_are_not_enforced_by_default() {
     let prop = sim.call("GET", "/hubspot/crm/v3/properties/calls/crm_sync_key", Auth::Bearer("tok-p2"), None);
     assert_eq!(prop.body["hasUniqueValue"], false, "{}", prop.text);
 }
+
+/// Emails and meetings (CRM-APIS-ACTIVITIES §1.1, §2.1): their own objects, one association
+/// per participant (198 email → contact, 200 meeting → contact), the email's headers JSON
+/// filling the read-only from/to properties, HubSpot's direction and outcome enums,
+/// hs_timestamp required for emails and taken from the start time for meetings, a cancelled
+/// meeting as an outcome (never a delete), and keys counted on every object that carries one.
+#[test]
+fn emails_and_meetings_are_objects_with_one_association_per_participant() {
+    let sim = CrmSim::start();
+    portal(
+        &sim,
+        json!({
+            "fields": {"calls": {"crm_sync_key": {}}, "emails": {"crm_sync_key": {}}, "meetings": {"crm_sync_key": {}}},
+            "key_fields": [{"object": "emails", "field": "crm_sync_key"}, {"object": "meetings", "field": "crm_sync_key"}],
+        }),
+    );
+    let (jane, max) = (contact_id(&sim, "Jane"), contact_id(&sim, "Max"));
+    let assoc = |ids: &[&str], type_id: i64| -> Value {
+        ids.iter()
+            .map(|id| json!({"to": {"id": id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}))
+            .collect()
+    };
+    const EMAILS: &str = "/hubspot/crm/v3/objects/emails";
+    const MEETINGS: &str = "/hubspot/crm/v3/objects/meetings";
+    let headers = json!({"from": {"email": "rep@acme.example", "firstName": "Rep", "lastName": "One"},
+        "to": [{"email": "jane@customer.example", "firstName": "Jane", "lastName": "Doe"}, {"email": "max@customer.example"}], "cc": [], "bcc": []});
+    let email = json!({"properties": {"hs_timestamp": "1767225600000", "hs_email_direction": "EMAIL", "hs_email_status": "SENT",
+        "hs_email_subject": "Renewal", "hs_email_text": "Hi", "hs_email_headers": headers.to_string(), "crm_sync_key": "acme:email:m1@x:hubspot"},
+        "associations": assoc(&[&jane, &max], 198)});
+    let created = sim.call("POST", EMAILS, Auth::Bearer(TOKEN), Some(&email));
+    assert_eq!(created.status, 201, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let read = sim.call(
+        "GET",
+        &format!("{EMAILS}/{id}?properties=hs_email_from_email,hs_email_to_email,hs_email_to_firstname&associations=contacts"),
+        Auth::Bearer(TOKEN),
+        None,
+    );
+    assert_eq!(read.body["properties"]["hs_email_from_email"], "rep@acme.example", "{}", read.text);
+    assert_eq!(read.body["properties"]["hs_email_to_email"], "jane@customer.example");
+    assert_eq!(read.body["properties"]["hs_email_to_firstname"], "Jane");
+    let linked: Vec<&str> =
+        read.body["associations"]["contacts"]["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(linked.len(), 2, "every participant, not only the first: {}", read.text);
+    assert!(linked.contains(&jane.as_str()) && linked.contains(&max.as_str()));
+    assert_eq!(read.body["associations"]["contacts"]["results"][0]["type"], "email_to_contact");
+
+    // What HubSpot refuses.
+    let mut bad = email.clone();
+    bad["properties"]["hs_email_headers"] = json!("from: rep@acme.example");
+    let r = sim.call("POST", EMAILS, Auth::Bearer(TOKEN), Some(&bad));
+    assert_eq!((r.status, r.body["category"].as_str()), (400, Some("VALIDATION_ERROR")), "{}", r.text);
+    assert!(r.text.contains("INVALID_JSON"), "{}", r.text);
+    let mut bad = email.clone();
+    bad["properties"]["hs_email_direction"] = json!("INBOUND");
+    let r = sim.call("POST", EMAILS, Auth::Bearer(TOKEN), Some(&bad));
+    assert!(r.status == 400 && r.text.contains("INVALID_OPTION"), "no INBOUND/OUTBOUND for emails: {}", r.text);
+    let mut bad = email.clone();
+    bad["properties"].as_object_mut().unwrap().remove("hs_timestamp");
+    assert!(sim.call("POST", EMAILS, Auth::Bearer(TOKEN), Some(&bad)).text.contains("REQUIRED"));
+    let mut bad = email.clone();
+    bad["associations"] = assoc(&[&jane], 194);
+    let r = sim.call("POST", EMAILS, Auth::Bearer(TOKEN), Some(&bad));
+    assert!(r.status == 400 && r.text.contains("194 is not a valid association type"), "a call's type id on an email: {}", r.text);
+
+    // A meeting: hs_timestamp from its start; cancelled by its outcome.
+    let meeting = json!({"properties": {"hs_meeting_title": "Review", "hs_meeting_start_time": "2026-01-05T15:00:00Z",
+        "hs_meeting_end_time": "2026-01-05T15:30:00Z", "hs_meeting_outcome": "SCHEDULED", "hs_meeting_location": "Room 4",
+        "crm_sync_key": "acme:meeting:e1@google.com:hubspot"}, "associations": assoc(&[&jane, &max], 200)});
+    let created = sim.call("POST", MEETINGS, Auth::Bearer(TOKEN), Some(&meeting));
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.body["properties"]["hs_timestamp"], "2026-01-05T15:00:00.000Z");
+    let mid = created.body["id"].as_str().unwrap().to_string();
+    let cancel = json!({"properties": {"hs_meeting_outcome": "CANCELED"}});
+    let patched = sim.call("PATCH", &format!("{MEETINGS}/{mid}"), Auth::Bearer(TOKEN), Some(&cancel));
+    assert_eq!(patched.body["properties"]["hs_meeting_outcome"], "CANCELED", "{}", patched.text);
+    let bad = json!({"properties": {"hs_meeting_outcome": "CANCELLED"}});
+    assert_eq!(sim.call("PATCH", &format!("{MEETINGS}/{mid}"), Auth::Bearer(TOKEN), Some(&bad)).status, 400, "HubSpot spells it CANCELED");
+    let linked = sim.call("GET", &format!("{MEETINGS}/{mid}?associations=contacts"), Auth::Bearer(TOKEN), None);
+    assert_eq!(linked.body["associations"]["contacts"]["results"].as_array().unwrap().len(), 2);
+    assert_eq!(linked.body["associations"]["contacts"]["results"][0]["type"], "meeting_to_contact");
+    // A v4 association added later, as a late match would.
+    let late =
+        sim.call("PUT", &format!("/hubspot/crm/v4/objects/meetings/{mid}/associations/default/contacts/{jane}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(late.status, 200, "{}", late.text);
+    assert_eq!(late.body["results"][0]["associationSpec"]["associationTypeId"], 200);
+
+    // Searchable by crm-sync's key, and counted per key on both objects.
+    let search =
+        json!({"filterGroups": [{"filters": [{"propertyName": "crm_sync_key", "operator": "EQ", "value": "acme:email:m1@x:hubspot"}]}]});
+    let found = sim.call("POST", &format!("{EMAILS}/search"), Auth::Bearer(TOKEN), Some(&search));
+    assert_eq!(found.body["total"], 1, "{}", found.text);
+    let keys = sim.admin("GET", "/accounts/hubspot/portal-1", None)["keys"].clone();
+    assert_eq!(keys["acme:email:m1@x:hubspot"]["total"], 1, "{keys}");
+    assert_eq!(keys["acme:meeting:e1@google.com:hubspot"]["total"], 1, "{keys}");
+}

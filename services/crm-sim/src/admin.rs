@@ -69,6 +69,9 @@ pub struct NewAccount {
     #[serde(default)]
     pub enforce_activity_unique: bool,
     pub key_field: Option<KeyField>,
+    /// More objects carrying a key (an account that takes emails and meetings too).
+    #[serde(default)]
+    pub key_fields: Vec<KeyField>,
     #[serde(default)]
     pub seed: u64,
     /// Custom fields: object → name → definition.
@@ -122,7 +125,7 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
     acct.tz_offset_min = req.tz_offset_min;
     acct.search_lag_ms = req.search_lag_ms.unwrap_or(default_lag(crm));
     acct.enforce_activity_unique = req.enforce_activity_unique;
-    acct.key_field = req.key_field;
+    acct.key_fields = req.key_field.into_iter().chain(req.key_fields).collect();
     acct.ensure_indexes();
     acct.owner_id = match crm {
         Crm::Salesforce => crate::salesforce::new_id(&mut acct, "User"),
@@ -256,7 +259,7 @@ fn summary(acct: &mut crate::state::Account, now: i64) -> Value {
         "crm": acct.crm, "account": acct.id, "plan": acct.plan, "limits": acct.limits, "usage": usage,
         "objects": objects, "schema": acct.schema, "revoked": acct.revoked, "faults": acct.faults,
         "counters": counters_json(&acct.counters), "keys": keys_json(acct), "owner_id": acct.owner_id,
-        "search_lag_ms": acct.search_lag_ms, "key_field": acct.key_field, "enforce_activity_unique": acct.enforce_activity_unique,
+        "search_lag_ms": acct.search_lag_ms, "key_field": acct.key_fields.first(), "key_fields": acct.key_fields, "enforce_activity_unique": acct.enforce_activity_unique,
     })
 }
 

@@ -281,7 +281,8 @@ pub struct Account {
     pub rng: StdRng,
     /// Start times (sim ms) of requests being handled, by request number.
     pub in_flight: BTreeMap<u64, i64>,
-    pub key_field: Option<KeyField>,
+    /// Where crm-sync's key lives, per object that carries one (calls; emails and meetings).
+    pub key_fields: Vec<KeyField>,
     pub search_lag_ms: i64,
     /// HubSpot: whether a unique property on an activity object (calls, emails, meetings)
     /// refuses duplicates. Unverified and doubtful, so off unless an account turns it on.
@@ -318,9 +319,8 @@ impl Account {
     /// Records per idempotency key: (all ever created and not purged, live).
     pub fn keys(&self) -> BTreeMap<String, (u64, u64)> {
         let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let Some(kf) = &self.key_field else { return out };
-        if let Some(t) = self.objects.get(&kf.object) {
-            for r in t.iter() {
+        for kf in &self.key_fields {
+            for r in self.objects.get(&kf.object).into_iter().flat_map(|t| t.iter()) {
                 if let Some(k) = kf.extract(r) {
                     let e = out.entry(k.to_string()).or_default();
                     e.0 += 1;
@@ -351,7 +351,7 @@ impl Account {
             .iter()
             .flat_map(|(o, fields)| fields.iter().filter(|(_, d)| d.unique || d.external_id).map(move |(f, _)| (o.clone(), f.clone())))
             .collect();
-        if let Some(k) = &self.key_field {
+        for k in &self.key_fields {
             wanted.push((k.object.clone(), k.field.clone()));
         }
         for (o, f) in wanted {
@@ -485,7 +485,7 @@ pub fn new_account(
         counters: BTreeMap::new(),
         rng: StdRng::seed_from_u64(seed),
         in_flight: BTreeMap::new(),
-        key_field: None,
+        key_fields: vec![],
         search_lag_ms: 0,
         enforce_activity_unique: false,
         tz_offset_min: 0,

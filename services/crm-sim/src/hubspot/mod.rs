@@ -1,4 +1,4 @@
-//! HubSpot CRM v3 (CRM-APIS §1): contacts and calls objects, batch endpoints, search with
+//! HubSpot CRM v3 (CRM-APIS §1): contacts, calls, emails and meetings objects, batch endpoints, search with
 //! HubSpot's filter semantics, properties, v4 associations and the OAuth refresh flow.
 //! Served under `/hubspot`, which stands in for `https://api.hubapi.com`.
 
@@ -27,6 +27,14 @@ pub const CALL_STATUSES: &[&str] =
 /// Call → contact association type (HUBSPOT_DEFINED).
 pub const CALL_TO_CONTACT: i64 = 194;
 pub const CONTACT_TO_CALL: i64 = 193;
+/// Email → contact and meeting → contact (HUBSPOT_DEFINED; HubSpot's Node SDK
+/// `AssociationTypes`, CRM-APIS-ACTIVITIES §1.1, §2.1).
+pub const EMAIL_TO_CONTACT: i64 = 198;
+pub const MEETING_TO_CONTACT: i64 = 200;
+/// `hs_email_direction`: there is no INBOUND/OUTBOUND (the email guide's table).
+pub const EMAIL_DIRECTIONS: &[&str] = &["EMAIL", "INCOMING_EMAIL", "FORWARDED_EMAIL"];
+pub const EMAIL_STATUSES: &[&str] = &["BOUNCED", "FAILED", "SCHEDULED", "SENDING", "SENT"];
+pub const MEETING_OUTCOMES: &[&str] = &["SCHEDULED", "COMPLETED", "RESCHEDULED", "NO_SHOW", "CANCELED"];
 
 pub fn schema() -> Schema {
     use FieldType::*;
@@ -51,6 +59,47 @@ pub fn schema() -> Schema {
     for f in ["hs_object_id", "hs_createdate", "hs_lastmodifieddate"] {
         calls.insert(f.into(), FieldDef::read_only(Text));
     }
+    let mut emails = BTreeMap::new();
+    emails.insert("hs_timestamp".into(), FieldDef::required(DateTime));
+    for f in ["hs_email_subject", "hs_email_text", "hs_email_html", "hubspot_owner_id", "hs_attachment_ids"] {
+        emails.insert(f.into(), FieldDef::of(Text));
+    }
+    // A JSON-escaped string; HubSpot fills the read-only from/to properties from it.
+    emails.insert("hs_email_headers".into(), FieldDef::of(Text));
+    emails.insert("hs_email_direction".into(), FieldDef::picklist(EMAIL_DIRECTIONS));
+    emails.insert("hs_email_status".into(), FieldDef::picklist(EMAIL_STATUSES));
+    for f in [
+        "hs_object_id",
+        "hs_createdate",
+        "hs_lastmodifieddate",
+        "hs_email_from_email",
+        "hs_email_from_firstname",
+        "hs_email_from_lastname",
+        "hs_email_to_email",
+        "hs_email_to_firstname",
+        "hs_email_to_lastname",
+    ] {
+        emails.insert(f.into(), FieldDef::read_only(Text));
+    }
+    let mut meetings = BTreeMap::new();
+    // Required, but HubSpot fills it from hs_meeting_start_time when it is missing.
+    meetings.insert("hs_timestamp".into(), FieldDef::required(DateTime));
+    for f in [
+        "hs_meeting_title",
+        "hs_meeting_body",
+        "hs_internal_meeting_notes",
+        "hs_meeting_external_url",
+        "hs_meeting_location",
+        "hubspot_owner_id",
+    ] {
+        meetings.insert(f.into(), FieldDef::of(Text));
+    }
+    meetings.insert("hs_meeting_start_time".into(), FieldDef::of(DateTime));
+    meetings.insert("hs_meeting_end_time".into(), FieldDef::of(DateTime));
+    meetings.insert("hs_meeting_outcome".into(), FieldDef::picklist(MEETING_OUTCOMES));
+    for f in ["hs_object_id", "hs_createdate", "hs_lastmodifieddate"] {
+        meetings.insert(f.into(), FieldDef::read_only(Text));
+    }
     let mut contacts = BTreeMap::new();
     for f in ["firstname", "lastname", "company", "jobtitle", "hubspot_owner_id"] {
         contacts.insert(f.into(), FieldDef::of(Text));
@@ -67,7 +116,7 @@ pub fn schema() -> Schema {
     ] {
         contacts.insert(f.into(), FieldDef::read_only(Text));
     }
-    Schema::from([("calls".into(), calls), ("contacts".into(), contacts)])
+    Schema::from([("calls".into(), calls), ("emails".into(), emails), ("meetings".into(), meetings), ("contacts".into(), contacts)])
 }
 
 impl CrmApi for HubSpot {

@@ -1,8 +1,8 @@
-//! Contacts and calls: single and batch create, read, update, archive, upsert by a unique
-//! property, associations and the properties API.
+//! Contacts and the activity objects (calls, emails, meetings): single and batch create,
+//! read, update, archive, upsert by a unique property, associations and the properties API.
 
 use super::errors::{self, batch_error, property_error};
-use super::{CALL_TO_CONTACT, CONTACT_TO_CALL};
+use super::{CALL_TO_CONTACT, CONTACT_TO_CALL, EMAIL_TO_CONTACT, MEETING_TO_CONTACT};
 use crate::clock::iso_ms;
 use crate::gate::json;
 use crate::state::{Account, Caller, FieldType, Record, SharedSim};
@@ -20,8 +20,41 @@ pub const BATCH_MAX: usize = 100;
 fn object_type(object: &str) -> Option<(&'static str, &'static str)> {
     match object {
         "calls" | "call" | "0-48" => Some(("calls", "CALL")),
+        "emails" | "email" | "0-49" => Some(("emails", "EMAIL")),
+        "meetings" | "meeting" | "0-47" => Some(("meetings", "MEETING")),
         "contacts" | "contact" | "0-1" => Some(("contacts", "CONTACT")),
         _ => None,
+    }
+}
+
+/// The association type from an activity object to a contact, and its label on read.
+fn to_contact(table: &str) -> Option<(i64, &'static str)> {
+    match table {
+        "calls" => Some((CALL_TO_CONTACT, "call_to_contact")),
+        "emails" => Some((EMAIL_TO_CONTACT, "email_to_contact")),
+        "meetings" => Some((MEETING_TO_CONTACT, "meeting_to_contact")),
+        _ => None,
+    }
+}
+
+/// What HubSpot's messages call a record of `table` ("Call already exists").
+fn noun(table: &str) -> &'static str {
+    match table {
+        "contacts" => "Contact",
+        "emails" => "Email",
+        "meetings" => "Meeting",
+        _ => "Call",
+    }
+}
+
+/// `hs_email_headers` must be JSON (a non-JSON value is 400 VALIDATION_ERROR naming
+/// INVALID_JSON, CRM-APIS-ACTIVITIES §1.1); its from/to fill the read-only properties.
+fn email_headers(text: &str) -> Result<Value, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err("expected a JSON object".into())
     }
 }
 
@@ -124,6 +157,13 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
                     continue;
                 }
             },
+            FieldType::Text if name == "hs_email_headers" && table == "emails" => match email_headers(&s) {
+                Ok(_) => s,
+                Err(e) => {
+                    errs.push(property_error(name, "INVALID_JSON", format!("{name} was not valid JSON: {e}")));
+                    continue;
+                }
+            },
             FieldType::Picklist if !def.options.contains(&s) => {
                 errs.push(property_error(
                     name,
@@ -135,6 +175,12 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
             _ => s,
         };
         out.insert(name.clone(), Value::String(value));
+    }
+    if creating && table == "meetings" && out.get("hs_timestamp").and_then(Value::as_str).is_none_or(str::is_empty) {
+        // "hs_timestamp … defaults to hs_meeting_start_time" (the meetings guide).
+        if let Some(start) = out.get("hs_meeting_start_time").cloned() {
+            out.insert("hs_timestamp".into(), start);
+        }
     }
     if creating {
         for (name, def) in schema {
@@ -167,8 +213,7 @@ fn check_unique(acct: &Account, table: &str, props: &Map<String, Value>, except:
     for (name, v) in props {
         if unique_enforced(acct, table, name) {
             if let Some(existing) = acct.unique_holder(table, name, v, except) {
-                let what = if table == "contacts" { "Contact" } else { "Call" };
-                return Err(Failure::new(409, "CONFLICT", format!("{what} already exists. Existing ID: {existing}"))
+                return Err(Failure::new(409, "CONFLICT", format!("{} already exists. Existing ID: {existing}", noun(table)))
                     .ctx("id", json!([existing]))
                     .ctx("property", json!(name)));
             }
@@ -207,6 +252,20 @@ pub fn derive(table: &str, r: &mut Record) {
         f.insert("hs_createdate".into(), json!(created));
         f.insert("hs_lastmodifieddate".into(), json!(updated));
     }
+    if table == "emails" {
+        let headers = f.get("hs_email_headers").and_then(Value::as_str).and_then(|h| email_headers(h).ok()).unwrap_or(Value::Null);
+        let person = |p: &Value, side: &str, f: &mut Map<String, Value>| {
+            for (from, to) in [("email", "email"), ("firstName", "firstname"), ("lastName", "lastname")] {
+                match p.get(from).and_then(Value::as_str) {
+                    Some(v) => f.insert(format!("hs_email_{side}_{to}"), json!(v)),
+                    None => f.remove(&format!("hs_email_{side}_{to}")),
+                };
+            }
+        };
+        person(headers.get("from").unwrap_or(&Value::Null), "from", f);
+        // The first recipient, as HubSpot's single-valued to_* properties hold.
+        person(headers.pointer("/to/0").unwrap_or(&Value::Null), "to", f);
+    }
 }
 
 fn default_properties(table: &str) -> &'static [&'static str] {
@@ -235,7 +294,10 @@ pub fn render(r: &Record, table: &str, props: Option<&[String]>, with_assoc: boo
         v["archivedAt"] = json!(iso_ms(d));
     }
     if with_assoc && !r.associations.is_empty() {
-        let (key, ty) = if table == "calls" { ("contacts", "call_to_contact") } else { ("calls", "contact_to_call") };
+        let (key, ty) = match to_contact(table) {
+            Some((_, label)) => ("contacts", label),
+            None => ("calls", "contact_to_call"),
+        };
         let results: Vec<Value> = r.associations.iter().map(|id| json!({"id": id, "type": ty})).collect();
         v["associations"] = json!({ key: {"results": results} });
     }
@@ -272,7 +334,7 @@ fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<
     let Some(list) = list.as_array() else {
         return Err(Failure::new(400, "VALIDATION_ERROR", "Invalid input JSON: associations must be an array".into()));
     };
-    let expected = if table == "calls" { CALL_TO_CONTACT } else { CONTACT_TO_CALL };
+    let expected = to_contact(table).map_or(CONTACT_TO_CALL, |(id, _)| id);
     for a in list {
         let to = a.pointer("/to/id").and_then(as_hs_string).unwrap_or_default();
         let types = a.get("types").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -291,7 +353,7 @@ fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<
                 ),
             ));
         }
-        if table != "calls" {
+        if table == "contacts" {
             continue;
         }
         match live_contact(acct, &to) {
@@ -325,7 +387,9 @@ fn create_one(acct: &mut Account, table: &str, input: &Value, now: i64) -> Resul
         merged_into: None,
     };
     derive(table, &mut r);
-    for c in &associations {
+    // A contact's own list holds its calls (what the reconciler's merge check reads); an
+    // email's or meeting's contacts are read from the activity.
+    for c in associations.iter().filter(|_| table == "calls") {
         if let Some(contact) = acct.table("contacts").get_mut(c) {
             contact.associations.insert(id.clone());
         }
@@ -613,23 +677,28 @@ pub async fn associate(
     Extension(caller): Extension<Caller>,
     Path((object, id, to_object, to_id)): Path<(String, String, String, String)>,
 ) -> Response {
-    let (Some(("calls", _)), Some(("contacts", _))) = (object_type(&object), object_type(&to_object)) else {
+    let (Some((table, ty)), Some(("contacts", _))) = (object_type(&object), object_type(&to_object)) else {
+        return errors::validation(&format!("Associations from {object} to {to_object} are not modelled"));
+    };
+    let Some((type_id, _)) = to_contact(table) else {
         return errors::validation(&format!("Associations from {object} to {to_object} are not modelled"));
     };
     sim.with(&caller, |acct, now| {
-        if find(acct, "calls", &id, None, false).is_none() {
-            return errors::not_found("CALL", &id);
+        if find(acct, table, &id, None, false).is_none() {
+            return errors::not_found(ty, &id);
         }
         let Some(contact) = live_contact(acct, &to_id) else { return errors::not_found("CONTACT", &to_id) };
         let lag = acct.search_lag_ms;
-        let call = acct.table("calls").get_mut(&id).unwrap();
-        call.associations.insert(contact.clone());
-        call.updated_ms = now;
-        call.indexed_at_ms = now + lag;
-        acct.table("contacts").get_mut(&contact).unwrap().associations.insert(id.clone());
+        let activity = acct.table(table).get_mut(&id).unwrap();
+        activity.associations.insert(contact.clone());
+        activity.updated_ms = now;
+        activity.indexed_at_ms = now + lag;
+        if table == "calls" {
+            acct.table("contacts").get_mut(&contact).unwrap().associations.insert(id.clone());
+        }
         json(
             200,
-            json!({"status": "COMPLETE", "results": [{"from": {"id": id}, "to": {"id": contact}, "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": CALL_TO_CONTACT}}], "startedAt": iso_ms(now), "completedAt": iso_ms(now)}),
+            json!({"status": "COMPLETE", "results": [{"from": {"id": id}, "to": {"id": contact}, "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}}], "startedAt": iso_ms(now), "completedAt": iso_ms(now)}),
         )
     })
 }

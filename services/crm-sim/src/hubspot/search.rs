@@ -106,6 +106,8 @@ pub async fn search(
 ) -> Response {
     let table = match object.as_str() {
         "calls" | "0-48" => "calls",
+        "emails" | "0-49" => "emails",
+        "meetings" | "0-47" => "meetings",
         "contacts" | "0-1" => "contacts",
         _ => return unknown_object(&object),
     };
