@@ -222,6 +222,17 @@ mod tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
         };
         assert_eq!(decode::<CrmWriteRequest>(&encode(&w).unwrap()).unwrap(), w);
+        // Emails and meetings ride beside calls in their own request record.
+        for r in [fixtures::email_request("acme", "m1", Crm::Hubspot), fixtures::meeting_request("acme", "e1", Crm::Salesforce)] {
+            assert_eq!(decode::<ActivityWriteRequest>(&encode(&r).unwrap()).unwrap(), r);
+            assert!(decode::<CrmWriteRequest>(&encode(&r).unwrap()).is_err(), "a reader of calls' requests tells it apart by fingerprint");
+        }
+        assert_eq!(fixtures::email_request("acme", "m1", Crm::Hubspot).idempotency_key, "acme:email:m1@mail.acme.example:hubspot");
+        assert_eq!(
+            idempotency_key("acme", "c-1", Crm::Zoho),
+            activity_key("acme", ActivityKind::Call, "c-1", Crm::Zoho),
+            "calls keep their key"
+        );
         let a = AuditRecord {
             audit_id: "id".into(),
             tenant_id: "acme".into(),

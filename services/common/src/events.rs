@@ -225,6 +225,16 @@ pub enum ActivityKind {
     Meeting,
 }
 
+impl std::str::FromStr for ActivityKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ActivityKind, String> {
+        [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown activity kind '{s}' (expected call, email or meeting)"))
+    }
+}
+
 impl ActivityKind {
     /// The lower-case name used in idempotency keys, topics and metrics labels.
     pub fn as_str(self) -> &'static str {
@@ -415,6 +425,26 @@ impl AvroRecord for NormalisedMeeting {
     const RECORD: RecordType = RecordType::NormalisedMeeting;
 }
 
+/// One email or meeting for one CRM (calls keep [`CrmWriteRequest`]); exactly one of
+/// `email` and `meeting` is set, as `kind` says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivityWriteRequest {
+    pub tenant_id: String,
+    pub kind: ActivityKind,
+    pub source_id: String,
+    pub crm: Crm,
+    pub idempotency_key: String,
+    pub version: i64,
+    pub email: Option<NormalisedEmail>,
+    pub meeting: Option<NormalisedMeeting>,
+    pub requested_at: i64,
+    pub trace_id: String,
+}
+
+impl AvroRecord for ActivityWriteRequest {
+    const RECORD: RecordType = RecordType::ActivityWriteRequest;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrmWriteRequest {
     pub tenant_id: String,
@@ -552,8 +582,9 @@ mod opt_bytes {
 /// in the services and the integration tests share these).
 pub mod fixtures {
     use super::{
-        AttendeeResponse, CallDirection, CallEvent, CallOutcome, EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent, MeetingStatus,
-        NormalisedCall,
+        activity_key, ActivityKind, ActivityWriteRequest, AttendeeResponse, CallDirection, CallEvent, CallOutcome, Crm, EmailAddress,
+        EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent, MeetingStatus, NormalisedAttendee, NormalisedCall, NormalisedEmail,
+        NormalisedMeeting,
     };
 
     /// A raw CallEvent from a PBX: a minute-long answered inbound call that starts `minute`
@@ -663,6 +694,96 @@ pub mod fixtures {
             actor_id: "user-1".into(),
             actor_email: "rep@acme.example".into(),
             attributes: Default::default(),
+        }
+    }
+
+    fn address(email: &str, name: Option<&str>) -> EmailAddress {
+        EmailAddress { email: email.into(), name: name.map(Into::into), raw: email.into() }
+    }
+
+    /// An email write request as the deduper would make it from [`raw_email`].
+    pub fn email_request(tenant: &str, message_id: &str, crm: Crm) -> ActivityWriteRequest {
+        let id = format!("{message_id}@mail.acme.example");
+        let email = NormalisedEmail {
+            tenant_id: tenant.into(),
+            message_id: id.clone(),
+            source: "gmail-sync".into(),
+            version: 1,
+            thread_id: Some("thread-1".into()),
+            in_reply_to: None,
+            direction: EmailDirection::Sent,
+            from: address("rep@acme.example", Some("Rep One")),
+            to: vec![address("jane.doe@customer.example", Some("Doe, Jane"))],
+            cc: vec![address("ops@customer.example", None)],
+            bcc: vec![],
+            subject: Some("Renewal".into()),
+            body_excerpt: Some("Hi Jane".into()),
+            body_truncated: false,
+            sent_at: 1_767_225_600_000,
+            time_zone: Some("Europe/Paris".into()),
+            actor_id: "user-1".into(),
+            actor_email: "rep@acme.example".into(),
+            participants: vec!["jane.doe@customer.example".into(), "ops@customer.example".into()],
+            attributes: Default::default(),
+            normalised_at: 1_767_225_600_100,
+        };
+        ActivityWriteRequest {
+            tenant_id: tenant.into(),
+            kind: ActivityKind::Email,
+            idempotency_key: activity_key(tenant, ActivityKind::Email, &id, crm),
+            source_id: id,
+            crm,
+            version: 1,
+            email: Some(email),
+            meeting: None,
+            requested_at: 1_767_225_600_200,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        }
+    }
+
+    /// A meeting write request as the deduper would make it from [`raw_meeting`].
+    pub fn meeting_request(tenant: &str, event_id: &str, crm: Crm) -> ActivityWriteRequest {
+        let uid = format!("{event_id}@google.com");
+        let attendee =
+            |email: &str, response| NormalisedAttendee { address: address(email, None), response, optional: false, phone_e164: None };
+        let meeting = NormalisedMeeting {
+            tenant_id: tenant.into(),
+            source_id: uid.clone(),
+            event_id: event_id.into(),
+            ical_uid: Some(uid.clone()),
+            recurrence_id: None,
+            source: "google-calendar".into(),
+            version: 2,
+            status: MeetingStatus::Cancelled,
+            title: Some("Quarterly review".into()),
+            description_excerpt: None,
+            description_truncated: false,
+            start_at: 1_767_225_600_000,
+            end_at: 1_767_227_400_000,
+            all_day: false,
+            time_zone: Some("America/New_York".into()),
+            location: Some("Dial-in: +1 650-253-0000".into()),
+            location_e164: Some("+16502530000".into()),
+            conference_url: None,
+            organizer: address("rep@acme.example", None),
+            attendees: vec![attendee("jane.doe@customer.example", AttendeeResponse::Declined)],
+            actor_id: "user-1".into(),
+            actor_email: "rep@acme.example".into(),
+            participants: vec!["jane.doe@customer.example".into()],
+            attributes: Default::default(),
+            normalised_at: 1_767_225_600_100,
+        };
+        ActivityWriteRequest {
+            tenant_id: tenant.into(),
+            kind: ActivityKind::Meeting,
+            idempotency_key: activity_key(tenant, ActivityKind::Meeting, &uid, crm),
+            source_id: uid,
+            crm,
+            version: 2,
+            email: None,
+            meeting: Some(meeting),
+            requested_at: 1_767_225_600_200,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
         }
     }
 }

@@ -20,12 +20,13 @@ pub enum RecordType {
     NormalisedEmail,
     NormalisedMeeting,
     CrmWriteRequest,
+    ActivityWriteRequest,
     AuditRecord,
     DeadLetter,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 9] = [
+    pub const ALL: [RecordType; 10] = [
         RecordType::CallEvent,
         RecordType::EmailEvent,
         RecordType::MeetingEvent,
@@ -33,6 +34,7 @@ impl RecordType {
         RecordType::NormalisedEmail,
         RecordType::NormalisedMeeting,
         RecordType::CrmWriteRequest,
+        RecordType::ActivityWriteRequest,
         RecordType::AuditRecord,
         RecordType::DeadLetter,
     ];
@@ -46,6 +48,7 @@ impl RecordType {
             RecordType::NormalisedEmail => "normalised_email",
             RecordType::NormalisedMeeting => "normalised_meeting",
             RecordType::CrmWriteRequest => "crm_write_request",
+            RecordType::ActivityWriteRequest => "activity_write_request",
             RecordType::AuditRecord => "audit_record",
             RecordType::DeadLetter => "dead_letter",
         }
@@ -60,6 +63,7 @@ impl RecordType {
             RecordType::NormalisedEmail => include_str!("../../../schemas/normalised_email.avsc"),
             RecordType::NormalisedMeeting => include_str!("../../../schemas/normalised_meeting.avsc"),
             RecordType::CrmWriteRequest => include_str!("../../../schemas/crm_write_request.avsc"),
+            RecordType::ActivityWriteRequest => include_str!("../../../schemas/activity_write_request.avsc"),
             RecordType::AuditRecord => include_str!("../../../schemas/audit_record.avsc"),
             RecordType::DeadLetter => include_str!("../../../schemas/dead_letter.avsc"),
         }
@@ -82,6 +86,11 @@ pub const HISTORY: &[(RecordType, &str, &str)] = &[
         RecordType::NormalisedMeeting,
         "history/normalised_meeting/v1.avsc",
         include_str!("../../../schemas/history/normalised_meeting/v1.avsc"),
+    ),
+    (
+        RecordType::ActivityWriteRequest,
+        "history/activity_write_request/v1.avsc",
+        include_str!("../../../schemas/history/activity_write_request/v1.avsc"),
     ),
     (RecordType::AuditRecord, "history/audit_record/v2.avsc", include_str!("../../../schemas/history/audit_record/v2.avsc")),
     (RecordType::DeadLetter, "history/dead_letter/v2.avsc", include_str!("../../../schemas/history/dead_letter/v2.avsc")),
@@ -209,6 +218,38 @@ mod tests {
         embedded["namespace"] = "io.crmsync.events".into();
         let own: serde_json::Value = serde_json::from_str(RecordType::NormalisedCall.current_text()).unwrap();
         assert_eq!(parsing_canonical_form(&embedded).unwrap(), parsing_canonical_form(&own).unwrap());
+    }
+
+    /// ActivityWriteRequest embeds NormalisedEmail and NormalisedMeeting; neither copy may
+    /// drift from its own schema. In one schema a named type is defined once, so the
+    /// meeting's copy names `EmailAddress` where its own schema defines it.
+    #[test]
+    fn embedded_email_and_meeting_match_their_own_schemas() {
+        let awr: serde_json::Value = serde_json::from_str(RecordType::ActivityWriteRequest.current_text()).unwrap();
+        let embedded = |name: &str| {
+            let f = awr["fields"].as_array().unwrap().iter().find(|f| f["name"] == name).unwrap();
+            let mut t = f["type"][1].clone();
+            t["namespace"] = "io.crmsync.events".into();
+            t
+        };
+        let own = |rt: RecordType| -> serde_json::Value { serde_json::from_str(rt.current_text()).unwrap() };
+        let email = embedded("email");
+        assert_eq!(parsing_canonical_form(&email).unwrap(), parsing_canonical_form(&own(RecordType::NormalisedEmail)).unwrap());
+        let address = email["fields"].as_array().unwrap().iter().find(|f| f["name"] == "from").unwrap()["type"].clone();
+        let mut meeting = embedded("meeting");
+        fn inline(v: &mut serde_json::Value, address: &serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) if s == "EmailAddress" => *v = address.clone(),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| inline(x, address)),
+                serde_json::Value::Object(o) => o
+                    .iter_mut()
+                    .filter(|(k, _)| k.as_str() == "type" || k.as_str() == "items" || k.as_str() == "fields")
+                    .for_each(|(_, x)| inline(x, address)),
+                _ => {}
+            }
+        }
+        inline(&mut meeting, &address);
+        assert_eq!(parsing_canonical_form(&meeting).unwrap(), parsing_canonical_form(&own(RecordType::NormalisedMeeting)).unwrap());
     }
 
     #[test]

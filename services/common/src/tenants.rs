@@ -2,9 +2,9 @@
 //! connected. A TOML file, loaded at start; a bad file stops the service with a message
 //! naming the problem rather than half-working. See deploy/tenants.example.toml.
 
-use crate::events::Crm;
+use crate::events::{ActivityKind, Crm};
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -73,6 +73,24 @@ pub struct CrmConnection {
     /// (default: their decision stands, and the DLQ says so) or `recreate`.
     #[serde(default)]
     pub on_deleted: OnDeleted,
+    /// The kinds of activity written to this CRM: `["call"]` unless the tenant asks for
+    /// more (`["call", "email", "meeting"]`). A tenant connected before emails and meetings
+    /// were carried keeps getting calls only. The deduper fans each kind out only to the
+    /// CRMs that take it; a writer refuses to start for a kind it cannot write.
+    #[serde(default = "calls_only", deserialize_with = "activity_kinds")]
+    pub activities: BTreeSet<ActivityKind>,
+}
+
+fn calls_only() -> BTreeSet<ActivityKind> {
+    BTreeSet::from([ActivityKind::Call])
+}
+
+fn activity_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<ActivityKind>, D::Error> {
+    let names: Vec<String> = Vec::deserialize(d)?;
+    if names.is_empty() {
+        return Err(serde::de::Error::custom("activities is empty: name at least one of call, email, meeting"));
+    }
+    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect()
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -48,6 +48,7 @@ fn decode_as(rt: RecordType, bytes: &[u8]) -> Result<(), DecodeError> {
         RecordType::NormalisedEmail => check::<NormalisedEmail>(bytes),
         RecordType::NormalisedMeeting => check::<NormalisedMeeting>(bytes),
         RecordType::CrmWriteRequest => check::<CrmWriteRequest>(bytes),
+        RecordType::ActivityWriteRequest => check::<ActivityWriteRequest>(bytes),
         RecordType::AuditRecord => check::<AuditRecord>(bytes),
         RecordType::DeadLetter => check::<DeadLetter>(bytes),
     }
@@ -77,6 +78,9 @@ fn avro_seeds() -> Vec<(RecordType, Vec<u8>)> {
     seeds.push((RecordType::CallEvent, codec::encode(&raw_call("acme", "c1", 3)).unwrap()));
     seeds.push((RecordType::NormalisedCall, codec::encode(&normalised_call("acme", "c1", 2)).unwrap()));
     seeds.push((RecordType::CrmWriteRequest, codec::encode(&req).unwrap()));
+    for req in [fixtures::email_request("acme", "m1", Crm::Hubspot), fixtures::meeting_request("acme", "e1", Crm::Zoho)] {
+        seeds.push((RecordType::ActivityWriteRequest, codec::encode(&req).unwrap()));
+    }
     seeds.push((RecordType::EmailEvent, codec::encode(&fixtures::raw_email("acme", "m1", 1)).unwrap()));
     seeds.push((RecordType::MeetingEvent, codec::encode(&fixtures::raw_meeting("acme", "e1", 1)).unwrap()));
     seeds
