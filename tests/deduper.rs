@@ -191,3 +191,78 @@ fn a_bad_tenants_file_stops_the_deduper_with_its_reason() {
     assert!(!status.success());
     assert!(p.log_text().contains("tenant id \"a:b\""), "{}", p.log_text());
 }
+
+/// Emails and meetings beside calls: each kind goes only to the CRMs whose `activities`
+/// take it, as an ActivityWriteRequest with its kind in the key; repeats and stale versions
+/// are suppressed per kind (an email's Message-ID never meets a call id of the same text);
+/// a kind no CRM of the tenant takes is skipped and audited. A writer asked to write a kind
+/// it cannot refuses to start.
+#[test]
+fn emails_and_meetings_go_to_the_crms_that_take_them() {
+    let broker = Broker::start(2);
+    let tenants = TempFile::new(
+        "tenants.toml",
+        r#"
+[tenants.acme]
+default_region = "US"
+[tenants.acme.crms.hubspot]
+plan = "professional"
+credentials_secret = "ACME_HUBSPOT_TOKEN"
+activities = ["call", "email", "meeting"]
+[tenants.acme.crms.zoho]
+plan = "standard"
+credentials_secret = "ACME_ZOHO"
+activities = ["call", "email"]
+"#,
+    );
+    let prefix = RedisPrefix::new("deduper-kinds");
+    let env = [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str())];
+    let _deduper = broker.service("deduper", &env);
+
+    let email = fixtures::email_request("acme", "m1", Crm::Hubspot).email.unwrap();
+    let mut meeting = fixtures::meeting_request("acme", "e1", Crm::Hubspot).meeting.unwrap();
+    meeting.version = 2;
+    let mut stale = meeting.clone();
+    stale.version = 1;
+    // A call whose id is the email's Message-ID: a different activity.
+    let call = normalised_call("acme", &email.message_id, 1);
+    let enc = |b: Vec<u8>| ("acme".to_string(), b, vec![]);
+    broker.produce("emails.normalised", &[enc(codec::encode(&email).unwrap()), enc(codec::encode(&email).unwrap())]);
+    broker.produce("meetings.normalised", &[enc(codec::encode(&meeting).unwrap()), enc(codec::encode(&stale).unwrap())]);
+    broker.produce("calls.normalised", &[msg(&call)]);
+
+    // Audits: email 2 inputs × 2 CRMs, meeting 2 × 1, call 1 × 2 = 8; writes: 2 + 1 + 2 = 5.
+    let out = broker.read(&["crm.writes.hubspot", "crm.writes.zoho", "sync.audit"], 13, Duration::from_secs(60));
+    let requests = |topic: &str| -> Vec<ActivityWriteRequest> {
+        out.iter().filter(|m| m.topic == topic).filter_map(|m| codec::decode(m.payload.as_deref().unwrap()).ok()).collect()
+    };
+    let (hubspot, zoho) = (requests("crm.writes.hubspot"), requests("crm.writes.zoho"));
+    let keys = |rs: &[ActivityWriteRequest]| rs.iter().map(|r| r.idempotency_key.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&hubspot), ["acme:email:m1@mail.acme.example:hubspot", "acme:meeting:e1@google.com:hubspot"], "{out:?}");
+    assert_eq!(keys(&zoho), ["acme:email:m1@mail.acme.example:zoho"], "zoho takes no meetings");
+    assert_eq!(hubspot[1].meeting.as_ref().map(|m| (m.version, m.status)), Some((2, MeetingStatus::Cancelled)));
+    let calls: Vec<CrmWriteRequest> =
+        out.iter().filter(|m| m.topic == "crm.writes.hubspot").filter_map(|m| codec::decode(m.payload.as_deref().unwrap()).ok()).collect();
+    assert_eq!(calls.len(), 1, "the call went on as a CrmWriteRequest with its own key");
+    assert_eq!(calls[0].idempotency_key, format!("acme:{}:hubspot", email.message_id));
+    let audits: Vec<AuditRecord> =
+        out.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let dup = |kind| audits.iter().filter(|a| a.kind == Some(kind) && a.outcome == AuditOutcome::Duplicate).count();
+    assert_eq!((dup(ActivityKind::Email), dup(ActivityKind::Meeting)), (2, 1), "the repeated email per CRM, the stale meeting");
+
+    let quiet = TempFile::new(
+        "tenants.toml",
+        "[tenants.acme]\ndefault_region = \"US\"\n[tenants.acme.crms.hubspot]\nplan = \"professional\"\ncredentials_secret = \"X\"\nactivities = [\"email\"]\n",
+    );
+    let contracts = crm_sync_tests::repo_root().join("contracts");
+    let env = [
+        ("TENANTS_CONFIG", quiet.path()),
+        ("REDIS_URL", MACHINE_REDIS),
+        ("X", "t"),
+        ("WRITER_CRM", "hubspot"),
+        ("CONTRACTS_DIR", contracts.to_str().unwrap()),
+    ];
+    let mut writer = broker.service("writer", &env);
+    assert!(!writer.child.wait().unwrap().success(), "a writer asked for emails it cannot write refuses to start");
+    assert!(writer.log_text().contains("does not write yet"), "{}", writer.log_text());
+}

@@ -72,6 +72,11 @@ pub trait Connector: Send + Sync + 'static {
         Self: Sized;
 
     fn crm(&self) -> Crm;
+    /// The kinds of activity this connector writes. A tenant whose connection asks for
+    /// another kind (`activities` in TENANTS_CONFIG) stops the writer at start.
+    fn kinds(&self) -> &'static [crm_common::events::ActivityKind] {
+        &[crm_common::events::ActivityKind::Call]
+    }
     /// How many writes a lane plans together (claims, contact lookups, the batch call).
     fn batch_max(&self) -> usize;
     /// Whether every record is its own API call (no batch endpoint). Then `write` is given

@@ -1,14 +1,15 @@
-//! What the deduper emits for one call once Redis has ruled on it, free of Kafka and Redis:
-//! one CrmWriteRequest and one audit record per connected CRM when the call is new, newer or
-//! redelivered; one DUPLICATE audit record per connected CRM when it is a repeat, so
-//! `crm-sync trace` can answer "why was nothing written to HubSpot?" for each CRM.
+//! What the deduper emits for one activity once Redis has ruled on it, free of Kafka and
+//! Redis: one write request and one audit record per connected CRM that takes the activity's
+//! kind when it is new, newer or redelivered; one DUPLICATE audit record per such CRM when it
+//! is a repeat, so `crm-sync trace` can answer "why was nothing written to HubSpot?" for each
+//! CRM.
 
+use crate::activity::Activity;
 use crm_common::clock::now_ms;
-use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dedup::Mark;
 use crm_common::emit::{Emitter, Subject};
-use crm_common::events::{idempotency_key, AuditOutcome, CrmWriteRequest, NormalisedCall};
+use crm_common::events::AuditOutcome;
 use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
 use crm_common::pipeline::Processed;
 use crm_common::tenants::ResolvedTenant;
@@ -23,23 +24,23 @@ pub fn dead(records: [OutRecord; 2]) -> Processed {
 }
 
 impl Fanout {
-    pub fn decide(&self, input: &InMessage, call: NormalisedCall, tenant: &ResolvedTenant, mark: &Mark) -> Processed {
-        let window = tenant.dedup_window_for(&call.source);
+    pub fn decide(&self, input: &InMessage, act: &Activity, tenant: &ResolvedTenant, mark: &Mark) -> Processed {
+        let window = tenant.dedup_window_for(act.source());
+        let (kind, version) = (act.kind(), act.version());
         let (outcome, what) = match mark {
-            Mark::New => (AuditOutcome::Succeeded, format!("new call, version {}", call.version)),
+            Mark::New => (AuditOutcome::Succeeded, format!("new {}, version {version}", kind.as_str())),
             Mark::Update { previous_version, previous_input } => (
                 AuditOutcome::Succeeded,
-                format!("version {} supersedes version {previous_version} (from {previous_input}): update", call.version),
+                format!("version {version} supersedes version {previous_version} (from {previous_input}): update"),
             ),
             Mark::Redelivered => (
                 AuditOutcome::Succeeded,
-                format!("version {} again: this input made the mark but its output was not acknowledged before a restart", call.version),
+                format!("version {version} again: this input made the mark but its output was not acknowledged before a restart"),
             ),
             Mark::Repeat { marked_version, marked_by } => (
                 AuditOutcome::Duplicate,
                 format!(
-                    "repeat suppressed: version {} arrived after version {marked_version} (from {marked_by}) inside the {} dedup window",
-                    call.version,
+                    "repeat suppressed: version {version} arrived after version {marked_version} (from {marked_by}) inside the {} dedup window",
                     humantime::format_duration(window)
                 ),
             ),
@@ -54,22 +55,26 @@ impl Fanout {
             }
             _ => (outcome, what),
         };
-        let mut outputs = Vec::with_capacity(tenant.crms.len() * 2);
-        for &crm in tenant.crms.keys() {
-            let key = idempotency_key(&call.tenant_id, &call.call_id, crm);
+        let crms: Vec<_> = tenant.crms.iter().filter(|(_, c)| c.activities.contains(&kind)).map(|(crm, _)| *crm).collect();
+        if crms.is_empty() {
+            return self.no_crms(input, act, tenant);
+        }
+        let mut outputs = Vec::with_capacity(crms.len() * 2);
+        for crm in crms {
+            let key = act.key(crm);
             let topic = self.topics.crm_writes(crm);
             let subject = Subject {
-                tenant_id: &call.tenant_id,
-                call_id: Some(&call.call_id),
+                tenant_id: act.tenant_id(),
+                call_id: Some(act.source_id()),
                 crm: Some(crm),
-                version: Some(call.version),
-                kind: Some(crm_common::events::ActivityKind::Call),
+                version: Some(version),
+                kind: Some(kind),
             };
             let detail = if emit { format!("{what} → {topic}") } else { what.clone() };
             let mut audit = self.emit.audit(input, &subject, "dedup", outcome, detail);
             audit.idempotency_key = Some(key.clone());
             audit.attributes.insert("mark".into(), mark.label().into());
-            audit.attributes.insert("source".into(), call.source.clone());
+            audit.attributes.insert("source".into(), act.source().to_string());
             audit.attributes.insert("dedup_window".into(), humantime::format_duration(window).to_string());
             match mark {
                 Mark::Update { previous_version, .. } => {
@@ -85,44 +90,34 @@ impl Fanout {
                 audit.attributes.insert("backfill".into(), run.clone());
             }
             if emit {
-                let request = CrmWriteRequest {
-                    tenant_id: call.tenant_id.clone(),
-                    call_id: call.call_id.clone(),
-                    crm,
-                    idempotency_key: key,
-                    version: call.version,
-                    call: call.clone(),
-                    requested_at: now_ms(),
-                    trace_id: input.trace_id.clone(),
-                };
-                outputs.push(OutRecord::new(
-                    &topic,
-                    &call.tenant_id,
-                    codec::encode(&request).expect("CrmWriteRequest always encodes"),
-                    &input.trace_id,
-                ));
+                outputs.push(OutRecord::new(&topic, act.tenant_id(), act.request(crm, now_ms(), &input.trace_id), &input.trace_id));
             }
             outputs.push(self.emit.audit_record(&audit));
         }
         Processed { outputs, outcome: mark.label() }
     }
 
-    /// A configured tenant with no CRM connected: nothing to write, but say so.
-    pub fn no_crms(&self, input: &InMessage, call: &NormalisedCall) -> Processed {
+    /// A configured tenant with no CRM connected, or none that takes this kind (a tenant
+    /// syncing calls only, say): nothing to write, but say so.
+    pub fn no_crms(&self, input: &InMessage, act: &Activity, tenant: &ResolvedTenant) -> Processed {
+        let kind = act.kind();
         let subject = Subject {
-            tenant_id: &call.tenant_id,
-            call_id: Some(&call.call_id),
+            tenant_id: act.tenant_id(),
+            call_id: Some(act.source_id()),
             crm: None,
-            version: Some(call.version),
-            kind: Some(crm_common::events::ActivityKind::Call),
+            version: Some(act.version()),
+            kind: Some(kind),
         };
-        let audit = self.emit.audit(
-            input,
-            &subject,
-            "dedup",
-            AuditOutcome::Skipped,
-            format!("tenant '{}' has no CRM connected in TENANTS_CONFIG: nothing to write", call.tenant_id),
-        );
+        let detail = if tenant.crms.is_empty() {
+            format!("tenant '{}' has no CRM connected in TENANTS_CONFIG: nothing to write", tenant.id)
+        } else {
+            format!(
+                "no CRM of tenant '{}' takes {}s (its CRMs' `activities` in TENANTS_CONFIG): nothing to write",
+                tenant.id,
+                kind.as_str()
+            )
+        };
+        let audit = self.emit.audit(input, &subject, "dedup", AuditOutcome::Skipped, detail);
         Processed { outputs: vec![self.emit.audit_record(&audit)], outcome: "no_crms" }
     }
 }
@@ -130,7 +125,8 @@ impl Fanout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crm_common::events::{AuditRecord, Crm, Stage};
+    use crm_common::codec;
+    use crm_common::events::{ActivityKind, ActivityWriteRequest, AuditRecord, Crm, CrmWriteRequest, Stage};
     use crm_common::tenants::Tenants;
 
     fn input() -> InMessage {
@@ -146,15 +142,15 @@ mod tests {
         }
     }
 
-    fn call(version: i64) -> NormalisedCall {
-        crm_common::events::fixtures::normalised_call("acme", "c:1", version)
+    fn call(version: i64) -> Activity {
+        Activity::Call(crm_common::events::fixtures::normalised_call("acme", "c:1", version))
     }
 
     fn fanout() -> (Fanout, Tenants) {
         let tenants = Tenants::parse(
             "[tenants.acme]\ndefault_region = \"US\"\ndedup_window = \"90m\"\n\
              [tenants.acme.crms.hubspot]\nplan = \"pro\"\ncredentials_secret = \"A\"\n\
-             [tenants.acme.crms.zoho]\nplan = \"pro\"\ncredentials_secret = \"B\"\n",
+             [tenants.acme.crms.zoho]\nplan = \"pro\"\ncredentials_secret = \"B\"\nactivities = [\"call\", \"email\"]\n",
         )
         .unwrap();
         (Fanout { emit: Emitter::new(Stage::Deduper, Topics::default()), topics: Topics::default() }, tenants)
@@ -167,7 +163,7 @@ mod tests {
     #[test]
     fn a_new_call_goes_to_every_connected_crm_with_its_key() {
         let (f, t) = fanout();
-        let p = f.decide(&input(), call(1), t.get("acme").unwrap(), &Mark::New);
+        let p = f.decide(&input(), &call(1), t.get("acme").unwrap(), &Mark::New);
         assert_eq!(p.outcome, "new");
         let writes: Vec<(String, CrmWriteRequest)> = p
             .outputs
@@ -193,7 +189,7 @@ mod tests {
     fn a_repeat_writes_nothing_and_says_why_per_crm() {
         let (f, t) = fanout();
         let mark = Mark::Repeat { marked_version: 3, marked_by: "calls.normalised/2/7".into() };
-        let p = f.decide(&input(), call(2), t.get("acme").unwrap(), &mark);
+        let p = f.decide(&input(), &call(2), t.get("acme").unwrap(), &mark);
         assert_eq!(p.outcome, "repeat");
         assert!(p.outputs.iter().all(|o| o.topic == "sync.audit"));
         let a = audits(&p);
@@ -208,11 +204,41 @@ mod tests {
     fn updates_and_redeliveries_are_emitted() {
         let (f, t) = fanout();
         let up = Mark::Update { previous_version: 1, previous_input: "calls.normalised/2/3".into() };
-        let p = f.decide(&input(), call(2), t.get("acme").unwrap(), &up);
+        let p = f.decide(&input(), &call(2), t.get("acme").unwrap(), &up);
         assert_eq!(p.outputs.iter().filter(|o| o.topic.starts_with("crm.writes.")).count(), 2);
         assert_eq!(audits(&p)[0].attributes["previous_version"], "1");
-        let p = f.decide(&input(), call(2), t.get("acme").unwrap(), &Mark::Redelivered);
+        let p = f.decide(&input(), &call(2), t.get("acme").unwrap(), &Mark::Redelivered);
         assert_eq!(p.outcome, "redelivered");
         assert_eq!(p.outputs.iter().filter(|o| o.topic.starts_with("crm.writes.")).count(), 2);
+    }
+
+    #[test]
+    fn an_email_goes_only_to_the_crms_that_take_emails_with_its_kind_in_the_key() {
+        let (f, t) = fanout();
+        let req = crm_common::events::fixtures::email_request("acme", "m1", Crm::Zoho);
+        let email = Activity::Email(req.email.unwrap());
+        assert_eq!(email.mark_id(), "email:m1@mail.acme.example", "an email's mark never meets a call id");
+        let p = f.decide(&input(), &email, t.get("acme").unwrap(), &Mark::New);
+        let writes: Vec<(String, ActivityWriteRequest)> = p
+            .outputs
+            .iter()
+            .filter(|o| o.topic.starts_with("crm.writes."))
+            .map(|o| (o.topic.clone(), codec::decode(&o.payload).unwrap()))
+            .collect();
+        assert_eq!(writes.len(), 1, "hubspot takes calls only (the default)");
+        assert_eq!(writes[0].0, "crm.writes.zoho");
+        let w = &writes[0].1;
+        assert_eq!((w.kind, w.idempotency_key.as_str()), (ActivityKind::Email, "acme:email:m1@mail.acme.example:zoho"));
+        assert!(w.email.is_some() && w.meeting.is_none());
+        let a = audits(&p);
+        assert_eq!((a.len(), a[0].kind, a[0].call_id.as_deref()), (1, Some(ActivityKind::Email), Some("m1@mail.acme.example")));
+
+        // No CRM of the tenant takes meetings: nothing written, and the audit says why.
+        let meeting = Activity::Meeting(crm_common::events::fixtures::meeting_request("acme", "e1", Crm::Zoho).meeting.unwrap());
+        let p = f.decide(&input(), &meeting, t.get("acme").unwrap(), &Mark::New);
+        assert_eq!(p.outcome, "no_crms");
+        let a = audits(&p);
+        assert_eq!(a[0].outcome, AuditOutcome::Skipped);
+        assert!(a[0].detail.contains("takes meetings"), "{}", a[0].detail);
     }
 }

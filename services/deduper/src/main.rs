@@ -1,25 +1,28 @@
-//! deduper: calls.normalised → crm.writes.<crm> (DESIGN §1, §4). For each normalised call it
-//! asks Redis whether the call was seen inside its dedup window (one pipelined round trip per
-//! batch), then fans a new call or a newer version out as one CrmWriteRequest per CRM the
-//! tenant has connected. Repeats are suppressed and audited; unknown tenants and undecodable
+//! deduper: calls.normalised, emails.normalised, meetings.normalised → crm.writes.<crm>
+//! (DESIGN §1, §4). For each normalised activity it asks Redis whether it was seen inside its
+//! dedup window (one pipelined round trip per batch), then fans a new activity or a newer
+//! version out as one write request per CRM the tenant has connected for that kind (a
+//! CrmWriteRequest for a call, an ActivityWriteRequest for an email or a meeting). Repeats are suppressed and audited; unknown tenants and undecodable
 //! input go to sync.dlq. When Redis is unreachable the batch fails as a whole and is retried:
 //! nothing is emitted or committed until Redis answers again.
 
+mod activity;
 mod fanout;
 
+use activity::Activity;
+
 use clap::Parser;
-use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::dedup::{DedupStore, MarkRequest};
 use crm_common::emit::{Emitter, Subject};
-use crm_common::events::{DlqReason, NormalisedCall, Stage};
+use crm_common::events::{DlqReason, Stage};
 use crm_common::kafka::InMessage;
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 use crm_common::redis_conn::redact_url;
 use crm_common::tenants::{ResolvedTenant, Tenants};
 
 #[derive(Parser)]
-#[command(name = "deduper", about = "calls.normalised → crm.writes.<crm>: repeats suppressed, one request per connected CRM")]
+#[command(name = "deduper", about = "normalised activities → crm.writes.<crm>: repeats suppressed, one request per connected CRM")]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -37,17 +40,16 @@ struct Deduper {
 /// What became of an input before Redis was asked.
 enum Step<'a> {
     Done(Processed),
-    Mark { call: Box<NormalisedCall>, tenant: &'a ResolvedTenant },
+    Mark { act: Box<Activity>, tenant: &'a ResolvedTenant },
 }
 
 impl Deduper {
     fn classify<'a>(&'a self, input: &InMessage) -> Step<'a> {
         let emit = &self.fanout.emit;
         let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None, kind: None };
-        let call: NormalisedCall = match codec::decode(input.payload.as_deref().unwrap_or_default()) {
-            Ok(c) => c,
-            Err(e) => {
-                let detail = format!("calls.normalised message is not a NormalisedCall: {e}");
+        let act = match Activity::decode(input, &self.fanout.topics) {
+            Ok(a) => a,
+            Err(detail) => {
                 return Step::Done(fanout::dead(emit.dead_letter(
                     input,
                     &anonymous,
@@ -59,18 +61,18 @@ impl Deduper {
             }
         };
         let subject = Subject {
-            tenant_id: &call.tenant_id,
-            call_id: Some(&call.call_id),
+            tenant_id: act.tenant_id(),
+            call_id: Some(act.source_id()),
             crm: None,
-            version: Some(call.version),
-            kind: Some(crm_common::events::ActivityKind::Call),
+            version: Some(act.version()),
+            kind: Some(act.kind()),
         };
-        if call.call_id.is_empty() {
-            let detail = "call_id is empty: a call cannot be deduplicated or written without its id".to_string();
+        if act.source_id().is_empty() {
+            let detail = format!("the {}'s id is empty: it cannot be deduplicated or written without it", act.kind().as_str());
             return Step::Done(fanout::dead(emit.dead_letter(input, &subject, "dedup", DlqReason::Validation, detail.clone(), detail)));
         }
-        let Some(tenant) = self.tenants.get(&call.tenant_id) else {
-            let detail = format!("tenant '{}' is not in TENANTS_CONFIG", call.tenant_id);
+        let Some(tenant) = self.tenants.get(act.tenant_id()) else {
+            let detail = format!("tenant '{}' is not in TENANTS_CONFIG", act.tenant_id());
             return Step::Done(fanout::dead(emit.dead_letter(
                 input,
                 &subject,
@@ -80,10 +82,10 @@ impl Deduper {
                 detail,
             )));
         };
-        if tenant.crms.is_empty() {
-            return Step::Done(self.fanout.no_crms(input, &call));
+        if !tenant.crms.values().any(|c| c.activities.contains(&act.kind())) {
+            return Step::Done(self.fanout.no_crms(input, &act, tenant));
         }
-        Step::Mark { call: Box::new(call), tenant }
+        Step::Mark { act: Box::new(act), tenant }
     }
 }
 
@@ -94,12 +96,12 @@ impl Handler for Deduper {
             .iter()
             .zip(&steps)
             .filter_map(|(input, step)| match step {
-                Step::Mark { call, tenant } => Some(MarkRequest {
-                    tenant_id: call.tenant_id.clone(),
-                    call_id: call.call_id.clone(),
-                    version: call.version,
+                Step::Mark { act, tenant } => Some(MarkRequest {
+                    tenant_id: act.tenant_id().to_string(),
+                    call_id: act.mark_id(),
+                    version: act.version(),
                     input: format!("{}/{}/{}", input.topic, input.partition, input.offset),
-                    window_ms: tenant.dedup_window_for(&call.source).as_millis() as u64,
+                    window_ms: tenant.dedup_window_for(act.source()).as_millis() as u64,
                 }),
                 Step::Done(_) => None,
             })
@@ -108,16 +110,16 @@ impl Handler for Deduper {
             .store
             .mark_many(&requests)
             .await
-            .map_err(|e| Transient(format!("Redis at {} failed while marking {} calls: {e}", self.redis, requests.len())))?;
+            .map_err(|e| Transient(format!("Redis at {} failed while marking {} activities: {e}", self.redis, requests.len())))?;
         let mut marks = marks.into_iter();
         Ok(batch
             .iter()
             .zip(steps)
             .map(|(input, step)| match step {
                 Step::Done(p) => p,
-                Step::Mark { call, tenant } => {
+                Step::Mark { act, tenant } => {
                     let mark = marks.next().expect("one mark per request");
-                    self.fanout.decide(input, *call, tenant, &mark)
+                    self.fanout.decide(input, &act, tenant, &mark)
                 }
             })
             .collect())
@@ -141,7 +143,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = PipelineConfig {
         service: "deduper",
-        input_topics: vec![cli.common.topics.calls_normalised.clone()],
+        input_topics: vec![
+            cli.common.topics.calls_normalised.clone(),
+            cli.common.topics.emails_normalised.clone(),
+            cli.common.topics.meetings_normalised.clone(),
+        ],
         common: cli.common,
         args: cli.pipeline,
     };

@@ -93,6 +93,17 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
     for id in tenants.ids() {
         let t = tenants.get(&id).expect("listed");
         if let Some(conn) = t.crms.get(&crm) {
+            // Asked for a kind this writer cannot write: refuse to start, rather than
+            // dead-letter every such activity the deduper sends.
+            if let Some(kind) = conn.activities.iter().find(|k| !connector.kinds().contains(k)) {
+                anyhow::bail!(
+                    "tenants.{id}.crms.{}.activities names '{}', which writer --crm {} does not write yet (it writes: {}); remove it from TENANTS_CONFIG",
+                    crm.as_str(),
+                    kind.as_str(),
+                    crm.as_str(),
+                    connector.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
             let client = connector.tenant(t, conn);
             if client.as_ref().is_ok_and(|c| c.auth.is_oauth()) {
                 oauth_tenants += 1;

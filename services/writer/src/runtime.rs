@@ -223,6 +223,24 @@ async fn undecodable<C: Connector>(
     ticket: Ticket,
     error: String,
 ) -> anyhow::Result<()> {
+    // An email or a meeting this writer does not write (a tenant's config changed under a
+    // running deduper): say so plainly, and keep it for replay once it does.
+    if let Ok(a) = codec::decode::<crm_common::events::ActivityWriteRequest>(m.payload.as_deref().unwrap_or_default()) {
+        let detail = format!(
+            "writer --crm {} does not write {}s yet; the request is kept here for replay once it does",
+            shared.crm.as_str(),
+            a.kind.as_str()
+        );
+        let subject = Subject {
+            tenant_id: &a.tenant_id,
+            call_id: Some(&a.source_id),
+            crm: Some(shared.crm),
+            version: Some(a.version),
+            kind: Some(a.kind),
+        };
+        let outputs = shared.emit.dead_letter(&m, &subject, "write", DlqReason::Validation, detail.clone(), detail).into();
+        return publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await;
+    }
     let detail = format!("{} message is not a CrmWriteRequest: {error}", m.topic);
     let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None, kind: None };
     let outputs = shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into();
