@@ -163,7 +163,7 @@ fn a_calls_trace_shows_every_stage_from_raw_to_the_crm_record() {
     assert!(steps.len() >= 4, "{json}");
     assert!(steps.windows(2).all(|w| w[0]["at"].as_str() <= w[1]["at"].as_str()), "in time order");
     let (ok, none, _) = crm_sync(&["trace", "no-such-call"], &env);
-    assert!(!ok && none.contains("No record of call no-such-call"), "{none}");
+    assert!(!ok && none.contains("No record of activity no-such-call"), "{none}");
     for p in [n, d, w, s] {
         assert!(p.terminate().success());
     }
@@ -231,6 +231,51 @@ fn a_replayed_dlq_entry_is_written_once_after_its_cause_is_fixed() {
     let by: String = db.query("SELECT attributes->>'by' FROM audit WHERE stage = 'OPERATOR' LIMIT 1")[0].get(0);
     assert_eq!(by, "support-jane");
     for p in [w, s] {
+        assert!(p.terminate().success());
+    }
+}
+
+/// An email's path: the audit store keeps its kind, `crm-sync trace` finds it by its
+/// Message-ID (brackets or not) and calls it an email; a refused one is in the DLQ as an
+/// email with its reason.
+#[test]
+fn an_emails_trace_and_dead_letter_name_its_kind() {
+    let broker = Broker::start(1);
+    let db = PrivateDb::new("trace_email");
+    let tenants = crm_sync_tests::TempFile::new(
+        "tenants.toml",
+        "[tenants.acme]\ndefault_region = \"US\"\n[tenants.acme.crms.hubspot]\nplan = \"starter\"\ncredentials_secret = \"X\"\nactivities = [\"call\", \"email\"]\n",
+    );
+    let prefix = RedisPrefix::new("trace-email");
+    let common =
+        [("TENANTS_CONFIG", tenants.path()), ("REDIS_URL", crm_sync_tests::MACHINE_REDIS), ("REDIS_KEY_PREFIX", prefix.0.as_str())];
+    let n = broker.service("normaliser", &common);
+    let d = broker.service("deduper", &common);
+    let s = sink(&broker, &db, "audit-sink");
+    let good = fixtures::raw_email("acme", "m77", 0);
+    let mut bad = fixtures::raw_email("acme", "m78", 1);
+    bad.cc = vec!["not an address".into()];
+    broker.produce("emails.raw", &[good, bad].map(|e| ("acme".to_string(), codec::encode(&e).unwrap(), vec![])));
+    let stored = db.wait_count(
+        "SELECT count(*) FROM audit WHERE kind = 'email' AND call_id IN ('m77@mail.acme.example', 'm78@mail.acme.example')",
+        3,
+        Duration::from_secs(60),
+    );
+    assert_eq!(stored, 3, "normalised, deduped for hubspot, and the refused one");
+    let dead = db.wait_count(
+        "SELECT count(*) FROM dlq WHERE kind = 'email' AND reason = 'VALIDATION' AND call_id = 'm78@mail.acme.example'",
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dead, 1);
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let (ok, text, err) = crm_sync(&["trace", "<m77@mail.acme.example>"], &env);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("Email m77@mail.acme.example (tenant acme)"), "{text}");
+    for expected in ["NORMALISER", "DEDUPER", "new email"] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    for p in [n, d, s] {
         assert!(p.terminate().success());
     }
 }

@@ -18,6 +18,7 @@ use tokio_postgres::{Client, NoTls};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_audit_store", include_str!("../../../migrations/0001_audit_store.sql")),
     ("0002_reconciler", include_str!("../../../migrations/0002_reconciler.sql")),
+    ("0003_activity_kind", include_str!("../../../migrations/0003_activity_kind.sql")),
 ];
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
@@ -239,13 +240,14 @@ impl AuditStore {
             let offset: Vec<i64> = audit.iter().map(|r| r.input_offset).collect();
             let trace = col(&|r| s(&r.trace_id));
             let attrs: Vec<serde_json::Value> = audit.iter().map(|r| serde_json::to_value(&r.attributes).unwrap_or_default()).collect();
+            let kind = col(&|r| r.kind.map(|k| k.as_str().to_string()));
             tx.execute(
                 "INSERT INTO audit (audit_id, occurred_at, tenant_id, call_id, crm, stage, operation, outcome, reason, detail, attempt, version, \
-                 idempotency_key, crm_status, crm_response_excerpt, crm_record_id, latency_ms, input_topic, input_partition, input_offset, trace_id, attributes) \
+                 idempotency_key, crm_status, crm_response_excerpt, crm_record_id, latency_ms, input_topic, input_partition, input_offset, trace_id, attributes, kind) \
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
                  $10::text[], $11::int4[], $12::int8[], $13::text[], $14::int4[], $15::text[], $16::text[], $17::int8[], $18::text[], $19::int4[], $20::int8[], \
-                 $21::text[], $22::jsonb[]) ON CONFLICT DO NOTHING",
-                &[&ids, &at, &tenant, &call, &crm, &stage, &op, &outcome, &reason, &detail, &attempt, &version, &key, &status, &excerpt, &record, &latency, &topic, &part, &offset, &trace, &attrs],
+                 $21::text[], $22::jsonb[], $23::text[]) ON CONFLICT DO NOTHING",
+                &[&ids, &at, &tenant, &call, &crm, &stage, &op, &outcome, &reason, &detail, &attempt, &version, &key, &status, &excerpt, &record, &latency, &topic, &part, &offset, &trace, &attrs, &kind],
             )
             .await?
         };
@@ -272,12 +274,13 @@ impl AuditStore {
             let status: Vec<Option<i32>> = dlq.iter().map(|r| r.crm_status).collect();
             let excerpt = col(&|r| r.crm_response_excerpt.clone());
             let trace = col(&|r| s(&r.trace_id));
+            let kind = col(&|r| r.kind.map(|k| k.as_str().to_string()));
             tx.execute(
                 "INSERT INTO dlq (dlq_id, failed_at, tenant_id, call_id, crm, stage, reason, detail, source_topic, source_partition, source_offset, \
-                 source_key, payload, attempt, replay_count, crm_status, crm_response_excerpt, trace_id) \
+                 source_key, payload, attempt, replay_count, crm_status, crm_response_excerpt, trace_id, kind) \
                  SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
-                 $10::int4[], $11::int8[], $12::bytea[], $13::bytea[], $14::int4[], $15::int4[], $16::int4[], $17::text[], $18::text[]) ON CONFLICT DO NOTHING",
-                &[&ids, &at, &tenant, &call, &crm, &stage, &reason, &detail, &topic, &part, &offset, &key, &payload, &attempt, &replays, &status, &excerpt, &trace],
+                 $10::int4[], $11::int8[], $12::bytea[], $13::bytea[], $14::int4[], $15::int4[], $16::int4[], $17::text[], $18::text[], $19::text[]) ON CONFLICT DO NOTHING",
+                &[&ids, &at, &tenant, &call, &crm, &stage, &reason, &detail, &topic, &part, &offset, &key, &payload, &attempt, &replays, &status, &excerpt, &trace, &kind],
             )
             .await?
         };
@@ -331,6 +334,8 @@ pub struct Step {
     pub crm_record_id: Option<String>,
     pub latency_ms: Option<i64>,
     pub trace_id: String,
+    /// The activity's kind (`call` for rows stored before kinds existed).
+    pub kind: String,
     /// For dead letters: the entry's id and review state.
     pub dlq: Option<String>,
 }
@@ -343,7 +348,7 @@ impl AuditStore {
             .client
             .query(
                 "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), tenant_id, stage, crm, operation, outcome, reason, detail, \
-                 version, attempt, crm_status, crm_record_id, latency_ms, trace_id \
+                 version, attempt, crm_status, crm_record_id, latency_ms, trace_id, coalesce(kind, 'call') \
                  FROM audit WHERE call_id = $1 AND ($2::text IS NULL OR tenant_id = $2) ORDER BY occurred_at, audit_id",
                 &[&call_id, &tenant],
             )
@@ -390,6 +395,7 @@ impl AuditStore {
                     crm_record_id: r.get(11),
                     latency_ms: r.get(12),
                     trace_id: r.get(13),
+                    kind: r.get(14),
                     dlq,
                 }
             })

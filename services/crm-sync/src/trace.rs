@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// The call's id, as the source system sent it.
+    /// The activity's id, as the source system sent it: a call id, an email's Message-ID
+    /// (angle brackets optional), a meeting's iCalUID (with `/` and its occurrence for one
+    /// occurrence of a series), or its calendar event id.
     pub call_id: String,
     /// Only this tenant's call (call ids may repeat across tenants).
     #[arg(long)]
@@ -30,7 +32,7 @@ fn is_exchange(s: &Step) -> bool {
 pub fn render(call_id: &str, steps: &[Step]) -> String {
     if steps.is_empty() {
         return format!(
-            "No record of call {call_id} in the audit store.\n\
+            "No record of activity {call_id} (a call, email or meeting id) in the audit store.\n\
              It never reached crm-sync (check the source system's id), or its audit has not been stored yet \
              (is the audit-sink running?), or it is older than the audit retention.\n"
         );
@@ -41,8 +43,11 @@ pub fn render(call_id: &str, steps: &[Step]) -> String {
         t.dedup();
         t
     };
+    let kind = steps.iter().find(|s| s.kind != "call").map_or("call", |s| s.kind.as_str());
+    let mut what = kind.to_string();
+    what[..1].make_ascii_uppercase();
     out += &format!(
-        "Call {call_id} (tenant {}), {} audit records from {} to {} UTC, trace {}\n",
+        "{what} {call_id} (tenant {}), {} audit records from {} to {} UTC, trace {}\n",
         tenants.join(", "),
         steps.len(),
         steps[0].at,
@@ -118,13 +123,15 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut store = AuditStore::connect(&args.database_url).await?;
         store.migrate().await?;
-        let steps = store.trace(&args.call_id, args.tenant.as_deref()).await?;
+        // A Message-ID is stored without its angle brackets.
+        let id = crm_common::email::bare_message_id(&args.call_id);
+        let steps = store.trace(id, args.tenant.as_deref()).await?;
         if args.json {
             for s in &steps {
                 println!("{}", serde_json::to_string(s)?);
             }
         } else {
-            print!("{}", render(&args.call_id, &steps));
+            print!("{}", render(id, &steps));
         }
         anyhow::ensure!(!steps.is_empty() || args.json, "no audit records for call {}", args.call_id);
         Ok(())
@@ -151,6 +158,7 @@ mod tests {
             crm_record_id: None,
             latency_ms: None,
             trace_id: "t".into(),
+            kind: "call".into(),
             dlq: None,
         }
     }
@@ -174,7 +182,7 @@ mod tests {
         assert!(text.contains("hubspot: in the CRM as record 301"), "{text}");
         assert!(text.contains("salesforce: NOT written: PERMISSION_DENIED (dlq entry x, open, replayed 0×)"), "{text}");
         assert!(text.contains("zoho: handed to the writer; no write recorded yet"), "{text}");
-        assert!(render("nope", &[]).contains("No record of call nope"));
+        assert!(render("nope", &[]).contains("No record of activity nope"));
     }
 
     #[test]
