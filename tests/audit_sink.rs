@@ -275,6 +275,16 @@ fn an_emails_trace_and_dead_letter_name_its_kind() {
     for expected in ["NORMALISER", "DEDUPER", "new email"] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    // A backfill of emails.raw re-sends both; the deduper lets the good one past its mark.
+    let env = [("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.as_str()), ("TENANTS_CONFIG", tenants.path())];
+    let (ok, out, err) = crm_sync(&["backfill", "--tenant", "acme", "--kind", "email", "--from", "1h", "--quiet"], &env);
+    assert!(ok && out.contains("re-sent 2 emails"), "{out}{err}");
+    let again = db.wait_count(
+        "SELECT count(*) FROM audit WHERE kind = 'email' AND stage = 'DEDUPER' AND call_id = 'm77@mail.acme.example' AND attributes ? 'backfill'",
+        1,
+        Duration::from_secs(60),
+    );
+    assert_eq!(again, 1, "the backfilled email reached the deduper marked as a backfill");
     for p in [n, d, s] {
         assert!(p.terminate().success());
     }

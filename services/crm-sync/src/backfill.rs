@@ -1,5 +1,6 @@
-//! `crm-sync backfill --tenant T --from TIME --to TIME [--dry-run]`: after an outage, re-read
-//! calls.raw for one tenant and a time range (Kafka's offsets by timestamp give each
+//! `crm-sync backfill --tenant T --from TIME --to TIME [--kind call|email|meeting] [--dry-run]`:
+//! after an outage, re-read a raw topic (calls.raw, emails.raw or meetings.raw) for one
+//! tenant and a time range (Kafka's offsets by timestamp give each
 //! partition's range) and publish those calls again, marked with the BACKFILL header. The
 //! deduper lets a marked call past its mark and the writer's claim (DONE per idempotency
 //! key) skips every call already written, so a range that was partly written gets only the
@@ -7,7 +8,7 @@
 
 use crm_common::clock::now_ms;
 use crm_common::config::CommonArgs;
-use crm_common::events::{AuditOutcome, Stage};
+use crm_common::events::{ActivityKind, AuditOutcome, Stage};
 use crm_common::kafka::{InMessage, OutRecord, BACKFILL};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -19,6 +20,10 @@ pub struct BackfillArgs {
     common: CommonArgs,
     #[arg(long)]
     tenant: String,
+    /// Which raw topic to re-read: `call` (calls.raw, the default), `email` (emails.raw) or
+    /// `meeting` (meetings.raw).
+    #[arg(long, default_value = "call", value_parser = |s: &str| s.parse::<ActivityKind>())]
+    kind: ActivityKind,
     /// Start of the range: RFC 3339 (`2026-11-23T08:00:00Z`) or a duration ago (`3h`).
     #[arg(long, value_parser = parse_time)]
     from: i64,
@@ -50,7 +55,13 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.from < to, "--from must be before --to");
     let tenants = crm_common::tenants::Tenants::load(&args.common.tenants_config)?;
     anyhow::ensure!(tenants.get(&args.tenant).is_some(), "tenant '{}' is not in TENANTS_CONFIG", args.tenant);
-    let topic = args.common.topics.calls_raw.clone();
+    let topics = &args.common.topics;
+    let topic = match args.kind {
+        ActivityKind::Email => topics.emails_raw.clone(),
+        ActivityKind::Meeting => topics.meetings_raw.clone(),
+        _ => topics.calls_raw.clone(),
+    };
+    let what = format!("{}s", args.kind.as_str());
     let kafka = crm_common::kafka::Kafka::from_args(&args.common);
     let ranges = crm_common::kafka::reader::offsets_by_time(&kafka, &topic, args.from, to)?;
     let total: i64 = ranges.iter().map(|(_, a, b)| b - a).sum();
@@ -128,14 +139,14 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
             headers: vec![],
             trace_id: crm_common::kafka::new_trace_id(),
         };
-        let subject = crm_common::emit::Subject { tenant_id: &args.tenant, call_id: None, crm: None, version: None, kind: None };
+        let subject = crm_common::emit::Subject { tenant_id: &args.tenant, call_id: None, crm: None, version: None, kind: Some(args.kind) };
         let mut a = emit.audit(
             &input,
             &subject,
             "backfill",
             AuditOutcome::Succeeded,
             format!(
-                "{run_id} by {}: re-sent {sent} calls of {} from {topic} between {} and {}",
+                "{run_id} by {}: re-sent {sent} {what} of {} from {topic} between {} and {}",
                 args.by,
                 args.tenant,
                 crm_common::audit_store::ts(args.from).to_rfc3339(),
@@ -147,10 +158,10 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
         rt.block_on(crm_common::kafka::publish_all(&producer, [&emit.audit_record(&a)]))?;
     }
     if args.dry_run {
-        println!("dry run: {matched} calls of {} in range would be re-sent ({total} messages scanned)", args.tenant);
+        println!("dry run: {matched} {what} of {} in range would be re-sent ({total} messages scanned)", args.tenant);
     } else {
         println!(
-            "{run_id}: re-sent {sent} calls of {} ({total} messages scanned); already-written calls will be audited as duplicates",
+            "{run_id}: re-sent {sent} {what} of {} ({total} messages scanned); already-written {what} will be audited as duplicates",
             args.tenant
         );
     }
