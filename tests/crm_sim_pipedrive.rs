@@ -239,3 +239,55 @@ fn auth_and_faults() {
         "the 500 came after the write; a filtered list finds it"
     );
 }
+
+/// Emails and meetings are activities of type `email` and `meeting` (CRM-APIS-ACTIVITIES
+/// §1.4, §2.4): a meeting's persons are its participants (the first primary), its guests
+/// `attendees` (external emails too) read back only with `include_fields=attendees`, its v2
+/// `location` an object; the `person_id` filter finds the primary participant only.
+#[test]
+fn meetings_and_emails_are_typed_activities_with_participants_and_attendees() {
+    let sim = CrmSim::start();
+    company(
+        &sim,
+        json!({"plan": "ultimate", "objects": {"persons": [
+            {"name": "Jane Doe", "emails": [{"value": "jane@customer.example", "primary": true}]},
+            {"name": "Max Muster", "emails": [{"value": "max@customer.example", "primary": true}]}
+        ]}}),
+    );
+    let persons = sim.records("pipedrive", "acme", "persons");
+    let id = |i: usize| persons[i]["id"].as_str().unwrap().parse::<u64>().unwrap();
+    let (jane, max) = (id(0), id(1));
+    let meeting = json!({"subject": "Quarterly review", "type": "meeting", "due_date": "2026-01-05", "due_time": "15:00", "duration": "00:30",
+        "busy": true, "location": {"value": "Room 4, 1 Main St"},
+        "participants": [{"person_id": jane, "primary": true}, {"person_id": max, "primary": false}],
+        "attendees": [{"email": "jane@customer.example", "name": "Jane Doe", "status": "accepted", "person_id": jane},
+                      {"email": "guest@elsewhere.example", "status": "noreply"}],
+        "note": "<p>crm-sync-key:acme:meeting:e1@google.com:pipedrive</p>"});
+    let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&meeting));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mid = r.body["data"]["id"].as_u64().unwrap();
+    assert!(r.body["data"].get("attendees").is_none(), "attendees only when asked for: {}", r.text);
+    let read = sim.call("GET", &format!("{A}/{mid}?include_fields=attendees"), Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(read.body["data"]["attendees"].as_array().map(Vec::len), Some(2), "{}", read.text);
+    assert_eq!(read.body["data"]["participants"].as_array().map(Vec::len), Some(2));
+    let by =
+        |p: u64| sim.call("GET", &format!("{A}?person_id={p}"), Auth::PipedriveToken(TOKEN), None).body["data"].as_array().unwrap().len();
+    assert_eq!((by(jane), by(max)), (1, 0), "person_id is the primary participant only");
+
+    let email = json!({"subject": "Renewal", "type": "email", "due_date": "2026-01-05", "due_time": "09:00", "done": true,
+        "participants": [{"person_id": max, "primary": true}]});
+    assert_eq!(sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&email)).status, 200);
+
+    for (bad, why) in [
+        (json!({"type": "webinar"}), "activity type"),
+        (json!({"type": "meeting", "location": "Room 4"}), "location"),
+        (json!({"type": "meeting", "attendees": [{"name": "No Email"}]}), "attendees"),
+        (json!({"type": "meeting", "attendees": [{"email": "a@b.example", "status": "maybe"}]}), "status"),
+    ] {
+        let r = sim.call("POST", A, Auth::PipedriveToken(TOKEN), Some(&bad));
+        assert_eq!(r.status, 400, "{why}: {}", r.text);
+        assert_eq!(r.body["success"], false);
+    }
+    // Mailbox emails cannot be created through the API.
+    assert!(sim.call("POST", "/pipedrive/api/v1/mailbox/mailThreads", Auth::PipedriveToken(TOKEN), Some(&json!({}))).status >= 400);
+}

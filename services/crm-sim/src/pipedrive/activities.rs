@@ -1,5 +1,7 @@
 //! Activities and persons. An activity's person is its primary participant; activities have no
-//! unique fields, so a repeated create makes a second activity (CRM-APIS §4.6).
+//! unique fields, so a repeated create makes a second activity (CRM-APIS §4.6). Meetings carry
+//! `attendees` (calendar guests, external emails too), read back only when asked for with
+//! `include_fields=attendees`, and a v2 `location` is an object (CRM-APIS-ACTIVITIES §2.4).
 
 use super::errors;
 use super::{derive, pd_time, ACTIVITY_TYPES};
@@ -64,6 +66,22 @@ fn validate(acct: &mut Account, body: &Map<String, Value>) -> Result<Validated, 
             "due_date" => v.as_str().is_some_and(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok()),
             "due_time" | "duration" => v.as_str().is_some_and(hhmm),
             "busy" | "done" => v.is_boolean(),
+            // v2: an object with the address as `value` (v1 took a string).
+            "location" => v.as_object().is_some_and(|o| o.get("value").is_none_or(Value::is_string)),
+            "attendees" => {
+                let Some(list) = v.as_array() else { return Err(errors::validation("attendees must be an array")) };
+                for a in list {
+                    if !a.get("email").and_then(Value::as_str).is_some_and(|e| e.contains('@')) {
+                        return Err(errors::validation("attendees[].email must be an email address"));
+                    }
+                    // The documented status values are not known ([U]): the harsher model
+                    // takes only the calendar's usual four.
+                    if a.get("status").is_some_and(|s| !s.as_str().is_some_and(|s| ATTENDEE_STATUSES.contains(&s))) {
+                        return Err(errors::validation(&format!("attendees[].status must be one of {ATTENDEE_STATUSES:?}")));
+                    }
+                }
+                true
+            }
             "participants" => {
                 let Some(list) = v.as_array() else { return Err(errors::validation("participants must be an array")) };
                 let mut ids = vec![];
@@ -103,8 +121,24 @@ fn ok(data: Value) -> Response {
     json(200, json!({"success": true, "data": data}))
 }
 
+/// Guests' answers an attendee may carry.
+pub const ATTENDEE_STATUSES: &[&str] = &["accepted", "declined", "tentative", "noreply"];
+
+/// An activity as v2 answers: `attendees` only when `include_fields=attendees` asked for it.
+fn render_with(r: &Record, attendees: bool) -> Value {
+    let mut f = r.fields.clone();
+    if !attendees {
+        f.remove("attendees");
+    }
+    Value::Object(f)
+}
+
 fn render(r: &Record) -> Value {
-    Value::Object(r.fields.clone())
+    render_with(r, false)
+}
+
+fn wants_attendees(q: &HashMap<String, String>) -> bool {
+    q.get("include_fields").is_some_and(|f| f.split(',').any(|x| x.trim() == "attendees"))
 }
 
 pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
@@ -151,9 +185,15 @@ fn live_activity<'a>(acct: &'a mut Account, id: &str) -> Option<&'a mut Record> 
     acct.table("activities").get_mut(id).filter(|r| r.live())
 }
 
-pub async fn read(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+pub async fn read(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let attendees = wants_attendees(&q);
     sim.with(&caller, |acct, _| match live_activity(acct, &id) {
-        Some(r) => ok(render(r)),
+        Some(r) => ok(render_with(r, attendees)),
         None => errors::not_found("Activity"),
     })
 }
@@ -234,6 +274,7 @@ pub async fn list(
     let num = |k: &str| q.get(k).cloned();
     let (person, owner, deal, done) = (num("person_id"), num("owner_id"), num("deal_id"), q.get("done").map(|d| d == "true" || d == "1"));
     let desc = q.get("sort_direction").is_some_and(|d| d == "desc");
+    let attendees = wants_attendees(&q);
     sim.with(&caller, |acct, _| {
         let field_is =
             |r: &Record, k: &str, v: &Option<String>| v.as_ref().is_none_or(|v| r.fields.get(k).map(|x| x.to_string()) == Some(v.clone()));
@@ -241,14 +282,8 @@ pub async fn list(
             .table("activities")
             .live()
             .filter(|r| ids.as_ref().is_none_or(|ids| ids.contains(&r.id)))
-            .filter(|r| {
-                person.as_ref().is_none_or(|p| {
-                    r.fields
-                        .get("participants")
-                        .and_then(Value::as_array)
-                        .is_some_and(|ps| ps.iter().any(|x| x.get("person_id").map(|v| v.to_string()) == Some(p.clone())))
-                })
-            })
+            // `person_id` means the activity's *primary* participant (the v2 reference), not any.
+            .filter(|r| person.as_ref().is_none_or(|p| r.associations.contains(p)))
             .filter(|r| field_is(r, "owner_id", &owner) && field_is(r, "deal_id", &deal))
             .filter(|r| done.is_none_or(|d| r.fields.get("done") == Some(&json!(d))))
             .filter(|r| since.is_none_or(|s| r.updated_ms / 1000 >= s / 1000) && until.is_none_or(|u| r.updated_ms / 1000 < u / 1000))
@@ -256,7 +291,7 @@ pub async fn list(
         if desc {
             hits.reverse();
         }
-        let page: Vec<Value> = hits.iter().skip(start).take(limit).map(|r| render(r)).collect();
+        let page: Vec<Value> = hits.iter().skip(start).take(limit).map(|r| render_with(r, attendees)).collect();
         let next = (start + limit < hits.len()).then(|| (start + limit).to_string());
         json(200, json!({"success": true, "data": page, "additional_data": {"next_cursor": next}}))
     })
