@@ -78,28 +78,17 @@ impl Normaliser {
                 Normalised { topic: &topics.calls_normalised, subject_id: None, record, detail, attributes }
             }),
             Raw::Email(ev) => activity::normalise_email(ev, now).map(|email| {
-                let detail = format!(
-                    "normalised {} email: {} other part{}{}",
-                    if email.direction == EmailDirection::Sent { "a sent" } else { "a received" },
-                    email.participants.len(),
-                    if email.participants.len() == 1 { "y" } else { "ies" },
-                    if email.body_truncated { "; body cut to its excerpt" } else { "" }
-                );
-                let attributes = vec![("source", email.source.clone()), ("participants", email.participants.len().to_string())];
+                let sent = if email.direction == EmailDirection::Sent { "a sent" } else { "a received" };
+                let cut = if email.body_truncated { "; body cut to its excerpt" } else { "" };
+                let detail = format!("normalised {sent} email: {}{cut}", parties(email.participants.len()));
                 let record = codec::encode(&email).expect("NormalisedEmail always encodes");
-                Normalised { topic: &topics.emails_normalised, subject_id: Some(email.message_id), record, detail, attributes }
+                Normalised::activity(&topics.emails_normalised, email.message_id, &email.source, email.participants.len(), record, detail)
             }),
             Raw::Meeting(ev) => activity::normalise_meeting(ev, tenant, &self.phones, now).map(|m| {
-                let detail = format!(
-                    "normalised a {:?} meeting: {} other part{}{}",
-                    m.status,
-                    m.participants.len(),
-                    if m.participants.len() == 1 { "y" } else { "ies" },
-                    if m.all_day { ", all day" } else { "" }
-                );
-                let attributes = vec![("source", m.source.clone()), ("participants", m.participants.len().to_string())];
+                let all_day = if m.all_day { ", all day" } else { "" };
+                let detail = format!("normalised a {:?} meeting: {}{all_day}", m.status, parties(m.participants.len()));
                 let record = codec::encode(&m).expect("NormalisedMeeting always encodes");
-                Normalised { topic: &topics.meetings_normalised, subject_id: Some(m.source_id), record, detail, attributes }
+                Normalised::activity(&topics.meetings_normalised, m.source_id, &m.source, m.participants.len(), record, detail)
             }),
         };
         let n = match normalised {
@@ -148,6 +137,19 @@ struct Normalised<'a> {
     record: Vec<u8>,
     detail: String,
     attributes: Vec<(&'static str, String)>,
+}
+
+impl<'a> Normalised<'a> {
+    /// An email or a meeting: known downstream by its normalised source id.
+    fn activity(topic: &'a str, source_id: String, source: &str, participants: usize, record: Vec<u8>, detail: String) -> Normalised<'a> {
+        let attributes = vec![("source", source.to_string()), ("participants", participants.to_string())];
+        Normalised { topic, subject_id: Some(source_id), record, detail, attributes }
+    }
+}
+
+/// "1 other party", "3 other parties".
+fn parties(n: usize) -> String {
+    format!("{n} other part{}", if n == 1 { "y" } else { "ies" })
 }
 
 fn dead(records: [OutRecord; 2]) -> Processed {
