@@ -344,3 +344,60 @@ fn auth_errors_and_faults() {
     assert_eq!(sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(&token), Some(&task(None))).status, 502);
     assert_eq!(sim.records("salesforce", "org-1", "Task").len(), 1, "written before the 502");
 }
+
+/// Meetings as Events (CRM-APIS-ACTIVITIES §2.2): a start and an end or a duration unless
+/// all-day, the end not before the start; EventWhoIds relates every matched contact (up to
+/// 50) or one lead alone; a reschedule updates the times and keeps them consistent.
+#[test]
+fn events_relate_every_contact_and_check_their_times() {
+    let sim = CrmSim::start();
+    org(
+        &sim,
+        json!({"fields": {"Task": {"CallExtId__c": {"external_id": true, "unique": true}}, "Event": {"CrmSyncKey__c": {"external_id": true, "unique": true}}},
+               "objects": {"Contact": [{"FirstName": "Jane", "LastName": "Doe", "Email": "jane@customer.example"}, {"LastName": "Max", "Email": "max@customer.example"}],
+                           "Lead": [{"LastName": "Lee", "Company": "Leads Inc"}]}}),
+    );
+    let contacts: Vec<String> =
+        sim.records("salesforce", "org-1", "Contact").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let lead = sim.records("salesforce", "org-1", "Lead")[0]["id"].as_str().unwrap().to_string();
+    let event = |extra: Value| {
+        let mut e = json!({"Subject": "Quarterly review", "StartDateTime": "2026-01-05T15:00:00.000+0000", "EndDateTime": "2026-01-05T15:30:00.000+0000",
+            "Location": "Room 4", "ShowAs": "Busy", "CrmSyncKey__c": "acme:meeting:e1@google.com:salesforce"});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    let r = sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&event(json!({"EventWhoIds": contacts}))));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("00U"), "{id}");
+    let read = sim.call("GET", &format!("{V}/sobjects/Event/{id}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(read.body["DurationInMinutes"], 30, "{}", read.text);
+    assert_eq!(read.body["EventWhoIds"].as_array().map(Vec::len), Some(2), "every contact related: {}", read.text);
+    assert!(contacts.contains(&read.body["WhoId"].as_str().unwrap().to_string()));
+
+    // Rescheduled: the new times, the duration kept consistent.
+    let moved = json!({"StartDateTime": "2026-01-06T09:00:00.000+0000", "EndDateTime": "2026-01-06T10:00:00.000+0000"});
+    assert_eq!(sim.call("PATCH", &format!("{V}/sobjects/Event/{id}"), Auth::Bearer(TOKEN), Some(&moved)).status, 204);
+    let read = sim.call("GET", &format!("{V}/sobjects/Event/{id}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(read.body["DurationInMinutes"], 60, "{}", read.text);
+    let backwards = json!({"EndDateTime": "2026-01-06T08:00:00.000+0000"});
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Event/{id}"), Auth::Bearer(TOKEN), Some(&backwards));
+    assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("FIELD_INTEGRITY_EXCEPTION")), "{}", r.text);
+
+    // What Salesforce refuses.
+    let mut no_end = event(json!({}));
+    no_end.as_object_mut().unwrap().remove("EndDateTime");
+    no_end["CrmSyncKey__c"] = json!("k2");
+    let r = sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&no_end));
+    assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("REQUIRED_FIELD_MISSING")), "{}", r.text);
+    no_end["DurationInMinutes"] = json!(45);
+    assert_eq!(sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&no_end)).status, 201, "a duration is enough");
+    let mixed = event(json!({"EventWhoIds": [contacts[0], lead], "CrmSyncKey__c": "k3"}));
+    let r = sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&mixed));
+    assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("FIELD_INTEGRITY_EXCEPTION")), "a lead stands alone: {}", r.text);
+    let all_day = json!({"Subject": "Offsite", "IsAllDayEvent": true, "ActivityDate": "2026-01-07", "EventWhoIds": [lead]});
+    assert_eq!(sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&all_day)).status, 201);
+    let gone = json!({"EventWhoIds": ["003Dn0000000zzzAAA"], "CrmSyncKey__c": "k4"});
+    let r = sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&event(gone)));
+    assert_eq!(r.status, 400, "{}", r.text);
+}

@@ -31,7 +31,7 @@ pub fn defaults(crm: Crm, plan: &str, seats: u64, overrides: Option<&Value>) -> 
 pub fn objects(crm: Crm) -> &'static [&'static str] {
     match crm {
         Crm::Hubspot => &["contacts", "calls", "emails", "meetings"],
-        Crm::Salesforce => &["Contact", "Lead", "Task"],
+        Crm::Salesforce => &["Contact", "Lead", "Task", "Event"],
         Crm::Zoho => &["Contacts", "Calls"],
         Crm::Pipedrive => &["persons", "activities"],
     }

@@ -28,6 +28,7 @@ pub const COLLECTION_MAX: usize = 200;
 pub fn prefix(object: &str) -> &'static str {
     match object {
         "Task" => "00T",
+        "Event" => "00U",
         "Contact" => "003",
         "Lead" => "00Q",
         "User" => "005",
@@ -38,6 +39,7 @@ pub fn prefix(object: &str) -> &'static str {
 pub fn object_of_id(id: &str) -> Option<&'static str> {
     match id.get(..3)? {
         "00T" => Some("Task"),
+        "00U" => Some("Event"),
         "003" => Some("Contact"),
         "00Q" => Some("Lead"),
         "005" => Some("User"),
@@ -130,7 +132,37 @@ pub fn schema() -> Schema {
     for f in ["Phone", "MobilePhone"] {
         lead.insert(f.into(), FieldDef::of(Phone));
     }
-    Schema::from([("Task".into(), task), ("Contact".into(), contact), ("Lead".into(), lead)])
+    // Event (CRM-APIS-ACTIVITIES §2.2): times in UTC; EventWhoIds relates up to 50 contacts
+    // or one lead (shared activities), answered by the create like the JunctionIdList it is.
+    let mut event = common_event();
+    event.insert("OwnerId".into(), FieldDef::of(Lookup));
+    Schema::from([("Task".into(), task), ("Event".into(), event), ("Contact".into(), contact), ("Lead".into(), lead)])
+}
+
+fn common_event() -> BTreeMap<String, FieldDef> {
+    use FieldType::*;
+    let ro = FieldDef::read_only;
+    let mut event = BTreeMap::new();
+    for f in ["Id", "CreatedDate", "LastModifiedDate", "SystemModstamp"] {
+        event.insert(f.to_string(), ro(Text));
+    }
+    event.insert("IsDeleted".into(), ro(Bool));
+    event.insert("Subject".into(), FieldDef::of(Text));
+    event.insert("StartDateTime".into(), FieldDef::of(DateTime));
+    event.insert("EndDateTime".into(), FieldDef::of(DateTime));
+    event.insert("ActivityDateTime".into(), FieldDef::of(DateTime));
+    event.insert("ActivityDate".into(), FieldDef::of(Date));
+    event.insert("DurationInMinutes".into(), FieldDef::of(Number));
+    event.insert("IsAllDayEvent".into(), FieldDef::of(Bool));
+    event.insert("Location".into(), FieldDef::of(Text));
+    event.insert("Description".into(), FieldDef::of(Json));
+    event.insert("ShowAs".into(), FieldDef::picklist(&["Busy", "Free", "OutOfOffice"]));
+    event.insert("EventSubtype".into(), FieldDef { create_only: true, ..FieldDef::picklist(&["Event"]) });
+    event.insert("WhoId".into(), FieldDef::of(Lookup));
+    event.insert("WhatId".into(), FieldDef::of(Lookup));
+    // A JunctionIdList: taken off the body before the field checks, answered on reads.
+    event.insert("EventWhoIds".into(), FieldDef::of(Json));
+    event
 }
 
 /// Fields Salesforce computes: Id, audit dates, IsDeleted, Name; WhoId follows a merge.
@@ -149,6 +181,15 @@ pub fn derive(object: &str, r: &mut Record) {
             if let Some(m) = &r.merged_into {
                 f.insert("MasterRecordId".into(), json!(m));
             }
+        }
+        "Event" => {
+            // WhoId is the primary person; EventWhoIds every related person.
+            if !f.contains_key("WhoId") {
+                if let Some(who) = r.associations.iter().next() {
+                    f.insert("WhoId".into(), json!(who));
+                }
+            }
+            f.insert("EventWhoIds".into(), json!(r.associations.iter().collect::<Vec<_>>()));
         }
         "Task" => {
             if let Some(who) = r.associations.iter().next() {

@@ -18,7 +18,7 @@ pub fn check_version(v: &str) -> Result<u32, Response> {
 }
 
 pub fn check_object(o: &str) -> Result<&'static str, Response> {
-    ["Task", "Contact", "Lead"].into_iter().find(|k| k.eq_ignore_ascii_case(o)).ok_or_else(errors::not_found)
+    ["Task", "Event", "Contact", "Lead"].into_iter().find(|k| k.eq_ignore_ascii_case(o)).ok_or_else(errors::not_found)
 }
 
 pub fn canonical_field(acct: &Account, object: &str, name: &str) -> Option<String> {
@@ -149,8 +149,97 @@ fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, excep
     Ok(())
 }
 
+/// The most contacts an Event relates (shared activities); a lead must be alone.
+pub const EVENT_WHO_MAX: usize = 50;
+
+/// `EventWhoIds` taken off a body: the people an Event relates, each a live Contact, or one
+/// live Lead alone. Exact error codes past the limits are not documented ([U]): modelled as
+/// FIELD_INTEGRITY_EXCEPTION.
+fn event_who_ids(acct: &mut Account, body: &mut Map<String, Value>) -> Result<Option<Vec<String>>, Fail> {
+    let Some(v) = body.remove("EventWhoIds") else { return Ok(None) };
+    let Some(list) = v.as_array() else {
+        return Err(Fail::new("JSON_PARSER_ERROR", "EventWhoIds: a JunctionIdList is an array of ids", &[]));
+    };
+    let mut ids = vec![];
+    for raw in list {
+        let Some(id) = raw.as_str().and_then(normalise_id) else {
+            return Err(Fail::new("MALFORMED_ID", format!("EventWhoIds: id value of incorrect type: {raw}"), &["EventWhoIds"]));
+        };
+        let obj = object_of_id(&id).filter(|o| *o == "Contact" || *o == "Lead");
+        match obj.and_then(|o| acct.table(o).get(&id)) {
+            Some(r) if r.live() => {}
+            Some(_) => return Err(Fail::new("ENTITY_IS_DELETED", "entity is deleted", &["EventWhoIds"])),
+            None => return Err(Fail::new("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &["EventWhoIds"])),
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let leads = ids.iter().filter(|i| object_of_id(i) == Some("Lead")).count();
+    if leads > 0 && ids.len() > 1 {
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", "EventWhoIds: a lead can't be related with other people", &["EventWhoIds"]));
+    }
+    if ids.len() > EVENT_WHO_MAX {
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", format!("EventWhoIds: more than {EVENT_WHO_MAX} contacts"), &["EventWhoIds"]));
+    }
+    Ok(Some(ids))
+}
+
+/// An Event's times: a start, and an end or a duration unless it is all-day; the end not
+/// before the start; at most 14 days.
+fn check_event_times(fields: &mut Map<String, Value>) -> Result<(), Fail> {
+    let all_day = fields.get("IsAllDayEvent").and_then(Value::as_bool) == Some(true);
+    let time = |f: &Map<String, Value>, k: &str| f.get(k).and_then(Value::as_str).map(|s| parse_sf_time(s).ok_or(k.to_string()));
+    let start = time(fields, "StartDateTime").or_else(|| time(fields, "ActivityDateTime")).transpose();
+    let end = time(fields, "EndDateTime").transpose();
+    let (start, end) = match (start, end) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(k), _) | (_, Err(k)) => {
+            return Err(Fail::new("INVALID_TYPE_ON_FIELD_IN_RECORD", format!("{k}: value not of required type"), &[]))
+        }
+    };
+    let duration = fields.get("DurationInMinutes").and_then(Value::as_i64);
+    if all_day {
+        return Ok(());
+    }
+    let Some(start) = start else {
+        return Err(Fail::new("REQUIRED_FIELD_MISSING", "Required fields are missing: [StartDateTime]", &["StartDateTime"]));
+    };
+    let end = match (end, duration) {
+        (Some(e), _) => e,
+        (None, Some(d)) => start + d * 60_000,
+        (None, None) => {
+            return Err(Fail::new(
+                "REQUIRED_FIELD_MISSING",
+                "Required fields are missing: [EndDateTime, DurationInMinutes]",
+                &["EndDateTime", "DurationInMinutes"],
+            ))
+        }
+    };
+    if end < start {
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", "End Date Time: cannot be before Start Date Time", &["EndDateTime"]));
+    }
+    if end - start > 14 * 24 * 3_600_000 {
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", "Event duration cannot exceed 14 days", &["EndDateTime"]));
+    }
+    if duration.is_some_and(|d| start + d * 60_000 != end) {
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", "DurationInMinutes does not agree with EndDateTime", &["DurationInMinutes"]));
+    }
+    fields.insert("DurationInMinutes".into(), json!((end - start) / 60_000));
+    fields.insert("EndDateTime".into(), json!(super::sf_datetime(end)));
+    fields.insert("StartDateTime".into(), json!(super::sf_datetime(start)));
+    fields.insert("ActivityDateTime".into(), json!(super::sf_datetime(start)));
+    Ok(())
+}
+
 pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>, now: i64) -> Result<String, Fail> {
+    let mut body = body.clone();
+    let who_ids = if object == "Event" { event_who_ids(acct, &mut body)? } else { None };
+    let body = &body;
     let mut fields = validate(acct, object, body, Mode::Create)?;
+    if object == "Event" {
+        check_event_times(&mut fields)?;
+    }
     let schema = acct.schema_of(object);
     let missing: Vec<&str> = schema
         .iter()
@@ -177,7 +266,8 @@ pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>
         updated_ms: now,
         deleted_ms: None,
         indexed_at_ms: now + lag,
-        associations: who.into_iter().collect(),
+        // The Event's people: EventWhoIds, with WhoId (else the first of them) as primary.
+        associations: who.iter().cloned().chain(who_ids.into_iter().flatten()).collect(),
         merged_into: None,
     };
     super::derive(object, &mut r);
@@ -191,13 +281,35 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
         Some(r) if !r.live() => return Err(Fail::new("ENTITY_IS_DELETED", "entity is deleted", &[]).status(404)),
         _ => {}
     }
-    let fields = validate(acct, object, body, Mode::Update)?;
+    let mut body = body.clone();
+    let who_ids = if object == "Event" { event_who_ids(acct, &mut body)? } else { None };
+    let mut fields = validate(acct, object, &body, Mode::Update)?;
     let who = check_who(acct, &fields)?;
     check_unique(acct, object, &fields, Some(id))?;
+    if object == "Event" {
+        // The times as they will be, checked together.
+        let mut merged = acct.table(object).get(id).map(|r| r.fields.clone()).unwrap_or_default();
+        let touches_times = ["StartDateTime", "EndDateTime", "ActivityDateTime", "DurationInMinutes", "IsAllDayEvent"];
+        if fields.keys().any(|k| touches_times.contains(&k.as_str())) {
+            if !fields.contains_key("DurationInMinutes") {
+                merged.remove("DurationInMinutes");
+            }
+            if fields.contains_key("StartDateTime") && !fields.contains_key("ActivityDateTime") {
+                merged.remove("ActivityDateTime");
+            }
+            merged.extend(fields.clone());
+            check_event_times(&mut merged)?;
+            for k in touches_times {
+                if let Some(v) = merged.get(k) {
+                    fields.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+    }
     let lag = acct.search_lag_ms;
     let r = acct.table(object).get_mut(id).unwrap();
-    if fields.contains_key("WhoId") {
-        r.associations = who.into_iter().collect();
+    if fields.contains_key("WhoId") || who_ids.is_some() {
+        r.associations = who.iter().cloned().chain(who_ids.into_iter().flatten()).collect();
     }
     r.apply(fields);
     r.updated_ms = now;
