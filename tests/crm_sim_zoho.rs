@@ -300,3 +300,65 @@ fn auth_permissions_and_faults() {
     );
     assert_eq!(coql.status, 200, "the timed-out insert was applied: COQL finds it before any retry");
 }
+
+/// Meetings are Events (CRM-APIS-ACTIVITIES §2.3): title and times mandatory, the end not
+/// before the start, Participants by type (contacts must exist; bare emails allowed) read
+/// back with their names, `$se_module` required with What_Id, and cancellation only through
+/// the cancel action, only while invitees exist and before the meeting ends.
+#[test]
+fn events_take_participants_and_cancel_only_under_zohos_conditions() {
+    let sim = CrmSim::start();
+    org(
+        &sim,
+        json!({"fields": {"Calls": {"Ext_Call_Id": {"unique": true}}, "Events": {"Crm_Sync_Key": {"unique": true}}},
+               "key_fields": [{"object": "Events", "field": "Crm_Sync_Key"}]}),
+    );
+    let jane = jane(&sim);
+    let event = |key: &str, start: &str, end: &str, participants: Value| {
+        json!({"Event_Title": "Quarterly review", "Start_DateTime": start, "End_DateTime": end, "Venue": "Room 4",
+               "Participants": participants, "Who_Id": {"id": jane}, "Crm_Sync_Key": key})
+    };
+    let insert = |e: Value| sim.call("POST", &format!("{V}/Events"), Auth::Zoho(TOKEN), Some(&json!({"data": [e]})));
+    let people = json!([{"type": "contact", "participant": jane}, {"type": "email", "participant": "guest@elsewhere.example"}]);
+    let r = insert(event("k1", "2030-01-05T15:00:00+00:00", "2030-01-05T15:30:00+00:00", people.clone()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["data"][0]["details"]["id"].as_str().unwrap().to_string();
+    let read = sim.call("GET", &format!("{V}/Events/{id}"), Auth::Zoho(TOKEN), None);
+    let ps = read.body["data"][0]["Participants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ps.len(), 2, "{}", read.text);
+    assert_eq!(ps[0]["name"], "Jane Doe");
+    assert_eq!(ps[1]["Email"], "guest@elsewhere.example");
+
+    let cancel = |id: &str| {
+        sim.call(
+            "POST",
+            &format!("{V}/Events/{id}/actions/cancel"),
+            Auth::Zoho(TOKEN),
+            Some(&json!({"data": [{"send_cancelling_mail": false}]})),
+        )
+    };
+    let r = cancel(&id);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(sim.call("GET", &format!("{V}/Events/{id}"), Auth::Zoho(TOKEN), None).body["data"][0]["$event_cancelled"], true);
+    // No invitees, or already over: cannot be cancelled (the writer marks it another way).
+    let alone = insert(event("k2", "2030-01-06T15:00:00+00:00", "2030-01-06T15:30:00+00:00", json!([])));
+    let alone_id = alone.body["data"][0]["details"]["id"].as_str().unwrap().to_string();
+    assert_eq!(cancel(&alone_id).status, 400);
+    let past = insert(event("k3", "2020-01-06T15:00:00+00:00", "2020-01-06T15:30:00+00:00", people.clone()));
+    let past_id = past.body["data"][0]["details"]["id"].as_str().unwrap().to_string();
+    assert_eq!(cancel(&past_id).status, 400, "already ended");
+
+    // What Zoho refuses.
+    let backwards = insert(event("k4", "2030-01-05T15:00:00+00:00", "2030-01-05T14:00:00+00:00", json!([])));
+    assert_eq!(backwards.status, 400, "{}", backwards.text);
+    let mut no_title = event("k5", "2030-01-05T15:00:00+00:00", "2030-01-05T15:30:00+00:00", json!([]));
+    no_title.as_object_mut().unwrap().remove("Event_Title");
+    assert_eq!(insert(no_title).body["data"][0]["code"], "MANDATORY_NOT_FOUND");
+    let stranger =
+        insert(event("k6", "2030-01-05T15:00:00+00:00", "2030-01-05T15:30:00+00:00", json!([{"type": "contact", "participant": "999"}])));
+    assert_eq!(stranger.body["data"][0]["code"], "INVALID_DATA", "{}", stranger.text);
+    let mut what = event("k7", "2030-01-05T15:00:00+00:00", "2030-01-05T15:30:00+00:00", json!([]));
+    what["What_Id"] = json!({"id": "123"});
+    assert_eq!(insert(what).body["data"][0]["details"]["api_name"], "$se_module");
+    assert_eq!(sim.state("zoho", "org-1")["keys"]["k1"]["live"], 1, "keys counted on Events too");
+}

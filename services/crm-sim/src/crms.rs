@@ -32,7 +32,7 @@ pub fn objects(crm: Crm) -> &'static [&'static str] {
     match crm {
         Crm::Hubspot => &["contacts", "calls", "emails", "meetings"],
         Crm::Salesforce => &["Contact", "Lead", "Task", "Event"],
-        Crm::Zoho => &["Contacts", "Calls"],
+        Crm::Zoho => &["Contacts", "Calls", "Events"],
         Crm::Pipedrive => &["persons", "activities"],
     }
 }

@@ -57,6 +57,20 @@ pub fn schema() -> Schema {
     calls.insert("Call_Result".into(), FieldDef::of(Text));
     calls.insert("Call_Agenda".into(), FieldDef::of(Text));
     calls.insert("Outbound_Call_Status".into(), FieldDef::picklist(&["Scheduled", "Completed", "Overdue", "Cancelled"]));
+    // Events, the UI's "Meetings" (CRM-APIS-ACTIVITIES §2.3): title and times mandatory,
+    // Participants by type, `$se_module` with What_Id, a cancel action; no upsert.
+    let mut events = common.clone();
+    events.insert("Event_Title".into(), FieldDef::required(Text));
+    events.insert("Start_DateTime".into(), FieldDef::required(DateTime));
+    events.insert("End_DateTime".into(), FieldDef::required(DateTime));
+    events.insert("All_day".into(), FieldDef::of(Bool));
+    events.insert("Venue".into(), FieldDef::of(Text));
+    events.insert("Description".into(), FieldDef::of(Json));
+    events.insert("Who_Id".into(), FieldDef::of(Lookup));
+    events.insert("What_Id".into(), FieldDef::of(Lookup));
+    events.insert("$se_module".into(), FieldDef::of(Text));
+    events.insert("Participants".into(), FieldDef::of(Json));
+    events.insert("$event_cancelled".into(), ro(Bool));
     let mut contacts = common;
     contacts.insert("First_Name".into(), FieldDef::of(Text));
     contacts.insert("Last_Name".into(), FieldDef::required(Text));
@@ -65,7 +79,7 @@ pub fn schema() -> Schema {
     for f in ["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"] {
         contacts.insert(f.into(), FieldDef::of(Phone));
     }
-    Schema::from([("Calls".into(), calls), ("Contacts".into(), contacts)])
+    Schema::from([("Calls".into(), calls), ("Events".into(), events), ("Contacts".into(), contacts)])
 }
 
 /// Fields Zoho computes: id, times, Full_Name, duration in seconds; Who_Id follows a merge.
@@ -183,6 +197,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route(&format!("{v}/{{module}}/search"), get(records::search))
         .route(&format!("{v}/{{module}}/deleted"), get(records::deleted))
         .route(&format!("{v}/{{module}}/{{id}}"), get(records::read).put(records::update_one).delete(records::delete_one))
+        .route(&format!("{v}/Events/{{id}}/actions/cancel"), post(records::cancel_event))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<Zoho>));
     let oauth = Router::new().route("/oauth/v2/token", post(oauth::token));
     api.merge(oauth).with_state(sim)

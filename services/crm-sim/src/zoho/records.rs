@@ -1,4 +1,4 @@
-//! Records of the Calls and Contacts modules: insert, read, update, delete (one or many),
+//! Records of the Calls, Events and Contacts modules: insert, read, update, delete (one or many),
 //! list, search, COQL, deleted records and field metadata.
 
 use super::errors::{self, body as err_body};
@@ -24,7 +24,7 @@ fn check(version: &str, module: &str) -> Result<&'static str, Response> {
     if !ok_version {
         return Err(errors::error(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one", json!({})));
     }
-    ["Calls", "Contacts"].into_iter().find(|m| m.eq_ignore_ascii_case(module)).ok_or_else(|| errors::invalid_module(module))
+    ["Calls", "Events", "Contacts"].into_iter().find(|m| m.eq_ignore_ascii_case(module)).ok_or_else(|| errors::invalid_module(module))
 }
 
 fn parse(body: &Bytes) -> Result<Value, Response> {
@@ -73,6 +73,10 @@ fn validate(
         }
         match (def.kind, v) {
             (_, Value::Null) => {}
+            (FieldType::Json, Value::Array(_)) if k == "Participants" => {}
+            (FieldType::Bool, v) if !v.is_boolean() => {
+                return Err(field_err("INVALID_DATA", "invalid data", k, i, json!({"expected_data_type": "boolean"})));
+            }
             (FieldType::Picklist, Value::String(s)) if !def.options.contains(s) => {
                 return Err(field_err("INVALID_DATA", "invalid data", k, i, json!({"expected_data_type": "picklist"})));
             }
@@ -97,6 +101,12 @@ fn validate(
         }
     }
     let mut who = None;
+    if module == "Events" {
+        check_event(acct, &mut out, i, id)?;
+        if out.contains_key("What_Id") && !out.contains_key("$se_module") {
+            return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "$se_module", i, json!({})));
+        }
+    }
     if module == "Calls" {
         let merged = |k: &str| {
             out.get(k)
@@ -161,6 +171,100 @@ fn validate(
         }
     }
     Ok((out, who))
+}
+
+/// Who may be a participant, and how each is named.
+pub const PARTICIPANT_TYPES: &[&str] = &["contact", "lead", "user", "email"];
+
+/// An Event's times (the end not before the start, as they will be after an update) and
+/// Participants: each `{type, participant}`, a contact or lead that exists, a user, or an
+/// email address; answered on reads with `name`, `Email`, `invited` and `status`.
+fn check_event(acct: &mut Account, out: &mut Map<String, Value>, i: usize, id: Option<&str>) -> Result<(), Value> {
+    let existing = id.and_then(|id| acct.objects.get("Events").and_then(|t| t.get(id)).map(|r| r.fields.clone())).unwrap_or_default();
+    let time = |k: &str| {
+        out.get(k)
+            .or(existing.get(k))
+            .and_then(Value::as_str)
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.timestamp_millis())
+    };
+    if let (Some(s), Some(e)) = (time("Start_DateTime"), time("End_DateTime")) {
+        if e < s {
+            return Err(field_err("INVALID_DATA", "End_DateTime should be greater than Start_DateTime", "End_DateTime", i, json!({})));
+        }
+    }
+    let Some(list) = out.get("Participants").cloned() else { return Ok(()) };
+    let Some(list) = list.as_array() else {
+        return Err(field_err("INVALID_DATA", "invalid data", "Participants", i, json!({"expected_data_type": "jsonarray"})));
+    };
+    let mut rendered = vec![];
+    for p in list {
+        let ty = p.get("type").and_then(Value::as_str).unwrap_or_default();
+        let who = p.get("participant").and_then(Value::as_str).unwrap_or_default();
+        if !PARTICIPANT_TYPES.contains(&ty) || who.is_empty() {
+            return Err(field_err("INVALID_DATA", "invalid data", "Participants", i, json!({"expected_data_type": "jsonobject"})));
+        }
+        let (name, email) = match ty {
+            "contact" | "lead" => {
+                let module = if ty == "contact" { "Contacts" } else { "Leads" };
+                match acct.objects.get(module).and_then(|t| t.get(who)).filter(|r| r.live()) {
+                    Some(r) => {
+                        (r.fields.get("Full_Name").cloned().unwrap_or(Value::Null), r.fields.get("Email").cloned().unwrap_or(Value::Null))
+                    }
+                    None => {
+                        return Err(field_err(
+                            "INVALID_DATA",
+                            "invalid data",
+                            "Participants",
+                            i,
+                            json!({"id": who, "expected_data_type": "lookup"}),
+                        ))
+                    }
+                }
+            }
+            "email" if !who.contains('@') => {
+                return Err(field_err("INVALID_DATA", "invalid data", "Participants", i, json!({"expected_data_type": "email"})));
+            }
+            "email" => (json!(who), json!(who)),
+            _ => (Value::Null, Value::Null),
+        };
+        rendered.push(json!({"type": ty, "participant": who, "name": name, "Email": email, "invited": false, "status": "not_known"}));
+    }
+    out.insert("Participants".into(), Value::Array(rendered));
+    Ok(())
+}
+
+/// `POST /Events/{id}/actions/cancel`: only a meeting whose invitees exist and that has not
+/// ended can be cancelled (`$event_cancelled`); anything else is INVALID_DATA.
+pub async fn cancel_event(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((version, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check(&version, "Events") {
+        return r;
+    }
+    sim.with(&caller, |acct, now| {
+        let lag = acct.search_lag_ms;
+        let Some(r) = acct.objects.get_mut("Events").and_then(|t| t.get_mut(&id)).filter(|r| r.live()) else {
+            return errors::error(400, "INVALID_DATA", "the related id given seems to be invalid", json!({"id": id}));
+        };
+        let invitees = r.fields.get("Participants").and_then(Value::as_array).is_some_and(|p| !p.is_empty());
+        let ended = r
+            .fields
+            .get("End_DateTime")
+            .and_then(Value::as_str)
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .is_some_and(|e| e.timestamp_millis() <= now);
+        if !invitees || ended {
+            let why = if !invitees { "the meeting has no participants to cancel it for" } else { "the meeting has already ended" };
+            return json(400, json!({"data": [errors::body("INVALID_DATA", why, json!({"id": id}))]}));
+        }
+        r.fields.insert("$event_cancelled".into(), json!(true));
+        r.updated_ms = now;
+        r.indexed_at_ms = now + lag;
+        json(200, json!({"data": [{"code": "SUCCESS", "details": {"id": id}, "message": "meeting cancelled", "status": "success"}]}))
+    })
 }
 
 /// Insert/update answers: 201/200 when all succeed, 207 on partial success, 400 when none do.
