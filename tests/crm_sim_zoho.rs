@@ -362,3 +362,48 @@ fn events_take_participants_and_cancel_only_under_zohos_conditions() {
     assert_eq!(insert(what).body["data"][0]["details"]["api_name"], "$se_module");
     assert_eq!(sim.state("zoho", "org-1")["keys"]["k1"]["live"], 1, "keys counted on Events too");
 }
+
+/// Emails cannot be inserted as records (CRM-APIS-ACTIVITIES §1.3): `associate_email`
+/// attaches one to a contact, with from, to, Message-ID, direction and time mandatory;
+/// `email_available` finds it by its Message-ID; a second association of the same email is
+/// accepted (the harsher case), so a writer must look first; insert into "Emails" is an
+/// INVALID_MODULE; without the emails scope it is refused.
+#[test]
+fn emails_are_associated_with_a_record_and_found_by_message_id() {
+    let sim = CrmSim::start();
+    org(&sim, json!({"key_fields": [{"object": "Emails", "field": "original_message_id"}]}));
+    let jane = jane(&sim);
+    let email = json!({"from": {"user_name": "Rep One", "email": "rep@acme.example"}, "to": [{"user_name": "Jane", "email": "jane@customer.example"}],
+        "cc": [], "subject": "Renewal", "content": "<p>Hi</p>", "mail_format": "html", "date_time": "2026-01-05T10:30:00+00:00", "sent": true,
+        "original_message_id": "<m1@mail.acme.example>"});
+    let associate = |e: &Value| {
+        sim.call("POST", &format!("{V}/Contacts/{jane}/actions/associate_email"), Auth::Zoho(TOKEN), Some(&json!({"Emails": [e]})))
+    };
+    let available = || {
+        sim.call("GET", &format!("{V}/actions/email_available?orginal_message_id=%3Cm1%40mail.acme.example%3E"), Auth::Zoho(TOKEN), None)
+    };
+    assert_eq!(available().body["available"], false);
+    let r = associate(&email);
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["Emails"][0]["code"], "SUCCESS");
+    let a = available();
+    assert_eq!(a.body["available"], true, "{}", a.text);
+    assert_eq!(a.body["record"]["id"], jane.as_str());
+    let related = sim.call("GET", &format!("{V}/Contacts/{jane}/Emails"), Auth::Zoho(TOKEN), None);
+    assert_eq!(related.body["email_related_list"].as_array().map(Vec::len), Some(1), "{}", related.text);
+    assert_eq!(associate(&email).status, 201, "a second association is not refused");
+    assert_eq!(sim.state("zoho", "org-1")["keys"]["<m1@mail.acme.example>"]["live"], 2, "two copies: a writer must look first");
+
+    let mut bad = email.clone();
+    bad.as_object_mut().unwrap().remove("original_message_id");
+    assert_eq!(associate(&bad).body["Emails"][0]["code"], "REQUIRED_PARAM_MISSING");
+    let mut bad = email.clone();
+    bad["to"] = json!([]);
+    assert_eq!(associate(&bad).status, 400);
+    let r = sim.call("POST", &format!("{V}/Emails"), Auth::Zoho(TOKEN), Some(&json!({"data": [{"subject": "x"}]})));
+    assert_eq!(r.body["code"], "INVALID_MODULE", "{}", r.text);
+    let r = sim.call("POST", &format!("{V}/Contacts/999/actions/associate_email"), Auth::Zoho(TOKEN), Some(&json!({"Emails": [email]})));
+    assert_eq!(r.status, 400, "an unknown record: {}", r.text);
+    sim.admin("POST", "/accounts/zoho/org-1/permissions/Emails.create/revoke", None);
+    assert_eq!(associate(&email).status, 403, "the emails scope");
+}

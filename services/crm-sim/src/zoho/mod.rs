@@ -148,15 +148,24 @@ impl CrmApi for Zoho {
     }
 
     fn permission(class: Class, _route: &str, path: &str) -> Option<&'static str> {
+        // associate_email needs the emails scope besides the record's module (the v8 page).
+        if path.contains("associate_email") || path.ends_with("/Emails") || path.contains("email_available") {
+            return Some(if matches!(class, Class::Create | Class::Update) { "Emails.create" } else { "Emails.view" });
+        }
         let contacts = path.contains("/Contacts");
-        Some(match (class, contacts) {
-            (Class::Create, false) => "Calls.create",
-            (Class::Update, false) => "Calls.edit",
-            (Class::Delete, false) => "Calls.delete",
-            (Class::Meta, _) => return None,
-            (_, false) => "Calls.view",
-            (Class::Create | Class::Update | Class::Delete, true) => "Contacts.edit",
-            (_, true) => "Contacts.view",
+        let events = path.contains("/Events");
+        Some(match (class, contacts, events) {
+            (Class::Meta, _, _) => return None,
+            (Class::Create | Class::Update | Class::Delete, true, _) => "Contacts.edit",
+            (_, true, _) => "Contacts.view",
+            (Class::Create, _, true) => "Events.create",
+            (Class::Update, _, true) => "Events.edit",
+            (Class::Delete, _, true) => "Events.delete",
+            (_, _, true) => "Events.view",
+            (Class::Create, _, _) => "Calls.create",
+            (Class::Update, _, _) => "Calls.edit",
+            (Class::Delete, _, _) => "Calls.delete",
+            _ => "Calls.view",
         })
     }
 
@@ -198,6 +207,9 @@ pub fn router(sim: SharedSim) -> Router {
         .route(&format!("{v}/{{module}}/deleted"), get(records::deleted))
         .route(&format!("{v}/{{module}}/{{id}}"), get(records::read).put(records::update_one).delete(records::delete_one))
         .route(&format!("{v}/Events/{{id}}/actions/cancel"), post(records::cancel_event))
+        .route(&format!("{v}/{{module}}/{{id}}/actions/associate_email"), post(records::associate_email))
+        .route(&format!("{v}/{{module}}/{{id}}/Emails"), get(records::related_emails))
+        .route(&format!("{v}/actions/email_available"), get(records::email_available))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<Zoho>));
     let oauth = Router::new().route("/oauth/v2/token", post(oauth::token));
     api.merge(oauth).with_state(sim)
