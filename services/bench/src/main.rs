@@ -15,7 +15,8 @@ use clap::{Parser, Subcommand};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::events::{
-    AttendeeResponse, CallDirection, CallEvent, CallOutcome, Crm, EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent, MeetingStatus,
+    ActivityKind, AttendeeResponse, CallDirection, CallEvent, CallOutcome, Crm, EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent,
+    MeetingStatus,
 };
 use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::{InMessage, Kafka, OutRecord};
@@ -196,11 +197,12 @@ enum Kind {
 impl Kind {
     /// (raw topic, normalised topic)
     fn topics(self, t: &Topics) -> (&str, &str) {
-        match self {
-            Kind::Call => (&t.calls_raw, &t.calls_normalised),
-            Kind::Email => (&t.emails_raw, &t.emails_normalised),
-            Kind::Meeting => (&t.meetings_raw, &t.meetings_normalised),
-        }
+        let kind = match self {
+            Kind::Call => ActivityKind::Call,
+            Kind::Email => ActivityKind::Email,
+            Kind::Meeting => ActivityKind::Meeting,
+        };
+        (t.raw(kind), t.normalised(kind))
     }
 
     /// The i-th benchmark event: (key, Avro bytes).

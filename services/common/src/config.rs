@@ -1,6 +1,7 @@
 //! Configuration every service reads, from flags or the environment (DESIGN §9).
 //! Flags win over environment variables; `--help` on any binary lists both.
 
+use crate::events::ActivityKind;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -118,20 +119,44 @@ impl Default for Topics {
 }
 
 impl Topics {
+    /// The activity kinds the pipeline carries, each on its own raw and normalised topic.
+    pub const KINDS: [ActivityKind; 3] = [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting];
+
+    /// The raw topic `kind` arrives on (an input contract).
+    pub fn raw(&self, kind: ActivityKind) -> &str {
+        match kind {
+            ActivityKind::Email => &self.emails_raw,
+            ActivityKind::Meeting => &self.meetings_raw,
+            ActivityKind::Call | ActivityKind::Unknown => &self.calls_raw,
+        }
+    }
+
+    /// The topic the normaliser writes `kind` to.
+    pub fn normalised(&self, kind: ActivityKind) -> &str {
+        match kind {
+            ActivityKind::Email => &self.emails_normalised,
+            ActivityKind::Meeting => &self.meetings_normalised,
+            ActivityKind::Call | ActivityKind::Unknown => &self.calls_normalised,
+        }
+    }
+
+    /// The kind whose raw topic `topic` is.
+    pub fn raw_kind(&self, topic: &str) -> Option<ActivityKind> {
+        Self::KINDS.into_iter().find(|k| self.raw(*k) == topic)
+    }
+
+    /// The kind whose normalised topic `topic` is.
+    pub fn normalised_kind(&self, topic: &str) -> Option<ActivityKind> {
+        Self::KINDS.into_iter().find(|k| self.normalised(*k) == topic)
+    }
+
     pub fn crm_writes(&self, crm: crate::events::Crm) -> String {
         format!("{}{}", self.crm_writes_prefix, crm.as_str())
     }
 
     /// Every topic the pipeline uses, for the dev broker and deploy scripts.
     pub fn all(&self) -> Vec<String> {
-        let mut v = vec![
-            self.calls_raw.clone(),
-            self.calls_normalised.clone(),
-            self.emails_raw.clone(),
-            self.emails_normalised.clone(),
-            self.meetings_raw.clone(),
-            self.meetings_normalised.clone(),
-        ];
+        let mut v: Vec<String> = Self::KINDS.iter().flat_map(|k| [self.raw(*k).to_string(), self.normalised(*k).to_string()]).collect();
         v.extend(crate::events::Crm::CONNECTED.iter().map(|c| self.crm_writes(*c)));
         v.push(self.audit.clone());
         v.push(self.dlq.clone());

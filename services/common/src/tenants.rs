@@ -129,6 +129,11 @@ pub struct ResolvedTenant {
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 impl ResolvedTenant {
+    /// The CRMs this tenant has connected that take `kind` (their `activities`).
+    pub fn crms_taking(&self, kind: ActivityKind) -> impl Iterator<Item = Crm> + '_ {
+        self.crms.iter().filter(move |(_, c)| c.activities.contains(&kind)).map(|(crm, _)| *crm)
+    }
+
     /// The dedup window for events from `source`.
     pub fn dedup_window_for(&self, source: &str) -> Duration {
         self.dedup_windows.get(source).copied().unwrap_or(self.dedup_window)

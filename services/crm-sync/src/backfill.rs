@@ -55,12 +55,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.from < to, "--from must be before --to");
     let tenants = crm_common::tenants::Tenants::load(&args.common.tenants_config)?;
     anyhow::ensure!(tenants.get(&args.tenant).is_some(), "tenant '{}' is not in TENANTS_CONFIG", args.tenant);
-    let topics = &args.common.topics;
-    let topic = match args.kind {
-        ActivityKind::Email => topics.emails_raw.clone(),
-        ActivityKind::Meeting => topics.meetings_raw.clone(),
-        _ => topics.calls_raw.clone(),
-    };
+    let topic = args.common.topics.raw(args.kind).to_string();
     let what = format!("{}s", args.kind.as_str());
     let kafka = crm_common::kafka::Kafka::from_args(&args.common);
     let ranges = crm_common::kafka::reader::offsets_by_time(&kafka, &topic, args.from, to)?;

@@ -201,14 +201,15 @@ fn decoded(e: &Entry, topics: &Topics) -> String {
     fn pretty<T: crm_common::events::AvroRecord>(payload: &[u8]) -> Result<String, codec::DecodeError> {
         codec::decode::<T>(payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
     }
+    use crm_common::events::ActivityKind::{Call, Email, Meeting};
     let t = e.source_topic.as_str();
-    let json = match () {
-        _ if t == topics.calls_raw => pretty::<CallEvent>(&e.payload),
-        _ if t == topics.calls_normalised => pretty::<NormalisedCall>(&e.payload),
-        _ if t == topics.emails_raw => pretty::<EmailEvent>(&e.payload),
-        _ if t == topics.emails_normalised => pretty::<NormalisedEmail>(&e.payload),
-        _ if t == topics.meetings_raw => pretty::<MeetingEvent>(&e.payload),
-        _ if t == topics.meetings_normalised => pretty::<NormalisedMeeting>(&e.payload),
+    let json = match (topics.raw_kind(t), topics.normalised_kind(t)) {
+        (Some(Call), _) => pretty::<CallEvent>(&e.payload),
+        (Some(Email), _) => pretty::<EmailEvent>(&e.payload),
+        (Some(Meeting), _) => pretty::<MeetingEvent>(&e.payload),
+        (_, Some(Call)) => pretty::<NormalisedCall>(&e.payload),
+        (_, Some(Email)) => pretty::<NormalisedEmail>(&e.payload),
+        (_, Some(Meeting)) => pretty::<NormalisedMeeting>(&e.payload),
         _ => pretty::<CrmWriteRequest>(&e.payload),
     };
     match json {

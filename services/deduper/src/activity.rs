@@ -18,12 +18,10 @@ impl Activity {
     /// Decodes `input` as the record its topic carries; Err names what was expected.
     pub fn decode(input: &InMessage, topics: &Topics) -> Result<Activity, String> {
         let bytes = input.payload.as_deref().unwrap_or_default();
-        let (what, decoded) = if input.topic == topics.emails_normalised {
-            ("a NormalisedEmail", codec::decode(bytes).map(Activity::Email))
-        } else if input.topic == topics.meetings_normalised {
-            ("a NormalisedMeeting", codec::decode(bytes).map(Activity::Meeting))
-        } else {
-            ("a NormalisedCall", codec::decode(bytes).map(Activity::Call))
+        let (what, decoded) = match topics.normalised_kind(&input.topic) {
+            Some(ActivityKind::Email) => ("a NormalisedEmail", codec::decode(bytes).map(Activity::Email)),
+            Some(ActivityKind::Meeting) => ("a NormalisedMeeting", codec::decode(bytes).map(Activity::Meeting)),
+            _ => ("a NormalisedCall", codec::decode(bytes).map(Activity::Call)),
         };
         decoded.map_err(|e| format!("{} message is not {what}: {e}", input.topic))
     }

@@ -55,7 +55,7 @@ impl Fanout {
             }
             _ => (outcome, what),
         };
-        let crms: Vec<_> = tenant.crms.iter().filter(|(_, c)| c.activities.contains(&kind)).map(|(crm, _)| *crm).collect();
+        let crms: Vec<_> = tenant.crms_taking(kind).collect();
         if crms.is_empty() {
             return self.no_crms(input, act, tenant);
         }

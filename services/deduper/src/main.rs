@@ -12,7 +12,7 @@ mod fanout;
 use activity::Activity;
 
 use clap::Parser;
-use crm_common::config::{CommonArgs, PipelineArgs};
+use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::dedup::{DedupStore, MarkRequest};
 use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{DlqReason, Stage};
@@ -82,7 +82,7 @@ impl Deduper {
                 detail,
             )));
         };
-        if !tenant.crms.values().any(|c| c.activities.contains(&act.kind())) {
+        if tenant.crms_taking(act.kind()).next().is_none() {
             return Step::Done(self.fanout.no_crms(input, &act, tenant));
         }
         Step::Mark { act: Box::new(act), tenant }
@@ -143,11 +143,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = PipelineConfig {
         service: "deduper",
-        input_topics: vec![
-            cli.common.topics.calls_normalised.clone(),
-            cli.common.topics.emails_normalised.clone(),
-            cli.common.topics.meetings_normalised.clone(),
-        ],
+        input_topics: Topics::KINDS.iter().map(|k| cli.common.topics.normalised(*k).to_string()).collect(),
         common: cli.common,
         args: cli.pipeline,
     };

@@ -8,7 +8,7 @@ mod normalise;
 use clap::Parser;
 use crm_common::clock::now_ms;
 use crm_common::codec;
-use crm_common::config::{CommonArgs, PipelineArgs};
+use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, MeetingEvent, Stage};
 use crm_common::kafka::{InMessage, OutRecord};
@@ -47,12 +47,10 @@ impl Normaliser {
         let bytes = input.payload.as_deref().unwrap_or_default();
         // Each raw topic carries one contract; the record's own fingerprint must say so.
         let topics = &self.emit.topics;
-        let decoded = if input.topic == topics.emails_raw {
-            codec::decode::<EmailEvent>(bytes).map(Raw::Email).map_err(|e| ("an EmailEvent", e))
-        } else if input.topic == topics.meetings_raw {
-            codec::decode::<MeetingEvent>(bytes).map(Raw::Meeting).map_err(|e| ("a MeetingEvent", e))
-        } else {
-            codec::decode::<CallEvent>(bytes).map(Raw::Call).map_err(|e| ("a CallEvent", e))
+        let decoded = match topics.raw_kind(&input.topic) {
+            Some(ActivityKind::Email) => codec::decode::<EmailEvent>(bytes).map(Raw::Email).map_err(|e| ("an EmailEvent", e)),
+            Some(ActivityKind::Meeting) => codec::decode::<MeetingEvent>(bytes).map(Raw::Meeting).map_err(|e| ("a MeetingEvent", e)),
+            _ => codec::decode::<CallEvent>(bytes).map(Raw::Call).map_err(|e| ("a CallEvent", e)),
         };
         let raw = match decoded {
             Ok(raw) => raw,
@@ -82,13 +80,20 @@ impl Normaliser {
                 let cut = if email.body_truncated { "; body cut to its excerpt" } else { "" };
                 let detail = format!("normalised {sent} email: {}{cut}", parties(email.participants.len()));
                 let record = codec::encode(&email).expect("NormalisedEmail always encodes");
-                Normalised::activity(&topics.emails_normalised, email.message_id, &email.source, email.participants.len(), record, detail)
+                Normalised::activity(
+                    topics.normalised(ActivityKind::Email),
+                    email.message_id,
+                    &email.source,
+                    email.participants.len(),
+                    record,
+                    detail,
+                )
             }),
             Raw::Meeting(ev) => activity::normalise_meeting(ev, tenant, &self.phones, now).map(|m| {
                 let all_day = if m.all_day { ", all day" } else { "" };
                 let detail = format!("normalised a {:?} meeting: {}{all_day}", m.status, parties(m.participants.len()));
                 let record = codec::encode(&m).expect("NormalisedMeeting always encodes");
-                Normalised::activity(&topics.meetings_normalised, m.source_id, &m.source, m.participants.len(), record, detail)
+                Normalised::activity(topics.normalised(ActivityKind::Meeting), m.source_id, &m.source, m.participants.len(), record, detail)
             }),
         };
         let n = match normalised {
@@ -176,11 +181,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cfg = PipelineConfig {
         service: "normaliser",
-        input_topics: vec![
-            cli.common.topics.calls_raw.clone(),
-            cli.common.topics.emails_raw.clone(),
-            cli.common.topics.meetings_raw.clone(),
-        ],
+        input_topics: Topics::KINDS.iter().map(|k| cli.common.topics.raw(*k).to_string()).collect(),
         common: cli.common,
         args: cli.pipeline,
     };
