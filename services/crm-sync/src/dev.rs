@@ -11,6 +11,16 @@ use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, Ca
 use crm_common::redis_conn::{self, redact_url};
 use crm_dev::{sibling_binary, DevBroker};
 
+/// One line to stderr in one write. The services `crm-sync dev` starts share its stderr, and
+/// `eprintln!` writes a formatted line piece by piece: a child's log line could land inside
+/// ours (seen: crm-sim's "listening" between `CRM_SIM_URL=` and the URL).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(format!("{}\n", format_args!($($t)*)).as_bytes());
+    }};
+}
+
 /// The CRMs whose writers `crm-sync dev` runs, one process each, as in deploy/.
 const DEV_WRITERS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
 use crm_common::kafka::reader::TopicReader;
@@ -53,8 +63,8 @@ impl Drop for Children {
         }
         for (name, c) in &mut self.0 {
             match c.wait() {
-                Ok(s) => eprintln!("  {name} stopped ({s})"),
-                Err(e) => eprintln!("  {name}: {e}"),
+                Ok(s) => say!("  {name} stopped ({s})"),
+                Err(e) => say!("  {name}: {e}"),
             }
         }
     }
@@ -153,13 +163,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let topics = Topics::default();
     let broker = DevBroker::start(1, args.partitions, &topics.all())?;
     let bootstrap = broker.bootstrap_servers();
-    eprintln!("dev broker: KAFKA_BOOTSTRAP_SERVERS={bootstrap}");
+    say!("dev broker: KAFKA_BOOTSTRAP_SERVERS={bootstrap}");
 
     let dir = std::env::temp_dir().join(format!("crm-sync-dev-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut children = Children(vec![]);
     let (crm_sim_url, sim) = start_crm_sim(&dir)?;
-    eprintln!("crm-sim (HubSpot, Salesforce, Zoho, Pipedrive; admin API at /admin): CRM_SIM_URL={crm_sim_url}");
+    say!("crm-sim (HubSpot, Salesforce, Zoho, Pipedrive; admin API at /admin): CRM_SIM_URL={crm_sim_url}");
     children.0.push(("crm-sim".into(), sim));
     let tenants = match &args.tenants_config {
         Some(p) => p.clone(),
@@ -185,14 +195,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let marks = rt
         .block_on(redis_conn::connect(&args.redis_url))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
-    eprintln!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
+    say!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
     // The run's prefix is a new claim store: nothing was written before it.
     crm_dev::fresh_claim_store(&args.redis_url, &prefix, &tenants)?;
     let db_name = format!("crm_sync_dev_{}", std::process::id());
     let database_url = rt
         .block_on(audit_store::create_database(&args.database_url, &db_name))
         .map_err(|e| anyhow::anyhow!("{e}; start PostgreSQL or set DATABASE_URL"))?;
-    eprintln!("PostgreSQL (audit store): DATABASE_URL={}", redact_url(&database_url));
+    say!("PostgreSQL (audit store): DATABASE_URL={}", redact_url(&database_url));
     let mut services: Vec<(String, &str, Vec<&str>)> = vec![
         ("normaliser".into(), "normaliser", vec![]),
         ("deduper".into(), "deduper", vec![]),
@@ -213,7 +223,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             .env("DATABASE_URL", &database_url)
             .env("KAFKA_OPTIONS", "session.timeout.ms=6000")
             .spawn()?;
-        eprintln!("started {name} (pid {})", child.id());
+        say!("started {name} (pid {})", child.id());
         children.0.push((name.to_string(), child));
     }
 
@@ -224,7 +234,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         producer.send(BaseRecord::to(&topics.calls_raw).key(key).payload(payload)).map_err(|(e, _)| e)?;
     }
     producer.flush(Duration::from_secs(10))?;
-    eprintln!("produced {} sample calls to {}; waiting for the pipeline…", samples.len(), topics.calls_raw);
+    say!("produced {} sample calls to {}; waiting for the pipeline…", samples.len(), topics.calls_raw);
 
     let reader = TopicReader::new(&kafka, &[&topics.calls_normalised, &topics.audit])?;
     let audit = wait_for_audit(&reader, &topics, &tenants_loaded, samples.len());
@@ -232,11 +242,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     // The audit store has it all too: a sample trace, as support would ask for it.
     match rt.block_on(sample_trace(&database_url, audit.len())) {
         Ok(text) => println!("\n{text}"),
-        Err(e) => eprintln!("no sample trace: {e}"),
+        Err(e) => say!("no sample trace: {e}"),
     }
 
     if !args.once {
-        eprintln!("\npipeline running; produce to {} at {bootstrap}. Ctrl-C to stop.", topics.calls_raw);
+        say!("\npipeline running; produce to {} at {bootstrap}. Ctrl-C to stop.", topics.calls_raw);
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
             crm_common::shutdown::on_signals().cancelled().await;
         });
@@ -244,12 +254,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     drop(children);
     drop(broker);
     match rt.block_on(redis_conn::delete_prefix(&marks, &prefix)) {
-        Ok(n) => eprintln!("  removed this run's {n} Redis keys ({prefix}:*)"),
-        Err(e) => eprintln!("  could not remove Redis keys {prefix}:*: {e}"),
+        Ok(n) => say!("  removed this run's {n} Redis keys ({prefix}:*)"),
+        Err(e) => say!("  could not remove Redis keys {prefix}:*: {e}"),
     }
     match rt.block_on(audit_store::drop_database(&args.database_url, &db_name)) {
-        Ok(()) => eprintln!("  dropped this run's audit database ({db_name})"),
-        Err(e) => eprintln!("  could not drop the audit database {db_name}: {e}"),
+        Ok(()) => say!("  dropped this run's audit database ({db_name})"),
+        Err(e) => say!("  could not drop the audit database {db_name}: {e}"),
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
