@@ -254,7 +254,10 @@ activities = ["call", "email"]
         "tenants.toml",
         "[tenants.acme]\ndefault_region = \"US\"\n[tenants.acme.crms.hubspot]\nplan = \"professional\"\ncredentials_secret = \"X\"\nactivities = [\"email\"]\n",
     );
-    let contracts = crm_sync_tests::repo_root().join("contracts");
+    // A deployment whose HubSpot writer has the call contract only.
+    let contracts = std::env::temp_dir().join(format!("contracts-calls-only-{}", std::process::id()));
+    std::fs::create_dir_all(&contracts).unwrap();
+    std::fs::copy(crm_sync_tests::repo_root().join("contracts/hubspot.toml"), contracts.join("hubspot.toml")).unwrap();
     let env = [
         ("TENANTS_CONFIG", quiet.path()),
         ("REDIS_URL", MACHINE_REDIS),
@@ -263,6 +266,8 @@ activities = ["call", "email"]
         ("CONTRACTS_DIR", contracts.to_str().unwrap()),
     ];
     let mut writer = broker.service("writer", &env);
-    assert!(!writer.child.wait().unwrap().success(), "a writer asked for emails it cannot write refuses to start");
-    assert!(writer.log_text().contains("does not write yet"), "{}", writer.log_text());
+    assert!(!writer.child.wait().unwrap().success(), "a writer asked for emails it has no contract for refuses to start");
+    let log = writer.log_text();
+    assert!(log.contains("names 'email', which writer --crm hubspot does not write") && log.contains("contracts/<crm>.<kind>.toml"), "{log}");
+    let _ = std::fs::remove_dir_all(&contracts);
 }

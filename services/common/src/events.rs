@@ -445,6 +445,137 @@ impl AvroRecord for ActivityWriteRequest {
     const RECORD: RecordType = RecordType::ActivityWriteRequest;
 }
 
+/// One write for one CRM, of any kind: what a writer's lane carries. An email or meeting
+/// request is taken apart once here, so its body is there by construction (a request whose
+/// `kind` names a body it lacks is refused with the reason, never unwrapped later).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteRequest {
+    Call(CrmWriteRequest),
+    Email { req: ActivityWriteRequest, email: NormalisedEmail },
+    Meeting { req: ActivityWriteRequest, meeting: NormalisedMeeting },
+}
+
+impl From<CrmWriteRequest> for WriteRequest {
+    fn from(r: CrmWriteRequest) -> Self {
+        WriteRequest::Call(r)
+    }
+}
+
+impl TryFrom<ActivityWriteRequest> for WriteRequest {
+    type Error = String;
+    /// Err: why the request cannot be written (its kind and body disagree, or its key is not
+    /// the one its parts make).
+    fn try_from(mut req: ActivityWriteRequest) -> Result<Self, String> {
+        let want = activity_key(&req.tenant_id, req.kind, &req.source_id, req.crm);
+        if req.idempotency_key != want {
+            return Err(format!("idempotency_key {:?} is not the key its parts make ({want:?})", req.idempotency_key));
+        }
+        match (req.kind, req.email.take(), req.meeting.take()) {
+            (ActivityKind::Email, Some(email), None) => Ok(WriteRequest::Email { req, email }),
+            (ActivityKind::Meeting, None, Some(meeting)) => Ok(WriteRequest::Meeting { req, meeting }),
+            (kind, e, m) => Err(format!(
+                "an ActivityWriteRequest of kind {} must carry exactly its own body (email: {}, meeting: {})",
+                kind.as_str(),
+                if e.is_some() { "set" } else { "null" },
+                if m.is_some() { "set" } else { "null" },
+            )),
+        }
+    }
+}
+
+impl WriteRequest {
+    pub fn kind(&self) -> ActivityKind {
+        match self {
+            WriteRequest::Call(_) => ActivityKind::Call,
+            WriteRequest::Email { .. } => ActivityKind::Email,
+            WriteRequest::Meeting { .. } => ActivityKind::Meeting,
+        }
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            WriteRequest::Call(c) => &c.tenant_id,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => &req.tenant_id,
+        }
+    }
+
+    pub fn idempotency_key(&self) -> &str {
+        match self {
+            WriteRequest::Call(c) => &c.idempotency_key,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => &req.idempotency_key,
+        }
+    }
+
+    /// The source's id: a call's id, an email's Message-ID, a meeting's iCalUID (and
+    /// occurrence) or event id.
+    pub fn source_id(&self) -> &str {
+        match self {
+            WriteRequest::Call(c) => &c.call_id,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => &req.source_id,
+        }
+    }
+
+    pub fn version(&self) -> i64 {
+        match self {
+            WriteRequest::Call(c) => c.version,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => req.version,
+        }
+    }
+
+    pub fn crm(&self) -> Crm {
+        match self {
+            WriteRequest::Call(c) => c.crm,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => req.crm,
+        }
+    }
+
+    pub fn requested_at(&self) -> i64 {
+        match self {
+            WriteRequest::Call(c) => c.requested_at,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => req.requested_at,
+        }
+    }
+
+    pub fn call(&self) -> Option<&CrmWriteRequest> {
+        match self {
+            WriteRequest::Call(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The earliest time any write for this activity can have happened, as the source
+    /// says (never the time of processing alone, which a replay or backfill moves): a
+    /// call's start, an email's sending. A meeting is written when it is scheduled, before
+    /// it starts, and its schema carries no time of scheduling: the earlier of its start
+    /// and the request's time. Known gap: a meeting scheduled further ahead than the
+    /// claims' retention, whose claim expired, and replayed before it starts, is taken as a
+    /// fresh create (no lookup first) where the CRM enforces no unique key.
+    pub fn era_ms(&self) -> i64 {
+        let requested = self.requested_at().max(0);
+        let source = match self {
+            WriteRequest::Call(c) => c.call.started_at,
+            WriteRequest::Email { email, .. } => email.sent_at,
+            WriteRequest::Meeting { meeting, .. } if meeting.start_at > 0 && requested > 0 => meeting.start_at.min(requested),
+            WriteRequest::Meeting { meeting, .. } => meeting.start_at,
+        };
+        if source > 0 {
+            source
+        } else {
+            requested
+        }
+    }
+
+    /// The other parties' canonical email addresses (every party but the actor), the ones
+    /// matched to contacts; none for a call (matched by the customer's number).
+    pub fn participants(&self) -> &[String] {
+        match self {
+            WriteRequest::Call(_) => &[],
+            WriteRequest::Email { email, .. } => &email.participants,
+            WriteRequest::Meeting { meeting, .. } => &meeting.participants,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrmWriteRequest {
     pub tenant_id: String,

@@ -7,8 +7,8 @@
 
 use crate::api::{Api, Exchange, Failure, Policy, Reply, Request};
 use crate::client::TenantClient;
-use crate::contract::Contract;
-use crm_common::events::{Crm, CrmWriteRequest};
+use crate::contract::{Contract, Contracts};
+use crm_common::events::{ActivityKind, Crm, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -17,11 +17,24 @@ use std::time::Instant;
 /// One write, planned by the runtime after its claim.
 #[derive(Debug, Clone)]
 pub struct Item {
-    pub req: CrmWriteRequest,
+    pub req: WriteRequest,
     /// Some: update this record; None: create.
     pub record_id: Option<String>,
-    /// The CRM contact to associate (creates only).
+    /// The CRM contact to associate: a call's (creates only), or an email's or meeting's
+    /// first matched participant.
     pub contact_id: Option<String>,
+    /// Every contact an email's or meeting's participants matched, `contact_id` first (on
+    /// creates and updates: a meeting's new attendee is associated when it changes); empty
+    /// for a call.
+    pub contacts: Vec<String>,
+}
+
+impl Item {
+    /// The contract for this item's kind. The writer only hands a connector the kinds it
+    /// has contracts for ([`Connector::kinds`]).
+    pub fn contract<'c, C: Connector + ?Sized>(&self, c: &'c C) -> &'c Contract {
+        c.contract_for(self.req.kind()).unwrap_or_else(|| c.contract())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,17 +78,47 @@ pub trait Connector: Send + Sync + 'static {
     /// The CRM's rate-limit policy for one tenant (its limits, header parsing, classification).
     type Policy: Policy + 'static;
 
-    /// The connector for a deployment: its field contract, where the CRM's API and token
-    /// endpoint live for tenants that name none, and the HTTP timeout of one request.
-    fn build(contract: Contract, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self
+    /// The connector for a deployment: its field contracts (one per kind it writes), where
+    /// the CRM's API and token endpoint live for tenants that name none, and the HTTP
+    /// timeout of one request.
+    fn build(contracts: Contracts, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self
     where
         Self: Sized;
 
     fn crm(&self) -> Crm;
-    /// The kinds of activity this connector writes. A tenant whose connection asks for
-    /// another kind (`activities` in TENANTS_CONFIG) stops the writer at start.
-    fn kinds(&self) -> &'static [crm_common::events::ActivityKind] {
-        &[crm_common::events::ActivityKind::Call]
+    /// The kinds of activity this connector knows how to write (calls, and the kinds whose
+    /// objects, associations and contact matching it implements).
+    fn supported_kinds(&self) -> &'static [ActivityKind] {
+        &[ActivityKind::Call]
+    }
+    /// The contract for `kind`: the call contract for calls; for another kind, its contract
+    /// when the deployment has one and this connector supports the kind.
+    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
+        (kind == ActivityKind::Call).then(|| self.contract())
+    }
+    /// The kinds this writer writes: supported and given a contract. A tenant whose
+    /// connection asks for another kind (`activities` in TENANTS_CONFIG) stops the writer at
+    /// start.
+    fn kinds(&self) -> Vec<ActivityKind> {
+        self.supported_kinds().iter().copied().filter(|&k| self.contract_for(k).is_some()).collect()
+    }
+    /// Contacts whose email address is one of `emails` (canonical, lower case), address →
+    /// contact id, through the CRM's own search (case-insensitive, with its index lag).
+    /// Only kinds other than calls use it, and only connectors that support them.
+    fn find_contacts_by_email(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, String>, Failure>> + Send {
+        let _ = (api, t, emails, log);
+        async move {
+            Err(Failure::new(
+                crm_common::events::DlqReason::Validation,
+                format!("writer --crm {} does not match contacts by email", self.crm().as_str()),
+            ))
+        }
     }
     /// How many writes a lane plans together (claims, contact lookups, the batch call).
     fn batch_max(&self) -> usize;
@@ -135,11 +178,12 @@ pub trait Connector: Send + Sync + 'static {
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
-        req: &CrmWriteRequest,
+        req: &WriteRequest,
         since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
 
+    /// The call contract (the reconciler's, until it reads other kinds).
     fn contract(&self) -> &Contract;
 
     /// Creates these records (none has a record id), as few API calls as the CRM allows;
@@ -254,12 +298,13 @@ pub trait ReadBeforeResend: Connector {
         batch: &[&Item],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
-    /// Which of these keys the CRM holds now (key → record id); `sent_at_ms` is when the
-    /// first attempt went out.
+    /// Which of these keys (all of one kind) the CRM holds now (key → record id);
+    /// `sent_at_ms` is when the first attempt went out.
     fn held(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
         keys: &[&str],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
@@ -307,11 +352,22 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
         // a create after its client gave up, up to the late-write horizon, and a lagging
         // index shows it later still.
         tokio::time::sleep(api.backoff.wait(attempt).max(api.late_write_horizon() + c.read_back_lag())).await;
-        let asked: Vec<&str> = unknown.iter().map(|(i, _)| items[*i].req.idempotency_key.as_str()).collect();
-        match c.held(api, t, &asked, sent_at, log).await {
+        // Keys are read back per kind (each kind is its own object in the CRM).
+        let mut found: Result<HashMap<String, String>, Failure> = Ok(HashMap::new());
+        let kinds: BTreeSet<ActivityKind> = unknown.iter().map(|(i, _)| items[*i].req.kind()).collect();
+        for kind in kinds {
+            let asked: Vec<&str> =
+                unknown.iter().map(|(i, _)| &items[*i].req).filter(|r| r.kind() == kind).map(|r| r.idempotency_key()).collect();
+            match (c.held(api, t, kind, &asked, sent_at, log).await, &mut found) {
+                (Ok(more), Ok(all)) => all.extend(more),
+                (Err(e), Ok(_)) => found = Err(e),
+                (_, Err(_)) => {}
+            }
+        }
+        match found {
             Ok(found) => {
                 for (i, mut f) in unknown {
-                    if let Some(id) = found.get(&items[i].req.idempotency_key) {
+                    if let Some(id) = found.get(items[i].req.idempotency_key()) {
                         results[i] = Some(ItemResult::Written { record_id: id.clone(), created: true });
                     } else if first.elapsed() >= api.retry_limit {
                         f.detail = format!("{} (still failing after {attempt} attempts over {} s)", f.detail, first.elapsed().as_secs());
@@ -341,7 +397,7 @@ mod tests {
     use super::*;
 
     fn item(record_id: Option<&str>) -> Item {
-        let req = CrmWriteRequest {
+        let req = crm_common::events::CrmWriteRequest {
             tenant_id: "acme".into(),
             call_id: "c1".into(),
             crm: Crm::Hubspot,
@@ -351,7 +407,7 @@ mod tests {
             requested_at: 0,
             trace_id: "t".into(),
         };
-        Item { req, record_id: record_id.map(str::to_string), contact_id: None }
+        Item { req: req.into(), record_id: record_id.map(str::to_string), contact_id: None, contacts: vec![] }
     }
 
     fn written(id: &str) -> ItemResult {

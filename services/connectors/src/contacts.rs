@@ -1,7 +1,9 @@
-//! Contact matches cached in Redis (`<prefix>:{tenant}:contact:<crm>:<e164>` → the contact
-//! id, or "-" when the CRM has none), with a TTL: a search costs scarce tokens, and most
-//! calls are with numbers seen before. Misses are cached for a shorter time, since people
-//! add contacts.
+//! Contact matches cached in Redis (`<prefix>:{tenant}:contact:<crm>:<matched>` → the
+//! contact id, or "-" when the CRM has none), with a TTL: a search costs scarce tokens, and
+//! most activities are with people seen before. `<matched>` is what was matched: a call's
+//! number in E.164 (it starts with '+') or an email's or meeting's canonical address (it
+//! holds an '@' and never starts with '+'), so the two never meet. Misses are cached for a
+//! shorter time, since people add contacts.
 
 use redis::aio::ConnectionManager;
 use std::time::Duration;
@@ -36,6 +38,31 @@ impl ContactCache {
             .arg(ttl.as_millis() as u64)
             .query_async::<()>(&mut c)
             .await
+    }
+
+    /// Several at once (one MGET: the keys share the tenant's hash tag), in order.
+    pub async fn get_many(&self, tenant: &str, crm: &str, matched: &[String]) -> redis::RedisResult<Vec<Option<Option<String>>>> {
+        if matched.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut c = self.conn.clone();
+        let keys: Vec<String> = matched.iter().map(|m| self.key(tenant, crm, m)).collect();
+        let v: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
+        Ok(v.into_iter().map(|v| v.map(|v| (v != "-").then_some(v))).collect())
+    }
+
+    /// Several at once, in one pipeline.
+    pub async fn put_many(&self, tenant: &str, crm: &str, found: &[(String, Option<String>)]) -> redis::RedisResult<()> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let mut p = redis::pipe();
+        for (m, id) in found {
+            let ttl = if id.is_some() { self.ttl } else { self.miss_ttl };
+            p.cmd("SET").arg(self.key(tenant, crm, m)).arg(id.as_deref().unwrap_or("-")).arg("PX").arg(ttl.as_millis() as u64).ignore();
+        }
+        p.query_async::<()>(&mut c).await
     }
 
     pub async fn forget(&self, tenant: &str, crm: &str, e164: &str) -> redis::RedisResult<()> {

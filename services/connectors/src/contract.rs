@@ -2,7 +2,7 @@
 //! start. The writer writes only the fields a contract names as `owned` (always) or
 //! `fill_if_empty` (on create); updates touch owned fields only.
 
-use crm_common::events::CrmWriteRequest;
+use crm_common::events::{ActivityKind, WriteRequest};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -29,7 +29,8 @@ pub enum FieldType {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldRule {
-    /// A value the writer derives from the call (`mapping::SOURCES`); none for read-only.
+    /// A value the writer derives from the activity (`mapping::sources` of the contract's
+    /// kind); none for read-only.
     #[serde(default)]
     pub source: Option<String>,
     /// A fixed value instead of a source (Salesforce `TaskSubtype = "Call"`).
@@ -47,6 +48,10 @@ pub struct FieldRule {
 #[serde(deny_unknown_fields)]
 pub struct Contract {
     pub crm: String,
+    /// The kind of activity this contract writes: `call` (the default, `<crm>.toml`),
+    /// `email` (`<crm>.email.toml`) or `meeting` (`<crm>.meeting.toml`).
+    #[serde(default = "call_kind", deserialize_with = "kind_named")]
+    pub kind: ActivityKind,
     pub object: String,
     /// Where the CRM record carries the idempotency key.
     pub key_field: String,
@@ -55,6 +60,15 @@ pub struct Contract {
     #[serde(default)]
     pub key_marker: Option<String>,
     pub fields: BTreeMap<String, FieldRule>,
+}
+
+fn call_kind() -> ActivityKind {
+    ActivityKind::Call
+}
+
+fn kind_named<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ActivityKind, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(serde::de::Error::custom)
 }
 
 /// Which write a record is getting.
@@ -75,14 +89,15 @@ impl Contract {
 
     pub fn parse(text: &str) -> anyhow::Result<Contract> {
         let c: Contract = toml::from_str(text)?;
+        let sources = crate::mapping::sources(c.kind);
         for (name, rule) in &c.fields {
             anyhow::ensure!(rule.source.is_none() || rule.value.is_none(), "field {name}: a source or a value, not both");
             match (&rule.source, rule.ownership) {
                 (None, Ownership::Owned | Ownership::FillIfEmpty) if rule.value.is_none() => {
                     anyhow::bail!("field {name}: a written field needs a source or a value")
                 }
-                (Some(s), _) if !crate::mapping::SOURCES.contains(&s.as_str()) => {
-                    anyhow::bail!("field {name}: unknown source {s:?} (known: {})", crate::mapping::SOURCES.join(", "))
+                (Some(s), _) if !sources.contains(&s.as_str()) => {
+                    anyhow::bail!("field {name}: unknown source {s:?} for a {} (known: {})", c.kind.as_str(), sources.join(", "))
                 }
                 _ => {}
             }
@@ -119,17 +134,17 @@ impl Contract {
     /// The fields this kind of write sets for `req`, typed as the CRM wants them. A field
     /// whose source has no value for this call (an open call's duration) is left out, not
     /// blanked. With a `key_marker`, the key field gets the marker and the key appended.
-    pub fn values(&self, req: &CrmWriteRequest, kind: WriteKind) -> Map<String, Value> {
+    pub fn values(&self, req: &WriteRequest, kind: WriteKind) -> Map<String, Value> {
         let mut out = Map::new();
         for (field, rule) in self.writable(kind) {
             let text = match (&rule.value, &rule.source) {
                 (Some(v), _) => Some(v.clone()),
-                (None, Some(source)) => crate::mapping::value(req, source),
+                (None, Some(source)) => crate::mapping::value(req, source, kind),
                 (None, None) => None,
             };
             let text = match &self.key_marker {
                 Some(marker) if field == self.key_field => {
-                    let tag = format!("{marker}{}", req.idempotency_key);
+                    let tag = format!("{marker}{}", req.idempotency_key());
                     Some(match text {
                         Some(t) if !t.is_empty() => format!("{t}\n\n{tag}"),
                         _ => tag,
@@ -150,7 +165,7 @@ impl Contract {
 
     /// The owned fields a write of `req` sets, as the CRM should hold them now (what the
     /// reconciler compares); fill_if_empty and read-only fields are never compared.
-    pub fn owned_values(&self, req: &CrmWriteRequest) -> Map<String, Value> {
+    pub fn owned_values(&self, req: &WriteRequest) -> Map<String, Value> {
         let mut v = self.values(req, WriteKind::Update);
         v.retain(|f, _| self.fields.get(f).is_some_and(|r| r.ownership == Ownership::Owned));
         v
@@ -163,6 +178,63 @@ impl Contract {
         let rest = &text[start..];
         let end = rest.find(|c: char| c.is_whitespace() || "<\"]),;".contains(c)).unwrap_or(rest.len());
         (end > 0).then(|| &rest[..end])
+    }
+}
+
+/// A CRM's contracts, one per kind it writes: `<crm>.toml` for calls (always there), and
+/// `<crm>.email.toml`, `<crm>.meeting.toml` where the deployment writes those kinds. A kind
+/// without a contract is not written to that CRM (the writer refuses a tenant that asks).
+#[derive(Debug, Clone)]
+pub struct Contracts {
+    by_kind: BTreeMap<ActivityKind, Contract>,
+}
+
+impl Contracts {
+    pub fn load(dir: &Path, crm: &str) -> anyhow::Result<Contracts> {
+        let mut by_kind = BTreeMap::from([(ActivityKind::Call, Contract::load(dir, crm)?)]);
+        for kind in [ActivityKind::Email, ActivityKind::Meeting] {
+            let path = dir.join(format!("{crm}.{}.toml", kind.as_str()));
+            if !path.exists() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
+            let c = Contract::parse(&text).map_err(|e| anyhow::anyhow!("field contract {}: {e}", path.display()))?;
+            anyhow::ensure!(c.crm == crm, "field contract {} is for crm = {:?}, not {crm}", path.display(), c.crm);
+            anyhow::ensure!(c.kind == kind, "field contract {} says kind = {:?}; its name says {}", path.display(), c.kind.as_str(), kind.as_str());
+            by_kind.insert(kind, c);
+        }
+        Ok(Contracts { by_kind })
+    }
+
+    /// Contracts given directly (tests, benches); the call contract must be among them.
+    pub fn of(contracts: impl IntoIterator<Item = Contract>) -> anyhow::Result<Contracts> {
+        let by_kind: BTreeMap<ActivityKind, Contract> = contracts.into_iter().map(|c| (c.kind, c)).collect();
+        anyhow::ensure!(by_kind.contains_key(&ActivityKind::Call), "a CRM's contracts include its call contract");
+        Ok(Contracts { by_kind })
+    }
+
+    /// The call contract.
+    pub fn call(&self) -> &Contract {
+        &self.by_kind[&ActivityKind::Call]
+    }
+
+    pub fn get(&self, kind: ActivityKind) -> Option<&Contract> {
+        self.by_kind.get(&kind)
+    }
+
+    pub fn kinds(&self) -> impl Iterator<Item = ActivityKind> + '_ {
+        self.by_kind.keys().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Contract> {
+        self.by_kind.values()
+    }
+}
+
+impl From<Contract> for Contracts {
+    /// A CRM that writes calls only.
+    fn from(c: Contract) -> Contracts {
+        Contracts { by_kind: BTreeMap::from([(ActivityKind::Call, c)]) }
     }
 }
 
@@ -214,8 +286,8 @@ mod tests {
 
     #[test]
     fn the_other_contracts_in_the_repo_load_and_type_their_values() {
-        use crm_common::events::{fixtures::normalised_call, Crm};
-        let req = |crm: Crm| CrmWriteRequest {
+        use crm_common::events::{fixtures::normalised_call, Crm, CrmWriteRequest};
+        let req = |crm: Crm| WriteRequest::Call(CrmWriteRequest {
             tenant_id: "acme".into(),
             call_id: "c1".into(),
             crm,
@@ -224,7 +296,7 @@ mod tests {
             call: normalised_call("acme", "c1", 2),
             requested_at: 0,
             trace_id: "t".into(),
-        };
+        });
         let sf = Contract::parse(include_str!("../../../contracts/salesforce.toml")).unwrap();
         let v = sf.values(&req(Crm::Salesforce), WriteKind::Create);
         assert_eq!(v["CallDurationInSeconds"], serde_json::json!(60), "a number where Salesforce wants one");
@@ -240,6 +312,54 @@ mod tests {
         assert_eq!(pd.key_in("<p>crm-sync-key:acme:c1:pipedrive</p>"), Some("acme:c1:pipedrive"));
         assert_eq!(pd.key_in("no key"), None);
         assert!(!pd.values(&req(Crm::Pipedrive), WriteKind::Update).contains_key("note"), "people may edit the note");
+    }
+
+    #[test]
+    fn the_hubspot_email_and_meeting_contracts_load_and_map_their_kind() {
+        use crm_common::events::{fixtures, Crm, MeetingStatus};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
+        let all = Contracts::load(&dir, "hubspot").unwrap();
+        assert_eq!(all.kinds().collect::<Vec<_>>(), [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]);
+        let email = WriteRequest::try_from(fixtures::email_request("acme", "m1", Crm::Hubspot)).unwrap();
+        let v = all.get(ActivityKind::Email).unwrap().values(&email, WriteKind::Create);
+        assert_eq!(v["crm_sync_key"], "acme:email:m1@mail.acme.example:hubspot");
+        assert_eq!(v["hs_email_direction"], "EMAIL", "a sent email is EMAIL at HubSpot");
+        assert_eq!(v["hs_timestamp"], "2026-01-01T00:00:00.000Z");
+        let headers: Value = serde_json::from_str(v["hs_email_headers"].as_str().unwrap()).unwrap();
+        assert_eq!(headers["from"], serde_json::json!({"email": "rep@acme.example", "firstName": "Rep", "lastName": "One"}));
+        assert_eq!(headers["to"][0], serde_json::json!({"email": "jane.doe@customer.example", "firstName": "Jane", "lastName": "Doe"}));
+        assert_eq!(headers["cc"][0], serde_json::json!({"email": "ops@customer.example"}));
+        assert!(!all.get(ActivityKind::Email).unwrap().values(&email, WriteKind::Update).contains_key("hs_email_subject"), "people edit subjects");
+
+        let mut m = fixtures::meeting_request("acme", "ev1", Crm::Hubspot);
+        let meetings = all.get(ActivityKind::Meeting).unwrap();
+        let cancelled = WriteRequest::try_from(m.clone()).unwrap();
+        assert_eq!(meetings.values(&cancelled, WriteKind::Update)["hs_meeting_outcome"], "CANCELED");
+        m.meeting.as_mut().unwrap().status = MeetingStatus::Confirmed;
+        let on = WriteRequest::try_from(m).unwrap();
+        assert_eq!(meetings.values(&on, WriteKind::Create)["hs_meeting_outcome"], "SCHEDULED");
+        assert!(!meetings.values(&on, WriteKind::Update).contains_key("hs_meeting_outcome"), "a person's COMPLETED or NO_SHOW stands");
+        assert_eq!(meetings.values(&on, WriteKind::Update)["hs_meeting_end_time"], "2026-01-01T00:30:00.000Z");
+        assert!(!meetings.owned_values(&on).contains_key("hs_meeting_title"));
+    }
+
+    #[test]
+    fn a_contract_names_only_its_kinds_sources() {
+        let e = Contract::parse("crm='x'\nkind='email'\nobject='o'\nkey_field='k'\n[fields.k]\nsource='idempotency_key'\nownership='owned'\n[fields.d]\nsource='duration_s'\nownership='owned'\n").unwrap_err();
+        assert!(e.to_string().contains("unknown source \"duration_s\" for a email"), "{e}");
+        let e = Contract::parse("crm='x'\nkind='fax'\nobject='o'\nkey_field='k'\n").unwrap_err();
+        assert!(e.to_string().contains("unknown activity kind 'fax'"), "{e}");
+    }
+
+    #[test]
+    fn a_request_whose_kind_and_body_disagree_is_refused() {
+        use crm_common::events::{fixtures, Crm};
+        let mut r = fixtures::email_request("acme", "m1", Crm::Hubspot);
+        r.email = None;
+        assert!(WriteRequest::try_from(r).unwrap_err().contains("exactly its own body"));
+        let mut r = fixtures::email_request("acme", "m1", Crm::Hubspot);
+        r.idempotency_key = "acme:m1:hubspot".into();
+        assert!(WriteRequest::try_from(r).unwrap_err().contains("is not the key its parts make"));
     }
 
     #[test]

@@ -1,8 +1,163 @@
-//! The values a contract's `source` names, derived from a call, as text; the contract's
-//! `type` makes numbers and booleans of them where a CRM wants those. Formats are the
-//! CRMs' own (CRM-APIS §1.3, §2.3, §3.3, §4.3): times in UTC.
+//! The values a contract's `source` names, derived from an activity, as text; the
+//! contract's `type` makes numbers and booleans of them where a CRM wants those. Each kind
+//! has its own sources (a call's, an email's, a meeting's), and a contract names only its
+//! kind's. Formats are the CRMs' own (CRM-APIS §1.3, §2.3, §3.3, §4.3;
+//! CRM-APIS-ACTIVITIES): times in UTC.
 
-use crm_common::events::{CallDirection, CallOutcome, CrmWriteRequest};
+use crate::contract::WriteKind;
+use crm_common::events::{
+    ActivityKind, CallDirection, CallOutcome, CrmWriteRequest, EmailAddress, EmailDirection, MeetingStatus, NormalisedEmail,
+    NormalisedMeeting, WriteRequest,
+};
+
+/// The sources a contract for `kind` may name.
+pub fn sources(kind: ActivityKind) -> &'static [&'static str] {
+    match kind {
+        ActivityKind::Email => EMAIL_SOURCES,
+        ActivityKind::Meeting => MEETING_SOURCES,
+        ActivityKind::Call | ActivityKind::Unknown => SOURCES,
+    }
+}
+
+/// The value of `source` for `req` in a write of this kind; None when the activity has
+/// none (left out, never blanked).
+pub fn value(req: &WriteRequest, source: &str, write: WriteKind) -> Option<String> {
+    match req {
+        WriteRequest::Call(c) => call_value(c, source),
+        WriteRequest::Email { req, email } => email_value(&req.idempotency_key, email, source),
+        WriteRequest::Meeting { req, meeting } => meeting_value(&req.idempotency_key, meeting, source, write),
+    }
+}
+
+pub const EMAIL_SOURCES: &[&str] = &[
+    "idempotency_key",
+    "message_id",
+    "thread_id",
+    "sent_at_iso",
+    "sent_at_ms",
+    "subject",
+    "body_excerpt",
+    "from_email",
+    "to_emails",
+    "cc_emails",
+    "direction",
+    "hubspot_email_direction",
+    "hubspot_email_headers",
+    "actor_email",
+];
+
+pub const MEETING_SOURCES: &[&str] = &[
+    "idempotency_key",
+    "source_id",
+    "start_at_iso",
+    "start_at_ms",
+    "end_at_iso",
+    "title",
+    "description",
+    "location",
+    "conference_url",
+    "organizer_email",
+    "attendee_emails",
+    "status",
+    "hubspot_meeting_outcome",
+    "actor_email",
+];
+
+/// "Name <address>" as mail headers write it; the bare address without a name.
+fn mailbox(a: &EmailAddress) -> String {
+    match &a.name {
+        Some(n) if !n.is_empty() => format!("{n} <{}>", a.email),
+        _ => a.email.clone(),
+    }
+}
+
+fn list(addrs: &[EmailAddress]) -> String {
+    addrs.iter().map(mailbox).collect::<Vec<_>>().join(", ")
+}
+
+/// HubSpot's `hs_email_headers` JSON (CRM-APIS-ACTIVITIES §1.1): from, to, cc, bcc, each
+/// `{email, firstName, lastName}`; a display name is split at its last space ("Doe, Jane"
+/// is "Jane" "Doe").
+fn hubspot_headers(e: &NormalisedEmail) -> String {
+    fn person(a: &EmailAddress) -> serde_json::Value {
+        let (first, last) = match a.name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            None => (None, None),
+            Some(n) => match n.split_once(',') {
+                Some((last, first)) => (Some(first.trim().to_string()), Some(last.trim().to_string())),
+                None => match n.rsplit_once(' ') {
+                    Some((first, last)) => (Some(first.trim().to_string()), Some(last.trim().to_string())),
+                    None => (Some(n.to_string()), None),
+                },
+            },
+        };
+        let mut p = serde_json::json!({"email": a.email});
+        if let Some(f) = first {
+            p["firstName"] = f.into();
+        }
+        if let Some(l) = last {
+            p["lastName"] = l.into();
+        }
+        p
+    }
+    let people = |l: &[EmailAddress]| l.iter().map(person).collect::<Vec<_>>();
+    serde_json::json!({"from": person(&e.from), "to": people(&e.to), "cc": people(&e.cc), "bcc": people(&e.bcc)}).to_string()
+}
+
+fn email_value(key: &str, e: &NormalisedEmail, source: &str) -> Option<String> {
+    let sent = e.direction == EmailDirection::Sent;
+    match source {
+        "idempotency_key" => Some(key.to_string()),
+        "message_id" => Some(e.message_id.clone()),
+        "thread_id" => e.thread_id.clone(),
+        "sent_at_iso" => Some(iso(e.sent_at)),
+        "sent_at_ms" => Some(e.sent_at.to_string()),
+        "subject" => e.subject.clone(),
+        "body_excerpt" => e.body_excerpt.clone(),
+        "from_email" => Some(mailbox(&e.from)),
+        "to_emails" => Some(list(&e.to)),
+        "cc_emails" => Some(list(&e.cc)).filter(|s| !s.is_empty()),
+        "direction" => Some(if sent { "Sent" } else { "Received" }.into()),
+        // HubSpot has no INBOUND/OUTBOUND for emails: a logged sent email is EMAIL.
+        "hubspot_email_direction" => Some(if sent { "EMAIL" } else { "INCOMING_EMAIL" }.into()),
+        "hubspot_email_headers" => Some(hubspot_headers(e)),
+        "actor_email" => Some(e.actor_email.clone()),
+        _ => None,
+    }
+}
+
+fn meeting_value(key: &str, m: &NormalisedMeeting, source: &str, write: WriteKind) -> Option<String> {
+    let cancelled = m.status == MeetingStatus::Cancelled;
+    match source {
+        "idempotency_key" => Some(key.to_string()),
+        "source_id" => Some(m.source_id.clone()),
+        "start_at_iso" => Some(iso(m.start_at)),
+        "start_at_ms" => Some(m.start_at.to_string()),
+        "end_at_iso" => Some(iso(m.end_at)),
+        "title" => m.title.clone(),
+        "description" => m.description_excerpt.clone(),
+        "location" => m.location.clone(),
+        "conference_url" => m.conference_url.clone(),
+        "organizer_email" => Some(m.organizer.email.clone()),
+        "attendee_emails" => Some(m.attendees.iter().map(|a| a.address.email.as_str()).collect::<Vec<_>>().join(", ")),
+        "status" => Some(match m.status {
+            MeetingStatus::Confirmed => "Confirmed",
+            MeetingStatus::Tentative => "Tentative",
+            MeetingStatus::Cancelled => "Cancelled",
+        }
+        .into()),
+        // The calendar decides whether a meeting is on; whether it was held (COMPLETED,
+        // NO_SHOW) is for people to record in HubSpot. So a create writes SCHEDULED or
+        // CANCELED, and an update writes CANCELED only: a later version of a meeting that
+        // is still on leaves a person's outcome alone.
+        "hubspot_meeting_outcome" => match (cancelled, write) {
+            (true, _) => Some("CANCELED".into()),
+            (false, WriteKind::Create) => Some("SCHEDULED".into()),
+            (false, WriteKind::Update) => None,
+        },
+        "actor_email" => Some(m.actor_email.clone()),
+        _ => None,
+    }
+}
 
 pub const SOURCES: &[&str] = &[
     "idempotency_key",
@@ -41,9 +196,9 @@ fn utc(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(ms)
 }
 
-/// The value of `source` for this request; None when the call has none (an open call has
+/// The value of `source` for this call; None when the call has none (an open call has
 /// no duration yet), in which case the field is left out rather than blanked.
-pub fn value(req: &CrmWriteRequest, source: &str) -> Option<String> {
+pub fn call_value(req: &CrmWriteRequest, source: &str) -> Option<String> {
     let c = &req.call;
     let inbound = c.direction == CallDirection::Inbound;
     match source {
@@ -141,31 +296,31 @@ mod tests {
     #[test]
     fn every_source_is_known_and_values_follow_the_call() {
         let open = req(1);
-        assert_eq!(value(&open, "started_at_iso").unwrap(), "2026-01-01T00:00:00.000Z");
-        assert_eq!(value(&open, "hubspot_call_status").unwrap(), "IN_PROGRESS");
-        assert_eq!(value(&open, "duration_ms"), None, "an open call has no duration: left out, not blanked");
+        assert_eq!(call_value(&open, "started_at_iso").unwrap(), "2026-01-01T00:00:00.000Z");
+        assert_eq!(call_value(&open, "hubspot_call_status").unwrap(), "IN_PROGRESS");
+        assert_eq!(call_value(&open, "duration_ms"), None, "an open call has no duration: left out, not blanked");
         let ended = req(2);
-        assert_eq!(value(&ended, "duration_ms").unwrap(), "60000");
-        assert_eq!(value(&ended, "hubspot_call_status").unwrap(), "COMPLETED");
-        assert_eq!(value(&ended, "title").unwrap(), "Inbound call from +14155552671");
+        assert_eq!(call_value(&ended, "duration_ms").unwrap(), "60000");
+        assert_eq!(call_value(&ended, "hubspot_call_status").unwrap(), "COMPLETED");
+        assert_eq!(call_value(&ended, "title").unwrap(), "Inbound call from +14155552671");
         for s in SOURCES {
-            let _ = value(&ended, s);
+            let _ = call_value(&ended, s);
         }
-        assert_eq!(value(&ended, "unknown"), None);
-        assert_eq!(value(&ended, "duration_mmss").unwrap(), "01:00");
-        assert_eq!(value(&open, "duration_mmss").unwrap(), "00:01", "Zoho rejects a zero duration");
-        assert_eq!(value(&ended, "duration_hhmm").unwrap(), "00:01");
-        assert_eq!(value(&open, "duration_hhmm"), None);
-        assert_eq!(value(&ended, "started_at_offset").unwrap(), "2026-01-01T00:00:00+00:00");
-        assert_eq!(value(&ended, "started_date").unwrap(), "2026-01-01");
-        assert_eq!(value(&ended, "started_time_hhmm").unwrap(), "00:00");
-        assert_eq!(value(&ended, "task_status").unwrap(), "Completed");
-        assert_eq!(value(&open, "task_status").unwrap(), "In Progress");
-        assert_eq!((value(&open, "ended").unwrap(), value(&ended, "ended").unwrap()), ("false".into(), "true".into()));
-        assert_eq!(value(&ended, "zoho_call_type").unwrap(), "Inbound");
+        assert_eq!(call_value(&ended, "unknown"), None);
+        assert_eq!(call_value(&ended, "duration_mmss").unwrap(), "01:00");
+        assert_eq!(call_value(&open, "duration_mmss").unwrap(), "00:01", "Zoho rejects a zero duration");
+        assert_eq!(call_value(&ended, "duration_hhmm").unwrap(), "00:01");
+        assert_eq!(call_value(&open, "duration_hhmm"), None);
+        assert_eq!(call_value(&ended, "started_at_offset").unwrap(), "2026-01-01T00:00:00+00:00");
+        assert_eq!(call_value(&ended, "started_date").unwrap(), "2026-01-01");
+        assert_eq!(call_value(&ended, "started_time_hhmm").unwrap(), "00:00");
+        assert_eq!(call_value(&ended, "task_status").unwrap(), "Completed");
+        assert_eq!(call_value(&open, "task_status").unwrap(), "In Progress");
+        assert_eq!((call_value(&open, "ended").unwrap(), call_value(&ended, "ended").unwrap()), ("false".into(), "true".into()));
+        assert_eq!(call_value(&ended, "zoho_call_type").unwrap(), "Inbound");
         let mut missed = req(2);
         missed.call.outcome = Some(CallOutcome::NoAnswer);
-        assert_eq!(value(&missed, "zoho_call_type").unwrap(), "Missed");
-        assert_eq!(value(&missed, "disposition").unwrap(), "No answer");
+        assert_eq!(call_value(&missed, "zoho_call_type").unwrap(), "Missed");
+        assert_eq!(call_value(&missed, "disposition").unwrap(), "No answer");
     }
 }

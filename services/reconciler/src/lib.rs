@@ -26,7 +26,7 @@ use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
-use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
+use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason, WriteRequest};
 use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
 use crm_connectors::api::{Api, Exchange};
@@ -313,7 +313,7 @@ impl<C: Inspect> Reconciler<C> {
         contact_id: Option<&str>,
     ) {
         let contract = self.connector.contract();
-        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values(r), fields)).unwrap_or_default();
+        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values(&WriteRequest::Call(r.clone())), fields)).unwrap_or_default();
         let contact = contact_drift(rec.w.linked_contact.as_deref(), contact_id);
         if changed.is_empty() && contact == ContactDrift::Same {
             return;

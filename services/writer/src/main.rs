@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let service: &'static str = Box::leak(format!("writer-{}", cli.crm.as_str()).into_boxed_str());
     let _telemetry = crm_common::telemetry::init(service, &cli.common)?;
-    let contract = contract::Contract::load(&cli.contracts_dir, cli.crm.as_str())?;
+    let contract = contract::Contracts::load(&cli.contracts_dir, cli.crm.as_str())?;
     let (urls, http_timeout) = (cli.urls.clone(), cli.http_timeout);
     crm_connectors::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
 }
@@ -97,7 +97,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             // dead-letter every such activity the deduper sends.
             if let Some(kind) = conn.activities.iter().find(|k| !connector.kinds().contains(k)) {
                 anyhow::bail!(
-                    "tenants.{id}.crms.{}.activities names '{}', which writer --crm {} does not write yet (it writes: {}); remove it from TENANTS_CONFIG",
+                    "tenants.{id}.crms.{}.activities names '{}', which writer --crm {} does not write (it writes: {}; a kind needs its contract, contracts/<crm>.<kind>.toml, and support in the connector); remove it from TENANTS_CONFIG",
                     crm.as_str(),
                     kind.as_str(),
                     crm.as_str(),

@@ -1,10 +1,11 @@
-//! What a lane does with a batch of one tenant's writes (DESIGN §4–§7): claim each key,
-//! recover expired claims by a lookup, match contacts by phone, write through the
-//! connector (batched), record DONE, and audit every CRM call; permanent failures go to the
+//! What a lane does with a batch of one tenant's writes (DESIGN §4–§7), of every kind: claim
+//! each key, recover expired claims by a lookup, match contacts (a call's by phone, an
+//! email's or meeting's participants by address), write through the connector (batched,
+//! one kind per call), record DONE, and audit every CRM call; permanent failures go to the
 //! DLQ with their reason and release the claim so a replay can try again.
 
 use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
-use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason};
+use crm_common::events::{ActivityKind, AuditOutcome, Crm, DlqReason, WriteRequest};
 use crm_common::kafka::{InMessage, OutRecord, Ticket, RECREATE};
 use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 pub struct Work {
     pub input: InMessage,
-    pub req: CrmWriteRequest,
+    pub req: WriteRequest,
     pub ticket: Ticket,
 }
 
@@ -61,16 +62,11 @@ where
     }
 }
 
-/// The earliest time any write for this activity can have happened: the call's start (a
-/// write follows its event), or the message's own time if that is earlier. The claim store
-/// must remember claims since then, or the writer looks the CRM up before creating.
-pub fn era_of(req: &CrmWriteRequest) -> i64 {
-    let started = req.call.started_at;
-    if started > 0 {
-        started
-    } else {
-        req.requested_at.max(0)
-    }
+/// The earliest time any write for this activity can have happened
+/// ([`WriteRequest::era_ms`]). The claim store must remember claims since then, or the
+/// writer looks the CRM up before creating.
+pub fn era_of(req: &WriteRequest) -> i64 {
+    req.era_ms()
 }
 
 /// One item on its way through the batch.
@@ -147,13 +143,13 @@ fn whole_call_rejected(results: &[ItemResult]) -> bool {
 }
 
 impl<C: Connector> Shared<C> {
-    fn subject<'a>(&self, r: &'a CrmWriteRequest) -> Subject<'a> {
+    fn subject<'a>(&self, r: &'a WriteRequest) -> Subject<'a> {
         Subject {
-            tenant_id: &r.tenant_id,
-            call_id: Some(&r.call_id),
+            tenant_id: r.tenant_id(),
+            call_id: Some(r.source_id()),
             crm: Some(self.crm),
-            version: Some(r.version),
-            kind: Some(crm_common::events::ActivityKind::Call),
+            version: Some(r.version()),
+            kind: Some(r.kind()),
         }
     }
 
@@ -169,10 +165,10 @@ impl<C: Connector> Shared<C> {
     /// One audit record per CRM call.
     fn audit_exchange(&self, w: &Work, ex: &Exchange, record_id: Option<&str>) -> OutRecord {
         let mut a = self.emit.audit(&w.input, &self.subject(&w.req), &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
-        a.idempotency_key = Some(w.req.idempotency_key.clone());
+        a.idempotency_key = Some(w.req.idempotency_key().to_string());
         a.attempt = ex.attempt as i32;
         a.crm_status = ex.status.map(i32::from);
-        a.crm_response_excerpt = Some(self.masked(&w.req.tenant_id, &ex.excerpt));
+        a.crm_response_excerpt = Some(self.masked(w.req.tenant_id(), &ex.excerpt));
         a.latency_ms = Some(ex.latency_ms);
         a.occurred_at = ex.at_ms;
         a.crm_record_id = record_id.map(str::to_string);
@@ -180,7 +176,7 @@ impl<C: Connector> Shared<C> {
             a.attributes.insert("rate_limit".into(), ex.rate_headers.clone());
         }
         if !ex.sent.is_empty() {
-            a.attributes.insert("sent".into(), self.masked(&w.req.tenant_id, &ex.sent));
+            a.attributes.insert("sent".into(), self.masked(w.req.tenant_id(), &ex.sent));
         }
         self.emit.audit_record(&a)
     }
@@ -193,13 +189,13 @@ impl<C: Connector> Shared<C> {
         let gone = w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty());
         let mut reclaimed = false;
         loop {
-            let c = patiently("claim", || self.claims.claim(&req.tenant_id, &req.idempotency_key, req.version, era_of(req))).await;
+            let c = patiently("claim", || self.claims.claim(req.tenant_id(), req.idempotency_key(), req.version(), era_of(req))).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
                 Claim::Busy { retry_after } => tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await,
                 Claim::AlreadyDone { record_id } if !reclaimed && gone == Some(record_id.as_str()) => {
                     reclaimed = true;
-                    patiently("reclaim", || self.claims.reclaim(&req.tenant_id, &req.idempotency_key, &record_id)).await;
+                    patiently("reclaim", || self.claims.reclaim(req.tenant_id(), req.idempotency_key(), &record_id)).await;
                 }
                 other => return (other, std::time::Instant::now()),
             }
@@ -228,7 +224,7 @@ impl<C: Connector> Shared<C> {
                 // landing: wait until it can no longer land, then ask the CRM first.
                 let until = claimed_at + settle + self.read_back_lag();
                 let wait = until.saturating_duration_since(std::time::Instant::now());
-                tracing::info!(key = %req.idempotency_key, why = why.as_str(), wait_ms = wait.as_millis() as u64, "recovering: looking the key up once a possibly lost write can no longer land");
+                tracing::info!(key = %req.idempotency_key(), why = why.as_str(), wait_ms = wait.as_millis() as u64, "recovering: looking the key up once a possibly lost write can no longer land");
                 tokio::time::sleep(wait).await;
                 crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), why.as_str());
                 match self.connector.lookup(&self.api, t, &req, since_ms, &mut step.log).await {
@@ -255,32 +251,93 @@ impl<C: Connector> Shared<C> {
             }
             Claim::Busy { .. } => unreachable!("claim() waits"),
         };
-        let contact_id = if record_id.is_some() {
-            None
-        } else if let Some(known) = contacts.get(&req.call.customer_e164) {
-            step.note = known.note();
-            known.id()
-        } else {
-            match self.contact(t, &req, step).await {
-                Some(found) => {
+        let mut item = Item { req, record_id, contact_id: None, contacts: vec![] };
+        match &item.req {
+            // A call's contact is matched once, on create (people may move it later).
+            WriteRequest::Call(call) if item.record_id.is_none() => {
+                let e164 = call.call.customer_e164.clone();
+                if let Some(known) = contacts.get(&e164) {
+                    step.note = known.note();
+                    item.contact_id = known.id();
+                } else if let Some(found) = self.contact(t, call, step).await {
                     if let Some(note) = found.note() {
                         step.note = Some(note);
                     }
-                    let id = found.id();
-                    contacts.insert(req.call.customer_e164.clone(), found.for_the_next_call());
-                    id
+                    item.contact_id = found.id();
+                    contacts.insert(e164, found.for_the_next_call());
                 }
-                None => None,
             }
-        };
-        if step.settled.is_none() {
-            step.item = Some(Item { req, record_id, contact_id });
+            WriteRequest::Call(_) => {}
+            // An email's or meeting's participants are matched on every version: a
+            // meeting's new attendee is associated when it arrives.
+            _ => {
+                if let Some(ids) = self.participants(t, &item.req, step).await {
+                    item.contact_id = ids.first().cloned();
+                    if ids.is_empty() && !item.req.participants().is_empty() && item.record_id.is_none() {
+                        step.note = Some(format!(
+                            "no contact has any participant's address ({} searched): logged without a contact",
+                            item.req.participants().len()
+                        ));
+                    }
+                    item.contacts = ids;
+                }
+            }
         }
+        if step.settled.is_none() {
+            step.item = Some(item);
+        }
+    }
+
+    /// The contacts an email's or meeting's participants match, in the participants'
+    /// order, each address searched once (cached, with the misses for a shorter time); None
+    /// when the search failed, with the step settled as failed. Addresses no contact has
+    /// are left out: the activity is logged with the rest, or without a contact. Nothing is
+    /// created for them (a person at an address is not yet a contact sales wants).
+    async fn participants(&self, t: &TenantOf<C>, req: &WriteRequest, step: &mut Step) -> Option<Vec<String>> {
+        let crm = self.crm.as_str();
+        let tenant = req.tenant_id();
+        let wanted: Vec<String> = {
+            let mut seen = std::collections::HashSet::new();
+            req.participants().iter().filter(|a| seen.insert(a.as_str())).cloned().collect()
+        };
+        let cached = patiently("contact cache", || self.contacts.get_many(tenant, crm, &wanted)).await;
+        let mut known: HashMap<String, Option<String>> = HashMap::new();
+        let mut ask: Vec<String> = vec![];
+        for (addr, hit) in wanted.iter().zip(cached) {
+            match hit {
+                Some(hit) => {
+                    known.insert(addr.clone(), hit);
+                }
+                None => ask.push(addr.clone()),
+            }
+        }
+        if !ask.is_empty() {
+            match self.connector.find_contacts_by_email(&self.api, t, &ask, &mut step.log).await {
+                Ok(found) => {
+                    let fresh: Vec<(String, Option<String>)> = ask.iter().map(|a| (a.clone(), found.get(a).cloned())).collect();
+                    patiently("contact cache", || self.contacts.put_many(tenant, crm, &fresh)).await;
+                    known.extend(fresh);
+                }
+                Err(f) => {
+                    step.settled = Some(Settled::Failed(f));
+                    return None;
+                }
+            }
+        }
+        let mut ids: Vec<String> = vec![];
+        for addr in &wanted {
+            if let Some(Some(id)) = known.get(addr) {
+                if !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+        Some(ids)
     }
 
     /// The customer's contact, found or (by the tenant's policy) created; None when that
     /// failed, with the step settled as failed.
-    async fn contact(&self, t: &TenantOf<C>, req: &CrmWriteRequest, step: &mut Step) -> Option<Contact> {
+    async fn contact(&self, t: &TenantOf<C>, req: &crm_common::events::CrmWriteRequest, step: &mut Step) -> Option<Contact> {
         let crm = self.crm.as_str();
         let e164 = &req.call.customer_e164;
         let cached = patiently("contact cache", || self.contacts.get(&req.tenant_id, crm, e164)).await;
@@ -328,7 +385,7 @@ impl<C: Connector> Shared<C> {
     /// DONE, or recovers it); one that was merely in the same request is sent again.
     async fn write_claimed(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step]) {
         let mut to_claim: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
-        let keys: Vec<String> = to_claim.iter().map(|&i| steps[i].work.req.idempotency_key.clone()).collect();
+        let keys: Vec<String> = to_claim.iter().map(|&i| steps[i].work.req.idempotency_key().to_string()).collect();
         let renewal = self.keep_leases(tenant_id, keys);
         let mut to_write: Vec<usize> = vec![];
         let mut round = 0;
@@ -350,7 +407,7 @@ impl<C: Connector> Shared<C> {
                 if !f.is_fenced() {
                     continue;
                 }
-                let key = &steps[i].work.req.idempotency_key;
+                let key = steps[i].work.req.idempotency_key();
                 if f.fenced_off.iter().any(|k| k == key) {
                     tracing::warn!(key = %key, round, "lease lost before the write went out (paused, or waited too long): abandoned here; claiming again");
                     crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), "lease_lost");
@@ -388,12 +445,21 @@ impl<C: Connector> Shared<C> {
         })
     }
 
-    /// Writes the planned items among `ready`, in the CRM's batches.
+    /// Writes the planned items among `ready`, in the CRM's batches, one kind per call
+    /// (each kind is its own object in the CRM), in read order within a kind.
     async fn write_ready(&self, t: &TenantOf<C>, steps: &mut [Step], ready: &[usize]) {
         // A request's audit goes to every record it carried: with one call per record,
         // each chunk is that record alone.
         let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
-        for chunk in ready.chunks(per_call) {
+        let mut by_kind: Vec<(ActivityKind, Vec<usize>)> = vec![];
+        for &i in ready {
+            let kind = steps[i].work.req.kind();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, v)) => v.push(i),
+                None => by_kind.push((kind, vec![i])),
+            }
+        }
+        for chunk in by_kind.iter().flat_map(|(_, v)| v.chunks(per_call)) {
             let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
             let mut shared_log = vec![];
             let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;
@@ -448,19 +514,20 @@ impl<C: Connector> Shared<C> {
 
     /// Handles one lane batch (one tenant, in read order): one Done per Work, in the same order.
     pub async fn process(&self, batch: Vec<Work>) -> Vec<Done> {
-        let tenant_id = batch[0].req.tenant_id.clone();
-        // Within a batch only the newest version of a call is written; older ones are done.
+        let tenant_id = batch[0].req.tenant_id().to_string();
+        // Within a batch only the newest version of an activity is written; older ones are
+        // done.
         let mut newest: HashMap<String, i64> = HashMap::new();
         for w in &batch {
-            let v = newest.entry(w.req.idempotency_key.clone()).or_insert(w.req.version);
-            *v = (*v).max(w.req.version);
+            let v = newest.entry(w.req.idempotency_key().to_string()).or_insert(w.req.version());
+            *v = (*v).max(w.req.version());
         }
         let mut seen_newest: HashMap<String, bool> = HashMap::new();
         let mut steps: Vec<Step> = batch
             .into_iter()
             .map(|work| {
-                let top = newest[&work.req.idempotency_key];
-                let first_top = work.req.version == top && !seen_newest.insert(work.req.idempotency_key.clone(), true).unwrap_or(false);
+                let top = newest[work.req.idempotency_key()];
+                let first_top = work.req.version() == top && !seen_newest.insert(work.req.idempotency_key().to_string(), true).unwrap_or(false);
                 let settled = (!first_top).then_some(Settled::Superseded { by_version: top });
                 Step { work, log: vec![], item: None, settled, note: None }
             })
@@ -514,20 +581,27 @@ impl<C: Connector> Shared<C> {
         }
         let subject = self.subject(req);
         let linked_contact = s.item.as_ref().and_then(|i| i.contact_id.clone());
+        let all_contacts = s.item.as_ref().map(|i| i.contacts.clone()).unwrap_or_default();
+        let (tenant_id, key, version) = (req.tenant_id(), req.idempotency_key(), req.version());
         let outcome = match s.settled.expect("every step settles") {
             Settled::Written { record_id, created } => {
-                patiently("done", || self.claims.done(&req.tenant_id, &req.idempotency_key, req.version, &record_id)).await;
+                patiently("done", || self.claims.done(tenant_id, key, version, &record_id)).await;
                 let what = if created { "created" } else { "updated" };
-                let mut detail = format!("{what} {} record {record_id} (version {})", self.crm.as_str(), req.version);
+                let mut detail = format!("{what} {} {} record {record_id} (version {version})", self.crm.as_str(), req.kind().as_str());
                 if let Some(n) = &s.note {
                     detail = format!("{detail}; {n}");
                 }
                 let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Succeeded, detail);
-                a.idempotency_key = Some(req.idempotency_key.clone());
+                a.idempotency_key = Some(key.to_string());
                 a.crm_record_id = Some(record_id);
                 // The reconciler compares it with the record's contact now (merges).
                 if let Some(c) = linked_contact {
                     a.attributes.insert("contact_id".into(), c);
+                }
+                // Every contact an email or meeting was associated with (this write added
+                // the ones it did not have yet).
+                if !all_contacts.is_empty() {
+                    a.attributes.insert("contact_ids".into(), all_contacts.join(","));
                 }
                 if let Some(gone) = w.input.header(RECREATE) {
                     a.attributes.insert("recreated".into(), String::from_utf8_lossy(gone).into_owned());
@@ -547,7 +621,7 @@ impl<C: Connector> Shared<C> {
                     AuditOutcome::Duplicate,
                     format!("already written as record {record_id} at this version or newer: skipped"),
                 );
-                a.idempotency_key = Some(req.idempotency_key.clone());
+                a.idempotency_key = Some(key.to_string());
                 a.crm_record_id = Some(record_id);
                 outputs.push(self.emit.audit_record(&a));
                 "duplicate"
@@ -558,9 +632,9 @@ impl<C: Connector> Shared<C> {
                     &subject,
                     "write",
                     AuditOutcome::Skipped,
-                    format!("version {} superseded by version {by_version} in the same batch", req.version),
+                    format!("version {version} superseded by version {by_version} in the same batch"),
                 );
-                a.idempotency_key = Some(req.idempotency_key.clone());
+                a.idempotency_key = Some(key.to_string());
                 outputs.push(self.emit.audit_record(&a));
                 "superseded"
             }
@@ -568,14 +642,19 @@ impl<C: Connector> Shared<C> {
                 // A write whose outcome is unknown keeps its claim: when the lease has run
                 // out, a replay recovers by lookup instead of writing a second record.
                 if !f.maybe_applied {
-                    patiently("release", || self.claims.release(&req.tenant_id, &req.idempotency_key)).await;
+                    patiently("release", || self.claims.release(tenant_id, key)).await;
                 }
                 if f.reason == DlqReason::ContactDeleted {
                     // The cached contact is gone: a replay must match again.
-                    let e164 = &req.call.customer_e164;
-                    patiently("contact cache", || self.contacts.forget(&req.tenant_id, self.crm.as_str(), e164)).await;
+                    let matched: Vec<&str> = match req {
+                        WriteRequest::Call(c) => vec![c.call.customer_e164.as_str()],
+                        other => other.participants().iter().map(String::as_str).collect(),
+                    };
+                    for m in matched {
+                        patiently("contact cache", || self.contacts.forget(tenant_id, self.crm.as_str(), m)).await;
+                    }
                 }
-                let detail = self.masked(&req.tenant_id, &f.detail);
+                let detail = self.masked(tenant_id, &f.detail);
                 let answer = CrmAnswer {
                     status: f.status.map(i32::from),
                     excerpt: f.excerpt.clone(),

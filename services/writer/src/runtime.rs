@@ -8,7 +8,7 @@
 use crate::process::{Done, Shared, Work};
 use crm_common::codec;
 use crm_common::emit::Subject;
-use crm_common::events::{CrmWriteRequest, DlqReason};
+use crm_common::events::{ActivityWriteRequest, CrmWriteRequest, DlqReason, WriteRequest};
 use crm_common::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
 use crm_common::kafka::{self, InMessage, Kafka, Ticket};
 use crm_common::telemetry::StageMetrics;
@@ -172,9 +172,9 @@ pub async fn run<C: Connector>(
                     Err(e) => { warn!("consume error: {e}"); continue; }
                 };
                 let ticket = offsets.lock().expect("offsets").read(&m.topic, m.partition, m.offset);
-                match codec::decode::<CrmWriteRequest>(m.payload.as_deref().unwrap_or_default()) {
+                match request_of(&shared, &m) {
                     Ok(req) => {
-                        let tenant = req.tenant_id.clone();
+                        let tenant = req.tenant_id().to_string();
                         lanes.buffered.fetch_add(1, Ordering::SeqCst);
                         if lanes.lane(&tenant).send(Work { input: m, req, ticket }).is_err() {
                             error!("a lane stopped; stopping");
@@ -186,7 +186,7 @@ pub async fn run<C: Connector>(
                             info!(held = cfg.max_buffered, "paused consuming: lanes are full");
                         }
                     }
-                    Err(e) => undecodable(&shared, &producer, &offsets, &metrics, m, ticket, e.to_string()).await?,
+                    Err(refused) => undecodable(&shared, &producer, &offsets, &metrics, m, ticket, refused).await?,
                 }
             }
         }
@@ -214,6 +214,41 @@ pub async fn run<C: Connector>(
     Ok(())
 }
 
+/// Why an input is not written: an activity this writer does not write, or is malformed
+/// (VALIDATION, with its subject), or a payload that is no write request at all.
+pub enum Refused {
+    Activity { req: ActivityWriteRequest, why: String },
+    Undecodable(String),
+}
+
+/// The write request in `m`: a call's CrmWriteRequest, or an email's or meeting's
+/// ActivityWriteRequest of a kind this writer writes.
+fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRequest, Refused> {
+    let payload = m.payload.as_deref().unwrap_or_default();
+    let call_error = match codec::decode::<CrmWriteRequest>(payload) {
+        Ok(req) => return Ok(WriteRequest::Call(req)),
+        Err(e) => e,
+    };
+    let Ok(a) = codec::decode::<ActivityWriteRequest>(payload) else {
+        return Err(Refused::Undecodable(format!("{} message is neither a CrmWriteRequest nor an ActivityWriteRequest: {call_error}", m.topic)));
+    };
+    if !shared.connector.kinds().contains(&a.kind) {
+        // An email or a meeting this writer does not write (a tenant's config changed under
+        // a running deduper, or this CRM's contract for the kind is missing): say so
+        // plainly, and keep it for replay once it does.
+        let why = format!(
+            "writer --crm {} does not write {}s (no contract contracts/{}.{}.toml, or not supported yet); the request is kept here for replay once it does",
+            shared.crm.as_str(),
+            a.kind.as_str(),
+            shared.crm.as_str(),
+            a.kind.as_str()
+        );
+        return Err(Refused::Activity { req: a, why });
+    }
+    let head = a.clone();
+    WriteRequest::try_from(a).map_err(|why| Refused::Activity { req: head, why })
+}
+
 async fn undecodable<C: Connector>(
     shared: &Shared<C>,
     producer: &FutureProducer,
@@ -221,28 +256,23 @@ async fn undecodable<C: Connector>(
     metrics: &StageMetrics,
     m: InMessage,
     ticket: Ticket,
-    error: String,
+    refused: Refused,
 ) -> anyhow::Result<()> {
-    // An email or a meeting this writer does not write (a tenant's config changed under a
-    // running deduper): say so plainly, and keep it for replay once it does.
-    if let Ok(a) = codec::decode::<crm_common::events::ActivityWriteRequest>(m.payload.as_deref().unwrap_or_default()) {
-        let detail = format!(
-            "writer --crm {} does not write {}s yet; the request is kept here for replay once it does",
-            shared.crm.as_str(),
-            a.kind.as_str()
-        );
-        let subject = Subject {
-            tenant_id: &a.tenant_id,
-            call_id: Some(&a.source_id),
-            crm: Some(shared.crm),
-            version: Some(a.version),
-            kind: Some(a.kind),
-        };
-        let outputs = shared.emit.dead_letter(&m, &subject, "write", DlqReason::Validation, detail.clone(), detail).into();
-        return publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await;
-    }
-    let detail = format!("{} message is not a CrmWriteRequest: {error}", m.topic);
-    let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None, kind: None };
-    let outputs = shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into();
+    let outputs = match refused {
+        Refused::Activity { req: a, why } => {
+            let subject = Subject {
+                tenant_id: &a.tenant_id,
+                call_id: Some(&a.source_id),
+                crm: Some(shared.crm),
+                version: Some(a.version),
+                kind: Some(a.kind),
+            };
+            shared.emit.dead_letter(&m, &subject, "write", DlqReason::Validation, why.clone(), why).into()
+        }
+        Refused::Undecodable(detail) => {
+            let anonymous = Subject { tenant_id: "", call_id: None, crm: Some(shared.crm), version: None, kind: None };
+            shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into()
+        }
+    };
     publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await
 }

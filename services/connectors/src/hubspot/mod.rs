@@ -19,8 +19,8 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
-use crate::contract::{Contract, WriteKind};
-use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
+use crate::contract::{Contract, Contracts, WriteKind};
+use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
@@ -28,12 +28,22 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use wire::{Batch, ErrorBody, Object, Page, Property};
 
-/// HubSpot's default association type, call → contact.
-const CALL_TO_CONTACT: i64 = 194;
+/// HubSpot's default association types to a contact (HUBSPOT_DEFINED; CRM-APIS §1,
+/// CRM-APIS-ACTIVITIES §1.1, §2.1): call 194, email 198, meeting 200.
+fn to_contact(kind: ActivityKind) -> i64 {
+    match kind {
+        ActivityKind::Email => 198,
+        ActivityKind::Meeting => 200,
+        ActivityKind::Call | ActivityKind::Unknown => 194,
+    }
+}
 const BATCH_MAX: usize = 100;
 
 pub struct Hubspot {
+    /// The call contract.
     pub contract: Contract,
+    /// Every kind's contract (emails and meetings where the deployment has theirs).
+    pub contracts: Contracts,
     /// Where the real API lives; a tenant's `base_url` (crm-sim) overrides it.
     pub default_base_url: String,
     /// How far search lags behind writes: a read-back waits this long beyond the
@@ -53,11 +63,59 @@ fn input_failed(e: &ErrorBody, reason: DlqReason, detail: String, status: u16) -
 
 impl Hubspot {
     fn properties(&self, item: &Item, kind: WriteKind) -> Map<String, Value> {
-        self.contract.values(&item.req, kind)
+        item.contract(self).values(&item.req, kind)
     }
 
+    /// The call object (the reconciler's).
     fn object(&self) -> &str {
         &self.contract.object
+    }
+
+    /// The object holding this kind (`calls`, `emails`, `meetings`).
+    fn object_of(&self, kind: ActivityKind) -> &str {
+        &self.contract_for(kind).unwrap_or(&self.contract).object
+    }
+
+    fn key_field_of(&self, kind: ActivityKind) -> &str {
+        &self.contract_for(kind).unwrap_or(&self.contract).key_field
+    }
+
+    /// The contacts to associate on create: a call's one, or every matched participant.
+    fn associations(item: &Item) -> Vec<Value> {
+        let kind = item.req.kind();
+        let ids: Vec<&String> = if item.contacts.is_empty() { item.contact_id.iter().collect() } else { item.contacts.iter().collect() };
+        ids.into_iter()
+            .map(|c| json!({"to": {"id": c}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": to_contact(kind)}]}))
+            .collect()
+    }
+
+    /// After an email's or meeting's update: associates the participants matched now that
+    /// the record is not yet associated with (a meeting's new attendee). Associations are
+    /// only ever added: one a person removed in HubSpot, or one to a participant who left
+    /// the meeting, is theirs to keep or drop.
+    async fn associate_new(&self, api: &Api, t: &Tenant, item: &Item, record_id: &str, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        if item.contacts.is_empty() {
+            return Ok(());
+        }
+        let object = self.object_of(item.req.kind());
+        let now: Object = t
+            .fetch(
+                api,
+                &Request::get(format!("/crm/v3/objects/{object}/{}?properties=hs_object_id&associations=contacts", urlencode(record_id)), RequestClass::Read),
+                log,
+            )
+            .await?;
+        let have: HashSet<String> = now.associations.contacts.map(|c| c.results.into_iter().map(|c| c.id).collect()).unwrap_or_default();
+        for c in item.contacts.iter().filter(|c| !have.contains(*c)) {
+            let req = Request::new(
+                Method::PUT,
+                format!("/crm/v4/objects/{object}/{}/associations/default/contacts/{}", urlencode(record_id), urlencode(c)),
+                RequestClass::Update,
+            )
+            .fenced([item.req.idempotency_key()]);
+            t.call(api, &req, log).await?;
+        }
+        Ok(())
     }
 
     /// One `batch/<action>` call for `items`, fenced on their keys; a failure of the whole
@@ -72,9 +130,11 @@ impl Hubspot {
         log: &mut Vec<Exchange>,
     ) -> Result<(u16, Batch), Failure> {
         let action = if class == RequestClass::Create { "create" } else { "update" };
-        let mut req = Request::new(Method::POST, format!("/crm/v3/objects/{}/batch/{action}", self.object()), class)
+        // The writer hands over one kind per call.
+        let object = self.object_of(items.first().map_or(ActivityKind::Call, |i| i.req.kind()));
+        let mut req = Request::new(Method::POST, format!("/crm/v3/objects/{object}/batch/{action}"), class)
             .body(json!({"inputs": inputs}))
-            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+            .fenced(items.iter().map(|i| i.req.idempotency_key()));
         if class == RequestClass::Create {
             req = req.not_replay_safe();
         }
@@ -82,9 +142,18 @@ impl Hubspot {
         Ok((reply.status, reply.parse()?))
     }
 
-    /// Calls holding these keys, through search (which lags behind writes): key → id.
-    async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
-        let kf = &self.contract.key_field;
+    /// Records of `kind` holding these keys, through search (which lags behind writes):
+    /// key → id.
+    async fn held_keys(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        keys: &[&str],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let kf = self.key_field_of(kind);
+        let object = self.object_of(kind);
         let mut found = HashMap::new();
         for chunk in keys.chunks(SEARCH_IN_MAX) {
             let body = json!({
@@ -92,7 +161,7 @@ impl Hubspot {
                 "properties": [kf],
                 "limit": 200
             });
-            let req = Request::new(Method::POST, format!("/crm/v3/objects/{}/search", self.object()), RequestClass::Search).body(body);
+            let req = Request::new(Method::POST, format!("/crm/v3/objects/{object}/search"), RequestClass::Search).body(body);
             let page: Page<Object> = t.fetch(api, &req, log).await?;
             for r in &page.results {
                 if let Some(k) = r.property(kf) {
@@ -121,19 +190,14 @@ impl Hubspot {
         let inputs: Vec<Value> = items
             .iter()
             .map(|i| {
-                let associations: Vec<Value> = i
-                    .contact_id
-                    .iter()
-                    .map(|c| json!({"to": {"id": c}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": CALL_TO_CONTACT}]}))
-                    .collect();
-                json!({"properties": self.properties(i, WriteKind::Create), "associations": associations, "objectWriteTraceId": i.req.idempotency_key})
+                json!({"properties": self.properties(i, WriteKind::Create), "associations": Self::associations(i), "objectWriteTraceId": i.req.idempotency_key()})
             })
             .collect();
         let (status, answer) = match self.batch(api, t, RequestClass::Create, inputs, items, log).await {
             Ok(a) => a,
             Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
         };
-        let key_field = &self.contract.key_field;
+        let key_field = self.key_field_of(items.first().map_or(ActivityKind::Call, |i| i.req.kind()));
         let mut by_key: HashMap<String, ItemResult> = HashMap::new();
         for r in answer.results {
             let key = r.property(key_field).unwrap_or_default().to_string();
@@ -155,7 +219,7 @@ impl Hubspot {
         items
             .iter()
             .map(|i| {
-                by_key.remove(&i.req.idempotency_key).unwrap_or_else(|| {
+                by_key.remove(i.req.idempotency_key()).unwrap_or_else(|| {
                     ItemResult::Failed(Failure::unknown_outcome(
                         "HubSpot's batch answer named neither a result nor an error for this record",
                         Some(status),
@@ -179,21 +243,26 @@ impl Hubspot {
         for e in &answer.errors {
             let (mut reason, mut detail) = errors::reason_of(e);
             if e.category == "OBJECT_NOT_FOUND" {
-                // Someone deleted the call in HubSpot: their decision stands; not re-created.
+                // Someone deleted the record in HubSpot: their decision stands; not re-created.
                 reason = DlqReason::Validation;
-                detail = format!("the call record was deleted in HubSpot; not re-created ({detail})");
+                detail = format!("the record was deleted in HubSpot; not re-created ({detail})");
             }
             for id in &e.context.ids {
                 by_id.insert(id.clone(), input_failed(e, reason, detail.clone(), status));
             }
         }
-        items
-            .iter()
-            .map(|i| {
-                let id = i.record_id.clone().unwrap_or_default();
-                by_id.remove(&id).unwrap_or(ItemResult::Written { record_id: id, created: false })
-            })
-            .collect()
+        let mut out = vec![];
+        for i in items {
+            let id = i.record_id.clone().unwrap_or_default();
+            let mut r = by_id.remove(&id).unwrap_or(ItemResult::Written { record_id: id.clone(), created: false });
+            if matches!(r, ItemResult::Written { .. }) {
+                if let Err(f) = self.associate_new(api, t, i, &id, log).await {
+                    r = ItemResult::Failed(f);
+                }
+            }
+            out.push(r);
+        }
+        out
     }
 
     /// One call by id (`GET /crm/v3/objects/<object>/<id>?<query>`).
@@ -227,23 +296,66 @@ impl ReadBeforeResend for Hubspot {
         &self,
         api: &Api,
         t: &Tenant,
+        kind: ActivityKind,
         keys: &[&str],
         _sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        self.held_keys(api, t, keys, log).await
+        self.held_keys(api, t, kind, keys, log).await
     }
 }
 
 impl Connector for Hubspot {
     type Policy = limits::HubspotPolicy;
 
-    fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contract, default_base_url: urls.hubspot_api_url.clone(), search_lag: urls.hubspot_search_lag }
+    fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
+        Self {
+            contract: contracts.call().clone(),
+            contracts,
+            default_base_url: urls.hubspot_api_url.clone(),
+            search_lag: urls.hubspot_search_lag,
+        }
     }
 
     fn crm(&self) -> Crm {
         Crm::Hubspot
+    }
+
+    fn supported_kinds(&self) -> &'static [ActivityKind] {
+        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
+    }
+
+    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
+        self.contracts.get(kind)
+    }
+
+    /// `email IN [...]` on contacts, 50 addresses per search. HubSpot compares the stored
+    /// address case-insensitively; an address only in a contact's additional emails is not
+    /// found (search reads the primary `email`). Search lags behind writes: a contact
+    /// created moments ago is not found yet (the activity is logged without it).
+    async fn find_contacts_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for chunk in emails.chunks(SEARCH_IN_MAX) {
+            let body = json!({
+                "filterGroups": [{"filters": [{"propertyName": "email", "operator": "IN", "values": chunk}]}],
+                "properties": ["email"],
+                "limit": 100
+            });
+            let req = Request::new(Method::POST, "/crm/v3/objects/contacts/search", RequestClass::Search).body(body);
+            let page: Page<Object> = t.fetch(api, &req, log).await?;
+            for r in page.results {
+                if let Some(e) = r.property("email") {
+                    found.entry(e.trim().to_lowercase()).or_insert(r.id.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn batch_max(&self) -> usize {
@@ -291,11 +403,11 @@ impl Connector for Hubspot {
         &self,
         api: &Api,
         t: &Tenant,
-        req: &CrmWriteRequest,
+        req: &WriteRequest,
         _since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<Option<String>, Failure> {
-        Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], log).await?.remove(&req.idempotency_key))
+        Ok(self.held_keys(api, t, req.kind(), &[req.idempotency_key()], log).await?.remove(req.idempotency_key()))
     }
 
     fn read_back_lag(&self) -> std::time::Duration {

@@ -16,8 +16,8 @@ use crate::client::{endpoints, TenantClient};
 use crate::connector::{
     create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
-use crate::contract::{Contract, WriteKind};
-use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
+use crate::contract::{Contract, Contracts, WriteKind};
+use crm_common::events::{Crm, WriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::{HeaderName, AUTHORIZATION};
 use reqwest::Method;
@@ -59,7 +59,7 @@ impl Pipedrive {
         let req = Request::new(Method::POST, self.activities(), RequestClass::Create)
             .body(Value::Object(body))
             .not_replay_safe()
-            .fenced([item.req.idempotency_key.as_str()]);
+            .fenced([item.req.idempotency_key()]);
         match t.fetch::<Envelope<Created>>(api, &req, log).await {
             Ok(Envelope { data: Created { id: Some(id) }, .. }) => ItemResult::Written { record_id: id, created: true },
             Ok(_) => ItemResult::Failed(Failure::unknown_outcome("Pipedrive answered the create without the activity's id", None)),
@@ -72,7 +72,7 @@ impl Pipedrive {
         let body = self.contract.values(&item.req, WriteKind::Update);
         let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), RequestClass::Update)
             .body(Value::Object(body))
-            .fenced([item.req.idempotency_key.as_str()]);
+            .fenced([item.req.idempotency_key()]);
         match t.call(api, &req, log).await {
             Ok(_) => ItemResult::Written { record_id: id, created: false },
             Err(mut f) if f.status == Some(404) => {
@@ -145,6 +145,7 @@ impl ReadBeforeResend for Pipedrive {
         &self,
         api: &Api,
         t: &Tenant,
+        _kind: crm_common::events::ActivityKind,
         keys: &[&str],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
@@ -156,8 +157,8 @@ impl ReadBeforeResend for Pipedrive {
 impl Connector for Pipedrive {
     type Policy = limits::PipedrivePolicy;
 
-    fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contract, default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
+    fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
+        Self { contract: contracts.call().clone(), default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
     }
 
     fn crm(&self) -> Crm {
@@ -216,11 +217,11 @@ impl Connector for Pipedrive {
         &self,
         api: &Api,
         t: &Tenant,
-        req: &CrmWriteRequest,
+        req: &WriteRequest,
         since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<Option<String>, Failure> {
-        Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], since_ms, log).await?.remove(&req.idempotency_key))
+        Ok(self.held_keys(api, t, &[req.idempotency_key()], since_ms, log).await?.remove(req.idempotency_key()))
     }
 
     fn contract(&self) -> &Contract {

@@ -15,8 +15,8 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{missing_are, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
-use crate::contract::{Contract, WriteKind};
-use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
+use crate::contract::{Contract, Contracts, WriteKind};
+use crm_common::events::{Crm, WriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
@@ -120,7 +120,7 @@ impl Salesforce {
         let path = self.data(&format!("/composite/sobjects/{}/{}", self.object(), self.contract.key_field));
         let req = Request::new(Method::PATCH, path, RequestClass::Upsert)
             .body(json!({"allOrNone": false, "records": records}))
-            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+            .fenced(items.iter().map(|i| i.req.idempotency_key()));
         self.collection(api, t, req, items.len(), log).await
     }
 
@@ -128,7 +128,7 @@ impl Salesforce {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Update)).collect();
         let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), RequestClass::Upsert)
             .body(json!({"allOrNone": false, "records": records}))
-            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()));
+            .fenced(items.iter().map(|i| i.req.idempotency_key()));
         let (status, saved) = self.collection(api, t, req, items.len(), log).await;
         saved.into_iter().zip(items).map(|(r, i)| self.saved(r, status, i.record_id.as_deref())).collect()
     }
@@ -160,8 +160,8 @@ fn met_existing_with_create_only(r: &Saved) -> bool {
 impl Connector for Salesforce {
     type Policy = limits::SalesforcePolicy;
 
-    fn build(contract: Contract, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contract, default_base_url: urls.salesforce_api_url.clone() }
+    fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
+        Self { contract: contracts.call().clone(), default_base_url: urls.salesforce_api_url.clone() }
     }
 
     fn crm(&self) -> Crm {
@@ -225,12 +225,12 @@ impl Connector for Salesforce {
         &self,
         api: &Api,
         t: &Tenant,
-        req: &CrmWriteRequest,
+        req: &WriteRequest,
         _since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<Option<String>, Failure> {
         let path =
-            self.data(&format!("/sobjects/{}/{}/{}?fields=Id", self.object(), self.contract.key_field, urlencode(&req.idempotency_key)));
+            self.data(&format!("/sobjects/{}/{}/{}?fields=Id", self.object(), self.contract.key_field, urlencode(req.idempotency_key())));
         match t.fetch::<Created>(api, &Request::get(path, RequestClass::Read), log).await {
             Ok(r) => Ok(Some(r.id)),
             Err(f) if f.status == Some(404) => Ok(None),

@@ -16,8 +16,8 @@ use crate::client::{endpoints, TenantClient};
 use crate::connector::{
     create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
-use crate::contract::{Contract, WriteKind};
-use crm_common::events::{Crm, CrmWriteRequest, DlqReason};
+use crate::contract::{Contract, Contracts, WriteKind};
+use crm_common::events::{Crm, WriteRequest, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
@@ -128,7 +128,7 @@ impl Zoho {
         let records: Vec<Value> = items.iter().map(|i| self.record(i, kind)).collect();
         Request::new(method, format!("{API}/{}", self.module()), class)
             .body(json!({"data": records, "trigger": []}))
-            .fenced(items.iter().map(|i| i.req.idempotency_key.as_str()))
+            .fenced(items.iter().map(|i| i.req.idempotency_key()))
     }
 
     async fn insert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
@@ -163,6 +163,7 @@ impl ReadBeforeResend for Zoho {
         &self,
         api: &Api,
         t: &Tenant,
+        _kind: crm_common::events::ActivityKind,
         keys: &[&str],
         _sent_at_ms: i64,
         log: &mut Vec<Exchange>,
@@ -174,8 +175,8 @@ impl ReadBeforeResend for Zoho {
 impl Connector for Zoho {
     type Policy = limits::ZohoPolicy;
 
-    fn build(contract: Contract, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
-        Self { contract, default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
+    fn build(contracts: Contracts, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
+        Self { contract: contracts.call().clone(), default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
     }
 
     fn crm(&self) -> Crm {
@@ -241,11 +242,11 @@ impl Connector for Zoho {
         &self,
         api: &Api,
         t: &Tenant,
-        req: &CrmWriteRequest,
+        req: &WriteRequest,
         _since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<Option<String>, Failure> {
-        Ok(self.held_keys(api, t, &[req.idempotency_key.as_str()], log).await?.remove(&req.idempotency_key))
+        Ok(self.held_keys(api, t, &[req.idempotency_key()], log).await?.remove(req.idempotency_key()))
     }
 
     fn contract(&self) -> &Contract {
