@@ -268,6 +268,9 @@ activities = ["call", "email"]
     let mut writer = broker.service("writer", &env);
     assert!(!writer.child.wait().unwrap().success(), "a writer asked for emails it has no contract for refuses to start");
     let log = writer.log_text();
-    assert!(log.contains("names 'email', which writer --crm hubspot does not write") && log.contains("contracts/<crm>.<kind>.toml"), "{log}");
+    assert!(
+        log.contains("names 'email', which writer --crm hubspot does not write") && log.contains("contracts/<crm>.<kind>.toml"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&contracts);
 }

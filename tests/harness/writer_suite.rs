@@ -53,6 +53,28 @@ pub struct Case {
     /// Whether the CRM refuses a second record with our key itself (Salesforce's
     /// external-ID upsert): there a writer bug cannot show as a duplicate.
     pub enforces_key: bool,
+    /// Where this CRM's writer takes emails and meetings: what the activity suite needs.
+    pub activities: Option<Activities>,
+}
+
+/// What differs between CRMs for emails and meetings (the activity suite).
+pub struct Activities {
+    /// crm-sim's objects for emails and meetings, and the field holding the key on each.
+    pub emails: (&'static str, &'static str),
+    pub meetings: (&'static str, &'static str),
+    /// Custom fields the account needs (object → fields), besides the call key field's.
+    pub fields: fn() -> Value,
+    /// A contact with this email address (and names), as crm-sim's native fields.
+    pub contact_with_email: fn(&str, &str) -> Value,
+    /// A meeting's start field, as crm-sim reads it back, for an epoch-ms start.
+    pub meeting_start: (&'static str, fn(i64) -> Value),
+    /// A field a person may set on a meeting, a value they set, and the value a cancelled
+    /// meeting shows there (HubSpot: the outcome, NO_SHOW, CANCELED).
+    pub meeting_outcome: (&'static str, &'static str, &'static str),
+    /// The email's fields as the CRM shows them after a create (name, expected value).
+    pub email_shows: fn() -> Vec<(&'static str, Value)>,
+    /// The permission whose loss stops email writes alone.
+    pub email_permission: &'static str,
 }
 
 impl Case {
@@ -1050,6 +1072,306 @@ fn pd_ended() -> Value {
     json!(true)
 }
 
+/// `ms` as crm-sim and the CRMs write date-times back ("2026-01-01T00:00:00.000Z").
+fn iso_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// A live time for activities in tests: the last hour (the claim store remembers it, so a
+/// create goes without a lookup first), whole seconds.
+fn live_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| crm_common::clock::now_ms() / 1000 * 1000 - 3_600_000)
+}
+
+impl Case {
+    fn acts(&self) -> &Activities {
+        self.activities.as_ref().unwrap_or_else(|| panic!("{} takes no emails or meetings", self.name()))
+    }
+
+    /// An account for emails and meetings: the key fields on every object, the phone
+    /// contact of [`Case::account`], and contacts with addresses: Jane (stored in mixed
+    /// case: matching must not depend on it) and Ops.
+    pub fn activity_account(&self, sim: &CrmSim, account: &str) {
+        let a = self.acts();
+        let mut fields = (a.fields)();
+        let call_fields = match self.crm {
+            Crm::Hubspot => json!({"crm_sync_key": {"type": "text", "unique": true}}),
+            _ => json!({}),
+        };
+        fields[self.calls] = call_fields;
+        let contacts = json!([
+            self.contact(),
+            (a.contact_with_email)("Jane", "Jane.Doe@Customer.Example"),
+            (a.contact_with_email)("Ops", "ops@customer.example"),
+        ]);
+        self.account(
+            sim,
+            account,
+            json!({
+                "fields": fields,
+                "key_fields": [{"object": a.emails.0, "field": a.emails.1}, {"object": a.meetings.0, "field": a.meetings.1}],
+                "objects": {self.contacts: contacts},
+            }),
+        );
+    }
+
+    /// The tenant's connection takes calls, emails and meetings.
+    pub fn activity_tenants(&self, sim: &CrmSim, ids: &[&str]) -> TempFile {
+        self.tenants(sim, ids, "activities = [\"call\", \"email\", \"meeting\"]")
+    }
+
+    /// An email sent by the actor to `to` (canonical addresses; the first with a display
+    /// name), copying `cc`.
+    pub fn email(&self, tenant: &str, id: &str, to: &[&str], cc: &[&str]) -> (super::Msg, String) {
+        let mut r = fixtures::email_request(tenant, id, self.crm);
+        let e = r.email.as_mut().unwrap();
+        let addr = |a: &str, name: Option<&str>| EmailAddress { email: a.into(), name: name.map(Into::into), raw: a.into() };
+        e.to = to.iter().enumerate().map(|(i, a)| addr(a, (i == 0).then_some("Doe, Jane"))).collect();
+        e.cc = cc.iter().map(|a| addr(a, None)).collect();
+        e.participants = to.iter().chain(cc).map(|a| a.to_string()).collect();
+        e.sent_at = live_ms();
+        let key = r.idempotency_key.clone();
+        ((tenant.into(), codec::encode(&r).unwrap(), vec![]), key)
+    }
+
+    /// A meeting at `version`, starting `start` (epoch ms, 30 minutes long), with these
+    /// attendees besides the actor.
+    pub fn meeting(
+        &self,
+        tenant: &str,
+        event: &str,
+        version: i64,
+        status: MeetingStatus,
+        start: i64,
+        attendees: &[&str],
+    ) -> (super::Msg, String) {
+        let mut r = fixtures::meeting_request(tenant, event, self.crm);
+        r.version = version;
+        let m = r.meeting.as_mut().unwrap();
+        m.version = version;
+        m.status = status;
+        m.start_at = start;
+        m.end_at = start + 1_800_000;
+        m.attendees = attendees
+            .iter()
+            .map(|a| NormalisedAttendee {
+                address: EmailAddress { email: a.to_string(), name: None, raw: a.to_string() },
+                response: AttendeeResponse::Accepted,
+                optional: false,
+                phone_e164: None,
+            })
+            .collect();
+        m.participants = attendees.iter().map(|a| a.to_string()).collect();
+        let key = r.idempotency_key.clone();
+        ((tenant.into(), codec::encode(&r).unwrap(), vec![]), key)
+    }
+
+    /// The one record of `object` carrying `key`.
+    pub fn record_keyed(&self, sim: &CrmSim, account: &str, object: &str, key: &str) -> Value {
+        let found: Vec<Value> = sim
+            .records(self.name(), account, object)
+            .into_iter()
+            .filter(|r| {
+                r["fields"]
+                    .as_object()
+                    .is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s == key || s.ends_with(&format!(":{key}")))))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "records of {object} with key {key}: {found:?}");
+        found.into_iter().next().unwrap()
+    }
+
+    /// The ids of the account's contacts with these addresses (any case).
+    pub fn contacts_with(&self, sim: &CrmSim, account: &str, emails: &[&str]) -> Vec<String> {
+        let all = sim.records(self.name(), account, self.contacts);
+        emails
+            .iter()
+            .map(|e| {
+                all.iter()
+                    .find(|c| {
+                        c["fields"].as_object().is_some_and(|f| f.values().any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(e))))
+                    })
+                    .and_then(|c| c["id"].as_str())
+                    .unwrap_or_else(|| panic!("no contact {e}"))
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+fn associated(record: &Value, contacts: &[String]) -> bool {
+    let have = record["associations"].as_array().cloned().unwrap_or_default();
+    contacts.iter().all(|c| have.iter().any(|x| x == &json!(c)))
+}
+
+/// Emails and meetings beside calls, for one tenant, on one partition: one record per
+/// Message-ID and per meeting under duplicates, associated with every participant a
+/// contact has (matched case-insensitively), none for an address no contact has; a
+/// meeting's new versions update its record (moved, a new attendee associated), a
+/// person's outcome stands until the calendar cancels the meeting, and a cancelled meeting
+/// is marked, not deleted; a request whose kind and body disagree is dead-lettered with
+/// the reason; each kind goes to its own object in its own CRM calls.
+pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
+    let a = case.acts();
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.activity_account(&sim, "acme");
+    let tenants = case.activity_tenants(&sim, &["acme"]);
+    let prefix = RedisPrefix::new("writer-acts");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    let (jane, ops) = ("jane.doe@customer.example", "ops@customer.example");
+
+    let mut inputs = vec![case.request("acme", "c1", 1)];
+    let mut email_keys = vec![];
+    for i in 0..4 {
+        let (m, key) = case.email("acme", &format!("m{i}"), &[jane], &[ops]);
+        inputs.push(m.clone());
+        inputs.push(m);
+        email_keys.push(key);
+    }
+    let (stranger, stranger_key) = case.email("acme", "m4", &["nobody@elsewhere.example"], &[]);
+    inputs.push(stranger);
+    let start = live_ms() + 86_400_000;
+    let (v1, meeting_key) = case.meeting("acme", "ev1", 1, MeetingStatus::Confirmed, start, &[jane]);
+    inputs.push(v1.clone());
+    inputs.push(v1);
+    let mut bad = fixtures::email_request("acme", "m9", case.crm);
+    bad.email = None;
+    inputs.push(("acme".into(), codec::encode(&bad).unwrap(), vec![]));
+    broker.produce(&case.topic(), &inputs);
+    let (finals, dlq, all) = outcomes(&broker, inputs.len(), Duration::from_secs(90));
+    assert_eq!(finals.len(), inputs.len(), "every input gets a final audit record: {finals:?}");
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert_eq!((dlq[0].reason, dlq[0].kind), (DlqReason::Validation, Some(ActivityKind::Email)), "{:?}", dlq[0]);
+    assert!(dlq[0].detail.contains("exactly its own body"), "{}", dlq[0].detail);
+
+    let k = case.keys(&sim, "acme");
+    assert_eq!(k.len(), 7, "a call, five emails, a meeting: {k:?}");
+    assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "exactly one record each: {k:?}");
+    let contacts = case.contacts_with(&sim, "acme", &[jane, ops]);
+    for key in &email_keys {
+        let r = case.record_keyed(&sim, "acme", a.emails.0, key);
+        assert!(associated(&r, &contacts), "associated with both participants' contacts {contacts:?}: {r}");
+    }
+    let m0 = case.record_keyed(&sim, "acme", a.emails.0, &email_keys[0]);
+    for (field, want) in (a.email_shows)() {
+        assert_eq!(m0["fields"][field], want, "{field} on {m0}");
+    }
+    let lone = case.record_keyed(&sim, "acme", a.emails.0, &stranger_key);
+    assert!(lone["associations"].as_array().is_none_or(|x| x.is_empty()), "no contact has the address: {lone}");
+    let lone_final =
+        finals.iter().find(|f| f.idempotency_key.as_deref() == Some(&stranger_key) && f.outcome == AuditOutcome::Succeeded).unwrap();
+    assert!(lone_final.detail.contains("no contact has any participant's address"), "{}", lone_final.detail);
+    let email_finals: Vec<&AuditRecord> =
+        finals.iter().filter(|f| f.kind == Some(ActivityKind::Email) && f.outcome == AuditOutcome::Succeeded).collect();
+    assert_eq!(email_finals.len(), 5, "{email_finals:?}");
+    assert!(
+        email_finals.iter().all(|f| f.call_id.as_deref().is_some_and(|id| id.ends_with("@mail.acme.example"))),
+        "the Message-ID is the audit's id"
+    );
+    assert!(email_finals
+        .iter()
+        .all(|f| f.attributes.get("contact_ids").is_some_and(|c| !c.is_empty()) || f.idempotency_key.as_deref() == Some(&stranger_key)));
+    // Each kind to its own object, never mixed in one request.
+    for object in ["calls", a.emails.0, a.meetings.0] {
+        assert!(
+            all.iter().any(|x| (case.is_create)(&x.operation.replace(object, "calls")) && x.operation.contains(object)),
+            "a create on {object}"
+        );
+    }
+
+    // A person records an outcome; then the meeting moves and gains an attendee.
+    let meeting = case.record_keyed(&sim, "acme", a.meetings.0, &meeting_key);
+    assert!(associated(&meeting, &contacts[..1]), "{meeting}");
+    let (outcome_field, person_says, cancelled_shows) = a.meeting_outcome;
+    let id = meeting["id"].as_str().unwrap();
+    sim.admin("PATCH", &format!("/accounts/{}/acme/objects/{}/{id}", case.name(), a.meetings.0), Some(json!({outcome_field: person_says})));
+    let moved = start + 3_600_000;
+    let (v2, _) = case.meeting("acme", "ev1", 2, MeetingStatus::Confirmed, moved, &[jane, ops]);
+    broker.produce(&case.topic(), &[v2]);
+    let (finals, _, _) = outcomes(&broker, inputs.len() + 1, Duration::from_secs(60));
+    assert_eq!(
+        finals.iter().filter(|f| f.idempotency_key.as_deref() == Some(&meeting_key) && f.outcome == AuditOutcome::Succeeded).count(),
+        2,
+        "{finals:?}"
+    );
+    let meeting = case.record_keyed(&sim, "acme", a.meetings.0, &meeting_key);
+    let (start_field, start_value) = a.meeting_start;
+    assert_eq!(meeting["fields"][start_field], start_value(moved), "rescheduled in place: {meeting}");
+    assert_eq!(meeting["fields"][outcome_field], person_says, "a person's outcome stands while the meeting is on: {meeting}");
+    assert!(associated(&meeting, &contacts), "the new attendee is associated: {meeting}");
+
+    let (v3, _) = case.meeting("acme", "ev1", 3, MeetingStatus::Cancelled, moved, &[jane, ops]);
+    broker.produce(&case.topic(), &[v3]);
+    outcomes(&broker, inputs.len() + 2, Duration::from_secs(60));
+    let meeting = case.record_keyed(&sim, "acme", a.meetings.0, &meeting_key);
+    assert_eq!(meeting["fields"][outcome_field], cancelled_shows, "cancelled is marked: {meeting}");
+    assert!(!meeting["deleted"].as_bool().unwrap_or(false), "never deleted: {meeting}");
+    assert_eq!(case.keys(&sim, "acme")[&meeting_key], (1, 1));
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == inputs.len() as i64 + 2);
+    assert!(w.terminate().success());
+}
+
+/// Emails and meetings under faults after the write landed (a timeout, 502s) stay one
+/// record each: the create is read back on its own object before anything goes again. A
+/// lost email permission dead-letters emails as PERMISSION_DENIED while meetings go on.
+pub fn emails_and_meetings_stay_single_under_faults_and_fail_alone(case: &Case) {
+    let a = case.acts();
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.activity_account(&sim, "acme");
+    let tenants = case.activity_tenants(&sim, &["acme"]);
+    let prefix = RedisPrefix::new("writer-acts-faults");
+    for object in [a.emails.0, a.meetings.0] {
+        let ep = format!("{object}/batch/create");
+        sim.fault(case.name(), "acme", json!({"kind": "timeout", "count": 1, "endpoint": ep, "after_write": true, "latency_ms": 3000}));
+        sim.fault(case.name(), "acme", json!({"kind": "502", "count": 1, "endpoint": ep, "after_write": true}));
+    }
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[("WRITER_HTTP_TIMEOUT", "1s"), ("WRITER_RETRY_BASE", "50ms")]);
+    let jane = "jane.doe@customer.example";
+    let mut inputs = vec![];
+    let mut keys = vec![];
+    for round in 0..3 {
+        let (e, k) = case.email("acme", &format!("f{round}"), &[jane], &[]);
+        let (m, mk) = case.meeting("acme", &format!("fev{round}"), 1, MeetingStatus::Confirmed, live_ms() + 86_400_000, &[jane]);
+        broker.produce(&case.topic(), &[e.clone(), m.clone()]);
+        inputs.extend([e, m]);
+        keys.extend([k, mk]);
+        outcomes(&broker, inputs.len(), Duration::from_secs(60));
+    }
+    let k = case.keys(&sim, "acme");
+    for key in &keys {
+        assert_eq!(k.get(key), Some(&(1, 1)), "{key}: {k:?}");
+    }
+    // The faults fired (crm-sim counts a timed-out request once it stops holding it).
+    let fired = |object: &str, status: &str| {
+        let counters = sim.state(case.name(), "acme")["counters"].clone();
+        counters
+            .as_object()
+            .is_some_and(|c| c.iter().any(|(ep, n)| ep.contains(&format!("{object}/batch/create")) && n[status].as_u64().unwrap_or(0) >= 1))
+    };
+    for object in [a.emails.0, a.meetings.0] {
+        for status in ["502", "504"] {
+            wait_for(&format!("{status} on {object}"), Duration::from_secs(10), || fired(object, status));
+        }
+    }
+    sim.admin("POST", &format!("/accounts/{}/acme/permissions/{}/revoke", case.name(), a.email_permission), None);
+    let (e, ek) = case.email("acme", "p1", &[jane], &[]);
+    let (m, mk) = case.meeting("acme", "pev1", 1, MeetingStatus::Confirmed, live_ms() + 86_400_000, &[jane]);
+    broker.produce(&case.topic(), &[e, m]);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len() + 2, Duration::from_secs(60));
+    let email_dlq: Vec<&DeadLetter> = dlq.iter().filter(|d| d.call_id.as_deref() == Some("p1@mail.acme.example")).collect();
+    assert_eq!(email_dlq.len(), 1, "{dlq:?}");
+    assert_eq!(email_dlq[0].reason, DlqReason::PermissionDenied, "{:?}", email_dlq[0]);
+    assert!(
+        finals.iter().any(|f| f.idempotency_key.as_deref() == Some(&mk) && f.outcome == AuditOutcome::Succeeded),
+        "meetings go on: {finals:?}"
+    );
+    assert!(!case.keys(&sim, "acme").contains_key(&ek));
+    assert!(w.terminate().success());
+}
+
 pub const HUBSPOT: Case = Case {
     crm: Crm::Hubspot,
     plan: "professional",
@@ -1070,6 +1392,23 @@ pub const HUBSPOT: Case = Case {
     contact_search_endpoint: "contacts/search",
     contact_create_endpoint: "POST /hubspot/crm/v3/objects/contacts$",
     enforces_key: false,
+    activities: Some(Activities {
+        emails: ("emails", "crm_sync_key"),
+        meetings: ("meetings", "crm_sync_key"),
+        fields: || json!({"emails": {"crm_sync_key": {"type": "text", "unique": true}}, "meetings": {"crm_sync_key": {"type": "text", "unique": true}}}),
+        contact_with_email: |first, email| json!({"firstname": first, "lastname": "Doe", "email": email}),
+        meeting_start: ("hs_meeting_start_time", |ms| json!(iso_ms(ms))),
+        meeting_outcome: ("hs_meeting_outcome", "NO_SHOW", "CANCELED"),
+        email_shows: || {
+            vec![
+                ("hs_email_direction", json!("EMAIL")),
+                ("hs_email_from_email", json!("rep@acme.example")),
+                ("hs_email_to_email", json!("jane.doe@customer.example")),
+                ("hs_email_subject", json!("Renewal")),
+            ]
+        },
+        email_permission: "sales-email-read",
+    }),
 };
 
 pub const SALESFORCE: Case = Case {
@@ -1093,6 +1432,7 @@ pub const SALESFORCE: Case = Case {
     contact_search_endpoint: "/search",
     contact_create_endpoint: "POST /salesforce/services/data/{version}/sobjects/Contact",
     enforces_key: true,
+    activities: None,
 };
 
 pub const ZOHO: Case = Case {
@@ -1115,6 +1455,7 @@ pub const ZOHO: Case = Case {
     contact_search_endpoint: "Contacts/search",
     contact_create_endpoint: "POST /zoho/crm/{version}/Contacts$",
     enforces_key: false,
+    activities: None,
 };
 
 pub const PIPEDRIVE: Case = Case {
@@ -1137,9 +1478,25 @@ pub const PIPEDRIVE: Case = Case {
     contact_search_endpoint: "persons/search",
     contact_create_endpoint: "POST /pipedrive/api/v2/persons$",
     enforces_key: false,
+    activities: None,
 };
 
 /// One `#[test]` per suite function, for a `Case`.
+/// The activity suite for a CRM whose writer takes emails and meetings.
+#[macro_export]
+macro_rules! activity_suite {
+    ($case:expr) => {
+        #[test]
+        fn emails_and_meetings_one_record_each_with_every_participant() {
+            $crate::writer_suite::emails_and_meetings_one_record_each_with_every_participant(&$case)
+        }
+        #[test]
+        fn emails_and_meetings_stay_single_under_faults_and_fail_alone() {
+            $crate::writer_suite::emails_and_meetings_stay_single_under_faults_and_fail_alone(&$case)
+        }
+    };
+}
+
 #[macro_export]
 macro_rules! writer_suite {
     ($case:expr) => {

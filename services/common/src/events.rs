@@ -461,24 +461,34 @@ impl From<CrmWriteRequest> for WriteRequest {
     }
 }
 
+/// An ActivityWriteRequest that cannot be written, and why (its kind and body disagree,
+/// or its key is not the one its parts make).
+#[derive(Debug)]
+pub struct Malformed {
+    pub req: Box<ActivityWriteRequest>,
+    pub why: String,
+}
+
 impl TryFrom<ActivityWriteRequest> for WriteRequest {
-    type Error = String;
-    /// Err: why the request cannot be written (its kind and body disagree, or its key is not
-    /// the one its parts make).
-    fn try_from(mut req: ActivityWriteRequest) -> Result<Self, String> {
+    type Error = Malformed;
+    fn try_from(mut req: ActivityWriteRequest) -> Result<Self, Malformed> {
         let want = activity_key(&req.tenant_id, req.kind, &req.source_id, req.crm);
         if req.idempotency_key != want {
-            return Err(format!("idempotency_key {:?} is not the key its parts make ({want:?})", req.idempotency_key));
+            let why = format!("idempotency_key {:?} is not the key its parts make ({want:?})", req.idempotency_key);
+            return Err(Malformed { req: Box::new(req), why });
         }
         match (req.kind, req.email.take(), req.meeting.take()) {
             (ActivityKind::Email, Some(email), None) => Ok(WriteRequest::Email { req, email }),
             (ActivityKind::Meeting, None, Some(meeting)) => Ok(WriteRequest::Meeting { req, meeting }),
-            (kind, e, m) => Err(format!(
-                "an ActivityWriteRequest of kind {} must carry exactly its own body (email: {}, meeting: {})",
-                kind.as_str(),
-                if e.is_some() { "set" } else { "null" },
-                if m.is_some() { "set" } else { "null" },
-            )),
+            (kind, e, m) => {
+                let why = format!(
+                    "an ActivityWriteRequest of kind {} must carry exactly its own body (email: {}, meeting: {})",
+                    kind.as_str(),
+                    if e.is_some() { "set" } else { "null" },
+                    if m.is_some() { "set" } else { "null" },
+                );
+                Err(Malformed { req: Box::new(req), why })
+            }
         }
     }
 }

@@ -197,10 +197,17 @@ impl Contracts {
             if !path.exists() {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
             let c = Contract::parse(&text).map_err(|e| anyhow::anyhow!("field contract {}: {e}", path.display()))?;
             anyhow::ensure!(c.crm == crm, "field contract {} is for crm = {:?}, not {crm}", path.display(), c.crm);
-            anyhow::ensure!(c.kind == kind, "field contract {} says kind = {:?}; its name says {}", path.display(), c.kind.as_str(), kind.as_str());
+            anyhow::ensure!(
+                c.kind == kind,
+                "field contract {} says kind = {:?}; its name says {}",
+                path.display(),
+                c.kind.as_str(),
+                kind.as_str()
+            );
             by_kind.insert(kind, c);
         }
         Ok(Contracts { by_kind })
@@ -287,16 +294,18 @@ mod tests {
     #[test]
     fn the_other_contracts_in_the_repo_load_and_type_their_values() {
         use crm_common::events::{fixtures::normalised_call, Crm, CrmWriteRequest};
-        let req = |crm: Crm| WriteRequest::Call(CrmWriteRequest {
-            tenant_id: "acme".into(),
-            call_id: "c1".into(),
-            crm,
-            idempotency_key: format!("acme:c1:{}", crm.as_str()),
-            version: 2,
-            call: normalised_call("acme", "c1", 2),
-            requested_at: 0,
-            trace_id: "t".into(),
-        });
+        let req = |crm: Crm| {
+            WriteRequest::Call(CrmWriteRequest {
+                tenant_id: "acme".into(),
+                call_id: "c1".into(),
+                crm,
+                idempotency_key: format!("acme:c1:{}", crm.as_str()),
+                version: 2,
+                call: normalised_call("acme", "c1", 2),
+                requested_at: 0,
+                trace_id: "t".into(),
+            })
+        };
         let sf = Contract::parse(include_str!("../../../contracts/salesforce.toml")).unwrap();
         let v = sf.values(&req(Crm::Salesforce), WriteKind::Create);
         assert_eq!(v["CallDurationInSeconds"], serde_json::json!(60), "a number where Salesforce wants one");
@@ -329,7 +338,10 @@ mod tests {
         assert_eq!(headers["from"], serde_json::json!({"email": "rep@acme.example", "firstName": "Rep", "lastName": "One"}));
         assert_eq!(headers["to"][0], serde_json::json!({"email": "jane.doe@customer.example", "firstName": "Jane", "lastName": "Doe"}));
         assert_eq!(headers["cc"][0], serde_json::json!({"email": "ops@customer.example"}));
-        assert!(!all.get(ActivityKind::Email).unwrap().values(&email, WriteKind::Update).contains_key("hs_email_subject"), "people edit subjects");
+        assert!(
+            !all.get(ActivityKind::Email).unwrap().values(&email, WriteKind::Update).contains_key("hs_email_subject"),
+            "people edit subjects"
+        );
 
         let mut m = fixtures::meeting_request("acme", "ev1", Crm::Hubspot);
         let meetings = all.get(ActivityKind::Meeting).unwrap();
@@ -356,10 +368,10 @@ mod tests {
         use crm_common::events::{fixtures, Crm};
         let mut r = fixtures::email_request("acme", "m1", Crm::Hubspot);
         r.email = None;
-        assert!(WriteRequest::try_from(r).unwrap_err().contains("exactly its own body"));
+        assert!(WriteRequest::try_from(r).unwrap_err().why.contains("exactly its own body"));
         let mut r = fixtures::email_request("acme", "m1", Crm::Hubspot);
         r.idempotency_key = "acme:m1:hubspot".into();
-        assert!(WriteRequest::try_from(r).unwrap_err().contains("is not the key its parts make"));
+        assert!(WriteRequest::try_from(r).unwrap_err().why.contains("is not the key its parts make"));
     }
 
     #[test]

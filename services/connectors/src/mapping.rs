@@ -139,12 +139,14 @@ fn meeting_value(key: &str, m: &NormalisedMeeting, source: &str, write: WriteKin
         "conference_url" => m.conference_url.clone(),
         "organizer_email" => Some(m.organizer.email.clone()),
         "attendee_emails" => Some(m.attendees.iter().map(|a| a.address.email.as_str()).collect::<Vec<_>>().join(", ")),
-        "status" => Some(match m.status {
-            MeetingStatus::Confirmed => "Confirmed",
-            MeetingStatus::Tentative => "Tentative",
-            MeetingStatus::Cancelled => "Cancelled",
-        }
-        .into()),
+        "status" => Some(
+            match m.status {
+                MeetingStatus::Confirmed => "Confirmed",
+                MeetingStatus::Tentative => "Tentative",
+                MeetingStatus::Cancelled => "Cancelled",
+            }
+            .into(),
+        ),
         // The calendar decides whether a meeting is on; whether it was held (COMPLETED,
         // NO_SHOW) is for people to record in HubSpot. So a create writes SCHEDULED or
         // CANCELED, and an update writes CANCELED only: a later version of a meeting that

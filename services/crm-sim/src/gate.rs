@@ -56,6 +56,11 @@ pub trait CrmApi: Send + Sync + 'static {
     fn class(method: &Method, route: &str, path: &str) -> Class;
     /// The permission a route needs (revocable through the admin API), if any.
     fn permission(class: Class, route: &str, path: &str) -> Option<&'static str>;
+    /// Every permission a route needs, where it needs several (HubSpot's emails: the
+    /// contacts scope and `sales-email-read`); the first one revoked answers.
+    fn permissions(class: Class, route: &str, path: &str) -> Vec<&'static str> {
+        Self::permission(class, route, path).into_iter().collect()
+    }
     fn permission_denied(permission: &str) -> Response;
     /// Counts the request against the limits, or answers as the CRM does when one is hit.
     fn admit(acct: &mut Account, caller: &Caller, class: Class, now: i64) -> Result<(), Response>;
@@ -232,8 +237,8 @@ fn admit<A: CrmApi>(
     let n = w.request_seq;
     let acct = w.account(A::CRM, &caller.account).expect("checked");
 
-    if let Some(p) = A::permission(class, route, path) {
-        if acct.revoked.contains(p) {
+    if let Some(p) = A::permissions(class, route, path).into_iter().find(|p| acct.revoked.contains(*p)) {
+        {
             let resp = A::permission_denied(p);
             acct.count(endpoint, resp.status().as_u16());
             return Admission::Answer(resp, 0);

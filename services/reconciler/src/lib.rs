@@ -313,7 +313,8 @@ impl<C: Inspect> Reconciler<C> {
         contact_id: Option<&str>,
     ) {
         let contract = self.connector.contract();
-        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values(&WriteRequest::Call(r.clone())), fields)).unwrap_or_default();
+        let changed =
+            rec.req.map(|r| changed_fields(contract, &contract.owned_values(&WriteRequest::Call(r.clone())), fields)).unwrap_or_default();
         let contact = contact_drift(rec.w.linked_contact.as_deref(), contact_id);
         if changed.is_empty() && contact == ContactDrift::Same {
             return;

@@ -527,7 +527,8 @@ impl<C: Connector> Shared<C> {
             .into_iter()
             .map(|work| {
                 let top = newest[work.req.idempotency_key()];
-                let first_top = work.req.version() == top && !seen_newest.insert(work.req.idempotency_key().to_string(), true).unwrap_or(false);
+                let first_top =
+                    work.req.version() == top && !seen_newest.insert(work.req.idempotency_key().to_string(), true).unwrap_or(false);
                 let settled = (!first_top).then_some(Settled::Superseded { by_version: top });
                 Step { work, log: vec![], item: None, settled, note: None }
             })

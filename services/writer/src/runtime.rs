@@ -217,7 +217,7 @@ pub async fn run<C: Connector>(
 /// Why an input is not written: an activity this writer does not write, or is malformed
 /// (VALIDATION, with its subject), or a payload that is no write request at all.
 pub enum Refused {
-    Activity { req: ActivityWriteRequest, why: String },
+    Activity { req: Box<ActivityWriteRequest>, why: String },
     Undecodable(String),
 }
 
@@ -230,7 +230,10 @@ fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRe
         Err(e) => e,
     };
     let Ok(a) = codec::decode::<ActivityWriteRequest>(payload) else {
-        return Err(Refused::Undecodable(format!("{} message is neither a CrmWriteRequest nor an ActivityWriteRequest: {call_error}", m.topic)));
+        return Err(Refused::Undecodable(format!(
+            "{} message is neither a CrmWriteRequest nor an ActivityWriteRequest: {call_error}",
+            m.topic
+        )));
     };
     if !shared.connector.kinds().contains(&a.kind) {
         // An email or a meeting this writer does not write (a tenant's config changed under
@@ -243,10 +246,9 @@ fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRe
             shared.crm.as_str(),
             a.kind.as_str()
         );
-        return Err(Refused::Activity { req: a, why });
+        return Err(Refused::Activity { req: Box::new(a), why });
     }
-    let head = a.clone();
-    WriteRequest::try_from(a).map_err(|why| Refused::Activity { req: head, why })
+    WriteRequest::try_from(a).map_err(|m| Refused::Activity { req: m.req, why: m.why })
 }
 
 async fn undecodable<C: Connector>(

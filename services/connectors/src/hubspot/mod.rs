@@ -101,7 +101,10 @@ impl Hubspot {
         let now: Object = t
             .fetch(
                 api,
-                &Request::get(format!("/crm/v3/objects/{object}/{}?properties=hs_object_id&associations=contacts", urlencode(record_id)), RequestClass::Read),
+                &Request::get(
+                    format!("/crm/v3/objects/{object}/{}?properties=hs_object_id&associations=contacts", urlencode(record_id)),
+                    RequestClass::Read,
+                ),
                 log,
             )
             .await?;

@@ -17,7 +17,7 @@ use crate::connector::{
     create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::contract::{Contract, Contracts, WriteKind};
-use crm_common::events::{Crm, WriteRequest, DlqReason};
+use crm_common::events::{Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::{HeaderName, AUTHORIZATION};
 use reqwest::Method;
@@ -158,7 +158,11 @@ impl Connector for Pipedrive {
     type Policy = limits::PipedrivePolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contract: contracts.call().clone(), default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
+        Self {
+            contract: contracts.call().clone(),
+            default_base_url: urls.pipedrive_api_url.clone(),
+            default_token_url: urls.pipedrive_token_url.clone(),
+        }
     }
 
     fn crm(&self) -> Crm {

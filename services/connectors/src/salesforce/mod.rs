@@ -16,7 +16,7 @@ use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{missing_are, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
 use crate::contract::{Contract, Contracts, WriteKind};
-use crm_common::events::{Crm, WriteRequest, DlqReason};
+use crm_common::events::{Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;

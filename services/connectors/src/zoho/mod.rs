@@ -17,7 +17,7 @@ use crate::connector::{
     create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::contract::{Contract, Contracts, WriteKind};
-use crm_common::events::{Crm, WriteRequest, DlqReason};
+use crm_common::events::{Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
@@ -176,7 +176,12 @@ impl Connector for Zoho {
     type Policy = limits::ZohoPolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
-        Self { contract: contracts.call().clone(), default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
+        Self {
+            contract: contracts.call().clone(),
+            default_base_url: urls.zoho_api_url.clone(),
+            default_token_url: urls.zoho_token_url.clone(),
+            http_timeout,
+        }
     }
 
     fn crm(&self) -> Crm {

@@ -172,6 +172,17 @@ impl CrmApi for HubSpot {
         }
     }
 
+    /// The emails object needs `sales-email-read` as well, to write and to read: the
+    /// 2026-09 spec requires both scopes, where v3 listed them as alternatives; the harsher
+    /// reading is modelled (CRM-APIS-ACTIVITIES §1.1).
+    fn permissions(class: Class, route: &str, path: &str) -> Vec<&'static str> {
+        let mut p: Vec<&'static str> = Self::permission(class, route, path).into_iter().collect();
+        if path.contains("/objects/emails") || path.contains("/objects/0-49") {
+            p.push("sales-email-read");
+        }
+        p
+    }
+
     fn permission_denied(permission: &str) -> Response {
         errors::missing_scopes(permission)
     }
