@@ -8,13 +8,23 @@ fn dev_mode_accounts_for_every_sample_call() {
     let out = Command::new(bin("crm-sync")).args(["dev", "--once"]).output().expect("run crm-sync dev");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "dev failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    // 12 inputs: each audited by the normaliser; the 9 normalised ones by the deduper once
-    // per connected CRM (acme 2, globex 1, initech 2); HubSpot's writes by the writer, once
-    // per CRM call (searches and batches vary with timing) and once per write; likewise the
-    // other three writers.
-    assert!(stdout.contains("(12 of 12 accounted for; "), "{stdout}");
-    // HubSpot: acme-1001, acme-1002 (v2; v1 superseded or updated), acme-1003, initech-1, initech-2.
-    assert!(stdout.matches("WRITTEN                  hubspot").count() >= 5, "{stdout}");
+    // 12 calls, 3 emails, 2 meeting versions: each audited by the normaliser; the 9
+    // normalised calls by the deduper once per connected CRM (acme 2, globex 1, initech 2),
+    // acme's emails and meetings once (only its HubSpot connection takes them); HubSpot's
+    // writes by the writer, once per CRM call (searches and batches vary with timing) and
+    // once per write; likewise the other three writers.
+    assert!(stdout.contains("(17 of 17 accounted for; "), "{stdout}");
+    // Emails and meetings, each to its own HubSpot object: the email with two contacts, the
+    // reply from a stranger without one, the booked-then-cancelled meeting.
+    assert!(stdout.contains("acme      email dev-email-1@mail.acme-sales.example v1"), "{stdout}");
+    assert!(stdout.contains("POST /crm/v3/objects/emails/batch/create"), "{stdout}");
+    assert!(stdout.contains("POST /crm/v3/objects/meetings/"), "{stdout}");
+    assert!(stdout.contains("created hubspot email record"), "{stdout}");
+    assert!(stdout.contains("no contact has any participant's address"), "{stdout}");
+    assert!(stdout.contains("hubspot meeting record"), "{stdout}");
+    // HubSpot: acme-1001, acme-1002 (v2; v1 superseded or updated), acme-1003, initech-1,
+    // initech-2; the two emails; the meeting (v1 written or superseded, v2 written).
+    assert!(stdout.matches("WRITTEN                  hubspot").count() >= 8, "{stdout}");
     assert!(stdout.contains("POST /crm/v3/objects/calls/batch/create"), "{stdout}");
     // Salesforce: acme's three calls; Zoho: globex's two; Pipedrive: initech's two.
     assert!(stdout.matches("WRITTEN                  salesforce").count() >= 3, "{stdout}");

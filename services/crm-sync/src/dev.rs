@@ -7,7 +7,10 @@
 use crm_common::audit_store;
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::events::{AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, NormalisedCall, Stage};
+use crm_common::events::{
+    ActivityKind, AttendeeResponse, AuditOutcome, AuditRecord, CallDirection, CallEvent, CallOutcome, Crm, EmailDirection, EmailEvent,
+    MeetingAttendee, MeetingEvent, MeetingStatus, NormalisedCall, NormalisedEmail, NormalisedMeeting, Stage,
+};
 use crm_common::redis_conn::{self, redact_url};
 use crm_dev::{sibling_binary, DevBroker};
 
@@ -68,6 +71,85 @@ impl Drop for Children {
             }
         }
     }
+}
+
+/// One sample input: its raw topic's kind, its key (the tenant) and its payload.
+pub type Sample = (ActivityKind, String, Vec<u8>);
+
+/// The sample calls, then acme's sample emails and meetings (acme's HubSpot connection takes
+/// all three kinds).
+pub fn samples() -> Vec<Sample> {
+    let mut out: Vec<Sample> = sample_calls().into_iter().map(|(k, p)| (ActivityKind::Call, k, p)).collect();
+    out.extend(sample_emails_and_meetings());
+    out
+}
+
+/// acme's rep Sam emails Ada (a contact, her address written in capitals) copying Grace
+/// (another): one email on both contacts' timelines. The same email arrives again from
+/// Grace's side of the sync (a repeat the deduper suppresses). A reply from an address no
+/// contact has is logged without a contact. A meeting with Ada is booked, then cancelled:
+/// one meeting, marked cancelled.
+fn sample_emails_and_meetings() -> Vec<Sample> {
+    let now = crm_common::clock::now_ms();
+    let email = |id: &str, direction: EmailDirection, from: &str, to: &[&str], cc: &[&str], subject: &str| EmailEvent {
+        tenant_id: "acme".into(),
+        message_id: format!("<{id}@mail.acme-sales.example>"),
+        source: "dev-mail".into(),
+        version: 1,
+        thread_id: Some("dev-thread-1".into()),
+        in_reply_to: None,
+        direction,
+        from: from.into(),
+        to: to.iter().map(|a| a.to_string()).collect(),
+        cc: cc.iter().map(|a| a.to_string()).collect(),
+        bcc: vec![],
+        subject: Some(subject.into()),
+        body_text: Some("dev sample".into()),
+        sent_at: now - 1_800_000,
+        time_zone: Some("America/New_York".into()),
+        actor_id: "agent-7".into(),
+        actor_email: "sam@acme-sales.example".into(),
+        attributes: HashMap::new(),
+    };
+    use EmailDirection::*;
+    let sam = "Sam Rep <sam@acme-sales.example>";
+    let emails = [
+        email("dev-email-1", Sent, sam, &["Ada Lovelace <ADA@Acme.Example>"], &["grace@acme.example"], "Your renewal"),
+        email("dev-email-1", Sent, sam, &["Ada Lovelace <ada@acme.example>"], &["grace@acme.example"], "Your renewal"),
+        email("dev-email-2", Received, "Lee <lee@elsewhere.example>", &[sam], &[], "Re: pricing"),
+    ];
+    let attendee =
+        |address: &str| MeetingAttendee { address: address.into(), response: AttendeeResponse::Accepted, optional: false, phone: None };
+    let meeting = |version: i64, status: MeetingStatus| MeetingEvent {
+        tenant_id: "acme".into(),
+        event_id: "dev-meeting-1".into(),
+        ical_uid: Some("dev-meeting-1@calendar.acme-sales.example".into()),
+        recurrence_id: None,
+        source: "dev-calendar".into(),
+        version,
+        status,
+        title: Some("Renewal review".into()),
+        description_text: None,
+        start_at: Some(now + 86_400_000),
+        end_at: Some(now + 88_200_000),
+        all_day: false,
+        start_date: None,
+        end_date: None,
+        time_zone: Some("America/New_York".into()),
+        location: Some("Dial-in: +1 650-253-0000".into()),
+        conference_url: None,
+        organizer: sam.into(),
+        attendees: vec![attendee(sam), attendee("ada@acme.example")],
+        actor_id: "agent-7".into(),
+        actor_email: "sam@acme-sales.example".into(),
+        attributes: HashMap::new(),
+    };
+    let mut out: Vec<Sample> =
+        emails.iter().map(|e| (ActivityKind::Email, e.tenant_id.clone(), codec::encode(e).expect("sample encodes"))).collect();
+    for m in [meeting(1, MeetingStatus::Confirmed), meeting(2, MeetingStatus::Cancelled)] {
+        out.push((ActivityKind::Meeting, m.tenant_id.clone(), codec::encode(&m).expect("sample encodes")));
+    }
+    out
 }
 
 pub fn sample_calls() -> Vec<(String, Vec<u8>)> {
@@ -183,6 +265,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&contracts)?;
     for (crm, text) in [
         ("hubspot", include_str!("../../../contracts/hubspot.toml")),
+        ("hubspot.email", include_str!("../../../contracts/hubspot.email.toml")),
+        ("hubspot.meeting", include_str!("../../../contracts/hubspot.meeting.toml")),
         ("salesforce", include_str!("../../../contracts/salesforce.toml")),
         ("zoho", include_str!("../../../contracts/zoho.toml")),
         ("pipedrive", include_str!("../../../contracts/pipedrive.toml")),
@@ -229,14 +313,25 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let kafka = crm_common::kafka::Kafka::local(&bootstrap);
     let producer = kafka.threaded_producer(&[])?;
-    let samples = sample_calls();
-    for (key, payload) in &samples {
-        producer.send(BaseRecord::to(&topics.calls_raw).key(key).payload(payload)).map_err(|(e, _)| e)?;
+    let samples = samples();
+    for (kind, key, payload) in &samples {
+        producer.send(BaseRecord::to(topics.raw(*kind)).key(key).payload(payload)).map_err(|(e, _)| e)?;
     }
     producer.flush(Duration::from_secs(10))?;
-    say!("produced {} sample calls to {}; waiting for the pipeline…", samples.len(), topics.calls_raw);
+    let per_kind = |k: ActivityKind| samples.iter().filter(|s| s.0 == k).count();
+    say!(
+        "produced {} sample calls to {}, {} emails to {} and {} meetings to {}; waiting for the pipeline…",
+        per_kind(ActivityKind::Call),
+        topics.calls_raw,
+        per_kind(ActivityKind::Email),
+        topics.raw(ActivityKind::Email),
+        per_kind(ActivityKind::Meeting),
+        topics.raw(ActivityKind::Meeting)
+    );
 
-    let reader = TopicReader::new(&kafka, &[&topics.calls_normalised, &topics.audit])?;
+    let mut read: Vec<&str> = Topics::KINDS.iter().map(|&k| topics.normalised(k)).collect();
+    read.push(&topics.audit);
+    let reader = TopicReader::new(&kafka, &read)?;
     let audit = wait_for_audit(&reader, &topics, &tenants_loaded, samples.len());
     report(&audit, samples.len());
     // The audit store has it all too: a sample trace, as support would ask for it.
@@ -246,7 +341,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 
     if !args.once {
-        say!("\npipeline running; produce to {} at {bootstrap}. Ctrl-C to stop.", topics.calls_raw);
+        say!(
+            "\npipeline running; produce to {}, {} or {} at {bootstrap}. Ctrl-C to stop.",
+            topics.calls_raw,
+            topics.raw(ActivityKind::Email),
+            topics.raw(ActivityKind::Meeting)
+        );
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
             crm_common::shutdown::on_signals().cancelled().await;
         });
@@ -285,8 +385,8 @@ async fn sample_trace(database_url: &str, records: usize) -> anyhow::Result<Stri
 }
 
 /// Reads the audit topic until every stage has accounted for every sample: the normaliser
-/// audits each input once, and the deduper each normalised call once per CRM its tenant has
-/// connected (once when none). Gives up after a minute with what it has.
+/// audits each input once, and the deduper each normalised activity once per CRM of its
+/// tenant that takes its kind (once when none). Gives up after a minute with what it has.
 fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inputs: usize) -> Vec<AuditRecord> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut audit: Vec<AuditRecord> = vec![];
@@ -295,10 +395,15 @@ fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inpu
     loop {
         for m in reader.read_until(Duration::from_millis(500), |b: &[InMessage]| !b.is_empty() && b.len() >= 100) {
             let payload = m.payload.as_deref().unwrap_or_default();
-            if m.topic == topics.calls_normalised {
-                if let Ok(call) = codec::decode::<NormalisedCall>(payload) {
+            if let Some(kind) = topics.normalised_kind(&m.topic) {
+                let tenant = match kind {
+                    ActivityKind::Email => codec::decode::<NormalisedEmail>(payload).ok().map(|e| e.tenant_id),
+                    ActivityKind::Meeting => codec::decode::<NormalisedMeeting>(payload).ok().map(|e| e.tenant_id),
+                    _ => codec::decode::<NormalisedCall>(payload).ok().map(|c| c.tenant_id),
+                };
+                if let Some(tenant) = tenant {
                     normalised += 1;
-                    dedup_expected += tenants.get(&call.tenant_id).map_or(1, |t| t.crms.len().max(1));
+                    dedup_expected += tenants.get(&tenant).map_or(1, |t| t.crms_taking(kind).count().max(1));
                 }
             } else if let Ok(a) = codec::decode::<AuditRecord>(payload) {
                 audit.push(a);
@@ -332,12 +437,12 @@ fn report(audit: &[AuditRecord], inputs: usize) {
         .map(|mut records| {
             records.sort_by_key(|a| (a.stage as u8, a.crm.map(|c| c.as_str()), a.occurred_at));
             let first = records[0];
-            let head = format!(
-                "{:<9} {:<11} v{}",
-                first.tenant_id,
-                first.call_id.as_deref().unwrap_or("?"),
-                first.version.map_or("?".to_string(), |v| v.to_string())
-            );
+            let id = first.call_id.as_deref().unwrap_or("?");
+            let id = match first.kind {
+                Some(k) if k != ActivityKind::Call && k != ActivityKind::Unknown => format!("{} {id}", k.as_str()),
+                _ => id.to_string(),
+            };
+            let head = format!("{:<9} {:<11} v{}", first.tenant_id, id, first.version.map_or("?".to_string(), |v| v.to_string()));
             let lines = records
                 .iter()
                 .map(|a| {
@@ -369,7 +474,7 @@ fn report(audit: &[AuditRecord], inputs: usize) {
         })
         .collect();
     blocks.sort();
-    println!("\nWhat happened to the {inputs} sample calls (from {} audit records):", audit.len());
+    println!("\nWhat happened to the {inputs} sample inputs (from {} audit records):", audit.len());
     for (head, lines) in &blocks {
         let head = head.rsplit_once(' ').map_or(head.as_str(), |(h, _)| h);
         for (i, l) in lines.iter().enumerate() {
