@@ -42,6 +42,10 @@ pub struct FieldRule {
     /// The reconciler may put an owned field back when someone changed it in the CRM.
     #[serde(default)]
     pub restorable: bool,
+    /// The most characters the CRM's field holds (Salesforce's Subject and Location: 255):
+    /// a longer text value is cut at a character boundary rather than refused.
+    #[serde(default)]
+    pub max_chars: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,7 +156,12 @@ impl Contract {
                 }
                 _ => text,
             };
-            let Some(text) = text else { continue };
+            let Some(mut text) = text else { continue };
+            if let Some(max) = rule.max_chars {
+                if let Some((cut, _)) = text.char_indices().nth(max) {
+                    text.truncate(cut);
+                }
+            }
             let v = match rule.kind {
                 FieldType::Text => Value::String(text),
                 FieldType::Number => text.parse::<i64>().map(Value::from).unwrap_or(Value::String(text)),

@@ -60,6 +60,8 @@ pub const MEETING_SOURCES: &[&str] = &[
     "attendee_emails",
     "status",
     "hubspot_meeting_outcome",
+    "salesforce_event_subject",
+    "salesforce_show_as",
     "actor_email",
 ];
 
@@ -154,6 +156,23 @@ fn meeting_value(key: &str, m: &NormalisedMeeting, source: &str, write: WriteKin
         "hubspot_meeting_outcome" => match (cancelled, write) {
             (true, _) => Some("CANCELED".into()),
             (false, WriteKind::Create) => Some("SCHEDULED".into()),
+            (false, WriteKind::Update) => None,
+        },
+        // Salesforce has no cancelled state on an Event: a cancelled meeting's Subject gets
+        // "Cancelled: " before its title and it shows as Free. A create writes the title
+        // (prefixed when it is cancelled already); an update writes the Subject only to
+        // cancel, so a person's edit of a meeting still on stands.
+        "salesforce_event_subject" => {
+            let title = m.title.clone().filter(|t| !t.trim().is_empty()).unwrap_or_else(|| "Meeting".into());
+            match (cancelled, write) {
+                (true, _) => Some(format!("Cancelled: {title}")),
+                (false, WriteKind::Create) => Some(title),
+                (false, WriteKind::Update) => None,
+            }
+        }
+        "salesforce_show_as" => match (cancelled, write) {
+            (true, _) => Some("Free".into()),
+            (false, WriteKind::Create) => Some("Busy".into()),
             (false, WriteKind::Update) => None,
         },
         "actor_email" => Some(m.actor_email.clone()),

@@ -268,6 +268,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         ("hubspot.email", include_str!("../../../contracts/hubspot.email.toml")),
         ("hubspot.meeting", include_str!("../../../contracts/hubspot.meeting.toml")),
         ("salesforce", include_str!("../../../contracts/salesforce.toml")),
+        ("salesforce.meeting", include_str!("../../../contracts/salesforce.meeting.toml")),
         ("zoho", include_str!("../../../contracts/zoho.toml")),
         ("pipedrive", include_str!("../../../contracts/pipedrive.toml")),
     ] {

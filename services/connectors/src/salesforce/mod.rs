@@ -6,6 +6,11 @@
 //! answer's `Sforce-Limit-Info` sets the org's allowance in the bucket; an exhausted
 //! allowance is 403 REQUEST_LIMIT_EXCEEDED. Contacts and leads are found by phone with SOSL
 //! (`IN PHONE FIELDS` ignores formatting), then compared in E.164.
+//!
+//! Meetings are Events (`contracts/salesforce.meeting.toml`), upserted by the same key;
+//! their attendees are matched to Contacts by SOQL on `Email` (case-insensitive, no index
+//! lag) and related through `EventWhoIds` (shared activities, up to 50 contacts; a lead
+//! cannot be related with other people, so leads are not matched by address).
 
 pub mod errors;
 pub mod limits;
@@ -16,7 +21,7 @@ use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{missing_are, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
 use crate::contract::{Contract, Contracts, WriteKind};
-use crm_common::events::{Crm, DlqReason, WriteRequest};
+use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
@@ -29,13 +34,26 @@ const COLLECTION_MAX: usize = 200;
 pub const API_VERSION: &str = "v66.0";
 
 pub struct Salesforce {
+    /// The call contract.
     pub contract: Contract,
+    /// Every kind's contract (meetings where the deployment has theirs).
+    pub contracts: Contracts,
     /// The org's instance URL when a tenant names none (it should: instance URLs differ
     /// per org).
     pub default_base_url: String,
 }
 
 type Tenant = TenantClient<limits::SalesforcePolicy>;
+
+/// The most people an Event relates through EventWhoIds (CRM-APIS-ACTIVITIES §2.2).
+const EVENT_WHO_MAX: usize = 50;
+/// Addresses per SOQL `Email IN (...)`.
+const EMAILS_PER_QUERY: usize = 50;
+
+/// A SOQL string literal.
+fn soql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
 
 /// Phone fields SOSL searches and we compare, per object.
 const CONTACT_PHONES: &[&str] = &["Phone", "MobilePhone", "HomePhone", "OtherPhone"];
@@ -51,6 +69,26 @@ impl Salesforce {
 
     fn object(&self) -> &str {
         &self.contract.object
+    }
+
+    /// The sObject holding this kind (Task for calls, Event for meetings).
+    fn object_of(&self, kind: ActivityKind) -> &str {
+        &self.contract_for(kind).unwrap_or(&self.contract).object
+    }
+
+    fn key_field_of(&self, kind: ActivityKind) -> &str {
+        &self.contract_for(kind).unwrap_or(&self.contract).key_field
+    }
+
+    /// The people an Event relates now (`EventWhoIds`), to add to rather than replace:
+    /// setting EventWhoIds on an update replaces the whole set.
+    async fn event_people(&self, api: &Api, t: &Tenant, record_id: &str, log: &mut Vec<Exchange>) -> Result<Vec<String>, Failure> {
+        let path = self.data(&format!("/sobjects/Event/{}?fields=Id,EventWhoIds", urlencode(record_id)));
+        let row: wire::Row = t.fetch(api, &Request::get(path, RequestClass::Read), log).await?;
+        Ok(match row.fields.get("EventWhoIds") {
+            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            _ => vec![],
+        })
     }
 
     /// One save result of a collection, for one item.
@@ -70,9 +108,9 @@ impl Salesforce {
         let mut reason = errors::reason_of(&e).unwrap_or(DlqReason::Validation);
         let mut detail = format!("{}: {}", e.code, e.message);
         if record_id.is_some() && matches!(e.code.as_str(), "ENTITY_IS_DELETED" | "NOT_FOUND") && !e.names_field("WhoId") {
-            // Someone deleted the Task in Salesforce: their decision stands.
+            // Someone deleted the record in Salesforce: their decision stands.
             reason = DlqReason::Validation;
-            detail = format!("the Task was deleted in Salesforce; not re-created ({detail})");
+            detail = format!("the record was deleted in Salesforce; not re-created ({detail})");
         }
         if e.code == "UNABLE_TO_LOCK_ROW" {
             detail = format!("{detail} (row lock)");
@@ -98,9 +136,12 @@ impl Salesforce {
         }
     }
 
-    fn record(&self, item: &Item, kind: WriteKind) -> Value {
-        let mut fields = self.contract.values(&item.req, kind);
-        fields.insert("attributes".into(), json!({"type": self.object()}));
+    /// One record of a collection. `people`: an Event's EventWhoIds to set (on create the
+    /// matched contacts; on update those and the ones it relates already), or None.
+    fn record(&self, item: &Item, kind: WriteKind, people: Option<&[String]>) -> Value {
+        let contract = item.contract(self);
+        let mut fields = contract.values(&item.req, kind);
+        fields.insert("attributes".into(), json!({"type": contract.object}));
         match kind {
             WriteKind::Create => {
                 if let Some(c) = &item.contact_id {
@@ -111,13 +152,21 @@ impl Salesforce {
                 fields.insert("Id".into(), json!(item.record_id));
             }
         }
+        if let Some(p) = people.filter(|p| !p.is_empty()) {
+            fields.insert("EventWhoIds".into(), json!(p.iter().take(EVENT_WHO_MAX).collect::<Vec<_>>()));
+        }
         Value::Object(fields)
     }
 
     /// Upserts by key: each item's save result.
     async fn upsert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> (u16, Vec<Saved>) {
-        let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Create)).collect();
-        let path = self.data(&format!("/composite/sobjects/{}/{}", self.object(), self.contract.key_field));
+        let records: Vec<Value> = items
+            .iter()
+            .map(|i| self.record(i, WriteKind::Create, (i.req.kind() == ActivityKind::Meeting).then_some(i.contacts.as_slice())))
+            .collect();
+        // The writer hands over one kind per call.
+        let kind = items.first().map_or(ActivityKind::Call, |i| i.req.kind());
+        let path = self.data(&format!("/composite/sobjects/{}/{}", self.object_of(kind), self.key_field_of(kind)));
         let req = Request::new(Method::PATCH, path, RequestClass::Upsert)
             .body(json!({"allOrNone": false, "records": records}))
             .fenced(items.iter().map(|i| i.req.idempotency_key()));
@@ -125,7 +174,23 @@ impl Salesforce {
     }
 
     async fn update(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let records: Vec<Value> = items.iter().map(|i| self.record(i, WriteKind::Update)).collect();
+        let mut records: Vec<Value> = vec![];
+        for i in items {
+            let people = match (i.req.kind(), &i.record_id) {
+                (ActivityKind::Meeting, Some(id)) if !i.contacts.is_empty() => {
+                    let mut now = match self.event_people(api, t, id, log).await {
+                        Ok(p) => p,
+                        Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
+                    };
+                    let before = now.len();
+                    now.extend(i.contacts.iter().filter(|c| !now.contains(c)).cloned().collect::<Vec<_>>());
+                    // Nothing new: leave the relations as they are.
+                    (now.len() > before).then_some(now)
+                }
+                _ => None,
+            };
+            records.push(self.record(i, WriteKind::Update, people.as_deref()));
+        }
         let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), RequestClass::Upsert)
             .body(json!({"allOrNone": false, "records": records}))
             .fenced(items.iter().map(|i| i.req.idempotency_key()));
@@ -161,11 +226,44 @@ impl Connector for Salesforce {
     type Policy = limits::SalesforcePolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contract: contracts.call().clone(), default_base_url: urls.salesforce_api_url.clone() }
+        Self { contract: contracts.call().clone(), contracts, default_base_url: urls.salesforce_api_url.clone() }
     }
 
     fn crm(&self) -> Crm {
         Crm::Salesforce
+    }
+
+    fn supported_kinds(&self) -> &'static [ActivityKind] {
+        &[ActivityKind::Call, ActivityKind::Meeting]
+    }
+
+    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
+        self.contracts.get(kind)
+    }
+
+    /// `SELECT Id, Email FROM Contact WHERE Email IN (...)`, 50 addresses per query: SOQL
+    /// compares text case-insensitively and reads the records themselves (no index lag).
+    /// Where several contacts share an address, the first is taken.
+    async fn find_contacts_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for chunk in emails.chunks(EMAILS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().map(|e| soql_text(e)).collect();
+            let q = format!("SELECT Id, Email FROM Contact WHERE Email IN ({}) ORDER BY CreatedDate LIMIT 2000", list.join(", "));
+            let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Search);
+            let page: QueryPage = t.fetch(api, &req, log).await?;
+            for r in page.records {
+                if let Some(e) = r.field("Email") {
+                    found.entry(e.trim().to_lowercase()).or_insert(r.id.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn batch_max(&self) -> usize {
@@ -229,8 +327,13 @@ impl Connector for Salesforce {
         _since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<Option<String>, Failure> {
-        let path =
-            self.data(&format!("/sobjects/{}/{}/{}?fields=Id", self.object(), self.contract.key_field, urlencode(req.idempotency_key())));
+        let kind = req.kind();
+        let path = self.data(&format!(
+            "/sobjects/{}/{}/{}?fields=Id",
+            self.object_of(kind),
+            self.key_field_of(kind),
+            urlencode(req.idempotency_key())
+        ));
         match t.fetch::<Created>(api, &Request::get(path, RequestClass::Read), log).await {
             Ok(r) => Ok(Some(r.id)),
             Err(f) if f.status == Some(404) => Ok(None),
