@@ -40,6 +40,16 @@ impl Sim {
 
     pub(crate) fn account(&self, p: &Profile, name: &str, limited: bool) -> anyhow::Result<()> {
         let mut spec = (p.account)(name);
+        if let Some(k) = &p.kind {
+            // The kind's object carries the key too, and a contact has the participant's
+            // address.
+            spec["fields"][k.object] = json!({k.key_field: (k.key_def)()});
+            spec["key_fields"] = json!([{"object": k.object, "field": k.key_field}]);
+            let contacts = spec["objects"].as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+            if let Some(list) = spec["objects"][&contacts].as_array_mut() {
+                list.push((k.contact)(PARTICIPANT));
+            }
+        }
         spec["tokens"] = json!([{"token": format!("tok-{name}"), "kind": "static"}]);
         if limited {
             spec["limits"] = (p.sim_limit)(p.limit);
@@ -47,15 +57,69 @@ impl Sim {
         self.admin(reqwest::Method::POST, "/accounts", Some(spec)).map(|_| ())
     }
 
-    /// (live calls, counters) of one account.
+    /// (live records of the profile's kind, counters) of one account.
     pub(crate) fn state(&self, p: &Profile, name: &str) -> anyhow::Result<(u64, Value)> {
         let s = self.admin(reqwest::Method::GET, &format!("/accounts/{}/{name}", p.crm.as_str()), None)?;
-        Ok((s["objects"][p.calls]["live"].as_u64().unwrap_or(0), s["counters"].clone()))
+        let object = p.kind.as_ref().map_or(p.calls, |k| k.object);
+        Ok((s["objects"][object]["live"].as_u64().unwrap_or(0), s["counters"].clone()))
     }
+}
+
+/// The participant every email and meeting of the bench has, a contact in each account.
+const PARTICIPANT: &str = "jane.doe@customer.example";
+
+/// An email or meeting backlog instead of calls (`--kind`): where the CRM keeps that kind.
+pub struct KindParts {
+    pub(crate) kind: ActivityKind,
+    pub(crate) object: &'static str,
+    pub(crate) key_field: &'static str,
+    pub(crate) key_def: fn() -> Value,
+    pub(crate) contact: fn(&str) -> Value,
+    pub(crate) contract: &'static str,
+    pub(crate) writes: &'static str,
+}
+
+/// The kind's parts at this CRM, where its writer takes the kind.
+fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<KindParts>> {
+    let hubspot_key = || json!({"type": "text", "unique": true});
+    let sf_key = || json!({"type": "text", "external_id": true, "unique": true});
+    Ok(match (crm, kind) {
+        (_, ActivityKind::Call) => None,
+        (Crm::Hubspot, ActivityKind::Email) => Some(KindParts {
+            kind,
+            object: "emails",
+            key_field: "crm_sync_key",
+            key_def: hubspot_key,
+            contact: |e| json!({"firstname": "Jane", "email": e}),
+            contract: include_str!("../../../contracts/hubspot.email.toml"),
+            writes: "emails/batch/",
+        }),
+        (Crm::Hubspot, ActivityKind::Meeting) => Some(KindParts {
+            kind,
+            object: "meetings",
+            key_field: "crm_sync_key",
+            key_def: hubspot_key,
+            contact: |e| json!({"firstname": "Jane", "email": e}),
+            contract: include_str!("../../../contracts/hubspot.meeting.toml"),
+            writes: "meetings/batch/",
+        }),
+        (Crm::Salesforce, ActivityKind::Meeting) => Some(KindParts {
+            kind,
+            object: "Event",
+            key_field: "CrmSyncKey__c",
+            key_def: sf_key,
+            contact: |e| json!({"LastName": "Doe", "Email": e}),
+            contract: include_str!("../../../contracts/salesforce.meeting.toml"),
+            writes: "composite/sobjects",
+        }),
+        (crm, kind) => anyhow::bail!("writer --crm {} does not write {}s yet", crm.as_str(), kind.as_str()),
+    })
 }
 
 /// What differs between CRMs here.
 pub struct Profile {
+    /// Some: the backlog is of this kind (emails or meetings), not calls.
+    pub(crate) kind: Option<KindParts>,
     pub(crate) crm: Crm,
     /// crm-sim account spec (tokens and limits are added).
     pub(crate) account: fn(&str) -> Value,
@@ -80,6 +144,7 @@ pub struct Profile {
 
 fn hubspot() -> Profile {
     Profile {
+        kind: None,
         crm: Crm::Hubspot,
         account: |name| {
             json!({"crm": "hubspot", "account": name, "plan": "professional",
@@ -103,6 +168,7 @@ fn hubspot() -> Profile {
 
 fn salesforce() -> Profile {
     Profile {
+        kind: None,
         crm: Crm::Salesforce,
         account: |name| {
             json!({"crm": "salesforce", "account": name, "plan": "enterprise", "seats": 20,
@@ -126,6 +192,7 @@ fn salesforce() -> Profile {
 
 fn zoho() -> Profile {
     Profile {
+        kind: None,
         crm: Crm::Zoho,
         account: |name| {
             json!({"crm": "zoho", "account": name, "plan": "professional", "seats": 10,
@@ -149,6 +216,7 @@ fn zoho() -> Profile {
 
 fn pipedrive() -> Profile {
     Profile {
+        kind: None,
         crm: Crm::Pipedrive,
         account: |name| {
             json!({"crm": "pipedrive", "account": name, "plan": "growth", "seats": 10,
@@ -193,6 +261,12 @@ pub(crate) fn request(crm: Crm, tenant: &str, i: usize) -> CrmWriteRequest {
     let call = format!("b{i}");
     let mut c = fixtures::normalised_call(tenant, &call, 2);
     c.customer_e164 = "+14155552671".into();
+    // A call of the last hour: the claim store remembers its era, so it is created without
+    // a lookup first. (The fixture's fixed start fell out of the claims' retention as the
+    // calendar moved on, and every call was looked up before its create.)
+    let start = crm_common::clock::now_ms() / 1000 * 1000 - 3_600_000;
+    c.started_at = start;
+    c.ended_at = Some(start + 60_000);
     CrmWriteRequest {
         tenant_id: tenant.into(),
         call_id: call.clone(),
@@ -203,6 +277,29 @@ pub(crate) fn request(crm: Crm, tenant: &str, i: usize) -> CrmWriteRequest {
         requested_at: 0,
         trace_id: format!("{:032x}", i + 1),
     }
+}
+
+/// A backlog email or meeting (`kind`) for `tenant`: sent or starting within the last hour
+/// (the claim store remembers it), with the one participant every account has as a contact.
+fn activity_request(crm: Crm, kind: ActivityKind, tenant: &str, i: usize) -> ActivityWriteRequest {
+    let now = crm_common::clock::now_ms() / 1000 * 1000;
+    let mut r = match kind {
+        ActivityKind::Email => fixtures::email_request(tenant, &format!("b{i}"), crm),
+        _ => fixtures::meeting_request(tenant, &format!("b{i}"), crm),
+    };
+    if let Some(e) = r.email.as_mut() {
+        e.sent_at = now - 3_600_000;
+        e.participants = vec![PARTICIPANT.into()];
+    }
+    if let Some(m) = r.meeting.as_mut() {
+        m.start_at = now - 3_600_000;
+        m.end_at = now - 1_800_000;
+        m.participants = vec![PARTICIPANT.into()];
+    }
+    // As the deduper sends it: now.
+    r.requested_at = now;
+    r.trace_id = format!("{:032x}", i + 1);
+    r
 }
 
 pub(crate) struct Killed(pub(crate) Vec<Child>);
@@ -234,6 +331,10 @@ pub struct Args {
     /// Backlog write requests (default: 12000; 1200 for Pipedrive, one request each).
     #[arg(long)]
     pub records: Option<usize>,
+    /// The backlog's kind: call, or email or meeting where the CRM's writer takes them
+    /// (HubSpot: both; Salesforce: meetings). Phase 2 runs for calls only.
+    #[arg(long, default_value = "call")]
+    pub kind: ActivityKind,
     #[arg(long, default_value_t = 4)]
     pub tenants: usize,
     /// Each backlog tenant's rate limit: HubSpot requests per 10 s (default 10), Zoho per
@@ -297,6 +398,13 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
     let dir = std::env::temp_dir().join(format!("crm-sync-bench-writer-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("contracts"))?;
     std::fs::write(dir.join(format!("contracts/{crm}.toml")), p.contract)?;
+    let activities = match &p.kind {
+        Some(k) => {
+            std::fs::write(dir.join(format!("contracts/{crm}.{}.toml", k.kind.as_str())), k.contract)?;
+            format!("activities = [\"call\", \"{}\"]\n", k.kind.as_str())
+        }
+        None => String::new(),
+    };
     let backlog: Vec<String> = (0..a.tenants).map(|t| format!("bt{t}")).collect();
     let live: Vec<String> = (0..a.tenants).map(|t| format!("lt{t}")).collect();
     let mut config = String::new();
@@ -306,7 +414,7 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
         sim.account(p, t, limited)?;
         let limits = if limited { (p.tenant_limit)(p.limit) } else { String::new() };
         config += &format!(
-            "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.{crm}]\nplan = \"{}\"\ncredentials_secret = \"TOK_{}\"\nbase_url = \"{url}/{crm}\"\n{limits}\n",
+            "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.{crm}]\nplan = \"{}\"\ncredentials_secret = \"TOK_{}\"\nbase_url = \"{url}/{crm}\"\n{activities}{limits}\n",
             plan((p.account)(t)),
             t.to_uppercase()
         );
@@ -320,11 +428,15 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
 }
 
 pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
-    let p = Profile { limit: a.limit.unwrap_or(p.limit), ..p };
+    let kind = kind_parts(a.crm, a.kind)?;
+    let writes = kind.as_ref().map_or(p.writes, |k| k.writes);
+    let p = Profile { limit: a.limit.unwrap_or(p.limit), kind, writes, ..p };
     let records = a.records.unwrap_or(if a.crm == Crm::Pipedrive { 1_200 } else { 12_000 });
     let mut setup = set_up(&p, a)?;
     backlog_phase(&p, a, records, &mut setup)?;
-    latency_phase(&p, a, &mut setup)?;
+    if p.kind.is_none() {
+        latency_phase(&p, a, &mut setup)?;
+    }
     let Setup { children, dir, prefix, .. } = setup;
     drop(children);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -347,10 +459,14 @@ fn limit_text(p: &Profile) -> String {
 fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
     let (crm, tenants, limit_text) = (p.crm.as_str(), a.tenants, limit_text(p));
     let backlog = &setup.backlog;
-    eprintln!("phase 1: {records} {crm} write requests for {tenants} tenants, each held to {limit_text}…");
+    let kind = p.kind.as_ref().map_or(ActivityKind::Call, |k| k.kind);
+    eprintln!("phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}…", kind.as_str());
     produce_all(&setup.broker.bootstrap_servers(), &Topics::default().crm_writes(p.crm), records, |i| {
-        let r = request(p.crm, &backlog[i % tenants], i);
-        Ok((r.tenant_id.clone(), codec::encode(&r)?))
+        let tenant = &backlog[i % tenants];
+        Ok(match kind {
+            ActivityKind::Call => (tenant.clone(), codec::encode(&request(p.crm, tenant, i))?),
+            kind => (tenant.clone(), codec::encode(&activity_request(p.crm, kind, tenant, i))?),
+        })
     })?;
     setup.spawn("writer", &["--crm", crm], a)?;
     let (backlog, sim) = (&setup.backlog, &setup.sim);
@@ -378,7 +494,10 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
         throttled += all_throttled(&c, p.throttle);
     }
     let secs = elapsed.as_secs_f64();
-    println!("\nbench writer --crm {crm}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}");
+    println!(
+        "\nbench writer --crm {crm} --kind {}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}",
+        kind.as_str()
+    );
     println!("  written           {written} records in {secs:.1} s: {:.0} records/s", written as f64 / secs);
     println!(
         "  API calls         {calls} writes ({:.1} records per call); {all_calls} requests in all (searches, token refreshes)",
