@@ -11,7 +11,7 @@ use super::{normalised_call, Broker, Proc, RedisPrefix, TempFile};
 use crm_common::codec;
 use crm_common::events::*;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// A field's name and its values for an open call (version 1) and an ended one (version 2).
@@ -79,6 +79,8 @@ pub struct Activities {
     pub email_shows: fn() -> Vec<(&'static str, Value)>,
     /// The permission whose loss stops email writes alone.
     pub email_permission: Option<&'static str>,
+    /// A part of the operation that searches contacts by address.
+    pub address_search: &'static str,
 }
 
 impl Case {
@@ -1237,7 +1239,9 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
     let mut stranger_key = None;
     if a.emails.is_some() {
         for i in 0..4 {
-            let (m, key) = case.email("acme", &format!("m{i}"), &[jane], &[ops]);
+            // Each copies someone no contact is, too: an address of its own to match.
+            let cc = format!("cc{i}@elsewhere.example");
+            let (m, key) = case.email("acme", &format!("m{i}"), &[jane], &[ops, &cc]);
             inputs.push(m.clone());
             inputs.push(m);
             email_keys.push(key);
@@ -1294,6 +1298,15 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
     assert!(lonely_final.detail.contains("no contact has any participant's address"), "{}", lonely_final.detail);
     let lonely = case.record_keyed(&sim, "acme", a.meetings.0, &lonely_key);
     assert!(lonely["associations"].as_array().is_none_or(|x| x.is_empty()), "no contact has the address: {lonely}");
+    // The batch's addresses are matched together, not a search per activity: at most one
+    // search per lane batch (the inputs may arrive in a few).
+    let searches: BTreeSet<i64> = all
+        .iter()
+        .filter(|x| x.kind.is_some_and(|k| k != ActivityKind::Call) && x.operation.contains(a.address_search))
+        .map(|x| x.occurred_at)
+        .collect();
+    let activities = inputs.len() - 2;
+    assert!(!searches.is_empty() && searches.len() <= 3, "{} address searches for {activities} emails and meetings", searches.len());
     // Each kind to its own object, never mixed in one request.
     let objects: Vec<&str> = a.emails.iter().map(|e| e.0).chain([case.calls, a.meetings.0]).collect();
     for object in objects {
@@ -1451,6 +1464,7 @@ pub const HUBSPOT: Case = Case {
             ]
         },
         email_permission: Some("sales-email-read"),
+        address_search: "contacts/search",
     }),
 };
 
@@ -1487,6 +1501,7 @@ pub const SALESFORCE: Case = Case {
         cancelled_shows: || vec![("Subject", json!("Cancelled: Quarterly review"))],
         email_shows: Vec::new,
         email_permission: None,
+        address_search: "/query/",
     }),
 };
 

@@ -117,6 +117,34 @@ impl Contact {
     }
 }
 
+/// The batch's participant addresses matched to contacts (address → contact id, or None
+/// when no contact has it), and the search failure that left some unmatched.
+#[derive(Default)]
+struct Addresses {
+    known: HashMap<String, Option<String>>,
+    failed: Option<Failure>,
+}
+
+impl Addresses {
+    /// The contacts these participants match, in their order, each once; Err when the
+    /// search that would have matched one of them failed.
+    fn contacts_of(&self, participants: &[String]) -> Result<Vec<String>, Failure> {
+        let mut ids: Vec<String> = vec![];
+        for addr in participants {
+            match self.known.get(addr) {
+                Some(Some(id)) if !ids.contains(id) => ids.push(id.clone()),
+                Some(_) => {}
+                None => {
+                    return Err(self.failed.clone().unwrap_or_else(|| {
+                        Failure::new(DlqReason::RetriesExhausted, format!("participant {addr} was not matched (a writer bug)"))
+                    }))
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
 enum Settled {
     Duplicate { record_id: String },
     Superseded { by_version: i64 },
@@ -210,6 +238,7 @@ impl<C: Connector> Shared<C> {
         step: &mut Step,
         (claim, claimed_at): (Claim, std::time::Instant),
         contacts: &mut HashMap<String, Contact>,
+        addresses: &Addresses,
     ) {
         let req = step.work.req.clone();
         let record_id = match claim {
@@ -270,8 +299,8 @@ impl<C: Connector> Shared<C> {
             WriteRequest::Call(_) => {}
             // An email's or meeting's participants are matched on every version: a
             // meeting's new attendee is associated when it arrives.
-            _ => {
-                if let Some(ids) = self.participants(t, &item.req, step).await {
+            _ => match addresses.contacts_of(item.req.participants()) {
+                Ok(ids) => {
                     item.contact_id = ids.first().cloned();
                     if ids.is_empty() && !item.req.participants().is_empty() && item.record_id.is_none() {
                         step.note = Some(format!(
@@ -281,58 +310,63 @@ impl<C: Connector> Shared<C> {
                     }
                     item.contacts = ids;
                 }
-            }
+                Err(f) => step.settled = Some(Settled::Failed(f)),
+            },
         }
         if step.settled.is_none() {
             step.item = Some(item);
         }
     }
 
-    /// The contacts an email's or meeting's participants match, in the participants'
-    /// order, each address searched once (cached, with the misses for a shorter time); None
-    /// when the search failed, with the step settled as failed. Addresses no contact has
-    /// are left out: the activity is logged with the rest, or without a contact. Nothing is
-    /// created for them (a person at an address is not yet a contact sales wants).
-    async fn participants(&self, t: &TenantOf<C>, req: &WriteRequest, step: &mut Step) -> Option<Vec<String>> {
-        let crm = self.crm.as_str();
-        let tenant = req.tenant_id();
-        let wanted: Vec<String> = {
-            let mut seen = std::collections::HashSet::new();
-            req.participants().iter().filter(|a| seen.insert(a.as_str())).cloned().collect()
-        };
-        let cached = patiently("contact cache", || self.contacts.get_many(tenant, crm, &wanted)).await;
-        let mut known: HashMap<String, Option<String>> = HashMap::new();
+    /// Matches every participant address of these steps' emails and meetings to contacts:
+    /// the cache first (one MGET), then the CRM's search for the rest, as few searches as
+    /// it allows (HubSpot and Salesforce: 50 addresses each), the answers cached (misses
+    /// for a shorter time). Each search's audit goes to every step that asked it. Nothing is
+    /// created for an address no contact has (a person at an address is not yet a contact
+    /// sales wants).
+    async fn match_addresses(&self, t: &TenantOf<C>, steps: &mut [Step], asking: &[usize]) -> Addresses {
+        let mut out = Addresses::default();
+        let mut wanted: Vec<String> = vec![];
+        for &i in asking {
+            for a in steps[i].work.req.participants() {
+                if !wanted.contains(a) {
+                    wanted.push(a.clone());
+                }
+            }
+        }
+        let Some(&first) = asking.first() else { return out };
+        if wanted.is_empty() {
+            return out;
+        }
+        let (tenant, crm) = (steps[first].work.req.tenant_id().to_string(), self.crm.as_str());
+        let cached = patiently("contact cache", || self.contacts.get_many(&tenant, crm, &wanted)).await;
         let mut ask: Vec<String> = vec![];
-        for (addr, hit) in wanted.iter().zip(cached) {
+        for (addr, hit) in wanted.into_iter().zip(cached) {
             match hit {
                 Some(hit) => {
-                    known.insert(addr.clone(), hit);
+                    out.known.insert(addr, hit);
                 }
-                None => ask.push(addr.clone()),
+                None => ask.push(addr),
             }
         }
-        if !ask.is_empty() {
-            match self.connector.find_contacts_by_email(&self.api, t, &ask, &mut step.log).await {
-                Ok(found) => {
-                    let fresh: Vec<(String, Option<String>)> = ask.iter().map(|a| (a.clone(), found.get(a).cloned())).collect();
-                    patiently("contact cache", || self.contacts.put_many(tenant, crm, &fresh)).await;
-                    known.extend(fresh);
-                }
-                Err(f) => {
-                    step.settled = Some(Settled::Failed(f));
-                    return None;
-                }
+        if ask.is_empty() {
+            return out;
+        }
+        let mut log = vec![];
+        match self.connector.find_contacts_by_email(&self.api, t, &ask, &mut log).await {
+            Ok(found) => {
+                let fresh: Vec<(String, Option<String>)> = ask.iter().map(|a| (a.clone(), found.get(a).cloned())).collect();
+                patiently("contact cache", || self.contacts.put_many(&tenant, crm, &fresh)).await;
+                out.known.extend(fresh);
+            }
+            Err(f) => out.failed = Some(f),
+        }
+        for &i in asking {
+            if steps[i].work.req.participants().iter().any(|a| ask.contains(a)) {
+                steps[i].log.extend(log.iter().cloned());
             }
         }
-        let mut ids: Vec<String> = vec![];
-        for addr in &wanted {
-            if let Some(Some(id)) = known.get(addr) {
-                if !ids.contains(id) {
-                    ids.push(id.clone());
-                }
-            }
-        }
-        Some(ids)
+        out
     }
 
     /// The customer's contact, found or (by the tenant's policy) created; None when that
@@ -394,9 +428,14 @@ impl<C: Connector> Shared<C> {
             // Claims are independent (one step per key is left): ask Redis for all of them
             // at once rather than a round trip per record.
             let claims = futures::future::join_all(to_claim.iter().map(|&i| self.claim(&steps[i].work))).await;
+            // Every address the batch's emails and meetings will write with, matched at once
+            // (searches are the scarcest budget): not those already written at this version.
+            let asking: Vec<usize> =
+                to_claim.iter().zip(&claims).filter(|(_, (c, _))| !matches!(c, Claim::AlreadyDone { .. })).map(|(&i, _)| i).collect();
+            let addresses = self.match_addresses(t, steps, &asking).await;
             let mut contacts = HashMap::new();
             for (&i, claim) in to_claim.iter().zip(claims) {
-                self.plan(t, &mut steps[i], claim, &mut contacts).await;
+                self.plan(t, &mut steps[i], claim, &mut contacts, &addresses).await;
             }
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
             to_write.sort_unstable();
@@ -690,6 +729,21 @@ mod tests {
             status: Some(400),
             excerpt: None,
         })
+    }
+
+    #[test]
+    fn participants_map_to_their_contacts_in_order_once_each() {
+        let mut a = Addresses::default();
+        a.known.insert("jane@x.example".into(), Some("c1".into()));
+        a.known.insert("ops@x.example".into(), Some("c2".into()));
+        a.known.insert("alias@x.example".into(), Some("c1".into()));
+        a.known.insert("nobody@y.example".into(), None);
+        let p = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(a.contacts_of(&p(&["ops@x.example", "nobody@y.example", "jane@x.example", "alias@x.example"])).unwrap(), ["c2", "c1"]);
+        assert!(a.contacts_of(&p(&["nobody@y.example"])).unwrap().is_empty(), "no contact: logged without one");
+        a.failed = Some(Failure::new(DlqReason::PermissionDenied, "403 on the contact search"));
+        let f = a.contacts_of(&p(&["jane@x.example", "unasked@z.example"])).unwrap_err();
+        assert_eq!(f.reason, DlqReason::PermissionDenied, "the search's own failure, not a guess");
     }
 
     #[test]
