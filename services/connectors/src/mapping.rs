@@ -60,8 +60,13 @@ pub const MEETING_SOURCES: &[&str] = &[
     "attendee_emails",
     "status",
     "hubspot_meeting_outcome",
-    "salesforce_event_subject",
+    "title_or_cancelled",
     "salesforce_show_as",
+    "start_date",
+    "start_time_hhmm",
+    "duration_hhmm",
+    "done_if_cancelled",
+    "busy_unless_cancelled",
     "actor_email",
 ];
 
@@ -158,11 +163,11 @@ fn meeting_value(key: &str, m: &NormalisedMeeting, source: &str, write: WriteKin
             (false, WriteKind::Create) => Some("SCHEDULED".into()),
             (false, WriteKind::Update) => None,
         },
-        // Salesforce has no cancelled state on an Event: a cancelled meeting's Subject gets
-        // "Cancelled: " before its title and it shows as Free. A create writes the title
-        // (prefixed when it is cancelled already); an update writes the Subject only to
-        // cancel, so a person's edit of a meeting still on stands.
-        "salesforce_event_subject" => {
+        // Salesforce and Pipedrive have no cancelled state: a cancelled meeting's title gets
+        // "Cancelled: " before it. A create writes the title (prefixed when it is cancelled
+        // already); an update writes it only to cancel, so a person's edit of a meeting
+        // still on stands.
+        "title_or_cancelled" => {
             let title = m.title.clone().filter(|t| !t.trim().is_empty()).unwrap_or_else(|| "Meeting".into());
             match (cancelled, write) {
                 (true, _) => Some(format!("Cancelled: {title}")),
@@ -175,9 +180,32 @@ fn meeting_value(key: &str, m: &NormalisedMeeting, source: &str, write: WriteKin
             (false, WriteKind::Create) => Some("Busy".into()),
             (false, WriteKind::Update) => None,
         },
+        // Pipedrive's date, "HH:MM" and "HH:MM" duration (rounded up, at most 23:59).
+        "start_date" => utc(m.start_at).map(|d| d.format("%Y-%m-%d").to_string()),
+        "start_time_hhmm" => utc(m.start_at).map(|d| d.format("%H:%M").to_string()),
+        "duration_hhmm" => Some(hhmm_rounded_up(((m.end_at - m.start_at).max(0) / 1000) as u64)),
+        // Pipedrive: a cancelled meeting is marked done and not busy. A meeting still on is
+        // not done and busy on create; an update leaves both to people (who mark it done
+        // once it was held).
+        "done_if_cancelled" => match (cancelled, write) {
+            (true, _) => Some("true".into()),
+            (false, WriteKind::Create) => Some("false".into()),
+            (false, WriteKind::Update) => None,
+        },
+        "busy_unless_cancelled" => match (cancelled, write) {
+            (true, _) => Some("false".into()),
+            (false, WriteKind::Create) => Some("true".into()),
+            (false, WriteKind::Update) => None,
+        },
         "actor_email" => Some(m.actor_email.clone()),
         _ => None,
     }
+}
+
+/// Pipedrive's "HH:MM" for a duration in seconds, rounded up to the minute, at most 23:59.
+fn hhmm_rounded_up(s: u64) -> String {
+    let m = s.div_ceil(60);
+    format!("{:02}:{:02}", (m / 60).min(23), if m / 60 > 23 { 59 } else { m % 60 })
 }
 
 pub const SOURCES: &[&str] = &[
@@ -287,10 +315,7 @@ pub fn call_value(req: &CrmWriteRequest, source: &str) -> Option<String> {
             Some(format!("{:02}:{:02}", s / 60, s % 60))
         }
         // Pipedrive's "HH:MM", rounded up to the minute.
-        "duration_hhmm" => c.duration_s.map(|s| {
-            let m = (s + 59) / 60;
-            format!("{:02}:{:02}", (m / 60).min(23), if m / 60 > 23 { 59 } else { m % 60 })
-        }),
+        "duration_hhmm" => c.duration_s.map(|s| hhmm_rounded_up(s.max(0) as u64)),
         "ended" => Some(c.ended_at.is_some().to_string()),
         _ => None,
     }

@@ -271,6 +271,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         ("salesforce.meeting", include_str!("../../../contracts/salesforce.meeting.toml")),
         ("zoho", include_str!("../../../contracts/zoho.toml")),
         ("pipedrive", include_str!("../../../contracts/pipedrive.toml")),
+        ("pipedrive.meeting", include_str!("../../../contracts/pipedrive.meeting.toml")),
     ] {
         std::fs::write(contracts.join(format!("{crm}.toml")), text)?;
     }

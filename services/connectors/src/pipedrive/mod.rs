@@ -5,6 +5,12 @@
 //! write was claimed finds it before anything is written again: in recovery after an
 //! expired lease, and after a create timed out or met a 5xx. Persons are found by phone
 //! with the person search (digits), then compared in E.164.
+//!
+//! Meetings are activities of type meeting (`contracts/pipedrive.meeting.toml`) on the same
+//! path: the key in the note, read-before-resend by listing. Attendees are matched to
+//! persons by the person search on email (each address its own search: there is no `IN`),
+//! compared case-insensitively here, and are the activity's participants (the first
+//! primary); a later version reads the participants and sends the union when it grows.
 
 pub mod errors;
 pub mod limits;
@@ -17,7 +23,7 @@ use crate::connector::{
     create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::contract::{Contract, Contracts, WriteKind};
-use crm_common::events::{Crm, DlqReason, WriteRequest};
+use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::{HeaderName, AUTHORIZATION};
 use reqwest::Method;
@@ -32,7 +38,10 @@ const MAX_PAGES: usize = 40;
 const CLOCK_SKEW_MS: i64 = 60_000;
 
 pub struct Pipedrive {
+    /// The call contract.
     pub contract: Contract,
+    /// Every kind's contract (meetings where the deployment has theirs).
+    pub contracts: Contracts,
     /// The company's API host when a tenant names none (`https://<company>.pipedrive.com`).
     pub default_base_url: String,
     pub default_token_url: String,
@@ -51,10 +60,18 @@ impl Pipedrive {
     }
 
     async fn create(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
-        let mut body = self.contract.values(&item.req, WriteKind::Create);
-        if let Some(person) = item.contact_id.as_deref().and_then(|c| c.parse::<u64>().ok()) {
-            // v2: the person is linked as the primary participant (person_id is read-only).
-            body.insert("participants".into(), json!([{"person_id": person, "primary": true}]));
+        let mut body = item.contract(self).values(&item.req, WriteKind::Create);
+        // v2: persons are linked as participants, the first primary (person_id is
+        // read-only): a call's contact, or a meeting's matched attendees.
+        let people: Vec<&String> = if item.contacts.is_empty() { item.contact_id.iter().collect() } else { item.contacts.iter().collect() };
+        let participants: Vec<Value> = people
+            .into_iter()
+            .filter_map(|c| c.parse::<u64>().ok())
+            .enumerate()
+            .map(|(i, person)| json!({"person_id": person, "primary": i == 0}))
+            .collect();
+        if !participants.is_empty() {
+            body.insert("participants".into(), json!(participants));
         }
         let req = Request::new(Method::POST, self.activities(), RequestClass::Create)
             .body(Value::Object(body))
@@ -69,7 +86,26 @@ impl Pipedrive {
 
     async fn update(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
         let id = item.record_id.clone().unwrap_or_default();
-        let body = self.contract.values(&item.req, WriteKind::Update);
+        let mut body = item.contract(self).values(&item.req, WriteKind::Update);
+        if item.req.kind() != ActivityKind::Call && !item.contacts.is_empty() {
+            // Setting participants replaces them: send the union, and only when it grows.
+            let read = Request::get(format!("{}/{}", self.activities(), urlencode(&id)), RequestClass::Read);
+            let now = match t.fetch::<Envelope<Activity>>(api, &read, log).await {
+                Ok(a) => a.data.participants(),
+                Err(mut f) => {
+                    if f.status == Some(404) {
+                        f.reason = DlqReason::Validation;
+                        f.detail = format!("the activity was deleted in Pipedrive; not re-created ({})", f.detail);
+                    }
+                    return ItemResult::Failed(f);
+                }
+            };
+            let new: Vec<u64> = item.contacts.iter().filter_map(|c| c.parse().ok()).filter(|c| !now.contains(c)).collect();
+            if !new.is_empty() {
+                let all: Vec<Value> = now.iter().chain(&new).enumerate().map(|(i, p)| json!({"person_id": p, "primary": i == 0})).collect();
+                body.insert("participants".into(), json!(all));
+            }
+        }
         let req = Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(&id)), RequestClass::Update)
             .body(Value::Object(body))
             .fenced([item.req.idempotency_key()]);
@@ -160,6 +196,7 @@ impl Connector for Pipedrive {
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
         Self {
             contract: contracts.call().clone(),
+            contracts,
             default_base_url: urls.pipedrive_api_url.clone(),
             default_token_url: urls.pipedrive_token_url.clone(),
         }
@@ -167,6 +204,41 @@ impl Connector for Pipedrive {
 
     fn crm(&self) -> Crm {
         Crm::Pipedrive
+    }
+
+    fn supported_kinds(&self) -> &'static [ActivityKind] {
+        &[ActivityKind::Call, ActivityKind::Meeting]
+    }
+
+    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
+        self.contracts.get(kind)
+    }
+
+    /// One person search per address (`fields=email`; Pipedrive has no `IN`), its hits
+    /// compared with the address case-insensitively here: whether `exact_match` ignores
+    /// case is not documented, so it is not relied on.
+    async fn find_contacts_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for e in emails {
+            let req = Request::get(format!("/api/v2/persons/search?term={}&fields=email&limit=20", urlencode(e)), RequestClass::Search);
+            let hits: Envelope<SearchHits> = t.fetch(api, &req, log).await?;
+            let person = hits
+                .data
+                .items
+                .into_iter()
+                .map(|h| h.item)
+                .find(|p| p.emails.iter().filter_map(Phone::value).any(|v| v.trim().eq_ignore_ascii_case(e)));
+            if let Some(id) = person.and_then(|p| p.id) {
+                found.insert(e.clone(), id);
+            }
+        }
+        Ok(found)
     }
 
     fn batch_max(&self) -> usize {

@@ -44,6 +44,16 @@ impl Activity {
     pub fn person(&self) -> Option<&str> {
         self.person_id.as_deref().filter(|p| *p != "0")
     }
+
+    /// Every participant's person id (v2 `participants[].person_id`), primary first as
+    /// listed.
+    pub fn participants(&self) -> Vec<u64> {
+        self.fields
+            .get("participants")
+            .and_then(Value::as_array)
+            .map(|ps| ps.iter().filter_map(|p| p.get("person_id").and_then(Value::as_u64)).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// `persons/search`: `data.items[].item`.
@@ -64,6 +74,9 @@ pub struct Person {
     pub id: Option<String>,
     #[serde(default)]
     pub phones: Vec<Phone>,
+    /// Addresses, as bare strings or `{value, label, primary}` like phones.
+    #[serde(default)]
+    pub emails: Vec<Phone>,
 }
 
 /// A phone as search gives it: a bare string, or `{value, label, primary}`.

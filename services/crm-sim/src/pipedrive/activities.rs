@@ -172,9 +172,8 @@ pub async fn create(State(sim): State<SharedSim>, Extension(caller): Extension<C
             associations: Default::default(),
             merged_into: None,
         };
-        if let Some(p) = persons.and_then(|p| p.into_iter().next()) {
-            r.associations.insert(p);
-        }
+        // Every participant is linked; person_id is the primary one.
+        r.associations.extend(persons.into_iter().flatten());
         derive("activities", &mut r);
         acct.table("activities").insert(r.clone());
         ok(render(&r))
@@ -217,8 +216,10 @@ pub async fn update(State(sim): State<SharedSim>, Extension(caller): Extension<C
             r.fields.insert("marked_as_done_time".into(), json!(pd_time(now)));
         }
         r.fields.extend(fields);
+        // The participants given replace the list (the harsher reading: a client that
+        // sends only new ones drops the rest).
         if let Some(p) = persons {
-            r.associations = p.into_iter().take(1).collect();
+            r.associations = p.into_iter().collect();
         }
         r.updated_ms = now;
         r.indexed_at_ms = now + lag;
@@ -283,7 +284,7 @@ pub async fn list(
             .live()
             .filter(|r| ids.as_ref().is_none_or(|ids| ids.contains(&r.id)))
             // `person_id` means the activity's *primary* participant (the v2 reference), not any.
-            .filter(|r| person.as_ref().is_none_or(|p| r.associations.contains(p)))
+            .filter(|r| person.as_ref().is_none_or(|p| field_is(r, "person_id", &Some(p.clone()))))
             .filter(|r| field_is(r, "owner_id", &owner) && field_is(r, "deal_id", &deal))
             .filter(|r| done.is_none_or(|d| r.fields.get("done") == Some(&json!(d))))
             .filter(|r| since.is_none_or(|s| r.updated_ms / 1000 >= s / 1000) && until.is_none_or(|u| r.updated_ms / 1000 < u / 1000))

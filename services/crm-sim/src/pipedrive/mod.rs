@@ -86,7 +86,15 @@ pub fn derive(object: &str, r: &mut Record) {
             }
         }
         "activities" => {
-            if let Some(p) = r.associations.iter().next() {
+            // The primary participant is the person; else (merged away) the first linked.
+            let primary = f
+                .get("participants")
+                .and_then(Value::as_array)
+                .and_then(|ps| ps.iter().find(|p| p.get("primary") == Some(&json!(true))))
+                .and_then(|p| p.get("person_id").and_then(Value::as_u64))
+                .map(|p| p.to_string())
+                .filter(|p| r.associations.contains(p));
+            if let Some(p) = primary.as_ref().or_else(|| r.associations.iter().next()) {
                 let pid: u64 = p.parse().unwrap_or(0);
                 f.insert("person_id".into(), json!(pid));
                 let mut parts = f.get("participants").and_then(Value::as_array).cloned().unwrap_or_default();
