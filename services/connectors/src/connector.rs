@@ -91,10 +91,16 @@ pub trait Connector: Send + Sync + 'static {
     fn supported_kinds(&self) -> &'static [ActivityKind] {
         &[ActivityKind::Call]
     }
-    /// The contract for `kind`: the call contract for calls; for another kind, its contract
-    /// when the deployment has one and this connector supports the kind.
+    /// The deployment's contracts for this CRM, one per kind.
+    fn contracts(&self) -> &Contracts;
+    /// The contract for `kind`: its contract when the deployment has one and this connector
+    /// supports the kind (calls always have theirs).
     fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
-        (kind == ActivityKind::Call).then(|| self.contract())
+        if self.supported_kinds().contains(&kind) {
+            self.contracts().get(kind)
+        } else {
+            None
+        }
     }
     /// The kinds this writer writes: supported and given a contract. A tenant whose
     /// connection asks for another kind (`activities` in TENANTS_CONFIG) stops the writer at
@@ -184,7 +190,9 @@ pub trait Connector: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
 
     /// The call contract (the reconciler's, until it reads other kinds).
-    fn contract(&self) -> &Contract;
+    fn contract(&self) -> &Contract {
+        self.contracts().call()
+    }
 
     /// Creates these records (none has a record id), as few API calls as the CRM allows;
     /// one result per item, in order.

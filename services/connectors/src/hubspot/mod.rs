@@ -328,10 +328,6 @@ impl Connector for Hubspot {
         &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
     }
 
-    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
-        self.contracts.get(kind)
-    }
-
     /// `email IN [...]` on contacts, 50 addresses per search. HubSpot compares the stored
     /// address case-insensitively; an address only in a contact's additional emails is not
     /// found (search reads the primary `email`). Search lags behind writes: a contact
@@ -422,8 +418,8 @@ impl Connector for Hubspot {
         self.search_lag
     }
 
-    fn contract(&self) -> &Contract {
-        &self.contract
+    fn contracts(&self) -> &Contracts {
+        &self.contracts
     }
 
     async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

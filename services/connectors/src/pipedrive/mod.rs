@@ -210,10 +210,6 @@ impl Connector for Pipedrive {
         &[ActivityKind::Call, ActivityKind::Meeting]
     }
 
-    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
-        self.contracts.get(kind)
-    }
-
     /// One person search per address (`fields=email`; Pipedrive has no `IN`), its hits
     /// compared with the address case-insensitively here: whether `exact_match` ignores
     /// case is not documented, so it is not relied on.
@@ -300,8 +296,8 @@ impl Connector for Pipedrive {
         Ok(self.held_keys(api, t, &[req.idempotency_key()], since_ms, log).await?.remove(req.idempotency_key()))
     }
 
-    fn contract(&self) -> &Contract {
-        &self.contract
+    fn contracts(&self) -> &Contracts {
+        &self.contracts
     }
 
     async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {

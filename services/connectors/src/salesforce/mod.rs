@@ -237,10 +237,6 @@ impl Connector for Salesforce {
         &[ActivityKind::Call, ActivityKind::Meeting]
     }
 
-    fn contract_for(&self, kind: ActivityKind) -> Option<&Contract> {
-        self.contracts.get(kind)
-    }
-
     /// `SELECT Id, Email FROM Contact WHERE Email IN (...)`, 50 addresses per query: SOQL
     /// compares text case-insensitively and reads the records themselves (no index lag).
     /// Where several contacts share an address, the first is taken.
@@ -341,8 +337,8 @@ impl Connector for Salesforce {
         }
     }
 
-    fn contract(&self) -> &Contract {
-        &self.contract
+    fn contracts(&self) -> &Contracts {
+        &self.contracts
     }
 
     /// Upserts by our key. An upsert whose outcome is unknown (an answer that cannot be

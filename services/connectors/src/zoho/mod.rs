@@ -34,7 +34,10 @@ const API: &str = "/crm/v7";
 const CONTACT_PHONES: &[&str] = &["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"];
 
 pub struct Zoho {
+    /// The call contract.
     pub contract: Contract,
+    /// Every kind's contract (Zoho writes calls only, so far).
+    pub contracts: Contracts,
     /// The data centre's API domain when a tenant names none.
     pub default_base_url: String,
     pub default_token_url: String,
@@ -178,6 +181,7 @@ impl Connector for Zoho {
     fn build(contracts: Contracts, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
         Self {
             contract: contracts.call().clone(),
+            contracts,
             default_base_url: urls.zoho_api_url.clone(),
             default_token_url: urls.zoho_token_url.clone(),
             http_timeout,
@@ -254,8 +258,8 @@ impl Connector for Zoho {
         Ok(self.held_keys(api, t, &[req.idempotency_key()], log).await?.remove(req.idempotency_key()))
     }
 
-    fn contract(&self) -> &Contract {
-        &self.contract
+    fn contracts(&self) -> &Contracts {
+        &self.contracts
     }
 
     async fn create_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
