@@ -1359,7 +1359,20 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
     assert!(associated(&meeting, &contacts), "associations are only ever added: {meeting}");
     assert!(!meeting["deleted"].as_bool().unwrap_or(false), "never deleted: {meeting}");
     assert_eq!(case.keys(&sim, "acme")[&meeting_key], (1, 1));
-    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == inputs.len() as i64 + 2);
+
+    // A person deletes the meeting in the CRM; the calendar's next version is not written
+    // and not re-created: dead-lettered as VALIDATION, saying why.
+    let id = meeting["id"].as_str().unwrap();
+    sim.admin("DELETE", &format!("/accounts/{}/acme/objects/{}/{id}", case.name(), a.meetings.0), None);
+    let (v4, _) = case.meeting("acme", "ev1", 4, MeetingStatus::Confirmed, moved, &[jane, ops]);
+    broker.produce(&case.topic(), &[v4]);
+    let (_, dlq, _) = outcomes(&broker, inputs.len() + 3, Duration::from_secs(60));
+    let gone: Vec<&DeadLetter> = dlq.iter().filter(|d| d.call_id.as_deref() == Some("ev1@google.com")).collect();
+    assert_eq!(gone.len(), 1, "{dlq:?}");
+    assert_eq!(gone[0].reason, DlqReason::Validation, "{:?}", gone[0]);
+    assert!(gone[0].detail.contains("deleted"), "{}", gone[0].detail);
+    assert_eq!(case.keys(&sim, "acme")[&meeting_key], (1, 0), "not re-created");
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == inputs.len() as i64 + 3);
     assert!(w.terminate().success());
 }
 

@@ -174,28 +174,47 @@ impl Salesforce {
     }
 
     async fn update(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        // A meeting's people are read first; one whose read fails (its Event deleted, say)
+        // fails alone and is left out of the collection.
+        let mut results: Vec<Option<ItemResult>> = vec![None; items.len()];
         let mut records: Vec<Value> = vec![];
-        for i in items {
+        let mut sent: Vec<usize> = vec![];
+        for (n, i) in items.iter().enumerate() {
             let people = match (i.req.kind(), &i.record_id) {
-                (ActivityKind::Meeting, Some(id)) if !i.contacts.is_empty() => {
-                    let mut now = match self.event_people(api, t, id, log).await {
-                        Ok(p) => p,
-                        Err(f) => return items.iter().map(|_| ItemResult::Failed(f.clone())).collect(),
-                    };
-                    let before = now.len();
-                    now.extend(i.contacts.iter().filter(|c| !now.contains(c)).cloned().collect::<Vec<_>>());
-                    // Nothing new: leave the relations as they are.
-                    (now.len() > before).then_some(now)
-                }
+                (ActivityKind::Meeting, Some(id)) if !i.contacts.is_empty() => match self.event_people(api, t, id, log).await {
+                    Ok(mut now) => {
+                        let before = now.len();
+                        now.extend(i.contacts.iter().filter(|c| !now.contains(c)).cloned().collect::<Vec<_>>());
+                        // Nothing new: leave the relations as they are.
+                        (now.len() > before).then_some(now)
+                    }
+                    Err(mut f) => {
+                        if f.status == Some(404) {
+                            f.reason = DlqReason::Validation;
+                            f.detail = format!("the record was deleted in Salesforce; not re-created ({})", f.detail);
+                        }
+                        results[n] = Some(ItemResult::Failed(f));
+                        continue;
+                    }
+                },
                 _ => None,
             };
             records.push(self.record(i, WriteKind::Update, people.as_deref()));
+            sent.push(n);
         }
-        let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), RequestClass::Upsert)
-            .body(json!({"allOrNone": false, "records": records}))
-            .fenced(items.iter().map(|i| i.req.idempotency_key()));
-        let (status, saved) = self.collection(api, t, req, items.len(), log).await;
-        saved.into_iter().zip(items).map(|(r, i)| self.saved(r, status, i.record_id.as_deref())).collect()
+        if !sent.is_empty() {
+            let req = Request::new(Method::PATCH, self.data("/composite/sobjects"), RequestClass::Upsert)
+                .body(json!({"allOrNone": false, "records": records}))
+                .fenced(sent.iter().map(|&n| items[n].req.idempotency_key()));
+            let (status, saved) = self.collection(api, t, req, sent.len(), log).await;
+            for (r, &n) in saved.into_iter().zip(&sent) {
+                results[n] = Some(self.saved(r, status, items[n].record_id.as_deref()));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("no save result for this record", None))))
+            .collect()
     }
 
     /// An upsert that landed on a record a lost write made, and was refused for a
