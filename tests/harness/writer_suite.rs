@@ -1314,6 +1314,11 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
         .collect();
     let activities = inputs.len() - 2;
     assert!(!searches.is_empty() && searches.len() <= 3, "{} address searches for {activities} emails and meetings", searches.len());
+    // Who wrote to whom stays out of the audit topic (the requests and answers in it are
+    // masked), as customers' numbers do.
+    for addr in [jane, ops] {
+        assert!(all.iter().all(|x| !format!("{x:?}").to_lowercase().contains(addr)), "{addr} in audit");
+    }
     // Each kind to its own requests, never mixed in one (a request's audit goes to each
     // record it carried, at one time).
     let objects: Vec<&str> = a.emails.iter().map(|e| e.0).chain([case.calls, a.meetings.0]).collect();

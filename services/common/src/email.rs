@@ -151,6 +151,35 @@ pub fn bare_message_id(raw: &str) -> &str {
     t.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(t).trim()
 }
 
+/// `text` with every email address's local part masked ("jane.doe@customer.example" is
+/// "j•••@customer.example"), for audit records: who wrote to whom stays out of the audit
+/// topic, as phone numbers do; the domain stays, for support. An address is a run of
+/// local-part characters, '@', and a domain with a dot.
+pub fn mask_in_text(text: &str) -> String {
+    let b = text.as_bytes();
+    let local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-'".contains(&c);
+    let domain = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, _) in text.match_indices('@') {
+        if at < copied {
+            continue;
+        }
+        let start = (copied..at).rev().take_while(|&k| local(b[k])).last().unwrap_or(at);
+        let end = (at + 1..b.len()).find(|&k| !domain(b[k])).unwrap_or(b.len());
+        let dom = &text[at + 1..end];
+        if start == at || !dom.trim_end_matches('.').contains('.') {
+            continue;
+        }
+        out.push_str(&text[copied..start]);
+        out.push(char::from(b[start]));
+        out.push_str("•••");
+        copied = at;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +250,14 @@ mod tests {
         assert_eq!(bare_message_id(" <CAF1x=abc@mail.gmail.com> "), "CAF1x=abc@mail.gmail.com");
         assert_eq!(bare_message_id("abc@host"), "abc@host");
         assert_eq!(bare_message_id("<abc@host"), "<abc@host");
+    }
+
+    #[test]
+    fn addresses_in_text_are_masked_to_their_first_letter_and_domain() {
+        let t = r#"{"from":{"email":"rep@acme.example"},"to":[{"email":"jane.doe@customer.example","firstName":"Jane"}]}"#;
+        assert_eq!(mask_in_text(t), r#"{"from":{"email":"r•••@acme.example"},"to":[{"email":"j•••@customer.example","firstName":"Jane"}]}"#);
+        assert_eq!(mask_in_text("values: [a@x.example, b.c@y.example]"), "values: [a•••@x.example, b•••@y.example]");
+        assert_eq!(mask_in_text("no address @ here, user@localhost, 3 @ 4"), "no address @ here, user@localhost, 3 @ 4");
+        assert_eq!(mask_in_text("Ünïcode ok: ü jane@x.example"), "Ünïcode ok: ü j•••@x.example");
     }
 }

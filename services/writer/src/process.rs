@@ -181,12 +181,15 @@ impl<C: Connector> Shared<C> {
         }
     }
 
+    /// Text for the audit topic: phone numbers masked unless the tenant shows them, email
+    /// addresses always (the DLQ, for replay, keeps both).
     fn masked(&self, tenant: &str, text: &str) -> String {
         let show = self.tenants.get(tenant).is_some_and(|t| t.show_phone_numbers_in_audit);
+        let text = crm_common::email::mask_in_text(text);
         if show {
-            text.to_string()
+            text
         } else {
-            phone::mask_in_text(text)
+            phone::mask_in_text(&text)
         }
     }
 
