@@ -255,7 +255,10 @@ mod tests {
     #[test]
     fn addresses_in_text_are_masked_to_their_first_letter_and_domain() {
         let t = r#"{"from":{"email":"rep@acme.example"},"to":[{"email":"jane.doe@customer.example","firstName":"Jane"}]}"#;
-        assert_eq!(mask_in_text(t), r#"{"from":{"email":"r•••@acme.example"},"to":[{"email":"j•••@customer.example","firstName":"Jane"}]}"#);
+        assert_eq!(
+            mask_in_text(t),
+            r#"{"from":{"email":"r•••@acme.example"},"to":[{"email":"j•••@customer.example","firstName":"Jane"}]}"#
+        );
         assert_eq!(mask_in_text("values: [a@x.example, b.c@y.example]"), "values: [a•••@x.example, b•••@y.example]");
         assert_eq!(mask_in_text("no address @ here, user@localhost, 3 @ 4"), "no address @ here, user@localhost, 3 @ 4");
         assert_eq!(mask_in_text("Ünïcode ok: ü jane@x.example"), "Ünïcode ok: ü j•••@x.example");
