@@ -35,6 +35,28 @@ impl Item {
     pub fn contract<'c, C: Connector + ?Sized>(&self, c: &'c C) -> &'c Contract {
         c.contract_for(self.req.kind()).unwrap_or_else(|| c.contract())
     }
+
+    /// The contacts the record is linked to: an email's or meeting's matched participants,
+    /// else a call's contact.
+    pub fn linked_contacts(&self) -> &[String] {
+        if self.contacts.is_empty() {
+            self.contact_id.as_slice()
+        } else {
+            &self.contacts
+        }
+    }
+}
+
+/// Of the contacts `wanted`, those a record does not link yet (`linked`, read from the
+/// CRM): an update only ever adds to a record's people, and sends nothing when none is new.
+pub fn not_yet_linked<T: PartialEq + Clone>(linked: &[T], wanted: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = vec![];
+    for w in wanted {
+        if !linked.contains(w) && !out.contains(w) {
+            out.push(w.clone());
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone)]

@@ -84,10 +84,21 @@ pub enum WriteKind {
 
 impl Contract {
     pub fn load(dir: &Path, crm: &str) -> anyhow::Result<Contract> {
-        let path = dir.join(format!("{crm}.toml"));
-        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
+        Contract::load_file(&dir.join(format!("{crm}.toml")), crm, ActivityKind::Call)
+    }
+
+    /// The contract in `path`, which must be `crm`'s for `kind`.
+    fn load_file(path: &Path, crm: &str, kind: ActivityKind) -> anyhow::Result<Contract> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
         let c = Contract::parse(&text).map_err(|e| anyhow::anyhow!("field contract {}: {e}", path.display()))?;
         anyhow::ensure!(c.crm == crm, "field contract {} is for crm = {:?}, not {crm}", path.display(), c.crm);
+        anyhow::ensure!(
+            c.kind == kind,
+            "field contract {} says kind = {:?}; its name says {}",
+            path.display(),
+            c.kind.as_str(),
+            kind.as_str()
+        );
         Ok(c)
     }
 
@@ -203,21 +214,9 @@ impl Contracts {
         let mut by_kind = BTreeMap::from([(ActivityKind::Call, Contract::load(dir, crm)?)]);
         for kind in [ActivityKind::Email, ActivityKind::Meeting] {
             let path = dir.join(format!("{crm}.{}.toml", kind.as_str()));
-            if !path.exists() {
-                continue;
+            if path.exists() {
+                by_kind.insert(kind, Contract::load_file(&path, crm, kind)?);
             }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read the field contract {}: {e}", path.display()))?;
-            let c = Contract::parse(&text).map_err(|e| anyhow::anyhow!("field contract {}: {e}", path.display()))?;
-            anyhow::ensure!(c.crm == crm, "field contract {} is for crm = {:?}, not {crm}", path.display(), c.crm);
-            anyhow::ensure!(
-                c.kind == kind,
-                "field contract {} says kind = {:?}; its name says {}",
-                path.display(),
-                c.kind.as_str(),
-                kind.as_str()
-            );
-            by_kind.insert(kind, c);
         }
         Ok(Contracts { by_kind })
     }

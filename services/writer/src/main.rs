@@ -137,6 +137,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         );
     }
     let shared = Arc::new(process::Shared {
+        kinds: connector.kinds(),
         api: api::Api {
             http: reqwest::Client::builder().timeout(cli.http_timeout).build()?,
             buckets: TokenBuckets::new(conn.clone(), &prefix),

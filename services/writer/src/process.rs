@@ -32,6 +32,8 @@ pub struct Done {
 
 pub struct Shared<C: Connector> {
     pub connector: C,
+    /// The kinds this writer writes (`Connector::kinds`, decided at start).
+    pub kinds: Vec<ActivityKind>,
     pub api: Api,
     pub claims: Claims,
     pub contacts: ContactCache,
@@ -60,13 +62,6 @@ where
             }
         }
     }
-}
-
-/// The earliest time any write for this activity can have happened
-/// ([`WriteRequest::era_ms`]). The claim store must remember claims since then, or the
-/// writer looks the CRM up before creating.
-pub fn era_of(req: &WriteRequest) -> i64 {
-    req.era_ms()
 }
 
 /// One item on its way through the batch.
@@ -220,7 +215,7 @@ impl<C: Connector> Shared<C> {
         let gone = w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty());
         let mut reclaimed = false;
         loop {
-            let c = patiently("claim", || self.claims.claim(req.tenant_id(), req.idempotency_key(), req.version(), era_of(req))).await;
+            let c = patiently("claim", || self.claims.claim(req.tenant_id(), req.idempotency_key(), req.version(), req.era_ms())).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
                 Claim::Busy { retry_after } => tokio::time::sleep(retry_after.min(Duration::from_secs(5))).await,

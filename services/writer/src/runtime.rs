@@ -235,7 +235,7 @@ fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRe
             m.topic
         )));
     };
-    if !shared.connector.kinds().contains(&a.kind) {
+    if !shared.kinds.contains(&a.kind) {
         // An email or a meeting this writer does not write (a tenant's config changed under
         // a running deduper, or this CRM's contract for the kind is missing): say so
         // plainly, and keep it for replay once it does.

@@ -18,8 +18,10 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{create_reading_before_resending, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted};
-use crate::contract::{Contract, Contracts, WriteKind};
+use crate::connector::{
+    create_reading_before_resending, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
+};
+use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
@@ -40,8 +42,6 @@ fn to_contact(kind: ActivityKind) -> i64 {
 const BATCH_MAX: usize = 100;
 
 pub struct Hubspot {
-    /// The call contract.
-    pub contract: Contract,
     /// Every kind's contract (emails and meetings where the deployment has theirs).
     pub contracts: Contracts,
     /// Where the real API lives; a tenant's `base_url` (crm-sim) overrides it.
@@ -68,23 +68,23 @@ impl Hubspot {
 
     /// The call object (the reconciler's).
     fn object(&self) -> &str {
-        &self.contract.object
+        &self.contract().object
     }
 
     /// The object holding this kind (`calls`, `emails`, `meetings`).
     fn object_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or(&self.contract).object
+        &self.contract_for(kind).unwrap_or_else(|| self.contract()).object
     }
 
     fn key_field_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or(&self.contract).key_field
+        &self.contract_for(kind).unwrap_or_else(|| self.contract()).key_field
     }
 
     /// The contacts to associate on create: a call's one, or every matched participant.
     fn associations(item: &Item) -> Vec<Value> {
         let kind = item.req.kind();
-        let ids: Vec<&String> = if item.contacts.is_empty() { item.contact_id.iter().collect() } else { item.contacts.iter().collect() };
-        ids.into_iter()
+        item.linked_contacts()
+            .iter()
             .map(|c| json!({"to": {"id": c}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": to_contact(kind)}]}))
             .collect()
     }
@@ -108,11 +108,11 @@ impl Hubspot {
                 log,
             )
             .await?;
-        let have: HashSet<String> = now.associations.contacts.map(|c| c.results.into_iter().map(|c| c.id).collect()).unwrap_or_default();
-        for c in item.contacts.iter().filter(|c| !have.contains(*c)) {
+        let have: Vec<String> = now.associations.contacts.map(|c| c.results.into_iter().map(|c| c.id).collect()).unwrap_or_default();
+        for c in not_yet_linked(&have, &item.contacts) {
             let req = Request::new(
                 Method::PUT,
-                format!("/crm/v4/objects/{object}/{}/associations/default/contacts/{}", urlencode(record_id), urlencode(c)),
+                format!("/crm/v4/objects/{object}/{}/associations/default/contacts/{}", urlencode(record_id), urlencode(&c)),
                 RequestClass::Update,
             )
             .fenced([item.req.idempotency_key()]);
@@ -312,12 +312,7 @@ impl Connector for Hubspot {
     type Policy = limits::HubspotPolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self {
-            contract: contracts.call().clone(),
-            contracts,
-            default_base_url: urls.hubspot_api_url.clone(),
-            search_lag: urls.hubspot_search_lag,
-        }
+        Self { contracts, default_base_url: urls.hubspot_api_url.clone(), search_lag: urls.hubspot_search_lag }
     }
 
     fn crm(&self) -> Crm {
@@ -437,7 +432,7 @@ impl Inspect for Hubspot {
     /// read again only when the contact it was linked to is no longer live (merged away
     /// or deleted): one more batch read of those contacts first.
     async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
-        let props: Vec<&String> = self.contract.fields.keys().collect();
+        let props: Vec<&String> = self.contract().fields.keys().collect();
         let mut out = HashMap::new();
         for chunk in wanted.chunks(BATCH_MAX) {
             let ids: Vec<&str> = chunk.iter().map(|w| w.record_id.as_str()).collect();

@@ -20,9 +20,10 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
+    create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
+    Wanted,
 };
-use crate::contract::{Contract, Contracts, WriteKind};
+use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::{HeaderName, AUTHORIZATION};
@@ -38,8 +39,6 @@ const MAX_PAGES: usize = 40;
 const CLOCK_SKEW_MS: i64 = 60_000;
 
 pub struct Pipedrive {
-    /// The call contract.
-    pub contract: Contract,
     /// Every kind's contract (meetings where the deployment has theirs).
     pub contracts: Contracts,
     /// The company's API host when a tenant names none (`https://<company>.pipedrive.com`).
@@ -56,16 +55,16 @@ fn rfc3339_secs(ms: i64) -> String {
 
 impl Pipedrive {
     fn activities(&self) -> String {
-        format!("/api/v2/{}", self.contract.object)
+        format!("/api/v2/{}", self.contract().object)
     }
 
     async fn create(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
         let mut body = item.contract(self).values(&item.req, WriteKind::Create);
         // v2: persons are linked as participants, the first primary (person_id is
         // read-only): a call's contact, or a meeting's matched attendees.
-        let people: Vec<&String> = if item.contacts.is_empty() { item.contact_id.iter().collect() } else { item.contacts.iter().collect() };
-        let participants: Vec<Value> = people
-            .into_iter()
+        let participants: Vec<Value> = item
+            .linked_contacts()
+            .iter()
             .filter_map(|c| c.parse::<u64>().ok())
             .enumerate()
             .map(|(i, person)| json!({"person_id": person, "primary": i == 0}))
@@ -100,7 +99,8 @@ impl Pipedrive {
                     return ItemResult::Failed(f);
                 }
             };
-            let new: Vec<u64> = item.contacts.iter().filter_map(|c| c.parse().ok()).filter(|c| !now.contains(c)).collect();
+            let wanted: Vec<u64> = item.contacts.iter().filter_map(|c| c.parse().ok()).collect();
+            let new = not_yet_linked(&now, &wanted);
             if !new.is_empty() {
                 let all: Vec<Value> = now.iter().chain(&new).enumerate().map(|(i, p)| json!({"person_id": p, "primary": i == 0})).collect();
                 body.insert("participants".into(), json!(all));
@@ -140,7 +140,7 @@ impl Pipedrive {
             let req = Request::get(format!("{}?limit={PAGE}{since}{page}", self.activities()), RequestClass::List);
             let listed: Envelope<Vec<Activity>> = t.fetch(api, &req, log).await?;
             for a in &listed.data {
-                let key = a.fields.get(&self.contract.key_field).and_then(Value::as_str).and_then(|text| self.contract.key_in(text));
+                let key = a.fields.get(&self.contract().key_field).and_then(Value::as_str).and_then(|text| self.contract().key_in(text));
                 if let (Some(k), Some(id)) = (key, &a.id) {
                     if keys.contains(&k) {
                         found.entry(k.to_string()).or_insert_with(|| id.clone());
@@ -194,12 +194,7 @@ impl Connector for Pipedrive {
     type Policy = limits::PipedrivePolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self {
-            contract: contracts.call().clone(),
-            contracts,
-            default_base_url: urls.pipedrive_api_url.clone(),
-            default_token_url: urls.pipedrive_token_url.clone(),
-        }
+        Self { contracts, default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
     }
 
     fn crm(&self) -> Crm {

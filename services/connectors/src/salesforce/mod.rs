@@ -19,8 +19,8 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{missing_are, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
-use crate::contract::{Contract, Contracts, WriteKind};
+use crate::connector::{missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
+use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
@@ -34,8 +34,6 @@ const COLLECTION_MAX: usize = 200;
 pub const API_VERSION: &str = "v66.0";
 
 pub struct Salesforce {
-    /// The call contract.
-    pub contract: Contract,
     /// Every kind's contract (meetings where the deployment has theirs).
     pub contracts: Contracts,
     /// The org's instance URL when a tenant names none (it should: instance URLs differ
@@ -68,16 +66,16 @@ impl Salesforce {
     }
 
     fn object(&self) -> &str {
-        &self.contract.object
+        &self.contract().object
     }
 
     /// The sObject holding this kind (Task for calls, Event for meetings).
     fn object_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or(&self.contract).object
+        &self.contract_for(kind).unwrap_or_else(|| self.contract()).object
     }
 
     fn key_field_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or(&self.contract).key_field
+        &self.contract_for(kind).unwrap_or_else(|| self.contract()).key_field
     }
 
     /// The people an Event relates now (`EventWhoIds`), to add to rather than replace:
@@ -183,10 +181,12 @@ impl Salesforce {
             let people = match (i.req.kind(), &i.record_id) {
                 (ActivityKind::Meeting, Some(id)) if !i.contacts.is_empty() => match self.event_people(api, t, id, log).await {
                     Ok(mut now) => {
-                        let before = now.len();
-                        now.extend(i.contacts.iter().filter(|c| !now.contains(c)).cloned().collect::<Vec<_>>());
+                        let new = not_yet_linked(&now, &i.contacts);
                         // Nothing new: leave the relations as they are.
-                        (now.len() > before).then_some(now)
+                        (!new.is_empty()).then(|| {
+                            now.extend(new);
+                            now
+                        })
                     }
                     Err(mut f) => {
                         if f.status == Some(404) {
@@ -245,7 +245,7 @@ impl Connector for Salesforce {
     type Policy = limits::SalesforcePolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contract: contracts.call().clone(), contracts, default_base_url: urls.salesforce_api_url.clone() }
+        Self { contracts, default_base_url: urls.salesforce_api_url.clone() }
     }
 
     fn crm(&self) -> Crm {
@@ -402,7 +402,7 @@ impl Inspect for Salesforce {
     /// One `queryAll` per 200 ids: it returns deleted Tasks too (`IsDeleted`, the recycle
     /// bin), and `WhoId`, which follows a contact merge.
     async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
-        let mut fields: Vec<&str> = self.contract.fields.keys().map(String::as_str).collect();
+        let mut fields: Vec<&str> = self.contract().fields.keys().map(String::as_str).collect();
         fields.extend(["Id", "IsDeleted", "WhoId"]);
         let mut out = HashMap::new();
         for chunk in wanted.chunks(COLLECTION_MAX) {

@@ -16,7 +16,7 @@ use crate::client::{endpoints, TenantClient};
 use crate::connector::{
     create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
-use crate::contract::{Contract, Contracts, WriteKind};
+use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
@@ -34,8 +34,6 @@ const API: &str = "/crm/v7";
 const CONTACT_PHONES: &[&str] = &["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"];
 
 pub struct Zoho {
-    /// The call contract.
-    pub contract: Contract,
     /// Every kind's contract (Zoho writes calls only, so far).
     pub contracts: Contracts,
     /// The data centre's API domain when a tenant names none.
@@ -65,11 +63,11 @@ fn failed(e: Outcome, status: u16) -> Failure {
 
 impl Zoho {
     fn module(&self) -> &str {
-        &self.contract.object
+        &self.contract().object
     }
 
     fn record(&self, item: &Item, kind: WriteKind) -> Value {
-        let mut fields = self.contract.values(&item.req, kind);
+        let mut fields = self.contract().values(&item.req, kind);
         match kind {
             WriteKind::Create => {
                 if let Some(c) = &item.contact_id {
@@ -95,7 +93,7 @@ impl Zoho {
             };
         }
         // The key field marked unique: the record a lost write made is ours.
-        if r.code == "DUPLICATE_DATA" && r.field() == self.contract.key_field {
+        if r.code == "DUPLICATE_DATA" && r.field() == self.contract().key_field {
             if let Some(dup) = &r.details.duplicate_record {
                 return ItemResult::Written { record_id: dup.id.clone(), created: false };
             }
@@ -142,7 +140,7 @@ impl Zoho {
     /// Records holding these keys: key → record id (COQL, which sees writes at once).
     async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
-        let kf = &self.contract.key_field;
+        let kf = &self.contract().key_field;
         for chunk in keys.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|k| coql_str(k)).collect::<Vec<_>>().join(", ");
             let q = format!("select id, {kf} from {} where {kf} in ({list}) limit 200", self.module());
@@ -179,13 +177,7 @@ impl Connector for Zoho {
     type Policy = limits::ZohoPolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
-        Self {
-            contract: contracts.call().clone(),
-            contracts,
-            default_base_url: urls.zoho_api_url.clone(),
-            default_token_url: urls.zoho_token_url.clone(),
-            http_timeout,
-        }
+        Self { contracts, default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
     }
 
     fn crm(&self) -> Crm {
@@ -276,7 +268,7 @@ impl Inspect for Zoho {
     /// COQL by id (50 per query); ids it does not return are looked for in the recycle bin
     /// (`/deleted`, a few pages), else they are gone for good.
     async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
-        let mut fields: Vec<&str> = self.contract.fields.keys().map(String::as_str).filter(|f| *f != "id" && *f != "Who_Id").collect();
+        let mut fields: Vec<&str> = self.contract().fields.keys().map(String::as_str).filter(|f| *f != "id" && *f != "Who_Id").collect();
         fields.extend(["id", "Who_Id"]);
         let mut out = HashMap::new();
         for chunk in wanted.chunks(COQL_IN_MAX) {
