@@ -2,3 +2,4 @@
 //! crm-sim: the writer suite (tests/harness/writer_suite.rs) for Zoho CRM.
 
 crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::ZOHO);
+crm_sync_tests::activity_suite!(crm_sync_tests::writer_suite::ZOHO);

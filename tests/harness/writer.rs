@@ -33,6 +33,7 @@ pub fn spawn_plain(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &Redi
         // search does not lag: read-backs need not wait the production defaults.
         ("WRITER_LATE_WRITE_HORIZON", "1s"),
         ("HUBSPOT_SEARCH_LAG", "500ms"),
+        ("ZOHO_SEARCH_LAG", "500ms"),
     ];
     env.extend_from_slice(extra);
     broker.service("writer", &env)

@@ -81,6 +81,34 @@ pub struct Activities {
     pub email_permission: Option<&'static str>,
     /// A part of the operation that searches contacts by address.
     pub address_search: &'static str,
+    /// Where an email lands: its own record, or one contact's related list (Zoho).
+    pub email_home: EmailHome,
+    /// What the emails' key field holds for an email's idempotency key (the key itself, or
+    /// its Message-ID where the CRM deduplicates by that: Zoho).
+    pub email_key: fn(&str) -> String,
+    /// A part of the operation that writes emails ("/emails", Zoho's "associate_email").
+    pub email_write: &'static str,
+}
+
+/// Where a CRM keeps an email crm-sync writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailHome {
+    /// A record of its own, associated with every participant a contact has; logged
+    /// without a contact when none has one.
+    Record,
+    /// The first matched contact's related list (Zoho's `associate_email`: one record per
+    /// email); skipped, and audited so, when no participant is a contact.
+    FirstContact,
+}
+
+fn same_key(key: &str) -> String {
+    key.to_string()
+}
+
+/// `<tenant>:email:<Message-ID>:<crm>` → `<Message-ID>` in angle brackets.
+fn message_id_of(key: &str) -> String {
+    let rest = key.split_once(":email:").map_or(key, |(_, r)| r);
+    format!("<{}>", rest.rsplit_once(':').map_or(rest, |(id, _)| id))
 }
 
 impl Case {
@@ -1274,24 +1302,37 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
     assert!(dlq[0].detail.contains("exactly its own body"), "{}", dlq[0].detail);
 
     let k = case.keys(&sim, "acme");
-    assert_eq!(k.len(), 3 + email_keys.len() + usize::from(stranger_key.is_some()), "a call, the emails, two meetings: {k:?}");
+    let stranger_written = stranger_key.is_some() && a.email_home == EmailHome::Record;
+    assert_eq!(k.len(), 3 + email_keys.len() + usize::from(stranger_written), "a call, the emails, two meetings: {k:?}");
     assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "exactly one record each: {k:?}");
     let contacts = case.contacts_with(&sim, "acme", &[jane, ops]);
     if let Some((emails, _)) = a.emails {
+        // Jane is the first participant (To, before Cc).
+        let linked = if a.email_home == EmailHome::Record { &contacts[..] } else { &contacts[..1] };
         for key in &email_keys {
-            let r = case.record_keyed(&sim, "acme", emails, key);
-            assert!(associated(&r, &contacts), "associated with both participants' contacts {contacts:?}: {r}");
+            let r = case.record_keyed(&sim, "acme", emails, &(a.email_key)(key));
+            assert!(associated(&r, linked), "associated with the participants' contacts {linked:?}: {r}");
         }
-        let m0 = case.record_keyed(&sim, "acme", emails, &email_keys[0]);
+        let m0 = case.record_keyed(&sim, "acme", emails, &(a.email_key)(&email_keys[0]));
         for (field, want) in (a.email_shows)() {
             assert_eq!(m0["fields"][field], want, "{field} on {m0}");
         }
         let stranger_key = stranger_key.as_deref().unwrap();
-        let lone = case.record_keyed(&sim, "acme", emails, stranger_key);
-        assert!(lone["associations"].as_array().is_none_or(|x| x.is_empty()), "no contact has the address: {lone}");
+        match a.email_home {
+            EmailHome::Record => {
+                let lone = case.record_keyed(&sim, "acme", emails, &(a.email_key)(stranger_key));
+                assert!(lone["associations"].as_array().is_none_or(|x| x.is_empty()), "no contact has the address: {lone}");
+            }
+            EmailHome::FirstContact => {
+                assert!(!k.contains_key(&(a.email_key)(stranger_key)), "nowhere to put it: {k:?}");
+                let skipped = finals.iter().find(|f| f.idempotency_key.as_deref() == Some(stranger_key)).unwrap();
+                assert_eq!(skipped.outcome, AuditOutcome::Skipped, "{skipped:?}");
+                assert!(skipped.detail.contains("not written"), "says why: {}", skipped.detail);
+            }
+        }
         let email_finals: Vec<&AuditRecord> =
             finals.iter().filter(|f| f.kind == Some(ActivityKind::Email) && f.outcome == AuditOutcome::Succeeded).collect();
-        assert_eq!(email_finals.len(), 5, "{email_finals:?}");
+        assert_eq!(email_finals.len(), 4 + usize::from(stranger_written), "{email_finals:?}");
         assert!(
             email_finals.iter().all(|f| f.call_id.as_deref().is_some_and(|id| id.ends_with("@mail.acme.example"))),
             "the Message-ID is the audit's id"
@@ -1321,10 +1362,11 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
     }
     // Each kind to its own requests, never mixed in one (a request's audit goes to each
     // record it carried, at one time).
-    let objects: Vec<&str> = a.emails.iter().map(|e| e.0).chain([case.calls, a.meetings.0]).collect();
-    for object in objects {
+    let writes: Vec<String> =
+        a.emails.iter().map(|_| a.email_write.to_string()).chain([case.calls, a.meetings.0].map(|o| format!("/{o}"))).collect();
+    for object in writes {
         let mut kinds: HashMap<(String, i64), BTreeSet<Option<ActivityKind>>> = HashMap::new();
-        for x in all.iter().filter(|x| x.stage == Stage::Writer && x.operation.contains(&format!("/{object}"))) {
+        for x in all.iter().filter(|x| x.stage == Stage::Writer && x.operation.contains(&object)) {
             kinds.entry((x.operation.clone(), x.occurred_at)).or_default().insert(x.kind);
         }
         assert!(!kinds.is_empty(), "a request to {object}");
@@ -1396,6 +1438,8 @@ pub fn emails_and_meetings_stay_single_under_faults_and_fail_alone(case: &Case) 
     let create_of = |object: &str| match case.crm {
         Crm::Hubspot => format!("{object}/batch/create"),
         Crm::Salesforce => format!("composite/sobjects/{object}"),
+        Crm::Zoho if Some(object) == a.emails.map(|e| e.0) => a.email_write.to_string(),
+        Crm::Zoho => format!("POST /zoho/crm/{{version}}/{object}$"),
         _ => case.create_endpoint.to_string(),
     };
     for object in &objects {
@@ -1414,7 +1458,7 @@ pub fn emails_and_meetings_stay_single_under_faults_and_fail_alone(case: &Case) 
         if a.emails.is_some() {
             let (e, k) = case.email("acme", &format!("f{round}"), &[jane], &[]);
             batch.push(e);
-            keys.push(k);
+            keys.push((a.email_key)(&k));
         }
         broker.produce(&case.topic(), &batch);
         inputs.extend(batch);
@@ -1427,9 +1471,9 @@ pub fn emails_and_meetings_stay_single_under_faults_and_fail_alone(case: &Case) 
     // The faults fired (crm-sim counts a timed-out request once it stops holding it).
     let fired = |object: &str, status: &str| {
         let counters = sim.state(case.name(), "acme")["counters"].clone();
-        counters
-            .as_object()
-            .is_some_and(|c| c.iter().any(|(ep, n)| ep.contains(&create_of(object)) && n[status].as_u64().unwrap_or(0) >= 1))
+        counters.as_object().is_some_and(|c| {
+            c.iter().any(|(ep, n)| ep.contains(create_of(object).trim_end_matches('$')) && n[status].as_u64().unwrap_or(0) >= 1)
+        })
     };
     for object in &objects {
         for status in ["502", "504"] {
@@ -1452,7 +1496,7 @@ pub fn emails_and_meetings_stay_single_under_faults_and_fail_alone(case: &Case) 
         finals.iter().any(|f| f.idempotency_key.as_deref() == Some(&mk) && f.outcome == AuditOutcome::Succeeded),
         "meetings go on: {finals:?}"
     );
-    assert!(!case.keys(&sim, "acme").contains_key(&ek));
+    assert!(!case.keys(&sim, "acme").contains_key(&(a.email_key)(&ek)));
     assert!(w.terminate().success());
 }
 
@@ -1494,6 +1538,9 @@ pub const HUBSPOT: Case = Case {
         },
         email_permission: Some("sales-email-read"),
         address_search: "contacts/search",
+        email_home: EmailHome::Record,
+        email_key: same_key,
+        email_write: "/emails",
     }),
 };
 
@@ -1531,6 +1578,9 @@ pub const SALESFORCE: Case = Case {
         email_shows: Vec::new,
         email_permission: None,
         address_search: "/query/",
+        email_home: EmailHome::Record,
+        email_key: same_key,
+        email_write: "/EmailMessage",
     }),
 };
 
@@ -1554,7 +1604,30 @@ pub const ZOHO: Case = Case {
     contact_search_endpoint: "Contacts/search",
     contact_create_endpoint: "POST /zoho/crm/{version}/Contacts$",
     enforces_key: false,
-    activities: None,
+    activities: Some(Activities {
+        emails: Some(("Emails", "original_message_id")),
+        meetings: ("Events", "Crm_Sync_Key"),
+        fields: || json!({"Events": {"Crm_Sync_Key": {"type": "text"}}}),
+        contact_with_email: |first, email| json!({"First_Name": first, "Last_Name": "Doe", "Email": email}),
+        meeting_start: ("Start_DateTime", |ms| {
+            json!(chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%dT%H:%M:%S+00:00").to_string())
+        }),
+        meeting_outcome: ("Event_Title", "Renamed by a person", "Cancelled: Quarterly review"),
+        cancelled_shows: || vec![("$event_cancelled", json!(true))],
+        email_shows: || {
+            vec![
+                ("subject", json!("Renewal")),
+                ("sent", json!(true)),
+                ("original_message_id", json!("<m0@mail.acme.example>")),
+                ("from", json!({"user_name": "Rep One", "email": "rep@acme.example"})),
+            ]
+        },
+        email_permission: Some("Emails.create"),
+        address_search: "Contacts/search",
+        email_home: EmailHome::FirstContact,
+        email_key: message_id_of,
+        email_write: "associate_email",
+    }),
 };
 
 pub const PIPEDRIVE: Case = Case {
@@ -1588,6 +1661,9 @@ pub const PIPEDRIVE: Case = Case {
         email_shows: Vec::new,
         email_permission: None,
         address_search: "persons/search",
+        email_home: EmailHome::Record,
+        email_key: same_key,
+        email_write: "/activities",
     }),
 };
 

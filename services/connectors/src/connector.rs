@@ -61,8 +61,17 @@ pub fn not_yet_linked<T: PartialEq + Clone>(linked: &[T], wanted: &[T]) -> Vec<T
 
 #[derive(Debug, Clone)]
 pub enum ItemResult {
-    Written { record_id: String, created: bool },
+    Written {
+        record_id: String,
+        created: bool,
+    },
     Failed(Failure),
+    /// Not written, by design, and not a failure: the CRM has nowhere to put this activity
+    /// (Zoho keeps an email only on a record, and no participant is a contact). Audited as
+    /// SKIPPED with `why`; the claim is let go, so a replay once a contact exists writes it.
+    Skipped {
+        why: String,
+    },
 }
 
 /// What the CRM holds now for a record crm-sync wrote (the reconciler's read).
@@ -158,10 +167,11 @@ pub trait Connector: Send + Sync + 'static {
     /// Builds the tenant's client. Err: why it cannot write for this tenant (a missing
     /// secret, say), which dead-letters its writes as AUTH_FAILED.
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String>;
-    /// How far behind writes the index that `lookup` and read-backs search lags (HubSpot's
-    /// search); zero where they read the records themselves (Zoho COQL, Pipedrive's list,
-    /// Salesforce by external id).
-    fn read_back_lag(&self) -> std::time::Duration {
+    /// How far behind writes the index that `lookup` and read-backs search for `kind` lags
+    /// (HubSpot's search; Zoho's `email_available`); zero where they read the records
+    /// themselves (Zoho COQL, Pipedrive's list, Salesforce by external id).
+    fn read_back_lag(&self, kind: ActivityKind) -> std::time::Duration {
+        let _ = kind;
         std::time::Duration::ZERO
     }
     /// Contacts whose number, normalised to E.164, equals `e164`.
@@ -328,14 +338,14 @@ pub trait ReadBeforeResend: Connector {
         batch: &[&Item],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
-    /// Which of these keys (all of one kind) the CRM holds now (key → record id);
-    /// `sent_at_ms` is when the first attempt went out.
+    /// Which of these requests' keys (all of one kind) the CRM holds now (key → record
+    /// id); `sent_at_ms` is when the first attempt went out.
     fn held(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
         kind: ActivityKind,
-        keys: &[&str],
+        reqs: &[&WriteRequest],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<HashMap<String, String>, Failure>> + Send;
@@ -381,13 +391,13 @@ pub async fn create_reading_before_resending<C: ReadBeforeResend>(
         // Give a write that is still on its way time to land before asking: a CRM can apply
         // a create after its client gave up, up to the late-write horizon, and a lagging
         // index shows it later still.
-        tokio::time::sleep(api.backoff.wait(attempt).max(api.late_write_horizon() + c.read_back_lag())).await;
+        let kinds: BTreeSet<ActivityKind> = unknown.iter().map(|(i, _)| items[*i].req.kind()).collect();
+        let lag = kinds.iter().map(|&k| c.read_back_lag(k)).max().unwrap_or_default();
+        tokio::time::sleep(api.backoff.wait(attempt).max(api.late_write_horizon() + lag)).await;
         // Keys are read back per kind (each kind is its own object in the CRM).
         let mut found: Result<HashMap<String, String>, Failure> = Ok(HashMap::new());
-        let kinds: BTreeSet<ActivityKind> = unknown.iter().map(|(i, _)| items[*i].req.kind()).collect();
         for kind in kinds {
-            let asked: Vec<&str> =
-                unknown.iter().map(|(i, _)| &items[*i].req).filter(|r| r.kind() == kind).map(|r| r.idempotency_key()).collect();
+            let asked: Vec<&WriteRequest> = unknown.iter().map(|(i, _)| &items[*i].req).filter(|r| r.kind() == kind).collect();
             match (c.held(api, t, kind, &asked, sent_at, log).await, &mut found) {
                 (Ok(more), Ok(all)) => all.extend(more),
                 (Err(e), Ok(_)) => found = Err(e),
@@ -453,6 +463,7 @@ mod tests {
             .map(|r| match r {
                 ItemResult::Written { record_id, .. } => record_id.clone(),
                 ItemResult::Failed(f) => format!("failed: {:?}", f.reason),
+                ItemResult::Skipped { why } => format!("skipped: {why}"),
             })
             .collect();
         assert_eq!(ids, ["u1", "c1", "u2", "failed: RetriesExhausted"]);

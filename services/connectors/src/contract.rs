@@ -120,9 +120,14 @@ impl Contract {
         }
         let key = c.fields.get(&c.key_field);
         match &c.key_marker {
+            // An email's Message-ID names it within a tenant's CRM as the key does (the key
+            // is `<tenant>:email:<Message-ID>:<crm>`): a CRM that deduplicates by Message-ID
+            // (Zoho's `original_message_id`) may hold that instead.
             None => anyhow::ensure!(
-                key.is_some_and(|r| r.ownership == Ownership::Owned && r.source.as_deref() == Some("idempotency_key")),
-                "key_field {} must be an owned field with source = \"idempotency_key\"",
+                key.is_some_and(|r| r.ownership == Ownership::Owned
+                    && (r.source.as_deref() == Some("idempotency_key")
+                        || (c.kind == ActivityKind::Email && r.source.as_deref() == Some("message_id_header")))),
+                "key_field {} must be an owned field with source = \"idempotency_key\" (or, for emails, \"message_id_header\")",
                 c.key_field
             ),
             Some(_) => anyhow::ensure!(

@@ -58,6 +58,10 @@ pub struct CrmUrls {
     /// of a key (HubSpot enforces none on calls) waits this long past the late-write horizon.
     #[arg(long, env = "HUBSPOT_SEARCH_LAG", default_value = "10s", value_parser = humantime::parse_duration)]
     pub hubspot_search_lag: std::time::Duration,
+    /// How far Zoho's search and `email_available` lag behind writes (unknown for the
+    /// latter: taken as search's, the harsher case): an email's read-back waits it out.
+    #[arg(long, env = "ZOHO_SEARCH_LAG", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub zoho_search_lag: std::time::Duration,
 }
 
 /// Runs `$body` with `$c` bound to the connector for `$crm` (the trait's async methods make

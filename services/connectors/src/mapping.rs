@@ -35,7 +35,12 @@ pub const EMAIL_SOURCES: &[&str] = &[
     "thread_id",
     "sent_at_iso",
     "sent_at_ms",
+    "sent_at_offset",
+    "message_id_header",
+    "sent",
     "subject",
+    "subject_or_placeholder",
+    "body_or_placeholder",
     "body_excerpt",
     "from_email",
     "to_emails",
@@ -51,7 +56,9 @@ pub const MEETING_SOURCES: &[&str] = &[
     "source_id",
     "start_at_iso",
     "start_at_ms",
+    "start_at_offset",
     "end_at_iso",
+    "end_at_offset",
     "title",
     "description",
     "location",
@@ -118,7 +125,14 @@ fn email_value(key: &str, e: &NormalisedEmail, source: &str) -> Option<String> {
         "thread_id" => e.thread_id.clone(),
         "sent_at_iso" => Some(iso(e.sent_at)),
         "sent_at_ms" => Some(e.sent_at.to_string()),
+        "sent_at_offset" => utc(e.sent_at).map(offset),
+        // The header's own form, in angle brackets (Zoho's `original_message_id`).
+        "message_id_header" => Some(format!("<{}>", e.message_id)),
+        "sent" => Some(sent.to_string()),
         "subject" => e.subject.clone(),
+        "subject_or_placeholder" => Some(e.subject.clone().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "(no subject)".into())),
+        // For a CRM that refuses an email without text (Zoho's mandatory `content`).
+        "body_or_placeholder" => Some(e.body_excerpt.clone().filter(|b| !b.trim().is_empty()).unwrap_or_else(|| "(no text)".into())),
         "body_excerpt" => e.body_excerpt.clone(),
         "from_email" => Some(mailbox(&e.from)),
         "to_emails" => Some(list(&e.to)),
@@ -139,7 +153,9 @@ fn meeting_value(key: &str, m: &NormalisedMeeting, source: &str, write: WriteKin
         "source_id" => Some(m.source_id.clone()),
         "start_at_iso" => Some(iso(m.start_at)),
         "start_at_ms" => Some(m.start_at.to_string()),
+        "start_at_offset" => utc(m.start_at).map(offset),
         "end_at_iso" => Some(iso(m.end_at)),
+        "end_at_offset" => utc(m.end_at).map(offset),
         "title" => m.title.clone(),
         "description" => m.description_excerpt.clone(),
         "location" => m.location.clone(),
@@ -245,6 +261,12 @@ fn utc(ms: i64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(ms)
 }
 
+/// Whole seconds with a numeric UTC offset (`2026-01-01T00:00:00+00:00`), as Zoho writes
+/// its date-times.
+fn offset(d: chrono::DateTime<chrono::Utc>) -> String {
+    d.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+}
+
 /// The value of `source` for this call; None when the call has none (an open call has
 /// no duration yet), in which case the field is left out rather than blanked.
 pub fn call_value(req: &CrmWriteRequest, source: &str) -> Option<String> {
@@ -306,7 +328,7 @@ pub fn call_value(req: &CrmWriteRequest, source: &str) -> Option<String> {
         // Salesforce Task Status.
         "task_status" => Some(if c.ended_at.is_some() { "Completed" } else { "In Progress" }.into()),
         "started_date" => utc(c.started_at).map(|d| d.format("%Y-%m-%d").to_string()),
-        "started_at_offset" => utc(c.started_at).map(|d| d.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()),
+        "started_at_offset" => utc(c.started_at).map(offset),
         "started_time_hhmm" => utc(c.started_at).map(|d| d.format("%H:%M").to_string()),
         // Zoho's "mm:ss"; it rejects zero for answered calls, so an open call logs 00:01
         // until its end arrives as an update.

@@ -141,16 +141,28 @@ impl Addresses {
 }
 
 enum Settled {
-    Duplicate { record_id: String },
-    Superseded { by_version: i64 },
+    Duplicate {
+        record_id: String,
+    },
+    Superseded {
+        by_version: i64,
+    },
     Failed(Failure),
-    Written { record_id: String, created: bool },
+    Written {
+        record_id: String,
+        created: bool,
+    },
+    /// Not written by design (the CRM has nowhere to put it): audited, not dead-lettered.
+    Skipped {
+        why: String,
+    },
 }
 
 fn settled(r: ItemResult) -> Settled {
     match r {
         ItemResult::Written { record_id, created } => Settled::Written { record_id, created },
         ItemResult::Failed(f) => Settled::Failed(f),
+        ItemResult::Skipped { why } => Settled::Skipped { why },
     }
 }
 
@@ -249,7 +261,7 @@ impl<C: Connector> Shared<C> {
             Claim::Recover { record_id, since_ms, why, settle } => {
                 // The last write under this key may have reached the CRM, or may still be
                 // landing: wait until it can no longer land, then ask the CRM first.
-                let until = claimed_at + settle + self.read_back_lag();
+                let until = claimed_at + settle + self.connector.read_back_lag(req.kind());
                 let wait = until.saturating_duration_since(std::time::Instant::now());
                 tracing::info!(key = %req.idempotency_key(), why = why.as_str(), wait_ms = wait.as_millis() as u64, "recovering: looking the key up once a possibly lost write can no longer land");
                 tokio::time::sleep(wait).await;
@@ -403,12 +415,6 @@ impl<C: Connector> Shared<C> {
                 }
             },
         }
-    }
-
-    /// How much longer than a CRM's late-write horizon a read-back waits, where it reads a
-    /// search index that lags behind writes (HubSpot's search).
-    fn read_back_lag(&self) -> std::time::Duration {
-        self.connector.read_back_lag()
     }
 
     /// Claims, plans and writes the open steps of one tenant's batch, keeping their leases
@@ -675,6 +681,15 @@ impl<C: Connector> Shared<C> {
                 a.idempotency_key = Some(key.to_string());
                 outputs.push(self.emit.audit_record(&a));
                 "superseded"
+            }
+            Settled::Skipped { why } => {
+                // Nothing was written: the claim goes, so a replay (once a contact exists)
+                // writes it.
+                patiently("release", || self.claims.release(tenant_id, key)).await;
+                let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Skipped, self.masked(tenant_id, &why));
+                a.idempotency_key = Some(key.to_string());
+                outputs.push(self.emit.audit_record(&a));
+                "skipped"
             }
             Settled::Failed(f) => {
                 // A write whose outcome is unknown keeps its claim: when the lease has run

@@ -300,11 +300,12 @@ impl ReadBeforeResend for Hubspot {
         api: &Api,
         t: &Tenant,
         kind: ActivityKind,
-        keys: &[&str],
+        reqs: &[&WriteRequest],
         _sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        self.held_keys(api, t, kind, keys, log).await
+        let keys: Vec<&str> = reqs.iter().map(|r| r.idempotency_key()).collect();
+        self.held_keys(api, t, kind, &keys, log).await
     }
 }
 
@@ -404,7 +405,7 @@ impl Connector for Hubspot {
         Ok(self.held_keys(api, t, req.kind(), &[req.idempotency_key()], log).await?.remove(req.idempotency_key()))
     }
 
-    fn read_back_lag(&self) -> std::time::Duration {
+    fn read_back_lag(&self, _kind: ActivityKind) -> std::time::Duration {
         self.search_lag
     }
 

@@ -182,11 +182,12 @@ impl ReadBeforeResend for Pipedrive {
         api: &Api,
         t: &Tenant,
         _kind: crm_common::events::ActivityKind,
-        keys: &[&str],
+        reqs: &[&WriteRequest],
         sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        self.held_keys(api, t, keys, sent_at_ms, log).await
+        let keys: Vec<&str> = reqs.iter().map(|r| r.idempotency_key()).collect();
+        self.held_keys(api, t, &keys, sent_at_ms, log).await
     }
 }
 

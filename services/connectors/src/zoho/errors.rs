@@ -13,6 +13,8 @@ pub fn reason_of(e: &Outcome) -> (DlqReason, String) {
     let reason = match code {
         // A contact that was matched (and cached) and has since been deleted.
         "INVALID_DATA" if field == "Who_Id" => DlqReason::ContactDeleted,
+        // So is a participant of a meeting that names one (`{type: contact}`).
+        "INVALID_DATA" if field == "Participants" && e.details.id.is_some() => DlqReason::ContactDeleted,
         // COQL names a column the module no longer has: a field of ours (the key field,
         // a contract field the reconciler reads) was removed. Our queries name no other.
         "INVALID_QUERY" if !field.is_empty() => DlqReason::FieldRemoved,

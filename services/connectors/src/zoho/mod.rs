@@ -5,6 +5,19 @@
 //! lag behind writes the way search does, finds a record before anything is written again:
 //! in recovery after an expired lease, and after an insert timed out or met a 5xx. Contacts
 //! are found by phone with the module search (digits only), then compared in E.164.
+//!
+//! Meetings (`contracts/zoho.meeting.toml`) are records of the Events module on the same
+//! path: the key in a custom field, read back with COQL. Matched attendees are the event's
+//! Participants (type contact), the first its Who_Id; a later version reads the event and
+//! sends the union when it grows. A cancelled meeting gets the contract's title prefix, and
+//! the cancel action where Zoho takes it (invitees, not yet ended).
+//!
+//! Emails (`contracts/zoho.email.toml`) cannot be inserted: `associate_email` attaches each
+//! to one record's Emails related list (the first participant that is a contact; an email
+//! with none is skipped, audited), keyed by its Message-ID, which `email_available` finds
+//! before anything is sent again (after `ZOHO_SEARCH_LAG`: whether it lags is not known).
+//! An associated email cannot be edited: a later version changes nothing. Contacts are
+//! matched to addresses with the module search, ten addresses per search.
 
 pub mod errors;
 pub mod limits;
@@ -14,10 +27,11 @@ use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    create_reading_before_resending, missing_are, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
+    create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
+    Wanted,
 };
 use crate::contract::{Contracts, WriteKind};
-use crm_common::events::{Crm, DlqReason, WriteRequest};
+use crm_common::events::{ActivityKind, Crm, DlqReason, EmailAddress, MeetingStatus, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
 use reqwest::Method;
@@ -25,22 +39,29 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
-use wire::{Data, Fields, Lookup, Outcome, Row};
+use wire::{Availability, Data, Event, Fields, Lookup, Outcome, Row};
 
 const BATCH_MAX: usize = 100;
 /// Values per COQL `in (…)`.
 const COQL_IN_MAX: usize = 50;
+/// Emails per `associate_email` call (the OAS's `maxItems`).
+const EMAILS_MAX: usize = 50;
+/// Criteria per search (Zoho takes up to ten in one `criteria`).
+const CRITERIA_MAX: usize = 10;
 const API: &str = "/crm/v7";
 const CONTACT_PHONES: &[&str] = &["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"];
 
 pub struct Zoho {
-    /// Every kind's contract (Zoho writes calls only, so far).
+    /// Every kind's contract (calls; emails and meetings where the deployment has theirs).
     pub contracts: Contracts,
     /// The data centre's API domain when a tenant names none.
     pub default_base_url: String,
     pub default_token_url: String,
     /// The writer's HTTP timeout: how long a request may hold a concurrency slot.
     pub http_timeout: Duration,
+    /// How far `email_available` may lag behind `associate_email` (unknown: taken as
+    /// search's lag, the harsher case).
+    pub search_lag: Duration,
 }
 
 type Tenant = TenantClient<limits::ZohoPolicy>;
@@ -48,6 +69,11 @@ type Tenant = TenantClient<limits::ZohoPolicy>;
 /// A COQL string literal.
 fn coql_str(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A value inside a search `criteria`: its commas and parentheses escaped.
+fn criteria_value(s: &str) -> String {
+    s.replace('\\', "\\\\").replace(',', "\\,").replace('(', "\\(").replace(')', "\\)")
 }
 
 /// A COQL query (it sees writes at once).
@@ -62,16 +88,21 @@ fn failed(e: Outcome, status: u16) -> Failure {
 }
 
 impl Zoho {
-    fn module(&self) -> &str {
-        &self.contract().object
+    /// The module a kind's records live in (Calls, Events; Emails is a related list).
+    fn module(&self, kind: ActivityKind) -> &str {
+        &self.contract_for(kind).unwrap_or_else(|| self.contract()).object
     }
 
     fn record(&self, item: &Item, kind: WriteKind) -> Value {
-        let mut fields = self.contract().values(&item.req, kind);
+        let mut fields = item.contract(self).values(&item.req, kind);
         match kind {
             WriteKind::Create => {
-                if let Some(c) = &item.contact_id {
+                if let Some(c) = item.linked_contacts().first() {
                     fields.insert("Who_Id".into(), json!({"id": c}));
+                }
+                if item.req.kind() == ActivityKind::Meeting && !item.contacts.is_empty() {
+                    let people: Vec<Value> = item.contacts.iter().map(|c| json!({"type": "contact", "participant": c})).collect();
+                    fields.insert("Participants".into(), json!(people));
                 }
             }
             WriteKind::Update => {
@@ -93,7 +124,7 @@ impl Zoho {
             };
         }
         // The key field marked unique: the record a lost write made is ours.
-        if r.code == "DUPLICATE_DATA" && r.field() == self.contract().key_field {
+        if r.code == "DUPLICATE_DATA" && r.field() == item.contract(self).key_field {
             if let Some(dup) = &r.details.duplicate_record {
                 return ItemResult::Written { record_id: dup.id.clone(), created: false };
             }
@@ -103,7 +134,7 @@ impl Zoho {
         if deleted {
             // The call was deleted in Zoho: that decision stands.
             f.reason = DlqReason::Validation;
-            f.detail = format!("the call was deleted in Zoho; not re-created ({})", f.detail);
+            f.detail = format!("the {} was deleted in Zoho; not re-created ({})", item.req.kind().as_str(), f.detail);
         }
         ItemResult::Failed(f)
     }
@@ -126,24 +157,39 @@ impl Zoho {
     /// Sends `data` to the module (`POST` creates, `PUT` updates), fenced on the items' keys.
     /// `trigger: []`: no workflows, approvals or blueprints fire for logged calls.
     fn write_request(&self, method: Method, class: RequestClass, items: &[&Item], kind: WriteKind) -> Request {
-        let records: Vec<Value> = items.iter().map(|i| self.record(i, kind)).collect();
-        Request::new(method, format!("{API}/{}", self.module()), class)
+        self.write_records(method, class, items, items.iter().map(|i| self.record(i, kind)).collect())
+    }
+
+    /// `records` (one per item, in order) to the items' module, fenced on their keys.
+    fn write_records(&self, method: Method, class: RequestClass, items: &[&Item], records: Vec<Value>) -> Request {
+        let kind = items.first().map_or(ActivityKind::Call, |i| i.req.kind());
+        Request::new(method, format!("{API}/{}", self.module(kind)), class)
             .body(json!({"data": records, "trigger": []}))
             .fenced(items.iter().map(|i| i.req.idempotency_key()))
     }
 
     async fn insert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
         let req = self.write_request(Method::POST, RequestClass::Create, items, WriteKind::Create).not_replay_safe();
-        self.multi(api, t, req, items, log).await
+        let out = self.multi(api, t, req, items, log).await;
+        self.cancel_written(api, t, items, &out, &HashSet::new(), log).await;
+        out
     }
 
-    /// Records holding these keys: key → record id (COQL, which sees writes at once).
-    async fn held_keys(&self, api: &Api, t: &Tenant, keys: &[&str], log: &mut Vec<Exchange>) -> Result<HashMap<String, String>, Failure> {
+    /// Records of `kind` holding these keys: key → record id (COQL, which sees writes at once).
+    async fn held_keys(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        keys: &[&str],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
-        let kf = &self.contract().key_field;
+        let contract = self.contract_for(kind).unwrap_or_else(|| self.contract());
+        let kf = &contract.key_field;
         for chunk in keys.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|k| coql_str(k)).collect::<Vec<_>>().join(", ");
-            let q = format!("select id, {kf} from {} where {kf} in ({list}) limit 200", self.module());
+            let q = format!("select id, {kf} from {} where {kf} in ({list}) limit 200", contract.object);
             // 204: nothing matched.
             for r in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
                 if let (Some(k), Some(id)) = (r.field(kf), &r.id) {
@@ -153,23 +199,233 @@ impl Zoho {
         }
         Ok(found)
     }
+
+    /// Which of these emails Zoho holds already (key → the record it hangs on: its related
+    /// list does not carry the Message-ID, so the email's own id cannot be found again).
+    /// One `email_available` per email.
+    async fn held_emails(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        reqs: &[&WriteRequest],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for r in reqs {
+            let WriteRequest::Email { email, .. } = r else { continue };
+            let mid = format!("<{}>", email.message_id);
+            let req = Request::get(format!("{API}/actions/email_available?orginal_message_id={}", urlencode(&mid)), RequestClass::Read);
+            let a: Availability = t.fetch(api, &req, log).await?;
+            if a.available {
+                let at = a.record.as_ref().and_then(|r| r.id.clone()).unwrap_or_else(|| "(unnamed record)".into());
+                found.insert(r.idempotency_key().to_string(), at);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Emails attached to their first matched contact, `EMAILS_MAX` per call to each
+    /// contact; one with no contact is skipped (Zoho keeps emails only on a record).
+    async fn associate(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let mut out: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut by_contact: Vec<(String, Vec<usize>)> = vec![];
+        for (i, item) in items.iter().enumerate() {
+            match item.linked_contacts().first() {
+                None => {
+                    out[i] = Some(ItemResult::Skipped {
+                        why: format!(
+                            "no participant's address is a Zoho contact ({} searched), and Zoho keeps an email only on a record: not written; a replay once a contact has the address writes it",
+                            item.req.participants().len()
+                        ),
+                    })
+                }
+                Some(c) => match by_contact.iter_mut().find(|(k, _)| k == c) {
+                    Some((_, v)) => v.push(i),
+                    None => by_contact.push((c.clone(), vec![i])),
+                },
+            }
+        }
+        for (contact, idx) in by_contact {
+            for chunk in idx.chunks(EMAILS_MAX) {
+                let batch: Vec<&Item> = chunk.iter().map(|&i| items[i]).collect();
+                let emails: Vec<Value> = batch.iter().map(|i| self.email(i)).collect();
+                let req = Request::new(
+                    Method::POST,
+                    format!("{API}/Contacts/{}/actions/associate_email", urlencode(&contact)),
+                    RequestClass::Create,
+                )
+                .body(json!({"Emails": emails}))
+                .not_replay_safe()
+                .fenced(batch.iter().map(|i| i.req.idempotency_key()));
+                let answer = match t.call(api, &req, log).await {
+                    Ok(reply) => reply.parse::<Data<Outcome>>().map(|d| (reply.status, d.rows())),
+                    Err(f) => Err(f),
+                };
+                let results: Vec<ItemResult> = match answer {
+                    Ok((status, rows)) => {
+                        let mut rows = rows.into_iter();
+                        batch.iter().map(|_| self.associated(rows.next(), status)).collect()
+                    }
+                    Err(mut f) => {
+                        if f.reason == DlqReason::Validation && f.status == Some(400) && f.detail.contains("INVALID_DATA") {
+                            // The contact it was to hang on is gone (deleted or merged).
+                            f.reason = DlqReason::ContactDeleted;
+                        }
+                        batch.iter().map(|_| ItemResult::Failed(f.clone())).collect()
+                    }
+                };
+                for (&i, r) in chunk.iter().zip(results) {
+                    out[i] = Some(r);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("no answer for this email", None))))
+            .collect()
+    }
+
+    /// One email's entry of an `associate_email` answer.
+    fn associated(&self, r: Option<Outcome>, status: u16) -> ItemResult {
+        match r {
+            None => ItemResult::Failed(Failure::unknown_outcome("Zoho's answer had no entry for this email", Some(status))),
+            Some(r) if r.succeeded() => match r.details.message_id {
+                Some(id) => ItemResult::Written { record_id: id, created: true },
+                None => ItemResult::Failed(Failure::unknown_outcome("Zoho associated the email without its message id", Some(status))),
+            },
+            Some(r) => ItemResult::Failed(failed(r, status)),
+        }
+    }
+
+    /// An email as `associate_email` takes it: the contract's fields, and From, To and Cc
+    /// as Zoho's `{user_name, email}` (Bcc is left out: the recipients never saw it).
+    fn email(&self, item: &Item) -> Value {
+        let mut fields = item.contract(self).values(&item.req, WriteKind::Create);
+        if let WriteRequest::Email { email, .. } = &item.req {
+            let person = |a: &EmailAddress| json!({"user_name": a.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| a.email.clone()), "email": a.email});
+            let mut to: Vec<Value> = email.to.iter().map(person).collect();
+            if to.is_empty() {
+                // Zoho wants a To; a message sent to Bcc only was the actor's.
+                to.push(json!({"user_name": email.actor_email, "email": email.actor_email}));
+            }
+            fields.insert("from".into(), person(&email.from));
+            fields.insert("to".into(), json!(to));
+            fields.insert("cc".into(), json!(email.cc.iter().map(person).collect::<Vec<_>>()));
+        }
+        Value::Object(fields)
+    }
+
+    /// Meetings to update: each event read first where attendees matched (setting
+    /// Participants replaces them: the union is sent, only when it grows; an empty Who_Id
+    /// is filled), then one multi-record PUT, then the cancel action for those cancelled now.
+    async fn update_meetings(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
+        let mut out: Vec<Option<ItemResult>> = vec![None; items.len()];
+        let mut records = vec![];
+        let mut sending = vec![];
+        let mut cancelled_already = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let mut record = self.record(item, WriteKind::Update);
+            let id = item.record_id.clone().unwrap_or_default();
+            let cancelling = matches!(&item.req, WriteRequest::Meeting { meeting, .. } if meeting.status == MeetingStatus::Cancelled);
+            if !item.contacts.is_empty() || cancelling {
+                let read = Request::get(format!("{API}/{}/{}", self.module(ActivityKind::Meeting), urlencode(&id)), RequestClass::Read);
+                let now = match t.fetch::<Data<Event>>(api, &read, log).await {
+                    Ok(d) => d.rows().into_iter().next(),
+                    Err(f) => {
+                        out[i] = Some(ItemResult::Failed(f));
+                        continue;
+                    }
+                };
+                // 204: the event is not there (deleted in Zoho).
+                let Some(now) = now else {
+                    out[i] = Some(ItemResult::Failed(Failure {
+                        status: Some(204),
+                        ..Failure::new(DlqReason::Validation, "the meeting was deleted in Zoho; not re-created")
+                    }));
+                    continue;
+                };
+                if now.cancelled {
+                    cancelled_already.insert(id.clone());
+                }
+                let linked = now.contact_participants();
+                let new = not_yet_linked(&linked, &item.contacts);
+                if !new.is_empty() {
+                    let mut all = now.participants_as_sent();
+                    all.extend(new.iter().map(|c| json!({"type": "contact", "participant": c})));
+                    record["Participants"] = json!(all);
+                }
+                if now.who.is_none() {
+                    if let Some(c) = item.contacts.first() {
+                        record["Who_Id"] = json!({"id": c});
+                    }
+                }
+            }
+            records.push(record);
+            sending.push(i);
+        }
+        if !sending.is_empty() {
+            let batch: Vec<&Item> = sending.iter().map(|&i| items[i]).collect();
+            let req = self.write_records(Method::PUT, RequestClass::Update, &batch, records);
+            let results = self.multi(api, t, req, &batch, log).await;
+            self.cancel_written(api, t, &batch, &results, &cancelled_already, log).await;
+            for (&i, r) in sending.iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| ItemResult::Failed(Failure::unknown_outcome("no answer for this meeting", None))))
+            .collect()
+    }
+
+    /// The cancel action on each written meeting the calendar cancelled (and Zoho does not
+    /// show cancelled yet). Zoho refuses it for a meeting without invitees or already over:
+    /// then the title's prefix is the mark. Its answer does not change the write's outcome
+    /// (the record is written; the exchange is audited either way).
+    async fn cancel_written(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        items: &[&Item],
+        results: &[ItemResult],
+        already: &HashSet<String>,
+        log: &mut Vec<Exchange>,
+    ) {
+        for (item, r) in items.iter().zip(results) {
+            let (WriteRequest::Meeting { meeting, .. }, ItemResult::Written { record_id, .. }) = (&item.req, r) else { continue };
+            if meeting.status != MeetingStatus::Cancelled || already.contains(record_id) {
+                continue;
+            }
+            let req = Request::new(Method::POST, format!("{API}/Events/{}/actions/cancel", urlencode(record_id)), RequestClass::Update)
+                .body(json!({"data": [{"send_cancelling_mail": false}]}))
+                .fenced([item.req.idempotency_key()]);
+            if let Err(f) = t.call(api, &req, log).await {
+                tracing::info!(record = %record_id, detail = %f.detail, "Zoho did not take the cancel action; the title marks the meeting cancelled");
+            }
+        }
+    }
 }
 
 impl ReadBeforeResend for Zoho {
     async fn send(&self, api: &Api, t: &Tenant, batch: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        self.insert(api, t, batch, log).await
+        match batch.first().map(|i| i.req.kind()) {
+            Some(ActivityKind::Email) => self.associate(api, t, batch, log).await,
+            _ => self.insert(api, t, batch, log).await,
+        }
     }
 
     async fn held(
         &self,
         api: &Api,
         t: &Tenant,
-        _kind: crm_common::events::ActivityKind,
-        keys: &[&str],
+        kind: ActivityKind,
+        reqs: &[&WriteRequest],
         _sent_at_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<HashMap<String, String>, Failure> {
-        self.held_keys(api, t, keys, log).await
+        if kind == ActivityKind::Email {
+            return self.held_emails(api, t, reqs, log).await;
+        }
+        let keys: Vec<&str> = reqs.iter().map(|r| r.idempotency_key()).collect();
+        self.held_keys(api, t, kind, &keys, log).await
     }
 }
 
@@ -177,11 +433,58 @@ impl Connector for Zoho {
     type Policy = limits::ZohoPolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, http_timeout: std::time::Duration) -> Self {
-        Self { contracts, default_base_url: urls.zoho_api_url.clone(), default_token_url: urls.zoho_token_url.clone(), http_timeout }
+        Self {
+            contracts,
+            default_base_url: urls.zoho_api_url.clone(),
+            default_token_url: urls.zoho_token_url.clone(),
+            http_timeout,
+            search_lag: urls.zoho_search_lag,
+        }
     }
 
     fn crm(&self) -> Crm {
         Crm::Zoho
+    }
+
+    fn supported_kinds(&self) -> &'static [ActivityKind] {
+        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
+    }
+
+    fn read_back_lag(&self, kind: ActivityKind) -> Duration {
+        if kind == ActivityKind::Email {
+            self.search_lag
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The module search, `CRITERIA_MAX` addresses per search (`(Email:equals:…)or…`), its
+    /// hits compared with the addresses case-insensitively here. It lags behind writes (a
+    /// contact created a moment ago is not found yet).
+    async fn find_contacts_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for chunk in emails.chunks(CRITERIA_MAX) {
+            let criteria = chunk.iter().map(|e| format!("(Email:equals:{})", criteria_value(e))).collect::<Vec<_>>().join("or");
+            let criteria = if chunk.len() > 1 { format!("({criteria})") } else { criteria };
+            let req = Request::get(
+                format!("{API}/Contacts/search?criteria={}&fields=id,Email&per_page=200", urlencode(&criteria)),
+                RequestClass::Search,
+            );
+            // 204: nobody has any of them.
+            for r in t.fetch::<Data<Row>>(api, &req, log).await?.rows() {
+                let (Some(id), Some(addr)) = (&r.id, r.field("Email")) else { continue };
+                if let Some(e) = chunk.iter().find(|e| e.eq_ignore_ascii_case(addr.trim())) {
+                    found.entry(e.clone()).or_insert_with(|| id.clone());
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn batch_max(&self) -> usize {
@@ -247,7 +550,7 @@ impl Connector for Zoho {
         _since_ms: i64,
         log: &mut Vec<Exchange>,
     ) -> Result<Option<String>, Failure> {
-        Ok(self.held_keys(api, t, &[req.idempotency_key()], log).await?.remove(req.idempotency_key()))
+        Ok(self.held(api, t, req.kind(), &[req], 0, log).await?.remove(req.idempotency_key()))
     }
 
     fn contracts(&self) -> &Contracts {
@@ -259,8 +562,17 @@ impl Connector for Zoho {
     }
 
     async fn update_records(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> Vec<ItemResult> {
-        let req = self.write_request(Method::PUT, RequestClass::Update, items, WriteKind::Update);
-        self.multi(api, t, req, items, log).await
+        match items.first().map(|i| i.req.kind()) {
+            // An associated email cannot be edited in Zoho: it stays as it was sent.
+            Some(ActivityKind::Email) => {
+                items.iter().map(|i| ItemResult::Written { record_id: i.record_id.clone().unwrap_or_default(), created: false }).collect()
+            }
+            Some(ActivityKind::Meeting) => self.update_meetings(api, t, items, log).await,
+            _ => {
+                let req = self.write_request(Method::PUT, RequestClass::Update, items, WriteKind::Update);
+                self.multi(api, t, req, items, log).await
+            }
+        }
     }
 }
 
@@ -273,7 +585,7 @@ impl Inspect for Zoho {
         let mut out = HashMap::new();
         for chunk in wanted.chunks(COQL_IN_MAX) {
             let list = chunk.iter().map(|w| coql_str(&w.record_id)).collect::<Vec<_>>().join(", ");
-            let q = format!("select {} from {} where id in ({list}) limit 200", fields.join(", "), self.module());
+            let q = format!("select {} from {} where id in ({list}) limit 200", fields.join(", "), self.module(ActivityKind::Call));
             for r in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
                 let Some(id) = r.id else { continue };
                 let contact_id = r.who.as_ref().and_then(Lookup::id).map(str::to_string);
@@ -283,7 +595,10 @@ impl Inspect for Zoho {
         let mut missing: HashSet<&str> = wanted.iter().map(|w| w.record_id.as_str()).filter(|id| !out.contains_key(*id)).collect();
         let mut page = 1;
         while !missing.is_empty() && page <= 5 {
-            let req = Request::get(format!("{API}/{}/deleted?type=recycle&page={page}&per_page=200", self.module()), RequestClass::List);
+            let req = Request::get(
+                format!("{API}/{}/deleted?type=recycle&page={page}&per_page=200", self.module(ActivityKind::Call)),
+                RequestClass::List,
+            );
             let deleted: Data<Row> = t.fetch(api, &req, log).await?;
             let more = deleted.info.more_records;
             for id in deleted.rows().into_iter().filter_map(|d| d.id) {
@@ -300,7 +615,7 @@ impl Inspect for Zoho {
     }
 
     fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
-        Request::new(Method::PUT, format!("{API}/{}/{}", self.module(), urlencode(record_id)), RequestClass::Update)
+        Request::new(Method::PUT, format!("{API}/{}/{}", self.module(ActivityKind::Call), urlencode(record_id)), RequestClass::Update)
             .body(json!({"data": [fields], "trigger": []}))
     }
 
@@ -313,7 +628,7 @@ impl Inspect for Zoho {
     }
 
     async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(format!("{API}/settings/fields?module={}", self.module()), RequestClass::Schema);
+        let req = Request::get(format!("{API}/settings/fields?module={}", self.module(ActivityKind::Call)), RequestClass::Schema);
         Ok(Some(t.fetch::<Fields>(api, &req, log).await?.fields.into_iter().map(|f| f.api_name).collect()))
     }
 }
@@ -321,6 +636,12 @@ impl Inspect for Zoho {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn criteria_values_escape_their_separators() {
+        assert_eq!(criteria_value("jane@x.example"), "jane@x.example");
+        assert_eq!(criteria_value("a,b(c)@x"), r"a\,b\(c\)@x");
+    }
 
     #[test]
     fn coql_literals_escape_quotes() {

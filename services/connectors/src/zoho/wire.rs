@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 /// has no body and reads as no data.
 #[derive(Debug, Deserialize)]
 pub struct Data<T> {
-    #[serde(default = "Option::default")]
+    /// `Emails` in `associate_email`'s answer.
+    #[serde(default = "Option::default", alias = "Emails")]
     pub data: Option<Vec<T>>,
     #[serde(default)]
     pub info: Info,
@@ -65,6 +66,9 @@ pub struct Details {
     /// DUPLICATE_DATA on a unique field: the record that holds the value.
     #[serde(default)]
     pub duplicate_record: Option<Record>,
+    /// `associate_email`: the email's id in Zoho.
+    #[serde(default, deserialize_with = "id")]
+    pub message_id: Option<String>,
 }
 
 /// A record's id.
@@ -110,6 +114,60 @@ impl Lookup {
     }
 }
 
+/// An event as `GET /Events/{id}` returns it: who takes part, its Who_Id, whether Zoho
+/// shows it cancelled.
+#[derive(Debug, Deserialize)]
+pub struct Event {
+    #[serde(default, rename = "Participants")]
+    pub participants: Option<Vec<Participant>>,
+    #[serde(default, rename = "Who_Id")]
+    pub who: Option<Lookup>,
+    #[serde(default, rename = "$event_cancelled")]
+    pub cancelled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Participant {
+    #[serde(default, deserialize_with = "text", rename = "type")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "text")]
+    pub participant: String,
+}
+
+impl Event {
+    /// The contacts taking part.
+    pub fn contact_participants(&self) -> Vec<String> {
+        self.participants.iter().flatten().filter(|p| p.kind == "contact").map(|p| p.participant.clone()).collect()
+    }
+
+    /// Every participant as a write names them (`{type, participant}`), to send back with
+    /// the new ones: setting Participants replaces the list.
+    pub fn participants_as_sent(&self) -> Vec<Value> {
+        self.participants
+            .iter()
+            .flatten()
+            .filter(|p| !p.kind.is_empty() && !p.participant.is_empty())
+            .map(|p| serde_json::json!({"type": p.kind, "participant": p.participant}))
+            .collect()
+    }
+}
+
+/// `GET /actions/email_available`: whether an email with a Message-ID is associated, and
+/// the record it hangs on.
+#[derive(Debug, Deserialize)]
+pub struct Availability {
+    #[serde(default)]
+    pub available: bool,
+    #[serde(default)]
+    pub record: Option<AvailableAt>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AvailableAt {
+    #[serde(default, deserialize_with = "id")]
+    pub id: Option<String>,
+}
+
 /// The module's fields (`/settings/fields`).
 #[derive(Debug, Deserialize)]
 pub struct Fields {
@@ -149,5 +207,21 @@ mod tests {
         let rows = coql.rows();
         assert_eq!((rows[0].field("Crm_Sync_Key"), rows[0].who.as_ref().and_then(Lookup::id)), (Some("k"), Some("9")));
         assert!(rows[1].who.is_none());
+        let associated: Data<Outcome> = serde_json::from_str(
+            r#"{"Emails":[{"code":"SUCCESS","details":{"message_id":"2b1c3e"},"message":"Email associated successfully","status":"success"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(associated.rows()[0].details.message_id.as_deref(), Some("2b1c3e"));
+        let event: Data<Event> = serde_json::from_str(
+            r#"{"data":[{"id":"7","Participants":[{"type":"contact","participant":"9","name":"Jane","invited":false,"status":"not_known"},{"type":"email","participant":"x@y.example"}],"Who_Id":{"id":"9","name":"Jane"},"$event_cancelled":true}]}"#,
+        )
+        .unwrap();
+        let e = &event.rows()[0];
+        assert_eq!(e.contact_participants(), ["9"]);
+        assert_eq!(e.participants_as_sent().len(), 2);
+        assert!(e.cancelled && e.who.is_some());
+        let a: Availability =
+            serde_json::from_str(r#"{"available":true,"record":{"module":{"api_name":"Contacts","id":"1"},"id":"9"}}"#).unwrap();
+        assert!(a.available && a.record.and_then(|r| r.id).as_deref() == Some("9"));
     }
 }

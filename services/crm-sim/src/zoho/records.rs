@@ -144,6 +144,8 @@ fn validate(
         if out.contains_key("What_Id") && !out.contains_key("$se_module") {
             return Err(field_err("MANDATORY_NOT_FOUND", "required field not found", "$se_module", i, json!({})));
         }
+    }
+    if module == "Calls" || module == "Events" {
         if let Some(w) = out.get("Who_Id") {
             let wid = w.get("id").and_then(Value::as_str).or(w.as_str()).unwrap_or_default().to_string();
             match acct.objects.get("Contacts").and_then(|t| t.get(&wid)) {
@@ -232,6 +234,19 @@ fn check_event(acct: &mut Account, out: &mut Map<String, Value>, i: usize, id: O
     }
     out.insert("Participants".into(), Value::Array(rendered));
     Ok(())
+}
+
+/// The contacts an event is linked to: its Who_Id and its contact participants.
+fn event_links(fields: &Map<String, Value>) -> std::collections::BTreeSet<String> {
+    let who = fields.get("Who_Id").and_then(|w| w.get("id").and_then(Value::as_str).or(w.as_str())).map(str::to_string);
+    let people = fields
+        .get("Participants")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p["type"] == "contact")
+        .filter_map(|p| p["participant"].as_str().map(str::to_string));
+    who.into_iter().chain(people).collect()
 }
 
 /// `POST /Events/{id}/actions/cancel`: only a meeting whose invitees exist and that has not
@@ -355,13 +370,16 @@ pub async fn related_emails(
         if emails.is_empty() {
             StatusCode::NO_CONTENT.into_response()
         } else {
-            json(200, json!({"email_related_list": emails, "info": {"count": emails.len(), "more_records": false}}))
+            // The v8 OAS wraps them in `Emails` (v2's docs said `email_related_list`).
+            json(200, json!({"Emails": emails, "info": {"count": emails.len(), "more_records": false}}))
         }
     })
 }
 
 /// `GET /actions/email_available?orginal_message_id=` (the OAS's spelling; the correct one
-/// is accepted too): whether an email with this Message-ID is already associated, and where.
+/// is accepted too): whether an email with this Message-ID is already associated, and the
+/// record it hangs on (`{module, id}`, as the OAS has it). Whether it sees an association at
+/// once is not known: it lags like search here, the harsher case.
 pub async fn email_available(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
@@ -374,11 +392,19 @@ pub async fn email_available(
     let Some(mid) = q.get("orginal_message_id").or(q.get("original_message_id")).cloned() else {
         return errors::error(400, "REQUIRED_PARAM_MISSING", "required param missing", json!({"param": "orginal_message_id"}));
     };
-    sim.with(&caller, |acct, _| {
-        let found =
-            acct.table("Emails").live().find(|r| r.str_field("original_message_id") == Some(mid.as_str())).map(|r| r.fields.clone());
+    sim.with(&caller, |acct, now| {
+        let found = acct
+            .table("Emails")
+            .live()
+            .filter(|r| r.indexed_at_ms <= now)
+            .find(|r| r.str_field("original_message_id") == Some(mid.as_str()))
+            .map(|r| r.fields.clone());
         match found {
-            Some(f) => json(200, json!({"available": true, "record": f.get("linked_record").cloned().unwrap_or(Value::Null)})),
+            Some(f) => {
+                let on = f.get("linked_record").cloned().unwrap_or(Value::Null);
+                let record = json!({"module": {"api_name": on["module"]["api_name"], "id": on["id"]}, "id": on["id"]});
+                json(200, json!({"available": true, "record": record}))
+            }
             None => json(200, json!({"available": false, "record": Value::Null})),
         }
     })
@@ -451,6 +477,9 @@ pub async fn insert(
                     associations: who.into_iter().collect(),
                     merged_into: None,
                 };
+                if module == "Events" {
+                    r.associations = event_links(&r.fields);
+                }
                 derive(module, &mut r);
                 acct.table(module).insert(r.clone());
                 success(acct, &r, "record added")
@@ -522,6 +551,9 @@ fn update_record(acct: &mut Account, module: &str, id: &str, rec: &Value, i: usi
         r.associations = who.into_iter().collect();
     }
     r.fields.extend(fields);
+    if module == "Events" {
+        r.associations = event_links(&r.fields);
+    }
     r.updated_ms = now;
     r.indexed_at_ms = now + lag;
     derive(module, r);
