@@ -1566,7 +1566,7 @@ pub const SALESFORCE: Case = Case {
     contact_create_endpoint: "POST /salesforce/services/data/{version}/sobjects/Contact",
     enforces_key: true,
     activities: Some(Activities {
-        emails: None,
+        emails: Some(("Task", "CrmSyncKey__c")),
         meetings: ("Event", "CrmSyncKey__c"),
         fields: || json!({"Event": {"CrmSyncKey__c": {"type": "text", "external_id": true, "unique": true}}}),
         contact_with_email: |first, email| json!({"FirstName": first, "LastName": "Doe", "Email": email}),
@@ -1575,12 +1575,20 @@ pub const SALESFORCE: Case = Case {
         }),
         meeting_outcome: ("ShowAs", "OutOfOffice", "Free"),
         cancelled_shows: || vec![("Subject", json!("Cancelled: Quarterly review"))],
-        email_shows: Vec::new,
+        email_shows: || {
+            vec![
+                ("TaskSubtype", json!("Email")),
+                ("Subject", json!("Email: Renewal")),
+                ("Status", json!("Completed")),
+                ("ActivityDate", json!(chrono::DateTime::from_timestamp_millis(live_ms()).unwrap().format("%Y-%m-%d").to_string())),
+            ]
+        },
+        // Emails and calls are both Tasks: no permission stops emails alone.
         email_permission: None,
         address_search: "/query/",
         email_home: EmailHome::Record,
         email_key: same_key,
-        email_write: "/EmailMessage",
+        email_write: "/Task",
     }),
 };
 
@@ -1651,14 +1659,14 @@ pub const PIPEDRIVE: Case = Case {
     contact_create_endpoint: "POST /pipedrive/api/v2/persons$",
     enforces_key: false,
     activities: Some(Activities {
-        emails: None,
+        emails: Some(("activities", "note")),
         meetings: ("activities", "note"),
         fields: || json!({}),
         contact_with_email: |first, email| json!({"name": format!("{first} Doe"), "emails": [{"value": email, "label": "work", "primary": true}]}),
         meeting_start: ("due_time", |ms| json!(chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%H:%M").to_string())),
         meeting_outcome: ("subject", "Renamed by a person", "Cancelled: Quarterly review"),
         cancelled_shows: || vec![("done", json!(true)), ("busy", json!(false))],
-        email_shows: Vec::new,
+        email_shows: || vec![("type", json!("email")), ("subject", json!("Renewal")), ("done", json!(true))],
         email_permission: None,
         address_search: "persons/search",
         email_home: EmailHome::Record,

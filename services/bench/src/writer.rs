@@ -43,8 +43,14 @@ impl Sim {
         if let Some(k) = &p.kind {
             // The kind's object carries the key too, and a contact has the participant's
             // address.
-            spec["fields"][k.object] = json!({k.key_field: (k.key_def)()});
-            spec["key_fields"] = json!([{"object": k.object, "field": k.key_field}]);
+            if let Some(def) = k.key_def {
+                spec["fields"][k.object] = json!({k.key_field: def()});
+            }
+            let mut key = json!({"object": k.object, "field": k.key_field});
+            if let Some(m) = k.key_marker {
+                key["marker"] = json!(m);
+            }
+            spec["key_fields"] = json!([key]);
             let contacts = spec["objects"].as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
             if let Some(list) = spec["objects"][&contacts].as_array_mut() {
                 list.push((k.contact)(PARTICIPANT));
@@ -73,7 +79,10 @@ pub struct KindParts {
     pub(crate) kind: ActivityKind,
     pub(crate) object: &'static str,
     pub(crate) key_field: &'static str,
-    pub(crate) key_def: fn() -> Value,
+    /// The key field's definition where it is a custom field the account must have.
+    pub(crate) key_def: Option<fn() -> Value>,
+    /// Where the key rides in free text after a marker (Pipedrive's note).
+    pub(crate) key_marker: Option<&'static str>,
     pub(crate) contact: fn(&str) -> Value,
     pub(crate) contract: &'static str,
     pub(crate) writes: &'static str,
@@ -89,7 +98,8 @@ fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<KindParts>>
             kind,
             object: "emails",
             key_field: "crm_sync_key",
-            key_def: hubspot_key,
+            key_def: Some(hubspot_key),
+            key_marker: None,
             contact: |e| json!({"firstname": "Jane", "email": e}),
             contract: include_str!("../../../contracts/hubspot.email.toml"),
             writes: "emails/batch/",
@@ -98,7 +108,8 @@ fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<KindParts>>
             kind,
             object: "meetings",
             key_field: "crm_sync_key",
-            key_def: hubspot_key,
+            key_def: Some(hubspot_key),
+            key_marker: None,
             contact: |e| json!({"firstname": "Jane", "email": e}),
             contract: include_str!("../../../contracts/hubspot.meeting.toml"),
             writes: "meetings/batch/",
@@ -107,10 +118,55 @@ fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<KindParts>>
             kind,
             object: "Event",
             key_field: "CrmSyncKey__c",
-            key_def: sf_key,
+            key_def: Some(sf_key),
+            key_marker: None,
             contact: |e| json!({"LastName": "Doe", "Email": e}),
             contract: include_str!("../../../contracts/salesforce.meeting.toml"),
             writes: "composite/sobjects",
+        }),
+        (Crm::Salesforce, ActivityKind::Email) => Some(KindParts {
+            kind,
+            object: "Task",
+            key_field: "CrmSyncKey__c",
+            key_def: Some(sf_key),
+            key_marker: None,
+            contact: |e| json!({"LastName": "Doe", "Email": e}),
+            contract: include_str!("../../../contracts/salesforce.email.toml"),
+            writes: "composite/sobjects",
+        }),
+        (Crm::Zoho, ActivityKind::Meeting) => Some(KindParts {
+            kind,
+            object: "Events",
+            key_field: "Crm_Sync_Key",
+            key_def: Some(|| json!({"type": "text"})),
+            key_marker: None,
+            contact: |e| json!({"Last_Name": "Doe", "Email": e}),
+            contract: include_str!("../../../contracts/zoho.meeting.toml"),
+            writes: "/Events",
+        }),
+        (Crm::Zoho, ActivityKind::Email) => Some(KindParts {
+            kind,
+            object: "Emails",
+            key_field: "original_message_id",
+            key_def: None,
+            key_marker: None,
+            contact: |e| json!({"Last_Name": "Doe", "Email": e}),
+            contract: include_str!("../../../contracts/zoho.email.toml"),
+            writes: "associate_email",
+        }),
+        (Crm::Pipedrive, ActivityKind::Email | ActivityKind::Meeting) => Some(KindParts {
+            kind,
+            object: "activities",
+            key_field: "note",
+            key_def: None,
+            key_marker: Some("crm-sync-key:"),
+            contact: |e| json!({"name": "Jane Doe", "emails": [{"value": e, "label": "work", "primary": true}]}),
+            contract: if kind == ActivityKind::Email {
+                include_str!("../../../contracts/pipedrive.email.toml")
+            } else {
+                include_str!("../../../contracts/pipedrive.meeting.toml")
+            },
+            writes: "api/v2/activities",
         }),
         (crm, kind) => anyhow::bail!("writer --crm {} does not write {}s yet", crm.as_str(), kind.as_str()),
     })

@@ -40,6 +40,10 @@ pub const EMAIL_SOURCES: &[&str] = &[
     "sent",
     "subject",
     "subject_or_placeholder",
+    "email_task_subject",
+    "email_summary",
+    "sent_date",
+    "sent_time_hhmm",
     "body_or_placeholder",
     "body_excerpt",
     "from_email",
@@ -130,6 +134,22 @@ fn email_value(key: &str, e: &NormalisedEmail, source: &str) -> Option<String> {
         "message_id_header" => Some(format!("<{}>", e.message_id)),
         "sent" => Some(sent.to_string()),
         "subject" => e.subject.clone(),
+        // A Task's Subject, as Salesforce shows logged emails.
+        "email_task_subject" => Some(format!("Email: {}", e.subject.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or("(no subject)"))),
+        // Who wrote to whom and the text, for a record without header fields.
+        "email_summary" => {
+            let mut t = format!("From: {}\nTo: {}", mailbox(&e.from), list(&e.to));
+            if !e.cc.is_empty() {
+                t.push_str(&format!("\nCc: {}", list(&e.cc)));
+            }
+            t.push_str(&format!("\nSubject: {}\nSent: {}", e.subject.as_deref().unwrap_or(""), iso(e.sent_at)));
+            if let Some(b) = e.body_excerpt.as_deref().filter(|b| !b.trim().is_empty()) {
+                t.push_str(&format!("\n\n{b}"));
+            }
+            Some(t)
+        }
+        "sent_date" => utc(e.sent_at).map(|d| d.format("%Y-%m-%d").to_string()),
+        "sent_time_hhmm" => utc(e.sent_at).map(|d| d.format("%H:%M").to_string()),
         "subject_or_placeholder" => Some(e.subject.clone().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "(no subject)".into())),
         // For a CRM that refuses an email without text (Zoho's mandatory `content`).
         "body_or_placeholder" => Some(e.body_excerpt.clone().filter(|b| !b.trim().is_empty()).unwrap_or_else(|| "(no text)".into())),

@@ -6,8 +6,10 @@
 //! expired lease, and after a create timed out or met a 5xx. Persons are found by phone
 //! with the person search (digits), then compared in E.164.
 //!
-//! Meetings are activities of type meeting (`contracts/pipedrive.meeting.toml`) on the same
-//! path: the key in the note, read-before-resend by listing. Attendees are matched to
+//! Meetings and emails are activities of type meeting and email
+//! (`contracts/pipedrive.meeting.toml`, `pipedrive.email.toml`; the Mailbox API cannot create
+//! mail) on the same path: the key in the note, read-before-resend by listing. Participants
+//! are matched to
 //! persons by the person search on email (each address its own search: there is no `IN`),
 //! compared case-insensitively here, and are the activity's participants (the first
 //! primary); a later version reads the participants and sends the union when it grows.
@@ -203,7 +205,7 @@ impl Connector for Pipedrive {
     }
 
     fn supported_kinds(&self) -> &'static [ActivityKind] {
-        &[ActivityKind::Call, ActivityKind::Meeting]
+        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
     }
 
     /// One person search per address (`fields=email`; Pipedrive has no `IN`), its hits

@@ -7,10 +7,14 @@
 //! allowance is 403 REQUEST_LIMIT_EXCEEDED. Contacts and leads are found by phone with SOSL
 //! (`IN PHONE FIELDS` ignores formatting), then compared in E.164.
 //!
-//! Meetings are Events (`contracts/salesforce.meeting.toml`), upserted by the same key;
-//! their attendees are matched to Contacts by SOQL on `Email` (case-insensitive, no index
-//! lag) and related through `EventWhoIds` (shared activities, up to 50 contacts; a lead
-//! cannot be related with other people, so leads are not matched by address).
+//! Meetings are Events (`contracts/salesforce.meeting.toml`) and emails are Tasks of
+//! subtype Email (`contracts/salesforce.email.toml`), upserted by the same key; their
+//! participants are matched to Contacts by SOQL on `Email` (case-insensitive, no index lag)
+//! and related through `EventWhoIds` / `TaskWhoIds` (shared activities, up to 50 contacts; a
+//! lead cannot be related with other people, so leads are not matched by address). Emails
+//! are Tasks rather than EmailMessage: a Task upserts by our key like calls do, relates up to
+//! 50 contacts, and needs no Enhanced Email; EmailMessage (headers kept, but read-only once
+//! sent and no external-id upsert) is the richer object, not used yet.
 
 pub mod errors;
 pub mod limits;
@@ -43,8 +47,19 @@ pub struct Salesforce {
 
 type Tenant = TenantClient<limits::SalesforcePolicy>;
 
-/// The most people an Event relates through EventWhoIds (CRM-APIS-ACTIVITIES §2.2).
+/// The most people an Event or Task relates through EventWhoIds / TaskWhoIds
+/// (CRM-APIS-ACTIVITIES §1.2, §2.2).
 const EVENT_WHO_MAX: usize = 50;
+
+/// The JunctionIdList relating a kind's record to its people: Events' for meetings, Tasks'
+/// for emails; a call's Task has one WhoId.
+fn people_field(kind: ActivityKind) -> Option<&'static str> {
+    match kind {
+        ActivityKind::Meeting => Some("EventWhoIds"),
+        ActivityKind::Email => Some("TaskWhoIds"),
+        _ => None,
+    }
+}
 /// Addresses per SOQL `Email IN (...)`.
 const EMAILS_PER_QUERY: usize = 50;
 
@@ -78,12 +93,20 @@ impl Salesforce {
         &self.contract_for(kind).unwrap_or_else(|| self.contract()).key_field
     }
 
-    /// The people an Event relates now (`EventWhoIds`), to add to rather than replace:
-    /// setting EventWhoIds on an update replaces the whole set.
-    async fn event_people(&self, api: &Api, t: &Tenant, record_id: &str, log: &mut Vec<Exchange>) -> Result<Vec<String>, Failure> {
-        let path = self.data(&format!("/sobjects/Event/{}?fields=Id,EventWhoIds", urlencode(record_id)));
+    /// The people a record of `kind` relates now (`EventWhoIds`, `TaskWhoIds`), to add to
+    /// rather than replace: setting the list on an update replaces the whole set.
+    async fn related_people(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_id: &str,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Vec<String>, Failure> {
+        let field = people_field(kind).unwrap_or("EventWhoIds");
+        let path = self.data(&format!("/sobjects/{}/{}?fields=Id,{field}", self.object_of(kind), urlencode(record_id)));
         let row: wire::Row = t.fetch(api, &Request::get(path, RequestClass::Read), log).await?;
-        Ok(match row.fields.get("EventWhoIds") {
+        Ok(match row.fields.get(field) {
             Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).map(str::to_string).collect(),
             _ => vec![],
         })
@@ -134,8 +157,8 @@ impl Salesforce {
         }
     }
 
-    /// One record of a collection. `people`: an Event's EventWhoIds to set (on create the
-    /// matched contacts; on update those and the ones it relates already), or None.
+    /// One record of a collection. `people`: an Event's or email Task's people to set (on
+    /// create the matched contacts; on update those and the ones it relates already), or None.
     fn record(&self, item: &Item, kind: WriteKind, people: Option<&[String]>) -> Value {
         let contract = item.contract(self);
         let mut fields = contract.values(&item.req, kind);
@@ -150,18 +173,16 @@ impl Salesforce {
                 fields.insert("Id".into(), json!(item.record_id));
             }
         }
-        if let Some(p) = people.filter(|p| !p.is_empty()) {
-            fields.insert("EventWhoIds".into(), json!(p.iter().take(EVENT_WHO_MAX).collect::<Vec<_>>()));
+        if let (Some(p), Some(field)) = (people.filter(|p| !p.is_empty()), people_field(item.req.kind())) {
+            fields.insert(field.into(), json!(p.iter().take(EVENT_WHO_MAX).collect::<Vec<_>>()));
         }
         Value::Object(fields)
     }
 
     /// Upserts by key: each item's save result.
     async fn upsert(&self, api: &Api, t: &Tenant, items: &[&Item], log: &mut Vec<Exchange>) -> (u16, Vec<Saved>) {
-        let records: Vec<Value> = items
-            .iter()
-            .map(|i| self.record(i, WriteKind::Create, (i.req.kind() == ActivityKind::Meeting).then_some(i.contacts.as_slice())))
-            .collect();
+        let records: Vec<Value> =
+            items.iter().map(|i| self.record(i, WriteKind::Create, people_field(i.req.kind()).map(|_| i.contacts.as_slice()))).collect();
         // The writer hands over one kind per call.
         let kind = items.first().map_or(ActivityKind::Call, |i| i.req.kind());
         let path = self.data(&format!("/composite/sobjects/{}/{}", self.object_of(kind), self.key_field_of(kind)));
@@ -179,24 +200,26 @@ impl Salesforce {
         let mut sent: Vec<usize> = vec![];
         for (n, i) in items.iter().enumerate() {
             let people = match (i.req.kind(), &i.record_id) {
-                (ActivityKind::Meeting, Some(id)) if !i.contacts.is_empty() => match self.event_people(api, t, id, log).await {
-                    Ok(mut now) => {
-                        let new = not_yet_linked(&now, &i.contacts);
-                        // Nothing new: leave the relations as they are.
-                        (!new.is_empty()).then(|| {
-                            now.extend(new);
-                            now
-                        })
-                    }
-                    Err(mut f) => {
-                        if f.status == Some(404) {
-                            f.reason = DlqReason::Validation;
-                            f.detail = format!("the record was deleted in Salesforce; not re-created ({})", f.detail);
+                (kind, Some(id)) if people_field(kind).is_some() && !i.contacts.is_empty() => {
+                    match self.related_people(api, t, kind, id, log).await {
+                        Ok(mut now) => {
+                            let new = not_yet_linked(&now, &i.contacts);
+                            // Nothing new: leave the relations as they are.
+                            (!new.is_empty()).then(|| {
+                                now.extend(new);
+                                now
+                            })
                         }
-                        results[n] = Some(ItemResult::Failed(f));
-                        continue;
+                        Err(mut f) => {
+                            if f.status == Some(404) {
+                                f.reason = DlqReason::Validation;
+                                f.detail = format!("the record was deleted in Salesforce; not re-created ({})", f.detail);
+                            }
+                            results[n] = Some(ItemResult::Failed(f));
+                            continue;
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             records.push(self.record(i, WriteKind::Update, people.as_deref()));
@@ -253,7 +276,7 @@ impl Connector for Salesforce {
     }
 
     fn supported_kinds(&self) -> &'static [ActivityKind] {
-        &[ActivityKind::Call, ActivityKind::Meeting]
+        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
     }
 
     /// `SELECT Id, Email FROM Contact WHERE Email IN (...)`, 50 addresses per query: SOQL

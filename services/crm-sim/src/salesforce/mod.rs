@@ -103,6 +103,8 @@ pub fn schema() -> Schema {
     task.insert("Status".into(), FieldDef::picklist(&["Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred"]));
     task.insert("Priority".into(), FieldDef::picklist(&["High", "Normal", "Low"]));
     task.insert("WhoId".into(), FieldDef::of(Lookup));
+    // A JunctionIdList like Event's: up to 50 contacts or one lead (shared activities).
+    task.insert("TaskWhoIds".into(), FieldDef::of(Json));
     task.insert("WhatId".into(), FieldDef::of(Lookup));
     task.insert("ActivityDate".into(), FieldDef::of(Date));
     task.insert("CallType".into(), FieldDef::picklist(&["Inbound", "Outbound", "Internal"]));
@@ -192,9 +194,14 @@ pub fn derive(object: &str, r: &mut Record) {
             f.insert("EventWhoIds".into(), json!(r.associations.iter().collect::<Vec<_>>()));
         }
         "Task" => {
-            if let Some(who) = r.associations.iter().next() {
-                f.insert("WhoId".into(), json!(who));
+            // The primary person stays while it is still related (a merge moves it).
+            let kept = f.get("WhoId").and_then(Value::as_str).is_some_and(|w| r.associations.contains(w));
+            if !kept {
+                if let Some(who) = r.associations.iter().next() {
+                    f.insert("WhoId".into(), json!(who));
+                }
             }
+            f.insert("TaskWhoIds".into(), json!(r.associations.iter().collect::<Vec<_>>()));
             let closed = f.get("Status").and_then(Value::as_str) == Some("Completed");
             f.insert("IsClosed".into(), json!(closed));
         }

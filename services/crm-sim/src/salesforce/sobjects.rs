@@ -149,27 +149,37 @@ fn check_unique(acct: &Account, object: &str, fields: &Map<String, Value>, excep
     Ok(())
 }
 
-/// The most contacts an Event relates (shared activities); a lead must be alone.
+/// The most contacts an Event or Task relates (shared activities); a lead must be alone.
 pub const EVENT_WHO_MAX: usize = 50;
 
-/// `EventWhoIds` taken off a body: the people an Event relates, each a live Contact, or one
-/// live Lead alone. Exact error codes past the limits are not documented ([U]): modelled as
-/// FIELD_INTEGRITY_EXCEPTION.
-fn event_who_ids(acct: &mut Account, body: &mut Map<String, Value>) -> Result<Option<Vec<String>>, Fail> {
-    let Some(v) = body.remove("EventWhoIds") else { return Ok(None) };
+/// The JunctionIdList naming an object's people (`EventWhoIds`, `TaskWhoIds`).
+pub fn who_ids_field(object: &str) -> Option<&'static str> {
+    match object {
+        "Event" => Some("EventWhoIds"),
+        "Task" => Some("TaskWhoIds"),
+        _ => None,
+    }
+}
+
+/// `EventWhoIds` / `TaskWhoIds` taken off a body: the people an Event or Task relates, each
+/// a live Contact, or one live Lead alone. Exact error codes past the limits are not
+/// documented ([U]): modelled as FIELD_INTEGRITY_EXCEPTION.
+fn who_ids(acct: &mut Account, object: &str, body: &mut Map<String, Value>) -> Result<Option<Vec<String>>, Fail> {
+    let Some(field) = who_ids_field(object) else { return Ok(None) };
+    let Some(v) = body.remove(field) else { return Ok(None) };
     let Some(list) = v.as_array() else {
-        return Err(Fail::new("JSON_PARSER_ERROR", "EventWhoIds: a JunctionIdList is an array of ids", &[]));
+        return Err(Fail::new("JSON_PARSER_ERROR", format!("{field}: a JunctionIdList is an array of ids"), &[]));
     };
     let mut ids = vec![];
     for raw in list {
         let Some(id) = raw.as_str().and_then(normalise_id) else {
-            return Err(Fail::new("MALFORMED_ID", format!("EventWhoIds: id value of incorrect type: {raw}"), &["EventWhoIds"]));
+            return Err(Fail::new("MALFORMED_ID", format!("{field}: id value of incorrect type: {raw}"), &[field]));
         };
         let obj = object_of_id(&id).filter(|o| *o == "Contact" || *o == "Lead");
         match obj.and_then(|o| acct.table(o).get(&id)) {
             Some(r) if r.live() => {}
-            Some(_) => return Err(Fail::new("ENTITY_IS_DELETED", "entity is deleted", &["EventWhoIds"])),
-            None => return Err(Fail::new("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &["EventWhoIds"])),
+            Some(_) => return Err(Fail::new("ENTITY_IS_DELETED", "entity is deleted", &[field])),
+            None => return Err(Fail::new("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &[field])),
         }
         if !ids.contains(&id) {
             ids.push(id);
@@ -177,10 +187,10 @@ fn event_who_ids(acct: &mut Account, body: &mut Map<String, Value>) -> Result<Op
     }
     let leads = ids.iter().filter(|i| object_of_id(i) == Some("Lead")).count();
     if leads > 0 && ids.len() > 1 {
-        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", "EventWhoIds: a lead can't be related with other people", &["EventWhoIds"]));
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", format!("{field}: a lead can't be related with other people"), &[field]));
     }
     if ids.len() > EVENT_WHO_MAX {
-        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", format!("EventWhoIds: more than {EVENT_WHO_MAX} contacts"), &["EventWhoIds"]));
+        return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", format!("{field}: more than {EVENT_WHO_MAX} contacts"), &[field]));
     }
     Ok(Some(ids))
 }
@@ -234,7 +244,7 @@ fn check_event_times(fields: &mut Map<String, Value>) -> Result<(), Fail> {
 
 pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>, now: i64) -> Result<String, Fail> {
     let mut body = body.clone();
-    let who_ids = if object == "Event" { event_who_ids(acct, &mut body)? } else { None };
+    let who_ids = who_ids(acct, object, &mut body)?;
     let body = &body;
     let mut fields = validate(acct, object, body, Mode::Create)?;
     if object == "Event" {
@@ -282,7 +292,7 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
         _ => {}
     }
     let mut body = body.clone();
-    let who_ids = if object == "Event" { event_who_ids(acct, &mut body)? } else { None };
+    let who_ids = who_ids(acct, object, &mut body)?;
     let mut fields = validate(acct, object, &body, Mode::Update)?;
     let who = check_who(acct, &fields)?;
     check_unique(acct, object, &fields, Some(id))?;
