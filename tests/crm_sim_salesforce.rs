@@ -401,3 +401,48 @@ fn events_relate_every_contact_and_check_their_times() {
     let r = sim.call("POST", &format!("{V}/sobjects/Event/"), Auth::Bearer(TOKEN), Some(&event(gone)));
     assert_eq!(r.status, 400, "{}", r.text);
 }
+
+/// Email Tasks relate every contact through `TaskWhoIds` as Events do through
+/// `EventWhoIds` (shared activities): up to 50 contacts or one lead alone; setting the list
+/// on an update replaces it; the WhoId stays the primary while it is still related.
+#[test]
+fn tasks_relate_every_contact_through_task_who_ids() {
+    let sim = CrmSim::start();
+    org(
+        &sim,
+        json!({"fields": {"Task": {"CallExtId__c": {"external_id": true, "unique": true}}},
+               "objects": {"Contact": [{"FirstName": "Jane", "LastName": "Doe", "Email": "jane@customer.example"}, {"LastName": "Max", "Email": "max@customer.example"}],
+                           "Lead": [{"LastName": "Lee", "Company": "Leads Inc"}]}}),
+    );
+    let contacts: Vec<String> =
+        sim.records("salesforce", "org-1", "Contact").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let lead = sim.records("salesforce", "org-1", "Lead")[0]["id"].as_str().unwrap().to_string();
+    let task = |extra: Value| {
+        let mut t = json!({"Subject": "Email: Renewal", "TaskSubtype": "Email", "Status": "Completed", "ActivityDate": "2026-01-05"});
+        t.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        t
+    };
+    let r = sim.call(
+        "POST",
+        &format!("{V}/sobjects/Task/"),
+        Auth::Bearer(TOKEN),
+        Some(&task(json!({"WhoId": contacts[1], "TaskWhoIds": contacts}))),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let read = sim.call("GET", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(read.body["TaskWhoIds"].as_array().map(Vec::len), Some(2), "every contact related: {}", read.text);
+    assert_eq!(read.body["WhoId"], json!(contacts[1]), "the primary person stays: {}", read.text);
+    // Setting the list replaces it.
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), Some(&json!({"TaskWhoIds": [contacts[0]]})));
+    assert_eq!(r.status, 204, "{}", r.text);
+    let read = sim.call("GET", &format!("{V}/sobjects/Task/{id}"), Auth::Bearer(TOKEN), None);
+    assert_eq!(read.body["TaskWhoIds"], json!([contacts[0]]), "{}", read.text);
+    // A lead is related alone; an unknown id is refused.
+    let mixed = task(json!({"TaskWhoIds": [contacts[0], lead]}));
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(TOKEN), Some(&mixed));
+    assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("FIELD_INTEGRITY_EXCEPTION")), "{}", r.text);
+    let unknown = task(json!({"TaskWhoIds": ["003000000000999AAA"]}));
+    let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(TOKEN), Some(&unknown));
+    assert_eq!(r.status, 400, "{}", r.text);
+}
