@@ -348,10 +348,14 @@ fn activity_request(crm: Crm, kind: ActivityKind, tenant: &str, i: usize) -> Act
         e.participants = vec![PARTICIPANT.into()];
     }
     if let Some(m) = r.meeting.as_mut() {
+        // A meeting as most are: confirmed, its first version.
+        m.status = crm_common::events::MeetingStatus::Confirmed;
+        m.version = 1;
         m.start_at = now - 3_600_000;
         m.end_at = now - 1_800_000;
         m.participants = vec![PARTICIPANT.into()];
     }
+    r.version = r.meeting.as_ref().map_or(r.version, |m| m.version);
     // As the deduper sends it: now.
     r.requested_at = now;
     r.trace_id = format!("{:032x}", i + 1);

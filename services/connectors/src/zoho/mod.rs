@@ -394,6 +394,11 @@ impl Zoho {
             if meeting.status != MeetingStatus::Cancelled || already.contains(record_id) {
                 continue;
             }
+            // Zoho refuses it for a meeting already over or without invitees: no request
+            // spent on a known refusal.
+            if meeting.end_at <= crm_common::clock::now_ms() || item.contacts.is_empty() {
+                continue;
+            }
             let req = Request::new(Method::POST, format!("{API}/Events/{}/actions/cancel", urlencode(record_id)), RequestClass::Update)
                 .body(json!({"data": [{"send_cancelling_mail": false}]}))
                 .fenced([item.req.idempotency_key()]);
