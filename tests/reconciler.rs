@@ -8,7 +8,7 @@ use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
 use crm_sync_tests::postgres::PrivateDb;
 use crm_sync_tests::writer::wait_for;
-use crm_sync_tests::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use crm_sync_tests::writer_suite::{live_ms, Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
 use crm_sync_tests::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::{json, Value};
 use std::process::Command;
@@ -213,6 +213,86 @@ fn every_kind_of_drift(case: &Case) {
         assert!(r3["error"].as_str().is_some_and(|e| e.contains(&key_field)), "{r3}");
     }
     drop(writer);
+}
+
+/// Emails and meetings are reconciled like calls, each kind on its own object with its own
+/// contract: a meeting a person moved is put back (its times are owned and restorable), one
+/// a person deleted is dead-lettered as a meeting, an untouched email matches (Zoho's emails
+/// hang on a contact's related list and are not read back).
+fn meetings_and_emails_drift_per_kind(case: &Case) {
+    let a = case.acts();
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let tenant = format!("rk-{}", case.name());
+    case.activity_account(&sim, &tenant);
+    let rig = Rig {
+        tenants: case.activity_tenants(&sim, &[&tenant]),
+        db: PrivateDb::new("rk"),
+        prefix: RedisPrefix::new("rk"),
+        secrets: vec![(case.secret(&tenant), case.token(&tenant))],
+        tenant,
+        broker,
+        sim,
+    };
+    let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    let _sink = rig.sink();
+    let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
+    let jane = "jane.doe@customer.example";
+    let start = live_ms() + 86_400_000;
+    let (moved, moved_key) = case.meeting(tenant, "ev1", 1, MeetingStatus::Confirmed, start, &[jane]);
+    let (gone, gone_key) = case.meeting(tenant, "ev2", 1, MeetingStatus::Confirmed, start, &[jane]);
+    let (email, _) = case.email(tenant, "m1", &[jane], &[]);
+    rig.broker.produce(&case.topic(), &[moved, gone, email]);
+    wait_for("three writes stored", Duration::from_secs(60), || rig.stored_writes() == 3);
+
+    let (start_field, start_value) = a.meeting_start;
+    let id = |key: &str| case.record_keyed(&rig.sim, tenant, a.meetings.0, key)["id"].as_str().unwrap().to_string();
+    let admin = |method: &str, path: String, body: Option<Value>| rig.sim.admin(method, &format!("/accounts/{crm}/{tenant}/{path}"), body);
+    admin("PATCH", format!("objects/{}/{}", a.meetings.0, id(&moved_key)), Some(json!({ start_field: start_value(start + 3_600_000) })));
+    admin("DELETE", format!("objects/{}/{}", a.meetings.0, id(&gone_key)), None);
+
+    let r = rig.reconcile(crm);
+    let emails_read = case.crm != Crm::Zoho;
+    assert_eq!(r["checked"], 2 + i64::from(emails_read), "two meetings and the email where it is read back: {r}");
+    assert_eq!(r["matching"], i64::from(emails_read), "the untouched email: {r}");
+    assert_eq!((r["findings"]["field_changed"].as_i64(), r["findings"]["deleted"].as_i64()), (Some(1), Some(1)), "{r}");
+    assert_eq!((r["repaired"].as_i64(), r["dead_lettered"].as_i64()), (Some(1), Some(1)), "{r}");
+    let after = case.record_keyed(&rig.sim, tenant, a.meetings.0, &moved_key);
+    assert_eq!(after["fields"][start_field], start_value(start), "the calendar's time is back: {after}");
+    let dl = dead_letters(&rig.broker);
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(
+        (dl[0].stage, dl[0].reason, dl[0].kind),
+        (Stage::Reconciler, DlqReason::Validation, Some(ActivityKind::Meeting)),
+        "{:?}",
+        dl[0]
+    );
+    assert_eq!(dl[0].call_id.as_deref(), Some("ev2@google.com"), "the meeting's own id");
+    wait_for("findings stored by kind", Duration::from_secs(20), || {
+        rig.db.count(
+            "SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND kind = 'meeting' AND outcome IN ('REPAIRED', 'DEAD_LETTERED')",
+        ) >= 2
+    });
+}
+
+#[test]
+fn hubspot_meetings_and_emails_drift_per_kind() {
+    meetings_and_emails_drift_per_kind(&HUBSPOT)
+}
+
+#[test]
+fn salesforce_meetings_and_emails_drift_per_kind() {
+    meetings_and_emails_drift_per_kind(&SALESFORCE)
+}
+
+#[test]
+fn zoho_meetings_and_emails_drift_per_kind() {
+    meetings_and_emails_drift_per_kind(&ZOHO)
+}
+
+#[test]
+fn pipedrive_meetings_and_emails_drift_per_kind() {
+    meetings_and_emails_drift_per_kind(&PIPEDRIVE)
 }
 
 #[test]

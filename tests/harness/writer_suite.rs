@@ -1120,13 +1120,13 @@ fn iso_ms(ms: i64) -> String {
 
 /// A live time for activities in tests: the last hour (the claim store remembers it, so a
 /// create goes without a lookup first), whole seconds.
-fn live_ms() -> i64 {
+pub fn live_ms() -> i64 {
     static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *START.get_or_init(|| crm_common::clock::now_ms() / 1000 * 1000 - 3_600_000)
 }
 
 impl Case {
-    fn acts(&self) -> &Activities {
+    pub fn acts(&self) -> &Activities {
         self.activities.as_ref().unwrap_or_else(|| panic!("{} takes no emails or meetings", self.name()))
     }
 

@@ -103,7 +103,9 @@ fn one_crm(crm: Crm, records: usize, drift_pct: usize, database_url: &str, redis
     let writer = Killed(vec![spawn("writer", &["--crm", name])?]);
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let stored = rt.block_on(store.written(tenant, name, 0, crm_common::clock::now_ms() + 3_600_000))?.len();
+        let stored = rt
+            .block_on(store.written(tenant, name, crm_common::events::ActivityKind::Call, 0, crm_common::clock::now_ms() + 3_600_000))?
+            .len();
         if stored >= records {
             break;
         }

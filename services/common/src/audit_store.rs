@@ -461,11 +461,19 @@ fn ms_of(t: DateTime<Utc>) -> i64 {
 }
 
 impl AuditStore {
-    /// The calls of `tenant` written to `crm` since `from_ms` and not after `until_ms`,
-    /// each with its latest successful write (a later update wins; a record re-created by
-    /// the reconciler replaces the one that was gone). Calls only: the reconciler does not
-    /// read emails and meetings back yet, and must never take one for a missing call.
-    pub async fn written(&self, tenant: &str, crm: &str, from_ms: i64, until_ms: i64) -> Result<Vec<Written>, tokio_postgres::Error> {
+    /// The activities of `kind` that `tenant` had written to `crm` since `from_ms` and not
+    /// after `until_ms`, each with its latest successful write (a later update wins; a
+    /// record re-created by the reconciler replaces the one that was gone). One kind at a
+    /// time: each is its own object in the CRM, and one must never be taken for another's
+    /// missing record (rows from before kinds were stored are calls).
+    pub async fn written(
+        &self,
+        tenant: &str,
+        crm: &str,
+        kind: crate::events::ActivityKind,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<Written>, tokio_postgres::Error> {
         let rows = self
             .client
             .query(
@@ -476,9 +484,9 @@ impl AuditStore {
                     ORDER BY c.occurred_at DESC LIMIT 1) \
                  FROM audit a WHERE a.tenant_id = $1 AND a.crm = $2 AND a.stage = 'WRITER' AND a.operation = 'write' AND a.outcome = 'SUCCEEDED' \
                    AND a.occurred_at >= $3 AND a.occurred_at <= $4 AND a.call_id IS NOT NULL AND a.crm_record_id IS NOT NULL \
-                   AND coalesce(a.kind, 'call') = 'call' \
+                   AND coalesce(a.kind, 'call') = $5 \
                  ORDER BY a.call_id, a.occurred_at DESC, a.version DESC",
-                &[&tenant, &crm, &ts(from_ms), &ts(until_ms)],
+                &[&tenant, &crm, &ts(from_ms), &ts(until_ms), &kind.as_str()],
             )
             .await?;
         Ok(rows

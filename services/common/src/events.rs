@@ -469,6 +469,35 @@ pub struct Malformed {
     pub why: String,
 }
 
+/// A message of `crm.writes.<crm>` decoded: a call's request or an email's or meeting's
+/// (told apart by their fingerprints), before an activity is taken apart.
+pub enum WritePayload {
+    Call(CrmWriteRequest),
+    Activity(Box<ActivityWriteRequest>),
+}
+
+/// Decodes either record type of `crm.writes.<crm>`; Err says why it is neither.
+pub fn decode_write(payload: &[u8]) -> Result<WritePayload, String> {
+    let call_error = match crate::codec::decode::<CrmWriteRequest>(payload) {
+        Ok(req) => return Ok(WritePayload::Call(req)),
+        Err(e) => e,
+    };
+    crate::codec::decode::<ActivityWriteRequest>(payload)
+        .map(|a| WritePayload::Activity(Box::new(a)))
+        .map_err(|_| format!("neither a CrmWriteRequest nor an ActivityWriteRequest: {call_error}"))
+}
+
+impl WriteRequest {
+    /// The request a `crm.writes.<crm>` message holds, whatever its kind; None when it holds
+    /// none that is whole (the writer dead-letters those with the reason).
+    pub fn from_payload(payload: &[u8]) -> Option<WriteRequest> {
+        match decode_write(payload).ok()? {
+            WritePayload::Call(c) => Some(WriteRequest::Call(c)),
+            WritePayload::Activity(a) => WriteRequest::try_from(*a).ok(),
+        }
+    }
+}
+
 impl TryFrom<ActivityWriteRequest> for WriteRequest {
     type Error = Malformed;
     fn try_from(mut req: ActivityWriteRequest) -> Result<Self, Malformed> {

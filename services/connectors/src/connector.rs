@@ -221,9 +221,14 @@ pub trait Connector: Send + Sync + 'static {
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<String>, Failure>> + Send;
 
-    /// The call contract (the reconciler's, until it reads other kinds).
+    /// The call contract.
     fn contract(&self) -> &Contract {
         self.contracts().call()
+    }
+
+    /// The contract for `kind` where this writer writes it, else the call contract.
+    fn contract_of(&self, kind: ActivityKind) -> &Contract {
+        self.contract_for(kind).unwrap_or_else(|| self.contract())
     }
 
     /// Creates these records (none has a record id), as few API calls as the CRM allows;
@@ -281,19 +286,26 @@ fn merge_in_order(items: &[Item], created: Vec<ItemResult>, updated: Vec<ItemRes
 /// crm-sync wrote, putting owned fields back, and whether the contract's fields still exist.
 /// The writer never needs it; the write path is [`Connector`].
 pub trait Inspect: Connector {
-    /// Reads the records in `wanted` (as many per call as the CRM allows), for the
-    /// reconciler. Every id asked about has an answer.
+    /// The kinds the reconciler can check here: those written, and read back by id (Zoho's
+    /// emails hang on a contact's related list and cannot be).
+    fn inspects(&self) -> Vec<ActivityKind> {
+        self.kinds()
+    }
+
+    /// Reads the records of `kind` in `wanted` (as many per call as the CRM allows), for
+    /// the reconciler. Every id asked about has an answer.
     fn read(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
         wanted: &[Wanted],
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<HashMap<String, Live>, Failure>> + Send;
 
-    /// The request that puts `fields` (owned, restorable) back on record `record_id`,
-    /// nothing else.
-    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request;
+    /// The request that puts `fields` (owned, restorable) back on record `record_id` of
+    /// `kind`, nothing else.
+    fn restore_request(&self, kind: ActivityKind, record_id: &str, fields: &Map<String, Value>) -> Request;
 
     /// What a restore's successful answer says: Ok, unless the CRM reports a per-record
     /// failure inside it (Zoho).
@@ -307,22 +319,24 @@ pub trait Inspect: Connector {
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
         record_id: &str,
         fields: &Map<String, Value>,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<(), Failure>> + Send {
         async move {
-            let reply = t.call(api, &self.restore_request(record_id, fields), log).await?;
+            let reply = t.call(api, &self.restore_request(kind, record_id, fields), log).await?;
             self.restored(&reply)
         }
     }
 
-    /// The fields the CRM's schema has on the contract's object (the check that a custom
-    /// field was not removed); None for a CRM whose object has no custom fields to check.
+    /// The fields the CRM's schema has on `kind`'s object (the check that a custom field
+    /// was not removed); None for a CRM whose object has no custom fields to check.
     fn schema_fields(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
 }

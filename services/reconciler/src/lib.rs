@@ -4,8 +4,10 @@
 //! A pass:
 //! 1. checks the CRM's schema still has every field the contract names (a removed custom
 //!    field is reported before writes start failing, or, at Zoho, silently lose it);
-//! 2. takes each call's latest successful write from the audit store, and re-reads its
-//!    write request from `crm.writes.<crm>` (the values to compare, the bytes to re-send);
+//! 2. takes each activity's latest successful write from the audit store, kind by kind
+//!    (calls, and the emails and meetings the CRM's writer writes and can read back), and
+//!    re-reads its write request from `crm.writes.<crm>` (the values to compare, the bytes
+//!    to re-send);
 //! 3. reads the records from the CRM, in batches, through the writer's own connector and
 //!    token buckets, leaving a share of every limit to live writes;
 //! 4. per record: matching; owned fields changed (restorable ones are put back, others
@@ -26,7 +28,7 @@ use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
-use crm_common::events::{AuditOutcome, Crm, CrmWriteRequest, DlqReason, WriteRequest};
+use crm_common::events::{ActivityKind, AuditOutcome, Crm, DlqReason, WriteRequest};
 use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
 use crm_connectors::api::{Api, Exchange};
@@ -70,9 +72,10 @@ pub struct Reconciler<C: Inspect> {
 /// One record under check: what was written, the request behind it (while the topic keeps
 /// it), and what its audit rows and dead letters are about.
 struct Checked<'a> {
+    kind: ActivityKind,
     w: &'a Written,
     msg: Option<&'a InMessage>,
-    req: Option<&'a CrmWriteRequest>,
+    req: Option<&'a WriteRequest>,
     /// The message its audit rows hang on (the request, or a stand-in for the pass).
     input: InMessage,
     subject: Subject<'a>,
@@ -116,6 +119,15 @@ fn pass_input(tenant: &str, crm: Crm) -> InMessage {
         timestamp_ms: Some(now_ms()),
         headers: vec![],
         trace_id: crm_common::kafka::new_trace_id(),
+    }
+}
+
+/// What the writer matched contacts by for this request (the contact cache's keys): a
+/// call's customer number, an email's or meeting's participant addresses.
+fn matched_by(r: &WriteRequest) -> Vec<&str> {
+    match r {
+        WriteRequest::Call(c) => vec![c.call.customer_e164.as_str()],
+        other => other.participants().iter().map(String::as_str).collect(),
     }
 }
 
@@ -186,38 +198,64 @@ impl<C: Inspect> Reconciler<C> {
             Some(Err(why)) => anyhow::bail!("no client for this tenant: {why}"),
             None => anyhow::bail!("tenant has no {} connection in TENANTS_CONFIG", crm.as_str()),
         };
-        let contract = self.connector.contract();
+        // The kinds this tenant syncs to this CRM, of those the reconciler can read back.
+        let syncs = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.activities.clone()).unwrap_or_default();
+        for kind in self.connector.inspects().into_iter().filter(|k| syncs.contains(k)) {
+            self.run_kind(pass, report, client, kind).await?;
+        }
+        Ok(())
+    }
+
+    /// The pass over one kind's records (each kind is its own object, with its contract).
+    async fn run_kind(
+        &self,
+        pass: &mut Pass<'_>,
+        report: &mut ParityReport,
+        client: &TenantOf<C>,
+        kind: ActivityKind,
+    ) -> anyhow::Result<()> {
+        let crm = self.crm();
+        let contract = self.connector.contract_of(kind);
         let mut log: Vec<Exchange> = vec![];
 
         // 1. The schema still has the contract's fields.
-        let schema =
-            self.connector.schema_fields(&self.api, client, &mut log).await.map_err(|f| anyhow::anyhow!("schema read: {}", f.detail))?;
+        let schema = self
+            .connector
+            .schema_fields(&self.api, client, kind, &mut log)
+            .await
+            .map_err(|f| anyhow::anyhow!("schema read ({}): {}", kind.as_str(), f.detail))?;
         if let Some(schema) = schema {
             let missing = missing_fields(contract, &schema);
+            let file = if kind == ActivityKind::Call { crm.as_str().to_string() } else { format!("{}.{}", crm.as_str(), kind.as_str()) };
             for f in &missing {
                 pass.note(kind::FIELD_REMOVED);
                 let own = contract.fields.get(f).map(|r| format!("{:?}", r.ownership).to_lowercase()).unwrap_or_default();
-                let detail = format!("the {} schema has no field {f} ({own} in contracts/{}.toml): writes that set it will fail or lose it; restore the field or change the contract", crm.as_str(), crm.as_str());
+                let detail = format!("the {} {} schema has no field {f} ({own} in contracts/{file}.toml): writes that set it will fail or lose it; restore the field or change the contract", crm.as_str(), contract.object);
                 tracing::error!(tenant = pass.tenant, crm = crm.as_str(), field = %f, "{detail}");
                 let input = pass_input(pass.tenant, crm);
-                let subject = Subject { tenant_id: pass.tenant, call_id: None, crm: Some(crm), version: None, kind: None };
+                let subject = Subject { tenant_id: pass.tenant, call_id: None, crm: Some(crm), version: None, kind: Some(kind) };
                 let mut a = pass.emit.audit(&input, &subject, "reconcile.schema", AuditOutcome::DriftFound, detail);
                 a.reason = Some(DlqReason::FieldRemoved.as_str().to_string());
                 a.attributes.insert("field".into(), f.clone());
                 pass.out.push(pass.emit.audit_record(&a));
             }
-            report.missing_fields = missing.clone();
-            if missing.contains(&contract.key_field) {
+            for f in missing {
+                if !report.missing_fields.contains(&f) {
+                    report.missing_fields.push(f);
+                }
+            }
+            if report.missing_fields.contains(&contract.key_field) {
                 anyhow::bail!(
-                    "the key field {} is gone from the CRM: records cannot be matched to calls until it is back",
-                    contract.key_field
+                    "the key field {} is gone from the CRM's {}: records cannot be matched to activities until it is back",
+                    contract.key_field,
+                    contract.object
                 );
             }
         }
 
         // 2. What was written, and the requests behind it.
         let until = now_ms() - self.settle.as_millis() as i64;
-        let written = self.store.written(pass.tenant, crm.as_str(), report.window_from_ms, until).await?;
+        let written = self.store.written(pass.tenant, crm.as_str(), kind, report.window_from_ms, until).await?;
         if written.is_empty() {
             return Ok(());
         }
@@ -235,22 +273,27 @@ impl<C: Inspect> Reconciler<C> {
         for chunk in wanted.chunks(500) {
             let got = self
                 .connector
-                .read(&self.api, client, chunk, &mut log)
+                .read(&self.api, client, kind, chunk, &mut log)
                 .await
-                .map_err(|f| anyhow::anyhow!("reading records: {}: {}", f.reason.as_str(), f.detail))?;
+                .map_err(|f| anyhow::anyhow!("reading {} records: {}: {}", kind.as_str(), f.reason.as_str(), f.detail))?;
             live.extend(got);
         }
-        let calls: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
-        let known = self.store.reconciler_dead_letters(pass.tenant, crm.as_str(), &calls).await?;
+        let ids: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
+        let known = self.store.reconciler_dead_letters(pass.tenant, crm.as_str(), &ids).await?;
 
         // 4. Each record.
         let on_deleted = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.on_deleted).unwrap_or_default();
         for w in &written {
             report.checked += 1;
             let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
-            let req: Option<CrmWriteRequest> = msg.and_then(|m| m.payload.as_deref()).and_then(|p| codec::decode(p).ok());
+            // The request at that offset, if it is this activity's (same kind and key).
+            let req: Option<WriteRequest> = msg
+                .and_then(|m| m.payload.as_deref())
+                .and_then(WriteRequest::from_payload)
+                .filter(|r| r.kind() == kind && r.idempotency_key() == w.idempotency_key);
             let state = live.get(&w.record_id).cloned().unwrap_or(Live::Absent);
             let rec = Checked {
+                kind,
                 w,
                 msg,
                 req: req.as_ref(),
@@ -260,7 +303,7 @@ impl<C: Inspect> Reconciler<C> {
                     call_id: Some(&w.call_id),
                     crm: Some(crm),
                     version: Some(w.version),
-                    kind: Some(crm_common::events::ActivityKind::Call),
+                    kind: Some(kind),
                 },
                 known: &known,
                 v: Verdict::default(),
@@ -312,9 +355,8 @@ impl<C: Inspect> Reconciler<C> {
         fields: &Map<String, Value>,
         contact_id: Option<&str>,
     ) {
-        let contract = self.connector.contract();
-        let changed =
-            rec.req.map(|r| changed_fields(contract, &contract.owned_values(&WriteRequest::Call(r.clone())), fields)).unwrap_or_default();
+        let contract = self.connector.contract_of(rec.kind);
+        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values(r), fields)).unwrap_or_default();
         let contact = contact_drift(rec.w.linked_contact.as_deref(), contact_id);
         if changed.is_empty() && contact == ContactDrift::Same {
             return;
@@ -347,8 +389,9 @@ impl<C: Inspect> Reconciler<C> {
             ContactDrift::MovedTo(now) => self.follow_merge(pass, rec, now).await,
             ContactDrift::Gone => {
                 pass.note(kind::CONTACT_DELETED);
-                if let Some(r) = rec.req {
-                    let _ = self.contacts.forget(pass.tenant, pass.crm.as_str(), &r.call.customer_e164).await;
+                // A replay must match again.
+                for m in rec.req.map(matched_by).unwrap_or_default() {
+                    let _ = self.contacts.forget(pass.tenant, pass.crm.as_str(), m).await;
                 }
                 let detail = format!(
                     "record {} lost its contact {}: the contact was deleted in {}",
@@ -366,7 +409,7 @@ impl<C: Inspect> Reconciler<C> {
         let names: Vec<&str> = restorable.iter().map(|c| c.field.as_str()).collect();
         let fields: Map<String, Value> = restorable.iter().map(|c| (c.field.clone(), c.expected.clone())).collect();
         let mut log = vec![];
-        let r = self.connector.restore(&self.api, client, &rec.w.record_id, &fields, &mut log).await;
+        let r = self.connector.restore(&self.api, client, rec.kind, &rec.w.record_id, &fields, &mut log).await;
         self.audit_exchanges(pass, rec, &log);
         match r {
             Ok(()) => {
@@ -392,12 +435,11 @@ impl<C: Inspect> Reconciler<C> {
     async fn follow_merge(&self, pass: &mut Pass<'_>, rec: &mut Checked<'_>, now: String) {
         pass.note(kind::CONTACT_MERGED);
         let linked = rec.w.linked_contact.clone().unwrap_or_default();
-        if let Some(r) = rec.req {
-            let crm = pass.crm.as_str();
-            let e164 = &r.call.customer_e164;
-            if let Ok(Some(Some(cached))) = self.contacts.get(pass.tenant, crm, e164).await {
+        let crm = pass.crm.as_str();
+        for m in rec.req.map(matched_by).unwrap_or_default() {
+            if let Ok(Some(Some(cached))) = self.contacts.get(pass.tenant, crm, m).await {
                 if cached == linked {
-                    let _ = self.contacts.put(pass.tenant, crm, e164, Some(&now)).await;
+                    let _ = self.contacts.put(pass.tenant, crm, m, Some(&now)).await;
                 }
             }
         }

@@ -6,9 +6,8 @@
 //! after everything a message produced (audit, DLQ) is acknowledged.
 
 use crate::process::{Done, Shared, Work};
-use crm_common::codec;
 use crm_common::emit::Subject;
-use crm_common::events::{ActivityWriteRequest, CrmWriteRequest, DlqReason, WriteRequest};
+use crm_common::events::{ActivityWriteRequest, DlqReason, WritePayload, WriteRequest};
 use crm_common::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
 use crm_common::kafka::{self, InMessage, Kafka, Ticket};
 use crm_common::telemetry::StageMetrics;
@@ -224,16 +223,10 @@ pub enum Refused {
 /// The write request in `m`: a call's CrmWriteRequest, or an email's or meeting's
 /// ActivityWriteRequest of a kind this writer writes.
 fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRequest, Refused> {
-    let payload = m.payload.as_deref().unwrap_or_default();
-    let call_error = match codec::decode::<CrmWriteRequest>(payload) {
-        Ok(req) => return Ok(WriteRequest::Call(req)),
-        Err(e) => e,
-    };
-    let Ok(a) = codec::decode::<ActivityWriteRequest>(payload) else {
-        return Err(Refused::Undecodable(format!(
-            "{} message is neither a CrmWriteRequest nor an ActivityWriteRequest: {call_error}",
-            m.topic
-        )));
+    let a = match crm_common::events::decode_write(m.payload.as_deref().unwrap_or_default()) {
+        Ok(WritePayload::Call(req)) => return Ok(WriteRequest::Call(req)),
+        Ok(WritePayload::Activity(a)) => *a,
+        Err(why) => return Err(Refused::Undecodable(format!("{} message is {why}", m.topic))),
     };
     if !shared.kinds.contains(&a.kind) {
         // An email or a meeting this writer does not write (a tenant's config changed under

@@ -66,18 +66,13 @@ impl Hubspot {
         item.contract(self).values(&item.req, kind)
     }
 
-    /// The call object (the reconciler's).
-    fn object(&self) -> &str {
-        &self.contract().object
-    }
-
     /// The object holding this kind (`calls`, `emails`, `meetings`).
     fn object_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or_else(|| self.contract()).object
+        &self.contract_of(kind).object
     }
 
     fn key_field_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or_else(|| self.contract()).key_field
+        &self.contract_of(kind).key_field
     }
 
     /// The contacts to associate on create: a call's one, or every matched participant.
@@ -268,9 +263,9 @@ impl Hubspot {
         out
     }
 
-    /// One call by id (`GET /crm/v3/objects/<object>/<id>?<query>`).
-    fn one(&self, record_id: &str, query: &str) -> Request {
-        Request::get(format!("/crm/v3/objects/{}/{}?{query}", self.object(), urlencode(record_id)), RequestClass::Read)
+    /// One record of `kind` by id (`GET /crm/v3/objects/<object>/<id>?<query>`).
+    fn one(&self, kind: ActivityKind, record_id: &str, query: &str) -> Request {
+        Request::get(format!("/crm/v3/objects/{}/{}?{query}", self.object_of(kind), urlencode(record_id)), RequestClass::Read)
     }
 
     /// `batch/read` of these ids on `object` (≤100), with these properties.
@@ -432,12 +427,19 @@ impl Inspect for Hubspot {
     /// among archived records. Batch reads carry no associations, so a call's contact is
     /// read again only when the contact it was linked to is no longer live (merged away
     /// or deleted): one more batch read of those contacts first.
-    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
-        let props: Vec<&String> = self.contract().fields.keys().collect();
+    async fn read(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        wanted: &[Wanted],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Live>, Failure> {
+        let props: Vec<&String> = self.contract_of(kind).fields.keys().collect();
         let mut out = HashMap::new();
         for chunk in wanted.chunks(BATCH_MAX) {
             let ids: Vec<&str> = chunk.iter().map(|w| w.record_id.as_str()).collect();
-            for r in self.batch_read(api, t, self.object(), &ids, json!(props), log).await? {
+            for r in self.batch_read(api, t, self.object_of(kind), &ids, json!(props), log).await? {
                 out.insert(r.id, Live::Present { fields: r.properties, contact_id: None });
             }
         }
@@ -452,14 +454,14 @@ impl Inspect for Hubspot {
                     Some(c) if live_contacts.contains(c) => *contact_id = Some(c.clone()),
                     Some(_) => {
                         let now: Object =
-                            t.fetch(api, &self.one(&w.record_id, "properties=hs_object_id&associations=contacts"), log).await?;
+                            t.fetch(api, &self.one(kind, &w.record_id, "properties=hs_object_id&associations=contacts"), log).await?;
                         *contact_id = now.associations.contacts.and_then(|c| c.results.into_iter().next()).map(|c| c.id);
                     }
                     None => {}
                 },
                 Some(_) => {}
                 None => {
-                    let live = match t.call(api, &self.one(&w.record_id, "properties=hs_object_id&archived=true"), log).await {
+                    let live = match t.call(api, &self.one(kind, &w.record_id, "properties=hs_object_id&archived=true"), log).await {
                         Ok(_) => Live::Deleted,
                         Err(f) if f.status == Some(404) => Live::Absent,
                         Err(f) => return Err(f),
@@ -471,15 +473,21 @@ impl Inspect for Hubspot {
         Ok(out)
     }
 
-    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
+    fn restore_request(&self, kind: ActivityKind, record_id: &str, fields: &Map<String, Value>) -> Request {
         // HubSpot's properties are strings.
         let props: Map<String, Value> = fields.iter().map(|(k, v)| (k.clone(), Value::String(crate::contract::as_text(v)))).collect();
-        Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object(), urlencode(record_id)), RequestClass::Update)
+        Request::new(Method::PATCH, format!("/crm/v3/objects/{}/{}", self.object_of(kind), urlencode(record_id)), RequestClass::Update)
             .body(json!({"properties": props}))
     }
 
-    async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(format!("/crm/v3/properties/{}", self.object()), RequestClass::Schema);
+    async fn schema_fields(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<BTreeSet<String>>, Failure> {
+        let req = Request::get(format!("/crm/v3/properties/{}", self.object_of(kind)), RequestClass::Schema);
         let page: Page<Property> = t.fetch(api, &req, log).await?;
         Ok(Some(page.results.into_iter().map(|p| p.name).collect()))
     }

@@ -316,7 +316,15 @@ impl Inspect for Pipedrive {
     /// The activity list filtered by `ids` (100 per call, one list's cost). Pipedrive hides
     /// deleted activities and cannot tell them from purged ones: a missing one is taken as
     /// deleted by a person, whose decision the reconciler does not undo by default.
-    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
+    /// Every kind is an activity: one object to read.
+    async fn read(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        _kind: ActivityKind,
+        wanted: &[Wanted],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Live>, Failure> {
         let mut out = HashMap::new();
         for chunk in wanted.chunks(100) {
             let ids = chunk.iter().map(|w| urlencode(&w.record_id)).collect::<Vec<_>>().join(",");
@@ -330,14 +338,20 @@ impl Inspect for Pipedrive {
         Ok(missing_are(out, wanted, Live::Deleted))
     }
 
-    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
+    fn restore_request(&self, _kind: ActivityKind, record_id: &str, fields: &Map<String, Value>) -> Request {
         Request::new(Method::PATCH, format!("{}/{}", self.activities(), urlencode(record_id)), RequestClass::Update)
             .body(Value::Object(fields.clone()))
     }
 
     /// Activities' fields are Pipedrive's own (the key rides in the note): nothing a
     /// company admin can remove.
-    async fn schema_fields(&self, _api: &Api, _t: &Tenant, _log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
+    async fn schema_fields(
+        &self,
+        _api: &Api,
+        _t: &Tenant,
+        _kind: ActivityKind,
+        _log: &mut Vec<Exchange>,
+    ) -> Result<Option<BTreeSet<String>>, Failure> {
         Ok(None)
     }
 }

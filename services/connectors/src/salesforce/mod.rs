@@ -80,17 +80,13 @@ impl Salesforce {
         format!("/services/data/{API_VERSION}{path}")
     }
 
-    fn object(&self) -> &str {
-        &self.contract().object
-    }
-
     /// The sObject holding this kind (Task for calls, Event for meetings).
     fn object_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or_else(|| self.contract()).object
+        &self.contract_of(kind).object
     }
 
     fn key_field_of(&self, kind: ActivityKind) -> &str {
-        &self.contract_for(kind).unwrap_or_else(|| self.contract()).key_field
+        &self.contract_of(kind).key_field
     }
 
     /// The people a record of `kind` relates now (`EventWhoIds`, `TaskWhoIds`), to add to
@@ -422,15 +418,22 @@ impl Connector for Salesforce {
 }
 
 impl Inspect for Salesforce {
-    /// One `queryAll` per 200 ids: it returns deleted Tasks too (`IsDeleted`, the recycle
-    /// bin), and `WhoId`, which follows a contact merge.
-    async fn read(&self, api: &Api, t: &Tenant, wanted: &[Wanted], log: &mut Vec<Exchange>) -> Result<HashMap<String, Live>, Failure> {
-        let mut fields: Vec<&str> = self.contract().fields.keys().map(String::as_str).collect();
+    /// One `queryAll` per 200 ids: it returns deleted Tasks and Events too (`IsDeleted`,
+    /// the recycle bin), and `WhoId`, which follows a contact merge.
+    async fn read(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        wanted: &[Wanted],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Live>, Failure> {
+        let mut fields: Vec<&str> = self.contract_of(kind).fields.keys().map(String::as_str).collect();
         fields.extend(["Id", "IsDeleted", "WhoId"]);
         let mut out = HashMap::new();
         for chunk in wanted.chunks(COLLECTION_MAX) {
             let ids = chunk.iter().map(|w| format!("'{}'", w.record_id.replace(['\\', '\''], ""))).collect::<Vec<_>>().join(",");
-            let soql = format!("SELECT {} FROM {} WHERE Id IN ({ids})", fields.join(", "), self.object());
+            let soql = format!("SELECT {} FROM {} WHERE Id IN ({ids})", fields.join(", "), self.object_of(kind));
             let mut path = self.data(&format!("/queryAll/?q={}", urlencode(&soql)));
             loop {
                 let page: QueryPage = t.fetch(api, &Request::get(path, RequestClass::Read), log).await?;
@@ -453,13 +456,23 @@ impl Inspect for Salesforce {
         Ok(missing_are(out, wanted, Live::Absent))
     }
 
-    fn restore_request(&self, record_id: &str, fields: &Map<String, Value>) -> Request {
-        Request::new(Method::PATCH, self.data(&format!("/sobjects/{}/{}", self.object(), urlencode(record_id))), RequestClass::Update)
-            .body(Value::Object(fields.clone()))
+    fn restore_request(&self, kind: ActivityKind, record_id: &str, fields: &Map<String, Value>) -> Request {
+        Request::new(
+            Method::PATCH,
+            self.data(&format!("/sobjects/{}/{}", self.object_of(kind), urlencode(record_id))),
+            RequestClass::Update,
+        )
+        .body(Value::Object(fields.clone()))
     }
 
-    async fn schema_fields(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(self.data(&format!("/sobjects/{}/describe/", self.object())), RequestClass::Schema);
+    async fn schema_fields(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<BTreeSet<String>>, Failure> {
+        let req = Request::get(self.data(&format!("/sobjects/{}/describe/", self.object_of(kind))), RequestClass::Schema);
         let describe: Describe = t.fetch(api, &req, log).await?;
         Ok(Some(describe.fields.into_iter().map(|f| f.name).collect()))
     }
