@@ -472,14 +472,14 @@ pub struct Malformed {
 /// A message of `crm.writes.<crm>` decoded: a call's request or an email's or meeting's
 /// (told apart by their fingerprints), before an activity is taken apart.
 pub enum WritePayload {
-    Call(CrmWriteRequest),
+    Call(Box<CrmWriteRequest>),
     Activity(Box<ActivityWriteRequest>),
 }
 
 /// Decodes either record type of `crm.writes.<crm>`; Err says why it is neither.
 pub fn decode_write(payload: &[u8]) -> Result<WritePayload, String> {
     let call_error = match crate::codec::decode::<CrmWriteRequest>(payload) {
-        Ok(req) => return Ok(WritePayload::Call(req)),
+        Ok(req) => return Ok(WritePayload::Call(Box::new(req))),
         Err(e) => e,
     };
     crate::codec::decode::<ActivityWriteRequest>(payload)
@@ -492,7 +492,7 @@ impl WriteRequest {
     /// none that is whole (the writer dead-letters those with the reason).
     pub fn from_payload(payload: &[u8]) -> Option<WriteRequest> {
         match decode_write(payload).ok()? {
-            WritePayload::Call(c) => Some(WriteRequest::Call(c)),
+            WritePayload::Call(c) => Some(WriteRequest::Call(*c)),
             WritePayload::Activity(a) => WriteRequest::try_from(*a).ok(),
         }
     }

@@ -224,7 +224,7 @@ pub enum Refused {
 /// ActivityWriteRequest of a kind this writer writes.
 fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRequest, Refused> {
     let a = match crm_common::events::decode_write(m.payload.as_deref().unwrap_or_default()) {
-        Ok(WritePayload::Call(req)) => return Ok(WriteRequest::Call(req)),
+        Ok(WritePayload::Call(req)) => return Ok(WriteRequest::Call(*req)),
         Ok(WritePayload::Activity(a)) => *a,
         Err(why) => return Err(Refused::Undecodable(format!("{} message is {why}", m.topic))),
     };
