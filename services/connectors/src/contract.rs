@@ -24,6 +24,8 @@ pub enum FieldType {
     Text,
     Number,
     Bool,
+    /// An address object with the text as its `value` (Pipedrive v2's `location`).
+    Address,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +184,7 @@ impl Contract {
                 FieldType::Text => Value::String(text),
                 FieldType::Number => text.parse::<i64>().map(Value::from).unwrap_or(Value::String(text)),
                 FieldType::Bool => Value::Bool(text == "true"),
+                FieldType::Address => serde_json::json!({ "value": text }),
             };
             out.insert(field.to_string(), v);
         }
@@ -366,6 +369,55 @@ mod tests {
         assert!(!meetings.values(&on, WriteKind::Update).contains_key("hs_meeting_outcome"), "a person's COMPLETED or NO_SHOW stands");
         assert_eq!(meetings.values(&on, WriteKind::Update)["hs_meeting_end_time"], "2026-01-01T00:30:00.000Z");
         assert!(!meetings.owned_values(&on).contains_key("hs_meeting_title"));
+    }
+
+    /// Every CRM's email and meeting contracts load, and give each CRM what it takes.
+    #[test]
+    fn every_crms_email_and_meeting_contracts_map_their_kind() {
+        use crm_common::events::{fixtures, Crm, MeetingStatus};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
+        for crm in [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] {
+            let all = Contracts::load(&dir, crm.as_str()).unwrap();
+            assert_eq!(all.kinds().count(), 3, "{}: calls, emails and meetings", crm.as_str());
+        }
+        let email = |crm: Crm| WriteRequest::try_from(fixtures::email_request("acme", "m1", crm)).unwrap();
+        let meeting = |crm: Crm, status: MeetingStatus| {
+            let mut m = fixtures::meeting_request("acme", "ev1", crm);
+            m.meeting.as_mut().unwrap().status = status;
+            WriteRequest::try_from(m).unwrap()
+        };
+        let of = |crm: Crm, kind: ActivityKind| Contracts::load(&dir, crm.as_str()).unwrap().get(kind).unwrap().clone();
+
+        // Zoho: associate_email's fields, the Message-ID as its header writes it.
+        let z = of(Crm::Zoho, ActivityKind::Email).values(&email(Crm::Zoho), WriteKind::Create);
+        assert_eq!(z["original_message_id"], "<m1@mail.acme.example>");
+        assert_eq!((z["sent"].clone(), z["date_time"].clone()), (Value::Bool(true), Value::from("2026-01-01T00:00:00+00:00")));
+        assert_eq!(z["subject"], "Renewal");
+        let zm = of(Crm::Zoho, ActivityKind::Meeting);
+        let on = zm.values(&meeting(Crm::Zoho, MeetingStatus::Confirmed), WriteKind::Create);
+        assert_eq!(
+            (on["Start_DateTime"].as_str(), on["End_DateTime"].as_str()),
+            (Some("2026-01-01T00:00:00+00:00"), Some("2026-01-01T00:30:00+00:00"))
+        );
+        assert!(on["Crm_Sync_Key"].as_str().is_some_and(|k| k.starts_with("acme:meeting:")));
+        let off = zm.values(&meeting(Crm::Zoho, MeetingStatus::Cancelled), WriteKind::Update);
+        assert!(off["Event_Title"].as_str().is_some_and(|t| t.starts_with("Cancelled: ")), "{off:?}");
+
+        // Salesforce: an email is a completed Task of subtype Email.
+        let sf = of(Crm::Salesforce, ActivityKind::Email).values(&email(Crm::Salesforce), WriteKind::Create);
+        assert_eq!(
+            (sf["TaskSubtype"].as_str(), sf["Status"].as_str(), sf["Subject"].as_str()),
+            (Some("Email"), Some("Completed"), Some("Email: Renewal"))
+        );
+        assert!(sf["Description"].as_str().is_some_and(|d| d.starts_with("From: Rep One <rep@acme.example>\nTo: ")), "{sf:?}");
+
+        // Pipedrive: a done email activity, the key after the marker; a meeting's location as
+        // v2's address object.
+        let pd = of(Crm::Pipedrive, ActivityKind::Email).values(&email(Crm::Pipedrive), WriteKind::Create);
+        assert_eq!((pd["type"].as_str(), pd["done"].clone()), (Some("email"), Value::Bool(true)));
+        assert!(pd["note"].as_str().is_some_and(|n| n.ends_with("crm-sync-key:acme:email:m1@mail.acme.example:pipedrive")), "{pd:?}");
+        let pm = of(Crm::Pipedrive, ActivityKind::Meeting).values(&meeting(Crm::Pipedrive, MeetingStatus::Confirmed), WriteKind::Create);
+        assert!(pm["location"]["value"].as_str().is_some_and(|l| !l.is_empty()), "{pm:?}");
     }
 
     #[test]
