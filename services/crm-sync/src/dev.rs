@@ -268,9 +268,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         ("hubspot.email", include_str!("../../../contracts/hubspot.email.toml")),
         ("hubspot.meeting", include_str!("../../../contracts/hubspot.meeting.toml")),
         ("salesforce", include_str!("../../../contracts/salesforce.toml")),
+        ("salesforce.email", include_str!("../../../contracts/salesforce.email.toml")),
         ("salesforce.meeting", include_str!("../../../contracts/salesforce.meeting.toml")),
         ("zoho", include_str!("../../../contracts/zoho.toml")),
+        ("zoho.email", include_str!("../../../contracts/zoho.email.toml")),
+        ("zoho.meeting", include_str!("../../../contracts/zoho.meeting.toml")),
         ("pipedrive", include_str!("../../../contracts/pipedrive.toml")),
+        ("pipedrive.email", include_str!("../../../contracts/pipedrive.email.toml")),
         ("pipedrive.meeting", include_str!("../../../contracts/pipedrive.meeting.toml")),
     ] {
         std::fs::write(contracts.join(format!("{crm}.toml")), text)?;
