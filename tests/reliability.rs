@@ -36,6 +36,9 @@ fn check_with(summary: &HashMap<String, String>, zombies_expected: bool) {
     let expected = first_number(&summary["expected"]);
     assert!(expected > 3000, "3000 calls over tenants with one or two CRMs: {expected} records expected");
     assert_eq!(first_number(&summary["written"]), expected);
+    // Emails and meetings ride along, checked one record each like the calls.
+    let activities = &summary["activities"];
+    assert!(first_number(activities) >= 100 && !activities.contains("and 0 meetings"), "emails and meetings mixed in: {activities}");
     for reason in ["INVALID_PHONE", "TENANT_NOT_CONFIGURED", "PERMISSION_DENIED", "AUTH_FAILED"] {
         assert!(summary["DLQ by reason"].contains(reason), "{reason} in {}", summary["DLQ by reason"]);
     }

@@ -18,7 +18,9 @@
 //! The input is what upstream systems send: mostly good calls, some sent twice, some
 //! updated later, some with numbers that are not numbers, some for a tenant nobody
 //! configured; a few tenants are set up to fail for good at one CRM (a revoked write
-//! permission, a wrong token). At the end it checks that crm-sim holds exactly one record
+//! permission, a wrong token). Every `--activities-every`-th tenant also syncs emails (some
+//! sent twice) and meetings (some moved, some then cancelled) to each of its CRMs, on their
+//! own raw topics, mixed in with its calls. At the end it checks that crm-sim holds exactly one record
 //! per expected (call, CRM), that every permanent failure is in the DLQ with its reason and
 //! nothing else is, and that the audit store has a write for every record. It prints the
 //! counts and the run's throughput, and exits non-zero when a check fails (keeping the
@@ -100,6 +102,10 @@ pub struct Opts {
     pub zombie_s: f64,
     #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
+    /// Every this-many-th tenant (of those that fail at no CRM) syncs emails and meetings
+    /// too; 0: calls only.
+    #[arg(long, default_value_t = 4)]
+    pub activities_every: usize,
 }
 
 /// What must become of one (tenant, call, CRM): a record, or a dead letter with this
@@ -107,13 +113,16 @@ pub struct Opts {
 type Outcome = (String, String, String);
 
 struct Plan {
-    /// (key, Avro CallEvent) in produce order.
-    messages: Vec<(String, Vec<u8>)>,
+    /// (topic, key, Avro CallEvent / EmailEvent / MeetingEvent) in produce order.
+    messages: Vec<(String, String, Vec<u8>)>,
     /// Idempotency keys that must end as exactly one record each.
     records: HashSet<String>,
     /// (tenant, call, crm) → the reason it must be dead-lettered with.
     dead: HashMap<Outcome, DlqReason>,
     repeats: usize,
+    /// Emails and meetings (distinct), and meeting versions after the first.
+    emails: usize,
+    meetings: usize,
     /// Dead letters the input makes when nothing crashes: one per failing input, so a
     /// repeat of a call that fails in the normaliser fails again, a repeat the deduper
     /// drops does not, and an update of a call that fails at a CRM fails again there.
@@ -128,11 +137,14 @@ struct Tenant {
     revoked: Option<Crm>,
     /// The CRM whose token in the secret is wrong.
     bad_token: Option<Crm>,
+    /// Syncs emails and meetings too (`activities = ["call", "email", "meeting"]`).
+    activities: bool,
 }
 
 /// Tenant i uses CRM i % 4, and every third tenant a second one; four tenants (one per CRM)
-/// lose their write permission and one has a wrong token.
-fn tenants(n: usize) -> Vec<Tenant> {
+/// lose their write permission and one has a wrong token; every `activities_every`-th of
+/// the others syncs emails and meetings too.
+fn tenants(n: usize, activities_every: usize) -> Vec<Tenant> {
     let revoked: HashMap<usize, Crm> = (0..4).map(|k| ((k * n / 4) / 4 * 4 + k + 4, CRMS[k])).collect();
     (0..n)
         .map(|i| {
@@ -140,9 +152,71 @@ fn tenants(n: usize) -> Vec<Tenant> {
             if i % 3 == 0 {
                 crms.push(CRMS[(i + 1) % 4]);
             }
-            Tenant { name: format!("t{i}"), revoked: revoked.get(&i).copied(), bad_token: (i == n / 2 + 2).then(|| crms[0]), crms }
+            let (revoked, bad_token) = (revoked.get(&i).copied(), (i == n / 2 + 2).then(|| crms[0]));
+            // Runs of four tenants (one per CRM) at a time, so every CRM gets them.
+            let activities = activities_every > 0 && (i / 4) % activities_every == 1 && revoked.is_none() && bad_token.is_none();
+            Tenant { name: format!("t{i}"), revoked, bad_token, crms, activities }
         })
         .collect()
+}
+
+/// The rep every email and meeting comes from, and the customer they are with (a contact
+/// in each of the tenant's CRMs).
+const REP: &str = "Rep <rep@seller.example>";
+const CUSTOMER_EMAIL: &str = crate::writer::PARTICIPANT;
+
+/// An email the rep sent the customer an hour ago (the claim store remembers it).
+fn email(tenant: &str, i: usize, now: i64) -> EmailEvent {
+    EmailEvent {
+        tenant_id: tenant.into(),
+        message_id: format!("<re{i}@mail.seller.example>"),
+        source: "reliability-mail".into(),
+        version: 1,
+        thread_id: Some(format!("thread-{i}")),
+        in_reply_to: None,
+        direction: EmailDirection::Sent,
+        from: REP.into(),
+        to: vec![format!("Jane Doe <{CUSTOMER_EMAIL}>")],
+        cc: vec![],
+        bcc: vec![],
+        subject: Some(format!("Follow-up {i}")),
+        body_text: Some(format!("email {i} ✓")),
+        sent_at: now - 3_600_000 + i as i64,
+        time_zone: Some("America/New_York".into()),
+        actor_id: "rep-1".into(),
+        actor_email: "rep@seller.example".into(),
+        attributes: HashMap::new(),
+    }
+}
+
+/// A meeting with the customer tomorrow, at `version` (2: moved an hour; 3: cancelled).
+fn meeting(tenant: &str, i: usize, version: i64, now: i64) -> MeetingEvent {
+    let start = now + 86_400_000 + if version >= 2 { 3_600_000 } else { 0 };
+    let attendee = |a: &str| MeetingAttendee { address: a.into(), response: AttendeeResponse::Accepted, optional: false, phone: None };
+    MeetingEvent {
+        tenant_id: tenant.into(),
+        event_id: format!("rm{i}"),
+        ical_uid: Some(format!("rm{i}@cal.seller.example")),
+        recurrence_id: None,
+        source: "reliability-calendar".into(),
+        version,
+        status: if version >= 3 { MeetingStatus::Cancelled } else { MeetingStatus::Confirmed },
+        title: Some(format!("Review {i}")),
+        description_text: None,
+        start_at: Some(start),
+        end_at: Some(start + 1_800_000),
+        all_day: false,
+        start_date: None,
+        end_date: None,
+        time_zone: Some("America/New_York".into()),
+        location: Some("Room 4".into()),
+        conference_url: None,
+        organizer: REP.into(),
+        attendees: vec![attendee(REP), attendee(CUSTOMER_EMAIL)],
+        actor_id: "rep-1".into(),
+        actor_email: "rep@seller.example".into(),
+        attributes: HashMap::new(),
+    }
 }
 
 fn call(tenant: &str, i: usize, version: i64) -> CallEvent {
@@ -166,10 +240,22 @@ fn call(tenant: &str, i: usize, version: i64) -> CallEvent {
     }
 }
 
-fn plan(tenants: &[Tenant], calls: usize) -> anyhow::Result<Plan> {
-    let mut p = Plan { messages: vec![], records: HashSet::new(), dead: HashMap::new(), repeats: 0, updates: 0, dead_rows: 0 };
+fn plan(tenants: &[Tenant], calls: usize, topics: &Topics) -> anyhow::Result<Plan> {
+    let mut p = Plan {
+        messages: vec![],
+        records: HashSet::new(),
+        dead: HashMap::new(),
+        repeats: 0,
+        updates: 0,
+        dead_rows: 0,
+        emails: 0,
+        meetings: 0,
+    };
+    let now = crm_common::clock::now_ms();
+    let (calls_raw, emails_raw, meetings_raw) =
+        (topics.calls_raw.clone(), topics.raw(ActivityKind::Email).to_string(), topics.raw(ActivityKind::Meeting).to_string());
     // Repeats and updates arrive a little later than the call they repeat or update.
-    let mut later: BTreeMap<usize, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+    let mut later: BTreeMap<usize, Vec<(String, String, Vec<u8>)>> = BTreeMap::new();
     for i in 0..calls {
         let t = &tenants[i % tenants.len()];
         let id = format!("r{i}");
@@ -197,11 +283,53 @@ fn plan(tenants: &[Tenant], calls: usize) -> anyhow::Result<Plan> {
             }
             if i % 50 == 11 {
                 let v2 = call(&t.name, i, 2);
-                later.entry(i + 100).or_default().push((t.name.clone(), codec::encode(&v2)?));
+                later.entry(i + 100).or_default().push((calls_raw.clone(), t.name.clone(), codec::encode(&v2)?));
                 p.updates += 1;
             }
+            // Its emails and meetings, beside the calls: by round (each round gives every
+            // tenant one call), an email in every fourth, a meeting in every fourth other.
+            let round = i / tenants.len();
+            if t.activities && round % 4 == 1 {
+                let e = email(&t.name, i, now);
+                let mid = format!("re{i}@mail.seller.example");
+                for &crm in &t.crms {
+                    p.records.insert(activity_key(&t.name, ActivityKind::Email, &mid, crm));
+                }
+                let msg = (emails_raw.clone(), t.name.clone(), codec::encode(&e)?);
+                if round % 8 == 5 {
+                    // The same email from a second mailbox's sync.
+                    later.entry(i + 30).or_default().push(msg.clone());
+                    p.repeats += 1;
+                }
+                p.messages.push(msg);
+                p.emails += 1;
+            } else if t.activities && round % 4 == 3 {
+                let uid = format!("rm{i}@cal.seller.example");
+                for &crm in &t.crms {
+                    p.records.insert(activity_key(&t.name, ActivityKind::Meeting, &uid, crm));
+                }
+                p.messages.push((meetings_raw.clone(), t.name.clone(), codec::encode(&meeting(&t.name, i, 1, now))?));
+                p.meetings += 1;
+                // Moved; and some of those cancelled afterwards.
+                if round % 8 == 3 {
+                    later.entry(i + 60).or_default().push((
+                        meetings_raw.clone(),
+                        t.name.clone(),
+                        codec::encode(&meeting(&t.name, i, 2, now))?,
+                    ));
+                    p.updates += 1;
+                }
+                if round % 16 == 3 {
+                    later.entry(i + 120).or_default().push((
+                        meetings_raw.clone(),
+                        t.name.clone(),
+                        codec::encode(&meeting(&t.name, i, 3, now))?,
+                    ));
+                    p.updates += 1;
+                }
+            }
         }
-        let msg = (ev.tenant_id.clone(), codec::encode(&ev)?);
+        let msg = (calls_raw.clone(), ev.tenant_id.clone(), codec::encode(&ev)?);
         if i % 20 == 7 {
             later.entry(i + 50).or_default().push(msg.clone());
             p.repeats += 1;
@@ -486,10 +614,10 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
     let db_name = format!("crm_sync_reliability_{}", std::process::id());
     let db_url = stage.rt.block_on(audit_store::create_database(&o.database_url, &db_name))?;
 
-    let ts = tenants(o.tenants);
+    let ts = tenants(o.tenants, o.activities_every);
     let bootstrap = broker.bootstrap();
     let env = stage.set_up(&ts, &bootstrap, &redis, &db_url)?;
-    let plan = plan(&ts, o.calls)?;
+    let plan = plan(&ts, o.calls, &topics)?;
     stage.announce(&plan);
     let services = Mutex::new(start_services(&o, &env)?);
 
@@ -505,7 +633,7 @@ pub fn run(o: Opts) -> anyhow::Result<()> {
         t0: Instant::now(),
     };
     let (elapsed, seen, produce_s) = std::thread::scope(|scope| {
-        let producer = scope.spawn(|| live.produce(&o, &plan, &bootstrap, &topics.calls_raw));
+        let producer = scope.spawn(|| live.produce(&o, &plan, &bootstrap));
         let chaos = scope.spawn(|| live.chaos(&o, &mut redis, plan.expected()));
         let r = live.watch(&stage, &db, &plan, || producer.is_finished());
         live.chaos_on.store(false, Ordering::Relaxed);
@@ -562,6 +690,32 @@ impl Stage<'_> {
                 } else {
                     json!([{"token": token, "kind": "static"}])
                 };
+                if t.activities {
+                    // Emails' and meetings' objects carry a key too (where it is not the
+                    // calls' own), and the customer is a contact with her address.
+                    let calls_key = spec["key_field"].clone();
+                    let mut keys = vec![];
+                    for kind in [ActivityKind::Email, ActivityKind::Meeting] {
+                        let Some(k) = crate::writer::kind_parts(crm, kind)? else { continue };
+                        if let Some(def) = k.key_def {
+                            spec["fields"][k.object] = json!({k.key_field: def()});
+                        }
+                        let mut key = json!({"object": k.object, "field": k.key_field});
+                        if let Some(m) = k.key_marker {
+                            key["marker"] = json!(m);
+                        }
+                        if key != calls_key && !keys.contains(&key) {
+                            keys.push(key);
+                        }
+                        let contacts = spec["objects"].as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
+                        if kind == ActivityKind::Email {
+                            if let Some(list) = spec["objects"][&contacts].as_array_mut() {
+                                list.push((k.contact)(CUSTOMER_EMAIL));
+                            }
+                        }
+                    }
+                    spec["key_fields"] = json!(keys);
+                }
                 // Each account draws its faults from its own sequence: with one seed for all,
                 // every account would fault (or not) on the same requests.
                 spec["seed"] = json!(o.seed.wrapping_mul(1_000_003).wrapping_add((ti * 4 + crm as usize) as u64));
@@ -589,8 +743,9 @@ impl Stage<'_> {
                 // A throttled Salesforce org is probed again after 2 s rather than a minute, so
                 // the injected 403s do not dominate the run.
                 let limits = if crm == Crm::Salesforce { "limits = { recheck_s = 2 }\n" } else { "" };
+                let activities = if t.activities { "activities = [\"call\", \"email\", \"meeting\"]\n" } else { "" };
                 config += &format!(
-                    "[tenants.{}.crms.{}]\nplan = \"{}\"\ncredentials_secret = \"{secret}\"\nbase_url = \"{sim_url}/{}\"\n{limits}",
+                    "[tenants.{}.crms.{}]\nplan = \"{}\"\ncredentials_secret = \"{secret}\"\nbase_url = \"{sim_url}/{}\"\n{limits}{activities}",
                     t.name,
                     crm.as_str(),
                     spec["plan"].as_str().unwrap_or_default(),
@@ -620,6 +775,11 @@ impl Stage<'_> {
         std::fs::create_dir_all(dir.join("contracts"))?;
         for crm in CRMS {
             std::fs::write(dir.join(format!("contracts/{}.toml", crm.as_str())), profile(crm).contract)?;
+            for kind in [ActivityKind::Email, ActivityKind::Meeting] {
+                if let Some(k) = crate::writer::kind_parts(crm, kind)? {
+                    std::fs::write(dir.join(format!("contracts/{}.{}.toml", crm.as_str(), kind.as_str())), k.contract)?;
+                }
+            }
         }
         vars.extend(
             [
@@ -641,6 +801,7 @@ impl Stage<'_> {
                 // 2 s there; the machine has one clock.
                 ("WRITER_LATE_WRITE_HORIZON", "3s".into()),
                 ("HUBSPOT_SEARCH_LAG", "3s".into()),
+                ("ZOHO_SEARCH_LAG", "3s".into()),
                 ("WRITER_CLOCK_SKEW", "2s".into()),
                 ("RUST_LOG", "info".into()),
             ]
@@ -651,9 +812,11 @@ impl Stage<'_> {
 
     fn announce(&self, plan: &Plan) {
         eprintln!(
-            "reliability: {} calls ({} messages with {} repeats and {} updates) for {} tenants on {:?}; \
+            "reliability: {} calls, {} emails and {} meetings ({} messages with {} repeats and {} updates) for {} tenants on {:?}; \
              expecting {} records ({:?}) and {} dead letters; logs in {}",
             self.o.calls,
+            plan.emails,
+            plan.meetings,
             plan.messages.len(),
             plan.repeats,
             plan.updates,
@@ -743,12 +906,13 @@ impl Live {
         self.t0.elapsed().as_secs_f64()
     }
 
-    /// Upstream: the plan's messages at `--rate` calls per second. Returns the seconds it took.
-    fn produce(&self, o: &Opts, plan: &Plan, bootstrap: &str, topic: &str) -> anyhow::Result<f64> {
+    /// Upstream: the plan's messages at `--rate` calls per second, each to its raw topic.
+    /// Returns the seconds it took.
+    fn produce(&self, o: &Opts, plan: &Plan, bootstrap: &str) -> anyhow::Result<f64> {
         let producer = Kafka::local(bootstrap).threaded_producer(&[("linger.ms", "10"), ("batch.num.messages", "10000")])?;
         let start = Instant::now();
         let per_call = o.calls as f64 / plan.messages.len() as f64 / o.rate as f64;
-        for (i, (key, payload)) in plan.messages.iter().enumerate() {
+        for (i, (topic, key, payload)) in plan.messages.iter().enumerate() {
             let due = start + Duration::from_secs_f64(i as f64 * per_call);
             if let Some(w) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(w);
@@ -975,8 +1139,12 @@ impl Tally {
             for &crm in &t.crms {
                 let s = sim.admin(reqwest::Method::GET, &format!("/accounts/{}/{}", crm.as_str(), t.name), None)?;
                 for (k, v) in s["keys"].as_object().into_iter().flatten() {
-                    // Pipedrive's key rides in the note behind a marker.
-                    let key = k.rsplit_once("crm-sync-key:").map_or(k.as_str(), |(_, k)| k).trim().to_string();
+                    // Pipedrive's key rides in the note behind a marker; Zoho's emails are
+                    // known by their Message-ID.
+                    let key = match k.strip_prefix('<').and_then(|m| m.strip_suffix('>')) {
+                        Some(mid) => activity_key(&t.name, ActivityKind::Email, mid, crm),
+                        None => k.rsplit_once("crm-sync-key:").map_or(k.as_str(), |(_, k)| k).trim().to_string(),
+                    };
                     *records_at.entry(key).or_default() += v["total"].as_u64().unwrap_or(0);
                 }
                 for (endpoint, counts) in s["counters"].as_object().into_iter().flatten() {
@@ -1056,6 +1224,13 @@ impl Tally {
             plan.records.len(),
             plan.records_by_crm().iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "),
             plan.dead.len()
+        );
+        println!(
+            "  activities        {} emails ({} of the records) and {} meetings ({} of the records) among the calls",
+            plan.emails,
+            plan.records.iter().filter(|k| k.contains(":email:")).count(),
+            plan.meetings,
+            plan.records.iter().filter(|k| k.contains(":meeting:")).count()
         );
         println!("  written           {written}");
         println!("  duplicates        {}", self.duplicates.len());
@@ -1238,12 +1413,15 @@ mod tests {
 
     #[test]
     fn every_crm_is_used_and_one_tenant_per_crm_loses_its_permission() {
-        let ts = tenants(200);
+        let ts = tenants(200, 4);
         for crm in CRMS {
             assert!(ts.iter().any(|t| t.crms.contains(&crm) && t.revoked != Some(crm)), "{crm:?} written");
             assert_eq!(ts.iter().filter(|t| t.revoked == Some(crm)).count(), 1, "{crm:?} revoked once");
+            assert!(ts.iter().any(|t| t.activities && t.crms.contains(&crm)), "{crm:?} gets emails and meetings");
         }
         assert!(ts.iter().all(|t| t.revoked.is_none_or(|c| t.crms.contains(&c))));
         assert_eq!(ts.iter().filter(|t| t.bad_token.is_some()).count(), 1);
+        assert!(ts.iter().all(|t| !t.activities || (t.revoked.is_none() && t.bad_token.is_none())), "only healthy tenants");
+        assert!(tenants(200, 0).iter().all(|t| !t.activities));
     }
 }

@@ -72,7 +72,7 @@ impl Sim {
 }
 
 /// The participant every email and meeting of the bench has, a contact in each account.
-const PARTICIPANT: &str = "jane.doe@customer.example";
+pub(crate) const PARTICIPANT: &str = "jane.doe@customer.example";
 
 /// An email or meeting backlog instead of calls (`--kind`): where the CRM keeps that kind.
 pub struct KindParts {
@@ -89,7 +89,7 @@ pub struct KindParts {
 }
 
 /// The kind's parts at this CRM, where its writer takes the kind.
-fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<KindParts>> {
+pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<KindParts>> {
     let hubspot_key = || json!({"type": "text", "unique": true});
     let sf_key = || json!({"type": "text", "external_id": true, "unique": true});
     Ok(match (crm, kind) {

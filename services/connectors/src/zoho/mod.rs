@@ -325,8 +325,9 @@ impl Zoho {
         for (i, item) in items.iter().enumerate() {
             let mut record = self.record(item, WriteKind::Update);
             let id = item.record_id.clone().unwrap_or_default();
-            let cancelling = matches!(&item.req, WriteRequest::Meeting { meeting, .. } if meeting.status == MeetingStatus::Cancelled);
-            if !item.contacts.is_empty() || cancelling {
+            // Without matched contacts there is nothing to add and no cancel action to take
+            // (Zoho refuses it without invitees): no read.
+            if !item.contacts.is_empty() {
                 let read = Request::get(format!("{API}/{}/{}", self.module(ActivityKind::Meeting), urlencode(&id)), RequestClass::Read);
                 let now = match t.fetch::<Data<Event>>(api, &read, log).await {
                     Ok(d) => d.rows().into_iter().next(),
