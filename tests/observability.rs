@@ -122,10 +122,15 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
         })
     };
     let export = Duration::from_secs(30);
-    wait_for("the bad call's dead letter, by reason", export, || {
-        has("crm_sync.dlq", "normaliser", &[("stage", "NORMALISER"), ("reason", "INVALID_PHONE")])
+    wait_for("the bad call's dead letter, by reason and kind", export, || {
+        has("crm_sync.dlq", "normaliser", &[("stage", "NORMALISER"), ("reason", "INVALID_PHONE"), ("activity", "call")])
     });
-    wait_for("writer throughput by stage", export, || has("crm_sync.messages", "writer-hubspot", &[("stage", "writer-hubspot")]));
+    wait_for("writer throughput by stage and kind", export, || {
+        has("crm_sync.messages", "writer-hubspot", &[("stage", "writer-hubspot"), ("activity", "call")])
+    });
+    wait_for("normaliser throughput by kind, from its input topic", export, || {
+        has("crm_sync.messages", "normaliser", &[("activity", "call")])
+    });
     wait_for("CRM latency by CRM and priority", export, || {
         has("crm_sync.crm.request.duration", "writer-hubspot", &[("crm", "hubspot"), ("priority", "live")])
     });

@@ -150,6 +150,11 @@ impl Topics {
         Self::KINDS.into_iter().find(|k| self.normalised(*k) == topic)
     }
 
+    /// The kind a raw or normalised topic carries (None for topics of several kinds).
+    pub fn kind_of(&self, topic: &str) -> Option<ActivityKind> {
+        self.raw_kind(topic).or_else(|| self.normalised_kind(topic))
+    }
+
     pub fn crm_writes(&self, crm: crate::events::Crm) -> String {
         format!("{}{}", self.crm_writes_prefix, crm.as_str())
     }

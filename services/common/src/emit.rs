@@ -164,7 +164,7 @@ impl Emitter {
         let mut audit = self.audit(input, &Subject { tenant_id: &tenant, ..*subject }, operation, AuditOutcome::DeadLettered, audit_detail);
         audit.reason = Some(reason.as_str().to_string());
         audit.attempt = dl.attempt;
-        crate::telemetry::crm_metrics().dead_letter(self.stage.as_str(), reason.as_str(), subject.crm.map(Crm::as_str));
+        crate::telemetry::crm_metrics().dead_letter(self.stage.as_str(), reason.as_str(), subject.crm.map(Crm::as_str), subject.kind);
         audit.crm_status = crm.status;
         audit.attributes.insert("dlq_id".into(), dl.dlq_id.clone());
         [

@@ -172,7 +172,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
             break;
         }
         for (((input, ticket), p), span) in batch.iter().zip(tickets).zip(processed).zip(spans) {
-            metrics.message(p.outcome);
+            metrics.message(p.outcome, cfg.common.topics.kind_of(&input.topic));
             *counts.entry(p.outcome).or_default() += 1;
             span.record("outcome", p.outcome);
             let traceparent = crate::telemetry::traceparent(&span, &input.trace_id);

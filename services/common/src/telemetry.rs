@@ -152,8 +152,11 @@ impl StageMetrics {
         }
     }
 
-    pub fn message(&self, outcome: &'static str) {
-        self.messages.add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("outcome", outcome)]);
+    /// One input handled: its outcome, and the kind of activity it was (`call`, `email`,
+    /// `meeting`; `unknown` where the input could not say).
+    pub fn message(&self, outcome: &'static str, activity: Option<crate::events::ActivityKind>) {
+        let activity = activity.map_or("unknown", crate::events::ActivityKind::as_str);
+        self.messages.add(1, &[KeyValue::new("stage", self.stage), KeyValue::new("outcome", outcome), KeyValue::new("activity", activity)]);
     }
 
     pub fn batch_latency(&self, ms: f64) {
@@ -238,13 +241,14 @@ impl CrmMetrics {
         );
     }
 
-    pub fn dead_letter(&self, stage: &str, reason: &str, crm: Option<&str>) {
+    pub fn dead_letter(&self, stage: &str, reason: &str, crm: Option<&str>, activity: Option<crate::events::ActivityKind>) {
         self.dlq.add(
             1,
             &[
                 KeyValue::new("stage", stage.to_string()),
                 KeyValue::new("reason", reason.to_string()),
                 KeyValue::new("crm", crm.unwrap_or("none").to_string()),
+                KeyValue::new("activity", activity.map_or("unknown", crate::events::ActivityKind::as_str)),
             ],
         );
     }

@@ -28,6 +28,8 @@ pub struct Done {
     pub ticket: Ticket,
     pub outputs: Vec<OutRecord>,
     pub outcome: &'static str,
+    /// The kind of activity written (None: the input said no kind it could be read as).
+    pub activity: Option<crm_common::events::ActivityKind>,
 }
 
 pub struct Shared<C: Connector> {
@@ -725,7 +727,7 @@ impl<C: Connector> Shared<C> {
                 "dead_lettered"
             }
         };
-        Done { ticket: w.ticket.clone(), outputs, outcome }
+        Done { ticket: w.ticket.clone(), outputs, outcome, activity: Some(req.kind()) }
     }
 }
 

@@ -61,7 +61,7 @@ async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &
             kafka::acknowledged(&topic, f).await?;
             metrics.produced(&topic);
         }
-        metrics.message(d.outcome);
+        metrics.message(d.outcome, d.activity);
         offsets.lock().expect("offsets").finished(&d.ticket);
     }
     Ok(())
@@ -253,6 +253,10 @@ async fn undecodable<C: Connector>(
     ticket: Ticket,
     refused: Refused,
 ) -> anyhow::Result<()> {
+    let activity = match &refused {
+        Refused::Activity { req, .. } => Some(req.kind),
+        Refused::Undecodable(_) => None,
+    };
     let outputs = match refused {
         Refused::Activity { req: a, why } => {
             let subject = Subject {
@@ -269,5 +273,5 @@ async fn undecodable<C: Connector>(
             shared.emit.dead_letter(&m, &anonymous, "write", DlqReason::SchemaInvalid, detail.clone(), detail).into()
         }
     };
-    publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered" }]).await
+    publish(producer, offsets, metrics, vec![Done { ticket, outputs, outcome: "dead_lettered", activity }]).await
 }
