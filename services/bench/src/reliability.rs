@@ -697,13 +697,8 @@ impl Stage<'_> {
                     let mut keys = vec![];
                     for kind in [ActivityKind::Email, ActivityKind::Meeting] {
                         let Some(k) = crate::writer::kind_parts(crm, kind)? else { continue };
-                        if let Some(def) = k.key_def {
-                            spec["fields"][k.object] = json!({k.key_field: def()});
-                        }
-                        let mut key = json!({"object": k.object, "field": k.key_field});
-                        if let Some(m) = k.key_marker {
-                            key["marker"] = json!(m);
-                        }
+                        k.define_key(&mut spec);
+                        let key = k.key_spec();
                         if key != calls_key && !keys.contains(&key) {
                             keys.push(key);
                         }

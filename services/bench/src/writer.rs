@@ -43,14 +43,8 @@ impl Sim {
         if let Some(k) = &p.kind {
             // The kind's object carries the key too, and a contact has the participant's
             // address.
-            if let Some(def) = k.key_def {
-                spec["fields"][k.object] = json!({k.key_field: def()});
-            }
-            let mut key = json!({"object": k.object, "field": k.key_field});
-            if let Some(m) = k.key_marker {
-                key["marker"] = json!(m);
-            }
-            spec["key_fields"] = json!([key]);
+            k.define_key(&mut spec);
+            spec["key_fields"] = json!([k.key_spec()]);
             let contacts = spec["objects"].as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
             if let Some(list) = spec["objects"][&contacts].as_array_mut() {
                 list.push((k.contact)(PARTICIPANT));
@@ -86,6 +80,24 @@ pub struct KindParts {
     pub(crate) contact: fn(&str) -> Value,
     pub(crate) contract: &'static str,
     pub(crate) writes: &'static str,
+}
+
+impl KindParts {
+    /// Where crm-sim finds the kind's key (its `key_fields` entry).
+    pub(crate) fn key_spec(&self) -> Value {
+        let mut key = json!({"object": self.object, "field": self.key_field});
+        if let Some(m) = self.key_marker {
+            key["marker"] = json!(m);
+        }
+        key
+    }
+
+    /// The key's custom field on an account `spec`, where it is one.
+    pub(crate) fn define_key(&self, spec: &mut Value) {
+        if let Some(def) = self.key_def {
+            spec["fields"][self.object] = json!({self.key_field: def()});
+        }
+    }
 }
 
 /// The kind's parts at this CRM, where its writer takes the kind.
