@@ -217,7 +217,8 @@ impl Zoho {
             let req = Request::get(format!("{API}/actions/email_available?orginal_message_id={}", urlencode(&mid)), RequestClass::Read);
             let a: Availability = t.fetch(api, &req, log).await?;
             if a.available {
-                let at = a.record.as_ref().and_then(|r| r.id.clone()).unwrap_or_else(|| "(unnamed record)".into());
+                // The record it hangs on; failing that, the Message-ID names it in Zoho.
+                let at = a.record.and_then(|r| r.id).unwrap_or(mid);
                 found.insert(r.idempotency_key().to_string(), at);
             }
         }
@@ -267,8 +268,12 @@ impl Zoho {
                         batch.iter().map(|_| self.associated(rows.next(), status)).collect()
                     }
                     Err(mut f) => {
-                        if f.reason == DlqReason::Validation && f.status == Some(400) && f.detail.contains("INVALID_DATA") {
-                            // The contact it was to hang on is gone (deleted or merged).
+                        // INVALID_DATA naming the record: the contact it was to hang on is
+                        // gone (deleted or merged away); a replay matches again.
+                        let answer = f.excerpt.as_deref().and_then(|e| serde_json::from_str::<Outcome>(e).ok());
+                        if f.status == Some(400)
+                            && answer.is_some_and(|o| o.code == "INVALID_DATA" && o.details.id.as_deref() == Some(contact.as_str()))
+                        {
                             f.reason = DlqReason::ContactDeleted;
                         }
                         batch.iter().map(|_| ItemResult::Failed(f.clone())).collect()
