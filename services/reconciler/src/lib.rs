@@ -239,12 +239,15 @@ impl<C: Inspect> Reconciler<C> {
                 a.attributes.insert("field".into(), f.clone());
                 pass.out.push(pass.emit.audit_record(&a));
             }
+            // Named as the contract names them; another kind's with its object first.
+            let key_gone = missing.contains(&contract.key_field);
             for f in missing {
-                if !report.missing_fields.contains(&f) {
-                    report.missing_fields.push(f);
+                let name = if kind == ActivityKind::Call { f } else { format!("{}.{f}", contract.object) };
+                if !report.missing_fields.contains(&name) {
+                    report.missing_fields.push(name);
                 }
             }
-            if report.missing_fields.contains(&contract.key_field) {
+            if key_gone {
                 anyhow::bail!(
                     "the key field {} is gone from the CRM's {}: records cannot be matched to activities until it is back",
                     contract.key_field,
