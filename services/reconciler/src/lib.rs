@@ -37,7 +37,7 @@ use crm_connectors::connector::{Inspect, Live, TenantOf, Wanted};
 use crm_connectors::contacts::ContactCache;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 /// Kinds of finding, as the parity report and audit name them.
@@ -200,8 +200,10 @@ impl<C: Inspect> Reconciler<C> {
         };
         // The kinds this tenant syncs to this CRM, of those the reconciler can read back.
         let syncs = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.activities.clone()).unwrap_or_default();
+        // One schema read per object: Salesforce's calls and emails are both Tasks.
+        let mut schemas: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
         for kind in self.connector.inspects().into_iter().filter(|k| syncs.contains(k)) {
-            self.run_kind(pass, report, client, kind).await?;
+            self.run_kind(pass, report, client, kind, &mut schemas).await?;
         }
         Ok(())
     }
@@ -213,17 +215,25 @@ impl<C: Inspect> Reconciler<C> {
         report: &mut ParityReport,
         client: &TenantOf<C>,
         kind: ActivityKind,
+        schemas: &mut HashMap<String, Option<BTreeSet<String>>>,
     ) -> anyhow::Result<()> {
         let crm = self.crm();
         let contract = self.connector.contract_of(kind);
         let mut log: Vec<Exchange> = vec![];
 
         // 1. The schema still has the contract's fields.
-        let schema = self
-            .connector
-            .schema_fields(&self.api, client, kind, &mut log)
-            .await
-            .map_err(|f| anyhow::anyhow!("schema read ({}): {}", kind.as_str(), f.detail))?;
+        let schema = match schemas.get(&contract.object) {
+            Some(known) => known.clone(),
+            None => {
+                let read = self
+                    .connector
+                    .schema_fields(&self.api, client, kind, &mut log)
+                    .await
+                    .map_err(|f| anyhow::anyhow!("schema read ({}): {}", kind.as_str(), f.detail))?;
+                schemas.insert(contract.object.clone(), read.clone());
+                read
+            }
+        };
         if let Some(schema) = schema {
             let missing = missing_fields(contract, &schema);
             let file = if kind == ActivityKind::Call { crm.as_str().to_string() } else { format!("{}.{}", crm.as_str(), kind.as_str()) };
