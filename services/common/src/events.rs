@@ -142,6 +142,10 @@ pub enum DlqReason {
     PermissionDenied,
     AuthFailed,
     RetriesExhausted,
+    /// The activity's actor has no CRM user (by email, or in the tenant's `owners` map) and
+    /// the tenant chose `on_unmapped_actor = "dead_letter"`: held for review, replayed once
+    /// the actor is mapped.
+    ActorUnmapped,
 }
 
 impl DlqReason {
@@ -157,6 +161,7 @@ impl DlqReason {
             DlqReason::PermissionDenied => "PERMISSION_DENIED",
             DlqReason::AuthFailed => "AUTH_FAILED",
             DlqReason::RetriesExhausted => "RETRIES_EXHAUSTED",
+            DlqReason::ActorUnmapped => "ACTOR_UNMAPPED",
         }
     }
 }
@@ -604,6 +609,20 @@ impl WriteRequest {
         }
     }
 
+    /// The tenant's user the activity belongs to (a call's agent, the mailbox or calendar
+    /// owner): their id at the source and their address, when the source gave one.
+    pub fn actor(&self) -> Actor<'_> {
+        match self {
+            WriteRequest::Call(c) => Actor { id: &c.call.agent_id, email: c.call.agent_email.as_deref().filter(|e| !e.is_empty()) },
+            WriteRequest::Email { email, .. } => {
+                Actor { id: &email.actor_id, email: Some(email.actor_email.as_str()).filter(|e| !e.is_empty()) }
+            }
+            WriteRequest::Meeting { meeting, .. } => {
+                Actor { id: &meeting.actor_id, email: Some(meeting.actor_email.as_str()).filter(|e| !e.is_empty()) }
+            }
+        }
+    }
+
     /// The other parties' canonical email addresses (every party but the actor), the ones
     /// matched to contacts; none for a call (matched by the customer's number).
     pub fn participants(&self) -> &[String] {
@@ -613,6 +632,13 @@ impl WriteRequest {
             WriteRequest::Meeting { meeting, .. } => &meeting.participants,
         }
     }
+}
+
+/// Whose activity it is, as the source names them (see [`WriteRequest::actor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor<'a> {
+    pub id: &'a str,
+    pub email: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

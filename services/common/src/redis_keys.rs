@@ -46,6 +46,11 @@ pub fn contact(prefix: &str, tenant: &str, crm: &str, e164: &str) -> String {
     format!("{prefix}:{{{tenant}}}:contact:{crm}:{e164}")
 }
 
+/// An actor's CRM user, by the actor's canonical email.
+pub fn owner(prefix: &str, tenant: &str, crm: &str, email: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:owner:{crm}:{email}")
+}
+
 pub fn reconcile_turn(prefix: &str, tenant: &str, crm: &str) -> String {
     format!("{prefix}:{{{tenant}}}:reconcile:{crm}")
 }

@@ -94,6 +94,7 @@ pub const HISTORY: &[(RecordType, &str, &str)] = &[
     ),
     (RecordType::AuditRecord, "history/audit_record/v2.avsc", include_str!("../../../schemas/history/audit_record/v2.avsc")),
     (RecordType::DeadLetter, "history/dead_letter/v2.avsc", include_str!("../../../schemas/history/dead_letter/v2.avsc")),
+    (RecordType::DeadLetter, "history/dead_letter/v3.avsc", include_str!("../../../schemas/history/dead_letter/v3.avsc")),
 ];
 
 /// A parsed schema with its canonical form and fingerprint.

@@ -79,6 +79,25 @@ pub struct CrmConnection {
     /// CRMs that take it; a writer refuses to start for a kind it cannot write.
     #[serde(default = "calls_only", deserialize_with = "activity_kinds")]
     pub activities: BTreeSet<ActivityKind>,
+    /// The CRM user who owns each actor's activities, by the actor's id at the source (a
+    /// call's `agent_id`, an email's or meeting's `actor_id`) → the CRM's user (owner) id.
+    /// It wins over the lookup by the actor's email, and fills in where the source gives
+    /// no email or the CRM user's address differs.
+    #[serde(default)]
+    pub owners: BTreeMap<String, String>,
+    /// When an activity's actor has no CRM user: `integration_user` (default: written
+    /// without an owner, so the CRM makes the integration's user its owner, and the audit
+    /// flags it) or `dead_letter` (held as ACTOR_UNMAPPED for review, replayed once mapped).
+    #[serde(default)]
+    pub on_unmapped_actor: UnmappedActor,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedActor {
+    #[default]
+    IntegrationUser,
+    DeadLetter,
 }
 
 fn calls_only() -> BTreeSet<ActivityKind> {
@@ -169,6 +188,12 @@ impl Tenants {
                 if let Some(every) = &conn.reconcile_every {
                     window(&id, &format!("crms.{name}.reconcile_every"), every)?;
                 }
+                for (actor, user) in &conn.owners {
+                    anyhow::ensure!(
+                        !actor.trim().is_empty() && !user.trim().is_empty() && !user.contains(char::is_whitespace),
+                        "tenant '{id}': crms.{name}.owners: {actor:?} = {user:?}: name an actor id and the CRM user id it maps to"
+                    );
+                }
                 crms.insert(crm, conn);
             }
             let dedup_window = match &t.dedup_window {
@@ -237,6 +262,21 @@ mod tests {
         let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"soon\"\n").unwrap_err();
         assert!(e.to_string().contains("dedup_window"), "{e}");
         assert!(Tenants::parse("[tenants.a]\ndefault_region = \"US\"\ndedup_window = \"0s\"\n").is_err());
+    }
+
+    #[test]
+    fn owners_map_and_unmapped_actor_policy() {
+        let t = Tenants::parse(
+            "[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.hubspot]\nplan = 'starter'\ncredentials_secret = 'S'\non_unmapped_actor = 'dead_letter'\n[tenants.a.crms.hubspot.owners]\n\"agent-7\" = \"901\"\n",
+        )
+        .unwrap();
+        let c = &t.get("a").unwrap().crms[&Crm::Hubspot];
+        assert_eq!(c.owners.get("agent-7").map(String::as_str), Some("901"));
+        assert_eq!(c.on_unmapped_actor, UnmappedActor::DeadLetter);
+        let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.hubspot]\nplan = 'starter'\ncredentials_secret = 'S'\n[tenants.a.crms.hubspot.owners]\n\"agent-7\" = \"\"\n").unwrap_err();
+        assert!(e.to_string().contains("owners"), "{e}");
+        let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.hubspot]\nplan = 'starter'\ncredentials_secret = 'S'\non_unmapped_actor = 'ignore'\n").unwrap_err();
+        assert!(e.to_string().contains("on_unmapped_actor") || e.to_string().contains("ignore"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct Item {
     /// creates and updates: a meeting's new attendee is associated when it changes); empty
     /// for a call.
     pub contacts: Vec<String>,
+    /// The CRM user who owns the record: the actor's, resolved by the writer (the tenant's
+    /// `owners` map, else the actor's email through the CRM's users). None: the CRM's
+    /// default (the integration's user). Written only where the contract has a field with
+    /// `source = "owner_id"` for this write.
+    pub owner_id: Option<String>,
 }
 
 impl Item {
@@ -34,6 +39,12 @@ impl Item {
     /// has contracts for ([`Connector::kinds`]).
     pub fn contract<'c, C: Connector + ?Sized>(&self, c: &'c C) -> &'c Contract {
         c.contract_for(self.req.kind()).unwrap_or_else(|| c.contract())
+    }
+
+    /// The fields this write of the item sets, as its contract says: the activity's values
+    /// and what the writer resolved for it (its owner).
+    pub fn values<C: Connector + ?Sized>(&self, c: &C, kind: crate::contract::WriteKind) -> Map<String, Value> {
+        self.contract(c).values_with(&self.req, kind, &crate::contract::Resolved { owner_id: self.owner_id.as_deref() })
     }
 
     /// The contacts the record is linked to: an email's or meeting's matched participants,
@@ -154,6 +165,26 @@ pub trait Connector: Send + Sync + 'static {
             Err(Failure::new(
                 crm_common::events::DlqReason::Validation,
                 format!("writer --crm {} does not match contacts by email", self.crm().as_str()),
+            ))
+        }
+    }
+    /// The CRM's active users whose email is one of `emails` (canonical, lower case),
+    /// address → the id the CRM takes as an activity's owner (HubSpot's owner id, not its
+    /// user id). It may answer for more addresses than asked where the CRM can only list
+    /// its users (Zoho): the writer caches them all. An address several active users share
+    /// (Salesforce's User.Email is not unique) is left out: there is no telling whose.
+    fn find_owners_by_email(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, String>, Failure>> + Send {
+        let _ = (api, t, emails, log);
+        async move {
+            Err(Failure::new(
+                crm_common::events::DlqReason::Validation,
+                format!("writer --crm {} does not look CRM users up by email", self.crm().as_str()),
             ))
         }
     }
@@ -461,7 +492,7 @@ mod tests {
             requested_at: 0,
             trace_id: "t".into(),
         };
-        Item { req: req.into(), record_id: record_id.map(str::to_string), contact_id: None, contacts: vec![] }
+        Item { req: req.into(), record_id: record_id.map(str::to_string), contact_id: None, contacts: vec![], owner_id: None }
     }
 
     fn written(id: &str) -> ItemResult {

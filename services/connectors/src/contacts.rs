@@ -4,9 +4,20 @@
 //! number in E.164 (it starts with '+') or an email's or meeting's canonical address (it
 //! holds an '@' and never starts with '+'), so the two never meet. Misses are cached for a
 //! shorter time, since people add contacts.
+//!
+//! The same cache, in its own key space (`<prefix>:{tenant}:owner:<crm>:<email>`), holds
+//! actors' CRM users by the actor's canonical email ([`ContactCache::owners`]): the users
+//! list changes rarely, and a lookup per activity would spend the budget the writes need.
 
 use redis::aio::ConnectionManager;
 use std::time::Duration;
+
+/// What a cache holds: contacts by number or address, or CRM users (owners) by address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Matches {
+    Contacts,
+    Owners,
+}
 
 #[derive(Clone)]
 pub struct ContactCache {
@@ -14,11 +25,25 @@ pub struct ContactCache {
     pub prefix: String,
     pub ttl: Duration,
     pub miss_ttl: Duration,
+    pub matches: Matches,
 }
 
 impl ContactCache {
-    fn key(&self, tenant: &str, crm: &str, e164: &str) -> String {
-        crm_common::redis_keys::contact(&self.prefix, tenant, crm, e164)
+    /// The contact cache.
+    pub fn contacts(conn: ConnectionManager, prefix: String, ttl: Duration, miss_ttl: Duration) -> ContactCache {
+        ContactCache { conn, prefix, ttl, miss_ttl, matches: Matches::Contacts }
+    }
+
+    /// The owner cache: an actor's CRM user by the actor's canonical email.
+    pub fn owners(conn: ConnectionManager, prefix: String, ttl: Duration, miss_ttl: Duration) -> ContactCache {
+        ContactCache { conn, prefix, ttl, miss_ttl, matches: Matches::Owners }
+    }
+
+    fn key(&self, tenant: &str, crm: &str, matched: &str) -> String {
+        match self.matches {
+            Matches::Contacts => crm_common::redis_keys::contact(&self.prefix, tenant, crm, matched),
+            Matches::Owners => crm_common::redis_keys::owner(&self.prefix, tenant, crm, matched),
+        }
     }
 
     /// Some(Some(id)): a known contact; Some(None): known to have none; None: not cached.

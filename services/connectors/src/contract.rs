@@ -26,7 +26,21 @@ pub enum FieldType {
     Bool,
     /// An address object with the text as its `value` (Pipedrive v2's `location`).
     Address,
+    /// A lookup to another record, `{"id": text}` (Zoho's `Owner`).
+    Lookup,
 }
+
+/// Values the writer resolves for a record beyond what the activity says: the sources
+/// [`RESOLVED_SOURCES`] name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resolved<'a> {
+    /// The CRM user who owns the record (source `owner_id`); None leaves the CRM's default.
+    pub owner_id: Option<&'a str>,
+}
+
+/// Sources every kind's contract may name whose values the writer resolves at write time
+/// (not derived from the activity alone).
+pub const RESOLVED_SOURCES: &[&str] = &["owner_id"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +127,7 @@ impl Contract {
                 (None, Ownership::Owned | Ownership::FillIfEmpty) if rule.value.is_none() => {
                     anyhow::bail!("field {name}: a written field needs a source or a value")
                 }
-                (Some(s), _) if !sources.contains(&s.as_str()) => {
+                (Some(s), _) if !sources.contains(&s.as_str()) && !RESOLVED_SOURCES.contains(&s.as_str()) => {
                     anyhow::bail!("field {name}: unknown source {s:?} for a {} (known: {})", c.kind.as_str(), sources.join(", "))
                 }
                 _ => {}
@@ -156,11 +170,29 @@ impl Contract {
     /// The fields this kind of write sets for `req`, typed as the CRM wants them. A field
     /// whose source has no value for this call (an open call's duration) is left out, not
     /// blanked. With a `key_marker`, the key field gets the marker and the key appended.
+    /// Resolved sources (the owner) have no value here: see [`Contract::values_with`].
     pub fn values(&self, req: &WriteRequest, kind: WriteKind) -> Map<String, Value> {
+        self.values_with(req, kind, &Resolved::default())
+    }
+
+    /// Whether this kind of write sets a field from the resolved owner (the writer then
+    /// resolves the actor's CRM user first).
+    pub fn writes_owner(&self, kind: WriteKind) -> bool {
+        self.writable(kind).any(|(_, r)| r.source.as_deref() == Some("owner_id"))
+    }
+
+    /// The field the owner goes in, if the contract names one (written or not).
+    pub fn owner_field(&self) -> Option<&str> {
+        self.fields.iter().find(|(_, r)| r.source.as_deref() == Some("owner_id")).map(|(f, _)| f.as_str())
+    }
+
+    /// [`Contract::values`] with what the writer resolved for the record.
+    pub fn values_with(&self, req: &WriteRequest, kind: WriteKind, resolved: &Resolved) -> Map<String, Value> {
         let mut out = Map::new();
         for (field, rule) in self.writable(kind) {
             let text = match (&rule.value, &rule.source) {
                 (Some(v), _) => Some(v.clone()),
+                (None, Some(source)) if source == "owner_id" => resolved.owner_id.map(str::to_string),
                 (None, Some(source)) => crate::mapping::value(req, source, kind),
                 (None, None) => None,
             };
@@ -185,6 +217,7 @@ impl Contract {
                 FieldType::Number => text.parse::<i64>().map(Value::from).unwrap_or(Value::String(text)),
                 FieldType::Bool => Value::Bool(text == "true"),
                 FieldType::Address => serde_json::json!({ "value": text }),
+                FieldType::Lookup => serde_json::json!({ "id": text }),
             };
             out.insert(field.to_string(), v);
         }
@@ -304,7 +337,39 @@ mod tests {
         let update: Vec<&str> = c.writable(WriteKind::Update).map(|(f, _)| f).collect();
         assert!(create.contains(&"hs_call_title") && !update.contains(&"hs_call_title"), "fill_if_empty: create only");
         assert!(update.contains(&"hs_call_status"));
-        assert!(!create.contains(&"hubspot_owner_id"), "read-only is never written");
+        assert!(create.contains(&"hubspot_owner_id") && !update.contains(&"hubspot_owner_id"), "the owner: on create only");
+        assert!(c.writes_owner(WriteKind::Create) && !c.writes_owner(WriteKind::Update));
+    }
+
+    #[test]
+    fn the_owner_comes_from_what_the_writer_resolved_typed_per_crm() {
+        use crm_common::events::{fixtures::normalised_call, Crm, CrmWriteRequest};
+        let req = |crm: Crm| {
+            WriteRequest::Call(CrmWriteRequest {
+                tenant_id: "acme".into(),
+                call_id: "c1".into(),
+                crm,
+                idempotency_key: format!("acme:c1:{}", crm.as_str()),
+                version: 1,
+                call: normalised_call("acme", "c1", 1),
+                requested_at: 0,
+                trace_id: "t".into(),
+            })
+        };
+        let owner = Resolved { owner_id: Some("42") };
+        let cases = [
+            (include_str!("../../../contracts/hubspot.toml"), Crm::Hubspot, "hubspot_owner_id", serde_json::json!("42")),
+            (include_str!("../../../contracts/salesforce.toml"), Crm::Salesforce, "OwnerId", serde_json::json!("42")),
+            (include_str!("../../../contracts/zoho.toml"), Crm::Zoho, "Owner", serde_json::json!({"id": "42"})),
+            (include_str!("../../../contracts/pipedrive.toml"), Crm::Pipedrive, "owner_id", serde_json::json!(42)),
+        ];
+        for (text, crm, field, want) in cases {
+            let c = Contract::parse(text).unwrap();
+            assert_eq!(c.owner_field(), Some(field));
+            assert_eq!(c.values_with(&req(crm), WriteKind::Create, &owner).get(field), Some(&want), "{crm:?}");
+            assert!(!c.values_with(&req(crm), WriteKind::Update, &owner).contains_key(field), "{crm:?}: people's reassignments stand");
+            assert!(!c.values(&req(crm), WriteKind::Create).contains_key(field), "{crm:?}: no owner resolved, none sent");
+        }
     }
 
     #[test]

@@ -702,7 +702,7 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
             },
             Duration::from_secs(60),
         ),
-        contacts: ContactCache { conn, prefix, ttl: Duration::from_secs(3600), miss_ttl: Duration::from_secs(300) },
+        contacts: ContactCache::contacts(conn, prefix, Duration::from_secs(3600), Duration::from_secs(300)),
         store,
         producer: Kafka::from_args(common).producer()?,
         kafka: Kafka::from_args(common),

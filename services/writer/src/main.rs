@@ -71,6 +71,12 @@ struct Cli {
     contact_ttl: Duration,
     #[arg(long, env = "WRITER_CONTACT_MISS_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     contact_miss_ttl: Duration,
+    /// How long an actor's CRM user (found by email) is kept before it is looked up again.
+    #[arg(long, env = "WRITER_OWNER_TTL", default_value = "6h", value_parser = humantime::parse_duration)]
+    owner_ttl: Duration,
+    /// How long "no CRM user has this actor's email" is kept (a new user may be added).
+    #[arg(long, env = "WRITER_OWNER_MISS_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    owner_miss_ttl: Duration,
     #[command(flatten)]
     urls: CrmUrls,
 }
@@ -148,7 +154,8 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             tokens,
         },
         claims,
-        contacts: contacts::ContactCache { conn, prefix, ttl: cli.contact_ttl, miss_ttl: cli.contact_miss_ttl },
+        owners: contacts::ContactCache::owners(conn.clone(), prefix.clone(), cli.owner_ttl, cli.owner_miss_ttl),
+        contacts: contacts::ContactCache::contacts(conn, prefix, cli.contact_ttl, cli.contact_miss_ttl),
         tenants,
         clients,
         emit: Emitter::new(Stage::Writer, cli.common.topics.clone()),

@@ -4,6 +4,7 @@
 //! one kind per call), record DONE, and audit every CRM call; permanent failures go to the
 //! DLQ with their reason and release the claim so a replay can try again.
 
+use crate::owners::{self, Owner};
 use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
 use crm_common::events::{ActivityKind, AuditOutcome, Crm, DlqReason, WriteRequest};
 use crm_common::kafka::{InMessage, OutRecord, Ticket, RECREATE};
@@ -13,6 +14,7 @@ use crm_connectors::api::{Api, Exchange, Failure};
 use crm_connectors::claims::{Claim, Claims, Recovery};
 use crm_connectors::connector::{Connector, Item, ItemResult, TenantOf};
 use crm_connectors::contacts::ContactCache;
+use crm_connectors::contract::WriteKind;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub struct Shared<C: Connector> {
     pub api: Api,
     pub claims: Claims,
     pub contacts: ContactCache,
+    /// Actors' CRM users by email ([`ContactCache::owners`]).
+    pub owners: ContactCache,
     pub tenants: Tenants,
     /// Per tenant connected to this CRM: its client, or why there is none.
     pub clients: HashMap<String, Result<TenantOf<C>, String>>,
@@ -74,6 +78,8 @@ struct Step {
     /// Set when the item is settled before the write.
     settled: Option<Settled>,
     note: Option<String>,
+    /// How the record's owner was decided, where the write sets one.
+    owner: Option<Owner>,
 }
 
 /// Whom a create is logged against, and how that was decided.
@@ -292,7 +298,7 @@ impl<C: Connector> Shared<C> {
             }
             Claim::Busy { .. } => unreachable!("claim() waits"),
         };
-        let mut item = Item { req, record_id, contact_id: None, contacts: vec![] };
+        let mut item = Item { req, record_id, contact_id: None, contacts: vec![], owner_id: None };
         match &item.req {
             // A call's contact is matched once, on create (people may move it later).
             WriteRequest::Call(call) if item.record_id.is_none() => {
@@ -381,6 +387,88 @@ impl<C: Connector> Shared<C> {
         out
     }
 
+    /// Decides the owner of every planned record whose write sets one (the contract has an
+    /// `owner_id` field for it: by default creates only): the tenant's map, else the actor's
+    /// email matched to a CRM user, the cache first (one MGET) and then the CRM's users API
+    /// for the rest (every answer cached, misses for a shorter time), else the tenant's
+    /// `on_unmapped_actor`. A lookup that fails settles its steps with that failure, as a
+    /// failed contact search does. Each lookup's audit goes to the steps that needed it.
+    async fn resolve_owners(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize]) {
+        let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
+        let crm = self.crm.as_str();
+        let needs: Vec<usize> = planned
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let item = steps[i].item.as_ref().expect("planned");
+                let write = if item.record_id.is_none() { WriteKind::Create } else { WriteKind::Update };
+                item.contract(&self.connector).writes_owner(write)
+            })
+            .collect();
+        let mut wanted: Vec<String> = vec![];
+        for &i in &needs {
+            let actor = steps[i].work.req.actor();
+            if owners::mapped(conn, &actor).is_none() {
+                if let Some(e) = owners::email_of(&actor) {
+                    if !wanted.contains(&e) {
+                        wanted.push(e);
+                    }
+                }
+            }
+        }
+        let mut by_email: HashMap<String, Option<String>> = HashMap::new();
+        let mut ask: Vec<String> = vec![];
+        let cached = patiently("owner cache", || self.owners.get_many(tenant_id, crm, &wanted)).await;
+        for (e, hit) in wanted.into_iter().zip(cached) {
+            match hit {
+                Some(hit) => {
+                    by_email.insert(e, hit);
+                }
+                None => ask.push(e),
+            }
+        }
+        let mut failed: Option<Failure> = None;
+        let mut log = vec![];
+        if !ask.is_empty() {
+            match self.connector.find_owners_by_email(&self.api, t, &ask, &mut log).await {
+                Ok(found) => {
+                    // Every user the answer named is cached (a CRM that lists its users
+                    // answers for more than was asked), and each address asked but not
+                    // found as a miss.
+                    let mut fresh: Vec<(String, Option<String>)> = found.iter().map(|(e, id)| (e.clone(), Some(id.clone()))).collect();
+                    fresh.extend(ask.iter().filter(|e| !found.contains_key(*e)).map(|e| (e.clone(), None)));
+                    patiently("owner cache", || self.owners.put_many(tenant_id, crm, &fresh)).await;
+                    by_email.extend(fresh);
+                }
+                Err(f) => failed = Some(f),
+            }
+        }
+        for &i in &needs {
+            let actor = steps[i].work.req.actor();
+            let asked = owners::email_of(&actor).is_some_and(|e| ask.contains(&e)) && owners::mapped(conn, &actor).is_none();
+            if asked {
+                steps[i].log.extend(log.iter().cloned());
+                if let Some(f) = &failed {
+                    steps[i].settled = Some(Settled::Failed(Failure {
+                        detail: format!("looking up the actor's {crm} user failed: {}", f.detail),
+                        maybe_applied: false,
+                        ..f.clone()
+                    }));
+                    continue;
+                }
+            }
+            match owners::decide(conn, crm, &actor, &by_email) {
+                Ok(owner) => {
+                    if let Some(item) = steps[i].item.as_mut() {
+                        item.owner_id = owner.id().map(str::to_string);
+                    }
+                    steps[i].owner = Some(owner);
+                }
+                Err(f) => steps[i].settled = Some(Settled::Failed(f)),
+            }
+        }
+    }
+
     /// The customer's contact, found or (by the tenant's policy) created; None when that
     /// failed, with the step settled as failed.
     async fn contact(&self, t: &TenantOf<C>, req: &crm_common::events::CrmWriteRequest, step: &mut Step) -> Option<Contact> {
@@ -443,6 +531,8 @@ impl<C: Connector> Shared<C> {
             for (&i, claim) in to_claim.iter().zip(claims) {
                 self.plan(t, &mut steps[i], claim, &mut contacts, &addresses).await;
             }
+            let planned: Vec<usize> = to_claim.iter().copied().filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
+            self.resolve_owners(t, tenant_id, steps, &planned).await;
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
             to_write.sort_unstable();
             let ready = std::mem::take(&mut to_write);
@@ -575,7 +665,7 @@ impl<C: Connector> Shared<C> {
                 let first_top =
                     work.req.version() == top && !seen_newest.insert(work.req.idempotency_key().to_string(), true).unwrap_or(false);
                 let settled = (!first_top).then_some(Settled::Superseded { by_version: top });
-                Step { work, log: vec![], item: None, settled, note: None }
+                Step { work, log: vec![], item: None, settled, note: None, owner: None }
             })
             .collect();
 
@@ -637,7 +727,10 @@ impl<C: Connector> Shared<C> {
                 if let Some(n) = &s.note {
                     detail = format!("{detail}; {n}");
                 }
-                let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Succeeded, detail);
+                if let Some(Owner::Unmapped { why }) = &s.owner {
+                    detail = format!("{detail}; no owner set, the integration's user owns it: {why}");
+                }
+                let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Succeeded, self.masked(tenant_id, &detail));
                 a.idempotency_key = Some(key.to_string());
                 a.crm_record_id = Some(record_id);
                 // The reconciler compares it with the record's contact now (merges).
@@ -651,6 +744,14 @@ impl<C: Connector> Shared<C> {
                 }
                 if let Some(gone) = w.input.header(RECREATE) {
                     a.attributes.insert("recreated".into(), String::from_utf8_lossy(gone).into_owned());
+                }
+                // Whose record it was made (support's "why is this under the integration
+                // user?"; the attribution check compares it with the owner now).
+                if let Some(o) = &s.owner {
+                    a.attributes.insert("owner_from".into(), o.from().into());
+                    if let Some(id) = o.id() {
+                        a.attributes.insert("owner_id".into(), id.into());
+                    }
                 }
                 outputs.push(self.emit.audit_record(&a));
                 if created {

@@ -63,7 +63,7 @@ fn input_failed(e: &ErrorBody, reason: DlqReason, detail: String, status: u16) -
 
 impl Hubspot {
     fn properties(&self, item: &Item, kind: WriteKind) -> Map<String, Value> {
-        item.contract(self).values(&item.req, kind)
+        item.values(self, kind)
     }
 
     /// The object holding this kind (`calls`, `emails`, `meetings`).
@@ -343,6 +343,28 @@ impl Connector for Hubspot {
                 if let Some(e) = r.property("email") {
                     found.entry(e.trim().to_lowercase()).or_insert(r.id.clone());
                 }
+            }
+        }
+        Ok(found)
+    }
+
+    /// `GET /crm/v3/owners?email=` per address (HubSpot filters owners by one email;
+    /// archived owners, deactivated users, are not asked for and cannot own a record).
+    async fn find_owners_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for e in emails {
+            let req = Request::get(format!("/crm/v3/owners?email={}&archived=false&limit=100", urlencode(e)), RequestClass::Read);
+            let page: Page<wire::Owner> = t.fetch(api, &req, log).await?;
+            let mut ids =
+                page.results.into_iter().filter(|o| !o.archived && o.email.as_deref().is_some_and(|m| m.trim().eq_ignore_ascii_case(e)));
+            if let (Some(o), None) = (ids.next(), ids.next()) {
+                found.insert(e.clone(), o.id);
             }
         }
         Ok(found)

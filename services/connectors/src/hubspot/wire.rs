@@ -34,6 +34,18 @@ pub struct Id {
     pub id: String,
 }
 
+/// A CRM owner (`GET /crm/v3/owners`): its id is what `hubspot_owner_id` takes, not its
+/// `userId` (CRM-APIS-ACTIVITIES §3.1).
+#[derive(Debug, Deserialize)]
+pub struct Owner {
+    #[serde(deserialize_with = "text")]
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub archived: bool,
+}
+
 /// A list of results with the cursor to the next page, if any.
 #[derive(Debug, Deserialize)]
 pub struct Page<T> {

@@ -61,7 +61,7 @@ impl Pipedrive {
     }
 
     async fn create(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
-        let mut body = item.contract(self).values(&item.req, WriteKind::Create);
+        let mut body = item.values(self, WriteKind::Create);
         // v2: persons are linked as participants, the first primary (person_id is
         // read-only): a call's contact, or a meeting's matched attendees.
         let participants: Vec<Value> = item
@@ -87,7 +87,7 @@ impl Pipedrive {
 
     async fn update(&self, api: &Api, t: &Tenant, item: &Item, log: &mut Vec<Exchange>) -> ItemResult {
         let id = item.record_id.clone().unwrap_or_default();
-        let mut body = item.contract(self).values(&item.req, WriteKind::Update);
+        let mut body = item.values(self, WriteKind::Update);
         if item.req.kind() != ActivityKind::Call && !item.contacts.is_empty() {
             // Setting participants replaces them: send the union, and only when it grows.
             let read = Request::get(format!("{}/{}", self.activities(), urlencode(&id)), RequestClass::Read);
@@ -230,6 +230,32 @@ impl Connector for Pipedrive {
                 .find(|p| p.emails.iter().filter_map(Phone::value).any(|v| v.trim().eq_ignore_ascii_case(e)));
             if let Some(id) = person.and_then(|p| p.id) {
                 found.insert(e.clone(), id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// `GET /v1/users/find?term=&search_by_email=1` per address (v2 has no users find); an
+    /// inactive or deleted user cannot own an activity (CRM-APIS-ACTIVITIES §3.4).
+    async fn find_owners_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut found = HashMap::new();
+        for e in emails {
+            let req = Request::get(format!("/api/v1/users/find?term={}&search_by_email=1", urlencode(e)), RequestClass::Search);
+            // `data` is null when no user matches.
+            let users: Envelope<Option<Vec<wire::User>>> = t.fetch(api, &req, log).await?;
+            let mut ids = users
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|u| u.active_flag && !u.is_deleted && u.email.as_deref().is_some_and(|m| m.trim().eq_ignore_ascii_case(e)));
+            if let (Some(u), None) = (ids.next(), ids.next()) {
+                found.insert(e.clone(), u.id);
             }
         }
         Ok(found)

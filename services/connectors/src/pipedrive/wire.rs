@@ -14,6 +14,19 @@ pub struct Envelope<T> {
     pub additional_data: AdditionalData,
 }
 
+/// A company user from `GET /v1/users/find` (v2 has no users list or find).
+#[derive(Debug, Deserialize)]
+pub struct User {
+    #[serde(deserialize_with = "text")]
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub active_flag: bool,
+    #[serde(default)]
+    pub is_deleted: bool,
+}
+
 /// Listings: where the next page starts, if there is one.
 #[derive(Debug, Default, Deserialize)]
 pub struct AdditionalData {

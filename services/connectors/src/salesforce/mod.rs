@@ -157,7 +157,7 @@ impl Salesforce {
     /// create the matched contacts; on update those and the ones it relates already), or None.
     fn record(&self, item: &Item, kind: WriteKind, people: Option<&[String]>) -> Value {
         let contract = item.contract(self);
-        let mut fields = contract.values(&item.req, kind);
+        let mut fields = item.values(self, kind);
         fields.insert("attributes".into(), json!({"type": contract.object}));
         match kind {
             WriteKind::Create => {
@@ -298,6 +298,34 @@ impl Connector for Salesforce {
             }
         }
         Ok(found)
+    }
+
+    /// SOQL on `User`: active standard users with these addresses (`=`/`IN` on text is
+    /// case-insensitive). User.Email is not unique (Username is): an address two active
+    /// users share names no one and is left out (CRM-APIS-ACTIVITIES §3.2).
+    async fn find_owners_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        for chunk in emails.chunks(EMAILS_PER_QUERY) {
+            let list: Vec<String> = chunk.iter().map(|e| soql_text(e)).collect();
+            let q = format!(
+                "SELECT Id, Email FROM User WHERE Email IN ({}) AND IsActive = true AND UserType = 'Standard' LIMIT 2000",
+                list.join(", ")
+            );
+            let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Read);
+            let page: QueryPage = t.fetch(api, &req, log).await?;
+            for r in page.records {
+                if let Some(e) = r.field("Email") {
+                    seen.entry(e.trim().to_lowercase()).or_default().push(r.id.clone());
+                }
+            }
+        }
+        Ok(seen.into_iter().filter(|(_, ids)| ids.len() == 1).map(|(e, mut ids)| (e, ids.remove(0))).collect())
     }
 
     fn batch_max(&self) -> usize {

@@ -48,6 +48,8 @@ const COQL_IN_MAX: usize = 50;
 const EMAILS_MAX: usize = 50;
 /// Criteria per search (Zoho takes up to ten in one `criteria`).
 const CRITERIA_MAX: usize = 10;
+/// The most pages of users read in one lookup (200 each): an org's seats, with room.
+const USER_PAGES_MAX: usize = 50;
 const API: &str = "/crm/v7";
 const CONTACT_PHONES: &[&str] = &["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"];
 
@@ -94,7 +96,7 @@ impl Zoho {
     }
 
     fn record(&self, item: &Item, kind: WriteKind) -> Value {
-        let mut fields = item.contract(self).values(&item.req, kind);
+        let mut fields = item.values(self, kind);
         match kind {
             WriteKind::Create => {
                 if let Some(c) = item.linked_contacts().first() {
@@ -304,7 +306,7 @@ impl Zoho {
     /// An email as `associate_email` takes it: the contract's fields, and From, To and Cc
     /// as Zoho's `{user_name, email}` (Bcc is left out: the recipients never saw it).
     fn email(&self, item: &Item) -> Value {
-        let mut fields = item.contract(self).values(&item.req, WriteKind::Create);
+        let mut fields = item.values(self, WriteKind::Create);
         if let WriteRequest::Email { email, .. } = &item.req {
             let person = |a: &EmailAddress| json!({"user_name": a.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| a.email.clone()), "email": a.email});
             let mut to: Vec<Value> = email.to.iter().map(person).collect();
@@ -496,6 +498,37 @@ impl Connector for Zoho {
             }
         }
         Ok(found)
+    }
+
+    /// Zoho's users API has no email filter: the active users are listed (200 a page, the
+    /// most it gives) and matched here; every one found is returned, so the writer caches
+    /// them all and a tenant's owners cost a listing per TTL (CRM-APIS-ACTIVITIES §3.3).
+    async fn find_owners_by_email(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        emails: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, String>, Failure> {
+        let _ = emails;
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        for page in 1..=USER_PAGES_MAX {
+            let req = Request::get(format!("{API}/users?type=ActiveUsers&page={page}&per_page=200"), RequestClass::List);
+            // 204: no users of that type.
+            let users: wire::Users = t.fetch(api, &req, log).await?;
+            for u in users.users {
+                if u.status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("active")) {
+                    continue;
+                }
+                if let Some(e) = u.email.as_deref().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty()) {
+                    seen.entry(e).or_default().push(u.id);
+                }
+            }
+            if !users.info.more_records {
+                break;
+            }
+        }
+        Ok(seen.into_iter().filter(|(_, ids)| ids.len() == 1).map(|(e, mut ids)| (e, ids.remove(0))).collect())
     }
 
     fn batch_max(&self) -> usize {

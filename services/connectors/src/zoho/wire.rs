@@ -23,6 +23,26 @@ impl<T> Data<T> {
     }
 }
 
+/// `GET /users?type=ActiveUsers`: a page of the org's users (no email filter exists).
+#[derive(Debug, Deserialize)]
+pub struct Users {
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub info: Info,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct User {
+    #[serde(deserialize_with = "text")]
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    /// `active` for an active user.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct Info {
     #[serde(default)]
