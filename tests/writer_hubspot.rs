@@ -13,6 +13,7 @@ use std::time::Duration;
 
 crm_sync_tests::writer_suite!(HUBSPOT);
 crm_sync_tests::activity_suite!(HUBSPOT);
+crm_sync_tests::timeline_suite!(HUBSPOT);
 
 fn writer(broker: &Broker, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
     HUBSPOT.writer(broker, tenants, prefix, &["acme", "globex"], extra)

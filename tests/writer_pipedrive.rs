@@ -11,6 +11,7 @@ use std::time::Duration;
 
 crm_sync_tests::writer_suite!(PIPEDRIVE);
 crm_sync_tests::activity_suite!(PIPEDRIVE);
+crm_sync_tests::timeline_suite!(PIPEDRIVE);
 
 /// Recovery lists the activities changed since the lost write was claimed; with more than
 /// the listing's cap (40 pages of 500), a key not seen is not known to be absent. The

@@ -4,3 +4,4 @@
 
 crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::SALESFORCE);
 crm_sync_tests::activity_suite!(crm_sync_tests::writer_suite::SALESFORCE);
+crm_sync_tests::timeline_suite!(crm_sync_tests::writer_suite::SALESFORCE);

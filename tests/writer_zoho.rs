@@ -3,3 +3,4 @@
 
 crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::ZOHO);
 crm_sync_tests::activity_suite!(crm_sync_tests::writer_suite::ZOHO);
+crm_sync_tests::timeline_suite!(crm_sync_tests::writer_suite::ZOHO);

@@ -6,6 +6,7 @@ pub mod crm_sim;
 pub mod otlp;
 pub mod postgres;
 pub mod redis;
+pub mod timeline_suite;
 pub mod writer;
 pub mod writer_suite;
 

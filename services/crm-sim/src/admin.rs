@@ -132,6 +132,19 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
         Crm::Zoho => crate::zoho::new_id(&mut acct),
         _ => "1000001".into(),
     };
+    // The integration's own user: the owner of whatever a write names no owner for.
+    let mut me = Record {
+        id: acct.owner_id.clone(),
+        fields: crate::users::integration_user(crm),
+        created_ms: now,
+        updated_ms: now,
+        deleted_ms: None,
+        indexed_at_ms: now,
+        associations: Default::default(),
+        merged_into: None,
+    };
+    crms::derive(crm, crate::users::table(crm), &mut me);
+    acct.table(crate::users::table(crm)).insert(me);
     for (object, records) in req.objects {
         if !crms::objects(crm).contains(&object.as_str()) {
             return Err(format!("unknown object {object:?} for {}: {:?}", crm.as_str(), crms::objects(crm)));

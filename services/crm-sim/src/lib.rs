@@ -16,6 +16,7 @@ pub mod salesforce;
 pub mod sql;
 pub mod state;
 pub mod tokens;
+pub mod users;
 pub mod window;
 pub mod zoho;
 

@@ -246,7 +246,7 @@ impl Connector for Pipedrive {
     ) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
         for e in emails {
-            let req = Request::get(format!("/api/v1/users/find?term={}&search_by_email=1", urlencode(e)), RequestClass::Search);
+            let req = Request::get(format!("/api/v1/users/find?term={}&search_by_email=1", urlencode(e)), RequestClass::List);
             // `data` is null when no user matches.
             let users: Envelope<Option<Vec<wire::User>>> = t.fetch(api, &req, log).await?;
             let mut ids = users

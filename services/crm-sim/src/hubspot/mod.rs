@@ -7,6 +7,7 @@ pub mod limits;
 mod oauth;
 mod objects;
 pub use objects::derive;
+mod owners;
 mod search;
 
 use crate::faults::FaultKind;
@@ -164,7 +165,10 @@ impl CrmApi for HubSpot {
         }
     }
 
-    fn permission(class: Class, _route: &str, _path: &str) -> Option<&'static str> {
+    fn permission(class: Class, route: &str, _path: &str) -> Option<&'static str> {
+        if route.starts_with("/crm/v3/owners") {
+            return Some("crm.objects.owners.read");
+        }
         // The calls endpoints are gated on the contacts scopes (CRM-APIS §1.1).
         match class {
             Class::Read | Class::List | Class::Search | Class::Meta => Some("crm.objects.contacts.read"),
@@ -211,6 +215,8 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/crm/v3/objects/{object}/batch/{action}", post(objects::batch))
         .route("/crm/v3/objects/{object}/{id}", get(objects::read).patch(objects::update).delete(objects::archive))
         .route("/crm/v4/objects/{object}/{id}/associations/default/{to_object}/{to_id}", put(objects::associate))
+        .route("/crm/v3/owners", get(owners::list))
+        .route("/crm/v3/owners/", get(owners::list))
         .route("/crm/v3/properties/{object}", get(objects::properties))
         .route("/crm/v3/properties/{object}/{name}", get(objects::property))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<HubSpot>));

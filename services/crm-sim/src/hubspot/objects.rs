@@ -164,6 +164,12 @@ fn validate(acct: &Account, table: &str, props: &Value, creating: bool) -> Resul
                     continue;
                 }
             },
+            // An owner must be one of the portal's active owners (an archived owner's id
+            // is refused: unverified, the integrators' INVALID_OWNER_ID, the harsher case).
+            _ if name == "hubspot_owner_id" && crate::users::check_owner(acct, &s).is_err() => {
+                errs.push(property_error(name, "INVALID_OWNER_ID", format!("{s} is not a valid owner id")));
+                continue;
+            }
             FieldType::Picklist if !def.options.contains(&s) => {
                 errs.push(property_error(
                     name,

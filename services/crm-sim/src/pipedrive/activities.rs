@@ -107,6 +107,14 @@ fn validate(acct: &mut Account, body: &Map<String, Value>) -> Result<Validated, 
         if !ok {
             return Err(errors::validation(&format!("{k}: invalid value {v}")));
         }
+        // The owner must be an active user of the company (unverified: the harsher case).
+        if k == "owner_id" {
+            if let Some(uid) = v.as_u64() {
+                if crate::users::check_owner(acct, &uid.to_string()).is_err() {
+                    return Err(errors::error(400, &format!("User with id {uid} not found or not active"), Some("ERR_INVALID_INPUT")));
+                }
+            }
+        }
         out.insert(k.clone(), v.clone());
     }
     if let Some(t) = out.get("type").and_then(Value::as_str) {
@@ -415,4 +423,38 @@ pub async fn search_persons(
 /// v1 activities are retired (CRM-APIS §4: out of support since 2026-08-01).
 pub async fn v1_gone() -> Response {
     errors::error(410, "This endpoint has been retired. Use /api/v2/activities instead.", Some("ERR_GONE"))
+}
+
+/// `GET /v1/users/find?term=&search_by_email=1` (CRM-APIS-ACTIVITIES §3.4): users whose
+/// email (with `search_by_email=1`) or name contains the term, case-insensitively; `data`
+/// is null when none does. v2 has no users find.
+pub async fn find_users(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(term) = q.get("term").map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty()) else {
+        return errors::error(400, "Term is missing", Some("ERR_INVALID_INPUT"));
+    };
+    let by_email = q.get("search_by_email").is_some_and(|v| v == "1");
+    sim.with(&caller, |acct, _| {
+        let crm = acct.crm;
+        let hits: Vec<Value> = crate::users::all(acct)
+            .into_iter()
+            .filter(|r| {
+                let hay = if by_email { crate::users::email(crm, r) } else { r.fields.get("name").and_then(Value::as_str) };
+                hay.is_some_and(|h| h.to_lowercase().contains(&term))
+            })
+            .map(|r| {
+                json!({
+                    "id": r.id.parse::<u64>().unwrap_or(0), "name": r.fields.get("name").cloned().unwrap_or(Value::Null),
+                    "email": r.fields.get("email").cloned().unwrap_or(Value::Null),
+                    "active_flag": r.fields.get("active_flag").and_then(Value::as_bool).unwrap_or(true),
+                    "is_deleted": r.fields.get("is_deleted").and_then(Value::as_bool).unwrap_or(false),
+                    "activated": true, "role_id": 1, "timezone_name": "Europe/Tallinn", "is_you": r.id == acct.owner_id, "access": []
+                })
+            })
+            .collect();
+        json(200, json!({"success": true, "data": if hits.is_empty() { Value::Null } else { Value::Array(hits) }}))
+    })
 }

@@ -138,6 +138,9 @@ impl CrmApi for Pipedrive {
     }
 
     fn permission(class: Class, route: &str, _path: &str) -> Option<&'static str> {
+        if route.contains("/users") {
+            return Some("users:read");
+        }
         let persons = route.contains("/persons");
         Some(match (persons, class) {
             (_, Class::Search) => "search:read",
@@ -177,6 +180,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/api/v2/persons", post(activities::create_person))
         .route("/api/v2/persons/search", get(activities::search_persons))
         .route("/api/v2/persons/{id}", get(activities::read_person))
+        .route("/api/v1/users/find", get(activities::find_users))
         .route("/api/v1/activities", any(activities::v1_gone))
         .route("/api/v1/activities/{id}", any(activities::v1_gone))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<Pipedrive>));

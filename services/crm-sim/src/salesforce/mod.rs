@@ -138,7 +138,23 @@ pub fn schema() -> Schema {
     // or one lead (shared activities), answered by the create like the JunctionIdList it is.
     let mut event = common_event();
     event.insert("OwnerId".into(), FieldDef::of(Lookup));
-    Schema::from([("Task".into(), task), ("Event".into(), event), ("Contact".into(), contact), ("Lead".into(), lead)])
+    // Users: the owners an activity's OwnerId names (CRM-APIS-ACTIVITIES §3.2). Email is not
+    // unique; Username is.
+    let mut user = BTreeMap::new();
+    for f in ["Id", "CreatedDate", "LastModifiedDate", "SystemModstamp"] {
+        user.insert(f.to_string(), ro(Text));
+    }
+    for f in ["Email", "Name", "Username", "UserType"] {
+        user.insert(f.to_string(), FieldDef::of(Text));
+    }
+    user.insert("IsActive".into(), FieldDef::of(Bool));
+    Schema::from([
+        ("Task".into(), task),
+        ("Event".into(), event),
+        ("Contact".into(), contact),
+        ("Lead".into(), lead),
+        ("User".into(), user),
+    ])
 }
 
 fn common_event() -> BTreeMap<String, FieldDef> {
@@ -176,6 +192,15 @@ pub fn derive(object: &str, r: &mut Record) {
     f.insert("SystemModstamp".into(), json!(sf_datetime(r.updated_ms)));
     f.insert("IsDeleted".into(), json!(r.deleted_ms.is_some()));
     match object {
+        "User" => {
+            // Every Salesforce user has these; an admin-made one may leave them out.
+            f.entry("IsActive").or_insert(json!(true));
+            f.entry("UserType").or_insert(json!("Standard"));
+            if !f.contains_key("Username") {
+                let name = f.get("Email").and_then(Value::as_str).map(|e| format!("{e}.sim")).unwrap_or_else(|| format!("{}@sim", r.id));
+                f.insert("Username".into(), json!(name));
+            }
+        }
         "Contact" | "Lead" => {
             let name =
                 [f.get("FirstName"), f.get("LastName")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");

@@ -7,7 +7,7 @@
 //! present on one side only); it does not see records until the index catches up.
 
 use super::errors;
-use super::sobjects::{canonical_field, check_object, check_version, render};
+use super::sobjects::{canonical_field, check_object, check_query_object, check_version, render};
 use crate::gate::json;
 use crate::sql::{compare, eval, lex, Parser, Tok};
 use crate::state::{digits, Caller, FieldType, Record, SharedSim};
@@ -63,7 +63,7 @@ fn run_soql(sim: &SharedSim, caller: &Caller, version: &str, q: &str, all: bool)
         Ok(x) => x,
         Err(e) => return errors::error(400, "MALFORMED_QUERY", &e, &[]),
     };
-    let object = match check_object(&object) {
+    let object = match check_query_object(&object) {
         Ok(o) => o,
         Err(_) => return errors::error(400, "INVALID_TYPE", &format!("sObject type '{object}' is not supported."), &[]),
     };

@@ -17,6 +17,14 @@ pub fn check_version(v: &str) -> Result<u32, Response> {
     api_version(v).ok_or_else(errors::not_found)
 }
 
+/// The objects SOQL reads: those written, and User (owners by email).
+pub fn check_query_object(o: &str) -> Result<&'static str, Response> {
+    if o.eq_ignore_ascii_case("User") {
+        return Ok("User");
+    }
+    check_object(o)
+}
+
 pub fn check_object(o: &str) -> Result<&'static str, Response> {
     ["Task", "Event", "Contact", "Lead"].into_iter().find(|k| k.eq_ignore_ascii_case(o)).ok_or_else(errors::not_found)
 }
@@ -242,6 +250,19 @@ fn check_event_times(fields: &mut Map<String, Value>) -> Result<(), Fail> {
     Ok(())
 }
 
+/// An OwnerId must be an active user: an inactive one is INACTIVE_OWNER_OR_USER (the
+/// StatusCode enum), an id no user has INVALID_CROSS_REFERENCE_KEY.
+fn check_owner(acct: &Account, fields: &Map<String, Value>) -> Result<(), Fail> {
+    let Some(id) = fields.get("OwnerId").and_then(Value::as_str).filter(|s| !s.is_empty()) else { return Ok(()) };
+    match crate::users::check_owner(acct, id) {
+        Ok(()) => Ok(()),
+        Err(crate::users::NotOwner::Inactive) => {
+            Err(Fail::new("INACTIVE_OWNER_OR_USER", "The user or record owner is not active", &["OwnerId"]))
+        }
+        Err(crate::users::NotOwner::Unknown) => Err(Fail::new("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &["OwnerId"])),
+    }
+}
+
 pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>, now: i64) -> Result<String, Fail> {
     let mut body = body.clone();
     let who_ids = who_ids(acct, object, &mut body)?;
@@ -260,6 +281,7 @@ pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>
         return Err(Fail::new("REQUIRED_FIELD_MISSING", format!("Required fields are missing: [{}]", missing.join(", ")), &missing));
     }
     let who = check_who(acct, &fields)?;
+    check_owner(acct, &fields)?;
     check_unique(acct, object, &fields, None)?;
     if object == "Task" {
         fields.entry("Status").or_insert(json!("Not Started"));
@@ -295,6 +317,7 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
     let who_ids = who_ids(acct, object, &mut body)?;
     let mut fields = validate(acct, object, &body, Mode::Update)?;
     let who = check_who(acct, &fields)?;
+    check_owner(acct, &fields)?;
     check_unique(acct, object, &fields, Some(id))?;
     if object == "Event" {
         // The times as they will be, checked together.

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod limits;
 mod oauth;
 mod records;
+mod users;
 
 use crate::faults::FaultKind;
 use crate::gate::{self, AuthFailure, Class, CrmApi};
@@ -147,7 +148,10 @@ impl CrmApi for Zoho {
         Class::of_method(method)
     }
 
-    fn permission(class: Class, _route: &str, path: &str) -> Option<&'static str> {
+    fn permission(class: Class, route: &str, path: &str) -> Option<&'static str> {
+        if route.ends_with("/users") {
+            return Some("users.READ");
+        }
         // associate_email needs the emails scope besides the record's module (the v8 page).
         if path.contains("associate_email") || path.ends_with("/Emails") || path.contains("email_available") {
             return Some(if matches!(class, Class::Create | Class::Update) { "Emails.create" } else { "Emails.view" });
@@ -201,6 +205,7 @@ pub fn router(sim: SharedSim) -> Router {
     let v = "/crm/{version}";
     let api = Router::new()
         .route(&format!("{v}/coql"), post(records::coql))
+        .route(&format!("{v}/users"), get(users::list))
         .route(&format!("{v}/settings/fields"), get(records::fields))
         .route(&format!("{v}/{{module}}"), post(records::insert).put(records::update_many).delete(records::delete_many).get(records::list))
         .route(&format!("{v}/{{module}}/search"), get(records::search))

@@ -159,6 +159,14 @@ fn validate(
             }
         }
     }
+    // An Owner must be an active user of the org (INVALID_DATA otherwise: unverified, the
+    // harsher case, CRM-APIS-ACTIVITIES §3.3).
+    if let Some(o) = out.get("Owner") {
+        let oid = o.get("id").and_then(Value::as_str).or(o.as_str()).unwrap_or_default().to_string();
+        if crate::users::check_owner(acct, &oid).is_err() {
+            return Err(field_err("INVALID_DATA", "invalid data", "Owner", i, json!({"id": oid, "expected_data_type": "lookup"})));
+        }
+    }
     for (k, v) in &out {
         if schema.get(k).is_some_and(|d| d.unique) {
             if let Some(existing) = acct.unique_holder(module, k, v, id) {
