@@ -275,6 +275,71 @@ fn meetings_and_emails_drift_per_kind(case: &Case) {
     });
 }
 
+/// Whose record it is, checked by the reconciler: a person reassigns a call written under
+/// the agent's CRM user. Under the shipped contracts (the owner `fill_if_empty`) that is
+/// their decision: the record matches. A tenant whose override owns the owner
+/// (`restorable`) has it reported as a changed field and put back to the agent's user, the
+/// one the writer's audit recorded.
+fn owner_reassignments_drift_only_where_the_tenant_owns_the_owner(case: &Case) {
+    let crm = case.name();
+    for owned in [true, false] {
+        let extra = if owned {
+            format!("fields = {{ call = {{ {} = {{ ownership = \"owned\", restorable = true }} }} }}", case.owner_field())
+        } else {
+            String::new()
+        };
+        let rig = rig(case, if owned { "own" } else { "def" }, &extra);
+        let tenant = rig.tenant.clone();
+        let rep = case.add_user(&rig.sim, &tenant, "Rep", "rep@acme.example", true);
+        let lead = case.add_user(&rig.sim, &tenant, "Lead", "lead@acme.example", true);
+        let _sink = rig.sink();
+        let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[&tenant], &[]);
+        rig.broker.produce(&case.topic(), &[case.request_by(&tenant, "c1", 1, "agent-1", Some("rep@acme.example"))]);
+        wait_for("the write stored", Duration::from_secs(60), || rig.stored_writes() == 1);
+        let owner_now = || {
+            let records = rig.sim.records(crm, &tenant, case.calls);
+            case.owner_of(record_of(case, &records, "c1", &tenant).expect("c1 written"))
+        };
+        assert_eq!(owner_now(), Some(rep.clone()), "written under the agent's user");
+        let records = rig.sim.records(crm, &tenant, case.calls);
+        let id = record_of(case, &records, "c1", &tenant).unwrap()["id"].as_str().unwrap().to_string();
+        rig.sim.admin(
+            "PATCH",
+            &format!("/accounts/{crm}/{tenant}/objects/{}/{id}", case.calls),
+            Some(json!({ case.owner_field(): case.owner_value(&lead) })),
+        );
+        let r = rig.reconcile(crm);
+        assert_eq!(r["checked"], 1, "{r}");
+        if owned {
+            assert_eq!((r["findings"]["field_changed"].as_i64(), r["repaired"].as_i64()), (Some(1), Some(1)), "{r}");
+            assert_eq!(owner_now(), Some(rep.clone()), "the tenant owns the owner: put back");
+        } else {
+            assert_eq!(r["matching"], 1, "a person's reassignment is not drift under the shipped contract: {r}");
+            assert_eq!(owner_now(), Some(lead.clone()), "their reassignment stands");
+        }
+    }
+}
+
+#[test]
+fn hubspot_owner_reassignments_drift_only_where_the_tenant_owns_the_owner() {
+    owner_reassignments_drift_only_where_the_tenant_owns_the_owner(&HUBSPOT)
+}
+
+#[test]
+fn salesforce_owner_reassignments_drift_only_where_the_tenant_owns_the_owner() {
+    owner_reassignments_drift_only_where_the_tenant_owns_the_owner(&SALESFORCE)
+}
+
+#[test]
+fn zoho_owner_reassignments_drift_only_where_the_tenant_owns_the_owner() {
+    owner_reassignments_drift_only_where_the_tenant_owns_the_owner(&ZOHO)
+}
+
+#[test]
+fn pipedrive_owner_reassignments_drift_only_where_the_tenant_owns_the_owner() {
+    owner_reassignments_drift_only_where_the_tenant_owns_the_owner(&PIPEDRIVE)
+}
+
 #[test]
 fn hubspot_meetings_and_emails_drift_per_kind() {
     meetings_and_emails_drift_per_kind(&HUBSPOT)

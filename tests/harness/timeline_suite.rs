@@ -53,6 +53,17 @@ impl Case {
         r["id"].as_str().unwrap().to_string()
     }
 
+    /// A person deactivates the user in the CRM.
+    pub fn deactivate_user(&self, sim: &CrmSim, account: &str, id: &str) {
+        let off = match self.crm {
+            Crm::Hubspot => json!({"archived": true}),
+            Crm::Salesforce => json!({"IsActive": false}),
+            Crm::Zoho => json!({"status": "disabled"}),
+            _ => json!({"active_flag": false}),
+        };
+        sim.admin("PATCH", &format!("/accounts/{}/{account}/objects/{}/{id}", self.name(), self.users()), Some(off));
+    }
+
     /// A record's owner as its CRM holds it (a string, a number, or a lookup's id).
     pub fn owner_of(&self, record: &Value) -> Option<String> {
         match &record["fields"][self.owner_field()] {
@@ -208,6 +219,24 @@ pub fn actors_become_owners_by_email_by_map_or_as_the_tenant_chooses(case: &Case
     let (pf, _, ended) = case.progress_field;
     assert_eq!(c1r["fields"][pf], ended(), "the update was written: {c1r}");
     assert_eq!(case.owner_of(c1r), Some(lead.clone()), "the person's reassignment stands: {c1r}");
+
+    // The rep leaves: their user is deactivated while still cached. The CRM refuses the
+    // owner, the write is dead-lettered and the cached owner forgotten; its replay looks the
+    // actor up again and, finding no active user, writes under the integration's user.
+    case.deactivate_user(&sim, "acme", &rep);
+    broker.produce(&case.topic(), &[case.request_by("acme", "c8", 1, "agent-1", Some("rep@acme.example"))]);
+    let total = total + 1;
+    let (_, dlq5, _) = outcomes(&broker, total, Duration::from_secs(60));
+    let refused = dlq5.iter().find(|d| d.call_id.as_deref() == Some("c8")).expect("c8 refused for its owner");
+    assert_eq!(refused.reason, DlqReason::Validation, "{refused:?}");
+    assert!(refused.detail.contains("forgotten"), "{}", refused.detail);
+    assert!(!owner_keys(&prefix).iter().any(|k| k.ends_with(":rep@acme.example")), "the cached owner is forgotten");
+    broker.produce(&case.topic(), &[case.request_by("acme", "c8", 1, "agent-1", Some("rep@acme.example"))]);
+    let total = total + 1;
+    let (finals5, _, _) = outcomes(&broker, total, Duration::from_secs(60));
+    let c8 = finals5.iter().rev().find(|a| a.call_id.as_deref() == Some("c8")).unwrap();
+    assert_eq!(c8.outcome, AuditOutcome::Succeeded, "{c8:?}");
+    assert_eq!(c8.attributes.get("owner_from").map(String::as_str), Some("integration_user"));
     assert!(w.terminate().success());
 
     // globex maps the agent; the dead letter is replayed (the same request again) and
@@ -231,9 +260,68 @@ pub fn actors_become_owners_by_email_by_map_or_as_the_tenant_chooses(case: &Case
     assert!(w.terminate().success());
 }
 
+/// A tenant's override of a field's rule takes effect for that tenant only: with the title
+/// made `owned`, a person's edit of it is written over by the call's next version, while
+/// another tenant's stands (the contract's `fill_if_empty`). An override that would write
+/// a field the contract has no value for stops the writer at start, naming tenant, kind and
+/// field.
+pub fn a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    case.account(&sim, "globex", json!({}));
+    let title = case.title_field;
+    let text = tenant_block(case, &sim, "acme", &format!("fields = {{ call = {{ {title} = \"owned\" }} }}"))
+        + &tenant_block(case, &sim, "globex", "");
+    let tenants = TempFile::new("tenants.toml", &text);
+    let prefix = RedisPrefix::new("overrides");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[]);
+    broker.produce(&case.topic(), &[case.request("acme", "c1", 1), case.request("globex", "c1", 1)]);
+    let (finals, dlq, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    assert!(dlq.is_empty() && finals.iter().all(|a| a.outcome == AuditOutcome::Succeeded), "{finals:?} {dlq:?}");
+    for t in ["acme", "globex"] {
+        let records = sim.records(case.name(), t, case.calls);
+        let id = case.record(&records, "c1", t)["id"].as_str().unwrap().to_string();
+        sim.admin(
+            "PATCH",
+            &format!("/accounts/{}/{t}/objects/{}/{id}", case.name(), case.calls),
+            Some(json!({title: "Renamed by a person"})),
+        );
+    }
+    broker.produce(&case.topic(), &[case.request("acme", "c1", 2), case.request("globex", "c1", 2)]);
+    let (finals, _, _) = outcomes(&broker, 4, Duration::from_secs(60));
+    assert_eq!(finals.len(), 4);
+    let title_of = |t: &str| {
+        let records = sim.records(case.name(), t, case.calls);
+        let r = case.record(&records, "c1", t).clone();
+        let (pf, _, ended) = case.progress_field;
+        assert_eq!(r["fields"][pf], ended(), "{t}'s update was written: {r}");
+        r["fields"][title].clone()
+    };
+    assert_eq!(title_of("acme"), json!("Inbound call from +14155552671"), "acme owns its titles: ours again");
+    assert_eq!(title_of("globex"), json!("Renamed by a person"), "globex keeps the contract's rule: the person's edit stands");
+    assert!(w.terminate().success());
+
+    let bad = tenant_block(case, &sim, "acme", "fields = { call = { not_a_field = \"owned\" } }");
+    let tenants = TempFile::new("tenants.toml", &bad);
+    let mut w = case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    wait_for("the writer to refuse its tenants file", Duration::from_secs(30), || !w.alive());
+    let status = w.child.wait().unwrap();
+    assert!(!status.success());
+    let log = w.log_text();
+    assert!(
+        log.contains("tenant 'acme'") && log.contains("fields.call") && log.contains("not_a_field") && log.contains("override refused"),
+        "{log}"
+    );
+}
+
 #[macro_export]
 macro_rules! timeline_suite {
     ($case:expr) => {
+        #[test]
+        fn a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused() {
+            $crate::timeline_suite::a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused(&$case)
+        }
         #[test]
         fn actors_become_owners_by_email_by_map_or_as_the_tenant_chooses() {
             $crate::timeline_suite::actors_become_owners_by_email_by_map_or_as_the_tenant_chooses(&$case)

@@ -434,6 +434,8 @@ pub struct Written {
     /// The contact the writer linked the record to, when it linked one (or the one the
     /// reconciler saw it moved to by a merge).
     pub linked_contact: Option<String>,
+    /// The CRM user the writer last made the record's owner, when it set one.
+    pub owner_id: Option<String>,
 }
 
 /// One reconciliation pass of one tenant in one CRM: the parity report.
@@ -481,7 +483,10 @@ impl AuditStore {
                  (SELECT c.attributes->>'contact_id' FROM audit c WHERE c.call_id = a.call_id AND c.tenant_id = a.tenant_id AND c.crm = a.crm \
                     AND c.attributes ? 'contact_id' AND c.outcome IN ('SUCCEEDED', 'REPAIRED') AND c.crm_record_id = a.crm_record_id \
                     AND ((c.stage = 'WRITER' AND c.operation = 'write') OR (c.stage = 'RECONCILER' AND c.operation = 'reconcile.contact_merged')) \
-                    ORDER BY c.occurred_at DESC LIMIT 1) \
+                    ORDER BY c.occurred_at DESC LIMIT 1), \
+                 (SELECT o.attributes->>'owner_id' FROM audit o WHERE o.call_id = a.call_id AND o.tenant_id = a.tenant_id AND o.crm = a.crm \
+                    AND o.attributes ? 'owner_id' AND o.outcome = 'SUCCEEDED' AND o.crm_record_id = a.crm_record_id \
+                    AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1) \
                  FROM audit a WHERE a.tenant_id = $1 AND a.crm = $2 AND a.stage = 'WRITER' AND a.operation = 'write' AND a.outcome = 'SUCCEEDED' \
                    AND a.occurred_at >= $3 AND a.occurred_at <= $4 AND a.call_id IS NOT NULL AND a.crm_record_id IS NOT NULL \
                    AND coalesce(a.kind, 'call') = $5 \
@@ -501,6 +506,7 @@ impl AuditStore {
                 offset: r.get(6),
                 at_ms: ms_of(r.get(7)),
                 linked_contact: r.get(8),
+                owner_id: r.get(9),
             })
             .collect())
     }

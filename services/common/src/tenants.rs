@@ -90,6 +90,50 @@ pub struct CrmConnection {
     /// flags it) or `dead_letter` (held as ACTOR_UNMAPPED for review, replayed once mapped).
     #[serde(default)]
     pub on_unmapped_actor: UnmappedActor,
+    /// The tenant's overrides of the field contract, by kind then field:
+    /// `fields = { call = { hs_call_title = "owned" }, meeting = { hubspot_owner_id = { ownership = "owned", restorable = true } } }`.
+    /// The contracts in `contracts/` are the defaults; a writer and the reconciler check
+    /// each override against them at start and refuse one that would write a field the
+    /// contract has no value for, change the key, or overwrite a field the CRM does not
+    /// let be changed.
+    #[serde(default)]
+    pub fields: BTreeMap<String, BTreeMap<String, FieldOverride>>,
+}
+
+/// Who owns a field (DESIGN §7): the contracts' rule, and a tenant's override of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ownership {
+    /// crm-sync's: written on create and on every update; the reconciler may put it back.
+    Owned,
+    /// Set on create, never overwritten: people's edits in the CRM win.
+    FillIfEmpty,
+    /// Never written.
+    ReadOnly,
+}
+
+/// A tenant's rule for one contract field: an ownership, or a table with `restorable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FieldOverride {
+    Ownership(Ownership),
+    Rule {
+        ownership: Ownership,
+        #[serde(default)]
+        restorable: bool,
+    },
+}
+
+impl FieldOverride {
+    pub fn ownership(&self) -> Ownership {
+        match *self {
+            FieldOverride::Ownership(o) | FieldOverride::Rule { ownership: o, .. } => o,
+        }
+    }
+
+    pub fn restorable(&self) -> bool {
+        matches!(*self, FieldOverride::Rule { restorable: true, .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -187,6 +231,19 @@ impl Tenants {
                 let crm: Crm = name.parse().map_err(|e| anyhow::anyhow!("tenant '{id}': crms: {e}"))?;
                 if let Some(every) = &conn.reconcile_every {
                     window(&id, &format!("crms.{name}.reconcile_every"), every)?;
+                }
+                for (kind, rules) in &conn.fields {
+                    let k: ActivityKind = kind.parse().map_err(|e| anyhow::anyhow!("tenant '{id}': crms.{name}.fields.{kind}: {e}"))?;
+                    anyhow::ensure!(
+                        conn.activities.contains(&k),
+                        "tenant '{id}': crms.{name}.fields.{kind}: this connection does not take {kind}s (activities)"
+                    );
+                    for (field, rule) in rules {
+                        anyhow::ensure!(
+                            !rule.restorable() || rule.ownership() == Ownership::Owned,
+                            "tenant '{id}': crms.{name}.fields.{kind}.{field}: only an owned field can be restorable"
+                        );
+                    }
                 }
                 for (actor, user) in &conn.owners {
                     anyhow::ensure!(

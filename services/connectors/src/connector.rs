@@ -38,7 +38,7 @@ impl Item {
     /// The contract for this item's kind. The writer only hands a connector the kinds it
     /// has contracts for ([`Connector::kinds`]).
     pub fn contract<'c, C: Connector + ?Sized>(&self, c: &'c C) -> &'c Contract {
-        c.contract_for(self.req.kind()).unwrap_or_else(|| c.contract())
+        c.contract_for_tenant(self.req.tenant_id(), self.req.kind())
     }
 
     /// The fields this write of the item sets, as its contract says: the activity's values
@@ -260,6 +260,15 @@ pub trait Connector: Send + Sync + 'static {
     /// The contract for `kind` where this writer writes it, else the call contract.
     fn contract_of(&self, kind: ActivityKind) -> &Contract {
         self.contract_for(kind).unwrap_or_else(|| self.contract())
+    }
+
+    /// [`Connector::contract_of`] as `tenant` has it, with its `fields` overrides (which
+    /// never change the object or the key field, only rules).
+    fn contract_for_tenant(&self, tenant: &str, kind: ActivityKind) -> &Contract {
+        match self.contract_for(kind) {
+            Some(_) => self.contracts().for_tenant(tenant, kind).unwrap_or_else(|| self.contract()),
+            None => self.contract(),
+        }
     }
 
     /// Creates these records (none has a record id), as few API calls as the CRM allows;

@@ -8,13 +8,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ownership {
-    Owned,
-    FillIfEmpty,
-    ReadOnly,
-}
+pub use crm_common::tenants::Ownership;
 
 /// The JSON type a CRM wants for a field (values are derived as text).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -62,6 +56,14 @@ pub struct FieldRule {
     /// a longer text value is cut at a character boundary rather than refused.
     #[serde(default)]
     pub max_chars: Option<usize>,
+    /// false where the CRM takes the field on create only (Salesforce's TaskSubtype): it can
+    /// never be owned, by the contract or by a tenant's override.
+    #[serde(default = "yes")]
+    pub updatable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +135,10 @@ impl Contract {
                 _ => {}
             }
             anyhow::ensure!(!rule.restorable || rule.ownership == Ownership::Owned, "field {name}: only owned fields can be restorable");
+            anyhow::ensure!(
+                rule.updatable || rule.ownership != Ownership::Owned,
+                "field {name}: the CRM takes it on create only (updatable = false), so it cannot be owned"
+            );
         }
         let key = c.fields.get(&c.key_field);
         match &c.key_marker {
@@ -151,6 +157,38 @@ impl Contract {
                 "key_field {} carries the key after key_marker: it must be a written text field",
                 c.key_field
             ),
+        }
+        Ok(c)
+    }
+
+    /// This contract with a tenant's overrides (field → rule), each checked: the field must
+    /// be the contract's (crm-sync has no value for any other), a field written must have a
+    /// source or a value, the key field stays owned, and a field the CRM takes on create
+    /// only (`updatable = false`) is never owned. Err names the field and why.
+    pub fn overridden(&self, overrides: &BTreeMap<String, crm_common::tenants::FieldOverride>) -> Result<Contract, String> {
+        let mut c = self.clone();
+        for (name, o) in overrides {
+            let Some(rule) = c.fields.get_mut(name) else {
+                let known: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "{name} is not in the {} {} contract, so crm-sync has no value for it (fields: {})",
+                    self.crm,
+                    self.kind.as_str(),
+                    known.join(", ")
+                ));
+            };
+            let ownership = o.ownership();
+            if name == &self.key_field && ownership != Ownership::Owned {
+                return Err(format!("{name} holds crm-sync's key: it stays owned"));
+            }
+            if ownership != Ownership::ReadOnly && rule.source.is_none() && rule.value.is_none() {
+                return Err(format!("{name} has no source in the contract: crm-sync has nothing to write there"));
+            }
+            if ownership == Ownership::Owned && !rule.updatable {
+                return Err(format!("{name} cannot be owned: {} takes it on create only and refuses it on update", self.crm));
+            }
+            rule.ownership = ownership;
+            rule.restorable = o.restorable();
         }
         Ok(c)
     }
@@ -227,7 +265,13 @@ impl Contract {
     /// The owned fields a write of `req` sets, as the CRM should hold them now (what the
     /// reconciler compares); fill_if_empty and read-only fields are never compared.
     pub fn owned_values(&self, req: &WriteRequest) -> Map<String, Value> {
-        let mut v = self.values(req, WriteKind::Update);
+        self.owned_values_with(req, &Resolved::default())
+    }
+
+    /// [`Contract::owned_values`] with what the writer resolved (the owner it set), so an
+    /// owned owner is compared too.
+    pub fn owned_values_with(&self, req: &WriteRequest, resolved: &Resolved) -> Map<String, Value> {
+        let mut v = self.values_with(req, WriteKind::Update, resolved);
         v.retain(|f, _| self.fields.get(f).is_some_and(|r| r.ownership == Ownership::Owned));
         v
     }
@@ -248,6 +292,8 @@ impl Contract {
 #[derive(Debug, Clone)]
 pub struct Contracts {
     by_kind: BTreeMap<ActivityKind, Contract>,
+    /// Tenants' own versions, where their `fields` override a rule.
+    by_tenant: BTreeMap<(String, ActivityKind), Contract>,
 }
 
 impl Contracts {
@@ -259,14 +305,14 @@ impl Contracts {
                 by_kind.insert(kind, Contract::load_file(&path, crm, kind)?);
             }
         }
-        Ok(Contracts { by_kind })
+        Ok(Contracts { by_kind, by_tenant: BTreeMap::new() })
     }
 
     /// Contracts given directly (tests, benches); the call contract must be among them.
     pub fn of(contracts: impl IntoIterator<Item = Contract>) -> anyhow::Result<Contracts> {
         let by_kind: BTreeMap<ActivityKind, Contract> = contracts.into_iter().map(|c| (c.kind, c)).collect();
         anyhow::ensure!(by_kind.contains_key(&ActivityKind::Call), "a CRM's contracts include its call contract");
-        Ok(Contracts { by_kind })
+        Ok(Contracts { by_kind, by_tenant: BTreeMap::new() })
     }
 
     /// The call contract.
@@ -276,6 +322,39 @@ impl Contracts {
 
     pub fn get(&self, kind: ActivityKind) -> Option<&Contract> {
         self.by_kind.get(&kind)
+    }
+
+    /// The contract for `kind` as `tenant` has it: with its overrides, else the default.
+    pub fn for_tenant(&self, tenant: &str, kind: ActivityKind) -> Option<&Contract> {
+        self.by_tenant.get(&(tenant.to_string(), kind)).or_else(|| self.by_kind.get(&kind))
+    }
+
+    /// These contracts with every tenant's `fields` overrides for `crm` applied and checked;
+    /// Err names the tenant, kind and field of the first refused (the service stops).
+    pub fn with_tenant_overrides(
+        mut self,
+        tenants: &crm_common::tenants::Tenants,
+        crm: crm_common::events::Crm,
+    ) -> anyhow::Result<Contracts> {
+        for id in tenants.ids() {
+            let Some(conn) = tenants.get(&id).and_then(|t| t.crms.get(&crm)) else { continue };
+            for (kind, rules) in &conn.fields {
+                let kind: ActivityKind = kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                let Some(base) = self.by_kind.get(&kind) else {
+                    anyhow::bail!(
+                        "tenant '{id}': crms.{}.fields.{}: this deployment has no {} contract for that kind",
+                        crm.as_str(),
+                        kind.as_str(),
+                        crm.as_str()
+                    );
+                };
+                let c = base.overridden(rules).map_err(|why| {
+                    anyhow::anyhow!("tenant '{id}': crms.{}.fields.{}: override refused: {why}", crm.as_str(), kind.as_str())
+                })?;
+                self.by_tenant.insert((id.clone(), kind), c);
+            }
+        }
+        Ok(self)
     }
 
     pub fn kinds(&self) -> impl Iterator<Item = ActivityKind> + '_ {
@@ -290,7 +369,7 @@ impl Contracts {
 impl From<Contract> for Contracts {
     /// A CRM that writes calls only.
     fn from(c: Contract) -> Contracts {
-        Contracts { by_kind: BTreeMap::from([(ActivityKind::Call, c)]) }
+        Contracts { by_kind: BTreeMap::from([(ActivityKind::Call, c)]), by_tenant: BTreeMap::new() }
     }
 }
 
@@ -310,9 +389,18 @@ pub fn same_value(expected: &Value, live: &Value) -> bool {
     if expected == live {
         return true;
     }
+    // A lookup (`{"id": …}`) as the CRM echoes it, with a name beside the id.
+    if let (Some(a), Some(b)) = (expected.get("id"), live.get("id")) {
+        return same_value(a, b);
+    }
     let (a, b) = (as_text(expected), as_text(live));
     if a == b {
         return true;
+    }
+    // Whole numbers exactly: Zoho's 19-digit ids are equal as f64 when they differ in
+    // their last digits.
+    if let (Ok(x), Ok(y)) = (a.parse::<i128>(), b.parse::<i128>()) {
+        return x == y;
     }
     if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
         return x == y;
@@ -339,6 +427,44 @@ mod tests {
         assert!(update.contains(&"hs_call_status"));
         assert!(create.contains(&"hubspot_owner_id") && !update.contains(&"hubspot_owner_id"), "the owner: on create only");
         assert!(c.writes_owner(WriteKind::Create) && !c.writes_owner(WriteKind::Update));
+    }
+
+    #[test]
+    fn a_tenants_override_takes_effect_for_that_tenant_and_an_unsafe_one_is_refused() {
+        use crm_common::events::Crm;
+        use crm_common::tenants::Tenants;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
+        let tenants = |crm: &str, fields: &str| {
+            Tenants::parse(&format!(
+                "[tenants.a]\ndefault_region = 'US'\n[tenants.a.crms.{crm}]\nplan = 'enterprise'\ncredentials_secret = 'S'\nactivities = ['call', 'meeting']\nfields = {fields}\n[tenants.b]\ndefault_region = 'US'\n"
+            ))
+            .unwrap()
+        };
+        let t = tenants("hubspot", "{ call = { hs_call_title = 'owned', hs_call_body = 'read_only' }, meeting = { hubspot_owner_id = { ownership = 'owned', restorable = true } } }");
+        let all = Contracts::load(&dir, "hubspot").unwrap().with_tenant_overrides(&t, Crm::Hubspot).unwrap();
+        let a = all.for_tenant("a", ActivityKind::Call).unwrap();
+        let b = all.for_tenant("b", ActivityKind::Call).unwrap();
+        let update = |c: &Contract| c.writable(WriteKind::Update).map(|(f, _)| f.to_string()).collect::<Vec<_>>();
+        let create = |c: &Contract| c.writable(WriteKind::Create).map(|(f, _)| f.to_string()).collect::<Vec<_>>();
+        assert!(update(a).contains(&"hs_call_title".into()) && !update(b).contains(&"hs_call_title".into()), "a's title is owned, b's not");
+        assert!(!create(a).contains(&"hs_call_body".into()) && create(b).contains(&"hs_call_body".into()), "a never writes the body");
+        let m = all.for_tenant("a", ActivityKind::Meeting).unwrap();
+        assert!(m.writes_owner(WriteKind::Update) && m.fields["hubspot_owner_id"].restorable, "a keeps its meetings' owner");
+        assert!(!all.for_tenant("b", ActivityKind::Meeting).unwrap().writes_owner(WriteKind::Update));
+
+        let refused = |crm: &str, crm_id: Crm, fields: &str| {
+            Contracts::load(&dir, crm).unwrap().with_tenant_overrides(&tenants(crm, fields), crm_id).unwrap_err().to_string()
+        };
+        let e = refused("hubspot", Crm::Hubspot, "{ call = { hs_createdate = 'owned' } }");
+        assert!(e.contains("tenant 'a'") && e.contains("hs_createdate") && e.contains("no value"), "{e}");
+        let e = refused("hubspot", Crm::Hubspot, "{ call = { crm_sync_key = 'fill_if_empty' } }");
+        assert!(e.contains("key"), "{e}");
+        let e = refused("salesforce", Crm::Salesforce, "{ call = { TaskSubtype = 'owned' } }");
+        assert!(e.contains("TaskSubtype") && e.contains("create only"), "{e}");
+        assert!(Contract::parse(
+            &include_str!("../../../contracts/salesforce.toml").replace("updatable = false", "updatable = false\nrestorable = false")
+        )
+        .is_ok());
     }
 
     #[test]

@@ -113,6 +113,17 @@ ownership = "fill_if_empty"
     }
 
     #[test]
+    fn long_ids_and_lookups_compare_exactly() {
+        use crm_connectors::contract::same_value;
+        // Two Zoho user ids that are one f64 apart from nothing: not the same owner.
+        assert!(!same_value(&json!("5725767000000034001"), &json!("5725767000000034007")));
+        assert!(!same_value(&json!({"id": "5725767000000034001"}), &json!({"id": "5725767000000034007", "name": "Lead"})));
+        assert!(same_value(&json!({"id": "5725767000000034001"}), &json!({"id": "5725767000000034001", "name": "Rep"})));
+        assert!(same_value(&json!("42"), &json!(42)));
+        assert!(same_value(&json!("65000"), &json!(65000.0)));
+    }
+
+    #[test]
     fn schema_check_names_what_is_gone() {
         let c = contract();
         let schema = ["hs_call_duration", "hs_timestamp", "hs_call_title"].iter().map(|s| s.to_string()).collect();

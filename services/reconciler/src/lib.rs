@@ -218,7 +218,7 @@ impl<C: Inspect> Reconciler<C> {
         schemas: &mut HashMap<String, Option<BTreeSet<String>>>,
     ) -> anyhow::Result<()> {
         let crm = self.crm();
-        let contract = self.connector.contract_of(kind);
+        let contract = self.connector.contract_for_tenant(pass.tenant, kind);
         let mut log: Vec<Exchange> = vec![];
 
         // 1. The schema still has the contract's fields.
@@ -368,8 +368,10 @@ impl<C: Inspect> Reconciler<C> {
         fields: &Map<String, Value>,
         contact_id: Option<&str>,
     ) {
-        let contract = self.connector.contract_of(rec.kind);
-        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values(r), fields)).unwrap_or_default();
+        let contract = self.connector.contract_for_tenant(pass.tenant, rec.kind);
+        // An owned owner is compared with the one the writer set (its audit's owner_id).
+        let resolved = crm_connectors::contract::Resolved { owner_id: rec.w.owner_id.as_deref() };
+        let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values_with(r, &resolved), fields)).unwrap_or_default();
         let contact = contact_drift(rec.w.linked_contact.as_deref(), contact_id);
         if changed.is_empty() && contact == ContactDrift::Same {
             return;

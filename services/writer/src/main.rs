@@ -86,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let service: &'static str = Box::leak(format!("writer-{}", cli.crm.as_str()).into_boxed_str());
     let _telemetry = crm_common::telemetry::init(service, &cli.common)?;
-    let contract = contract::Contracts::load(&cli.contracts_dir, cli.crm.as_str())?;
+    // The deployment's contracts with each tenant's field overrides, checked before anything
+    // starts: a refused override stops the writer with the tenant, kind and field named.
+    let contract = contract::Contracts::load(&cli.contracts_dir, cli.crm.as_str())?
+        .with_tenant_overrides(&Tenants::load(&cli.common.tenants_config)?, cli.crm)?;
     let (urls, http_timeout) = (cli.urls.clone(), cli.http_timeout);
     crm_connectors::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
 }

@@ -800,6 +800,19 @@ impl<C: Connector> Shared<C> {
                 if !f.maybe_applied {
                     patiently("release", || self.claims.release(tenant_id, key)).await;
                 }
+                let mut f = f;
+                if f.reason == DlqReason::Validation && matches!(s.owner, Some(Owner::ByEmail(_))) {
+                    // The CRM may refuse an owner deactivated since it was cached: the
+                    // replay looks the actor up again rather than send the same owner.
+                    if let Some(e) = owners::email_of(&req.actor()) {
+                        patiently("owner cache", || self.owners.forget(tenant_id, self.crm.as_str(), &e)).await;
+                        f.detail = format!(
+                            "{} (the actor's cached {} user was forgotten: a replay looks them up again)",
+                            f.detail,
+                            self.crm.as_str()
+                        );
+                    }
+                }
                 if f.reason == DlqReason::ContactDeleted {
                     // The cached contact is gone: a replay must match again.
                     let matched: Vec<&str> = match req {
