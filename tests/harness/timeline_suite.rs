@@ -24,6 +24,15 @@ impl Case {
         }
     }
 
+    /// The call field that carries its notes and where it came from.
+    pub fn body_field(&self) -> &'static str {
+        match self.crm {
+            Crm::Hubspot => "hs_call_body",
+            Crm::Salesforce | Crm::Zoho => "Description",
+            _ => "note",
+        }
+    }
+
     /// crm-sim's table of the account's users (owners).
     pub fn users(&self) -> &'static str {
         match self.crm {
@@ -161,6 +170,8 @@ pub fn actors_become_owners_by_email_by_map_or_as_the_tenant_chooses(case: &Case
     let calls = sim.records(case.name(), "acme", case.calls);
     let owner = |call: &str| case.owner_of(case.record(&calls, call, "acme"));
     assert_eq!(owner("c1"), Some(rep.clone()), "by email, case-insensitively");
+    let body = case.record(&calls, "c1", "acme")["fields"][case.body_field()].as_str().unwrap_or_default().to_string();
+    assert!(body.contains("Logged by crm-sync from pbx (call c1)"), "the source system and id in the body: {body:?}");
     assert_eq!(by_call["c1"].attributes.get("owner_from").map(String::as_str), Some("email"));
     assert_eq!(by_call["c1"].attributes.get("owner_id"), Some(&rep));
     assert_eq!(owner("c2"), Some(lead.clone()), "the tenant's map wins over the email");

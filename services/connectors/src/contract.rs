@@ -56,6 +56,11 @@ pub struct FieldRule {
     /// a longer text value is cut at a character boundary rather than refused.
     #[serde(default)]
     pub max_chars: Option<usize>,
+    /// Where the activity came from ([`crate::mapping::provenance_text`]) is added below
+    /// the field's own text (or is its text, when it has none): for CRMs without fields for
+    /// the source system, its id, the recording and the link back.
+    #[serde(default)]
+    pub append_source: bool,
     /// false where the CRM takes the field on create only (Salesforce's TaskSubtype): it can
     /// never be owned, by the contract or by a tenant's override.
     #[serde(default = "yes")]
@@ -129,7 +134,11 @@ impl Contract {
                 (None, Ownership::Owned | Ownership::FillIfEmpty) if rule.value.is_none() => {
                     anyhow::bail!("field {name}: a written field needs a source or a value")
                 }
-                (Some(s), _) if !sources.contains(&s.as_str()) && !RESOLVED_SOURCES.contains(&s.as_str()) => {
+                (Some(s), _)
+                    if !sources.contains(&s.as_str())
+                        && !RESOLVED_SOURCES.contains(&s.as_str())
+                        && !crate::mapping::PROVENANCE_SOURCES.contains(&s.as_str()) =>
+                {
                     anyhow::bail!("field {name}: unknown source {s:?} for a {} (known: {})", c.kind.as_str(), sources.join(", "))
                 }
                 _ => {}
@@ -233,6 +242,15 @@ impl Contract {
                 (None, Some(source)) if source == "owner_id" => resolved.owner_id.map(str::to_string),
                 (None, Some(source)) => crate::mapping::value(req, source, kind),
                 (None, None) => None,
+            };
+            let text = if rule.append_source {
+                let block = crate::mapping::provenance_text(req);
+                Some(match text {
+                    Some(t) if !t.trim().is_empty() => format!("{t}\n\n{block}"),
+                    _ => block,
+                })
+            } else {
+                text
             };
             let text = match &self.key_marker {
                 Some(marker) if field == self.key_field => {
@@ -468,6 +486,57 @@ mod tests {
     }
 
     #[test]
+    fn every_body_says_where_the_activity_came_from() {
+        use crm_common::events::{fixtures, Crm, CrmWriteRequest};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
+        let mut call = fixtures::normalised_call("acme", "c-77", 2);
+        call.source = "aircall".into();
+        call.notes = Some("called back".into());
+        call.recording_url = Some("https://rec.example/c-77.mp3".into());
+        call.attributes.insert("source_url".into(), "https://app.aircall.example/calls/c-77".into());
+        for crm in [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] {
+            let req = WriteRequest::Call(CrmWriteRequest {
+                tenant_id: "acme".into(),
+                call_id: "c-77".into(),
+                crm,
+                idempotency_key: format!("acme:c-77:{}", crm.as_str()),
+                version: 2,
+                call: call.clone(),
+                requested_at: 0,
+                trace_id: "t".into(),
+            });
+            let all = Contracts::load(&dir, crm.as_str()).unwrap();
+            let body = all.call().values(&req, WriteKind::Create);
+            let text: String = body.values().filter_map(Value::as_str).filter(|t| t.contains("Logged by crm-sync")).collect();
+            assert!(text.starts_with("called back\n\nLogged by crm-sync from aircall (call c-77)"), "{crm:?}: {text}");
+            assert!(text.contains("Recording: https://rec.example/c-77.mp3"), "{crm:?}: {text}");
+            assert!(text.contains("In aircall: https://app.aircall.example/calls/c-77"), "{crm:?}: {text}");
+            let email = WriteRequest::try_from(fixtures::email_request("acme", "m1", crm)).unwrap();
+            let v = all.get(ActivityKind::Email).unwrap().values(&email, WriteKind::Create);
+            assert!(
+                v.values().filter_map(Value::as_str).any(|t| t.contains("Logged by crm-sync from gmail-sync (email ")),
+                "{crm:?}: {v:?}"
+            );
+            let meeting = WriteRequest::try_from(fixtures::meeting_request("acme", "ev1", crm)).unwrap();
+            let v = all.get(ActivityKind::Meeting).unwrap().values(&meeting, WriteKind::Create);
+            assert!(v.values().filter_map(Value::as_str).any(|t| t.contains("from google-calendar (meeting ev1")), "{crm:?}: {v:?}");
+        }
+        // A link that is not a web address is not written.
+        call.attributes.insert("source_url".into(), "javascript:alert(1)".into());
+        let req = WriteRequest::Call(CrmWriteRequest {
+            tenant_id: "acme".into(),
+            call_id: "c-77".into(),
+            crm: Crm::Hubspot,
+            idempotency_key: "k".into(),
+            version: 2,
+            call,
+            requested_at: 0,
+            trace_id: "t".into(),
+        });
+        assert!(!crate::mapping::provenance_text(&req).contains("javascript"));
+    }
+
+    #[test]
     fn the_owner_comes_from_what_the_writer_resolved_typed_per_crm() {
         use crm_common::events::{fixtures::normalised_call, Crm, CrmWriteRequest};
         let req = |crm: Crm| {
@@ -523,7 +592,10 @@ mod tests {
         let pd = Contract::parse(include_str!("../../../contracts/pipedrive.toml")).unwrap();
         let v = pd.values(&req(Crm::Pipedrive), WriteKind::Create);
         assert_eq!(v["done"], serde_json::json!(true));
-        assert_eq!(v["note"], "crm-sync-key:acme:c1:pipedrive", "the key rides in the note");
+        assert_eq!(
+            v["note"], "Logged by crm-sync from pbx (call c1)\n\ncrm-sync-key:acme:c1:pipedrive",
+            "the source, then the key, ride in the note"
+        );
         assert_eq!(pd.key_in("<p>called back</p>\n\ncrm-sync-key:acme:c1:pipedrive"), Some("acme:c1:pipedrive"));
         assert_eq!(pd.key_in("<p>crm-sync-key:acme:c1:pipedrive</p>"), Some("acme:c1:pipedrive"));
         assert_eq!(pd.key_in("no key"), None);

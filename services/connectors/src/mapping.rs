@@ -10,7 +10,58 @@ use crm_common::events::{
     NormalisedMeeting, WriteRequest,
 };
 
-/// The sources a contract for `kind` may name.
+/// The attribute a producer sets to link back to the activity in its own system (a call
+/// in the dialer's UI, a message in the mail archive): `attributes["source_url"]`.
+pub const SOURCE_URL_ATTRIBUTE: &str = "source_url";
+
+/// Where the activity came from: the source system, its own id there, the recording (a
+/// call's) and the link back, as each CRM's records can carry them.
+pub struct Provenance<'a> {
+    pub system: &'a str,
+    pub id: &'a str,
+    pub recording_url: Option<&'a str>,
+    pub link: Option<&'a str>,
+}
+
+pub fn provenance(req: &WriteRequest) -> Provenance<'_> {
+    let (system, id, recording, attributes) = match req {
+        WriteRequest::Call(c) => (c.call.source.as_str(), c.call_id.as_str(), c.call.recording_url.as_deref(), &c.call.attributes),
+        WriteRequest::Email { email, .. } => (email.source.as_str(), email.message_id.as_str(), None, &email.attributes),
+        WriteRequest::Meeting { meeting, .. } => (meeting.source.as_str(), meeting.event_id.as_str(), None, &meeting.attributes),
+    };
+    Provenance {
+        system,
+        id,
+        recording_url: recording.filter(|u| !u.trim().is_empty()),
+        link: attributes.get(SOURCE_URL_ATTRIBUTE).map(String::as_str).filter(|u| is_web_link(u)),
+    }
+}
+
+/// Only http(s) links are written: a producer's attribute is untrusted text.
+fn is_web_link(u: &str) -> bool {
+    let u = u.trim();
+    (u.starts_with("https://") || u.starts_with("http://")) && !u.contains(char::is_whitespace) && u.len() <= 2048
+}
+
+/// The lines a record's body or description carries where its CRM has no field for them
+/// (a contract field with `append_source = true`): "Logged by crm-sync from aircall (call
+/// c-123)", the recording and the link back.
+pub fn provenance_text(req: &WriteRequest) -> String {
+    let p = provenance(req);
+    let mut out = format!("Logged by crm-sync from {} ({} {})", p.system, req.kind().as_str(), p.id);
+    if let Some(r) = p.recording_url {
+        out.push_str(&format!("\nRecording: {r}"));
+    }
+    if let Some(l) = p.link {
+        out.push_str(&format!("\nIn {}: {l}", p.system));
+    }
+    out
+}
+
+/// Sources every kind has: where the activity came from (see [`provenance`]).
+pub const PROVENANCE_SOURCES: &[&str] = &["source_system", "source_record_id", "source_url", "provenance"];
+
+/// The sources a contract for `kind` may name (besides [`PROVENANCE_SOURCES`]).
 pub fn sources(kind: ActivityKind) -> &'static [&'static str] {
     match kind {
         ActivityKind::Email => EMAIL_SOURCES,
@@ -22,6 +73,13 @@ pub fn sources(kind: ActivityKind) -> &'static [&'static str] {
 /// The value of `source` for `req` in a write of this kind; None when the activity has
 /// none (left out, never blanked).
 pub fn value(req: &WriteRequest, source: &str, write: WriteKind) -> Option<String> {
+    match source {
+        "source_system" => return Some(provenance(req).system.to_string()).filter(|s| !s.is_empty()),
+        "source_record_id" => return Some(provenance(req).id.to_string()),
+        "source_url" => return provenance(req).link.map(str::to_string),
+        "provenance" => return Some(provenance_text(req)),
+        _ => {}
+    }
     match req {
         WriteRequest::Call(c) => call_value(c, source),
         WriteRequest::Email { req, email } => email_value(&req.idempotency_key, email, source),
