@@ -112,6 +112,162 @@ impl Case {
     }
 }
 
+impl Case {
+    /// A company (account, organisation) a person made in the CRM; its id.
+    pub fn add_company(&self, sim: &CrmSim, account: &str, name: &str) -> String {
+        let (object, fields) = match self.crm {
+            Crm::Hubspot => ("companies", json!({"name": name, "domain": "customer.example"})),
+            Crm::Salesforce => ("Account", json!({"Name": name})),
+            Crm::Zoho => ("Accounts", json!({"Account_Name": name})),
+            _ => ("organizations", json!({"name": name})),
+        };
+        sim.admin("POST", &format!("/accounts/{}/{account}/objects/{object}", self.name()), Some(fields))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Makes `company` the contact's (primary) company, as a person would.
+    pub fn set_company(&self, sim: &CrmSim, account: &str, contact: &str, company: &str) {
+        match self.crm {
+            Crm::Hubspot => {
+                sim.admin(
+                    "POST",
+                    &format!("/accounts/hubspot/{account}/links"),
+                    Some(json!({"from": ["contacts", contact], "to": ["companies", company], "type_id": 1})),
+                );
+            }
+            Crm::Salesforce => self.patch(sim, account, self.contacts, contact, json!({"AccountId": company})),
+            Crm::Zoho => self.patch(sim, account, self.contacts, contact, json!({"Account_Name": {"id": company, "name": "Customer Co"}})),
+            _ => self.patch(sim, account, self.contacts, contact, json!({"org_id": company.parse::<u64>().unwrap()})),
+        }
+    }
+
+    fn patch(&self, sim: &CrmSim, account: &str, object: &str, id: &str, fields: Value) {
+        sim.admin("PATCH", &format!("/accounts/{}/{account}/objects/{object}/{id}", self.name()), Some(fields));
+    }
+
+    fn deals(&self) -> &'static str {
+        match self.crm {
+            Crm::Hubspot => "deals",
+            Crm::Salesforce => "Opportunity",
+            Crm::Zoho => "Deals",
+            _ => "deals",
+        }
+    }
+
+    /// A deal of the contact's, at the company, open or closed; its id.
+    pub fn add_deal(&self, sim: &CrmSim, account: &str, name: &str, contact: &str, company: &str, open: bool) -> String {
+        let fields = match self.crm {
+            Crm::Hubspot => {
+                json!({"dealname": name, "pipeline": "default", "dealstage": if open { "appointmentscheduled" } else { "closedlost" }})
+            }
+            Crm::Salesforce => {
+                json!({"Name": name, "AccountId": company, "StageName": if open { "Prospecting" } else { "Closed Lost" }, "CloseDate": "2027-01-31"})
+            }
+            Crm::Zoho => {
+                json!({"Deal_Name": name, "Stage": if open { "Qualification" } else { "Closed Lost" }, "Contact_Name": {"id": contact}, "Account_Name": {"id": company}})
+            }
+            _ => {
+                json!({"title": name, "status": if open { "open" } else { "lost" }, "person_id": contact.parse::<u64>().unwrap(), "org_id": company.parse::<u64>().unwrap()})
+            }
+        };
+        let id = sim.admin("POST", &format!("/accounts/{}/{account}/objects/{}", self.name(), self.deals()), Some(fields))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        match self.crm {
+            Crm::Hubspot => {
+                sim.admin(
+                    "POST",
+                    &format!("/accounts/hubspot/{account}/links"),
+                    Some(json!({"from": ["contacts", contact], "to": ["deals", id], "type_id": 4})),
+                );
+            }
+            Crm::Salesforce => {
+                sim.admin(
+                    "POST",
+                    &format!("/accounts/salesforce/{account}/objects/OpportunityContactRole"),
+                    Some(json!({"ContactId": contact, "OpportunityId": id, "IsPrimary": true, "Role": "Decision Maker"})),
+                );
+            }
+            _ => {}
+        }
+        // Each change its own millisecond: "most recent" must not be a tie.
+        std::thread::sleep(Duration::from_millis(20));
+        id
+    }
+
+    /// A person closes the deal (won).
+    pub fn close_deal(&self, sim: &CrmSim, account: &str, deal: &str) {
+        let fields = match self.crm {
+            Crm::Hubspot => json!({"dealstage": "closedwon"}),
+            Crm::Salesforce => json!({"StageName": "Closed Won"}),
+            Crm::Zoho => json!({"Stage": "Closed Won"}),
+            _ => json!({"status": "won"}),
+        };
+        self.patch(sim, account, self.deals(), deal, fields);
+    }
+
+    /// A person edits the deal: it becomes the most recently changed.
+    pub fn touch_deal(&self, sim: &CrmSim, account: &str, deal: &str) {
+        let fields = match self.crm {
+            Crm::Hubspot => json!({"amount": "1200"}),
+            Crm::Salesforce => json!({"Amount": 1200}),
+            Crm::Zoho => json!({"Amount": 1200}),
+            _ => json!({"value": 1200}),
+        };
+        self.patch(sim, account, self.deals(), deal, fields);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// The company and the deal a record of `object` is associated with, as its CRM shows
+    /// them (Salesforce and Zoho hold one "what": the deal when there is one, whose
+    /// account is the record's company).
+    pub fn context_of(&self, sim: &CrmSim, account: &str, object: &str, record: &Value) -> (Option<String>, Option<String>) {
+        let id = record["id"].as_str().unwrap();
+        let text = |v: &Value| match v {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Object(o) => o.get("id").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        let f = &record["fields"];
+        match self.crm {
+            Crm::Hubspot => {
+                let links =
+                    sim.admin("GET", &format!("/accounts/hubspot/{account}/links"), None)["links"].as_array().cloned().unwrap_or_default();
+                let to = |table: &str| {
+                    links
+                        .iter()
+                        .find(|l| l["from"] == json!([object, id]) && l["to"][0] == table)
+                        .and_then(|l| l["to"][1].as_str())
+                        .map(str::to_string)
+                };
+                (to("companies"), to("deals"))
+            }
+            Crm::Salesforce => {
+                let what = text(&f["WhatId"]);
+                let deal = what.clone().filter(|w| w.starts_with("006"));
+                (text(&f["AccountId"]), deal)
+            }
+            Crm::Zoho => {
+                let what = text(&f["What_Id"]);
+                match f["$se_module"].as_str() {
+                    Some("Deals") => {
+                        let deal =
+                            sim.records("zoho", account, "Deals").into_iter().find(|d| Some(d["id"].as_str().unwrap().to_string()) == what);
+                        (deal.and_then(|d| text(&d["fields"]["Account_Name"])), what)
+                    }
+                    Some("Accounts") => (what, None),
+                    _ => (None, None),
+                }
+            }
+            _ => (text(&f["org_id"]), text(&f["deal_id"])),
+        }
+    }
+}
+
 /// A tenant's connection block, with `extra` lines in it.
 fn tenant_block(case: &Case, sim: &CrmSim, tenant: &str, extra: &str) -> String {
     format!(
@@ -326,9 +482,85 @@ pub fn a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused(case: 
     );
 }
 
+/// Company and deal context, by each tenant's `deal_rule`: acme (`single_open`, the
+/// default) gets the contact's company and its one open deal; once a person closes that deal
+/// and two more are open, the next call gets the company and no deal (audited why). globex
+/// (`most_recent_open`) gets the deal changed last; initech (`none`) the company alone. A
+/// meeting's first matched contact brings its company the same way, and an activity with no
+/// contact gets neither.
+pub fn activities_carry_company_and_deal_by_the_tenants_rule(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let mut text = String::new();
+    let mut ada: HashMap<&str, String> = HashMap::new();
+    let mut company: HashMap<&str, String> = HashMap::new();
+    for (t, rule) in [("acme", "single_open"), ("globex", "most_recent_open"), ("initech", "none")] {
+        case.activity_account(&sim, t);
+        let contact = sim.records(case.name(), t, case.contacts)[0]["id"].as_str().unwrap().to_string();
+        let co = case.add_company(&sim, t, "Customer Co");
+        case.set_company(&sim, t, &contact, &co);
+        text += &tenant_block(case, &sim, t, &format!("deal_rule = \"{rule}\""));
+        ada.insert(t, contact);
+        company.insert(t, co);
+    }
+    // acme: one open deal and a lost one; globex: two open, the older edited since; initech:
+    // one open.
+    let acme_deal = case.add_deal(&sim, "acme", "Renewal", &ada["acme"], &company["acme"], true);
+    case.add_deal(&sim, "acme", "Lost", &ada["acme"], &company["acme"], false);
+    let globex_old = case.add_deal(&sim, "globex", "Expansion", &ada["globex"], &company["globex"], true);
+    let _globex_new = case.add_deal(&sim, "globex", "Upsell", &ada["globex"], &company["globex"], true);
+    case.touch_deal(&sim, "globex", &globex_old);
+    case.add_deal(&sim, "initech", "Pilot", &ada["initech"], &company["initech"], true);
+    let jane = case.contacts_with(&sim, "acme", &["jane.doe@customer.example"])[0].clone();
+    case.set_company(&sim, "acme", &jane, &company["acme"]);
+
+    let tenants = TempFile::new("tenants.toml", &text);
+    let prefix = RedisPrefix::new("context");
+    // Contexts are cached only briefly here: a person's deal change shows at the next batch.
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex", "initech"], &[("WRITER_CONTEXT_TTL", "1ms")]);
+    let start = live_ms() + 86_400_000;
+    let (meeting, meeting_key) = case.meeting("acme", "ev1", 1, MeetingStatus::Confirmed, start, &["jane.doe@customer.example"]);
+    let (lonely, lonely_key) = case.meeting("acme", "ev2", 1, MeetingStatus::Confirmed, start, &["nobody@elsewhere.example"]);
+    let inputs = vec![case.request("acme", "c1", 1), case.request("globex", "g1", 1), case.request("initech", "i1", 1), meeting, lonely];
+    broker.produce(&case.topic(), &inputs);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len(), Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert!(finals.iter().all(|a| a.outcome == AuditOutcome::Succeeded), "{finals:?}");
+    let call_context = |t: &str, call: &str| {
+        let records = sim.records(case.name(), t, case.calls);
+        case.context_of(&sim, t, case.calls, case.record(&records, call, t))
+    };
+    assert_eq!(call_context("acme", "c1"), (Some(company["acme"].clone()), Some(acme_deal.clone())), "the one open deal");
+    assert_eq!(call_context("globex", "g1"), (Some(company["globex"].clone()), Some(globex_old.clone())), "the deal changed last");
+    assert_eq!(call_context("initech", "i1"), (Some(company["initech"].clone()), None), "deal_rule none");
+    let c1 = finals.iter().find(|a| a.call_id.as_deref() == Some("c1")).unwrap();
+    assert_eq!(c1.attributes.get("company_id"), Some(&company["acme"]));
+    assert_eq!(c1.attributes.get("deal_id"), Some(&acme_deal));
+    let meetings = case.acts().meetings.0;
+    let m = case.record_keyed(&sim, "acme", meetings, &meeting_key);
+    assert_eq!(case.context_of(&sim, "acme", meetings, &m).0, Some(company["acme"].clone()), "the attendee's company: {m}");
+    let lonely = case.record_keyed(&sim, "acme", meetings, &lonely_key);
+    assert_eq!(case.context_of(&sim, "acme", meetings, &lonely), (None, None), "no contact, no context");
+
+    // A person wins the deal; two more open. single_open: the company, no deal, and why.
+    case.close_deal(&sim, "acme", &acme_deal);
+    case.add_deal(&sim, "acme", "Phase 2", &ada["acme"], &company["acme"], true);
+    case.add_deal(&sim, "acme", "Phase 3", &ada["acme"], &company["acme"], true);
+    broker.produce(&case.topic(), &[case.request("acme", "c2", 1)]);
+    let (finals, _, _) = outcomes(&broker, inputs.len() + 1, Duration::from_secs(60));
+    assert_eq!(call_context("acme", "c2"), (Some(company["acme"].clone()), None));
+    let c2 = finals.iter().find(|a| a.call_id.as_deref() == Some("c2")).unwrap();
+    assert!(c2.detail.contains("2 open deals"), "{}", c2.detail);
+    assert!(w.terminate().success());
+}
+
 #[macro_export]
 macro_rules! timeline_suite {
     ($case:expr) => {
+        #[test]
+        fn activities_carry_company_and_deal_by_the_tenants_rule() {
+            $crate::timeline_suite::activities_carry_company_and_deal_by_the_tenants_rule(&$case)
+        }
         #[test]
         fn a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused() {
             $crate::timeline_suite::a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused(&$case)

@@ -51,6 +51,11 @@ pub fn owner(prefix: &str, tenant: &str, crm: &str, email: &str) -> String {
     format!("{prefix}:{{{tenant}}}:owner:{crm}:{email}")
 }
 
+/// A contact's company and open deals, by the contact's CRM id.
+pub fn context(prefix: &str, tenant: &str, crm: &str, contact: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:context:{crm}:{contact}")
+}
+
 pub fn reconcile_turn(prefix: &str, tenant: &str, crm: &str) -> String {
     format!("{prefix}:{{{tenant}}}:reconcile:{crm}")
 }

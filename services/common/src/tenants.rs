@@ -98,6 +98,20 @@ pub struct CrmConnection {
     /// let be changed.
     #[serde(default)]
     pub fields: BTreeMap<String, BTreeMap<String, FieldOverride>>,
+    /// Which of the contact's open deals an activity is associated with: `single_open`
+    /// (default: the deal only when the contact has exactly one open deal), `most_recent_open`
+    /// (the one changed last) or `none`. The contact's primary company is always associated.
+    #[serde(default)]
+    pub deal_rule: DealRule,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DealRule {
+    None,
+    #[default]
+    SingleOpen,
+    MostRecentOpen,
 }
 
 /// Who owns a field (DESIGN §7): the contracts' rule, and a tenant's override of it.

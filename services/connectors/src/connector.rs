@@ -32,6 +32,9 @@ pub struct Item {
     /// default (the integration's user). Written only where the contract has a field with
     /// `source = "owner_id"` for this write.
     pub owner_id: Option<String>,
+    /// The company and deal a create associates the record with (the first contact's,
+    /// by the tenant's `deal_rule`); none where no contact was matched.
+    pub context: crate::context::Context,
 }
 
 impl Item {
@@ -187,6 +190,21 @@ pub trait Connector: Send + Sync + 'static {
                 format!("writer --crm {} does not look CRM users up by email", self.crm().as_str()),
             ))
         }
+    }
+    /// Each of these contacts' company and open deals (contact id → context), as few
+    /// requests as the CRM allows. A contact the CRM cannot give context for (a Salesforce
+    /// Lead: an activity with a Lead may name no account or opportunity) is left out. A CRM
+    /// whose connector reads no context answers nothing: activities are written with their
+    /// contacts alone.
+    fn find_context(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, crate::context::ContactContext>, Failure>> + Send {
+        let _ = (api, t, contacts, log);
+        async move { Ok(HashMap::new()) }
     }
     /// How many writes a lane plans together (claims, contact lookups, the batch call).
     fn batch_max(&self) -> usize;
@@ -501,7 +519,14 @@ mod tests {
             requested_at: 0,
             trace_id: "t".into(),
         };
-        Item { req: req.into(), record_id: record_id.map(str::to_string), contact_id: None, contacts: vec![], owner_id: None }
+        Item {
+            req: req.into(),
+            record_id: record_id.map(str::to_string),
+            contact_id: None,
+            contacts: vec![],
+            owner_id: None,
+            context: Default::default(),
+        }
     }
 
     fn written(id: &str) -> ItemResult {

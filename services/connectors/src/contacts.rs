@@ -17,6 +17,9 @@ use std::time::Duration;
 pub enum Matches {
     Contacts,
     Owners,
+    /// A contact's company and open deals ([`crate::context::ContactContext`] as JSON), by
+    /// the contact's id.
+    Context,
 }
 
 #[derive(Clone)]
@@ -39,10 +42,16 @@ impl ContactCache {
         ContactCache { conn, prefix, ttl, miss_ttl, matches: Matches::Owners }
     }
 
+    /// The context cache: a contact's company and open deals, by contact id.
+    pub fn context(conn: ConnectionManager, prefix: String, ttl: Duration) -> ContactCache {
+        ContactCache { conn, prefix, ttl, miss_ttl: ttl, matches: Matches::Context }
+    }
+
     fn key(&self, tenant: &str, crm: &str, matched: &str) -> String {
         match self.matches {
             Matches::Contacts => crm_common::redis_keys::contact(&self.prefix, tenant, crm, matched),
             Matches::Owners => crm_common::redis_keys::owner(&self.prefix, tenant, crm, matched),
+            Matches::Context => crm_common::redis_keys::context(&self.prefix, tenant, crm, matched),
         }
     }
 

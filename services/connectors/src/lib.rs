@@ -10,7 +10,8 @@
 //! - `bucket`: token buckets in Redis shared by every replica; `claims`: idempotency claims
 //!   with leases, fencing and claim-store epochs.
 //! - `contract` and `mapping`: which fields a connector owns and how a call becomes them;
-//!   `contacts`: the phone → contact cache.
+//!   `contacts`: the phone → contact cache; `context`: a contact's company and deals, and
+//!   the tenant's rule for which an activity is associated with.
 //! - `connector`: the seam each CRM implements, and the algorithms written once over it
 //!   (read-before-resend); `hubspot`, `salesforce`, `zoho`, `pipedrive`: one folder per CRM
 //!   with the same parts (the connector, `wire` answer types, limits, errors).
@@ -22,6 +23,7 @@ pub mod claims;
 pub mod client;
 pub mod connector;
 pub mod contacts;
+pub mod context;
 pub mod contract;
 pub mod exchange;
 pub mod hubspot;

@@ -440,6 +440,45 @@ async fn patch_object(
     })
 }
 
+/// An association a person makes in the CRM (HubSpot: a contact's primary company is type
+/// 1, which HubSpot always pairs with the unlabeled 279; a contact's deal is type 4).
+async fn post_link(
+    State(sim): State<SharedSim>,
+    Path((crm, account)): Path<(String, String)>,
+    Json(link): Json<crate::state::Link>,
+) -> Response {
+    with_acct(&sim, &crm, &account, |a, _| {
+        for (table, id) in [&link.from, &link.to] {
+            if a.objects.get(table).and_then(|t| t.get(id)).is_none() {
+                return missing(format!("no {table} {id}"));
+            }
+        }
+        if a.crm == Crm::Hubspot && link.from.0 == "contacts" && link.to.0 == "companies" && link.type_id == 1 {
+            // One primary company: a new one replaces the old.
+            a.links.retain(|l| !(l.from == link.from && l.to.0 == "companies" && l.type_id == 1));
+            a.links.insert(crate::state::Link { type_id: 279, ..link.clone() });
+        }
+        a.links.insert(link.clone());
+        json(201, json!(link))
+    })
+}
+
+async fn delete_link(
+    State(sim): State<SharedSim>,
+    Path((crm, account)): Path<(String, String)>,
+    Json(link): Json<crate::state::Link>,
+) -> Response {
+    with_acct(&sim, &crm, &account, |a, _| {
+        let before = a.links.len();
+        a.links.retain(|l| !(l.from == link.from && l.to == link.to));
+        json(200, json!({"removed": before - a.links.len()}))
+    })
+}
+
+async fn list_links(State(sim): State<SharedSim>, Path((crm, account)): Path<(String, String)>) -> Response {
+    with_acct(&sim, &crm, &account, |a, _| json(200, json!({"links": a.links})))
+}
+
 #[derive(Deserialize)]
 struct DeleteQuery {
     #[serde(default)]
@@ -689,6 +728,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/accounts/{crm}/{account}/objects/{object}", get(list_objects).post(post_object))
         .route("/accounts/{crm}/{account}/objects/{object}/{id}", get(get_object).patch(patch_object).delete(delete_object))
         .route("/accounts/{crm}/{account}/objects/{object}/{id}/merge", post(merge_object))
+        .route("/accounts/{crm}/{account}/links", get(list_links).post(post_link).delete(delete_link))
         .route("/accounts/{crm}/{account}/fields/{object}/{name}", post(post_field).delete(delete_field))
         .route("/accounts/{crm}/{account}/permissions/{perm}/{action}", post(permission))
         .route("/accounts/{crm}/{account}/faults", post(post_fault).delete(clear_faults))

@@ -30,7 +30,7 @@ pub fn defaults(crm: Crm, plan: &str, seats: u64, overrides: Option<&Value>) -> 
 /// Object names each CRM uses (the admin API takes them as they are in the CRM's own API).
 pub fn objects(crm: Crm) -> &'static [&'static str] {
     match crm {
-        Crm::Hubspot => &["contacts", "calls", "emails", "meetings", "owners"],
+        Crm::Hubspot => &["contacts", "calls", "emails", "meetings", "owners", "companies", "deals"],
         Crm::Salesforce => &["Contact", "Lead", "Task", "Event", "User"],
         Crm::Zoho => &["Contacts", "Calls", "Events", "users"],
         Crm::Pipedrive => &["persons", "activities", "users"],

@@ -290,6 +290,30 @@ pub struct Account {
     pub tz_offset_min: i32,
     pub owner_id: String,
     pub seq: u64,
+    /// Typed associations between records where the CRM keeps them apart from fields
+    /// (HubSpot's v4 associations: a contact's companies and deals, an activity's company
+    /// and deal), each way it is stored.
+    pub links: BTreeSet<Link>,
+}
+
+/// One association: `from` and `to` as (table, id), with HubSpot's association type id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Link {
+    pub from: (String, String),
+    pub to: (String, String),
+    pub type_id: i64,
+}
+
+impl Account {
+    /// The records of `to_table` linked from (`from_table`, `from_id`), each with its
+    /// association type ids, in id order.
+    pub fn linked(&self, from_table: &str, from_id: &str, to_table: &str) -> BTreeMap<String, Vec<i64>> {
+        let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for l in self.links.iter().filter(|l| l.from.0 == from_table && l.from.1 == from_id && l.to.0 == to_table) {
+            out.entry(l.to.1.clone()).or_default().push(l.type_id);
+        }
+        out
+    }
 }
 
 impl Account {
@@ -491,6 +515,7 @@ pub fn new_account(
         tz_offset_min: 0,
         owner_id: String::new(),
         seq: 0,
+        links: BTreeSet::new(),
     }
 }
 

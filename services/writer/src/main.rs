@@ -77,6 +77,10 @@ struct Cli {
     /// How long "no CRM user has this actor's email" is kept (a new user may be added).
     #[arg(long, env = "WRITER_OWNER_MISS_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     owner_miss_ttl: Duration,
+    /// How long a contact's company and open deals are kept before they are read again
+    /// (deals open and close: short).
+    #[arg(long, env = "WRITER_CONTEXT_TTL", default_value = "15m", value_parser = humantime::parse_duration)]
+    context_ttl: Duration,
     #[command(flatten)]
     urls: CrmUrls,
 }
@@ -158,6 +162,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         },
         claims,
         owners: contacts::ContactCache::owners(conn.clone(), prefix.clone(), cli.owner_ttl, cli.owner_miss_ttl),
+        context: contacts::ContactCache::context(conn.clone(), prefix.clone(), cli.context_ttl),
         contacts: contacts::ContactCache::contacts(conn, prefix, cli.contact_ttl, cli.contact_miss_ttl),
         tenants,
         clients,

@@ -14,6 +14,7 @@ use crm_connectors::api::{Api, Exchange, Failure};
 use crm_connectors::claims::{Claim, Claims, Recovery};
 use crm_connectors::connector::{Connector, Item, ItemResult, TenantOf};
 use crm_connectors::contacts::ContactCache;
+use crm_connectors::context::{self, ContactContext};
 use crm_connectors::contract::WriteKind;
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +44,8 @@ pub struct Shared<C: Connector> {
     pub contacts: ContactCache,
     /// Actors' CRM users by email ([`ContactCache::owners`]).
     pub owners: ContactCache,
+    /// Contacts' companies and open deals ([`ContactCache::context`]).
+    pub context: ContactCache,
     pub tenants: Tenants,
     /// Per tenant connected to this CRM: its client, or why there is none.
     pub clients: HashMap<String, Result<TenantOf<C>, String>>,
@@ -80,6 +83,9 @@ struct Step {
     note: Option<String>,
     /// How the record's owner was decided, where the write sets one.
     owner: Option<Owner>,
+    /// What the audit says about the record's company and deal, where it is not the plain
+    /// answer (several open deals, a failed lookup).
+    context_note: Option<String>,
 }
 
 /// Whom a create is logged against, and how that was decided.
@@ -298,7 +304,7 @@ impl<C: Connector> Shared<C> {
             }
             Claim::Busy { .. } => unreachable!("claim() waits"),
         };
-        let mut item = Item { req, record_id, contact_id: None, contacts: vec![], owner_id: None };
+        let mut item = Item { req, record_id, contact_id: None, contacts: vec![], owner_id: None, context: Default::default() };
         match &item.req {
             // A call's contact is matched once, on create (people may move it later).
             WriteRequest::Call(call) if item.record_id.is_none() => {
@@ -469,6 +475,81 @@ impl<C: Connector> Shared<C> {
         }
     }
 
+    /// The company and deal each planned create is associated with besides its contacts:
+    /// its first contact's context (cached per contact, `WRITER_CONTEXT_TTL`; the rest read
+    /// from the CRM for the batch at once) chosen by the tenant's `deal_rule`. A lookup that
+    /// fails leaves the records to be written with their contacts alone, and their audit
+    /// says so: context enriches a record, it never holds one back.
+    async fn resolve_context(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize]) {
+        let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
+        let crm = self.crm.as_str();
+        let needs: Vec<usize> = planned
+            .iter()
+            .copied()
+            .filter(|&i| steps[i].item.as_ref().is_some_and(|it| it.record_id.is_none() && it.contact_id.is_some()))
+            .collect();
+        let mut wanted: Vec<String> = vec![];
+        for &i in &needs {
+            let c = steps[i].item.as_ref().and_then(|it| it.contact_id.clone()).expect("filtered");
+            if !wanted.contains(&c) {
+                wanted.push(c);
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let cached = patiently("context cache", || self.context.get_many(tenant_id, crm, &wanted)).await;
+        let mut known: HashMap<String, ContactContext> = HashMap::new();
+        let mut ask: Vec<String> = vec![];
+        for (c, hit) in wanted.into_iter().zip(cached) {
+            match hit.flatten().and_then(|json| serde_json::from_str::<ContactContext>(&json).ok()) {
+                Some(ctx) => {
+                    known.insert(c, ctx);
+                }
+                None => ask.push(c),
+            }
+        }
+        let mut log = vec![];
+        let mut failed: Option<Failure> = None;
+        if !ask.is_empty() {
+            match self.connector.find_context(&self.api, t, &ask, &mut log).await {
+                Ok(found) => {
+                    // A contact the CRM gave no context for has none (a lead, say): cached
+                    // as empty like the rest.
+                    let fresh: Vec<(String, Option<String>)> =
+                        ask.iter().map(|c| (c.clone(), serde_json::to_string(&found.get(c).cloned().unwrap_or_default()).ok())).collect();
+                    patiently("context cache", || self.context.put_many(tenant_id, crm, &fresh)).await;
+                    for c in &ask {
+                        known.insert(c.clone(), found.get(c).cloned().unwrap_or_default());
+                    }
+                }
+                Err(f) => {
+                    tracing::warn!(tenant = tenant_id, error = %f.detail, "reading contacts' companies and deals failed: writing without them");
+                    failed = Some(f);
+                }
+            }
+        }
+        for &i in &needs {
+            let contact = steps[i].item.as_ref().and_then(|it| it.contact_id.clone()).expect("filtered");
+            if ask.contains(&contact) {
+                steps[i].log.extend(log.iter().cloned());
+            }
+            let Some(ctx) = known.get(&contact) else {
+                if let Some(f) = &failed {
+                    steps[i].context_note = Some(format!("written without company or deal: reading them failed: {}", f.detail));
+                }
+                continue;
+            };
+            let chosen = context::choose(ctx, conn.deal_rule);
+            if let Some(why) = &chosen.no_deal_because {
+                steps[i].context_note = Some(format!("no deal associated: {why}"));
+            }
+            if let Some(item) = steps[i].item.as_mut() {
+                item.context = chosen;
+            }
+        }
+    }
+
     /// The customer's contact, found or (by the tenant's policy) created; None when that
     /// failed, with the step settled as failed.
     async fn contact(&self, t: &TenantOf<C>, req: &crm_common::events::CrmWriteRequest, step: &mut Step) -> Option<Contact> {
@@ -533,6 +614,7 @@ impl<C: Connector> Shared<C> {
             }
             let planned: Vec<usize> = to_claim.iter().copied().filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
             self.resolve_owners(t, tenant_id, steps, &planned).await;
+            self.resolve_context(t, tenant_id, steps, &planned).await;
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
             to_write.sort_unstable();
             let ready = std::mem::take(&mut to_write);
@@ -665,7 +747,7 @@ impl<C: Connector> Shared<C> {
                 let first_top =
                     work.req.version() == top && !seen_newest.insert(work.req.idempotency_key().to_string(), true).unwrap_or(false);
                 let settled = (!first_top).then_some(Settled::Superseded { by_version: top });
-                Step { work, log: vec![], item: None, settled, note: None, owner: None }
+                Step { work, log: vec![], item: None, settled, note: None, owner: None, context_note: None }
             })
             .collect();
 
@@ -730,6 +812,9 @@ impl<C: Connector> Shared<C> {
                 if let Some(Owner::Unmapped { why }) = &s.owner {
                     detail = format!("{detail}; no owner set, the integration's user owns it: {why}");
                 }
+                if let Some(n) = &s.context_note {
+                    detail = format!("{detail}; {n}");
+                }
                 let mut a = self.emit.audit(&w.input, &subject, "write", AuditOutcome::Succeeded, self.masked(tenant_id, &detail));
                 a.idempotency_key = Some(key.to_string());
                 a.crm_record_id = Some(record_id);
@@ -747,6 +832,16 @@ impl<C: Connector> Shared<C> {
                 }
                 // Whose record it was made (support's "why is this under the integration
                 // user?"; the attribution check compares it with the owner now).
+                // The company and deal it was associated with (the attribution check and
+                // support's "why is it on this deal?").
+                if let Some(item) = &s.item {
+                    if let Some(c) = &item.context.company {
+                        a.attributes.insert("company_id".into(), c.clone());
+                    }
+                    if let Some(d) = &item.context.deal {
+                        a.attributes.insert("deal_id".into(), d.clone());
+                    }
+                }
                 if let Some(o) = &s.owner {
                     a.attributes.insert("owner_from".into(), o.from().into());
                     if let Some(id) = o.id() {

@@ -21,6 +21,7 @@ use crate::client::{endpoints, TenantClient};
 use crate::connector::{
     create_reading_before_resending, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
+use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -39,6 +40,27 @@ fn to_contact(kind: ActivityKind) -> i64 {
         ActivityKind::Call | ActivityKind::Unknown => 194,
     }
 }
+/// Association type ids from an activity to the contact's company and to a deal
+/// (HUBSPOT_DEFINED: calls 182/206, emails 186/210, meetings 188/212).
+fn to_company(kind: ActivityKind) -> i64 {
+    match kind {
+        ActivityKind::Email => 186,
+        ActivityKind::Meeting => 188,
+        ActivityKind::Call | ActivityKind::Unknown => 182,
+    }
+}
+
+fn to_deal(kind: ActivityKind) -> i64 {
+    match kind {
+        ActivityKind::Email => 210,
+        ActivityKind::Meeting => 212,
+        ActivityKind::Call | ActivityKind::Unknown => 206,
+    }
+}
+
+/// The contact → company association type that marks the primary company.
+const PRIMARY_COMPANY: i64 = 1;
+
 const BATCH_MAX: usize = 100;
 
 pub struct Hubspot {
@@ -75,13 +97,15 @@ impl Hubspot {
         &self.contract_of(kind).key_field
     }
 
-    /// The contacts to associate on create: a call's one, or every matched participant.
+    /// What a create associates: a call's contact, or every matched participant, and the
+    /// first contact's company and chosen deal.
     fn associations(item: &Item) -> Vec<Value> {
         let kind = item.req.kind();
-        item.linked_contacts()
-            .iter()
-            .map(|c| json!({"to": {"id": c}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": to_contact(kind)}]}))
-            .collect()
+        let to = |id: &str, type_id: i64| json!({"to": {"id": id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]});
+        let mut out: Vec<Value> = item.linked_contacts().iter().map(|c| to(c, to_contact(kind))).collect();
+        out.extend(item.context.company.iter().map(|c| to(c, to_company(kind))));
+        out.extend(item.context.deal.iter().map(|d| to(d, to_deal(kind))));
+        out
     }
 
     /// After an email's or meeting's update: associates the participants matched now that
@@ -346,6 +370,57 @@ impl Connector for Hubspot {
             }
         }
         Ok(found)
+    }
+
+    /// Contacts' primary companies and open deals: the v4 association batch reads
+    /// (contacts → companies, contacts → deals; 100 contacts each), then the deals' state
+    /// (`hs_is_closed`, last change) by batch read. Three requests for up to 100 contacts.
+    async fn find_context(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, ContactContext>, Failure> {
+        let mut out: HashMap<String, ContactContext> = HashMap::new();
+        for chunk in contacts.chunks(BATCH_MAX) {
+            let inputs: Vec<Value> = chunk.iter().map(|c| json!({"id": c})).collect();
+            let read = |to: &str| {
+                Request::new(Method::POST, format!("/crm/v4/associations/contacts/{to}/batch/read"), RequestClass::Read)
+                    .body(json!({"inputs": inputs}))
+            };
+            let companies: wire::AssociationsBatch = t.fetch(api, &read("companies"), log).await?;
+            for r in companies.results {
+                let primary = r.to.iter().find(|a| a.association_types.iter().any(|t| t.type_id == PRIMARY_COMPANY));
+                out.entry(r.from.id).or_default().company = primary.map(|a| a.to_object_id.clone());
+            }
+            let deals: wire::AssociationsBatch = t.fetch(api, &read("deals"), log).await?;
+            let mut deal_of: HashMap<String, Vec<String>> = HashMap::new();
+            for r in deals.results {
+                for a in r.to {
+                    deal_of.entry(a.to_object_id).or_default().push(r.from.id.clone());
+                }
+            }
+            let ids: Vec<&String> = deal_of.keys().collect();
+            for ids in ids.chunks(BATCH_MAX) {
+                let body = json!({"inputs": ids.iter().map(|d| json!({"id": d})).collect::<Vec<_>>(), "properties": ["hs_is_closed", "hs_lastmodifieddate"]});
+                let req = Request::new(Method::POST, "/crm/v3/objects/deals/batch/read", RequestClass::Read).body(body);
+                let found: Batch = t.fetch(api, &req, log).await?;
+                for d in found.results {
+                    if d.property("hs_is_closed") == Some("true") {
+                        continue;
+                    }
+                    let updated_ms = d
+                        .property("hs_lastmodifieddate")
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map_or(0, |t| t.timestamp_millis());
+                    for c in deal_of.get(&d.id).into_iter().flatten() {
+                        out.entry(c.clone()).or_default().open_deals.push(OpenDeal { id: d.id.clone(), updated_ms });
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `GET /crm/v3/owners?email=` per address (HubSpot filters owners by one email;

@@ -46,6 +46,35 @@ pub struct Owner {
     pub archived: bool,
 }
 
+/// `POST /crm/v4/associations/{from}/{to}/batch/read`: per input record, the records it
+/// is associated with and the association types (typeId 1: a contact's primary company).
+#[derive(Debug, Default, Deserialize)]
+pub struct AssociationsBatch {
+    #[serde(default)]
+    pub results: Vec<AssociatedFrom>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssociatedFrom {
+    pub from: Id,
+    #[serde(default)]
+    pub to: Vec<AssociatedTo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssociatedTo {
+    #[serde(rename = "toObjectId", deserialize_with = "text")]
+    pub to_object_id: String,
+    #[serde(rename = "associationTypes", default)]
+    pub association_types: Vec<AssociationType>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssociationType {
+    #[serde(rename = "typeId", default)]
+    pub type_id: i64,
+}
+
 /// A list of results with the cursor to the next page, if any.
 #[derive(Debug, Deserialize)]
 pub struct Page<T> {

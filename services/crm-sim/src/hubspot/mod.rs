@@ -117,7 +117,27 @@ pub fn schema() -> Schema {
     ] {
         contacts.insert(f.into(), FieldDef::read_only(Text));
     }
-    Schema::from([("calls".into(), calls), ("emails".into(), emails), ("meetings".into(), meetings), ("contacts".into(), contacts)])
+    let mut companies = BTreeMap::new();
+    for f in ["name", "domain", "hubspot_owner_id"] {
+        companies.insert(f.into(), FieldDef::of(Text));
+    }
+    let mut deals = BTreeMap::new();
+    for f in ["dealname", "dealstage", "pipeline", "hubspot_owner_id"] {
+        deals.insert(f.into(), FieldDef::of(Text));
+    }
+    deals.insert("amount".into(), FieldDef::of(Number));
+    for f in ["hs_object_id", "hs_createdate", "hs_lastmodifieddate", "hs_is_closed"] {
+        companies.insert(f.into(), FieldDef::read_only(Text));
+        deals.insert(f.into(), FieldDef::read_only(Text));
+    }
+    Schema::from([
+        ("calls".into(), calls),
+        ("emails".into(), emails),
+        ("meetings".into(), meetings),
+        ("contacts".into(), contacts),
+        ("companies".into(), companies),
+        ("deals".into(), deals),
+    ])
 }
 
 impl CrmApi for HubSpot {
@@ -215,6 +235,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/crm/v3/objects/{object}/batch/{action}", post(objects::batch))
         .route("/crm/v3/objects/{object}/{id}", get(objects::read).patch(objects::update).delete(objects::archive))
         .route("/crm/v4/objects/{object}/{id}/associations/default/{to_object}/{to_id}", put(objects::associate))
+        .route("/crm/v4/associations/{from}/{to}/batch/read", post(objects::associations_batch_read))
         .route("/crm/v3/owners", get(owners::list))
         .route("/crm/v3/owners/", get(owners::list))
         .route("/crm/v3/properties/{object}", get(objects::properties))

@@ -23,6 +23,8 @@ fn object_type(object: &str) -> Option<(&'static str, &'static str)> {
         "emails" | "email" | "0-49" => Some(("emails", "EMAIL")),
         "meetings" | "meeting" | "0-47" => Some(("meetings", "MEETING")),
         "contacts" | "contact" | "0-1" => Some(("contacts", "CONTACT")),
+        "companies" | "company" | "0-2" => Some(("companies", "COMPANY")),
+        "deals" | "deal" | "0-3" => Some(("deals", "DEAL")),
         _ => None,
     }
 }
@@ -258,6 +260,11 @@ pub fn derive(table: &str, r: &mut Record) {
         f.insert("hs_createdate".into(), json!(created));
         f.insert("hs_lastmodifieddate".into(), json!(updated));
     }
+    if table == "deals" {
+        // Closed when in a closed stage (HubSpot's default pipeline: closedwon, closedlost).
+        let closed = f.get("dealstage").and_then(Value::as_str).is_some_and(|s| s == "closedwon" || s == "closedlost");
+        f.insert("hs_is_closed".into(), json!(closed.to_string()));
+    }
     if table == "emails" {
         let headers = f.get("hs_email_headers").and_then(Value::as_str).and_then(|h| email_headers(h).ok()).unwrap_or(Value::Null);
         let person = |p: &Value, side: &str, f: &mut Map<String, Value>| {
@@ -334,9 +341,25 @@ fn live_contact(acct: &mut Account, id: &str) -> Option<String> {
     None
 }
 
-fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<BTreeSet<String>, Failure> {
+/// An activity's association types to a company and to a deal (HUBSPOT_DEFINED).
+fn to_company_and_deal(table: &str) -> Option<(i64, i64)> {
+    match table {
+        "calls" => Some((182, 206)),
+        "emails" => Some((186, 210)),
+        "meetings" => Some((188, 212)),
+        _ => None,
+    }
+}
+
+/// A create's inline associations: the contacts it hangs under, and links to companies and
+/// deals ((table, id, type)), each type checked against the object pair and each target
+/// against what exists.
+type Associations = (BTreeSet<String>, Vec<(String, String, i64)>);
+
+fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<Associations, Failure> {
     let mut out = BTreeSet::new();
-    let Some(list) = input.get("associations") else { return Ok(out) };
+    let mut links = vec![];
+    let Some(list) = input.get("associations") else { return Ok((out, links)) };
     let Some(list) = list.as_array() else {
         return Err(Failure::new(400, "VALIDATION_ERROR", "Invalid input JSON: associations must be an array".into()));
     };
@@ -344,11 +367,34 @@ fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<
     for a in list {
         let to = a.pointer("/to/id").and_then(as_hs_string).unwrap_or_default();
         let types = a.get("types").and_then(Value::as_array).cloned().unwrap_or_default();
-        let ok_type = !types.is_empty()
-            && types.iter().all(|t| {
-                t.get("associationCategory").and_then(Value::as_str) == Some("HUBSPOT_DEFINED")
-                    && t.get("associationTypeId").and_then(Value::as_i64) == Some(expected)
-            });
+        let type_ids: Vec<Option<i64>> = types
+            .iter()
+            .map(|t| {
+                (t.get("associationCategory").and_then(Value::as_str) == Some("HUBSPOT_DEFINED"))
+                    .then(|| t.get("associationTypeId").and_then(Value::as_i64))
+                    .flatten()
+            })
+            .collect();
+        // A company or a deal: its own type, and a record that exists.
+        if let (Some((company, deal)), [Some(t)]) = (to_company_and_deal(table), type_ids.as_slice()) {
+            let target = if *t == company {
+                Some("companies")
+            } else if *t == deal {
+                Some("deals")
+            } else {
+                None
+            };
+            if let Some(target) = target {
+                if !acct.objects.get(target).and_then(|tb| tb.get(&to)).is_some_and(Record::live) {
+                    let mut f = Failure::new(400, "VALIDATION_ERROR", format!("Could not find object ids: [{to}] of type {target}"));
+                    f.sub_category = Some("crm.associations.INVALID_OBJECT_IDS");
+                    return Err(f.ctx("ids", json!([to])));
+                }
+                links.push((target.to_string(), to, *t));
+                continue;
+            }
+        }
+        let ok_type = !types.is_empty() && type_ids.iter().all(|t| *t == Some(expected));
         if !ok_type {
             return Err(Failure::new(
                 400,
@@ -373,14 +419,17 @@ fn parse_associations(acct: &mut Account, table: &str, input: &Value) -> Result<
             }
         }
     }
-    Ok(out)
+    Ok((out, links))
 }
 
 fn create_one(acct: &mut Account, table: &str, input: &Value, now: i64) -> Result<Record, Failure> {
     let props = validate(acct, table, input.get("properties").unwrap_or(&Value::Null), true)?;
     check_unique(acct, table, &props, None)?;
-    let associations = parse_associations(acct, table, input)?;
+    let (associations, links) = parse_associations(acct, table, input)?;
     let id = new_id(acct);
+    for (target, to, type_id) in links {
+        acct.links.insert(crate::state::Link { from: (table.to_string(), id.clone()), to: (target, to), type_id });
+    }
     let lag = acct.search_lag_ms;
     let mut r = Record {
         id: id.clone(),
@@ -764,4 +813,49 @@ mod tests {
         assert_eq!(searchable_digits("020 7946 0958"), "2079460958");
         assert_eq!(searchable_digits("00004"), "4");
     }
+}
+
+/// `POST /crm/v4/associations/{from}/{to}/batch/read`: each input's associated records of
+/// `to` with their association types (a contact's primary company: typeId 1 beside the
+/// unlabeled 279). An input with none is an error entry (207), as HubSpot answers.
+pub async fn associations_batch_read(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path((from, to)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let (Some((from_table, _)), Some((to_table, _))) = (object_type(&from), object_type(&to)) else {
+        return unknown_object(&format!("{from}/{to}"));
+    };
+    let input = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = input["inputs"].as_array().into_iter().flatten().filter_map(|i| i.get("id").and_then(as_hs_string)).collect();
+    if ids.len() > BATCH_MAX {
+        return errors::validation(&format!("Batch size {} exceeds the limit of {BATCH_MAX}", ids.len()));
+    }
+    sim.with(&caller, |acct, _| {
+        let (mut results, mut errs) = (vec![], vec![]);
+        for id in ids {
+            let linked = acct.linked(from_table, &id, to_table);
+            if linked.is_empty() {
+                errs.push(batch_error("NO_ASSOCIATIONS_FOUND", format!("No {to_table} is associated with {from_table} {id}."), Map::new()));
+                continue;
+            }
+            let to: Vec<Value> = linked
+                .into_iter()
+                .map(|(to_id, types)| {
+                    let types: Vec<Value> = types
+                        .into_iter()
+                        .map(|t| json!({"category": "HUBSPOT_DEFINED", "typeId": t, "label": if t == 1 { json!("Primary") } else { Value::Null }}))
+                        .collect();
+                    json!({"toObjectId": to_id.parse::<u64>().map(Value::from).unwrap_or(json!(to_id)), "associationTypes": types})
+                })
+                .collect();
+            results.push(json!({"from": {"id": id}, "to": to}));
+        }
+        let status = if errs.is_empty() { 200 } else { 207 };
+        json(status, json!({"status": "COMPLETE", "results": results, "errors": errs, "numErrors": errs.len()}))
+    })
 }
