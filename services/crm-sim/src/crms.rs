@@ -31,7 +31,7 @@ pub fn defaults(crm: Crm, plan: &str, seats: u64, overrides: Option<&Value>) -> 
 pub fn objects(crm: Crm) -> &'static [&'static str] {
     match crm {
         Crm::Hubspot => &["contacts", "calls", "emails", "meetings", "owners", "companies", "deals"],
-        Crm::Salesforce => &["Contact", "Lead", "Task", "Event", "User"],
+        Crm::Salesforce => &["Contact", "Lead", "Task", "Event", "User", "Account", "Opportunity", "OpportunityContactRole"],
         Crm::Zoho => &["Contacts", "Calls", "Events", "users"],
         Crm::Pipedrive => &["persons", "activities", "users"],
     }

@@ -24,6 +24,7 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
+use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -64,6 +65,14 @@ fn people_field(kind: ActivityKind) -> Option<&'static str> {
 const EMAILS_PER_QUERY: usize = 50;
 
 /// A SOQL string literal.
+/// A Salesforce date-time ("2026-01-05T10:30:00.000+0000") as epoch ms.
+fn sf_time_ms(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|d| d.timestamp_millis())
+}
+
 fn soql_text(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
@@ -153,6 +162,21 @@ impl Salesforce {
         }
     }
 
+    /// Every row a SOQL query answers, following `nextRecordsUrl`.
+    async fn soql(&self, api: &Api, t: &Tenant, q: &str, log: &mut Vec<Exchange>) -> Result<Vec<wire::Row>, Failure> {
+        let mut rows = vec![];
+        let mut path = self.data(&format!("/query/?q={}", urlencode(q)));
+        loop {
+            let page: QueryPage = t.fetch(api, &Request::get(path, RequestClass::Read), log).await?;
+            let next = page.next().map(str::to_string);
+            rows.extend(page.records);
+            match next {
+                Some(n) => path = n,
+                None => return Ok(rows),
+            }
+        }
+    }
+
     /// One record of a collection. `people`: an Event's or email Task's people to set (on
     /// create the matched contacts; on update those and the ones it relates already), or None.
     fn record(&self, item: &Item, kind: WriteKind, people: Option<&[String]>) -> Value {
@@ -163,6 +187,11 @@ impl Salesforce {
             WriteKind::Create => {
                 if let Some(c) = &item.contact_id {
                     fields.insert("WhoId".into(), json!(c));
+                }
+                // One "what": the chosen opportunity, else the contact's account (the
+                // opportunity brings its account as the activity's AccountId).
+                if let Some(what) = item.context.deal.as_ref().or(item.context.company.as_ref()) {
+                    fields.insert("WhatId".into(), json!(what));
                 }
             }
             WriteKind::Update => {
@@ -298,6 +327,48 @@ impl Connector for Salesforce {
             }
         }
         Ok(found)
+    }
+
+    /// Contacts' accounts (`Contact.AccountId`) and open opportunities through their contact
+    /// roles (`OpportunityContactRole`, then `Opportunity` where `IsClosed = false`), 50
+    /// contacts per query: three queries. A Lead (`00Q`) gets none: an activity whose WhoId is
+    /// a lead may name no WhatId.
+    async fn find_context(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, ContactContext>, Failure> {
+        let ids: Vec<&String> = contacts.iter().filter(|c| c.starts_with("003")).collect();
+        let mut out: HashMap<String, ContactContext> = HashMap::new();
+        for chunk in ids.chunks(EMAILS_PER_QUERY) {
+            let list = chunk.iter().map(|c| soql_text(c)).collect::<Vec<_>>().join(", ");
+            for r in self.soql(api, t, &format!("SELECT Id, AccountId FROM Contact WHERE Id IN ({list})"), log).await? {
+                out.entry(r.id.clone()).or_default().company = r.field("AccountId").filter(|a| !a.is_empty()).map(str::to_string);
+            }
+            let roles = self
+                .soql(api, t, &format!("SELECT Id, ContactId, OpportunityId FROM OpportunityContactRole WHERE ContactId IN ({list})"), log)
+                .await?;
+            let mut of_opp: HashMap<String, Vec<String>> = HashMap::new();
+            for r in &roles {
+                if let (Some(c), Some(o)) = (r.field("ContactId"), r.field("OpportunityId")) {
+                    of_opp.entry(o.to_string()).or_default().push(c.to_string());
+                }
+            }
+            let opps: Vec<&String> = of_opp.keys().collect();
+            for opps in opps.chunks(EMAILS_PER_QUERY) {
+                let list = opps.iter().map(|o| soql_text(o)).collect::<Vec<_>>().join(", ");
+                let q = format!("SELECT Id, LastModifiedDate FROM Opportunity WHERE Id IN ({list}) AND IsClosed = false");
+                for o in self.soql(api, t, &q, log).await? {
+                    let updated_ms = o.field("LastModifiedDate").and_then(sf_time_ms).unwrap_or(0);
+                    for c in of_opp.get(&o.id).into_iter().flatten() {
+                        out.entry(c.clone()).or_default().open_deals.push(OpenDeal { id: o.id.clone(), updated_ms });
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// SOQL on `User`: active standard users with these addresses (`=`/`IN` on text is

@@ -32,6 +32,8 @@ pub fn prefix(object: &str) -> &'static str {
         "Contact" => "003",
         "Lead" => "00Q",
         "User" => "005",
+        "Opportunity" => "006",
+        "OpportunityContactRole" => "00K",
         _ => "001",
     }
 }
@@ -43,6 +45,9 @@ pub fn object_of_id(id: &str) -> Option<&'static str> {
         "003" => Some("Contact"),
         "00Q" => Some("Lead"),
         "005" => Some("User"),
+        "001" => Some("Account"),
+        "006" => Some("Opportunity"),
+        "00K" => Some("OpportunityContactRole"),
         _ => None,
     }
 }
@@ -113,6 +118,8 @@ pub fn schema() -> Schema {
     task.insert("CallObject".into(), FieldDef::of(Text));
     task.insert("Description".into(), FieldDef::of(Json));
     task.insert("IsClosed".into(), ro(Bool));
+    // The account a "what" implies (the Account itself, an Opportunity's account).
+    task.insert("AccountId".into(), ro(Lookup));
 
     let mut contact = common.clone();
     contact.insert("FirstName".into(), FieldDef::of(Text));
@@ -148,7 +155,34 @@ pub fn schema() -> Schema {
         user.insert(f.to_string(), FieldDef::of(Text));
     }
     user.insert("IsActive".into(), FieldDef::of(Bool));
+    event.insert("AccountId".into(), ro(Lookup));
+    // Accounts, opportunities and the contact roles that tie contacts to opportunities
+    // (CRM-APIS-ACTIVITIES §4.2). IsClosed follows the stage (Closed Won, Closed Lost).
+    let mut base = BTreeMap::new();
+    for f in ["Id", "CreatedDate", "LastModifiedDate", "SystemModstamp"] {
+        base.insert(f.to_string(), ro(Text));
+    }
+    base.insert("IsDeleted".into(), ro(Bool));
+    let mut account = base.clone();
+    account.insert("Name".into(), FieldDef::required(Text));
+    account.insert("OwnerId".into(), FieldDef::of(Lookup));
+    let mut opportunity = base.clone();
+    for f in ["Name", "StageName", "CloseDate"] {
+        opportunity.insert(f.into(), FieldDef::required(Text));
+    }
+    opportunity.insert("AccountId".into(), FieldDef::of(Lookup));
+    opportunity.insert("Amount".into(), FieldDef::of(Number));
+    opportunity.insert("IsClosed".into(), ro(Bool));
+    opportunity.insert("IsWon".into(), ro(Bool));
+    let mut role = base;
+    role.insert("ContactId".into(), FieldDef::required(Lookup));
+    role.insert("OpportunityId".into(), FieldDef::required(Lookup));
+    role.insert("IsPrimary".into(), FieldDef::of(Bool));
+    role.insert("Role".into(), FieldDef::of(Text));
     Schema::from([
+        ("Account".into(), account),
+        ("Opportunity".into(), opportunity),
+        ("OpportunityContactRole".into(), role),
         ("Task".into(), task),
         ("Event".into(), event),
         ("Contact".into(), contact),
@@ -200,6 +234,11 @@ pub fn derive(object: &str, r: &mut Record) {
                 let name = f.get("Email").and_then(Value::as_str).map(|e| format!("{e}.sim")).unwrap_or_else(|| format!("{}@sim", r.id));
                 f.insert("Username".into(), json!(name));
             }
+        }
+        "Opportunity" => {
+            let stage = f.get("StageName").and_then(Value::as_str).unwrap_or_default().to_string();
+            f.insert("IsClosed".into(), json!(stage.starts_with("Closed")));
+            f.insert("IsWon".into(), json!(stage == "Closed Won"));
         }
         "Contact" | "Lead" => {
             let name =

@@ -19,8 +19,8 @@ pub fn check_version(v: &str) -> Result<u32, Response> {
 
 /// The objects SOQL reads: those written, and User (owners by email).
 pub fn check_query_object(o: &str) -> Result<&'static str, Response> {
-    if o.eq_ignore_ascii_case("User") {
-        return Ok("User");
+    if let Some(k) = ["User", "Account", "Opportunity", "OpportunityContactRole"].into_iter().find(|k| k.eq_ignore_ascii_case(o)) {
+        return Ok(k);
     }
     check_object(o)
 }
@@ -250,6 +250,47 @@ fn check_event_times(fields: &mut Map<String, Value>) -> Result<(), Fail> {
     Ok(())
 }
 
+/// A Task's or Event's WhatId (CRM-APIS-ACTIVITIES §4.2): an Account or an Opportunity
+/// that exists (other "what" objects are not modelled), never beside a Lead as WhoId; it
+/// sets the activity's AccountId (an Opportunity's account).
+fn check_what(acct: &Account, object: &str, fields: &mut Map<String, Value>, id: Option<&str>) -> Result<(), Fail> {
+    if object != "Task" && object != "Event" {
+        return Ok(());
+    }
+    let Some(what) = fields.get("WhatId").cloned() else { return Ok(()) };
+    let Some(what) = what.as_str().filter(|w| !w.is_empty()).map(str::to_string) else {
+        fields.insert("AccountId".into(), Value::Null);
+        return Ok(());
+    };
+    let who = fields
+        .get("WhoId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| id.and_then(|id| acct.objects.get(object)?.get(id)?.str_field("WhoId").map(str::to_string)));
+    if who.as_deref().is_some_and(|w| w.starts_with("00Q")) {
+        return Err(Fail::new(
+            "FIELD_INTEGRITY_EXCEPTION",
+            "Related To ID: You can't associate a lead with an object in the Related To field",
+            &["WhatId"],
+        ));
+    }
+    let account = match super::object_of_id(&what) {
+        Some(o @ ("Account" | "Opportunity")) => match acct.objects.get(o).and_then(|t| t.get(&what)) {
+            Some(r) if r.live() => {
+                if o == "Account" {
+                    Some(what.clone())
+                } else {
+                    r.str_field("AccountId").map(str::to_string)
+                }
+            }
+            _ => return Err(Fail::new("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", &["WhatId"])),
+        },
+        _ => return Err(Fail::new("FIELD_INTEGRITY_EXCEPTION", "Related To ID: id value of incorrect type", &["WhatId"])),
+    };
+    fields.insert("AccountId".into(), account.map_or(Value::Null, Value::from));
+    Ok(())
+}
+
 /// An OwnerId must be an active user: an inactive one is INACTIVE_OWNER_OR_USER (the
 /// StatusCode enum), an id no user has INVALID_CROSS_REFERENCE_KEY.
 fn check_owner(acct: &Account, fields: &Map<String, Value>) -> Result<(), Fail> {
@@ -282,6 +323,7 @@ pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>
     }
     let who = check_who(acct, &fields)?;
     check_owner(acct, &fields)?;
+    check_what(acct, object, &mut fields, None)?;
     check_unique(acct, object, &fields, None)?;
     if object == "Task" {
         fields.entry("Status").or_insert(json!("Not Started"));
@@ -318,6 +360,7 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
     let mut fields = validate(acct, object, &body, Mode::Update)?;
     let who = check_who(acct, &fields)?;
     check_owner(acct, &fields)?;
+    check_what(acct, object, &mut fields, Some(id))?;
     check_unique(acct, object, &fields, Some(id))?;
     if object == "Event" {
         // The times as they will be, checked together.
