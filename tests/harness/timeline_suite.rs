@@ -193,8 +193,7 @@ impl Case {
             }
             _ => {}
         }
-        // Each change its own millisecond: "most recent" must not be a tie.
-        std::thread::sleep(Duration::from_millis(20));
+        self.next_change_apart();
         id
     }
 
@@ -218,7 +217,14 @@ impl Case {
             _ => json!({"value": 1200}),
         };
         self.patch(sim, account, self.deals(), deal, fields);
-        std::thread::sleep(Duration::from_millis(20));
+        self.next_change_apart();
+    }
+
+    /// Waits until the CRM's modification times tell the next change from the last: "most
+    /// recent" must not be a tie (Zoho and Pipedrive keep whole seconds).
+    fn next_change_apart(&self) {
+        let ms = if matches!(self.crm, Crm::Zoho | Crm::Pipedrive) { 1_100 } else { 20 };
+        std::thread::sleep(Duration::from_millis(ms));
     }
 
     /// The company and the deal a record of `object` is associated with, as its CRM shows

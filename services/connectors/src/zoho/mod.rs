@@ -30,6 +30,7 @@ use crate::connector::{
     create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
     Wanted,
 };
+use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, EmailAddress, MeetingStatus, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -105,6 +106,16 @@ impl Zoho {
                 if item.req.kind() == ActivityKind::Meeting && !item.contacts.is_empty() {
                     let people: Vec<Value> = item.contacts.iter().map(|c| json!({"type": "contact", "participant": c})).collect();
                     fields.insert("Participants".into(), json!(people));
+                }
+                // One "what": the chosen deal, else the contact's account.
+                let what = match (&item.context.deal, &item.context.company) {
+                    (Some(d), _) => Some((d, "Deals")),
+                    (None, Some(a)) => Some((a, "Accounts")),
+                    _ => None,
+                };
+                if let Some((id, module)) = what {
+                    fields.insert("What_Id".into(), json!({"id": id}));
+                    fields.insert("$se_module".into(), json!(module));
                 }
             }
             WriteKind::Update => {
@@ -498,6 +509,43 @@ impl Connector for Zoho {
             }
         }
         Ok(found)
+    }
+
+    /// Contacts' accounts (`Account_Name`) and their deals not in a closed stage (a deal's
+    /// `Contact_Name`), by COQL: two queries per 50 contacts. A stage whose name starts with
+    /// "Closed" (Closed Won, Closed Lost, Closed-Lost to Competition) is closed; stage
+    /// metadata (`forecast_type`) is not read (unverified).
+    async fn find_context(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, ContactContext>, Failure> {
+        let mut out: HashMap<String, ContactContext> = HashMap::new();
+        let lookup_id = |v: Option<&Value>| {
+            v.and_then(|v| v.get("id").or(Some(v)))
+                .and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string())))
+        };
+        for chunk in contacts.chunks(COQL_IN_MAX) {
+            let list = chunk.iter().map(|c| coql_str(c)).collect::<Vec<_>>().join(", ");
+            let q = format!("select id, Account_Name from Contacts where id in ({list}) limit 200");
+            for r in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
+                let Some(id) = r.id else { continue };
+                out.entry(id).or_default().company = lookup_id(r.fields.get("Account_Name"));
+            }
+            let q = format!("select id, Contact_Name, Stage, Modified_Time from Deals where Contact_Name in ({list}) limit 2000");
+            for d in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
+                let (Some(id), Some(contact)) = (d.id.clone(), lookup_id(d.fields.get("Contact_Name"))) else { continue };
+                if d.field("Stage").is_some_and(|s| s.trim_start().to_ascii_lowercase().starts_with("closed")) {
+                    continue;
+                }
+                let updated_ms =
+                    d.field("Modified_Time").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map_or(0, |t| t.timestamp_millis());
+                out.entry(contact).or_default().open_deals.push(OpenDeal { id, updated_ms });
+            }
+        }
+        Ok(out)
     }
 
     /// Zoho's users API has no email filter: the active users are listed (200 a page, the

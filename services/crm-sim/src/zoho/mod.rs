@@ -72,7 +72,7 @@ pub fn schema() -> Schema {
     events.insert("$se_module".into(), FieldDef::of(Text));
     events.insert("Participants".into(), FieldDef::of(Json));
     events.insert("$event_cancelled".into(), ro(Bool));
-    let mut contacts = common;
+    let mut contacts = common.clone();
     contacts.insert("First_Name".into(), FieldDef::of(Text));
     contacts.insert("Last_Name".into(), FieldDef::required(Text));
     contacts.insert("Full_Name".into(), ro(Text));
@@ -80,7 +80,24 @@ pub fn schema() -> Schema {
     for f in ["Phone", "Mobile", "Home_Phone", "Other_Phone", "Asst_Phone"] {
         contacts.insert(f.into(), FieldDef::of(Phone));
     }
-    Schema::from([("Calls".into(), calls), ("Events".into(), events), ("Contacts".into(), contacts)])
+    contacts.insert("Account_Name".into(), FieldDef::of(Lookup));
+    // Accounts and Deals (CRM-APIS-ACTIVITIES §4.3): a deal's contact is its Contact_Name.
+    let mut accounts = common.clone();
+    accounts.insert("Account_Name".into(), FieldDef::required(Text));
+    let mut deals = common.clone();
+    deals.insert("Deal_Name".into(), FieldDef::required(Text));
+    deals.insert("Stage".into(), FieldDef::required(Text));
+    deals.insert("Contact_Name".into(), FieldDef::of(Lookup));
+    deals.insert("Account_Name".into(), FieldDef::of(Lookup));
+    deals.insert("Amount".into(), FieldDef::of(Number));
+    deals.insert("Closing_Date".into(), FieldDef::of(Text));
+    Schema::from([
+        ("Calls".into(), calls),
+        ("Events".into(), events),
+        ("Contacts".into(), contacts),
+        ("Accounts".into(), accounts),
+        ("Deals".into(), deals),
+    ])
 }
 
 /// Fields Zoho computes: id, times, Full_Name, duration in seconds; Who_Id follows a merge.

@@ -24,7 +24,10 @@ fn check(version: &str, module: &str) -> Result<&'static str, Response> {
     if !ok_version {
         return Err(errors::error(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one", json!({})));
     }
-    ["Calls", "Events", "Contacts"].into_iter().find(|m| m.eq_ignore_ascii_case(module)).ok_or_else(|| errors::invalid_module(module))
+    ["Calls", "Events", "Contacts", "Accounts", "Deals"]
+        .into_iter()
+        .find(|m| m.eq_ignore_ascii_case(module))
+        .ok_or_else(|| errors::invalid_module(module))
 }
 
 fn parse(body: &Bytes) -> Result<Value, Response> {
@@ -156,6 +159,20 @@ fn validate(
                 _ => {
                     return Err(field_err("INVALID_DATA", "invalid data", "Who_Id", i, json!({"id": wid, "expected_data_type": "lookup"})))
                 }
+            }
+        }
+    }
+    // A "what" (What_Id with $se_module) must be a live record of a module activities may
+    // relate to; Accounts and Deals are modelled.
+    if module == "Calls" || module == "Events" {
+        if let Some(w) = out.get("What_Id") {
+            let wid = w.get("id").and_then(Value::as_str).or(w.as_str()).unwrap_or_default().to_string();
+            let se = out.get("$se_module").and_then(Value::as_str).unwrap_or_default().to_string();
+            if se != "Accounts" && se != "Deals" {
+                return Err(field_err("INVALID_DATA", "invalid data", "$se_module", i, json!({"expected_data_type": "module"})));
+            }
+            if !acct.objects.get(&se).and_then(|t| t.get(&wid)).is_some_and(Record::live) {
+                return Err(field_err("INVALID_DATA", "invalid data", "What_Id", i, json!({"id": wid, "expected_data_type": "lookup"})));
             }
         }
     }
