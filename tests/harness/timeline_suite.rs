@@ -5,7 +5,7 @@
 
 use super::crm_sim::CrmSim;
 use super::writer::wait_for;
-use super::writer_suite::{live_ms, outcomes, Case};
+use super::writer_suite::{audited_request, live_ms, outcomes, Case};
 use super::{Broker, RedisPrefix, TempFile};
 use crm_common::codec;
 use crm_common::events::*;
@@ -105,7 +105,7 @@ impl Case {
     pub fn owner_lookup(&self) -> &'static str {
         match self.crm {
             Crm::Hubspot => "/crm/v3/owners",
-            Crm::Salesforce => "/query",
+            Crm::Salesforce => "FROM User WHERE Email",
             Crm::Zoho => "/users",
             _ => "/users/find",
         }
@@ -353,7 +353,7 @@ pub fn actors_become_owners_by_email_by_map_or_as_the_tenant_chooses(case: &Case
     assert_eq!(dlq[0].reason, DlqReason::ActorUnmapped);
     assert!(dlq[0].detail.contains("agent-x") && dlq[0].detail.contains("owners"), "{}", dlq[0].detail);
     assert!(case.keys(&sim, "globex").is_empty(), "nothing written for globex");
-    assert!(all.iter().any(|a| a.operation.contains(case.owner_lookup())), "owners were looked up at the CRM");
+    assert!(all.iter().any(|a| audited_request(a).contains(case.owner_lookup())), "owners were looked up at the CRM");
     let cached = owner_keys(&prefix);
     assert!(cached.iter().any(|k| k.ends_with(":rep@acme.example")), "the lookup is cached: {cached:?}");
     assert!(all.iter().all(|a| !format!("{a:?}").contains("nobody@acme.example")), "addresses are masked in audit");
@@ -368,7 +368,7 @@ pub fn actors_become_owners_by_email_by_map_or_as_the_tenant_chooses(case: &Case
     assert_eq!(finals2.len(), inputs.len() + again.len());
     let fresh: Vec<&AuditRecord> = all2.iter().filter(|a| ["c6", "c7"].contains(&a.call_id.as_deref().unwrap_or(""))).collect();
     assert!(
-        fresh.iter().all(|a| !a.operation.contains(case.owner_lookup())),
+        fresh.iter().all(|a| !audited_request(a).contains(case.owner_lookup())),
         "cached owners are not looked up again: {:?}",
         fresh.iter().map(|a| &a.operation).collect::<Vec<_>>()
     );

@@ -1249,6 +1249,11 @@ impl Case {
     }
 }
 
+/// An audited CRM call's operation and what it sent (a query's text, where it is audited).
+pub fn audited_request(a: &AuditRecord) -> String {
+    format!("{} {}", a.operation, a.attributes.get("sent").map(String::as_str).unwrap_or_default())
+}
+
 fn associated(record: &Value, contacts: &[String]) -> bool {
     let have = record["associations"].as_array().cloned().unwrap_or_default();
     contacts.iter().all(|c| have.iter().any(|x| x == &json!(c)))
@@ -1352,7 +1357,7 @@ pub fn emails_and_meetings_one_record_each_with_every_participant(case: &Case) {
     // search per lane batch (the inputs may arrive in a few).
     let searches: BTreeSet<i64> = all
         .iter()
-        .filter(|x| x.kind.is_some_and(|k| k != ActivityKind::Call) && x.operation.contains(a.address_search))
+        .filter(|x| x.kind.is_some_and(|k| k != ActivityKind::Call) && audited_request(x).contains(a.address_search))
         .map(|x| x.occurred_at)
         .collect();
     let activities = inputs.len() - 2;
@@ -1595,7 +1600,7 @@ pub const SALESFORCE: Case = Case {
         },
         // Emails and calls are both Tasks: no permission stops emails alone.
         email_permission: None,
-        address_search: "/query/",
+        address_search: "FROM Contact WHERE Email IN",
         search_per_address: false,
         email_home: EmailHome::Record,
         email_key: same_key,

@@ -25,6 +25,7 @@ use crate::connector::{
     create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
     Wanted,
 };
+use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
@@ -73,6 +74,12 @@ impl Pipedrive {
             .collect();
         if !participants.is_empty() {
             body.insert("participants".into(), json!(participants));
+        }
+        // The person's organisation and the chosen deal.
+        for (field, id) in [("org_id", &item.context.company), ("deal_id", &item.context.deal)] {
+            if let Some(n) = id.as_deref().and_then(|i| i.parse::<u64>().ok()) {
+                body.insert(field.into(), json!(n));
+            }
         }
         let req = Request::new(Method::POST, self.activities(), RequestClass::Create)
             .body(Value::Object(body))
@@ -233,6 +240,48 @@ impl Connector for Pipedrive {
             }
         }
         Ok(found)
+    }
+
+    /// Each person's organisation (`org_id`, from the person) and open deals
+    /// (`GET /api/v2/deals?person_id=&status=open`, newest change first): two requests per
+    /// person, so the writer's cache carries the weight.
+    async fn find_context(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, ContactContext>, Failure> {
+        let mut out = HashMap::new();
+        for c in contacts {
+            let read = Request::get(format!("/api/v2/persons/{}", urlencode(c)), RequestClass::Read);
+            let person: Envelope<wire::Person> = t.fetch(api, &read, log).await?;
+            let mut ctx = ContactContext { company: person.data.org_id, open_deals: vec![] };
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path =
+                    format!("/api/v2/deals?person_id={}&status=open&sort_by=update_time&sort_direction=desc&limit=100", urlencode(c));
+                if let Some(cur) = &cursor {
+                    path.push_str(&format!("&cursor={}", urlencode(cur)));
+                }
+                let page: Envelope<Vec<wire::Deal>> = t.fetch(api, &Request::get(path, RequestClass::List), log).await?;
+                for d in page.data {
+                    let Some(id) = d.id else { continue };
+                    let updated_ms = d
+                        .update_time
+                        .as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map_or(0, |t| t.timestamp_millis());
+                    ctx.open_deals.push(OpenDeal { id, updated_ms });
+                }
+                cursor = page.additional_data.next_cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            out.insert(c.clone(), ctx);
+        }
+        Ok(out)
     }
 
     /// `GET /v1/users/find?term=&search_by_email=1` per address (v2 has no users find); an

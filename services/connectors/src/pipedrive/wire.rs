@@ -14,6 +14,15 @@ pub struct Envelope<T> {
     pub additional_data: AdditionalData,
 }
 
+/// A deal as `GET /api/v2/deals` lists it.
+#[derive(Debug, Deserialize)]
+pub struct Deal {
+    #[serde(default, deserialize_with = "id")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub update_time: Option<String>,
+}
+
 /// A company user from `GET /v1/users/find` (v2 has no users list or find).
 #[derive(Debug, Deserialize)]
 pub struct User {
@@ -90,6 +99,9 @@ pub struct Person {
     /// Addresses, as bare strings or `{value, label, primary}` like phones.
     #[serde(default)]
     pub emails: Vec<Phone>,
+    /// Its organisation (`GET /api/v2/persons/{id}`; search answers an `organization`).
+    #[serde(default, deserialize_with = "id")]
+    pub org_id: Option<String>,
 }
 
 /// A phone as search gives it: a bare string, or `{value, label, primary}`.

@@ -167,7 +167,7 @@ impl Salesforce {
         let mut rows = vec![];
         let mut path = self.data(&format!("/query/?q={}", urlencode(q)));
         loop {
-            let page: QueryPage = t.fetch(api, &Request::get(path, RequestClass::Read), log).await?;
+            let page: QueryPage = t.fetch(api, &Request::get(path, RequestClass::Read).audited_as(json!({ "q": q })), log).await?;
             let next = page.next().map(str::to_string);
             rows.extend(page.records);
             match next {
@@ -318,7 +318,8 @@ impl Connector for Salesforce {
         for chunk in emails.chunks(EMAILS_PER_QUERY) {
             let list: Vec<String> = chunk.iter().map(|e| soql_text(e)).collect();
             let q = format!("SELECT Id, Email FROM Contact WHERE Email IN ({}) ORDER BY CreatedDate LIMIT 2000", list.join(", "));
-            let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Search);
+            // The query is audited (addresses masked there), so support sees what was asked.
+            let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Search).audited_as(json!({ "q": q }));
             let page: QueryPage = t.fetch(api, &req, log).await?;
             for r in page.records {
                 if let Some(e) = r.field("Email") {
@@ -388,7 +389,7 @@ impl Connector for Salesforce {
                 "SELECT Id, Email FROM User WHERE Email IN ({}) AND IsActive = true AND UserType = 'Standard' LIMIT 2000",
                 list.join(", ")
             );
-            let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Read);
+            let req = Request::get(self.data(&format!("/query/?q={}", urlencode(&q))), RequestClass::Read).audited_as(json!({ "q": q }));
             let page: QueryPage = t.fetch(api, &req, log).await?;
             for r in page.records {
                 if let Some(e) = r.field("Email") {

@@ -107,6 +107,16 @@ fn validate(acct: &mut Account, body: &Map<String, Value>) -> Result<Validated, 
         if !ok {
             return Err(errors::validation(&format!("{k}: invalid value {v}")));
         }
+        // A deal or organisation named must exist and not be deleted (the harsher case).
+        for (key, table, noun) in [("deal_id", "deals", "Deal"), ("org_id", "organizations", "Organization")] {
+            if k == key {
+                if let Some(id) = v.as_u64() {
+                    if !acct.objects.get(table).and_then(|t| t.get(&id.to_string())).is_some_and(Record::live) {
+                        return Err(errors::error(400, &format!("{noun} with id {id} not found"), Some("ERR_INVALID_INPUT")));
+                    }
+                }
+            }
+        }
         // The owner must be an active user of the company (unverified: the harsher case).
         if k == "owner_id" {
             if let Some(uid) = v.as_u64() {
@@ -456,5 +466,49 @@ pub async fn find_users(
             })
             .collect();
         json(200, json!({"success": true, "data": if hits.is_empty() { Value::Null } else { Value::Array(hits) }}))
+    })
+}
+
+/// `GET /api/v2/deals` (CRM-APIS-ACTIVITIES §4.4): filtered by `person_id` (the deal's
+/// person) and `status` (`open`, `won`, `lost`, `deleted`; a comma list), sorted by
+/// `update_time` or `id`, paged by cursor.
+pub async fn list_deals(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(l)) if (1..=500).contains(&l) => l,
+        _ => return errors::validation("limit must be between 1 and 500"),
+    };
+    let statuses: Option<Vec<String>> = q.get("status").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    if let Some(bad) = statuses.iter().flatten().find(|s| !["open", "won", "lost", "deleted"].contains(&s.as_str())) {
+        return errors::validation(&format!("status: invalid value {bad}"));
+    }
+    let person = q.get("person_id").cloned();
+    let start: usize = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let by_update = q.get("sort_by").is_some_and(|s| s == "update_time");
+    let desc = q.get("sort_direction").is_some_and(|d| d == "desc");
+    sim.with(&caller, |acct, _| {
+        let mut hits: Vec<&Record> = acct
+            .table("deals")
+            .iter()
+            .filter(|r| {
+                let status = if r.live() { r.str_field("status").unwrap_or("open") } else { "deleted" };
+                statuses.as_ref().map_or(r.live(), |s| s.iter().any(|x| x == status))
+            })
+            .filter(|r| person.as_ref().is_none_or(|p| r.fields.get("person_id").map(|v| v.to_string()) == Some(p.clone())))
+            .collect();
+        if by_update {
+            hits.sort_by_key(|r| (r.updated_ms, r.id.parse::<u64>().unwrap_or(0)));
+        }
+        if desc {
+            hits.reverse();
+        }
+        let total = hits.len();
+        let page: Vec<Value> = hits.iter().skip(start).take(limit).map(|r| Value::Object(r.fields.clone())).collect();
+        let next = (start + limit < total).then(|| (start + limit).to_string());
+        json(200, json!({"success": true, "data": page, "additional_data": {"next_cursor": next}}))
     })
 }

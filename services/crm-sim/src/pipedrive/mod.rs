@@ -141,6 +141,9 @@ impl CrmApi for Pipedrive {
         if route.contains("/users") {
             return Some("users:read");
         }
+        if route.contains("/deals") {
+            return Some(if matches!(class, Class::Read | Class::List) { "deals:read" } else { "deals:full" });
+        }
         let persons = route.contains("/persons");
         Some(match (persons, class) {
             (_, Class::Search) => "search:read",
@@ -177,6 +180,7 @@ pub fn router(sim: SharedSim) -> Router {
     let api = Router::new()
         .route("/api/v2/activities", post(activities::create).get(activities::list))
         .route("/api/v2/activities/{id}", get(activities::read).patch(activities::update).delete(activities::delete))
+        .route("/api/v2/deals", get(activities::list_deals))
         .route("/api/v2/persons", post(activities::create_person))
         .route("/api/v2/persons/search", get(activities::search_persons))
         .route("/api/v2/persons/{id}", get(activities::read_person))
