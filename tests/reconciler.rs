@@ -8,7 +8,7 @@ use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
 use crm_sync_tests::postgres::PrivateDb;
 use crm_sync_tests::writer::wait_for;
-use crm_sync_tests::writer_suite::{live_ms, Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use crm_sync_tests::writer_suite::{associated, live_ms, Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
 use crm_sync_tests::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::{json, Value};
 use std::process::Command;
@@ -318,6 +318,90 @@ fn owner_reassignments_drift_only_where_the_tenant_owns_the_owner(case: &Case) {
             assert_eq!(owner_now(), Some(lead.clone()), "their reassignment stands");
         }
     }
+}
+
+/// Late matches: a call to a number no contact had, and a meeting with an attendee no
+/// contact had, are written without contacts; then a person creates those contacts. The next
+/// pass searches again and associates both (`late_associated`, repaired; the call's number
+/// is cached for the writer), while a meeting whose attendee still matches no one stays
+/// `unassociated`. A second pass finds nothing new to do.
+fn unassociated_activities_are_matched_again_by_the_next_pass(case: &Case) {
+    let a = case.acts();
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let tenant = format!("lm-{}", case.name());
+    case.activity_account(&sim, &tenant);
+    let rig = Rig {
+        tenants: case.activity_tenants(&sim, &[&tenant]),
+        db: PrivateDb::new("lm"),
+        prefix: RedisPrefix::new("lm"),
+        secrets: vec![(case.secret(&tenant), case.token(&tenant))],
+        tenant,
+        broker,
+        sim,
+    };
+    let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    let _sink = rig.sink();
+    let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
+    let later = "+14155550123";
+    let start = live_ms() + 86_400_000;
+    let (meeting, meeting_key) = case.meeting(tenant, "ev1", 1, MeetingStatus::Confirmed, start, &["late@customer.example"]);
+    let (alone, alone_key) = case.meeting(tenant, "ev2", 1, MeetingStatus::Confirmed, start, &["never@elsewhere.example"]);
+    rig.broker.produce(&case.topic(), &[case.request_to(tenant, "c1", 1, later), meeting, alone]);
+    wait_for("three writes stored", Duration::from_secs(60), || rig.stored_writes() == 3);
+    let call = || {
+        let records = rig.sim.records(crm, tenant, case.calls);
+        record_of(case, &records, "c1", tenant).expect("c1 written").clone()
+    };
+    assert!(call()["associations"].as_array().is_none_or(|x| x.is_empty()), "no contact yet: {}", call());
+
+    // People add the contacts.
+    let admin = |object: &str, body: Value| {
+        rig.sim.admin("POST", &format!("/accounts/{crm}/{tenant}/objects/{object}"), Some(body))["id"].as_str().unwrap().to_string()
+    };
+    let by_phone = admin(case.contacts, case.contact_on("Late", "(415) 555-0123"));
+    let by_email = admin(case.contacts, (a.contact_with_email)("Late", "late@customer.example"));
+
+    let r = rig.reconcile(crm);
+    assert_eq!(r["findings"]["late_associated"], 2, "{r}");
+    assert_eq!(r["findings"]["unassociated"], 1, "the meeting no contact matches: {r}");
+    assert!(r["repaired"].as_i64() >= Some(2), "{r}");
+    assert!(associated(&call(), std::slice::from_ref(&by_phone)), "the call hangs under the new contact: {}", call());
+    let m = case.record_keyed(&rig.sim, tenant, a.meetings.0, &meeting_key);
+    assert!(associated(&m, std::slice::from_ref(&by_email)), "the meeting has its attendee's contact: {m}");
+    let lonely = case.record_keyed(&rig.sim, tenant, a.meetings.0, &alone_key);
+    assert!(lonely["associations"].as_array().is_none_or(|x| x.is_empty()), "{lonely}");
+    // The writer's cache learnt the number.
+    assert!(rig.prefix.keys().iter().any(|k| k.ends_with(&format!(":contact:{crm}:{later}"))), "{:?}", rig.prefix.keys());
+    wait_for("late associations stored", Duration::from_secs(20), || {
+        rig.db.count(
+            "SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND operation = 'reconcile.late_associated' AND outcome = 'REPAIRED'",
+        ) == 2
+    });
+
+    let again = rig.reconcile(crm);
+    assert!(again["findings"]["late_associated"].is_null(), "already associated: {again}");
+    assert_eq!(again["findings"]["unassociated"], 1, "{again}");
+}
+
+#[test]
+fn hubspot_unassociated_activities_are_matched_again_by_the_next_pass() {
+    unassociated_activities_are_matched_again_by_the_next_pass(&HUBSPOT)
+}
+
+#[test]
+fn salesforce_unassociated_activities_are_matched_again_by_the_next_pass() {
+    unassociated_activities_are_matched_again_by_the_next_pass(&SALESFORCE)
+}
+
+#[test]
+fn zoho_unassociated_activities_are_matched_again_by_the_next_pass() {
+    unassociated_activities_are_matched_again_by_the_next_pass(&ZOHO)
+}
+
+#[test]
+fn pipedrive_unassociated_activities_are_matched_again_by_the_next_pass() {
+    unassociated_activities_are_matched_again_by_the_next_pass(&PIPEDRIVE)
 }
 
 #[test]

@@ -1254,7 +1254,7 @@ pub fn audited_request(a: &AuditRecord) -> String {
     format!("{} {}", a.operation, a.attributes.get("sent").map(String::as_str).unwrap_or_default())
 }
 
-fn associated(record: &Value, contacts: &[String]) -> bool {
+pub fn associated(record: &Value, contacts: &[String]) -> bool {
     let have = record["associations"].as_array().cloned().unwrap_or_default();
     contacts.iter().all(|c| have.iter().any(|x| x == &json!(c)))
 }

@@ -482,7 +482,7 @@ impl AuditStore {
                 "SELECT DISTINCT ON (a.call_id) a.call_id, a.idempotency_key, a.crm_record_id, a.version, a.input_topic, a.input_partition, a.input_offset, a.occurred_at, \
                  (SELECT c.attributes->>'contact_id' FROM audit c WHERE c.call_id = a.call_id AND c.tenant_id = a.tenant_id AND c.crm = a.crm \
                     AND c.attributes ? 'contact_id' AND c.outcome IN ('SUCCEEDED', 'REPAIRED') AND c.crm_record_id = a.crm_record_id \
-                    AND ((c.stage = 'WRITER' AND c.operation = 'write') OR (c.stage = 'RECONCILER' AND c.operation = 'reconcile.contact_merged')) \
+                    AND ((c.stage = 'WRITER' AND c.operation = 'write') OR (c.stage = 'RECONCILER' AND c.operation IN ('reconcile.contact_merged', 'reconcile.late_associated'))) \
                     ORDER BY c.occurred_at DESC LIMIT 1), \
                  (SELECT o.attributes->>'owner_id' FROM audit o WHERE o.call_id = a.call_id AND o.tenant_id = a.tenant_id AND o.crm = a.crm \
                     AND o.attributes ? 'owner_id' AND o.outcome = 'SUCCEEDED' AND o.crm_record_id = a.crm_record_id \

@@ -388,6 +388,19 @@ pub trait Inspect: Connector {
         }
     }
 
+    /// Associates record `record_id` of `kind`, written without a contact, with
+    /// `contacts` (matched since: a late match), the first as its primary where the CRM has
+    /// one. Only ever adds.
+    fn associate(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
+        record_id: &str,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
+
     /// The fields the CRM's schema has on `kind`'s object (the check that a custom field
     /// was not removed); None for a CRM whose object has no custom fields to check.
     fn schema_fields(

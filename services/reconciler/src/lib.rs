@@ -50,6 +50,10 @@ pub mod kind {
     pub const FIELD_REMOVED: &str = "field_removed";
     pub const IN_FLIGHT: &str = "in_flight";
     pub const SOURCE_GONE: &str = "source_gone";
+    /// Written without a contact, and still none matches.
+    pub const UNASSOCIATED: &str = "unassociated";
+    /// Written without a contact; one matches now, and the record was associated with it.
+    pub const LATE_ASSOCIATED: &str = "late_associated";
 }
 
 pub struct Reconciler<C: Inspect> {
@@ -368,6 +372,13 @@ impl<C: Inspect> Reconciler<C> {
         fields: &Map<String, Value>,
         contact_id: Option<&str>,
     ) {
+        // Written without a contact and still without one: match again (the contact may
+        // have been created since, or the CRM's search lagged at write time).
+        if rec.w.linked_contact.is_none() && contact_id.is_none() {
+            if let Some(req) = rec.req {
+                self.late_match(pass, client, rec, req).await;
+            }
+        }
         let contract = self.connector.contract_for_tenant(pass.tenant, rec.kind);
         // An owned owner is compared with the one the writer set (its audit's owner_id).
         let resolved = crm_connectors::contract::Resolved { owner_id: rec.w.owner_id.as_deref() };
@@ -415,6 +426,88 @@ impl<C: Inspect> Reconciler<C> {
                     pass.crm.as_str()
                 );
                 self.dead_letter(pass, rec, "reconcile.contact_deleted", DlqReason::ContactDeleted, detail, CrmAnswer::default());
+            }
+        }
+    }
+
+    /// A record written without a contact: its customer's number (a call) or participants'
+    /// addresses (an email, a meeting) searched again, and the record associated with the
+    /// contacts that match now (associations are only ever added, so no contract field is
+    /// touched). The contact cache learns them, so the writer's next activities with them
+    /// are associated at once. Counted as `late_associated`, or `unassociated` when still
+    /// none matches; a search or association that fails is audited and tried next pass.
+    async fn late_match(&self, pass: &mut Pass<'_>, client: &TenantOf<C>, rec: &mut Checked<'_>, req: &WriteRequest) {
+        if !self.settled(pass.tenant, rec.w).await {
+            return;
+        }
+        let crm = pass.crm.as_str();
+        let mut log = vec![];
+        let found: Result<Vec<(String, String)>, crm_connectors::api::Failure> = match req {
+            WriteRequest::Call(c) => {
+                let e164 = c.call.customer_e164.clone();
+                self.connector
+                    .find_contact(&self.api, client, &e164, &mut log)
+                    .await
+                    .map(|o| o.into_iter().map(|id| (e164.clone(), id)).collect())
+            }
+            other if other.participants().is_empty() => Ok(vec![]),
+            other => {
+                let wanted = other.participants();
+                self.connector
+                    .find_contacts_by_email(&self.api, client, wanted, &mut log)
+                    .await
+                    .map(|m| wanted.iter().filter_map(|a| m.get(a).map(|id| (a.clone(), id.clone()))).collect())
+            }
+        };
+        let matched = match found {
+            Ok(m) => m,
+            Err(f) => {
+                self.audit_exchanges(pass, rec, &log);
+                pass.note(kind::UNASSOCIATED);
+                tracing::warn!(record = %rec.w.record_id, error = %f.detail, "late match: the contact search failed; next pass tries again");
+                return;
+            }
+        };
+        let mut contacts: Vec<String> = vec![];
+        for (_, id) in &matched {
+            if !contacts.contains(id) {
+                contacts.push(id.clone());
+            }
+        }
+        if contacts.is_empty() {
+            self.audit_exchanges(pass, rec, &log);
+            pass.note(kind::UNASSOCIATED);
+            return;
+        }
+        let r = self.connector.associate(&self.api, client, rec.kind, &rec.w.record_id, &contacts, &mut log).await;
+        self.audit_exchanges(pass, rec, &log);
+        match r {
+            Ok(()) => {
+                pass.note(kind::LATE_ASSOCIATED);
+                for (m, id) in &matched {
+                    let _ = self.contacts.put(pass.tenant, crm, m, Some(id)).await;
+                }
+                let detail = format!(
+                    "record {} was written without a contact; {} now match{}: associated",
+                    rec.w.record_id,
+                    contacts.join(", "),
+                    if contacts.len() == 1 { "es" } else { "" }
+                );
+                self.audit(
+                    pass,
+                    rec,
+                    "reconcile.late_associated",
+                    AuditOutcome::Repaired,
+                    detail,
+                    &[("contact_id", contacts[0].clone()), ("contact_ids", contacts.join(","))],
+                );
+                rec.v.drifted = true;
+                rec.v.repaired = true;
+            }
+            Err(f) => {
+                pass.note(kind::UNASSOCIATED);
+                let detail = format!("could not associate record {} with {}: {}", rec.w.record_id, contacts.join(", "), f.detail);
+                self.audit(pass, rec, "reconcile.late_associated", AuditOutcome::DriftFound, detail, &[]);
             }
         }
     }

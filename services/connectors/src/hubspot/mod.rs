@@ -577,6 +577,24 @@ impl Inspect for Hubspot {
             .body(json!({"properties": props}))
     }
 
+    /// One v4 default association per contact.
+    async fn associate(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_id: &str,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let object = self.object_of(kind);
+        for c in contacts {
+            let path = format!("/crm/v4/objects/{object}/{}/associations/default/contacts/{}", urlencode(record_id), urlencode(c));
+            t.call(api, &Request::new(Method::PUT, path, RequestClass::Update), log).await?;
+        }
+        Ok(())
+    }
+
     async fn schema_fields(
         &self,
         api: &Api,

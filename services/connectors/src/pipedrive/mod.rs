@@ -420,6 +420,27 @@ impl Inspect for Pipedrive {
 
     /// Activities' fields are Pipedrive's own (the key rides in the note): nothing a
     /// company admin can remove.
+    /// The persons as the activity's participants, the first primary.
+    async fn associate(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_id: &str,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let people: Vec<Value> = contacts
+            .iter()
+            .filter_map(|c| c.parse::<u64>().ok())
+            .enumerate()
+            .map(|(i, p)| json!({"person_id": p, "primary": i == 0}))
+            .collect();
+        let mut fields = Map::new();
+        fields.insert("participants".into(), json!(people));
+        self.restore(api, t, kind, record_id, &fields, log).await
+    }
+
     async fn schema_fields(
         &self,
         _api: &Api,

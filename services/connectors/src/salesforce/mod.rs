@@ -565,6 +565,29 @@ impl Inspect for Salesforce {
         .body(Value::Object(fields.clone()))
     }
 
+    /// A call's Task gets the contact as WhoId; an email's Task or a meeting's Event its
+    /// people list (TaskWhoIds, EventWhoIds; up to 50), through the same PATCH as a restore.
+    async fn associate(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_id: &str,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let mut fields = Map::new();
+        match people_field(kind) {
+            Some(field) => {
+                fields.insert(field.into(), json!(contacts.iter().take(EVENT_WHO_MAX).collect::<Vec<_>>()));
+            }
+            None => {
+                fields.insert("WhoId".into(), json!(contacts.first()));
+            }
+        }
+        self.restore(api, t, kind, record_id, &fields, log).await
+    }
+
     async fn schema_fields(
         &self,
         api: &Api,

@@ -731,6 +731,27 @@ impl Inspect for Zoho {
         }
     }
 
+    /// A call's or meeting's Who_Id, and a meeting's contacts as Participants, through the
+    /// same PUT as a restore.
+    async fn associate(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_id: &str,
+        contacts: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<(), Failure> {
+        let Some(first) = contacts.first() else { return Ok(()) };
+        let mut fields = Map::new();
+        fields.insert("Who_Id".into(), json!({ "id": first }));
+        if kind == ActivityKind::Meeting {
+            let people: Vec<Value> = contacts.iter().map(|c| json!({"type": "contact", "participant": c})).collect();
+            fields.insert("Participants".into(), json!(people));
+        }
+        self.restore(api, t, kind, record_id, &fields, log).await
+    }
+
     async fn schema_fields(
         &self,
         api: &Api,
