@@ -801,20 +801,6 @@ pub async fn property(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::searchable_digits;
-
-    #[test]
-    fn searchable_digits_drop_formatting_country_code_and_leading_zeros() {
-        assert_eq!(searchable_digits("(415) 555-1212"), "4155551212");
-        assert_eq!(searchable_digits("+1 415-555-1212"), "4155551212");
-        assert_eq!(searchable_digits("+44 20 7946 0958"), "2079460958");
-        assert_eq!(searchable_digits("020 7946 0958"), "2079460958");
-        assert_eq!(searchable_digits("00004"), "4");
-    }
-}
-
 /// `POST /crm/v4/associations/{from}/{to}/batch/read`: each input's associated records of
 /// `to` with their association types (a contact's primary company: typeId 1 beside the
 /// unlabeled 279). An input with none is an error entry (207), as HubSpot answers.
@@ -858,4 +844,18 @@ pub async fn associations_batch_read(
         let status = if errs.is_empty() { 200 } else { 207 };
         json(status, json!({"status": "COMPLETE", "results": results, "errors": errs, "numErrors": errs.len()}))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::searchable_digits;
+
+    #[test]
+    fn searchable_digits_drop_formatting_country_code_and_leading_zeros() {
+        assert_eq!(searchable_digits("(415) 555-1212"), "4155551212");
+        assert_eq!(searchable_digits("+1 415-555-1212"), "4155551212");
+        assert_eq!(searchable_digits("+44 20 7946 0958"), "2079460958");
+        assert_eq!(searchable_digits("020 7946 0958"), "2079460958");
+        assert_eq!(searchable_digits("00004"), "4");
+    }
 }
