@@ -9,6 +9,7 @@ use super::writer_suite::{audited_request, live_ms, outcomes, Case};
 use super::{Broker, RedisPrefix, TempFile};
 use crm_common::codec;
 use crm_common::events::*;
+use crm_dev::seed;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,21 +36,12 @@ impl Case {
 
     /// crm-sim's table of the account's users (owners).
     pub fn users(&self) -> &'static str {
-        match self.crm {
-            Crm::Hubspot => "owners",
-            Crm::Salesforce => "User",
-            _ => "users",
-        }
+        seed::users_table(self.crm)
     }
 
     /// A CRM user with this address, active or deactivated, as crm-sim's native fields.
     pub fn user(&self, name: &str, email: &str, active: bool) -> Value {
-        match self.crm {
-            Crm::Hubspot => json!({"email": email, "firstName": name, "lastName": "Rep", "userId": 77, "archived": !active}),
-            Crm::Salesforce => json!({"Email": email, "Name": name, "IsActive": active, "UserType": "Standard"}),
-            Crm::Zoho => json!({"email": email, "full_name": name, "status": if active { "active" } else { "disabled" }}),
-            _ => json!({"email": email, "name": name, "active_flag": active}),
-        }
+        seed::user(self.crm, name, email, active)
     }
 
     /// Adds a user to the account; its id.
@@ -64,13 +56,11 @@ impl Case {
 
     /// A person deactivates the user in the CRM.
     pub fn deactivate_user(&self, sim: &CrmSim, account: &str, id: &str) {
-        let off = match self.crm {
-            Crm::Hubspot => json!({"archived": true}),
-            Crm::Salesforce => json!({"IsActive": false}),
-            Crm::Zoho => json!({"status": "disabled"}),
-            _ => json!({"active_flag": false}),
-        };
-        sim.admin("PATCH", &format!("/accounts/{}/{account}/objects/{}/{id}", self.name(), self.users()), Some(off));
+        sim.admin(
+            "PATCH",
+            &format!("/accounts/{}/{account}/objects/{}/{id}", self.name(), self.users()),
+            Some(seed::deactivated(self.crm)),
+        );
     }
 
     /// A record's owner as its CRM holds it (a string, a number, or a lookup's id).
@@ -115,12 +105,7 @@ impl Case {
 impl Case {
     /// A company (account, organisation) a person made in the CRM; its id.
     pub fn add_company(&self, sim: &CrmSim, account: &str, name: &str) -> String {
-        let (object, fields) = match self.crm {
-            Crm::Hubspot => ("companies", json!({"name": name, "domain": "customer.example"})),
-            Crm::Salesforce => ("Account", json!({"Name": name})),
-            Crm::Zoho => ("Accounts", json!({"Account_Name": name})),
-            _ => ("organizations", json!({"name": name})),
-        };
+        let (object, fields) = seed::company(self.crm, name);
         sim.admin("POST", &format!("/accounts/{}/{account}/objects/{object}", self.name()), Some(fields))["id"]
             .as_str()
             .unwrap()
@@ -129,17 +114,11 @@ impl Case {
 
     /// Makes `company` the contact's (primary) company, as a person would.
     pub fn set_company(&self, sim: &CrmSim, account: &str, contact: &str, company: &str) {
-        match self.crm {
-            Crm::Hubspot => {
-                sim.admin(
-                    "POST",
-                    &format!("/accounts/hubspot/{account}/links"),
-                    Some(json!({"from": ["contacts", contact], "to": ["companies", company], "type_id": 1})),
-                );
+        match seed::company_link(self.crm, contact, company) {
+            seed::CompanyLink::Link(l) => {
+                sim.admin("POST", &format!("/accounts/{}/{account}/links", self.name()), Some(l));
             }
-            Crm::Salesforce => self.patch(sim, account, self.contacts, contact, json!({"AccountId": company})),
-            Crm::Zoho => self.patch(sim, account, self.contacts, contact, json!({"Account_Name": {"id": company, "name": "Customer Co"}})),
-            _ => self.patch(sim, account, self.contacts, contact, json!({"org_id": company.parse::<u64>().unwrap()})),
+            seed::CompanyLink::Fields(f) => self.patch(sim, account, self.contacts, contact, f),
         }
     }
 
@@ -148,50 +127,18 @@ impl Case {
     }
 
     fn deals(&self) -> &'static str {
-        match self.crm {
-            Crm::Hubspot => "deals",
-            Crm::Salesforce => "Opportunity",
-            Crm::Zoho => "Deals",
-            _ => "deals",
-        }
+        seed::deals_table(self.crm)
     }
 
     /// A deal of the contact's, at the company, open or closed; its id.
     pub fn add_deal(&self, sim: &CrmSim, account: &str, name: &str, contact: &str, company: &str, open: bool) -> String {
-        let fields = match self.crm {
-            Crm::Hubspot => {
-                json!({"dealname": name, "pipeline": "default", "dealstage": if open { "appointmentscheduled" } else { "closedlost" }})
-            }
-            Crm::Salesforce => {
-                json!({"Name": name, "AccountId": company, "StageName": if open { "Prospecting" } else { "Closed Lost" }, "CloseDate": "2027-01-31"})
-            }
-            Crm::Zoho => {
-                json!({"Deal_Name": name, "Stage": if open { "Qualification" } else { "Closed Lost" }, "Contact_Name": {"id": contact}, "Account_Name": {"id": company}})
-            }
-            _ => {
-                json!({"title": name, "status": if open { "open" } else { "lost" }, "person_id": contact.parse::<u64>().unwrap(), "org_id": company.parse::<u64>().unwrap()})
-            }
-        };
+        let fields = seed::deal(self.crm, name, contact, company, open);
         let id = sim.admin("POST", &format!("/accounts/{}/{account}/objects/{}", self.name(), self.deals()), Some(fields))["id"]
             .as_str()
             .unwrap()
             .to_string();
-        match self.crm {
-            Crm::Hubspot => {
-                sim.admin(
-                    "POST",
-                    &format!("/accounts/hubspot/{account}/links"),
-                    Some(json!({"from": ["contacts", contact], "to": ["deals", id], "type_id": 4})),
-                );
-            }
-            Crm::Salesforce => {
-                sim.admin(
-                    "POST",
-                    &format!("/accounts/salesforce/{account}/objects/OpportunityContactRole"),
-                    Some(json!({"ContactId": contact, "OpportunityId": id, "IsPrimary": true, "Role": "Decision Maker"})),
-                );
-            }
-            _ => {}
+        if let Some((path, body)) = seed::deal_link(self.crm, contact, &id) {
+            sim.admin("POST", &format!("/accounts/{}/{account}/{path}", self.name()), Some(body));
         }
         self.next_change_apart();
         id
@@ -199,13 +146,7 @@ impl Case {
 
     /// A person closes the deal (won).
     pub fn close_deal(&self, sim: &CrmSim, account: &str, deal: &str) {
-        let fields = match self.crm {
-            Crm::Hubspot => json!({"dealstage": "closedwon"}),
-            Crm::Salesforce => json!({"StageName": "Closed Won"}),
-            Crm::Zoho => json!({"Stage": "Closed Won"}),
-            _ => json!({"status": "won"}),
-        };
-        self.patch(sim, account, self.deals(), deal, fields);
+        self.patch(sim, account, self.deals(), deal, seed::won(self.crm));
     }
 
     /// A person edits the deal: it becomes the most recently changed.

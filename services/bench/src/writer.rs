@@ -424,6 +424,72 @@ pub struct Args {
     pub fetch_wait_ms: u64,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Timeline on: each backlog account has the agents as CRM users and its contact a
+    /// company and an open deal, and calls come from 5 agents; the backlog then runs a
+    /// second time with the writer's caches warm. Prints owner and context lookups per 100
+    /// records, cold and warm, beside records/s and the limit's pace.
+    #[arg(long)]
+    pub timeline: bool,
+}
+
+/// Agents the timeline backlog's calls come from, each a CRM user of every account.
+const AGENTS: usize = 5;
+
+/// Parts of the counter labels of owner and context lookups at each CRM (Salesforce's are
+/// its SOQL queries: the backlog's writes use none otherwise).
+fn lookup_endpoints(crm: Crm) -> &'static [&'static str] {
+    match crm {
+        Crm::Hubspot => &["/owners", "/associations/", "deals/batch/read"],
+        Crm::Salesforce => &["/query"],
+        Crm::Zoho => &["/users", "/coql"],
+        _ => &["/users/find", "/persons/{id}", "/deals"],
+    }
+}
+
+/// Lookups (owners and context) in an account's counters.
+fn lookups(crm: Crm, counters: &Value) -> u64 {
+    counters.as_object().map_or(0, |m| {
+        m.iter()
+            .filter(|(label, _)| lookup_endpoints(crm).iter().any(|e| label.contains(e)))
+            .flat_map(|(_, by_status)| by_status.as_object().into_iter().flat_map(|s| s.values()))
+            .map(|n| n.as_u64().unwrap_or(0))
+            .sum()
+    })
+}
+
+/// Seeds a backlog account for the timeline: the agents as users, a company and an open
+/// deal for its contact (crm_dev::seed, as the tests make them).
+fn seed_timeline(sim: &Sim, crm: Crm, account: &str) -> anyhow::Result<()> {
+    use crm_dev::seed;
+    let base = format!("/accounts/{}/{account}", crm.as_str());
+    for j in 0..AGENTS {
+        let user = seed::user(crm, &format!("Agent {j}"), &format!("agent{j}@bench.example"), true);
+        sim.admin(reqwest::Method::POST, &format!("{base}/objects/{}", seed::users_table(crm)), Some(user))?;
+    }
+    let contacts = match crm {
+        Crm::Hubspot => "contacts",
+        Crm::Salesforce => "Contact",
+        Crm::Zoho => "Contacts",
+        _ => "persons",
+    };
+    let list = sim.admin(reqwest::Method::GET, &format!("{base}/objects/{contacts}?deleted=false"), None)?;
+    let contact = list["records"][0]["id"].as_str().ok_or_else(|| anyhow::anyhow!("{account} has no contact"))?.to_string();
+    let (table, fields) = seed::company(crm, "Customer Co");
+    let company =
+        sim.admin(reqwest::Method::POST, &format!("{base}/objects/{table}"), Some(fields))?["id"].as_str().unwrap_or_default().to_string();
+    match seed::company_link(crm, &contact, &company) {
+        seed::CompanyLink::Link(l) => sim.admin(reqwest::Method::POST, &format!("{base}/links"), Some(l))?,
+        seed::CompanyLink::Fields(f) => sim.admin(reqwest::Method::PATCH, &format!("{base}/objects/{contacts}/{contact}"), Some(f))?,
+    };
+    let deal = seed::deal(crm, "Renewal", &contact, &company, true);
+    let deal = sim.admin(reqwest::Method::POST, &format!("{base}/objects/{}", seed::deals_table(crm)), Some(deal))?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if let Some((path, body)) = seed::deal_link(crm, &contact, &deal) {
+        sim.admin(reqwest::Method::POST, &format!("{base}/{path}"), Some(body))?;
+    }
+    Ok(())
 }
 
 /// What the run set up: the broker, crm-sim, the tenants, and how to start a service.
@@ -484,6 +550,9 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
     let plan = |spec: Value| spec["plan"].as_str().unwrap_or_default().to_string();
     for (t, limited) in backlog.iter().map(|t| (t, true)).chain(live.iter().map(|t| (t, false))) {
         sim.account(p, t, limited)?;
+        if limited && a.timeline {
+            seed_timeline(&sim, p.crm, t)?;
+        }
         let limits = if limited { (p.tenant_limit)(p.limit) } else { String::new() };
         config += &format!(
             "[tenants.{t}]\ndefault_region = \"US\"\n[tenants.{t}.crms.{crm}]\nplan = \"{}\"\ncredentials_secret = \"TOK_{}\"\nbase_url = \"{url}/{crm}\"\n{activities}{limits}\n",
@@ -528,18 +597,53 @@ fn limit_text(p: &Profile) -> String {
 
 /// Phase 1: a backlog, limit-bound: records/s, calls, throttles and the share of the
 /// limit's pace used.
-fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
-    let (crm, tenants, limit_text) = (p.crm.as_str(), a.tenants, limit_text(p));
-    let backlog = &setup.backlog;
+/// Queues `records` backlog requests, numbered from `from` (the timeline's calls come from
+/// the agents in turn).
+fn produce_backlog(p: &Profile, a: &Args, setup: &Setup, records: usize, from: usize) -> anyhow::Result<()> {
+    let (tenants, backlog) = (a.tenants, &setup.backlog);
     let kind = p.kind.as_ref().map_or(ActivityKind::Call, |k| k.kind);
-    eprintln!("phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}…", kind.as_str());
-    produce_all(&setup.broker.bootstrap_servers(), &Topics::default().crm_writes(p.crm), records, |i| {
+    produce_all(&setup.broker.bootstrap_servers(), &Topics::default().crm_writes(p.crm), records, |n| {
+        let i = from + n;
         let tenant = &backlog[i % tenants];
         Ok(match kind {
-            ActivityKind::Call => (tenant.clone(), codec::encode(&request(p.crm, tenant, i))?),
+            ActivityKind::Call => {
+                let mut r = request(p.crm, tenant, i);
+                if a.timeline {
+                    let agent = (i / tenants) % AGENTS;
+                    r.call.agent_id = format!("agent-{agent}");
+                    r.call.agent_email = Some(format!("agent{agent}@bench.example"));
+                }
+                (tenant.clone(), codec::encode(&r)?)
+            }
             kind => (tenant.clone(), codec::encode(&activity_request(p.crm, kind, tenant, i))?),
         })
-    })?;
+    })
+}
+
+/// Waits until the backlog accounts hold `records` records (or 10 minutes passed): the
+/// first record's and the last's times, and how many there are.
+fn wait_written(p: &Profile, setup: &Setup, records: usize) -> (Option<Instant>, Instant, u64) {
+    let (backlog, sim) = (&setup.backlog, &setup.sim);
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let before: u64 = backlog.iter().map(|t| sim.state(p, t).map(|s| s.0).unwrap_or(0)).sum();
+    loop {
+        let written: u64 = backlog.iter().map(|t| sim.state(p, t).map(|s| s.0).unwrap_or(0)).sum();
+        if written > before && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if written as usize >= records || Instant::now() > deadline {
+            return (first, Instant::now(), written);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
+    let (crm, tenants, limit_text) = (p.crm.as_str(), a.tenants, limit_text(p));
+    let kind = p.kind.as_ref().map_or(ActivityKind::Call, |k| k.kind);
+    eprintln!("phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}…", kind.as_str());
+    produce_backlog(p, a, setup, records, 0)?;
     setup.spawn("writer", &["--crm", crm], a)?;
     let (backlog, sim) = (&setup.backlog, &setup.sim);
     let mut first: Option<Instant> = None;
@@ -565,6 +669,7 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
         });
         throttled += all_throttled(&c, p.throttle);
     }
+    let cold_lookups: u64 = backlog.iter().map(|t| sim.state(p, t).map(|(_, c)| lookups(p.crm, &c)).unwrap_or(0)).sum();
     let secs = elapsed.as_secs_f64();
     println!(
         "\nbench writer --crm {crm} --kind {}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}",
@@ -593,6 +698,29 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
             all_calls / tenants as u64,
             p.limit
         ),
+    }
+    if a.timeline {
+        // The same backlog again, new calls from the same agents and contact: the writer's
+        // owner and context caches are warm.
+        produce_backlog(p, a, setup, records, records)?;
+        let (first, done, total) = wait_written(p, setup, 2 * records);
+        let warm_secs = done.duration_since(first.unwrap_or(done)).as_secs_f64().max(0.001);
+        let all_lookups: u64 = setup.backlog.iter().map(|t| setup.sim.state(p, t).map(|(_, c)| lookups(p.crm, &c)).unwrap_or(0)).sum();
+        let warm = all_lookups - cold_lookups;
+        let second = total.saturating_sub(written);
+        println!(
+            "  timeline          owners ({AGENTS} agents, CRM users by email) and company + open deal per record; lookups = {}",
+            lookup_endpoints(p.crm).join(", ")
+        );
+        println!(
+            "  lookups, cold     {cold_lookups} requests for {written} records: {:.2} per 100 records",
+            100.0 * cold_lookups as f64 / written.max(1) as f64
+        );
+        println!(
+            "  lookups, warm     {warm} requests for {second} more records: {:.2} per 100 records ({:.0} records/s)",
+            100.0 * warm as f64 / second.max(1) as f64,
+            second as f64 / warm_secs
+        );
     }
     Ok(())
 }

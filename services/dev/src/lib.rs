@@ -4,6 +4,8 @@
 //! the newest 5 MiB or 100,000 messages of each partition and drops older ones silently
 //! (librdkafka rdkafka_mock.c), so size dev and bench backlogs to fit.
 
+pub mod seed;
+
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
