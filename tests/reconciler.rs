@@ -292,6 +292,10 @@ fn owner_reassignments_drift_only_where_the_tenant_owns_the_owner(case: &Case) {
         let tenant = rig.tenant.clone();
         let rep = case.add_user(&rig.sim, &tenant, "Rep", "rep@acme.example", true);
         let lead = case.add_user(&rig.sim, &tenant, "Lead", "lead@acme.example", true);
+        // The customer's contact is at a company, so the call is associated with it too.
+        let ada = rig.sim.records(crm, &tenant, case.contacts)[0]["id"].as_str().unwrap().to_string();
+        let company = case.add_company(&rig.sim, &tenant, "Customer Co");
+        case.set_company(&rig.sim, &tenant, &ada, &company);
         let _sink = rig.sink();
         let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[&tenant], &[]);
         rig.broker.produce(&case.topic(), &[case.request_by(&tenant, "c1", 1, "agent-1", Some("rep@acme.example"))]);
@@ -316,6 +320,25 @@ fn owner_reassignments_drift_only_where_the_tenant_owns_the_owner(case: &Case) {
         } else {
             assert_eq!(r["matching"], 1, "a person's reassignment is not drift under the shipped contract: {r}");
             assert_eq!(owner_now(), Some(lead.clone()), "their reassignment stands");
+            // The weekly attribution check reports it, and a company a person took off the
+            // record, and repairs neither.
+            case.clear_context(&rig.sim, &tenant, case.calls, &id, &company);
+            let (code, out) = rig.crm_sync(&["reconcile", "--tenant", &tenant, "--crm", crm, "--json", "--attribution"]);
+            assert_eq!(code, 0);
+            let a: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+            assert_eq!((a["findings"]["owner_changed"].as_i64(), a["findings"]["context_changed"].as_i64()), (Some(1), Some(1)), "{a}");
+            assert_eq!(a["repaired"], 0, "{a}");
+            assert_eq!(owner_now(), Some(lead.clone()), "reported, not repaired");
+            wait_for("attribution findings stored", Duration::from_secs(20), || {
+                rig.db.count("SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND operation = 'reconcile.attribution' AND outcome = 'DRIFT_FOUND'") == 2
+            });
+        }
+        if owned {
+            // After the repair, the attribution check finds the owner as written.
+            let (code, out) = rig.crm_sync(&["reconcile", "--tenant", &tenant, "--crm", crm, "--json", "--attribution"]);
+            assert_eq!(code, 0);
+            let a: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+            assert!(a["findings"]["owner_changed"].is_null() && a["findings"]["context_changed"].is_null(), "{a}");
         }
     }
 }

@@ -168,6 +168,23 @@ impl Case {
         std::thread::sleep(Duration::from_millis(ms));
     }
 
+    /// A person removes a record's company and deal (HubSpot: the associations; elsewhere
+    /// the fields holding them).
+    pub fn clear_context(&self, sim: &CrmSim, account: &str, object: &str, record_id: &str, company: &str) {
+        match self.crm {
+            Crm::Hubspot => {
+                sim.admin(
+                    "DELETE",
+                    &format!("/accounts/hubspot/{account}/links"),
+                    Some(json!({"from": [object, record_id], "to": ["companies", company], "type_id": 0})),
+                );
+            }
+            Crm::Salesforce => self.patch(sim, account, object, record_id, json!({"WhatId": null, "AccountId": null})),
+            Crm::Zoho => self.patch(sim, account, object, record_id, json!({"What_Id": null, "$se_module": null})),
+            _ => self.patch(sim, account, object, record_id, json!({"org_id": null, "deal_id": null})),
+        }
+    }
+
     /// The company and the deal a record of `object` is associated with, as its CRM shows
     /// them (Salesforce and Zoho hold one "what": the deal when there is one, whose
     /// account is the record's company).

@@ -436,6 +436,9 @@ pub struct Written {
     pub linked_contact: Option<String>,
     /// The CRM user the writer last made the record's owner, when it set one.
     pub owner_id: Option<String>,
+    /// The company and deal the writer associated it with, when it did.
+    pub company_id: Option<String>,
+    pub deal_id: Option<String>,
 }
 
 /// One reconciliation pass of one tenant in one CRM: the parity report.
@@ -486,6 +489,12 @@ impl AuditStore {
                     ORDER BY c.occurred_at DESC LIMIT 1), \
                  (SELECT o.attributes->>'owner_id' FROM audit o WHERE o.call_id = a.call_id AND o.tenant_id = a.tenant_id AND o.crm = a.crm \
                     AND o.attributes ? 'owner_id' AND o.outcome = 'SUCCEEDED' AND o.crm_record_id = a.crm_record_id \
+                    AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1), \
+                 (SELECT o.attributes->>'company_id' FROM audit o WHERE o.call_id = a.call_id AND o.tenant_id = a.tenant_id AND o.crm = a.crm \
+                    AND o.attributes ? 'company_id' AND o.outcome = 'SUCCEEDED' AND o.crm_record_id = a.crm_record_id \
+                    AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1), \
+                 (SELECT o.attributes->>'deal_id' FROM audit o WHERE o.call_id = a.call_id AND o.tenant_id = a.tenant_id AND o.crm = a.crm \
+                    AND o.attributes ? 'deal_id' AND o.outcome = 'SUCCEEDED' AND o.crm_record_id = a.crm_record_id \
                     AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1) \
                  FROM audit a WHERE a.tenant_id = $1 AND a.crm = $2 AND a.stage = 'WRITER' AND a.operation = 'write' AND a.outcome = 'SUCCEEDED' \
                    AND a.occurred_at >= $3 AND a.occurred_at <= $4 AND a.call_id IS NOT NULL AND a.crm_record_id IS NOT NULL \
@@ -507,6 +516,8 @@ impl AuditStore {
                 at_ms: ms_of(r.get(7)),
                 linked_contact: r.get(8),
                 owner_id: r.get(9),
+                company_id: r.get(10),
+                deal_id: r.get(11),
             })
             .collect())
     }

@@ -109,6 +109,14 @@ pub fn missing_are(mut found: HashMap<String, Live>, wanted: &[Wanted], missing:
     found
 }
 
+/// Whose a record is and what it relates to, as the CRM shows it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attribution {
+    pub owner: Option<String>,
+    /// Ids of the companies (accounts, organisations) and deals it is associated with.
+    pub related: BTreeSet<String>,
+}
+
 /// A record the reconciler asks about: its id, and the contact the writer linked it to.
 #[derive(Debug, Clone)]
 pub struct Wanted {
@@ -386,6 +394,25 @@ pub trait Inspect: Connector {
             let reply = t.call(api, &self.restore_request(kind, record_id, fields), log).await?;
             self.restored(&reply)
         }
+    }
+
+    /// Whose each record is and what it relates to now (the attribution check): its owner
+    /// and the ids of the companies and deals it is associated with, as the CRM shows them.
+    /// Every id asked about that exists has an answer.
+    fn attribution(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
+        record_ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<HashMap<String, Attribution>, Failure>> + Send;
+
+    /// What a create with this company and deal relates the record to, as the CRM shows it
+    /// afterwards: both where the CRM associates each (HubSpot, Pipedrive), the deal else the
+    /// company where a record has one "what" (Salesforce, Zoho).
+    fn written_relations(&self, company: Option<&str>, deal: Option<&str>) -> BTreeSet<String> {
+        company.into_iter().chain(deal).map(str::to_string).collect()
     }
 
     /// Associates record `record_id` of `kind`, written without a contact, with

@@ -22,6 +22,10 @@ pub struct ReconcileArgs {
     /// Check writes made since this long ago (default: the lookback).
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
+    /// Run the attribution check (owners, companies and deals against what was written)
+    /// over RECONCILE_ATTRIBUTION_LOOKBACK (30 days) unless --since says otherwise.
+    #[arg(long)]
+    attribution: bool,
     /// Print the latest stored parity report instead of running a pass.
     #[arg(long)]
     report: bool,
@@ -62,7 +66,7 @@ async fn reports(args: &ReconcileArgs) -> anyhow::Result<Vec<ParityReport>> {
         return Ok(runs.into_iter().filter(|r| wanted(&r.crm)).collect());
     }
     let crms = if args.crms.is_empty() { vec![Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] } else { args.crms.clone() };
-    let since = args.since.unwrap_or(args.opts.lookback);
+    let since = args.since.unwrap_or(if args.attribution { args.opts.attribution_lookback } else { args.opts.lookback });
     let from = crm_common::clock::now_ms() - since.as_millis() as i64;
     let mut out = vec![];
     for crm in crms {
@@ -72,7 +76,7 @@ async fn reports(args: &ReconcileArgs) -> anyhow::Result<Vec<ParityReport>> {
             let r = reconciler::build(c, &args.common, &args.opts).await?;
             let mut got = vec![];
             for t in r.tenant_ids().into_iter().filter(|t| args.tenant.as_ref().is_none_or(|w| w == t)) {
-                got.push(r.pass(&t, from).await);
+                got.push(if args.attribution { r.attribution_pass(&t, from).await } else { r.pass(&t, from).await });
             }
             got
         });

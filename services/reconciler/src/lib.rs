@@ -33,7 +33,7 @@ use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
 use crm_common::tenants::{OnDeleted, Tenants};
 use crm_connectors::api::{Api, Exchange};
 use crm_connectors::claims::Claims;
-use crm_connectors::connector::{Inspect, Live, TenantOf, Wanted};
+use crm_connectors::connector::{Attribution, Inspect, Live, TenantOf, Wanted};
 use crm_connectors::contacts::ContactCache;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
@@ -54,6 +54,11 @@ pub mod kind {
     pub const UNASSOCIATED: &str = "unassociated";
     /// Written without a contact; one matches now, and the record was associated with it.
     pub const LATE_ASSOCIATED: &str = "late_associated";
+    /// Attribution pass: the owner is not the one written (a person reassigned it; repaired
+    /// only where the tenant's contract owns the owner).
+    pub const OWNER_CHANGED: &str = "owner_changed";
+    /// Attribution pass: a company or deal written is no longer associated.
+    pub const CONTEXT_CHANGED: &str = "context_changed";
 }
 
 pub struct Reconciler<C: Inspect> {
@@ -85,6 +90,8 @@ struct Checked<'a> {
     subject: Subject<'a>,
     /// Findings already dead-lettered by earlier passes: (record id, operation).
     known: &'a HashSet<(String, String)>,
+    /// Whose it is and what it relates to now (attribution passes only).
+    attribution: Option<&'a Attribution>,
     v: Verdict,
 }
 
@@ -104,6 +111,8 @@ struct Pass<'a> {
     tenant: &'a str,
     out: Vec<OutRecord>,
     findings: BTreeMap<String, i64>,
+    /// An attribution pass: owners and associations are checked too.
+    attribution: bool,
 }
 
 impl Pass<'_> {
@@ -147,6 +156,18 @@ impl<C: Inspect> Reconciler<C> {
     /// One pass over `tenant`'s writes to this CRM since `from_ms`. Never fails: a pass that
     /// cannot finish says why in the report's `error`.
     pub async fn pass(&self, tenant: &str, from_ms: i64) -> ParityReport {
+        self.pass_as(tenant, from_ms, false).await
+    }
+
+    /// The attribution check (RECONCILE_ATTRIBUTION_EVERY, weekly, over
+    /// RECONCILE_ATTRIBUTION_LOOKBACK, 30 days): a pass that also reads each record's owner
+    /// and the companies and deals it relates to, and reports where they are no longer what
+    /// was written; it repairs only fields the contract owns (an owned, restorable owner).
+    pub async fn attribution_pass(&self, tenant: &str, from_ms: i64) -> ParityReport {
+        self.pass_as(tenant, from_ms, true).await
+    }
+
+    async fn pass_as(&self, tenant: &str, from_ms: i64, attribution: bool) -> ParityReport {
         let crm = self.crm();
         let mut report = ParityReport {
             run_id: uuid::Uuid::new_v4().to_string(),
@@ -162,6 +183,7 @@ impl<C: Inspect> Reconciler<C> {
             tenant,
             out: vec![],
             findings: BTreeMap::new(),
+            attribution,
         };
         if let Err(e) = self.run(&mut pass, &mut report).await {
             tracing::error!(tenant, crm = crm.as_str(), "reconciliation pass stopped: {e:#}");
@@ -297,6 +319,24 @@ impl<C: Inspect> Reconciler<C> {
         }
         let ids: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
         let known = self.store.reconciler_dead_letters(pass.tenant, crm.as_str(), &ids).await?;
+        // Attribution: whose each record is and what it relates to, where the writer set any.
+        let mut attributions: HashMap<String, Attribution> = HashMap::new();
+        if pass.attribution {
+            let asked: Vec<String> = written
+                .iter()
+                .filter(|w| w.owner_id.is_some() || w.company_id.is_some() || w.deal_id.is_some())
+                .filter(|w| matches!(live.get(&w.record_id), Some(Live::Present { .. })))
+                .map(|w| w.record_id.clone())
+                .collect();
+            for chunk in asked.chunks(500) {
+                let got = self
+                    .connector
+                    .attribution(&self.api, client, kind, chunk, &mut log)
+                    .await
+                    .map_err(|f| anyhow::anyhow!("reading {} records' owners and associations: {}: {}", kind.as_str(), f.reason.as_str(), f.detail))?;
+                attributions.extend(got);
+            }
+        }
 
         // 4. Each record.
         let on_deleted = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.on_deleted).unwrap_or_default();
@@ -323,6 +363,7 @@ impl<C: Inspect> Reconciler<C> {
                     kind: Some(kind),
                 },
                 known: &known,
+                attribution: attributions.get(&w.record_id),
                 v: Verdict::default(),
             };
             let v = self.check(pass, client, rec, state, on_deleted).await;
@@ -380,6 +421,9 @@ impl<C: Inspect> Reconciler<C> {
             }
         }
         let contract = self.connector.contract_for_tenant(pass.tenant, rec.kind);
+        if pass.attribution {
+            self.check_attribution(pass, rec, contract).await;
+        }
         // An owned owner is compared with the one the writer set (its audit's owner_id).
         let resolved = crm_connectors::contract::Resolved { owner_id: rec.w.owner_id.as_deref() };
         let changed = rec.req.map(|r| changed_fields(contract, &contract.owned_values_with(r, &resolved), fields)).unwrap_or_default();
@@ -427,6 +471,46 @@ impl<C: Inspect> Reconciler<C> {
                 );
                 self.dead_letter(pass, rec, "reconcile.contact_deleted", DlqReason::ContactDeleted, detail, CrmAnswer::default());
             }
+        }
+    }
+
+    /// The attribution check of one record: its owner against the one written, unless the
+    /// contract owns it (then the owned-field comparison restores it), and the company and
+    /// deal written against what it relates to now. Reported (DRIFT_FOUND), never repaired:
+    /// a person's reassignment or re-association is theirs.
+    async fn check_attribution(&self, pass: &mut Pass<'_>, rec: &mut Checked<'_>, contract: &crm_connectors::contract::Contract) {
+        let Some(now) = rec.attribution else { return };
+        let crm = pass.crm.as_str();
+        let owner_owned = contract
+            .owner_field()
+            .and_then(|f| contract.fields.get(f))
+            .is_some_and(|r| r.ownership == crm_connectors::contract::Ownership::Owned && r.restorable);
+        if let Some(want) = rec.w.owner_id.clone() {
+            if now.owner.as_deref() != Some(want.as_str()) && !owner_owned {
+                pass.note(kind::OWNER_CHANGED);
+                rec.v.drifted = true;
+                let detail = format!(
+                    "record {} is owned by {} in {crm}, not {want} as written: reassigned by a person; the contract leaves the owner to people, so it is reported, not repaired",
+                    rec.w.record_id,
+                    now.owner.as_deref().unwrap_or("no one")
+                );
+                let attrs = [("owner_written", want), ("owner_now", now.owner.clone().unwrap_or_default())];
+                self.audit(pass, rec, "reconcile.attribution", AuditOutcome::DriftFound, detail, &attrs);
+            }
+        }
+        let want = self.connector.written_relations(rec.w.company_id.as_deref(), rec.w.deal_id.as_deref());
+        let gone: Vec<&String> = want.iter().filter(|r| !now.related.contains(*r)).collect();
+        if !gone.is_empty() {
+            pass.note(kind::CONTEXT_CHANGED);
+            rec.v.drifted = true;
+            let now_text = now.related.iter().cloned().collect::<Vec<_>>().join(", ");
+            let detail = format!(
+                "record {} is no longer associated with {} in {crm} (now: {}): changed by a person, reported, not repaired",
+                rec.w.record_id,
+                gone.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(", "),
+                if now_text.is_empty() { "none" } else { now_text.as_str() }
+            );
+            self.audit(pass, rec, "reconcile.attribution", AuditOutcome::DriftFound, detail, &[("related_now", now_text.clone())]);
         }
     }
 
@@ -741,6 +825,13 @@ pub struct Options {
     /// Writes made this long ago or less are checked in each pass.
     #[arg(long, env = "RECONCILE_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
     pub lookback: Duration,
+    /// How often each tenant's attribution check runs (owners and companies/deals of the
+    /// records written, over the longer look-back below).
+    #[arg(long, env = "RECONCILE_ATTRIBUTION_EVERY", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub attribution_every: Duration,
+    /// Writes made this long ago or less are checked by the attribution check.
+    #[arg(long, env = "RECONCILE_ATTRIBUTION_LOOKBACK", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub attribution_lookback: Duration,
     /// Writes younger than this are left for the next pass (the audit store settles).
     #[arg(long, env = "RECONCILE_SETTLE", default_value = "2m", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -829,7 +920,22 @@ impl<C: Inspect> Reconciler<C> {
     /// Takes this (tenant, CRM)'s turn for the next `every`, across replicas: true when this
     /// replica should run the pass now.
     pub async fn take_turn(&self, tenant: &str, every: Duration) -> redis::RedisResult<bool> {
-        let key = crm_common::redis_keys::reconcile_turn(&self.contacts.prefix, tenant, self.crm().as_str());
+        self.take_turn_of(tenant, every, "").await
+    }
+
+    /// The same, for the attribution check's own cadence. The first turn comes one period
+    /// after a tenant is first seen (a deployment or restart must not start with a 30-day
+    /// pass); `crm-sync reconcile --attribution` runs one at once.
+    pub async fn take_attribution_turn(&self, tenant: &str, every: Duration) -> redis::RedisResult<bool> {
+        let seen = crm_common::redis_keys::reconcile_turn(&self.contacts.prefix, tenant, self.crm().as_str()) + ":attribution-seen";
+        let mut conn = self.contacts.conn.clone();
+        let first: Option<String> = redis::cmd("SET").arg(&seen).arg(now_ms()).arg("NX").query_async(&mut conn).await?;
+        let turn = self.take_turn_of(tenant, every, ":attribution").await?;
+        Ok(turn && first.is_none())
+    }
+
+    async fn take_turn_of(&self, tenant: &str, every: Duration, which: &str) -> redis::RedisResult<bool> {
+        let key = crm_common::redis_keys::reconcile_turn(&self.contacts.prefix, tenant, self.crm().as_str()) + which;
         let mut conn = self.contacts.conn.clone();
         let set: Option<String> =
             redis::cmd("SET").arg(key).arg(now_ms()).arg("NX").arg("PX").arg(every.as_millis() as u64).query_async(&mut conn).await?;

@@ -70,6 +70,12 @@ async fn serve<C: Inspect>(r: Reconciler<C>, opts: Options, every: Duration, sto
                 Ok(false) => {}
                 Err(e) => tracing::warn!(tenant, crm, error = %e, "Redis unavailable; passes wait for it"),
             }
+            // The attribution check, on its own (weekly) cadence over its longer look-back.
+            if let Ok(true) = r.take_attribution_turn(&tenant, opts.attribution_every).await {
+                let from = crm_common::clock::now_ms() - opts.attribution_lookback.as_millis() as i64;
+                r.attribution_pass(&tenant, from).await;
+                crm_common::health::beat();
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -19,6 +19,7 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
+    Attribution,
     create_reading_before_resending, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::context::{ContactContext, OpenDeal};
@@ -593,6 +594,40 @@ impl Inspect for Hubspot {
             t.call(api, &Request::new(Method::PUT, path, RequestClass::Update), log).await?;
         }
         Ok(())
+    }
+
+    /// The owner by batch read, companies and deals by the v4 association batch reads.
+    async fn attribution(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Attribution>, Failure> {
+        let object = self.object_of(kind).to_string();
+        let mut out: HashMap<String, Attribution> = HashMap::new();
+        for chunk in record_ids.chunks(BATCH_MAX) {
+            let inputs: Vec<Value> = chunk.iter().map(|id| json!({"id": id})).collect();
+            let read = Request::new(Method::POST, format!("/crm/v3/objects/{object}/batch/read"), RequestClass::Read)
+                .body(json!({"inputs": inputs, "properties": ["hubspot_owner_id"]}));
+            let found: Batch = t.fetch(api, &read, log).await?;
+            for r in found.results {
+                let owner = r.property("hubspot_owner_id").filter(|o| !o.is_empty()).map(str::to_string);
+                out.insert(r.id.clone(), Attribution { owner, related: BTreeSet::new() });
+            }
+            for to in ["companies", "deals"] {
+                let req = Request::new(Method::POST, format!("/crm/v4/associations/{object}/{to}/batch/read"), RequestClass::Read)
+                    .body(json!({"inputs": inputs}));
+                let links: wire::AssociationsBatch = t.fetch(api, &req, log).await?;
+                for r in links.results {
+                    if let Some(a) = out.get_mut(&r.from.id) {
+                        a.related.extend(r.to.into_iter().map(|x| x.to_object_id));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn schema_fields(

@@ -22,6 +22,7 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
+    Attribution,
     create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
     Wanted,
 };
@@ -439,6 +440,29 @@ impl Inspect for Pipedrive {
         let mut fields = Map::new();
         fields.insert("participants".into(), json!(people));
         self.restore(api, t, kind, record_id, &fields, log).await
+    }
+
+    /// owner_id, org_id and deal_id of each activity, by the listing with `ids`.
+    async fn attribution(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        _kind: ActivityKind,
+        record_ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Attribution>, Failure> {
+        let text = |v: Option<&Value>| v.and_then(|v| v.as_u64().map(|n| n.to_string()).or_else(|| v.as_str().map(str::to_string)));
+        let mut out = HashMap::new();
+        for chunk in record_ids.chunks(100) {
+            let req = Request::get(format!("{}?ids={}&limit=100", self.activities(), urlencode(&chunk.join(","))), RequestClass::List);
+            let page: Envelope<Vec<Activity>> = t.fetch(api, &req, log).await?;
+            for a in page.data {
+                let Some(id) = a.id.clone() else { continue };
+                let related = [text(a.fields.get("org_id")), text(a.fields.get("deal_id"))].into_iter().flatten().collect();
+                out.insert(id, Attribution { owner: text(a.fields.get("owner_id")), related });
+            }
+        }
+        Ok(out)
     }
 
     async fn schema_fields(

@@ -23,7 +23,8 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
+use crate::connector::{
+    Attribution,missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
@@ -586,6 +587,31 @@ impl Inspect for Salesforce {
             }
         }
         self.restore(api, t, kind, record_id, &fields, log).await
+    }
+
+    /// OwnerId and the one WhatId, by SOQL (50 per query).
+    async fn attribution(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Attribution>, Failure> {
+        let mut out = HashMap::new();
+        for chunk in record_ids.chunks(EMAILS_PER_QUERY) {
+            let list = chunk.iter().map(|c| soql_text(c)).collect::<Vec<_>>().join(", ");
+            let q = format!("SELECT Id, OwnerId, WhatId FROM {} WHERE Id IN ({list})", self.object_of(kind));
+            for r in self.soql(api, t, &q, log).await? {
+                let related = r.field("WhatId").filter(|w| !w.is_empty()).map(str::to_string).into_iter().collect();
+                out.insert(r.id.clone(), Attribution { owner: r.field("OwnerId").map(str::to_string), related });
+            }
+        }
+        Ok(out)
+    }
+
+    fn written_relations(&self, company: Option<&str>, deal: Option<&str>) -> BTreeSet<String> {
+        deal.or(company).map(str::to_string).into_iter().collect()
     }
 
     async fn schema_fields(

@@ -27,6 +27,7 @@ use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
+    Attribution,
     create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
     Wanted,
 };
@@ -750,6 +751,33 @@ impl Inspect for Zoho {
             fields.insert("Participants".into(), json!(people));
         }
         self.restore(api, t, kind, record_id, &fields, log).await
+    }
+
+    /// Owner and the one What_Id, by COQL (50 per query).
+    async fn attribution(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        record_ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashMap<String, Attribution>, Failure> {
+        let lookup = |v: Option<&Value>| v.and_then(|v| v.get("id").or(Some(v))).and_then(|v| v.as_str().map(str::to_string));
+        let mut out = HashMap::new();
+        for chunk in record_ids.chunks(COQL_IN_MAX) {
+            let list = chunk.iter().map(|c| coql_str(c)).collect::<Vec<_>>().join(", ");
+            let q = format!("select id, Owner, What_Id from {} where id in ({list}) limit 200", self.module(kind));
+            for r in t.fetch::<Data<Row>>(api, &coql(q), log).await?.rows() {
+                let Some(id) = r.id else { continue };
+                let related = lookup(r.fields.get("What_Id")).into_iter().collect();
+                out.insert(id, Attribution { owner: lookup(r.fields.get("Owner")), related });
+            }
+        }
+        Ok(out)
+    }
+
+    fn written_relations(&self, company: Option<&str>, deal: Option<&str>) -> BTreeSet<String> {
+        deal.or(company).map(str::to_string).into_iter().collect()
     }
 
     async fn schema_fields(
