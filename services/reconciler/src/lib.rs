@@ -329,11 +329,9 @@ impl<C: Inspect> Reconciler<C> {
                 .map(|w| w.record_id.clone())
                 .collect();
             for chunk in asked.chunks(500) {
-                let got = self
-                    .connector
-                    .attribution(&self.api, client, kind, chunk, &mut log)
-                    .await
-                    .map_err(|f| anyhow::anyhow!("reading {} records' owners and associations: {}: {}", kind.as_str(), f.reason.as_str(), f.detail))?;
+                let got = self.connector.attribution(&self.api, client, kind, chunk, &mut log).await.map_err(|f| {
+                    anyhow::anyhow!("reading {} records' owners and associations: {}: {}", kind.as_str(), f.reason.as_str(), f.detail)
+                })?;
                 attributions.extend(got);
             }
         }

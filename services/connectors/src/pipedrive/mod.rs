@@ -22,9 +22,8 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    Attribution,
-    create_reading_before_resending, missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
-    Wanted,
+    create_reading_before_resending, missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live,
+    ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};

@@ -23,8 +23,7 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{
-    Attribution,missing_are, not_yet_linked, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
+use crate::connector::{missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
