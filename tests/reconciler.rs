@@ -90,6 +90,24 @@ fn rig(case: &Case, label: &str, tenant_extra: &str) -> Rig {
     Rig { broker, sim, db, prefix, tenants, tenant, secrets }
 }
 
+/// A rig for emails and meetings: the account with the activity contacts and key fields,
+/// the tenant taking every kind its writer writes.
+fn activity_rig(case: &Case, label: &str) -> Rig {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let tenant = format!("{label}-{}", case.name());
+    case.activity_account(&sim, &tenant);
+    Rig {
+        tenants: case.activity_tenants(&sim, &[&tenant]),
+        db: PrivateDb::new(label),
+        prefix: RedisPrefix::new(label),
+        secrets: vec![(case.secret(&tenant), case.token(&tenant))],
+        tenant,
+        broker,
+        sim,
+    }
+}
+
 fn record_of<'a>(case: &Case, records: &'a [Value], call: &str, tenant: &str) -> Option<&'a Value> {
     let key = idempotency_key(tenant, call, case.crm);
     records.iter().find(|r| {
@@ -221,19 +239,7 @@ fn every_kind_of_drift(case: &Case) {
 /// hang on a contact's related list and are not read back).
 fn meetings_and_emails_drift_per_kind(case: &Case) {
     let a = case.acts();
-    let broker = Broker::start(1);
-    let sim = CrmSim::start();
-    let tenant = format!("rk-{}", case.name());
-    case.activity_account(&sim, &tenant);
-    let rig = Rig {
-        tenants: case.activity_tenants(&sim, &[&tenant]),
-        db: PrivateDb::new("rk"),
-        prefix: RedisPrefix::new("rk"),
-        secrets: vec![(case.secret(&tenant), case.token(&tenant))],
-        tenant,
-        broker,
-        sim,
-    };
+    let rig = activity_rig(case, "rk");
     let (tenant, crm) = (rig.tenant.as_str(), case.name());
     let _sink = rig.sink();
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
@@ -350,19 +356,7 @@ fn owner_reassignments_drift_only_where_the_tenant_owns_the_owner(case: &Case) {
 /// `unassociated`. A second pass finds nothing new to do.
 fn unassociated_activities_are_matched_again_by_the_next_pass(case: &Case) {
     let a = case.acts();
-    let broker = Broker::start(1);
-    let sim = CrmSim::start();
-    let tenant = format!("lm-{}", case.name());
-    case.activity_account(&sim, &tenant);
-    let rig = Rig {
-        tenants: case.activity_tenants(&sim, &[&tenant]),
-        db: PrivateDb::new("lm"),
-        prefix: RedisPrefix::new("lm"),
-        secrets: vec![(case.secret(&tenant), case.token(&tenant))],
-        tenant,
-        broker,
-        sim,
-    };
+    let rig = activity_rig(case, "lm");
     let (tenant, crm) = (rig.tenant.as_str(), case.name());
     let _sink = rig.sink();
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
