@@ -113,3 +113,8 @@ fn a_rebalance_to_a_second_replica_loses_nothing_and_writes_nothing_twice() {
     assert!(a.terminate().success());
     assert!(b.unwrap().terminate().success());
 }
+
+#[test]
+fn unreadable_users_leave_actors_unmapped_not_writes_failed() {
+    crm_sync_tests::timeline_suite::unreadable_users_leave_actors_unmapped_not_writes_failed(&HUBSPOT, "crm.objects.owners.read")
+}

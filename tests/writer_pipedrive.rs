@@ -56,3 +56,8 @@ fn a_recovery_listing_cut_short_is_unknown_not_absent() {
     assert!(PIPEDRIVE.keys(&sim, "acme").is_empty());
     assert!(w.terminate().success());
 }
+
+#[test]
+fn unreadable_users_leave_actors_unmapped_not_writes_failed() {
+    crm_sync_tests::timeline_suite::unreadable_users_leave_actors_unmapped_not_writes_failed(&PIPEDRIVE, "users:read")
+}

@@ -4,3 +4,11 @@
 crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::ZOHO);
 crm_sync_tests::activity_suite!(crm_sync_tests::writer_suite::ZOHO);
 crm_sync_tests::timeline_suite!(crm_sync_tests::writer_suite::ZOHO);
+
+#[test]
+fn unreadable_users_leave_actors_unmapped_not_writes_failed() {
+    crm_sync_tests::timeline_suite::unreadable_users_leave_actors_unmapped_not_writes_failed(
+        &crm_sync_tests::writer_suite::ZOHO,
+        "users.READ",
+    )
+}

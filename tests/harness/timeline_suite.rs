@@ -518,6 +518,31 @@ pub fn activities_carry_company_and_deal_by_the_tenants_rule(case: &Case) {
     assert!(w.terminate().success());
 }
 
+/// The CRM's users cannot be read (the connection lacks `permission`, the users scope):
+/// actors count as unmapped, so the tenant's choice holds and the writes go on under the
+/// integration's user, the audit saying why; they are not dead-lettered for want of an
+/// owner. (Salesforce reads users with the same access as its records: there is no scope of
+/// their own to take away, so the case runs for the other CRMs.)
+pub fn unreadable_users_leave_actors_unmapped_not_writes_failed(case: &Case, permission: &str) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    case.add_user(&sim, "acme", "Rep", "rep@acme.example", true);
+    sim.admin("POST", &format!("/accounts/{}/acme/permissions/{permission}/revoke", case.name()), None);
+    let tenants = TempFile::new("tenants.toml", &tenant_block(case, &sim, "acme", ""));
+    let prefix = RedisPrefix::new("no-users");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    broker.produce(&case.topic(), &[case.request_by("acme", "c1", 1, "agent-1", Some("rep@acme.example"))]);
+    let (finals, dlq, _) = outcomes(&broker, 1, Duration::from_secs(60));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    let c1 = &finals[0];
+    assert_eq!(c1.outcome, AuditOutcome::Succeeded, "{c1:?}");
+    assert_eq!(c1.attributes.get("owner_from").map(String::as_str), Some("integration_user"));
+    assert!(c1.detail.contains("could not be read"), "{}", c1.detail);
+    assert_eq!(case.keys(&sim, "acme").len(), 1);
+    assert!(w.terminate().success());
+}
+
 #[macro_export]
 macro_rules! timeline_suite {
     ($case:expr) => {

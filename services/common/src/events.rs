@@ -591,16 +591,26 @@ impl WriteRequest {
     /// says (never the time of processing alone, which a replay or backfill moves): a
     /// call's start, an email's sending. A meeting is written when it is scheduled, before
     /// it starts, and its schema carries no time of scheduling: the earlier of its start
-    /// and the request's time. Known gap: a meeting scheduled further ahead than the
-    /// claims' retention, whose claim expired, and replayed before it starts, is taken as a
-    /// fresh create (no lookup first) where the CRM enforces no unique key.
+    /// and when it was normalised (`normalised_at`, which a deduper re-sending the same
+    /// normalised message keeps; the request's own time moves with every re-send, and a
+    /// re-send after the claim store lost its data was then taken as never written: a
+    /// second Zoho or Pipedrive meeting under tansu faults), else the request's time. Known
+    /// gap: a meeting scheduled further ahead than the claims' retention, whose claim
+    /// expired, and replayed before it starts, is taken as a fresh create (no lookup first)
+    /// where the CRM enforces no unique key.
     pub fn era_ms(&self) -> i64 {
         let requested = self.requested_at().max(0);
         let source = match self {
             WriteRequest::Call(c) => c.call.started_at,
             WriteRequest::Email { email, .. } => email.sent_at,
-            WriteRequest::Meeting { meeting, .. } if meeting.start_at > 0 && requested > 0 => meeting.start_at.min(requested),
-            WriteRequest::Meeting { meeting, .. } => meeting.start_at,
+            WriteRequest::Meeting { meeting, .. } => {
+                let known = if meeting.normalised_at > 0 { meeting.normalised_at } else { requested };
+                if meeting.start_at > 0 && known > 0 {
+                    meeting.start_at.min(known)
+                } else {
+                    meeting.start_at
+                }
+            }
         };
         if source > 0 {
             source
@@ -981,5 +991,32 @@ pub mod fixtures {
             requested_at: 1_767_225_600_200,
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod era_tests {
+    use super::*;
+
+    #[test]
+    fn a_meetings_era_does_not_move_when_the_same_meeting_is_sent_again() {
+        let mut first = fixtures::meeting_request("acme", "ev1", Crm::Zoho);
+        let m = first.meeting.as_mut().unwrap();
+        m.start_at = 2_000_000_000_000; // far ahead
+        m.normalised_at = 1_800_000_000_000;
+        first.requested_at = 1_800_000_000_500;
+        let mut again = first.clone();
+        // The deduper re-sends it later (its dedup marks lost): a new request time.
+        again.requested_at = 1_800_000_090_000;
+        let (a, b) = (WriteRequest::try_from(first).unwrap(), WriteRequest::try_from(again).unwrap());
+        assert_eq!(a.era_ms(), 1_800_000_000_000);
+        assert_eq!(a.era_ms(), b.era_ms(), "the era is when it was normalised, not when it was requested");
+        // Without a normalisation time (an old producer), the request's time still bounds it.
+        let mut old = fixtures::meeting_request("acme", "ev2", Crm::Zoho);
+        let m = old.meeting.as_mut().unwrap();
+        m.start_at = 2_000_000_000_000;
+        m.normalised_at = 0;
+        old.requested_at = 1_800_000_000_500;
+        assert_eq!(WriteRequest::try_from(old).unwrap().era_ms(), 1_800_000_000_500);
     }
 }

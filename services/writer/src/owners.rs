@@ -75,6 +75,24 @@ pub fn decide(conn: &CrmConnection, crm: &str, actor: &Actor, by_email: &HashMap
     }
 }
 
+/// The owner when the CRM's users could not be read for a reason that will not pass by
+/// itself (a missing scope, a refused request): the actor counts as unmapped, so the
+/// tenant's choice holds (an integration-user write that says why, or ACTOR_UNMAPPED), rather
+/// than every write of the tenant failing for want of an owner.
+pub fn users_unreadable(conn: &CrmConnection, crm: &str, actor: &Actor, why: &str) -> Result<Owner, Failure> {
+    if let Some(o) = mapped(conn, actor) {
+        return Ok(o);
+    }
+    let why = format!("actor '{}': the {crm} users could not be read ({why})", actor.id);
+    match conn.on_unmapped_actor {
+        UnmappedActor::IntegrationUser => Ok(Owner::Unmapped { why }),
+        UnmappedActor::DeadLetter => Err(Failure::new(
+            DlqReason::ActorUnmapped,
+            format!("{why}; held for review (on_unmapped_actor = \"dead_letter\"): grant the users scope or map the actor in crms.{crm}.owners, then replay"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +111,16 @@ mod tests {
         let found = HashMap::from([("rep@acme.example".to_string(), Some("555".to_string()))]);
         assert_eq!(decide(&c, "hubspot", &actor("agent-7", Some("Rep@Acme.example")), &found).unwrap(), Owner::Mapped("901".into()));
         assert_eq!(decide(&c, "hubspot", &actor("agent-8", Some(" Rep@Acme.example ")), &found).unwrap(), Owner::ByEmail("555".into()));
+    }
+
+    #[test]
+    fn unreadable_users_leave_the_actor_unmapped_not_the_write_failed() {
+        let o = users_unreadable(&conn(""), "pipedrive", &actor("a1", Some("x@acme.example")), "403 missing scope users:read").unwrap();
+        assert!(matches!(&o, Owner::Unmapped { why } if why.contains("could not be read") && why.contains("users:read")), "{o:?}");
+        let f = users_unreadable(&conn("on_unmapped_actor = 'dead_letter'\n"), "pipedrive", &actor("a1", None), "403").unwrap_err();
+        assert_eq!(f.reason, DlqReason::ActorUnmapped);
+        let m = users_unreadable(&conn("[owners]\na1 = '7'\n"), "pipedrive", &actor("a1", None), "403").unwrap();
+        assert_eq!(m, Owner::Mapped("7".into()), "the map needs no lookup");
     }
 
     #[test]

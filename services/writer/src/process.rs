@@ -454,13 +454,31 @@ impl<C: Connector> Shared<C> {
             let asked = owners::email_of(&actor).is_some_and(|e| ask.contains(&e)) && owners::mapped(conn, &actor).is_none();
             if asked {
                 steps[i].log.extend(log.iter().cloned());
-                if let Some(f) = &failed {
-                    steps[i].settled = Some(Settled::Failed(Failure {
-                        detail: format!("looking up the actor's {crm} user failed: {}", f.detail),
-                        maybe_applied: false,
-                        ..f.clone()
-                    }));
-                    continue;
+                match &failed {
+                    // The users cannot be read, and will not be by retrying (a missing scope):
+                    // the actor is unmapped, and the tenant's choice holds.
+                    Some(f) if matches!(f.reason, DlqReason::PermissionDenied | DlqReason::Validation) => {
+                        match owners::users_unreadable(conn, crm, &actor, &f.detail) {
+                            Ok(owner) => {
+                                if let Some(item) = steps[i].item.as_mut() {
+                                    item.owner_id = owner.id().map(str::to_string);
+                                }
+                                steps[i].owner = Some(owner);
+                            }
+                            Err(f) => steps[i].settled = Some(Settled::Failed(f)),
+                        }
+                        continue;
+                    }
+                    // Still failing after the retry limit: visible, and a replay tries again.
+                    Some(f) => {
+                        steps[i].settled = Some(Settled::Failed(Failure {
+                            detail: format!("looking up the actor's {crm} user failed: {}", f.detail),
+                            maybe_applied: false,
+                            ..f.clone()
+                        }));
+                        continue;
+                    }
+                    None => {}
                 }
             }
             match owners::decide(conn, crm, &actor, &by_email) {

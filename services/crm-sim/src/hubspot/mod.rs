@@ -186,7 +186,7 @@ impl CrmApi for HubSpot {
     }
 
     fn permission(class: Class, route: &str, _path: &str) -> Option<&'static str> {
-        if route.starts_with("/crm/v3/owners") {
+        if route.contains("/crm/v3/owners") {
             return Some("crm.objects.owners.read");
         }
         // The calls endpoints are gated on the contacts scopes (CRM-APIS §1.1).
