@@ -4,8 +4,9 @@ many countries with the E.164 that Google's libphonenumber (Python port `phonenu
 gives for them, or INVALID. The Rust unit test checks crm-common::phone against it.
 
 Usage: python3 scripts/phone_table.py > services/common/testdata/phone_numbers.tsv"""
+import random
 import phonenumbers as pn
-from phonenumbers import PhoneNumberFormat as F, PhoneNumberType as T
+from phonenumbers import CountryCodeSource, PhoneNumberFormat as F, PhoneNumberType as T
 
 REGIONS = ["US", "CA", "GB", "IE", "DE", "FR", "ES", "IT", "NL", "CH", "SE", "PL",
            "IN", "JP", "AU", "SG", "BR", "MX", "ZA", "NG"]
@@ -60,6 +61,30 @@ add("098765 43210", "IN", "IN mobile trunk 0")
 add("+81 3-1234-5678", "JP", "JP Tokyo")
 add("(11) 96123-4567", "BR", "BR São Paulo mobile")
 add("+52 55 1234 5678", "MX", "MX CDMX")
+# Country codes written without '+': libphonenumber (maybeExtractCountryCode) strips the
+# region's own country code from a nationally written number only when the rest, after any
+# national prefix, matches the region's national-number pattern and the whole does not, or
+# when the whole is too long for the region. Numbers whose own digits start with the
+# country code stay national. Cases generated here for every region, both ways.
+rnd = random.Random(20)
+for r in REGIONS:
+    cc = str(pn.country_code_for_region(r))
+    kept, stripped = [], []
+    for length in range(len(cc) + 4, 16):
+        for _ in range(300):
+            full = cc + "".join(rnd.choice("0123456789") for _ in range(length - len(cc)))
+            try:
+                n = pn.parse(full, r, keep_raw_input=True)
+            except pn.NumberParseException:
+                continue
+            if not pn.is_valid_number(n):
+                continue
+            (kept if n.country_code_source == CountryCodeSource.FROM_DEFAULT_COUNTRY else stripped).append(full)
+    for full in rnd.sample(kept, min(5, len(kept))):
+        add(full, r, f"{r} national number starting with its country code {cc}")
+    for full in rnd.sample(stripped, min(3, len(stripped))):
+        add(full, r, f"{r} country code {cc} without '+'")
+
 # Not numbers, or not valid ones.
 for raw, region, note in [
     ("", "US", "empty"), ("   ", "US", "blank"), ("anonymous", "US", "withheld caller"),

@@ -48,14 +48,162 @@ pub fn to_e164(raw: &str, default_region: Option<country::Id>) -> Result<String,
 }
 
 fn parse_valid(s: &str, region: Option<country::Id>) -> Result<String, PhoneError> {
-    let parsed = std::panic::catch_unwind(|| phonenumber::parse(region, s))
-        // A panic inside the parser on hostile input must not take the service down.
-        .map_err(|_| PhoneError::Unparseable("parser failed on this input".into()))?
-        .map_err(|e| PhoneError::Unparseable(e.to_string()))?;
+    let parse = |s: &str, region| {
+        std::panic::catch_unwind(|| phonenumber::parse(region, s))
+            // A panic inside the parser on hostile input must not take the service down.
+            .map_err(|_| PhoneError::Unparseable("parser failed on this input".into()))?
+            .map_err(|e| PhoneError::Unparseable(e.to_string()))
+    };
+    let mut parsed = parse(s, region)?;
+    // The crate took the region's own country code off the front of a nationally written
+    // number; libphonenumber's rule is narrower, and where it keeps the number national so
+    // do we.
+    if let Some(r) = region.filter(|_| parsed.code().source() == country::Source::Number) {
+        if let Some(plus) = country_code_kept(s, r, parsed.extension().map(|e| e.as_ref())) {
+            parsed = parse(&plus, None)?;
+        }
+    }
     if !phonenumber::is_valid(&parsed) {
         return Err(PhoneError::NotValid);
     }
     Ok(parsed.format().mode(Mode::E164).to_string())
+}
+
+/// libphonenumber's `maybeExtractCountryCode` for a number written without '+' whose digits
+/// start with the region's country code: the code is taken off only when the rest (after
+/// any national prefix) matches the region's general national-number pattern and the whole
+/// does not, or when the whole is too long for the region. Otherwise the digits are the
+/// national number, and so is read here: `+<code><national>`, its national prefix
+/// stripped as libphonenumber's `parseHelper` does. None when the crate's reading stands
+/// (the code is to be stripped, or the input is not plain digits this can reason about).
+fn country_code_kept(s: &str, region: country::Id, extension: Option<&str>) -> Option<String> {
+    let meta = phonenumber::metadata::DATABASE.by_id(region.as_ref())?;
+    let code = meta.country_code().to_string();
+    // Letters (vanity numbers) and other scripts' digits: the crate's conversion is not
+    // repeated here.
+    if s.chars().any(|c| c.is_alphabetic() && extension.is_none() || c.is_numeric() && !c.is_ascii_digit()) {
+        return None;
+    }
+    let mut full: String = s.chars().filter(char::is_ascii_digit).collect();
+    if let Some(ext) = extension {
+        full.truncate(full.strip_suffix(ext)?.len());
+    }
+    let rest = full.strip_prefix(&code)?;
+    let general = meta.descriptors().general();
+    let pattern = general.national_number().as_str();
+    let strip = (!full_match(pattern, &full) && full_match(pattern, &strip_national_prefix(meta, rest)))
+        || length(general, &full) == Length::TooLong;
+    if strip {
+        return None;
+    }
+    let national = strip_national_prefix(meta, &full);
+    let national =
+        if matches!(length(general, &national), Length::TooShort | Length::LocalOnly | Length::Invalid) { full } else { national };
+    Some(format!("+{code}{national}"))
+}
+
+/// libphonenumber's `maybeStripNationalPrefixAndCarrierCode`: `number` without the
+/// region's national prefix (or transformed by its rule), unless that would turn a number
+/// matching the region's general pattern into one that does not.
+fn strip_national_prefix(meta: &phonenumber::Metadata, number: &str) -> String {
+    // Without a pattern of its own a region's national prefix is read literally.
+    let parsing = match (meta.national_prefix_for_parsing(), meta.national_prefix()) {
+        (Some(re), _) => re.as_str().to_string(),
+        (None, Some(prefix)) if !prefix.is_empty() => regex::escape(prefix),
+        _ => return number.to_string(),
+    };
+    let prefix = anchored(&format!("^(?:{})", compact(&parsing)));
+    let Some(caps) = prefix.captures(number) else {
+        return number.to_string();
+    };
+    let general = meta.descriptors().general().national_number().as_str();
+    let viable = full_match(general, number);
+    let whole = caps.get(0).expect("group 0");
+    let last_group = caps.get(caps.len() - 1).filter(|_| caps.len() > 1);
+    let candidate = match (meta.national_prefix_transform_rule(), last_group) {
+        (Some(rule), Some(_)) if !rule.is_empty() => {
+            let mut out = String::new();
+            caps.expand(&java_replacement(rule), &mut out);
+            out.push_str(&number[whole.end()..]);
+            out
+        }
+        _ => number[whole.end()..].to_string(),
+    };
+    if viable && !full_match(general, &candidate) {
+        number.to_string()
+    } else {
+        candidate
+    }
+}
+
+/// Java's `$1` group references as the regex crate's `${1}` (its `$15` would be group 15).
+fn java_replacement(rule: &str) -> String {
+    let mut out = String::with_capacity(rule.len() + 4);
+    let mut chars = rule.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('$', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `pattern` matches all of `value`, as libphonenumber's `matchNationalNumber`.
+fn full_match(pattern: &str, value: &str) -> bool {
+    anchored(&format!("^(?:{})$", compact(pattern))).is_match(value)
+}
+
+/// A metadata pattern without the layout whitespace of its XML source, as libphonenumber's
+/// build strips it.
+fn compact(pattern: &str) -> String {
+    pattern.split_whitespace().collect()
+}
+
+/// The compiled pattern, kept: metadata patterns are few and parses are many.
+fn anchored(pattern: &str) -> std::sync::Arc<regex::Regex> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<regex::Regex>>>> =
+        std::sync::OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().expect("lock");
+    if let Some(re) = cache.get(pattern) {
+        return re.clone();
+    }
+    // Metadata patterns always compile; one that did not would match nothing.
+    let re = std::sync::Arc::new(regex::Regex::new(pattern).unwrap_or_else(|_| regex::Regex::new("$^").expect("literal")));
+    cache.insert(pattern.to_string(), re.clone());
+    re
+}
+
+/// libphonenumber's `testNumberLength` for an unknown type, as far as these rules ask.
+#[derive(Debug, PartialEq)]
+enum Length {
+    Possible,
+    LocalOnly,
+    TooShort,
+    TooLong,
+    Invalid,
+}
+
+fn length(general: &phonenumber::metadata::Descriptor, number: &str) -> Length {
+    let n = number.len() as u16;
+    let possible = general.possible_length();
+    let (Some(&min), Some(&max)) = (possible.first(), possible.last()) else {
+        return Length::Invalid;
+    };
+    if general.possible_local_length().contains(&n) {
+        Length::LocalOnly
+    } else if n < min {
+        Length::TooShort
+    } else if n > max {
+        Length::TooLong
+    } else if possible.contains(&n) {
+        Length::Possible
+    } else {
+        Length::Invalid
+    }
 }
 
 /// `s` with the region's international (IDD) prefix replaced by '+', if it starts with one.
@@ -198,6 +346,19 @@ mod tests {
         assert!(rows >= 100, "table has only {rows} rows");
         assert!(countries.len() >= 10);
         assert!(failures.is_empty(), "{} of {rows} differ:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    /// The crate alone read "495662759" in DE as +49 5662759, a different (valid) number;
+    /// libphonenumber keeps it national because the whole matches Germany's pattern.
+    #[test]
+    fn a_national_number_starting_with_the_country_code_stays_national() {
+        let de = Some(country::Id::DE);
+        assert_eq!(to_e164("495662759", de).unwrap(), "+49495662759");
+        assert_eq!(to_e164("0495662759", de).unwrap(), "+49495662759");
+        // Too long for Germany with the code, so the code is taken off.
+        assert_eq!(to_e164("49919263368284", de).unwrap(), "+49919263368284");
+        assert_eq!(to_e164("1-415-555-2671", Some(country::Id::US)).unwrap(), "+14155552671");
+        assert_eq!(to_e164("338684865", Some(country::Id::FR)).unwrap(), "+33338684865");
     }
 
     #[test]
