@@ -418,10 +418,10 @@ pub struct Args {
     pub rate: usize,
     #[arg(long, default_value_t = 10)]
     pub seconds: usize,
-    /// The services' consumers' fetch.wait.max.ms (librdkafka's default is 500; each
-    /// idle stage can hold a message up to that long).
-    #[arg(long, default_value_t = 500)]
-    pub fetch_wait_ms: u64,
+    /// Phase 2 with the services' consumers at this fetch.wait.max.ms instead of their own
+    /// default; either way it runs beside librdkafka's default (500 ms, the old setting).
+    #[arg(long)]
+    pub fetch_wait_ms: Option<u64>,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Timeline on: each backlog account has the agents as CRM users and its contact a
@@ -497,6 +497,10 @@ struct Setup {
     broker: DevBroker,
     sim: Sim,
     children: Killed,
+    /// The pipeline's services, stopped and started again between latency rounds.
+    stages: Killed,
+    /// KAFKA_OPTIONS for the services started next, if any.
+    kafka_options: Option<String>,
     backlog: Vec<String>,
     live: Vec<String>,
     dir: std::path::PathBuf,
@@ -507,8 +511,12 @@ struct Setup {
 
 impl Setup {
     /// One service, configured like the others (the tenants, Redis, the broker).
-    fn spawn(&mut self, bin: &str, args: &[&str], a: &Args) -> anyhow::Result<()> {
-        let child = Command::new(sibling_binary(bin)?)
+    fn spawn(&mut self, bin: &str, args: &[&str], a: &Args) -> anyhow::Result<u32> {
+        let mut cmd = Command::new(sibling_binary(bin)?);
+        if let Some(options) = &self.kafka_options {
+            cmd.env("KAFKA_OPTIONS", options);
+        }
+        let child = cmd
             .args(args)
             .envs(self.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap_servers())
@@ -518,12 +526,17 @@ impl Setup {
             .env("REDIS_KEY_PREFIX", &self.prefix)
             .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
             .env("WRITER_COMMIT_INTERVAL", "200ms")
-            .env("KAFKA_OPTIONS", format!("fetch.wait.max.ms={}", a.fetch_wait_ms))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?;
-        self.children.0.push(child);
-        Ok(())
+        let pid = child.id();
+        self.stages.0.push(child);
+        Ok(pid)
+    }
+
+    /// Stops every service started so far (crm-sim and the broker stay).
+    fn stop_stages(&mut self) {
+        drop(std::mem::replace(&mut self.stages, Killed(vec![])));
     }
 }
 
@@ -565,7 +578,7 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
     std::fs::write(&tenants_file, config)?;
     let prefix = format!("crm-sync-bench-writer-{}", std::process::id());
     crm_dev::fresh_claim_store(&a.redis_url, &prefix, &tenants_file)?;
-    Ok(Setup { broker, sim, children, backlog, live, dir, tenants_file, secrets, prefix })
+    Ok(Setup { broker, sim, children, stages: Killed(vec![]), kafka_options: None, backlog, live, dir, tenants_file, secrets, prefix })
 }
 
 pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
@@ -578,7 +591,8 @@ pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
     if p.kind.is_none() {
         latency_phase(&p, a, &mut setup)?;
     }
-    let Setup { children, dir, prefix, .. } = setup;
+    let Setup { children, stages, dir, prefix, .. } = setup;
+    drop(stages);
     drop(children);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let conn = rt.block_on(crm_common::redis_conn::connect(&a.redis_url))?;
@@ -725,17 +739,63 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
     Ok(())
 }
 
-/// Phase 2: the whole pipeline, under budget: calls.raw → CRM latency.
+/// Phase 2: the whole pipeline, under budget: calls.raw → CRM latency, then each service's
+/// CPU while idle. Run twice in one go: the anchor with the consumers at librdkafka's
+/// default fetch.wait.max.ms (500 ms, the services' setting before they set their own),
+/// then with the services' defaults (or `--fetch-wait-ms`).
 fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()> {
-    let (crm, tenants, rate, fetch_wait_ms) = (p.crm.as_str(), a.tenants, a.rate, a.fetch_wait_ms);
+    let rounds = [
+        ("500 (librdkafka's default; before)".to_string(), Some("fetch.wait.max.ms=500".to_string())),
+        match a.fetch_wait_ms {
+            Some(ms) => (format!("{ms} (--fetch-wait-ms)"), Some(format!("fetch.wait.max.ms={ms}"))),
+            None => (format!("{} (the services' default)", crm_common::kafka::CONSUMER_FETCH_WAIT_MS), None),
+        },
+    ];
+    let mut rows = vec![];
+    for (round, (label, options)) in rounds.into_iter().enumerate() {
+        setup.stop_stages();
+        setup.kafka_options = options;
+        rows.push((label, latency_round(p, a, setup, round)?));
+    }
+    let (crm, n) = (p.crm.as_str(), a.rate * a.seconds);
+    println!(
+        "\nbench writer --crm {crm}, phase 2 (latency under budget): {n} calls at {} /s over {} tenants (plan limits), per round",
+        a.rate, a.tenants
+    );
+    println!(
+        "  {:<38} {:>7} {:>7} {:>7} {:>9} {:>9}   idle CPU, % of a core: normaliser deduper writer",
+        "consumers' fetch.wait.max.ms", "p50 ms", "p99 ms", "max ms", "measured", "throttled"
+    );
+    for (label, r) in rows {
+        println!(
+            "  {label:<38} {:>7} {:>7} {:>7} {:>9} {:>9}   {:.2} {:.2} {:.2}",
+            r.p50, r.p99, r.max, r.measured, r.throttled, r.idle_cpu[0], r.idle_cpu[1], r.idle_cpu[2]
+        );
+    }
+    Ok(())
+}
+
+/// What one latency round measured.
+struct Round {
+    p50: i64,
+    p99: i64,
+    max: i64,
+    measured: usize,
+    throttled: u64,
+    /// normaliser, deduper, writer.
+    idle_cpu: [f64; 3],
+}
+
+fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyhow::Result<Round> {
+    let (crm, tenants, rate) = (p.crm.as_str(), a.tenants, a.rate);
     let topics = Topics::default();
     let bootstrap = setup.broker.bootstrap_servers();
-    setup.spawn("normaliser", &[], a)?;
-    setup.spawn("deduper", &[], a)?;
+    let pids = [setup.spawn("normaliser", &[], a)?, setup.spawn("deduper", &[], a)?, setup.spawn("writer", &["--crm", crm], a)?];
     let (live, sim) = (&setup.live, &setup.sim);
-    std::thread::sleep(Duration::from_secs(4)); // consumer groups join
+    let throttled_before: u64 = live.iter().map(|t| sim.state(p, t).map(|(_, c)| all_throttled(&c, p.throttle)).unwrap_or(0)).sum();
+    std::thread::sleep(Duration::from_secs(5)); // consumer groups join
     let n = rate * a.seconds;
-    eprintln!("phase 2: {n} calls to calls.raw at {rate}/s through normaliser, deduper and writer…");
+    eprintln!("phase 2, round {}: {n} calls to calls.raw at {rate}/s through normaliser, deduper and writer…", round + 1);
     let producer = Kafka::local(&bootstrap).threaded_producer(&[("linger.ms", "0")])?;
     let mut produced_at: HashMap<String, i64> = HashMap::new();
     let start = Instant::now();
@@ -747,14 +807,14 @@ fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()>
         let t = &live[i % tenants];
         let ev = CallEvent {
             tenant_id: t.clone(),
-            call_id: format!("l{i}"),
+            call_id: format!("l{round}-{i}"),
             direction: CallDirection::Inbound,
             from_number: "(415) 555-2671".into(),
             to_number: "+1 650 253 0000".into(),
             started_at: crm_common::clock::now_ms(),
             ..crate::bench_call(i, tenants)
         };
-        produced_at.insert(format!("{t}/l{i}"), crm_common::clock::now_ms());
+        produced_at.insert(format!("{t}/l{round}-{i}"), crm_common::clock::now_ms());
         let payload = codec::encode(&ev)?;
         producer.send(rdkafka::producer::BaseRecord::to(&topics.calls_raw).key(t).payload(&payload)).map_err(|(e, _)| e)?;
     }
@@ -774,17 +834,39 @@ fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()>
     }
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
-    let mut throttled2 = 0;
-    for t in live {
-        throttled2 += all_throttled(&sim.state(p, t)?.1, p.throttle);
+    let throttled: u64 = live.iter().map(|t| sim.state(p, t).map(|(_, c)| all_throttled(&c, p.throttle)).unwrap_or(0)).sum();
+    // Idle: nothing left to read; what the consumers' polling alone costs.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_cpu = idle_cpu(&pids, Duration::from_secs(10));
+    Ok(Round {
+        p50: pct(0.5),
+        p99: pct(0.99),
+        max: latencies.last().copied().unwrap_or(0),
+        measured: latencies.len(),
+        throttled: throttled - throttled_before,
+        idle_cpu,
+    })
+}
+
+/// Each process's CPU (user + system) over `span`, in % of one core.
+fn idle_cpu<const N: usize>(pids: &[u32; N], span: Duration) -> [f64; N] {
+    let ticks = |pid: u32| -> u64 {
+        // /proc/PID/stat: utime and stime are fields 14 and 15, after the ')' that ends
+        // the command name.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum())
+            })
+            .unwrap_or(0)
+    };
+    let before = pids.map(ticks);
+    std::thread::sleep(span);
+    // SAFETY: sysconf is thread-safe and has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut out = [0.0; N];
+    for (i, pid) in pids.iter().enumerate() {
+        out[i] = 100.0 * ticks(*pid).saturating_sub(before[i]) as f64 / hz / span.as_secs_f64();
     }
-    println!("\nbench writer --crm {crm}, phase 2 (latency under budget): {n} calls at {rate}/s over {tenants} tenants (plan limits), consumers' fetch.wait.max.ms={fetch_wait_ms}");
-    println!(
-        "  calls.raw → {crm} write   p50 {} ms   p99 {} ms   max {} ms   ({} of {n} measured, {throttled2} throttled)",
-        pct(0.5),
-        pct(0.99),
-        latencies.last().copied().unwrap_or(0),
-        latencies.len()
-    );
-    Ok(())
+    out
 }

@@ -176,14 +176,66 @@ pub struct CrmMetrics {
     latency: Histogram<f64>,
     retries: Counter<u64>,
     token_wait: Histogram<f64>,
-    remaining: opentelemetry::metrics::Gauge<i64>,
+    remaining: Arc<Mutex<LowestRemaining>>,
+    _remaining_gauge: opentelemetry::metrics::ObservableGauge<i64>,
     dlq: Counter<u64>,
+}
+
+/// Tenants reported per CRM and limit by `crm_sync.bucket.remaining`.
+pub const REMAINING_TENANTS: usize = 20;
+/// A tenant not heard of for this long leaves `crm_sync.bucket.remaining`.
+pub const REMAINING_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// What the CRMs' headers say is left of each limit, kept only for the `per_limit` tenants
+/// closest to it per CRM and limit, and only while they are heard of. A tenant label on
+/// every tenant would grow the metric (and the exporter's memory) with every tenant ever
+/// written for; the tenants an operator looks for are the ones about to run out.
+pub struct LowestRemaining {
+    per_limit: usize,
+    ttl: std::time::Duration,
+    /// (crm, limit) → tenant → (left, when heard).
+    by_limit: HashMap<(String, String), HashMap<String, (u64, std::time::Instant)>>,
+}
+
+impl LowestRemaining {
+    pub fn new(per_limit: usize, ttl: std::time::Duration) -> LowestRemaining {
+        LowestRemaining { per_limit: per_limit.max(1), ttl, by_limit: HashMap::new() }
+    }
+
+    pub fn record(&mut self, crm: &str, tenant: &str, limit: &str, left: u64, now: std::time::Instant) {
+        let ttl = self.ttl;
+        let tenants = self.by_limit.entry((crm.to_string(), limit.to_string())).or_default();
+        tenants.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+        tenants.insert(tenant.to_string(), (left, now));
+        while tenants.len() > self.per_limit {
+            let most = tenants.iter().max_by_key(|(t, (left, _))| (*left, (*t).clone())).map(|(t, _)| t.clone()).expect("not empty");
+            tenants.remove(&most);
+        }
+    }
+
+    /// (crm, tenant, limit, left) of every tenant kept and still fresh.
+    pub fn current(&mut self, now: std::time::Instant) -> Vec<(String, String, String, u64)> {
+        let ttl = self.ttl;
+        self.by_limit.retain(|_, tenants| {
+            tenants.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            !tenants.is_empty()
+        });
+        let mut out: Vec<_> = self
+            .by_limit
+            .iter()
+            .flat_map(|((crm, limit), tenants)| tenants.iter().map(move |(t, (left, _))| (crm.clone(), t.clone(), limit.clone(), *left)))
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 pub fn crm_metrics() -> &'static CrmMetrics {
     static M: std::sync::OnceLock<CrmMetrics> = std::sync::OnceLock::new();
     M.get_or_init(|| {
         let meter = opentelemetry::global::meter("crm-sync");
+        let remaining = Arc::new(Mutex::new(LowestRemaining::new(REMAINING_TENANTS, REMAINING_TTL)));
+        let remaining_read = remaining.clone();
         CrmMetrics {
             latency: meter
                 .f64_histogram("crm_sync.crm.request.duration")
@@ -199,10 +251,23 @@ pub fn crm_metrics() -> &'static CrmMetrics {
                 .with_unit("ms")
                 .with_description("Time spent waiting for rate-limit tokens before a CRM request, by CRM and priority")
                 .build(),
-            remaining: meter
-                .i64_gauge("crm_sync.bucket.remaining")
-                .with_description("What the CRM's own headers say is left of a limit, by CRM, tenant and limit")
+            _remaining_gauge: meter
+                .i64_observable_gauge("crm_sync.bucket.remaining")
+                .with_description(format!(
+                    "What the CRM's own headers say is left of a limit, by CRM, tenant and limit: the {REMAINING_TENANTS} tenants \
+                     closest to each limit heard of in the last {} min",
+                    REMAINING_TTL.as_secs() / 60
+                ))
+                .with_callback(move |obs| {
+                    for (crm, tenant, limit, left) in remaining_read.lock().expect("lock").current(std::time::Instant::now()) {
+                        obs.observe(
+                            left.min(i64::MAX as u64) as i64,
+                            &[KeyValue::new("crm", crm), KeyValue::new("tenant", tenant), KeyValue::new("limit", limit)],
+                        );
+                    }
+                })
                 .build(),
+            remaining,
             dlq: meter.u64_counter("crm_sync.dlq").with_description("Dead letters, by stage, reason and CRM").build(),
         }
     })
@@ -231,14 +296,7 @@ impl CrmMetrics {
     }
 
     pub fn remaining(&self, crm: &str, tenant: &str, limit: &str, left: u64) {
-        self.remaining.record(
-            left.min(i64::MAX as u64) as i64,
-            &[
-                KeyValue::new("crm", crm.to_string()),
-                KeyValue::new("tenant", tenant.to_string()),
-                KeyValue::new("limit", limit.to_string()),
-            ],
-        );
+        self.remaining.lock().expect("lock").record(crm, tenant, limit, left, std::time::Instant::now());
     }
 
     pub fn dead_letter(&self, stage: &str, reason: &str, crm: Option<&str>, activity: Option<crate::events::ActivityKind>) {
@@ -298,5 +356,34 @@ pub fn traceparent(span: &tracing::Span, trace_id: &str) -> String {
         format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
     } else {
         format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn remaining_keeps_the_tenants_closest_to_each_limit_and_forgets_the_silent() {
+        let mut r = LowestRemaining::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for t in 0..10_000u64 {
+            r.record("hubspot", &format!("t{t}"), "10s", (t * 7919) % 10_000, t0);
+        }
+        r.record("zoho", "z", "credits", 5, t0);
+        let now = r.current(t0);
+        let hubspot: Vec<u64> = now.iter().filter(|e| e.0 == "hubspot").map(|e| e.3).collect();
+        assert_eq!(now.len(), 4, "3 per (crm, limit), whatever the number of tenants: {now:?}");
+        let mut lowest = hubspot.clone();
+        lowest.sort();
+        assert_eq!(lowest, vec![0, 1, 2], "the three closest to the limit");
+        // A tenant heard of again moves; one not heard of leaves after the TTL.
+        r.record("hubspot", "t0", "10s", 9_999, t0 + Duration::from_secs(30));
+        r.record("hubspot", "late", "10s", 50, t0 + Duration::from_secs(30));
+        assert!(!r.current(t0 + Duration::from_secs(30)).iter().any(|e| e.1 == "t0"), "t0 has plenty left now");
+        let later: Vec<String> = r.current(t0 + Duration::from_secs(61)).into_iter().map(|e| e.1).collect();
+        assert_eq!(later, vec!["late".to_string()], "those not heard of since t0 have left");
+        assert!(r.current(t0 + Duration::from_secs(91)).is_empty(), "all silent past the TTL");
     }
 }
