@@ -159,7 +159,7 @@ async fn costs_differ_per_limit_and_concurrency_slots_come_back_on_release_or_le
     assert_eq!(b.try_take_each(&z, &[1], 0, "r1").await.unwrap(), Take::Granted);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r2").await.unwrap(), Take::Granted);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Wait(Duration::from_millis(20)));
-    b.release(&z, "r1", &[1]).await.unwrap();
+    b.settle(&z, "r1", &[1]).await.unwrap();
     assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Granted, "a finished request gives its slot back");
     assert_eq!(b.used(&z).await.unwrap(), vec![("inflight".to_string(), 2)]);
     // r2 and r3 belong to a writer that died: their leases end and the slots come back.
@@ -186,4 +186,31 @@ async fn a_slotted_window_never_gives_a_token_back_before_its_slot_has_left_the_
     assert_eq!(b.used(&s2).await.unwrap(), vec![("more".to_string(), 60)]);
     tokio::time::sleep(w).await;
     assert_eq!(b.try_take(&s, 4, 0).await.unwrap(), Take::Granted, "the oldest slot's 4 tokens are back");
+}
+
+#[tokio::test]
+async fn a_rolling_token_counts_from_when_its_request_was_answered() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await.with_lease(Duration::from_millis(1500));
+    let s = set(vec![rolling("burst", 1, 300)]);
+    assert_eq!(b.try_take_each(&s, &[1], 0, "slow").await.unwrap(), Take::Granted);
+    // The request is still on its way a window later: the CRM may not have counted it yet,
+    // so its token is not back.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(b.try_take_each(&s, &[1], 0, "next").await.unwrap(), Take::Wait(_)), "in flight past a window");
+    // Answered now: the token comes back one window after the answer, not before.
+    b.settle(&s, "slow", &[1]).await.unwrap();
+    let Take::Wait(w) = b.try_take_each(&s, &[1], 0, "next").await.unwrap() else { panic!("back before a window after the answer") };
+    assert!(w > Duration::from_millis(200) && w <= Duration::from_millis(301), "one window from the answer: {w:?}");
+    tokio::time::sleep(w).await;
+    assert_eq!(b.try_take_each(&s, &[1], 0, "next").await.unwrap(), Take::Granted);
+    // A request never answered (its writer died) holds its token for the lease, then the
+    // window: it cannot still be arriving at the CRM by then.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 1)], "'next' is unanswered: still held");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.try_take_each(&s, &[1], 0, "after").await.unwrap(), Take::Granted, "lease and window over");
+    // Settling a token whose lease ran out does not bring it back into the window.
+    b.settle(&s, "next", &[1]).await.unwrap();
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 1)]);
 }

@@ -347,6 +347,50 @@ pub fn one_record_per_call_under_duplicates_and_updates(case: &Case) {
     assert!(w.terminate().success());
 }
 
+/// A tenant's lane closes after `WRITER_LANE_IDLE` without work (so a writer for thousands
+/// of tenants holds lanes only for the sending ones) and a new one takes the tenant's next
+/// requests: each call still gets one record, and an update after the pause lands.
+pub fn an_idle_tenants_lane_closes_and_its_next_requests_are_written(case: &Case) {
+    let broker = Broker::start(2);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    case.account(&sim, "globex", json!({}));
+    let tenants = case.tenants(&sim, &["acme", "globex"], "");
+    let prefix = RedisPrefix::new("writer");
+    let w = case.writer(
+        &broker,
+        &tenants,
+        &prefix,
+        &["acme", "globex"],
+        &[("WRITER_LANE_IDLE", "300ms"), ("RUST_LOG", "info,writer::runtime=debug"), ("LOG_FORMAT", "text")],
+    );
+
+    let first: Vec<_> = (0..5).map(|i| case.request("acme", &format!("c{i}"), 1)).collect();
+    broker.produce(&case.topic(), &first);
+    wait_for("the first calls written", Duration::from_secs(60), || case.keys(&sim, "acme").len() == 5);
+    // Long past the idle time, with another tenant's work in between.
+    broker.produce(&case.topic(), &[case.request("globex", "g0", 1)]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut second = vec![case.request("acme", "c0", 2)];
+    second.extend((5..8).map(|i| case.request("acme", &format!("c{i}"), 1)));
+    broker.produce(&case.topic(), &second);
+    let (finals, dlq, _) = outcomes(&broker, first.len() + 1 + second.len(), Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(finals.len(), first.len() + 1 + second.len(), "every input gets a final audit record");
+    let k = case.keys(&sim, "acme");
+    assert_eq!(k.len(), 8, "{k:?}");
+    assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "exactly one record per call: {k:?}");
+    let (field, _, ended) = case.progress_field;
+    let records = sim.records(case.name(), "acme", case.calls);
+    let c0 = case.record(&records, "c0", "acme");
+    assert_eq!(c0["fields"][field], ended(), "the update after the pause reached {}: {c0}", case.name());
+    assert_eq!(case.keys(&sim, "globex").len(), 1);
+    let log = w.log_text();
+    assert!(log.lines().any(|l| l.contains("lane idle: closed") && l.contains("acme")), "acme's lane closed while idle:\n{log}");
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == finals.len() as i64);
+    assert!(w.terminate().success());
+}
+
 pub fn permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed(case: &Case) {
     let broker = Broker::start(1);
     let sim = CrmSim::start();
@@ -1715,6 +1759,10 @@ macro_rules! writer_suite {
         #[test]
         fn one_record_per_call_under_duplicates_and_updates() {
             $crate::writer_suite::one_record_per_call_under_duplicates_and_updates(&$case)
+        }
+        #[test]
+        fn an_idle_tenants_lane_closes_and_its_next_requests_are_written() {
+            $crate::writer_suite::an_idle_tenants_lane_closes_and_its_next_requests_are_written(&$case)
         }
         #[test]
         fn permanent_errors_go_to_the_dlq_with_their_reason_and_are_committed() {

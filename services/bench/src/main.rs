@@ -28,6 +28,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) const PASSTHROUGH_OUT: &str = "bench.passthrough.out";
+/// The normaliser bench's second backlog (every customer number new) and its outputs.
+const DISTINCT_RAW: &str = "bench.calls.distinct";
+const DISTINCT_OUT: &str = "bench.normalised.distinct";
+const DISTINCT_DLQ: &str = "bench.dlq.distinct";
 
 #[derive(Parser)]
 #[command(name = "bench", about = "crm-sync benchmarks (print figures)")]
@@ -227,7 +231,7 @@ impl Kind {
 fn normaliser(messages: usize, partitions: i32, tenants: usize, kind: Kind) -> anyhow::Result<()> {
     let topics = Topics::default();
     let mut all = topics.all();
-    all.push(PASSTHROUGH_OUT.into());
+    all.extend([PASSTHROUGH_OUT, DISTINCT_RAW, DISTINCT_OUT, DISTINCT_DLQ].map(String::from));
     let broker = DevBroker::start(1, partitions, &all)?;
     let bootstrap = broker.bootstrap_servers();
     let (raw_topic, out_topic) = kind.topics(&topics);
@@ -235,8 +239,8 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize, kind: Kind) -> a
     let dir = std::env::temp_dir().join(format!("crm-sync-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let tenants_file = dir.join("tenants.toml");
-    let regions = ["US", "GB", "DE", "FR", "IN"];
-    let cfg: String = (0..tenants).map(|t| format!("[tenants.t{t}]\ndefault_region = \"{}\"\n", regions[t % regions.len()])).collect();
+    let cfg: String =
+        (0..tenants).map(|t| format!("[tenants.t{t}]\ndefault_region = \"{}\"\n", BENCH_REGIONS[t % BENCH_REGIONS.len()])).collect();
     std::fs::write(&tenants_file, cfg)?;
 
     // The mock cluster keeps at most 5 MiB (or 100k messages) per partition and silently
@@ -263,12 +267,34 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize, kind: Kind) -> a
     runs.push(measure("passthrough", pt.spawn()?, &bootstrap, &[PASSTHROUGH_OUT], messages)?);
     let mut nm = Command::new(sibling_binary("normaliser")?);
     env(&mut nm);
-    runs.push(measure("normaliser", nm.spawn()?, &bootstrap, &[out_topic, &topics.dlq], messages)?);
+    let label = if kind == Kind::Call { "normaliser, customers repeat" } else { "normaliser" };
+    runs.push(measure(label, nm.spawn()?, &bootstrap, &[out_topic, &topics.dlq], messages)?);
+    if kind == Kind::Call {
+        // The same calls with every customer's number new: each is parsed, none cached.
+        eprintln!("producing {messages} calls whose customer numbers are all distinct to {DISTINCT_RAW}…");
+        produce_all(&bootstrap, DISTINCT_RAW, messages, |i| {
+            let ev = bench_call_with(i, tenants, usize::MAX);
+            Ok((ev.tenant_id.clone(), codec::encode(&ev)?))
+        })?;
+        let mut nm = Command::new(sibling_binary("normaliser")?);
+        env(&mut nm);
+        nm.env("TOPIC_CALLS_RAW", DISTINCT_RAW)
+            .env("TOPIC_CALLS_NORMALISED", DISTINCT_OUT)
+            .env("TOPIC_DLQ", DISTINCT_DLQ)
+            .env("CONSUMER_GROUP", "bench-normaliser-distinct");
+        runs.push(measure("normaliser, customers all new", nm.spawn()?, &bootstrap, &[DISTINCT_OUT, DISTINCT_DLQ], messages)?);
+    }
 
     print_runs(
         &format!("bench normaliser --kind {kind:?}: {messages} messages of about {size} bytes, {partitions} partitions, {tenants} tenants, one dev broker"),
         &runs,
     );
+    if kind == Kind::Call {
+        println!(
+            "(numbers: the agent's line, one per tenant, on every call; the customer's, valid in the tenant's region (US, GB, DE, FR, IN), \
+             one of 10,000 per region, or every one new)"
+        );
+    }
     println!("(the normaliser also writes one audit record per input: 2 outputs per input vs 1)");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -346,19 +372,33 @@ pub(crate) fn bench_meeting(i: usize, tenants: usize) -> MeetingEvent {
 /// share of the first's (the passthrough).
 pub(crate) fn print_runs(title: &str, runs: &[Run]) {
     println!("\n{title}");
-    println!("{:<12} {:>12} {:>10} {:>14}", "stage", "inputs/s", "seconds", "peak RSS MiB");
+    println!("{:<32} {:>12} {:>10} {:>14}", "stage", "inputs/s", "seconds", "peak RSS MiB");
     for r in runs {
-        println!("{:<12} {:>12.0} {:>10.2} {:>14.1}", r.label, r.rate, r.elapsed.as_secs_f64(), r.peak_rss_kib as f64 / 1024.0);
+        println!("{:<32} {:>12.0} {:>10.2} {:>14.1}", r.label, r.rate, r.elapsed.as_secs_f64(), r.peak_rss_kib as f64 / 1024.0);
     }
-    if let [first, .., last] = runs {
-        println!("ratio {}/{}: {:.2}", last.label, first.label, last.rate / first.rate);
+    if let [first, rest @ ..] = runs {
+        for r in rest {
+            println!("ratio {}/{}: {:.2}", r.label, first.label, r.rate / first.rate);
+        }
     }
 }
 
+/// The regions of benchmark tenants: tenant `t{n}` reads national numbers in
+/// `BENCH_REGIONS[n % 5]`.
+pub(crate) const BENCH_REGIONS: [&str; 5] = ["US", "GB", "DE", "FR", "IN"];
+
 /// One benchmark call: tenant `t{i % tenants}`, id `call-{i}`, with the number shapes the
-/// normaliser meets in practice.
+/// normaliser meets in practice, each valid in the tenant's region: the agent's line (one
+/// per tenant, on every call) and a customer's number, one of 10,000 per region.
 pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
-    let numbers = ["(415) 555-2671", "+44 20 7946 0958", "030 901820", "06 12 34 56 78", "098765 43210"];
+    bench_call_with(i, tenants, 10_000)
+}
+
+/// As `bench_call`, with the customers' numbers drawn from `customers` per region (the
+/// input's call number `i` picks one: `customers` ≥ the number of calls makes every
+/// customer number new).
+pub(crate) fn bench_call_with(i: usize, tenants: usize, customers: usize) -> CallEvent {
+    let agents = ["(415) 555-2671", "+44 20 7946 0958", "030 901820", "06 12 34 56 78", "098765 43210"];
     let t = i % tenants;
     CallEvent {
         tenant_id: format!("t{t}"),
@@ -366,9 +406,9 @@ pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
         source: "bench".into(),
         version: 1,
         direction: if i.is_multiple_of(2) { CallDirection::Inbound } else { CallDirection::Outbound },
-        // The agent's line repeats; customers' numbers mostly do not (10,000 distinct).
-        from_number: numbers[t % numbers.len()].into(),
-        to_number: format!("(650) 253-{:04}", i % 10_000),
+        // The agent's line repeats; customers' numbers much less.
+        from_number: agents[t % agents.len()].into(),
+        to_number: customer_number(BENCH_REGIONS[t % BENCH_REGIONS.len()], i % customers.max(1)),
         region_hint: None,
         // Recent calls, as live traffic is (older ones are looked up before they are created).
         started_at: crm_common::clock::now_ms() - 3_600_000 + i as i64,
@@ -380,6 +420,19 @@ pub(crate) fn bench_call(i: usize, tenants: usize) -> CallEvent {
         recording_url: None,
         notes: Some("benchmark call".into()),
         attributes: HashMap::from([("queue".into(), "sales".into())]),
+    }
+}
+
+/// Customer `n`'s number (up to a million per region), written nationally as people do;
+/// every one valid in `region` by libphonenumber (checked with its Python port).
+pub(crate) fn customer_number(region: &str, n: usize) -> String {
+    let (a, b) = ((n / 10_000) % 100, n % 10_000);
+    match region {
+        "GB" => format!("020 7{:03} {b:04}", a + 100),
+        "DE" => format!("030 12{a:02} {b:04}"),
+        "FR" => format!("06 12 {a:02} {:02} {:02}", b / 100, b % 100),
+        "IN" => format!("098{:03} {b:05}", a + 100),
+        _ => format!("(650) 2{a:02}-{b:04}"),
     }
 }
 
@@ -474,7 +527,7 @@ fn steps(iterations: usize) -> anyhow::Result<()> {
             f();
         }
         let per = t.elapsed().as_secs_f64() / iterations as f64;
-        println!("{label:<28} {:>9.2} µs  {:>10.0} /s", per * 1e6, 1.0 / per);
+        println!("{label:<48} {:>9.2} µs  {:>10.0} /s", per * 1e6, 1.0 / per);
     };
     time("codec::encode CallEvent", &mut || {
         codec::encode(&ev).unwrap();
@@ -488,6 +541,20 @@ fn steps(iterations: usize) -> anyhow::Result<()> {
     time("phone::to_e164 +CC", &mut || {
         crm_common::phone::to_e164("+1 650 253 0000", Some(region)).unwrap();
     });
+    // Customers' numbers of the normaliser bench's five regions in turn: the phonenumber
+    // crate keeps its compiled patterns in one LRU of 100 behind one lock, which five
+    // regions' patterns overflow.
+    let regions: Vec<_> = BENCH_REGIONS.iter().map(|r| crm_common::phone::region(r)).collect::<Result<_, _>>()?;
+    let mut n = 0;
+    let patterns = phonenumber::metadata::DATABASE.cache();
+    for (label, capacity) in [("5 regions, crate's 100 patterns", 100), ("5 regions, ours", crm_common::phone::PATTERN_CACHE)] {
+        patterns.lock().expect("lock").set_capacity(capacity);
+        time(&format!("phone::to_e164, {label}"), &mut || {
+            n += 1;
+            let r = n % regions.len();
+            crm_common::phone::to_e164(&customer_number(BENCH_REGIONS[r], n), Some(regions[r])).unwrap();
+        });
+    }
     let cache = crm_common::phone::E164Cache::new(1000);
     time("E164Cache hit", &mut || {
         cache.to_e164("(415) 555-2671", Some(region)).unwrap();

@@ -418,6 +418,9 @@ pub struct Args {
     pub rate: usize,
     #[arg(long, default_value_t = 10)]
     pub seconds: usize,
+    /// Writer replicas working the backlog, sharing each tenant's buckets in Redis.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
     /// Phase 2 with the services' consumers at this fetch.wait.max.ms instead of their own
     /// default; either way it runs beside librdkafka's default (500 ms, the old setting).
     #[arg(long)]
@@ -656,9 +659,15 @@ fn wait_written(p: &Profile, setup: &Setup, records: usize) -> (Option<Instant>,
 fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
     let (crm, tenants, limit_text) = (p.crm.as_str(), a.tenants, limit_text(p));
     let kind = p.kind.as_ref().map_or(ActivityKind::Call, |k| k.kind);
-    eprintln!("phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}…", kind.as_str());
+    eprintln!(
+        "phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}, {} writer replicas…",
+        kind.as_str(),
+        a.replicas.max(1)
+    );
     produce_backlog(p, a, setup, records, 0)?;
-    setup.spawn("writer", &["--crm", crm], a)?;
+    for _ in 0..a.replicas.max(1) {
+        setup.spawn("writer", &["--crm", crm], a)?;
+    }
     let (backlog, sim) = (&setup.backlog, &setup.sim);
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -686,8 +695,9 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
     let cold_lookups: u64 = backlog.iter().map(|t| sim.state(p, t).map(|(_, c)| lookups(p.crm, &c)).unwrap_or(0)).sum();
     let secs = elapsed.as_secs_f64();
     println!(
-        "\nbench writer --crm {crm} --kind {}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}",
-        kind.as_str()
+        "\nbench writer --crm {crm} --kind {}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}, {} writer replicas",
+        kind.as_str(),
+        a.replicas.max(1)
     );
     println!("  written           {written} records in {secs:.1} s: {:.0} records/s", written as f64 / secs);
     println!(
@@ -703,7 +713,7 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
             let best = ((per_tenant / p.limit as f64).ceil() - 1.0).max(0.0) * window;
             println!(
                 "  budget            {per_tenant:.0} requests per tenant need {best:.0} s at best at {limit_text}; took {secs:.1} s: {:.0}% of the limit's pace \
-                 (tokens return one window + a transit margin after use)",
+                 (a token returns one window after its request's answer)",
                 100.0 * best / secs
             );
         }

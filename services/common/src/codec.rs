@@ -121,26 +121,62 @@ pub fn decode_with<T: AvroRecord>(bytes: &[u8], confluent: Option<&ConfluentSche
 /// larger than the broker's message.max.bytes (1 MiB by default).
 pub const MAX_DECODE_ALLOCATION: usize = 4 << 20;
 
+/// A reader per schema version crm-sync has shipped, built once: resolving a schema's names
+/// costs more than decoding a datum with it. A version older (or newer) than the current
+/// one reads with the current schema as its reader schema.
+struct Readers(HashMap<[u8; 8], GenericDatumReader<'static>>);
+
+fn readers() -> &'static Readers {
+    static R: OnceLock<Readers> = OnceLock::new();
+    R.get_or_init(|| {
+        let reg = Registry::global();
+        Readers(
+            reg.versions()
+                .map(|v| {
+                    let current = reg.current(v.record);
+                    let reader = (v.fingerprint != current.fingerprint).then_some(&current.schema);
+                    let r = GenericDatumReader::builder(&v.schema)
+                        .maybe_reader_schema(reader)
+                        .human_readable(false)
+                        .build()
+                        .expect("compiled-in schemas resolve");
+                    (v.fingerprint, r)
+                })
+                .collect(),
+        )
+    })
+}
+
 fn read_datum<T: AvroRecord>(writer: &Versioned, datum: &[u8]) -> Result<T, DecodeError> {
     // Set once per process, before the first decode allocates.
     apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
     let current = Registry::global().current(T::RECORD);
     let err = |source| DecodeError::Datum { schema: writer.path.clone(), source };
     let mut cursor = Cursor::new(datum);
-    // An older (or newer) writer is resolved into the current schema, which fills defaults
-    // for fields the writer did not have and drops ones we no longer know.
-    let reader_schema = (writer.fingerprint != current.fingerprint).then_some(&current.schema);
-    let value = GenericDatumReader::builder(&writer.schema)
-        .maybe_reader_schema(reader_schema)
-        .build()
-        .map_err(err)?
-        .read_value(&mut cursor)
-        .map_err(err)?;
+    let shipped = Registry::global().by_fingerprint(&writer.fingerprint).is_some_and(|v| v.canonical == writer.canonical);
+    // (apache-avro's schema-aware serde reader would skip the intermediate Value, but in
+    // 0.22 it cannot read our `bytes` fields and does no schema resolution.)
+    let value = match readers().0.get(&writer.fingerprint).filter(|_| shipped) {
+        // An older (or newer) writer is resolved into the current schema, which fills
+        // defaults for fields the writer did not have and drops ones we no longer know.
+        Some(reader) => apache_avro::from_value::<T>(&reader.read_value(&mut cursor).map_err(err)?).map_err(err)?,
+        // A schema a registry gave us: resolved here, once per message.
+        None => {
+            let reader_schema = (writer.fingerprint != current.fingerprint).then_some(&current.schema);
+            let value = GenericDatumReader::builder(&writer.schema)
+                .maybe_reader_schema(reader_schema)
+                .build()
+                .map_err(err)?
+                .read_value(&mut cursor)
+                .map_err(err)?;
+            apache_avro::from_value::<T>(&value).map_err(err)?
+        }
+    };
     let left = datum.len() - cursor.position() as usize;
     if left != 0 {
         return Err(DecodeError::TrailingBytes(left));
     }
-    apache_avro::from_value::<T>(&value).map_err(err)
+    Ok(value)
 }
 
 #[cfg(test)]

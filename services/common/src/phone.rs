@@ -22,8 +22,24 @@ pub fn region(code: &str) -> Result<country::Id, PhoneError> {
     country::Id::from_str(&code.trim().to_ascii_uppercase()).map_err(|_| PhoneError::UnknownRegion(code.to_string()))
 }
 
+/// Compiled patterns the phonenumber crate keeps. It keeps them in one LRU of 100 for all
+/// regions; five regions' validation patterns overflow that, and every parse then compiled
+/// some of them again (tens of µs each). Patterns are compiled only when a number of their
+/// region is parsed, so this bounds memory by the regions in use.
+pub const PATTERN_CACHE: usize = 2048;
+
+fn pattern_cache_sized() {
+    static SIZED: std::sync::Once = std::sync::Once::new();
+    SIZED.call_once(|| {
+        if let Ok(mut cache) = phonenumber::metadata::DATABASE.cache().lock() {
+            cache.set_capacity(PATTERN_CACHE);
+        }
+    });
+}
+
 /// The E.164 form of `raw`, reading national formats in `default_region`.
 pub fn to_e164(raw: &str, default_region: Option<country::Id>) -> Result<String, PhoneError> {
+    pattern_cache_sized();
     let mut s = raw.trim();
     // RFC 3966 `tel:` URIs: the crate does not read them; parameters follow ';'.
     if let Some(rest) = s.strip_prefix("tel:").or_else(|| s.strip_prefix("TEL:")) {
@@ -216,13 +232,17 @@ fn idd_to_plus(s: &str, region: country::Id) -> Option<String> {
 
 /// Remembers recent parses. Parsing costs ~15 µs (the crate's regexes) and the same numbers
 /// recur constantly (an agent's line is on every call they make), so stages parse through
-/// this. Bounded: when full it starts over, which costs one re-parse per number.
-/// A raw number and the region it was read with.
-type CacheKey = (String, Option<country::Id>);
-
+/// this. Bounded: when full it starts over, which costs one re-parse per number. Keyed by
+/// region, then by the raw number, so a hit allocates nothing but its answer.
 pub struct E164Cache {
-    map: std::sync::Mutex<std::collections::HashMap<CacheKey, Result<String, PhoneError>>>,
+    map: std::sync::Mutex<Parses>,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Parses {
+    by_region: std::collections::HashMap<Option<country::Id>, std::collections::HashMap<String, Result<String, PhoneError>>>,
+    len: usize,
 }
 
 impl E164Cache {
@@ -233,16 +253,17 @@ impl E164Cache {
     pub fn to_e164(&self, raw: &str, region: Option<country::Id>) -> Result<String, PhoneError> {
         // The region only matters for numbers without '+'; keying on it anyway is simpler
         // and costs little.
-        let key = (raw.to_string(), region);
-        if let Some(hit) = self.map.lock().expect("lock").get(&key) {
+        if let Some(hit) = self.map.lock().expect("lock").by_region.get(&region).and_then(|m| m.get(raw)) {
             return hit.clone();
         }
         let result = to_e164(raw, region);
         let mut map = self.map.lock().expect("lock");
-        if map.len() >= self.capacity {
-            map.clear();
+        if map.len >= self.capacity {
+            *map = Parses::default();
         }
-        map.insert(key, result.clone());
+        if map.by_region.entry(region).or_default().insert(raw.to_string(), result.clone()).is_none() {
+            map.len += 1;
+        }
         result
     }
 }
@@ -390,7 +411,7 @@ mod tests {
                 assert_eq!(cache.to_e164(raw, Some(region)), to_e164(raw, Some(region)));
             }
         }
-        assert!(cache.map.lock().unwrap().len() <= 2, "bounded");
+        assert!(cache.map.lock().unwrap().len <= 2, "bounded");
     }
 
     #[test]

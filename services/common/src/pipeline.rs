@@ -58,6 +58,26 @@ struct Pending {
     deliveries: Vec<(String, rdkafka::producer::DeliveryFuture)>,
 }
 
+/// `f` over `items` on every core, the results in input order: for a stage's CPU-bound work
+/// on a batch (decoding, phone parsing, encoding), which on one thread made the normaliser
+/// and the deduper the bottleneck. Blocks the calling task's thread meanwhile (tokio is
+/// told, so its other tasks move to another worker). Small batches stay on this thread:
+/// under light load latency matters more than cores.
+pub fn map_in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if items.len() < PARALLEL_FROM {
+        return items.iter().map(f).collect();
+    }
+    let run = || items.par_iter().with_min_len(PARALLEL_FROM / 2).map(f).collect();
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+        _ => run(),
+    }
+}
+
+/// The smallest batch `map_in_parallel` splits.
+const PARALLEL_FROM: usize = 64;
+
 /// Runs `handler` over the input topics until `shutdown` is cancelled, then finishes
 /// in-flight work, commits, and leaves the group. Returns an error, without committing
 /// past the failure, if the broker refuses an output.

@@ -250,7 +250,6 @@ impl Api {
         let first = Instant::now();
         let set = policy.buckets(req.class);
         let costs = policy.costs(req, &set);
-        let holds_slots = set.limits.iter().any(|l| matches!(l, crate::bucket::Limit::Concurrent { .. }));
         let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
         let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;
@@ -284,18 +283,15 @@ impl Api {
             // not write it.
             if let Err(f) = self.fence(&set.tenant_id, &req.fence, &endpoint).await {
                 metrics.retry(&set.crm, "fenced_off");
-                if holds_slots {
-                    let _ = self.buckets.release(&set, &take_id, &costs).await;
-                }
+                let _ = self.buckets.settle(&set, &take_id, &costs).await;
                 return Err(f);
             }
             let a = Attempt { policy, set: &set, req, endpoint: &endpoint, sent: &sent, number: attempt, priority };
             let (verdict, reply) = self.send_once(&a, base_url, (name, value), log).await;
-            if holds_slots {
-                if let Err(e) = self.buckets.release(&set, &take_id, &costs).await {
-                    // The slot's lease returns it soon enough.
-                    tracing::warn!(error = %e, "could not give a concurrency slot back");
-                }
+            // Answered (or timed out): the CRM has counted it by now.
+            if let Err(e) = self.buckets.settle(&set, &take_id, &costs).await {
+                // The tokens' lease returns them, later than need be.
+                tracing::warn!(error = %e, "could not settle a request's tokens");
             }
             match verdict {
                 Verdict::Ok => return Ok(reply.expect("Ok has a reply")),

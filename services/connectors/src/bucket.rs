@@ -6,7 +6,14 @@
 //! midnight. A classic refill bucket of capacity C lets 2C through in one window (drain it,
 //! then it refills), which is exactly what earns 429s. So each limit here is the window
 //! itself: a rolling limit keeps one entry per token spent (a sorted set scored by time) and
-//! a token comes back when its entry is one window (plus a margin for request transit) old;
+//! a token comes back when its entry is one window (plus a small margin) old. An entry is
+//! scored by when its request was *answered* (`settle`): the CRM counted the request when it
+//! arrived, which is no later than its answer, so a token returned one window after the
+//! answer can never find its old request still in the CRM's window, however long the request
+//! took in transit. Until it is settled an entry is scored a lease ahead (the HTTP timeout),
+//! so a writer that dies mid-request keeps its token out of use until the request cannot
+//! still be arriving. This is what lets the writers run at ~99% of a limit's pace: a fixed
+//! transit margin had to cover the slowest request and cost 9% of HubSpot's 10 s window.
 //! a daily limit is a counter that resets at midnight in the account's zone. A take spends
 //! from every limit of the set or from none, against Redis's own clock, so replicas on
 //! machines with skewed clocks still agree.
@@ -32,6 +39,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local reserve_pct = tonumber(ARGV[1])
 local id = ARGV[2]
+-- Rolling tokens are scored this far ahead until `settle` scores them by the answer.
+local lease = tonumber(ARGV[3])
 local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
 if blocked > now then
   return {blocked - now, 0}
@@ -39,7 +48,7 @@ end
 local wait = 0
 -- First pass: would every limit allow it?
 for i = 2, #KEYS do
-  local base = 3 + (i - 2) * 5
+  local base = 4 + (i - 2) * 5
   local kind, max, span, margin, n = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   -- Background work leaves this share of each limit to live writes.
   local reserve = math.ceil(max * reserve_pct / 100)
@@ -118,15 +127,15 @@ if wait > 0 then
 end
 -- Second pass: spend.
 for i = 2, #KEYS do
-  local base = 3 + (i - 2) * 5
+  local base = 4 + (i - 2) * 5
   local kind, span, margin, n = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   if n == 0 then
     -- nothing to spend
   elseif kind == 'R' then
     for j = 1, n do
-      redis.call('ZADD', KEYS[i], now, id .. ':' .. j)
+      redis.call('ZADD', KEYS[i], now + lease, id .. ':' .. j)
     end
-    redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
+    redis.call('PEXPIRE', KEYS[i], lease + span + margin + 1000)
   elseif kind == 'S' then
     redis.call('HINCRBY', KEYS[i], math.floor(now / margin), n)
     redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
@@ -201,6 +210,27 @@ else
   end
   return 0
 end
+";
+
+/// A request `ARGV[1]` took tokens for has been answered: its rolling tokens are scored now
+/// (the CRM counted it by then), its concurrency slots are given back. A token already gone
+/// (its lease ran out) stays gone.
+const SETTLE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = ARGV[1]
+for i = 1, #KEYS do
+  local kind, n = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  for j = 1, n do
+    local member = id .. ':' .. j
+    if kind == 'R' then
+      if redis.call('ZSCORE', KEYS[i], member) then redis.call('ZADD', KEYS[i], 'XX', now, member) end
+    elseif kind == 'C' then
+      redis.call('ZREM', KEYS[i], member)
+    end
+  end
+end
+return 0
 ";
 
 const BLOCK: &str = r"
@@ -299,12 +329,31 @@ pub struct TokenBuckets {
     prefix: String,
     take: Script,
     observe: Script,
+    settle: Script,
     block: Script,
+    /// How long a rolling token stays scored ahead while its request is unanswered.
+    lease: Duration,
 }
 
 impl TokenBuckets {
+    /// Buckets whose rolling tokens count from when they are taken until `settle` says when
+    /// their request was answered; see `with_lease`.
     pub fn new(conn: ConnectionManager, prefix: &str) -> TokenBuckets {
-        TokenBuckets { conn, prefix: prefix.to_string(), take: Script::new(TAKE), observe: Script::new(OBSERVE), block: Script::new(BLOCK) }
+        TokenBuckets {
+            conn,
+            prefix: prefix.to_string(),
+            take: Script::new(TAKE),
+            observe: Script::new(OBSERVE),
+            settle: Script::new(SETTLE),
+            block: Script::new(BLOCK),
+            lease: Duration::ZERO,
+        }
+    }
+
+    /// Rolling tokens taken are held `lease` ahead until settled: the longest a request can
+    /// be on its way (the HTTP client's timeout).
+    pub fn with_lease(self, lease: Duration) -> TokenBuckets {
+        TokenBuckets { lease, ..self }
     }
 
     fn limit_key(&self, set: &BucketSet, limit: &str) -> String {
@@ -333,7 +382,7 @@ impl TokenBuckets {
         for l in &set.limits {
             inv.key(self.limit_key(set, l.name()));
         }
-        inv.arg(reserve_pct.min(100)).arg(id);
+        inv.arg(reserve_pct.min(100)).arg(id).arg(self.lease.as_millis() as u64);
         for (i, l) in set.limits.iter().enumerate() {
             for a in l.args() {
                 inv.arg(a);
@@ -345,19 +394,22 @@ impl TokenBuckets {
         Ok(if granted == 1 { Take::Granted } else { Take::Wait(Duration::from_millis(wait.max(1) as u64)) })
     }
 
-    /// Gives back the concurrency slots the take `id` holds (its request has finished).
-    pub async fn release(&self, set: &BucketSet, id: &str, costs: &[u64]) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
+    /// The request the take `id` paid for has been answered (or will not be sent): its
+    /// rolling tokens count from now, and its concurrency slots are given back.
+    pub async fn settle(&self, set: &BucketSet, id: &str, costs: &[u64]) -> redis::RedisResult<()> {
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(id);
         for (i, l) in set.limits.iter().enumerate() {
-            if let Limit::Concurrent { .. } = l {
-                let n = costs.get(i).copied().unwrap_or(1);
-                for j in 1..=n {
-                    pipe.zrem(self.limit_key(set, l.name()), format!("{id}:{j}")).ignore();
-                }
-            }
+            let kind = match l {
+                Limit::Rolling { .. } => "R",
+                Limit::Concurrent { .. } => "C",
+                _ => continue,
+            };
+            inv.key(self.limit_key(set, l.name()));
+            inv.arg(kind).arg(costs.get(i).copied().unwrap_or(1));
         }
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await
+        inv.invoke_async(&mut conn).await
     }
 
     /// What the CRM said is left in `limit` (from its rate-limit headers). Lowers our count

@@ -91,7 +91,7 @@ impl Deduper {
 
 impl Handler for Deduper {
     async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
-        let steps: Vec<Step> = batch.iter().map(|m| self.classify(m)).collect();
+        let steps: Vec<Step> = pipeline::map_in_parallel(batch, |m| self.classify(m));
         let requests: Vec<MarkRequest> = batch
             .iter()
             .zip(&steps)
@@ -111,18 +111,22 @@ impl Handler for Deduper {
             .mark_many(&requests)
             .await
             .map_err(|e| Transient(format!("Redis at {} failed while marking {} activities: {e}", self.redis, requests.len())))?;
+        // Inputs ruled on by Redis get their outputs built on every core; the rest are done.
         let mut marks = marks.into_iter();
-        Ok(batch
-            .iter()
-            .zip(steps)
-            .map(|(input, step)| match step {
-                Step::Done(p) => p,
+        let mut done = Vec::with_capacity(batch.len());
+        let mut ruled = vec![];
+        for (input, step) in batch.iter().zip(steps) {
+            match step {
+                Step::Done(p) => done.push(Some(p)),
                 Step::Mark { act, tenant } => {
-                    let mark = marks.next().expect("one mark per request");
-                    self.fanout.decide(input, &act, tenant, &mark)
+                    done.push(None);
+                    ruled.push((input, act, tenant, marks.next().expect("one mark per request")));
                 }
-            })
-            .collect())
+            }
+        }
+        let mut decided =
+            pipeline::map_in_parallel(&ruled, |(input, act, tenant, mark)| self.fanout.decide(input, act, tenant, mark)).into_iter();
+        Ok(done.into_iter().map(|d| d.unwrap_or_else(|| decided.next().expect("one decision per mark"))).collect())
     }
 }
 

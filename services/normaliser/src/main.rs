@@ -163,7 +163,7 @@ fn dead(records: [OutRecord; 2]) -> Processed {
 
 impl Handler for Normaliser {
     async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
-        Ok(batch.iter().map(|m| self.one(m)).collect())
+        Ok(pipeline::map_in_parallel(batch, |m| self.one(m)))
     }
 }
 

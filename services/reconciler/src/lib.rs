@@ -866,7 +866,7 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
         connector,
         api: Api {
             http: reqwest::Client::builder().timeout(opts.http_timeout).build()?,
-            buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), &prefix),
+            buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), &prefix).with_lease(opts.http_timeout),
             backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
             retry_limit: opts.retry_limit,
             reserve_pct: opts.reserve_pct,

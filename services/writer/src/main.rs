@@ -34,6 +34,10 @@ struct Cli {
     /// Most messages held in lanes before partitions are paused.
     #[arg(long, env = "WRITER_MAX_BUFFERED", default_value_t = 10_000)]
     max_buffered: usize,
+    /// How long a tenant's lane waits for work before it closes (it starts again with the
+    /// tenant's next request): lanes, and their tasks, are held for sending tenants only.
+    #[arg(long, env = "WRITER_LANE_IDLE", default_value = "2m", value_parser = humantime::parse_duration)]
+    lane_idle: Duration,
     /// How often finished offsets are committed.
     #[arg(long, env = "WRITER_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     commit_interval: Duration,
@@ -153,7 +157,8 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         kinds: connector.kinds(),
         api: api::Api {
             http: reqwest::Client::builder().timeout(cli.http_timeout).build()?,
-            buckets: TokenBuckets::new(conn.clone(), &prefix),
+            // A request's tokens are held until it is answered, or for as long as it can take.
+            buckets: TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout),
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
             retry_limit: cli.retry_limit,
             reserve_pct: 0,
@@ -177,6 +182,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         max_buffered: cli.max_buffered.max(1),
         commit_interval: cli.commit_interval,
         drain_timeout: Duration::from_secs(25),
+        lane_idle: cli.lane_idle,
     };
     runtime::run(shared, &cli.common, cfg, crm_common::shutdown::service()).await
 }

@@ -30,6 +30,9 @@ pub struct RuntimeConfig {
     pub commit_interval: Duration,
     /// How long SIGTERM waits for lanes to finish what they hold.
     pub drain_timeout: Duration,
+    /// How long a tenant's lane waits for work before it closes (a new one starts when the
+    /// tenant sends again).
+    pub lane_idle: Duration,
 }
 
 struct Lanes<C: Connector> {
@@ -40,8 +43,15 @@ struct Lanes<C: Connector> {
     buffered: Arc<AtomicUsize>,
     metrics: StageMetrics,
     failed: CancellationToken,
-    lanes: HashMap<String, mpsc::UnboundedSender<Work>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    lanes: HashMap<String, Lane>,
+    lane_idle: Duration,
+}
+
+/// A tenant's lane: its queue and the task working it. A lane idle for `lane_idle` closes
+/// itself, so a writer serving thousands of tenants holds tasks only for the ones sending.
+struct Lane {
+    tx: mpsc::UnboundedSender<Work>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Produces what finished messages produced and, once the broker has all of it, lets their
@@ -68,51 +78,89 @@ async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &
 }
 
 impl<C: Connector> Lanes<C> {
-    fn lane(&mut self, tenant: &str) -> &mpsc::UnboundedSender<Work> {
-        if !self.lanes.contains_key(tenant) {
-            let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
-            let shared = self.shared.clone();
-            let producer = self.producer.clone();
-            let offsets = self.offsets.clone();
-            let buffered = self.buffered.clone();
-            let metrics = self.metrics.clone();
-            let failed = self.failed.clone();
-            let service = self.service;
-            let max = shared.connector.batch_max().max(1);
-            self.tasks.push(tokio::spawn(async move {
-                while let Some(first) = rx.recv().await {
-                    let mut batch = vec![first];
-                    while batch.len() < max {
-                        match rx.try_recv() {
-                            Ok(w) => batch.push(w),
-                            Err(_) => break,
-                        }
+    /// Queues `work` on its tenant's lane, starting one if the tenant has none or its lane
+    /// closed itself for idleness. Err when the work cannot be queued (a lane failed).
+    fn send(&mut self, tenant: &str, work: Work) -> Result<(), ()> {
+        let work = match self.lanes.get(tenant) {
+            Some(lane) => match lane.tx.send(work) {
+                Ok(()) => return Ok(()),
+                Err(closed) => closed.0,
+            },
+            None => work,
+        };
+        // A new lane starts after the tenant's previous one has finished what it held, so
+        // the tenant's requests stay in order.
+        let previous = self.lanes.remove(tenant).map(|l| l.task);
+        let lane = self.start_lane(tenant, previous);
+        let sent = lane.tx.send(work).map_err(|_| ());
+        self.lanes.insert(tenant.to_string(), lane);
+        sent
+    }
+
+    /// Forgets lanes that have closed and finished.
+    fn sweep(&mut self) {
+        self.lanes.retain(|_, lane| !(lane.tx.is_closed() && lane.task.is_finished()));
+    }
+
+    fn start_lane(&self, tenant: &str, previous: Option<tokio::task::JoinHandle<()>>) -> Lane {
+        let tenant = tenant.to_string();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+        let shared = self.shared.clone();
+        let producer = self.producer.clone();
+        let offsets = self.offsets.clone();
+        let buffered = self.buffered.clone();
+        let metrics = self.metrics.clone();
+        let failed = self.failed.clone();
+        let service = self.service;
+        let max = shared.connector.batch_max().max(1);
+        let idle = self.lane_idle;
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            loop {
+                let first = match tokio::time::timeout(idle, rx.recv()).await {
+                    Ok(Some(w)) => w,
+                    // Every sender gone: the writer is stopping.
+                    Ok(None) => break,
+                    // Idle: refuse new work (the dispatcher starts a new lane, which waits
+                    // for this one) and finish anything that arrived meanwhile.
+                    Err(_) => {
+                        tracing::debug!(tenant, "lane idle: closed");
+                        rx.close();
+                        continue;
                     }
-                    let n = batch.len();
-                    // A span per input, joined to its producer's trace; what it produces names it.
-                    // `process` answers one Done per Work, in order.
-                    let spans: Vec<(String, tracing::Span)> =
-                        batch.iter().map(|w| (w.input.trace_id.clone(), crm_common::telemetry::input_span(service, &w.input))).collect();
-                    let mut done = shared.process(batch).await;
-                    for (d, (trace_id, span)) in done.iter_mut().zip(&spans) {
-                        span.record("outcome", d.outcome);
-                        let tp = crm_common::telemetry::traceparent(span, trace_id);
-                        for out in &mut d.outputs {
-                            out.set_traceparent(tp.clone());
-                        }
+                };
+                let mut batch = vec![first];
+                while batch.len() < max {
+                    match rx.try_recv() {
+                        Ok(w) => batch.push(w),
+                        Err(_) => break,
                     }
-                    drop(spans);
-                    if let Err(e) = publish(&producer, &offsets, &metrics, done).await {
-                        error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
-                        failed.cancel();
-                        return;
-                    }
-                    buffered.fetch_sub(n, Ordering::SeqCst);
                 }
-            }));
-            self.lanes.insert(tenant.to_string(), tx);
-        }
-        &self.lanes[tenant]
+                let n = batch.len();
+                // A span per input, joined to its producer's trace; what it produces names it.
+                // `process` answers one Done per Work, in order.
+                let spans: Vec<(String, tracing::Span)> =
+                    batch.iter().map(|w| (w.input.trace_id.clone(), crm_common::telemetry::input_span(service, &w.input))).collect();
+                let mut done = shared.process(batch).await;
+                for (d, (trace_id, span)) in done.iter_mut().zip(&spans) {
+                    span.record("outcome", d.outcome);
+                    let tp = crm_common::telemetry::traceparent(span, trace_id);
+                    for out in &mut d.outputs {
+                        out.set_traceparent(tp.clone());
+                    }
+                }
+                drop(spans);
+                if let Err(e) = publish(&producer, &offsets, &metrics, done).await {
+                    error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
+                    failed.cancel();
+                    return;
+                }
+                buffered.fetch_sub(n, Ordering::SeqCst);
+            }
+        });
+        Lane { tx, task }
     }
 }
 
@@ -140,7 +188,7 @@ pub async fn run<C: Connector>(
         metrics: metrics.clone(),
         failed: failed.clone(),
         lanes: HashMap::new(),
-        tasks: vec![],
+        lane_idle: cfg.lane_idle,
     };
     info!(service = cfg.service, group = cfg.group, topic = cfg.input_topic, "consuming");
     let mut tick = tokio::time::interval(cfg.commit_interval);
@@ -154,6 +202,7 @@ pub async fn run<C: Connector>(
                 // Lanes waiting on tokens or retries are not this loop: it keeps ticking.
                 crm_common::health::beat();
                 commit(&consumer, &offsets);
+                lanes.sweep();
                 let held = lanes.buffered.load(Ordering::SeqCst);
                 if held >= cfg.max_buffered {
                     // Also covers partitions assigned since the last pause.
@@ -175,7 +224,7 @@ pub async fn run<C: Connector>(
                     Ok(req) => {
                         let tenant = req.tenant_id().to_string();
                         lanes.buffered.fetch_add(1, Ordering::SeqCst);
-                        if lanes.lane(&tenant).send(Work { input: m, req, ticket }).is_err() {
+                        if lanes.send(&tenant, Work { input: m, req, ticket }).is_err() {
                             error!("a lane stopped; stopping");
                             break;
                         }
@@ -193,7 +242,7 @@ pub async fn run<C: Connector>(
 
     // Drain: no new input; let the lanes finish what they hold (their claims make anything
     // cut short safe to redo), then commit what finished.
-    let Lanes { lanes: senders, tasks, .. } = lanes;
+    let (senders, tasks): (Vec<_>, Vec<_>) = lanes.lanes.into_values().map(|l| (l.tx, l.task)).unzip();
     drop(senders);
     let drained = tokio::time::timeout(cfg.drain_timeout, futures::future::join_all(tasks)).await;
     if drained.is_err() {

@@ -53,19 +53,19 @@ impl Policy for HubspotPolicy {
                     name: "search".into(),
                     max: self.plan.search_per_s,
                     window: Duration::from_secs(1),
-                    margin: Duration::from_millis(250),
+                    margin: Duration::from_millis(20),
                 },
                 self.daily(),
             ]
         } else {
             vec![
-                // The margin covers transit: a token comes back only once HubSpot, too, has
-                // let the request it paid for leave its window.
+                // A token counts from its request's answer (`TokenBuckets::settle`), by
+                // which HubSpot has counted it: the margin only covers clock rounding.
                 Limit::Rolling {
                     name: "burst".into(),
                     max: self.plan.burst_per_10s,
                     window: Duration::from_secs(10),
-                    margin: Duration::from_secs(1),
+                    margin: Duration::from_millis(50),
                 },
                 self.daily(),
             ]

@@ -71,8 +71,9 @@ impl PipedrivePolicy {
 impl Policy for PipedrivePolicy {
     fn buckets(&self, class: RequestClass) -> BucketSet {
         let window = Duration::from_secs(2);
-        // A token comes back only once Pipedrive, too, has let its request leave the window.
-        let margin = Duration::from_millis(300);
+        // A token counts from its request's answer (`TokenBuckets::settle`), by which
+        // Pipedrive has counted it: the margin only covers clock rounding.
+        let margin = Duration::from_millis(20);
         let mut limits = vec![
             Limit::Rolling { name: "burst".into(), max: self.plan.burst_per_2s, window, margin },
             Limit::Daily { name: "budget".into(), max: self.plan.daily_tokens, tz_offset_min: self.tz_offset_min },

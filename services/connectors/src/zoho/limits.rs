@@ -77,7 +77,8 @@ impl Policy for ZohoPolicy {
                     name: "minute".into(),
                     max: self.plan.per_minute,
                     window: Duration::from_secs(60),
-                    margin: Duration::from_secs(1),
+                    // Tokens count from their request's answer (`TokenBuckets::settle`).
+                    margin: Duration::from_millis(100),
                 },
                 Limit::Concurrent {
                     name: "in_flight".into(),
