@@ -17,6 +17,7 @@ use crm_common::events::*;
 use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::Kafka;
 use crm_dev::{sibling_binary, spawn_crm_sim, DevBroker};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -773,13 +774,17 @@ fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()>
         a.rate, a.tenants
     );
     println!(
-        "  {:<38} {:>7} {:>7} {:>7} {:>9} {:>9}   idle CPU, % of a core: normaliser deduper writer",
-        "consumers' fetch.wait.max.ms", "p50 ms", "p99 ms", "max ms", "measured", "throttled"
+        "  {:<38} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}   idle CPU, % of a core: normaliser deduper writer",
+        "consumers' fetch.wait.max.ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "measured", "throttled"
     );
     for (label, r) in rows {
         println!(
-            "  {label:<38} {:>7} {:>7} {:>7} {:>9} {:>9}   {:.2} {:.2} {:.2}",
-            r.p50, r.p99, r.max, r.measured, r.throttled, r.idle_cpu[0], r.idle_cpu[1], r.idle_cpu[2]
+            "  {label:<38} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}   {:.2} {:.2} {:.2}",
+            r.p50, r.p90, r.p99, r.max, r.measured, r.throttled, r.idle_cpu[0], r.idle_cpu[1], r.idle_cpu[2]
+        );
+        println!(
+            "  {:<38} p99 by hop: to the normaliser's output {} ms, the deduper's {} ms, the CRM write {} ms",
+            "", r.hop_p99[0], r.hop_p99[1], r.hop_p99[2]
         );
     }
     Ok(())
@@ -787,7 +792,10 @@ fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()>
 
 /// What one latency round measured.
 struct Round {
+    /// p99 of each hop: raw → normalised, → deduped, → written.
+    hop_p99: [i64; 3],
     p50: i64,
+    p90: i64,
     p99: i64,
     max: i64,
     measured: usize,
@@ -803,10 +811,14 @@ fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyh
     let pids = [setup.spawn("normaliser", &[], a)?, setup.spawn("deduper", &[], a)?, setup.spawn("writer", &["--crm", crm], a)?];
     let (live, sim) = (&setup.live, &setup.sim);
     let throttled_before: u64 = live.iter().map(|t| sim.state(p, t).map(|(_, c)| all_throttled(&c, p.throttle)).unwrap_or(0)).sum();
-    std::thread::sleep(Duration::from_secs(5)); // consumer groups join
+    // The stages' consumer groups settle first (a group whose previous member was stopped
+    // can take its session timeout): one call per tenant goes through before measuring.
+    // The same producer then sends the measured calls: its metadata is warm by then.
+    let producer = Kafka::local(&bootstrap).threaded_producer(&[("linger.ms", "0")])?;
+    let warm = warm_up(&producer, &bootstrap, live, round)?;
+    eprintln!("phase 2, round {}: the pipeline answered after {:.1} s", round + 1, warm.as_secs_f64());
     let n = rate * a.seconds;
     eprintln!("phase 2, round {}: {n} calls to calls.raw at {rate}/s through normaliser, deduper and writer…", round + 1);
-    let producer = Kafka::local(&bootstrap).threaded_producer(&[("linger.ms", "0")])?;
     let mut produced_at: HashMap<String, i64> = HashMap::new();
     let start = Instant::now();
     for i in 0..n {
@@ -831,31 +843,83 @@ fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyh
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))?;
     let reader = TopicReader::new(&Kafka::local(&bootstrap), &[&topics.audit])?;
     let mut latencies: Vec<i64> = vec![];
+    // When each stage audited each call: its time in each hop.
+    let mut stages: HashMap<String, [i64; 2]> = HashMap::new();
+    let mut hops: [Vec<i64>; 3] = Default::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     while latencies.len() < n && Instant::now() < deadline {
         for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 2000) {
             let Ok(a) = codec::decode::<AuditRecord>(m.payload.as_deref().unwrap_or_default()) else { continue };
-            if a.stage == Stage::Writer && a.operation == "write" && a.outcome == AuditOutcome::Succeeded {
-                if let Some(t0) = a.call_id.as_ref().and_then(|c| produced_at.get(&format!("{}/{c}", a.tenant_id))) {
+            let key = format!("{}/{}", a.tenant_id, a.call_id.as_deref().unwrap_or_default());
+            let Some(&t0) = produced_at.get(&key) else { continue };
+            let seen = stages.entry(key).or_insert([0; 2]);
+            match a.stage {
+                Stage::Normaliser => seen[0] = a.occurred_at,
+                Stage::Deduper => seen[1] = a.occurred_at,
+                Stage::Writer if a.operation == "write" && a.outcome == AuditOutcome::Succeeded => {
                     latencies.push(a.occurred_at - t0);
+                    if seen[0] > 0 && seen[1] > 0 {
+                        hops[0].push(seen[0] - t0);
+                        hops[1].push(seen[1] - seen[0]);
+                        hops[2].push(a.occurred_at - seen[1]);
+                    }
                 }
+                _ => {}
             }
         }
     }
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let hop_p99 = hops.map(|mut h| {
+        h.sort_unstable();
+        h.get(((h.len() as f64 * 0.99) as usize).min(h.len().saturating_sub(1))).copied().unwrap_or(0)
+    });
     let throttled: u64 = live.iter().map(|t| sim.state(p, t).map(|(_, c)| all_throttled(&c, p.throttle)).unwrap_or(0)).sum();
     // Idle: nothing left to read; what the consumers' polling alone costs.
     std::thread::sleep(Duration::from_secs(2));
     let idle_cpu = idle_cpu(&pids, Duration::from_secs(10));
     Ok(Round {
+        hop_p99,
         p50: pct(0.5),
+        p90: pct(0.9),
         p99: pct(0.99),
         max: latencies.last().copied().unwrap_or(0),
         measured: latencies.len(),
         throttled: throttled - throttled_before,
         idle_cpu,
     })
+}
+
+/// Sends one call per tenant through the whole pipeline and waits until each is written:
+/// how long that took.
+fn warm_up(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    bootstrap: &str,
+    live: &[String],
+    round: usize,
+) -> anyhow::Result<Duration> {
+    let topics = Topics::default();
+    let started = Instant::now();
+    for (i, t) in live.iter().enumerate() {
+        let ev = CallEvent { tenant_id: t.clone(), call_id: format!("warm{round}-{i}"), ..crate::bench_call(i, 1) };
+        let ev = CallEvent { to_number: "+1 650 253 0000".into(), ..ev };
+        producer.send(rdkafka::producer::BaseRecord::to(&topics.calls_raw).key(t).payload(&codec::encode(&ev)?)).map_err(|(e, _)| e)?;
+    }
+    rdkafka::producer::Producer::flush(producer, Duration::from_secs(10))?;
+    let reader = TopicReader::new(&Kafka::local(bootstrap), &[&topics.audit])?;
+    let mut written = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while written < live.len() {
+        anyhow::ensure!(Instant::now() < deadline, "the pipeline wrote only {written} of {} warm-up calls in 180 s", live.len());
+        for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 2000) {
+            let Ok(a) = codec::decode::<AuditRecord>(m.payload.as_deref().unwrap_or_default()) else { continue };
+            let warm = a.call_id.as_deref().is_some_and(|c| c.starts_with(&format!("warm{round}-")));
+            if warm && a.stage == Stage::Writer && a.operation == "write" && a.outcome == AuditOutcome::Succeeded {
+                written += 1;
+            }
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// Each process's CPU (user + system) over `span`, in % of one core.
