@@ -59,10 +59,10 @@ struct Pending {
 }
 
 /// `f` over `items` on every core, the results in input order: for a stage's CPU-bound work
-/// on a batch (decoding, phone parsing, encoding), which on one thread made the normaliser
-/// and the deduper the bottleneck. Blocks the calling task's thread meanwhile (tokio is
-/// told, so its other tasks move to another worker). Small batches stay on this thread:
-/// under light load latency matters more than cores.
+/// on a batch (decoding, encoding, building audit records). Phone parsing gains little: the
+/// phonenumber crate matches every pattern under one process-wide lock. Blocks the calling
+/// task's thread meanwhile (tokio is told, so its other tasks move to another worker). Small
+/// batches stay on this thread: under light load latency matters more than cores.
 pub fn map_in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
     use rayon::prelude::*;
     if items.len() < PARALLEL_FROM {
