@@ -901,8 +901,12 @@ fn warm_up(
     let topics = Topics::default();
     let started = Instant::now();
     for (i, t) in live.iter().enumerate() {
-        let ev = CallEvent { tenant_id: t.clone(), call_id: format!("warm{round}-{i}"), ..crate::bench_call(i, 1) };
-        let ev = CallEvent { to_number: "+1 650 253 0000".into(), ..ev };
+        let ev = CallEvent {
+            tenant_id: t.clone(),
+            call_id: format!("warm{round}-{i}"),
+            to_number: "+1 650 253 0000".into(),
+            ..crate::bench_call(i, 1)
+        };
         producer.send(rdkafka::producer::BaseRecord::to(&topics.calls_raw).key(t).payload(&codec::encode(&ev)?)).map_err(|(e, _)| e)?;
     }
     rdkafka::producer::Producer::flush(producer, Duration::from_secs(10))?;

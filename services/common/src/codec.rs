@@ -103,13 +103,13 @@ pub fn decode_with<T: AvroRecord>(bytes: &[u8], confluent: Option<&ConfluentSche
             if writer.record != T::RECORD {
                 return Err(DecodeError::WrongRecord { expected: T::RECORD, found: writer.record });
             }
-            read_datum(writer, &rest[8..])
+            read_datum(writer, readers().0.get(&fp), &rest[8..])
         }
         [CONFLUENT_MAGIC, rest @ ..] => {
             let id =
                 rest.get(..4).map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes"))).ok_or(DecodeError::Truncated(bytes.len()))?;
             let writer = confluent.and_then(|c| c.get(id)).ok_or(DecodeError::UnknownConfluentId(id))?;
-            read_datum(&writer, &rest[4..])
+            read_datum(&writer, None, &rest[4..])
         }
         other => Err(DecodeError::UnknownFraming(other.iter().take(2).copied().collect())),
     }
@@ -147,36 +147,32 @@ fn readers() -> &'static Readers {
     })
 }
 
-fn read_datum<T: AvroRecord>(writer: &Versioned, datum: &[u8]) -> Result<T, DecodeError> {
+/// `reader`: the prepared reader of a shipped schema; None for one a registry gave us.
+fn read_datum<T: AvroRecord>(writer: &Versioned, reader: Option<&GenericDatumReader<'static>>, datum: &[u8]) -> Result<T, DecodeError> {
     // Set once per process, before the first decode allocates.
     apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
     let current = Registry::global().current(T::RECORD);
     let err = |source| DecodeError::Datum { schema: writer.path.clone(), source };
     let mut cursor = Cursor::new(datum);
-    let shipped = Registry::global().by_fingerprint(&writer.fingerprint).is_some_and(|v| v.canonical == writer.canonical);
     // (apache-avro's schema-aware serde reader would skip the intermediate Value, but in
     // 0.22 it cannot read our `bytes` fields and does no schema resolution.)
-    let value = match readers().0.get(&writer.fingerprint).filter(|_| shipped) {
-        // An older (or newer) writer is resolved into the current schema, which fills
-        // defaults for fields the writer did not have and drops ones we no longer know.
-        Some(reader) => apache_avro::from_value::<T>(&reader.read_value(&mut cursor).map_err(err)?).map_err(err)?,
+    // An older (or newer) writer is resolved into the current schema, which fills defaults
+    // for fields the writer did not have and drops ones we no longer know.
+    let value = match reader {
+        Some(reader) => reader.read_value(&mut cursor).map_err(err)?,
         // A schema a registry gave us: resolved here, once per message.
-        None => {
-            let reader_schema = (writer.fingerprint != current.fingerprint).then_some(&current.schema);
-            let value = GenericDatumReader::builder(&writer.schema)
-                .maybe_reader_schema(reader_schema)
-                .build()
-                .map_err(err)?
-                .read_value(&mut cursor)
-                .map_err(err)?;
-            apache_avro::from_value::<T>(&value).map_err(err)?
-        }
+        None => GenericDatumReader::builder(&writer.schema)
+            .maybe_reader_schema((writer.fingerprint != current.fingerprint).then_some(&current.schema))
+            .build()
+            .map_err(err)?
+            .read_value(&mut cursor)
+            .map_err(err)?,
     };
     let left = datum.len() - cursor.position() as usize;
     if left != 0 {
         return Err(DecodeError::TrailingBytes(left));
     }
-    Ok(value)
+    apache_avro::from_value::<T>(&value).map_err(err)
 }
 
 #[cfg(test)]

@@ -208,7 +208,7 @@ impl LowestRemaining {
         tenants.retain(|_, (_, at)| now.duration_since(*at) < ttl);
         tenants.insert(tenant.to_string(), (left, now));
         while tenants.len() > self.per_limit {
-            let most = tenants.iter().max_by_key(|(t, (left, _))| (*left, (*t).clone())).map(|(t, _)| t.clone()).expect("not empty");
+            let most = tenants.iter().max_by_key(|(t, (left, _))| (*left, *t)).map(|(t, _)| t.clone()).expect("not empty");
             tenants.remove(&most);
         }
     }
