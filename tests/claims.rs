@@ -15,7 +15,7 @@ fn now_ms() -> i64 {
 
 async fn claims_with(prefix: &RedisPrefix, owner: &str, lease_ms: u64, horizon_ms: u64) -> Claims {
     let client = redis::Client::open(MACHINE_REDIS).unwrap();
-    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap().into();
     let timing = Timing {
         lease: Duration::from_millis(lease_ms),
         request_timeout: Duration::ZERO,
@@ -139,7 +139,7 @@ async fn a_claim_store_that_lost_its_data_looks_up_old_activities() {
     // Claims older than the retention are as good as lost.
     let short = {
         let client = redis::Client::open(MACHINE_REDIS).unwrap();
-        let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let conn = redis::aio::ConnectionManager::new(client).await.unwrap().into();
         Claims::new(
             conn,
             &prefix.0,

@@ -4,9 +4,14 @@
 //! prefix and deletes its keys.
 
 use crm_common::dedup::{DedupStore, Mark, MarkRequest};
+use crm_common::redis_conn::RedisTarget;
 use redis::AsyncCommands;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn node(url: &str) -> RedisTarget {
+    RedisTarget::Node(url.to_string())
+}
 
 fn req(call: &str, version: i64, input: &str) -> MarkRequest {
     MarkRequest { tenant_id: "acme".into(), call_id: call.into(), version, input: input.into(), window_ms: 60_000 }
@@ -24,7 +29,7 @@ async fn cleanup(prefix: &str) {
 #[tokio::test]
 async fn marks_decide_new_repeat_update_and_redelivery() {
     let prefix = format!("test-dedup-{}", uuid::Uuid::new_v4().simple());
-    let store = DedupStore::connect(REDIS, &prefix).await.expect("redis");
+    let store = DedupStore::connect(&node(REDIS), &prefix).await.expect("redis");
     let marks = store
         .mark_many(&[
             req("c1", 1, "calls.normalised/0/10"),
@@ -54,7 +59,7 @@ async fn marks_decide_new_repeat_update_and_redelivery() {
 #[tokio::test]
 async fn many_marks_in_flight_keep_request_order() {
     let prefix = format!("test-dedup-{}", uuid::Uuid::new_v4().simple());
-    let store = DedupStore::connect(REDIS, &prefix).await.expect("redis");
+    let store = DedupStore::connect(&node(REDIS), &prefix).await.expect("redis");
     let first: Vec<MarkRequest> = (0..2000).map(|i| req(&format!("c{i}"), 1, &format!("t/0/{i}"))).collect();
     assert!(store.mark_many(&first).await.unwrap().iter().all(|m| *m == Mark::New));
     let mixed: Vec<MarkRequest> =
@@ -68,14 +73,14 @@ async fn many_marks_in_flight_keep_request_order() {
 
 #[tokio::test]
 async fn unreachable_redis_is_an_error_not_a_guess() {
-    let err = DedupStore::connect("redis://127.0.0.1:1", "x").await;
+    let err = DedupStore::connect(&node("redis://127.0.0.1:1"), "x").await;
     assert!(err.is_err(), "connecting to a closed port must fail");
 }
 
 #[tokio::test]
 async fn a_restarted_redis_loses_its_scripts_and_marks_and_the_store_carries_on() {
     let mut redis = crm_sync_tests::PrivateRedis::start();
-    let store = DedupStore::connect(&redis.url(), "restart").await.expect("private redis");
+    let store = DedupStore::connect(&node(&redis.url()), "restart").await.expect("private redis");
     assert_eq!(store.mark_many(&[req("c1", 1, "t/0/1")]).await.unwrap(), vec![Mark::New]);
     redis.kill();
     assert!(store.mark_many(&[req("c1", 1, "t/0/2")]).await.is_err(), "down is an error, never a guess");

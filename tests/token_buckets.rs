@@ -9,7 +9,7 @@ use std::time::Duration;
 
 async fn buckets(prefix: &RedisPrefix) -> TokenBuckets {
     let client = redis::Client::open(MACHINE_REDIS).unwrap();
-    TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap(), &prefix.0)
+    TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap().into(), &prefix.0)
 }
 
 fn rolling(name: &str, max: u64, window_ms: u64) -> Limit {

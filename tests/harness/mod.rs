@@ -11,7 +11,7 @@ pub mod writer;
 pub mod writer_suite;
 
 pub use self::postgres::PrivateDb;
-pub use self::redis::{PrivateRedis, RedisPrefix, MACHINE_REDIS};
+pub use self::redis::{PrivateRedis, RedisCluster, RedisPrefix, MACHINE_REDIS};
 
 use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::{InMessage, Kafka};

@@ -28,12 +28,16 @@ impl RedisPrefix {
 
     /// The same, at another Redis.
     pub fn fresh_claim_store_at(&self, url: &str, tenants: &[String]) {
-        let client = redis::Client::open(url).expect("redis url");
-        let mut c = client.get_connection().expect("machine Redis at 127.0.0.1:6379");
-        for t in tenants {
-            let _: redis::RedisResult<()> =
-                redis::cmd("SET").arg(format!("{}:{{{t}}}:claims-epoch", self.0)).arg(1).arg("NX").query(&mut c);
-        }
+        self.fresh_claim_store_on(&crm_common::redis_conn::RedisTarget::Node(url.to_string()), tenants)
+    }
+
+    /// The same, at a Redis or Redis Cluster.
+    pub fn fresh_claim_store_on(&self, target: &crm_common::redis_conn::RedisTarget, tenants: &[String]) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut conn = crm_common::redis_conn::connect(target).await.expect("redis");
+            crm_connectors::claims::declare_fresh_store(&mut conn, &self.0, tenants).await.expect("claims epoch");
+        });
     }
 
     /// Deletes every key under the prefix: Redis losing its data, for this prefix.
@@ -128,4 +132,121 @@ impl PrivateRedis {
     pub fn kill(&mut self) {
         self.0.kill();
     }
+}
+
+/// A Redis Cluster of the test's own: three masters without replicas on loopback ports,
+/// the slots spread between them by `redis-cli --cluster create`, as a production cluster
+/// is; stopped and its files deleted on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        use std::process::{Command, Stdio};
+        let dir = std::env::temp_dir().join(format!("crm-sync-test-cluster-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let ports = free_port_pairs(3);
+        let mut cluster = RedisCluster { ports: ports.clone(), nodes: vec![], dir: dir.clone() };
+        for p in &ports {
+            let node_dir = dir.join(p.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (apt-get install redis-server)");
+            cluster.nodes.push(child);
+        }
+        for url in cluster.node_urls() {
+            super::writer::wait_for("a cluster node to answer", std::time::Duration::from_secs(20), || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            });
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        for url in cluster.node_urls() {
+            super::writer::wait_for("every node to see the cluster ok", std::time::Duration::from_secs(30), || {
+                let info: redis::RedisResult<String> = redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c));
+                info.is_ok_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:3"))
+            });
+        }
+        cluster
+    }
+
+    /// Each node's own URL.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    /// One node to start from, as a service's `REDIS_URL` (with `REDIS_CLUSTER=true`).
+    pub fn seed(&self) -> String {
+        self.node_urls()[0].clone()
+    }
+
+    pub fn target(&self) -> crm_common::redis_conn::RedisTarget {
+        crm_common::redis_conn::RedisTarget::Cluster(vec![self.seed()])
+    }
+
+    /// The keys under `prefix` on each node, node by node.
+    pub fn keys_per_node(&self, prefix: &str) -> Vec<Vec<String>> {
+        self.node_urls()
+            .iter()
+            .map(|u| {
+                let mut c = redis::Client::open(u.as_str()).unwrap().get_connection().expect("cluster node");
+                let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut c).expect("KEYS");
+                keys.sort();
+                keys
+            })
+            .collect()
+    }
+
+    /// `SCRIPT FLUSH` on every node: a cluster whose nodes restarted and lost their scripts.
+    pub fn flush_scripts(&self) {
+        for u in self.node_urls() {
+            let mut c = redis::Client::open(u.as_str()).unwrap().get_connection().expect("cluster node");
+            let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).expect("SCRIPT FLUSH");
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` ports free on loopback whose cluster-bus port (+10000) is free too.
+fn free_port_pairs(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let p = 20_000 + rand::random::<u16>() % 30_000;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if !ports.contains(&p) && free(p) && free(p + 10_000) {
+            ports.push(p);
+        }
+    }
+    ports
 }

@@ -14,7 +14,8 @@ pub fn spawn(broker: &Broker, crm: &str, tenants: &TempFile, prefix: &RedisPrefi
         .filter(|t| !t.contains('.'))
         .collect();
     let redis = extra.iter().rev().find(|(k, _)| *k == "REDIS_URL").map_or(MACHINE_REDIS, |(_, v)| *v);
-    prefix.fresh_claim_store_at(redis, &ids);
+    let cluster = extra.iter().rev().find(|(k, _)| *k == "REDIS_CLUSTER").is_some_and(|(_, v)| *v == "true");
+    prefix.fresh_claim_store_on(&crm_common::redis_conn::RedisTarget::new(redis, cluster).expect("REDIS_URL"), &ids);
     spawn_plain(broker, crm, tenants, prefix, extra)
 }
 
@@ -44,7 +45,8 @@ pub fn block_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str, how_long: Dur
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
-        let b = crm_connectors::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.expect("redis"), &prefix.0);
+        let b =
+            crm_connectors::bucket::TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.expect("redis").into(), &prefix.0);
         let set = crm_connectors::bucket::BucketSet { tenant_id: tenant.into(), crm: crm.into(), limits: vec![] };
         b.block(&set, how_long).await.expect("block");
     });

@@ -347,6 +347,53 @@ pub fn one_record_per_call_under_duplicates_and_updates(case: &Case) {
     assert!(w.terminate().success());
 }
 
+/// The writer on a Redis Cluster of three masters (`REDIS_CLUSTER=true`, one seed node),
+/// with three tenants whose hash tags fall on different masters (acme, umbrella, hooli):
+/// claims, buckets, the contact cache and OAuth state all live on the cluster, each tenant's
+/// on one slot, and every call is written once with its update.
+pub fn the_writer_runs_on_a_redis_cluster(case: &Case) {
+    let cluster = super::RedisCluster::start();
+    let broker = Broker::start(2);
+    let sim = CrmSim::start();
+    let ts = ["acme", "umbrella", "hooli"];
+    for t in ts {
+        case.account(&sim, t, json!({}));
+    }
+    let tenants = case.tenants(&sim, &ts, "");
+    let prefix = RedisPrefix::new("writer-cluster");
+    let seed = cluster.seed();
+    let w = case.writer(&broker, &tenants, &prefix, &ts, &[("REDIS_URL", seed.as_str()), ("REDIS_CLUSTER", "true")]);
+    let mut inputs = Vec::new();
+    for t in ts {
+        inputs.extend((0..8).map(|i| case.request(t, &format!("c{i}"), 1)));
+        inputs.extend((0..3).map(|i| case.request(t, &format!("c{i}"), 1)));
+        inputs.push(case.request(t, "c0", 2));
+    }
+    broker.produce(&case.topic(), &inputs);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len(), Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(finals.len(), inputs.len());
+    let (field, _, ended) = case.progress_field;
+    for t in ts {
+        let k = case.keys(&sim, t);
+        assert_eq!(k.len(), 8, "{t}: {k:?}");
+        assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "{t}: one record per call: {k:?}");
+        let records = sim.records(case.name(), t, case.calls);
+        assert_eq!(case.record(&records, "c0", t)["fields"][field], ended(), "{t}: the update landed");
+    }
+    let per_node = cluster.keys_per_node(&prefix.0);
+    for t in ts {
+        let tag = format!("{}:{{{t}}}:", prefix.0);
+        let nodes = per_node.iter().filter(|keys| keys.iter().any(|k| k.starts_with(&tag))).count();
+        assert_eq!(nodes, 1, "{t}'s claims, buckets and caches share one slot: {per_node:?}");
+        assert!(per_node.concat().iter().any(|k| k.starts_with(&format!("{tag}claim:"))), "{t}'s claims are on the cluster");
+    }
+    assert!(per_node.iter().all(|keys| !keys.is_empty()), "the tenants are on every master: {per_node:?}");
+    assert!(prefix.keys().is_empty(), "nothing went to the machine's Redis: {:?}", prefix.keys());
+    wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == inputs.len() as i64);
+    assert!(w.terminate().success());
+}
+
 /// A tenant's lane closes after `WRITER_LANE_IDLE` without work (so a writer for thousands
 /// of tenants holds lanes only for the sending ones) and a new one takes the tenant's next
 /// requests: each call still gets one record, and an update after the pause lands.
@@ -1759,6 +1806,10 @@ macro_rules! writer_suite {
         #[test]
         fn one_record_per_call_under_duplicates_and_updates() {
             $crate::writer_suite::one_record_per_call_under_duplicates_and_updates(&$case)
+        }
+        #[test]
+        fn the_writer_runs_on_a_redis_cluster() {
+            $crate::writer_suite::the_writer_runs_on_a_redis_cluster(&$case)
         }
         #[test]
         fn an_idle_tenants_lane_closes_and_its_next_requests_are_written() {

@@ -112,9 +112,9 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     );
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let conn = rt.block_on(redis_conn::connect(redis_url))?;
+    let conn = rt.block_on(redis_conn::connect_node(redis_url))?;
     let removed = rt.block_on(redis_conn::delete_prefix(&conn, &prefix))?;
-    let store = rt.block_on(async { DedupStore::lazy(redis_url, &prefix) })?;
+    let store = rt.block_on(async { DedupStore::lazy(&crm_common::redis_conn::RedisTarget::Node(redis_url.to_string()), &prefix) })?;
     // The Redis share of the deduper's cost: the same number of marks, in the same batch
     // size, with nothing else going on.
     let (marks, batch) = (messages, 500);

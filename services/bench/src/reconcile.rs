@@ -44,7 +44,7 @@ pub fn run(crms: &[Crm], records: usize, drift_pct: usize, database_url: &str, r
         let prefix = format!("crm-sync-bench-reconcile-{}", std::process::id());
         let r = one_crm(crm, records, drift_pct, &url, redis_url, &prefix);
         rt.block_on(audit_store::drop_database(database_url, &db))?;
-        let conn = rt.block_on(crm_common::redis_conn::connect(redis_url))?;
+        let conn = rt.block_on(crm_common::redis_conn::connect_node(redis_url))?;
         rt.block_on(crm_common::redis_conn::delete_prefix(&conn, &prefix))?;
         results.push(r?);
     }

@@ -599,7 +599,7 @@ pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
     drop(stages);
     drop(children);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let conn = rt.block_on(crm_common::redis_conn::connect(&a.redis_url))?;
+    let conn = rt.block_on(crm_common::redis_conn::connect_node(&a.redis_url))?;
     let removed = rt.block_on(crm_common::redis_conn::delete_prefix(&conn, &prefix))?;
     eprintln!("removed {removed} Redis keys ({prefix}:*)");
     let _ = std::fs::remove_dir_all(&dir);

@@ -24,9 +24,14 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Redis URL (deduper, writers).
+    /// Redis URL (deduper, writers, reconciler); with `REDIS_CLUSTER`, one or more
+    /// comma-separated seed nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// Speak to a Redis Cluster (`REDIS_URL` names its seed nodes) instead of one node.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key crm-sync writes (`<prefix>:{tenant}:…`), so several
     /// deployments (or test runs) can share one Redis.
@@ -63,6 +68,13 @@ pub struct CommonArgs {
 
     #[command(flatten)]
     pub topics: Topics,
+}
+
+impl CommonArgs {
+    /// `REDIS_URL` and `REDIS_CLUSTER` as one target, checked.
+    pub fn redis_target(&self) -> anyhow::Result<crate::redis_conn::RedisTarget> {
+        crate::redis_conn::RedisTarget::new(&self.redis_url, self.redis_cluster).map_err(anyhow::Error::msg)
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -10,11 +10,13 @@
 //!
 //! Keys hash-tag the tenant (`{tenant}`) so one tenant's marks live on one Redis Cluster slot.
 //! A batch's marks go out as one pipeline: one round trip, and Redis runs them in request
-//! order, which matters when a batch holds several versions of one call. Any Redis error
+//! order, which matters when a batch holds several versions of one call. On a Redis Cluster a
+//! pipeline may not cross slots, so each tenant's marks go as a pipeline of their own, all at
+//! once. Any Redis error
 //! fails the whole batch so the caller commits nothing; re-running a batch that was partly
 //! applied is safe because each input that marked finds its own mark (`Redelivered`).
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{RedisConn, RedisTarget};
 use redis::{ErrorKind, Script, ServerErrorKind};
 
 const MARK: &str = r"
@@ -85,7 +87,7 @@ pub struct MarkRequest {
 
 #[derive(Clone)]
 pub struct DedupStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     script: Script,
 }
@@ -94,14 +96,14 @@ impl DedupStore {
     /// Connects lazily: a service starts while Redis is down, and its first batch fails
     /// (and is retried) until Redis answers. `prefix` namespaces every key (tests and dev runs
     /// give each run its own).
-    pub fn lazy(url: &str, prefix: &str) -> redis::RedisResult<DedupStore> {
-        let conn = crate::redis_conn::connect_lazy(url)?;
+    pub fn lazy(target: &RedisTarget, prefix: &str) -> redis::RedisResult<DedupStore> {
+        let conn = crate::redis_conn::connect_lazy(target)?;
         Ok(DedupStore { conn, prefix: prefix.to_string(), script: Script::new(MARK) })
     }
 
     /// Connects now and fails if Redis does not answer a PING.
-    pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<DedupStore> {
-        let conn = crate::redis_conn::connect(url).await?;
+    pub async fn connect(target: &RedisTarget, prefix: &str) -> redis::RedisResult<DedupStore> {
+        let conn = crate::redis_conn::connect(target).await?;
         Ok(DedupStore { conn, prefix: prefix.to_string(), script: Script::new(MARK) })
     }
 
@@ -118,7 +120,40 @@ impl DedupStore {
         Ok(marks)
     }
 
+    /// One node: the whole chunk in one pipeline. A cluster: a pipeline may not cross slots,
+    /// so one per tenant (a tenant's marks share its hash tag), all in flight at once; a
+    /// tenant's marks keep their order inside its pipeline, and marks of different tenants
+    /// never touch the same key.
     async fn mark_pipeline(&self, reqs: &[MarkRequest]) -> redis::RedisResult<Vec<Mark>> {
+        if !self.conn.is_cluster() {
+            let all: Vec<&MarkRequest> = reqs.iter().collect();
+            return self.mark_one_pipeline(&all).await;
+        }
+        let mut slot_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut by_tenant: Vec<Vec<usize>> = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let n = by_tenant.len();
+            let at = *slot_of.entry(r.tenant_id.as_str()).or_insert(n);
+            if at == n {
+                by_tenant.push(Vec::new());
+            }
+            by_tenant[at].push(i);
+        }
+        let replies = futures::future::try_join_all(by_tenant.iter().map(|at| {
+            let part: Vec<&MarkRequest> = at.iter().map(|&i| &reqs[i]).collect();
+            async move { self.mark_one_pipeline(&part).await }
+        }))
+        .await?;
+        let mut marks: Vec<Option<Mark>> = vec![None; reqs.len()];
+        for (at, part) in by_tenant.iter().zip(replies) {
+            for (&i, m) in at.iter().zip(part) {
+                marks[i] = Some(m);
+            }
+        }
+        Ok(marks.into_iter().map(|m| m.expect("every request is in one tenant's pipeline")).collect())
+    }
+
+    async fn mark_one_pipeline(&self, reqs: &[&MarkRequest]) -> redis::RedisResult<Vec<Mark>> {
         if reqs.is_empty() {
             return Ok(vec![]);
         }
@@ -135,14 +170,18 @@ impl DedupStore {
         let mut conn = self.conn.clone();
         let replies: Vec<(i64, i64, String)> = match pipe.query_async(&mut conn).await {
             Ok(r) => r,
-            // A fresh or restarted Redis has no scripts cached: every EVALSHA failed, nothing
-            // ran. Load the script and send the pipeline again.
+            // A fresh or restarted Redis (or cluster node) has no scripts cached: every EVALSHA
+            // failed, nothing ran. Load the script (on a cluster, on every node) and send the
+            // pipeline again.
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(MARK).query_async(&mut conn).await?;
                 pipe.query_async(&mut conn).await?
             }
             Err(e) => return Err(e),
         };
+        if replies.len() != reqs.len() {
+            return Err(redis::RedisError::from((ErrorKind::Parse, "dedup pipeline answered a different number of marks")));
+        }
         Ok(replies
             .into_iter()
             .map(|(code, v, by)| match code {
@@ -164,7 +203,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             // Lazy: no connection is made, so this stays a pure test.
-            let s = DedupStore::lazy("redis://127.0.0.1:1", "p").unwrap();
+            let s = DedupStore::lazy(&RedisTarget::Node("redis://127.0.0.1:1".into()), "p").unwrap();
             assert_eq!(s.key("acme", "c:1"), "p:{acme}:dedup:c:1");
         });
     }

@@ -1,27 +1,140 @@
-//! The one way every service connects to Redis: a lazy multiplexed `ConnectionManager` with
-//! timeouts, so a service starts while Redis is down and a request fails within seconds
-//! rather than hanging on a dead socket (callers retry with their own backoff). Also the
-//! password-free form of a URL for logs, and prefix cleanup for dev runs and benchmarks.
+//! The one way every service connects to Redis: one node (the default) or a Redis Cluster,
+//! behind one connection type, [`RedisConn`], that every store (claims, buckets, dedup marks,
+//! contact caches, OAuth tokens) is written against.
+//!
+//! - **Lazy, with timeouts.** A service starts while Redis is down, and a request fails within
+//!   seconds rather than hanging on a dead socket (callers retry with their own backoff).
+//! - **Cluster.** Every key carries its tenant as a hash tag (`redis_keys`), so each Lua script
+//!   and each multi-key command touches one slot, and the cluster client routes it to the node
+//!   that owns the slot (following MOVED/ASK while slots migrate). What does not fit one slot is
+//!   split by the caller: the deduper sends one pipeline per tenant (`dedup`), and
+//!   [`delete_prefix`] scans every primary. Scripts are loaded on every node (`SCRIPT LOAD`
+//!   goes to all of them) when a node answers NOSCRIPT.
+//!
+//! Also the password-free form of a URL for logs, and prefix cleanup for dev runs and benchmarks.
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::time::Duration;
 
-/// Connects on first use; requests time out (connect 2 s, response 5 s).
-pub fn connect_lazy(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    ConnectionManager::new_lazy_with_config(client, config)
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where Redis is: one node, or a cluster reached through one or more of its nodes (seeds; the
+/// client learns the rest from the cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Node(String),
+    Cluster(Vec<String>),
 }
 
-/// Connects now and fails if Redis does not answer a PING.
-pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let mut conn = connect_lazy(url)?;
+impl RedisTarget {
+    /// `urls` is one URL, or (with `cluster`) a comma-separated list of seed nodes
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`). Several URLs without `cluster` is an
+    /// error: a list of single nodes would split one tenant's keys between them.
+    pub fn new(urls: &str, cluster: bool) -> Result<RedisTarget, String> {
+        let mut list: Vec<String> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_string).collect();
+        if list.is_empty() {
+            return Err("REDIS_URL is empty".into());
+        }
+        for u in &list {
+            redis::Client::open(u.as_str()).map_err(|e| format!("REDIS_URL {}: {e}", redact_url(u)))?;
+        }
+        match (cluster, list.len()) {
+            (true, _) => Ok(RedisTarget::Cluster(list)),
+            (false, 1) => Ok(RedisTarget::Node(list.swap_remove(0))),
+            (false, n) => Err(format!("REDIS_URL lists {n} nodes; set REDIS_CLUSTER=true for a Redis Cluster (one node otherwise)")),
+        }
+    }
+
+    /// The target with passwords masked, for logs and error messages.
+    pub fn redacted(&self) -> String {
+        match self {
+            RedisTarget::Node(u) => redact_url(u),
+            RedisTarget::Cluster(us) => format!("cluster {}", us.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+/// A connection to one node or to a cluster; cheap to clone (clones share the connections).
+#[derive(Clone)]
+pub enum RedisConn {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl From<ConnectionManager> for RedisConn {
+    fn from(c: ConnectionManager) -> RedisConn {
+        RedisConn::Node(c)
+    }
+}
+
+impl RedisConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Node(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Connects on first use; requests time out (connect 2 s, response 5 s). Must be called inside
+/// a tokio runtime.
+pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
+    match target {
+        RedisTarget::Node(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            Ok(RedisConn::Node(ConnectionManager::new_lazy_with_config(client, config)?))
+        }
+        RedisTarget::Cluster(urls) => {
+            // Retries cover MOVED/ASK and a primary's failover; the caller's own backoff
+            // covers the rest, as for one node.
+            let client =
+                redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str)).retries(3).max_retry_wait(1000).build()?;
+            let config =
+                redis::cluster::ClusterConfig::new().set_connection_timeout(CONNECT_TIMEOUT).set_response_timeout(RESPONSE_TIMEOUT);
+            Ok(RedisConn::Cluster(client.get_pending_async_connection_with_config(config)))
+        }
+    }
+}
+
+/// Connects now and fails if Redis (every node of a cluster) does not answer a PING.
+pub async fn connect(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
+    let mut conn = connect_lazy(target)?;
     let _: String = redis::cmd("PING").query_async(&mut conn).await?;
     Ok(conn)
+}
+
+/// A single node at `url` (benchmarks and tools that take one URL).
+pub async fn connect_node(url: &str) -> redis::RedisResult<RedisConn> {
+    connect(&RedisTarget::Node(url.to_string())).await
 }
 
 /// `url` without its password, for logs and error messages.
@@ -38,23 +151,63 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Deletes every key under `prefix:` (dev runs and benchmarks clean up after themselves).
-/// SCAN, not KEYS, so a large Redis is not blocked.
-pub async fn delete_prefix(conn: &ConnectionManager, prefix: &str) -> redis::RedisResult<u64> {
+/// SCAN, not KEYS, so a large Redis is not blocked; on a cluster, on every primary.
+pub async fn delete_prefix(conn: &RedisConn, prefix: &str) -> redis::RedisResult<u64> {
     let mut conn = conn.clone();
-    let mut cursor: u64 = 0;
+    let nodes = match &mut conn {
+        RedisConn::Node(_) => vec![None],
+        RedisConn::Cluster(c) => primaries(c).await?.into_iter().map(Some).collect(),
+    };
     let mut deleted = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{prefix}:*")).arg("COUNT").arg(1000).query_async(&mut conn).await?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
-            deleted += n;
+    for node in nodes {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(format!("{prefix}:*")).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = match (&mut conn, &node) {
+                (RedisConn::Cluster(c), Some((host, port))) => {
+                    let at = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
+                    redis::from_redis_value(c.route_command(scan, at).await?)?
+                }
+                _ => scan.query_async(&mut conn).await?,
+            };
+            if !keys.is_empty() {
+                // On a cluster the client splits UNLINK by slot and sums the replies.
+                let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
     }
+    Ok(deleted)
+}
+
+/// The cluster's primaries that are up, as (host, port), from `CLUSTER NODES`.
+async fn primaries(conn: &mut ClusterConnection) -> redis::RedisResult<Vec<(String, u16)>> {
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+    Ok(parse_primaries(&nodes))
+}
+
+/// `CLUSTER NODES` lines are `<id> <ip:port@cport[,hostname]> <flags> …`; a primary's flags
+/// hold `master` and not `fail`.
+fn parse_primaries(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                return None;
+            }
+            let hostport = addr.split(['@', ',']).next()?;
+            let (host, port) = hostport.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -67,6 +220,38 @@ mod tests {
         assert_eq!(redact_url("rediss://user:s3cret@redis:6380"), "rediss://user:***@redis:6380");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert!(!redact_url("not a url s3cret").contains("s3cret"));
+    }
+
+    #[test]
+    fn one_node_unless_the_cluster_is_asked_for() {
+        assert_eq!(RedisTarget::new("redis://a:6379", false), Ok(RedisTarget::Node("redis://a:6379".into())));
+        assert_eq!(
+            RedisTarget::new("redis://a:7000, redis://b:7001", true),
+            Ok(RedisTarget::Cluster(vec!["redis://a:7000".into(), "redis://b:7001".into()]))
+        );
+        assert_eq!(RedisTarget::new("redis://a:7000", true), Ok(RedisTarget::Cluster(vec!["redis://a:7000".into()])));
+        let e = RedisTarget::new("redis://a:7000,redis://b:7001", false).unwrap_err();
+        assert!(e.contains("REDIS_CLUSTER"), "{e}");
+        assert!(RedisTarget::new(" , ", false).is_err());
+        let e = RedisTarget::new("redis://:s3cret@a:7000,nonsense://x", true).unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+        let t = RedisTarget::new("redis://:s3cret@a:7000,redis://:s3cret@b:7001", true).unwrap();
+        assert_eq!(t.redacted(), "cluster redis://:***@a:7000,redis://:***@b:7001");
+    }
+
+    #[test]
+    fn a_clusters_live_primaries_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1 2 connected 5461-10922
+292f 127.0.0.1:30003@40003,redis-3.local master - 0 1 3 connected 10923-16383
+6ec2 127.0.0.1:30005@40005 master,fail - 1 1 5 disconnected
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            parse_primaries(nodes),
+            vec![("127.0.0.1".to_string(), 30002), ("127.0.0.1".to_string(), 30003), ("127.0.0.1".to_string(), 30001)]
+        );
     }
 
     #[test]

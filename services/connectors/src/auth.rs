@@ -27,7 +27,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use crm_common::events::DlqReason;
-use redis::aio::ConnectionManager;
+use crm_common::redis_conn::RedisConn;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -125,7 +125,7 @@ fn scope_parts(scope: &str) -> (&str, &str) {
 /// The OAuth state every replica shares, in Redis, encrypted.
 #[derive(Clone)]
 pub struct TokenStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     cipher: Aes256Gcm,
     /// Distinguishes this process's refresh lock from another's.
@@ -149,7 +149,7 @@ return 0
 
 impl TokenStore {
     /// `key_b64`: 32 bytes, base64 (the secret store's value of CRM_SYNC_TOKEN_KEY).
-    pub fn new(conn: ConnectionManager, prefix: &str, key_b64: &str) -> Result<TokenStore, String> {
+    pub fn new(conn: RedisConn, prefix: &str, key_b64: &str) -> Result<TokenStore, String> {
         let key = base64::engine::general_purpose::STANDARD.decode(key_b64.trim()).map_err(|_| format!("{TOKEN_KEY_ENV} is not base64"))?;
         if key.len() != 32 {
             return Err(format!("{TOKEN_KEY_ENV} must hold 32 bytes (base64 of a 256-bit key); it holds {}", key.len()));
@@ -159,7 +159,7 @@ impl TokenStore {
     }
 
     /// From the environment, where the secret store puts the key. None when it is not set.
-    pub fn from_env(conn: ConnectionManager, prefix: &str) -> Result<Option<TokenStore>, String> {
+    pub fn from_env(conn: RedisConn, prefix: &str) -> Result<Option<TokenStore>, String> {
         match std::env::var("CRM_SYNC_TOKEN_KEY") {
             Ok(k) if !k.trim().is_empty() => TokenStore::new(conn, prefix, &k).map(Some),
             _ => Ok(None),

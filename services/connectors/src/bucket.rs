@@ -30,7 +30,7 @@
 //! idea of what is left to what a response's headers say, and `block` stops every replica
 //! until the CRM's reset after a 429. Keys hash-tag the tenant.
 
-use redis::aio::ConnectionManager;
+use crm_common::redis_conn::RedisConn;
 use redis::Script;
 use std::time::Duration;
 
@@ -325,7 +325,7 @@ pub enum Take {
 
 #[derive(Clone)]
 pub struct TokenBuckets {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     take: Script,
     observe: Script,
@@ -338,7 +338,7 @@ pub struct TokenBuckets {
 impl TokenBuckets {
     /// Buckets whose rolling tokens count from when they are taken until `settle` says when
     /// their request was answered; see `with_lease`.
-    pub fn new(conn: ConnectionManager, prefix: &str) -> TokenBuckets {
+    pub fn new(conn: RedisConn, prefix: &str) -> TokenBuckets {
         TokenBuckets {
             conn,
             prefix: prefix.to_string(),

@@ -14,7 +14,7 @@
 //! Keys hash-tag the tenant and expire after `retention` (the CRM's own key field keeps
 //! protecting the record after that: recovery looks it up there).
 
-use redis::aio::ConnectionManager;
+use crm_common::redis_conn::RedisConn;
 use redis::Script;
 use std::time::Duration;
 
@@ -177,7 +177,7 @@ impl Timing {
 /// benches and tests): nothing was ever written for these tenants before it, so it
 /// remembers every claim from the start of time and no create needs a lookup first.
 /// Never call this for a store that once held claims: that would make it forget it forgot.
-pub async fn declare_fresh_store(conn: &mut ConnectionManager, prefix: &str, tenants: &[String]) -> redis::RedisResult<()> {
+pub async fn declare_fresh_store(conn: &mut RedisConn, prefix: &str, tenants: &[String]) -> redis::RedisResult<()> {
     for t in tenants {
         redis::cmd("SET").arg(crm_common::redis_keys::claims_epoch(prefix, t)).arg(1).arg("NX").query_async::<()>(conn).await?;
     }
@@ -186,7 +186,7 @@ pub async fn declare_fresh_store(conn: &mut ConnectionManager, prefix: &str, ten
 
 #[derive(Clone)]
 pub struct Claims {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     /// This writer's identity in leases (host, pid and a random part).
     owner: String,
@@ -200,7 +200,7 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn new(conn: ConnectionManager, prefix: &str, owner: &str, timing: Timing, retention: Duration) -> Claims {
+    pub fn new(conn: RedisConn, prefix: &str, owner: &str, timing: Timing, retention: Duration) -> Claims {
         Claims {
             conn,
             prefix: prefix.to_string(),

@@ -9,7 +9,7 @@
 //! actors' CRM users by the actor's canonical email ([`ContactCache::owners`]): the users
 //! list changes rarely, and a lookup per activity would spend the budget the writes need.
 
-use redis::aio::ConnectionManager;
+use crm_common::redis_conn::RedisConn;
 use std::time::Duration;
 
 /// What a cache holds: contacts by number or address, or CRM users (owners) by address.
@@ -24,7 +24,7 @@ pub enum Matches {
 
 #[derive(Clone)]
 pub struct ContactCache {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub prefix: String,
     pub ttl: Duration,
     pub miss_ttl: Duration,
@@ -33,17 +33,17 @@ pub struct ContactCache {
 
 impl ContactCache {
     /// The contact cache.
-    pub fn contacts(conn: ConnectionManager, prefix: String, ttl: Duration, miss_ttl: Duration) -> ContactCache {
+    pub fn contacts(conn: RedisConn, prefix: String, ttl: Duration, miss_ttl: Duration) -> ContactCache {
         ContactCache { conn, prefix, ttl, miss_ttl, matches: Matches::Contacts }
     }
 
     /// The owner cache: an actor's CRM user by the actor's canonical email.
-    pub fn owners(conn: ConnectionManager, prefix: String, ttl: Duration, miss_ttl: Duration) -> ContactCache {
+    pub fn owners(conn: RedisConn, prefix: String, ttl: Duration, miss_ttl: Duration) -> ContactCache {
         ContactCache { conn, prefix, ttl, miss_ttl, matches: Matches::Owners }
     }
 
     /// The context cache: a contact's company and open deals, by contact id.
-    pub fn context(conn: ConnectionManager, prefix: String, ttl: Duration) -> ContactCache {
+    pub fn context(conn: RedisConn, prefix: String, ttl: Duration) -> ContactCache {
         ContactCache { conn, prefix, ttl, miss_ttl: ttl, matches: Matches::Context }
     }
 

@@ -283,7 +283,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let prefix = format!("crm-sync-dev-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let marks = rt
-        .block_on(redis_conn::connect(&args.redis_url))
+        .block_on(redis_conn::connect_node(&args.redis_url))
         .map_err(|e| anyhow::anyhow!("Redis at {} is not answering ({e}); start it or set REDIS_URL", redact_url(&args.redis_url)))?;
     say!("Redis: REDIS_URL={} REDIS_KEY_PREFIX={prefix}", redact_url(&args.redis_url));
     // The run's prefix is a new claim store: nothing was written before it.

@@ -18,7 +18,6 @@ use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{DlqReason, Stage};
 use crm_common::kafka::InMessage;
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
-use crm_common::redis_conn::redact_url;
 use crm_common::tenants::{ResolvedTenant, Tenants};
 
 #[derive(Parser)]
@@ -135,9 +134,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = crm_common::telemetry::init("deduper", &cli.common)?;
     let tenants = Tenants::load(&cli.common.tenants_config)?;
-    let redis = redact_url(&cli.common.redis_url);
-    let store =
-        DedupStore::lazy(&cli.common.redis_url, &cli.common.redis_key_prefix).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    let target = cli.common.redis_target()?;
+    let redis = target.redacted();
+    let store = DedupStore::lazy(&target, &cli.common.redis_key_prefix).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
     tracing::info!(tenants = tenants.len(), redis, prefix = cli.common.redis_key_prefix, "tenants loaded");
     let handler = Deduper {
         tenants,

@@ -172,7 +172,7 @@ pub fn fresh_claim_store(redis_url: &str, prefix: &str, tenants_file: &std::path
     let ids = crm_common::tenants::Tenants::load(tenants_file)?.ids();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut conn = crm_common::redis_conn::connect(redis_url).await?;
+        let mut conn = crm_common::redis_conn::connect_node(redis_url).await?;
         crm_connectors::claims::declare_fresh_store(&mut conn, prefix, &ids).await?;
         anyhow::Ok(())
     })

@@ -856,8 +856,9 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
             clients.insert(id, connector.tenant(t, conn));
         }
     }
-    let redis = crm_common::redis_conn::redact_url(&common.redis_url);
-    let conn = crm_common::redis_conn::connect_lazy(&common.redis_url).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    let target = common.redis_target()?;
+    let redis = target.redacted();
+    let conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
     let prefix = common.redis_key_prefix.clone();
     let mut store = AuditStore::connect(&common.database_url).await?;
     store.migrate().await?;

@@ -5,7 +5,7 @@ use clap::Parser;
 use crm_common::config::CommonArgs;
 use crm_common::emit::Emitter;
 use crm_common::events::{Crm, Stage};
-use crm_common::redis_conn::{self, redact_url};
+use crm_common::redis_conn;
 use crm_common::tenants::Tenants;
 use crm_connectors::bucket::TokenBuckets;
 use crm_connectors::claims::{Claims, Timing};
@@ -131,8 +131,9 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             clients.insert(id, client);
         }
     }
-    let redis = redact_url(&cli.common.redis_url);
-    let conn = redis_conn::connect_lazy(&cli.common.redis_url).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
+    let target = cli.common.redis_target()?;
+    let redis = target.redacted();
+    let conn = redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
     let owner = format!("{service}-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let prefix = cli.common.redis_key_prefix.clone();
     tracing::info!(service, tenants = clients.len(), redis, owner, "writer starting");
