@@ -109,7 +109,7 @@ async fn every_store_works_on_a_three_master_cluster_with_tenants_on_every_node(
             ],
         };
         assert_eq!(buckets.try_take_each(&set, &[1, 1], 0, "r1").await.expect("take"), Take::Granted);
-        buckets.settle(&set, "r1", &[1, 1]).await.expect("settle");
+        buckets.settle(&set, "r1", &[1, 1], &[]).await.expect("settle");
         assert_eq!(buckets.try_take(&set, 1, 0).await.expect("take"), Take::Granted);
         assert!(matches!(buckets.try_take(&set, 1, 0).await.expect("take"), Take::Wait(_)), "{t}: the third token in the window");
         buckets.block(&set, Duration::from_secs(5)).await.expect("block");

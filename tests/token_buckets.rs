@@ -98,6 +98,29 @@ async fn crm_headers_correct_the_count_and_a_429_blocks_every_taker() {
     assert_eq!(b.try_take(&other, 1, 0).await.unwrap(), Take::Granted, "the block ends at the CRM's reset");
 }
 
+/// An answer settles its tokens and applies what its headers said in one round trip: the
+/// request's own token is counted once, a limit the headers name is corrected, a limit they
+/// do not name is untouched, and a limit the set does not have is ignored.
+#[tokio::test]
+async fn settling_an_answer_applies_its_headers_in_the_same_round_trip() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await.with_lease(Duration::from_secs(30));
+    let s = set(vec![rolling("burst", 100, 10_000), Limit::Daily { name: "daily".into(), max: 1000, tz_offset_min: 0 }]);
+    assert_eq!(b.try_take_each(&s, &[1, 1], 0, "req").await.unwrap(), Take::Granted);
+    // Redis has the script (a fresh Redis answers the first call NOSCRIPT: three trips).
+    b.settle(&s, "nothing", &[0, 0], &[]).await.unwrap();
+    let before = crm_common::redis_conn::round_trips();
+    // The CRM counted our request and 9 of another app's: 90 left of 100; the daily
+    // allowance it does not report here.
+    b.settle(&s, "req", &[1, 1], &[("burst".into(), 90), ("nonesuch".into(), 0)]).await.unwrap();
+    assert_eq!(crm_common::redis_conn::round_trips() - before, 1, "one round trip");
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 10), ("daily".to_string(), 1)]);
+    // A stale header never raises the count back.
+    assert_eq!(b.try_take_each(&s, &[1, 1], 0, "req2").await.unwrap(), Take::Granted);
+    b.settle(&s, "req2", &[1, 1], &[("burst".into(), 95)]).await.unwrap();
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 11), ("daily".to_string(), 2)]);
+}
+
 #[tokio::test]
 async fn a_reported_limit_follows_the_crm_both_ways() {
     let prefix = RedisPrefix::new("bucket");
@@ -159,7 +182,7 @@ async fn costs_differ_per_limit_and_concurrency_slots_come_back_on_release_or_le
     assert_eq!(b.try_take_each(&z, &[1], 0, "r1").await.unwrap(), Take::Granted);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r2").await.unwrap(), Take::Granted);
     assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Wait(Duration::from_millis(20)));
-    b.settle(&z, "r1", &[1]).await.unwrap();
+    b.settle(&z, "r1", &[1], &[]).await.unwrap();
     assert_eq!(b.try_take_each(&z, &[1], 0, "r3").await.unwrap(), Take::Granted, "a finished request gives its slot back");
     assert_eq!(b.used(&z).await.unwrap(), vec![("inflight".to_string(), 2)]);
     // r2 and r3 belong to a writer that died: their leases end and the slots come back.
@@ -199,7 +222,7 @@ async fn a_rolling_token_counts_from_when_its_request_was_answered() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(matches!(b.try_take_each(&s, &[1], 0, "next").await.unwrap(), Take::Wait(_)), "in flight past a window");
     // Answered now: the token comes back one window after the answer, not before.
-    b.settle(&s, "slow", &[1]).await.unwrap();
+    b.settle(&s, "slow", &[1], &[]).await.unwrap();
     let Take::Wait(w) = b.try_take_each(&s, &[1], 0, "next").await.unwrap() else { panic!("back before a window after the answer") };
     assert!(w > Duration::from_millis(200) && w <= Duration::from_millis(301), "one window from the answer: {w:?}");
     tokio::time::sleep(w).await;
@@ -211,6 +234,6 @@ async fn a_rolling_token_counts_from_when_its_request_was_answered() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(b.try_take_each(&s, &[1], 0, "after").await.unwrap(), Take::Granted, "lease and window over");
     // Settling a token whose lease ran out does not bring it back into the window.
-    b.settle(&s, "next", &[1]).await.unwrap();
+    b.settle(&s, "next", &[1], &[]).await.unwrap();
     assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 1)]);
 }

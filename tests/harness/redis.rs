@@ -144,7 +144,20 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Starts the cluster, on other ports if one was taken between choosing it and binding
+    /// it (tests run in parallel).
     pub fn start() -> RedisCluster {
+        let mut why = String::new();
+        for _ in 0..3 {
+            match RedisCluster::start_once() {
+                Ok(c) => return c,
+                Err(e) => why = e,
+            }
+        }
+        panic!("no Redis Cluster after 3 tries: {why}");
+    }
+
+    fn start_once() -> Result<RedisCluster, String> {
         use std::process::{Command, Stdio};
         let dir = std::env::temp_dir().join(format!("crm-sync-test-cluster-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
@@ -164,13 +177,17 @@ impl RedisCluster {
                 .expect("redis-server (apt-get install redis-server)");
             cluster.nodes.push(child);
         }
-        for url in cluster.node_urls() {
-            super::writer::wait_for("a cluster node to answer", std::time::Duration::from_secs(20), || {
-                redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                    .is_ok()
-            });
+        let answers = |url: &str| {
+            redis::Client::open(url).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+        };
+        for (url, node) in cluster.node_urls().iter().zip(cluster.nodes.iter_mut()) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !answers(url) {
+                if matches!(node.try_wait(), Ok(Some(_))) || std::time::Instant::now() > deadline {
+                    return Err(format!("redis-server at {url} did not start (port taken?)"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
@@ -180,7 +197,9 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            return Err(format!("cluster create failed: {}", String::from_utf8_lossy(&out.stdout)));
+        }
         for url in cluster.node_urls() {
             super::writer::wait_for("every node to see the cluster ok", std::time::Duration::from_secs(30), || {
                 let info: redis::RedisResult<String> = redis::Client::open(url.as_str())
@@ -189,7 +208,7 @@ impl RedisCluster {
                 info.is_ok_and(|i| i.contains("cluster_state:ok") && i.contains("cluster_known_nodes:3"))
             });
         }
-        cluster
+        Ok(cluster)
     }
 
     /// Each node's own URL.

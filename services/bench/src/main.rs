@@ -9,6 +9,7 @@ mod crm_sim;
 mod deduper;
 mod reconcile;
 mod reliability;
+mod tenants;
 mod writer;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,7 @@ enum Cmd {
     /// The HubSpot writer against crm-sim: a limit-bound backlog (records/s, calls, 429s,
     /// budget utilisation), then calls.raw → HubSpot latency through the whole pipeline.
     Writer(writer::Args),
+    Tenants(tenants::Args),
     /// A reconcile pass per CRM: records checked/s and API requests per 100 records, with
     /// drift to repair and at parity.
     Reconcile {
@@ -169,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Normaliser { messages, partitions, tenants, kind } => normaliser(messages, partitions, tenants, kind),
         Cmd::Writer(args) => writer::run(writer::profile(args.crm), &args),
+        Cmd::Tenants(args) => tenants::run(&args),
         Cmd::Deduper { messages, partitions, tenants, repeat_pct, redis_url } => {
             deduper::run(messages, partitions, tenants, repeat_pct, &redis_url)
         }

@@ -201,14 +201,14 @@ pub struct Profile {
     pub(crate) write_permission: &'static str,
     pub(crate) create_endpoint: &'static str,
     /// The rate limit the backlog runs into: crm-sim's limits and the tenant's.
-    sim_limit: fn(u64) -> Value,
-    tenant_limit: fn(u64) -> String,
+    pub(crate) sim_limit: fn(u64) -> Value,
+    pub(crate) tenant_limit: fn(u64) -> String,
     /// (limit's window in seconds, its name), for utilisation; None: no rate limit.
-    window: Option<(f64, &'static str)>,
+    pub(crate) window: Option<(f64, &'static str)>,
     /// Counter labels of the write calls, and the throttle status.
-    writes: &'static str,
-    throttle: &'static str,
-    limit: u64,
+    pub(crate) writes: &'static str,
+    pub(crate) throttle: &'static str,
+    pub(crate) limit: u64,
 }
 
 fn hubspot() -> Profile {

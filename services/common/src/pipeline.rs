@@ -220,6 +220,6 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     commit(&consumer, &offsets);
     consumer.unsubscribe();
     drop(consumer);
-    info!(service = cfg.service, ?counts, "stopped");
+    info!(service = cfg.service, ?counts, redis_round_trips = crate::redis_conn::round_trips(), "stopped");
     acked.and(loop_result)
 }

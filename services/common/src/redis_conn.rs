@@ -17,7 +17,17 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Requests this process sent to Redis, each answered in one round trip (a pipeline is one;
+/// a script that had to be loaded first is three). Exported as `crm_sync.redis.round_trips`
+/// and logged when a service stops; `bench tenants` divides it by the records written.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(Ordering::Relaxed)
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +89,7 @@ impl RedisConn {
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
         match self {
             RedisConn::Node(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
@@ -86,6 +97,7 @@ impl ConnectionLike for RedisConn {
     }
 
     fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
         match self {
             RedisConn::Node(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -103,6 +115,7 @@ impl ConnectionLike for RedisConn {
 /// Connects on first use; requests time out (connect 2 s, response 5 s). Must be called inside
 /// a tokio runtime.
 pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
+    crate::telemetry::redis_metrics();
     match target {
         RedisTarget::Node(url) => {
             let client = redis::Client::open(url.as_str())?;

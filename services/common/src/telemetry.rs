@@ -230,6 +230,19 @@ impl LowestRemaining {
     }
 }
 
+/// `crm_sync.redis.round_trips`: requests this process sent to Redis (see
+/// `redis_conn::round_trips`), registered once, when the first connection is made.
+pub fn redis_metrics() {
+    static M: std::sync::OnceLock<opentelemetry::metrics::ObservableCounter<u64>> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        opentelemetry::global::meter("crm-sync")
+            .u64_observable_counter("crm_sync.redis.round_trips")
+            .with_description("Requests sent to Redis, each one round trip (a pipeline is one)")
+            .with_callback(|obs| obs.observe(crate::redis_conn::round_trips(), &[]))
+            .build()
+    });
+}
+
 pub fn crm_metrics() -> &'static CrmMetrics {
     static M: std::sync::OnceLock<CrmMetrics> = std::sync::OnceLock::new();
     M.get_or_init(|| {

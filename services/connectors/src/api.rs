@@ -283,14 +283,20 @@ impl Api {
             // not write it.
             if let Err(f) = self.fence(&set.tenant_id, &req.fence, &endpoint).await {
                 metrics.retry(&set.crm, "fenced_off");
-                let _ = self.buckets.settle(&set, &take_id, &costs).await;
+                let _ = self.buckets.settle(&set, &take_id, &costs, &[]).await;
                 return Err(f);
             }
             let a = Attempt { policy, set: &set, req, endpoint: &endpoint, sent: &sent, number: attempt, priority };
             let (verdict, reply) = self.send_once(&a, base_url, (name, value), log).await;
-            // Answered (or timed out): the CRM has counted it by now.
-            if let Err(e) = self.buckets.settle(&set, &take_id, &costs).await {
-                // The tokens' lease returns them, later than need be.
+            // Answered (or timed out): the CRM has counted it by now. What its headers said
+            // is left corrects the buckets in the same round trip.
+            let observed = reply.as_ref().map(|r| policy.observed(r, req.class)).unwrap_or_default();
+            for (limit, remaining) in &observed {
+                metrics.remaining(&set.crm, &set.tenant_id, limit, *remaining);
+            }
+            if let Err(e) = self.buckets.settle(&set, &take_id, &costs, &observed).await {
+                // The tokens' lease returns them, later than need be; the next answer's
+                // headers correct the count.
                 tracing::warn!(error = %e, "could not settle a request's tokens");
             }
             match verdict {
@@ -368,8 +374,9 @@ struct Attempt<'a> {
 }
 
 impl Api {
-    /// Sends one attempt and reads its answer: the buckets corrected from its headers, the
-    /// answer classified, its latency measured, the exchange logged for audit.
+    /// Sends one attempt and reads its answer: the answer classified, its latency measured,
+    /// the exchange logged for audit. (The caller settles its tokens and applies what the
+    /// headers said is left, in one round trip.)
     async fn send_once(
         &self,
         a: &Attempt<'_>,
@@ -388,12 +395,6 @@ impl Api {
             Ok(resp) => {
                 let reply =
                     Reply { status: resp.status().as_u16(), headers: resp.headers().clone(), body: resp.text().await.unwrap_or_default() };
-                for (limit, remaining) in a.policy.observed(&reply, req.class) {
-                    metrics.remaining(&set.crm, &set.tenant_id, &limit, remaining);
-                    if let Err(e) = self.buckets.observe(set, &limit, remaining).await {
-                        tracing::warn!(error = %e, "could not correct the bucket from headers");
-                    }
-                }
                 (a.policy.classify(&reply), Some(reply))
             }
             Err(e) if e.is_timeout() => (Verdict::Transient(format!("timed out after {} ms", t.elapsed().as_millis())), None),

@@ -162,73 +162,92 @@ return {0, 1}
 ";
 
 /// Lower our count of what is left in one limit to what the CRM reported (for a reported
-/// limit: set it).
-const OBSERVE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local kind, max, span, margin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local remaining, id = tonumber(ARGV[5]), ARGV[6]
-local target = max - remaining
-if kind == 'C' then
-  return 0
-elseif kind == 'S' then
-  local h = redis.call('HGETALL', KEYS[1])
-  local used = 0
-  for j = 1, #h, 2 do
-    if (tonumber(h[j]) + 1) * margin + span > now then used = used + tonumber(h[j + 1]) end
-  end
-  if target > used then
-    redis.call('HINCRBY', KEYS[1], math.floor(now / margin), target - used)
-    redis.call('PEXPIRE', KEYS[1], span + margin + 1000)
+/// limit: set it). A Lua function, so `OBSERVE` (one limit) and `SETTLE` (an answer's
+/// settling and everything its headers said, in one round trip) share it.
+const OBSERVE_FN: &str = r"
+local function observe(key, kind, max, span, margin, remaining, id, now)
+  local target = max - remaining
+  if kind == 'C' then
+    return 0
+  elseif kind == 'S' then
+    local h = redis.call('HGETALL', key)
+    local used = 0
+    for j = 1, #h, 2 do
+      if (tonumber(h[j]) + 1) * margin + span > now then used = used + tonumber(h[j + 1]) end
+    end
+    if target > used then
+      redis.call('HINCRBY', key, math.floor(now / margin), target - used)
+      redis.call('PEXPIRE', key, span + margin + 1000)
+      return target - used
+    end
+    return 0
+  elseif kind == 'R' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - span - margin)
+    local used = redis.call('ZCARD', key)
+    for j = 1, target - used do
+      redis.call('ZADD', key, now, id .. ':o' .. j)
+    end
+    redis.call('PEXPIRE', key, span + margin + 1000)
+    return math.max(target - used, 0)
+  elseif kind == 'P' then
+    -- The CRM's report is the count: set it, up or down.
+    local used = tonumber(redis.call('HGET', key, 'used') or '0')
+    redis.call('HSET', key, 'used', target)
+    if target < max then redis.call('HDEL', key, 'probe') end
+    redis.call('PEXPIRE', key, 2 * 86400000)
     return target - used
+  else
+    local day = math.floor((now + span * 60000) / 86400000)
+    local d = redis.call('HMGET', key, 'day', 'used')
+    local used = 0
+    if tonumber(d[1]) == day then used = tonumber(d[2]) end
+    if target > used then
+      redis.call('HSET', key, 'day', day, 'used', target)
+      redis.call('PEXPIRE', key, 2 * 86400000)
+      return target - used
+    end
+    return 0
   end
-  return 0
-elseif kind == 'R' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span - margin)
-  local used = redis.call('ZCARD', KEYS[1])
-  for j = 1, target - used do
-    redis.call('ZADD', KEYS[1], now, id .. ':o' .. j)
-  end
-  redis.call('PEXPIRE', KEYS[1], span + margin + 1000)
-  return math.max(target - used, 0)
-elseif kind == 'P' then
-  -- The CRM's report is the count: set it, up or down.
-  local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
-  redis.call('HSET', KEYS[1], 'used', target)
-  if target < max then redis.call('HDEL', KEYS[1], 'probe') end
-  redis.call('PEXPIRE', KEYS[1], 2 * 86400000)
-  return target - used
-else
-  local day = math.floor((now + span * 60000) / 86400000)
-  local d = redis.call('HMGET', KEYS[1], 'day', 'used')
-  local used = 0
-  if tonumber(d[1]) == day then used = tonumber(d[2]) end
-  if target > used then
-    redis.call('HSET', KEYS[1], 'day', day, 'used', target)
-    redis.call('PEXPIRE', KEYS[1], 2 * 86400000)
-    return target - used
-  end
-  return 0
 end
 ";
 
-/// A request `ARGV[1]` took tokens for has been answered: its rolling tokens are scored now
-/// (the CRM counted it by then), its concurrency slots are given back. A token already gone
-/// (its lease ran out) stays gone.
-const SETTLE: &str = r"
+const NOW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// One limit: KEYS[1]; ARGV: kind, max, span, margin, remaining, id.
+const OBSERVE: &str = r"
+return observe(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], now)
+";
+
+/// A request `ARGV[1]` took tokens for has been answered: its rolling tokens are scored now
+/// (the CRM counted it by then), its concurrency slots are given back; a token already gone
+/// (its lease ran out) stays gone. Then what the answer's headers said is left corrects each
+/// limit it named (`observe`): settling first, so the request's own token is counted once.
+/// ARGV after the id is a list of steps, one per key in order: `S kind n` settles, `O kind max
+/// span margin remaining` observes.
+const SETTLE: &str = r"
 local id = ARGV[1]
-for i = 1, #KEYS do
-  local kind, n = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
-  for j = 1, n do
-    local member = id .. ':' .. j
-    if kind == 'R' then
-      if redis.call('ZSCORE', KEYS[i], member) then redis.call('ZADD', KEYS[i], 'XX', now, member) end
-    elseif kind == 'C' then
-      redis.call('ZREM', KEYS[i], member)
+local i, k = 2, 1
+while i <= #ARGV do
+  local key = KEYS[k]
+  if ARGV[i] == 'S' then
+    local kind, n = ARGV[i + 1], tonumber(ARGV[i + 2])
+    for j = 1, n do
+      local member = id .. ':' .. j
+      if kind == 'R' then
+        if redis.call('ZSCORE', key, member) then redis.call('ZADD', key, 'XX', now, member) end
+      elseif kind == 'C' then
+        redis.call('ZREM', key, member)
+      end
     end
+    i = i + 3
+  else
+    observe(key, ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), id, now)
+    i = i + 6
   end
+  k = k + 1
 end
 return 0
 ";
@@ -343,8 +362,8 @@ impl TokenBuckets {
             conn,
             prefix: prefix.to_string(),
             take: Script::new(TAKE),
-            observe: Script::new(OBSERVE),
-            settle: Script::new(SETTLE),
+            observe: Script::new(&[NOW, OBSERVE_FN, OBSERVE].concat()),
+            settle: Script::new(&[NOW, OBSERVE_FN, SETTLE].concat()),
             block: Script::new(BLOCK),
             lease: Duration::ZERO,
         }
@@ -395,8 +414,10 @@ impl TokenBuckets {
     }
 
     /// The request the take `id` paid for has been answered (or will not be sent): its
-    /// rolling tokens count from now, and its concurrency slots are given back.
-    pub async fn settle(&self, set: &BucketSet, id: &str, costs: &[u64]) -> redis::RedisResult<()> {
+    /// rolling tokens count from now, and its concurrency slots are given back. `observed`
+    /// is what the answer's headers said is left, per limit (see `observe`): applied in the
+    /// same round trip.
+    pub async fn settle(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> redis::RedisResult<()> {
         let mut inv = self.settle.prepare_invoke();
         inv.arg(id);
         for (i, l) in set.limits.iter().enumerate() {
@@ -406,7 +427,16 @@ impl TokenBuckets {
                 _ => continue,
             };
             inv.key(self.limit_key(set, l.name()));
-            inv.arg(kind).arg(costs.get(i).copied().unwrap_or(1));
+            inv.arg("S").arg(kind).arg(costs.get(i).copied().unwrap_or(1));
+        }
+        for (limit, remaining) in observed {
+            let Some(l) = set.limits.iter().find(|l| l.name() == limit) else { continue };
+            inv.key(self.limit_key(set, limit));
+            inv.arg("O");
+            for a in l.args() {
+                inv.arg(a);
+            }
+            inv.arg((*remaining).min(l.max()));
         }
         let mut conn = self.conn.clone();
         inv.invoke_async(&mut conn).await

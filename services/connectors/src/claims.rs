@@ -80,16 +80,19 @@ return out
 ";
 
 const DONE: &str = r"
-local v, owner, rid, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
-local done = tonumber(redis.call('HGET', KEYS[1], 'done_version') or '-1')
-if v > done then
-  redis.call('HSET', KEYS[1], 'done_version', v, 'record_id', rid)
+local owner, keep = ARGV[1], tonumber(ARGV[2])
+for i, k in ipairs(KEYS) do
+  local v, rid = tonumber(ARGV[2 * i + 1]), ARGV[2 * i + 2]
+  local done = tonumber(redis.call('HGET', k, 'done_version') or '-1')
+  if v > done then
+    redis.call('HSET', k, 'done_version', v, 'record_id', rid)
+  end
+  if redis.call('HGET', k, 'owner') == owner then
+    redis.call('HDEL', k, 'owner', 'until', 'version', 'at')
+  end
+  redis.call('PEXPIRE', k, keep)
 end
-if redis.call('HGET', KEYS[1], 'owner') == owner then
-  redis.call('HDEL', KEYS[1], 'owner', 'until', 'version', 'at')
-end
-redis.call('PEXPIRE', KEYS[1], keep)
-return 1
+return #KEYS
 ";
 
 // The reconciler found the record DONE names gone from the CRM and asked for it again:
@@ -293,16 +296,21 @@ impl Claims {
 
     /// The write reached the CRM as `record_id` at `version`.
     pub async fn done(&self, tenant_id: &str, idempotency_key: &str, version: i64, record_id: &str) -> redis::RedisResult<()> {
+        self.done_many(tenant_id, &[(idempotency_key, version, record_id)]).await
+    }
+
+    /// `done` for several keys of one tenant (a batch's records), in one round trip.
+    pub async fn done_many(&self, tenant_id: &str, written: &[(&str, i64, &str)]) -> redis::RedisResult<()> {
+        if written.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.done.prepare_invoke();
+        inv.arg(&self.owner).arg(self.retention.as_millis() as u64);
+        for (key, version, record_id) in written {
+            inv.key(self.key(tenant_id, key)).arg(*version).arg(*record_id);
+        }
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .done
-            .key(self.key(tenant_id, idempotency_key))
-            .arg(version)
-            .arg(&self.owner)
-            .arg(record_id)
-            .arg(self.retention.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 = inv.invoke_async(&mut conn).await?;
         Ok(())
     }
 

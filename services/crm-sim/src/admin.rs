@@ -322,7 +322,15 @@ async fn delete_account(State(sim): State<SharedSim>, Path((crm, account)): Acct
 async fn list_accounts(State(sim): State<SharedSim>) -> Response {
     let w = sim.lock();
     let list: Vec<Value> = w.accounts.keys().map(|(c, a)| json!({"crm": c, "account": a})).collect();
-    json(200, json!({"accounts": list, "unattributed": counters_json(&w.unattributed)}))
+    // Every account's answers by status, summed per CRM (benches with thousands of accounts).
+    let mut by_crm: BTreeMap<String, BTreeMap<u16, u64>> = BTreeMap::new();
+    for ((crm, _), a) in &w.accounts {
+        let sum = by_crm.entry(crm.as_str().to_string()).or_default();
+        for (status, n) in a.counters.values().flatten() {
+            *sum.entry(*status).or_default() += n;
+        }
+    }
+    json(200, json!({"accounts": list, "answers": counters_json(&by_crm), "unattributed": counters_json(&w.unattributed)}))
 }
 
 async fn post_token(State(sim): State<SharedSim>, Path((crm, account)): AcctPath, Json(t): Json<NewToken>) -> Response {

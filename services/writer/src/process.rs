@@ -797,6 +797,16 @@ impl<C: Connector> Shared<C> {
             Some(Ok(t)) => self.write_claimed(t, &tenant_id, &mut steps).await,
         }
 
+        // Every record written is marked DONE before any output is built: one round trip for
+        // the batch (a tenant's keys share a slot), retried until Redis takes it.
+        let written: Vec<(&str, i64, &str)> = steps
+            .iter()
+            .filter_map(|s| match &s.settled {
+                Some(Settled::Written { record_id, .. }) => Some((s.work.req.idempotency_key(), s.work.req.version(), record_id.as_str())),
+                _ => None,
+            })
+            .collect();
+        patiently("done", || self.claims.done_many(&tenant_id, &written)).await;
         let mut done = Vec::with_capacity(steps.len());
         for s in steps {
             done.push(self.settle(s).await);
@@ -821,7 +831,7 @@ impl<C: Connector> Shared<C> {
         let (tenant_id, key, version) = (req.tenant_id(), req.idempotency_key(), req.version());
         let outcome = match s.settled.expect("every step settles") {
             Settled::Written { record_id, created } => {
-                patiently("done", || self.claims.done(tenant_id, key, version, &record_id)).await;
+                // DONE was marked for the whole batch before settling.
                 let what = if created { "created" } else { "updated" };
                 let mut detail = format!("{what} {} {} record {record_id} (version {version})", self.crm.as_str(), req.kind().as_str());
                 if let Some(n) = &s.note {

@@ -255,7 +255,7 @@ pub async fn run<C: Connector>(
     }
     let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10));
     consumer.unsubscribe();
-    info!(service = cfg.service, "stopped");
+    info!(service = cfg.service, redis_round_trips = crm_common::redis_conn::round_trips(), "stopped");
     if failed.is_cancelled() {
         anyhow::bail!("stopped after the broker refused an output");
     }
