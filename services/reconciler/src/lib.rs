@@ -846,6 +846,10 @@ pub struct Options {
 
 /// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
 /// a producer.
+/// The reconciler's CRM requests on the wire at once (it is background work, paced by its
+/// share of each limit).
+const RECONCILER_HTTP_CONCURRENCY: usize = 16;
+
 pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
     let tenants = Tenants::load(&common.tenants_config)?;
     let crm = connector.crm();
@@ -863,10 +867,12 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
     let mut store = AuditStore::connect(&common.database_url).await?;
     store.migrate().await?;
     let owner = format!("reconciler-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let (http, in_flight) = Api::http_client(opts.http_timeout, RECONCILER_HTTP_CONCURRENCY)?;
     Ok(Reconciler {
         connector,
         api: Api {
-            http: reqwest::Client::builder().timeout(opts.http_timeout).build()?,
+            http,
+            in_flight,
             buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), &prefix).with_lease(opts.http_timeout),
             backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
             retry_limit: opts.retry_limit,

@@ -31,6 +31,10 @@ struct Cli {
     /// Consumer group (default `writer-<crm>`).
     #[arg(long, env = "CONSUMER_GROUP")]
     consumer_group: Option<String>,
+    /// Most CRM requests on the wire at once, across all tenants (and idle connections kept
+    /// per CRM host).
+    #[arg(long, env = "WRITER_HTTP_CONCURRENCY", default_value_t = 64)]
+    http_concurrency: usize,
     /// Most messages held in lanes before partitions are paused.
     #[arg(long, env = "WRITER_MAX_BUFFERED", default_value_t = 10_000)]
     max_buffered: usize,
@@ -154,10 +158,12 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             crm_connectors::auth::TOKEN_KEY_ENV
         );
     }
+    let (http, in_flight) = api::Api::http_client(cli.http_timeout, cli.http_concurrency)?;
     let shared = Arc::new(process::Shared {
         kinds: connector.kinds(),
         api: api::Api {
-            http: reqwest::Client::builder().timeout(cli.http_timeout).build()?,
+            http,
+            in_flight,
             // A request's tokens are held until it is answered, or for as long as it can take.
             buckets: TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout),
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
