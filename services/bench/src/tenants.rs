@@ -11,10 +11,11 @@
 //!    whether anyone waits behind another tenant's empty bucket.
 //!
 //! Redis round trips come from the writer's own count (`crm_sync.redis.round_trips`), which
-//! it logs when it stops; API requests from the writer's audit of each CRM call.
+//! it logs when it stops (JSON, to a file; `BENCH_WRITER_LOG` sets its RUST_LOG); API
+//! requests from crm-sim's answers summed over every account.
 
 use crate::produce_all;
-use crate::writer::{broker_and_sim, profile, request, Killed, Profile, Sim};
+use crate::writer::{broker_and_sim, profile, request, Killed, Profile, ServiceEnv, Sim};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::*;
@@ -110,16 +111,11 @@ impl Run {
 
     fn writer(&self, label: &str, tenants_file: &std::path::Path) -> anyhow::Result<Writer> {
         let log = self.dir.join(format!("writer-{label}.log"));
-        let child = Command::new(sibling_binary("writer")?)
+        let mut cmd = Command::new(sibling_binary("writer")?);
+        let env = ServiceEnv { broker: &self.broker, tenants_file, dir: &self.dir, redis_url: &self.redis_url, prefix: &self.prefix };
+        env.apply(&mut cmd, &self.secrets);
+        let child = cmd
             .args(["--crm", self.p.crm.as_str()])
-            .envs(self.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap_servers())
-            .env("TENANTS_CONFIG", tenants_file)
-            .env("CONTRACTS_DIR", self.dir.join("contracts"))
-            .env("REDIS_URL", &self.redis_url)
-            .env("REDIS_KEY_PREFIX", &self.prefix)
-            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
-            .env("WRITER_COMMIT_INTERVAL", "200ms")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", std::env::var("BENCH_WRITER_LOG").unwrap_or_else(|_| "warn,writer=info".into()))
             .stdout(Stdio::null())

@@ -520,19 +520,15 @@ impl Setup {
         if let Some(options) = &self.kafka_options {
             cmd.env("KAFKA_OPTIONS", options);
         }
-        let child = cmd
-            .args(args)
-            .envs(self.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap_servers())
-            .env("TENANTS_CONFIG", &self.tenants_file)
-            .env("CONTRACTS_DIR", self.dir.join("contracts"))
-            .env("REDIS_URL", &a.redis_url)
-            .env("REDIS_KEY_PREFIX", &self.prefix)
-            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
-            .env("WRITER_COMMIT_INTERVAL", "200ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()?;
+        let env = ServiceEnv {
+            broker: &self.broker,
+            tenants_file: &self.tenants_file,
+            dir: &self.dir,
+            redis_url: &a.redis_url,
+            prefix: &self.prefix,
+        };
+        env.apply(&mut cmd, &self.secrets);
+        let child = cmd.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
         let pid = child.id();
         self.stages.0.push(child);
         Ok(pid)
@@ -541,6 +537,29 @@ impl Setup {
     /// Stops every service started so far (crm-sim and the broker stay).
     fn stop_stages(&mut self) {
         drop(std::mem::replace(&mut self.stages, Killed(vec![])));
+    }
+}
+
+/// What every service a writer bench starts is told: the broker, the tenants and their
+/// secrets, the contracts, Redis and its key prefix, the token key, a short commit interval.
+pub(crate) struct ServiceEnv<'a> {
+    pub(crate) broker: &'a DevBroker,
+    pub(crate) tenants_file: &'a std::path::Path,
+    pub(crate) dir: &'a std::path::Path,
+    pub(crate) redis_url: &'a str,
+    pub(crate) prefix: &'a str,
+}
+
+impl ServiceEnv<'_> {
+    pub(crate) fn apply(&self, cmd: &mut Command, secrets: &[(String, String)]) {
+        cmd.envs(secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap_servers())
+            .env("TENANTS_CONFIG", self.tenants_file)
+            .env("CONTRACTS_DIR", self.dir.join("contracts"))
+            .env("REDIS_URL", self.redis_url)
+            .env("REDIS_KEY_PREFIX", self.prefix)
+            .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
+            .env("WRITER_COMMIT_INTERVAL", "200ms");
     }
 }
 
