@@ -129,11 +129,11 @@ impl DedupStore {
             let all: Vec<&MarkRequest> = reqs.iter().collect();
             return self.mark_one_pipeline(&all).await;
         }
-        let mut slot_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut pipeline_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         let mut by_tenant: Vec<Vec<usize>> = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
             let n = by_tenant.len();
-            let at = *slot_of.entry(r.tenant_id.as_str()).or_insert(n);
+            let at = *pipeline_of.entry(r.tenant_id.as_str()).or_insert(n);
             if at == n {
                 by_tenant.push(Vec::new());
             }
