@@ -267,12 +267,15 @@ impl Case {
 }
 
 /// Final audit records ("write", one per input), DLQ entries and every audit record, once
-/// `inputs` final records have arrived or `timeout` passed.
+/// `inputs` final records have arrived, with the DLQ entry of each final that was
+/// dead-lettered (the two go to different topics, so either can be read first), or
+/// `timeout` passed.
 pub fn outcomes(broker: &Broker, inputs: usize, timeout: Duration) -> (Vec<AuditRecord>, Vec<DeadLetter>, Vec<AuditRecord>) {
     let reader = broker.reader(&["sync.audit", "sync.dlq"]);
-    let (mut finals, mut dlq, mut all) = (vec![], vec![], vec![]);
+    let (mut finals, mut dlq, mut all): (Vec<AuditRecord>, Vec<DeadLetter>, Vec<AuditRecord>) = (vec![], vec![], vec![]);
     let deadline = Instant::now() + timeout;
-    while finals.len() < inputs && Instant::now() < deadline {
+    let dead = |finals: &[AuditRecord]| finals.iter().filter(|a| a.outcome == AuditOutcome::DeadLettered).count();
+    while (finals.len() < inputs || dlq.len() < dead(&finals)) && Instant::now() < deadline {
         for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 1000) {
             let p = m.payload.as_deref().unwrap();
             if m.topic == "sync.dlq" {
