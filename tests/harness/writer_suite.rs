@@ -564,6 +564,78 @@ pub fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition(
     assert!(w.terminate().success());
 }
 
+/// A tenant's burst past its lane's bound (`WRITER_LANE_MAX`) is left in Kafka, neither held
+/// in memory nor holding the partition: a quiet tenant behind it on the same partition is
+/// written while the burst's bucket is blocked. Then the bucket opens, the burst is handed
+/// on by passes that read the partition again, and the writer is SIGKILLed midway: what was
+/// left in Kafka was never committed past, so the next writer writes every call once, the
+/// update after its create, each tenant's calls in order.
+pub fn a_burst_left_in_kafka_never_delays_a_quiet_tenant_and_survives_a_kill(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    case.account(&sim, "globex", json!({}));
+    // Slow acme's creates so the kill lands while its burst is being handed on.
+    sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": 150, "endpoint": case.fault_endpoint}));
+    let tenants = case.tenants(&sim, &["acme", "globex"], "");
+    let prefix = RedisPrefix::new("writer");
+    block_bucket(&prefix, "acme", case.name(), Duration::from_secs(300));
+    // A lane holds 4 and the writer 16: a writer that paused its partitions when full would
+    // never read globex's calls behind acme's 41 messages.
+    let env = [
+        ("WRITER_LANE_MAX", "4"),
+        ("WRITER_MAX_BUFFERED", "16"),
+        // The killed writer's claims are recovered soon after (a lease outlasts a request,
+        // and crm-sim applies a write before it answers, so a short horizon is safe here).
+        ("WRITER_LEASE", "2s"),
+        ("WRITER_HTTP_TIMEOUT", "1s"),
+        ("WRITER_LATE_WRITE_HORIZON", "2s"),
+        ("WRITER_RETRY_BASE", "50ms"),
+    ];
+    let burst = 40;
+    let mut inputs: Vec<_> = (0..burst).map(|i| case.request("acme", &format!("a{i:02}"), 1)).collect();
+    inputs.push(case.request("acme", "a05", 2));
+    inputs.extend((0..5).map(|i| case.request("globex", &format!("g{i}"), 1)));
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &env);
+    broker.produce(&case.topic(), &inputs);
+    let started = Instant::now();
+    wait_for("globex's calls, behind acme's burst", Duration::from_secs(30), || case.keys(&sim, "globex").len() == 5);
+    let globex_took = started.elapsed();
+    assert!(case.keys(&sim, "acme").is_empty(), "acme waits for its bucket");
+    assert!(w.log_text().contains("left in Kafka"), "{}", w.log_text());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(broker.committed(&case.group(), &case.topic()), 0, "acme's calls come first in the partition");
+    let key = format!("{}:{{acme}}:bucket:{}:blocked", prefix.0, case.name());
+    redis::cmd("DEL").arg(key).query::<i64>(&mut redis_conn()).unwrap();
+    wait_for("some of acme's calls", Duration::from_secs(60), || case.keys(&sim, "acme").len() >= 8);
+    let before_kill = case.keys(&sim, "acme").len();
+    w.kill9();
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &env);
+    let restarted = Instant::now();
+    wait_for("every acme call", Duration::from_secs(120), || case.keys(&sim, "acme").len() == burst);
+    let rest_took = restarted.elapsed();
+    for t in ["acme", "globex"] {
+        let k = case.keys(&sim, t);
+        assert!(k.values().all(|&(total, live)| total == 1 && live == 1), "{t}: one record per call: {k:?}");
+    }
+    let records = sim.records(case.name(), "acme", case.calls);
+    let (field, _, ended) = case.progress_field;
+    let a05 = case.record(&records, "a05", "acme");
+    assert_eq!(a05["fields"][field], ended(), "the update landed after its create: {a05}");
+    wait_for("offsets committed", Duration::from_secs(30), || broker.committed(&case.group(), &case.topic()) == inputs.len() as i64);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len(), Duration::from_secs(10));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    let written: Vec<i64> =
+        finals.iter().filter(|a| a.tenant_id == "acme" && a.outcome == AuditOutcome::Succeeded).map(|a| a.input_offset).collect();
+    assert!(written.windows(2).all(|w| w[0] < w[1]), "acme's calls were written in order: {written:?}");
+    assert!(written.len() > burst, "every call and the update written: {written:?}");
+    eprintln!(
+        "{}: globex written {globex_took:?} after produce while acme's 41 waited; SIGKILL with {before_kill} of acme's {burst} written; the rest took {rest_took:?}",
+        case.name()
+    );
+    assert!(w.terminate().success());
+}
+
 /// Two replicas in separate groups both see every call: claims keep the writes single while
 /// both spend from the tenant's one set of buckets, lowered in crm-sim and in the tenant
 /// config alike so the limit binds: HubSpot's 10-second burst and search rate, Zoho's
@@ -1825,6 +1897,10 @@ macro_rules! writer_suite {
         #[test]
         fn injected_throttles_server_errors_and_timeouts_still_give_one_record_each() {
             $crate::writer_suite::injected_throttles_server_errors_and_timeouts_still_give_one_record_each(&$case)
+        }
+        #[test]
+        fn a_burst_left_in_kafka_never_delays_a_quiet_tenant_and_survives_a_kill() {
+            $crate::writer_suite::a_burst_left_in_kafka_never_delays_a_quiet_tenant_and_survives_a_kill(&$case)
         }
         #[test]
         fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition() {

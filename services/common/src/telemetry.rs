@@ -243,6 +243,24 @@ pub fn redis_metrics() {
     });
 }
 
+/// The writer's backlog (`writer::backlog`): `crm_sync.writer.backlog.left`, the (tenant,
+/// partition) pairs whose messages are left in Kafka while their lanes are full, and
+/// `crm_sync.writer.backlog.reread`, messages handed on by passes that read them again.
+pub fn writer_backlog_metrics(stage: &'static str, left: Arc<std::sync::atomic::AtomicU64>, reread: Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::Ordering;
+    let meter = opentelemetry::global::meter("crm-sync");
+    meter
+        .u64_observable_gauge("crm_sync.writer.backlog.left")
+        .with_description("Tenants (per partition) whose messages are left in Kafka until their lane has room")
+        .with_callback(move |obs| obs.observe(left.load(Ordering::Relaxed), &[KeyValue::new("stage", stage)]))
+        .build();
+    meter
+        .u64_observable_counter("crm_sync.writer.backlog.reread")
+        .with_description("Messages read again from Kafka and handed to their tenant's lane")
+        .with_callback(move |obs| obs.observe(reread.load(Ordering::Relaxed), &[KeyValue::new("stage", stage)]))
+        .build();
+}
+
 pub fn crm_metrics() -> &'static CrmMetrics {
     static M: std::sync::OnceLock<CrmMetrics> = std::sync::OnceLock::new();
     M.get_or_init(|| {

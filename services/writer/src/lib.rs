@@ -3,6 +3,7 @@
 //! the shared offset tracker, `crm_common::kafka::offsets`), `process` one lane's batch: claims, contacts, the
 //! connector's plan and write, audit and DLQ records; `owners` whose record it is.
 
+pub mod backlog;
 pub mod owners;
 pub mod process;
 pub mod runtime;

@@ -35,9 +35,14 @@ struct Cli {
     /// per CRM host).
     #[arg(long, env = "WRITER_HTTP_CONCURRENCY", default_value_t = 64)]
     http_concurrency: usize,
-    /// Most messages held in lanes before partitions are paused.
+    /// Most messages held in all lanes; past it only tenants holding nothing get more, and
+    /// the rest are left in Kafka until there is room (the partitions are never paused).
     #[arg(long, env = "WRITER_MAX_BUFFERED", default_value_t = 10_000)]
     max_buffered: usize,
+    /// Most messages one tenant's lane holds (default two full batches); the tenant's next
+    /// messages are left in Kafka and read again when its lane is half empty.
+    #[arg(long, env = "WRITER_LANE_MAX")]
+    lane_max: Option<usize>,
     /// How long a tenant's lane waits for work before it closes (it starts again with the
     /// tenant's next request): lanes, and their tasks, are held for sending tenants only.
     #[arg(long, env = "WRITER_LANE_IDLE", default_value = "2m", value_parser = humantime::parse_duration)]
@@ -187,6 +192,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         group: cli.consumer_group.clone().unwrap_or_else(|| service.to_string()),
         input_topic: cli.common.topics.crm_writes(crm),
         max_buffered: cli.max_buffered.max(1),
+        lane_max: cli.lane_max.unwrap_or(2 * shared.connector.batch_max()).max(1),
         commit_interval: cli.commit_interval,
         drain_timeout: Duration::from_secs(25),
         lane_idle: cli.lane_idle,

@@ -1,10 +1,14 @@
 //! The writer's Kafka side (DESIGN §5): messages from the assigned partitions go into one
 //! lane per tenant, in read order; each lane runs on its own, so a tenant waiting for tokens
 //! or backing off never holds back another tenant on the same partition. What is held in
-//! memory is bounded: past `max_buffered` messages the partitions are paused, and resumed
-//! below half. Each partition is committed only up to its lowest unfinished offset, and only
-//! after everything a message produced (audit, DLQ) is acknowledged.
+//! memory is bounded without ever pausing the partitions: a lane holds at most `lane_max`
+//! messages (and, past `max_buffered` in all, only tenants holding nothing get more); a
+//! tenant's messages past that are left in Kafka and read again when its lane has room
+//! (`crate::backlog`), so one tenant's burst never makes another wait behind it. Each
+//! partition is committed only up to its lowest unfinished or left offset, and only after
+//! everything a message produced (audit, DLQ) is acknowledged.
 
+use crate::backlog::{Backlog, Reread, Route};
 use crate::process::{Done, Shared, Work};
 use crm_common::emit::Subject;
 use crm_common::events::{ActivityWriteRequest, DlqReason, WritePayload, WriteRequest};
@@ -12,21 +16,24 @@ use crm_common::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMIT
 use crm_common::kafka::{self, InMessage, Kafka, Ticket};
 use crm_common::telemetry::StageMetrics;
 use crm_connectors::connector::Connector;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub struct RuntimeConfig {
     pub service: &'static str,
     pub group: String,
     pub input_topic: String,
     pub max_buffered: usize,
+    /// Most messages one tenant's lane holds; the tenant's next ones are left in Kafka.
+    pub lane_max: usize,
     pub commit_interval: Duration,
     /// How long SIGTERM waits for lanes to finish what they hold.
     pub drain_timeout: Duration,
@@ -45,12 +52,19 @@ struct Lanes<C: Connector> {
     failed: CancellationToken,
     lanes: HashMap<String, Lane>,
     lane_idle: Duration,
+    lane_max: usize,
+    max_buffered: usize,
+    /// Told by a lane that finished a batch and is at most half full: a backlog pass may
+    /// hand it more.
+    room: Arc<Notify>,
 }
 
-/// A tenant's lane: its queue and the task working it. A lane idle for `lane_idle` closes
-/// itself, so a writer serving thousands of tenants holds tasks only for the ones sending.
+/// A tenant's lane: its queue, how many messages it holds, and the task working it. A lane
+/// idle for `lane_idle` closes itself, so a writer serving thousands of tenants holds tasks
+/// only for the ones sending.
 struct Lane {
     tx: mpsc::UnboundedSender<Work>,
+    held: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,20 +92,47 @@ async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &
 }
 
 impl<C: Connector> Lanes<C> {
+    fn held(&self, tenant: &str) -> usize {
+        self.lanes.get(tenant).filter(|l| !l.tx.is_closed()).map_or(0, |l| l.held.load(Ordering::SeqCst))
+    }
+
+    /// Whether `tenant`'s lane takes one more message now: under its own bound, and under
+    /// the writer's unless it holds nothing (a tenant with nothing held is never made to
+    /// wait for others' lanes to drain).
+    fn room(&self, tenant: &str) -> bool {
+        let held = self.held(tenant);
+        held < self.lane_max && (held == 0 || self.buffered.load(Ordering::SeqCst) < self.max_buffered)
+    }
+
+    /// Whether a pass should read `tenant`'s left messages for it now: its lane is at most
+    /// half full (a pass hands a good share, not one message at a time).
+    fn ready(&self, tenant: &str) -> bool {
+        let held = self.held(tenant);
+        held <= self.lane_max / 2 && (held == 0 || self.buffered.load(Ordering::SeqCst) < self.max_buffered)
+    }
+
     /// Queues `work` on its tenant's lane, starting one if the tenant has none or its lane
     /// closed itself for idleness. Err when the work cannot be queued (a lane failed).
     fn send(&mut self, tenant: &str, work: Work) -> Result<(), ()> {
+        self.buffered.fetch_add(1, Ordering::SeqCst);
         let work = match self.lanes.get(tenant) {
-            Some(lane) => match lane.tx.send(work) {
-                Ok(()) => return Ok(()),
-                Err(closed) => closed.0,
-            },
+            Some(lane) => {
+                lane.held.fetch_add(1, Ordering::SeqCst);
+                match lane.tx.send(work) {
+                    Ok(()) => return Ok(()),
+                    Err(closed) => {
+                        lane.held.fetch_sub(1, Ordering::SeqCst);
+                        closed.0
+                    }
+                }
+            }
             None => work,
         };
         // A new lane starts after the tenant's previous one has finished what it held, so
         // the tenant's requests stay in order.
         let previous = self.lanes.remove(tenant).map(|l| l.task);
         let lane = self.start_lane(tenant, previous);
+        lane.held.fetch_add(1, Ordering::SeqCst);
         let sent = lane.tx.send(work).map_err(|_| ());
         self.lanes.insert(tenant.to_string(), lane);
         sent
@@ -114,6 +155,9 @@ impl<C: Connector> Lanes<C> {
         let service = self.service;
         let max = shared.connector.batch_max().max(1);
         let idle = self.lane_idle;
+        let held = Arc::new(AtomicUsize::new(0));
+        let lane_held = held.clone();
+        let (room, half) = (self.room.clone(), self.lane_max / 2);
         let task = tokio::spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
@@ -158,9 +202,12 @@ impl<C: Connector> Lanes<C> {
                     return;
                 }
                 buffered.fetch_sub(n, Ordering::SeqCst);
+                if lane_held.fetch_sub(n, Ordering::SeqCst).saturating_sub(n) <= half {
+                    room.notify_one();
+                }
             }
         });
-        Lane { tx, task }
+        Lane { tx, held, task }
     }
 }
 
@@ -177,6 +224,13 @@ pub async fn run<C: Connector>(
     let kafka = Kafka::from_args(common);
     let consumer = kafka.group_consumer(&cfg.group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     consumer.subscribe(&[cfg.input_topic.as_str()])?;
+    // Reads the group's own partitions again for the backlog's passes. A pass stops as soon
+    // as its tenants' lanes are full, so it prefetches little.
+    let rereader = Rereader {
+        consumer: kafka.stream_reader(&format!("{}-backlog", cfg.group), &[("queued.max.messages.kbytes", "4096")])?,
+        topic: cfg.input_topic.clone(),
+        assigned: HashMap::new(),
+    };
     let producer = kafka.producer()?;
     let failed = CancellationToken::new();
     let mut lanes = Lanes {
@@ -189,10 +243,15 @@ pub async fn run<C: Connector>(
         failed: failed.clone(),
         lanes: HashMap::new(),
         lane_idle: cfg.lane_idle,
+        lane_max: cfg.lane_max.max(1),
+        max_buffered: cfg.max_buffered.max(1),
+        room: Arc::new(Notify::new()),
     };
-    info!(service = cfg.service, group = cfg.group, topic = cfg.input_topic, "consuming");
+    let mut backlog = Dispatch { backlog: Backlog::new(&cfg.input_topic), rereader, left: Arc::default(), reread: Arc::default() };
+    crm_common::telemetry::writer_backlog_metrics(cfg.service, backlog.left.clone(), backlog.reread.clone());
+    let lane_has_room = lanes.room.clone();
+    info!(service = cfg.service, group = cfg.group, topic = cfg.input_topic, lane_max = lanes.lane_max, "consuming");
     let mut tick = tokio::time::interval(cfg.commit_interval);
-    let mut paused = false;
     crm_common::health::ready();
     loop {
         tokio::select! {
@@ -203,45 +262,60 @@ pub async fn run<C: Connector>(
                 crm_common::health::beat();
                 commit(&consumer, &offsets);
                 lanes.sweep();
-                let held = lanes.buffered.load(Ordering::SeqCst);
-                if held >= cfg.max_buffered {
-                    // Also covers partitions assigned since the last pause.
-                    if let Ok(a) = consumer.assignment() { let _ = consumer.pause(&a); }
-                    paused = true;
-                } else if paused && held < cfg.max_buffered / 2 {
-                    if let Ok(a) = consumer.assignment() { let _ = consumer.resume(&a); }
-                    paused = false;
-                    info!(held, "resumed consuming");
-                }
+                backlog.start_passes(&offsets, &lanes);
             }
+            _ = lane_has_room.notified() => backlog.start_passes(&offsets, &lanes),
             m = consumer.recv() => {
                 let m = match m {
                     Ok(m) => InMessage::from_kafka(&m),
                     Err(e) => { warn!("consume error: {e}"); continue; }
                 };
-                let ticket = offsets.lock().expect("offsets").read(&m.topic, m.partition, m.offset);
-                match request_of(&shared, &m) {
+                let req = request_of(&shared, &m);
+                let tenant = req.as_ref().ok().map(|r| r.tenant_id().to_string());
+                let room = tenant.as_deref().is_some_and(|t| lanes.room(t));
+                let route = backlog.backlog.read(&mut offsets.lock().expect("offsets"), m.partition, m.offset, tenant.as_deref(), room);
+                let Route::Lane(ticket) = route else {
+                    if let Some(t) = tenant.as_deref() {
+                        debug!(tenant = t, partition = m.partition, offset = m.offset, "lane full: left in Kafka");
+                    }
+                    backlog.count();
+                    continue;
+                };
+                match req {
                     Ok(req) => {
                         let tenant = req.tenant_id().to_string();
-                        lanes.buffered.fetch_add(1, Ordering::SeqCst);
                         if lanes.send(&tenant, Work { input: m, req, ticket }).is_err() {
                             error!("a lane stopped; stopping");
                             break;
-                        }
-                        if !paused && lanes.buffered.load(Ordering::SeqCst) >= cfg.max_buffered {
-                            if let Ok(a) = consumer.assignment() { let _ = consumer.pause(&a); }
-                            paused = true;
-                            info!(held = cfg.max_buffered, "paused consuming: lanes are full");
                         }
                     }
                     Err(refused) => undecodable(&shared, &producer, &offsets, &metrics, m, ticket, refused).await?,
                 }
             }
+            m = backlog.rereader.consumer.recv() => {
+                let m = match m {
+                    Ok(m) => InMessage::from_kafka(&m),
+                    Err(e) => { warn!("backlog read error: {e}"); continue; }
+                };
+                // A message that is not a write request was dead-lettered when first read.
+                let Ok(req) = request_of(&shared, &m) else { continue };
+                let tenant = req.tenant_id().to_string();
+                let verdict = backlog.backlog.reread(&mut offsets.lock().expect("offsets"), m.partition, m.offset, Some(&tenant), |t| lanes.room(t));
+                if let Reread::Hand(ticket) = verdict {
+                    backlog.reread.fetch_add(1, Ordering::Relaxed);
+                    if lanes.send(&tenant, Work { input: m, req, ticket }).is_err() {
+                        error!("a lane stopped; stopping");
+                        break;
+                    }
+                }
+                backlog.follow();
+            }
         }
     }
 
     // Drain: no new input; let the lanes finish what they hold (their claims make anything
-    // cut short safe to redo), then commit what finished.
+    // cut short safe to redo), then commit what finished. What is left in Kafka stays
+    // uncommitted for the next owner.
     let (senders, tasks): (Vec<_>, Vec<_>) = lanes.lanes.into_values().map(|l| (l.tx, l.task)).unzip();
     drop(senders);
     let drained = tokio::time::timeout(cfg.drain_timeout, futures::future::join_all(tasks)).await;
@@ -249,17 +323,100 @@ pub async fn run<C: Connector>(
         warn!("drain timed out; unfinished messages stay uncommitted and will be redelivered");
     }
     commit(&consumer, &offsets);
-    let left = offsets.lock().expect("offsets").unfinished();
-    if left > 0 {
-        info!(left, "messages left unfinished and uncommitted; the next owner redoes them under their claims");
+    let (left, held) = {
+        let o = offsets.lock().expect("offsets");
+        (o.unfinished(), o.held())
+    };
+    if left > 0 || held > 0 {
+        info!(
+            left,
+            partitions_with_tenants_left_in_kafka = held,
+            "messages left unfinished and uncommitted; the next owner redoes them under their claims"
+        );
     }
     let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10));
     consumer.unsubscribe();
-    info!(service = cfg.service, redis_round_trips = crm_common::redis_conn::round_trips(), "stopped");
+    info!(
+        service = cfg.service,
+        redis_round_trips = crm_common::redis_conn::round_trips(),
+        backlog_reread = backlog.reread.load(Ordering::Relaxed),
+        "stopped"
+    );
     if failed.is_cancelled() {
         anyhow::bail!("stopped after the broker refused an output");
     }
     Ok(())
+}
+
+/// The second consumer, outside the group, that reads partitions again for the backlog's
+/// passes: assigned a partition, at the pass's offset, while the pass runs.
+struct Rereader {
+    consumer: StreamConsumer,
+    topic: String,
+    /// partition → the pass it is assigned for.
+    assigned: HashMap<i32, u64>,
+}
+
+/// The backlog, the reader of its passes, and its figures.
+struct Dispatch {
+    backlog: Backlog,
+    rereader: Rereader,
+    left: Arc<AtomicU64>,
+    reread: Arc<AtomicU64>,
+}
+
+impl Dispatch {
+    fn start_passes<C: Connector>(&mut self, offsets: &Mutex<Offsets>, lanes: &Lanes<C>) {
+        self.backlog.start_passes(&offsets.lock().expect("offsets"), |t| lanes.ready(t));
+        self.follow();
+    }
+
+    /// Publishes how many (tenant, partition) pairs are left, saying when the first is left
+    /// and when the last is handed on.
+    fn count(&self) {
+        let now = self.backlog.left() as u64;
+        let before = self.left.swap(now, Ordering::Relaxed);
+        if before == 0 && now > 0 {
+            info!("a tenant's lane is full: its next messages are left in Kafka and read again when it has room");
+        } else if before > 0 && now == 0 {
+            info!("backlog empty: every message left in Kafka was read again and handed on");
+        }
+    }
+
+    /// Assigns the reader to every running pass's partition at its offset, and takes it off
+    /// partitions whose pass ended.
+    fn follow(&mut self) {
+        self.count();
+        let passes = self.backlog.passes();
+        let r = &mut self.rereader;
+        let ended: Vec<i32> =
+            r.assigned.iter().filter(|(p, id)| !passes.iter().any(|(pp, pid, _)| pp == *p && pid == *id)).map(|(p, _)| *p).collect();
+        if !ended.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for p in &ended {
+                tpl.add_partition(&r.topic, *p);
+                r.assigned.remove(p);
+            }
+            if let Err(e) = r.consumer.incremental_unassign(&tpl) {
+                warn!("backlog reader: unassign failed: {e}");
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, id, from) in passes {
+            if r.assigned.contains_key(&p) {
+                continue;
+            }
+            if tpl.add_partition_offset(&r.topic, p, Offset::Offset(from)).is_ok() {
+                r.assigned.insert(p, id);
+                debug!(partition = p, from, "backlog pass: reading again");
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = r.consumer.incremental_assign(&tpl) {
+                warn!("backlog reader: assign failed: {e}");
+            }
+        }
+    }
 }
 
 /// Why an input is not written: an activity this writer does not write, or is malformed

@@ -92,6 +92,15 @@ impl Kafka {
         Ok(BaseConsumer::from_config(&self.config(&defaults))?)
     }
 
+    /// A reader like [`Kafka::reader`], for an async loop, with a role's `settings` after
+    /// the reader defaults (the writer's backlog passes: a small prefetch).
+    pub fn stream_reader(&self, purpose: &str, settings: &[(&str, &str)]) -> anyhow::Result<StreamConsumer> {
+        let mut defaults = READER.to_vec();
+        defaults.push(("group.id", purpose));
+        defaults.extend_from_slice(settings);
+        Ok(StreamConsumer::from_config(&self.config(&defaults))?)
+    }
+
     /// The producer every stage and tool uses.
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
         self.producer_with(&[])

@@ -13,7 +13,7 @@ use crate::telemetry::StageMetrics;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
@@ -24,6 +24,9 @@ pub const MANUAL_COMMITS: [(&str, &str); 2] = [("enable.auto.commit", "false"), 
 struct Partition {
     generation: u64,
     unfinished: BTreeSet<i64>,
+    /// Positions kept uncommitted for messages not yet handed to anyone (the writer's
+    /// backlog: a tenant's messages left in Kafka to be read again), with how many holders.
+    holds: BTreeMap<i64, u32>,
     /// One past the highest offset read.
     next: Option<i64>,
     committed: Option<i64>,
@@ -44,7 +47,76 @@ pub struct Ticket {
     generation: u64,
 }
 
+/// A position kept uncommitted (see [`Offsets::hold`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hold {
+    partition: i32,
+    topic: String,
+    offset: i64,
+    generation: u64,
+}
+
+impl Hold {
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
 impl Offsets {
+    /// The partition's current assignment generation (a new one if it was not known).
+    pub fn generation(&mut self, topic: &str, partition: i32) -> u64 {
+        self.part(topic, partition).generation
+    }
+
+    /// The partition's generation, if it is assigned.
+    pub fn current_generation(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.parts.get(&(topic.to_string(), partition)).map(|p| p.generation)
+    }
+
+    fn part(&mut self, topic: &str, partition: i32) -> &mut Partition {
+        if !self.parts.contains_key(&(topic.to_string(), partition)) {
+            self.assigned(topic, partition);
+        }
+        self.parts.get_mut(&(topic.to_string(), partition)).expect("just ensured")
+    }
+
+    /// A message at `offset` was read and left in Kafka, to be read again: nothing from
+    /// `offset` on is committed until the hold is moved past it or released. Unlike a
+    /// ticket, a hold is a position, shared by whatever messages finish there.
+    pub fn hold(&mut self, topic: &str, partition: i32, offset: i64) -> Hold {
+        let p = self.part(topic, partition);
+        *p.holds.entry(offset).or_default() += 1;
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        Hold { topic: topic.to_string(), partition, offset, generation: p.generation }
+    }
+
+    /// Moves `hold` to `offset` (a later one: what before it was handed on is tracked by
+    /// its tickets).
+    pub fn move_hold(&mut self, hold: &mut Hold, offset: i64) {
+        let generation = hold.generation;
+        if let Some(p) = self.parts.get_mut(&(hold.topic.clone(), hold.partition)) {
+            if p.generation == generation {
+                *p.holds.entry(offset).or_default() += 1;
+                release_in(p, hold.offset);
+            }
+        }
+        hold.offset = offset;
+    }
+
+    pub fn release(&mut self, hold: Hold) {
+        if let Some(p) = self.parts.get_mut(&(hold.topic.clone(), hold.partition)) {
+            if p.generation == hold.generation {
+                release_in(p, hold.offset);
+            }
+        }
+    }
+
+    /// A message at `offset` was read and left in Kafka under an existing hold.
+    pub fn passed(&mut self, topic: &str, partition: i32, offset: i64) {
+        let p = self.part(topic, partition);
+        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
+
     /// A partition was assigned: start a new generation.
     pub fn assigned(&mut self, topic: &str, partition: i32) {
         self.generations += 1;
@@ -57,10 +129,7 @@ impl Offsets {
 
     /// A message was read and handed to a lane.
     pub fn read(&mut self, topic: &str, partition: i32, offset: i64) -> Ticket {
-        if !self.parts.contains_key(&(topic.to_string(), partition)) {
-            self.assigned(topic, partition);
-        }
-        let p = self.parts.get_mut(&(topic.to_string(), partition)).expect("just ensured");
+        let p = self.part(topic, partition);
         p.unfinished.insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
         Ticket { topic: topic.to_string(), partition, offset, generation: p.generation }
@@ -80,7 +149,8 @@ impl Offsets {
         let mut out = vec![];
         for ((topic, partition), p) in &mut self.parts {
             let Some(next) = p.next else { continue };
-            let pos = p.unfinished.first().copied().unwrap_or(next);
+            let held = p.holds.keys().next().copied().unwrap_or(next);
+            let pos = p.unfinished.first().copied().unwrap_or(next).min(held);
             if p.committed != Some(pos) {
                 out.push((topic.clone(), *partition, pos));
             }
@@ -98,9 +168,23 @@ impl Offsets {
         self.parts.values().map(|p| p.unfinished.len()).sum()
     }
 
+    /// Partitions whose commits stop at a hold.
+    pub fn held(&self) -> usize {
+        self.parts.values().filter(|p| !p.holds.is_empty()).count()
+    }
+
     /// The positions to commit for these partitions only (those being revoked).
     fn positions_of(&mut self, leaving: &[(String, i32)]) -> Vec<(String, i32, i64)> {
         self.positions_to_commit().into_iter().filter(|(t, p, _)| leaving.iter().any(|(lt, lp)| lt == t && lp == p)).collect()
+    }
+}
+
+fn release_in(p: &mut Partition, offset: i64) {
+    if let Some(n) = p.holds.get_mut(&offset) {
+        *n -= 1;
+        if *n == 0 {
+            p.holds.remove(&offset);
+        }
     }
 }
 
@@ -208,6 +292,46 @@ mod tests {
         o.finished(&again);
         assert_eq!(o.positions_to_commit(), vec![("w".into(), 1, 6)]);
         assert_eq!(o.unfinished(), 0);
+    }
+
+    #[test]
+    fn a_hold_keeps_its_position_uncommitted_until_moved_past_or_released() {
+        let mut o = Offsets::default();
+        let a = o.read("w", 0, 0);
+        let mut left = o.hold("w", 0, 1);
+        o.passed("w", 0, 2);
+        let c = o.read("w", 0, 3);
+        o.finished(&a);
+        o.finished(&c);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 1)], "1 and 2 were left in Kafka");
+        // 1 is read again and handed on; the hold moves to 2, where another message may
+        // also finish without releasing it.
+        let again = o.read("w", 0, 1);
+        o.move_hold(&mut left, 2);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 1)], "1 is not finished yet");
+        o.finished(&again);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 2)]);
+        let two = o.read("w", 0, 2);
+        o.finished(&two);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 2)], "the hold at 2 outlives the ticket at 2");
+        assert_eq!(o.held(), 1);
+        o.release(left);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 4)]);
+        assert_eq!(o.held(), 0);
+    }
+
+    #[test]
+    fn a_hold_from_before_a_rebalance_does_nothing() {
+        let mut o = Offsets::default();
+        let mut old = o.hold("w", 0, 5);
+        o.revoked("w", 0);
+        o.assigned("w", 0);
+        let t = o.read("w", 0, 5);
+        o.move_hold(&mut old, 6);
+        o.finished(&t);
+        assert_eq!(o.positions_to_commit(), vec![("w".into(), 0, 6)]);
+        o.release(old);
+        assert_eq!(o.held(), 0);
     }
 
     #[test]
