@@ -1,7 +1,8 @@
 //! The HubSpot writer as a separate process, against the dev broker, the machine's Redis and
 //! crm-sim: the writer suite every connector passes (tests/harness/writer_suite.rs), then
-//! the runtime's own behaviour, shown once on HubSpot: retries running out, pausing a full
-//! writer, and a rebalance to a second replica.
+//! the runtime's own behaviour, shown once on HubSpot: retries running out, a full lane's
+//! messages left in Kafka and read again (one tenant, then many), and a rebalance to a second
+//! replica.
 
 use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
@@ -120,4 +121,41 @@ fn a_rebalance_to_a_second_replica_loses_nothing_and_writes_nothing_twice() {
 #[test]
 fn unreadable_users_leave_actors_unmapped_not_writes_failed() {
     crm_sync_tests::timeline_suite::unreadable_users_leave_actors_unmapped_not_writes_failed(&HUBSPOT, "crm.objects.owners.read")
+}
+
+/// Many tenants through the backlog at once: 40 tenants × 8 calls, interleaved on one
+/// partition, lanes of 2 and 12 held in all, so most of every tenant's calls are left in
+/// Kafka and handed on by many passes, some of them over the same offsets. Every call is
+/// written once, and each tenant's in the order produced.
+#[test]
+fn many_tenants_handed_on_by_many_passes_lose_nothing_and_keep_their_order() {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    let names: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    let ids: Vec<&str> = names.iter().map(String::as_str).collect();
+    for t in &ids {
+        HUBSPOT.account(&sim, t, json!({}));
+    }
+    let tenants = HUBSPOT.tenants(&sim, &ids, "");
+    let prefix = RedisPrefix::new("writer");
+    let w = HUBSPOT.writer(&broker, &tenants, &prefix, &ids, &[("WRITER_LANE_MAX", "2"), ("WRITER_MAX_BUFFERED", "12")]);
+    let per = 8;
+    let inputs: Vec<_> = (0..per).flat_map(|i| ids.iter().map(move |t| HUBSPOT.request(t, &format!("c{i}"), 1))).collect();
+    broker.produce("crm.writes.hubspot", &inputs);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len(), Duration::from_secs(120));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(finals.len(), inputs.len(), "every call has its final audit record");
+    for t in &ids {
+        let k = HUBSPOT.keys(&sim, t);
+        assert_eq!(k.len(), per, "{t}: {k:?}");
+        assert!(k.values().all(|&(n, l)| n == 1 && l == 1), "{t}: {k:?}");
+        let order: Vec<i64> = finals.iter().filter(|a| a.tenant_id == *t).map(|a| a.input_offset).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{t}'s calls in order: {order:?}");
+    }
+    wait_for("offsets committed", Duration::from_secs(20), || {
+        broker.committed("writer-hubspot", "crm.writes.hubspot") == inputs.len() as i64
+    });
+    let log = w.log_text();
+    assert!(log.contains("left in Kafka") && log.contains("backlog empty"), "{log}");
+    assert!(w.terminate().success());
 }

@@ -542,7 +542,8 @@ pub fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition(
     let prefix = RedisPrefix::new("writer");
     // acme's bucket is blocked (as after a throttle whose reset is far off).
     block_bucket(&prefix, "acme", case.name(), Duration::from_secs(30));
-    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[]);
+    // One working place: acme's batch gives it up while it waits for tokens.
+    let w = case.writer(&broker, &tenants, &prefix, &["acme", "globex"], &[("WRITER_WORKING_LANES", "1")]);
     let mut inputs: Vec<_> = (0..5).map(|i| case.request("acme", &format!("a{i}"), 1)).collect();
     inputs.extend((0..5).map(|i| case.request("globex", &format!("g{i}"), 1)));
     broker.produce(&case.topic(), &inputs);

@@ -212,7 +212,7 @@ impl Api {
                 Ok(h) => break h,
                 Err(e) => {
                     tracing::error!(error = %e, "Redis failed during the fence check; waiting");
-                    tokio::time::sleep(wait).await;
+                    crate::places::aside(tokio::time::sleep(wait)).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
@@ -239,12 +239,12 @@ impl Api {
                 Ok(Take::Wait(w)) => {
                     // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
                     crm_common::health::beat();
-                    tokio::time::sleep(w.min(Duration::from_secs(5))).await
+                    crate::places::aside(tokio::time::sleep(w.min(Duration::from_secs(5)))).await
                 }
                 Err(e) => {
                     // Redis down: wait for it rather than write past the limits.
                     tracing::error!(error = %e, "token bucket unavailable; waiting for Redis");
-                    tokio::time::sleep(Duration::from_millis(200 * redis_backoff)).await;
+                    crate::places::aside(tokio::time::sleep(Duration::from_millis(200 * redis_backoff))).await;
                     redis_backoff = (redis_backoff * 2).min(25);
                 }
             }
@@ -285,7 +285,7 @@ impl Api {
                         ));
                     }
                     metrics.retry(&set.crm, "token_endpoint");
-                    tokio::time::sleep(self.backoff.wait(attempt)).await;
+                    crate::places::aside(tokio::time::sleep(self.backoff.wait(attempt))).await;
                     continue;
                 }
             };
@@ -353,7 +353,7 @@ impl Api {
                         });
                     }
                     metrics.retry(&set.crm, "transient");
-                    tokio::time::sleep(self.backoff.wait(attempt)).await;
+                    crate::places::aside(tokio::time::sleep(self.backoff.wait(attempt))).await;
                 }
                 // A 401 with OAuth: refresh once, then fail (CRM-APIS §5).
                 Verdict::Permanent(DlqReason::AuthFailed, _)

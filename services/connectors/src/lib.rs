@@ -7,6 +7,7 @@
 //!   timeout), its reply classified, retried under `retry`; `exchange`: how one exchange
 //!   ended (`Verdict`), its audit record (`Exchange`), `Failure`; `auth`: credentials and
 //!   the OAuth state shared in Redis (it records its token refreshes as exchanges too).
+//! - `places`: how many lane batches work at once, given up while one waits on its limits.
 //! - `bucket`: token buckets in Redis shared by every replica; `claims`: idempotency claims
 //!   with leases, fencing and claim-store epochs.
 //! - `contract` and `mapping`: which fields a connector owns and how a call becomes them;
@@ -29,6 +30,7 @@ pub mod exchange;
 pub mod hubspot;
 pub mod mapping;
 pub mod pipedrive;
+pub mod places;
 pub mod retry;
 pub mod salesforce;
 pub mod wire;

@@ -142,7 +142,10 @@ impl Backlog {
         }
         let Some(part) = self.parts.get_mut(&partition) else { return Reread::Skip };
         let Some(pass) = part.pass.as_mut() else { return Reread::Skip };
-        if offset < pass.next {
+        if offset != pass.next {
+            // A pass reads every offset from its start, in order (the writer's input topics
+            // keep offsets contiguous): anything else was fetched for an earlier pass over
+            // this partition. The one at `next` is the same record whoever fetched it.
             return Reread::Skip;
         }
         if offset >= part.read_to {
@@ -291,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_ends_at_a_message_the_consumer_has_not_read() {
+    fn messages_fetched_for_an_earlier_pass_are_never_taken_for_this_ones() {
         let mut o = Offsets::default();
         let mut b = Backlog::new(T);
         let _ = b.read(&mut o, 0, 0, Some("acme"), false);
@@ -300,13 +303,23 @@ mod tests {
         // The pass is over: 0 was the last the consumer read.
         assert!(b.passes().is_empty());
         assert!(!b.is_left("acme"));
-        // A late message of a reader that ran ahead is never handed on twice.
+        // Messages fetched for an earlier pass, arriving late, are never taken for this one's.
         let _ = b.read(&mut o, 0, 1, Some("acme"), false);
+        let _ = b.read(&mut o, 0, 2, Some("globex"), true);
         b.start_passes(&o, |_| true);
         assert!(!handed(b.reread(&mut o, 0, 0, Some("acme"), |_| true)), "below the pass's start");
-        assert!(!handed(b.reread(&mut o, 0, 2, Some("acme"), |_| true)), "not read by the consumer yet");
+        assert!(!handed(b.reread(&mut o, 0, 2, Some("globex"), |_| true)), "ahead of the pass: from an earlier fetch");
+        assert_eq!(b.passes().len(), 1, "the pass still waits for 1");
+        assert!(handed(b.reread(&mut o, 0, 1, Some("acme"), |_| true)));
+        assert!(b.is_left("acme"), "2 is not read yet: the pass has not reached the consumer's position");
+        assert!(!handed(b.reread(&mut o, 0, 2, Some("globex"), |_| true)));
         assert!(b.passes().is_empty());
-        assert!(b.is_left("acme"), "1 is still to be handed on");
+        assert!(!b.is_left("acme"));
+        // A message the consumer has not read yet ends a pass that reaches it.
+        let _ = b.read(&mut o, 0, 3, Some("acme"), false);
+        b.start_passes(&o, |_| true);
+        assert!(handed(b.reread(&mut o, 0, 3, Some("acme"), |_| true)));
+        assert!(b.passes().is_empty() && !b.is_left("acme"));
     }
 
     #[test]

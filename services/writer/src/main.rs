@@ -43,6 +43,10 @@ struct Cli {
     /// messages are left in Kafka and read again when its lane is half empty.
     #[arg(long, env = "WRITER_LANE_MAX")]
     lane_max: Option<usize>,
+    /// Most lane batches working at once; a batch waiting for tokens, a backoff or another
+    /// writer's lease gives its place up meanwhile. Bounds memory by work, not by tenants.
+    #[arg(long, env = "WRITER_WORKING_LANES", default_value_t = 256)]
+    working_lanes: usize,
     /// How long a tenant's lane waits for work before it closes (it starts again with the
     /// tenant's next request): lanes, and their tasks, are held for sending tenants only.
     #[arg(long, env = "WRITER_LANE_IDLE", default_value = "2m", value_parser = humantime::parse_duration)]
@@ -193,6 +197,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         input_topic: cli.common.topics.crm_writes(crm),
         max_buffered: cli.max_buffered.max(1),
         lane_max: cli.lane_max.unwrap_or(2 * shared.connector.batch_max()).max(1),
+        working_lanes: cli.working_lanes.max(1),
         commit_interval: cli.commit_interval,
         drain_timeout: Duration::from_secs(25),
         lane_idle: cli.lane_idle,

@@ -16,6 +16,7 @@ use crm_common::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMIT
 use crm_common::kafka::{self, InMessage, Kafka, Ticket};
 use crm_common::telemetry::StageMetrics;
 use crm_connectors::connector::Connector;
+use crm_connectors::places::Places;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -34,6 +35,8 @@ pub struct RuntimeConfig {
     pub max_buffered: usize,
     /// Most messages one tenant's lane holds; the tenant's next ones are left in Kafka.
     pub lane_max: usize,
+    /// Most lane batches working at once (`crm_connectors::places`).
+    pub working_lanes: usize,
     pub commit_interval: Duration,
     /// How long SIGTERM waits for lanes to finish what they hold.
     pub drain_timeout: Duration,
@@ -54,6 +57,7 @@ struct Lanes<C: Connector> {
     lane_idle: Duration,
     lane_max: usize,
     max_buffered: usize,
+    places: Places,
     /// Told by a lane that finished a batch and is at most half full: a backlog pass may
     /// hand it more.
     room: Arc<Notify>,
@@ -158,6 +162,7 @@ impl<C: Connector> Lanes<C> {
         let held = Arc::new(AtomicUsize::new(0));
         let lane_held = held.clone();
         let (room, half) = (self.room.clone(), self.lane_max / 2);
+        let places = self.places.clone();
         let task = tokio::spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
@@ -187,7 +192,7 @@ impl<C: Connector> Lanes<C> {
                 // `process` answers one Done per Work, in order.
                 let spans: Vec<(String, tracing::Span)> =
                     batch.iter().map(|w| (w.input.trace_id.clone(), crm_common::telemetry::input_span(service, &w.input))).collect();
-                let mut done = shared.process(batch).await;
+                let mut done = places.work(|| shared.process(batch)).await;
                 for (d, (trace_id, span)) in done.iter_mut().zip(&spans) {
                     span.record("outcome", d.outcome);
                     let tp = crm_common::telemetry::traceparent(span, trace_id);
@@ -245,6 +250,7 @@ pub async fn run<C: Connector>(
         lane_idle: cfg.lane_idle,
         lane_max: cfg.lane_max.max(1),
         max_buffered: cfg.max_buffered.max(1),
+        places: Places::new(cfg.working_lanes),
         room: Arc::new(Notify::new()),
     };
     let mut backlog = Dispatch { backlog: Backlog::new(&cfg.input_topic), rereader, left: Arc::default(), reread: Arc::default() };
