@@ -322,6 +322,22 @@ mod tests {
         assert!(b.passes().is_empty() && !b.is_left("acme"));
     }
 
+    /// A message that is no write request (dead-lettered when first read) still moves the
+    /// pass on: a pass that stopped at it would hold its tenants' place forever.
+    #[test]
+    fn a_pass_moves_over_messages_that_are_no_write_request() {
+        let mut o = Offsets::default();
+        let mut b = Backlog::new(T);
+        let _ = b.read(&mut o, 0, 0, Some("acme"), false);
+        assert!(matches!(b.read(&mut o, 0, 1, None, true), Route::Lane(_)), "dead-lettered by the caller at once");
+        let _ = b.read(&mut o, 0, 2, Some("acme"), false);
+        b.start_passes(&o, |_| true);
+        assert!(handed(b.reread(&mut o, 0, 0, Some("acme"), |_| true)));
+        assert!(!handed(b.reread(&mut o, 0, 1, None, |_| true)));
+        assert!(handed(b.reread(&mut o, 0, 2, Some("acme"), |_| true)), "the pass went on past 1");
+        assert!(!b.is_left("acme"));
+    }
+
     #[test]
     fn a_tenant_not_ready_is_blocked_from_the_start_and_others_still_pass() {
         let mut o = Offsets::default();

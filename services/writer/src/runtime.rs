@@ -303,11 +303,12 @@ pub async fn run<C: Connector>(
                     Ok(m) => InMessage::from_kafka(&m),
                     Err(e) => { warn!("backlog read error: {e}"); continue; }
                 };
-                // A message that is not a write request was dead-lettered when first read.
-                let Ok(req) = request_of(&shared, &m) else { continue };
-                let tenant = req.tenant_id().to_string();
-                let verdict = backlog.backlog.reread(&mut offsets.lock().expect("offsets"), m.partition, m.offset, Some(&tenant), |t| lanes.room(t));
-                if let Reread::Hand(ticket) = verdict {
+                // A message that is not a write request was dead-lettered when first read;
+                // the pass still counts its offset.
+                let req = request_of(&shared, &m).ok();
+                let tenant = req.as_ref().map(|r| r.tenant_id().to_string());
+                let verdict = backlog.backlog.reread(&mut offsets.lock().expect("offsets"), m.partition, m.offset, tenant.as_deref(), |t| lanes.room(t));
+                if let (Reread::Hand(ticket), Some(req), Some(tenant)) = (verdict, req, tenant) {
                     backlog.reread.fetch_add(1, Ordering::Relaxed);
                     if lanes.send(&tenant, Work { input: m, req, ticket }).is_err() {
                         error!("a lane stopped; stopping");
