@@ -171,7 +171,7 @@ pub struct Api {
     pub claims: Option<crate::claims::Claims>,
     /// Where OAuth tokens are shared between replicas (None: each process keeps its own).
     pub tokens: Option<crate::auth::TokenStore>,
-    /// Requests on the wire at once, across every tenant (see `Api::in_flight`).
+    /// Requests on the wire at once, across every tenant (see `Api::http_client`).
     pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -212,7 +212,7 @@ impl Api {
                 Ok(h) => break h,
                 Err(e) => {
                     tracing::error!(error = %e, "Redis failed during the fence check; waiting");
-                    crate::places::aside(tokio::time::sleep(wait)).await;
+                    crate::places::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
@@ -239,12 +239,12 @@ impl Api {
                 Ok(Take::Wait(w)) => {
                     // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
                     crm_common::health::beat();
-                    crate::places::aside(tokio::time::sleep(w.min(Duration::from_secs(5)))).await
+                    crate::places::sleep(w.min(Duration::from_secs(5))).await
                 }
                 Err(e) => {
                     // Redis down: wait for it rather than write past the limits.
                     tracing::error!(error = %e, "token bucket unavailable; waiting for Redis");
-                    crate::places::aside(tokio::time::sleep(Duration::from_millis(200 * redis_backoff))).await;
+                    crate::places::sleep(Duration::from_millis(200 * redis_backoff)).await;
                     redis_backoff = (redis_backoff * 2).min(25);
                 }
             }
@@ -285,7 +285,7 @@ impl Api {
                         ));
                     }
                     metrics.retry(&set.crm, "token_endpoint");
-                    crate::places::aside(tokio::time::sleep(self.backoff.wait(attempt))).await;
+                    crate::places::sleep(self.backoff.wait(attempt)).await;
                     continue;
                 }
             };
@@ -353,7 +353,7 @@ impl Api {
                         });
                     }
                     metrics.retry(&set.crm, "transient");
-                    crate::places::aside(tokio::time::sleep(self.backoff.wait(attempt))).await;
+                    crate::places::sleep(self.backoff.wait(attempt)).await;
                 }
                 // A 401 with OAuth: refresh once, then fail (CRM-APIS §5).
                 Verdict::Permanent(DlqReason::AuthFailed, _)

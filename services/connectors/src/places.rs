@@ -67,6 +67,11 @@ pub async fn aside<F: Future>(f: F) -> F::Output {
     out
 }
 
+/// Sleeps for `d` without holding a place.
+pub async fn sleep(d: std::time::Duration) {
+    aside(tokio::time::sleep(d)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -844,12 +844,12 @@ pub struct Options {
     pub retry_limit: Duration,
 }
 
-/// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
-/// a producer.
 /// The reconciler's CRM requests on the wire at once (it is background work, paced by its
 /// share of each limit).
 const RECONCILER_HTTP_CONCURRENCY: usize = 16;
 
+/// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
+/// a producer.
 pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
     let tenants = Tenants::load(&common.tenants_config)?;
     let crm = connector.crm();

@@ -148,11 +148,8 @@ impl Backlog {
             // this partition. The one at `next` is the same record whoever fetched it.
             return Reread::Skip;
         }
-        if offset >= part.read_to {
-            // The group consumer has not read this one yet: it hands it on itself.
-            part.end_pass(offsets);
-            return Reread::Skip;
-        }
+        // A pass starts below the consumer's position and ends when it gets there, so the
+        // offset it wants has always been read by the consumer.
         pass.next = offset + 1;
         let mut verdict = Reread::Skip;
         if let Some((t, left)) = tenant.and_then(|t| part.left.get_mut(t).map(|l| (t, l))) {

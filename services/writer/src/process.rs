@@ -16,7 +16,7 @@ use crm_connectors::connector::{Connector, Item, ItemResult, TenantOf};
 use crm_connectors::contacts::ContactCache;
 use crm_connectors::context::{self, ContactContext};
 use crm_connectors::contract::WriteKind;
-use crm_connectors::places::aside;
+use crm_connectors::places;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -67,7 +67,7 @@ where
             Ok(v) => return v,
             Err(e) => {
                 tracing::error!(error = %e, "Redis failed during {what}; retrying");
-                aside(tokio::time::sleep(wait)).await;
+                places::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
@@ -245,7 +245,7 @@ impl<C: Connector> Shared<C> {
             let c = patiently("claim", || self.claims.claim(req.tenant_id(), req.idempotency_key(), req.version(), req.era_ms())).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
-                Claim::Busy { retry_after } => aside(tokio::time::sleep(retry_after.min(Duration::from_secs(5)))).await,
+                Claim::Busy { retry_after } => places::sleep(retry_after.min(Duration::from_secs(5))).await,
                 Claim::AlreadyDone { record_id } if !reclaimed && gone == Some(record_id.as_str()) => {
                     reclaimed = true;
                     patiently("reclaim", || self.claims.reclaim(req.tenant_id(), req.idempotency_key(), &record_id)).await;
@@ -279,7 +279,7 @@ impl<C: Connector> Shared<C> {
                 let until = claimed_at + settle + self.connector.read_back_lag(req.kind());
                 let wait = until.saturating_duration_since(std::time::Instant::now());
                 tracing::info!(key = %req.idempotency_key(), why = why.as_str(), wait_ms = wait.as_millis() as u64, "recovering: looking the key up once a possibly lost write can no longer land");
-                aside(tokio::time::sleep(wait)).await;
+                places::sleep(wait).await;
                 crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), why.as_str());
                 match self.connector.lookup(&self.api, t, &req, since_ms, &mut step.log).await {
                     Ok(Some(found)) => {
@@ -731,10 +731,7 @@ impl<C: Connector> Shared<C> {
                 Err(f) if f.maybe_applied => f,
                 Err(f) => return Err(f),
             };
-            aside(tokio::time::sleep(
-                self.api.backoff.wait(attempt).max(self.api.late_write_horizon() + self.connector.contact_read_back_lag()),
-            ))
-            .await;
+            places::sleep(self.api.backoff.wait(attempt).max(self.api.late_write_horizon() + self.connector.contact_read_back_lag())).await;
             match self.connector.find_created_contact(&self.api, t, e164, log).await {
                 Ok(Some(id)) => return Ok(id),
                 Ok(None) if first.elapsed() < self.api.retry_limit => continue,

@@ -100,19 +100,23 @@ impl<C: Connector> Lanes<C> {
         self.lanes.get(tenant).filter(|l| !l.tx.is_closed()).map_or(0, |l| l.held.load(Ordering::SeqCst))
     }
 
-    /// Whether `tenant`'s lane takes one more message now: under its own bound, and under
-    /// the writer's unless it holds nothing (a tenant with nothing held is never made to
-    /// wait for others' lanes to drain).
-    fn room(&self, tenant: &str) -> bool {
+    /// Whether `tenant`'s lane holds fewer than `bound` messages, and the writer has room
+    /// unless the lane holds nothing (a tenant with nothing held is never made to wait for
+    /// others' lanes to drain).
+    fn under(&self, tenant: &str, bound: usize) -> bool {
         let held = self.held(tenant);
-        held < self.lane_max && (held == 0 || self.buffered.load(Ordering::SeqCst) < self.max_buffered)
+        held < bound && (held == 0 || self.buffered.load(Ordering::SeqCst) < self.max_buffered)
+    }
+
+    /// Whether `tenant`'s lane takes one more message now.
+    fn room(&self, tenant: &str) -> bool {
+        self.under(tenant, self.lane_max)
     }
 
     /// Whether a pass should read `tenant`'s left messages for it now: its lane is at most
     /// half full (a pass hands a good share, not one message at a time).
     fn ready(&self, tenant: &str) -> bool {
-        let held = self.held(tenant);
-        held <= self.lane_max / 2 && (held == 0 || self.buffered.load(Ordering::SeqCst) < self.max_buffered)
+        self.under(tenant, self.lane_max / 2 + 1)
     }
 
     /// Queues `work` on its tenant's lane, starting one if the tenant has none or its lane
