@@ -156,3 +156,66 @@ async fn a_claim_store_that_lost_its_data_looks_up_old_activities() {
     let stale = short.claim("globex", "globex:c9:zoho", 1, now_ms() - 120_000).await.unwrap();
     assert!(matches!(stale, Claim::Recover { why: Recovery::Forgotten, .. }), "{stale:?}");
 }
+
+/// A batch's keys are claimed in one round trip, each answered as a claim of its own would be.
+#[tokio::test]
+async fn a_batch_of_keys_is_claimed_in_one_round_trip_each_as_alone() {
+    let prefix = RedisPrefix::new("claims");
+    let a = claims(&prefix, "writer-a", 30_000).await;
+    let b = claims(&prefix, "writer-b", 30_000).await;
+    let era = now_ms() + 5_000;
+    let (done, busy, update, new) = ("acme:m1:hubspot", "acme:m2:hubspot", "acme:m3:hubspot", "acme:m4:hubspot");
+    for k in [done, update] {
+        assert_eq!(a.claim("acme", k, 1, era).await.unwrap(), Claim::Create);
+        a.done("acme", k, 1, &format!("rec-{k}")).await.unwrap();
+    }
+    assert_eq!(b.claim("acme", busy, 1, era).await.unwrap(), Claim::Create);
+    let before = crm_common::redis_conn::round_trips();
+    let got = a.claim_many("acme", &[(done, 1, era), (busy, 1, era), (update, 2, era), (new, 1, era)]).await.unwrap();
+    assert_eq!(crm_common::redis_conn::round_trips() - before, 1);
+    assert_eq!(got[0], Claim::AlreadyDone { record_id: format!("rec-{done}") });
+    assert!(matches!(got[1], Claim::Busy { .. }), "{:?}", got[1]);
+    assert_eq!(got[2], Claim::Update { record_id: format!("rec-{update}") });
+    assert_eq!(got[3], Claim::Create);
+    // The keys it claimed are leased to it, as one claim would leave them.
+    assert_eq!(a.fence("acme", &[update, new, busy]).await.unwrap(), vec![true, true, false]);
+    assert!(matches!(b.claim("acme", new, 1, era).await.unwrap(), Claim::Busy { .. }));
+    assert!(a.claim_many("acme", &[]).await.unwrap().is_empty());
+}
+
+/// The take that pays for a write fences it in the same round trip: a writer that lost a
+/// key's lease is refused and spends nothing; one that holds them all gets its tokens and
+/// its leases renewed.
+#[tokio::test]
+async fn the_take_that_pays_for_a_write_fences_it_and_spends_nothing_when_a_lease_is_lost() {
+    use crm_connectors::bucket::{BucketSet, Limit, Take, TokenBuckets};
+    let prefix = RedisPrefix::new("claims");
+    let zombie = claims(&prefix, "writer-zombie", 300).await;
+    let other = claims(&prefix, "writer-other", 30_000).await;
+    let client = redis::Client::open(MACHINE_REDIS).unwrap();
+    let b = TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap().into(), &prefix.0);
+    let s = BucketSet {
+        tenant_id: "acme".into(),
+        crm: "zoho".into(),
+        limits: vec![Limit::Rolling { name: "burst".into(), max: 10, window: Duration::from_secs(10), margin: Duration::ZERO }],
+    };
+    let era = now_ms() + 5_000;
+    let (k1, k2) = ("acme:f1:zoho", "acme:f2:zoho");
+    assert_eq!(zombie.claim_many("acme", &[(k1, 1, era), (k2, 1, era)]).await.unwrap(), vec![Claim::Create, Claim::Create]);
+    let both = [k1.to_string(), k2.to_string()];
+    assert_eq!(b.try_take_fenced(&s, &[1], 0, "t1", Some(&zombie.fence_of("acme", &both))).await.unwrap(), Take::Granted);
+    // Renewed by the take: still the zombie's past the first lease.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.try_take_fenced(&s, &[1], 0, "t2", Some(&zombie.fence_of("acme", &both))).await.unwrap(), Take::Granted);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(other.claim("acme", k1, 1, era).await.unwrap(), Claim::Busy { .. }), "the take renewed the lease");
+    // The zombie stops past its lease; the other writer recovers k1.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(other.claim("acme", k1, 1, era).await.unwrap(), Claim::Recover { why: Recovery::ExpiredLease, .. }));
+    let before = crm_common::redis_conn::round_trips();
+    assert_eq!(b.try_take_fenced(&s, &[1], 0, "t3", Some(&zombie.fence_of("acme", &both))).await.unwrap(), Take::FencedOff(vec![0]));
+    assert_eq!(crm_common::redis_conn::round_trips() - before, 1);
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 2)], "the refused take spent nothing");
+    assert_eq!(b.try_take_fenced(&s, &[1], 0, "t4", Some(&other.fence_of("acme", &[k1.to_string()]))).await.unwrap(), Take::Granted);
+    assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 3)]);
+}

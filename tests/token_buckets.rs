@@ -237,3 +237,82 @@ async fn a_rolling_token_counts_from_when_its_request_was_answered() {
     b.settle(&s, "next", &[1], &[]).await.unwrap();
     assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 1)]);
 }
+
+/// An answer settled with `settle_soon` costs no round trip of its own: the tenant's next take
+/// carries it, scored by when it was answered (not by that take), and the concurrency slot
+/// it held is free for that very take.
+#[tokio::test]
+async fn an_answer_rides_its_tenants_next_take_scored_by_when_it_was_answered() {
+    let prefix = RedisPrefix::new("bucket");
+    // The flusher would take a minute: only a take can settle it in this test.
+    let b = buckets(&prefix).await.with_lease(Duration::from_secs(30)).with_settle_within(Duration::from_secs(60));
+    let one_at_a_time =
+        Limit::Concurrent { name: "inflight".into(), max: 1, lease: Duration::from_secs(30), poll: Duration::from_millis(20) };
+    let s = set(vec![rolling("burst", 2, 1000), one_at_a_time]);
+    assert_eq!(b.try_take_each(&s, &[1, 1], 0, "a").await.unwrap(), Take::Granted);
+    b.settle_soon(&s, "a", &[1, 1], &[("burst".into(), 1)]);
+    let answered = redis_now_ms().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = crm_common::redis_conn::round_trips();
+    assert_eq!(b.try_take_each(&s, &[1, 1], 0, "b").await.unwrap(), Take::Granted, "a's slot came back with the take");
+    assert_eq!(crm_common::redis_conn::round_trips() - before, 1, "settle and take in one round trip");
+    let score = member_score(&prefix, &s, "burst", "a:1").await;
+    assert!((answered - 20..=answered + 20).contains(&score), "scored by the answer ({answered}), not the take: {score}");
+    // Both tokens are in the window; the first comes back a window after its answer, ~600 ms
+    // from now (a settle scored at the take would say ~1000 ms, an unsettled one 30 s).
+    let Take::Wait(w) = b.try_take_each(&s, &[1, 0], 0, "c").await.unwrap() else { panic!("2 of 2 spent") };
+    assert!(w > Duration::from_millis(450) && w <= Duration::from_millis(650), "{w:?}");
+}
+
+/// An answer no take carries is settled by the flusher within a few milliseconds, with every
+/// other tenant's waiting answer in the same round trip (one node).
+#[tokio::test]
+async fn answers_no_take_carries_are_settled_together_within_milliseconds() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await.with_lease(Duration::from_secs(30));
+    let slot = |tenant: &str| BucketSet {
+        tenant_id: tenant.into(),
+        crm: "zoho".into(),
+        limits: vec![
+            rolling("burst", 10, 1000),
+            Limit::Concurrent { name: "inflight".into(), max: 1, lease: Duration::from_secs(30), poll: Duration::from_millis(20) },
+        ],
+    };
+    let tenants = ["acme", "globex", "initech"];
+    for t in tenants {
+        assert_eq!(b.try_take_each(&slot(t), &[1, 1], 0, "r").await.unwrap(), Take::Granted);
+    }
+    // Redis has the settle script (a fresh Redis answers its first call NOSCRIPT).
+    b.settle(&slot("nobody"), "nothing", &[0, 0], &[]).await.unwrap();
+    let before = crm_common::redis_conn::round_trips();
+    for t in tenants {
+        b.settle_soon(&slot(t), "r", &[1, 1], &[]);
+    }
+    let answered = redis_now_ms().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = &b;
+    let used: Vec<_> = futures::future::join_all(tenants.map(|t| async move { b.used(&slot(t)).await.unwrap() })).await;
+    for u in &used {
+        assert_eq!(u, &vec![("burst".to_string(), 1), ("inflight".to_string(), 0)], "settled: the slot is back");
+    }
+    let trips = crm_common::redis_conn::round_trips() - before;
+    for t in tenants {
+        let score = member_score(&prefix, &slot(t), "burst", "r:1").await;
+        assert!((answered - 20..=answered + 30).contains(&score), "{t}: scored by the answer ({answered}): {score}");
+    }
+    // `used` asks for Redis's time and the count per limit: 2 per limit per tenant.
+    assert_eq!(trips, 1 + 3 * 4, "one round trip settled the three tenants");
+}
+
+async fn redis_now_ms() -> i64 {
+    let mut c = redis::Client::open(MACHINE_REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    s * 1000 + us / 1000
+}
+
+async fn member_score(prefix: &RedisPrefix, set: &BucketSet, limit: &str, member: &str) -> i64 {
+    let mut c = redis::Client::open(MACHINE_REDIS).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = crm_common::redis_keys::bucket(&prefix.0, &set.tenant_id, &set.crm, limit);
+    let s: Option<f64> = redis::cmd("ZSCORE").arg(key).arg(member).query_async(&mut c).await.unwrap();
+    s.expect("the token is in the window") as i64
+}

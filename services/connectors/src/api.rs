@@ -201,45 +201,37 @@ impl Api {
         self.claims.as_ref().map_or(Duration::ZERO, |c| c.timing().late_write_horizon)
     }
 
-    /// Checks and renews the leases of `keys`; Err (naming the keys no longer ours) when any
-    /// is lost. Waits for Redis rather than send unfenced.
-    async fn fence(&self, tenant_id: &str, keys: &[String], endpoint: &str) -> Result<(), Failure> {
-        let Some(claims) = self.claims.as_ref().filter(|_| !keys.is_empty()) else { return Ok(()) };
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let mut wait = Duration::from_millis(100);
-        let held = loop {
-            match claims.fence(tenant_id, &refs).await {
-                Ok(h) => break h,
-                Err(e) => {
-                    tracing::error!(error = %e, "Redis failed during the fence check; waiting");
-                    crate::places::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        let lost: Vec<String> = keys.iter().zip(held).filter(|(_, h)| !h).map(|(k, _)| k.clone()).collect();
-        if lost.is_empty() {
-            return Ok(());
-        }
-        tracing::warn!(keys = lost.len(), endpoint, "lease lost before sending: the write is abandoned here, another writer holds it");
-        Err(Failure {
-            fenced_off: lost,
-            ..Failure::new(DlqReason::RetriesExhausted, format!("{endpoint}: not sent: this writer's lease on the key was taken over"))
-        })
-    }
-
     /// Waits for tokens (nothing is dropped while a bucket is empty). `id` names the take,
-    /// for giving concurrency slots back.
-    async fn acquire(&self, set: &BucketSet, costs: &[u64], id: &str) -> Result<Duration, Failure> {
+    /// for giving concurrency slots back. A request that carries writes is fenced in the same
+    /// round trip, after any wait and right before the send: a writer that lost a key's lease
+    /// while it waited (paused, throttled, partitions moved) must not write it, and spends
+    /// nothing; Err names the keys no longer ours. Waits for Redis rather than send unfenced.
+    async fn acquire(&self, set: &BucketSet, costs: &[u64], id: &str, req: &Request, endpoint: &str) -> Result<Duration, Failure> {
+        let fence = self.claims.as_ref().filter(|_| !req.fence.is_empty()).map(|c| c.fence_of(&set.tenant_id, &req.fence));
         let started = Instant::now();
         let mut redis_backoff = 1;
         loop {
-            match self.buckets.try_take_each(set, costs, self.reserve_pct, id).await {
+            match self.buckets.try_take_fenced(set, costs, self.reserve_pct, id, fence.as_ref()).await {
                 Ok(Take::Granted) => return Ok(started.elapsed()),
                 Ok(Take::Wait(w)) => {
                     // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
                     crm_common::health::beat();
                     crate::places::sleep(w.min(Duration::from_secs(5))).await
+                }
+                Ok(Take::FencedOff(lost)) => {
+                    let lost: Vec<String> = lost.into_iter().filter_map(|j| req.fence.get(j).cloned()).collect();
+                    tracing::warn!(
+                        keys = lost.len(),
+                        endpoint,
+                        "lease lost before sending: the write is abandoned here, another writer holds it"
+                    );
+                    return Err(Failure {
+                        fenced_off: lost,
+                        ..Failure::new(
+                            DlqReason::RetriesExhausted,
+                            format!("{endpoint}: not sent: this writer's lease on the key was taken over"),
+                        )
+                    });
                 }
                 Err(e) => {
                     // Redis down: wait for it rather than write past the limits.
@@ -290,16 +282,14 @@ impl Api {
                 }
             };
             let take_id = uuid::Uuid::new_v4().simple().to_string();
-            let waited = self.acquire(&set, &costs, &take_id).await?;
+            let waited = match self.acquire(&set, &costs, &take_id, req, &endpoint).await {
+                Ok(w) => w,
+                Err(f) => {
+                    metrics.retry(&set.crm, "fenced_off");
+                    return Err(f);
+                }
+            };
             metrics.token_wait(&set.crm, priority, waited.as_secs_f64() * 1000.0);
-            // Fencing, after any wait for tokens and right before the send: a writer that
-            // lost a key's lease while it waited (paused, throttled, partitions moved) must
-            // not write it.
-            if let Err(f) = self.fence(&set.tenant_id, &req.fence, &endpoint).await {
-                metrics.retry(&set.crm, "fenced_off");
-                let _ = self.buckets.settle(&set, &take_id, &costs, &[]).await;
-                return Err(f);
-            }
             let a = Attempt { policy, set: &set, req, endpoint: &endpoint, sent: &sent, number: attempt, priority };
             // A place on the wire, after the tokens: a tenant waiting for its bucket holds
             // none, so nobody waits behind an empty bucket, only behind requests being sent.
@@ -307,16 +297,14 @@ impl Api {
             let (verdict, reply) = self.send_once(&a, base_url, (name, value), log).await;
             drop(permit);
             // Answered (or timed out): the CRM has counted it by now. What its headers said
-            // is left corrects the buckets in the same round trip.
+            // is left corrects the buckets when it is settled.
             let observed = reply.as_ref().map(|r| policy.observed(r, req.class)).unwrap_or_default();
             for (limit, remaining) in &observed {
                 metrics.remaining(&set.crm, &set.tenant_id, limit, *remaining);
             }
-            if let Err(e) = self.buckets.settle(&set, &take_id, &costs, &observed).await {
-                // The tokens' lease returns them, later than need be; the next answer's
-                // headers correct the count.
-                tracing::warn!(error = %e, "could not settle a request's tokens");
-            }
+            // Without a round trip of its own: the tenant's next take carries it, or the
+            // flusher within a few ms; scored by this answer either way.
+            self.buckets.settle_soon(&set, &take_id, &costs, &observed);
             match verdict {
                 Verdict::Ok => return Ok(reply.expect("Ok has a reply")),
                 Verdict::Throttled { wait } => {

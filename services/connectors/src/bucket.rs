@@ -32,23 +32,34 @@
 
 use crm_common::redis_conn::RedisConn;
 use redis::Script;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+/// Takes tokens from every limit of a set, or from none. KEYS: the set's block key, its `nl`
+/// limit keys, the `nf` keys to fence, then the keys of the settles that ride along. ARGV:
+/// reserve percent, take id, lease, `nl`, `nf`, fence owner, fence lease, five per limit, then
+/// settle groups (`SETTLE_FN`). Settles go first (a request answered just before this one was
+/// asked for gives its tokens back), then: blocked? every limit willing? every fenced key
+/// still ours? Only then is anything spent (and the fenced leases renewed).
 const TAKE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local reserve_pct = tonumber(ARGV[1])
 local id = ARGV[2]
 -- Rolling tokens are scored this far ahead until `settle` scores them by the answer.
 local lease = tonumber(ARGV[3])
+local nl, nf = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ki, ai = 2 + nl + nf, 8 + 5 * nl
+while ai <= #ARGV do
+  ki, ai = settle(ki, ai)
+end
 local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
 if blocked > now then
-  return {blocked - now, 0}
+  return {blocked - now, 0, {}}
 end
 local wait = 0
 -- First pass: would every limit allow it?
-for i = 2, #KEYS do
-  local base = 4 + (i - 2) * 5
+for i = 2, 1 + nl do
+  local base = 8 + (i - 2) * 5
   local kind, max, span, margin, n = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   -- Background work leaves this share of each limit to live writes.
   local reserve = math.ceil(max * reserve_pct / 100)
@@ -123,11 +134,23 @@ for i = 2, #KEYS do
   end
 end
 if wait > 0 then
-  return {wait, 0}
+  return {wait, 0, {}}
+end
+-- Fencing (DESIGN §4): a write goes out only while this writer still leases every key it
+-- carries. Checked here, right before spending, so a lost lease costs no token.
+if nf > 0 then
+  local held = fence(2 + nl, nf, ARGV[6], tonumber(ARGV[7]), now)
+  local lost = {}
+  for j = 1, nf do
+    if held[j] == 0 then lost[#lost + 1] = j end
+  end
+  if #lost > 0 then
+    return {0, 2, lost}
+  end
 end
 -- Second pass: spend.
-for i = 2, #KEYS do
-  local base = 4 + (i - 2) * 5
+for i = 2, 1 + nl do
+  local base = 8 + (i - 2) * 5
   local kind, span, margin, n = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   if n == 0 then
     -- nothing to spend
@@ -158,7 +181,7 @@ for i = 2, #KEYS do
     redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
   end
 end
-return {0, 1}
+return {0, 1, {}}
 ";
 
 /// Lower our count of what is left in one limit to what the CRM reported (for a reported
@@ -221,33 +244,47 @@ const OBSERVE: &str = r"
 return observe(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], now)
 ";
 
-/// A request `ARGV[1]` took tokens for has been answered: its rolling tokens are scored now
-/// (the CRM counted it by then), its concurrency slots are given back; a token already gone
-/// (its lease ran out) stays gone. Then what the answer's headers said is left corrects each
-/// limit it named (`observe`): settling first, so the request's own token is counted once.
-/// ARGV after the id is a list of steps, one per key in order: `S kind n` settles, `O kind max
-/// span margin remaining` observes.
-const SETTLE: &str = r"
-local id = ARGV[1]
-local i, k = 2, 1
-while i <= #ARGV do
-  local key = KEYS[k]
-  if ARGV[i] == 'S' then
-    local kind, n = ARGV[i + 1], tonumber(ARGV[i + 2])
-    for j = 1, n do
-      local member = id .. ':' .. j
-      if kind == 'R' then
-        if redis.call('ZSCORE', key, member) then redis.call('ZADD', key, 'XX', now, member) end
-      elseif kind == 'C' then
-        redis.call('ZREM', key, member)
+/// Requests that took tokens have been answered: each one's rolling tokens are scored by its
+/// answer (the CRM counted it by then), its concurrency slots are given back; a token already
+/// gone (its lease ran out) stays gone. Then what the answer's headers said is left corrects
+/// each limit it named (`observe`): settling first, so the request's own token is counted
+/// once. One group of ARGV per answer, from `ARGV[ai]`: the take's id, how many ms ago it was
+/// answered (a settle that rides a later take is scored by its answer, not by that take:
+/// Redis's clock now, less the time the writer measured since, is never before the answer),
+/// the number of steps, then per step (one key each, from `KEYS[ki]`) `S kind n` to settle
+/// or `O kind max span margin remaining` to observe. Returns where the next group starts.
+const SETTLE_FN: &str = r"
+local function settle(ki, ai)
+  local id, at, steps = ARGV[ai], now - tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  ai = ai + 3
+  for s = 1, steps do
+    local key = KEYS[ki]
+    if ARGV[ai] == 'S' then
+      local kind, n = ARGV[ai + 1], tonumber(ARGV[ai + 2])
+      for j = 1, n do
+        local member = id .. ':' .. j
+        if kind == 'R' then
+          if redis.call('ZSCORE', key, member) then redis.call('ZADD', key, 'XX', at, member) end
+        elseif kind == 'C' then
+          redis.call('ZREM', key, member)
+        end
       end
+      ai = ai + 3
+    else
+      observe(key, ARGV[ai + 1], tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3]), tonumber(ARGV[ai + 4]), tonumber(ARGV[ai + 5]), id, at)
+      ai = ai + 6
     end
-    i = i + 3
-  else
-    observe(key, ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), id, now)
-    i = i + 6
+    ki = ki + 1
   end
-  k = k + 1
+  return ki, ai
+end
+";
+
+/// Settle groups only (see `SETTLE_FN`): the answers no take carried along.
+const SETTLE: &str = r"
+local ki, ai = 1, 1
+while ai <= #ARGV do
+  ki, ai = settle(ki, ai)
 end
 return 0
 ";
@@ -334,13 +371,62 @@ pub struct BucketSet {
 }
 
 /// The outcome of one attempt to take tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
     Granted,
     /// Not now: try again after this long (a window's oldest token coming back, midnight,
     /// or the end of a block after a 429).
     Wait(Duration),
+    /// Nothing taken: these keys of the take's fence (their positions in it) are no longer
+    /// leased to this writer.
+    FencedOff(Vec<usize>),
 }
+
+/// Keys a request may go out only while this writer leases them (DESIGN §4): checked, and
+/// renewed, in the same script that takes its tokens. Built by `Claims::fence_of`.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// The claims' Redis keys (same tenant, so the same slot as its buckets).
+    pub keys: Vec<String>,
+    pub owner: String,
+    /// Each lease is renewed to this long from now.
+    pub lease: Duration,
+}
+
+/// An answer whose settling waits for the next round trip to its tenant's keys: the script
+/// arguments of one settle group (`SETTLE_FN`), all but how long ago it was answered.
+struct Unsettled {
+    keys: Vec<String>,
+    id: String,
+    steps: Vec<String>,
+    step_count: usize,
+    answered: Instant,
+}
+
+impl Unsettled {
+    fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        for k in &self.keys {
+            inv.key(k);
+        }
+        inv.arg(&self.id).arg(self.answered.elapsed().as_millis() as u64).arg(self.step_count);
+        for a in &self.steps {
+            inv.arg(a);
+        }
+    }
+}
+
+/// Answers not yet settled, by tenant (whose keys share a slot).
+#[derive(Default)]
+struct Unsettleds {
+    by_tenant: std::sync::Mutex<HashMap<String, Vec<Unsettled>>>,
+    wake: tokio::sync::Notify,
+    flusher: std::sync::OnceLock<()>,
+}
+
+/// How long an answer waits for a take of its tenant to carry its settling before the flusher
+/// sends it (with every other one waiting, in one round trip on one node). Its tokens are
+/// scored by the answer either way; only a concurrency slot is held this much longer.
+pub const SETTLE_WITHIN: Duration = Duration::from_millis(5);
 
 #[derive(Clone)]
 pub struct TokenBuckets {
@@ -352,6 +438,9 @@ pub struct TokenBuckets {
     block: Script,
     /// How long a rolling token stays scored ahead while its request is unanswered.
     lease: Duration,
+    unsettled: Arc<Unsettleds>,
+    /// How long `settle_soon` leaves an answer for a take to carry (`SETTLE_WITHIN`).
+    settle_within: Duration,
 }
 
 impl TokenBuckets {
@@ -361,11 +450,13 @@ impl TokenBuckets {
         TokenBuckets {
             conn,
             prefix: prefix.to_string(),
-            take: Script::new(TAKE),
+            take: Script::new(&[NOW, OBSERVE_FN, SETTLE_FN, crate::claims::FENCE_FN, TAKE].concat()),
             observe: Script::new(&[NOW, OBSERVE_FN, OBSERVE].concat()),
-            settle: Script::new(&[NOW, OBSERVE_FN, SETTLE].concat()),
+            settle: Script::new(&[NOW, OBSERVE_FN, SETTLE_FN, SETTLE].concat()),
             block: Script::new(BLOCK),
             lease: Duration::ZERO,
+            unsettled: Arc::default(),
+            settle_within: SETTLE_WITHIN,
         }
     }
 
@@ -373,6 +464,11 @@ impl TokenBuckets {
     /// be on its way (the HTTP client's timeout).
     pub fn with_lease(self, lease: Duration) -> TokenBuckets {
         TokenBuckets { lease, ..self }
+    }
+
+    /// Answers wait this long for a take to carry their settling (`settle_soon`).
+    pub fn with_settle_within(self, settle_within: Duration) -> TokenBuckets {
+        TokenBuckets { settle_within, ..self }
     }
 
     fn limit_key(&self, set: &BucketSet, limit: &str) -> String {
@@ -396,21 +492,83 @@ impl TokenBuckets {
     /// budget tokens counts once in its burst window), or none. `id` names the take, so
     /// concurrency slots can be given back with `release`.
     pub async fn try_take_each(&self, set: &BucketSet, costs: &[u64], reserve_pct: u64, id: &str) -> redis::RedisResult<Take> {
+        self.try_take_fenced(set, costs, reserve_pct, id, None).await
+    }
+
+    /// `try_take_each` for a request that carries writes: granted only while every key of
+    /// `fence` is still leased to this writer (and those leases renewed), in the same round
+    /// trip. The tenant's answers waiting to be settled (`settle_soon`) ride along.
+    pub async fn try_take_fenced(
+        &self,
+        set: &BucketSet,
+        costs: &[u64],
+        reserve_pct: u64,
+        id: &str,
+        fence: Option<&Fence>,
+    ) -> redis::RedisResult<Take> {
         let mut inv = self.take.prepare_invoke();
         inv.key(self.block_key(set));
         for l in &set.limits {
             inv.key(self.limit_key(set, l.name()));
         }
+        let (fence_keys, owner, fence_lease) = match fence {
+            Some(f) => (f.keys.as_slice(), f.owner.as_str(), f.lease.as_millis() as u64),
+            None => (&[][..], "", 0),
+        };
+        for k in fence_keys {
+            inv.key(k);
+        }
         inv.arg(reserve_pct.min(100)).arg(id).arg(self.lease.as_millis() as u64);
+        inv.arg(set.limits.len()).arg(fence_keys.len()).arg(owner).arg(fence_lease);
         for (i, l) in set.limits.iter().enumerate() {
             for a in l.args() {
                 inv.arg(a);
             }
             inv.arg(costs.get(i).copied().unwrap_or(1));
         }
+        let riding = self.unsettled.take(&set.tenant_id);
+        for u in &riding {
+            u.add_to(&mut inv);
+        }
         let mut conn = self.conn.clone();
-        let (wait, granted): (i64, i64) = inv.invoke_async(&mut conn).await?;
-        Ok(if granted == 1 { Take::Granted } else { Take::Wait(Duration::from_millis(wait.max(1) as u64)) })
+        let answer: redis::RedisResult<(i64, i64, Vec<usize>)> = inv.invoke_async(&mut conn).await;
+        let (wait, granted, lost) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // Not known to be applied: they go back, for the next take or the flusher
+                // (settling twice only scores a token a little later).
+                self.unsettled.put_back(&set.tenant_id, riding);
+                return Err(e);
+            }
+        };
+        Ok(match granted {
+            1 => Take::Granted,
+            2 => Take::FencedOff(lost.into_iter().map(|j| j.saturating_sub(1)).collect()),
+            _ => Take::Wait(Duration::from_millis(wait.max(1) as u64)),
+        })
+    }
+
+    /// The script arguments that settle the take `id` of `set` (see `SETTLE_FN`).
+    fn unsettled(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> Unsettled {
+        let mut u = Unsettled { keys: vec![], id: id.to_string(), steps: vec![], step_count: 0, answered: Instant::now() };
+        for (i, l) in set.limits.iter().enumerate() {
+            let kind = match l {
+                Limit::Rolling { .. } => "R",
+                Limit::Concurrent { .. } => "C",
+                _ => continue,
+            };
+            u.keys.push(self.limit_key(set, l.name()));
+            u.steps.extend(["S".to_string(), kind.to_string(), costs.get(i).copied().unwrap_or(1).to_string()]);
+        }
+        for (limit, remaining) in observed {
+            let Some(l) = set.limits.iter().find(|l| l.name() == limit) else { continue };
+            u.keys.push(self.limit_key(set, limit));
+            u.steps.push("O".into());
+            u.steps.extend(l.args());
+            u.steps.push((*remaining).min(l.max()).to_string());
+        }
+        u.step_count = u.keys.len();
+        u
     }
 
     /// The request the take `id` paid for has been answered (or will not be sent): its
@@ -418,28 +576,57 @@ impl TokenBuckets {
     /// is what the answer's headers said is left, per limit (see `observe`): applied in the
     /// same round trip.
     pub async fn settle(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> redis::RedisResult<()> {
+        let u = self.unsettled(set, id, costs, observed);
+        if u.step_count == 0 {
+            return Ok(());
+        }
         let mut inv = self.settle.prepare_invoke();
-        inv.arg(id);
-        for (i, l) in set.limits.iter().enumerate() {
-            let kind = match l {
-                Limit::Rolling { .. } => "R",
-                Limit::Concurrent { .. } => "C",
-                _ => continue,
-            };
-            inv.key(self.limit_key(set, l.name()));
-            inv.arg("S").arg(kind).arg(costs.get(i).copied().unwrap_or(1));
-        }
-        for (limit, remaining) in observed {
-            let Some(l) = set.limits.iter().find(|l| l.name() == limit) else { continue };
-            inv.key(self.limit_key(set, limit));
-            inv.arg("O");
-            for a in l.args() {
-                inv.arg(a);
-            }
-            inv.arg((*remaining).min(l.max()));
-        }
+        u.add_to(&mut inv);
         let mut conn = self.conn.clone();
         inv.invoke_async(&mut conn).await
+    }
+
+    /// `settle`, without a round trip of its own: the next take of the same tenant carries
+    /// it, or, within `settle_within`, the flusher, which sends every answer still waiting at
+    /// once. Its tokens are scored by when it was answered either way, so the pace a limit
+    /// allows is kept; a writer that stops before the flusher runs leaves them to their lease.
+    pub fn settle_soon(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) {
+        let u = self.unsettled(set, id, costs, observed);
+        if u.step_count == 0 {
+            return;
+        }
+        self.unsettled.put_back(&set.tenant_id, vec![u]);
+        self.unsettled.flusher.get_or_init(|| {
+            tokio::spawn(flush_unsettled(self.clone()));
+        });
+        self.unsettled.wake.notify_one();
+    }
+
+    /// Settles every answer waiting now, in one round trip on one node (one per tenant on a
+    /// cluster, whose script may touch only one slot).
+    pub async fn flush(&self) {
+        let all = std::mem::take(&mut *self.unsettled.by_tenant.lock().unwrap_or_else(|e| e.into_inner()));
+        if all.is_empty() {
+            return;
+        }
+        let mut groups: Vec<Vec<Unsettled>> = all.into_values().collect();
+        if !self.conn.is_cluster() {
+            groups = vec![groups.into_iter().flatten().collect()];
+        }
+        let sent = futures::future::join_all(groups.iter().map(|g| {
+            let mut inv = self.settle.prepare_invoke();
+            for u in g {
+                u.add_to(&mut inv);
+            }
+            let mut conn = self.conn.clone();
+            async move { inv.invoke_async::<i64>(&mut conn).await }
+        }))
+        .await;
+        for e in sent.into_iter().filter_map(Result::err) {
+            // Their leases return the tokens, later than need be; the next answers' headers
+            // correct the counts.
+            tracing::warn!(error = %e, "could not settle requests' tokens");
+        }
     }
 
     /// What the CRM said is left in `limit` (from its rate-limit headers). Lowers our count
@@ -499,5 +686,28 @@ impl TokenBuckets {
             out.push((l.name().to_string(), used));
         }
         Ok(out)
+    }
+}
+
+impl Unsettleds {
+    fn take(&self, tenant: &str) -> Vec<Unsettled> {
+        self.by_tenant.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant).unwrap_or_default()
+    }
+
+    fn put_back(&self, tenant: &str, us: Vec<Unsettled>) {
+        if us.is_empty() {
+            return;
+        }
+        self.by_tenant.lock().unwrap_or_else(|e| e.into_inner()).entry(tenant.to_string()).or_default().extend(us);
+    }
+}
+
+/// The flusher behind `settle_soon`: woken by an answer, it waits `settle_within` for takes to
+/// carry what they can, then settles the rest.
+async fn flush_unsettled(buckets: TokenBuckets) {
+    loop {
+        buckets.unsettled.wake.notified().await;
+        tokio::time::sleep(buckets.settle_within).await;
+        buckets.flush().await;
     }
 }

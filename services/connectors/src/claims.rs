@@ -19,17 +19,15 @@ use redis::Script;
 use std::time::Duration;
 
 const CLAIM: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v, owner, lease, keep, era = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local function claim(key, epoch_key, v, owner, lease, keep, era, skew, now)
 -- The claim store's epoch for this tenant: since when it remembers every claim. A Redis that
 -- lost its data has lost this key too, so the first claim after the loss starts a new epoch.
-local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+local epoch = tonumber(redis.call('GET', epoch_key) or '0')
 if epoch == 0 then
   epoch = now
-  redis.call('SET', KEYS[2], now)
+  redis.call('SET', epoch_key, now)
 end
-local h = redis.call('HMGET', KEYS[1], 'done_version', 'record_id', 'owner', 'until', 'at')
+local h = redis.call('HMGET', key, 'done_version', 'record_id', 'owner', 'until', 'at')
 local done, rid, cur, untl, at = tonumber(h[1]), h[2], h[3], tonumber(h[4] or '0'), tonumber(h[5] or '0')
 if done and done >= v then
   return {'done', rid or '', 0, epoch, 0, now}
@@ -41,7 +39,7 @@ local state = 'create'
 if cur then state = 'recover' elseif done then state = 'update' end
 -- A create for an activity older than what the store is sure to remember (its epoch, or
 -- the claims' retention) may have been written under a claim this store no longer has.
-local sure_since = math.max(epoch, now - keep) + tonumber(ARGV[6])
+local sure_since = math.max(epoch, now - keep) + skew
 local forgotten = state == 'create' and era < sure_since
 if forgotten then state = 'forgotten' end
 -- A recovering writer learns when the lost write was claimed: it cannot have reached the
@@ -54,9 +52,21 @@ end
 -- Our own lease: the earlier attempt was ours and ended before now.
 local prev = untl
 if cur == owner then prev = now end
-redis.call('HSET', KEYS[1], 'owner', owner, 'until', now + lease, 'version', v, 'at', at)
-redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('HSET', key, 'owner', owner, 'until', now + lease, 'version', v, 'at', at)
+redis.call('PEXPIRE', key, keep)
 return {state, rid or '', at, epoch, prev, now}
+end
+
+-- KEYS: the tenant's epoch, then the keys to claim; ARGV: owner, lease, retention, clock
+-- skew, then a version and an era per key. One answer per key, as `claim` gives it.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local owner, lease, keep, skew = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 2, #KEYS do
+  out[i - 1] = claim(KEYS[i], KEYS[1], tonumber(ARGV[2 * i + 1]), owner, lease, keep, tonumber(ARGV[2 * i + 2]), skew, now)
+end
+return out
 ";
 
 // Fencing: before a write goes out (and on every renewal while it is alive), each key must
@@ -64,19 +74,28 @@ return {state, rid or '', at, epoch, prev, now}
 // whose owner changed (another writer recovered it after our lease ran out), that was
 // finished or released, or that Redis lost, is no longer ours: its write is abandoned.
 // Every key names the same tenant's hash tag, so on Redis Cluster they share a slot.
+// A Lua function over KEYS[from .. from + n - 1], so the bucket take that pays for a write
+// (`bucket::TAKE`) fences it in the same round trip; 1 per key still ours, 0 per key lost.
+pub(crate) const FENCE_FN: &str = r"
+local function fence(from, n, owner, lease, now)
+  local out = {}
+  for i = 1, n do
+    local k = KEYS[from + i - 1]
+    if redis.call('HGET', k, 'owner') == owner then
+      redis.call('HSET', k, 'until', now + lease)
+      out[i] = 1
+    else
+      out[i] = 0
+    end
+  end
+  return out
+end
+";
+
 const FENCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for i, k in ipairs(KEYS) do
-  if redis.call('HGET', k, 'owner') == ARGV[1] then
-    redis.call('HSET', k, 'until', now + tonumber(ARGV[2]))
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
+return fence(1, #KEYS, ARGV[1], tonumber(ARGV[2]), now)
 ";
 
 const DONE: &str = r"
@@ -211,7 +230,7 @@ impl Claims {
             timing,
             retention,
             claim: Script::new(CLAIM),
-            fence: Script::new(FENCE),
+            fence: Script::new(&[FENCE_FN, FENCE].concat()),
             done: Script::new(DONE),
             reclaim: Script::new(RECLAIM),
             release: Script::new(RELEASE),
@@ -243,24 +262,36 @@ impl Claims {
     /// Claims the key for `version` of an activity whose own time (a call's start) is
     /// `era_ms`: no write for it can have happened before then.
     pub async fn claim(&self, tenant_id: &str, idempotency_key: &str, version: i64, era_ms: i64) -> redis::RedisResult<Claim> {
-        let mut conn = self.conn.clone();
+        let mut all = self.claim_many(tenant_id, &[(idempotency_key, version, era_ms)]).await?;
+        Ok(all.pop().expect("one answer per key"))
+    }
+
+    /// `claim` for several keys of one tenant (a batch's records: one step per key), in one
+    /// round trip; the answers in their order.
+    pub async fn claim_many(&self, tenant_id: &str, keys: &[(&str, i64, i64)]) -> redis::RedisResult<Vec<Claim>> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
         let t = self.timing;
-        let (state, rid, n, epoch, prev, now): (String, String, i64, i64, i64, i64) = self
-            .claim
-            .key(self.key(tenant_id, idempotency_key))
-            .key(self.epoch_key(tenant_id))
-            .arg(version)
-            .arg(&self.owner)
-            .arg(self.lease().as_millis() as u64)
-            .arg(self.retention.as_millis() as u64)
-            .arg(era_ms)
-            .arg(t.clock_skew.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = self.claim.prepare_invoke();
+        inv.key(self.epoch_key(tenant_id));
+        inv.arg(&self.owner).arg(self.lease().as_millis() as u64).arg(self.retention.as_millis() as u64);
+        inv.arg(t.clock_skew.as_millis() as u64);
+        for (key, version, era_ms) in keys {
+            inv.key(self.key(tenant_id, key)).arg(*version).arg(*era_ms);
+        }
+        let mut conn = self.conn.clone();
+        let answers: Vec<(String, String, i64, i64, i64, i64)> = inv.invoke_async(&mut conn).await?;
+        Ok(answers.into_iter().map(|a| self.read_claim(a)).collect())
+    }
+
+    /// One key's answer from the claim script: (state, record id, n, epoch, prev, now).
+    fn read_claim(&self, (state, rid, n, epoch, prev, now): (String, String, i64, i64, i64, i64)) -> Claim {
+        let t = self.timing;
         let rid = (!rid.is_empty()).then_some(rid);
         let ms = |until: i64| Duration::from_millis((until - now).max(0) as u64);
         let horizon = t.late_write_horizon.as_millis() as i64;
-        Ok(match state.as_str() {
+        match state.as_str() {
             "done" => Claim::AlreadyDone { record_id: rid.unwrap_or_default() },
             "busy" => Claim::Busy { retry_after: Duration::from_millis(n.max(1) as u64) },
             // A fenced write went out while its lease outlived the request: it ended by the
@@ -275,7 +306,7 @@ impl Claims {
             },
             "update" => Claim::Update { record_id: rid.unwrap_or_default() },
             _ => Claim::Create,
-        })
+        }
     }
 
     /// Checks, atomically, that each key is still leased to this writer, and renews those
@@ -292,6 +323,16 @@ impl Claims {
         }
         let held: Vec<i64> = inv.arg(&self.owner).arg(self.lease().as_millis() as u64).invoke_async(&mut conn).await?;
         Ok(held.into_iter().map(|h| h == 1).collect())
+    }
+
+    /// The fence of a request carrying these keys, for the take that pays for it
+    /// (`TokenBuckets::try_take_fenced`): checked and renewed as `fence` does.
+    pub fn fence_of(&self, tenant_id: &str, idempotency_keys: &[String]) -> crate::bucket::Fence {
+        crate::bucket::Fence {
+            keys: idempotency_keys.iter().map(|k| self.key(tenant_id, k)).collect(),
+            owner: self.owner.clone(),
+            lease: self.lease(),
+        }
     }
 
     /// The write reached the CRM as `record_id` at `version`.

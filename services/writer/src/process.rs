@@ -74,6 +74,11 @@ where
     }
 }
 
+/// The record the reconciler found gone and asked to be created again (the RECREATE header).
+fn recreating(w: &Work) -> Option<&str> {
+    w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty())
+}
+
 /// One item on its way through the batch.
 struct Step {
     work: Work,
@@ -125,6 +130,15 @@ impl Contact {
             other => other,
         }
     }
+}
+
+/// The batch's calls' numbers: matched to contacts in this batch, read from the contact cache
+/// (a number not here was not cached), and learned from the CRM (to be cached).
+#[derive(Default)]
+struct CallContacts {
+    matched: HashMap<String, Contact>,
+    cached: HashMap<String, Option<String>>,
+    fresh: Vec<(String, Option<String>)>,
 }
 
 /// The batch's participant addresses matched to contacts (address → contact id, or None
@@ -239,14 +253,13 @@ impl<C: Connector> Shared<C> {
     /// creates again while the claim still names that record.
     async fn claim(&self, w: &Work) -> (Claim, std::time::Instant) {
         let req = &w.req;
-        let gone = w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty());
         let mut reclaimed = false;
         loop {
             let c = patiently("claim", || self.claims.claim(req.tenant_id(), req.idempotency_key(), req.version(), req.era_ms())).await;
             match c {
                 // Another writer (a replica, before a rebalance settled) is writing it now.
                 Claim::Busy { retry_after } => places::sleep(retry_after.min(Duration::from_secs(5))).await,
-                Claim::AlreadyDone { record_id } if !reclaimed && gone == Some(record_id.as_str()) => {
+                Claim::AlreadyDone { record_id } if !reclaimed && recreating(w) == Some(record_id.as_str()) => {
                     reclaimed = true;
                     patiently("reclaim", || self.claims.reclaim(req.tenant_id(), req.idempotency_key(), &record_id)).await;
                 }
@@ -255,14 +268,38 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    /// Turns a claim into an item to write, or settles the step. `contacts` holds the
-    /// numbers this batch has matched already (a number is searched, or created, once).
+    /// Claims the keys of these steps (one step per key) in one round trip; the few that
+    /// need more (a key another writer is writing now, a record the reconciler asked to
+    /// create again) go on one by one as `claim` does.
+    async fn claim_all(&self, tenant_id: &str, steps: &[Step], which: &[usize]) -> Vec<(Claim, std::time::Instant)> {
+        let keys: Vec<(&str, i64, i64)> = which
+            .iter()
+            .map(|&i| {
+                let r = &steps[i].work.req;
+                (r.idempotency_key(), r.version(), r.era_ms())
+            })
+            .collect();
+        let first = patiently("claim", || self.claims.claim_many(tenant_id, &keys)).await;
+        let at = std::time::Instant::now();
+        futures::future::join_all(which.iter().zip(first).map(|(&i, c)| async move {
+            let w = &steps[i].work;
+            match c {
+                Claim::Busy { .. } => self.claim(w).await,
+                Claim::AlreadyDone { record_id } if recreating(w) == Some(record_id.as_str()) => self.claim(w).await,
+                other => (other, at),
+            }
+        }))
+        .await
+    }
+
+    /// Turns a claim into an item to write, or settles the step. `calls` holds the numbers
+    /// this batch has matched already (a number is searched, or created, once).
     async fn plan(
         &self,
         t: &TenantOf<C>,
         step: &mut Step,
         (claim, claimed_at): (Claim, std::time::Instant),
-        contacts: &mut HashMap<String, Contact>,
+        calls: &mut CallContacts,
         addresses: &Addresses,
     ) {
         let req = step.work.req.clone();
@@ -310,15 +347,15 @@ impl<C: Connector> Shared<C> {
             // A call's contact is matched once, on create (people may move it later).
             WriteRequest::Call(call) if item.record_id.is_none() => {
                 let e164 = call.call.customer_e164.clone();
-                if let Some(known) = contacts.get(&e164) {
+                if let Some(known) = calls.matched.get(&e164) {
                     step.note = known.note();
                     item.contact_id = known.id();
-                } else if let Some(found) = self.contact(t, call, step).await {
+                } else if let Some(found) = self.contact(t, call, step, calls).await {
                     if let Some(note) = found.note() {
                         step.note = Some(note);
                     }
                     item.contact_id = found.id();
-                    contacts.insert(e164, found.for_the_next_call());
+                    calls.matched.insert(e164, found.for_the_next_call());
                 }
             }
             WriteRequest::Call(_) => {}
@@ -569,17 +606,43 @@ impl<C: Connector> Shared<C> {
         }
     }
 
+    /// The contact cache's entries for the numbers of the calls these claims may create (one
+    /// MGET for the batch).
+    async fn read_call_contacts(
+        &self,
+        tenant_id: &str,
+        steps: &[Step],
+        which: &[usize],
+        claims: &[(Claim, std::time::Instant)],
+    ) -> CallContacts {
+        let mut numbers: Vec<String> = vec![];
+        for (&i, (claim, _)) in which.iter().zip(claims) {
+            let WriteRequest::Call(call) = &steps[i].work.req else { continue };
+            if matches!(claim, Claim::Create | Claim::Recover { .. }) && !numbers.contains(&call.call.customer_e164) {
+                numbers.push(call.call.customer_e164.clone());
+            }
+        }
+        let hits = patiently("contact cache", || self.contacts.get_many(tenant_id, self.crm.as_str(), &numbers)).await;
+        let cached = numbers.into_iter().zip(hits).filter_map(|(n, hit)| hit.map(|h| (n, h))).collect();
+        CallContacts { cached, ..Default::default() }
+    }
+
     /// The customer's contact, found or (by the tenant's policy) created; None when that
-    /// failed, with the step settled as failed.
-    async fn contact(&self, t: &TenantOf<C>, req: &crm_common::events::CrmWriteRequest, step: &mut Step) -> Option<Contact> {
-        let crm = self.crm.as_str();
+    /// failed, with the step settled as failed. The cache was read for the batch at once
+    /// (`CallContacts::read`); what is learned here is written to it after the batch's plan.
+    async fn contact(
+        &self,
+        t: &TenantOf<C>,
+        req: &crm_common::events::CrmWriteRequest,
+        step: &mut Step,
+        calls: &mut CallContacts,
+    ) -> Option<Contact> {
         let e164 = &req.call.customer_e164;
-        let cached = patiently("contact cache", || self.contacts.get(&req.tenant_id, crm, e164)).await;
-        let found = match cached {
-            Some(hit) => hit,
+        let found = match calls.cached.get(e164) {
+            Some(hit) => hit.clone(),
             None => match self.connector.find_contact(&self.api, t, e164, &mut step.log).await {
                 Ok(found) => {
-                    patiently("contact cache", || self.contacts.put(&req.tenant_id, crm, e164, found.as_deref())).await;
+                    calls.fresh.push((e164.clone(), found.clone()));
                     found
                 }
                 Err(f) => {
@@ -596,7 +659,7 @@ impl<C: Connector> Shared<C> {
             NoContact::LogUnassociated => Some(Contact::Unassociated),
             NoContact::CreateContact => match self.create_contact_reading_back(t, e164, &mut step.log).await {
                 Ok(id) => {
-                    patiently("contact cache", || self.contacts.put(&req.tenant_id, crm, e164, Some(&id))).await;
+                    calls.fresh.push((e164.clone(), Some(id.clone())));
                     Some(Contact::Created(id))
                 }
                 Err(f) => {
@@ -621,16 +684,18 @@ impl<C: Connector> Shared<C> {
             round += 1;
             // Claims are independent (one step per key is left): ask Redis for all of them
             // at once rather than a round trip per record.
-            let claims = futures::future::join_all(to_claim.iter().map(|&i| self.claim(&steps[i].work))).await;
+            let claims = self.claim_all(tenant_id, steps, &to_claim).await;
             // Every address the batch's emails and meetings will write with, matched at once
             // (searches are the scarcest budget): not those already written at this version.
             let asking: Vec<usize> =
                 to_claim.iter().zip(&claims).filter(|(_, (c, _))| !matches!(c, Claim::AlreadyDone { .. })).map(|(&i, _)| i).collect();
             let addresses = self.match_addresses(t, steps, &asking).await;
-            let mut contacts = HashMap::new();
+            let mut calls = self.read_call_contacts(tenant_id, steps, &to_claim, &claims).await;
             for (&i, claim) in to_claim.iter().zip(claims) {
-                self.plan(t, &mut steps[i], claim, &mut contacts, &addresses).await;
+                self.plan(t, &mut steps[i], claim, &mut calls, &addresses).await;
             }
+            let fresh = std::mem::take(&mut calls.fresh);
+            patiently("contact cache", || self.contacts.put_many(tenant_id, self.crm.as_str(), &fresh)).await;
             let planned: Vec<usize> = to_claim.iter().copied().filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
             self.resolve_owners(t, tenant_id, steps, &planned).await;
             self.resolve_context(t, tenant_id, steps, &planned).await;

@@ -334,6 +334,8 @@ pub async fn run<C: Connector>(
         warn!("drain timed out; unfinished messages stay uncommitted and will be redelivered");
     }
     commit(&consumer, &offsets);
+    // Answers whose tokens wait for the flusher: settled now, not left to their lease.
+    shared.api.buckets.flush().await;
     let (left, held) = {
         let o = offsets.lock().expect("offsets");
         (o.unfinished(), o.held())
