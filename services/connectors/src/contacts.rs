@@ -92,11 +92,17 @@ impl ContactCache {
         }
         let mut c = self.conn.clone();
         let mut p = redis::pipe();
+        self.add_puts(&mut p, tenant, crm, found);
+        p.query_async::<()>(&mut c).await
+    }
+
+    /// Adds `put_many`'s writes to `p`, so several caches are written in one round trip
+    /// (the keys share the tenant's hash tag, so one slot).
+    pub fn add_puts(&self, p: &mut redis::Pipeline, tenant: &str, crm: &str, found: &[(String, Option<String>)]) {
         for (m, id) in found {
             let ttl = if id.is_some() { self.ttl } else { self.miss_ttl };
             p.cmd("SET").arg(self.key(tenant, crm, m)).arg(id.as_deref().unwrap_or("-")).arg("PX").arg(ttl.as_millis() as u64).ignore();
         }
-        p.query_async::<()>(&mut c).await
     }
 
     pub async fn forget(&self, tenant: &str, crm: &str, e164: &str) -> redis::RedisResult<()> {

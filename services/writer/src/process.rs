@@ -141,12 +141,23 @@ struct CallContacts {
     fresh: Vec<(String, Option<String>)>,
 }
 
+/// What a batch learned from the CRM, to be cached at once (`Shared::remember`): matches by
+/// number or address, owners by email, contexts (JSON) by contact id.
+#[derive(Default)]
+struct Learned {
+    contacts: Vec<(String, Option<String>)>,
+    owners: Vec<(String, Option<String>)>,
+    context: Vec<(String, Option<String>)>,
+}
+
 /// The batch's participant addresses matched to contacts (address → contact id, or None
 /// when no contact has it), and the search failure that left some unmatched.
 #[derive(Default)]
 struct Addresses {
     known: HashMap<String, Option<String>>,
     failed: Option<Failure>,
+    /// Matches learned from the CRM, to be cached.
+    fresh: Vec<(String, Option<String>)>,
 }
 
 impl Addresses {
@@ -382,8 +393,8 @@ impl<C: Connector> Shared<C> {
 
     /// Matches every participant address of these steps' emails and meetings to contacts:
     /// the cache first (one MGET), then the CRM's search for the rest, as few searches as
-    /// it allows (HubSpot and Salesforce: 50 addresses each), the answers cached (misses
-    /// for a shorter time). Each search's audit goes to every step that asked it. Nothing is
+    /// it allows (HubSpot and Salesforce: 50 addresses each), the answers to be cached
+    /// (misses for a shorter time) with the rest the batch learns. Each search's audit goes to every step that asked it. Nothing is
     /// created for an address no contact has (a person at an address is not yet a contact
     /// sales wants).
     async fn match_addresses(&self, t: &TenantOf<C>, steps: &mut [Step], asking: &[usize]) -> Addresses {
@@ -418,8 +429,8 @@ impl<C: Connector> Shared<C> {
         match self.connector.find_contacts_by_email(&self.api, t, &ask, &mut log).await {
             Ok(found) => {
                 let fresh: Vec<(String, Option<String>)> = ask.iter().map(|a| (a.clone(), found.get(a).cloned())).collect();
-                patiently("contact cache", || self.contacts.put_many(&tenant, crm, &fresh)).await;
-                out.known.extend(fresh);
+                out.known.extend(fresh.iter().cloned());
+                out.fresh = fresh;
             }
             Err(f) => out.failed = Some(f),
         }
@@ -437,7 +448,7 @@ impl<C: Connector> Shared<C> {
     /// for the rest (every answer cached, misses for a shorter time), else the tenant's
     /// `on_unmapped_actor`. A lookup that fails settles its steps with that failure, as a
     /// failed contact search does. Each lookup's audit goes to the steps that needed it.
-    async fn resolve_owners(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize]) {
+    async fn resolve_owners(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize], learned: &mut Learned) {
         let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
         let crm = self.crm.as_str();
         let needs: Vec<usize> = planned
@@ -481,7 +492,7 @@ impl<C: Connector> Shared<C> {
                     // found as a miss.
                     let mut fresh: Vec<(String, Option<String>)> = found.iter().map(|(e, id)| (e.clone(), Some(id.clone()))).collect();
                     fresh.extend(ask.iter().filter(|e| !found.contains_key(*e)).map(|e| (e.clone(), None)));
-                    patiently("owner cache", || self.owners.put_many(tenant_id, crm, &fresh)).await;
+                    learned.owners.extend(fresh.iter().cloned());
                     by_email.extend(fresh);
                 }
                 Err(f) => failed = Some(f),
@@ -536,7 +547,7 @@ impl<C: Connector> Shared<C> {
     /// from the CRM for the batch at once) chosen by the tenant's `deal_rule`. A lookup that
     /// fails leaves the records to be written with their contacts alone, and their audit
     /// says so: context enriches a record, it never holds one back.
-    async fn resolve_context(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize]) {
+    async fn resolve_context(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize], learned: &mut Learned) {
         let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
         let crm = self.crm.as_str();
         let needs: Vec<usize> = planned
@@ -572,9 +583,9 @@ impl<C: Connector> Shared<C> {
                 Ok(found) => {
                     // A contact the CRM gave no context for has none (a lead, say): cached
                     // as empty like the rest.
-                    let fresh: Vec<(String, Option<String>)> =
-                        ask.iter().map(|c| (c.clone(), serde_json::to_string(&found.get(c).cloned().unwrap_or_default()).ok())).collect();
-                    patiently("context cache", || self.context.put_many(tenant_id, crm, &fresh)).await;
+                    learned
+                        .context
+                        .extend(ask.iter().map(|c| (c.clone(), serde_json::to_string(&found.get(c).cloned().unwrap_or_default()).ok())));
                     for c in &ask {
                         known.insert(c.clone(), found.get(c).cloned().unwrap_or_default());
                     }
@@ -604,6 +615,25 @@ impl<C: Connector> Shared<C> {
                 item.context = chosen;
             }
         }
+    }
+
+    /// Caches what the batch learned from the CRM (contacts, owners, companies and deals), in
+    /// one round trip.
+    async fn remember(&self, tenant_id: &str, learned: &Learned) {
+        let crm = self.crm.as_str();
+        let mut p = redis::pipe();
+        self.contacts.add_puts(&mut p, tenant_id, crm, &learned.contacts);
+        self.owners.add_puts(&mut p, tenant_id, crm, &learned.owners);
+        self.context.add_puts(&mut p, tenant_id, crm, &learned.context);
+        if p.is_empty() {
+            return;
+        }
+        let conn = self.contacts.conn.clone();
+        patiently("contact cache", || {
+            let (p, mut conn) = (p.clone(), conn.clone());
+            async move { p.query_async::<()>(&mut conn).await }
+        })
+        .await;
     }
 
     /// The contact cache's entries for the numbers of the calls these claims may create (one
@@ -689,16 +719,17 @@ impl<C: Connector> Shared<C> {
             // (searches are the scarcest budget): not those already written at this version.
             let asking: Vec<usize> =
                 to_claim.iter().zip(&claims).filter(|(_, (c, _))| !matches!(c, Claim::AlreadyDone { .. })).map(|(&i, _)| i).collect();
-            let addresses = self.match_addresses(t, steps, &asking).await;
+            let mut addresses = self.match_addresses(t, steps, &asking).await;
             let mut calls = self.read_call_contacts(tenant_id, steps, &to_claim, &claims).await;
             for (&i, claim) in to_claim.iter().zip(claims) {
                 self.plan(t, &mut steps[i], claim, &mut calls, &addresses).await;
             }
-            let fresh = std::mem::take(&mut calls.fresh);
-            patiently("contact cache", || self.contacts.put_many(tenant_id, self.crm.as_str(), &fresh)).await;
+            let mut learned = Learned { contacts: std::mem::take(&mut calls.fresh), ..Default::default() };
+            learned.contacts.append(&mut addresses.fresh);
             let planned: Vec<usize> = to_claim.iter().copied().filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
-            self.resolve_owners(t, tenant_id, steps, &planned).await;
-            self.resolve_context(t, tenant_id, steps, &planned).await;
+            self.resolve_owners(t, tenant_id, steps, &planned, &mut learned).await;
+            self.resolve_context(t, tenant_id, steps, &planned, &mut learned).await;
+            self.remember(tenant_id, &learned).await;
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
             to_write.sort_unstable();
             let ready = std::mem::take(&mut to_write);
