@@ -192,6 +192,7 @@ impl<C: Connector> Lanes<C> {
                     }
                 }
                 let n = batch.len();
+                tracing::debug!(tenant, n, partition = batch[0].input.partition, offset = batch[0].input.offset, "lane batch");
                 // A span per input, joined to its producer's trace; what it produces names it.
                 // `process` answers one Done per Work, in order.
                 let spans: Vec<(String, tracing::Span)> =
@@ -313,6 +314,7 @@ pub async fn run<C: Connector>(
                 let tenant = req.as_ref().map(|r| r.tenant_id().to_string());
                 let verdict = backlog.backlog.reread(&mut offsets.lock().expect("offsets"), m.partition, m.offset, tenant.as_deref(), |t| lanes.room(t));
                 if let (Reread::Hand(ticket), Some(req), Some(tenant)) = (verdict, req, tenant) {
+                    debug!(tenant, partition = m.partition, offset = m.offset, "handed on from Kafka");
                     backlog.reread.fetch_add(1, Ordering::Relaxed);
                     if lanes.send(&tenant, Work { input: m, req, ticket }).is_err() {
                         error!("a lane stopped; stopping");
