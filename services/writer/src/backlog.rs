@@ -120,7 +120,7 @@ impl Backlog {
             // Asked once per tenant: lanes change what `ready` answers while this runs, and a
             // tenant counted out of `from` but then not blocked would have its messages below
             // `from` skipped and its place dropped at the pass's end.
-            let (ready, blocked): (Vec<(&String, &Left)>, Vec<(&String, &Left)>) = part.left.iter().partition(|(t, _)| ready(t));
+            let (ready, blocked): (Vec<_>, Vec<_>) = part.left.iter().partition(|(t, _)| ready(t));
             let Some(from) = ready.iter().map(|(_, l)| l.hold.offset()).min() else { continue };
             self.passes += 1;
             let blocked = blocked.into_iter().map(|(t, _)| t.clone()).collect();
