@@ -394,9 +394,9 @@ impl<C: Connector> Shared<C> {
     /// Matches every participant address of these steps' emails and meetings to contacts:
     /// the cache first (one MGET), then the CRM's search for the rest, as few searches as
     /// it allows (HubSpot and Salesforce: 50 addresses each), the answers to be cached
-    /// (misses for a shorter time) with the rest the batch learns. Each search's audit goes to every step that asked it. Nothing is
-    /// created for an address no contact has (a person at an address is not yet a contact
-    /// sales wants).
+    /// (misses for a shorter time) with the rest the batch learns (`Shared::remember`). Each
+    /// search's audit goes to every step that asked it. Nothing is created for an address no
+    /// contact has (a person at an address is not yet a contact sales wants).
     async fn match_addresses(&self, t: &TenantOf<C>, steps: &mut [Step], asking: &[usize]) -> Addresses {
         let mut out = Addresses::default();
         let mut wanted: Vec<String> = vec![];
@@ -629,7 +629,7 @@ impl<C: Connector> Shared<C> {
             return;
         }
         let conn = self.contacts.conn.clone();
-        patiently("contact cache", || {
+        patiently("caching what the batch learned", || {
             let (p, mut conn) = (p.clone(), conn.clone());
             async move { p.query_async::<()>(&mut conn).await }
         })
@@ -659,7 +659,8 @@ impl<C: Connector> Shared<C> {
 
     /// The customer's contact, found or (by the tenant's policy) created; None when that
     /// failed, with the step settled as failed. The cache was read for the batch at once
-    /// (`CallContacts::read`); what is learned here is written to it after the batch's plan.
+    /// (`read_call_contacts`); what is learned here is cached after the batch's plan
+    /// (`remember`).
     async fn contact(
         &self,
         t: &TenantOf<C>,
