@@ -248,7 +248,7 @@ async fn an_answer_rides_its_tenants_next_take_scored_by_when_it_was_answered() 
     let b = buckets(&prefix).await.with_lease(Duration::from_secs(30)).with_settle_within(Duration::from_secs(60));
     let one_at_a_time =
         Limit::Concurrent { name: "inflight".into(), max: 1, lease: Duration::from_secs(30), poll: Duration::from_millis(20) };
-    let s = set(vec![rolling("burst", 2, 1000), one_at_a_time]);
+    let s = set(vec![rolling("burst", 2, 5000), one_at_a_time]);
     assert_eq!(b.try_take_each(&s, &[1, 1], 0, "a").await.unwrap(), Take::Granted);
     b.settle_soon(&s, "a", &[1, 1], &[("burst".into(), 1)]);
     let answered = redis_now_ms().await;
@@ -258,10 +258,10 @@ async fn an_answer_rides_its_tenants_next_take_scored_by_when_it_was_answered() 
     assert_eq!(crm_common::redis_conn::round_trips() - before, 1, "settle and take in one round trip");
     let score = member_score(&prefix, &s, "burst", "a:1").await;
     assert!((answered - 20..=answered + 20).contains(&score), "scored by the answer ({answered}), not the take: {score}");
-    // Both tokens are in the window; the first comes back a window after its answer, ~600 ms
-    // from now (a settle scored at the take would say ~1000 ms, an unsettled one 30 s).
+    // Both tokens are in the window; the first comes back a window after its answer, ~4.6 s
+    // from now (a settle scored at the take would say ~5 s, an unsettled one 30 s).
     let Take::Wait(w) = b.try_take_each(&s, &[1, 0], 0, "c").await.unwrap() else { panic!("2 of 2 spent") };
-    assert!(w > Duration::from_millis(450) && w <= Duration::from_millis(650), "{w:?}");
+    assert!(w > Duration::from_millis(3000) && w <= Duration::from_millis(4700), "{w:?}");
 }
 
 /// An answer no take carries is settled by the flusher within a few milliseconds, with every
