@@ -289,3 +289,16 @@ fn an_emails_trace_and_dead_letter_name_its_kind() {
         assert!(p.terminate().success());
     }
 }
+
+/// Tests poll the audit store while the audit-sink starts: until the sink has created the
+/// table, a count is 0, not a failure (a reconciler test failed in CI on exactly that).
+#[test]
+fn a_count_before_the_sink_has_created_the_table_is_zero() {
+    let db = PrivateDb::new("early");
+    assert_eq!(db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER'"), 0);
+    db.query("CREATE TABLE audit (stage text)");
+    db.query("INSERT INTO audit VALUES ('WRITER')");
+    assert_eq!(db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER'"), 1);
+    let other = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.count("SELECT count(*) FROM audit WHERE nonesuch = 1")));
+    assert!(other.is_err(), "any other error still fails the test");
+}
