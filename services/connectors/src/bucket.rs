@@ -398,8 +398,8 @@ pub struct Fence {
 struct Unsettled {
     keys: Vec<String>,
     id: String,
+    /// One step per key, in order (`S kind n` or `O kind max span margin remaining`).
     steps: Vec<String>,
-    step_count: usize,
     answered: Instant,
 }
 
@@ -408,7 +408,7 @@ impl Unsettled {
         for k in &self.keys {
             inv.key(k);
         }
-        inv.arg(&self.id).arg(self.answered.elapsed().as_millis() as u64).arg(self.step_count);
+        inv.arg(&self.id).arg(self.answered.elapsed().as_millis() as u64).arg(self.keys.len());
         for a in &self.steps {
             inv.arg(a);
         }
@@ -550,7 +550,7 @@ impl TokenBuckets {
 
     /// The script arguments that settle the take `id` of `set` (see `SETTLE_FN`).
     fn unsettled(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> Unsettled {
-        let mut u = Unsettled { keys: vec![], id: id.to_string(), steps: vec![], step_count: 0, answered: Instant::now() };
+        let mut u = Unsettled { keys: vec![], id: id.to_string(), steps: vec![], answered: Instant::now() };
         for (i, l) in set.limits.iter().enumerate() {
             let kind = match l {
                 Limit::Rolling { .. } => "R",
@@ -567,7 +567,6 @@ impl TokenBuckets {
             u.steps.extend(l.args());
             u.steps.push((*remaining).min(l.max()).to_string());
         }
-        u.step_count = u.keys.len();
         u
     }
 
@@ -577,7 +576,7 @@ impl TokenBuckets {
     /// same round trip.
     pub async fn settle(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> redis::RedisResult<()> {
         let u = self.unsettled(set, id, costs, observed);
-        if u.step_count == 0 {
+        if u.keys.is_empty() {
             return Ok(());
         }
         let mut inv = self.settle.prepare_invoke();
@@ -592,7 +591,7 @@ impl TokenBuckets {
     /// allows is kept; a writer that stops before the flusher runs leaves them to their lease.
     pub fn settle_soon(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) {
         let u = self.unsettled(set, id, costs, observed);
-        if u.step_count == 0 {
+        if u.keys.is_empty() {
             return;
         }
         self.unsettled.put_back(&set.tenant_id, vec![u]);
