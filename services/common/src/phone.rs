@@ -2,7 +2,7 @@
 //! and PBXs produce; CRMs hold whatever people typed. Both sides go through here so that
 //! comparisons are between E.164 strings.
 
-use phonenumber::{country, Mode};
+use phonenumber::country;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,10 +79,117 @@ fn parse_valid(s: &str, region: Option<country::Id>) -> Result<String, PhoneErro
             parsed = parse(&plus, None)?;
         }
     }
-    if !phonenumber::is_valid(&parsed) {
+    if !valid::is_valid(&parsed) {
         return Err(PhoneError::NotValid);
     }
-    Ok(parsed.format().mode(Mode::E164).to_string())
+    // The crate's E.164 formatter first looks up the region's display formats (regexes
+    // under its lock) that E.164 never uses; a valid number's country code is known.
+    Ok(format!("+{}{}", parsed.code().value(), parsed.national()))
+}
+
+/// The phonenumber crate's `is_valid`, over patterns compiled once per region. The crate
+/// looks every pattern up by its source text in one process-wide LRU under a mutex (hashing
+/// the whole pattern each time), which was most of a parse's cost and kept parses on all
+/// cores in single file. The rules are the crate's own (`validator::is_valid_with` and
+/// `number_type`), so a number is valid here exactly when the crate says so; a unit test
+/// holds the two side by side.
+mod valid {
+    use phonenumber::metadata::{Descriptor, Metadata, DATABASE};
+    use phonenumber::PhoneNumber;
+    use std::collections::HashMap;
+    use std::sync::{Arc, RwLock};
+
+    /// A descriptor's lengths and national-number pattern, compiled.
+    struct Desc {
+        lengths: Vec<u16>,
+        pattern: regex::Regex,
+    }
+
+    impl Desc {
+        fn new(d: &Descriptor) -> Desc {
+            let source = d.national_number().as_str();
+            // Metadata patterns always compile; one that did not would match nothing.
+            let pattern = regex::RegexBuilder::new(source)
+                .ignore_whitespace(true)
+                .build()
+                .unwrap_or_else(|_| regex::Regex::new("$^").expect("literal"));
+            Desc { lengths: d.possible_length().to_vec(), pattern }
+        }
+
+        /// The crate's `Descriptor::is_match`: a possible length, and a match at the start.
+        fn is_match(&self, national: &str) -> bool {
+            (self.lengths.is_empty() || self.lengths.contains(&(national.len() as u16)))
+                && self.pattern.find(national).is_some_and(|m| m.start() == 0)
+        }
+    }
+
+    /// What decides whether a national number is valid in one region.
+    struct Rules {
+        general: Desc,
+        /// Every typed descriptor `number_type` tries: a match of any is a known type.
+        types: Vec<Desc>,
+        leading_digits: Option<regex::Regex>,
+    }
+
+    impl Rules {
+        fn new(meta: &Metadata) -> Rules {
+            let d = meta.descriptors();
+            let typed = [
+                d.premium_rate(),
+                d.toll_free(),
+                d.shared_cost(),
+                d.voip(),
+                d.personal_number(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+                d.fixed_line(),
+                d.mobile(),
+            ];
+            let leading_digits =
+                meta.leading_digits().and_then(|r| regex::RegexBuilder::new(r.as_str()).ignore_whitespace(true).build().ok());
+            Rules { general: Desc::new(d.general()), types: typed.into_iter().flatten().map(Desc::new).collect(), leading_digits }
+        }
+
+        /// The crate's `number_type(..) != Type::Unknown`.
+        fn known_type(&self, national: &str) -> bool {
+            self.general.is_match(national) && self.types.iter().any(|d| d.is_match(national))
+        }
+    }
+
+    /// The rules of `meta`, compiled on first use. Keyed by the metadata's address: it lives
+    /// in the crate's static database for the life of the process, and non-geographic
+    /// entities share the id "001".
+    fn rules(meta: &'static Metadata) -> Arc<Rules> {
+        static RULES: std::sync::OnceLock<RwLock<HashMap<usize, Arc<Rules>>>> = std::sync::OnceLock::new();
+        let key = std::ptr::from_ref(meta) as usize;
+        let all = RULES.get_or_init(Default::default);
+        if let Some(r) = all.read().expect("lock").get(&key) {
+            return r.clone();
+        }
+        all.write().expect("lock").entry(key).or_insert_with(|| Arc::new(Rules::new(meta))).clone()
+    }
+
+    /// The crate's `is_valid`: the region the number belongs to (for a shared country code,
+    /// the first whose leading digits start the number, or else whose types know it), then
+    /// whether its national number is of a known type there.
+    pub fn is_valid(number: &PhoneNumber) -> bool {
+        let code = number.country().code();
+        let national = number.national().to_string();
+        let Some(regions) = DATABASE.region(&code) else { return false };
+        let meta = match regions.as_slice() {
+            ["001"] => DATABASE.by_code(&code).and_then(|m| m.into_iter().next()),
+            [only] => DATABASE.by_id(*only),
+            several => several.iter().filter_map(|id| DATABASE.by_id(*id)).find(|meta| {
+                let r = rules(meta);
+                match &r.leading_digits {
+                    Some(leading) => leading.find(&national).is_some_and(|m| m.start() == 0),
+                    None => r.known_type(&national),
+                }
+            }),
+        };
+        meta.is_some_and(|meta| rules(meta).known_type(&national))
+    }
 }
 
 /// libphonenumber's `maybeExtractCountryCode` for a number written without '+' whose digits
@@ -412,6 +519,55 @@ mod tests {
             }
         }
         assert!(cache.map.lock().unwrap().len <= 2, "bounded");
+    }
+
+    /// The compiled validator and E.164 formatting against the crate's own, on the table's
+    /// numbers, every region's example numbers of every type, and those numbers cut short,
+    /// made longer and with a digit changed.
+    #[test]
+    fn compiled_validation_agrees_with_the_crate() {
+        use phonenumber::metadata::DATABASE;
+        let mut inputs: Vec<(String, Option<country::Id>)> = vec![];
+        for line in include_str!("../testdata/phone_numbers.tsv").lines().filter(|l| !l.starts_with('#')) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            inputs.push((cols[0].to_string(), region(cols[1]).ok()));
+        }
+        for meta in DATABASE.iter() {
+            let d = meta.descriptors();
+            let examples = [d.general(), d.fixed_line().unwrap_or(d.general()), d.mobile().unwrap_or(d.general())]
+                .into_iter()
+                .chain(
+                    [d.toll_free(), d.premium_rate(), d.shared_cost(), d.voip(), d.personal_number(), d.pager(), d.uan(), d.voicemail()]
+                        .into_iter()
+                        .flatten(),
+                )
+                .filter_map(|d| d.example());
+            for ex in examples {
+                let whole = format!("+{}{ex}", meta.country_code());
+                let mut changed = whole.clone().into_bytes();
+                let last = changed.len() - 1;
+                changed[last] = if changed[last] == b'9' { b'0' } else { changed[last] + 1 };
+                for n in [whole.clone(), whole[..whole.len() - 1].to_string(), format!("{whole}7"), String::from_utf8(changed).unwrap()] {
+                    inputs.push((n, None));
+                }
+            }
+        }
+        assert!(inputs.len() > 2_000, "{} inputs", inputs.len());
+        let (mut differ, mut said) = (vec![], [0, 0]);
+        for (raw, region) in &inputs {
+            let Ok(parsed) = phonenumber::parse(*region, raw) else { continue };
+            let crate_says = phonenumber::is_valid(&parsed);
+            said[crate_says as usize] += 1;
+            if valid::is_valid(&parsed) != crate_says {
+                differ.push(format!("{raw:?} in {region:?}: the crate says {crate_says}"));
+            }
+            if crate_says {
+                let ours = format!("+{}{}", parsed.code().value(), parsed.national());
+                assert_eq!(ours, parsed.format().mode(phonenumber::Mode::E164).to_string(), "{raw}");
+            }
+        }
+        assert!(differ.is_empty(), "{} differ:\n{}", differ.len(), differ.join("\n"));
+        assert!(said[0] > 500 && said[1] > 500, "invalid and valid numbers both tried: {said:?}");
     }
 
     #[test]
