@@ -13,7 +13,7 @@ use crate::config::{CommonArgs, PipelineArgs};
 use crate::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
 use crate::kafka::{self, InMessage, Kafka, OutRecord, Ticket};
 use crate::telemetry::StageMetrics;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
 use std::collections::BTreeMap;
@@ -137,22 +137,53 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
         cfg.common.topics.clone(),
     ));
 
+    // Two batches may be in the handler at once, taken out in read order: while one waits
+    // on I/O (the deduper's Redis round trip), the next is decoded. A batch's Redis commands
+    // are sent before the next batch's, on one connection, so Redis runs them in read order.
+    // Only when a batch fails and is retried can the next one's marks land first; then the
+    // later input makes the mark and the earlier reads as its repeat (or as an older
+    // version), so each activity still goes on once, at its newest version.
+    let handler = Arc::new(handler);
+    let mut handling = futures::stream::FuturesOrdered::new();
     let mut loop_result = Ok(());
     // An idle input is not a stalled loop: beat while waiting too.
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     let mut commits = tokio::time::interval(Duration::from_millis(cfg.args.commit_interval_ms.max(1)));
     crate::health::ready();
-    'consume: loop {
+    let mut stopping = false;
+    loop {
         crate::health::beat();
         let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            biased;
             _ = failed.cancelled() => break,
+            Some(handled) = handling.next(), if !handling.is_empty() => {
+                match handled {
+                    Some(Ok(h)) => {
+                        if handled_tx.send(h).await.is_err() {
+                            break; // the sender failed; its error is reported below
+                        }
+                    }
+                    Some(Err(e)) => {
+                        loop_result = Err(e);
+                        break;
+                    }
+                    // Stopped while retrying: nothing of it is sent or committed.
+                    None => {}
+                }
+                continue;
+            }
+            _ = shutdown.cancelled(), if !stopping => {
+                // What is in the handler finishes and is sent; nothing more is read.
+                stopping = true;
+                continue;
+            }
+            _ = std::future::ready(()), if stopping && handling.is_empty() => break,
             _ = beat.tick() => continue,
             _ = commits.tick() => {
                 commit(&consumer, &offsets);
                 continue;
             }
-            m = consumer.recv() => m,
+            m = consumer.recv(), if !stopping && handling.len() < HANDLING => m,
         };
         // Each input's ticket is taken as it is read, before any later poll can run a
         // rebalance: a partition revoked meanwhile is then dropped from the tracker with it.
@@ -182,37 +213,8 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
                 None => break,
             }
         }
-        let started = Instant::now();
-        // One span per input, from now until its outputs are handed to the producer.
-        let spans: Vec<tracing::Span> = batch.iter().map(|m| crate::telemetry::input_span(cfg.service, m)).collect();
-        let mut backoff = Duration::from_millis(100);
-        let processed = loop {
-            match handler.handle(&batch).await {
-                Ok(p) => {
-                    crate::health::trouble(None);
-                    break p;
-                }
-                Err(e) => {
-                    error!(error = %e, batch = batch.len(), "transient failure; retrying, nothing committed");
-                    crate::health::trouble(Some(format!("retrying a transient failure: {e}")));
-                    crate::health::beat();
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'consume,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        };
-        if processed.len() != batch.len() {
-            loop_result = Err(anyhow::anyhow!("handler returned {} results for {} inputs", processed.len(), batch.len()));
-            break;
-        }
-        if handled_tx.send(Handled { batch, tickets, processed, spans, started }).await.is_err() {
-            break; // the sender failed; its error is reported below
-        }
+        handling.push_back(handle_batch(handler.clone(), batch, tickets, cfg.service, shutdown.clone()));
     }
-
     // Drain: the sender hands on what was handled, then the acker waits for every output.
     drop(handled_tx);
     let sent = sender.await.map_err(|e| anyhow::anyhow!("sender task: {e}"))?;
@@ -224,6 +226,46 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     let counts = sent.as_ref().map(|c| c.clone()).unwrap_or_default();
     info!(service = cfg.service, ?counts, redis_round_trips = crate::redis_conn::round_trips(), "stopped");
     acked.and(sent.map(drop)).and(loop_result)
+}
+
+/// Batches in the handler at once (see `run`).
+const HANDLING: usize = 2;
+
+/// One batch through the handler, retrying a transient failure with backoff until it
+/// succeeds; None if `shutdown` comes first. Err if the handler broke its contract.
+async fn handle_batch<H: Handler>(
+    handler: Arc<H>,
+    batch: Vec<InMessage>,
+    tickets: Vec<Ticket>,
+    service: &'static str,
+    shutdown: CancellationToken,
+) -> Option<anyhow::Result<Handled>> {
+    let started = Instant::now();
+    // One span per input, from now until its outputs are handed to the producer.
+    let spans: Vec<tracing::Span> = batch.iter().map(|m| crate::telemetry::input_span(service, m)).collect();
+    let mut backoff = Duration::from_millis(100);
+    let processed = loop {
+        match handler.handle(&batch).await {
+            Ok(p) => {
+                crate::health::trouble(None);
+                break p;
+            }
+            Err(e) => {
+                error!(error = %e, batch = batch.len(), "transient failure; retrying, nothing committed");
+                crate::health::trouble(Some(format!("retrying a transient failure: {e}")));
+                crate::health::beat();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    if processed.len() != batch.len() {
+        return Some(Err(anyhow::anyhow!("handler returned {} results for {} inputs", processed.len(), batch.len())));
+    }
+    Some(Ok(Handled { batch, tickets, processed, spans, started }))
 }
 
 /// A batch the handler is done with, on its way to the producer.
