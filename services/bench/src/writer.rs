@@ -805,6 +805,10 @@ fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()>
             "  {:<38} p99 by hop: to the normaliser's output {} ms, the deduper's {} ms, the CRM write {} ms",
             "", r.hop_p99[0], r.hop_p99[1], r.hop_p99[2]
         );
+        println!(
+            "  {:<38} peak RSS at steady load, MiB: normaliser {:.1}, deduper {:.1}, writer {:.1}",
+            "", r.peak_rss_mib[0], r.peak_rss_mib[1], r.peak_rss_mib[2]
+        );
     }
     Ok(())
 }
@@ -821,6 +825,8 @@ struct Round {
     throttled: u64,
     /// normaliser, deduper, writer.
     idle_cpu: [f64; 3],
+    /// Each one's peak RSS over the round (steady load under budget, then idle), MiB.
+    peak_rss_mib: [f64; 3],
 }
 
 fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyhow::Result<Round> {
@@ -897,6 +903,7 @@ fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyh
     // Idle: nothing left to read; what the consumers' polling alone costs.
     std::thread::sleep(Duration::from_secs(2));
     let idle_cpu = idle_cpu(&pids, Duration::from_secs(10));
+    let peak_rss_mib = pids.map(|pid| crate::peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0);
     Ok(Round {
         hop_p99,
         p50: pct(0.5),
@@ -906,6 +913,7 @@ fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyh
         measured: latencies.len(),
         throttled: throttled - throttled_before,
         idle_cpu,
+        peak_rss_mib,
     })
 }
 
