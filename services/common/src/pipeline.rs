@@ -157,18 +157,18 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
             biased;
             _ = failed.cancelled() => break,
             Some(handled) = handling.next(), if !handling.is_empty() => {
-                match handled {
-                    Some(Ok(h)) => {
-                        if handled_tx.send(h).await.is_err() {
-                            break; // the sender failed; its error is reported below
-                        }
-                    }
+                let go_on = match handled {
+                    // Err: the sender failed; its error is reported below.
+                    Some(Ok(h)) => handled_tx.send(h).await.is_ok(),
                     Some(Err(e)) => {
                         loop_result = Err(e);
-                        break;
+                        false
                     }
                     // Stopped while retrying: nothing of it is sent or committed.
-                    None => {}
+                    None => true,
+                };
+                if !go_on {
+                    break;
                 }
                 continue;
             }
