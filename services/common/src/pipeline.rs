@@ -59,8 +59,9 @@ struct Pending {
 }
 
 /// `f` over `items` on every core, the results in input order: for a stage's CPU-bound work
-/// on a batch (decoding, encoding, building audit records). Phone parsing gains little: the
-/// phonenumber crate matches every pattern under one process-wide lock. Blocks the calling
+/// on a batch (decoding, encoding, building audit records, parsing phone numbers: the
+/// crate's parser still looks its patterns up under one process-wide lock, but validation,
+/// most of a parse, no longer does: `phone::valid`). Blocks the calling
 /// task's thread meanwhile (tokio is told, so its other tasks move to another worker). Small
 /// batches stay on this thread: under light load latency matters more than cores.
 pub fn map_in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
