@@ -242,8 +242,9 @@ async fn handle_batch<H: Handler>(
     shutdown: CancellationToken,
 ) -> Option<anyhow::Result<Handled>> {
     let started = Instant::now();
-    // One span per input, from now until its outputs are handed to the producer.
-    let spans: Vec<tracing::Span> = batch.iter().map(|m| crate::telemetry::input_span(service, m)).collect();
+    // One span per input, from now until its outputs are handed to the producer (built on
+    // every core: a span with its remote parent costs as much as a small handler).
+    let spans: Vec<tracing::Span> = map_in_parallel(&batch, |m| crate::telemetry::input_span(service, m));
     let mut backoff = Duration::from_millis(100);
     let processed = loop {
         match handler.handle(&batch).await {
