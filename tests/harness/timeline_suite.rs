@@ -100,6 +100,16 @@ impl Case {
             _ => "/users/find",
         }
     }
+
+    /// The part of an audited operation that reads a contact's company and deals at this CRM.
+    pub fn context_lookup(&self) -> &'static str {
+        match self.crm {
+            Crm::Hubspot => "/associations/contacts/",
+            Crm::Salesforce => "FROM Contact WHERE Id IN",
+            Crm::Zoho => "from Contacts where id in",
+            _ => "/api/v2/persons/",
+        }
+    }
 }
 
 impl Case {
@@ -518,6 +528,66 @@ pub fn activities_carry_company_and_deal_by_the_tenants_rule(case: &Case) {
     assert!(w.terminate().success());
 }
 
+/// A contact's company and deals are read from the CRM once and cached under the number that
+/// matched the contact (read with the batch's claims, before the contact's id is known): the
+/// next call with that number asks the CRM nothing about them. An entry counts only for the
+/// contact it names: once the number's entry names another contact (the number came to match
+/// someone else), the context is read from the CRM again, not taken from the entry.
+pub fn a_contacts_context_is_cached_for_the_contact_it_names(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.activity_account(&sim, "acme");
+    let ada = sim.records(case.name(), "acme", case.contacts)[0]["id"].as_str().unwrap().to_string();
+    let co = case.add_company(&sim, "acme", "Customer Co");
+    case.set_company(&sim, "acme", &ada, &co);
+    let deal = case.add_deal(&sim, "acme", "Renewal", &ada, &co, true);
+    let tenants = TempFile::new("tenants.toml", &tenant_block(case, &sim, "acme", ""));
+    let prefix = RedisPrefix::new("context-cache");
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    let call_context = |call: &str| {
+        let records = sim.records(case.name(), "acme", case.calls);
+        case.context_of(&sim, "acme", case.calls, case.record(&records, call, "acme"))
+    };
+    let looked_up = |all: &[AuditRecord], call: &str| {
+        all.iter().filter(|a| a.call_id.as_deref() == Some(call)).any(|a| audited_request(a).contains(case.context_lookup()))
+    };
+    let mut produced = 0;
+    let mut write = |call: &str| {
+        broker.produce(&case.topic(), &[case.request("acme", call, 1)]);
+        produced += 1;
+        let (finals, dlq, all) = outcomes(&broker, produced, Duration::from_secs(60));
+        assert!(dlq.is_empty(), "{dlq:?}");
+        assert!(finals.iter().all(|a| a.outcome == AuditOutcome::Succeeded), "{finals:?}");
+        all
+    };
+
+    let all = write("c1");
+    assert_eq!(call_context("c1"), (Some(co.clone()), Some(deal.clone())));
+    assert!(looked_up(&all, "c1"), "the first call reads its contact's context: {:?}", all.iter().map(audited_request).collect::<Vec<_>>());
+    let entries: Vec<String> = prefix.keys().into_iter().filter(|k| k.contains(":context:")).collect();
+    assert!(!entries.is_empty() && entries.iter().all(|k| k.contains(":+")), "cached under the number: {entries:?}");
+
+    let all = write("c2");
+    assert_eq!(call_context("c2"), (Some(co.clone()), Some(deal.clone())));
+    assert!(
+        !looked_up(&all, "c2"),
+        "the second call's context comes from the cache: {:?}",
+        all.iter().map(audited_request).collect::<Vec<_>>()
+    );
+
+    // The number's entry now names someone else: not this contact's context.
+    let client = redis::Client::open(super::redis::MACHINE_REDIS).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    for k in &entries {
+        let other = json!({"contact": format!("{ada}-other"), "company": "not-the-company", "open_deals": []}).to_string();
+        redis::cmd("SET").arg(k).arg(other).arg("KEEPTTL").query::<()>(&mut conn).unwrap();
+    }
+    let all = write("c3");
+    assert_eq!(call_context("c3"), (Some(co.clone()), Some(deal.clone())), "the other contact's entry is not used");
+    assert!(looked_up(&all, "c3"), "read from the CRM again: {:?}", all.iter().map(audited_request).collect::<Vec<_>>());
+    assert!(w.terminate().success());
+}
+
 /// The CRM's users cannot be read (the connection lacks `permission`, the users scope):
 /// actors count as unmapped, so the tenant's choice holds and the writes go on under the
 /// integration's user, the audit saying why; they are not dead-lettered for want of an
@@ -549,6 +619,10 @@ macro_rules! timeline_suite {
         #[test]
         fn activities_carry_company_and_deal_by_the_tenants_rule() {
             $crate::timeline_suite::activities_carry_company_and_deal_by_the_tenants_rule(&$case)
+        }
+        #[test]
+        fn a_contacts_context_is_cached_for_the_contact_it_names() {
+            $crate::timeline_suite::a_contacts_context_is_cached_for_the_contact_it_names(&$case)
         }
         #[test]
         fn a_tenants_field_override_takes_effect_and_an_unsafe_one_is_refused() {

@@ -17,7 +17,7 @@
 //! applied is safe because each input that marked finds its own mark (`Redelivered`).
 
 use crate::redis_conn::{RedisConn, RedisTarget};
-use redis::{ErrorKind, Script, ServerErrorKind};
+use redis::{ErrorKind, Script};
 
 /// Marks every key in KEYS, in order; ARGV holds three values per key (version, input,
 /// window ms). One reply per key: {code, marked version, marked by}. A loop inside one
@@ -174,26 +174,13 @@ impl DedupStore {
         }
         let mut pipe = redis::pipe();
         for part in reqs.chunks(SCRIPT_MAX) {
-            let cmd = pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(part.len());
-            for r in part {
-                cmd.arg(self.key(&r.tenant_id, &r.call_id));
-            }
+            let keys: Vec<String> = part.iter().map(|r| self.key(&r.tenant_id, &r.call_id)).collect();
+            let cmd = crate::redis_conn::add_script_call(&mut pipe, &self.script, &keys);
             for r in part {
                 cmd.arg(r.version).arg(&r.input).arg(r.window_ms.max(1));
             }
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Vec<(i64, i64, String)>> = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            // A fresh or restarted Redis (or cluster node) has no scripts cached: every EVALSHA
-            // failed, nothing ran. Load the script (on a cluster, on every node) and send the
-            // pipeline again.
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(MARK).query_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await?
-            }
-            Err(e) => return Err(e),
-        };
+        let replies: Vec<Vec<(i64, i64, String)>> = crate::redis_conn::query_with_script(&self.conn, &pipe, &self.script).await?;
         let replies: Vec<(i64, i64, String)> = replies.into_iter().flatten().collect();
         if replies.len() != reqs.len() {
             return Err(redis::RedisError::from((ErrorKind::Parse, "dedup pipeline answered a different number of marks")));

@@ -138,6 +138,34 @@ pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
     }
 }
 
+/// Sends `pipe`, in one round trip, where it holds calls (`EVALSHA`) of one script beside
+/// plain commands: a claim with the cache reads its batch needs, or a batch's DONE with what
+/// it learned. A Redis that has not cached the script (fresh, restarted, a new cluster node)
+/// answers NOSCRIPT to each call and runs none of them; the script is then loaded (on a
+/// cluster, on every node) and the whole pipeline sent again. Its plain commands may so run
+/// twice: only reads and idempotent writes (SET) belong beside the script. One script per
+/// pipeline: with two, one might have run when the other answered NOSCRIPT.
+pub async fn query_with_script<T: redis::FromRedisValue>(
+    conn: &RedisConn,
+    pipe: &Pipeline,
+    script: &redis::Script,
+) -> redis::RedisResult<T> {
+    let mut conn = conn.clone();
+    match pipe.query_async(&mut conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.prepare_invoke().load_async(&mut conn).await?;
+            pipe.query_async(&mut conn).await
+        }
+        other => other,
+    }
+}
+
+/// Adds a call of `script` (`EVALSHA`) with these keys to `pipe`, for [`query_with_script`];
+/// the script's arguments follow (`.arg` on the answer adds to this call).
+pub fn add_script_call<'p, K: redis::ToRedisArgs>(pipe: &'p mut Pipeline, script: &redis::Script, keys: &[K]) -> &'p mut Pipeline {
+    pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys)
+}
+
 /// Connects now and fails if Redis (every node of a cluster) does not answer a PING.
 pub async fn connect(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
     let mut conn = connect_lazy(target)?;

@@ -51,9 +51,9 @@ pub fn owner(prefix: &str, tenant: &str, crm: &str, email: &str) -> String {
     format!("{prefix}:{{{tenant}}}:owner:{crm}:{email}")
 }
 
-/// A contact's company and open deals, by the contact's CRM id.
-pub fn context(prefix: &str, tenant: &str, crm: &str, contact: &str) -> String {
-    format!("{prefix}:{{{tenant}}}:context:{crm}:{contact}")
+/// A contact's company and open deals, by a number or address that matched the contact.
+pub fn context(prefix: &str, tenant: &str, crm: &str, matched: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:context:{crm}:{matched}")
 }
 
 pub fn reconcile_turn(prefix: &str, tenant: &str, crm: &str) -> String {

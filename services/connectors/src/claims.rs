@@ -237,6 +237,10 @@ impl Claims {
         }
     }
 
+    pub fn conn(&self) -> &RedisConn {
+        &self.conn
+    }
+
     pub fn owner(&self) -> &str {
         &self.owner
     }
@@ -272,17 +276,38 @@ impl Claims {
         if keys.is_empty() {
             return Ok(vec![]);
         }
+        let mut p = redis::pipe();
+        self.add_claim_many(&mut p, tenant_id, keys);
+        let (answer,): (redis::Value,) = crm_common::redis_conn::query_with_script(&self.conn, &p, &self.claim).await?;
+        self.claims_from(answer)
+    }
+
+    /// `claim_many`'s script call, added to `p` (sent by `redis_conn::query_with_script` with
+    /// `claim_script`), so that what a batch reads besides its claims (cached contacts and
+    /// owners) goes in the same round trip; `claims_from` reads its answer. `keys` must not
+    /// be empty.
+    pub fn add_claim_many(&self, p: &mut redis::Pipeline, tenant_id: &str, keys: &[(&str, i64, i64)]) {
         let t = self.timing;
-        let mut inv = self.claim.prepare_invoke();
-        inv.key(self.epoch_key(tenant_id));
-        inv.arg(&self.owner).arg(self.lease().as_millis() as u64).arg(self.retention.as_millis() as u64);
-        inv.arg(t.clock_skew.as_millis() as u64);
-        for (key, version, era_ms) in keys {
-            inv.key(self.key(tenant_id, key)).arg(*version).arg(*era_ms);
+        let mut rkeys = Vec::with_capacity(keys.len() + 1);
+        rkeys.push(self.epoch_key(tenant_id));
+        rkeys.extend(keys.iter().map(|(k, _, _)| self.key(tenant_id, k)));
+        let call = crm_common::redis_conn::add_script_call(p, &self.claim, &rkeys);
+        call.arg(&self.owner).arg(self.lease().as_millis() as u64).arg(self.retention.as_millis() as u64);
+        call.arg(t.clock_skew.as_millis() as u64);
+        for (_, version, era_ms) in keys {
+            call.arg(*version).arg(*era_ms);
         }
-        let mut conn = self.conn.clone();
-        let answers: Vec<(String, String, i64, i64, i64, i64)> = inv.invoke_async(&mut conn).await?;
+    }
+
+    /// The claims `add_claim_many` asked for, in their order.
+    pub fn claims_from(&self, answer: redis::Value) -> redis::RedisResult<Vec<Claim>> {
+        let answers: Vec<(String, String, i64, i64, i64, i64)> = redis::from_redis_value(answer)?;
         Ok(answers.into_iter().map(|a| self.read_claim(a)).collect())
+    }
+
+    /// The script `add_claim_many` calls.
+    pub fn claim_script(&self) -> &Script {
+        &self.claim
     }
 
     /// One key's answer from the claim script: (state, record id, n, epoch, prev, now).
@@ -345,14 +370,30 @@ impl Claims {
         if written.is_empty() {
             return Ok(());
         }
-        let mut inv = self.done.prepare_invoke();
-        inv.arg(&self.owner).arg(self.retention.as_millis() as u64);
-        for (key, version, record_id) in written {
-            inv.key(self.key(tenant_id, key)).arg(*version).arg(*record_id);
+        let mut p = redis::pipe();
+        self.add_done_many(&mut p, tenant_id, written);
+        crm_common::redis_conn::query_with_script::<()>(&self.conn, &p, &self.done).await
+    }
+
+    /// `done_many`'s script call, added to `p` (sent by `redis_conn::query_with_script` with
+    /// `done_script`), so that what the batch learned is cached in the same round trip. Does
+    /// nothing when `written` is empty. Its answer is ignored.
+    pub fn add_done_many(&self, p: &mut redis::Pipeline, tenant_id: &str, written: &[(&str, i64, &str)]) {
+        if written.is_empty() {
+            return;
         }
-        let mut conn = self.conn.clone();
-        let _: i64 = inv.invoke_async(&mut conn).await?;
-        Ok(())
+        let keys: Vec<String> = written.iter().map(|(k, _, _)| self.key(tenant_id, k)).collect();
+        let call = crm_common::redis_conn::add_script_call(p, &self.done, &keys);
+        call.arg(&self.owner).arg(self.retention.as_millis() as u64);
+        for (_, version, record_id) in written {
+            call.arg(*version).arg(*record_id);
+        }
+        call.ignore();
+    }
+
+    /// The script `add_done_many` calls.
+    pub fn done_script(&self) -> &Script {
+        &self.done
     }
 
     /// Gives up our lease without a write (a permanent failure went to the DLQ): a replay

@@ -17,8 +17,9 @@ use std::time::Duration;
 pub enum Matches {
     Contacts,
     Owners,
-    /// A contact's company and open deals ([`crate::context::ContactContext`] as JSON), by
-    /// the contact's id.
+    /// A contact's company and open deals ([`crate::context::ContactContext`] as JSON, with
+    /// the contact's id), by each number or address that matched the contact: read with the
+    /// contact matches, before the contact's id is known (the writer's `CachedContext`).
     Context,
 }
 
@@ -80,8 +81,23 @@ impl ContactCache {
             return Ok(vec![]);
         }
         let mut c = self.conn.clone();
+        let mut p = redis::pipe();
+        self.add_get_many(&mut p, tenant, crm, matched);
+        let (v,): (redis::Value,) = p.query_async(&mut c).await?;
+        Self::hits_from(v)
+    }
+
+    /// `get_many`'s MGET, added to `p` so a batch's reads go in one round trip (the keys
+    /// share the tenant's hash tag); `hits_from` reads its answer. `matched` must not be
+    /// empty.
+    pub fn add_get_many(&self, p: &mut redis::Pipeline, tenant: &str, crm: &str, matched: &[String]) {
         let keys: Vec<String> = matched.iter().map(|m| self.key(tenant, crm, m)).collect();
-        let v: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut c).await?;
+        p.cmd("MGET").arg(keys);
+    }
+
+    /// The entries an `add_get_many` read, in its order (as `get_many` answers).
+    pub fn hits_from(answer: redis::Value) -> redis::RedisResult<Vec<Option<Option<String>>>> {
+        let v: Vec<Option<String>> = redis::from_redis_value(answer)?;
         Ok(v.into_iter().map(|v| v.map(|v| (v != "-").then_some(v))).collect())
     }
 

@@ -141,13 +141,37 @@ struct CallContacts {
     fresh: Vec<(String, Option<String>)>,
 }
 
-/// What a batch learned from the CRM, to be cached at once (`Shared::remember`): matches by
+/// What a batch learned from the CRM, to be cached at once (`Shared::finish`): matches by
 /// number or address, owners by email, contexts (JSON) by contact id.
 #[derive(Default)]
 struct Learned {
     contacts: Vec<(String, Option<String>)>,
     owners: Vec<(String, Option<String>)>,
     context: Vec<(String, Option<String>)>,
+}
+
+/// What `Shared::read_round` read: each key's claim (None: its answer could not be read), and
+/// the cache's entries for the contacts and owners the round's writes may need (by what was
+/// matched: Some(Some(id)) known, Some(None) known to have none, None not cached).
+#[derive(Default)]
+struct RoundRead {
+    claims: Vec<Option<Claim>>,
+    contacts: HashMap<String, Option<Option<String>>>,
+    owners: HashMap<String, Option<Option<String>>>,
+    /// The context cache's entries (`CachedContext` as JSON) under the same numbers and
+    /// addresses as `contacts`: only those it holds.
+    context: HashMap<String, Option<String>>,
+}
+
+/// A contact's company and deals as the context cache holds them: under each number or
+/// address that matched the contact, so that a batch reads them with its claims, before it
+/// knows its contacts' ids; an entry counts only for the contact it names (a number can come
+/// to match another contact).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedContext {
+    contact: String,
+    #[serde(flatten)]
+    context: ContactContext,
 }
 
 /// The batch's participant addresses matched to contacts (address → contact id, or None
@@ -279,10 +303,16 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    /// Claims the keys of these steps (one step per key) in one round trip; the few that
-    /// need more (a key another writer is writing now, a record the reconciler asked to
-    /// create again) go on one by one as `claim` does.
-    async fn claim_all(&self, tenant_id: &str, steps: &[Step], which: &[usize]) -> Vec<(Claim, std::time::Instant)> {
+    /// What a round of a batch reads from Redis before it plans, in one round trip: the claims
+    /// of these steps' keys (one step per key), and the cache's entries for every contact
+    /// (calls' numbers, emails' and meetings' participants) and owner (actors' emails) their
+    /// writes may need. The caches are read for every step claimed, though a step found
+    /// already written needs none of them: a key more in an MGET costs little, a round trip
+    /// more per batch much (most batches of a cold tenant hold one record). What an earlier
+    /// round of the batch learned from the CRM is not cached yet (`process` caches it with
+    /// DONE): it overrides what is read.
+    async fn read_round(&self, tenant_id: &str, steps: &[Step], which: &[usize], learned: &Learned) -> RoundRead {
+        let crm = self.crm.as_str();
         let keys: Vec<(&str, i64, i64)> = which
             .iter()
             .map(|&i| {
@@ -290,14 +320,86 @@ impl<C: Connector> Shared<C> {
                 (r.idempotency_key(), r.version(), r.era_ms())
             })
             .collect();
-        let first = patiently("claim", || self.claims.claim_many(tenant_id, &keys)).await;
+        let mut contacts: Vec<String> = vec![];
+        let mut owners: Vec<String> = vec![];
+        let conn = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm));
+        for &i in which {
+            let req = &steps[i].work.req;
+            let wanted = match req {
+                WriteRequest::Call(call) => std::slice::from_ref(&call.call.customer_e164),
+                _ => req.participants(),
+            };
+            for m in wanted {
+                if !contacts.contains(m) {
+                    contacts.push(m.clone());
+                }
+            }
+            let actor = req.actor();
+            if conn.is_some_and(|c| owners::mapped(c, &actor).is_none()) {
+                if let Some(e) = owners::email_of(&actor) {
+                    if !owners.contains(&e) {
+                        owners.push(e);
+                    }
+                }
+            }
+        }
+        let mut p = redis::pipe();
+        if !keys.is_empty() {
+            self.claims.add_claim_many(&mut p, tenant_id, &keys);
+        }
+        if !contacts.is_empty() {
+            self.contacts.add_get_many(&mut p, tenant_id, crm, &contacts);
+        }
+        if !owners.is_empty() {
+            self.owners.add_get_many(&mut p, tenant_id, crm, &owners);
+        }
+        if !contacts.is_empty() {
+            self.context.add_get_many(&mut p, tenant_id, crm, &contacts);
+        }
+        let mut read = RoundRead::default();
+        if p.is_empty() {
+            return read;
+        }
+        let answers: Vec<redis::Value> = patiently("claim", || {
+            let p = &p;
+            async move { crm_common::redis_conn::query_with_script(self.claims.conn(), p, self.claims.claim_script()).await }
+        })
+        .await;
+        let mut answers = answers.into_iter();
+        // A malformed answer (a Redis that is not one) reads as an error for every claim and
+        // nothing cached: the claims are asked again one by one.
+        let mut next = |wanted: bool| if wanted { answers.next() } else { None };
+        let claimed = next(!keys.is_empty()).map(|a| self.claims.claims_from(a));
+        let contact_hits = next(!contacts.is_empty()).map(ContactCache::hits_from).and_then(Result::ok).unwrap_or_default();
+        let owner_hits = next(!owners.is_empty()).map(ContactCache::hits_from).and_then(Result::ok).unwrap_or_default();
+        let context_hits = next(!contacts.is_empty()).map(ContactCache::hits_from).and_then(Result::ok).unwrap_or_default();
+        read.claims = match claimed {
+            Some(Ok(c)) if c.len() == keys.len() => c.into_iter().map(Some).collect(),
+            _ => vec![None; keys.len()],
+        };
+        read.context = contacts.iter().zip(context_hits).filter_map(|(m, hit)| hit.map(|json| (m.clone(), json))).collect();
+        read.contacts = contacts.into_iter().zip(contact_hits).collect();
+        read.owners = owners.into_iter().zip(owner_hits).collect();
+        for (m, id) in &learned.contacts {
+            read.contacts.insert(m.clone(), Some(id.clone()));
+        }
+        for (e, id) in &learned.owners {
+            read.owners.insert(e.clone(), Some(id.clone()));
+        }
+        read
+    }
+
+    /// The claims `read_round` read, with the few that need more (a key another writer is
+    /// writing now, a record the reconciler asked to create again, an answer that could not be
+    /// read) carried on one by one as `claim` does.
+    async fn claims_followed_up(&self, steps: &[Step], which: &[usize], first: Vec<Option<Claim>>) -> Vec<(Claim, std::time::Instant)> {
         let at = std::time::Instant::now();
         futures::future::join_all(which.iter().zip(first).map(|(&i, c)| async move {
             let w = &steps[i].work;
             match c {
-                Claim::Busy { .. } => self.claim(w).await,
-                Claim::AlreadyDone { record_id } if recreating(w) == Some(record_id.as_str()) => self.claim(w).await,
-                other => (other, at),
+                None | Some(Claim::Busy { .. }) => self.claim(w).await,
+                Some(Claim::AlreadyDone { record_id }) if recreating(w) == Some(record_id.as_str()) => self.claim(w).await,
+                Some(other) => (other, at),
             }
         }))
         .await
@@ -392,12 +494,18 @@ impl<C: Connector> Shared<C> {
     }
 
     /// Matches every participant address of these steps' emails and meetings to contacts:
-    /// the cache first (one MGET), then the CRM's search for the rest, as few searches as
+    /// the cache first (read with the round's claims), then the CRM's search for the rest, as few searches as
     /// it allows (HubSpot and Salesforce: 50 addresses each), the answers to be cached
-    /// (misses for a shorter time) with the rest the batch learns (`Shared::remember`). Each
+    /// (misses for a shorter time) with the rest the batch learns (`Shared::finish`). Each
     /// search's audit goes to every step that asked it. Nothing is created for an address no
     /// contact has (a person at an address is not yet a contact sales wants).
-    async fn match_addresses(&self, t: &TenantOf<C>, steps: &mut [Step], asking: &[usize]) -> Addresses {
+    async fn match_addresses(
+        &self,
+        t: &TenantOf<C>,
+        steps: &mut [Step],
+        asking: &[usize],
+        cached: &HashMap<String, Option<Option<String>>>,
+    ) -> Addresses {
         let mut out = Addresses::default();
         let mut wanted: Vec<String> = vec![];
         for &i in asking {
@@ -407,15 +515,12 @@ impl<C: Connector> Shared<C> {
                 }
             }
         }
-        let Some(&first) = asking.first() else { return out };
         if wanted.is_empty() {
             return out;
         }
-        let (tenant, crm) = (steps[first].work.req.tenant_id().to_string(), self.crm.as_str());
-        let cached = patiently("contact cache", || self.contacts.get_many(&tenant, crm, &wanted)).await;
         let mut ask: Vec<String> = vec![];
-        for (addr, hit) in wanted.into_iter().zip(cached) {
-            match hit {
+        for addr in wanted {
+            match cached.get(&addr).cloned().flatten() {
                 Some(hit) => {
                     out.known.insert(addr, hit);
                 }
@@ -444,11 +549,19 @@ impl<C: Connector> Shared<C> {
 
     /// Decides the owner of every planned record whose write sets one (the contract has an
     /// `owner_id` field for it: by default creates only): the tenant's map, else the actor's
-    /// email matched to a CRM user, the cache first (one MGET) and then the CRM's users API
+    /// email matched to a CRM user, the cache first (read with the round's claims) and then the CRM's users API
     /// for the rest (every answer cached, misses for a shorter time), else the tenant's
     /// `on_unmapped_actor`. A lookup that fails settles its steps with that failure, as a
     /// failed contact search does. Each lookup's audit goes to the steps that needed it.
-    async fn resolve_owners(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize], learned: &mut Learned) {
+    async fn resolve_owners(
+        &self,
+        t: &TenantOf<C>,
+        tenant_id: &str,
+        steps: &mut [Step],
+        planned: &[usize],
+        cached: &HashMap<String, Option<Option<String>>>,
+        learned: &mut Learned,
+    ) {
         let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
         let crm = self.crm.as_str();
         let needs: Vec<usize> = planned
@@ -473,9 +586,13 @@ impl<C: Connector> Shared<C> {
         }
         let mut by_email: HashMap<String, Option<String>> = HashMap::new();
         let mut ask: Vec<String> = vec![];
-        let cached = patiently("owner cache", || self.owners.get_many(tenant_id, crm, &wanted)).await;
-        for (e, hit) in wanted.into_iter().zip(cached) {
-            match hit {
+        // Read with the round's claims (`read_round`); an address it did not read (none
+        // should be missing) is read now.
+        let unread: Vec<String> = wanted.iter().filter(|e| !cached.contains_key(*e)).cloned().collect();
+        let late = patiently("owner cache", || self.owners.get_many(tenant_id, crm, &unread)).await;
+        let late: HashMap<String, Option<Option<String>>> = unread.into_iter().zip(late).collect();
+        for e in wanted {
+            match cached.get(&e).or_else(|| late.get(&e)).cloned().flatten() {
                 Some(hit) => {
                     by_email.insert(e, hit);
                 }
@@ -547,47 +664,79 @@ impl<C: Connector> Shared<C> {
     /// from the CRM for the batch at once) chosen by the tenant's `deal_rule`. A lookup that
     /// fails leaves the records to be written with their contacts alone, and their audit
     /// says so: context enriches a record, it never holds one back.
-    async fn resolve_context(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step], planned: &[usize], learned: &mut Learned) {
+    async fn resolve_context(
+        &self,
+        t: &TenantOf<C>,
+        tenant_id: &str,
+        steps: &mut [Step],
+        planned: &[usize],
+        read: &RoundRead,
+        learned: &mut Learned,
+    ) {
         let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
-        let crm = self.crm.as_str();
         let needs: Vec<usize> = planned
             .iter()
             .copied()
             .filter(|&i| steps[i].item.as_ref().is_some_and(|it| it.record_id.is_none() && it.contact_id.is_some()))
             .collect();
-        let mut wanted: Vec<String> = vec![];
-        for &i in &needs {
-            let c = steps[i].item.as_ref().and_then(|it| it.contact_id.clone()).expect("filtered");
-            if !wanted.contains(&c) {
-                wanted.push(c);
-            }
-        }
-        if wanted.is_empty() {
+        if needs.is_empty() {
             return;
         }
-        let cached = patiently("context cache", || self.context.get_many(tenant_id, crm, &wanted)).await;
-        let mut known: HashMap<String, ContactContext> = HashMap::new();
-        let mut ask: Vec<String> = vec![];
-        for (c, hit) in wanted.into_iter().zip(cached) {
-            match hit.flatten().and_then(|json| serde_json::from_str::<ContactContext>(&json).ok()) {
-                Some(ctx) => {
-                    known.insert(c, ctx);
-                }
-                None => ask.push(c),
+        // Who each number or address is now: as read with the round, or learned since.
+        let mut matched: HashMap<&str, &str> = HashMap::new();
+        for (m, hit) in &read.contacts {
+            if let Some(Some(id)) = hit {
+                matched.insert(m, id);
             }
         }
+        for (m, id) in &learned.contacts {
+            match id {
+                Some(id) => matched.insert(m, id),
+                None => matched.remove(m.as_str()),
+            };
+        }
+        // The cache's entries, read with the round's claims; what an earlier round of the
+        // batch learned is not cached until the batch's end.
+        let mut entries: HashMap<String, Option<String>> = read.context.clone();
+        entries.extend(learned.context.iter().cloned());
+        // Per contact wanted: the context, when an entry of a number or address that matches it
+        // holds it, and the numbers or addresses to cache it under.
+        let mut wanted: Vec<(String, Vec<String>)> = vec![];
+        let mut known: HashMap<String, ContactContext> = HashMap::new();
+        for &i in &needs {
+            let contact = steps[i].item.as_ref().and_then(|it| it.contact_id.clone()).expect("filtered");
+            let req = &steps[i].work.req;
+            let candidates = match req {
+                WriteRequest::Call(call) => std::slice::from_ref(&call.call.customer_e164),
+                _ => req.participants(),
+            };
+            let theirs: Vec<String> = candidates.iter().filter(|m| matched.get(m.as_str()) == Some(&contact.as_str())).cloned().collect();
+            let hit = theirs.iter().find_map(|m| {
+                let json = entries.get(m)?.as_deref()?;
+                serde_json::from_str::<CachedContext>(json).ok().filter(|c| c.contact == contact)
+            });
+            if let Some(hit) = hit {
+                known.insert(contact, hit.context);
+                continue;
+            }
+            match wanted.iter_mut().find(|(c, _)| *c == contact) {
+                Some((_, under)) => under.extend(theirs.into_iter().filter(|m| !under.contains(m)).collect::<Vec<_>>()),
+                None => wanted.push((contact, theirs)),
+            }
+        }
+        let ask: Vec<String> = wanted.iter().map(|(c, _)| c.clone()).filter(|c| !known.contains_key(c)).collect();
         let mut log = vec![];
         let mut failed: Option<Failure> = None;
         if !ask.is_empty() {
             match self.connector.find_context(&self.api, t, &ask, &mut log).await {
                 Ok(found) => {
                     // A contact the CRM gave no context for has none (a lead, say): cached
-                    // as empty like the rest.
-                    learned
-                        .context
-                        .extend(ask.iter().map(|c| (c.clone(), serde_json::to_string(&found.get(c).cloned().unwrap_or_default()).ok())));
-                    for c in &ask {
-                        known.insert(c.clone(), found.get(c).cloned().unwrap_or_default());
+                    // as empty like the rest, under each number or address that matched it.
+                    for (c, under) in &wanted {
+                        let context = found.get(c).cloned().unwrap_or_default();
+                        let json = serde_json::to_string(&CachedContext { contact: c.clone(), context: context.clone() }).ok();
+                        learned.context.extend(under.iter().map(|m| (m.clone(), json.clone())));
+                        known.insert(c.clone(), context);
                     }
                 }
                 Err(f) => {
@@ -617,50 +766,32 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    /// Caches what the batch learned from the CRM (contacts, owners, companies and deals), in
-    /// one round trip.
-    async fn remember(&self, tenant_id: &str, learned: &Learned) {
+    /// Marks DONE every record the batch wrote and caches what it learned from the CRM
+    /// (contacts, owners, companies and deals), in one round trip (a tenant's keys share a
+    /// slot), retried until Redis takes it: both are idempotent. The cache is written after
+    /// the writes rather than before them: a later round of the same batch reads what an
+    /// earlier one learned from `learned` itself (`read_round`), and a batch that dies before
+    /// this point loses only cache entries.
+    async fn finish(&self, tenant_id: &str, written: &[(&str, i64, &str)], learned: &Learned) {
         let crm = self.crm.as_str();
         let mut p = redis::pipe();
+        self.claims.add_done_many(&mut p, tenant_id, written);
         self.contacts.add_puts(&mut p, tenant_id, crm, &learned.contacts);
         self.owners.add_puts(&mut p, tenant_id, crm, &learned.owners);
         self.context.add_puts(&mut p, tenant_id, crm, &learned.context);
         if p.is_empty() {
             return;
         }
-        let conn = self.contacts.conn.clone();
-        patiently("caching what the batch learned", || {
-            let (p, mut conn) = (p.clone(), conn.clone());
-            async move { p.query_async::<()>(&mut conn).await }
+        patiently("done", || {
+            let p = &p;
+            async move { crm_common::redis_conn::query_with_script::<()>(self.claims.conn(), p, self.claims.done_script()).await }
         })
         .await;
     }
 
-    /// The contact cache's entries for the numbers of the calls these claims may create (one
-    /// MGET for the batch).
-    async fn read_call_contacts(
-        &self,
-        tenant_id: &str,
-        steps: &[Step],
-        which: &[usize],
-        claims: &[(Claim, std::time::Instant)],
-    ) -> CallContacts {
-        let mut numbers: Vec<String> = vec![];
-        for (&i, (claim, _)) in which.iter().zip(claims) {
-            let WriteRequest::Call(call) = &steps[i].work.req else { continue };
-            if matches!(claim, Claim::Create | Claim::Recover { .. }) && !numbers.contains(&call.call.customer_e164) {
-                numbers.push(call.call.customer_e164.clone());
-            }
-        }
-        let hits = patiently("contact cache", || self.contacts.get_many(tenant_id, self.crm.as_str(), &numbers)).await;
-        let cached = numbers.into_iter().zip(hits).filter_map(|(n, hit)| hit.map(|h| (n, h))).collect();
-        CallContacts { cached, ..Default::default() }
-    }
-
     /// The customer's contact, found or (by the tenant's policy) created; None when that
-    /// failed, with the step settled as failed. The cache was read for the batch at once
-    /// (`read_call_contacts`); what is learned here is cached after the batch's plan
-    /// (`remember`).
+    /// failed, with the step settled as failed. The cache was read for the round at once
+    /// (`read_round`); what is learned here is cached with the batch's DONE (`process`).
     async fn contact(
         &self,
         t: &TenantOf<C>,
@@ -705,32 +836,37 @@ impl<C: Connector> Shared<C> {
     /// alive meanwhile. A write held back by fencing goes round again: a key whose lease
     /// another writer took is claimed anew (it waits for that writer, then finds the key
     /// DONE, or recovers it); one that was merely in the same request is sent again.
-    async fn write_claimed(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step]) {
+    async fn write_claimed(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step]) -> Learned {
         let mut to_claim: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
         let keys: Vec<String> = to_claim.iter().map(|&i| steps[i].work.req.idempotency_key().to_string()).collect();
         let renewal = self.keep_leases(tenant_id, keys);
         let mut to_write: Vec<usize> = vec![];
+        let mut learned = Learned::default();
         let mut round = 0;
         while !to_claim.is_empty() || !to_write.is_empty() {
             round += 1;
             // Claims are independent (one step per key is left): ask Redis for all of them
-            // at once rather than a round trip per record.
-            let claims = self.claim_all(tenant_id, steps, &to_claim).await;
+            // at once rather than a round trip per record, with the cache entries the writes
+            // may need.
+            let mut read = self.read_round(tenant_id, steps, &to_claim, &learned).await;
+            let claims = self.claims_followed_up(steps, &to_claim, std::mem::take(&mut read.claims)).await;
             // Every address the batch's emails and meetings will write with, matched at once
             // (searches are the scarcest budget): not those already written at this version.
             let asking: Vec<usize> =
                 to_claim.iter().zip(&claims).filter(|(_, (c, _))| !matches!(c, Claim::AlreadyDone { .. })).map(|(&i, _)| i).collect();
-            let mut addresses = self.match_addresses(t, steps, &asking).await;
-            let mut calls = self.read_call_contacts(tenant_id, steps, &to_claim, &claims).await;
+            let mut addresses = self.match_addresses(t, steps, &asking, &read.contacts).await;
+            let mut calls = CallContacts {
+                cached: read.contacts.iter().filter_map(|(m, hit)| hit.clone().map(|h| (m.clone(), h))).collect(),
+                ..Default::default()
+            };
             for (&i, claim) in to_claim.iter().zip(claims) {
                 self.plan(t, &mut steps[i], claim, &mut calls, &addresses).await;
             }
-            let mut learned = Learned { contacts: std::mem::take(&mut calls.fresh), ..Default::default() };
+            learned.contacts.append(&mut calls.fresh);
             learned.contacts.append(&mut addresses.fresh);
             let planned: Vec<usize> = to_claim.iter().copied().filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
-            self.resolve_owners(t, tenant_id, steps, &planned, &mut learned).await;
-            self.resolve_context(t, tenant_id, steps, &planned, &mut learned).await;
-            self.remember(tenant_id, &learned).await;
+            self.resolve_owners(t, tenant_id, steps, &planned, &read.owners, &mut learned).await;
+            self.resolve_context(t, tenant_id, steps, &planned, &read, &mut learned).await;
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
             to_write.sort_unstable();
             let ready = std::mem::take(&mut to_write);
@@ -759,6 +895,7 @@ impl<C: Connector> Shared<C> {
             }
         }
         renewal.abort();
+        learned
     }
 
     /// Renews the batch's leases every third of a lease while the batch is being written,
@@ -866,6 +1003,7 @@ impl<C: Connector> Shared<C> {
             })
             .collect();
 
+        let mut learned = Learned::default();
         match self.clients.get(&tenant_id) {
             None => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
@@ -891,11 +1029,11 @@ impl<C: Connector> Shared<C> {
                     }));
                 }
             }
-            Some(Ok(t)) => self.write_claimed(t, &tenant_id, &mut steps).await,
+            Some(Ok(t)) => learned = self.write_claimed(t, &tenant_id, &mut steps).await,
         }
 
-        // Every record written is marked DONE before any output is built: one round trip for
-        // the batch (a tenant's keys share a slot), retried until Redis takes it.
+        // Every record written is marked DONE before any output is built, in the round trip
+        // that caches what the batch learned.
         let written: Vec<(&str, i64, &str)> = steps
             .iter()
             .filter_map(|s| match &s.settled {
@@ -903,7 +1041,7 @@ impl<C: Connector> Shared<C> {
                 _ => None,
             })
             .collect();
-        patiently("done", || self.claims.done_many(&tenant_id, &written)).await;
+        self.finish(&tenant_id, &written, &learned).await;
         let mut done = Vec::with_capacity(steps.len());
         for s in steps {
             done.push(self.settle(s).await);
