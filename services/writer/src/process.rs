@@ -142,7 +142,8 @@ struct CallContacts {
 }
 
 /// What a batch learned from the CRM, to be cached at once (`Shared::finish`): matches by
-/// number or address, owners by email, contexts (JSON) by contact id.
+/// number or address, owners by email, contexts (`CachedContext` as JSON) by number or
+/// address.
 #[derive(Default)]
 struct Learned {
     contacts: Vec<(String, Option<String>)>,
@@ -494,8 +495,8 @@ impl<C: Connector> Shared<C> {
     }
 
     /// Matches every participant address of these steps' emails and meetings to contacts:
-    /// the cache first (read with the round's claims), then the CRM's search for the rest, as few searches as
-    /// it allows (HubSpot and Salesforce: 50 addresses each), the answers to be cached
+    /// the cache first (read with the round's claims), then the CRM's search for the rest, as
+    /// few searches as it allows (HubSpot and Salesforce: 50 addresses each), the answers to be cached
     /// (misses for a shorter time) with the rest the batch learns (`Shared::finish`). Each
     /// search's audit goes to every step that asked it. Nothing is created for an address no
     /// contact has (a person at an address is not yet a contact sales wants).
@@ -549,8 +550,8 @@ impl<C: Connector> Shared<C> {
 
     /// Decides the owner of every planned record whose write sets one (the contract has an
     /// `owner_id` field for it: by default creates only): the tenant's map, else the actor's
-    /// email matched to a CRM user, the cache first (read with the round's claims) and then the CRM's users API
-    /// for the rest (every answer cached, misses for a shorter time), else the tenant's
+    /// email matched to a CRM user, the cache first (read with the round's claims) and then the
+    /// CRM's users API for the rest (every answer cached, misses for a shorter time), else the tenant's
     /// `on_unmapped_actor`. A lookup that fails settles its steps with that failure, as a
     /// failed contact search does. Each lookup's audit goes to the steps that needed it.
     async fn resolve_owners(
@@ -660,8 +661,9 @@ impl<C: Connector> Shared<C> {
     }
 
     /// The company and deal each planned create is associated with besides its contacts:
-    /// its first contact's context (cached per contact, `WRITER_CONTEXT_TTL`; the rest read
-    /// from the CRM for the batch at once) chosen by the tenant's `deal_rule`. A lookup that
+    /// its first contact's context (cached under the numbers and addresses that matched the
+    /// contact, `WRITER_CONTEXT_TTL`, and read with the round's claims; the rest read from the
+    /// CRM for the batch at once) chosen by the tenant's `deal_rule`. A lookup that
     /// fails leaves the records to be written with their contacts alone, and their audit
     /// says so: context enriches a record, it never holds one back.
     async fn resolve_context(
