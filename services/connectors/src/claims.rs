@@ -283,9 +283,9 @@ impl Claims {
     }
 
     /// `claim_many`'s script call, added to `p` (sent by `redis_conn::query_with_script` with
-    /// `claim_script`), so that what a batch reads besides its claims (cached contacts and
-    /// owners) goes in the same round trip; `claims_from` reads its answer. `keys` must not
-    /// be empty.
+    /// `claim_script`), so that what a batch reads besides its claims (cached contacts,
+    /// owners and contexts) goes in the same round trip; `claims_from` reads its answer.
+    /// `keys` must not be empty.
     pub fn add_claim_many(&self, p: &mut redis::Pipeline, tenant_id: &str, keys: &[(&str, i64, i64)]) {
         let t = self.timing;
         let mut rkeys = Vec::with_capacity(keys.len() + 1);
