@@ -316,3 +316,48 @@ async fn member_score(prefix: &RedisPrefix, set: &BucketSet, limit: &str, member
     let s: Option<f64> = redis::cmd("ZSCORE").arg(key).arg(member).query_async(&mut c).await.unwrap();
     s.expect("the token is in the window") as i64
 }
+
+/// A take of several units (a lane's coming reads) grants what every limit has room for, at
+/// least one; each unit is settled on its own; the units never used are given back, once,
+/// however often the give-back is sent, from every kind of limit (rolling tokens, a day's
+/// count, a slot's count, concurrency slots).
+#[tokio::test]
+async fn a_grant_of_units_takes_what_fits_and_gives_back_the_unused_once() {
+    let prefix = RedisPrefix::new("bucket");
+    let b = buckets(&prefix).await;
+    let hold = Duration::from_secs(2);
+    // HubSpot-like: 5 per second, 100 a day; a request costs 1 of each.
+    let hs = set(vec![rolling("burst", 5, 1000), Limit::Daily { name: "day".into(), max: 100, tz_offset_min: 0 }]);
+    assert_eq!(b.try_take(&hs, 1, 0).await.unwrap(), Take::Granted);
+    let g = b.try_take_units(&hs, &[1, 1], 8, hold, 0, "g1").await.unwrap().expect("room for some");
+    assert_eq!(g.units, 4, "8 wanted, 4 fit beside the 1 already spent");
+    assert!(matches!(b.try_take(&hs, 1, 0).await.unwrap(), Take::Wait(_)), "the grant holds the rest of the window");
+    assert_eq!(b.used(&hs).await.unwrap(), vec![("burst".to_string(), 5), ("day".to_string(), 5)]);
+    // Two units were used; the other two go back, riding the next round trip.
+    b.settle_unit_soon(&hs, &g.id, &[1, 1], 2, &[]);
+    b.give_back_soon(&hs, &[1, 1], &g, 2);
+    b.flush().await;
+    assert_eq!(b.used(&hs).await.unwrap(), vec![("burst".to_string(), 3), ("day".to_string(), 3)]);
+    // Sent again (a pipeline resent after NOSCRIPT): nothing more comes back.
+    b.give_back_soon(&hs, &[1, 1], &g, 2);
+    b.flush().await;
+    assert_eq!(b.used(&hs).await.unwrap(), vec![("burst".to_string(), 3), ("day".to_string(), 3)], "given back once");
+    let rest = b.try_take_units(&hs, &[1, 1], 8, hold, 0, "g2").await.unwrap().expect("two fit");
+    assert_eq!(rest.units, 2);
+    let Err(w) = b.try_take_units(&hs, &[1, 1], 8, hold, 0, "g3").await.unwrap() else { panic!("none fit") };
+    assert!(w <= Duration::from_millis(1001), "the oldest token's return: {w:?}");
+
+    // Zoho-like: credits in slots, two requests in flight; a unit costs 2 credits.
+    let z = set(vec![
+        Limit::Slotted { name: "credits".into(), max: 10, window: Duration::from_secs(60), slot: Duration::from_secs(10) },
+        Limit::Concurrent { name: "inflight".into(), max: 2, lease: Duration::from_secs(5), poll: Duration::from_millis(20) },
+    ]);
+    let g = b.try_take_units(&z, &[2, 1], 3, hold, 0, "z1").await.unwrap().expect("room");
+    assert_eq!(g.units, 2, "two in flight at most");
+    assert_eq!(b.used(&z).await.unwrap(), vec![("credits".to_string(), 4), ("inflight".to_string(), 2)]);
+    // Unit 1 answered (its slot comes back); unit 2 never sent.
+    b.settle_unit_soon(&z, &g.id, &[2, 1], 1, &[]);
+    b.give_back_soon(&z, &[2, 1], &g, 1);
+    b.flush().await;
+    assert_eq!(b.used(&z).await.unwrap(), vec![("credits".to_string(), 2), ("inflight".to_string(), 0)]);
+}

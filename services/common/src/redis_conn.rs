@@ -144,16 +144,29 @@ pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
 /// answers NOSCRIPT to each call and runs none of them; the script is then loaded (on a
 /// cluster, on every node) and the whole pipeline sent again. Its plain commands may so run
 /// twice: only reads and idempotent writes (SET) belong beside the script. One script per
-/// pipeline: with two, one might have run when the other answered NOSCRIPT.
+/// pipeline, unless every one may run twice (`query_with_scripts`).
 pub async fn query_with_script<T: redis::FromRedisValue>(
     conn: &RedisConn,
     pipe: &Pipeline,
     script: &redis::Script,
 ) -> redis::RedisResult<T> {
+    query_with_scripts(conn, pipe, &[script]).await
+}
+
+/// `query_with_script` for a pipeline with calls of several scripts: when one answers
+/// NOSCRIPT another may have run, and the resend runs it again, so every script here must be
+/// one whose second run changes nothing that matters (a batch's DONE, settling its tokens).
+pub async fn query_with_scripts<T: redis::FromRedisValue>(
+    conn: &RedisConn,
+    pipe: &Pipeline,
+    scripts: &[&redis::Script],
+) -> redis::RedisResult<T> {
     let mut conn = conn.clone();
     match pipe.query_async(&mut conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.prepare_invoke().load_async(&mut conn).await?;
+            for script in scripts {
+                script.prepare_invoke().load_async(&mut conn).await?;
+            }
             pipe.query_async(&mut conn).await
         }
         other => other,

@@ -30,6 +30,12 @@ pub fn bucket(prefix: &str, tenant: &str, crm: &str, limit: &str) -> String {
     format!("{prefix}:{{{tenant}}}:bucket:{crm}:{limit}")
 }
 
+/// A grant of several units (`TokenBuckets::try_take_units`): how many, until the unused ones
+/// are given back.
+pub fn bucket_grant(prefix: &str, tenant: &str, crm: &str, id: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:bucket:{crm}:grant:{id}")
+}
+
 pub fn bucket_blocked(prefix: &str, tenant: &str, crm: &str) -> String {
     format!("{prefix}:{{{tenant}}}:bucket:{crm}:blocked")
 }

@@ -4,7 +4,7 @@
 //! throttle (429, or the CRM's equivalent) blocks the bucket until the CRM's reset for every
 //! replica and costs no attempt. Every HTTP exchange is logged for audit (never a secret).
 
-use crate::bucket::{BucketSet, Take, TokenBuckets};
+use crate::bucket::{BucketSet, Grant, Take, TokenBuckets};
 pub use crate::exchange::{urlencode, Exchange, Failure, Verdict};
 use crate::retry::Backoff;
 use crm_common::events::DlqReason;
@@ -173,6 +173,8 @@ pub struct Api {
     pub tokens: Option<crate::auth::TokenStore>,
     /// Requests on the wire at once, across every tenant (see `Api::http_client`).
     pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Tokens lanes took ahead for the requests they expect (`expect`, `give_back`).
+    pub pools: std::sync::Arc<crate::pool::Pools>,
 }
 
 fn excerpt(s: &str) -> String {
@@ -201,24 +203,58 @@ impl Api {
         self.claims.as_ref().map_or(Duration::ZERO, |c| c.timing().late_write_horizon)
     }
 
+    /// The lane of `tenant` expects to send `n` more requests of `class` (what its cache read
+    /// missed): the first of them takes tokens for the rest in the same round trip (see
+    /// `pool`). An estimate, never a promise: what is not used goes back with `give_back`.
+    pub fn expect(&self, tenant: &str, class: RequestClass, n: u64) {
+        self.pools.expect(tenant, class, n);
+    }
+
+    /// The lane of `tenant` is done with its batch: the tokens it took ahead and did not use
+    /// go back, riding the tenant's next round trip to Redis (`TokenBuckets::add_settles`).
+    pub fn give_back(&self, tenant: &str) {
+        for h in self.pools.release(tenant) {
+            self.buckets.give_back_soon(&h.set, &h.costs, &h.grant, h.used);
+        }
+    }
+
     /// Waits for tokens (nothing is dropped while a bucket is empty). `id` names the take,
     /// for giving concurrency slots back. A request that carries writes is fenced in the same
     /// round trip, after any wait and right before the send: a writer that lost a key's lease
     /// while it waited (paused, throttled, partitions moved) must not write it, and spends
     /// nothing; Err names the keys no longer ours. Waits for Redis rather than send unfenced.
-    async fn acquire(&self, set: &BucketSet, costs: &[u64], id: &str, req: &Request, endpoint: &str) -> Result<Duration, Failure> {
+    /// `want` > 1 (never with a fence): up to that many units, the first for this request
+    /// (`pool`); the grant is returned when more than one was granted.
+    async fn acquire(
+        &self,
+        set: &BucketSet,
+        costs: &[u64],
+        id: &str,
+        req: &Request,
+        endpoint: &str,
+        want: u64,
+    ) -> Result<(Duration, Option<Grant>), Failure> {
         let fence = self.claims.as_ref().filter(|_| !req.fence.is_empty()).map(|c| c.fence_of(&set.tenant_id, &req.fence));
         let started = Instant::now();
         let mut redis_backoff = 1;
         loop {
-            match self.buckets.try_take_fenced(set, costs, self.reserve_pct, id, fence.as_ref()).await {
-                Ok(Take::Granted) => return Ok(started.elapsed()),
-                Ok(Take::Wait(w)) => {
+            let took = if want > 1 && fence.is_none() {
+                self.buckets.try_take_units(set, costs, want, crate::pool::HOLD, self.reserve_pct, id).await.map(|g| match g {
+                    Ok(g) if g.units > 1 => (Take::Granted, Some(g)),
+                    Ok(_) => (Take::Granted, None),
+                    Err(w) => (Take::Wait(w), None),
+                })
+            } else {
+                self.buckets.try_take_fenced(set, costs, self.reserve_pct, id, fence.as_ref()).await.map(|t| (t, None))
+            };
+            match took {
+                Ok((Take::Granted, grant)) => return Ok((started.elapsed(), grant)),
+                Ok((Take::Wait(w), _)) => {
                     // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
                     crm_common::health::beat();
                     crate::places::sleep(w.min(Duration::from_secs(5))).await
                 }
-                Ok(Take::FencedOff(lost)) => {
+                Ok((Take::FencedOff(lost), _)) => {
                     let lost: Vec<String> = lost.into_iter().filter_map(|j| req.fence.get(j).cloned()).collect();
                     tracing::warn!(
                         keys = lost.len(),
@@ -243,6 +279,35 @@ impl Api {
         }
     }
 
+    /// Tokens for one attempt of `req`: a unit its lane took ahead, or a take now (of several
+    /// units when the lane expects more requests of the same set). Returns the take's id, the
+    /// unit's number in it (1 for a take of one) and how long it waited.
+    async fn tokens_for(
+        &self,
+        policy: &dyn Policy,
+        set: &BucketSet,
+        costs: &[u64],
+        req: &Request,
+        endpoint: &str,
+    ) -> Result<(String, u64, Duration), Failure> {
+        if req.fence.is_empty() {
+            if let Some((id, unit)) = self.pools.draw(set, costs) {
+                return Ok((id, unit, Duration::ZERO));
+            }
+        }
+        let want = if req.fence.is_empty() {
+            self.pools.wanted(set, req.class, |c| c != req.class && policy.buckets(c).limits == set.limits)
+        } else {
+            1
+        };
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (waited, grant) = self.acquire(set, costs, &id, req, endpoint, want).await?;
+        if let Some(g) = grant {
+            self.pools.hold(set, costs, g);
+        }
+        Ok((id, 1, waited))
+    }
+
     /// Sends `req` to `base_url` with `auth` headers, with tokens, corrections, throttles and
     /// retries. Returns the successful answer, or why it failed, and every exchange.
     pub async fn call(
@@ -260,6 +325,7 @@ impl Api {
         let sent = req.audit_body.as_ref().or(req.body.as_ref()).map(|b| excerpt(&b.to_string())).unwrap_or_default();
         let mut attempt = 0u32;
         let mut refreshed = false;
+        let mut counted = false;
         let metrics = crm_common::telemetry::crm_metrics();
         let priority = if self.reserve_pct > 0 { "background" } else { "live" };
         loop {
@@ -281,14 +347,18 @@ impl Api {
                     continue;
                 }
             };
-            let take_id = uuid::Uuid::new_v4().simple().to_string();
-            let waited = match self.acquire(&set, &costs, &take_id, req, &endpoint).await {
-                Ok(w) => w,
+            let (take_id, unit, waited) = match self.tokens_for(policy, &set, &costs, req, &endpoint).await {
+                Ok(t) => t,
                 Err(f) => {
                     metrics.retry(&set.crm, "fenced_off");
                     return Err(f);
                 }
             };
+            if !counted {
+                // One fewer expected of its lane, once however many attempts it takes.
+                counted = true;
+                self.pools.sent(&set.tenant_id, req.class);
+            }
             metrics.token_wait(&set.crm, priority, waited.as_secs_f64() * 1000.0);
             let a = Attempt { policy, set: &set, req, endpoint: &endpoint, sent: &sent, number: attempt, priority };
             // A place on the wire, after the tokens: a tenant waiting for its bucket holds
@@ -304,7 +374,7 @@ impl Api {
             }
             // Without a round trip of its own: the tenant's next take carries it, or the
             // flusher within a few ms; scored by this answer either way.
-            self.buckets.settle_soon(&set, &take_id, &costs, &observed);
+            self.buckets.settle_unit_soon(&set, &take_id, &costs, unit, &observed);
             match verdict {
                 Verdict::Ok => return Ok(reply.expect("Ok has a reply")),
                 Verdict::Throttled { wait } => {

@@ -26,6 +26,10 @@
 //! each limit of its set (`try_take_each`: a Pipedrive create is one burst token and five
 //! budget tokens).
 //!
+//! A lane about to send several reads of one set takes their tokens together
+//! (`try_take_units`, see `pool`): each unit is settled by its own answer, and the units never
+//! used are given back (`give_back_soon`), exactly once, gated by the grant's key.
+//!
 //! The CRM knows better than we do (other apps spend the same budget): `observe` lowers our
 //! idea of what is left to what a response's headers say, and `block` stops every replica
 //! until the CRM's reset after a 429. Keys hash-tag the tenant.
@@ -37,37 +41,53 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Takes tokens from every limit of a set, or from none. KEYS: the set's block key, its `nl`
-/// limit keys, the `nf` keys to fence, then the keys of the settles that ride along. ARGV:
-/// reserve percent, take id, lease, `nl`, `nf`, fence owner, fence lease, five per limit, then
-/// settle groups (`SETTLE_FN`). Settles go first (a request answered just before this one was
-/// asked for gives its tokens back), then: blocked? every limit willing? every fenced key
-/// still ours? Only then is anything spent (and the fenced leases renewed).
+/// limit keys, the `nf` keys to fence, the grant's key when more than one unit is wanted, then
+/// the keys of the settles that ride along. ARGV: reserve percent, take id, lease, `nl`, `nf`,
+/// fence owner, fence lease, units wanted, hold, five per limit, then settle groups
+/// (`SETTLE_FN`). Settles go first (a request answered just before this one was asked for
+/// gives its tokens back), then: blocked? every limit willing? every fenced key still ours?
+/// Only then is anything spent (and the fenced leases renewed).
+///
+/// A unit is one request's cost in each limit. Asked for several (a lane's coming reads, see
+/// `Api::expect`), it grants as many as every limit has room for, at least one, and records
+/// how many in the grant's key, so that the ones never used are given back exactly once
+/// (`X` steps). Units held for later are scored `hold` ms further ahead (rolling tokens,
+/// concurrency slots): a unit may wait that long before its request goes out. Returns
+/// {wait, granted (1) or fenced off (2), lost fence positions, units, Redis's time}.
 const TAKE: &str = r"
 local reserve_pct = tonumber(ARGV[1])
 local id = ARGV[2]
--- Rolling tokens are scored this far ahead until `settle` scores them by the answer.
-local lease = tonumber(ARGV[3])
 local nl, nf = tonumber(ARGV[4]), tonumber(ARGV[5])
-local ki, ai = 2 + nl + nf, 8 + 5 * nl
+local want, hold = tonumber(ARGV[8]), tonumber(ARGV[9])
+-- Rolling tokens are scored this far ahead until `settle` scores them by the answer.
+local lease = tonumber(ARGV[3]) + hold
+local ki, ai = 2 + nl + nf, 10 + 5 * nl
+local grant_key = nil
+if want > 1 then
+  grant_key = KEYS[ki]
+  ki = ki + 1
+end
 while ai <= #ARGV do
   ki, ai = settle(ki, ai)
 end
 local blocked = tonumber(redis.call('GET', KEYS[1]) or '0')
 if blocked > now then
-  return {blocked - now, 0, {}}
+  return {blocked - now, 0, {}, 0, now}
 end
 local wait = 0
--- First pass: would every limit allow it?
+local units = want
+-- First pass: would every limit allow one unit, and how many?
 for i = 2, 1 + nl do
-  local base = 8 + (i - 2) * 5
+  local base = 10 + (i - 2) * 5
   local kind, max, span, margin, n = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   -- Background work leaves this share of each limit to live writes.
   local reserve = math.ceil(max * reserve_pct / 100)
+  local used = nil
   if n == 0 then
     -- this request costs nothing here
   elseif kind == 'R' then
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span - margin)
-    local used = redis.call('ZCARD', KEYS[i])
+    used = redis.call('ZCARD', KEYS[i])
     if used + n + reserve > max then
       local need = used + n + reserve - max
       local old = redis.call('ZRANGE', KEYS[i], need - 1, need - 1, 'WITHSCORES')
@@ -79,8 +99,8 @@ for i = 2, 1 + nl do
     -- A long rolling window counted in slots (Zoho's 24 h credits): a token comes back when
     -- its whole slot has left the window, never earlier.
     local h = redis.call('HGETALL', KEYS[i])
-    local cur = math.floor(now / margin)
-    local used, oldest = 0, nil
+    local oldest = nil
+    used = 0
     for j = 1, #h, 2 do
       local slot, c = tonumber(h[j]), tonumber(h[j + 1])
       if (slot + 1) * margin + span <= now then
@@ -98,14 +118,14 @@ for i = 2, 1 + nl do
   elseif kind == 'C' then
     -- Holders are scored by lease expiry: a crashed holder's slot comes back by itself.
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-    local used = redis.call('ZCARD', KEYS[i])
+    used = redis.call('ZCARD', KEYS[i])
     if used + n + reserve > max then
       -- Slots free when requests finish, not on a schedule: look again shortly.
       if margin > wait then wait = margin end
     end
   elseif kind == 'P' then
     local h = redis.call('HMGET', KEYS[i], 'used', 'probe')
-    local used = tonumber(h[1] or '0')
+    used = tonumber(h[1] or '0')
     if used + n + reserve > max then
       -- Only the CRM knows when its window frees: once per recheck interval one live
       -- request goes as a probe, and its answer's header sets the count again.
@@ -115,6 +135,8 @@ for i = 2, 1 + nl do
         if span > wait then wait = span end
       elseif now - last >= span and reserve_pct == 0 then
         redis.call('HSET', KEYS[i], 'probe', now)
+        -- The probe is one request, never more.
+        used = max - n - reserve
       else
         -- Background work never probes: it looks again a whole interval later.
         local w = last + span - now
@@ -125,17 +147,21 @@ for i = 2, 1 + nl do
   else
     local day = math.floor((now + span * 60000) / 86400000)
     local d = redis.call('HMGET', KEYS[i], 'day', 'used')
-    local used = 0
+    used = 0
     if tonumber(d[1]) == day then used = tonumber(d[2]) end
     if used + n + reserve > max then
       local w = (day + 1) * 86400000 - span * 60000 - now
       if w > wait then wait = w end
     end
   end
+  if used then
+    units = math.min(units, math.floor((max - reserve - used) / n))
+  end
 end
 if wait > 0 then
-  return {wait, 0, {}}
+  return {wait, 0, {}, 0, now}
 end
+if units < 1 then units = 1 end
 -- Fencing (DESIGN §4): a write goes out only while this writer still leases every key it
 -- carries. Checked here, right before spending, so a lost lease costs no token.
 if nf > 0 then
@@ -145,13 +171,13 @@ if nf > 0 then
     if held[j] == 0 then lost[#lost + 1] = j end
   end
   if #lost > 0 then
-    return {0, 2, lost}
+    return {0, 2, lost, 0, now}
   end
 end
 -- Second pass: spend.
 for i = 2, 1 + nl do
-  local base = 8 + (i - 2) * 5
-  local kind, span, margin, n = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local base = 10 + (i - 2) * 5
+  local kind, span, margin, n = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]) * units
   if n == 0 then
     -- nothing to spend
   elseif kind == 'R' then
@@ -164,9 +190,9 @@ for i = 2, 1 + nl do
     redis.call('PEXPIRE', KEYS[i], span + margin + 1000)
   elseif kind == 'C' then
     for j = 1, n do
-      redis.call('ZADD', KEYS[i], now + span, id .. ':' .. j)
+      redis.call('ZADD', KEYS[i], now + span + hold, id .. ':' .. j)
     end
-    redis.call('PEXPIRE', KEYS[i], span + 1000)
+    redis.call('PEXPIRE', KEYS[i], span + hold + 1000)
   elseif kind == 'P' then
     redis.call('HINCRBY', KEYS[i], 'used', n)
     redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
@@ -181,7 +207,11 @@ for i = 2, 1 + nl do
     redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
   end
 end
-return {0, 1, {}}
+if grant_key and units > 1 then
+  -- What the unused units' return (`X` steps, gated by this key) may give back, once.
+  redis.call('SET', grant_key, units, 'PX', lease + 60000)
+end
+return {0, 1, {}, units, now}
 ";
 
 /// Lower our count of what is left in one limit to what the CRM reported (for a reported
@@ -251,17 +281,28 @@ return observe(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(
 /// once. One group of ARGV per answer, from `ARGV[ai]`: the take's id, how many ms ago it was
 /// answered (a settle that rides a later take is scored by its answer, not by that take:
 /// Redis's clock now, less the time the writer measured since, is never before the answer),
-/// the number of steps, then per step (one key each, from `KEYS[ki]`) `S kind n` to settle
-/// or `O kind max span margin remaining` to observe. Returns where the next group starts.
+/// the number of steps, then per step (one key each, from `KEYS[ki]`):
+/// - `S kind n first`: settle the take's tokens `first`..`first+n-1` (a unit of a grant of
+///   several is its own range);
+/// - `O kind max span margin remaining`: observe;
+/// - `G`: the key is a grant's (`TAKE`): the group's `X` steps apply only if it was still
+///   there (it is deleted), so a grant's unused units are given back once, however often the
+///   group is sent;
+/// - `X kind n first at span margin`: give back `n` tokens never used, from `first`, of a take
+///   made at Redis time `at` (a counter is lowered in the slot or day it was spent in).
+///
+/// Returns where the next group starts.
 const SETTLE_FN: &str = r"
 local function settle(ki, ai)
   local id, at, steps = ARGV[ai], now - tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  local skip = false
   ai = ai + 3
   for s = 1, steps do
     local key = KEYS[ki]
-    if ARGV[ai] == 'S' then
-      local kind, n = ARGV[ai + 1], tonumber(ARGV[ai + 2])
-      for j = 1, n do
+    local step = ARGV[ai]
+    if step == 'S' then
+      local kind, n, first = ARGV[ai + 1], tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3])
+      for j = first, first + n - 1 do
         local member = id .. ':' .. j
         if kind == 'R' then
           if redis.call('ZSCORE', key, member) then redis.call('ZADD', key, 'XX', at, member) end
@@ -269,7 +310,34 @@ local function settle(ki, ai)
           redis.call('ZREM', key, member)
         end
       end
-      ai = ai + 3
+      ai = ai + 4
+    elseif step == 'G' then
+      skip = redis.call('DEL', key) == 0
+      ai = ai + 1
+    elseif step == 'X' then
+      local kind, n, first, taken = ARGV[ai + 1], tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3]), tonumber(ARGV[ai + 4])
+      local span, margin = tonumber(ARGV[ai + 5]), tonumber(ARGV[ai + 6])
+      if skip then
+        -- given back already
+      elseif kind == 'R' or kind == 'C' then
+        for j = first, first + n - 1 do
+          redis.call('ZREM', key, id .. ':' .. j)
+        end
+      elseif kind == 'S' then
+        local slot = math.floor(taken / margin)
+        local c = tonumber(redis.call('HGET', key, slot) or '0')
+        if c > 0 then redis.call('HINCRBY', key, slot, -math.min(c, n)) end
+      elseif kind == 'P' then
+        local used = tonumber(redis.call('HGET', key, 'used') or '0')
+        if used > 0 then redis.call('HSET', key, 'used', math.max(used - n, 0)) end
+      else
+        local day = math.floor((taken + span * 60000) / 86400000)
+        local d = redis.call('HMGET', key, 'day', 'used')
+        if tonumber(d[1]) == day then
+          redis.call('HSET', key, 'used', math.max(tonumber(d[2]) - n, 0))
+        end
+      end
+      ai = ai + 7
     else
       observe(key, ARGV[ai + 1], tonumber(ARGV[ai + 2]), tonumber(ARGV[ai + 3]), tonumber(ARGV[ai + 4]), tonumber(ARGV[ai + 5]), id, at)
       ai = ai + 6
@@ -393,6 +461,22 @@ pub struct Fence {
     pub lease: Duration,
 }
 
+/// A take of several units (`TokenBuckets::try_take_units`).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub id: String,
+    /// Units granted (at least one).
+    pub units: u64,
+    /// Redis's time at the take, in ms: where a counter's unused units are given back.
+    pub at_ms: i64,
+}
+
+/// Settlings carried by a pipeline (`TokenBuckets::add_settles`).
+pub struct SettlesSent {
+    tenant: String,
+    waiting: Vec<Unsettled>,
+}
+
 /// An answer whose settling waits for the next round trip to its tenant's keys: the script
 /// arguments of one settle group (`SETTLE_FN`), all but how long ago it was answered.
 struct Unsettled {
@@ -506,6 +590,44 @@ impl TokenBuckets {
         id: &str,
         fence: Option<&Fence>,
     ) -> redis::RedisResult<Take> {
+        Ok(self.take(set, costs, 1, Duration::ZERO, reserve_pct, id, fence).await?.0)
+    }
+
+    /// Up to `want` units of `costs` (each unit one request's tokens), at least one, in one
+    /// round trip: as many as every limit has room for now. For a lane that knows it is about
+    /// to send several requests of one set (`Api::expect`): one take instead of one each.
+    /// Each unit is settled on its own (`settle_unit_soon`); those never used must be given
+    /// back (`give_back_soon`), or they stay spent until their lease runs out. A unit may be
+    /// used up to `hold` after the take (its tokens are leased that much longer). Never fenced:
+    /// a write's tokens are taken when it is sent, with its fence.
+    pub async fn try_take_units(
+        &self,
+        set: &BucketSet,
+        costs: &[u64],
+        want: u64,
+        hold: Duration,
+        reserve_pct: u64,
+        id: &str,
+    ) -> redis::RedisResult<Result<Grant, Duration>> {
+        Ok(match self.take(set, costs, want.max(1), hold, reserve_pct, id, None).await? {
+            (Take::Granted, units, at_ms) => Ok(Grant { id: id.to_string(), units: units.max(1), at_ms }),
+            (Take::Wait(w), ..) => Err(w),
+            (Take::FencedOff(_), ..) => unreachable!("an unfenced take is never fenced off"),
+        })
+    }
+
+    /// One take (see `TAKE`): the outcome, units granted and Redis's time.
+    #[allow(clippy::too_many_arguments)]
+    async fn take(
+        &self,
+        set: &BucketSet,
+        costs: &[u64],
+        want: u64,
+        hold: Duration,
+        reserve_pct: u64,
+        id: &str,
+        fence: Option<&Fence>,
+    ) -> redis::RedisResult<(Take, u64, i64)> {
         let mut inv = self.take.prepare_invoke();
         inv.key(self.block_key(set));
         for l in &set.limits {
@@ -518,8 +640,12 @@ impl TokenBuckets {
         for k in fence_keys {
             inv.key(k);
         }
+        if want > 1 {
+            inv.key(self.grant_key(set, id));
+        }
         inv.arg(reserve_pct.min(100)).arg(id).arg(self.lease.as_millis() as u64);
         inv.arg(set.limits.len()).arg(fence_keys.len()).arg(owner).arg(fence_lease);
+        inv.arg(want).arg(hold.as_millis() as u64);
         for (i, l) in set.limits.iter().enumerate() {
             for a in l.args() {
                 inv.arg(a);
@@ -531,25 +657,32 @@ impl TokenBuckets {
             u.add_to(&mut inv);
         }
         let mut conn = self.conn.clone();
-        let answer: redis::RedisResult<(i64, i64, Vec<usize>)> = inv.invoke_async(&mut conn).await;
-        let (wait, granted, lost) = match answer {
+        let answer: redis::RedisResult<(i64, i64, Vec<usize>, u64, i64)> = inv.invoke_async(&mut conn).await;
+        let (wait, granted, lost, units, at_ms) = match answer {
             Ok(a) => a,
             Err(e) => {
                 // Not known to be applied: they go back, for the next take or the flusher
-                // (settling twice only scores a token a little later).
+                // (settling twice only scores a token a little later; a grant's return is
+                // applied once, whatever happens).
                 self.unsettled.put_back(&set.tenant_id, riding);
                 return Err(e);
             }
         };
-        Ok(match granted {
+        let take = match granted {
             1 => Take::Granted,
             2 => Take::FencedOff(lost.into_iter().map(|j| j.saturating_sub(1)).collect()),
             _ => Take::Wait(Duration::from_millis(wait.max(1) as u64)),
-        })
+        };
+        Ok((take, units, at_ms))
     }
 
-    /// The script arguments that settle the take `id` of `set` (see `SETTLE_FN`).
-    fn unsettled(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> Unsettled {
+    fn grant_key(&self, set: &BucketSet, id: &str) -> String {
+        crm_common::redis_keys::bucket_grant(&self.prefix, &set.tenant_id, &set.crm, id)
+    }
+
+    /// The script arguments that settle unit `unit` (1 for a take of one) of the take `id` of
+    /// `set` (see `SETTLE_FN`).
+    fn unsettled(&self, set: &BucketSet, id: &str, costs: &[u64], unit: u64, observed: &[(String, u64)]) -> Unsettled {
         let mut u = Unsettled { keys: vec![], id: id.to_string(), steps: vec![], answered: Instant::now() };
         for (i, l) in set.limits.iter().enumerate() {
             let kind = match l {
@@ -557,8 +690,9 @@ impl TokenBuckets {
                 Limit::Concurrent { .. } => "C",
                 _ => continue,
             };
+            let n = costs.get(i).copied().unwrap_or(1);
             u.keys.push(self.limit_key(set, l.name()));
-            u.steps.extend(["S".to_string(), kind.to_string(), costs.get(i).copied().unwrap_or(1).to_string()]);
+            u.steps.extend(["S".to_string(), kind.to_string(), n.to_string(), ((unit.max(1) - 1) * n + 1).to_string()]);
         }
         for (limit, remaining) in observed {
             let Some(l) = set.limits.iter().find(|l| l.name() == limit) else { continue };
@@ -575,7 +709,7 @@ impl TokenBuckets {
     /// is what the answer's headers said is left, per limit (see `observe`): applied in the
     /// same round trip.
     pub async fn settle(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) -> redis::RedisResult<()> {
-        let u = self.unsettled(set, id, costs, observed);
+        let u = self.unsettled(set, id, costs, 1, observed);
         if u.keys.is_empty() {
             return Ok(());
         }
@@ -586,19 +720,96 @@ impl TokenBuckets {
     }
 
     /// `settle`, without a round trip of its own: the next take of the same tenant carries
-    /// it, or, within `settle_within`, the flusher, which sends every answer still waiting at
-    /// once. Its tokens are scored by when it was answered either way, so the pace a limit
-    /// allows is kept; a writer that stops before the flusher runs leaves them to their lease.
+    /// it, or a pipeline of the tenant's that takes it (`add_settles`), or, within
+    /// `settle_within`, the flusher, which sends every answer still waiting at once. Its
+    /// tokens are scored by when it was answered either way, so the pace a limit allows is
+    /// kept; a writer that stops before the flusher runs leaves them to their lease.
     pub fn settle_soon(&self, set: &BucketSet, id: &str, costs: &[u64], observed: &[(String, u64)]) {
-        let u = self.unsettled(set, id, costs, observed);
+        self.settle_unit_soon(set, id, costs, 1, observed)
+    }
+
+    /// `settle_soon` for unit `unit` (from 1) of a grant of several (`try_take_units`).
+    pub fn settle_unit_soon(&self, set: &BucketSet, id: &str, costs: &[u64], unit: u64, observed: &[(String, u64)]) {
+        let u = self.unsettled(set, id, costs, unit, observed);
         if u.keys.is_empty() {
             return;
         }
-        self.unsettled.put_back(&set.tenant_id, vec![u]);
+        self.queue(&set.tenant_id, u);
+    }
+
+    /// Gives back the units of `grant` from `used + 1` on, never used, as `settle_soon` sends
+    /// a settling (they ride the tenant's next round trip): rolling tokens and concurrency
+    /// slots leave their sets, counters are lowered in the slot or day they were spent in.
+    /// Applied once, however often it is sent (the grant's key gates it).
+    pub fn give_back_soon(&self, set: &BucketSet, costs: &[u64], grant: &Grant, used: u64) {
+        if used >= grant.units {
+            return;
+        }
+        let unused = grant.units - used;
+        let mut u = Unsettled {
+            keys: vec![self.grant_key(set, &grant.id)],
+            id: grant.id.clone(),
+            steps: vec!["G".into()],
+            answered: Instant::now(),
+        };
+        for (i, l) in set.limits.iter().enumerate() {
+            let n = costs.get(i).copied().unwrap_or(1);
+            if n == 0 {
+                continue;
+            }
+            let [kind, _max, span, margin] = l.args();
+            u.keys.push(self.limit_key(set, l.name()));
+            u.steps.extend([
+                "X".to_string(),
+                kind,
+                (n * unused).to_string(),
+                (used * n + 1).to_string(),
+                grant.at_ms.to_string(),
+                span,
+                margin,
+            ]);
+        }
+        self.queue(&set.tenant_id, u);
+    }
+
+    fn queue(&self, tenant: &str, u: Unsettled) {
+        self.unsettled.put_back(tenant, vec![u]);
         self.unsettled.flusher.get_or_init(|| {
             tokio::spawn(flush_unsettled(self.clone()));
         });
         self.unsettled.wake.notify_one();
+    }
+
+    /// Adds the settlings waiting for `tenant` to `pipe` (one call of the settle script), for
+    /// a round trip the tenant makes anyway (a lane batch's DONE). Returns them: should the
+    /// pipeline fail, `put_back` them. Every step may be applied twice (a pipeline resent
+    /// after NOSCRIPT): settling again scores a token a little later, a give-back is gated.
+    pub fn add_settles(&self, pipe: &mut redis::Pipeline, tenant: &str) -> Option<SettlesSent> {
+        let waiting = self.unsettled.take(tenant);
+        if waiting.is_empty() {
+            return None;
+        }
+        let keys: Vec<&str> = waiting.iter().flat_map(|u| u.keys.iter().map(String::as_str)).collect();
+        let call = crm_common::redis_conn::add_script_call(pipe, &self.settle, &keys);
+        for u in &waiting {
+            call.arg(&u.id).arg(u.answered.elapsed().as_millis() as u64).arg(u.keys.len());
+            for a in &u.steps {
+                call.arg(a);
+            }
+        }
+        call.ignore();
+        Some(SettlesSent { tenant: tenant.to_string(), waiting })
+    }
+
+    /// Settlings `add_settles` put in a pipeline that failed: they wait for the next round
+    /// trip again.
+    pub fn put_back(&self, sent: SettlesSent) {
+        self.unsettled.put_back(&sent.tenant, sent.waiting);
+    }
+
+    /// The settle script, for `query_with_script` beside another.
+    pub fn settle_script(&self) -> &Script {
+        &self.settle
     }
 
     /// Settles every answer waiting now, in one round trip on one node (one per tenant on a

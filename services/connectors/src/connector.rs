@@ -5,7 +5,7 @@
 //! policy and header parsing), `errors.rs` (classification), and the contract file in
 //! `contracts/<crm>.toml` for field mapping; its tests run against crm-sim.
 
-use crate::api::{Api, Exchange, Failure, Policy, Reply, Request};
+use crate::api::{Api, Exchange, Failure, Policy, Reply, Request, RequestClass};
 use crate::client::TenantClient;
 use crate::contract::{Contract, Contracts};
 use crm_common::events::{ActivityKind, Crm, WriteRequest};
@@ -124,6 +124,20 @@ pub struct Wanted {
     pub linked_contact: Option<String>,
 }
 
+/// What a lane batch must look up in the CRM (its cache read missed these), for
+/// `Connector::expected_requests`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lookups {
+    /// Calls' numbers to match to contacts.
+    pub numbers: u64,
+    /// Emails' and meetings' participant addresses to match to contacts.
+    pub addresses: u64,
+    /// Actors' emails to match to owners.
+    pub owners: u64,
+    /// Contacts whose company and open deals to read.
+    pub contexts: u64,
+}
+
 /// A connector's client for one tenant.
 pub type TenantOf<C> = TenantClient<<C as Connector>::Policy>;
 
@@ -216,6 +230,13 @@ pub trait Connector: Send + Sync + 'static {
     }
     /// How many writes a lane plans together (claims, contact lookups, the batch call).
     fn batch_max(&self) -> usize;
+    /// The requests a lane's lookups are expected to take, by class (`Api::expect`: their
+    /// tokens are taken together). An estimate: too high holds tokens for a batch's length,
+    /// too low takes once more. By default a search per number and per address, a read per
+    /// owner and two per contact's context.
+    fn expected_requests(&self, l: &Lookups) -> Vec<(RequestClass, u64)> {
+        vec![(RequestClass::Search, l.numbers + l.addresses), (RequestClass::Read, l.owners + 2 * l.contexts)]
+    }
     /// Whether every record is its own API call (no batch endpoint). Then `write` is given
     /// one record at a time, so each call's audit holds its own requests and no other's.
     fn one_call_per_record(&self) -> bool {

@@ -31,6 +31,7 @@ pub mod hubspot;
 pub mod mapping;
 pub mod pipedrive;
 pub mod places;
+pub mod pool;
 pub mod retry;
 pub mod salesforce;
 pub mod wire;

@@ -873,6 +873,7 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
         api: Api {
             http,
             in_flight,
+            pools: Default::default(),
             buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), &prefix).with_lease(opts.http_timeout),
             backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
             retry_limit: opts.retry_limit,

@@ -173,6 +173,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         api: api::Api {
             http,
             in_flight,
+            pools: Default::default(),
             // A request's tokens are held until it is answered, or for as long as it can take.
             buckets: TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout),
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },

@@ -12,12 +12,12 @@ use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
 use crm_connectors::api::{Api, Exchange, Failure};
 use crm_connectors::claims::{Claim, Claims, Recovery};
-use crm_connectors::connector::{Connector, Item, ItemResult, TenantOf};
+use crm_connectors::connector::{Connector, Item, ItemResult, Lookups, TenantOf};
 use crm_connectors::contacts::ContactCache;
 use crm_connectors::context::{self, ContactContext};
 use crm_connectors::contract::WriteKind;
 use crm_connectors::places;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -781,12 +781,17 @@ impl<C: Connector> Shared<C> {
         self.contacts.add_puts(&mut p, tenant_id, crm, &learned.contacts);
         self.owners.add_puts(&mut p, tenant_id, crm, &learned.owners);
         self.context.add_puts(&mut p, tenant_id, crm, &learned.context);
+        // The tokens taken ahead and not used go back, and the batch's last answers are
+        // settled, in the same round trip (both may run twice: see `add_settles`).
+        self.api.give_back(tenant_id);
+        let _riding = self.api.buckets.add_settles(&mut p, tenant_id);
         if p.is_empty() {
             return;
         }
+        let scripts = [self.claims.done_script(), self.api.buckets.settle_script()];
         patiently("done", || {
-            let p = &p;
-            async move { crm_common::redis_conn::query_with_script::<()>(self.claims.conn(), p, self.claims.done_script()).await }
+            let (p, scripts) = (&p, &scripts);
+            async move { crm_common::redis_conn::query_with_scripts::<()>(self.claims.conn(), p, scripts).await }
         })
         .await;
     }
@@ -856,6 +861,7 @@ impl<C: Connector> Shared<C> {
             // (searches are the scarcest budget): not those already written at this version.
             let asking: Vec<usize> =
                 to_claim.iter().zip(&claims).filter(|(_, (c, _))| !matches!(c, Claim::AlreadyDone { .. })).map(|(&i, _)| i).collect();
+            self.expect_lookups(tenant_id, steps, &to_claim, &claims, &read);
             let mut addresses = self.match_addresses(t, steps, &asking, &read.contacts).await;
             let mut calls = CallContacts {
                 cached: read.contacts.iter().filter_map(|(m, hit)| hit.clone().map(|h| (m.clone(), h))).collect(),
@@ -898,6 +904,47 @@ impl<C: Connector> Shared<C> {
         }
         renewal.abort();
         learned
+    }
+
+    /// Tells the API what this round will ask the CRM, from what its cache read missed: the
+    /// calls' numbers and participants' addresses no contact is cached for, the actors' emails
+    /// no owner is, the contacts whose context is not. Their tokens are then taken together
+    /// (`Api::expect`; what is not used goes back with the batch's DONE).
+    fn expect_lookups(&self, tenant_id: &str, steps: &[Step], which: &[usize], claims: &[(Claim, std::time::Instant)], read: &RoundRead) {
+        let mut numbers: HashSet<&str> = HashSet::new();
+        let mut addresses: HashSet<&str> = HashSet::new();
+        let mut contexts: HashSet<&str> = HashSet::new();
+        let known_none = |m: &str| matches!(read.contacts.get(m), Some(Some(None)));
+        let cached = |m: &str| matches!(read.contacts.get(m), Some(Some(_)));
+        for (&i, (claim, _)) in which.iter().zip(claims) {
+            let req = &steps[i].work.req;
+            let wanted = match (req, claim) {
+                (_, Claim::AlreadyDone { .. }) => continue,
+                // A call's contact is matched on create only.
+                (WriteRequest::Call(_), Claim::Update { .. }) => continue,
+                (WriteRequest::Call(call), _) => {
+                    let m = call.call.customer_e164.as_str();
+                    if !cached(m) {
+                        numbers.insert(m);
+                    }
+                    std::slice::from_ref(&call.call.customer_e164)
+                }
+                (_, _) => {
+                    addresses.extend(req.participants().iter().map(String::as_str).filter(|a| !cached(a)));
+                    req.participants()
+                }
+            };
+            contexts.extend(wanted.iter().map(String::as_str).filter(|m| !known_none(m) && !read.context.contains_key(*m)));
+        }
+        let lookups = Lookups {
+            numbers: numbers.len() as u64,
+            addresses: addresses.len() as u64,
+            owners: read.owners.values().filter(|hit| hit.is_none()).count() as u64,
+            contexts: contexts.len() as u64,
+        };
+        for (class, n) in self.connector.expected_requests(&lookups) {
+            self.api.expect(tenant_id, class, n);
+        }
     }
 
     /// Renews the batch's leases every third of a lease while the batch is being written,

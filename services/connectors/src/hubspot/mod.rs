@@ -19,8 +19,8 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, ReadBeforeResend, TenantOf,
-    Wanted,
+    create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, ReadBeforeResend,
+    TenantOf, Wanted,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
@@ -448,6 +448,15 @@ impl Connector for Hubspot {
 
     fn batch_max(&self) -> usize {
         BATCH_MAX
+    }
+
+    /// A search per number, one per `SEARCH_IN_MAX` addresses; an owner lookup per
+    /// email; three batch reads per 100 contexts (`find_context`).
+    fn expected_requests(&self, l: &Lookups) -> Vec<(RequestClass, u64)> {
+        vec![
+            (RequestClass::Search, l.numbers + l.addresses.div_ceil(SEARCH_IN_MAX as u64)),
+            (RequestClass::Read, l.owners + 3 * l.contexts.div_ceil(BATCH_MAX as u64)),
+        ]
     }
 
     fn tenant(&self, tenant: &ResolvedTenant, conn: &CrmConnection) -> Result<TenantOf<Self>, String> {

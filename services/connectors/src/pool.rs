@@ -1,0 +1,161 @@
+//! Tokens a lane took ahead for the requests it is about to send. A lane batch of a cold
+//! tenant reads before it writes: a contact search per new number, an owner lookup, the
+//! contacts' companies and deals. Taking each request's tokens in a round trip of its own made
+//! those takes the largest share of a record's Redis round trips. So the lane says what it
+//! expects to send (`Api::expect`, from what its cache read missed), and the first request of
+//! a bucket set takes units for the ones expected after it in the same round trip
+//! (`TokenBuckets::try_take_units`: as many as the limits have room for, at least one). The
+//! rest wait here, drawn one per request, each settled by its own answer.
+//!
+//! What a lane did not use goes back when it finishes (`Api::give_back`, riding its DONE), so
+//! an estimate too high only holds tokens for the length of a batch. Units are kept at most
+//! `HOLD`: their tokens are leased that much longer, so a unit drawn late is still covered
+//! while its request can be on its way. Writes never draw from here: their tokens are taken
+//! with their fence, right before they are sent (DESIGN §4).
+
+use crate::api::RequestClass;
+use crate::bucket::{BucketSet, Grant};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a unit taken ahead may wait for its request.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+/// The most units one take asks for: beyond this an estimate is more likely wrong than useful.
+pub const MOST: u64 = 8;
+
+/// A grant's units, the first `used` of them handed out.
+pub struct Held {
+    pub set: BucketSet,
+    pub costs: Vec<u64>,
+    pub grant: Grant,
+    pub used: u64,
+    taken: Instant,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// Requests of each class the lane still expects to send.
+    expected: HashMap<RequestClass, u64>,
+    held: Vec<Held>,
+}
+
+/// Per tenant: what its lane expects and holds. An entry lives from `expect` to `release`.
+#[derive(Default)]
+pub struct Pools {
+    by_tenant: Mutex<HashMap<String, Lane>>,
+}
+
+impl Pools {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+        self.by_tenant.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lane of `tenant` expects to send `n` more requests of `class`.
+    pub fn expect(&self, tenant: &str, class: RequestClass, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self.lanes().entry(tenant.to_string()).or_default().expected.entry(class).or_default() += n;
+    }
+
+    /// How many units a take for a request of `class` from `set` should ask for: the requests
+    /// expected of every class that spends from the same set (`same_set`), this one included.
+    pub fn wanted(&self, set: &BucketSet, class: RequestClass, same_set: impl Fn(RequestClass) -> bool) -> u64 {
+        let lanes = self.lanes();
+        let Some(lane) = lanes.get(&set.tenant_id) else { return 1 };
+        let n: u64 = lane.expected.iter().filter(|(c, _)| **c == class || same_set(**c)).map(|(_, n)| *n).sum();
+        n.clamp(1, MOST)
+    }
+
+    /// A request of `class` is on its way: one fewer expected.
+    pub fn sent(&self, tenant: &str, class: RequestClass) {
+        if let Some(n) = self.lanes().get_mut(tenant).and_then(|l| l.expected.get_mut(&class)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// A unit for a request from `set` at `costs`, if one is held and not too old: the grant's
+    /// id and the unit's number (from 1).
+    pub fn draw(&self, set: &BucketSet, costs: &[u64]) -> Option<(String, u64)> {
+        let mut lanes = self.lanes();
+        let lane = lanes.get_mut(&set.tenant_id)?;
+        let h = lane
+            .held
+            .iter_mut()
+            .find(|h| h.used < h.grant.units && h.taken.elapsed() < HOLD && h.costs == costs && h.set.limits == set.limits)?;
+        h.used += 1;
+        Some((h.grant.id.clone(), h.used))
+    }
+
+    /// A grant whose first unit is being used now; the rest are held.
+    pub fn hold(&self, set: &BucketSet, costs: &[u64], grant: Grant) {
+        if grant.units <= 1 {
+            return;
+        }
+        let held = Held { set: set.clone(), costs: costs.to_vec(), grant, used: 1, taken: Instant::now() };
+        self.lanes().entry(set.tenant_id.clone()).or_default().held.push(held);
+    }
+
+    /// Ends the lane's batch: what it expected is forgotten, and what it holds is returned to
+    /// be given back (`TokenBuckets::give_back_soon`).
+    pub fn release(&self, tenant: &str) -> Vec<Held> {
+        self.lanes().remove(tenant).map(|l| l.held).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bucket::Limit;
+
+    fn set(tenant: &str, limit: &str) -> BucketSet {
+        BucketSet {
+            tenant_id: tenant.into(),
+            crm: "hubspot".into(),
+            limits: vec![Limit::Rolling { name: limit.into(), max: 10, window: Duration::from_secs(1), margin: Duration::ZERO }],
+        }
+    }
+
+    fn grant(units: u64) -> Grant {
+        Grant { id: "g".into(), units, at_ms: 0 }
+    }
+
+    #[test]
+    fn a_lane_wants_what_it_expects_of_the_same_set_within_bounds() {
+        let p = Pools::default();
+        let s = set("t1", "burst");
+        assert_eq!(p.wanted(&s, RequestClass::Read, |_| false), 1, "nothing expected: one");
+        p.expect("t1", RequestClass::Read, 2);
+        p.expect("t1", RequestClass::List, 1);
+        p.expect("t1", RequestClass::Search, 5);
+        assert_eq!(p.wanted(&s, RequestClass::Read, |c| c == RequestClass::List), 3, "reads and lists share the set");
+        assert_eq!(p.wanted(&s, RequestClass::Search, |_| false), 5);
+        assert_eq!(p.wanted(&set("t2", "burst"), RequestClass::Read, |_| true), 1, "another tenant expects nothing");
+        p.expect("t1", RequestClass::Search, 50);
+        assert_eq!(p.wanted(&s, RequestClass::Search, |_| false), MOST);
+        p.sent("t1", RequestClass::Read);
+        p.sent("t1", RequestClass::Read);
+        p.sent("t1", RequestClass::Read);
+        assert_eq!(p.wanted(&s, RequestClass::Read, |_| false), 1);
+    }
+
+    #[test]
+    fn units_are_drawn_once_each_for_their_own_set_and_costs_and_the_rest_released() {
+        let p = Pools::default();
+        let s = set("t1", "burst");
+        p.hold(&s, &[1], grant(3));
+        assert_eq!(p.draw(&set("t1", "search"), &[1]), None, "another set");
+        assert_eq!(p.draw(&s, &[2]), None, "other costs");
+        assert_eq!(p.draw(&s, &[1]), Some(("g".into(), 2)), "unit 1 went with the take");
+        assert_eq!(p.draw(&s, &[1]), Some(("g".into(), 3)));
+        assert_eq!(p.draw(&s, &[1]), None, "all used");
+        let back = p.release("t1");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].used, 3);
+        assert!(p.release("t1").is_empty(), "released once");
+        p.hold(&s, &[1], grant(1));
+        assert!(p.release("t1").is_empty(), "a grant of one is not held");
+    }
+}
