@@ -219,3 +219,65 @@ async fn the_take_that_pays_for_a_write_fences_it_and_spends_nothing_when_a_leas
     assert_eq!(b.try_take_fenced(&s, &[1], 0, "t4", Some(&other.fence_of("acme", &[k1.to_string()]))).await.unwrap(), Take::Granted);
     assert_eq!(b.used(&s).await.unwrap(), vec![("burst".to_string(), 3)]);
 }
+
+/// A lane's tokens taken ahead in one round trip (`TokenBuckets::take_many`): each take on
+/// its own, a write's fenced like any write's take. Reads get as many units as fit; a write
+/// whose lease another writer took is refused and spends nothing, while its neighbours are
+/// granted; a take that would wait spends nothing either. Unused units go back once.
+#[tokio::test]
+async fn tokens_taken_ahead_are_fenced_one_by_one_in_one_round_trip() {
+    use crm_connectors::bucket::{BucketSet, Grant, Limit, Take, TakeAhead, TokenBuckets};
+    let prefix = RedisPrefix::new("claims");
+    let zombie = claims(&prefix, "writer-zombie", 200).await;
+    let live = claims(&prefix, "writer-live", 30_000).await;
+    let client = redis::Client::open(MACHINE_REDIS).unwrap();
+    let b = TokenBuckets::new(redis::aio::ConnectionManager::new(client).await.unwrap().into(), &prefix.0);
+    let rolling = |name: &str, max| Limit::Rolling { name: name.into(), max, window: Duration::from_secs(10), margin: Duration::ZERO };
+    let writes = BucketSet { tenant_id: "acme".into(), crm: "hubspot".into(), limits: vec![rolling("burst", 10)] };
+    let search = BucketSet { tenant_id: "acme".into(), crm: "hubspot".into(), limits: vec![rolling("search", 2)] };
+    let era = now_ms() + 5_000;
+    let (k1, k2) = ("acme:a1:hubspot", "acme:a2:hubspot");
+    assert_eq!(zombie.claim("acme", k1, 1, era).await.unwrap(), Claim::Create);
+    assert_eq!(live.claim("acme", k2, 1, era).await.unwrap(), Claim::Create);
+    // The zombie stops past its lease; the live writer takes k1 over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(live.claim("acme", k1, 1, era).await.unwrap(), Claim::Recover { .. }));
+    let zombie_fence = zombie.fence_of("acme", &[k1.to_string()]);
+    let live_fence = live.fence_of("acme", &[k2.to_string()]);
+    let take =
+        |set, want, id, fence| TakeAhead { set, costs: &[1], want, hold: Duration::from_secs(2), reserve_pct: 0, id, fence, grant: true };
+    let before = crm_common::redis_conn::round_trips();
+    let answers = b
+        .take_many(
+            "acme",
+            &[
+                take(&writes, 4, "reads", None),
+                take(&search, 5, "searches", None),
+                take(&writes, 1, "w-zombie", Some(&zombie_fence)),
+                take(&writes, 1, "w-live", Some(&live_fence)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(crm_common::redis_conn::round_trips() - before, 1, "one round trip");
+    let outcomes: Vec<(Take, u64)> = answers.iter().map(|(t, n, _)| (t.clone(), *n)).collect();
+    assert_eq!(
+        outcomes,
+        vec![(Take::Granted, 4), (Take::Granted, 2), (Take::FencedOff(vec![0]), 0), (Take::Granted, 1)],
+        "reads: 4; searches: the 2 that fit; the zombie's write refused; the live one granted"
+    );
+    assert_eq!(b.used(&writes).await.unwrap(), vec![("burst".to_string(), 5)], "the refused write spent nothing");
+    assert!(matches!(zombie.claim("acme", k2, 1, era).await.unwrap(), Claim::Busy { .. }), "still the live writer's");
+    let Take::Wait(_) = b.take_many("acme", &[take(&search, 1, "more", None)]).await.unwrap()[0].0 else {
+        panic!("the search window is spent")
+    };
+    // Three of the reads and the live write's unit were never used: they go back, once.
+    let reads = Grant { id: "reads".into(), units: 4, at_ms: answers[0].2 };
+    let write = Grant { id: "w-live".into(), units: 1, at_ms: answers[3].2 };
+    for _ in 0..2 {
+        b.give_back_soon(&writes, &[1], &reads, 1);
+        b.give_back_soon(&writes, &[1], &write, 0);
+        b.flush().await;
+    }
+    assert_eq!(b.used(&writes).await.unwrap(), vec![("burst".to_string(), 1)]);
+}

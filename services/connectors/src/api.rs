@@ -218,6 +218,82 @@ impl Api {
         }
     }
 
+    /// Takes, in one round trip, the tokens of what the lane of `tenant` is about to send: the
+    /// reads it expects (`expect`; one take per bucket set, of as many units as fit) and its
+    /// writes, one take each, fenced by their keys (`writes`: each chunk the lane will send,
+    /// its class and keys). Its requests then draw them (`pool`) instead of taking their own:
+    /// a write's unit only within a third of the lease its take renewed (at most `pool::HOLD`),
+    /// so the lease it checked is still this writer's when the write goes out. Nothing is
+    /// waited for: a take that would wait, or whose keys are no longer ours, leaves its
+    /// requests to take their own, as they would have. Unused units go back with `give_back`.
+    pub async fn take_ahead(&self, policy: &dyn Policy, tenant: &str, writes: &[(RequestClass, Vec<String>)]) {
+        struct Ahead {
+            set: BucketSet,
+            costs: Vec<u64>,
+            want: u64,
+            fence: Option<(Vec<String>, crate::bucket::Fence)>,
+            id: String,
+        }
+        let mut aheads: Vec<Ahead> = vec![];
+        for (class, n) in self.pools.expected(tenant) {
+            let set = policy.buckets(class);
+            let costs = policy.costs(&Request::new(reqwest::Method::GET, "", class), &set);
+            match aheads.iter_mut().find(|a| a.set.limits == set.limits && a.costs == costs) {
+                Some(a) => a.want += n,
+                None => aheads.push(Ahead { set, costs, want: n, fence: None, id: uuid::Uuid::new_v4().simple().to_string() }),
+            }
+        }
+        let within = self.claims.as_ref().map_or(Duration::ZERO, |c| (c.lease() / 3).min(crate::pool::HOLD));
+        if let Some(claims) = self.claims.as_ref().filter(|_| !within.is_zero()) {
+            for (class, keys) in writes.iter().filter(|(_, k)| !k.is_empty()) {
+                let set = policy.buckets(*class);
+                let costs = policy.costs(&Request::new(reqwest::Method::POST, "", *class), &set);
+                let fence = claims.fence_of(tenant, keys);
+                aheads.push(Ahead {
+                    set,
+                    costs,
+                    want: 1,
+                    fence: Some((keys.clone(), fence)),
+                    id: uuid::Uuid::new_v4().simple().to_string(),
+                });
+            }
+        }
+        if aheads.is_empty() {
+            return;
+        }
+        let takes: Vec<crate::bucket::TakeAhead<'_>> = aheads
+            .iter()
+            .map(|a| crate::bucket::TakeAhead {
+                set: &a.set,
+                costs: &a.costs,
+                want: a.want.min(crate::pool::MOST),
+                hold: crate::pool::HOLD,
+                reserve_pct: self.reserve_pct,
+                id: &a.id,
+                fence: a.fence.as_ref().map(|(_, f)| f),
+                grant: true,
+            })
+            .collect();
+        let answers = match self.buckets.take_many(tenant, &takes).await {
+            Ok(a) => a,
+            Err(e) => {
+                // The requests take their own tokens, as they would have.
+                tracing::warn!(error = %e, "could not take a lane's tokens ahead");
+                return;
+            }
+        };
+        for (a, (take, units, at_ms)) in aheads.into_iter().zip(answers) {
+            if take != Take::Granted {
+                continue;
+            }
+            let grant = Grant { id: a.id, units: units.max(1), at_ms };
+            match a.fence {
+                None => self.pools.hold(&a.set, &a.costs, grant, 0),
+                Some((keys, _)) => self.pools.hold_fenced(&a.set, &a.costs, grant, 0, keys, within),
+            }
+        }
+    }
+
     /// Waits for tokens (nothing is dropped while a bucket is empty). `id` names the take,
     /// for giving concurrency slots back. A request that carries writes is fenced in the same
     /// round trip, after any wait and right before the send: a writer that lost a key's lease
@@ -290,10 +366,8 @@ impl Api {
         req: &Request,
         endpoint: &str,
     ) -> Result<(String, u64, Duration), Failure> {
-        if req.fence.is_empty() {
-            if let Some((id, unit)) = self.pools.draw(set, costs) {
-                return Ok((id, unit, Duration::ZERO));
-            }
+        if let Some((id, unit)) = self.pools.draw(set, costs, &req.fence) {
+            return Ok((id, unit, Duration::ZERO));
         }
         let want = if req.fence.is_empty() {
             self.pools.wanted(set, req.class, |c| c != req.class && policy.buckets(c).limits == set.limits)
@@ -303,7 +377,7 @@ impl Api {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (waited, grant) = self.acquire(set, costs, &id, req, endpoint, want).await?;
         if let Some(g) = grant {
-            self.pools.hold(set, costs, g);
+            self.pools.hold(set, costs, g, 1);
         }
         Ok((id, 1, waited))
     }

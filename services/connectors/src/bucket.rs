@@ -43,14 +43,15 @@ use std::time::{Duration, Instant};
 /// Takes tokens from every limit of a set, or from none. KEYS: the set's block key, its `nl`
 /// limit keys, the `nf` keys to fence, the grant's key when more than one unit is wanted, then
 /// the keys of the settles that ride along. ARGV: reserve percent, take id, lease, `nl`, `nf`,
-/// fence owner, fence lease, units wanted, hold, five per limit, then settle groups
+/// fence owner, fence lease, units wanted, hold, whether a grant key is given (1 or 0), five
+/// per limit, then settle groups
 /// (`SETTLE_FN`). Settles go first (a request answered just before this one was asked for
 /// gives its tokens back), then: blocked? every limit willing? every fenced key still ours?
 /// Only then is anything spent (and the fenced leases renewed).
 ///
 /// A unit is one request's cost in each limit. Asked for several (a lane's coming reads, see
-/// `Api::expect`), it grants as many as every limit has room for, at least one, and records
-/// how many in the grant's key, so that the ones never used are given back exactly once
+/// `Api::expect`), it grants as many as every limit has room for, at least one; given a grant
+/// key it records how many there, so that the ones never used are given back exactly once
 /// (`X` steps). Units held for later are scored `hold` ms further ahead (rolling tokens,
 /// concurrency slots): a unit may wait that long before its request goes out. Returns
 /// {wait, granted (1) or fenced off (2), lost fence positions, units, Redis's time}.
@@ -61,9 +62,9 @@ local nl, nf = tonumber(ARGV[4]), tonumber(ARGV[5])
 local want, hold = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- Rolling tokens are scored this far ahead until `settle` scores them by the answer.
 local lease = tonumber(ARGV[3]) + hold
-local ki, ai = 2 + nl + nf, 10 + 5 * nl
+local ki, ai = 2 + nl + nf, 11 + 5 * nl
 local grant_key = nil
-if want > 1 then
+if ARGV[10] == '1' then
   grant_key = KEYS[ki]
   ki = ki + 1
 end
@@ -78,7 +79,7 @@ local wait = 0
 local units = want
 -- First pass: would every limit allow one unit, and how many?
 for i = 2, 1 + nl do
-  local base = 10 + (i - 2) * 5
+  local base = 11 + (i - 2) * 5
   local kind, max, span, margin, n = ARGV[base], tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
   -- Background work leaves this share of each limit to live writes.
   local reserve = math.ceil(max * reserve_pct / 100)
@@ -176,7 +177,7 @@ if nf > 0 then
 end
 -- Second pass: spend.
 for i = 2, 1 + nl do
-  local base = 10 + (i - 2) * 5
+  local base = 11 + (i - 2) * 5
   local kind, span, margin, n = ARGV[base], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]) * units
   if n == 0 then
     -- nothing to spend
@@ -207,7 +208,7 @@ for i = 2, 1 + nl do
     redis.call('PEXPIRE', KEYS[i], 2 * 86400000)
   end
 end
-if grant_key and units > 1 then
+if grant_key then
   -- What the unused units' return (`X` steps, gated by this key) may give back, once.
   redis.call('SET', grant_key, units, 'PX', lease + 60000)
 end
@@ -471,6 +472,42 @@ pub struct Grant {
     pub at_ms: i64,
 }
 
+/// One take of several (`TokenBuckets::take_many`), or the one `try_take_*` makes.
+#[derive(Clone, Copy)]
+pub struct TakeAhead<'a> {
+    pub set: &'a BucketSet,
+    /// One unit's tokens per limit.
+    pub costs: &'a [u64],
+    /// Units wanted (as many as fit, at least one).
+    pub want: u64,
+    /// How long a unit may wait for its request (its tokens are leased that much longer).
+    pub hold: Duration,
+    pub reserve_pct: u64,
+    pub id: &'a str,
+    /// Checked and renewed before anything is spent (for a write's units).
+    pub fence: Option<&'a Fence>,
+    /// Record the grant (its key), so that its unused units can be given back.
+    pub grant: bool,
+}
+
+/// A `TAKE` call's keys and arguments.
+struct TakeCall {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+/// `TAKE`'s answer: wait, granted (1) or fenced off (2), lost fence positions, units, time.
+type TakeAnswer = (i64, i64, Vec<usize>, u64, i64);
+
+fn take_of((wait, granted, lost, units, at_ms): TakeAnswer) -> (Take, u64, i64) {
+    let take = match granted {
+        1 => Take::Granted,
+        2 => Take::FencedOff(lost.into_iter().map(|j| j.saturating_sub(1)).collect()),
+        _ => Take::Wait(Duration::from_millis(wait.max(1) as u64)),
+    };
+    (take, units, at_ms)
+}
+
 /// Settlings carried by a pipeline (`TokenBuckets::add_settles`).
 pub struct SettlesSent {
     tenant: String,
@@ -488,6 +525,12 @@ struct Unsettled {
 }
 
 impl Unsettled {
+    fn push_to(&self, keys: &mut Vec<String>, args: &mut Vec<String>) {
+        keys.extend(self.keys.iter().cloned());
+        args.extend([self.id.clone(), (self.answered.elapsed().as_millis() as u64).to_string(), self.keys.len().to_string()]);
+        args.extend(self.steps.iter().cloned());
+    }
+
     fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
         for k in &self.keys {
             inv.key(k);
@@ -628,52 +671,93 @@ impl TokenBuckets {
         id: &str,
         fence: Option<&Fence>,
     ) -> redis::RedisResult<(Take, u64, i64)> {
+        let call = self.take_call(&TakeAhead { set, costs, want, hold, reserve_pct, id, fence, grant: want > 1 });
         let mut inv = self.take.prepare_invoke();
-        inv.key(self.block_key(set));
-        for l in &set.limits {
-            inv.key(self.limit_key(set, l.name()));
-        }
-        let (fence_keys, owner, fence_lease) = match fence {
-            Some(f) => (f.keys.as_slice(), f.owner.as_str(), f.lease.as_millis() as u64),
-            None => (&[][..], "", 0),
-        };
-        for k in fence_keys {
+        for k in &call.keys {
             inv.key(k);
         }
-        if want > 1 {
-            inv.key(self.grant_key(set, id));
-        }
-        inv.arg(reserve_pct.min(100)).arg(id).arg(self.lease.as_millis() as u64);
-        inv.arg(set.limits.len()).arg(fence_keys.len()).arg(owner).arg(fence_lease);
-        inv.arg(want).arg(hold.as_millis() as u64);
-        for (i, l) in set.limits.iter().enumerate() {
-            for a in l.args() {
-                inv.arg(a);
-            }
-            inv.arg(costs.get(i).copied().unwrap_or(1));
+        for a in &call.args {
+            inv.arg(a);
         }
         let riding = self.unsettled.take(&set.tenant_id);
         for u in &riding {
             u.add_to(&mut inv);
         }
         let mut conn = self.conn.clone();
-        let answer: redis::RedisResult<(i64, i64, Vec<usize>, u64, i64)> = inv.invoke_async(&mut conn).await;
-        let (wait, granted, lost, units, at_ms) = match answer {
-            Ok(a) => a,
+        let answer: redis::RedisResult<TakeAnswer> = inv.invoke_async(&mut conn).await;
+        match answer {
+            Ok(a) => Ok(take_of(a)),
             Err(e) => {
                 // Not known to be applied: they go back, for the next take or the flusher
                 // (settling twice only scores a token a little later; a grant's return is
                 // applied once, whatever happens).
                 self.unsettled.put_back(&set.tenant_id, riding);
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// Several takes of one tenant in one round trip (a pipeline of `TAKE` calls, each on its
+    /// own: one may wait while another is granted), every one with a grant key, so that what
+    /// is not used can be given back. The tenant's waiting settlings ride the first. Answers
+    /// in order: the outcome, units granted and Redis's time.
+    pub async fn take_many(&self, tenant: &str, takes: &[TakeAhead<'_>]) -> redis::RedisResult<Vec<(Take, u64, i64)>> {
+        if takes.is_empty() {
+            return Ok(vec![]);
+        }
+        let riding = self.unsettled.take(tenant);
+        let mut pipe = redis::pipe();
+        for (i, t) in takes.iter().enumerate() {
+            let mut call = self.take_call(&TakeAhead { grant: true, ..*t });
+            if i == 0 {
+                for u in &riding {
+                    u.push_to(&mut call.keys, &mut call.args);
+                }
+            }
+            crm_common::redis_conn::add_script_call(&mut pipe, &self.take, &call.keys).arg(&call.args);
+        }
+        // Every call is of one script: on NOSCRIPT none ran, and all are sent again.
+        match crm_common::redis_conn::query_with_script::<Vec<TakeAnswer>>(&self.conn, &pipe, &self.take).await {
+            Ok(answers) => Ok(answers.into_iter().map(take_of).collect()),
+            Err(e) => {
+                self.unsettled.put_back(tenant, riding);
+                Err(e)
+            }
+        }
+    }
+
+    /// The keys and arguments of a `TAKE` call, before any settlings that ride it.
+    fn take_call(&self, t: &TakeAhead<'_>) -> TakeCall {
+        let set = t.set;
+        let mut keys = vec![self.block_key(set)];
+        for l in &set.limits {
+            keys.push(self.limit_key(set, l.name()));
+        }
+        let (fence_keys, owner, fence_lease) = match t.fence {
+            Some(f) => (f.keys.as_slice(), f.owner.as_str(), f.lease.as_millis() as u64),
+            None => (&[][..], "", 0),
         };
-        let take = match granted {
-            1 => Take::Granted,
-            2 => Take::FencedOff(lost.into_iter().map(|j| j.saturating_sub(1)).collect()),
-            _ => Take::Wait(Duration::from_millis(wait.max(1) as u64)),
-        };
-        Ok((take, units, at_ms))
+        keys.extend(fence_keys.iter().cloned());
+        if t.grant {
+            keys.push(self.grant_key(set, t.id));
+        }
+        let mut args: Vec<String> = vec![
+            t.reserve_pct.min(100).to_string(),
+            t.id.to_string(),
+            (self.lease.as_millis() as u64).to_string(),
+            set.limits.len().to_string(),
+            fence_keys.len().to_string(),
+            owner.to_string(),
+            fence_lease.to_string(),
+            t.want.max(1).to_string(),
+            (t.hold.as_millis() as u64).to_string(),
+            if t.grant { "1" } else { "0" }.to_string(),
+        ];
+        for (i, l) in set.limits.iter().enumerate() {
+            args.extend(l.args());
+            args.push(t.costs.get(i).copied().unwrap_or(1).to_string());
+        }
+        TakeCall { keys, args }
     }
 
     fn grant_key(&self, set: &BucketSet, id: &str) -> String {

@@ -1,17 +1,19 @@
 //! Tokens a lane took ahead for the requests it is about to send. A lane batch of a cold
 //! tenant reads before it writes: a contact search per new number, an owner lookup, the
-//! contacts' companies and deals. Taking each request's tokens in a round trip of its own made
-//! those takes the largest share of a record's Redis round trips. So the lane says what it
-//! expects to send (`Api::expect`, from what its cache read missed), and the first request of
-//! a bucket set takes units for the ones expected after it in the same round trip
-//! (`TokenBuckets::try_take_units`: as many as the limits have room for, at least one). The
-//! rest wait here, drawn one per request, each settled by its own answer.
+//! contacts' companies and deals, then the write. Taking each request's tokens in a round trip
+//! of its own made those takes the largest share of a record's Redis round trips. So the lane
+//! says what it expects to read (`Api::expect`, from what its cache read missed) and write,
+//! and takes all of it in one round trip (`Api::take_ahead`): a take per bucket set for the
+//! reads, as many units as the limits have room for; one fenced take per write request. The
+//! units wait here, drawn one per request, each settled by its own answer; a read that finds
+//! none left takes units for what is still expected (`wanted`).
 //!
 //! What a lane did not use goes back when it finishes (`Api::give_back`, riding its DONE), so
-//! an estimate too high only holds tokens for the length of a batch. Units are kept at most
-//! `HOLD`: their tokens are leased that much longer, so a unit drawn late is still covered
-//! while its request can be on its way. Writes never draw from here: their tokens are taken
-//! with their fence, right before they are sent (DESIGN §4).
+//! an estimate too high only holds tokens for the length of a batch. A read's units are kept
+//! at most `HOLD`: their tokens are leased that much longer, so a unit drawn late is still
+//! covered while its request can be on its way. A write's unit is drawn only by a request
+//! carrying no key its take did not fence, and only within a third of the lease that take
+//! renewed: the leases it checked are still this writer's when the write goes out (DESIGN §4).
 
 use crate::api::RequestClass;
 use crate::bucket::{BucketSet, Grant};
@@ -31,6 +33,11 @@ pub struct Held {
     pub costs: Vec<u64>,
     pub grant: Grant,
     pub used: u64,
+    /// For a write's units: the idempotency keys whose leases the take checked and renewed;
+    /// a request may draw a unit only if it carries no other key.
+    pub fence: Vec<String>,
+    /// A unit is drawn only this soon after the take.
+    pub within: Duration,
     taken: Instant,
 }
 
@@ -76,32 +83,51 @@ impl Pools {
         }
     }
 
-    /// A unit for a request from `set` at `costs`, if one is held and not too old: the grant's
-    /// id and the unit's number (from 1).
-    pub fn draw(&self, set: &BucketSet, costs: &[u64]) -> Option<(String, u64)> {
+    /// A unit for a request from `set` at `costs` carrying the keys `fence` (none: a read),
+    /// if one is held and not too old: the grant's id and the unit's number (from 1). A read
+    /// draws a read's unit; a write, a unit whose take fenced every key it carries.
+    pub fn draw(&self, set: &BucketSet, costs: &[u64], fence: &[String]) -> Option<(String, u64)> {
         let mut lanes = self.lanes();
         let lane = lanes.get_mut(&set.tenant_id)?;
-        let h = lane
-            .held
-            .iter_mut()
-            .find(|h| h.used < h.grant.units && h.taken.elapsed() < HOLD && h.costs == costs && h.set.limits == set.limits)?;
+        let h = lane.held.iter_mut().find(|h| {
+            h.used < h.grant.units
+                && h.taken.elapsed() < h.within
+                && h.costs == costs
+                && h.set.limits == set.limits
+                && h.fence.is_empty() == fence.is_empty()
+                && fence.iter().all(|k| h.fence.contains(k))
+        })?;
         h.used += 1;
         Some((h.grant.id.clone(), h.used))
     }
 
-    /// A grant whose first unit is being used now; the rest are held.
-    pub fn hold(&self, set: &BucketSet, costs: &[u64], grant: Grant) {
-        if grant.units <= 1 {
+    /// A read's grant whose first `used` units are in use; the rest are held for `HOLD`.
+    pub fn hold(&self, set: &BucketSet, costs: &[u64], grant: Grant, used: u64) {
+        self.hold_fenced(set, costs, grant, used, vec![], HOLD);
+    }
+
+    /// `hold` for a write's units, drawn only by requests carrying no key but these, and
+    /// only `within` of the take (less than the leases it renewed have left).
+    pub fn hold_fenced(&self, set: &BucketSet, costs: &[u64], grant: Grant, used: u64, fence: Vec<String>, within: Duration) {
+        if grant.units <= used {
             return;
         }
-        let held = Held { set: set.clone(), costs: costs.to_vec(), grant, used: 1, taken: Instant::now() };
+        let held = Held { set: set.clone(), costs: costs.to_vec(), grant, used, fence, within, taken: Instant::now() };
         self.lanes().entry(set.tenant_id.clone()).or_default().held.push(held);
+    }
+
+    /// What the lane of `tenant` expects, by class (for `Api::take_ahead`).
+    pub fn expected(&self, tenant: &str) -> Vec<(RequestClass, u64)> {
+        let lanes = self.lanes();
+        let Some(lane) = lanes.get(tenant) else { return vec![] };
+        lane.expected.iter().filter(|(_, n)| **n > 0).map(|(c, n)| (*c, *n)).collect()
     }
 
     /// Ends the lane's batch: what it expected is forgotten, and what it holds is returned to
     /// be given back (`TokenBuckets::give_back_soon`).
     pub fn release(&self, tenant: &str) -> Vec<Held> {
-        self.lanes().remove(tenant).map(|l| l.held).unwrap_or_default()
+        let held = self.lanes().remove(tenant).map(|l| l.held).unwrap_or_default();
+        held.into_iter().filter(|h| h.used < h.grant.units).collect()
     }
 }
 
@@ -145,17 +171,34 @@ mod tests {
     fn units_are_drawn_once_each_for_their_own_set_and_costs_and_the_rest_released() {
         let p = Pools::default();
         let s = set("t1", "burst");
-        p.hold(&s, &[1], grant(3));
-        assert_eq!(p.draw(&set("t1", "search"), &[1]), None, "another set");
-        assert_eq!(p.draw(&s, &[2]), None, "other costs");
-        assert_eq!(p.draw(&s, &[1]), Some(("g".into(), 2)), "unit 1 went with the take");
-        assert_eq!(p.draw(&s, &[1]), Some(("g".into(), 3)));
-        assert_eq!(p.draw(&s, &[1]), None, "all used");
+        p.hold(&s, &[1], grant(3), 1);
+        assert_eq!(p.draw(&set("t1", "search"), &[1], &[]), None, "another set");
+        assert_eq!(p.draw(&s, &[2], &[]), None, "other costs");
+        assert_eq!(p.draw(&s, &[1], &["k1".into()]), None, "a write never draws a read's unit");
+        assert_eq!(p.draw(&s, &[1], &[]), Some(("g".into(), 2)), "unit 1 went with the take");
+        assert_eq!(p.draw(&s, &[1], &[]), Some(("g".into(), 3)));
+        assert_eq!(p.draw(&s, &[1], &[]), None, "all used");
+        assert!(p.release("t1").is_empty(), "every unit used: nothing to give back");
+        p.hold(&s, &[1], grant(4), 1);
+        assert!(p.draw(&s, &[1], &[]).is_some());
         let back = p.release("t1");
-        assert_eq!(back.len(), 1);
-        assert_eq!(back[0].used, 3);
+        assert_eq!((back.len(), back[0].used), (1, 2), "two of four used");
         assert!(p.release("t1").is_empty(), "released once");
-        p.hold(&s, &[1], grant(1));
-        assert!(p.release("t1").is_empty(), "a grant of one is not held");
+        p.hold(&s, &[1], grant(1), 1);
+        assert!(p.release("t1").is_empty(), "a grant whose units are all in use is not held");
+    }
+
+    #[test]
+    fn a_writes_unit_goes_only_to_a_request_whose_keys_its_take_fenced_and_only_soon() {
+        let p = Pools::default();
+        let s = set("t1", "burst");
+        p.hold_fenced(&s, &[1], grant(1), 0, vec!["k1".into(), "k2".into()], Duration::from_secs(60));
+        assert_eq!(p.draw(&s, &[1], &[]), None, "a read never draws a write's unit");
+        assert_eq!(p.draw(&s, &[1], &["k1".into(), "k3".into()]), None, "k3 was not fenced");
+        assert_eq!(p.draw(&s, &[1], &["k2".into()]), Some(("g".into(), 1)));
+        assert_eq!(p.draw(&s, &[1], &["k1".into()]), None, "used");
+        p.hold_fenced(&s, &[1], grant(1), 0, vec!["k1".into()], Duration::ZERO);
+        assert_eq!(p.draw(&s, &[1], &["k1".into()]), None, "too old");
+        assert_eq!(p.release("t1").len(), 1, "the unused unit goes back");
     }
 }

@@ -10,7 +10,7 @@ use crm_common::events::{ActivityKind, AuditOutcome, Crm, DlqReason, WriteReques
 use crm_common::kafka::{InMessage, OutRecord, Ticket, RECREATE};
 use crm_common::phone;
 use crm_common::tenants::{NoContact, Tenants};
-use crm_connectors::api::{Api, Exchange, Failure};
+use crm_connectors::api::{Api, Exchange, Failure, RequestClass};
 use crm_connectors::claims::{Claim, Claims, Recovery};
 use crm_connectors::connector::{Connector, Item, ItemResult, Lookups, TenantOf};
 use crm_connectors::contacts::ContactCache;
@@ -862,6 +862,8 @@ impl<C: Connector> Shared<C> {
             let asking: Vec<usize> =
                 to_claim.iter().zip(&claims).filter(|(_, (c, _))| !matches!(c, Claim::AlreadyDone { .. })).map(|(&i, _)| i).collect();
             self.expect_lookups(tenant_id, steps, &to_claim, &claims, &read);
+            let writes = self.expected_writes(steps, &to_claim, &claims);
+            self.api.take_ahead(&t.policy, tenant_id, &writes).await;
             let mut addresses = self.match_addresses(t, steps, &asking, &read.contacts).await;
             let mut calls = CallContacts {
                 cached: read.contacts.iter().filter_map(|(m, hit)| hit.clone().map(|h| (m.clone(), h))).collect(),
@@ -945,6 +947,38 @@ impl<C: Connector> Shared<C> {
         for (class, n) in self.connector.expected_requests(&lookups) {
             self.api.expect(tenant_id, class, n);
         }
+    }
+
+    /// The write requests this round is expected to send, as `write_ready` will chunk them
+    /// (by kind, `batch_max` or one per record), each with its class and keys, for
+    /// `Api::take_ahead`. Not a key being recovered: it is looked up first, which may take long.
+    fn expected_writes(&self, steps: &[Step], which: &[usize], claims: &[(Claim, std::time::Instant)]) -> Vec<(RequestClass, Vec<String>)> {
+        let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
+        let mut by_kind: Vec<(ActivityKind, Vec<(usize, &Claim)>)> = vec![];
+        for (&i, (claim, _)) in which.iter().zip(claims) {
+            if !matches!(claim, Claim::Create | Claim::Update { .. }) {
+                continue;
+            }
+            let kind = steps[i].work.req.kind();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, v)) => v.push((i, claim)),
+                None => by_kind.push((kind, vec![(i, claim)])),
+            }
+        }
+        let mut out = vec![];
+        for chunk in by_kind.iter().flat_map(|(_, v)| v.chunks(per_call)) {
+            for (class, creates) in [(RequestClass::Create, true), (RequestClass::Update, false)] {
+                let keys: Vec<String> = chunk
+                    .iter()
+                    .filter(|(_, c)| matches!(c, Claim::Create) == creates)
+                    .map(|(i, _)| steps[*i].work.req.idempotency_key().to_string())
+                    .collect();
+                if !keys.is_empty() {
+                    out.push((class, keys));
+                }
+            }
+        }
+        out
     }
 
     /// Renews the batch's leases every third of a lease while the batch is being written,
