@@ -446,14 +446,17 @@ impl Api {
             for (limit, remaining) in &observed {
                 metrics.remaining(&set.crm, &set.tenant_id, limit, *remaining);
             }
-            // Without a round trip of its own: the tenant's next take carries it, or the
-            // flusher within a few ms; scored by this answer either way.
+            // Without a round trip of its own: the tenant's next take or its lane's DONE
+            // carries it, or the flusher within a few ms; scored by this answer either way.
             self.buckets.settle_unit_soon(&set, &take_id, &costs, unit, &observed);
             match verdict {
                 Verdict::Ok => return Ok(reply.expect("Ok has a reply")),
                 Verdict::Throttled { wait } => {
                     // Costs no attempt and does not count against the retry limit.
                     attempt -= 1;
+                    // Tokens taken ahead were granted before the block: the lane's next
+                    // requests must meet it in a take of their own, not send on them.
+                    self.give_back(&set.tenant_id);
                     metrics.retry(&set.crm, "throttled");
                     if let Err(e) = self.buckets.block(&set, wait).await {
                         tracing::warn!(error = %e, "could not block the bucket");

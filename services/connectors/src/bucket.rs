@@ -635,7 +635,8 @@ impl TokenBuckets {
         id: &str,
         fence: Option<&Fence>,
     ) -> redis::RedisResult<Take> {
-        Ok(self.take(set, costs, 1, Duration::ZERO, reserve_pct, id, fence).await?.0)
+        let t = TakeAhead { set, costs, want: 1, hold: Duration::ZERO, reserve_pct, id, fence, grant: false };
+        Ok(self.take(&t).await?.0)
     }
 
     /// Up to `want` units of `costs` (each unit one request's tokens), at least one, in one
@@ -654,26 +655,19 @@ impl TokenBuckets {
         reserve_pct: u64,
         id: &str,
     ) -> redis::RedisResult<Result<Grant, Duration>> {
-        Ok(match self.take(set, costs, want.max(1), hold, reserve_pct, id, None).await? {
+        let t = TakeAhead { set, costs, want: want.max(1), hold, reserve_pct, id, fence: None, grant: want > 1 };
+        Ok(match self.take(&t).await? {
             (Take::Granted, units, at_ms) => Ok(Grant { id: id.to_string(), units: units.max(1), at_ms }),
             (Take::Wait(w), ..) => Err(w),
-            (Take::FencedOff(_), ..) => unreachable!("an unfenced take is never fenced off"),
+            // Unfenced, never fenced off: an answer that says so is read as "look again".
+            (Take::FencedOff(_), ..) => Err(Duration::from_millis(1)),
         })
     }
 
     /// One take (see `TAKE`): the outcome, units granted and Redis's time.
-    #[allow(clippy::too_many_arguments)]
-    async fn take(
-        &self,
-        set: &BucketSet,
-        costs: &[u64],
-        want: u64,
-        hold: Duration,
-        reserve_pct: u64,
-        id: &str,
-        fence: Option<&Fence>,
-    ) -> redis::RedisResult<(Take, u64, i64)> {
-        let call = self.take_call(&TakeAhead { set, costs, want, hold, reserve_pct, id, fence, grant: want > 1 });
+    async fn take(&self, t: &TakeAhead<'_>) -> redis::RedisResult<(Take, u64, i64)> {
+        let set = t.set;
+        let call = self.take_call(t);
         let mut inv = self.take.prepare_invoke();
         for k in &call.keys {
             inv.key(k);

@@ -953,25 +953,15 @@ impl<C: Connector> Shared<C> {
     /// (by kind, `batch_max` or one per record), each with its class and keys, for
     /// `Api::take_ahead`. Not a key being recovered: it is looked up first, which may take long.
     fn expected_writes(&self, steps: &[Step], which: &[usize], claims: &[(Claim, std::time::Instant)]) -> Vec<(RequestClass, Vec<String>)> {
-        let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
-        let mut by_kind: Vec<(ActivityKind, Vec<(usize, &Claim)>)> = vec![];
-        for (&i, (claim, _)) in which.iter().zip(claims) {
-            if !matches!(claim, Claim::Create | Claim::Update { .. }) {
-                continue;
-            }
-            let kind = steps[i].work.req.kind();
-            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, v)) => v.push((i, claim)),
-                None => by_kind.push((kind, vec![(i, claim)])),
-            }
-        }
+        let creates: HashSet<usize> = which.iter().zip(claims).filter(|(_, (c, _))| matches!(c, Claim::Create)).map(|(&i, _)| i).collect();
+        let writing = which.iter().zip(claims).filter(|(_, (c, _))| matches!(c, Claim::Create | Claim::Update { .. })).map(|(&i, _)| i);
         let mut out = vec![];
-        for chunk in by_kind.iter().flat_map(|(_, v)| v.chunks(per_call)) {
-            for (class, creates) in [(RequestClass::Create, true), (RequestClass::Update, false)] {
+        for chunk in self.write_chunks(steps, writing) {
+            for (class, create) in [(RequestClass::Create, true), (RequestClass::Update, false)] {
                 let keys: Vec<String> = chunk
                     .iter()
-                    .filter(|(_, c)| matches!(c, Claim::Create) == creates)
-                    .map(|(i, _)| steps[*i].work.req.idempotency_key().to_string())
+                    .filter(|i| creates.contains(i) == create)
+                    .map(|&i| steps[i].work.req.idempotency_key().to_string())
                     .collect();
                 if !keys.is_empty() {
                     out.push((class, keys));
@@ -979,6 +969,22 @@ impl<C: Connector> Shared<C> {
             }
         }
         out
+    }
+
+    /// The steps `which` as `write_ready` sends them: one kind per call (each kind is its own
+    /// object in the CRM), in read order within a kind, the CRM's batch at a time (one record
+    /// per call where every record is its own call, so that each call's audit is its own).
+    fn write_chunks(&self, steps: &[Step], which: impl IntoIterator<Item = usize>) -> Vec<Vec<usize>> {
+        let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
+        let mut by_kind: Vec<(ActivityKind, Vec<usize>)> = vec![];
+        for i in which {
+            let kind = steps[i].work.req.kind();
+            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, v)) => v.push(i),
+                None => by_kind.push((kind, vec![i])),
+            }
+        }
+        by_kind.iter().flat_map(|(_, v)| v.chunks(per_call).map(<[usize]>::to_vec)).collect()
     }
 
     /// Renews the batch's leases every third of a lease while the batch is being written,
@@ -1003,16 +1009,7 @@ impl<C: Connector> Shared<C> {
     async fn write_ready(&self, t: &TenantOf<C>, steps: &mut [Step], ready: &[usize]) {
         // A request's audit goes to every record it carried: with one call per record,
         // each chunk is that record alone.
-        let per_call = if self.connector.one_call_per_record() { 1 } else { self.connector.batch_max().max(1) };
-        let mut by_kind: Vec<(ActivityKind, Vec<usize>)> = vec![];
-        for &i in ready {
-            let kind = steps[i].work.req.kind();
-            match by_kind.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, v)) => v.push(i),
-                None => by_kind.push((kind, vec![i])),
-            }
-        }
-        for chunk in by_kind.iter().flat_map(|(_, v)| v.chunks(per_call)) {
+        for chunk in self.write_chunks(steps, ready.iter().copied()) {
             let items: Vec<Item> = chunk.iter().map(|&i| steps[i].item.clone().expect("ready")).collect();
             let mut shared_log = vec![];
             let results = self.connector.write(&self.api, t, &items, &mut shared_log).await;
