@@ -597,12 +597,16 @@ impl WriteRequest {
     /// second Zoho or Pipedrive meeting under tansu faults), else the request's time. Known
     /// gap: a meeting scheduled further ahead than the claims' retention, whose claim
     /// expired, and replayed before it starts, is taken as a fresh create (no lookup first)
-    /// where the CRM enforces no unique key.
+    /// where the CRM enforces no unique key. A meeting's later version (2 on) has no era of
+    /// its own: an earlier version may have been written at any time before this one was
+    /// normalised, so 0 (a claim store that forgot it looks it up first, since the beginning;
+    /// a second meeting under tansu faults when its update came after the store lost its data).
     pub fn era_ms(&self) -> i64 {
         let requested = self.requested_at().max(0);
         let source = match self {
             WriteRequest::Call(c) => c.call.started_at,
             WriteRequest::Email { email, .. } => email.sent_at,
+            WriteRequest::Meeting { req, .. } if req.version > 1 => return 0,
             WriteRequest::Meeting { meeting, .. } => {
                 let known = if meeting.normalised_at > 0 { meeting.normalised_at } else { requested };
                 if meeting.start_at > 0 && known > 0 {
@@ -1001,6 +1005,7 @@ mod era_tests {
     #[test]
     fn a_meetings_era_does_not_move_when_the_same_meeting_is_sent_again() {
         let mut first = fixtures::meeting_request("acme", "ev1", Crm::Zoho);
+        first.version = 1;
         let m = first.meeting.as_mut().unwrap();
         m.start_at = 2_000_000_000_000; // far ahead
         m.normalised_at = 1_800_000_000_000;
@@ -1013,10 +1018,25 @@ mod era_tests {
         assert_eq!(a.era_ms(), b.era_ms(), "the era is when it was normalised, not when it was requested");
         // Without a normalisation time (an old producer), the request's time still bounds it.
         let mut old = fixtures::meeting_request("acme", "ev2", Crm::Zoho);
+        old.version = 1;
         let m = old.meeting.as_mut().unwrap();
         m.start_at = 2_000_000_000_000;
         m.normalised_at = 0;
         old.requested_at = 1_800_000_000_500;
         assert_eq!(WriteRequest::try_from(old).unwrap().era_ms(), 1_800_000_000_500);
+    }
+
+    /// Version 1 written, then the claim store loses its data, then version 2 is normalised:
+    /// its own normalisation time is after the store's new epoch, and read as its era it made
+    /// the claim a plain create, a second meeting in the CRM (`reliability` on tansu). An
+    /// earlier version may have been written at any time: the era is 0.
+    #[test]
+    fn a_meetings_later_version_may_follow_a_write_made_at_any_time() {
+        let mut update = fixtures::meeting_request("acme", "ev3", Crm::Zoho);
+        update.version = 2;
+        let m = update.meeting.as_mut().unwrap();
+        m.start_at = 2_000_000_000_000;
+        m.normalised_at = 1_800_000_000_000;
+        assert_eq!(WriteRequest::try_from(update).unwrap().era_ms(), 0);
     }
 }
