@@ -508,12 +508,6 @@ fn take_of((wait, granted, lost, units, at_ms): TakeAnswer) -> (Take, u64, i64) 
     (take, units, at_ms)
 }
 
-/// Settlings carried by a pipeline (`TokenBuckets::add_settles`).
-pub struct SettlesSent {
-    tenant: String,
-    waiting: Vec<Unsettled>,
-}
-
 /// An answer whose settling waits for the next round trip to its tenant's keys: the script
 /// arguments of one settle group (`SETTLE_FN`), all but how long ago it was answered.
 struct Unsettled {
@@ -532,13 +526,9 @@ impl Unsettled {
     }
 
     fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
-        for k in &self.keys {
-            inv.key(k);
-        }
-        inv.arg(&self.id).arg(self.answered.elapsed().as_millis() as u64).arg(self.keys.len());
-        for a in &self.steps {
-            inv.arg(a);
-        }
+        let (mut keys, mut args) = (vec![], vec![]);
+        self.push_to(&mut keys, &mut args);
+        inv.key(keys).arg(args);
     }
 }
 
@@ -861,30 +851,19 @@ impl TokenBuckets {
     }
 
     /// Adds the settlings waiting for `tenant` to `pipe` (one call of the settle script), for
-    /// a round trip the tenant makes anyway (a lane batch's DONE). Returns them: should the
-    /// pipeline fail, `put_back` them. Every step may be applied twice (a pipeline resent
-    /// after NOSCRIPT): settling again scores a token a little later, a give-back is gated.
-    pub fn add_settles(&self, pipe: &mut redis::Pipeline, tenant: &str) -> Option<SettlesSent> {
+    /// a round trip the tenant makes anyway (a lane batch's DONE, which is sent until it is
+    /// answered). Every step may be applied twice (a pipeline resent after NOSCRIPT):
+    /// settling again scores a token a little later, a give-back is gated.
+    pub fn add_settles(&self, pipe: &mut redis::Pipeline, tenant: &str) {
         let waiting = self.unsettled.take(tenant);
         if waiting.is_empty() {
-            return None;
+            return;
         }
-        let keys: Vec<&str> = waiting.iter().flat_map(|u| u.keys.iter().map(String::as_str)).collect();
-        let call = crm_common::redis_conn::add_script_call(pipe, &self.settle, &keys);
+        let (mut keys, mut args) = (vec![], vec![]);
         for u in &waiting {
-            call.arg(&u.id).arg(u.answered.elapsed().as_millis() as u64).arg(u.keys.len());
-            for a in &u.steps {
-                call.arg(a);
-            }
+            u.push_to(&mut keys, &mut args);
         }
-        call.ignore();
-        Some(SettlesSent { tenant: tenant.to_string(), waiting })
-    }
-
-    /// Settlings `add_settles` put in a pipeline that failed: they wait for the next round
-    /// trip again.
-    pub fn put_back(&self, sent: SettlesSent) {
-        self.unsettled.put_back(&sent.tenant, sent.waiting);
+        crm_common::redis_conn::add_script_call(pipe, &self.settle, &keys).arg(args).ignore();
     }
 
     /// The settle script, for `query_with_script` beside another.

@@ -784,7 +784,7 @@ impl<C: Connector> Shared<C> {
         // The tokens taken ahead and not used go back, and the batch's last answers are
         // settled, in the same round trip (both may run twice: see `add_settles`).
         self.api.give_back(tenant_id);
-        let _riding = self.api.buckets.add_settles(&mut p, tenant_id);
+        self.api.buckets.add_settles(&mut p, tenant_id);
         if p.is_empty() {
             return;
         }
