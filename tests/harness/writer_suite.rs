@@ -939,6 +939,73 @@ pub fn a_paused_writer_whose_lease_was_taken_over_never_writes(case: &Case) {
     assert!(replica.terminate().success());
 }
 
+/// A lane batch whose claims meet a key another writer holds never waits for it while it
+/// holds keys of its own: two writers that took overlapping batches of a tenant (a rebalance
+/// hands the new owner what the old one still works on) would each renew their own leases and
+/// wait for the other's for ever. Here the other writer is the test: it holds `b` and renews
+/// it while the writer's batch holds `a` and `b`. The writer writes `a` and marks it DONE
+/// while `b` is still held elsewhere (the other writer's claim of `a` is a duplicate, not a
+/// wait), then writes `b` once it is let go. One record each.
+pub fn a_batch_never_waits_for_a_lease_while_it_holds_another(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({"objects": {}}));
+    // Holds the lane on its first call (its contact search) while `a` and `b` arrive, so the
+    // two are one batch.
+    sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": 2000, "count": 1, "endpoint": case.contact_search_endpoint}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer-held");
+    let writer = case.writer(&broker, &tenants, &prefix, &["acme"], &[("WRITER_LEASE", "3s")]);
+    wait_for("the writer reading", Duration::from_secs(60), || writer.log_text().contains("partitions assigned"));
+    broker.produce(&case.topic(), &[case.request("acme", "first", 1)]);
+    sim.wait_in_flight(case.name(), "acme", 1);
+    // The other writer's lease on `b`, renewed every 300 ms until `b` is let go.
+    let key_of = |call: &str| crm_common::redis_keys::claim(&prefix.0, "acme", &idempotency_key("acme", call, case.crm));
+    let held = key_of("b");
+    let let_go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewing = {
+        let (held, let_go) = (held.clone(), let_go.clone());
+        std::thread::spawn(move || {
+            let mut r = redis_conn();
+            while !let_go.load(std::sync::atomic::Ordering::SeqCst) {
+                let until = crm_common::clock::now_ms() + 3_000;
+                let _: () = redis::cmd("HSET")
+                    .arg(&held)
+                    .arg(&["owner", "writer-elsewhere", "until", &until.to_string(), "version", "1", "at", &until.to_string()])
+                    .query(&mut r)
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let _: () = redis::cmd("DEL").arg(&held).query(&mut r).unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    broker.produce(&case.topic(), &[case.request("acme", "a", 1), case.request("acme", "b", 1)]);
+    let a = idempotency_key("acme", "a", case.crm);
+    let mut r = redis_conn();
+    let a_done = |r: &mut redis::Connection| -> bool {
+        let (done, owner): (Option<i64>, Option<String>) =
+            redis::cmd("HMGET").arg(key_of("a")).arg(&["done_version", "owner"]).query(r).unwrap();
+        done == Some(1) && owner.is_none()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && !(case.keys(&sim, "acme").contains_key(&a) && a_done(&mut r)) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (written, done) = (case.keys(&sim, "acme").contains_key(&a), a_done(&mut r));
+    let_go.store(true, std::sync::atomic::Ordering::SeqCst);
+    renewing.join().unwrap();
+    assert!(
+        written && done,
+        "while another writer held b, the batch's a was written ({written}) and DONE, its lease let go ({done}): {}",
+        writer.log_text()
+    );
+    wait_for("b written once let go", Duration::from_secs(60), || case.keys(&sim, "acme").len() == 3);
+    let twice = doubled(case, &sim, "acme");
+    assert!(twice.is_empty(), "one record per call: {twice:?}");
+    assert!(writer.terminate().success());
+}
+
 /// A create the CRM applies after the writer's timeout (not before the answer, not never):
 /// the writer waits out the late-write horizon before it reads the key back, finds the
 /// record, and does not send the create again.
@@ -1924,6 +1991,10 @@ macro_rules! writer_suite {
         #[test]
         fn a_paused_writer_whose_lease_was_taken_over_never_writes() {
             $crate::writer_suite::a_paused_writer_whose_lease_was_taken_over_never_writes(&$case)
+        }
+        #[test]
+        fn a_batch_never_waits_for_a_lease_while_it_holds_another() {
+            $crate::writer_suite::a_batch_never_waits_for_a_lease_while_it_holds_another(&$case)
         }
         #[test]
         fn a_create_applied_after_the_client_gave_up_is_found_not_sent_again() {

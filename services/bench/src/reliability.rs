@@ -798,7 +798,8 @@ impl Stage<'_> {
                 ("HUBSPOT_SEARCH_LAG", "3s".into()),
                 ("ZOHO_SEARCH_LAG", "3s".into()),
                 ("WRITER_CLOCK_SKEW", "2s".into()),
-                ("RUST_LOG", "info".into()),
+                // Services log at info; RELIABILITY_LOG sets another filter for forensics.
+                ("RUST_LOG", std::env::var("RELIABILITY_LOG").unwrap_or_else(|_| "info".into())),
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );
@@ -1105,7 +1106,7 @@ struct Tally {
     duplicates: Vec<String>,
     unexpected_records: Vec<String>,
     lost: Vec<String>,
-    unaudited: usize,
+    unaudited: Vec<String>,
     dead_letters: usize,
     dlq_by_reason: BTreeMap<String, usize>,
     dlq_rows: i64,
@@ -1184,7 +1185,7 @@ impl Tally {
             duplicates: records_at.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ×{n}")).collect(),
             unexpected_records: records_at.keys().filter(|k| !plan.records.contains(*k)).cloned().collect(),
             lost: plan.records.iter().filter(|k| !records_at.contains_key(*k)).cloned().collect(),
-            unaudited: plan.records.iter().filter(|k| records_at.contains_key(*k) && !seen.written.contains(*k)).count(),
+            unaudited: plan.records.iter().filter(|k| records_at.contains_key(*k) && !seen.written.contains(*k)).cloned().collect(),
             dead_letters: seen.dead.len(),
             dlq_by_reason,
             dlq_rows,
@@ -1252,7 +1253,11 @@ impl Tally {
                 String::new()
             }
         );
-        println!("  audit             {} of {written} records have their write in the audit store", written - self.unaudited);
+        println!(
+            "  audit             {} of {written} records have their write in the audit store{}",
+            written - self.unaudited.len(),
+            by_crm(&self.unaudited)
+        );
         println!(
             "  chaos             {} SIGKILLs ({}); Redis SIGKILLed and restarted at {:.1} s; restarts of consumers left with no partitions: {}; unasked exits: {}",
             services.iter().map(|s| s.kills).sum::<usize>(),
@@ -1336,7 +1341,11 @@ impl Tally {
             format!("{:?}", self.wrong_reason.iter().take(5).collect::<Vec<_>>()),
         );
         fail("missing dead letters", self.missing_dlq.len(), format!("{:?}", self.missing_dlq.iter().take(5).collect::<Vec<_>>()));
-        fail("records without their write in the audit store", self.unaudited, String::new());
+        fail(
+            "records without their write in the audit store",
+            self.unaudited.len(),
+            format!("{:?}", self.unaudited.iter().take(5).collect::<Vec<_>>()),
+        );
         fail("panics", self.panics.len(), format!("{:?}", self.panics.iter().take(3).collect::<Vec<_>>()));
         fail("services that did not leave cleanly on SIGTERM", unclean.len(), format!("{unclean:?}"));
         failures
@@ -1384,6 +1393,18 @@ fn read_logs(logs: &Path) -> anyhow::Result<Logged> {
         }
     }
     Ok(l)
+}
+
+/// " (hubspot 3, zoho 1)" for idempotency keys (`…:<crm>`), or nothing when there are none.
+fn by_crm(keys: &[String]) -> String {
+    if keys.is_empty() {
+        return String::new();
+    }
+    let mut n: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in keys {
+        *n.entry(k.rsplit(':').next().unwrap_or("")).or_default() += 1;
+    }
+    format!(" ({})", n.iter().map(|(crm, n)| format!("{crm} {n}")).collect::<Vec<_>>().join(", "))
 }
 
 #[cfg(test)]

@@ -74,6 +74,17 @@ where
     }
 }
 
+/// The steps written: (idempotency key, version, record id), for DONE.
+fn written(steps: &[Step]) -> Vec<(&str, i64, &str)> {
+    steps
+        .iter()
+        .filter_map(|s| match &s.settled {
+            Some(Settled::Written { record_id, .. }) => Some((s.work.req.idempotency_key(), s.work.req.version(), record_id.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The record the reconciler found gone and asked to be created again (the RECREATE header).
 fn recreating(w: &Work) -> Option<&str> {
     w.input.header(RECREATE).and_then(|v| std::str::from_utf8(v).ok()).filter(|v| !v.is_empty())
@@ -284,17 +295,16 @@ impl<C: Connector> Shared<C> {
         self.emit.audit_record(&a)
     }
 
-    /// Claims the step's key, waiting while another writer holds a live lease. A request
-    /// the reconciler re-sent because its record is gone (the RECREATE header names it)
-    /// creates again while the claim still names that record.
+    /// Claims the step's key. Busy (another writer holds a live lease) is answered, not
+    /// waited for here: a batch waits for a key only while it holds none (`write_claimed`). A
+    /// request the reconciler re-sent because its record is gone (the RECREATE header names
+    /// it) creates again while the claim still names that record.
     async fn claim(&self, w: &Work) -> (Claim, std::time::Instant) {
         let req = &w.req;
         let mut reclaimed = false;
         loop {
             let c = patiently("claim", || self.claims.claim(req.tenant_id(), req.idempotency_key(), req.version(), req.era_ms())).await;
             match c {
-                // Another writer (a replica, before a rebalance settled) is writing it now.
-                Claim::Busy { retry_after } => places::sleep(retry_after.min(Duration::from_secs(5))).await,
                 Claim::AlreadyDone { record_id } if !reclaimed && recreating(w) == Some(record_id.as_str()) => {
                     reclaimed = true;
                     patiently("reclaim", || self.claims.reclaim(req.tenant_id(), req.idempotency_key(), &record_id)).await;
@@ -390,15 +400,15 @@ impl<C: Connector> Shared<C> {
         read
     }
 
-    /// The claims `read_round` read, with the few that need more (a key another writer is
-    /// writing now, a record the reconciler asked to create again, an answer that could not be
-    /// read) carried on one by one as `claim` does.
+    /// The claims `read_round` read, with the few that need more (a record the reconciler
+    /// asked to create again, an answer that could not be read) carried on one by one as
+    /// `claim` does. A key another writer is writing now stays Busy.
     async fn claims_followed_up(&self, steps: &[Step], which: &[usize], first: Vec<Option<Claim>>) -> Vec<(Claim, std::time::Instant)> {
         let at = std::time::Instant::now();
         futures::future::join_all(which.iter().zip(first).map(|(&i, c)| async move {
             let w = &steps[i].work;
             match c {
-                None | Some(Claim::Busy { .. }) => self.claim(w).await,
+                None => self.claim(w).await,
                 Some(Claim::AlreadyDone { record_id }) if recreating(w) == Some(record_id.as_str()) => self.claim(w).await,
                 Some(other) => (other, at),
             }
@@ -454,7 +464,7 @@ impl<C: Connector> Shared<C> {
                     }
                 }
             }
-            Claim::Busy { .. } => unreachable!("claim() waits"),
+            Claim::Busy { .. } => unreachable!("write_open sets busy keys aside before planning"),
         };
         let mut item = Item { req, record_id, contact_id: None, contacts: vec![], owner_id: None, context: Default::default() };
         match &item.req {
@@ -839,24 +849,66 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    /// Claims, plans and writes the open steps of one tenant's batch, keeping their leases
-    /// alive meanwhile. A write held back by fencing goes round again: a key whose lease
-    /// another writer took is claimed anew (it waits for that writer, then finds the key
-    /// DONE, or recovers it); one that was merely in the same request is sent again.
+    /// Claims, plans and writes the open steps of one tenant's batch. A key another writer
+    /// holds (a replica still working on what a rebalance moved, a zombie) is waited for only
+    /// while this batch holds no lease: two writers with overlapping batches of a tenant
+    /// would otherwise each renew their own keys and wait for the other's for ever (the
+    /// reliability suite saw a tenant's lane stop so, until a restart). So the keys that are
+    /// free are written first and marked DONE, leases that were not written run out
+    /// unrenewed, and only then does the batch wait for the busy keys and claim them again.
     async fn write_claimed(&self, t: &TenantOf<C>, tenant_id: &str, steps: &mut [Step]) -> Learned {
-        let mut to_claim: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
+        let mut learned = Learned::default();
+        let mut open: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].settled.is_none()).collect();
+        loop {
+            let busy = self.write_open(t, tenant_id, steps, open, &mut learned).await;
+            let Some(wait) = busy.iter().map(|(_, retry_after)| *retry_after).min() else {
+                return learned;
+            };
+            self.finish(tenant_id, &written(steps), &learned).await;
+            tracing::info!(
+                tenant = tenant_id,
+                keys = busy.len(),
+                wait_ms = wait.as_millis() as u64,
+                "another writer holds keys of this batch: the rest is written, then they are waited for holding no lease"
+            );
+            places::sleep(wait.min(Duration::from_secs(5))).await;
+            open = busy.into_iter().map(|(i, _)| i).collect();
+        }
+    }
+
+    /// `write_claimed`'s work on the steps `open`, keeping their leases alive meanwhile. A
+    /// write held back by fencing goes round again: a key whose lease another writer took is
+    /// claimed anew (it finds the key DONE, recovers it, or finds it busy); one that was merely
+    /// in the same request is sent again. Returns the steps whose keys another writer holds,
+    /// with how long its lease has to run; their leases were never ours.
+    async fn write_open(
+        &self,
+        t: &TenantOf<C>,
+        tenant_id: &str,
+        steps: &mut [Step],
+        mut to_claim: Vec<usize>,
+        learned: &mut Learned,
+    ) -> Vec<(usize, Duration)> {
         let keys: Vec<String> = to_claim.iter().map(|&i| steps[i].work.req.idempotency_key().to_string()).collect();
         let renewal = self.keep_leases(tenant_id, keys);
         let mut to_write: Vec<usize> = vec![];
-        let mut learned = Learned::default();
+        let mut busy: Vec<(usize, Duration)> = vec![];
         let mut round = 0;
         while !to_claim.is_empty() || !to_write.is_empty() {
             round += 1;
             // Claims are independent (one step per key is left): ask Redis for all of them
             // at once rather than a round trip per record, with the cache entries the writes
             // may need.
-            let mut read = self.read_round(tenant_id, steps, &to_claim, &learned).await;
+            let mut read = self.read_round(tenant_id, steps, &to_claim, learned).await;
             let claims = self.claims_followed_up(steps, &to_claim, std::mem::take(&mut read.claims)).await;
+            let (claims, held_elsewhere): (Vec<_>, Vec<_>) =
+                to_claim.drain(..).zip(claims).partition(|(_, (c, _))| !matches!(c, Claim::Busy { .. }));
+            busy.extend(held_elsewhere.into_iter().map(|(i, (c, _))| match c {
+                Claim::Busy { retry_after } => (i, retry_after),
+                _ => unreachable!("partitioned"),
+            }));
+            let (claimed, claims): (Vec<usize>, Vec<_>) = claims.into_iter().unzip();
+            to_claim = claimed;
             // Every address the batch's emails and meetings will write with, matched at once
             // (searches are the scarcest budget): not those already written at this version.
             let asking: Vec<usize> =
@@ -875,8 +927,8 @@ impl<C: Connector> Shared<C> {
             learned.contacts.append(&mut calls.fresh);
             learned.contacts.append(&mut addresses.fresh);
             let planned: Vec<usize> = to_claim.iter().copied().filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()).collect();
-            self.resolve_owners(t, tenant_id, steps, &planned, &read.owners, &mut learned).await;
-            self.resolve_context(t, tenant_id, steps, &planned, &read, &mut learned).await;
+            self.resolve_owners(t, tenant_id, steps, &planned, &read.owners, learned).await;
+            self.resolve_context(t, tenant_id, steps, &planned, &read, learned).await;
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
             to_write.sort_unstable();
             let ready = std::mem::take(&mut to_write);
@@ -905,7 +957,7 @@ impl<C: Connector> Shared<C> {
             }
         }
         renewal.abort();
-        learned
+        busy
     }
 
     /// Tells the API what this round will ask the CRM, from what its cache read missed: the
@@ -1114,14 +1166,7 @@ impl<C: Connector> Shared<C> {
 
         // Every record written is marked DONE before any output is built, in the round trip
         // that caches what the batch learned.
-        let written: Vec<(&str, i64, &str)> = steps
-            .iter()
-            .filter_map(|s| match &s.settled {
-                Some(Settled::Written { record_id, .. }) => Some((s.work.req.idempotency_key(), s.work.req.version(), record_id.as_str())),
-                _ => None,
-            })
-            .collect();
-        self.finish(&tenant_id, &written, &learned).await;
+        self.finish(&tenant_id, &written(&steps), &learned).await;
         let mut done = Vec::with_capacity(steps.len());
         for s in steps {
             done.push(self.settle(s).await);
