@@ -901,14 +901,20 @@ impl<C: Connector> Shared<C> {
             // may need.
             let mut read = self.read_round(tenant_id, steps, &to_claim, learned).await;
             let claims = self.claims_followed_up(steps, &to_claim, std::mem::take(&mut read.claims)).await;
-            let (claims, held_elsewhere): (Vec<_>, Vec<_>) =
-                to_claim.drain(..).zip(claims).partition(|(_, (c, _))| !matches!(c, Claim::Busy { .. }));
-            busy.extend(held_elsewhere.into_iter().map(|(i, (c, _))| match c {
-                Claim::Busy { retry_after } => (i, retry_after),
-                _ => unreachable!("partitioned"),
-            }));
-            let (claimed, claims): (Vec<usize>, Vec<_>) = claims.into_iter().unzip();
+            // Keys another writer holds are set aside for `write_claimed` to wait for.
+            let mut claimed = Vec::with_capacity(to_claim.len());
+            let mut kept = Vec::with_capacity(to_claim.len());
+            for (i, (claim, at)) in to_claim.drain(..).zip(claims) {
+                match claim {
+                    Claim::Busy { retry_after } => busy.push((i, retry_after)),
+                    claim => {
+                        claimed.push(i);
+                        kept.push((claim, at));
+                    }
+                }
+            }
             to_claim = claimed;
+            let claims = kept;
             // Every address the batch's emails and meetings will write with, matched at once
             // (searches are the scarcest budget): not those already written at this version.
             let asking: Vec<usize> =
