@@ -226,7 +226,7 @@ async fn the_take_that_pays_for_a_write_fences_it_and_spends_nothing_when_a_leas
 /// granted; a take that would wait spends nothing either. Unused units go back once.
 #[tokio::test]
 async fn tokens_taken_ahead_are_fenced_one_by_one_in_one_round_trip() {
-    use crm_connectors::bucket::{BucketSet, Grant, Limit, Take, TakeAhead, TokenBuckets};
+    use crm_connectors::bucket::{BucketSet, Grant, Limit, Take, TakeArgs, TokenBuckets};
     let prefix = RedisPrefix::new("claims");
     let zombie = claims(&prefix, "writer-zombie", 200).await;
     let live = claims(&prefix, "writer-live", 30_000).await;
@@ -245,7 +245,7 @@ async fn tokens_taken_ahead_are_fenced_one_by_one_in_one_round_trip() {
     let zombie_fence = zombie.fence_of("acme", &[k1.to_string()]);
     let live_fence = live.fence_of("acme", &[k2.to_string()]);
     let take =
-        |set, want, id, fence| TakeAhead { set, costs: &[1], want, hold: Duration::from_secs(2), reserve_pct: 0, id, fence, grant: true };
+        |set, want, id, fence| TakeArgs { set, costs: &[1], want, hold: Duration::from_secs(2), reserve_pct: 0, id, fence, grant: true };
     let before = crm_common::redis_conn::round_trips();
     let answers = b
         .take_many(

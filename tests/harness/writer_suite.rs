@@ -891,18 +891,24 @@ fn redis_conn() -> redis::Connection {
     redis::Client::open(super::MACHINE_REDIS).unwrap().get_connection().unwrap()
 }
 
+/// A broker, crm-sim with tenant `acme` whose first contact search it holds for `held_ms`,
+/// the tenants file and a fresh Redis prefix: a writer's lane stopped at a known point.
+fn acme_with_its_first_search_held(case: &Case, label: &str, held_ms: u64) -> (Broker, CrmSim, TempFile, RedisPrefix) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({"objects": {}}));
+    sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": held_ms, "count": 1, "endpoint": case.contact_search_endpoint}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    (broker, sim, tenants, RedisPrefix::new(label))
+}
+
 /// A writer stopped (SIGSTOP) after claiming a batch and before creating it, until its
 /// partitions moved to a second replica and its lease ran out; the replica recovers and
 /// writes the calls; then the zombie resumes. Its fence check finds the leases taken: it
 /// abandons the writes and sends nothing. One record per call.
 pub fn a_paused_writer_whose_lease_was_taken_over_never_writes(case: &Case) {
-    let broker = Broker::start(1);
-    let sim = CrmSim::start();
-    case.account(&sim, "acme", json!({"objects": {}}));
     // Holds the zombie between its claims and its creates: its first contact search.
-    sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": 5000, "count": 1, "endpoint": case.contact_search_endpoint}));
-    let tenants = case.tenants(&sim, &["acme"], "");
-    let prefix = RedisPrefix::new("writer-zombie");
+    let (broker, sim, tenants, prefix) = acme_with_its_first_search_held(case, "writer-zombie", 5000);
     let env = [("WRITER_LEASE", "1s"), ("WRITER_HTTP_TIMEOUT", "8s"), ("WRITER_RETRY_BASE", "50ms")];
     let zombie = case.writer(&broker, &tenants, &prefix, &["acme"], &env);
     wait_for("the writer reading", Duration::from_secs(60), || zombie.log_text().contains("partitions assigned"));
@@ -947,14 +953,9 @@ pub fn a_paused_writer_whose_lease_was_taken_over_never_writes(case: &Case) {
 /// while `b` is still held elsewhere (the other writer's claim of `a` is a duplicate, not a
 /// wait), then writes `b` once it is let go. One record each.
 pub fn a_batch_never_waits_for_a_lease_while_it_holds_another(case: &Case) {
-    let broker = Broker::start(1);
-    let sim = CrmSim::start();
-    case.account(&sim, "acme", json!({"objects": {}}));
     // Holds the lane on its first call (its contact search) while `a` and `b` arrive, so the
     // two are one batch.
-    sim.fault(case.name(), "acme", json!({"kind": "latency", "latency_ms": 2000, "count": 1, "endpoint": case.contact_search_endpoint}));
-    let tenants = case.tenants(&sim, &["acme"], "");
-    let prefix = RedisPrefix::new("writer-held");
+    let (broker, sim, tenants, prefix) = acme_with_its_first_search_held(case, "writer-held", 2000);
     let writer = case.writer(&broker, &tenants, &prefix, &["acme"], &[("WRITER_LEASE", "3s")]);
     wait_for("the writer reading", Duration::from_secs(60), || writer.log_text().contains("partitions assigned"));
     broker.produce(&case.topic(), &[case.request("acme", "first", 1)]);

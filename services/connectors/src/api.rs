@@ -261,9 +261,9 @@ impl Api {
         if aheads.is_empty() {
             return;
         }
-        let takes: Vec<crate::bucket::TakeAhead<'_>> = aheads
+        let takes: Vec<crate::bucket::TakeArgs<'_>> = aheads
             .iter()
-            .map(|a| crate::bucket::TakeAhead {
+            .map(|a| crate::bucket::TakeArgs {
                 set: &a.set,
                 costs: &a.costs,
                 want: a.want.min(crate::pool::MOST),

@@ -472,9 +472,10 @@ pub struct Grant {
     pub at_ms: i64,
 }
 
-/// One take of several (`TokenBuckets::take_many`), or the one `try_take_*` makes.
+/// What one take asks for: one of several (`TokenBuckets::take_many`), or the one a
+/// `try_take_*` makes.
 #[derive(Clone, Copy)]
-pub struct TakeAhead<'a> {
+pub struct TakeArgs<'a> {
     pub set: &'a BucketSet,
     /// One unit's tokens per limit.
     pub costs: &'a [u64],
@@ -625,7 +626,7 @@ impl TokenBuckets {
         id: &str,
         fence: Option<&Fence>,
     ) -> redis::RedisResult<Take> {
-        let t = TakeAhead { set, costs, want: 1, hold: Duration::ZERO, reserve_pct, id, fence, grant: false };
+        let t = TakeArgs { set, costs, want: 1, hold: Duration::ZERO, reserve_pct, id, fence, grant: false };
         Ok(self.take(&t).await?.0)
     }
 
@@ -645,7 +646,7 @@ impl TokenBuckets {
         reserve_pct: u64,
         id: &str,
     ) -> redis::RedisResult<Result<Grant, Duration>> {
-        let t = TakeAhead { set, costs, want: want.max(1), hold, reserve_pct, id, fence: None, grant: want > 1 };
+        let t = TakeArgs { set, costs, want: want.max(1), hold, reserve_pct, id, fence: None, grant: want > 1 };
         Ok(match self.take(&t).await? {
             (Take::Granted, units, at_ms) => Ok(Grant { id: id.to_string(), units: units.max(1), at_ms }),
             (Take::Wait(w), ..) => Err(w),
@@ -655,7 +656,7 @@ impl TokenBuckets {
     }
 
     /// One take (see `TAKE`): the outcome, units granted and Redis's time.
-    async fn take(&self, t: &TakeAhead<'_>) -> redis::RedisResult<(Take, u64, i64)> {
+    async fn take(&self, t: &TakeArgs<'_>) -> redis::RedisResult<(Take, u64, i64)> {
         let set = t.set;
         let call = self.take_call(t);
         let mut inv = self.take.prepare_invoke();
@@ -687,14 +688,14 @@ impl TokenBuckets {
     /// own: one may wait while another is granted), every one with a grant key, so that what
     /// is not used can be given back. The tenant's waiting settlings ride the first. Answers
     /// in order: the outcome, units granted and Redis's time.
-    pub async fn take_many(&self, tenant: &str, takes: &[TakeAhead<'_>]) -> redis::RedisResult<Vec<(Take, u64, i64)>> {
+    pub async fn take_many(&self, tenant: &str, takes: &[TakeArgs<'_>]) -> redis::RedisResult<Vec<(Take, u64, i64)>> {
         if takes.is_empty() {
             return Ok(vec![]);
         }
         let riding = self.unsettled.take(tenant);
         let mut pipe = redis::pipe();
         for (i, t) in takes.iter().enumerate() {
-            let mut call = self.take_call(&TakeAhead { grant: true, ..*t });
+            let mut call = self.take_call(&TakeArgs { grant: true, ..*t });
             if i == 0 {
                 for u in &riding {
                     u.push_to(&mut call.keys, &mut call.args);
@@ -713,7 +714,7 @@ impl TokenBuckets {
     }
 
     /// The keys and arguments of a `TAKE` call, before any settlings that ride it.
-    fn take_call(&self, t: &TakeAhead<'_>) -> TakeCall {
+    fn take_call(&self, t: &TakeArgs<'_>) -> TakeCall {
         let set = t.set;
         let mut keys = vec![self.block_key(set)];
         for l in &set.limits {

@@ -337,6 +337,15 @@ pub trait Connector: Send + Sync + 'static {
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Vec<ItemResult>> + Send;
 
+    /// The requests `write` sends for one chunk (first attempts: read-backs and retries
+    /// aside), each with the idempotency keys it carries, for `Api::take_ahead`: `(key, is a
+    /// create)` per record in; one create request for the records without a record yet, one
+    /// update request for the rest, split as `write` splits them.
+    fn write_requests(&self, chunk: &[(String, bool)]) -> Vec<(RequestClass, Vec<String>)> {
+        let keys = |creates: bool| -> Vec<String> { chunk.iter().filter(|(_, c)| *c == creates).map(|(k, _)| k.clone()).collect() };
+        [(RequestClass::Create, keys(true)), (RequestClass::Update, keys(false))].into_iter().filter(|(_, k)| !k.is_empty()).collect()
+    }
+
     /// Writes `items`: the creates together, then the updates together; one result per
     /// item, in the order given.
     fn write(

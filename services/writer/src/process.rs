@@ -1015,16 +1015,9 @@ impl<C: Connector> Shared<C> {
         let writing = which.iter().zip(claims).filter(|(_, (c, _))| matches!(c, Claim::Create | Claim::Update { .. })).map(|(&i, _)| i);
         let mut out = vec![];
         for chunk in self.write_chunks(steps, writing) {
-            for (class, create) in [(RequestClass::Create, true), (RequestClass::Update, false)] {
-                let keys: Vec<String> = chunk
-                    .iter()
-                    .filter(|i| creates.contains(i) == create)
-                    .map(|&i| steps[i].work.req.idempotency_key().to_string())
-                    .collect();
-                if !keys.is_empty() {
-                    out.push((class, keys));
-                }
-            }
+            let keyed: Vec<(String, bool)> =
+                chunk.iter().map(|i| (steps[*i].work.req.idempotency_key().to_string(), creates.contains(i))).collect();
+            out.extend(self.connector.write_requests(&keyed));
         }
         out
     }
