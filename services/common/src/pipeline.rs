@@ -79,18 +79,13 @@ pub fn map_in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync
 /// The smallest batch `map_in_parallel` splits.
 const PARALLEL_FROM: usize = 64;
 
-/// How much a stage's consumer reads ahead of its handler: librdkafka's default, 64 MiB,
-/// was most of a stage's RSS under a backlog. 8 MiB is thousands of messages, many batches
-/// ahead of the handler, so throughput is unchanged (`bench normaliser`).
-const PREFETCH: (&str, &str) = ("queued.max.messages.kbytes", "8192");
-
 /// Runs `handler` over the input topics until `shutdown` is cancelled, then finishes
 /// in-flight work, commits, and leaves the group. Returns an error, without committing
 /// past the failure, if the broker refuses an output.
 pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = StageMetrics::new(cfg.service);
     let group = cfg.args.consumer_group.clone().unwrap_or_else(|| cfg.service.to_string());
-    let settings = [MANUAL_COMMITS[0], MANUAL_COMMITS[1], ("statistics.interval.ms", "5000"), PREFETCH];
+    let settings = [MANUAL_COMMITS[0], MANUAL_COMMITS[1], ("statistics.interval.ms", "5000")];
     let offsets = Arc::new(Mutex::new(Offsets::default()));
     let kafka = Kafka::from_args(&cfg.common);
     let consumer = kafka.group_consumer(&group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;

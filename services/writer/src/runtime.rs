@@ -67,7 +67,10 @@ struct Lanes<C: Connector> {
 /// idle for `lane_idle` closes itself, so a writer serving thousands of tenants holds tasks
 /// only for the ones sending.
 struct Lane {
-    tx: mpsc::UnboundedSender<Work>,
+    /// Boxed: the channel allocates its slots 32 at a time, so a lane holding one message
+    /// would otherwise hold 32 requests' worth of memory, and thousands of tenants' lanes
+    /// are open at once.
+    tx: mpsc::UnboundedSender<Box<Work>>,
     held: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -123,6 +126,7 @@ impl<C: Connector> Lanes<C> {
     /// closed itself for idleness. Err when the work cannot be queued (a lane failed).
     fn send(&mut self, tenant: &str, work: Work) -> Result<(), ()> {
         self.buffered.fetch_add(1, Ordering::SeqCst);
+        let work = Box::new(work);
         let work = match self.lanes.get(tenant) {
             Some(lane) => {
                 lane.held.fetch_add(1, Ordering::SeqCst);
@@ -153,7 +157,7 @@ impl<C: Connector> Lanes<C> {
 
     fn start_lane(&self, tenant: &str, previous: Option<tokio::task::JoinHandle<()>>) -> Lane {
         let tenant = tenant.to_string();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Box<Work>>();
         let shared = self.shared.clone();
         let producer = self.producer.clone();
         let offsets = self.offsets.clone();
@@ -184,10 +188,10 @@ impl<C: Connector> Lanes<C> {
                         continue;
                     }
                 };
-                let mut batch = vec![first];
+                let mut batch = vec![*first];
                 while batch.len() < max {
                     match rx.try_recv() {
-                        Ok(w) => batch.push(w),
+                        Ok(w) => batch.push(*w),
                         Err(_) => break,
                     }
                 }

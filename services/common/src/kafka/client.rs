@@ -25,7 +25,8 @@ const PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "al
 
 /// What every reader outside a consumer group is: it commits nothing, sees new messages
 /// within tens of ms, and never jumps to the end silently when the beginning is gone.
-const READER: &[(&str, &str)] = &[("enable.auto.commit", "false"), ("fetch.wait.max.ms", "20"), ("auto.offset.reset", "earliest")];
+const READER: &[(&str, &str)] =
+    &[("enable.auto.commit", "false"), ("fetch.wait.max.ms", "20"), ("fetch.queue.backoff.ms", "20"), ("auto.offset.reset", "earliest")];
 
 /// How long a consumer group member's fetch may wait at the broker for data, in ms. With
 /// librdkafka's 500 ms a broker that holds an empty fetch for its whole wait (librdkafka's
@@ -33,7 +34,20 @@ const READER: &[(&str, &str)] = &[("enable.auto.commit", "false"), ("fetch.wait.
 /// second per stage: about 1 s from calls.raw to the CRM. At 20 ms the whole path's p99 is
 /// tens of ms; the cost is an empty fetch every 20 ms per broker while idle (`bench
 /// writer` prints the services' idle CPU at both).
+///
+/// The same bound holds when a partition's prefetch is full (`CONSUMER_PREFETCH_KIB`):
+/// librdkafka then puts the partition's next fetch off by `fetch.queue.backoff.ms`, 1 s by
+/// default, so a message right behind a burst waited up to that long after the burst was
+/// read (`bench tenants`: quiet tenants behind 30,000 records waited 523–1,035 ms, 44 ms
+/// with it at the fetch wait). While the queue stays full each look is a check, not a
+/// request, so an idle or steady consumer costs nothing more.
 pub const CONSUMER_FETCH_WAIT_MS: u64 = 20;
+
+/// How much a group member reads ahead of what it has handed on, in KiB. librdkafka's
+/// default, 64 MiB, was most of a stage's RSS under a backlog (`bench normaliser`). 8 MiB
+/// is thousands of messages, many batches ahead of any stage, so throughput is unchanged.
+/// Every group member has it, the writer's consumer as well as the pipeline stages'.
+pub const CONSUMER_PREFETCH_KIB: u64 = 8192;
 
 impl Kafka {
     pub fn new(bootstrap: impl Into<String>, options: Vec<(String, String)>) -> Kafka {
@@ -78,10 +92,21 @@ impl Kafka {
         settings: &[(&str, &str)],
         context: C,
     ) -> anyhow::Result<StreamConsumer<C>> {
-        let wait = CONSUMER_FETCH_WAIT_MS.to_string();
-        let mut defaults = vec![("group.id", group), ("auto.offset.reset", "earliest"), ("fetch.wait.max.ms", wait.as_str())];
+        Ok(StreamConsumer::from_config_and_context(&self.group_config(group, settings), context)?)
+    }
+
+    /// A group member's librdkafka settings (see [`Kafka::group_consumer`]).
+    fn group_config(&self, group: &str, settings: &[(&str, &str)]) -> ClientConfig {
+        let (wait, prefetch) = (CONSUMER_FETCH_WAIT_MS.to_string(), CONSUMER_PREFETCH_KIB.to_string());
+        let mut defaults = vec![
+            ("group.id", group),
+            ("auto.offset.reset", "earliest"),
+            ("fetch.wait.max.ms", wait.as_str()),
+            ("fetch.queue.backoff.ms", wait.as_str()),
+            ("queued.max.messages.kbytes", prefetch.as_str()),
+        ];
         defaults.extend_from_slice(settings);
-        Ok(StreamConsumer::from_config_and_context(&self.config(&defaults), context)?)
+        self.config(&defaults)
     }
 
     /// A consumer that reads partitions it assigns itself and commits nothing (`purpose`
@@ -161,6 +186,20 @@ mod tests {
         let c = kafka.config(READER);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(c.get("bootstrap.servers"), Some("a:1"));
+    }
+
+    #[test]
+    fn a_full_prefetch_is_fetched_again_within_the_fetch_wait() {
+        // librdkafka's default puts a partition with a full prefetch off for a second: a
+        // message right behind a burst waited that long (`bench tenants`).
+        let kafka = Kafka::local("a:1");
+        let (group, reader) = (kafka.group_config("g", &[]), kafka.config(READER));
+        for (role, c) in [("group member", &group), ("reader", &reader)] {
+            let ms = |k: &str| c.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{role}: {k} unset"));
+            assert!(ms("fetch.queue.backoff.ms") <= ms("fetch.wait.max.ms"), "{role}");
+            assert!(ms("fetch.wait.max.ms") <= CONSUMER_FETCH_WAIT_MS, "{role}");
+        }
+        assert_eq!(group.get("queued.max.messages.kbytes"), Some(CONSUMER_PREFETCH_KIB.to_string().as_str()));
     }
 
     #[test]
