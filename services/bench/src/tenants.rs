@@ -278,12 +278,14 @@ fn phases(run: &Run, a: &Args) -> anyhow::Result<()> {
     run.warm_up(&audit, quiet[0], "w2")?;
     let answered0 = run.answers()?;
     let t0 = Instant::now();
-    produce_all(&bootstrap, &topic, nb, |i| {
+    // One producer for both: the quiet tenants' latency is timed from their send.
+    let source = crate::Source::new(&bootstrap)?;
+    source.produce_all(&topic, nb, |i| {
         let t = burst[i % burst.len()];
         Ok((t.clone(), codec::encode(&named(crm, t, &format!("burst{i}"), n + i))?))
     })?;
     let produced_at: std::cell::RefCell<HashMap<String, i64>> = Default::default();
-    produce_all(&bootstrap, &topic, quiet.len(), |i| {
+    source.produce_all(&topic, quiet.len(), |i| {
         let t = quiet[i];
         produced_at.borrow_mut().insert(format!("{t}/quiet{i}"), crm_common::clock::now_ms());
         Ok((t.clone(), codec::encode(&named(crm, t, &format!("quiet{i}"), n + nb + i))?))
