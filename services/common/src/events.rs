@@ -789,8 +789,14 @@ mod opt_bytes {
             s.serialize_bytes(self.0)
         }
     }
-    #[derive(Deserialize)]
-    struct Owned(#[serde(with = "super::serde_bytes_vec")] Vec<u8>);
+    /// Bytes inside the union, read as bytes (not as a newtype struct around them, which
+    /// Avro has no notion of).
+    struct Owned(Vec<u8>);
+    impl<'de> Deserialize<'de> for Owned {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Owned, D::Error> {
+            super::serde_bytes_vec::deserialize(d).map(Owned)
+        }
+    }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         Ok(Option::<Owned>::deserialize(d)?.map(|o| o.0))
     }

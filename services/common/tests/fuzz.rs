@@ -129,12 +129,22 @@ fn every_corpus_frame_is_refused_or_read_without_panicking() {
     let fp = fingerprint_hex(&Registry::global().current(RecordType::CallEvent).fingerprint);
     let huge = unhex(&format!("c301{fp}feffffffffffffffff7f"));
     assert!(matches!(codec::decode::<CallEvent>(&huge), Err(DecodeError::Datum { .. })));
-    // 400 MB is under apache-avro's own 512 MiB default: only our cap refuses it unread.
+    // 400 MB is under apache-avro's own 512 MiB default. The current schema's reader takes
+    // strings from the message itself: a length longer than what is left is refused unread.
     let mut claim = vec![0x08];
     claim.extend_from_slice(b"acme");
     claim.extend_from_slice(&[0x80, 0x90, 0xbc, 0xfd, 0x02]); // zigzag varint of 400_000_000
     let err = codec::decode::<CallEvent>(&unhex(&format!("c301{fp}{}", claim.iter().map(|b| format!("{b:02x}")).collect::<String>())))
         .unwrap_err();
+    assert!(err.to_string().contains("end of slice"), "refused as longer than the message: {err}");
+    // An older writer schema is resolved by apache-avro, where only our cap refuses it unread.
+    let mut old: serde_json::Value = serde_json::from_str(include_str!("../../../schemas/call_event.avsc")).unwrap();
+    old["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "notes" && f["name"] != "attributes");
+    let registry = codec::ConfluentSchemas::default();
+    registry.insert(7, crm_common::schemas::Versioned::parse(RecordType::CallEvent, "old.avsc", &old.to_string()).unwrap());
+    let mut framed = vec![0, 0, 0, 0, 7];
+    framed.extend_from_slice(&claim);
+    let err = codec::decode_with::<CallEvent>(&framed, Some(&registry)).unwrap_err();
     assert!(err.to_string().contains("allocate"), "refused by the allocation cap: {err}");
 }
 
