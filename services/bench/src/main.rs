@@ -191,6 +191,9 @@ pub(crate) struct Run {
     pub rate: f64,
     pub elapsed: Duration,
     pub peak_rss_kib: u64,
+    /// The stage process's CPU (user + system) per input, in µs, from its first output to
+    /// its last: what the stage costs, apart from how busy the machine was meanwhile.
+    pub cpu_us_per_input: f64,
 }
 
 /// The kinds of activity a normaliser bench can carry.
@@ -375,13 +378,26 @@ pub(crate) fn bench_meeting(i: usize, tenants: usize) -> MeetingEvent {
 /// share of the first's (the passthrough).
 pub(crate) fn print_runs(title: &str, runs: &[Run]) {
     println!("\n{title}");
-    println!("{:<32} {:>12} {:>10} {:>14}", "stage", "inputs/s", "seconds", "peak RSS MiB");
+    println!("{:<32} {:>12} {:>10} {:>14} {:>16}", "stage", "inputs/s", "seconds", "peak RSS MiB", "CPU µs/input");
     for r in runs {
-        println!("{:<32} {:>12.0} {:>10.2} {:>14.1}", r.label, r.rate, r.elapsed.as_secs_f64(), r.peak_rss_kib as f64 / 1024.0);
+        println!(
+            "{:<32} {:>12.0} {:>10.2} {:>14.1} {:>16.1}",
+            r.label,
+            r.rate,
+            r.elapsed.as_secs_f64(),
+            r.peak_rss_kib as f64 / 1024.0,
+            r.cpu_us_per_input
+        );
     }
     if let [first, rest @ ..] = runs {
         for r in rest {
-            println!("ratio {}/{}: {:.2}", r.label, first.label, r.rate / first.rate);
+            println!(
+                "ratio {}/{}: {:.2} (CPU per input: {:.2})",
+                r.label,
+                first.label,
+                r.rate / first.rate,
+                r.cpu_us_per_input / first.cpu_us_per_input.max(f64::MIN_POSITIVE)
+            );
         }
     }
 }
@@ -502,6 +518,8 @@ pub(crate) fn measure(label: &'static str, mut child: Child, bootstrap: &str, ou
     let reader = TopicReader::new(&Kafka::local(bootstrap), outputs)?;
     let (mut n, mut first, mut last) = (0usize, i64::MAX, i64::MIN);
     let deadline = Instant::now() + Duration::from_secs(600);
+    // (outputs seen, CPU seconds) once the first outputs are in: startup is not counted.
+    let mut cpu_from = None;
     while n < expected {
         anyhow::ensure!(Instant::now() < deadline, "{label}: only {n} of {expected} outputs");
         for m in reader.read_until(Duration::from_millis(500), |b| b.len() >= 10_000) {
@@ -510,7 +528,11 @@ pub(crate) fn measure(label: &'static str, mut child: Child, bootstrap: &str, ou
             first = first.min(ts);
             last = last.max(ts);
         }
+        if cpu_from.is_none() && n > 0 {
+            cpu_from = Some((n, cpu_seconds(child.id())));
+        }
     }
+    let cpu_us_per_input = cpu_from.map_or(0.0, |(n0, cpu0)| (cpu_seconds(child.id()) - cpu0) * 1e6 / (n - n0).max(1) as f64);
     let peak_rss_kib = peak_rss_kib(child.id()).unwrap_or(0);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -518,7 +540,21 @@ pub(crate) fn measure(label: &'static str, mut child: Child, bootstrap: &str, ou
     let elapsed = Duration::from_millis((last - first).max(1) as u64);
     let rate = n as f64 / elapsed.as_secs_f64();
     eprintln!("{label}: {rate:.0} msgs/s");
-    Ok(Run { label, rate, elapsed, peak_rss_kib })
+    Ok(Run { label, rate, elapsed, peak_rss_kib, cpu_us_per_input })
+}
+
+/// A process's CPU time so far (user + system), in seconds; 0 if it is gone.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    // /proc/PID/stat: utime and stime are fields 14 and 15, after the ')' that ends the
+    // command name.
+    let ticks: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf is thread-safe and has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {

@@ -955,23 +955,11 @@ fn warm_up(
 
 /// Each process's CPU (user + system) over `span`, in % of one core.
 fn idle_cpu<const N: usize>(pids: &[u32; N], span: Duration) -> [f64; N] {
-    let ticks = |pid: u32| -> u64 {
-        // /proc/PID/stat: utime and stime are fields 14 and 15, after the ')' that ends
-        // the command name.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum())
-            })
-            .unwrap_or(0)
-    };
-    let before = pids.map(ticks);
+    let before = pids.map(crate::cpu_seconds);
     std::thread::sleep(span);
-    // SAFETY: sysconf is thread-safe and has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut out = [0.0; N];
     for (i, pid) in pids.iter().enumerate() {
-        out[i] = 100.0 * ticks(*pid).saturating_sub(before[i]) as f64 / hz / span.as_secs_f64();
+        out[i] = 100.0 * (crate::cpu_seconds(*pid) - before[i]).max(0.0) / span.as_secs_f64();
     }
     out
 }

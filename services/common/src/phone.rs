@@ -383,8 +383,6 @@ pub fn national_digits(e164: &str) -> Option<String> {
     phonenumber::parse(None, e164).ok().map(|n| n.national().value().to_string())
 }
 
-/// Masks a number for audit and logs: country code and last two digits stay, so support
-/// staff can tell numbers apart without reading them.
 /// `text` with every E.164 number in it (`+` and 7–15 digits) masked: for CRM request and
 /// response excerpts in audit, which quote numbers the tenant may not allow there.
 pub fn mask_in_text(text: &str) -> String {
@@ -410,22 +408,21 @@ pub fn mask_in_text(text: &str) -> String {
     out
 }
 
+/// Masks a number for audit and logs: country code and last two digits stay, so support
+/// staff can tell numbers apart without reading them. Called for every call's audit record,
+/// so it sizes its string once and keeps no copy of the digits.
 pub fn mask(number: &str) -> String {
-    let digits: Vec<char> = number.chars().filter(|c| c.is_ascii_digit()).collect();
-    if digits.len() <= 4 {
-        return "*".repeat(digits.len());
+    let count = number.bytes().filter(u8::is_ascii_digit).count();
+    if count <= 4 {
+        return "*".repeat(count);
     }
-    let keep_head = if number.trim_start().starts_with('+') { 2.min(digits.len() - 4) } else { 0 };
-    let mut out = String::new();
+    let keep_head = if number.trim_start().starts_with('+') { 2.min(count - 4) } else { 0 };
+    let mut out = String::with_capacity(1 + count * '•'.len_utf8());
     if keep_head > 0 {
         out.push('+');
     }
-    for (i, d) in digits.iter().enumerate() {
-        if i < keep_head || i >= digits.len() - 2 {
-            out.push(*d);
-        } else {
-            out.push('•');
-        }
+    for (i, d) in number.chars().filter(char::is_ascii_digit).enumerate() {
+        out.push(if i < keep_head || i >= count - 2 { d } else { '•' });
     }
     out
 }

@@ -383,10 +383,10 @@ pub fn traceparent(span: &tracing::Span, trace_id: &str) -> String {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    if sc.is_valid() && sc.trace_id().to_string() == trace_id {
-        format!("00-{}-{}-01", sc.trace_id(), sc.span_id())
+    if sc.is_valid() && opentelemetry::trace::TraceId::from_hex(trace_id).is_ok_and(|t| t == sc.trace_id()) {
+        crate::kafka::message::traceparent(trace_id, sc.span_id().to_bytes())
     } else {
-        format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1)
+        crate::kafka::message::traceparent(trace_id, crate::kafka::message::new_span_id())
     }
 }
 

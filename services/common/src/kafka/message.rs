@@ -71,7 +71,24 @@ pub fn parse_traceparent(v: &[u8]) -> Option<String> {
 }
 
 pub fn new_trace_id() -> String {
-    format!("{:032x}", rand::random::<u128>() | 1)
+    const_hex::Buffer::<16>::new().format(&(rand::random::<u128>() | 1).to_be_bytes()).to_string()
+}
+
+/// A W3C traceparent naming span `span_id` of trace `trace_id` (sampled). Built for every
+/// message a stage writes, so without the formatting machinery.
+pub fn traceparent(trace_id: &str, span_id: [u8; 8]) -> String {
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    s.push_str(trace_id);
+    s.push('-');
+    s.push_str(const_hex::Buffer::<8>::new().format(&span_id));
+    s.push_str("-01");
+    s
+}
+
+/// A span id of our own, for a record written outside any exported span.
+pub fn new_span_id() -> [u8; 8] {
+    (rand::random::<u64>() | 1).to_be_bytes()
 }
 
 /// A message to produce. Keyed by tenant so one tenant's events stay in order.
@@ -85,7 +102,7 @@ pub struct OutRecord {
 
 impl OutRecord {
     pub fn new(topic: &str, key: &str, payload: Vec<u8>, trace_id: &str) -> OutRecord {
-        let traceparent = format!("00-{trace_id}-{:016x}-01", rand::random::<u64>() | 1);
+        let traceparent = traceparent(trace_id, new_span_id());
         OutRecord { topic: topic.to_string(), key: key.to_string(), payload, headers: vec![(TRACEPARENT.to_string(), traceparent)] }
     }
 
@@ -110,5 +127,13 @@ mod tests {
         assert!(parse_traceparent(b"00-00000000000000000000000000000000-b7ad6b7169203331-01").is_none());
         assert!(parse_traceparent(&[0xff, 0xfe]).is_none());
         assert_eq!(new_trace_id().len(), 32);
+        let id = new_trace_id();
+        assert!(
+            id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && u128::from_str_radix(&id, 16).unwrap() & 1 == 1,
+            "{id}"
+        );
+        let tp = traceparent("0af7651916cd43dd8448eb211c80319c", [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+        assert_eq!(tp, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!(parse_traceparent(tp.as_bytes()).unwrap(), "0af7651916cd43dd8448eb211c80319c");
     }
 }

@@ -32,16 +32,18 @@ struct Partition {
     committed: Option<i64>,
 }
 
+/// Partitions by topic, then number: every message read looks its partition up, so the
+/// lookup takes a `&str` and allocates nothing, and tickets share their topic's name.
 #[derive(Debug, Default)]
 pub struct Offsets {
-    parts: HashMap<(String, i32), Partition>,
+    parts: HashMap<Arc<str>, HashMap<i32, Partition>>,
     generations: u64,
 }
 
 /// A read message's place, to report it finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     generation: u64,
@@ -70,14 +72,23 @@ impl Offsets {
 
     /// The partition's generation, if it is assigned.
     pub fn current_generation(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.parts.get(&(topic.to_string(), partition)).map(|p| p.generation)
+        self.parts.get(topic).and_then(|ps| ps.get(&partition)).map(|p| p.generation)
+    }
+
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Partition> {
+        self.parts.get_mut(topic).and_then(|ps| ps.get_mut(&partition))
     }
 
     fn part(&mut self, topic: &str, partition: i32) -> &mut Partition {
-        if !self.parts.contains_key(&(topic.to_string(), partition)) {
+        if self.get_mut(topic, partition).is_none() {
             self.assigned(topic, partition);
         }
-        self.parts.get_mut(&(topic.to_string(), partition)).expect("just ensured")
+        self.get_mut(topic, partition).expect("just ensured")
+    }
+
+    /// The topic's shared name (a ticket's).
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        self.parts.get_key_value(topic).map_or_else(|| Arc::from(topic), |(name, _)| name.clone())
     }
 
     /// A message at `offset` was read and left in Kafka, to be read again: nothing from
@@ -94,7 +105,7 @@ impl Offsets {
     /// its tickets).
     pub fn move_hold(&mut self, hold: &mut Hold, offset: i64) {
         let generation = hold.generation;
-        if let Some(p) = self.parts.get_mut(&(hold.topic.clone(), hold.partition)) {
+        if let Some(p) = self.get_mut(&hold.topic, hold.partition) {
             if p.generation == generation {
                 *p.holds.entry(offset).or_default() += 1;
                 release_in(p, hold.offset);
@@ -104,7 +115,7 @@ impl Offsets {
     }
 
     pub fn release(&mut self, hold: Hold) {
-        if let Some(p) = self.parts.get_mut(&(hold.topic.clone(), hold.partition)) {
+        if let Some(p) = self.get_mut(&hold.topic, hold.partition) {
             if p.generation == hold.generation {
                 release_in(p, hold.offset);
             }
@@ -120,11 +131,17 @@ impl Offsets {
     /// A partition was assigned: start a new generation.
     pub fn assigned(&mut self, topic: &str, partition: i32) {
         self.generations += 1;
-        self.parts.insert((topic.to_string(), partition), Partition { generation: self.generations, ..Default::default() });
+        let name = self.topic_name(topic);
+        self.parts.entry(name).or_default().insert(partition, Partition { generation: self.generations, ..Default::default() });
     }
 
     pub fn revoked(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_string(), partition));
+        if let Some(ps) = self.parts.get_mut(topic) {
+            ps.remove(&partition);
+            if ps.is_empty() {
+                self.parts.remove(topic);
+            }
+        }
     }
 
     /// A message was read and handed to a lane.
@@ -132,12 +149,13 @@ impl Offsets {
         let p = self.part(topic, partition);
         p.unfinished.insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        Ticket { topic: topic.to_string(), partition, offset, generation: p.generation }
+        let generation = p.generation;
+        Ticket { topic: self.topic_name(topic), partition, offset, generation }
     }
 
     /// Everything the message produced is acknowledged.
     pub fn finished(&mut self, t: &Ticket) {
-        if let Some(p) = self.parts.get_mut(&(t.topic.clone(), t.partition)) {
+        if let Some(p) = self.get_mut(&t.topic, t.partition) {
             if p.generation == t.generation {
                 p.unfinished.remove(&t.offset);
             }
@@ -147,30 +165,30 @@ impl Offsets {
     /// (topic, partition, offset to commit) for partitions whose position moved.
     pub fn positions_to_commit(&mut self) -> Vec<(String, i32, i64)> {
         let mut out = vec![];
-        for ((topic, partition), p) in &mut self.parts {
+        for ((topic, partition), p) in self.parts.iter().flat_map(|(t, ps)| ps.iter().map(move |(n, p)| ((t, n), p))) {
             let Some(next) = p.next else { continue };
             let held = p.holds.keys().next().copied().unwrap_or(next);
             let pos = p.unfinished.first().copied().unwrap_or(next).min(held);
             if p.committed != Some(pos) {
-                out.push((topic.clone(), *partition, pos));
+                out.push((topic.to_string(), *partition, pos));
             }
         }
         out
     }
 
     pub fn committed(&mut self, topic: &str, partition: i32, offset: i64) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_string(), partition)) {
+        if let Some(p) = self.get_mut(topic, partition) {
             p.committed = Some(offset);
         }
     }
 
     pub fn unfinished(&self) -> usize {
-        self.parts.values().map(|p| p.unfinished.len()).sum()
+        self.parts.values().flat_map(HashMap::values).map(|p| p.unfinished.len()).sum()
     }
 
     /// Partitions whose commits stop at a hold.
     pub fn held(&self) -> usize {
-        self.parts.values().filter(|p| !p.holds.is_empty()).count()
+        self.parts.values().flat_map(HashMap::values).filter(|p| !p.holds.is_empty()).count()
     }
 
     /// The positions to commit for these partitions only (those being revoked).
