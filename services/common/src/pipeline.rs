@@ -3,9 +3,10 @@
 //! At-least-once, without transactions (the dev broker has none): an input is *finished*
 //! only after every output it produced (its results, audit and DLQ records) is acknowledged
 //! by the broker, and a partition is committed only up to its lowest unfinished input (the
-//! offset tracker the writer uses too, `kafka::offsets`). Inputs are acknowledged in the
-//! order they were read. A crash therefore redelivers, never loses; downstream stages make
-//! the redelivered duplicates harmless.
+//! offset tracker the writer uses too, `kafka::offsets`). Each output's delivery report
+//! counts down its input's outstanding outputs on the producer's polling thread (`Acks`):
+//! no future, channel or task wake-up per output. A crash therefore redelivers, never loses;
+//! downstream stages make the redelivered duplicates harmless.
 //!
 //! The producer is idempotent with acks=all, so broker-side retries do not duplicate.
 
@@ -14,13 +15,16 @@ use crate::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
 use crate::kafka::{self, InMessage, Kafka, OutRecord, Ticket};
 use crate::telemetry::StageMetrics;
 use futures::{FutureExt, StreamExt};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::Producer;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -52,10 +56,48 @@ pub struct PipelineConfig {
     pub args: PipelineArgs,
 }
 
-/// An input whose outputs are on their way to the broker.
-struct Pending {
+/// An input whose outputs are on their way to the broker: finished when the last of them is
+/// acknowledged. Holds one of the loop's `max_in_flight` permits until then.
+struct InFlight {
+    outstanding: AtomicUsize,
     ticket: Ticket,
-    deliveries: Vec<(String, rdkafka::producer::DeliveryFuture)>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The producer's context: every delivery report lands here, on librdkafka's polling thread.
+/// An acknowledged output counts its input down, and the input's last one finishes it in the
+/// offset tracker; a refused one is the loop's error (nothing past it is committed).
+struct Acks {
+    offsets: Arc<Mutex<Offsets>>,
+    metrics: StageMetrics,
+    failed: CancellationToken,
+    error: Mutex<Option<anyhow::Error>>,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Arc<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, input: Arc<InFlight>) {
+        match result {
+            Ok(m) => {
+                self.metrics.produced(m.topic());
+                if input.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    // A partition revoked meanwhile has a new generation or none: this
+                    // changes nothing there, and its new owner redelivers.
+                    self.offsets.lock().expect("offsets").finished(&input.ticket);
+                }
+            }
+            Err((e, m)) => {
+                let t = &input.ticket;
+                let e = anyhow::anyhow!("broker refused output to {}: {e}", m.topic())
+                    .context(format!("input {}[{}]@{}", t.topic, t.partition, t.offset));
+                self.error.lock().expect("error").get_or_insert(e);
+                self.failed.cancel();
+            }
+        }
+    }
 }
 
 /// `f` over `items` on every core, the results in input order: for a stage's CPU-bound work
@@ -91,34 +133,10 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     let consumer = kafka.group_consumer(&group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let producer = kafka.producer()?;
-    info!(service = cfg.service, group, topics = ?topics, "consuming");
-
-    // Input order is kept from here to the offset store by two FIFOs: handled batches to the
-    // sender, and inputs whose outputs are on their way to the acker.
-    let (tx, mut rx) = mpsc::channel::<Pending>(cfg.args.max_in_flight.max(1));
     let failed = CancellationToken::new();
-    let acker = {
-        let offsets = offsets.clone();
-        let metrics = metrics.clone();
-        let failed = failed.clone();
-        tokio::spawn(async move {
-            while let Some(p) = rx.recv().await {
-                for (topic, d) in p.deliveries {
-                    if let Err(e) = kafka::acknowledged(&topic, d).await {
-                        failed.cancel();
-                        let t = &p.ticket;
-                        return Err(e.context(format!("input {}[{}]@{}", t.topic, t.partition, t.offset)));
-                    }
-                    metrics.produced(&topic);
-                }
-                // A partition revoked meanwhile has a new generation or none: this changes
-                // nothing there, and its new owner redelivers.
-                offsets.lock().expect("offsets").finished(&p.ticket);
-            }
-            Ok::<(), anyhow::Error>(())
-        })
-    };
+    let acks = Acks { offsets: offsets.clone(), metrics: metrics.clone(), failed: failed.clone(), error: Mutex::new(None) };
+    let producer = Arc::new(kafka.producer_with_context(&[], acks)?);
+    info!(service = cfg.service, group, topics = ?topics, "consuming");
     // The next batch is read and handled while this one's outputs are handed to the
     // producer: a batch's CPU work (or the deduper's Redis round trip) overlaps the
     // previous batch's sending. One batch waits between the two at most.
@@ -126,7 +144,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     let sender = tokio::spawn(send_handled(
         handled_rx,
         producer.clone(),
-        tx,
+        Arc::new(Semaphore::new(cfg.args.max_in_flight.max(1))),
         metrics.clone(),
         failed.clone(),
         cfg.service,
@@ -211,11 +229,14 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
         }
         handling.push_back(handle_batch(handler.clone(), batch, tickets, cfg.service, shutdown.clone()));
     }
-    // Drain: the sender hands on what was handled, then the acker waits for every output.
+    // Drain: the sender hands on what was handled, then every output's report comes in.
     drop(handled_tx);
     let sent = sender.await.map_err(|e| anyhow::anyhow!("sender task: {e}"))?;
-    let acked = acker.await.map_err(|e| anyhow::anyhow!("acker task: {e}"))?;
-    let _ = producer.flush(Duration::from_secs(30));
+    let flushed = producer.flush(Duration::from_secs(30)).map_err(|e| anyhow::anyhow!("outputs not acknowledged within 30 s: {e}"));
+    let acked = match producer.context().error.lock().expect("error").take() {
+        Some(e) => Err(e),
+        None => flushed,
+    };
     commit(&consumer, &offsets);
     consumer.unsubscribe();
     drop(consumer);
@@ -279,8 +300,8 @@ struct Handled {
 /// producer would not queue (after cancelling `failed`, which stops the loop).
 async fn send_handled(
     mut handled: mpsc::Receiver<Handled>,
-    producer: rdkafka::producer::FutureProducer,
-    acker: mpsc::Sender<Pending>,
+    producer: Arc<ThreadedProducer<Acks>>,
+    in_flight: Arc<Semaphore>,
     metrics: StageMetrics,
     failed: CancellationToken,
     service: &'static str,
@@ -294,19 +315,17 @@ async fn send_handled(
             *counts.entry(p.outcome).or_default() += 1;
             span.record("outcome", p.outcome);
             let traceparent = crate::telemetry::traceparent(&span, &input.trace_id);
-            let mut deliveries = Vec::with_capacity(p.outputs.len());
-            for mut out in p.outputs {
-                out.set_traceparent(traceparent.clone());
-                match kafka::send(&producer, &out).await {
-                    Ok(d) => deliveries.push((out.topic, d)),
-                    Err(e) => {
-                        failed.cancel();
-                        return Err(e);
-                    }
-                }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return Ok(counts) };
+            if p.outputs.is_empty() {
+                producer.context().offsets.lock().expect("offsets").finished(&ticket);
+                continue;
             }
-            if acker.send(Pending { ticket, deliveries }).await.is_err() {
-                return Ok(counts); // the acker failed; its error is reported
+            let input = Arc::new(InFlight { outstanding: AtomicUsize::new(p.outputs.len()), ticket, _permit: permit });
+            for out in &p.outputs {
+                if let Err(e) = kafka::send_counted(&producer, out, &traceparent, input.clone()).await {
+                    failed.cancel();
+                    return Err(e);
+                }
             }
         }
         metrics.batch_latency(h.started.elapsed().as_secs_f64() * 1000.0);

@@ -10,7 +10,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, StreamConsumer};
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, ProducerContext, ThreadedProducer};
 
 /// How to reach the broker: where it is, and the operator's extra librdkafka settings.
 #[derive(Debug, Clone)]
@@ -143,9 +143,15 @@ impl Kafka {
     /// A producer with its own polling thread, for synchronous tools (the bench's and dev's
     /// sources, tests); `settings` after the producer defaults (e.g. `linger.ms`).
     pub fn threaded_producer(&self, settings: &[(&str, &str)]) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+        self.producer_with_context(settings, DefaultProducerContext)
+    }
+
+    /// A producer with its own polling thread whose delivery reports go to `context` (the
+    /// stages' loop counts them per input: `pipeline`).
+    pub fn producer_with_context<C: ProducerContext>(&self, settings: &[(&str, &str)], context: C) -> anyhow::Result<ThreadedProducer<C>> {
         let mut defaults = PRODUCER.to_vec();
         defaults.extend_from_slice(settings);
-        Ok(ThreadedProducer::from_config(&self.config(&defaults))?)
+        Ok(ThreadedProducer::from_config_and_context(&self.config(&defaults), context)?)
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {

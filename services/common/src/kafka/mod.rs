@@ -13,4 +13,4 @@ pub mod reader;
 pub use client::{Kafka, CONSUMER_FETCH_WAIT_MS};
 pub use message::{new_trace_id, parse_traceparent, InMessage, OutRecord, BACKFILL, RECREATE, REPLAY_COUNT, TRACEPARENT};
 pub use offsets::{SharedOffsets, Ticket};
-pub use publish::{acknowledged, publish_all, send};
+pub use publish::{acknowledged, publish_all, send, send_counted};

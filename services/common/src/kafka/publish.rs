@@ -1,11 +1,13 @@
 //! Producing: one output queued without dropping anything when librdkafka's queue is full,
+//! its acknowledgement awaited (`send`) or reported to the producer's context (`send_counted`),
 //! and a set of outputs sent and every acknowledgement awaited.
 
-use super::message::OutRecord;
+use super::message::{OutRecord, TRACEPARENT};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryFuture, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Queues one output, waiting while librdkafka's local queue is full rather than
@@ -19,6 +21,32 @@ pub async fn send(producer: &FutureProducer, out: &OutRecord) -> anyhow::Result<
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(anyhow::anyhow!("cannot queue output to {}: {e}", out.topic)),
+        }
+    }
+}
+
+/// Queues one output as `send` does, with `traceparent` as its trace header, and with
+/// `opaque` for the producer's context: its delivery report (acknowledged or refused) goes
+/// there, on the producer's polling thread, rather than to a future awaited per output.
+pub async fn send_counted<C, T>(producer: &ThreadedProducer<C>, out: &OutRecord, traceparent: &str, opaque: Arc<T>) -> anyhow::Result<()>
+where
+    C: ProducerContext<DeliveryOpaque = Arc<T>>,
+    T: Send + Sync,
+{
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len() + 1);
+    for (k, v) in out.headers.iter().filter(|(k, _)| k != TRACEPARENT) {
+        headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+    }
+    headers = headers.insert(Header { key: TRACEPARENT, value: Some(traceparent.as_bytes()) });
+    let mut record = BaseRecord::with_opaque_to(&out.topic, opaque).key(out.key.as_bytes()).payload(&out.payload).headers(headers);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
                 tokio::time::sleep(Duration::from_millis(5)).await;
