@@ -296,8 +296,10 @@ struct Handled {
 }
 
 /// The sender: each handled batch's outputs handed to the producer in input order, each
-/// input then passed to the acker. Returns the outcome counts, or the first output the
-/// producer would not queue (after cancelling `failed`, which stops the loop).
+/// input's outputs sharing one `InFlight` that their delivery reports count down (`Acks`);
+/// at most `in_flight` inputs await their reports at once. Returns the outcome counts, or
+/// the first output the producer would not queue (after cancelling `failed`, which stops
+/// the loop).
 async fn send_handled(
     mut handled: mpsc::Receiver<Handled>,
     producer: Arc<ThreadedProducer<Acks>>,
