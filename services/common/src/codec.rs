@@ -110,13 +110,13 @@ pub fn decode_with<T: AvroRecord>(bytes: &[u8], confluent: Option<&ConfluentSche
             if writer.record != T::RECORD {
                 return Err(DecodeError::WrongRecord { expected: T::RECORD, found: writer.record });
             }
-            read_datum(writer, true, &rest[8..])
+            read_datum(writer, &rest[8..])
         }
         [CONFLUENT_MAGIC, rest @ ..] => {
             let id =
                 rest.get(..4).map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes"))).ok_or(DecodeError::Truncated(bytes.len()))?;
             let writer = confluent.and_then(|c| c.get(id)).ok_or(DecodeError::UnknownConfluentId(id))?;
-            read_datum(&writer, false, &rest[4..])
+            read_datum(&writer, &rest[4..])
         }
         other => Err(DecodeError::UnknownFraming(other.iter().take(2).copied().collect())),
     }
@@ -158,8 +158,9 @@ fn readers() -> &'static Readers {
     })
 }
 
-/// `shipped`: whether `writer` is a schema crm-sync shipped (false for one a registry gave us).
-fn read_datum<T: AvroRecord>(writer: &Versioned, shipped: bool, datum: &[u8]) -> Result<T, DecodeError> {
+/// A datum written with `writer` (a shipped schema, or one a registry gave us: the same
+/// canonical form has the same fingerprint, and so the same prepared reader).
+fn read_datum<T: AvroRecord>(writer: &Versioned, datum: &[u8]) -> Result<T, DecodeError> {
     let current = Registry::global().current(T::RECORD);
     let err = |source: DatumError| DecodeError::Datum { schema: writer.path.clone(), source };
     let trailing = |left: usize| if left == 0 { Ok(()) } else { Err(DecodeError::TrailingBytes(left)) };
@@ -176,7 +177,7 @@ fn read_datum<T: AvroRecord>(writer: &Versioned, shipped: bool, datum: &[u8]) ->
     let mut cursor = Cursor::new(datum);
     // An older (or newer) writer is resolved into the current schema, which fills defaults
     // for fields the writer did not have and drops ones we no longer know.
-    let value = match readers().0.get(&writer.fingerprint).filter(|_| shipped) {
+    let value = match readers().0.get(&writer.fingerprint) {
         Some(reader) => reader.read_value(&mut cursor).map_err(|e| err(e.into()))?,
         // A schema a registry gave us: resolved here, once per message.
         None => GenericDatumReader::builder(&writer.schema)

@@ -317,11 +317,11 @@ async fn send_handled(
             *counts.entry(p.outcome).or_default() += 1;
             span.record("outcome", p.outcome);
             let traceparent = crate::telemetry::traceparent(&span, &input.trace_id);
-            let Ok(permit) = in_flight.clone().acquire_owned().await else { return Ok(counts) };
             if p.outputs.is_empty() {
                 producer.context().offsets.lock().expect("offsets").finished(&ticket);
                 continue;
             }
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return Ok(counts) };
             let input = Arc::new(InFlight { outstanding: AtomicUsize::new(p.outputs.len()), ticket, _permit: permit });
             for out in &p.outputs {
                 if let Err(e) = kafka::send_counted(&producer, out, &traceparent, input.clone()).await {
