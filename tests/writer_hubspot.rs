@@ -8,7 +8,7 @@ use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
 use crm_sync_tests::writer::{block_bucket, wait_for};
 use crm_sync_tests::writer_suite::{outcomes, HUBSPOT};
-use crm_sync_tests::{Broker, Proc, RedisPrefix, TempFile};
+use crm_sync_tests::{Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::json;
 use std::time::Duration;
 
@@ -164,5 +164,65 @@ fn many_tenants_handed_on_by_many_passes_lose_nothing_and_keep_their_order() {
     });
     let log = w.log_text();
     assert!(log.contains("left in Kafka") && log.contains("backlog empty"), "{log}");
+    assert!(w.terminate().success());
+}
+
+/// Retention deletes messages left in Kafka before a pass reads them again (here the dev
+/// broker's own size cap: it keeps 5 MiB per partition and drops the oldest batches past
+/// it). The pass, sent to the log's start, would wait for the deleted offset for ever and
+/// hold the tenant's later calls and the partition's commits with it; instead the writer
+/// asks the broker where the log starts, says at error level which tenant's messages were
+/// deleted from where, and goes on from there.
+#[test]
+fn a_pass_whose_left_messages_were_deleted_says_so_and_goes_on() {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    HUBSPOT.account(&sim, "acme", json!({}));
+    let tenants = HUBSPOT.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    block_bucket(&prefix, "acme", "hubspot", Duration::from_secs(300));
+    let w = writer(&broker, &tenants, &prefix, &[("WRITER_LANE_MAX", "2"), ("WRITER_PASS_STALL", "2s")]);
+    let topic = "crm.writes.hubspot";
+    let first: Vec<_> = (0..10).map(|i| HUBSPOT.request("acme", &format!("a{i}"), 1)).collect();
+    broker.produce(topic, &first);
+    wait_for("acme's calls left in Kafka", Duration::from_secs(20), || w.log_text().contains("left in Kafka"));
+    std::thread::sleep(Duration::from_secs(1));
+    // 6.4 MiB of messages that are no write request (dead-lettered as they are read):
+    // incompressible, so the broker drops the oldest batches, acme's left calls among them.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let junk: Vec<_> = (0..100)
+        .map(|_| {
+            let bytes = (0..64 * 1024)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            ("junk".to_string(), bytes, vec![])
+        })
+        .collect();
+    broker.produce(topic, &junk);
+    let later: Vec<_> = (0..3).map(|i| HUBSPOT.request("acme", &format!("b{i}"), 1)).collect();
+    broker.produce(topic, &later);
+    redis::cmd("DEL")
+        .arg(format!("{}:{{acme}}:bucket:hubspot:blocked", prefix.0))
+        .query::<i64>(&mut redis::Client::open(MACHINE_REDIS).unwrap().get_connection().unwrap())
+        .unwrap();
+    let key = |c: &str| idempotency_key("acme", c, Crm::Hubspot);
+    wait_for("acme's calls produced after the deleted ones", Duration::from_secs(60), || {
+        let k = HUBSPOT.keys(&sim, "acme");
+        ["b0", "b1", "b2"].iter().all(|c| k.contains_key(&key(c)))
+    });
+    let k = HUBSPOT.keys(&sim, "acme");
+    assert!(k.contains_key(&key("a0")) && k.contains_key(&key("a1")), "the two in the lane were written: {k:?}");
+    assert_eq!(k.len(), 5, "the deleted calls could not be written: {k:?}");
+    assert!(k.values().all(|&(n, l)| n == 1 && l == 1), "{k:?}");
+    let log = w.log_text();
+    let said = log.lines().find(|l| l.contains("were deleted (retention)")).unwrap_or_else(|| panic!("the loss is reported: {log}"));
+    assert!(said.contains("ERROR") && said.contains("acme") && said.contains("offsets 2.."), "{said}");
+    let total = (first.len() + junk.len() + later.len()) as i64;
+    wait_for("offsets committed past the gap", Duration::from_secs(30), || broker.committed("writer-hubspot", topic) == total);
     assert!(w.terminate().success());
 }

@@ -246,7 +246,12 @@ pub fn redis_metrics() {
 /// The writer's backlog (`writer::backlog`): `crm_sync.writer.backlog.left`, the (tenant,
 /// partition) pairs whose messages are left in Kafka while their lanes are full, and
 /// `crm_sync.writer.backlog.reread`, messages handed on by passes that read them again.
-pub fn writer_backlog_metrics(stage: &'static str, left: Arc<std::sync::atomic::AtomicU64>, reread: Arc<std::sync::atomic::AtomicU64>) {
+pub fn writer_backlog_metrics(
+    stage: &'static str,
+    left: Arc<std::sync::atomic::AtomicU64>,
+    reread: Arc<std::sync::atomic::AtomicU64>,
+    gone: Arc<std::sync::atomic::AtomicU64>,
+) {
     use std::sync::atomic::Ordering;
     let meter = opentelemetry::global::meter("crm-sync");
     meter
@@ -258,6 +263,11 @@ pub fn writer_backlog_metrics(stage: &'static str, left: Arc<std::sync::atomic::
         .u64_observable_counter("crm_sync.writer.backlog.reread")
         .with_description("Messages read again from Kafka and handed to their tenant's lane")
         .with_callback(move |obs| obs.observe(reread.load(Ordering::Relaxed), &[KeyValue::new("stage", stage)]))
+        .build();
+    meter
+        .u64_observable_counter("crm_sync.writer.backlog.gone")
+        .with_description("Offsets a backlog pass stepped over because retention deleted them before it read them again (the left messages among them were not written)")
+        .with_callback(move |obs| obs.observe(gone.load(Ordering::Relaxed), &[KeyValue::new("stage", stage)]))
         .build();
 }
 

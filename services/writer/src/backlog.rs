@@ -27,6 +27,7 @@
 use crm_common::kafka::offsets::{Hold, Offsets};
 use crm_common::kafka::Ticket;
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 /// Where a message the group consumer read goes.
 #[derive(Debug)]
@@ -46,6 +47,16 @@ pub enum Reread {
     Skip,
 }
 
+/// Left messages deleted from the topic before a pass read them again: offsets `from..to`
+/// of `partition` are gone; `tenants` had messages left there, each from its offset.
+#[derive(Debug, PartialEq)]
+pub struct Gone {
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+    pub tenants: Vec<(String, i64)>,
+}
+
 /// One tenant's messages left in one partition: every message of the tenant from the hold's
 /// offset up to the consumer's position is still to be handed on.
 #[derive(Debug)]
@@ -58,6 +69,9 @@ struct Pass {
     id: u64,
     /// The next offset this pass wants (anything below was read already).
     next: i64,
+    /// When `next` last moved (or the pass started): a pass waits for nothing but Kafka,
+    /// so one that has not moved for long is stuck there ([`Backlog::stalled`]).
+    moved: Instant,
     /// Left tenants whose lane was full at some point of this pass: they keep their place.
     blocked: HashSet<String>,
 }
@@ -124,7 +138,7 @@ impl Backlog {
             let Some(from) = ready.iter().map(|(_, l)| l.hold.offset()).min() else { continue };
             self.passes += 1;
             let blocked = blocked.into_iter().map(|(t, _)| t.clone()).collect();
-            part.pass = Some(Pass { id: self.passes, next: from, blocked });
+            part.pass = Some(Pass { id: self.passes, next: from, moved: Instant::now(), blocked });
         }
     }
 
@@ -154,6 +168,7 @@ impl Backlog {
         // A pass starts below the consumer's position and ends when it gets there, so the
         // offset it wants has always been read by the consumer.
         pass.next = offset + 1;
+        pass.moved = Instant::now();
         let mut verdict = Reread::Skip;
         if let Some((t, left)) = tenant.and_then(|t| part.left.get_mut(t).map(|l| (t, l))) {
             if offset >= left.hold.offset() && !pass.blocked.contains(t) {
@@ -171,6 +186,64 @@ impl Backlog {
             part.end_pass(offsets);
         }
         verdict
+    }
+
+    /// The passes that have not moved for `after`: (partition, pass id, the offset each
+    /// waits for). A pass reads only from Kafka, so the offset it waits for is either gone
+    /// (deleted by retention while its tenants' messages waited, and the reader sent to the
+    /// log's start, below which it never goes back) or not being fetched (the reader's
+    /// fetch failed): the runtime asks the broker which, and calls [`Backlog::gone`] or
+    /// [`Backlog::restart`].
+    pub fn stalled(&self, after: Duration) -> Vec<(i32, u64, i64)> {
+        let now = Instant::now();
+        self.parts
+            .iter()
+            .filter_map(|(p, part)| part.pass.as_ref().map(|pass| (p, pass)))
+            .filter(|(_, pass)| now.duration_since(pass.moved) >= after)
+            .map(|(p, pass)| (*p, pass.id, pass.next))
+            .collect()
+    }
+
+    /// The broker says `partition` now starts at `low`: every left message below it was
+    /// deleted (retention) before a pass could read it again. The left tenants' places move
+    /// up to `low` (nothing below can be handed on, and their holds must not keep the
+    /// partition's commits back for ever) and pass `pass_id` goes on from there, read under
+    /// a new id so the reader is sent to `low`. Returns what was lost, to be reported; None
+    /// when the pass ended or moved meanwhile, or nothing left was below `low`.
+    pub fn gone(&mut self, offsets: &mut Offsets, partition: i32, pass_id: u64, low: i64) -> Option<Gone> {
+        let part = self.parts.get_mut(&partition)?;
+        let pass = part.pass.as_mut().filter(|p| p.id == pass_id && p.next < low)?;
+        let from = pass.next;
+        self.passes += 1;
+        pass.id = self.passes;
+        pass.next = low;
+        pass.moved = Instant::now();
+        let mut tenants = vec![];
+        for (t, left) in part.left.iter_mut() {
+            if left.hold.offset() < low {
+                tenants.push((t.clone(), left.hold.offset()));
+                offsets.move_hold(&mut left.hold, low);
+            }
+        }
+        tenants.sort();
+        if low >= part.read_to {
+            part.end_pass(offsets);
+        }
+        Some(Gone { partition, from, to: low, tenants })
+    }
+
+    /// Pass `pass_id` on `partition` is stuck with its offset still in Kafka: it gets a
+    /// new id, so the reader is taken off the partition and sent to the offset again.
+    /// False when the pass ended or moved meanwhile.
+    pub fn restart(&mut self, partition: i32, pass_id: u64, next: i64) -> bool {
+        let Some(pass) = self.parts.get_mut(&partition).and_then(|p| p.pass.as_mut()) else { return false };
+        if pass.id != pass_id || pass.next != next {
+            return false;
+        }
+        self.passes += 1;
+        pass.id = self.passes;
+        pass.moved = Instant::now();
+        true
     }
 
     /// Forgets partitions no longer assigned to this consumer (or assigned again).
@@ -400,5 +473,59 @@ mod tests {
         assert!(!handed(b.reread(&mut o, 0, 0, Some("acme"), |_| true)), "the new assignment re-delivers it");
         assert_eq!(b.left(), 0);
         assert!(matches!(b.read(&mut o, 0, 0, Some("acme"), true), Route::Lane(_)));
+    }
+
+    /// Retention deleted acme's left messages (offsets 1 and 2) before a pass read them
+    /// again: the reader, sent to the log's start, never brings offset 1, so the pass stalls
+    /// there. Told the partition starts at 3, acme's place moves up, the pass goes on under
+    /// a new id from 3 and hands acme its message at 4, and the commits can pass the gap.
+    #[test]
+    fn a_pass_whose_messages_were_deleted_goes_on_from_the_log_start() {
+        let mut o = Offsets::default();
+        let mut b = Backlog::new(T);
+        let Route::Lane(first) = b.read(&mut o, 0, 0, Some("acme"), true) else { panic!("room") };
+        assert!(matches!(b.read(&mut o, 0, 1, Some("acme"), false), Route::Left));
+        assert!(matches!(b.read(&mut o, 0, 2, Some("acme"), true), Route::Left));
+        let Route::Lane(globex) = b.read(&mut o, 0, 3, Some("globex"), true) else { panic!("room") };
+        assert!(matches!(b.read(&mut o, 0, 4, Some("acme"), true), Route::Left));
+        o.finished(&first);
+        o.finished(&globex);
+        b.start_passes(&o, |_| true);
+        let (_, id, from) = b.passes()[0];
+        assert_eq!(from, 1);
+        // The reader was reset to the log's start: 3 and 4 are not what the pass waits for.
+        assert!(!handed(b.reread(&mut o, 0, 3, Some("globex"), |_| true)));
+        assert!(!handed(b.reread(&mut o, 0, 4, Some("acme"), |_| true)));
+        assert_eq!(b.stalled(Duration::ZERO), vec![(0, id, 1)]);
+        assert!(b.stalled(Duration::from_secs(60)).is_empty(), "a pass is stalled only after a while");
+        assert_eq!(b.gone(&mut o, 0, id + 7, 3), None, "another pass's answer changes nothing");
+        let gone = b.gone(&mut o, 0, id, 3).expect("acme's messages below 3 are gone");
+        assert_eq!(gone, Gone { partition: 0, from: 1, to: 3, tenants: vec![("acme".into(), 1)] });
+        let (_, new_id, from) = b.passes()[0];
+        assert!(new_id != id && from == 3, "read again from the log's start under a new id: {:?}", b.passes());
+        assert_eq!(o.positions_to_commit(), vec![(T.into(), 0, 3)], "the commits pass the deleted messages");
+        assert!(!handed(b.reread(&mut o, 0, 3, Some("globex"), |_| true)));
+        let Reread::Hand(last) = b.reread(&mut o, 0, 4, Some("acme"), |_| true) else { panic!("acme's 4 is handed on") };
+        assert!(b.passes().is_empty() && !b.is_left("acme"));
+        o.finished(&last);
+        assert_eq!(o.positions_to_commit(), vec![(T.into(), 0, 5)]);
+    }
+
+    /// A pass stuck with its offset still in Kafka is read again from that offset under a
+    /// new id; an answer for a pass that moved meanwhile changes nothing.
+    #[test]
+    fn a_stuck_pass_is_restarted_at_its_offset() {
+        let mut o = Offsets::default();
+        let mut b = Backlog::new(T);
+        let _ = b.read(&mut o, 0, 0, Some("acme"), false);
+        let _ = b.read(&mut o, 0, 1, Some("globex"), true);
+        b.start_passes(&o, |_| true);
+        let (_, id, next) = b.passes()[0];
+        assert!(!b.restart(0, id, next + 1), "the pass is not where the check saw it");
+        assert!(b.restart(0, id, next));
+        let (_, new_id, again) = b.passes()[0];
+        assert!(new_id != id && again == next);
+        assert!(!b.restart(0, id, next), "the old id is gone");
+        assert_eq!(b.gone(&mut o, 0, new_id, 0), None, "nothing below the log's start");
     }
 }

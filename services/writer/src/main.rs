@@ -51,6 +51,10 @@ struct Cli {
     /// tenant's next request): lanes, and their tasks, are held for sending tenants only.
     #[arg(long, env = "WRITER_LANE_IDLE", default_value = "2m", value_parser = humantime::parse_duration)]
     lane_idle: Duration,
+    /// How long a backlog pass may wait for its next offset before the broker is asked
+    /// whether it still has it (retention may have deleted left messages).
+    #[arg(long, env = "WRITER_PASS_STALL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pass_stall: Duration,
     /// How often finished offsets are committed.
     #[arg(long, env = "WRITER_COMMIT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     commit_interval: Duration,
@@ -202,6 +206,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         commit_interval: cli.commit_interval,
         drain_timeout: Duration::from_secs(25),
         lane_idle: cli.lane_idle,
+        pass_stall: cli.pass_stall,
     };
     runtime::run(shared, &cli.common, cfg, crm_common::shutdown::service()).await
 }

@@ -8,7 +8,7 @@
 //! partition is committed only up to its lowest unfinished or left offset, and only after
 //! everything a message produced (audit, DLQ) is acknowledged.
 
-use crate::backlog::{Backlog, Reread, Route};
+use crate::backlog::{Backlog, Gone, Reread, Route};
 use crate::process::{Done, Shared, Work};
 use crm_common::emit::Subject;
 use crm_common::events::{ActivityWriteRequest, DlqReason, WritePayload, WriteRequest};
@@ -18,12 +18,13 @@ use crm_common::telemetry::StageMetrics;
 use crm_connectors::connector::Connector;
 use crm_connectors::places::Places;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -43,6 +44,8 @@ pub struct RuntimeConfig {
     /// How long a tenant's lane waits for work before it closes (a new one starts when the
     /// tenant sends again).
     pub lane_idle: Duration,
+    /// How long a backlog pass waits for its next offset before the broker is asked why.
+    pub pass_stall: Duration,
 }
 
 struct Lanes<C: Connector> {
@@ -241,10 +244,12 @@ pub async fn run<C: Connector>(
     // Reads the group's own partitions again for the backlog's passes. A pass stops as soon
     // as its tenants' lanes are full, so it prefetches little.
     let rereader = Rereader {
-        consumer: kafka.stream_reader(&format!("{}-backlog", cfg.group), &[("queued.max.messages.kbytes", "4096")])?,
+        consumer: Arc::new(kafka.stream_reader(&format!("{}-backlog", cfg.group), &[("queued.max.messages.kbytes", "4096")])?),
         topic: cfg.input_topic.clone(),
         assigned: HashMap::new(),
+        checking: HashMap::new(),
     };
+    let (checked_tx, mut checked) = mpsc::unbounded_channel();
     let producer = kafka.producer()?;
     let failed = CancellationToken::new();
     let mut lanes = Lanes {
@@ -262,8 +267,9 @@ pub async fn run<C: Connector>(
         places: Places::new(cfg.working_lanes),
         room: Arc::new(Notify::new()),
     };
-    let mut backlog = Dispatch { backlog: Backlog::new(&cfg.input_topic), rereader, left: Arc::default(), reread: Arc::default() };
-    crm_common::telemetry::writer_backlog_metrics(cfg.service, backlog.left.clone(), backlog.reread.clone());
+    let mut backlog =
+        Dispatch { backlog: Backlog::new(&cfg.input_topic), rereader, left: Arc::default(), reread: Arc::default(), gone: Arc::default() };
+    crm_common::telemetry::writer_backlog_metrics(cfg.service, backlog.left.clone(), backlog.reread.clone(), backlog.gone.clone());
     let lane_has_room = lanes.room.clone();
     info!(service = cfg.service, group = cfg.group, topic = cfg.input_topic, lane_max = lanes.lane_max, "consuming");
     let mut tick = tokio::time::interval(cfg.commit_interval);
@@ -278,7 +284,9 @@ pub async fn run<C: Connector>(
                 commit(&consumer, &offsets);
                 lanes.sweep();
                 backlog.start_passes(&offsets, &lanes);
+                backlog.check_stalled(cfg.pass_stall, &checked_tx);
             }
+            Some(check) = checked.recv() => backlog.checked(&offsets, check),
             _ = lane_has_room.notified() => backlog.start_passes(&offsets, &lanes),
             m = consumer.recv() => {
                 let m = match m {
@@ -370,10 +378,22 @@ pub async fn run<C: Connector>(
 /// The second consumer, outside the group, that reads partitions again for the backlog's
 /// passes: assigned a partition, at the pass's offset, while the pass runs.
 struct Rereader {
-    consumer: StreamConsumer,
+    /// Shared with the stalled passes' checks, which ask the broker on a blocking thread.
+    consumer: Arc<StreamConsumer>,
     topic: String,
     /// partition → the pass it is assigned for.
     assigned: HashMap<i32, u64>,
+    /// (partition, pass) → when the broker was last asked about it (a check in flight, or
+    /// one that failed, is not repeated within the stall time).
+    checking: HashMap<(i32, u64), Instant>,
+}
+
+/// The broker's answer about a stalled pass: where `partition`'s log starts and ends.
+struct Check {
+    partition: i32,
+    pass: u64,
+    next: i64,
+    watermarks: KafkaResult<(i64, i64)>,
 }
 
 /// The backlog, the reader of its passes, and its figures.
@@ -382,12 +402,78 @@ struct Dispatch {
     rereader: Rereader,
     left: Arc<AtomicU64>,
     reread: Arc<AtomicU64>,
+    /// Offsets of left messages deleted from the topic before a pass read them again.
+    gone: Arc<AtomicU64>,
 }
 
 impl Dispatch {
     fn start_passes<C: Connector>(&mut self, offsets: &Mutex<Offsets>, lanes: &Lanes<C>) {
         self.backlog.start_passes(&offsets.lock().expect("offsets"), |t| lanes.ready(t));
         self.follow();
+    }
+
+    /// Asks the broker, on a blocking thread, about every pass that has waited `after` for
+    /// its next offset; the answer comes back to the loop as a [`Check`].
+    fn check_stalled(&mut self, after: Duration, answers: &mpsc::UnboundedSender<Check>) {
+        let stalled = self.backlog.stalled(after);
+        let r = &mut self.rereader;
+        r.checking.retain(|(p, id), _| stalled.iter().any(|(sp, sid, _)| sp == p && sid == id));
+        for (partition, pass, next) in stalled {
+            if r.checking.get(&(partition, pass)).is_some_and(|at| at.elapsed() < after) {
+                continue;
+            }
+            r.checking.insert((partition, pass), Instant::now());
+            let (consumer, topic, answers) = (r.consumer.clone(), r.topic.clone(), answers.clone());
+            tokio::task::spawn_blocking(move || {
+                let watermarks = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10));
+                let _ = answers.send(Check { partition, pass, next, watermarks });
+            });
+        }
+    }
+
+    /// Acts on the broker's answer about a stalled pass: left messages deleted below the
+    /// log's start are reported and stepped over; an offset still there is read again.
+    fn checked(&mut self, offsets: &Mutex<Offsets>, check: Check) {
+        let Check { partition, pass, next, watermarks } = check;
+        match watermarks {
+            Ok((low, _)) if low > next => {
+                let gone = self.backlog.gone(&mut offsets.lock().expect("offsets"), partition, pass, low);
+                if let Some(gone) = gone {
+                    self.report(&gone);
+                }
+            }
+            Ok((low, high)) => {
+                if self.backlog.restart(partition, pass, next) {
+                    warn!(
+                        partition,
+                        offset = next,
+                        low,
+                        high,
+                        "a backlog pass got nothing at its offset, which Kafka still has: reading it again"
+                    );
+                }
+            }
+            Err(e) => warn!(partition, offset = next, "a backlog pass is stuck and the broker could not be asked why: {e}"),
+        }
+        self.follow();
+    }
+
+    /// Left messages that retention deleted: each tenant that had some is named with where
+    /// they started, at error level, and the gauge counts the offsets stepped over. Kafka
+    /// no longer has them, so no stage can dead-letter them: the upstream event (or a
+    /// backfill from calls.raw, if it is kept longer) is the way to write them now.
+    fn report(&self, gone: &Gone) {
+        self.gone.fetch_add((gone.to - gone.from) as u64, Ordering::Relaxed);
+        for (tenant, from) in &gone.tenants {
+            error!(
+                tenant,
+                partition = gone.partition,
+                from,
+                log_start = gone.to,
+                "messages left in Kafka for this tenant were deleted (retention) before its lane had room: offsets {from}..{} of the partition are gone and were not written; backfill them from the raw topic",
+                gone.to
+            );
+        }
     }
 
     /// Publishes how many (tenant, partition) pairs are left, saying when the first is left
