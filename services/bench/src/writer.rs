@@ -428,6 +428,12 @@ pub struct Args {
     pub fetch_wait_ms: Option<u64>,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Phase 1: crm-sim counts each backlog tenant's request when it arrives and answers it
+    /// this many ms later (a real CRM's processing and the way back; crm-sim itself answers
+    /// at once). A token comes back one window after the answer, so this is what the
+    /// limit's pace loses to a round trip.
+    #[arg(long, default_value_t = 0)]
+    pub crm_latency_ms: u64,
     /// Timeline on: each backlog account has the agents as CRM users and its contact a
     /// company and an open deal, and calls come from 5 agents; the backlog then runs a
     /// second time with the writer's caches warm. Prints owner and context lookups per 100
@@ -586,6 +592,13 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
     let plan = |spec: Value| spec["plan"].as_str().unwrap_or_default().to_string();
     for (t, limited) in backlog.iter().map(|t| (t, true)).chain(live.iter().map(|t| (t, false))) {
         sim.account(p, t, limited)?;
+        if limited && a.crm_latency_ms > 0 {
+            sim.admin(
+                reqwest::Method::POST,
+                &format!("/accounts/{crm}/{t}/faults"),
+                Some(json!({"kind": "latency", "latency_ms": a.crm_latency_ms})),
+            )?;
+        }
         if limited && a.timeline {
             seed_timeline(&sim, p.crm, t)?;
         }
@@ -679,8 +692,10 @@ fn wait_written(p: &Profile, setup: &Setup, records: usize) -> (Option<Instant>,
 fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
     let (crm, tenants, limit_text) = (p.crm.as_str(), a.tenants, limit_text(p));
     let kind = p.kind.as_ref().map_or(ActivityKind::Call, |k| k.kind);
+    let held =
+        if a.crm_latency_ms > 0 { format!(", each request answered {} ms after it is counted", a.crm_latency_ms) } else { String::new() };
     eprintln!(
-        "phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}, {} writer replicas…",
+        "phase 1: {records} {crm} {} write requests for {tenants} tenants, each held to {limit_text}{held}, {} writer replicas…",
         kind.as_str(),
         a.replicas.max(1)
     );
@@ -715,7 +730,7 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
     let cold_lookups: u64 = backlog.iter().map(|t| sim.state(p, t).map(|(_, c)| lookups(p.crm, &c)).unwrap_or(0)).sum();
     let secs = elapsed.as_secs_f64();
     println!(
-        "\nbench writer --crm {crm} --kind {}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}, {} writer replicas",
+        "\nbench writer --crm {crm} --kind {}, phase 1 (backlog): {records} records, {tenants} tenants, each held to {limit_text}{held}, {} writer replicas",
         kind.as_str(),
         a.replicas.max(1)
     );

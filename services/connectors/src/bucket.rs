@@ -685,9 +685,9 @@ impl TokenBuckets {
     }
 
     /// Several takes of one tenant in one round trip (a pipeline of `TAKE` calls, each on its
-    /// own: one may wait while another is granted), every one with a grant key, so that what
-    /// is not used can be given back. The tenant's waiting settlings ride the first. Answers
-    /// in order: the outcome, units granted and Redis's time.
+    /// own: one may wait while another is granted); a take that may leave units unused sets
+    /// `grant`, so that they can be given back. The tenant's waiting settlings ride the
+    /// first. Answers in order: the outcome, units granted and Redis's time.
     pub async fn take_many(&self, tenant: &str, takes: &[TakeArgs<'_>]) -> redis::RedisResult<Vec<(Take, u64, i64)>> {
         if takes.is_empty() {
             return Ok(vec![]);
@@ -695,7 +695,7 @@ impl TokenBuckets {
         let riding = self.unsettled.take(tenant);
         let mut pipe = redis::pipe();
         for (i, t) in takes.iter().enumerate() {
-            let mut call = self.take_call(&TakeArgs { grant: true, ..*t });
+            let mut call = self.take_call(t);
             if i == 0 {
                 for u in &riding {
                     u.push_to(&mut call.keys, &mut call.args);

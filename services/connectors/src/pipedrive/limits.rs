@@ -4,7 +4,7 @@
 //! at its own cost. `x-ratelimit-remaining` corrects the burst and
 //! `x-daily-ratelimit-token-remaining` the budget.
 
-use crate::api::{Policy, Reply, Request, RequestClass, Verdict};
+use crate::api::{Policy, Reply, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
@@ -84,8 +84,8 @@ impl Policy for PipedrivePolicy {
         BucketSet { tenant_id: self.tenant_id.clone(), crm: "pipedrive".into(), limits }
     }
 
-    fn costs(&self, req: &Request, set: &BucketSet) -> Vec<u64> {
-        set.limits.iter().map(|l| if l.name() == "budget" { self.cost(req.class) } else { 1 }).collect()
+    fn costs(&self, class: RequestClass, _records: u64, set: &BucketSet) -> Vec<u64> {
+        set.limits.iter().map(|l| if l.name() == "budget" { self.cost(class) } else { 1 }).collect()
     }
 
     fn observed(&self, reply: &Reply, _class: RequestClass) -> Vec<(String, u64)> {
@@ -135,9 +135,9 @@ mod tests {
         let p = PipedrivePolicy { tenant_id: "initech".into(), plan: plan(&conn("growth", &[]), false).unwrap(), tz_offset_min: 60 };
         let search = p.buckets(RequestClass::Search);
         assert_eq!(search.limits.iter().map(|l| l.name()).collect::<Vec<_>>(), vec!["burst", "budget", "search"]);
-        assert_eq!(p.costs(&Request::get("/api/v2/persons/search", RequestClass::Search), &search), vec![1, 20, 1]);
+        assert_eq!(p.costs(RequestClass::Search, 1, &search), vec![1, 20, 1]);
         let create = p.buckets(RequestClass::Create);
-        assert_eq!(p.costs(&Request::new(reqwest::Method::POST, "/api/v2/activities", RequestClass::Create), &create), vec![1, 5]);
+        assert_eq!(p.costs(RequestClass::Create, 1, &create), vec![1, 5]);
         let mut h = HeaderMap::new();
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("38"));
         h.insert("x-daily-ratelimit-token-remaining", HeaderValue::from_static("1000"));

@@ -6,7 +6,7 @@
 //! A 429 that still comes (other apps spend the same credits) blocks for a while that grows
 //! with each 429 in a row and resets at the first success.
 
-use crate::api::{Policy, Reply, Request, RequestClass, Verdict};
+use crate::api::{Policy, Reply, RequestClass, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
@@ -90,8 +90,7 @@ impl Policy for ZohoPolicy {
         }
     }
 
-    fn costs(&self, req: &Request, set: &BucketSet) -> Vec<u64> {
-        let records = req.body.as_ref().and_then(|b| b.get("data")).and_then(|d| d.as_array()).map_or(1, |d| d.len() as u64);
+    fn costs(&self, _class: RequestClass, records: u64, set: &BucketSet) -> Vec<u64> {
         let credits = records.div_ceil(self.plan.records_per_credit.max(1)).max(1);
         set.limits.iter().map(|l| if l.name() == "credits" { credits } else { 1 }).collect()
     }
@@ -127,6 +126,7 @@ impl Policy for ZohoPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Request;
     use reqwest::header::{HeaderMap, HeaderValue};
     use serde_json::json;
 
@@ -155,9 +155,14 @@ mod tests {
     fn inserts_cost_a_credit_per_ten_records_and_429s_escalate() {
         let p = policy();
         let set = p.buckets(RequestClass::Create);
-        let insert = Request::new(reqwest::Method::POST, "/crm/v7/Calls", RequestClass::Create).body(json!({"data": vec![json!({}); 25]}));
-        assert_eq!(p.costs(&insert, &set), vec![3, 1, 1]);
-        assert_eq!(p.costs(&Request::get("/crm/v7/Calls/1", RequestClass::Read), &set), vec![1, 1, 1]);
+        let keys: Vec<String> = (0..25).map(|i| format!("t:call:c{i}:zoho")).collect();
+        let insert = Request::new(reqwest::Method::POST, "/crm/v7/Calls", RequestClass::Create)
+            .body(json!({"data": vec![json!({}); 25]}))
+            .fenced(keys.iter().map(String::as_str));
+        assert_eq!(insert.records(), 25);
+        assert_eq!(p.costs(insert.class, insert.records(), &set), vec![3, 1, 1]);
+        let read = Request::get("/crm/v7/Calls/1", RequestClass::Read);
+        assert_eq!(p.costs(read.class, read.records(), &set), vec![1, 1, 1]);
         let throttle = Reply { status: 429, headers: HeaderMap::new(), body: r#"{"code":"TOO_MANY_REQUESTS","status":"error"}"#.into() };
         let waits: Vec<Verdict> = (0..3).map(|_| p.classify(&throttle)).collect();
         assert_eq!(
