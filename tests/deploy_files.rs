@@ -71,7 +71,7 @@ fn topics() -> BTreeSet<String> {
 
 /// The OpenTelemetry instruments, as the collector's Prometheus exporter names them. Each
 /// must be declared in the code under its OpenTelemetry name.
-const METRICS: [(&str, &[&str]); 10] = [
+const METRICS: [(&str, &[&str]); 11] = [
     ("crm_sync.messages", &["crm_sync_messages_total"]),
     ("crm_sync.produced", &["crm_sync_produced_total"]),
     (
@@ -99,6 +99,7 @@ const METRICS: [(&str, &[&str]); 10] = [
     ("crm_sync.bucket.remaining", &["crm_sync_bucket_remaining"]),
     ("crm_sync.dlq", &["crm_sync_dlq_total"]),
     ("crm_sync.reconcile.records", &["crm_sync_reconcile_records"]),
+    ("crm_sync.writer.backlog.gone", &["crm_sync_writer_backlog_gone_total"]),
 ];
 
 fn prometheus_names(code: &str) -> BTreeSet<String> {
