@@ -208,8 +208,9 @@ impl Backlog {
     /// deleted (retention) before a pass could read it again. The left tenants' places move
     /// up to `low` (nothing below can be handed on, and their holds must not keep the
     /// partition's commits back for ever) and pass `pass_id` goes on from there, read under
-    /// a new id so the reader is sent to `low`. Returns what was lost, to be reported; None
-    /// when the pass ended or moved meanwhile, or nothing left was below `low`.
+    /// a new id so the reader is sent to `low`. Returns what was stepped over, to be
+    /// reported (its `tenants` empty when no left message was below `low`); None when the
+    /// pass ended or moved meanwhile.
     pub fn gone(&mut self, offsets: &mut Offsets, partition: i32, pass_id: u64, low: i64) -> Option<Gone> {
         let part = self.parts.get_mut(&partition)?;
         let pass = part.pass.as_mut().filter(|p| p.id == pass_id && p.next < low)?;
