@@ -281,3 +281,30 @@ async fn tokens_taken_ahead_are_fenced_one_by_one_in_one_round_trip() {
     }
     assert_eq!(b.used(&writes).await.unwrap(), vec![("burst".to_string(), 1)]);
 }
+
+/// A claim store that lost its data looks a forgotten activity up since the beginning (a
+/// meeting's later version has no era: 0). If that writer dies after writing and before its
+/// DONE, the writer that recovers the expired lease must look up since the beginning too:
+/// the reliability suite once saw it look up only what changed since its own claim, miss
+/// the record the dead writer had created a minute before, and create a second Pipedrive
+/// meeting.
+#[tokio::test]
+async fn a_forgotten_key_recovered_again_after_its_writer_died_is_still_looked_up_since_the_beginning() {
+    let prefix = RedisPrefix::new("claims");
+    let dead = claims_with(&prefix, "writer-dead", 200, 0).await;
+    let live = claims_with(&prefix, "writer-live", 30_000, 0).await;
+    let key = "acme:meeting:m1:pipedrive";
+    // An older epoch: the store started remembering before now, and the era is unknown.
+    let first = dead.claim("acme", key, 3, 0).await.unwrap();
+    let Claim::Recover { why: Recovery::Forgotten, since_ms, .. } = first else { panic!("{first:?}") };
+    assert!(since_ms <= 0, "a forgotten write with no era may be anywhere: since the beginning, not {since_ms}");
+    // The dead writer wrote, then died before its DONE; its lease runs out.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = live.claim("acme", key, 3, 0).await.unwrap();
+    let Claim::Recover { why: Recovery::ExpiredLease, since_ms, .. } = again else { panic!("{again:?}") };
+    assert!(
+        since_ms <= 0,
+        "the lost write was claimed as forgotten, so it may have landed at any time: since the beginning, not {since_ms} (now {})",
+        now_ms()
+    );
+}

@@ -43,9 +43,14 @@ local sure_since = math.max(epoch, now - keep) + skew
 local forgotten = state == 'create' and era < sure_since
 if forgotten then state = 'forgotten' end
 -- A recovering writer learns when the lost write was claimed: it cannot have reached the
--- CRM before that (Pipedrive's lookup lists activities changed since then).
+-- CRM before that (Pipedrive's lookup lists activities changed since then). A forgotten
+-- write with no era (0: a meeting's later version) may have landed at any time: it is kept
+-- as -1, since 0 means 'not set' and a recovery of this claim's expired lease would take
+-- its own time instead (the reliability suite saw that look past the record the dead
+-- writer had created, and a second Pipedrive meeting written).
 if state == 'forgotten' then
   at = era
+  if at <= 0 then at = -1 end
 elseif state ~= 'recover' or at == 0 then
   at = now
 end
@@ -164,7 +169,7 @@ pub enum Claim {
     Update { record_id: String },
     /// A write under this key may have happened: look it up in the CRM by the key before
     /// writing. `record_id` is an older version's record, if any; `since_ms` (Redis time) is
-    /// the earliest the lost write can have reached the CRM; `settle` is how long until any
+    /// the earliest the lost write can have reached the CRM (≤ 0: any time); `settle` is how long until any
     /// such write has landed (a CRM can apply a create after its client gave up), so a
     /// lookup before then may miss it.
     Recover { record_id: Option<String>, since_ms: i64, why: Recovery, settle: Duration },
