@@ -6,9 +6,9 @@
 
 use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
-use crm_sync_tests::writer::{block_bucket, wait_for};
+use crm_sync_tests::writer::{block_bucket, unblock_bucket, wait_for};
 use crm_sync_tests::writer_suite::{outcomes, HUBSPOT};
-use crm_sync_tests::{Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
+use crm_sync_tests::{Broker, Proc, RedisPrefix, TempFile};
 use serde_json::json;
 use std::time::Duration;
 
@@ -206,10 +206,7 @@ fn a_pass_whose_left_messages_were_deleted_says_so_and_goes_on() {
     broker.produce(topic, &junk);
     let later: Vec<_> = (0..3).map(|i| HUBSPOT.request("acme", &format!("b{i}"), 1)).collect();
     broker.produce(topic, &later);
-    redis::cmd("DEL")
-        .arg(format!("{}:{{acme}}:bucket:hubspot:blocked", prefix.0))
-        .query::<i64>(&mut redis::Client::open(MACHINE_REDIS).unwrap().get_connection().unwrap())
-        .unwrap();
+    unblock_bucket(&prefix, "acme", "hubspot");
     let key = |c: &str| idempotency_key("acme", c, Crm::Hubspot);
     wait_for("acme's calls produced after the deleted ones", Duration::from_secs(60), || {
         let k = HUBSPOT.keys(&sim, "acme");

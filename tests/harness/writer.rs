@@ -52,6 +52,13 @@ pub fn block_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str, how_long: Dur
     });
 }
 
+/// Lifts what `block_bucket` set (the block key's name is `TokenBuckets`' own).
+pub fn unblock_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str) {
+    let key = format!("{}:{{{tenant}}}:bucket:{crm}:blocked", prefix.0);
+    let mut conn = redis::Client::open(MACHINE_REDIS).and_then(|c| c.get_connection()).expect("redis");
+    redis::cmd("DEL").arg(key).query::<i64>(&mut conn).expect("unblock");
+}
+
 /// Polls `f` until it holds; panics naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -6,7 +6,7 @@
 //! what reached the audit topic and the DLQ.
 
 use super::crm_sim::CrmSim;
-use super::writer::{block_bucket, wait_for};
+use super::writer::{block_bucket, unblock_bucket, wait_for};
 use super::{normalised_call, Broker, Proc, RedisPrefix, TempFile};
 use crm_common::codec;
 use crm_common::events::*;
@@ -553,12 +553,7 @@ pub fn a_tenant_waiting_for_tokens_does_not_delay_another_on_the_same_partition(
     assert!(case.keys(&sim, "acme").is_empty(), "acme waits for its bucket");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(broker.committed(&case.group(), &case.topic()), 0, "acme's unfinished inputs come first in the partition");
-    let key = format!("{}:{{acme}}:bucket:{}:blocked", prefix.0, case.name());
-    redis::Client::open(super::MACHINE_REDIS)
-        .unwrap()
-        .get_connection()
-        .and_then(|mut c| redis::cmd("DEL").arg(key).query::<i64>(&mut c))
-        .unwrap();
+    unblock_bucket(&prefix, "acme", case.name());
     wait_for("acme's calls", Duration::from_secs(30), || case.keys(&sim, "acme").len() == 5);
     wait_for("offsets committed", Duration::from_secs(20), || broker.committed(&case.group(), &case.topic()) == 10);
     eprintln!("{}: globex written {globex_took:?} after produce while acme was blocked", case.name());
@@ -606,8 +601,7 @@ pub fn a_burst_left_in_kafka_never_delays_a_quiet_tenant_and_survives_a_kill(cas
     assert!(w.log_text().contains("left in Kafka"), "{}", w.log_text());
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(broker.committed(&case.group(), &case.topic()), 0, "acme's calls come first in the partition");
-    let key = format!("{}:{{acme}}:bucket:{}:blocked", prefix.0, case.name());
-    redis::cmd("DEL").arg(key).query::<i64>(&mut redis_conn()).unwrap();
+    unblock_bucket(&prefix, "acme", case.name());
     wait_for("some of acme's calls", Duration::from_secs(60), || case.keys(&sim, "acme").len() >= 8);
     let before_kill = case.keys(&sim, "acme").len();
     w.kill9();
