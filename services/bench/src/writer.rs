@@ -456,6 +456,12 @@ fn lookup_endpoints(crm: Crm) -> &'static [&'static str] {
     }
 }
 
+/// Whether a request to `endpoint` (a crm-sim counter's label) spends the limit the backlog
+/// is held to: not a token refresh, nor a HubSpot search (it has its own limit, per second).
+fn paced(crm: Crm, endpoint: &str) -> bool {
+    !endpoint.contains("oauth") && !(crm == Crm::Hubspot && endpoint.contains("/search"))
+}
+
 /// Lookups (owners and context) in an account's counters.
 fn lookups(crm: Crm, counters: &Value) -> u64 {
     counters.as_object().map_or(0, |m| {
@@ -534,7 +540,23 @@ impl Setup {
             prefix: &self.prefix,
         };
         env.apply(&mut cmd, &self.secrets);
-        let child = cmd.args(args).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn()?;
+        // `BENCH_LOG_DIR`: each service logs there, at `BENCH_RUST_LOG` (default "warn"), to
+        // a file named by its binary and process id, kept after the run (to see where a
+        // run's time went).
+        cmd.args(args).env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into())).stdout(Stdio::null());
+        let logs = std::env::var_os("BENCH_LOG_DIR").map(std::path::PathBuf::from);
+        let log = match &logs {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                let n = self.stages.0.len();
+                Some(std::fs::File::create(d.join(format!("{bin}-{n}.log")))?)
+            }
+            None => None,
+        };
+        if let Some(f) = log {
+            cmd.stderr(f);
+        }
+        let child = cmd.spawn()?;
         let pid = child.id();
         self.stages.0.push(child);
         Ok(pid)
@@ -704,12 +726,27 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
         setup.spawn("writer", &["--crm", crm], a)?;
     }
     let (backlog, sim) = (&setup.backlog, &setup.sim);
+    // Each tenant's own span too (its first record written to its last): tenants start at
+    // different times (the group's partitions are assigned to each replica in turn), and a
+    // limit paces each tenant on its own.
+    let share = |t: usize| (records / tenants + usize::from(t < records % tenants)) as u64;
+    let mut spans: Vec<(Option<Instant>, Option<Instant>)> = vec![(None, None); tenants];
     let mut first: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     let (done_at, written) = loop {
-        let written: u64 = backlog.iter().map(|t| sim.state(p, t).map(|s| s.0).unwrap_or(0)).sum();
+        let counts: Vec<u64> = backlog.iter().map(|t| sim.state(p, t).map(|s| s.0).unwrap_or(0)).collect();
+        let now = Instant::now();
+        for (t, (n, span)) in counts.iter().zip(spans.iter_mut()).enumerate() {
+            if *n > 0 && span.0.is_none() {
+                span.0 = Some(now);
+            }
+            if *n >= share(t) && span.1.is_none() {
+                span.1 = Some(now);
+            }
+        }
+        let written: u64 = counts.iter().sum();
         if written > 0 && first.is_none() {
-            first = Some(Instant::now());
+            first = Some(now);
         }
         if written as usize >= records || Instant::now() > deadline {
             break (Instant::now(), written);
@@ -719,12 +756,21 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
     let elapsed = done_at.duration_since(first.unwrap_or(done_at)).max(Duration::from_millis(1));
     let (mut calls, mut throttled) = (0u64, 0u64);
     let mut all_calls = 0u64;
+    let mut per_tenant_calls = Vec::with_capacity(tenants);
     for t in backlog {
         let (_, c) = sim.state(p, t)?;
         calls += count(&c, p.writes, "201") + count(&c, p.writes, "200") + count(&c, p.writes, "207");
-        all_calls += c.as_object().map_or(0, |m| {
-            m.values().flat_map(|v| v.as_object().into_iter().flat_map(|s| s.values())).map(|n| n.as_u64().unwrap_or(0)).sum()
-        });
+        let sum = |paced_only: bool| -> u64 {
+            c.as_object().map_or(0, |m| {
+                m.iter()
+                    .filter(|(endpoint, _)| !paced_only || paced(p.crm, endpoint))
+                    .flat_map(|(_, v)| v.as_object().into_iter().flat_map(|s| s.values()))
+                    .map(|n| n.as_u64().unwrap_or(0))
+                    .sum()
+            })
+        };
+        all_calls += sum(false);
+        per_tenant_calls.push(sum(true));
         throttled += all_throttled(&c, p.throttle);
     }
     let cold_lookups: u64 = backlog.iter().map(|t| sim.state(p, t).map(|(_, c)| lookups(p.crm, &c)).unwrap_or(0)).sum();
@@ -744,13 +790,33 @@ fn backlog_phase(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> an
         // The limit allows `limit` at once and `limit` more each window after: a perfectly
         // paced client needs (⌈requests / limit⌉ − 1) windows. The run is read against that.
         Some((window, _)) => {
-            let per_tenant = all_calls as f64 / tenants as f64;
-            let best = ((per_tenant / p.limit as f64).ceil() - 1.0).max(0.0) * window;
+            // The backlog ends with its slowest tenant: the one with the most requests.
+            let best_of = |n: u64| ((n as f64 / p.limit as f64).ceil() - 1.0).max(0.0) * window;
+            let most = per_tenant_calls.iter().copied().max().unwrap_or(0);
+            let best = best_of(most);
             println!(
-                "  budget            {per_tenant:.0} requests per tenant need {best:.0} s at best at {limit_text}; took {secs:.1} s: {:.0}% of the limit's pace \
+                "  budget            {} requests per tenant, at most {most} spending the limit, need {best:.0} s at best at {limit_text}; took {secs:.1} s: {:.0}% of the limit's pace \
                  (a token returns one window after its request's answer)",
+                all_calls / tenants.max(1) as u64,
                 100.0 * best / secs
             );
+            // Each tenant from its first record written to its last, against its own best
+            // (its first window's requests went before its first record was written).
+            let paces: Vec<f64> = spans
+                .iter()
+                .zip(&per_tenant_calls)
+                .filter_map(|((from, to), n)| {
+                    Some(100.0 * best_of(*n) / to.as_ref()?.duration_since(*from.as_ref()?).as_secs_f64().max(0.001))
+                })
+                .collect();
+            if !paces.is_empty() {
+                let min = paces.iter().copied().fold(f64::INFINITY, f64::min);
+                let mean = paces.iter().sum::<f64>() / paces.len() as f64;
+                println!(
+                    "  per tenant        from its first record written to its last: {mean:.0}% of the limit's pace on average, {min:.0}% the lowest \
+                     (the whole run's figure above also holds the tenants' different starts)"
+                );
+            }
         }
         None => println!(
             "  budget            no rate limit at {crm}: {} of the org's {} daily requests spent per tenant",

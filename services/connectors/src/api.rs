@@ -231,6 +231,14 @@ impl Api {
         }
     }
 
+    /// The units the lane of `tenant` took ahead and can no longer draw (`Pools::expired`) go
+    /// back, riding the tenant's next round trip.
+    fn give_back_expired(&self, tenant: &str) {
+        for h in self.pools.expired(tenant) {
+            self.buckets.give_back_soon(&h.set, &h.costs, &h.grant, h.used);
+        }
+    }
+
     /// Takes, in one round trip, the tokens of what the lane of `tenant` is about to send: the
     /// reads it expects (`expect`; one take per bucket set, of as many units as fit) and its
     /// writes, one take each, fenced by their keys (`writes`: each chunk the lane will send,
@@ -247,6 +255,7 @@ impl Api {
             fence: Option<(Vec<String>, crate::bucket::Fence)>,
             id: String,
         }
+        self.give_back_expired(tenant);
         let mut aheads: Vec<Ahead> = vec![];
         for (class, n) in self.pools.expected(tenant) {
             let set = policy.buckets(class);
@@ -327,6 +336,9 @@ impl Api {
         let started = Instant::now();
         let mut redis_backoff = 1;
         loop {
+            // Units of the lane's that can no longer be drawn go back with this take (it
+            // settles first), so they are not what it waits for.
+            self.give_back_expired(&set.tenant_id);
             let took = if want > 1 && fence.is_none() {
                 self.buckets.try_take_units(set, costs, want, crate::pool::HOLD, self.reserve_pct, id).await.map(|g| match g {
                     Ok(g) if g.units > 1 => (Take::Granted, Some(g)),
@@ -339,6 +351,7 @@ impl Api {
             match took {
                 Ok((Take::Granted, grant)) => return Ok((started.elapsed(), grant)),
                 Ok((Take::Wait(w), _)) => {
+                    tracing::debug!(tenant = %set.tenant_id, endpoint, wait_ms = w.as_millis() as u64, "waiting for tokens");
                     // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
                     crm_common::health::beat();
                     crate::places::sleep(w.min(Duration::from_secs(5))).await

@@ -123,6 +123,20 @@ impl Pools {
         lane.expected.iter().filter(|(_, n)| **n > 0).map(|(c, n)| (*c, *n)).collect()
     }
 
+    /// Grants of `tenant` whose units can no longer be drawn (held past `within`), taken out
+    /// to be given back now (`TokenBuckets::give_back_soon`) rather than when the batch ends:
+    /// a unit no request will draw still holds its tokens, and a cold batch whose lookups
+    /// waited held a write's units for its whole length (Pipedrive, at 10 requests per 2 s,
+    /// then sent one request per window for a batch's first 26 s).
+    pub fn expired(&self, tenant: &str) -> Vec<Held> {
+        let mut lanes = self.lanes();
+        let Some(lane) = lanes.get_mut(tenant) else { return vec![] };
+        let (gone, kept): (Vec<Held>, Vec<Held>) =
+            std::mem::take(&mut lane.held).into_iter().partition(|h| h.used >= h.grant.units || h.taken.elapsed() >= h.within);
+        lane.held = kept;
+        gone.into_iter().filter(|h| h.used < h.grant.units).collect()
+    }
+
     /// Ends the lane's batch: what it expected is forgotten, and what it holds is returned to
     /// be given back (`TokenBuckets::give_back_soon`).
     pub fn release(&self, tenant: &str) -> Vec<Held> {
@@ -200,5 +214,21 @@ mod tests {
         p.hold_fenced(&s, &[1], grant(1), 0, vec!["k1".into()], Duration::ZERO);
         assert_eq!(p.draw(&s, &[1], &["k1".into()]), None, "too old");
         assert_eq!(p.release("t1").len(), 1, "the unused unit goes back");
+    }
+
+    #[test]
+    fn units_that_can_no_longer_be_drawn_are_taken_out_to_go_back_at_once() {
+        let p = Pools::default();
+        let s = set("t1", "burst");
+        p.hold_fenced(&s, &[1], grant(3), 1, vec!["k1".into()], Duration::ZERO);
+        p.hold_fenced(&s, &[1], Grant { id: "live".into(), units: 2, at_ms: 0 }, 0, vec!["k2".into()], Duration::from_secs(60));
+        p.hold(&s, &[1], Grant { id: "read".into(), units: 2, at_ms: 0 }, 1);
+        assert!(p.expired("t2").is_empty(), "another tenant holds nothing");
+        let gone = p.expired("t1");
+        assert_eq!(gone.iter().map(|h| (h.grant.id.as_str(), h.used)).collect::<Vec<_>>(), vec![("g", 1)], "only the stale grant");
+        assert!(p.expired("t1").is_empty(), "taken out once");
+        assert_eq!(p.draw(&s, &[1], &["k2".into()]), Some(("live".into(), 1)), "a live write's unit stays");
+        assert_eq!(p.draw(&s, &[1], &[]), Some(("read".into(), 2)), "a read's unit within HOLD stays");
+        assert_eq!(p.release("t1").iter().map(|h| h.grant.id.as_str()).collect::<Vec<_>>(), vec!["live"], "the rest at the end");
     }
 }

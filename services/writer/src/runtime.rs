@@ -213,6 +213,7 @@ impl<C: Connector> Lanes<C> {
                     }
                 }
                 drop(spans);
+                tracing::debug!(tenant, n, "lane batch done");
                 if let Err(e) = publish(&producer, &offsets, &metrics, done).await {
                     error!(error = %e, "stopping: an output was refused, so its input stays uncommitted");
                     failed.cancel();

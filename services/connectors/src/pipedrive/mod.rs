@@ -22,7 +22,7 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    create_reading_before_resending, missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live,
+    create_reading_before_resending, missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups,
     ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::context::{ContactContext, OpenDeal};
@@ -310,6 +310,14 @@ impl Connector for Pipedrive {
         Ok(found)
     }
 
+    /// By the classes the lookups are sent as: Pipedrive prices each class differently, and a
+    /// unit taken ahead is drawn only by a request of its own costs (a `users/find` is a
+    /// list, 10 budget tokens, not a read). A person search per number and per address; a
+    /// users find per owner; a person read and a deals list per contact's context.
+    fn expected_requests(&self, l: &Lookups) -> Vec<(RequestClass, u64)> {
+        vec![(RequestClass::Search, l.numbers + l.addresses), (RequestClass::Read, l.contexts), (RequestClass::List, l.owners + l.contexts)]
+    }
+
     fn batch_max(&self) -> usize {
         // No batch create; lanes still plan whole batches, written one call at a time.
         100
@@ -478,6 +486,36 @@ impl Inspect for Pipedrive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A unit taken ahead is drawn only by a request of its own costs, and Pipedrive prices
+    /// each class differently: lookups expected as reads (the default) left the owner's
+    /// `users/find` and the contact's deals list (both lists) to take their own tokens, behind
+    /// the units held for them, which a cold batch then held unused for its whole length.
+    #[test]
+    fn lookups_are_expected_as_the_classes_they_are_sent_as() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
+        let p = Pipedrive {
+            contracts: Contracts::load(&dir, "pipedrive").unwrap(),
+            default_base_url: String::new(),
+            default_token_url: String::new(),
+        };
+        let l = Lookups { numbers: 2, addresses: 1, owners: 1, contexts: 2 };
+        let mut expected = p.expected_requests(&l);
+        expected.sort_by_key(|(c, _)| format!("{c:?}"));
+        assert_eq!(
+            expected,
+            vec![(RequestClass::List, 3), (RequestClass::Read, 2), (RequestClass::Search, 3)],
+            "a person search per number and address; users/find per owner (a list); per contact a person read and a deals list"
+        );
+        use crate::api::Policy;
+        let policy = limits::PipedrivePolicy {
+            tenant_id: "t".into(),
+            plan: limits::Plan { burst_per_2s: 20, search_per_2s: 10, daily_tokens: 1000, costs: [1, 10, 5, 5, 20] },
+            tz_offset_min: 0,
+        };
+        let costs = |c| policy.costs(c, 1, &policy.buckets(c));
+        assert_ne!(costs(RequestClass::List), costs(RequestClass::Read), "why the class matters here");
+    }
 
     #[test]
     fn listing_times_are_whole_seconds() {
