@@ -459,7 +459,8 @@ fn lookup_endpoints(crm: Crm) -> &'static [&'static str] {
 /// Whether a request to `endpoint` (a crm-sim counter's label) spends the limit the backlog
 /// is held to: not a token refresh, nor a HubSpot search (it has its own limit, per second).
 fn paced(crm: Crm, endpoint: &str) -> bool {
-    !endpoint.contains("oauth") && !(crm == Crm::Hubspot && endpoint.contains("/search"))
+    let own_limit = crm == Crm::Hubspot && endpoint.contains("/search");
+    !(endpoint.contains("oauth") || own_limit)
 }
 
 /// Lookups (owners and context) in an account's counters.
