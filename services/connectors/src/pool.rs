@@ -9,7 +9,9 @@
 //! none left takes units for what is still expected (`wanted`).
 //!
 //! What a lane did not use goes back when it finishes (`Api::give_back`, riding its DONE), so
-//! an estimate too high only holds tokens for the length of a batch. A read's units are kept
+//! an estimate too high only holds tokens for the length of a batch; a unit that can no
+//! longer be drawn (held past its time) goes back sooner, with the tenant's next take
+//! (`Pools::expired`), so a batch whose lookups waited does not hold its writes' tokens. A read's units are kept
 //! at most `HOLD`: their tokens are leased that much longer, so a unit drawn late is still
 //! covered while its request can be on its way. A write's unit is drawn only by a request
 //! carrying no key its take did not fence, and only within a third of the lease that take
