@@ -52,9 +52,9 @@ pub fn block_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str, how_long: Dur
     });
 }
 
-/// Lifts what `block_bucket` set (the block key's name is `TokenBuckets`' own).
+/// Lifts what `block_bucket` set.
 pub fn unblock_bucket(prefix: &RedisPrefix, tenant: &str, crm: &str) {
-    let key = format!("{}:{{{tenant}}}:bucket:{crm}:blocked", prefix.0);
+    let key = crm_common::redis_keys::bucket_blocked(&prefix.0, tenant, crm);
     let mut conn = redis::Client::open(MACHINE_REDIS).and_then(|c| c.get_connection()).expect("redis");
     redis::cmd("DEL").arg(key).query::<i64>(&mut conn).expect("unblock");
 }
