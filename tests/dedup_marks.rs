@@ -71,6 +71,51 @@ async fn many_marks_in_flight_keep_request_order() {
     cleanup(&prefix).await;
 }
 
+/// Marks written by a deduper before this version are hashes (`v`, `in`); this one writes
+/// strings. A rolling upgrade must read the old ones: a repeat of a call marked before the
+/// upgrade is still a repeat, and a higher version moves the mark (as a string from then on).
+#[tokio::test]
+async fn marks_written_as_hashes_by_an_earlier_deduper_are_read_and_moved() {
+    let prefix = format!("test-dedup-{}", uuid::Uuid::new_v4().simple());
+    let store = DedupStore::connect(&node(REDIS), &prefix).await.expect("redis");
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let (k1, k2) = (store.key("acme", "c1"), store.key("acme", "c2"));
+    for (k, v, by) in [(&k1, 3, "calls.normalised/0/5"), (&k2, 1, "calls.normalised/1/8")] {
+        let _: () = redis::cmd("HSET").arg(k).arg("v").arg(v).arg("in").arg(by).query_async(&mut c).await.unwrap();
+        let _: () = c.pexpire(k, 60_000).await.unwrap();
+    }
+    let marks = store
+        .mark_many(&[
+            req("c1", 3, "calls.normalised/0/6"),  // a repeat of a call marked before the upgrade
+            req("c1", 3, "calls.normalised/0/5"),  // the input that marked it, again
+            req("c2", 2, "calls.normalised/1/9"),  // a higher version
+            req("c2", 2, "calls.normalised/1/10"), // and its repeat, in the same batch
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        marks,
+        vec![
+            Mark::Repeat { marked_version: 3, marked_by: "calls.normalised/0/5".into() },
+            Mark::Redelivered,
+            Mark::Update { previous_version: 1, previous_input: "calls.normalised/1/8".into() },
+            Mark::Repeat { marked_version: 2, marked_by: "calls.normalised/1/9".into() },
+        ]
+    );
+    let kinds: Vec<String> = futures::future::join_all([&k1, &k2].map(|k| {
+        let mut c = c.clone();
+        async move { redis::cmd("TYPE").arg(k).query_async::<String>(&mut c).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(kinds, ["hash", "string"], "a mark that did not move is left as it was; one that moved is rewritten");
+    let moved: String = c.get(&k2).await.unwrap();
+    assert_eq!(moved, "2|calls.normalised/1/9");
+    let ttl: i64 = c.pttl(&k2).await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "the moved mark keeps the window: {ttl}");
+    cleanup(&prefix).await;
+}
+
 #[tokio::test]
 async fn unreachable_redis_is_an_error_not_a_guess() {
     let err = DedupStore::connect(&node("redis://127.0.0.1:1"), "x").await;

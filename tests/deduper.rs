@@ -124,8 +124,10 @@ fn fans_out_suppresses_repeats_and_dead_letters() {
     let c1 = format!("{}:{{acme}}:dedup:c1", prefix.0);
     let ttl: i64 = redis::cmd("PTTL").arg(&c1).query(&mut c).unwrap();
     assert!(ttl > 23 * 3_600_000 && ttl <= 24 * 3_600_000, "default window 24h: {ttl}");
-    let v: String = redis::cmd("HGET").arg(&c1).arg("v").query(&mut c).unwrap();
-    assert_eq!(v, "2");
+    let v: String = redis::cmd("GET").arg(&c1).query(&mut c).unwrap();
+    let (version, by) = v.split_once('|').expect("version|input");
+    assert_eq!(version, "2");
+    assert!(by.starts_with("calls.normalised/"), "the input that set it: {v}");
     let ttl: i64 = redis::cmd("PTTL").arg(format!("{}:{{acme}}:dedup:c2", prefix.0)).query(&mut c).unwrap();
     assert!(ttl > 0 && ttl <= 2000, "fastpbx window 2s: {ttl}");
 

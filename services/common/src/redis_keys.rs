@@ -5,7 +5,7 @@
 //!
 //! | key | written by | holds |
 //! |---|---|---|
-//! | `<p>:{t}:dedup:<call_id>` | deduper | the highest version seen and when (the dedup window) |
+//! | `<p>:{t}:dedup:<call_id>` | deduper | `<version>\|<input>`: the highest version seen and the input that set it, for the dedup window |
 //! | `<p>:{t}:claim:<idempotency key>` | writers | the claim: owner, lease, state, record id |
 //! | `<p>:{t}:claims-epoch` | writers | since when the store remembers the tenant's claims |
 //! | `<p>:{t}:bucket:<crm>:<limit>` | writers, reconciler | a token bucket of the CRM's limit |
