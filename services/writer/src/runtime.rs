@@ -22,7 +22,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -75,8 +75,20 @@ struct Lane {
     /// are open at once.
     tx: mpsc::UnboundedSender<Box<Work>>,
     held: Arc<AtomicUsize>,
+    /// The tenant has messages left in Kafka (`crate::backlog`): a pass is handing them on,
+    /// so a batch short of full lingers for them (`LINGER`).
+    left: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// How long a lane whose tenant has messages left in Kafka waits, at most, for a pass to
+/// fill a short batch. A backlog pass hands a tenant its messages in parts as it reads them
+/// (parts of 78, 22, 36 and 64 were logged), and a lane that took only what was queued sent
+/// HubSpot and Zoho batch calls of 74–82 records where 100 fit: under a rate limit a batch
+/// call costs the same token whatever it holds, so a few milliseconds spent filling it buy
+/// up to a quarter more records per second. A lane whose tenant has nothing left never
+/// waits: its messages come straight from the consumer as they arrive.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// Produces what finished messages produced and, once the broker has all of it, lets their
 /// offsets be committed. A whole batch is sent before any acknowledgement is awaited: one
@@ -172,6 +184,8 @@ impl<C: Connector> Lanes<C> {
         let idle = self.lane_idle;
         let held = Arc::new(AtomicUsize::new(0));
         let lane_held = held.clone();
+        let left = Arc::new(AtomicBool::new(false));
+        let lane_left = left.clone();
         let (room, half) = (self.room.clone(), self.lane_max / 2);
         let places = self.places.clone();
         let task = tokio::spawn(async move {
@@ -192,9 +206,14 @@ impl<C: Connector> Lanes<C> {
                     }
                 };
                 let mut batch = vec![*first];
+                let linger_until = tokio::time::Instant::now() + LINGER;
                 while batch.len() < max {
                     match rx.try_recv() {
                         Ok(w) => batch.push(*w),
+                        Err(_) if lane_left.load(Ordering::SeqCst) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                            Ok(Some(w)) => batch.push(*w),
+                            _ => break,
+                        },
                         Err(_) => break,
                     }
                 }
@@ -225,7 +244,24 @@ impl<C: Connector> Lanes<C> {
                 }
             }
         });
-        Lane { tx, held, task }
+        Lane { tx, held, left, task }
+    }
+
+    /// Tells `tenant`'s lane whether the tenant has messages left in Kafka.
+    fn mark_left(&self, tenant: &str, left: bool) {
+        if let Some(lane) = self.lanes.get(tenant) {
+            lane.left.store(left, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears the mark of every lane whose tenant no longer has messages left (a pass that
+    /// ended on another tenant's message can have handed a tenant its last one).
+    fn refresh_left(&self, backlog: &Backlog) {
+        for (tenant, lane) in &self.lanes {
+            if lane.left.load(Ordering::SeqCst) && !backlog.is_left(tenant) {
+                lane.left.store(false, Ordering::SeqCst);
+            }
+        }
     }
 }
 
@@ -284,6 +320,7 @@ pub async fn run<C: Connector>(
                 crm_common::health::beat();
                 commit(&consumer, &offsets);
                 lanes.sweep();
+                lanes.refresh_left(&backlog.backlog);
                 backlog.start_passes(&offsets, &lanes);
                 backlog.check_stalled(cfg.pass_stall, &checked_tx);
             }
@@ -301,6 +338,7 @@ pub async fn run<C: Connector>(
                 let Route::Lane(ticket) = route else {
                     if let Some(t) = tenant.as_deref() {
                         debug!(tenant = t, partition = m.partition, offset = m.offset, "lane full: left in Kafka");
+                        lanes.mark_left(t, true);
                     }
                     backlog.count();
                     continue;
@@ -326,13 +364,17 @@ pub async fn run<C: Connector>(
                 let req = request_of(&shared, &m).ok();
                 let tenant = req.as_ref().map(|r| r.tenant_id().to_string());
                 let verdict = backlog.backlog.reread(&mut offsets.lock().expect("offsets"), m.partition, m.offset, tenant.as_deref(), |t| lanes.room(t));
-                if let (Reread::Hand(ticket), Some(req), Some(tenant)) = (verdict, req, tenant) {
+                if let (Reread::Hand(ticket), Some(req), Some(tenant)) = (verdict, req, tenant.as_deref()) {
                     debug!(tenant, partition = m.partition, offset = m.offset, "handed on from Kafka");
                     backlog.reread.fetch_add(1, Ordering::Relaxed);
-                    if lanes.send(&tenant, Work { input: m, req, ticket }).is_err() {
+                    if lanes.send(tenant, Work { input: m, req, ticket }).is_err() {
                         error!("a lane stopped; stopping");
                         break;
                     }
+                }
+                // After the hand: it may have started the tenant's lane.
+                if let Some(t) = tenant.as_deref() {
+                    lanes.mark_left(t, backlog.backlog.is_left(t));
                 }
                 backlog.follow();
             }
