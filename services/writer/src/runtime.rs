@@ -86,8 +86,9 @@ struct Lane {
 /// (parts of 78, 22, 36 and 64 were logged), and a lane that took only what was queued sent
 /// HubSpot and Zoho batch calls of 74–82 records where 100 fit: under a rate limit a batch
 /// call costs the same token whatever it holds, so a few milliseconds spent filling it buy
-/// up to a quarter more records per second. A lane whose tenant has nothing left never
-/// waits: its messages come straight from the consumer as they arrive.
+/// records per second (`bench writer --crm hubspot`: 71.9 → 96.8 records per call, 292 → 396
+/// records/s). A lane whose tenant has nothing left never waits: its messages come straight
+/// from the consumer as they arrive, and a CRM that takes one record per call never batches.
 const LINGER: Duration = Duration::from_millis(50);
 
 /// Produces what finished messages produced and, once the broker has all of it, lets their
