@@ -73,12 +73,19 @@ fn current() -> &'static Current {
 
 /// Encodes `value` with the current schema of its record type, single-object framed.
 pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    let fingerprint = Registry::global().current(T::RECORD).fingerprint;
+    encode_as(T::RECORD, value)
+}
+
+/// Encodes `value` as a `record`, with its current schema, single-object framed: for a type
+/// that serialises as the record's own type does (the same fields, in the same order), such
+/// as one borrowing its parts instead of owning copies (`events::CrmWriteRequestRef`).
+pub fn encode_as(record: RecordType, value: &impl serde::Serialize) -> Result<Vec<u8>, EncodeError> {
+    let fingerprint = Registry::global().current(record).fingerprint;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
     out.extend_from_slice(&fingerprint);
-    let mut config = serde_avro_fast::ser::SerializerConfig::new(&current().0[&T::RECORD]);
-    serde_avro_fast::to_datum(value, out, &mut config).map_err(|source| EncodeError { record: T::RECORD, source })
+    let mut config = serde_avro_fast::ser::SerializerConfig::new(&current().0[&record]);
+    serde_avro_fast::to_datum(value, out, &mut config).map_err(|source| EncodeError { record, source })
 }
 
 /// Schemas learnt from a Confluent Schema Registry, by id. Shared by a service's tasks.

@@ -679,6 +679,22 @@ impl AvroRecord for CrmWriteRequest {
     const RECORD: RecordType = RecordType::CrmWriteRequest;
 }
 
+/// A `CrmWriteRequest` that borrows its parts: what the deduper encodes, once per CRM,
+/// without a copy of the call for each (copy and encode took a tenth of its CPU). The same
+/// fields in the same order, so it encodes to the same bytes
+/// (`codec::encode_as(RecordType::CrmWriteRequest, …)`; a test holds them equal).
+#[derive(Debug, Serialize)]
+pub struct CrmWriteRequestRef<'a> {
+    pub tenant_id: &'a str,
+    pub call_id: &'a str,
+    pub crm: Crm,
+    pub idempotency_key: &'a str,
+    pub version: i64,
+    pub call: &'a NormalisedCall,
+    pub requested_at: i64,
+    pub trace_id: &'a str,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub audit_id: String,
@@ -1015,6 +1031,36 @@ pub mod fixtures {
 #[cfg(test)]
 mod era_tests {
     use super::*;
+
+    #[test]
+    fn a_borrowing_write_request_encodes_to_the_same_bytes_as_the_owning_one() {
+        let mut call = fixtures::normalised_call("acme", "c:1", 3);
+        call.attributes.insert("queue".into(), "sales".into());
+        call.notes = Some("called back".into());
+        let owned = CrmWriteRequest {
+            tenant_id: "acme".into(),
+            call_id: "c:1".into(),
+            crm: Crm::Salesforce,
+            idempotency_key: "acme:c:1:salesforce".into(),
+            version: 3,
+            call: call.clone(),
+            requested_at: 1_767_225_600_200,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        };
+        let borrowed = CrmWriteRequestRef {
+            tenant_id: "acme",
+            call_id: "c:1",
+            crm: Crm::Salesforce,
+            idempotency_key: "acme:c:1:salesforce",
+            version: 3,
+            call: &call,
+            requested_at: 1_767_225_600_200,
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+        };
+        let bytes = crate::codec::encode_as(RecordType::CrmWriteRequest, &borrowed).unwrap();
+        assert_eq!(bytes, crate::codec::encode(&owned).unwrap());
+        assert_eq!(crate::codec::decode::<CrmWriteRequest>(&bytes).unwrap(), owned);
+    }
 
     #[test]
     fn a_write_request_is_the_size_of_a_calls() {
