@@ -90,7 +90,7 @@ impl Fanout {
                 audit.attributes.insert("backfill".into(), run.clone());
             }
             if emit {
-                outputs.push(OutRecord::new(&topic, act.tenant_id(), act.request(crm, now_ms(), &input.trace_id), &input.trace_id));
+                outputs.push(OutRecord::new(&topic, act.tenant_id(), act.request(crm, &key, now_ms(), &input.trace_id), &input.trace_id));
             }
             outputs.push(self.emit.audit_record(&audit));
         }
