@@ -73,19 +73,99 @@ fn current() -> &'static Current {
 
 /// Encodes `value` with the current schema of its record type, single-object framed.
 pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    encode_as(T::RECORD, value)
-}
-
-/// Encodes `value` as a `record`, with its current schema, single-object framed: for a type
-/// that serialises as the record's own type does (the same fields, in the same order), such
-/// as one borrowing its parts instead of owning copies (`events::CrmWriteRequestRef`).
-pub fn encode_as(record: RecordType, value: &impl serde::Serialize) -> Result<Vec<u8>, EncodeError> {
+    let record = T::RECORD;
     let fingerprint = Registry::global().current(record).fingerprint;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
     out.extend_from_slice(&fingerprint);
     let mut config = serde_avro_fast::ser::SerializerConfig::new(&current().0[&record]);
     serde_avro_fast::to_datum(value, out, &mut config).map_err(|source| EncodeError { record, source })
+}
+
+/// Encodes a `record` whose field `field` (a record) is already encoded: `head` serialises
+/// the fields before it, `inner` is its datum, `tail` serialises the fields after it. Avro
+/// writes a record as its fields one after another, with no length or marker, and a nested
+/// record the same way, so the three written back to back are the record's datum. The
+/// deduper uses this to put a call's datum, as the normaliser wrote it, into each CRM's
+/// write request without decoding and encoding it again (`current_datum`). `head` and
+/// `tail` are checked against the fields their part of the schema has, by name and order,
+/// as any record is.
+pub fn encode_around(
+    record: RecordType,
+    field: &'static str,
+    head: &impl serde::Serialize,
+    inner: &[u8],
+    tail: &impl serde::Serialize,
+) -> Result<Vec<u8>, EncodeError> {
+    let parts = around(record, field);
+    let mut out = Vec::with_capacity(64 + inner.len());
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&Registry::global().current(record).fingerprint);
+    let mut config = serde_avro_fast::ser::SerializerConfig::new(&parts.head);
+    let mut out = serde_avro_fast::to_datum(head, out, &mut config).map_err(|source| EncodeError { record, source })?;
+    out.extend_from_slice(inner);
+    let mut config = serde_avro_fast::ser::SerializerConfig::new(&parts.tail);
+    serde_avro_fast::to_datum(tail, out, &mut config).map_err(|source| EncodeError { record, source })
+}
+
+/// A record's current schema cut at one field: the fields before it and the fields after
+/// it, each as a record schema of its own.
+struct Around {
+    head: serde_avro_fast::Schema,
+    tail: serde_avro_fast::Schema,
+}
+
+/// Each (record, field) cut made so far.
+type Cuts = RwLock<HashMap<(RecordType, &'static str), Arc<Around>>>;
+
+fn around(record: RecordType, field: &'static str) -> Arc<Around> {
+    static CUTS: OnceLock<Cuts> = OnceLock::new();
+    let cuts = CUTS.get_or_init(Default::default);
+    if let Some(a) = cuts.read().expect("lock").get(&(record, field)) {
+        return a.clone();
+    }
+    // The parsing canonical form names every type in full and defines each where it is
+    // first used: a part is a schema of its own as long as it uses no type the other
+    // parts define (true of every record this is used for; the tests encode each).
+    let canonical: serde_json::Value =
+        serde_json::from_str(&Registry::global().current(record).canonical).expect("a canonical form is JSON");
+    let fields = canonical["fields"].as_array().expect("a record has fields");
+    let at = fields.iter().position(|f| f["name"] == field).unwrap_or_else(|| panic!("{record:?} has no field {field}"));
+    let part = |name: &str, fields: &[serde_json::Value]| -> serde_avro_fast::Schema {
+        serde_json::json!({"type": "record", "name": name, "fields": fields})
+            .to_string()
+            .parse()
+            .unwrap_or_else(|e| panic!("{record:?} cut at {field}: {e}"))
+    };
+    let a = Arc::new(Around { head: part("crm_sync.codec.Head", &fields[..at]), tail: part("crm_sync.codec.Tail", &fields[at + 1..]) });
+    cuts.write().expect("lock").insert((record, field), a.clone());
+    a
+}
+
+/// The datum of `bytes` when it is single-object framed with `T`'s current schema: what
+/// `encode_around` takes as an inner record, and what `decode_view` reads in place. None
+/// for any other framing or schema version (decode it with `decode` instead).
+pub fn current_datum<T: AvroRecord>(bytes: &[u8]) -> Option<&[u8]> {
+    match bytes {
+        [0xC3, 0x01, rest @ ..] if rest.len() >= 8 && rest[..8] == Registry::global().current(T::RECORD).fingerprint => Some(&rest[8..]),
+        _ => None,
+    }
+}
+
+/// Reads a datum of `T`'s current schema (from `current_datum`) into `V`, a view of the
+/// record that borrows its strings from `datum` instead of copying each: every field is
+/// read and checked as `decode` checks it, and none is allocated.
+pub fn decode_view<'a, T: AvroRecord, V: serde::Deserialize<'a>>(datum: &'a [u8]) -> Result<V, DecodeError> {
+    let current = Registry::global().current(T::RECORD);
+    let mut config = serde_avro_fast::de::DeserializerConfig::new(&self::current().0[&T::RECORD]);
+    config.max_seq_size = MAX_DECODE_ELEMENTS;
+    let mut state = serde_avro_fast::de::DeserializerState::with_config(serde_avro_fast::de::read::SliceRead::new(datum), config);
+    let view = V::deserialize(state.deserializer())
+        .map_err(|e| DecodeError::Datum { schema: current.path.clone(), source: DatumError::Current(e) })?;
+    match state.into_reader().fill_buf().map_or(0, <[u8]>::len) {
+        0 => Ok(view),
+        left => Err(DecodeError::TrailingBytes(left)),
+    }
 }
 
 /// Schemas learnt from a Confluent Schema Registry, by id. Shared by a service's tasks.

@@ -168,7 +168,7 @@ impl Topics {
     }
 
     pub fn crm_writes(&self, crm: crate::events::Crm) -> String {
-        format!("{}{}", self.crm_writes_prefix, crm.as_str())
+        [self.crm_writes_prefix.as_str(), crm.as_str()].concat()
     }
 
     /// Every topic the pipeline uses, for the dev broker and deploy scripts.

@@ -280,7 +280,7 @@ impl DedupStore {
 /// A mark as Redis holds it: `<version>|<input>` (an input, `topic/partition/offset`, has no
 /// `|`: Kafka topic names are letters, digits, `.`, `_` and `-`).
 fn mark_value(r: &MarkRequest) -> String {
-    format!("{}|{}", r.version, r.input)
+    [itoa::Buffer::new().format(r.version), "|", &r.input].concat()
 }
 
 /// What round 1's answer for one input settles.

@@ -106,7 +106,7 @@ impl ProducerContext for Acks {
 /// most of a parse, no longer does: `phone::valid`). Blocks the calling
 /// task's thread meanwhile (tokio is told, so its other tasks move to another worker). Small
 /// batches stay on this thread: under light load latency matters more than cores.
-pub fn map_in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+pub fn map_in_parallel<'a, T: Sync, R: Send>(items: &'a [T], f: impl Fn(&'a T) -> R + Sync + Send) -> Vec<R> {
     use rayon::prelude::*;
     if items.len() < PARALLEL_FROM {
         return items.iter().map(f).collect();

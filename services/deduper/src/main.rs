@@ -39,11 +39,11 @@ struct Deduper {
 /// What became of an input before Redis was asked.
 enum Step<'a> {
     Done(Processed),
-    Mark { act: Box<Activity>, tenant: &'a ResolvedTenant },
+    Mark { act: Box<Activity<'a>>, tenant: &'a ResolvedTenant },
 }
 
 impl Deduper {
-    fn classify<'a>(&'a self, input: &InMessage) -> Step<'a> {
+    fn classify<'a>(&'a self, input: &'a InMessage) -> Step<'a> {
         let emit = &self.fanout.emit;
         let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None, kind: None };
         let act = match Activity::decode(input, &self.fanout.topics) {
@@ -99,7 +99,7 @@ impl Handler for Deduper {
                     tenant_id: act.tenant_id().to_string(),
                     call_id: act.mark_id(),
                     version: act.version(),
-                    input: format!("{}/{}/{}", input.topic, input.partition, input.offset),
+                    input: input.place(),
                     window_ms: tenant.dedup_window_for(act.source()).as_millis() as u64,
                 }),
                 Step::Done(_) => None,

@@ -49,6 +49,13 @@ impl InMessage {
         }
     }
 
+    /// Where this input was read: `<topic>/<partition>/<offset>` (a dedup mark names the
+    /// input that made it so).
+    pub fn place(&self) -> String {
+        let (mut p, mut o) = (itoa::Buffer::new(), itoa::Buffer::new());
+        [self.topic.as_str(), "/", p.format(self.partition), "/", o.format(self.offset)].concat()
+    }
+
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
@@ -118,6 +125,22 @@ impl OutRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inputs_place_names_topic_partition_and_offset() {
+        let m = InMessage {
+            topic: "calls.normalised".into(),
+            partition: 11,
+            offset: -1,
+            key: None,
+            payload: None,
+            timestamp_ms: None,
+            headers: vec![],
+            trace_id: String::new(),
+        };
+        assert_eq!(m.place(), "calls.normalised/11/-1");
+        assert_eq!(InMessage { partition: 0, offset: i64::MAX, ..m }.place(), format!("calls.normalised/0/{}", i64::MAX));
+    }
 
     #[test]
     fn traceparent_parsing() {
