@@ -1,10 +1,10 @@
 //! `bench deduper`: a backlog of normalised calls (some of them repeats) on calls.normalised,
-//! then a passthrough and the real deduper over it, one after the other, each in its own
+//! then the passthroughs (one output per input, and two) and the real deduper over it, one after the other, each in its own
 //! process and consumer group, against the machine's Redis under a key prefix of this run's
 //! own (deleted afterwards). Each tenant connects one CRM, so the deduper writes one audit
 //! record per input and one write request per new call: its rate is read from sync.audit.
 
-use crate::{bench_call, measure, print_runs, produce_all, PASSTHROUGH_OUT};
+use crate::{bench_call, measure, passthroughs, print_runs, produce_all, PASSTHROUGH_OUT, PASSTHROUGH_TWICE};
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::dedup::{DedupStore, MarkRequest};
@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, redis_url: &str) -> anyhow::Result<()> {
     let topics = Topics::default();
     let mut all = topics.all();
-    all.push(PASSTHROUGH_OUT.into());
+    all.extend([PASSTHROUGH_OUT, PASSTHROUGH_TWICE[0], PASSTHROUGH_TWICE[1]].map(String::from));
     // Audit records are the largest output (~500 bytes); keep every partition well inside
     // the dev broker's 5 MiB retention even when tenants hash unevenly.
     anyhow::ensure!(
@@ -82,11 +82,7 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
     };
-    let mut runs = vec![];
-    let mut pt = Command::new(std::env::current_exe()?);
-    pt.arg("passthrough").env("TOPIC_CALLS_RAW", &topics.calls_normalised);
-    env(&mut pt);
-    runs.push(measure("passthrough", pt.spawn()?, &bootstrap, &[PASSTHROUGH_OUT], messages)?);
+    let mut runs = passthroughs(&topics.calls_normalised, env, &bootstrap, messages)?;
     let mut dd = Command::new(sibling_binary("deduper")?);
     env(&mut dd);
     runs.push(measure("deduper", dd.spawn()?, &bootstrap, &[&topics.audit], messages)?);
@@ -108,7 +104,7 @@ pub fn run(messages: usize, partitions: i32, tenants: usize, repeat_pct: usize, 
     println!("write requests on crm.writes.hubspot: {written} (expected {})", messages - repeats);
     println!(
         "(per input the deduper makes one Redis mark, pipelined per batch, and writes an audit record \
-              plus a write request unless it is a repeat; the passthrough copies one message)"
+              plus a write request unless it is a repeat; the passthrough copies one message, or two)"
     );
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -1,7 +1,9 @@
 //! `cargo run --release -p bench -- normaliser|deduper`: one dev broker, one backlog on the
 //! stage's input topic, then — one after the other, each in its own process and consumer
 //! group — a plain consume→produce passthrough on the same pipeline runtime and the real
-//! stage. Prints inputs/s for both, their ratio and each process's peak RSS.
+//! stage. Prints inputs/s for both, their ratio and each process's peak RSS. A second
+//! anchor, the passthrough writing two messages per input, shows how much of a stage's
+//! cost is the Kafka cost of its outputs (each stage writes its result and an audit record).
 //! Figures, not assertions: the machines are noisy.
 
 mod audit;
@@ -29,6 +31,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) const PASSTHROUGH_OUT: &str = "bench.passthrough.out";
+/// The second anchor's outputs: two messages per input, as many as a stage writes.
+pub(crate) const PASSTHROUGH_TWICE: [&str; 2] = ["bench.passthrough.twice.a", "bench.passthrough.twice.b"];
+/// (internal) The topics the passthrough writes each input to, one message each, comma
+/// separated; `PASSTHROUGH_OUT` when unset.
+const PASSTHROUGH_TOPICS: &str = "BENCH_PASSTHROUGH_TOPICS";
 /// The normaliser bench's second backlog (every customer number new) and its outputs.
 const DISTINCT_RAW: &str = "bench.calls.distinct";
 const DISTINCT_OUT: &str = "bench.normalised.distinct";
@@ -122,7 +129,7 @@ enum Cmd {
         concurrency: usize,
     },
     /// (internal) The passthrough stage: calls.raw (or TOPIC_CALLS_RAW) →
-    /// bench.passthrough.out, unchanged.
+    /// bench.passthrough.out (or each of BENCH_PASSTHROUGH_TOPICS), unchanged.
     Passthrough(Box<PassthroughArgs>),
 }
 
@@ -134,23 +141,40 @@ struct PassthroughArgs {
     pipeline: PipelineArgs,
 }
 
-struct Passthrough;
+struct Passthrough {
+    topics: Vec<String>,
+}
 
 impl Handler for Passthrough {
     async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
         Ok(batch
             .iter()
             .map(|m| Processed {
-                outputs: vec![OutRecord::new(
-                    PASSTHROUGH_OUT,
-                    &m.key_str().unwrap_or_default(),
-                    m.payload.clone().unwrap_or_default(),
-                    &m.trace_id,
-                )],
+                outputs: self
+                    .topics
+                    .iter()
+                    .map(|t| OutRecord::new(t, &m.key_str().unwrap_or_default(), m.payload.clone().unwrap_or_default(), &m.trace_id))
+                    .collect(),
                 outcome: "passed",
             })
             .collect())
     }
+}
+
+/// The two anchors a stage is measured beside, over the backlog on `input`: the passthrough
+/// (one message out per input) and the passthrough writing two (as many as the stage).
+pub(crate) fn passthroughs(input: &str, env: impl Fn(&mut Command), bootstrap: &str, messages: usize) -> anyhow::Result<Vec<Run>> {
+    let mut runs = vec![];
+    for (label, topics) in [("passthrough", vec![PASSTHROUGH_OUT]), ("passthrough, 2 outputs each", PASSTHROUGH_TWICE.to_vec())] {
+        let mut pt = Command::new(std::env::current_exe()?);
+        pt.arg("passthrough").env("TOPIC_CALLS_RAW", input).env(PASSTHROUGH_TOPICS, topics.join(","));
+        if topics.len() > 1 {
+            pt.env("CONSUMER_GROUP", "bench-passthrough-twice");
+        }
+        env(&mut pt);
+        runs.push(measure(label, pt.spawn()?, bootstrap, &topics[..1], messages)?);
+    }
+    Ok(runs)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -166,7 +190,9 @@ fn main() -> anyhow::Result<()> {
                     common,
                     args: pipeline,
                 };
-                pipeline::run(cfg, Passthrough, crm_common::shutdown::on_signals()).await
+                let topics = std::env::var(PASSTHROUGH_TOPICS).unwrap_or_else(|_| PASSTHROUGH_OUT.into());
+                let handler = Passthrough { topics: topics.split(',').map(str::to_string).collect() };
+                pipeline::run(cfg, handler, crm_common::shutdown::on_signals()).await
             })
         }
         Cmd::Normaliser { messages, partitions, tenants, kind } => normaliser(messages, partitions, tenants, kind),
@@ -237,7 +263,7 @@ impl Kind {
 fn normaliser(messages: usize, partitions: i32, tenants: usize, kind: Kind) -> anyhow::Result<()> {
     let topics = Topics::default();
     let mut all = topics.all();
-    all.extend([PASSTHROUGH_OUT, DISTINCT_RAW, DISTINCT_OUT, DISTINCT_DLQ].map(String::from));
+    all.extend([PASSTHROUGH_OUT, PASSTHROUGH_TWICE[0], PASSTHROUGH_TWICE[1], DISTINCT_RAW, DISTINCT_OUT, DISTINCT_DLQ].map(String::from));
     let broker = DevBroker::start(1, partitions, &all)?;
     let bootstrap = broker.bootstrap_servers();
     let (raw_topic, out_topic) = kind.topics(&topics);
@@ -266,11 +292,7 @@ fn normaliser(messages: usize, partitions: i32, tenants: usize, kind: Kind) -> a
     let env = |cmd: &mut Command| {
         cmd.env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap).env("TENANTS_CONFIG", &tenants_file).env("RUST_LOG", "warn").stdout(Stdio::null());
     };
-    let mut runs = vec![];
-    let mut pt = Command::new(std::env::current_exe()?);
-    pt.arg("passthrough").env("TOPIC_CALLS_RAW", raw_topic);
-    env(&mut pt);
-    runs.push(measure("passthrough", pt.spawn()?, &bootstrap, &[PASSTHROUGH_OUT], messages)?);
+    let mut runs = passthroughs(raw_topic, env, &bootstrap, messages)?;
     let mut nm = Command::new(sibling_binary("normaliser")?);
     env(&mut nm);
     let label = if kind == Kind::Call { "normaliser, customers repeat" } else { "normaliser" };
@@ -374,8 +396,8 @@ pub(crate) fn bench_meeting(i: usize, tenants: usize) -> MeetingEvent {
     }
 }
 
-/// The figures table: inputs/s, seconds and peak RSS per run, then the last run's rate as a
-/// share of the first's (the passthrough).
+/// The figures table: inputs/s, seconds and peak RSS per run, then each stage's rate and CPU
+/// per input against each anchor (the runs `passthroughs` made, first in `runs`).
 pub(crate) fn print_runs(title: &str, runs: &[Run]) {
     println!("\n{title}");
     println!("{:<32} {:>12} {:>10} {:>14} {:>16}", "stage", "inputs/s", "seconds", "peak RSS MiB", "CPU µs/input");
@@ -389,14 +411,15 @@ pub(crate) fn print_runs(title: &str, runs: &[Run]) {
             r.cpu_us_per_input
         );
     }
-    if let [first, rest @ ..] = runs {
-        for r in rest {
+    let (anchors, stages): (Vec<&Run>, Vec<&Run>) = runs.iter().partition(|r| r.label.starts_with("passthrough"));
+    for r in stages {
+        for a in &anchors {
             println!(
                 "ratio {}/{}: {:.2} (CPU per input: {:.2})",
                 r.label,
-                first.label,
-                r.rate / first.rate,
-                r.cpu_us_per_input / first.cpu_us_per_input.max(f64::MIN_POSITIVE)
+                a.label,
+                r.rate / a.rate,
+                r.cpu_us_per_input / a.cpu_us_per_input.max(f64::MIN_POSITIVE)
             );
         }
     }
