@@ -701,8 +701,10 @@ pub struct CrmWriteRequestTail<'a> {
 
 /// A `NormalisedCall` read in place (`codec::decode_view`): every field is read and checked,
 /// its strings borrowed from the message rather than copied. What the deduper needs of a
-/// call is public; the rest is read so that a call it passes on decodes.
+/// call is public; the rest is read so that a call it passes on decodes. A field the schema
+/// gains and this view lacks is refused, not skipped unread (the tests read a full call).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code, reason = "read to check the datum, not to use")]
 pub struct NormalisedCallView<'a> {
     pub tenant_id: &'a str,
@@ -1099,6 +1101,12 @@ mod era_tests {
         (full.notes, full.agent_email, full.recording_url) = (Some("called back".into()), Some("a@b.c".into()), Some("https://r/1".into()));
         (full.ended_at, full.duration_s, full.outcome) = (Some(9), Some(-1), Some(CallOutcome::Voicemail));
         calls.push(full);
+        // The request's call is the NormalisedCall schema itself, so a call's datum is its bytes.
+        let reg = crate::schemas::Registry::global();
+        let canonical = |rt| serde_json::from_str::<serde_json::Value>(&reg.current(rt).canonical).unwrap();
+        let request = canonical(RecordType::CrmWriteRequest);
+        let call_field = request["fields"].as_array().unwrap().iter().find(|f| f["name"] == "call").unwrap();
+        assert_eq!(call_field["type"], canonical(RecordType::NormalisedCall));
         let mut bad_utf8_checked = 0;
         for call in calls {
             let owned = CrmWriteRequest {
@@ -1147,6 +1155,18 @@ mod era_tests {
             ));
         }
         assert_eq!(bad_utf8_checked, 1, "the full call has a map value to spoil");
+        // A view that lacks a field the schema has is refused (as the call view would be
+        // if NormalisedCall gained a field it does not read).
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Short<'a> {
+            tenant_id: &'a str,
+        }
+        let framed = crate::codec::encode(&fixtures::normalised_call("acme", "c:3", 1)).unwrap();
+        let datum = crate::codec::current_datum::<NormalisedCall>(&framed).unwrap();
+        let err = crate::codec::decode_view::<NormalisedCall, Short>(datum).unwrap_err().to_string();
+        assert!(err.contains("call_id"), "{err}");
         // Another record's bytes, or another framing, are not a call's current datum.
         let other = crate::codec::encode(&fixtures::email_request("acme", "m1", Crm::Zoho)).unwrap();
         assert!(crate::codec::current_datum::<NormalisedCall>(&other).is_none());
