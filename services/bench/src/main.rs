@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::events::{
-    ActivityKind, AttendeeResponse, CallDirection, CallEvent, CallOutcome, Crm, EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent,
-    MeetingStatus,
+    ActivityKind, AttendeeResponse, CallDirection, CallEvent, CallOutcome, Crm, CrmWriteRequest, CrmWriteRequestHead, CrmWriteRequestTail,
+    EmailDirection, EmailEvent, MeetingAttendee, MeetingEvent, MeetingStatus, NormalisedCall, NormalisedCallView,
 };
 use crm_common::kafka::reader::TopicReader;
 use crm_common::kafka::{InMessage, Kafka, OutRecord};
@@ -102,7 +102,7 @@ enum Cmd {
     /// 5xx and timeouts; checks one record per expected (call, CRM), the DLQ's reasons and
     /// the audit store, and prints the counts and throughput.
     Reliability(Box<reliability::Opts>),
-    /// Per-input cost of the normaliser's steps, in-process (no broker).
+    /// Per-input cost of the normaliser's steps and the deduper's call path (before and after reading in place), in-process (no broker).
     Steps {
         #[arg(long, default_value_t = 50_000)]
         iterations: usize,
@@ -647,6 +647,63 @@ fn steps(iterations: usize) -> anyhow::Result<()> {
     let cache = crm_common::phone::E164Cache::new(1000);
     time("E164Cache hit", &mut || {
         cache.to_e164("(415) 555-2671", Some(region)).unwrap();
+    });
+
+    // The deduper's call, read and written into one CRM's write request: decoded into an
+    // owned call and encoded again (before), or read in place and written around its bytes.
+    let call = NormalisedCall {
+        tenant_id: ev.tenant_id.clone(),
+        call_id: ev.call_id.clone(),
+        source: ev.source.clone(),
+        version: 1,
+        direction: ev.direction,
+        from_e164: "+14155552671".into(),
+        to_e164: "+16502530000".into(),
+        customer_e164: "+16502530000".into(),
+        from_raw: ev.from_number.clone(),
+        to_raw: ev.to_number.clone(),
+        region_used: "US".into(),
+        started_at: ev.started_at,
+        ended_at: ev.ended_at,
+        duration_s: ev.duration_s,
+        outcome: ev.outcome,
+        agent_id: ev.agent_id.clone(),
+        agent_email: ev.agent_email.clone(),
+        recording_url: ev.recording_url.clone(),
+        notes: ev.notes.clone(),
+        attributes: ev.attributes.clone(),
+        normalised_at: 3,
+    };
+    let normalised = codec::encode(&call)?;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    time("deduper call → request, decoded + encoded", &mut || {
+        let call: NormalisedCall = codec::decode(&normalised).unwrap();
+        let key = crm_common::events::idempotency_key(&call.tenant_id, &call.call_id, Crm::Hubspot);
+        let req = CrmWriteRequest {
+            tenant_id: call.tenant_id.clone(),
+            call_id: call.call_id.clone(),
+            crm: Crm::Hubspot,
+            idempotency_key: key,
+            version: call.version,
+            call,
+            requested_at: 4,
+            trace_id: trace.into(),
+        };
+        codec::encode(&req).unwrap();
+    });
+    time("deduper call → request, read in place + around", &mut || {
+        let datum = codec::current_datum::<NormalisedCall>(&normalised).unwrap();
+        let view: NormalisedCallView = codec::decode_view::<NormalisedCall, _>(datum).unwrap();
+        let key = crm_common::events::idempotency_key(view.tenant_id, view.call_id, Crm::Hubspot);
+        let head = CrmWriteRequestHead {
+            tenant_id: view.tenant_id,
+            call_id: view.call_id,
+            crm: Crm::Hubspot,
+            idempotency_key: &key,
+            version: view.version,
+        };
+        let tail = CrmWriteRequestTail { requested_at: 4, trace_id: trace };
+        codec::encode_around(crm_common::schemas::RecordType::CrmWriteRequest, "call", &head, datum, &tail).unwrap();
     });
     Ok(())
 }
