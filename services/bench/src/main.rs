@@ -651,29 +651,8 @@ fn steps(iterations: usize) -> anyhow::Result<()> {
 
     // The deduper's call, read and written into one CRM's write request: decoded into an
     // owned call and encoded again (before), or read in place and written around its bytes.
-    let call = NormalisedCall {
-        tenant_id: ev.tenant_id.clone(),
-        call_id: ev.call_id.clone(),
-        source: ev.source.clone(),
-        version: 1,
-        direction: ev.direction,
-        from_e164: "+14155552671".into(),
-        to_e164: "+16502530000".into(),
-        customer_e164: "+16502530000".into(),
-        from_raw: ev.from_number.clone(),
-        to_raw: ev.to_number.clone(),
-        region_used: "US".into(),
-        started_at: ev.started_at,
-        ended_at: ev.ended_at,
-        duration_s: ev.duration_s,
-        outcome: ev.outcome,
-        agent_id: ev.agent_id.clone(),
-        agent_email: ev.agent_email.clone(),
-        recording_url: ev.recording_url.clone(),
-        notes: ev.notes.clone(),
-        attributes: ev.attributes.clone(),
-        normalised_at: 3,
-    };
+    let mut call = crm_common::events::fixtures::normalised_call(&ev.tenant_id, &ev.call_id, 1);
+    (call.notes, call.agent_email, call.attributes) = (ev.notes.clone(), ev.agent_email.clone(), ev.attributes.clone());
     let normalised = codec::encode(&call)?;
     let trace = "0af7651916cd43dd8448eb211c80319c";
     time("deduper call → request, decoded + encoded", &mut || {
