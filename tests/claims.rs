@@ -308,3 +308,82 @@ async fn a_forgotten_key_recovered_again_after_its_writer_died_is_still_looked_u
         now_ms()
     );
 }
+
+/// Lanes that finish together mark DONE in one round trip (`GroupCommit`, the writer's
+/// `finish`), each lane's pipeline as if sent alone; a pipeline Redis refuses fails alone, and
+/// the others still run; scripts Redis does not hold are loaded first.
+#[tokio::test]
+async fn lanes_finishing_together_share_a_round_trip_and_a_refused_pipeline_fails_alone() {
+    use crm_common::redis_conn::{add_script_call, round_trips};
+    use crm_common::redis_group::GroupCommit;
+    let prefix = RedisPrefix::new("claims");
+    let a = claims(&prefix, "writer-a", 30_000).await;
+    let era = now_ms() + 5_000;
+    let tenants: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    for t in &tenants {
+        assert_eq!(a.claim(t, &format!("{t}:c1:hubspot"), 1, era).await.unwrap(), Claim::Create);
+    }
+    // Redis has the DONE script from here on (a round trip of its own).
+    assert_eq!(a.claim("warm", "warm:c1:hubspot", 1, era).await.unwrap(), Claim::Create);
+    a.done("warm", "warm:c1:hubspot", 1, "rec-warm").await.unwrap();
+
+    let group = GroupCommit::new(a.conn().clone(), vec![a.done_script().clone()]);
+    let pipes: Vec<redis::Pipeline> = tenants
+        .iter()
+        .map(|t| {
+            let mut p = redis::pipe();
+            let key = format!("{t}:c1:hubspot");
+            a.add_done_many(&mut p, t, &[(key.as_str(), 1, &format!("rec-{t}"))]);
+            p
+        })
+        .collect();
+    let before = round_trips();
+    let answers = futures::future::join_all(pipes.into_iter().map(|p| group.send(p))).await;
+    let trips = round_trips() - before;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(trips <= 2, "40 lanes finishing together took {trips} round trips");
+    for t in &tenants {
+        let again = a.claim(t, &format!("{t}:c1:hubspot"), 1, era).await.unwrap();
+        assert_eq!(again, Claim::AlreadyDone { record_id: format!("rec-{t}") }, "{t}");
+    }
+
+    // Alone, a pipeline goes at once, in one round trip.
+    let mut p = redis::pipe();
+    p.cmd("SET").arg(format!("{}:alone", prefix.0)).arg("1").ignore();
+    let before = round_trips();
+    group.send(p).await.unwrap();
+    assert_eq!(round_trips() - before, 1);
+
+    // One refused pipeline (INCR of a text) among good ones, with a script Redis has never
+    // seen: the good ones run and their callers hear Ok; the refused one hears its error.
+    let fresh = redis::Script::new(&format!("-- {}\nreturn redis.call('SET', KEYS[1], ARGV[1])", uuid::Uuid::new_v4()));
+    let group = GroupCommit::new(a.conn().clone(), vec![fresh.clone()]);
+    let key = |n: &str| format!("{}:group:{n}", prefix.0);
+    let mut text = redis::pipe();
+    text.cmd("SET").arg(key("text")).arg("not a number").ignore();
+    group.send(text).await.unwrap();
+    let mut parts = vec![];
+    for n in ["g1", "g2", "g3"] {
+        let mut p = redis::pipe();
+        add_script_call(&mut p, &fresh, &[key(n)]).arg("set by script").ignore();
+        p.cmd("INCR").arg(key(&format!("{n}-count"))).ignore();
+        parts.push(p);
+    }
+    let mut refused = redis::pipe();
+    refused.cmd("INCR").arg(key("text")).ignore();
+    parts.insert(1, refused);
+    let answers = futures::future::join_all(parts.into_iter().map(|p| group.send(p))).await;
+    assert!(answers[0].is_ok() && answers[2].is_ok() && answers[3].is_ok(), "{answers:?}");
+    assert!(answers[1].is_err(), "the INCR of a text must fail its own caller: {answers:?}");
+    let mut conn = a.conn().clone();
+    for n in ["g1", "g2", "g3"] {
+        let v: Option<String> = redis::cmd("GET").arg(key(n)).query_async(&mut conn).await.unwrap();
+        assert_eq!(v.as_deref(), Some("set by script"), "{n}");
+        // Sent with the group and again alone after the refusal: each may run twice, which
+        // is why only pipelines that are safe to repeat go through a GroupCommit.
+        let count: i64 = redis::cmd("GET").arg(key(&format!("{n}-count"))).query_async(&mut conn).await.unwrap();
+        assert!((1..=3).contains(&count), "{n}: {count}");
+    }
+    let text: String = redis::cmd("GET").arg(key("text")).query_async(&mut conn).await.unwrap();
+    assert_eq!(text, "not a number");
+}

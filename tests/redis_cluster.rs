@@ -97,6 +97,24 @@ async fn every_store_works_on_a_three_master_cluster_with_tenants_on_every_node(
         assert!(claims.release(t, &k2).await.expect("release"));
     }
 
+    // Lanes of tenants on every node finishing together (the writer's `finish`): each
+    // tenant's pipeline goes to its own slot, and every DONE lands.
+    let group = crm_common::redis_group::GroupCommit::new(conn.clone(), vec![claims.done_script().clone()]);
+    for t in &ts {
+        assert_eq!(claims.claim(t, &format!("{t}:c3:hubspot"), 1, era).await.expect("claim"), Claim::Create);
+    }
+    let pipes = ts.iter().map(|t| {
+        let mut p = redis::pipe();
+        claims.add_done_many(&mut p, t, &[(format!("{t}:c3:hubspot").as_str(), 1, "rec-3")]);
+        p
+    });
+    let answers = futures::future::join_all(pipes.map(|p| group.send(p))).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    for t in &ts {
+        let again = claims.claim(t, &format!("{t}:c3:hubspot"), 1, era).await.expect("claim");
+        assert_eq!(again, Claim::AlreadyDone { record_id: "rec-3".into() }, "{t}");
+    }
+
     // Token buckets: an all-or-nothing take over two limits, settled, and a block.
     let buckets = TokenBuckets::new(conn.clone(), prefix).with_lease(Duration::from_secs(5));
     for t in &ts {

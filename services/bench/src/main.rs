@@ -682,7 +682,7 @@ fn steps(iterations: usize) -> anyhow::Result<()> {
             version: view.version,
         };
         let tail = CrmWriteRequestTail { requested_at: 4, trace_id: trace };
-        codec::encode_around(crm_common::schemas::RecordType::CrmWriteRequest, "call", &head, datum, &tail).unwrap();
+        codec::encode_around(&crm_common::events::CALL_IN_WRITE_REQUEST, &head, datum, &tail).unwrap();
     });
     Ok(())
 }

@@ -428,6 +428,10 @@ pub struct Args {
     pub fetch_wait_ms: Option<u64>,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Phase 2 runs the audit-sink too, into a database of its own created here (and dropped
+    /// after), so that every service's memory at steady load is measured.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
     /// Phase 1: crm-sim counts each backlog tenant's request when it arrives and answers it
     /// this many ms later (a real CRM's processing and the way back; crm-sim itself answers
     /// at once). A token comes back one window after the answer, so this is what the
@@ -524,6 +528,8 @@ struct Setup {
     tenants_file: std::path::PathBuf,
     secrets: Vec<(String, String)>,
     prefix: String,
+    /// The audit-sink's database (phase 2).
+    audit_db: Option<String>,
 }
 
 impl Setup {
@@ -541,6 +547,9 @@ impl Setup {
             prefix: &self.prefix,
         };
         env.apply(&mut cmd, &self.secrets);
+        if let Some(url) = &self.audit_db {
+            cmd.env("DATABASE_URL", url);
+        }
         // `BENCH_LOG_DIR`: each service logs there, at `BENCH_RUST_LOG` (default "warn"), to
         // a file named by its binary and process id, kept after the run (to see where a
         // run's time went).
@@ -637,7 +646,20 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
     std::fs::write(&tenants_file, config)?;
     let prefix = format!("crm-sync-bench-writer-{}", std::process::id());
     crm_dev::fresh_claim_store(&a.redis_url, &prefix, &tenants_file)?;
-    Ok(Setup { broker, sim, children, stages: Killed(vec![]), kafka_options: None, backlog, live, dir, tenants_file, secrets, prefix })
+    Ok(Setup {
+        broker,
+        sim,
+        children,
+        stages: Killed(vec![]),
+        kafka_options: None,
+        backlog,
+        live,
+        dir,
+        tenants_file,
+        secrets,
+        prefix,
+        audit_db: None,
+    })
 }
 
 pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
@@ -648,7 +670,13 @@ pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
     let mut setup = set_up(&p, a)?;
     backlog_phase(&p, a, records, &mut setup)?;
     if p.kind.is_none() {
-        latency_phase(&p, a, &mut setup)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let db = format!("crm_sync_bench_writer_{}", std::process::id());
+        setup.audit_db = Some(rt.block_on(crm_common::audit_store::create_database(&a.database_url, &db))?);
+        let measured = latency_phase(&p, a, &mut setup);
+        setup.stop_stages();
+        rt.block_on(crm_common::audit_store::drop_database(&a.database_url, &db))?;
+        measured?;
     }
     let Setup { children, stages, dir, prefix, .. } = setup;
     drop(stages);
@@ -875,21 +903,21 @@ fn latency_phase(p: &Profile, a: &Args, setup: &mut Setup) -> anyhow::Result<()>
         a.rate, a.tenants
     );
     println!(
-        "  {:<38} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}   idle CPU, % of a core: normaliser deduper writer",
+        "  {:<38} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}   idle CPU, % of a core: normaliser deduper writer audit-sink",
         "consumers' fetch.wait.max.ms", "p50 ms", "p90 ms", "p99 ms", "max ms", "measured", "throttled"
     );
     for (label, r) in rows {
         println!(
-            "  {label:<38} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}   {:.2} {:.2} {:.2}",
-            r.p50, r.p90, r.p99, r.max, r.measured, r.throttled, r.idle_cpu[0], r.idle_cpu[1], r.idle_cpu[2]
+            "  {label:<38} {:>7} {:>7} {:>7} {:>7} {:>9} {:>9}   {:.2} {:.2} {:.2} {:.2}",
+            r.p50, r.p90, r.p99, r.max, r.measured, r.throttled, r.idle_cpu[0], r.idle_cpu[1], r.idle_cpu[2], r.idle_cpu[3]
         );
         println!(
             "  {:<38} p99 by hop: to the normaliser's output {} ms, the deduper's {} ms, the CRM write {} ms",
             "", r.hop_p99[0], r.hop_p99[1], r.hop_p99[2]
         );
         println!(
-            "  {:<38} peak RSS at steady load, MiB: normaliser {:.1}, deduper {:.1}, writer {:.1}",
-            "", r.peak_rss_mib[0], r.peak_rss_mib[1], r.peak_rss_mib[2]
+            "  {:<38} peak RSS at steady load, MiB: normaliser {:.1}, deduper {:.1}, writer {:.1}, audit-sink {:.1}",
+            "", r.peak_rss_mib[0], r.peak_rss_mib[1], r.peak_rss_mib[2], r.peak_rss_mib[3]
         );
     }
     Ok(())
@@ -905,17 +933,22 @@ struct Round {
     max: i64,
     measured: usize,
     throttled: u64,
-    /// normaliser, deduper, writer.
-    idle_cpu: [f64; 3],
+    /// normaliser, deduper, writer, audit-sink.
+    idle_cpu: [f64; 4],
     /// Each one's peak RSS over the round (steady load under budget, then idle), MiB.
-    peak_rss_mib: [f64; 3],
+    peak_rss_mib: [f64; 4],
 }
 
 fn latency_round(p: &Profile, a: &Args, setup: &mut Setup, round: usize) -> anyhow::Result<Round> {
     let (crm, tenants, rate) = (p.crm.as_str(), a.tenants, a.rate);
     let topics = Topics::default();
     let bootstrap = setup.broker.bootstrap_servers();
-    let pids = [setup.spawn("normaliser", &[], a)?, setup.spawn("deduper", &[], a)?, setup.spawn("writer", &["--crm", crm], a)?];
+    let pids = [
+        setup.spawn("normaliser", &[], a)?,
+        setup.spawn("deduper", &[], a)?,
+        setup.spawn("writer", &["--crm", crm], a)?,
+        setup.spawn("audit-sink", &[], a)?,
+    ];
     let (live, sim) = (&setup.live, &setup.sim);
     let throttled_before: u64 = live.iter().map(|t| sim.state(p, t).map(|(_, c)| all_throttled(&c, p.throttle)).unwrap_or(0)).sum();
     // The stages' consumer groups settle first (a group whose previous member was stopped

@@ -90,14 +90,9 @@ pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, EncodeError> {
 /// write request without decoding and encoding it again (`current_datum`). `head` and
 /// `tail` are checked against the fields their part of the schema has, by name and order,
 /// as any record is.
-pub fn encode_around(
-    record: RecordType,
-    field: &'static str,
-    head: &impl serde::Serialize,
-    inner: &[u8],
-    tail: &impl serde::Serialize,
-) -> Result<Vec<u8>, EncodeError> {
-    let parts = around(record, field);
+pub fn encode_around(cut: &Cut, head: &impl serde::Serialize, inner: &[u8], tail: &impl serde::Serialize) -> Result<Vec<u8>, EncodeError> {
+    let record = cut.record;
+    let parts = cut.parts();
     let mut out = Vec::with_capacity(64 + inner.len());
     out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
     out.extend_from_slice(&Registry::global().current(record).fingerprint);
@@ -108,38 +103,46 @@ pub fn encode_around(
     serde_avro_fast::to_datum(tail, out, &mut config).map_err(|source| EncodeError { record, source })
 }
 
-/// A record's current schema cut at one field: the fields before it and the fields after
-/// it, each as a record schema of its own.
+/// A record's current schema cut at one field (itself a record), for [`encode_around`]: the
+/// fields before it and the fields after it, each as a record schema of its own. Declared
+/// once, as a `static` (`events::CALL_IN_WRITE_REQUEST`), and built on first use, so a
+/// message pays no lookup for it.
+pub struct Cut {
+    record: RecordType,
+    field: &'static str,
+    parts: OnceLock<Around>,
+}
+
 struct Around {
     head: serde_avro_fast::Schema,
     tail: serde_avro_fast::Schema,
 }
 
-/// Each (record, field) cut made so far.
-type Cuts = RwLock<HashMap<(RecordType, &'static str), Arc<Around>>>;
-
-fn around(record: RecordType, field: &'static str) -> Arc<Around> {
-    static CUTS: OnceLock<Cuts> = OnceLock::new();
-    let cuts = CUTS.get_or_init(Default::default);
-    if let Some(a) = cuts.read().expect("lock").get(&(record, field)) {
-        return a.clone();
+impl Cut {
+    pub const fn new(record: RecordType, field: &'static str) -> Cut {
+        Cut { record, field, parts: OnceLock::new() }
     }
-    // The parsing canonical form names every type in full and defines each where it is
-    // first used: a part is a schema of its own as long as it uses no type the other
-    // parts define (true of every record this is used for; the tests encode each).
-    let canonical: serde_json::Value =
-        serde_json::from_str(&Registry::global().current(record).canonical).expect("a canonical form is JSON");
-    let fields = canonical["fields"].as_array().expect("a record has fields");
-    let at = fields.iter().position(|f| f["name"] == field).unwrap_or_else(|| panic!("{record:?} has no field {field}"));
-    let part = |name: &str, fields: &[serde_json::Value]| -> serde_avro_fast::Schema {
-        serde_json::json!({"type": "record", "name": name, "fields": fields})
-            .to_string()
-            .parse()
-            .unwrap_or_else(|e| panic!("{record:?} cut at {field}: {e}"))
-    };
-    let a = Arc::new(Around { head: part("crm_sync.codec.Head", &fields[..at]), tail: part("crm_sync.codec.Tail", &fields[at + 1..]) });
-    cuts.write().expect("lock").insert((record, field), a.clone());
-    a
+
+    fn parts(&self) -> &Around {
+        self.parts.get_or_init(|| {
+            let (record, field) = (self.record, self.field);
+            // The parsing canonical form names every type in full and defines each where it
+            // is first used: a part is a schema of its own as long as it uses no type the
+            // other parts define (true of every record this is used for; the tests encode
+            // each).
+            let canonical: serde_json::Value =
+                serde_json::from_str(&Registry::global().current(record).canonical).expect("a canonical form is JSON");
+            let fields = canonical["fields"].as_array().expect("a record has fields");
+            let at = fields.iter().position(|f| f["name"] == field).unwrap_or_else(|| panic!("{record:?} has no field {field}"));
+            let part = |name: &str, fields: &[serde_json::Value]| -> serde_avro_fast::Schema {
+                serde_json::json!({"type": "record", "name": name, "fields": fields})
+                    .to_string()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{record:?} cut at {field}: {e}"))
+            };
+            Around { head: part("crm_sync.codec.Head", &fields[..at]), tail: part("crm_sync.codec.Tail", &fields[at + 1..]) }
+        })
+    }
 }
 
 /// The datum of `bytes` when it is single-object framed with `T`'s current schema: what

@@ -692,6 +692,10 @@ pub struct CrmWriteRequestHead<'a> {
     pub version: i64,
 }
 
+/// `CrmWriteRequest`'s schema cut at its call, for `codec::encode_around` with
+/// [`CrmWriteRequestHead`] and [`CrmWriteRequestTail`].
+pub static CALL_IN_WRITE_REQUEST: crate::codec::Cut = crate::codec::Cut::new(RecordType::CrmWriteRequest, "call");
+
 /// A `CrmWriteRequest`'s fields after its call (see [`CrmWriteRequestHead`]).
 #[derive(Debug, Serialize)]
 pub struct CrmWriteRequestTail<'a> {
@@ -1129,7 +1133,7 @@ mod era_tests {
                 version: owned.version,
             };
             let tail = CrmWriteRequestTail { requested_at: owned.requested_at, trace_id: &owned.trace_id };
-            let bytes = crate::codec::encode_around(RecordType::CrmWriteRequest, "call", &head, datum, &tail).unwrap();
+            let bytes = crate::codec::encode_around(&CALL_IN_WRITE_REQUEST, &head, datum, &tail).unwrap();
             assert_eq!(bytes, crate::codec::encode(&owned).unwrap());
             assert_eq!(crate::codec::decode::<CrmWriteRequest>(&bytes).unwrap(), owned);
 

@@ -19,6 +19,7 @@ pub mod overrides;
 pub mod phone;
 pub mod pipeline;
 pub mod redis_conn;
+pub mod redis_group;
 pub mod redis_keys;
 pub mod schemas;
 pub mod shutdown;

@@ -5,11 +5,9 @@ use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::{
     activity_key, ActivityKind, ActivityWriteRequest, Crm, CrmWriteRequestHead, CrmWriteRequestTail, NormalisedCall, NormalisedCallView,
-    NormalisedEmail, NormalisedMeeting,
+    NormalisedEmail, NormalisedMeeting, CALL_IN_WRITE_REQUEST,
 };
 use crm_common::kafka::InMessage;
-use crm_common::schemas::RecordType;
-use std::borrow::Cow;
 
 /// An activity as read from its input message, which it may borrow from.
 pub enum Activity<'a> {
@@ -21,8 +19,12 @@ pub enum Activity<'a> {
         datum: &'a [u8],
     },
     /// A call written with an older schema (a topic holding messages from before an
-    /// upgrade): read into the current schema, and encoded again.
-    UpgradedCall(NormalisedCall),
+    /// upgrade): read into the current schema, and its current datum encoded once
+    /// ([`Activity::upgraded`]) for every CRM's request.
+    UpgradedCall {
+        call: NormalisedCall,
+        datum: Vec<u8>,
+    },
     Email(NormalisedEmail),
     Meeting(NormalisedMeeting),
 }
@@ -38,16 +40,23 @@ impl<'a> Activity<'a> {
                 "a NormalisedCall",
                 match codec::current_datum::<NormalisedCall>(bytes) {
                     Some(datum) => codec::decode_view::<NormalisedCall, _>(datum).map(|view| Activity::Call { view, datum }),
-                    None => codec::decode(bytes).map(Activity::UpgradedCall),
+                    None => codec::decode(bytes).map(Activity::upgraded),
                 },
             ),
         };
         decoded.map_err(|e| format!("{} message is not {what}: {e}", input.topic))
     }
 
+    /// A call decoded from an older schema, with its datum in the current one.
+    pub fn upgraded(call: NormalisedCall) -> Activity<'static> {
+        let framed = codec::encode(&call).expect("NormalisedCall always encodes");
+        let datum = codec::current_datum::<NormalisedCall>(&framed).expect("encoded with the current schema").to_vec();
+        Activity::UpgradedCall { call, datum }
+    }
+
     pub fn kind(&self) -> ActivityKind {
         match self {
-            Activity::Call { .. } | Activity::UpgradedCall(_) => ActivityKind::Call,
+            Activity::Call { .. } | Activity::UpgradedCall { .. } => ActivityKind::Call,
             Activity::Email(_) => ActivityKind::Email,
             Activity::Meeting(_) => ActivityKind::Meeting,
         }
@@ -56,7 +65,7 @@ impl<'a> Activity<'a> {
     pub fn tenant_id(&self) -> &str {
         match self {
             Activity::Call { view, .. } => view.tenant_id,
-            Activity::UpgradedCall(c) => &c.tenant_id,
+            Activity::UpgradedCall { call: c, .. } => &c.tenant_id,
             Activity::Email(e) => &e.tenant_id,
             Activity::Meeting(m) => &m.tenant_id,
         }
@@ -66,7 +75,7 @@ impl<'a> Activity<'a> {
     pub fn source_id(&self) -> &str {
         match self {
             Activity::Call { view, .. } => view.call_id,
-            Activity::UpgradedCall(c) => &c.call_id,
+            Activity::UpgradedCall { call: c, .. } => &c.call_id,
             Activity::Email(e) => &e.message_id,
             Activity::Meeting(m) => &m.source_id,
         }
@@ -75,7 +84,7 @@ impl<'a> Activity<'a> {
     pub fn version(&self) -> i64 {
         match self {
             Activity::Call { view, .. } => view.version,
-            Activity::UpgradedCall(c) => c.version,
+            Activity::UpgradedCall { call: c, .. } => c.version,
             Activity::Email(e) => e.version,
             Activity::Meeting(m) => m.version,
         }
@@ -85,7 +94,7 @@ impl<'a> Activity<'a> {
     pub fn source(&self) -> &str {
         match self {
             Activity::Call { view, .. } => view.source,
-            Activity::UpgradedCall(c) => &c.source,
+            Activity::UpgradedCall { call: c, .. } => &c.source,
             Activity::Email(e) => &e.source,
             Activity::Meeting(m) => &m.source,
         }
@@ -96,7 +105,7 @@ impl<'a> Activity<'a> {
     /// an email's Message-ID never meets a call id.
     pub fn mark_id(&self) -> String {
         match self {
-            Activity::Call { .. } | Activity::UpgradedCall(_) => self.source_id().to_string(),
+            Activity::Call { .. } | Activity::UpgradedCall { .. } => self.source_id().to_string(),
             other => format!("{}:{}", other.kind().as_str(), other.source_id()),
         }
     }
@@ -109,12 +118,9 @@ impl<'a> Activity<'a> {
     /// already built for the audit record), encoded: a CrmWriteRequest for a call (as before),
     /// an ActivityWriteRequest for an email or a meeting.
     pub fn request(&self, crm: Crm, key: &str, requested_at: i64, trace_id: &str) -> Vec<u8> {
-        let call: Cow<[u8]> = match self {
-            Activity::Call { datum, .. } => Cow::Borrowed(datum),
-            Activity::UpgradedCall(c) => {
-                let framed = codec::encode(c).expect("NormalisedCall always encodes");
-                Cow::Owned(codec::current_datum::<NormalisedCall>(&framed).expect("encoded with the current schema").to_vec())
-            }
+        let call: &[u8] = match self {
+            Activity::Call { datum, .. } => datum,
+            Activity::UpgradedCall { datum, .. } => datum,
             other => return other.activity_request(crm, key, requested_at, trace_id),
         };
         let head = CrmWriteRequestHead {
@@ -125,7 +131,7 @@ impl<'a> Activity<'a> {
             version: self.version(),
         };
         let tail = CrmWriteRequestTail { requested_at, trace_id };
-        codec::encode_around(RecordType::CrmWriteRequest, "call", &head, &call, &tail).expect("CrmWriteRequest always encodes")
+        codec::encode_around(&CALL_IN_WRITE_REQUEST, &head, call, &tail).expect("CrmWriteRequest always encodes")
     }
 
     /// An email's or meeting's ActivityWriteRequest.
@@ -181,7 +187,7 @@ mod tests {
         let msg = message(codec::encode(&call).unwrap());
         let read = Activity::decode(&msg, &Topics::default()).unwrap();
         assert!(matches!(read, Activity::Call { .. }), "the current schema is read in place");
-        let decoded = Activity::UpgradedCall(call.clone());
+        let decoded = Activity::upgraded(call.clone());
         for a in [&read, &decoded] {
             assert_eq!((a.tenant_id(), a.source_id(), a.version(), a.source(), a.mark_id()), ("acme", "c:1", 4, "pbx", "c:1".to_string()));
         }

@@ -6,6 +6,7 @@ use crm_common::config::CommonArgs;
 use crm_common::emit::Emitter;
 use crm_common::events::{Crm, Stage};
 use crm_common::redis_conn;
+use crm_common::redis_group::GroupCommit;
 use crm_common::tenants::Tenants;
 use crm_connectors::bucket::TokenBuckets;
 use crm_connectors::claims::{Claims, Timing};
@@ -172,14 +173,16 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         );
     }
     let (http, in_flight) = api::Api::http_client(cli.http_timeout, cli.http_concurrency)?;
+    // A request's tokens are held until it is answered, or for as long as it can take.
+    let buckets = TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout);
+    let finishing = GroupCommit::new(conn.clone(), vec![claims.done_script().clone(), buckets.settle_script().clone()]);
     let shared = Arc::new(process::Shared {
         kinds: connector.kinds(),
         api: api::Api {
             http,
             in_flight,
             pools: Default::default(),
-            // A request's tokens are held until it is answered, or for as long as it can take.
-            buckets: TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout),
+            buckets,
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
             retry_limit: cli.retry_limit,
             reserve_pct: 0,
@@ -195,6 +198,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         emit: Emitter::new(Stage::Writer, cli.common.topics.clone()),
         crm,
         connector,
+        finishing,
     });
     let cfg = runtime::RuntimeConfig {
         service,

@@ -52,6 +52,9 @@ pub struct Shared<C: Connector> {
     pub clients: HashMap<String, Result<TenantOf<C>, String>>,
     pub emit: Emitter,
     pub crm: Crm,
+    /// Where every lane batch's `finish` pipeline goes: lanes finishing together share a
+    /// round trip (its scripts: the claims' DONE and the buckets' settle).
+    pub finishing: crm_common::redis_group::GroupCommit,
 }
 
 /// Retries a Redis operation until it succeeds: losing or double-writing is worse than
@@ -779,8 +782,9 @@ impl<C: Connector> Shared<C> {
     }
 
     /// Marks DONE every record the batch wrote and caches what it learned from the CRM
-    /// (contacts, owners, companies and deals), in one round trip (a tenant's keys share a
-    /// slot), retried until Redis takes it: both are idempotent. The cache is written after
+    /// (contacts, owners, companies and deals), in one pipeline (a tenant's keys share a
+    /// slot) that goes with the other lanes' finishing at the same time, retried until Redis
+    /// takes it: both are idempotent, as `GroupCommit` needs. The cache is written after
     /// the writes rather than before them: a later round of the same batch reads what an
     /// earlier one learned from `learned` itself (`read_round`), and a batch that dies before
     /// this point loses only cache entries.
@@ -798,12 +802,8 @@ impl<C: Connector> Shared<C> {
         if p.is_empty() {
             return;
         }
-        let scripts = [self.claims.done_script(), self.api.buckets.settle_script()];
-        patiently("done", || {
-            let (p, scripts) = (&p, &scripts);
-            async move { crm_common::redis_conn::query_with_scripts::<()>(self.claims.conn(), p, scripts).await }
-        })
-        .await;
+        // Other lanes finishing now share the round trip (`GroupCommit`).
+        patiently("done", || self.finishing.send(p.clone())).await;
     }
 
     /// The customer's contact, found or (by the tenant's policy) created; None when that
