@@ -75,6 +75,7 @@ fn every_tool_reaches_the_broker_through_kafka_options_alone() {
         let out = Command::new(bin("crm-sync")).args(args).envs(env.iter().copied()).output().expect("run crm-sync");
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
         eprintln!("crm-sync {}: {}\n{stdout}\n{stderr}", args.join(" "), out.status);
+        assert!(!stderr.contains("CONFWARN"), "crm-sync {}: librdkafka warned about the configuration", args.join(" "));
         (out.status.success(), format!("{stdout}{stderr}"))
     };
 
@@ -103,7 +104,13 @@ fn every_tool_reaches_the_broker_through_kafka_options_alone() {
         db.count("SELECT count(*) FROM audit WHERE stage = 'WRITER' AND call_id = 'good' AND outcome = 'DUPLICATE'") >= 1
     });
     assert_eq!(HUBSPOT.keys(&sim, "acme").len(), 1);
+    // The options name consumer properties (session.timeout.ms, heartbeat.interval.ms): each
+    // is set on the consumers only, so no producer or admin client warns about it at start.
+    let mut logs = String::new();
     for p in services {
+        logs.push_str(&p.log_text());
         assert!(p.terminate().success());
     }
+    assert!(logs.contains("consuming") || logs.contains("starting"), "the services' logs were read: {logs}");
+    assert!(!logs.contains("CONFWARN"), "librdkafka warned about the configuration: {logs}");
 }

@@ -165,6 +165,9 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
     let dlq_rows: Vec<String> = db.query("SELECT row_to_json(d)::text FROM dlq d").iter().map(|r| r.get::<_, String>(0)).collect();
     assert!(audit_rows.len() > 30 && !dlq_rows.is_empty(), "{} audit rows, {} dlq rows", audit_rows.len(), dlq_rows.len());
 
+    // Logs written to a file (not a terminal) are plain text: no ANSI colour codes.
+    assert!(!outputs.contains('\u{1b}'), "colour codes in a log that is not a terminal");
+
     // No credential anywhere: logs, command output, any topic, the audit store.
     for c in &known_credentials {
         assert!(!outputs.contains(c.as_str()) && !dlq_listing.contains(c.as_str()), "credential {c} in logs or command output");

@@ -33,6 +33,13 @@ impl Drop for Telemetry {
     }
 }
 
+/// Whether text logs are coloured: only on a terminal, and never with `NO_COLOR` set
+/// (no-color.org). A log a file, a pipe or a collector receives is plain text.
+pub fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 pub fn init(service: &'static str, args: &CommonArgs) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,librdkafka=warn"));
     let (meters, tracer) = match &args.otel_exporter_otlp_endpoint {
@@ -55,7 +62,7 @@ pub fn init(service: &'static str, args: &CommonArgs) -> anyhow::Result<Telemetr
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let res = match args.log_format {
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_ansi(colour_logs()).with_writer(std::io::stderr)).try_init(),
     };
     // A second init (tests, dev mode) keeps the first subscriber.
     let _ = res;

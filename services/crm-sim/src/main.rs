@@ -25,6 +25,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(crm_common::telemetry::colour_logs())
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

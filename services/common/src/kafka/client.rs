@@ -19,6 +19,104 @@ pub struct Kafka {
     options: Vec<(String, String)>,
 }
 
+/// Which kind of librdkafka client a configuration is for (an admin client is a producer
+/// handle in librdkafka).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Consumer,
+    Producer,
+}
+
+/// The librdkafka properties meant for consumers only, and for producers only: the `C` and
+/// `P` rows of the C/P column of librdkafka's CONFIGURATION.md (2.12.1, the version rdkafka
+/// 0.39 bundles), global and topic properties alike. The operator's `KAFKA_OPTIONS` apply
+/// to every client, and librdkafka warns at start (`CONFWARN … is a consumer property and
+/// will be ignored by this producer instance`) for each one set on the other kind, so each
+/// is set only where it applies. Every other property (`*`: security, SASL, TLS, timeouts,
+/// client.id, …) is set on every client, and a property librdkafka does not know still fails
+/// every client.
+const CONSUMER_ONLY: &[&str] = &[
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "auto.offset.reset",
+    "check.crcs",
+    "consume.callback.max.messages",
+    "consume_cb",
+    "coordinator.query.interval.ms",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "fetch.error.backoff.ms",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "fetch.min.bytes",
+    "fetch.queue.backoff.ms",
+    "fetch.wait.max.ms",
+    "group.id",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "max.partition.fetch.bytes",
+    "max.poll.interval.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "offset_commit_cb",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "queued.min.messages",
+    "rebalance_cb",
+    "session.timeout.ms",
+];
+
+/// See [`CONSUMER_ONLY`].
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "batch.num.messages",
+    "batch.size",
+    "compression.codec",
+    "compression.level",
+    "compression.type",
+    "delivery.report.only.error",
+    "delivery.timeout.ms",
+    "dr_cb",
+    "dr_msg_cb",
+    "enable.gapless.guarantee",
+    "enable.idempotence",
+    "linger.ms",
+    "message.send.max.retries",
+    "message.timeout.ms",
+    "msg_order_cmp",
+    "partitioner",
+    "partitioner_cb",
+    "produce.offset.report",
+    "queue.buffering.backpressure.threshold",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "queuing.strategy",
+    "request.required.acks",
+    "request.timeout.ms",
+    "retries",
+    "sticky.partitioning.linger.ms",
+    "transaction.timeout.ms",
+    "transactional.id",
+];
+
+impl Role {
+    /// Whether the operator's option `key` is for this kind of client.
+    fn takes(self, key: &str) -> bool {
+        let other = match self {
+            Role::Consumer => PRODUCER_ONLY,
+            Role::Producer => CONSUMER_ONLY,
+        };
+        !other.contains(&key)
+    }
+}
+
 /// What every producer is: idempotent, acknowledged by all in-sync replicas, so a retry by
 /// librdkafka never writes a record twice.
 const PRODUCER: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "5"), ("compression.type", "lz4")];
@@ -72,14 +170,15 @@ impl Kafka {
         &self.bootstrap
     }
 
-    /// The librdkafka settings of a client: bootstrap, `defaults`, then the options.
-    fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    /// The librdkafka settings of a `role` client: bootstrap, `defaults`, then the options
+    /// meant for its kind of client (see [`CONSUMER_ONLY`]).
+    fn config(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
         for (k, v) in defaults {
             c.set(*k, *v);
         }
-        for (k, v) in &self.options {
+        for (k, v) in self.options.iter().filter(|(k, _)| role.takes(k)) {
             c.set(k, v);
         }
         c
@@ -107,7 +206,7 @@ impl Kafka {
             ("queued.max.messages.kbytes", prefetch.as_str()),
         ];
         defaults.extend_from_slice(settings);
-        self.config(&defaults)
+        self.config(Role::Consumer, &defaults)
     }
 
     /// A consumer that reads partitions it assigns itself and commits nothing (`purpose`
@@ -115,7 +214,7 @@ impl Kafka {
     pub fn reader(&self, purpose: &str) -> anyhow::Result<BaseConsumer> {
         let mut defaults = READER.to_vec();
         defaults.push(("group.id", purpose));
-        Ok(BaseConsumer::from_config(&self.config(&defaults))?)
+        Ok(BaseConsumer::from_config(&self.config(Role::Consumer, &defaults))?)
     }
 
     /// A reader like [`Kafka::reader`], for an async loop, with a role's `settings` after
@@ -124,7 +223,7 @@ impl Kafka {
         let mut defaults = READER.to_vec();
         defaults.push(("group.id", purpose));
         defaults.extend_from_slice(settings);
-        Ok(StreamConsumer::from_config(&self.config(&defaults))?)
+        Ok(StreamConsumer::from_config(&self.config(Role::Consumer, &defaults))?)
     }
 
     /// The producer every stage and tool uses.
@@ -137,7 +236,7 @@ impl Kafka {
     pub fn producer_with(&self, settings: &[(&str, &str)]) -> anyhow::Result<FutureProducer> {
         let mut defaults = PRODUCER.to_vec();
         defaults.extend_from_slice(settings);
-        Ok(FutureProducer::from_config(&self.config(&defaults))?)
+        Ok(FutureProducer::from_config(&self.config(Role::Producer, &defaults))?)
     }
 
     /// A producer with its own polling thread, for synchronous tools (the bench's and dev's
@@ -151,11 +250,11 @@ impl Kafka {
     pub fn producer_with_context<C: ProducerContext>(&self, settings: &[(&str, &str)], context: C) -> anyhow::Result<ThreadedProducer<C>> {
         let mut defaults = PRODUCER.to_vec();
         defaults.extend_from_slice(settings);
-        Ok(ThreadedProducer::from_config_and_context(&self.config(&defaults), context)?)
+        Ok(ThreadedProducer::from_config_and_context(&self.config(Role::Producer, &defaults), context)?)
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-        Ok(AdminClient::from_config(&self.config(&[]))?)
+        Ok(AdminClient::from_config(&self.config(Role::Producer, &[]))?)
     }
 }
 
@@ -187,12 +286,41 @@ mod tests {
     #[test]
     fn the_operators_options_win_over_every_roles_defaults() {
         let kafka = Kafka::new("a:1", vec![("linger.ms".into(), "50".into()), ("fetch.wait.max.ms".into(), "500".into())]);
-        let c = kafka.config(PRODUCER);
+        let c = kafka.config(Role::Producer, PRODUCER);
         assert_eq!(c.get("linger.ms"), Some("50"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
-        let c = kafka.config(READER);
+        let c = kafka.config(Role::Consumer, READER);
         assert_eq!(c.get("fetch.wait.max.ms"), Some("500"));
         assert_eq!(c.get("bootstrap.servers"), Some("a:1"));
+    }
+
+    /// `KAFKA_OPTIONS` apply to every client, but a consumer's property on a producer (or the
+    /// reverse) made librdkafka warn at start (CONFWARN): each is set only where it applies.
+    #[test]
+    fn an_option_for_one_kind_of_client_is_set_on_that_kind_only() {
+        let options = [
+            ("fetch.wait.max.ms", "500"),
+            ("session.timeout.ms", "30000"),
+            ("linger.ms", "50"),
+            ("batch.num.messages", "5000"),
+            ("security.protocol", "ssl"),
+            ("client.id", "x"),
+        ];
+        let kafka = Kafka::new("a:1", options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let consumer = kafka.group_config("g", &[]);
+        let producer = kafka.config(Role::Producer, PRODUCER);
+        for (k, v) in [("fetch.wait.max.ms", "500"), ("session.timeout.ms", "30000"), ("security.protocol", "ssl"), ("client.id", "x")] {
+            assert_eq!(consumer.get(k), Some(v), "consumer {k}");
+        }
+        assert_eq!((consumer.get("linger.ms"), consumer.get("batch.num.messages")), (None, None));
+        for (k, v) in [("linger.ms", "50"), ("batch.num.messages", "5000"), ("security.protocol", "ssl"), ("client.id", "x")] {
+            assert_eq!(producer.get(k), Some(v), "producer {k}");
+        }
+        assert_eq!((producer.get("fetch.wait.max.ms"), producer.get("session.timeout.ms")), (None, None));
+        // And the clients are built: librdkafka accepts every configuration.
+        kafka.producer().expect("producer");
+        kafka.admin().expect("admin");
+        kafka.reader("t").expect("reader");
     }
 
     #[test]
@@ -200,7 +328,7 @@ mod tests {
         // librdkafka's default puts a partition with a full prefetch off for a second: under
         // a backlog every stage then ran at a fraction of its pace (`bench normaliser`).
         let kafka = Kafka::local("a:1");
-        let (group, reader) = (kafka.group_config("g", &[]), kafka.config(READER));
+        let (group, reader) = (kafka.group_config("g", &[]), kafka.config(Role::Consumer, READER));
         for (role, c) in [("group member", &group), ("reader", &reader)] {
             let ms = |k: &str| c.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{role}: {k} unset"));
             assert!(ms("fetch.queue.backoff.ms") <= ms("fetch.wait.max.ms"), "{role}");
