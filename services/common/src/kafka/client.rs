@@ -318,7 +318,7 @@ mod tests {
         }
         assert_eq!((producer.get("fetch.wait.max.ms"), producer.get("session.timeout.ms")), (None, None));
         // And the clients are built: librdkafka accepts every configuration.
-        kafka.producer().expect("producer");
+        let _producer = kafka.producer().expect("producer");
         kafka.admin().expect("admin");
         kafka.reader("t").expect("reader");
     }
