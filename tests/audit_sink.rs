@@ -302,3 +302,76 @@ fn a_count_before_the_sink_has_created_the_table_is_zero() {
     let other = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.count("SELECT count(*) FROM audit WHERE nonesuch = 1")));
     assert!(other.is_err(), "any other error still fails the test");
 }
+
+/// The DLQ's review queue as gauges: open entries per CRM and reason and the age of the
+/// oldest, falling as entries are acknowledged or replayed, and a reason whose last entry was
+/// reviewed kept at 0 (what `CrmSyncDlqUnreviewed` and the dashboard read).
+#[test]
+fn open_dead_letters_are_gauged_by_crm_and_reason_until_reviewed() {
+    let broker = Broker::start(1);
+    let db = PrivateDb::new("review");
+    let collector = crm_sync_tests::otlp::Collector::start();
+    let now = crm_common::clock::now_ms();
+    let two_hours_ago = DeadLetter { failed_at: now - 2 * 3_600_000, ..dead_letter(1) };
+    let later = DeadLetter { failed_at: now - 60_000, ..dead_letter(2) };
+    let refused = DeadLetter {
+        crm: Some(Crm::Hubspot),
+        stage: Stage::Writer,
+        reason: DlqReason::PermissionDenied,
+        failed_at: now - 30_000,
+        ..dead_letter(3)
+    };
+    let dlq: Vec<_> = [&two_hours_ago, &later, &refused].iter().map(|d| ("acme".to_string(), codec::encode(*d).unwrap(), vec![])).collect();
+    broker.produce("sync.dlq", &dlq);
+    let mut env: Vec<(&str, String)> = collector.env();
+    env.extend([
+        ("DATABASE_URL", db.url.clone()),
+        ("CONSUMER_GROUP", "audit-sink".into()),
+        ("TENANTS_CONFIG", "/dev/null".into()),
+        ("DLQ_REVIEW_INTERVAL", "300ms".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = broker.service("audit-sink", &env);
+    assert_eq!(db.wait_count("SELECT count(*) FROM dlq", 3, Duration::from_secs(30)), 3);
+    // The latest figure the sink exported for (metric, crm, reason).
+    let latest = |metric: &str, crm: &str, reason: &str| {
+        collector
+            .points()
+            .into_iter()
+            .filter(|p| {
+                p.service == "audit-sink"
+                    && p.metric == metric
+                    && p.attributes.get("crm").map(String::as_str) == Some(crm)
+                    && p.attributes.get("reason").map(String::as_str) == Some(reason)
+            })
+            .filter_map(|p| p.value)
+            .next_back()
+    };
+    wait_for("both reasons gauged", Duration::from_secs(20), || {
+        latest("crm_sync.dlq.open", "none", "INVALID_PHONE") == Some(2.0)
+            && latest("crm_sync.dlq.open", "hubspot", "PERMISSION_DENIED") == Some(1.0)
+    });
+    let age = latest("crm_sync.dlq.open.oldest_age", "none", "INVALID_PHONE").unwrap();
+    assert!((7200.0..7300.0).contains(&age), "the oldest open INVALID_PHONE entry waited two hours: {age}");
+    let age = latest("crm_sync.dlq.open.oldest_age", "hubspot", "PERMISSION_DENIED").unwrap();
+    assert!((30.0..120.0).contains(&age), "{age}");
+
+    // The oldest is acknowledged: one left, and the age is the next one's.
+    let cli_env = [("DATABASE_URL", db.url.as_str()), ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.as_str())];
+    let (ok, _, err) = crm_sync(&["dlq", "ack", "d-1", "--note", "test number"], &cli_env);
+    assert!(ok, "{err}");
+    wait_for("one INVALID_PHONE entry left open", Duration::from_secs(20), || {
+        latest("crm_sync.dlq.open", "none", "INVALID_PHONE") == Some(1.0)
+    });
+    let age = latest("crm_sync.dlq.open.oldest_age", "none", "INVALID_PHONE").unwrap();
+    assert!((60.0..180.0).contains(&age), "the next oldest: {age}");
+    // The hubspot entry is acknowledged as well: its reason stays, at zero.
+    let (ok, _, err) = crm_sync(&["dlq", "ack", "d-3", "--note", "scope removed on purpose"], &cli_env);
+    assert!(ok, "{err}");
+    wait_for("PERMISSION_DENIED at zero", Duration::from_secs(20), || {
+        latest("crm_sync.dlq.open", "hubspot", "PERMISSION_DENIED") == Some(0.0)
+            && latest("crm_sync.dlq.open.oldest_age", "hubspot", "PERMISSION_DENIED") == Some(0.0)
+    });
+    assert_eq!(latest("crm_sync.dlq.open", "none", "INVALID_PHONE"), Some(1.0));
+    assert!(s.terminate().success());
+}

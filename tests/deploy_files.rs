@@ -71,7 +71,7 @@ fn topics() -> BTreeSet<String> {
 
 /// The OpenTelemetry instruments, as the collector's Prometheus exporter names them. Each
 /// must be declared in the code under its OpenTelemetry name.
-const METRICS: [(&str, &[&str]); 11] = [
+const METRICS: [(&str, &[&str]); 13] = [
     ("crm_sync.messages", &["crm_sync_messages_total"]),
     ("crm_sync.produced", &["crm_sync_produced_total"]),
     (
@@ -100,6 +100,8 @@ const METRICS: [(&str, &[&str]); 11] = [
     ("crm_sync.dlq", &["crm_sync_dlq_total"]),
     ("crm_sync.reconcile.records", &["crm_sync_reconcile_records"]),
     ("crm_sync.writer.backlog.gone", &["crm_sync_writer_backlog_gone_total"]),
+    ("crm_sync.dlq.open", &["crm_sync_dlq_open"]),
+    ("crm_sync.dlq.open.oldest_age", &["crm_sync_dlq_open_oldest_age_seconds"]),
 ];
 
 fn prometheus_names(code: &str) -> BTreeSet<String> {
@@ -109,6 +111,25 @@ fn prometheus_names(code: &str) -> BTreeSet<String> {
         out.extend(prom.iter().map(|s| s.to_string()));
     }
     out
+}
+
+/// An alert's `runbook_url` names its page in `deploy/runbooks/`: the page exists, is about that
+/// alert, says what it means, how to confirm it and what to do, and every crm-sync metric it
+/// names is one a service exports. Returns the page's path.
+fn runbook_page(alert: &str, annotations: &Value, known: &BTreeSet<String>) -> String {
+    let url = annotations["runbook_url"].as_str().unwrap_or_else(|| panic!("{alert} has no runbook_url"));
+    assert_eq!(url, format!("deploy/runbooks/{alert}.md"), "{alert}: the runbook is the page named after it");
+    let page = std::fs::read_to_string(repo_root().join(url)).unwrap_or_else(|e| panic!("{alert}: {url}: {e}"));
+    assert!(page.starts_with(&format!("# {alert}\n")), "{url} is titled with its alert");
+    for section in ["## What it means", "## How to confirm", "## What to do"] {
+        let at = page.find(section).unwrap_or_else(|| panic!("{url} has no {section:?}"));
+        let body = page[at + section.len()..].split("\n## ").next().unwrap_or_default();
+        assert!(body.trim().len() > 80, "{url}: {section:?} says something");
+    }
+    for m in metrics_in(&page) {
+        assert!(known.contains(&m), "{url} names {m}, which no service exports");
+    }
+    url.to_string()
 }
 
 /// The crm_sync_* names a PromQL expression uses.
@@ -260,12 +281,14 @@ fn alerts_dashboard_and_collector_use_exported_metrics() {
     let known = prometheus_names(&code);
     let alerts = yaml_docs("deploy/prometheus/alerts.yml");
     let mut rules = 0;
+    let mut runbook_pages = vec![];
     for g in alerts[0]["groups"].as_array().unwrap() {
         for r in g["rules"].as_array().unwrap() {
             rules += 1;
             let name = r["alert"].as_str().expect("alert name");
             let expr = r["expr"].as_str().expect("expr");
             assert!(r["annotations"]["runbook"].as_str().is_some_and(|s| s.len() > 20), "{name} has a runbook line");
+            runbook_pages.push(runbook_page(name, &r["annotations"], &known));
             assert!(r["annotations"]["summary"].is_string(), "{name} has a summary");
             let used = metrics_in(expr);
             assert!(!used.is_empty(), "{name} reads a crm-sync metric");
@@ -275,6 +298,14 @@ fn alerts_dashboard_and_collector_use_exported_metrics() {
         }
     }
     assert!(rules >= 10, "{rules} rules");
+    let mut on_disk: Vec<String> = std::fs::read_dir(repo_root().join("deploy/runbooks"))
+        .expect("deploy/runbooks")
+        .map(|e| format!("deploy/runbooks/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|p| p.ends_with(".md") && !p.ends_with("README.md"))
+        .collect();
+    on_disk.sort();
+    runbook_pages.sort();
+    assert_eq!(on_disk, runbook_pages, "one runbook page per alert, and none for an alert that is gone");
     // Connector-specific rules: one set per CRM.
     let text = serde_json::to_string(&alerts).unwrap();
     for crm in ["hubspot", "salesforce", "zoho", "pipedrive"] {

@@ -70,13 +70,13 @@ fn one_record_per_call_under_faults_on_the_mock_broker() {
 }
 
 /// tansu is a separate Kafka-compatible broker (`cargo install tansu --locked --features
-/// libsql`; .ci/run installs it), on its SQLite engine: real group coordination and
+/// libsql`; scripts/test installs it), on its SQLite engine: real group coordination and
 /// rebalances.
 #[test]
 fn one_record_per_call_under_faults_on_tansu() {
     assert!(
         Command::new("tansu").arg("--version").output().is_ok(),
-        "tansu is not on PATH: cargo install tansu --locked --features libsql (.ci/run does)"
+        "tansu is not on PATH: cargo install tansu --locked --features libsql (scripts/test does)"
     );
     // tansu 0.6.0's group coordinator strands partitions under churn: with two replicas per
     // writer and zombies, a clean-clone CI run left 151 calls unwritten when progress

@@ -160,6 +160,31 @@ async fn a_spent_reported_limit_lets_one_probe_through_per_recheck() {
     assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
 }
 
+/// Answers are settled out of the order they came in (one rides its tenant's next take,
+/// another waits for the flusher, a resent DONE applies one twice). A reported count is the
+/// CRM's count when that answer left it: an older answer's lower count is stale and must not
+/// undo a newer one, or requests go into an allowance already spent (each one a 403).
+#[tokio::test]
+async fn a_reported_count_is_never_undone_by_an_older_answer_settled_later() {
+    let prefix = RedisPrefix::new("bucket");
+    // The flusher waits half a second: the older answer is settled after the newer one.
+    let b = buckets(&prefix).await.with_settle_within(Duration::from_millis(500));
+    let s = set(vec![Limit::Reported { name: "api".into(), max: 70, recheck: Duration::from_secs(60) }]);
+    // Answered first: the CRM had counted 69 of 70.
+    b.settle_soon(&s, "older", &[1], &[("api".into(), 1)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Answered later, settled at once: 70 of 70, spent.
+    b.settle(&s, "newer", &[1], &[("api".into(), 0)]).await.unwrap();
+    assert_eq!(b.used(&s).await.unwrap(), vec![("api".to_string(), 70)]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(b.used(&s).await.unwrap(), vec![("api".to_string(), 70)], "the older answer's 69 is stale");
+    assert!(matches!(b.try_take(&s, 1, 0).await.unwrap(), Take::Wait(_)), "nothing goes into a spent allowance");
+    // A newer answer still moves the count either way (the org's window moved on).
+    b.settle(&s, "newest", &[1], &[("api".into(), 30)]).await.unwrap();
+    assert_eq!(b.used(&s).await.unwrap(), vec![("api".to_string(), 40)]);
+    assert_eq!(b.try_take(&s, 1, 0).await.unwrap(), Take::Granted);
+}
+
 #[tokio::test]
 async fn costs_differ_per_limit_and_concurrency_slots_come_back_on_release_or_lease() {
     let prefix = RedisPrefix::new("bucket");

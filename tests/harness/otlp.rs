@@ -19,6 +19,9 @@ pub struct Point {
     pub service: String,
     pub metric: String,
     pub attributes: BTreeMap<String, String>,
+    /// A gauge's or sum's value (OTLP JSON sends 64-bit integers as strings); None for a
+    /// histogram.
+    pub value: Option<f64>,
 }
 
 pub struct Collector {
@@ -102,6 +105,7 @@ impl Collector {
                                     service: service.clone(),
                                     metric: name.clone(),
                                     attributes: attributes(&dp["attributes"]),
+                                    value: number(&dp["asInt"]).or_else(|| number(&dp["asDouble"])),
                                 });
                             }
                         }
@@ -128,6 +132,10 @@ fn attributes(v: &Value) -> BTreeMap<String, String> {
             (a["key"].as_str().unwrap_or_default().to_string(), s)
         })
         .collect()
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 fn service_of(resource: &Value) -> String {

@@ -679,10 +679,16 @@ pub fn two_replicas_sharing_a_tenants_buckets_stay_inside_its_limits(case: &Case
             assert!(Instant::now() < deadline, "the allowance was never spent: {}", sim.state("salesforce", "acme"));
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Requests already on their way when the allowance ran out are refused too: count
+        // from a second later, over 6 s. A probe a second makes 6 refusals, 7 across the
+        // window's edges, 8 with one answer late on a loaded machine; replicas probing on
+        // their own would make 12, takers not held back hundreds.
+        std::thread::sleep(Duration::from_secs(1));
         let first = case.answers(&sim, "acme", 403);
-        std::thread::sleep(Duration::from_secs(4));
+        std::thread::sleep(Duration::from_secs(6));
         let refused = case.answers(&sim, "acme", 403) - first;
-        assert!(refused <= 5, "at most a probe a second while the allowance was spent: {refused} refusals in 4 s");
+        eprintln!("{}: {refused} refusals in 6 s while the allowance was spent", case.name());
+        assert!(refused <= 8, "at most a probe a second while the allowance was spent: {refused} refusals in 6 s");
         assert!(case.keys(&sim, "acme").len() < calls, "not everything fits in the allowance");
         sim.advance(86_400_000);
     }

@@ -6,7 +6,7 @@
 //! When PostgreSQL is away the batch is retried with backoff and nothing is committed.
 
 use clap::Parser;
-use crm_common::audit_store::{redact, AuditStore, Reject};
+use crm_common::audit_store::{redact, AuditStore, OpenReview, Reject};
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs};
 use crm_common::events::{AuditRecord, DeadLetter};
@@ -29,6 +29,9 @@ struct Cli {
     /// How often old days are dropped.
     #[arg(long, env = "AUDIT_PURGE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     purge_interval: Duration,
+    /// How often the DLQ's review queue is read for the `crm_sync.dlq.open` gauges.
+    #[arg(long, env = "DLQ_REVIEW_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    dlq_review_interval: Duration,
 }
 
 struct Sink {
@@ -124,6 +127,12 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    // The DLQ's review queue as gauges (`crm_sync.dlq.open`, `…oldest_age`), read from the
+    // store on its own connection: every replica reports the same numbers (alerts take max).
+    let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    crm_common::telemetry::dlq_review_metrics(open.clone());
+    tokio::spawn(watch_review_queue(cli.common.database_url.clone(), cli.dlq_review_interval, open));
+
     let cfg = PipelineConfig {
         service: "audit-sink",
         input_topics: vec![cli.common.topics.audit.clone(), cli.common.topics.dlq.clone()],
@@ -131,4 +140,31 @@ async fn main() -> anyhow::Result<()> {
         args: cli.pipeline,
     };
     pipeline::run(cfg, sink, crm_common::shutdown::service()).await
+}
+
+/// Reads the DLQ's open entries per CRM and reason every `every` into `open` (what the gauges
+/// report). A failed read keeps the last figures and says why; the next read tries again.
+async fn watch_review_queue(url: String, every: Duration, open: std::sync::Arc<std::sync::Mutex<Vec<OpenReview>>>) {
+    let mut store: Option<AuditStore> = None;
+    loop {
+        if store.as_ref().is_none_or(AuditStore::is_closed) {
+            store = match AuditStore::connect(&url).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the DLQ review gauges could not connect; trying again later");
+                    None
+                }
+            };
+        }
+        if let Some(s) = &store {
+            match s.open_review().await {
+                Ok(fresh) => {
+                    let mut g = open.lock().unwrap_or_else(|e| e.into_inner());
+                    *g = crm_common::telemetry::with_reviewed_at_zero(&g, fresh);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the DLQ's open entries; the gauges keep the last figures"),
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }

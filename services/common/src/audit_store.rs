@@ -340,6 +340,34 @@ pub struct Step {
     pub dlq: Option<String>,
 }
 
+/// Dead letters waiting for review (neither replayed nor acknowledged), per CRM (`none` for
+/// entries of the stages before the writers) and reason: how many, and how long the oldest
+/// has waited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenReview {
+    pub crm: String,
+    pub reason: String,
+    pub open: i64,
+    pub oldest_age_s: f64,
+}
+
+impl AuditStore {
+    /// Every CRM and reason with open DLQ entries (the partial index `dlq_open` keeps this
+    /// cheap however many reviewed entries are kept).
+    pub async fn open_review(&self) -> Result<Vec<OpenReview>, tokio_postgres::Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT coalesce(crm, 'none'), reason, count(*), \
+                 greatest(extract(epoch FROM now() - min(failed_at)), 0)::float8 \
+                 FROM dlq WHERE state = 'open' GROUP BY 1, 2 ORDER BY 1, 2",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| OpenReview { crm: r.get(0), reason: r.get(1), open: r.get(2), oldest_age_s: r.get(3) }).collect())
+    }
+}
+
 impl AuditStore {
     /// The steps of `call_id` (of `tenant`, if given), oldest first, with the review state of
     /// the DLQ entries they made: what `crm-sync trace` shows.

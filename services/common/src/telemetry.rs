@@ -278,6 +278,51 @@ pub fn writer_backlog_metrics(
         .build();
 }
 
+/// The DLQ's review queue, as the audit store holds it (`AuditStore::open_review`, refreshed
+/// by the audit-sink): `crm_sync.dlq.open`, entries neither replayed nor acknowledged, and
+/// `crm_sync.dlq.open.oldest_age` (s), how long the oldest of them has waited, by CRM and
+/// reason. A CRM and reason once seen stays at 0 when its last entry is reviewed, so a
+/// dashboard shows the queue emptied rather than a series gone.
+pub fn dlq_review_metrics(current: Arc<Mutex<Vec<crate::audit_store::OpenReview>>>) {
+    let meter = opentelemetry::global::meter("crm-sync");
+    let ages = current.clone();
+    let labels = |r: &crate::audit_store::OpenReview| [KeyValue::new("crm", r.crm.clone()), KeyValue::new("reason", r.reason.clone())];
+    meter
+        .i64_observable_gauge("crm_sync.dlq.open")
+        .with_description("Dead letters waiting for review (neither replayed nor acknowledged), by CRM and reason")
+        .with_callback(move |obs| {
+            for r in current.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                obs.observe(r.open, &labels(r));
+            }
+        })
+        .build();
+    meter
+        .f64_observable_gauge("crm_sync.dlq.open.oldest_age")
+        .with_unit("s")
+        .with_description("How long the oldest dead letter waiting for review has waited, by CRM and reason (0 when none waits)")
+        .with_callback(move |obs| {
+            for r in ages.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                obs.observe(r.oldest_age_s, &labels(r));
+            }
+        })
+        .build();
+}
+
+/// `fresh` as the gauges should show it: every CRM and reason in `previous` that has no open
+/// entry any more is kept at 0.
+pub fn with_reviewed_at_zero(
+    previous: &[crate::audit_store::OpenReview],
+    mut fresh: Vec<crate::audit_store::OpenReview>,
+) -> Vec<crate::audit_store::OpenReview> {
+    for p in previous {
+        if !fresh.iter().any(|f| f.crm == p.crm && f.reason == p.reason) {
+            fresh.push(crate::audit_store::OpenReview { crm: p.crm.clone(), reason: p.reason.clone(), open: 0, oldest_age_s: 0.0 });
+        }
+    }
+    fresh.sort_by(|a, b| (&a.crm, &a.reason).cmp(&(&b.crm, &b.reason)));
+    fresh
+}
+
 pub fn crm_metrics() -> &'static CrmMetrics {
     static M: std::sync::OnceLock<CrmMetrics> = std::sync::OnceLock::new();
     M.get_or_init(|| {
@@ -411,6 +456,19 @@ pub fn traceparent(span: &tracing::Span, trace_id: &str) -> String {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_reviewed_reason_stays_at_zero_and_a_new_one_joins() {
+        use crate::audit_store::OpenReview;
+        let r =
+            |crm: &str, reason: &str, open: i64, age: f64| OpenReview { crm: crm.into(), reason: reason.into(), open, oldest_age_s: age };
+        let before = vec![r("hubspot", "PERMISSION_DENIED", 2, 90.0), r("none", "INVALID_PHONE", 1, 10.0)];
+        let now = with_reviewed_at_zero(&before, vec![r("zoho", "RETRIES_EXHAUSTED", 1, 5.0), r("none", "INVALID_PHONE", 3, 70.0)]);
+        assert_eq!(
+            now,
+            vec![r("hubspot", "PERMISSION_DENIED", 0, 0.0), r("none", "INVALID_PHONE", 3, 70.0), r("zoho", "RETRIES_EXHAUSTED", 1, 5.0)]
+        );
+    }
 
     #[test]
     fn remaining_keeps_the_tenants_closest_to_each_limit_and_forgets_the_silent() {

@@ -244,9 +244,15 @@ local function observe(key, kind, max, span, margin, remaining, id, now)
     redis.call('PEXPIRE', key, span + margin + 1000)
     return math.max(target - used, 0)
   elseif kind == 'P' then
-    -- The CRM's report is the count: set it, up or down.
-    local used = tonumber(redis.call('HGET', key, 'used') or '0')
-    redis.call('HSET', key, 'used', target)
+    -- The CRM's report is the count: set it, up or down, but only from an answer no older
+    -- than the one that set it last. Answers are settled out of the order they came in (one
+    -- rides its tenant's next take, another waits for the flusher, a resent pipeline applies
+    -- one twice): an older answer's lower count is stale, and believing it would send
+    -- requests into an allowance already spent.
+    local h = redis.call('HMGET', key, 'used', 'seen')
+    local used = tonumber(h[1] or '0')
+    if now < tonumber(h[2] or '0') then return 0 end
+    redis.call('HSET', key, 'used', target, 'seen', now)
     if target < max then redis.call('HDEL', key, 'probe') end
     redis.call('PEXPIRE', key, 2 * 86400000)
     return target - used
