@@ -5,7 +5,8 @@
 #   need_build_tools    cmake, make, pkg-config and libssl-dev (rdkafka's bundled librdkafka
 #                       and native-tls build against them)
 #   need_test_tools     the above, plus redis-server (tests start private ones), kcat, the
-#                       Python oracles (fastavro, phonenumbers) and cargo-nextest
+#                       Python oracles (fastavro, phonenumbers), confluent-kafka for the
+#                       examples, and cargo-nextest
 #   start_tansu_install builds tansu with its SQLite engine in the background if missing
 #                       (about 14 minutes on 2 cores: it builds beside the workspace)
 #   wait_tansu_install  waits for it; fails with the end of its log
@@ -43,10 +44,11 @@ need_test_tools() {
   need_build_tools
   # The deduper tests start a private redis-server to play a Redis outage.
   apt_install_missing redis-server:redis-server kcat:kcat
-  # Python oracles for fixtures and the fingerprint test.
-  if ! python3 -c 'import fastavro, phonenumbers' 2>/dev/null; then
-    echo "setup: installing fastavro phonenumbers (pip)" >&2
-    python3 -m pip install -q fastavro phonenumbers
+  # Python oracles for fixtures and the fingerprint test; confluent-kafka for the producers'
+  # and readers' examples (examples/python, run by tests/examples.rs).
+  if ! python3 -c 'import fastavro, phonenumbers, confluent_kafka' 2>/dev/null; then
+    echo "setup: installing fastavro phonenumbers confluent-kafka (pip)" >&2
+    python3 -m pip install -q fastavro phonenumbers confluent-kafka
   fi
   if ! command -v cargo-nextest >/dev/null; then
     echo "setup: installing cargo-nextest (cargo install)" >&2

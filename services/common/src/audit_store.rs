@@ -19,6 +19,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_audit_store", include_str!("../../../migrations/0001_audit_store.sql")),
     ("0002_reconciler", include_str!("../../../migrations/0002_reconciler.sql")),
     ("0003_activity_kind", include_str!("../../../migrations/0003_activity_kind.sql")),
+    ("0004_views", include_str!("../../../migrations/0004_views.sql")),
 ];
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.

@@ -4,6 +4,7 @@ mod backfill;
 mod dev;
 mod dlq;
 mod reconcile;
+mod schemas;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Cmd {
     /// and send those calls through the pipeline again; idempotency keeps them to one
     /// record each.
     Backfill(backfill::BackfillArgs),
+    /// Every schema crm-sync writes or reads: its fingerprint on the wire, its topic, its
+    /// file (what an upstream producer or a data team needs).
+    Schemas(schemas::SchemasArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dlq(args) => dlq::run(args),
         Cmd::Reconcile(args) => reconcile::run(args),
         Cmd::Backfill(args) => backfill::run(args),
+        Cmd::Schemas(args) => schemas::run(args),
     }
 }
