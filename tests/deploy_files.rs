@@ -41,7 +41,8 @@ fn code() -> String {
 /// Every `env = "NAME"` (clap) and `env::var("NAME")` in the services.
 fn code_vars(code: &str) -> BTreeSet<String> {
     let mut vars = BTreeSet::new();
-    for marker in ["env = \"", "env::var(\""] {
+    // clap's `env = "…"`, a direct read, and a constant that names a variable (`…_ENV`).
+    for marker in ["env = \"", "env::var(\"", "_ENV: &str = \""] {
         for part in code.split(marker).skip(1) {
             if let Some(name) = part.split('"').next() {
                 vars.insert(name.to_string());

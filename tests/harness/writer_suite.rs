@@ -717,6 +717,51 @@ pub fn two_replicas_sharing_a_tenants_buckets_stay_inside_its_limits(case: &Case
     assert!(b.terminate().success());
 }
 
+/// Secrets mounted as files (a Kubernetes Secret volume) are read again while the writer runs:
+/// the tenant's token is rotated at the CRM and in the file, the old one revoked, and the next
+/// call goes out with the new one, without a restart; a file rewritten with something unusable
+/// keeps the last good token in use and says why. No token reaches the log.
+pub fn a_rotated_secret_file_is_picked_up_without_a_restart(case: &Case) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    case.account(&sim, "acme", json!({}));
+    let tenants = case.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("writer");
+    let old = case.token("acme");
+    // The file wins over the environment variable of the same name, which the writer also gets.
+    let secret = TempFile::new(&case.secret("acme"), &format!("{old}\n"));
+    let dir = secret.0.parent().unwrap().to_str().unwrap().to_string();
+    let w = case.writer(&broker, &tenants, &prefix, &["acme"], &[("CRM_SYNC_SECRETS_DIR", &dir)]);
+    broker.produce(&case.topic(), &[case.request("acme", "c1", 1)]);
+    wait_for("c1 written with the first token", Duration::from_secs(60), || case.keys(&sim, "acme").len() == 1);
+
+    // Rotation: a new token at the CRM, the file replaced as Kubernetes does (a new file
+    // renamed over the old), the old token revoked at once: the first request with it is
+    // answered 401, the file is read again, and the request goes again with the new token.
+    let new = format!("{old}-rotated");
+    sim.admin("POST", &format!("/accounts/{}/acme/tokens", case.name()), Some(json!({"token": new, "kind": "static", "app": "crm-sync"})));
+    let staged = secret.0.with_extension("new");
+    std::fs::write(&staged, &new).unwrap();
+    std::fs::rename(&staged, &secret.0).unwrap();
+    sim.admin("POST", &format!("/tokens/{old}/revoke"), None);
+    broker.produce(&case.topic(), &[case.request("acme", "c2", 1)]);
+    wait_for("c2 written with the rotated token", Duration::from_secs(60), || case.keys(&sim, "acme").len() == 2);
+    wait_for("the change logged", Duration::from_secs(10), || w.log_text().contains("the secret changed: its new credentials are in use"));
+
+    // A broken rewrite (half an OAuth client) is refused; the rotated token stays in use.
+    std::fs::write(&secret.0, "{\"client_id\": \"half").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.produce(&case.topic(), &[case.request("acme", "c3", 1)]);
+    wait_for("c3 written with the last good token", Duration::from_secs(60), || case.keys(&sim, "acme").len() == 3);
+    wait_for("the refusal logged", Duration::from_secs(10), || w.log_text().contains("the secret changed but cannot be used"));
+    let (finals, dlq, _) = outcomes(&broker, 3, Duration::from_secs(10));
+    assert!(dlq.is_empty(), "nothing failed on the way: {dlq:?}");
+    assert_eq!(finals.iter().filter(|a| a.outcome == AuditOutcome::Succeeded).count(), 3, "{finals:?}");
+    let log = w.log_text();
+    assert!(!log.contains(&old) && !log.contains(&new), "no token in the log");
+    assert!(w.terminate().success());
+}
+
 /// OAuth: the writer refreshes first, again after the CRM's clock passes the token's expiry
 /// (one 401), and a revoked refresh token is AUTH_FAILED, with no credential in audit.
 pub fn oauth_tokens_are_refreshed_and_a_failed_refresh_is_auth_failed(case: &Case) {
@@ -1949,6 +1994,10 @@ macro_rules! activity_suite {
 #[macro_export]
 macro_rules! writer_suite {
     ($case:expr) => {
+        #[test]
+        fn a_rotated_secret_file_is_picked_up_without_a_restart() {
+            $crate::writer_suite::a_rotated_secret_file_is_picked_up_without_a_restart(&$case)
+        }
         #[test]
         fn one_record_per_call_under_duplicates_and_updates() {
             $crate::writer_suite::one_record_per_call_under_duplicates_and_updates(&$case)

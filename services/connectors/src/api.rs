@@ -520,9 +520,10 @@ impl Api {
                     metrics.retry(&set.crm, "transient");
                     crate::places::sleep(self.backoff.wait(attempt)).await;
                 }
-                // A 401 with OAuth: refresh once, then fail (CRM-APIS §5).
+                // A 401: with OAuth, refresh once, then fail (CRM-APIS §5); with a token read
+                // from a file, try once more if the file holds a new one (rotated just now).
                 Verdict::Permanent(DlqReason::AuthFailed, _)
-                    if auth.is_oauth() && !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) =>
+                    if !refreshed && reply.as_ref().is_some_and(|r| r.status == 401) && auth.retry_after_401() =>
                 {
                     refreshed = true;
                     metrics.retry(&set.crm, "auth_refresh");

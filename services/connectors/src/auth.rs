@@ -18,6 +18,13 @@
 //! token in clear. The secret's refresh token seeds the state; a secret that changes (an
 //! operator re-authorised the app) replaces what Redis holds.
 //!
+//! Secrets come from a file when `CRM_SYNC_SECRETS_DIR` holds one of the secret's name (a
+//! Kubernetes Secret mounted as a volume: one file per key, updated in place when the Secret
+//! changes), else from the environment variable of that name. A file is read again at most
+//! every `SECRET_RECHECK` as requests go out: a rotated token or re-authorised OAuth client is
+//! picked up without a restart, and a file that no longer holds usable credentials keeps the
+//! last good ones in use and says why.
+//!
 //! A refresh the CRM refuses (invalid_grant, invalid_client, a revoked token) is permanent:
 //! AUTH_FAILED. A token endpoint that is unreachable, slow, answers 5xx or throttles minting
 //! is transient: the call retries it with backoff like any other CRM failure.
@@ -73,17 +80,72 @@ struct OAuth {
     state: Mutex<Local>,
 }
 
+/// Where secrets are read from as files (one per secret name), before the environment.
+pub const SECRETS_DIR_ENV: &str = "CRM_SYNC_SECRETS_DIR";
+/// How often a secret read from a file is read again (Kubernetes updates a mounted Secret
+/// within about a minute of a change).
+pub const SECRET_RECHECK: Duration = Duration::from_secs(2);
+
 pub struct Credentials {
-    header: HeaderName,
-    /// "Bearer " for HubSpot; other CRMs use their own scheme.
-    scheme: &'static str,
+    style: AuthStyle,
     secret_name: String,
     /// `<crm>:<tenant>`: where the shared OAuth state lives.
     scope: String,
+    /// The file the secret is read from; None when it came from the environment.
+    file: Option<std::path::PathBuf>,
+    /// What the secret holds now, parsed, and when the file was last read.
+    current: std::sync::RwLock<std::sync::Arc<Loaded>>,
+    checked: std::sync::Mutex<Instant>,
+}
+
+/// One version of a secret, parsed.
+struct Loaded {
+    header: HeaderName,
+    /// "Bearer " for HubSpot; other CRMs use their own scheme.
+    scheme: &'static str,
     kind: Kind,
+    /// A digest of the text it was parsed from: a file read again and unchanged is not parsed.
+    digest: [u8; 32],
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.trim().as_bytes()).into()
+}
+
+impl Loaded {
+    fn parse(secret_name: &str, style: &AuthStyle, text: &str) -> Result<Loaded, String> {
+        let value = text.trim();
+        let digest = digest(text);
+        if value.starts_with('{') {
+            let s: OAuthSecret = serde_json::from_str(value)
+                .map_err(|e| format!("the secret {secret_name} is not an OAuth client (client_id, client_secret, refresh_token): {:?} error at line {}, column {}", e.classify(), e.line(), e.column()))?;
+            let (header, scheme) = style.oauth_header.clone();
+            let oauth = OAuth {
+                token_url: style.token_url.clone(),
+                basic_client_auth: style.basic_client_auth,
+                client_id: s.client_id,
+                client_secret: s.client_secret,
+                seed: s.refresh_token.clone(),
+                state: Mutex::new(Local { refresh: s.refresh_token, access: None }),
+            };
+            Ok(Loaded { header, scheme, kind: Kind::OAuth(oauth), digest })
+        } else {
+            let (header, scheme) = style.static_header.clone();
+            let v =
+                sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?;
+            Ok(Loaded { header, scheme, kind: Kind::Static(v), digest })
+        }
+    }
+
+    fn value(&self, access: &str) -> Result<(HeaderName, HeaderValue), AuthError> {
+        sensitive(&format!("{}{access}", self.scheme))
+            .map(|v| (self.header.clone(), v))
+            .ok_or_else(|| AuthError::Refused(auth_failed("the CRM returned an unusable access token".into())))
+    }
 }
 
 /// How a CRM takes credentials.
+#[derive(Clone)]
 pub struct AuthStyle {
     /// Header and prefix for a static token (HubSpot private app, Pipedrive API token).
     pub static_header: (HeaderName, &'static str),
@@ -270,40 +332,82 @@ impl TokenStore {
 }
 
 impl Credentials {
-    /// Reads the secret `secret_name` from the environment: a token, or an OAuth client as
-    /// JSON. `scope` (`<crm>:<tenant>`) names where shared OAuth state lives.
+    /// Reads the secret `secret_name`: from `$CRM_SYNC_SECRETS_DIR/<secret_name>` when that
+    /// file exists, else from the environment. It holds a token, or an OAuth client as JSON.
+    /// `scope` (`<crm>:<tenant>`) names where shared OAuth state lives.
     pub fn from_env(secret_name: &str, style: AuthStyle, scope: String) -> Result<Credentials, String> {
-        let value = std::env::var(secret_name).map_err(|_| format!("the secret {secret_name} named in TENANTS_CONFIG is not set"))?;
-        let value = value.trim();
-        if value.starts_with('{') {
-            let s: OAuthSecret = serde_json::from_str(value)
-                .map_err(|e| format!("the secret {secret_name} is not an OAuth client (client_id, client_secret, refresh_token): {:?} error at line {}, column {}", e.classify(), e.line(), e.column()))?;
-            let (header, scheme) = style.oauth_header;
-            let oauth = OAuth {
-                token_url: style.token_url,
-                basic_client_auth: style.basic_client_auth,
-                client_id: s.client_id,
-                client_secret: s.client_secret,
-                seed: s.refresh_token.clone(),
-                state: Mutex::new(Local { refresh: s.refresh_token, access: None }),
-            };
-            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), scope, kind: Kind::OAuth(oauth) })
-        } else {
-            let (header, scheme) = style.static_header;
-            let v =
-                sensitive(&format!("{scheme}{value}")).ok_or_else(|| format!("the secret {secret_name} does not hold a usable token"))?;
-            Ok(Credentials { header, scheme, secret_name: secret_name.to_string(), scope, kind: Kind::Static(v) })
-        }
+        let file = std::env::var_os(SECRETS_DIR_ENV)
+            .filter(|d| !d.is_empty())
+            .map(|d| std::path::Path::new(&d).join(secret_name))
+            .filter(|p| p.is_file());
+        let text = match &file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("the secret {secret_name} ({}): {e}", path.display()))?,
+            None => std::env::var(secret_name).map_err(|_| {
+                format!("the secret {secret_name} named in TENANTS_CONFIG is not set (neither a file in {SECRETS_DIR_ENV} nor a variable)")
+            })?,
+        };
+        let loaded = Loaded::parse(secret_name, &style, &text)?;
+        Ok(Credentials {
+            style,
+            secret_name: secret_name.to_string(),
+            scope,
+            file,
+            current: std::sync::RwLock::new(std::sync::Arc::new(loaded)),
+            checked: std::sync::Mutex::new(Instant::now()),
+        })
     }
 
     pub fn is_oauth(&self) -> bool {
-        matches!(self.kind, Kind::OAuth(_))
+        matches!(self.loaded().kind, Kind::OAuth(_))
     }
 
-    fn value(&self, access: &str) -> Result<(HeaderName, HeaderValue), AuthError> {
-        sensitive(&format!("{}{access}", self.scheme))
-            .map(|v| (self.header.clone(), v))
-            .ok_or_else(|| AuthError::Refused(auth_failed("the CRM returned an unusable access token".into())))
+    /// The credentials in use: a secret read from a file is read again when `SECRET_RECHECK`
+    /// has passed, and a changed one replaces them (an unusable one is refused, loudly).
+    fn loaded(&self) -> std::sync::Arc<Loaded> {
+        self.reload(false);
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A 401 answered these credentials: the secret's file is read again at once (an
+    /// operator may have rotated the token and revoked the old one a moment ago). True when a
+    /// second try can help: OAuth (it refreshes) or credentials that just changed.
+    pub fn retry_after_401(&self) -> bool {
+        self.reload(true) || self.is_oauth()
+    }
+
+    /// Reads the secret's file again (when `force`, or `SECRET_RECHECK` has passed) and puts
+    /// changed, usable credentials in use. True when they changed.
+    fn reload(&self, force: bool) -> bool {
+        let Some(path) = &self.file else { return false };
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && checked.elapsed() < SECRET_RECHECK {
+                return false;
+            }
+            *checked = Instant::now();
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(secret = %self.secret_name, path = %path.display(), error = %e, "could not read the secret again; the credentials read before stay in use");
+                return false;
+            }
+        };
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if digest(&text) == current.digest {
+            return false;
+        }
+        match Loaded::parse(&self.secret_name, &self.style, &text) {
+            Ok(fresh) => {
+                tracing::info!(secret = %self.secret_name, scope = %self.scope, "the secret changed: its new credentials are in use");
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(fresh);
+                true
+            }
+            Err(why) => {
+                tracing::error!(scope = %self.scope, "the secret changed but cannot be used; the credentials read before stay in use: {why}");
+                false
+            }
+        }
     }
 
     /// The auth header for the next request, refreshing the access token when needed
@@ -314,14 +418,15 @@ impl Credentials {
         store: Option<&TokenStore>,
         log: &mut Vec<Exchange>,
     ) -> Result<(HeaderName, HeaderValue), AuthError> {
-        let o = match &self.kind {
-            Kind::Static(v) => return Ok((self.header.clone(), v.clone())),
+        let l = self.loaded();
+        let o = match &l.kind {
+            Kind::Static(v) => return Ok((l.header.clone(), v.clone())),
             Kind::OAuth(o) => o,
         };
         let mut local = o.state.lock().await;
         if let Some((token, refresh_at)) = &local.access {
             if now_ms() < *refresh_at {
-                return self.value(token);
+                return l.value(token);
             }
         }
         let Some(store) = store else {
@@ -332,7 +437,7 @@ impl Credentials {
                 local.refresh = r.clone();
             }
             local.access = Some((minted.access.clone(), minted.refresh_at_ms));
-            return self.value(&minted.access);
+            return l.value(&minted.access);
         };
         let seed = store.seed_of(&o.seed);
         let started = Instant::now();
@@ -346,7 +451,7 @@ impl Credentials {
             if let (true, Some(access)) = (ours, &stored.access) {
                 if now_ms() < stored.refresh_at_ms {
                     local.access = Some((access.clone(), stored.refresh_at_ms));
-                    return self.value(access);
+                    return l.value(access);
                 }
             }
             // One refresh at a time per tenant and CRM; the lock outlives a slow token call.
@@ -397,13 +502,14 @@ impl Credentials {
                 local.refresh = r;
             }
             local.access = Some((access.clone(), at));
-            return self.value(&access);
+            return l.value(&access);
         }
     }
 
     /// Forgets the access token (the CRM answered 401): the next request refreshes.
     pub async fn invalidate(&self, store: Option<&TokenStore>) {
-        if let Kind::OAuth(o) = &self.kind {
+        let l = self.loaded();
+        if let Kind::OAuth(o) = &l.kind {
             let old = o.state.lock().await.access.take();
             if let (Some(store), Some((access, _))) = (store, old) {
                 if let Err(e) = store.stale(&self.scope, &access).await {
