@@ -135,7 +135,8 @@ async fn every_store_works_on_a_three_master_cluster_with_tenants_on_every_node(
     }
 
     // The contact cache: one pipeline of SETs and one MGET per tenant.
-    let contacts = ContactCache::contacts(conn.clone(), prefix.to_string(), Duration::from_secs(60), Duration::from_secs(10));
+    let names = crm_connectors::contacts::KeyNames::new(b"a deployment's key");
+    let contacts = ContactCache::contacts(conn.clone(), prefix.to_string(), names, Duration::from_secs(60), Duration::from_secs(10));
     for t in &ts {
         let found = vec![("+14155550001".to_string(), Some(format!("{t}-1"))), ("+14155550002".to_string(), None)];
         contacts.put_many(t, "hubspot", &found).await.expect("put_many");
@@ -150,6 +151,8 @@ async fn every_store_works_on_a_three_master_cluster_with_tenants_on_every_node(
     for t in &ts {
         assert_eq!(nodes_of(&cluster, prefix, t).len(), 1, "still one slot per tenant after every store wrote: {t}");
     }
+    let names: Vec<String> = cluster.keys_per_node(prefix).into_iter().flatten().collect();
+    assert!(names.iter().all(|k| !k.contains("+1415555")), "no number in a key name: {names:?}");
 
     // Cleanup scans every primary.
     let before: usize = cluster.keys_per_node(prefix).iter().map(Vec::len).sum();

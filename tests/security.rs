@@ -202,6 +202,15 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
             assert!(!row.contains(f.as_str()), "number {f} unmasked in the audit table: {row}");
         }
     }
+    // Redis: the writers cached the contacts they matched, under names that hold no number
+    // (a keyed hash), whatever the tenant's masking.
+    let keys = prefix.keys();
+    assert!(keys.iter().any(|k| k.contains(":contact:")), "contacts were cached: {keys:?}");
+    for f in &forms {
+        for k in &keys {
+            assert!(!k.contains(f.as_str()), "number {f} in the Redis key {k}");
+        }
+    }
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //! | `<p>:{t}:bucket:<crm>:<limit>` | writers, reconciler | a token bucket of the CRM's limit |
 //! | `<p>:{t}:bucket:<crm>:blocked` | writers, reconciler | "the CRM said stop until …" |
 //! | `<p>:{t}:oauth:<crm>` (+ `:lock`) | writers, reconciler | sealed OAuth tokens; one refresh at a time |
-//! | `<p>:{t}:contact:<crm>:<e164>` | writers, reconciler | the contact a number resolved to |
+//! | `<p>:{t}:contact:<crm>:<name>` | writers, reconciler | the contact a number or address resolved to; `<name>` is a keyed hash of it (`crm_connectors::contacts::KeyNames`), never the number |
+//! | `<p>:{t}:owner:<crm>:<name>`, `<p>:{t}:context:<crm>:<name>` | writers | an actor's CRM user; a contact's company and deals (named the same way) |
 //! | `<p>:{t}:reconcile:<crm>` | reconciler | whose turn the next pass is (its own lock) |
 
 // The keys made per record (a mark, a claim) are joined rather than `format!`ed: the
@@ -50,8 +51,9 @@ pub fn oauth_lock(prefix: &str, tenant: &str, crm: &str) -> String {
     format!("{}:lock", oauth(prefix, tenant, crm))
 }
 
-pub fn contact(prefix: &str, tenant: &str, crm: &str, e164: &str) -> String {
-    format!("{prefix}:{{{tenant}}}:contact:{crm}:{e164}")
+/// `name`: the keyed hash of the number or address (`KeyNames`), never the value itself.
+pub fn contact(prefix: &str, tenant: &str, crm: &str, name: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:contact:{crm}:{name}")
 }
 
 /// An actor's CRM user, by the actor's canonical email.

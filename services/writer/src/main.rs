@@ -176,6 +176,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
     // A request's tokens are held until it is answered, or for as long as it can take.
     let buckets = TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout);
     let finishing = GroupCommit::new(conn.clone(), vec![claims.done_script().clone(), buckets.settle_script().clone()]);
+    let names = contacts::KeyNames::from_env();
     let shared = Arc::new(process::Shared {
         kinds: connector.kinds(),
         api: api::Api {
@@ -190,9 +191,9 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             tokens,
         },
         claims,
-        owners: contacts::ContactCache::owners(conn.clone(), prefix.clone(), cli.owner_ttl, cli.owner_miss_ttl),
-        context: contacts::ContactCache::context(conn.clone(), prefix.clone(), cli.context_ttl),
-        contacts: contacts::ContactCache::contacts(conn, prefix, cli.contact_ttl, cli.contact_miss_ttl),
+        owners: contacts::ContactCache::owners(conn.clone(), prefix.clone(), names.clone(), cli.owner_ttl, cli.owner_miss_ttl),
+        context: contacts::ContactCache::context(conn.clone(), prefix.clone(), names.clone(), cli.context_ttl),
+        contacts: contacts::ContactCache::contacts(conn, prefix, names, cli.contact_ttl, cli.contact_miss_ttl),
         tenants,
         clients,
         emit: Emitter::new(Stage::Writer, cli.common.topics.clone()),
