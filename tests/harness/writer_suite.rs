@@ -217,7 +217,12 @@ impl Case {
     }
 
     pub fn request(&self, tenant: &str, call: &str, version: i64) -> super::Msg {
-        self.request_to(tenant, call, version, "+14155552671")
+        self.request_to(tenant, call, version, &self.request_customer())
+    }
+
+    /// The customer's number in `request`'s calls.
+    pub fn request_customer(&self) -> String {
+        "+14155552671".into()
     }
 
     pub fn topic(&self) -> String {
