@@ -6,7 +6,7 @@
 
 use crm_common::config::Topics;
 use crm_common::fingerprint::fingerprint_hex;
-use crm_common::schemas::{RecordType, Registry, Versioned, HISTORY};
+use crm_common::schemas::{RecordType, Registry, Versioned};
 
 #[derive(Debug, clap::Args)]
 pub struct SchemasArgs {
@@ -69,14 +69,11 @@ pub fn list(topics: &Topics) -> Vec<Listed> {
             file: format!("schemas/{}", v.path),
         };
         out.push(listed(current, "current"));
-        let mut seen = vec![current.fingerprint];
-        for (r, path, text) in HISTORY.iter().rev() {
-            let Ok(v) = Versioned::parse(*r, path, text) else { continue };
-            if *r == rt && !seen.contains(&v.fingerprint) {
-                seen.push(v.fingerprint);
-                out.push(listed(&v, "earlier"));
-            }
-        }
+        // The registry holds each fingerprint once (the current schema's first): the rest of
+        // this record's are the earlier ones, newest file first.
+        let mut earlier: Vec<&Versioned> = reg.versions().filter(|v| v.record == rt && v.fingerprint != current.fingerprint).collect();
+        earlier.sort_by(|a, b| b.path.cmp(&a.path));
+        out.extend(earlier.into_iter().map(|v| listed(v, "earlier")));
     }
     out
 }
