@@ -48,6 +48,8 @@ fn fans_out_suppresses_repeats_and_dead_letters() {
         ("REDIS_URL", MACHINE_REDIS),
         ("REDIS_KEY_PREFIX", prefix.0.as_str()),
         ("PIPELINE_COMMIT_INTERVAL_MS", "100"),
+        // umbrella is in no tenants file: waited for this long, then dead-lettered.
+        ("TENANT_WAIT", "2s"),
     ];
     let deduper = broker.service("deduper", &env);
 
@@ -104,6 +106,8 @@ fn fans_out_suppresses_repeats_and_dead_letters() {
     assert_eq!(unknown.stage, Stage::Deduper);
     assert_eq!(unknown.source_topic, "calls.normalised");
     assert_eq!(unknown.payload, inputs[6].1, "the DLQ keeps the original bytes for replay");
+    assert_eq!(unknown.detail, "tenant \"umbrella\" is not in TENANTS_CONFIG");
+    assert!(deduper.log_text().contains("outcome=\"timed_out\""), "the deduper waited for its file first: {}", deduper.log_text());
 
     let audit: Vec<AuditRecord> =
         seen.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();

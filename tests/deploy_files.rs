@@ -72,7 +72,7 @@ fn topics() -> BTreeSet<String> {
 
 /// The OpenTelemetry instruments, as the collector's Prometheus exporter names them. Each
 /// must be declared in the code under its OpenTelemetry name.
-const METRICS: [(&str, &[&str]); 13] = [
+const METRICS: [(&str, &[&str]); 15] = [
     ("crm_sync.messages", &["crm_sync_messages_total"]),
     ("crm_sync.produced", &["crm_sync_produced_total"]),
     (
@@ -103,6 +103,8 @@ const METRICS: [(&str, &[&str]); 13] = [
     ("crm_sync.writer.backlog.gone", &["crm_sync_writer_backlog_gone_total"]),
     ("crm_sync.dlq.open", &["crm_sync_dlq_open"]),
     ("crm_sync.dlq.open.oldest_age", &["crm_sync_dlq_open_oldest_age_seconds"]),
+    ("crm_sync.tenants.refused", &["crm_sync_tenants_refused"]),
+    ("crm_sync.tenants.reloads", &["crm_sync_tenants_reloads_total"]),
 ];
 
 fn prometheus_names(code: &str) -> BTreeSet<String> {

@@ -126,8 +126,8 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     };
     let mut outputs = run(&["reconcile", "--tenant", tenant, "--json"]) + &run(&["trace", "s1", "--tenant", tenant]);
-    // The DLQ holds the original message (numbers included) for whoever reviews it: its
-    // listing is checked for credentials only.
+    // The DLQ holds the original message (numbers included) in its payload, for replay; what
+    // people read of it (its listing, details and the CRM's answers) is masked as the audit is.
     let dlq_listing = run(&["dlq", "list"]);
     assert!(dlq_listing.contains("INVALID_PHONE"), "{dlq_listing}");
     assert!(outputs.contains("s1"), "trace found the call: {outputs}");
@@ -200,6 +200,22 @@ fn after_a_full_run_no_credential_or_unmasked_number_is_anywhere() {
         }
         for row in &audit_rows {
             assert!(!row.contains(f.as_str()), "number {f} unmasked in the audit table: {row}");
+        }
+    }
+    let dead: Vec<DeadLetter> =
+        messages.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let invalid = dead.iter().find(|d| d.call_id.as_deref() == Some("s-invalid")).expect("the invalid number is dead-lettered");
+    assert_eq!(codec::decode::<CallEvent>(&invalid.payload).unwrap().from_number, "555 0199 12", "the payload is kept whole for replay");
+    let dlq_text: Vec<String> = db
+        .query("SELECT detail || ' ' || coalesce(crm_response_excerpt, '') FROM dlq")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .chain(dead.iter().map(|d| format!("{} {}", d.detail, d.crm_response_excerpt.clone().unwrap_or_default())))
+        .collect();
+    for f in &forms {
+        assert!(!dlq_listing.contains(f.as_str()), "number {f} unmasked in crm-sync dlq list: {dlq_listing}");
+        for t in &dlq_text {
+            assert!(!t.contains(f.as_str()), "number {f} unmasked in a dead letter's detail or excerpt: {t}");
         }
     }
     // Redis: the writers cached the contacts they matched, under names that hold no number

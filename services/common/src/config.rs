@@ -46,6 +46,17 @@ pub struct CommonArgs {
     #[arg(long, env = "TENANTS_CONFIG", default_value = "deploy/tenants.example.toml")]
     pub tenants_config: PathBuf,
 
+    /// How often the tenants file is read for changes (also on SIGHUP); a changed file is
+    /// checked before it is applied, and a bad one keeps the running config.
+    #[arg(long, env = "TENANTS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tenants_reload_interval: std::time::Duration,
+
+    /// How long a stage after the normaliser waits for its tenants file to name a tenant it
+    /// meets and does not know (an earlier stage reloaded first) before it dead-letters the
+    /// input TENANT_NOT_CONFIGURED.
+    #[arg(long, env = "TENANT_WAIT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub tenant_wait: std::time::Duration,
+
     /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318). Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -71,6 +82,17 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The tenants file, loaded and `build` for this stage, then followed while the service
+    /// runs (every `TENANTS_RELOAD_INTERVAL` and on SIGHUP).
+    pub fn live_tenants<T: Send + Sync + 'static>(
+        &self,
+        build: Box<crate::live_tenants::Build<T>>,
+    ) -> anyhow::Result<crate::live_tenants::LiveTenants<T>> {
+        let live = crate::live_tenants::LiveTenants::load(&self.tenants_config, build)?;
+        live.watch(self.tenants_reload_interval, tokio_util::sync::CancellationToken::new());
+        Ok(live)
+    }
+
     /// `REDIS_URL` and `REDIS_CLUSTER` as one target, checked.
     pub fn redis_target(&self) -> anyhow::Result<crate::redis_conn::RedisTarget> {
         crate::redis_conn::RedisTarget::new(&self.redis_url, self.redis_cluster).map_err(anyhow::Error::msg)

@@ -151,6 +151,26 @@ pub fn bare_message_id(raw: &str) -> &str {
     t.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(t).trim()
 }
 
+/// A value that is not an address, masked to its shape for people reading a dead letter:
+/// letters and digits after the first become `•`, punctuation stays (so "no @" or "two @"
+/// still shows): `jane-at-customer.example` → `j•••-••-••••••••.•••••••`.
+pub fn mask_shape(raw: &str) -> String {
+    let mut first = true;
+    raw.chars()
+        .map(|c| {
+            if c.is_alphanumeric() {
+                if std::mem::take(&mut first) {
+                    c
+                } else {
+                    '•'
+                }
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// `text` with every email address's local part masked ("jane.doe@customer.example" is
 /// "j•••@customer.example"), for audit records: who wrote to whom stays out of the audit
 /// topic, as phone numbers do; the domain stays, for support. An address is a run of
@@ -183,6 +203,13 @@ pub fn mask_in_text(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_value_is_masked_to_its_shape() {
+        assert_eq!(mask_shape("jane-at-customer.example"), "j•••-••-••••••••.•••••••");
+        assert_eq!(mask_shape("a@@b"), "a@@•");
+        assert_eq!(mask_shape(""), "");
+    }
 
     #[test]
     fn canonical_addresses_as_the_crms_compare_them() {

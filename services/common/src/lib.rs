@@ -1,5 +1,5 @@
 //! What every crm-sync service shares. One place for each concern: Avro framing
-//! (`codec`), the record types (`events`), configuration (`config`, `tenants`), Kafka clients,
+//! (`codec`), the record types (`events`), configuration (`config`, `tenants`, `live_tenants`), Kafka clients,
 //! messages and publishing (`kafka`), the consume → process → produce → commit loop
 //! (`pipeline`), stopping (`shutdown`), audit and DLQ emission
 //! (`emit`), phone numbers (`phone`), telemetry (`telemetry`) and health endpoints (`health`).
@@ -15,6 +15,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod health;
 pub mod kafka;
+pub mod live_tenants;
 pub mod overrides;
 pub mod phone;
 pub mod pipeline;

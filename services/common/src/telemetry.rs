@@ -250,6 +250,53 @@ pub fn redis_metrics() {
     });
 }
 
+/// The tenants file as this process follows it (`live_tenants`):
+/// `crm_sync.tenants.refused`, 1 while the file on disk is refused (the running config is
+/// older than it), `crm_sync.tenants.reloads` by outcome (`applied`, `refused`) and
+/// `crm_sync.tenants.waits` by outcome (`found`, `timed_out`), each a wait of a stage for
+/// the file to name a tenant an earlier stage accepted.
+struct TenantsMetrics {
+    reloads: Counter<u64>,
+    waits: Counter<u64>,
+}
+
+static TENANTS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn tenants_instruments() -> &'static TenantsMetrics {
+    static M: std::sync::OnceLock<(TenantsMetrics, opentelemetry::metrics::ObservableGauge<u64>)> = std::sync::OnceLock::new();
+    let (m, _) = M.get_or_init(|| {
+        let meter = opentelemetry::global::meter("crm-sync");
+        let refused = meter
+            .u64_observable_gauge("crm_sync.tenants.refused")
+            .with_description("1 while the tenants file on disk is refused and an older one runs")
+            .with_callback(|obs| obs.observe(TENANTS_REFUSED.load(std::sync::atomic::Ordering::Relaxed), &[]))
+            .build();
+        let m = TenantsMetrics {
+            reloads: meter.u64_counter("crm_sync.tenants.reloads").with_description("Changes of the tenants file, by outcome").build(),
+            waits: meter
+                .u64_counter("crm_sync.tenants.waits")
+                .with_description("Waits for the tenants file to name a tenant an earlier stage accepted, by outcome")
+                .build(),
+        };
+        (m, refused)
+    });
+    m
+}
+
+/// Registers the tenants file's instruments (at its first load).
+pub fn tenants_metrics() {
+    tenants_instruments();
+}
+
+pub fn tenants_reloaded(outcome: &'static str, refused: bool) {
+    TENANTS_REFUSED.store(refused as u64, std::sync::atomic::Ordering::Relaxed);
+    tenants_instruments().reloads.add(1, &[KeyValue::new("outcome", outcome)]);
+}
+
+pub fn tenants_waited(outcome: &'static str) {
+    tenants_instruments().waits.add(1, &[KeyValue::new("outcome", outcome)]);
+}
+
 /// The writer's backlog (`writer::backlog`): `crm_sync.writer.backlog.left`, the (tenant,
 /// partition) pairs whose messages are left in Kafka while their lanes are full, and
 /// `crm_sync.writer.backlog.reread`, messages handed on by passes that read them again.

@@ -1,6 +1,7 @@
 //! TENANTS_CONFIG: who our tenants are, how to read their numbers and which CRMs they have
 //! connected. A TOML file, loaded at start; a bad file stops the service with a message
-//! naming the problem rather than half-working. See deploy/tenants.example.toml.
+//! naming the problem rather than half-working. Services follow changes to it while they
+//! run (`live_tenants`). See deploy/tenants.example.toml.
 
 use crate::events::{ActivityKind, Crm};
 use serde::Deserialize;
@@ -35,7 +36,7 @@ pub struct Tenant {
     pub dedup_windows: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrmConnection {
     /// The tenant's plan at the CRM; selects the rate-limit policy.
@@ -192,7 +193,7 @@ pub struct Tenants {
     tenants: HashMap<String, ResolvedTenant>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedTenant {
     pub id: String,
     pub default_region: phonenumber::country::Id,
@@ -211,9 +212,33 @@ impl ResolvedTenant {
         self.crms.iter().filter(move |(_, c)| c.activities.contains(&kind)).map(|(crm, _)| *crm)
     }
 
+    /// `text` as this tenant's audit records and dead letters may show it (`mask_text`).
+    pub fn masked(&self, text: &str) -> String {
+        mask_text(self.show_phone_numbers_in_audit, text)
+    }
+
+    /// Whether `other` is this tenant configured the same way (a reload reports it changed
+    /// otherwise).
+    pub fn same_as(&self, other: &ResolvedTenant) -> bool {
+        self == other
+    }
+
     /// The dedup window for events from `source`.
     pub fn dedup_window_for(&self, source: &str) -> Duration {
         self.dedup_windows.get(source).copied().unwrap_or(self.dedup_window)
+    }
+}
+
+/// Text people read (audit details, dead letters' details and CRM excerpts) with the
+/// customers' contact details masked: email addresses always, phone numbers unless the
+/// tenant shows them (`show_phone_numbers_in_audit`). A dead letter's payload, kept whole
+/// for replay, is where the values are.
+pub fn mask_text(show_numbers: bool, text: &str) -> String {
+    let text = crate::email::mask_in_text(text);
+    if show_numbers {
+        text
+    } else {
+        crate::phone::mask_in_text(&text)
     }
 }
 

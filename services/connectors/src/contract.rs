@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 pub use crm_common::tenants::Ownership;
 
@@ -310,8 +311,29 @@ impl Contract {
 #[derive(Debug, Clone)]
 pub struct Contracts {
     by_kind: BTreeMap<ActivityKind, Contract>,
-    /// Tenants' own versions, where their `fields` override a rule.
-    by_tenant: BTreeMap<(String, ActivityKind), Contract>,
+    /// Tenants' own versions, where their `fields` override a rule: replaced whole when the
+    /// tenants file changes, shared by every clone.
+    by_tenant: Arc<RwLock<&'static TenantContracts>>,
+}
+
+/// The tenants' versions of the contracts and the rules they were made from.
+///
+/// A connector hands out `&Contract` for as long as it lives (`Connector::contract_for_tenant`),
+/// while a writer running for weeks takes in new tenants' overrides. Each distinct set of
+/// overrides is therefore kept for the life of the process (leaked): a set is a few
+/// contracts of a few kilobytes, made only when a reload changes some tenant's `fields`,
+/// so a process that sees a hundred such changes keeps well under a megabyte. In exchange
+/// no borrow of a contract can outlive its data, without a lock held across a request.
+#[derive(Debug, Default)]
+struct TenantContracts {
+    rules: BTreeMap<(String, ActivityKind), BTreeMap<String, crm_common::tenants::FieldOverride>>,
+    contracts: BTreeMap<(String, ActivityKind), Contract>,
+}
+
+static NO_OVERRIDES: TenantContracts = TenantContracts { rules: BTreeMap::new(), contracts: BTreeMap::new() };
+
+fn no_overrides() -> Arc<RwLock<&'static TenantContracts>> {
+    Arc::new(RwLock::new(&NO_OVERRIDES))
 }
 
 impl Contracts {
@@ -323,14 +345,14 @@ impl Contracts {
                 by_kind.insert(kind, Contract::load_file(&path, crm, kind)?);
             }
         }
-        Ok(Contracts { by_kind, by_tenant: BTreeMap::new() })
+        Ok(Contracts { by_kind, by_tenant: no_overrides() })
     }
 
     /// Contracts given directly (tests, benches); the call contract must be among them.
     pub fn of(contracts: impl IntoIterator<Item = Contract>) -> anyhow::Result<Contracts> {
         let by_kind: BTreeMap<ActivityKind, Contract> = contracts.into_iter().map(|c| (c.kind, c)).collect();
         anyhow::ensure!(by_kind.contains_key(&ActivityKind::Call), "a CRM's contracts include its call contract");
-        Ok(Contracts { by_kind, by_tenant: BTreeMap::new() })
+        Ok(Contracts { by_kind, by_tenant: no_overrides() })
     }
 
     /// The call contract.
@@ -344,35 +366,50 @@ impl Contracts {
 
     /// The contract for `kind` as `tenant` has it: with its overrides, else the default.
     pub fn for_tenant(&self, tenant: &str, kind: ActivityKind) -> Option<&Contract> {
-        self.by_tenant.get(&(tenant.to_string(), kind)).or_else(|| self.by_kind.get(&kind))
+        let overrides: &'static TenantContracts = *self.by_tenant.read().unwrap_or_else(|e| e.into_inner());
+        overrides.contracts.get(&(tenant.to_string(), kind)).or_else(|| self.by_kind.get(&kind))
     }
 
     /// These contracts with every tenant's `fields` overrides for `crm` applied and checked;
     /// Err names the tenant, kind and field of the first refused (the service stops).
-    pub fn with_tenant_overrides(
-        mut self,
-        tenants: &crm_common::tenants::Tenants,
-        crm: crm_common::events::Crm,
-    ) -> anyhow::Result<Contracts> {
+    pub fn with_tenant_overrides(self, tenants: &crm_common::tenants::Tenants, crm: crm_common::events::Crm) -> anyhow::Result<Contracts> {
+        self.set_tenant_overrides(tenants, crm)?;
+        Ok(self)
+    }
+
+    /// Replaces the tenants' overrides with those `tenants` has for `crm`, every one checked
+    /// first; Err (naming the tenant, kind and field) changes nothing. For a tenants file
+    /// reloaded while the service runs.
+    pub fn set_tenant_overrides(&self, tenants: &crm_common::tenants::Tenants, crm: crm_common::events::Crm) -> anyhow::Result<()> {
+        let mut rules = BTreeMap::new();
         for id in tenants.ids() {
             let Some(conn) = tenants.get(&id).and_then(|t| t.crms.get(&crm)) else { continue };
-            for (kind, rules) in &conn.fields {
+            for (kind, r) in &conn.fields {
                 let kind: ActivityKind = kind.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-                let Some(base) = self.by_kind.get(&kind) else {
-                    anyhow::bail!(
-                        "tenant '{id}': crms.{}.fields.{}: this deployment has no {} contract for that kind",
-                        crm.as_str(),
-                        kind.as_str(),
-                        crm.as_str()
-                    );
-                };
-                let c = base.overridden(rules).map_err(|why| {
-                    anyhow::anyhow!("tenant '{id}': crms.{}.fields.{}: override refused: {why}", crm.as_str(), kind.as_str())
-                })?;
-                self.by_tenant.insert((id.clone(), kind), c);
+                rules.insert((id.clone(), kind), r.clone());
             }
         }
-        Ok(self)
+        let mut current = self.by_tenant.write().unwrap_or_else(|e| e.into_inner());
+        if current.rules == rules {
+            return Ok(());
+        }
+        let mut contracts = BTreeMap::new();
+        for ((id, kind), rules) in &rules {
+            let Some(base) = self.by_kind.get(kind) else {
+                anyhow::bail!(
+                    "tenant '{id}': crms.{}.fields.{}: this deployment has no {} contract for that kind",
+                    crm.as_str(),
+                    kind.as_str(),
+                    crm.as_str()
+                );
+            };
+            let c = base
+                .overridden(rules)
+                .map_err(|why| anyhow::anyhow!("tenant '{id}': crms.{}.fields.{}: override refused: {why}", crm.as_str(), kind.as_str()))?;
+            contracts.insert((id.clone(), *kind), c);
+        }
+        *current = Box::leak(Box::new(TenantContracts { rules, contracts }));
+        Ok(())
     }
 
     pub fn kinds(&self) -> impl Iterator<Item = ActivityKind> + '_ {
@@ -387,7 +424,7 @@ impl Contracts {
 impl From<Contract> for Contracts {
     /// A CRM that writes calls only.
     fn from(c: Contract) -> Contracts {
-        Contracts { by_kind: BTreeMap::from([(ActivityKind::Call, c)]), by_tenant: BTreeMap::new() }
+        Contracts { by_kind: BTreeMap::from([(ActivityKind::Call, c)]), by_tenant: no_overrides() }
     }
 }
 

@@ -34,6 +34,7 @@ pub mod places;
 pub mod pool;
 pub mod retry;
 pub mod salesforce;
+pub mod tenant_clients;
 pub mod wire;
 pub mod zoho;
 

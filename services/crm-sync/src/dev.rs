@@ -301,10 +301,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     for crm in DEV_WRITERS {
         services.push((format!("writer-{}", crm.as_str()), "writer", vec!["--crm", crm.as_str()]));
     }
+    // A tenant onboarded while dev runs brings its credentials as a file here, as a mounted
+    // Secret would (README "Tenants while running").
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
     for (name, service, extra) in services {
         let child = Command::new(sibling_binary(service)?)
             .args(extra)
             .envs(DEV_SECRETS.iter().copied())
+            .env("CRM_SYNC_SECRETS_DIR", &secrets)
+            .env("TENANTS_RELOAD_INTERVAL", "1s")
             .env("CONTRACTS_DIR", &contracts)
             .env("KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
             .env("TENANTS_CONFIG", &tenants)
@@ -352,6 +358,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             topics.calls_raw,
             topics.raw(ActivityKind::Email),
             topics.raw(ActivityKind::Meeting)
+        );
+        say!(
+            "tenants: edit {} to add, change or remove tenants while it runs (every service applies it within a second); a new tenant's credentials go in {}/<credentials_secret>",
+            tenants.display(),
+            secrets.display()
         );
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
             crm_common::shutdown::on_signals().cancelled().await;

@@ -17,8 +17,11 @@ use crm_common::dedup::{DedupStore, MarkRequest};
 use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{DlqReason, Stage};
 use crm_common::kafka::InMessage;
+use crm_common::live_tenants::{LiveTenants, Loaded};
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
-use crm_common::tenants::{ResolvedTenant, Tenants};
+use crm_common::tenants::ResolvedTenant;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "deduper", about = "normalised activities → crm.writes.<crm>: repeats suppressed, one request per connected CRM")]
@@ -30,7 +33,10 @@ struct Cli {
 }
 
 struct Deduper {
-    tenants: Tenants,
+    tenants: LiveTenants<()>,
+    /// TENANT_WAIT: how long an input whose tenant this deduper does not know waits for the
+    /// tenants file to name it.
+    tenant_wait: Duration,
     store: DedupStore,
     redis: String,
     fanout: fanout::Fanout,
@@ -39,11 +45,18 @@ struct Deduper {
 /// What became of an input before Redis was asked.
 enum Step<'a> {
     Done(Processed),
-    Mark { act: Box<Activity<'a>>, tenant: &'a ResolvedTenant },
+    Mark {
+        act: Box<Activity<'a>>,
+        tenant: &'a ResolvedTenant,
+    },
+    /// Its tenant is not in this deduper's config (yet): the file is waited on first.
+    Unknown(String),
 }
 
 impl Deduper {
-    fn classify<'a>(&'a self, input: &'a InMessage) -> Step<'a> {
+    /// `input` dead-lettered, done, or to be marked; `Unknown` when its tenant is not in
+    /// `cfg` and may yet be (`wait`).
+    fn classify<'a>(&'a self, input: &'a InMessage, cfg: &'a Loaded<()>, wait: bool) -> Step<'a> {
         let emit = &self.fanout.emit;
         let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None, kind: None };
         let act = match Activity::decode(input, &self.fanout.topics) {
@@ -70,8 +83,11 @@ impl Deduper {
             let detail = format!("the {}'s id is empty: it cannot be deduplicated or written without it", act.kind().as_str());
             return Step::Done(fanout::dead(emit.dead_letter(input, &subject, "dedup", DlqReason::Validation, detail.clone(), detail)));
         }
-        let Some(tenant) = self.tenants.get(act.tenant_id()) else {
-            let detail = format!("tenant '{}' is not in TENANTS_CONFIG", act.tenant_id());
+        let Some(tenant) = cfg.tenants.get(act.tenant_id()) else {
+            if wait && !cfg.settled(act.tenant_id()) {
+                return Step::Unknown(act.tenant_id().to_string());
+            }
+            let detail = cfg.why_unknown(act.tenant_id());
             return Step::Done(fanout::dead(emit.dead_letter(
                 input,
                 &subject,
@@ -90,7 +106,22 @@ impl Deduper {
 
 impl Handler for Deduper {
     async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
-        let steps: Vec<Step> = pipeline::map_in_parallel(batch, |m| self.classify(m));
+        // Declared first: steps borrow from both.
+        let (cfg, later);
+        cfg = self.tenants.current();
+        let mut steps: Vec<Step> = pipeline::map_in_parallel(batch, |m| self.classify(m, &cfg, true));
+        let unknown: BTreeSet<String> =
+            steps.iter().filter_map(|s| if let Step::Unknown(id) = s { Some(id.clone()) } else { None }).collect();
+        if !unknown.is_empty() {
+            // The normaliser accepted these tenants: this deduper's file is about to name
+            // them (or has removed them).
+            later = self.tenants.wait_until(self.tenant_wait, |l| unknown.iter().all(|id| l.settled(id))).await;
+            for (m, step) in batch.iter().zip(steps.iter_mut()) {
+                if matches!(step, Step::Unknown(_)) {
+                    *step = self.classify(m, &later, false);
+                }
+            }
+        }
         let requests: Vec<MarkRequest> = batch
             .iter()
             .zip(&steps)
@@ -102,7 +133,7 @@ impl Handler for Deduper {
                     input: input.place(),
                     window_ms: tenant.dedup_window_for(act.source()).as_millis() as u64,
                 }),
-                Step::Done(_) => None,
+                Step::Done(_) | Step::Unknown(_) => None,
             })
             .collect();
         let marks = self
@@ -117,6 +148,7 @@ impl Handler for Deduper {
         for (input, step) in batch.iter().zip(steps) {
             match step {
                 Step::Done(p) => done.push(Some(p)),
+                Step::Unknown(_) => unreachable!("classified again after the wait"),
                 Step::Mark { act, tenant } => {
                     done.push(None);
                     ruled.push((input, act, tenant, marks.next().expect("one mark per request")));
@@ -133,13 +165,14 @@ impl Handler for Deduper {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = crm_common::telemetry::init("deduper", &cli.common)?;
-    let tenants = Tenants::load(&cli.common.tenants_config)?;
+    let tenants = cli.common.live_tenants::<()>(Box::new(|_, _| Ok(())))?;
     let target = cli.common.redis_target()?;
     let redis = target.redacted();
     let store = DedupStore::lazy(&target, &cli.common.redis_key_prefix).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
-    tracing::info!(tenants = tenants.len(), redis, prefix = cli.common.redis_key_prefix, "tenants loaded");
+    tracing::info!(tenants = tenants.current().tenants.len(), redis, prefix = cli.common.redis_key_prefix, "tenants loaded");
     let handler = Deduper {
         tenants,
+        tenant_wait: cli.common.tenant_wait,
         store,
         redis,
         fanout: fanout::Fanout { emit: Emitter::new(Stage::Deduper, cli.common.topics.clone()), topics: cli.common.topics.clone() },

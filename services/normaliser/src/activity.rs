@@ -29,10 +29,11 @@ pub fn excerpt(text: Option<&str>) -> (Option<String>, bool) {
     }
 }
 
-/// The DLQ entry names the value (it holds the original bytes anyway); the audit record,
-/// which data teams read widely, names only the field and what is wrong with it.
+/// The DLQ entry shows the value's shape, masked (its payload holds the original bytes);
+/// the audit record, which data teams read widely, names only the field and what is wrong
+/// with it.
 fn bad_address(field: &str, raw: &str, e: AddressError) -> Rejection {
-    let shown: String = raw.chars().take(128).collect();
+    let shown = email::mask_shape(&raw.chars().take(128).collect::<String>());
     Rejection { reason: DlqReason::Validation, detail: format!("{field} {shown:?} {e}"), audit_detail: format!("{field} {e}") }
 }
 
@@ -319,7 +320,7 @@ mod tests {
         ev.cc = vec!["boss@acme.example".into(), "ops at customer".into()];
         let r = normalise_email(&ev, 0).unwrap_err();
         assert_eq!(r.reason, DlqReason::Validation);
-        assert!(r.detail.starts_with("cc[1] \"ops at customer\""), "{}", r.detail);
+        assert!(r.detail.starts_with("cc[1] \"o•• •• ••••••••\""), "the dead letter shows its shape only: {}", r.detail);
         assert!(!r.audit_detail.contains("ops at customer") && r.audit_detail.starts_with("cc[1]"), "{}", r.audit_detail);
         let mut ev = raw_email("acme", "m1", 0);
         ev.from = "a@x.example, b@y.example".into();

@@ -12,9 +12,9 @@ use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, MeetingEvent, Stage};
 use crm_common::kafka::{InMessage, OutRecord};
+use crm_common::live_tenants::{LiveTenants, Loaded};
 use crm_common::phone;
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
-use crm_common::tenants::Tenants;
 
 #[derive(Parser)]
 #[command(name = "normaliser", about = "raw activities → normalised: phone numbers to E.164, addresses canonical, times to UTC")]
@@ -31,18 +31,20 @@ struct Cli {
 
 struct Normaliser {
     max_event_bytes: usize,
-    tenants: Tenants,
+    tenants: LiveTenants<()>,
     phones: phone::E164Cache,
     emit: Emitter,
 }
 
 impl Normaliser {
-    fn one(&self, input: &InMessage) -> Processed {
+    /// `input` normalised or dead-lettered; None when its tenant is not in `cfg` and the
+    /// file is to be read again first (`recheck`).
+    fn one(&self, input: &InMessage, cfg: &Loaded<()>, recheck: bool) -> Option<Processed> {
         let anonymous = Subject { tenant_id: "", call_id: None, crm: None, version: None, kind: None };
         let size = input.payload.as_ref().map_or(0, Vec::len);
         if size > self.max_event_bytes {
             let detail = format!("oversized: the event is {size} bytes; the limit is {} (MAX_EVENT_BYTES)", self.max_event_bytes);
-            return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::Validation, detail.clone(), detail));
+            return Some(dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::Validation, detail.clone(), detail)));
         }
         let bytes = input.payload.as_deref().unwrap_or_default();
         // Each raw topic carries one contract; the record's own fingerprint must say so.
@@ -56,15 +58,20 @@ impl Normaliser {
             Ok(raw) => raw,
             Err((what, e)) => {
                 let detail = format!("{} message is not {what}: {e}", input.topic);
-                return dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::SchemaInvalid, detail.clone(), detail));
+                return Some(dead(self.emit.dead_letter(input, &anonymous, "normalise", DlqReason::SchemaInvalid, detail.clone(), detail)));
             }
         };
         let (tenant_id, source_id, version, kind) = raw.subject();
         let subject = Subject { tenant_id, call_id: Some(source_id), crm: None, version: Some(version), kind: Some(kind) };
-        let Some(tenant) = self.tenants.get(tenant_id) else {
+        let Some(tenant) = cfg.tenants.get(tenant_id) else {
+            // A tenant added a moment ago is not refused for the reload interval: the file
+            // is read again first (a removed one is refused at once).
+            if recheck && !cfg.removed.contains_key(tenant_id) {
+                return None;
+            }
             // Debug-quoted: an id is input, and may hold anything.
-            let detail = format!("tenant {tenant_id:?} is not in TENANTS_CONFIG");
-            return dead(self.emit.dead_letter(input, &subject, "normalise", DlqReason::TenantNotConfigured, detail.clone(), detail));
+            let detail = cfg.why_unknown(tenant_id);
+            return Some(dead(self.emit.dead_letter(input, &subject, "normalise", DlqReason::TenantNotConfigured, detail.clone(), detail)));
         };
         let now = now_ms();
         let normalised = match &raw {
@@ -98,7 +105,7 @@ impl Normaliser {
         };
         let n = match normalised {
             Ok(n) => n,
-            Err(r) => return dead(self.emit.dead_letter(input, &subject, "normalise", r.reason, r.detail, r.audit_detail)),
+            Err(r) => return Some(dead(self.emit.dead_letter(input, &subject, "normalise", r.reason, r.detail, r.audit_detail))),
         };
         // Emails and meetings are known downstream by their normalised source id (a
         // Message-ID without brackets, an iCalUID with its occurrence).
@@ -112,7 +119,7 @@ impl Normaliser {
             out.headers.push((crm_common::kafka::BACKFILL.to_string(), String::from_utf8_lossy(run).into_owned()));
             audit.attributes.insert("backfill".into(), String::from_utf8_lossy(run).into_owned());
         }
-        Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" }
+        Some(Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" })
     }
 }
 
@@ -163,7 +170,15 @@ fn dead(records: [OutRecord; 2]) -> Processed {
 
 impl Handler for Normaliser {
     async fn handle(&self, batch: &[InMessage]) -> Result<Vec<Processed>, Transient> {
-        Ok(pipeline::map_in_parallel(batch, |m| self.one(m)))
+        let cfg = self.tenants.current();
+        let mut out = pipeline::map_in_parallel(batch, |m| self.one(m, &cfg, true));
+        if out.iter().any(Option::is_none) {
+            let cfg = self.tenants.recheck();
+            for (m, o) in batch.iter().zip(out.iter_mut()).filter(|(_, o)| o.is_none()) {
+                *o = self.one(m, &cfg, false);
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("decided without a recheck")).collect())
     }
 }
 
@@ -171,8 +186,8 @@ impl Handler for Normaliser {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = crm_common::telemetry::init("normaliser", &cli.common)?;
-    let tenants = Tenants::load(&cli.common.tenants_config)?;
-    tracing::info!(tenants = tenants.len(), "tenants loaded");
+    let tenants = cli.common.live_tenants::<()>(Box::new(|_, _| Ok(())))?;
+    tracing::info!(tenants = tenants.current().tenants.len(), "tenants loaded");
     let handler = Normaliser {
         max_event_bytes: cli.max_event_bytes,
         tenants,

@@ -93,7 +93,7 @@ pub fn rejection(field: &str, raw: &str, region: &str, e: &PhoneError, tenant: &
     let shown = if tenant.show_phone_numbers_in_audit { raw.to_string() } else { phone::mask(raw) };
     Rejection {
         reason: DlqReason::InvalidPhone,
-        detail: format!("{field} {raw:?} cannot be made E.164 (region {region}): {e}"),
+        detail: format!("{field} {shown:?} cannot be made E.164 (region {region}): {e}"),
         audit_detail: format!("{field} {shown:?} cannot be made E.164 (region {region}): {e}"),
     }
 }
@@ -154,7 +154,8 @@ mod tests {
         // A number invalid for the region rejects the whole call, naming the field.
         let r = normalise(&call("030 901820", "0199 12", Some("DE")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap_err();
         assert_eq!(r.reason, DlqReason::InvalidPhone);
-        assert!(r.detail.contains("to_number \"0199 12\""), "{}", r.detail);
+        // Neither the audit nor the dead letter's detail shows it (the payload keeps it).
+        assert!(r.detail.contains("to_number \"••••12\""), "{}", r.detail);
         assert!(!r.audit_detail.contains("0199 12"), "audit must mask: {}", r.audit_detail);
         let n = normalise(&call("030 901820", "+33 6 12 34 56 78", Some("DE")), t.get("acme").unwrap(), &E164Cache::new(10), 0).unwrap();
         assert_eq!((n.from_e164.as_str(), n.to_e164.as_str(), n.region_used.as_str()), ("+4930901820", "+33612345678", "DE"));
@@ -165,6 +166,7 @@ mod tests {
         let t = tenants();
         let r = normalise(&call("12345", "+14155552671", None), t.get("open").unwrap(), &E164Cache::new(10), 0).unwrap_err();
         assert!(r.audit_detail.contains("\"12345\""), "{}", r.audit_detail);
+        assert!(r.detail.contains("\"12345\""), "{}", r.detail);
     }
 
     #[test]

@@ -30,14 +30,17 @@ use crm_common::config::Topics;
 use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
 use crm_common::events::{ActivityKind, AuditOutcome, Crm, DlqReason, WriteRequest};
 use crm_common::kafka::{InMessage, Kafka, OutRecord, RECREATE};
-use crm_common::tenants::{OnDeleted, Tenants};
+use crm_common::live_tenants::LiveTenants;
+use crm_common::tenants::OnDeleted;
 use crm_connectors::api::{Api, Exchange};
 use crm_connectors::claims::Claims;
 use crm_connectors::connector::{Attribution, Inspect, Live, TenantOf, Wanted};
 use crm_connectors::contacts::ContactCache;
+use crm_connectors::tenant_clients::Clients;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Kinds of finding, as the parity report and audit name them.
@@ -62,7 +65,7 @@ pub mod kind {
 }
 
 pub struct Reconciler<C: Inspect> {
-    pub connector: C,
+    pub connector: Arc<C>,
     /// The writers' client, with `reserve_pct` set: it waits rather than spend the share of
     /// each limit kept for live writes.
     pub api: Api,
@@ -72,8 +75,9 @@ pub struct Reconciler<C: Inspect> {
     pub producer: FutureProducer,
     pub kafka: Kafka,
     pub topics: Topics,
-    pub tenants: Tenants,
-    pub clients: HashMap<String, Result<TenantOf<C>, String>>,
+    /// The tenants file as the reconciler follows it, with a client per tenant connected to
+    /// this CRM: a pass uses the config as it is when the pass starts.
+    pub tenants: LiveTenants<Clients<C>>,
     /// Writes younger than this are left alone (the audit-sink and the writer settle).
     pub settle: Duration,
 }
@@ -219,13 +223,14 @@ impl<C: Inspect> Reconciler<C> {
 
     async fn run(&self, pass: &mut Pass<'_>, report: &mut ParityReport) -> anyhow::Result<()> {
         let crm = self.crm();
-        let client = match self.clients.get(pass.tenant) {
+        let cfg = self.tenants.current();
+        let client = match cfg.stage.clients.get(pass.tenant).map(|c| c.as_ref()) {
             Some(Ok(c)) => c,
             Some(Err(why)) => anyhow::bail!("no client for this tenant: {why}"),
-            None => anyhow::bail!("tenant has no {} connection in TENANTS_CONFIG", crm.as_str()),
+            None => anyhow::bail!("{}", cfg.stage.why_not(pass.tenant, crm)),
         };
         // The kinds this tenant syncs to this CRM, of those the reconciler can read back.
-        let syncs = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.activities.clone()).unwrap_or_default();
+        let syncs = cfg.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.activities.clone()).unwrap_or_default();
         // One schema read per object: Salesforce's calls and emails are both Tasks.
         let mut schemas: HashMap<String, Option<BTreeSet<String>>> = HashMap::new();
         for kind in self.connector.inspects().into_iter().filter(|k| syncs.contains(k)) {
@@ -337,7 +342,8 @@ impl<C: Inspect> Reconciler<C> {
         }
 
         // 4. Each record.
-        let on_deleted = self.tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.on_deleted).unwrap_or_default();
+        let on_deleted =
+            self.tenants.current().tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.on_deleted).unwrap_or_default();
         for w in &written {
             report.checked += 1;
             let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
@@ -721,6 +727,10 @@ impl<C: Inspect> Reconciler<C> {
         if rec.known.contains(&(w.record_id.clone(), op.to_string())) {
             return;
         }
+        // Details and the CRM's answer may hold a customer's number or address.
+        let show = self.tenants.current().tenants.get(pass.tenant).is_some_and(|t| t.show_phone_numbers_in_audit);
+        let detail = crm_common::tenants::mask_text(show, &detail);
+        let crm = CrmAnswer { excerpt: crm.excerpt.map(|e| crm_common::tenants::mask_text(show, &e)), ..crm };
         let why = Why { reason, detail: detail.clone(), audit_detail: detail };
         let [dl, mut audit] = pass.emit.dead_letter_after(&rec.input, &rec.subject, op, why, crm);
         // The audit row carries the record id, which is how later passes know it is done.
@@ -851,15 +861,8 @@ const RECONCILER_HTTP_CONCURRENCY: usize = 16;
 /// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
 /// a producer.
 pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
-    let tenants = Tenants::load(&common.tenants_config)?;
-    let crm = connector.crm();
-    let mut clients = HashMap::new();
-    for id in tenants.ids() {
-        let t = tenants.get(&id).expect("listed");
-        if let Some(conn) = t.crms.get(&crm) {
-            clients.insert(id, connector.tenant(t, conn));
-        }
-    }
+    let connector = Arc::new(connector);
+    let tenants = common.live_tenants(crm_connectors::tenant_clients::build(connector.clone()))?;
     let target = common.redis_target()?;
     let redis = target.redacted();
     let conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
@@ -906,7 +909,6 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
         kafka: Kafka::from_args(common),
         topics: common.topics.clone(),
         tenants,
-        clients,
         settle: opts.settle,
     })
 }
@@ -914,7 +916,7 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
 impl<C: Inspect> Reconciler<C> {
     /// Tenants connected to this CRM.
     pub fn tenant_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.clients.keys().cloned().collect();
+        let mut ids: Vec<String> = self.tenants.current().stage.clients.keys().cloned().collect();
         ids.sort();
         ids
     }
@@ -922,6 +924,8 @@ impl<C: Inspect> Reconciler<C> {
     /// How often `tenant` is checked in this CRM: its `reconcile_every`, else `default`.
     pub fn cadence(&self, tenant: &str, default: Duration) -> Duration {
         self.tenants
+            .current()
+            .tenants
             .get(tenant)
             .and_then(|t| t.crms.get(&self.crm()))
             .and_then(|c| c.reconcile_every.as_deref())

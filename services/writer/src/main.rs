@@ -12,7 +12,6 @@ use crm_connectors::bucket::TokenBuckets;
 use crm_connectors::claims::{Claims, Timing};
 use crm_connectors::connector::Connector;
 use crm_connectors::{api, contacts, contract, retry, CrmUrls};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,40 +120,19 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> anyhow::Result<()> {
-    let tenants = Tenants::load(&cli.common.tenants_config)?;
     let crm = connector.crm();
-    let mut clients = HashMap::new();
-    let mut oauth_tenants = 0;
-    for id in tenants.ids() {
-        let t = tenants.get(&id).expect("listed");
-        if let Some(conn) = t.crms.get(&crm) {
-            // Asked for a kind this writer cannot write: refuse to start, rather than
-            // dead-letter every such activity the deduper sends.
-            if let Some(kind) = conn.activities.iter().find(|k| !connector.kinds().contains(k)) {
-                anyhow::bail!(
-                    "tenants.{id}.crms.{}.activities names '{}', which writer --crm {} does not write (it writes: {}; a kind needs its contract, contracts/<crm>.<kind>.toml, and support in the connector); remove it from TENANTS_CONFIG",
-                    crm.as_str(),
-                    kind.as_str(),
-                    crm.as_str(),
-                    connector.kinds().iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            let client = connector.tenant(t, conn);
-            if client.as_ref().is_ok_and(|c| c.auth.is_oauth()) {
-                oauth_tenants += 1;
-            }
-            if let Err(why) = &client {
-                tracing::error!(tenant = id, "cannot write for this tenant; its writes go to the DLQ as AUTH_FAILED: {why}");
-            }
-            clients.insert(id, client);
-        }
-    }
+    let connector = Arc::new(connector);
+    let tenants = cli.common.live_tenants(crm_connectors::tenant_clients::build(connector.clone()))?;
+    let oauth_tenants = {
+        let cfg = tenants.current();
+        cfg.stage.clients.values().filter(|c| c.as_ref().as_ref().is_ok_and(|c| c.auth.is_oauth())).count()
+    };
     let target = cli.common.redis_target()?;
     let redis = target.redacted();
     let conn = redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {redis}: {e}"))?;
     let owner = format!("{service}-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let prefix = cli.common.redis_key_prefix.clone();
-    tracing::info!(service, tenants = clients.len(), redis, owner, "writer starting");
+    tracing::info!(service, tenants = tenants.current().stage.clients.len(), redis, owner, "writer starting");
     let timing = Timing {
         lease: cli.lease,
         request_timeout: cli.http_timeout,
@@ -195,7 +173,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         context: contacts::ContactCache::context(conn.clone(), prefix.clone(), names.clone(), cli.context_ttl),
         contacts: contacts::ContactCache::contacts(conn, prefix, names, cli.contact_ttl, cli.contact_miss_ttl),
         tenants,
-        clients,
+        tenant_wait: cli.common.tenant_wait,
         emit: Emitter::new(Stage::Writer, cli.common.topics.clone()),
         crm,
         connector,

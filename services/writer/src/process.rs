@@ -8,8 +8,8 @@ use crate::owners::{self, Owner};
 use crm_common::emit::{CrmAnswer, Emitter, Subject, Why};
 use crm_common::events::{ActivityKind, AuditOutcome, Crm, DlqReason, WriteRequest};
 use crm_common::kafka::{InMessage, OutRecord, Ticket, RECREATE};
-use crm_common::phone;
-use crm_common::tenants::{NoContact, Tenants};
+use crm_common::live_tenants::LiveTenants;
+use crm_common::tenants::NoContact;
 use crm_connectors::api::{Api, Exchange, Failure, RequestClass};
 use crm_connectors::claims::{Claim, Claims, Recovery};
 use crm_connectors::connector::{Connector, Item, ItemResult, Lookups, TenantOf};
@@ -17,8 +17,10 @@ use crm_connectors::contacts::ContactCache;
 use crm_connectors::context::{self, ContactContext};
 use crm_connectors::contract::WriteKind;
 use crm_connectors::places;
+use crm_connectors::tenant_clients::Clients;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Work {
@@ -37,7 +39,7 @@ pub struct Done {
 }
 
 pub struct Shared<C: Connector> {
-    pub connector: C,
+    pub connector: Arc<C>,
     /// The kinds this writer writes (`Connector::kinds`, decided at start).
     pub kinds: Vec<ActivityKind>,
     pub api: Api,
@@ -47,9 +49,12 @@ pub struct Shared<C: Connector> {
     pub owners: ContactCache,
     /// Contacts' companies and open deals ([`ContactCache::context`]).
     pub context: ContactCache,
-    pub tenants: Tenants,
-    /// Per tenant connected to this CRM: its client, or why there is none.
-    pub clients: HashMap<String, Result<TenantOf<C>, String>>,
+    /// The tenants file as this writer follows it, with a client per tenant connected to
+    /// its CRM.
+    pub tenants: LiveTenants<Clients<C>>,
+    /// TENANT_WAIT: how long a write for a tenant this writer has no client for waits for
+    /// the tenants file to give it one (the deduper reloaded first).
+    pub tenant_wait: Duration,
     pub emit: Emitter,
     pub crm: Crm,
     /// Where every lane batch's `finish` pipeline goes: lanes finishing together share a
@@ -267,16 +272,11 @@ impl<C: Connector> Shared<C> {
         }
     }
 
-    /// Text for the audit topic: phone numbers masked unless the tenant shows them, email
-    /// addresses always (the DLQ, for replay, keeps both).
+    /// Text for the audit and DLQ topics: phone numbers masked unless the tenant shows
+    /// them, email addresses always (a dead letter's payload keeps both, for replay).
     fn masked(&self, tenant: &str, text: &str) -> String {
-        let show = self.tenants.get(tenant).is_some_and(|t| t.show_phone_numbers_in_audit);
-        let text = crm_common::email::mask_in_text(text);
-        if show {
-            text
-        } else {
-            phone::mask_in_text(&text)
-        }
+        let show = self.tenants.current().tenants.get(tenant).is_some_and(|t| t.show_phone_numbers_in_audit);
+        crm_common::tenants::mask_text(show, text)
     }
 
     /// One audit record per CRM call.
@@ -336,7 +336,8 @@ impl<C: Connector> Shared<C> {
             .collect();
         let mut contacts: Vec<String> = vec![];
         let mut owners: Vec<String> = vec![];
-        let conn = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm));
+        let cfg = self.tenants.current();
+        let conn = cfg.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm));
         for &i in which {
             let req = &steps[i].work.req;
             let wanted = match req {
@@ -576,7 +577,8 @@ impl<C: Connector> Shared<C> {
         cached: &HashMap<String, Option<Option<String>>>,
         learned: &mut Learned,
     ) {
-        let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
+        let cfg = self.tenants.current();
+        let Some(conn) = cfg.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
         let crm = self.crm.as_str();
         let needs: Vec<usize> = planned
             .iter()
@@ -584,7 +586,7 @@ impl<C: Connector> Shared<C> {
             .filter(|&i| {
                 let item = steps[i].item.as_ref().expect("planned");
                 let write = if item.record_id.is_none() { WriteKind::Create } else { WriteKind::Update };
-                item.contract(&self.connector).writes_owner(write)
+                item.contract(&*self.connector).writes_owner(write)
             })
             .collect();
         let mut wanted: Vec<String> = vec![];
@@ -688,7 +690,8 @@ impl<C: Connector> Shared<C> {
         read: &RoundRead,
         learned: &mut Learned,
     ) {
-        let Some(conn) = self.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
+        let cfg = self.tenants.current();
+        let Some(conn) = cfg.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)) else { return };
         let needs: Vec<usize> = planned
             .iter()
             .copied()
@@ -833,7 +836,14 @@ impl<C: Connector> Shared<C> {
         if let Some(id) = found {
             return Some(Contact::Found(id));
         }
-        let policy = self.tenants.get(&req.tenant_id).and_then(|t| t.crms.get(&self.crm)).map(|c| c.on_no_contact).unwrap_or_default();
+        let policy = self
+            .tenants
+            .current()
+            .tenants
+            .get(&req.tenant_id)
+            .and_then(|t| t.crms.get(&self.crm))
+            .map(|c| c.on_no_contact)
+            .unwrap_or_default();
         match policy {
             NoContact::LogUnassociated => Some(Contact::Unassociated),
             NoContact::CreateContact => match self.create_contact_reading_back(t, e164, &mut step.log).await {
@@ -1135,14 +1145,20 @@ impl<C: Connector> Shared<C> {
             .collect();
 
         let mut learned = Learned::default();
-        match self.clients.get(&tenant_id) {
+        // The deduper sent this write, so its tenants file connects the tenant to this CRM:
+        // a writer that has not reloaded yet waits for its own file to say so.
+        let mut cfg = self.tenants.current();
+        if !cfg.stage.settled(&tenant_id) {
+            cfg = self.tenants.wait_until(self.tenant_wait, |l| l.stage.settled(&tenant_id)).await;
+        }
+        match cfg.stage.clients.get(&tenant_id).map(|c| c.as_ref()) {
             None => {
                 for s in steps.iter_mut().filter(|s| s.settled.is_none()) {
                     s.settled = Some(Settled::Failed(Failure {
                         maybe_applied: false,
                         fenced_off: vec![],
                         reason: DlqReason::TenantNotConfigured,
-                        detail: format!("tenant '{tenant_id}' has no {} connection in TENANTS_CONFIG", self.crm.as_str()),
+                        detail: cfg.stage.why_not(&tenant_id, self.crm),
                         status: None,
                         excerpt: None,
                     }));
@@ -1308,14 +1324,14 @@ impl<C: Connector> Shared<C> {
                 let detail = self.masked(tenant_id, &f.detail);
                 let answer = CrmAnswer {
                     status: f.status.map(i32::from),
-                    excerpt: f.excerpt.clone(),
+                    excerpt: f.excerpt.as_deref().map(|e| self.masked(tenant_id, e)),
                     attempt: s.log.last().map_or(1, |e| e.attempt as i32),
                 };
                 let [dlq, audit] = self.emit.dead_letter_after(
                     &w.input,
                     &subject,
                     "write",
-                    Why { reason: f.reason, detail: f.detail.clone(), audit_detail: detail },
+                    Why { reason: f.reason, detail: detail.clone(), audit_detail: detail },
                     answer,
                 );
                 outputs.push(dlq);
