@@ -343,3 +343,28 @@ fn alerts_dashboard_and_collector_use_exported_metrics() {
     assert!(prom["scrape_configs"].to_string().contains("otel-collector:8889"), "Prometheus scrapes the collector's exporter");
     assert!(col["exporters"]["prometheus"]["endpoint"].as_str().unwrap().ends_with(":8889"));
 }
+
+#[test]
+fn the_topics_job_applies_the_declared_topics_with_known_variables() {
+    let vars = code_vars(&code());
+    let docs = yaml_docs("deploy/k8s/topics-job.yaml");
+    assert_eq!(docs.len(), 1);
+    let job = &docs[0];
+    assert_eq!(job["kind"], "Job");
+    let spec = &job["spec"]["template"]["spec"];
+    assert_eq!(spec["restartPolicy"], "Never", "a failed apply is seen, not retried forever");
+    let c = &spec["containers"][0];
+    assert_eq!(str_list(&c["command"]), ["crm-sync", "topics", "apply"]);
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        assert!(vars.contains(name), "the Job sets {name}, which no binary reads");
+    }
+    let file = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "TOPICS_FILE").expect("TOPICS_FILE")["value"].as_str().unwrap();
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(file.starts_with(&format!("{mount}/")), "{file} is in the mounted ConfigMap ({mount})");
+    // Every topic the services use is declared in the file the Job applies.
+    let declared = std::fs::read_to_string(repo_root().join("deploy/topics.toml")).unwrap();
+    for t in topics() {
+        assert!(declared.contains(&format!("[topics.\"{t}\"]")), "deploy/topics.toml does not declare {t}");
+    }
+}

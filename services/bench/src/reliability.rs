@@ -483,7 +483,7 @@ impl Drop for Service {
 
 enum Broker {
     Mock(DevBroker),
-    Tansu(Child, String),
+    Tansu(crm_dev::Tansu),
 }
 
 impl BrokerKind {
@@ -500,31 +500,10 @@ impl Broker {
         match kind {
             BrokerKind::Mock => Ok(Broker::Mock(DevBroker::start(1, partitions, topics)?)),
             BrokerKind::Tansu => {
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-                let url = format!("tcp://127.0.0.1:{port}");
-                let log = std::fs::File::create(logs.join("tansu.log"))?;
-                // `sqlite://FILE` takes FILE relative to the working directory (an absolute
-                // path loses its leading slash): run it in the run's directory.
-                let child = Command::new("tansu")
-                    .current_dir(logs.parent().unwrap_or(logs))
-                    .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
-                    .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
-                    .stdout(Stdio::from(log.try_clone()?))
-                    .stderr(Stdio::from(log))
-                    .spawn()
-                    .map_err(|e| anyhow::anyhow!("cannot start tansu ({e}): cargo install tansu --locked --features libsql"))?;
-                let bootstrap = format!("127.0.0.1:{port}");
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while std::net::TcpStream::connect(&bootstrap).is_err() {
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "tansu did not listen on {bootstrap}; see {}",
-                        logs.join("tansu.log").display()
-                    );
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                create_topics(&Kafka::local(&bootstrap), topics, partitions)?;
-                Ok(Broker::Tansu(child, bootstrap))
+                // Its log beside the services' logs.
+                let tansu = crm_dev::Tansu::start(logs)?;
+                create_topics(&Kafka::local(&tansu.bootstrap), topics, partitions)?;
+                Ok(Broker::Tansu(tansu))
             }
         }
     }
@@ -532,16 +511,7 @@ impl Broker {
     fn bootstrap(&self) -> String {
         match self {
             Broker::Mock(b) => b.bootstrap_servers(),
-            Broker::Tansu(_, b) => b.clone(),
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Broker::Tansu(c, _) = self {
-            let _ = c.kill();
-            let _ = c.wait();
+            Broker::Tansu(t) => t.bootstrap.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@ mod dev;
 mod dlq;
 mod reconcile;
 mod schemas;
+mod topics;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -58,6 +59,9 @@ enum Cmd {
     /// Every schema crm-sync writes or reads: its fingerprint on the wire, its topic, its
     /// file (what an upstream producer or a data team needs).
     Schemas(schemas::SchemasArgs),
+    /// The pipeline's topics as code: check the cluster against deploy/topics.toml, or
+    /// apply it (create, add partitions, set retention and the rest; report drift).
+    Topics(topics::TopicsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,5 +90,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reconcile(args) => reconcile::run(args),
         Cmd::Backfill(args) => backfill::run(args),
         Cmd::Schemas(args) => schemas::run(args),
+        Cmd::Topics(args) => topics::run(args),
     }
 }

@@ -144,6 +144,54 @@ impl Drop for DevRedis {
     }
 }
 
+/// A tansu broker (a real Kafka-protocol broker, `cargo install tansu --locked --features
+/// libsql`) as a child process on a free port, with its SQLite engine in `dir/tansu.db`
+/// (its memory engine returns nothing for a fetch that starts inside a record batch) and
+/// its log in `dir/tansu.log`. Killed when dropped.
+pub struct Tansu {
+    child: std::process::Child,
+    pub bootstrap: String,
+}
+
+impl Tansu {
+    pub fn start(dir: &std::path::Path) -> anyhow::Result<Tansu> {
+        use std::process::{Command, Stdio};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::File::create(dir.join("tansu.log"))?;
+        // `sqlite://FILE` takes FILE relative to the working directory (an absolute path
+        // loses its leading slash): run it in `dir`.
+        let child = Command::new("tansu")
+            .current_dir(dir)
+            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
+            .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start tansu ({e}): cargo install tansu --locked --features libsql"))?;
+        let tansu = Tansu { child, bootstrap: format!("127.0.0.1:{port}") };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&tansu.bootstrap).is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {}; see {}",
+                tansu.bootstrap,
+                dir.join("tansu.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(tansu)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Creates `topics` with `partitions` each on a real broker (the reliability bench's tansu,
 /// or a fresh Kafka), leaving topics that exist as they are.
 pub fn create_topics(kafka: &crm_common::kafka::Kafka, topics: &[String], partitions: i32) -> anyhow::Result<()> {
