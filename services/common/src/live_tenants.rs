@@ -103,6 +103,8 @@ struct Inner<T> {
 struct LastRead {
     text: String,
     at: Instant,
+    /// Why the file was last refused (empty: it was not), so a refusal is said once.
+    refusal: String,
 }
 
 /// On-demand reads ([`LiveTenants::recheck`]) are at most this often: a flood of inputs
@@ -123,7 +125,7 @@ impl<T: Send + Sync + 'static> LiveTenants<T> {
                 path: path.to_path_buf(),
                 build,
                 current: ArcSwap::from_pointee(loaded),
-                last: Mutex::new(LastRead { text, at: Instant::now() }),
+                last: Mutex::new(LastRead { text, at: Instant::now(), refusal: String::new() }),
                 refused: false.into(),
             }),
         })
@@ -176,6 +178,7 @@ impl<T: Send + Sync + 'static> LiveTenants<T> {
         let generation = old.generation + 1;
         self.inner.current.store(Arc::new(Loaded { tenants, stage, generation, removed }));
         last.text = text;
+        last.refusal.clear();
         self.inner.refused.store(false, std::sync::atomic::Ordering::Relaxed);
         crate::telemetry::tenants_reloaded("applied", false);
         tracing::info!(
@@ -190,10 +193,12 @@ impl<T: Send + Sync + 'static> LiveTenants<T> {
     }
 
     fn refuse(&self, last: &mut LastRead, why: String, text: String) -> Reload {
-        // The same bad text is not reported again at every interval.
-        if text.is_empty() || text != last.text {
+        // The same refusal (a bad text, a file that stays unreadable) is not reported again
+        // at every interval.
+        if why != last.refusal {
             tracing::error!(path = %self.inner.path.display(), "TENANTS_CONFIG changed but is refused; the running config stays: {why}");
             crate::telemetry::tenants_reloaded("refused", true);
+            last.refusal = why.clone();
         }
         if !text.is_empty() {
             last.text = text;

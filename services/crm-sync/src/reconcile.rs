@@ -70,8 +70,8 @@ async fn reports(args: &ReconcileArgs) -> anyhow::Result<Vec<ParityReport>> {
     let from = crm_common::clock::now_ms() - since.as_millis() as i64;
     let mut out = vec![];
     for crm in crms {
-        let contract = crm_connectors::contract::Contracts::load(&args.opts.contracts_dir, crm.as_str())?
-            .with_tenant_overrides(&crm_common::tenants::Tenants::load(&args.common.tenants_config)?, crm)?;
+        // The tenants' overrides are applied with the tenants file (`reconciler::build`).
+        let contract = crm_connectors::contract::Contracts::load(&args.opts.contracts_dir, crm.as_str())?;
         let got: Vec<ParityReport> = crm_connectors::with_connector!(crm, contract, &args.opts.urls, args.opts.http_timeout, |c| {
             let r = reconciler::build(c, &args.common, &args.opts).await?;
             let mut got = vec![];

@@ -34,8 +34,8 @@ async fn main() -> anyhow::Result<()> {
     let stop = crm_common::shutdown::service();
     let mut tasks = vec![];
     for crm in crms {
-        let contract = crm_connectors::contract::Contracts::load(&cli.opts.contracts_dir, crm.as_str())?
-            .with_tenant_overrides(&crm_common::tenants::Tenants::load(&cli.common.tenants_config)?, crm)?;
+        // The tenants' overrides are applied with the tenants file (`build`).
+        let contract = crm_connectors::contract::Contracts::load(&cli.opts.contracts_dir, crm.as_str())?;
         let (common, opts, every, stop) = (cli.common.clone(), cli.opts.clone(), cli.every, stop.clone());
         let task: tokio::task::JoinHandle<anyhow::Result<()>> =
             crm_connectors::with_connector!(crm, contract, &opts.urls.clone(), opts.http_timeout, |c| {

@@ -7,7 +7,6 @@ use crm_common::emit::Emitter;
 use crm_common::events::{Crm, Stage};
 use crm_common::redis_conn;
 use crm_common::redis_group::GroupCommit;
-use crm_common::tenants::Tenants;
 use crm_connectors::bucket::TokenBuckets;
 use crm_connectors::claims::{Claims, Timing};
 use crm_connectors::connector::Connector;
@@ -111,10 +110,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let service: &'static str = Box::leak(format!("writer-{}", cli.crm.as_str()).into_boxed_str());
     let _telemetry = crm_common::telemetry::init(service, &cli.common)?;
-    // The deployment's contracts with each tenant's field overrides, checked before anything
-    // starts: a refused override stops the writer with the tenant, kind and field named.
-    let contract = contract::Contracts::load(&cli.contracts_dir, cli.crm.as_str())?
-        .with_tenant_overrides(&Tenants::load(&cli.common.tenants_config)?, cli.crm)?;
+    // The deployment's contracts; the tenants' field overrides are checked and applied with
+    // the tenants file (`tenant_clients::build`): a refused override stops the writer at
+    // start with the tenant, kind and field named.
+    let contract = contract::Contracts::load(&cli.contracts_dir, cli.crm.as_str())?;
     let (urls, http_timeout) = (cli.urls.clone(), cli.http_timeout);
     crm_connectors::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
 }
