@@ -248,6 +248,12 @@ fn kubernetes_manifests_name_only_what_exists_and_probe_health() {
                 }
             }
         }
+        // The tenants file is followed while running: its ConfigMap is mounted as a directory
+        // (a subPath mount never sees an update), and TENANTS_CONFIG lies in it.
+        let tenants_file = env["TENANTS_CONFIG"]["value"].as_str().expect("TENANTS_CONFIG set");
+        let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "tenants").expect("the tenants ConfigMap mounted");
+        assert!(mount["subPath"].is_null(), "{name}: the tenants ConfigMap is mounted with subPath, which Kubernetes never updates");
+        assert!(tenants_file.starts_with(&format!("{}/", mount["mountPath"].as_str().unwrap())), "{name}: {tenants_file} is in the mount");
         let port = env["HEALTH_ADDR"]["value"].as_str().and_then(|a| a.rsplit(':').next()).expect("HEALTH_ADDR set");
         let health_port = c["ports"].as_array().unwrap().iter().find(|p| p["name"] == "health").expect("a health port");
         assert_eq!(health_port["containerPort"].to_string(), port, "{name}: the probed port is HEALTH_ADDR's");
