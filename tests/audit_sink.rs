@@ -375,3 +375,123 @@ fn open_dead_letters_are_gauged_by_crm_and_reason_until_reviewed() {
     assert_eq!(latest("crm_sync.dlq.open", "none", "INVALID_PHONE"), Some(1.0));
     assert!(s.terminate().success());
 }
+
+/// Support finds activities without their id (issue 21): by a customer's number however it
+/// is written, by a participant's address, by the agent, in a time range, of one tenant only.
+/// The normaliser names each lookup by a keyed hash (the deployment key, a salt per tenant);
+/// the audit store holds no number or address in clear, and a different key finds nothing.
+#[test]
+fn support_finds_activities_by_number_address_agent_and_time() {
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const OTHER_KEY: &str = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=";
+    let broker = Broker::start(1);
+    let db = PrivateDb::new("find");
+    let tenants = crm_sync_tests::TempFile::new(
+        "tenants.toml",
+        "[tenants.acme]\ndefault_region = \"US\"\n[tenants.acme.crms.hubspot]\nplan = \"starter\"\ncredentials_secret = \"X\"\n\
+         activities = [\"call\", \"email\", \"meeting\"]\n[tenants.globex]\ndefault_region = \"US\"\n",
+    );
+    let n = broker.service("normaliser", &[("TENANTS_CONFIG", tenants.path()), ("CRM_SYNC_TOKEN_KEY", KEY)]);
+    let s = sink(&broker, &db, "audit-sink");
+    let c1 = fixtures::raw_call("acme", "c1", 0); // (415) 555-2671 calls agent-1
+    let c2 = CallEvent { from_number: "+1 212-555-0100".into(), agent_id: "agent-2".into(), ..fixtures::raw_call("acme", "c2", 60) };
+    let c3 = fixtures::raw_call("globex", "c3", 0); // the same number, another tenant
+    let email = fixtures::raw_email("acme", "m1", 30); // to jane.doe@customer.example, by rep@acme.example
+    let meeting = fixtures::raw_meeting("acme", "e1", 120); // jane.doe@customer.example, dial-in +1 650-253-0000
+    let calls: Vec<_> = [c1, c2, c3].iter().map(|c| (c.tenant_id.clone(), codec::encode(c).unwrap(), vec![])).collect();
+    broker.produce("calls.raw", &calls);
+    broker.produce("emails.raw", &[("acme".to_string(), codec::encode(&email).unwrap(), vec![])]);
+    broker.produce("meetings.raw", &[("acme".to_string(), codec::encode(&meeting).unwrap(), vec![])]);
+    let stored = db.wait_count("SELECT count(DISTINCT activity_id) FROM audit_lookup", 5, Duration::from_secs(60));
+    assert_eq!(stored, 5, "every normalised activity is named for lookups");
+
+    let env = [("DATABASE_URL", db.url.as_str()), ("CRM_SYNC_TOKEN_KEY", KEY), ("TENANTS_CONFIG", tenants.path())];
+    let trace = |args: &[&str]| crm_sync(&[&["trace"], args].concat(), &env);
+
+    // A number as the customer said it, national in the tenant's region: the one call, traced whole.
+    let (ok, text, err) = trace(&["--tenant", "acme", "--phone", "(415) 555-2671"]);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("1 activity of tenant acme, phone +14•••••••71"), "{text}");
+    assert!(text.contains("Call c1 (tenant acme)") && text.contains("NORMALISER"), "{text}");
+    assert!(!text.contains("c3") && !text.contains("4155552671"), "another tenant's call, or the number in clear: {text}");
+    let (ok, text, err) = trace(&["--tenant", "globex", "--phone", "+14155552671"]);
+    assert!(ok && text.contains("Call c3 (tenant globex)"), "{text}{err}");
+
+    // An address finds the email and the meeting, newest first, a line each.
+    let (ok, text, err) = trace(&["--tenant", "acme", "--email", "Jane.Doe@Customer.EXAMPLE"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("2 activities of tenant acme, email"), "{text}");
+    assert!(lines[1].contains("2026-01-01 02:00:00") && lines[1].contains("meeting") && lines[1].contains("e1@google.com"), "{text}");
+    assert!(lines[2].contains("2026-01-01 00:30:00") && lines[2].contains("email") && lines[2].contains("m1@mail.acme.example"), "{text}");
+    assert!(!text.contains("jane.doe"), "the address is masked in the heading: {text}");
+    // The meeting's dial-in number is a number it can be found by.
+    let (ok, text, _) = trace(&["--tenant", "acme", "--phone", "+16502530000"]);
+    assert!(ok && text.contains("Meeting e1@google.com"), "{text}");
+
+    // By agent: an id exactly, an address canonically; criteria together must all hold.
+    let (ok, text, _) = trace(&["--tenant", "acme", "--agent", "agent-1"]);
+    assert!(ok && text.contains("Call c1") && !text.contains("c2"), "{text}");
+    let (ok, text, _) = trace(&["--tenant", "acme", "--agent", "REP@acme.example", "--json"]);
+    let found: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<&str> = found.iter().map(|f| f["activity"]["activity_id"].as_str().unwrap()).collect();
+    assert!(ok && ids == ["e1@google.com", "m1@mail.acme.example"], "{text}");
+    assert!(found.iter().all(|f| f["outcome"].as_array().is_some_and(|o| !o.is_empty())), "each with where it ended up: {text}");
+    let (ok, _, err) = trace(&["--tenant", "acme", "--agent", "agent-1", "--phone", "+12125550100"]);
+    assert!(!ok && err.contains("no activity of tenant acme"), "{err}");
+
+    // A time range: when the activities happened, not when they were normalised.
+    let (ok, text, _) = trace(&["--tenant", "acme", "--since", "2026-01-01T00:30:00Z", "--until", "2026-01-01 01:30"]);
+    assert!(ok && text.starts_with("2 activities"), "{text}");
+    assert!(text.contains("c2") && text.contains("m1@mail.acme.example") && !text.contains("e1@") && !text.contains(" c1 "), "{text}");
+    let (ok, text, _) = trace(&["--tenant", "acme", "--since", "2026-01-01", "--limit", "2"]);
+    assert!(ok && text.starts_with("2 activities") && text.contains("--limit for more"), "{text}");
+
+    // Searched with another deployment's key, nothing: the names are keyed.
+    let other = [("DATABASE_URL", db.url.as_str()), ("CRM_SYNC_TOKEN_KEY", OTHER_KEY)];
+    let (ok, _, err) = crm_sync(&["trace", "--tenant", "acme", "--phone", "+14155552671"], &other);
+    assert!(!ok && err.contains("CRM_SYNC_TOKEN_KEY"), "{err}");
+    // A search needs its tenant.
+    let (ok, _, err) = trace(&["--phone", "+14155552671"]);
+    assert!(!ok && err.contains("needs --tenant"), "{err}");
+
+    // Nothing in clear in the store: not in the audit rows' attributes, not in the lookups.
+    let clear = db.count(
+        "SELECT count(*) FROM audit a WHERE a.attributes::text ~ '4155552671|jane\\.doe|6502530000' \
+         OR EXISTS (SELECT 1 FROM audit_lookup l WHERE l.name ~ '4155552671|jane')",
+    );
+    assert_eq!(clear, 0);
+    for p in [n, s] {
+        assert!(p.terminate().success());
+    }
+}
+
+/// Retention drops whole days of the audit and of its lookups alike: a day past
+/// AUDIT_RETENTION leaves no lookup naming an activity whose audit is gone.
+#[test]
+fn retention_drops_a_days_audit_and_lookups_together() {
+    let db = PrivateDb::new("purge");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let now = crm_common::clock::now_ms();
+    let old = now - 40 * 86_400_000;
+    let normalised = |id: &str, at: i64| {
+        let mut r = audit_record(0);
+        r.audit_id = format!("a-{id}");
+        r.call_id = Some(id.into());
+        r.stage = Stage::Normaliser;
+        r.occurred_at = at;
+        r.attributes = [(crm_common::lookups::ATTRIBUTE.to_string(), format!("{:032x} not-a-name", at))].into();
+        r
+    };
+    let dropped = rt.block_on(async {
+        let mut store = crm_common::audit_store::AuditStore::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        store.insert(&[normalised("old", old), normalised("new", now)], &[], &[]).await.unwrap();
+        store.purge(Duration::from_secs(30 * 86_400), now).await.unwrap()
+    });
+    assert_eq!(dropped.len(), 2, "the old day's audit and lookup partitions: {dropped:?}");
+    assert!(dropped.iter().any(|d| d.starts_with("audit_lookup_p")), "{dropped:?}");
+    assert_eq!(db.count("SELECT count(*) FROM audit"), 1);
+    let kept: Vec<String> = db.query("SELECT activity_id FROM audit_lookup").iter().map(|r| r.get(0)).collect();
+    assert_eq!(kept, ["new"], "one lookup (what is not a name is not stored), of the day kept");
+}

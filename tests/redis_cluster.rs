@@ -135,7 +135,7 @@ async fn every_store_works_on_a_three_master_cluster_with_tenants_on_every_node(
     }
 
     // The contact cache: one pipeline of SETs and one MGET per tenant.
-    let names = crm_connectors::contacts::KeyNames::new(b"a deployment's key");
+    let names = crm_connectors::contacts::KeyNames::new(b"a deployment's key", crm_connectors::contacts::Purpose::CacheKeys);
     let contacts = ContactCache::contacts(conn.clone(), prefix.to_string(), names, Duration::from_secs(60), Duration::from_secs(10));
     for t in &ts {
         let found = vec![("+14155550001".to_string(), Some(format!("{t}-1"))), ("+14155550002".to_string(), None)];

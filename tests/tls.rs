@@ -1,6 +1,8 @@
-//! TLS to PostgreSQL, as libpq does it, against the machine's server (Debian's runs with
-//! ssl = on and its self-signed "snakeoil" certificate). One test: PGSSLROOTCERT is
-//! process-wide, so the cases run in order.
+//! TLS for real. PostgreSQL, as libpq does it, against the machine's server (Debian's runs
+//! with ssl = on and its self-signed "snakeoil" certificate); one test, as PGSSLROOTCERT is
+//! process-wide. Redis: a private `redis-server` that speaks TLS only, with a test CA made
+//! here by openssl and client certificates required, reached by a deduper process and by
+//! the library's own connection.
 
 use crm_common::audit_store::AuditStore;
 
@@ -34,4 +36,162 @@ fn sslmode_require_encrypts_and_a_root_certificate_is_checked() {
     let err = encrypted(&format!("{BASE}?sslmode=require")).unwrap_err();
     assert!(err.to_string().contains("PostgreSQL at"), "{err}");
     std::env::remove_var("PGSSLROOTCERT");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all made by openssl.
+struct TestPki {
+    dir: std::path::PathBuf,
+}
+
+impl TestPki {
+    fn make(label: &str) -> TestPki {
+        let dir = std::env::temp_dir().join(format!("crm-sync-tls-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=crm-sync test CA",
+        ]);
+        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        for who in ["server", "client"] {
+            let (key, csr, pem) = (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"));
+            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN=crm-sync {who}")]);
+            let mut args =
+                vec!["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem, "-days", "2"];
+            if who == "server" {
+                args.extend(["-extfile", "server.ext"]);
+            }
+            run(&args);
+        }
+        TestPki { dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A redis-server listening with TLS only (no plain port), requiring client certificates.
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start(pki: &TestPki) -> TlsRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", &pki.file("server.pem"), "--tls-key-file", &pki.file("server.key")])
+            .args(["--tls-ca-cert-file", &pki.file("ca.pem"), "--tls-auth-clients", "yes"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server with TLS on {port} did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TlsRedis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// PING through `crm_common::redis_conn`, with the TLS variables the environment has now.
+fn ping(url: &str) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let target = crm_common::redis_conn::RedisTarget::new(url, false)?;
+        let mut conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| e.to_string())?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn redis_over_tls_with_a_private_ca_and_client_certificates() {
+    use crm_common::codec;
+    use crm_common::redis_conn::{TLS_CA_FILE_ENV, TLS_CERT_FILE_ENV, TLS_KEY_FILE_ENV};
+    let pki = TestPki::make("redis");
+    let redis = TlsRedis::start(&pki);
+    let url = redis.url();
+    let (ca, cert, key) = (pki.file("ca.pem"), pki.file("client.pem"), pki.file("client.key"));
+
+    // The system's roots do not know the test CA: refused.
+    for v in [TLS_CA_FILE_ENV, TLS_CERT_FILE_ENV, TLS_KEY_FILE_ENV] {
+        std::env::remove_var(v);
+    }
+    assert!(ping(&url).is_err(), "a certificate from an unknown CA is refused");
+    // The CA trusted, but the server wants a client certificate: refused.
+    std::env::set_var(TLS_CA_FILE_ENV, &ca);
+    assert!(ping(&url).is_err(), "no client certificate, no connection");
+    // Half a client certificate is a configuration error, said as one.
+    std::env::set_var(TLS_CERT_FILE_ENV, &cert);
+    let err = ping(&url).unwrap_err();
+    assert!(err.contains(TLS_KEY_FILE_ENV), "{err}");
+    std::env::set_var(TLS_KEY_FILE_ENV, &key);
+    assert_eq!(ping(&url).unwrap(), "PONG", "CA and client certificate: connected over TLS");
+    // A CA file that is not there is an error, not a fall back to the system's roots.
+    std::env::set_var(TLS_CA_FILE_ENV, pki.file("nonesuch.pem"));
+    assert!(ping(&url).unwrap_err().contains("nonesuch.pem"));
+    std::env::set_var(TLS_CA_FILE_ENV, &ca);
+
+    // A service over it: the deduper keeps its marks in the TLS-only Redis and fans out.
+    let broker = crm_sync_tests::Broker::start(1);
+    let tenants = crm_sync_tests::TempFile::new(
+        "tenants.toml",
+        "[tenants.acme]\ndefault_region = \"US\"\n[tenants.acme.crms.hubspot]\nplan = \"starter\"\ncredentials_secret = \"X\"\n",
+    );
+    let deduper = broker.service(
+        "deduper",
+        &[
+            ("TENANTS_CONFIG", tenants.path()),
+            ("REDIS_URL", url.as_str()),
+            ("REDIS_KEY_PREFIX", "tls"),
+            (TLS_CA_FILE_ENV, ca.as_str()),
+            (TLS_CERT_FILE_ENV, cert.as_str()),
+            (TLS_KEY_FILE_ENV, key.as_str()),
+        ],
+    );
+    let call = crm_sync_tests::normalised_call("acme", "tls-1", 1);
+    broker.produce("calls.normalised", &[("acme".into(), codec::encode(&call).unwrap(), vec![])]);
+    let seen = broker.read(&["crm.writes.hubspot"], 1, std::time::Duration::from_secs(60));
+    assert_eq!(seen.len(), 1, "the deduper fanned the call out with its marks in the TLS Redis");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let keys: Vec<String> = rt.block_on(async {
+        let target = crm_common::redis_conn::RedisTarget::new(&url, false).unwrap();
+        let mut conn = crm_common::redis_conn::connect_lazy(&target).unwrap();
+        redis::cmd("KEYS").arg("tls:*").query_async(&mut conn).await.unwrap()
+    });
+    assert!(keys.iter().any(|k| k.contains("acme")), "the dedup mark is in the TLS-only Redis: {keys:?}");
+    assert!(deduper.terminate().success());
 }

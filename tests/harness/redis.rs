@@ -274,5 +274,5 @@ fn free_port_pairs(n: usize) -> Vec<u16> {
 /// number or an address) in `tenant`'s cache keys.
 pub fn cache_key_name(tenant: &str, matched: &str) -> String {
     let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, crm_dev::DEV_TOKEN_KEY).expect("the dev key is base64");
-    crm_connectors::contacts::KeyNames::new(&key).name(tenant, matched)
+    crm_connectors::contacts::KeyNames::new(&key, crm_connectors::contacts::Purpose::CacheKeys).name(tenant, matched)
 }

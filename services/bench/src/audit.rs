@@ -4,7 +4,10 @@
 //!    written by PostgreSQL itself (`INSERT … SELECT generate_series`), in chunks.
 //! 2. Trace: `crm-sync trace`'s query for random calls against that table (goal: well under
 //!    a second), and the `crm-sync trace` command end to end.
-//! 3. Sink: `sink_records` AuditRecords produced to the dev broker, and the audit-sink's
+//! 3. Find: `crm-sync trace --phone/--agent/--since` on `audit_lookup` loaded beside it (a
+//!    customer number and an agent per call: 300,000 customers, 50 agents per tenant), the
+//!    query by number, by agent and by a day of one tenant, and the command end to end.
+//! 4. Sink: `sink_records` AuditRecords produced to the dev broker, and the audit-sink's
 //!    insert rate from its start until the last is stored.
 //!
 //! Runs on a database of its own, dropped at the end.
@@ -91,7 +94,28 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
         eprintln!("  loaded {loaded} rows ({:.0} rows/s)", loaded as f64 / started.elapsed().as_secs_f64());
     }
     let load_s = started.elapsed().as_secs_f64();
-    store.client().batch_execute("ANALYZE audit").await?;
+    // The lookups: per call, its customer's number (`phone(c)`) and its agent (`agent(c)`),
+    // named by stand-ins for keyed hashes (32 hex digits) so the bench can name them too.
+    let started = Instant::now();
+    let mut named = 0usize;
+    while named < rows / 10 {
+        let n = (chunk / 2).min(rows / 10 - named);
+        store
+            .client()
+            .execute(
+                "INSERT INTO audit_lookup (name, tenant_id, activity_at, activity_id, kind, occurred_at) \
+                 SELECT lpad(to_hex(CASE WHEN k = 0 THEN 1000000 + c % 300000 ELSE 10000000 + (c % 200) * 50 + (c / 200) % 50 END), 32, '0'), \
+                 't' || (c % 200), at, 'c' || c, 'call', at \
+                 FROM generate_series($1::bigint, $2::bigint) AS c CROSS JOIN generate_series(0, 1) AS k, \
+                 LATERAL (SELECT to_timestamp(($3::bigint + c % ($4::bigint * 86400) * 1000) / 1000.0) AS at) t",
+                &[&(named as i64), &((named + n - 1) as i64), &base_ms, &DAYS],
+            )
+            .await?;
+        named += n;
+    }
+    let lookup_s = started.elapsed().as_secs_f64();
+    let lookup_rows = named * 2;
+    store.client().batch_execute("ANALYZE audit; ANALYZE audit_lookup").await?;
     let size: String = store
         .client()
         .query_one(
@@ -124,7 +148,59 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
     }
     cli_times.sort();
 
-    // 3. The sink.
+    // 3. Find.
+    let name = |n: u64| format!("{n:032x}");
+    let calls = calls as u64;
+    let mut by_phone = vec![];
+    let mut by_agent = vec![];
+    let mut by_day = vec![];
+    let mut found = [0usize; 3];
+    for k in 0..50u64 {
+        let c = (k * 7_919_993 + 12_345) % calls;
+        let tenant = format!("t{}", c % 200);
+        let t = Instant::now();
+        found[0] += store.find(&tenant, &[name(1_000_000 + c % 300_000)], None, None, 20).await?.len();
+        by_phone.push(t.elapsed());
+        let t = Instant::now();
+        found[1] += store.find(&tenant, &[name(10_000_000 + (c % 200) * 50 + (c / 200) % 50)], None, None, 20).await?.len();
+        by_agent.push(t.elapsed());
+        let day = base_ms + ((k % 10) as i64) * 86_400_000;
+        let t = Instant::now();
+        found[2] += store.find(&tenant, &[], Some(audit_store::ts(day)), Some(audit_store::ts(day + 86_400_000)), 20).await?.len();
+        by_day.push(t.elapsed());
+    }
+    for v in [&mut by_phone, &mut by_agent, &mut by_day] {
+        v.sort();
+    }
+    // End to end: one call named as the normaliser names it, found by its number.
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let lookups = crm_common::lookups::Lookups::new(b"0123456789abcdef0123456789abcdef");
+    let real = lookups.name("t7", crm_common::lookups::Lookup::Phone("+14155550107"));
+    store
+        .client()
+        .execute(
+            "INSERT INTO audit_lookup (name, tenant_id, activity_at, activity_id, kind, occurred_at) VALUES ($1, 't7', $2, 'c7', 'call', $2)",
+            &[&real, &audit_store::ts(base_ms + 7_000)],
+        )
+        .await?;
+    let mut find_cli = vec![];
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = Command::new(&cli)
+            .args(["trace", "--tenant", "t7", "--phone", "+1 415 555 0107"])
+            .env("DATABASE_URL", url)
+            .env("CRM_SYNC_TOKEN_KEY", KEY)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Call c7"),
+            "crm-sync trace --phone failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        find_cli.push(t.elapsed());
+    }
+    find_cli.sort();
+
+    // 4. The sink.
     let topics = Topics::default();
     // 24 partitions: the mock broker keeps only 5 MiB per partition.
     let broker = DevBroker::start(1, 24, &topics.all())?;
@@ -166,6 +242,7 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!("\nbench audit: {rows} audit rows ({calls} calls × 10, 200 tenants, {DAYS} day partitions), {size} with indexes");
     println!("  load (server-side INSERT … SELECT)   {load_s:.1} s: {:.0} rows/s", rows as f64 / load_s);
+    println!("  lookups: {lookup_rows} audit_lookup rows (a number and an agent per call) loaded in {lookup_s:.1} s");
     println!(
         "  trace query, 50 random calls         p50 {:.2} ms   p90 {:.2} ms   max {:.2} ms   ({} steps, 10 per call)",
         ms(times[25]),
@@ -177,6 +254,15 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
         "  crm-sync trace, 5 calls, end to end  p50 {:.0} ms   max {:.0} ms   (process start, connect, schema check, query)",
         ms(cli_times[2]),
         ms(cli_times[4])
+    );
+    let p = |v: &[Duration]| format!("p50 {:.2} ms   p90 {:.2} ms   max {:.2} ms", ms(v[25]), ms(v[45]), ms(v[49]));
+    println!("  find by number, 50 random            {}   ({} activities, 20 at most each)", p(&by_phone), found[0]);
+    println!("  find by agent, 50 random             {}   ({} activities; ~100 per agent, newest 20)", p(&by_agent), found[1]);
+    println!("  find by a day of one tenant, 50      {}   ({} activities; newest 20 of ~430)", p(&by_day), found[2]);
+    println!(
+        "  crm-sync trace --phone, end to end   p50 {:.0} ms   max {:.0} ms   (process start, connect, schema check, find, trace)",
+        ms(find_cli[2]),
+        ms(find_cli[4])
     );
     println!(
         "  audit-sink                           {stored} records from the broker stored in {sink_s:.1} s: {:.0} records/s (batches of up to 2000, one transaction each)",

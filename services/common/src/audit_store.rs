@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_reconciler", include_str!("../../../migrations/0002_reconciler.sql")),
     ("0003_activity_kind", include_str!("../../../migrations/0003_activity_kind.sql")),
     ("0004_views", include_str!("../../../migrations/0004_views.sql")),
+    ("0005_audit_lookup", include_str!("../../../migrations/0005_audit_lookup.sql")),
 ];
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
@@ -125,9 +126,28 @@ fn day_date(day: i64) -> NaiveDate {
     DateTime::from_timestamp(day * 86_400, 0).unwrap_or_default().date_naive()
 }
 
+/// `audit_lookup` rows, by column.
+#[derive(Default)]
+struct LookupRows {
+    name: Vec<String>,
+    tenant: Vec<String>,
+    activity_at: Vec<DateTime<Utc>>,
+    activity_id: Vec<String>,
+    kind: Vec<String>,
+    occurred_at: Vec<DateTime<Utc>>,
+}
+
+/// The tables partitioned by day on `occurred_at`: made and dropped a day at a time together.
+const PARTITIONED: [&str; 2] = ["audit", "audit_lookup"];
+
 /// The audit partition holding a day.
 pub fn partition_name(day: i64) -> String {
-    format!("audit_p{}", day_date(day).format("%Y%m%d"))
+    partition_of("audit", day)
+}
+
+/// `parent`'s partition holding a day.
+fn partition_of(parent: &str, day: i64) -> String {
+    format!("{parent}_p{}", day_date(day).format("%Y%m%d"))
 }
 
 impl AuditStore {
@@ -168,20 +188,23 @@ impl AuditStore {
         Ok(applied)
     }
 
-    /// Makes sure every day of `times_ms` has its partition.
+    /// Makes sure every day of `times_ms` has its partition, in `audit` and in
+    /// `audit_lookup` alike.
     pub async fn ensure_partitions(&mut self, times_ms: impl IntoIterator<Item = i64>) -> Result<(), tokio_postgres::Error> {
         let wanted: HashSet<i64> = times_ms.into_iter().map(day_of).filter(|d| !self.days.contains(d)).collect();
         for day in wanted {
-            let name = partition_name(day);
             let (from, to) = (day_date(day), day_date(day + 1));
-            let sql = format!(
-                "CREATE TABLE IF NOT EXISTS {name} PARTITION OF audit FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
-            );
-            if let Err(e) = self.client.batch_execute(&sql).await {
-                // Another sink made it in the meantime: fine. Anything else is an error.
-                let exists = self.client.query_opt("SELECT 1 FROM pg_class WHERE relname = $1", &[&name]).await?.is_some();
-                if !exists {
-                    return Err(e);
+            for parent in PARTITIONED {
+                let name = partition_of(parent, day);
+                let sql = format!(
+                    "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {parent} FOR VALUES FROM ('{from} 00:00:00+00') TO ('{to} 00:00:00+00')"
+                );
+                if let Err(e) = self.client.batch_execute(&sql).await {
+                    // Another sink made it in the meantime: fine. Anything else is an error.
+                    let exists = self.client.query_opt("SELECT 1 FROM pg_class WHERE relname = $1", &[&name]).await?.is_some();
+                    if !exists {
+                        return Err(e);
+                    }
                 }
             }
             self.days.insert(day);
@@ -252,6 +275,28 @@ impl AuditStore {
             )
             .await?
         };
+        // The normaliser's records name what the activity can be looked up by (`lookups`).
+        let mut l = LookupRows::default();
+        for r in audit.iter().filter(|r| r.stage == crate::events::Stage::Normaliser) {
+            let (Some(names), Some(id)) = (r.attributes.get(crate::lookups::ATTRIBUTE), r.call_id.as_ref()) else { continue };
+            let at = r.attributes.get(crate::lookups::ACTIVITY_AT).and_then(|t| t.parse::<i64>().ok()).unwrap_or(r.occurred_at);
+            for name in crate::lookups::names_in(names) {
+                l.name.push(name.to_ascii_lowercase());
+                l.tenant.push(r.tenant_id.clone());
+                l.activity_at.push(ts(at));
+                l.activity_id.push(id.clone());
+                l.kind.push(r.kind.map_or("call", |k| k.as_str()).to_string());
+                l.occurred_at.push(ts(r.occurred_at));
+            }
+        }
+        if !l.name.is_empty() {
+            tx.execute(
+                "INSERT INTO audit_lookup (name, tenant_id, activity_at, activity_id, kind, occurred_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[]) ON CONFLICT DO NOTHING",
+                &[&l.name, &l.tenant, &l.activity_at, &l.activity_id, &l.kind, &l.occurred_at],
+            )
+            .await?;
+        }
         let d = if dlq.is_empty() {
             0
         } else {
@@ -296,17 +341,24 @@ impl AuditStore {
         Ok((a, d))
     }
 
-    /// Drops the audit partitions of days wholly older than `keep`; returns their names.
+    /// Drops the partitions (of `audit` and `audit_lookup`) of days wholly older than
+    /// `keep`; returns their names.
     pub async fn purge(&mut self, keep: Duration, now_ms: i64) -> Result<Vec<String>, tokio_postgres::Error> {
         let oldest_kept = day_of(now_ms - keep.as_millis() as i64);
         let rows = self
             .client
-            .query("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'audit'", &[])
+            .query(
+                "SELECT p.relname, c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+                 WHERE p.relname = ANY($1)",
+                &[&PARTITIONED.to_vec()],
+            )
             .await?;
         let mut dropped = vec![];
         for r in rows {
-            let name: String = r.get(0);
-            let Some(date) = name.strip_prefix("audit_p").and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok()) else { continue };
+            let (parent, name): (String, String) = (r.get(0), r.get(1));
+            let Some(date) = name.strip_prefix(&format!("{parent}_p")).and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok()) else {
+                continue;
+            };
             let day = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp().div_euclid(86_400)).unwrap_or(i64::MAX);
             if day < oldest_kept {
                 self.client.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await?;
@@ -366,6 +418,46 @@ impl AuditStore {
             )
             .await?;
         Ok(rows.iter().map(|r| OpenReview { crm: r.get(0), reason: r.get(1), open: r.get(2), oldest_age_s: r.get(3) }).collect())
+    }
+}
+
+/// An activity found by `crm-sync trace --phone/--email/--agent/--since/--until`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Found {
+    /// When it happened (UTC, to the second).
+    pub activity_at: String,
+    pub kind: String,
+    pub activity_id: String,
+}
+
+impl AuditStore {
+    /// `tenant`'s activities (newest first, at most `limit`) that have every one of `names`
+    /// (`audit_lookup`'s keyed names) and happened in [since, until). With no names, every
+    /// activity in the range. Each is an index probe: `names` by the primary key, a time
+    /// range alone by `audit_lookup_time`.
+    pub async fn find(
+        &self,
+        tenant: &str,
+        names: &[String],
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> Result<Vec<Found>, tokio_postgres::Error> {
+        let select = "SELECT to_char(max(activity_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), kind, activity_id FROM audit_lookup \
+                      WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR activity_at >= $2) AND ($3::timestamptz IS NULL OR activity_at < $3)";
+        let rows = if names.is_empty() {
+            let sql = format!("{select} GROUP BY activity_id, kind ORDER BY max(activity_at) DESC, activity_id LIMIT $4");
+            self.client.query(&sql, &[&tenant, &since, &until, &limit]).await?
+        } else {
+            let names: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+            let wanted = names.iter().collect::<HashSet<_>>().len() as i64;
+            let sql = format!(
+                "{select} AND name = ANY($4) GROUP BY activity_id, kind HAVING count(DISTINCT name) = $5 \
+                 ORDER BY max(activity_at) DESC, activity_id LIMIT $6"
+            );
+            self.client.query(&sql, &[&tenant, &since, &until, &names, &wanted, &limit]).await?
+        };
+        Ok(rows.iter().map(|r| Found { activity_at: r.get(0), kind: r.get(1), activity_id: r.get(2) }).collect())
     }
 }
 

@@ -112,13 +112,57 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// A private CA for `rediss://` (PEM; else the system's roots are trusted), as
+/// `PGSSLROOTCERT` is for PostgreSQL.
+pub const TLS_CA_FILE_ENV: &str = "REDIS_TLS_CA_FILE";
+/// A client certificate and its key (PEM), for a server that asks for one
+/// (`tls-auth-clients yes`).
+pub const TLS_CERT_FILE_ENV: &str = "REDIS_TLS_CERT_FILE";
+pub const TLS_KEY_FILE_ENV: &str = "REDIS_TLS_KEY_FILE";
+
+/// The TLS material the environment names, if any: read once per connection set-up, so a
+/// file missing or half given is an error at start, not a silent fall back to the system's
+/// roots or to no client certificate.
+fn tls_certificates() -> redis::RedisResult<Option<redis::TlsCertificates>> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let read = |name: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "unreadable TLS file",
+                format!("{name}={}: {e}", path.display()),
+            ))
+        })
+    };
+    let (ca, cert, key) = (var(TLS_CA_FILE_ENV), var(TLS_CERT_FILE_ENV), var(TLS_KEY_FILE_ENV));
+    let client_tls = match (cert, key) {
+        (Some(c), Some(k)) => {
+            Some(redis::ClientTlsConfig { client_cert: read(TLS_CERT_FILE_ENV, &c)?, client_key: read(TLS_KEY_FILE_ENV, &k)? })
+        }
+        (None, None) => None,
+        _ => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a client certificate needs both files",
+                format!("set both {TLS_CERT_FILE_ENV} and {TLS_KEY_FILE_ENV}, or neither"),
+            )))
+        }
+    };
+    let root_cert = ca.map(|p| read(TLS_CA_FILE_ENV, &p)).transpose()?;
+    Ok((client_tls.is_some() || root_cert.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert }))
+}
+
 /// Connects on first use; requests time out (connect 2 s, response 5 s). Must be called inside
 /// a tokio runtime.
 pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
     crate::telemetry::redis_metrics();
+    let tls = tls_certificates()?;
     match target {
         RedisTarget::Node(url) => {
-            let client = redis::Client::open(url.as_str())?;
+            let client = match tls {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+                None => redis::Client::open(url.as_str())?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -129,6 +173,17 @@ pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
         RedisTarget::Cluster(urls) => {
             // Retries cover MOVED/ASK and a primary's failover; the caller's own backoff
             // covers the rest, as for one node.
+            if tls.is_some() {
+                // The cluster client takes certificates only when built with rustls; ours is
+                // built with native-tls (OpenSSL), which reads a private CA from SSL_CERT_FILE.
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "REDIS_TLS_* files are for one node",
+                    format!(
+                        "with REDIS_CLUSTER, trust a private CA through SSL_CERT_FILE (OpenSSL) instead of {TLS_CA_FILE_ENV}; client certificates are not supported"
+                    ),
+                )));
+            }
             let client =
                 redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str)).retries(3).max_retry_wait(1000).build()?;
             let config =

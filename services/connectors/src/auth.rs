@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// The environment variable holding the token store's key: 32 bytes, base64.
-pub const TOKEN_KEY_ENV: &str = "CRM_SYNC_TOKEN_KEY";
+pub use crm_common::key_names::TOKEN_KEY_ENV;
 
 #[derive(Deserialize)]
 struct OAuthSecret {
@@ -81,7 +81,7 @@ struct OAuth {
 }
 
 /// Where secrets are read from as files (one per secret name), before the environment.
-pub const SECRETS_DIR_ENV: &str = "CRM_SYNC_SECRETS_DIR";
+pub use crm_common::key_names::SECRETS_DIR_ENV;
 /// How often a secret read from a file is read again (Kubernetes updates a mounted Secret
 /// within about a minute of a change).
 pub const SECRET_RECHECK: Duration = Duration::from_secs(2);
@@ -213,18 +213,24 @@ impl TokenStore {
     /// `key_b64`: 32 bytes, base64 (the secret store's value of CRM_SYNC_TOKEN_KEY).
     pub fn new(conn: RedisConn, prefix: &str, key_b64: &str) -> Result<TokenStore, String> {
         let key = base64::engine::general_purpose::STANDARD.decode(key_b64.trim()).map_err(|_| format!("{TOKEN_KEY_ENV} is not base64"))?;
+        TokenStore::with_key(conn, prefix, &key)
+    }
+
+    /// `key`: 32 bytes.
+    fn with_key(conn: RedisConn, prefix: &str, key: &[u8]) -> Result<TokenStore, String> {
         if key.len() != 32 {
             return Err(format!("{TOKEN_KEY_ENV} must hold 32 bytes (base64 of a 256-bit key); it holds {}", key.len()));
         }
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| format!("{TOKEN_KEY_ENV}: unusable key"))?;
+        let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| format!("{TOKEN_KEY_ENV}: unusable key"))?;
         Ok(TokenStore { conn, prefix: prefix.to_string(), cipher, owner: uuid::Uuid::new_v4().simple().to_string() })
     }
 
-    /// From the environment, where the secret store puts the key. None when it is not set.
+    /// With the deployment key where the secret store puts it (`$CRM_SYNC_SECRETS_DIR` file
+    /// or the variable: `crm_common::key_names::deployment_key`). None when it is not set.
     pub fn from_env(conn: RedisConn, prefix: &str) -> Result<Option<TokenStore>, String> {
-        match std::env::var("CRM_SYNC_TOKEN_KEY") {
-            Ok(k) if !k.trim().is_empty() => TokenStore::new(conn, prefix, &k).map(Some),
-            _ => Ok(None),
+        match crm_common::key_names::deployment_key()? {
+            Some(k) => TokenStore::with_key(conn, prefix, &k).map(Some),
+            None => Ok(None),
         }
     }
 

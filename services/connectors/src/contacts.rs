@@ -10,63 +10,11 @@
 //! list changes rarely, and a lookup per activity would spend the budget the writes need.
 //!
 //! No number or address appears in a key name: `<matched>` is written as a keyed hash of it
-//! ([`KeyNames`]), so `SCAN`, `MONITOR`, slow logs and key-space dashboards show no customer.
+//! ([`KeyNames`], `Purpose::CacheKeys`), so `SCAN`, `MONITOR`, slow logs and key-space dashboards show no customer.
 
+pub use crm_common::key_names::{KeyNames, Purpose};
 use crm_common::redis_conn::RedisConn;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// How cache keys name what was matched: `HMAC-SHA256(tenant's salt, matched)`, its first
-/// 128 bits in hex, where a tenant's salt is `HMAC-SHA256(deployment secret, tenant id)`. The
-/// deployment secret is derived from `CRM_SYNC_TOKEN_KEY` (the key that seals OAuth tokens,
-/// from the secret store), so someone who reads Redis cannot test numbers against the names;
-/// a tenant's salt of its own keeps one tenant's names from telling anything about another's.
-/// Every writer and the reconciler derive the same names, so they share entries.
-#[derive(Clone)]
-pub struct KeyNames {
-    secret: Arc<[u8]>,
-}
-
-impl KeyNames {
-    pub fn new(deployment_key: &[u8]) -> KeyNames {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(deployment_key).expect("HMAC takes any key");
-        m.update(b"crm-sync: names of cache keys");
-        KeyNames { secret: m.finalize().into_bytes().to_vec().into() }
-    }
-
-    /// From `CRM_SYNC_TOKEN_KEY`. Without it (no tenant uses OAuth) the names are still no
-    /// number in clear, but anyone with the code can test a number against them: said once,
-    /// at start.
-    pub fn from_env() -> KeyNames {
-        use base64::Engine;
-        let key = std::env::var(crate::auth::TOKEN_KEY_ENV)
-            .ok()
-            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.trim()).ok())
-            .filter(|k| k.len() == 32);
-        match key {
-            Some(k) => KeyNames::new(&k),
-            None => {
-                tracing::warn!(
-                    "{} is not set: cache keys hash customers' numbers and addresses without a secret (set it to key them)",
-                    crate::auth::TOKEN_KEY_ENV
-                );
-                KeyNames::new(b"")
-            }
-        }
-    }
-
-    /// The name of `matched` (a number, an address, a contact id) in `tenant`'s keys.
-    pub fn name(&self, tenant: &str, matched: &str) -> String {
-        let mut salt = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key");
-        salt.update(tenant.as_bytes());
-        let salt = salt.finalize().into_bytes();
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&salt).expect("HMAC takes any key");
-        m.update(matched.as_bytes());
-        m.finalize().into_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
 
 /// What a cache holds: contacts by number or address, or CRM users (owners) by address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,22 +131,5 @@ impl ContactCache {
     pub async fn forget(&self, tenant: &str, crm: &str, e164: &str) -> redis::RedisResult<()> {
         let mut c = self.conn.clone();
         redis::cmd("DEL").arg(self.key(tenant, crm, e164)).query_async::<()>(&mut c).await
-    }
-}
-
-#[cfg(test)]
-mod key_name_tests {
-    use super::KeyNames;
-
-    #[test]
-    fn a_number_is_named_by_a_keyed_hash_of_its_own_per_tenant() {
-        let names = KeyNames::new(b"deployment key");
-        let n = names.name("acme", "+14155550199");
-        assert_eq!(n.len(), 32, "128 bits in hex: {n}");
-        assert!(n.chars().all(|c| c.is_ascii_hexdigit()) && !n.contains("4155550199"));
-        assert_eq!(n, KeyNames::new(b"deployment key").name("acme", "+14155550199"), "every replica names it the same");
-        assert_ne!(n, names.name("globex", "+14155550199"), "each tenant has its own salt");
-        assert_ne!(n, names.name("acme", "+14155550198"));
-        assert_ne!(n, KeyNames::new(b"another deployment").name("acme", "+14155550199"), "keyed by the deployment's secret");
     }
 }

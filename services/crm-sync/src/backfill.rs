@@ -25,10 +25,10 @@ pub struct BackfillArgs {
     #[arg(long, default_value = "call", value_parser = |s: &str| s.parse::<ActivityKind>())]
     kind: ActivityKind,
     /// Start of the range: RFC 3339 (`2026-11-23T08:00:00Z`) or a duration ago (`3h`).
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = crate::when::ms)]
     from: i64,
     /// End of the range (exclusive), in the same forms; now when absent.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = crate::when::ms)]
     to: Option<i64>,
     /// Count what would be re-sent; send nothing.
     #[arg(long)]
@@ -39,15 +39,6 @@ pub struct BackfillArgs {
     /// No progress bar (logs, CI).
     #[arg(long)]
     quiet: bool,
-}
-
-fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_millis());
-    }
-    humantime::parse_duration(s)
-        .map(|d| now_ms() - d.as_millis() as i64)
-        .map_err(|_| format!("{s:?}: an RFC 3339 time (2026-11-23T08:00:00Z) or a duration ago (3h)"))
 }
 
 pub fn run(args: BackfillArgs) -> anyhow::Result<()> {

@@ -88,14 +88,9 @@ pub enum DlqCmd {
     },
 }
 
-/// A time given as RFC 3339 or as a duration ago, in ms.
+/// A time given as RFC 3339, a date, or as a duration ago, in ms.
 fn when(s: &str) -> anyhow::Result<i64> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_millis());
-    }
-    let ago =
-        humantime::parse_duration(s).map_err(|_| anyhow::anyhow!("{s:?} is neither an RFC 3339 time nor a duration like 2h or 7d"))?;
-    Ok(crm_common::clock::now_ms() - ago.as_millis() as i64)
+    crate::when::ms(s).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// One entry as listed.
@@ -365,17 +360,4 @@ async fn deleted_record(store: &AuditStore, e: &Entry) -> anyhow::Result<Option<
         )
         .await?;
     Ok(row.and_then(|r| r.get(0)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339_or_a_duration_ago() {
-        assert_eq!(when("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
-        let ago = when("2h").unwrap();
-        assert!((crm_common::clock::now_ms() - ago - 7_200_000).abs() < 1000);
-        assert!(when("yesterday").unwrap_err().to_string().contains("yesterday"));
-    }
 }

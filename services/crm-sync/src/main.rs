@@ -7,6 +7,7 @@ mod reconcile;
 mod schemas;
 mod topics;
 mod trace;
+mod when;
 
 use clap::{Parser, Subcommand};
 use crm_common::config::Topics;

@@ -13,6 +13,7 @@ use crm_common::emit::{Emitter, Subject};
 use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, MeetingEvent, Stage};
 use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::live_tenants::{LiveTenants, Loaded};
+use crm_common::lookups::{self, Lookup, Lookups};
 use crm_common::phone;
 use crm_common::pipeline::{self, Handler, PipelineConfig, Processed, Transient};
 
@@ -33,6 +34,8 @@ struct Normaliser {
     max_event_bytes: usize,
     tenants: LiveTenants<()>,
     phones: phone::E164Cache,
+    /// Names the activity's customer numbers, addresses and agent for support's lookups.
+    lookups: Lookups,
     emit: Emitter,
 }
 
@@ -78,7 +81,20 @@ impl Normaliser {
             Raw::Call(ev) => normalise::normalise(ev, tenant, &self.phones, now).map(|call| {
                 let shown = |n: &str| if tenant.show_phone_numbers_in_audit { n.to_string() } else { phone::mask(n) };
                 let detail = format!("normalised {} → {} (region {})", shown(&call.from_e164), shown(&call.to_e164), call.region_used);
-                let attributes = vec![("region_used", call.region_used.clone()), ("source", call.source.clone())];
+                let lookup = self.lookups.attribute(
+                    tenant_id,
+                    [
+                        Lookup::Phone(&call.customer_e164),
+                        Lookup::Agent(&call.agent_id),
+                        Lookup::Agent(call.agent_email.as_deref().unwrap_or("")),
+                    ],
+                );
+                let attributes = vec![
+                    ("region_used", call.region_used.clone()),
+                    ("source", call.source.clone()),
+                    (lookups::ATTRIBUTE, lookup),
+                    (lookups::ACTIVITY_AT, call.started_at.to_string()),
+                ];
                 let record = codec::encode(&call).expect("NormalisedCall always encodes");
                 Normalised { topic: &topics.calls_normalised, subject_id: None, record, detail, attributes }
             }),
@@ -86,6 +102,14 @@ impl Normaliser {
                 let sent = if email.direction == EmailDirection::Sent { "a sent" } else { "a received" };
                 let cut = if email.body_truncated { "; body cut to its excerpt" } else { "" };
                 let detail = format!("normalised {sent} email: {}{cut}", parties(email.participants.len()));
+                let lookup = self.lookups.attribute(
+                    tenant_id,
+                    email
+                        .participants
+                        .iter()
+                        .map(|a| Lookup::Email(a))
+                        .chain([Lookup::Agent(&email.actor_id), Lookup::Agent(&email.actor_email)]),
+                );
                 let record = codec::encode(&email).expect("NormalisedEmail always encodes");
                 Normalised::activity(
                     topics.normalised(ActivityKind::Email),
@@ -95,12 +119,24 @@ impl Normaliser {
                     record,
                     detail,
                 )
+                .looked_up_by(lookup, email.sent_at)
             }),
             Raw::Meeting(ev) => activity::normalise_meeting(ev, tenant, &self.phones, now).map(|m| {
                 let all_day = if m.all_day { ", all day" } else { "" };
                 let detail = format!("normalised a {:?} meeting: {}{all_day}", m.status, parties(m.participants.len()));
+                // Attendees' numbers and a dial-in number in the location are customers' numbers too.
+                let phones = m.attendees.iter().filter_map(|a| a.phone_e164.as_deref()).chain(m.location_e164.as_deref());
+                let lookup = self.lookups.attribute(
+                    tenant_id,
+                    m.participants
+                        .iter()
+                        .map(|a| Lookup::Email(a))
+                        .chain(phones.map(Lookup::Phone))
+                        .chain([Lookup::Agent(&m.actor_id), Lookup::Agent(&m.actor_email)]),
+                );
                 let record = codec::encode(&m).expect("NormalisedMeeting always encodes");
                 Normalised::activity(topics.normalised(ActivityKind::Meeting), m.source_id, &m.source, m.participants.len(), record, detail)
+                    .looked_up_by(lookup, m.start_at)
             }),
         };
         let n = match normalised {
@@ -157,6 +193,13 @@ impl<'a> Normalised<'a> {
         let attributes = vec![("source", source.to_string()), ("participants", participants.to_string())];
         Normalised { topic, subject_id: Some(source_id), record, detail, attributes }
     }
+
+    /// With its lookup names and the activity's own time (`crm-sync trace --phone` …).
+    fn looked_up_by(mut self, lookup: String, activity_at: i64) -> Normalised<'a> {
+        self.attributes.push((lookups::ATTRIBUTE, lookup));
+        self.attributes.push((lookups::ACTIVITY_AT, activity_at.to_string()));
+        self
+    }
 }
 
 /// "1 other party", "3 other parties".
@@ -192,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
         max_event_bytes: cli.max_event_bytes,
         tenants,
         phones: phone::E164Cache::new(100_000),
+        lookups: Lookups::from_env(),
         emit: Emitter::new(Stage::Normaliser, cli.common.topics.clone()),
     };
     let cfg = PipelineConfig {

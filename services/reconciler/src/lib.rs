@@ -900,7 +900,7 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
         contacts: ContactCache::contacts(
             conn,
             prefix,
-            crm_connectors::contacts::KeyNames::from_env(),
+            crm_connectors::contacts::KeyNames::from_env(crm_connectors::contacts::Purpose::CacheKeys),
             Duration::from_secs(3600),
             Duration::from_secs(300),
         ),

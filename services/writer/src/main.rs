@@ -153,7 +153,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
     // A request's tokens are held until it is answered, or for as long as it can take.
     let buckets = TokenBuckets::new(conn.clone(), &prefix).with_lease(cli.http_timeout);
     let finishing = GroupCommit::new(conn.clone(), vec![claims.done_script().clone(), buckets.settle_script().clone()]);
-    let names = contacts::KeyNames::from_env();
+    let names = contacts::KeyNames::from_env(crm_connectors::contacts::Purpose::CacheKeys);
     let shared = Arc::new(process::Shared {
         kinds: connector.kinds(),
         api: api::Api {
