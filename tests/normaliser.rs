@@ -299,3 +299,39 @@ fn normalises_emails_and_meetings_and_dead_letters_bad_addresses() {
     assert_eq!(audited("e2@google.com").kind, Some(ActivityKind::Meeting));
     assert!(!audited("m2@mail.acme.example").detail.contains("jane-at"), "audit names the field, not the address");
 }
+
+/// Confluent-framed input (`00` + a Schema Registry id, then the datum), for producers whose
+/// serializer registered crm-sync's schemas: the ids configured in CONFLUENT_SCHEMA_IDS are
+/// read with the schema each names; any other id, or an id registered for another record,
+/// is dead-lettered SCHEMA_INVALID with its original bytes and the id in the reason.
+#[test]
+fn confluent_framed_events_are_read_for_configured_ids() {
+    use crm_common::fingerprint::fingerprint_hex;
+    use crm_common::schemas::{RecordType, Registry};
+    let broker = Broker::start(1);
+    let tenants = TempFile::new("tenants.toml", TENANTS);
+    let fp = |r| fingerprint_hex(&Registry::global().current(r).fingerprint);
+    let ids = format!("7={},8={}", fp(RecordType::CallEvent), fp(RecordType::EmailEvent));
+    let _normaliser = broker.service("normaliser", &[("TENANTS_CONFIG", tenants.path()), ("CONFLUENT_SCHEMA_IDS", ids.as_str())]);
+    let framed = |id: u8, ev: &CallEvent| {
+        let mut b = vec![0, 0, 0, 0, id];
+        b.extend_from_slice(&codec::encode(ev).unwrap()[10..]);
+        ("acme".to_string(), b, vec![])
+    };
+    let ok = call("acme", "cf-1", CallDirection::Inbound, "(415) 555-2671", "+1 650 253 0000", None);
+    let inputs = vec![framed(7, &ok), framed(9, &ok), framed(8, &ok)];
+    broker.produce("calls.raw", &inputs);
+    let out = broker.read(&["calls.normalised", "sync.dlq"], 3, Duration::from_secs(60));
+    let normalised: Vec<NormalisedCall> =
+        out.iter().filter(|m| m.topic == "calls.normalised").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    assert_eq!(normalised.len(), 1, "{out:?}");
+    assert_eq!((normalised[0].call_id.as_str(), normalised[0].from_e164.as_str()), ("cf-1", "+14155552671"));
+    let mut dead: Vec<DeadLetter> =
+        out.iter().filter(|m| m.topic == "sync.dlq").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    dead.sort_by_key(|d| d.source_offset);
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().all(|d| d.reason == DlqReason::SchemaInvalid));
+    assert!(dead[0].detail.contains("Confluent schema id 9"), "{}", dead[0].detail);
+    assert_eq!(dead[0].payload, inputs[1].1, "the original bytes, for replay once the id is configured");
+    assert!(dead[1].detail.contains("EmailEvent") || dead[1].detail.contains("Email"), "{}", dead[1].detail);
+}

@@ -182,6 +182,31 @@ impl ConfluentSchemas {
     fn get(&self, id: u32) -> Option<Arc<Versioned>> {
         self.0.read().expect("lock").get(&id).cloned()
     }
+
+    /// From `CONFLUENT_SCHEMA_IDS`: `id=fingerprint` pairs, comma-separated, each naming the
+    /// id a Schema Registry gave one of crm-sync's schemas (registered as shipped) and that
+    /// schema's fingerprint as `crm-sync schemas` prints it. An id twice, or a fingerprint
+    /// crm-sync never shipped, is an error: a message would otherwise be read with the wrong
+    /// schema.
+    pub fn from_config(spec: &str) -> Result<ConfluentSchemas, String> {
+        let reg = Registry::global();
+        let out = ConfluentSchemas::default();
+        let mut seen = std::collections::HashSet::new();
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, fp) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not id=fingerprint"))?;
+            let id: u32 = id.trim().parse().map_err(|_| format!("{pair:?}: the id is not a number"))?;
+            let fp = fp.trim().to_ascii_lowercase();
+            let v = reg
+                .versions()
+                .find(|v| fingerprint_hex(&v.fingerprint) == fp)
+                .ok_or_else(|| format!("{pair:?}: no schema crm-sync ships has fingerprint {fp} (crm-sync schemas lists them)"))?;
+            if !seen.insert(id) {
+                return Err(format!("schema id {id} is given twice"));
+            }
+            out.insert(id, v.clone());
+        }
+        Ok(out)
+    }
 }
 
 /// Decodes a single-object framed message (any shipped version of `T`'s schema).
@@ -206,6 +231,9 @@ pub fn decode_with<T: AvroRecord>(bytes: &[u8], confluent: Option<&ConfluentSche
             let id =
                 rest.get(..4).map(|s| u32::from_be_bytes(s.try_into().expect("4 bytes"))).ok_or(DecodeError::Truncated(bytes.len()))?;
             let writer = confluent.and_then(|c| c.get(id)).ok_or(DecodeError::UnknownConfluentId(id))?;
+            if writer.record != T::RECORD {
+                return Err(DecodeError::WrongRecord { expected: T::RECORD, found: writer.record });
+            }
             read_datum(&writer, &rest[4..])
         }
         other => Err(DecodeError::UnknownFraming(other.iter().take(2).copied().collect())),
@@ -611,5 +639,28 @@ mod tests {
         let mut framed = vec![0, 0, 0, 0, 42];
         framed.extend_from_slice(&datum);
         assert_eq!(decode_with::<CallEvent>(&framed, Some(&reg)).unwrap(), call);
+    }
+
+    #[test]
+    fn confluent_ids_are_configured_by_fingerprint_and_hold_their_record() {
+        let current = |r| fingerprint_hex(&Registry::global().current(r).fingerprint);
+        let spec = format!("42={}, 43={}", current(RecordType::CallEvent), current(RecordType::EmailEvent).to_uppercase());
+        let ids = ConfluentSchemas::from_config(&spec).unwrap();
+        let call = crate::events::fixtures::raw_call("acme", "c1", 0);
+        let single = encode(&call).unwrap();
+        let mut framed = vec![0, 0, 0, 0, 42];
+        framed.extend_from_slice(&single[10..]);
+        assert_eq!(decode_with::<CallEvent>(&framed, Some(&ids)).unwrap(), call, "the datum after Confluent's 5 bytes");
+        framed[4] = 43;
+        assert!(
+            matches!(decode_with::<CallEvent>(&framed, Some(&ids)), Err(DecodeError::WrongRecord { .. })),
+            "an id registered for EmailEvent on a CallEvent topic is refused, not misread"
+        );
+        framed[4] = 44;
+        assert!(matches!(decode_with::<CallEvent>(&framed, Some(&ids)), Err(DecodeError::UnknownConfluentId(44))));
+        for bad in ["42", "x=00", "42=0000000000000000", &format!("1={0},1={0}", current(RecordType::CallEvent))] {
+            assert!(ConfluentSchemas::from_config(bad).is_err(), "{bad}");
+        }
+        assert!(ConfluentSchemas::from_config("").is_ok());
     }
 }

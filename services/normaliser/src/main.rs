@@ -28,10 +28,17 @@ struct Cli {
     /// VALIDATION rather than carried into every later topic and CRM request.
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 256 * 1024)]
     max_event_bytes: usize,
+    /// Confluent-framed input (`00` + a Schema Registry id) for producers whose serializer
+    /// registered crm-sync's schemas: `id=fingerprint` pairs, comma-separated, the
+    /// fingerprints as `crm-sync schemas` prints them. Unset: Confluent framing is refused.
+    #[arg(long, env = "CONFLUENT_SCHEMA_IDS", default_value = "")]
+    confluent_schema_ids: String,
 }
 
 struct Normaliser {
     max_event_bytes: usize,
+    /// Schema Registry ids accepted on the raw topics, with the schema each stands for.
+    confluent: codec::ConfluentSchemas,
     tenants: LiveTenants<()>,
     phones: phone::E164Cache,
     /// Names the activity's customer numbers, addresses and agent for support's lookups.
@@ -53,9 +60,13 @@ impl Normaliser {
         // Each raw topic carries one contract; the record's own fingerprint must say so.
         let topics = &self.emit.topics;
         let decoded = match topics.raw_kind(&input.topic) {
-            Some(ActivityKind::Email) => codec::decode::<EmailEvent>(bytes).map(Raw::Email).map_err(|e| ("an EmailEvent", e)),
-            Some(ActivityKind::Meeting) => codec::decode::<MeetingEvent>(bytes).map(Raw::Meeting).map_err(|e| ("a MeetingEvent", e)),
-            _ => codec::decode::<CallEvent>(bytes).map(Raw::Call).map_err(|e| ("a CallEvent", e)),
+            Some(ActivityKind::Email) => {
+                codec::decode_with::<EmailEvent>(bytes, Some(&self.confluent)).map(Raw::Email).map_err(|e| ("an EmailEvent", e))
+            }
+            Some(ActivityKind::Meeting) => {
+                codec::decode_with::<MeetingEvent>(bytes, Some(&self.confluent)).map(Raw::Meeting).map_err(|e| ("a MeetingEvent", e))
+            }
+            _ => codec::decode_with::<CallEvent>(bytes, Some(&self.confluent)).map(Raw::Call).map_err(|e| ("a CallEvent", e)),
         };
         let raw = match decoded {
             Ok(raw) => raw,
@@ -231,8 +242,11 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = crm_common::telemetry::init("normaliser", &cli.common)?;
     let tenants = cli.common.live_tenants::<()>(Box::new(|_, _| Ok(())))?;
     tracing::info!(tenants = tenants.current().tenants.len(), "tenants loaded");
+    let confluent =
+        codec::ConfluentSchemas::from_config(&cli.confluent_schema_ids).map_err(|e| anyhow::anyhow!("CONFLUENT_SCHEMA_IDS: {e}"))?;
     let handler = Normaliser {
         max_event_bytes: cli.max_event_bytes,
+        confluent,
         tenants,
         phones: phone::E164Cache::new(100_000),
         lookups: Lookups::from_env(),
