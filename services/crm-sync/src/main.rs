@@ -5,6 +5,7 @@ mod dev;
 mod dlq;
 mod reconcile;
 mod schemas;
+mod tenants;
 mod topics;
 mod trace;
 mod when;
@@ -63,6 +64,9 @@ enum Cmd {
     /// The pipeline's topics as code: check the cluster against deploy/topics.toml, or
     /// apply it (create, add partitions, set retention and the rest; report drift).
     Topics(topics::TopicsArgs),
+    /// Onboarding: whether each tenant's CRM connections will work (credentials, access,
+    /// the contract's fields), with a fix for each failure.
+    Tenants(tenants::TenantsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,5 +96,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Backfill(args) => backfill::run(args),
         Cmd::Schemas(args) => schemas::run(args),
         Cmd::Topics(args) => topics::run(args),
+        Cmd::Tenants(args) => tenants::run(args),
     }
 }

@@ -860,6 +860,23 @@ const RECONCILER_HTTP_CONCURRENCY: usize = 16;
 
 /// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
 /// a producer.
+/// The reconciler's client for the CRMs (also `crm-sync tenants check`'s): the writers'
+/// buckets and OAuth tokens in Redis, with `reserve_pct` of each limit left to live writes.
+pub fn api(conn: crm_common::redis_conn::RedisConn, prefix: &str, opts: &Options) -> anyhow::Result<Api> {
+    let (http, in_flight) = Api::http_client(opts.http_timeout, RECONCILER_HTTP_CONCURRENCY)?;
+    Ok(Api {
+        http,
+        in_flight,
+        pools: Default::default(),
+        buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), prefix).with_lease(opts.http_timeout),
+        backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
+        retry_limit: opts.retry_limit,
+        reserve_pct: opts.reserve_pct,
+        claims: None,
+        tokens: crm_connectors::auth::TokenStore::from_env(conn, prefix).map_err(|e| anyhow::anyhow!(e))?,
+    })
+}
+
 pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
     let connector = Arc::new(connector);
     let tenants = common.live_tenants(crm_connectors::tenant_clients::build(connector.clone()))?;
@@ -870,20 +887,9 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
     let mut store = AuditStore::connect(&common.database_url).await?;
     store.migrate().await?;
     let owner = format!("reconciler-{}-{:08x}", std::process::id(), rand::random::<u32>());
-    let (http, in_flight) = Api::http_client(opts.http_timeout, RECONCILER_HTTP_CONCURRENCY)?;
     Ok(Reconciler {
         connector,
-        api: Api {
-            http,
-            in_flight,
-            pools: Default::default(),
-            buckets: crm_connectors::bucket::TokenBuckets::new(conn.clone(), &prefix).with_lease(opts.http_timeout),
-            backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
-            retry_limit: opts.retry_limit,
-            reserve_pct: opts.reserve_pct,
-            claims: None,
-            tokens: crm_connectors::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?,
-        },
+        api: api(conn.clone(), &prefix, opts)?,
         // Only read (`state`): the reconciler never claims.
         claims: Claims::new(
             conn.clone(),

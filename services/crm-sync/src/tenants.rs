@@ -1,0 +1,284 @@
+//! `crm-sync tenants check [--tenant T] [--crm C] [--json]`: before a tenant's first activity,
+//! whether each of its CRM connections will work, and what to do where it will not. Per
+//! connection: the credentials are there and the CRM takes them; the CRM lets them read the
+//! objects the contracts write (scopes, permissions); every field the contracts name exists,
+//! the key field first. Each check reads the CRM's schema through the same client, buckets
+//! and OAuth token store as the writers (a reconciler's share), so it costs one request per
+//! kind and never competes with live writes.
+
+use crm_common::config::CommonArgs;
+use crm_common::events::{ActivityKind, Crm, DlqReason};
+use crm_common::tenants::{CrmConnection, ResolvedTenant, Tenants};
+use crm_connectors::connector::Inspect;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct TenantsArgs {
+    #[command(subcommand)]
+    cmd: TenantsCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum TenantsCmd {
+    /// Whether each tenant's CRM connections will work: credentials, access, fields.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    opts: reconciler::Options,
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only these CRMs (repeat or comma-separate).
+    #[arg(long = "crm", value_delimiter = ',')]
+    crms: Vec<Crm>,
+    /// One JSON object per check instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The secret is there and makes a client.
+    Credentials,
+    /// The CRM answers the credentials and lets them read the kind's object.
+    Access,
+    /// The contract's fields exist on the kind's object.
+    Fields,
+}
+
+/// One check's result, with the fix when it failed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub tenant: String,
+    pub crm: Crm,
+    pub check: Check,
+    pub kind: Option<ActivityKind>,
+    pub ok: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+pub fn run(args: TenantsArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        TenantsCmd::Check(args) => check(args),
+    }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let findings = rt.block_on(check_all(&args))?;
+    if args.json {
+        for f in &findings {
+            println!("{}", serde_json::to_string(f)?);
+        }
+    } else {
+        print!("{}", render(&findings));
+    }
+    if findings.iter().any(|f| !f.ok) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn check_all(args: &CheckArgs) -> anyhow::Result<Vec<Finding>> {
+    let tenants = Tenants::load(&args.common.tenants_config)?;
+    if let Some(t) = &args.tenant {
+        anyhow::ensure!(tenants.get(t).is_some(), "tenant {t:?} is not in {}", args.common.tenants_config.display());
+    }
+    let target = args.common.redis_target()?;
+    let conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {}: {e}", target.redacted()))?;
+    // A check should answer in seconds: a CRM that does not answer is reported, not waited for.
+    let opts = reconciler::Options { retry_limit: args.opts.retry_limit.min(Duration::from_secs(15)), ..args.opts.clone() };
+    let api = reconciler::api(conn, &args.common.redis_key_prefix, &opts)?;
+    let mut out = vec![];
+    for crm in [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] {
+        if !args.crms.is_empty() && !args.crms.contains(&crm) {
+            continue;
+        }
+        let connected: Vec<(String, &ResolvedTenant, &CrmConnection)> = tenants
+            .ids()
+            .into_iter()
+            .filter(|id| args.tenant.as_ref().is_none_or(|t| t == id))
+            .filter_map(|id| {
+                let t = tenants.get(&id)?;
+                t.crms.get(&crm).map(|c| (id.clone(), t, c))
+            })
+            .collect();
+        if connected.is_empty() {
+            continue;
+        }
+        let contracts = crm_connectors::contract::Contracts::load(&opts.contracts_dir, crm.as_str())?;
+        let found: Vec<Finding> = crm_connectors::with_connector!(crm, contracts, &opts.urls, opts.http_timeout, |c| {
+            let mut found = vec![];
+            for (id, t, conn) in &connected {
+                found.extend(check_connection(&c, &api, id, t, conn).await);
+            }
+            found
+        });
+        out.extend(found);
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "no CRM connection to check{} in {}",
+        args.tenant.as_ref().map(|t| format!(" for tenant {t:?}")).unwrap_or_default(),
+        args.common.tenants_config.display()
+    );
+    Ok(out)
+}
+
+/// The checks of one tenant's connection to the connector's CRM, in order; the first that
+/// fails ends those that depend on it (no access, no field check).
+async fn check_connection<C: Inspect>(
+    c: &C,
+    api: &crm_connectors::api::Api,
+    tenant: &str,
+    t: &ResolvedTenant,
+    conn: &CrmConnection,
+) -> Vec<Finding> {
+    let crm = c.crm();
+    let finding =
+        |check, kind, ok, detail: String, fix: Option<String>| Finding { tenant: tenant.to_string(), crm, check, kind, ok, detail, fix };
+    let secret = &conn.credentials_secret;
+    let client = match c.tenant(t, conn) {
+        Ok(client) => client,
+        Err(why) => {
+            let fix = format!(
+                "put the credentials in the secret {secret}: a file of that name in CRM_SYNC_SECRETS_DIR, or a variable (a token, or an OAuth client as JSON: README \"Configuration\")"
+            );
+            return vec![finding(Check::Credentials, None, false, why, Some(fix))];
+        }
+    };
+    let mut out = vec![finding(Check::Credentials, None, true, format!("secret {secret} read"), None)];
+    let mut kinds: Vec<ActivityKind> = conn.activities.iter().copied().filter(|k| c.kinds().contains(k)).collect();
+    kinds.sort();
+    for kind in kinds {
+        let contract = c.contract_of(kind);
+        let object = &contract.object;
+        let mut log = vec![];
+        match c.schema_fields(api, &client, kind, &mut log).await {
+            Err(f) => {
+                let fix = match f.reason {
+                    DlqReason::AuthFailed => format!(
+                        "{} refused the credentials in {secret}: issue a new token (or authorize the app again) and update the secret; running services read it again within a minute",
+                        crm.as_str()
+                    ),
+                    DlqReason::PermissionDenied => access_fix(crm, object),
+                    _ => format!("the {} did not answer as expected: check its URL and status, then run this again", crm.as_str()),
+                };
+                out.push(finding(Check::Access, Some(kind), false, f.detail, Some(fix)));
+                // Without access to one object the rest tell nothing new about the credentials.
+                if matches!(f.reason, DlqReason::AuthFailed) {
+                    break;
+                }
+                continue;
+            }
+            Ok(None) => {
+                out.push(finding(Check::Access, Some(kind), true, format!("{object} readable"), None));
+                let detail = match &contract.key_marker {
+                    Some(marker) => format!("no custom fields on {object}: the key rides in {} after {marker:?}", contract.key_field),
+                    None => format!("no custom fields on {object} to check"),
+                };
+                out.push(finding(Check::Fields, Some(kind), true, detail, None));
+            }
+            Ok(Some(schema)) => {
+                out.push(finding(Check::Access, Some(kind), true, format!("{object} readable ({} fields)", schema.len()), None));
+                let missing = reconciler::compare::missing_fields(contract, &schema);
+                if missing.is_empty() {
+                    let detail = format!(
+                        "key field {} and the {} other contract fields exist on {object}",
+                        contract.key_field,
+                        contract.fields.len() - 1
+                    );
+                    out.push(finding(Check::Fields, Some(kind), true, detail, None));
+                } else {
+                    let key_missing = missing.contains(&contract.key_field);
+                    let detail = format!("{object} has no field {}", missing.join(", "));
+                    let fix = if key_missing {
+                        format!(
+                            "create the key field {} on {object} ({}); nothing can be written for this tenant until it exists",
+                            contract.key_field,
+                            key_field_spec(crm)
+                        )
+                    } else {
+                        format!(
+                            "create the field{} on {object}, or remove them from the contract (contracts/{}*.toml)",
+                            if missing.len() > 1 { "s" } else { "" },
+                            crm.as_str()
+                        )
+                    };
+                    out.push(finding(Check::Fields, Some(kind), false, detail, Some(fix)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where a CRM grants what the writers need.
+fn access_fix(crm: Crm, object: &str) -> String {
+    match crm {
+        Crm::Hubspot => format!(
+            "give the private app (or the OAuth app's install) the scopes to read and write {object} and their properties: crm.objects.contacts.read and .write, and crm.schemas.contacts.read (Settings → Integrations → Private apps → Scopes)"
+        ),
+        Crm::Salesforce => format!(
+            "give the integration user API Enabled and Read/Create/Edit on {object} (its profile or a permission set), and field-level access to the contract's fields"
+        ),
+        Crm::Zoho => format!(
+            "authorize the client again with the scopes ZohoCRM.modules.ALL, ZohoCRM.settings.fields.READ and ZohoCRM.users.READ (the {object} module), and update the refresh token"
+        ),
+        Crm::Pipedrive | Crm::Unknown => {
+            format!("the token's user must be able to see and edit {object}: give them a permission set that does, or use an admin's token")
+        }
+    }
+}
+
+/// The key field as each CRM must have it (README, per-CRM parts).
+fn key_field_spec(crm: Crm) -> &'static str {
+    match crm {
+        Crm::Hubspot => {
+            "a single-line text property with unique values (hasUniqueValue: true), which HubSpot lets only new properties have"
+        }
+        Crm::Salesforce => "a Text(255) field marked External ID and Unique, on Activity, with field-level access for the integration user",
+        Crm::Zoho => "a single-line text field; mark it \"Do not allow duplicate values\" where the module allows it",
+        Crm::Pipedrive | Crm::Unknown => "a text field",
+    }
+}
+
+/// A line per check, failures with their fix under them, and a last line counting them.
+pub fn render(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let kind = f.kind.map_or("", |k| k.as_str());
+        let check = match f.check {
+            Check::Credentials => "credentials",
+            Check::Access => "access",
+            Check::Fields => "fields",
+        };
+        out += &format!(
+            "{:<12} {:<11} {:<12} {:<8} {:<4}  {}\n",
+            f.tenant,
+            f.crm.as_str(),
+            check,
+            kind,
+            if f.ok { "ok" } else { "FAIL" },
+            f.detail
+        );
+        if let Some(fix) = &f.fix {
+            out += &format!("{:>52}fix: {fix}\n", "");
+        }
+    }
+    let failed = findings.iter().filter(|f| !f.ok).count();
+    out += &if failed == 0 {
+        format!("all {} checks passed\n", findings.len())
+    } else {
+        format!("{failed} of {} checks failed\n", findings.len())
+    };
+    out
+}

@@ -1,0 +1,82 @@
+//! `crm-sync tenants check` as a new tenant's onboarding would run it, against crm-sim over
+//! HTTP and the machine's Redis: every connection of the four CRMs passes; a key field
+//! removed in the CRM, credentials the CRM refuses and a secret that is not there each fail
+//! with the fix to make; the exit status says whether all passed.
+
+use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::writer_suite::{Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use crm_sync_tests::{bin, repo_root, RedisPrefix, TempFile, MACHINE_REDIS};
+use serde_json::json;
+use std::process::Command;
+
+fn check(tenants: &TempFile, prefix: &RedisPrefix, secrets: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    let contracts = repo_root().join("contracts");
+    let out = Command::new(bin("crm-sync"))
+        .args([&["tenants", "check"], args].concat())
+        .env("TENANTS_CONFIG", tenants.path())
+        .env("CONTRACTS_DIR", &contracts)
+        .env("REDIS_URL", MACHINE_REDIS)
+        .env("REDIS_KEY_PREFIX", &prefix.0)
+        .env("CRM_SYNC_TOKEN_KEY", crm_dev::DEV_TOKEN_KEY)
+        .envs(secrets.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("crm-sync");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
+    let sim = CrmSim::start();
+    let prefix = RedisPrefix::new("tenants-check");
+    let cases: [(&Case, &str); 4] = [(&HUBSPOT, "hs"), (&SALESFORCE, "sf"), (&ZOHO, "zo"), (&PIPEDRIVE, "pd")];
+    let mut body = String::new();
+    let mut secrets = vec![];
+    for (case, t) in cases {
+        case.account(&sim, t, json!({}));
+        body += &std::fs::read_to_string(case.tenants(&sim, &[t], "").path()).unwrap();
+        secrets.push((case.secret(t), case.token(t)));
+    }
+    // Two more HubSpot tenants: one whose token the CRM does not know, one whose secret is not set.
+    HUBSPOT.account(&sim, "stale", json!({}));
+    body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["stale", "unset"], "").path()).unwrap();
+    secrets.push((HUBSPOT.secret("stale"), "pat-na1-revoked-long-ago".into()));
+    let tenants = TempFile::new("tenants.toml", &body);
+
+    // The four good connections: every check passes, exit 0.
+    let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", "hs"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(text.contains("hs           hubspot     fields       call     ok") && text.contains("key field crm_sync_key"), "{text}");
+    for t in ["sf", "zo", "pd"] {
+        let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", t]);
+        assert_eq!(code, 0, "{t}: {text}{err}");
+        assert!(text.contains("all ") && text.contains("checks passed") && !text.contains("FAIL"), "{text}");
+    }
+
+    // The key field removed in HubSpot: the field check fails and says what to create.
+    sim.admin("DELETE", "/accounts/hubspot/hs/fields/calls/crm_sync_key", None);
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--crm", "hubspot"]);
+    eprintln!("{text}");
+    assert_eq!(code, 1, "{text}");
+    let line = |tenant: &str, check: &str| {
+        text.lines().find(|l| l.starts_with(&format!("{tenant:<12} hubspot     {check}"))).unwrap_or("").to_string()
+    };
+    assert!(line("hs", "fields").contains("FAIL") && line("hs", "fields").contains("calls has no field crm_sync_key"), "{text}");
+    assert!(text.contains("fix: create the key field crm_sync_key on calls (a single-line text property with unique values"), "{text}");
+    // Credentials the CRM refuses: access fails, naming the secret to renew.
+    assert!(line("stale", "access").contains("FAIL"), "{text}");
+    assert!(text.contains(&format!("hubspot refused the credentials in {}", HUBSPOT.secret("stale"))), "{text}");
+    // A secret that is not set: said before anything is sent.
+    assert!(line("unset", "credentials").contains("FAIL"), "{text}");
+    assert!(text.contains(&format!("put the credentials in the secret {}", HUBSPOT.secret("unset"))), "{text}");
+    assert!(text.contains("checks failed"), "{text}");
+    assert!(!text.contains("pat-na1-revoked-long-ago") && !text.contains(&HUBSPOT.token("hs")), "no credential in the output: {text}");
+
+    // For scripts: one object per check.
+    let (code, json, _) = check(&tenants, &prefix, &secrets, &["--tenant", "hs", "--json"]);
+    assert_eq!(code, 1);
+    let found: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(found.iter().any(|f| f["check"] == "fields" && f["ok"] == false && f["kind"] == "CALL"), "{json}");
+    // A tenant that is not in the file is an error, not an empty pass.
+    let (code, _, err) = check(&tenants, &prefix, &secrets, &["--tenant", "nobody"]);
+    assert!(code != 0 && err.contains("\"nobody\" is not in"), "{err}");
+}
