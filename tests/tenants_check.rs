@@ -10,9 +10,13 @@ use serde_json::json;
 use std::process::Command;
 
 fn check(tenants: &TempFile, prefix: &RedisPrefix, secrets: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+    tenants_cmd("check", tenants, prefix, secrets, args)
+}
+
+fn tenants_cmd(cmd: &str, tenants: &TempFile, prefix: &RedisPrefix, secrets: &[(String, String)], args: &[&str]) -> (i32, String, String) {
     let contracts = repo_root().join("contracts");
     let out = Command::new(bin("crm-sync"))
-        .args([&["tenants", "check"], args].concat())
+        .args([&["tenants", cmd], args].concat())
         .env("TENANTS_CONFIG", tenants.path())
         .env("CONTRACTS_DIR", &contracts)
         .env("REDIS_URL", MACHINE_REDIS)
@@ -32,14 +36,18 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     let mut body = String::new();
     let mut secrets = vec![];
     for (case, t) in cases {
-        case.account(&sim, t, json!({}));
+        // hs's portal lets an app create properties on calls (unverified in HubSpot: off by default).
+        case.account(&sim, t, if t == "hs" { json!({"activity_property_create": true}) } else { json!({}) });
         body += &std::fs::read_to_string(case.tenants(&sim, &[t], "").path()).unwrap();
         secrets.push((case.secret(t), case.token(t)));
     }
-    // Two more HubSpot tenants: one whose token the CRM does not know, one whose secret is not set.
+    // More HubSpot tenants: one whose token the CRM does not know, one whose secret is not
+    // set, one whose portal refuses property creation on calls.
     HUBSPOT.account(&sim, "stale", json!({}));
-    body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["stale", "unset"], "").path()).unwrap();
+    HUBSPOT.account(&sim, "locked", json!({}));
+    body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["stale", "unset", "locked"], "").path()).unwrap();
     secrets.push((HUBSPOT.secret("stale"), "pat-na1-revoked-long-ago".into()));
+    secrets.push((HUBSPOT.secret("locked"), HUBSPOT.token("locked")));
     let tenants = TempFile::new("tenants.toml", &body);
 
     // The four good connections: every check passes, exit 0.
@@ -55,13 +63,15 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     // The key field removed in HubSpot: the field check fails and says what to create.
     sim.admin("DELETE", "/accounts/hubspot/hs/fields/calls/crm_sync_key", None);
     let (code, text, _) = check(&tenants, &prefix, &secrets, &["--crm", "hubspot"]);
-    eprintln!("{text}");
     assert_eq!(code, 1, "{text}");
     let line = |tenant: &str, check: &str| {
         text.lines().find(|l| l.starts_with(&format!("{tenant:<12} hubspot     {check}"))).unwrap_or("").to_string()
     };
     assert!(line("hs", "fields").contains("FAIL") && line("hs", "fields").contains("calls has no field crm_sync_key"), "{text}");
-    assert!(text.contains("fix: create the key field crm_sync_key on calls (a single-line text property with unique values"), "{text}");
+    assert!(
+        text.contains("fix: create the key field crm_sync_key on calls: crm-sync tenants provision --tenant hs --crm hubspot"),
+        "{text}"
+    );
     // Credentials the CRM refuses: access fails, naming the secret to renew.
     assert!(line("stale", "access").contains("FAIL"), "{text}");
     assert!(text.contains(&format!("hubspot refused the credentials in {}", HUBSPOT.secret("stale"))), "{text}");
@@ -79,4 +89,32 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     // A tenant that is not in the file is an error, not an empty pass.
     let (code, _, err) = check(&tenants, &prefix, &secrets, &["--tenant", "nobody"]);
     assert!(code != 0 && err.contains("\"nobody\" is not in"), "{err}");
+
+    // Provision: a dry run says what it would send and sends no write.
+    let provision = |args: &[&str]| tenants_cmd("provision", &tenants, &prefix, &secrets, args);
+    let (code, text, err) = provision(&["--tenant", "hs", "--crm", "hubspot", "--dry-run"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.contains("would create calls.crm_sync_key: POST /crm/v3/properties/calls") && text.contains("\"hasUniqueValue\":true"),
+        "{text}"
+    );
+    assert!(sim.state("hubspot", "hs")["schema"]["calls"].get("crm_sync_key").is_none(), "a dry run creates nothing");
+    // For real: created in a group of its own, read back; HubSpot does not enforce unique
+    // values on calls here, and says so.
+    let (code, text, err) = provision(&["--tenant", "hs", "--crm", "hubspot"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(text.contains("created calls.crm_sync_key, but HubSpot does not enforce unique values on calls"), "{text}");
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "hs"]);
+    assert_eq!(code, 0, "the check passes once the field exists: {text}");
+    let (code, text, _) = provision(&["--tenant", "hs", "--crm", "hubspot"]);
+    assert!(code == 0 && text.contains("calls.crm_sync_key exists already"), "a second run changes nothing: {text}");
+    // A portal that refuses: said, with how to make it by hand, exit 1.
+    sim.admin("DELETE", "/accounts/hubspot/locked/fields/calls/crm_sync_key", None);
+    let (code, text, _) = provision(&["--tenant", "locked", "--crm", "hubspot"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("hubspot refused to create calls.crm_sync_key") && text.contains("MISSING_SCOPES"), "{text}");
+    assert!(text.contains("fix: create crm_sync_key on calls by hand (a single-line text property with unique values"), "{text}");
+    // Pipedrive's activities have no custom fields: nothing to create.
+    let (code, text, _) = provision(&["--tenant", "pd", "--crm", "pipedrive"]);
+    assert!(code == 0 && text.contains("nothing to create"), "{text}");
 }

@@ -172,14 +172,15 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
     for v in [&mut by_phone, &mut by_agent, &mut by_day] {
         v.sort();
     }
-    // End to end: one call named as the normaliser names it, found by its number.
+    // End to end: one call named as the normaliser names it, found by its number (call c7's
+    // first audit row is tenant t70's: the loaded rows spread a call's rows over tenants).
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     let lookups = crm_common::lookups::Lookups::new(b"0123456789abcdef0123456789abcdef");
-    let real = lookups.name("t7", crm_common::lookups::Lookup::Phone("+14155550107"));
+    let real = lookups.name("t70", crm_common::lookups::Lookup::Phone("+14155550107"));
     store
         .client()
         .execute(
-            "INSERT INTO audit_lookup (name, tenant_id, activity_at, activity_id, kind, occurred_at) VALUES ($1, 't7', $2, 'c7', 'call', $2)",
+            "INSERT INTO audit_lookup (name, tenant_id, activity_at, activity_id, kind, occurred_at) VALUES ($1, 't70', $2, 'c7', 'call', $2)",
             &[&real, &audit_store::ts(base_ms + 7_000)],
         )
         .await?;
@@ -187,13 +188,14 @@ async fn phases(rows: usize, sink_records: usize, url: &str) -> anyhow::Result<(
     for _ in 0..5 {
         let t = Instant::now();
         let out = Command::new(&cli)
-            .args(["trace", "--tenant", "t7", "--phone", "+1 415 555 0107"])
+            .args(["trace", "--tenant", "t70", "--phone", "+1 415 555 0107"])
             .env("DATABASE_URL", url)
             .env("CRM_SYNC_TOKEN_KEY", KEY)
             .output()?;
         anyhow::ensure!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Call c7"),
-            "crm-sync trace --phone failed: {}",
+            "crm-sync trace --phone failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         find_cli.push(t.elapsed());

@@ -458,6 +458,35 @@ pub trait Inspect: Connector {
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<(), Failure>> + Send;
 
+    /// Creates `kind`'s key field (the contract's `key_field`) on its object through the
+    /// CRM's API, as the CRM's README part says the field must be, and reads it back
+    /// (`crm-sync tenants provision`). The default: this CRM's fields are not made by an app
+    /// here, and [`Provisioned::ByHand`] says how to make it.
+    fn provision_key_field(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<Provisioned, Failure>> + Send {
+        let _ = (api, t, log);
+        let c = self.contract_of(kind);
+        std::future::ready(Ok(Provisioned::ByHand(format!(
+            "crm-sync does not create {}'s fields through its API yet: create {} on {} by hand ({})",
+            self.crm().as_str(),
+            c.key_field,
+            c.object,
+            key_field_spec(self.crm())
+        ))))
+    }
+
+    /// What [`Inspect::provision_key_field`] would send, for `--dry-run`: method, path and
+    /// body; None where nothing is sent.
+    fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
+        let _ = kind;
+        None
+    }
+
     /// The fields the CRM's schema has on `kind`'s object (the check that a custom field
     /// was not removed); None for a CRM whose object has no custom fields to check.
     fn schema_fields(
@@ -467,6 +496,28 @@ pub trait Inspect: Connector {
         kind: ActivityKind,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
+}
+
+/// What `provision_key_field` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// Made; `unique` is whether the CRM says it refuses a second record with one value
+    /// (where it does not, the claims store alone keeps writes single).
+    Created { unique: bool, detail: String },
+    /// Not made by an app here: what to do by hand.
+    ByHand(String),
+}
+
+/// The key field as each CRM must have it (README, per-CRM parts).
+pub fn key_field_spec(crm: Crm) -> &'static str {
+    match crm {
+        Crm::Hubspot => {
+            "a single-line text property with unique values (hasUniqueValue: true), which HubSpot lets only new properties have"
+        }
+        Crm::Salesforce => "a Text(255) field marked External ID and Unique, on Activity, with field-level access for the integration user",
+        Crm::Zoho => "a single-line text field; mark it \"Do not allow duplicate values\" where the module allows it",
+        Crm::Pipedrive | Crm::Unknown => "a text field",
+    }
 }
 
 /// Creates through a CRM that enforces no key of ours (Zoho, Pipedrive), where sending

@@ -68,6 +68,9 @@ pub struct NewAccount {
     /// HubSpot: enforce unique properties on activity objects (default false: unverified).
     #[serde(default)]
     pub enforce_activity_unique: bool,
+    /// HubSpot: allow creating properties on activity objects (default false: unverified).
+    #[serde(default)]
+    pub activity_property_create: bool,
     pub key_field: Option<KeyField>,
     /// More objects carrying a key (an account that takes emails and meetings too).
     #[serde(default)]
@@ -125,6 +128,7 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
     acct.tz_offset_min = req.tz_offset_min;
     acct.search_lag_ms = req.search_lag_ms.unwrap_or(default_lag(crm));
     acct.enforce_activity_unique = req.enforce_activity_unique;
+    acct.activity_property_create = req.activity_property_create;
     acct.key_fields = req.key_field.into_iter().chain(req.key_fields).collect();
     acct.ensure_indexes();
     acct.owner_id = match crm {

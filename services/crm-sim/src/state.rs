@@ -187,7 +187,7 @@ pub enum FieldType {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldDef {
     #[serde(rename = "type", default)]
@@ -287,6 +287,13 @@ pub struct Account {
     /// HubSpot: whether a unique property on an activity object (calls, emails, meetings)
     /// refuses duplicates. Unverified and doubtful, so off unless an account turns it on.
     pub enforce_activity_unique: bool,
+    /// HubSpot: whether properties can be created on activity objects through the API.
+    /// Unverified (the create operation lists no schema scope for them), so refused unless
+    /// an account allows it.
+    pub activity_property_create: bool,
+    /// HubSpot: property groups made through the API, per object (besides each object's
+    /// default `<object>information`).
+    pub property_groups: BTreeMap<String, BTreeSet<String>>,
     pub tz_offset_min: i32,
     pub owner_id: String,
     pub seq: u64,
@@ -512,6 +519,8 @@ pub fn new_account(
         key_fields: vec![],
         search_lag_ms: 0,
         enforce_activity_unique: false,
+        activity_property_create: false,
+        property_groups: BTreeMap::new(),
         tz_offset_min: 0,
         owner_id: String::new(),
         seq: 0,

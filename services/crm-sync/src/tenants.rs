@@ -22,6 +22,23 @@ pub struct TenantsArgs {
 enum TenantsCmd {
     /// Whether each tenant's CRM connections will work: credentials, access, fields.
     Check(CheckArgs),
+    /// Create what the contracts need in a tenant's CRM where its API allows: the key field.
+    Provision(ProvisionArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    opts: reconciler::Options,
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    crm: Crm,
+    /// Say what would be created, and the requests, without sending any write.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +68,8 @@ pub enum Check {
     Access,
     /// The contract's fields exist on the kind's object.
     Fields,
+    /// The key field created (`provision`).
+    Provision,
 }
 
 /// One check's result, with the fix when it failed.
@@ -68,7 +87,129 @@ pub struct Finding {
 pub fn run(args: TenantsArgs) -> anyhow::Result<()> {
     match args.cmd {
         TenantsCmd::Check(args) => check(args),
+        TenantsCmd::Provision(args) => provision(args),
     }
+}
+
+fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let findings = rt.block_on(async {
+        let tenants = Tenants::load(&args.common.tenants_config)?;
+        let Some(t) = tenants.get(&args.tenant) else {
+            anyhow::bail!("tenant {:?} is not in {}", args.tenant, args.common.tenants_config.display())
+        };
+        let Some(conn) = t.crms.get(&args.crm) else {
+            anyhow::bail!("tenant {:?} has no {} connection in {}", args.tenant, args.crm.as_str(), args.common.tenants_config.display())
+        };
+        let api = check_api(&args.common, &args.opts)?;
+        let contracts = crm_connectors::contract::Contracts::load(&args.opts.contracts_dir, args.crm.as_str())?;
+        let found: Vec<Finding> = crm_connectors::with_connector!(args.crm, contracts, &args.opts.urls, args.opts.http_timeout, |c| {
+            provision_connection(&c, &api, &args.tenant, t, conn, args.dry_run).await
+        });
+        Ok(found)
+    })?;
+    print!("{}", render(&findings));
+    if findings.iter().any(|f| !f.ok) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The client `check` and `provision` send through: the writers' buckets and token store,
+/// a reconciler's share of each limit, and a short retry limit (a CRM that does not answer
+/// is reported, not waited for).
+fn check_api(common: &CommonArgs, opts: &reconciler::Options) -> anyhow::Result<crm_connectors::api::Api> {
+    let target = common.redis_target()?;
+    let conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {}: {e}", target.redacted()))?;
+    let opts = reconciler::Options { retry_limit: opts.retry_limit.min(Duration::from_secs(15)), ..opts.clone() };
+    reconciler::api(conn, &common.redis_key_prefix, &opts)
+}
+
+/// For each kind the connection takes: the key field is there already, or is created (or,
+/// with `dry_run`, what would be sent), or why it cannot be and how to make it by hand.
+async fn provision_connection<C: Inspect>(
+    c: &C,
+    api: &crm_connectors::api::Api,
+    tenant: &str,
+    t: &ResolvedTenant,
+    conn: &CrmConnection,
+    dry_run: bool,
+) -> Vec<Finding> {
+    use crm_connectors::connector::Provisioned;
+    let crm = c.crm();
+    let finding = |kind, ok, detail: String, fix: Option<String>| Finding {
+        tenant: tenant.to_string(),
+        crm,
+        check: Check::Provision,
+        kind: Some(kind),
+        ok,
+        detail,
+        fix,
+    };
+    let client = match c.tenant(t, conn) {
+        Ok(client) => client,
+        Err(why) => {
+            let fix = format!("put the credentials in the secret {} (crm-sync tenants check says more)", conn.credentials_secret);
+            return vec![Finding {
+                tenant: tenant.to_string(),
+                crm,
+                check: Check::Credentials,
+                kind: None,
+                ok: false,
+                detail: why,
+                fix: Some(fix),
+            }];
+        }
+    };
+    let mut kinds: Vec<ActivityKind> = conn.activities.iter().copied().filter(|k| c.kinds().contains(k)).collect();
+    kinds.sort();
+    let mut out = vec![];
+    for kind in kinds {
+        let contract = c.contract_of(kind);
+        let (object, key) = (&contract.object, &contract.key_field);
+        let mut log = vec![];
+        let fields = match c.schema_fields(api, &client, kind, &mut log).await {
+            Ok(f) => f,
+            Err(f) => {
+                out.push(finding(kind, false, f.detail, Some("crm-sync tenants check says what to fix first".into())));
+                continue;
+            }
+        };
+        match fields {
+            None => {
+                out.push(finding(kind, true, format!("nothing to create: {object} has no custom fields (the key rides in {key})"), None))
+            }
+            Some(f) if f.contains(key) => out.push(finding(kind, true, format!("{object}.{key} exists already"), None)),
+            Some(_) if dry_run => {
+                let detail = match c.provision_request(kind) {
+                    Some(r) => format!(
+                        "would create {object}.{key}: {} {} {}",
+                        r.method,
+                        r.path,
+                        r.body.as_deref().map(String::from_utf8_lossy).unwrap_or_default()
+                    ),
+                    None => format!("{object}.{key} is missing and is not created through {}'s API here", crm.as_str()),
+                };
+                out.push(finding(kind, true, detail, None));
+            }
+            Some(_) => match c.provision_key_field(api, &client, kind, &mut log).await {
+                Ok(Provisioned::Created { unique, detail }) => {
+                    let fix =
+                        (!unique).then(|| "nothing to do: writes stay single through the claims store (README, Exactly once)".to_string());
+                    out.push(finding(kind, true, detail, fix));
+                }
+                Ok(Provisioned::ByHand(how)) => out.push(finding(kind, false, format!("{object}.{key} is missing"), Some(how))),
+                Err(f) => {
+                    let how = format!(
+                        "create {key} on {object} by hand ({}), then run crm-sync tenants check",
+                        crm_connectors::connector::key_field_spec(crm)
+                    );
+                    out.push(finding(kind, false, format!("{} refused to create {object}.{key}: {}", crm.as_str(), f.detail), Some(how)));
+                }
+            },
+        }
+    }
+    out
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -92,11 +233,8 @@ async fn check_all(args: &CheckArgs) -> anyhow::Result<Vec<Finding>> {
     if let Some(t) = &args.tenant {
         anyhow::ensure!(tenants.get(t).is_some(), "tenant {t:?} is not in {}", args.common.tenants_config.display());
     }
-    let target = args.common.redis_target()?;
-    let conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {}: {e}", target.redacted()))?;
-    // A check should answer in seconds: a CRM that does not answer is reported, not waited for.
-    let opts = reconciler::Options { retry_limit: args.opts.retry_limit.min(Duration::from_secs(15)), ..args.opts.clone() };
-    let api = reconciler::api(conn, &args.common.redis_key_prefix, &opts)?;
+    let api = check_api(&args.common, &args.opts)?;
+    let opts = &args.opts;
     let mut out = vec![];
     for crm in [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] {
         if !args.crms.is_empty() && !args.crms.contains(&crm) {
@@ -202,9 +340,10 @@ async fn check_connection<C: Inspect>(
                     let detail = format!("{object} has no field {}", missing.join(", "));
                     let fix = if key_missing {
                         format!(
-                            "create the key field {} on {object} ({}); nothing can be written for this tenant until it exists",
+                            "create the key field {} on {object}: crm-sync tenants provision --tenant {tenant} --crm {} does it where the CRM's API allows, else by hand ({}); nothing can be written for this tenant until it exists",
                             contract.key_field,
-                            key_field_spec(crm)
+                            crm.as_str(),
+                            crm_connectors::connector::key_field_spec(crm)
                         )
                     } else {
                         format!(
@@ -239,18 +378,6 @@ fn access_fix(crm: Crm, object: &str) -> String {
     }
 }
 
-/// The key field as each CRM must have it (README, per-CRM parts).
-fn key_field_spec(crm: Crm) -> &'static str {
-    match crm {
-        Crm::Hubspot => {
-            "a single-line text property with unique values (hasUniqueValue: true), which HubSpot lets only new properties have"
-        }
-        Crm::Salesforce => "a Text(255) field marked External ID and Unique, on Activity, with field-level access for the integration user",
-        Crm::Zoho => "a single-line text field; mark it \"Do not allow duplicate values\" where the module allows it",
-        Crm::Pipedrive | Crm::Unknown => "a text field",
-    }
-}
-
 /// A line per check, failures with their fix under them, and a last line counting them.
 pub fn render(findings: &[Finding]) -> String {
     let mut out = String::new();
@@ -260,6 +387,7 @@ pub fn render(findings: &[Finding]) -> String {
             Check::Credentials => "credentials",
             Check::Access => "access",
             Check::Fields => "fields",
+            Check::Provision => "provision",
         };
         out += &format!(
             "{:<12} {:<11} {:<12} {:<8} {:<4}  {}\n",

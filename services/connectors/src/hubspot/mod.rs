@@ -19,8 +19,8 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, ReadBeforeResend,
-    TenantOf, Wanted,
+    create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, Provisioned,
+    ReadBeforeResend, TenantOf, Wanted,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
@@ -31,6 +31,9 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use wire::{Batch, ErrorBody, Object, Page, Property};
+
+/// The property group crm-sync's properties are made in (`crm-sync tenants provision`).
+const PROPERTY_GROUP: &str = "crm_sync";
 
 /// HubSpot's default association types to a contact (HUBSPOT_DEFINED; CRM-APIS §1,
 /// CRM-APIS-ACTIVITIES §1.1, §2.1): call 194, email 198, meeting 200.
@@ -637,6 +640,58 @@ impl Inspect for Hubspot {
             }
         }
         Ok(out)
+    }
+
+    /// The key property, in a property group of crm-sync's own (HubSpot advises an
+    /// integration to group what it creates), with unique values. Whether HubSpot lets an app
+    /// create properties on activity objects, and with which scope, is not documented
+    /// (CRM-APIS-ACTIVITIES §6.1): a refusal comes back as PERMISSION_DENIED and the caller
+    /// says how to make it by hand. Read back: `hasUniqueValue` says whether HubSpot will
+    /// refuse a second record with one key.
+    async fn provision_key_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Provisioned, Failure> {
+        let object = self.object_of(kind);
+        let group = Request::new(Method::POST, format!("/crm/v3/properties/{object}/groups"), RequestClass::Schema)
+            .body(json!({"name": PROPERTY_GROUP, "label": "crm-sync"}));
+        match t.fetch::<Value>(api, &group, log).await {
+            Ok(_) => {}
+            // Made for another kind's property, or by an earlier run.
+            Err(f) if f.status == Some(409) => {}
+            Err(f) => return Err(f),
+        }
+        let create = self.provision_request(kind).expect("HubSpot provisions");
+        let _: Property = t.fetch(api, &create, log).await?;
+        let name = self.key_field_of(kind);
+        let read = Request::get(format!("/crm/v3/properties/{object}/{name}"), RequestClass::Schema);
+        let made: Property = t.fetch(api, &read, log).await?;
+        let detail = if made.has_unique_value {
+            format!("created {object}.{name}, unique: HubSpot refuses a second record with one key")
+        } else {
+            format!(
+                "created {object}.{name}, but HubSpot does not enforce unique values on {object} for this portal: the claims store alone keeps writes single"
+            )
+        };
+        Ok(Provisioned::Created { unique: made.has_unique_value, detail })
+    }
+
+    fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
+        let object = self.object_of(kind);
+        let body = json!({
+            "name": self.key_field_of(kind),
+            "label": "crm-sync key",
+            "description": "Set by crm-sync: the activity's idempotency key (tenant, source id, CRM). Do not edit.",
+            "type": "string",
+            "fieldType": "text",
+            "groupName": PROPERTY_GROUP,
+            "hasUniqueValue": true,
+            "formField": false,
+        });
+        Some(Request::new(Method::POST, format!("/crm/v3/properties/{object}"), RequestClass::Schema).body(body))
     }
 
     async fn schema_fields(

@@ -140,6 +140,9 @@ pub struct ErrorContext {
 #[derive(Debug, Deserialize)]
 pub struct Property {
     pub name: String,
+    /// Whether HubSpot refuses a second record with one value.
+    #[serde(default, rename = "hasUniqueValue")]
+    pub has_unique_value: bool,
 }
 
 #[cfg(test)]

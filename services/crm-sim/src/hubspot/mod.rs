@@ -169,7 +169,7 @@ impl CrmApi for HubSpot {
             return Class::Search;
         }
         if route.contains("/properties/") {
-            return Class::Meta;
+            return if *method == Method::POST { Class::Create } else { Class::Meta };
         }
         if route.contains("/batch/") {
             return match path.rsplit('/').next() {
@@ -188,6 +188,11 @@ impl CrmApi for HubSpot {
     fn permission(class: Class, route: &str, _path: &str) -> Option<&'static str> {
         if route.contains("/crm/v3/owners") {
             return Some("crm.objects.owners.read");
+        }
+        // Creating a property is a schema write: contacts' scope is the nearest HubSpot
+        // documents (activity objects list none; see `create_property`).
+        if route.contains("/crm/v3/properties/") && class == Class::Create {
+            return Some("crm.schemas.contacts.write");
         }
         // The calls endpoints are gated on the contacts scopes (CRM-APIS §1.1).
         match class {
@@ -238,7 +243,8 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/crm/v4/associations/{from}/{to}/batch/read", post(objects::associations_batch_read))
         .route("/crm/v3/owners", get(owners::list))
         .route("/crm/v3/owners/", get(owners::list))
-        .route("/crm/v3/properties/{object}", get(objects::properties))
+        .route("/crm/v3/properties/{object}", get(objects::properties).post(objects::create_property))
+        .route("/crm/v3/properties/{object}/groups", get(objects::property_groups).post(objects::create_property_group))
         .route("/crm/v3/properties/{object}/{name}", get(objects::property))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<HubSpot>));
     let oauth = Router::new().route("/oauth/v1/token", post(oauth::token)).route("/oauth/v1/access-tokens/{token}", get(oauth::introspect));
