@@ -71,6 +71,9 @@ pub struct NewAccount {
     /// HubSpot: allow creating properties on activity objects (default false: unverified).
     #[serde(default)]
     pub activity_property_create: bool,
+    /// Zoho: accept unique fields on Calls, Tasks and Events (default false: unverified).
+    #[serde(default)]
+    pub activity_unique_fields: bool,
     pub key_field: Option<KeyField>,
     /// More objects carrying a key (an account that takes emails and meetings too).
     #[serde(default)]
@@ -129,6 +132,7 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
     acct.search_lag_ms = req.search_lag_ms.unwrap_or(default_lag(crm));
     acct.enforce_activity_unique = req.enforce_activity_unique;
     acct.activity_property_create = req.activity_property_create;
+    acct.activity_unique_fields = req.activity_unique_fields;
     acct.key_fields = req.key_field.into_iter().chain(req.key_fields).collect();
     acct.ensure_indexes();
     acct.owner_id = match crm {

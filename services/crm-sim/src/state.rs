@@ -294,6 +294,9 @@ pub struct Account {
     /// HubSpot: property groups made through the API, per object (besides each object's
     /// default `<object>information`).
     pub property_groups: BTreeMap<String, BTreeSet<String>>,
+    /// Zoho: whether "Do not allow duplicate values" is accepted on Calls, Tasks and Events.
+    /// Unverified (CRM-APIS-ACTIVITIES §6.3), so refused unless an account accepts it.
+    pub activity_unique_fields: bool,
     pub tz_offset_min: i32,
     pub owner_id: String,
     pub seq: u64,
@@ -521,6 +524,7 @@ pub fn new_account(
         enforce_activity_unique: false,
         activity_property_create: false,
         property_groups: BTreeMap::new(),
+        activity_unique_fields: false,
         tz_offset_min: 0,
         owner_id: String::new(),
         seq: 0,

@@ -26,6 +26,7 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
+use crate::connector::Provisioned;
 use crate::connector::{
     create_reading_before_resending, missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live,
     ReadBeforeResend, TenantOf, Wanted,
@@ -777,6 +778,68 @@ impl Inspect for Zoho {
 
     fn written_relations(&self, company: Option<&str>, deal: Option<&str>) -> BTreeSet<String> {
         deal.or(company).map(str::to_string).into_iter().collect()
+    }
+
+    /// The key field, a single-line text field named after the contract's `key_field`
+    /// (Zoho makes the API name from the label), asked for with "Do not allow duplicate
+    /// values". Whether Zoho accepts that on Calls and Events is not known
+    /// (CRM-APIS-ACTIVITIES §6.3): refused, the field is made without it, and the writes stay
+    /// single through the claims and the read-back before any resend, as for every Zoho create.
+    async fn provision_key_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Provisioned, Failure> {
+        let module = self.module(kind);
+        let name = self.contract_of(kind).key_field.clone();
+        let create = self.provision_request(kind).expect("Zoho provisions");
+        let refused_unique = match t.fetch::<wire::FieldsCreated>(api, &create, log).await {
+            Ok(answer) => match answer.fields.first() {
+                Some(f) if f.status == "success" => false,
+                Some(f) => {
+                    return Err(Failure::new(
+                        DlqReason::Validation,
+                        format!("Zoho did not create {module}.{name}: {} {}", f.code, f.message),
+                    ))
+                }
+                None => {
+                    return Err(Failure::new(DlqReason::Validation, format!("Zoho's answer to creating {module}.{name} names no field")))
+                }
+            },
+            Err(f) if f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains("\"unique\"")) => true,
+            Err(f) => return Err(f),
+        };
+        if refused_unique {
+            let plain = Request::new(Method::POST, format!("{API}/settings/fields?module={module}"), RequestClass::Schema)
+                .body(json!({"fields": [{"field_label": name.replace('_', " "), "data_type": "text", "length": 255}]}));
+            let answer: wire::FieldsCreated = t.fetch(api, &plain, log).await?;
+            if let Some(f) = answer.fields.first().filter(|f| f.status != "success") {
+                return Err(Failure::new(DlqReason::Validation, format!("Zoho did not create {module}.{name}: {} {}", f.code, f.message)));
+            }
+        }
+        let read = Request::get(format!("{API}/settings/fields?module={module}"), RequestClass::Schema);
+        let fields: Fields = t.fetch(api, &read, log).await?;
+        let Some(made) = fields.fields.into_iter().find(|f| f.api_name == name) else {
+            return Err(Failure::new(
+                DlqReason::Validation,
+                format!("Zoho created the field but named it otherwise than {name}: set the contract's key_field to its API name"),
+            ));
+        };
+        let unique = made.unique.is_some_and(|u| !u.is_null());
+        let detail = if unique {
+            format!("created {module}.{name}, with no duplicate values allowed")
+        } else {
+            format!("created {module}.{name}; Zoho refused \"no duplicate values\" on {module}: the claims and the read-back before any resend keep writes single")
+        };
+        Ok(Provisioned::Created { unique, detail })
+    }
+
+    fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
+        let label = self.contract_of(kind).key_field.replace('_', " ");
+        let body = json!({"fields": [{"field_label": label, "data_type": "text", "length": 255, "unique": {"casesensitive": "false"}}]});
+        Some(Request::new(Method::POST, format!("{API}/settings/fields?module={}", self.module(kind)), RequestClass::Schema).body(body))
     }
 
     async fn schema_fields(

@@ -198,6 +198,26 @@ pub struct Fields {
 #[derive(Debug, Deserialize)]
 pub struct Field {
     pub api_name: String,
+    /// "Do not allow duplicate values": an object when set, null when not.
+    #[serde(default)]
+    pub unique: Option<serde_json::Value>,
+}
+
+/// The answer to a fields create: one status per field asked for.
+#[derive(Debug, Deserialize)]
+pub struct FieldsCreated {
+    #[serde(default)]
+    pub fields: Vec<FieldCreated>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FieldCreated {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ impl CrmApi for Zoho {
             return Class::Search;
         }
         if route.contains("/settings/") {
-            return Class::Meta;
+            return if *method == Method::POST { Class::Create } else { Class::Meta };
         }
         if route.ends_with("/coql") || route.ends_with("/deleted") || (*method == Method::GET && route.ends_with("{module}")) {
             return Class::List;
@@ -168,6 +168,10 @@ impl CrmApi for Zoho {
     fn permission(class: Class, route: &str, path: &str) -> Option<&'static str> {
         if route.ends_with("/users") {
             return Some("users.READ");
+        }
+        // Creating a field: the ZohoCRM.settings.fields.CREATE scope (CRM-APIS-ACTIVITIES §6.3).
+        if route.contains("/settings/fields") && class == Class::Create {
+            return Some("settings.fields.CREATE");
         }
         // associate_email needs the emails scope besides the record's module (the v8 page).
         if path.contains("associate_email") || path.ends_with("/Emails") || path.contains("email_available") {
@@ -223,7 +227,7 @@ pub fn router(sim: SharedSim) -> Router {
     let api = Router::new()
         .route(&format!("{v}/coql"), post(records::coql))
         .route(&format!("{v}/users"), get(users::list))
-        .route(&format!("{v}/settings/fields"), get(records::fields))
+        .route(&format!("{v}/settings/fields"), get(records::fields).post(records::create_fields))
         .route(&format!("{v}/{{module}}"), post(records::insert).put(records::update_many).delete(records::delete_many).get(records::list))
         .route(&format!("{v}/{{module}}/search"), get(records::search))
         .route(&format!("{v}/{{module}}/deleted"), get(records::deleted))

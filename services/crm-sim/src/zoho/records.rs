@@ -985,6 +985,65 @@ pub async fn coql(
     })
 }
 
+/// `POST /crm/{v}/settings/fields?module=M`: custom fields, at most five per call, each
+/// answered on its own (CRM-APIS-ACTIVITIES §6.3). The API name is the label with spaces as
+/// underscores; a name taken is DUPLICATE_DATA. `unique` ("Do not allow duplicate values")
+/// on Calls and Events is refused with INVALID_DATA unless the account accepts it
+/// (`activity_unique_fields`: unverified, so refused by default).
+pub async fn create_fields(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(module) = q.get("module") else {
+        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "module"}));
+    };
+    let module = match check(&version, module) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return errors::error(400, "INVALID_DATA", "body is not JSON", json!({}));
+    };
+    let asked: Vec<Value> = body.get("fields").and_then(Value::as_array).cloned().unwrap_or_default();
+    if asked.is_empty() || asked.len() > 5 {
+        return errors::error(400, "INVALID_DATA", "between one and five fields per call", json!({"api_name": "fields"}));
+    }
+    sim.with(&caller, |acct, _| {
+        let mut answers = vec![];
+        for f in &asked {
+            let label = f.get("field_label").and_then(Value::as_str).unwrap_or("").trim();
+            let data_type = f.get("data_type").and_then(Value::as_str).unwrap_or("");
+            let error = |code: &str, message: &str, api_name: &str| {
+                json!({"code": code, "details": {"api_name": api_name}, "message": message, "status": "error"})
+            };
+            if label.is_empty() || data_type != "text" {
+                answers.push(error("INVALID_DATA", "field_label and data_type text are required here", "field_label"));
+                continue;
+            }
+            let unique = f.get("unique").is_some_and(|u| !u.is_null());
+            if unique && matches!(module, "Calls" | "Events") && !acct.activity_unique_fields {
+                answers.push(error("INVALID_DATA", "unique is not supported for this module", "unique"));
+                continue;
+            }
+            let api_name = label.replace(' ', "_");
+            if acct.fields(module).is_some_and(|fs| fs.contains_key(&api_name)) {
+                answers.push(error("DUPLICATE_DATA", "the field label already exists", "field_label"));
+                continue;
+            }
+            let def = crate::state::FieldDef { kind: FieldType::Text, unique, custom: true, ..Default::default() };
+            acct.schema.entry(module.to_string()).or_default().insert(api_name.clone(), def);
+            acct.ensure_indexes();
+            answers.push(json!({"code": "SUCCESS", "details": {"id": format!("{}", 5_725_767_000_000_000u64 + acct.seq), "api_name": api_name}, "message": "field created", "status": "success"}));
+            acct.seq += 1;
+        }
+        let all_failed = answers.iter().all(|a| a["status"] == "error");
+        json(if all_failed { 400 } else { 201 }, json!({"fields": answers}))
+    })
+}
+
 pub async fn fields(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
@@ -1017,7 +1076,7 @@ pub async fn fields(
                 };
                 let values: Vec<Value> = d.options.iter().map(|o| json!({"display_value": o, "actual_value": o})).collect();
                 json!({"api_name": n, "field_label": n.replace('_', " "), "data_type": ty, "custom_field": d.custom, "read_only": d.read_only,
-                       "system_mandatory": d.required, "unique": {"casesensitive": if d.unique { "false" } else { "" }}, "pick_list_values": values})
+                       "system_mandatory": d.required, "unique": if d.unique { json!({"casesensitive": "false"}) } else { Value::Null }, "pick_list_values": values})
             })
             .collect();
         json(200, json!({"fields": fields}))
