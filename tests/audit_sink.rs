@@ -396,14 +396,21 @@ fn support_finds_activities_by_number_address_agent_and_time() {
     let c1 = fixtures::raw_call("acme", "c1", 0); // (415) 555-2671 calls agent-1
     let c2 = CallEvent { from_number: "+1 212-555-0100".into(), agent_id: "agent-2".into(), ..fixtures::raw_call("acme", "c2", 60) };
     let c3 = fixtures::raw_call("globex", "c3", 0); // the same number, another tenant
+                                                    // Refused by the normaliser (a region hint that is no region), and still found.
+    let c4 = CallEvent {
+        from_number: "+1 415-555-0123".into(),
+        region_hint: Some("XX".into()),
+        agent_id: "agent-9".into(),
+        ..fixtures::raw_call("acme", "c4", 10)
+    };
     let email = fixtures::raw_email("acme", "m1", 30); // to jane.doe@customer.example, by rep@acme.example
     let meeting = fixtures::raw_meeting("acme", "e1", 120); // jane.doe@customer.example, dial-in +1 650-253-0000
-    let calls: Vec<_> = [c1, c2, c3].iter().map(|c| (c.tenant_id.clone(), codec::encode(c).unwrap(), vec![])).collect();
+    let calls: Vec<_> = [c1, c2, c3, c4].iter().map(|c| (c.tenant_id.clone(), codec::encode(c).unwrap(), vec![])).collect();
     broker.produce("calls.raw", &calls);
     broker.produce("emails.raw", &[("acme".to_string(), codec::encode(&email).unwrap(), vec![])]);
     broker.produce("meetings.raw", &[("acme".to_string(), codec::encode(&meeting).unwrap(), vec![])]);
-    let stored = db.wait_count("SELECT count(DISTINCT activity_id) FROM audit_lookup", 5, Duration::from_secs(60));
-    assert_eq!(stored, 5, "every normalised activity is named for lookups");
+    let stored = db.wait_count("SELECT count(DISTINCT activity_id) FROM audit_lookup", 6, Duration::from_secs(60));
+    assert_eq!(stored, 6, "every activity is named for lookups, the refused one too");
 
     let env = [("DATABASE_URL", db.url.as_str()), ("CRM_SYNC_TOKEN_KEY", KEY), ("TENANTS_CONFIG", tenants.path())];
     let trace = |args: &[&str]| crm_sync(&[&["trace"], args].concat(), &env);
@@ -428,6 +435,11 @@ fn support_finds_activities_by_number_address_agent_and_time() {
     // The meeting's dial-in number is a number it can be found by.
     let (ok, text, _) = trace(&["--tenant", "acme", "--phone", "+16502530000"]);
     assert!(ok && text.contains("Meeting e1@google.com"), "{text}");
+
+    // A call the normaliser refused is found by its number: where it stopped, and why.
+    let (ok, text, err) = trace(&["--tenant", "acme", "--phone", "+14155550123"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("Call c4") && text.contains("stopped at the normaliser: VALIDATION"), "{text}");
 
     // By agent: an id exactly, an address canonically; criteria together must all hold.
     let (ok, text, _) = trace(&["--tenant", "acme", "--agent", "agent-1"]);

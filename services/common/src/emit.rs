@@ -124,6 +124,20 @@ impl Emitter {
     /// A dead letter after calls to a CRM: the entry and its audit record also carry the
     /// CRM's last status, its answer and the attempt count, for whoever reviews it.
     pub fn dead_letter_after(&self, input: &InMessage, subject: &Subject, operation: &str, why: Why, crm: CrmAnswer) -> [OutRecord; 2] {
+        self.dead_letter_noting(input, subject, operation, why, crm, vec![])
+    }
+
+    /// A dead letter whose audit record also carries `attributes` (the normaliser's lookup
+    /// names, so support finds a refused activity by its number or agent too).
+    pub fn dead_letter_noting(
+        &self,
+        input: &InMessage,
+        subject: &Subject,
+        operation: &str,
+        why: Why,
+        crm: CrmAnswer,
+        attributes: Vec<(&'static str, String)>,
+    ) -> [OutRecord; 2] {
         let Why { reason, detail, audit_detail } = why;
         let tenant = if subject.tenant_id.is_empty() { input.key_str().unwrap_or_default() } else { subject.tenant_id.to_string() };
         // The entry must fit in one Kafka message beside its envelope, or the broker refuses
@@ -167,6 +181,7 @@ impl Emitter {
         crate::telemetry::crm_metrics().dead_letter(self.stage.as_str(), reason.as_str(), subject.crm.map(Crm::as_str), subject.kind);
         audit.crm_status = crm.status;
         audit.attributes.insert("dlq_id".into(), dl.dlq_id.clone());
+        audit.attributes.extend(attributes.into_iter().map(|(k, v)| (k.to_string(), v)));
         [
             OutRecord::new(&self.topics.dlq, &tenant, codec::encode(&dl).expect("DeadLetter always encodes"), &input.trace_id),
             self.audit_record(&audit),

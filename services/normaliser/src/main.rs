@@ -85,7 +85,9 @@ impl Normaliser {
             }
             // Debug-quoted: an id is input, and may hold anything.
             let detail = cfg.why_unknown(tenant_id);
-            return Some(dead(self.emit.dead_letter(input, &subject, "normalise", DlqReason::TenantNotConfigured, detail.clone(), detail)));
+            let why = crm_common::emit::Why { reason: DlqReason::TenantNotConfigured, detail: detail.clone(), audit_detail: detail };
+            let noted = self.raw_lookups(&raw, None);
+            return Some(dead(self.emit.dead_letter_noting(input, &subject, "normalise", why, Default::default(), noted)));
         };
         let now = now_ms();
         let normalised = match &raw {
@@ -152,7 +154,13 @@ impl Normaliser {
         };
         let n = match normalised {
             Ok(n) => n,
-            Err(r) => return Some(dead(self.emit.dead_letter(input, &subject, "normalise", r.reason, r.detail, r.audit_detail))),
+            Err(r) => {
+                // Found by support by its agent, and by its customer's number where that
+                // number could be read, though it went no further.
+                let why = crm_common::emit::Why { reason: r.reason, detail: r.detail, audit_detail: r.audit_detail };
+                let noted = self.raw_lookups(&raw, Some(tenant));
+                return Some(dead(self.emit.dead_letter_noting(input, &subject, "normalise", why, Default::default(), noted)));
+            }
         };
         // Emails and meetings are known downstream by their normalised source id (a
         // Message-ID without brackets, an iCalUID with its occurrence).
@@ -167,6 +175,42 @@ impl Normaliser {
             audit.attributes.insert("backfill".into(), String::from_utf8_lossy(run).into_owned());
         }
         Some(Processed { outputs: vec![out, self.emit.audit_record(&audit)], outcome: "normalised" })
+    }
+}
+
+impl Normaliser {
+    /// The lookup names of an event that is not normalised: its agent (id and address), a
+    /// call's customer number where it reads as one (E.164, or national in the call's hint or
+    /// the tenant's region), and when it happened.
+    fn raw_lookups(&self, raw: &Raw, tenant: Option<&crm_common::tenants::ResolvedTenant>) -> Vec<(&'static str, String)> {
+        let (tenant_id, ..) = raw.subject();
+        let (names, at) = match raw {
+            Raw::Call(ev) => {
+                let customer = if ev.direction == crm_common::events::CallDirection::Inbound { &ev.from_number } else { &ev.to_number };
+                let region = ev.region_hint.as_deref().and_then(|r| phone::region(r).ok()).or(tenant.map(|t| t.default_region));
+                let e164 = self.phones.to_e164(customer, region).unwrap_or_default();
+                let agent_email = ev.agent_email.as_deref().unwrap_or("");
+                (
+                    self.lookups.attribute(tenant_id, [Lookup::Phone(&e164), Lookup::Agent(&ev.agent_id), Lookup::Agent(agent_email)]),
+                    ev.started_at,
+                )
+            }
+            Raw::Email(ev) => {
+                (self.lookups.attribute(tenant_id, [Lookup::Agent(&ev.actor_id), Lookup::Agent(&ev.actor_email)]), ev.sent_at)
+            }
+            Raw::Meeting(ev) => (
+                self.lookups.attribute(tenant_id, [Lookup::Agent(&ev.actor_id), Lookup::Agent(&ev.actor_email)]),
+                ev.start_at.unwrap_or_default(),
+            ),
+        };
+        if names.is_empty() {
+            return vec![];
+        }
+        let mut out = vec![(lookups::ATTRIBUTE, names)];
+        if at > 0 {
+            out.push((lookups::ACTIVITY_AT, at.to_string()));
+        }
+        out
     }
 }
 
