@@ -164,6 +164,8 @@ fn redis_over_tls_with_a_private_ca_and_client_certificates() {
     std::env::set_var(TLS_CA_FILE_ENV, pki.file("nonesuch.pem"));
     assert!(ping(&url).unwrap_err().contains("nonesuch.pem"));
     std::env::set_var(TLS_CA_FILE_ENV, &ca);
+    // TLS files with a plain URL: a mistake, said as one (not a plain connection).
+    assert!(ping(&url.replace("rediss://", "redis://")).unwrap_err().contains("not rediss://"));
 
     // A service over it: the deduper keeps its marks in the TLS-only Redis and fans out.
     let broker = crm_sync_tests::Broker::start(1);

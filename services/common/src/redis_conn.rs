@@ -160,6 +160,16 @@ pub fn connect_lazy(target: &RedisTarget) -> redis::RedisResult<RedisConn> {
     match target {
         RedisTarget::Node(url) => {
             let client = match tls {
+                Some(_) if !url.starts_with("rediss://") => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "REDIS_TLS_* files are set for a plain connection",
+                        format!(
+                            "REDIS_URL {} is not rediss://: use rediss:// for TLS, or unset the REDIS_TLS_* variables",
+                            redact_url(url)
+                        ),
+                    )))
+                }
                 Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
                 None => redis::Client::open(url.as_str())?,
             };

@@ -161,8 +161,7 @@ async fn provision_connection<C: Inspect>(
             }];
         }
     };
-    let mut kinds: Vec<ActivityKind> = conn.activities.iter().copied().filter(|k| c.kinds().contains(k)).collect();
-    kinds.sort();
+    let kinds = kinds_of(c, conn);
     let mut out = vec![];
     for kind in kinds {
         let contract = c.contract_of(kind);
@@ -193,11 +192,8 @@ async fn provision_connection<C: Inspect>(
                 out.push(finding(kind, true, detail, None));
             }
             Some(_) => match c.provision_key_field(api, &client, kind, &mut log).await {
-                Ok(Provisioned::Created { unique, detail }) => {
-                    let fix =
-                        (!unique).then(|| "nothing to do: writes stay single through the claims store (README, Exactly once)".to_string());
-                    out.push(finding(kind, true, detail, fix));
-                }
+                // Not unique is said in the detail: nothing to fix, the claims keep writes single.
+                Ok(Provisioned::Created { detail, .. }) => out.push(finding(kind, true, detail, None)),
                 Ok(Provisioned::ByHand(how)) => out.push(finding(kind, false, format!("{object}.{key} is missing"), Some(how))),
                 Err(f) => {
                     let how = format!(
@@ -294,8 +290,7 @@ async fn check_connection<C: Inspect>(
         }
     };
     let mut out = vec![finding(Check::Credentials, None, true, format!("secret {secret} read"), None)];
-    let mut kinds: Vec<ActivityKind> = conn.activities.iter().copied().filter(|k| c.kinds().contains(k)).collect();
-    kinds.sort();
+    let kinds = kinds_of(c, conn);
     for kind in kinds {
         let contract = c.contract_of(kind);
         let object = &contract.object;
@@ -358,6 +353,13 @@ async fn check_connection<C: Inspect>(
         }
     }
     out
+}
+
+/// The kinds a connection takes that this CRM's writer writes, in order.
+fn kinds_of<C: Inspect>(c: &C, conn: &CrmConnection) -> Vec<ActivityKind> {
+    let mut kinds: Vec<ActivityKind> = conn.activities.iter().copied().filter(|k| c.kinds().contains(k)).collect();
+    kinds.sort();
+    kinds
 }
 
 /// Where a CRM grants what the writers need.

@@ -789,6 +789,29 @@ pub async fn properties(State(sim): State<SharedSim>, Extension(caller): Extensi
     })
 }
 
+/// A schema write (a property or a property group) on `object`: the body read, and refused
+/// on activity objects unless the account allows it (`activity_property_create`), before
+/// `write` runs on the account with the object's table.
+fn schema_write(
+    sim: &SharedSim,
+    caller: &Caller,
+    object: &str,
+    body: &Bytes,
+    write: impl FnOnce(&mut Account, &'static str, &Value) -> Response,
+) -> Response {
+    let Some((table, _)) = object_type(object) else { return unknown_object(object) };
+    let body = match parse_body(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    sim.with(caller, |acct, _| {
+        if is_activity(table) && !acct.activity_property_create {
+            return errors::missing_scopes(&format!("crm.schemas.{table}.write"));
+        }
+        write(acct, table, &body)
+    })
+}
+
 /// `POST /crm/v3/properties/{object}`: a custom property (CRM-APIS-ACTIVITIES §6.1). Name,
 /// label, type, fieldType and groupName are required; a name taken is 409; at most 10
 /// unique properties per object. On activity objects the create is refused with
@@ -802,15 +825,7 @@ pub async fn create_property(
     Path(object): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    sim.with(&caller, |acct, _| {
-        if is_activity(table) && !acct.activity_property_create {
-            return errors::missing_scopes(&format!("crm.schemas.{table}.write"));
-        }
+    schema_write(&sim, &caller, &object, &body, |acct, table, body| {
         let text = |k: &str| body.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
         let missing: Vec<&str> = ["name", "label", "type", "fieldType", "groupName"].into_iter().filter(|k| text(k).is_none()).collect();
         if !missing.is_empty() {
@@ -871,15 +886,7 @@ pub async fn create_property_group(
     Path(object): Path<String>,
     body: Bytes,
 ) -> Response {
-    let Some((table, _)) = object_type(&object) else { return unknown_object(&object) };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    sim.with(&caller, |acct, _| {
-        if is_activity(table) && !acct.activity_property_create {
-            return errors::missing_scopes(&format!("crm.schemas.{table}.write"));
-        }
+    schema_write(&sim, &caller, &object, &body, |acct, table, body| {
         let (Some(name), Some(label)) = (body.get("name").and_then(Value::as_str), body.get("label").and_then(Value::as_str)) else {
             return errors::validation("Property group values were not valid: name and label are required");
         };

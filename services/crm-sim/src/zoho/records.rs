@@ -985,6 +985,14 @@ pub async fn coql(
     })
 }
 
+/// The settings APIs' `module` query parameter, checked (with the API version).
+fn module_param(version: &str, q: &HashMap<String, String>) -> Result<&'static str, Response> {
+    let Some(module) = q.get("module") else {
+        return Err(errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "module"})));
+    };
+    check(version, module)
+}
+
 /// `POST /crm/{v}/settings/fields?module=M`: custom fields, at most five per call, each
 /// answered on its own (CRM-APIS-ACTIVITIES §6.3). The API name is the label with spaces as
 /// underscores; a name taken is DUPLICATE_DATA. `unique` ("Do not allow duplicate values")
@@ -997,10 +1005,7 @@ pub async fn create_fields(
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(module) = q.get("module") else {
-        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "module"}));
-    };
-    let module = match check(&version, module) {
+    let module = match module_param(&version, &q) {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -1050,10 +1055,7 @@ pub async fn fields(
     Path(version): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(module) = q.get("module") else {
-        return errors::error(400, "REQUIRED_PARAM_MISSING", "One of the expected parameter is missing", json!({"param": "module"}));
-    };
-    let module = match check(&version, module) {
+    let module = match module_param(&version, &q) {
         Ok(m) => m,
         Err(r) => return r,
     };
