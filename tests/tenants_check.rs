@@ -48,17 +48,30 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["stale", "unset", "locked"], "").path()).unwrap();
     secrets.push((HUBSPOT.secret("stale"), "pat-na1-revoked-long-ago".into()));
     secrets.push((HUBSPOT.secret("locked"), HUBSPOT.token("locked")));
+    // A Salesforce org whose key field is a plain text field, not an External ID.
+    SALESFORCE.account(&sim, "sfx", json!({"fields": {"Task": {"CrmSyncKey__c": {"type": "text"}}}}));
+    body += &std::fs::read_to_string(SALESFORCE.tenants(&sim, &["sfx"], "").path()).unwrap();
+    secrets.push((SALESFORCE.secret("sfx"), SALESFORCE.token("sfx")));
     let tenants = TempFile::new("tenants.toml", &body);
 
     // The four good connections: every check passes, exit 0.
     let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", "hs"]);
     assert_eq!(code, 0, "{text}{err}");
     assert!(text.contains("hs           hubspot     fields       call     ok") && text.contains("key field crm_sync_key"), "{text}");
+    // HubSpot does not enforce unique values on calls here: said, not failed.
+    assert!(text.contains("key field    call     ok    calls.crm_sync_key has no unique values here"), "{text}");
     for t in ["sf", "zo", "pd"] {
         let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", t]);
         assert_eq!(code, 0, "{t}: {text}{err}");
         assert!(text.contains("all ") && text.contains("checks passed") && !text.contains("FAIL"), "{text}");
+        if t == "sf" {
+            assert!(text.contains("CrmSyncKey__c: the CRM refuses a second record with one key"), "{text}");
+        }
     }
+    // A key field the writer cannot upsert by: failed, with what to change.
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "sfx"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("Task.CrmSyncKey__c is not an External ID: every upsert by it fails"), "{text}");
 
     // The key field removed in HubSpot: the field check fails and says what to create.
     sim.admin("DELETE", "/accounts/hubspot/hs/fields/calls/crm_sync_key", None);

@@ -480,6 +480,19 @@ pub trait Inspect: Connector {
         ))))
     }
 
+    /// Whether the CRM keeps one record per value of `kind`'s key field, as its schema says
+    /// (`crm-sync tenants check`); None where the object has no key field of ours.
+    fn key_field_check(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<Option<KeyFieldCheck>, Failure>> + Send {
+        let _ = (api, t, kind, log);
+        std::future::ready(Ok(None))
+    }
+
     /// What [`Inspect::provision_key_field`] would send, for `--dry-run`: method, path and
     /// body; None where nothing is sent.
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
@@ -496,6 +509,17 @@ pub trait Inspect: Connector {
         kind: ActivityKind,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
+}
+
+/// What a CRM's schema says of a key field (`key_field_check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFieldCheck {
+    /// The CRM refuses a second record with one key.
+    Enforced,
+    /// It does not: the claims store alone keeps writes single (what that means here).
+    NotEnforced(String),
+    /// The writer cannot use it as it is (why, and what to change).
+    Unusable(String),
 }
 
 /// What `provision_key_field` did.

@@ -68,6 +68,8 @@ pub enum Check {
     Access,
     /// The contract's fields exist on the kind's object.
     Fields,
+    /// The key field keeps one record per key (unique, external id).
+    KeyField,
     /// The key field created (`provision`).
     Provision,
 }
@@ -330,6 +332,7 @@ async fn check_connection<C: Inspect>(
                         contract.fields.len() - 1
                     );
                     out.push(finding(Check::Fields, Some(kind), true, detail, None));
+                    out.push(key_field_finding(c, api, &client, kind, &finding).await);
                 } else {
                     let key_missing = missing.contains(&contract.key_field);
                     let detail = format!("{object} has no field {}", missing.join(", "));
@@ -353,6 +356,33 @@ async fn check_connection<C: Inspect>(
         }
     }
     out
+}
+
+/// What the CRM's schema says of the key field: one record per key, or not (said, not a
+/// failure: the claims keep writes single), or not usable as the writer uses it (a failure).
+async fn key_field_finding<C: Inspect>(
+    c: &C,
+    api: &crm_connectors::api::Api,
+    client: &crm_connectors::connector::TenantOf<C>,
+    kind: ActivityKind,
+    finding: &impl Fn(Check, Option<ActivityKind>, bool, String, Option<String>) -> Finding,
+) -> Finding {
+    use crm_connectors::connector::KeyFieldCheck;
+    let key = &c.contract_of(kind).key_field;
+    match c.key_field_check(api, client, kind, &mut vec![]).await {
+        Ok(Some(KeyFieldCheck::Enforced)) => {
+            finding(Check::KeyField, Some(kind), true, format!("{key}: the CRM refuses a second record with one key"), None)
+        }
+        Ok(Some(KeyFieldCheck::NotEnforced(what))) => finding(Check::KeyField, Some(kind), true, what, None),
+        Ok(Some(KeyFieldCheck::Unusable(why))) => {
+            let fix = format!("change {key} as it says ({})", crm_connectors::connector::key_field_spec(c.crm()));
+            finding(Check::KeyField, Some(kind), false, why, Some(fix))
+        }
+        Ok(None) => finding(Check::KeyField, Some(kind), true, format!("{key}: nothing the CRM enforces to check"), None),
+        Err(f) => {
+            finding(Check::KeyField, Some(kind), false, f.detail, Some("run the check again; if it persists, see the CRM's status".into()))
+        }
+    }
 }
 
 /// The kinds a connection takes that this CRM's writer writes, in order.
@@ -389,6 +419,7 @@ pub fn render(findings: &[Finding]) -> String {
             Check::Credentials => "credentials",
             Check::Access => "access",
             Check::Fields => "fields",
+            Check::KeyField => "key field",
             Check::Provision => "provision",
         };
         out += &format!(

@@ -18,6 +18,7 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
+use crate::connector::KeyFieldCheck;
 use crate::connector::{
     create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, Provisioned,
     ReadBeforeResend, TenantOf, Wanted,
@@ -677,6 +678,25 @@ impl Inspect for Hubspot {
             )
         };
         Ok(Provisioned::Created { unique: made.has_unique_value, detail })
+    }
+
+    async fn key_field_check(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<KeyFieldCheck>, Failure> {
+        let (object, name) = (self.object_of(kind), self.key_field_of(kind));
+        let read = Request::get(format!("/crm/v3/properties/{object}/{name}"), RequestClass::Schema);
+        let p: Property = t.fetch(api, &read, log).await?;
+        Ok(Some(if p.has_unique_value {
+            KeyFieldCheck::Enforced
+        } else {
+            KeyFieldCheck::NotEnforced(format!(
+                "{object}.{name} has no unique values here: HubSpot will not refuse a second record with one key (only new properties can be made unique)"
+            ))
+        }))
     }
 
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {

@@ -23,7 +23,9 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::{missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, TenantOf, Wanted};
+use crate::connector::{
+    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, TenantOf, Wanted,
+};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
@@ -611,6 +613,30 @@ impl Inspect for Salesforce {
 
     fn written_relations(&self, company: Option<&str>, deal: Option<&str>) -> BTreeSet<String> {
         deal.or(company).map(str::to_string).into_iter().collect()
+    }
+
+    /// The writer upserts by the key field (`/composite/sobjects/{object}/{field}`): it must
+    /// be an External ID, and Unique to refuse a second record made by two upserts at once.
+    async fn key_field_check(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<KeyFieldCheck>, Failure> {
+        let (object, name) = (self.object_of(kind).to_string(), self.key_field_of(kind).to_string());
+        let req = Request::get(self.data(&format!("/sobjects/{object}/describe/")), RequestClass::Schema);
+        let describe: Describe = t.fetch(api, &req, log).await?;
+        let Some(f) = describe.fields.into_iter().find(|f| f.name == name) else { return Ok(None) };
+        Ok(Some(match (f.external_id, f.unique) {
+            (true, true) => KeyFieldCheck::Enforced,
+            (true, false) => KeyFieldCheck::NotEnforced(format!(
+                "{object}.{name} is an External ID but not Unique: two upserts at once could make two records (the claims keep writes single)"
+            )),
+            (false, _) => KeyFieldCheck::Unusable(format!(
+                "{object}.{name} is not an External ID: every upsert by it fails; mark it External ID and Unique (Setup → Object Manager → Activity → Fields)"
+            )),
+        }))
     }
 
     async fn schema_fields(

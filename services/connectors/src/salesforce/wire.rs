@@ -123,6 +123,12 @@ pub struct Describe {
 #[derive(Debug, Deserialize)]
 pub struct FieldName {
     pub name: String,
+    /// Usable as an upsert key.
+    #[serde(default, rename = "externalId")]
+    pub external_id: bool,
+    /// Refuses a second record with one value.
+    #[serde(default)]
+    pub unique: bool,
 }
 
 #[cfg(test)]

@@ -26,11 +26,11 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::Provisioned;
 use crate::connector::{
     create_reading_before_resending, missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live,
     ReadBeforeResend, TenantOf, Wanted,
 };
+use crate::connector::{KeyFieldCheck, Provisioned};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, EmailAddress, MeetingStatus, WriteRequest};
@@ -834,6 +834,27 @@ impl Inspect for Zoho {
             format!("created {module}.{name}; Zoho refused \"no duplicate values\" on {module}: the claims and the read-back before any resend keep writes single")
         };
         Ok(Provisioned::Created { unique, detail })
+    }
+
+    async fn key_field_check(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<KeyFieldCheck>, Failure> {
+        let module = self.module(kind);
+        let name = &self.contract_of(kind).key_field;
+        let req = Request::get(format!("{API}/settings/fields?module={module}"), RequestClass::Schema);
+        let fields: Fields = t.fetch(api, &req, log).await?;
+        let unique = fields.fields.iter().find(|f| &f.api_name == name).and_then(|f| f.unique.as_ref()).is_some_and(|u| !u.is_null());
+        Ok(Some(if unique {
+            KeyFieldCheck::Enforced
+        } else {
+            KeyFieldCheck::NotEnforced(format!(
+                "{module}.{name} allows duplicate values: Zoho will not refuse a second record with one key (the writer reads back before any resend)"
+            ))
+        }))
     }
 
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
