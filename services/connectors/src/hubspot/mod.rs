@@ -667,17 +667,17 @@ impl Inspect for Hubspot {
         }
         let create = self.provision_request(kind).expect("HubSpot provisions");
         let _: Property = t.fetch(api, &create, log).await?;
+        // Read back as `tenants check` reads it.
         let name = self.key_field_of(kind);
-        let read = Request::get(format!("/crm/v3/properties/{object}/{name}"), RequestClass::Schema);
-        let made: Property = t.fetch(api, &read, log).await?;
-        let detail = if made.has_unique_value {
+        let unique = matches!(self.key_field_check(api, t, kind, log).await?, Some(KeyFieldCheck::Enforced));
+        let detail = if unique {
             format!("created {object}.{name}, unique: HubSpot refuses a second record with one key")
         } else {
             format!(
                 "created {object}.{name}, but HubSpot does not enforce unique values on {object} for this portal: the claims store alone keeps writes single"
             )
         };
-        Ok(Provisioned::Created { unique: made.has_unique_value, detail })
+        Ok(Provisioned::Created { unique, detail })
     }
 
     async fn key_field_check(
