@@ -52,12 +52,28 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     SALESFORCE.account(&sim, "sfx", json!({"fields": {"Task": {"CrmSyncKey__c": {"type": "text"}}}}));
     body += &std::fs::read_to_string(SALESFORCE.tenants(&sim, &["sfx"], "").path()).unwrap();
     secrets.push((SALESFORCE.secret("sfx"), SALESFORCE.token("sfx")));
+    // A HubSpot tenant configured for more than its portal has: the plan's daily allowance
+    // above the one HubSpot states.
+    HUBSPOT.account(&sim, "big", json!({}));
+    body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["big"], "limits = { daily = 2000000 }").path()).unwrap();
+    secrets.push((HUBSPOT.secret("big"), HUBSPOT.token("big")));
+    // And one whose plan allows a single request a day: the check reports the spent limit
+    // instead of waiting for midnight.
+    HUBSPOT.account(&sim, "tiny", json!({}));
+    body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["tiny"], "limits = { daily = 1 }").path()).unwrap();
+    secrets.push((HUBSPOT.secret("tiny"), HUBSPOT.token("tiny")));
     let tenants = TempFile::new("tenants.toml", &body);
 
     // The four good connections: every check passes, exit 0.
     let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", "hs"]);
     assert_eq!(code, 0, "{text}{err}");
     assert!(text.contains("hs           hubspot     fields       call     ok") && text.contains("key field crm_sync_key"), "{text}");
+    // The plan's limits are the ones HubSpot states (professional: 190 per 10 s, 650,000 a day).
+    let said = |text: &str, check: &str, status: &str, detail: &str| {
+        text.lines().any(|l| l.split_whitespace().nth(2) == Some(check) && l.contains(&format!(" {status} ")) && l.contains(detail))
+    };
+    assert!(said(&text, "limits", "ok", "burst: 190 as hubspot states"), "{text}");
+    assert!(said(&text, "limits", "ok", "daily: 650000 as hubspot states"), "{text}");
     // HubSpot does not enforce unique values on calls here: said, not failed.
     assert!(text.contains("key field    call     ok    calls.crm_sync_key has no unique values here"), "{text}");
     for t in ["sf", "zo", "pd"] {
@@ -68,6 +84,26 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
             assert!(text.contains("CrmSyncKey__c: the CRM refuses a second record with one key"), "{text}");
         }
     }
+    // A plan above what the CRM states: failed, with the setting to change.
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "big"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        said(&text, "limits", "FAIL", "daily: the plan (professional) gives 2000000, hubspot states 650000 for this account")
+            && text.contains("fix: set the plan the account has, or limits.daily = 650000"),
+        "{text}"
+    );
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "tiny"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(said(&text, "key", "FAIL", "not sent: hubspot's limits for tenant tiny leave this client no tokens"), "{text}");
+    assert!(
+        said(
+            &text,
+            "limits",
+            "ok",
+            "daily: hubspot states 650000, the plan (professional) gives 1: limits.daily = 650000 would use the rest"
+        ),
+        "{text}"
+    );
     // A key field the writer cannot upsert by: failed, with what to change.
     let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "sfx"]);
     assert_eq!(code, 1, "{text}");

@@ -165,9 +165,26 @@ pub trait Policy: Send + Sync {
     }
     /// (limit name, remaining) pairs read from an answer's headers.
     fn observed(&self, reply: &Reply, class: RequestClass) -> Vec<(String, u64)>;
+    /// The limits the CRM states in an answer's headers: what the account really has, for
+    /// `crm-sync tenants check` to hold the configured plan against. None by default (a CRM
+    /// that states none, as Zoho).
+    fn stated_limits(&self, reply: &Reply, class: RequestClass) -> Vec<StatedLimit> {
+        let _ = (reply, class);
+        vec![]
+    }
     fn classify(&self, reply: &Reply) -> Verdict;
     /// The headers worth keeping in audit (rate-limit state).
     fn rate_headers(&self, reply: &Reply) -> String;
+}
+
+/// A limit as the CRM states it in an answer (`Policy::stated_limits`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatedLimit {
+    /// The bucket limit it is (`Limit::name`).
+    pub limit: &'static str,
+    /// The tenant's `limits` setting that sets it (the plan's field).
+    pub setting: &'static str,
+    pub max: u64,
 }
 
 pub struct Api {
@@ -188,6 +205,10 @@ pub struct Api {
     pub in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     /// Tokens lanes took ahead for the requests they expect (`expect`, `give_back`).
     pub pools: std::sync::Arc<crate::pool::Pools>,
+    /// How long a request may wait for tokens before it fails instead (None: as long as the
+    /// limits say, hours at a spent daily allowance, as the services must). A command a
+    /// person runs (`crm-sync tenants check`) reports a spent limit rather than wait it out.
+    pub token_wait_limit: Option<Duration>,
 }
 
 fn excerpt(s: &str) -> String {
@@ -350,6 +371,17 @@ impl Api {
             };
             match took {
                 Ok((Take::Granted, grant)) => return Ok((started.elapsed(), grant)),
+                Ok((Take::Wait(w), _)) if self.token_wait_limit.is_some_and(|l| started.elapsed() + w > l) => {
+                    return Err(Failure::new(
+                        DlqReason::RetriesExhausted,
+                        format!(
+                            "{endpoint}: not sent: {}'s limits for tenant {} leave this client no tokens for another {} s (the buckets' count, which the CRM's answers correct)",
+                            set.crm,
+                            set.tenant_id,
+                            w.as_secs().max(1)
+                        ),
+                    ));
+                }
                 Ok((Take::Wait(w), _)) => {
                     tracing::debug!(tenant = %set.tenant_id, endpoint, wait_ms = w.as_millis() as u64, "waiting for tokens");
                     // Waiting for a limit (for hours, at a spent daily allowance) is not stalling.
@@ -601,6 +633,7 @@ impl Api {
                 (None, _) => String::new(),
             },
             rate_headers: reply.as_ref().map(|r| a.policy.rate_headers(r)).unwrap_or_default(),
+            stated_limits: reply.as_ref().map(|r| a.policy.stated_limits(r, a.req.class)).unwrap_or_default(),
             latency_ms: t.elapsed().as_millis() as i64,
             attempt: a.number,
             outcome: verdict.clone(),

@@ -545,6 +545,7 @@ impl Credentials {
             status: None,
             excerpt: String::new(),
             rate_headers: String::new(),
+            stated_limits: vec![],
             latency_ms: 0,
             attempt: 1,
             outcome: Verdict::Ok,

@@ -58,6 +58,8 @@ pub struct Exchange {
     pub status: Option<u16>,
     pub excerpt: String,
     pub rate_headers: String,
+    /// The limits the answer's headers state (`Policy::stated_limits`).
+    pub stated_limits: Vec<crate::api::StatedLimit>,
     pub latency_ms: i64,
     pub attempt: u32,
     /// How it ended.

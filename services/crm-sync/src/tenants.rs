@@ -2,13 +2,15 @@
 //! whether each of its CRM connections will work, and what to do where it will not. Per
 //! connection: the credentials are there and the CRM takes them; the CRM lets them read the
 //! objects the contracts write (scopes, permissions); every field the contracts name exists,
-//! the key field first. Each check reads the CRM's schema through the same client, buckets
-//! and OAuth token store as the writers (a reconciler's share), so it costs one request per
-//! kind and never competes with live writes.
+//! the key field first; the plan's limits are those the CRM states in its answers. Each
+//! check reads the CRM's schema through the same client, buckets and OAuth token store as
+//! the writers, so it costs a request or two per kind, counted with the writers' requests.
 
 use crm_common::config::CommonArgs;
 use crm_common::events::{ActivityKind, Crm, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant, Tenants};
+use crm_connectors::api::{Policy, RequestClass, StatedLimit};
+use crm_connectors::bucket::Limit;
 use crm_connectors::connector::Inspect;
 use std::time::Duration;
 
@@ -70,6 +72,8 @@ pub enum Check {
     Fields,
     /// The key field keeps one record per key (unique, external id).
     KeyField,
+    /// The plan's limits are those the CRM states for the account.
+    Limits,
     /// The key field created (`provision`).
     Provision,
 }
@@ -117,14 +121,18 @@ fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The client `check` and `provision` send through: the writers' buckets and token store,
-/// a reconciler's share of each limit, and a short retry limit (a CRM that does not answer
-/// is reported, not waited for).
+/// The client `check` and `provision` send through: the writers' buckets and token store, so
+/// their few requests count with the writers'; no share held back (a plan set above the
+/// account's real limit leaves a reconciler's share spent, and the check is what says so);
+/// and a short limit on retries and on waits for tokens: a CRM that does not answer, or a
+/// limit that is spent, is reported, not waited out.
 fn check_api(common: &CommonArgs, opts: &reconciler::Options) -> anyhow::Result<crm_connectors::api::Api> {
     let target = common.redis_target()?;
     let conn = crm_common::redis_conn::connect_lazy(&target).map_err(|e| anyhow::anyhow!("REDIS_URL {}: {e}", target.redacted()))?;
-    let opts = reconciler::Options { retry_limit: opts.retry_limit.min(Duration::from_secs(15)), ..opts.clone() };
-    reconciler::api(conn, &common.redis_key_prefix, &opts)
+    let limit = opts.retry_limit.min(Duration::from_secs(15));
+    let opts = reconciler::Options { retry_limit: limit, reserve_pct: 0, ..opts.clone() };
+    let api = reconciler::api(conn, &common.redis_key_prefix, &opts)?;
+    Ok(crm_connectors::api::Api { token_wait_limit: Some(limit), ..api })
 }
 
 /// For each kind the connection takes: the key field is there already, or is created (or,
@@ -293,11 +301,15 @@ async fn check_connection<C: Inspect>(
     };
     let mut out = vec![finding(Check::Credentials, None, true, format!("secret {secret} read"), None)];
     let kinds = kinds_of(c, conn);
+    // Every answer of the checks, for the limits the CRM states in them.
+    let mut log = vec![];
+    let mut answered = false;
     for kind in kinds {
         let contract = c.contract_of(kind);
         let object = &contract.object;
-        let mut log = vec![];
-        match c.schema_fields(api, &client, kind, &mut log).await {
+        let read = c.schema_fields(api, &client, kind, &mut log).await;
+        answered |= read.is_ok();
+        match read {
             Err(f) => {
                 let fix = match f.reason {
                     DlqReason::AuthFailed => format!(
@@ -353,6 +365,70 @@ async fn check_connection<C: Inspect>(
                     out.push(finding(Check::Fields, Some(kind), false, detail, Some(fix)));
                 }
             }
+        }
+    }
+    if answered {
+        let stated: Vec<StatedLimit> = log.iter().flat_map(|e| e.stated_limits.iter().cloned()).collect();
+        out.extend(
+            limits_findings(&client.policy, crm, conn, &stated)
+                .into_iter()
+                .map(|(ok, detail, fix)| finding(Check::Limits, None, ok, detail, fix)),
+        );
+    }
+    out
+}
+
+/// The plan's limits (the connection's `plan` and `limits`, as the buckets hold them) against
+/// those the CRM stated in its answers to the checks, the last stated of each: a plan above
+/// the account's real limit fails (the writers would meet the CRM's limit first: throttled or,
+/// for a daily allowance, refused until it resets); one below is said, with the setting that
+/// uses the rest. (ok, detail, fix) each.
+fn limits_findings(policy: &impl Policy, crm: Crm, conn: &CrmConnection, stated: &[StatedLimit]) -> Vec<(bool, String, Option<String>)> {
+    let planned: Vec<Limit> = [RequestClass::Create, RequestClass::Search].iter().flat_map(|c| policy.buckets(*c).limits).collect();
+    let mut last: Vec<&StatedLimit> = vec![];
+    for s in stated {
+        last.retain(|l| l.limit != s.limit);
+        last.push(s);
+    }
+    if last.is_empty() {
+        return vec![(
+            true,
+            format!("{} stated no limits in its answers: the plan's ({}) are used as configured", crm.as_str(), conn.plan),
+            None,
+        )];
+    }
+    let mut out = vec![];
+    for s in last {
+        let Some(plan) = planned.iter().find(|l| l.name() == s.limit).map(Limit::max) else { continue };
+        let name = s.limit;
+        if s.max == plan {
+            out.push((true, format!("{name}: {} as {} states", s.max, crm.as_str()), None));
+        } else if s.max < plan {
+            let detail = format!(
+                "{name}: the plan ({}) gives {plan}, {} states {} for this account: the writers would meet {}'s limit first",
+                conn.plan,
+                crm.as_str(),
+                s.max,
+                crm.as_str()
+            );
+            let fix = format!(
+                "set the plan the account has, or limits.{} = {} in the connection's limits (TENANTS_CONFIG); running services read it again",
+                s.setting, s.max
+            );
+            out.push((false, detail, Some(fix)));
+        } else {
+            out.push((
+                true,
+                format!(
+                    "{name}: {} states {}, the plan ({}) gives {plan}: limits.{} = {} would use the rest",
+                    crm.as_str(),
+                    s.max,
+                    conn.plan,
+                    s.setting,
+                    s.max
+                ),
+                None,
+            ));
         }
     }
     out
@@ -420,6 +496,7 @@ pub fn render(findings: &[Finding]) -> String {
             Check::Access => "access",
             Check::Fields => "fields",
             Check::KeyField => "key field",
+            Check::Limits => "limits",
             Check::Provision => "provision",
         };
         out += &format!(

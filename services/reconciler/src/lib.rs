@@ -872,6 +872,7 @@ pub fn api(conn: crm_common::redis_conn::RedisConn, prefix: &str, opts: &Options
         backoff: crm_connectors::retry::Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(30) },
         retry_limit: opts.retry_limit,
         reserve_pct: opts.reserve_pct,
+        token_wait_limit: None,
         claims: None,
         tokens: crm_connectors::auth::TokenStore::from_env(conn, prefix).map_err(|e| anyhow::anyhow!(e))?,
     })

@@ -164,6 +164,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
             backoff: retry::Backoff { base: cli.retry_base, cap: cli.retry_max_wait },
             retry_limit: cli.retry_limit,
             reserve_pct: 0,
+            token_wait_limit: None,
             claims: Some(claims.clone()),
             tokens,
         },

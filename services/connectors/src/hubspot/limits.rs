@@ -3,7 +3,7 @@
 //! account); searches from the search limiter (per account, per second) and the daily
 //! allowance. Search answers carry no rate-limit headers.
 
-use crate::api::{Policy, Reply, RequestClass, Verdict};
+use crate::api::{Policy, Reply, RequestClass, StatedLimit, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
@@ -82,6 +82,22 @@ impl Policy for HubspotPolicy {
         }
         if let Some(r) = num(reply, "x-hubspot-ratelimit-daily-remaining") {
             out.push(("daily".to_string(), r));
+        }
+        out
+    }
+
+    /// `X-HubSpot-RateLimit-Max` per `-Interval-Milliseconds` (the burst, when the interval is
+    /// the 10 s the plan counts in) and `-Daily` (private apps only). Search answers state none.
+    fn stated_limits(&self, reply: &Reply, class: RequestClass) -> Vec<StatedLimit> {
+        let mut out = vec![];
+        let ten_seconds = num(reply, "x-hubspot-ratelimit-interval-milliseconds").is_none_or(|ms| ms == 10_000);
+        if class != RequestClass::Search && ten_seconds {
+            if let Some(max) = num(reply, "x-hubspot-ratelimit-max") {
+                out.push(StatedLimit { limit: "burst", setting: "burst_per_10s", max });
+            }
+        }
+        if let Some(max) = num(reply, "x-hubspot-ratelimit-daily") {
+            out.push(StatedLimit { limit: "daily", setting: "daily", max });
         }
         out
     }

@@ -4,7 +4,7 @@
 //! at its own cost. `x-ratelimit-remaining` corrects the burst and
 //! `x-daily-ratelimit-token-remaining` the budget.
 
-use crate::api::{Policy, Reply, RequestClass, Verdict};
+use crate::api::{Policy, Reply, RequestClass, StatedLimit, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
@@ -95,6 +95,21 @@ impl Policy for PipedrivePolicy {
         }
         if let Some(r) = num(reply, "x-daily-ratelimit-token-remaining") {
             out.push(("budget".to_string(), r));
+        }
+        out
+    }
+
+    /// `x-ratelimit-limit` (the token's burst per 2 s; a search's own limiter states its own)
+    /// and `x-daily-ratelimit-token-limit` (the company's daily budget, when sent).
+    fn stated_limits(&self, reply: &Reply, class: RequestClass) -> Vec<StatedLimit> {
+        let mut out = vec![];
+        if class != RequestClass::Search {
+            if let Some(max) = num(reply, "x-ratelimit-limit") {
+                out.push(StatedLimit { limit: "burst", setting: "burst_per_2s", max });
+            }
+        }
+        if let Some(max) = num(reply, "x-daily-ratelimit-token-limit") {
+            out.push(StatedLimit { limit: "budget", setting: "daily_tokens", max });
         }
         out
     }

@@ -3,7 +3,7 @@
 //! follows `Sforce-Limit-Info: api-usage=used/max` on every answer (a reported limit), not a
 //! local counter. An exhausted allowance answers 403 REQUEST_LIMIT_EXCEEDED, not 429.
 
-use crate::api::{Policy, Reply, RequestClass, Verdict};
+use crate::api::{Policy, Reply, RequestClass, StatedLimit, Verdict};
 use crate::bucket::{BucketSet, Limit};
 use crm_common::overrides::{numbers, with_overrides};
 use crm_common::tenants::CrmConnection;
@@ -61,6 +61,11 @@ impl Policy for SalesforcePolicy {
 
     fn observed(&self, reply: &Reply, _class: RequestClass) -> Vec<(String, u64)> {
         observed(reply)
+    }
+
+    /// The org's allocation, the max of `Sforce-Limit-Info: api-usage=used/max`.
+    fn stated_limits(&self, reply: &Reply, _class: RequestClass) -> Vec<StatedLimit> {
+        api_usage(reply).map(|(_, max)| vec![StatedLimit { limit: "api", setting: "daily_api_requests", max }]).unwrap_or_default()
     }
 
     fn classify(&self, reply: &Reply) -> Verdict {
