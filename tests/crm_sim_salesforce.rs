@@ -446,3 +446,53 @@ fn tasks_relate_every_contact_through_task_who_ids() {
     let r = sim.call("POST", &format!("{V}/sobjects/Task/"), Auth::Bearer(TOKEN), Some(&unknown));
     assert_eq!(r.status, 400, "{}", r.text);
 }
+
+/// CRM-APIS-ACTIVITIES §6.2: a field made through the Tooling API is on Task and Event, and
+/// nobody has field-level access to it: not in describe, a write naming it fails, until a
+/// permission set assigned to the API user grants it. Each grant once.
+#[test]
+fn a_tooling_field_is_invisible_until_a_permission_set_grants_it() {
+    let sim = CrmSim::start();
+    org(&sim, json!({}));
+    let post = |path: &str, body: Value| sim.call("POST", &format!("{V}{path}"), Auth::Bearer(TOKEN), Some(&body));
+    let described = |object: &str| -> Vec<String> {
+        let d = sim.call("GET", &format!("{V}/sobjects/{object}/describe/"), Auth::Bearer(TOKEN), None);
+        d.body["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect()
+    };
+    let field = json!({"FullName": "Activity.Ext__c", "Metadata": {"label": "Ext", "type": "Text", "length": 255, "externalId": true, "unique": true}});
+    // On Task or Event directly: refused, they are made on Activity.
+    let r = post("/tooling/sobjects/CustomField", json!({"FullName": "Task.Ext__c", "Metadata": field["Metadata"]}));
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = post("/tooling/sobjects/CustomField", field.clone());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(r.body["id"].as_str().unwrap().starts_with("00N"));
+    let again = post("/tooling/sobjects/CustomField", field.clone());
+    assert_eq!((again.status, again.body[0]["errorCode"].as_str()), (400, Some("DUPLICATE_DEVELOPER_NAME")), "{}", again.text);
+    assert!(!described("Task").contains(&"Ext__c".to_string()) && !described("Event").contains(&"Ext__c".to_string()));
+    let mut t = task(None);
+    t["Ext__c"] = json!("k-1");
+    let w = post("/sobjects/Task/", t.clone());
+    assert_eq!(w.status, 400, "a field without access cannot be written: {}", w.text);
+
+    let me = sim.call("GET", "/salesforce/services/oauth2/userinfo", Auth::Bearer(TOKEN), None);
+    assert_eq!(me.status, 200, "{}", me.text);
+    let user = me.body["user_id"].as_str().unwrap().to_string();
+    let set = post("/sobjects/PermissionSet", json!({"Name": "ext_access", "Label": "Ext access"}));
+    assert_eq!(set.status, 201, "{}", set.text);
+    let set = set.body["id"].as_str().unwrap().to_string();
+    let q =
+        sim.call("GET", &format!("{V}/query/?q=SELECT+Id+FROM+PermissionSet+WHERE+Name+%3D+%27ext_access%27"), Auth::Bearer(TOKEN), None);
+    assert_eq!(q.body["records"][0]["Id"], set.as_str(), "{}", q.text);
+    let grant = json!({"ParentId": set, "SobjectType": "Task", "Field": "Task.Ext__c", "PermissionsRead": true, "PermissionsEdit": true});
+    assert_eq!(post("/sobjects/FieldPermissions", grant.clone()).status, 201);
+    assert!(!described("Task").contains(&"Ext__c".to_string()), "granted in a set nobody has yet");
+    let assign = json!({"AssigneeId": user, "PermissionSetId": set});
+    assert_eq!(post("/sobjects/PermissionSetAssignment", assign.clone()).status, 201);
+    assert!(described("Task").contains(&"Ext__c".to_string()), "granted and assigned: visible");
+    assert!(!described("Event").contains(&"Ext__c".to_string()), "granted on Task only");
+    assert_eq!(post("/sobjects/Task/", t).status, 201);
+    for (path, body) in [("/sobjects/FieldPermissions", grant), ("/sobjects/PermissionSetAssignment", assign)] {
+        let r = post(path, body);
+        assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("DUPLICATE_VALUE")), "{path}: {}", r.text);
+    }
+}

@@ -173,11 +173,34 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     assert!(text.contains("created Calls.Crm_Sync_Key; Zoho refused \"no duplicate values\" on Calls"), "{text}");
     let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "zo"]);
     assert_eq!(code, 0, "{text}");
-    // Salesforce: not made through its API yet; how to make it by hand.
+    // Salesforce: made on Activity through the Tooling API, and granted to the integration
+    // user through a permission set (a field made so is visible to nobody until then).
     sim.admin("DELETE", "/accounts/salesforce/sf/fields/Task/CrmSyncKey__c", None);
+    let (code, text, err) = provision(&["--tenant", "sf", "--crm", "salesforce", "--dry-run"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.contains("would create Task.CrmSyncKey__c: POST /services/data/") && text.contains("\"FullName\":\"Activity.CrmSyncKey__c\""),
+        "{text}"
+    );
+    // Without the user permission to customize the org: refused, with how to make it by hand.
+    sim.admin("POST", "/accounts/salesforce/sf/permissions/CustomizeApplication/revoke", None);
     let (code, text, _) = provision(&["--tenant", "sf", "--crm", "salesforce"]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("Task.CrmSyncKey__c is missing") && text.contains("External ID and Unique"), "{text}");
+    assert!(
+        text.contains("salesforce refused to create Task.CrmSyncKey__c") && text.contains("External ID and Unique, on Activity"),
+        "{text}"
+    );
+    sim.admin("POST", "/accounts/salesforce/sf/permissions/CustomizeApplication/grant", None);
+    let (code, text, err) = provision(&["--tenant", "sf", "--crm", "salesforce"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.contains("created Task.CrmSyncKey__c (on Activity), External ID and Unique, read and edit for the integration user through the permission set crm_sync"),
+        "{text}"
+    );
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "sf"]);
+    assert_eq!(code, 0, "the check passes once the field is there and granted: {text}");
+    let (code, text, _) = provision(&["--tenant", "sf", "--crm", "salesforce"]);
+    assert!(code == 0 && text.contains("Task.CrmSyncKey__c exists already"), "a second run changes nothing: {text}");
     // Pipedrive's activities have no custom fields: nothing to create.
     let (code, text, _) = provision(&["--tenant", "pd", "--crm", "pipedrive"]);
     assert!(code == 0 && text.contains("nothing to create"), "{text}");

@@ -297,6 +297,9 @@ pub struct Account {
     /// Zoho: whether "Do not allow duplicate values" is accepted on Calls, Tasks and Events.
     /// Unverified (CRM-APIS-ACTIVITIES §6.3), so refused unless an account accepts it.
     pub activity_unique_fields: bool,
+    /// Salesforce: setup the API made (`salesforce::setup`): fields made through the Tooling
+    /// API that no one has field-level access to yet, permission sets and their grants.
+    pub sf_setup: crate::salesforce::setup::Setup,
     pub tz_offset_min: i32,
     pub owner_id: String,
     pub seq: u64,
@@ -525,6 +528,7 @@ pub fn new_account(
         activity_property_create: false,
         property_groups: BTreeMap::new(),
         activity_unique_fields: false,
+        sf_setup: Default::default(),
         tz_offset_min: 0,
         owner_id: String::new(),
         seq: 0,

@@ -24,7 +24,7 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, TenantOf, Wanted,
+    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, Provisioned, TenantOf, Wanted,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
@@ -37,6 +37,8 @@ use std::collections::{BTreeSet, HashMap};
 use wire::{Created, Describe, QueryPage, SaveResult, SearchAnswer};
 
 const COLLECTION_MAX: usize = 200;
+/// The permission set `tenants provision` grants the integration user its fields through.
+const PERMISSION_SET: &str = "crm_sync";
 /// The REST API version pinned (Spring '26).
 pub const API_VERSION: &str = "v66.0";
 
@@ -613,6 +615,85 @@ impl Inspect for Salesforce {
 
     fn written_relations(&self, company: Option<&str>, deal: Option<&str>) -> BTreeSet<String> {
         deal.or(company).map(str::to_string).into_iter().collect()
+    }
+
+    /// The key field on Activity (Task's and Event's custom fields live there) through the
+    /// Tooling API, Text(255), External ID and Unique; then field-level access for the
+    /// integration user, which a field made so has for nobody (CRM-APIS-ACTIVITIES §6.2):
+    /// the permission set `crm_sync` (found, or made), read and edit on `{object}.{key}` in
+    /// it, and the set assigned to the user the credentials are. Each step already done
+    /// (a field of that name, the grant, the assignment: Salesforce says DUPLICATE_…) is
+    /// taken as done, so a second run finishes what a first left half made. Read back.
+    async fn provision_key_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Provisioned, Failure> {
+        let (object, key) = (self.object_of(kind).to_string(), self.key_field_of(kind).to_string());
+        let done_already = |f: &Failure, code: &str| f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code));
+        let create = self.provision_request(kind).expect("Salesforce provisions");
+        match t.fetch::<Created>(api, &create, log).await {
+            Ok(_) => {}
+            Err(f) if done_already(&f, "DUPLICATE_DEVELOPER_NAME") => {}
+            Err(f) => return Err(f),
+        }
+        let me: wire::UserInfo = t.fetch(api, &Request::get("/services/oauth2/userinfo", RequestClass::Schema), log).await?;
+        let found = self.soql(api, t, &format!("SELECT Id FROM PermissionSet WHERE Name = {}", soql_text(PERMISSION_SET)), log).await?;
+        let set = match found.into_iter().next() {
+            Some(r) => r.id,
+            None => {
+                let make = Request::new(Method::POST, self.data("/sobjects/PermissionSet"), RequestClass::Schema).body(json!({
+                    "Name": PERMISSION_SET, "Label": "crm-sync",
+                    "Description": "Made by crm-sync tenants provision: access to the fields crm-sync writes."
+                }));
+                t.fetch::<Created>(api, &make, log).await?.id
+            }
+        };
+        let grant = Request::new(Method::POST, self.data("/sobjects/FieldPermissions"), RequestClass::Schema).body(json!({
+            "ParentId": set, "SobjectType": object, "Field": format!("{object}.{key}"),
+            "PermissionsRead": true, "PermissionsEdit": true
+        }));
+        match t.fetch::<Created>(api, &grant, log).await {
+            Ok(_) => {}
+            Err(f) if done_already(&f, "DUPLICATE_VALUE") => {}
+            Err(f) => return Err(f),
+        }
+        let assign = Request::new(Method::POST, self.data("/sobjects/PermissionSetAssignment"), RequestClass::Schema)
+            .body(json!({"AssigneeId": me.user_id, "PermissionSetId": set}));
+        match t.fetch::<Created>(api, &assign, log).await {
+            Ok(_) => {}
+            Err(f) if done_already(&f, "DUPLICATE_VALUE") => {}
+            Err(f) => return Err(f),
+        }
+        let access = format!("read and edit for the integration user through the permission set {PERMISSION_SET}");
+        match self.key_field_check(api, t, kind, log).await? {
+            Some(KeyFieldCheck::Enforced) => Ok(Provisioned::Created {
+                unique: true,
+                detail: format!("created {object}.{key} (on Activity), External ID and Unique, {access}"),
+            }),
+            Some(KeyFieldCheck::NotEnforced(what)) => {
+                Ok(Provisioned::Created { unique: false, detail: format!("created {object}.{key} (on Activity), {access}; {what}") })
+            }
+            Some(KeyFieldCheck::Unusable(why)) => Err(Failure::new(DlqReason::Validation, why)),
+            None => Err(Failure::new(
+                DlqReason::PermissionDenied,
+                format!("{object}.{key} was made and granted, but the integration user still cannot see it: check its profile's field-level security"),
+            )),
+        }
+    }
+
+    fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
+        let body = json!({
+            "FullName": format!("Activity.{}", self.key_field_of(kind)),
+            "Metadata": {
+                "label": "crm-sync key",
+                "description": "Set by crm-sync: the activity's idempotency key (tenant, source id, CRM). Do not edit.",
+                "type": "Text", "length": 255, "externalId": true, "unique": true, "caseSensitive": false
+            }
+        });
+        Some(Request::new(Method::POST, self.data("/tooling/sobjects/CustomField"), RequestClass::Schema).body(body))
     }
 
     /// The writer upserts by the key field (`/composite/sobjects/{object}/{field}`): it must

@@ -131,6 +131,12 @@ pub struct FieldName {
     pub unique: bool,
 }
 
+/// `GET /services/oauth2/userinfo`: who the credentials are.
+#[derive(Debug, Deserialize)]
+pub struct UserInfo {
+    pub user_id: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

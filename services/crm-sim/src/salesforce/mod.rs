@@ -7,6 +7,7 @@ pub mod errors;
 pub mod limits;
 mod oauth;
 mod query;
+pub mod setup;
 mod sobjects;
 
 use crate::faults::FaultKind;
@@ -34,6 +35,10 @@ pub fn prefix(object: &str) -> &'static str {
         "User" => "005",
         "Opportunity" => "006",
         "OpportunityContactRole" => "00K",
+        "CustomField" => "00N",
+        "PermissionSet" => "0PS",
+        "FieldPermissions" => "01k",
+        "PermissionSetAssignment" => "0Pa",
         _ => "001",
     }
 }
@@ -292,7 +297,7 @@ impl CrmApi for Salesforce {
         if route.contains("/search") {
             return Class::Search;
         }
-        if route.ends_with("/limits") || route.contains("/describe") {
+        if route.ends_with("/limits") || route.contains("/describe") || route.ends_with("/userinfo") {
             return Class::Meta;
         }
         if route.contains("/query") || route.contains("/deleted") {
@@ -301,7 +306,17 @@ impl CrmApi for Salesforce {
         Class::of_method(method)
     }
 
-    fn permission(class: Class, _route: &str, _path: &str) -> Option<&'static str> {
+    fn permission(class: Class, route: &str, path: &str) -> Option<&'static str> {
+        // Setup through the API: the user permissions Salesforce names for each.
+        if route.contains("/tooling/") {
+            return Some("CustomizeApplication");
+        }
+        if path.ends_with("/sobjects/PermissionSetAssignment") {
+            return Some("AssignPermissionSets");
+        }
+        if path.ends_with("/sobjects/PermissionSet") || path.ends_with("/sobjects/FieldPermissions") {
+            return Some("ManagePermissionSets");
+        }
         // Object-level CRUD on Task, as a profile or permission set grants it.
         match class {
             Class::Create => Some("Task.create"),
@@ -364,6 +379,9 @@ pub fn router(sim: SharedSim) -> Router {
         .route(&format!("{v}/queryAll/"), get(query::query_all))
         .route(&format!("{v}/search"), get(query::search))
         .route(&format!("{v}/search/"), get(query::search))
+        .route(&format!("{v}/tooling/sobjects/CustomField"), post(setup::create_custom_field))
+        .route(&format!("{v}/tooling/sobjects/CustomField/"), post(setup::create_custom_field))
+        .route("/services/oauth2/userinfo", get(setup::userinfo))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<Salesforce>));
     let oauth = Router::new().route("/services/oauth2/token", post(oauth::token));
     api.merge(oauth).with_state(sim)

@@ -114,7 +114,11 @@ pub async fn query(
     if let Err(r) = check_version(&version) {
         return r;
     }
-    run_soql(&sim, &caller, &version, q.get("q").map(String::as_str).unwrap_or(""), false)
+    let soql = q.get("q").map(String::as_str).unwrap_or("");
+    if let Some(r) = sim.with(&caller, |acct, _| super::setup::query(acct, soql)) {
+        return r;
+    }
+    run_soql(&sim, &caller, &version, soql, false)
 }
 
 pub async fn query_all(

@@ -429,6 +429,13 @@ pub async fn create(
     Path((version, sobject)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    if super::setup::SETUP_OBJECTS.contains(&sobject.as_str()) {
+        return match (check_version(&version), parse_json(&body)) {
+            (Ok(_), Ok(Value::Object(b))) => sim.with(&caller, |acct, _| super::setup::create(acct, &sobject, &b)),
+            (Err(r), _) | (_, Err(r)) => r,
+            (_, Ok(_)) => errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]),
+        };
+    }
     let (object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(_), Ok(o), Ok(b)) => (o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
@@ -467,6 +474,13 @@ pub async fn update(
     Path((version, sobject, id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
+    if super::setup::SETUP_OBJECTS.contains(&sobject.as_str()) {
+        return match (check_version(&version), parse_json(&body)) {
+            (Ok(_), Ok(Value::Object(b))) => sim.with(&caller, |acct, _| super::setup::create(acct, &sobject, &b)),
+            (Err(r), _) | (_, Err(r)) => r,
+            (_, Ok(_)) => errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]),
+        };
+    }
     let (object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(_), Ok(o), Ok(b)) => (o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
