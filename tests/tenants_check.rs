@@ -57,6 +57,20 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     HUBSPOT.account(&sim, "big", json!({}));
     body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["big"], "limits = { daily = 2000000 }").path()).unwrap();
     secrets.push((HUBSPOT.secret("big"), HUBSPOT.token("big")));
+    // Credentials that may read but not write: a HubSpot token without the contacts write
+    // scope, a Salesforce user who may not edit tasks; and a Pipedrive token the CRM does
+    // not know (its activities have no schema to read: who the token is tells).
+    HUBSPOT.account(&sim, "ro", json!({}));
+    SALESFORCE.account(&sim, "sfro", json!({}));
+    PIPEDRIVE.account(&sim, "pdstale", json!({}));
+    body += &std::fs::read_to_string(HUBSPOT.tenants(&sim, &["ro"], "").path()).unwrap();
+    body += &std::fs::read_to_string(SALESFORCE.tenants(&sim, &["sfro"], "").path()).unwrap();
+    body += &std::fs::read_to_string(PIPEDRIVE.tenants(&sim, &["pdstale"], "").path()).unwrap();
+    secrets.push((HUBSPOT.secret("ro"), HUBSPOT.token("ro")));
+    secrets.push((SALESFORCE.secret("sfro"), SALESFORCE.token("sfro")));
+    secrets.push((PIPEDRIVE.secret("pdstale"), "not-a-pipedrive-token".into()));
+    sim.admin("POST", "/accounts/hubspot/ro/permissions/crm.objects.contacts.write/revoke", None);
+    sim.admin("POST", "/accounts/salesforce/sfro/permissions/Task.edit/revoke", None);
     // And one whose plan allows a single request a day: the check reports the spent limit
     // instead of waiting for midnight.
     HUBSPOT.account(&sim, "tiny", json!({}));
@@ -74,6 +88,8 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     };
     assert!(said(&text, "limits", "ok", "burst: 190 as hubspot states"), "{text}");
     assert!(said(&text, "limits", "ok", "daily: 650000 as hubspot states"), "{text}");
+    // The token's scopes, as HubSpot states them, have what writes need.
+    assert!(said(&text, "write", "ok", "the token has crm.objects.contacts.write"), "{text}");
     // HubSpot does not enforce unique values on calls here: said, not failed.
     assert!(text.contains("key field    call     ok    calls.crm_sync_key has no unique values here"), "{text}");
     for t in ["sf", "zo", "pd"] {
@@ -82,8 +98,30 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
         assert!(text.contains("all ") && text.contains("checks passed") && !text.contains("FAIL"), "{text}");
         if t == "sf" {
             assert!(text.contains("CrmSyncKey__c: the CRM refuses a second record with one key"), "{text}");
+            assert!(said(&text, "write", "ok", "the user may create and edit Task records and set every contract field"), "{text}");
+        }
+        if t == "pd" {
+            assert!(said(&text, "access", "ok", "pipedrive answered the credentials"), "{text}");
+            assert!(said(&text, "write", "ok", "is active; what they may edit Pipedrive says only at a write"), "{text}");
+        }
+        if t == "zo" {
+            assert!(said(&text, "write", "ok", "zoho does not say what credentials may write before they write"), "{text}");
         }
     }
+    // Read but not write: failed, with where to grant it.
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "ro"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(said(&text, "access", "ok", "calls readable"), "{text}");
+    assert!(said(&text, "write", "FAIL", "the token lacks crm.objects.contacts.write"), "{text}");
+    assert!(text.contains("fix: give the private app"), "{text}");
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "sfro"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(said(&text, "write", "FAIL", "the user may not edit Task records (object permissions)"), "{text}");
+    // A Pipedrive token the CRM refuses: the access check fails (it passed unasked before).
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "pdstale"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(said(&text, "access", "FAIL", "") && text.contains("pipedrive refused the credentials in"), "{text}");
+    assert!(!text.contains("not-a-pipedrive-token"), "no credential in the output: {text}");
     // A plan above what the CRM states: failed, with the setting to change.
     let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "big"]);
     assert_eq!(code, 1, "{text}");

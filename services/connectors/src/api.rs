@@ -70,11 +70,20 @@ pub struct Request {
     /// goes out only while this writer still holds every one's lease, checked (and renewed)
     /// in Redis after its tokens are taken, right before it is sent (DESIGN §4, fencing).
     pub fence: Vec<String>,
+    /// What audit and logs show instead of the path, when the path holds a credential
+    /// (HubSpot's token introspection takes the token in it).
+    pub shown_path: Option<String>,
 }
 
 impl Request {
     pub fn new(method: reqwest::Method, path: impl Into<String>, class: RequestClass) -> Request {
-        Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true, fence: vec![] }
+        Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true, fence: vec![], shown_path: None }
+    }
+
+    /// What audit and logs show instead of the path (one that holds a credential).
+    pub fn shown_as(mut self, path: impl Into<String>) -> Request {
+        self.shown_path = Some(path.into());
+        self
     }
 
     /// How many records it writes: a write is fenced by the key of each record it carries
@@ -453,7 +462,8 @@ impl Api {
         let first = Instant::now();
         let set = policy.buckets(req.class);
         let costs = policy.costs(req.class, req.records(), &set);
-        let endpoint = format!("{} {}", req.method, req.path.split('?').next().unwrap_or(""));
+        let path = req.shown_path.as_deref().unwrap_or(&req.path);
+        let endpoint = format!("{} {}", req.method, path.split('?').next().unwrap_or(""));
         let sent = match (&req.audit_body, &req.body) {
             (Some(shown), _) => excerpt(&shown.to_string()),
             (None, Some(body)) => excerpt(&String::from_utf8_lossy(body)),

@@ -416,6 +416,20 @@ impl Credentials {
         }
     }
 
+    /// The credential itself, without its scheme, and whether it is an OAuth access token
+    /// (else a static token): for a CRM's token introspection, which is sent it.
+    pub async fn token(
+        &self,
+        http: &reqwest::Client,
+        store: Option<&TokenStore>,
+        log: &mut Vec<Exchange>,
+    ) -> Result<(String, bool), AuthError> {
+        let (_, value) = self.header(http, store, log).await?;
+        let l = self.loaded();
+        let text = value.to_str().map_err(|_| AuthError::Refused(auth_failed("the credential is not text".into())))?;
+        Ok((text.strip_prefix(l.scheme).unwrap_or(text).to_string(), matches!(l.kind, Kind::OAuth(_))))
+    }
+
     /// The auth header for the next request, refreshing the access token when needed
     /// (through `store` when given, shared with every replica).
     pub async fn header(

@@ -493,6 +493,23 @@ pub trait Inspect: Connector {
         std::future::ready(Ok(None))
     }
 
+    /// Whether these credentials may create and change `kind`'s records, as the CRM says
+    /// before anything is written: a read that tells (HubSpot's token scopes, Salesforce's
+    /// describe). The default: the CRM does not say.
+    fn write_access(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<WriteAccess, Failure>> + Send {
+        let _ = (api, t, kind, log);
+        std::future::ready(Ok(WriteAccess::NotShown(format!(
+            "{} does not say what credentials may write before they write: a missing permission shows at the first write, as PERMISSION_DENIED in the DLQ",
+            self.crm().as_str()
+        ))))
+    }
+
     /// What [`Inspect::provision_key_field`] would send, for `--dry-run`: method, path and
     /// body; None where nothing is sent.
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
@@ -509,6 +526,19 @@ pub trait Inspect: Connector {
         kind: ActivityKind,
         log: &mut Vec<Exchange>,
     ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
+}
+
+/// Whether credentials may create and change a kind's records, as the CRM says without a
+/// write (`crm-sync tenants check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteAccess {
+    /// They may: what the CRM said.
+    Granted(String),
+    /// They may not: what is missing.
+    Denied(String),
+    /// The CRM does not say before a write: what it did say, and how a missing permission
+    /// would show.
+    NotShown(String),
 }
 
 /// What a CRM's schema says of a key field (`key_field_check`).

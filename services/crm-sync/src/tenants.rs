@@ -1,17 +1,19 @@
 //! `crm-sync tenants check [--tenant T] [--crm C] [--json]`: before a tenant's first activity,
 //! whether each of its CRM connections will work, and what to do where it will not. Per
 //! connection: the credentials are there and the CRM takes them; the CRM lets them read the
-//! objects the contracts write (scopes, permissions); every field the contracts name exists,
-//! the key field first; the plan's limits are those the CRM states in its answers. Each
+//! objects the contracts write and, where the CRM says before a write, write them (scopes,
+//! permissions); every field the contracts name exists, the key field first; the plan's
+//! limits are those the CRM states in its answers. Each
 //! check reads the CRM's schema through the same client, buckets and OAuth token store as
 //! the writers, so it costs a request or two per kind, counted with the writers' requests.
 
 use crm_common::config::CommonArgs;
 use crm_common::events::{ActivityKind, Crm, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant, Tenants};
+use crm_connectors::api::Failure;
 use crm_connectors::api::{Policy, RequestClass, StatedLimit};
 use crm_connectors::bucket::Limit;
-use crm_connectors::connector::Inspect;
+use crm_connectors::connector::{Inspect, WriteAccess};
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -72,6 +74,8 @@ pub enum Check {
     Fields,
     /// The key field keeps one record per key (unique, external id).
     KeyField,
+    /// The credentials may create and change the kind's records, where the CRM says.
+    Write,
     /// The plan's limits are those the CRM states for the account.
     Limits,
     /// The key field created (`provision`).
@@ -307,19 +311,31 @@ async fn check_connection<C: Inspect>(
     for kind in kinds {
         let contract = c.contract_of(kind);
         let object = &contract.object;
-        let read = c.schema_fields(api, &client, kind, &mut log).await;
+        let unanswered = |f: &Failure| {
+            let fix = match f.reason {
+                DlqReason::AuthFailed => format!(
+                    "{} refused the credentials in {secret}: issue a new token (or authorize the app again) and update the secret; running services read it again within a minute",
+                    crm.as_str()
+                ),
+                DlqReason::PermissionDenied => access_fix(crm, object),
+                _ => format!("the {} did not answer as expected: check its URL and status, then run this again", crm.as_str()),
+            };
+            finding(Check::Access, Some(kind), false, f.detail.clone(), Some(fix))
+        };
+        let mut read = c.schema_fields(api, &client, kind, &mut log).await;
+        // What the credentials may write, where the CRM says before a write. A CRM whose
+        // object has no schema to read (Pipedrive) answers the credentials here first.
+        let write = match &read {
+            Ok(_) => Some(c.write_access(api, &client, kind, &mut log).await),
+            Err(_) => None,
+        };
+        if let (Ok(None), Some(Err(f))) = (&read, &write) {
+            read = Err(f.clone());
+        }
         answered |= read.is_ok();
         match read {
             Err(f) => {
-                let fix = match f.reason {
-                    DlqReason::AuthFailed => format!(
-                        "{} refused the credentials in {secret}: issue a new token (or authorize the app again) and update the secret; running services read it again within a minute",
-                        crm.as_str()
-                    ),
-                    DlqReason::PermissionDenied => access_fix(crm, object),
-                    _ => format!("the {} did not answer as expected: check its URL and status, then run this again", crm.as_str()),
-                };
-                out.push(finding(Check::Access, Some(kind), false, f.detail, Some(fix)));
+                out.push(unanswered(&f));
                 // Without access to one object the rest tell nothing new about the credentials.
                 if matches!(f.reason, DlqReason::AuthFailed) {
                     break;
@@ -327,7 +343,7 @@ async fn check_connection<C: Inspect>(
                 continue;
             }
             Ok(None) => {
-                out.push(finding(Check::Access, Some(kind), true, format!("{object} readable"), None));
+                out.push(finding(Check::Access, Some(kind), true, format!("{} answered the credentials", crm.as_str()), None));
                 let detail = match &contract.key_marker {
                     Some(marker) => format!("no custom fields on {object}: the key rides in {} after {marker:?}", contract.key_field),
                     None => format!("no custom fields on {object} to check"),
@@ -365,6 +381,19 @@ async fn check_connection<C: Inspect>(
                     out.push(finding(Check::Fields, Some(kind), false, detail, Some(fix)));
                 }
             }
+        }
+        match write {
+            Some(Ok(WriteAccess::Granted(what))) => out.push(finding(Check::Write, Some(kind), true, what, None)),
+            Some(Ok(WriteAccess::NotShown(what))) => out.push(finding(Check::Write, Some(kind), true, what, None)),
+            Some(Ok(WriteAccess::Denied(what))) => out.push(finding(Check::Write, Some(kind), false, what, Some(access_fix(crm, object)))),
+            Some(Err(f)) => out.push(finding(
+                Check::Write,
+                Some(kind),
+                false,
+                format!("could not tell: {}", f.detail),
+                Some("run the check again; if it persists, see the CRM's status".into()),
+            )),
+            None => {}
         }
     }
     if answered {
@@ -472,7 +501,7 @@ fn kinds_of<C: Inspect>(c: &C, conn: &CrmConnection) -> Vec<ActivityKind> {
 fn access_fix(crm: Crm, object: &str) -> String {
     match crm {
         Crm::Hubspot => format!(
-            "give the private app (or the OAuth app's install) the scopes to read and write {object} and their properties: crm.objects.contacts.read and .write, and crm.schemas.contacts.read (Settings → Integrations → Private apps → Scopes)"
+            "give the private app (or the OAuth app's install) the scopes to read and write {object} and their properties: crm.objects.contacts.read and .write, crm.schemas.contacts.read, and sales-email-read for emails (Settings → Integrations → Private apps → Scopes)"
         ),
         Crm::Salesforce => format!(
             "give the integration user API Enabled and Read/Create/Edit on {object} (its profile or a permission set), and field-level access to the contract's fields"
@@ -496,6 +525,7 @@ pub fn render(findings: &[Finding]) -> String {
             Check::Access => "access",
             Check::Fields => "fields",
             Check::KeyField => "key field",
+            Check::Write => "write",
             Check::Limits => "limits",
             Check::Provision => "provision",
         };

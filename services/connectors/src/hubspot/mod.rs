@@ -18,11 +18,11 @@ pub mod wire;
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
-use crate::connector::KeyFieldCheck;
 use crate::connector::{
     create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, Provisioned,
     ReadBeforeResend, TenantOf, Wanted,
 };
+use crate::connector::{KeyFieldCheck, WriteAccess};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
@@ -697,6 +697,40 @@ impl Inspect for Hubspot {
                 "{object}.{name} has no unique values here: HubSpot will not refuse a second record with one key (only new properties can be made unique)"
             ))
         }))
+    }
+
+    /// The token's scopes as HubSpot states them (a private app's through
+    /// `private-apps/get/access-token-info`, an OAuth access token's through
+    /// `oauth/v1/access-tokens`), against those the writes of `kind` need (CRM-APIS §1.1:
+    /// the activity objects are gated on the contacts scopes; emails on `sales-email-read`
+    /// too, CRM-APIS-ACTIVITIES §1.1). The token goes in the request, never in audit.
+    async fn write_access(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<WriteAccess, Failure> {
+        let (token, oauth) = match t.auth.token(&api.http, api.tokens.as_ref(), log).await {
+            Ok(t) => t,
+            Err(crate::auth::AuthError::Refused(f)) => return Err(f),
+            Err(crate::auth::AuthError::Unavailable(why)) => return Err(Failure::new(DlqReason::RetriesExhausted, why)),
+        };
+        let shown = json!("(the token, not shown)");
+        let req = if oauth {
+            Request::get(format!("/oauth/v1/access-tokens/{}", urlencode(&token)), RequestClass::Schema)
+                .shown_as("/oauth/v1/access-tokens/(the token)")
+                .audited_as(shown)
+        } else {
+            Request::new(Method::POST, "/oauth/v2/private-apps/get/access-token-info", RequestClass::Schema)
+                .body(json!({"tokenKey": token}))
+                .audited_as(json!({"tokenKey": shown}))
+        };
+        let info: wire::TokenInfo = t.fetch(api, &req, log).await?;
+        let mut needed = vec!["crm.objects.contacts.write"];
+        if kind == ActivityKind::Email {
+            needed.push("sales-email-read");
+        }
+        let missing: Vec<&str> = needed.iter().copied().filter(|s| !info.scopes.iter().any(|h| h == s)).collect();
+        Ok(if missing.is_empty() {
+            WriteAccess::Granted(format!("the token has {}", needed.join(" and ")))
+        } else {
+            WriteAccess::Denied(format!("the token lacks {} (it has {})", missing.join(" and "), info.scopes.join(", ")))
+        })
     }
 
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {

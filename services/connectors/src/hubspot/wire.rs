@@ -145,6 +145,14 @@ pub struct Property {
     pub has_unique_value: bool,
 }
 
+/// What HubSpot says of a token: `GET /oauth/v1/access-tokens/{token}` (OAuth) or `POST
+/// /oauth/v2/private-apps/get/access-token-info` (a private app's), both with `scopes`.
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenInfo {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

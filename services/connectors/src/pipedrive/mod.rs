@@ -472,6 +472,28 @@ impl Inspect for Pipedrive {
         Ok(out)
     }
 
+    /// Who the token is (`users/me`): a deactivated user writes nothing. What an active one
+    /// may edit (visibility groups, permission sets) Pipedrive says only at a write.
+    async fn write_access(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        _kind: ActivityKind,
+        log: &mut Vec<Exchange>,
+    ) -> Result<crate::connector::WriteAccess, Failure> {
+        use crate::connector::WriteAccess;
+        let me: Envelope<wire::Me> = t.fetch(api, &Request::get("/api/v1/users/me", RequestClass::Read), log).await?;
+        let name = me.data.name.unwrap_or_else(|| "(no name)".into());
+        Ok(if !me.data.active_flag {
+            WriteAccess::Denied(format!("the token's user {name} is deactivated"))
+        } else {
+            WriteAccess::NotShown(format!(
+                "the token's user {name} is active{}; what they may edit Pipedrive says only at a write: a missing permission shows as PERMISSION_DENIED in the DLQ",
+                if me.data.is_admin { ", an admin" } else { "" }
+            ))
+        })
+    }
+
     async fn schema_fields(
         &self,
         _api: &Api,

@@ -14,6 +14,21 @@ pub struct Envelope<T> {
     pub additional_data: AdditionalData,
 }
 
+/// `GET /api/v1/users/me`: the user the token is.
+#[derive(Debug, Deserialize)]
+pub struct Me {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "yes")]
+    pub active_flag: bool,
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// A deal as `GET /api/v2/deals` lists it.
 #[derive(Debug, Deserialize)]
 pub struct Deal {

@@ -25,6 +25,7 @@ use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
     missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, Provisioned, TenantOf, Wanted,
+    WriteAccess,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
@@ -682,6 +683,29 @@ impl Inspect for Salesforce {
                 format!("{object}.{key} was made and granted, but the integration user still cannot see it: check its profile's field-level security"),
             )),
         }
+    }
+
+    /// What describe says the user may do: create and edit the object's records (object
+    /// permissions), and set each contract field it has on a create (field-level security).
+    async fn write_access(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<WriteAccess, Failure> {
+        let object = self.object_of(kind).to_string();
+        let req = Request::get(self.data(&format!("/sobjects/{object}/describe/")), RequestClass::Schema);
+        let describe: Describe = t.fetch(api, &req, log).await?;
+        let may_not: Vec<&str> = [(describe.createable, "create"), (describe.updateable, "edit")]
+            .into_iter()
+            .filter_map(|(may, what)| (!may).then_some(what))
+            .collect();
+        if !may_not.is_empty() {
+            return Ok(WriteAccess::Denied(format!("the user may not {} {object} records (object permissions)", may_not.join(" or "))));
+        }
+        let contract = self.contract_of(kind);
+        let closed: Vec<&str> =
+            describe.fields.iter().filter(|f| contract.fields.contains_key(&f.name) && !f.createable).map(|f| f.name.as_str()).collect();
+        Ok(if closed.is_empty() {
+            WriteAccess::Granted(format!("the user may create and edit {object} records and set every contract field"))
+        } else {
+            WriteAccess::Denied(format!("the user may not set {} on {object} (field-level security)", closed.join(", ")))
+        })
     }
 
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {

@@ -118,6 +118,12 @@ pub struct Created {
 pub struct Describe {
     #[serde(default)]
     pub fields: Vec<FieldName>,
+    /// Whether the user may create the object's records (object permissions).
+    #[serde(default)]
+    pub createable: bool,
+    /// Whether the user may edit them.
+    #[serde(default)]
+    pub updateable: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +135,9 @@ pub struct FieldName {
     /// Refuses a second record with one value.
     #[serde(default)]
     pub unique: bool,
+    /// Whether the user may set it on a create (field-level security, and not computed).
+    #[serde(default)]
+    pub createable: bool,
 }
 
 /// `GET /services/oauth2/userinfo`: who the credentials are.

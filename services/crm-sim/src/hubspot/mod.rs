@@ -247,6 +247,9 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/crm/v3/properties/{object}/groups", get(objects::property_groups).post(objects::create_property_group))
         .route("/crm/v3/properties/{object}/{name}", get(objects::property))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<HubSpot>));
-    let oauth = Router::new().route("/oauth/v1/token", post(oauth::token)).route("/oauth/v1/access-tokens/{token}", get(oauth::introspect));
+    let oauth = Router::new()
+        .route("/oauth/v1/token", post(oauth::token))
+        .route("/oauth/v1/access-tokens/{token}", get(oauth::introspect))
+        .route("/oauth/v2/private-apps/get/access-token-info", post(oauth::private_app_token_info));
     api.merge(oauth).with_state(sim)
 }

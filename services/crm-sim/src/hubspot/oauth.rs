@@ -39,17 +39,56 @@ fn mint(sim: &SharedSim, f: HashMap<String, String>) -> Response {
     }
 }
 
+/// The scopes the simulated HubSpot gates on (`HubSpot::permission(s)`), less those the
+/// account revoked: a token's scopes as introspection states them.
+fn scopes(w: &mut crate::state::World, account: &str) -> Vec<&'static str> {
+    const GATED: [&str; 6] = [
+        "crm.objects.contacts.read",
+        "crm.objects.contacts.write",
+        "crm.objects.owners.read",
+        "crm.schemas.contacts.write",
+        "sales-email-read",
+        "crm.schemas.contacts.read",
+    ];
+    let revoked = w.account(Crm::Hubspot, account).map(|a| a.revoked.clone()).unwrap_or_default();
+    GATED.into_iter().filter(|s| !revoked.contains(*s)).collect()
+}
+
+fn not_found() -> Response {
+    json(
+        404,
+        json!({"status": "error", "message": "access token not found", "category": "OBJECT_NOT_FOUND", "correlationId": uuid::Uuid::new_v4().to_string()}),
+    )
+}
+
+/// `GET /oauth/v1/access-tokens/{token}`: an OAuth access token's metadata.
 pub async fn introspect(State(sim): State<SharedSim>, Path(t): Path<String>) -> Response {
     let now = sim.clock.now_ms();
-    let w = sim.lock();
-    match w.tokens.get(&t).filter(|tok| tok.crm == Crm::Hubspot && !tok.revoked) {
-        Some(tok) => json(
-            200,
-            json!({"token": t, "hub_id": tok.account, "app_id": tok.app, "expires_in": tok.expires_at_ms.map(|e| ((e - now) / 1000).max(0)), "token_type": "access", "scopes": ["crm.objects.contacts.read", "crm.objects.contacts.write"]}),
-        ),
-        None => json(
-            404,
-            json!({"status": "error", "message": "access token not found", "category": "OBJECT_NOT_FOUND", "correlationId": uuid::Uuid::new_v4().to_string()}),
-        ),
-    }
+    let mut w = sim.lock();
+    let Some(tok) =
+        w.tokens.get(&t).filter(|tok| tok.crm == Crm::Hubspot && !tok.revoked && tok.kind == crate::state::TokenKind::Oauth).cloned()
+    else {
+        return not_found();
+    };
+    let scopes = scopes(&mut w, &tok.account);
+    json(
+        200,
+        json!({"token": t, "hub_id": tok.account, "app_id": tok.app, "expires_in": tok.expires_at_ms.map(|e| ((e - now) / 1000).max(0)), "token_type": "access", "scopes": scopes}),
+    )
+}
+
+/// `POST /oauth/v2/private-apps/get/access-token-info` `{"tokenKey": …}`: a private app's
+/// token, its account, app and scopes.
+pub async fn private_app_token_info(State(sim): State<SharedSim>, body: axum::body::Bytes) -> Response {
+    let Some(t) = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|b| b["tokenKey"].as_str().map(str::to_string)) else {
+        return json(400, json!({"status": "error", "message": "tokenKey is required", "category": "VALIDATION_ERROR"}));
+    };
+    let mut w = sim.lock();
+    let Some(tok) =
+        w.tokens.get(&t).filter(|tok| tok.crm == Crm::Hubspot && !tok.revoked && tok.kind == crate::state::TokenKind::Static).cloned()
+    else {
+        return not_found();
+    };
+    let scopes = scopes(&mut w, &tok.account);
+    json(200, json!({"userId": 1, "hubId": tok.account, "appId": tok.app, "scopes": scopes}))
 }

@@ -455,17 +455,35 @@ pub async fn find_users(
                 let hay = if by_email { crate::users::email(crm, r) } else { r.fields.get("name").and_then(Value::as_str) };
                 hay.is_some_and(|h| h.to_lowercase().contains(&term))
             })
-            .map(|r| {
-                json!({
-                    "id": r.id.parse::<u64>().unwrap_or(0), "name": r.fields.get("name").cloned().unwrap_or(Value::Null),
-                    "email": r.fields.get("email").cloned().unwrap_or(Value::Null),
-                    "active_flag": r.fields.get("active_flag").and_then(Value::as_bool).unwrap_or(true),
-                    "is_deleted": r.fields.get("is_deleted").and_then(Value::as_bool).unwrap_or(false),
-                    "activated": true, "role_id": 1, "timezone_name": "Europe/Tallinn", "is_you": r.id == acct.owner_id, "access": []
-                })
-            })
+            .map(|r| user_json(r, &acct.owner_id))
             .collect();
         json(200, json!({"success": true, "data": if hits.is_empty() { Value::Null } else { Value::Array(hits) }}))
+    })
+}
+
+fn user_json(r: &crate::state::Record, me: &str) -> Value {
+    json!({
+        "id": r.id.parse::<u64>().unwrap_or(0), "name": r.fields.get("name").cloned().unwrap_or(Value::Null),
+        "email": r.fields.get("email").cloned().unwrap_or(Value::Null),
+        "active_flag": r.fields.get("active_flag").and_then(Value::as_bool).unwrap_or(true),
+        "is_deleted": r.fields.get("is_deleted").and_then(Value::as_bool).unwrap_or(false),
+        "is_admin": r.fields.get("is_admin").and_then(Value::as_bool).unwrap_or(false),
+        "activated": true, "role_id": 1, "timezone_name": "Europe/Tallinn", "is_you": r.id == me, "access": []
+    })
+}
+
+/// `GET /v1/users/me`: the user the token is (the account's API user).
+pub async fn me(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>) -> Response {
+    sim.with(&caller, |acct, _| {
+        let users = crate::users::all(acct);
+        match users.iter().find(|r| r.id == acct.owner_id) {
+            Some(r) => json(200, json!({"success": true, "data": user_json(r, &acct.owner_id)})),
+            None => json(
+                200,
+                json!({"success": true, "data": {"id": acct.owner_id.parse::<u64>().unwrap_or(1), "name": "API user", "email": format!("api@{}.example", acct.id),
+                       "active_flag": true, "is_deleted": false, "is_admin": true, "activated": true, "is_you": true, "access": []}}),
+            ),
+        }
     })
 }
 

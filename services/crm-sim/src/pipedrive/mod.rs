@@ -185,6 +185,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/api/v2/persons/search", get(activities::search_persons))
         .route("/api/v2/persons/{id}", get(activities::read_person))
         .route("/api/v1/users/find", get(activities::find_users))
+        .route("/api/v1/users/me", get(activities::me))
         .route("/api/v1/activities", any(activities::v1_gone))
         .route("/api/v1/activities/{id}", any(activities::v1_gone))
         .route_layer(axum::middleware::from_fn_with_state(sim.clone(), gate::gate::<Pipedrive>));

@@ -881,7 +881,12 @@ pub async fn describe(
                        "createable": !d.read_only, "updateable": !d.read_only && !d.create_only, "nillable": !d.required, "picklistValues": values})
             })
             .collect();
-        json(200, json!({"name": object, "custom": false, "createable": true, "updateable": true, "deletable": true, "fields": fields}))
+        // Object permissions as the user has them (the gate's revocable Task.* permissions).
+        let may = |p: &str| !acct.revoked.contains(p);
+        json(
+            200,
+            json!({"name": object, "custom": false, "createable": may("Task.create"), "updateable": may("Task.edit"), "deletable": may("Task.delete"), "fields": fields}),
+        )
     })
 }
 
