@@ -132,7 +132,7 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     );
     let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "tiny"]);
     assert_eq!(code, 1, "{text}");
-    assert!(said(&text, "key", "FAIL", "not sent: hubspot's limits for tenant tiny leave this client no tokens"), "{text}");
+    assert!(said(&text, "write", "FAIL", "could not tell: POST /oauth/v2/private-apps/get/access-token-info: not sent: hubspot's limits for tenant tiny leave this client no tokens"), "{text}");
     assert!(
         said(
             &text,

@@ -480,19 +480,6 @@ pub trait Inspect: Connector {
         ))))
     }
 
-    /// Whether the CRM keeps one record per value of `kind`'s key field, as its schema says
-    /// (`crm-sync tenants check`); None where the object has no key field of ours.
-    fn key_field_check(
-        &self,
-        api: &Api,
-        t: &TenantClient<Self::Policy>,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<Option<KeyFieldCheck>, Failure>> + Send {
-        let _ = (api, t, kind, log);
-        std::future::ready(Ok(None))
-    }
-
     /// Whether these credentials may create and change `kind`'s records, as the CRM says
     /// before anything is written: a read that tells (HubSpot's token scopes, Salesforce's
     /// describe). The default: the CRM does not say.
@@ -517,15 +504,28 @@ pub trait Inspect: Connector {
         None
     }
 
-    /// The fields the CRM's schema has on `kind`'s object (the check that a custom field
-    /// was not removed); None for a CRM whose object has no custom fields to check.
-    fn schema_fields(
+    /// What the CRM's schema says of `kind`'s object, from one read: its fields (the check
+    /// that a custom field was not removed), what it says of the key field, and what the
+    /// credentials may write where the same read says. None for a CRM whose object has no
+    /// custom fields to check.
+    fn schema(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,
         kind: ActivityKind,
         log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<Option<BTreeSet<String>>, Failure>> + Send;
+    ) -> impl std::future::Future<Output = Result<Option<Schema>, Failure>> + Send;
+}
+
+/// One read of a kind's object's schema ([`Inspect::schema`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    pub fields: BTreeSet<String>,
+    /// What the schema says of the key field; None where the object has none of that name.
+    pub key_field: Option<KeyFieldCheck>,
+    /// What the credentials may write, where this read says it (Salesforce's describe);
+    /// else [`Inspect::write_access`] asks.
+    pub write: Option<WriteAccess>,
 }
 
 /// Whether credentials may create and change a kind's records, as the CRM says without a
@@ -541,7 +541,7 @@ pub enum WriteAccess {
     NotShown(String),
 }
 
-/// What a CRM's schema says of a key field (`key_field_check`).
+/// What a CRM's schema says of a key field ([`Schema::key_field`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyFieldCheck {
     /// The CRM refuses a second record with one key.

@@ -13,7 +13,7 @@ use crm_common::tenants::{CrmConnection, ResolvedTenant, Tenants};
 use crm_connectors::api::Failure;
 use crm_connectors::api::{Policy, RequestClass, StatedLimit};
 use crm_connectors::bucket::Limit;
-use crm_connectors::connector::{Inspect, WriteAccess};
+use crm_connectors::connector::{Inspect, KeyFieldCheck, Schema, WriteAccess};
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -181,8 +181,8 @@ async fn provision_connection<C: Inspect>(
         let contract = c.contract_of(kind);
         let (object, key) = (&contract.object, &contract.key_field);
         let mut log = vec![];
-        let fields = match c.schema_fields(api, &client, kind, &mut log).await {
-            Ok(f) => f,
+        let fields = match c.schema(api, &client, kind, &mut log).await {
+            Ok(s) => s.map(|s| s.fields),
             Err(f) => {
                 out.push(finding(kind, false, f.detail, Some("crm-sync tenants check says what to fix first".into())));
                 continue;
@@ -322,10 +322,12 @@ async fn check_connection<C: Inspect>(
             };
             finding(Check::Access, Some(kind), false, f.detail.clone(), Some(fix))
         };
-        let mut read = c.schema_fields(api, &client, kind, &mut log).await;
-        // What the credentials may write, where the CRM says before a write. A CRM whose
-        // object has no schema to read (Pipedrive) answers the credentials here first.
+        let mut read = c.schema(api, &client, kind, &mut log).await;
+        // What the credentials may write, where the CRM says before a write: in the schema
+        // read, or a read of its own. A CRM whose object has no schema to read (Pipedrive)
+        // answers the credentials here first.
         let write = match &read {
+            Ok(Some(Schema { write: Some(w), .. })) => Some(Ok(w.clone())),
             Ok(_) => Some(c.write_access(api, &client, kind, &mut log).await),
             Err(_) => None,
         };
@@ -351,8 +353,8 @@ async fn check_connection<C: Inspect>(
                 out.push(finding(Check::Fields, Some(kind), true, detail, None));
             }
             Ok(Some(schema)) => {
-                out.push(finding(Check::Access, Some(kind), true, format!("{object} readable ({} fields)", schema.len()), None));
-                let missing = reconciler::compare::missing_fields(contract, &schema);
+                out.push(finding(Check::Access, Some(kind), true, format!("{object} readable ({} fields)", schema.fields.len()), None));
+                let missing = reconciler::compare::missing_fields(contract, &schema.fields);
                 if missing.is_empty() {
                     let detail = format!(
                         "key field {} and the {} other contract fields exist on {object}",
@@ -360,7 +362,7 @@ async fn check_connection<C: Inspect>(
                         contract.fields.len() - 1
                     );
                     out.push(finding(Check::Fields, Some(kind), true, detail, None));
-                    out.push(key_field_finding(c, api, &client, kind, &finding).await);
+                    out.push(key_field_finding(&contract.key_field, crm, kind, schema.key_field, &finding));
                 } else {
                     let key_missing = missing.contains(&contract.key_field);
                     let detail = format!("{object} has no field {}", missing.join(", "));
@@ -465,29 +467,22 @@ fn limits_findings(policy: &impl Policy, crm: Crm, conn: &CrmConnection, stated:
 
 /// What the CRM's schema says of the key field: one record per key, or not (said, not a
 /// failure: the claims keep writes single), or not usable as the writer uses it (a failure).
-async fn key_field_finding<C: Inspect>(
-    c: &C,
-    api: &crm_connectors::api::Api,
-    client: &crm_connectors::connector::TenantOf<C>,
+fn key_field_finding(
+    key: &str,
+    crm: Crm,
     kind: ActivityKind,
+    said: Option<KeyFieldCheck>,
     finding: &impl Fn(Check, Option<ActivityKind>, bool, String, Option<String>) -> Finding,
 ) -> Finding {
-    use crm_connectors::connector::KeyFieldCheck;
-    let key = &c.contract_of(kind).key_field;
-    match c.key_field_check(api, client, kind, &mut vec![]).await {
-        Ok(Some(KeyFieldCheck::Enforced)) => {
-            finding(Check::KeyField, Some(kind), true, format!("{key}: the CRM refuses a second record with one key"), None)
+    let (ok, detail, fix) = match said {
+        Some(KeyFieldCheck::Enforced) => (true, format!("{key}: the CRM refuses a second record with one key"), None),
+        Some(KeyFieldCheck::NotEnforced(what)) => (true, what, None),
+        Some(KeyFieldCheck::Unusable(why)) => {
+            (false, why, Some(format!("change {key} as it says ({})", crm_connectors::connector::key_field_spec(crm))))
         }
-        Ok(Some(KeyFieldCheck::NotEnforced(what))) => finding(Check::KeyField, Some(kind), true, what, None),
-        Ok(Some(KeyFieldCheck::Unusable(why))) => {
-            let fix = format!("change {key} as it says ({})", crm_connectors::connector::key_field_spec(c.crm()));
-            finding(Check::KeyField, Some(kind), false, why, Some(fix))
-        }
-        Ok(None) => finding(Check::KeyField, Some(kind), true, format!("{key}: nothing the CRM enforces to check"), None),
-        Err(f) => {
-            finding(Check::KeyField, Some(kind), false, f.detail, Some("run the check again; if it persists, see the CRM's status".into()))
-        }
-    }
+        None => (true, format!("{key}: nothing the CRM enforces to check"), None),
+    };
+    finding(Check::KeyField, Some(kind), ok, detail, fix)
 }
 
 /// The kinds a connection takes that this CRM's writer writes, in order.

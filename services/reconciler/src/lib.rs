@@ -258,9 +258,10 @@ impl<C: Inspect> Reconciler<C> {
             None => {
                 let read = self
                     .connector
-                    .schema_fields(&self.api, client, kind, &mut log)
+                    .schema(&self.api, client, kind, &mut log)
                     .await
-                    .map_err(|f| anyhow::anyhow!("schema read ({}): {}", kind.as_str(), f.detail))?;
+                    .map_err(|f| anyhow::anyhow!("schema read ({}): {}", kind.as_str(), f.detail))?
+                    .map(|s| s.fields);
                 schemas.insert(contract.object.clone(), read.clone());
                 read
             }

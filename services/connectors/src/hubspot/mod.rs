@@ -22,7 +22,7 @@ use crate::connector::{
     create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, Provisioned,
     ReadBeforeResend, TenantOf, Wanted,
 };
-use crate::connector::{KeyFieldCheck, WriteAccess};
+use crate::connector::{KeyFieldCheck, Schema, WriteAccess};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
@@ -669,7 +669,7 @@ impl Inspect for Hubspot {
         let _: Property = t.fetch(api, &create, log).await?;
         // Read back as `tenants check` reads it.
         let name = self.key_field_of(kind);
-        let unique = matches!(self.key_field_check(api, t, kind, log).await?, Some(KeyFieldCheck::Enforced));
+        let unique = matches!(self.schema(api, t, kind, log).await?.and_then(|s| s.key_field), Some(KeyFieldCheck::Enforced));
         let detail = if unique {
             format!("created {object}.{name}, unique: HubSpot refuses a second record with one key")
         } else {
@@ -678,25 +678,6 @@ impl Inspect for Hubspot {
             )
         };
         Ok(Provisioned::Created { unique, detail })
-    }
-
-    async fn key_field_check(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<KeyFieldCheck>, Failure> {
-        let (object, name) = (self.object_of(kind), self.key_field_of(kind));
-        let read = Request::get(format!("/crm/v3/properties/{object}/{name}"), RequestClass::Schema);
-        let p: Property = t.fetch(api, &read, log).await?;
-        Ok(Some(if p.has_unique_value {
-            KeyFieldCheck::Enforced
-        } else {
-            KeyFieldCheck::NotEnforced(format!(
-                "{object}.{name} has no unique values here: HubSpot will not refuse a second record with one key (only new properties can be made unique)"
-            ))
-        }))
     }
 
     /// The token's scopes as HubSpot states them (a private app's through
@@ -748,15 +729,21 @@ impl Inspect for Hubspot {
         Some(Request::new(Method::POST, format!("/crm/v3/properties/{object}"), RequestClass::Schema).body(body))
     }
 
-    async fn schema_fields(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(format!("/crm/v3/properties/{}", self.object_of(kind)), RequestClass::Schema);
+    /// The object's properties, the key property's `hasUniqueValue` among them.
+    async fn schema(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<Option<Schema>, Failure> {
+        let object = self.object_of(kind);
+        let key = self.key_field_of(kind);
+        let req = Request::get(format!("/crm/v3/properties/{object}"), RequestClass::Schema);
         let page: Page<Property> = t.fetch(api, &req, log).await?;
-        Ok(Some(page.results.into_iter().map(|p| p.name).collect()))
+        let key_field = page.results.iter().find(|p| p.name == key).map(|p| {
+            if p.has_unique_value {
+                KeyFieldCheck::Enforced
+            } else {
+                KeyFieldCheck::NotEnforced(format!(
+                    "{object}.{key} has no unique values here: HubSpot will not refuse a second record with one key (only new properties can be made unique)"
+                ))
+            }
+        });
+        Ok(Some(Schema { fields: page.results.into_iter().map(|p| p.name).collect(), key_field, write: None }))
     }
 }

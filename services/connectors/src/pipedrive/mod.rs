@@ -32,7 +32,7 @@ use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::{HeaderName, AUTHORIZATION};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use wire::{Activity, Created, Envelope, Phone, SearchHits};
 
 /// Activities listed per page, and pages read at most, when looking for a key.
@@ -494,13 +494,13 @@ impl Inspect for Pipedrive {
         })
     }
 
-    async fn schema_fields(
+    async fn schema(
         &self,
         _api: &Api,
         _t: &Tenant,
         _kind: ActivityKind,
         _log: &mut Vec<Exchange>,
-    ) -> Result<Option<BTreeSet<String>>, Failure> {
+    ) -> Result<Option<crate::connector::Schema>, Failure> {
         Ok(None)
     }
 }

@@ -24,8 +24,8 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, Provisioned, TenantOf, Wanted,
-    WriteAccess,
+    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, Provisioned, Schema, TenantOf,
+    Wanted, WriteAccess,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
@@ -669,7 +669,7 @@ impl Inspect for Salesforce {
             Err(f) => return Err(f),
         }
         let access = format!("read and edit for the integration user through the permission set {PERMISSION_SET}");
-        match self.key_field_check(api, t, kind, log).await? {
+        match self.schema(api, t, kind, log).await?.and_then(|s| s.key_field) {
             Some(KeyFieldCheck::Enforced) => Ok(Provisioned::Created {
                 unique: true,
                 detail: format!("created {object}.{key} (on Activity), External ID and Unique, {access}"),
@@ -685,29 +685,6 @@ impl Inspect for Salesforce {
         }
     }
 
-    /// What describe says the user may do: create and edit the object's records (object
-    /// permissions), and set each contract field it has on a create (field-level security).
-    async fn write_access(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<WriteAccess, Failure> {
-        let object = self.object_of(kind).to_string();
-        let req = Request::get(self.data(&format!("/sobjects/{object}/describe/")), RequestClass::Schema);
-        let describe: Describe = t.fetch(api, &req, log).await?;
-        let may_not: Vec<&str> = [(describe.createable, "create"), (describe.updateable, "edit")]
-            .into_iter()
-            .filter_map(|(may, what)| (!may).then_some(what))
-            .collect();
-        if !may_not.is_empty() {
-            return Ok(WriteAccess::Denied(format!("the user may not {} {object} records (object permissions)", may_not.join(" or "))));
-        }
-        let contract = self.contract_of(kind);
-        let closed: Vec<&str> =
-            describe.fields.iter().filter(|f| contract.fields.contains_key(&f.name) && !f.createable).map(|f| f.name.as_str()).collect();
-        Ok(if closed.is_empty() {
-            WriteAccess::Granted(format!("the user may create and edit {object} records and set every contract field"))
-        } else {
-            WriteAccess::Denied(format!("the user may not set {} on {object} (field-level security)", closed.join(", ")))
-        })
-    }
-
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
         let body = json!({
             "FullName": format!("Activity.{}", self.key_field_of(kind)),
@@ -720,20 +697,16 @@ impl Inspect for Salesforce {
         Some(Request::new(Method::POST, self.data("/tooling/sobjects/CustomField"), RequestClass::Schema).body(body))
     }
 
-    /// The writer upserts by the key field (`/composite/sobjects/{object}/{field}`): it must
-    /// be an External ID, and Unique to refuse a second record made by two upserts at once.
-    async fn key_field_check(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<KeyFieldCheck>, Failure> {
+    /// One describe: the fields; the key field, which the writer upserts by
+    /// (`/composite/sobjects/{object}/{field}`), so it must be an External ID, and Unique to
+    /// refuse a second record made by two upserts at once; and what the user may write:
+    /// create and edit the object's records (object permissions), and set each contract
+    /// field it has on a create (field-level security).
+    async fn schema(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<Option<Schema>, Failure> {
         let (object, name) = (self.object_of(kind).to_string(), self.key_field_of(kind).to_string());
         let req = Request::get(self.data(&format!("/sobjects/{object}/describe/")), RequestClass::Schema);
         let describe: Describe = t.fetch(api, &req, log).await?;
-        let Some(f) = describe.fields.into_iter().find(|f| f.name == name) else { return Ok(None) };
-        Ok(Some(match (f.external_id, f.unique) {
+        let key_field = describe.fields.iter().find(|f| f.name == name).map(|f| match (f.external_id, f.unique) {
             (true, true) => KeyFieldCheck::Enforced,
             (true, false) => KeyFieldCheck::NotEnforced(format!(
                 "{object}.{name} is an External ID but not Unique: two upserts at once could make two records (the claims keep writes single)"
@@ -741,18 +714,27 @@ impl Inspect for Salesforce {
             (false, _) => KeyFieldCheck::Unusable(format!(
                 "{object}.{name} is not an External ID: every upsert by it fails; mark it External ID and Unique (Setup → Object Manager → Activity → Fields)"
             )),
-        }))
+        });
+        let may_not: Vec<&str> = [(describe.createable, "create"), (describe.updateable, "edit")]
+            .into_iter()
+            .filter_map(|(may, what)| (!may).then_some(what))
+            .collect();
+        let contract = self.contract_of(kind);
+        let closed: Vec<&str> =
+            describe.fields.iter().filter(|f| contract.fields.contains_key(&f.name) && !f.createable).map(|f| f.name.as_str()).collect();
+        let write = if !may_not.is_empty() {
+            WriteAccess::Denied(format!("the user may not {} {object} records (object permissions)", may_not.join(" or ")))
+        } else if !closed.is_empty() {
+            WriteAccess::Denied(format!("the user may not set {} on {object} (field-level security)", closed.join(", ")))
+        } else {
+            WriteAccess::Granted(format!("the user may create and edit {object} records and set every contract field"))
+        };
+        Ok(Some(Schema { fields: describe.fields.into_iter().map(|f| f.name).collect(), key_field, write: Some(write) }))
     }
 
-    async fn schema_fields(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(self.data(&format!("/sobjects/{}/describe/", self.object_of(kind))), RequestClass::Schema);
-        let describe: Describe = t.fetch(api, &req, log).await?;
-        Ok(Some(describe.fields.into_iter().map(|f| f.name).collect()))
+    /// What describe says (`schema`).
+    async fn write_access(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<WriteAccess, Failure> {
+        let schema = self.schema(api, t, kind, log).await?;
+        Ok(schema.and_then(|s| s.write).expect("describe says what the user may write"))
     }
 }

@@ -30,7 +30,7 @@ use crate::connector::{
     create_reading_before_resending, missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live,
     ReadBeforeResend, TenantOf, Wanted,
 };
-use crate::connector::{KeyFieldCheck, Provisioned};
+use crate::connector::{KeyFieldCheck, Provisioned, Schema};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
 use crm_common::events::{ActivityKind, Crm, DlqReason, EmailAddress, MeetingStatus, WriteRequest};
@@ -819,15 +819,14 @@ impl Inspect for Zoho {
                 return Err(Failure::new(DlqReason::Validation, format!("Zoho did not create {module}.{name}: {} {}", f.code, f.message)));
             }
         }
-        let read = Request::get(format!("{API}/settings/fields?module={module}"), RequestClass::Schema);
-        let fields: Fields = t.fetch(api, &read, log).await?;
-        let Some(made) = fields.fields.into_iter().find(|f| f.api_name == name) else {
+        // Read back as `tenants check` reads it.
+        let Some(made) = self.schema(api, t, kind, log).await?.and_then(|s| s.key_field) else {
             return Err(Failure::new(
                 DlqReason::Validation,
                 format!("Zoho created the field but named it otherwise than {name}: set the contract's key_field to its API name"),
             ));
         };
-        let unique = made.unique.is_some_and(|u| !u.is_null());
+        let unique = made == KeyFieldCheck::Enforced;
         let detail = if unique {
             format!("created {module}.{name}, with no duplicate values allowed")
         } else {
@@ -836,42 +835,28 @@ impl Inspect for Zoho {
         Ok(Provisioned::Created { unique, detail })
     }
 
-    async fn key_field_check(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<KeyFieldCheck>, Failure> {
-        let module = self.module(kind);
-        let name = &self.contract_of(kind).key_field;
-        let req = Request::get(format!("{API}/settings/fields?module={module}"), RequestClass::Schema);
-        let fields: Fields = t.fetch(api, &req, log).await?;
-        let unique = fields.fields.iter().find(|f| &f.api_name == name).and_then(|f| f.unique.as_ref()).is_some_and(|u| !u.is_null());
-        Ok(Some(if unique {
-            KeyFieldCheck::Enforced
-        } else {
-            KeyFieldCheck::NotEnforced(format!(
-                "{module}.{name} allows duplicate values: Zoho will not refuse a second record with one key (the writer reads back before any resend)"
-            ))
-        }))
-    }
-
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
         let label = self.contract_of(kind).key_field.replace('_', " ");
         let body = json!({"fields": [{"field_label": label, "data_type": "text", "length": 255, "unique": {"casesensitive": "false"}}]});
         Some(Request::new(Method::POST, format!("{API}/settings/fields?module={}", self.module(kind)), RequestClass::Schema).body(body))
     }
 
-    async fn schema_fields(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        kind: ActivityKind,
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<BTreeSet<String>>, Failure> {
-        let req = Request::get(format!("{API}/settings/fields?module={}", self.module(kind)), RequestClass::Schema);
-        Ok(Some(t.fetch::<Fields>(api, &req, log).await?.fields.into_iter().map(|f| f.api_name).collect()))
+    /// The module's fields, the key field's `unique` among them.
+    async fn schema(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<Option<Schema>, Failure> {
+        let module = self.module(kind);
+        let name = &self.contract_of(kind).key_field;
+        let req = Request::get(format!("{API}/settings/fields?module={module}"), RequestClass::Schema);
+        let fields: Fields = t.fetch(api, &req, log).await?;
+        let key_field = fields.fields.iter().find(|f| &f.api_name == name).map(|f| {
+            if f.unique.as_ref().is_some_and(|u| !u.is_null()) {
+                KeyFieldCheck::Enforced
+            } else {
+                KeyFieldCheck::NotEnforced(format!(
+                    "{module}.{name} allows duplicate values: Zoho will not refuse a second record with one key (the writer reads back before any resend)"
+                ))
+            }
+        });
+        Ok(Some(Schema { fields: fields.fields.into_iter().map(|f| f.api_name).collect(), key_field, write: None }))
     }
 }
 
