@@ -197,3 +197,111 @@ fn redis_over_tls_with_a_private_ca_and_client_certificates() {
     assert!(keys.iter().any(|k| k.contains("acme")), "the dedup mark is in the TLS-only Redis: {keys:?}");
     assert!(deduper.terminate().success());
 }
+
+/// Kafka with SASL/SCRAM-SHA-512 required, for real: tansu 0.6 with `--authentication`
+/// (its users live in its SQLite file, made with `tansu user create` before authentication
+/// is switched on). A normaliser process with the password from `KAFKA_SASL_PASSWORD` in
+/// `CRM_SYNC_SECRETS_DIR` consumes and produces through it; one with the wrong password logs
+/// the authentication failure and never the password; a client without SASL gets nothing.
+#[test]
+fn kafka_with_sasl_scram_required_by_a_real_broker() {
+    use crm_common::events::{CallDirection, CallEvent};
+    use crm_common::kafka::{reader::TopicReader, Kafka};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    const PASSWORD: &str = "scram-pw-4d1e";
+    let dir = std::env::temp_dir().join(format!("crm-sync-sasl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tansu = crm_dev::Tansu::start_with(&dir, &[]).expect("tansu (cargo install tansu --locked --features libsql; scripts/test does)");
+    let made = Command::new("tansu")
+        .args(["user", "create", "crm-sync", PASSWORD, "--mechanism", "scram512", "--broker", &format!("tcp://{}", tansu.bootstrap)])
+        .output()
+        .expect("tansu user create");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    drop(tansu);
+    let tansu = crm_dev::Tansu::start_with(&dir, &["--authentication"]).expect("tansu with authentication");
+    let sasl = "security.protocol=SASL_PLAINTEXT,sasl.mechanisms=SCRAM-SHA-512,sasl.username=crm-sync";
+    let options = |password: &str| -> Vec<(String, String)> {
+        format!("{sasl},sasl.password={password}")
+            .split(',')
+            .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap())
+            .collect()
+    };
+    let kafka = Kafka::new(&tansu.bootstrap, options(PASSWORD));
+    let topics: Vec<String> = ["calls.raw", "calls.normalised", "sync.dlq", "sync.audit"].map(String::from).to_vec();
+    crm_dev::create_topics(&kafka, &topics, 1).expect("topics over SASL");
+
+    // Without SASL: the broker answers nothing.
+    let plain: BaseConsumer = Kafka::local(&tansu.bootstrap).reader("plain").expect("client");
+    assert!(plain.fetch_metadata(None, Duration::from_secs(5)).is_err(), "a client without SASL reads metadata");
+    drop(plain);
+
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("KAFKA_SASL_PASSWORD"), format!("{PASSWORD}\n")).unwrap();
+    let tenants = crm_sync_tests::TempFile::new("tenants.toml", "[tenants.acme]\ndefault_region = \"US\"\n");
+    let normaliser = |name: &str, env: &[(&str, &str)]| {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(crm_sync_tests::bin("normaliser"))
+            .env("KAFKA_BOOTSTRAP_SERVERS", &tansu.bootstrap)
+            .env("KAFKA_OPTIONS", format!("{sasl},session.timeout.ms=6000,heartbeat.interval.ms=500"))
+            .env("TENANTS_CONFIG", tenants.path())
+            .env("CONSUMER_GROUP", name)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("normaliser");
+        (child, log)
+    };
+    let (mut good, _) = normaliser("sasl-good", &[("CRM_SYNC_SECRETS_DIR", secrets.to_str().unwrap())]);
+    let call = CallEvent {
+        tenant_id: "acme".into(),
+        call_id: "sasl-1".into(),
+        source: "pbx".into(),
+        version: 1,
+        direction: CallDirection::Outbound,
+        from_number: "(415) 555-2671".into(),
+        to_number: "(415) 555-0199".into(),
+        region_hint: None,
+        started_at: 1_767_225_600_000,
+        ended_at: None,
+        duration_s: None,
+        outcome: None,
+        agent_id: "agent-1".into(),
+        agent_email: None,
+        recording_url: None,
+        notes: None,
+        attributes: Default::default(),
+    };
+    let producer = kafka.threaded_producer(&[]).expect("producer over SASL");
+    let payload = crm_common::codec::encode(&call).unwrap();
+    producer.send(rdkafka::producer::BaseRecord::to("calls.raw").key("acme").payload(&payload)).map_err(|(e, _)| e).expect("send");
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).expect("acknowledged over SASL");
+    let out = TopicReader::new(&kafka, &["calls.normalised"]).expect("reader").read_until(Duration::from_secs(90), |m| !m.is_empty());
+    let _ = good.kill();
+    let _ = good.wait();
+    assert_eq!(out.len(), 1, "the normaliser consumed and produced over SASL");
+    let n: crm_common::events::NormalisedCall = crm_common::codec::decode(out[0].payload.as_deref().unwrap()).unwrap();
+    assert_eq!((n.call_id.as_str(), n.customer_e164.as_str()), ("sasl-1", "+14155550199"));
+
+    // The wrong password: refused, said in the log, never shown there.
+    let wrong = "not-the-password-7q";
+    let (mut bad, log) = normaliser("sasl-bad", &[("KAFKA_SASL_PASSWORD", wrong)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    while Instant::now() < deadline && !text.contains("SASL authentication error") {
+        std::thread::sleep(Duration::from_millis(200));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    let _ = bad.kill();
+    let _ = bad.wait();
+    assert!(text.contains("SASL authentication error"), "{text}");
+    assert!(!text.contains(wrong) && !text.contains(PASSWORD), "a password in the log: {text}");
+    drop(producer);
+    drop(tansu);
+    let _ = std::fs::remove_dir_all(&dir);
+}

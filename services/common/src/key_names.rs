@@ -19,8 +19,7 @@ use std::sync::{Arc, RwLock};
 /// The variable (or file in `CRM_SYNC_SECRETS_DIR`) holding the deployment key: 32 bytes,
 /// base64.
 pub const TOKEN_KEY_ENV: &str = "CRM_SYNC_TOKEN_KEY";
-/// A directory of secrets, one file per secret (a Kubernetes Secret volume).
-pub const SECRETS_DIR_ENV: &str = "CRM_SYNC_SECRETS_DIR";
+pub use crate::secrets::SECRETS_DIR_ENV;
 
 /// What the names are for: each purpose has its own secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +106,7 @@ impl KeyNames {
 /// the variable; None when neither is set; an error when it is not 32 bytes of base64. The
 /// value never appears in the error. (The token store seals OAuth tokens with the same key.)
 pub fn deployment_key() -> Result<Option<Vec<u8>>, String> {
-    let file = std::env::var_os(SECRETS_DIR_ENV).filter(|d| !d.is_empty()).map(|d| std::path::Path::new(&d).join(TOKEN_KEY_ENV));
-    let text = match file.filter(|p| p.is_file()) {
-        Some(p) => std::fs::read_to_string(&p).map_err(|e| format!("{TOKEN_KEY_ENV} ({}): {e}", p.display()))?,
-        None => match std::env::var(TOKEN_KEY_ENV) {
-            Ok(v) => v,
-            Err(_) => return Ok(None),
-        },
-    };
+    let Some(text) = crate::secrets::read(TOKEN_KEY_ENV)?.map(|s| s.text) else { return Ok(None) };
     if text.trim().is_empty() {
         return Ok(None);
     }

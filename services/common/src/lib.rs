@@ -25,6 +25,7 @@ pub mod redis_conn;
 pub mod redis_group;
 pub mod redis_keys;
 pub mod schemas;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

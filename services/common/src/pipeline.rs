@@ -129,7 +129,7 @@ pub async fn run<H: Handler>(cfg: PipelineConfig, handler: H, shutdown: Cancella
     let group = cfg.args.consumer_group.clone().unwrap_or_else(|| cfg.service.to_string());
     let settings = [MANUAL_COMMITS[0], MANUAL_COMMITS[1], ("statistics.interval.ms", "5000")];
     let offsets = Arc::new(Mutex::new(Offsets::default()));
-    let kafka = Kafka::from_args(&cfg.common);
+    let kafka = Kafka::from_args(&cfg.common)?;
     let consumer = kafka.group_consumer(&group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;

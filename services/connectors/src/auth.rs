@@ -342,16 +342,9 @@ impl Credentials {
     /// file exists, else from the environment. It holds a token, or an OAuth client as JSON.
     /// `scope` (`<crm>:<tenant>`) names where shared OAuth state lives.
     pub fn from_env(secret_name: &str, style: AuthStyle, scope: String) -> Result<Credentials, String> {
-        let file = std::env::var_os(SECRETS_DIR_ENV)
-            .filter(|d| !d.is_empty())
-            .map(|d| std::path::Path::new(&d).join(secret_name))
-            .filter(|p| p.is_file());
-        let text = match &file {
-            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("the secret {secret_name} ({}): {e}", path.display()))?,
-            None => std::env::var(secret_name).map_err(|_| {
-                format!("the secret {secret_name} named in TENANTS_CONFIG is not set (neither a file in {SECRETS_DIR_ENV} nor a variable)")
-            })?,
-        };
+        let crm_common::secrets::Secret { text, file } = crm_common::secrets::read(secret_name)?.ok_or_else(|| {
+            format!("the secret {secret_name} named in TENANTS_CONFIG is not set (neither a file in {SECRETS_DIR_ENV} nor a variable)")
+        })?;
         let loaded = Loaded::parse(secret_name, &style, &text)?;
         Ok(Credentials {
             style,

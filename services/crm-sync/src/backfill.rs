@@ -48,7 +48,7 @@ pub fn run(args: BackfillArgs) -> anyhow::Result<()> {
     anyhow::ensure!(tenants.get(&args.tenant).is_some(), "tenant '{}' is not in TENANTS_CONFIG", args.tenant);
     let topic = args.common.topics.raw(args.kind).to_string();
     let what = format!("{}s", args.kind.as_str());
-    let kafka = crm_common::kafka::Kafka::from_args(&args.common);
+    let kafka = crm_common::kafka::Kafka::from_args(&args.common)?;
     let ranges = crm_common::kafka::reader::offsets_by_time(&kafka, &topic, args.from, to)?;
     let total: i64 = ranges.iter().map(|(_, a, b)| b - a).sum();
     let run_id = format!("backfill-{}", uuid::Uuid::new_v4().simple());

@@ -260,7 +260,7 @@ fn producer(kafka: &crm_common::kafka::Kafka) -> anyhow::Result<FutureProducer> 
 
 pub fn run(args: DlqArgs) -> anyhow::Result<()> {
     let topics = Topics::default();
-    let kafka = crm_common::kafka::Kafka::from_kafka_args(&args.kafka);
+    let kafka = crm_common::kafka::Kafka::from_kafka_args(&args.kafka)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut store = AuditStore::connect(&args.database_url).await?;

@@ -317,7 +317,7 @@ pub fn run(args: TopicsArgs) -> anyhow::Result<()> {
     };
     let text = std::fs::read_to_string(&opts.file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", opts.file.display()))?;
     let specs = parse(&text, &opts.topics.all()).map_err(|e| anyhow::anyhow!("{}: {e}", opts.file.display()))?;
-    let kafka = crm_common::kafka::Kafka::from_kafka_args(&opts.kafka);
+    let kafka = crm_common::kafka::Kafka::from_kafka_args(&opts.kafka)?;
     let admin = kafka.admin()?;
     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     let live = read_live(&admin, &names)?;

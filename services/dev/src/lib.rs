@@ -155,6 +155,12 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start(dir: &std::path::Path) -> anyhow::Result<Tansu> {
+        Tansu::start_with(dir, &[])
+    }
+
+    /// With more broker flags (`--authentication`: SASL SCRAM required, users from
+    /// `tansu user create`, kept in the SQLite file across restarts).
+    pub fn start_with(dir: &std::path::Path, flags: &[&str]) -> anyhow::Result<Tansu> {
         use std::process::{Command, Stdio};
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
@@ -165,6 +171,7 @@ impl Tansu {
         let child = Command::new("tansu")
             .current_dir(dir)
             .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(flags)
             .env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

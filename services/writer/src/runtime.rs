@@ -276,7 +276,7 @@ pub async fn run<C: Connector>(
     // Commits are ours: per partition, up to the lowest unfinished offset.
     let settings = [MANUAL_COMMITS[0], MANUAL_COMMITS[1], ("statistics.interval.ms", "5000")];
     let metrics = StageMetrics::new(cfg.service);
-    let kafka = Kafka::from_args(common);
+    let kafka = Kafka::from_args(common)?;
     let consumer = kafka.group_consumer(&cfg.group, &settings, TrackingContext { offsets: offsets.clone(), metrics: metrics.clone() })?;
     consumer.subscribe(&[cfg.input_topic.as_str()])?;
     // Reads the group's own partitions again for the backlog's passes. A pass stops as soon

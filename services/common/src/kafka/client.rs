@@ -12,11 +12,28 @@ use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, ProducerContext, ThreadedProducer};
 
+/// The secret holding the Kafka SASL password, when `KAFKA_OPTIONS` does not.
+pub const SASL_PASSWORD_SECRET: &str = "KAFKA_SASL_PASSWORD";
+
+/// Settings whose values are credentials: never shown (`Debug`).
+const SECRET_SETTINGS: [&str; 4] = ["sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"];
+
 /// How to reach the broker: where it is, and the operator's extra librdkafka settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Kafka {
     bootstrap: String,
     options: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<(&str, &str)> = self
+            .options
+            .iter()
+            .map(|(k, v)| (k.as_str(), if SECRET_SETTINGS.contains(&k.as_str()) { "(not shown)" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("Kafka").field("bootstrap", &self.bootstrap).field("options", &shown).finish()
+    }
 }
 
 /// Which kind of librdkafka client a configuration is for (an admin client is a producer
@@ -158,12 +175,22 @@ impl Kafka {
         Kafka::new(bootstrap, vec![])
     }
 
-    pub fn from_args(common: &CommonArgs) -> Kafka {
+    pub fn from_args(common: &CommonArgs) -> anyhow::Result<Kafka> {
         Kafka::from_kafka_args(&common.kafka)
     }
 
-    pub fn from_kafka_args(args: &KafkaArgs) -> Kafka {
-        Kafka::new(args.kafka_bootstrap_servers.clone(), args.kafka_options.clone())
+    /// The operator's settings; the SASL password, where `KAFKA_OPTIONS` sets none, from the
+    /// secret `KAFKA_SASL_PASSWORD` (a file in `CRM_SYNC_SECRETS_DIR`, else the variable), so
+    /// it can live in a Secret apart from the rest. librdkafka reads it when a client is made:
+    /// a rotated password takes a restart.
+    pub fn from_kafka_args(args: &KafkaArgs) -> anyhow::Result<Kafka> {
+        let mut options = args.kafka_options.clone();
+        if !options.iter().any(|(k, _)| k == "sasl.password") {
+            if let Some(s) = crate::secrets::read(SASL_PASSWORD_SECRET).map_err(anyhow::Error::msg)? {
+                options.push(("sasl.password".into(), s.text.trim_end_matches(['\r', '\n']).to_string()));
+            }
+        }
+        Ok(Kafka::new(args.kafka_bootstrap_servers.clone(), options))
     }
 
     pub fn bootstrap(&self) -> &str {
@@ -277,10 +304,17 @@ mod tests {
             "security.protocol=SASL_SSL,sasl.mechanisms=PLAIN,sasl.username=crm-sync,sasl.password=s3cret",
         ] {
             let cli = Cli::parse_from(["t", "--kafka-bootstrap-servers", "broker.example:9093", "--kafka-options", options]);
-            let kafka = Kafka::from_args(&cli.common);
+            let kafka = Kafka::from_args(&cli.common).unwrap();
             let _producer = kafka.producer().unwrap_or_else(|e| panic!("{options}: {e}"));
             kafka.reader("t").unwrap_or_else(|e| panic!("{options}: {e}"));
         }
+    }
+
+    #[test]
+    fn credentials_in_the_settings_are_never_shown() {
+        let kafka = Kafka::new("a:1", vec![("sasl.username".into(), "crm-sync".into()), ("sasl.password".into(), "s3cret".into())]);
+        let shown = format!("{kafka:?}");
+        assert!(shown.contains("crm-sync") && shown.contains("(not shown)") && !shown.contains("s3cret"), "{shown}");
     }
 
     #[test]
