@@ -418,9 +418,8 @@ impl Credentials {
         log: &mut Vec<Exchange>,
     ) -> Result<(String, bool), AuthError> {
         let (_, value) = self.header(http, store, log).await?;
-        let l = self.loaded();
         let text = value.to_str().map_err(|_| AuthError::Refused(auth_failed("the credential is not text".into())))?;
-        Ok((text.strip_prefix(l.scheme).unwrap_or(text).to_string(), matches!(l.kind, Kind::OAuth(_))))
+        Ok((text.strip_prefix(self.loaded().scheme).unwrap_or(text).to_string(), self.is_oauth()))
     }
 
     /// The auth header for the next request, refreshing the access token when needed

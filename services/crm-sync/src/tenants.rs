@@ -3,15 +3,14 @@
 //! connection: the credentials are there and the CRM takes them; the CRM lets them read the
 //! objects the contracts write and, where the CRM says before a write, write them (scopes,
 //! permissions); every field the contracts name exists, the key field first; the plan's
-//! limits are those the CRM states in its answers. Each
-//! check reads the CRM's schema through the same client, buckets and OAuth token store as
-//! the writers, so it costs a request or two per kind, counted with the writers' requests.
+//! limits are those the CRM states in its answers. Each check reads the CRM's schema through
+//! the same client, buckets and OAuth token store as the writers, so it costs a request or
+//! two per kind, counted with the writers' requests.
 
 use crm_common::config::CommonArgs;
 use crm_common::events::{ActivityKind, Crm, DlqReason};
 use crm_common::tenants::{CrmConnection, ResolvedTenant, Tenants};
-use crm_connectors::api::Failure;
-use crm_connectors::api::{Policy, RequestClass, StatedLimit};
+use crm_connectors::api::{Failure, Policy, RequestClass, StatedLimit};
 use crm_connectors::bucket::Limit;
 use crm_connectors::connector::{Inspect, KeyFieldCheck, Schema, WriteAccess};
 use std::time::Duration;
@@ -385,8 +384,9 @@ async fn check_connection<C: Inspect>(
             }
         }
         match write {
-            Some(Ok(WriteAccess::Granted(what))) => out.push(finding(Check::Write, Some(kind), true, what, None)),
-            Some(Ok(WriteAccess::NotShown(what))) => out.push(finding(Check::Write, Some(kind), true, what, None)),
+            Some(Ok(WriteAccess::Granted(what) | WriteAccess::NotShown(what))) => {
+                out.push(finding(Check::Write, Some(kind), true, what, None))
+            }
             Some(Ok(WriteAccess::Denied(what))) => out.push(finding(Check::Write, Some(kind), false, what, Some(access_fix(crm, object)))),
             Some(Err(f)) => out.push(finding(
                 Check::Write,

@@ -633,13 +633,13 @@ impl Inspect for Salesforce {
         log: &mut Vec<Exchange>,
     ) -> Result<Provisioned, Failure> {
         let (object, key) = (self.object_of(kind).to_string(), self.key_field_of(kind).to_string());
-        let done_already = |f: &Failure, code: &str| f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code));
+        // A step Salesforce says is done already (`code` in its 400) counts as done.
+        let done = |r: Result<Created, Failure>, code: &str| match r {
+            Err(f) if !(f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code))) => Err(f),
+            _ => Ok(()),
+        };
         let create = self.provision_request(kind).expect("Salesforce provisions");
-        match t.fetch::<Created>(api, &create, log).await {
-            Ok(_) => {}
-            Err(f) if done_already(&f, "DUPLICATE_DEVELOPER_NAME") => {}
-            Err(f) => return Err(f),
-        }
+        done(t.fetch(api, &create, log).await, "DUPLICATE_DEVELOPER_NAME")?;
         let me: wire::UserInfo = t.fetch(api, &Request::get("/services/oauth2/userinfo", RequestClass::Schema), log).await?;
         let found = self.soql(api, t, &format!("SELECT Id FROM PermissionSet WHERE Name = {}", soql_text(PERMISSION_SET)), log).await?;
         let set = match found.into_iter().next() {
@@ -656,18 +656,10 @@ impl Inspect for Salesforce {
             "ParentId": set, "SobjectType": object, "Field": format!("{object}.{key}"),
             "PermissionsRead": true, "PermissionsEdit": true
         }));
-        match t.fetch::<Created>(api, &grant, log).await {
-            Ok(_) => {}
-            Err(f) if done_already(&f, "DUPLICATE_VALUE") => {}
-            Err(f) => return Err(f),
-        }
+        done(t.fetch(api, &grant, log).await, "DUPLICATE_VALUE")?;
         let assign = Request::new(Method::POST, self.data("/sobjects/PermissionSetAssignment"), RequestClass::Schema)
             .body(json!({"AssigneeId": me.user_id, "PermissionSetId": set}));
-        match t.fetch::<Created>(api, &assign, log).await {
-            Ok(_) => {}
-            Err(f) if done_already(&f, "DUPLICATE_VALUE") => {}
-            Err(f) => return Err(f),
-        }
+        done(t.fetch(api, &assign, log).await, "DUPLICATE_VALUE")?;
         let access = format!("read and edit for the integration user through the permission set {PERMISSION_SET}");
         match self.schema(api, t, kind, log).await?.and_then(|s| s.key_field) {
             Some(KeyFieldCheck::Enforced) => Ok(Provisioned::Created {

@@ -100,7 +100,7 @@ pub async fn create_custom_field(
     }
     let objects: Vec<&str> = match object {
         "Activity" => vec!["Task", "Event"],
-        "Contact" | "Lead" => vec![if object == "Contact" { "Contact" } else { "Lead" }],
+        o @ ("Contact" | "Lead") => vec![o],
         "Task" | "Event" => {
             // Task and Event fields are made on Activity.
             return errors::error(400, "INVALID_TYPE", &format!("Cannot create custom fields on {object}: create them on Activity"), &[]);
