@@ -54,27 +54,30 @@ fn scopes(w: &mut crate::state::World, account: &str) -> Vec<&'static str> {
     GATED.into_iter().filter(|s| !revoked.contains(*s)).collect()
 }
 
-fn not_found() -> Response {
-    json(
-        404,
-        json!({"status": "error", "message": "access token not found", "category": "OBJECT_NOT_FOUND", "correlationId": uuid::Uuid::new_v4().to_string()}),
-    )
+/// A live HubSpot token of `kind` and its scopes, or HubSpot's 404 for an unknown one: what
+/// both introspection endpoints look up.
+fn introspected(sim: &SharedSim, t: &str, kind: crate::state::TokenKind) -> Result<(crate::state::Token, Vec<&'static str>), Response> {
+    let mut w = sim.lock();
+    let Some(tok) = w.tokens.get(t).filter(|tok| tok.crm == Crm::Hubspot && !tok.revoked && tok.kind == kind).cloned() else {
+        return Err(json(
+            404,
+            json!({"status": "error", "message": "access token not found", "category": "OBJECT_NOT_FOUND", "correlationId": uuid::Uuid::new_v4().to_string()}),
+        ));
+    };
+    let scopes = scopes(&mut w, &tok.account);
+    Ok((tok, scopes))
 }
 
 /// `GET /oauth/v1/access-tokens/{token}`: an OAuth access token's metadata.
 pub async fn introspect(State(sim): State<SharedSim>, Path(t): Path<String>) -> Response {
     let now = sim.clock.now_ms();
-    let mut w = sim.lock();
-    let Some(tok) =
-        w.tokens.get(&t).filter(|tok| tok.crm == Crm::Hubspot && !tok.revoked && tok.kind == crate::state::TokenKind::Oauth).cloned()
-    else {
-        return not_found();
-    };
-    let scopes = scopes(&mut w, &tok.account);
-    json(
-        200,
-        json!({"token": t, "hub_id": tok.account, "app_id": tok.app, "expires_in": tok.expires_at_ms.map(|e| ((e - now) / 1000).max(0)), "token_type": "access", "scopes": scopes}),
-    )
+    match introspected(&sim, &t, crate::state::TokenKind::Oauth) {
+        Ok((tok, scopes)) => json(
+            200,
+            json!({"token": t, "hub_id": tok.account, "app_id": tok.app, "expires_in": tok.expires_at_ms.map(|e| ((e - now) / 1000).max(0)), "token_type": "access", "scopes": scopes}),
+        ),
+        Err(r) => r,
+    }
 }
 
 /// `POST /oauth/v2/private-apps/get/access-token-info` `{"tokenKey": …}`: a private app's
@@ -83,12 +86,8 @@ pub async fn private_app_token_info(State(sim): State<SharedSim>, body: axum::bo
     let Some(t) = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|b| b["tokenKey"].as_str().map(str::to_string)) else {
         return json(400, json!({"status": "error", "message": "tokenKey is required", "category": "VALIDATION_ERROR"}));
     };
-    let mut w = sim.lock();
-    let Some(tok) =
-        w.tokens.get(&t).filter(|tok| tok.crm == Crm::Hubspot && !tok.revoked && tok.kind == crate::state::TokenKind::Static).cloned()
-    else {
-        return not_found();
-    };
-    let scopes = scopes(&mut w, &tok.account);
-    json(200, json!({"userId": 1, "hubId": tok.account, "appId": tok.app, "scopes": scopes}))
+    match introspected(&sim, &t, crate::state::TokenKind::Static) {
+        Ok((tok, scopes)) => json(200, json!({"userId": 1, "hubId": tok.account, "appId": tok.app, "scopes": scopes})),
+        Err(r) => r,
+    }
 }
