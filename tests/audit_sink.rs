@@ -415,8 +415,15 @@ fn support_finds_activities_by_number_address_agent_and_time() {
     broker.produce("calls.raw", &calls);
     broker.produce("emails.raw", &[("acme".to_string(), codec::encode(&email).unwrap(), vec![])]);
     broker.produce("meetings.raw", &[("acme".to_string(), codec::encode(&meeting).unwrap(), vec![])]);
-    let stored = db.wait_count("SELECT count(DISTINCT activity_id) FROM audit_lookup", 6, Duration::from_secs(60));
-    assert_eq!(stored, 6, "every activity is named for lookups, the refused one too");
+    // A lead from a form: a prospect found by the address and number they typed.
+    let lead = LeadEvent {
+        email: Some("Lee.Prospect@Prospect.example".into()),
+        phone: Some("+44 20 7946 0958".into()),
+        ..fixtures::raw_lead("acme", "form-77", 200)
+    };
+    broker.produce("leads.raw", &[("acme".to_string(), codec::encode(&lead).unwrap(), vec![])]);
+    let stored = db.wait_count("SELECT count(DISTINCT activity_id) FROM audit_lookup", 7, Duration::from_secs(60));
+    assert_eq!(stored, 7, "every activity and lead is named for lookups, the refused one too");
 
     let env = [("DATABASE_URL", db.url.as_str()), ("CRM_SYNC_TOKEN_KEY", KEY), ("TENANTS_CONFIG", tenants.path())];
     let trace = |args: &[&str]| crm_sync(&[&["trace"], args].concat(), &env);
@@ -441,6 +448,12 @@ fn support_finds_activities_by_number_address_agent_and_time() {
     // The meeting's dial-in number is a number it can be found by.
     let (ok, text, _) = trace(&["--tenant", "acme", "--phone", "+16502530000"]);
     assert!(ok && text.contains("Meeting e1@google.com"), "{text}");
+
+    // A lead is found by its email and by its number, like an activity.
+    let (ok, text, err) = trace(&["--tenant", "acme", "--email", "lee.prospect@prospect.example"]);
+    assert!(ok && text.starts_with("1 activity of tenant acme") && text.contains("Lead form-77 (tenant acme)"), "{text}{err}");
+    let (ok, text, _) = trace(&["--tenant", "acme", "--phone", "+442079460958"]);
+    assert!(ok && text.contains("Lead form-77"), "{text}");
 
     // A call the normaliser refused is found by its number: where it stopped, and why.
     let (ok, text, err) = trace(&["--tenant", "acme", "--phone", "+14155550123"]);
@@ -475,7 +488,7 @@ fn support_finds_activities_by_number_address_agent_and_time() {
 
     // Nothing in clear in the store: not in the audit rows' attributes, not in the lookups.
     let clear = db.count(
-        "SELECT count(*) FROM audit a WHERE a.attributes::text ~ '4155552671|jane\\.doe|6502530000' \
+        "SELECT count(*) FROM audit a WHERE a.attributes::text ~ '4155552671|jane\\.doe|6502530000|lee\\.prospect|2079460958' \
          OR EXISTS (SELECT 1 FROM audit_lookup l WHERE l.name ~ '4155552671|jane')",
     );
     assert_eq!(clear, 0);

@@ -237,9 +237,11 @@ activities = ["call", "email"]
     broker.produce("emails.normalised", &[enc(codec::encode(&email).unwrap()), enc(codec::encode(&email).unwrap())]);
     broker.produce("meetings.normalised", &[enc(codec::encode(&meeting).unwrap()), enc(codec::encode(&stale).unwrap())]);
     broker.produce("calls.normalised", &[msg(&call)]);
+    // A lead: no connection takes leads yet, so it is audited as skipped, written nowhere.
+    broker.produce("leads.normalised", &[enc(codec::encode(&fixtures::normalised_lead("acme", "l1", 1)).unwrap())]);
 
-    // Audits: email 2 inputs × 2 CRMs, meeting 2 × 1, call 1 × 2 = 8; writes: 2 + 1 + 2 = 5.
-    let out = broker.read(&["crm.writes.hubspot", "crm.writes.zoho", "sync.audit"], 13, Duration::from_secs(60));
+    // Audits: email 2 inputs × 2 CRMs, meeting 2 × 1, call 1 × 2, lead 1 = 9; writes: 2 + 1 + 2 = 5.
+    let out = broker.read(&["crm.writes.hubspot", "crm.writes.zoho", "sync.audit"], 14, Duration::from_secs(60));
     let requests = |topic: &str| -> Vec<ActivityWriteRequest> {
         out.iter().filter(|m| m.topic == topic).filter_map(|m| codec::decode(m.payload.as_deref().unwrap()).ok()).collect()
     };
@@ -262,6 +264,10 @@ activities = ["call", "email"]
         out.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     let dup = |kind| audits.iter().filter(|a| a.kind == Some(kind) && a.outcome == AuditOutcome::Duplicate).count();
     assert_eq!((dup(ActivityKind::Email), dup(ActivityKind::Meeting)), (2, 1), "the repeated email per CRM, the stale meeting");
+    let lead = audits.iter().find(|a| a.kind == Some(ActivityKind::Lead)).expect("the lead is audited");
+    assert_eq!((lead.outcome, lead.call_id.as_deref()), (AuditOutcome::Skipped, Some("l1")));
+    assert!(lead.detail.contains("takes leads"), "{}", lead.detail);
+    assert!(!hubspot.iter().chain(&zoho).any(|r| r.kind == ActivityKind::Lead), "no lead request: {out:?}");
 
     let quiet = TempFile::new(
         "tenants.toml",

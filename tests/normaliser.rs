@@ -300,6 +300,79 @@ fn normalises_emails_and_meetings_and_dead_letters_bad_addresses() {
     assert!(!audited("m2@mail.acme.example").detail.contains("jane-at"), "audit names the field, not the address");
 }
 
+/// Leads on leads.raw: email, phone and country canonical, names tidy; a lead with one bad
+/// key of two goes on and names what it left out; one with neither valid key is
+/// dead-lettered VALIDATION with both reasons; one whose person refused processing is
+/// audited SKIPPED and goes nowhere else (no record, no dead letter holding their data); an
+/// email on the leads topic is SCHEMA_INVALID. Every input audited as a LEAD.
+#[test]
+fn normalises_leads_skips_refused_consent_and_dead_letters_leads_without_a_key() {
+    use crm_common::events::fixtures::{raw_email, raw_lead};
+    let broker = Broker::start(2);
+    let tenants = TempFile::new("tenants.toml", TENANTS);
+    let _normaliser = broker.service("normaliser", &[("TENANTS_CONFIG", tenants.path())]);
+
+    let good = raw_lead("acme", "l1", 0);
+    let mut half = raw_lead("globex", "l2", 1); // a GB tenant, a lead in Germany
+    (half.email, half.phone, half.country) = (Some("not-an-address".into()), Some("030 901820".into()), Some("DEU".into()));
+    let mut keyless = raw_lead("acme", "l3", 2);
+    (keyless.email, keyless.phone) = (Some("jane@@customer.example".into()), Some("555".into()));
+    let mut refused = raw_lead("acme", "l4", 3);
+    refused.consent_to_processing = ConsentState::Denied;
+    let enc = |t: &str, b: Vec<u8>| (t.to_string(), b, vec![]);
+    broker.produce(
+        "leads.raw",
+        &[
+            enc("acme", codec::encode(&good).unwrap()),
+            enc("globex", codec::encode(&half).unwrap()),
+            enc("acme", codec::encode(&keyless).unwrap()),
+            enc("acme", codec::encode(&refused).unwrap()),
+            enc("acme", codec::encode(&raw_email("acme", "m1", 0)).unwrap()),
+        ],
+    );
+
+    let out = broker.read(&["leads.normalised", "sync.dlq", "sync.audit"], 9, Duration::from_secs(60));
+    let on = |t: &str| out.iter().filter(|m| m.topic == t).cloned().collect::<Vec<InMessage>>();
+    let leads: Vec<NormalisedLead> = on("leads.normalised").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let dls: Vec<DeadLetter> = on("sync.dlq").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    let audits: Vec<AuditRecord> = on("sync.audit").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
+    assert_eq!((leads.len(), dls.len(), audits.len()), (2, 2, 5), "{out:?}");
+    let keyed = on("leads.normalised").iter().zip(&leads).all(|(m, l)| m.key_str().as_deref() == Some(l.tenant_id.as_str()));
+    assert!(keyed, "keyed by tenant: {out:?}");
+
+    let l1 = leads.iter().find(|l| l.lead_id == "l1").expect("l1 normalised");
+    assert_eq!(
+        (l1.email.as_deref(), l1.phone_e164.as_deref(), l1.country.as_deref(), l1.full_name.as_deref()),
+        (Some("jane.doe@customer.example"), Some("+14155552671"), Some("US"), Some("Jane Doe"))
+    );
+    assert_eq!(l1.attribution.form_id.as_deref(), Some("demo-request"));
+    let l2 = leads.iter().find(|l| l.lead_id == "l2").expect("l2 goes on with its phone");
+    assert_eq!((l2.email.as_deref(), l2.phone_e164.as_deref(), l2.country.as_deref()), (None, Some("+4930901820"), Some("DE")));
+    assert_eq!(l2.dropped_fields.iter().map(|d| d.field.as_str()).collect::<Vec<_>>(), ["email"]);
+
+    let keyless_dl = dls.iter().find(|d| d.call_id.as_deref() == Some("l3")).expect("l3 dead-lettered");
+    assert_eq!(
+        (keyless_dl.reason, keyless_dl.kind, keyless_dl.source_topic.as_str()),
+        (DlqReason::Validation, Some(ActivityKind::Lead), "leads.raw")
+    );
+    assert!(keyless_dl.detail.contains("needs a valid email or a valid phone"), "{}", keyless_dl.detail);
+    assert!(!keyless_dl.detail.contains("jane@@"), "masked: {}", keyless_dl.detail);
+    let held: LeadEvent = codec::decode(&keyless_dl.payload).unwrap();
+    assert_eq!(held, keyless, "the payload is the original, for replay once fixed");
+    assert!(dls.iter().any(|d| d.reason == DlqReason::SchemaInvalid && d.detail.contains("not a LeadEvent")), "{dls:?}");
+    assert!(dls.iter().all(|d| d.call_id.as_deref() != Some("l4")), "a refusal is no dead letter");
+
+    let audited = |id: &str| audits.iter().find(|a| a.call_id.as_deref() == Some(id)).unwrap_or_else(|| panic!("{id} audited"));
+    assert_eq!((audited("l1").kind, audited("l1").outcome), (Some(ActivityKind::Lead), AuditOutcome::Succeeded));
+    assert_eq!(audited("l2").attributes.get("dropped_fields").map(String::as_str), Some("email"));
+    let skip = audited("l4");
+    assert_eq!((skip.outcome, skip.kind), (AuditOutcome::Skipped, Some(ActivityKind::Lead)));
+    assert!(skip.detail.contains("refused processing"), "{}", skip.detail);
+    assert!(!skip.attributes.contains_key(crm_common::lookups::ATTRIBUTE), "no lookup names for a person who refused: {skip:?}");
+    assert!(audited("l1").attributes.contains_key(crm_common::lookups::ATTRIBUTE), "found by email and phone");
+    assert!(audits.iter().all(|a| !a.detail.contains("jane.doe") && !a.detail.contains("4155552671")), "{audits:?}");
+}
+
 /// Confluent-framed input (`00` + a Schema Registry id, then the datum), for producers whose
 /// serializer registered crm-sync's schemas: the ids configured in CONFLUENT_SCHEMA_IDS are
 /// read with the schema each names; any other id, or an id registered for another record,

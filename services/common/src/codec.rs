@@ -462,6 +462,18 @@ mod tests {
         round_trips(&d);
         round_trips(&fixtures::raw_email("acme", "m1", 3));
         round_trips(&fixtures::raw_meeting("acme", "e1", 3));
+        round_trips(&fixtures::raw_lead("acme", "l1", 3));
+        round_trips(&fixtures::normalised_lead("acme", "l1", 3));
+        let lead = fixtures::lead_request("acme", "l1", Crm::Pipedrive);
+        round_trips(&lead);
+        assert_eq!(lead.idempotency_key, "acme:lead:l1:pipedrive", "the key the issue names");
+        // Whole, and refused with its reason until the writers write leads.
+        let refused = WriteRequest::try_from(lead).expect_err("not written yet");
+        assert!(refused.why.contains("does not write leads"), "{}", refused.why);
+        let mut both = fixtures::lead_request("acme", "l1", Crm::Pipedrive);
+        both.email = fixtures::email_request("acme", "m1", Crm::Pipedrive).email;
+        let refused = WriteRequest::try_from(both).expect_err("two bodies");
+        assert!(refused.why.contains("email: set, meeting: null, lead: set"), "{}", refused.why);
     }
 
     /// Every symbol of every enum our records carry, each name the schemas give it, in the
@@ -525,6 +537,8 @@ mod tests {
         each("CallDirection", |v| round_trips(&CallEvent { direction: v, ..sample_call() }));
         each("EmailDirection", |v| round_trips(&EmailEvent { direction: v, ..fixtures::raw_email("acme", "m1", 0) }));
         each("MeetingStatus", |v| round_trips(&MeetingEvent { status: v, ..fixtures::raw_meeting("acme", "e1", 0) }));
+        each("LeadSourceType", |v| round_trips(&LeadEvent { source_type: v, ..fixtures::raw_lead("acme", "l1", 0) }));
+        each("ConsentState", |v| round_trips(&LeadEvent { consent_to_processing: v, ..fixtures::raw_lead("acme", "l1", 0) }));
         each("AttendeeResponse", |v| {
             let mut m = fixtures::raw_meeting("acme", "e1", 0);
             m.attendees[0].response = v;

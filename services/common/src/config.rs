@@ -127,6 +127,12 @@ pub struct Topics {
     pub meetings_raw: String,
     #[arg(long, env = "TOPIC_MEETINGS_NORMALISED", default_value = "meetings.normalised")]
     pub meetings_normalised: String,
+    /// LeadEvents from forms, ad platforms, webinars and imports (an input contract, like
+    /// calls.raw).
+    #[arg(long, env = "TOPIC_LEADS_RAW", default_value = "leads.raw")]
+    pub leads_raw: String,
+    #[arg(long, env = "TOPIC_LEADS_NORMALISED", default_value = "leads.normalised")]
+    pub leads_normalised: String,
     /// Prefix of the per-CRM write topics: `<prefix><crm>`.
     #[arg(long, env = "TOPIC_CRM_WRITES_PREFIX", default_value = "crm.writes.")]
     pub crm_writes_prefix: String,
@@ -145,6 +151,8 @@ impl Default for Topics {
             emails_normalised: "emails.normalised".into(),
             meetings_raw: "meetings.raw".into(),
             meetings_normalised: "meetings.normalised".into(),
+            leads_raw: "leads.raw".into(),
+            leads_normalised: "leads.normalised".into(),
             crm_writes_prefix: "crm.writes.".into(),
             audit: "sync.audit".into(),
             dlq: "sync.dlq".into(),
@@ -153,14 +161,15 @@ impl Default for Topics {
 }
 
 impl Topics {
-    /// The activity kinds the pipeline carries, each on its own raw and normalised topic.
-    pub const KINDS: [ActivityKind; 3] = [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting];
+    /// The kinds the pipeline carries, each on its own raw and normalised topic.
+    pub const KINDS: [ActivityKind; 4] = [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead];
 
     /// The raw topic `kind` arrives on (an input contract).
     pub fn raw(&self, kind: ActivityKind) -> &str {
         match kind {
             ActivityKind::Email => &self.emails_raw,
             ActivityKind::Meeting => &self.meetings_raw,
+            ActivityKind::Lead => &self.leads_raw,
             ActivityKind::Call | ActivityKind::Unknown => &self.calls_raw,
         }
     }
@@ -170,6 +179,7 @@ impl Topics {
         match kind {
             ActivityKind::Email => &self.emails_normalised,
             ActivityKind::Meeting => &self.meetings_normalised,
+            ActivityKind::Lead => &self.leads_normalised,
             ActivityKind::Call | ActivityKind::Unknown => &self.calls_normalised,
         }
     }

@@ -16,9 +16,11 @@ pub enum RecordType {
     CallEvent,
     EmailEvent,
     MeetingEvent,
+    LeadEvent,
     NormalisedCall,
     NormalisedEmail,
     NormalisedMeeting,
+    NormalisedLead,
     CrmWriteRequest,
     ActivityWriteRequest,
     AuditRecord,
@@ -26,13 +28,15 @@ pub enum RecordType {
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 10] = [
+    pub const ALL: [RecordType; 12] = [
         RecordType::CallEvent,
         RecordType::EmailEvent,
         RecordType::MeetingEvent,
+        RecordType::LeadEvent,
         RecordType::NormalisedCall,
         RecordType::NormalisedEmail,
         RecordType::NormalisedMeeting,
+        RecordType::NormalisedLead,
         RecordType::CrmWriteRequest,
         RecordType::ActivityWriteRequest,
         RecordType::AuditRecord,
@@ -44,9 +48,11 @@ impl RecordType {
             RecordType::CallEvent => "call_event",
             RecordType::EmailEvent => "email_event",
             RecordType::MeetingEvent => "meeting_event",
+            RecordType::LeadEvent => "lead_event",
             RecordType::NormalisedCall => "normalised_call",
             RecordType::NormalisedEmail => "normalised_email",
             RecordType::NormalisedMeeting => "normalised_meeting",
+            RecordType::NormalisedLead => "normalised_lead",
             RecordType::CrmWriteRequest => "crm_write_request",
             RecordType::ActivityWriteRequest => "activity_write_request",
             RecordType::AuditRecord => "audit_record",
@@ -59,9 +65,11 @@ impl RecordType {
             RecordType::CallEvent => include_str!("../../../schemas/call_event.avsc"),
             RecordType::EmailEvent => include_str!("../../../schemas/email_event.avsc"),
             RecordType::MeetingEvent => include_str!("../../../schemas/meeting_event.avsc"),
+            RecordType::LeadEvent => include_str!("../../../schemas/lead_event.avsc"),
             RecordType::NormalisedCall => include_str!("../../../schemas/normalised_call.avsc"),
             RecordType::NormalisedEmail => include_str!("../../../schemas/normalised_email.avsc"),
             RecordType::NormalisedMeeting => include_str!("../../../schemas/normalised_meeting.avsc"),
+            RecordType::NormalisedLead => include_str!("../../../schemas/normalised_lead.avsc"),
             RecordType::CrmWriteRequest => include_str!("../../../schemas/crm_write_request.avsc"),
             RecordType::ActivityWriteRequest => include_str!("../../../schemas/activity_write_request.avsc"),
             RecordType::AuditRecord => include_str!("../../../schemas/audit_record.avsc"),
@@ -95,6 +103,16 @@ pub const HISTORY: &[(RecordType, &str, &str)] = &[
     (RecordType::AuditRecord, "history/audit_record/v2.avsc", include_str!("../../../schemas/history/audit_record/v2.avsc")),
     (RecordType::DeadLetter, "history/dead_letter/v2.avsc", include_str!("../../../schemas/history/dead_letter/v2.avsc")),
     (RecordType::DeadLetter, "history/dead_letter/v3.avsc", include_str!("../../../schemas/history/dead_letter/v3.avsc")),
+    // Leads; audit and DLQ records name the LEAD kind.
+    (RecordType::LeadEvent, "history/lead_event/v1.avsc", include_str!("../../../schemas/history/lead_event/v1.avsc")),
+    (RecordType::NormalisedLead, "history/normalised_lead/v1.avsc", include_str!("../../../schemas/history/normalised_lead/v1.avsc")),
+    (RecordType::AuditRecord, "history/audit_record/v3.avsc", include_str!("../../../schemas/history/audit_record/v3.avsc")),
+    (RecordType::DeadLetter, "history/dead_letter/v4.avsc", include_str!("../../../schemas/history/dead_letter/v4.avsc")),
+    (
+        RecordType::ActivityWriteRequest,
+        "history/activity_write_request/v2.avsc",
+        include_str!("../../../schemas/history/activity_write_request/v2.avsc"),
+    ),
 ];
 
 /// A parsed schema with its canonical form and fingerprint.
@@ -221,7 +239,7 @@ mod tests {
         assert_eq!(parsing_canonical_form(&embedded).unwrap(), parsing_canonical_form(&own).unwrap());
     }
 
-    /// ActivityWriteRequest embeds NormalisedEmail and NormalisedMeeting; neither copy may
+    /// ActivityWriteRequest embeds NormalisedEmail, NormalisedMeeting and NormalisedLead; no copy may
     /// drift from its own schema. In one schema a named type is defined once, so the
     /// meeting's copy names `EmailAddress` where its own schema defines it.
     #[test]
@@ -251,6 +269,8 @@ mod tests {
         }
         inline(&mut meeting, &address);
         assert_eq!(parsing_canonical_form(&meeting).unwrap(), parsing_canonical_form(&own(RecordType::NormalisedMeeting)).unwrap());
+        // The lead shares no named type with the email or the meeting.
+        assert_eq!(parsing_canonical_form(&embedded("lead")).unwrap(), parsing_canonical_form(&own(RecordType::NormalisedLead)).unwrap());
     }
 
     #[test]

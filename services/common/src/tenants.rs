@@ -168,7 +168,15 @@ fn activity_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<Act
     if names.is_empty() {
         return Err(serde::de::Error::custom("activities is empty: name at least one of call, email, meeting"));
     }
-    names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect()
+    let kinds: BTreeSet<ActivityKind> = names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect::<Result<_, _>>()?;
+    if kinds.contains(&ActivityKind::Lead) {
+        // Leads are normalised and deduplicated (and audited as taken by no CRM) while the
+        // writers' identity resolution is built; a connection takes them once it is.
+        return Err(serde::de::Error::custom(
+            "lead: crm-sync does not write leads to CRMs yet (leads.raw is normalised and audited); name call, email or meeting",
+        ));
+    }
+    Ok(kinds)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -393,5 +401,13 @@ mod tests {
         let e = Tenants::parse("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.dynamics]\nplan='x'\ncredentials_secret='y'\n")
             .unwrap_err();
         assert!(e.to_string().contains("dynamics"), "{e}");
+        let conn = |activities: &str| {
+            format!("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.hubspot]\nplan='starter'\ncredentials_secret='S'\nactivities = {activities}\n")
+        };
+        let e = Tenants::parse(&conn("[\"call\", \"lead\"]")).unwrap_err();
+        assert!(e.to_string().contains("does not write leads to CRMs yet"), "no connection takes leads until a writer writes them: {e}");
+        let e = Tenants::parse(&conn("[\"fax\"]")).unwrap_err();
+        assert!(e.to_string().contains("unknown activity kind 'fax'"), "{e}");
+        assert!(Tenants::parse(&conn("[\"email\", \"Meeting\"]")).is_ok());
     }
 }

@@ -44,9 +44,11 @@ fn decode_as(rt: RecordType, bytes: &[u8]) -> Result<(), DecodeError> {
         RecordType::CallEvent => check::<CallEvent>(bytes),
         RecordType::EmailEvent => check::<EmailEvent>(bytes),
         RecordType::MeetingEvent => check::<MeetingEvent>(bytes),
+        RecordType::LeadEvent => check::<LeadEvent>(bytes),
         RecordType::NormalisedCall => check::<NormalisedCall>(bytes),
         RecordType::NormalisedEmail => check::<NormalisedEmail>(bytes),
         RecordType::NormalisedMeeting => check::<NormalisedMeeting>(bytes),
+        RecordType::NormalisedLead => check::<NormalisedLead>(bytes),
         RecordType::CrmWriteRequest => check::<CrmWriteRequest>(bytes),
         RecordType::ActivityWriteRequest => check::<ActivityWriteRequest>(bytes),
         RecordType::AuditRecord => check::<AuditRecord>(bytes),
@@ -78,11 +80,16 @@ fn avro_seeds() -> Vec<(RecordType, Vec<u8>)> {
     seeds.push((RecordType::CallEvent, codec::encode(&raw_call("acme", "c1", 3)).unwrap()));
     seeds.push((RecordType::NormalisedCall, codec::encode(&normalised_call("acme", "c1", 2)).unwrap()));
     seeds.push((RecordType::CrmWriteRequest, codec::encode(&req).unwrap()));
-    for req in [fixtures::email_request("acme", "m1", Crm::Hubspot), fixtures::meeting_request("acme", "e1", Crm::Zoho)] {
+    for req in [
+        fixtures::email_request("acme", "m1", Crm::Hubspot),
+        fixtures::meeting_request("acme", "e1", Crm::Zoho),
+        fixtures::lead_request("acme", "l1", Crm::Salesforce),
+    ] {
         seeds.push((RecordType::ActivityWriteRequest, codec::encode(&req).unwrap()));
     }
     seeds.push((RecordType::EmailEvent, codec::encode(&fixtures::raw_email("acme", "m1", 1)).unwrap()));
     seeds.push((RecordType::MeetingEvent, codec::encode(&fixtures::raw_meeting("acme", "e1", 1)).unwrap()));
+    seeds.push((RecordType::LeadEvent, codec::encode(&fixtures::raw_lead("acme", "l1", 1)).unwrap()));
     seeds
 }
 

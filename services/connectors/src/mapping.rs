@@ -67,6 +67,9 @@ pub fn sources(kind: ActivityKind) -> &'static [&'static str] {
         ActivityKind::Email => EMAIL_SOURCES,
         ActivityKind::Meeting => MEETING_SOURCES,
         ActivityKind::Call | ActivityKind::Unknown => SOURCES,
+        // A lead's fields are written by field group (identity, attribution, consent,
+        // answers), not mapped from an activity's sources.
+        ActivityKind::Lead => &[],
     }
 }
 

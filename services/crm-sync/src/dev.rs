@@ -416,7 +416,8 @@ fn wait_for_audit(reader: &TopicReader, topics: &Topics, tenants: &Tenants, inpu
                 let tenant = match kind {
                     ActivityKind::Email => codec::decode::<NormalisedEmail>(payload).ok().map(|e| e.tenant_id),
                     ActivityKind::Meeting => codec::decode::<NormalisedMeeting>(payload).ok().map(|e| e.tenant_id),
-                    _ => codec::decode::<NormalisedCall>(payload).ok().map(|c| c.tenant_id),
+                    ActivityKind::Lead => codec::decode::<crm_common::events::NormalisedLead>(payload).ok().map(|l| l.tenant_id),
+                    ActivityKind::Call | ActivityKind::Unknown => codec::decode::<NormalisedCall>(payload).ok().map(|c| c.tenant_id),
                 };
                 if let Some(tenant) = tenant {
                     normalised += 1;

@@ -67,7 +67,7 @@ fn is_exchange(s: &Step) -> bool {
 pub fn render(call_id: &str, steps: &[Step]) -> String {
     if steps.is_empty() {
         return format!(
-            "No record of activity {call_id} (a call, email or meeting id) in the audit store.\n\
+            "No record of activity {call_id} (a call, email, meeting or lead id) in the audit store.\n\
              It never reached crm-sync (check the source system's id), or its audit has not been stored yet \
              (is the audit-sink running?), or it is older than the audit retention.\n"
         );

@@ -1,11 +1,11 @@
-//! The three kinds the deduper carries, behind one face: what it marks in Redis, what it
+//! The kinds the deduper carries (calls, emails, meetings, leads), behind one face: what it marks in Redis, what it
 //! audits, and the write request it sends each CRM.
 
 use crm_common::codec;
 use crm_common::config::Topics;
 use crm_common::events::{
     activity_key, ActivityKind, ActivityWriteRequest, Crm, CrmWriteRequestHead, CrmWriteRequestTail, NormalisedCall, NormalisedCallView,
-    NormalisedEmail, NormalisedMeeting, CALL_IN_WRITE_REQUEST,
+    NormalisedEmail, NormalisedLead, NormalisedMeeting, CALL_IN_WRITE_REQUEST,
 };
 use crm_common::kafka::InMessage;
 
@@ -27,6 +27,7 @@ pub enum Activity<'a> {
     },
     Email(NormalisedEmail),
     Meeting(NormalisedMeeting),
+    Lead(NormalisedLead),
 }
 
 impl<'a> Activity<'a> {
@@ -36,6 +37,7 @@ impl<'a> Activity<'a> {
         let (what, decoded) = match topics.normalised_kind(&input.topic) {
             Some(ActivityKind::Email) => ("a NormalisedEmail", codec::decode(bytes).map(Activity::Email)),
             Some(ActivityKind::Meeting) => ("a NormalisedMeeting", codec::decode(bytes).map(Activity::Meeting)),
+            Some(ActivityKind::Lead) => ("a NormalisedLead", codec::decode(bytes).map(Activity::Lead)),
             _ => (
                 "a NormalisedCall",
                 match codec::current_datum::<NormalisedCall>(bytes) {
@@ -59,6 +61,7 @@ impl<'a> Activity<'a> {
             Activity::Call { .. } | Activity::UpgradedCall { .. } => ActivityKind::Call,
             Activity::Email(_) => ActivityKind::Email,
             Activity::Meeting(_) => ActivityKind::Meeting,
+            Activity::Lead(_) => ActivityKind::Lead,
         }
     }
 
@@ -68,16 +71,18 @@ impl<'a> Activity<'a> {
             Activity::UpgradedCall { call: c, .. } => &c.tenant_id,
             Activity::Email(e) => &e.tenant_id,
             Activity::Meeting(m) => &m.tenant_id,
+            Activity::Lead(l) => &l.tenant_id,
         }
     }
 
-    /// The source's id: call_id, Message-ID, the meeting's source_id.
+    /// The source's id: call_id, Message-ID, the meeting's source_id, the lead's lead_id.
     pub fn source_id(&self) -> &str {
         match self {
             Activity::Call { view, .. } => view.call_id,
             Activity::UpgradedCall { call: c, .. } => &c.call_id,
             Activity::Email(e) => &e.message_id,
             Activity::Meeting(m) => &m.source_id,
+            Activity::Lead(l) => &l.lead_id,
         }
     }
 
@@ -87,6 +92,7 @@ impl<'a> Activity<'a> {
             Activity::UpgradedCall { call: c, .. } => c.version,
             Activity::Email(e) => e.version,
             Activity::Meeting(m) => m.version,
+            Activity::Lead(l) => l.version,
         }
     }
 
@@ -97,6 +103,7 @@ impl<'a> Activity<'a> {
             Activity::UpgradedCall { call: c, .. } => &c.source,
             Activity::Email(e) => &e.source,
             Activity::Meeting(m) => &m.source,
+            Activity::Lead(l) => &l.source,
         }
     }
 
@@ -116,7 +123,7 @@ impl<'a> Activity<'a> {
 
     /// The write request for `crm` under `key` (its [`Activity::key`], which the caller has
     /// already built for the audit record), encoded: a CrmWriteRequest for a call (as before),
-    /// an ActivityWriteRequest for an email or a meeting.
+    /// an ActivityWriteRequest for an email, a meeting or a lead.
     pub fn request(&self, crm: Crm, key: &str, requested_at: i64, trace_id: &str) -> Vec<u8> {
         let call: &[u8] = match self {
             Activity::Call { datum, .. } => datum,
@@ -134,7 +141,7 @@ impl<'a> Activity<'a> {
         codec::encode_around(&CALL_IN_WRITE_REQUEST, &head, call, &tail).expect("CrmWriteRequest always encodes")
     }
 
-    /// An email's or meeting's ActivityWriteRequest.
+    /// An email's, meeting's or lead's ActivityWriteRequest.
     fn activity_request(&self, crm: Crm, key: &str, requested_at: i64, trace_id: &str) -> Vec<u8> {
         codec::encode(&ActivityWriteRequest {
             tenant_id: self.tenant_id().to_string(),
@@ -149,6 +156,10 @@ impl<'a> Activity<'a> {
             },
             meeting: match self {
                 Activity::Meeting(m) => Some(m.clone()),
+                _ => None,
+            },
+            lead: match self {
+                Activity::Lead(l) => Some(l.clone()),
                 _ => None,
             },
             requested_at,

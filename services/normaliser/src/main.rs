@@ -1,8 +1,10 @@
 //! normaliser: calls.raw → calls.normalised, emails.raw → emails.normalised, meetings.raw →
-//! meetings.normalised (DESIGN §1–§3). One audit record per input; inputs that cannot be
-//! normalised go to sync.dlq with their original bytes and a reason.
+//! meetings.normalised, leads.raw → leads.normalised (DESIGN §1–§3). One audit record per
+//! input; inputs that cannot be normalised go to sync.dlq with their original bytes and a
+//! reason; a lead whose person refused processing is audited as skipped and goes nowhere.
 
 mod activity;
+mod lead;
 mod normalise;
 
 use clap::Parser;
@@ -10,7 +12,7 @@ use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::emit::{Emitter, Subject};
-use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, MeetingEvent, Stage};
+use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, LeadEvent, MeetingEvent, Stage};
 use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::live_tenants::{LiveTenants, Loaded};
 use crm_common::lookups::{self, Lookup, Lookups};
@@ -65,6 +67,9 @@ impl Normaliser {
             }
             Some(ActivityKind::Meeting) => {
                 codec::decode_with::<MeetingEvent>(bytes, Some(&self.confluent)).map(Raw::Meeting).map_err(|e| ("a MeetingEvent", e))
+            }
+            Some(ActivityKind::Lead) => {
+                codec::decode_with::<LeadEvent>(bytes, Some(&self.confluent)).map(Raw::Lead).map_err(|e| ("a LeadEvent", e))
             }
             _ => codec::decode_with::<CallEvent>(bytes, Some(&self.confluent)).map(Raw::Call).map_err(|e| ("a CallEvent", e)),
         };
@@ -151,6 +156,17 @@ impl Normaliser {
                 Normalised::activity(topics.normalised(ActivityKind::Meeting), m.source_id, &m.source, m.participants.len(), record, detail)
                     .looked_up_by(lookup, m.start_at)
             }),
+            Raw::Lead(ev) => match lead::normalise_lead(ev, tenant, &self.phones, now) {
+                Ok(lead::LeadOutcome::NotConsented) => {
+                    // Not processed further: no record, no dead letter holding the person's
+                    // data, no lookup names; its lead id finds this audit record.
+                    let detail = "the person refused processing (consent_to_processing DENIED): written to no CRM".to_string();
+                    let audit = self.emit.audit(input, &subject, "normalise", AuditOutcome::Skipped, detail);
+                    return Some(Processed { outputs: vec![self.emit.audit_record(&audit)], outcome: "skipped" });
+                }
+                Ok(lead::LeadOutcome::Normalised(l)) => Ok(self.lead(*l, tenant)),
+                Err(r) => Err(r),
+            },
         };
         let n = match normalised {
             Ok(n) => n,
@@ -179,6 +195,31 @@ impl Normaliser {
 }
 
 impl Normaliser {
+    /// A normalised lead on its way out: found by its email and phone.
+    fn lead(&self, l: crm_common::events::NormalisedLead, tenant: &crm_common::tenants::ResolvedTenant) -> Normalised<'_> {
+        let shown = |n: &str| if tenant.show_phone_numbers_in_audit { n.to_string() } else { phone::mask(n) };
+        let mut keys = vec![];
+        if let Some(e) = &l.email {
+            keys.push(format!("email {}", crm_common::email::mask_shape(e)));
+        }
+        if let Some(p) = &l.phone_e164 {
+            keys.push(format!("phone {}", shown(p)));
+        }
+        let dropped = l.dropped_fields.iter().map(|d| format!("; {} left out: {}", d.field, d.reason)).collect::<String>();
+        let detail = format!("normalised a lead from {}: matched by {}{dropped}", l.source, keys.join(" and "));
+        let lookup = self
+            .lookups
+            .attribute(&l.tenant_id, l.email.as_deref().map(Lookup::Email).into_iter().chain(l.phone_e164.as_deref().map(Lookup::Phone)));
+        let record = codec::encode(&l).expect("NormalisedLead always encodes");
+        let mut n = Normalised::activity(self.emit.topics.normalised(ActivityKind::Lead), l.lead_id, &l.source, 0, record, detail)
+            .looked_up_by(lookup, l.submitted_at);
+        n.attributes.retain(|(k, _)| *k != "participants");
+        if !l.dropped_fields.is_empty() {
+            n.attributes.push(("dropped_fields", l.dropped_fields.iter().map(|d| d.field.as_str()).collect::<Vec<_>>().join(",")));
+        }
+        n
+    }
+
     /// The lookup names of an event that is not normalised: its agent (id and address), a
     /// call's customer number where it reads as one (E.164, or national in the call's hint or
     /// the tenant's region), and when it happened.
@@ -202,6 +243,8 @@ impl Normaliser {
                 self.lookups.attribute(tenant_id, [Lookup::Agent(&ev.actor_id), Lookup::Agent(&ev.actor_email)]),
                 ev.start_at.unwrap_or_default(),
             ),
+            // A lead refused has no valid email or phone to be found by (its lead id finds it).
+            Raw::Lead(_) => (String::new(), 0),
         };
         if names.is_empty() {
             return vec![];
@@ -219,6 +262,7 @@ enum Raw {
     Call(CallEvent),
     Email(EmailEvent),
     Meeting(MeetingEvent),
+    Lead(LeadEvent),
 }
 
 impl Raw {
@@ -229,6 +273,7 @@ impl Raw {
             Raw::Call(e) => (&e.tenant_id, &e.call_id, e.version, ActivityKind::Call),
             Raw::Email(e) => (&e.tenant_id, crm_common::email::bare_message_id(&e.message_id), e.version, ActivityKind::Email),
             Raw::Meeting(e) => (&e.tenant_id, &e.event_id, e.version, ActivityKind::Meeting),
+            Raw::Lead(e) => (&e.tenant_id, &e.lead_id, e.version, ActivityKind::Lead),
         }
     }
 }

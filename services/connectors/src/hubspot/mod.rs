@@ -37,12 +37,14 @@ use wire::{Batch, ErrorBody, Object, Page, Property};
 const PROPERTY_GROUP: &str = "crm_sync";
 
 /// HubSpot's default association types to a contact (HUBSPOT_DEFINED; CRM-APIS §1,
-/// CRM-APIS-ACTIVITIES §1.1, §2.1): call 194, email 198, meeting 200.
+/// CRM-APIS-ACTIVITIES §1.1, §2.1): call 194, email 198, meeting 200. A lead is itself a
+/// contact and is never associated so; it takes the calls' ids like any kind not an
+/// activity.
 fn to_contact(kind: ActivityKind) -> i64 {
     match kind {
         ActivityKind::Email => 198,
         ActivityKind::Meeting => 200,
-        ActivityKind::Call | ActivityKind::Unknown => 194,
+        ActivityKind::Call | ActivityKind::Unknown | ActivityKind::Lead => 194,
     }
 }
 /// Association type ids from an activity to the contact's company and to a deal
@@ -51,7 +53,7 @@ fn to_company(kind: ActivityKind) -> i64 {
     match kind {
         ActivityKind::Email => 186,
         ActivityKind::Meeting => 188,
-        ActivityKind::Call | ActivityKind::Unknown => 182,
+        ActivityKind::Call | ActivityKind::Unknown | ActivityKind::Lead => 182,
     }
 }
 
@@ -59,7 +61,7 @@ fn to_deal(kind: ActivityKind) -> i64 {
     match kind {
         ActivityKind::Email => 210,
         ActivityKind::Meeting => 212,
-        ActivityKind::Call | ActivityKind::Unknown => 206,
+        ActivityKind::Call | ActivityKind::Unknown | ActivityKind::Lead => 206,
     }
 }
 
