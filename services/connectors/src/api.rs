@@ -73,11 +73,25 @@ pub struct Request {
     /// What audit and logs show instead of the path, when the path holds a credential
     /// (HubSpot's token introspection takes the token in it).
     pub shown_path: Option<String>,
+    /// A read by key whose 404 means "no such record": an answer the caller acts on (create
+    /// it, call it gone), audited as such rather than as a failure. Set by
+    /// [`crate::client::TenantClient::fetch_if_present`].
+    pub absent_is_answer: bool,
 }
 
 impl Request {
     pub fn new(method: reqwest::Method, path: impl Into<String>, class: RequestClass) -> Request {
-        Request { method, path: path.into(), body: None, class, audit_body: None, replay_safe: true, fence: vec![], shown_path: None }
+        Request {
+            method,
+            path: path.into(),
+            body: None,
+            class,
+            audit_body: None,
+            replay_safe: true,
+            fence: vec![],
+            shown_path: None,
+            absent_is_answer: false,
+        }
     }
 
     /// What audit and logs show instead of the path (one that holds a credential).
@@ -647,6 +661,7 @@ impl Api {
             latency_ms: t.elapsed().as_millis() as i64,
             attempt: a.number,
             outcome: verdict.clone(),
+            answered_absent: req.absent_is_answer && reply.as_ref().is_some_and(|r| r.status == 404),
             sent: a.sent.to_string(),
         });
         (verdict, reply)

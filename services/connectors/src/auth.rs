@@ -555,6 +555,7 @@ impl Credentials {
             latency_ms: 0,
             attempt: 1,
             outcome: Verdict::Ok,
+            answered_absent: false,
             sent: format!("refresh_token grant for the client in secret {} (values not shown)", self.secret_name),
         };
         let result = match resp {

@@ -46,6 +46,27 @@ impl<P: Policy> TenantClient<P> {
         self.call(api, req, log).await?.parse()
     }
 
+    /// A read by key whose 404 is an answer: `None` when the CRM has no such record (audited
+    /// as that answer, not as a failure), the record read as `T` when it has.
+    pub async fn fetch_if_present<T: DeserializeOwned>(
+        &self,
+        api: &Api,
+        req: Request,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<T>, Failure> {
+        self.call_if_present(api, req, log).await?.map(|r| r.parse()).transpose()
+    }
+
+    /// [`fetch_if_present`](Self::fetch_if_present) whose answer is wanted whole, unread.
+    pub async fn call_if_present(&self, api: &Api, req: Request, log: &mut Vec<Exchange>) -> Result<Option<Reply>, Failure> {
+        let req = Request { absent_is_answer: true, ..req };
+        match self.call(api, &req, log).await {
+            Ok(reply) => Ok(Some(reply)),
+            Err(f) if f.status == Some(404) => Ok(None),
+            Err(f) => Err(f),
+        }
+    }
+
     /// Whether `raw`, a number as the CRM holds it (any format), is `e164` when read in the
     /// tenant's region: search matches digits, this confirms the whole number.
     pub fn same_number(&self, raw: &str, e164: &str) -> bool {

@@ -64,8 +64,34 @@ pub struct Exchange {
     pub attempt: u32,
     /// How it ended.
     pub outcome: Verdict,
+    /// A read by key answered "no such record" (404) where the caller asked exactly that
+    /// (`Request::absent_is_answer`): the caller gets the 404 and acts on it; the audit
+    /// shows the answer, not a failure.
+    pub answered_absent: bool,
     /// What was sent, without credentials.
     pub sent: String,
+}
+
+impl Exchange {
+    /// The audit record's outcome: the verdict's, except that a lookup's "no such record"
+    /// succeeded (support reading a trace saw such lookups as DEAD_LETTERED before).
+    pub fn audit_outcome(&self) -> crm_common::events::AuditOutcome {
+        if self.answered_absent {
+            crm_common::events::AuditOutcome::Succeeded
+        } else {
+            self.outcome.audit_outcome()
+        }
+    }
+
+    /// The audit record's detail: the verdict (`ok`, `throttled for N ms`, …), or that the
+    /// record looked up by key does not exist.
+    pub fn audit_detail(&self) -> String {
+        if self.answered_absent {
+            "not found: no such record (the answer this lookup by key asked for)".into()
+        } else {
+            self.outcome.to_string()
+        }
+    }
 }
 
 /// Why a call did not succeed.

@@ -95,7 +95,12 @@ pub fn render(call_id: &str, steps: &[Step]) -> String {
             let status = s.crm_status.map(|c| c.to_string()).unwrap_or_else(|| "—".into());
             let latency = s.latency_ms.map(|l| format!(" {l} ms")).unwrap_or_default();
             let attempt = if s.attempt > 1 { format!(", attempt {}", s.attempt) } else { String::new() };
-            let what = if s.outcome == "SUCCEEDED" { String::new() } else { format!(" {}: {}", s.outcome, s.detail) };
+            // A success says only what is not plain "ok" (a lookup's "not found").
+            let what = match (s.outcome.as_str(), s.detail.as_str()) {
+                ("SUCCEEDED", "ok") => String::new(),
+                ("SUCCEEDED", detail) => format!(" {detail}"),
+                (outcome, detail) => format!(" {outcome}: {detail}"),
+            };
             out += &format!("  {}  {:<10} {:<10}   {} → {status}{latency}{attempt}{what}\n", s.at, "", crm, s.operation);
             continue;
         }
@@ -363,6 +368,27 @@ mod tests {
         assert!(text.contains("salesforce: NOT written: PERMISSION_DENIED (dlq entry x, open, replayed 0×)"), "{text}");
         assert!(text.contains("zoho: handed to the writer; no write recorded yet"), "{text}");
         assert!(render("nope", &[]).contains("No record of activity nope"));
+    }
+
+    #[test]
+    fn an_exchange_line_says_what_is_not_plain_ok() {
+        let exchange = |status: i16, outcome: &str, detail: &str| {
+            let mut s = step("WRITER", Some("salesforce"), "GET /sobjects/Task/CrmSyncKey__c/k", outcome);
+            (s.crm_status, s.detail) = (Some(status.into()), detail.into());
+            s
+        };
+        let text = render(
+            "c1",
+            &[
+                exchange(404, "SUCCEEDED", "not found: no such record (the answer this lookup by key asked for)"),
+                exchange(201, "SUCCEEDED", "ok"),
+                exchange(400, "DEAD_LETTERED", "VALIDATION: bad field"),
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].ends_with("→ 404 not found: no such record (the answer this lookup by key asked for)"), "{text}");
+        assert!(lines[2].ends_with("→ 201"), "{text}");
+        assert!(lines[3].ends_with("→ 400 DEAD_LETTERED: VALIDATION: bad field"), "{text}");
     }
 
     fn args(line: &[&str]) -> TraceArgs {

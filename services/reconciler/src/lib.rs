@@ -699,7 +699,7 @@ impl<C: Inspect> Reconciler<C> {
 
     fn audit_exchanges(&self, pass: &mut Pass<'_>, rec: &Checked<'_>, log: &[Exchange]) {
         for ex in log {
-            let mut a = pass.emit.audit(&rec.input, &rec.subject, &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
+            let mut a = pass.emit.audit(&rec.input, &rec.subject, &ex.endpoint, ex.audit_outcome(), ex.audit_detail());
             a.idempotency_key = Some(rec.w.idempotency_key.clone());
             a.crm_status = ex.status.map(i32::from);
             a.crm_record_id = Some(rec.w.record_id.clone());

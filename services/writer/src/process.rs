@@ -281,7 +281,7 @@ impl<C: Connector> Shared<C> {
 
     /// One audit record per CRM call.
     fn audit_exchange(&self, w: &Work, ex: &Exchange, record_id: Option<&str>) -> OutRecord {
-        let mut a = self.emit.audit(&w.input, &self.subject(&w.req), &ex.endpoint, ex.outcome.audit_outcome(), ex.outcome.to_string());
+        let mut a = self.emit.audit(&w.input, &self.subject(&w.req), &ex.endpoint, ex.audit_outcome(), ex.audit_detail());
         a.idempotency_key = Some(w.req.idempotency_key().to_string());
         a.attempt = ex.attempt as i32;
         a.crm_status = ex.status.map(i32::from);

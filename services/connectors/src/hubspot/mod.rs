@@ -574,10 +574,10 @@ impl Inspect for Hubspot {
                 },
                 Some(_) => {}
                 None => {
-                    let live = match t.call(api, &self.one(kind, &w.record_id, "properties=hs_object_id&archived=true"), log).await {
-                        Ok(_) => Live::Deleted,
-                        Err(f) if f.status == Some(404) => Live::Absent,
-                        Err(f) => return Err(f),
+                    let read = self.one(kind, &w.record_id, "properties=hs_object_id&archived=true");
+                    let live = match t.call_if_present(api, read, log).await? {
+                        Some(_) => Live::Deleted,
+                        None => Live::Absent,
                     };
                     out.insert(w.record_id.clone(), live);
                 }

@@ -473,11 +473,7 @@ impl Connector for Salesforce {
             self.key_field_of(kind),
             urlencode(req.idempotency_key())
         ));
-        match t.fetch::<Created>(api, &Request::get(path, RequestClass::Read), log).await {
-            Ok(r) => Ok(Some(r.id)),
-            Err(f) if f.status == Some(404) => Ok(None),
-            Err(f) => Err(f),
-        }
+        Ok(t.fetch_if_present::<Created>(api, Request::get(path, RequestClass::Read), log).await?.map(|r| r.id))
     }
 
     fn contracts(&self) -> &Contracts {
