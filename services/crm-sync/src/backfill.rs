@@ -20,8 +20,8 @@ pub struct BackfillArgs {
     common: CommonArgs,
     #[arg(long)]
     tenant: String,
-    /// Which raw topic to re-read: `call` (calls.raw, the default), `email` (emails.raw) or
-    /// `meeting` (meetings.raw).
+    /// Which raw topic to re-read: `call` (calls.raw, the default), `email` (emails.raw),
+    /// `meeting` (meetings.raw) or `lead` (leads.raw).
     #[arg(long, default_value = "call", value_parser = |s: &str| s.parse::<ActivityKind>())]
     kind: ActivityKind,
     /// Start of the range: RFC 3339 (`2026-11-23T08:00:00Z`) or a duration ago (`3h`).

@@ -9,7 +9,7 @@
 use crm_common::audit_store::{ts, AuditStore};
 use crm_common::codec;
 use crm_common::config::Topics;
-use crm_common::events::{AuditOutcome, AuditRecord, Crm, CrmWriteRequest, Stage};
+use crm_common::events::{AuditOutcome, AuditRecord, Crm, Stage};
 use crm_common::kafka::{RECREATE, REPLAY_COUNT};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -190,22 +190,30 @@ fn list_text(entries: &[Entry]) -> String {
     out
 }
 
-/// The failed message, decoded for reading (numbers masked).
+/// The failed message, decoded for reading (numbers masked): by the record its source
+/// topic carries, a write topic's either request record.
 fn decoded(e: &Entry, topics: &Topics) -> String {
-    use crm_common::events::{CallEvent, EmailEvent, MeetingEvent, NormalisedCall, NormalisedEmail, NormalisedMeeting};
-    fn pretty<T: crm_common::events::AvroRecord>(payload: &[u8]) -> Result<String, codec::DecodeError> {
-        codec::decode::<T>(payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+    use crm_common::events::ActivityKind::{Call, Email, Lead, Meeting, Unknown};
+    use crm_common::events::{
+        CallEvent, EmailEvent, LeadEvent, MeetingEvent, NormalisedCall, NormalisedEmail, NormalisedLead, NormalisedMeeting,
+    };
+    fn pretty<T: crm_common::events::AvroRecord>(payload: &[u8]) -> Result<String, String> {
+        codec::decode::<T>(payload).map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(|e| e.to_string())
     }
-    use crm_common::events::ActivityKind::{Call, Email, Meeting};
     let t = e.source_topic.as_str();
     let json = match (topics.raw_kind(t), topics.normalised_kind(t)) {
-        (Some(Call), _) => pretty::<CallEvent>(&e.payload),
+        (Some(Call | Unknown), _) => pretty::<CallEvent>(&e.payload),
         (Some(Email), _) => pretty::<EmailEvent>(&e.payload),
         (Some(Meeting), _) => pretty::<MeetingEvent>(&e.payload),
-        (_, Some(Call)) => pretty::<NormalisedCall>(&e.payload),
+        (Some(Lead), _) => pretty::<LeadEvent>(&e.payload),
+        (_, Some(Call | Unknown)) => pretty::<NormalisedCall>(&e.payload),
         (_, Some(Email)) => pretty::<NormalisedEmail>(&e.payload),
         (_, Some(Meeting)) => pretty::<NormalisedMeeting>(&e.payload),
-        _ => pretty::<CrmWriteRequest>(&e.payload),
+        (_, Some(Lead)) => pretty::<NormalisedLead>(&e.payload),
+        (None, None) => crm_common::events::decode_write(&e.payload).map(|w| match w {
+            crm_common::events::WritePayload::Call(c) => serde_json::to_string_pretty(&c).unwrap_or_default(),
+            crm_common::events::WritePayload::Activity(a) => serde_json::to_string_pretty(&a).unwrap_or_default(),
+        }),
     };
     match json {
         Ok(j) => crm_common::phone::mask_in_text(&j),
@@ -360,4 +368,50 @@ async fn deleted_record(store: &AuditStore, e: &Entry) -> anyhow::Result<Option<
         )
         .await?;
     Ok(row.and_then(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_common::events::fixtures;
+
+    fn entry(topic: &str, payload: Vec<u8>) -> Entry {
+        Entry {
+            id: "d1".into(),
+            failed_at: "2026-12-04 08:00:00".into(),
+            tenant_id: "acme".into(),
+            call_id: None,
+            crm: None,
+            stage: "WRITER".into(),
+            reason: "VALIDATION".into(),
+            detail: "d".into(),
+            state: "open".into(),
+            replay_count: 0,
+            source_topic: topic.into(),
+            source_key: Some(b"acme".to_vec()),
+            payload,
+            crm_status: None,
+            crm_response_excerpt: None,
+            state_note: None,
+            trace_id: "t".into(),
+        }
+    }
+
+    /// `dlq show` decodes the failed message by its topic's record: an email's or a lead's
+    /// write request on a CRM's topic too (it printed "bytes that do not decode" for them,
+    /// trying a call's request only), and a lead on leads.raw.
+    #[test]
+    fn every_kind_of_failed_message_is_shown_decoded_with_numbers_masked() {
+        let topics = Topics::default();
+        let shown = |topic: &str, payload: Vec<u8>| decoded(&entry(topic, payload), &topics);
+        let email = shown("crm.writes.zoho", codec::encode(&fixtures::email_request("acme", "m1", Crm::Zoho)).unwrap());
+        assert!(email.contains("\"message_id\": \"m1@mail.acme.example\""), "{email}");
+        let lead = shown("leads.raw", codec::encode(&fixtures::raw_lead("acme", "l1", 0)).unwrap());
+        assert!(lead.contains("\"lead_id\": \"l1\"") && lead.contains("\"utm_campaign\": \"spring-demo\""), "{lead}");
+        let request = shown("crm.writes.hubspot", codec::encode(&fixtures::lead_request("acme", "l1", Crm::Hubspot)).unwrap());
+        assert!(request.contains("\"kind\": \"LEAD\"") && !request.contains("4155552671"), "masked: {request}");
+        let call = shown("calls.normalised", codec::encode(&fixtures::normalised_call("acme", "c1", 1)).unwrap());
+        assert!(call.contains("\"call_id\": \"c1\""), "{call}");
+        assert!(shown("crm.writes.hubspot", vec![1, 2, 3]).starts_with("(3 bytes that do not decode"));
+    }
 }
