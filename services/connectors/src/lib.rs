@@ -29,6 +29,7 @@ pub mod contract;
 pub mod exchange;
 pub mod hubspot;
 pub mod mapping;
+pub mod person;
 pub mod pipedrive;
 pub mod places;
 pub mod pool;

@@ -149,6 +149,10 @@ pub enum DlqReason {
     /// the tenant chose `on_unmapped_actor = "dead_letter"`: held for review, replayed once
     /// the actor is mapped.
     ActorUnmapped,
+    /// A lead matched several people in the CRM (by its email, or else its phone) and the
+    /// tenant chose `on_ambiguous_match = "dead_letter"`: held for review, replayed once
+    /// the duplicates are merged in the CRM.
+    AmbiguousMatch,
 }
 
 impl DlqReason {
@@ -165,6 +169,7 @@ impl DlqReason {
             DlqReason::AuthFailed => "AUTH_FAILED",
             DlqReason::RetriesExhausted => "RETRIES_EXHAUSTED",
             DlqReason::ActorUnmapped => "ACTOR_UNMAPPED",
+            DlqReason::AmbiguousMatch => "AMBIGUOUS_MATCH",
         }
     }
 }
