@@ -6,7 +6,7 @@
 //! views answer the example queries.
 
 use crm_common::codec;
-use crm_common::events::{NormalisedCall, NormalisedEmail, NormalisedMeeting};
+use crm_common::events::{NormalisedCall, NormalisedEmail, NormalisedLead, NormalisedMeeting};
 use crm_sync_tests::writer::wait_for;
 use crm_sync_tests::{bin, repo_root, Broker, PrivateDb, TempFile};
 use serde_json::Value;
@@ -65,7 +65,7 @@ fn python_events_are_normalised_and_python_reads_audit_dlq_and_the_views() {
         "--suffix",
         "t1",
     ]));
-    for topic in ["calls.raw", "emails.raw", "meetings.raw"] {
+    for topic in ["calls.raw", "emails.raw", "meetings.raw", "leads.raw"] {
         assert!(produced.contains(&format!("-> {topic} ")), "{produced}");
     }
     // What an upstream team must not do: bytes that are no event. Dead-lettered, not lost.
@@ -76,8 +76,9 @@ fn python_events_are_normalised_and_python_reads_audit_dlq_and_the_views() {
         &[("DATABASE_URL", db.url.as_str()), ("TENANTS_CONFIG", "/dev/null"), ("PIPELINE_COMMIT_INTERVAL_MS", "100")],
     );
 
-    let outs = broker.read(&["calls.normalised", "emails.normalised", "meetings.normalised"], 3, Duration::from_secs(60));
-    assert_eq!(outs.len(), 3, "all three events were accepted");
+    let outs =
+        broker.read(&["calls.normalised", "emails.normalised", "meetings.normalised", "leads.normalised"], 4, Duration::from_secs(60));
+    assert_eq!(outs.len(), 4, "all four events were accepted");
     for m in &outs {
         let bytes = m.payload.as_deref().unwrap();
         match m.topic.as_str() {
@@ -88,6 +89,13 @@ fn python_events_are_normalised_and_python_reads_audit_dlq_and_the_views() {
             "emails.normalised" => {
                 let e: NormalisedEmail = codec::decode(bytes).unwrap();
                 assert_eq!(e.tenant_id, "acme");
+            }
+            "leads.normalised" => {
+                let l: NormalisedLead = codec::decode(bytes).unwrap();
+                assert_eq!(
+                    (l.lead_id.as_str(), l.email.as_deref(), l.phone_e164.as_deref(), l.country.as_deref()),
+                    ("example-lead-t1", Some("linus.prospect@prospect.example"), Some("+4930901820"), Some("DE"))
+                );
             }
             _ => {
                 let e: NormalisedMeeting = codec::decode(bytes).unwrap();
@@ -111,7 +119,12 @@ fn python_events_are_normalised_and_python_reads_audit_dlq_and_the_views() {
     let dlq: Vec<&Value> = lines.iter().filter(|l| l["topic"] == "sync.dlq").collect();
     assert!(lines.iter().all(|l| l.get("error").is_none()), "every message decoded: {read}");
     // A call by its id, an email by its Message-ID (brackets gone), a meeting by its iCalendar UID.
-    for (id, kind) in [("example-call-t1", "CALL"), ("example-t1@acme.example", "EMAIL"), ("example-t1@calendar.acme.example", "MEETING")] {
+    for (id, kind) in [
+        ("example-call-t1", "CALL"),
+        ("example-t1@acme.example", "EMAIL"),
+        ("example-t1@calendar.acme.example", "MEETING"),
+        ("example-lead-t1", "LEAD"),
+    ] {
         assert!(
             audit.iter().any(|a| a["schema"] == "io.crmsync.events.AuditRecord"
                 && a["record"]["call_id"] == id

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Produce a CallEvent, an EmailEvent and a MeetingEvent to crm-sync's raw topics, as an
-upstream team would: Avro single-object encoding (crm_sync_avro), keyed by tenant id, with
+"""Produce a CallEvent, an EmailEvent, a MeetingEvent and a LeadEvent to crm-sync's raw
+topics, as an upstream team would: Avro single-object encoding (crm_sync_avro), keyed by tenant id, with
 confluent-kafka. Prints one line per event with its topic, partition, offset and schema
 fingerprint.
 
@@ -83,18 +83,57 @@ def events(tenant, now_ms, suffix):
         "actor_email": "ada@acme.example",
         "attributes": {},
     }
-    return [("call", "call_event", call), ("email", "email_event", email), ("meeting", "meeting_event", meeting)]
+    lead = {
+        "tenant_id": tenant,
+        # The form submission's id at the source: the same id again is the same lead.
+        "lead_id": "example-lead-" + suffix,
+        "source": "examples/python",
+        "source_type": "FORM",
+        "version": 1,
+        "submitted_at": now_ms - 30_000,
+        "email": "Linus.Prospect@Prospect.example",
+        # Read in the lead's country (DE here), not the tenant's region.
+        "phone": "030 901820",
+        "first_name": "Linus",
+        "last_name": "Prospect",
+        "full_name": None,
+        "company": "Prospect GmbH",
+        "job_title": "Head of Sales",
+        "country": "Germany",
+        # DENIED: written to no CRM, only audited as skipped.
+        "consent_to_processing": "GRANTED",
+        "consent": {"marketing_email": "true"},
+        "attribution": {
+            "utm_source": "linkedin",
+            "utm_medium": "paid-social",
+            "utm_campaign": "q4-demo",
+            "utm_term": None,
+            "utm_content": None,
+            "campaign_id": None,
+            "ad_id": None,
+            "form_id": "demo-request",
+            "page_url": "https://acme.example/demo",
+        },
+        "answers": {"team_size": "11-50"},
+        "attributes": {},
+    }
+    return [
+        ("call", "call_event", call),
+        ("email", "email_event", email),
+        ("meeting", "meeting_event", meeting),
+        ("lead", "lead_event", lead),
+    ]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--tenant", default="acme")
-    ap.add_argument("--kind", action="append", choices=["call", "email", "meeting"], help="default: all three")
+    ap.add_argument("--kind", action="append", choices=["call", "email", "meeting", "lead"], help="default: all four")
     ap.add_argument("--suffix", default=str(int(time.time())), help="makes the events' ids unique")
     ap.add_argument("--topic-prefix", default="", help="only if the pipeline's TOPIC_* names differ")
     a = ap.parse_args()
-    topics = {"call": "calls.raw", "email": "emails.raw", "meeting": "meetings.raw"}
+    topics = {"call": "calls.raw", "email": "emails.raw", "meeting": "meetings.raw", "lead": "leads.raw"}
     # Idempotent and acks=all: a retried send is never written twice to the topic.
     p = Producer({"bootstrap.servers": a.bootstrap, "enable.idempotence": True, "acks": "all"})
     failed = []
