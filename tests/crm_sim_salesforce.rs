@@ -496,3 +496,97 @@ fn a_tooling_field_is_invisible_until_a_permission_set_grants_it() {
         assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("DUPLICATE_VALUE")), "{path}: {}", r.text);
     }
 }
+
+/// Leads as Salesforce treats them (CRM-APIS-ACTIVITIES §5.2): the org's assignment rule
+/// gives a lead its owner unless `Sforce-Auto-Assign: FALSE`; its duplicate rule refuses a
+/// lead or contact whose email a live contact or unconverted lead has (`DUPLICATES_DETECTED`,
+/// `duplicateResut` in a single answer, `duplicateResult` in a collection's), an alert rule
+/// only until `allowSave=true`, a block rule always; a converted lead is read-only; an org
+/// without rules takes duplicates.
+#[test]
+fn leads_meet_the_orgs_assignment_and_duplicate_rules() {
+    let sim = CrmSim::start();
+    let rules = |duplicates: &str| {
+        json!({"sf_lead_rules": {"assign_to": "queue@org.example", "duplicates": duplicates},
+        "objects": {
+            "User": [{"Email": "queue@org.example", "Name": "Lead Queue"}, {"Email": "rep@org.example", "Name": "Rep"}],
+            "Contact": [{"LastName": "Known", "Email": "Known@Customer.example"}],
+            "Lead": [{"LastName": "Old", "Company": "Co", "Email": "old@customer.example", "IsConverted": true}]
+        }})
+    };
+    org(&sim, rules("alert"));
+    let users = sim.records("salesforce", "org-1", "User");
+    let user = |email: &str| users.iter().find(|u| u["fields"]["Email"] == email).unwrap()["id"].as_str().unwrap().to_string();
+    let (queue, rep) = (user("queue@org.example"), user("rep@org.example"));
+    let post = |body: Value, headers: &[(&str, &str)]| {
+        sim.call_with("POST", &format!("{V}/sobjects/Lead/"), Auth::Bearer(TOKEN), Some(&body), headers, None)
+    };
+    let owner = |id: &str| sim.call("GET", &format!("{V}/sobjects/Lead/{id}"), Auth::Bearer(TOKEN), None).body["OwnerId"].clone();
+
+    // Without the header the rule runs and overrides the owner asked for; FALSE keeps it.
+    let a = post(json!({"LastName": "Able", "Company": "A", "Email": "able@prospect.example", "OwnerId": rep}), &[]);
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(owner(a.body["id"].as_str().unwrap()), json!(queue), "the assignment rule reassigned it");
+    let read = sim.call("GET", &format!("{V}/sobjects/Lead/{}", a.body["id"].as_str().unwrap()), Auth::Bearer(TOKEN), None);
+    assert_eq!(
+        (read.body["Status"].as_str(), read.body["IsConverted"].as_bool()),
+        (Some("Open - Not Contacted"), Some(false)),
+        "{}",
+        read.text
+    );
+    let b = post(
+        json!({"LastName": "Baker", "Company": "B", "Email": "baker@prospect.example", "OwnerId": rep}),
+        &[("Sforce-Auto-Assign", "FALSE")],
+    );
+    assert_eq!(owner(b.body["id"].as_str().unwrap()), json!(rep));
+    let patched = sim.call(
+        "PATCH",
+        &format!("{V}/sobjects/Lead/{}", b.body["id"].as_str().unwrap()),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"FirstName": "Bo", "Title": "VP Sales", "Country": "DE"})),
+    );
+    assert_eq!(patched.status, 204, "{}", patched.text);
+    assert_eq!(owner(b.body["id"].as_str().unwrap()), json!(queue), "an update without the header runs the rule again (the harsher case)");
+
+    // A duplicate of a contact's address (any case): refused, with the match; allowSave passes an alert rule.
+    let dup = json!({"LastName": "Known", "Company": "K", "Email": "known@customer.EXAMPLE"});
+    let r = post(dup.clone(), &[]);
+    assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("DUPLICATES_DETECTED")), "{}", r.text);
+    let result = &r.body[0]["duplicateResut"];
+    assert_eq!(result["duplicateRule"], "Standard_Lead_Duplicate_Rule");
+    assert_eq!(result["matchResults"][0]["entityType"], "Contact");
+    assert!(result["matchResults"][0]["matchRecords"][0]["record"]["Id"].as_str().unwrap().starts_with("003"), "{result}");
+    assert!(r.body[0].get("duplicateResult").is_none(), "the single-record answer misspells it");
+    let saved = post(dup.clone(), &[("Sforce-Duplicate-Rule-Header", "allowSave=true; includeRecordDetails=false")]);
+    assert_eq!(saved.status, 201, "{}", saved.text);
+    // In a collection, the correct spelling.
+    let coll = sim.call(
+        "POST",
+        &format!("{V}/composite/sobjects"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"allOrNone": false, "records": [{"attributes": {"type": "Contact"}, "LastName": "Again", "Email": "able@prospect.example"}]})),
+    );
+    assert_eq!(coll.body[0]["errors"][0]["statusCode"], "DUPLICATES_DETECTED", "{}", coll.text);
+    assert_eq!(coll.body[0]["errors"][0]["duplicateResult"]["matchResults"][0]["entityType"], "Lead");
+    // A converted lead's address is free, and the converted lead cannot be changed.
+    assert_eq!(post(json!({"LastName": "New", "Company": "N", "Email": "old@customer.example"}), &[]).status, 201);
+    let old = sim.records("salesforce", "org-1", "Lead").iter().find(|l| l["fields"]["LastName"] == "Old").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = sim.call("PATCH", &format!("{V}/sobjects/Lead/{old}"), Auth::Bearer(TOKEN), Some(&json!({"FirstName": "Olga"})));
+    assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("CANNOT_UPDATE_CONVERTED_LEAD")), "{}", r.text);
+
+    // A block rule refuses even with allowSave; an org without rules takes the duplicate.
+    let post_to = |sim: &CrmSim, headers: &[(&str, &str)]| {
+        sim.call_with("POST", &format!("{V}/sobjects/Lead/"), Auth::Bearer(TOKEN), Some(&dup), headers, None)
+    };
+    let blocking = CrmSim::start();
+    org(&blocking, rules("block"));
+    let r = post_to(&blocking, &[("Sforce-Duplicate-Rule-Header", "allowSave=true")]);
+    assert_eq!(r.body[0]["errorCode"], "DUPLICATES_DETECTED", "{}", r.text);
+    assert_eq!(r.body[0]["duplicateResut"]["allowSave"], false);
+    let lenient = CrmSim::start();
+    org(&lenient, json!({"objects": {"Contact": [{"LastName": "Known", "Email": "known@customer.example"}]}}));
+    assert_eq!(post_to(&lenient, &[]).status, 201, "no rule, no refusal");
+}

@@ -74,6 +74,9 @@ pub struct NewAccount {
     /// Zoho: accept unique fields on Calls, Tasks and Events (default false: unverified).
     #[serde(default)]
     pub activity_unique_fields: bool,
+    /// Salesforce: the org's lead assignment and duplicate rules (none unless set).
+    #[serde(default)]
+    pub sf_lead_rules: Option<crate::salesforce::leads::LeadRules>,
     pub key_field: Option<KeyField>,
     /// More objects carrying a key (an account that takes emails and meetings too).
     #[serde(default)]
@@ -133,6 +136,12 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
     acct.enforce_activity_unique = req.enforce_activity_unique;
     acct.activity_property_create = req.activity_property_create;
     acct.activity_unique_fields = req.activity_unique_fields;
+    if let Some(rules) = req.sf_lead_rules {
+        if crm != Crm::Salesforce {
+            return Err(format!("sf_lead_rules is for Salesforce accounts, not {}", crm.as_str()));
+        }
+        acct.sf_setup.lead_rules = rules;
+    }
     acct.key_fields = req.key_field.into_iter().chain(req.key_fields).collect();
     acct.ensure_indexes();
     acct.owner_id = match crm {

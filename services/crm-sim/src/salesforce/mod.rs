@@ -4,6 +4,7 @@
 //! stands in for both the org's instance URL and the login host.
 
 pub mod errors;
+pub mod leads;
 pub mod limits;
 mod oauth;
 mod query;
@@ -94,6 +95,9 @@ pub fn new_id(acct: &mut Account, object: &str) -> String {
     format!("{id15}{}", id_suffix(&id15))
 }
 
+/// The standard Lead statuses (a new org's picklist); the first is the default.
+pub const LEAD_STATUSES: &[&str] = &["Open - Not Contacted", "Working - Contacted", "Closed - Converted", "Closed - Not Converted"];
+
 pub fn schema() -> Schema {
     use FieldType::*;
     let ro = FieldDef::read_only;
@@ -132,6 +136,9 @@ pub fn schema() -> Schema {
     contact.insert("Name".into(), ro(Text));
     contact.insert("Email".into(), FieldDef::of(Text));
     contact.insert("AccountId".into(), FieldDef::of(Lookup));
+    for f in ["Title", "MailingCountry", "LeadSource", "Department"] {
+        contact.insert(f.into(), FieldDef::of(Text));
+    }
     contact.insert("MasterRecordId".into(), ro(Text));
     for f in ["Phone", "MobilePhone", "HomePhone", "OtherPhone", "AssistantPhone"] {
         contact.insert(f.into(), FieldDef::of(Phone));
@@ -143,6 +150,13 @@ pub fn schema() -> Schema {
     lead.insert("Name".into(), ro(Text));
     lead.insert("Email".into(), FieldDef::of(Text));
     lead.insert("MasterRecordId".into(), ro(Text));
+    // Set by lead conversion (not modelled as an action); a converted lead is read-only.
+    lead.insert("IsConverted".into(), ro(Bool));
+    for f in ["Title", "Country", "LeadSource", "Website", "Industry"] {
+        lead.insert(f.into(), FieldDef::of(Text));
+    }
+    // Required, with the org's default status applied when a create leaves it out.
+    lead.insert("Status".into(), FieldDef::picklist(LEAD_STATUSES));
     for f in ["Phone", "MobilePhone"] {
         lead.insert(f.into(), FieldDef::of(Phone));
     }

@@ -34,6 +34,8 @@ pub struct Setup {
     pub hidden: BTreeMap<String, BTreeMap<String, FieldDef>>,
     /// Permission sets by id.
     pub permission_sets: BTreeMap<String, PermissionSet>,
+    /// The org's lead assignment and duplicate rules (`super::leads`).
+    pub lead_rules: super::leads::LeadRules,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

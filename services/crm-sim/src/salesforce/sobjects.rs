@@ -7,7 +7,7 @@ use crate::gate::json;
 use crate::state::{Account, Caller, FieldType, Record, SharedSim};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Map, Value};
@@ -304,7 +304,13 @@ fn check_owner(acct: &Account, fields: &Map<String, Value>) -> Result<(), Fail> 
     }
 }
 
-pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>, now: i64) -> Result<String, Fail> {
+pub fn create_record(
+    acct: &mut Account,
+    object: &str,
+    body: &Map<String, Value>,
+    asked: super::leads::Asked,
+    now: i64,
+) -> Result<String, Fail> {
     let mut body = body.clone();
     let who_ids = who_ids(acct, object, &mut body)?;
     let body = &body;
@@ -322,9 +328,14 @@ pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>
         return Err(Fail::new("REQUIRED_FIELD_MISSING", format!("Required fields are missing: [{}]", missing.join(", ")), &missing));
     }
     let who = check_who(acct, &fields)?;
+    super::leads::before_write(acct, object, None, &mut fields, asked)?;
     check_owner(acct, &fields)?;
     check_what(acct, object, &mut fields, None)?;
     check_unique(acct, object, &fields, None)?;
+    if object == "Lead" {
+        fields.entry("Status").or_insert(json!(super::LEAD_STATUSES[0]));
+        fields.entry("IsConverted").or_insert(json!(false));
+    }
     if object == "Task" {
         fields.entry("Status").or_insert(json!("Not Started"));
         fields.entry("Priority").or_insert(json!("Normal"));
@@ -349,7 +360,14 @@ pub fn create_record(acct: &mut Account, object: &str, body: &Map<String, Value>
     Ok(id)
 }
 
-pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<String, Value>, now: i64) -> Result<(), Fail> {
+pub fn update_record(
+    acct: &mut Account,
+    object: &str,
+    id: &str,
+    body: &Map<String, Value>,
+    asked: super::leads::Asked,
+    now: i64,
+) -> Result<(), Fail> {
     match acct.table(object).get(id) {
         None => return Err(Fail::new("NOT_FOUND", "The requested resource does not exist", &[]).status(404)),
         Some(r) if !r.live() => return Err(Fail::new("ENTITY_IS_DELETED", "entity is deleted", &[]).status(404)),
@@ -359,6 +377,7 @@ pub fn update_record(acct: &mut Account, object: &str, id: &str, body: &Map<Stri
     let who_ids = who_ids(acct, object, &mut body)?;
     let mut fields = validate(acct, object, &body, Mode::Update)?;
     let who = check_who(acct, &fields)?;
+    super::leads::before_write(acct, object, Some(id), &mut fields, asked)?;
     check_owner(acct, &fields)?;
     check_what(acct, object, &mut fields, Some(id))?;
     check_unique(acct, object, &fields, Some(id))?;
@@ -427,8 +446,10 @@ pub async fn create(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
     Path((version, sobject)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let asked = super::leads::asked(&headers);
     if super::setup::SETUP_OBJECTS.contains(&sobject.as_str()) {
         return match (check_version(&version), parse_json(&body)) {
             (Ok(_), Ok(Value::Object(b))) => sim.with(&caller, |acct, _| super::setup::create(acct, &sobject, &b)),
@@ -443,7 +464,7 @@ pub async fn create(
     let Some(body) = body.as_object() else {
         return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]);
     };
-    sim.with(&caller, |acct, now| match create_record(acct, object, body, now) {
+    sim.with(&caller, |acct, now| match create_record(acct, object, body, asked, now) {
         Ok(id) => json(201, json!({"id": id, "success": true, "errors": []})),
         Err(f) => f.response(),
     })
@@ -472,8 +493,10 @@ pub async fn update(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
     Path((version, sobject, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let asked = super::leads::asked(&headers);
     if super::setup::SETUP_OBJECTS.contains(&sobject.as_str()) {
         return match (check_version(&version), parse_json(&body)) {
             (Ok(_), Ok(Value::Object(b))) => sim.with(&caller, |acct, _| super::setup::create(acct, &sobject, &b)),
@@ -491,7 +514,7 @@ pub async fn update(
     let Some(body) = body.as_object() else {
         return errors::error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject from a non-object", &[]);
     };
-    sim.with(&caller, |acct, now| match update_record(acct, object, &id, body, now) {
+    sim.with(&caller, |acct, now| match update_record(acct, object, &id, body, asked, now) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(f) => f.response(),
     })
@@ -576,6 +599,7 @@ fn upsert_one(
     field: &str,
     value: &str,
     body: &Map<String, Value>,
+    asked: super::leads::Asked,
     now: i64,
 ) -> Result<(String, bool), Result<Fail, Vec<String>>> {
     if let Some(v) = body.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)).map(|(_, v)| v) {
@@ -591,13 +615,13 @@ fn upsert_one(
         [] => {
             let mut b = body.clone();
             b.insert(field.to_string(), json!(value));
-            create_record(acct, object, &b, now).map(|id| (id, true)).map_err(Ok)
+            create_record(acct, object, &b, asked, now).map(|id| (id, true)).map_err(Ok)
         }
         [one] => {
             let id = one.clone();
             let mut b = body.clone();
             b.retain(|k, _| !k.eq_ignore_ascii_case(field));
-            update_record(acct, object, &id, &b, now).map(|_| (id, false)).map_err(Ok)
+            update_record(acct, object, &id, &b, asked, now).map(|_| (id, false)).map_err(Ok)
         }
         many => Err(Err(many.to_vec())),
     }
@@ -607,8 +631,10 @@ pub async fn upsert(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
     Path((version, sobject, field, value)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let asked = super::leads::asked(&headers);
     let (v, object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(v), Ok(o), Ok(b)) => (v, o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
@@ -621,7 +647,7 @@ pub async fn upsert(
             Ok(f) => f,
             Err(r) => return r,
         };
-        match upsert_one(acct, object, &field, &value, &body, now) {
+        match upsert_one(acct, object, &field, &value, &body, asked, now) {
             Ok((id, true)) => json(201, json!({"id": id, "success": true, "errors": [], "created": true})),
             Ok((id, false)) if v >= 46 => json(200, json!({"id": id, "success": true, "errors": [], "created": false})),
             Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -694,8 +720,10 @@ pub async fn collection_create(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
     Path(version): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let asked = super::leads::asked(&headers);
     let (aon, records) = match collection_request(&version, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -707,7 +735,7 @@ pub async fn collection_create(
                 return Err(Fail::new("INVALID_FIELD", "cannot specify Id in an insert call", &["Id"]));
             }
             let fields = rec.as_object().cloned().unwrap_or_default();
-            create_record(acct, object, &fields, now).map(|id| json!({"id": id, "success": true, "errors": []}))
+            create_record(acct, object, &fields, asked, now).map(|id| json!({"id": id, "success": true, "errors": []}))
         });
         json(200, Value::Array(out))
     })
@@ -717,8 +745,10 @@ pub async fn collection_update(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
     Path(version): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let asked = super::leads::asked(&headers);
     let (aon, records) = match collection_request(&version, &body) {
         Ok(x) => x,
         Err(r) => return r,
@@ -734,7 +764,7 @@ pub async fn collection_update(
                 .ok_or_else(|| Fail::new("MISSING_ARGUMENT", "Id not specified in an update call", &[]))?;
             let id = normalise_id(&id)
                 .ok_or_else(|| Fail::new("MALFORMED_ID", format!("{object} ID: id value of incorrect type: {id}"), &["Id"]))?;
-            update_record(acct, object, &id, &fields, now).map(|_| json!({"id": id, "success": true, "errors": []}))
+            update_record(acct, object, &id, &fields, asked, now).map(|_| json!({"id": id, "success": true, "errors": []}))
         });
         json(200, Value::Array(out))
     })
@@ -744,8 +774,10 @@ pub async fn collection_upsert(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
     Path((version, sobject, field)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let asked = super::leads::asked(&headers);
     let (v, object, body) = match (check_version(&version), check_object(&sobject), parse_json(&body)) {
         (Ok(v), Ok(o), Ok(b)) => (v, o, b),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
@@ -769,7 +801,7 @@ pub async fn collection_upsert(
             let Some(value) = value else {
                 return Err(Fail::new("MISSING_ARGUMENT", format!("{field} not specified"), &[]));
             };
-            match upsert_one(acct, object, &field, &value, &fields, now) {
+            match upsert_one(acct, object, &field, &value, &fields, asked, now) {
                 Ok((id, created)) => Ok(json!({"id": id, "success": true, "errors": [], "created": created})),
                 Err(Ok(f)) => Err(f),
                 Err(Err(many)) => Err(Fail::new(
