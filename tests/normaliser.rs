@@ -300,6 +300,10 @@ fn normalises_emails_and_meetings_and_dead_letters_bad_addresses() {
     assert!(!audited("m2@mail.acme.example").detail.contains("jane-at"), "audit names the field, not the address");
 }
 
+fn audited_outcome(audits: &[AuditRecord], id: &str) -> Option<AuditOutcome> {
+    audits.iter().find(|a| a.call_id.as_deref() == Some(id)).map(|a| a.outcome)
+}
+
 /// Leads on leads.raw: email, phone and country canonical, names tidy; a lead with one bad
 /// key of two goes on and names what it left out; one with neither valid key is
 /// dead-lettered VALIDATION with both reasons; one whose person refused processing is
@@ -328,15 +332,20 @@ fn normalises_leads_skips_refused_consent_and_dead_letters_leads_without_a_key()
             enc("acme", codec::encode(&keyless).unwrap()),
             enc("acme", codec::encode(&refused).unwrap()),
             enc("acme", codec::encode(&raw_email("acme", "m1", 0)).unwrap()),
+            // Refused by the person, for a tenant nobody configured: still only skipped.
+            enc(
+                "nobody",
+                codec::encode(&LeadEvent { consent_to_processing: ConsentState::Denied, ..raw_lead("nobody", "l5", 4) }).unwrap(),
+            ),
         ],
     );
 
-    let out = broker.read(&["leads.normalised", "sync.dlq", "sync.audit"], 9, Duration::from_secs(60));
+    let out = broker.read(&["leads.normalised", "sync.dlq", "sync.audit"], 10, Duration::from_secs(60));
     let on = |t: &str| out.iter().filter(|m| m.topic == t).cloned().collect::<Vec<InMessage>>();
     let leads: Vec<NormalisedLead> = on("leads.normalised").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     let dls: Vec<DeadLetter> = on("sync.dlq").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     let audits: Vec<AuditRecord> = on("sync.audit").iter().map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
-    assert_eq!((leads.len(), dls.len(), audits.len()), (2, 2, 5), "{out:?}");
+    assert_eq!((leads.len(), dls.len(), audits.len()), (2, 2, 6), "{out:?}");
     let keyed = on("leads.normalised").iter().zip(&leads).all(|(m, l)| m.key_str().as_deref() == Some(l.tenant_id.as_str()));
     assert!(keyed, "keyed by tenant: {out:?}");
 
@@ -360,7 +369,8 @@ fn normalises_leads_skips_refused_consent_and_dead_letters_leads_without_a_key()
     let held: LeadEvent = codec::decode(&keyless_dl.payload).unwrap();
     assert_eq!(held, keyless, "the payload is the original, for replay once fixed");
     assert!(dls.iter().any(|d| d.reason == DlqReason::SchemaInvalid && d.detail.contains("not a LeadEvent")), "{dls:?}");
-    assert!(dls.iter().all(|d| d.call_id.as_deref() != Some("l4")), "a refusal is no dead letter");
+    assert!(dls.iter().all(|d| !matches!(d.call_id.as_deref(), Some("l4" | "l5"))), "a refusal is no dead letter: {dls:?}");
+    assert_eq!(audited_outcome(&audits, "l5"), Some(AuditOutcome::Skipped), "skipped before its tenant is looked up");
 
     let audited = |id: &str| audits.iter().find(|a| a.call_id.as_deref() == Some(id)).unwrap_or_else(|| panic!("{id} audited"));
     assert_eq!((audited("l1").kind, audited("l1").outcome), (Some(ActivityKind::Lead), AuditOutcome::Succeeded));

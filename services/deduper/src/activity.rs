@@ -1,5 +1,5 @@
-//! The kinds the deduper carries (calls, emails, meetings, leads), behind one face: what it marks in Redis, what it
-//! audits, and the write request it sends each CRM.
+//! The kinds the deduper carries (calls, emails, meetings, leads), behind one face: what it
+//! marks in Redis, what it audits, and the write request it sends each CRM.
 
 use crm_common::codec;
 use crm_common::config::Topics;

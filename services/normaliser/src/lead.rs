@@ -10,7 +10,8 @@
 //!
 //! Consent is read first: a person who refused processing is not normalised at all (no
 //! record on leads.normalised, no dead letter holding the payload, no lookup names), only
-//! audited as skipped.
+//! audited as skipped. The normaliser checks that before anything else about the event (its
+//! tenant included); here it is refused again, so no caller can normalise such a lead.
 
 use crate::normalise::{check_id, Rejection};
 use crm_common::email::{self, AddressError};
@@ -18,14 +19,6 @@ use crm_common::events::{ConsentState, DroppedField, LeadAttribution, LeadEvent,
 use crm_common::phone::{self, E164Cache};
 use crm_common::tenants::ResolvedTenant;
 use std::str::FromStr;
-
-/// What becomes of a lead.
-#[derive(Debug)]
-pub enum LeadOutcome {
-    Normalised(Box<NormalisedLead>),
-    /// The person refused processing (`consent_to_processing` DENIED): written nowhere.
-    NotConsented,
-}
 
 /// Common country abbreviations that are no ISO 3166-1 code, and what forms mean by them.
 const ABBREVIATIONS: &[(&str, &str)] = &[("UK", "GB"), ("UAE", "AE"), ("DRC", "CD"), ("ROK", "KR")];
@@ -68,9 +61,13 @@ fn address_problem(e: &AddressError) -> String {
     }
 }
 
-pub fn normalise_lead(ev: &LeadEvent, tenant: &ResolvedTenant, phones: &E164Cache, now_ms: i64) -> Result<LeadOutcome, Rejection> {
+/// The lead normalised, or why it cannot be. A lead whose person refused processing is
+/// refused here too (the caller skips those before it gets here, and says so in audit).
+pub fn normalise_lead(ev: &LeadEvent, tenant: &ResolvedTenant, phones: &E164Cache, now_ms: i64) -> Result<NormalisedLead, Rejection> {
     match ev.consent_to_processing {
-        ConsentState::Denied => return Ok(LeadOutcome::NotConsented),
+        ConsentState::Denied => {
+            return Err(Rejection::validation("the person refused processing (consent_to_processing DENIED): not normalised".into()))
+        }
         ConsentState::Unknown => {
             return Err(Rejection::validation(
                 "consent_to_processing is a state this build does not know: nothing is written for it until crm-sync knows it".into(),
@@ -117,7 +114,7 @@ pub fn normalise_lead(ev: &LeadEvent, tenant: &ResolvedTenant, phones: &E164Cach
         .or_else(|| tidy(Some(&[first_name.as_deref(), last_name.as_deref()].map(|n| n.unwrap_or("")).join(" "))));
     let a = &ev.attribution;
     let t = |v: &Option<String>| tidy(v.as_deref());
-    Ok(LeadOutcome::Normalised(Box::new(NormalisedLead {
+    Ok(NormalisedLead {
         tenant_id: ev.tenant_id.clone(),
         lead_id: ev.lead_id.clone(),
         source: ev.source.clone(),
@@ -150,7 +147,7 @@ pub fn normalise_lead(ev: &LeadEvent, tenant: &ResolvedTenant, phones: &E164Cach
         attributes: ev.attributes.clone(),
         dropped_fields: dropped,
         normalised_at: now_ms,
-    })))
+    })
 }
 
 /// A lead with neither a valid email nor a valid phone. The dead letter shows the values'
@@ -181,10 +178,7 @@ mod tests {
     }
 
     fn normalised(ev: &LeadEvent) -> NormalisedLead {
-        match normalise_lead(ev, &tenant(), &E164Cache::new(10), 7).unwrap() {
-            LeadOutcome::Normalised(n) => *n,
-            LeadOutcome::NotConsented => panic!("not consented"),
-        }
+        normalise_lead(ev, &tenant(), &E164Cache::new(10), 7).unwrap()
     }
 
     #[test]
@@ -271,7 +265,7 @@ mod tests {
         let mut ev = raw_lead("acme", "bad id", 0);
         ev.consent_to_processing = ConsentState::Denied;
         ev.email = None;
-        assert!(matches!(normalise_lead(&ev, &tenant(), &E164Cache::new(10), 0), Ok(LeadOutcome::NotConsented)));
+        assert!(normalise_lead(&ev, &tenant(), &E164Cache::new(10), 0).unwrap_err().detail.contains("refused processing"));
         ev.consent_to_processing = ConsentState::Unknown;
         assert!(normalise_lead(&ev, &tenant(), &E164Cache::new(10), 0).unwrap_err().detail.contains("does not know"));
         let mut ev = raw_lead("acme", "l1", 0);

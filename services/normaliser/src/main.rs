@@ -12,7 +12,9 @@ use crm_common::clock::now_ms;
 use crm_common::codec;
 use crm_common::config::{CommonArgs, PipelineArgs, Topics};
 use crm_common::emit::{Emitter, Subject};
-use crm_common::events::{ActivityKind, AuditOutcome, CallEvent, DlqReason, EmailDirection, EmailEvent, LeadEvent, MeetingEvent, Stage};
+use crm_common::events::{
+    ActivityKind, AuditOutcome, CallEvent, ConsentState, DlqReason, EmailDirection, EmailEvent, LeadEvent, MeetingEvent, Stage,
+};
 use crm_common::kafka::{InMessage, OutRecord};
 use crm_common::live_tenants::{LiveTenants, Loaded};
 use crm_common::lookups::{self, Lookup, Lookups};
@@ -82,6 +84,14 @@ impl Normaliser {
         };
         let (tenant_id, source_id, version, kind) = raw.subject();
         let subject = Subject { tenant_id, call_id: Some(source_id), crm: None, version: Some(version), kind: Some(kind) };
+        // A person who refused processing is not processed further, whatever else is wrong
+        // with the lead (an unknown tenant, a bad id): no record, no dead letter holding their
+        // data, no lookup names; its lead id finds this audit record.
+        if matches!(&raw, Raw::Lead(ev) if ev.consent_to_processing == ConsentState::Denied) {
+            let detail = "the person refused processing (consent_to_processing DENIED): written to no CRM".to_string();
+            let audit = self.emit.audit(input, &subject, "normalise", AuditOutcome::Skipped, detail);
+            return Some(Processed { outputs: vec![self.emit.audit_record(&audit)], outcome: "skipped" });
+        }
         let Some(tenant) = cfg.tenants.get(tenant_id) else {
             // A tenant added a moment ago is not refused for the reload interval: the file
             // is read again first (a removed one is refused at once).
@@ -156,17 +166,7 @@ impl Normaliser {
                 Normalised::activity(topics.normalised(ActivityKind::Meeting), m.source_id, &m.source, m.participants.len(), record, detail)
                     .looked_up_by(lookup, m.start_at)
             }),
-            Raw::Lead(ev) => match lead::normalise_lead(ev, tenant, &self.phones, now) {
-                Ok(lead::LeadOutcome::NotConsented) => {
-                    // Not processed further: no record, no dead letter holding the person's
-                    // data, no lookup names; its lead id finds this audit record.
-                    let detail = "the person refused processing (consent_to_processing DENIED): written to no CRM".to_string();
-                    let audit = self.emit.audit(input, &subject, "normalise", AuditOutcome::Skipped, detail);
-                    return Some(Processed { outputs: vec![self.emit.audit_record(&audit)], outcome: "skipped" });
-                }
-                Ok(lead::LeadOutcome::Normalised(l)) => Ok(self.lead(*l, tenant)),
-                Err(r) => Err(r),
-            },
+            Raw::Lead(ev) => lead::normalise_lead(ev, tenant, &self.phones, now).map(|l| self.lead(l, tenant)),
         };
         let n = match normalised {
             Ok(n) => n,
