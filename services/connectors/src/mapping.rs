@@ -67,8 +67,8 @@ pub fn sources(kind: ActivityKind) -> &'static [&'static str] {
         ActivityKind::Email => EMAIL_SOURCES,
         ActivityKind::Meeting => MEETING_SOURCES,
         ActivityKind::Call | ActivityKind::Unknown => SOURCES,
-        // A lead's fields are written by field group (identity, attribution, consent,
-        // answers), not mapped from an activity's sources.
+        // No lead contract yet: the lead writers bring `contracts/<crm>.lead.toml` and the
+        // lead's sources with them; until then a contract for leads can name no source.
         ActivityKind::Lead => &[],
     }
 }

@@ -37,9 +37,8 @@ use wire::{Batch, ErrorBody, Object, Page, Property};
 const PROPERTY_GROUP: &str = "crm_sync";
 
 /// HubSpot's default association types to a contact (HUBSPOT_DEFINED; CRM-APIS §1,
-/// CRM-APIS-ACTIVITIES §1.1, §2.1): call 194, email 198, meeting 200. A lead is itself a
-/// contact and is never associated so; it takes the calls' ids like any kind not an
-/// activity.
+/// CRM-APIS-ACTIVITIES §1.1, §2.1): call 194, email 198, meeting 200. (A lead is a contact
+/// itself, never associated to one: no lead write asks for these.)
 fn to_contact(kind: ActivityKind) -> i64 {
     match kind {
         ActivityKind::Email => 198,
