@@ -514,3 +514,40 @@ fn emails_and_meetings_are_objects_with_one_association_per_participant() {
     assert_eq!(keys["acme:email:m1@x:hubspot"]["total"], 1, "{keys}");
     assert_eq!(keys["acme:meeting:e1@google.com:hubspot"]["total"], 1, "{keys}");
 }
+
+/// Contacts as lead capture meets them (CRM-APIS-ACTIVITIES §5.1): the email is the dedupe
+/// key in any case (a plain create of a known address is 409 CONFLICT naming the contact,
+/// `idProperty=email` finds it whatever its case, an upsert by email updates it); the
+/// lifecycle stage moves forward only: a backward set is answered 200 and not applied,
+/// unless the stage is cleared first in a request of its own.
+#[test]
+fn contacts_dedupe_by_email_in_any_case_and_lifecycle_moves_forward_only() {
+    let sim = CrmSim::start();
+    portal(&sim, json!({"objects": {"contacts": [{"firstname": "Jane", "email": "Jane.Doe@Customer.example", "lifecyclestage": "salesqualifiedlead"}]}}));
+    let jane = contact_id(&sim, "Jane");
+    const CONTACTS: &str = "/hubspot/crm/v3/objects/contacts";
+    let create = sim.call("POST", CONTACTS, Auth::Bearer(TOKEN), Some(&json!({"properties": {"email": "jane.doe@customer.example"}})));
+    assert_eq!((create.status, create.body["category"].as_str()), (409, Some("CONFLICT")), "{}", create.text);
+    assert!(create.body["message"].as_str().unwrap().ends_with(&format!("Existing ID: {jane}")), "{}", create.text);
+    let read = sim.call("GET", &format!("{CONTACTS}/JANE.DOE@customer.example?idProperty=email&properties=email"), Auth::Bearer(TOKEN), None);
+    assert_eq!((read.status, read.body["id"].as_str()), (200, Some(jane.as_str())), "{}", read.text);
+    let up = sim.call(
+        "POST",
+        &format!("{CONTACTS}/batch/upsert"),
+        Auth::Bearer(TOKEN),
+        Some(&json!({"inputs": [{"id": "jane.doe@customer.example", "idProperty": "email", "properties": {"jobtitle": "VP Sales"}}]})),
+    );
+    assert_eq!(up.status, 200, "{}", up.text);
+    assert_eq!((up.body["results"][0]["id"].as_str(), up.body["results"][0]["new"].as_bool()), (Some(jane.as_str()), Some(false)), "{}", up.text);
+
+    let stage = |v: &str| sim.call("PATCH", &format!("{CONTACTS}/{jane}"), Auth::Bearer(TOKEN), Some(&json!({"properties": {"lifecyclestage": v}})));
+    let now = || sim.call("GET", &format!("{CONTACTS}/{jane}?properties=lifecyclestage"), Auth::Bearer(TOKEN), None).body["properties"]["lifecyclestage"].clone();
+    assert_eq!(stage("lead").status, 200, "a backward set is answered as applied");
+    assert_eq!(now(), "salesqualifiedlead", "and not applied");
+    assert_eq!(stage("customer").status, 200);
+    assert_eq!(now(), "customer", "forward is applied");
+    assert_eq!(stage("").status, 200);
+    assert_eq!(stage("lead").status, 200);
+    assert_eq!(now(), "lead", "cleared first, then set back in a request of its own");
+    assert_eq!(stage("prospect").status, 400, "not a stage");
+}

@@ -36,6 +36,10 @@ pub const MEETING_TO_CONTACT: i64 = 200;
 pub const EMAIL_DIRECTIONS: &[&str] = &["EMAIL", "INCOMING_EMAIL", "FORWARDED_EMAIL"];
 pub const EMAIL_STATUSES: &[&str] = &["BOUNCED", "FAILED", "SCHEDULED", "SENDING", "SENT"];
 pub const MEETING_OUTCOMES: &[&str] = &["SCHEDULED", "COMPLETED", "RESCHEDULED", "NO_SHOW", "CANCELED"];
+/// A contact's lifecycle stages (internal values), in the only order HubSpot moves them by
+/// default: forward (CRM-APIS-ACTIVITIES §5.1; `objects::lifecycle`).
+pub const LIFECYCLE_STAGES: &[&str] =
+    &["subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer", "evangelist", "other"];
 
 pub fn schema() -> Schema {
     use FieldType::*;
@@ -106,6 +110,7 @@ pub fn schema() -> Schema {
         contacts.insert(f.into(), FieldDef::of(Text));
     }
     contacts.insert("email".into(), FieldDef { unique: true, ..FieldDef::of(Text) });
+    contacts.insert("lifecyclestage".into(), FieldDef::picklist(LIFECYCLE_STAGES));
     contacts.insert("phone".into(), FieldDef::of(Phone));
     contacts.insert("mobilephone".into(), FieldDef::of(Phone));
     for f in [

@@ -216,11 +216,41 @@ pub fn unique_enforced(acct: &Account, table: &str, prop: &str) -> bool {
     acct.schema_of(table).get(prop).is_some_and(|d| d.unique) && (!is_activity(table) || acct.enforce_activity_unique)
 }
 
+/// A live contact other than `except` whose email is `email` in any case: HubSpot's contact
+/// email is its dedupe key, and whether it compares case-insensitively is [U]; crm-sim does
+/// (the harsher case: "Jane@X.com" and "jane@x.com" cannot be two contacts).
+fn email_holder(acct: &Account, email: &Value, except: Option<&str>) -> Option<String> {
+    let wanted = email.as_str().map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty())?;
+    let contacts = acct.objects.get("contacts")?;
+    contacts
+        .iter()
+        .find(|r| r.live() && Some(r.id.as_str()) != except && r.str_field("email").is_some_and(|e| e.trim().to_lowercase() == wanted))
+        .map(|r| r.id.clone())
+}
+
+/// A contact's lifecycle stage moves forward only (CRM-APIS-ACTIVITIES §5.1): an update to
+/// an earlier stage than the contact's is silently not applied (200, the old stage kept),
+/// unless the stage is first cleared (`""`) in a request of its own. [S]/[U] which of the
+/// two secondary sources holds; crm-sim models the one a writer can get wrong.
+fn lifecycle(current: Option<&Value>, props: &mut Map<String, Value>) {
+    let rank = |v: Option<&Value>| v.and_then(Value::as_str).and_then(|s| super::LIFECYCLE_STAGES.iter().position(|x| *x == s));
+    if let (Some(now), Some(next)) = (rank(current), rank(props.get("lifecyclestage"))) {
+        if next < now {
+            props.remove("lifecyclestage");
+        }
+    }
+}
+
 /// Unique properties: a second live record with the same value is refused.
 fn check_unique(acct: &Account, table: &str, props: &Map<String, Value>, except: Option<&str>) -> Result<(), Failure> {
     for (name, v) in props {
         if unique_enforced(acct, table, name) {
-            if let Some(existing) = acct.unique_holder(table, name, v, except) {
+            let holder = if table == "contacts" && name == "email" {
+                email_holder(acct, v, except)
+            } else {
+                acct.unique_holder(table, name, v, except)
+            };
+            if let Some(existing) = holder {
                 return Err(Failure::new(409, "CONFLICT", format!("{} already exists. Existing ID: {existing}", noun(table)))
                     .ctx("id", json!([existing]))
                     .ctx("property", json!(name)));
@@ -455,6 +485,10 @@ fn create_one(acct: &mut Account, table: &str, input: &Value, now: i64) -> Resul
 
 /// Finds a live record by id, or by a unique property when `id_property` is given.
 fn find(acct: &mut Account, table: &str, id: &str, id_property: Option<&str>, archived: bool) -> Option<String> {
+    if (table, id_property, archived) == ("contacts", Some("email"), false) {
+        // The dedupe key is found as it is kept unique: in any case.
+        return email_holder(acct, &Value::String(id.to_string()), None);
+    }
     let t = acct.table(table);
     match id_property.filter(|p| *p != "hs_object_id") {
         Some(p) => t.find_by(p, id).into_iter().find(|r| r.str_field(p) == Some(id) && r.live() != archived).map(|r| r.id.clone()),
@@ -463,8 +497,12 @@ fn find(acct: &mut Account, table: &str, id: &str, id_property: Option<&str>, ar
 }
 
 fn update_one(acct: &mut Account, table: &str, id: &str, props: &Value, now: i64) -> Result<Record, Failure> {
-    let props = validate(acct, table, props, false)?;
+    let mut props = validate(acct, table, props, false)?;
     check_unique(acct, table, &props, Some(id))?;
+    if table == "contacts" {
+        let current = acct.table(table).get(id).and_then(|r| r.fields.get("lifecyclestage").cloned());
+        lifecycle(current.as_ref(), &mut props);
+    }
     let lag = acct.search_lag_ms;
     let r = acct.table(table).get_mut(id).expect("caller found it");
     r.fields.extend(props);
