@@ -523,13 +523,17 @@ fn emails_and_meetings_are_objects_with_one_association_per_participant() {
 #[test]
 fn contacts_dedupe_by_email_in_any_case_and_lifecycle_moves_forward_only() {
     let sim = CrmSim::start();
-    portal(&sim, json!({"objects": {"contacts": [{"firstname": "Jane", "email": "Jane.Doe@Customer.example", "lifecyclestage": "salesqualifiedlead"}]}}));
+    portal(
+        &sim,
+        json!({"objects": {"contacts": [{"firstname": "Jane", "email": "Jane.Doe@Customer.example", "lifecyclestage": "salesqualifiedlead"}]}}),
+    );
     let jane = contact_id(&sim, "Jane");
     const CONTACTS: &str = "/hubspot/crm/v3/objects/contacts";
     let create = sim.call("POST", CONTACTS, Auth::Bearer(TOKEN), Some(&json!({"properties": {"email": "jane.doe@customer.example"}})));
     assert_eq!((create.status, create.body["category"].as_str()), (409, Some("CONFLICT")), "{}", create.text);
     assert!(create.body["message"].as_str().unwrap().ends_with(&format!("Existing ID: {jane}")), "{}", create.text);
-    let read = sim.call("GET", &format!("{CONTACTS}/JANE.DOE@customer.example?idProperty=email&properties=email"), Auth::Bearer(TOKEN), None);
+    let read =
+        sim.call("GET", &format!("{CONTACTS}/JANE.DOE@customer.example?idProperty=email&properties=email"), Auth::Bearer(TOKEN), None);
     assert_eq!((read.status, read.body["id"].as_str()), (200, Some(jane.as_str())), "{}", read.text);
     let up = sim.call(
         "POST",
@@ -538,10 +542,21 @@ fn contacts_dedupe_by_email_in_any_case_and_lifecycle_moves_forward_only() {
         Some(&json!({"inputs": [{"id": "jane.doe@customer.example", "idProperty": "email", "properties": {"jobtitle": "VP Sales"}}]})),
     );
     assert_eq!(up.status, 200, "{}", up.text);
-    assert_eq!((up.body["results"][0]["id"].as_str(), up.body["results"][0]["new"].as_bool()), (Some(jane.as_str()), Some(false)), "{}", up.text);
+    assert_eq!(
+        (up.body["results"][0]["id"].as_str(), up.body["results"][0]["new"].as_bool()),
+        (Some(jane.as_str()), Some(false)),
+        "{}",
+        up.text
+    );
 
-    let stage = |v: &str| sim.call("PATCH", &format!("{CONTACTS}/{jane}"), Auth::Bearer(TOKEN), Some(&json!({"properties": {"lifecyclestage": v}})));
-    let now = || sim.call("GET", &format!("{CONTACTS}/{jane}?properties=lifecyclestage"), Auth::Bearer(TOKEN), None).body["properties"]["lifecyclestage"].clone();
+    let stage = |v: &str| {
+        sim.call("PATCH", &format!("{CONTACTS}/{jane}"), Auth::Bearer(TOKEN), Some(&json!({"properties": {"lifecyclestage": v}})))
+    };
+    let now = || {
+        sim.call("GET", &format!("{CONTACTS}/{jane}?properties=lifecyclestage"), Auth::Bearer(TOKEN), None).body["properties"]
+            ["lifecyclestage"]
+            .clone()
+    };
     assert_eq!(stage("lead").status, 200, "a backward set is answered as applied");
     assert_eq!(now(), "salesqualifiedlead", "and not applied");
     assert_eq!(stage("customer").status, 200);
