@@ -13,7 +13,7 @@
 //! audited as skipped. The normaliser checks that before anything else about the event (its
 //! tenant included); here it is refused again, so no caller can normalise such a lead.
 
-use crate::normalise::{check_id, Rejection};
+use crate::normalise::{check_id, shown_number, Rejection};
 use crm_common::email::{self, AddressError};
 use crm_common::events::{ConsentState, DroppedField, LeadAttribution, LeadEvent, NormalisedLead};
 use crm_common::phone::{self, E164Cache};
@@ -155,9 +155,7 @@ pub fn normalise_lead(ev: &LeadEvent, tenant: &ResolvedTenant, phones: &E164Cach
 fn no_key(dropped: &[DroppedField], email: Option<&str>, phone: Option<&str>, tenant: &ResolvedTenant) -> Rejection {
     let why = |field: &str| dropped.iter().find(|d| d.field == field).map_or("missing".to_string(), |d| d.reason.clone());
     let shown_email = email.map(|e| format!(" {:?}", email::mask_shape(&e.chars().take(128).collect::<String>()))).unwrap_or_default();
-    let shown_phone = phone
-        .map(|p| if tenant.show_phone_numbers_in_audit { format!(" {p:?}") } else { format!(" {:?}", phone::mask(p)) })
-        .unwrap_or_default();
+    let shown_phone = phone.map(|p| format!(" {:?}", shown_number(tenant, p))).unwrap_or_default();
     let head = "a lead needs a valid email or a valid phone to be matched to a person";
     Rejection {
         reason: crm_common::events::DlqReason::Validation,

@@ -107,7 +107,7 @@ impl Normaliser {
         let now = now_ms();
         let normalised = match &raw {
             Raw::Call(ev) => normalise::normalise(ev, tenant, &self.phones, now).map(|call| {
-                let shown = |n: &str| if tenant.show_phone_numbers_in_audit { n.to_string() } else { phone::mask(n) };
+                let shown = |n: &str| normalise::shown_number(tenant, n);
                 let detail = format!("normalised {} → {} (region {})", shown(&call.from_e164), shown(&call.to_e164), call.region_used);
                 let lookup = self.lookups.attribute(
                     tenant_id,
@@ -197,27 +197,25 @@ impl Normaliser {
 impl Normaliser {
     /// A normalised lead on its way out: found by its email and phone.
     fn lead(&self, l: crm_common::events::NormalisedLead, tenant: &crm_common::tenants::ResolvedTenant) -> Normalised<'_> {
-        let shown = |n: &str| if tenant.show_phone_numbers_in_audit { n.to_string() } else { phone::mask(n) };
         let mut keys = vec![];
         if let Some(e) = &l.email {
             keys.push(format!("email {}", crm_common::email::mask_shape(e)));
         }
         if let Some(p) = &l.phone_e164 {
-            keys.push(format!("phone {}", shown(p)));
+            keys.push(format!("phone {}", normalise::shown_number(tenant, p)));
         }
         let dropped = l.dropped_fields.iter().map(|d| format!("; {} left out: {}", d.field, d.reason)).collect::<String>();
         let detail = format!("normalised a lead from {}: matched by {}{dropped}", l.source, keys.join(" and "));
         let lookup = self
             .lookups
             .attribute(&l.tenant_id, l.email.as_deref().map(Lookup::Email).into_iter().chain(l.phone_e164.as_deref().map(Lookup::Phone)));
-        let record = codec::encode(&l).expect("NormalisedLead always encodes");
-        let mut n = Normalised::activity(self.emit.topics.normalised(ActivityKind::Lead), l.lead_id, &l.source, 0, record, detail)
-            .looked_up_by(lookup, l.submitted_at);
-        n.attributes.retain(|(k, _)| *k != "participants");
+        let mut attributes = vec![("source", l.source.clone())];
         if !l.dropped_fields.is_empty() {
-            n.attributes.push(("dropped_fields", l.dropped_fields.iter().map(|d| d.field.as_str()).collect::<Vec<_>>().join(",")));
+            attributes.push(("dropped_fields", l.dropped_fields.iter().map(|d| d.field.as_str()).collect::<Vec<_>>().join(",")));
         }
-        n
+        let record = codec::encode(&l).expect("NormalisedLead always encodes");
+        let topic = self.emit.topics.normalised(ActivityKind::Lead);
+        Normalised { topic, subject_id: Some(l.lead_id), record, detail, attributes }.looked_up_by(lookup, l.submitted_at)
     }
 
     /// The lookup names of an event that is not normalised: its agent (id and address), a

@@ -89,8 +89,17 @@ pub fn normalise(ev: &CallEvent, tenant: &ResolvedTenant, phones: &E164Cache, no
     })
 }
 
+/// A number as audit and dead letters show it: masked unless the tenant allows it in clear.
+pub fn shown_number(tenant: &ResolvedTenant, number: &str) -> String {
+    if tenant.show_phone_numbers_in_audit {
+        number.to_string()
+    } else {
+        phone::mask(number)
+    }
+}
+
 pub fn rejection(field: &str, raw: &str, region: &str, e: &PhoneError, tenant: &ResolvedTenant) -> Rejection {
-    let shown = if tenant.show_phone_numbers_in_audit { raw.to_string() } else { phone::mask(raw) };
+    let shown = shown_number(tenant, raw);
     Rejection {
         reason: DlqReason::InvalidPhone,
         detail: format!("{field} {shown:?} cannot be made E.164 (region {region}): {e}"),
