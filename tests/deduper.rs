@@ -220,6 +220,12 @@ activities = ["call", "email", "meeting"]
 plan = "standard"
 credentials_secret = "ACME_ZOHO"
 activities = ["call", "email"]
+[tenants.globex]
+default_region = "US"
+[tenants.globex.crms.hubspot]
+plan = "professional"
+credentials_secret = "GLOBEX_HUBSPOT_TOKEN"
+activities = ["lead"]
 "#,
     );
     let prefix = RedisPrefix::new("deduper-kinds");
@@ -237,11 +243,13 @@ activities = ["call", "email"]
     broker.produce("emails.normalised", &[enc(codec::encode(&email).unwrap()), enc(codec::encode(&email).unwrap())]);
     broker.produce("meetings.normalised", &[enc(codec::encode(&meeting).unwrap()), enc(codec::encode(&stale).unwrap())]);
     broker.produce("calls.normalised", &[msg(&call)]);
-    // A lead: no connection takes leads yet, so it is audited as skipped, written nowhere.
+    // A lead: no connection of acme's takes leads, so it is audited as skipped, written
+    // nowhere; globex's HubSpot takes them.
     broker.produce("leads.normalised", &[enc(codec::encode(&fixtures::normalised_lead("acme", "l1", 1)).unwrap())]);
+    broker.produce("leads.normalised", &[("globex".into(), codec::encode(&fixtures::normalised_lead("globex", "l2", 1)).unwrap(), vec![])]);
 
-    // Audits: email 2 inputs × 2 CRMs, meeting 2 × 1, call 1 × 2, lead 1 = 9; writes: 2 + 1 + 2 = 5.
-    let out = broker.read(&["crm.writes.hubspot", "crm.writes.zoho", "sync.audit"], 14, Duration::from_secs(60));
+    // Audits: email 2 inputs × 2 CRMs, meeting 2 × 1, call 1 × 2, lead 1 + 1 = 10; writes: 2 + 1 + 2 + 1 = 6.
+    let out = broker.read(&["crm.writes.hubspot", "crm.writes.zoho", "sync.audit"], 16, Duration::from_secs(60));
     let requests = |topic: &str| -> Vec<ActivityWriteRequest> {
         out.iter().filter(|m| m.topic == topic).filter_map(|m| codec::decode(m.payload.as_deref().unwrap()).ok()).collect()
     };
@@ -250,9 +258,16 @@ activities = ["call", "email"]
     let keys = |rs: &[ActivityWriteRequest]| rs.iter().map(|r| r.idempotency_key.clone()).collect::<std::collections::BTreeSet<_>>();
     assert_eq!(
         keys(&hubspot),
-        ["acme:email:m1@mail.acme.example:hubspot".to_string(), "acme:meeting:e1@google.com:hubspot".to_string()].into(),
+        [
+            "acme:email:m1@mail.acme.example:hubspot".to_string(),
+            "acme:meeting:e1@google.com:hubspot".to_string(),
+            "globex:lead:l2:hubspot".to_string()
+        ]
+        .into(),
         "{out:?}"
     );
+    let globex_lead = hubspot.iter().find(|r| r.tenant_id == "globex").and_then(|r| r.lead.as_ref()).expect("the lead's body");
+    assert_eq!((globex_lead.lead_id.as_str(), globex_lead.email.as_deref()), ("l2", Some("jane.doe@customer.example")));
     assert_eq!(keys(&zoho), ["acme:email:m1@mail.acme.example:zoho".to_string()].into(), "zoho takes no meetings");
     let meeting_out = hubspot.iter().find_map(|r| r.meeting.as_ref());
     assert_eq!(meeting_out.map(|m| (m.version, m.status)), Some((2, MeetingStatus::Cancelled)));
@@ -264,10 +279,13 @@ activities = ["call", "email"]
         out.iter().filter(|m| m.topic == "sync.audit").map(|m| codec::decode(m.payload.as_deref().unwrap()).unwrap()).collect();
     let dup = |kind| audits.iter().filter(|a| a.kind == Some(kind) && a.outcome == AuditOutcome::Duplicate).count();
     assert_eq!((dup(ActivityKind::Email), dup(ActivityKind::Meeting)), (2, 1), "the repeated email per CRM, the stale meeting");
-    let lead = audits.iter().find(|a| a.kind == Some(ActivityKind::Lead)).expect("the lead is audited");
+    let lead = audits.iter().find(|a| a.kind == Some(ActivityKind::Lead) && a.tenant_id == "acme").expect("the lead is audited");
     assert_eq!((lead.outcome, lead.call_id.as_deref()), (AuditOutcome::Skipped, Some("l1")));
     assert!(lead.detail.contains("takes leads"), "{}", lead.detail);
-    assert!(!hubspot.iter().chain(&zoho).any(|r| r.kind == ActivityKind::Lead), "no lead request: {out:?}");
+    assert!(
+        !hubspot.iter().chain(&zoho).any(|r| r.kind == ActivityKind::Lead && r.tenant_id == "acme"),
+        "no lead request of acme's: {out:?}"
+    );
 
     let quiet = TempFile::new(
         "tenants.toml",

@@ -15,6 +15,7 @@ use std::time::Duration;
 crm_sync_tests::writer_suite!(HUBSPOT);
 crm_sync_tests::activity_suite!(HUBSPOT);
 crm_sync_tests::timeline_suite!(HUBSPOT);
+crm_sync_tests::lead_suite!(crm_sync_tests::lead_suite::HUBSPOT_LEADS);
 
 fn writer(broker: &Broker, tenants: &TempFile, prefix: &RedisPrefix, extra: &[(&str, &str)]) -> Proc {
     HUBSPOT.writer(broker, tenants, prefix, &["acme", "globex"], extra)

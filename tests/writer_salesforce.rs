@@ -5,3 +5,4 @@
 crm_sync_tests::writer_suite!(crm_sync_tests::writer_suite::SALESFORCE);
 crm_sync_tests::activity_suite!(crm_sync_tests::writer_suite::SALESFORCE);
 crm_sync_tests::timeline_suite!(crm_sync_tests::writer_suite::SALESFORCE);
+crm_sync_tests::lead_suite!(crm_sync_tests::lead_suite::SALESFORCE_LEADS);

@@ -3,6 +3,7 @@
 //! does that first); helpers produce to and read from the broker like any Kafka client.
 
 pub mod crm_sim;
+pub mod lead_suite;
 pub mod otlp;
 pub mod postgres;
 pub mod redis;

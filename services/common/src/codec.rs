@@ -467,13 +467,18 @@ mod tests {
         let lead = fixtures::lead_request("acme", "l1", Crm::Pipedrive);
         round_trips(&lead);
         assert_eq!(lead.idempotency_key, "acme:lead:l1:pipedrive", "the key the issue names");
-        // Whole, and refused with its reason until the writers write leads.
-        let refused = WriteRequest::try_from(lead).expect_err("not written yet");
-        assert!(refused.why.contains("does not write leads"), "{}", refused.why);
+        match WriteRequest::try_from(lead.clone()).expect("whole") {
+            WriteRequest::Lead { req, lead: body } => {
+                assert_eq!((req.kind, req.idempotency_key.as_str()), (ActivityKind::Lead, "acme:lead:l1:pipedrive"));
+                assert_eq!(Some(*body), lead.lead);
+            }
+            other => panic!("{other:?}"),
+        }
         let mut both = fixtures::lead_request("acme", "l1", Crm::Pipedrive);
         both.email = fixtures::email_request("acme", "m1", Crm::Pipedrive).email;
-        let refused = WriteRequest::try_from(both).expect_err("two bodies");
+        let refused = WriteRequest::try_from(both.clone()).expect_err("two bodies");
         assert!(refused.why.contains("email: set, meeting: null, lead: set"), "{}", refused.why);
+        assert_eq!(*refused.req, both, "a refused request keeps its bodies for its dead letter");
     }
 
     /// Every symbol of every enum our records carry, each name the schemas give it, in the

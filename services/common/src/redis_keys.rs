@@ -14,6 +14,8 @@
 //! | `<p>:{t}:contact:<crm>:<name>` | writers, reconciler | the contact a number or address resolved to; `<name>` is a keyed hash of it (`crm_connectors::contacts::KeyNames`), never the number |
 //! | `<p>:{t}:owner:<crm>:<name>`, `<p>:{t}:context:<crm>:<name>` | writers | an actor's CRM user; a contact's company and deals (named the same way) |
 //! | `<p>:{t}:reconcile:<crm>` | reconciler | whose turn the next pass is (its own lock) |
+//! | `<p>:{t}:claim:<t>:person:<crm>:<digest>` | writers | a lead's person claim: who writes the person now, the record they are (`crm_connectors::person_claims`; the digest is the email's SHA-256, never the address) |
+//! | `<p>:{t}:lead-turn:<crm>` | writers | the round-robin count of new people's owners (`leads.owner.round_robin`) |
 
 // The keys made per record (a mark, a claim) are joined rather than `format!`ed: the
 // formatting machinery cost more than the rest of building a key.
@@ -23,6 +25,10 @@ pub fn dedup(prefix: &str, tenant: &str, call_id: &str) -> String {
 
 pub fn claim(prefix: &str, tenant: &str, idempotency_key: &str) -> String {
     [prefix, ":{", tenant, "}:claim:", idempotency_key].concat()
+}
+
+pub fn lead_turn(prefix: &str, tenant: &str, crm: &str) -> String {
+    format!("{prefix}:{{{tenant}}}:lead-turn:{crm}")
 }
 
 pub fn claims_epoch(prefix: &str, tenant: &str) -> String {

@@ -104,6 +104,9 @@ pub struct CrmConnection {
     /// (the one changed last) or `none`. The contact's primary company is always associated.
     #[serde(default)]
     pub deal_rule: DealRule,
+    /// What this connection does with leads (when `activities` names "lead").
+    #[serde(default)]
+    pub leads: LeadSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -169,14 +172,54 @@ fn activity_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<Act
         return Err(serde::de::Error::custom("activities is empty: name at least one of call, email, meeting"));
     }
     let kinds: BTreeSet<ActivityKind> = names.iter().map(|n| n.parse().map_err(serde::de::Error::custom)).collect::<Result<_, _>>()?;
-    if kinds.contains(&ActivityKind::Lead) {
-        // Leads are normalised and deduplicated (and audited as taken by no CRM) while the
-        // writers' identity resolution is built; a connection takes them once it is.
-        return Err(serde::de::Error::custom(
-            "lead: crm-sync does not write leads to CRMs yet (leads.raw is normalised and audited); name call, email or meeting",
-        ));
-    }
     Ok(kinds)
+}
+
+/// The CRMs whose writers write leads (their people search and writes): a connection to
+/// another CRM that names "lead" is refused when the tenants file is read.
+pub const LEAD_CRMS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce];
+
+/// What a tenant's connection does with leads (`leads = { ... }` under the connection).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeadSettings {
+    /// A lead several people of the same standing match: `most_recently_updated` (default)
+    /// or `dead_letter` (held as AMBIGUOUS_MATCH for a person to merge them).
+    #[serde(default)]
+    pub on_ambiguous_match: OnAmbiguous,
+    /// Who owns a person a lead creates: `"crm"` (default: the CRM's own assignment rules
+    /// where it has them, Salesforce's active lead rule; else the CRM's default owner),
+    /// `{ fixed = "<user id>" }`, or `{ round_robin = ["<user id>", ...] }` (in turn,
+    /// fair across writer replicas: the turn is counted in Redis). An existing person's
+    /// owner is the CRM's unless the tenant's contract makes the owner field owned.
+    #[serde(default)]
+    pub owner: LeadOwner,
+    /// The lead's consent fields carried to the CRM: consent name (as the source sends it
+    /// in `consent`) → the CRM field it goes in. Written whenever it changes (the latest
+    /// consent stands); names the lead does not carry are left alone.
+    #[serde(default)]
+    pub consent_fields: BTreeMap<String, String>,
+}
+
+/// The tenant's rule for a lead several people match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAmbiguous {
+    /// Update the one the CRM changed last (ties: the lowest id, so replicas agree).
+    #[default]
+    MostRecentlyUpdated,
+    /// Write nothing; dead-letter the lead as `AMBIGUOUS_MATCH` for a person to merge them.
+    DeadLetter,
+}
+
+/// Who owns a person a lead creates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeadOwner {
+    #[default]
+    Crm,
+    Fixed(String),
+    RoundRobin(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -292,6 +335,30 @@ impl Tenants {
                         );
                     }
                 }
+                if conn.activities.contains(&ActivityKind::Lead) {
+                    anyhow::ensure!(
+                        LEAD_CRMS.contains(&crm),
+                        "tenant '{id}': crms.{name}.activities: crm-sync does not write leads to {name} yet (it does to {}); leave \"lead\" out here",
+                        LEAD_CRMS.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" and ")
+                    );
+                }
+                match &conn.leads.owner {
+                    LeadOwner::Fixed(u) => anyhow::ensure!(
+                        !u.trim().is_empty() && !u.contains(char::is_whitespace),
+                        "tenant '{id}': crms.{name}.leads.owner.fixed: name the CRM user id"
+                    ),
+                    LeadOwner::RoundRobin(users) => anyhow::ensure!(
+                        !users.is_empty() && users.iter().all(|u| !u.trim().is_empty() && !u.contains(char::is_whitespace)),
+                        "tenant '{id}': crms.{name}.leads.owner.round_robin: name one or more CRM user ids"
+                    ),
+                    LeadOwner::Crm => {}
+                }
+                for (consent, field) in &conn.leads.consent_fields {
+                    anyhow::ensure!(
+                        !consent.trim().is_empty() && !field.trim().is_empty() && !field.contains(char::is_whitespace),
+                        "tenant '{id}': crms.{name}.leads.consent_fields: {consent:?} = {field:?}: name a consent and the CRM field it goes in"
+                    );
+                }
                 for (actor, user) in &conn.owners {
                     anyhow::ensure!(
                         !actor.trim().is_empty() && !user.trim().is_empty() && !user.contains(char::is_whitespace),
@@ -404,8 +471,22 @@ mod tests {
         let conn = |activities: &str| {
             format!("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.hubspot]\nplan='starter'\ncredentials_secret='S'\nactivities = {activities}\n")
         };
-        let e = Tenants::parse(&conn("[\"call\", \"lead\"]")).unwrap_err();
-        assert!(e.to_string().contains("does not write leads to CRMs yet"), "no connection takes leads until a writer writes them: {e}");
+        assert!(Tenants::parse(&conn("[\"call\", \"lead\"]")).is_ok(), "HubSpot's writer writes leads");
+        let zoho = conn("[\"call\", \"lead\"]").replace("crms.hubspot", "crms.zoho");
+        let e = Tenants::parse(&zoho).unwrap_err();
+        assert!(e.to_string().contains("does not write leads to zoho yet (it does to hubspot and salesforce)"), "{e}");
+        let leads = |settings: &str| format!("{}[tenants.a.crms.hubspot.leads]\n{settings}\n", conn("[\"lead\"]"));
+        let t = Tenants::parse(&leads(
+            "on_ambiguous_match = 'dead_letter'\nowner = { round_robin = ['1', '2'] }\nconsent_fields = { marketing = 'hs_opt_in' }",
+        ))
+        .unwrap();
+        let l = &t.tenants["a"].crms[&Crm::Hubspot].leads;
+        assert_eq!((l.on_ambiguous_match, &l.owner), (OnAmbiguous::DeadLetter, &LeadOwner::RoundRobin(vec!["1".into(), "2".into()])));
+        assert_eq!(Tenants::parse(&leads("owner = 'crm'")).unwrap().tenants["a"].crms[&Crm::Hubspot].leads.owner, LeadOwner::Crm);
+        let e = Tenants::parse(&leads("owner = { round_robin = [] }")).unwrap_err();
+        assert!(e.to_string().contains("leads.owner.round_robin: name one or more"), "{e}");
+        let e = Tenants::parse(&leads("owner = 'nobody'")).unwrap_err();
+        assert!(e.to_string().contains("nobody"), "{e}");
         let e = Tenants::parse(&conn("[\"fax\"]")).unwrap_err();
         assert!(e.to_string().contains("unknown activity kind 'fax'"), "{e}");
         assert!(Tenants::parse(&conn("[\"email\", \"Meeting\"]")).is_ok());

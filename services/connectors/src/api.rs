@@ -77,6 +77,9 @@ pub struct Request {
     /// it, call it gone), audited as such rather than as a failure. Set by
     /// [`crate::client::TenantClient::fetch_if_present`].
     pub absent_is_answer: bool,
+    /// Headers of its own, besides auth and content type (Salesforce's
+    /// `Sforce-Auto-Assign`): none carries a credential.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Request {
@@ -91,7 +94,14 @@ impl Request {
             fence: vec![],
             shown_path: None,
             absent_is_answer: false,
+            headers: vec![],
         }
+    }
+
+    /// Sent with this header too.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Request {
+        self.headers.push((name, value.into()));
+        self
     }
 
     /// What audit and logs show instead of the path (one that holds a credential).
@@ -626,6 +636,9 @@ impl Api {
     ) -> (Verdict, Option<Reply>) {
         let (req, set, metrics) = (a.req, a.set, crm_common::telemetry::crm_metrics());
         let mut r = self.http.request(req.method.clone(), format!("{base_url}{}", req.path)).header(name, value);
+        for (k, v) in &req.headers {
+            r = r.header(*k, v.as_str());
+        }
         if let Some(b) = &req.body {
             r = r.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.clone());
         }

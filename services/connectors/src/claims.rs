@@ -250,6 +250,11 @@ impl Claims {
         &self.owner
     }
 
+    /// The deployment's key prefix (`REDIS_KEY_PREFIX`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub fn lease(&self) -> Duration {
         self.timing.effective_lease()
     }

@@ -66,6 +66,11 @@ pub struct FieldRule {
     /// never be owned, by the contract or by a tenant's override.
     #[serde(default = "yes")]
     pub updatable: bool,
+    /// Where a kind's record may be one of several objects (a lead's person: Salesforce's
+    /// Lead or Contact), the one object that has this field (Lead's Company): it is left
+    /// out of a write to another.
+    #[serde(default)]
+    pub only_on: Option<String>,
 }
 
 fn yes() -> bool {
@@ -151,6 +156,16 @@ impl Contract {
             );
         }
         let key = c.fields.get(&c.key_field);
+        if c.kind == ActivityKind::Lead {
+            // A person carries no key of ours: who they are is their address, and a lead's
+            // key field is where the CRM keeps it (the person search's field).
+            anyhow::ensure!(
+                key.is_some_and(|r| r.source.as_deref() == Some("email") && r.ownership != Ownership::ReadOnly),
+                "key_field {} of a lead contract must be the person's email field, written (source = \"email\")",
+                c.key_field
+            );
+            return Ok(c);
+        }
         match &c.key_marker {
             // An email's Message-ID names it within a tenant's CRM as the key does (the key
             // is `<tenant>:email:<Message-ID>:<crm>`): a CRM that deduplicates by Message-ID
@@ -188,7 +203,10 @@ impl Contract {
                 ));
             };
             let ownership = o.ownership();
-            if name == &self.key_field && ownership != Ownership::Owned {
+            if name == &self.key_field && self.kind == ActivityKind::Lead && ownership == Ownership::ReadOnly {
+                return Err(format!("{name} holds the person's email, which a lead for a new person must set"));
+            }
+            if name == &self.key_field && self.kind != ActivityKind::Lead && ownership != Ownership::Owned {
                 return Err(format!("{name} holds crm-sync's key: it stays owned"));
             }
             if ownership != Ownership::ReadOnly && rule.source.is_none() && rule.value.is_none() {
@@ -339,7 +357,7 @@ fn no_overrides() -> Arc<RwLock<&'static TenantContracts>> {
 impl Contracts {
     pub fn load(dir: &Path, crm: &str) -> anyhow::Result<Contracts> {
         let mut by_kind = BTreeMap::from([(ActivityKind::Call, Contract::load(dir, crm)?)]);
-        for kind in [ActivityKind::Email, ActivityKind::Meeting] {
+        for kind in [ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead] {
             let path = dir.join(format!("{crm}.{}.toml", kind.as_str()));
             if path.exists() {
                 by_kind.insert(kind, Contract::load_file(&path, crm, kind)?);
@@ -644,7 +662,7 @@ mod tests {
         use crm_common::events::{fixtures, Crm, MeetingStatus};
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
         let all = Contracts::load(&dir, "hubspot").unwrap();
-        assert_eq!(all.kinds().collect::<Vec<_>>(), [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]);
+        assert_eq!(all.kinds().collect::<Vec<_>>(), [ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead]);
         let email = WriteRequest::try_from(fixtures::email_request("acme", "m1", Crm::Hubspot)).unwrap();
         let v = all.get(ActivityKind::Email).unwrap().values(&email, WriteKind::Create);
         assert_eq!(v["crm_sync_key"], "acme:email:m1@mail.acme.example:hubspot");
@@ -671,6 +689,47 @@ mod tests {
         assert!(!meetings.owned_values(&on).contains_key("hs_meeting_title"));
     }
 
+    /// The lead contracts: a person's fields from a lead, a placeholder where Salesforce
+    /// requires a value the lead lacks, Lead-only fields marked, the CRM's fields not
+    /// written, and a contract whose key field is not the email refused.
+    #[test]
+    fn the_lead_contracts_map_a_lead_to_a_persons_fields() {
+        use crm_common::events::{fixtures, Crm};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
+        let lead = |crm: Crm, f: fn(&mut crm_common::events::NormalisedLead)| {
+            let mut r = fixtures::lead_request("acme", "l1", crm);
+            f(r.lead.as_mut().unwrap());
+            WriteRequest::try_from(r).unwrap()
+        };
+        let hs = Contracts::load(&dir, "hubspot").unwrap().get(ActivityKind::Lead).unwrap().clone();
+        let v = hs.values(&lead(Crm::Hubspot, |_| {}), WriteKind::Create);
+        assert_eq!(
+            (v["email"].as_str(), v["firstname"].as_str(), v["country"].as_str()),
+            (Some("jane.doe@customer.example"), Some("Jane"), Some("US"))
+        );
+        assert_eq!(v["phone"], "+14155552671");
+        assert!(!v.contains_key("lifecyclestage") && !v.contains_key("hubspot_owner_id"), "the CRM's: {v:?}");
+        let sf = Contracts::load(&dir, "salesforce").unwrap().get(ActivityKind::Lead).unwrap().clone();
+        let v = sf.values(
+            &lead(Crm::Salesforce, |l| {
+                l.last_name = None;
+                l.full_name = Some("Jane Q. Public".into());
+                l.company = None;
+            }),
+            WriteKind::Create,
+        );
+        assert_eq!((v["LastName"].as_str(), v["Company"].as_str()), (Some("Public"), Some(crate::mapping::NOT_PROVIDED)));
+        let v = sf.values(&lead(Crm::Salesforce, |l| (l.last_name, l.full_name) = (None, None)), WriteKind::Create);
+        assert_eq!(v["LastName"], crate::mapping::NOT_PROVIDED);
+        assert_eq!(sf.fields["Company"].only_on.as_deref(), Some("lead"));
+        let e = Contract::parse("crm='x'\nkind='lead'\nobject='o'\nkey_field='k'\n[fields.k]\nsource='phone'\nownership='fill_if_empty'\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("the person's email field"), "{e}");
+        let e =
+            hs.overridden(&[("email".to_string(), crm_common::tenants::FieldOverride::Ownership(Ownership::ReadOnly))].into()).unwrap_err();
+        assert!(e.contains("holds the person's email"), "{e}");
+    }
+
     /// Every CRM's email and meeting contracts load, and give each CRM what it takes.
     #[test]
     fn every_crms_email_and_meeting_contracts_map_their_kind() {
@@ -678,7 +737,8 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
         for crm in [Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive] {
             let all = Contracts::load(&dir, crm.as_str()).unwrap();
-            assert_eq!(all.kinds().count(), 3, "{}: calls, emails and meetings", crm.as_str());
+            let leads = usize::from(crm_common::tenants::LEAD_CRMS.contains(&crm));
+            assert_eq!(all.kinds().count(), 3 + leads, "{}: calls, emails and meetings, and leads where it writes them", crm.as_str());
         }
         let email = |crm: Crm| WriteRequest::try_from(fixtures::email_request("acme", "m1", crm)).unwrap();
         let meeting = |crm: Crm, status: MeetingStatus| {

@@ -30,6 +30,7 @@ pub mod exchange;
 pub mod hubspot;
 pub mod mapping;
 pub mod person;
+pub mod person_claims;
 pub mod pipedrive;
 pub mod places;
 pub mod pool;

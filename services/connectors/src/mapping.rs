@@ -7,7 +7,7 @@
 use crate::contract::WriteKind;
 use crm_common::events::{
     ActivityKind, CallDirection, CallOutcome, CrmWriteRequest, EmailAddress, EmailDirection, MeetingStatus, NormalisedEmail,
-    NormalisedMeeting, WriteRequest,
+    NormalisedLead, NormalisedMeeting, WriteRequest,
 };
 
 /// The attribute a producer sets to link back to the activity in its own system (a call
@@ -28,6 +28,7 @@ pub fn provenance(req: &WriteRequest) -> Provenance<'_> {
         WriteRequest::Call(c) => (c.call.source.as_str(), c.call_id.as_str(), c.call.recording_url.as_deref(), &c.call.attributes),
         WriteRequest::Email { email, .. } => (email.source.as_str(), email.message_id.as_str(), None, &email.attributes),
         WriteRequest::Meeting { meeting, .. } => (meeting.source.as_str(), meeting.event_id.as_str(), None, &meeting.attributes),
+        WriteRequest::Lead { lead, .. } => (lead.source.as_str(), lead.lead_id.as_str(), None, &lead.attributes),
     };
     Provenance {
         system,
@@ -67,9 +68,7 @@ pub fn sources(kind: ActivityKind) -> &'static [&'static str] {
         ActivityKind::Email => EMAIL_SOURCES,
         ActivityKind::Meeting => MEETING_SOURCES,
         ActivityKind::Call | ActivityKind::Unknown => SOURCES,
-        // No lead contract yet: the lead writers bring `contracts/<crm>.lead.toml` and the
-        // lead's sources with them; until then a contract for leads can name no source.
-        ActivityKind::Lead => &[],
+        ActivityKind::Lead => LEAD_SOURCES,
     }
 }
 
@@ -87,6 +86,80 @@ pub fn value(req: &WriteRequest, source: &str, write: WriteKind) -> Option<Strin
         WriteRequest::Call(c) => call_value(c, source),
         WriteRequest::Email { req, email } => email_value(&req.idempotency_key, email, source),
         WriteRequest::Meeting { req, meeting } => meeting_value(&req.idempotency_key, meeting, source, write),
+        WriteRequest::Lead { lead, .. } => lead_value(lead, source),
+    }
+}
+
+/// A lead's sources: the person (identity), where they came from (attribution), and the
+/// form's own answers stay out (a tenant maps consent through `leads.consent_fields`).
+pub const LEAD_SOURCES: &[&str] = &[
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "last_name_or_unknown",
+    "full_name",
+    "company",
+    "company_or_unknown",
+    "job_title",
+    "country",
+    "lead_source",
+    "source_type",
+    "lead_id",
+    "submitted_at_iso",
+    "submitted_at_ms",
+    "submitted_date",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "campaign_id",
+    "ad_id",
+    "form_id",
+    "page_url",
+];
+
+/// What a CRM that requires a field (Salesforce Lead's LastName and Company) gets when the
+/// lead did not say: Salesforce's own convention in its integrations.
+pub const NOT_PROVIDED: &str = "[not provided]";
+
+fn lead_value(l: &NormalisedLead, source: &str) -> Option<String> {
+    let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    let a = &l.attribution;
+    match source {
+        "email" => text(&l.email),
+        "phone" => text(&l.phone_e164),
+        "first_name" => text(&l.first_name),
+        "last_name" => text(&l.last_name),
+        // The family name, else the last word of the full name, else "[not provided]".
+        "last_name_or_unknown" => text(&l.last_name)
+            .or_else(|| text(&l.full_name).and_then(|n| n.split_whitespace().last().map(str::to_string)))
+            .or_else(|| Some(NOT_PROVIDED.into())),
+        "full_name" => text(&l.full_name).or_else(|| {
+            let parts: Vec<String> = [text(&l.first_name), text(&l.last_name)].into_iter().flatten().collect();
+            (!parts.is_empty()).then(|| parts.join(" "))
+        }),
+        "company" => text(&l.company),
+        "company_or_unknown" => text(&l.company).or_else(|| Some(NOT_PROVIDED.into())),
+        "job_title" => text(&l.job_title),
+        "country" => text(&l.country),
+        "lead_source" => text(&Some(l.source.clone())),
+        "source_type" => serde_json::to_value(l.source_type).ok().and_then(|v| v.as_str().map(str::to_string)),
+        "lead_id" => Some(l.lead_id.clone()),
+        "submitted_at_iso" => (l.submitted_at > 0).then(|| iso(l.submitted_at)),
+        "submitted_at_ms" => (l.submitted_at > 0).then(|| l.submitted_at.to_string()),
+        "submitted_date" => utc(l.submitted_at).map(|d| d.format("%Y-%m-%d").to_string()),
+        "utm_source" => text(&a.utm_source),
+        "utm_medium" => text(&a.utm_medium),
+        "utm_campaign" => text(&a.utm_campaign),
+        "utm_term" => text(&a.utm_term),
+        "utm_content" => text(&a.utm_content),
+        "campaign_id" => text(&a.campaign_id),
+        "ad_id" => text(&a.ad_id),
+        "form_id" => text(&a.form_id),
+        "page_url" => text(&a.page_url).filter(|u| is_web_link(u)),
+        _ => None,
     }
 }
 

@@ -22,8 +22,11 @@
 //! tenant's contract says otherwise) never. Every field's decision, and why, goes into the
 //! write's audit record.
 
-use crate::contract::{same_value, Ownership};
-use serde::Deserialize;
+use crate::api::{Api, Exchange, Failure};
+use crate::connector::{Connector, PersonCreated, PersonKey, TenantOf};
+use crate::contract::{same_value, Contract, Ownership, WriteKind};
+use crm_common::events::{DlqReason, NormalisedLead, WriteRequest};
+use crm_common::tenants::LeadSettings;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -36,11 +39,31 @@ pub enum PersonObject {
     Lead,
 }
 
+impl PersonObject {
+    pub fn as_str(self) -> &'static str {
+        object_name(self)
+    }
+
+    pub fn parse(name: &str) -> Option<PersonObject> {
+        match name {
+            "contact" => Some(PersonObject::Contact),
+            "lead" => Some(PersonObject::Lead),
+            _ => None,
+        }
+    }
+}
+
 /// Which of the lead's keys found a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchedBy {
     Email,
     Phone,
+    /// The person claim remembered the record an earlier lead of theirs was written as
+    /// (read by id: no search lag).
+    Recorded,
+    /// The create was refused because the person exists (HubSpot's unique email, a
+    /// Salesforce duplicate rule): a search had not shown them yet.
+    CreateRefused,
 }
 
 impl MatchedBy {
@@ -48,6 +71,8 @@ impl MatchedBy {
         match self {
             MatchedBy::Email => "email",
             MatchedBy::Phone => "phone",
+            MatchedBy::Recorded => "the record crm-sync wrote for this person before",
+            MatchedBy::CreateRefused => "the CRM's answer to a create (the person exists; its search did not show them yet)",
         }
     }
 }
@@ -63,16 +88,7 @@ pub struct Candidate {
     pub fields: Map<String, Value>,
 }
 
-/// The tenant's rule for a lead several people match (`on_ambiguous_match`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnAmbiguous {
-    /// Update the one the CRM changed last (ties: the lowest id, so replicas agree).
-    #[default]
-    MostRecentlyUpdated,
-    /// Write nothing; dead-letter the lead as `AMBIGUOUS_MATCH` for a person to merge them.
-    DeadLetter,
-}
+pub use crm_common::tenants::OnAmbiguous;
 
 /// Which person a lead is.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,12 +219,22 @@ impl fmt::Display for PersonWrite {
     }
 }
 
-/// A value a person "has": anything but absent, null or blank text.
+/// A value a person "has": anything but absent, null, blank text, or the placeholder a
+/// required field got when a lead did not say ([`crate::mapping::NOT_PROVIDED`]: a later lead
+/// with the real name fills it).
 fn has_value(v: Option<&Value>) -> bool {
     match v {
         None | Some(Value::Null) => false,
-        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::String(s)) => !s.trim().is_empty() && s.trim() != crate::mapping::NOT_PROVIDED,
         Some(_) => true,
+    }
+}
+
+fn is_blank(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        _ => false,
     }
 }
 
@@ -222,7 +248,9 @@ pub fn decide<'a>(
 ) -> PersonWrite {
     let mut out = PersonWrite::default();
     for (field, ownership) in rules {
-        let value = wanted.get(field).filter(|v| has_value(Some(v)));
+        // A placeholder fills a required field of a new person only; to an existing person
+        // it is no value.
+        let value = wanted.get(field).filter(|v| if current.is_some() { has_value(Some(v)) } else { !is_blank(v) });
         let now = current.and_then(|c| c.get(field));
         let action = match (ownership, value, current) {
             (Ownership::ReadOnly, ..) => FieldAction::CrmOwned,
@@ -239,6 +267,185 @@ pub fn decide<'a>(
         out.decisions.push(FieldDecision { field: field.to_string(), action });
     }
     out
+}
+
+/// What a lead write needs besides the lead: decided by the writer.
+pub struct LeadWrite<'a> {
+    /// The tenant's lead contract (its overrides applied).
+    pub contract: &'a Contract,
+    pub settings: &'a LeadSettings,
+    /// Whether a new person's owner is left to the CRM's assignment rules (`leads.owner =
+    /// "crm"`); otherwise the `new_owner` of [`write_lead`] gives it.
+    pub crm_assigns: bool,
+    /// The person the person claim remembers (an earlier lead of theirs was written so).
+    pub known: Option<(PersonObject, String)>,
+    /// The claim keys every request carries (the lead's and the person's).
+    pub fence: Vec<String>,
+}
+
+/// A lead written: the person, and the account of it for the audit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadWritten {
+    pub object: PersonObject,
+    pub id: String,
+    pub created: bool,
+    /// Which person, and how they were found ([`Resolution::describe`]).
+    pub matched: String,
+    pub fields: PersonWrite,
+}
+
+impl LeadWritten {
+    /// The audit detail: which person and every field's decision.
+    pub fn describe(&self) -> String {
+        let fields = self.fields.to_string();
+        let sent = if self.fields.is_empty() && !self.created { "nothing to change" } else { "fields" };
+        format!("{}; {sent}: {fields}", self.matched)
+    }
+}
+
+/// How a lead write ended, short of a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeadOutcome {
+    Written(LeadWritten),
+    /// Several people, and the tenant reviews such leads (`AMBIGUOUS_MATCH`).
+    Ambiguous(Resolution),
+}
+
+/// The contract's fields a lead write decides, with the tenant's consent fields (owned:
+/// the latest consent stands), in a fixed order.
+fn rules_of<'a>(contract: &'a Contract, settings: &'a LeadSettings) -> Vec<(&'a str, Ownership)> {
+    let mut rules: Vec<(&str, Ownership)> = contract.fields.iter().map(|(f, r)| (f.as_str(), r.ownership)).collect();
+    rules.extend(settings.consent_fields.values().map(|f| (f.as_str(), Ownership::Owned)));
+    rules
+}
+
+/// The lead's value of every field it has one for: the contract's (as a create would send
+/// them) and the consent the tenant maps.
+fn wanted_of(req: &WriteRequest, lead: &NormalisedLead, w: &LeadWrite<'_>) -> Map<String, Value> {
+    let mut wanted = w.contract.values(req, WriteKind::Create);
+    for (consent, field) in &w.settings.consent_fields {
+        if let Some(v) = lead.consent.get(consent).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            wanted.insert(field.clone(), Value::String(v.to_string()));
+        }
+    }
+    wanted
+}
+
+/// A write's fields as `object` has them: a field only another object has (`only_on`) is
+/// left out, and its decision dropped.
+fn for_object(contract: &Contract, object: PersonObject, mut w: PersonWrite) -> PersonWrite {
+    let elsewhere = |f: &str| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_some_and(|o| o != object.as_str());
+    w.values.retain(|f, _| !elsewhere(f));
+    w.decisions.retain(|d| !elsewhere(&d.field));
+    w
+}
+
+/// Writes one lead (the rules above, in order): the person the claim remembers, read by
+/// id; else the people its email matches, then (none) its phone; [`resolve`] picks one
+/// or none; [`decide`] says what to send; a create the CRM refuses because the person
+/// exists (its search lagged) becomes an update of that person. Every request is audited
+/// in `log`. `new_owner` is asked only when a person is created (a round-robin turn is not
+/// spent on an update); None leaves the owner to the CRM.
+pub async fn write_lead<C, O, F>(
+    c: &C,
+    api: &Api,
+    t: &TenantOf<C>,
+    req: &WriteRequest,
+    w: &LeadWrite<'_>,
+    new_owner: O,
+    log: &mut Vec<Exchange>,
+) -> Result<LeadOutcome, Failure>
+where
+    C: Connector + ?Sized,
+    O: FnOnce() -> F + Send,
+    F: std::future::Future<Output = Result<Option<String>, Failure>> + Send,
+{
+    let WriteRequest::Lead { lead, .. } = req else {
+        return Err(Failure::new(DlqReason::Validation, "not a lead (a writer bug)"));
+    };
+    let rules = rules_of(w.contract, w.settings);
+    let fields: Vec<String> = rules.iter().map(|(f, _)| f.to_string()).collect();
+    let wanted = wanted_of(req, lead, w);
+    let mut resolution = None;
+    if let Some((object, id)) = &w.known {
+        if let Some(person) = c.read_person(api, t, *object, id, &fields, log).await? {
+            resolution = Some(Resolution::Update { person, matched_by: MatchedBy::Recorded, among: 1 });
+        }
+    }
+    let resolution = match resolution {
+        Some(r) => r,
+        None => {
+            let by_email = match lead.email.as_deref() {
+                Some(e) => c.find_people(api, t, PersonKey::Email(e), &fields, log).await?,
+                None => vec![],
+            };
+            let by_phone = match (by_email.is_empty(), lead.phone_e164.as_deref()) {
+                (true, Some(p)) => c.find_people(api, t, PersonKey::Phone(p), &fields, log).await?,
+                _ => vec![],
+            };
+            resolve(by_email, by_phone, w.settings.on_ambiguous_match)
+        }
+    };
+    let matched = resolution.describe();
+    let person = match resolution {
+        Resolution::Create => None,
+        Resolution::Update { person, .. } => Some(person),
+        ambiguous @ Resolution::Ambiguous { .. } => return Ok(LeadOutcome::Ambiguous(ambiguous)),
+    };
+    if let Some(person) = person {
+        return update(c, api, t, w, &rules, &wanted, person, matched, log).await;
+    }
+    let mut write = for_object(w.contract, c.creates_person_as(), decide(rules.iter().copied(), &wanted, None));
+    // A new person's owner: the tenant's rule, in the contract's owner field (read-only
+    // for people who exist: theirs is the CRM's).
+    let owner = if w.crm_assigns { None } else { new_owner().await? };
+    if let (Some(owner), Some(field)) = (&owner, w.contract.owner_field()) {
+        write.values.insert(field.to_string(), Value::String(owner.clone()));
+        if let Some(d) = write.decisions.iter_mut().find(|d| d.field == field) {
+            d.action = FieldAction::Write;
+        }
+    }
+    match c.create_person(api, t, &write.values, w.crm_assigns && owner.is_none(), &w.fence, log).await? {
+        PersonCreated::Created(object, id) => Ok(LeadOutcome::Written(LeadWritten { object, id, created: true, matched, fields: write })),
+        PersonCreated::Exists(object, id) => match c.read_person(api, t, object, &id, &fields, log).await? {
+            Some(person) => {
+                let matched = Resolution::Update { person: person.clone(), matched_by: MatchedBy::CreateRefused, among: 1 }.describe();
+                update(c, api, t, w, &rules, &wanted, person, matched, log).await
+            }
+            // Refused for a person who is gone by the time they are read: the next attempt
+            // searches again.
+            None => Err(Failure {
+                maybe_applied: false,
+                ..Failure::unknown_outcome(
+                    format!(
+                        "the CRM refused the create because {} {id} has this person's address, and reading them found nobody",
+                        object.as_str()
+                    ),
+                    None,
+                )
+            }),
+        },
+    }
+}
+
+/// Updates `person` with what the lead may set on them (nothing sent when nothing changes).
+#[allow(clippy::too_many_arguments, reason = "the steps of one algorithm, split for its two callers")]
+async fn update<C: Connector + ?Sized>(
+    c: &C,
+    api: &Api,
+    t: &TenantOf<C>,
+    w: &LeadWrite<'_>,
+    rules: &[(&str, Ownership)],
+    wanted: &Map<String, Value>,
+    person: Candidate,
+    matched: String,
+    log: &mut Vec<Exchange>,
+) -> Result<LeadOutcome, Failure> {
+    let write = for_object(w.contract, person.object, decide(rules.iter().copied(), wanted, Some(&person.fields)));
+    if !write.is_empty() {
+        c.update_person(api, t, (person.object, &person.id), &write.values, &w.fence, log).await?;
+    }
+    Ok(LeadOutcome::Written(LeadWritten { object: person.object, id: person.id, created: false, matched, fields: write }))
 }
 
 #[cfg(test)]

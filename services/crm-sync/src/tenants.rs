@@ -475,6 +475,9 @@ fn key_field_finding(
     finding: &impl Fn(Check, Option<ActivityKind>, bool, String, Option<String>) -> Finding,
 ) -> Finding {
     let (ok, detail, fix) = match said {
+        // A person has no key of crm-sync's: the lead contract's key field is their email,
+        // and the person claims keep two leads of one person from making two people.
+        _ if kind == ActivityKind::Lead => (true, format!("{key}: who a person is (their email), not a key of crm-sync's"), None),
         Some(KeyFieldCheck::Enforced) => (true, format!("{key}: the CRM refuses a second record with one key"), None),
         Some(KeyFieldCheck::NotEnforced(what)) => (true, what, None),
         Some(KeyFieldCheck::Unusable(why)) => {

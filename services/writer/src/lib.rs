@@ -4,6 +4,7 @@
 //! connector's plan and write, audit and DLQ records; `owners` whose record it is.
 
 pub mod backlog;
+mod leads;
 pub mod owners;
 pub mod process;
 pub mod runtime;

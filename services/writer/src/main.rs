@@ -142,6 +142,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         tracing::warn!(lease = ?cli.lease, used = ?timing.effective_lease(), "WRITER_LEASE is shorter than a request may take: leases are set longer");
     }
     let claims = Claims::new(conn.clone(), &prefix, &owner, timing, cli.claim_retention);
+    let claims_for_people = claims.clone();
     let tokens = crm_connectors::auth::TokenStore::from_env(conn.clone(), &prefix).map_err(|e| anyhow::anyhow!(e))?;
     if tokens.is_none() && oauth_tenants > 0 {
         anyhow::bail!(
@@ -178,6 +179,7 @@ async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> a
         crm,
         connector,
         finishing,
+        person_claims: crm_connectors::person_claims::PersonClaims::new(claims_for_people, cli.claim_retention),
     });
     let cfg = runtime::RuntimeConfig {
         service,

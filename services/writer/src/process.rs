@@ -60,11 +60,13 @@ pub struct Shared<C: Connector> {
     /// Where every lane batch's `finish` pipeline goes: lanes finishing together share a
     /// round trip (its scripts: the claims' DONE and the buckets' settle).
     pub finishing: crm_common::redis_group::GroupCommit,
+    /// Leads' second claims, one per person (`crate::leads`).
+    pub person_claims: crm_connectors::person_claims::PersonClaims,
 }
 
 /// Retries a Redis operation until it succeeds: losing or double-writing is worse than
 /// waiting, and a lane waiting on Redis holds back only its own tenant.
-async fn patiently<T, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn patiently<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = redis::RedisResult<T>>,
@@ -99,18 +101,20 @@ fn recreating(w: &Work) -> Option<&str> {
 }
 
 /// One item on its way through the batch.
-struct Step {
-    work: Work,
-    log: Vec<Exchange>,
+pub(crate) struct Step {
+    pub(crate) work: Work,
+    pub(crate) log: Vec<Exchange>,
     item: Option<Item>,
     /// Set when the item is settled before the write.
-    settled: Option<Settled>,
-    note: Option<String>,
+    pub(crate) settled: Option<Settled>,
+    pub(crate) note: Option<String>,
     /// How the record's owner was decided, where the write sets one.
     owner: Option<Owner>,
     /// What the audit says about the record's company and deal, where it is not the plain
     /// answer (several open deals, a failed lookup).
     context_note: Option<String>,
+    /// A lead's person, `contact:<id>` or `lead:<id>` (`leads::PERSON_ATTRIBUTE`).
+    pub(crate) person: Option<String>,
 }
 
 /// Whom a create is logged against, and how that was decided.
@@ -224,7 +228,7 @@ impl Addresses {
     }
 }
 
-enum Settled {
+pub(crate) enum Settled {
     Duplicate {
         record_id: String,
     },
@@ -937,7 +941,18 @@ impl<C: Connector> Shared<C> {
                 cached: read.contacts.iter().filter_map(|(m, hit)| hit.clone().map(|h| (m.clone(), h))).collect(),
                 ..Default::default()
             };
+            let mut again = vec![];
             for (&i, claim) in to_claim.iter().zip(claims) {
+                if steps[i].work.req.kind() == ActivityKind::Lead {
+                    // A lead is a person, written here, one at a time (`crate::leads`).
+                    self.write_lead(t, &mut steps[i], claim).await;
+                    if round < 5 && matches!(&steps[i].settled, Some(Settled::Failed(f)) if f.is_fenced()) {
+                        tracing::warn!(key = %steps[i].work.req.idempotency_key(), round, "a lead's lease was lost before its write went out: claiming again");
+                        steps[i].settled = None;
+                        again.push(i);
+                    }
+                    continue;
+                }
                 self.plan(t, &mut steps[i], claim, &mut calls, &addresses).await;
             }
             learned.contacts.append(&mut calls.fresh);
@@ -946,6 +961,7 @@ impl<C: Connector> Shared<C> {
             self.resolve_owners(t, tenant_id, steps, &planned, &read.owners, learned).await;
             self.resolve_context(t, tenant_id, steps, &planned, &read, learned).await;
             to_write.extend(to_claim.drain(..).filter(|&i| steps[i].item.is_some() && steps[i].settled.is_none()));
+            to_claim.append(&mut again);
             to_write.sort_unstable();
             let ready = std::mem::take(&mut to_write);
             self.write_ready(t, steps, &ready).await;
@@ -1022,7 +1038,13 @@ impl<C: Connector> Shared<C> {
     /// `Api::take_ahead`. Not a key being recovered: it is looked up first, which may take long.
     fn expected_writes(&self, steps: &[Step], which: &[usize], claims: &[(Claim, std::time::Instant)]) -> Vec<(RequestClass, Vec<String>)> {
         let creates: HashSet<usize> = which.iter().zip(claims).filter(|(_, (c, _))| matches!(c, Claim::Create)).map(|(&i, _)| i).collect();
-        let writing = which.iter().zip(claims).filter(|(_, (c, _))| matches!(c, Claim::Create | Claim::Update { .. })).map(|(&i, _)| i);
+        // Leads are written one by one by the person rules (`crate::leads`), their requests
+        // paid for as they go.
+        let writing = which
+            .iter()
+            .zip(claims)
+            .filter(|(&i, (c, _))| matches!(c, Claim::Create | Claim::Update { .. }) && steps[i].work.req.kind() != ActivityKind::Lead)
+            .map(|(&i, _)| i);
         let mut out = vec![];
         for chunk in self.write_chunks(steps, writing) {
             let keyed: Vec<(String, bool)> =
@@ -1050,7 +1072,7 @@ impl<C: Connector> Shared<C> {
 
     /// Renews the batch's leases every third of a lease while the batch is being written,
     /// so a live writer waiting out a throttle or a retry keeps its keys.
-    fn keep_leases(&self, tenant_id: &str, keys: Vec<String>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn keep_leases(&self, tenant_id: &str, keys: Vec<String>) -> tokio::task::JoinHandle<()> {
         let claims = self.claims.clone();
         let tenant = tenant_id.to_string();
         let every = (claims.lease() / 3).max(std::time::Duration::from_millis(50));
@@ -1140,7 +1162,7 @@ impl<C: Connector> Shared<C> {
                 let first_top =
                     work.req.version() == top && !seen_newest.insert(work.req.idempotency_key().to_string(), true).unwrap_or(false);
                 let settled = (!first_top).then_some(Settled::Superseded { by_version: top });
-                Step { work, log: vec![], item: None, settled, note: None, owner: None, context_note: None }
+                Step { work, log: vec![], item: None, settled, note: None, owner: None, context_note: None, person: None }
             })
             .collect();
 
@@ -1244,6 +1266,9 @@ impl<C: Connector> Shared<C> {
                     if let Some(d) = &item.context.deal {
                         a.attributes.insert("deal_id".into(), d.clone());
                     }
+                }
+                if let Some(p) = &s.person {
+                    a.attributes.insert(crate::leads::PERSON_ATTRIBUTE.into(), p.clone());
                 }
                 if let Some(o) = &s.owner {
                     a.attributes.insert("owner_from".into(), o.from().into());

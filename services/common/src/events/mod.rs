@@ -476,8 +476,20 @@ impl AvroRecord for ActivityWriteRequest {
 )]
 pub enum WriteRequest {
     Call(CrmWriteRequest),
-    Email { req: Box<ActivityWriteRequest>, email: Box<NormalisedEmail> },
-    Meeting { req: Box<ActivityWriteRequest>, meeting: Box<NormalisedMeeting> },
+    Email {
+        req: Box<ActivityWriteRequest>,
+        email: Box<NormalisedEmail>,
+    },
+    Meeting {
+        req: Box<ActivityWriteRequest>,
+        meeting: Box<NormalisedMeeting>,
+    },
+    /// A person to create or update from a lead source (not an activity: see
+    /// `crm_connectors::person`).
+    Lead {
+        req: Box<ActivityWriteRequest>,
+        lead: Box<NormalisedLead>,
+    },
 }
 
 impl From<CrmWriteRequest> for WriteRequest {
@@ -532,26 +544,22 @@ impl TryFrom<ActivityWriteRequest> for WriteRequest {
             return Err(Malformed { req: Box::new(req), why });
         }
         let set = |b: bool| if b { "set" } else { "null" };
-        match (req.kind, req.email.take(), req.meeting.take(), req.lead.is_some()) {
-            (ActivityKind::Email, Some(email), None, false) => Ok(WriteRequest::Email { req: Box::new(req), email: Box::new(email) }),
-            (ActivityKind::Meeting, None, Some(meeting), false) => {
+        match (req.kind, req.email.take(), req.meeting.take(), req.lead.take()) {
+            (ActivityKind::Email, Some(email), None, None) => Ok(WriteRequest::Email { req: Box::new(req), email: Box::new(email) }),
+            (ActivityKind::Meeting, None, Some(meeting), None) => {
                 Ok(WriteRequest::Meeting { req: Box::new(req), meeting: Box::new(meeting) })
             }
-            // Whole, but not yet written by the writers: no tenant can enable leads for a CRM
-            // until they are (`activities` refuses "lead"), so only a request produced by hand
-            // or by a newer deduper gets here, and is dead-lettered with this reason.
-            (ActivityKind::Lead, None, None, true) => {
-                let why = "a lead: this writer does not write leads to CRMs yet".to_string();
-                Err(Malformed { req: Box::new(req), why })
-            }
+            (ActivityKind::Lead, None, None, Some(lead)) => Ok(WriteRequest::Lead { req: Box::new(req), lead: Box::new(lead) }),
             (kind, e, m, l) => {
                 let why = format!(
                     "an ActivityWriteRequest of kind {} must carry exactly its own body (email: {}, meeting: {}, lead: {})",
                     kind.as_str(),
                     set(e.is_some()),
                     set(m.is_some()),
-                    set(l),
+                    set(l.is_some()),
                 );
+                // The request goes back whole, bodies and all, for its dead letter.
+                (req.email, req.meeting, req.lead) = (e, m, l);
                 Err(Malformed { req: Box::new(req), why })
             }
         }
@@ -564,20 +572,21 @@ impl WriteRequest {
             WriteRequest::Call(_) => ActivityKind::Call,
             WriteRequest::Email { .. } => ActivityKind::Email,
             WriteRequest::Meeting { .. } => ActivityKind::Meeting,
+            WriteRequest::Lead { .. } => ActivityKind::Lead,
         }
     }
 
     pub fn tenant_id(&self) -> &str {
         match self {
             WriteRequest::Call(c) => &c.tenant_id,
-            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => &req.tenant_id,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } | WriteRequest::Lead { req, .. } => &req.tenant_id,
         }
     }
 
     pub fn idempotency_key(&self) -> &str {
         match self {
             WriteRequest::Call(c) => &c.idempotency_key,
-            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => &req.idempotency_key,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } | WriteRequest::Lead { req, .. } => &req.idempotency_key,
         }
     }
 
@@ -586,28 +595,28 @@ impl WriteRequest {
     pub fn source_id(&self) -> &str {
         match self {
             WriteRequest::Call(c) => &c.call_id,
-            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => &req.source_id,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } | WriteRequest::Lead { req, .. } => &req.source_id,
         }
     }
 
     pub fn version(&self) -> i64 {
         match self {
             WriteRequest::Call(c) => c.version,
-            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => req.version,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } | WriteRequest::Lead { req, .. } => req.version,
         }
     }
 
     pub fn crm(&self) -> Crm {
         match self {
             WriteRequest::Call(c) => c.crm,
-            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => req.crm,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } | WriteRequest::Lead { req, .. } => req.crm,
         }
     }
 
     pub fn requested_at(&self) -> i64 {
         match self {
             WriteRequest::Call(c) => c.requested_at,
-            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } => req.requested_at,
+            WriteRequest::Email { req, .. } | WriteRequest::Meeting { req, .. } | WriteRequest::Lead { req, .. } => req.requested_at,
         }
     }
 
@@ -637,6 +646,9 @@ impl WriteRequest {
         let source = match self {
             WriteRequest::Call(c) => c.call.started_at,
             WriteRequest::Email { email, .. } => email.sent_at,
+            // A lead's person may have been written by any earlier version, at any time.
+            WriteRequest::Lead { req, .. } if req.version > 1 => return 0,
+            WriteRequest::Lead { lead, .. } => lead.submitted_at,
             WriteRequest::Meeting { req, .. } if req.version > 1 => return 0,
             WriteRequest::Meeting { meeting, .. } => {
                 let known = if meeting.normalised_at > 0 { meeting.normalised_at } else { requested };
@@ -665,6 +677,8 @@ impl WriteRequest {
             WriteRequest::Meeting { meeting, .. } => {
                 Actor { id: &meeting.actor_id, email: Some(meeting.actor_email.as_str()).filter(|e| !e.is_empty()) }
             }
+            // A lead has no actor: the tenant's lead owner rule decides whose it is.
+            WriteRequest::Lead { .. } => Actor { id: "", email: None },
         }
     }
 
@@ -675,6 +689,7 @@ impl WriteRequest {
             WriteRequest::Call(_) => &[],
             WriteRequest::Email { email, .. } => &email.participants,
             WriteRequest::Meeting { meeting, .. } => &meeting.participants,
+            WriteRequest::Lead { .. } => &[],
         }
     }
 }

@@ -14,6 +14,9 @@ pub struct Object {
     /// Only where asked for (`?associations=contacts`).
     #[serde(default)]
     pub associations: Associations,
+    /// When HubSpot last changed the record.
+    #[serde(default, rename = "updatedAt")]
+    pub updated_at: Option<String>,
 }
 
 impl Object {

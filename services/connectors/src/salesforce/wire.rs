@@ -28,6 +28,37 @@ pub struct ApiError {
     pub message: String,
     #[serde(default)]
     pub fields: Vec<String>,
+    /// What a duplicate rule matched (`DUPLICATES_DETECTED`). A single record's answer
+    /// spells the key `duplicateResut` (two captured bodies agree), a composite result
+    /// `duplicateResult`.
+    #[serde(default, rename = "duplicateResut", alias = "duplicateResult", skip_serializing_if = "Option::is_none")]
+    pub duplicate_result: Option<DuplicateResult>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct DuplicateResult {
+    #[serde(default, rename = "matchResults")]
+    pub match_results: Vec<MatchResult>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MatchResult {
+    #[serde(default, rename = "matchRecords")]
+    pub match_records: Vec<MatchRecord>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MatchRecord {
+    #[serde(default)]
+    pub record: MatchedRecord,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct MatchedRecord {
+    #[serde(default)]
+    pub attributes: Attributes,
+    #[serde(default, rename = "Id")]
+    pub id: Option<String>,
 }
 
 impl ApiError {
@@ -78,7 +109,7 @@ impl Row {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Attributes {
     #[serde(default, rename = "type")]
     pub object: String,

@@ -673,7 +673,7 @@ impl Inspect for Zoho {
     /// Calls and meetings: records read back by id. An email hangs on a contact's related
     /// list, which does not carry the Message-ID: not read back.
     fn inspects(&self) -> Vec<ActivityKind> {
-        self.kinds().into_iter().filter(|k| *k != ActivityKind::Email).collect()
+        self.kinds().into_iter().filter(|k| !matches!(k, ActivityKind::Email | ActivityKind::Lead)).collect()
     }
 
     /// COQL by id (50 per query); ids it does not return are looked for in the recycle bin

@@ -106,7 +106,7 @@ pub fn schema() -> Schema {
         meetings.insert(f.into(), FieldDef::read_only(Text));
     }
     let mut contacts = BTreeMap::new();
-    for f in ["firstname", "lastname", "company", "jobtitle", "hubspot_owner_id"] {
+    for f in ["firstname", "lastname", "company", "jobtitle", "country", "hs_lead_status", "hubspot_owner_id"] {
         contacts.insert(f.into(), FieldDef::of(Text));
     }
     contacts.insert("email".into(), FieldDef { unique: true, ..FieldDef::of(Text) });
