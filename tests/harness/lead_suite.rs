@@ -34,6 +34,8 @@ pub struct LeadCase {
     pub first_campaign: &'static str,
     pub latest_campaign: &'static str,
     pub owner: &'static str,
+    /// A custom field a tenant maps the lead's `marketing_email` consent to.
+    pub consent_field: &'static str,
     /// A user of the CRM (crm-sim's users table) with this address.
     pub user: fn(&str) -> Value,
 }
@@ -306,8 +308,9 @@ pub fn an_ambiguous_match_follows_the_tenants_rule(lc: &LeadCase) {
 }
 
 /// New people's owners follow the tenant's rule: a round robin takes its users in turn
-/// (counted in Redis, shared by replicas); an update leaves the owner alone; a lead whose
-/// consent says no processing writes nothing and is audited as skipped.
+/// (counted in Redis, shared by replicas); an update leaves the owner alone; consent goes
+/// to the fields the tenant maps it to, the latest standing; a lead whose consent says no
+/// processing writes nothing and is audited as skipped.
 pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadCase) {
     let broker = Broker::start(1);
     let sim = CrmSim::start();
@@ -319,7 +322,14 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
     }] = users;
     lc.account(&sim, "acme", json!({"objects": objects}));
     let ids = lc.user_ids(&sim, "acme", &["ann@acme.example", "bob@acme.example"]);
-    let tenants = lc.tenants(&sim, &["acme"], &format!("owner = {{ round_robin = [\"{}\", \"{}\"] }}", ids[0], ids[1]));
+    let tenants = lc.tenants(
+        &sim,
+        &["acme"],
+        &format!(
+            "owner = {{ round_robin = [\"{}\", \"{}\"] }}, consent_fields = {{ marketing_email = \"{}\" }}",
+            ids[0], ids[1], lc.consent_field
+        ),
+    );
     let prefix = RedisPrefix::new("leads-owners");
     let w = lc.case.writer(&broker, &tenants, &prefix, &["acme"], &[]);
     let mut inputs: Vec<super::Msg> = (0..3)
@@ -330,10 +340,12 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
             })
         })
         .collect();
-    // An update of p0: no turn spent, the owner kept.
+    // An update of p0: no turn spent, the owner kept; their consent withdrawn (the latest
+    // consent stands).
     inputs.push(lc.lead("acme", "l9", |l| {
         l.email = Some("p0@prospect.example".into());
         l.phone_e164 = None;
+        l.consent.insert("marketing_email".into(), "false".into());
     }));
     inputs.push(lc.lead("acme", "no-consent", |l| {
         l.email = Some("private@prospect.example".into());
@@ -349,6 +361,9 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
     };
     let owners: Vec<Option<String>> = (0..3).map(|i| owner_of(&format!("p{i}@prospect.example"))).collect();
     assert_eq!(owners, [Some(ids[0].clone()), Some(ids[1].clone()), Some(ids[0].clone())], "in turn");
+    let consent = |email: &str| lc.with_email(&sim, "acme", email).first().and_then(|p| text(p, lc.consent_field).map(str::to_string));
+    assert_eq!(consent("p1@prospect.example").as_deref(), Some("true"), "the consent goes where the tenant maps it");
+    assert_eq!(consent("p0@prospect.example").as_deref(), Some("false"), "and the latest stands");
     let skipped = finals.iter().find(|f| f.call_id.as_deref() == Some("no-consent")).expect("final");
     assert_eq!(skipped.outcome, AuditOutcome::Skipped, "{skipped:?}");
     assert!(skipped.detail.contains("DENIED"), "{}", skipped.detail);
@@ -390,7 +405,8 @@ pub static HUBSPOT_LEADS: LeadCase = LeadCase {
             "calls": {"crm_sync_key": {"type": "text", "unique": true}},
             "contacts": {
                 "crm_sync_original_source": text, "crm_sync_original_campaign": text,
-                "crm_sync_latest_source": text, "crm_sync_latest_campaign": text, "crm_sync_latest_medium": text
+                "crm_sync_latest_source": text, "crm_sync_latest_campaign": text, "crm_sync_latest_medium": text,
+                "crm_sync_marketing_email": text
             }
         })
     },
@@ -400,6 +416,7 @@ pub static HUBSPOT_LEADS: LeadCase = LeadCase {
     first_campaign: "crm_sync_original_campaign",
     latest_campaign: "crm_sync_latest_campaign",
     owner: "hubspot_owner_id",
+    consent_field: "crm_sync_marketing_email",
     user: |email| json!({"email": email, "firstName": "A", "lastName": "User"}),
 };
 
@@ -410,7 +427,8 @@ pub static SALESFORCE_LEADS: LeadCase = LeadCase {
     create_endpoint: "/sobjects/Lead",
     fields: || {
         let text = json!({"type": "text"});
-        let custom = json!({"CrmSyncFirstCampaign__c": text, "CrmSyncLatestSource__c": text, "CrmSyncLatestCampaign__c": text});
+        let custom = json!({"CrmSyncFirstCampaign__c": text, "CrmSyncLatestSource__c": text, "CrmSyncLatestCampaign__c": text,
+                            "CrmSyncMarketingEmail__c": text});
         json!({
             "Task": {"CrmSyncKey__c": {"type": "text", "external_id": true, "unique": true}},
             "Lead": custom.clone(),
@@ -423,5 +441,6 @@ pub static SALESFORCE_LEADS: LeadCase = LeadCase {
     first_campaign: "CrmSyncFirstCampaign__c",
     latest_campaign: "CrmSyncLatestCampaign__c",
     owner: "OwnerId",
+    consent_field: "CrmSyncMarketingEmail__c",
     user: |email| json!({"Email": email, "Name": "A User", "Username": email, "IsActive": true}),
 };
