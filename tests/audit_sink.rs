@@ -526,3 +526,67 @@ fn retention_drops_a_days_audit_and_lookups_together() {
     let kept: Vec<String> = db.query("SELECT activity_id FROM audit_lookup").iter().map(|r| r.get(0)).collect();
     assert_eq!(kept, ["new"], "one lookup (what is not a name is not stored), of the day kept");
 }
+
+/// A lead two contacts match, for a tenant that reviews such leads: dead-lettered as
+/// AMBIGUOUS_MATCH (in the audit store, listed by its reason), the people merged in the
+/// CRM, the entry replayed: the lead updates the survivor, nobody is created, and
+/// `crm-sync trace` by the lead id shows its way (the search, the dead letter, the replay's
+/// write and the person).
+#[test]
+fn an_ambiguous_lead_is_replayed_once_its_people_are_merged() {
+    use crm_sync_tests::lead_suite::HUBSPOT_LEADS as LC;
+    let broker = Broker::start(1);
+    let db = PrivateDb::new("leadreplay");
+    let sim = CrmSim::start();
+    LC.account(
+        &sim,
+        "acme",
+        json!({"objects": {"contacts": [HUBSPOT.contact_on("Twin", "(415) 555-0199"), HUBSPOT.contact_on("Twain", "(415) 555-0199")]}}),
+    );
+    let tenants = LC.tenants(&sim, &["acme"], "on_ambiguous_match = \"dead_letter\"");
+    let prefix = RedisPrefix::new("leadreplay");
+    let w = HUBSPOT.writer(&broker, &tenants, &prefix, &["acme"], &[]);
+    let s = sink(&broker, &db, "audit-sink");
+    let lead = LC.lead("acme", "expo-12", |l| {
+        l.email = None;
+        l.phone_e164 = Some("+14155550199".into());
+        l.attribution.utm_campaign = Some("expo".into());
+    });
+    broker.produce("crm.writes.hubspot", &[lead]);
+    assert_eq!(db.wait_count("SELECT count(*) FROM dlq WHERE reason = 'AMBIGUOUS_MATCH'", 1, Duration::from_secs(60)), 1);
+    let env = [("DATABASE_URL", db.url.as_str()), ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.as_str()), ("USER", "support-jane")];
+    let (ok, list, err) = crm_sync(&["dlq", "list", "--reason", "ambiguous_match", "--tenant", "acme"], &env);
+    assert!(ok && list.contains("AMBIGUOUS_MATCH") && list.contains("(1 entries)"), "{list}{err}");
+    let id: String = db.query("SELECT dlq_id FROM dlq WHERE call_id = 'expo-12'")[0].get(0);
+
+    // Someone merges the two contacts; the replay updates the one left.
+    let twins: Vec<String> = sim
+        .records("hubspot", "acme", "contacts")
+        .iter()
+        .filter(|c| c["fields"]["phone"].as_str().is_some_and(|p| p.contains("0199")))
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(twins.len(), 2);
+    sim.admin("POST", &format!("/accounts/hubspot/acme/objects/contacts/{}/merge", twins[1]), Some(json!({"into": twins[0]})));
+    let before = LC.people(&sim, "acme").len();
+    let (ok, out, err) = crm_sync(&["dlq", "replay", &id], &env);
+    assert!(ok && out.contains("replayed 1 entries"), "{out}{err}");
+    let (finals, _, _) = outcomes(&broker, 2, Duration::from_secs(60));
+    let replayed = finals.iter().find(|f| f.outcome == AuditOutcome::Succeeded).unwrap_or_else(|| panic!("{finals:?}"));
+    assert_eq!(replayed.crm_record_id.as_deref(), Some(twins[0].as_str()), "{replayed:?}");
+    let survivor = sim.records("hubspot", "acme", "contacts").into_iter().find(|c| c["id"] == json!(twins[0])).unwrap();
+    assert_eq!(survivor["fields"]["crm_sync_latest_campaign"], "expo");
+    assert_eq!(LC.people(&sim, "acme").len(), before, "nobody created");
+    wait_for("the replay's write in the audit store", Duration::from_secs(30), || {
+        db.count("SELECT count(*) FROM audit WHERE call_id = 'expo-12' AND operation = 'write' AND outcome = 'SUCCEEDED'") == 1
+    });
+    let (ok, text, err) = crm_sync(&["trace", "expo-12", "--tenant", "acme"], &[("DATABASE_URL", db.url.as_str())]);
+    assert!(ok, "{err}");
+    for expected in ["AMBIGUOUS_MATCH", "contacts/search", &format!("record {}", twins[0])] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("4155550199"), "numbers stay masked: {text}");
+    for p in [w, s] {
+        assert!(p.terminate().success());
+    }
+}
