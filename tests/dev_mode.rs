@@ -13,7 +13,15 @@ fn dev_mode_accounts_for_every_sample_call() {
     // acme's emails and meetings once (only its HubSpot connection takes them); HubSpot's
     // writes by the writer, once per CRM call (searches and batches vary with timing) and
     // once per write; likewise the other three writers.
-    assert!(stdout.contains("(17 of 17 accounted for; "), "{stdout}");
+    // And acme's 4 leads (lead 1's two versions, lead 2, lead 4) on HubSpot.
+    assert!(stdout.contains("(21 of 21 accounted for; "), "{stdout}");
+    // Leads: Kim's contact created by her form's lead (v2 superseding v1 in its batch or
+    // updating it), updated by LinkedIn's lead (her name kept), the expo badge held for review.
+    assert!(stdout.contains("acme      lead dev-lead-1 v2 NORMALISED"), "{stdout}");
+    assert!(stdout.contains("created hubspot lead record"), "{stdout}");
+    assert!(stdout.contains("updated hubspot lead record"), "{stdout}");
+    assert!(stdout.contains("kept (the CRM has a value):"), "{stdout}");
+    assert!(stdout.contains("DLQ AMBIGUOUS_MATCH      hubspot    2 people match by phone"), "{stdout}");
     // Emails and meetings, each to its own HubSpot object: the email with two contacts, the
     // reply from a stranger without one, the booked-then-cancelled meeting.
     assert!(stdout.contains("acme      email dev-email-1@mail.acme-sales.example v1"), "{stdout}");

@@ -76,12 +76,64 @@ impl Drop for Children {
 /// One sample input: its raw topic's kind, its key (the tenant) and its payload.
 pub type Sample = (ActivityKind, String, Vec<u8>);
 
-/// The sample calls, then acme's sample emails and meetings (acme's HubSpot connection takes
-/// all three kinds).
+/// The sample calls, then acme's sample emails, meetings and leads (acme's HubSpot
+/// connection takes all four kinds).
 pub fn samples() -> Vec<Sample> {
     let mut out: Vec<Sample> = sample_calls().into_iter().map(|(k, p)| (ActivityKind::Call, k, p)).collect();
     out.extend(sample_emails_and_meetings());
+    out.extend(sample_leads());
     out
+}
+
+/// acme's leads: Kim fills in the demo form (a new contact), and the form sends her lead
+/// again with her job title (version 2: an update); the same Kim comes again from
+/// LinkedIn's lead form as "Kimberly", her address in capitals (the same contact: her
+/// name stays, the latest campaign moves); a badge scanned at an expo has only the number the front
+/// desk and the lobby kiosk share (two contacts: held as AMBIGUOUS_MATCH, acme reviews
+/// those).
+fn sample_leads() -> Vec<Sample> {
+    use crm_common::events::{ConsentState, LeadAttribution, LeadEvent, LeadSourceType};
+    let now = crm_common::clock::now_ms();
+    let lead = |id: &str, source: &str, version: i64, email: Option<&str>, phone: Option<&str>, first: &str, campaign: &str| LeadEvent {
+        tenant_id: "acme".into(),
+        lead_id: id.into(),
+        source: source.into(),
+        source_type: if source == "expo-scanner" { LeadSourceType::Event } else { LeadSourceType::Form },
+        version,
+        submitted_at: now - 600_000,
+        email: email.map(Into::into),
+        phone: phone.map(Into::into),
+        first_name: Some(first.into()),
+        last_name: Some("Park".into()),
+        full_name: None,
+        company: Some("Prospect Labs".into()),
+        job_title: (version > 1).then(|| "Head of RevOps".into()),
+        country: Some("United States".into()),
+        consent_to_processing: ConsentState::Granted,
+        consent: HashMap::from([("marketing_email".into(), "true".into())]),
+        attribution: LeadAttribution {
+            utm_source: Some(source.into()),
+            utm_medium: Some("form".into()),
+            utm_campaign: Some(campaign.into()),
+            utm_term: None,
+            utm_content: None,
+            campaign_id: None,
+            ad_id: None,
+            form_id: Some("demo-request".into()),
+            page_url: None,
+        },
+        answers: HashMap::new(),
+        attributes: HashMap::new(),
+    };
+    [
+        lead("dev-lead-1", "webform", 1, Some("kim@prospect.example"), Some("(415) 555-0142"), "Kim", "spring-demo"),
+        lead("dev-lead-1", "webform", 2, Some("kim@prospect.example"), Some("(415) 555-0142"), "Kim", "spring-demo"),
+        lead("dev-lead-2", "linkedin-lead-gen", 1, Some("KIM@Prospect.Example"), None, "Kimberly", "q3-abm"),
+        lead("dev-lead-4", "expo-scanner", 1, None, Some("415 555 0199"), "Sam", "expo-booth"),
+    ]
+    .iter()
+    .map(|l| (ActivityKind::Lead, l.tenant_id.clone(), codec::encode(l).expect("sample encodes")))
+    .collect()
 }
 
 /// acme's rep Sam emails Ada (a contact, her address written in capitals) copying Grace
@@ -267,9 +319,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         ("hubspot", include_str!("../../../contracts/hubspot.toml")),
         ("hubspot.email", include_str!("../../../contracts/hubspot.email.toml")),
         ("hubspot.meeting", include_str!("../../../contracts/hubspot.meeting.toml")),
+        ("hubspot.lead", include_str!("../../../contracts/hubspot.lead.toml")),
         ("salesforce", include_str!("../../../contracts/salesforce.toml")),
         ("salesforce.email", include_str!("../../../contracts/salesforce.email.toml")),
         ("salesforce.meeting", include_str!("../../../contracts/salesforce.meeting.toml")),
+        ("salesforce.lead", include_str!("../../../contracts/salesforce.lead.toml")),
         ("zoho", include_str!("../../../contracts/zoho.toml")),
         ("zoho.email", include_str!("../../../contracts/zoho.email.toml")),
         ("zoho.meeting", include_str!("../../../contracts/zoho.meeting.toml")),
@@ -332,13 +386,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     producer.flush(Duration::from_secs(10))?;
     let per_kind = |k: ActivityKind| samples.iter().filter(|s| s.0 == k).count();
     say!(
-        "produced {} sample calls to {}, {} emails to {} and {} meetings to {}; waiting for the pipeline…",
+        "produced {} sample calls to {}, {} emails to {}, {} meetings to {} and {} leads to {}; waiting for the pipeline…",
         per_kind(ActivityKind::Call),
         topics.calls_raw,
         per_kind(ActivityKind::Email),
         topics.raw(ActivityKind::Email),
         per_kind(ActivityKind::Meeting),
-        topics.raw(ActivityKind::Meeting)
+        topics.raw(ActivityKind::Meeting),
+        per_kind(ActivityKind::Lead),
+        topics.raw(ActivityKind::Lead)
     );
 
     let mut read: Vec<&str> = Topics::KINDS.iter().map(|&k| topics.normalised(k)).collect();
@@ -354,10 +410,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     if !args.once {
         say!(
-            "\npipeline running; produce to {}, {} or {} at {bootstrap}. Ctrl-C to stop.",
+            "\npipeline running; produce to {}, {}, {} or {} at {bootstrap}. Ctrl-C to stop.",
             topics.calls_raw,
             topics.raw(ActivityKind::Email),
-            topics.raw(ActivityKind::Meeting)
+            topics.raw(ActivityKind::Meeting),
+            topics.raw(ActivityKind::Lead)
         );
         say!(
             "tenants: edit {} to add, change or remove tenants while it runs (every service applies it within a second); a new tenant's credentials go in {}/<credentials_secret>",

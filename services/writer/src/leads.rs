@@ -10,7 +10,7 @@ use crate::process::{Settled, Shared, Step};
 use crm_common::events::{ConsentState, DlqReason, WriteRequest};
 use crm_common::tenants::{LeadOwner, LeadSettings};
 use crm_connectors::api::Failure;
-use crm_connectors::claims::Claim;
+use crm_connectors::claims::{Claim, Recovery};
 use crm_connectors::connector::{Connector, TenantOf};
 use crm_connectors::person::{self, LeadOutcome, LeadWrite, PersonObject};
 use crm_connectors::person_claims::{person_key, PersonClaim};
@@ -91,7 +91,11 @@ impl<C: Connector> Shared<C> {
                 tracing::info!(key = %req.idempotency_key(), why = why.as_str(), wait_ms = wait.as_millis() as u64, "recovering a lead: searching once a possibly lost write can no longer land");
                 places::sleep(wait).await;
                 crm_common::telemetry::crm_metrics().retry(self.crm.as_str(), why.as_str());
-                step.note = Some(format!("recovered ({}): the person was searched for again", why.as_str()));
+                // A lead's person is always looked for before a write: only a lease that
+                // ran out says more (a write may have been lost, and was waited out).
+                if why == Recovery::ExpiredLease {
+                    step.note = Some(format!("recovered ({}): the person was searched for again", why.as_str()));
+                }
             }
             Claim::Create | Claim::Update { .. } => {}
             Claim::Busy { .. } => unreachable!("write_open sets busy keys aside before planning"),
