@@ -387,3 +387,54 @@ async fn lanes_finishing_together_share_a_round_trip_and_a_refused_pipeline_fail
     let text: String = redis::cmd("GET").arg(key("text")).query_async(&mut conn).await.unwrap();
     assert_eq!(text, "not a number");
 }
+
+/// A lead's person claim (`person_claims`): one writer at a time per person; the person's
+/// record kept when a write ends, with its age; a lease whose writer died is "lapsed" (its
+/// create may still land); a writer that lost the claim neither ends it nor overwrites what
+/// the new holder learns; fencing covers it like a lead's own key; the key holds no address.
+#[tokio::test]
+async fn a_persons_claim_serialises_writers_and_remembers_the_person() {
+    use crm_connectors::person::PersonObject;
+    use crm_connectors::person_claims::{person_key, PersonClaim, PersonClaims};
+    let prefix = RedisPrefix::new("person-claims");
+    let a = PersonClaims::new(claims(&prefix, "writer-a", 30_000).await, Duration::from_secs(3600));
+    let b = PersonClaims::new(claims(&prefix, "writer-b", 30_000).await, Duration::from_secs(3600));
+    let key = person_key("acme", "hubspot", "Jane.Doe@Customer.example");
+    assert_eq!(a.take("acme", &key).await.unwrap(), PersonClaim::Free { known: None });
+    assert!(matches!(b.take("acme", &key).await.unwrap(), PersonClaim::Busy { retry_after } if retry_after <= Duration::from_secs(30)));
+    // Fenced like any key: a's requests go out, b's would not.
+    let fa = claims(&prefix, "writer-a", 30_000).await;
+    let fb = claims(&prefix, "writer-b", 30_000).await;
+    assert_eq!(fa.fence("acme", &[key.as_str()]).await.unwrap(), [true]);
+    assert_eq!(fb.fence("acme", &[key.as_str()]).await.unwrap(), [false]);
+    let written = (PersonObject::Contact, "751".to_string());
+    assert!(a.give("acme", &key, Some(&written)).await.unwrap());
+    match b.take("acme", &key).await.unwrap() {
+        PersonClaim::Free { known: Some(k) } => {
+            assert_eq!((k.object, k.id.as_str()), (PersonObject::Contact, "751"));
+            assert!(k.age < Duration::from_secs(5), "{k:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // a no longer holds it: its give changes nothing.
+    assert!(!a.give("acme", &key, Some(&(PersonObject::Lead, "00Q9".into()))).await.unwrap());
+    assert!(b.give("acme", &key, None).await.unwrap(), "ended without a write: the record stays");
+    // A writer that dies holding the claim: the next one finds it lapsed.
+    let dead = PersonClaims::new(claims(&prefix, "writer-dead", 150).await, Duration::from_secs(3600));
+    assert!(matches!(dead.take("acme", &key).await.unwrap(), PersonClaim::Free { known: Some(_) }));
+    assert!(matches!(a.take("acme", &key).await.unwrap(), PersonClaim::Busy { .. }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match a.take("acme", &key).await.unwrap() {
+        PersonClaim::Lapsed { known: Some(k) } => assert_eq!(k.id, "751", "the record outlives the dead writer"),
+        other => panic!("{other:?}"),
+    }
+    assert!(prefix.keys().iter().all(|k| k.contains(":{acme}:claim:acme:person:hubspot:") && !k.contains("jane")), "{:?}", prefix.keys());
+    // Round robin: turns shared by every writer, in order.
+    let turns = [
+        a.next_turn("acme", "hubspot", 3).await.unwrap(),
+        b.next_turn("acme", "hubspot", 3).await.unwrap(),
+        a.next_turn("acme", "hubspot", 3).await.unwrap(),
+        b.next_turn("acme", "hubspot", 3).await.unwrap(),
+    ];
+    assert_eq!(turns, [0, 1, 2, 0]);
+}

@@ -9,6 +9,7 @@
 mod audit;
 mod crm_sim;
 mod deduper;
+mod leads;
 mod reconcile;
 mod reliability;
 mod tenants;

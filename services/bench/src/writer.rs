@@ -81,6 +81,9 @@ pub struct KindParts {
     pub(crate) contact: fn(&str) -> Value,
     pub(crate) contract: &'static str,
     pub(crate) writes: &'static str,
+    /// Custom fields the kind's contract writes besides the key (object → fields), where
+    /// the account must have them (the lead contracts' attribution fields).
+    pub(crate) fields: Option<fn() -> Value>,
 }
 
 impl KindParts {
@@ -93,10 +96,18 @@ impl KindParts {
         key
     }
 
-    /// The key's custom field on an account `spec`, where it is one.
+    /// The key's custom field on an account `spec`, where it is one, and the kind's other
+    /// custom fields.
     pub(crate) fn define_key(&self, spec: &mut Value) {
         if let Some(def) = self.key_def {
             spec["fields"][self.object] = json!({self.key_field: def()});
+        }
+        if let Some(fields) = self.fields {
+            for (object, f) in fields().as_object().cloned().unwrap_or_default() {
+                for (name, def) in f.as_object().cloned().unwrap_or_default() {
+                    spec["fields"][&object][name] = def;
+                }
+            }
         }
     }
 }
@@ -115,6 +126,7 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             key_marker: None,
             contact: |e| json!({"firstname": "Jane", "email": e}),
             contract: include_str!("../../../contracts/hubspot.email.toml"),
+            fields: None,
             writes: "emails/batch/",
         }),
         (Crm::Hubspot, ActivityKind::Meeting) => Some(KindParts {
@@ -125,6 +137,7 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             key_marker: None,
             contact: |e| json!({"firstname": "Jane", "email": e}),
             contract: include_str!("../../../contracts/hubspot.meeting.toml"),
+            fields: None,
             writes: "meetings/batch/",
         }),
         (Crm::Salesforce, ActivityKind::Meeting) => Some(KindParts {
@@ -135,6 +148,7 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             key_marker: None,
             contact: |e| json!({"LastName": "Doe", "Email": e}),
             contract: include_str!("../../../contracts/salesforce.meeting.toml"),
+            fields: None,
             writes: "composite/sobjects",
         }),
         (Crm::Salesforce, ActivityKind::Email) => Some(KindParts {
@@ -145,6 +159,7 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             key_marker: None,
             contact: |e| json!({"LastName": "Doe", "Email": e}),
             contract: include_str!("../../../contracts/salesforce.email.toml"),
+            fields: None,
             writes: "composite/sobjects",
         }),
         (Crm::Zoho, ActivityKind::Meeting) => Some(KindParts {
@@ -155,6 +170,7 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             key_marker: None,
             contact: |e| json!({"Last_Name": "Doe", "Email": e}),
             contract: include_str!("../../../contracts/zoho.meeting.toml"),
+            fields: None,
             writes: "/Events",
         }),
         (Crm::Zoho, ActivityKind::Email) => Some(KindParts {
@@ -165,6 +181,7 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             key_marker: None,
             contact: |e| json!({"Last_Name": "Doe", "Email": e}),
             contract: include_str!("../../../contracts/zoho.email.toml"),
+            fields: None,
             writes: "associate_email",
         }),
         (Crm::Pipedrive, ActivityKind::Email | ActivityKind::Meeting) => Some(KindParts {
@@ -179,7 +196,38 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             } else {
                 include_str!("../../../contracts/pipedrive.meeting.toml")
             },
+            fields: None,
             writes: "api/v2/activities",
+        }),
+        (Crm::Hubspot, ActivityKind::Lead) => Some(KindParts {
+            kind,
+            object: "contacts",
+            key_field: "email",
+            key_def: None,
+            key_marker: None,
+            contact: |e| json!({"firstname": "Jane", "email": e}),
+            contract: include_str!("../../../contracts/hubspot.lead.toml"),
+            fields: Some(|| {
+                let t = json!({"type": "text"});
+                json!({"contacts": {"crm_sync_original_source": t, "crm_sync_original_campaign": t, "crm_sync_latest_source": t,
+                                    "crm_sync_latest_campaign": t, "crm_sync_latest_medium": t}})
+            }),
+            writes: "/objects/contacts",
+        }),
+        (Crm::Salesforce, ActivityKind::Lead) => Some(KindParts {
+            kind,
+            object: "Lead",
+            key_field: "Email",
+            key_def: None,
+            key_marker: None,
+            contact: |e| json!({"LastName": "Doe", "Email": e}),
+            contract: include_str!("../../../contracts/salesforce.lead.toml"),
+            fields: Some(|| {
+                let t = json!({"type": "text"});
+                let custom = json!({"CrmSyncFirstCampaign__c": t, "CrmSyncLatestSource__c": t, "CrmSyncLatestCampaign__c": t});
+                json!({"Lead": custom.clone(), "Contact": custom})
+            }),
+            writes: "/sobjects/",
         }),
         (crm, kind) => anyhow::bail!("writer --crm {} does not write {}s yet", crm.as_str(), kind.as_str()),
     })
@@ -322,7 +370,7 @@ fn count(counters: &Value, endpoint_part: &str, status: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn all_throttled(counters: &Value, status: &str) -> u64 {
+pub(crate) fn all_throttled(counters: &Value, status: &str) -> u64 {
     counters.as_object().map(|m| m.values().map(|v| v[status].as_u64().unwrap_or(0)).sum()).unwrap_or(0)
 }
 
@@ -405,7 +453,9 @@ pub struct Args {
     #[arg(long)]
     pub records: Option<usize>,
     /// The backlog's kind: call, or email or meeting where the CRM's writer takes them
-    /// (HubSpot: both; Salesforce: meetings). Phase 2 runs for calls only.
+    /// (HubSpot: both; Salesforce: meetings), or lead (HubSpot, Salesforce: three rounds of
+    /// `--records` leads, default 200: new people, the same again, people the CRM has;
+    /// see leads.rs). Phase 2 runs for calls only.
     #[arg(long, default_value = "call")]
     pub kind: ActivityKind,
     #[arg(long, default_value_t = 4)]
@@ -462,7 +512,7 @@ fn lookup_endpoints(crm: Crm) -> &'static [&'static str] {
 
 /// Whether a request to `endpoint` (a crm-sim counter's label) spends the limit the backlog
 /// is held to: not a token refresh, nor a HubSpot search (it has its own limit, per second).
-fn paced(crm: Crm, endpoint: &str) -> bool {
+pub(crate) fn paced(crm: Crm, endpoint: &str) -> bool {
     let own_limit = crm == Crm::Hubspot && endpoint.contains("/search");
     !(endpoint.contains("oauth") || own_limit)
 }
@@ -514,15 +564,15 @@ fn seed_timeline(sim: &Sim, crm: Crm, account: &str) -> anyhow::Result<()> {
 }
 
 /// What the run set up: the broker, crm-sim, the tenants, and how to start a service.
-struct Setup {
-    broker: DevBroker,
-    sim: Sim,
+pub(crate) struct Setup {
+    pub(crate) broker: DevBroker,
+    pub(crate) sim: Sim,
     children: Killed,
     /// The pipeline's services, stopped and started again between latency rounds.
     stages: Killed,
     /// KAFKA_OPTIONS for the services started next, if any.
     kafka_options: Option<String>,
-    backlog: Vec<String>,
+    pub(crate) backlog: Vec<String>,
     live: Vec<String>,
     dir: std::path::PathBuf,
     tenants_file: std::path::PathBuf,
@@ -534,7 +584,7 @@ struct Setup {
 
 impl Setup {
     /// One service, configured like the others (the tenants, Redis, the broker).
-    fn spawn(&mut self, bin: &str, args: &[&str], a: &Args) -> anyhow::Result<u32> {
+    pub(crate) fn spawn(&mut self, bin: &str, args: &[&str], a: &Args) -> anyhow::Result<u32> {
         let mut cmd = Command::new(sibling_binary(bin)?);
         if let Some(options) = &self.kafka_options {
             cmd.env("KAFKA_OPTIONS", options);
@@ -668,7 +718,11 @@ pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
     let p = Profile { limit: a.limit.unwrap_or(p.limit), kind, writes, ..p };
     let records = a.records.unwrap_or(if a.crm == Crm::Pipedrive { 1_200 } else { 12_000 });
     let mut setup = set_up(&p, a)?;
-    backlog_phase(&p, a, records, &mut setup)?;
+    if a.kind == ActivityKind::Lead {
+        crate::leads::run(&p, a, a.records.unwrap_or(200), &mut setup)?;
+    } else {
+        backlog_phase(&p, a, records, &mut setup)?;
+    }
     if p.kind.is_none() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let db = format!("crm_sync_bench_writer_{}", std::process::id());
@@ -689,7 +743,7 @@ pub fn run(p: Profile, a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn limit_text(p: &Profile) -> String {
+pub(crate) fn limit_text(p: &Profile) -> String {
     match p.window {
         Some((_, unit)) => format!("{} {unit}", p.limit),
         None => format!("an allowance of {} requests / 24 h", p.limit),

@@ -315,6 +315,13 @@ pub trait Connector: Send + Sync + 'static {
     fn creates_person_as(&self) -> crate::person::PersonObject {
         crate::person::PersonObject::Contact
     }
+    /// Whether reading a person by id spends a scarcer budget than searching for them
+    /// (HubSpot: a read spends the 10-second burst every write needs, search has a limit of
+    /// its own). Then a person the person claim remembers is read by id only while a
+    /// search may not show them yet (`people_lag`), and searched for after.
+    fn reads_cost_more_than_searches(&self) -> bool {
+        false
+    }
     /// How far behind writes `find_people` shows people (HubSpot's search index); zero
     /// where it reads the records themselves (Salesforce SOQL).
     fn people_lag(&self) -> std::time::Duration {

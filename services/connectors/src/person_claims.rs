@@ -33,8 +33,8 @@ const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local owner, lease, keep = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local h = redis.call('HMGET', KEYS[1], 'owner', 'until', 'record')
-local cur, untl, rec = h[1], tonumber(h[2] or '0'), h[3] or ''
+local h = redis.call('HMGET', KEYS[1], 'owner', 'until', 'record', 'at')
+local cur, untl, rec, at = h[1], tonumber(h[2] or '0'), h[3] or '', tonumber(h[4] or '0')
 if cur and cur ~= owner and untl > now then
   return {'busy', untl - now, rec}
 end
@@ -42,27 +42,40 @@ local state = 'free'
 if cur and cur ~= owner then state = 'lapsed' end
 redis.call('HSET', KEYS[1], 'owner', owner, 'until', now + lease)
 redis.call('PEXPIRE', KEYS[1], keep)
-return {state, 0, rec}
+-- How long ago the record was written (-1: never).
+local age = -1
+if rec ~= '' and at > 0 then age = now - at end
+return {state, age, rec}
 ";
 
-// Ends our lease; with a record, remembers it as the person (a merge or a delete since
-// can make it stale: the writer reads it by id first and searches when it is gone).
+// Ends our lease; with a record, remembers it as the person, and when (a merge or a delete
+// since can make it stale: the writer reads it by id first and searches when it is gone).
 const GIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local owner, keep, rec = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 if redis.call('HGET', KEYS[1], 'owner') ~= owner then return 0 end
-if rec ~= '' then redis.call('HSET', KEYS[1], 'record', rec) end
+if rec ~= '' then redis.call('HSET', KEYS[1], 'record', rec, 'at', now) end
 redis.call('HDEL', KEYS[1], 'owner', 'until')
 redis.call('PEXPIRE', KEYS[1], keep)
 return 1
 ";
 
+/// The person a claim remembers: the record, and how long ago it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub object: PersonObject,
+    pub id: String,
+    pub age: Duration,
+}
+
 /// What `take` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PersonClaim {
     /// Ours now; the person this key was last written as, if any.
-    Free { known: Option<(PersonObject, String)> },
+    Free { known: Option<Known> },
     /// Ours now, but the writer before us died holding it: its write may still land.
-    Lapsed { known: Option<(PersonObject, String)> },
+    Lapsed { known: Option<Known> },
     /// Another writer is writing this person; try again after this long.
     Busy { retry_after: Duration },
 }
@@ -111,7 +124,7 @@ impl PersonClaims {
             .arg(self.retention.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        let known = parse_record(&rec);
+        let known = parse_record(&rec).map(|(object, id)| Known { object, id, age: Duration::from_millis(wait.max(0) as u64) });
         Ok(match state.as_str() {
             "busy" => PersonClaim::Busy { retry_after: Duration::from_millis(wait.max(1) as u64) },
             "lapsed" => PersonClaim::Lapsed { known },

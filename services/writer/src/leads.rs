@@ -12,8 +12,8 @@ use crm_common::tenants::{LeadOwner, LeadSettings};
 use crm_connectors::api::Failure;
 use crm_connectors::claims::{Claim, Recovery};
 use crm_connectors::connector::{Connector, TenantOf};
-use crm_connectors::person::{self, LeadOutcome, LeadWrite, PersonObject};
-use crm_connectors::person_claims::{person_key, PersonClaim};
+use crm_connectors::person::{self, LeadOutcome, LeadWrite};
+use crm_connectors::person_claims::{person_key, Known, PersonClaim};
 use crm_connectors::places;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ impl<C: Connector> Shared<C> {
     /// Takes the person's claim, waiting while another writer holds it (no longer than the
     /// retry limit); a claim whose writer died holding it waits until that writer's create
     /// can no longer land and the CRM's search shows it.
-    async fn take_person(&self, tenant_id: &str, key: &str) -> Result<Option<(PersonObject, String)>, Failure> {
+    async fn take_person(&self, tenant_id: &str, key: &str) -> Result<Option<Known>, Failure> {
         let start = Instant::now();
         loop {
             match crate::process::patiently("person claim", || self.person_claims.take(tenant_id, key)).await {
@@ -121,6 +121,13 @@ impl<C: Connector> Shared<C> {
                 return;
             }
         };
+        // The record the claim remembers is read by id while a search may not show it yet,
+        // and always where a read costs no more than a search (Salesforce's SOQL by id is
+        // one query, its search by email two); at HubSpot, once search shows the person,
+        // searching spares the burst every write needs.
+        // (The record was written: only the index's lag matters, not the late-write horizon.)
+        let lag = self.connector.people_lag();
+        let known = known.filter(|k| k.age < lag || !self.connector.reads_cost_more_than_searches()).map(|k| (k.object, k.id));
         let renewal = self.keep_leases(&tenant_id, vec![key.clone()]);
         let contract = self.connector.contract_for_tenant(&tenant_id, req.kind());
         let w = LeadWrite {

@@ -404,6 +404,10 @@ impl Connector for Hubspot {
         self.search_lag
     }
 
+    fn reads_cost_more_than_searches(&self) -> bool {
+        true
+    }
+
     /// `email IN [...]` on contacts, 50 addresses per search. HubSpot compares the stored
     /// address case-insensitively; an address only in a contact's additional emails is not
     /// found (search reads the primary `email`). Search lags behind writes: a contact
