@@ -135,7 +135,7 @@ fn round(p: &Profile, setup: &Setup, reader: &TopicReader, name: &str, (ids, ema
 
 pub fn run(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::Result<()> {
     let crm = p.crm.as_str();
-    let kafka = Kafka::local(&setup.broker.bootstrap_servers());
+    let kafka = Kafka::local(setup.broker.bootstrap_servers());
     let reader = TopicReader::new(&kafka, &[Topics::default().audit.as_str()])?;
     for _ in 0..a.replicas.max(1) {
         setup.spawn("writer", &["--crm", crm], a)?;
