@@ -4,7 +4,8 @@
 //!
 //! 1. **new people, cold**: every lead a person nobody has (search, create);
 //! 2. **the same people again, warm**: another source's lead of each (the person claim
-//!    remembers the record: a read by id and an update, no search);
+//!    remembers the record: read by id while a search may not show it yet, or wherever a
+//!    read costs no more than a search; else searched; then an update);
 //! 3. **people the CRM has and crm-sync never wrote**: seeded in the CRM first (search,
 //!    update).
 //!
@@ -161,7 +162,7 @@ pub fn run(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::
         p,
         setup,
         &reader,
-        "the same people from another source, warm (the person claim: read by id, update)",
+        "the same people from another source, warm (the person claim: read by id while search may not show them, else search; update)",
         ("again-", "new"),
         records,
     )?;
