@@ -371,6 +371,49 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
     assert!(w.terminate().success());
 }
 
+/// Faults on person creates: a timeout and 502s after the create was applied, then 503s
+/// and throttles. A create is not replay-safe (nothing of ours makes a second one fail), so
+/// one of unknown outcome is not sent again: once it can no longer land, the person is
+/// searched for, found and updated, or, not found, created. Every lead is written, one
+/// person each, nothing dead-lettered.
+pub fn faults_on_person_creates_still_give_one_person_each(lc: &LeadCase) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    lc.account(&sim, "acme", json!({}));
+    let tenants = lc.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("leads-faults");
+    let ep = lc.create_endpoint;
+    sim.fault(lc.name(), "acme", json!({"kind": "timeout", "count": 1, "endpoint": ep, "after_write": true, "latency_ms": 3000}));
+    sim.fault(lc.name(), "acme", json!({"kind": "502", "count": 2, "endpoint": ep, "after_write": true}));
+    sim.fault(lc.name(), "acme", json!({"kind": "503", "count": 2, "endpoint": ep}));
+    sim.fault(lc.name(), "acme", json!({"kind": "429", "count": 1, "endpoint": ep}));
+    let w = lc.case.writer(&broker, &tenants, &prefix, &["acme"], &[("WRITER_HTTP_TIMEOUT", "1s"), ("WRITER_RETRY_BASE", "50ms")]);
+    let inputs: Vec<super::Msg> = (0..8)
+        .map(|i| {
+            lc.lead("acme", &format!("f{i}"), |l| {
+                l.email = Some(format!("faulty{i}@prospect.example"));
+                l.phone_e164 = None;
+            })
+        })
+        .collect();
+    broker.produce(&lc.case.topic(), &inputs);
+    let (finals, dlq, _) = outcomes(&broker, inputs.len(), Duration::from_secs(120));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(finals.len(), inputs.len(), "{finals:?}");
+    assert!(finals.iter().all(|f| f.outcome == AuditOutcome::Succeeded), "{finals:?}");
+    for i in 0..inputs.len() {
+        let people = lc.with_email(&sim, "acme", &format!("faulty{i}@prospect.example"));
+        assert_eq!(people.len(), 1, "faulty{i}: {people:?}");
+    }
+    let answered = |status: &str| {
+        sim.state(lc.name(), "acme")["counters"].as_object().map_or(0, |c| {
+            c.iter().filter(|(k, _)| k.contains(ep.trim_end_matches('$'))).map(|(_, v)| v[status].as_u64().unwrap_or(0)).sum::<u64>()
+        })
+    };
+    assert!(answered("502") >= 2 && answered("503") >= 2, "every fault fired");
+    assert!(w.terminate().success());
+}
+
 /// One `#[test]` per lead suite function, for a `LeadCase`.
 #[macro_export]
 macro_rules! lead_suite {
@@ -386,6 +429,10 @@ macro_rules! lead_suite {
         #[test]
         fn an_ambiguous_match_follows_the_tenants_rule() {
             $crate::lead_suite::an_ambiguous_match_follows_the_tenants_rule(&$case)
+        }
+        #[test]
+        fn faults_on_person_creates_still_give_one_person_each() {
+            $crate::lead_suite::faults_on_person_creates_still_give_one_person_each(&$case)
         }
         #[test]
         fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept() {

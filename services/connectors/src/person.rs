@@ -29,6 +29,7 @@ use crm_common::events::{DlqReason, NormalisedLead, WriteRequest};
 use crm_common::tenants::LeadSettings;
 use serde_json::{Map, Value};
 use std::fmt;
+use std::time::Instant;
 
 /// Where a CRM keeps a person: its contacts, or (where it keeps them apart) its leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -374,17 +375,7 @@ where
     }
     let resolution = match resolution {
         Some(r) => r,
-        None => {
-            let by_email = match lead.email.as_deref() {
-                Some(e) => c.find_people(api, t, PersonKey::Email(e), &fields, log).await?,
-                None => vec![],
-            };
-            let by_phone = match (by_email.is_empty(), lead.phone_e164.as_deref()) {
-                (true, Some(p)) => c.find_people(api, t, PersonKey::Phone(p), &fields, log).await?,
-                _ => vec![],
-            };
-            resolve(by_email, by_phone, w.settings.on_ambiguous_match)
-        }
+        None => search(c, api, t, lead, &fields, w.settings.on_ambiguous_match, log).await?,
     };
     let matched = resolution.describe();
     let person = match resolution {
@@ -405,7 +396,45 @@ where
             d.action = FieldAction::Write;
         }
     }
-    match c.create_person(api, t, &write.values, w.crm_assigns && owner.is_none(), &w.fence, log).await? {
+    // Not replay-safe: a create of unknown outcome (a timeout, a 5xx) is not sent again until
+    // it can no longer land (the late-write horizon and the search's lag), and then only if
+    // a search that completed finds nobody; found, the person is updated. As
+    // `connector::create_reading_before_resending` does for activities.
+    let first = Instant::now();
+    let mut attempt = 0u32;
+    let created = loop {
+        let f = match c.create_person(api, t, &write.values, w.crm_assigns && owner.is_none(), &w.fence, log).await {
+            Err(f) if f.maybe_applied => f,
+            other => break other?,
+        };
+        attempt += 1;
+        crate::places::sleep(api.backoff.wait(attempt).max(api.late_write_horizon() + c.people_lag())).await;
+        let again = search(c, api, t, lead, &fields, w.settings.on_ambiguous_match, log).await.map_err(|e| Failure {
+            maybe_applied: true,
+            detail: format!("{}; searching for the person before creating again failed, so it may be in the CRM: {}", f.detail, e.detail),
+            ..f.clone()
+        })?;
+        match again {
+            Resolution::Create if first.elapsed() < api.retry_limit => continue,
+            Resolution::Create => {
+                return Err(Failure {
+                    maybe_applied: false,
+                    detail: format!("{} (still failing after {attempt} attempts over {} s)", f.detail, first.elapsed().as_secs()),
+                    ..f
+                })
+            }
+            Resolution::Update { person, matched_by, among } => {
+                let matched = format!(
+                    "{} (found after a create of unknown outcome: {})",
+                    Resolution::Update { person: person.clone(), matched_by, among }.describe(),
+                    f.detail
+                );
+                return update(c, api, t, w, &rules, &wanted, person, matched, log).await;
+            }
+            ambiguous @ Resolution::Ambiguous { .. } => return Ok(LeadOutcome::Ambiguous(ambiguous)),
+        }
+    };
+    match created {
         PersonCreated::Created(object, id) => Ok(LeadOutcome::Written(LeadWritten { object, id, created: true, matched, fields: write })),
         PersonCreated::Exists(object, id) => match c.read_person(api, t, object, &id, &fields, log).await? {
             Some(person) => {
@@ -426,6 +455,28 @@ where
             }),
         },
     }
+}
+
+/// The people the lead's email matches, else (nobody) its phone, resolved by the tenant's
+/// rule.
+async fn search<C: Connector + ?Sized>(
+    c: &C,
+    api: &Api,
+    t: &TenantOf<C>,
+    lead: &NormalisedLead,
+    fields: &[String],
+    rule: OnAmbiguous,
+    log: &mut Vec<Exchange>,
+) -> Result<Resolution, Failure> {
+    let by_email = match lead.email.as_deref() {
+        Some(e) => c.find_people(api, t, PersonKey::Email(e), fields, log).await?,
+        None => vec![],
+    };
+    let by_phone = match (by_email.is_empty(), lead.phone_e164.as_deref()) {
+        (true, Some(p)) => c.find_people(api, t, PersonKey::Phone(p), fields, log).await?,
+        _ => vec![],
+    };
+    Ok(resolve(by_email, by_phone, rule))
 }
 
 /// Updates `person` with what the lead may set on them (nothing sent when nothing changes).
