@@ -414,6 +414,41 @@ pub fn faults_on_person_creates_still_give_one_person_each(lc: &LeadCase) {
     assert!(w.terminate().success());
 }
 
+/// A writer killed while its person create is in flight, the CRM applying the create after
+/// the writer is gone: the next writer finds both claims lapsed, waits until the create can
+/// no longer land, finds the person and updates them: one person.
+pub fn a_writer_killed_mid_create_leaves_one_person(lc: &LeadCase) {
+    let broker = Broker::start(1);
+    let sim = CrmSim::start();
+    lc.account(&sim, "acme", json!({}));
+    sim.fault(
+        lc.name(),
+        "acme",
+        json!({"kind": "late_write", "latency_ms": 8000, "apply_after_ms": 2500, "count": 1, "endpoint": lc.create_endpoint}),
+    );
+    let tenants = lc.tenants(&sim, &["acme"], "");
+    let prefix = RedisPrefix::new("leads-kill");
+    let env = [("WRITER_LEASE", "2s"), ("WRITER_HTTP_TIMEOUT", "10s"), ("WRITER_LATE_WRITE_HORIZON", "4s"), ("WRITER_RETRY_BASE", "50ms")];
+    let a = lc.case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    let lead = lc.lead("acme", "k1", |l| {
+        l.email = Some("killed@prospect.example".into());
+        l.phone_e164 = None;
+    });
+    broker.produce(&lc.case.topic(), &[lead]);
+    sim.wait_in_flight(lc.name(), "acme", 1);
+    a.kill9();
+    let b = lc.case.writer(&broker, &tenants, &prefix, &["acme"], &env);
+    let (finals, dlq, _) = outcomes(&broker, 1, Duration::from_secs(90));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].outcome, AuditOutcome::Succeeded, "{:?}", finals[0]);
+    assert!(finals[0].detail.contains("updated"), "the late create was found, not repeated: {}", finals[0].detail);
+    let people = lc.with_email(&sim, "acme", "killed@prospect.example");
+    assert_eq!(people.len(), 1, "{people:?}");
+    assert_eq!(finals[0].crm_record_id.as_deref(), people[0]["id"].as_str());
+    assert!(b.terminate().success());
+}
+
 /// One `#[test]` per lead suite function, for a `LeadCase`.
 #[macro_export]
 macro_rules! lead_suite {
@@ -429,6 +464,10 @@ macro_rules! lead_suite {
         #[test]
         fn an_ambiguous_match_follows_the_tenants_rule() {
             $crate::lead_suite::an_ambiguous_match_follows_the_tenants_rule(&$case)
+        }
+        #[test]
+        fn a_writer_killed_mid_create_leaves_one_person() {
+            $crate::lead_suite::a_writer_killed_mid_create_leaves_one_person(&$case)
         }
         #[test]
         fn faults_on_person_creates_still_give_one_person_each() {
