@@ -121,11 +121,11 @@ impl<C: Connector> Shared<C> {
                 return;
             }
         };
-        // The record the claim remembers is read by id while a search may not show it yet,
-        // and always where a read costs no more than a search (Salesforce's SOQL by id is
-        // one query, its search by email two); at HubSpot, once search shows the person,
+        // The record the claim remembers is read by id while a search may not show it yet
+        // (it was written: only the index's lag matters, not the late-write horizon), and
+        // always where a read costs no more than a search (Salesforce's SOQL by id is one
+        // query, its search by email two); at HubSpot, once search shows the person,
         // searching spares the burst every write needs.
-        // (The record was written: only the index's lag matters, not the late-write horizon.)
         let lag = self.connector.people_lag();
         let known = known.filter(|k| k.age < lag || !self.connector.reads_cost_more_than_searches()).map(|k| (k.object, k.id));
         let renewal = self.keep_leases(&tenant_id, vec![key.clone()]);
