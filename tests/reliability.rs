@@ -39,6 +39,10 @@ fn check_with(summary: &HashMap<String, String>, zombies_expected: bool) {
     // Emails and meetings ride along, checked one record each like the calls.
     let activities = &summary["activities"];
     assert!(first_number(activities) >= 100 && !activities.contains("and 0 meetings"), "emails and meetings mixed in: {activities}");
+    // Leads too, for the tenants whose CRMs write them: under the same faults and kills, each
+    // person they name is one person in each CRM (and each lead counts in "written").
+    let leads = &summary["leads"];
+    assert!(first_number(leads) >= 10 && leads.ends_with(": 0 not exactly one person"), "leads mixed in, one person each: {leads}");
     for reason in ["INVALID_PHONE", "TENANT_NOT_CONFIGURED", "PERMISSION_DENIED", "AUTH_FAILED"] {
         assert!(summary["DLQ by reason"].contains(reason), "{reason} in {}", summary["DLQ by reason"]);
     }

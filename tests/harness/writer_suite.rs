@@ -630,7 +630,15 @@ pub fn a_burst_left_in_kafka_never_delays_a_quiet_tenant_and_survives_a_kill(cas
     let written: Vec<i64> =
         finals.iter().filter(|a| a.tenant_id == "acme" && a.outcome == AuditOutcome::Succeeded).map(|a| a.input_offset).collect();
     assert!(written.windows(2).all(|w| w[0] < w[1]), "acme's calls were written in order: {written:?}");
-    assert!(written.len() > burst, "every call and the update written: {written:?}");
+    // Every one of acme's inputs settled: written, or, where the kill fell after its DONE and
+    // before its audit record went out, found written by the next writer (a duplicate). CI
+    // saw the kill land there once (Pipedrive: offsets 4-7 audited only as duplicates).
+    let settled: BTreeSet<i64> = finals
+        .iter()
+        .filter(|a| a.tenant_id == "acme" && matches!(a.outcome, AuditOutcome::Succeeded | AuditOutcome::Duplicate))
+        .map(|a| a.input_offset)
+        .collect();
+    assert_eq!(settled.len(), burst + 1, "every call and the update settled: {settled:?} (written: {written:?})");
     eprintln!(
         "{}: globex written {globex_took:?} after produce while acme's 41 waited; SIGKILL with {before_kill} of acme's {burst} written; the rest took {rest_took:?}",
         case.name()

@@ -128,6 +128,10 @@ struct Plan {
     /// drops does not, and an update of a call that fails at a CRM fails again there.
     dead_rows: usize,
     updates: usize,
+    /// Leads (distinct lead ids), and the people they name: (tenant, CRM, email), each of
+    /// which must end as exactly one person in that CRM.
+    leads: usize,
+    people: HashSet<(String, Crm, String)>,
 }
 
 struct Tenant {
@@ -137,8 +141,36 @@ struct Tenant {
     revoked: Option<Crm>,
     /// The CRM whose token in the secret is wrong.
     bad_token: Option<Crm>,
-    /// Syncs emails and meetings too (`activities = ["call", "email", "meeting"]`).
+    /// Syncs emails and meetings too (`activities = ["call", "email", "meeting"]`), and
+    /// leads where every CRM of its writes them.
     activities: bool,
+}
+
+impl Tenant {
+    fn leads(&self) -> bool {
+        self.activities && self.crms.iter().all(|c| crm_common::tenants::LEAD_CRMS.contains(c))
+    }
+}
+
+/// Whether an idempotency key is a lead's (a person in the CRM carries no key of ours).
+fn is_lead(key: &str) -> bool {
+    key.contains(":lead:")
+}
+
+/// The people leads name, per tenant: few, so that most leads update a person another lead
+/// made (two sources, a retry after a kill, a replay).
+const LEAD_PEOPLE: usize = 2;
+
+/// A lead for one of the tenant's people, from one of two sources, without a phone (the
+/// seeded contact's number would match it).
+fn lead(tenant: &str, i: usize, now: i64) -> LeadEvent {
+    let mut l = fixtures::raw_lead(tenant, &format!("rl{i}"), 0);
+    l.source = if i.is_multiple_of(2) { "webform".into() } else { "linkedin-lead-gen".into() };
+    l.email = Some(format!("person{}@prospect.example", i % LEAD_PEOPLE));
+    l.phone = None;
+    l.submitted_at = now - 60_000;
+    l.attribution.utm_campaign = Some(format!("c{i}"));
+    l
 }
 
 /// Tenant i uses CRM i % 4, and every third tenant a second one; four tenants (one per CRM)
@@ -250,10 +282,13 @@ fn plan(tenants: &[Tenant], calls: usize, topics: &Topics) -> anyhow::Result<Pla
         dead_rows: 0,
         emails: 0,
         meetings: 0,
+        leads: 0,
+        people: HashSet::new(),
     };
     let now = crm_common::clock::now_ms();
     let (calls_raw, emails_raw, meetings_raw) =
         (topics.calls_raw.clone(), topics.raw(ActivityKind::Email).to_string(), topics.raw(ActivityKind::Meeting).to_string());
+    let leads_raw = topics.raw(ActivityKind::Lead).to_string();
     // Repeats and updates arrive a little later than the call they repeat or update.
     let mut later: BTreeMap<usize, Vec<(String, String, Vec<u8>)>> = BTreeMap::new();
     for i in 0..calls {
@@ -303,6 +338,14 @@ fn plan(tenants: &[Tenant], calls: usize, topics: &Topics) -> anyhow::Result<Pla
                 }
                 p.messages.push(msg);
                 p.emails += 1;
+            } else if t.leads() && round % 4 == 2 {
+                let l = lead(&t.name, i, now);
+                for &crm in &t.crms {
+                    p.records.insert(activity_key(&t.name, ActivityKind::Lead, &l.lead_id, crm));
+                    p.people.insert((t.name.clone(), crm, l.email.clone().unwrap_or_default()));
+                }
+                p.messages.push((leads_raw.clone(), t.name.clone(), codec::encode(&l)?));
+                p.leads += 1;
             } else if t.activities && round % 4 == 3 {
                 let uid = format!("rm{i}@cal.seller.example");
                 for &crm in &t.crms {
@@ -680,6 +723,11 @@ impl Stage<'_> {
                         }
                     }
                     spec["key_fields"] = json!(keys);
+                    if t.leads() {
+                        if let Some(k) = crate::writer::kind_parts(crm, ActivityKind::Lead)? {
+                            k.define_key(&mut spec);
+                        }
+                    }
                 }
                 // Each account draws its faults from its own sequence: with one seed for all,
                 // every account would fault (or not) on the same requests.
@@ -708,7 +756,11 @@ impl Stage<'_> {
                 // A throttled Salesforce org is probed again after 2 s rather than a minute, so
                 // the injected 403s do not dominate the run.
                 let limits = if crm == Crm::Salesforce { "limits = { recheck_s = 2 }\n" } else { "" };
-                let activities = if t.activities { "activities = [\"call\", \"email\", \"meeting\"]\n" } else { "" };
+                let activities = match (t.activities, t.leads()) {
+                    (true, true) => "activities = [\"call\", \"email\", \"meeting\", \"lead\"]\n",
+                    (true, false) => "activities = [\"call\", \"email\", \"meeting\"]\n",
+                    _ => "",
+                };
                 config += &format!(
                     "[tenants.{}.crms.{}]\nplan = \"{}\"\ncredentials_secret = \"{secret}\"\nbase_url = \"{sim_url}/{}\"\n{limits}{activities}",
                     t.name,
@@ -740,7 +792,10 @@ impl Stage<'_> {
         std::fs::create_dir_all(dir.join("contracts"))?;
         for crm in CRMS {
             std::fs::write(dir.join(format!("contracts/{}.toml", crm.as_str())), profile(crm).contract)?;
-            for kind in [ActivityKind::Email, ActivityKind::Meeting] {
+            for kind in [ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead] {
+                if kind == ActivityKind::Lead && !crm_common::tenants::LEAD_CRMS.contains(&crm) {
+                    continue;
+                }
                 if let Some(k) = crate::writer::kind_parts(crm, kind)? {
                     std::fs::write(dir.join(format!("contracts/{}.{}.toml", crm.as_str(), kind.as_str())), k.contract)?;
                 }
@@ -778,11 +833,12 @@ impl Stage<'_> {
 
     fn announce(&self, plan: &Plan) {
         eprintln!(
-            "reliability: {} calls, {} emails and {} meetings ({} messages with {} repeats and {} updates) for {} tenants on {:?}; \
+            "reliability: {} calls, {} emails, {} meetings and {} leads ({} messages with {} repeats and {} updates) for {} tenants on {:?}; \
              expecting {} records ({:?}) and {} dead letters; logs in {}",
             self.o.calls,
             plan.emails,
             plan.meetings,
+            plan.leads,
             plan.messages.len(),
             plan.repeats,
             plan.updates,
@@ -1074,6 +1130,9 @@ struct Chaos<'a> {
 struct Tally {
     written: usize,
     duplicates: Vec<String>,
+    /// People the leads named that are not exactly one person in their CRM (tenant, CRM,
+    /// email: how many).
+    people_wrong: Vec<String>,
     unexpected_records: Vec<String>,
     lost: Vec<String>,
     unaudited: Vec<String>,
@@ -1149,12 +1208,47 @@ impl Tally {
             }
         }
 
+        // The people leads named: one each, in the CRM's people (HubSpot's contacts;
+        // Salesforce's Contacts and Leads).
+        let mut people_wrong = vec![];
+        let mut by_account: BTreeMap<(String, Crm), Vec<String>> = BTreeMap::new();
+        for (t, crm, email) in &plan.people {
+            by_account.entry((t.clone(), *crm)).or_default().push(email.clone());
+        }
+        for ((t, crm), emails) in by_account {
+            let (tables, field): (&[&str], &str) = match crm {
+                Crm::Salesforce => (&["Contact", "Lead"], "Email"),
+                _ => (&["contacts"], "email"),
+            };
+            let mut held: Vec<String> = vec![];
+            for table in tables {
+                let r = sim.admin(reqwest::Method::GET, &format!("/accounts/{}/{t}/objects/{table}?deleted=false", crm.as_str()), None)?;
+                held.extend(
+                    r["records"].as_array().into_iter().flatten().filter_map(|p| p["fields"][field].as_str()).map(str::to_lowercase),
+                );
+            }
+            for e in emails {
+                let n = held.iter().filter(|h| **h == e).count();
+                if n != 1 {
+                    people_wrong.push(format!("{t}/{} {e} ×{n}", crm.as_str()));
+                }
+            }
+        }
+
         let Logged { panics, lease_lost, reclaimed, recoveries } = read_logs(&stage.logs)?;
         Ok(Tally {
-            written: plan.records.iter().filter(|k| records_at.contains_key(*k)).count(),
+            // A lead's record is its person (no key of ours): written when audited so, and
+            // the person counted above.
+            written: plan.records.iter().filter(|k| records_at.contains_key(*k) || is_lead(k) && seen.written.contains(*k)).count(),
+            people_wrong,
             duplicates: records_at.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ×{n}")).collect(),
             unexpected_records: records_at.keys().filter(|k| !plan.records.contains(*k)).cloned().collect(),
-            lost: plan.records.iter().filter(|k| !records_at.contains_key(*k)).cloned().collect(),
+            lost: plan
+                .records
+                .iter()
+                .filter(|k| !records_at.contains_key(*k) && !(is_lead(k) && seen.written.contains(*k)))
+                .cloned()
+                .collect(),
             unaudited: plan.records.iter().filter(|k| records_at.contains_key(*k) && !seen.written.contains(*k)).cloned().collect(),
             dead_letters: seen.dead.len(),
             dlq_by_reason,
@@ -1258,6 +1352,12 @@ impl Tally {
                 self.recoveries.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
             }
         );
+        println!(
+            "  leads             {} leads naming {} people (tenant, CRM, email): {} not exactly one person",
+            plan.leads,
+            plan.people.len(),
+            self.people_wrong.len()
+        );
         println!("  late writes       {} creates applied after the writer gave up", self.late_writes);
         println!("  token endpoints   {}", self.token_answers.join("; "));
         println!(
@@ -1298,6 +1398,11 @@ impl Tally {
             }
         };
         fail("duplicated records", self.duplicates.len(), format!("{:?}", self.duplicates.iter().take(5).collect::<Vec<_>>()));
+        fail(
+            "people not exactly one person in their CRM",
+            self.people_wrong.len(),
+            format!("{:?}", self.people_wrong.iter().take(5).collect::<Vec<_>>()),
+        );
         fail("lost records", self.lost.len(), format!("{:?}", self.lost.iter().take(5).collect::<Vec<_>>()));
         fail(
             "unexpected records",
