@@ -1235,20 +1235,16 @@ impl Tally {
             }
         }
 
+        // A record is in the CRM under its key; a lead's is its person (no key of ours):
+        // written when audited so, the person counted above.
+        let landed = |k: &String| records_at.contains_key(k) || is_lead(k) && seen.written.contains(k);
         let Logged { panics, lease_lost, reclaimed, recoveries } = read_logs(&stage.logs)?;
         Ok(Tally {
-            // A lead's record is its person (no key of ours): written when audited so, and
-            // the person counted above.
-            written: plan.records.iter().filter(|k| records_at.contains_key(*k) || is_lead(k) && seen.written.contains(*k)).count(),
+            written: plan.records.iter().filter(|k| landed(k)).count(),
             people_wrong,
             duplicates: records_at.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ×{n}")).collect(),
             unexpected_records: records_at.keys().filter(|k| !plan.records.contains(*k)).cloned().collect(),
-            lost: plan
-                .records
-                .iter()
-                .filter(|k| !records_at.contains_key(*k) && !(is_lead(k) && seen.written.contains(*k)))
-                .cloned()
-                .collect(),
+            lost: plan.records.iter().filter(|k| !landed(k)).cloned().collect(),
             unaudited: plan.records.iter().filter(|k| records_at.contains_key(*k) && !seen.written.contains(*k)).cloned().collect(),
             dead_letters: seen.dead.len(),
             dlq_by_reason,
