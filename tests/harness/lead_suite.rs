@@ -87,13 +87,7 @@ impl LeadCase {
 
     /// The ids of the users with these addresses (seeded by `user`).
     pub fn user_ids(&self, sim: &CrmSim, account: &str, emails: &[&str]) -> Vec<String> {
-        let table = match self.case.crm {
-            Crm::Hubspot => "owners",
-            Crm::Salesforce => "User",
-            Crm::Zoho => "users",
-            _ => "users",
-        };
-        let users = sim.records(self.name(), account, table);
+        let users = sim.records(self.name(), account, crm_dev::seed::users_table(self.case.crm));
         emails
             .iter()
             .map(|e| {
@@ -316,10 +310,7 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
     let sim = CrmSim::start();
     let users = json!([(lc.user)("ann@acme.example"), (lc.user)("bob@acme.example")]);
     let mut objects = json!({lc.case.contacts: [lc.case.contact_on("Ada", "(415) 555-2671")]});
-    objects[match lc.case.crm {
-        Crm::Hubspot => "owners",
-        _ => "User",
-    }] = users;
+    objects[crm_dev::seed::users_table(lc.case.crm)] = users;
     lc.account(&sim, "acme", json!({"objects": objects}));
     let ids = lc.user_ids(&sim, "acme", &["ann@acme.example", "bob@acme.example"]);
     let tenants = lc.tenants(
