@@ -38,6 +38,11 @@ pub struct LeadCase {
     pub consent_field: &'static str,
     /// A user of the CRM (crm-sim's users table) with this address.
     pub user: fn(&str) -> Value,
+    /// What every account of the CRM needs for leads besides fields (Zoho: the assignment
+    /// rule the tenants name), and the `leads` settings a tenant leaving owners to the CRM
+    /// gives (Zoho: that rule's id).
+    pub account_extra: fn() -> Value,
+    pub crm_owner_settings: &'static str,
 }
 
 impl LeadCase {
@@ -49,6 +54,9 @@ impl LeadCase {
     /// (Ada), and `extra`'s keys on top.
     pub fn account(&self, sim: &CrmSim, account: &str, extra: Value) {
         let mut spec = json!({"fields": (self.fields)()});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), (self.account_extra)().as_object()) {
+            s.extend(e.clone());
+        }
         if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
             for (k, v) in e {
                 s.insert(k.clone(), v.clone());
@@ -59,6 +67,11 @@ impl LeadCase {
     }
 
     pub fn tenants(&self, sim: &CrmSim, ids: &[&str], leads: &str) -> TempFile {
+        let leads = match (leads.contains("owner ="), self.crm_owner_settings, leads.is_empty()) {
+            (true, ..) | (_, "", _) => leads.to_string(),
+            (false, crm, true) => crm.to_string(),
+            (false, crm, false) => format!("{leads}, {crm}"),
+        };
         let extra = if leads.is_empty() { String::new() } else { format!("leads = {{ {leads} }}") };
         self.case.tenants(sim, ids, &format!("activities = [\"call\", \"lead\"]\n{extra}"))
     }
@@ -106,6 +119,12 @@ fn text<'a>(p: &'a Value, field: &str) -> Option<&'a str> {
     p["fields"][field].as_str()
 }
 
+/// A field holding an id, plain or as a lookup (`{"id": …}`, Zoho's Owner).
+fn id_in<'a>(p: &'a Value, field: &str) -> Option<&'a str> {
+    let v = &p["fields"][field];
+    v.as_str().or(v["id"].as_str())
+}
+
 /// Leads become people: a new address creates one person; a second source's lead of the
 /// same person updates them, filling only what they lack and moving the latest touch; a
 /// lead with only a phone updates the contact with that number; a replay is a duplicate.
@@ -139,7 +158,7 @@ pub fn leads_become_one_person_each_filled_never_clobbered(lc: &LeadCase) {
     assert_eq!(finals[0].crm_record_id.as_deref(), person["id"].as_str());
     assert_eq!(
         finals[0].attributes.get("person").map(String::as_str),
-        Some(format!("{}:{}", if lc.created_in == "Lead" { "lead" } else { "contact" }, person["id"].as_str().unwrap()).as_str())
+        Some(format!("{}:{}", if lc.created_in.starts_with("Lead") { "lead" } else { "contact" }, person["id"].as_str().unwrap()).as_str())
     );
 
     // Another source's lead of the same person: names and the first touch are theirs now;
@@ -203,14 +222,14 @@ pub fn two_sources_racing_on_one_new_person_make_one_person(lc: &LeadCase) {
     lc.account(&sim, "acme", json!({"search_lag_ms": 6000}));
     let tenants = lc.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("leads-race");
-    let lag = [("HUBSPOT_SEARCH_LAG", "6s")];
-    let a = lc.case.writer(&broker, &tenants, &prefix, &["acme"], &[lag[0], ("CONSUMER_GROUP", "writer-a")]);
+    let lag = [("HUBSPOT_SEARCH_LAG", "6s"), ("ZOHO_SEARCH_LAG", "6s")];
+    let a = lc.case.writer(&broker, &tenants, &prefix, &["acme"], &[lag[0], lag[1], ("CONSUMER_GROUP", "writer-a")]);
     let b = lc.case.writer(
         &broker,
         &tenants,
         &prefix,
         &["acme"],
-        &[lag[0], ("CONSUMER_GROUP", "writer-b"), ("TOPIC_CRM_WRITES_PREFIX", "b.crm.writes.")],
+        &[lag[0], lag[1], ("CONSUMER_GROUP", "writer-b"), ("TOPIC_CRM_WRITES_PREFIX", "b.crm.writes.")],
     );
     let sources = ["webform", "facebook-lead-ads", "webinar", "g2"];
     let lead = |i: usize| {
@@ -348,7 +367,7 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
     let owner_of = |email: &str| {
         let p = lc.with_email(&sim, "acme", email);
         assert_eq!(p.len(), 1, "{email}: {p:?}");
-        text(&p[0], lc.owner).map(str::to_string)
+        id_in(&p[0], lc.owner).map(str::to_string)
     };
     let owners: Vec<Option<String>> = (0..3).map(|i| owner_of(&format!("p{i}@prospect.example"))).collect();
     assert_eq!(owners, [Some(ids[0].clone()), Some(ids[1].clone()), Some(ids[0].clone())], "in turn");
@@ -495,6 +514,8 @@ pub static HUBSPOT_LEADS: LeadCase = LeadCase {
     owner: "hubspot_owner_id",
     consent_field: "crm_sync_marketing_email",
     user: |email| json!({"email": email, "firstName": "A", "lastName": "User"}),
+    account_extra: || json!({}),
+    crm_owner_settings: "",
 };
 
 pub static SALESFORCE_LEADS: LeadCase = LeadCase {
@@ -520,4 +541,34 @@ pub static SALESFORCE_LEADS: LeadCase = LeadCase {
     owner: "OwnerId",
     consent_field: "CrmSyncMarketingEmail__c",
     user: |email| json!({"Email": email, "Name": "A User", "Username": email, "IsActive": true}),
+    account_extra: || json!({}),
+    crm_owner_settings: "",
+};
+
+/// The assignment rule Zoho accounts of the lead suite have (it gives leads to the
+/// integration's user, the default owner: the suite's owner checks are the tenant's rules;
+/// `writer_zoho.rs` checks the rule's own owner).
+pub const ZOHO_RULE: &str = "5725767000000700001";
+
+pub static ZOHO_LEADS: LeadCase = LeadCase {
+    case: &super::writer_suite::ZOHO,
+    people: &["Contacts", "Leads"],
+    created_in: "Leads",
+    create_endpoint: "POST /zoho/crm/{version}/Leads",
+    fields: || {
+        let text = json!({"type": "text"});
+        let custom = json!({"Crm_Sync_Original_Source": text, "Crm_Sync_First_Campaign": text, "Crm_Sync_Latest_Source": text,
+                            "Crm_Sync_Latest_Campaign": text, "Crm_Sync_Marketing_Email": text});
+        json!({"Calls": {"Crm_Sync_Key": text}, "Leads": custom.clone(), "Contacts": custom})
+    },
+    email: "Email",
+    first: "First_Name",
+    phone: "Phone",
+    first_campaign: "Crm_Sync_First_Campaign",
+    latest_campaign: "Crm_Sync_Latest_Campaign",
+    owner: "Owner",
+    consent_field: "Crm_Sync_Marketing_Email",
+    user: |email| json!({"email": email, "full_name": "A User", "first_name": "A", "last_name": "User", "status": "active"}),
+    account_extra: || json!({"zoho_lead_rules": {ZOHO_RULE: "integration@crm-sim.invalid"}}),
+    crm_owner_settings: "assignment_rule = \"5725767000000700001\"",
 };

@@ -177,7 +177,7 @@ fn activity_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<Act
 
 /// The CRMs whose writers write leads (their people search and writes): a connection to
 /// another CRM that names "lead" is refused when the tenants file is read.
-pub const LEAD_CRMS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce];
+pub const LEAD_CRMS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho];
 
 /// What a tenant's connection does with leads (`leads = { ... }` under the connection).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -188,12 +188,21 @@ pub struct LeadSettings {
     #[serde(default)]
     pub on_ambiguous_match: OnAmbiguous,
     /// Who owns a person a lead creates: `"crm"` (default: the CRM's own assignment rules
-    /// where it has them, Salesforce's active lead rule; else the CRM's default owner),
+    /// where it has them, Salesforce's active lead rule or `assignment_rule`, Zoho's
+    /// `assignment_rule`; else the CRM's default owner),
     /// `{ fixed = "<user id>" }`, or `{ round_robin = ["<user id>", ...] }` (in turn,
     /// fair across writer replicas: the turn is counted in Redis). An existing person's
     /// owner is the CRM's unless the tenant's contract makes the owner field owned.
     #[serde(default)]
     pub owner: LeadOwner,
+    /// With `owner = "crm"`: the CRM's lead assignment rule that gives new people their
+    /// owner, by id. Zoho runs none through the API unless named (`lar_id`; list them with
+    /// `GET /crm/v7/settings/automation/assignment_rules?module=Leads`), so a Zoho
+    /// connection that leaves owners to the CRM must name one; Salesforce runs the org's
+    /// active rule without it, this one with it (`Sforce-Auto-Assign: <rule id>`); HubSpot
+    /// has none an API create can name.
+    #[serde(default)]
+    pub assignment_rule: Option<String>,
     /// The lead's consent fields carried to the CRM: consent name (as the source sends it
     /// in `consent`) → the CRM field it goes in. Written whenever it changes (the latest
     /// consent stands); names the lead does not carry are left alone.
@@ -339,7 +348,7 @@ impl Tenants {
                     anyhow::ensure!(
                         LEAD_CRMS.contains(&crm),
                         "tenant '{id}': crms.{name}.activities: crm-sync does not write leads to {name} yet (it does to {}); leave \"lead\" out here",
-                        LEAD_CRMS.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" and ")
+                        LEAD_CRMS.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
                     );
                 }
                 match &conn.leads.owner {
@@ -352,6 +361,26 @@ impl Tenants {
                         "tenant '{id}': crms.{name}.leads.owner.round_robin: name one or more CRM user ids"
                     ),
                     LeadOwner::Crm => {}
+                }
+                let leads_on = conn.activities.contains(&ActivityKind::Lead);
+                match (&conn.leads.assignment_rule, &conn.leads.owner, crm) {
+                    (Some(r), ..) if r.trim().is_empty() || r.contains(char::is_whitespace) => {
+                        anyhow::bail!("tenant '{id}': crms.{name}.leads.assignment_rule: name the rule's id")
+                    }
+                    (Some(_), LeadOwner::Fixed(_) | LeadOwner::RoundRobin(_), _) => anyhow::bail!(
+                        "tenant '{id}': crms.{name}.leads.assignment_rule: the owner is the tenant's rule here (leads.owner); \
+                         an assignment rule applies with owner = \"crm\""
+                    ),
+                    (Some(_), _, Crm::Hubspot | Crm::Pipedrive) => anyhow::bail!(
+                        "tenant '{id}': crms.{name}.leads.assignment_rule: {name} has no lead assignment rule an API create can name"
+                    ),
+                    (None, LeadOwner::Crm, Crm::Zoho) if leads_on => anyhow::bail!(
+                        "tenant '{id}': crms.{name}.leads: Zoho runs no lead assignment rule through the API unless it is named \
+                         (every new lead would be the integration user's): set assignment_rule = \"<rule id>\" (GET \
+                         /crm/v7/settings/automation/assignment_rules?module=Leads lists them), or owner = {{ fixed = ... }} \
+                         or {{ round_robin = [...] }}"
+                    ),
+                    _ => {}
                 }
                 for (consent, field) in &conn.leads.consent_fields {
                     anyhow::ensure!(
@@ -472,9 +501,20 @@ mod tests {
             format!("[tenants.a]\ndefault_region = \"US\"\n[tenants.a.crms.hubspot]\nplan='starter'\ncredentials_secret='S'\nactivities = {activities}\n")
         };
         assert!(Tenants::parse(&conn("[\"call\", \"lead\"]")).is_ok(), "HubSpot's writer writes leads");
-        let zoho = conn("[\"call\", \"lead\"]").replace("crms.hubspot", "crms.zoho");
-        let e = Tenants::parse(&zoho).unwrap_err();
-        assert!(e.to_string().contains("does not write leads to zoho yet (it does to hubspot and salesforce)"), "{e}");
+        let pipedrive = conn("[\"call\", \"lead\"]").replace("crms.hubspot", "crms.pipedrive");
+        let e = Tenants::parse(&pipedrive).unwrap_err();
+        assert!(e.to_string().contains("does not write leads to pipedrive yet (it does to hubspot, salesforce, zoho)"), "{e}");
+        // Zoho runs no assignment rule unless named: owners left to it must name one.
+        let zoho = |settings: &str| {
+            format!("{}[tenants.a.crms.zoho.leads]\n{settings}\n", conn("[\"call\", \"lead\"]").replace("crms.hubspot", "crms.zoho"))
+        };
+        let e = Tenants::parse(&zoho("")).unwrap_err();
+        assert!(e.to_string().contains("set assignment_rule"), "{e}");
+        let t = Tenants::parse(&zoho("assignment_rule = '5725767000000123'")).unwrap();
+        assert_eq!(t.tenants["a"].crms[&Crm::Zoho].leads.assignment_rule.as_deref(), Some("5725767000000123"));
+        assert!(Tenants::parse(&zoho("owner = { fixed = '57' }")).is_ok());
+        let e = Tenants::parse(&zoho("owner = { fixed = '57' }\nassignment_rule = '1'")).unwrap_err();
+        assert!(e.to_string().contains("applies with owner = \"crm\""), "{e}");
         let leads = |settings: &str| format!("{}[tenants.a.crms.hubspot.leads]\n{settings}\n", conn("[\"lead\"]"));
         let t = Tenants::parse(&leads(
             "on_ambiguous_match = 'dead_letter'\nowner = { round_robin = ['1', '2'] }\nconsent_fields = { marketing = 'hs_opt_in' }",
@@ -485,6 +525,8 @@ mod tests {
         assert_eq!(Tenants::parse(&leads("owner = 'crm'")).unwrap().tenants["a"].crms[&Crm::Hubspot].leads.owner, LeadOwner::Crm);
         let e = Tenants::parse(&leads("owner = { round_robin = [] }")).unwrap_err();
         assert!(e.to_string().contains("leads.owner.round_robin: name one or more"), "{e}");
+        let e = Tenants::parse(&leads("assignment_rule = '01Q'")).unwrap_err();
+        assert!(e.to_string().contains("hubspot has no lead assignment rule"), "{e}");
         let e = Tenants::parse(&leads("owner = 'nobody'")).unwrap_err();
         assert!(e.to_string().contains("nobody"), "{e}");
         let e = Tenants::parse(&conn("[\"fax\"]")).unwrap_err();

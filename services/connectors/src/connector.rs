@@ -88,27 +88,6 @@ pub enum ItemResult {
     },
 }
 
-/// What a lead's person is looked for by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PersonKey<'a> {
-    /// Canonical (lower case).
-    Email(&'a str),
-    /// E.164.
-    Phone(&'a str),
-}
-
-/// What a person create answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PersonCreated {
-    Created(crate::person::PersonObject, String),
-    /// Refused: the CRM says this person exists already (its search had not shown them).
-    Exists(crate::person::PersonObject, String),
-}
-
-fn no_leads(crm: Crm) -> Failure {
-    Failure::new(crm_common::events::DlqReason::Validation, format!("writer --crm {} does not write leads", crm.as_str()))
-}
-
 /// What the CRM holds now for a record crm-sync wrote (the reconciler's read).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Live {
@@ -248,84 +227,6 @@ pub trait Connector: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<HashMap<String, crate::context::ContactContext>, Failure>> + Send {
         let _ = (api, t, contacts, log);
         async move { Ok(HashMap::new()) }
-    }
-    /// The people (contacts, and leads where the CRM keeps them apart) `key` names, with
-    /// their values of `fields` and when they last changed, for a lead write
-    /// ([`crate::person::write_lead`]). An email is matched as the CRM matches it (case
-    /// aside); a number in E.164, the CRM's values read in the tenant's region. Converted
-    /// or archived people are not people here. Err on a CRM whose writer takes no leads.
-    fn find_people(
-        &self,
-        api: &Api,
-        t: &TenantClient<Self::Policy>,
-        key: PersonKey<'_>,
-        fields: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<Vec<crate::person::Candidate>, Failure>> + Send {
-        let _ = (api, t, key, fields, log);
-        async move { Err(no_leads(self.crm())) }
-    }
-    /// One person by id with their values of `fields`; None when they are gone (deleted,
-    /// merged away, or a lead converted since: the caller searches again).
-    fn read_person(
-        &self,
-        api: &Api,
-        t: &TenantClient<Self::Policy>,
-        object: crate::person::PersonObject,
-        id: &str,
-        fields: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<Option<crate::person::Candidate>, Failure>> + Send {
-        let _ = (api, t, object, id, fields, log);
-        async move { Err(no_leads(self.crm())) }
-    }
-    /// Creates a person with `values` (the lead contract's object); `crm_assigns` asks the
-    /// CRM's own assignment rules to choose the owner where it has them. Each request
-    /// carries `fence` (the lead's and the person's claim keys). Not replay-safe: an unknown
-    /// outcome fails `maybe_applied`. A create the CRM refuses because the person exists
-    /// (a unique email, a duplicate rule) answers which person.
-    fn create_person(
-        &self,
-        api: &Api,
-        t: &TenantClient<Self::Policy>,
-        values: &Map<String, Value>,
-        crm_assigns: bool,
-        fence: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<PersonCreated, Failure>> + Send {
-        let _ = (api, t, values, crm_assigns, fence, log);
-        async move { Err(no_leads(self.crm())) }
-    }
-    /// Sets `values` on a person (never the CRM's assignment rules: an existing person's
-    /// owner is the CRM's).
-    fn update_person(
-        &self,
-        api: &Api,
-        t: &TenantClient<Self::Policy>,
-        (object, id): (crate::person::PersonObject, &str),
-        values: &Map<String, Value>,
-        fence: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> impl std::future::Future<Output = Result<(), Failure>> + Send {
-        let _ = (api, t, object, id, values, fence, log);
-        async move { Err(no_leads(self.crm())) }
-    }
-    /// Which of its people a create makes (the lead contract's object): HubSpot a contact,
-    /// Salesforce a Lead.
-    fn creates_person_as(&self) -> crate::person::PersonObject {
-        crate::person::PersonObject::Contact
-    }
-    /// Whether reading a person by id spends a scarcer budget than searching for them
-    /// (HubSpot: a read spends the 10-second burst every write needs, search has a limit of
-    /// its own). Then a person the person claim remembers is read by id only while a
-    /// search may not show them yet (`people_lag`), and searched for after.
-    fn reads_cost_more_than_searches(&self) -> bool {
-        false
-    }
-    /// How far behind writes `find_people` shows people (HubSpot's search index); zero
-    /// where it reads the records themselves (Salesforce SOQL).
-    fn people_lag(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
     }
     /// How many writes a lane plans together (claims, contact lookups, the batch call).
     fn batch_max(&self) -> usize;

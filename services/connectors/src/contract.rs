@@ -25,6 +25,19 @@ pub enum FieldType {
     Lookup,
 }
 
+impl FieldType {
+    /// A value derived as `text`, as a field of this type takes it.
+    pub fn value_of(self, text: String) -> Value {
+        match self {
+            FieldType::Text => Value::String(text),
+            FieldType::Number => text.parse::<i64>().map(Value::from).unwrap_or(Value::String(text)),
+            FieldType::Bool => Value::Bool(text == "true"),
+            FieldType::Address => serde_json::json!({ "value": text }),
+            FieldType::Lookup => serde_json::json!({ "id": text }),
+        }
+    }
+}
+
 /// Values the writer resolves for a record beyond what the activity says: the sources
 /// [`RESOLVED_SOURCES`] name.
 #[derive(Debug, Clone, Copy, Default)]
@@ -248,6 +261,11 @@ impl Contract {
     }
 
     /// The field the owner goes in, if the contract names one (written or not).
+    /// `text` as `field` holds it (a lookup's `{"id": …}`; text for a field not named here).
+    pub fn typed(&self, field: &str, text: String) -> Value {
+        self.fields.get(field).map_or(FieldType::Text, |r| r.kind).value_of(text)
+    }
+
     pub fn owner_field(&self) -> Option<&str> {
         self.fields.iter().find(|(_, r)| r.source.as_deref() == Some("owner_id")).map(|(f, _)| f.as_str())
     }
@@ -287,14 +305,7 @@ impl Contract {
                     text.truncate(cut);
                 }
             }
-            let v = match rule.kind {
-                FieldType::Text => Value::String(text),
-                FieldType::Number => text.parse::<i64>().map(Value::from).unwrap_or(Value::String(text)),
-                FieldType::Bool => Value::Bool(text == "true"),
-                FieldType::Address => serde_json::json!({ "value": text }),
-                FieldType::Lookup => serde_json::json!({ "id": text }),
-            };
-            out.insert(field.to_string(), v);
+            out.insert(field.to_string(), rule.kind.value_of(text));
         }
         out
     }

@@ -14,7 +14,8 @@
 //!   `contacts`: the phone → contact cache; `context`: a contact's company and deals, and
 //!   the tenant's rule for which an activity is associated with.
 //! - `connector`: the seam each CRM implements, and the algorithms written once over it
-//!   (read-before-resend); `hubspot`, `salesforce`, `zoho`, `pipedrive`: one folder per CRM
+//!   (read-before-resend); `people`: the seam of a CRM that takes leads, and `person`
+//!   the lead rules written once over it; `hubspot`, `salesforce`, `zoho`, `pipedrive`: one folder per CRM
 //!   with the same parts (the connector, `wire` answer types, limits, errors).
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod contract;
 pub mod exchange;
 pub mod hubspot;
 pub mod mapping;
+pub mod people;
 pub mod person;
 pub mod person_claims;
 pub mod pipedrive;

@@ -23,8 +23,9 @@
 //! write's audit record.
 
 use crate::api::{Api, Exchange, Failure};
-use crate::connector::{Connector, PersonCreated, PersonKey, TenantOf};
+use crate::connector::TenantOf;
 use crate::contract::{same_value, Contract, Ownership, WriteKind};
+use crate::people::{Assign, People, PersonCreated, PersonKey};
 use crm_common::events::{DlqReason, NormalisedLead, WriteRequest};
 use crm_common::tenants::LeadSettings;
 use serde_json::{Map, Value};
@@ -332,6 +333,14 @@ fn wanted_of(req: &WriteRequest, lead: &NormalisedLead, w: &LeadWrite<'_>) -> Ma
     wanted
 }
 
+/// The fields `object` has among those asked for: a contract field only another object has
+/// (`only_on`, a Lead's Company) is not asked of it (a query naming an unknown field fails).
+pub fn fields_on(contract: Option<&Contract>, object: PersonObject, fields: &[String]) -> Vec<String> {
+    let elsewhere =
+        |f: &str| contract.and_then(|c| c.fields.get(f)).and_then(|r| r.only_on.as_deref()).is_some_and(|o| o != object.as_str());
+    fields.iter().filter(|f| !elsewhere(f)).cloned().collect()
+}
+
 /// A write's fields as `object` has them: a field only another object has (`only_on`) is
 /// left out, and its decision dropped.
 fn for_object(contract: &Contract, object: PersonObject, mut w: PersonWrite) -> PersonWrite {
@@ -357,7 +366,7 @@ pub async fn write_lead<C, O, F>(
     log: &mut Vec<Exchange>,
 ) -> Result<LeadOutcome, Failure>
 where
-    C: Connector + ?Sized,
+    C: People + ?Sized,
     O: FnOnce() -> F + Send,
     F: std::future::Future<Output = Result<Option<String>, Failure>> + Send,
 {
@@ -390,8 +399,13 @@ where
     // A new person's owner: the tenant's rule, in the contract's owner field (read-only
     // for people who exist: theirs is the CRM's).
     let owner = if w.crm_assigns { None } else { new_owner().await? };
+    let assign = match (w.crm_assigns, w.settings.assignment_rule.as_deref()) {
+        (true, Some(rule)) => Assign::CrmRule(rule),
+        (true, None) => Assign::Crm,
+        (false, _) => Assign::Tenant,
+    };
     if let (Some(owner), Some(field)) = (&owner, w.contract.owner_field()) {
-        write.values.insert(field.to_string(), Value::String(owner.clone()));
+        write.values.insert(field.to_string(), w.contract.typed(field, owner.clone()));
         if let Some(d) = write.decisions.iter_mut().find(|d| d.field == field) {
             d.action = FieldAction::Write;
         }
@@ -403,7 +417,7 @@ where
     let first = Instant::now();
     let mut attempt = 0u32;
     let created = loop {
-        let f = match c.create_person(api, t, &write.values, w.crm_assigns && owner.is_none(), &w.fence, log).await {
+        let f = match c.create_person(api, t, &write.values, assign, &w.fence, log).await {
             Err(f) if f.maybe_applied => f,
             other => break other?,
         };
@@ -459,7 +473,7 @@ where
 
 /// The people the lead's email matches, else (nobody) its phone, resolved by the tenant's
 /// rule.
-async fn search<C: Connector + ?Sized>(
+async fn search<C: People + ?Sized>(
     c: &C,
     api: &Api,
     t: &TenantOf<C>,
@@ -481,7 +495,7 @@ async fn search<C: Connector + ?Sized>(
 
 /// Updates `person` with what the lead may set on them (nothing sent when nothing changes).
 #[allow(clippy::too_many_arguments, reason = "the steps of one algorithm, split for its two callers")]
-async fn update<C: Connector + ?Sized>(
+async fn update<C: People + ?Sized>(
     c: &C,
     api: &Api,
     t: &TenantOf<C>,

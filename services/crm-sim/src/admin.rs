@@ -77,6 +77,9 @@ pub struct NewAccount {
     /// Salesforce: the org's lead assignment and duplicate rules (none unless set).
     #[serde(default)]
     pub sf_lead_rules: Option<crate::salesforce::leads::LeadRules>,
+    /// Zoho: lead assignment rules, rule id → the user (id or address) it assigns leads to.
+    #[serde(default)]
+    pub zoho_lead_rules: BTreeMap<String, String>,
     pub key_field: Option<KeyField>,
     /// More objects carrying a key (an account that takes emails and meetings too).
     #[serde(default)]
@@ -142,6 +145,10 @@ pub fn create_account(sim: &SharedSim, req: NewAccount) -> Result<Value, String>
         }
         acct.sf_setup.lead_rules = rules;
     }
+    if !req.zoho_lead_rules.is_empty() && crm != Crm::Zoho {
+        return Err(format!("zoho_lead_rules is for Zoho accounts, not {}", crm.as_str()));
+    }
+    acct.zoho_lead_rules = req.zoho_lead_rules;
     acct.key_fields = req.key_field.into_iter().chain(req.key_fields).collect();
     acct.ensure_indexes();
     acct.owner_id = match crm {

@@ -32,7 +32,7 @@ pub fn objects(crm: Crm) -> &'static [&'static str] {
     match crm {
         Crm::Hubspot => &["contacts", "calls", "emails", "meetings", "owners", "companies", "deals"],
         Crm::Salesforce => &["Contact", "Lead", "Task", "Event", "User", "Account", "Opportunity", "OpportunityContactRole"],
-        Crm::Zoho => &["Contacts", "Calls", "Events", "users", "Accounts", "Deals"],
+        Crm::Zoho => &["Contacts", "Leads", "Calls", "Events", "users", "Accounts", "Deals"],
         Crm::Pipedrive => &["persons", "activities", "users", "organizations", "deals"],
     }
 }

@@ -300,6 +300,9 @@ pub struct Account {
     /// Salesforce: setup the API made (`salesforce::setup`): fields made through the Tooling
     /// API that no one has field-level access to yet, permission sets and their grants.
     pub sf_setup: crate::salesforce::setup::Setup,
+    /// Zoho: the org's lead assignment rules, rule id → the user it gives every lead to (an
+    /// id, or an address resolved when a lead is inserted with `lar_id`).
+    pub zoho_lead_rules: BTreeMap<String, String>,
     pub tz_offset_min: i32,
     pub owner_id: String,
     pub seq: u64,
@@ -529,6 +532,7 @@ pub fn new_account(
         property_groups: BTreeMap::new(),
         activity_unique_fields: false,
         sf_setup: Default::default(),
+        zoho_lead_rules: Default::default(),
         tz_offset_min: 0,
         owner_id: String::new(),
         seq: 0,

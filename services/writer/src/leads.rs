@@ -11,7 +11,8 @@ use crm_common::events::{ConsentState, DlqReason, WriteRequest};
 use crm_common::tenants::{LeadOwner, LeadSettings};
 use crm_connectors::api::Failure;
 use crm_connectors::claims::{Claim, Recovery};
-use crm_connectors::connector::{Connector, TenantOf};
+use crm_connectors::connector::TenantOf;
+use crm_connectors::people::People;
 use crm_connectors::person::{self, LeadOutcome, LeadWrite};
 use crm_connectors::person_claims::{person_key, Known, PersonClaim};
 use crm_connectors::places;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 /// `contact:<id>` or `lead:<id>`.
 pub const PERSON_ATTRIBUTE: &str = "person";
 
-impl<C: Connector> Shared<C> {
+impl<C: People> Shared<C> {
     fn lead_settings(&self, tenant_id: &str) -> LeadSettings {
         let cfg = self.tenants.current();
         cfg.tenants.get(tenant_id).and_then(|t| t.crms.get(&self.crm)).map(|c| c.leads.clone()).unwrap_or_default()

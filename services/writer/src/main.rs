@@ -9,7 +9,7 @@ use crm_common::redis_conn;
 use crm_common::redis_group::GroupCommit;
 use crm_connectors::bucket::TokenBuckets;
 use crm_connectors::claims::{Claims, Timing};
-use crm_connectors::connector::Connector;
+use crm_connectors::people::People;
 use crm_connectors::{api, contacts, contract, retry, CrmUrls};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     crm_connectors::with_connector!(cli.crm, contract, &urls, http_timeout, |c| serve(c, cli, service).await)
 }
 
-async fn serve<C: Connector>(connector: C, cli: Cli, service: &'static str) -> anyhow::Result<()> {
+async fn serve<C: People>(connector: C, cli: Cli, service: &'static str) -> anyhow::Result<()> {
     let crm = connector.crm();
     let connector = Arc::new(connector);
     let tenants = cli.common.live_tenants(crm_connectors::tenant_clients::build(connector.clone()))?;

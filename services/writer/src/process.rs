@@ -12,10 +12,11 @@ use crm_common::live_tenants::LiveTenants;
 use crm_common::tenants::NoContact;
 use crm_connectors::api::{Api, Exchange, Failure, RequestClass};
 use crm_connectors::claims::{Claim, Claims, Recovery};
-use crm_connectors::connector::{Connector, Item, ItemResult, Lookups, TenantOf};
+use crm_connectors::connector::{Item, ItemResult, Lookups, TenantOf};
 use crm_connectors::contacts::ContactCache;
 use crm_connectors::context::{self, ContactContext};
 use crm_connectors::contract::WriteKind;
+use crm_connectors::people::People;
 use crm_connectors::places;
 use crm_connectors::tenant_clients::Clients;
 use std::collections::{HashMap, HashSet};
@@ -38,7 +39,7 @@ pub struct Done {
     pub activity: Option<crm_common::events::ActivityKind>,
 }
 
-pub struct Shared<C: Connector> {
+pub struct Shared<C: People> {
     pub connector: Arc<C>,
     /// The kinds this writer writes (`Connector::kinds`, decided at start).
     pub kinds: Vec<ActivityKind>,
@@ -265,7 +266,7 @@ fn whole_call_rejected(results: &[ItemResult]) -> bool {
     results.len() > 1 && failures.all(|d| d == Some(first))
 }
 
-impl<C: Connector> Shared<C> {
+impl<C: People> Shared<C> {
     fn subject<'a>(&self, r: &'a WriteRequest) -> Subject<'a> {
         Subject {
             tenant_id: r.tenant_id(),

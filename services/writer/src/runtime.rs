@@ -15,7 +15,7 @@ use crm_common::events::{ActivityWriteRequest, DlqReason, WritePayload, WriteReq
 use crm_common::kafka::offsets::{commit, Offsets, TrackingContext, MANUAL_COMMITS};
 use crm_common::kafka::{self, InMessage, Kafka, Ticket};
 use crm_common::telemetry::StageMetrics;
-use crm_connectors::connector::Connector;
+use crm_connectors::people::People;
 use crm_connectors::places::Places;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -48,7 +48,7 @@ pub struct RuntimeConfig {
     pub pass_stall: Duration,
 }
 
-struct Lanes<C: Connector> {
+struct Lanes<C: People> {
     service: &'static str,
     shared: Arc<Shared<C>>,
     producer: FutureProducer,
@@ -114,7 +114,7 @@ async fn publish(producer: &FutureProducer, offsets: &Mutex<Offsets>, metrics: &
     Ok(())
 }
 
-impl<C: Connector> Lanes<C> {
+impl<C: People> Lanes<C> {
     fn held(&self, tenant: &str) -> usize {
         self.lanes.get(tenant).filter(|l| !l.tx.is_closed()).map_or(0, |l| l.held.load(Ordering::SeqCst))
     }
@@ -266,7 +266,7 @@ impl<C: Connector> Lanes<C> {
     }
 }
 
-pub async fn run<C: Connector>(
+pub async fn run<C: People>(
     shared: Arc<Shared<C>>,
     common: &crm_common::config::CommonArgs,
     cfg: RuntimeConfig,
@@ -451,7 +451,7 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    fn start_passes<C: Connector>(&mut self, offsets: &Mutex<Offsets>, lanes: &Lanes<C>) {
+    fn start_passes<C: People>(&mut self, offsets: &Mutex<Offsets>, lanes: &Lanes<C>) {
         self.backlog.start_passes(&offsets.lock().expect("offsets"), |t| lanes.ready(t));
         self.follow();
     }
@@ -577,7 +577,7 @@ pub enum Refused {
 
 /// The write request in `m`: a call's CrmWriteRequest, or an email's or meeting's
 /// ActivityWriteRequest of a kind this writer writes.
-fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRequest, Refused> {
+fn request_of<C: People>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRequest, Refused> {
     let a = match crm_common::events::decode_write(m.payload.as_deref().unwrap_or_default()) {
         Ok(WritePayload::Call(req)) => return Ok(WriteRequest::Call(*req)),
         Ok(WritePayload::Activity(a)) => *a,
@@ -599,7 +599,7 @@ fn request_of<C: Connector>(shared: &Shared<C>, m: &InMessage) -> Result<WriteRe
     WriteRequest::try_from(a).map_err(|m| Refused::Activity { req: m.req, why: m.why })
 }
 
-async fn undecodable<C: Connector>(
+async fn undecodable<C: People>(
     shared: &Shared<C>,
     producer: &FutureProducer,
     offsets: &Mutex<Offsets>,

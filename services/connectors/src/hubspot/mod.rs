@@ -23,10 +23,9 @@ use crate::connector::{
     create_reading_before_resending, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, Live, Lookups, Provisioned,
     ReadBeforeResend, TenantOf, Wanted,
 };
-use crate::connector::{KeyFieldCheck, PersonCreated, PersonKey, Schema, WriteAccess};
+use crate::connector::{KeyFieldCheck, Schema, WriteAccess};
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
-use crate::person::{Candidate, PersonObject};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
@@ -349,63 +348,6 @@ impl Connector for Hubspot {
 
     fn supported_kinds(&self) -> &'static [ActivityKind] {
         &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead]
-    }
-
-    async fn find_people(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        key: PersonKey<'_>,
-        fields: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<Vec<Candidate>, Failure> {
-        self.people(api, t, key, fields, log).await
-    }
-
-    async fn read_person(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        _object: PersonObject,
-        id: &str,
-        fields: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<Candidate>, Failure> {
-        self.person(api, t, id, fields, log).await
-    }
-
-    /// HubSpot has no lead assignment rules an API create can ask for: `crm_assigns`
-    /// leaves the owner empty (HubSpot's workflows may set one).
-    async fn create_person(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        values: &Map<String, Value>,
-        _crm_assigns: bool,
-        fence: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<PersonCreated, Failure> {
-        self.create_contact_person(api, t, values, fence, log).await
-    }
-
-    async fn update_person(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        (_, id): (PersonObject, &str),
-        values: &Map<String, Value>,
-        fence: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<(), Failure> {
-        self.update_contact_person(api, t, id, values, fence, log).await
-    }
-
-    fn people_lag(&self) -> std::time::Duration {
-        self.search_lag
-    }
-
-    fn reads_cost_more_than_searches(&self) -> bool {
-        true
     }
 
     /// `email IN [...]` on contacts, 50 addresses per search. HubSpot compares the stored

@@ -10,7 +10,7 @@
 use super::wire::{ErrorBody, Object, Page};
 use super::{Hubspot, Tenant};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
-use crate::connector::{PersonCreated, PersonKey};
+use crate::people::{Assign, People, PersonCreated, PersonKey};
 use crate::person::{Candidate, PersonObject};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -47,8 +47,8 @@ fn existing_id(excerpt: &str) -> Option<String> {
     (!id.is_empty()).then_some(id)
 }
 
-impl Hubspot {
-    pub(super) async fn people(
+impl People for Hubspot {
+    async fn find_people(
         &self,
         api: &Api,
         t: &Tenant,
@@ -100,10 +100,11 @@ impl Hubspot {
 
     /// A contact by id; None when HubSpot has no live contact with it (archived, purged).
     /// A merged-away id is answered with the contact it was merged into (its own id).
-    pub(super) async fn person(
+    async fn read_person(
         &self,
         api: &Api,
         t: &Tenant,
+        _object: PersonObject,
         id: &str,
         fields: &[String],
         log: &mut Vec<Exchange>,
@@ -113,11 +114,15 @@ impl Hubspot {
         Ok(t.fetch_if_present::<Object>(api, req, log).await?.map(|o| candidate(o, fields)))
     }
 
-    pub(super) async fn create_contact_person(
+    /// HubSpot has no lead assignment rules an API create can ask for: `Assign::Crm` leaves
+    /// the owner empty (HubSpot's workflows may set one); a rule id is refused when the
+    /// tenants file is read.
+    async fn create_person(
         &self,
         api: &Api,
         t: &Tenant,
         values: &Map<String, Value>,
+        _assign: Assign<'_>,
         fence: &[String],
         log: &mut Vec<Exchange>,
     ) -> Result<PersonCreated, Failure> {
@@ -135,11 +140,11 @@ impl Hubspot {
         }
     }
 
-    pub(super) async fn update_contact_person(
+    async fn update_person(
         &self,
         api: &Api,
         t: &Tenant,
-        id: &str,
+        (_, id): (PersonObject, &str),
         values: &Map<String, Value>,
         fence: &[String],
         log: &mut Vec<Exchange>,
@@ -148,6 +153,14 @@ impl Hubspot {
             .body(json!({"properties": values}))
             .fenced(fence.iter().map(String::as_str));
         t.call(api, &req, log).await.map(|_| ())
+    }
+
+    fn people_lag(&self) -> std::time::Duration {
+        self.search_lag
+    }
+
+    fn reads_cost_more_than_searches(&self) -> bool {
+        true
     }
 }
 

@@ -200,6 +200,9 @@ impl ReadBeforeResend for Pipedrive {
     }
 }
 
+/// Pipedrive's writer takes no leads yet: the defaults refuse.
+impl crate::people::People for Pipedrive {}
+
 impl Connector for Pipedrive {
     type Policy = limits::PipedrivePolicy;
 

@@ -25,12 +25,11 @@ use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::auth::AuthStyle;
 use crate::client::{endpoints, TenantClient};
 use crate::connector::{
-    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, PersonCreated, PersonKey,
-    Provisioned, Schema, TenantOf, Wanted, WriteAccess,
+    missing_are, not_yet_linked, Attribution, Connector, Inspect, Item, ItemResult, KeyFieldCheck, Live, Provisioned, Schema, TenantOf,
+    Wanted, WriteAccess,
 };
 use crate::context::{ContactContext, OpenDeal};
 use crate::contract::{Contracts, WriteKind};
-use crate::person::{Candidate, PersonObject};
 use crm_common::events::{ActivityKind, Crm, DlqReason, WriteRequest};
 use crm_common::tenants::{CrmConnection, ResolvedTenant};
 use reqwest::header::AUTHORIZATION;
@@ -309,57 +308,6 @@ impl Connector for Salesforce {
 
     fn supported_kinds(&self) -> &'static [ActivityKind] {
         &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead]
-    }
-
-    async fn find_people(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        key: PersonKey<'_>,
-        fields: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<Vec<Candidate>, Failure> {
-        self.people(api, t, key, fields, log).await
-    }
-
-    async fn read_person(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        object: PersonObject,
-        id: &str,
-        fields: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<Option<Candidate>, Failure> {
-        self.person(api, t, object, id, fields, log).await
-    }
-
-    async fn create_person(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        values: &Map<String, Value>,
-        crm_assigns: bool,
-        fence: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<PersonCreated, Failure> {
-        self.create_lead(api, t, values, crm_assigns, fence, log).await
-    }
-
-    async fn update_person(
-        &self,
-        api: &Api,
-        t: &Tenant,
-        (object, id): (PersonObject, &str),
-        values: &Map<String, Value>,
-        fence: &[String],
-        log: &mut Vec<Exchange>,
-    ) -> Result<(), Failure> {
-        self.update_person_record(api, t, (object, id), values, fence, log).await
-    }
-
-    fn creates_person_as(&self) -> PersonObject {
-        PersonObject::Lead
     }
 
     /// `SELECT Id, Email FROM Contact WHERE Email IN (...)`, 50 addresses per query: SOQL

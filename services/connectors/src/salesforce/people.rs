@@ -17,7 +17,8 @@
 use super::wire::{ErrorBody, QueryPage, Row, SearchAnswer};
 use super::{soql_text, Salesforce, Tenant, CONTACT_PHONES, LEAD_PHONES};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
-use crate::connector::{Connector, PersonCreated, PersonKey};
+use crate::connector::Connector;
+use crate::people::{Assign, People, PersonCreated, PersonKey};
 use crate::person::{Candidate, PersonObject};
 use crm_common::events::{ActivityKind, DlqReason};
 use reqwest::Method;
@@ -69,33 +70,22 @@ fn duplicates_in(excerpt: &str) -> Vec<(PersonObject, String)> {
 }
 
 impl Salesforce {
-    /// The fields `object` has among those asked for: a contract field only another object
-    /// has (`only_on`, Lead's Company) is not asked of it (SOQL refuses an unknown field).
-    fn fields_on(&self, object: PersonObject, fields: &[String]) -> Vec<String> {
-        let contract = self.contract_for(ActivityKind::Lead);
-        fields
-            .iter()
-            .filter(|f| {
-                contract.and_then(|c| c.fields.get(f.as_str())).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == object.as_str())
-            })
-            .cloned()
-            .collect()
-    }
-
     fn select(&self, object: PersonObject, fields: &[String]) -> String {
         let mut cols = vec!["Id".to_string(), "LastModifiedDate".to_string()];
         if object == PersonObject::Lead {
             cols.push("IsConverted".into());
         }
-        for f in self.fields_on(object, fields) {
+        for f in crate::person::fields_on(self.contract_for(ActivityKind::Lead), object, fields) {
             if !cols.contains(&f) {
                 cols.push(f);
             }
         }
         cols.join(", ")
     }
+}
 
-    pub(super) async fn people(
+impl People for Salesforce {
+    async fn find_people(
         &self,
         api: &Api,
         t: &Tenant,
@@ -155,7 +145,7 @@ impl Salesforce {
 
     /// A person by id (SOQL, so a deleted one is simply not there); a converted Lead is no
     /// person any more (None: the caller searches, and finds the Contact it became).
-    pub(super) async fn person(
+    async fn read_person(
         &self,
         api: &Api,
         t: &Tenant,
@@ -175,18 +165,27 @@ impl Salesforce {
         Ok(page.records.into_iter().find(|r| !converted(r)).map(|r| candidate(object, r, fields)))
     }
 
-    pub(super) async fn create_lead(
+    /// `Sforce-Auto-Assign`: TRUE runs the org's active lead assignment rule, an
+    /// AssignmentRule id that rule, FALSE none (the tenant's owner is among the values).
+    async fn create_person(
         &self,
         api: &Api,
         t: &Tenant,
         values: &Map<String, Value>,
-        crm_assigns: bool,
+        assign: Assign<'_>,
         fence: &[String],
         log: &mut Vec<Exchange>,
     ) -> Result<PersonCreated, Failure> {
         let req = Request::new(Method::POST, self.data("/sobjects/Lead/"), RequestClass::Create)
             .body(values)
-            .header("Sforce-Auto-Assign", if crm_assigns { "TRUE" } else { "FALSE" })
+            .header(
+                "Sforce-Auto-Assign",
+                match assign {
+                    Assign::Tenant => "FALSE",
+                    Assign::Crm => "TRUE",
+                    Assign::CrmRule(id) => id,
+                },
+            )
             .fenced(fence.iter().map(String::as_str))
             .not_replay_safe();
         match t.fetch::<super::wire::Created>(api, &req, log).await {
@@ -209,7 +208,7 @@ impl Salesforce {
         }
     }
 
-    pub(super) async fn update_person_record(
+    async fn update_person(
         &self,
         api: &Api,
         t: &Tenant,
@@ -224,6 +223,10 @@ impl Salesforce {
                 .header("Sforce-Auto-Assign", "FALSE")
                 .fenced(fence.iter().map(String::as_str));
         t.call(api, &req, log).await.map(|_| ())
+    }
+
+    fn creates_person_as(&self) -> PersonObject {
+        PersonObject::Lead
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub mod errors;
 pub mod limits;
+mod people;
 pub mod wire;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Reply, Request, RequestClass};
@@ -472,7 +473,7 @@ impl Connector for Zoho {
     }
 
     fn supported_kinds(&self) -> &'static [ActivityKind] {
-        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
+        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead]
     }
 
     fn read_back_lag(&self, kind: ActivityKind) -> Duration {

@@ -91,11 +91,20 @@ pub struct Details {
     pub message_id: Option<String>,
 }
 
-/// A record's id.
+/// A record's id (and, in a duplicate's answer, its module).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     #[serde(deserialize_with = "text")]
     pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<Module>,
+}
+
+/// A module named in an answer (`{"api_name": "Leads", "id": …}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Module {
+    #[serde(default)]
+    pub api_name: String,
 }
 
 /// A record as COQL, search and the recycle bin return it: its id and the fields asked for.

@@ -1,4 +1,4 @@
-//! Zoho CRM REST (CRM-APIS §3): the Calls and Contacts modules, multi-record insert and update
+//! Zoho CRM REST (CRM-APIS §3): the Calls, Contacts and Leads modules, multi-record insert and update
 //! (up to 100, 207 on partial success), search (204 when nothing matches, lagging behind
 //! writes), COQL (no lag), deleted records, field metadata and the OAuth refresh flow.
 //! Served under `/zoho`, which stands in for both the `api_domain` and the accounts host.
@@ -81,6 +81,22 @@ pub fn schema() -> Schema {
         contacts.insert(f.into(), FieldDef::of(Phone));
     }
     contacts.insert("Account_Name".into(), FieldDef::of(Lookup));
+    // Leads (CRM-APIS-ACTIVITIES §5.3): Last_Name and Company mandatory (the default
+    // layout's; the harsher case), two phone fields, the lead's own job title and address.
+    let mut leads = common.clone();
+    leads.insert("First_Name".into(), FieldDef::of(Text));
+    leads.insert("Last_Name".into(), FieldDef::required(Text));
+    leads.insert("Full_Name".into(), ro(Text));
+    leads.insert("Company".into(), FieldDef::required(Text));
+    leads.insert("Email".into(), FieldDef::of(Text));
+    leads.insert("Designation".into(), FieldDef::of(Text));
+    leads.insert("Country".into(), FieldDef::of(Text));
+    leads.insert("Lead_Status".into(), FieldDef::of(Text));
+    for f in ["Phone", "Mobile"] {
+        leads.insert(f.into(), FieldDef::of(Phone));
+    }
+    contacts.insert("Title".into(), FieldDef::of(Text));
+    contacts.insert("Mailing_Country".into(), FieldDef::of(Text));
     // Accounts and Deals (CRM-APIS-ACTIVITIES §4.3): a deal's contact is its Contact_Name.
     let mut accounts = common.clone();
     accounts.insert("Account_Name".into(), FieldDef::required(Text));
@@ -95,6 +111,7 @@ pub fn schema() -> Schema {
         ("Calls".into(), calls),
         ("Events".into(), events),
         ("Contacts".into(), contacts),
+        ("Leads".into(), leads),
         ("Accounts".into(), accounts),
         ("Deals".into(), deals),
     ])
@@ -110,7 +127,7 @@ pub fn derive(object: &str, r: &mut Record) {
     f.entry("Created_By").or_insert(admin.clone());
     f.insert("Modified_By".into(), admin);
     match object {
-        "Contacts" => {
+        "Contacts" | "Leads" => {
             let name =
                 [f.get("First_Name"), f.get("Last_Name")].into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(" ");
             f.insert("Full_Name".into(), json!(name));
@@ -176,6 +193,13 @@ impl CrmApi for Zoho {
         // associate_email needs the emails scope besides the record's module (the v8 page).
         if path.contains("associate_email") || path.ends_with("/Emails") || path.contains("email_available") {
             return Some(if matches!(class, Class::Create | Class::Update) { "Emails.create" } else { "Emails.view" });
+        }
+        if path.contains("/Leads") {
+            return Some(match class {
+                Class::Create => "Leads.create",
+                Class::Update | Class::Delete => "Leads.edit",
+                _ => "Leads.view",
+            });
         }
         let contacts = path.contains("/Contacts");
         let events = path.contains("/Events");

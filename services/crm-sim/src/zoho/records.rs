@@ -1,4 +1,4 @@
-//! Records of the Calls, Events and Contacts modules: insert, read, update, delete (one or many),
+//! Records of the Calls, Events, Contacts and Leads modules: insert, read, update, delete (one or many),
 //! list, search, COQL, deleted records and field metadata.
 
 use super::errors::{self, body as err_body};
@@ -24,7 +24,7 @@ fn check(version: &str, module: &str) -> Result<&'static str, Response> {
     if !ok_version {
         return Err(errors::error(404, "INVALID_URL_PATTERN", "Please check if the URL trying to access is a correct one", json!({})));
     }
-    ["Calls", "Events", "Contacts", "Accounts", "Deals"]
+    ["Calls", "Events", "Contacts", "Leads", "Accounts", "Deals"]
         .into_iter()
         .find(|m| m.eq_ignore_ascii_case(module))
         .ok_or_else(|| errors::invalid_module(module))
@@ -485,10 +485,18 @@ pub async fn insert(
         Ok(x) => x,
         Err(r) => return r,
     };
+    let lar_id = parse(&body).ok().and_then(|b| b.get("lar_id").cloned());
     sim.with(&caller, |acct, now| {
+        let assign_to = match lead_rule(acct, module, lar_id.as_ref()) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
         let mut results = vec![];
         for (i, rec) in data.iter().enumerate() {
             results.push(validate(acct, module, rec, i, true, None).map(|(mut fields, who)| {
+                if let Some(user) = &assign_to {
+                    fields.insert("Owner".into(), json!({"id": user, "name": "Assigned User"}));
+                }
                 fields.entry("Owner").or_insert(json!({"id": acct.owner_id, "name": "Sim Admin"}));
                 let id = new_id(acct);
                 let lag = acct.search_lag_ms;
@@ -514,6 +522,27 @@ pub async fn insert(
         let (status, body) = multi_status(results, 201);
         with_charge(json(status, body), extra)
     })
+}
+
+/// The owner a lead assignment rule (`lar_id`, a top-level key of an insert; CRM-APIS-
+/// ACTIVITIES §5.3) gives every inserted lead: the rule's user while they are active (a rule
+/// whose user is gone leaves the default owner, the caller). A rule the org does not have is
+/// INVALID_DATA (unverified: the harsher case); on other modules than Leads the key is
+/// ignored. Without `lar_id` no rule runs (the documented default through the API).
+fn lead_rule(acct: &Account, module: &str, lar_id: Option<&Value>) -> Result<Option<String>, Response> {
+    let Some(lar) = lar_id.filter(|_| module == "Leads") else { return Ok(None) };
+    let id = lar.as_str().map(str::to_string).or_else(|| lar.as_u64().map(|n| n.to_string())).unwrap_or_default();
+    let Some(to) = acct.zoho_lead_rules.get(&id) else {
+        return Err(errors::error(
+            400,
+            "INVALID_DATA",
+            "the given lar_id is invalid",
+            json!({"api_name": "lar_id", "json_path": "$.lar_id"}),
+        ));
+    };
+    let users = crate::users::all(acct);
+    let user = users.iter().find(|u| u.id == *to || crate::users::email(acct.crm, u).is_some_and(|e| e.eq_ignore_ascii_case(to)));
+    Ok(user.filter(|u| crate::users::is_active(acct.crm, u)).map(|u| u.id.clone()))
 }
 
 fn render(r: &Record, fields: Option<&[String]>) -> Value {
