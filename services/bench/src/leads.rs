@@ -148,7 +148,12 @@ pub fn run(p: &Profile, a: &Args, records: usize, setup: &mut Setup) -> anyhow::
             crm_common::events::Crm::Salesforce => json!({"LastName": "Known", "Email": format!("known{i}@bench.example")}),
             _ => (k.contact)(&format!("known{i}@bench.example")),
         };
-        let object = if p.crm == crm_common::events::Crm::Salesforce { "Contact" } else { k.object };
+        // A contact: HubSpot's people are contacts; Salesforce's and Zoho's leads create Leads.
+        let object = match p.crm {
+            crm_common::events::Crm::Salesforce => "Contact",
+            crm_common::events::Crm::Zoho => "Contacts",
+            _ => k.object,
+        };
         setup.sim.admin(reqwest::Method::POST, &format!("/accounts/{crm}/{t}/objects/{object}"), Some(person))?;
     }
     println!(

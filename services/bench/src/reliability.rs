@@ -756,10 +756,12 @@ impl Stage<'_> {
                 // A throttled Salesforce org is probed again after 2 s rather than a minute, so
                 // the injected 403s do not dominate the run.
                 let limits = if crm == Crm::Salesforce { "limits = { recheck_s = 2 }\n" } else { "" };
+                let lead_lines =
+                    if t.leads() { crate::writer::kind_parts(crm, ActivityKind::Lead)?.map_or("", |k| k.connection) } else { "" };
                 let activities = match (t.activities, t.leads()) {
-                    (true, true) => "activities = [\"call\", \"email\", \"meeting\", \"lead\"]\n",
-                    (true, false) => "activities = [\"call\", \"email\", \"meeting\"]\n",
-                    _ => "",
+                    (true, true) => format!("activities = [\"call\", \"email\", \"meeting\", \"lead\"]\n{lead_lines}"),
+                    (true, false) => "activities = [\"call\", \"email\", \"meeting\"]\n".to_string(),
+                    _ => String::new(),
                 };
                 config += &format!(
                     "[tenants.{}.crms.{}]\nplan = \"{}\"\ncredentials_secret = \"{secret}\"\nbase_url = \"{sim_url}/{}\"\n{limits}{activities}",
@@ -1209,7 +1211,7 @@ impl Tally {
         }
 
         // The people leads named: one each, in the CRM's people (HubSpot's contacts;
-        // Salesforce's Contacts and Leads).
+        // Salesforce's and Zoho's contacts and leads).
         let mut people_wrong = vec![];
         let mut by_account: BTreeMap<(String, Crm), Vec<String>> = BTreeMap::new();
         for (t, crm, email) in &plan.people {
@@ -1218,6 +1220,7 @@ impl Tally {
         for ((t, crm), emails) in by_account {
             let (tables, field): (&[&str], &str) = match crm {
                 Crm::Salesforce => (&["Contact", "Lead"], "Email"),
+                Crm::Zoho => (&["Contacts", "Leads"], "Email"),
                 _ => (&["contacts"], "email"),
             };
             let mut held: Vec<String> = vec![];

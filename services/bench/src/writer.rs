@@ -66,6 +66,9 @@ impl Sim {
     }
 }
 
+/// The lead assignment rule of the bench's Zoho accounts (its id in `KindParts::connection`).
+const ZOHO_BENCH_RULE: &str = "5725767000000700001";
+
 /// The participant every email and meeting of the bench has, a contact in each account.
 pub(crate) const PARTICIPANT: &str = "jane.doe@customer.example";
 
@@ -84,6 +87,10 @@ pub struct KindParts {
     /// Custom fields the kind's contract writes besides the key (object → fields), where
     /// the account must have them (the lead contracts' attribution fields).
     pub(crate) fields: Option<fn() -> Value>,
+    /// Top-level keys of the account spec the kind needs (Zoho's lead assignment rule).
+    pub(crate) account: Option<fn() -> Value>,
+    /// Lines the tenants file's connection needs for the kind (the rule's id).
+    pub(crate) connection: &'static str,
 }
 
 impl KindParts {
@@ -101,6 +108,9 @@ impl KindParts {
     pub(crate) fn define_key(&self, spec: &mut Value) {
         if let Some(def) = self.key_def {
             spec["fields"][self.object] = json!({self.key_field: def()});
+        }
+        if let (Some(account), Some(spec)) = (self.account, spec.as_object_mut()) {
+            spec.extend(account().as_object().cloned().unwrap_or_default());
         }
         if let Some(fields) = self.fields {
             for (object, f) in fields().as_object().cloned().unwrap_or_default() {
@@ -128,6 +138,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             contract: include_str!("../../../contracts/hubspot.email.toml"),
             fields: None,
             writes: "emails/batch/",
+            account: None,
+            connection: "",
         }),
         (Crm::Hubspot, ActivityKind::Meeting) => Some(KindParts {
             kind,
@@ -139,6 +151,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             contract: include_str!("../../../contracts/hubspot.meeting.toml"),
             fields: None,
             writes: "meetings/batch/",
+            account: None,
+            connection: "",
         }),
         (Crm::Salesforce, ActivityKind::Meeting) => Some(KindParts {
             kind,
@@ -150,6 +164,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             contract: include_str!("../../../contracts/salesforce.meeting.toml"),
             fields: None,
             writes: "composite/sobjects",
+            account: None,
+            connection: "",
         }),
         (Crm::Salesforce, ActivityKind::Email) => Some(KindParts {
             kind,
@@ -161,6 +177,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             contract: include_str!("../../../contracts/salesforce.email.toml"),
             fields: None,
             writes: "composite/sobjects",
+            account: None,
+            connection: "",
         }),
         (Crm::Zoho, ActivityKind::Meeting) => Some(KindParts {
             kind,
@@ -172,6 +190,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             contract: include_str!("../../../contracts/zoho.meeting.toml"),
             fields: None,
             writes: "/Events",
+            account: None,
+            connection: "",
         }),
         (Crm::Zoho, ActivityKind::Email) => Some(KindParts {
             kind,
@@ -183,6 +203,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             contract: include_str!("../../../contracts/zoho.email.toml"),
             fields: None,
             writes: "associate_email",
+            account: None,
+            connection: "",
         }),
         (Crm::Pipedrive, ActivityKind::Email | ActivityKind::Meeting) => Some(KindParts {
             kind,
@@ -198,6 +220,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             },
             fields: None,
             writes: "api/v2/activities",
+            account: None,
+            connection: "",
         }),
         (Crm::Hubspot, ActivityKind::Lead) => Some(KindParts {
             kind,
@@ -213,6 +237,8 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
                                     "crm_sync_latest_campaign": t, "crm_sync_latest_medium": t}})
             }),
             writes: "/objects/contacts",
+            account: None,
+            connection: "",
         }),
         (Crm::Salesforce, ActivityKind::Lead) => Some(KindParts {
             kind,
@@ -228,6 +254,27 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
                 json!({"Lead": custom.clone(), "Contact": custom})
             }),
             writes: "/sobjects/",
+            account: None,
+            connection: "",
+        }),
+        (Crm::Zoho, ActivityKind::Lead) => Some(KindParts {
+            kind,
+            object: "Leads",
+            key_field: "Email",
+            key_def: None,
+            key_marker: None,
+            contact: |e| json!({"Last_Name": "Doe", "Email": e}),
+            contract: include_str!("../../../contracts/zoho.lead.toml"),
+            fields: Some(|| {
+                let t = json!({"type": "text"});
+                let custom = json!({"Crm_Sync_Original_Source": t, "Crm_Sync_First_Campaign": t, "Crm_Sync_Latest_Source": t,
+                                    "Crm_Sync_Latest_Campaign": t});
+                json!({"Leads": custom.clone(), "Contacts": custom})
+            }),
+            writes: "/Leads",
+            // The org's lead assignment rule, named by the tenants (Zoho runs none unnamed).
+            account: Some(|| json!({"zoho_lead_rules": {ZOHO_BENCH_RULE: "integration@crm-sim.invalid"}})),
+            connection: "leads = { assignment_rule = \"5725767000000700001\" }\n",
         }),
         (crm, kind) => anyhow::bail!("writer --crm {} does not write {}s yet", crm.as_str(), kind.as_str()),
     })
@@ -663,7 +710,7 @@ fn set_up(p: &Profile, a: &Args) -> anyhow::Result<Setup> {
     let activities = match &p.kind {
         Some(k) => {
             std::fs::write(dir.join(format!("contracts/{crm}.{}.toml", k.kind.as_str())), k.contract)?;
-            format!("activities = [\"call\", \"{}\"]\n", k.kind.as_str())
+            format!("activities = [\"call\", \"{}\"]\n{}", k.kind.as_str(), k.connection)
         }
         None => String::new(),
     };
