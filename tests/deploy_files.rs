@@ -72,8 +72,9 @@ fn topics() -> BTreeSet<String> {
 
 /// The OpenTelemetry instruments, as the collector's Prometheus exporter names them. Each
 /// must be declared in the code under its OpenTelemetry name.
-const METRICS: [(&str, &[&str]); 15] = [
+const METRICS: [(&str, &[&str]); 16] = [
     ("crm_sync.messages", &["crm_sync_messages_total"]),
+    ("crm_sync.lead.people", &["crm_sync_lead_people_total"]),
     ("crm_sync.produced", &["crm_sync_produced_total"]),
     (
         "crm_sync.processing.duration",
@@ -332,7 +333,7 @@ fn alerts_dashboard_and_collector_use_exported_metrics() {
             }
         }
     }
-    for wanted in ["queue depth", "retry rate", "failure rate per connector", "latency"] {
+    for wanted in ["queue depth", "retry rate", "failure rate per connector", "latency", "leads: people created"] {
         assert!(titles.iter().any(|t| t.contains(wanted)), "a panel for {wanted}: {titles:?}");
     }
 

@@ -4,8 +4,9 @@
 //! metrics DESIGN §9 names must arrive with their labels, and the health endpoints answer.
 
 use crm_common::codec;
-use crm_common::events::fixtures::raw_call;
+use crm_common::events::fixtures::{raw_call, raw_lead};
 use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::lead_suite::HUBSPOT_LEADS;
 use crm_sync_tests::otlp::Collector;
 use crm_sync_tests::writer::wait_for;
 use crm_sync_tests::writer_suite::HUBSPOT;
@@ -23,8 +24,9 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
     let case = &HUBSPOT;
     let broker = Broker::start(1);
     let sim = CrmSim::start();
-    case.account(&sim, "acme", json!({}));
-    let tenants = case.tenants(&sim, &["acme"], "");
+    // acme takes leads too: one goes through with the calls.
+    HUBSPOT_LEADS.account(&sim, "acme", json!({}));
+    let tenants = HUBSPOT_LEADS.tenants(&sim, &["acme"], "");
     let prefix = RedisPrefix::new("otel");
     let collector = Collector::start();
     let otel = collector.env();
@@ -54,6 +56,10 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
     bad.from_number = "call me maybe".into();
     msgs.push(("acme".into(), codec::encode(&bad).unwrap(), vec![]));
     broker.produce("calls.raw", &msgs);
+    let mut lead = raw_lead("acme", "otel-lead", 0);
+    lead.email = Some("otel.lead@prospect.example".into());
+    lead.phone = None;
+    broker.produce("leads.raw", &[("acme".to_string(), codec::encode(&lead).unwrap(), vec![])]);
     wait_for("three calls written", Duration::from_secs(60), || case.keys(&sim, "acme").len() == 3);
 
     // Health: live and ready while consuming.
@@ -127,6 +133,11 @@ fn one_calls_spans_join_across_services_and_the_design_metrics_arrive() {
     });
     wait_for("writer throughput by stage and kind", export, || {
         has("crm_sync.messages", "writer-hubspot", &[("stage", "writer-hubspot"), ("activity", "call")])
+    });
+    // The claim store is new to this writer, so the lead is recovered first: a wait for any
+    // lost write, and HubSpot's search lag before the person is searched for.
+    wait_for("a lead's new person, by CRM and result", Duration::from_secs(90), || {
+        has("crm_sync.lead.people", "writer-hubspot", &[("crm", "hubspot"), ("result", "created")])
     });
     wait_for("normaliser throughput by kind, from its input topic", export, || {
         has("crm_sync.messages", "normaliser", &[("activity", "call")])

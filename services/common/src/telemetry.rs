@@ -186,6 +186,28 @@ pub struct CrmMetrics {
     remaining: Arc<Mutex<LowestRemaining>>,
     _remaining_gauge: opentelemetry::metrics::ObservableGauge<i64>,
     dlq: Counter<u64>,
+    people: Counter<u64>,
+}
+
+/// What a lead did to its person in the CRM (`crm_sync.lead.people`'s `result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersonResult {
+    /// A new person (no one had the lead's email or phone).
+    Created,
+    /// An existing person updated (or found to need nothing).
+    Updated,
+    /// Several people matched and the tenant reviews such leads (`AMBIGUOUS_MATCH`).
+    Ambiguous,
+}
+
+impl PersonResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PersonResult::Created => "created",
+            PersonResult::Updated => "updated",
+            PersonResult::Ambiguous => "ambiguous",
+        }
+    }
 }
 
 /// Tenants reported per CRM and limit by `crm_sync.bucket.remaining`.
@@ -382,6 +404,10 @@ pub fn crm_metrics() -> &'static CrmMetrics {
                 .with_unit("ms")
                 .with_description("CRM API request latency, by CRM, request class, status (or timeout / error) and priority")
                 .build(),
+            people: meter
+                .u64_counter("crm_sync.lead.people")
+                .with_description("Leads written to a person, by CRM and result: created, updated, ambiguous (held for review)")
+                .build(),
             retries: meter
                 .u64_counter("crm_sync.crm.retries")
                 .with_description("CRM requests sent again, by CRM and why (throttled, transient, auth_refresh)")
@@ -425,6 +451,11 @@ impl CrmMetrics {
                 KeyValue::new("priority", priority),
             ],
         );
+    }
+
+    /// A lead settled against a person in `crm`.
+    pub fn person(&self, crm: &str, result: PersonResult) {
+        self.people.add(1, &[KeyValue::new("crm", crm.to_string()), KeyValue::new("result", result.as_str())]);
     }
 
     pub fn retry(&self, crm: &str, kind: &'static str) {

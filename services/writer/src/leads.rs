@@ -8,6 +8,7 @@
 
 use crate::process::{Settled, Shared, Step};
 use crm_common::events::{ConsentState, DlqReason, WriteRequest};
+use crm_common::telemetry::PersonResult;
 use crm_common::tenants::{LeadOwner, LeadSettings};
 use crm_connectors::api::Failure;
 use crm_connectors::claims::{Claim, Recovery};
@@ -150,6 +151,15 @@ impl<C: People> Shared<C> {
         // next writer of this person waits until the create can no longer land.
         if !matches!(&outcome, Err(f) if f.maybe_applied) {
             crate::process::patiently("person claim", || self.person_claims.give(&tenant_id, &key, written.as_ref())).await;
+        }
+        let result = match &outcome {
+            Ok(LeadOutcome::Written(lw)) if lw.created => Some(PersonResult::Created),
+            Ok(LeadOutcome::Written(_)) => Some(PersonResult::Updated),
+            Ok(LeadOutcome::Ambiguous(_)) => Some(PersonResult::Ambiguous),
+            Err(_) => None,
+        };
+        if let Some(r) = result {
+            crm_common::telemetry::crm_metrics().person(self.crm.as_str(), r);
         }
         step.settled = Some(match outcome {
             Ok(LeadOutcome::Written(lw)) => {
