@@ -243,3 +243,29 @@ fn a_new_tenants_connections_are_checked_with_a_fix_for_each_failure() {
     let (code, text, _) = provision(&["--tenant", "pd", "--crm", "pipedrive"]);
     assert!(code == 0 && text.contains("nothing to create"), "{text}");
 }
+
+/// A Zoho connection that takes leads names the assignment rule new leads go through
+/// (`leads.assignment_rule`, Zoho's `lar_id`): the check lists the org's rules and fails a
+/// rule the org does not have (every new lead would be refused), with the fix.
+#[test]
+fn a_zoho_lead_connections_assignment_rule_is_one_the_org_has() {
+    use crm_sync_tests::lead_suite::{ZOHO_LEADS, ZOHO_RULE};
+    let sim = CrmSim::start();
+    let prefix = RedisPrefix::new("tenants-check-leads");
+    ZOHO_LEADS.account(&sim, "zl", json!({}));
+    ZOHO_LEADS.account(&sim, "zbad", json!({}));
+    let mut body = std::fs::read_to_string(ZOHO_LEADS.tenants(&sim, &["zl"], "").path()).unwrap();
+    body += &std::fs::read_to_string(ZOHO_LEADS.tenants(&sim, &["zbad"], "assignment_rule = \"5725767000000799999\"").path()).unwrap();
+    let secrets = vec![(ZOHO.secret("zl"), ZOHO.token("zl")), (ZOHO.secret("zbad"), ZOHO.token("zbad"))];
+    let tenants = TempFile::new("tenants.toml", &body);
+    let said = |text: &str, status: &str, detail: &str| {
+        text.lines().any(|l| l.split_whitespace().nth(2) == Some("assignment") && l.contains(&format!(" {status} ")) && l.contains(detail))
+    };
+    let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", "zl"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(said(&text, "ok", &format!("lead assignment rule {ZOHO_RULE} (Lead rule 1) exists")), "{text}");
+    let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", "zbad"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(said(&text, "FAIL", &format!("zoho has no lead assignment rule 5725767000000799999 (it has {ZOHO_RULE}")), "{text}");
+    assert!(text.contains("fix: set crms.zoho.leads.assignment_rule to one of the org's rules"), "{text}");
+}

@@ -67,7 +67,7 @@ impl LeadCase {
     }
 
     pub fn tenants(&self, sim: &CrmSim, ids: &[&str], leads: &str) -> TempFile {
-        let leads = match (leads.contains("owner ="), self.crm_owner_settings, leads.is_empty()) {
+        let leads = match (leads.contains("owner =") || leads.contains("assignment_rule"), self.crm_owner_settings, leads.is_empty()) {
             (true, ..) | (_, "", _) => leads.to_string(),
             (false, crm, true) => crm.to_string(),
             (false, crm, false) => format!("{leads}, {crm}"),

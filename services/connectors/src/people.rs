@@ -110,6 +110,18 @@ pub trait People: Connector {
         let _ = (api, t, person, values, fence, log);
         async move { Err(no_leads(self.crm())) }
     }
+    /// The CRM's lead assignment rules a create may name (`Assign::CrmRule`), by id with
+    /// their names, for `crm-sync tenants check`; None where the CRM has none an API create
+    /// names, or they cannot be listed.
+    fn assignment_rules(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        log: &mut Vec<Exchange>,
+    ) -> impl Future<Output = Answer<Option<Vec<(String, String)>>>> + Send {
+        let _ = (api, t, log);
+        async move { Ok(None) }
+    }
     /// Which of its people a create makes (the lead contract's object): HubSpot a contact,
     /// Salesforce and Zoho a lead.
     fn creates_person_as(&self) -> PersonObject {

@@ -13,6 +13,7 @@ use crm_common::tenants::{CrmConnection, ResolvedTenant, Tenants};
 use crm_connectors::api::{Failure, Policy, RequestClass, StatedLimit};
 use crm_connectors::bucket::Limit;
 use crm_connectors::connector::{Inspect, KeyFieldCheck, Schema, WriteAccess};
+use crm_connectors::people::People;
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -77,6 +78,8 @@ pub enum Check {
     Write,
     /// The plan's limits are those the CRM states for the account.
     Limits,
+    /// The lead assignment rule the connection names exists (`leads.assignment_rule`).
+    LeadAssignment,
     /// The key field created (`provision`).
     Provision,
 }
@@ -282,7 +285,7 @@ async fn check_all(args: &CheckArgs) -> anyhow::Result<Vec<Finding>> {
 
 /// The checks of one tenant's connection to the connector's CRM, in order; the first that
 /// fails ends those that depend on it (no access, no field check).
-async fn check_connection<C: Inspect>(
+async fn check_connection<C: Inspect + People>(
     c: &C,
     api: &crm_connectors::api::Api,
     tenant: &str,
@@ -353,7 +356,13 @@ async fn check_connection<C: Inspect>(
             }
             Ok(Some(schema)) => {
                 out.push(finding(Check::Access, Some(kind), true, format!("{object} readable ({} fields)", schema.fields.len()), None));
-                let missing = reconciler::compare::missing_fields(contract, &schema.fields);
+                let mut missing = reconciler::compare::missing_fields(contract, &schema.fields);
+                // A lead contract's field that only the CRM's other person object has (a Zoho
+                // contact's Title) is not looked for on the object new people are made in.
+                if kind == ActivityKind::Lead {
+                    let made_as = c.creates_person_as().as_str();
+                    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == made_as));
+                }
                 if missing.is_empty() {
                     let detail = format!(
                         "key field {} and the {} other contract fields exist on {object}",
@@ -397,6 +406,32 @@ async fn check_connection<C: Inspect>(
             )),
             None => {}
         }
+    }
+    if let (true, Some(rule)) = (conn.activities.contains(&ActivityKind::Lead), conn.leads.assignment_rule.as_deref()) {
+        out.push(match c.assignment_rules(api, &client, &mut log).await {
+            Ok(Some(rules)) => match rules.iter().find(|(id, _)| id == rule) {
+                Some((_, name)) => finding(Check::LeadAssignment, Some(ActivityKind::Lead), true, format!("lead assignment rule {rule} ({name}) exists"), None),
+                None => finding(
+                    Check::LeadAssignment,
+                    Some(ActivityKind::Lead),
+                    false,
+                    format!(
+                        "{} has no lead assignment rule {rule} (it has {}): every new lead would be refused",
+                        crm.as_str(),
+                        if rules.is_empty() { "none".to_string() } else { rules.iter().map(|(id, n)| format!("{id} {n:?}")).collect::<Vec<_>>().join(", ") }
+                    ),
+                    Some(format!("set crms.{}.leads.assignment_rule to one of the org's rules, or choose leads.owner = {{ fixed = ... }}", crm.as_str())),
+                ),
+            },
+            Ok(None) => finding(Check::LeadAssignment, Some(ActivityKind::Lead), true, format!("{} does not list its rules; not checked", crm.as_str()), None),
+            Err(f) => finding(
+                Check::LeadAssignment,
+                Some(ActivityKind::Lead),
+                false,
+                format!("could not list the lead assignment rules: {}", f.detail),
+                Some("grant the credentials read access to the CRM's assignment rules (Zoho: ZohoCRM.settings.automation.READ), then run this again".into()),
+            ),
+        });
     }
     if answered {
         let stated: Vec<StatedLimit> = log.iter().flat_map(|e| e.stated_limits.iter().cloned()).collect();
@@ -525,6 +560,7 @@ pub fn render(findings: &[Finding]) -> String {
             Check::KeyField => "key field",
             Check::Write => "write",
             Check::Limits => "limits",
+            Check::LeadAssignment => "assignment",
             Check::Provision => "provision",
         };
         out += &format!(

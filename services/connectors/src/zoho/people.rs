@@ -15,7 +15,7 @@
 //! - An org that holds Email unique refuses a second person with `DUPLICATE_DATA` and names
 //!   the record that has it (`duplicate_record`): that is the person, and they are updated.
 
-use super::wire::{Data, Outcome, Row};
+use super::wire::{AssignmentRules, Data, Outcome, Row};
 use super::{failed, Tenant, Zoho, API, CONTACT_PHONES};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::connector::Connector;
@@ -198,6 +198,14 @@ impl People for Zoho {
             .body(body(values, None))
             .fenced(fence.iter().map(String::as_str));
         self.one_result(api, t, &req, log).await.map(|_| ())
+    }
+
+    /// `GET /settings/automation/assignment_rules?module=Leads` (CRM-APIS-ACTIVITIES §5.3);
+    /// 204: the org has none.
+    async fn assignment_rules(&self, api: &Api, t: &Tenant, log: &mut Vec<Exchange>) -> Result<Option<Vec<(String, String)>>, Failure> {
+        let req = Request::get(format!("{API}/settings/automation/assignment_rules?module=Leads"), RequestClass::Read);
+        let rules: AssignmentRules = t.fetch(api, &req, log).await?;
+        Ok(Some(rules.assignment_rules.into_iter().map(|r| (r.id, r.name)).collect()))
     }
 
     fn creates_person_as(&self) -> PersonObject {

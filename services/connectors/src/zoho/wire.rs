@@ -274,3 +274,19 @@ mod tests {
         assert!(a.available && a.record.and_then(|r| r.id).as_deref() == Some("9"));
     }
 }
+
+/// `GET /settings/automation/assignment_rules?module=Leads`: the org's lead assignment rules
+/// (a 204, none, reads as an empty list).
+#[derive(Debug, Default, Deserialize)]
+pub struct AssignmentRules {
+    #[serde(default)]
+    pub assignment_rules: Vec<AssignmentRule>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssignmentRule {
+    #[serde(deserialize_with = "text")]
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+}

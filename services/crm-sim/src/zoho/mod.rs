@@ -252,6 +252,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route(&format!("{v}/coql"), post(records::coql))
         .route(&format!("{v}/users"), get(users::list))
         .route(&format!("{v}/settings/fields"), get(records::fields).post(records::create_fields))
+        .route(&format!("{v}/settings/automation/assignment_rules"), get(records::assignment_rules))
         .route(&format!("{v}/{{module}}"), post(records::insert).put(records::update_many).delete(records::delete_many).get(records::list))
         .route(&format!("{v}/{{module}}/search"), get(records::search))
         .route(&format!("{v}/{{module}}/deleted"), get(records::deleted))

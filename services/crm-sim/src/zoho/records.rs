@@ -1113,3 +1113,33 @@ pub async fn fields(
         json(200, json!({"fields": fields}))
     })
 }
+
+/// `GET /crm/{v}/settings/automation/assignment_rules?module=Leads`: the org's lead
+/// assignment rules (`zoho_lead_rules`), each `{id, name, module}`; 204 when it has none.
+pub async fn assignment_rules(
+    State(sim): State<SharedSim>,
+    Extension(caller): Extension<Caller>,
+    Path(version): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let module = match module_param(&version, &q) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    sim.with(&caller, |acct, _| {
+        let rules: Vec<Value> = if module == "Leads" {
+            acct.zoho_lead_rules
+                .keys()
+                .enumerate()
+                .map(|(i, id)| json!({"id": id, "name": format!("Lead rule {}", i + 1), "module": {"api_name": "Leads"}}))
+                .collect()
+        } else {
+            vec![]
+        };
+        if rules.is_empty() {
+            StatusCode::NO_CONTENT.into_response()
+        } else {
+            json(200, json!({"assignment_rules": rules}))
+        }
+    })
+}
