@@ -291,3 +291,57 @@ fn meetings_and_emails_are_typed_activities_with_participants_and_attendees() {
     // Mailbox emails cannot be created through the API.
     assert!(sim.call("POST", "/pipedrive/api/v1/mailbox/mailThreads", Auth::PipedriveToken(TOKEN), Some(&json!({}))).status >= 400);
 }
+
+/// Persons for lead capture (CRM-APIS-ACTIVITIES §5.4): custom fields by their per-company
+/// code (found by name in personFields; an unknown code refused), an update that replaces
+/// emails and merges custom fields, a list by ids, no uniqueness, an owner who must be a user.
+#[test]
+fn persons_take_custom_fields_by_code_updates_and_no_uniqueness() {
+    let sim = CrmSim::start();
+    company(&sim, json!({"fields": {"persons": {"crm_sync_latest_campaign": {"type": "text"}}}}));
+    let fields = sim.call("GET", "/pipedrive/api/v2/personFields", Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(fields.status, 200, "{}", fields.text);
+    let code = fields.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field_name"] == "crm_sync_latest_campaign" && f["is_custom_field"] == true)
+        .and_then(|f| f["field_code"].as_str())
+        .expect("the custom field, by name")
+        .to_string();
+    assert_eq!(code.len(), 40, "{code}");
+    let person = |email: &str, campaign: &str| json!({"name": "Ann Lee", "emails": [{"value": email, "primary": true, "label": "work"}], "custom_fields": {&code: campaign}});
+    let a = sim.call("POST", "/pipedrive/api/v2/persons", Auth::PipedriveToken(TOKEN), Some(&person("ann@prospect.example", "spring")));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let id = a.body["data"]["id"].as_u64().unwrap();
+    assert_eq!(a.body["data"]["custom_fields"][&code], "spring");
+    // No uniqueness: the same address again is a second person.
+    let b = sim.call("POST", "/pipedrive/api/v2/persons", Auth::PipedriveToken(TOKEN), Some(&person("ann@prospect.example", "autumn")));
+    assert_eq!(b.status, 200, "{}", b.text);
+    assert_ne!(b.body["data"]["id"], a.body["data"]["id"]);
+    // A custom field by name, not code: refused.
+    let bad = sim.call(
+        "POST",
+        "/pipedrive/api/v2/persons",
+        Auth::PipedriveToken(TOKEN),
+        Some(&json!({"name": "X", "custom_fields": {"crm_sync_latest_campaign": "x"}})),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    // An update merges custom fields and replaces the emails it is given.
+    let patch =
+        json!({"emails": [{"value": "ann.lee@prospect.example", "primary": true, "label": "work"}], "custom_fields": {&code: "summer"}});
+    let u = sim.call("PATCH", &format!("/pipedrive/api/v2/persons/{id}"), Auth::PipedriveToken(TOKEN), Some(&patch));
+    assert_eq!(u.status, 200, "{}", u.text);
+    let listed = sim.call("GET", &format!("/pipedrive/api/v2/persons?ids={id}"), Auth::PipedriveToken(TOKEN), None);
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let data = listed.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{data:?}");
+    assert_eq!(data[0]["custom_fields"][&code], "summer");
+    assert_eq!(data[0]["emails"].as_array().map(Vec::len), Some(1));
+    assert_eq!(data[0]["emails"][0]["value"], "ann.lee@prospect.example");
+    // An owner who is no user of the company: refused; a person that is not there: 404.
+    let owner =
+        sim.call("PATCH", &format!("/pipedrive/api/v2/persons/{id}"), Auth::PipedriveToken(TOKEN), Some(&json!({"owner_id": 424242})));
+    assert_eq!(owner.status, 400, "{}", owner.text);
+    assert_eq!(sim.call("PATCH", "/pipedrive/api/v2/persons/999999", Auth::PipedriveToken(TOKEN), Some(&json!({"name": "Y"}))).status, 404);
+}

@@ -321,19 +321,14 @@ pub async fn create_person(State(sim): State<SharedSim>, Extension(caller): Exte
         Ok(b) => b,
         Err(r) => return r,
     };
-    if body.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
-        return errors::validation("name is required");
-    }
-    for k in body.keys() {
-        if !["name", "first_name", "last_name", "owner_id", "org_id", "emails", "phones", "visible_to"].contains(&k.as_str()) {
-            return errors::validation(&format!("Parameter '{k}' is not allowed for this request"));
-        }
-    }
     sim.with(&caller, |acct, now| {
+        if let Err(r) = super::persons::check(acct, &body, true) {
+            return r;
+        }
         let id = acct.next_seq().to_string();
         let mut r = Record {
             id,
-            fields: body.clone(),
+            fields: super::persons::new_fields(&body),
             created_ms: now,
             updated_ms: now,
             deleted_ms: None,

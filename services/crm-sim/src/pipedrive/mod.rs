@@ -1,12 +1,13 @@
 //! Pipedrive API v2 (CRM-APIS §4): activities (the call record: no batch endpoint, no unique
-//! fields, no upsert), persons with their search, and the OAuth refresh flow. v1 activities
-//! are retired and answer 410. Served under `/pipedrive`, which stands in for both
+//! fields, no upsert), persons with their search, custom fields and updates (`persons`), and
+//! the OAuth refresh flow. v1 activities are retired and answer 410. Served under `/pipedrive`, which stands in for both
 //! `https://{company}.pipedrive.com` and `https://oauth.pipedrive.com`.
 
 mod activities;
 pub mod errors;
 pub mod limits;
 mod oauth;
+mod persons;
 
 use crate::faults::FaultKind;
 use crate::gate::{self, AuthFailure, Class, CrmApi};
@@ -144,7 +145,7 @@ impl CrmApi for Pipedrive {
         if route.contains("/deals") {
             return Some(if matches!(class, Class::Read | Class::List) { "deals:read" } else { "deals:full" });
         }
-        let persons = route.contains("/persons");
+        let persons = route.contains("/persons") || route.contains("/personFields");
         Some(match (persons, class) {
             (_, Class::Search) => "search:read",
             (false, Class::Read | Class::List | Class::Meta) => "activities:read",
@@ -181,9 +182,10 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/api/v2/activities", post(activities::create).get(activities::list))
         .route("/api/v2/activities/{id}", get(activities::read).patch(activities::update).delete(activities::delete))
         .route("/api/v2/deals", get(activities::list_deals))
-        .route("/api/v2/persons", post(activities::create_person))
+        .route("/api/v2/persons", post(activities::create_person).get(persons::list))
+        .route("/api/v2/personFields", get(persons::fields))
         .route("/api/v2/persons/search", get(activities::search_persons))
-        .route("/api/v2/persons/{id}", get(activities::read_person))
+        .route("/api/v2/persons/{id}", get(activities::read_person).patch(persons::update))
         .route("/api/v1/users/find", get(activities::find_users))
         .route("/api/v1/users/me", get(activities::me))
         .route("/api/v1/activities", any(activities::v1_gone))
