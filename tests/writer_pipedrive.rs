@@ -61,3 +61,4 @@ fn a_recovery_listing_cut_short_is_unknown_not_absent() {
 fn unreadable_users_leave_actors_unmapped_not_writes_failed() {
     crm_sync_tests::timeline_suite::unreadable_users_leave_actors_unmapped_not_writes_failed(&PIPEDRIVE, "users:read")
 }
+crm_sync_tests::lead_suite!(crm_sync_tests::lead_suite::PIPEDRIVE_LEADS);

@@ -43,11 +43,24 @@ pub struct LeadCase {
     /// gives (Zoho: that rule's id).
     pub account_extra: fn() -> Value,
     pub crm_owner_settings: &'static str,
+    /// A person's value of a field as the writer's contract names it, as crm-sim holds the
+    /// person (Pipedrive: lists of addresses and numbers, custom fields by code).
+    pub get: fn(&Value, &str) -> Option<String>,
 }
 
 impl LeadCase {
     fn name(&self) -> &'static str {
         self.case.name()
+    }
+
+    /// `field` of person `p` (see `get`).
+    pub fn text(&self, p: &Value, field: &str) -> Option<String> {
+        (self.get)(p, field)
+    }
+
+    /// The first word of the person's (first) name: a first name, or Pipedrive's full name.
+    pub fn first_name(&self, p: &Value) -> Option<String> {
+        self.text(p, self.first).and_then(|n| n.split_whitespace().next().map(str::to_string))
     }
 
     /// An account with the contract's custom fields, the phone contact of the writer suite
@@ -92,10 +105,7 @@ impl LeadCase {
 
     /// The people with this email (any case).
     pub fn with_email(&self, sim: &CrmSim, account: &str, email: &str) -> Vec<Value> {
-        self.people(sim, account)
-            .into_iter()
-            .filter(|p| p["fields"][self.email].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-            .collect()
+        self.people(sim, account).into_iter().filter(|p| self.text(p, self.email).is_some_and(|e| e.eq_ignore_ascii_case(email))).collect()
     }
 
     /// The ids of the users with these addresses (seeded by `user`).
@@ -115,14 +125,26 @@ impl LeadCase {
     }
 }
 
-fn text<'a>(p: &'a Value, field: &str) -> Option<&'a str> {
-    p["fields"][field].as_str()
+/// A field as crm-sim holds it for HubSpot, Salesforce and Zoho: text, or an id plain or as
+/// a lookup (`{"id": …}`, Zoho's Owner).
+fn plain(p: &Value, field: &str) -> Option<String> {
+    let v = &p["fields"][field];
+    v.as_str().or(v["id"].as_str()).map(str::to_string)
 }
 
-/// A field holding an id, plain or as a lookup (`{"id": …}`, Zoho's Owner).
-fn id_in<'a>(p: &'a Value, field: &str) -> Option<&'a str> {
-    let v = &p["fields"][field];
-    v.as_str().or(v["id"].as_str())
+/// A Pipedrive person's field: `email` and `phone` the first of their lists, `owner_id` a
+/// number, other names custom fields under their codes.
+fn pipedrive_field(p: &Value, field: &str) -> Option<String> {
+    let f = &p["fields"];
+    let first =
+        |list: &str| f[list].as_array().and_then(|l| l.first()).and_then(|e| e["value"].as_str().or(e.as_str())).map(str::to_string);
+    match field {
+        "email" => first("emails"),
+        "phone" => first("phones"),
+        "name" => f["name"].as_str().map(str::to_string),
+        "owner_id" => f["owner_id"].as_u64().map(|n| n.to_string()).or_else(|| f["owner_id"].as_str().map(str::to_string)),
+        custom => f["custom_fields"][crm_sim::pipedrive::persons::field_code(custom)].as_str().map(str::to_string),
+    }
 }
 
 /// Leads become people: a new address creates one person; a second source's lead of the
@@ -152,9 +174,9 @@ pub fn leads_become_one_person_each_filled_never_clobbered(lc: &LeadCase) {
     assert_eq!(made.len(), 1, "one person: {made:?}");
     let person = &made[0];
     assert!(sim.records(lc.name(), "acme", lc.created_in).iter().any(|r| r["id"] == person["id"]), "created as {}", lc.created_in);
-    assert_eq!(text(person, lc.first), Some("Jane"));
-    assert_eq!(text(person, lc.first_campaign), Some("spring"));
-    assert_eq!(text(person, lc.latest_campaign), Some("spring"));
+    assert_eq!(lc.first_name(person).as_deref(), Some("Jane"));
+    assert_eq!(lc.text(person, lc.first_campaign).as_deref(), Some("spring"));
+    assert_eq!(lc.text(person, lc.latest_campaign).as_deref(), Some("spring"));
     assert_eq!(finals[0].crm_record_id.as_deref(), person["id"].as_str());
     assert_eq!(
         finals[0].attributes.get("person").map(String::as_str),
@@ -189,16 +211,16 @@ pub fn leads_become_one_person_each_filled_never_clobbered(lc: &LeadCase) {
     assert_eq!(ads.crm_record_id, person["id"].as_str().map(str::to_string), "the same person");
     let now = lc.with_email(&sim, "acme", "new1@prospect.example");
     assert_eq!(now.len(), 1, "still one person: {now:?}");
-    assert_eq!(text(&now[0], lc.first), Some("Jane"), "a name the person has is never overwritten");
-    assert_eq!(text(&now[0], lc.first_campaign), Some("spring"), "the first touch is written once");
-    assert_eq!(text(&now[0], lc.latest_campaign), Some("autumn"), "the latest touch moves");
-    assert!(text(&now[0], lc.phone).is_some_and(|p| p.contains("0101")), "the phone they had is kept: {:?}", now[0]);
+    assert_eq!(lc.first_name(&now[0]).as_deref(), Some("Jane"), "a name the person has is never overwritten");
+    assert_eq!(lc.text(&now[0], lc.first_campaign).as_deref(), Some("spring"), "the first touch is written once");
+    assert_eq!(lc.text(&now[0], lc.latest_campaign).as_deref(), Some("autumn"), "the latest touch moves");
+    assert!(lc.text(&now[0], lc.phone).is_some_and(|p| p.contains("0101")), "the phone they had is kept: {:?}", now[0]);
     let web = of("webinar-3");
     assert_eq!(web.outcome, AuditOutcome::Succeeded, "{web:?}");
     assert!(web.detail.contains("by phone"), "{}", web.detail);
-    let ada = lc.people(&sim, "acme").into_iter().find(|p| text(p, lc.first) == Some("Ada")).expect("Ada keeps her name");
+    let ada = lc.people(&sim, "acme").into_iter().find(|p| lc.first_name(p).as_deref() == Some("Ada")).expect("Ada keeps her name");
     assert_eq!(web.crm_record_id, ada["id"].as_str().map(str::to_string));
-    assert_eq!(text(&ada, lc.latest_campaign), Some("webinar"));
+    assert_eq!(lc.text(&ada, lc.latest_campaign).as_deref(), Some("webinar"));
     assert_eq!(of("form-1").outcome, AuditOutcome::Succeeded, "the first lead's final is kept");
     let replay = finals.iter().filter(|a| a.call_id.as_deref() == Some("form-1")).count();
     assert_eq!(replay, 2, "the replay has its own final");
@@ -306,15 +328,16 @@ pub fn an_ambiguous_match_follows_the_tenants_rule(lc: &LeadCase) {
     let twins: Vec<String> = lc
         .people(&sim, "acme")
         .iter()
-        .filter(|p| text(p, lc.first).is_some_and(|f| f.starts_with("Tw")))
+        .filter(|p| lc.first_name(p).is_some_and(|f| f.starts_with("Tw")))
         .map(|p| p["id"].as_str().unwrap().to_string())
         .collect();
     assert!(twins.iter().all(|id| dlq[0].detail.contains(id.as_str())), "both named for review: {}", dlq[0].detail);
-    assert!(lc.people(&sim, "acme").iter().all(|p| text(p, lc.latest_campaign).is_none()), "nothing written for acme");
+    assert!(lc.people(&sim, "acme").iter().all(|p| lc.text(p, lc.latest_campaign).is_none()), "nothing written for acme");
     let g = finals.iter().find(|f| f.tenant_id == "globex").expect("globex's final");
     assert_eq!(g.outcome, AuditOutcome::Succeeded, "{g:?}");
     assert!(g.detail.contains("matched 2 people by phone") && g.detail.contains("most_recently_updated"), "{}", g.detail);
-    let touched: Vec<Value> = lc.people(&sim, "globex").into_iter().filter(|p| text(p, lc.latest_campaign) == Some("fair")).collect();
+    let touched: Vec<Value> =
+        lc.people(&sim, "globex").into_iter().filter(|p| lc.text(p, lc.latest_campaign).as_deref() == Some("fair")).collect();
     assert_eq!(touched.len(), 1, "one of the twins updated, no one created: {touched:?}");
     assert_eq!(g.crm_record_id.as_deref(), touched[0]["id"].as_str());
     assert!(w.terminate().success());
@@ -367,11 +390,11 @@ pub fn new_peoples_owners_follow_the_tenants_rule_and_consent_is_kept(lc: &LeadC
     let owner_of = |email: &str| {
         let p = lc.with_email(&sim, "acme", email);
         assert_eq!(p.len(), 1, "{email}: {p:?}");
-        id_in(&p[0], lc.owner).map(str::to_string)
+        lc.text(&p[0], lc.owner)
     };
     let owners: Vec<Option<String>> = (0..3).map(|i| owner_of(&format!("p{i}@prospect.example"))).collect();
     assert_eq!(owners, [Some(ids[0].clone()), Some(ids[1].clone()), Some(ids[0].clone())], "in turn");
-    let consent = |email: &str| lc.with_email(&sim, "acme", email).first().and_then(|p| text(p, lc.consent_field).map(str::to_string));
+    let consent = |email: &str| lc.with_email(&sim, "acme", email).first().and_then(|p| lc.text(p, lc.consent_field));
     assert_eq!(consent("p1@prospect.example").as_deref(), Some("true"), "the consent goes where the tenant maps it");
     assert_eq!(consent("p0@prospect.example").as_deref(), Some("false"), "and the latest stands");
     let skipped = finals.iter().find(|f| f.call_id.as_deref() == Some("no-consent")).expect("final");
@@ -516,6 +539,7 @@ pub static HUBSPOT_LEADS: LeadCase = LeadCase {
     user: |email| json!({"email": email, "firstName": "A", "lastName": "User"}),
     account_extra: || json!({}),
     crm_owner_settings: "",
+    get: plain,
 };
 
 pub static SALESFORCE_LEADS: LeadCase = LeadCase {
@@ -543,6 +567,7 @@ pub static SALESFORCE_LEADS: LeadCase = LeadCase {
     user: |email| json!({"Email": email, "Name": "A User", "Username": email, "IsActive": true}),
     account_extra: || json!({}),
     crm_owner_settings: "",
+    get: plain,
 };
 
 /// The assignment rule Zoho accounts of the lead suite have (it gives leads to the
@@ -571,4 +596,28 @@ pub static ZOHO_LEADS: LeadCase = LeadCase {
     user: |email| json!({"email": email, "full_name": "A User", "first_name": "A", "last_name": "User", "status": "active"}),
     account_extra: || json!({"zoho_lead_rules": {ZOHO_RULE: "integration@crm-sim.invalid"}}),
     crm_owner_settings: "assignment_rule = \"5725767000000700001\"",
+    get: plain,
+};
+
+pub static PIPEDRIVE_LEADS: LeadCase = LeadCase {
+    case: &super::writer_suite::PIPEDRIVE,
+    people: &["persons"],
+    created_in: "persons",
+    create_endpoint: "POST /pipedrive/api/v2/persons$",
+    fields: || {
+        let text = json!({"type": "text"});
+        json!({"persons": {"crm_sync_original_source": text, "crm_sync_first_campaign": text, "crm_sync_latest_source": text,
+                           "crm_sync_latest_campaign": text, "crm_sync_marketing_email": text}})
+    },
+    email: "email",
+    first: "name",
+    phone: "phone",
+    first_campaign: "crm_sync_first_campaign",
+    latest_campaign: "crm_sync_latest_campaign",
+    owner: "owner_id",
+    consent_field: "crm_sync_marketing_email",
+    user: |email| json!({"email": email, "name": "A User", "active_flag": true, "is_deleted": false}),
+    account_extra: || json!({}),
+    crm_owner_settings: "",
+    get: pipedrive_field,
 };

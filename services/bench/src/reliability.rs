@@ -36,7 +36,7 @@ use crm_dev::{create_topics, sibling_binary, spawn_crm_sim, DevBroker, DevRedis}
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::{BaseRecord, Producer};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1211,7 +1211,7 @@ impl Tally {
         }
 
         // The people leads named: one each, in the CRM's people (HubSpot's contacts;
-        // Salesforce's and Zoho's contacts and leads).
+        // Salesforce's and Zoho's contacts and leads; Pipedrive's persons).
         let mut people_wrong = vec![];
         let mut by_account: BTreeMap<(String, Crm), Vec<String>> = BTreeMap::new();
         for (t, crm, email) in &plan.people {
@@ -1221,14 +1221,20 @@ impl Tally {
             let (tables, field): (&[&str], &str) = match crm {
                 Crm::Salesforce => (&["Contact", "Lead"], "Email"),
                 Crm::Zoho => (&["Contacts", "Leads"], "Email"),
+                Crm::Pipedrive => (&["persons"], "emails"),
                 _ => (&["contacts"], "email"),
             };
             let mut held: Vec<String> = vec![];
             for table in tables {
                 let r = sim.admin(reqwest::Method::GET, &format!("/accounts/{}/{t}/objects/{table}?deleted=false", crm.as_str()), None)?;
-                held.extend(
-                    r["records"].as_array().into_iter().flatten().filter_map(|p| p["fields"][field].as_str()).map(str::to_lowercase),
-                );
+                for p in r["records"].as_array().into_iter().flatten() {
+                    // A Pipedrive person's addresses are a list of {value, primary}.
+                    match &p["fields"][field] {
+                        Value::String(e) => held.push(e.to_lowercase()),
+                        Value::Array(list) => held.extend(list.iter().filter_map(|e| e["value"].as_str()).map(str::to_lowercase)),
+                        _ => {}
+                    }
+                }
             }
             for e in emails {
                 let n = held.iter().filter(|h| **h == e).count();

@@ -276,6 +276,23 @@ pub(crate) fn kind_parts(crm: Crm, kind: ActivityKind) -> anyhow::Result<Option<
             account: Some(|| json!({"zoho_lead_rules": {ZOHO_BENCH_RULE: "integration@crm-sim.invalid"}})),
             connection: "leads = { assignment_rule = \"5725767000000700001\" }\n",
         }),
+        (Crm::Pipedrive, ActivityKind::Lead) => Some(KindParts {
+            kind,
+            object: "persons",
+            key_field: "email",
+            key_def: None,
+            key_marker: None,
+            contact: |e| json!({"name": "Jane Doe", "emails": [{"value": e, "label": "work", "primary": true}]}),
+            contract: include_str!("../../../contracts/pipedrive.lead.toml"),
+            fields: Some(|| {
+                let t = json!({"type": "text"});
+                json!({"persons": {"crm_sync_original_source": t, "crm_sync_first_campaign": t, "crm_sync_latest_source": t,
+                                   "crm_sync_latest_campaign": t}})
+            }),
+            writes: "/persons",
+            account: None,
+            connection: "",
+        }),
         (crm, kind) => anyhow::bail!("writer --crm {} does not write {}s yet", crm.as_str(), kind.as_str()),
     })
 }

@@ -177,7 +177,7 @@ fn activity_kinds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<Act
 
 /// The CRMs whose writers write leads (their people search and writes): a connection to
 /// another CRM that names "lead" is refused when the tenants file is read.
-pub const LEAD_CRMS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho];
+pub const LEAD_CRMS: &[Crm] = &[Crm::Hubspot, Crm::Salesforce, Crm::Zoho, Crm::Pipedrive];
 
 /// What a tenant's connection does with leads (`leads = { ... }` under the connection).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -502,8 +502,9 @@ mod tests {
         };
         assert!(Tenants::parse(&conn("[\"call\", \"lead\"]")).is_ok(), "HubSpot's writer writes leads");
         let pipedrive = conn("[\"call\", \"lead\"]").replace("crms.hubspot", "crms.pipedrive");
-        let e = Tenants::parse(&pipedrive).unwrap_err();
-        assert!(e.to_string().contains("does not write leads to pipedrive yet (it does to hubspot, salesforce, zoho)"), "{e}");
+        assert!(Tenants::parse(&pipedrive).is_ok(), "every CRM's writer writes leads");
+        let e = Tenants::parse(&format!("{pipedrive}[tenants.a.crms.pipedrive.leads]\nassignment_rule = '1'\n")).unwrap_err();
+        assert!(e.to_string().contains("pipedrive has no lead assignment rule"), "{e}");
         // Zoho runs no assignment rule unless named: owners left to it must name one.
         let zoho = |settings: &str| {
             format!("{}[tenants.a.crms.zoho.leads]\n{settings}\n", conn("[\"call\", \"lead\"]").replace("crms.hubspot", "crms.zoho"))

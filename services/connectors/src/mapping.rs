@@ -99,6 +99,7 @@ pub const LEAD_SOURCES: &[&str] = &[
     "last_name",
     "last_name_or_unknown",
     "full_name",
+    "full_name_or_unknown",
     "company",
     "company_or_unknown",
     "job_title",
@@ -124,6 +125,15 @@ pub const LEAD_SOURCES: &[&str] = &[
 /// lead did not say: Salesforce's own convention in its integrations.
 pub const NOT_PROVIDED: &str = "[not provided]";
 
+/// The source's full name, else the first and last joined.
+fn full_name(l: &NormalisedLead) -> Option<String> {
+    let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    text(&l.full_name).or_else(|| {
+        let parts: Vec<String> = [text(&l.first_name), text(&l.last_name)].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
+    })
+}
+
 fn lead_value(l: &NormalisedLead, source: &str) -> Option<String> {
     let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
     let a = &l.attribution;
@@ -136,10 +146,10 @@ fn lead_value(l: &NormalisedLead, source: &str) -> Option<String> {
         "last_name_or_unknown" => text(&l.last_name)
             .or_else(|| text(&l.full_name).and_then(|n| n.split_whitespace().last().map(str::to_string)))
             .or_else(|| Some(NOT_PROVIDED.into())),
-        "full_name" => text(&l.full_name).or_else(|| {
-            let parts: Vec<String> = [text(&l.first_name), text(&l.last_name)].into_iter().flatten().collect();
-            (!parts.is_empty()).then(|| parts.join(" "))
-        }),
+        "full_name" => full_name(l),
+        // A person's name where one is required (Pipedrive's): "[not provided]" without one,
+        // which a later lead with a name fills.
+        "full_name_or_unknown" => full_name(l).or_else(|| Some(NOT_PROVIDED.into())),
         "company" => text(&l.company),
         "company_or_unknown" => text(&l.company).or_else(|| Some(NOT_PROVIDED.into())),
         "job_title" => text(&l.job_title),

@@ -16,6 +16,7 @@
 
 pub mod errors;
 pub mod limits;
+mod people;
 pub mod wire;
 
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
@@ -47,6 +48,13 @@ pub struct Pipedrive {
     /// The company's API host when a tenant names none (`https://<company>.pipedrive.com`).
     pub default_base_url: String,
     pub default_token_url: String,
+    /// Each company's custom person fields by name (their keys are per-company hashes).
+    pub person_fields: people::FieldCodes,
+}
+
+/// A v2 time (RFC 3339) in epoch milliseconds.
+fn pd_time_ms(t: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(t.trim()).ok().map(|d| d.timestamp_millis())
 }
 
 type Tenant = TenantClient<limits::PipedrivePolicy>;
@@ -200,14 +208,16 @@ impl ReadBeforeResend for Pipedrive {
     }
 }
 
-/// Pipedrive's writer takes no leads yet: the defaults refuse.
-impl crate::people::People for Pipedrive {}
-
 impl Connector for Pipedrive {
     type Policy = limits::PipedrivePolicy;
 
     fn build(contracts: Contracts, urls: &crate::CrmUrls, _http_timeout: std::time::Duration) -> Self {
-        Self { contracts, default_base_url: urls.pipedrive_api_url.clone(), default_token_url: urls.pipedrive_token_url.clone() }
+        Self {
+            contracts,
+            default_base_url: urls.pipedrive_api_url.clone(),
+            default_token_url: urls.pipedrive_token_url.clone(),
+            person_fields: Default::default(),
+        }
     }
 
     fn crm(&self) -> Crm {
@@ -215,7 +225,7 @@ impl Connector for Pipedrive {
     }
 
     fn supported_kinds(&self) -> &'static [ActivityKind] {
-        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting]
+        &[ActivityKind::Call, ActivityKind::Email, ActivityKind::Meeting, ActivityKind::Lead]
     }
 
     /// One person search per address (`fields=email`; Pipedrive has no `IN`), its hits
@@ -523,6 +533,7 @@ mod tests {
             contracts: Contracts::load(&dir, "pipedrive").unwrap(),
             default_base_url: String::new(),
             default_token_url: String::new(),
+            person_fields: Default::default(),
         };
         let l = Lookups { numbers: 2, addresses: 1, owners: 1, contexts: 2 };
         let mut expected = p.expected_requests(&l);

@@ -172,3 +172,32 @@ mod tests {
         assert_eq!(created.data.id.as_deref(), Some("42"));
     }
 }
+
+/// A person as `GET /api/v2/persons` gives it, for a lead write: its addresses and numbers,
+/// owner, custom fields (by code) and when it last changed.
+#[derive(Debug, Deserialize)]
+pub struct PersonRecord {
+    #[serde(deserialize_with = "text")]
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub emails: Vec<Phone>,
+    #[serde(default)]
+    pub phones: Vec<Phone>,
+    #[serde(default, deserialize_with = "id")]
+    pub owner_id: Option<String>,
+    #[serde(default)]
+    pub update_time: Option<String>,
+    #[serde(default)]
+    pub custom_fields: Map<String, Value>,
+}
+
+/// `GET /api/v2/personFields`: a field's code (a custom field's 40-character hash) and name.
+#[derive(Debug, Deserialize)]
+pub struct PersonField {
+    pub field_code: String,
+    pub field_name: String,
+    #[serde(default)]
+    pub is_custom_field: bool,
+}

@@ -7,7 +7,7 @@ mod activities;
 pub mod errors;
 pub mod limits;
 mod oauth;
-mod persons;
+pub mod persons;
 
 use crate::faults::FaultKind;
 use crate::gate::{self, AuthFailure, Class, CrmApi};
