@@ -280,11 +280,7 @@ impl Connector for Pipedrive {
                 let page: Envelope<Vec<wire::Deal>> = t.fetch(api, &Request::get(path, RequestClass::List), log).await?;
                 for d in page.data {
                     let Some(id) = d.id else { continue };
-                    let updated_ms = d
-                        .update_time
-                        .as_deref()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                        .map_or(0, |t| t.timestamp_millis());
+                    let updated_ms = d.update_time.as_deref().and_then(pd_time_ms).unwrap_or(0);
                     ctx.open_deals.push(OpenDeal { id, updated_ms });
                 }
                 cursor = page.additional_data.next_cursor;

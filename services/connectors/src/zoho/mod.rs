@@ -93,6 +93,18 @@ fn failed(e: Outcome, status: u16) -> Failure {
 }
 
 impl Zoho {
+    /// The one result of a single-record write (a contact, a lead's person): Ok with it on
+    /// success, else its Failure (the answer kept whole, DUPLICATE_DATA's record with it).
+    async fn one_result(&self, api: &Api, t: &Tenant, req: &Request, log: &mut Vec<Exchange>) -> Result<Outcome, Failure> {
+        let reply = t.call(api, req, log).await?;
+        let r = reply.parse::<Data<Outcome>>()?.rows().into_iter().next().unwrap_or_default();
+        if r.succeeded() {
+            Ok(r)
+        } else {
+            Err(failed(r, reply.status))
+        }
+    }
+
     /// The module a kind's records live in (Calls, Events; Emails is a related list).
     fn module(&self, kind: ActivityKind) -> &str {
         &self.contract_of(kind).object
@@ -613,16 +625,9 @@ impl Connector for Zoho {
         let req = Request::new(Method::POST, format!("{API}/Contacts"), RequestClass::Create)
             .body(json!({"data": [{"Last_Name": "Unknown caller", "Phone": e164}], "trigger": []}))
             .not_replay_safe();
-        let reply = t.call(api, &req, log).await?;
-        let r = reply.parse::<Data<Outcome>>()?.rows().into_iter().next().unwrap_or_default();
-        match &r.details.id {
-            Some(id) if r.succeeded() => Ok(id.clone()),
-            _ => {
-                let mut f = failed(r, reply.status);
-                f.detail = format!("creating a contact: {}", f.detail);
-                Err(f)
-            }
-        }
+        let r =
+            self.one_result(api, t, &req, log).await.map_err(|f| Failure { detail: format!("creating a contact: {}", f.detail), ..f })?;
+        r.details.id.ok_or_else(|| Failure::unknown_outcome("creating a contact: Zoho answered SUCCESS without the contact's id", None))
     }
 
     async fn find_created_contact(&self, api: &Api, t: &Tenant, e164: &str, log: &mut Vec<Exchange>) -> Result<Option<String>, Failure> {

@@ -16,7 +16,7 @@
 //!   the record that has it (`duplicate_record`): that is the person, and they are updated.
 
 use super::wire::{AssignmentRules, Data, Outcome, Row};
-use super::{failed, Tenant, Zoho, API, CONTACT_PHONES};
+use super::{Tenant, Zoho, API, CONTACT_PHONES};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::connector::Connector;
 use crate::people::{Assign, People, PersonCreated, PersonKey};
@@ -79,20 +79,6 @@ impl Zoho {
             }
         }
         cols
-    }
-
-    /// The one result of a single-record write: Ok with it on success, else the Failure.
-    async fn one_result(&self, api: &Api, t: &Tenant, req: &Request, log: &mut Vec<Exchange>) -> Result<Outcome, Failure> {
-        let reply = t.call(api, req, log).await?;
-        let r = reply.parse::<Data<Outcome>>()?.rows().into_iter().next().unwrap_or_default();
-        if r.succeeded() {
-            Ok(r)
-        } else if r.code == "DUPLICATE_DATA" {
-            // The caller reads which record; kept whole.
-            Err(Failure { excerpt: serde_json::to_string(&r).ok(), ..failed(r, reply.status) })
-        } else {
-            Err(failed(r, reply.status))
-        }
     }
 }
 
