@@ -6,11 +6,13 @@
 use crm_common::codec;
 use crm_common::events::*;
 use crm_sync_tests::crm_sim::CrmSim;
+use crm_sync_tests::lead_suite::{LeadCase, HUBSPOT_LEADS, PIPEDRIVE_LEADS, SALESFORCE_LEADS, ZOHO_LEADS};
 use crm_sync_tests::postgres::PrivateDb;
 use crm_sync_tests::writer::wait_for;
-use crm_sync_tests::writer_suite::{associated, live_ms, Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
+use crm_sync_tests::writer_suite::{associated, live_ms, outcomes, Case, HUBSPOT, PIPEDRIVE, SALESFORCE, ZOHO};
 use crm_sync_tests::{bin, repo_root, Broker, Proc, RedisPrefix, TempFile, MACHINE_REDIS};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -104,6 +106,24 @@ fn activity_rig(case: &Case, label: &str) -> Rig {
         secrets: vec![(case.secret(&tenant), case.token(&tenant))],
         tenant,
         broker,
+        sim,
+    }
+}
+
+/// A rig for leads: the account with the lead contract's fields and Ada (the writer suite's
+/// contact), the tenant taking calls and leads.
+fn lead_rig(lc: &LeadCase, label: &str) -> Rig {
+    let case = lc.case;
+    let tenant = format!("{label}-{}", case.name());
+    let sim = CrmSim::start();
+    lc.account(&sim, &tenant, json!({}));
+    Rig {
+        broker: Broker::start(1),
+        tenants: lc.tenants(&sim, &[&tenant], ""),
+        db: PrivateDb::new(label),
+        prefix: RedisPrefix::new(label),
+        secrets: vec![(case.secret(&tenant), case.token(&tenant))],
+        tenant,
         sim,
     }
 }
@@ -484,35 +504,197 @@ fn pipedrive_every_kind_of_drift() {
     every_kind_of_drift(&PIPEDRIVE)
 }
 
-/// A range of calls.raw that was partly written already: ten calls went through, ten more
-/// arrived while the normaliser was down and were skipped. `crm-sync backfill` over the whole
-/// range (a dry run first) re-sends all twenty; the ten written ones are duplicates at the
-/// writer's claim and the other ten are written: twenty records, one per call.
+/// The people a tenant's leads were written as, changed by the CRM's users: one merged into
+/// a duplicate someone typed in by hand, one deleted, one left alone (and at Salesforce one
+/// lead converted to a contact). A pass follows the merged (and converted) person, so the
+/// writer's person claim names the survivor and their next lead updates it; it dead-letters
+/// the deleted person's lead once (CONTACT_DELETED) and re-creates nobody; a second pass
+/// finds the followed people matching; replaying the dead letter writes the lead again, as
+/// a new person.
+fn people_merged_converted_or_deleted_in_the_crm(lc: &LeadCase) {
+    let case = lc.case;
+    let rig = lead_rig(lc, "rp");
+    let (crm, t) = (case.name(), rig.tenant.as_str());
+    let _sink = rig.sink();
+    let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[t], &[]);
+    let who: &[&str] =
+        if case.crm == Crm::Salesforce { &["kept", "merged", "deleted", "converted"] } else { &["kept", "merged", "deleted"] };
+    let email = |w: &str| format!("{w}@prospect.example");
+    let leads: Vec<_> = who
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            lc.lead(t, &format!("form-{w}"), |l| {
+                l.email = Some(email(w));
+                l.phone_e164 = Some(format!("+1415555030{i}"));
+            })
+        })
+        .collect();
+    rig.broker.produce(&case.topic(), &leads);
+    let n = who.len() as i64;
+    wait_for("the leads stored", Duration::from_secs(60), || rig.stored_writes() == n);
+    let id_of = |w: &str| -> String {
+        let found = lc.with_email(&rig.sim, t, &email(w));
+        assert_eq!(found.len(), 1, "{found:?}");
+        found[0]["id"].as_str().unwrap().to_string()
+    };
+    let (kept, merged, deleted) = (id_of("kept"), id_of("merged"), id_of("deleted"));
+    let admin = |method: &str, path: String, body: Option<Value>| rig.sim.admin(method, &format!("/accounts/{crm}/{t}/{path}"), body);
+    let table = lc.created_in;
+    let survivor =
+        admin("POST", format!("objects/{table}"), Some(lc.by_hand("Merged", &email("merged"))))["id"].as_str().unwrap().to_string();
+    admin("POST", format!("objects/{table}/{merged}/merge"), Some(json!({ "into": survivor })));
+    admin("DELETE", format!("objects/{table}/{deleted}"), None);
+    let mut moved = vec![(email("merged"), format!("{}:{survivor}", if table.starts_with("Lead") { "lead" } else { "contact" }))];
+    if case.crm == Crm::Salesforce {
+        let lead = id_of("converted");
+        let contact = admin(
+            "POST",
+            "objects/Contact".into(),
+            Some(json!({"FirstName": "Conv", "LastName": "Lovelace", "Email": email("converted")})),
+        );
+        let contact = contact["id"].as_str().unwrap().to_string();
+        admin("PATCH", format!("objects/Lead/{lead}"), Some(json!({"IsConverted": true, "ConvertedContactId": contact})));
+        moved.push((email("converted"), format!("contact:{contact}")));
+    }
+
+    let r = rig.reconcile(crm);
+    let followed = moved.len() as i64;
+    assert_eq!((r["checked"].as_i64(), r["matching"].as_i64()), (Some(n), Some(1)), "{r}");
+    assert_eq!((r["findings"]["person_merged"].as_i64(), r["findings"]["person_deleted"].as_i64()), (Some(followed), Some(1)), "{r}");
+    assert_eq!((r["repaired"].as_i64(), r["dead_lettered"].as_i64(), r["deferred"].as_i64()), (Some(followed), Some(1), Some(0)), "{r}");
+    let dl = dead_letters(&rig.broker);
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(
+        (dl[0].stage, dl[0].reason, dl[0].kind),
+        (Stage::Reconciler, DlqReason::ContactDeleted, Some(ActivityKind::Lead)),
+        "{:?}",
+        dl[0]
+    );
+    assert_eq!(dl[0].call_id.as_deref(), Some("form-deleted"));
+    assert!(dl[0].detail.contains(&deleted) && dl[0].detail.contains("stays deleted"), "{}", dl[0].detail);
+    // The writer's person claims: the moved people's name the record they are now; the
+    // deleted person's names nobody; the untouched one's is as written.
+    let claim = |w: &str| {
+        let key = crm_connectors::person_claims::person_key(t, crm, &email(w));
+        rig.prefix.hget(&crm_common::redis_keys::claim(&rig.prefix.0, t, &key), "record")
+    };
+    for (address, now) in &moved {
+        let w = address.split('@').next().unwrap();
+        assert_eq!(claim(w).as_deref(), Some(now.as_str()), "{w}'s claim follows");
+    }
+    assert_eq!(claim("deleted"), None, "the deleted person is forgotten");
+    assert!(claim("kept").is_some_and(|k| k.ends_with(&format!(":{kept}"))), "{:?}", claim("kept"));
+    assert!(lc.with_email(&rig.sim, t, &email("deleted")).is_empty(), "nobody re-created");
+
+    // The merged person's next lead updates the survivor.
+    rig.broker.produce(&case.topic(), &[lc.lead(t, "ads-merged", |l| l.email = Some(email("merged")))]);
+    let (finals, _, _) = outcomes(&rig.broker, n as usize + 1, Duration::from_secs(60));
+    let next = finals.iter().find(|a| a.call_id.as_deref() == Some("ads-merged")).expect("the next lead's outcome");
+    assert_eq!((next.outcome, next.crm_record_id.as_deref()), (AuditOutcome::Succeeded, Some(survivor.as_str())), "{next:?}");
+    assert_eq!(lc.with_email(&rig.sim, t, &email("merged")).len(), 1, "no one new");
+
+    // A second pass: the followed people match; the deletion is counted, not sent again.
+    wait_for("the next lead stored", Duration::from_secs(30), || rig.stored_writes() == n + 1);
+    wait_for("the findings stored", Duration::from_secs(30), || {
+        rig.db.count("SELECT count(*) FROM audit WHERE stage = 'RECONCILER' AND kind = 'lead' AND outcome IN ('REPAIRED', 'DEAD_LETTERED')")
+            == followed + 1
+    });
+    let r = rig.reconcile(crm);
+    assert_eq!((r["checked"].as_i64(), r["matching"].as_i64(), r["dead_lettered"].as_i64()), (Some(n + 1), Some(n), Some(1)), "{r}");
+    assert_eq!(r["findings"]["person_merged"], Value::Null, "{r}");
+    assert_eq!(dead_letters(&rig.broker).len(), 1, "dead-lettered once");
+
+    // Support replays the entry: the lead is written again, as a new person.
+    let dlq = rig.db.wait_count("SELECT count(*) FROM dlq WHERE call_id = 'form-deleted'", 1, Duration::from_secs(30));
+    assert_eq!(dlq, 1);
+    let id: String = rig.db.query("SELECT dlq_id FROM dlq WHERE call_id = 'form-deleted'")[0].get(0);
+    let (code, out) = rig.crm_sync(&["dlq", "replay", &id]);
+    assert_eq!(code, 0, "{out}");
+    wait_for("the deleted person's lead written again", Duration::from_secs(60), || {
+        lc.with_email(&rig.sim, t, &email("deleted")).len() == 1
+    });
+    assert_ne!(id_of("deleted"), deleted, "a new person");
+}
+
 #[test]
-fn backfill_over_a_partly_written_range_writes_each_call_once() {
-    let case = &HUBSPOT;
-    let rig = rig(case, "bf", "");
+fn hubspot_people_merged_converted_or_deleted_in_the_crm() {
+    people_merged_converted_or_deleted_in_the_crm(&HUBSPOT_LEADS);
+}
+
+#[test]
+fn salesforce_people_merged_converted_or_deleted_in_the_crm() {
+    people_merged_converted_or_deleted_in_the_crm(&SALESFORCE_LEADS);
+}
+
+#[test]
+fn zoho_people_merged_converted_or_deleted_in_the_crm() {
+    people_merged_converted_or_deleted_in_the_crm(&ZOHO_LEADS);
+}
+
+#[test]
+fn pipedrive_people_merged_converted_or_deleted_in_the_crm() {
+    people_merged_converted_or_deleted_in_the_crm(&PIPEDRIVE_LEADS);
+}
+
+/// A range of a raw topic that was partly written already: ten activities went through, ten
+/// more arrived while the normaliser was down and were skipped. `crm-sync backfill` over the
+/// whole range (a dry run first) re-sends all twenty; the ten written ones are duplicates at
+/// the writer's claim and the other ten are written: twenty records, one per activity (for
+/// leads: twenty people, one per address).
+fn backfill_over_a_partly_written_range_writes_each_once(kind: ActivityKind) {
+    let (case, lc) = (&HUBSPOT, &HUBSPOT_LEADS);
+    let leads = kind == ActivityKind::Lead;
+    let rig = if leads { lead_rig(lc, "bfl") } else { rig(case, "bf", "") };
     let (tenant, crm) = (rig.tenant.as_str(), case.name());
+    let topic = crm_common::config::Topics::default().raw(kind).to_string();
     let env = [("TENANTS_CONFIG", rig.tenants.path()), ("REDIS_URL", MACHINE_REDIS), ("REDIS_KEY_PREFIX", rig.prefix.0.as_str())];
     let from = chrono_now_minus(Duration::from_secs(2));
     let normaliser = rig.broker.service("normaliser", &env);
     let _deduper = rig.broker.service("deduper", &env);
     let _writer = case.writer(&rig.broker, &rig.tenants, &rig.prefix, &[tenant], &[]);
-    let calls = |range: std::ops::Range<i64>| -> Vec<crm_sync_tests::Msg> {
-        range
-            .map(|i| {
-                (tenant.to_string(), codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("b{i}"), i)).unwrap(), vec![])
-            })
-            .collect()
+    let address = |id: &str| format!("{id}@backfill.example");
+    let raw = |id: String, minute: i64| -> crm_sync_tests::Msg {
+        let payload = if leads {
+            let mut l = crm_common::events::fixtures::raw_lead(tenant, &id, minute);
+            // Its own address and no number: each lead a person of its own.
+            (l.email, l.phone) = (Some(address(&id)), None);
+            l.submitted_at = live_ms() + minute * 1000;
+            codec::encode(&l).unwrap()
+        } else {
+            codec::encode(&crm_common::events::fixtures::raw_call(tenant, &id, minute)).unwrap()
+        };
+        (tenant.to_string(), payload, vec![])
     };
-    rig.broker.produce("calls.raw", &calls(0..10));
-    let live = || case.keys(&rig.sim, tenant).values().filter(|(_, live)| *live > 0).count();
+    let batch = |range: std::ops::Range<i64>| -> Vec<crm_sync_tests::Msg> { range.map(|i| raw(format!("b{i}"), i)).collect() };
+    // Records written per source id (records keyed by it; people with its address).
+    let written = || -> HashMap<String, (u64, u64)> {
+        if leads {
+            let mut by: HashMap<String, (u64, u64)> = HashMap::new();
+            for p in lc.people(&rig.sim, tenant) {
+                if let Some(id) = lc.text(&p, lc.email).and_then(|e| e.strip_suffix("@backfill.example").map(str::to_string)) {
+                    let e = by.entry(id).or_default();
+                    (e.0, e.1) = (e.0 + 1, e.1 + 1);
+                }
+            }
+            by
+        } else {
+            case.keys(&rig.sim, tenant)
+                .into_iter()
+                .map(|(k, v)| {
+                    (k.strip_prefix(&format!("{tenant}:")).and_then(|k| k.strip_suffix(&format!(":{crm}"))).unwrap_or(&k).to_string(), v)
+                })
+                .collect()
+        }
+    };
+    let live = || written().values().filter(|(_, live)| *live > 0).count();
+    rig.broker.produce(&topic, &batch(0..10));
     wait_for("the first ten written", Duration::from_secs(60), || live() == 10);
 
     // The outage: ten more arrive while the normaliser is down, and it comes back on a new
     // group that starts at the end (as after a lost offsets topic): they are never read.
     normaliser.terminate();
-    rig.broker.produce("calls.raw", &calls(10..20));
+    rig.broker.produce(&topic, &batch(10..20));
     let mut late_env = env.to_vec();
     late_env.extend([
         ("CONSUMER_GROUP", "normaliser-after"),
@@ -523,14 +705,7 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
     // skipped too; the backfill covers them as well).
     let mut sentinels = 0;
     wait_for("the restarted normaliser reading", Duration::from_secs(60), || {
-        rig.broker.produce(
-            "calls.raw",
-            &[(
-                tenant.to_string(),
-                codec::encode(&crm_common::events::fixtures::raw_call(tenant, &format!("s{sentinels}"), 100 + sentinels)).unwrap(),
-                vec![],
-            )],
-        );
+        rig.broker.produce(&topic, &[raw(format!("s{sentinels}"), 100 + sentinels)]);
         sentinels += 1;
         std::thread::sleep(Duration::from_millis(1500));
         live() > 10
@@ -548,26 +723,41 @@ fn backfill_over_a_partly_written_range_writes_each_call_once() {
         }
     }
     let expected = 20 + sentinels as usize;
+    let what = format!("{}s", kind.as_str());
     assert!(
-        written_before <= 10 + sentinels as usize && case.keys(&rig.sim, tenant).keys().all(|k| !k.contains(":b1") || k.contains(":b1:")),
-        "the skipped calls were not written"
+        written_before <= 10 + sentinels as usize && (10..20).all(|i| !written().contains_key(&format!("b{i}"))),
+        "the skipped {what} were not written"
     );
 
-    let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--from", &from, "--dry-run", "--quiet"]);
+    let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--kind", kind.as_str(), "--from", &from, "--dry-run", "--quiet"]);
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("{expected} calls")), "{out}");
+    assert!(out.contains(&format!("{expected} {what}")), "{out}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(live(), written_before, "a dry run sends nothing");
 
-    let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--from", &from, "--quiet"]);
+    let (code, out) = rig.crm_sync(&["backfill", "--tenant", tenant, "--kind", kind.as_str(), "--from", &from, "--quiet"]);
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("re-sent {expected} calls")), "{out}");
-    wait_for("every call written", Duration::from_secs(60), || live() == expected);
+    assert!(out.contains(&format!("re-sent {expected} {what}")), "{out}");
+    wait_for("every one written", Duration::from_secs(90), || live() == expected);
     std::thread::sleep(Duration::from_secs(2));
-    let keys = case.keys(&rig.sim, tenant);
-    assert_eq!(keys.len(), expected, "{keys:?}");
-    assert!(keys.values().all(|&(total, live)| total == 1 && live == 1), "one record per call, none twice: {keys:?}");
-    assert_eq!(rig.sim.records(crm, tenant, case.calls).len(), expected);
+    let all = written();
+    assert_eq!(all.len(), expected, "{all:?}");
+    assert!(all.values().all(|&(total, live)| total == 1 && live == 1), "one record each, none twice: {all:?}");
+    if leads {
+        assert_eq!(lc.people(&rig.sim, tenant).len(), expected + 1, "the backfilled people and the account's Ada, no one else");
+    } else {
+        assert_eq!(rig.sim.records(crm, tenant, case.calls).len(), expected);
+    }
+}
+
+#[test]
+fn backfill_over_a_partly_written_range_writes_each_call_once() {
+    backfill_over_a_partly_written_range_writes_each_once(ActivityKind::Call);
+}
+
+#[test]
+fn backfill_over_a_partly_written_range_of_leads_makes_each_person_once() {
+    backfill_over_a_partly_written_range_writes_each_once(ActivityKind::Lead);
 }
 
 fn chrono_now_minus(d: Duration) -> String {

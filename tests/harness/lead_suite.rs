@@ -98,6 +98,17 @@ impl LeadCase {
         (tenant.into(), codec::encode(&r).unwrap(), vec![])
     }
 
+    /// A person as someone types them into the CRM (crm-sim's admin API), in the table new
+    /// people are created in.
+    pub fn by_hand(&self, first: &str, email: &str) -> Value {
+        match self.case.crm {
+            Crm::Hubspot => json!({"firstname": first, "lastname": "Lovelace", "email": email}),
+            Crm::Salesforce => json!({"FirstName": first, "LastName": "Lovelace", "Email": email, "Company": "Prospect Ltd"}),
+            Crm::Zoho => json!({"First_Name": first, "Last_Name": "Lovelace", "Email": email, "Company": "Prospect Ltd"}),
+            _ => json!({"name": format!("{first} Lovelace"), "emails": [{"value": email, "label": "work", "primary": true}]}),
+        }
+    }
+
     /// Every person in the account (every people table), as crm-sim holds them.
     pub fn people(&self, sim: &CrmSim, account: &str) -> Vec<Value> {
         self.people.iter().flat_map(|t| sim.records(self.name(), account, t)).collect()

@@ -12,6 +12,13 @@ impl RedisPrefix {
         RedisPrefix(format!("test-{label}-{}", uuid::Uuid::new_v4().simple()))
     }
 
+    /// A field of a hash under the prefix (`key` is the whole key).
+    pub fn hget(&self, key: &str, field: &str) -> Option<String> {
+        let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
+        let mut c = client.get_connection().expect("machine Redis at 127.0.0.1:6379");
+        redis::cmd("HGET").arg(key).arg(field).query(&mut c).expect("HGET")
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
         let mut c = client.get_connection().expect("machine Redis at 127.0.0.1:6379");

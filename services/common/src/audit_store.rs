@@ -560,6 +560,9 @@ pub struct Written {
     /// The company and deal the writer associated it with, when it did.
     pub company_id: Option<String>,
     pub deal_id: Option<String>,
+    /// A lead's person (`contact:<id>` or `lead:<id>`), as written, or as the reconciler
+    /// last found them moved to by a merge or a conversion.
+    pub person: Option<String>,
 }
 
 /// One reconciliation pass of one tenant in one CRM: the parity report.
@@ -616,7 +619,12 @@ impl AuditStore {
                     AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1), \
                  (SELECT o.attributes->>'deal_id' FROM audit o WHERE o.call_id = a.call_id AND o.tenant_id = a.tenant_id AND o.crm = a.crm \
                     AND o.attributes ? 'deal_id' AND o.outcome = 'SUCCEEDED' AND o.crm_record_id = a.crm_record_id \
-                    AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1) \
+                    AND o.stage = 'WRITER' AND o.operation = 'write' ORDER BY o.occurred_at DESC LIMIT 1), \
+                 (SELECT p.attributes->>'person' FROM audit p WHERE p.call_id = a.call_id AND p.tenant_id = a.tenant_id AND p.crm = a.crm \
+                    AND coalesce(p.kind, 'call') = $5 AND p.attributes ? 'person' AND p.occurred_at >= a.occurred_at \
+                    AND ((p.stage = 'WRITER' AND p.operation = 'write' AND p.outcome = 'SUCCEEDED') \
+                      OR (p.stage = 'RECONCILER' AND p.operation = 'reconcile.person_merged' AND p.outcome = 'REPAIRED')) \
+                    ORDER BY p.occurred_at DESC LIMIT 1) \
                  FROM audit a WHERE a.tenant_id = $1 AND a.crm = $2 AND a.stage = 'WRITER' AND a.operation = 'write' AND a.outcome = 'SUCCEEDED' \
                    AND a.occurred_at >= $3 AND a.occurred_at <= $4 AND a.call_id IS NOT NULL AND a.crm_record_id IS NOT NULL \
                    AND coalesce(a.kind, 'call') = $5 \
@@ -639,6 +647,7 @@ impl AuditStore {
                 owner_id: r.get(9),
                 company_id: r.get(10),
                 deal_id: r.get(11),
+                person: r.get(12),
             })
             .collect())
     }

@@ -380,13 +380,14 @@ fn merge_in_order(items: &[Item], created: Vec<ItemResult>, updated: Vec<ItemRes
 
 /// The inspect side of a connector, for the reconciler: what the CRM holds now for records
 /// crm-sync wrote, putting owned fields back, and whether the contract's fields still exist.
-/// The writer never needs it; the write path is [`Connector`].
-pub trait Inspect: Connector {
+/// The writer never needs it; the write path is [`Connector`]. Leads' people are read back
+/// through [`People`](crate::people::People).
+pub trait Inspect: crate::people::People {
     /// The kinds the reconciler can check here: those written, and read back by id (Zoho's
     /// emails hang on a contact's related list and cannot be).
     /// Leads are not among them: a lead's person is the CRM's record of someone who may
-    /// have existed long before crm-sync, merged or converted since; their reconciliation is
-    /// not built yet (README, "Leads").
+    /// have existed long before crm-sync, merged or converted since; the reconciler's
+    /// people pass reads them back (`reconciler::people`), it never restores their fields.
     fn inspects(&self) -> Vec<ActivityKind> {
         self.kinds().into_iter().filter(|k| *k != ActivityKind::Lead).collect()
     }

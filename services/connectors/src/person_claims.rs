@@ -61,6 +61,21 @@ redis.call('PEXPIRE', KEYS[1], keep)
 return 1
 ";
 
+// The reconciler found the person a claim remembers gone from the CRM: merged into another
+// (ARGV[2], `object:id`) or deleted (ARGV[2] empty). Changes the record only while it is still
+// the one found gone (ARGV[1]): a writer that learned another since knows better. A lease
+// held meanwhile is left alone (its writer's `give` stands); `at` stays, so the writer's
+// choice between reading by id and searching is unchanged.
+const FOLLOW: &str = r"
+if redis.call('HGET', KEYS[1], 'record') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], 'record', 'at')
+else
+  redis.call('HSET', KEYS[1], 'record', ARGV[2])
+end
+return 1
+";
+
 /// The person a claim remembers: the record, and how long ago it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
@@ -87,6 +102,7 @@ pub struct PersonClaims {
     retention: Duration,
     take: std::sync::Arc<Script>,
     give: std::sync::Arc<Script>,
+    follow: std::sync::Arc<Script>,
 }
 
 /// The person's part of the key: the canonical email (lower case), else the E.164 phone.
@@ -95,11 +111,13 @@ pub fn person_key(tenant_id: &str, crm: &str, email_or_phone: &str) -> String {
     format!("{tenant_id}:person:{crm}:{}", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-fn record_text(known: Option<&(PersonObject, String)>) -> String {
+/// A person as claims and audit records name them: `contact:<id>` or `lead:<id>` (empty: no one).
+pub fn record_text(known: Option<&(PersonObject, String)>) -> String {
     known.map(|(o, id)| format!("{}:{id}", o.as_str())).unwrap_or_default()
 }
 
-fn parse_record(text: &str) -> Option<(PersonObject, String)> {
+/// The person `record_text` named; None for anything else.
+pub fn parse_record(text: &str) -> Option<(PersonObject, String)> {
     let (object, id) = text.split_once(':')?;
     Some((PersonObject::parse(object)?, id.to_string())).filter(|(_, id)| !id.is_empty())
 }
@@ -107,7 +125,13 @@ fn parse_record(text: &str) -> Option<(PersonObject, String)> {
 impl PersonClaims {
     /// `retention`: how long a person's record is remembered after their last write.
     pub fn new(claims: Claims, retention: Duration) -> PersonClaims {
-        PersonClaims { claims, retention, take: std::sync::Arc::new(Script::new(TAKE)), give: std::sync::Arc::new(Script::new(GIVE)) }
+        PersonClaims {
+            claims,
+            retention,
+            take: std::sync::Arc::new(Script::new(TAKE)),
+            give: std::sync::Arc::new(Script::new(GIVE)),
+            follow: std::sync::Arc::new(Script::new(FOLLOW)),
+        }
     }
 
     pub fn lease(&self) -> Duration {
@@ -151,6 +175,29 @@ impl PersonClaims {
             .arg(self.claims.owner())
             .arg(self.retention.as_millis() as u64)
             .arg(record_text(written))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+impl PersonClaims {
+    /// The reconciler's answer to a person found gone: the claim that remembers `from` now
+    /// names `to` (the person they were merged or converted into), or nobody (deleted: their
+    /// next lead searches). False when the claim remembers someone else (or no one) by now.
+    pub async fn follow(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        from: &(PersonObject, String),
+        to: Option<&(PersonObject, String)>,
+    ) -> redis::RedisResult<bool> {
+        let mut conn = self.claims.conn().clone();
+        let n: i64 = self
+            .follow
+            .key(self.claims.key(tenant_id, key))
+            .arg(record_text(Some(from)))
+            .arg(record_text(to))
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)

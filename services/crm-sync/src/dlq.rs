@@ -363,7 +363,7 @@ async fn deleted_record(store: &AuditStore, e: &Entry) -> anyhow::Result<Option<
         .client()
         .query_opt(
             "SELECT crm_record_id FROM audit WHERE call_id = $1 AND tenant_id = $2 AND crm = $3 AND stage = 'RECONCILER' \
-             AND operation = 'reconcile.deleted' AND outcome = 'DEAD_LETTERED' ORDER BY occurred_at DESC LIMIT 1",
+             AND operation IN ('reconcile.deleted', 'reconcile.person_deleted') AND outcome = 'DEAD_LETTERED' ORDER BY occurred_at DESC LIMIT 1",
             &[&e.call_id, &e.tenant_id, &e.crm],
         )
         .await?;

@@ -17,10 +17,15 @@
 //!    writer's contact cache follows the merge) or deleted (dead-lettered);
 //! 5. audits every finding and action (stage RECONCILER), and stores the parity report.
 //!
+//! Leads are not records crm-sync owns but people: their pass (`people`) reads back the
+//! person each lead was written as, and follows one merged or converted, or dead-letters
+//! one deleted.
+//!
 //! A record whose write is in flight (a lease held, or a newer version DONE than the audit
 //! store shows yet) is left for the next pass, so the reconciler never undoes a write.
 
 pub mod compare;
+mod people;
 
 use compare::{changed_fields, contact_drift, missing_fields, ContactDrift};
 use crm_common::audit_store::{AuditStore, ParityReport, Written};
@@ -36,6 +41,7 @@ use crm_connectors::api::{Api, Exchange};
 use crm_connectors::claims::Claims;
 use crm_connectors::connector::{Attribution, Inspect, Live, TenantOf, Wanted};
 use crm_connectors::contacts::ContactCache;
+use crm_connectors::person_claims::PersonClaims;
 use crm_connectors::tenant_clients::Clients;
 use rdkafka::producer::FutureProducer;
 use serde_json::{Map, Value};
@@ -62,6 +68,13 @@ pub mod kind {
     pub const OWNER_CHANGED: &str = "owner_changed";
     /// Attribution pass: a company or deal written is no longer associated.
     pub const CONTEXT_CHANGED: &str = "context_changed";
+    /// People pass (leads): the person a lead was written as was merged into, or converted
+    /// to, another (the writer's person claim follows).
+    pub const PERSON_MERGED: &str = "person_merged";
+    /// The person is gone and several people have the lead's email or phone now.
+    pub const PERSON_AMBIGUOUS: &str = "person_ambiguous";
+    /// The person was deleted in the CRM (dead-lettered once; never re-created).
+    pub const PERSON_DELETED: &str = "person_deleted";
 }
 
 pub struct Reconciler<C: Inspect> {
@@ -70,6 +83,9 @@ pub struct Reconciler<C: Inspect> {
     /// each limit kept for live writes.
     pub api: Api,
     pub claims: Claims,
+    /// The writers' person claims (leads): they follow a person merged or converted, and
+    /// forget one deleted.
+    pub person_claims: PersonClaims,
     pub contacts: ContactCache,
     pub store: AuditStore,
     pub producer: FutureProducer,
@@ -145,6 +161,22 @@ fn matched_by(r: &WriteRequest) -> Vec<&str> {
     match r {
         WriteRequest::Call(c) => vec![c.call.customer_e164.as_str()],
         other => other.participants().iter().map(String::as_str).collect(),
+    }
+}
+
+/// One record's verdict in the pass's counts.
+fn tally(report: &mut ParityReport, v: &Verdict) {
+    if !v.drifted {
+        report.matching += 1;
+        return;
+    }
+    report.drifted += 1;
+    if v.deferred {
+        report.deferred += 1;
+    } else if v.dead_lettered {
+        report.dead_lettered += 1;
+    } else if v.repaired {
+        report.repaired += 1;
     }
 }
 
@@ -236,6 +268,9 @@ impl<C: Inspect> Reconciler<C> {
         for kind in self.connector.inspects().into_iter().filter(|k| syncs.contains(k)) {
             self.run_kind(pass, report, client, kind, &mut schemas).await?;
         }
+        if syncs.contains(&ActivityKind::Lead) {
+            self.run_people(pass, report, client).await?;
+        }
         Ok(())
     }
 
@@ -305,11 +340,7 @@ impl<C: Inspect> Reconciler<C> {
             return Ok(());
         }
         let topic = self.topics.crm_writes(crm);
-        let wanted_offsets: Vec<(i32, i64)> = written.iter().filter(|w| w.topic == topic).map(|w| (w.partition, w.offset)).collect();
-        let (kafka, t) = (self.kafka.clone(), topic.clone());
-        let messages =
-            tokio::task::spawn_blocking(move || crm_common::kafka::reader::fetch_at(&kafka, &t, &wanted_offsets, Duration::from_secs(30)))
-                .await??;
+        let messages = self.requests(&topic, &written).await?;
 
         // 3. What the CRM holds.
         let wanted: Vec<Wanted> =
@@ -372,20 +403,18 @@ impl<C: Inspect> Reconciler<C> {
                 v: Verdict::default(),
             };
             let v = self.check(pass, client, rec, state, on_deleted).await;
-            if !v.drifted {
-                report.matching += 1;
-                continue;
-            }
-            report.drifted += 1;
-            if v.deferred {
-                report.deferred += 1;
-            } else if v.dead_lettered {
-                report.dead_lettered += 1;
-            } else if v.repaired {
-                report.repaired += 1;
-            }
+            tally(report, &v);
         }
         Ok(())
+    }
+
+    /// The write requests at the offsets the audit store names for `written` (those on
+    /// `topic` the broker still keeps), by (partition, offset).
+    async fn requests(&self, topic: &str, written: &[Written]) -> anyhow::Result<HashMap<(i32, i64), InMessage>> {
+        let wanted_offsets: Vec<(i32, i64)> = written.iter().filter(|w| w.topic == topic).map(|w| (w.partition, w.offset)).collect();
+        let (kafka, t) = (self.kafka.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || crm_common::kafka::reader::fetch_at(&kafka, &t, &wanted_offsets, Duration::from_secs(30)))
+            .await?
     }
 
     /// Whether this record's write is settled: DONE at the version the audit store shows,
@@ -859,8 +888,6 @@ pub struct Options {
 /// share of each limit).
 const RECONCILER_HTTP_CONCURRENCY: usize = 16;
 
-/// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
-/// a producer.
 /// The reconciler's client for the CRMs (also `crm-sync tenants check`'s): the writers'
 /// buckets and OAuth tokens in Redis, with `reserve_pct` of each limit left to live writes.
 pub fn api(conn: crm_common::redis_conn::RedisConn, prefix: &str, opts: &Options) -> anyhow::Result<Api> {
@@ -879,6 +906,8 @@ pub fn api(conn: crm_common::redis_conn::RedisConn, prefix: &str, opts: &Options
     })
 }
 
+/// Builds the reconciler for connector `c`: its clients per tenant, Redis, the audit store,
+/// a producer.
 pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::CommonArgs, opts: &Options) -> anyhow::Result<Reconciler<C>> {
     let connector = Arc::new(connector);
     let tenants = common.live_tenants(crm_connectors::tenant_clients::build(connector.clone()))?;
@@ -889,22 +918,25 @@ pub async fn build<C: Inspect>(connector: C, common: &crm_common::config::Common
     let mut store = AuditStore::connect(&common.database_url).await?;
     store.migrate().await?;
     let owner = format!("reconciler-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    // Only read (`state`): the reconciler never claims.
+    let claims = Claims::new(
+        conn.clone(),
+        &prefix,
+        &owner,
+        crm_connectors::claims::Timing {
+            lease: Duration::from_secs(60),
+            request_timeout: opts.http_timeout,
+            late_write_horizon: Duration::ZERO,
+            clock_skew: Duration::ZERO,
+        },
+        Duration::from_secs(60),
+    );
     Ok(Reconciler {
         connector,
         api: api(conn.clone(), &prefix, opts)?,
-        // Only read (`state`): the reconciler never claims.
-        claims: Claims::new(
-            conn.clone(),
-            &prefix,
-            &owner,
-            crm_connectors::claims::Timing {
-                lease: Duration::from_secs(60),
-                request_timeout: opts.http_timeout,
-                late_write_horizon: Duration::ZERO,
-                clock_skew: Duration::ZERO,
-            },
-            Duration::from_secs(60),
-        ),
+        // Never taken or given here (only followed): the retention is the writers'.
+        person_claims: PersonClaims::new(claims.clone(), Duration::ZERO),
+        claims,
         contacts: ContactCache::contacts(
             conn,
             prefix,

@@ -266,6 +266,11 @@ pub fn derive(object: &str, r: &mut Record) {
             if let Some(m) = &r.merged_into {
                 f.insert("MasterRecordId".into(), json!(m));
             }
+            // Every lead is unconverted until converted, however it was made (the admin API
+            // seeds records as a person types them).
+            if object == "Lead" {
+                f.entry("IsConverted").or_insert(json!(false));
+            }
         }
         "Event" => {
             // WhoId is the primary person; EventWhoIds every related person.
