@@ -269,3 +269,43 @@ fn a_zoho_lead_connections_assignment_rule_is_one_the_org_has() {
     assert!(said(&text, "FAIL", &format!("zoho has no lead assignment rule 5725767000000799999 (it has {ZOHO_RULE}")), "{text}");
     assert!(text.contains("fix: set crms.zoho.leads.assignment_rule to one of the org's rules"), "{text}");
 }
+
+/// Where a CRM keeps people in two objects (Salesforce's Lead and Contact, Zoho's Leads and
+/// Contacts), a lead that matches a contact updates the contact with the lead contract's
+/// fields: the check looks for them on both, and fails an org whose contacts lack them,
+/// naming the object and the fields, where an org with both passes.
+#[test]
+fn a_lead_contracts_fields_are_checked_on_both_person_objects() {
+    use crm_sync_tests::lead_suite::{SALESFORCE_LEADS, ZOHO_LEADS};
+    let sim = CrmSim::start();
+    let prefix = RedisPrefix::new("tenants-check-people");
+    for (lc, contacts) in [(&SALESFORCE_LEADS, "Contact"), (&ZOHO_LEADS, "Contacts")] {
+        let crm = lc.case.name();
+        let (full, bare) = (format!("{crm}-full"), format!("{crm}-bare"));
+        lc.account(&sim, &full, json!({}));
+        // The custom fields on leads only, as an admin who made them for leads leaves it.
+        let mut fields = (lc.fields)();
+        let gone: Vec<String> = fields[contacts].as_object().unwrap().keys().cloned().collect();
+        fields.as_object_mut().unwrap().remove(contacts);
+        lc.account(&sim, &bare, json!({ "fields": fields }));
+        let mut body = std::fs::read_to_string(lc.tenants(&sim, &[&full], "").path()).unwrap();
+        body += &std::fs::read_to_string(lc.tenants(&sim, &[&bare], "").path()).unwrap();
+        let secrets = vec![(lc.case.secret(&full), lc.case.token(&full)), (lc.case.secret(&bare), lc.case.token(&bare))];
+        let tenants = TempFile::new("tenants.toml", &body);
+        let fields_line = |text: &str, status: &str, detail: &str| {
+            text.lines().any(|l| l.split_whitespace().nth(2) == Some("fields") && l.contains(&format!(" {status} ")) && l.contains(detail))
+        };
+        let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", &full]);
+        assert_eq!(code, 0, "{text}{err}");
+        assert!(fields_line(&text, "ok", &format!("the lead contract's fields for contact people exist on {contacts}")), "{text}");
+        let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", &bare]);
+        assert_eq!(code, 1, "{text}");
+        let failed = text.lines().find(|l| l.contains(" FAIL ") && l.contains(&format!("{contacts} has no field"))).unwrap_or_else(|| panic!("{text}"));
+        // The contract's custom fields the contacts lack, each named (the consent field is
+        // the tenant's mapping, not the contract's).
+        for f in gone.iter().filter(|f| !f.to_lowercase().contains("marketing")) {
+            assert!(failed.contains(f.as_str()), "{f} named: {failed}");
+        }
+        assert!(text.contains(&format!("fix: create the fields on {contacts}")), "{text}");
+    }
+}

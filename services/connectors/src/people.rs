@@ -10,6 +10,7 @@ use crate::exchange::{Exchange, Failure};
 use crate::person::{Candidate, PersonObject};
 use crm_common::events::{Crm, DlqReason};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
@@ -120,6 +121,21 @@ pub trait People: Connector {
         log: &mut Vec<Exchange>,
     ) -> impl Future<Output = Answer<Option<Vec<(String, String)>>>> + Send {
         let _ = (api, t, log);
+        async move { Ok(None) }
+    }
+    /// The fields of `object` where the CRM keeps people in two objects (Salesforce's Lead
+    /// and Contact, Zoho's Leads and Contacts), with its name as the CRM names it: a lead
+    /// may update a contact though people are created as leads, so `crm-sync tenants check`
+    /// looks for the lead contract's fields on both. None where people are one object
+    /// (HubSpot's contacts, Pipedrive's persons: the contract's object is all there is).
+    fn people_fields(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        object: PersonObject,
+        log: &mut Vec<Exchange>,
+    ) -> impl Future<Output = Answer<Option<(&'static str, BTreeSet<String>)>>> + Send {
+        let _ = (api, t, object, log);
         async move { Ok(None) }
     }
     /// Which of its people a create makes (the lead contract's object): HubSpot a contact,

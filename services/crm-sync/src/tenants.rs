@@ -390,6 +390,11 @@ async fn check_connection<C: Inspect + People>(
                     };
                     out.push(finding(Check::Fields, Some(kind), false, detail, Some(fix)));
                 }
+                if kind == ActivityKind::Lead {
+                    if let Some((ok, detail, fix)) = other_people_fields(c, api, &client, contract, &mut log).await {
+                        out.push(finding(Check::Fields, Some(kind), ok, detail, fix));
+                    }
+                }
             }
         }
         match write {
@@ -521,6 +526,46 @@ fn key_field_finding(
         None => (true, format!("{key}: nothing the CRM enforces to check"), None),
     };
     finding(Check::KeyField, Some(kind), ok, detail, fix)
+}
+
+/// A lead contract's fields on the CRM's other person object (Salesforce's Contact, Zoho's
+/// Contacts), where people are two objects: a lead matching a contact updates it with the
+/// same fields, so each (but those `only_on` the object people are created in) must be
+/// there too, or every lead of a contact is refused. None where people are one object.
+async fn other_people_fields<C: Inspect>(
+    c: &C,
+    api: &crm_connectors::api::Api,
+    client: &crm_connectors::connector::TenantOf<C>,
+    contract: &crm_connectors::contract::Contract,
+    log: &mut Vec<crm_connectors::api::Exchange>,
+) -> Option<(bool, String, Option<String>)> {
+    use crm_connectors::person::PersonObject;
+    let other = match c.creates_person_as() {
+        PersonObject::Lead => PersonObject::Contact,
+        PersonObject::Contact => PersonObject::Lead,
+    };
+    let (object, fields) = match c.people_fields(api, client, other, log).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return None,
+        Err(f) => return Some((false, format!("could not read the fields of the CRM's {} people: {}", other.as_str(), f.detail), None)),
+    };
+    let mut missing = reconciler::compare::missing_fields(contract, &fields);
+    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == other.as_str()));
+    Some(if missing.is_empty() {
+        (true, format!("the lead contract's fields for {} people exist on {object}", other.as_str()), None)
+    } else {
+        (
+            false,
+            format!("{object} has no field {}: a lead whose person is a {} there cannot be written", missing.join(", "), other.as_str()),
+            Some(format!(
+                "create the field{} on {object} as on {}, or mark them only_on = \"{}\" in contracts/{}.lead.toml",
+                if missing.len() > 1 { "s" } else { "" },
+                contract.object,
+                c.creates_person_as().as_str(),
+                c.crm().as_str()
+            )),
+        )
+    })
 }
 
 /// The kinds a connection takes that this CRM's writer writes, in order.

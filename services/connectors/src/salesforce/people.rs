@@ -14,7 +14,7 @@
 //!   matched: the first is the person (Contacts before Leads). The rule is never overridden
 //!   (`allowSave` is not sent): a second person is what it is there to stop.
 
-use super::wire::{ErrorBody, QueryPage, Row, SearchAnswer};
+use super::wire::{Describe, ErrorBody, QueryPage, Row, SearchAnswer};
 use super::{soql_text, Salesforce, Tenant, CONTACT_PHONES, LEAD_PHONES};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::connector::Connector;
@@ -23,6 +23,7 @@ use crate::person::{Candidate, PersonObject};
 use crm_common::events::{ActivityKind, DlqReason};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
 
 fn object_name(o: PersonObject) -> &'static str {
     match o {
@@ -163,6 +164,20 @@ impl People for Salesforce {
             )
             .await?;
         Ok(page.records.into_iter().find(|r| !converted(r)).map(|r| candidate(object, r, fields)))
+    }
+
+    /// The object's describe (`/sobjects/{Lead|Contact}/describe/`).
+    async fn people_fields(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: PersonObject,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<(&'static str, BTreeSet<String>)>, Failure> {
+        let name = object_name(object);
+        let req = Request::get(self.data(&format!("/sobjects/{name}/describe/")), RequestClass::Schema);
+        let describe: Describe = t.fetch(api, &req, log).await?;
+        Ok(Some((name, describe.fields.into_iter().map(|f| f.name).collect())))
     }
 
     /// `Sforce-Auto-Assign`: TRUE runs the org's active lead assignment rule, an

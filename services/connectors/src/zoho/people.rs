@@ -15,7 +15,7 @@
 //! - An org that holds Email unique refuses a second person with `DUPLICATE_DATA` and names
 //!   the record that has it (`duplicate_record`): that is the person, and they are updated.
 
-use super::wire::{AssignmentRules, Data, Outcome, Row};
+use super::wire::{AssignmentRules, Data, Fields, Outcome, Row};
 use super::{Tenant, Zoho, API, CONTACT_PHONES};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::connector::Connector;
@@ -24,6 +24,7 @@ use crate::person::{fields_on, Candidate, PersonObject};
 use crm_common::events::ActivityKind;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 const LEAD_PHONES: &[&str] = &["Phone", "Mobile"];
@@ -192,6 +193,20 @@ impl People for Zoho {
         let req = Request::get(format!("{API}/settings/automation/assignment_rules?module=Leads"), RequestClass::Read);
         let rules: AssignmentRules = t.fetch(api, &req, log).await?;
         Ok(Some(rules.assignment_rules.into_iter().map(|r| (r.id, r.name)).collect()))
+    }
+
+    /// The module's fields (`/settings/fields?module={Leads|Contacts}`).
+    async fn people_fields(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: PersonObject,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<(&'static str, BTreeSet<String>)>, Failure> {
+        let name = module(object);
+        let req = Request::get(format!("{API}/settings/fields?module={name}"), RequestClass::Schema);
+        let fields: Fields = t.fetch(api, &req, log).await?;
+        Ok(Some((name, fields.fields.into_iter().map(|f| f.api_name).collect())))
     }
 
     fn creates_person_as(&self) -> PersonObject {
