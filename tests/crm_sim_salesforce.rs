@@ -539,6 +539,19 @@ fn leads_meet_the_orgs_assignment_and_duplicate_rules() {
         &[("Sforce-Auto-Assign", "FALSE")],
     );
     assert_eq!(owner(b.body["id"].as_str().unwrap()), json!(rep));
+    // A rule named by id: an AssignmentRule's (01Q…, 15 or 18 characters) runs; anything
+    // else is refused MALFORMED_ID, nothing created.
+    let named = post(
+        json!({"LastName": "Named", "Company": "N", "Email": "named@prospect.example"}),
+        &[("Sforce-Auto-Assign", "01Q5g000000AbCdEAF")],
+    );
+    assert_eq!(named.status, 201, "{}", named.text);
+    assert_eq!(owner(named.body["id"].as_str().unwrap()), json!(queue));
+    for bad in ["5725767000000700001", "01Qshort", "00Q5g000000AbCdEAF"] {
+        let r = post(json!({"LastName": "Bad", "Company": "B", "Email": "bad@prospect.example"}), &[("Sforce-Auto-Assign", bad)]);
+        assert_eq!((r.status, r.body[0]["errorCode"].as_str()), (400, Some("MALFORMED_ID")), "{bad}: {}", r.text);
+    }
+    assert!(sim.records("salesforce", "org-1", "Lead").iter().all(|l| l["fields"]["LastName"] != "Bad"), "nothing created");
     let patched = sim.call(
         "PATCH",
         &format!("{V}/sobjects/Lead/{}", b.body["id"].as_str().unwrap()),

@@ -300,7 +300,10 @@ fn a_lead_contracts_fields_are_checked_on_both_person_objects() {
         assert!(fields_line(&text, "ok", &format!("the lead contract's fields for contact people exist on {contacts}")), "{text}");
         let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", &bare]);
         assert_eq!(code, 1, "{text}");
-        let failed = text.lines().find(|l| l.contains(" FAIL ") && l.contains(&format!("{contacts} has no field"))).unwrap_or_else(|| panic!("{text}"));
+        let failed = text
+            .lines()
+            .find(|l| l.contains(" FAIL ") && l.contains(&format!("{contacts} has no field")))
+            .unwrap_or_else(|| panic!("{text}"));
         // The contract's custom fields the contacts lack, each named (the consent field is
         // the tenant's mapping, not the contract's).
         for f in gone.iter().filter(|f| !f.to_lowercase().contains("marketing")) {

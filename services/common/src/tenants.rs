@@ -371,6 +371,15 @@ impl Tenants {
                         "tenant '{id}': crms.{name}.leads.assignment_rule: the owner is the tenant's rule here (leads.owner); \
                          an assignment rule applies with owner = \"crm\""
                     ),
+                    // developer.salesforce.com, AssignmentRuleHeader: "If the value is not in the
+                    // correct ID format (15-character or 18-character Salesforce ID), the call
+                    // fails and a MALFORMED_ID exception is returned"; an AssignmentRule's ids
+                    // start with its key prefix, 01Q.
+                    (Some(r), _, Crm::Salesforce) if !is_assignment_rule_id(r) => anyhow::bail!(
+                        "tenant '{id}': crms.{name}.leads.assignment_rule: {r:?} is not a Salesforce AssignmentRule id (15 or 18 letters \
+                         and digits starting 01Q; SELECT Id, Name FROM AssignmentRule WHERE SobjectType = 'Lead' lists them): \
+                         Salesforce would refuse every new lead with MALFORMED_ID"
+                    ),
                     (Some(_), _, Crm::Hubspot | Crm::Pipedrive) => anyhow::bail!(
                         "tenant '{id}': crms.{name}.leads.assignment_rule: {name} has no lead assignment rule an API create can name"
                     ),
@@ -437,6 +446,11 @@ impl Tenants {
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
     }
+}
+
+/// A Salesforce AssignmentRule id: 15 or 18 letters and digits, its key prefix 01Q.
+pub fn is_assignment_rule_id(id: &str) -> bool {
+    matches!(id.len(), 15 | 18) && id.starts_with("01Q") && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -528,6 +542,19 @@ mod tests {
         assert!(e.to_string().contains("leads.owner.round_robin: name one or more"), "{e}");
         let e = Tenants::parse(&leads("assignment_rule = '01Q'")).unwrap_err();
         assert!(e.to_string().contains("hubspot has no lead assignment rule"), "{e}");
+        // A Salesforce rule is an AssignmentRule id, else every create fails MALFORMED_ID.
+        let salesforce = |rule: &str| {
+            format!(
+                "{}[tenants.a.crms.salesforce.leads]\nassignment_rule = '{rule}'\n",
+                conn("[\"lead\"]").replace("crms.hubspot", "crms.salesforce").replace("'starter'", "'enterprise'")
+            )
+        };
+        assert!(Tenants::parse(&salesforce("01Q5g000000AbCdEAF")).is_ok());
+        assert!(Tenants::parse(&salesforce("01Q5g000000AbCd")).is_ok(), "15 characters");
+        for bad in ["5725767000000700001", "01Q5g000000AbCd!", "01Q", "00Q5g000000AbCdEAF"] {
+            let e = Tenants::parse(&salesforce(bad)).unwrap_err();
+            assert!(e.to_string().contains("is not a Salesforce AssignmentRule id"), "{bad}: {e}");
+        }
         let e = Tenants::parse(&leads("owner = 'nobody'")).unwrap_err();
         assert!(e.to_string().contains("nobody"), "{e}");
         let e = Tenants::parse(&conn("[\"fax\"]")).unwrap_err();

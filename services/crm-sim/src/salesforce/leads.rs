@@ -56,12 +56,17 @@ pub struct Asked {
     pub auto_assign: bool,
     /// `Sforce-Duplicate-Rule-Header` says `allowSave=true`.
     pub allow_save: bool,
+    /// `Sforce-Auto-Assign` is neither TRUE, FALSE nor an AssignmentRule id (15 or 18
+    /// letters and digits, key prefix 01Q): the write fails MALFORMED_ID (the SOAP
+    /// AssignmentRuleHeader's documented answer; what REST answers an id of another object
+    /// is [U], so the harsher case is modelled: refused too).
+    pub malformed: bool,
 }
 
 impl Default for Asked {
     /// What a request without either header gets.
     fn default() -> Asked {
-        Asked { auto_assign: true, allow_save: false }
+        Asked { auto_assign: true, allow_save: false, malformed: false }
     }
 }
 
@@ -73,7 +78,9 @@ pub fn asked(h: &HeaderMap) -> Asked {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         k.trim().eq_ignore_ascii_case("allowSave") && v.trim().eq_ignore_ascii_case("true")
     });
-    Asked { auto_assign: !assign.eq_ignore_ascii_case("false"), allow_save }
+    let named = !assign.is_empty() && !assign.eq_ignore_ascii_case("true") && !assign.eq_ignore_ascii_case("false");
+    let rule_id = matches!(assign.len(), 15 | 18) && assign.starts_with("01Q") && assign.chars().all(|c| c.is_ascii_alphanumeric());
+    Asked { auto_assign: !assign.eq_ignore_ascii_case("false"), allow_save, malformed: named && !rule_id }
 }
 
 fn email_of(fields: &Map<String, Value>) -> Option<String> {
@@ -106,6 +113,9 @@ fn holders(acct: &mut Account, email: &str, except: Option<&str>) -> Vec<(&'stat
 pub fn before_write(acct: &mut Account, object: &str, id: Option<&str>, fields: &mut Map<String, Value>, asked: Asked) -> Result<(), Fail> {
     if !matches!(object, "Lead" | "Contact") {
         return Ok(());
+    }
+    if asked.malformed {
+        return Err(Fail::new("MALFORMED_ID", "Sforce-Auto-Assign: invalid AssignmentRule id", &[]));
     }
     if let (Some(id), "Lead") = (id, object) {
         let converted = acct.table("Lead").get(id).and_then(|r| r.fields.get("IsConverted")).and_then(Value::as_bool).unwrap_or(false);
