@@ -67,13 +67,14 @@ fn new_leads_take_the_named_assignment_rule_and_a_refused_duplicate_is_the_perso
     };
     assert_eq!(person("assigned@prospect.example")["fields"]["Owner"]["id"], json!(queue), "the named rule assigned the new lead");
 
-    // Another integration inserts a lead for dup@ (search will not show it for a minute).
+    // Another integration inserts a lead for dup@, spelt with capitals (search will not show
+    // it for a minute; the unique Email refuses the address in any case).
     let token = ZOHO.token("acme");
     let theirs = sim.call(
         "POST",
         "/zoho/crm/v7/Leads",
         Auth::Zoho(&token),
-        Some(&json!({"data": [{"Last_Name": "Hopper", "Company": "Navy", "Email": "dup@prospect.example"}]})),
+        Some(&json!({"data": [{"Last_Name": "Hopper", "Company": "Navy", "Email": "Dup@Prospect.example"}]})),
     );
     assert_eq!(theirs.status, 201, "{}", theirs.text);
     let theirs = theirs.body["data"][0]["details"]["id"].as_str().unwrap().to_string();

@@ -384,6 +384,17 @@ impl Account {
             .map(|r| r.id.clone())
     }
 
+    /// The same, for text compared without case (an address: Zoho's unique Email).
+    pub fn unique_holder_folded(&self, object: &str, field: &str, value: &Value, except: Option<&str>) -> Option<String> {
+        let key = index_key(value).filter(|k| !k.is_empty())?;
+        self.objects
+            .get(object)?
+            .find_by(field, &key)
+            .into_iter()
+            .find(|r| r.live() && Some(r.id.as_str()) != except && r.fields.get(field).and_then(index_key).as_deref() == Some(key.as_str()))
+            .map(|r| r.id.clone())
+    }
+
     /// Indexes every unique or external-id field and the idempotency key field.
     pub fn ensure_indexes(&mut self) {
         let mut wanted: Vec<(String, String)> = self
