@@ -312,3 +312,55 @@ fn a_lead_contracts_fields_are_checked_on_both_person_objects() {
         assert!(text.contains(&format!("fix: create the fields on {contacts}")), "{text}");
     }
 }
+
+/// `tenants provision` of a lead connection makes the lead contract's custom fields where
+/// they are missing, on every person object the CRM has (a dry run first, which makes
+/// nothing), as text fields the writers find by name; the check then passes them, and a
+/// second run changes nothing.
+#[test]
+fn provision_makes_a_lead_contracts_fields_on_the_crms_people() {
+    use crm_sync_tests::lead_suite::{HUBSPOT_LEADS, PIPEDRIVE_LEADS, SALESFORCE_LEADS, ZOHO_LEADS};
+    let sim = CrmSim::start();
+    let prefix = RedisPrefix::new("tenants-provision-leads");
+    for lc in [&HUBSPOT_LEADS, &SALESFORCE_LEADS, &ZOHO_LEADS, &PIPEDRIVE_LEADS] {
+        let crm = lc.case.name();
+        let t = format!("{crm}-new");
+        // The call key field only: none of the lead contract's custom fields yet.
+        let mut fields = (lc.fields)();
+        let people: Vec<String> = fields.as_object().unwrap().keys().filter(|o| lc.people.contains(&o.as_str())).cloned().collect();
+        let wanted: Vec<(String, String)> = people
+            .iter()
+            .flat_map(|o| fields[o].as_object().unwrap().keys().map(move |f| (o.clone(), f.clone())))
+            // Consent fields are the tenant's mapping, not the contract's.
+            .filter(|(_, f)| !f.to_lowercase().contains("marketing"))
+            .collect();
+        for o in &people {
+            fields.as_object_mut().unwrap().remove(o);
+        }
+        lc.account(&sim, &t, json!({ "fields": fields }));
+        let tenants = lc.tenants(&sim, &[&t], "");
+        let secrets = vec![(lc.case.secret(&t), lc.case.token(&t))];
+        let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", &t]);
+        assert_eq!(code, 1, "{crm}: the fields are missing: {text}");
+        let provision = |args: &[&str]| {
+            tenants_cmd("provision", &tenants, &prefix, &secrets, &[&["--tenant", t.as_str(), "--crm", crm][..], args].concat())
+        };
+        let (code, text, err) = provision(&["--dry-run"]);
+        assert_eq!(code, 0, "{text}{err}");
+        for (_, f) in &wanted {
+            assert!(text.contains(&format!(".{f} (text)")) && text.contains("would create"), "{crm}: {f} in the dry run: {text}");
+        }
+        let (code, text, _) = check(&tenants, &prefix, &secrets, &["--tenant", &t]);
+        assert_eq!(code, 1, "{crm}: a dry run makes nothing: {text}");
+        let (code, text, err) = provision(&[]);
+        assert_eq!(code, 0, "{crm}: {text}{err}");
+        for (_, f) in &wanted {
+            assert!(text.lines().any(|l| l.contains(f.as_str()) && l.contains(" ok ")), "{crm}: {f} made: {text}");
+        }
+        let (code, text, err) = check(&tenants, &prefix, &secrets, &["--tenant", &t]);
+        assert_eq!(code, 0, "{crm}: the check passes once they exist: {text}{err}");
+        let (code, text, _) = provision(&[]);
+        assert!(code == 0 && !text.contains("created "), "{crm}: a second run makes nothing: {text}");
+        assert!(text.contains("the lead contract's fields exist on"), "{text}");
+    }
+}

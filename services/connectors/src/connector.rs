@@ -484,6 +484,24 @@ pub trait Inspect: crate::people::People {
         ))))
     }
 
+    /// Creates the custom text field `name` on the CRM's `object` people (`crm-sync tenants
+    /// provision` of a lead contract's fields); by hand where the CRM's API does not here.
+    fn provision_person_field(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        object: crate::person::PersonObject,
+        name: &str,
+        log: &mut Vec<Exchange>,
+    ) -> impl std::future::Future<Output = Result<Provisioned, Failure>> + Send {
+        let _ = (api, t, log);
+        std::future::ready(Ok(Provisioned::ByHand(format!(
+            "crm-sync does not create {}'s fields through its API: create {name} on its {} people by hand",
+            self.crm().as_str(),
+            object.as_str()
+        ))))
+    }
+
     /// Whether these credentials may create and change `kind`'s records, as the CRM says
     /// before anything is written: a read that tells (HubSpot's token scopes, Salesforce's
     /// describe). The default: the CRM does not say.

@@ -123,11 +123,12 @@ pub trait People: Connector {
         let _ = (api, t, log);
         async move { Ok(None) }
     }
-    /// The fields of `object` where the CRM keeps people in two objects (Salesforce's Lead
-    /// and Contact, Zoho's Leads and Contacts), with its name as the CRM names it: a lead
-    /// may update a contact though people are created as leads, so `crm-sync tenants check`
-    /// looks for the lead contract's fields on both. None where people are one object
-    /// (HubSpot's contacts, Pipedrive's persons: the contract's object is all there is).
+    /// The fields of the CRM's `object` people, with the object's name as the CRM names it
+    /// (the names a lead contract uses): `crm-sync tenants check` looks for the contract's
+    /// fields on both where people are two objects (a lead may update a contact though
+    /// people are created as leads), and `tenants provision` creates the missing. None
+    /// where the CRM has no such object (HubSpot's and Pipedrive's people are contacts only)
+    /// or does not list its fields.
     fn people_fields(
         &self,
         api: &Api,

@@ -191,6 +191,8 @@ async fn provision_connection<C: Inspect>(
             }
         };
         match fields {
+            // A lead's fields are the people's (below).
+            None if kind == ActivityKind::Lead => {}
             None => {
                 out.push(finding(kind, true, format!("nothing to create: {object} has no custom fields (the key rides in {key})"), None))
             }
@@ -219,6 +221,62 @@ async fn provision_connection<C: Inspect>(
                     out.push(finding(kind, false, format!("{} refused to create {object}.{key}: {}", crm.as_str(), f.detail), Some(how)));
                 }
             },
+        }
+        // A lead contract's own fields (attribution, the lead's extras) on the CRM's people.
+        if kind == ActivityKind::Lead {
+            for (ok, detail, fix) in provision_people_fields(c, api, &client, contract, dry_run, &mut log).await {
+                out.push(finding(kind, ok, detail, fix));
+            }
+        }
+    }
+    out
+}
+
+/// The lead contract's fields on the CRM's people (both objects where it keeps two, less
+/// those `only_on` the other), each missing one made as a text field, or, with `dry_run`,
+/// said it would be; one finding per object in order, or per field made or refused.
+async fn provision_people_fields<C: Inspect>(
+    c: &C,
+    api: &crm_connectors::api::Api,
+    client: &crm_connectors::connector::TenantOf<C>,
+    contract: &crm_connectors::contract::Contract,
+    dry_run: bool,
+    log: &mut Vec<crm_connectors::api::Exchange>,
+) -> Vec<(bool, String, Option<String>)> {
+    use crm_connectors::connector::Provisioned;
+    let crm = c.crm().as_str();
+    let made_as = c.creates_person_as();
+    let mut out = vec![];
+    let other = other_people(made_as);
+    for object in [made_as, other] {
+        let (name, fields) = match c.people_fields(api, client, object, log).await {
+            Ok(Some(found)) => found,
+            Ok(None) => continue,
+            Err(f) => {
+                let detail = format!("could not read the fields of {crm}'s {} people: {}", object.as_str(), f.detail);
+                out.push((false, detail, Some("crm-sync tenants check says what to fix first".into())));
+                continue;
+            }
+        };
+        let mut missing = reconciler::compare::missing_fields(contract, &fields);
+        missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == object.as_str()));
+        if missing.is_empty() {
+            out.push((true, format!("the lead contract's fields exist on {name}"), None));
+        }
+        for f in missing {
+            if dry_run {
+                out.push((true, format!("would create {name}.{f} (text)"), None));
+                continue;
+            }
+            match c.provision_person_field(api, client, object, &f, log).await {
+                Ok(Provisioned::Created { detail, .. }) => out.push((true, detail, None)),
+                Ok(Provisioned::ByHand(how)) => out.push((false, format!("{name}.{f} is missing"), Some(how))),
+                Err(e) => out.push((
+                    false,
+                    format!("{crm} refused to create {name}.{f}: {}", e.detail),
+                    Some(format!("create {f} on {name} by hand (text, 255), then run crm-sync tenants check")),
+                )),
+            }
         }
     }
     out
@@ -348,11 +406,20 @@ async fn check_connection<C: Inspect + People>(
             }
             Ok(None) => {
                 out.push(finding(Check::Access, Some(kind), true, format!("{} answered the credentials", crm.as_str()), None));
-                let detail = match &contract.key_marker {
-                    Some(marker) => format!("no custom fields on {object}: the key rides in {} after {marker:?}", contract.key_field),
-                    None => format!("no custom fields on {object} to check"),
+                // A lead's fields are its people's, read where the CRM lists them (Pipedrive's
+                // person fields) though its activity schema has none.
+                let people = match kind {
+                    ActivityKind::Lead => people_fields_finding(c, api, &client, contract, c.creates_person_as(), &mut log).await,
+                    _ => None,
                 };
-                out.push(finding(Check::Fields, Some(kind), true, detail, None));
+                let (ok, detail, fix) = people.unwrap_or_else(|| {
+                    let detail = match &contract.key_marker {
+                        Some(marker) => format!("no custom fields on {object}: the key rides in {} after {marker:?}", contract.key_field),
+                        None => format!("no custom fields on {object} to check"),
+                    };
+                    (true, detail, None)
+                });
+                out.push(finding(Check::Fields, Some(kind), ok, detail, fix));
             }
             Ok(Some(schema)) => {
                 out.push(finding(Check::Access, Some(kind), true, format!("{object} readable ({} fields)", schema.fields.len()), None));
@@ -391,7 +458,8 @@ async fn check_connection<C: Inspect + People>(
                     out.push(finding(Check::Fields, Some(kind), false, detail, Some(fix)));
                 }
                 if kind == ActivityKind::Lead {
-                    if let Some((ok, detail, fix)) = other_people_fields(c, api, &client, contract, &mut log).await {
+                    let other = other_people(c.creates_person_as());
+                    if let Some((ok, detail, fix)) = people_fields_finding(c, api, &client, contract, other, &mut log).await {
                         out.push(finding(Check::Fields, Some(kind), ok, detail, fix));
                     }
                 }
@@ -528,40 +596,44 @@ fn key_field_finding(
     finding(Check::KeyField, Some(kind), ok, detail, fix)
 }
 
-/// A lead contract's fields on the CRM's other person object (Salesforce's Contact, Zoho's
-/// Contacts), where people are two objects: a lead matching a contact updates it with the
-/// same fields, so each (but those `only_on` the object people are created in) must be
-/// there too, or every lead of a contact is refused. None where people are one object.
-async fn other_people_fields<C: Inspect>(
+/// The person object leads are not created in (Salesforce's Contact, Zoho's Contacts).
+fn other_people(made_as: crm_connectors::person::PersonObject) -> crm_connectors::person::PersonObject {
+    use crm_connectors::person::PersonObject;
+    match made_as {
+        PersonObject::Lead => PersonObject::Contact,
+        PersonObject::Contact => PersonObject::Lead,
+    }
+}
+
+/// A lead contract's fields on the CRM's `object` people (each but those `only_on` the
+/// other object): where people are two objects a lead matching a contact updates it with
+/// the same fields, so they must be on both, or every lead of such a person is refused.
+/// None where the CRM has no such object or does not list its fields.
+async fn people_fields_finding<C: Inspect>(
     c: &C,
     api: &crm_connectors::api::Api,
     client: &crm_connectors::connector::TenantOf<C>,
     contract: &crm_connectors::contract::Contract,
+    object: crm_connectors::person::PersonObject,
     log: &mut Vec<crm_connectors::api::Exchange>,
 ) -> Option<(bool, String, Option<String>)> {
-    use crm_connectors::person::PersonObject;
-    let other = match c.creates_person_as() {
-        PersonObject::Lead => PersonObject::Contact,
-        PersonObject::Contact => PersonObject::Lead,
-    };
-    let (object, fields) = match c.people_fields(api, client, other, log).await {
+    let (name, fields) = match c.people_fields(api, client, object, log).await {
         Ok(Some(found)) => found,
         Ok(None) => return None,
-        Err(f) => return Some((false, format!("could not read the fields of the CRM's {} people: {}", other.as_str(), f.detail), None)),
+        Err(f) => return Some((false, format!("could not read the fields of the CRM's {} people: {}", object.as_str(), f.detail), None)),
     };
     let mut missing = reconciler::compare::missing_fields(contract, &fields);
-    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == other.as_str()));
+    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == object.as_str()));
     Some(if missing.is_empty() {
-        (true, format!("the lead contract's fields for {} people exist on {object}", other.as_str()), None)
+        (true, format!("the lead contract's fields for {} people exist on {name}", object.as_str()), None)
     } else {
         (
             false,
-            format!("{object} has no field {}: a lead whose person is a {} there cannot be written", missing.join(", "), other.as_str()),
+            format!("{name} has no field {}: a lead whose person is a {} there cannot be written", missing.join(", "), object.as_str()),
             Some(format!(
-                "create the field{} on {object} as on {}, or mark them only_on = \"{}\" in contracts/{}.lead.toml",
+                "create the field{} on {name} (crm-sync tenants provision --crm {} makes them), or leave them out of contracts/{}.lead.toml",
                 if missing.len() > 1 { "s" } else { "" },
-                contract.object,
-                c.creates_person_as().as_str(),
+                c.crm().as_str(),
                 c.crm().as_str()
             )),
         )

@@ -535,6 +535,20 @@ impl Connector for Hubspot {
     }
 }
 
+impl Hubspot {
+    /// The `crm_sync` property group on `object`, made unless there (another kind's
+    /// property, or an earlier run, made it).
+    async fn property_group(&self, api: &Api, t: &Tenant, object: &str, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        let group = Request::new(Method::POST, format!("/crm/v3/properties/{object}/groups"), RequestClass::Schema)
+            .body(json!({"name": PROPERTY_GROUP, "label": "crm-sync"}));
+        match t.fetch::<Value>(api, &group, log).await {
+            Ok(_) => Ok(()),
+            Err(f) if f.status == Some(409) => Ok(()),
+            Err(f) => Err(f),
+        }
+    }
+}
+
 impl Inspect for Hubspot {
     /// `batch/read` for the fields (100 per call); an id it does not find is looked for
     /// among archived records. Batch reads carry no associations, so a call's contact is
@@ -659,14 +673,7 @@ impl Inspect for Hubspot {
         log: &mut Vec<Exchange>,
     ) -> Result<Provisioned, Failure> {
         let object = self.object_of(kind);
-        let group = Request::new(Method::POST, format!("/crm/v3/properties/{object}/groups"), RequestClass::Schema)
-            .body(json!({"name": PROPERTY_GROUP, "label": "crm-sync"}));
-        match t.fetch::<Value>(api, &group, log).await {
-            Ok(_) => {}
-            // Made for another kind's property, or by an earlier run.
-            Err(f) if f.status == Some(409) => {}
-            Err(f) => return Err(f),
-        }
+        self.property_group(api, t, object, log).await?;
         let create = self.provision_request(kind).expect("HubSpot provisions");
         let _: Property = t.fetch(api, &create, log).await?;
         // Read back as `tenants check` reads it.
@@ -680,6 +687,32 @@ impl Inspect for Hubspot {
             )
         };
         Ok(Provisioned::Created { unique, detail })
+    }
+
+    /// A contact property of the lead contract's (`crm-sync tenants provision`): a text
+    /// property in the `crm_sync` group; one of that name there already is taken as made.
+    async fn provision_person_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: crate::person::PersonObject,
+        name: &str,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Provisioned, Failure> {
+        if object != crate::person::PersonObject::Contact {
+            return Ok(Provisioned::ByHand("HubSpot's people are contacts only".into()));
+        }
+        self.property_group(api, t, "contacts", log).await?;
+        let req = Request::new(Method::POST, "/crm/v3/properties/contacts", RequestClass::Schema).body(json!({
+            "name": name, "label": name, "type": "string", "fieldType": "text", "groupName": PROPERTY_GROUP, "formField": false,
+            "description": "Set by crm-sync from lead sources (contracts/hubspot.lead.toml)."
+        }));
+        let detail = match t.fetch::<Property>(api, &req, log).await {
+            Ok(_) => format!("created contacts.{name} (text)"),
+            Err(f) if f.status == Some(409) => format!("contacts.{name} exists already"),
+            Err(f) => return Err(f),
+        };
+        Ok(Provisioned::Created { unique: false, detail })
     }
 
     /// The token's scopes as HubSpot states them (a private app's through

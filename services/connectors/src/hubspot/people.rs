@@ -7,13 +7,14 @@
 //! cover: a create that meets the address is answered "Existing ID", and that contact is
 //! the person.
 
-use super::wire::{ErrorBody, Object, Page};
+use super::wire::{ErrorBody, Object, Page, Property};
 use super::{Hubspot, Tenant};
 use crate::api::{urlencode, Api, Exchange, Failure, Request, RequestClass};
 use crate::people::{Assign, People, PersonCreated, PersonKey};
 use crate::person::{Candidate, PersonObject};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
 
 const CONTACTS: &str = "/crm/v3/objects/contacts";
 
@@ -112,6 +113,21 @@ impl People for Hubspot {
         let props = asked(fields, &["lastmodifieddate"]).join(",");
         let req = Request::get(format!("{CONTACTS}/{}?properties={}", urlencode(id), urlencode(&props)), RequestClass::Read);
         Ok(t.fetch_if_present::<Object>(api, req, log).await?.map(|o| candidate(o, fields)))
+    }
+
+    /// The contact properties (`/crm/v3/properties/contacts`); HubSpot has no other people.
+    async fn people_fields(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: PersonObject,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<(&'static str, BTreeSet<String>)>, Failure> {
+        if object != PersonObject::Contact {
+            return Ok(None);
+        }
+        let page: Page<Property> = t.fetch(api, &Request::get("/crm/v3/properties/contacts", RequestClass::Schema), log).await?;
+        Ok(Some(("contacts", page.results.into_iter().map(|p| p.name).collect())))
     }
 
     /// HubSpot has no lead assignment rules an API create can ask for: `Assign::Crm` leaves

@@ -405,6 +405,28 @@ impl Connector for Pipedrive {
 }
 
 impl Inspect for Pipedrive {
+    /// A custom person field of the lead contract's: `POST /api/v1/personFields`, type
+    /// `varchar` (text up to 255). Pipedrive does not refuse a second field of one name, so
+    /// only fields `personFields` does not list are made (the caller reads first); the
+    /// writers find its code by name.
+    async fn provision_person_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: crate::person::PersonObject,
+        name: &str,
+        log: &mut Vec<Exchange>,
+    ) -> Result<crate::connector::Provisioned, Failure> {
+        use crate::connector::Provisioned;
+        if object != crate::person::PersonObject::Contact {
+            return Ok(Provisioned::ByHand("Pipedrive's people are persons only".into()));
+        }
+        let req =
+            Request::new(Method::POST, "/api/v1/personFields", RequestClass::Schema).body(json!({"name": name, "field_type": "varchar"}));
+        let _: Envelope<Value> = t.fetch(api, &req, log).await?;
+        Ok(Provisioned::Created { unique: false, detail: format!("created persons.{name} (text)") })
+    }
+
     /// The activity list filtered by `ids` (100 per call, one list's cost). Pipedrive hides
     /// deleted activities and cannot tell them from purged ones: a missing one is taken as
     /// deleted by a person, whose decision the reconciler does not undo by default.

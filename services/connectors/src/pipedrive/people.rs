@@ -23,7 +23,7 @@ use crate::person::{Candidate, PersonObject};
 use crm_common::events::DlqReason;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// How long a company's custom person fields are kept before they are read again.
@@ -208,6 +208,27 @@ impl People for Pipedrive {
     ) -> Result<Option<Candidate>, Failure> {
         // A deleted person is not listed.
         Ok(self.read_people(api, t, &[id.to_string()], fields, log).await?.into_iter().next())
+    }
+
+    /// The person fields (`/api/v2/personFields`): standard ones by code (`name`, `emails`…),
+    /// custom ones by name, as the lead contract names them. Pipedrive's people are persons
+    /// only.
+    async fn people_fields(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: PersonObject,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Option<(&'static str, BTreeSet<String>)>, Failure> {
+        if object != PersonObject::Contact {
+            return Ok(None);
+        }
+        let req = Request::get("/api/v2/personFields?limit=500", RequestClass::Schema);
+        let fields: Envelope<Vec<PersonField>> = t.fetch(api, &req, log).await?;
+        let names = fields.data.into_iter().map(|f| if f.is_custom_field { f.field_name } else { f.field_code });
+        // The contract's names for the standard lists (`email`, `phone`) besides their codes.
+        let aliases = STANDARD.iter().map(|s| s.to_string());
+        Ok(Some(("persons", names.chain(aliases).collect())))
     }
 
     /// Pipedrive has no lead assignment rules: `Assign::Crm` leaves the owner to Pipedrive's

@@ -637,26 +637,7 @@ impl Inspect for Salesforce {
         };
         let create = self.provision_request(kind).expect("Salesforce provisions");
         done(t.fetch(api, &create, log).await, "DUPLICATE_DEVELOPER_NAME")?;
-        let me: wire::UserInfo = t.fetch(api, &Request::get("/services/oauth2/userinfo", RequestClass::Schema), log).await?;
-        let found = self.soql(api, t, &format!("SELECT Id FROM PermissionSet WHERE Name = {}", soql_text(PERMISSION_SET)), log).await?;
-        let set = match found.into_iter().next() {
-            Some(r) => r.id,
-            None => {
-                let make = Request::new(Method::POST, self.data("/sobjects/PermissionSet"), RequestClass::Schema).body(json!({
-                    "Name": PERMISSION_SET, "Label": "crm-sync",
-                    "Description": "Made by crm-sync tenants provision: access to the fields crm-sync writes."
-                }));
-                t.fetch::<Created>(api, &make, log).await?.id
-            }
-        };
-        let grant = Request::new(Method::POST, self.data("/sobjects/FieldPermissions"), RequestClass::Schema).body(json!({
-            "ParentId": set, "SobjectType": object, "Field": format!("{object}.{key}"),
-            "PermissionsRead": true, "PermissionsEdit": true
-        }));
-        done(t.fetch(api, &grant, log).await, "DUPLICATE_VALUE")?;
-        let assign = Request::new(Method::POST, self.data("/sobjects/PermissionSetAssignment"), RequestClass::Schema)
-            .body(json!({"AssigneeId": me.user_id, "PermissionSetId": set}));
-        done(t.fetch(api, &assign, log).await, "DUPLICATE_VALUE")?;
+        self.grant_field(api, t, &object, &key, log).await?;
         let access = format!("read and edit for the integration user through the permission set {PERMISSION_SET}");
         match self.schema(api, t, kind, log).await?.and_then(|s| s.key_field) {
             Some(KeyFieldCheck::Enforced) => Ok(Provisioned::Created {
@@ -672,6 +653,45 @@ impl Inspect for Salesforce {
                 format!("{object}.{key} was made and granted, but the integration user still cannot see it: check its profile's field-level security"),
             )),
         }
+    }
+
+    /// A custom field of the lead contract's on Lead or Contact: Text(255) through the
+    /// Tooling API, then field-level access for the integration user (`grant_field`); a
+    /// field of that name there already is taken as made. A standard field missing is
+    /// access, not a field to make.
+    async fn provision_person_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: crate::person::PersonObject,
+        name: &str,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Provisioned, Failure> {
+        let object = people::object_name(object);
+        if !name.ends_with("__c") {
+            return Ok(Provisioned::ByHand(format!(
+                "{object}.{name} is a standard field the integration user cannot see: give it field-level access (its profile or a permission set)"
+            )));
+        }
+        let req = Request::new(Method::POST, self.data("/tooling/sobjects/CustomField"), RequestClass::Schema).body(json!({
+            "FullName": format!("{object}.{name}"),
+            "Metadata": {
+                "label": name.trim_end_matches("__c"),
+                "description": "Set by crm-sync from lead sources (contracts/salesforce.lead.toml).",
+                "type": "Text", "length": 255
+            }
+        }));
+        let existed = match t.fetch::<Created>(api, &req, log).await {
+            Ok(_) => false,
+            Err(f) if f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains("DUPLICATE_DEVELOPER_NAME")) => true,
+            Err(f) => return Err(f),
+        };
+        self.grant_field(api, t, object, name, log).await?;
+        let made = if existed { "exists already" } else { "created (Text 255)" };
+        Ok(Provisioned::Created {
+            unique: false,
+            detail: format!("{object}.{name} {made}, read and edit for the integration user through the permission set {PERMISSION_SET}"),
+        })
     }
 
     fn provision_request(&self, kind: ActivityKind) -> Option<Request> {
@@ -725,5 +745,39 @@ impl Inspect for Salesforce {
     async fn write_access(&self, api: &Api, t: &Tenant, kind: ActivityKind, log: &mut Vec<Exchange>) -> Result<WriteAccess, Failure> {
         let schema = self.schema(api, t, kind, log).await?;
         Ok(schema.and_then(|s| s.write).expect("describe says what the user may write"))
+    }
+}
+
+impl Salesforce {
+    /// Field-level access for the integration user to `{object}.{field}`, which a field made
+    /// through the Tooling API has for nobody (CRM-APIS-ACTIVITIES §6.2): the permission set
+    /// `crm_sync` (found, or made), read and edit on the field in it, and the set assigned to
+    /// the user the credentials are; a grant or assignment there already counts as done.
+    async fn grant_field(&self, api: &Api, t: &Tenant, object: &str, field: &str, log: &mut Vec<Exchange>) -> Result<(), Failure> {
+        let done = |r: Result<Created, Failure>, code: &str| match r {
+            Err(f) if !(f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code))) => Err(f),
+            _ => Ok(()),
+        };
+        let me: wire::UserInfo = t.fetch(api, &Request::get("/services/oauth2/userinfo", RequestClass::Schema), log).await?;
+        let found = self.soql(api, t, &format!("SELECT Id FROM PermissionSet WHERE Name = {}", soql_text(PERMISSION_SET)), log).await?;
+        let set = match found.into_iter().next() {
+            Some(r) => r.id,
+            None => {
+                let make = Request::new(Method::POST, self.data("/sobjects/PermissionSet"), RequestClass::Schema).body(json!({
+                    "Name": PERMISSION_SET, "Label": "crm-sync",
+                    "Description": "Made by crm-sync tenants provision: access to the fields crm-sync writes."
+                }));
+                t.fetch::<Created>(api, &make, log).await?.id
+            }
+        };
+        let grant = Request::new(Method::POST, self.data("/sobjects/FieldPermissions"), RequestClass::Schema).body(json!({
+            "ParentId": set, "SobjectType": object, "Field": format!("{object}.{field}"),
+            "PermissionsRead": true, "PermissionsEdit": true
+        }));
+        done(t.fetch(api, &grant, log).await, "DUPLICATE_VALUE")?;
+        let assign = Request::new(Method::POST, self.data("/sobjects/PermissionSetAssignment"), RequestClass::Schema)
+            .body(json!({"AssigneeId": me.user_id, "PermissionSetId": set}));
+        done(t.fetch(api, &assign, log).await, "DUPLICATE_VALUE")?;
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 
-fn object_name(o: PersonObject) -> &'static str {
+pub(super) fn object_name(o: PersonObject) -> &'static str {
     match o {
         PersonObject::Contact => "Contact",
         PersonObject::Lead => "Lead",

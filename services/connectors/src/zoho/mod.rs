@@ -791,6 +791,36 @@ impl Inspect for Zoho {
     /// values". Whether Zoho accepts that on Calls and Events is not known
     /// (CRM-APIS-ACTIVITIES §6.3): refused, the field is made without it, and the writes stay
     /// single through the claims and the read-back before any resend, as for every Zoho create.
+    /// A custom field of the lead contract's on Leads or Contacts: a text field whose label
+    /// is the name with spaces for underscores (Zoho makes the API name of the label so);
+    /// one of that name there already is taken as made.
+    async fn provision_person_field(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: crate::person::PersonObject,
+        name: &str,
+        log: &mut Vec<Exchange>,
+    ) -> Result<Provisioned, Failure> {
+        let module = people::module(object);
+        let req = Request::new(Method::POST, format!("{API}/settings/fields?module={module}"), RequestClass::Schema)
+            .body(json!({"fields": [{"field_label": name.replace('_', " "), "data_type": "text", "length": 255}]}));
+        let answer: wire::FieldsCreated = match t.fetch(api, &req, log).await {
+            Ok(a) => a,
+            Err(f) if f.excerpt.as_deref().is_some_and(|e| e.contains("DUPLICATE_DATA")) => wire::FieldsCreated { fields: vec![] },
+            Err(f) => return Err(f),
+        };
+        let detail = match answer.fields.first() {
+            None => format!("{module}.{name} exists already"),
+            Some(f) if f.status == "success" => format!("created {module}.{name} (text)"),
+            Some(f) if f.code == "DUPLICATE_DATA" => format!("{module}.{name} exists already"),
+            Some(f) => {
+                return Err(Failure::new(DlqReason::Validation, format!("Zoho did not create {module}.{name}: {} {}", f.code, f.message)))
+            }
+        };
+        Ok(Provisioned::Created { unique: false, detail })
+    }
+
     async fn provision_key_field(
         &self,
         api: &Api,

@@ -31,7 +31,7 @@ const LEAD_PHONES: &[&str] = &["Phone", "Mobile"];
 /// Search hits read per module (the most one page holds).
 const PER_PAGE: usize = 200;
 
-fn module(o: PersonObject) -> &'static str {
+pub(super) fn module(o: PersonObject) -> &'static str {
     match o {
         PersonObject::Contact => "Contacts",
         PersonObject::Lead => "Leads",

@@ -184,6 +184,7 @@ pub fn router(sim: SharedSim) -> Router {
         .route("/api/v2/deals", get(activities::list_deals))
         .route("/api/v2/persons", post(activities::create_person).get(persons::list))
         .route("/api/v2/personFields", get(persons::fields))
+        .route("/api/v1/personFields", post(persons::create_field))
         .route("/api/v2/persons/search", get(activities::search_persons))
         .route("/api/v2/persons/{id}", get(activities::read_person).patch(persons::update))
         .route("/api/v1/users/find", get(activities::find_users))

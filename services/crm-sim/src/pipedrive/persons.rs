@@ -12,6 +12,10 @@
 //!   given, merges `custom_fields`, and moves `update_time`; search sees the change after the
 //!   account's lag. The owner must be an active user.
 //! - **v2 has no first or last name** on persons: `name` only (the SDK's AddPersonRequest).
+//! - **New custom fields** through `POST /api/v1/personFields` (`name`, `field_type`; the
+//!   simulator takes text types, `varchar`/`text`); the answer carries the field's `key`,
+//!   its code. Pipedrive does not refuse a second field of one name; the simulator keeps
+//!   one per name (a client that creates twice is not caught here: crm-sync reads first).
 
 use super::errors;
 use super::{derive, pd_time};
@@ -182,6 +186,29 @@ pub async fn fields(State(sim): State<SharedSim>, Extension(caller): Extension<C
             json!({"field_code": code, "field_name": name, "field_type": "varchar", "is_custom_field": true, "add_time": pd_time(now)})
         }));
         json(200, json!({"success": true, "data": data, "additional_data": {"next_cursor": Value::Null}}))
+    })
+}
+
+/// `POST /api/v1/personFields`: a custom text field.
+pub async fn create_field(State(sim): State<SharedSim>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
+    let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(&body) else {
+        return errors::validation("the body must be a JSON object");
+    };
+    let name = b.get("name").and_then(Value::as_str).map(str::trim).unwrap_or_default().to_string();
+    let ty = b.get("field_type").and_then(Value::as_str).unwrap_or_default().to_string();
+    if name.is_empty() {
+        return errors::validation("Name must be given.");
+    }
+    if !matches!(ty.as_str(), "varchar" | "text") {
+        return errors::validation(&format!("field_type {ty:?}: the simulator makes text fields only (varchar, text)"));
+    }
+    sim.with(&caller, |acct, now| {
+        let def = crate::state::FieldDef { kind: crate::state::FieldType::Text, custom: true, ..Default::default() };
+        acct.schema.entry("persons".to_string()).or_default().insert(name.clone(), def);
+        json(
+            201,
+            json!({"success": true, "data": {"key": field_code(&name), "name": name, "field_type": ty, "add_time": pd_time(now), "edit_flag": true}}),
+        )
     })
 }
 
