@@ -375,23 +375,19 @@ impl Account {
 
     /// A live record that holds `value` in unique field `field`, other than `except`.
     pub fn unique_holder(&self, object: &str, field: &str, value: &Value, except: Option<&str>) -> Option<String> {
-        let key = index_key(value).filter(|k| !k.is_empty())?;
-        self.objects
-            .get(object)?
-            .find_by(field, &key)
-            .into_iter()
-            .find(|r| r.live() && Some(r.id.as_str()) != except && r.fields.get(field) == Some(value))
-            .map(|r| r.id.clone())
+        self.unique_holder_as(object, field, value, except, false)
     }
 
-    /// The same, for text compared without case (an address: Zoho's unique Email).
-    pub fn unique_holder_folded(&self, object: &str, field: &str, value: &Value, except: Option<&str>) -> Option<String> {
+    /// The same, text compared without case where `fold_case` (an address: Zoho's unique
+    /// Email).
+    pub fn unique_holder_as(&self, object: &str, field: &str, value: &Value, except: Option<&str>, fold_case: bool) -> Option<String> {
         let key = index_key(value).filter(|k| !k.is_empty())?;
+        let same = |v: Option<&Value>| if fold_case { v.and_then(index_key).as_deref() == Some(key.as_str()) } else { v == Some(value) };
         self.objects
             .get(object)?
             .find_by(field, &key)
             .into_iter()
-            .find(|r| r.live() && Some(r.id.as_str()) != except && r.fields.get(field).and_then(index_key).as_deref() == Some(key.as_str()))
+            .find(|r| r.live() && Some(r.id.as_str()) != except && same(r.fields.get(field)))
             .map(|r| r.id.clone())
     }
 

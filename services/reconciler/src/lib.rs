@@ -115,6 +115,45 @@ struct Checked<'a> {
     v: Verdict,
 }
 
+impl<'a> Checked<'a> {
+    /// `w` under check as `kind`, with the request read at its offset, if any.
+    fn new(
+        kind: ActivityKind,
+        w: &'a Written,
+        (msg, req): (Option<&'a InMessage>, Option<&'a WriteRequest>),
+        (tenant, crm): (&'a str, Crm),
+        known: &'a HashSet<(String, String)>,
+    ) -> Checked<'a> {
+        Checked {
+            kind,
+            w,
+            msg,
+            req,
+            input: msg.cloned().unwrap_or_else(|| pass_input(tenant, crm)),
+            subject: Subject { tenant_id: tenant, call_id: Some(&w.call_id), crm: Some(crm), version: Some(w.version), kind: Some(kind) },
+            known,
+            attribution: None,
+            v: Verdict::default(),
+        }
+    }
+}
+
+/// The message at `w`'s offset on `topic` and the write request in it, if it is `w`'s (same
+/// kind and key): the topic may no longer keep it, or hold another there.
+fn request_at<'m>(
+    messages: &'m HashMap<(i32, i64), InMessage>,
+    topic: &str,
+    w: &Written,
+    kind: ActivityKind,
+) -> (Option<&'m InMessage>, Option<WriteRequest>) {
+    let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
+    let req = msg
+        .and_then(|m| m.payload.as_deref())
+        .and_then(WriteRequest::from_payload)
+        .filter(|r| r.kind() == kind && r.idempotency_key() == w.idempotency_key);
+    (msg, req)
+}
+
 /// What one record's check came to.
 #[derive(Default)]
 struct Verdict {
@@ -378,29 +417,11 @@ impl<C: Inspect> Reconciler<C> {
             self.tenants.current().tenants.get(pass.tenant).and_then(|t| t.crms.get(&crm)).map(|c| c.on_deleted).unwrap_or_default();
         for w in &written {
             report.checked += 1;
-            let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
-            // The request at that offset, if it is this activity's (same kind and key).
-            let req: Option<WriteRequest> = msg
-                .and_then(|m| m.payload.as_deref())
-                .and_then(WriteRequest::from_payload)
-                .filter(|r| r.kind() == kind && r.idempotency_key() == w.idempotency_key);
+            let (msg, req) = request_at(&messages, &topic, w, kind);
             let state = live.get(&w.record_id).cloned().unwrap_or(Live::Absent);
             let rec = Checked {
-                kind,
-                w,
-                msg,
-                req: req.as_ref(),
-                input: msg.cloned().unwrap_or_else(|| pass_input(pass.tenant, crm)),
-                subject: Subject {
-                    tenant_id: pass.tenant,
-                    call_id: Some(&w.call_id),
-                    crm: Some(crm),
-                    version: Some(w.version),
-                    kind: Some(kind),
-                },
-                known: &known,
                 attribution: attributions.get(&w.record_id),
-                v: Verdict::default(),
+                ..Checked::new(kind, w, (msg, req.as_ref()), (pass.tenant, crm), &known)
             };
             let v = self.check(pass, client, rec, state, on_deleted).await;
             tally(report, &v);

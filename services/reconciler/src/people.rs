@@ -23,10 +23,10 @@
 //! A lead whose write is in flight is left for the next pass; one whose request is no
 //! longer kept cannot be searched for by its email (`source_gone`).
 
-use crate::{kind, pass_input, Checked, Pass, Reconciler, Verdict};
+use crate::{kind, request_at, Checked, Pass, Reconciler};
 use crm_common::audit_store::{ParityReport, Written};
 use crm_common::clock::now_ms;
-use crm_common::emit::{CrmAnswer, Subject};
+use crm_common::emit::CrmAnswer;
 use crm_common::events::{ActivityKind, AuditOutcome, DlqReason, NormalisedLead, WriteRequest};
 use crm_connectors::api::{Exchange, Failure};
 use crm_connectors::connector::{Inspect, TenantOf};
@@ -79,11 +79,7 @@ impl<C: Inspect> Reconciler<C> {
         let mut fates: HashMap<Person, (Fate, Vec<Exchange>)> = HashMap::new();
         for w in &written {
             report.checked += 1;
-            let msg = messages.get(&(w.partition, w.offset)).filter(|_| w.topic == topic);
-            let req: Option<WriteRequest> = msg
-                .and_then(|m| m.payload.as_deref())
-                .and_then(WriteRequest::from_payload)
-                .filter(|r| r.kind() == ActivityKind::Lead && r.idempotency_key() == w.idempotency_key);
+            let (msg, req) = request_at(&messages, &topic, w, ActivityKind::Lead);
             let lead = lead_of(req.as_ref());
             let person = self.person_of(w);
             // Read once per person; a search needs a lead whose request is still kept.
@@ -102,23 +98,8 @@ impl<C: Inspect> Reconciler<C> {
                 report.matching += 1;
                 continue;
             }
-            let mut rec = Checked {
-                kind: ActivityKind::Lead,
-                w,
-                msg,
-                req: req.as_ref(),
-                input: msg.cloned().unwrap_or_else(|| pass_input(pass.tenant, crm)),
-                subject: Subject {
-                    tenant_id: pass.tenant,
-                    call_id: Some(&w.call_id),
-                    crm: Some(crm),
-                    version: Some(w.version),
-                    kind: Some(ActivityKind::Lead),
-                },
-                known: &known,
-                attribution: None,
-                v: Verdict { drifted: true, ..Verdict::default() },
-            };
+            let mut rec = Checked::new(ActivityKind::Lead, w, (msg, req.as_ref()), (pass.tenant, crm), &known);
+            rec.v.drifted = true;
             self.audit_exchanges(pass, &rec, &log);
             if !self.settled(pass.tenant, w).await {
                 pass.note(kind::IN_FLIGHT);

@@ -188,8 +188,7 @@ fn validate(
         if schema.get(k).is_some_and(|d| d.unique) {
             // Whether Zoho's "Do not allow duplicate values" tells addresses apart by case is
             // [U]: the harsher case is modelled, it does not (Jane@X and jane@x collide).
-            let holder = if k == "Email" { acct.unique_holder_folded(module, k, v, id) } else { acct.unique_holder(module, k, v, id) };
-            if let Some(existing) = holder {
+            if let Some(existing) = acct.unique_holder_as(module, k, v, id, k == "Email") {
                 return Err(field_err(
                     "DUPLICATE_DATA",
                     "duplicate data",
