@@ -31,7 +31,7 @@ use crm_common::events::{ActivityKind, AuditOutcome, DlqReason, NormalisedLead, 
 use crm_connectors::api::{Exchange, Failure};
 use crm_connectors::connector::{Inspect, TenantOf};
 use crm_connectors::people::PersonKey;
-use crm_connectors::person::PersonObject;
+use crm_connectors::person::{resolve, OnAmbiguous, PersonObject, Resolution};
 use crm_connectors::person_claims::{parse_record, person_key, record_text};
 use std::collections::HashMap;
 
@@ -76,7 +76,7 @@ impl<C: Inspect> Reconciler<C> {
         let messages = self.requests(&topic, &written).await?;
         let ids: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
         let known = self.store.reconciler_dead_letters(pass.tenant, crm.as_str(), &ids).await?;
-        let mut fates: HashMap<Person, (Fate, Vec<Exchange>)> = HashMap::new();
+        let mut fates: HashMap<Person, Fate> = HashMap::new();
         for w in &written {
             report.checked += 1;
             let (msg, req) = request_at(&messages, &topic, w, ActivityKind::Lead);
@@ -84,13 +84,13 @@ impl<C: Inspect> Reconciler<C> {
             let person = self.person_of(w);
             // Read once per person; a search needs a lead whose request is still kept.
             let (fate, log) = match fates.get(&person) {
-                Some((f, _)) if *f != Fate::Unsearchable || lead.is_none() => (f.clone(), vec![]),
+                Some(f) if *f != Fate::Unsearchable || lead.is_none() => (f.clone(), vec![]),
                 _ => {
                     let mut log = vec![];
                     let fate = self.fate(client, &person, lead, &mut log).await.map_err(|f| {
                         anyhow::anyhow!("reading person {}: {}: {}", record_text(Some(&person)), f.reason.as_str(), f.detail)
                     })?;
-                    fates.insert(person.clone(), (fate.clone(), vec![]));
+                    fates.insert(person.clone(), fate.clone());
                     (fate, log)
                 }
             };
@@ -135,16 +135,21 @@ impl<C: Inspect> Reconciler<C> {
             });
         }
         let Some(lead) = lead else { return Ok(Fate::Unsearchable) };
-        let keys = [lead.email.as_deref().map(PersonKey::Email), lead.phone_e164.as_deref().map(PersonKey::Phone)];
-        for key in keys.into_iter().flatten() {
-            let found = self.connector.find_people(&self.api, client, key, &[], log).await?;
-            match found.as_slice() {
-                [] => continue,
-                [one] => return Ok(Fate::Moved((one.object, one.id.clone()))),
-                many => return Ok(Fate::Ambiguous(many.len())),
-            }
-        }
-        Ok(Fate::Deleted)
+        // Who has the lead's address (else its number) now, by the writer's own rules
+        // (`person::resolve`: contacts before leads; several of a standing are several).
+        let by_email = match lead.email.as_deref() {
+            Some(e) => self.connector.find_people(&self.api, client, PersonKey::Email(e), &[], log).await?,
+            None => vec![],
+        };
+        let by_phone = match lead.phone_e164.as_deref() {
+            Some(p) if by_email.is_empty() => self.connector.find_people(&self.api, client, PersonKey::Phone(p), &[], log).await?,
+            _ => vec![],
+        };
+        Ok(match resolve(by_email, by_phone, OnAmbiguous::DeadLetter) {
+            Resolution::Create => Fate::Deleted,
+            Resolution::Update { person, .. } => Fate::Moved((person.object, person.id)),
+            Resolution::Ambiguous { ids, .. } => Fate::Ambiguous(ids.len()),
+        })
     }
 
     /// What a lead's person found moved, ambiguous, deleted or unsearchable comes to.
