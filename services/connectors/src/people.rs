@@ -10,7 +10,7 @@ use crate::exchange::{Exchange, Failure};
 use crate::person::{Candidate, PersonObject};
 use crm_common::events::{Crm, DlqReason};
 use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -80,6 +80,30 @@ pub trait People: Connector {
     ) -> impl Future<Output = Answer<Option<Candidate>>> + Send {
         let _ = (api, t, object, id, fields, log);
         async move { Err(no_leads(self.crm())) }
+    }
+    /// Which of `ids` (people of `object`) are still there under those ids, read as many to
+    /// a request as the CRM allows: the reconciler's people pass reads every person its
+    /// leads were written as each pass. The rest are gone: deleted, merged away, or a lead
+    /// converted (`read_person` and a search tell which). The default reads one by one.
+    fn people_here(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        object: PersonObject,
+        ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl Future<Output = Answer<HashSet<String>>> + Send {
+        async move {
+            let mut here = HashSet::new();
+            for id in ids {
+                if let Some(c) = self.read_person(api, t, object, id, &[], log).await? {
+                    if c.object == object && c.id == *id {
+                        here.insert(c.id);
+                    }
+                }
+            }
+            Ok(here)
+        }
     }
     /// Creates a person with `values` (the lead contract's object), their owner given as
     /// `assign` says. Each request carries `fence` (the lead's and the person's claim keys).

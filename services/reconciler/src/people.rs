@@ -33,7 +33,7 @@ use crm_connectors::connector::{Inspect, TenantOf};
 use crm_connectors::people::PersonKey;
 use crm_connectors::person::{resolve, OnAmbiguous, PersonObject, Resolution};
 use crm_connectors::person_claims::{parse_record, person_key, record_text};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 type Person = (PersonObject, String);
 
@@ -76,7 +76,21 @@ impl<C: Inspect> Reconciler<C> {
         let messages = self.requests(&topic, &written).await?;
         let ids: Vec<String> = written.iter().map(|w| w.call_id.clone()).collect();
         let known = self.store.reconciler_dead_letters(pass.tenant, crm.as_str(), &ids).await?;
+        // Who is still there under the id written, read in batches; only the others are read
+        // one by one and searched for.
+        let mut wanted: BTreeMap<PersonObject, BTreeSet<String>> = BTreeMap::new();
+        for w in &written {
+            let (object, id) = self.person_of(w);
+            wanted.entry(object).or_default().insert(id);
+        }
         let mut fates: HashMap<Person, Fate> = HashMap::new();
+        for (object, ids) in wanted {
+            let ids: Vec<String> = ids.into_iter().collect();
+            let here = self.connector.people_here(&self.api, client, object, &ids, &mut vec![]).await.map_err(|f| {
+                anyhow::anyhow!("reading the {} people leads were written as: {}: {}", object.as_str(), f.reason.as_str(), f.detail)
+            })?;
+            fates.extend(here.into_iter().map(|id| ((object, id), Fate::Here)));
+        }
         for w in &written {
             report.checked += 1;
             let (msg, req) = request_at(&messages, &topic, w, ActivityKind::Lead);

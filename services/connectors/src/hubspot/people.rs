@@ -14,7 +14,7 @@ use crate::people::{Assign, People, PersonCreated, PersonKey};
 use crate::person::{Candidate, PersonObject};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 const CONTACTS: &str = "/crm/v3/objects/contacts";
 
@@ -128,6 +128,25 @@ impl People for Hubspot {
         }
         let page: Page<Property> = t.fetch(api, &Request::get("/crm/v3/properties/contacts", RequestClass::Schema), log).await?;
         Ok(Some(("contacts", page.results.into_iter().map(|p| p.name).collect())))
+    }
+
+    /// `POST /crm/v3/objects/contacts/batch/read`, 100 ids a request: a merged contact's old
+    /// id is not among the answers (its survivor is read by that id alone).
+    async fn people_here(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        _object: PersonObject,
+        ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashSet<String>, Failure> {
+        let mut here = HashSet::new();
+        for chunk in ids.chunks(super::BATCH_MAX) {
+            let asked: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let found = self.batch_read(api, t, "contacts", &asked, json!(["hs_object_id"]), log).await?;
+            here.extend(found.into_iter().map(|o| o.id).filter(|id| chunk.contains(id)));
+        }
+        Ok(here)
     }
 
     /// HubSpot has no lead assignment rules an API create can ask for: `Assign::Crm` leaves

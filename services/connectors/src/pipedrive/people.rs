@@ -23,7 +23,7 @@ use crate::person::{Candidate, PersonObject};
 use crm_common::events::DlqReason;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// How long a company's custom person fields are kept before they are read again.
@@ -208,6 +208,22 @@ impl People for Pipedrive {
     ) -> Result<Option<Candidate>, Failure> {
         // A deleted person is not listed.
         Ok(self.read_people(api, t, &[id.to_string()], fields, log).await?.into_iter().next())
+    }
+
+    /// `GET /api/v2/persons?ids=`, 100 ids a request (a deleted person is not listed).
+    async fn people_here(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        _object: PersonObject,
+        ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashSet<String>, Failure> {
+        let mut here = HashSet::new();
+        for chunk in ids.chunks(100) {
+            here.extend(self.read_people(api, t, chunk, &[], log).await?.into_iter().map(|c| c.id));
+        }
+        Ok(here)
     }
 
     /// The person fields (`/api/v2/personFields`): standard ones by code (`name`, `emails`…),

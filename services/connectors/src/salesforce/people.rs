@@ -23,7 +23,7 @@ use crate::person::{Candidate, PersonObject};
 use crm_common::events::{ActivityKind, DlqReason};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 pub(super) fn object_name(o: PersonObject) -> &'static str {
     match o {
@@ -164,6 +164,25 @@ impl People for Salesforce {
             )
             .await?;
         Ok(page.records.into_iter().find(|r| !converted(r)).map(|r| candidate(object, r, fields)))
+    }
+
+    /// SOQL `Id IN (…)`, 200 ids a query; a converted lead is not here (its person is the
+    /// contact it became).
+    async fn people_here(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: PersonObject,
+        ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashSet<String>, Failure> {
+        let mut here = HashSet::new();
+        for chunk in ids.chunks(200) {
+            let list = chunk.iter().map(|id| soql_text(id)).collect::<Vec<_>>().join(", ");
+            let q = format!("SELECT {} FROM {} WHERE Id IN ({list})", self.select(object, &[]), object_name(object));
+            here.extend(self.soql(api, t, &q, log).await?.into_iter().filter(|r| !converted(r)).map(|r| r.id));
+        }
+        Ok(here)
     }
 
     /// The object's describe (`/sobjects/{Lead|Contact}/describe/`).

@@ -24,7 +24,7 @@ use crate::person::{fields_on, Candidate, PersonObject};
 use crm_common::events::ActivityKind;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 const LEAD_PHONES: &[&str] = &["Phone", "Mobile"];
@@ -193,6 +193,24 @@ impl People for Zoho {
         let req = Request::get(format!("{API}/settings/automation/assignment_rules?module=Leads"), RequestClass::Read);
         let rules: AssignmentRules = t.fetch(api, &req, log).await?;
         Ok(Some(rules.assignment_rules.into_iter().map(|r| (r.id, r.name)).collect()))
+    }
+
+    /// COQL `id in (…)`, 50 ids a query (a converted lead has left the module).
+    async fn people_here(
+        &self,
+        api: &Api,
+        t: &Tenant,
+        object: PersonObject,
+        ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> Result<HashSet<String>, Failure> {
+        let mut here = HashSet::new();
+        for chunk in ids.chunks(super::COQL_IN_MAX) {
+            let list = chunk.iter().map(|id| super::coql_str(id)).collect::<Vec<_>>().join(", ");
+            let q = format!("select id from {} where id in ({list}) limit 200", module(object));
+            here.extend(t.fetch::<Data<Row>>(api, &super::coql(q), log).await?.rows().into_iter().filter_map(|r| r.id));
+        }
+        Ok(here)
     }
 
     /// The module's fields (`/settings/fields?module={Leads|Contacts}`).
