@@ -46,6 +46,14 @@ impl PersonObject {
         object_name(self)
     }
 
+    /// The other of a CRM's two person objects (where it keeps two).
+    pub fn other(self) -> PersonObject {
+        match self {
+            PersonObject::Contact => PersonObject::Lead,
+            PersonObject::Lead => PersonObject::Contact,
+        }
+    }
+
     pub fn parse(name: &str) -> Option<PersonObject> {
         match name {
             "contact" => Some(PersonObject::Contact),

@@ -247,8 +247,7 @@ async fn provision_people_fields<C: Inspect>(
     let crm = c.crm().as_str();
     let made_as = c.creates_person_as();
     let mut out = vec![];
-    let other = other_people(made_as);
-    for object in [made_as, other] {
+    for object in [made_as, made_as.other()] {
         let (name, fields) = match c.people_fields(api, client, object, log).await {
             Ok(Some(found)) => found,
             Ok(None) => continue,
@@ -258,8 +257,7 @@ async fn provision_people_fields<C: Inspect>(
                 continue;
             }
         };
-        let mut missing = reconciler::compare::missing_fields(contract, &fields);
-        missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == object.as_str()));
+        let missing = lead_fields_missing(contract, &fields, object);
         if missing.is_empty() {
             out.push((true, format!("the lead contract's fields exist on {name}"), None));
         }
@@ -423,13 +421,12 @@ async fn check_connection<C: Inspect + People>(
             }
             Ok(Some(schema)) => {
                 out.push(finding(Check::Access, Some(kind), true, format!("{object} readable ({} fields)", schema.fields.len()), None));
-                let mut missing = reconciler::compare::missing_fields(contract, &schema.fields);
                 // A lead contract's field that only the CRM's other person object has (a Zoho
                 // contact's Title) is not looked for on the object new people are made in.
-                if kind == ActivityKind::Lead {
-                    let made_as = c.creates_person_as().as_str();
-                    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == made_as));
-                }
+                let missing = match kind {
+                    ActivityKind::Lead => lead_fields_missing(contract, &schema.fields, c.creates_person_as()),
+                    _ => reconciler::compare::missing_fields(contract, &schema.fields),
+                };
                 if missing.is_empty() {
                     let detail = format!(
                         "key field {} and the {} other contract fields exist on {object}",
@@ -458,7 +455,7 @@ async fn check_connection<C: Inspect + People>(
                     out.push(finding(Check::Fields, Some(kind), false, detail, Some(fix)));
                 }
                 if kind == ActivityKind::Lead {
-                    let other = other_people(c.creates_person_as());
+                    let other = c.creates_person_as().other();
                     if let Some((ok, detail, fix)) = people_fields_finding(c, api, &client, contract, other, &mut log).await {
                         out.push(finding(Check::Fields, Some(kind), ok, detail, fix));
                     }
@@ -596,13 +593,16 @@ fn key_field_finding(
     finding(Check::KeyField, Some(kind), ok, detail, fix)
 }
 
-/// The person object leads are not created in (Salesforce's Contact, Zoho's Contacts).
-fn other_people(made_as: crm_connectors::person::PersonObject) -> crm_connectors::person::PersonObject {
-    use crm_connectors::person::PersonObject;
-    match made_as {
-        PersonObject::Lead => PersonObject::Contact,
-        PersonObject::Contact => PersonObject::Lead,
-    }
+/// The lead contract's fields `object`'s people lack (`fields` theirs), but those `only_on`
+/// the CRM's other person object.
+fn lead_fields_missing(
+    contract: &crm_connectors::contract::Contract,
+    fields: &std::collections::BTreeSet<String>,
+    object: crm_connectors::person::PersonObject,
+) -> Vec<String> {
+    let mut missing = reconciler::compare::missing_fields(contract, fields);
+    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == object.as_str()));
+    missing
 }
 
 /// A lead contract's fields on the CRM's `object` people (each but those `only_on` the
@@ -622,8 +622,7 @@ async fn people_fields_finding<C: Inspect>(
         Ok(None) => return None,
         Err(f) => return Some((false, format!("could not read the fields of the CRM's {} people: {}", object.as_str(), f.detail), None)),
     };
-    let mut missing = reconciler::compare::missing_fields(contract, &fields);
-    missing.retain(|f| contract.fields.get(f).and_then(|r| r.only_on.as_deref()).is_none_or(|o| o == object.as_str()));
+    let missing = lead_fields_missing(contract, &fields, object);
     Some(if missing.is_empty() {
         (true, format!("the lead contract's fields for {} people exist on {name}", object.as_str()), None)
     } else {
