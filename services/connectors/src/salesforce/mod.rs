@@ -630,13 +630,8 @@ impl Inspect for Salesforce {
         log: &mut Vec<Exchange>,
     ) -> Result<Provisioned, Failure> {
         let (object, key) = (self.object_of(kind).to_string(), self.key_field_of(kind).to_string());
-        // A step Salesforce says is done already (`code` in its 400) counts as done.
-        let done = |r: Result<Created, Failure>, code: &str| match r {
-            Err(f) if !(f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code))) => Err(f),
-            _ => Ok(()),
-        };
         let create = self.provision_request(kind).expect("Salesforce provisions");
-        done(t.fetch(api, &create, log).await, "DUPLICATE_DEVELOPER_NAME")?;
+        done_already(t.fetch(api, &create, log).await, "DUPLICATE_DEVELOPER_NAME")?;
         self.grant_field(api, t, &object, &key, log).await?;
         let access = format!("read and edit for the integration user through the permission set {PERMISSION_SET}");
         match self.schema(api, t, kind, log).await?.and_then(|s| s.key_field) {
@@ -681,11 +676,7 @@ impl Inspect for Salesforce {
                 "type": "Text", "length": 255
             }
         }));
-        let existed = match t.fetch::<Created>(api, &req, log).await {
-            Ok(_) => false,
-            Err(f) if f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains("DUPLICATE_DEVELOPER_NAME")) => true,
-            Err(f) => return Err(f),
-        };
+        let existed = done_already(t.fetch(api, &req, log).await, "DUPLICATE_DEVELOPER_NAME")?;
         self.grant_field(api, t, object, name, log).await?;
         let made = if existed { "exists already" } else { "created (Text 255)" };
         Ok(Provisioned::Created {
@@ -754,10 +745,6 @@ impl Salesforce {
     /// `crm_sync` (found, or made), read and edit on the field in it, and the set assigned to
     /// the user the credentials are; a grant or assignment there already counts as done.
     async fn grant_field(&self, api: &Api, t: &Tenant, object: &str, field: &str, log: &mut Vec<Exchange>) -> Result<(), Failure> {
-        let done = |r: Result<Created, Failure>, code: &str| match r {
-            Err(f) if !(f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code))) => Err(f),
-            _ => Ok(()),
-        };
         let me: wire::UserInfo = t.fetch(api, &Request::get("/services/oauth2/userinfo", RequestClass::Schema), log).await?;
         let found = self.soql(api, t, &format!("SELECT Id FROM PermissionSet WHERE Name = {}", soql_text(PERMISSION_SET)), log).await?;
         let set = match found.into_iter().next() {
@@ -774,10 +761,20 @@ impl Salesforce {
             "ParentId": set, "SobjectType": object, "Field": format!("{object}.{field}"),
             "PermissionsRead": true, "PermissionsEdit": true
         }));
-        done(t.fetch(api, &grant, log).await, "DUPLICATE_VALUE")?;
+        done_already(t.fetch(api, &grant, log).await, "DUPLICATE_VALUE")?;
         let assign = Request::new(Method::POST, self.data("/sobjects/PermissionSetAssignment"), RequestClass::Schema)
             .body(json!({"AssigneeId": me.user_id, "PermissionSetId": set}));
-        done(t.fetch(api, &assign, log).await, "DUPLICATE_VALUE")?;
+        done_already(t.fetch(api, &assign, log).await, "DUPLICATE_VALUE")?;
         Ok(())
+    }
+}
+
+/// A setup step Salesforce says is done already (`code` in its 400: a field of that name, a
+/// grant or assignment there) counts as done: Ok(true); made now: Ok(false).
+fn done_already(r: Result<Created, Failure>, code: &str) -> Result<bool, Failure> {
+    match r {
+        Ok(_) => Ok(false),
+        Err(f) if f.status == Some(400) && f.excerpt.as_deref().is_some_and(|e| e.contains(code)) => Ok(true),
+        Err(f) => Err(f),
     }
 }
