@@ -80,8 +80,16 @@ impl KeyNames {
 
     /// The name of `value` (a number, an address, a contact id) among `tenant`'s.
     pub fn name(&self, tenant: &str, value: &str) -> String {
+        self.name_joined(tenant, &[value])
+    }
+
+    /// The name of the value `parts` joined (`["phone:", n]` is named as `"phone:" + n`),
+    /// without building the joined text.
+    pub fn name_joined(&self, tenant: &str, parts: &[&str]) -> String {
         let mut m = self.salted(tenant);
-        m.update(value.as_bytes());
+        for part in parts {
+            m.update(part.as_bytes());
+        }
         const_hex::encode(&m.finalize().into_bytes()[..16])
     }
 

@@ -29,15 +29,20 @@ pub enum Lookup<'a> {
 }
 
 impl Lookup<'_> {
-    fn text(&self) -> String {
+    /// What is named: the kind, then the value (`phone:+1415…`, `agent:ann@example.com`).
+    fn name_with(&self, names: &KeyNames, tenant: &str) -> String {
         match self {
-            Lookup::Phone(n) => format!("phone:{n}"),
-            Lookup::Email(a) => format!("email:{a}"),
+            Lookup::Phone(n) => names.name_joined(tenant, &["phone:", n]),
+            Lookup::Email(a) => names.name_joined(tenant, &["email:", a]),
             // An address is compared as its canonical form; an id exactly as the source sent it.
-            Lookup::Agent(a) => match crate::email::canonical(a.trim()) {
-                Ok(c) => format!("agent:{c}"),
-                Err(_) => format!("agent:{}", a.trim()),
-            },
+            Lookup::Agent(a) => {
+                let a = a.trim();
+                // Only what could be an address is canonicalised (ids are most agents).
+                match a.contains('@').then(|| crate::email::canonical(a)) {
+                    Some(Ok(c)) => names.name_joined(tenant, &["agent:", &c]),
+                    _ => names.name_joined(tenant, &["agent:", a]),
+                }
+            }
         }
     }
 }
@@ -59,7 +64,7 @@ impl Lookups {
 
     /// The name of one lookup of `tenant`.
     pub fn name(&self, tenant: &str, lookup: Lookup) -> String {
-        self.names.name(tenant, &lookup.text())
+        lookup.name_with(&self.names, tenant)
     }
 
     /// The [`ATTRIBUTE`] value for an activity: its lookups' names, sorted, each once; empty
@@ -100,5 +105,17 @@ mod tests {
         assert!(names.contains(&phone.as_str()));
         assert!(!attr.contains("415"), "no number in clear: {attr}");
         assert_eq!(names_in("zz not-a-name 0123456789abcdef0123456789abcdef").count(), 1);
+    }
+
+    #[test]
+    fn a_lookups_name_is_that_of_its_kind_and_value_joined() {
+        // The audit store keeps these names: naming the parts must give the joined text's.
+        let keys = KeyNames::new(b"k", Purpose::AuditLookups);
+        let l = Lookups { names: keys.clone() };
+        assert_eq!(l.name("acme", Lookup::Phone("+14155550199")), keys.name("acme", "phone:+14155550199"));
+        assert_eq!(l.name("acme", Lookup::Email("ann@example.com")), keys.name("acme", "email:ann@example.com"));
+        assert_eq!(l.name("acme", Lookup::Agent(" Ann@Example.COM")), keys.name("acme", "agent:ann@example.com"));
+        assert_eq!(l.name("acme", Lookup::Agent(" ag-1 ")), keys.name("acme", "agent:ag-1"));
+        assert_eq!(l.name("acme", Lookup::Agent("not@an address")), keys.name("acme", "agent:not@an address"));
     }
 }
