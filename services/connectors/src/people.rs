@@ -81,11 +81,32 @@ pub trait People: Connector {
         let _ = (api, t, object, id, fields, log);
         async move { Err(no_leads(self.crm())) }
     }
+    /// How many ids one `people_in` read takes: the CRM's batch limit.
+    const PEOPLE_PER_READ: usize = 1;
     /// Which of `ids` (people of `object`) are still there under those ids, read as many to
-    /// a request as the CRM allows: the reconciler's people pass reads every person its
-    /// leads were written as each pass. The rest are gone: deleted, merged away, or a lead
-    /// converted (`read_person` and a search tell which). The default reads one by one.
+    /// a request as the CRM allows (`PEOPLE_PER_READ` to a `people_in`): the reconciler's
+    /// people pass reads every person its leads were written as each pass. The rest are
+    /// gone: deleted, merged away, or a lead converted (`read_person` and a search tell
+    /// which).
     fn people_here(
+        &self,
+        api: &Api,
+        t: &TenantClient<Self::Policy>,
+        object: PersonObject,
+        ids: &[String],
+        log: &mut Vec<Exchange>,
+    ) -> impl Future<Output = Answer<HashSet<String>>> + Send {
+        async move {
+            let mut here = HashSet::new();
+            for chunk in ids.chunks(Self::PEOPLE_PER_READ.max(1)) {
+                here.extend(self.people_in(api, t, object, chunk, log).await?);
+            }
+            Ok(here)
+        }
+    }
+    /// `people_here` for at most `PEOPLE_PER_READ` ids, in one read where the CRM has one.
+    /// The default reads one by one.
+    fn people_in(
         &self,
         api: &Api,
         t: &TenantClient<Self::Policy>,

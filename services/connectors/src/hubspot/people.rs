@@ -130,9 +130,11 @@ impl People for Hubspot {
         Ok(Some(("contacts", page.results.into_iter().map(|p| p.name).collect())))
     }
 
+    const PEOPLE_PER_READ: usize = super::BATCH_MAX;
+
     /// `POST /crm/v3/objects/contacts/batch/read`, 100 ids a request: a merged contact's old
     /// id is not among the answers (its survivor is read by that id alone).
-    async fn people_here(
+    async fn people_in(
         &self,
         api: &Api,
         t: &Tenant,
@@ -140,13 +142,9 @@ impl People for Hubspot {
         ids: &[String],
         log: &mut Vec<Exchange>,
     ) -> Result<HashSet<String>, Failure> {
-        let mut here = HashSet::new();
-        for chunk in ids.chunks(super::BATCH_MAX) {
-            let asked: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let found = self.batch_read(api, t, "contacts", &asked, json!(["hs_object_id"]), log).await?;
-            here.extend(found.into_iter().map(|o| o.id).filter(|id| chunk.contains(id)));
-        }
-        Ok(here)
+        let asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let found = self.batch_read(api, t, "contacts", &asked, json!(["hs_object_id"]), log).await?;
+        Ok(found.into_iter().map(|o| o.id).filter(|id| ids.contains(id)).collect())
     }
 
     /// HubSpot has no lead assignment rules an API create can ask for: `Assign::Crm` leaves

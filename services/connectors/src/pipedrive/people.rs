@@ -210,8 +210,10 @@ impl People for Pipedrive {
         Ok(self.read_people(api, t, &[id.to_string()], fields, log).await?.into_iter().next())
     }
 
+    const PEOPLE_PER_READ: usize = 100;
+
     /// `GET /api/v2/persons?ids=`, 100 ids a request (a deleted person is not listed).
-    async fn people_here(
+    async fn people_in(
         &self,
         api: &Api,
         t: &Tenant,
@@ -219,11 +221,7 @@ impl People for Pipedrive {
         ids: &[String],
         log: &mut Vec<Exchange>,
     ) -> Result<HashSet<String>, Failure> {
-        let mut here = HashSet::new();
-        for chunk in ids.chunks(100) {
-            here.extend(self.read_people(api, t, chunk, &[], log).await?.into_iter().map(|c| c.id));
-        }
-        Ok(here)
+        Ok(self.read_people(api, t, ids, &[], log).await?.into_iter().map(|c| c.id).collect())
     }
 
     /// The person fields (`/api/v2/personFields`): standard ones by code (`name`, `emails`…),

@@ -166,9 +166,11 @@ impl People for Salesforce {
         Ok(page.records.into_iter().find(|r| !converted(r)).map(|r| candidate(object, r, fields)))
     }
 
+    const PEOPLE_PER_READ: usize = 200;
+
     /// SOQL `Id IN (…)`, 200 ids a query; a converted lead is not here (its person is the
     /// contact it became).
-    async fn people_here(
+    async fn people_in(
         &self,
         api: &Api,
         t: &Tenant,
@@ -176,13 +178,9 @@ impl People for Salesforce {
         ids: &[String],
         log: &mut Vec<Exchange>,
     ) -> Result<HashSet<String>, Failure> {
-        let mut here = HashSet::new();
-        for chunk in ids.chunks(200) {
-            let list = chunk.iter().map(|id| soql_text(id)).collect::<Vec<_>>().join(", ");
-            let q = format!("SELECT {} FROM {} WHERE Id IN ({list})", self.select(object, &[]), object_name(object));
-            here.extend(self.soql(api, t, &q, log).await?.into_iter().filter(|r| !converted(r)).map(|r| r.id));
-        }
-        Ok(here)
+        let list = ids.iter().map(|id| soql_text(id)).collect::<Vec<_>>().join(", ");
+        let q = format!("SELECT {} FROM {} WHERE Id IN ({list})", self.select(object, &[]), object_name(object));
+        Ok(self.soql(api, t, &q, log).await?.into_iter().filter(|r| !converted(r)).map(|r| r.id).collect())
     }
 
     /// The object's describe (`/sobjects/{Lead|Contact}/describe/`).

@@ -195,8 +195,10 @@ impl People for Zoho {
         Ok(Some(rules.assignment_rules.into_iter().map(|r| (r.id, r.name)).collect()))
     }
 
+    const PEOPLE_PER_READ: usize = super::COQL_IN_MAX;
+
     /// COQL `id in (…)`, 50 ids a query (a converted lead has left the module).
-    async fn people_here(
+    async fn people_in(
         &self,
         api: &Api,
         t: &Tenant,
@@ -204,13 +206,9 @@ impl People for Zoho {
         ids: &[String],
         log: &mut Vec<Exchange>,
     ) -> Result<HashSet<String>, Failure> {
-        let mut here = HashSet::new();
-        for chunk in ids.chunks(super::COQL_IN_MAX) {
-            let list = chunk.iter().map(|id| super::coql_str(id)).collect::<Vec<_>>().join(", ");
-            let q = format!("select id from {} where id in ({list}) limit 200", module(object));
-            here.extend(t.fetch::<Data<Row>>(api, &super::coql(q), log).await?.rows().into_iter().filter_map(|r| r.id));
-        }
-        Ok(here)
+        let list = ids.iter().map(|id| super::coql_str(id)).collect::<Vec<_>>().join(", ");
+        let q = format!("select id from {} where id in ({list}) limit 200", module(object));
+        Ok(t.fetch::<Data<Row>>(api, &super::coql(q), log).await?.rows().into_iter().filter_map(|r| r.id).collect())
     }
 
     /// The module's fields (`/settings/fields?module={Leads|Contacts}`).
